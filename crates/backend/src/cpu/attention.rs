@@ -1,0 +1,85 @@
+//! Causal attention over the paged KV cache for a flattened batch that mixes prefill chunks and
+//! decode tokens. Each query token attends to its own sequence's positions `0..=pos` (or the last
+//! `window` of them), read through the block table, so earlier prefill chunks are seen too.
+
+use super::kv::{AttentionSeq, KvStorage};
+use super::SharedMut;
+use rayon::prelude::*;
+
+/// Writes `out[token, head]` for every query head of every token of every sequence.
+///
+/// `q` is `[tokens, heads × head_dim]`; the current tokens' keys and values must already be in
+/// `kv`. With grouped-query attention, query head `h` reads KV head `h / (heads / kv_heads)`.
+pub fn paged_attention(
+    q: &[f32],
+    heads: usize,
+    kv: &KvStorage,
+    layer: usize,
+    seqs: &[AttentionSeq],
+    window: Option<usize>,
+    out: &mut [f32],
+) {
+    let hd = kv.head_dim;
+    let group = heads / kv.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let work: Vec<(usize, usize, usize)> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(si, s)| (0..s.len).flat_map(move |i| (0..heads).map(move |h| (s.start + i, s.first_pos + i, si * heads + h))))
+        .collect();
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    work.par_iter().for_each_init(Vec::new, |scores, &(tok, pos, seq_head)| {
+        let out_ptr = out_ptr;
+        let (seq, h) = (&seqs[seq_head / heads], seq_head % heads);
+        let kvh = h / group;
+        let qv = &q[(tok * heads + h) * hd..(tok * heads + h + 1) * hd];
+        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for p in first..=pos {
+            let (k, _) = kv.key_value(layer, seq.block_table, p, kvh);
+            let s = qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut denom = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            denom += *s;
+        }
+        // SAFETY: each (token, head) output vector is written by exactly one work item.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((tok * heads + h) * hd), hd) };
+        o.fill(0.0);
+        for (p, s) in (first..=pos).zip(scores.iter()) {
+            let (_, v) = kv.key_value(layer, seq.block_table, p, kvh);
+            let wgt = s / denom;
+            for (o, v) in o.iter_mut().zip(v) {
+                *o += wgt * v;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_position_returns_its_value_and_blocks_are_followed() {
+        let mut kv = KvStorage::new(1, 4, 2, 1, 2);
+        // The sequence lives in blocks 3 then 1: positions 0,1 in block 3, position 2 in block 1.
+        kv.write(0, &[6, 7, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[10.0, 0.0, 0.0, 20.0, 5.0, 5.0]);
+        let table = [3u32, 1];
+        let q = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let seqs = [AttentionSeq { start: 0, len: 3, first_pos: 0, block_table: &table }];
+        let mut out = vec![0.0; 6];
+        paged_attention(&q, 1, &kv, 0, &seqs, None, &mut out);
+        assert_eq!(&out[0..2], &[10.0, 0.0], "position 0 sees only itself");
+        assert_eq!(&out[2..4], &[5.0, 10.0], "position 1 averages two equal-score values");
+        let want = [(10.0 + 0.0 + 5.0) / 3.0, (0.0 + 20.0 + 5.0) / 3.0];
+        assert!((out[4] - want[0]).abs() < 1e-5 && (out[5] - want[1]).abs() < 1e-5, "{out:?}");
+        let mut windowed = vec![0.0; 6];
+        paged_attention(&q, 1, &kv, 0, &seqs, Some(1), &mut windowed);
+        assert_eq!(&windowed[4..6], &[5.0, 5.0], "a window of one sees only the token itself");
+    }
+}

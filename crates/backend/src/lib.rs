@@ -1,0 +1,10 @@
+//! lumen-backend: the operations a model is written against, and their implementations.
+//!
+//! `cpu` is the reference backend: f32, multithreaded with rayon, and built so that every output
+//! row is computed with the same arithmetic whatever else shares its batch (batch invariance).
+//! The KV-cache storage that attention reads through block tables lives here too, because it is
+//! device memory owned by the backend; which blocks belong to whom is the engine's business.
+
+pub mod cpu;
+
+pub use cpu::kv::{AttentionSeq, KvStorage};

@@ -1,0 +1,205 @@
+//! The executor loop's iteration: admit, schedule, prepare, forward, sample, update.
+
+use crate::config::EngineConfig;
+use crate::kv_cache::KvCacheManager;
+use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings};
+use crate::runner;
+use crate::sampler;
+use crate::scheduler::{Scheduler, Sequence};
+use crate::stats::IterationStats;
+use anyhow::Result;
+use lumen_backend::KvStorage;
+use lumen_model::Model;
+use lumen_trace::now_ns;
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+
+/// What one iteration did.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    pub stats: IterationStats,
+    pub finished: Vec<RequestId>,
+}
+
+pub struct Engine {
+    pub model: Arc<Model>,
+    pub config: EngineConfig,
+    storage: KvStorage,
+    kv: KvCacheManager,
+    scheduler: Scheduler,
+    next_id: RequestId,
+    iteration: u64,
+    eos_ids: Vec<u32>,
+    /// Longest sequence (prompt + output) the engine accepts.
+    max_seq_len: usize,
+}
+
+impl Engine {
+    pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
+        config.validate()?;
+        let c = model.config();
+        let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim);
+        let num_blocks = config.num_kv_blocks(bytes_per_token);
+        let storage = model.decoder.new_kv_storage(num_blocks, config.block_size);
+        let kv = KvCacheManager::new(num_blocks, config.block_size);
+        let mut eos_ids = c.eos_token_ids.clone();
+        if let Some(e) = model.tokenizer.as_ref().and_then(|t| t.eos_id()) {
+            if !eos_ids.contains(&e) {
+                eos_ids.push(e);
+            }
+        }
+        let max_seq_len = c.max_position_embeddings.min(num_blocks * config.block_size);
+        Ok(Engine { model, config, storage, kv, scheduler: Scheduler::default(), next_id: 0, iteration: 0, eos_ids, max_seq_len })
+    }
+
+    pub fn kv_blocks(&self) -> usize {
+        self.kv.num_blocks()
+    }
+
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    /// Queues a request; its tokens arrive on the returned stream.
+    pub fn submit(&mut self, request: Request) -> RequestStream {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = channel();
+        self.add_request(id, request, tx);
+        RequestStream { id, events: rx }
+    }
+
+    /// Queues a request under a caller-chosen id (the handle assigns ids across threads).
+    pub(crate) fn add_request(&mut self, id: RequestId, request: Request, events: EventSender) {
+        let timings = RequestTimings { arrival_ns: now_ns(), ..Default::default() };
+        let vocab = self.model.config().vocab_size;
+        let problem = if request.prompt.is_empty() {
+            Some("the prompt is empty".to_string())
+        } else if let Some(bad) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
+            Some(format!("prompt token id {bad} is out of range for a vocabulary of {vocab}"))
+        } else if request.stop.max_tokens == 0 {
+            Some("max_tokens is 0, expected at least 1".to_string())
+        } else if request.prompt.len() + request.stop.max_tokens > self.max_seq_len {
+            Some(format!(
+                "prompt of {} tokens plus max_tokens {} exceeds the engine's limit of {} tokens (model context or KV cache)",
+                request.prompt.len(),
+                request.stop.max_tokens,
+                self.max_seq_len
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = problem {
+            let end = RequestTimings { end_ns: now_ns(), ..timings };
+            let _ = events.send(RequestEvent::Finished { reason: FinishReason::Rejected(why), prompt_tokens: request.prompt.len(), output_tokens: 0, timings: end });
+            return;
+        }
+        let prompt_len = request.prompt.len();
+        self.scheduler.waiting.push_back(Sequence {
+            id,
+            tokens: request.prompt,
+            prompt_len,
+            num_computed: 0,
+            block_table: Vec::new(),
+            sampling: request.sampling,
+            stop: request.stop,
+            events,
+            timings,
+        });
+    }
+
+    /// Stops a request wherever it is; its stream gets `Finished { reason: Aborted }`.
+    pub fn abort(&mut self, id: RequestId) {
+        if let Some(seq) = self.scheduler.remove(id) {
+            self.finish(seq, FinishReason::Aborted);
+        }
+    }
+
+    fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
+        self.kv.release(&mut seq.block_table);
+        seq.timings.end_ns = now_ns();
+        let _ = seq.events.send(RequestEvent::Finished {
+            reason,
+            prompt_tokens: seq.prompt_len,
+            output_tokens: seq.num_generated(),
+            timings: seq.timings,
+        });
+    }
+
+    /// Runs one iteration of the executor loop.
+    pub fn step(&mut self) -> StepOutput {
+        let start = now_ns();
+        let decision = self.scheduler.schedule(&self.config, &mut self.kv);
+        let input = runner::prepare(&decision, &self.scheduler, &self.kv);
+        let logits = if input.tokens.is_empty() { Vec::new() } else { runner::execute(&self.model.decoder, &input, &mut self.storage) };
+
+        let vocab = self.model.config().vocab_size;
+        let mut rows = logits.chunks(vocab);
+        let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
+        let now = now_ns();
+        for s in &decision.seqs {
+            let seq = self.scheduler.running_mut(s.id).expect("scheduled sequences are running");
+            seq.num_computed += s.num_tokens;
+            seq.timings.first_scheduled_ns.get_or_insert(start);
+            if !s.samples {
+                continue;
+            }
+            let row = rows.next().expect("one logits row per sampling sequence");
+            let token = sampler::sample(row, &seq.sampling, seq.num_generated());
+            seq.tokens.push(token);
+            seq.timings.first_token_ns.get_or_insert(now);
+            let delivered = seq.events.send(RequestEvent::Token(token)).is_ok();
+            let eos = !seq.stop.ignore_eos && self.eos_ids.contains(&token);
+            let reason = if !delivered {
+                Some(FinishReason::Aborted)
+            } else if eos || seq.stop.stop_ids.contains(&token) {
+                Some(FinishReason::Stop)
+            } else if seq.num_generated() >= seq.stop.max_tokens || seq.tokens.len() >= self.max_seq_len {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                done.push((s.id, reason));
+            }
+        }
+        let finished: Vec<RequestId> = done.iter().map(|(id, _)| *id).collect();
+        for (id, reason) in done {
+            let seq = self.scheduler.remove(id).expect("finished sequences are running");
+            self.finish(seq, reason);
+        }
+
+        let end = now_ns();
+        let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
+        let gen: Vec<_> = decision.seqs.iter().filter(|s| !s.is_context).collect();
+        let stats = IterationStats {
+            iter: self.iteration,
+            start_ns: start,
+            end_ns: end,
+            iter_latency_ms: (end - start) as f64 / 1e6,
+            host_step_ms: (end - start) as f64 / 1e6,
+            num_queued_requests: self.scheduler.waiting.len(),
+            num_active_requests: self.scheduler.running.len(),
+            num_completed_requests: finished.len(),
+            num_preempted_requests: decision.preempted.len(),
+            num_ctx_requests: ctx.len(),
+            num_ctx_tokens: ctx.iter().map(|s| s.num_tokens).sum(),
+            num_gen_requests: gen.len(),
+            num_gen_tokens: gen.iter().map(|s| s.num_tokens).sum(),
+            max_num_blocks: self.kv.num_blocks(),
+            used_num_blocks: self.kv.num_used(),
+            free_num_blocks: self.kv.num_free(),
+            tokens_per_block: self.kv.block_size(),
+        };
+        self.iteration += 1;
+        StepOutput { stats, finished }
+    }
+}

@@ -1,0 +1,24 @@
+//! lumen-engine: requests in, tokens out.
+//!
+//! One iteration of [`Engine::step`] is one pass of the executor loop: admit new requests,
+//! schedule under a token budget, prepare the flattened batch, run the model, sample, and update
+//! the requests (stream tokens, free blocks). Stages hand each other typed values
+//! ([`SchedulerOutput`], the model's `ForwardBatch`, [`StepOutput`]). [`EngineHandle`] runs the
+//! loop on its own thread for callers that submit, stream and abort concurrently.
+
+pub mod config;
+pub mod engine;
+pub mod handle;
+pub mod kv_cache;
+pub mod request;
+pub mod runner;
+pub mod sampler;
+pub mod scheduler;
+pub mod stats;
+
+pub use config::{EngineConfig, KvBudget};
+pub use engine::{Engine, StepOutput};
+pub use handle::EngineHandle;
+pub use request::{FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings, SamplingParams, StopConditions};
+pub use scheduler::SchedulerOutput;
+pub use stats::IterationStats;

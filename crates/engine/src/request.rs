@@ -1,0 +1,96 @@
+//! What a caller submits (prompt ids, sampling, stop conditions) and what comes back on the
+//! request's stream: tokens as they are sampled, then one `Finished` event with the timings.
+
+use std::sync::mpsc::{Receiver, Sender};
+
+pub type RequestId = u64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    /// 1.0 means no nucleus cut.
+    pub top_p: f32,
+    /// Seed of the request's sampling stream; the same seed gives the same tokens.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopConditions {
+    pub max_tokens: usize,
+    /// Extra token ids that end the request (the model's EOS ids always do, unless ignored).
+    pub stop_ids: Vec<u32>,
+    pub ignore_eos: bool,
+}
+
+impl Default for StopConditions {
+    fn default() -> Self {
+        StopConditions { max_tokens: 16, stop_ids: Vec::new(), ignore_eos: false }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub stop: StopConditions,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinishReason {
+    /// An EOS id or a stop id was sampled (it is part of the output).
+    Stop,
+    /// `max_tokens` were produced.
+    Length,
+    Aborted,
+    /// The request could never run (for example longer than the KV cache); the text says why.
+    Rejected(String),
+}
+
+/// Nanosecond timestamps on `lumen_trace::now_ns`'s clock.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestTimings {
+    pub arrival_ns: u64,
+    pub first_scheduled_ns: Option<u64>,
+    pub first_token_ns: Option<u64>,
+    pub end_ns: u64,
+    /// Times this request was preempted and recomputed.
+    pub preemptions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestEvent {
+    Token(u32),
+    Finished { reason: FinishReason, prompt_tokens: usize, output_tokens: usize, timings: RequestTimings },
+}
+
+/// The receiving end of one request's events.
+pub struct RequestStream {
+    pub id: RequestId,
+    pub events: Receiver<RequestEvent>,
+}
+
+impl RequestStream {
+    /// Blocks until the request finishes; returns its tokens and its final event.
+    pub fn collect(self) -> (Vec<u32>, RequestEvent) {
+        let mut tokens = Vec::new();
+        for ev in self.events.iter() {
+            match ev {
+                RequestEvent::Token(t) => tokens.push(t),
+                done @ RequestEvent::Finished { .. } => return (tokens, done),
+            }
+        }
+        let reason = FinishReason::Rejected("the engine stopped before the request finished".into());
+        (tokens, RequestEvent::Finished { reason, prompt_tokens: 0, output_tokens: 0, timings: RequestTimings::default() })
+    }
+}
+
+pub(crate) type EventSender = Sender<RequestEvent>;

@@ -1,0 +1,26 @@
+//! Per-iteration statistics, TensorRT-LLM's IterationStats fields that apply to lumen.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IterationStats {
+    pub iter: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Wall time of the iteration, in milliseconds.
+    pub iter_latency_ms: f64,
+    /// Host time spent in the step (on the CPU backend, the whole step).
+    pub host_step_ms: f64,
+    pub num_queued_requests: usize,
+    pub num_active_requests: usize,
+    pub num_completed_requests: usize,
+    pub num_preempted_requests: usize,
+    pub num_ctx_requests: usize,
+    pub num_ctx_tokens: usize,
+    pub num_gen_requests: usize,
+    pub num_gen_tokens: usize,
+    pub max_num_blocks: usize,
+    pub used_num_blocks: usize,
+    pub free_num_blocks: usize,
+    pub tokens_per_block: usize,
+}

@@ -1,0 +1,218 @@
+//! The llama-family decoder's configuration: sizes plus the switches that make it Llama 2/3,
+//! SmolLM, Mistral, Qwen2 or Qwen3, read from GGUF metadata or a Hugging Face `config.json`.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Llama-3 style RoPE frequency scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Architecture family as named by its source (`llama`, `mistral`, `qwen2`, `qwen3`, ...).
+    pub arch: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    /// Per-frequency divisors that GGUF files store (`rope_freqs.weight`) in place of Llama-3 scaling.
+    pub rope_freq_divisors: Option<Vec<f64>>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Qwen2: biases on the q/k/v projections.
+    pub attention_bias: bool,
+    /// Qwen3: RMSNorm of each query and key head before RoPE.
+    pub qk_norm: bool,
+    /// Mistral: attend to at most this many most recent positions.
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    /// RoPE inverse frequencies, Llama-3 scaling applied.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let half = self.head_dim / 2;
+        (0..half)
+            .map(|i| {
+                let divisor = self.rope_freq_divisors.as_ref().map_or(1.0, |d| d[i]);
+                let f = self.rope_theta.powf(-(2.0 * i as f64) / self.head_dim as f64) / divisor;
+                match &self.rope_scaling {
+                    None => f,
+                    Some(s) => {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+                        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / s.factor
+                        } else {
+                            let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                                / (s.high_freq_factor - s.low_freq_factor);
+                            (1.0 - smooth) * f / s.factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Number of weights, for memory estimates.
+    pub fn num_params(&self) -> usize {
+        let (h, hd, f) = (self.hidden_size, self.head_dim, self.intermediate_size);
+        let attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads);
+        let per_layer = attn + 3 * h * f + 2 * h;
+        let lm_head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        self.vocab_size * h + self.num_layers * per_layer + h + lm_head
+    }
+
+    /// Checks the sizes are coherent; every loader calls it.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("model config: {name} is 0, expected a positive size");
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            bail!("model config: {} attention heads is not a multiple of {} KV heads", self.num_heads, self.num_kv_heads);
+        }
+        if self.head_dim % 2 != 0 {
+            bail!("model config: head_dim {} is odd, RoPE needs an even head dimension", self.head_dim);
+        }
+        Ok(())
+    }
+
+    /// Reads a Hugging Face `config.json` of a llama-family model.
+    pub fn from_hf_json(text: &str, source: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).with_context(|| format!("{source}: not valid JSON"))?;
+        let arch = v["model_type"].as_str().unwrap_or("llama").to_string();
+        const SUPPORTED: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "smollm"];
+        if !SUPPORTED.contains(&arch.as_str()) {
+            bail!("{source}: model_type {arch:?} is not supported; expected one of {SUPPORTED:?}");
+        }
+        let int = |key: &str| -> Result<usize> {
+            v[key].as_u64().map(|x| x as usize).with_context(|| format!("{source}: missing or non-integer {key:?}"))
+        };
+        let hidden_size = int("hidden_size")?;
+        let num_heads = int("num_attention_heads")?;
+        let rope_scaling = match &v["rope_scaling"] {
+            Value::Null => None,
+            s => {
+                let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("");
+                if kind != "llama3" {
+                    bail!("{source}: rope_scaling type {kind:?} is not supported; expected \"llama3\"");
+                }
+                let num = |k: &str| s[k].as_f64().with_context(|| format!("{source}: rope_scaling.{k} missing"));
+                Some(RopeScaling {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?,
+                })
+            }
+        };
+        let eos_token_ids = match &v["eos_token_id"] {
+            Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            _ => Vec::new(),
+        };
+        let use_sliding = v["use_sliding_window"].as_bool().unwrap_or(arch == "mistral");
+        let config = ModelConfig {
+            vocab_size: int("vocab_size")?,
+            hidden_size,
+            num_layers: int("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: v["num_key_value_heads"].as_u64().map_or(num_heads, |x| x as usize),
+            head_dim: v["head_dim"].as_u64().map_or(hidden_size / num_heads.max(1), |x| x as usize),
+            intermediate_size: int("intermediate_size")?,
+            rms_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-5) as f32,
+            rope_theta: v["rope_theta"].as_f64().unwrap_or(10000.0),
+            rope_scaling,
+            rope_freq_divisors: None,
+            max_position_embeddings: v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            attention_bias: v["attention_bias"].as_bool().unwrap_or(arch == "qwen2"),
+            qk_norm: arch == "qwen3",
+            sliding_window: if use_sliding { v["sliding_window"].as_u64().map(|x| x as usize) } else { None },
+            bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
+            eos_token_ids,
+            arch,
+        };
+        config.validate().with_context(|| format!("{source}: inconsistent config"))?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_qwen3_config() {
+        let text = r#"{"model_type":"qwen3","hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,
+            "head_dim":32,"num_hidden_layers":2,"intermediate_size":128,"vocab_size":100,"rope_theta":1000000,
+            "eos_token_id":[5,6],"tie_word_embeddings":true}"#;
+        let c = ModelConfig::from_hf_json(text, "config.json").unwrap();
+        assert!(c.qk_norm && !c.attention_bias && c.tie_word_embeddings);
+        assert_eq!((c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()), (32, 2, vec![5, 6]));
+    }
+
+    #[test]
+    fn rejects_unknown_model_type_and_missing_fields() {
+        let e = ModelConfig::from_hf_json(r#"{"model_type":"gpt2"}"#, "x/config.json").unwrap_err();
+        assert!(format!("{e:#}").contains("model_type \"gpt2\" is not supported"), "{e:#}");
+        let e = ModelConfig::from_hf_json(r#"{"model_type":"llama","hidden_size":8}"#, "x/config.json").unwrap_err();
+        assert!(format!("{e:#}").contains("num_attention_heads"), "{e:#}");
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let c = ModelConfig {
+            arch: "llama".into(),
+            vocab_size: 1,
+            hidden_size: 128,
+            num_layers: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 128,
+            intermediate_size: 1,
+            rms_eps: 1e-5,
+            rope_theta: 500000.0,
+            rope_scaling: Some(RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 }),
+            rope_freq_divisors: None,
+            max_position_embeddings: 131072,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            qk_norm: false,
+            sliding_window: None,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        };
+        let f = c.rope_inv_freq();
+        assert_eq!(f[0], 1.0);
+        let plain = 500000f64.powf(-126.0 / 128.0);
+        assert!((f[63] - plain / 8.0).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,100 @@
+//! The llama-family decoder's forward pass on the CPU backend, over a flattened batch that mixes
+//! prefill chunks and decode tokens. Config switches select Qwen2 biases, Qwen3 q/k norms,
+//! Mistral's sliding window and tied embeddings; the rest is Llama.
+
+use crate::config::ModelConfig;
+use crate::weights::Weights;
+use lumen_backend::cpu::{self, RopeTable};
+use lumen_backend::{AttentionSeq, KvStorage};
+
+/// One forward step's inputs: the flattened tokens and where each one's K/V goes.
+pub struct ForwardBatch<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [usize],
+    /// KV-cache slot of each token (`block * block_size + offset`).
+    pub slots: &'a [usize],
+    pub seqs: &'a [AttentionSeq<'a>],
+    /// Flattened-batch rows whose logits are wanted, in output order.
+    pub logit_rows: &'a [usize],
+}
+
+pub struct Decoder {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    rope: RopeTable,
+}
+
+impl Decoder {
+    pub fn new(config: ModelConfig, weights: Weights) -> Self {
+        let rope = RopeTable { inv_freq: config.rope_inv_freq() };
+        Decoder { config, weights, rope }
+    }
+
+    /// A KV store of `num_blocks` blocks of `block_size` slots shaped for this model.
+    pub fn new_kv_storage(&self, num_blocks: usize, block_size: usize) -> KvStorage {
+        let c = &self.config;
+        KvStorage::new(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim)
+    }
+
+    /// Runs the batch, writing every token's K/V into `kv`; returns `[logit_rows.len(), vocab]`.
+    pub fn forward(&self, batch: &ForwardBatch, kv: &mut KvStorage) -> Vec<f32> {
+        let c = &self.config;
+        let w = &self.weights;
+        let t = batch.tokens.len();
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let qkv_width = qd + 2 * kd;
+        let f = c.intermediate_size;
+
+        let mut residual = vec![0.0f32; t * h];
+        for (row, &tok) in residual.chunks_mut(h).zip(batch.tokens) {
+            row.copy_from_slice(&w.embed[tok as usize * h..(tok as usize + 1) * h]);
+        }
+        let mut normed = vec![0.0f32; t * h];
+        cpu::rms_norm(&residual, &w.layers[0].attn_norm, c.rms_eps, &mut normed);
+
+        let mut qkv = vec![0.0f32; t * qkv_width];
+        let (mut q, mut k, mut v) = (vec![0.0f32; t * qd], vec![0.0f32; t * kd], vec![0.0f32; t * kd]);
+        let mut attn = vec![0.0f32; t * qd];
+        let mut delta = vec![0.0f32; t * h];
+        let mut gate_up = vec![0.0f32; t * 2 * f];
+        let mut act = vec![0.0f32; t * f];
+
+        for (li, layer) in w.layers.iter().enumerate() {
+            cpu::matmul_t(&normed, t, h, &layer.wqkv, qkv_width, &mut qkv);
+            for (i, row) in qkv.chunks_mut(qkv_width).enumerate() {
+                if let Some(b) = &layer.bqkv {
+                    row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                }
+                q[i * qd..(i + 1) * qd].copy_from_slice(&row[..qd]);
+                k[i * kd..(i + 1) * kd].copy_from_slice(&row[qd..qd + kd]);
+                v[i * kd..(i + 1) * kd].copy_from_slice(&row[qd + kd..]);
+            }
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                cpu::rms_norm_heads(&mut q, qn, c.rms_eps);
+                cpu::rms_norm_heads(&mut k, kn, c.rms_eps);
+            }
+            cpu::apply_rope(&mut q, c.num_heads, batch.positions, &self.rope);
+            cpu::apply_rope(&mut k, c.num_kv_heads, batch.positions, &self.rope);
+            kv.write(li, batch.slots, &k, &v);
+            cpu::paged_attention(&q, c.num_heads, kv, li, batch.seqs, c.sliding_window, &mut attn);
+            cpu::matmul_t(&attn, t, qd, &layer.wo, h, &mut delta);
+            cpu::add_rms_norm(&mut residual, &delta, &layer.ffn_norm, c.rms_eps, &mut normed);
+
+            cpu::matmul_t(&normed, t, h, &layer.w_gate_up, 2 * f, &mut gate_up);
+            cpu::silu_mul(&gate_up, f, &mut act);
+            cpu::matmul_t(&act, t, f, &layer.w_down, h, &mut delta);
+            let next_norm = w.layers.get(li + 1).map_or(&w.final_norm, |l| &l.attn_norm);
+            cpu::add_rms_norm(&mut residual, &delta, next_norm, c.rms_eps, &mut normed);
+        }
+
+        let rows = batch.logit_rows;
+        let mut last = Vec::with_capacity(rows.len() * h);
+        for &r in rows {
+            last.extend_from_slice(&normed[r * h..(r + 1) * h]);
+        }
+        let mut logits = vec![0.0f32; rows.len() * c.vocab_size];
+        cpu::matmul_t(&last, rows.len(), h, w.output_projection(), c.vocab_size, &mut logits);
+        logits
+    }
+}

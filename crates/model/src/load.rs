@@ -1,0 +1,287 @@
+//! Turns a model spec into a [`Model`]: finds the source, reads its config, loads and checks its
+//! weights, builds its tokenizer, and refuses what would not fit in memory.
+
+use crate::config::ModelConfig;
+use crate::gguf::{GgufFile, MetaValue};
+use crate::llama::Decoder;
+use crate::presets::{preset_config, random_tensor, PRESET_NAMES};
+use crate::safetensors::SafetensorsDir;
+use crate::weights::{check_shape, Weights};
+use crate::Model;
+use anyhow::{bail, ensure, Context, Result};
+use lumen_tokenizer::{ChatTemplate, PreTokenizer, Tokenizer, TokenizerSpec};
+use std::path::{Path, PathBuf};
+
+/// The GGUF that set-up fetches, and the command that fetches it.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const SETUP_COMMAND: &str = "scripts/setup.sh";
+
+/// Where the default model is looked for: `$LUMEN_MODEL`, then `./models/`, then the `models/`
+/// folder of the checkout this binary was built from.
+pub fn default_model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("LUMEN_MODEL") {
+        return PathBuf::from(p);
+    }
+    let local = Path::new("models").join(DEFAULT_MODEL_FILE);
+    if local.exists() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(DEFAULT_MODEL_FILE)
+}
+
+/// Loads a GGUF file, a Hugging Face directory, or a preset (`NAME` or `NAME@SEED`).
+pub fn load_model(spec: &str) -> Result<Model> {
+    let (name, seed) = match spec.split_once('@') {
+        Some((n, s)) => (n, Some(s)),
+        None => (spec, None),
+    };
+    if PRESET_NAMES.contains(&name) || (seed.is_some() && !Path::new(spec).exists()) {
+        let seed = match seed {
+            Some(s) => s.parse::<u64>().with_context(|| format!("model {spec:?}: seed {s:?} is not a non-negative integer"))?,
+            None => 0,
+        };
+        return load_preset(name, seed);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        if path.file_name().is_some_and(|f| f == DEFAULT_MODEL_FILE) {
+            bail!("model file {} not found; run `{SETUP_COMMAND}` to fetch the default model, or pass --model", path.display());
+        }
+        bail!(
+            "model {spec:?} not found: expected a GGUF file, a Hugging Face model directory, or a preset ({})",
+            PRESET_NAMES.join(", ")
+        );
+    }
+    if path.is_dir() {
+        load_hf_dir(path)
+    } else {
+        load_gguf(path)
+    }
+}
+
+fn check_memory(config: &ModelConfig, what: &str) -> Result<()> {
+    let need = config.num_params() as u64 * 4;
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    });
+    if let Some(kib) = available {
+        ensure!(
+            need < kib * 1024,
+            "{what}: {:.1} GiB of f32 weights do not fit in the {:.1} GiB of available memory",
+            need as f64 / (1u64 << 30) as f64,
+            (kib * 1024) as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
+
+fn load_preset(name: &str, seed: u64) -> Result<Model> {
+    let config = preset_config(name)?;
+    check_memory(&config, &format!("preset {name}"))?;
+    let weights = Weights::assemble(&config, &mut |n, shape| Ok(random_tensor(seed, n, shape)))?;
+    Ok(Model {
+        name: format!("{name}@{seed}"),
+        format: "preset",
+        decoder: Decoder::new(config, weights),
+        tokenizer: None,
+        chat_template: None,
+    })
+}
+
+fn load_hf_dir(dir: &Path) -> Result<Model> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let mut config = ModelConfig::from_hf_json(&text, &config_path.display().to_string())?;
+    check_memory(&config, &dir.display().to_string())?;
+    let tensors = SafetensorsDir::open(dir)?;
+    if !config.tie_word_embeddings && !tensors.contains("lm_head.weight") {
+        config.tie_word_embeddings = true;
+    }
+    let source = dir.display().to_string();
+    let weights = Weights::assemble(&config, &mut |name, want| {
+        let (shape, values) = tensors.get(name).with_context(|| source.clone())?;
+        check_shape(&source, name, &shape, want)?;
+        Ok(values)
+    })?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = if tokenizer_path.exists() { Some(Tokenizer::from_hf_json(&tokenizer_path)?) } else { None };
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["chat_template"].as_str().map(str::to_string))
+        .map(|t| ChatTemplate::new(&t))
+        .transpose()?;
+    Ok(Model { name: source, format: "safetensors", decoder: Decoder::new(config, weights), tokenizer, chat_template })
+}
+
+/// The GGUF name of a tensor given by its Hugging Face name.
+fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap_or(hf);
+    let (layer, part) = rest.split_once('.').unwrap_or(("", rest));
+    let part = part
+        .replace("input_layernorm", "attn_norm")
+        .replace("post_attention_layernorm", "ffn_norm")
+        .replace("self_attn.q_proj", "attn_q")
+        .replace("self_attn.k_proj", "attn_k")
+        .replace("self_attn.v_proj", "attn_v")
+        .replace("self_attn.o_proj", "attn_output")
+        .replace("self_attn.q_norm", "attn_q_norm")
+        .replace("self_attn.k_norm", "attn_k_norm")
+        .replace("mlp.gate_proj", "ffn_gate")
+        .replace("mlp.up_proj", "ffn_up")
+        .replace("mlp.down_proj", "ffn_down");
+    format!("blk.{layer}.{part}")
+}
+
+/// Undoes llama.cpp's Q/K row permutation (made for its interleaved RoPE) so rotate-half applies:
+/// within each head, GGUF row `2i + a` holds Hugging Face row `a·(head_dim/2) + i`.
+fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let hd = w.len() / cols / heads;
+    let half = hd / 2;
+    let mut out = vec![0.0f32; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for a in 0..2 {
+                let src = (h * hd + 2 * i + a) * cols;
+                let dst = (h * hd + a * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
+    let arch = g.meta_str("general.architecture")?.to_string();
+    const SUPPORTED: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+    ensure!(SUPPORTED.contains(&arch.as_str()), "{}: architecture {arch:?} is not supported; expected one of {SUPPORTED:?}", g.path.display());
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| g.meta_u64(&key(k)).map(|v| v as usize);
+    let hidden_size = int("embedding_length")?;
+    let num_heads = int("attention.head_count")?;
+    let vocab_size = match int("vocab_size") {
+        Ok(v) => v,
+        Err(_) => match g.meta("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(a)) => a.len(),
+            _ => g.tensor("token_embd.weight").map(|t| t.dims[1] as usize).context("GGUF has no vocabulary size")?,
+        },
+    };
+    let rope_freq_divisors = match g.tensor("rope_freqs.weight") {
+        Some(t) => Some(g.dequantize(t)?.into_iter().map(f64::from).collect()),
+        None => None,
+    };
+    let config = ModelConfig {
+        vocab_size,
+        hidden_size,
+        num_layers: int("block_count")?,
+        num_heads,
+        num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
+        head_dim: int("attention.key_length").unwrap_or(hidden_size / num_heads.max(1)),
+        intermediate_size: int("feed_forward_length")?,
+        rms_eps: g.meta(&key("attention.layer_norm_rms_epsilon")).and_then(MetaValue::as_f64).unwrap_or(1e-5) as f32,
+        rope_theta: g.meta(&key("rope.freq_base")).and_then(MetaValue::as_f64).unwrap_or(10000.0),
+        rope_scaling: None,
+        rope_freq_divisors,
+        max_position_embeddings: int("context_length").unwrap_or(4096),
+        tie_word_embeddings: g.tensor("output.weight").is_none(),
+        attention_bias: g.tensor("blk.0.attn_q.bias").is_some(),
+        qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
+        sliding_window: int("attention.sliding_window").ok(),
+        bos_token_id: g.meta("tokenizer.ggml.bos_token_id").and_then(MetaValue::as_u64).map(|v| v as u32),
+        eos_token_ids: g.meta("tokenizer.ggml.eos_token_id").and_then(MetaValue::as_u64).map(|v| vec![v as u32]).unwrap_or_default(),
+        arch,
+    };
+    config.validate().with_context(|| format!("{}: inconsistent model metadata", g.path.display()))?;
+    Ok(config)
+}
+
+fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>> {
+    match g.meta(key) {
+        Some(MetaValue::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).with_context(|| format!("{}: {key} holds a non-string", g.path.display())))
+            .collect(),
+        _ => bail!("{}: metadata {key} is missing or not an array", g.path.display()),
+    }
+}
+
+fn gguf_tokenizer(g: &GgufFile) -> Result<Option<Tokenizer>> {
+    let Some(model) = g.meta("tokenizer.ggml.model").and_then(MetaValue::as_str) else {
+        return Ok(None);
+    };
+    ensure!(model == "gpt2", "{}: tokenizer model {model:?} is not supported; expected \"gpt2\" (byte-level BPE)", g.path.display());
+    let token_types = match g.meta("tokenizer.ggml.token_type") {
+        Some(MetaValue::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect(),
+        _ => Vec::new(),
+    };
+    let pre = g.meta("tokenizer.ggml.pre").and_then(MetaValue::as_str).unwrap_or("default");
+    let spec = TokenizerSpec {
+        tokens: strings(g, "tokenizer.ggml.tokens")?,
+        token_types,
+        merges: strings(g, "tokenizer.ggml.merges")?,
+        pre: PreTokenizer::from_gguf_name(pre).with_context(|| g.path.display().to_string())?,
+        bos_id: g.meta("tokenizer.ggml.bos_token_id").and_then(MetaValue::as_u64).map(|v| v as u32),
+        eos_id: g.meta("tokenizer.ggml.eos_token_id").and_then(MetaValue::as_u64).map(|v| v as u32),
+        add_bos: g.meta("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool).unwrap_or(false),
+    };
+    Ok(Some(Tokenizer::new(spec).with_context(|| format!("{}: bad tokenizer metadata", g.path.display()))?))
+}
+
+fn load_gguf(path: &Path) -> Result<Model> {
+    let g = GgufFile::open(path)?;
+    let config = gguf_config(&g)?;
+    check_memory(&config, &path.display().to_string())?;
+    let permuted = config.arch == "llama" || config.arch == "mistral";
+    let source = path.display().to_string();
+    let weights = Weights::assemble(&config, &mut |hf, want| {
+        let name = gguf_name(hf);
+        let t = g.tensor(&name).with_context(|| format!("{source}: tensor {name} ({hf}) is missing"))?;
+        let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        check_shape(&source, &name, &shape, want)?;
+        let values = g.dequantize(t)?;
+        Ok(match (permuted, hf.ends_with("q_proj.weight"), hf.ends_with("k_proj.weight")) {
+            (true, true, _) => unpermute_rows(&values, config.num_heads, want[1]),
+            (true, _, true) => unpermute_rows(&values, config.num_kv_heads, want[1]),
+            _ => values,
+        })
+    })?;
+    let tokenizer = gguf_tokenizer(&g)?;
+    let chat_template = g.meta("tokenizer.chat_template").and_then(MetaValue::as_str).map(ChatTemplate::new).transpose()?;
+    Ok(Model { name: source, format: "gguf", decoder: Decoder::new(config, weights), tokenizer, chat_template })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names_follow_llama_cpp() {
+        assert_eq!(gguf_name("model.layers.12.self_attn.k_proj.weight"), "blk.12.attn_k.weight");
+        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm.weight"), "blk.0.ffn_norm.weight");
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_norm.weight"), "blk.3.attn_q_norm.weight");
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias"), "blk.3.attn_q.bias");
+        assert_eq!(gguf_name("lm_head.weight"), "output.weight");
+    }
+
+    #[test]
+    fn unpermute_inverts_the_llama_cpp_permutation() {
+        // One head of dim 4, one column: HF rows [0,1,2,3] are stored by llama.cpp as [0,2,1,3].
+        assert_eq!(unpermute_rows(&[0.0, 2.0, 1.0, 3.0], 1, 1), vec![0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn missing_default_model_names_the_setup_command() {
+        let e = load_model(&format!("/nonexistent/{DEFAULT_MODEL_FILE}")).err().unwrap().to_string();
+        assert!(e.contains(SETUP_COMMAND), "{e}");
+        let e = load_model("/nonexistent/model.gguf").err().unwrap().to_string();
+        assert!(e.contains("not found") && e.contains("tiny"), "{e}");
+        let e = load_model("tiny@x").err().unwrap().to_string();
+        assert!(e.contains("seed \"x\""), "{e}");
+    }
+}
