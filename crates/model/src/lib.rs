@@ -14,7 +14,7 @@ mod load;
 
 pub use config::ModelConfig;
 pub use llama::{Decoder, ForwardBatch};
-pub use load::{default_model_path, load_model, DEFAULT_MODEL_FILE, SETUP_COMMAND};
+pub use load::{default_model_path, describe_model, load_model, DEFAULT_MODEL_FILE, SETUP_COMMAND};
 pub use lumen_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
 
 /// A loaded model, ready for the engine.

@@ -29,8 +29,14 @@ pub fn default_model_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(DEFAULT_MODEL_FILE)
 }
 
-/// Loads a GGUF file, a Hugging Face directory, or a preset (`NAME` or `NAME@SEED`).
-pub fn load_model(spec: &str) -> Result<Model> {
+/// Where a model spec points.
+enum Source<'a> {
+    Preset(&'a str, u64),
+    HfDir(&'a Path),
+    Gguf(&'a Path),
+}
+
+fn resolve(spec: &str) -> Result<Source<'_>> {
     let (name, seed) = match spec.split_once('@') {
         Some((n, s)) => (n, Some(s)),
         None => (spec, None),
@@ -40,7 +46,8 @@ pub fn load_model(spec: &str) -> Result<Model> {
             Some(s) => s.parse::<u64>().with_context(|| format!("model {spec:?}: seed {s:?} is not a non-negative integer"))?,
             None => 0,
         };
-        return load_preset(name, seed);
+        preset_config(name)?;
+        return Ok(Source::Preset(name, seed));
     }
     let path = Path::new(spec);
     if !path.exists() {
@@ -52,10 +59,27 @@ pub fn load_model(spec: &str) -> Result<Model> {
             PRESET_NAMES.join(", ")
         );
     }
-    if path.is_dir() {
-        load_hf_dir(path)
-    } else {
-        load_gguf(path)
+    Ok(if path.is_dir() { Source::HfDir(path) } else { Source::Gguf(path) })
+}
+
+/// Loads a GGUF file, a Hugging Face directory, or a preset (`NAME` or `NAME@SEED`).
+pub fn load_model(spec: &str) -> Result<Model> {
+    match resolve(spec)? {
+        Source::Preset(name, seed) => load_preset(name, seed),
+        Source::HfDir(dir) => load_hf_dir(dir),
+        Source::Gguf(path) => load_gguf(path),
+    }
+}
+
+/// The config and tokenizer of a model spec, without loading its weights.
+pub fn describe_model(spec: &str) -> Result<(ModelConfig, Option<Tokenizer>)> {
+    match resolve(spec)? {
+        Source::Preset(name, _) => Ok((preset_config(name)?, None)),
+        Source::HfDir(dir) => Ok((hf_config(dir)?, hf_tokenizer(dir)?)),
+        Source::Gguf(path) => {
+            let g = GgufFile::open(path)?;
+            Ok((gguf_config(&g)?, gguf_tokenizer(&g)?))
+        }
     }
 }
 
@@ -88,10 +112,19 @@ fn load_preset(name: &str, seed: u64) -> Result<Model> {
     })
 }
 
-fn load_hf_dir(dir: &Path) -> Result<Model> {
+fn hf_config(dir: &Path) -> Result<ModelConfig> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let mut config = ModelConfig::from_hf_json(&text, &config_path.display().to_string())?;
+    ModelConfig::from_hf_json(&text, &config_path.display().to_string())
+}
+
+fn hf_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
+    let path = dir.join("tokenizer.json");
+    Ok(if path.exists() { Some(Tokenizer::from_hf_json(&path)?) } else { None })
+}
+
+fn load_hf_dir(dir: &Path) -> Result<Model> {
+    let mut config = hf_config(dir)?;
     check_memory(&config, &dir.display().to_string())?;
     let tensors = SafetensorsDir::open(dir)?;
     if !config.tie_word_embeddings && !tensors.contains("lm_head.weight") {
@@ -103,8 +136,7 @@ fn load_hf_dir(dir: &Path) -> Result<Model> {
         check_shape(&source, name, &shape, want)?;
         Ok(values)
     })?;
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = if tokenizer_path.exists() { Some(Tokenizer::from_hf_json(&tokenizer_path)?) } else { None };
+    let tokenizer = hf_tokenizer(dir)?;
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

@@ -1,0 +1,586 @@
+#!/usr/bin/env python3
+"""Independent float64 numpy reference for llama-family decoders; writes the
+logits fixtures that lumen's Rust model tests compare against.
+
+Usage:
+    python3 scripts/reference_logits.py [--gguf PATH] [--out-dir crates/model/tests/fixtures]
+                                        [--skip-gguf] [--only NAME ...]
+
+What it does
+------------
+1. For each random-weight preset (tiny, tiny-qwen2, tiny-qwen3, tiny-mistral,
+   smollm2-135m) it regenerates the deterministic random weights (seed 0) with
+   the same hash-based generator the Rust side uses, runs a full forward over a
+   few token sequences from position 0 and records logits.
+2. For the real GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf) it
+   dequantises every tensor with gguf-py (`gguf.quants.dequantize`) to float64
+   and runs the same decoder on three tokenised prompts.
+
+Each fixture file `logits_<name>.json` has the form
+    {"model": ..., "seed": 0 (presets only), "generator": "scripts/reference_logits.py",
+     "cases": [{"tokens": [...], ("text": ...,) "positions": [
+         {"pos": p, "top_ids": [16 ids, highest logit first], "top_values": [...],
+          "probe_ids": [(k*7919+13) % vocab for k in range(16)], "probe_values": [...]}]}]}
+Recorded positions per case: last, middle (len//2), 0 (deduplicated).
+Values are rounded to 6 significant digits.
+
+Independence from the Rust code
+-------------------------------
+This file shares no code with the Rust engine; it is written from the model
+definitions only. In particular, for the GGUF model it uses the Q/K weights
+exactly AS STORED (llama.cpp's convert script permutes Q/K rows) together with
+llama.cpp's "normal" RoPE mode, which rotates ADJACENT pairs
+    out[2i]   = v[2i]   cos(p f_i) - v[2i+1] sin(p f_i)
+    out[2i+1] = v[2i+1] cos(p f_i) + v[2i]   sin(p f_i),
+whereas the Rust engine un-permutes Q/K to HF order and uses rotate_half.
+Attention scores are invariant under that permutation, so logits must agree.
+(The script also self-checks this: it re-runs one GGUF case with un-permuted
+weights + rotate_half and asserts the logits match.)
+
+Model conventions (all arithmetic in float64)
+---------------------------------------------
+x = embed[tokens]; per layer:
+    h = rmsnorm(x) * w_attn_norm
+    q, k, v = h Wq^T (+bq), h Wk^T (+bk), h Wv^T (+bv)
+    optional per-head q/k RMSNorm (Qwen3, weight [head_dim], same eps) BEFORE rope
+    RoPE; causal GQA attention (kv head = q_head // (heads/kv_heads)),
+    scale 1/sqrt(head_dim), optional sliding window W: query p sees keys j
+    with p - W < j <= p
+    x += attn Wo^T
+    h = rmsnorm(x) * w_ffn_norm;  x += down(silu(gate(h)) * up(h))
+final rmsnorm; logits = h lm_head^T (lm_head = embed when tied).
+rmsnorm(x) = x / sqrt(mean(x^2) + eps).
+RoPE inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2. Presets use the HF
+rotate_half (NeoX) layout: out[i] = v[i]cos - v[i+half]sin,
+out[i+half] = v[i+half]cos + v[i]sin. Llama-3 rope scaling (factor, low/high
+freq factor, original max positions L): wavelen = 2pi/f; keep f if wavelen <
+L/high; f/factor if wavelen > L/low; else smooth = (L/wavelen - low)/(high-low),
+f = (1-smooth) f/factor + smooth f.
+
+Random weights (replicates the Rust generator, float32 then cast to float64)
+---------------------------------------------------------------------------
+fnv1a64(name), splitmix64(x); base = splitmix64(seed ^ fnv1a64(name));
+z_i = splitmix64(base + i); u_i = f32(z_i >> 40) / f32(2^24); r_i = f32(2u_i - 1).
+matrices [out, in]: r_i * (f32(1)/sqrt(f32(in))); embed: r_i; biases: r_i * f32(0.1);
+norm weights (name ends with "norm.weight"): f32(1) + f32(0.1) * r_i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+GENERATOR = "scripts/reference_logits.py"
+N_TOP = 16
+N_PROBE = 16
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    theta: float
+    eps: float = 1e-5
+    tied: bool = True
+    attn_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: Optional[int] = None
+    rope_scaling: Optional[dict] = None  # llama3 style
+
+
+TINY_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=64)
+
+PRESETS: Dict[str, Config] = {
+    "tiny": Config(vocab=512, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16,
+                   ffn=160, theta=10000.0, tied=True, rope_scaling=TINY_SCALING),
+    "tiny-qwen2": Config(vocab=512, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16,
+                         ffn=160, theta=1000000.0, tied=False, attn_bias=True),
+    "tiny-qwen3": Config(vocab=512, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32,
+                         ffn=160, theta=1000000.0, tied=True, qk_norm=True),
+    "tiny-mistral": Config(vocab=512, hidden=64, layers=2, heads=4, kv_heads=1, head_dim=16,
+                           ffn=160, theta=10000.0, tied=False, sliding_window=16),
+    "smollm2-135m": Config(vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3,
+                           head_dim=64, ffn=1536, theta=100000.0, tied=True),
+}
+
+
+# ----------------------------------------------------------------------------
+# Deterministic random weights (must match the Rust generator bit-for-bit)
+# ----------------------------------------------------------------------------
+
+MASK64 = (1 << 64) - 1
+
+
+def fnv1a64(name: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in name.encode("utf-8"):
+        h ^= b
+        h = (h * 0x100000001B3) & MASK64
+    return h
+
+
+def splitmix64_int(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def splitmix64_np(x: np.ndarray) -> np.ndarray:
+    """Vectorised splitmix64 on uint64 arrays (wrapping arithmetic), in place."""
+    with np.errstate(over="ignore"):
+        z = x
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z
+
+
+def uniform_pm1_f32(name: str, n: int, seed: int) -> np.ndarray:
+    """r_i in [-1, 1) as float32, for i in 0..n."""
+    base = splitmix64_int((seed ^ fnv1a64(name)) & MASK64)
+    out = np.empty(n, dtype=np.float32)
+    chunk = 1 << 22
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        with np.errstate(over="ignore"):
+            idx = np.arange(s, e, dtype=np.uint64)
+            idx += np.uint64(base)
+        z = splitmix64_np(idx)
+        u = (z >> np.uint64(40)).astype(np.float32) / np.float32(16777216.0)
+        out[s:e] = u * np.float32(2.0) - np.float32(1.0)
+    return out
+
+
+def gen_tensor(name: str, shape: tuple, seed: int) -> np.ndarray:
+    n = int(np.prod(shape))
+    r = uniform_pm1_f32(name, n, seed)
+    if name.endswith("norm.weight"):  # covers *layernorm.weight, q_norm/k_norm, model.norm
+        v = np.float32(1.0) + np.float32(0.1) * r
+    elif name.endswith(".bias"):
+        v = r * np.float32(0.1)
+    elif name == "model.embed_tokens.weight":
+        v = r * np.float32(1.0)
+    else:
+        assert len(shape) == 2, name
+        a = np.float32(1.0) / np.sqrt(np.float32(shape[1]))
+        assert a.dtype == np.float32
+        v = r * a
+    assert v.dtype == np.float32, (name, v.dtype)
+    return v.reshape(shape).astype(np.float64)
+
+
+def preset_weights(cfg: Config, seed: int) -> dict:
+    H, hd = cfg.hidden, cfg.head_dim
+    qd, kd = cfg.heads * hd, cfg.kv_heads * hd
+    W: dict = {"embed": gen_tensor("model.embed_tokens.weight", (cfg.vocab, H), seed)}
+    layers = []
+    for i in range(cfg.layers):
+        p = f"model.layers.{i}."
+        L = {
+            "attn_norm": gen_tensor(p + "input_layernorm.weight", (H,), seed),
+            "wq": gen_tensor(p + "self_attn.q_proj.weight", (qd, H), seed),
+            "wk": gen_tensor(p + "self_attn.k_proj.weight", (kd, H), seed),
+            "wv": gen_tensor(p + "self_attn.v_proj.weight", (kd, H), seed),
+            "wo": gen_tensor(p + "self_attn.o_proj.weight", (H, qd), seed),
+            "ffn_norm": gen_tensor(p + "post_attention_layernorm.weight", (H,), seed),
+            "w_gate": gen_tensor(p + "mlp.gate_proj.weight", (cfg.ffn, H), seed),
+            "w_up": gen_tensor(p + "mlp.up_proj.weight", (cfg.ffn, H), seed),
+            "w_down": gen_tensor(p + "mlp.down_proj.weight", (H, cfg.ffn), seed),
+        }
+        if cfg.attn_bias:
+            L["bq"] = gen_tensor(p + "self_attn.q_proj.bias", (qd,), seed)
+            L["bk"] = gen_tensor(p + "self_attn.k_proj.bias", (kd,), seed)
+            L["bv"] = gen_tensor(p + "self_attn.v_proj.bias", (kd,), seed)
+        if cfg.qk_norm:
+            L["q_norm"] = gen_tensor(p + "self_attn.q_norm.weight", (hd,), seed)
+            L["k_norm"] = gen_tensor(p + "self_attn.k_norm.weight", (hd,), seed)
+        layers.append(L)
+    W["layers"] = layers
+    W["final_norm"] = gen_tensor("model.norm.weight", (H,), seed)
+    W["lm_head"] = (W["embed"] if cfg.tied
+                    else gen_tensor("lm_head.weight", (cfg.vocab, H), seed))
+    return W
+
+
+# ----------------------------------------------------------------------------
+# RoPE
+# ----------------------------------------------------------------------------
+
+
+def inv_freqs(cfg: Config) -> np.ndarray:
+    hd = cfg.head_dim
+    f = cfg.theta ** (-(2.0 * np.arange(hd // 2, dtype=np.float64)) / hd)
+    sc = cfg.rope_scaling
+    if sc is not None:
+        factor = sc["factor"]
+        lo, hi = sc["low_freq_factor"], sc["high_freq_factor"]
+        L = sc["original_max_position_embeddings"]
+        low_wl, high_wl = L / lo, L / hi
+        out = np.empty_like(f)
+        for i, fi in enumerate(f):
+            wl = 2.0 * math.pi / fi
+            if wl < high_wl:
+                out[i] = fi
+            elif wl > low_wl:
+                out[i] = fi / factor
+            else:
+                smooth = (L / wl - lo) / (hi - lo)
+                out[i] = (1.0 - smooth) * fi / factor + smooth * fi
+        f = out
+    return f
+
+
+def rope_rotate_half(x: np.ndarray, pos: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """x: [T, n_heads, hd]; HF/NeoX layout (pairs i, i+half)."""
+    half = x.shape[-1] // 2
+    ang = pos[:, None].astype(np.float64) * f[None, :]  # [T, half]
+    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * c - b * s, b * c + a * s], axis=-1)
+
+
+def rope_adjacent(x: np.ndarray, pos: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """x: [T, n_heads, hd]; llama.cpp 'normal' mode (pairs 2i, 2i+1)."""
+    ang = pos[:, None].astype(np.float64) * f[None, :]
+    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = a * c - b * s
+    out[..., 1::2] = b * c + a * s
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def forward(cfg: Config, W: dict, tokens: List[int],
+            rope: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Full-sequence forward from position 0; returns logits [T, vocab] (float64)."""
+    T = len(tokens)
+    hd, nh, nkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    group = nh // nkv
+    pos = np.arange(T)
+    f = inv_freqs(cfg)
+    # mask[p, j] True where query p may attend key j
+    j = np.arange(T)
+    mask = j[None, :] <= pos[:, None]
+    if cfg.sliding_window is not None:
+        mask &= j[None, :] > pos[:, None] - cfg.sliding_window
+    scale = 1.0 / math.sqrt(hd)
+
+    x = W["embed"][np.asarray(tokens)].astype(np.float64)
+    for L in W["layers"]:
+        h = rmsnorm(x, L["attn_norm"], cfg.eps)
+        q = h @ L["wq"].T
+        k = h @ L["wk"].T
+        v = h @ L["wv"].T
+        if "bq" in L:
+            q = q + L["bq"]
+            k = k + L["bk"]
+            v = v + L["bv"]
+        q = q.reshape(T, nh, hd)
+        k = k.reshape(T, nkv, hd)
+        v = v.reshape(T, nkv, hd)
+        if "q_norm" in L:
+            q = rmsnorm(q, L["q_norm"], cfg.eps)
+            k = rmsnorm(k, L["k_norm"], cfg.eps)
+        q = rope(q, pos, f)
+        k = rope(k, pos, f)
+        attn = np.empty((T, nh, hd))
+        for hh in range(nh):
+            kv = hh // group
+            sc = (q[:, hh, :] @ k[:, kv, :].T) * scale  # [T, T]
+            sc = np.where(mask, sc, -np.inf)
+            sc = sc - sc.max(axis=-1, keepdims=True)
+            p = np.exp(sc)
+            p /= p.sum(axis=-1, keepdims=True)
+            attn[:, hh, :] = p @ v[:, kv, :]
+        x = x + attn.reshape(T, nh * hd) @ L["wo"].T
+        h = rmsnorm(x, L["ffn_norm"], cfg.eps)
+        x = x + (silu(h @ L["w_gate"].T) * (h @ L["w_up"].T)) @ L["w_down"].T
+    h = rmsnorm(x, W["final_norm"], cfg.eps)
+    return h @ W["lm_head"].T
+
+
+# ----------------------------------------------------------------------------
+# GGUF loading
+# ----------------------------------------------------------------------------
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def load_gguf(path: str):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    r = GGUFReader(path)
+    arch = _field(r, "general.architecture")
+    assert arch == "llama", f"only llama arch supported here, got {arch}"
+    nh = int(_field(r, "llama.attention.head_count"))
+    nkv = int(_field(r, "llama.attention.head_count_kv", nh))
+    H = int(_field(r, "llama.embedding_length"))
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    hd = int(_field(r, "llama.rope.dimension_count", H // nh))
+    cfg = Config(
+        vocab=len(tokens),
+        hidden=H,
+        layers=int(_field(r, "llama.block_count")),
+        heads=nh,
+        kv_heads=nkv,
+        head_dim=hd,
+        ffn=int(_field(r, "llama.feed_forward_length")),
+        theta=float(_field(r, "llama.rope.freq_base", 10000.0)),
+        eps=float(_field(r, "llama.attention.layer_norm_rms_epsilon")),
+        tied=True,
+    )
+    assert _field(r, "llama.rope.scaling.type") in (None, "none"), "rope scaling not handled"
+
+    def deq(t):
+        a = dequantize(t.data, t.tensor_type).astype(np.float64)
+        shape = tuple(int(d) for d in reversed(list(t.shape)))  # GGUF dims are reversed
+        return a.reshape(shape)
+
+    T = {t.name: deq(t) for t in r.tensors}
+    W = {"embed": T["token_embd.weight"], "final_norm": T["output_norm.weight"]}
+    if "output.weight" in T:
+        cfg.tied = False
+        W["lm_head"] = T["output.weight"]
+    else:
+        W["lm_head"] = W["embed"]
+    layers = []
+    for i in range(cfg.layers):
+        p = f"blk.{i}."
+        layers.append({
+            "attn_norm": T[p + "attn_norm.weight"],
+            "wq": T[p + "attn_q.weight"],  # as stored: llama.cpp-permuted rows
+            "wk": T[p + "attn_k.weight"],
+            "wv": T[p + "attn_v.weight"],
+            "wo": T[p + "attn_output.weight"],
+            "ffn_norm": T[p + "ffn_norm.weight"],
+            "w_gate": T[p + "ffn_gate.weight"],
+            "w_up": T[p + "ffn_up.weight"],
+            "w_down": T[p + "ffn_down.weight"],
+        })
+    W["layers"] = layers
+    assert W["embed"].shape == (cfg.vocab, H)
+    assert layers[0]["wq"].shape == (nh * hd, H) and layers[0]["wk"].shape == (nkv * hd, H)
+    return cfg, W, list(tokens)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp convert's permute(): GGUF rows -> HF rows."""
+    out_dim, in_dim = w.shape
+    hd = out_dim // n_head
+    return w.reshape(n_head, hd // 2, 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
+# ----------------------------------------------------------------------------
+# Tokenisation for the GGUF prompts
+# ----------------------------------------------------------------------------
+
+GGUF_TEXTS = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "The quick brown fox jumps over the lazy dog.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+]
+
+
+def tokenize_texts(path: str, texts: List[str], vocab_tokens: List[str]):
+    """Tokenise with llama-cpp-python (vocab only). Falls back to None."""
+    try:
+        import llama_cpp  # noqa: F401
+        from llama_cpp import Llama
+    except Exception as e:  # pragma: no cover
+        print(f"[warn] llama_cpp unavailable ({e}); using hand-built ids", file=sys.stderr)
+        return None
+    llm = Llama(model_path=path, vocab_only=True, verbose=False)
+    out = []
+    for t in texts:
+        ids = llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
+        out.append([int(i) for i in ids])
+    del llm
+    return out
+
+
+def hand_tokenize_fallback(vocab_tokens: List[str]):
+    """Greedy longest-match over byte-level BPE tokens ('Ġ' space, 'Ċ' newline).
+    Only produces valid ids; not guaranteed to equal the real BPE segmentation."""
+    index = {t: i for i, t in enumerate(vocab_tokens)}
+    specials = ["<|im_start|>", "<|im_end|>"]
+    res = []
+    for text in GGUF_TEXTS:
+        s = text
+        ids = []
+        while s:
+            sp = next((x for x in specials if s.startswith(x)), None)
+            if sp:
+                ids.append(index[sp]); s = s[len(sp):]; continue
+            enc = s.replace(" ", "Ġ").replace("\n", "Ċ")
+            for n in range(min(len(enc), 16), 0, -1):
+                if enc[:n] in index and "<|" not in enc[:n]:
+                    ids.append(index[enc[:n]]); s = s[n:]; break
+            else:
+                raise ValueError(f"cannot tokenise {s[:10]!r}")
+        res.append(ids)
+    return res
+
+
+# ----------------------------------------------------------------------------
+# Fixture assembly
+# ----------------------------------------------------------------------------
+
+
+def r6(v: float) -> float:
+    return float(f"{float(v):.6g}")
+
+
+def record_positions(logits: np.ndarray, vocab: int) -> list:
+    T = logits.shape[0]
+    probe = [(k * 7919 + 13) % vocab for k in range(N_PROBE)]
+    out = []
+    for p in dict.fromkeys([T - 1, T // 2, 0]):
+        row = logits[p]
+        top = np.argsort(-row, kind="stable")[:N_TOP]
+        out.append({
+            "pos": int(p),
+            "top_ids": [int(i) for i in top],
+            "top_values": [r6(row[i]) for i in top],
+            "probe_ids": probe,
+            "probe_values": [r6(row[i]) for i in probe],
+        })
+    return out
+
+
+def preset_cases(name: str, cfg: Config) -> List[List[int]]:
+    if name == "smollm2-135m":
+        return [[(k * 31 + 1) % cfg.vocab for k in range(12)]]
+    return [[(k * 31 + 7 * case + 1) % cfg.vocab for k in range(n)]
+            for case, n in enumerate([1, 9, 45])]
+
+
+def write_json(path: str, obj: dict):
+    with open(path, "w") as fh:
+        json.dump(obj, fh, separators=(",", ":"))
+        fh.write("\n")
+    print(f"  wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+def fixture_name(preset: str) -> str:
+    return "logits_" + preset.replace("-", "_") + ".json"
+
+
+def run_preset(name: str, out_dir: str, seed: int = 0):
+    cfg = PRESETS[name]
+    t0 = time.time()
+    W = preset_weights(cfg, seed)
+    t1 = time.time()
+    cases = []
+    for toks in preset_cases(name, cfg):
+        logits = forward(cfg, W, toks, rope_rotate_half)
+        assert np.all(np.isfinite(logits))
+        cases.append({"tokens": toks, "positions": record_positions(logits, cfg.vocab)})
+    print(f"[{name}] weights {t1 - t0:.1f}s, forward {time.time() - t1:.1f}s; "
+          f"last-pos argmax per case: {[c['positions'][0]['top_ids'][0] for c in cases]}")
+    write_json(os.path.join(out_dir, fixture_name(name)),
+               {"model": name, "seed": seed, "generator": GENERATOR, "cases": cases})
+
+
+def run_gguf(path: str, out_dir: str):
+    t0 = time.time()
+    cfg, W, vocab_tokens = load_gguf(path)
+    print(f"[gguf] loaded {os.path.basename(path)} in {time.time() - t0:.1f}s: {cfg}")
+    seqs = tokenize_texts(path, GGUF_TEXTS, vocab_tokens)
+    if seqs is None:
+        seqs = hand_tokenize_fallback(vocab_tokens)
+
+    cases = []
+    for ci, (text, toks) in enumerate(zip(GGUF_TEXTS, seqs)):
+        logits = forward(cfg, W, toks, rope_adjacent)
+        assert np.all(np.isfinite(logits))
+        if ci == 0:
+            # Self-check 1: un-permuted (HF-order) Q/K + rotate_half must agree.
+            W2 = dict(W)
+            W2["layers"] = [dict(L, wq=unpermute_qk(L["wq"], cfg.heads),
+                                 wk=unpermute_qk(L["wk"], cfg.kv_heads)) for L in W["layers"]]
+            logits2 = forward(cfg, W2, toks, rope_rotate_half)
+            d = float(np.max(np.abs(logits - logits2)))
+            print(f"[gguf] permuted+adjacent vs unpermuted+rotate_half max |dlogit| = {d:.3e}")
+            assert d < 1e-8, d
+            # Self-check 2: the chat prompt's next token should be sensible ("The ...").
+            top = int(np.argmax(logits[-1]))
+            tok = vocab_tokens[top]
+            print(f"[gguf] France prompt: next token argmax = {top} {tok!r} "
+                  f"(= {tok.replace('Ġ', ' ').replace('Ċ', chr(10))!r}), logit {logits[-1, top]:.4f}")
+            if tok.replace("Ġ", "") not in ("The", "Paris", "France"):
+                print("[gguf] WARNING: unexpected top token for the France prompt", file=sys.stderr)
+        cases.append({"text": text, "tokens": toks,
+                      "positions": record_positions(logits, cfg.vocab)})
+        print(f"[gguf] case {ci}: {len(toks)} tokens, last-pos top5 = "
+              f"{[vocab_tokens[i] for i in cases[-1]['positions'][0]['top_ids'][:5]]}")
+    write_json(os.path.join(out_dir, "logits_smollm2_gguf.json"),
+               {"model": os.path.basename(path), "generator": GENERATOR, "cases": cases})
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gguf", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--out-dir", default="crates/model/tests/fixtures")
+    ap.add_argument("--skip-gguf", action="store_true")
+    ap.add_argument("--only", nargs="*", help="subset of presets (and/or 'gguf') to run")
+    args = ap.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    t0 = time.time()
+    todo = args.only if args.only else list(PRESETS) + ["gguf"]
+    for name in todo:
+        if name == "gguf":
+            if args.skip_gguf:
+                continue
+            if not os.path.exists(args.gguf):
+                print(f"[gguf] {args.gguf} not found; skipping", file=sys.stderr)
+                continue
+            run_gguf(args.gguf, args.out_dir)
+        else:
+            run_preset(name, args.out_dir)
+    print(f"total {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
