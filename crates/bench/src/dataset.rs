@@ -1,0 +1,1118 @@
+//! Dataset preparation with the semantics of `trtllm-bench prepare-dataset`.
+//!
+//! A dataset is a JSON-lines file with one request per line:
+//! `{"task_id":0,"input_ids":[...],"output_tokens":128}` (task ids count from 0).
+//! This module owns that format ([`DatasetEntry`], [`write_dataset`],
+//! [`read_dataset`]) and the three generators:
+//!
+//! * [`token_norm_dist`]: lengths from normal distributions. As in
+//!   `trtllm-bench`, request `i` draws one standard-normal `z` that serves both
+//!   lengths: `max(1, ceil(mean + z * stdev))` ([`normal_len`]).
+//! * [`token_unif_dist`]: lengths from inclusive uniform ranges, again one
+//!   uniform `u` per request for both lengths ([`uniform_len`]).
+//! * [`real_dataset`]: prompts from a local JSONL or plain-text file, tokenized
+//!   by the caller, with output lengths drawn as in `token_norm_dist`.
+//!
+//! Synthetic token ids are uniform over the vocabulary with the EOS id left out.
+//!
+//! Randomness comes from a self-contained xoshiro256** generator seeded through
+//! splitmix64, normals from Box–Muller, and the logarithm and cosine Box–Muller
+//! needs are evaluated with plain IEEE-754 arithmetic rather than the platform
+//! libm, so a seed yields byte-identical datasets on every platform. The
+//! generator is not numpy's, so the exact ids and lengths differ from those
+//! `trtllm-bench` would produce for the same seed; the distributions and the
+//! length formulas are the same.
+
+use std::f64::consts::{LN_2, SQRT_2, TAU};
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// `trtllm-bench prepare-dataset --random-seed` default.
+pub const DEFAULT_RANDOM_SEED: u64 = 420;
+
+/// Longest sequence (input or output, in tokens) a generator will produce;
+/// larger requested lengths are rejected instead of exhausting memory.
+pub const MAX_SEQUENCE_LEN: u64 = 1 << 24;
+
+/// Keys searched, in this order, for the prompt text of a JSONL line.
+pub const PROMPT_KEYS: [&str; 4] = ["prompt", "text", "input", "question"];
+
+const ENTRY_SHAPE: &str = r#"{"task_id":<u64>,"input_ids":[<u32>,...],"output_tokens":<u32 >= 1>}"#;
+
+/// Salt separating the token-id stream from the length stream of one seed, so
+/// lengths do not depend on the vocabulary.
+const TOKEN_STREAM_SALT: u64 = 0x746f_6b65_6e5f_6964;
+
+/// One request of a benchmark dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetEntry {
+    pub task_id: u64,
+    pub input_ids: Vec<u32>,
+    pub output_tokens: u32,
+}
+
+/// The token space synthetic ids are drawn from: `[0, size)` minus `eos_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vocab {
+    pub size: usize,
+    pub eos_id: Option<u32>,
+}
+
+/// Parameters of `prepare-dataset token-norm-dist`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormDistParams {
+    pub num_requests: usize,
+    pub input_mean: f64,
+    pub input_stdev: f64,
+    pub output_mean: f64,
+    pub output_stdev: f64,
+    pub random_seed: u64,
+}
+
+/// Parameters of `prepare-dataset token-unif-dist` (ranges are inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnifDistParams {
+    pub num_requests: usize,
+    pub input_min: u32,
+    pub input_max: u32,
+    pub output_min: u32,
+    pub output_max: u32,
+    pub random_seed: u64,
+}
+
+/// A normal length distribution, as given by `--output-len-dist mean,stdev`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LenDist {
+    pub mean: f64,
+    pub stdev: f64,
+}
+
+/// Parameters of `prepare-dataset real-dataset`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RealDatasetParams<'a> {
+    /// JSONL (prompt under one of [`PROMPT_KEYS`]) or plain text (one prompt
+    /// per non-empty line). The file is read as JSONL when its extension is
+    /// `.jsonl`/`.json` or its first non-empty line starts with `{`.
+    pub path: &'a Path,
+    pub output_len_dist: LenDist,
+    /// Keep only the first `n` prompts; `None` keeps all.
+    pub num_requests: Option<usize>,
+    pub random_seed: u64,
+}
+
+/// Length for a normal draw `z`: `max(1, ceil(mean + z * stdev))`, saturating
+/// at `u64::MAX`.
+pub fn normal_len(mean: f64, stdev: f64, z: f64) -> u64 {
+    // `as` saturates and maps NaN and negatives to 0, which `max(1)` lifts.
+    ((mean + z * stdev).ceil() as u64).max(1)
+}
+
+/// Length for a uniform draw `u` in `[0, 1)`:
+/// `min + floor(u * (max - min + 1))`, clamped to `[min, max]`.
+pub fn uniform_len(min: u32, max: u32, u: f64) -> u32 {
+    let span = u64::from(max.saturating_sub(min)) + 1;
+    let offset = ((u * span as f64).floor() as u64).min(span - 1);
+    // offset < span <= u32::MAX - min + 1, so the sum fits in u32.
+    min + offset as u32
+}
+
+/// Parses `--output-len-dist` given as `"mean,stdev"`.
+pub fn parse_len_dist(text: &str) -> Result<LenDist> {
+    let expected = "expected \"mean,stdev\": two numbers separated by a comma, e.g. \"128,16\"";
+    let Some((mean, stdev)) = text.split_once(',') else {
+        bail!("--output-len-dist {text:?}: no comma found; {expected}");
+    };
+    let mean: f64 = mean.trim().parse().with_context(|| {
+        format!("--output-len-dist {text:?}: mean {mean:?} is not a number; {expected}")
+    })?;
+    let stdev: f64 = stdev.trim().parse().with_context(|| {
+        format!("--output-len-dist {text:?}: stdev {stdev:?} is not a number; {expected}")
+    })?;
+    check_mean("--output-len-dist mean", mean)?;
+    check_stdev("--output-len-dist stdev", stdev)?;
+    Ok(LenDist { mean, stdev })
+}
+
+/// `token-norm-dist`: one standard-normal `z` per request gives both lengths.
+pub fn token_norm_dist(params: &NormDistParams, vocab: &Vocab) -> Result<Vec<DatasetEntry>> {
+    check_num_requests(params.num_requests)?;
+    check_mean("--input-mean", params.input_mean)?;
+    check_stdev("--input-stdev", params.input_stdev)?;
+    check_mean("--output-mean", params.output_mean)?;
+    check_stdev("--output-stdev", params.output_stdev)?;
+    let sampler = TokenSampler::new(vocab)?;
+    let mut lengths = Rng::new(params.random_seed);
+    let mut tokens = Rng::new(params.random_seed ^ TOKEN_STREAM_SALT);
+    let mut entries = Vec::new();
+    for task_id in 0..params.num_requests as u64 {
+        let z = lengths.normal();
+        let input_len = checked_len(
+            normal_len(params.input_mean, params.input_stdev, z),
+            "input (--input-mean/--input-stdev)",
+            task_id,
+        )?;
+        let output_tokens = checked_len(
+            normal_len(params.output_mean, params.output_stdev, z),
+            "output (--output-mean/--output-stdev)",
+            task_id,
+        )?;
+        let input_ids = sampler.sample(&mut tokens, input_len);
+        entries.push(DatasetEntry {
+            task_id,
+            input_ids,
+            output_tokens,
+        });
+    }
+    Ok(entries)
+}
+
+/// `token-unif-dist`: one uniform `u` per request gives both lengths.
+pub fn token_unif_dist(params: &UnifDistParams, vocab: &Vocab) -> Result<Vec<DatasetEntry>> {
+    check_num_requests(params.num_requests)?;
+    check_range(
+        "--input-min",
+        params.input_min,
+        "--input-max",
+        params.input_max,
+    )?;
+    check_range(
+        "--output-min",
+        params.output_min,
+        "--output-max",
+        params.output_max,
+    )?;
+    let sampler = TokenSampler::new(vocab)?;
+    let mut lengths = Rng::new(params.random_seed);
+    let mut tokens = Rng::new(params.random_seed ^ TOKEN_STREAM_SALT);
+    let mut entries = Vec::new();
+    for task_id in 0..params.num_requests as u64 {
+        let u = lengths.unit();
+        let input_len = uniform_len(params.input_min, params.input_max, u);
+        let output_tokens = uniform_len(params.output_min, params.output_max, u);
+        let input_ids = sampler.sample(&mut tokens, input_len);
+        entries.push(DatasetEntry {
+            task_id,
+            input_ids,
+            output_tokens,
+        });
+    }
+    Ok(entries)
+}
+
+/// `real-dataset`: prompts from a local file, tokenized by `tokenize`, with
+/// output lengths drawn from `output_len_dist` (one normal `z` per request).
+pub fn real_dataset(
+    params: &RealDatasetParams<'_>,
+    tokenize: &dyn Fn(&str) -> Result<Vec<u32>>,
+) -> Result<Vec<DatasetEntry>> {
+    if let Some(n) = params.num_requests {
+        check_num_requests(n)?;
+    }
+    let dist = params.output_len_dist;
+    check_mean("--output-len-dist mean", dist.mean)?;
+    check_stdev("--output-len-dist stdev", dist.stdev)?;
+    let file = params.path.display();
+    let text =
+        fs::read_to_string(params.path).with_context(|| format!("reading prompt file {file}"))?;
+    let jsonl = is_jsonl(params.path, &text);
+    let limit = params.num_requests.unwrap_or(usize::MAX);
+    let mut lengths = Rng::new(params.random_seed);
+    let mut entries = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if entries.len() == limit {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_no = index + 1;
+        let prompt = if jsonl {
+            jsonl_prompt(line, &file, line_no)?
+        } else {
+            line.to_owned()
+        };
+        let input_ids = tokenize(&prompt)
+            .with_context(|| format!("{file}:{line_no}: tokenizing the prompt failed"))?;
+        if input_ids.is_empty() {
+            bail!("{file}:{line_no}: the prompt tokenized to 0 tokens; expected at least 1");
+        }
+        let task_id = entries.len() as u64;
+        let z = lengths.normal();
+        let output_tokens = checked_len(
+            normal_len(dist.mean, dist.stdev, z),
+            "output (--output-len-dist)",
+            task_id,
+        )?;
+        entries.push(DatasetEntry {
+            task_id,
+            input_ids,
+            output_tokens,
+        });
+    }
+    if entries.is_empty() {
+        let shape = if jsonl {
+            format!("one JSON object per line with the prompt under one of {PROMPT_KEYS:?}")
+        } else {
+            "one prompt per non-empty line".to_owned()
+        };
+        bail!("{file}: no prompts found; expected {shape}");
+    }
+    Ok(entries)
+}
+
+/// Writes `entries` as JSON lines, one request per line.
+pub fn write_dataset(path: &Path, entries: &[DatasetEntry]) -> Result<()> {
+    let file = path.display();
+    let handle = fs::File::create(path).with_context(|| format!("creating dataset {file}"))?;
+    let mut out = BufWriter::new(handle);
+    for entry in entries {
+        serde_json::to_writer(&mut out, entry)
+            .with_context(|| format!("writing task {} to dataset {file}", entry.task_id))?;
+        out.write_all(b"\n")
+            .with_context(|| format!("writing dataset {file}"))?;
+    }
+    out.flush()
+        .with_context(|| format!("writing dataset {file}"))
+}
+
+/// Reads and validates a JSON-lines dataset. Blank lines are skipped. With
+/// `vocab_size`, every token id must be below it.
+pub fn read_dataset(path: &Path, vocab_size: Option<usize>) -> Result<Vec<DatasetEntry>> {
+    let file = path.display();
+    let text = fs::read_to_string(path).with_context(|| format!("reading dataset {file}"))?;
+    let mut entries = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_no = index + 1;
+        let entry: DatasetEntry = serde_json::from_str(line).map_err(|err| {
+            let kind = match err.classify() {
+                serde_json::error::Category::Data => "invalid dataset entry",
+                _ => "malformed JSON",
+            };
+            let message = err.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
+            anyhow::anyhow!(
+                "{file}:{line_no}:{}: {kind}: {message}; expected one object per line like {ENTRY_SHAPE}",
+                err.column()
+            )
+        })?;
+        if entry.input_ids.is_empty() {
+            bail!(
+                "{file}:{line_no}: task {}: input_ids is empty; expected at least 1 token",
+                entry.task_id
+            );
+        }
+        if entry.output_tokens == 0 {
+            bail!(
+                "{file}:{line_no}: task {}: output_tokens is 0; expected at least 1",
+                entry.task_id
+            );
+        }
+        if let Some(vocab) = vocab_size {
+            if let Some((pos, id)) = entry
+                .input_ids
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= vocab)
+            {
+                bail!(
+                    "{file}:{line_no}: task {}: token id {id} (input_ids[{pos}]) is out of range; \
+                     expected ids < vocab size {vocab}",
+                    entry.task_id
+                );
+            }
+        }
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        bail!("{file}: dataset is empty; expected one object per line like {ENTRY_SHAPE}");
+    }
+    Ok(entries)
+}
+
+fn check_num_requests(n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("--num-requests must be > 0, got 0");
+    }
+    Ok(())
+}
+
+fn check_mean(flag: &str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{flag} must be a finite number > 0, got {value}");
+    }
+    Ok(())
+}
+
+fn check_stdev(flag: &str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value >= 0.0) {
+        bail!("{flag} must be a finite number >= 0, got {value}");
+    }
+    Ok(())
+}
+
+fn check_range(min_flag: &str, min: u32, max_flag: &str, max: u32) -> Result<()> {
+    if min < 1 {
+        bail!("{min_flag} must be >= 1, got {min}");
+    }
+    if min > max {
+        bail!("{min_flag} ({min}) must be <= {max_flag} ({max})");
+    }
+    if u64::from(max) > MAX_SEQUENCE_LEN {
+        bail!("{max_flag} must be <= {MAX_SEQUENCE_LEN} tokens, got {max}");
+    }
+    Ok(())
+}
+
+fn checked_len(len: u64, what: &str, task_id: u64) -> Result<u32> {
+    if len > MAX_SEQUENCE_LEN {
+        bail!(
+            "task {task_id}: drawn {what} length {len} exceeds the limit of {MAX_SEQUENCE_LEN} \
+             tokens; expected a smaller mean or stdev"
+        );
+    }
+    // MAX_SEQUENCE_LEN < u32::MAX, so the conversion is lossless.
+    Ok(len as u32)
+}
+
+fn is_jsonl(path: &Path, text: &str) -> bool {
+    let by_extension = path
+        .extension()
+        .and_then(|ext| ext.to_str())
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("jsonl") || ext.eq_ignore_ascii_case("json"));
+    by_extension
+        || text
+            .lines()
+            .find(|line| !line.trim().is_empty())
+            .is_some_and(|line| line.trim_start().starts_with('{'))
+}
+
+fn jsonl_prompt(line: &str, file: &impl std::fmt::Display, line_no: usize) -> Result<String> {
+    let expected =
+        format!("expected a JSON object with a string prompt under one of {PROMPT_KEYS:?}");
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|err| anyhow::anyhow!("{file}:{line_no}: malformed JSON ({err}); {expected}"))?;
+    let Some(object) = value.as_object() else {
+        bail!("{file}:{line_no}: the line is not a JSON object; {expected}");
+    };
+    let Some((key, prompt)) = PROMPT_KEYS
+        .iter()
+        .find_map(|key| object.get(*key).map(|v| (key, v)))
+    else {
+        let found: Vec<&String> = object.keys().collect();
+        bail!("{file}:{line_no}: no prompt key found (keys present: {found:?}); {expected}");
+    };
+    match prompt.as_str() {
+        Some(text) => Ok(text.to_owned()),
+        None => bail!("{file}:{line_no}: key {key:?} holds {prompt}, not a string; {expected}"),
+    }
+}
+
+/// Draws token ids uniformly from `[0, size)` without the EOS id: it draws
+/// from `size - 1` values and shifts those at or above EOS up by one, so no
+/// redraw is needed.
+struct TokenSampler {
+    choices: u64,
+    eos: Option<u64>,
+}
+
+impl TokenSampler {
+    fn new(vocab: &Vocab) -> Result<Self> {
+        let size = vocab.size as u64;
+        if size == 0 || size > u64::from(u32::MAX) + 1 {
+            bail!(
+                "vocab size must be in 1..={}, got {}",
+                u64::from(u32::MAX) + 1,
+                vocab.size
+            );
+        }
+        let eos = vocab.eos_id.map(u64::from).filter(|&eos| eos < size);
+        let choices = size - u64::from(eos.is_some());
+        if choices == 0 {
+            bail!(
+                "vocab size {size} leaves no token id besides the EOS id {}; expected a vocab size >= 2",
+                vocab.eos_id.unwrap_or_default()
+            );
+        }
+        Ok(TokenSampler { choices, eos })
+    }
+
+    fn sample(&self, rng: &mut Rng, len: u32) -> Vec<u32> {
+        (0..len)
+            .map(|_| {
+                let id = rng.below(self.choices);
+                let id = match self.eos {
+                    Some(eos) if id >= eos => id + 1,
+                    _ => id,
+                };
+                // id < size <= u32::MAX + 1, checked in `new`.
+                id as u32
+            })
+            .collect()
+    }
+}
+
+/// xoshiro256** seeded through splitmix64.
+struct Rng {
+    state: [u64; 4],
+}
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        let mut counter = seed;
+        let mut splitmix = || {
+            counter = counter.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = counter;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng {
+            state: [splitmix(), splitmix(), splitmix(), splitmix()],
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.state;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[0, n)` by multiply-shift; the bias is below `n / 2^64`.
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Standard normal by Box–Muller (cosine branch).
+    fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.unit();
+        let u2 = self.unit();
+        (-2.0 * portable_ln(u1)).sqrt() * portable_cos_tau(u2)
+    }
+}
+
+/// Natural logarithm of a positive normal `x` using only IEEE-754 basic
+/// operations: `x = m * 2^e` with `m` in `[sqrt(1/2), sqrt(2)]`, then
+/// `ln m = 2 atanh((m - 1) / (m + 1))` by its power series.
+fn portable_ln(x: f64) -> f64 {
+    let bits = x.to_bits();
+    let mut exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let mut mantissa = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+    if mantissa > SQRT_2 {
+        mantissa *= 0.5;
+        exponent += 1;
+    }
+    let s = (mantissa - 1.0) / (mantissa + 1.0);
+    let s2 = s * s;
+    // |s| <= 0.1716, so 16 odd terms reach far below one ulp.
+    let series = (0..16)
+        .rev()
+        .fold(0.0, |acc, k| acc * s2 + 1.0 / f64::from(2 * k + 1));
+    2.0 * s * series + exponent as f64 * LN_2
+}
+
+/// `cos(2 pi u)` for `u` in `[0, 1)` using only IEEE-754 basic operations.
+/// The argument is folded exactly into `[0, 1/8]` by the symmetries of cosine,
+/// then a Taylor series on `[0, pi/4]` finishes it.
+fn portable_cos_tau(u: f64) -> f64 {
+    let v = if u > 0.5 { 1.0 - u } else { u };
+    let (w, sign) = if v > 0.25 { (0.5 - v, -1.0) } else { (v, 1.0) };
+    let magnitude = if w > 0.125 {
+        taylor_sin(TAU * (0.25 - w))
+    } else {
+        taylor_cos(TAU * w)
+    };
+    sign * magnitude
+}
+
+fn taylor_cos(x: f64) -> f64 {
+    let x2 = x * x;
+    (1..=10).rev().fold(1.0, |acc, k| {
+        1.0 - acc * x2 / f64::from((2 * k - 1) * (2 * k))
+    })
+}
+
+fn taylor_sin(x: f64) -> f64 {
+    let x2 = x * x;
+    x * (1..=10).rev().fold(1.0, |acc, k| {
+        1.0 - acc * x2 / f64::from((2 * k) * (2 * k + 1))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const VOCAB: Vocab = Vocab {
+        size: 32,
+        eos_id: Some(2),
+    };
+
+    fn norm(num_requests: usize, seed: u64) -> NormDistParams {
+        NormDistParams {
+            num_requests,
+            input_mean: 64.0,
+            input_stdev: 16.0,
+            output_mean: 32.0,
+            output_stdev: 8.0,
+            random_seed: seed,
+        }
+    }
+
+    fn unif(num_requests: usize, seed: u64) -> UnifDistParams {
+        UnifDistParams {
+            num_requests,
+            input_min: 10,
+            input_max: 20,
+            output_min: 100,
+            output_max: 110,
+            random_seed: seed,
+        }
+    }
+
+    /// A per-test scratch file that is removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str, contents: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("lumen-bench-{}-{name}", std::process::id()));
+            fs::write(&path, contents).expect("write scratch file");
+            Scratch(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+
+    fn err_text<T: std::fmt::Debug>(result: Result<T>) -> String {
+        format!("{:#}", result.expect_err("expected an error"))
+    }
+
+    #[test]
+    fn normal_len_follows_formula() {
+        // z = 0.5: 100 + 0.5 * 10 = 105 exactly.
+        assert_eq!(normal_len(100.0, 10.0, 0.5), 105);
+        // z = 0.25: 100 + 2.5 = 102.5 -> ceil 103.
+        assert_eq!(normal_len(100.0, 10.0, 0.25), 103);
+        // z = -1.26: 100 - 12.6 = 87.4 -> 88.
+        assert_eq!(normal_len(100.0, 10.0, -1.26), 88);
+        // Negative or tiny values clamp to 1.
+        assert_eq!(normal_len(5.0, 10.0, -3.0), 1);
+        assert_eq!(normal_len(0.2, 0.0, 0.0), 1);
+        assert_eq!(normal_len(1e30, 0.0, 0.0), u64::MAX);
+    }
+
+    #[test]
+    fn uniform_len_follows_formula() {
+        assert_eq!(uniform_len(10, 20, 0.0), 10);
+        // 11 values: floor(0.5 * 11) = 5.
+        assert_eq!(uniform_len(10, 20, 0.5), 15);
+        assert_eq!(uniform_len(10, 20, 0.999_999_999), 20);
+        assert_eq!(uniform_len(10, 20, 1.0), 20);
+        assert_eq!(uniform_len(7, 7, 0.9), 7);
+        assert_eq!(uniform_len(1, u32::MAX, 0.999_999_999_999), u32::MAX);
+    }
+
+    #[test]
+    fn same_seed_same_dataset() {
+        assert_eq!(
+            token_norm_dist(&norm(50, 7), &VOCAB).unwrap(),
+            token_norm_dist(&norm(50, 7), &VOCAB).unwrap()
+        );
+        assert_ne!(
+            token_norm_dist(&norm(50, 7), &VOCAB).unwrap(),
+            token_norm_dist(&norm(50, 8), &VOCAB).unwrap()
+        );
+        assert_eq!(
+            token_unif_dist(&unif(50, 7), &VOCAB).unwrap(),
+            token_unif_dist(&unif(50, 7), &VOCAB).unwrap()
+        );
+        assert_ne!(
+            token_unif_dist(&unif(50, 7), &VOCAB).unwrap(),
+            token_unif_dist(&unif(50, 8), &VOCAB).unwrap()
+        );
+    }
+
+    #[test]
+    fn generator_is_pinned() {
+        // Golden values: a change here changes every dataset ever generated.
+        let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
+        let words: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
+        assert_eq!(
+            words,
+            [
+                6067513667249323982,
+                1007554958731235935,
+                10153337446353610092
+            ]
+        );
+        // Exact equality: the normal path uses no platform libm.
+        let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
+        let normals: Vec<f64> = (0..4).map(|_| rng.normal()).collect();
+        assert_eq!(
+            normals,
+            [
+                0.8410780804670909,
+                -0.26003950597542785,
+                1.3078737127281108,
+                0.7080260221270693
+            ]
+        );
+        let entries = token_norm_dist(&norm(4, DEFAULT_RANDOM_SEED), &VOCAB).unwrap();
+        let shape: Vec<(usize, u32, &[u32])> = entries
+            .iter()
+            .map(|e| (e.input_ids.len(), e.output_tokens, &e.input_ids[..5]))
+            .collect();
+        let expected: [(usize, u32, &[u32]); 4] = [
+            (78, 39, &[19, 23, 28, 1, 27]),
+            (60, 30, &[23, 26, 15, 31, 1]),
+            (85, 43, &[22, 7, 16, 30, 11]),
+            (76, 38, &[31, 1, 25, 26, 6]),
+        ];
+        assert_eq!(shape, expected);
+        let mut reference = Rng {
+            state: [1, 2, 3, 4],
+        };
+        // xoshiro256** reference output for state {1, 2, 3, 4}.
+        assert_eq!(reference.next_u64(), 11520);
+        assert_eq!(reference.next_u64(), 0);
+        assert_eq!(reference.next_u64(), 1509978240);
+        assert_eq!(reference.next_u64(), 1215971899390074240);
+    }
+
+    #[test]
+    fn portable_math_matches_libm() {
+        let mut rng = Rng::new(1);
+        for _ in 0..10_000 {
+            let u = rng.unit();
+            let x = 1.0 - u;
+            assert!(
+                (portable_ln(x) - x.ln()).abs() <= 1e-14 * x.ln().abs().max(1.0),
+                "ln({x})"
+            );
+            assert!(
+                (portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-14,
+                "cos(2pi {u})"
+            );
+        }
+        for u in [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875] {
+            assert!(
+                (portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-15,
+                "cos(2pi {u})"
+            );
+        }
+        assert_eq!(portable_ln(1.0), 0.0);
+        assert!((portable_ln(f64::EPSILON / 2.0) - (f64::EPSILON / 2.0).ln()).abs() < 1e-13);
+    }
+
+    #[test]
+    fn normals_look_standard() {
+        let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
+        let n = 100_000;
+        let draws: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        let mean = draws.iter().sum::<f64>() / n as f64;
+        let var = draws.iter().map(|z| (z - mean) * (z - mean)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.02, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "variance {var}");
+    }
+
+    #[test]
+    fn norm_dist_uses_one_z_for_both_lengths() {
+        let params = norm(200, 3);
+        let entries = token_norm_dist(&params, &VOCAB).unwrap();
+        let mut rng = Rng::new(3);
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.task_id, i as u64);
+            let z = rng.normal();
+            assert_eq!(entry.input_ids.len() as u64, normal_len(64.0, 16.0, z));
+            assert_eq!(u64::from(entry.output_tokens), normal_len(32.0, 8.0, z));
+        }
+    }
+
+    #[test]
+    fn unif_dist_uses_one_u_for_both_lengths() {
+        let entries = token_unif_dist(&unif(200, 3), &VOCAB).unwrap();
+        for entry in &entries {
+            let input_offset = entry.input_ids.len() as u32 - 10;
+            assert_eq!(entry.output_tokens - 100, input_offset);
+            assert!((10..=20).contains(&entry.input_ids.len()));
+        }
+    }
+
+    #[test]
+    fn stdev_zero_gives_exact_lengths() {
+        let params = NormDistParams {
+            input_stdev: 0.0,
+            output_stdev: 0.0,
+            ..norm(20, 1)
+        };
+        for entry in token_norm_dist(&params, &VOCAB).unwrap() {
+            assert_eq!(entry.input_ids.len(), 64);
+            assert_eq!(entry.output_tokens, 32);
+        }
+    }
+
+    #[test]
+    fn no_eos_ids_and_all_in_vocab() {
+        let vocab = Vocab {
+            size: 4,
+            eos_id: Some(1),
+        };
+        let entries = token_norm_dist(&norm(100, 11), &vocab).unwrap();
+        let mut seen = [false; 4];
+        for id in entries.iter().flat_map(|e| e.input_ids.iter()) {
+            assert!(*id < 4 && *id != 1, "id {id}");
+            seen[*id as usize] = true;
+        }
+        assert_eq!(seen, [true, false, true, true]);
+        // EOS at the top of the vocabulary and EOS outside of it.
+        for vocab in [
+            Vocab {
+                size: 3,
+                eos_id: Some(2),
+            },
+            Vocab {
+                size: 3,
+                eos_id: Some(9),
+            },
+        ] {
+            let entries = token_unif_dist(&unif(30, 5), &vocab).unwrap();
+            assert!(entries
+                .iter()
+                .flat_map(|e| &e.input_ids)
+                .all(|&id| id < 3 && Some(id) != vocab.eos_id));
+        }
+    }
+
+    #[test]
+    fn bad_generator_inputs_are_named() {
+        let cases: Vec<(Result<Vec<DatasetEntry>>, &str)> = vec![
+            (
+                token_norm_dist(&norm(0, 1), &VOCAB),
+                "--num-requests must be > 0, got 0",
+            ),
+            (
+                token_norm_dist(
+                    &NormDistParams {
+                        input_mean: 0.0,
+                        ..norm(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "--input-mean must be a finite number > 0, got 0",
+            ),
+            (
+                token_norm_dist(
+                    &NormDistParams {
+                        output_mean: f64::NAN,
+                        ..norm(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "--output-mean must be a finite number > 0, got NaN",
+            ),
+            (
+                token_norm_dist(
+                    &NormDistParams {
+                        input_stdev: -1.0,
+                        ..norm(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "--input-stdev must be a finite number >= 0, got -1",
+            ),
+            (
+                token_norm_dist(
+                    &NormDistParams {
+                        output_stdev: -0.5,
+                        ..norm(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "--output-stdev must be a finite number >= 0, got -0.5",
+            ),
+            (
+                token_norm_dist(
+                    &NormDistParams {
+                        input_mean: 1e12,
+                        ..norm(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "input (--input-mean/--input-stdev) length",
+            ),
+            (
+                token_unif_dist(&unif(0, 1), &VOCAB),
+                "--num-requests must be > 0, got 0",
+            ),
+            (
+                token_unif_dist(
+                    &UnifDistParams {
+                        input_min: 0,
+                        ..unif(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "--input-min must be >= 1, got 0",
+            ),
+            (
+                token_unif_dist(
+                    &UnifDistParams {
+                        output_min: 200,
+                        ..unif(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "--output-min (200) must be <= --output-max (110)",
+            ),
+            (
+                token_unif_dist(
+                    &UnifDistParams {
+                        input_max: u32::MAX,
+                        ..unif(1, 1)
+                    },
+                    &VOCAB,
+                ),
+                "--input-max must be <= 16777216 tokens",
+            ),
+            (
+                token_unif_dist(
+                    &unif(1, 1),
+                    &Vocab {
+                        size: 0,
+                        eos_id: None,
+                    },
+                ),
+                "vocab size must be in 1..=4294967296, got 0",
+            ),
+            (
+                token_unif_dist(
+                    &unif(1, 1),
+                    &Vocab {
+                        size: 1,
+                        eos_id: Some(0),
+                    },
+                ),
+                "no token id besides the EOS id 0",
+            ),
+        ];
+        for (result, expected) in cases {
+            let text = err_text(result);
+            assert!(
+                text.contains(expected),
+                "{text:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_len_dist_accepts_and_rejects() {
+        assert_eq!(
+            parse_len_dist("128, 16").unwrap(),
+            LenDist {
+                mean: 128.0,
+                stdev: 16.0
+            }
+        );
+        for (input, expected) in [
+            (
+                "128",
+                "--output-len-dist \"128\": no comma found; expected \"mean,stdev\"",
+            ),
+            ("abc,1", "mean \"abc\" is not a number"),
+            ("128,x", "stdev \"x\" is not a number"),
+            (
+                "0,1",
+                "--output-len-dist mean must be a finite number > 0, got 0",
+            ),
+            (
+                "10,-1",
+                "--output-len-dist stdev must be a finite number >= 0, got -1",
+            ),
+        ] {
+            let text = err_text(parse_len_dist(input));
+            assert!(
+                text.contains(expected),
+                "{text:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    fn fake_tokenize(text: &str) -> Result<Vec<u32>> {
+        if text.contains("FAIL") {
+            bail!("tokenizer refused");
+        }
+        Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
+    }
+
+    fn real(path: &Path, num_requests: Option<usize>) -> RealDatasetParams<'_> {
+        RealDatasetParams {
+            path,
+            output_len_dist: LenDist {
+                mean: 50.0,
+                stdev: 0.0,
+            },
+            num_requests,
+            random_seed: DEFAULT_RANDOM_SEED,
+        }
+    }
+
+    #[test]
+    fn real_dataset_reads_jsonl_keys_in_order() {
+        let file = Scratch::new(
+            "keys.jsonl",
+            "{\"prompt\":\"a bb\",\"text\":\"ignored\"}\n\n{\"text\":\"ccc\"}\n{\"input\":\"d\"}\n{\"question\":\"ee ff g\"}\n",
+        );
+        let entries = real_dataset(&real(&file.0, None), &fake_tokenize).unwrap();
+        let ids: Vec<Vec<u32>> = entries.iter().map(|e| e.input_ids.clone()).collect();
+        assert_eq!(ids, vec![vec![1, 2], vec![3], vec![1], vec![2, 2, 1]]);
+        assert!(entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.task_id == i as u64 && e.output_tokens == 50));
+        let limited = real_dataset(&real(&file.0, Some(2)), &fake_tokenize).unwrap();
+        assert_eq!(limited.len(), 2);
+    }
+
+    #[test]
+    fn real_dataset_reads_plain_text_with_normal_output_lengths() {
+        let file = Scratch::new(
+            "plain.txt",
+            "hello world\n\n  \nsecond prompt here\nthird\n",
+        );
+        let params = RealDatasetParams {
+            output_len_dist: LenDist {
+                mean: 20.0,
+                stdev: 5.0,
+            },
+            ..real(&file.0, None)
+        };
+        let entries = real_dataset(&params, &fake_tokenize).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[1].input_ids, vec![6, 6, 4]);
+        let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
+        for entry in &entries {
+            assert_eq!(
+                u64::from(entry.output_tokens),
+                normal_len(20.0, 5.0, rng.normal())
+            );
+        }
+    }
+
+    #[test]
+    fn real_dataset_errors_name_file_and_line() {
+        let missing = Scratch::new(
+            "nokey.jsonl",
+            "{\"prompt\":\"ok\"}\n{\"body\":\"x\",\"id\":1}\n",
+        );
+        let text = err_text(real_dataset(&real(&missing.0, None), &fake_tokenize));
+        assert!(
+            text.contains("nokey.jsonl:2: no prompt key found (keys present: [\"body\", \"id\"])"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[\"prompt\", \"text\", \"input\", \"question\"]"),
+            "{text}"
+        );
+
+        let not_string = Scratch::new("num.jsonl", "{\"prompt\":5}\n");
+        let text = err_text(real_dataset(&real(&not_string.0, None), &fake_tokenize));
+        assert!(
+            text.contains("num.jsonl:1: key \"prompt\" holds 5, not a string"),
+            "{text}"
+        );
+
+        let broken = Scratch::new("broken.jsonl", "{\"prompt\":\"a\"}\n{oops\n");
+        let text = err_text(real_dataset(&real(&broken.0, None), &fake_tokenize));
+        assert!(text.contains("broken.jsonl:2: malformed JSON"), "{text}");
+
+        let failing = Scratch::new("fail.txt", "fine\nFAIL here\n");
+        let text = err_text(real_dataset(&real(&failing.0, None), &fake_tokenize));
+        assert!(
+            text.contains("fail.txt:2: tokenizing the prompt failed: tokenizer refused"),
+            "{text}"
+        );
+
+        let empty = Scratch::new("empty.txt", "\n \n");
+        let text = err_text(real_dataset(&real(&empty.0, None), &fake_tokenize));
+        assert!(
+            text.contains("empty.txt: no prompts found; expected one prompt per non-empty line"),
+            "{text}"
+        );
+
+        let text = err_text(real_dataset(&real(&empty.0, Some(0)), &fake_tokenize));
+        assert!(text.contains("--num-requests must be > 0, got 0"), "{text}");
+
+        let nothing = Path::new("/nonexistent/lumen/prompts.txt");
+        let text = err_text(real_dataset(&real(nothing, None), &fake_tokenize));
+        assert!(
+            text.contains("reading prompt file /nonexistent/lumen/prompts.txt"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn write_then_read_round_trips() {
+        let entries = token_norm_dist(&norm(10, 9), &VOCAB).unwrap();
+        let file = Scratch::new("roundtrip.jsonl", "");
+        write_dataset(&file.0, &entries).unwrap();
+        let text = fs::read_to_string(&file.0).unwrap();
+        assert_eq!(text.lines().count(), 10);
+        assert!(text.starts_with("{\"task_id\":0,\"input_ids\":["));
+        assert_eq!(read_dataset(&file.0, Some(32)).unwrap(), entries);
+    }
+
+    #[test]
+    fn read_dataset_errors_name_line() {
+        let good = r#"{"task_id":0,"input_ids":[1,2],"output_tokens":3}"#;
+        let cases = [
+            ("malformed", format!("{good}\n{{\"task_id\":1,"), "malformed.jsonl:2:"),
+            ("missing", format!("{good}\n\n{{\"task_id\":1,\"input_ids\":[1]}}"), "missing.jsonl:3:"),
+            ("emptyids", format!("{good}\n{{\"task_id\":1,\"input_ids\":[],\"output_tokens\":3}}"), "emptyids.jsonl:2: task 1: input_ids is empty"),
+            ("zeroout", r#"{"task_id":4,"input_ids":[1],"output_tokens":0}"#.to_owned(), "zeroout.jsonl:1: task 4: output_tokens is 0"),
+            ("vocab", format!("{good}\n{{\"task_id\":1,\"input_ids\":[5,32,1],\"output_tokens\":3}}"), "vocab.jsonl:2: task 1: token id 32 (input_ids[1]) is out of range; expected ids < vocab size 32"),
+            ("negative", r#"{"task_id":0,"input_ids":[-1],"output_tokens":3}"#.to_owned(), "negative.jsonl:1:"),
+            ("blank", "\n  \n".to_owned(), "blank.jsonl: dataset is empty"),
+        ];
+        for (name, contents, expected) in cases {
+            let file = Scratch::new(&format!("{name}.jsonl"), &contents);
+            let text = err_text(read_dataset(&file.0, Some(32)));
+            assert!(
+                text.contains(expected),
+                "{text:?} should contain {expected:?}"
+            );
+        }
+        let file = Scratch::new("shape.jsonl", "{\"task_id\":1,\"input_ids\":[1]}");
+        let text = err_text(read_dataset(&file.0, None));
+        assert!(text.contains("invalid dataset entry: missing field `output_tokens`; expected one object per line like"), "{text}");
+        let file = Scratch::new("syntax.jsonl", "not json");
+        let text = err_text(read_dataset(&file.0, None));
+        assert!(
+            text.contains("syntax.jsonl:1:2: malformed JSON: expected ident"),
+            "{text}"
+        );
+    }
+}

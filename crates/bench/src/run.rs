@@ -1,0 +1,107 @@
+//! The offline benchmark driver behind `bench throughput` and `bench latency`: it feeds dataset
+//! requests to the engine under a concurrency limit, steps the executor loop itself, and collects
+//! each request's timings and every iteration's statistics.
+
+use crate::dataset::DatasetEntry;
+use crate::progress::Progress;
+use crate::report::RequestRecord;
+use anyhow::{bail, Context, Result};
+use lumen_engine::{Engine, FinishReason, IterationStats, Request, RequestEvent, RequestStream, SamplingParams, StopConditions};
+use std::io::Write;
+
+pub struct RunOptions {
+    /// Requests run before measuring and left out of the report.
+    pub warmup: usize,
+    /// Most requests in flight; `None` submits everything at once.
+    pub concurrency: Option<usize>,
+    /// `None` ignores EOS so every request yields exactly its `output_tokens`; `Some(id)` stops at `id`.
+    pub eos_id: Option<u32>,
+}
+
+pub struct RunResult {
+    pub records: Vec<RequestRecord>,
+    pub iterations: Vec<IterationStats>,
+}
+
+fn request_for(entry: &DatasetEntry, eos_id: Option<u32>) -> Request {
+    Request {
+        prompt: entry.input_ids.clone(),
+        sampling: SamplingParams::default(),
+        stop: StopConditions { max_tokens: entry.output_tokens as usize, stop_ids: eos_id.into_iter().collect(), ignore_eos: true },
+    }
+}
+
+/// Runs `entries` through the engine; when `iteration_log` is given, each iteration's statistics
+/// are written to it as one JSON object per line as they happen.
+pub fn run_benchmark(
+    engine: &mut Engine,
+    entries: &[DatasetEntry],
+    options: &RunOptions,
+    iteration_log: Option<&mut dyn Write>,
+) -> Result<RunResult> {
+    if options.warmup > 0 {
+        let warm: Vec<DatasetEntry> = entries.iter().cycle().take(options.warmup).cloned().collect();
+        drive(engine, &warm, options, None, "warm-up")?;
+    }
+    let (records, iterations) = drive(engine, entries, options, iteration_log, "requests")?;
+    Ok(RunResult { records, iterations })
+}
+
+fn drive(
+    engine: &mut Engine,
+    entries: &[DatasetEntry],
+    options: &RunOptions,
+    mut log: Option<&mut dyn Write>,
+    label: &str,
+) -> Result<(Vec<RequestRecord>, Vec<IterationStats>)> {
+    let limit = options.concurrency.unwrap_or(usize::MAX).max(1);
+    let mut progress = Progress::new(entries.len() as u64, label);
+    let mut in_flight: Vec<(usize, RequestStream, u32)> = Vec::new();
+    let mut records: Vec<Option<RequestRecord>> = vec![None; entries.len()];
+    let mut iterations = Vec::new();
+    let mut next = 0;
+    let mut done = 0;
+    while done < entries.len() {
+        while in_flight.len() < limit && next < entries.len() {
+            let stream = engine.submit(request_for(&entries[next], options.eos_id));
+            in_flight.push((next, stream, 0));
+            next += 1;
+        }
+        let step = engine.step();
+        if let Some(w) = log.as_mut() {
+            serde_json::to_writer(&mut *w, &step.stats).context("cannot write the iteration log")?;
+            writeln!(w).context("cannot write the iteration log")?;
+        }
+        iterations.push(step.stats);
+        let mut still = Vec::with_capacity(in_flight.len());
+        for (index, stream, mut produced) in in_flight.drain(..) {
+            let mut finished = None;
+            while let Ok(ev) = stream.events.try_recv() {
+                match ev {
+                    RequestEvent::Token(_) => produced += 1,
+                    RequestEvent::Finished { reason, timings, .. } => finished = Some((reason, timings)),
+                }
+            }
+            match finished {
+                None => still.push((index, stream, produced)),
+                Some((FinishReason::Rejected(why), _)) => {
+                    bail!("dataset request {} (task_id {}) was rejected: {why}", index, entries[index].task_id)
+                }
+                Some((_, t)) => {
+                    records[index] = Some(RequestRecord {
+                        start_ns: t.arrival_ns,
+                        first_token_ns: t.first_token_ns,
+                        end_ns: t.end_ns,
+                        input_len: entries[index].input_ids.len() as u32,
+                        output_len: produced,
+                    });
+                    done += 1;
+                    progress.inc(1);
+                }
+            }
+        }
+        in_flight = still;
+    }
+    progress.finish();
+    Ok((records.into_iter().map(|r| r.expect("every request finished")).collect(), iterations))
+}
