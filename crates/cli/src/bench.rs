@@ -1,0 +1,252 @@
+//! `lumen bench`: `prepare-dataset`, `throughput` and `latency`, with trtllm-bench's options.
+
+use crate::common::{hardware_description, EngineArgs, ModelArgs};
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Subcommand};
+use lumen_bench::dataset::{
+    parse_len_dist, read_dataset, real_dataset, token_norm_dist, token_unif_dist, write_dataset, NormDistParams, RealDatasetParams,
+    UnifDistParams, Vocab, DEFAULT_RANDOM_SEED,
+};
+use lumen_bench::report::{build_report, render_json, render_text, EngineInfo, RunInfo};
+use lumen_bench::run::{run_benchmark, RunOptions};
+use lumen_model::describe_model;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Write a JSON-lines dataset of token-id requests.
+    PrepareDataset(PrepareArgs),
+    /// Offline throughput: run a dataset through the engine and report trtllm-bench's metrics.
+    Throughput(ThroughputArgs),
+    /// Batch-1 streaming latency over a dataset.
+    Latency(LatencyArgs),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// Model whose vocabulary, EOS id and tokenizer the dataset uses (default: the SmolLM2 GGUF).
+    #[arg(long)]
+    model: Option<String>,
+    /// Output file (JSON lines).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, default_value_t = DEFAULT_RANDOM_SEED)]
+    random_seed: u64,
+    #[command(subcommand)]
+    kind: DatasetKind,
+}
+
+#[derive(Subcommand)]
+enum DatasetKind {
+    /// Input and output lengths from normal distributions (one z-score per request for both).
+    TokenNormDist {
+        #[arg(long)]
+        num_requests: i64,
+        #[arg(long)]
+        input_mean: f64,
+        #[arg(long, default_value_t = 0.0)]
+        input_stdev: f64,
+        #[arg(long)]
+        output_mean: f64,
+        #[arg(long, default_value_t = 0.0)]
+        output_stdev: f64,
+    },
+    /// Input and output lengths uniform over inclusive ranges.
+    TokenUnifDist {
+        #[arg(long)]
+        num_requests: i64,
+        #[arg(long)]
+        input_min: i64,
+        #[arg(long)]
+        input_max: i64,
+        #[arg(long)]
+        output_min: i64,
+        #[arg(long)]
+        output_max: i64,
+    },
+    /// Prompts from a local JSONL or text file, tokenized with the model's tokenizer.
+    RealDataset {
+        /// JSONL with a "prompt"/"text"/"input"/"question" field per line, or plain text (one prompt per line).
+        #[arg(long)]
+        dataset_path: PathBuf,
+        /// Output lengths as "mean,stdev".
+        #[arg(long)]
+        output_len_dist: String,
+        #[arg(long)]
+        num_requests: Option<i64>,
+    },
+}
+
+fn positive(flag: &str, v: i64) -> Result<usize> {
+    ensure!(v > 0, "{flag} {v} must be a positive count");
+    Ok(v as usize)
+}
+
+fn length(flag: &str, v: i64) -> Result<u32> {
+    ensure!(v > 0 && v <= u32::MAX as i64, "{flag} {v} must be a positive token count");
+    Ok(v as u32)
+}
+
+fn prepare(args: PrepareArgs) -> Result<()> {
+    let spec = ModelArgs { model: args.model.clone(), threads: None }.spec();
+    let (config, tokenizer) = describe_model(&spec)?;
+    let eos_id = config.eos_token_ids.first().copied().or(tokenizer.as_ref().and_then(|t| t.eos_id()));
+    let vocab = Vocab { size: config.vocab_size, eos_id };
+    let entries = match args.kind {
+        DatasetKind::TokenNormDist { num_requests, input_mean, input_stdev, output_mean, output_stdev } => token_norm_dist(
+            &NormDistParams {
+                num_requests: positive("--num-requests", num_requests)?,
+                input_mean,
+                input_stdev,
+                output_mean,
+                output_stdev,
+                random_seed: args.random_seed,
+            },
+            &vocab,
+        )?,
+        DatasetKind::TokenUnifDist { num_requests, input_min, input_max, output_min, output_max } => token_unif_dist(
+            &UnifDistParams {
+                num_requests: positive("--num-requests", num_requests)?,
+                input_min: length("--input-min", input_min)?,
+                input_max: length("--input-max", input_max)?,
+                output_min: length("--output-min", output_min)?,
+                output_max: length("--output-max", output_max)?,
+                random_seed: args.random_seed,
+            },
+            &vocab,
+        )?,
+        DatasetKind::RealDataset { dataset_path, output_len_dist, num_requests } => {
+            let tokenizer = tokenizer.with_context(|| format!("real-dataset needs a tokenizer; model {spec} has none"))?;
+            real_dataset(
+                &RealDatasetParams {
+                    path: &dataset_path,
+                    output_len_dist: parse_len_dist(&output_len_dist)?,
+                    num_requests: num_requests.map(|n| positive("--num-requests", n)).transpose()?,
+                    random_seed: args.random_seed,
+                },
+                &|text| Ok(tokenizer.encode(text, false)),
+            )?
+        }
+    };
+    write_dataset(&args.output, &entries)?;
+    let inputs: usize = entries.iter().map(|e| e.input_ids.len()).sum();
+    let outputs: u64 = entries.iter().map(|e| e.output_tokens as u64).sum();
+    eprintln!(
+        "[lumen] wrote {} requests to {} (average input {:.1} tokens, average output {:.1} tokens)",
+        entries.len(),
+        args.output.display(),
+        inputs as f64 / entries.len() as f64,
+        outputs as f64 / entries.len() as f64
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Dataset written by `lumen bench prepare-dataset` (JSON lines).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Use only the first N requests of the dataset.
+    #[arg(long)]
+    num_requests: Option<i64>,
+    /// Requests run first and left out of the figures.
+    #[arg(long, default_value_t = 2)]
+    warmup: i64,
+    /// End-of-sequence id; -1 ignores EOS so every request produces exactly its output_tokens.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    eos_id: i64,
+    /// Write the report as JSON too.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Write one JSON object per engine iteration.
+    #[arg(long)]
+    iteration_log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Most requests in flight; -1 is unlimited.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    concurrency: i64,
+    /// Report streaming metrics (TTFT, TPOT, GTPS).
+    #[arg(long)]
+    streaming: bool,
+}
+
+#[derive(Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
+    ensure!(concurrency == -1 || concurrency > 0, "--concurrency {concurrency} must be a positive count or -1 (unlimited)");
+    ensure!(args.warmup >= 0, "--warmup {} must not be negative", args.warmup);
+    ensure!(args.eos_id >= -1, "--eos-id {} must be a token id or -1", args.eos_id);
+    let model = args.model.load()?;
+    let vocab = model.config().vocab_size;
+    ensure!(args.eos_id < vocab as i64, "--eos-id {} is out of range for a vocabulary of {vocab}", args.eos_id);
+    let mut entries = read_dataset(&args.dataset, Some(vocab))?;
+    if let Some(n) = args.num_requests {
+        let n = positive("--num-requests", n)?;
+        ensure!(n <= entries.len(), "--num-requests {n} exceeds the {} requests in {}", entries.len(), args.dataset.display());
+        entries.truncate(n);
+    }
+    let mut engine = args.engine.engine(model.clone())?;
+    let options = RunOptions {
+        warmup: args.warmup as usize,
+        concurrency: (concurrency > 0).then_some(concurrency as usize),
+        eos_id: (args.eos_id >= 0).then_some(args.eos_id as u32),
+    };
+    let mut log = match &args.iteration_log {
+        Some(p) => Some(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create iteration log {}", p.display()))?)),
+        None => None,
+    };
+    let result = run_benchmark(&mut engine, &entries, &options, log.as_mut().map(|w| w as &mut dyn Write))?;
+    if let Some(mut w) = log {
+        w.flush().context("cannot write the iteration log")?;
+    }
+    let threads = args.model.threads();
+    let engine_info = EngineInfo {
+        model: model.name.clone(),
+        model_path: args.model.spec(),
+        backend: "cpu".into(),
+        dtype: "float32".into(),
+        max_batch_size: engine.config.max_batch_size,
+        max_num_tokens: engine.config.max_num_tokens,
+        kv_cache_blocks: engine.kv_blocks(),
+        kv_block_size: engine.config.block_size,
+        threads,
+        hardware: hardware_description(threads),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let run_info = RunInfo {
+        num_requests: entries.len(),
+        warmup: options.warmup,
+        concurrency,
+        streaming,
+        eos_id: args.eos_id,
+        dataset: args.dataset.display().to_string(),
+    };
+    let report = build_report(&engine_info, &run_info, &result.records)?;
+    print!("{}", render_text(&report));
+    if let Some(p) = &args.report_json {
+        std::fs::write(p, render_json(&report)?).with_context(|| format!("cannot write report {}", p.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::PrepareDataset(a) => prepare(a),
+        BenchCommand::Throughput(a) => run_bench(a.run, a.concurrency, a.streaming),
+        BenchCommand::Latency(a) => run_bench(a.run, 1, true),
+    }
+}

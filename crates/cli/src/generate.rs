@@ -1,0 +1,130 @@
+//! `lumen generate`: one prompt in, the model's answer streamed to stdout.
+
+use crate::common::{EngineArgs, ModelArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lumen_engine::{FinishReason, Request, RequestEvent, SamplingParams, StopConditions};
+use lumen_model::{ChatMessage, StreamDecoder};
+use std::io::Write;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// The prompt as comma-separated token ids (for models without a tokenizer).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Wrap the prompt in the model's chat template as a user turn.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat (default: the template's own).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens: u32,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep generating past the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature {} is not a non-negative number", args.temperature);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p {} is outside (0, 1]", args.top_p);
+    }
+    let model = args.model.load()?;
+    let prompt_ids = match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => {
+            if args.chat {
+                bail!("--chat needs a text --prompt, not --prompt-ids");
+            }
+            ids.clone()
+        }
+        (None, Some(text)) => {
+            let tokenizer = model.tokenizer()?;
+            if args.chat {
+                let template = model.chat_template.as_ref().with_context(|| format!("model {} has no chat template", model.name))?;
+                let mut messages = Vec::new();
+                if let Some(system) = &args.system {
+                    messages.push(ChatMessage::new("system", system.as_str()));
+                }
+                messages.push(ChatMessage::new("user", text.as_str()));
+                let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string();
+                let rendered = template.render(&messages, true, &token_text(tokenizer.bos_id()), &token_text(tokenizer.eos_id()))?;
+                tokenizer.encode(&rendered, true)
+            } else {
+                tokenizer.encode(text, false)
+            }
+        }
+        (None, None) => bail!("give --prompt or --prompt-ids"),
+    };
+    let mut engine = args.engine.engine(model.clone())?;
+    let request = Request {
+        prompt: prompt_ids.clone(),
+        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        stop: StopConditions { max_tokens: args.max_tokens as usize, stop_ids: Vec::new(), ignore_eos: args.ignore_eos },
+    };
+    let stream = engine.submit(request);
+    let mut decoder = model.tokenizer.as_ref().map(|t| StreamDecoder::new(t, true));
+    let started = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let mut first_token = None;
+    let mut ids = Vec::new();
+    loop {
+        if engine.has_work() {
+            engine.step();
+        }
+        let mut finished = None;
+        while let Ok(ev) = stream.events.try_recv() {
+            match ev {
+                RequestEvent::Token(id) => {
+                    first_token.get_or_insert_with(|| started.elapsed());
+                    ids.push(id);
+                    match decoder.as_mut() {
+                        Some(d) => write!(out, "{}", d.push(id))?,
+                        None => write!(out, "{}{id}", if ids.len() > 1 { "," } else { "" })?,
+                    }
+                    out.flush()?;
+                }
+                RequestEvent::Finished { reason, .. } => finished = Some(reason),
+            }
+        }
+        if let Some(reason) = finished {
+            if let Some(d) = decoder.as_mut() {
+                write!(out, "{}", d.flush())?;
+            }
+            writeln!(out)?;
+            if let FinishReason::Rejected(why) = reason {
+                bail!("the request was rejected: {why}");
+            }
+            let total = started.elapsed().as_secs_f64();
+            let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());
+            let decode_rate = if ids.len() > 1 { (ids.len() - 1) as f64 / (total - ttft).max(1e-9) } else { 0.0 };
+            eprintln!(
+                "[lumen] {} prompt tokens, {} generated ({reason:?}); TTFT {:.1} ms, {:.1} tok/s decode",
+                prompt_ids.len(),
+                ids.len(),
+                ttft * 1e3,
+                decode_rate
+            );
+            return Ok(());
+        }
+    }
+}

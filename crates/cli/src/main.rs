@@ -1,0 +1,36 @@
+//! The `lumen` binary: argument parsing and wiring only. Each subcommand lives in its own module.
+
+mod bench;
+mod common;
+mod generate;
+
+use clap::{Parser, Subcommand};
+
+/// lumen: an LLM inference engine built for performance analysis.
+#[derive(Parser)]
+#[command(name = "lumen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text (or token ids) from a prompt, streaming the answer.
+    Generate(generate::GenerateArgs),
+    /// Prepare datasets and benchmark the engine, as trtllm-bench does.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
