@@ -1,0 +1,90 @@
+//! Request life cycle through the engine: stop conditions, rejection of impossible requests,
+//! abort, and the handle that runs the loop on its own thread.
+
+use lumen_engine::{Engine, EngineConfig, EngineHandle, FinishReason, KvBudget, Request, RequestEvent, SamplingParams, StopConditions};
+use lumen_model::load_model;
+use std::sync::Arc;
+
+fn engine(config: EngineConfig) -> Engine {
+    Engine::new(Arc::new(load_model("tiny").unwrap()), config).unwrap()
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize, stop_ids: Vec<u32>, ignore_eos: bool) -> Request {
+    Request { prompt, sampling: SamplingParams::default(), stop: StopConditions { max_tokens, stop_ids, ignore_eos } }
+}
+
+fn run(engine: &mut Engine, r: Request) -> (Vec<u32>, FinishReason, usize) {
+    let s = engine.submit(r);
+    while engine.has_work() {
+        engine.step();
+    }
+    match s.collect() {
+        (tokens, RequestEvent::Finished { reason, output_tokens, .. }) => (tokens, reason, output_tokens),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stop_ids_end_the_request_and_are_included() {
+    let mut e = engine(EngineConfig::default());
+    let (free, reason, _) = run(&mut e, greedy(vec![1, 2, 3], 12, vec![], true));
+    assert_eq!((free.len(), reason), (12, FinishReason::Length));
+    let stop = free[4];
+    let first = free.iter().position(|&t| t == stop).unwrap();
+    let (tokens, reason, n) = run(&mut e, greedy(vec![1, 2, 3], 12, vec![stop], true));
+    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(tokens, free[..=first].to_vec());
+    assert_eq!(n, tokens.len());
+}
+
+#[test]
+fn impossible_requests_are_rejected_with_the_reason() {
+    let mut e = engine(EngineConfig { kv_budget: KvBudget::Tokens(64), ..EngineConfig::default() });
+    for (prompt, max, want) in [
+        (vec![], 4, "prompt is empty"),
+        (vec![1, 600], 4, "token id 600 is out of range for a vocabulary of 512"),
+        (vec![1; 60], 10, "exceeds the engine's limit of 64 tokens"),
+        (vec![1], 0, "max_tokens is 0"),
+    ] {
+        let (tokens, reason, _) = run(&mut e, greedy(prompt, max, vec![], true));
+        assert!(tokens.is_empty());
+        match reason {
+            FinishReason::Rejected(why) => assert!(why.contains(want), "{why}"),
+            other => panic!("expected a rejection containing {want:?}, got {other:?}"),
+        }
+    }
+    assert!(!e.has_work());
+}
+
+#[test]
+fn abort_frees_the_request_and_reports_it() {
+    let mut e = engine(EngineConfig::default());
+    let s = e.submit(greedy(vec![4, 5, 6], 100, vec![], true));
+    e.step();
+    e.step();
+    e.abort(s.id);
+    assert!(!e.has_work());
+    let (tokens, done) = s.collect();
+    assert_eq!(tokens.len(), 2);
+    assert!(matches!(done, RequestEvent::Finished { reason: FinishReason::Aborted, output_tokens: 2, .. }), "{done:?}");
+}
+
+#[test]
+fn the_handle_serves_concurrent_callers_and_reports_iterations() {
+    let (stats_tx, stats_rx) = std::sync::mpsc::channel();
+    let handle = EngineHandle::spawn(engine(EngineConfig::default()), Some(stats_tx));
+    let streams: Vec<_> = (0..4).map(|i| handle.submit(greedy(vec![i + 1, 7, 9], 5, vec![], true))).collect();
+    let victim = handle.submit(greedy(vec![3, 3, 3], 400, vec![], true));
+    handle.abort(victim.id);
+    for s in streams {
+        let (tokens, done) = s.collect();
+        assert_eq!(tokens.len(), 5);
+        assert!(matches!(done, RequestEvent::Finished { reason: FinishReason::Length, .. }));
+    }
+    let (_, done) = victim.collect();
+    assert!(matches!(done, RequestEvent::Finished { reason: FinishReason::Aborted, .. }), "{done:?}");
+    drop(handle);
+    let iterations: Vec<_> = stats_rx.iter().collect();
+    assert!(!iterations.is_empty());
+    assert!(iterations.windows(2).all(|w| w[1].iter == w[0].iter + 1), "iterations are numbered in order");
+}
