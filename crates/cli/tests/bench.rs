@@ -1,0 +1,393 @@
+//! End-to-end tests of `lumen bench`: `prepare-dataset` (token-norm-dist, token-unif-dist,
+//! real-dataset), and `throughput` / `latency` on the tiny preset: the trtllm-bench text report,
+//! the JSON report, and the per-iteration log, whose token counts must account for every
+//! generated token.
+
+mod common;
+
+use common::{json_lines, lumen, read_entries, Entry, Scratch};
+use serde_json::Value;
+
+const NORM_ARGS: [&str; 11] = [
+    "token-norm-dist",
+    "--num-requests",
+    "8",
+    "--input-mean",
+    "20",
+    "--input-stdev",
+    "4",
+    "--output-mean",
+    "6",
+    "--output-stdev",
+    "2",
+];
+
+/// `lumen bench prepare-dataset [prefix...] --output out [kind...]`, which must succeed.
+fn prepare(prefix: &[&str], out: &str, kind: &[&str]) -> Vec<Entry> {
+    let mut args = vec!["bench", "prepare-dataset"];
+    args.extend_from_slice(prefix);
+    args.extend(["--output", out]);
+    args.extend_from_slice(kind);
+    let run = lumen(&args).ok();
+    let entries = read_entries(out);
+    assert!(
+        run.stderr.contains(&format!("wrote {} requests to {out}", entries.len())),
+        "missing summary line on stderr:\n{}",
+        run.stderr
+    );
+    entries
+}
+
+fn assert_task_ids(entries: &[Entry]) {
+    let ids: Vec<u64> = entries.iter().map(|e| e.task_id).collect();
+    assert_eq!(ids, (0..entries.len() as u64).collect::<Vec<_>>(), "task ids must count from 0");
+}
+
+#[test]
+fn norm_dist_on_the_default_model() {
+    let s = Scratch::new("norm");
+    let out = s.path("norm.jsonl");
+    let entries = prepare(&[], &out, &NORM_ARGS);
+    assert_eq!(entries.len(), 8);
+    assert_task_ids(&entries);
+    for e in &entries {
+        assert!(!e.input_ids.is_empty() && e.output_tokens >= 1, "{e:?}");
+        assert!(e.input_ids.iter().all(|&t| t < 49152), "id outside SmolLM2's vocabulary of 49152: {e:?}");
+        assert!(!e.input_ids.contains(&2), "EOS id 2 in a synthetic prompt: {e:?}");
+        // One z-score per request gives both lengths: input = ceil(20 + 4z), output =
+        // max(1, ceil(6 + 2z)), so (input - 20) / 4 and (output - 6) / 2 lie in [z, z + 0.5).
+        if e.output_tokens > 1 {
+            let zi = (e.input_ids.len() as f64 - 20.0) / 4.0;
+            let zo = (e.output_tokens as f64 - 6.0) / 2.0;
+            assert!((zi - zo).abs() < 0.5, "input and output lengths come from different z-scores: {e:?}");
+        }
+    }
+    // Eight draws of N(20, 4) are not all equal.
+    let lens: Vec<usize> = entries.iter().map(|e| e.input_ids.len()).collect();
+    assert!(lens.iter().any(|&l| l != lens[0]), "all input lengths equal: {lens:?}");
+}
+
+#[test]
+fn norm_dist_seed_decides_the_file() {
+    let s = Scratch::new("seed");
+    let tiny = ["--model", "tiny"];
+    let default_seed = s.path("default.jsonl");
+    let seed420 = s.path("420.jsonl");
+    let again = s.path("420-again.jsonl");
+    let seed7 = s.path("7.jsonl");
+    prepare(&tiny, &default_seed, &NORM_ARGS);
+    prepare(&["--model", "tiny", "--random-seed", "420"], &seed420, &NORM_ARGS);
+    prepare(&["--model", "tiny", "--random-seed", "420"], &again, &NORM_ARGS);
+    let other = prepare(&["--model", "tiny", "--random-seed", "7"], &seed7, &NORM_ARGS);
+    let read = |p: &str| std::fs::read(p).unwrap();
+    assert_eq!(read(&seed420), read(&again), "same seed, different files");
+    assert_eq!(read(&default_seed), read(&seed420), "the default --random-seed is trtllm-bench's 420");
+    assert_ne!(read(&seed420), read(&seed7), "different seeds, identical files");
+    // The tiny preset: vocabulary 512, EOS 2.
+    assert!(other.iter().flat_map(|e| &e.input_ids).all(|&t| t < 512 && t != 2));
+}
+
+#[test]
+fn unif_dist_lengths_stay_in_range() {
+    let s = Scratch::new("unif");
+    let out = s.path("unif.jsonl");
+    let kind = [
+        "token-unif-dist",
+        "--num-requests",
+        "40",
+        "--input-min",
+        "3",
+        "--input-max",
+        "9",
+        "--output-min",
+        "2",
+        "--output-max",
+        "4",
+    ];
+    let entries = prepare(&["--model", "tiny"], &out, &kind);
+    assert_eq!(entries.len(), 40);
+    assert_task_ids(&entries);
+    for e in &entries {
+        assert!((3..=9).contains(&e.input_ids.len()), "input length outside [3, 9]: {e:?}");
+        assert!((2..=4).contains(&e.output_tokens), "output length outside [2, 4]: {e:?}");
+        assert!(e.input_ids.iter().all(|&t| t < 512 && t != 2), "{e:?}");
+    }
+    // One uniform draw per request gives both lengths, so they rise together.
+    let mut pairs: Vec<(usize, u64)> = entries.iter().map(|e| (e.input_ids.len(), e.output_tokens)).collect();
+    pairs.sort_unstable();
+    assert!(pairs.windows(2).all(|w| w[0].1 <= w[1].1), "lengths not drawn from one u per request: {pairs:?}");
+    // 40 draws cover both ends of the output range.
+    assert!(pairs.iter().any(|p| p.1 == 2) && pairs.iter().any(|p| p.1 == 4), "{pairs:?}");
+}
+
+#[test]
+fn real_dataset_from_text_and_jsonl() {
+    let s = Scratch::new("real");
+    // Plain text: one prompt per non-empty line.
+    let text = s.write("prompts.txt", "What is the capital of France?\n\nTell me a joke about cats.\nHello\n");
+    let out = s.path("text.jsonl");
+    let entries = prepare(&[], &out, &["real-dataset", "--dataset-path", &text, "--output-len-dist", "5,0"]);
+    assert_eq!(entries.len(), 3, "the blank line is not a prompt: {entries:?}");
+    assert_task_ids(&entries);
+    for e in &entries {
+        assert!(!e.input_ids.is_empty());
+        assert!(e.input_ids.iter().all(|&t| t < 49152));
+        assert_eq!(e.output_tokens, 5, "--output-len-dist 5,0 gives exactly 5: {e:?}");
+    }
+    // SmolLM2's tokenizer, without BOS: the ids `generate` also sees for this prompt.
+    assert_eq!(entries[0].input_ids, [1780, 314, 260, 3575, 282, 4649, 47]);
+    assert_eq!(entries[2].input_ids.len(), 1, "\"Hello\" is one token");
+
+    // JSONL: the prompt under "prompt", "text", "input" or "question"; --num-requests keeps the first n.
+    let jsonl = s.write(
+        "prompts.jsonl",
+        "{\"prompt\":\"What is 2+2?\"}\n{\"text\":\"Summarize the plot of Hamlet.\"}\n{\"question\":\"Why is the sky blue?\",\"id\":3}\n",
+    );
+    let out = s.path("jsonl.jsonl");
+    let all = prepare(&[], &out, &["real-dataset", "--dataset-path", &jsonl, "--output-len-dist", "5,0"]);
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|e| !e.input_ids.is_empty() && e.output_tokens == 5), "{all:?}");
+    let out2 = s.path("jsonl2.jsonl");
+    let two = prepare(&[], &out2, &["real-dataset", "--dataset-path", &jsonl, "--output-len-dist", "5,0", "--num-requests", "2"]);
+    assert_eq!(two, all[..2].to_vec());
+}
+
+/// A tiny-preset dataset of 8 requests (ids < 512), returned with its path.
+fn tiny_dataset(s: &Scratch) -> (String, Vec<Entry>) {
+    let path = s.path("tiny.jsonl");
+    let entries = prepare(&["--model", "tiny"], &path, &NORM_ARGS);
+    assert_eq!(entries.len(), 8);
+    (path, entries)
+}
+
+/// The value printed after `label` on its line of the text report.
+fn text_value<'a>(stdout: &'a str, label: &str) -> &'a str {
+    let line = stdout.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"));
+    line[label.len()..].trim()
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number in the report: {cur}"))
+}
+
+fn sum(log: &[Value], field: &str) -> u64 {
+    log.iter().map(|l| l[field].as_u64().unwrap_or_else(|| panic!("{field} missing from {l}"))).sum()
+}
+
+/// Checks that every line of the iteration log is a JSON object with the expected fields, that
+/// iterations are numbered consecutively, and that the limits hold in each of them.
+fn check_iteration_log(log: &[Value], max_tokens: u64, max_batch: u64, kv_blocks: u64, block_size: u64) {
+    assert!(!log.is_empty(), "empty iteration log");
+    for (i, l) in log.iter().enumerate() {
+        for f in [
+            "iter",
+            "num_ctx_tokens",
+            "num_gen_tokens",
+            "num_ctx_requests",
+            "num_gen_requests",
+            "used_num_blocks",
+            "free_num_blocks",
+            "max_num_blocks",
+            "num_completed_requests",
+            "num_preempted_requests",
+        ] {
+            assert!(l[f].is_u64(), "line {}: field {f} missing or not a count: {l}", i + 1);
+        }
+        assert!(l["iter_latency_ms"].is_f64(), "line {}: no iter_latency_ms: {l}", i + 1);
+        let get = |f: &str| l[f].as_u64().unwrap();
+        if i > 0 {
+            assert_eq!(get("iter"), log[i - 1]["iter"].as_u64().unwrap() + 1, "iterations not consecutive at line {}", i + 1);
+        }
+        assert!(get("num_ctx_tokens") + get("num_gen_tokens") <= max_tokens, "line {}: over --max-num-tokens: {l}", i + 1);
+        assert!(get("num_ctx_requests") + get("num_gen_requests") <= max_batch, "line {}: over --max-batch-size: {l}", i + 1);
+        // A generation request feeds exactly its last sampled token.
+        assert_eq!(get("num_gen_tokens"), get("num_gen_requests"), "line {}: {l}", i + 1);
+        assert_eq!(get("used_num_blocks") + get("free_num_blocks"), kv_blocks, "line {}: blocks do not add up: {l}", i + 1);
+        assert_eq!(get("max_num_blocks"), kv_blocks, "line {}", i + 1);
+        assert_eq!(get("tokens_per_block"), block_size, "line {}", i + 1);
+    }
+}
+
+#[test]
+fn throughput_report_json_and_iteration_log() {
+    let s = Scratch::new("throughput");
+    let (dataset, entries) = tiny_dataset(&s);
+    let report_path = s.path("report.json");
+    let log_path = s.path("iterations.jsonl");
+    let run = lumen(&[
+        "bench",
+        "throughput",
+        "--model",
+        "tiny",
+        "--dataset",
+        &dataset,
+        "--eos-id",
+        "-1",
+        "--report-json",
+        &report_path,
+        "--iteration-log",
+        &log_path,
+        "--streaming",
+    ])
+    .ok();
+    let out = &run.stdout;
+
+    // Section headings, in order.
+    let mut at = 0;
+    for heading in ["= ENGINE DETAILS", "= REQUEST DETAILS", "= RUNTIME INFORMATION", "= PERFORMANCE OVERVIEW"] {
+        let found = out[at..].find(heading).unwrap_or_else(|| panic!("{heading:?} missing or out of order in:\n{out}"));
+        at += found + heading.len();
+    }
+    // Streaming statistic blocks, in order, each with its percentiles.
+    for (block, tag) in [
+        ("[TTFT] TIME-TO-FIRST-TOKEN (ms)", "TTFT"),
+        ("[TPOT] TIME-PER-OUTPUT-TOKEN (ms)", "TPOT"),
+        ("[GTPS] GENERATION TOKENS PER SECOND (tps/user)", "GTPS"),
+        ("REQUEST LATENCY BREAKDOWN (ms)", "Latency"),
+    ] {
+        let found = out[at..].find(block).unwrap_or_else(|| panic!("{block:?} missing or out of order in:\n{out}"));
+        at += found;
+        for p in ["MIN", "MAX", "AVERAGE", "P50", "P90", "P95", "P99"] {
+            let v: f64 = text_value(out, &format!("[{tag}] {p:<7}:")).parse().expect("a number");
+            assert!(v.is_finite() && v >= 0.0, "[{tag}] {p} = {v}");
+        }
+    }
+    for label in [
+        "Request Throughput (req/sec):",
+        "Total Output Throughput (tokens/sec):",
+        "Total Token Throughput (tokens/sec):",
+        "Total Latency (ms):",
+        "Average request latency (ms):",
+        "Average time-to-first-token [TTFT] (ms):",
+        "Average time-per-output-token [TPOT] (ms):",
+    ] {
+        let v: f64 = text_value(out, label).parse().unwrap_or_else(|_| panic!("{label} is not a number"));
+        assert!(v > 0.0, "{label} {v}");
+    }
+    assert_eq!(text_value(out, "Number of requests:"), "8");
+    assert_eq!(text_value(out, "Number of warm-up requests:"), "2");
+    assert_eq!(text_value(out, "Concurrency:"), "unlimited");
+    assert_eq!(text_value(out, "Streaming:"), "on");
+    assert_eq!(text_value(out, "EOS ID:"), "ignored");
+    assert_eq!(text_value(out, "Model:"), "tiny@0");
+
+    // The JSON report agrees with the dataset and with the text.
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).expect("the JSON report parses");
+    let total_in: u64 = entries.iter().map(|e| e.input_ids.len() as u64).sum();
+    let total_out: u64 = entries.iter().map(|e| e.output_tokens).sum();
+    assert_eq!(report["requests"]["total_output_tokens"].as_u64(), Some(total_out), "EOS ignored: every request yields its output_tokens");
+    assert_eq!(report["requests"]["total_input_tokens"].as_u64(), Some(total_in));
+    assert_eq!(report["run"]["num_requests"].as_u64(), Some(8));
+    assert_eq!(report["run"]["concurrency"].as_i64(), Some(-1));
+    assert_eq!(report["run"]["streaming"].as_bool(), Some(true));
+    assert_eq!(report["run"]["eos_id"].as_i64(), Some(-1));
+    assert_eq!(
+        format!("{:.4}", num(&report, &["performance", "total_output_throughput_tok_s"])),
+        text_value(out, "Total Output Throughput (tokens/sec):")
+    );
+    assert_eq!(format!("{:.4}", num(&report, &["performance", "total_latency_ms"])), text_value(out, "Total Latency (ms):"));
+    let tput = num(&report, &["performance", "total_output_throughput_tok_s"]);
+    let latency_s = num(&report, &["performance", "total_latency_ms"]) / 1e3;
+    assert!((tput * latency_s - total_out as f64).abs() < 1e-6 * total_out as f64, "throughput x latency != output tokens");
+    for p in ["p50", "p90", "p95", "p99"] {
+        let ttft = num(&report, &["streaming", "ttft_ms", p]);
+        let latency = num(&report, &["request_latency_ms", p]);
+        assert!(ttft > 0.0 && ttft <= latency, "{p}: TTFT {ttft} vs request latency {latency}");
+        assert!(num(&report, &["streaming", "tpot_ms", p]) > 0.0);
+        assert!(num(&report, &["streaming", "gtps", p]) > 0.0);
+    }
+
+    // The iteration log accounts for every token. Without preemption each request samples its
+    // first token at the end of its prefill (a context step) and every later token in a
+    // generation step of one token, so sum(num_gen_tokens) + requests = output tokens, and
+    // prompts are fed exactly once: sum(num_ctx_tokens) = input tokens.
+    let log = json_lines(&log_path);
+    let kv_blocks = report["engine"]["kv_cache_blocks"].as_u64().unwrap();
+    check_iteration_log(&log, 2048, 64, kv_blocks, 16);
+    assert_eq!(sum(&log, "num_preempted_requests"), 0, "a 1 GiB cache needs no preemption here");
+    assert_eq!(sum(&log, "num_gen_tokens") + entries.len() as u64, total_out, "generated tokens unaccounted for");
+    assert_eq!(sum(&log, "num_ctx_tokens"), total_in, "prompt tokens fed more or less than once");
+    assert_eq!(sum(&log, "num_completed_requests"), 8, "the log covers the 8 measured requests, not the warm-up");
+}
+
+#[test]
+fn latency_runs_one_request_at_a_time() {
+    let s = Scratch::new("latency");
+    let (dataset, entries) = tiny_dataset(&s);
+    let report_path = s.path("report.json");
+    let log_path = s.path("iterations.jsonl");
+    let run = lumen(&["bench", "latency", "--model", "tiny", "--dataset", &dataset, "--report-json", &report_path, "--iteration-log", &log_path]).ok();
+    assert_eq!(text_value(&run.stdout, "Concurrency:"), "1");
+    assert_eq!(text_value(&run.stdout, "Streaming:"), "on");
+    assert!(run.stdout.contains("[TTFT] P99    :"), "{}", run.stdout);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(report["run"]["concurrency"].as_i64(), Some(1));
+    assert_eq!(report["run"]["streaming"].as_bool(), Some(true));
+    assert_eq!(report["requests"]["total_output_tokens"].as_u64(), Some(entries.iter().map(|e| e.output_tokens).sum()));
+    assert!(report["streaming"]["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
+    let log = json_lines(&log_path);
+    let kv_blocks = report["engine"]["kv_cache_blocks"].as_u64().unwrap();
+    check_iteration_log(&log, 2048, 64, kv_blocks, 16);
+    for l in &log {
+        assert!(l["num_active_requests"].as_u64().unwrap() <= 1, "more than one request in flight: {l}");
+        assert_eq!(l["num_ctx_requests"].as_u64().unwrap() + l["num_gen_requests"].as_u64().unwrap(), 1, "{l}");
+    }
+    // One request at a time: one iteration per output token.
+    assert_eq!(log.len() as u64, entries.iter().map(|e| e.output_tokens).sum::<u64>());
+}
+
+#[test]
+fn small_budget_chunks_prefill_and_preempts_but_finishes() {
+    let s = Scratch::new("small");
+    let (dataset, entries) = tiny_dataset(&s);
+    assert!(entries.iter().all(|e| e.input_ids.len() > 8), "every prompt must need chunking under --max-num-tokens 8");
+    let report_path = s.path("report.json");
+    let log_path = s.path("iterations.jsonl");
+    let run = lumen(&[
+        "bench",
+        "throughput",
+        "--model",
+        "tiny",
+        "--dataset",
+        &dataset,
+        "--max-num-tokens",
+        "8",
+        "--kv-cache-tokens",
+        "64",
+        "--kv-block-size",
+        "4",
+        "--report-json",
+        &report_path,
+        "--iteration-log",
+        &log_path,
+    ])
+    .ok();
+    assert_eq!(text_value(&run.stdout, "KV Cache:"), "16 blocks x 4 tokens (64 tokens)");
+    assert_eq!(text_value(&run.stdout, "Max Num Tokens:"), "8");
+    assert_eq!(text_value(&run.stdout, "Streaming:"), "off");
+    assert!(!run.stdout.contains("[TTFT]"), "no streaming metrics without --streaming");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert!(report["streaming"].is_null());
+    let total_in: u64 = entries.iter().map(|e| e.input_ids.len() as u64).sum();
+    let total_out: u64 = entries.iter().map(|e| e.output_tokens).sum();
+    assert_eq!(report["requests"]["total_output_tokens"].as_u64(), Some(total_out), "a request lost tokens");
+
+    let log = json_lines(&log_path);
+    check_iteration_log(&log, 8, 64, 16, 4);
+    let preempted = sum(&log, "num_preempted_requests");
+    assert!(preempted > 0, "64 KV tokens for 8 requests of ~30 tokens must preempt");
+    assert_eq!(sum(&log, "num_completed_requests"), 8);
+    // A preempted request is recomputed from scratch, so prompts are fed at least once and
+    // some tokens more than once.
+    let fed = sum(&log, "num_ctx_tokens") + sum(&log, "num_gen_tokens");
+    assert!(fed > total_in + total_out - entries.len() as u64, "preemption recomputed nothing");
+    // Each preemption adds at most one sample outside the generation steps (the recompute's
+    // final chunk): gen + requests <= output <= gen + requests + preemptions.
+    let gen = sum(&log, "num_gen_tokens");
+    let n = entries.len() as u64;
+    assert!(gen + n <= total_out && total_out <= gen + n + preempted, "gen {gen}, requests {n}, preempted {preempted}, output {total_out}");
+}
