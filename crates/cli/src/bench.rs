@@ -41,28 +41,28 @@ pub struct PrepareArgs {
 enum DatasetKind {
     /// Input and output lengths from normal distributions (one z-score per request for both).
     TokenNormDist {
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         num_requests: i64,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         input_mean: f64,
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
         input_stdev: f64,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         output_mean: f64,
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
         output_stdev: f64,
     },
     /// Input and output lengths uniform over inclusive ranges.
     TokenUnifDist {
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         num_requests: i64,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         input_min: i64,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         input_max: i64,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         output_min: i64,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         output_max: i64,
     },
     /// Prompts from a local JSONL or text file, tokenized with the model's tokenizer.
@@ -73,7 +73,7 @@ enum DatasetKind {
         /// Output lengths as "mean,stdev".
         #[arg(long)]
         output_len_dist: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         num_requests: Option<i64>,
     },
 }
@@ -152,10 +152,10 @@ pub struct RunArgs {
     #[arg(long)]
     dataset: PathBuf,
     /// Use only the first N requests of the dataset.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     num_requests: Option<i64>,
     /// Requests run first and left out of the figures.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_hyphen_values = true)]
     warmup: i64,
     /// End-of-sequence id; -1 ignores EOS so every request produces exactly its output_tokens.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
@@ -200,6 +200,10 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
         entries.truncate(n);
     }
     let mut engine = args.engine.engine(model.clone())?;
+    let report_file = match &args.report_json {
+        Some(p) => Some((p, std::fs::File::create(p).with_context(|| format!("cannot create report {}", p.display()))?)),
+        None => None,
+    };
     let options = RunOptions {
         warmup: args.warmup as usize,
         concurrency: (concurrency > 0).then_some(concurrency as usize),
@@ -237,8 +241,8 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     };
     let report = build_report(&engine_info, &run_info, &result.records)?;
     print!("{}", render_text(&report));
-    if let Some(p) = &args.report_json {
-        std::fs::write(p, render_json(&report)?).with_context(|| format!("cannot write report {}", p.display()))?;
+    if let Some((p, mut f)) = report_file {
+        f.write_all(render_json(&report)?.as_bytes()).with_context(|| format!("cannot write report {}", p.display()))?;
     }
     Ok(())
 }

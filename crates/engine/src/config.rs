@@ -1,6 +1,6 @@
 //! Engine limits: the per-iteration token budget and the KV-cache size.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 /// How much KV cache to allocate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,12 +40,39 @@ impl EngineConfig {
         }
     }
 
-    /// Number of KV blocks the budget buys, for a model taking `bytes_per_token` per slot.
-    pub fn num_kv_blocks(&self, bytes_per_token: usize) -> usize {
+    /// Number of KV blocks the budget buys (rounded up to whole blocks) for a model taking
+    /// `bytes_per_token` per slot; fails when that storage would not fit in host memory.
+    pub fn num_kv_blocks(&self, bytes_per_token: usize) -> Result<usize> {
         let tokens = match self.kv_budget {
             KvBudget::Tokens(t) => t,
             KvBudget::Bytes(b) => b / bytes_per_token.max(1),
         };
-        (tokens / self.block_size).max(1)
+        let blocks = tokens.div_ceil(self.block_size).max(1);
+        let bytes = (blocks as u64).checked_mul(self.block_size as u64).and_then(|t| t.checked_mul(bytes_per_token as u64));
+        let requested = match self.kv_budget {
+            KvBudget::Tokens(t) => format!("{t} tokens"),
+            KvBudget::Bytes(b) => format!("{b} bytes"),
+        };
+        let what = format!("a KV cache of {requested} ({blocks} blocks x {} tokens)", self.block_size);
+        let bytes = bytes.with_context(|| format!("{what} is too large to address"))?;
+        lumen_backend::cpu::ensure_fits_in_memory(bytes, &what).map_err(anyhow::Error::msg)?;
+        Ok(blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_budget_rounds_up_to_blocks_and_refuses_impossible_sizes() {
+        let c = EngineConfig { kv_budget: KvBudget::Tokens(20), block_size: 16, ..EngineConfig::default() };
+        assert_eq!(c.num_kv_blocks(100).unwrap(), 2);
+        let huge = EngineConfig { kv_budget: KvBudget::Tokens(usize::MAX), ..c.clone() };
+        let e = huge.num_kv_blocks(46080).unwrap_err().to_string();
+        assert!(e.contains("KV cache"), "{e}");
+        let big = EngineConfig { kv_budget: KvBudget::Bytes(1 << 60), ..c };
+        let e = big.num_kv_blocks(46080).unwrap_err().to_string();
+        assert!(e.contains("available memory"), "{e}");
     }
 }

@@ -39,7 +39,7 @@ impl Engine {
         config.validate()?;
         let c = model.config();
         let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim);
-        let num_blocks = config.num_kv_blocks(bytes_per_token);
+        let num_blocks = config.num_kv_blocks(bytes_per_token)?;
         let storage = model.decoder.new_kv_storage(num_blocks, config.block_size);
         let kv = KvCacheManager::new(num_blocks, config.block_size);
         let mut eos_ids = c.eos_token_ids.clone();

@@ -85,18 +85,7 @@ pub fn describe_model(spec: &str) -> Result<(ModelConfig, Option<Tokenizer>)> {
 
 fn check_memory(config: &ModelConfig, what: &str) -> Result<()> {
     let need = config.num_params() as u64 * 4;
-    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-    });
-    if let Some(kib) = available {
-        ensure!(
-            need < kib * 1024,
-            "{what}: {:.1} GiB of f32 weights do not fit in the {:.1} GiB of available memory",
-            need as f64 / (1u64 << 30) as f64,
-            (kib * 1024) as f64 / (1u64 << 30) as f64
-        );
-    }
-    Ok(())
+    lumen_backend::cpu::ensure_fits_in_memory(need, &format!("{what}: f32 weights")).map_err(anyhow::Error::msg)
 }
 
 fn load_preset(name: &str, seed: u64) -> Result<Model> {

