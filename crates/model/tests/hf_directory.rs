@@ -1,0 +1,124 @@
+//! Loading a Hugging Face model directory: `config.json` plus sharded `*.safetensors` in f32, f16
+//! and bf16. The directory is written from a preset's weights, so the loaded model must give the
+//! preset's logits: exactly for f32 shards, within half-precision rounding for f16/bf16.
+
+use half::{bf16, f16};
+use lumen_backend::AttentionSeq;
+use lumen_model::presets::{preset_config, random_tensor};
+use lumen_model::{load_model, ForwardBatch, Model};
+use std::path::{Path, PathBuf};
+
+const PRESET: &str = "tiny-qwen2";
+
+fn tensor_names(layers: usize) -> Vec<(String, Vec<usize>)> {
+    let c = preset_config(PRESET).unwrap();
+    let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let mut names = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
+    names.push(("lm_head.weight".into(), vec![c.vocab_size, h]));
+    for i in 0..layers {
+        let p = format!("model.layers.{i}");
+        for (n, s) in [
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+            ("self_attn.q_proj.weight", vec![qd, h]),
+            ("self_attn.k_proj.weight", vec![kd, h]),
+            ("self_attn.v_proj.weight", vec![kd, h]),
+            ("self_attn.q_proj.bias", vec![qd]),
+            ("self_attn.k_proj.bias", vec![kd]),
+            ("self_attn.v_proj.bias", vec![kd]),
+            ("self_attn.o_proj.weight", vec![h, qd]),
+            ("mlp.gate_proj.weight", vec![f, h]),
+            ("mlp.up_proj.weight", vec![f, h]),
+            ("mlp.down_proj.weight", vec![h, f]),
+        ] {
+            names.push((format!("{p}.{n}"), s));
+        }
+    }
+    names
+}
+
+fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], dtype: &str) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape) in tensors {
+        let values = random_tensor(0, name, shape);
+        let start = data.len();
+        for v in values {
+            match dtype {
+                "F32" => data.extend(v.to_le_bytes()),
+                "F16" => data.extend(f16::from_f32(v).to_le_bytes()),
+                _ => data.extend(bf16::from_f32(v).to_le_bytes()),
+            }
+        }
+        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}));
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn write_dir(tag: &str, dtypes: [&str; 2]) -> PathBuf {
+    let c = preset_config(PRESET).unwrap();
+    let dir = std::env::temp_dir().join(format!("lumen-hf-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "qwen2", "hidden_size": c.hidden_size, "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads, "num_hidden_layers": c.num_layers, "intermediate_size": c.intermediate_size,
+        "vocab_size": c.vocab_size, "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_eps, "tie_word_embeddings": false,
+        "max_position_embeddings": c.max_position_embeddings, "eos_token_id": 2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let names = tensor_names(c.num_layers);
+    let (first, second) = names.split_at(names.len() / 2);
+    write_shard(&dir.join("model-00001-of-00002.safetensors"), first, dtypes[0]);
+    write_shard(&dir.join("model-00002-of-00002.safetensors"), second, dtypes[1]);
+    dir
+}
+
+fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
+    let n = tokens.len();
+    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
+    let mut kv = model.decoder.new_kv_storage(table.len(), 16);
+    let positions: Vec<usize> = (0..n).collect();
+    let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
+    let rows = [n - 1];
+    model.decoder.forward(&ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &rows }, &mut kv)
+}
+
+#[test]
+fn f32_shards_load_to_the_preset_exactly() {
+    let dir = write_dir("f32", ["F32", "F32"]);
+    let loaded = load_model(dir.to_str().unwrap()).unwrap();
+    assert_eq!(loaded.format, "safetensors");
+    assert!(loaded.config().attention_bias && !loaded.config().tie_word_embeddings);
+    let tokens = [5, 17, 300, 2, 44, 9, 100];
+    assert_eq!(logits(&loaded, &tokens), logits(&load_model(PRESET).unwrap(), &tokens));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn half_precision_shards_round_to_the_preset() {
+    let dir = write_dir("half", ["F16", "BF16"]);
+    let loaded = load_model(dir.to_str().unwrap()).unwrap();
+    let tokens = [5, 17, 300, 2, 44, 9, 100];
+    let want = logits(&load_model(PRESET).unwrap(), &tokens);
+    let got = logits(&loaded, &tokens);
+    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst > 0.0, "half-precision weights cannot give bitwise-identical logits");
+    assert!(worst < 0.05, "logits moved by {worst} from rounding the weights to 16 bits");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_truncated_shard_is_named() {
+    let dir = write_dir("trunc", ["F32", "F32"]);
+    let shard = dir.join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 64]).unwrap();
+    let e = format!("{:#}", load_model(dir.to_str().unwrap()).err().unwrap());
+    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("truncated"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
