@@ -61,7 +61,7 @@ impl Decoder {
         let mut act = vec![0.0f32; t * f];
 
         for (li, layer) in w.layers.iter().enumerate() {
-            cpu::matmul_t(&normed, t, h, &layer.wqkv, qkv_width, &mut qkv);
+            cpu::matmul(&normed, t, &layer.wqkv, &mut qkv);
             for (i, row) in qkv.chunks_mut(qkv_width).enumerate() {
                 if let Some(b) = &layer.bqkv {
                     row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
@@ -78,12 +78,12 @@ impl Decoder {
             cpu::apply_rope(&mut k, c.num_kv_heads, batch.positions, &self.rope);
             kv.write(li, batch.slots, &k, &v);
             cpu::paged_attention(&q, c.num_heads, kv, li, batch.seqs, c.sliding_window, &mut attn);
-            cpu::matmul_t(&attn, t, qd, &layer.wo, h, &mut delta);
+            cpu::matmul(&attn, t, &layer.wo, &mut delta);
             cpu::add_rms_norm(&mut residual, &delta, &layer.ffn_norm, c.rms_eps, &mut normed);
 
-            cpu::matmul_t(&normed, t, h, &layer.w_gate_up, 2 * f, &mut gate_up);
+            cpu::matmul(&normed, t, &layer.w_gate_up, &mut gate_up);
             cpu::silu_mul(&gate_up, f, &mut act);
-            cpu::matmul_t(&act, t, f, &layer.w_down, h, &mut delta);
+            cpu::matmul(&act, t, &layer.w_down, &mut delta);
             let next_norm = w.layers.get(li + 1).map_or(&w.final_norm, |l| &l.attn_norm);
             cpu::add_rms_norm(&mut residual, &delta, next_norm, c.rms_eps, &mut normed);
         }
@@ -94,7 +94,7 @@ impl Decoder {
             last.extend_from_slice(&normed[r * h..(r + 1) * h]);
         }
         let mut logits = vec![0.0f32; rows.len() * c.vocab_size];
-        cpu::matmul_t(&last, rows.len(), h, w.output_projection(), c.vocab_size, &mut logits);
+        cpu::matmul(&last, rows.len(), &w.lm_head, &mut logits);
         logits
     }
 }

@@ -1,31 +1,33 @@
-//! The decoder's weights in the layout the forward pass wants: f32, `[out, in]` row-major, with
-//! the q/k/v projections fused into one matrix and gate/up into another. Every loader (GGUF,
+//! The decoder's weights in the layout the forward pass wants: f32, linear layers packed for the
+//! CPU matmul, with the q/k/v projections fused into one matrix and gate/up into another. Every loader (GGUF,
 //! safetensors, presets) hands tensors over by their Hugging Face names through one fetch
 //! function, so the assembly and its shape checks live only here.
 
 use crate::config::ModelConfig;
 use anyhow::{ensure, Result};
+use lumen_backend::cpu::PackedMatrix;
 
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
     /// `[(heads + 2·kv_heads)·head_dim, hidden]`: q rows, then k rows, then v rows.
-    pub wqkv: Vec<f32>,
+    pub wqkv: PackedMatrix,
     pub bqkv: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
-    pub wo: Vec<f32>,
+    pub wo: PackedMatrix,
     pub ffn_norm: Vec<f32>,
     /// `[2·intermediate, hidden]`: gate rows, then up rows.
-    pub w_gate_up: Vec<f32>,
-    pub w_down: Vec<f32>,
+    pub w_gate_up: PackedMatrix,
+    pub w_down: PackedMatrix,
 }
 
 pub struct Weights {
+    /// `[vocab, hidden]` row-major, for the token gather.
     pub embed: Vec<f32>,
     pub layers: Vec<LayerWeights>,
     pub final_norm: Vec<f32>,
-    /// `None` when the output projection is tied to the embedding.
-    pub lm_head: Option<Vec<f32>>,
+    /// The output projection (the embedding again when tied).
+    pub lm_head: PackedMatrix,
 }
 
 /// Returns the f32 values of the tensor with this Hugging Face name, checked against `shape`.
@@ -58,26 +60,23 @@ impl Weights {
             w_gate_up.extend(fetch(&format!("{p}.mlp.up_proj.weight"), &[f, h])?);
             layers.push(LayerWeights {
                 attn_norm: fetch(&format!("{p}.input_layernorm.weight"), &[h])?,
-                wqkv,
+                wqkv: PackedMatrix::pack(&wqkv, qd + 2 * kd, h),
                 bqkv,
                 q_norm,
                 k_norm,
-                wo: fetch(&format!("{p}.self_attn.o_proj.weight"), &[h, qd])?,
+                wo: PackedMatrix::pack(&fetch(&format!("{p}.self_attn.o_proj.weight"), &[h, qd])?, h, qd),
                 ffn_norm: fetch(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                w_gate_up,
-                w_down: fetch(&format!("{p}.mlp.down_proj.weight"), &[h, f])?,
+                w_gate_up: PackedMatrix::pack(&w_gate_up, 2 * f, h),
+                w_down: PackedMatrix::pack(&fetch(&format!("{p}.mlp.down_proj.weight"), &[h, f])?, h, f),
             });
         }
-        Ok(Weights {
-            embed: fetch("model.embed_tokens.weight", &[c.vocab_size, h])?,
-            layers,
-            final_norm: fetch("model.norm.weight", &[h])?,
-            lm_head: if c.tie_word_embeddings { None } else { Some(fetch("lm_head.weight", &[c.vocab_size, h])?) },
-        })
-    }
-
-    pub fn output_projection(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
+        let embed = fetch("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            PackedMatrix::pack(&embed, c.vocab_size, h)
+        } else {
+            PackedMatrix::pack(&fetch("lm_head.weight", &[c.vocab_size, h])?, c.vocab_size, h)
+        };
+        Ok(Weights { embed, layers, final_norm: fetch("model.norm.weight", &[h])?, lm_head })
     }
 }
 

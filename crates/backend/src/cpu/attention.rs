@@ -6,6 +6,21 @@ use super::kv::{AttentionSeq, KvStorage};
 use super::SharedMut;
 use rayon::prelude::*;
 
+/// Dot product with eight lane accumulators folded in a fixed order: vectorisable, and the same
+/// result for a given pair of vectors wherever it is computed.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// Writes `out[token, head]` for every query head of every token of every sequence.
 ///
 /// `q` is `[tokens, heads × head_dim]`; the current tokens' keys and values must already be in
@@ -38,7 +53,7 @@ pub fn paged_attention(
         let mut max = f32::NEG_INFINITY;
         for p in first..=pos {
             let (k, _) = kv.key_value(layer, seq.block_table, p, kvh);
-            let s = qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            let s = dot(qv, k) * scale;
             max = max.max(s);
             scores.push(s);
         }

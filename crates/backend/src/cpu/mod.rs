@@ -11,7 +11,7 @@ pub mod norm;
 pub mod rope;
 
 pub use attention::paged_attention;
-pub use matmul::matmul_t;
+pub use matmul::{matmul, PackedMatrix};
 pub use norm::{add_rms_norm, rms_norm, rms_norm_heads, silu_mul};
 pub use rope::{apply_rope, RopeTable};
 
