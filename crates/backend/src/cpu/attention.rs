@@ -24,7 +24,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Writes `out[token, head]` for every query head of every token of every sequence.
 ///
 /// `q` is `[tokens, heads × head_dim]`; the current tokens' keys and values must already be in
-/// `kv`. With grouped-query attention, query head `h` reads KV head `h / (heads / kv_heads)`.
+/// `kv`. With grouped-query attention, query head `h` reads KV head `h / (heads / kv_heads)`; one
+/// work item serves a token's whole group, so each key and value is loaded once for the group.
 pub fn paged_attention(
     q: &[f32],
     heads: usize,
@@ -36,42 +37,59 @@ pub fn paged_attention(
 ) {
     let hd = kv.head_dim;
     let group = heads / kv.kv_heads;
+    let (block_size, slot_width) = (kv.block_size, kv.kv_heads * hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    let work: Vec<(usize, usize, usize)> = seqs
+    let work: Vec<(usize, usize, usize, usize)> = seqs
         .iter()
         .enumerate()
-        .flat_map(|(si, s)| (0..s.len).flat_map(move |i| (0..heads).map(move |h| (s.start + i, s.first_pos + i, si * heads + h))))
+        .flat_map(|(si, s)| (0..s.len).flat_map(move |i| (0..kv.kv_heads).map(move |g| (si, s.start + i, s.first_pos + i, g))))
         .collect();
     let out_ptr = SharedMut(out.as_mut_ptr());
-    work.par_iter().for_each_init(Vec::new, |scores, &(tok, pos, seq_head)| {
+    work.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(si, tok, pos, kvh)| {
         let out_ptr = out_ptr;
-        let (seq, h) = (&seqs[seq_head / heads], seq_head % heads);
-        let kvh = h / group;
-        let qv = &q[(tok * heads + h) * hd..(tok * heads + h + 1) * hd];
+        let table = seqs[si].block_table;
         let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let span = pos + 1 - first;
+        let heads_of_group = kvh * group..(kvh + 1) * group;
         scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for p in first..=pos {
-            let (k, _) = kv.key_value(layer, seq.block_table, p, kvh);
-            let s = dot(qv, k) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut denom = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            denom += *s;
-        }
-        // SAFETY: each (token, head) output vector is written by exactly one work item.
-        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((tok * heads + h) * hd), hd) };
-        o.fill(0.0);
-        for (p, s) in (first..=pos).zip(scores.iter()) {
-            let (_, v) = kv.key_value(layer, seq.block_table, p, kvh);
-            let wgt = s / denom;
-            for (o, v) in o.iter_mut().zip(v) {
-                *o += wgt * v;
+        scores.resize(group * span, 0.0);
+        let visit = |f: &mut dyn FnMut(usize, &[f32], &[f32])| {
+            let mut p = first;
+            while p <= pos {
+                let (keys, values) = kv.block(layer, table[p / block_size]);
+                let end = ((p / block_size + 1) * block_size).min(pos + 1);
+                for position in p..end {
+                    let at = (position % block_size) * slot_width + kvh * hd;
+                    f(position - first, &keys[at..at + hd], &values[at..at + hd]);
+                }
+                p = end;
             }
+        };
+        visit(&mut |i, k, _| {
+            for (g, h) in heads_of_group.clone().enumerate() {
+                scores[g * span + i] = dot(&q[(tok * heads + h) * hd..(tok * heads + h + 1) * hd], k) * scale;
+            }
+        });
+        for row in scores.chunks_mut(span) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut denom = 0.0f32;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                denom += *s;
+            }
+            row.iter_mut().for_each(|s| *s /= denom);
         }
+        // SAFETY: each (token, KV head) work item writes only its own group's output vectors.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((tok * heads + kvh * group) * hd), group * hd) };
+        o.fill(0.0);
+        visit(&mut |i, _, v| {
+            for g in 0..group {
+                let w = scores[g * span + i];
+                for (o, v) in o[g * hd..(g + 1) * hd].iter_mut().zip(v) {
+                    *o += w * v;
+                }
+            }
+        });
     });
 }
 

@@ -56,11 +56,11 @@ impl KvStorage {
         }
     }
 
-    /// The key and value vectors of `kv_head` at `pos` of a sequence with `block_table`.
+    /// The keys and values of one block of one layer: `block_size` slots of `kv_heads × head_dim`.
     #[inline]
-    pub fn key_value(&self, layer: usize, block_table: &[u32], pos: usize, kv_head: usize) -> (&[f32], &[f32]) {
-        let slot = block_table[pos / self.block_size] as usize * self.block_size + pos % self.block_size;
-        let at = slot * self.slot_width() + kv_head * self.head_dim;
-        (&self.keys[layer][at..at + self.head_dim], &self.values[layer][at..at + self.head_dim])
+    pub fn block(&self, layer: usize, block: u32) -> (&[f32], &[f32]) {
+        let len = self.block_size * self.slot_width();
+        let at = block as usize * len;
+        (&self.keys[layer][at..at + len], &self.values[layer][at..at + len])
     }
 }
