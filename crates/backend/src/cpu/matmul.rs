@@ -4,10 +4,11 @@
 //!
 //! Every output element is one multiply-add chain over `k` in order, starting from zero, so a
 //! token's output never depends on which tile, thread or batch it was computed in. Threads split
-//! the panels; a tile of up to six tokens by one panel keeps twelve 8-lane accumulators in
-//! registers, broadcasting one activation against two weight vectors per step. With AVX2+FMA
-//! (checked once per process) the multiply-add is fused; otherwise the same loop runs on plain
-//! arrays unfused. One process always uses one of the two.
+//! the panels; a register tile broadcasts one activation per token against the panel's weight
+//! vectors at each step of `k`. The instruction set is chosen once per process: AVX-512 (tiles of
+//! eight tokens by two panels, sixteen 16-lane accumulators), AVX2+FMA (six tokens by one panel,
+//! twelve 8-lane accumulators), or portable code. The two vector paths both fuse the
+//! multiply-add, so they give identical bits; the portable path does not fuse.
 
 use super::SharedMut;
 use rayon::prelude::*;
@@ -15,10 +16,30 @@ use std::sync::OnceLock;
 
 /// Output columns per panel: two 8-lane vectors.
 const PANEL: usize = 16;
-/// Tokens per register tile.
-const TILE_TOKENS: usize = 6;
+/// Most tokens and panels in a register tile, over all instruction sets.
+const MAX_TILE_TOKENS: usize = 8;
+const MAX_TILE_PANELS: usize = 2;
 /// Panels per parallel task.
 const PANELS_PER_TASK: usize = 2;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// Tokens and panels of this instruction set's register tile.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Isa::Avx512 => (8, 2),
+            Isa::Avx2 | Isa::Portable => (6, 1),
+        }
+    }
+}
+
+type Tile = [[f32; PANEL * MAX_TILE_PANELS]; MAX_TILE_TOKENS];
 
 /// A weight matrix `[n, k]` rearranged into column panels for [`matmul`].
 #[derive(Clone)]
@@ -45,8 +66,9 @@ impl PackedMatrix {
         PackedMatrix { n, k, panels }
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
-        &self.panels[p * self.k * PANEL..(p + 1) * self.k * PANEL]
+    /// `count` consecutive panels starting at `p`.
+    fn panels(&self, p: usize, count: usize) -> &[f32] {
+        &self.panels[p * self.k * PANEL..(p + count) * self.k * PANEL]
     }
 }
 
@@ -56,75 +78,90 @@ pub fn matmul(x: &[f32], t: usize, w: &PackedMatrix, out: &mut [f32]) {
     assert_eq!(x.len(), t * k, "matmul: x has {} values, expected {t}x{k}", x.len());
     assert_eq!(out.len(), t * n, "matmul: out has {} values, expected {t}x{n}", out.len());
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let fused = use_fma();
+    let isa = isa();
+    let (tile_tokens, tile_panels) = isa.tile();
     let num_panels = n.div_ceil(PANEL);
     (0..num_panels.div_ceil(PANELS_PER_TASK)).into_par_iter().for_each(|task| {
         let out_ptr = out_ptr;
         let panels = task * PANELS_PER_TASK..((task + 1) * PANELS_PER_TASK).min(num_panels);
         let mut i = 0;
         while i < t {
-            let tokens = (t - i).min(TILE_TOKENS);
-            for p in panels.clone() {
-                let mut tile = [[0.0f32; PANEL]; TILE_TOKENS];
-                run_tile(fused, &x[i * k..(i + tokens) * k], tokens, k, w.panel(p), &mut tile);
-                let cols = PANEL.min(n - p * PANEL);
+            let tokens = (t - i).min(tile_tokens);
+            let mut p = panels.start;
+            while p < panels.end {
+                let count = (panels.end - p).min(tile_panels);
+                let mut tile: Tile = [[0.0; PANEL * MAX_TILE_PANELS]; MAX_TILE_TOKENS];
+                run_tile(isa, &x[i * k..(i + tokens) * k], tokens, k, w.panels(p, count), count, &mut tile);
+                let cols = (PANEL * count).min(n - p * PANEL);
                 for (r, row) in tile.iter().enumerate().take(tokens) {
                     // SAFETY: tasks own disjoint panels, so each output element has one writer.
                     let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((i + r) * n + p * PANEL), cols) };
                     dst.copy_from_slice(&row[..cols]);
                 }
+                p += count;
             }
             i += tokens;
         }
     });
 }
 
-fn use_fma() -> bool {
-    static FMA: OnceLock<bool> = OnceLock::new();
-    *FMA.get_or_init(|| {
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        Isa::Portable
     })
 }
 
-/// Runs the tile kernel monomorphised for the number of tokens in the tile.
-fn run_tile(fused: bool, x: &[f32], tokens: usize, k: usize, panel: &[f32], out: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    macro_rules! sizes {
-        ($($m:literal)*) => {
-            match tokens {
-                $($m => {
+/// Runs `isa`'s tile kernel, monomorphised for the tile's tokens and panels.
+fn run_tile(isa: Isa, x: &[f32], tokens: usize, k: usize, panels: &[f32], count: usize, out: &mut Tile) {
+    macro_rules! shapes {
+        ($kernel:path; $($m:literal, $p:literal);*) => {
+            match (tokens, count) {
+                $(($m, $p) => {
                     let xs: [&[f32]; $m] = std::array::from_fn(|r| &x[r * k..(r + 1) * k]);
-                    let o: &mut [[f32; PANEL]; $m] = (&mut out[..$m]).try_into().expect("tile rows");
-                    #[cfg(target_arch = "x86_64")]
-                    if fused {
-                        // SAFETY: `fused` is true only when the processor has AVX2 and FMA.
-                        unsafe { avx2::tile(xs, panel, o) };
-                        return;
+                    let mut o = [[[0.0f32; PANEL]; $p]; $m];
+                    $kernel(xs, panels, &mut o);
+                    for r in 0..$m {
+                        for q in 0..$p {
+                            out[r][q * PANEL..(q + 1) * PANEL].copy_from_slice(&o[r][q]);
+                        }
                     }
-                    let _ = fused;
-                    plain_tile(xs, panel, o);
                 })*
-                _ => unreachable!("a tile holds at most TILE_TOKENS tokens"),
+                _ => unreachable!("tile shape ({tokens}, {count}) exceeds the instruction set's tile"),
             }
         };
     }
-    sizes!(1 2 3 4 5 6);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY (both arms): `isa()` picked this kernel only after detecting its features.
+        Isa::Avx512 => unsafe { shapes!(avx512::tile; 1,1; 2,1; 3,1; 4,1; 5,1; 6,1; 7,1; 8,1; 1,2; 2,2; 3,2; 4,2; 5,2; 6,2; 7,2; 8,2) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { shapes!(avx2::tile; 1,1; 2,1; 3,1; 4,1; 5,1; 6,1) },
+        _ => shapes!(portable_tile; 1,1; 2,1; 3,1; 4,1; 5,1; 6,1),
+    }
 }
 
-/// The portable tile: per element, `s = x·w + s` over `k` in order.
-fn plain_tile<const M: usize>(x: [&[f32]; M], panel: &[f32], out: &mut [[f32; PANEL]; M]) {
-    let mut acc = [[0.0f32; PANEL]; M];
-    for (kk, w) in panel.chunks_exact(PANEL).enumerate() {
+/// The portable tile over `P` consecutive panels: per element, `s = x·w + s` over `k` in order.
+fn portable_tile<const M: usize, const P: usize>(x: [&[f32]; M], panels: &[f32], out: &mut [[[f32; PANEL]; P]; M]) {
+    let k = panels.len() / PANEL / P;
+    let mut acc = [[[0.0f32; PANEL]; P]; M];
+    for kk in 0..k {
         for r in 0..M {
             let xv = x[r][kk];
-            for c in 0..PANEL {
-                acc[r][c] = xv * w[c] + acc[r][c];
+            for q in 0..P {
+                let w = &panels[(q * k + kk) * PANEL..(q * k + kk + 1) * PANEL];
+                for c in 0..PANEL {
+                    acc[r][q][c] = xv * w[c] + acc[r][q][c];
+                }
             }
         }
     }
@@ -132,31 +169,72 @@ fn plain_tile<const M: usize>(x: [&[f32]; M], panel: &[f32], out: &mut [[f32; PA
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::PANEL;
+    use std::arch::x86_64::*;
+
+    /// The AVX-512 tile over `P` consecutive panels: per element, `s = fma(x, w, s)` over `k`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const M: usize, const P: usize>(x: [&[f32]; M], panels: &[f32], out: &mut [[[f32; PANEL]; P]; M]) {
+        let k = panels.len() / PANEL / P;
+        for row in x.iter() {
+            assert!(row.len() >= k, "activation row shorter than the panel depth");
+        }
+        let mut acc = [[_mm512_setzero_ps(); P]; M];
+        let wp = panels.as_ptr();
+        for kk in 0..k {
+            let mut w = [_mm512_setzero_ps(); P];
+            for (q, wq) in w.iter_mut().enumerate() {
+                *wq = _mm512_loadu_ps(wp.add((q * k + kk) * PANEL));
+            }
+            for r in 0..M {
+                let xb = _mm512_set1_ps(*x[r].get_unchecked(kk));
+                for q in 0..P {
+                    acc[r][q] = _mm512_fmadd_ps(xb, w[q], acc[r][q]);
+                }
+            }
+        }
+        for r in 0..M {
+            for q in 0..P {
+                _mm512_storeu_ps(out[r][q].as_mut_ptr(), acc[r][q]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::PANEL;
     use std::arch::x86_64::*;
 
-    /// The AVX2 tile: per element, `s = fma(x, w, s)` over `k` in order.
+    /// The AVX2 tile over `P` consecutive panels: per element, `s = fma(x, w, s)` over `k`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const M: usize>(x: [&[f32]; M], panel: &[f32], out: &mut [[f32; PANEL]; M]) {
-        let k = panel.len() / PANEL;
+    pub unsafe fn tile<const M: usize, const P: usize>(x: [&[f32]; M], panels: &[f32], out: &mut [[[f32; PANEL]; P]; M]) {
+        let k = panels.len() / PANEL / P;
         for row in x.iter() {
             assert!(row.len() >= k, "activation row shorter than the panel depth");
         }
-        let mut acc = [[_mm256_setzero_ps(); 2]; M];
-        let wp = panel.as_ptr();
+        let mut acc = [[[_mm256_setzero_ps(); 2]; P]; M];
+        let wp = panels.as_ptr();
         for kk in 0..k {
-            let w0 = _mm256_loadu_ps(wp.add(kk * PANEL));
-            let w1 = _mm256_loadu_ps(wp.add(kk * PANEL + 8));
+            let mut w = [[_mm256_setzero_ps(); 2]; P];
+            for (q, wq) in w.iter_mut().enumerate() {
+                let at = wp.add((q * k + kk) * PANEL);
+                *wq = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
+            }
             for r in 0..M {
                 let xb = _mm256_set1_ps(*x[r].get_unchecked(kk));
-                acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+                for q in 0..P {
+                    acc[r][q][0] = _mm256_fmadd_ps(xb, w[q][0], acc[r][q][0]);
+                    acc[r][q][1] = _mm256_fmadd_ps(xb, w[q][1], acc[r][q][1]);
+                }
             }
         }
         for r in 0..M {
-            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
-            _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+            for q in 0..P {
+                _mm256_storeu_ps(out[r][q].as_mut_ptr(), acc[r][q][0]);
+                _mm256_storeu_ps(out[r][q].as_mut_ptr().add(8), acc[r][q][1]);
+            }
         }
     }
 }
@@ -199,18 +277,25 @@ mod tests {
     }
 
     #[test]
-    fn portable_and_fused_tiles_agree_closely() {
+    fn instruction_sets_agree() {
         let k = 64;
         let x = values(6 * k, 5);
         let panel = values(k * PANEL, 6);
-        let mut plain = [[0.0f32; PANEL]; TILE_TOKENS];
-        let mut fused = [[0.0f32; PANEL]; TILE_TOKENS];
-        run_tile(false, &x, 6, k, &panel, &mut plain);
-        run_tile(use_fma(), &x, 6, k, &panel, &mut fused);
+        let run = |isa| {
+            let mut tile: Tile = [[0.0; PANEL * MAX_TILE_PANELS]; MAX_TILE_TOKENS];
+            run_tile(isa, &x, 6, k, &panel, 1, &mut tile);
+            tile
+        };
+        let portable = run(Isa::Portable);
+        let native = run(isa());
         for r in 0..6 {
             for c in 0..PANEL {
-                assert!((plain[r][c] - fused[r][c]).abs() < 1e-4);
+                assert!((portable[r][c] - native[r][c]).abs() < 1e-4);
             }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa() == Isa::Avx512 && is_x86_feature_detected!("fma") {
+            assert_eq!(run(Isa::Avx2), native, "both fused paths give identical bits");
         }
     }
 }
