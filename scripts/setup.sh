@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 MODEL_DIR=models
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 
-packages=(python3 python3-pip unzip pkg-config)
+packages=(python3 python3-pip unzip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

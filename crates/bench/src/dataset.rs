@@ -126,12 +126,10 @@ pub fn parse_len_dist(text: &str) -> Result<LenDist> {
     let Some((mean, stdev)) = text.split_once(',') else {
         bail!("--output-len-dist {text:?}: no comma found; {expected}");
     };
-    let mean: f64 = mean.trim().parse().with_context(|| {
-        format!("--output-len-dist {text:?}: mean {mean:?} is not a number; {expected}")
-    })?;
-    let stdev: f64 = stdev.trim().parse().with_context(|| {
-        format!("--output-len-dist {text:?}: stdev {stdev:?} is not a number; {expected}")
-    })?;
+    let mean: f64 =
+        mean.trim().parse().with_context(|| format!("--output-len-dist {text:?}: mean {mean:?} is not a number; {expected}"))?;
+    let stdev: f64 =
+        stdev.trim().parse().with_context(|| format!("--output-len-dist {text:?}: stdev {stdev:?} is not a number; {expected}"))?;
     check_mean("--output-len-dist mean", mean)?;
     check_stdev("--output-len-dist stdev", stdev)?;
     Ok(LenDist { mean, stdev })
@@ -150,22 +148,11 @@ pub fn token_norm_dist(params: &NormDistParams, vocab: &Vocab) -> Result<Vec<Dat
     let mut entries = Vec::new();
     for task_id in 0..params.num_requests as u64 {
         let z = lengths.normal();
-        let input_len = checked_len(
-            normal_len(params.input_mean, params.input_stdev, z),
-            "input (--input-mean/--input-stdev)",
-            task_id,
-        )?;
-        let output_tokens = checked_len(
-            normal_len(params.output_mean, params.output_stdev, z),
-            "output (--output-mean/--output-stdev)",
-            task_id,
-        )?;
+        let input_len = checked_len(normal_len(params.input_mean, params.input_stdev, z), "input (--input-mean/--input-stdev)", task_id)?;
+        let output_tokens =
+            checked_len(normal_len(params.output_mean, params.output_stdev, z), "output (--output-mean/--output-stdev)", task_id)?;
         let input_ids = sampler.sample(&mut tokens, input_len);
-        entries.push(DatasetEntry {
-            task_id,
-            input_ids,
-            output_tokens,
-        });
+        entries.push(DatasetEntry { task_id, input_ids, output_tokens });
     }
     Ok(entries)
 }
@@ -173,18 +160,8 @@ pub fn token_norm_dist(params: &NormDistParams, vocab: &Vocab) -> Result<Vec<Dat
 /// `token-unif-dist`: one uniform `u` per request gives both lengths.
 pub fn token_unif_dist(params: &UnifDistParams, vocab: &Vocab) -> Result<Vec<DatasetEntry>> {
     check_num_requests(params.num_requests)?;
-    check_range(
-        "--input-min",
-        params.input_min,
-        "--input-max",
-        params.input_max,
-    )?;
-    check_range(
-        "--output-min",
-        params.output_min,
-        "--output-max",
-        params.output_max,
-    )?;
+    check_range("--input-min", params.input_min, "--input-max", params.input_max)?;
+    check_range("--output-min", params.output_min, "--output-max", params.output_max)?;
     let sampler = TokenSampler::new(vocab)?;
     let mut lengths = Rng::new(params.random_seed);
     let mut tokens = Rng::new(params.random_seed ^ TOKEN_STREAM_SALT);
@@ -194,21 +171,14 @@ pub fn token_unif_dist(params: &UnifDistParams, vocab: &Vocab) -> Result<Vec<Dat
         let input_len = uniform_len(params.input_min, params.input_max, u);
         let output_tokens = uniform_len(params.output_min, params.output_max, u);
         let input_ids = sampler.sample(&mut tokens, input_len);
-        entries.push(DatasetEntry {
-            task_id,
-            input_ids,
-            output_tokens,
-        });
+        entries.push(DatasetEntry { task_id, input_ids, output_tokens });
     }
     Ok(entries)
 }
 
 /// `real-dataset`: prompts from a local file, tokenized by `tokenize`, with
 /// output lengths drawn from `output_len_dist` (one normal `z` per request).
-pub fn real_dataset(
-    params: &RealDatasetParams<'_>,
-    tokenize: &dyn Fn(&str) -> Result<Vec<u32>>,
-) -> Result<Vec<DatasetEntry>> {
+pub fn real_dataset(params: &RealDatasetParams<'_>, tokenize: &dyn Fn(&str) -> Result<Vec<u32>>) -> Result<Vec<DatasetEntry>> {
     if let Some(n) = params.num_requests {
         check_num_requests(n)?;
     }
@@ -216,8 +186,7 @@ pub fn real_dataset(
     check_mean("--output-len-dist mean", dist.mean)?;
     check_stdev("--output-len-dist stdev", dist.stdev)?;
     let file = params.path.display();
-    let text =
-        fs::read_to_string(params.path).with_context(|| format!("reading prompt file {file}"))?;
+    let text = fs::read_to_string(params.path).with_context(|| format!("reading prompt file {file}"))?;
     let jsonl = is_jsonl(params.path, &text);
     let limit = params.num_requests.unwrap_or(usize::MAX);
     let mut lengths = Rng::new(params.random_seed);
@@ -230,28 +199,15 @@ pub fn real_dataset(
             continue;
         }
         let line_no = index + 1;
-        let prompt = if jsonl {
-            jsonl_prompt(line, &file, line_no)?
-        } else {
-            line.to_owned()
-        };
-        let input_ids = tokenize(&prompt)
-            .with_context(|| format!("{file}:{line_no}: tokenizing the prompt failed"))?;
+        let prompt = if jsonl { jsonl_prompt(line, &file, line_no)? } else { line.to_owned() };
+        let input_ids = tokenize(&prompt).with_context(|| format!("{file}:{line_no}: tokenizing the prompt failed"))?;
         if input_ids.is_empty() {
             bail!("{file}:{line_no}: the prompt tokenized to 0 tokens; expected at least 1");
         }
         let task_id = entries.len() as u64;
         let z = lengths.normal();
-        let output_tokens = checked_len(
-            normal_len(dist.mean, dist.stdev, z),
-            "output (--output-len-dist)",
-            task_id,
-        )?;
-        entries.push(DatasetEntry {
-            task_id,
-            input_ids,
-            output_tokens,
-        });
+        let output_tokens = checked_len(normal_len(dist.mean, dist.stdev, z), "output (--output-len-dist)", task_id)?;
+        entries.push(DatasetEntry { task_id, input_ids, output_tokens });
     }
     if entries.is_empty() {
         let shape = if jsonl {
@@ -270,13 +226,10 @@ pub fn write_dataset(path: &Path, entries: &[DatasetEntry]) -> Result<()> {
     let handle = fs::File::create(path).with_context(|| format!("creating dataset {file}"))?;
     let mut out = BufWriter::new(handle);
     for entry in entries {
-        serde_json::to_writer(&mut out, entry)
-            .with_context(|| format!("writing task {} to dataset {file}", entry.task_id))?;
-        out.write_all(b"\n")
-            .with_context(|| format!("writing dataset {file}"))?;
+        serde_json::to_writer(&mut out, entry).with_context(|| format!("writing task {} to dataset {file}", entry.task_id))?;
+        out.write_all(b"\n").with_context(|| format!("writing dataset {file}"))?;
     }
-    out.flush()
-        .with_context(|| format!("writing dataset {file}"))
+    out.flush().with_context(|| format!("writing dataset {file}"))
 }
 
 /// Reads and validates a JSON-lines dataset. Blank lines are skipped. With
@@ -297,30 +250,16 @@ pub fn read_dataset(path: &Path, vocab_size: Option<usize>) -> Result<Vec<Datase
             };
             let message = err.to_string();
             let message = message.split(" at line ").next().unwrap_or_default();
-            anyhow::anyhow!(
-                "{file}:{line_no}:{}: {kind}: {message}; expected one object per line like {ENTRY_SHAPE}",
-                err.column()
-            )
+            anyhow::anyhow!("{file}:{line_no}:{}: {kind}: {message}; expected one object per line like {ENTRY_SHAPE}", err.column())
         })?;
         if entry.input_ids.is_empty() {
-            bail!(
-                "{file}:{line_no}: task {}: input_ids is empty; expected at least 1 token",
-                entry.task_id
-            );
+            bail!("{file}:{line_no}: task {}: input_ids is empty; expected at least 1 token", entry.task_id);
         }
         if entry.output_tokens == 0 {
-            bail!(
-                "{file}:{line_no}: task {}: output_tokens is 0; expected at least 1",
-                entry.task_id
-            );
+            bail!("{file}:{line_no}: task {}: output_tokens is 0; expected at least 1", entry.task_id);
         }
         if let Some(vocab) = vocab_size {
-            if let Some((pos, id)) = entry
-                .input_ids
-                .iter()
-                .enumerate()
-                .find(|(_, &id)| id as usize >= vocab)
-            {
+            if let Some((pos, id)) = entry.input_ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
                 bail!(
                     "{file}:{line_no}: task {}: token id {id} (input_ids[{pos}]) is out of range; \
                      expected ids < vocab size {vocab}",
@@ -386,25 +325,17 @@ fn is_jsonl(path: &Path, text: &str) -> bool {
         .extension()
         .and_then(|ext| ext.to_str())
         .is_some_and(|ext| ext.eq_ignore_ascii_case("jsonl") || ext.eq_ignore_ascii_case("json"));
-    by_extension
-        || text
-            .lines()
-            .find(|line| !line.trim().is_empty())
-            .is_some_and(|line| line.trim_start().starts_with('{'))
+    by_extension || text.lines().find(|line| !line.trim().is_empty()).is_some_and(|line| line.trim_start().starts_with('{'))
 }
 
 fn jsonl_prompt(line: &str, file: &impl std::fmt::Display, line_no: usize) -> Result<String> {
-    let expected =
-        format!("expected a JSON object with a string prompt under one of {PROMPT_KEYS:?}");
-    let value: serde_json::Value = serde_json::from_str(line)
-        .map_err(|err| anyhow::anyhow!("{file}:{line_no}: malformed JSON ({err}); {expected}"))?;
+    let expected = format!("expected a JSON object with a string prompt under one of {PROMPT_KEYS:?}");
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|err| anyhow::anyhow!("{file}:{line_no}: malformed JSON ({err}); {expected}"))?;
     let Some(object) = value.as_object() else {
         bail!("{file}:{line_no}: the line is not a JSON object; {expected}");
     };
-    let Some((key, prompt)) = PROMPT_KEYS
-        .iter()
-        .find_map(|key| object.get(*key).map(|v| (key, v)))
-    else {
+    let Some((key, prompt)) = PROMPT_KEYS.iter().find_map(|key| object.get(*key).map(|v| (key, v))) else {
         let found: Vec<&String> = object.keys().collect();
         bail!("{file}:{line_no}: no prompt key found (keys present: {found:?}); {expected}");
     };
@@ -426,11 +357,7 @@ impl TokenSampler {
     fn new(vocab: &Vocab) -> Result<Self> {
         let size = vocab.size as u64;
         if size == 0 || size > u64::from(u32::MAX) + 1 {
-            bail!(
-                "vocab size must be in 1..={}, got {}",
-                u64::from(u32::MAX) + 1,
-                vocab.size
-            );
+            bail!("vocab size must be in 1..={}, got {}", u64::from(u32::MAX) + 1, vocab.size);
         }
         let eos = vocab.eos_id.map(u64::from).filter(|&eos| eos < size);
         let choices = size - u64::from(eos.is_some());
@@ -473,9 +400,7 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        Rng {
-            state: [splitmix(), splitmix(), splitmix(), splitmix()],
-        }
+        Rng { state: [splitmix(), splitmix(), splitmix(), splitmix()] }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -523,9 +448,7 @@ fn portable_ln(x: f64) -> f64 {
     let s = (mantissa - 1.0) / (mantissa + 1.0);
     let s2 = s * s;
     // |s| <= 0.1716, so 16 odd terms reach far below one ulp.
-    let series = (0..16)
-        .rev()
-        .fold(0.0, |acc, k| acc * s2 + 1.0 / f64::from(2 * k + 1));
+    let series = (0..16).rev().fold(0.0, |acc, k| acc * s2 + 1.0 / f64::from(2 * k + 1));
     2.0 * s * series + exponent as f64 * LN_2
 }
 
@@ -535,26 +458,18 @@ fn portable_ln(x: f64) -> f64 {
 fn portable_cos_tau(u: f64) -> f64 {
     let v = if u > 0.5 { 1.0 - u } else { u };
     let (w, sign) = if v > 0.25 { (0.5 - v, -1.0) } else { (v, 1.0) };
-    let magnitude = if w > 0.125 {
-        taylor_sin(TAU * (0.25 - w))
-    } else {
-        taylor_cos(TAU * w)
-    };
+    let magnitude = if w > 0.125 { taylor_sin(TAU * (0.25 - w)) } else { taylor_cos(TAU * w) };
     sign * magnitude
 }
 
 fn taylor_cos(x: f64) -> f64 {
     let x2 = x * x;
-    (1..=10).rev().fold(1.0, |acc, k| {
-        1.0 - acc * x2 / f64::from((2 * k - 1) * (2 * k))
-    })
+    (1..=10).rev().fold(1.0, |acc, k| 1.0 - acc * x2 / f64::from((2 * k - 1) * (2 * k)))
 }
 
 fn taylor_sin(x: f64) -> f64 {
     let x2 = x * x;
-    x * (1..=10).rev().fold(1.0, |acc, k| {
-        1.0 - acc * x2 / f64::from((2 * k) * (2 * k + 1))
-    })
+    x * (1..=10).rev().fold(1.0, |acc, k| 1.0 - acc * x2 / f64::from((2 * k) * (2 * k + 1)))
 }
 
 #[cfg(test)]
@@ -562,31 +477,14 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    const VOCAB: Vocab = Vocab {
-        size: 32,
-        eos_id: Some(2),
-    };
+    const VOCAB: Vocab = Vocab { size: 32, eos_id: Some(2) };
 
     fn norm(num_requests: usize, seed: u64) -> NormDistParams {
-        NormDistParams {
-            num_requests,
-            input_mean: 64.0,
-            input_stdev: 16.0,
-            output_mean: 32.0,
-            output_stdev: 8.0,
-            random_seed: seed,
-        }
+        NormDistParams { num_requests, input_mean: 64.0, input_stdev: 16.0, output_mean: 32.0, output_stdev: 8.0, random_seed: seed }
     }
 
     fn unif(num_requests: usize, seed: u64) -> UnifDistParams {
-        UnifDistParams {
-            num_requests,
-            input_min: 10,
-            input_max: 20,
-            output_min: 100,
-            output_max: 110,
-            random_seed: seed,
-        }
+        UnifDistParams { num_requests, input_min: 10, input_max: 20, output_min: 100, output_max: 110, random_seed: seed }
     }
 
     /// A per-test scratch file that is removed when dropped.
@@ -594,8 +492,7 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str, contents: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("lumen-bench-{}-{name}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("lumen-bench-{}-{name}", std::process::id()));
             fs::write(&path, contents).expect("write scratch file");
             Scratch(path)
         }
@@ -638,22 +535,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_dataset() {
-        assert_eq!(
-            token_norm_dist(&norm(50, 7), &VOCAB).unwrap(),
-            token_norm_dist(&norm(50, 7), &VOCAB).unwrap()
-        );
-        assert_ne!(
-            token_norm_dist(&norm(50, 7), &VOCAB).unwrap(),
-            token_norm_dist(&norm(50, 8), &VOCAB).unwrap()
-        );
-        assert_eq!(
-            token_unif_dist(&unif(50, 7), &VOCAB).unwrap(),
-            token_unif_dist(&unif(50, 7), &VOCAB).unwrap()
-        );
-        assert_ne!(
-            token_unif_dist(&unif(50, 7), &VOCAB).unwrap(),
-            token_unif_dist(&unif(50, 8), &VOCAB).unwrap()
-        );
+        assert_eq!(token_norm_dist(&norm(50, 7), &VOCAB).unwrap(), token_norm_dist(&norm(50, 7), &VOCAB).unwrap());
+        assert_ne!(token_norm_dist(&norm(50, 7), &VOCAB).unwrap(), token_norm_dist(&norm(50, 8), &VOCAB).unwrap());
+        assert_eq!(token_unif_dist(&unif(50, 7), &VOCAB).unwrap(), token_unif_dist(&unif(50, 7), &VOCAB).unwrap());
+        assert_ne!(token_unif_dist(&unif(50, 7), &VOCAB).unwrap(), token_unif_dist(&unif(50, 8), &VOCAB).unwrap());
     }
 
     #[test]
@@ -661,41 +546,17 @@ mod tests {
         // Golden values: a change here changes every dataset ever generated.
         let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
         let words: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
-        assert_eq!(
-            words,
-            [
-                6067513667249323982,
-                1007554958731235935,
-                10153337446353610092
-            ]
-        );
+        assert_eq!(words, [6067513667249323982, 1007554958731235935, 10153337446353610092]);
         // Exact equality: the normal path uses no platform libm.
         let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
         let normals: Vec<f64> = (0..4).map(|_| rng.normal()).collect();
-        assert_eq!(
-            normals,
-            [
-                0.8410780804670909,
-                -0.26003950597542785,
-                1.3078737127281108,
-                0.7080260221270693
-            ]
-        );
+        assert_eq!(normals, [0.8410780804670909, -0.26003950597542785, 1.3078737127281108, 0.7080260221270693]);
         let entries = token_norm_dist(&norm(4, DEFAULT_RANDOM_SEED), &VOCAB).unwrap();
-        let shape: Vec<(usize, u32, &[u32])> = entries
-            .iter()
-            .map(|e| (e.input_ids.len(), e.output_tokens, &e.input_ids[..5]))
-            .collect();
-        let expected: [(usize, u32, &[u32]); 4] = [
-            (78, 39, &[19, 23, 28, 1, 27]),
-            (60, 30, &[23, 26, 15, 31, 1]),
-            (85, 43, &[22, 7, 16, 30, 11]),
-            (76, 38, &[31, 1, 25, 26, 6]),
-        ];
+        let shape: Vec<(usize, u32, &[u32])> = entries.iter().map(|e| (e.input_ids.len(), e.output_tokens, &e.input_ids[..5])).collect();
+        let expected: [(usize, u32, &[u32]); 4] =
+            [(78, 39, &[19, 23, 28, 1, 27]), (60, 30, &[23, 26, 15, 31, 1]), (85, 43, &[22, 7, 16, 30, 11]), (76, 38, &[31, 1, 25, 26, 6])];
         assert_eq!(shape, expected);
-        let mut reference = Rng {
-            state: [1, 2, 3, 4],
-        };
+        let mut reference = Rng { state: [1, 2, 3, 4] };
         // xoshiro256** reference output for state {1, 2, 3, 4}.
         assert_eq!(reference.next_u64(), 11520);
         assert_eq!(reference.next_u64(), 0);
@@ -709,20 +570,11 @@ mod tests {
         for _ in 0..10_000 {
             let u = rng.unit();
             let x = 1.0 - u;
-            assert!(
-                (portable_ln(x) - x.ln()).abs() <= 1e-14 * x.ln().abs().max(1.0),
-                "ln({x})"
-            );
-            assert!(
-                (portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-14,
-                "cos(2pi {u})"
-            );
+            assert!((portable_ln(x) - x.ln()).abs() <= 1e-14 * x.ln().abs().max(1.0), "ln({x})");
+            assert!((portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-14, "cos(2pi {u})");
         }
         for u in [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875] {
-            assert!(
-                (portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-15,
-                "cos(2pi {u})"
-            );
+            assert!((portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-15, "cos(2pi {u})");
         }
         assert_eq!(portable_ln(1.0), 0.0);
         assert!((portable_ln(f64::EPSILON / 2.0) - (f64::EPSILON / 2.0).ln()).abs() < 1e-13);
@@ -764,11 +616,7 @@ mod tests {
 
     #[test]
     fn stdev_zero_gives_exact_lengths() {
-        let params = NormDistParams {
-            input_stdev: 0.0,
-            output_stdev: 0.0,
-            ..norm(20, 1)
-        };
+        let params = NormDistParams { input_stdev: 0.0, output_stdev: 0.0, ..norm(20, 1) };
         for entry in token_norm_dist(&params, &VOCAB).unwrap() {
             assert_eq!(entry.input_ids.len(), 64);
             assert_eq!(entry.output_tokens, 32);
@@ -777,10 +625,7 @@ mod tests {
 
     #[test]
     fn no_eos_ids_and_all_in_vocab() {
-        let vocab = Vocab {
-            size: 4,
-            eos_id: Some(1),
-        };
+        let vocab = Vocab { size: 4, eos_id: Some(1) };
         let entries = token_norm_dist(&norm(100, 11), &vocab).unwrap();
         let mut seen = [false; 4];
         for id in entries.iter().flat_map(|e| e.input_ids.iter()) {
@@ -789,175 +634,58 @@ mod tests {
         }
         assert_eq!(seen, [true, false, true, true]);
         // EOS at the top of the vocabulary and EOS outside of it.
-        for vocab in [
-            Vocab {
-                size: 3,
-                eos_id: Some(2),
-            },
-            Vocab {
-                size: 3,
-                eos_id: Some(9),
-            },
-        ] {
+        for vocab in [Vocab { size: 3, eos_id: Some(2) }, Vocab { size: 3, eos_id: Some(9) }] {
             let entries = token_unif_dist(&unif(30, 5), &vocab).unwrap();
-            assert!(entries
-                .iter()
-                .flat_map(|e| &e.input_ids)
-                .all(|&id| id < 3 && Some(id) != vocab.eos_id));
+            assert!(entries.iter().flat_map(|e| &e.input_ids).all(|&id| id < 3 && Some(id) != vocab.eos_id));
         }
     }
 
     #[test]
     fn bad_generator_inputs_are_named() {
         let cases: Vec<(Result<Vec<DatasetEntry>>, &str)> = vec![
+            (token_norm_dist(&norm(0, 1), &VOCAB), "--num-requests must be > 0, got 0"),
+            (token_norm_dist(&NormDistParams { input_mean: 0.0, ..norm(1, 1) }, &VOCAB), "--input-mean must be a finite number > 0, got 0"),
             (
-                token_norm_dist(&norm(0, 1), &VOCAB),
-                "--num-requests must be > 0, got 0",
-            ),
-            (
-                token_norm_dist(
-                    &NormDistParams {
-                        input_mean: 0.0,
-                        ..norm(1, 1)
-                    },
-                    &VOCAB,
-                ),
-                "--input-mean must be a finite number > 0, got 0",
-            ),
-            (
-                token_norm_dist(
-                    &NormDistParams {
-                        output_mean: f64::NAN,
-                        ..norm(1, 1)
-                    },
-                    &VOCAB,
-                ),
+                token_norm_dist(&NormDistParams { output_mean: f64::NAN, ..norm(1, 1) }, &VOCAB),
                 "--output-mean must be a finite number > 0, got NaN",
             ),
             (
-                token_norm_dist(
-                    &NormDistParams {
-                        input_stdev: -1.0,
-                        ..norm(1, 1)
-                    },
-                    &VOCAB,
-                ),
+                token_norm_dist(&NormDistParams { input_stdev: -1.0, ..norm(1, 1) }, &VOCAB),
                 "--input-stdev must be a finite number >= 0, got -1",
             ),
             (
-                token_norm_dist(
-                    &NormDistParams {
-                        output_stdev: -0.5,
-                        ..norm(1, 1)
-                    },
-                    &VOCAB,
-                ),
+                token_norm_dist(&NormDistParams { output_stdev: -0.5, ..norm(1, 1) }, &VOCAB),
                 "--output-stdev must be a finite number >= 0, got -0.5",
             ),
+            (token_norm_dist(&NormDistParams { input_mean: 1e12, ..norm(1, 1) }, &VOCAB), "input (--input-mean/--input-stdev) length"),
+            (token_unif_dist(&unif(0, 1), &VOCAB), "--num-requests must be > 0, got 0"),
+            (token_unif_dist(&UnifDistParams { input_min: 0, ..unif(1, 1) }, &VOCAB), "--input-min must be >= 1, got 0"),
             (
-                token_norm_dist(
-                    &NormDistParams {
-                        input_mean: 1e12,
-                        ..norm(1, 1)
-                    },
-                    &VOCAB,
-                ),
-                "input (--input-mean/--input-stdev) length",
-            ),
-            (
-                token_unif_dist(&unif(0, 1), &VOCAB),
-                "--num-requests must be > 0, got 0",
-            ),
-            (
-                token_unif_dist(
-                    &UnifDistParams {
-                        input_min: 0,
-                        ..unif(1, 1)
-                    },
-                    &VOCAB,
-                ),
-                "--input-min must be >= 1, got 0",
-            ),
-            (
-                token_unif_dist(
-                    &UnifDistParams {
-                        output_min: 200,
-                        ..unif(1, 1)
-                    },
-                    &VOCAB,
-                ),
+                token_unif_dist(&UnifDistParams { output_min: 200, ..unif(1, 1) }, &VOCAB),
                 "--output-min (200) must be <= --output-max (110)",
             ),
-            (
-                token_unif_dist(
-                    &UnifDistParams {
-                        input_max: u32::MAX,
-                        ..unif(1, 1)
-                    },
-                    &VOCAB,
-                ),
-                "--input-max must be <= 16777216 tokens",
-            ),
-            (
-                token_unif_dist(
-                    &unif(1, 1),
-                    &Vocab {
-                        size: 0,
-                        eos_id: None,
-                    },
-                ),
-                "vocab size must be in 1..=4294967296, got 0",
-            ),
-            (
-                token_unif_dist(
-                    &unif(1, 1),
-                    &Vocab {
-                        size: 1,
-                        eos_id: Some(0),
-                    },
-                ),
-                "no token id besides the EOS id 0",
-            ),
+            (token_unif_dist(&UnifDistParams { input_max: u32::MAX, ..unif(1, 1) }, &VOCAB), "--input-max must be <= 16777216 tokens"),
+            (token_unif_dist(&unif(1, 1), &Vocab { size: 0, eos_id: None }), "vocab size must be in 1..=4294967296, got 0"),
+            (token_unif_dist(&unif(1, 1), &Vocab { size: 1, eos_id: Some(0) }), "no token id besides the EOS id 0"),
         ];
         for (result, expected) in cases {
             let text = err_text(result);
-            assert!(
-                text.contains(expected),
-                "{text:?} should contain {expected:?}"
-            );
+            assert!(text.contains(expected), "{text:?} should contain {expected:?}");
         }
     }
 
     #[test]
     fn parse_len_dist_accepts_and_rejects() {
-        assert_eq!(
-            parse_len_dist("128, 16").unwrap(),
-            LenDist {
-                mean: 128.0,
-                stdev: 16.0
-            }
-        );
+        assert_eq!(parse_len_dist("128, 16").unwrap(), LenDist { mean: 128.0, stdev: 16.0 });
         for (input, expected) in [
-            (
-                "128",
-                "--output-len-dist \"128\": no comma found; expected \"mean,stdev\"",
-            ),
+            ("128", "--output-len-dist \"128\": no comma found; expected \"mean,stdev\""),
             ("abc,1", "mean \"abc\" is not a number"),
             ("128,x", "stdev \"x\" is not a number"),
-            (
-                "0,1",
-                "--output-len-dist mean must be a finite number > 0, got 0",
-            ),
-            (
-                "10,-1",
-                "--output-len-dist stdev must be a finite number >= 0, got -1",
-            ),
+            ("0,1", "--output-len-dist mean must be a finite number > 0, got 0"),
+            ("10,-1", "--output-len-dist stdev must be a finite number >= 0, got -1"),
         ] {
             let text = err_text(parse_len_dist(input));
-            assert!(
-                text.contains(expected),
-                "{text:?} should contain {expected:?}"
-            );
+            assert!(text.contains(expected), "{text:?} should contain {expected:?}");
         }
     }
 
@@ -969,15 +697,7 @@ mod tests {
     }
 
     fn real(path: &Path, num_requests: Option<usize>) -> RealDatasetParams<'_> {
-        RealDatasetParams {
-            path,
-            output_len_dist: LenDist {
-                mean: 50.0,
-                stdev: 0.0,
-            },
-            num_requests,
-            random_seed: DEFAULT_RANDOM_SEED,
-        }
+        RealDatasetParams { path, output_len_dist: LenDist { mean: 50.0, stdev: 0.0 }, num_requests, random_seed: DEFAULT_RANDOM_SEED }
     }
 
     #[test]
@@ -989,61 +709,34 @@ mod tests {
         let entries = real_dataset(&real(&file.0, None), &fake_tokenize).unwrap();
         let ids: Vec<Vec<u32>> = entries.iter().map(|e| e.input_ids.clone()).collect();
         assert_eq!(ids, vec![vec![1, 2], vec![3], vec![1], vec![2, 2, 1]]);
-        assert!(entries
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.task_id == i as u64 && e.output_tokens == 50));
+        assert!(entries.iter().enumerate().all(|(i, e)| e.task_id == i as u64 && e.output_tokens == 50));
         let limited = real_dataset(&real(&file.0, Some(2)), &fake_tokenize).unwrap();
         assert_eq!(limited.len(), 2);
     }
 
     #[test]
     fn real_dataset_reads_plain_text_with_normal_output_lengths() {
-        let file = Scratch::new(
-            "plain.txt",
-            "hello world\n\n  \nsecond prompt here\nthird\n",
-        );
-        let params = RealDatasetParams {
-            output_len_dist: LenDist {
-                mean: 20.0,
-                stdev: 5.0,
-            },
-            ..real(&file.0, None)
-        };
+        let file = Scratch::new("plain.txt", "hello world\n\n  \nsecond prompt here\nthird\n");
+        let params = RealDatasetParams { output_len_dist: LenDist { mean: 20.0, stdev: 5.0 }, ..real(&file.0, None) };
         let entries = real_dataset(&params, &fake_tokenize).unwrap();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[1].input_ids, vec![6, 6, 4]);
         let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
         for entry in &entries {
-            assert_eq!(
-                u64::from(entry.output_tokens),
-                normal_len(20.0, 5.0, rng.normal())
-            );
+            assert_eq!(u64::from(entry.output_tokens), normal_len(20.0, 5.0, rng.normal()));
         }
     }
 
     #[test]
     fn real_dataset_errors_name_file_and_line() {
-        let missing = Scratch::new(
-            "nokey.jsonl",
-            "{\"prompt\":\"ok\"}\n{\"body\":\"x\",\"id\":1}\n",
-        );
+        let missing = Scratch::new("nokey.jsonl", "{\"prompt\":\"ok\"}\n{\"body\":\"x\",\"id\":1}\n");
         let text = err_text(real_dataset(&real(&missing.0, None), &fake_tokenize));
-        assert!(
-            text.contains("nokey.jsonl:2: no prompt key found (keys present: [\"body\", \"id\"])"),
-            "{text}"
-        );
-        assert!(
-            text.contains("[\"prompt\", \"text\", \"input\", \"question\"]"),
-            "{text}"
-        );
+        assert!(text.contains("nokey.jsonl:2: no prompt key found (keys present: [\"body\", \"id\"])"), "{text}");
+        assert!(text.contains("[\"prompt\", \"text\", \"input\", \"question\"]"), "{text}");
 
         let not_string = Scratch::new("num.jsonl", "{\"prompt\":5}\n");
         let text = err_text(real_dataset(&real(&not_string.0, None), &fake_tokenize));
-        assert!(
-            text.contains("num.jsonl:1: key \"prompt\" holds 5, not a string"),
-            "{text}"
-        );
+        assert!(text.contains("num.jsonl:1: key \"prompt\" holds 5, not a string"), "{text}");
 
         let broken = Scratch::new("broken.jsonl", "{\"prompt\":\"a\"}\n{oops\n");
         let text = err_text(real_dataset(&real(&broken.0, None), &fake_tokenize));
@@ -1051,27 +744,18 @@ mod tests {
 
         let failing = Scratch::new("fail.txt", "fine\nFAIL here\n");
         let text = err_text(real_dataset(&real(&failing.0, None), &fake_tokenize));
-        assert!(
-            text.contains("fail.txt:2: tokenizing the prompt failed: tokenizer refused"),
-            "{text}"
-        );
+        assert!(text.contains("fail.txt:2: tokenizing the prompt failed: tokenizer refused"), "{text}");
 
         let empty = Scratch::new("empty.txt", "\n \n");
         let text = err_text(real_dataset(&real(&empty.0, None), &fake_tokenize));
-        assert!(
-            text.contains("empty.txt: no prompts found; expected one prompt per non-empty line"),
-            "{text}"
-        );
+        assert!(text.contains("empty.txt: no prompts found; expected one prompt per non-empty line"), "{text}");
 
         let text = err_text(real_dataset(&real(&empty.0, Some(0)), &fake_tokenize));
         assert!(text.contains("--num-requests must be > 0, got 0"), "{text}");
 
         let nothing = Path::new("/nonexistent/lumen/prompts.txt");
         let text = err_text(real_dataset(&real(nothing, None), &fake_tokenize));
-        assert!(
-            text.contains("reading prompt file /nonexistent/lumen/prompts.txt"),
-            "{text}"
-        );
+        assert!(text.contains("reading prompt file /nonexistent/lumen/prompts.txt"), "{text}");
     }
 
     #[test]
@@ -1091,28 +775,30 @@ mod tests {
         let cases = [
             ("malformed", format!("{good}\n{{\"task_id\":1,"), "malformed.jsonl:2:"),
             ("missing", format!("{good}\n\n{{\"task_id\":1,\"input_ids\":[1]}}"), "missing.jsonl:3:"),
-            ("emptyids", format!("{good}\n{{\"task_id\":1,\"input_ids\":[],\"output_tokens\":3}}"), "emptyids.jsonl:2: task 1: input_ids is empty"),
+            (
+                "emptyids",
+                format!("{good}\n{{\"task_id\":1,\"input_ids\":[],\"output_tokens\":3}}"),
+                "emptyids.jsonl:2: task 1: input_ids is empty",
+            ),
             ("zeroout", r#"{"task_id":4,"input_ids":[1],"output_tokens":0}"#.to_owned(), "zeroout.jsonl:1: task 4: output_tokens is 0"),
-            ("vocab", format!("{good}\n{{\"task_id\":1,\"input_ids\":[5,32,1],\"output_tokens\":3}}"), "vocab.jsonl:2: task 1: token id 32 (input_ids[1]) is out of range; expected ids < vocab size 32"),
+            (
+                "vocab",
+                format!("{good}\n{{\"task_id\":1,\"input_ids\":[5,32,1],\"output_tokens\":3}}"),
+                "vocab.jsonl:2: task 1: token id 32 (input_ids[1]) is out of range; expected ids < vocab size 32",
+            ),
             ("negative", r#"{"task_id":0,"input_ids":[-1],"output_tokens":3}"#.to_owned(), "negative.jsonl:1:"),
             ("blank", "\n  \n".to_owned(), "blank.jsonl: dataset is empty"),
         ];
         for (name, contents, expected) in cases {
             let file = Scratch::new(&format!("{name}.jsonl"), &contents);
             let text = err_text(read_dataset(&file.0, Some(32)));
-            assert!(
-                text.contains(expected),
-                "{text:?} should contain {expected:?}"
-            );
+            assert!(text.contains(expected), "{text:?} should contain {expected:?}");
         }
         let file = Scratch::new("shape.jsonl", "{\"task_id\":1,\"input_ids\":[1]}");
         let text = err_text(read_dataset(&file.0, None));
         assert!(text.contains("invalid dataset entry: missing field `output_tokens`; expected one object per line like"), "{text}");
         let file = Scratch::new("syntax.jsonl", "not json");
         let text = err_text(read_dataset(&file.0, None));
-        assert!(
-            text.contains("syntax.jsonl:1:2: malformed JSON: expected ident"),
-            "{text}"
-        );
+        assert!(text.contains("syntax.jsonl:1:2: malformed JSON: expected ident"), "{text}");
     }
 }

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-const BAR_TEMPLATE: &str =
-    "[lumen] {msg} [{bar:40}] {pos}/{len} ({percent}%) {elapsed_precise} eta {eta}";
+const BAR_TEMPLATE: &str = "[lumen] {msg} [{bar:40}] {pos}/{len} ({percent}%) {elapsed_precise} eta {eta}";
 
 /// A progress reporter over `total` units of work.
 pub struct Progress {
@@ -52,23 +51,13 @@ impl Progress {
     /// Starts reporting; picks the bar when stderr is a terminal.
     pub fn new(total: u64, label: &str) -> Self {
         let sink = if std::io::stderr().is_terminal() {
-            let style = ProgressStyle::with_template(BAR_TEMPLATE)
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
-            let bar = ProgressBar::new(total)
-                .with_style(style)
-                .with_message(label.to_owned());
+            let style = ProgressStyle::with_template(BAR_TEMPLATE).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ");
+            let bar = ProgressBar::new(total).with_style(style).with_message(label.to_owned());
             Sink::Bar(bar)
         } else {
             Sink::Lines(LineThrottle::default())
         };
-        Progress {
-            total,
-            done: 0,
-            label: label.to_owned(),
-            start: Instant::now(),
-            sink,
-        }
+        Progress { total, done: 0, label: label.to_owned(), start: Instant::now(), sink }
     }
 
     /// Records `n` more completed units.
@@ -78,10 +67,7 @@ impl Progress {
             Sink::Bar(bar) => bar.inc(n),
             Sink::Lines(throttle) => {
                 if throttle.due(self.done, self.total) {
-                    eprintln!(
-                        "{}",
-                        format_line(&self.label, self.done, self.total, self.start.elapsed())
-                    );
+                    eprintln!("{}", format_line(&self.label, self.done, self.total, self.start.elapsed()));
                 }
             }
         }
@@ -94,10 +80,7 @@ impl Progress {
             Sink::Bar(bar) => bar.finish(),
             Sink::Lines(throttle) => {
                 if throttle.printed != Some(self.done) {
-                    eprintln!(
-                        "{}",
-                        format_line(&self.label, self.done, self.total, self.start.elapsed())
-                    );
+                    eprintln!("{}", format_line(&self.label, self.done, self.total, self.start.elapsed()));
                 }
             }
         }
@@ -118,11 +101,7 @@ fn percent(done: u64, total: u64) -> u64 {
 
 /// The plain progress line: `[lumen] LABEL DONE/TOTAL (PCT%) SECONDS s`.
 pub fn format_line(label: &str, done: u64, total: u64, elapsed: Duration) -> String {
-    format!(
-        "[lumen] {label} {done}/{total} ({}%) {:.1} s",
-        percent(done, total),
-        elapsed.as_secs_f64()
-    )
+    format!("[lumen] {label} {done}/{total} ({}%) {:.1} s", percent(done, total), elapsed.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -131,26 +110,11 @@ mod tests {
 
     #[test]
     fn line_format() {
-        assert_eq!(
-            format_line("requests", 32, 64, Duration::from_millis(12_345)),
-            "[lumen] requests 32/64 (50%) 12.3 s"
-        );
-        assert_eq!(
-            format_line("warm-up", 0, 3, Duration::ZERO),
-            "[lumen] warm-up 0/3 (0%) 0.0 s"
-        );
-        assert_eq!(
-            format_line("requests", 2, 3, Duration::from_secs(1)),
-            "[lumen] requests 2/3 (66%) 1.0 s"
-        );
-        assert_eq!(
-            format_line("empty", 0, 0, Duration::from_secs(2)),
-            "[lumen] empty 0/0 (100%) 2.0 s"
-        );
-        assert_eq!(
-            format_line("over", 5, 4, Duration::ZERO),
-            "[lumen] over 5/4 (100%) 0.0 s"
-        );
+        assert_eq!(format_line("requests", 32, 64, Duration::from_millis(12_345)), "[lumen] requests 32/64 (50%) 12.3 s");
+        assert_eq!(format_line("warm-up", 0, 3, Duration::ZERO), "[lumen] warm-up 0/3 (0%) 0.0 s");
+        assert_eq!(format_line("requests", 2, 3, Duration::from_secs(1)), "[lumen] requests 2/3 (66%) 1.0 s");
+        assert_eq!(format_line("empty", 0, 0, Duration::from_secs(2)), "[lumen] empty 0/0 (100%) 2.0 s");
+        assert_eq!(format_line("over", 5, 4, Duration::ZERO), "[lumen] over 5/4 (100%) 0.0 s");
     }
 
     #[test]

@@ -149,11 +149,7 @@ const NS_PER_S: f64 = 1.0e9;
 /// differs from `run.num_requests`, when a record ends at or before its
 /// start, or, for streaming runs, when a first-token time is missing, lies
 /// outside `[start, end]`, or leaves no decode time for a multi-token output.
-pub fn build_report(
-    engine: &EngineInfo,
-    run: &RunInfo,
-    records: &[RequestRecord],
-) -> Result<Report> {
+pub fn build_report(engine: &EngineInfo, run: &RunInfo, records: &[RequestRecord]) -> Result<Report> {
     if records.is_empty() {
         bail!("no request records to report; expected at least one measured request");
     }
@@ -176,16 +172,9 @@ pub fn build_report(
     let total_input_tokens: u64 = records.iter().map(|r| u64::from(r.input_len)).sum();
     let total_output_tokens: u64 = records.iter().map(|r| u64::from(r.output_len)).sum();
 
-    let latencies_ms: Vec<f64> = records
-        .iter()
-        .map(|r| (r.end_ns - r.start_ns) as f64 / NS_PER_MS)
-        .collect();
+    let latencies_ms: Vec<f64> = records.iter().map(|r| (r.end_ns - r.start_ns) as f64 / NS_PER_MS).collect();
     let request_latency_ms = summarize(&latencies_ms, "request latency")?;
-    let per_user_tps = records
-        .iter()
-        .map(|r| f64::from(r.output_len) / ((r.end_ns - r.start_ns) as f64 / NS_PER_S))
-        .sum::<f64>()
-        / n;
+    let per_user_tps = records.iter().map(|r| f64::from(r.output_len) / ((r.end_ns - r.start_ns) as f64 / NS_PER_S)).sum::<f64>() / n;
 
     let performance = Performance {
         request_throughput_req_s: n / total_s,
@@ -195,11 +184,7 @@ pub fn build_report(
         avg_request_latency_ms: request_latency_ms.average,
         per_user_output_throughput_tps: per_user_tps,
     };
-    let streaming = if run.streaming {
-        Some(streaming_metrics(records)?)
-    } else {
-        None
-    };
+    let streaming = if run.streaming { Some(streaming_metrics(records)?) } else { None };
     Ok(Report {
         engine: engine.clone(),
         run: run.clone(),
@@ -217,11 +202,7 @@ pub fn build_report(
 
 fn check_record(index: usize, r: &RequestRecord, streaming: bool) -> Result<()> {
     if r.end_ns <= r.start_ns {
-        bail!(
-            "request record {index}: end_ns {} <= start_ns {}; expected the request to end after it starts",
-            r.end_ns,
-            r.start_ns
-        );
+        bail!("request record {index}: end_ns {} <= start_ns {}; expected the request to end after it starts", r.end_ns, r.start_ns);
     }
     if !streaming {
         return Ok(());
@@ -230,11 +211,7 @@ fn check_record(index: usize, r: &RequestRecord, streaming: bool) -> Result<()> 
         bail!("request record {index}: first_token_ns is missing; expected it for a streaming run");
     };
     if first < r.start_ns || first > r.end_ns {
-        bail!(
-            "request record {index}: first_token_ns {first} is outside [start_ns {}, end_ns {}]",
-            r.start_ns,
-            r.end_ns
-        );
+        bail!("request record {index}: first_token_ns {first} is outside [start_ns {}, end_ns {}]", r.start_ns, r.end_ns);
     }
     if r.output_len > 1 && first == r.end_ns {
         bail!(
@@ -275,8 +252,7 @@ fn streaming_metrics(records: &[RequestRecord]) -> Result<StreamingMetrics> {
 }
 
 fn summarize(values: &[f64], metric: &str) -> Result<Stats> {
-    Stats::from_values(values)
-        .with_context(|| format!("no {metric} values; expected at least one request"))
+    Stats::from_values(values).with_context(|| format!("no {metric} values; expected at least one request"))
 }
 
 /// Serializes the report as pretty-printed JSON.
@@ -307,163 +283,45 @@ pub fn render_text(report: &Report) -> String {
     field(&mut out, DETAIL_WIDTH, "Backend:", &engine.backend);
     field(&mut out, DETAIL_WIDTH, "Dtype:", &engine.dtype);
     field(&mut out, DETAIL_WIDTH, "Version:", &engine.version);
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Max Batch Size:",
-        &engine.max_batch_size.to_string(),
-    );
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Max Num Tokens:",
-        &engine.max_num_tokens.to_string(),
-    );
+    field(&mut out, DETAIL_WIDTH, "Max Batch Size:", &engine.max_batch_size.to_string());
+    field(&mut out, DETAIL_WIDTH, "Max Num Tokens:", &engine.max_num_tokens.to_string());
     field(&mut out, DETAIL_WIDTH, "KV Cache:", &kv_cache);
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Threads:",
-        &engine.threads.to_string(),
-    );
+    field(&mut out, DETAIL_WIDTH, "Threads:", &engine.threads.to_string());
     field(&mut out, DETAIL_WIDTH, "Hardware:", &engine.hardware);
 
     section(&mut out, "REQUEST DETAILS");
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Number of requests:",
-        &run.num_requests.to_string(),
-    );
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Number of warm-up requests:",
-        &run.warmup.to_string(),
-    );
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Average Input Length (tokens):",
-        &fixed(report.requests.avg_input_len),
-    );
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Average Output Length (tokens):",
-        &fixed(report.requests.avg_output_len),
-    );
-    let concurrency = if run.concurrency <= 0 {
-        "unlimited".to_owned()
-    } else {
-        run.concurrency.to_string()
-    };
+    field(&mut out, DETAIL_WIDTH, "Number of requests:", &run.num_requests.to_string());
+    field(&mut out, DETAIL_WIDTH, "Number of warm-up requests:", &run.warmup.to_string());
+    field(&mut out, DETAIL_WIDTH, "Average Input Length (tokens):", &fixed(report.requests.avg_input_len));
+    field(&mut out, DETAIL_WIDTH, "Average Output Length (tokens):", &fixed(report.requests.avg_output_len));
+    let concurrency = if run.concurrency <= 0 { "unlimited".to_owned() } else { run.concurrency.to_string() };
     field(&mut out, DETAIL_WIDTH, "Concurrency:", &concurrency);
     field(&mut out, DETAIL_WIDTH, "Dataset:", &run.dataset);
 
     section(&mut out, "RUNTIME INFORMATION");
     field(&mut out, DETAIL_WIDTH, "Backend:", &engine.backend);
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Threads:",
-        &engine.threads.to_string(),
-    );
+    field(&mut out, DETAIL_WIDTH, "Threads:", &engine.threads.to_string());
     field(&mut out, DETAIL_WIDTH, "KV Cache:", &kv_cache);
-    field(
-        &mut out,
-        DETAIL_WIDTH,
-        "Streaming:",
-        if run.streaming { "on" } else { "off" },
-    );
-    let eos = if run.eos_id < 0 {
-        "ignored".to_owned()
-    } else {
-        run.eos_id.to_string()
-    };
+    field(&mut out, DETAIL_WIDTH, "Streaming:", if run.streaming { "on" } else { "off" });
+    let eos = if run.eos_id < 0 { "ignored".to_owned() } else { run.eos_id.to_string() };
     field(&mut out, DETAIL_WIDTH, "EOS ID:", &eos);
 
     section(&mut out, "PERFORMANCE OVERVIEW");
-    field(
-        &mut out,
-        PERF_WIDTH,
-        "Request Throughput (req/sec):",
-        &fixed(perf.request_throughput_req_s),
-    );
-    field(
-        &mut out,
-        PERF_WIDTH,
-        "Total Output Throughput (tokens/sec):",
-        &fixed(perf.total_output_throughput_tok_s),
-    );
-    field(
-        &mut out,
-        PERF_WIDTH,
-        "Total Token Throughput (tokens/sec):",
-        &fixed(perf.total_token_throughput_tok_s),
-    );
-    field(
-        &mut out,
-        PERF_WIDTH,
-        "Total Latency (ms):",
-        &fixed(perf.total_latency_ms),
-    );
-    field(
-        &mut out,
-        PERF_WIDTH,
-        "Average request latency (ms):",
-        &fixed(perf.avg_request_latency_ms),
-    );
-    field(
-        &mut out,
-        PERF_WIDTH,
-        "Per User Output Throughput [w/ ctx] (tps/user):",
-        &fixed(perf.per_user_output_throughput_tps),
-    );
+    field(&mut out, PERF_WIDTH, "Request Throughput (req/sec):", &fixed(perf.request_throughput_req_s));
+    field(&mut out, PERF_WIDTH, "Total Output Throughput (tokens/sec):", &fixed(perf.total_output_throughput_tok_s));
+    field(&mut out, PERF_WIDTH, "Total Token Throughput (tokens/sec):", &fixed(perf.total_token_throughput_tok_s));
+    field(&mut out, PERF_WIDTH, "Total Latency (ms):", &fixed(perf.total_latency_ms));
+    field(&mut out, PERF_WIDTH, "Average request latency (ms):", &fixed(perf.avg_request_latency_ms));
+    field(&mut out, PERF_WIDTH, "Per User Output Throughput [w/ ctx] (tps/user):", &fixed(perf.per_user_output_throughput_tps));
     if let Some(s) = &report.streaming {
-        field(
-            &mut out,
-            PERF_WIDTH,
-            "Average time-to-first-token [TTFT] (ms):",
-            &fixed(s.avg_ttft_ms),
-        );
-        field(
-            &mut out,
-            PERF_WIDTH,
-            "Average time-per-output-token [TPOT] (ms):",
-            &optional(s.avg_tpot_ms),
-        );
-        field(
-            &mut out,
-            PERF_WIDTH,
-            "Per User Output Speed (tps/user):",
-            &optional(s.per_user_output_speed_tps),
-        );
-        stats_block(
-            &mut out,
-            "[TTFT] TIME-TO-FIRST-TOKEN (ms)",
-            "TTFT",
-            Some(&s.ttft_ms),
-        );
-        stats_block(
-            &mut out,
-            "[TPOT] TIME-PER-OUTPUT-TOKEN (ms)",
-            "TPOT",
-            s.tpot_ms.as_ref(),
-        );
-        stats_block(
-            &mut out,
-            "[GTPS] GENERATION TOKENS PER SECOND (tps/user)",
-            "GTPS",
-            s.gtps.as_ref(),
-        );
+        field(&mut out, PERF_WIDTH, "Average time-to-first-token [TTFT] (ms):", &fixed(s.avg_ttft_ms));
+        field(&mut out, PERF_WIDTH, "Average time-per-output-token [TPOT] (ms):", &optional(s.avg_tpot_ms));
+        field(&mut out, PERF_WIDTH, "Per User Output Speed (tps/user):", &optional(s.per_user_output_speed_tps));
+        stats_block(&mut out, "[TTFT] TIME-TO-FIRST-TOKEN (ms)", "TTFT", Some(&s.ttft_ms));
+        stats_block(&mut out, "[TPOT] TIME-PER-OUTPUT-TOKEN (ms)", "TPOT", s.tpot_ms.as_ref());
+        stats_block(&mut out, "[GTPS] GENERATION TOKENS PER SECOND (tps/user)", "GTPS", s.gtps.as_ref());
     }
-    stats_block(
-        &mut out,
-        "REQUEST LATENCY BREAKDOWN (ms)",
-        "Latency",
-        Some(&report.request_latency_ms),
-    );
+    stats_block(&mut out, "REQUEST LATENCY BREAKDOWN (ms)", "Latency", Some(&report.request_latency_ms));
     out.push('\n');
     out.push_str(RULE);
     out.push('\n');
@@ -483,28 +341,14 @@ fn field(out: &mut String, width: usize, label: &str, value: &str) {
 }
 
 fn stats_block(out: &mut String, title: &str, tag: &str, stats: Option<&Stats>) {
-    let _ = writeln!(
-        out,
-        "\n{:-<width$}\n",
-        format!("-- {title} "),
-        width = RULE.len()
-    );
+    let _ = writeln!(out, "\n{:-<width$}\n", format!("-- {title} "), width = RULE.len());
     let Some(s) = stats else {
-        let _ = writeln!(
-            out,
-            "[{tag}] N/A (no request produced more than one output token)"
-        );
+        let _ = writeln!(out, "[{tag}] N/A (no request produced more than one output token)");
         return;
     };
-    for (name, value) in [
-        ("MIN", s.min),
-        ("MAX", s.max),
-        ("AVERAGE", s.average),
-        ("P50", s.p50),
-        ("P90", s.p90),
-        ("P95", s.p95),
-        ("P99", s.p99),
-    ] {
+    for (name, value) in
+        [("MIN", s.min), ("MAX", s.max), ("AVERAGE", s.average), ("P50", s.p50), ("P90", s.p90), ("P95", s.p95), ("P99", s.p99)]
+    {
         let _ = writeln!(out, "[{tag}] {name:<7}: {value:.4}");
     }
 }
@@ -540,48 +384,22 @@ mod tests {
     }
 
     fn run(num_requests: usize, streaming: bool) -> RunInfo {
-        RunInfo {
-            num_requests,
-            warmup: 2,
-            concurrency: -1,
-            streaming,
-            eos_id: -1,
-            dataset: "data.jsonl".into(),
-        }
+        RunInfo { num_requests, warmup: 2, concurrency: -1, streaming, eos_id: -1, dataset: "data.jsonl".into() }
     }
 
-    fn record(
-        start_ms: u64,
-        first_ms: u64,
-        end_ms: u64,
-        input_len: u32,
-        output_len: u32,
-    ) -> RequestRecord {
-        RequestRecord {
-            start_ns: start_ms * MS,
-            first_token_ns: Some(first_ms * MS),
-            end_ns: end_ms * MS,
-            input_len,
-            output_len,
-        }
+    fn record(start_ms: u64, first_ms: u64, end_ms: u64, input_len: u32, output_len: u32) -> RequestRecord {
+        RequestRecord { start_ns: start_ms * MS, first_token_ns: Some(first_ms * MS), end_ns: end_ms * MS, input_len, output_len }
     }
 
     /// r0: 0..1000 ms, first token at 100, 10 in / 10 out.
     /// r1: 500..2000 ms, first token at 700, 20 in / 4 out.
     /// r2: 1000..2500 ms, first token at 1500, 30 in / 1 out (no TPOT/GTPS).
     fn records() -> Vec<RequestRecord> {
-        vec![
-            record(0, 100, 1000, 10, 10),
-            record(500, 700, 2000, 20, 4),
-            record(1000, 1500, 2500, 30, 1),
-        ]
+        vec![record(0, 100, 1000, 10, 10), record(500, 700, 2000, 20, 4), record(1000, 1500, 2500, 30, 1)]
     }
 
     fn close(actual: f64, expected: f64) {
-        assert!(
-            (actual - expected).abs() <= 1e-9 * expected.abs().max(1.0),
-            "{actual} != {expected}"
-        );
+        assert!((actual - expected).abs() <= 1e-9 * expected.abs().max(1.0), "{actual} != {expected}");
     }
 
     #[test]
@@ -620,19 +438,13 @@ mod tests {
         close(p.total_output_throughput_tok_s, 15.0 / 2.5);
         close(p.total_token_throughput_tok_s, 75.0 / 2.5);
         close(p.avg_request_latency_ms, (1000.0 + 1500.0 + 1500.0) / 3.0);
-        close(
-            p.per_user_output_throughput_tps,
-            (10.0 / 1.0 + 4.0 / 1.5 + 1.0 / 1.5) / 3.0,
-        );
+        close(p.per_user_output_throughput_tps, (10.0 / 1.0 + 4.0 / 1.5 + 1.0 / 1.5) / 3.0);
         assert_eq!(report.requests.total_input_tokens, 60);
         assert_eq!(report.requests.total_output_tokens, 15);
         close(report.requests.avg_input_len, 20.0);
         close(report.requests.avg_output_len, 5.0);
         let lat = report.request_latency_ms;
-        assert_eq!(
-            (lat.min, lat.max, lat.p50, lat.p99),
-            (1000.0, 1500.0, 1500.0, 1500.0)
-        );
+        assert_eq!((lat.min, lat.max, lat.p50, lat.p99), (1000.0, 1500.0, 1500.0, 1500.0));
         assert!(report.streaming.is_none());
     }
 
@@ -641,10 +453,7 @@ mod tests {
         let report = build_report(&engine(), &run(3, true), &records()).unwrap();
         let s = report.streaming.unwrap();
         close(s.avg_ttft_ms, (100.0 + 200.0 + 500.0) / 3.0);
-        assert_eq!(
-            (s.ttft_ms.min, s.ttft_ms.max, s.ttft_ms.p50),
-            (100.0, 500.0, 200.0)
-        );
+        assert_eq!((s.ttft_ms.min, s.ttft_ms.max, s.ttft_ms.p50), (100.0, 500.0, 200.0));
         // TPOT: r0 (1000-100)/9 = 100 ms; r1 (2000-700)/3 ms; r2 excluded.
         let tpot = s.tpot_ms.unwrap();
         close(tpot.min, 100.0);
@@ -658,10 +467,7 @@ mod tests {
         close(gtps.max, 10.0);
         close(gtps.average, (10.0 + 3.0 / 1.3) / 2.0);
         // Per user output speed: mean of 1/TPOT in tokens per second.
-        close(
-            s.per_user_output_speed_tps.unwrap(),
-            (1000.0 / 100.0 + 3000.0 / 1300.0) / 2.0,
-        );
+        close(s.per_user_output_speed_tps.unwrap(), (1000.0 / 100.0 + 3000.0 / 1300.0) / 2.0);
     }
 
     #[test]
@@ -671,10 +477,7 @@ mod tests {
         let s = report.streaming.unwrap();
         assert_eq!((s.tpot_ms, s.gtps, s.avg_tpot_ms), (None, None, None));
         let text = render_text(&report);
-        assert!(
-            text.contains("Average time-per-output-token [TPOT] (ms):        N/A\n"),
-            "{text}"
-        );
+        assert!(text.contains("Average time-per-output-token [TPOT] (ms):        N/A\n"), "{text}");
         assert!(text.contains("[TPOT] N/A"), "{text}");
     }
 
@@ -682,44 +485,19 @@ mod tests {
     fn bad_records_are_rejected() {
         let cases = [
             (vec![], run(0, false), "no request records to report"),
+            (records(), run(4, false), "run.num_requests is 4 but 3 request records were given"),
+            (vec![record(5, 5, 5, 1, 1)], run(1, false), "request record 0: end_ns 5000000 <= start_ns 5000000"),
             (
-                records(),
-                run(4, false),
-                "run.num_requests is 4 but 3 request records were given",
-            ),
-            (
-                vec![record(5, 5, 5, 1, 1)],
-                run(1, false),
-                "request record 0: end_ns 5000000 <= start_ns 5000000",
-            ),
-            (
-                vec![
-                    record(0, 1, 2, 1, 1),
-                    RequestRecord {
-                        first_token_ns: None,
-                        ..record(0, 1, 2, 1, 1)
-                    },
-                ],
+                vec![record(0, 1, 2, 1, 1), RequestRecord { first_token_ns: None, ..record(0, 1, 2, 1, 1) }],
                 run(2, true),
                 "request record 1: first_token_ns is missing",
             ),
-            (
-                vec![record(10, 5, 20, 1, 2)],
-                run(1, true),
-                "request record 0: first_token_ns 5000000 is outside",
-            ),
-            (
-                vec![record(10, 20, 20, 1, 2)],
-                run(1, true),
-                "first_token_ns equals end_ns 20000000 with output_len 2",
-            ),
+            (vec![record(10, 5, 20, 1, 2)], run(1, true), "request record 0: first_token_ns 5000000 is outside"),
+            (vec![record(10, 20, 20, 1, 2)], run(1, true), "first_token_ns equals end_ns 20000000 with output_len 2"),
         ];
         for (records, run, expected) in cases {
             let text = format!("{:#}", build_report(&engine(), &run, &records).unwrap_err());
-            assert!(
-                text.contains(expected),
-                "{text:?} should contain {expected:?}"
-            );
+            assert!(text.contains(expected), "{text:?} should contain {expected:?}");
         }
     }
 
@@ -748,79 +526,33 @@ mod tests {
         ];
         let mut from = 0;
         for heading in headings {
-            let at = text[from..]
-                .find(heading)
-                .unwrap_or_else(|| panic!("{heading:?} missing or out of order in\n{text}"));
+            let at = text[from..].find(heading).unwrap_or_else(|| panic!("{heading:?} missing or out of order in\n{text}"));
             from += at + heading.len();
         }
-        assert!(
-            text.contains("Request Throughput (req/sec):                     1.2000\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Total Latency (ms):                               2500.0000\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("KV Cache:                       100 blocks x 16 tokens (1600 tokens)\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Concurrency:                    unlimited\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("EOS ID:                         ignored\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Streaming:                      on\n"),
-            "{text}"
-        );
+        assert!(text.contains("Request Throughput (req/sec):                     1.2000\n"), "{text}");
+        assert!(text.contains("Total Latency (ms):                               2500.0000\n"), "{text}");
+        assert!(text.contains("KV Cache:                       100 blocks x 16 tokens (1600 tokens)\n"), "{text}");
+        assert!(text.contains("Concurrency:                    unlimited\n"), "{text}");
+        assert!(text.contains("EOS ID:                         ignored\n"), "{text}");
+        assert!(text.contains("Streaming:                      on\n"), "{text}");
         assert!(text.contains("[Latency] P50    : 1500.0000\n"), "{text}");
         assert!(text.contains("[TTFT] AVERAGE: 266.6667\n"), "{text}");
         for name in ["MIN", "MAX", "AVERAGE", "P50", "P90", "P95", "P99"] {
-            assert_eq!(
-                text.matches(&format!("[TTFT] {name:<7}:")).count(),
-                1,
-                "{name}"
-            );
-            assert_eq!(
-                text.matches(&format!("[Latency] {name:<7}:")).count(),
-                1,
-                "{name}"
-            );
+            assert_eq!(text.matches(&format!("[TTFT] {name:<7}:")).count(), 1, "{name}");
+            assert_eq!(text.matches(&format!("[Latency] {name:<7}:")).count(), 1, "{name}");
         }
     }
 
     #[test]
     fn non_streaming_text_omits_streaming_lines() {
-        let report = build_report(
-            &engine(),
-            &RunInfo {
-                concurrency: 4,
-                eos_id: 2,
-                ..run(3, false)
-            },
-            &records(),
-        )
-        .unwrap();
+        let report = build_report(&engine(), &RunInfo { concurrency: 4, eos_id: 2, ..run(3, false) }, &records()).unwrap();
         let text = render_text(&report);
         assert!(!text.contains("TTFT"), "{text}");
         assert!(!text.contains("GTPS"), "{text}");
         assert!(text.contains("REQUEST LATENCY BREAKDOWN (ms)"));
-        assert!(
-            text.contains("Concurrency:                    4\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("EOS ID:                         2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Streaming:                      off\n"),
-            "{text}"
-        );
+        assert!(text.contains("Concurrency:                    4\n"), "{text}");
+        assert!(text.contains("EOS ID:                         2\n"), "{text}");
+        assert!(text.contains("Streaming:                      off\n"), "{text}");
     }
 
     #[test]

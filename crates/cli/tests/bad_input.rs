@@ -74,8 +74,10 @@ fn missing_dataset_file() {
 #[test]
 fn dataset_request_too_long_for_the_kv_cache() {
     let s = Scratch::new("toolong");
-    let path = s.write("long.jsonl", format!("{GOOD_LINE}\n{{\"task_id\":1,\"input_ids\":[{}],\"output_tokens\":3}}\n", ["9"; 40].join(",")));
-    throughput(&path, &["--kv-cache-tokens", "32", "--kv-block-size", "4", "--warmup", "0"]).fails_with(1, &["task_id 1", "40 tokens", "32"]);
+    let path =
+        s.write("long.jsonl", format!("{GOOD_LINE}\n{{\"task_id\":1,\"input_ids\":[{}],\"output_tokens\":3}}\n", ["9"; 40].join(",")));
+    throughput(&path, &["--kv-cache-tokens", "32", "--kv-block-size", "4", "--warmup", "0"])
+        .fails_with(1, &["task_id 1", "40 tokens", "32"]);
 }
 
 #[test]
@@ -147,7 +149,19 @@ fn default_model_missing_points_to_setup_script() {
     let s = Scratch::new("nomodel");
     let out = s.path("d.jsonl");
     lumen_env(
-        &["bench", "prepare-dataset", "--output", &out, "token-norm-dist", "--num-requests", "2", "--input-mean", "5", "--output-mean", "2"],
+        &[
+            "bench",
+            "prepare-dataset",
+            "--output",
+            &out,
+            "token-norm-dist",
+            "--num-requests",
+            "2",
+            "--input-mean",
+            "5",
+            "--output-mean",
+            "2",
+        ],
         &env,
     )
     .fails_with(1, &[&missing, "scripts/setup.sh"]);
@@ -165,8 +179,22 @@ fn truncated_gguf() {
     let path = s.write("truncated.gguf", &head);
     lumen(&["generate", "--model", &path, "--prompt", "hi"]).fails_with(1, &[&path, "truncated"]);
     let out = s.path("d.jsonl");
-    lumen(&["bench", "prepare-dataset", "--model", &path, "--output", &out, "token-norm-dist", "--num-requests", "2", "--input-mean", "5", "--output-mean", "2"])
-        .fails_with(1, &[&path, "truncated"]);
+    lumen(&[
+        "bench",
+        "prepare-dataset",
+        "--model",
+        &path,
+        "--output",
+        &out,
+        "token-norm-dist",
+        "--num-requests",
+        "2",
+        "--input-mean",
+        "5",
+        "--output-mean",
+        "2",
+    ])
+    .fails_with(1, &[&path, "truncated"]);
 }
 
 #[test]
@@ -178,12 +206,14 @@ fn wrong_magic() {
 
 #[test]
 fn unknown_preset_with_seed() {
-    lumen(&["generate", "--model", "llama-9000@1", "--prompt-ids", "1"]).fails_with(1, &["unknown preset", "llama-9000", "tiny", "smollm2-135m"]);
+    lumen(&["generate", "--model", "llama-9000@1", "--prompt-ids", "1"])
+        .fails_with(1, &["unknown preset", "llama-9000", "tiny", "smollm2-135m"]);
 }
 
 #[test]
 fn unknown_model_name_lists_the_presets() {
-    lumen(&["generate", "--model", "llama-9000", "--prompt-ids", "1"]).fails_with(1, &["llama-9000", "not found", "preset", "tiny", "smollm2-135m", "llama-3.2-1b"]);
+    lumen(&["generate", "--model", "llama-9000", "--prompt-ids", "1"])
+        .fails_with(1, &["llama-9000", "not found", "preset", "tiny", "smollm2-135m", "llama-3.2-1b"]);
 }
 
 #[test]
@@ -206,8 +236,20 @@ fn real_dataset_needs_a_tokenizer() {
     let s = Scratch::new("notok");
     let prompts = s.write("p.txt", "hello\n");
     let out = s.path("d.jsonl");
-    lumen(&["bench", "prepare-dataset", "--model", "tiny", "--output", &out, "real-dataset", "--dataset-path", &prompts, "--output-len-dist", "5,0"])
-        .fails_with(1, &["tokenizer", "tiny"]);
+    lumen(&[
+        "bench",
+        "prepare-dataset",
+        "--model",
+        "tiny",
+        "--output",
+        &out,
+        "real-dataset",
+        "--dataset-path",
+        &prompts,
+        "--output-len-dist",
+        "5,0",
+    ])
+    .fails_with(1, &["tokenizer", "tiny"]);
 }
 
 #[test]

@@ -8,19 +8,8 @@ mod common;
 use common::{json_lines, lumen, read_entries, Entry, Scratch};
 use serde_json::Value;
 
-const NORM_ARGS: [&str; 11] = [
-    "token-norm-dist",
-    "--num-requests",
-    "8",
-    "--input-mean",
-    "20",
-    "--input-stdev",
-    "4",
-    "--output-mean",
-    "6",
-    "--output-stdev",
-    "2",
-];
+const NORM_ARGS: [&str; 11] =
+    ["token-norm-dist", "--num-requests", "8", "--input-mean", "20", "--input-stdev", "4", "--output-mean", "6", "--output-stdev", "2"];
 
 /// `lumen bench prepare-dataset [prefix...] --output out [kind...]`, which must succeed.
 fn prepare(prefix: &[&str], out: &str, kind: &[&str]) -> Vec<Entry> {
@@ -30,11 +19,7 @@ fn prepare(prefix: &[&str], out: &str, kind: &[&str]) -> Vec<Entry> {
     args.extend_from_slice(kind);
     let run = lumen(&args).ok();
     let entries = read_entries(out);
-    assert!(
-        run.stderr.contains(&format!("wrote {} requests to {out}", entries.len())),
-        "missing summary line on stderr:\n{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains(&format!("wrote {} requests to {out}", entries.len())), "missing summary line on stderr:\n{}", run.stderr);
     entries
 }
 
@@ -91,19 +76,8 @@ fn norm_dist_seed_decides_the_file() {
 fn unif_dist_lengths_stay_in_range() {
     let s = Scratch::new("unif");
     let out = s.path("unif.jsonl");
-    let kind = [
-        "token-unif-dist",
-        "--num-requests",
-        "40",
-        "--input-min",
-        "3",
-        "--input-max",
-        "9",
-        "--output-min",
-        "2",
-        "--output-max",
-        "4",
-    ];
+    let kind =
+        ["token-unif-dist", "--num-requests", "40", "--input-min", "3", "--input-max", "9", "--output-min", "2", "--output-max", "4"];
     let entries = prepare(&["--model", "tiny"], &out, &kind);
     assert_eq!(entries.len(), 40);
     assert_task_ids(&entries);
@@ -320,7 +294,9 @@ fn latency_runs_one_request_at_a_time() {
     let (dataset, entries) = tiny_dataset(&s);
     let report_path = s.path("report.json");
     let log_path = s.path("iterations.jsonl");
-    let run = lumen(&["bench", "latency", "--model", "tiny", "--dataset", &dataset, "--report-json", &report_path, "--iteration-log", &log_path]).ok();
+    let run =
+        lumen(&["bench", "latency", "--model", "tiny", "--dataset", &dataset, "--report-json", &report_path, "--iteration-log", &log_path])
+            .ok();
     assert_eq!(text_value(&run.stdout, "Concurrency:"), "1");
     assert_eq!(text_value(&run.stdout, "Streaming:"), "on");
     assert!(run.stdout.contains("[TTFT] P99    :"), "{}", run.stdout);

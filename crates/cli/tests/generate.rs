@@ -85,7 +85,8 @@ fn seeded_sampling_is_reproducible() {
     // The brief's case: tiny at temperature 0.8. Its random tied embeddings make the model very
     // peaked, so also check a preset where sampling visibly changes the output.
     let tiny = |seed: &str| {
-        ids(&lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,2,3", "--max-tokens", "8", "--temperature", "0.8", "--seed", seed]).ok())
+        ids(&lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,2,3", "--max-tokens", "8", "--temperature", "0.8", "--seed", seed])
+            .ok())
     };
     let a = tiny("7");
     assert_eq!(a.len(), 8);

@@ -99,7 +99,12 @@ impl Engine {
         };
         if let Some(why) = problem {
             let end = RequestTimings { end_ns: now_ns(), ..timings };
-            let _ = events.send(RequestEvent::Finished { reason: FinishReason::Rejected(why), prompt_tokens: request.prompt.len(), output_tokens: 0, timings: end });
+            let _ = events.send(RequestEvent::Finished {
+                reason: FinishReason::Rejected(why),
+                prompt_tokens: request.prompt.len(),
+                output_tokens: 0,
+                timings: end,
+            });
             return;
         }
         let prompt_len = request.prompt.len();

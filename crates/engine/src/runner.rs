@@ -42,6 +42,12 @@ pub fn execute(decoder: &Decoder, input: &ModelInput, storage: &mut KvStorage) -
         .iter()
         .map(|(start, len, first_pos, table)| AttentionSeq { start: *start, len: *len, first_pos: *first_pos, block_table: table })
         .collect();
-    let batch = ForwardBatch { tokens: &input.tokens, positions: &input.positions, slots: &input.slots, seqs: &seqs, logit_rows: &input.logit_rows };
+    let batch = ForwardBatch {
+        tokens: &input.tokens,
+        positions: &input.positions,
+        slots: &input.slots,
+        seqs: &seqs,
+        logit_rows: &input.logit_rows,
+    };
     decoder.forward(&batch, storage)
 }

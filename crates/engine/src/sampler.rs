@@ -86,7 +86,9 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_varies_with_the_seed() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
-        let draw = |seed| (0..40).map(|i| sample(&logits, &SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed }, i)).collect::<Vec<_>>();
+        let draw = |seed| {
+            (0..40).map(|i| sample(&logits, &SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed }, i)).collect::<Vec<_>>()
+        };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
     }

@@ -122,7 +122,13 @@ impl Scheduler {
                     break;
                 }
                 let seq = self.waiting.pop_front().expect("front exists");
-                out.seqs.push(ScheduledSeq { id: seq.id, num_tokens: n, first_pos: seq.num_computed, samples: target == seq.tokens.len(), is_context: true });
+                out.seqs.push(ScheduledSeq {
+                    id: seq.id,
+                    num_tokens: n,
+                    first_pos: seq.num_computed,
+                    samples: target == seq.tokens.len(),
+                    is_context: true,
+                });
                 budget -= n;
                 self.running.push(seq);
             }

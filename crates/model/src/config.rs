@@ -200,7 +200,12 @@ mod tests {
             intermediate_size: 1,
             rms_eps: 1e-5,
             rope_theta: 500000.0,
-            rope_scaling: Some(RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 }),
+            rope_scaling: Some(RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            }),
             rope_freq_divisors: None,
             max_position_embeddings: 131072,
             tie_word_embeddings: false,

@@ -188,11 +188,15 @@ impl GgufFile {
     }
 
     pub fn meta_str(&self, key: &str) -> Result<&str> {
-        self.meta(key).and_then(MetaValue::as_str).with_context(|| format!("{}: metadata {key} is missing or not a string", self.path.display()))
+        self.meta(key)
+            .and_then(MetaValue::as_str)
+            .with_context(|| format!("{}: metadata {key} is missing or not a string", self.path.display()))
     }
 
     pub fn meta_u64(&self, key: &str) -> Result<u64> {
-        self.meta(key).and_then(MetaValue::as_u64).with_context(|| format!("{}: metadata {key} is missing or not an integer", self.path.display()))
+        self.meta(key)
+            .and_then(MetaValue::as_u64)
+            .with_context(|| format!("{}: metadata {key} is missing or not an integer", self.path.display()))
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -201,10 +205,20 @@ impl GgufFile {
 
     fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
         let Some((block_bytes, block_elems, type_name)) = block_layout(t.kind) else {
-            bail!("{}: tensor {} has GGUF type {}, which lumen cannot load (F32, F16, BF16, Q8_0, Q4_0, Q4_1)", self.path.display(), t.name, t.kind);
+            bail!(
+                "{}: tensor {} has GGUF type {}, which lumen cannot load (F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                self.path.display(),
+                t.name,
+                t.kind
+            );
         };
         let n = t.num_elements();
-        ensure!(n % block_elems == 0, "{}: tensor {} ({type_name}) has {n} elements, not a multiple of its block of {block_elems}", self.path.display(), t.name);
+        ensure!(
+            n % block_elems == 0,
+            "{}: tensor {} ({type_name}) has {n} elements, not a multiple of its block of {block_elems}",
+            self.path.display(),
+            t.name
+        );
         let len = n / block_elems * block_bytes;
         let start = self.data_start + t.offset as usize;
         let end = start + len;

@@ -7,10 +7,10 @@
 pub mod config;
 pub mod gguf;
 pub mod llama;
+mod load;
 pub mod presets;
 pub mod safetensors;
 pub mod weights;
-mod load;
 
 pub use config::ModelConfig;
 pub use llama::{Decoder, ForwardBatch};
@@ -35,8 +35,8 @@ impl Model {
 
     /// The tokenizer, or an error saying this model takes token ids only.
     pub fn tokenizer(&self) -> anyhow::Result<&Tokenizer> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("model {} has no tokenizer (random-weight presets take token ids, e.g. --prompt-ids 1,2,3)", self.name))
+        self.tokenizer.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("model {} has no tokenizer (random-weight presets take token ids, e.g. --prompt-ids 1,2,3)", self.name)
+        })
     }
 }

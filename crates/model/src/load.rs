@@ -54,10 +54,7 @@ fn resolve(spec: &str) -> Result<Source<'_>> {
         if path.file_name().is_some_and(|f| f == DEFAULT_MODEL_FILE) {
             bail!("model file {} not found; run `{SETUP_COMMAND}` to fetch the default model, or pass --model", path.display());
         }
-        bail!(
-            "model {spec:?} not found: expected a GGUF file, a Hugging Face model directory, or a preset ({})",
-            PRESET_NAMES.join(", ")
-        );
+        bail!("model {spec:?} not found: expected a GGUF file, a Hugging Face model directory, or a preset ({})", PRESET_NAMES.join(", "));
     }
     Ok(if path.is_dir() { Source::HfDir(path) } else { Source::Gguf(path) })
 }
@@ -181,7 +178,11 @@ fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
 fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
     let arch = g.meta_str("general.architecture")?.to_string();
     const SUPPORTED: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
-    ensure!(SUPPORTED.contains(&arch.as_str()), "{}: architecture {arch:?} is not supported; expected one of {SUPPORTED:?}", g.path.display());
+    ensure!(
+        SUPPORTED.contains(&arch.as_str()),
+        "{}: architecture {arch:?} is not supported; expected one of {SUPPORTED:?}",
+        g.path.display()
+    );
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| g.meta_u64(&key(k)).map(|v| v as usize);
     let hidden_size = int("embedding_length")?;

@@ -65,7 +65,12 @@ impl SafetensorsDir {
                     bail!("{}: tensor {name} has no valid data_offsets", path.display());
                 };
                 let (start, end) = (data_start + s as usize, data_start + e as usize);
-                ensure!(start <= end && end <= map.len(), "{}: truncated: tensor {name} needs bytes {start}..{end}, the file has {}", path.display(), map.len());
+                ensure!(
+                    start <= end && end <= map.len(),
+                    "{}: truncated: tensor {name} needs bytes {start}..{end}, the file has {}",
+                    path.display(),
+                    map.len()
+                );
                 entries.insert(name, Entry { shard: index, dtype: dtype.to_string(), shape, start, end });
             }
             shards.push((path, map));
@@ -84,7 +89,14 @@ impl SafetensorsDir {
             "F16" | "BF16" => 2,
             other => bail!("{}: tensor {name} has dtype {other}, expected F32, F16 or BF16", path.display()),
         };
-        ensure!(bytes.len() == n * width, "{}: tensor {name} has {} bytes for shape {:?} of {}", path.display(), bytes.len(), e.shape, e.dtype);
+        ensure!(
+            bytes.len() == n * width,
+            "{}: tensor {name} has {} bytes for shape {:?} of {}",
+            path.display(),
+            bytes.len(),
+            e.shape,
+            e.dtype
+        );
         let values = match e.dtype.as_str() {
             "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
             "F16" => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),

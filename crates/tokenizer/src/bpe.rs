@@ -89,15 +89,7 @@ struct Inner {
 impl Tokenizer {
     /// Builds a tokenizer, validating ids, token types and merges.
     pub fn new(spec: TokenizerSpec) -> Result<Self> {
-        let TokenizerSpec {
-            tokens,
-            token_types,
-            merges,
-            pre,
-            bos_id,
-            eos_id,
-            add_bos,
-        } = spec;
+        let TokenizerSpec { tokens, token_types, merges, pre, bos_id, eos_id, add_bos } = spec;
         let n = tokens.len();
         if n == 0 {
             bail!("tokenizer vocabulary is empty");
@@ -109,18 +101,12 @@ impl Tokenizer {
             vec![TokenType::Normal; n]
         } else {
             if token_types.len() != n {
-                bail!(
-                    "tokenizer has {n} tokens but {} token types",
-                    token_types.len()
-                );
+                bail!("tokenizer has {n} tokens but {} token types", token_types.len());
             }
             token_types
                 .iter()
                 .enumerate()
-                .map(|(id, &code)| {
-                    TokenType::from_gguf(code)
-                        .with_context(|| format!("token {id} has invalid token type {code}"))
-                })
+                .map(|(id, &code)| TokenType::from_gguf(code).with_context(|| format!("token {id} has invalid token type {code}")))
                 .collect::<Result<Vec<_>>>()?
         };
         for (name, id) in [("bos", bos_id), ("eos", eos_id)] {
@@ -132,11 +118,7 @@ impl Tokenizer {
             bail!("add_bos is set but the tokenizer has no bos token");
         }
 
-        let vocab: HashMap<String, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| (t.clone(), id as u32))
-            .collect();
+        let vocab: HashMap<String, u32> = tokens.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
 
         let mut byte_ids = [NO_TOKEN; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
@@ -148,14 +130,11 @@ impl Tokenizer {
 
         let mut merge_map = HashMap::with_capacity(merges.len());
         for (rank, merge) in merges.iter().enumerate() {
-            let (left, right) = split_merge(merge)
-                .with_context(|| format!("merge {rank} {merge:?} is not of the form \"a b\""))?;
+            let (left, right) = split_merge(merge).with_context(|| format!("merge {rank} {merge:?} is not of the form \"a b\""))?;
             // Hugging Face rejects merges whose parts or result are outside the vocabulary;
             // such a merge could never produce a token, so it is left out.
             let merged = format!("{left}{right}");
-            if let (Some(&l), Some(&r), Some(&m)) =
-                (vocab.get(left), vocab.get(right), vocab.get(&merged))
-            {
+            if let (Some(&l), Some(&r), Some(&m)) = (vocab.get(left), vocab.get(right), vocab.get(&merged)) {
                 merge_map.entry((l, r)).or_insert((rank as u32, m));
             }
         }
@@ -165,9 +144,7 @@ impl Tokenizer {
             .zip(&types)
             .map(|(text, ty)| match ty {
                 TokenType::Normal => byte_level_decode(text).into_boxed_slice(),
-                TokenType::Unknown | TokenType::Control | TokenType::UserDefined => {
-                    text.as_bytes().into()
-                }
+                TokenType::Unknown | TokenType::Control | TokenType::UserDefined => text.as_bytes().into(),
                 TokenType::Unused | TokenType::Byte => Box::default(),
             })
             .collect();
@@ -176,27 +153,13 @@ impl Tokenizer {
             .iter()
             .zip(&types)
             .enumerate()
-            .filter(|(_, (text, ty))| {
-                !text.is_empty() && matches!(ty, TokenType::Control | TokenType::UserDefined)
-            })
+            .filter(|(_, (text, ty))| !text.is_empty() && matches!(ty, TokenType::Control | TokenType::UserDefined))
             .map(|(id, (text, &ty))| (text.clone(), id as u32, ty))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
 
         Ok(Self {
-            inner: Arc::new(Inner {
-                tokens,
-                types,
-                pieces,
-                vocab,
-                merges: merge_map,
-                byte_ids,
-                specials,
-                pre,
-                bos_id,
-                eos_id,
-                add_bos,
-            }),
+            inner: Arc::new(Inner { tokens, types, pieces, vocab, merges: merge_map, byte_ids, specials, pre, bos_id, eos_id, add_bos }),
         })
     }
 
@@ -336,13 +299,12 @@ impl Tokenizer {
             next: (i + 1 < len).then_some(i + 1),
             alive: true,
         }));
-        let push_pair =
-            |heap: &mut BinaryHeap<Reverse<(u32, usize)>>, symbols: &[Symbol], l: usize| {
-                let Some(r) = symbols[l].next else { return };
-                if let Some(&(rank, _)) = inner.merges.get(&(symbols[l].id, symbols[r].id)) {
-                    heap.push(Reverse((rank, l)));
-                }
-            };
+        let push_pair = |heap: &mut BinaryHeap<Reverse<(u32, usize)>>, symbols: &[Symbol], l: usize| {
+            let Some(r) = symbols[l].next else { return };
+            if let Some(&(rank, _)) = inner.merges.get(&(symbols[l].id, symbols[r].id)) {
+                heap.push(Reverse((rank, l)));
+            }
+        };
         for i in 0..len.saturating_sub(1) {
             push_pair(heap, symbols, i);
         }
@@ -351,8 +313,7 @@ impl Tokenizer {
                 continue;
             }
             let Some(r) = symbols[l].next else { continue };
-            let Some(&(current_rank, merged)) = inner.merges.get(&(symbols[l].id, symbols[r].id))
-            else {
+            let Some(&(current_rank, merged)) = inner.merges.get(&(symbols[l].id, symbols[r].id)) else {
                 continue;
             };
             if current_rank != rank {
@@ -369,12 +330,7 @@ impl Tokenizer {
             }
             push_pair(heap, symbols, l);
         }
-        out.extend(
-            symbols
-                .iter()
-                .filter(|s| s.alive && s.id != NO_TOKEN)
-                .map(|s| s.id),
-        );
+        out.extend(symbols.iter().filter(|s| s.alive && s.id != NO_TOKEN).map(|s| s.id));
     }
 }
 
@@ -522,15 +478,9 @@ mod tests {
         let tok = toy();
         let end = tok.token_to_id("<|end|>").unwrap();
         let sep = tok.token_to_id("<sep>").unwrap();
-        assert_eq!(
-            tok.encode("a<|end|>b", true),
-            [b'a' as u32, end, b'b' as u32]
-        );
+        assert_eq!(tok.encode("a<|end|>b", true), [b'a' as u32, end, b'b' as u32]);
         assert!(!tok.encode("a<|end|>b", false).contains(&end));
-        assert_eq!(
-            tok.encode("a<sep>b", false),
-            [b'a' as u32, sep, b'b' as u32]
-        );
+        assert_eq!(tok.encode("a<sep>b", false), [b'a' as u32, sep, b'b' as u32]);
         let ids = tok.encode("x<|end|>", true);
         assert_eq!(tok.decode(&ids, true), "x");
         assert_eq!(tok.decode(&ids, false), "x<|end|>");
@@ -578,16 +528,15 @@ mod tests {
 
     #[test]
     fn bad_specs_are_rejected() {
-        let spec =
-            |tokens: Vec<String>, token_types: Vec<i32>, merges: Vec<String>| TokenizerSpec {
-                tokens,
-                token_types,
-                merges,
-                pre: PreTokenizer::from_gguf_name("gpt2").unwrap(),
-                bos_id: None,
-                eos_id: None,
-                add_bos: false,
-            };
+        let spec = |tokens: Vec<String>, token_types: Vec<i32>, merges: Vec<String>| TokenizerSpec {
+            tokens,
+            token_types,
+            merges,
+            pre: PreTokenizer::from_gguf_name("gpt2").unwrap(),
+            bos_id: None,
+            eos_id: None,
+            add_bos: false,
+        };
         let err = Tokenizer::new(spec(vec![], vec![], vec![])).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
         let err = Tokenizer::new(spec(byte_tokens(), vec![1, 2], vec![])).unwrap_err();

@@ -23,21 +23,15 @@ impl Tokenizer {
     /// `eos_token` and `add_bos_token`.
     pub fn from_hf_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading tokenizer file {}", path.display()))?;
-        let json: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading tokenizer file {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
         let config_path = path.with_file_name("tokenizer_config.json");
         let config = match std::fs::read_to_string(&config_path) {
-            Ok(text) => Some(
-                serde_json::from_str::<Value>(&text)
-                    .with_context(|| format!("{} is not valid JSON", config_path.display()))?,
-            ),
+            Ok(text) => Some(serde_json::from_str::<Value>(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).with_context(|| format!("reading {}", config_path.display())),
         };
-        let spec = spec_from_hf(&json, config.as_ref())
-            .with_context(|| format!("unsupported tokenizer file {}", path.display()))?;
+        let spec = spec_from_hf(&json, config.as_ref()).with_context(|| format!("unsupported tokenizer file {}", path.display()))?;
         Self::new(spec).with_context(|| format!("invalid tokenizer file {}", path.display()))
     }
 }
@@ -51,43 +45,22 @@ fn spec_from_hf(json: &Value, config: Option<&Value>) -> Result<TokenizerSpec> {
         None => bail!("model.type is missing (only \"BPE\" is supported)"),
     }
     if model.get("byte_fallback").and_then(Value::as_bool) == Some(true) {
-        bail!(
-            "model.byte_fallback is set: SentencePiece-style BPE is not supported, only byte-level"
-        );
+        bail!("model.byte_fallback is set: SentencePiece-style BPE is not supported, only byte-level");
     }
     if let Some(normalizer) = json.get("normalizer").filter(|v| !v.is_null()) {
         bail!("normalizer {} is not supported", type_name(normalizer));
     }
 
-    let vocab = model
-        .get("vocab")
-        .and_then(Value::as_object)
-        .context("model.vocab is missing or not an object")?;
+    let vocab = model.get("vocab").and_then(Value::as_object).context("model.vocab is missing or not an object")?;
     let mut by_id: HashMap<u32, (String, i32)> = HashMap::with_capacity(vocab.len());
     for (token, id) in vocab {
         let id = as_id(id).with_context(|| format!("model.vocab[{token:?}] is not a token id"))?;
         by_id.insert(id, (token.clone(), 1));
     }
-    for (i, added) in json
-        .get("added_tokens")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let id = added
-            .get("id")
-            .and_then(as_id)
-            .with_context(|| format!("added_tokens[{i}].id is missing or invalid"))?;
-        let content = added
-            .get("content")
-            .and_then(Value::as_str)
-            .with_context(|| format!("added_tokens[{i}].content is missing"))?;
-        let special = added
-            .get("special")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+    for (i, added) in json.get("added_tokens").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+        let id = added.get("id").and_then(as_id).with_context(|| format!("added_tokens[{i}].id is missing or invalid"))?;
+        let content = added.get("content").and_then(Value::as_str).with_context(|| format!("added_tokens[{i}].content is missing"))?;
+        let special = added.get("special").and_then(Value::as_bool).unwrap_or(false);
         let ty = if special { CONTROL } else { USER_DEFINED };
         by_id.insert(id, (content.to_owned(), ty));
     }
@@ -95,9 +68,7 @@ fn spec_from_hf(json: &Value, config: Option<&Value>) -> Result<TokenizerSpec> {
     let mut tokens = Vec::with_capacity(n);
     let mut token_types = Vec::with_capacity(n);
     for id in 0..n as u32 {
-        let (token, ty) = by_id
-            .remove(&id)
-            .with_context(|| format!("token ids are not contiguous: id {id} is missing"))?;
+        let (token, ty) = by_id.remove(&id).with_context(|| format!("token ids are not contiguous: id {id} is missing"))?;
         tokens.push(token);
         token_types.push(ty);
     }
@@ -114,10 +85,8 @@ fn spec_from_hf(json: &Value, config: Option<&Value>) -> Result<TokenizerSpec> {
         .map(|(i, m)| parse_merge(m).with_context(|| format!("model.merges[{i}] is invalid")))
         .collect::<Result<Vec<_>>>()?;
 
-    let pre_json = json
-        .get("pre_tokenizer")
-        .filter(|v| !v.is_null())
-        .context("pre_tokenizer is missing: only byte-level BPE is supported")?;
+    let pre_json =
+        json.get("pre_tokenizer").filter(|v| !v.is_null()).context("pre_tokenizer is missing: only byte-level BPE is supported")?;
     let mut patterns = Vec::new();
     let mut byte_level = false;
     collect_pre(pre_json, &mut patterns, &mut byte_level)?;
@@ -128,11 +97,7 @@ fn spec_from_hf(json: &Value, config: Option<&Value>) -> Result<TokenizerSpec> {
     let pre = PreTokenizer::from_patterns(&patterns)?.with_ignore_merges(ignore_merges);
 
     let token_id = |name: &str| -> Result<u32> {
-        tokens
-            .iter()
-            .position(|t| t == name)
-            .map(|i| i as u32)
-            .ok_or_else(|| anyhow!("token {name:?} is not in the vocabulary"))
+        tokens.iter().position(|t| t == name).map(|i| i as u32).ok_or_else(|| anyhow!("token {name:?} is not in the vocabulary"))
     };
     let mut bos_id = match json.get("post_processor") {
         Some(pp) => post_processor_bos(pp)?.map(token_id).transpose()?,
@@ -152,25 +117,15 @@ fn spec_from_hf(json: &Value, config: Option<&Value>) -> Result<TokenizerSpec> {
         }
     }
 
-    Ok(TokenizerSpec {
-        tokens,
-        token_types,
-        merges,
-        pre,
-        bos_id,
-        eos_id,
-        add_bos,
-    })
+    Ok(TokenizerSpec { tokens, token_types, merges, pre, bos_id, eos_id, add_bos })
 }
 
 /// Appends the regexes of a pre-tokenizer description; records whether ByteLevel occurs.
 fn collect_pre(pre: &Value, patterns: &mut Vec<String>, byte_level: &mut bool) -> Result<()> {
     match pre.get("type").and_then(Value::as_str) {
         Some("Sequence") => {
-            let steps = pre
-                .get("pretokenizers")
-                .and_then(Value::as_array)
-                .context("pre_tokenizer Sequence has no \"pretokenizers\" array")?;
+            let steps =
+                pre.get("pretokenizers").and_then(Value::as_array).context("pre_tokenizer Sequence has no \"pretokenizers\" array")?;
             for step in steps {
                 collect_pre(step, patterns, byte_level)?;
             }
@@ -179,11 +134,7 @@ fn collect_pre(pre: &Value, patterns: &mut Vec<String>, byte_level: &mut bool) -
             if pre.get("add_prefix_space").and_then(Value::as_bool) == Some(true) {
                 bail!("pre_tokenizer ByteLevel with add_prefix_space=true is not supported");
             }
-            if pre
-                .get("use_regex")
-                .and_then(Value::as_bool)
-                .unwrap_or(true)
-            {
+            if pre.get("use_regex").and_then(Value::as_bool).unwrap_or(true) {
                 patterns.push(GPT2_PATTERN.to_owned());
             }
             *byte_level = true;
@@ -196,9 +147,7 @@ fn collect_pre(pre: &Value, patterns: &mut Vec<String>, byte_level: &mut bool) -
             if pre.get("invert").and_then(Value::as_bool) == Some(true) {
                 bail!("pre_tokenizer Split with invert=true is not supported");
             }
-            let pattern = pre
-                .get("pattern")
-                .context("pre_tokenizer Split has no pattern")?;
+            let pattern = pre.get("pattern").context("pre_tokenizer Split has no pattern")?;
             if let Some(regex) = pattern.get("Regex").and_then(Value::as_str) {
                 patterns.push(regex.to_owned());
             } else if let Some(literal) = pattern.get("String").and_then(Value::as_str) {
@@ -208,15 +157,8 @@ fn collect_pre(pre: &Value, patterns: &mut Vec<String>, byte_level: &mut bool) -
             }
         }
         Some("Digits") => {
-            let individual = pre
-                .get("individual_digits")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let pattern = if individual {
-                DIGITS_PATTERN
-            } else {
-                DIGIT_RUNS_PATTERN
-            };
+            let individual = pre.get("individual_digits").and_then(Value::as_bool).unwrap_or(false);
+            let pattern = if individual { DIGITS_PATTERN } else { DIGIT_RUNS_PATTERN };
             patterns.push(pattern.to_owned());
         }
         _ => bail!("pre_tokenizer {} is not supported", type_name(pre)),
@@ -228,22 +170,11 @@ fn collect_pre(pre: &Value, patterns: &mut Vec<String>, byte_level: &mut bool) -
 fn post_processor_bos(pp: &Value) -> Result<Option<&str>> {
     match pp.get("type").and_then(Value::as_str) {
         Some("TemplateProcessing") => {
-            let first = pp
-                .get("single")
-                .and_then(Value::as_array)
-                .and_then(|items| items.first());
-            Ok(first
-                .and_then(|item| item.get("SpecialToken"))
-                .and_then(|special| special.get("id"))
-                .and_then(Value::as_str))
+            let first = pp.get("single").and_then(Value::as_array).and_then(|items| items.first());
+            Ok(first.and_then(|item| item.get("SpecialToken")).and_then(|special| special.get("id")).and_then(Value::as_str))
         }
         Some("Sequence") => {
-            for step in pp
-                .get("processors")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
+            for step in pp.get("processors").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
                 if let Some(bos) = post_processor_bos(step)? {
                     return Ok(Some(bos));
                 }
@@ -272,8 +203,7 @@ fn as_id(v: &Value) -> Option<u32> {
 
 /// `tokenizer_config.json` token fields are a string or `{"content": ...}`.
 fn token_content(v: &Value) -> Option<&str> {
-    v.as_str()
-        .or_else(|| v.get("content").and_then(Value::as_str))
+    v.as_str().or_else(|| v.get("content").and_then(Value::as_str))
 }
 
 fn type_name(v: &Value) -> String {
@@ -289,11 +219,7 @@ mod tests {
     use serde_json::json;
 
     fn byte_vocab() -> serde_json::Map<String, Value> {
-        crate::bpe::byte_tokens()
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| (t, json!(i)))
-            .collect()
+        crate::bpe::byte_tokens().into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect()
     }
 
     fn base() -> Value {
@@ -386,16 +312,10 @@ mod tests {
         let path = dir.join("tokenizer.json");
         std::fs::write(&path, "{ not json").unwrap();
         let err = format!("{:#}", Tokenizer::from_hf_json(&path).unwrap_err());
-        assert!(
-            err.contains("tokenizer.json") && err.contains("not valid JSON"),
-            "{err}"
-        );
+        assert!(err.contains("tokenizer.json") && err.contains("not valid JSON"), "{err}");
         std::fs::write(&path, json!({"model": {"type": "WordPiece"}}).to_string()).unwrap();
         let err = format!("{:#}", Tokenizer::from_hf_json(&path).unwrap_err());
-        assert!(
-            err.contains("tokenizer.json") && err.contains("WordPiece"),
-            "{err}"
-        );
+        assert!(err.contains("tokenizer.json") && err.contains("WordPiece"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
         let err = format!("{:#}", Tokenizer::from_hf_json(&path).unwrap_err());
         assert!(err.contains("reading tokenizer file"), "{err}");

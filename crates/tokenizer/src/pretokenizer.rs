@@ -5,8 +5,7 @@ use anyhow::{bail, Context, Result};
 use fancy_regex::Regex;
 
 /// The GPT-2 word-splitting regex (also used by HF `ByteLevel` with `use_regex: true`).
-pub const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+pub const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
 /// Llama 3 word-splitting regex (GGUF pre `llama-bpe`).
 pub const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -21,17 +20,8 @@ pub const DIGITS_PATTERN: &str = r"\p{N}";
 pub const DIGIT_RUNS_PATTERN: &str = r"\p{N}+";
 
 /// GGUF `tokenizer.ggml.pre` names accepted by [`PreTokenizer::from_gguf_name`].
-pub const SUPPORTED_GGUF_PRE: &[&str] = &[
-    "default",
-    "gpt2",
-    "smollm",
-    "starcoder",
-    "refact",
-    "command-r",
-    "codeshell",
-    "llama-bpe",
-    "qwen2",
-];
+pub const SUPPORTED_GGUF_PRE: &[&str] =
+    &["default", "gpt2", "smollm", "starcoder", "refact", "command-r", "codeshell", "llama-bpe", "qwen2"];
 
 /// How text is cut into words before BPE.
 ///
@@ -55,25 +45,17 @@ impl PreTokenizer {
                 Regex::new(p).with_context(|| format!("invalid pre-tokenizer regex {p:?}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            patterns,
-            ignore_merges: false,
-        })
+        Ok(Self { patterns, ignore_merges: false })
     }
 
     /// Builds the preset named by a GGUF `tokenizer.ggml.pre` value.
     pub fn from_gguf_name(name: &str) -> Result<Self> {
         match name {
             "default" | "gpt2" => Self::from_patterns(&[GPT2_PATTERN]),
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" => {
-                Self::from_patterns(&[DIGITS_PATTERN, GPT2_PATTERN])
-            }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" => Self::from_patterns(&[DIGITS_PATTERN, GPT2_PATTERN]),
             "llama-bpe" => Ok(Self::from_patterns(&[LLAMA3_PATTERN])?.with_ignore_merges(true)),
             "qwen2" => Self::from_patterns(&[QWEN2_PATTERN]),
-            other => bail!(
-                "unsupported pre-tokenizer {other:?} (tokenizer.ggml.pre); supported: {}",
-                SUPPORTED_GGUF_PRE.join(", ")
-            ),
+            other => bail!("unsupported pre-tokenizer {other:?} (tokenizer.ggml.pre); supported: {}", SUPPORTED_GGUF_PRE.join(", ")),
         }
     }
 
@@ -131,9 +113,7 @@ mod tests {
 
     #[test]
     fn unknown_gguf_name_is_rejected_with_supported_list() {
-        let err = PreTokenizer::from_gguf_name("mystery-pre")
-            .unwrap_err()
-            .to_string();
+        let err = PreTokenizer::from_gguf_name("mystery-pre").unwrap_err().to_string();
         assert!(err.contains("mystery-pre"), "{err}");
         assert!(err.contains("smollm") && err.contains("llama-bpe"), "{err}");
     }

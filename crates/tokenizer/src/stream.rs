@@ -14,19 +14,14 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// Creates a decoder; `skip_special` drops control tokens as in [`Tokenizer::decode`].
     pub fn new(tokenizer: &Tokenizer, skip_special: bool) -> Self {
-        Self {
-            tokenizer: tokenizer.clone(),
-            skip_special,
-            pending: Vec::new(),
-        }
+        Self { tokenizer: tokenizer.clone(), skip_special, pending: Vec::new() }
     }
 
     /// Adds one token and returns the text it completes (possibly empty). Bytes of a UTF-8
     /// sequence that may still be completed by later tokens are held back; bytes that can
     /// never form valid UTF-8 are emitted as U+FFFD.
     pub fn push(&mut self, id: u32) -> String {
-        self.pending
-            .extend_from_slice(self.tokenizer.token_bytes(id, self.skip_special));
+        self.pending.extend_from_slice(self.tokenizer.token_bytes(id, self.skip_special));
         let mut out = String::new();
         let mut rest = &self.pending[..];
         loop {

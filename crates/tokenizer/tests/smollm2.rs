@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lumen_tokenizer::{
-    ChatMessage, ChatTemplate, PreTokenizer, StreamDecoder, Tokenizer, TokenizerSpec,
-};
+use lumen_tokenizer::{ChatMessage, ChatTemplate, PreTokenizer, StreamDecoder, Tokenizer, TokenizerSpec};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -20,9 +18,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -74,9 +70,7 @@ mod gguf {
     impl Reader {
         fn bytes<const N: usize>(&mut self) -> [u8; N] {
             let mut buf = [0; N];
-            self.0
-                .read_exact(&mut buf)
-                .expect("truncated GGUF metadata");
+            self.0.read_exact(&mut buf).expect("truncated GGUF metadata");
             buf
         }
         fn u32(&mut self) -> u32 {
@@ -125,12 +119,7 @@ mod gguf {
     pub fn read_metadata(path: &Path) -> Vec<(String, Value)> {
         let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
         let mut r = Reader(BufReader::new(file));
-        assert_eq!(
-            &r.bytes::<4>(),
-            b"GGUF",
-            "{} is not a GGUF file",
-            path.display()
-        );
+        assert_eq!(&r.bytes::<4>(), b"GGUF", "{} is not a GGUF file", path.display());
         let version = r.u32();
         assert_eq!(version, 3, "unsupported GGUF version {version}");
         let _tensor_count = r.u64();
@@ -156,34 +145,15 @@ fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
         let path = repo_root().join("models").join(MODEL_FILE);
-        assert!(
-            path.is_file(),
-            "model file {} is missing: run scripts/setup.sh to download it",
-            path.display()
-        );
+        assert!(path.is_file(), "model file {} is missing: run scripts/setup.sh to download it", path.display());
         let meta = gguf::read_metadata(&path);
-        let get = |key: &str| {
-            meta.iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| panic!("GGUF metadata lacks {key}"))
-        };
-        let strings = |key: &str| -> Vec<String> {
-            get(key)
-                .as_array()
-                .iter()
-                .map(|v| v.as_str().to_owned())
-                .collect()
-        };
+        let get = |key: &str| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("GGUF metadata lacks {key}"));
+        let strings = |key: &str| -> Vec<String> { get(key).as_array().iter().map(|v| v.as_str().to_owned()).collect() };
         assert_eq!(get("tokenizer.ggml.model").as_str(), "gpt2");
         let pre_name = get("tokenizer.ggml.pre").as_str().to_owned();
         let spec = TokenizerSpec {
             tokens: strings("tokenizer.ggml.tokens"),
-            token_types: get("tokenizer.ggml.token_type")
-                .as_array()
-                .iter()
-                .map(|v| v.as_u32() as i32)
-                .collect(),
+            token_types: get("tokenizer.ggml.token_type").as_array().iter().map(|v| v.as_u32() as i32).collect(),
             merges: strings("tokenizer.ggml.merges"),
             pre: PreTokenizer::from_gguf_name(&pre_name).unwrap(),
             bos_id: Some(get("tokenizer.ggml.bos_token_id").as_u32()),
@@ -191,12 +161,7 @@ fn model() -> &'static Model {
             add_bos: get("tokenizer.ggml.add_bos_token").as_bool(),
         };
         let tokenizer = Tokenizer::new(spec.clone()).expect("building the SmolLM2 tokenizer");
-        Model {
-            spec,
-            pre_name,
-            chat_template: get("tokenizer.chat_template").as_str().to_owned(),
-            tokenizer,
-        }
+        Model { spec, pre_name, chat_template: get("tokenizer.chat_template").as_str().to_owned(), tokenizer }
     })
 }
 
@@ -218,19 +183,11 @@ fn assert_matches_reference(tok: &Tokenizer, what: &str) {
         .iter()
         .filter_map(|c| {
             let got = tok.encode(&c.text, c.parse_special);
-            (got != c.ids).then(|| {
-                format!(
-                    "{:?} (parse_special={}):\n  expected {:?}\n  got      {:?}",
-                    c.text, c.parse_special, c.ids, got
-                )
-            })
+            (got != c.ids)
+                .then(|| format!("{:?} (parse_special={}):\n  expected {:?}\n  got      {:?}", c.text, c.parse_special, c.ids, got))
         })
         .collect();
-    assert!(
-        mismatches.is_empty(),
-        "{what} differs from llama.cpp:\n{}",
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "{what} differs from llama.cpp:\n{}", mismatches.join("\n"));
 }
 
 #[test]
@@ -253,12 +210,7 @@ fn decode_round_trips() {
     for c in cases() {
         let ids = tok.encode(&c.text, c.parse_special);
         let expected = c.text.replace(UNREPRESENTABLE, "");
-        assert_eq!(
-            tok.decode(&ids, false),
-            expected,
-            "round trip of {:?}",
-            c.text
-        );
+        assert_eq!(tok.decode(&ids, false), expected, "round trip of {:?}", c.text);
     }
     let ids = tok.encode("<|im_start|>user\nHi<|im_end|>\n", true);
     assert_eq!(tok.decode(&ids, true), "user\nHi\n");
@@ -281,10 +233,7 @@ fn stream_decoder_holds_back_split_emoji() {
     for emoji in ['😀', '🚀'] {
         let at = chunks.iter().position(|c| c.contains(emoji)).unwrap();
         assert!(chunks[at].starts_with(emoji), "{chunks:?}");
-        assert!(
-            tok.token_bytes(ids[at], false).len() < 4,
-            "{emoji} is not split: {chunks:?}"
-        );
+        assert!(tok.token_bytes(ids[at], false).len() < 4, "{emoji} is not split: {chunks:?}");
     }
     let rocket_at = chunks.iter().position(|c| c.contains('🚀')).unwrap();
     assert_eq!(chunks[rocket_at - 1], "", "{chunks:?}");
@@ -307,19 +256,11 @@ fn chat_template_matches_jinja2_reference() {
         eos_token: String,
         expected: String,
     }
-    let cases: Vec<ChatCase> =
-        serde_json::from_str(&fixture("smollm2_chat_template.json")).unwrap();
+    let cases: Vec<ChatCase> = serde_json::from_str(&fixture("smollm2_chat_template.json")).unwrap();
     assert!(cases.len() >= 2);
     let template = ChatTemplate::new(&model().chat_template).unwrap();
     for c in cases {
-        let got = template
-            .render(
-                &c.messages,
-                c.add_generation_prompt,
-                &c.bos_token,
-                &c.eos_token,
-            )
-            .unwrap();
+        let got = template.render(&c.messages, c.add_generation_prompt, &c.bos_token, &c.eos_token).unwrap();
         assert_eq!(got, c.expected, "messages: {:?}", c.messages);
     }
 }
@@ -329,13 +270,8 @@ fn chat_template_matches_jinja2_reference() {
 #[test]
 fn hf_json_loader_matches_reference() {
     let spec = &model().spec;
-    let vocab: serde_json::Map<String, serde_json::Value> = spec
-        .tokens
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| spec.token_types[*id] == 1)
-        .map(|(id, t)| (t.clone(), json!(id)))
-        .collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        spec.tokens.iter().enumerate().filter(|(id, _)| spec.token_types[*id] == 1).map(|(id, t)| (t.clone(), json!(id))).collect();
     let added: Vec<serde_json::Value> = spec
         .tokens
         .iter()
@@ -343,11 +279,7 @@ fn hf_json_loader_matches_reference() {
         .filter(|(id, _)| spec.token_types[*id] == 3)
         .map(|(id, t)| json!({"id": id, "content": t, "special": true}))
         .collect();
-    let merges: Vec<Vec<&str>> = spec
-        .merges
-        .iter()
-        .map(|m| m.splitn(2, ' ').collect())
-        .collect();
+    let merges: Vec<Vec<&str>> = spec.merges.iter().map(|m| m.splitn(2, ' ').collect()).collect();
     let doc = json!({
         "version": "1.0",
         "added_tokens": added,
@@ -363,19 +295,12 @@ fn hf_json_loader_matches_reference() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tokenizer.json");
     std::fs::write(&path, doc.to_string()).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}).to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}).to_string()).unwrap();
     let loaded = Tokenizer::from_hf_json(&path);
     std::fs::remove_dir_all(&dir).unwrap();
     let tok = loaded.unwrap();
     assert_eq!(tok.vocab_size(), 49152);
-    assert_eq!(
-        (tok.bos_id(), tok.eos_id(), tok.add_bos()),
-        (Some(1), Some(2), false)
-    );
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.add_bos()), (Some(1), Some(2), false));
     assert_matches_reference(&tok, "tokenizer.json tokenizer");
 }
 
@@ -410,9 +335,6 @@ fn encoding_10k_chars_is_fast() {
             .min()
             .unwrap();
         println!("{name}: {} chars in {best:?}", text.chars().count());
-        assert!(
-            best < Duration::from_millis(50),
-            "encoding {name} (10k chars) took {best:?}"
-        );
+        assert!(best < Duration::from_millis(50), "encoding {name} (10k chars) took {best:?}");
     }
 }
