@@ -6,8 +6,10 @@ use crate::dataset::DatasetEntry;
 use crate::progress::Progress;
 use crate::report::RequestRecord;
 use anyhow::{bail, Context, Result};
-use lumen_engine::{Engine, FinishReason, IterationStats, Request, RequestEvent, RequestStream, SamplingParams, StopConditions};
+use lumen_engine::{Engine, FinishReason, IterationStats, Profiler, Request, RequestEvent, RequestStream, SamplingParams, StopConditions};
+use lumen_trace::model::RequestRow;
 use std::io::Write;
+use std::path::PathBuf;
 
 pub struct RunOptions {
     /// Requests run before measuring and left out of the report.
@@ -21,6 +23,8 @@ pub struct RunOptions {
 pub struct RunResult {
     pub records: Vec<RequestRecord>,
     pub iterations: Vec<IterationStats>,
+    /// The trace written and the iterations it holds, when profiling was on.
+    pub trace: Option<(PathBuf, u64)>,
 }
 
 fn request_for(entry: &DatasetEntry, eos_id: Option<u32>) -> Request {
@@ -32,19 +36,38 @@ fn request_for(entry: &DatasetEntry, eos_id: Option<u32>) -> Request {
 }
 
 /// Runs `entries` through the engine; when `iteration_log` is given, each iteration's statistics
-/// are written to it as one JSON object per line as they happen.
+/// are written to it as one JSON object per line as they happen. Warm-up runs first; iteration
+/// numbers, and so profiling windows, count from the first measured iteration.
 pub fn run_benchmark(
     engine: &mut Engine,
     entries: &[DatasetEntry],
     options: &RunOptions,
     iteration_log: Option<&mut dyn Write>,
+    profiler: Option<Profiler>,
 ) -> Result<RunResult> {
     if options.warmup > 0 {
         let warm: Vec<DatasetEntry> = entries.iter().cycle().take(options.warmup).cloned().collect();
         drive(engine, &warm, options, None, "warm-up")?;
     }
+    engine.reset_iterations();
+    if let Some(p) = profiler {
+        engine.enable_profiling(p);
+    }
     let (records, iterations) = drive(engine, entries, options, iteration_log, "requests")?;
-    Ok(RunResult { records, iterations })
+    let requests: Vec<RequestRow> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| RequestRow {
+            id: i as u64,
+            arrival_ns: r.start_ns,
+            first_token_ns: r.first_token_ns,
+            end_ns: r.end_ns,
+            input_len: r.input_len as u64,
+            output_len: r.output_len as u64,
+        })
+        .collect();
+    let trace = engine.finish_profiling(&requests)?;
+    Ok(RunResult { records, iterations, trace })
 }
 
 fn drive(

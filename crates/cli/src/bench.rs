@@ -1,6 +1,7 @@
 //! `lumen bench`: `prepare-dataset`, `throughput` and `latency`, with trtllm-bench's options.
 
 use crate::common::{hardware_description, EngineArgs, ModelArgs};
+use crate::profile::ProfileArgs;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand};
 use lumen_bench::dataset::{
@@ -148,6 +149,8 @@ pub struct RunArgs {
     model: ModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    profile: ProfileArgs,
     /// Dataset written by `lumen bench prepare-dataset` (JSON lines).
     #[arg(long)]
     dataset: PathBuf,
@@ -190,6 +193,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     ensure!(concurrency == -1 || concurrency > 0, "--concurrency {concurrency} must be a positive count or -1 (unlimited)");
     ensure!(args.warmup >= 0, "--warmup {} must not be negative", args.warmup);
     ensure!(args.eos_id >= -1, "--eos-id {} must be a token id or -1", args.eos_id);
+    let profiler = args.profile.profiler(&args.model.spec())?;
     let model = args.model.load()?;
     let vocab = model.config().vocab_size;
     ensure!(args.eos_id < vocab as i64, "--eos-id {} is out of range for a vocabulary of {vocab}", args.eos_id);
@@ -213,7 +217,10 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
         Some(p) => Some(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create iteration log {}", p.display()))?)),
         None => None,
     };
-    let result = run_benchmark(&mut engine, &entries, &options, log.as_mut().map(|w| w as &mut dyn Write))?;
+    let result = run_benchmark(&mut engine, &entries, &options, log.as_mut().map(|w| w as &mut dyn Write), profiler)?;
+    if let Some((path, iterations)) = &result.trace {
+        eprintln!("[lumen] trace {}: {iterations} iterations recorded", path.display());
+    }
     if let Some(mut w) = log {
         w.flush().context("cannot write the iteration log")?;
     }

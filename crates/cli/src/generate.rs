@@ -1,6 +1,7 @@
 //! `lumen generate`: one prompt in, the model's answer streamed to stdout.
 
 use crate::common::{EngineArgs, ModelArgs};
+use crate::profile::ProfileArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_engine::{FinishReason, Request, RequestEvent, SamplingParams, StopConditions};
@@ -14,6 +15,8 @@ pub struct GenerateArgs {
     model: ModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    profile: ProfileArgs,
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
     prompt: Option<String>,
@@ -49,6 +52,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p {} is outside (0, 1]", args.top_p);
     }
+    let profiler = args.profile.profiler(&args.model.spec())?;
     let model = args.model.load()?;
     let prompt_ids = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => {
@@ -76,6 +80,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
     let mut engine = args.engine.engine(model.clone())?;
+    if let Some(p) = profiler {
+        engine.enable_profiling(p);
+    }
     let request = Request {
         prompt: prompt_ids.clone(),
         sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
@@ -113,6 +120,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             writeln!(out)?;
             if let FinishReason::Rejected(why) = reason {
                 bail!("the request was rejected: {why}");
+            }
+            if let Some((path, iterations)) = engine.finish_profiling(&[])? {
+                eprintln!("[lumen] trace {}: {iterations} iterations recorded", path.display());
             }
             let total = started.elapsed().as_secs_f64();
             let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());

@@ -3,6 +3,8 @@
 mod bench;
 mod common;
 mod generate;
+mod profile;
+mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +23,9 @@ enum Command {
     /// Prepare datasets and benchmark the engine, as trtllm-bench does.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Inspect and export traces.
+    #[command(subcommand)]
+    Trace(trace::TraceCommand),
 }
 
 fn main() {
@@ -28,6 +33,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Trace(cmd) => trace::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

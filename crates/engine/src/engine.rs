@@ -2,6 +2,7 @@
 
 use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
+use crate::profiling::Profiler;
 use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings};
 use crate::runner;
 use crate::sampler;
@@ -10,6 +11,8 @@ use crate::stats::IterationStats;
 use anyhow::Result;
 use lumen_backend::KvStorage;
 use lumen_model::Model;
+use lumen_trace::instrument::{counter, span, span_named, Category};
+use lumen_trace::model::RequestRow;
 use lumen_trace::now_ns;
 use std::sync::mpsc::channel;
 use std::sync::Arc;
@@ -32,6 +35,10 @@ pub struct Engine {
     eos_ids: Vec<u32>,
     /// Longest sequence (prompt + output) the engine accepts.
     max_seq_len: usize,
+    /// Requests submitted since the last iteration, admitted at the start of the next one.
+    incoming: Vec<Sequence>,
+    profiler: Option<Profiler>,
+    profile_error: Option<String>,
 }
 
 impl Engine {
@@ -49,7 +56,20 @@ impl Engine {
             }
         }
         let max_seq_len = c.max_position_embeddings.min(num_blocks * config.block_size);
-        Ok(Engine { model, config, storage, kv, scheduler: Scheduler::default(), next_id: 0, iteration: 0, eos_ids, max_seq_len })
+        Ok(Engine {
+            model,
+            config,
+            storage,
+            kv,
+            scheduler: Scheduler::default(),
+            next_id: 0,
+            iteration: 0,
+            eos_ids,
+            max_seq_len,
+            incoming: Vec::new(),
+            profiler: None,
+            profile_error: None,
+        })
     }
 
     pub fn kv_blocks(&self) -> usize {
@@ -65,7 +85,29 @@ impl Engine {
     }
 
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work()
+        self.scheduler.has_work() || !self.incoming.is_empty()
+    }
+
+    /// Records the iterations the profiler's windows name, counted from the next one.
+    pub fn enable_profiling(&mut self, profiler: Profiler) {
+        self.profiler = Some(profiler);
+    }
+
+    /// Restarts iteration numbering at 0, so profiling windows and logs skip warm-up.
+    pub fn reset_iterations(&mut self) {
+        self.iteration = 0;
+    }
+
+    /// Ends profiling: writes the remaining rows and `requests`, closes the trace, and returns its
+    /// path and the number of iterations recorded (`None` when profiling was off).
+    pub fn finish_profiling(&mut self, requests: &[RequestRow]) -> Result<Option<(std::path::PathBuf, u64)>> {
+        if let Some(e) = self.profile_error.take() {
+            anyhow::bail!("profiling stopped: {e}");
+        }
+        match self.profiler.take() {
+            Some(p) => Ok(Some(p.finish(requests).map_err(anyhow::Error::msg)?)),
+            None => Ok(None),
+        }
     }
 
     /// Queues a request; its tokens arrive on the returned stream.
@@ -108,7 +150,7 @@ impl Engine {
             return;
         }
         let prompt_len = request.prompt.len();
-        self.scheduler.waiting.push_back(Sequence {
+        self.incoming.push(Sequence {
             id,
             tokens: request.prompt,
             prompt_len,
@@ -123,7 +165,8 @@ impl Engine {
 
     /// Stops a request wherever it is; its stream gets `Finished { reason: Aborted }`.
     pub fn abort(&mut self, id: RequestId) {
-        if let Some(seq) = self.scheduler.remove(id) {
+        let queued = self.incoming.iter().position(|s| s.id == id).map(|i| self.incoming.remove(i));
+        if let Some(seq) = queued.or_else(|| self.scheduler.remove(id)) {
             self.finish(seq, FinishReason::Aborted);
         }
     }
@@ -141,10 +184,37 @@ impl Engine {
 
     /// Runs one iteration of the executor loop.
     pub fn step(&mut self) -> StepOutput {
+        let iter = self.iteration;
+        if let Some(p) = &mut self.profiler {
+            p.before_iteration(iter);
+        }
         let start = now_ns();
-        let decision = self.scheduler.schedule(&self.config, &mut self.kv);
-        let input = runner::prepare(&decision, &self.scheduler, &self.kv);
-        let logits = if input.tokens.is_empty() { Vec::new() } else { runner::execute(&self.model.decoder, &input, &mut self.storage) };
+        let mut iteration_span = span_named(Category::Iteration, || format!("iter {iter}"));
+        {
+            let _s = span(Category::Phase, "admit");
+            self.scheduler.waiting.extend(self.incoming.drain(..));
+        }
+        let decision = {
+            let _s = span(Category::Phase, "schedule");
+            self.scheduler.schedule(&self.config, &mut self.kv)
+        };
+        iteration_span.rename(|| {
+            let ctx = decision.seqs.iter().filter(|s| s.is_context).count();
+            format!("iter {iter}: {ctx} ctx reqs, {} gen reqs", decision.seqs.len() - ctx)
+        });
+        let input = {
+            let _s = span(Category::Phase, "prepare inputs");
+            runner::prepare(&decision, &self.scheduler, &self.kv)
+        };
+        let logits = {
+            let _s = span(Category::Phase, "forward");
+            if input.tokens.is_empty() {
+                Vec::new()
+            } else {
+                runner::execute(&self.model.decoder, &input, &mut self.storage)
+            }
+        };
+        let sample_span = span(Category::Phase, "sample");
 
         let vocab = self.model.config().vocab_size;
         let mut rows = logits.chunks(vocab);
@@ -176,11 +246,17 @@ impl Engine {
                 done.push((s.id, reason));
             }
         }
+        drop(sample_span);
+        let update_span = span(Category::Phase, "update");
         let finished: Vec<RequestId> = done.iter().map(|(id, _)| *id).collect();
         for (id, reason) in done {
             let seq = self.scheduler.remove(id).expect("finished sequences are running");
             self.finish(seq, reason);
         }
+        drop(update_span);
+        counter("kv_used_blocks", || self.kv.num_used() as f64);
+        counter("batch_tokens", || input.tokens.len() as f64);
+        drop(iteration_span);
 
         let end = now_ns();
         let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
@@ -204,6 +280,12 @@ impl Engine {
             free_num_blocks: self.kv.num_free(),
             tokens_per_block: self.kv.block_size(),
         };
+        if let Some(p) = &mut self.profiler {
+            if let Err(e) = p.after_iteration(iter, &stats) {
+                self.profiler = None;
+                self.profile_error = Some(e);
+            }
+        }
         self.iteration += 1;
         StepOutput { stats, finished }
     }

@@ -1,8 +1,15 @@
 //! lumen-trace: the trace model and store, and the instrumentation API.
 //!
-//! Only the clock lives here for now: every timestamp lumen records is nanoseconds on one
-//! monotonic clock, so engine timings and, later, trace rows line up. Spans, sinks and the
-//! SQLite store arrive with the profiling work.
+//! Every timestamp lumen records is nanoseconds on one monotonic clock ([`now_ns`]), so engine
+//! timings and trace rows line up. [`instrument`] is the API the engine calls, [`window`] decides
+//! which iterations are recorded, [`model`] holds a trace's rows in memory and [`export`] turns
+//! them into Perfetto and Chrome traces.
+
+pub mod export;
+pub mod instrument;
+pub mod model;
+pub mod store;
+pub mod window;
 
 use std::sync::OnceLock;
 use std::time::Instant;

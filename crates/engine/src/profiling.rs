@@ -1,0 +1,130 @@
+//! Profiling inside the engine: opens and closes the recording windows at iteration boundaries,
+//! and hands what was recorded to the trace output (a `.lumen` store, or Chrome JSON when the
+//! path ends in `.json`), flushing in batches so a crash loses at most the last one.
+
+use crate::stats::IterationStats;
+use lumen_trace::export::chrome::to_chrome_json;
+use lumen_trace::instrument;
+use lumen_trace::model::{IterationRow, RequestRow, ThreadRow, TraceData};
+use lumen_trace::now_ns;
+use lumen_trace::store::{Batch, TraceWriter};
+use lumen_trace::window::{ProfileWindows, WindowEvent, WindowState};
+use std::path::{Path, PathBuf};
+
+/// Flush the recorder when it holds this many rows, or after this long.
+const FLUSH_ROWS: usize = 20_000;
+const FLUSH_NS: u64 = 500_000_000;
+
+enum Output {
+    Store(TraceWriter),
+    /// Rows gathered in memory and written as Chrome JSON at the end.
+    ChromeJson(PathBuf, TraceData),
+}
+
+pub struct Profiler {
+    state: WindowState,
+    output: Output,
+    iterations: Vec<IterationRow>,
+    last_flush_ns: u64,
+    recorded_iterations: u64,
+}
+
+impl Profiler {
+    /// Records the iterations of `windows` (every iteration when `None`) into `path`.
+    pub fn new(path: &Path, windows: Option<ProfileWindows>, meta: Vec<(String, String)>) -> Result<Self, String> {
+        let windows = windows.unwrap_or_else(|| ProfileWindows::parse(&format!("0-{}", u64::MAX), "all iterations").expect("valid range"));
+        let mut meta = meta;
+        meta.push(("windows".into(), windows.to_string()));
+        meta.push(("pid".into(), std::process::id().to_string()));
+        let output = if path.extension().is_some_and(|e| e == "json") {
+            Output::ChromeJson(path.to_path_buf(), TraceData { meta, ..TraceData::default() })
+        } else {
+            Output::Store(TraceWriter::create(path, &meta)?)
+        };
+        Ok(Profiler { state: WindowState::new(windows), output, iterations: Vec::new(), last_flush_ns: now_ns(), recorded_iterations: 0 })
+    }
+
+    /// Called before iteration `iter`: opens a window that starts here.
+    pub fn before_iteration(&mut self, iter: u64) {
+        if self.state.before(iter) == Some(WindowEvent::Open) {
+            instrument::start_recording();
+        }
+        instrument::set_iteration(Some(iter));
+    }
+
+    /// Called after iteration `iter` with its statistics: records it, flushes when due, and closes
+    /// a window that ends here.
+    pub fn after_iteration(&mut self, iter: u64, stats: &IterationStats) -> Result<(), String> {
+        instrument::set_iteration(None);
+        if !self.state.is_open() {
+            return Ok(());
+        }
+        self.recorded_iterations += 1;
+        self.iterations.push(IterationRow {
+            iter,
+            start_ns: stats.start_ns,
+            end_ns: stats.end_ns,
+            ctx_reqs: stats.num_ctx_requests as u64,
+            gen_reqs: stats.num_gen_requests as u64,
+            ctx_tokens: stats.num_ctx_tokens as u64,
+            gen_tokens: stats.num_gen_tokens as u64,
+            kv_used_blocks: stats.used_num_blocks as u64,
+            kv_total_blocks: stats.max_num_blocks as u64,
+            host_ms: stats.host_step_ms,
+            device_ms: None,
+        });
+        let closing = self.state.after(iter) == Some(WindowEvent::Close);
+        if closing {
+            instrument::stop_recording();
+        }
+        if closing || self.iterations.len() >= FLUSH_ROWS / 16 || now_ns() - self.last_flush_ns > FLUSH_NS {
+            self.flush(&[])?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the recorder holds, plus `requests`.
+    pub fn flush(&mut self, requests: &[RequestRow]) -> Result<(), String> {
+        let recorded = instrument::drain();
+        let iterations = std::mem::take(&mut self.iterations);
+        self.last_flush_ns = now_ns();
+        match &mut self.output {
+            Output::Store(w) => w.append(&Batch {
+                threads: &recorded.threads,
+                spans: &recorded.spans,
+                marks: &recorded.marks,
+                counters: &recorded.counters,
+                iterations: &iterations,
+                requests,
+            }),
+            Output::ChromeJson(_, t) => {
+                let pid = std::process::id();
+                for (tid, name) in recorded.threads {
+                    if !t.threads.iter().any(|x| x.tid == tid) {
+                        t.threads.push(ThreadRow { pid, tid, name });
+                    }
+                }
+                t.spans.extend(recorded.spans);
+                t.marks.extend(recorded.marks);
+                t.counters.extend(recorded.counters);
+                t.iterations.extend(iterations);
+                t.requests.extend_from_slice(requests);
+                Ok(())
+            }
+        }
+    }
+
+    /// Flushes the rest and closes the output; returns its path and the iterations recorded.
+    pub fn finish(mut self, requests: &[RequestRow]) -> Result<(PathBuf, u64), String> {
+        instrument::stop_recording();
+        self.flush(requests)?;
+        let n = self.recorded_iterations;
+        match self.output {
+            Output::Store(w) => w.finish().map(|p| (p, n)),
+            Output::ChromeJson(path, t) => {
+                std::fs::write(&path, to_chrome_json(&t)).map_err(|e| format!("trace {}: cannot write: {e}", path.display()))?;
+                Ok((path, n))
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The Chrome trace export checked in a real browser: each test writes `trace.js`
+//! (`window.TRACE = <export>;`) next to a copy of `tests/browser/check_trace.html` in a scratch
+//! directory, loads the page in headless Chromium with `--dump-dom` and reads the page's verdict
+//! (`OK <n> events` or `FAIL: <reason>`). A realistic trace must pass with the expected event count;
+//! a trace with partially overlapping spans and hand-written malformed traces must fail, so the check
+//! itself is shown able to fail. Needs `/usr/bin/chromium` (the apt package `chromium`, installed by
+//! `scripts/setup.sh`).
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lumen_trace::export::chrome::to_chrome_json;
+use lumen_trace::model::{CounterRow, MarkRow, SpanRow, ThreadRow, TraceData};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const PAGE: &str = include_str!("browser/check_trace.html");
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One browser at a time: the tests share a small machine.
+static BROWSER: Mutex<()> = Mutex::new(());
+
+const ITERATIONS: u64 = 50;
+const THREADS: [(u64, &str); 2] = [(101, "engine"), (102, "worker \"gpu\" ✓")];
+const ITERATION_NS: u64 = 2_000_003;
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(case: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("lumen-chrome-check-{}-{case}", std::process::id()));
+        // A leftover from an earlier run with the same pid may be there; it is ours to replace.
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn file_url(path: &Path) -> String {
+    let mut url = String::from("file://");
+    for byte in path.to_str().expect("the scratch path is UTF-8").bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'-' | b'_' => url.push(byte as char),
+            _ => url.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    url
+}
+
+/// Loads the check page on `trace_json` in headless Chromium and returns the page's verdict text.
+fn verdict(case: &str, trace_json: &str) -> String {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run scripts/setup.sh, which installs the apt package chromium that this test drives"
+    );
+    let _browser = BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let scratch = Scratch::new(case);
+    let page = scratch.0.join("check_trace.html");
+    fs::write(&page, PAGE).expect("write the page");
+    fs::write(scratch.0.join("trace.js"), format!("window.TRACE = {trace_json};\n")).expect("write trace.js");
+    let stdout_path = scratch.0.join("stdout.html");
+    let stderr_path = scratch.0.join("stderr.txt");
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", scratch.0.join("profile").display()))
+        .arg("--dump-dom")
+        .arg(file_url(&page))
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).expect("create stdout file"))
+        .stderr(File::create(&stderr_path).expect("create stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {CHROMIUM}: {e}"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for chromium") {
+            break status;
+        }
+        if started.elapsed() > BROWSER_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium ran past {BROWSER_TIMEOUT:?} on case {case}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let dom = fs::read_to_string(&stdout_path).expect("read chromium's stdout");
+    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(status.success(), "chromium failed on case {case} ({status}):\n{stderr}");
+    let open = "<pre id=\"verdict\">";
+    let start = dom.find(open).unwrap_or_else(|| panic!("no verdict in the dumped DOM of case {case}:\n{dom}\n{stderr}")) + open.len();
+    let end = dom[start..].find("</pre>").expect("the verdict element is closed") + start;
+    dom[start..end].to_string()
+}
+
+fn args(value: serde_json::Value) -> Option<String> {
+    Some(value.to_string())
+}
+
+/// Two threads, each with 50 iterations of 6 phase spans nested up to two deep inside the iteration
+/// span (children that share their parent's start or end, siblings that touch), rows in reverse
+/// order so the exporter must sort them; marks; counters with and without a device. Returns the trace
+/// and the number of events its export must hold.
+fn realistic_trace() -> (TraceData, usize) {
+    let mut trace = TraceData {
+        meta: vec![("command".to_string(), "lumen bench --model smol".to_string()), ("pid".to_string(), "31337".to_string())],
+        threads: THREADS.iter().map(|&(tid, name)| ThreadRow { pid: 31337, tid, name: name.to_string() }).collect(),
+        ..TraceData::default()
+    };
+    for (t, &(tid, _)) in THREADS.iter().enumerate() {
+        for iter in 0..ITERATIONS {
+            let base = 1_000_000 + iter * ITERATION_NS + t as u64 * 333;
+            let phases: [(&str, u64, u64, u32); 7] = [
+                ("iteration", 0, 1_900_001, 0),
+                ("schedule", 0, 100_007, 1),
+                ("prepare_inputs", 100_007, 300_011, 1),
+                ("forward", 300_011, 1_700_013, 1),
+                ("attention", 300_011, 900_017, 2),
+                ("mlp \"ffn\"\n", 900_017, 1_700_013, 2),
+                ("sample", 1_700_013, 1_900_001, 1),
+            ];
+            for &(name, start, end, depth) in phases.iter().rev() {
+                trace.spans.push(SpanRow {
+                    start_ns: base + start,
+                    end_ns: base + end,
+                    tid,
+                    name: name.to_string(),
+                    category: if depth == 0 { "iteration" } else { "phase" }.to_string(),
+                    depth,
+                    iteration: Some(iter),
+                    args: if depth == 0 { args(serde_json::json!({"batch": iter % 8 + 1, "ctx_tokens": iter * 3})) } else { None },
+                });
+            }
+            if t == 0 {
+                trace.marks.push(MarkRow {
+                    ts_ns: base + 1_900_001,
+                    tid,
+                    name: "step_done".to_string(),
+                    category: "engine".to_string(),
+                    iteration: Some(iter),
+                    args: None,
+                });
+                if iter % 10 == 0 {
+                    trace.marks.push(MarkRow {
+                        ts_ns: base + 50_000,
+                        tid,
+                        name: "request_arrived".to_string(),
+                        category: "request".to_string(),
+                        iteration: Some(iter),
+                        args: args(serde_json::json!({"request": iter / 10, "prompt": "say \"hi\"\nünïcødé"})),
+                    });
+                }
+                trace.counters.push(CounterRow { ts_ns: base, name: "kv_util".to_string(), device: None, value: iter as f64 / 50.0 });
+                for device in 0..2 {
+                    trace.counters.push(CounterRow {
+                        ts_ns: base + 10,
+                        name: "gpu_util".to_string(),
+                        device: Some(device),
+                        value: 40.0 + device as f64 + iter as f64 * 0.5,
+                    });
+                }
+            }
+        }
+    }
+    trace.counters.push(CounterRow { ts_ns: 5_000, name: "kv_util".to_string(), device: None, value: f64::NAN });
+    let metadata = 1 + THREADS.len();
+    let spans = THREADS.len() * ITERATIONS as usize * 7;
+    let marks = ITERATIONS as usize + ITERATIONS as usize / 10;
+    let counters = ITERATIONS as usize * 3;
+    (trace, metadata + spans + marks + counters)
+}
+
+#[test]
+fn realistic_trace_passes_in_chromium() {
+    let (trace, expected) = realistic_trace();
+    assert_eq!(expected, 908);
+    let verdict = verdict("realistic", &to_chrome_json(&trace));
+    assert_eq!(verdict, format!("OK {expected} events"));
+}
+
+#[test]
+fn partial_overlap_fails_in_chromium() {
+    let (mut trace, _) = realistic_trace();
+    let base = 1_000_000 + 10 * ITERATION_NS;
+    trace.spans.push(SpanRow {
+        start_ns: base + 1_000_000,
+        end_ns: base + 2_000_000,
+        tid: THREADS[0].0,
+        name: "straddle".to_string(),
+        category: "phase".to_string(),
+        depth: 1,
+        iteration: Some(10),
+        args: None,
+    });
+    let verdict = verdict("overlap", &to_chrome_json(&trace));
+    assert!(verdict.starts_with("FAIL: X 'straddle' tid 101") && verdict.contains("overlaps X 'mlp"), "{verdict}");
+    assert!(verdict.ends_with("partially"), "{verdict}");
+}
+
+#[test]
+fn malformed_traces_fail_in_chromium() {
+    let named = r#"{"ph":"M","name":"process_name","pid":1,"tid":0,"args":{"name":"p"}},
+        {"ph":"M","name":"thread_name","pid":1,"tid":1,"args":{"name":"t"}}"#;
+    let cases = [
+        ("unnamed", format!(r#"{named},{{"ph":"X","name":"a","pid":1,"tid":2,"ts":1,"dur":1}}"#), "tid 2 (used by X 'a'"),
+        ("negative", format!(r#"{named},{{"ph":"X","name":"a","pid":1,"tid":1,"ts":1,"dur":-1}}"#), "negative dur -1"),
+        ("counter", format!(r#"{named},{{"ph":"C","name":"c","pid":1,"ts":1,"args":{{"value":"7"}}}}"#), "non-numeric value"),
+        (
+            "unsorted",
+            format!(
+                r#"{named},{{"ph":"i","s":"t","name":"b","pid":1,"tid":1,"ts":5}},{{"ph":"i","s":"t","name":"a","pid":1,"tid":1,"ts":2}}"#
+            ),
+            "comes after ts 5",
+        ),
+    ];
+    for (case, events, reason) in cases {
+        let verdict = verdict(case, &format!(r#"{{"traceEvents":[{events}]}}"#));
+        assert!(verdict.starts_with("FAIL: ") && verdict.contains(reason), "case {case}: expected FAIL with {reason:?}, got {verdict}");
+    }
+}
