@@ -1,0 +1,202 @@
+//! End-to-end profiling: `lumen bench throughput` under an iteration window on the real model
+//! writes a trace holding exactly the window's iterations, with every phase inside its iteration
+//! and the iterations' token counts matching the run; the trace exports to Perfetto and Chrome
+//! JSON; `LUMEN_TRACE=*.json` writes Chrome JSON directly; bad windows stop the run at start-up;
+//! and a trace whose writer is killed mid-run still loads.
+
+mod common;
+
+use common::{json_lines, lumen, lumen_env, real_model, Scratch};
+use lumen_trace::export::perfetto::decode_packets;
+use lumen_trace::model::TraceData;
+use lumen_trace::store::read_trace;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn dataset(s: &Scratch, model: &str, requests: &str, input: &str, output: &str) -> String {
+    let path = s.path("data.jsonl");
+    lumen(&[
+        "bench",
+        "prepare-dataset",
+        "--model",
+        model,
+        "--output",
+        &path,
+        "token-norm-dist",
+        "--num-requests",
+        requests,
+        "--input-mean",
+        input,
+        "--output-mean",
+        output,
+    ])
+    .ok();
+    path
+}
+
+/// Every non-iteration span of an iteration lies inside that iteration's span.
+fn assert_phases_nest(t: &TraceData) {
+    for it in &t.iterations {
+        let outer: Vec<_> = t.spans.iter().filter(|s| s.category == "iteration" && s.iteration == Some(it.iter)).collect();
+        assert_eq!(outer.len(), 1, "iteration {} has {} iteration spans", it.iter, outer.len());
+        let outer = outer[0];
+        assert!(outer.name.starts_with(&format!("iter {}: ", it.iter)), "{}", outer.name);
+        assert!(outer.name.ends_with(&format!("{} ctx reqs, {} gen reqs", it.ctx_reqs, it.gen_reqs)), "{}", outer.name);
+        let phases: Vec<_> = t.spans.iter().filter(|s| s.category == "phase" && s.iteration == Some(it.iter)).collect();
+        let names: Vec<&str> = phases.iter().map(|s| s.name.as_str()).collect();
+        for want in ["admit", "schedule", "prepare inputs", "forward", "sample", "update"] {
+            assert!(names.contains(&want), "iteration {} lacks phase {want}: {names:?}", it.iter);
+        }
+        for p in phases {
+            assert!(outer.start_ns <= p.start_ns && p.end_ns <= outer.end_ns, "{} escapes iteration {}", p.name, it.iter);
+            assert!(p.depth > outer.depth);
+        }
+    }
+}
+
+#[test]
+fn a_window_on_the_real_model_records_exactly_its_iterations() {
+    let s = Scratch::new("profile-window");
+    let model = real_model().display().to_string();
+    let data = dataset(&s, &model, "4", "24", "6");
+    let (trace, log) = (s.path("run.lumen"), s.path("iters.jsonl"));
+    let run = lumen_env(
+        &["bench", "throughput", "--model", &model, "--dataset", &data, "--iteration-log", &log, "--warmup", "1", "--max-num-tokens", "32"],
+        &[("LUMEN_PROFILE_START_STOP", "2-4"), ("LUMEN_TRACE", &trace)],
+    )
+    .ok();
+    assert!(run.stderr.contains("recording iterations 2-4"), "{}", run.stderr);
+    let t = read_trace(Path::new(&trace)).unwrap();
+    assert_eq!(t.meta("complete"), Some("true"));
+    assert_eq!(t.meta("windows"), Some("2-4"));
+    assert_eq!(t.iterations.iter().map(|i| i.iter).collect::<Vec<_>>(), vec![2, 3, 4]);
+    let tagged: std::collections::BTreeSet<u64> = t.spans.iter().filter_map(|s| s.iteration).collect();
+    assert_eq!(tagged.into_iter().collect::<Vec<_>>(), vec![2, 3, 4], "spans outside the window were recorded");
+    assert_phases_nest(&t);
+    let logged = json_lines(&log);
+    for it in &t.iterations {
+        let line = logged.iter().find(|l| l["iter"] == it.iter).expect("the iteration log has every iteration");
+        assert_eq!(line["num_ctx_tokens"], it.ctx_tokens);
+        assert_eq!(line["num_gen_tokens"], it.gen_tokens);
+        assert_eq!(line["used_num_blocks"], it.kv_used_blocks);
+    }
+    assert_eq!(logged[0]["iter"], 0, "iteration numbers restart after warm-up");
+}
+
+#[test]
+fn a_whole_run_adds_up_to_the_report_and_exports() {
+    let s = Scratch::new("profile-all");
+    let data = dataset(&s, "tiny", "6", "30", "9");
+    let (trace, report) = (s.path("all.lumen"), s.path("report.json"));
+    lumen(&[
+        "bench",
+        "throughput",
+        "--model",
+        "tiny",
+        "--dataset",
+        &data,
+        "--trace",
+        &trace,
+        "--report-json",
+        &report,
+        "--max-num-tokens",
+        "40",
+    ])
+    .ok();
+    let t = read_trace(Path::new(&trace)).unwrap();
+    assert_phases_nest(&t);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let ctx: u64 = t.iterations.iter().map(|i| i.ctx_tokens).sum();
+    let gen: u64 = t.iterations.iter().map(|i| i.gen_tokens).sum();
+    assert_eq!(ctx, r["requests"]["total_input_tokens"].as_u64().unwrap());
+    assert_eq!(
+        gen + t.requests.len() as u64,
+        r["requests"]["total_output_tokens"].as_u64().unwrap(),
+        "one token per request comes from its prefill"
+    );
+    assert_eq!(t.requests.len(), 6);
+
+    let (pf, cj) = (s.path("all.pftrace"), s.path("all.json"));
+    lumen(&["trace", "export", &trace, "--format", "perfetto", "-o", &pf]).ok();
+    lumen(&["trace", "export", &trace, "--format", "chrome", "-o", &cj]).ok();
+    let packets = decode_packets(&std::fs::read(&pf).unwrap()).unwrap();
+    assert!(packets.len() > 2 * t.spans.len(), "{} packets for {} spans", packets.len(), t.spans.len());
+    let chrome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cj).unwrap()).unwrap();
+    let complete = chrome["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
+    assert_eq!(complete, t.spans.len());
+    let info = lumen(&["trace", "info", &trace]).ok();
+    assert!(info.stdout.contains(&format!("iterations {}", t.iterations.len())), "{}", info.stdout);
+    assert!(info.stdout.contains(&format!("spans        {}", t.spans.len())), "{}", info.stdout);
+}
+
+#[test]
+fn lumen_trace_json_writes_chrome_json_and_the_environment_wins() {
+    let s = Scratch::new("profile-json");
+    let data = dataset(&s, "tiny", "3", "10", "4");
+    let (json, ignored) = (s.path("t.json"), s.path("ignored.lumen"));
+    let run = lumen_env(
+        &["bench", "throughput", "--model", "tiny", "--dataset", &data, "--trace", &ignored, "--profile-iters", "0-1"],
+        &[("TLLM_TORCH_PROFILE_TRACE", &json), ("TLLM_PROFILE_START_STOP", "1-2")],
+    )
+    .ok();
+    assert!(run.stderr.contains("TLLM_PROFILE_START_STOP=1-2 overrides --profile-iters 0-1"), "{}", run.stderr);
+    assert!(run.stderr.contains("overrides --trace"), "{}", run.stderr);
+    assert!(!Path::new(&ignored).exists());
+    let chrome: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let iterations: Vec<&str> =
+        chrome["traceEvents"].as_array().unwrap().iter().filter(|e| e["cat"] == "iteration").map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(iterations.len(), 2, "{iterations:?}");
+    assert!(iterations[0].starts_with("iter 1: ") && iterations[1].starts_with("iter 2: "), "{iterations:?}");
+}
+
+#[test]
+fn bad_windows_stop_the_run_at_start_up() {
+    let s = Scratch::new("profile-bad");
+    let data = dataset(&s, "tiny", "2", "8", "2");
+    let trace = s.path("x.lumen");
+    for (value, want) in [("10-20,15-30", "overlap"), ("5-x", "\"x\" is not an iteration number"), ("9-3", "ends before it starts")] {
+        lumen_env(
+            &["bench", "throughput", "--model", "tiny", "--dataset", &data, "--trace", &trace],
+            &[("LUMEN_PROFILE_START_STOP", value)],
+        )
+        .fails_with(1, &["LUMEN_PROFILE_START_STOP", want]);
+    }
+    lumen(&["bench", "throughput", "--model", "tiny", "--dataset", &data, "--profile-iters", "3-1"])
+        .fails_with(1, &["--profile-iters", "ends before"]);
+    let garbage = s.write("garbage.lumen", "not a database");
+    lumen(&["trace", "info", &garbage]).fails_with(1, &["garbage.lumen", "not a lumen trace"]);
+}
+
+#[test]
+fn a_killed_writer_leaves_a_readable_trace() {
+    let s = Scratch::new("profile-crash");
+    let model = real_model().display().to_string();
+    let data = dataset(&s, &model, "16", "64", "400");
+    let trace = s.path("crash.lumen");
+    let mut child = Command::new(common::LUMEN)
+        .args(["bench", "throughput", "--model", &model, "--dataset", &data, "--trace", &trace, "--warmup", "0"])
+        .env_remove("LUMEN_PROFILE_START_STOP")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Ok(t) = read_trace(Path::new(&trace)) {
+            if t.iterations.len() >= 3 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no flushed iterations after 120 s");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = read_trace(Path::new(&trace)).unwrap();
+    assert_eq!(t.meta("complete"), Some("false"), "the writer never finished");
+    assert!(t.iterations.len() >= 3);
+    assert_phases_nest(&t);
+    let info = lumen(&["trace", "info", &trace]).ok();
+    assert!(info.stdout.contains("complete   false"), "{}", info.stdout);
+}
