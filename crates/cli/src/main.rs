@@ -7,6 +7,11 @@ mod profile;
 mod trace;
 
 use clap::{Parser, Subcommand};
+use lumen_trace::alloc::CountingAllocator;
+
+/// Counts host allocations for the per-iteration statistics and `LUMEN_PROFILE_RECORD_ALLOC`.
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// lumen: an LLM inference engine built for performance analysis.
 #[derive(Parser)]

@@ -11,7 +11,8 @@ use crate::stats::IterationStats;
 use anyhow::Result;
 use lumen_backend::KvStorage;
 use lumen_model::Model;
-use lumen_trace::instrument::{counter, span, span_named, Category};
+use lumen_trace::alloc::AllocTotals;
+use lumen_trace::instrument::{counter, mark, span, span_named, Category};
 use lumen_trace::model::RequestRow;
 use lumen_trace::now_ns;
 use std::sync::mpsc::channel;
@@ -150,6 +151,7 @@ impl Engine {
             return;
         }
         let prompt_len = request.prompt.len();
+        mark(Category::Api, "enqueue", || Some(format!("{{\"request\":{id},\"prompt_tokens\":{prompt_len}}}")));
         self.incoming.push(Sequence {
             id,
             tokens: request.prompt,
@@ -172,6 +174,7 @@ impl Engine {
     }
 
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
+        mark(Category::Api, "finish", || Some(format!("{{\"request\":{},\"output_tokens\":{}}}", seq.id, seq.num_generated())));
         self.kv.release(&mut seq.block_table);
         seq.timings.end_ns = now_ns();
         let _ = seq.events.send(RequestEvent::Finished {
@@ -189,6 +192,8 @@ impl Engine {
             p.before_iteration(iter);
         }
         let start = now_ns();
+        let allocs_before = AllocTotals::now();
+        let kv_before = (self.kv.allocated_total, self.kv.freed_total);
         let mut iteration_span = span_named(Category::Iteration, || format!("iter {iter}"));
         {
             let _s = span(Category::Phase, "admit");
@@ -230,7 +235,10 @@ impl Engine {
             let row = rows.next().expect("one logits row per sampling sequence");
             let token = sampler::sample(row, &seq.sampling, seq.num_generated());
             seq.tokens.push(token);
-            seq.timings.first_token_ns.get_or_insert(now);
+            if seq.timings.first_token_ns.is_none() {
+                seq.timings.first_token_ns = Some(now);
+                mark(Category::Api, "first token", || Some(format!("{{\"request\":{}}}", seq.id)));
+            }
             let delivered = seq.events.send(RequestEvent::Token(token)).is_ok();
             let eos = !seq.stop.ignore_eos && self.eos_ids.contains(&token);
             let reason = if !delivered {
@@ -259,6 +267,7 @@ impl Engine {
         drop(iteration_span);
 
         let end = now_ns();
+        let allocs = AllocTotals::now().since(allocs_before);
         let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
         let gen: Vec<_> = decision.seqs.iter().filter(|s| !s.is_context).collect();
         let stats = IterationStats {
@@ -279,6 +288,11 @@ impl Engine {
             used_num_blocks: self.kv.num_used(),
             free_num_blocks: self.kv.num_free(),
             tokens_per_block: self.kv.block_size(),
+            kv_blocks_allocated: self.kv.allocated_total - kv_before.0,
+            kv_blocks_freed: self.kv.freed_total - kv_before.1,
+            host_allocations: allocs.allocations,
+            host_frees: allocs.frees,
+            host_alloc_bytes: allocs.bytes,
         };
         if let Some(p) = &mut self.profiler {
             if let Err(e) = p.after_iteration(iter, &stats) {

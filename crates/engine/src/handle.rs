@@ -4,6 +4,7 @@
 use crate::engine::Engine;
 use crate::request::{Request, RequestId, RequestStream};
 use crate::stats::IterationStats;
+use lumen_trace::instrument;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -67,7 +68,7 @@ fn apply(engine: &mut Engine, command: Command) {
 fn run(engine: &mut Engine, commands: Receiver<Command>, stats: Option<Sender<IterationStats>>) {
     loop {
         if !engine.has_work() {
-            match commands.recv() {
+            match instrument::wait("engine idle: wait for requests", || commands.recv()) {
                 Ok(c) => apply(engine, c),
                 Err(_) => return,
             }

@@ -1,6 +1,8 @@
 //! The paged KV-cache manager: fixed-size blocks, a free list, and the block table of each
 //! sequence. It decides which blocks hold what; the storage itself belongs to the backend.
 
+use lumen_trace::instrument::{mark, Category};
+
 /// Block bookkeeping for all sequences.
 #[derive(Debug)]
 pub struct KvCacheManager {
@@ -45,12 +47,16 @@ impl KvCacheManager {
             table.push(self.free.pop().expect("checked above"));
         }
         self.allocated_total += need as u64;
+        if need > 0 {
+            mark(Category::Debug, "kv allocate", || Some(format!("{{\"blocks\":{need},\"free\":{}}}", self.free.len())));
+        }
         true
     }
 
     /// Returns every block of `table` to the free list.
     pub fn release(&mut self, table: &mut Vec<u32>) {
         self.freed_total += table.len() as u64;
+        mark(Category::Debug, "kv free", || Some(format!("{{\"blocks\":{},\"free\":{}}}", table.len(), self.free.len() + table.len())));
         self.free.append(table);
     }
 

@@ -5,7 +5,7 @@
 use crate::stats::IterationStats;
 use lumen_trace::export::chrome::to_chrome_json;
 use lumen_trace::instrument;
-use lumen_trace::model::{IterationRow, RequestRow, ThreadRow, TraceData};
+use lumen_trace::model::{AllocationRow, IterationRow, RequestRow, ThreadRow, TraceData};
 use lumen_trace::now_ns;
 use lumen_trace::store::{Batch, TraceWriter};
 use lumen_trace::window::{ProfileWindows, WindowEvent, WindowState};
@@ -25,6 +25,7 @@ pub struct Profiler {
     state: WindowState,
     output: Output,
     iterations: Vec<IterationRow>,
+    allocations: Vec<AllocationRow>,
     last_flush_ns: u64,
     recorded_iterations: u64,
 }
@@ -41,7 +42,14 @@ impl Profiler {
         } else {
             Output::Store(TraceWriter::create(path, &meta)?)
         };
-        Ok(Profiler { state: WindowState::new(windows), output, iterations: Vec::new(), last_flush_ns: now_ns(), recorded_iterations: 0 })
+        Ok(Profiler {
+            state: WindowState::new(windows),
+            output,
+            iterations: Vec::new(),
+            allocations: Vec::new(),
+            last_flush_ns: now_ns(),
+            recorded_iterations: 0,
+        })
     }
 
     /// Called before iteration `iter`: opens a window that starts here.
@@ -73,6 +81,14 @@ impl Profiler {
             host_ms: stats.host_step_ms,
             device_ms: None,
         });
+        self.allocations.push(AllocationRow {
+            iteration: iter,
+            count: stats.host_allocations,
+            bytes: stats.host_alloc_bytes,
+            frees: stats.host_frees,
+            kv_blocks_allocated: stats.kv_blocks_allocated,
+            kv_blocks_freed: stats.kv_blocks_freed,
+        });
         let closing = self.state.after(iter) == Some(WindowEvent::Close);
         if closing {
             instrument::stop_recording();
@@ -87,6 +103,7 @@ impl Profiler {
     pub fn flush(&mut self, requests: &[RequestRow]) -> Result<(), String> {
         let recorded = instrument::drain();
         let iterations = std::mem::take(&mut self.iterations);
+        let allocations = std::mem::take(&mut self.allocations);
         self.last_flush_ns = now_ns();
         match &mut self.output {
             Output::Store(w) => w.append(&Batch {
@@ -96,6 +113,7 @@ impl Profiler {
                 counters: &recorded.counters,
                 iterations: &iterations,
                 requests,
+                allocations: &allocations,
             }),
             Output::ChromeJson(_, t) => {
                 let pid = std::process::id();
@@ -108,6 +126,7 @@ impl Profiler {
                 t.marks.extend(recorded.marks);
                 t.counters.extend(recorded.counters);
                 t.iterations.extend(iterations);
+                t.allocations.extend(allocations);
                 t.requests.extend_from_slice(requests);
                 Ok(())
             }

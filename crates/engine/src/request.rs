@@ -82,7 +82,7 @@ impl RequestStream {
     /// Blocks until the request finishes; returns its tokens and its final event.
     pub fn collect(self) -> (Vec<u32>, RequestEvent) {
         let mut tokens = Vec::new();
-        for ev in self.events.iter() {
+        while let Ok(ev) = lumen_trace::instrument::wait("request stream: wait for tokens", || self.events.recv()) {
             match ev {
                 RequestEvent::Token(t) => tokens.push(t),
                 done @ RequestEvent::Finished { .. } => return (tokens, done),

@@ -9,6 +9,7 @@
 use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
 use crate::request::{EventSender, RequestId, RequestTimings, SamplingParams, StopConditions};
+use lumen_trace::instrument::{mark, span, Category};
 use std::collections::VecDeque;
 
 /// A request inside the engine.
@@ -77,6 +78,7 @@ impl Scheduler {
     pub fn schedule(&mut self, config: &EngineConfig, kv: &mut KvCacheManager) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = config.max_num_tokens;
+        let running_span = span(Category::Debug, "schedule running");
         let mut i = 0;
         while i < self.running.len() && out.seqs.len() < config.max_batch_size && budget > 0 {
             let n = self.running[i].pending().min(budget);
@@ -92,6 +94,7 @@ impl Scheduler {
                 kv.release(&mut victim.block_table);
                 victim.num_computed = 0;
                 victim.timings.preemptions += 1;
+                mark(Category::Debug, "preempt", || Some(format!("{{\"request\":{},\"tokens\":{}}}", victim.id, victim.tokens.len())));
                 out.preempted.push(victim.id);
                 self.waiting.push_front(victim);
                 if victim_index == i {
@@ -113,6 +116,8 @@ impl Scheduler {
             budget -= n;
             i += 1;
         }
+        drop(running_span);
+        let _waiting_span = span(Category::Debug, "schedule waiting");
         if out.preempted.is_empty() {
             while out.seqs.len() < config.max_batch_size && budget > 0 {
                 let Some(seq) = self.waiting.front_mut() else { break };

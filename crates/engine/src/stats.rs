@@ -23,4 +23,12 @@ pub struct IterationStats {
     pub used_num_blocks: usize,
     pub free_num_blocks: usize,
     pub tokens_per_block: usize,
+    /// KV blocks handed out and returned during the iteration.
+    pub kv_blocks_allocated: u64,
+    pub kv_blocks_freed: u64,
+    /// Host allocations, frees and allocated bytes during the iteration (counted by the `lumen`
+    /// binary's allocator; zero where it is not installed).
+    pub host_allocations: u64,
+    pub host_frees: u64,
+    pub host_alloc_bytes: u64,
 }

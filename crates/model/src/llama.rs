@@ -6,6 +6,7 @@ use crate::config::ModelConfig;
 use crate::weights::Weights;
 use lumen_backend::cpu::{self, RopeTable};
 use lumen_backend::{AttentionSeq, KvStorage};
+use lumen_trace::instrument::{span, span_named, Category};
 
 /// One forward step's inputs: the flattened tokens and where each one's K/V goes.
 pub struct ForwardBatch<'a> {
@@ -61,6 +62,8 @@ impl Decoder {
         let mut act = vec![0.0f32; t * f];
 
         for (li, layer) in w.layers.iter().enumerate() {
+            let _layer = span_named(Category::Debug, || format!("layer {li}"));
+            let op = span(Category::Debug, "qkv_proj");
             cpu::matmul(&normed, t, &layer.wqkv, &mut qkv);
             for (i, row) in qkv.chunks_mut(qkv_width).enumerate() {
                 if let Some(b) = &layer.bqkv {
@@ -70,6 +73,8 @@ impl Decoder {
                 k[i * kd..(i + 1) * kd].copy_from_slice(&row[qd..qd + kd]);
                 v[i * kd..(i + 1) * kd].copy_from_slice(&row[qd + kd..]);
             }
+            drop(op);
+            let op = span(Category::Debug, "rope + kv write");
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 cpu::rms_norm_heads(&mut q, qn, c.rms_eps);
                 cpu::rms_norm_heads(&mut k, kn, c.rms_eps);
@@ -77,16 +82,23 @@ impl Decoder {
             cpu::apply_rope(&mut q, c.num_heads, batch.positions, &self.rope);
             cpu::apply_rope(&mut k, c.num_kv_heads, batch.positions, &self.rope);
             kv.write(li, batch.slots, &k, &v);
+            drop(op);
+            let op = span(Category::Debug, "attention");
             cpu::paged_attention(&q, c.num_heads, kv, li, batch.seqs, c.sliding_window, &mut attn);
+            drop(op);
+            let op = span(Category::Debug, "o_proj + norm");
             cpu::matmul(&attn, t, &layer.wo, &mut delta);
             cpu::add_rms_norm(&mut residual, &delta, &layer.ffn_norm, c.rms_eps, &mut normed);
-
+            drop(op);
+            let op = span(Category::Debug, "mlp");
             cpu::matmul(&normed, t, &layer.w_gate_up, &mut gate_up);
             cpu::silu_mul(&gate_up, f, &mut act);
             cpu::matmul(&act, t, &layer.w_down, &mut delta);
             let next_norm = w.layers.get(li + 1).map_or(&w.final_norm, |l| &l.attn_norm);
             cpu::add_rms_norm(&mut residual, &delta, next_norm, c.rms_eps, &mut normed);
+            drop(op);
         }
+        let _head = span(Category::Debug, "lm_head");
 
         let rows = batch.logit_rows;
         let mut last = Vec::with_capacity(rows.len() * h);

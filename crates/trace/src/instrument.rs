@@ -59,6 +59,9 @@ const RECORDER_CAPACITY: usize = 4_000_000;
 
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Set while this thread appends to the recorder, so the allocator does not time (and record)
+    /// the recorder's own allocations.
+    static IN_RECORDER: Cell<bool> = const { Cell::new(false) };
     static TID: u64 = current_tid();
 }
 
@@ -154,10 +157,61 @@ fn iteration() -> Option<u64> {
 
 #[inline(always)]
 fn enabled(category: Category) -> bool {
-    ACTIVE.load(Ordering::Relaxed) & category.bit() != 0
+    !cfg!(feature = "no-spans") && ACTIVE.load(Ordering::Relaxed) & category.bit() != 0
+}
+
+/// Whether `category` is being recorded right now.
+#[inline(always)]
+pub fn category_enabled(category: Category) -> bool {
+    enabled(category)
+}
+
+/// Records a finished span measured by the caller (for code that cannot hold a guard).
+pub fn record_span(category: Category, name: &'static str, start_ns: u64, end_ns: u64, args: Option<String>) {
+    if !enabled(category) {
+        return;
+    }
+    let depth = DEPTH.with(|d| d.get());
+    let iteration = iteration();
+    push(|b| {
+        b.spans.push(SpanRow {
+            start_ns,
+            end_ns,
+            tid: TID.with(|t| *t),
+            name: name.to_string(),
+            category: category.name().to_string(),
+            depth,
+            iteration,
+            args,
+        })
+    });
+}
+
+/// Runs `blocking`, recording the time it spends as a `wait` range named `name` when waits are
+/// recorded: the counterpart of Python GIL visibility for lumen's threads.
+#[inline]
+pub fn wait<T>(name: &'static str, blocking: impl FnOnce() -> T) -> T {
+    if !enabled(Category::Wait) {
+        return blocking();
+    }
+    let start = now_ns();
+    let out = blocking();
+    record_span(Category::Wait, name, start, now_ns(), None);
+    out
+}
+
+/// Whether this thread is inside the recorder right now.
+pub fn in_recorder() -> bool {
+    IN_RECORDER.with(|r| r.get())
 }
 
 fn push(f: impl FnOnce(&mut Recorded)) {
+    IN_RECORDER.with(|r| r.set(true));
+    push_locked(f);
+    IN_RECORDER.with(|r| r.set(false));
+}
+
+fn push_locked(f: impl FnOnce(&mut Recorded)) {
     let mut guard = BUFFER.lock().unwrap_or_else(|e| e.into_inner());
     let buf = guard.get_or_insert_with(Recorded::default);
     if buf.len() >= RECORDER_CAPACITY {
@@ -272,7 +326,7 @@ pub fn mark(category: Category, name: &'static str, args: impl FnOnce() -> Optio
 /// Records a counter sample (any sink on).
 #[inline]
 pub fn counter(name: &'static str, value: impl FnOnce() -> f64) {
-    if ACTIVE.load(Ordering::Relaxed) == 0 {
+    if cfg!(feature = "no-spans") || ACTIVE.load(Ordering::Relaxed) == 0 {
         return;
     }
     let (ts_ns, value) = (now_ns(), value());

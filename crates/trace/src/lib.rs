@@ -5,6 +5,7 @@
 //! which iterations are recorded, [`model`] holds a trace's rows in memory and [`export`] turns
 //! them into Perfetto and Chrome traces.
 
+pub mod alloc;
 pub mod export;
 pub mod instrument;
 pub mod model;

@@ -64,6 +64,17 @@ pub struct IterationRow {
     pub device_ms: Option<f64>,
 }
 
+/// Host allocations and KV-block traffic during one iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationRow {
+    pub iteration: u64,
+    pub count: u64,
+    pub bytes: u64,
+    pub frees: u64,
+    pub kv_blocks_allocated: u64,
+    pub kv_blocks_freed: u64,
+}
+
 /// One request's life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRow {
@@ -86,6 +97,7 @@ pub struct TraceData {
     pub counters: Vec<CounterRow>,
     pub iterations: Vec<IterationRow>,
     pub requests: Vec<RequestRow>,
+    pub allocations: Vec<AllocationRow>,
 }
 
 impl TraceData {

@@ -6,7 +6,7 @@
 //! views join them back for hand-written queries. The reader loads a whole trace back into a
 //! [`TraceData`], and names the file and what is wrong when it cannot.
 
-use crate::model::{CounterRow, IterationRow, MarkRow, RequestRow, SpanRow, ThreadRow, TraceData};
+use crate::model::{AllocationRow, CounterRow, IterationRow, MarkRow, RequestRow, SpanRow, ThreadRow, TraceData};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,7 @@ pub struct Batch<'a> {
     pub counters: &'a [CounterRow],
     pub iterations: &'a [IterationRow],
     pub requests: &'a [RequestRow],
+    pub allocations: &'a [AllocationRow],
 }
 
 /// Appends to a new trace file.
@@ -177,6 +178,19 @@ impl TraceWriter {
                     ])
                     .map_err(err)?;
             }
+            let mut allocation = tx.prepare_cached("INSERT INTO allocations VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(err)?;
+            for a in batch.allocations {
+                allocation
+                    .execute(params![
+                        a.iteration as i64,
+                        a.count as i64,
+                        a.bytes as i64,
+                        a.frees as i64,
+                        a.kv_blocks_allocated as i64,
+                        a.kv_blocks_freed as i64
+                    ])
+                    .map_err(err)?;
+            }
         }
         tx.commit().map_err(err)
     }
@@ -288,6 +302,21 @@ pub fn read_trace(path: &Path) -> Result<TraceData, String> {
             output_len: r.get::<_, i64>(5)? as u64,
         })
     })
+    .map_err(err)?;
+    t.allocations = query(
+        &db,
+        "SELECT iteration, count, bytes, frees, kv_blocks_allocated, kv_blocks_freed FROM allocations ORDER BY iteration",
+        |r| {
+            Ok(AllocationRow {
+                iteration: r.get::<_, i64>(0)? as u64,
+                count: r.get::<_, i64>(1)? as u64,
+                bytes: r.get::<_, i64>(2)? as u64,
+                frees: r.get::<_, i64>(3)? as u64,
+                kv_blocks_allocated: r.get::<_, i64>(4)? as u64,
+                kv_blocks_freed: r.get::<_, i64>(5)? as u64,
+            })
+        },
+    )
     .map_err(err)?;
     Ok(t)
 }

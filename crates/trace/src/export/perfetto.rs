@@ -747,6 +747,7 @@ mod tests {
             ],
             iterations: Vec::new(),
             requests: Vec::new(),
+            allocations: Vec::new(),
         }
     }
 
