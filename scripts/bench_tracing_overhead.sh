@@ -9,6 +9,7 @@ RUNS=${RUNS:-3}
 OUT=target/bench-tracing
 mkdir -p "$OUT"
 cargo build --release --quiet
+cargo run --release --quiet -p lumen-trace --example span_cost > "$OUT/span_cost.txt"
 CARGO_TARGET_DIR=target/no-spans cargo build --release --quiet --features lumen-trace/no-spans
 ON=target/release/lumen
 OFF=target/no-spans/release/lumen
@@ -41,4 +42,11 @@ for k in ["recorder", "debug"]:
     path = f"{out}/{k}.lumen"
     iters = sqlite3.connect(path).execute("SELECT COUNT(*) FROM iterations").fetchone()[0]
     print(f"trace size, {k}: {os.path.getsize(path) / iters * 1000 / 1e6:.2f} MB per 1,000 iterations ({iters} iterations)")
+cost = {l[:40].strip(): float(l[40:]) for l in open(f"{out}/span_cost.txt").read().splitlines()[1:]}
+db = sqlite3.connect(f"{out}/debug.lumen")
+iters, mean_ns = db.execute("SELECT COUNT(*), AVG(end - start) FROM iterations").fetchone()
+calls = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ["spans", "marks", "counters"]) / iters
+off_ns = calls * cost["span, all sinks off"]
+print(f"instrumentation sites per iteration (every switch on): {calls:.0f}; a disabled call costs {cost['span, all sinks off']:.2f} ns")
+print(f"bound on the cost with sinks off: {off_ns:.0f} ns per {mean_ns / 1e6:.1f} ms iteration = {100 * off_ns / mean_ns:.5f}%")
 PY

