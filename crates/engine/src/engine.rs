@@ -151,7 +151,7 @@ impl Engine {
             return;
         }
         let prompt_len = request.prompt.len();
-        mark(Category::Api, "enqueue", || Some(format!("{{\"request\":{id},\"prompt_tokens\":{prompt_len}}}")));
+        mark(Category::Api, "enqueue", || Some(format!("{{\"request\":{id},\"flow\":{id},\"prompt_tokens\":{prompt_len}}}")));
         self.incoming.push(Sequence {
             id,
             tokens: request.prompt,
@@ -174,7 +174,9 @@ impl Engine {
     }
 
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
-        mark(Category::Api, "finish", || Some(format!("{{\"request\":{},\"output_tokens\":{}}}", seq.id, seq.num_generated())));
+        mark(Category::Api, "finish", || {
+            Some(format!("{{\"request\":{0},\"flow\":{0},\"output_tokens\":{1}}}", seq.id, seq.num_generated()))
+        });
         self.kv.release(&mut seq.block_table);
         seq.timings.end_ns = now_ns();
         let _ = seq.events.send(RequestEvent::Finished {
@@ -237,7 +239,7 @@ impl Engine {
             seq.tokens.push(token);
             if seq.timings.first_token_ns.is_none() {
                 seq.timings.first_token_ns = Some(now);
-                mark(Category::Api, "first token", || Some(format!("{{\"request\":{}}}", seq.id)));
+                mark(Category::Api, "first token", || Some(format!("{{\"request\":{0},\"flow\":{0}}}", seq.id)));
             }
             let delivered = seq.events.send(RequestEvent::Token(token)).is_ok();
             let eos = !seq.stop.ignore_eos && self.eos_ids.contains(&token);
