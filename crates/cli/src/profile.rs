@@ -38,6 +38,9 @@ impl ProfileArgs {
             env_flag(&["LUMEN_PROFILE_RECORD_ALLOC", "TLLM_PROFILE_RECORD_GC"]),
             env_flag(&["LUMEN_PROFILE_RECORD_WAITS"]),
         );
+        if instrument::nvtx_from_env() {
+            eprintln!("[lumen] NVTX ranges on (domain lumen)");
+        }
         let env_windows = ProfileWindows::from_env().map_err(anyhow::Error::msg)?;
         let windows = match (env_windows, &self.profile_iters) {
             (Some((w, var)), Some(flag)) => {

@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod export;
 pub mod instrument;
 pub mod model;
+mod nvtx_sink;
 pub mod store;
 pub mod window;
 
