@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 OUT=target/bench-tracing
 mkdir -p "$OUT"
+rm -f "$OUT"/*.txt
 cargo build --release --quiet
-cargo run --release --quiet -p lumen-trace --example span_cost > "$OUT/span_cost.txt"
+cargo run --release --quiet -p lumen-trace --example span_cost > "$OUT/span_cost.cost"
 CARGO_TARGET_DIR=target/no-spans cargo build --release --quiet --features lumen-trace/no-spans
 ON=target/release/lumen
 OFF=target/no-spans/release/lumen
@@ -21,7 +22,6 @@ run() { # label binary extra-env...
   env "$@" "$bin" bench throughput --dataset "$OUT/dataset.jsonl" --warmup 1 --report-json "$OUT/$label.json" >/dev/null 2>&1
   python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['performance']['total_output_throughput_tok_s'])" "$OUT/$label.json" >> "$OUT/$label.txt"
 }
-rm -f "$OUT"/*.txt
 for i in $(seq "$RUNS"); do
   run compiled-out "$OFF"
   run off "$ON"
@@ -42,7 +42,7 @@ for k in ["recorder", "debug"]:
     path = f"{out}/{k}.lumen"
     iters = sqlite3.connect(path).execute("SELECT COUNT(*) FROM iterations").fetchone()[0]
     print(f"trace size, {k}: {os.path.getsize(path) / iters * 1000 / 1e6:.2f} MB per 1,000 iterations ({iters} iterations)")
-cost = {l[:40].strip(): float(l[40:]) for l in open(f"{out}/span_cost.txt").read().splitlines()[1:]}
+cost = {l[:40].strip(): float(l[40:]) for l in open(f"{out}/span_cost.cost").read().splitlines()[1:]}
 db = sqlite3.connect(f"{out}/debug.lumen")
 iters, mean_ns = db.execute("SELECT COUNT(*), AVG(end - start) FROM iterations").fetchone()
 calls = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ["spans", "marks", "counters"]) / iters

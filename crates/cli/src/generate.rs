@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_engine::{FinishReason, Request, RequestEvent, SamplingParams, StopConditions};
 use lumen_model::{ChatMessage, StreamDecoder};
+use lumen_trace::instrument::{span, Category};
 use std::io::Write;
 use std::time::Instant;
 
@@ -54,6 +55,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let profiler = args.profile.profiler(&args.model.spec())?;
     let model = args.model.load()?;
+    let tokenize_span = span(Category::Api, "tokenize");
     let prompt_ids = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => {
             if args.chat {
@@ -79,6 +81,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
+    drop(tokenize_span);
     let mut engine = args.engine.engine(model.clone())?;
     if let Some(p) = profiler {
         engine.enable_profiling(p);
@@ -105,7 +108,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     first_token.get_or_insert_with(|| started.elapsed());
                     ids.push(id);
                     match decoder.as_mut() {
-                        Some(d) => write!(out, "{}", d.push(id))?,
+                        Some(d) => {
+                            let text = {
+                                let _s = span(Category::Api, "detokenize");
+                                d.push(id)
+                            };
+                            write!(out, "{text}")?
+                        }
                         None => write!(out, "{}{id}", if ids.len() > 1 { "," } else { "" })?,
                     }
                     out.flush()?;

@@ -241,6 +241,7 @@ impl Engine {
                 seq.timings.first_token_ns = Some(now);
                 mark(Category::Api, "first token", || Some(format!("{{\"request\":{0},\"flow\":{0}}}", seq.id)));
             }
+            mark(Category::Api, "stream chunk", || Some(format!("{{\"request\":{},\"token\":{token}}}", seq.id)));
             let delivered = seq.events.send(RequestEvent::Token(token)).is_ok();
             let eos = !seq.stop.ignore_eos && self.eos_ids.contains(&token);
             let reason = if !delivered {

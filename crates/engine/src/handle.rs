@@ -34,6 +34,7 @@ impl EngineHandle {
 
     pub fn submit(&self, request: Request) -> RequestStream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        instrument::mark(instrument::Category::Api, "submit", || Some(format!("{{\"request\":{id},\"flow\":{id}}}")));
         let (tx, rx) = channel();
         if let Some(c) = &self.commands {
             let _ = c.send(Command::Submit(id, request, tx));
