@@ -60,9 +60,24 @@ fn a_window_on_the_real_model_records_exactly_its_iterations() {
     let s = Scratch::new("profile-window");
     let model = real_model().display().to_string();
     let data = dataset(&s, &model, "4", "24", "6");
-    let (trace, log) = (s.path("run.lumen"), s.path("iters.jsonl"));
+    let (trace, log, report) = (s.path("run.lumen"), s.path("iters.jsonl"), s.path("report.json"));
     let run = lumen_env(
-        &["bench", "throughput", "--model", &model, "--dataset", &data, "--iteration-log", &log, "--warmup", "1", "--max-num-tokens", "32"],
+        &[
+            "bench",
+            "throughput",
+            "--model",
+            &model,
+            "--dataset",
+            &data,
+            "--iteration-log",
+            &log,
+            "--report-json",
+            &report,
+            "--warmup",
+            "1",
+            "--max-num-tokens",
+            "32",
+        ],
         &[("LUMEN_PROFILE_START_STOP", "2-4"), ("LUMEN_TRACE", &trace)],
     )
     .ok();
@@ -82,6 +97,14 @@ fn a_window_on_the_real_model_records_exactly_its_iterations() {
         assert_eq!(line["used_num_blocks"], it.kv_used_blocks);
     }
     assert_eq!(logged[0]["iter"], 0, "iteration numbers restart after warm-up");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let total = |key: &str| logged.iter().map(|l| l[key].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(total("num_ctx_tokens"), r["requests"]["total_input_tokens"].as_u64().unwrap());
+    assert_eq!(
+        total("num_gen_tokens") + 4,
+        r["requests"]["total_output_tokens"].as_u64().unwrap(),
+        "one token per request comes from its prefill"
+    );
 }
 
 #[test]
