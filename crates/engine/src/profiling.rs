@@ -33,7 +33,7 @@ pub struct Profiler {
 impl Profiler {
     /// Records the iterations of `windows` (every iteration when `None`) into `path`.
     pub fn new(path: &Path, windows: Option<ProfileWindows>, meta: Vec<(String, String)>) -> Result<Self, String> {
-        let windows = windows.unwrap_or_else(|| ProfileWindows::parse(&format!("0-{}", u64::MAX), "all iterations").expect("valid range"));
+        let windows = windows.unwrap_or_else(ProfileWindows::all);
         let mut meta = meta;
         meta.push(("windows".into(), windows.to_string()));
         meta.push(("pid".into(), std::process::id().to_string()));

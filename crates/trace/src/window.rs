@@ -45,6 +45,11 @@ impl ProfileWindows {
         Ok(ProfileWindows { ranges })
     }
 
+    /// One window over every iteration.
+    pub fn all() -> Self {
+        ProfileWindows { ranges: vec![(0, u64::MAX)] }
+    }
+
     /// The windows set in the environment, with the variable that set them.
     pub fn from_env() -> Result<Option<(Self, &'static str)>, String> {
         for var in WINDOW_VARS {
@@ -71,6 +76,9 @@ impl ProfileWindows {
 
 impl fmt::Display for ProfileWindows {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == ProfileWindows::all() {
+            return f.write_str("all");
+        }
         let parts: Vec<String> = self.ranges.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
         f.write_str(&parts.join(","))
     }
@@ -127,6 +135,8 @@ mod tests {
         assert_eq!(w.ranges(), &[(7, 7), (10, 20), (50, 60)]);
         assert!(w.contains(10) && w.contains(20) && w.contains(7) && !w.contains(21) && !w.contains(8));
         assert_eq!(w.to_string(), "7,10-20,50-60");
+        assert_eq!(ProfileWindows::all().to_string(), "all");
+        assert!(ProfileWindows::all().contains(u64::MAX - 1));
     }
 
     #[test]
