@@ -341,10 +341,11 @@ struct Open {
     record: bool,
     /// An NVTX range was pushed at the open and is popped at the end.
     nvtx: bool,
+    /// Keeps spans on the thread that opened them: their NVTX range is a thread range.
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
-/// An open span; it ends when dropped. Drop it on the thread that opened it: its NVTX range is a
-/// thread range.
+/// An open span; it ends when dropped, on the thread that opened it (it is not `Send`).
 #[must_use = "a span ends when this guard is dropped"]
 pub struct Span(Option<Open>);
 
@@ -413,14 +414,23 @@ fn open(category: Category, name: Cow<'static, str>) -> Span {
     let nvtx = nvtx_sink::on() && in_nvtx(|| nvtx_sink::push(category, &name));
     let record = RECORDING.load(Ordering::Relaxed);
     if !record {
-        return Span(nvtx.then_some(Open { start_ns: 0, name, category, depth: 0, args: None, record, nvtx }));
+        return Span(nvtx.then_some(Open {
+            start_ns: 0,
+            name,
+            category,
+            depth: 0,
+            args: None,
+            record,
+            nvtx,
+            _thread_bound: std::marker::PhantomData,
+        }));
     }
     let depth = DEPTH.with(|d| {
         let depth = d.get();
         d.set(depth + 1);
         depth
     });
-    Span(Some(Open { start_ns: now_ns(), name, category, depth, args: None, record, nvtx }))
+    Span(Some(Open { start_ns: now_ns(), name, category, depth, args: None, record, nvtx, _thread_bound: std::marker::PhantomData }))
 }
 
 /// Opens a span with a static name.
