@@ -3,13 +3,7 @@
 //! the same tokens whatever batch it runs in.
 
 use crate::request::SamplingParams;
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E3779B97F4A7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-    z ^ (z >> 31)
-}
+use lumen_model::presets::splitmix64;
 
 /// Index of the largest logit; the lowest index wins ties.
 pub fn argmax(logits: &[f32]) -> u32 {
