@@ -11,8 +11,8 @@ use lumen_trace::store::{Batch, TraceWriter};
 use lumen_trace::window::{ProfileWindows, WindowEvent, WindowState};
 use std::path::{Path, PathBuf};
 
-/// Flush the recorder when it holds this many rows, or after this long.
-const FLUSH_ROWS: usize = 20_000;
+/// Flush after this many recorded iterations, or after this long, whichever comes first.
+const FLUSH_ITERATIONS: usize = 1_250;
 const FLUSH_NS: u64 = 500_000_000;
 
 enum Output {
@@ -93,7 +93,7 @@ impl Profiler {
         if closing {
             instrument::stop_recording();
         }
-        if closing || self.iterations.len() >= FLUSH_ROWS / 16 || now_ns() - self.last_flush_ns > FLUSH_NS {
+        if closing || self.iterations.len() >= FLUSH_ITERATIONS || now_ns() - self.last_flush_ns > FLUSH_NS {
             self.flush(&[])?;
         }
         Ok(())
