@@ -6,5 +6,6 @@
 //! device memory owned by the backend; which blocks belong to whom is the engine's business.
 
 pub mod cpu;
+pub mod cuda;
 
 pub use cpu::kv::{AttentionSeq, KvStorage};

@@ -45,6 +45,16 @@ pub fn run_benchmark(
     iteration_log: Option<&mut dyn Write>,
     profiler: Option<Profiler>,
 ) -> Result<RunResult> {
+    let limit = engine.max_seq_len();
+    if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| e.input_ids.len() + e.output_tokens as usize > limit) {
+        bail!(
+            "dataset request {i} (task_id {}) needs {} tokens ({} in + {} out) but the engine holds at most {limit} per sequence (model context or KV cache); nothing was run",
+            e.task_id,
+            e.input_ids.len() + e.output_tokens as usize,
+            e.input_ids.len(),
+            e.output_tokens
+        );
+    }
     if options.warmup > 0 {
         let warm: Vec<DatasetEntry> = entries.iter().cycle().take(options.warmup).cloned().collect();
         drive(engine, &warm, options, None, "warm-up")?;
@@ -90,7 +100,7 @@ fn drive(
             in_flight.push((next, stream, 0));
             next += 1;
         }
-        let step = engine.step();
+        let step = engine.step()?;
         if let Some(w) = log.as_mut() {
             serde_json::to_writer(&mut *w, &step.stats).context("cannot write the iteration log")?;
             writeln!(w).context("cannot write the iteration log")?;

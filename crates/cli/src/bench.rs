@@ -90,7 +90,7 @@ fn length(flag: &str, v: i64) -> Result<u32> {
 }
 
 fn prepare(args: PrepareArgs) -> Result<()> {
-    let spec = ModelArgs { model: args.model.clone(), threads: None }.spec();
+    let spec = ModelArgs { model: args.model.clone(), threads: None, device: lumen_model::Device::Cpu }.spec();
     let (config, tokenizer) = describe_model(&spec)?;
     let eos_id = config.eos_token_ids.first().copied().or(tokenizer.as_ref().and_then(|t| t.eos_id()));
     let vocab = Vocab { size: config.vocab_size, eos_id };
@@ -203,7 +203,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
         ensure!(n <= entries.len(), "--num-requests {n} exceeds the {} requests in {}", entries.len(), args.dataset.display());
         entries.truncate(n);
     }
-    let mut engine = args.engine.engine(model.clone())?;
+    let mut engine = args.engine.engine(model.clone(), model.cuda_weights().is_some())?;
     let report_file = match &args.report_json {
         Some(p) => Some((p, std::fs::File::create(p).with_context(|| format!("cannot create report {}", p.display()))?)),
         None => None,

@@ -82,7 +82,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
     drop(tokenize_span);
-    let mut engine = args.engine.engine(model.clone())?;
+    let mut engine = args.engine.engine(model.clone(), model.cuda_weights().is_some())?;
     if let Some(p) = profiler {
         engine.enable_profiling(p);
     }
@@ -99,7 +99,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut ids = Vec::new();
     loop {
         if engine.has_work() {
-            engine.step();
+            engine.step()?;
         }
         let mut finished = None;
         while let Ok(ev) = stream.events.try_recv() {

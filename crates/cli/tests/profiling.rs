@@ -234,7 +234,7 @@ fn a_killed_writer_leaves_a_readable_trace() {
     let model = real_model().display().to_string();
     let data = dataset(&s, &model, "16", "64", "400");
     let trace = s.path("crash.lumen");
-    let mut child = Command::new(common::LUMEN)
+    let mut child = Command::new(common::lumen_bin())
         .args(["bench", "throughput", "--model", &model, "--dataset", &data, "--trace", &trace, "--warmup", "0"])
         .env_remove("LUMEN_PROFILE_START_STOP")
         .stdout(Stdio::null())

@@ -4,17 +4,17 @@ use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
 use crate::profiling::Profiler;
 use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings};
-use crate::runner;
-use crate::sampler;
+use crate::runner::{self, Runner};
 use crate::scheduler::{Scheduler, Sequence};
 use crate::stats::IterationStats;
 use anyhow::Result;
-use lumen_backend::KvStorage;
+use lumen_model::cuda::SampleParams;
 use lumen_model::Model;
 use lumen_trace::alloc::AllocTotals;
 use lumen_trace::instrument::{counter, mark, span, span_named, Category};
 use lumen_trace::model::RequestRow;
 use lumen_trace::now_ns;
+use lumen_trace::window::WindowEvent;
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ pub struct StepOutput {
 pub struct Engine {
     pub model: Arc<Model>,
     pub config: EngineConfig,
-    storage: KvStorage,
+    runner: Runner,
     kv: KvCacheManager,
     scheduler: Scheduler,
     next_id: RequestId,
@@ -45,10 +45,8 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
+        let (runner, num_blocks) = Runner::new(&model, &config)?;
         let c = model.config();
-        let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim);
-        let num_blocks = config.num_kv_blocks(bytes_per_token)?;
-        let storage = model.decoder.new_kv_storage(num_blocks, config.block_size);
         let kv = KvCacheManager::new(num_blocks, config.block_size);
         let mut eos_ids = c.eos_token_ids.clone();
         if let Some(e) = model.tokenizer.as_ref().and_then(|t| t.eos_id()) {
@@ -60,7 +58,7 @@ impl Engine {
         Ok(Engine {
             model,
             config,
-            storage,
+            runner,
             kv,
             scheduler: Scheduler::default(),
             next_id: 0,
@@ -173,6 +171,16 @@ impl Engine {
         }
     }
 
+    /// Ends every request with an error after a failed step.
+    pub fn fail_all(&mut self, why: &str) {
+        let mut all: Vec<Sequence> = self.incoming.drain(..).collect();
+        all.extend(self.scheduler.waiting.drain(..));
+        all.extend(self.scheduler.running.drain(..));
+        for seq in all {
+            self.finish(seq, FinishReason::Rejected(format!("engine failed: {why}")));
+        }
+    }
+
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
         mark(Category::Api, "finish", || {
             Some(format!("{{\"request\":{0},\"flow\":{0},\"output_tokens\":{1}}}", seq.id, seq.num_generated()))
@@ -187,11 +195,14 @@ impl Engine {
         });
     }
 
-    /// Runs one iteration of the executor loop.
-    pub fn step(&mut self) -> StepOutput {
+    /// Runs one iteration of the executor loop. An error means the device failed; the engine
+    /// cannot go on.
+    pub fn step(&mut self) -> Result<StepOutput> {
         let iter = self.iteration;
         if let Some(p) = &mut self.profiler {
-            p.before_iteration(iter);
+            if p.before_iteration(iter) == Some(WindowEvent::Open) {
+                self.runner.set_profiler(true)?;
+            }
         }
         let start = now_ns();
         let allocs_before = AllocTotals::now();
@@ -213,18 +224,31 @@ impl Engine {
             let _s = span(Category::Phase, "prepare inputs");
             runner::prepare(&decision, &self.scheduler, &self.kv)
         };
-        let logits = {
+        let sampling: Vec<SampleParams> = decision
+            .seqs
+            .iter()
+            .filter(|s| s.samples)
+            .map(|s| {
+                let seq = self.scheduler.running.iter().find(|r| r.id == s.id).expect("scheduled sequences are running");
+                let p = &seq.sampling;
+                SampleParams {
+                    temperature: p.temperature,
+                    top_k: p.top_k as u32,
+                    top_p: p.top_p,
+                    seed: p.seed,
+                    index: seq.num_generated() as u32,
+                }
+            })
+            .collect();
+        {
             let _s = span(Category::Phase, "forward");
-            if input.tokens.is_empty() {
-                Vec::new()
-            } else {
-                runner::execute(&self.model.decoder, &input, &mut self.storage)
+            if !input.tokens.is_empty() {
+                self.runner.forward(&self.model, &input, &sampling)?;
             }
-        };
+        }
         let sample_span = span(Category::Phase, "sample");
-
-        let vocab = self.model.config().vocab_size;
-        let mut rows = logits.chunks(vocab);
+        let sampled = if input.tokens.is_empty() { Vec::new() } else { self.runner.sample(self.model.config().vocab_size, &sampling)? };
+        let mut sampled = sampled.into_iter();
         let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
         let now = now_ns();
         for s in &decision.seqs {
@@ -234,8 +258,7 @@ impl Engine {
             if !s.samples {
                 continue;
             }
-            let row = rows.next().expect("one logits row per sampling sequence");
-            let token = sampler::sample(row, &seq.sampling, seq.num_generated());
+            let token = sampled.next().expect("one sampled token per sampling sequence");
             seq.tokens.push(token);
             if seq.timings.first_token_ns.is_none() {
                 seq.timings.first_token_ns = Some(now);
@@ -279,6 +302,7 @@ impl Engine {
             end_ns: end,
             iter_latency_ms: (end - start) as f64 / 1e6,
             host_step_ms: (end - start) as f64 / 1e6,
+            device_step_ms: if input.tokens.is_empty() { None } else { self.runner.device_ms() },
             num_queued_requests: self.scheduler.waiting.len(),
             num_active_requests: self.scheduler.running.len(),
             num_completed_requests: finished.len(),
@@ -298,12 +322,16 @@ impl Engine {
             host_alloc_bytes: allocs.bytes,
         };
         if let Some(p) = &mut self.profiler {
-            if let Err(e) = p.after_iteration(iter, &stats) {
-                self.profiler = None;
-                self.profile_error = Some(e);
+            match p.after_iteration(iter, &stats) {
+                Ok(Some(WindowEvent::Close)) => self.runner.set_profiler(false)?,
+                Ok(_) => {}
+                Err(e) => {
+                    self.profiler = None;
+                    self.profile_error = Some(e);
+                }
             }
         }
         self.iteration += 1;
-        StepOutput { stats, finished }
+        Ok(StepOutput { stats, finished })
     }
 }

@@ -78,9 +78,17 @@ fn run(engine: &mut Engine, commands: Receiver<Command>, stats: Option<Sender<It
             apply(engine, c);
         }
         if engine.has_work() {
-            let out = engine.step();
-            if let Some(s) = &stats {
-                let _ = s.send(out.stats);
+            match engine.step() {
+                Ok(out) => {
+                    if let Some(s) = &stats {
+                        let _ = s.send(out.stats);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("[lumen] engine failed: {e:#}");
+                    engine.fail_all(&format!("{e:#}"));
+                    return;
+                }
             }
         }
     }

@@ -52,20 +52,23 @@ impl Profiler {
         })
     }
 
-    /// Called before iteration `iter`: opens a window that starts here.
-    pub fn before_iteration(&mut self, iter: u64) {
-        if self.state.before(iter) == Some(WindowEvent::Open) {
+    /// Called before iteration `iter`: opens a window that starts here (and says so, for the
+    /// caller to start the CUDA profiler).
+    pub fn before_iteration(&mut self, iter: u64) -> Option<WindowEvent> {
+        let event = self.state.before(iter);
+        if event == Some(WindowEvent::Open) {
             instrument::start_recording();
         }
         instrument::set_iteration(Some(iter));
+        event
     }
 
     /// Called after iteration `iter` with its statistics: records it, flushes when due, and closes
-    /// a window that ends here.
-    pub fn after_iteration(&mut self, iter: u64, stats: &IterationStats) -> Result<(), String> {
+    /// a window that ends here (returning `Close`, for the caller to stop the CUDA profiler).
+    pub fn after_iteration(&mut self, iter: u64, stats: &IterationStats) -> Result<Option<WindowEvent>, String> {
         instrument::set_iteration(None);
         if !self.state.is_open() {
-            return Ok(());
+            return Ok(None);
         }
         self.recorded_iterations += 1;
         self.iterations.push(IterationRow {
@@ -79,7 +82,7 @@ impl Profiler {
             kv_used_blocks: stats.used_num_blocks as u64,
             kv_total_blocks: stats.max_num_blocks as u64,
             host_ms: stats.host_step_ms,
-            device_ms: None,
+            device_ms: stats.device_step_ms,
         });
         self.allocations.push(AllocationRow {
             iteration: iter,
@@ -96,7 +99,7 @@ impl Profiler {
         if closing || self.iterations.len() >= FLUSH_ITERATIONS || now_ns() - self.last_flush_ns > FLUSH_NS {
             self.flush(&[])?;
         }
-        Ok(())
+        Ok(closing.then_some(WindowEvent::Close))
     }
 
     /// Writes what the recorder holds, plus `requests`.

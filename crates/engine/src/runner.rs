@@ -1,11 +1,17 @@
 //! The model runner: turns a scheduler decision into the model's flattened batch (tokens,
 //! positions, KV slots, per-sequence block tables, rows that need logits), runs it, and hands
-//! back one logits row per sampling sequence.
+//! back one sampled token per sampling sequence, on the CPU or through the CUDA runner.
 
+use crate::config::{EngineConfig, KvBudget};
 use crate::kv_cache::KvCacheManager;
+use crate::request::SamplingParams;
+use crate::sampler;
 use crate::scheduler::{Scheduler, SchedulerOutput};
+use anyhow::Result;
 use lumen_backend::{AttentionSeq, KvStorage};
-use lumen_model::{Decoder, ForwardBatch};
+use lumen_model::cuda::{CudaRunner, KvSize, RunnerConfig, SampleParams};
+use lumen_model::{Executor, ForwardBatch, Model};
+use std::sync::Arc;
 
 /// The inputs of one forward step, owned so the batch can borrow them.
 pub struct ModelInput {
@@ -35,19 +41,97 @@ pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager
     input
 }
 
-/// Runs the model; returns `[logit_rows.len(), vocab]` logits.
-pub fn execute(decoder: &Decoder, input: &ModelInput, storage: &mut KvStorage) -> Vec<f32> {
-    let seqs: Vec<AttentionSeq> = input
-        .seqs
-        .iter()
-        .map(|(start, len, first_pos, table)| AttentionSeq { start: *start, len: *len, first_pos: *first_pos, block_table: table })
-        .collect();
-    let batch = ForwardBatch {
-        tokens: &input.tokens,
-        positions: &input.positions,
-        slots: &input.slots,
-        seqs: &seqs,
-        logit_rows: &input.logit_rows,
-    };
-    decoder.forward(&batch, storage)
+/// The device-side half of the engine: owns the KV storage and runs steps on the CPU or a GPU.
+pub enum Runner {
+    Cpu { storage: KvStorage, logits: Vec<f32> },
+    Cuda(Box<CudaRunner>),
+}
+
+impl Runner {
+    /// Builds the runner for where the model lives; returns it with the number of KV blocks.
+    pub fn new(model: &Arc<Model>, config: &EngineConfig) -> Result<(Runner, usize)> {
+        let c = model.config();
+        match &model.executor {
+            Executor::Cpu(decoder) => {
+                let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim);
+                let blocks = config.num_kv_blocks(bytes_per_token)?;
+                Ok((Runner::Cpu { storage: decoder.new_kv_storage(blocks, config.block_size), logits: Vec::new() }, blocks))
+            }
+            Executor::Cuda(_) => {
+                let kv = match config.kv_budget {
+                    KvBudget::Tokens(t) => KvSize::Blocks(t.div_ceil(config.block_size).max(1)),
+                    KvBudget::Bytes(b) => KvSize::Bytes(b as u64),
+                    KvBudget::GpuFraction(f) => KvSize::FreeFraction(f),
+                };
+                let runner = CudaRunner::new(
+                    model.clone(),
+                    RunnerConfig {
+                        max_tokens: config.max_num_tokens,
+                        max_seqs: config.max_batch_size,
+                        block_size: config.block_size,
+                        kv,
+                        graph_sizes: config.cuda_graphs.capture_sizes(config.max_batch_size),
+                        graph_padding: config.cuda_graphs.enable_padding,
+                        batch_invariant: std::env::var("LUMEN_BATCH_INVARIANT").is_ok_and(|v| v == "1"),
+                    },
+                )?;
+                let blocks = runner.num_blocks();
+                Ok((Runner::Cuda(Box::new(runner)), blocks))
+            }
+        }
+    }
+
+    /// Starts the forward pass (on the CPU it runs to completion).
+    pub fn forward(&mut self, model: &Model, input: &ModelInput, sampling: &[SampleParams]) -> Result<()> {
+        let seqs: Vec<AttentionSeq> = input
+            .seqs
+            .iter()
+            .map(|(start, len, first_pos, table)| AttentionSeq { start: *start, len: *len, first_pos: *first_pos, block_table: table })
+            .collect();
+        let batch = ForwardBatch {
+            tokens: &input.tokens,
+            positions: &input.positions,
+            slots: &input.slots,
+            seqs: &seqs,
+            logit_rows: &input.logit_rows,
+        };
+        match self {
+            Runner::Cpu { storage, logits } => {
+                *logits = model.cpu_decoder()?.forward(&batch, storage);
+                Ok(())
+            }
+            Runner::Cuda(r) => r.launch(&batch, sampling),
+        }
+    }
+
+    /// The sampled token of every logits row, in order.
+    pub fn sample(&mut self, vocab: usize, sampling: &[SampleParams]) -> Result<Vec<u32>> {
+        match self {
+            Runner::Cpu { logits, .. } => Ok(logits
+                .chunks(vocab)
+                .zip(sampling)
+                .map(|(row, p)| {
+                    let params = SamplingParams { temperature: p.temperature, top_k: p.top_k as usize, top_p: p.top_p, seed: p.seed };
+                    sampler::sample(row, &params, p.index as usize)
+                })
+                .collect()),
+            Runner::Cuda(r) => r.finish(),
+        }
+    }
+
+    /// Device time of the last step, where the device measures it.
+    pub fn device_ms(&self) -> Option<f64> {
+        match self {
+            Runner::Cpu { .. } => None,
+            Runner::Cuda(r) => r.last_device_ms(),
+        }
+    }
+
+    /// Opens or closes the CUDA profiler's collection window (nothing on the CPU).
+    pub fn set_profiler(&self, on: bool) -> Result<()> {
+        match self {
+            Runner::Cpu { .. } => Ok(()),
+            Runner::Cuda(r) => r.gpu().profiler(on),
+        }
+    }
 }

@@ -11,6 +11,9 @@ pub struct IterationStats {
     pub iter_latency_ms: f64,
     /// Host time spent in the step (on the CPU backend, the whole step).
     pub host_step_ms: f64,
+    /// Device time of the step (CUDA events around it); `None` on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_step_ms: Option<f64>,
     pub num_queued_requests: usize,
     pub num_active_requests: usize,
     pub num_completed_requests: usize,

@@ -14,7 +14,7 @@ fn alone(model: &Arc<Model>, r: &Request) -> Vec<u32> {
     let mut engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
     let stream = engine.submit(r.clone());
     while engine.has_work() {
-        engine.step();
+        engine.step().unwrap();
     }
     let (tokens, done) = stream.collect();
     assert!(matches!(done, RequestEvent::Finished { reason: FinishReason::Length, .. }), "{done:?}");
@@ -28,7 +28,7 @@ fn together(model: &Arc<Model>, requests: &[Request], config: EngineConfig) -> (
     let streams: Vec<_> = requests.iter().map(|r| engine.submit(r.clone())).collect();
     let (mut chunked, mut preempted, mut mixed) = (false, false, false);
     while engine.has_work() {
-        let s = engine.step().stats;
+        let s = engine.step().unwrap().stats;
         preempted |= s.num_preempted_requests > 0;
         mixed |= s.num_ctx_requests > 0 && s.num_gen_requests > 0;
         chunked |= s.num_ctx_tokens == config.max_num_tokens - s.num_gen_tokens && s.num_ctx_requests > 0;
@@ -55,7 +55,8 @@ fn check(model: Arc<Model>, requests: Vec<Request>, config: EngineConfig) {
 fn greedy_tokens_on_the_real_model_do_not_depend_on_the_batch() {
     let model = Arc::new(load_model(lumen_model::default_model_path().to_str().unwrap()).unwrap_or_else(|e| panic!("{e:#}")));
     let requests = prompts(6, 49152).into_iter().map(|p| request(p, 10, SamplingParams::default())).collect();
-    let config = EngineConfig { max_batch_size: 8, max_num_tokens: 24, block_size: 4, kv_budget: KvBudget::Tokens(96) };
+    let config =
+        EngineConfig { max_batch_size: 8, max_num_tokens: 24, block_size: 4, kv_budget: KvBudget::Tokens(96), ..EngineConfig::default() };
     check(model, requests, config);
 }
 
@@ -74,6 +75,7 @@ fn sampled_tokens_on_a_preset_do_not_depend_on_the_batch() {
             request(p, 12, sampling)
         })
         .collect();
-    let config = EngineConfig { max_batch_size: 6, max_num_tokens: 32, block_size: 4, kv_budget: KvBudget::Tokens(200) };
+    let config =
+        EngineConfig { max_batch_size: 6, max_num_tokens: 32, block_size: 4, kv_budget: KvBudget::Tokens(200), ..EngineConfig::default() };
     check(model, requests, config);
 }

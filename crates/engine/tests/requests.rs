@@ -16,7 +16,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize, stop_ids: Vec<u32>, ignore_eos: b
 fn run(engine: &mut Engine, r: Request) -> (Vec<u32>, FinishReason, usize) {
     let s = engine.submit(r);
     while engine.has_work() {
-        engine.step();
+        engine.step().unwrap();
     }
     match s.collect() {
         (tokens, RequestEvent::Finished { reason, output_tokens, .. }) => (tokens, reason, output_tokens),
@@ -60,8 +60,8 @@ fn impossible_requests_are_rejected_with_the_reason() {
 fn abort_frees_the_request_and_reports_it() {
     let mut e = engine(EngineConfig::default());
     let s = e.submit(greedy(vec![4, 5, 6], 100, vec![], true));
-    e.step();
-    e.step();
+    e.step().unwrap();
+    e.step().unwrap();
     e.abort(s.id);
     assert!(!e.has_work());
     let (tokens, done) = s.collect();

@@ -5,6 +5,7 @@
 //! [`Decoder`] plus, when the source has one, its tokenizer and chat template.
 
 pub mod config;
+pub mod cuda;
 pub mod gguf;
 pub mod llama;
 mod load;
@@ -14,7 +15,7 @@ pub mod weights;
 
 pub use config::ModelConfig;
 pub use llama::{Decoder, ForwardBatch};
-pub use load::{default_model_path, describe_model, load_model, DEFAULT_MODEL_FILE, SETUP_COMMAND};
+pub use load::{default_model_path, describe_model, load_model, load_model_on, Device, DEFAULT_MODEL_FILE, SETUP_COMMAND};
 pub use lumen_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
 
 /// A loaded model, ready for the engine.
@@ -23,14 +24,46 @@ pub struct Model {
     pub name: String,
     /// What it was loaded from: `gguf`, `safetensors` or `preset`.
     pub format: &'static str,
-    pub decoder: Decoder,
+    pub config: ModelConfig,
+    pub executor: Executor,
     pub tokenizer: Option<Tokenizer>,
     pub chat_template: Option<ChatTemplate>,
 }
 
+/// Where the weights live and what runs the forward pass.
+pub enum Executor {
+    /// f32 weights in host memory, run by the CPU backend.
+    Cpu(Decoder),
+    /// bf16 weights on a GPU, run by a [`cuda::CudaRunner`].
+    Cuda(cuda::CudaWeights),
+}
+
 impl Model {
     pub fn config(&self) -> &ModelConfig {
-        &self.decoder.config
+        &self.config
+    }
+
+    /// The CPU decoder, or an error when the model was loaded on a GPU.
+    pub fn cpu_decoder(&self) -> anyhow::Result<&Decoder> {
+        match &self.executor {
+            Executor::Cpu(d) => Ok(d),
+            Executor::Cuda(_) => anyhow::bail!("model {} is loaded on the GPU, not the CPU", self.name),
+        }
+    }
+
+    pub fn cuda_weights(&self) -> Option<&cuda::CudaWeights> {
+        match &self.executor {
+            Executor::Cuda(w) => Some(w),
+            Executor::Cpu(_) => None,
+        }
+    }
+
+    /// `cpu`, or `cuda:<ordinal> (<GPU name>)`.
+    pub fn device_description(&self) -> String {
+        match &self.executor {
+            Executor::Cpu(_) => "cpu".into(),
+            Executor::Cuda(w) => format!("cuda:{} ({})", w.gpu.ordinal, w.gpu.info.name),
+        }
     }
 
     /// The tokenizer, or an error saying this model takes token ids only.

@@ -2,15 +2,18 @@
 //! weights, builds its tokenizer, and refuses what would not fit in memory.
 
 use crate::config::ModelConfig;
+use crate::cuda::CudaWeights;
 use crate::gguf::{GgufFile, MetaValue};
 use crate::llama::Decoder;
 use crate::presets::{preset_config, random_tensor, PRESET_NAMES};
 use crate::safetensors::SafetensorsDir;
-use crate::weights::{check_shape, Weights};
-use crate::Model;
+use crate::weights::{check_shape, Fetch, Weights};
+use crate::{Executor, Model};
 use anyhow::{bail, ensure, Context, Result};
+use lumen_backend::cuda::Gpu;
 use lumen_tokenizer::{ChatTemplate, PreTokenizer, Tokenizer, TokenizerSpec};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The GGUF that set-up fetches, and the command that fetches it.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -59,13 +62,75 @@ fn resolve(spec: &str) -> Result<Source<'_>> {
     Ok(if path.is_dir() { Source::HfDir(path) } else { Source::Gguf(path) })
 }
 
-/// Loads a GGUF file, a Hugging Face directory, or a preset (`NAME` or `NAME@SEED`).
-pub fn load_model(spec: &str) -> Result<Model> {
-    match resolve(spec)? {
-        Source::Preset(name, seed) => load_preset(name, seed),
-        Source::HfDir(dir) => load_hf_dir(dir),
-        Source::Gguf(path) => load_gguf(path),
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// The first CUDA GPU; an error when there is none.
+    Cuda,
+    /// The first CUDA GPU when one can be opened, else the CPU (with a log line saying why).
+    Auto,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            "auto" => Ok(Device::Auto),
+            other => Err(format!("unknown device {other:?}: expected cpu, cuda or auto")),
+        }
     }
+}
+
+/// Opens the GPU the device choice asks for: `None` means the CPU.
+fn open_device(device: Device) -> Result<Option<Arc<Gpu>>> {
+    match device {
+        Device::Cpu => Ok(None),
+        Device::Cuda => Gpu::open(0).map(Some).context("--device cuda"),
+        Device::Auto => match Gpu::open(0) {
+            Ok(gpu) => Ok(Some(gpu)),
+            Err(e) => {
+                eprintln!("[lumen] --device auto: no usable GPU ({e:#}); running on the CPU");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Loads a GGUF file, a Hugging Face directory, or a preset (`NAME` or `NAME@SEED`) on the CPU.
+pub fn load_model(spec: &str) -> Result<Model> {
+    load_model_on(spec, Device::Cpu)
+}
+
+/// Loads a model on `device`: f32 on the CPU, bf16 on a GPU.
+pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
+    let source = resolve(spec)?;
+    let mut gpu = open_device(device)?;
+    if gpu.is_some() && device == Device::Auto {
+        let (config, _) = describe_model(spec)?;
+        if !lumen_backend::cuda::Kernels::supports_head_dim(config.head_dim) {
+            eprintln!("[lumen] --device auto: head_dim {} is not supported on CUDA; running on the CPU", config.head_dim);
+            gpu = None;
+        }
+    }
+    match source {
+        Source::Preset(name, seed) => load_preset(name, seed, gpu),
+        Source::HfDir(dir) => load_hf_dir(dir, gpu),
+        Source::Gguf(path) => load_gguf(path, gpu),
+    }
+}
+
+/// Assembles the weights for the CPU or the GPU, after checking they fit.
+fn executor(config: &ModelConfig, gpu: Option<Arc<Gpu>>, what: &str, fetch: &mut Fetch) -> Result<Executor> {
+    Ok(match gpu {
+        None => {
+            check_memory(config, what)?;
+            Executor::Cpu(Decoder::new(config.clone(), Weights::assemble(config, fetch)?))
+        }
+        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, gpu, what, fetch)?),
+    })
 }
 
 /// The config and tokenizer of a model spec, without loading its weights.
@@ -85,17 +150,10 @@ fn check_memory(config: &ModelConfig, what: &str) -> Result<()> {
     lumen_backend::cpu::ensure_fits_in_memory(need, &format!("{what}: f32 weights")).map_err(anyhow::Error::msg)
 }
 
-fn load_preset(name: &str, seed: u64) -> Result<Model> {
+fn load_preset(name: &str, seed: u64, gpu: Option<Arc<Gpu>>) -> Result<Model> {
     let config = preset_config(name)?;
-    check_memory(&config, &format!("preset {name}"))?;
-    let weights = Weights::assemble(&config, &mut |n, shape| Ok(random_tensor(seed, n, shape)))?;
-    Ok(Model {
-        name: format!("{name}@{seed}"),
-        format: "preset",
-        decoder: Decoder::new(config, weights),
-        tokenizer: None,
-        chat_template: None,
-    })
+    let executor = executor(&config, gpu, &format!("preset {name}"), &mut |n, shape| Ok(random_tensor(seed, n, shape)))?;
+    Ok(Model { name: format!("{name}@{seed}"), format: "preset", config, executor, tokenizer: None, chat_template: None })
 }
 
 fn hf_config(dir: &Path) -> Result<ModelConfig> {
@@ -109,15 +167,14 @@ fn hf_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     Ok(if path.exists() { Some(Tokenizer::from_hf_json(&path)?) } else { None })
 }
 
-fn load_hf_dir(dir: &Path) -> Result<Model> {
+fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
     let mut config = hf_config(dir)?;
-    check_memory(&config, &dir.display().to_string())?;
     let tensors = SafetensorsDir::open(dir)?;
     if !config.tie_word_embeddings && !tensors.contains("lm_head.weight") {
         config.tie_word_embeddings = true;
     }
     let source = dir.display().to_string();
-    let weights = Weights::assemble(&config, &mut |name, want| {
+    let executor = executor(&config, gpu, &source, &mut |name, want| {
         let (shape, values) = tensors.get(name).with_context(|| source.clone())?;
         check_shape(&source, name, &shape, want)?;
         Ok(values)
@@ -129,7 +186,7 @@ fn load_hf_dir(dir: &Path) -> Result<Model> {
         .and_then(|v| v["chat_template"].as_str().map(str::to_string))
         .map(|t| ChatTemplate::new(&t))
         .transpose()?;
-    Ok(Model { name: source, format: "safetensors", decoder: Decoder::new(config, weights), tokenizer, chat_template })
+    Ok(Model { name: source, format: "safetensors", config, executor, tokenizer, chat_template })
 }
 
 /// The GGUF name of a tensor given by its Hugging Face name.
@@ -255,13 +312,12 @@ fn gguf_tokenizer(g: &GgufFile) -> Result<Option<Tokenizer>> {
     Ok(Some(Tokenizer::new(spec).with_context(|| format!("{}: bad tokenizer metadata", g.path.display()))?))
 }
 
-fn load_gguf(path: &Path) -> Result<Model> {
+fn load_gguf(path: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
     let g = GgufFile::open(path)?;
     let config = gguf_config(&g)?;
-    check_memory(&config, &path.display().to_string())?;
     let permuted = config.arch == "llama" || config.arch == "mistral";
     let source = path.display().to_string();
-    let weights = Weights::assemble(&config, &mut |hf, want| {
+    let executor = executor(&config, gpu, &source, &mut |hf, want| {
         let name = gguf_name(hf);
         let t = g.tensor(&name).with_context(|| format!("{source}: tensor {name} ({hf}) is missing"))?;
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
@@ -275,7 +331,7 @@ fn load_gguf(path: &Path) -> Result<Model> {
     })?;
     let tokenizer = gguf_tokenizer(&g)?;
     let chat_template = g.meta("tokenizer.chat_template").and_then(MetaValue::as_str).map(ChatTemplate::new).transpose()?;
-    Ok(Model { name: source, format: "gguf", decoder: Decoder::new(config, weights), tokenizer, chat_template })
+    Ok(Model { name: source, format: "gguf", config, executor, tokenizer, chat_template })
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use crate::config::{ModelConfig, RopeScaling};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-pub const PRESET_NAMES: [&str; 7] = ["llama-3.1-8b", "llama-3.2-1b", "smollm2-135m", "tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral"];
+pub const PRESET_NAMES: [&str; 8] =
+    ["llama-3.1-70b", "llama-3.1-8b", "llama-3.2-1b", "smollm2-135m", "tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral"];
 
 fn llama3_scaling(factor: f64, original: f64) -> Option<RopeScaling> {
     Some(RopeScaling { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: original })
@@ -102,6 +103,22 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
             eos_token_ids: vec![128001, 128008, 128009],
             ..base
         },
+        "llama-3.1-70b" => ModelConfig {
+            vocab_size: 128256,
+            hidden_size: 8192,
+            num_layers: 80,
+            num_heads: 64,
+            num_kv_heads: 8,
+            head_dim: 128,
+            intermediate_size: 28672,
+            rope_theta: 500000.0,
+            rope_scaling: llama3_scaling(8.0, 8192.0),
+            max_position_embeddings: 131072,
+            tie_word_embeddings: false,
+            bos_token_id: Some(128000),
+            eos_token_ids: vec![128001, 128008, 128009],
+            ..base
+        },
         other => bail!("unknown preset {other:?}; expected one of {}", PRESET_NAMES.join(", ")),
     };
     Ok(c)
@@ -169,6 +186,8 @@ mod tests {
     fn preset_sizes_are_the_real_ones() {
         let p = preset_config("llama-3.1-8b").unwrap().num_params();
         assert!((8_000_000_000..8_100_000_000).contains(&p), "{p}");
+        let p = preset_config("llama-3.1-70b").unwrap().num_params();
+        assert!((70_000_000_000..71_000_000_000).contains(&p), "{p}");
         let p = preset_config("smollm2-135m").unwrap().num_params();
         assert!((134_000_000..136_000_000).contains(&p), "{p}");
     }

@@ -81,11 +81,14 @@ fn write_dir(tag: &str, dtypes: [&str; 2]) -> PathBuf {
 fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
     let n = tokens.len();
     let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-    let mut kv = model.decoder.new_kv_storage(table.len(), 16);
+    let mut kv = model.cpu_decoder().unwrap().new_kv_storage(table.len(), 16);
     let positions: Vec<usize> = (0..n).collect();
     let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
     let rows = [n - 1];
-    model.decoder.forward(&ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &rows }, &mut kv)
+    model
+        .cpu_decoder()
+        .unwrap()
+        .forward(&ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &rows }, &mut kv)
 }
 
 #[test]

@@ -37,14 +37,14 @@ fn check(model: &Model, fixture_name: &str) {
         let n = tokens.len();
         let block_size = 16;
         let blocks = n.div_ceil(block_size);
-        let mut kv = model.decoder.new_kv_storage(blocks, block_size);
+        let mut kv = model.cpu_decoder().unwrap().new_kv_storage(blocks, block_size);
         let table: Vec<u32> = (0..blocks as u32).collect();
         let positions: Vec<usize> = (0..n).collect();
         let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
         let checked: Vec<&Value> = case["positions"].as_array().unwrap().iter().collect();
         let rows: Vec<usize> = checked.iter().map(|p| p["pos"].as_u64().unwrap() as usize).collect();
         let batch = ForwardBatch { tokens: &tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &rows };
-        let logits = model.decoder.forward(&batch, &mut kv);
+        let logits = model.cpu_decoder().unwrap().forward(&batch, &mut kv);
         for (r, p) in checked.iter().enumerate() {
             let row = &logits[r * vocab..(r + 1) * vocab];
             for (id_key, value_key) in [("top_ids", "top_values"), ("probe_ids", "probe_values")] {

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The binary under test.
-pub const LUMEN: &str = env!("CARGO_BIN_EXE_lumen");
+/// The binary under test: `$LUMEN_BIN` when set (test binaries copied to the GPU machine),
+/// else the one cargo built.
+pub fn lumen_bin() -> String {
+    std::env::var("LUMEN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lumen").to_string())
+}
 
 /// File name of the default model that `scripts/setup.sh` fetches.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -59,7 +62,7 @@ impl Run {
 /// Runs `lumen args...` with `LUMEN_MODEL` unset (so the default model is the checkout's)
 /// and the given extra environment variables.
 pub fn lumen_env(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(LUMEN);
+    let mut cmd = Command::new(lumen_bin());
     cmd.args(args).env_remove("LUMEN_MODEL");
     for (k, v) in env {
         cmd.env(k, v);

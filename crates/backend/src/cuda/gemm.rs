@@ -1,0 +1,163 @@
+//! Matrix products through cuBLASLt: `out[t, n] = x[t, k] · w[n, k]ᵀ` with bf16 operands, f32
+//! accumulation, and bf16 or f32 output. The heuristic's choice is cached per shape, with a
+//! 32 MiB workspace. In batch-invariant mode only algorithms without split-K are taken, so a
+//! row's reduction order does not depend on how many rows share the product.
+
+use super::device::{DeviceBuffer, Gpu};
+use anyhow::{anyhow, bail, Result};
+use cudarc::cublaslt::{result as lt, sys};
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+const WORKSPACE_BYTES: usize = 32 << 20;
+const CANDIDATES: usize = 8;
+
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    a: sys::cublasLtMatrixLayout_t,
+    b: sys::cublasLtMatrixLayout_t,
+    d: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+pub struct Gemm {
+    handle: sys::cublasLtHandle_t,
+    workspace: DeviceBuffer,
+    plans: HashMap<(usize, usize, usize, bool), Plan>,
+    batch_invariant: bool,
+}
+
+unsafe impl Send for Gemm {}
+
+fn check(what: &str, r: Result<(), lt::CublasError>) -> Result<()> {
+    r.map_err(|e| anyhow!("cuBLASLt {what}: {e:?}"))
+}
+
+impl Gemm {
+    pub fn new(gpu: &Gpu, batch_invariant: bool) -> Result<Self> {
+        if !unsafe { sys::is_culib_present() } {
+            bail!("cuBLASLt (libcublasLt.so) could not be loaded; set LD_LIBRARY_PATH to the CUDA toolkit's lib directory");
+        }
+        gpu.bind()?;
+        let handle = lt::create_handle().map_err(|e| anyhow!("cublasLtCreate: {e:?}"))?;
+        let workspace = gpu.alloc(WORKSPACE_BYTES, "the cuBLASLt workspace")?;
+        Ok(Gemm { handle, workspace, plans: HashMap::new(), batch_invariant })
+    }
+
+    fn plan(&mut self, t: usize, n: usize, k: usize, out_f32: bool) -> Result<&Plan> {
+        let key = (t, n, k, out_f32);
+        if !self.plans.contains_key(&key) {
+            let plan = self.make_plan(t, n, k, out_f32).map_err(|e| anyhow!("GEMM {t}x{n}x{k}: {e}"))?;
+            self.plans.insert(key, plan);
+        }
+        Ok(&self.plans[&key])
+    }
+
+    fn make_plan(&self, t: usize, n: usize, k: usize, out_f32: bool) -> Result<Plan> {
+        use sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+        let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, CUDA_R_32F)
+            .map_err(|e| anyhow!("cublasLtMatmulDescCreate: {e:?}"))?;
+        let transpose: i32 = 1;
+        check("set TRANSA", unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &transpose as *const i32 as *const c_void,
+                4,
+            )
+        })?;
+        let layout = |ty, rows: usize, cols: usize, ld: usize| {
+            lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(|e| anyhow!("cublasLtMatrixLayoutCreate: {e:?}"))
+        };
+        let a = layout(CUDA_R_16BF, k, n, k)?;
+        let b = layout(CUDA_R_16BF, k, t, k)?;
+        let d = layout(if out_f32 { CUDA_R_32F } else { CUDA_R_16BF }, n, t, n)?;
+        let pref = lt::create_matmul_pref().map_err(|e| anyhow!("cublasLtMatmulPreferenceCreate: {e:?}"))?;
+        let ws = WORKSPACE_BYTES as u64;
+        check("set workspace", unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            )
+        })?;
+        let mut results: [sys::cublasLtMatmulHeuristicResult_t; CANDIDATES] = unsafe { std::mem::zeroed() };
+        let mut count = 0i32;
+        let found = unsafe {
+            sys::cublasLtMatmulAlgoGetHeuristic(self.handle, desc, a, b, d, d, pref, CANDIDATES as i32, results.as_mut_ptr(), &mut count)
+        };
+        unsafe {
+            let _ = lt::destroy_matmul_pref(pref);
+        }
+        check("heuristic", found.result())?;
+        let usable = results[..count.max(0) as usize].iter().filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+        let chosen = if self.batch_invariant { usable.clone().find(|r| split_k(&r.algo) <= 1) } else { usable.clone().next() };
+        let algo = chosen.map(|r| r.algo).ok_or_else(|| anyhow!("cuBLASLt offers no algorithm for this shape"))?;
+        Ok(Plan { desc, a, b, d, algo })
+    }
+
+    /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(&mut self, gpu: &Gpu, x: u64, w: u64, out: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
+        let stream = gpu.stream as sys::cudaStream_t;
+        let (ws, ws_bytes) = (self.workspace.ptr, self.workspace.bytes);
+        let handle = self.handle;
+        let plan = self.plan(t, n, k, out_f32)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let r = unsafe {
+            lt::matmul(
+                handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                w as *const c_void,
+                plan.a,
+                x as *const c_void,
+                plan.b,
+                out as *const c_void,
+                plan.d,
+                out as *mut c_void,
+                plan.d,
+                &plan.algo,
+                ws as *mut c_void,
+                ws_bytes,
+                stream,
+            )
+        };
+        r.map_err(|e| anyhow!("cuBLASLt matmul {t}x{n}x{k}: {e:?}"))
+    }
+}
+
+fn split_k(algo: &sys::cublasLtMatmulAlgo_t) -> i32 {
+    let mut value = 0i32;
+    let mut written = 0usize;
+    let r = unsafe {
+        sys::cublasLtMatmulAlgoConfigGetAttribute(
+            algo,
+            sys::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+            &mut value as *mut i32 as *mut c_void,
+            4,
+            &mut written,
+        )
+    };
+    if r == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        value
+    } else {
+        i32::MAX
+    }
+}
+
+impl Drop for Gemm {
+    fn drop(&mut self) {
+        unsafe {
+            for plan in self.plans.values() {
+                let _ = lt::destroy_matrix_layout(plan.a);
+                let _ = lt::destroy_matrix_layout(plan.b);
+                let _ = lt::destroy_matrix_layout(plan.d);
+                let _ = lt::destroy_matmul_desc(plan.desc);
+            }
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}

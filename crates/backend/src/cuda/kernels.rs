@@ -1,0 +1,264 @@
+//! Typed launches of lumen's own kernels. Every launch is checked and named: a failed launch
+//! says which kernel, and with `LUMEN_CUDA_SYNC=1` each launch is followed by a synchronisation
+//! so that a fault inside a kernel is reported with that kernel's name.
+
+use super::compile::{load_kernels, Module};
+use super::device::{describe, Gpu};
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{result as cu, sys};
+use std::ffi::c_void;
+
+/// Kernel parameters, each stored in an 8-byte slot (the driver reads each parameter's own size).
+#[derive(Default)]
+pub struct Args(Vec<u64>);
+
+impl Args {
+    pub fn ptr(mut self, p: u64) -> Self {
+        self.0.push(p);
+        self
+    }
+    pub fn i32(mut self, v: i32) -> Self {
+        self.0.push(v as u32 as u64);
+        self
+    }
+    pub fn u32(mut self, v: u32) -> Self {
+        self.0.push(v as u64);
+        self
+    }
+    pub fn u64(mut self, v: u64) -> Self {
+        self.0.push(v);
+        self
+    }
+    pub fn f32(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits() as u64);
+        self
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Kernel {
+    name: &'static str,
+    function: sys::CUfunction,
+}
+
+pub struct Kernels {
+    pub module: Module,
+    embed_rms_norm: Kernel,
+    add_rms_norm: Kernel,
+    rope_kv_write: Kernel,
+    silu_mul: Kernel,
+    gather_rows: Kernel,
+    attention: [(usize, Kernel); 3],
+    attention_combine: Kernel,
+    sample_tokens: Kernel,
+    sync_each_launch: bool,
+}
+
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+/// Threads per block of the row-wise kernels.
+const ROW_THREADS: u32 = 256;
+pub const SAMPLE_THREADS: u32 = 1024;
+pub const ATTENTION_THREADS: u32 = 128;
+/// Query rows (tokens × heads of one GQA group) one attention block holds.
+pub const ATTENTION_MAX_ROWS: usize = 16;
+
+impl Kernels {
+    pub fn load(gpu: &Gpu) -> Result<Self> {
+        let module = load_kernels(gpu)?;
+        let get = |name: &'static str| -> Result<Kernel> { Ok(Kernel { name, function: module.function(name)? }) };
+        Ok(Kernels {
+            embed_rms_norm: get("embed_rms_norm")?,
+            add_rms_norm: get("add_rms_norm")?,
+            rope_kv_write: get("rope_kv_write")?,
+            silu_mul: get("silu_mul")?,
+            gather_rows: get("gather_rows")?,
+            attention: [(32, get("attention_hd32")?), (64, get("attention_hd64")?), (128, get("attention_hd128")?)],
+            attention_combine: get("attention_combine")?,
+            sample_tokens: get("sample_tokens")?,
+            sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            module,
+        })
+    }
+
+    /// Synchronises after every launch, so a fault is reported with its kernel's name (what
+    /// `LUMEN_CUDA_SYNC=1` turns on).
+    pub fn set_sync_each_launch(&mut self, on: bool) {
+        self.sync_each_launch = on;
+    }
+
+    /// Head sizes the attention kernel is built for.
+    pub fn supports_head_dim(head_dim: usize) -> bool {
+        [32, 64, 128].contains(&head_dim)
+    }
+
+    fn launch(&self, gpu: &Gpu, k: Kernel, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let mut slots = args.0;
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        unsafe { cu::launch_kernel(k.function, grid, (block, 1, 1), 0, gpu.stream, &mut params) }
+            .map_err(|e| anyhow!("CUDA kernel {} failed to launch (grid {grid:?}, block {block}): {}", k.name, describe(e)))?;
+        if self.sync_each_launch && !gpu.is_capturing() {
+            unsafe { cu::stream::synchronize(gpu.stream) }.map_err(|e| anyhow!("CUDA kernel {} failed: {}", k.name, describe(e)))?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_rms_norm(
+        &self,
+        gpu: &Gpu,
+        tokens: u64,
+        n: usize,
+        embed: u64,
+        weight: u64,
+        eps: f32,
+        hidden: usize,
+        vocab: usize,
+        residual: u64,
+        normed: u64,
+    ) -> Result<()> {
+        let args =
+            Args::default().ptr(tokens).ptr(embed).ptr(weight).f32(eps).i32(hidden as i32).u32(vocab as u32).ptr(residual).ptr(normed);
+        self.launch(gpu, self.embed_rms_norm, (n as u32, 1, 1), ROW_THREADS, args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rms_norm(
+        &self,
+        gpu: &Gpu,
+        n: usize,
+        residual: u64,
+        delta: u64,
+        weight: u64,
+        eps: f32,
+        hidden: usize,
+        normed: u64,
+    ) -> Result<()> {
+        let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed);
+        self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), ROW_THREADS, args)
+    }
+
+    /// Grid (tokens, heads + 2·kv_heads); `bias`, `q_norm`, `k_norm` may be 0 (absent).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv_write(&self, gpu: &Gpu, n: usize, a: &RopeArgs) -> Result<()> {
+        let args = Args::default()
+            .ptr(a.qkv)
+            .ptr(a.bias)
+            .ptr(a.q_norm)
+            .ptr(a.k_norm)
+            .f32(a.eps)
+            .ptr(a.positions)
+            .ptr(a.slots)
+            .ptr(a.inv_freq)
+            .i32(a.heads as i32)
+            .i32(a.kv_heads as i32)
+            .i32(a.head_dim as i32)
+            .i32(a.block_size as i32)
+            .ptr(a.q_out)
+            .ptr(a.k_cache)
+            .ptr(a.v_cache);
+        let heads = (a.heads + 2 * a.kv_heads) as u32;
+        self.launch(gpu, self.rope_kv_write, (n as u32, heads, 1), (a.head_dim / 2) as u32, args)
+    }
+
+    pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64) -> Result<()> {
+        let total = (n * f) as u64;
+        let blocks = total.div_ceil(ROW_THREADS as u64).min(65_535 * 4) as u32;
+        let args = Args::default().ptr(gate_up).i32(f as i32).u64(total).ptr(out);
+        self.launch(gpu, self.silu_mul, (blocks, 1, 1), ROW_THREADS, args)
+    }
+
+    pub fn gather_rows(&self, gpu: &Gpu, src: u64, rows: u64, n_rows: usize, width: usize, dst: u64) -> Result<()> {
+        let args = Args::default().ptr(src).ptr(rows).i32(width as i32).ptr(dst);
+        self.launch(gpu, self.gather_rows, (n_rows as u32, 1, 1), ROW_THREADS, args)
+    }
+
+    /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each.
+    pub fn attention(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
+        let Some(&(_, k)) = self.attention.iter().find(|(hd, _)| *hd == a.head_dim) else {
+            bail!("attention: head_dim {} is not supported on CUDA (expected 32, 64 or 128)", a.head_dim);
+        };
+        let scale_log2 = (1.0 / (a.head_dim as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
+        let args = Args::default()
+            .ptr(a.q)
+            .ptr(a.k_cache)
+            .ptr(a.v_cache)
+            .ptr(a.tiles)
+            .ptr(a.table_offsets)
+            .ptr(a.table_data)
+            .i32(a.heads as i32)
+            .i32(a.kv_heads as i32)
+            .i32(a.block_size as i32)
+            .i32(a.window as i32)
+            .f32(scale_log2)
+            .i32(a.split_tokens as i32)
+            .ptr(a.out)
+            .ptr(a.part_acc)
+            .ptr(a.part_ml);
+        self.launch(gpu, k, (a.num_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args)?;
+        if a.splits > 1 {
+            let args = Args::default()
+                .ptr(a.part_acc)
+                .ptr(a.part_ml)
+                .ptr(a.positions)
+                .i32(a.heads as i32)
+                .i32(a.head_dim as i32)
+                .i32(a.splits as i32)
+                .i32(a.split_tokens as i32)
+                .ptr(a.out);
+            self.launch(gpu, self.attention_combine, (a.num_tokens as u32, a.heads as u32, 1), a.head_dim as u32, args)?;
+        }
+        Ok(())
+    }
+
+    pub fn sample_tokens(&self, gpu: &Gpu, logits: u64, params: u64, rows: usize, vocab: usize, out: u64) -> Result<()> {
+        let args = Args::default().ptr(logits).ptr(params).i32(vocab as i32).ptr(out);
+        self.launch(gpu, self.sample_tokens, (rows as u32, 1, 1), SAMPLE_THREADS, args)
+    }
+}
+
+/// Inputs of `rope_kv_write`; pointer fields of 0 mean "absent".
+pub struct RopeArgs {
+    pub qkv: u64,
+    pub bias: u64,
+    pub q_norm: u64,
+    pub k_norm: u64,
+    pub eps: f32,
+    pub positions: u64,
+    pub slots: u64,
+    pub inv_freq: u64,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub q_out: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+}
+
+/// Inputs of the attention launch.
+pub struct AttentionArgs {
+    pub q: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub tiles: u64,
+    pub num_tiles: usize,
+    pub table_offsets: u64,
+    pub table_data: u64,
+    pub positions: u64,
+    pub num_tokens: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub window: usize,
+    pub split_tokens: usize,
+    pub splits: usize,
+    pub out: u64,
+    pub part_acc: u64,
+    pub part_ml: u64,
+}

@@ -1,0 +1,175 @@
+// Paged attention over the flattened batch, one kernel for prefill chunks and decode tokens.
+//
+// A work item ("tile") is up to ATT_MAX_ROWS/group consecutive query tokens of one sequence; a
+// block takes one tile, one KV head (all the query heads of its GQA group) and one KV split of
+// `split_tokens` positions. It walks the split in ATT_TILE-token steps, staging K and V from the
+// paged cache in shared memory, with an online softmax per query row (flash style, causal,
+// sliding window optional). Every row's arithmetic depends only on its own position: tile steps
+// are aligned to absolute positions and splits are fixed ranges, so a token gets the same bits
+// whether it runs in a prefill chunk or a decode step, alone or in any batch.
+//
+// With one split per launch the block writes the normalised output. With several, each block
+// writes its unnormalised partial sums and `attention_combine` merges them in split order.
+
+#define ATT_TILE 32
+#define ATT_THREADS 128
+#define ATT_MAX_ROWS 16
+#define ATT_ROWS_PER_WARP (ATT_MAX_ROWS / (ATT_THREADS / 32))
+
+template <int HD>
+__device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,
+                               const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,
+                               int split_tokens, bf16* out, float* part_acc, float* part_ml) {
+    constexpr int DPL = HD / 32;
+    __shared__ __align__(16) float qs[ATT_MAX_ROWS][HD];
+    __shared__ __align__(16) float ks[ATT_TILE][HD + 4];
+    __shared__ __align__(16) float vs[ATT_TILE][HD];
+
+    const u32* tile = tiles + 4 * blockIdx.x;
+    const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+    const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    const int group = heads / kv_heads;
+    const int rows = nrows * group;
+    const u32 ctx_end = pos0 + nrows;
+    const u32 split_start = (u32)split * split_tokens;
+    if (split_start >= ctx_end) return;
+    const u32 split_end = min(ctx_end, split_start + (u32)split_tokens);
+    u32 kv_lo = split_start;
+    if (window > 0 && pos0 + 1 > (u32)window) kv_lo = max(kv_lo, (pos0 + 1 - (u32)window) / ATT_TILE * ATT_TILE);
+    const u32* table = table_data + table_offsets[seq];
+
+    for (int e = threadIdx.x; e < rows * HD; e += ATT_THREADS) {
+        int r = e / HD, d = e % HD;
+        u32 token = row0 + r / group;
+        int head = kvh * group + r % group;
+        qs[r][d] = bf2f(q[((u64)token * heads + head) * HD + d]) * scale_log2;
+    }
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][DPL];
+#pragma unroll
+    for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
+        m[ri] = -INFINITY;
+        l[ri] = 0.f;
+#pragma unroll
+        for (int d = 0; d < DPL; d++) acc[ri][d] = 0.f;
+    }
+
+    for (u32 t0 = kv_lo; t0 < split_end; t0 += ATT_TILE) {
+        __syncthreads();
+        for (int c = threadIdx.x; c < ATT_TILE * (HD / 8); c += ATT_THREADS) {
+            int tok = c / (HD / 8), chunk = c % (HD / 8);
+            u32 pos = t0 + tok;
+            uint4 kw = make_uint4(0, 0, 0, 0), vw = make_uint4(0, 0, 0, 0);
+            if (pos < split_end) {
+                u64 at = (((u64)table[pos / block_size] * kv_heads + kvh) * block_size + pos % block_size) * HD + chunk * 8;
+                kw = *(const uint4*)(k_cache + at);
+                vw = *(const uint4*)(v_cache + at);
+            }
+            const u32 kp[4] = {kw.x, kw.y, kw.z, kw.w}, vp[4] = {vw.x, vw.y, vw.z, vw.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                ks[tok][chunk * 8 + 2 * i] = __uint_as_float(kp[i] << 16);
+                ks[tok][chunk * 8 + 2 * i + 1] = __uint_as_float(kp[i] & 0xffff0000u);
+                vs[tok][chunk * 8 + 2 * i] = __uint_as_float(vp[i] << 16);
+                vs[tok][chunk * 8 + 2 * i + 1] = __uint_as_float(vp[i] & 0xffff0000u);
+            }
+        }
+        __syncthreads();
+
+        float s[ATT_ROWS_PER_WARP];
+#pragma unroll
+        for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) s[ri] = 0.f;
+#pragma unroll 4
+        for (int d = 0; d < HD; d += 4) {
+            float4 k4 = *(const float4*)&ks[lane][d];
+#pragma unroll
+            for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
+                int r = warp + ri * (ATT_THREADS / 32);
+                if (r < rows) {
+                    float4 q4 = *(const float4*)&qs[r][d];
+                    s[ri] = fmaf(q4.x, k4.x, s[ri]);
+                    s[ri] = fmaf(q4.y, k4.y, s[ri]);
+                    s[ri] = fmaf(q4.z, k4.z, s[ri]);
+                    s[ri] = fmaf(q4.w, k4.w, s[ri]);
+                }
+            }
+        }
+
+        const u32 kv_pos = t0 + lane;
+#pragma unroll
+        for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
+            int r = warp + ri * (ATT_THREADS / 32);
+            if (r >= rows) continue;
+            u32 row_pos = pos0 + r / group;
+            bool valid = kv_pos < split_end && kv_pos <= row_pos && (window <= 0 || kv_pos + (u32)window > row_pos);
+            float score = valid ? s[ri] : -INFINITY;
+            float m_new = fmaxf(m[ri], warp_max(score));
+            if (m_new == -INFINITY) continue;
+            float p = valid ? exp2f(score - m_new) : 0.f;
+            float corr = exp2f(m[ri] - m_new);
+            l[ri] = l[ri] * corr + warp_sum(p);
+#pragma unroll
+            for (int d = 0; d < DPL; d++) acc[ri][d] *= corr;
+            for (int j = 0; j < ATT_TILE; j++) {
+                float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                for (int d = 0; d < DPL; d++) acc[ri][d] = fmaf(pj, vs[j][lane * DPL + d], acc[ri][d]);
+            }
+            m[ri] = m_new;
+        }
+    }
+
+#pragma unroll
+    for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
+        int r = warp + ri * (ATT_THREADS / 32);
+        if (r >= rows) continue;
+        u32 token = row0 + r / group;
+        u32 row_pos = pos0 + r / group;
+        int head = kvh * group + r % group;
+        if (splits == 1) {
+            bf16* o = out + ((u64)token * heads + head) * HD + lane * DPL;
+#pragma unroll
+            for (int d = 0; d < DPL; d++) o[d] = f2bf(acc[ri][d] / l[ri]);
+        } else if (split_start <= row_pos) {
+            u64 at = ((u64)token * heads + head) * splits + split;
+#pragma unroll
+            for (int d = 0; d < DPL; d++) part_acc[at * HD + lane * DPL + d] = acc[ri][d];
+            if (lane == 0) {
+                part_ml[2 * at] = m[ri];
+                part_ml[2 * at + 1] = l[ri];
+            }
+        }
+    }
+}
+
+#define ATTENTION_ENTRY(HD)                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                                       \
+        attention_hd##HD(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,    \
+                         const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,           \
+                         int split_tokens, bf16* out, float* part_acc, float* part_ml) {                                          \
+        attention_impl<HD>(q, k_cache, v_cache, tiles, table_offsets, table_data, heads, kv_heads, block_size, window, scale_log2, \
+                           split_tokens, out, part_acc, part_ml);                                                                 \
+    }
+
+ATTENTION_ENTRY(32)
+ATTENTION_ENTRY(64)
+ATTENTION_ENTRY(128)
+
+// Merges the split partials of every (token, head) in split order. Grid: (tokens, heads);
+// block: head_dim threads.
+extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, const u32* positions, int heads, int head_dim,
+                                             int splits, int split_tokens, bf16* out) {
+    int token = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
+    int used = positions[token] / split_tokens + 1;
+    u64 base = ((u64)token * heads + head) * splits;
+    float mx = -INFINITY;
+    for (int s = 0; s < used; s++) mx = fmaxf(mx, part_ml[2 * (base + s)]);
+    float total = 0.f, o = 0.f;
+    for (int s = 0; s < used; s++) {
+        float w = exp2f(part_ml[2 * (base + s)] - mx);
+        total += part_ml[2 * (base + s) + 1] * w;
+        o += part_acc[(base + s) * head_dim + d] * w;
+    }
+    out[((u64)token * heads + head) * head_dim + d] = f2bf(o / total);
+}

@@ -1,0 +1,101 @@
+// Per-token kernels of the decoder: embedding gather, residual add with RMSNorm, RoPE with the
+// paged-cache write, SiLU-and-multiply, and the gather of the rows that need logits.
+
+// residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16).
+// One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
+// error of this kernel instead of a read out of bounds.
+extern "C" __global__ void embed_rms_norm(const u32* tokens, const bf16* embed, const bf16* weight, float eps, int hidden,
+                                          u32 vocab, float* residual, bf16* normed) {
+    __shared__ float scratch[32];
+    int t = blockIdx.x;
+    u32 tok = tokens[t];
+    if (tok >= vocab) __trap();
+    const bf16* row = embed + (u64)tok * hidden;
+    float* res = residual + (u64)t * hidden;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float x = bf2f(row[i]);
+        res[i] = x;
+        ss += x * x;
+    }
+    float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) normed[(u64)t * hidden + i] = f2bf(res[i] * scale * bf2f(weight[i]));
+}
+
+// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight. One block per token.
+extern "C" __global__ void add_rms_norm(float* residual, const bf16* delta, const bf16* weight, float eps, int hidden, bf16* normed) {
+    __shared__ float scratch[32];
+    u64 base = (u64)blockIdx.x * hidden;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float x = residual[base + i] + bf2f(delta[base + i]);
+        residual[base + i] = x;
+        ss += x * x;
+    }
+    float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) normed[base + i] = f2bf(residual[base + i] * scale * bf2f(weight[i]));
+}
+
+// Splits the fused qkv rows: adds the bias, applies the q/k head norms (when given) and rotary
+// embedding to q and k, writes q to `q_out` and k, v into the paged cache at each token's slot.
+// Grid: (tokens, heads + 2 * kv_heads); block: head_dim / 2 threads, one rotation pair each.
+// Cache layout per layer: [block][kv_head][slot in block][head_dim].
+extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, float eps,
+                                         const u32* positions, const u32* slots, const double* inv_freq, int heads, int kv_heads,
+                                         int head_dim, int block_size, bf16* q_out, bf16* k_cache, bf16* v_cache) {
+    __shared__ float scratch[32];
+    int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = head_dim / 2;
+    int width = (heads + 2 * kv_heads) * head_dim;
+    int col = h * head_dim;
+    const bf16* row = qkv + (u64)t * width;
+    float a = bf2f(row[col + i]), b = bf2f(row[col + i + half]);
+    if (bias) {
+        a += bf2f(bias[col + i]);
+        b += bf2f(bias[col + i + half]);
+    }
+    bool is_q = h < heads, is_k = !is_q && h < heads + kv_heads;
+    if (is_q || is_k) {
+        const bf16* norm = is_q ? q_norm : k_norm;
+        if (norm) {
+            float scale = rsqrtf(block_sum(a * a + b * b, scratch) / head_dim + eps);
+            a = a * scale * bf2f(norm[i]);
+            b = b * scale * bf2f(norm[i + half]);
+        }
+        const double two_pi = 6.283185307179586;
+        double angle = (double)positions[t] * inv_freq[i];
+        angle -= floor(angle / two_pi) * two_pi;
+        float s, c;
+        sincosf((float)angle, &s, &c);
+        float ra = a * c - b * s, rb = b * c + a * s;
+        a = ra;
+        b = rb;
+    }
+    if (is_q) {
+        bf16* out = q_out + (u64)t * heads * head_dim + h * head_dim;
+        out[i] = f2bf(a);
+        out[i + half] = f2bf(b);
+        return;
+    }
+    int kvh = is_k ? h - heads : h - heads - kv_heads;
+    u32 slot = slots[t];
+    u64 at = (((u64)(slot / block_size) * kv_heads + kvh) * block_size + slot % block_size) * head_dim;
+    bf16* cache = is_k ? k_cache : v_cache;
+    cache[at + i] = f2bf(a);
+    cache[at + i + half] = f2bf(b);
+}
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i].
+extern "C" __global__ void silu_mul(const bf16* gate_up, int f, u64 total, bf16* out) {
+    for (u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (u64)gridDim.x * blockDim.x) {
+        u64 t = idx / f, i = idx % f;
+        float g = bf2f(gate_up[t * 2 * f + i]), u = bf2f(gate_up[t * 2 * f + f + i]);
+        out[idx] = f2bf(g / (1.f + __expf(-g)) * u);
+    }
+}
+
+// dst[r] = src[rows[r]] for rows of `width` bf16 values. One block per output row.
+extern "C" __global__ void gather_rows(const bf16* src, const u32* rows, int width, bf16* dst) {
+    const bf16* from = src + (u64)rows[blockIdx.x] * width;
+    bf16* to = dst + (u64)blockIdx.x * width;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
+}

@@ -1,0 +1,140 @@
+//! End-to-end runs of `lumen` on the CUDA device. Without a GPU, `--device cuda` must fail
+//! cleanly and the GPU runs are skipped with a message; on the GPU machine they run for real
+//! (see docs/gpu.md).
+
+mod common;
+
+use common::{lumen, lumen_env, Scratch};
+use serde_json::Value;
+
+fn gpu_present() -> bool {
+    match lumen_backend::cuda::Gpu::open(0) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e:#})");
+            false
+        }
+    }
+}
+
+fn dataset(s: &Scratch, model: &str, requests: &str, isl: &str, osl: &str) -> String {
+    let out = s.path("data.jsonl");
+    lumen(&[
+        "bench",
+        "prepare-dataset",
+        "--model",
+        model,
+        "--output",
+        &out,
+        "token-norm-dist",
+        "--num-requests",
+        requests,
+        "--input-mean",
+        isl,
+        "--input-stdev",
+        "0",
+        "--output-mean",
+        osl,
+        "--output-stdev",
+        "0",
+    ])
+    .ok();
+    out
+}
+
+#[test]
+fn device_cuda_without_a_gpu_is_a_clear_error() {
+    if lumen_backend::cuda::Gpu::open(0).is_ok() {
+        eprintln!("skipped: this machine has a GPU");
+        return;
+    }
+    let run = lumen(&["generate", "--device", "cuda", "--model", "tiny", "--prompt-ids", "1,2,3", "--max-tokens", "2"]);
+    run.fails_with(1, &["--device cuda", "CUDA"]);
+    let auto = lumen(&["generate", "--device", "auto", "--model", "tiny", "--prompt-ids", "1,2,3", "--max-tokens", "2"]).ok();
+    assert!(auto.stderr.contains("running on the CPU"), "auto must say it fell back: {}", auto.stderr);
+}
+
+#[test]
+fn bench_throughput_on_cuda_with_graphs_profiling_and_device_time() {
+    if !gpu_present() {
+        return;
+    }
+    let s = Scratch::new("cuda-throughput");
+    let data = dataset(&s, "smollm2-135m", "40", "100", "24");
+    let report = s.path("report.json");
+    let log = s.path("iterations.jsonl");
+    let trace = s.path("trace.lumen");
+    let run = lumen_env(
+        &[
+            "bench",
+            "throughput",
+            "--device",
+            "cuda",
+            "--model",
+            "smollm2-135m",
+            "--dataset",
+            &data,
+            "--eos-id",
+            "-1",
+            "--max-batch-size",
+            "16",
+            "--report-json",
+            &report,
+            "--iteration-log",
+            &log,
+            "--trace",
+            &trace,
+        ],
+        &[("LUMEN_PROFILE_START_STOP", "3-6")],
+    )
+    .ok();
+    assert!(run.stderr.contains("cuda:0"), "the load line names the device: {}", run.stderr);
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    eprintln!("{}", run.stdout);
+    let iterations: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(r["requests"]["total_output_tokens"].as_u64(), Some(40 * 24), "every request produced its 24 tokens");
+    assert_eq!(r["run"]["num_requests"].as_u64(), Some(40));
+    assert!(iterations.iter().all(|i| i["device_step_ms"].as_f64().is_some_and(|d| d > 0.0)), "device time on every iteration");
+    let info = lumen(&["trace", "info", &trace]).ok();
+    assert!(info.stdout.contains("iterations"), "{}", info.stdout);
+}
+
+#[test]
+fn generate_on_cuda_streams_the_same_tokens_as_the_cpu_for_a_preset() {
+    if !gpu_present() {
+        return;
+    }
+    let args = |device| {
+        vec![
+            "generate".to_string(),
+            "--device".into(),
+            device,
+            "--model".into(),
+            "smollm2-135m@2".into(),
+            "--prompt-ids".into(),
+            "5,17,300,4000,12,9".into(),
+            "--max-tokens".into(),
+            "8".into(),
+        ]
+    };
+    let cpu_args = args("cpu".into());
+    let cuda_args = args("cuda".into());
+    let cpu = lumen(&cpu_args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let cuda = lumen(&cuda_args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    assert_eq!(cuda.stdout.lines().next(), cpu.stdout.lines().next(), "greedy ids differ between devices");
+}
+
+#[test]
+fn cuda_bad_input_is_refused_before_any_work() {
+    if !gpu_present() {
+        return;
+    }
+    let s = Scratch::new("cuda-bad");
+    lumen(&["generate", "--device", "cuda", "--model", "tiny", "--prompt-ids", "1,2", "--max-tokens", "2"])
+        .fails_with(1, &["head_dim 16", "--device cpu"]);
+    lumen(&["generate", "--device", "cuda", "--model", "llama-3.1-70b", "--prompt-ids", "1,2", "--max-tokens", "2"])
+        .fails_with(1, &["does not fit on this GPU"]);
+    let data = dataset(&s, "smollm2-135m", "2", "64", "64");
+    lumen(&["bench", "throughput", "--device", "cuda", "--model", "smollm2-135m", "--dataset", &data, "--kv-cache-tokens", "32"])
+        .fails_with(1, &["nothing was run", "128 tokens"]);
+}

@@ -1,0 +1,542 @@
+//! The decoder's forward pass on the GPU, and everything a step needs there: the paged KV cache,
+//! preallocated activations, one pinned staging area that carries a step's inputs in a single
+//! copy, cuBLASLt products, sampling on the device, CUDA graphs for decode-only batches, and
+//! device step time from events.
+//!
+//! A step's inputs live at fixed offsets of the staging area, sized for the largest step, so a
+//! captured graph replays against new inputs after one host-to-device copy.
+
+use super::weights::CudaWeights;
+use crate::llama::ForwardBatch;
+use crate::Model;
+use anyhow::{bail, ensure, Context, Result};
+use lumen_backend::cuda::kernels::ATTENTION_MAX_ROWS;
+use lumen_backend::cuda::{AttentionArgs, DeviceBuffer, Event, Gemm, Gpu, Graph, PinnedBuffer, RopeArgs};
+use lumen_trace::instrument::{span, Category};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// KV positions one attention split covers.
+pub const SPLIT_TOKENS: usize = 256;
+
+/// How a sampled row draws its token (the engine's sampling parameters, flattened).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleParams {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Which output token of its request this is (0 for the first).
+    pub index: u32,
+}
+
+impl SampleParams {
+    pub const GREEDY: SampleParams = SampleParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, index: 0 };
+}
+
+/// How much KV cache to allocate.
+#[derive(Debug, Clone, Copy)]
+pub enum KvSize {
+    Blocks(usize),
+    /// This fraction of the device memory free once weights and activations are allocated.
+    FreeFraction(f64),
+    /// This many bytes.
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most tokens in one step.
+    pub max_tokens: usize,
+    /// Most sequences in one step.
+    pub max_seqs: usize,
+    pub block_size: usize,
+    pub kv: KvSize,
+    /// Decode batch sizes graphs are captured for (empty: no graphs), and whether a batch is
+    /// padded up to the next captured size.
+    pub graph_sizes: Vec<usize>,
+    pub graph_padding: bool,
+    /// Choose only split-K-free GEMM algorithms, so rows do not depend on their batch.
+    pub batch_invariant: bool,
+}
+
+/// Word offsets of the staging area's regions.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    tokens: usize,
+    positions: usize,
+    slots: usize,
+    logit_rows: usize,
+    tiles: usize,
+    table_offsets: usize,
+    table_data: usize,
+    params: usize,
+    words: usize,
+}
+
+impl Layout {
+    fn new(max_tokens: usize, max_seqs: usize, table_words: usize) -> Self {
+        let max_tiles = max_tokens + max_seqs;
+        let tokens = 0;
+        let positions = tokens + max_tokens;
+        let slots = positions + max_tokens;
+        let logit_rows = slots + max_tokens;
+        let tiles = logit_rows + max_seqs;
+        let table_offsets = tiles + 4 * max_tiles;
+        let table_data = table_offsets + max_seqs + 1;
+        let params = table_data + table_words;
+        let words = params + 6 * max_seqs;
+        Layout { tokens, positions, slots, logit_rows, tiles, table_offsets, table_data, params, words }
+    }
+}
+
+/// One step's shape, as the launches see it.
+#[derive(Debug, Clone, Copy)]
+struct StepShape {
+    tokens: usize,
+    tiles: usize,
+    rows: usize,
+    splits: usize,
+}
+
+pub struct CudaRunner {
+    model: Arc<Model>,
+    gpu: Arc<Gpu>,
+    gemm: Gemm,
+    config: RunnerConfig,
+    num_blocks: usize,
+    k_cache: DeviceBuffer,
+    v_cache: DeviceBuffer,
+    /// Elements of one layer's K (or V) cache.
+    layer_elems: usize,
+    residual: DeviceBuffer,
+    normed: DeviceBuffer,
+    qkv: DeviceBuffer,
+    q: DeviceBuffer,
+    attn: DeviceBuffer,
+    delta: DeviceBuffer,
+    gate_up: DeviceBuffer,
+    act: DeviceBuffer,
+    last: DeviceBuffer,
+    logits: DeviceBuffer,
+    sampled: DeviceBuffer,
+    part_acc: DeviceBuffer,
+    part_ml: DeviceBuffer,
+    /// Token-splits the partial buffers hold.
+    part_capacity: usize,
+    layout: Layout,
+    staging: PinnedBuffer<u32>,
+    staging_dev: DeviceBuffer,
+    tokens_host: PinnedBuffer<u32>,
+    graphs: HashMap<(usize, usize), Graph>,
+    events: (Event, Event),
+    last_device_ms: Option<f64>,
+    pending_rows: usize,
+}
+
+fn weights(model: &Model) -> Result<&CudaWeights> {
+    model.cuda_weights().with_context(|| format!("model {} is not loaded on a CUDA device", model.name))
+}
+
+impl CudaRunner {
+    pub fn new(model: Arc<Model>, config: RunnerConfig) -> Result<Self> {
+        let w = weights(&model)?;
+        let gpu = w.gpu.clone();
+        let c = model.config().clone();
+        ensure!(config.max_tokens > 0 && config.max_seqs > 0 && config.block_size > 0, "runner limits must be positive: {config:?}");
+        let t = config.max_tokens.max(config.max_seqs).max(config.graph_sizes.iter().copied().max().unwrap_or(0));
+        let s = config.max_seqs.max(config.graph_sizes.iter().copied().max().unwrap_or(0));
+        let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let alloc = |elems: usize, size: usize, what: &str| gpu.alloc(elems * size, what);
+        let residual = alloc(t * h, 4, "the residual stream")?;
+        let normed = alloc(t * h, 2, "normed activations")?;
+        let qkv = alloc(t * (qd + 2 * kd), 2, "qkv activations")?;
+        let q = alloc(t * qd, 2, "rotated queries")?;
+        let attn = alloc(t * qd, 2, "attention output")?;
+        let delta = alloc(t * h, 2, "projection output")?;
+        let gate_up = alloc(t * 2 * f, 2, "gate/up activations")?;
+        let act = alloc(t * f, 2, "MLP activations")?;
+        let last = alloc(s * h, 2, "last-position rows")?;
+        let logits = alloc(s * c.vocab_size, 4, "logits")?;
+        let sampled = alloc(s, 4, "sampled tokens")?;
+        let part_capacity = t.max(s * 64);
+        let part_acc = alloc(part_capacity * c.num_heads * hd, 4, "attention split partials")?;
+        let part_ml = alloc(part_capacity * c.num_heads * 2, 4, "attention split maxima")?;
+        let gemm = Gemm::new(&gpu, config.batch_invariant)?;
+
+        let bytes_per_block = 2 * c.num_layers * c.num_kv_heads * hd * 2 * config.block_size;
+        let num_blocks = match config.kv {
+            KvSize::Blocks(n) => n,
+            KvSize::Bytes(b) => (b / bytes_per_block as u64) as usize,
+            KvSize::FreeFraction(fr) => {
+                let (free, _) = gpu.memory()?;
+                let table_reserve = 64 << 20;
+                ((free.saturating_sub(table_reserve)) as f64 * fr / bytes_per_block as f64) as usize
+            }
+        };
+        let (free, _) = gpu.memory()?;
+        let want = (num_blocks + 1) * bytes_per_block;
+        if num_blocks == 0 || want > free {
+            bail!(
+                "KV cache of {num_blocks} blocks x {} tokens ({:.2} GiB) does not fit: {:.2} GiB of GPU memory are free after weights and activations, and one block takes {} bytes",
+                config.block_size,
+                want as f64 / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64,
+                bytes_per_block
+            );
+        }
+        let layer_elems = (num_blocks + 1) * c.num_kv_heads * config.block_size * hd;
+        let k_cache = alloc(layer_elems * c.num_layers, 2, "the K cache")?;
+        let v_cache = alloc(layer_elems * c.num_layers, 2, "the V cache")?;
+        let layout = Layout::new(t, s, num_blocks + s + 1);
+        let staging = PinnedBuffer::new(&gpu, layout.words)?;
+        let staging_dev = alloc(layout.words, 4, "step inputs")?;
+        let tokens_host = PinnedBuffer::new(&gpu, s)?;
+        let events = (gpu.event()?, gpu.event()?);
+        let config = RunnerConfig { max_tokens: t, max_seqs: s, ..config };
+        Ok(CudaRunner {
+            model,
+            gpu,
+            gemm,
+            config,
+            num_blocks,
+            k_cache,
+            v_cache,
+            layer_elems,
+            residual,
+            normed,
+            qkv,
+            q,
+            attn,
+            delta,
+            gate_up,
+            act,
+            last,
+            logits,
+            sampled,
+            part_acc,
+            part_ml,
+            part_capacity,
+            layout,
+            staging,
+            staging_dev,
+            tokens_host,
+            graphs: HashMap::new(),
+            events,
+            last_device_ms: None,
+            pending_rows: 0,
+        })
+    }
+
+    /// KV blocks the engine may hand out (one more, reserved, takes padded rows' writes).
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Device time of the last completed step, from events around it.
+    pub fn last_device_ms(&self) -> Option<f64> {
+        self.last_device_ms
+    }
+
+    /// Number of CUDA graphs captured so far.
+    pub fn graphs_captured(&self) -> usize {
+        self.graphs.len()
+    }
+
+    fn dev(&self, word: usize) -> u64 {
+        self.staging_dev.at(word * 4)
+    }
+
+    /// Launches the step: copies its inputs, then runs the model and the sampler (through a CUDA
+    /// graph when the batch is decode-only and a captured size fits). Returns at once; `finish`
+    /// waits for the sampled tokens.
+    pub fn launch(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<()> {
+        ensure!(params.len() == batch.logit_rows.len(), "{} sampling rows for {} logit rows", params.len(), batch.logit_rows.len());
+        self.gpu.bind()?;
+        let shape = self.stage(batch, params)?;
+        self.events.0.record(&self.gpu)?;
+        self.gpu.copy_to_device(self.staging_dev.ptr, &self.staging.as_slice()[..self.layout.words])?;
+        match shape {
+            Staged::Graph(key, shape) => {
+                if !self.graphs.contains_key(&key) {
+                    let _s = span(Category::Debug, "capture cuda graph");
+                    self.gpu.begin_capture()?;
+                    let captured = self.enqueue(shape, true);
+                    let graph = self.gpu.end_capture();
+                    captured.context("while capturing a CUDA graph")?;
+                    self.graphs.insert(key, graph?);
+                }
+                self.gpu.launch_graph(&self.graphs[&key])?;
+                self.pending_rows = batch.logit_rows.len();
+            }
+            Staged::Eager(shape) => {
+                self.enqueue(shape, true)?;
+                self.pending_rows = shape.rows;
+            }
+        }
+        let rows = self.pending_rows;
+        self.gpu.copy_to_host(&mut self.tokens_host.as_mut_slice()[..rows], self.sampled.ptr)?;
+        self.events.1.record(&self.gpu)
+    }
+
+    /// Waits for the step launched last and returns its sampled tokens.
+    pub fn finish(&mut self) -> Result<Vec<u32>> {
+        self.gpu.synchronize().context("the forward step failed on the GPU (rerun with LUMEN_CUDA_SYNC=1 to name the kernel)")?;
+        self.last_device_ms = self.events.0.elapsed_ms(&self.events.1);
+        Ok(self.tokens_host.as_slice()[..self.pending_rows].to_vec())
+    }
+
+    /// Runs the batch eagerly and returns `[logit_rows, vocab]` f32 logits (for checks).
+    pub fn logits(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
+        let params = vec![SampleParams::GREEDY; batch.logit_rows.len()];
+        self.gpu.bind()?;
+        let shape = match self.stage_eager(batch, &params)? {
+            Staged::Eager(s) | Staged::Graph(_, s) => s,
+        };
+        self.gpu.copy_to_device(self.staging_dev.ptr, &self.staging.as_slice()[..self.layout.words])?;
+        self.poison()?;
+        self.enqueue(shape, false)?;
+        let vocab = self.model.config().vocab_size;
+        let mut out = vec![0f32; shape.rows * vocab];
+        self.gpu.download(&mut out, self.logits.ptr).context("the forward step failed on the GPU")?;
+        Ok(out)
+    }
+
+    /// Fills every activation buffer with NaN bytes, so an element a kernel leaves unwritten
+    /// surfaces as NaN in the logits.
+    fn poison(&self) -> Result<()> {
+        for b in [
+            &self.residual,
+            &self.normed,
+            &self.qkv,
+            &self.q,
+            &self.attn,
+            &self.delta,
+            &self.gate_up,
+            &self.act,
+            &self.last,
+            &self.logits,
+            &self.part_acc,
+            &self.part_ml,
+        ] {
+            self.gpu.fill(b.ptr, 0xff, b.bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch into the staging area, deciding graph or eager.
+    fn stage(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
+        let n = batch.seqs.len();
+        let decode_only = !batch.seqs.is_empty()
+            && batch.seqs.iter().enumerate().all(|(i, s)| s.len == 1 && s.start == i)
+            && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i)
+            && batch.logit_rows.len() == n;
+        let graph_size = if !decode_only {
+            None
+        } else if self.config.graph_padding {
+            self.config.graph_sizes.iter().copied().find(|&g| g >= n)
+        } else {
+            self.config.graph_sizes.contains(&n).then_some(n)
+        };
+        let Some(size) = graph_size else { return self.stage_eager(batch, params) };
+        let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
+        let splits = max_ctx.div_ceil(SPLIT_TOKENS).next_power_of_two();
+        if splits * size > self.part_capacity {
+            return self.stage_eager(batch, params);
+        }
+        self.fill(batch, params, size)?;
+        Ok(Staged::Graph((size, splits), StepShape { tokens: size, tiles: size, rows: size, splits }))
+    }
+
+    fn stage_eager(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
+        let tiles = self.fill(batch, params, 0)?;
+        let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
+        let needed = max_ctx.div_ceil(SPLIT_TOKENS);
+        let t = batch.tokens.len();
+        let splits = if needed > 1 && needed * t <= self.part_capacity { needed } else { 1 };
+        Ok(Staged::Eager(StepShape { tokens: t, tiles, rows: batch.logit_rows.len(), splits }))
+    }
+
+    /// Fills the staging area; with `pad_to > 0` (decode-only graph batches) adds dummy rows up
+    /// to that size, writing to the reserved block. Returns the number of attention tiles.
+    fn fill(&mut self, batch: &ForwardBatch, params: &[SampleParams], pad_to: usize) -> Result<usize> {
+        let c = self.model.config();
+        let l = self.layout;
+        let t = batch.tokens.len();
+        let n = batch.seqs.len();
+        let (max_t, max_s) = (self.config.max_tokens, self.config.max_seqs);
+        ensure!(t > 0, "empty batch");
+        ensure!(
+            t <= max_t && n <= max_s,
+            "batch of {t} tokens in {n} sequences exceeds the runner's limits ({max_t} tokens, {max_s} sequences)"
+        );
+        ensure!(batch.logit_rows.len() <= max_s, "{} logit rows exceed the limit of {max_s}", batch.logit_rows.len());
+        let vocab = c.vocab_size;
+        let slots_total = (self.num_blocks + 1) * self.config.block_size;
+        let w = self.staging.as_mut_slice();
+        for (i, ((&tok, &pos), &slot)) in batch.tokens.iter().zip(batch.positions).zip(batch.slots).enumerate() {
+            ensure!((tok as usize) < vocab, "token id {tok} at row {i} is out of range for a vocabulary of {vocab}");
+            ensure!(slot < slots_total, "KV slot {slot} at row {i} is beyond the cache's {slots_total} slots");
+            w[l.tokens + i] = tok;
+            w[l.positions + i] = pos as u32;
+            w[l.slots + i] = slot as u32;
+        }
+        let group = c.num_heads / c.num_kv_heads;
+        let rows_per_tile = (ATTENTION_MAX_ROWS / group).max(1);
+        let mut tiles = 0;
+        let mut table = 0;
+        let blocks_total = self.num_blocks + 1;
+        for (si, s) in batch.seqs.iter().enumerate() {
+            w[l.table_offsets + si] = table as u32;
+            let needed = (s.first_pos + s.len).div_ceil(self.config.block_size);
+            ensure!(
+                s.block_table.len() >= needed,
+                "sequence {si} has {} blocks for {} positions",
+                s.block_table.len(),
+                s.first_pos + s.len
+            );
+            ensure!(table + needed <= l.params - l.table_data, "block tables exceed the staging area");
+            for (j, &b) in s.block_table[..needed].iter().enumerate() {
+                ensure!((b as usize) < blocks_total, "block {b} of sequence {si} is beyond the cache's {blocks_total} blocks");
+                w[l.table_data + table + j] = b;
+            }
+            table += needed;
+            let mut off = 0;
+            while off < s.len {
+                let rows = rows_per_tile.min(s.len - off);
+                let at = l.tiles + 4 * tiles;
+                w[at..at + 4].copy_from_slice(&[si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
+                tiles += 1;
+                off += rows;
+            }
+        }
+        w[l.table_offsets + n] = table as u32;
+        for (i, &r) in batch.logit_rows.iter().enumerate() {
+            w[l.logit_rows + i] = r as u32;
+        }
+        let write_params = |w: &mut [u32], i: usize, p: &SampleParams| {
+            let at = l.params + 6 * i;
+            w[at..at + 6].copy_from_slice(&[
+                p.temperature.to_bits(),
+                p.top_k,
+                p.top_p.to_bits(),
+                p.seed as u32,
+                (p.seed >> 32) as u32,
+                p.index,
+            ]);
+        };
+        for (i, p) in params.iter().enumerate() {
+            write_params(w, i, p);
+        }
+        let reserved = self.num_blocks as u32;
+        for i in n..pad_to {
+            w[l.tokens + i] = 0;
+            w[l.positions + i] = 0;
+            w[l.slots + i] = reserved * self.config.block_size as u32;
+            w[l.table_offsets + i] = table as u32;
+            w[l.table_offsets + i + 1] = table as u32 + 1;
+            let at = l.tiles + 4 * i;
+            w[at..at + 4].copy_from_slice(&[i as u32, i as u32, 1, 0]);
+            w[l.logit_rows + i] = i as u32;
+            write_params(w, i, &SampleParams::GREEDY);
+        }
+        if pad_to > n {
+            w[l.table_data + table] = reserved;
+        }
+        Ok(tiles)
+    }
+
+    /// Queues the whole forward pass for `shape` (and the sampler when `sample`).
+    fn enqueue(&mut self, shape: StepShape, sample: bool) -> Result<()> {
+        let model = self.model.clone();
+        let w = weights(&model)?;
+        let c = model.config();
+        let k = &w.kernels;
+        let gpu = &*self.gpu;
+        let l = self.layout;
+        let t = shape.tokens;
+        let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let eps = c.rms_eps as f32;
+        k.embed_rms_norm(
+            gpu,
+            self.dev(l.tokens),
+            t,
+            w.embed.ptr,
+            w.layers[0].attn_norm.ptr,
+            eps,
+            h,
+            c.vocab_size,
+            self.residual.ptr,
+            self.normed.ptr,
+        )?;
+        for (li, layer) in w.layers.iter().enumerate() {
+            let kv_offset = li * self.layer_elems * 2;
+            let (k_cache, v_cache) = (self.k_cache.at(kv_offset), self.v_cache.at(kv_offset));
+            self.gemm.matmul(gpu, self.normed.ptr, layer.wqkv.ptr, self.qkv.ptr, t, qd + 2 * kd, h, false)?;
+            let rope = RopeArgs {
+                qkv: self.qkv.ptr,
+                bias: layer.bqkv.as_ref().map_or(0, |b| b.ptr),
+                q_norm: layer.q_norm.as_ref().map_or(0, |b| b.ptr),
+                k_norm: layer.k_norm.as_ref().map_or(0, |b| b.ptr),
+                eps,
+                positions: self.dev(l.positions),
+                slots: self.dev(l.slots),
+                inv_freq: w.inv_freq.ptr,
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: hd,
+                block_size: self.config.block_size,
+                q_out: self.q.ptr,
+                k_cache,
+                v_cache,
+            };
+            k.rope_kv_write(gpu, t, &rope)?;
+            let attention = AttentionArgs {
+                q: self.q.ptr,
+                k_cache,
+                v_cache,
+                tiles: self.dev(l.tiles),
+                num_tiles: shape.tiles,
+                table_offsets: self.dev(l.table_offsets),
+                table_data: self.dev(l.table_data),
+                positions: self.dev(l.positions),
+                num_tokens: t,
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: hd,
+                block_size: self.config.block_size,
+                window: c.sliding_window.unwrap_or(0),
+                split_tokens: SPLIT_TOKENS,
+                splits: shape.splits,
+                out: self.attn.ptr,
+                part_acc: self.part_acc.ptr,
+                part_ml: self.part_ml.ptr,
+            };
+            k.attention(gpu, &attention)?;
+            self.gemm.matmul(gpu, self.attn.ptr, layer.wo.ptr, self.delta.ptr, t, h, qd, false)?;
+            k.add_rms_norm(gpu, t, self.residual.ptr, self.delta.ptr, layer.ffn_norm.ptr, eps, h, self.normed.ptr)?;
+            self.gemm.matmul(gpu, self.normed.ptr, layer.w_gate_up.ptr, self.gate_up.ptr, t, 2 * f, h, false)?;
+            k.silu_mul(gpu, t, f, self.gate_up.ptr, self.act.ptr)?;
+            self.gemm.matmul(gpu, self.act.ptr, layer.w_down.ptr, self.delta.ptr, t, h, f, false)?;
+            let next_norm = w.layers.get(li + 1).map_or(w.final_norm.ptr, |n| n.attn_norm.ptr);
+            k.add_rms_norm(gpu, t, self.residual.ptr, self.delta.ptr, next_norm, eps, h, self.normed.ptr)?;
+        }
+        k.gather_rows(gpu, self.normed.ptr, self.dev(l.logit_rows), shape.rows, h, self.last.ptr)?;
+        self.gemm.matmul(gpu, self.last.ptr, w.lm_head(), self.logits.ptr, shape.rows, c.vocab_size, h, true)?;
+        if sample {
+            k.sample_tokens(gpu, self.logits.ptr, self.dev(l.params), shape.rows, c.vocab_size, self.sampled.ptr)?;
+        }
+        Ok(())
+    }
+}
+
+enum Staged {
+    Graph((usize, usize), StepShape),
+    Eager(StepShape),
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU test suite, in two halves (docs/gpu.md):
+#   scripts/gpu_tests.sh build   here: builds `lumen` and the CUDA test binaries (release, no
+#                                debug info, stripped) into gpu-tests/, which the device call carries;
+#   scripts/gpu_tests.sh run     on the GPU machine: runs every binary in gpu-tests/ and prints a
+#                                summary; full logs go to $OUT when set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=gpu-tests
+# Test binaries and the crate each comes from.
+TESTS=(lumen-model:cuda_vs_cpu lumen-backend:cuda_sampling lumen-backend:cuda_kernel_fault lumen-cli:cuda)
+
+case "${1:-}" in
+build)
+  export CARGO_PROFILE_RELEASE_DEBUG=0
+  rm -rf "$DIR" && mkdir -p "$DIR"
+  cargo build --release -p lumen-cli
+  cp target/release/lumen "$DIR/lumen"
+  for t in "${TESTS[@]}"; do
+    crate=${t%%:*} name=${t##*:}
+    exe=$(cargo test --release --no-run -p "$crate" --test "$name" --message-format=json 2>/dev/null |
+      python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])' | tail -1)
+    cp "$exe" "$DIR/$name"
+  done
+  strip "$DIR"/*
+  du -sh "$DIR"
+  ;;
+run)
+  export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export LUMEN_BIN=$PWD/$DIR/lumen
+  export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}
+  logs=${OUT:-/tmp}
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  status=0
+  summary=()
+  for t in "${TESTS[@]}"; do
+    name=${t##*:}
+    if "$DIR/$name" --test-threads=1 --nocapture >"$logs/$name.log" 2>&1; then r=ok; else r=FAILED; status=1; fi
+    summary+=("$(printf '%-20s %-6s %s' "$name" "$r" "$(grep -E '^test result' "$logs/$name.log" | tail -1)")")
+  done
+  grep -hE "worst relative|skipped" "$logs"/*.log || true
+  printf '%s\n' "${summary[@]}"
+  exit $status
+  ;;
+*)
+  echo "usage: scripts/gpu_tests.sh build|run" >&2
+  exit 2
+  ;;
+esac
