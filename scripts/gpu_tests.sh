@@ -3,7 +3,7 @@
 #   scripts/gpu_tests.sh build   here: builds `lumen` and the CUDA test binaries (release, no
 #                                debug info, stripped) into gpu-tests/, which the device call carries;
 #   scripts/gpu_tests.sh run     on the GPU machine: runs every binary in gpu-tests/ and prints a
-#                                summary; full logs go to $OUT when set.
+#                                summary; the full log goes to $OUT/gpu_tests.log when $OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=gpu-tests
@@ -33,16 +33,19 @@ run)
   export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export LUMEN_BIN=$PWD/$DIR/lumen
   export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}
-  logs=${OUT:-/tmp}
+  log=${OUT:-/tmp}/gpu_tests.log
+  : >"$log"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   status=0
   summary=()
   for t in "${TESTS[@]}"; do
     name=${t##*:}
-    if "$DIR/$name" --test-threads=1 --nocapture >"$logs/$name.log" 2>&1; then r=ok; else r=FAILED; status=1; fi
-    summary+=("$(printf '%-20s %-6s %s' "$name" "$r" "$(grep -E '^test result' "$logs/$name.log" | tail -1)")")
+    echo "==== $name" >>"$log"
+    if "$DIR/$name" --test-threads=1 --nocapture >/tmp/gpu_test_$name.log 2>&1; then r=ok; else r=FAILED; status=1; fi
+    cat /tmp/gpu_test_$name.log >>"$log"
+    summary+=("$(printf '%-20s %-6s %s' "$name" "$r" "$(grep -E '^test result' /tmp/gpu_test_$name.log | tail -1)")")
   done
-  grep -hE "worst relative|skipped" "$logs"/*.log || true
+  grep -hE "worst relative|skipped|panicked" "$log" || true
   printf '%s\n' "${summary[@]}"
   exit $status
   ;;

@@ -110,8 +110,12 @@ pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
     let mut gpu = open_device(device)?;
     if gpu.is_some() && device == Device::Auto {
         let (config, _) = describe_model(spec)?;
-        if !lumen_backend::cuda::Kernels::supports_head_dim(config.head_dim) {
-            eprintln!("[lumen] --device auto: head_dim {} is not supported on CUDA; running on the CPU", config.head_dim);
+        use lumen_backend::cuda::Kernels;
+        if !Kernels::supports_head_dim(config.head_dim) || !Kernels::supports_hidden_size(config.hidden_size) {
+            eprintln!(
+                "[lumen] --device auto: head_dim {} / hidden size {} is not supported on CUDA; running on the CPU",
+                config.head_dim, config.hidden_size
+            );
             gpu = None;
         }
     }

@@ -45,7 +45,7 @@ pub fn arch_for(cc: (i32, i32)) -> String {
     }
 }
 
-fn nvrtc_version() -> Result<(i32, i32)> {
+pub fn nvrtc_version() -> Result<(i32, i32)> {
     if !unsafe { rtc_sys::is_culib_present() } {
         bail!("NVRTC (libnvrtc.so) could not be loaded; lumen compiles its CUDA kernels at run time and needs it (set LD_LIBRARY_PATH to the CUDA toolkit's lib directory)");
     }
@@ -83,11 +83,13 @@ pub fn cache_path(arch: &str, nvrtc: (i32, i32)) -> PathBuf {
     cache_dir().join("kernels").join(format!("{h:016x}-{arch}.cubin"))
 }
 
-fn compile(arch: &str) -> Result<Vec<u8>> {
+/// Compiles the kernels for `arch` (no GPU needed, only NVRTC); returns the cubin and NVRTC's
+/// log, which holds ptxas's resource report (registers, spills, shared memory) per kernel.
+pub fn compile(arch: &str) -> Result<(Vec<u8>, String)> {
     let source: String = SOURCES.iter().map(|(name, text)| format!("// ---- {name}\n{text}\n")).collect();
     let src = CString::new(source).expect("sources have no NUL");
     let prog = rtc::create_program(&src, Some(c"lumen_kernels.cu")).map_err(|e| anyhow!("nvrtcCreateProgram: {e:?}"))?;
-    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "-default-device".into()];
+    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "-default-device".into(), "--ptxas-options=-v".into()];
     let compiled = unsafe { rtc::compile_program(prog, &options) };
     let log = unsafe { rtc::get_program_log(prog) }.map(|l| chars_to_string(&l)).unwrap_or_default();
     if let Err(e) = compiled {
@@ -103,7 +105,7 @@ fn compile(arch: &str) -> Result<Vec<u8>> {
     unsafe {
         let _ = rtc::destroy_program(prog);
     }
-    Ok(cubin)
+    Ok((cubin, log))
 }
 
 fn chars_to_string(c: &[c_char]) -> String {
@@ -121,7 +123,7 @@ pub fn load_kernels(gpu: &Gpu) -> Result<Module> {
     let (cubin, origin) = match std::fs::read(&path) {
         Ok(bytes) if !bytes.is_empty() => (bytes, path.display().to_string()),
         _ => {
-            let cubin = compile(&arch)?;
+            let (cubin, _) = compile(&arch)?;
             let written = path.parent().map(std::fs::create_dir_all).transpose().and_then(|_| {
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
                 std::fs::write(&tmp, &cubin)?;

@@ -82,6 +82,18 @@ impl Gemm {
                 8,
             )
         })?;
+        if self.batch_invariant {
+            // Only algorithms that need no reduction across K slices (no split-K).
+            let none: u32 = 0;
+            check("set reduction scheme", unsafe {
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                    &none as *const u32 as *const c_void,
+                    4,
+                )
+            })?;
+        }
         let mut results: [sys::cublasLtMatmulHeuristicResult_t; CANDIDATES] = unsafe { std::mem::zeroed() };
         let mut count = 0i32;
         let found = unsafe {

@@ -59,6 +59,14 @@ unsafe impl Sync for Kernels {}
 
 /// Threads per block of the row-wise kernels.
 const ROW_THREADS: u32 = 256;
+/// Groups of four values each thread of a norm kernel holds (`NORM_ITEMS` in elementwise.cu).
+const NORM_ITEMS: usize = 4;
+
+/// Threads for a norm kernel over rows of `hidden`: enough for every thread to hold at most
+/// `NORM_ITEMS` groups of four, in whole warps.
+fn norm_threads(hidden: usize) -> u32 {
+    (hidden / 4).div_ceil(NORM_ITEMS).next_multiple_of(32).clamp(32, 1024) as u32
+}
 pub const SAMPLE_THREADS: u32 = 1024;
 pub const ATTENTION_THREADS: u32 = 128;
 /// Query rows (tokens × heads of one GQA group) one attention block holds.
@@ -91,6 +99,11 @@ impl Kernels {
     /// Head sizes the attention kernel is built for.
     pub fn supports_head_dim(head_dim: usize) -> bool {
         [32, 64, 128].contains(&head_dim)
+    }
+
+    /// Hidden sizes the row kernels take: a multiple of 8 up to 16384.
+    pub fn supports_hidden_size(hidden: usize) -> bool {
+        hidden % 8 == 0 && hidden <= 4 * NORM_ITEMS * 1024
     }
 
     fn launch(&self, gpu: &Gpu, k: Kernel, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
@@ -139,7 +152,7 @@ impl Kernels {
         normed: u64,
     ) -> Result<()> {
         let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed);
-        self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), ROW_THREADS, args)
+        self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
     /// Grid (tokens, heads + 2·kv_heads); `bias`, `q_norm`, `k_norm` may be 0 (absent).
@@ -195,7 +208,7 @@ impl Kernels {
             .i32(a.block_size as i32)
             .i32(a.window as i32)
             .f32(scale_log2)
-            .i32(a.split_tokens as i32)
+            .ptr(a.split_tokens)
             .ptr(a.out)
             .ptr(a.part_acc)
             .ptr(a.part_ml);
@@ -208,7 +221,7 @@ impl Kernels {
                 .i32(a.heads as i32)
                 .i32(a.head_dim as i32)
                 .i32(a.splits as i32)
-                .i32(a.split_tokens as i32)
+                .ptr(a.split_tokens)
                 .ptr(a.out);
             self.launch(gpu, self.attention_combine, (a.num_tokens as u32, a.heads as u32, 1), a.head_dim as u32, args)?;
         }
@@ -256,7 +269,9 @@ pub struct AttentionArgs {
     pub head_dim: usize,
     pub block_size: usize,
     pub window: usize,
-    pub split_tokens: usize,
+    /// Device address of one u32: the KV positions per split.
+    pub split_tokens: u64,
+    /// Splits in the grid (blocks of splits past the context exit at once).
     pub splits: usize,
     pub out: u64,
     pub part_acc: u64,

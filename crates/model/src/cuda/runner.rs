@@ -16,8 +16,11 @@ use lumen_trace::instrument::{span, Category};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// KV positions one attention split covers.
-pub const SPLIT_TOKENS: usize = 256;
+/// KV positions one attention split covers in batch-invariant mode (a fixed size, so a row's
+/// arithmetic never depends on its batch).
+pub const INVARIANT_SPLIT_TOKENS: usize = 64;
+/// Split sizes are multiples of the attention kernel's KV step.
+const SPLIT_ALIGN: usize = 32;
 
 /// How a sampled row draws its token (the engine's sampling parameters, flattened).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +74,7 @@ struct Layout {
     table_offsets: usize,
     table_data: usize,
     params: usize,
+    split_tokens: usize,
     words: usize,
 }
 
@@ -85,8 +89,9 @@ impl Layout {
         let table_offsets = tiles + 4 * max_tiles;
         let table_data = table_offsets + max_seqs + 1;
         let params = table_data + table_words;
-        let words = params + 6 * max_seqs;
-        Layout { tokens, positions, slots, logit_rows, tiles, table_offsets, table_data, params, words }
+        let split_tokens = params + 6 * max_seqs;
+        let words = split_tokens + 1;
+        Layout { tokens, positions, slots, logit_rows, tiles, table_offsets, table_data, params, split_tokens, words }
     }
 }
 
@@ -345,20 +350,43 @@ impl CudaRunner {
         };
         let Some(size) = graph_size else { return self.stage_eager(batch, params) };
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
-        let splits = max_ctx.div_ceil(SPLIT_TOKENS).next_power_of_two();
-        if splits * size > self.part_capacity {
+        let (splits, split_tokens) = self.split_plan(size, max_ctx, size);
+        let grid = splits.next_power_of_two();
+        if grid * size > self.part_capacity {
             return self.stage_eager(batch, params);
         }
         self.fill(batch, params, size)?;
-        Ok(Staged::Graph((size, splits), StepShape { tokens: size, tiles: size, rows: size, splits }))
+        self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
+        Ok(Staged::Graph((size, grid), StepShape { tokens: size, tiles: size, rows: size, splits: grid }))
+    }
+
+    /// How many KV splits attention uses, and of what size. Batch-invariant mode fixes the size;
+    /// otherwise enough splits to give every multiprocessor two blocks, no smaller than one KV
+    /// step, and none when the partial sums would not fit.
+    fn split_plan(&self, tiles: usize, max_ctx: usize, tokens: usize) -> (usize, usize) {
+        let c = self.model.config();
+        let (splits, size) = if self.config.batch_invariant {
+            (max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS), INVARIANT_SPLIT_TOKENS)
+        } else {
+            let blocks = tiles * c.num_kv_heads;
+            let want = (2 * self.gpu.info.multiprocessors as usize).div_ceil(blocks.max(1)).max(1);
+            let splits = want.min(max_ctx.div_ceil(SPLIT_ALIGN));
+            let size = max_ctx.div_ceil(splits).next_multiple_of(SPLIT_ALIGN);
+            (max_ctx.div_ceil(size), size)
+        };
+        if splits > 1 && splits * tokens <= self.part_capacity {
+            (splits, size)
+        } else {
+            (1, max_ctx.next_multiple_of(SPLIT_ALIGN))
+        }
     }
 
     fn stage_eager(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
         let tiles = self.fill(batch, params, 0)?;
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
-        let needed = max_ctx.div_ceil(SPLIT_TOKENS);
         let t = batch.tokens.len();
-        let splits = if needed > 1 && needed * t <= self.part_capacity { needed } else { 1 };
+        let (splits, split_tokens) = self.split_plan(tiles, max_ctx, t);
+        self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
         Ok(Staged::Eager(StepShape { tokens: t, tiles, rows: batch.logit_rows.len(), splits }))
     }
 
@@ -512,7 +540,7 @@ impl CudaRunner {
                 head_dim: hd,
                 block_size: self.config.block_size,
                 window: c.sliding_window.unwrap_or(0),
-                split_tokens: SPLIT_TOKENS,
+                split_tokens: self.dev(l.split_tokens),
                 splits: shape.splits,
                 out: self.attn.ptr,
                 part_acc: self.part_acc.ptr,

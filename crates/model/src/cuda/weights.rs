@@ -48,6 +48,11 @@ impl CudaWeights {
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
             c.head_dim
         );
+        ensure!(
+            Kernels::supports_hidden_size(c.hidden_size),
+            "{source}: hidden size {} is not supported by the CUDA backend (expected a multiple of 8 up to 16384); use --device cpu",
+            c.hidden_size
+        );
         let need = c.num_params() as u64 * 2;
         let (free, total) = gpu.memory()?;
         if need > free as u64 {

@@ -2,11 +2,13 @@
 //
 // A work item ("tile") is up to ATT_MAX_ROWS/group consecutive query tokens of one sequence; a
 // block takes one tile, one KV head (all the query heads of its GQA group) and one KV split of
-// `split_tokens` positions. It walks the split in ATT_TILE-token steps, staging K and V from the
-// paged cache in shared memory, with an online softmax per query row (flash style, causal,
-// sliding window optional). Every row's arithmetic depends only on its own position: tile steps
-// are aligned to absolute positions and splits are fixed ranges, so a token gets the same bits
-// whether it runs in a prefill chunk or a decode step, alone or in any batch.
+// `*split_tokens` positions (read from device memory, so a captured graph follows the step's
+// value). It walks the split in ATT_TILE-token steps, staging K and V from the paged cache in
+// shared memory while the next step's K and V load into registers, with an online softmax per
+// query row (flash style, causal, sliding window optional). A row's arithmetic depends only on
+// its own position and the split size: tile steps are aligned to absolute positions and splits
+// are fixed ranges, so with a fixed split size a token gets the same bits whether it runs in a
+// prefill chunk or a decode step, alone or in any batch.
 //
 // With one split per launch the block writes the normalised output. With several, each block
 // writes its unnormalised partial sums and `attention_combine` merges them in split order.
@@ -19,8 +21,10 @@
 template <int HD>
 __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,
                                const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,
-                               int split_tokens, bf16* out, float* part_acc, float* part_ml) {
+                               const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
     constexpr int DPL = HD / 32;
+    constexpr int CHUNKS = ATT_TILE * (HD / 8) / ATT_THREADS;
+    const int split_tokens = (int)*split_size;
     __shared__ __align__(16) float qs[ATT_MAX_ROWS][HD];
     __shared__ __align__(16) float ks[ATT_TILE][HD + 4];
     __shared__ __align__(16) float vs[ATT_TILE][HD];
@@ -55,18 +59,29 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
         for (int d = 0; d < DPL; d++) acc[ri][d] = 0.f;
     }
 
-    for (u32 t0 = kv_lo; t0 < split_end; t0 += ATT_TILE) {
-        __syncthreads();
-        for (int c = threadIdx.x; c < ATT_TILE * (HD / 8); c += ATT_THREADS) {
-            int tok = c / (HD / 8), chunk = c % (HD / 8);
+    uint4 kr[CHUNKS], vr[CHUNKS];
+    auto load = [&](u32 t0) {
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            int e = threadIdx.x + c * ATT_THREADS, tok = e / (HD / 8), chunk = e % (HD / 8);
             u32 pos = t0 + tok;
-            uint4 kw = make_uint4(0, 0, 0, 0), vw = make_uint4(0, 0, 0, 0);
+            kr[c] = make_uint4(0, 0, 0, 0);
+            vr[c] = make_uint4(0, 0, 0, 0);
             if (pos < split_end) {
                 u64 at = (((u64)table[pos / block_size] * kv_heads + kvh) * block_size + pos % block_size) * HD + chunk * 8;
-                kw = *(const uint4*)(k_cache + at);
-                vw = *(const uint4*)(v_cache + at);
+                kr[c] = *(const uint4*)(k_cache + at);
+                vr[c] = *(const uint4*)(v_cache + at);
             }
-            const u32 kp[4] = {kw.x, kw.y, kw.z, kw.w}, vp[4] = {vw.x, vw.y, vw.z, vw.w};
+        }
+    };
+    if (kv_lo < split_end) load(kv_lo);
+
+    for (u32 t0 = kv_lo; t0 < split_end; t0 += ATT_TILE) {
+        __syncthreads();
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            int e = threadIdx.x + c * ATT_THREADS, tok = e / (HD / 8), chunk = e % (HD / 8);
+            const u32 kp[4] = {kr[c].x, kr[c].y, kr[c].z, kr[c].w}, vp[4] = {vr[c].x, vr[c].y, vr[c].z, vr[c].w};
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 ks[tok][chunk * 8 + 2 * i] = __uint_as_float(kp[i] << 16);
@@ -76,6 +91,7 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
             }
         }
         __syncthreads();
+        if (t0 + ATT_TILE < split_end) load(t0 + ATT_TILE);
 
         float s[ATT_ROWS_PER_WARP];
 #pragma unroll
@@ -147,9 +163,9 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                                       \
         attention_hd##HD(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,    \
                          const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,           \
-                         int split_tokens, bf16* out, float* part_acc, float* part_ml) {                                          \
+                         const u32* split_size, bf16* out, float* part_acc, float* part_ml) {                                     \
         attention_impl<HD>(q, k_cache, v_cache, tiles, table_offsets, table_data, heads, kv_heads, block_size, window, scale_log2, \
-                           split_tokens, out, part_acc, part_ml);                                                                 \
+                           split_size, out, part_acc, part_ml);                                                                   \
     }
 
 ATTENTION_ENTRY(32)
@@ -159,9 +175,9 @@ ATTENTION_ENTRY(128)
 // Merges the split partials of every (token, head) in split order. Grid: (tokens, heads);
 // block: head_dim threads.
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, const u32* positions, int heads, int head_dim,
-                                             int splits, int split_tokens, bf16* out) {
+                                             int splits, const u32* split_size, bf16* out) {
     int token = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
-    int used = positions[token] / split_tokens + 1;
+    int used = positions[token] / *split_size + 1;
     u64 base = ((u64)token * heads + head) * splits;
     float mx = -INFINITY;
     for (int s = 0; s < used; s++) mx = fmaxf(mx, part_ml[2 * (base + s)]);

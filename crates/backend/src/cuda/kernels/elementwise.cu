@@ -1,39 +1,90 @@
 // Per-token kernels of the decoder: embedding gather, residual add with RMSNorm, RoPE with the
 // paged-cache write, SiLU-and-multiply, and the gather of the rows that need logits.
 
+// The RMSNorm kernels hold a row in registers: each thread owns up to NORM_ITEMS groups of four
+// consecutive values (hidden % 4 == 0, hidden <= 4 * NORM_ITEMS * blockDim.x), so every load of a
+// row is issued before the first use and the row is read from memory once.
+#define NORM_ITEMS 4
+
+__device__ __forceinline__ float4 bf4_to_f4(uint2 w) {
+    return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
+                       __uint_as_float(w.y & 0xffff0000u));
+}
+
+__device__ __forceinline__ uint2 f4_to_bf4(float4 v) {
+    return make_uint2((u32)f2bf(v.x) | ((u32)f2bf(v.y) << 16), (u32)f2bf(v.z) | ((u32)f2bf(v.w) << 16));
+}
+
+// Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`.
+__device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const bf16* __restrict__ weight, float eps, int hidden,
+                                         bf16* __restrict__ out, float* scratch) {
+    float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
+    int n4 = hidden / 4;
+#pragma unroll
+    for (int it = 0; it < NORM_ITEMS; it++) {
+        int i = threadIdx.x + it * blockDim.x;
+        if (i < n4) {
+            float4 w = bf4_to_f4(((const uint2*)weight)[i]);
+            float4 x = v[it];
+            ((uint2*)out)[i] = f4_to_bf4(make_float4(x.x * scale * w.x, x.y * scale * w.y, x.z * scale * w.z, x.w * scale * w.w));
+        }
+    }
+}
+
 // residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16).
 // One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
 // error of this kernel instead of a read out of bounds.
-extern "C" __global__ void embed_rms_norm(const u32* tokens, const bf16* embed, const bf16* weight, float eps, int hidden,
-                                          u32 vocab, float* residual, bf16* normed) {
+extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
+                                          float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed) {
     __shared__ float scratch[32];
-    int t = blockIdx.x;
+    int t = blockIdx.x, n4 = hidden / 4;
     u32 tok = tokens[t];
     if (tok >= vocab) __trap();
-    const bf16* row = embed + (u64)tok * hidden;
-    float* res = residual + (u64)t * hidden;
+    const uint2* row = (const uint2*)(embed + (u64)tok * hidden);
+    float4* res = (float4*)(residual + (u64)t * hidden);
+    float4 v[NORM_ITEMS];
     float ss = 0.f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float x = bf2f(row[i]);
-        res[i] = x;
-        ss += x * x;
+#pragma unroll
+    for (int it = 0; it < NORM_ITEMS; it++) {
+        int i = threadIdx.x + it * blockDim.x;
+        v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < n4) {
+            v[it] = bf4_to_f4(row[i]);
+            res[i] = v[it];
+            ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
+        }
     }
-    float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) normed[(u64)t * hidden + i] = f2bf(res[i] * scale * bf2f(weight[i]));
+    norm_row(v, ss, weight, eps, hidden, normed + (u64)t * hidden, scratch);
 }
 
 // residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight. One block per token.
-extern "C" __global__ void add_rms_norm(float* residual, const bf16* delta, const bf16* weight, float eps, int hidden, bf16* normed) {
+extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight, float eps,
+                                        int hidden, bf16* __restrict__ normed) {
     __shared__ float scratch[32];
     u64 base = (u64)blockIdx.x * hidden;
+    int n4 = hidden / 4;
+    float4* res = (float4*)(residual + base);
+    const uint2* d = (const uint2*)(delta + base);
+    float4 v[NORM_ITEMS];
     float ss = 0.f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float x = residual[base + i] + bf2f(delta[base + i]);
-        residual[base + i] = x;
-        ss += x * x;
+#pragma unroll
+    for (int it = 0; it < NORM_ITEMS; it++) {
+        int i = threadIdx.x + it * blockDim.x;
+        v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < n4) {
+            float4 r = res[i], x = bf4_to_f4(d[i]);
+            v[it] = make_float4(r.x + x.x, r.y + x.y, r.z + x.z, r.w + x.w);
+        }
     }
-    float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) normed[base + i] = f2bf(residual[base + i] * scale * bf2f(weight[i]));
+#pragma unroll
+    for (int it = 0; it < NORM_ITEMS; it++) {
+        int i = threadIdx.x + it * blockDim.x;
+        if (i < n4) {
+            res[i] = v[it];
+            ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
+        }
+    }
+    norm_row(v, ss, weight, eps, hidden, normed + base, scratch);
 }
 
 // Splits the fused qkv rows: adds the bias, applies the q/k head norms (when given) and rotary
@@ -93,9 +144,9 @@ extern "C" __global__ void silu_mul(const bf16* gate_up, int f, u64 total, bf16*
     }
 }
 
-// dst[r] = src[rows[r]] for rows of `width` bf16 values. One block per output row.
-extern "C" __global__ void gather_rows(const bf16* src, const u32* rows, int width, bf16* dst) {
-    const bf16* from = src + (u64)rows[blockIdx.x] * width;
-    bf16* to = dst + (u64)blockIdx.x * width;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
+// dst[r] = src[rows[r]] for rows of `width` bf16 values (width % 8 == 0). One block per row.
+extern "C" __global__ void gather_rows(const bf16* __restrict__ src, const u32* __restrict__ rows, int width, bf16* __restrict__ dst) {
+    const uint4* from = (const uint4*)(src + (u64)rows[blockIdx.x] * width);
+    uint4* to = (uint4*)(dst + (u64)blockIdx.x * width);
+    for (int i = threadIdx.x; i < width / 8; i += blockDim.x) to[i] = from[i];
 }

@@ -5,6 +5,8 @@ typedef unsigned short bf16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+#define INFINITY __int_as_float(0x7f800000)
+
 __device__ __forceinline__ float bf2f(bf16 x) { return __uint_as_float(((u32)x) << 16); }
 
 // Round to nearest even; NaN stays NaN.
