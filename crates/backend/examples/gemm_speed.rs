@@ -3,42 +3,60 @@
 //! (CUDA events), with the achieved bandwidth and FLOP rate.
 //! `gemm_speed [hidden intermediate q_dim kv_dim vocab]` (default: Llama-3.1-8B).
 
-use lumen_backend::cuda::{Gemm, Gpu};
+use lumen_backend::cuda::kernels::GEMV_MAX_TOKENS;
+use lumen_backend::cuda::{Gemm, Gpu, Kernels};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("sizes are integers")).collect();
-    let [h, f, qd, kd, vocab] = if args.len() == 5 { [args[0], args[1], args[2], args[3], args[4]] } else { [4096, 14336, 4096, 1024, 128256] };
+    let [h, f, qd, kd, vocab] =
+        if args.len() == 5 { [args[0], args[1], args[2], args[3], args[4]] } else { [4096, 14336, 4096, 1024, 128256] };
     let gpu = Gpu::open(0)?;
     let mut gemm = Gemm::new(&gpu, false)?;
-    println!("{} | cuBLASLt bf16, median of 30 runs", gpu.info.name);
-    println!("{:>16} {:>5} {:>9} {:>8} {:>9}", "shape (n x k)", "t", "time us", "GB/s", "TFLOP/s");
+    let kernels = Kernels::load(&gpu)?;
+    println!("{} | bf16, median of 30 runs", gpu.info.name);
+    println!("{:>20} {:>5} {:>9} {:>8} {:>9}", "shape (n x k)", "t", "time us", "GB/s", "TFLOP/s");
     let shapes = [("qkv", qd + 2 * kd, h), ("o", h, qd), ("gate_up", 2 * f, h), ("down", h, f), ("lm_head", vocab, h)];
     for (name, n, k) in shapes {
-        let w = gpu.upload(&(0..n * k).map(|i| lumen_backend::cuda::to_bf16(((i * 7919 % 1000) as f32 - 500.0) / 5000.0)).collect::<Vec<u16>>(), "w")?;
-        for t in [1usize, 2, 4, 8, 16, 64, 256, 512, 1024] {
-            let x = gpu.upload(&(0..t * k).map(|i| lumen_backend::cuda::to_bf16(((i * 31 % 100) as f32 - 50.0) / 50.0)).collect::<Vec<u16>>(), "x")?;
+        let w = gpu.upload(
+            &(0..n * k).map(|i| lumen_backend::cuda::to_bf16(((i * 7919 % 1000) as f32 - 500.0) / 5000.0)).collect::<Vec<u16>>(),
+            "w",
+        )?;
+        for t in [1usize, 2, 4, 16, 256, 512, 1024] {
+            let x = gpu.upload(
+                &(0..t * k).map(|i| lumen_backend::cuda::to_bf16(((i * 31 % 100) as f32 - 50.0) / 50.0)).collect::<Vec<u16>>(),
+                "x",
+            )?;
             let out = gpu.alloc(t * n * 2, "out")?;
-            let (a, b) = (gpu.event()?, gpu.event()?);
-            let mut times = Vec::new();
-            for rep in 0..33 {
-                a.record(&gpu)?;
-                gemm.matmul(&gpu, x.ptr, w.ptr, out.ptr, t, n, k, false)?;
-                b.record(&gpu)?;
-                gpu.synchronize()?;
-                if rep >= 3 {
-                    times.push(a.elapsed_ms(&b).unwrap_or(f64::NAN));
+            for engine in ["cublaslt", "gemv"] {
+                if engine == "gemv" && t > GEMV_MAX_TOKENS {
+                    continue;
                 }
+                let (a, b) = (gpu.event()?, gpu.event()?);
+                let mut times = Vec::new();
+                for rep in 0..33 {
+                    a.record(&gpu)?;
+                    if engine == "gemv" {
+                        kernels.gemv(&gpu, x.ptr, w.ptr, out.ptr, t, n, k, false)?;
+                    } else {
+                        gemm.matmul(&gpu, x.ptr, w.ptr, out.ptr, t, n, k, false)?;
+                    }
+                    b.record(&gpu)?;
+                    gpu.synchronize()?;
+                    if rep >= 3 {
+                        times.push(a.elapsed_ms(&b).unwrap_or(f64::NAN));
+                    }
+                }
+                times.sort_by(f64::total_cmp);
+                let ms = times[times.len() / 2];
+                let bytes = (n * k + t * k + t * n) * 2;
+                println!(
+                    "{:>20} {t:>5} {:>9.1} {:>8.0} {:>9.1}",
+                    format!("{name} {n}x{k} {engine}"),
+                    ms * 1e3,
+                    bytes as f64 / ms / 1e6,
+                    2.0 * (n * k * t) as f64 / ms / 1e9
+                );
             }
-            times.sort_by(f64::total_cmp);
-            let ms = times[times.len() / 2];
-            let bytes = (n * k + t * k + t * n) * 2;
-            println!(
-                "{:>16} {t:>5} {:>9.1} {:>8.0} {:>9.1}",
-                format!("{name} {n}x{k}"),
-                ms * 1e3,
-                bytes as f64 / ms / 1e6,
-                2.0 * (n * k * t) as f64 / ms / 1e9
-            );
         }
     }
     Ok(())

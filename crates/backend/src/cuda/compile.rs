@@ -10,11 +10,12 @@ use std::ffi::{c_char, CString};
 use std::path::PathBuf;
 
 /// The kernel sources, in compilation order.
-pub const SOURCES: [(&str, &str); 4] = [
+pub const SOURCES: [(&str, &str); 5] = [
     ("prelude.cu", include_str!("kernels/prelude.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("sampling.cu", include_str!("kernels/sampling.cu")),
+    ("gemv.cu", include_str!("kernels/gemv.cu")),
 ];
 
 /// A loaded module.

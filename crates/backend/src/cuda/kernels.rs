@@ -48,9 +48,11 @@ pub struct Kernels {
     rope_kv_write: Kernel,
     silu_mul: Kernel,
     gather_rows: Kernel,
-    attention: [(usize, Kernel); 3],
+    /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
+    attention: [(usize, Kernel, Kernel); 3],
     attention_combine: Kernel,
     sample_tokens: Kernel,
+    gemv: Kernel,
     sync_each_launch: bool,
 }
 
@@ -68,6 +70,9 @@ fn norm_threads(hidden: usize) -> u32 {
     (hidden / 4).div_ceil(NORM_ITEMS).next_multiple_of(32).clamp(32, 1024) as u32
 }
 pub const SAMPLE_THREADS: u32 = 1024;
+/// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
+pub const GEMV_MAX_TOKENS: usize = 4;
+const GEMV_THREADS: u32 = 256;
 pub const ATTENTION_THREADS: u32 = 128;
 /// Query rows (tokens × heads of one GQA group) one attention block holds.
 pub const ATTENTION_MAX_ROWS: usize = 16;
@@ -82,9 +87,14 @@ impl Kernels {
             rope_kv_write: get("rope_kv_write")?,
             silu_mul: get("silu_mul")?,
             gather_rows: get("gather_rows")?,
-            attention: [(32, get("attention_hd32")?), (64, get("attention_hd64")?), (128, get("attention_hd128")?)],
+            attention: [
+                (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
+                (64, get("attention_hd64_r1")?, get("attention_hd64_r4")?),
+                (128, get("attention_hd128_r1")?, get("attention_hd128_r4")?),
+            ],
             attention_combine: get("attention_combine")?,
             sample_tokens: get("sample_tokens")?,
+            gemv: get("gemv")?,
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
             module,
         })
@@ -101,7 +111,7 @@ impl Kernels {
         [32, 64, 128].contains(&head_dim)
     }
 
-    /// Hidden sizes the row kernels take: a multiple of 8 up to 16384.
+    /// Hidden (and intermediate) sizes the row kernels take: a multiple of 8 up to 16384.
     pub fn supports_hidden_size(hidden: usize) -> bool {
         hidden % 8 == 0 && hidden <= 4 * NORM_ITEMS * 1024
     }
@@ -178,11 +188,11 @@ impl Kernels {
         self.launch(gpu, self.rope_kv_write, (n as u32, heads, 1), (a.head_dim / 2) as u32, args)
     }
 
+    /// `f` must be a multiple of 8.
     pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64) -> Result<()> {
-        let total = (n * f) as u64;
-        let blocks = total.div_ceil(ROW_THREADS as u64).min(65_535 * 4) as u32;
-        let args = Args::default().ptr(gate_up).i32(f as i32).u64(total).ptr(out);
-        self.launch(gpu, self.silu_mul, (blocks, 1, 1), ROW_THREADS, args)
+        let blocks = (f / 8).div_ceil(ROW_THREADS as usize) as u32;
+        let args = Args::default().ptr(gate_up).i32(f as i32).ptr(out);
+        self.launch(gpu, self.silu_mul, (blocks, n as u32, 1), ROW_THREADS, args)
     }
 
     pub fn gather_rows(&self, gpu: &Gpu, src: u64, rows: u64, n_rows: usize, width: usize, dst: u64) -> Result<()> {
@@ -192,9 +202,10 @@ impl Kernels {
 
     /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each.
     pub fn attention(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
-        let Some(&(_, k)) = self.attention.iter().find(|(hd, _)| *hd == a.head_dim) else {
+        let Some(&(_, one_row, four_rows)) = self.attention.iter().find(|(hd, _, _)| *hd == a.head_dim) else {
             bail!("attention: head_dim {} is not supported on CUDA (expected 32, 64 or 128)", a.head_dim);
         };
+        let k = if a.max_tile_rows <= (ATTENTION_THREADS / 32) as usize { one_row } else { four_rows };
         let scale_log2 = (1.0 / (a.head_dim as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
         let args = Args::default()
             .ptr(a.q)
@@ -226,6 +237,17 @@ impl Kernels {
             self.launch(gpu, self.attention_combine, (a.num_tokens as u32, a.heads as u32, 1), a.head_dim as u32, args)?;
         }
         Ok(())
+    }
+
+    /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` rows, one warp per output.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv(&self, gpu: &Gpu, x: u64, w: u64, y: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
+        if t > GEMV_MAX_TOKENS || k % 8 != 0 {
+            bail!("gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of 8 (got {t} rows, k {k})");
+        }
+        let args = Args::default().ptr(x).ptr(w).i32(t as i32).i32(n as i32).i32(k as i32).ptr(y).i32(out_f32 as i32);
+        let blocks = (n as u32).div_ceil(GEMV_THREADS / 32);
+        self.launch(gpu, self.gemv, (blocks, 1, 1), GEMV_THREADS, args)
     }
 
     pub fn sample_tokens(&self, gpu: &Gpu, logits: u64, params: u64, rows: usize, vocab: usize, out: u64) -> Result<()> {
@@ -260,6 +282,8 @@ pub struct AttentionArgs {
     pub v_cache: u64,
     pub tiles: u64,
     pub num_tiles: usize,
+    /// Most query rows (tokens × heads of a group) in one tile.
+    pub max_tile_rows: usize,
     pub table_offsets: u64,
     pub table_data: u64,
     pub positions: u64,

@@ -10,8 +10,8 @@ use super::weights::CudaWeights;
 use crate::llama::ForwardBatch;
 use crate::Model;
 use anyhow::{bail, ensure, Context, Result};
-use lumen_backend::cuda::kernels::ATTENTION_MAX_ROWS;
-use lumen_backend::cuda::{AttentionArgs, DeviceBuffer, Event, Gemm, Gpu, Graph, PinnedBuffer, RopeArgs};
+use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, GEMV_MAX_TOKENS};
+use lumen_backend::cuda::{AttentionArgs, DeviceBuffer, Event, Gemm, Gpu, Graph, Kernels, PinnedBuffer, RopeArgs};
 use lumen_trace::instrument::{span, Category};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,6 +100,8 @@ impl Layout {
 struct StepShape {
     tokens: usize,
     tiles: usize,
+    /// Most query rows (tokens × heads of a GQA group) in one attention tile.
+    tile_rows: usize,
     rows: usize,
     splits: usize,
 }
@@ -137,6 +139,8 @@ pub struct CudaRunner {
     events: (Event, Event),
     last_device_ms: Option<f64>,
     pending_rows: usize,
+    /// Per (rows, n, k) of up to GEMV_MAX_TOKENS rows: whether the GEMV kernel beat cuBLASLt.
+    gemv_wins: HashMap<(usize, usize, usize), bool>,
 }
 
 fn weights(model: &Model) -> Result<&CudaWeights> {
@@ -200,7 +204,7 @@ impl CudaRunner {
         let tokens_host = PinnedBuffer::new(&gpu, s)?;
         let events = (gpu.event()?, gpu.event()?);
         let config = RunnerConfig { max_tokens: t, max_seqs: s, ..config };
-        Ok(CudaRunner {
+        let mut runner = CudaRunner {
             model,
             gpu,
             gemm,
@@ -231,7 +235,58 @@ impl CudaRunner {
             events,
             last_device_ms: None,
             pending_rows: 0,
-        })
+            gemv_wins: HashMap::new(),
+        };
+        if !runner.config.batch_invariant {
+            runner.tune_gemv()?;
+        }
+        Ok(runner)
+    }
+
+    /// Times the GEMV kernel against cuBLASLt on every projection shape for 1..=GEMV_MAX_TOKENS
+    /// rows (median of 5 runs each, on the real weights) and keeps the faster per shape.
+    fn tune_gemv(&mut self) -> Result<()> {
+        let model = self.model.clone();
+        let w = weights(&model)?;
+        let c = model.config();
+        let (h, f) = (c.hidden_size, c.intermediate_size);
+        let (qd, kd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let layer = &w.layers[0];
+        let (x, y) = (self.gate_up.ptr, self.logits.ptr);
+        self.gpu.fill(x, 0x3c, (GEMV_MAX_TOKENS * f.max(qd).max(h) * 2).min(self.gate_up.bytes))?;
+        let shapes = [
+            (layer.wqkv.ptr, qd + 2 * kd, h),
+            (layer.wo.ptr, h, qd),
+            (layer.w_gate_up.ptr, 2 * f, h),
+            (layer.w_down.ptr, h, f),
+            (w.lm_head(), c.vocab_size, h),
+        ];
+        let (a, b) = (self.gpu.event()?, self.gpu.event()?);
+        for t in 1..=GEMV_MAX_TOKENS.min(self.config.max_seqs) {
+            for &(weight, n, k) in &shapes {
+                let mut median = [0f64; 2];
+                for (which, m) in median.iter_mut().enumerate() {
+                    let mut times = Vec::new();
+                    for rep in 0..6 {
+                        a.record(&self.gpu)?;
+                        if which == 0 {
+                            self.gemm.matmul(&self.gpu, x, weight, y, t, n, k, false)?;
+                        } else {
+                            w.kernels.gemv(&self.gpu, x, weight, y, t, n, k, false)?;
+                        }
+                        b.record(&self.gpu)?;
+                        self.gpu.synchronize()?;
+                        if rep > 0 {
+                            times.push(a.elapsed_ms(&b).unwrap_or(f64::INFINITY));
+                        }
+                    }
+                    times.sort_by(f64::total_cmp);
+                    *m = times[times.len() / 2];
+                }
+                self.gemv_wins.insert((t, n, k), median[1] < median[0]);
+            }
+        }
+        Ok(())
     }
 
     /// KV blocks the engine may hand out (one more, reserved, takes padded rows' writes).
@@ -357,7 +412,8 @@ impl CudaRunner {
         }
         self.fill(batch, params, size)?;
         self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
-        Ok(Staged::Graph((size, grid), StepShape { tokens: size, tiles: size, rows: size, splits: grid }))
+        let group = self.model.config().num_heads / self.model.config().num_kv_heads;
+        Ok(Staged::Graph((size, grid), StepShape { tokens: size, tiles: size, tile_rows: group, rows: size, splits: grid }))
     }
 
     /// How many KV splits attention uses, and of what size. Batch-invariant mode fixes the size;
@@ -382,17 +438,18 @@ impl CudaRunner {
     }
 
     fn stage_eager(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
-        let tiles = self.fill(batch, params, 0)?;
+        let (tiles, tile_rows) = self.fill(batch, params, 0)?;
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let t = batch.tokens.len();
         let (splits, split_tokens) = self.split_plan(tiles, max_ctx, t);
         self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
-        Ok(Staged::Eager(StepShape { tokens: t, tiles, rows: batch.logit_rows.len(), splits }))
+        Ok(Staged::Eager(StepShape { tokens: t, tiles, tile_rows, rows: batch.logit_rows.len(), splits }))
     }
 
     /// Fills the staging area; with `pad_to > 0` (decode-only graph batches) adds dummy rows up
-    /// to that size, writing to the reserved block. Returns the number of attention tiles.
-    fn fill(&mut self, batch: &ForwardBatch, params: &[SampleParams], pad_to: usize) -> Result<usize> {
+    /// to that size, writing to the reserved block. Returns the number of attention tiles and the
+    /// most query rows in one.
+    fn fill(&mut self, batch: &ForwardBatch, params: &[SampleParams], pad_to: usize) -> Result<(usize, usize)> {
         let c = self.model.config();
         let l = self.layout;
         let t = batch.tokens.len();
@@ -417,6 +474,7 @@ impl CudaRunner {
         let group = c.num_heads / c.num_kv_heads;
         let rows_per_tile = (ATTENTION_MAX_ROWS / group).max(1);
         let mut tiles = 0;
+        let mut tile_rows = 0;
         let mut table = 0;
         let blocks_total = self.num_blocks + 1;
         for (si, s) in batch.seqs.iter().enumerate() {
@@ -440,6 +498,7 @@ impl CudaRunner {
                 let at = l.tiles + 4 * tiles;
                 w[at..at + 4].copy_from_slice(&[si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
                 tiles += 1;
+                tile_rows = tile_rows.max(rows * group);
                 off += rows;
             }
         }
@@ -476,7 +535,19 @@ impl CudaRunner {
         if pad_to > n {
             w[l.table_data + table] = reserved;
         }
-        Ok(tiles)
+        Ok((tiles, tile_rows))
+    }
+
+    /// `out[t, n] = x[t, k] · w[n, k]ᵀ`: the GEMV kernel for the few-row shapes where it measured
+    /// faster (never in batch-invariant mode, where every row count must take the same
+    /// arithmetic), cuBLASLt otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(&mut self, kernels: &Kernels, x: u64, w: u64, out: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
+        if self.gemv_wins.get(&(t, n, k)) == Some(&true) {
+            kernels.gemv(&self.gpu, x, w, out, t, n, k, out_f32)
+        } else {
+            self.gemm.matmul(&self.gpu, x, w, out, t, n, k, out_f32)
+        }
     }
 
     /// Queues the whole forward pass for `shape` (and the sampler when `sample`).
@@ -485,7 +556,7 @@ impl CudaRunner {
         let w = weights(&model)?;
         let c = model.config();
         let k = &w.kernels;
-        let gpu = &*self.gpu;
+        let gpu = &*self.gpu.clone();
         let l = self.layout;
         let t = shape.tokens;
         let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
@@ -506,7 +577,7 @@ impl CudaRunner {
         for (li, layer) in w.layers.iter().enumerate() {
             let kv_offset = li * self.layer_elems * 2;
             let (k_cache, v_cache) = (self.k_cache.at(kv_offset), self.v_cache.at(kv_offset));
-            self.gemm.matmul(gpu, self.normed.ptr, layer.wqkv.ptr, self.qkv.ptr, t, qd + 2 * kd, h, false)?;
+            self.linear(k, self.normed.ptr, layer.wqkv.ptr, self.qkv.ptr, t, qd + 2 * kd, h, false)?;
             let rope = RopeArgs {
                 qkv: self.qkv.ptr,
                 bias: layer.bqkv.as_ref().map_or(0, |b| b.ptr),
@@ -531,6 +602,7 @@ impl CudaRunner {
                 v_cache,
                 tiles: self.dev(l.tiles),
                 num_tiles: shape.tiles,
+                max_tile_rows: shape.tile_rows,
                 table_offsets: self.dev(l.table_offsets),
                 table_data: self.dev(l.table_data),
                 positions: self.dev(l.positions),
@@ -547,16 +619,16 @@ impl CudaRunner {
                 part_ml: self.part_ml.ptr,
             };
             k.attention(gpu, &attention)?;
-            self.gemm.matmul(gpu, self.attn.ptr, layer.wo.ptr, self.delta.ptr, t, h, qd, false)?;
+            self.linear(k, self.attn.ptr, layer.wo.ptr, self.delta.ptr, t, h, qd, false)?;
             k.add_rms_norm(gpu, t, self.residual.ptr, self.delta.ptr, layer.ffn_norm.ptr, eps, h, self.normed.ptr)?;
-            self.gemm.matmul(gpu, self.normed.ptr, layer.w_gate_up.ptr, self.gate_up.ptr, t, 2 * f, h, false)?;
+            self.linear(k, self.normed.ptr, layer.w_gate_up.ptr, self.gate_up.ptr, t, 2 * f, h, false)?;
             k.silu_mul(gpu, t, f, self.gate_up.ptr, self.act.ptr)?;
-            self.gemm.matmul(gpu, self.act.ptr, layer.w_down.ptr, self.delta.ptr, t, h, f, false)?;
+            self.linear(k, self.act.ptr, layer.w_down.ptr, self.delta.ptr, t, h, f, false)?;
             let next_norm = w.layers.get(li + 1).map_or(w.final_norm.ptr, |n| n.attn_norm.ptr);
             k.add_rms_norm(gpu, t, self.residual.ptr, self.delta.ptr, next_norm, eps, h, self.normed.ptr)?;
         }
         k.gather_rows(gpu, self.normed.ptr, self.dev(l.logit_rows), shape.rows, h, self.last.ptr)?;
-        self.gemm.matmul(gpu, self.last.ptr, w.lm_head(), self.logits.ptr, shape.rows, c.vocab_size, h, true)?;
+        self.linear(k, self.last.ptr, w.lm_head(), self.logits.ptr, shape.rows, c.vocab_size, h, true)?;
         if sample {
             k.sample_tokens(gpu, self.logits.ptr, self.dev(l.params), shape.rows, c.vocab_size, self.sampled.ptr)?;
         }

@@ -49,6 +49,11 @@ impl CudaWeights {
             c.head_dim
         );
         ensure!(
+            c.intermediate_size % 8 == 0,
+            "{source}: intermediate size {} is not supported by the CUDA backend (expected a multiple of 8); use --device cpu",
+            c.intermediate_size
+        );
+        ensure!(
             Kernels::supports_hidden_size(c.hidden_size),
             "{source}: hidden size {} is not supported by the CUDA backend (expected a multiple of 8 up to 16384); use --device cpu",
             c.hidden_size

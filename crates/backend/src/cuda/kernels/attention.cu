@@ -16,18 +16,37 @@
 #define ATT_TILE 32
 #define ATT_THREADS 128
 #define ATT_MAX_ROWS 16
-#define ATT_ROWS_PER_WARP (ATT_MAX_ROWS / (ATT_THREADS / 32))
 
-template <int HD>
+// n consecutive bf16 values from shared memory as floats, in one access.
+template <int N>
+__device__ __forceinline__ void load_bf16_row(const bf16* p, float (&out)[N]) {
+    if constexpr (N == 4) {
+        uint2 w = *(const uint2*)p;
+        out[0] = __uint_as_float(w.x << 16);
+        out[1] = __uint_as_float(w.x & 0xffff0000u);
+        out[2] = __uint_as_float(w.y << 16);
+        out[3] = __uint_as_float(w.y & 0xffff0000u);
+    } else if constexpr (N == 2) {
+        u32 w = *(const u32*)p;
+        out[0] = __uint_as_float(w << 16);
+        out[1] = __uint_as_float(w & 0xffff0000u);
+    } else {
+        out[0] = bf2f(p[0]);
+    }
+}
+
+template <int HD, int ATT_ROWS_PER_WARP>
 __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,
                                const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,
                                const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
     constexpr int DPL = HD / 32;
     constexpr int CHUNKS = ATT_TILE * (HD / 8) / ATT_THREADS;
     const int split_tokens = (int)*split_size;
-    __shared__ __align__(16) float qs[ATT_MAX_ROWS][HD];
-    __shared__ __align__(16) float ks[ATT_TILE][HD + 4];
-    __shared__ __align__(16) float vs[ATT_TILE][HD];
+    // K and V stay bf16 in shared memory, copied 16 bytes at a time; K rows are padded by 16
+    // bytes so that lanes reading different rows at the same column hit different banks.
+    __shared__ __align__(16) float qs[ATT_ROWS_PER_WARP * (ATT_THREADS / 32)][HD];
+    __shared__ __align__(16) bf16 ks[ATT_TILE][HD + 8];
+    __shared__ __align__(16) bf16 vs[ATT_TILE][HD];
 
     const u32* tile = tiles + 4 * blockIdx.x;
     const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
@@ -81,14 +100,8 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
 #pragma unroll
         for (int c = 0; c < CHUNKS; c++) {
             int e = threadIdx.x + c * ATT_THREADS, tok = e / (HD / 8), chunk = e % (HD / 8);
-            const u32 kp[4] = {kr[c].x, kr[c].y, kr[c].z, kr[c].w}, vp[4] = {vr[c].x, vr[c].y, vr[c].z, vr[c].w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                ks[tok][chunk * 8 + 2 * i] = __uint_as_float(kp[i] << 16);
-                ks[tok][chunk * 8 + 2 * i + 1] = __uint_as_float(kp[i] & 0xffff0000u);
-                vs[tok][chunk * 8 + 2 * i] = __uint_as_float(vp[i] << 16);
-                vs[tok][chunk * 8 + 2 * i + 1] = __uint_as_float(vp[i] & 0xffff0000u);
-            }
+            *(uint4*)&ks[tok][chunk * 8] = kr[c];
+            *(uint4*)&vs[tok][chunk * 8] = vr[c];
         }
         __syncthreads();
         if (t0 + ATT_TILE < split_end) load(t0 + ATT_TILE);
@@ -96,18 +109,25 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
         float s[ATT_ROWS_PER_WARP];
 #pragma unroll
         for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) s[ri] = 0.f;
-#pragma unroll 4
-        for (int d = 0; d < HD; d += 4) {
-            float4 k4 = *(const float4*)&ks[lane][d];
+#pragma unroll 2
+        for (int d = 0; d < HD; d += 8) {
+            uint4 kw = *(const uint4*)&ks[lane][d];
+            const float k8[8] = {__uint_as_float(kw.x << 16), __uint_as_float(kw.x & 0xffff0000u), __uint_as_float(kw.y << 16),
+                                 __uint_as_float(kw.y & 0xffff0000u), __uint_as_float(kw.z << 16), __uint_as_float(kw.z & 0xffff0000u),
+                                 __uint_as_float(kw.w << 16), __uint_as_float(kw.w & 0xffff0000u)};
 #pragma unroll
             for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
                 int r = warp + ri * (ATT_THREADS / 32);
                 if (r < rows) {
-                    float4 q4 = *(const float4*)&qs[r][d];
-                    s[ri] = fmaf(q4.x, k4.x, s[ri]);
-                    s[ri] = fmaf(q4.y, k4.y, s[ri]);
-                    s[ri] = fmaf(q4.z, k4.z, s[ri]);
-                    s[ri] = fmaf(q4.w, k4.w, s[ri]);
+                    float4 qa = *(const float4*)&qs[r][d], qb = *(const float4*)&qs[r][d + 4];
+                    s[ri] = fmaf(qa.x, k8[0], s[ri]);
+                    s[ri] = fmaf(qa.y, k8[1], s[ri]);
+                    s[ri] = fmaf(qa.z, k8[2], s[ri]);
+                    s[ri] = fmaf(qa.w, k8[3], s[ri]);
+                    s[ri] = fmaf(qb.x, k8[4], s[ri]);
+                    s[ri] = fmaf(qb.y, k8[5], s[ri]);
+                    s[ri] = fmaf(qb.z, k8[6], s[ri]);
+                    s[ri] = fmaf(qb.w, k8[7], s[ri]);
                 }
             }
         }
@@ -129,8 +149,10 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
             for (int d = 0; d < DPL; d++) acc[ri][d] *= corr;
             for (int j = 0; j < ATT_TILE; j++) {
                 float pj = __shfl_sync(0xffffffffu, p, j);
+                float v[DPL];
+                load_bf16_row<DPL>(&vs[j][lane * DPL], v);
 #pragma unroll
-                for (int d = 0; d < DPL; d++) acc[ri][d] = fmaf(pj, vs[j][lane * DPL + d], acc[ri][d]);
+                for (int d = 0; d < DPL; d++) acc[ri][d] = fmaf(pj, v[d], acc[ri][d]);
             }
             m[ri] = m_new;
         }
@@ -159,18 +181,23 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
     }
 }
 
-#define ATTENTION_ENTRY(HD)                                                                                                          \
+// Entries by head size and query rows per warp: 1 (decode: a block holds one token's GQA group of
+// at most four heads) or 4 (prefill tiles). Both run the same per-row arithmetic.
+#define ATTENTION_ENTRY(HD, R)                                                                                                       \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                                       \
-        attention_hd##HD(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,    \
+        attention_hd##HD##_r##R(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,    \
                          const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,           \
                          const u32* split_size, bf16* out, float* part_acc, float* part_ml) {                                     \
-        attention_impl<HD>(q, k_cache, v_cache, tiles, table_offsets, table_data, heads, kv_heads, block_size, window, scale_log2, \
+        attention_impl<HD, R>(q, k_cache, v_cache, tiles, table_offsets, table_data, heads, kv_heads, block_size, window, scale_log2, \
                            split_size, out, part_acc, part_ml);                                                                   \
     }
 
-ATTENTION_ENTRY(32)
-ATTENTION_ENTRY(64)
-ATTENTION_ENTRY(128)
+ATTENTION_ENTRY(32, 1)
+ATTENTION_ENTRY(64, 1)
+ATTENTION_ENTRY(128, 1)
+ATTENTION_ENTRY(32, 4)
+ATTENTION_ENTRY(64, 4)
+ATTENTION_ENTRY(128, 4)
 
 // Merges the split partials of every (token, head) in split order. Grid: (tokens, heads);
 // block: head_dim threads.

@@ -1,0 +1,64 @@
+// Matrix-vector products for decode steps of a few tokens, where a GEMM library's tiles sit
+// mostly idle: y[t, n] = x[t, :] · w[n, :] for t < t_count <= GEMV_MAX_T. One warp per output
+// row streams that weight row once with 16-byte loads, GEMV_UNROLL loads in flight per lane; the
+// few activation rows come from L1/L2. Requires k % 8 == 0.
+
+#define GEMV_MAX_T 4
+#define GEMV_UNROLL 4
+#define GEMV_THREADS 256
+
+__device__ __forceinline__ void unpack8(uint4 v, float (&f)[8]) {
+    f[0] = __uint_as_float(v.x << 16);
+    f[1] = __uint_as_float(v.x & 0xffff0000u);
+    f[2] = __uint_as_float(v.y << 16);
+    f[3] = __uint_as_float(v.y & 0xffff0000u);
+    f[4] = __uint_as_float(v.z << 16);
+    f[5] = __uint_as_float(v.z & 0xffff0000u);
+    f[6] = __uint_as_float(v.w << 16);
+    f[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n,
+                                                                int k, void* __restrict__ y, int out_f32) {
+    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const uint4* wr = (const uint4*)(w + (u64)row * k);
+    const int k8 = k / 8;
+    float acc[GEMV_MAX_T];
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
+    for (int base = lane; base < k8; base += 32 * GEMV_UNROLL) {
+        uint4 wv[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int i = base + u * 32;
+            wv[u] = i < k8 ? wr[i] : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int i = base + u * 32;
+            if (i >= k8) break;
+            float wf[8];
+            unpack8(wv[u], wf);
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_T; t++) {
+                if (t < t_count) {
+                    float xf[8];
+                    unpack8(((const uint4*)(x + (u64)t * k))[i], xf);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) acc[t] = fmaf(wf[j], xf[j], acc[t]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) {
+        if (t < t_count) {
+            float v = warp_sum(acc[t]);
+            if (lane == 0) {
+                if (out_f32) ((float*)y)[(u64)t * n + row] = v;
+                else ((bf16*)y)[(u64)t * n + row] = f2bf(v);
+            }
+        }
+    }
+}
