@@ -228,14 +228,23 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     let engine_info = EngineInfo {
         model: model.name.clone(),
         model_path: args.model.spec(),
-        backend: "cpu".into(),
-        dtype: "float32".into(),
+        backend: if model.cuda_weights().is_some() { "cuda".into() } else { "cpu".into() },
+        dtype: if model.cuda_weights().is_some() { "bfloat16".into() } else { "float32".into() },
         max_batch_size: engine.config.max_batch_size,
         max_num_tokens: engine.config.max_num_tokens,
         kv_cache_blocks: engine.kv_blocks(),
         kv_block_size: engine.config.block_size,
         threads,
-        hardware: hardware_description(threads),
+        hardware: match model.cuda_weights() {
+            Some(w) => format!(
+                "{} ({} SMs, {:.0} GiB); host {}",
+                w.gpu.info.name,
+                w.gpu.info.multiprocessors,
+                w.gpu.info.total_memory as f64 / (1u64 << 30) as f64,
+                hardware_description(threads)
+            ),
+            None => hardware_description(threads),
+        },
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let run_info = RunInfo {

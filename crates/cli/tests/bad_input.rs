@@ -77,7 +77,7 @@ fn dataset_request_too_long_for_the_kv_cache() {
     let path =
         s.write("long.jsonl", format!("{GOOD_LINE}\n{{\"task_id\":1,\"input_ids\":[{}],\"output_tokens\":3}}\n", ["9"; 40].join(",")));
     throughput(&path, &["--kv-cache-tokens", "32", "--kv-block-size", "4", "--warmup", "0"])
-        .fails_with(1, &["task_id 1", "40 tokens", "32"]);
+        .fails_with(1, &["task_id 1", "40 in + 3 out", "at most 32", "nothing was run"]);
 }
 
 #[test]

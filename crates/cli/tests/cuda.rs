@@ -89,6 +89,7 @@ fn bench_throughput_on_cuda_with_graphs_profiling_and_device_time() {
     )
     .ok();
     assert!(run.stderr.contains("cuda:0"), "the load line names the device: {}", run.stderr);
+    assert!(run.stdout.contains("bfloat16") && run.stdout.contains("SMs"), "the report names the GPU and dtype: {}", run.stdout);
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     eprintln!("{}", run.stdout);
     let iterations: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

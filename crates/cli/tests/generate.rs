@@ -29,7 +29,7 @@ fn assert_answer(run: &Run, expected: &str, generated: usize, reason: &str) {
 fn capital_of_france_with_the_default_model() {
     // No --model: the binary must find the checkout's SmolLM2 GGUF by itself.
     let run = chat("What is the capital of France?", 16, true);
-    assert!(run.stderr.contains("SmolLM2-135M-Instruct.Q4_1.gguf (gguf, 30 layers, hidden 576, vocab 49152)"), "{}", run.stderr);
+    assert!(run.stderr.contains("SmolLM2-135M-Instruct.Q4_1.gguf (gguf, cpu, 30 layers, hidden 576, vocab 49152)"), "{}", run.stderr);
     assert_answer(&run, "The capital of France is Paris.", 8, "Stop");
 }
 
