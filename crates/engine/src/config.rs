@@ -86,22 +86,6 @@ impl CudaGraphConfig {
         sizes.dedup();
         sizes
     }
-
-    /// The captured size a decode-only batch of `n` sequences runs at: with padding the smallest
-    /// captured size of at least `n`, without it `n` itself if captured. `None` means the batch
-    /// runs eagerly (graphs off, `n` is 0, or no captured size fits). Callers on a hot path should
-    /// keep [`CudaGraphConfig::capture_sizes`] and search it instead, as this builds the list.
-    pub fn graph_batch_size(&self, n: usize, engine_max_batch_size: usize) -> Option<usize> {
-        if n == 0 {
-            return None;
-        }
-        let sizes = self.capture_sizes(engine_max_batch_size);
-        if self.enable_padding {
-            sizes.into_iter().find(|&s| s >= n)
-        } else {
-            sizes.binary_search(&n).ok().map(|_| n)
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -285,35 +269,9 @@ mod tests {
     }
 
     #[test]
-    fn disabled_graphs_capture_nothing_and_run_eagerly() {
+    fn disabled_graphs_capture_nothing() {
         let off = CudaGraphConfig { enabled: false, ..CudaGraphConfig::default() };
         assert!(off.capture_sizes(64).is_empty());
-        assert_eq!(off.graph_batch_size(1, 64), None);
-    }
-
-    #[test]
-    fn padded_lookup_takes_the_next_captured_size() {
-        let c = graphs(true, 0, None);
-        assert_eq!(c.graph_batch_size(1, 256), Some(1));
-        assert_eq!(c.graph_batch_size(3, 256), Some(4));
-        assert_eq!(c.graph_batch_size(9, 256), Some(16));
-        assert_eq!(c.graph_batch_size(129, 256), Some(192));
-        assert_eq!(c.graph_batch_size(256, 256), Some(256));
-        assert_eq!(c.graph_batch_size(97, 100), Some(100));
-        assert_eq!(c.graph_batch_size(0, 256), None, "an empty batch has no graph");
-        assert_eq!(c.graph_batch_size(257, 256), None, "above every captured size");
-        assert_eq!(graphs(true, 16, None).graph_batch_size(17, 64), None, "above the graph cap");
-        assert_eq!(graphs(true, 0, Some(vec![2, 8])).graph_batch_size(5, 64), Some(8));
-    }
-
-    #[test]
-    fn unpadded_lookup_falls_back_to_eager_between_sizes() {
-        let c = graphs(false, 0, None);
-        assert_eq!(c.graph_batch_size(31, 256), Some(31));
-        assert_eq!(c.graph_batch_size(64, 256), Some(64));
-        assert_eq!(c.graph_batch_size(33, 256), None);
-        assert_eq!(c.graph_batch_size(200, 256), None);
-        assert_eq!(graphs(false, 0, Some(vec![2, 8])).graph_batch_size(5, 64), None);
     }
 
     #[test]

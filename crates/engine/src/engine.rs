@@ -175,7 +175,7 @@ impl Engine {
     pub fn fail_all(&mut self, why: &str) {
         let mut all: Vec<Sequence> = self.incoming.drain(..).collect();
         all.extend(self.scheduler.waiting.drain(..));
-        all.extend(self.scheduler.running.drain(..));
+        all.append(&mut self.scheduler.running);
         for seq in all {
             self.finish(seq, FinishReason::Rejected(format!("engine failed: {why}")));
         }

@@ -2,14 +2,14 @@
 //! positions, KV slots, per-sequence block tables, rows that need logits), runs it, and hands
 //! back one sampled token per sampling sequence, on the CPU or through the CUDA runner.
 
-use crate::config::{EngineConfig, KvBudget};
+use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
 use crate::request::SamplingParams;
 use crate::sampler;
 use crate::scheduler::{Scheduler, SchedulerOutput};
 use anyhow::Result;
 use lumen_backend::{AttentionSeq, KvStorage};
-use lumen_model::cuda::{CudaRunner, KvSize, RunnerConfig, SampleParams};
+use lumen_model::cuda::{CudaRunner, RunnerConfig, SampleParams};
 use lumen_model::{Executor, ForwardBatch, Model};
 use std::sync::Arc;
 
@@ -58,22 +58,17 @@ impl Runner {
                 Ok((Runner::Cpu { storage: decoder.new_kv_storage(blocks, config.block_size), logits: Vec::new() }, blocks))
             }
             Executor::Cuda(_) => {
-                let kv = match config.kv_budget {
-                    KvBudget::Tokens(t) => KvSize::Blocks(t.div_ceil(config.block_size).max(1)),
-                    KvBudget::Bytes(b) => KvSize::Bytes(b as u64),
-                    KvBudget::GpuFraction(f) => KvSize::FreeFraction(f),
-                };
                 let runner = CudaRunner::new(
                     model.clone(),
                     RunnerConfig {
                         max_tokens: config.max_num_tokens,
                         max_seqs: config.max_batch_size,
                         block_size: config.block_size,
-                        kv,
                         graph_sizes: config.cuda_graphs.capture_sizes(config.max_batch_size),
                         graph_padding: config.cuda_graphs.enable_padding,
                         batch_invariant: std::env::var("LUMEN_BATCH_INVARIANT").is_ok_and(|v| v == "1"),
                     },
+                    |free, bytes_per_token| config.blocks_for_bytes(free, bytes_per_token),
                 )?;
                 let blocks = runner.num_blocks();
                 Ok((Runner::Cuda(Box::new(runner)), blocks))

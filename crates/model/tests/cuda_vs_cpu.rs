@@ -16,7 +16,7 @@
 //! before each step, so an element a kernel failed to write shows up as NaN.
 
 use lumen_backend::{AttentionSeq, KvStorage};
-use lumen_model::cuda::{CudaRunner, KvSize, RunnerConfig, SampleParams};
+use lumen_model::cuda::{CudaRunner, RunnerConfig, SampleParams};
 use lumen_model::{load_model_on, Device, ForwardBatch, Model};
 use std::sync::Arc;
 
@@ -42,12 +42,11 @@ fn runner(model: &Arc<Model>, seqs: usize, graphs: Vec<usize>, invariant: bool) 
         max_tokens: 1024,
         max_seqs: seqs.max(8),
         block_size: BLOCK,
-        kv: KvSize::Blocks(seqs * BLOCKS_PER_SEQ),
         graph_sizes: graphs,
         graph_padding: true,
         batch_invariant: invariant,
     };
-    CudaRunner::new(model.clone(), config).unwrap()
+    CudaRunner::new(model.clone(), config, |_, _| Ok(seqs * BLOCKS_PER_SEQ)).unwrap()
 }
 
 /// A sequence in a test: its tokens so far and how many are in the cache.
@@ -155,7 +154,7 @@ fn logits_match(preset: &str) -> f64 {
     let mut r = runner(&gpu, 4, vec![], false);
     // Sequence 0: one prefill of 37. Sequence 1: chunked 16 + 16 + 9. Sequence 2: 300 tokens
     // (two attention splits) in chunks of 200 and 100. Then every sequence decodes.
-    let mut seqs = vec![Seq::new(0, prompt(37, 1, vocab)), Seq::new(1, prompt(41, 2, vocab)), Seq::new(2, prompt(300, 3, vocab))];
+    let mut seqs = [Seq::new(0, prompt(37, 1, vocab)), Seq::new(1, prompt(41, 2, vocab)), Seq::new(2, prompt(300, 3, vocab))];
     let plan: [&[usize]; 3] = [&[37, 16, 200], &[0, 16, 100], &[0, 9, 0]];
     let mut worst = 0f64;
     for chunks in plan {
@@ -256,7 +255,7 @@ fn a_sequence_gets_the_same_bits_alone_and_batched() {
         rows
     };
     let mut r = runner(&gpu, 3, vec![], true);
-    let mut seqs = vec![Seq::new(0, prompt(45, 4, vocab)), Seq::new(1, prompt(70, 5, vocab)), Seq::new(2, prompt(3, 6, vocab))];
+    let mut seqs = [Seq::new(0, prompt(45, 4, vocab)), Seq::new(1, prompt(70, 5, vocab)), Seq::new(2, prompt(3, 6, vocab))];
     // Sequence 1 prefills in two chunks around sequence 0's decode steps; 2 joins late.
     let plan: [&[usize]; 6] = [&[45, 30, 0], &[1, 40, 0], &[1, 1, 3], &[1, 1, 1], &[1, 1, 1], &[1, 1, 1]];
     for (i, chunks) in plan.iter().enumerate() {
@@ -285,7 +284,7 @@ fn graph_and_eager_decode_give_identical_tokens() {
     let vocab = gpu.config().vocab_size;
     let decode = |graphs: Vec<usize>| {
         let mut r = runner(&gpu, 3, graphs, true);
-        let mut seqs = vec![Seq::new(0, prompt(20, 1, vocab)), Seq::new(1, prompt(33, 2, vocab)), Seq::new(2, prompt(250, 3, vocab))];
+        let mut seqs = [Seq::new(0, prompt(20, 1, vocab)), Seq::new(1, prompt(33, 2, vocab)), Seq::new(2, prompt(250, 3, vocab))];
         let mut out = Vec::new();
         let prefill: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         for step_index in 0..12 {

@@ -113,7 +113,7 @@ impl Kernels {
 
     /// Hidden (and intermediate) sizes the row kernels take: a multiple of 8 up to 16384.
     pub fn supports_hidden_size(hidden: usize) -> bool {
-        hidden % 8 == 0 && hidden <= 4 * NORM_ITEMS * 1024
+        hidden.is_multiple_of(8) && hidden <= 4 * NORM_ITEMS * 1024
     }
 
     fn launch(&self, gpu: &Gpu, k: Kernel, grid: (u32, u32, u32), block: u32, args: Args) -> Result<()> {
@@ -242,7 +242,7 @@ impl Kernels {
     /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` rows, one warp per output.
     #[allow(clippy::too_many_arguments)]
     pub fn gemv(&self, gpu: &Gpu, x: u64, w: u64, y: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
-        if t > GEMV_MAX_TOKENS || k % 8 != 0 {
+        if t > GEMV_MAX_TOKENS || !k.is_multiple_of(8) {
             bail!("gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of 8 (got {t} rows, k {k})");
         }
         let args = Args::default().ptr(x).ptr(w).i32(t as i32).i32(n as i32).i32(k as i32).ptr(y).i32(out_f32 as i32);

@@ -4,5 +4,5 @@
 pub mod runner;
 pub mod weights;
 
-pub use runner::{CudaRunner, KvSize, RunnerConfig, SampleParams, INVARIANT_SPLIT_TOKENS};
+pub use runner::{CudaRunner, RunnerConfig, SampleParams, INVARIANT_SPLIT_TOKENS};
 pub use weights::CudaWeights;

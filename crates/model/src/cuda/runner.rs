@@ -37,16 +37,6 @@ impl SampleParams {
     pub const GREEDY: SampleParams = SampleParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, index: 0 };
 }
 
-/// How much KV cache to allocate.
-#[derive(Debug, Clone, Copy)]
-pub enum KvSize {
-    Blocks(usize),
-    /// This fraction of the device memory free once weights and activations are allocated.
-    FreeFraction(f64),
-    /// This many bytes.
-    Bytes(u64),
-}
-
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// Most tokens in one step.
@@ -54,13 +44,27 @@ pub struct RunnerConfig {
     /// Most sequences in one step.
     pub max_seqs: usize,
     pub block_size: usize,
-    pub kv: KvSize,
     /// Decode batch sizes graphs are captured for (empty: no graphs), and whether a batch is
     /// padded up to the next captured size.
     pub graph_sizes: Vec<usize>,
     pub graph_padding: bool,
     /// Choose only split-K-free GEMM algorithms, so rows do not depend on their batch.
     pub batch_invariant: bool,
+}
+
+impl RunnerConfig {
+    /// The captured batch size a decode-only batch of `n` sequences runs at: with padding the
+    /// smallest captured size of at least `n`, without it `n` itself if captured. `None` means
+    /// eager.
+    pub fn graph_size(&self, n: usize) -> Option<usize> {
+        if n == 0 {
+            None
+        } else if self.graph_padding {
+            self.graph_sizes.iter().copied().find(|&g| g >= n)
+        } else {
+            self.graph_sizes.contains(&n).then_some(n)
+        }
+    }
 }
 
 /// Word offsets of the staging area's regions.
@@ -148,7 +152,10 @@ fn weights(model: &Model) -> Result<&CudaWeights> {
 }
 
 impl CudaRunner {
-    pub fn new(model: Arc<Model>, config: RunnerConfig) -> Result<Self> {
+    /// Allocates everything a step needs, then the KV cache: `kv_blocks(free, bytes_per_token)`
+    /// says how many blocks to take given the device memory left free once weights and
+    /// activations are allocated.
+    pub fn new(model: Arc<Model>, config: RunnerConfig, kv_blocks: impl FnOnce(u64, usize) -> Result<usize>) -> Result<Self> {
         let w = weights(&model)?;
         let gpu = w.gpu.clone();
         let c = model.config().clone();
@@ -174,17 +181,12 @@ impl CudaRunner {
         let part_ml = alloc(part_capacity * c.num_heads * 2, 4, "attention split maxima")?;
         let gemm = Gemm::new(&gpu, config.batch_invariant)?;
 
-        let bytes_per_block = 2 * c.num_layers * c.num_kv_heads * hd * 2 * config.block_size;
-        let num_blocks = match config.kv {
-            KvSize::Blocks(n) => n,
-            KvSize::Bytes(b) => (b / bytes_per_block as u64) as usize,
-            KvSize::FreeFraction(fr) => {
-                let (free, _) = gpu.memory()?;
-                let table_reserve = 64 << 20;
-                ((free.saturating_sub(table_reserve)) as f64 * fr / bytes_per_block as f64) as usize
-            }
-        };
+        let bytes_per_token = 2 * c.num_layers * c.num_kv_heads * hd * 2;
+        let bytes_per_block = bytes_per_token * config.block_size;
+        // Room for the pinned staging copy's device side and CUDA graphs, outside the budget.
+        let reserve = 64 << 20;
         let (free, _) = gpu.memory()?;
+        let num_blocks = kv_blocks(free.saturating_sub(reserve) as u64, bytes_per_token)?;
         let want = (num_blocks + 1) * bytes_per_block;
         if num_blocks == 0 || want > free {
             bail!(
@@ -396,13 +398,7 @@ impl CudaRunner {
             && batch.seqs.iter().enumerate().all(|(i, s)| s.len == 1 && s.start == i)
             && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i)
             && batch.logit_rows.len() == n;
-        let graph_size = if !decode_only {
-            None
-        } else if self.config.graph_padding {
-            self.config.graph_sizes.iter().copied().find(|&g| g >= n)
-        } else {
-            self.config.graph_sizes.contains(&n).then_some(n)
-        };
+        let graph_size = if decode_only { self.config.graph_size(n) } else { None };
         let Some(size) = graph_size else { return self.stage_eager(batch, params) };
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let (splits, split_tokens) = self.split_plan(size, max_ctx, size);
@@ -561,7 +557,7 @@ impl CudaRunner {
         let t = shape.tokens;
         let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let eps = c.rms_eps as f32;
+        let eps = c.rms_eps;
         k.embed_rms_norm(
             gpu,
             self.dev(l.tokens),
@@ -639,4 +635,33 @@ impl CudaRunner {
 enum Staged {
     Graph((usize, usize), StepShape),
     Eager(StepShape),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(graph_padding: bool, graph_sizes: Vec<usize>) -> RunnerConfig {
+        RunnerConfig { max_tokens: 64, max_seqs: 8, block_size: 16, graph_sizes, graph_padding, batch_invariant: false }
+    }
+
+    #[test]
+    fn padded_batches_take_the_next_captured_size() {
+        let c = config(true, vec![1, 2, 4, 8, 16, 24, 32]);
+        assert_eq!(c.graph_size(1), Some(1));
+        assert_eq!(c.graph_size(3), Some(4));
+        assert_eq!(c.graph_size(17), Some(24));
+        assert_eq!(c.graph_size(32), Some(32));
+        assert_eq!(c.graph_size(33), None, "above every captured size");
+        assert_eq!(c.graph_size(0), None, "an empty batch has no graph");
+    }
+
+    #[test]
+    fn unpadded_batches_run_eagerly_between_captured_sizes() {
+        let c = config(false, vec![1, 2, 3, 32, 64]);
+        assert_eq!(c.graph_size(3), Some(3));
+        assert_eq!(c.graph_size(64), Some(64));
+        assert_eq!(c.graph_size(33), None);
+        assert_eq!(config(true, vec![]).graph_size(1), None, "graphs off");
+    }
 }

@@ -49,7 +49,7 @@ impl CudaWeights {
             c.head_dim
         );
         ensure!(
-            c.intermediate_size % 8 == 0,
+            c.intermediate_size.is_multiple_of(8),
             "{source}: intermediate size {} is not supported by the CUDA backend (expected a multiple of 8); use --device cpu",
             c.intermediate_size
         );
