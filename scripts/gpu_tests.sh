@@ -8,14 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=gpu-tests
 # Test binaries and the crate each comes from.
-TESTS=(lumen-model:cuda_vs_cpu lumen-backend:cuda_sampling lumen-backend:cuda_kernel_fault lumen-cli:cuda)
+TESTS=(lumen-model:cuda_vs_cpu lumen-backend:cuda_sampling lumen-backend:cuda_kernel_fault lumen-cli:cuda lumen-cli:profile)
 
 case "${1:-}" in
 build)
   export CARGO_PROFILE_RELEASE_DEBUG=0
   rm -rf "$DIR" && mkdir -p "$DIR"
-  cargo build --release -p lumen-cli
-  cp target/release/lumen "$DIR/lumen"
+  cargo build --release -p lumen-cli -p lumen-collect
+  cp target/release/lumen target/release/liblumen_collect.so "$DIR/"
   for t in "${TESTS[@]}"; do
     crate=${t%%:*} name=${t##*:}
     exe=$(cargo test --release --no-run -p "$crate" --test "$name" --message-format=json 2>/dev/null |

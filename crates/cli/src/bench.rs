@@ -1,7 +1,7 @@
 //! `lumen bench`: `prepare-dataset`, `throughput` and `latency`, with trtllm-bench's options.
 
 use crate::common::{hardware_description, EngineArgs, ModelArgs};
-use crate::profile::ProfileArgs;
+use crate::recording::ProfileArgs;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand};
 use lumen_bench::dataset::{

@@ -1,7 +1,7 @@
 //! `lumen generate`: one prompt in, the model's answer streamed to stdout.
 
 use crate::common::{EngineArgs, ModelArgs};
-use crate::profile::ProfileArgs;
+use crate::recording::ProfileArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_engine::{FinishReason, Request, RequestEvent, SamplingParams, StopConditions};

@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod generate;
 mod profile;
+mod recording;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     /// Inspect and export traces.
     #[command(subcommand)]
     Trace(trace::TraceCommand),
+    /// Run a command under lumen's CUPTI collector and write one trace of all its CUDA processes.
+    Profile(profile::ProfileArgs),
 }
 
 fn main() {
@@ -39,6 +42,10 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Trace(cmd) => trace::run(cmd),
+        Command::Profile(args) => match profile::run(args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

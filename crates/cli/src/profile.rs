@@ -1,81 +1,182 @@
-//! Profiling switches shared by the engine-running commands: `--profile-iters` and `--trace`, and
-//! their environment counterparts (`LUMEN_*`, with TensorRT-LLM's `TLLM_*` names accepted). The
-//! environment wins over the flags, and the log says so.
+//! `lumen profile`: runs a command with lumen's CUPTI collector injected into its CUDA processes
+//! (`CUDA_INJECTION64_PATH`, and `NVTX_INJECTION64_PATH` pointing at libcupti for NVTX), then
+//! merges the trace each process wrote into one `.lumen` file. Options follow `nsys profile`.
+//! The command always runs: when there is nothing to collect with (no collector library, no CUDA
+//! driver) lumen says why and runs it untraced. lumen exits with the command's status.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use lumen_engine::Profiler;
-use lumen_trace::instrument;
-use lumen_trace::window::ProfileWindows;
-use std::path::PathBuf;
+use lumen_collect::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
+use lumen_trace::merge::merge_traces;
+use lumen_trace::store::TraceWriter;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
-#[derive(Args, Clone, Default)]
+#[derive(Args)]
 pub struct ProfileArgs {
-    /// Engine iterations to record, e.g. 20-40 or 10-20,50-60 (LUMEN_PROFILE_START_STOP wins).
-    #[arg(long)]
-    pub profile_iters: Option<String>,
-    /// Write the recorded iterations to this trace: .lumen (SQLite) or .json (Chrome). LUMEN_TRACE wins.
-    #[arg(long)]
-    pub trace: Option<PathBuf>,
+    /// Output trace; `.lumen` is added when missing.
+    #[arg(short = 'o', long = "output", default_value = "report")]
+    output: String,
+    /// `none` collects the whole run; `cudaProfilerApi` only between cuProfilerStart and
+    /// cuProfilerStop (lumen's own iteration windows call them).
+    #[arg(short = 'c', long = "capture-range", default_value = "none", value_parser = ["none", "cudaProfilerApi"])]
+    capture_range: String,
+    /// After a cuProfilerStop: `stop` ends collection, `repeat` waits for the next start.
+    #[arg(long = "capture-range-end", default_value = "stop", value_parser = ["stop", "repeat"])]
+    capture_range_end: String,
+    /// `graph`: one record per CUDA graph launch; `node`: every kernel node, with its graph ids.
+    #[arg(long = "cuda-graph-trace", default_value = "graph", value_parser = ["graph", "node"])]
+    cuda_graph_trace: String,
+    /// What to trace, comma-separated: cuda (kernels, copies, sets, synchronisation), nvtx, api
+    /// (runtime and driver calls).
+    #[arg(short = 't', long = "trace", default_value = "cuda,nvtx,api", value_delimiter = ',', value_parser = ["cuda", "nvtx", "api"])]
+    trace: Vec<String>,
+    /// Environment for the command, `K=V`, comma-separated or repeated.
+    #[arg(short = 'e', long = "env-var", value_delimiter = ',')]
+    env: Vec<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
-/// The first of `names` set in the environment, with its name and value.
-fn env_first(names: &[&'static str]) -> Option<(&'static str, String)> {
-    names.iter().find_map(|n| std::env::var(n).ok().map(|v| (*n, v)))
-}
-
-fn env_flag(names: &[&'static str]) -> bool {
-    env_first(names).is_some_and(|(_, v)| !matches!(v.trim(), "" | "0" | "false" | "off"))
-}
-
-impl ProfileArgs {
-    /// Reads the switches, sets the recorded categories, and returns the profiler to give the
-    /// engine, if a trace is to be written.
-    pub fn profiler(&self, model: &str) -> Result<Option<Profiler>> {
-        instrument::configure(
-            env_flag(&["LUMEN_NVTX_DEBUG", "TLLM_NVTX_DEBUG"]),
-            env_flag(&["LUMEN_API_NVTX", "TLLM_LLMAPI_ENABLE_NVTX"]),
-            env_flag(&["LUMEN_PROFILE_RECORD_ALLOC", "TLLM_PROFILE_RECORD_GC"]),
-            env_flag(&["LUMEN_PROFILE_RECORD_WAITS"]),
-        );
-        if instrument::nvtx_from_env() {
-            eprintln!("[lumen] NVTX ranges on (domain lumen)");
-        }
-        let env_windows = ProfileWindows::from_env().map_err(anyhow::Error::msg)?;
-        let windows = match (env_windows, &self.profile_iters) {
-            (Some((w, var)), Some(flag)) => {
-                eprintln!("[lumen] {var}={w} overrides --profile-iters {flag}");
-                Some(w)
-            }
-            (Some((w, _)), None) => Some(w),
-            (None, Some(flag)) => Some(ProfileWindows::parse(flag, "--profile-iters").map_err(anyhow::Error::msg)?),
-            (None, None) => None,
-        };
-        let trace = match (env_first(&["LUMEN_TRACE", "TLLM_TORCH_PROFILE_TRACE"]), &self.trace) {
-            (Some((var, path)), Some(flag)) => {
-                eprintln!("[lumen] {var}={path} overrides --trace {}", flag.display());
-                Some(PathBuf::from(path))
-            }
-            (Some((_, path)), None) => Some(PathBuf::from(path)),
-            (None, flag) => flag.clone(),
-        };
-        let Some(path) = trace else {
-            if let Some(w) = windows {
-                eprintln!("[lumen] profiling windows {w} are set but no trace output: set LUMEN_TRACE or --trace to record them");
-            }
-            return Ok(None);
-        };
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        let meta = vec![
-            ("command".to_string(), std::env::args().collect::<Vec<_>>().join(" ")),
-            ("host".to_string(), host),
-            ("backend".to_string(), "cpu".to_string()),
-            ("model".to_string(), model.to_string()),
-            ("lumen_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ];
-        let what = windows.as_ref().map_or("every iteration".to_string(), |w| format!("iterations {w}"));
-        let profiler = Profiler::new(&path, windows, meta).map_err(anyhow::Error::msg).context("cannot start the trace")?;
-        eprintln!("[lumen] recording {what} into {}", path.display());
-        Ok(Some(profiler))
+/// Where the collector library is: `$LUMEN_COLLECTOR_LIB`, else beside the `lumen` executable
+/// (where `cargo build --release` puts both).
+fn collector_library() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("LUMEN_COLLECTOR_LIB") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(format!("LUMEN_COLLECTOR_LIB={} is not a file", p.display())) };
     }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the lumen executable: {e}"))?;
+    let beside = exe.with_file_name(lumen_collect::LIBRARY_FILE);
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        Err(format!(
+            "the collector library {} is missing (build the workspace with `cargo build --release`, or set LUMEN_COLLECTOR_LIB)",
+            beside.display()
+        ))
+    }
+}
+
+/// libcupti, for `NVTX_INJECTION64_PATH`: the first `libcupti.so*` in `$LD_LIBRARY_PATH` or the
+/// usual CUDA locations.
+fn find_cupti() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var("LD_LIBRARY_PATH").unwrap_or_default().split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect();
+    dirs.extend(
+        ["/usr/local/cuda/targets/x86_64-linux/lib", "/usr/local/cuda/lib64", "/usr/local/cuda/extras/CUPTI/lib64"].map(PathBuf::from),
+    );
+    dirs.iter().find_map(|d| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(d)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libcupti.so")))
+            .collect();
+        found.sort();
+        found.into_iter().next()
+    })
+}
+
+fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("-e {p:?}: expected NAME=VALUE"),
+        })
+        .collect()
+}
+
+/// Runs the command and writes the merged trace; returns the command's exit status.
+pub fn run(args: ProfileArgs) -> Result<i32> {
+    let env = parse_env(&args.env)?;
+    let mut output = PathBuf::from(&args.output);
+    if output.extension().is_none_or(|e| e != "lumen") {
+        output.set_extension("lumen");
+    }
+    if output.exists() {
+        bail!("{} exists; remove it or choose another -o", output.display());
+    }
+    let parts = std::env::temp_dir().join(format!("lumen-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&parts).with_context(|| format!("cannot create {}", parts.display()))?;
+    let options = CollectorOptions {
+        dir: parts.clone(),
+        capture: if args.capture_range == "cudaProfilerApi" { Capture::ProfilerApi } else { Capture::Everything },
+        range_end: if args.capture_range_end == "repeat" { RangeEnd::Repeat } else { RangeEnd::Stop },
+        graph_trace: if args.cuda_graph_trace == "node" { GraphTrace::Node } else { GraphTrace::Graph },
+        cuda: args.trace.iter().any(|t| t == "cuda"),
+        nvtx: args.trace.iter().any(|t| t == "nvtx"),
+        api: args.trace.iter().any(|t| t == "api"),
+    };
+
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]).envs(env);
+    let collecting = match collector_library() {
+        Err(why) => Some(why),
+        Ok(_) if !lumen_backend::cuda::driver_present() => Some("no CUDA driver (libcuda.so) on this machine".to_string()),
+        Ok(lib) => {
+            cmd.env("CUDA_INJECTION64_PATH", &lib).envs(options.to_env());
+            if options.nvtx && std::env::var_os("NVTX_INJECTION64_PATH").is_none() {
+                match find_cupti() {
+                    Some(cupti) => {
+                        cmd.env("NVTX_INJECTION64_PATH", cupti);
+                    }
+                    None => eprintln!("[lumen] profile: libcupti.so not found in LD_LIBRARY_PATH; NVTX ranges are not collected"),
+                }
+            }
+            None
+        }
+    };
+    if let Some(why) = &collecting {
+        eprintln!("[lumen] profile: cannot collect: {why}; running the command untraced");
+    }
+    let started = Instant::now();
+    let status = cmd.status().with_context(|| format!("cannot run {:?}", args.command[0]))?;
+    let elapsed = started.elapsed();
+    let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+
+    let meta = vec![
+        ("command".to_string(), args.command.join(" ")),
+        ("collector".into(), if collecting.is_some() { "none".into() } else { "cupti".into() }),
+        ("collector_status".into(), collecting.clone().unwrap_or_else(|| "ok".into())),
+        ("exit_status".into(), code.to_string()),
+        ("wall_s".into(), format!("{:.3}", elapsed.as_secs_f64())),
+    ];
+    write_trace(&parts, &output, &meta)?;
+    let _ = std::fs::remove_dir_all(&parts);
+    Ok(code)
+}
+
+/// Merges the per-process traces in `parts` into `output` (a trace with only `meta` when no
+/// process wrote one).
+fn write_trace(parts: &Path, output: &Path, meta: &[(String, String)]) -> Result<()> {
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(parts)
+        .with_context(|| format!("cannot read {}", parts.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "lumen"))
+        .collect();
+    inputs.sort();
+    if inputs.is_empty() {
+        TraceWriter::create(output, meta).and_then(|w| w.finish()).map_err(anyhow::Error::msg)?;
+        eprintln!("[lumen] profile: no process was traced; wrote {}", output.display());
+        return Ok(());
+    }
+    let started = Instant::now();
+    let summary = merge_traces(&inputs, output, meta).map_err(anyhow::Error::msg)?;
+    let total = |table: &str| summary.inputs.iter().map(|i| i.rows_of(table)).sum::<u64>();
+    let incomplete = summary.inputs.iter().filter(|i| !i.complete).count();
+    eprintln!(
+        "[lumen] profile: merged {} process trace(s) in {:.2} s: {} GPU operations, {} API calls, {} NVTX ranges{}",
+        inputs.len(),
+        started.elapsed().as_secs_f64(),
+        total("gpu_ops"),
+        total("api_calls"),
+        total("spans"),
+        if incomplete > 0 { format!("; {incomplete} incomplete (the process ended before its collector finished)") } else { String::new() }
+    );
+    eprintln!("[lumen] profile: wrote {}", output.display());
+    Ok(())
 }

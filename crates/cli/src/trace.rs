@@ -1,16 +1,19 @@
-//! `lumen trace`: look inside a trace (`info`) and convert it for other viewers (`export`).
+//! `lumen trace`: look inside a trace (`info`), convert it for other viewers (`export`) and join
+//! the traces of several processes into one (`merge`).
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use lumen_trace::export::chrome::write_chrome_json;
 use lumen_trace::export::perfetto::to_perfetto;
-use lumen_trace::store::{read_trace, table_counts};
+use lumen_trace::merge::merge_traces;
+use lumen_trace::model::{GpuOpKind, TraceData};
+use lumen_trace::store::{read_meta, read_trace, table_counts};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum TraceCommand {
-    /// Print what a trace holds: time span, windows, iterations, rows per table.
+    /// Print what a trace holds: time span, windows, iterations, processes, GPU work, rows per table.
     Info { trace: PathBuf },
     /// Convert a trace for Perfetto (protobuf) or chrome://tracing (JSON).
     Export {
@@ -19,6 +22,15 @@ pub enum TraceCommand {
         format: ExportFormat,
         #[arg(short = 'o', long)]
         output: PathBuf,
+    },
+    /// Merge per-process traces into one (each keeps its pid; the first input's meta heads the result).
+    Merge {
+        /// The merged trace to write (replaced if it exists; it may not be one of the inputs).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// The traces to merge, in order: iterations and requests come from the first that has any.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
     },
 }
 
@@ -42,37 +54,93 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
             .and_then(|_| out.flush())
             .with_context(|| format!("cannot write {}", output.display()))?;
             eprintln!(
-                "[lumen] wrote {} ({} spans, {} marks, {} counter samples)",
+                "[lumen] wrote {} ({} spans, {} marks, {} counter samples, {} GPU ops, {} API calls)",
                 output.display(),
                 data.spans.len(),
                 data.marks.len(),
-                data.counters.len()
+                data.counters.len(),
+                data.gpu_ops.len(),
+                data.api_calls.len()
             );
             Ok(())
         }
+        TraceCommand::Merge { output, inputs } => merge(&inputs, &output),
     }
 }
 
-fn info(path: &PathBuf) -> Result<()> {
+fn info(path: &Path) -> Result<()> {
     let t = read_trace(path).map_err(anyhow::Error::msg)?;
     let counts = table_counts(path).map_err(anyhow::Error::msg)?;
     println!("trace      {}", path.display());
-    for key in ["command", "host", "backend", "model", "windows", "complete"] {
-        if let Some(v) = t.meta(key) {
-            println!("{key:<10} {v}");
+    for key in ["command", "host", "backend", "model", "windows", "merged_from", "complete"] {
+        match t.meta(key) {
+            Some(v) if key == "merged_from" => println!("merged     from {v} traces"),
+            Some(v) => println!("{key:<10} {v}"),
+            None => {}
         }
     }
-    let starts = t.spans.iter().map(|s| s.start_ns).chain(t.iterations.iter().map(|i| i.start_ns));
-    let ends = t.spans.iter().map(|s| s.end_ns).chain(t.iterations.iter().map(|i| i.end_ns));
-    if let (Some(a), Some(b)) = (starts.min(), ends.max()) {
+    if let Some((a, b)) = time_span(&t) {
         println!("span       {:.3} ms", (b - a) as f64 / 1e6);
     }
     if let (Some(first), Some(last)) = (t.iterations.first(), t.iterations.last()) {
         println!("iterations {} ({}..={})", t.iterations.len(), first.iter, last.iter);
     }
+    if !t.processes.is_empty() {
+        let names: Vec<String> = t.processes.iter().map(|p| format!("{} {}", p.pid, p.name)).collect();
+        println!("processes  {} ({})", t.processes.len(), names.join(", "));
+    }
+    let kinds: Vec<String> = GpuOpKind::ALL
+        .into_iter()
+        .map(|kind| (kind, t.gpu_ops.iter().filter(|g| g.kind == kind).count()))
+        .filter(|&(_, n)| n > 0)
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    if kinds.is_empty() {
+        println!("gpu ops    0");
+    } else {
+        println!("gpu ops    {} ({})", t.gpu_ops.len(), kinds.join(", "));
+    }
+    println!("api calls  {}", t.api_calls.len());
     println!("rows:");
     for (table, n) in counts {
         println!("  {table:<12} {n}");
+    }
+    Ok(())
+}
+
+/// The first start and last end over spans, iterations, GPU ops and API calls.
+fn time_span(t: &TraceData) -> Option<(u64, u64)> {
+    let spans = t.spans.iter().map(|s| (s.start_ns, s.end_ns));
+    let iterations = t.iterations.iter().map(|i| (i.start_ns, i.end_ns));
+    let gpu = t.gpu_ops.iter().map(|g| (g.start_ns, g.end_ns));
+    let api = t.api_calls.iter().map(|a| (a.start_ns, a.end_ns));
+    spans.chain(iterations).chain(gpu).chain(api).fold(None, |acc, (start, end)| match acc {
+        None => Some((start, end)),
+        Some((a, b)) => Some((a.min(start), b.max(end))),
+    })
+}
+
+fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
+    let meta = read_meta(&inputs[0]).map_err(anyhow::Error::msg)?;
+    let summary = merge_traces(inputs, output, &meta).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "[lumen] merged {} trace(s) into {} ({} processes{})",
+        summary.inputs.len(),
+        output.display(),
+        summary.processes,
+        if summary.complete { "" } else { "; incomplete: an input's writer did not finish" }
+    );
+    let owner = summary.inputs.iter().find(|i| i.dropped.is_empty() && (i.rows_of("iterations") + i.rows_of("requests")) > 0);
+    for input in &summary.inputs {
+        let rows: Vec<String> = input.rows.iter().filter(|(_, n)| *n > 0).map(|(table, n)| format!("{table} {n}")).collect();
+        let rows = if rows.is_empty() { "no rows".to_string() } else { rows.join(", ") };
+        let state = if input.complete { "" } else { " (incomplete)" };
+        eprintln!("  {}{state}: {rows}", input.path.display());
+        if !input.dropped.is_empty() {
+            let dropped: Vec<String> = input.dropped.iter().map(|(table, n)| format!("{n} {table}")).collect();
+            let kept = owner.map_or(String::new(), |o| format!("; those of {} are kept", o.path.display()));
+            eprintln!("    dropped {}{kept}", dropped.join(", "));
+        }
     }
     Ok(())
 }

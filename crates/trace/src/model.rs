@@ -1,8 +1,19 @@
-//! The trace as data: the rows of a `.lumen` file held in memory. The recorder produces them, the
-//! SQLite store writes and reads them, and the exporters turn them into Perfetto and Chrome
-//! traces. Every timestamp is nanoseconds on [`crate::now_ns`]'s clock.
+//! The trace as data: the rows of a `.lumen` file held in memory. The recorder and the CUDA
+//! collector produce them, the SQLite store writes and reads them, and the exporters turn them into
+//! Perfetto and Chrome traces. Every timestamp is nanoseconds on one clock: [`crate::now_ns`]'s for
+//! the engine's own rows; a trace that merges several processes needs them all on a shared one.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// A process that contributed rows (named by its command line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRow {
+    pub pid: u32,
+    pub name: String,
+}
 
 /// A named thread of a process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +97,91 @@ pub struct RequestRow {
     pub output_len: u64,
 }
 
+/// What a [`GpuOpRow`] is; stored as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuOpKind {
+    Kernel,
+    Memcpy,
+    Memset,
+    /// A synchronisation (stream, event, context or device wait).
+    Sync,
+    /// A whole CUDA graph launch, when graphs are traced as one activity.
+    Graph,
+}
+
+impl GpuOpKind {
+    pub const ALL: [GpuOpKind; 5] = [GpuOpKind::Kernel, GpuOpKind::Memcpy, GpuOpKind::Memset, GpuOpKind::Sync, GpuOpKind::Graph];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuOpKind::Kernel => "kernel",
+            GpuOpKind::Memcpy => "memcpy",
+            GpuOpKind::Memset => "memset",
+            GpuOpKind::Sync => "sync",
+            GpuOpKind::Graph => "graph",
+        }
+    }
+}
+
+impl fmt::Display for GpuOpKind {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GpuOpKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        GpuOpKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown GPU op kind {s:?} (expected kernel, memcpy, memset, sync or graph)"))
+    }
+}
+
+/// One piece of GPU activity: a kernel, a copy, a memset, a synchronisation or a graph launch.
+/// Fields that do not apply to the kind are `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuOpRow {
+    pub kind: GpuOpKind,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The process that issued it.
+    pub pid: u32,
+    pub device: u32,
+    pub stream: Option<u64>,
+    /// Matches the [`ApiCallRow::correlation`] of the API call that issued it, in the same process.
+    pub correlation: Option<u64>,
+    /// The kernel name; for other kinds a short description such as `memcpy HtoD`.
+    pub name: String,
+    pub grid: Option<[u32; 3]>,
+    pub block: Option<[u32; 3]>,
+    pub registers: Option<u32>,
+    pub shared_mem_bytes: Option<u64>,
+    pub bytes: Option<u64>,
+    /// The copy direction, such as `HtoD`, `DtoH`, `DtoD`.
+    pub copy_kind: Option<String>,
+    /// Whether the host side of a copy is page-locked.
+    pub pinned: Option<bool>,
+    pub graph_id: Option<u64>,
+    pub graph_node_id: Option<u64>,
+}
+
+/// One CUDA runtime or driver API call on a CPU thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiCallRow {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub pid: u32,
+    pub tid: u64,
+    pub name: String,
+    pub correlation: Option<u64>,
+    /// The call's return code.
+    pub result: Option<i64>,
+}
+
 /// Everything a trace holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TraceData {
@@ -98,6 +194,9 @@ pub struct TraceData {
     pub iterations: Vec<IterationRow>,
     pub requests: Vec<RequestRow>,
     pub allocations: Vec<AllocationRow>,
+    pub processes: Vec<ProcessRow>,
+    pub gpu_ops: Vec<GpuOpRow>,
+    pub api_calls: Vec<ApiCallRow>,
 }
 
 impl TraceData {
@@ -108,5 +207,20 @@ impl TraceData {
     /// The process id the trace was recorded in (`meta.pid`), or 1.
     pub fn pid(&self) -> u32 {
         self.meta("pid").and_then(|p| p.parse().ok()).unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_op_kinds_round_trip_through_text() {
+        for kind in GpuOpKind::ALL {
+            assert_eq!(kind.as_str().parse::<GpuOpKind>(), Ok(kind));
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));
+        }
+        let err = "Kernel".parse::<GpuOpKind>().unwrap_err();
+        assert!(err.contains("\"Kernel\"") && err.contains("expected kernel, memcpy"), "{err}");
     }
 }

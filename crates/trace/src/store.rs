@@ -2,16 +2,27 @@
 //!
 //! The writer appends rows in one transaction per flush, in WAL mode, so a crash loses at most
 //! the batch being written and the file stays readable; `meta.complete` says whether the writer
-//! finished. Names and categories are interned in `strings`; the `span_names` and `mark_names`
-//! views join them back for hand-written queries. The reader loads a whole trace back into a
-//! [`TraceData`], and names the file and what is wrong when it cannot.
+//! finished. Names and categories are interned in `strings`; the `span_names`, `mark_names`,
+//! `gpu_op_names` and `api_call_names` views join them back for hand-written queries. The reader
+//! loads a whole trace back into a [`TraceData`] (or streams one table in chunks, for merging), and
+//! names the file and what is wrong when it cannot.
+//!
+//! Schema version 2 added `pid` to `gpu_ops` and `api_calls` and `pinned` to `gpu_ops`. Version 1
+//! files still open: nothing wrote their `gpu_ops` and `api_calls`, so those read as empty.
 
-use crate::model::{AllocationRow, CounterRow, IterationRow, MarkRow, RequestRow, SpanRow, ThreadRow, TraceData};
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::model::{
+    AllocationRow, ApiCallRow, CounterRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow,
+    TraceData,
+};
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
+
+/// The schema versions [`read_trace`] opens: versions 1, 2, ... up to [`SCHEMA_VERSION`], in order.
+const READABLE_VERSIONS: [&str; 2] = ["1", SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -22,11 +33,11 @@ CREATE TABLE spans(start INTEGER NOT NULL, end INTEGER NOT NULL, tid INTEGER NOT
                    category INTEGER NOT NULL REFERENCES strings(id), depth INTEGER NOT NULL, iteration INTEGER, args TEXT);
 CREATE TABLE marks(ts INTEGER NOT NULL, tid INTEGER NOT NULL, name INTEGER NOT NULL REFERENCES strings(id),
                    category INTEGER NOT NULL REFERENCES strings(id), iteration INTEGER, args TEXT);
-CREATE TABLE gpu_ops(kind TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, device INTEGER, stream INTEGER, correlation INTEGER,
-                     name INTEGER REFERENCES strings(id), grid TEXT, block TEXT, regs INTEGER, smem INTEGER, bytes INTEGER, copy_kind TEXT,
-                     graph_id INTEGER, graph_node_id INTEGER);
-CREATE TABLE api_calls(start INTEGER NOT NULL, end INTEGER NOT NULL, tid INTEGER NOT NULL, name INTEGER NOT NULL REFERENCES strings(id),
-                       correlation INTEGER, result INTEGER);
+CREATE TABLE gpu_ops(kind TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, pid INTEGER NOT NULL, device INTEGER NOT NULL,
+                     stream INTEGER, correlation INTEGER, name INTEGER NOT NULL REFERENCES strings(id), grid TEXT, block TEXT, regs INTEGER,
+                     smem INTEGER, bytes INTEGER, copy_kind TEXT, pinned INTEGER, graph_id INTEGER, graph_node_id INTEGER);
+CREATE TABLE api_calls(start INTEGER NOT NULL, end INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL,
+                       name INTEGER NOT NULL REFERENCES strings(id), correlation INTEGER, result INTEGER);
 CREATE TABLE counters(ts INTEGER NOT NULL, name INTEGER NOT NULL REFERENCES strings(id), device INTEGER, value REAL NOT NULL);
 CREATE TABLE iterations(iter INTEGER PRIMARY KEY, start INTEGER NOT NULL, end INTEGER NOT NULL, ctx_reqs INTEGER NOT NULL,
                         gen_reqs INTEGER NOT NULL, ctx_tokens INTEGER NOT NULL, gen_tokens INTEGER NOT NULL, kv_used_blocks INTEGER NOT NULL,
@@ -37,13 +48,23 @@ CREATE TABLE allocations(iteration INTEGER NOT NULL, count INTEGER NOT NULL, byt
                          kv_blocks_allocated INTEGER NOT NULL, kv_blocks_freed INTEGER NOT NULL);
 CREATE INDEX spans_by_start ON spans(start);
 CREATE INDEX spans_by_iteration ON spans(iteration);
+CREATE INDEX gpu_ops_by_start ON gpu_ops(start);
+CREATE INDEX gpu_ops_by_correlation ON gpu_ops(correlation, pid);
+CREATE INDEX api_calls_by_start ON api_calls(start);
+CREATE INDEX api_calls_by_correlation ON api_calls(correlation, pid);
 CREATE VIEW span_names AS SELECT s.start, s.end, s.end - s.start AS duration, s.tid, n.value AS name, c.value AS category, s.depth,
                                  s.iteration, s.args FROM spans s JOIN strings n ON n.id = s.name JOIN strings c ON c.id = s.category;
 CREATE VIEW mark_names AS SELECT m.ts, m.tid, n.value AS name, c.value AS category, m.iteration, m.args
                           FROM marks m JOIN strings n ON n.id = m.name JOIN strings c ON c.id = m.category;
+CREATE VIEW gpu_op_names AS SELECT g.kind, g.start, g.end, g.end - g.start AS duration, g.pid, g.device, g.stream, g.correlation,
+                                   n.value AS name, g.grid, g.block, g.regs, g.smem, g.bytes, g.copy_kind, g.pinned, g.graph_id,
+                                   g.graph_node_id FROM gpu_ops g JOIN strings n ON n.id = g.name;
+CREATE VIEW api_call_names AS SELECT a.start, a.end, a.end - a.start AS duration, a.pid, a.tid, n.value AS name, a.correlation, a.result
+                              FROM api_calls a JOIN strings n ON n.id = a.name;
 ";
 
-/// Rows to append in one batch.
+/// Rows the engine's recorder gathered, to append in one batch. Threads belong to the writing
+/// process.
 #[derive(Default)]
 pub struct Batch<'a> {
     pub threads: &'a [(u64, String)],
@@ -53,6 +74,16 @@ pub struct Batch<'a> {
     pub iterations: &'a [IterationRow],
     pub requests: &'a [RequestRow],
     pub allocations: &'a [AllocationRow],
+}
+
+/// GPU activity, and the processes and threads it came from, to append in one batch. Each row
+/// names its own process.
+#[derive(Default)]
+pub struct GpuBatch<'a> {
+    pub processes: &'a [ProcessRow],
+    pub threads: &'a [ThreadRow],
+    pub gpu_ops: &'a [GpuOpRow],
+    pub api_calls: &'a [ApiCallRow],
 }
 
 /// Appends to a new trace file.
@@ -67,7 +98,8 @@ fn context(path: &Path, what: &str, e: rusqlite::Error) -> String {
 }
 
 impl TraceWriter {
-    /// Creates `path` (replacing an existing file) with the schema and `meta` rows.
+    /// Creates `path` (replacing an existing file) with the schema and `meta` rows, plus
+    /// `schema_version` and `complete` = false, which `meta` cannot override.
     pub fn create(path: &Path, meta: &[(String, String)]) -> Result<Self, String> {
         for p in [path.to_path_buf(), wal_path(path, "-wal"), wal_path(path, "-shm")] {
             if p.exists() {
@@ -78,11 +110,11 @@ impl TraceWriter {
         db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").map_err(|e| context(path, "cannot set journal mode", e))?;
         db.execute_batch(SCHEMA).map_err(|e| context(path, "cannot create the schema", e))?;
         let mut w = TraceWriter { path: path.to_path_buf(), db, strings: HashMap::new() };
-        let mut rows = vec![("schema_version".to_string(), SCHEMA_VERSION.to_string()), ("complete".to_string(), "false".to_string())];
-        rows.extend(meta.iter().cloned());
-        for (k, v) in rows {
-            w.set_meta(&k, &v)?;
+        for (k, v) in meta {
+            w.set_meta(k, v)?;
         }
+        w.set_meta("schema_version", SCHEMA_VERSION)?;
+        w.set_meta("complete", "false")?;
         Ok(w)
     }
 
@@ -97,30 +129,47 @@ impl TraceWriter {
         Ok(())
     }
 
-    /// Appends a batch in one transaction.
+    /// Appends a batch of recorder rows in one transaction.
     pub fn append(&mut self, batch: &Batch) -> Result<(), String> {
+        self.write(batch, &GpuBatch::default())
+    }
+
+    /// Appends a batch of GPU activity in one transaction.
+    pub fn append_gpu(&mut self, batch: &GpuBatch) -> Result<(), String> {
+        self.write(&Batch::default(), batch)
+    }
+
+    /// Appends both kinds of rows in one transaction.
+    pub(crate) fn write(&mut self, batch: &Batch, gpu: &GpuBatch) -> Result<(), String> {
         let path = self.path.clone();
         let err = |e| context(&path, "cannot append rows", e);
         let tx = self.db.transaction().map_err(err)?;
         {
             let strings = &mut self.strings;
-            let mut intern = |value: &str| -> Result<i64, rusqlite::Error> {
+            let mut intern = |value: &str| -> Result<i64, String> {
                 if let Some(&id) = strings.get(value) {
                     return Ok(id);
                 }
-                tx.execute("INSERT INTO strings(value) VALUES (?1)", params![value])?;
+                tx.execute("INSERT INTO strings(value) VALUES (?1)", params![value]).map_err(err)?;
                 let id = tx.last_insert_rowid();
                 strings.insert(value.to_string(), id);
                 Ok(id)
             };
-            let pid = std::process::id();
+            let mut process = tx.prepare_cached("INSERT OR REPLACE INTO processes(pid, name) VALUES (?1, ?2)").map_err(err)?;
+            for p in gpu.processes {
+                process.execute(params![p.pid, p.name]).map_err(err)?;
+            }
             let mut thread = tx.prepare_cached("INSERT OR REPLACE INTO threads(tid, pid, name) VALUES (?1, ?2, ?3)").map_err(err)?;
+            let pid = std::process::id();
             for (tid, name) in batch.threads {
                 thread.execute(params![*tid as i64, pid, name]).map_err(err)?;
             }
+            for t in gpu.threads {
+                thread.execute(params![t.tid as i64, t.pid, t.name]).map_err(err)?;
+            }
             let mut span = tx.prepare_cached("INSERT INTO spans VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").map_err(err)?;
             for s in batch.spans {
-                let (name, cat) = (intern(&s.name).map_err(err)?, intern(&s.category).map_err(err)?);
+                let (name, cat) = (intern(&s.name)?, intern(&s.category)?);
                 span.execute(params![
                     s.start_ns as i64,
                     s.end_ns as i64,
@@ -135,13 +184,55 @@ impl TraceWriter {
             }
             let mut mark = tx.prepare_cached("INSERT INTO marks VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(err)?;
             for m in batch.marks {
-                let (name, cat) = (intern(&m.name).map_err(err)?, intern(&m.category).map_err(err)?);
+                let (name, cat) = (intern(&m.name)?, intern(&m.category)?);
                 mark.execute(params![m.ts_ns as i64, m.tid as i64, name, cat, m.iteration.map(|i| i as i64), m.args]).map_err(err)?;
             }
             let mut counter = tx.prepare_cached("INSERT INTO counters VALUES (?1, ?2, ?3, ?4)").map_err(err)?;
             for c in batch.counters {
-                let name = intern(&c.name).map_err(err)?;
+                let name = intern(&c.name)?;
                 counter.execute(params![c.ts_ns as i64, name, c.device, c.value]).map_err(err)?;
+            }
+            let mut gpu_op = tx
+                .prepare_cached("INSERT INTO gpu_ops VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)")
+                .map_err(err)?;
+            for g in gpu.gpu_ops {
+                let name = intern(&g.name)?;
+                gpu_op
+                    .execute(params![
+                        g.kind.as_str(),
+                        g.start_ns as i64,
+                        g.end_ns as i64,
+                        g.pid,
+                        g.device,
+                        g.stream.map(|v| v as i64),
+                        g.correlation.map(|v| v as i64),
+                        name,
+                        g.grid.map(dim3_text),
+                        g.block.map(dim3_text),
+                        g.registers,
+                        g.shared_mem_bytes.map(|v| v as i64),
+                        g.bytes.map(|v| v as i64),
+                        g.copy_kind,
+                        g.pinned,
+                        g.graph_id.map(|v| v as i64),
+                        g.graph_node_id.map(|v| v as i64)
+                    ])
+                    .map_err(err)?;
+            }
+            let mut api_call = tx.prepare_cached("INSERT INTO api_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").map_err(err)?;
+            for a in gpu.api_calls {
+                let name = intern(&a.name)?;
+                api_call
+                    .execute(params![
+                        a.start_ns as i64,
+                        a.end_ns as i64,
+                        a.pid,
+                        a.tid as i64,
+                        name,
+                        a.correlation.map(|v| v as i64),
+                        a.result
+                    ])
+                    .map_err(err)?;
             }
             let mut iteration = tx
                 .prepare_cached("INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")
@@ -196,8 +287,13 @@ impl TraceWriter {
     }
 
     /// Marks the trace complete and folds the WAL back into the single file.
-    pub fn finish(mut self) -> Result<PathBuf, String> {
-        self.set_meta("complete", "true")?;
+    pub fn finish(self) -> Result<PathBuf, String> {
+        self.close(true)
+    }
+
+    /// Sets `meta.complete` and folds the WAL back into the single file.
+    pub(crate) fn close(mut self, complete: bool) -> Result<PathBuf, String> {
+        self.set_meta("complete", if complete { "true" } else { "false" })?;
         self.db
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
             .map_err(|e| context(&self.path, "cannot close", e))?;
@@ -205,135 +301,350 @@ impl TraceWriter {
     }
 }
 
-fn wal_path(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn wal_path(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
 }
 
-/// Reads a whole trace.
-pub fn read_trace(path: &Path) -> Result<TraceData, String> {
-    if !path.is_file() {
-        return Err(format!("trace {}: no such file", path.display()));
-    }
-    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .or_else(|_| Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY))
-        .map_err(|e| context(path, "cannot open", e))?;
-    let not_lumen =
-        |e: rusqlite::Error| format!("trace {}: not a lumen trace (expected a SQLite file written by lumen): {e}", path.display());
-    let version: Option<String> =
-        db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional().map_err(not_lumen)?;
-    match version.as_deref() {
-        Some(SCHEMA_VERSION) => {}
-        Some(v) => return Err(format!("trace {}: schema version {v}, this lumen reads version {SCHEMA_VERSION}", path.display())),
-        None => return Err(format!("trace {}: not a lumen trace (meta has no schema_version)", path.display())),
-    }
-    let err = |e| context(path, "cannot read", e);
-    let strings: HashMap<i64, String> = db
-        .prepare("SELECT id, value FROM strings")
-        .map_err(err)?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(err)?
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
-    let s = |id: i64| strings.get(&id).cloned().unwrap_or_default();
-    let mut t = TraceData::default();
-    t.meta = query(&db, "SELECT key, value FROM meta ORDER BY key", |r| Ok((r.get(0)?, r.get(1)?))).map_err(err)?;
-    t.threads = query(&db, "SELECT pid, tid, name FROM threads ORDER BY tid", |r| {
-        Ok(ThreadRow { pid: r.get(0)?, tid: r.get::<_, i64>(1)? as u64, name: r.get(2)? })
-    })
-    .map_err(err)?;
-    t.spans = query(&db, "SELECT start, end, tid, name, category, depth, iteration, args FROM spans ORDER BY start, end DESC", |r| {
-        Ok(SpanRow {
-            start_ns: r.get::<_, i64>(0)? as u64,
-            end_ns: r.get::<_, i64>(1)? as u64,
-            tid: r.get::<_, i64>(2)? as u64,
-            name: s(r.get(3)?),
-            category: s(r.get(4)?),
-            depth: r.get(5)?,
-            iteration: r.get::<_, Option<i64>>(6)?.map(|i| i as u64),
-            args: r.get(7)?,
-        })
-    })
-    .map_err(err)?;
-    t.marks = query(&db, "SELECT ts, tid, name, category, iteration, args FROM marks ORDER BY ts", |r| {
-        Ok(MarkRow {
-            ts_ns: r.get::<_, i64>(0)? as u64,
-            tid: r.get::<_, i64>(1)? as u64,
-            name: s(r.get(2)?),
-            category: s(r.get(3)?),
-            iteration: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
-            args: r.get(5)?,
-        })
-    })
-    .map_err(err)?;
-    t.counters = query(&db, "SELECT ts, name, device, value FROM counters ORDER BY ts", |r| {
-        Ok(CounterRow { ts_ns: r.get::<_, i64>(0)? as u64, name: s(r.get(1)?), device: r.get(2)?, value: r.get(3)? })
-    })
-    .map_err(err)?;
-    t.iterations = query(
-        &db,
-        "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms
-         FROM iterations ORDER BY iter",
-        |r| {
-            Ok(IterationRow {
-                iter: r.get::<_, i64>(0)? as u64,
-                start_ns: r.get::<_, i64>(1)? as u64,
-                end_ns: r.get::<_, i64>(2)? as u64,
-                ctx_reqs: r.get::<_, i64>(3)? as u64,
-                gen_reqs: r.get::<_, i64>(4)? as u64,
-                ctx_tokens: r.get::<_, i64>(5)? as u64,
-                gen_tokens: r.get::<_, i64>(6)? as u64,
-                kv_used_blocks: r.get::<_, i64>(7)? as u64,
-                kv_total_blocks: r.get::<_, i64>(8)? as u64,
-                host_ms: r.get(9)?,
-                device_ms: r.get(10)?,
-            })
-        },
-    )
-    .map_err(err)?;
-    t.requests = query(&db, "SELECT id, arrival, first_token, end, input_len, output_len FROM requests ORDER BY id", |r| {
-        Ok(RequestRow {
-            id: r.get::<_, i64>(0)? as u64,
-            arrival_ns: r.get::<_, i64>(1)? as u64,
-            first_token_ns: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-            end_ns: r.get::<_, i64>(3)? as u64,
-            input_len: r.get::<_, i64>(4)? as u64,
-            output_len: r.get::<_, i64>(5)? as u64,
-        })
-    })
-    .map_err(err)?;
-    t.allocations = query(
-        &db,
-        "SELECT iteration, count, bytes, frees, kv_blocks_allocated, kv_blocks_freed FROM allocations ORDER BY iteration",
-        |r| {
-            Ok(AllocationRow {
-                iteration: r.get::<_, i64>(0)? as u64,
-                count: r.get::<_, i64>(1)? as u64,
-                bytes: r.get::<_, i64>(2)? as u64,
-                frees: r.get::<_, i64>(3)? as u64,
-                kv_blocks_allocated: r.get::<_, i64>(4)? as u64,
-                kv_blocks_freed: r.get::<_, i64>(5)? as u64,
-            })
-        },
-    )
-    .map_err(err)?;
-    Ok(t)
+/// A grid or block size as the store keeps it: `x,y,z`.
+fn dim3_text(d: [u32; 3]) -> String {
+    format!("{},{},{}", d[0], d[1], d[2])
 }
 
-fn query<T>(db: &Connection, sql: &str, f: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>) -> rusqlite::Result<Vec<T>> {
+fn parse_dim3(text: &str) -> Option<[u32; 3]> {
+    let mut parts = text.split(',').map(|p| p.trim().parse::<u32>().ok());
+    let dims = [parts.next()??, parts.next()??, parts.next()??];
+    parts.next().is_none().then_some(dims)
+}
+
+/// A value in a column that the row type cannot hold; [`TraceReader`] reports `message` with the
+/// file and table.
+fn bad_value(column: usize, message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, Type::Text, message.into())
+}
+
+/// The interned strings of one trace.
+pub(crate) struct Names(HashMap<i64, String>);
+
+impl Names {
+    /// The string that column `column` of `row` refers to.
+    fn get(&self, row: &Row, column: usize) -> rusqlite::Result<String> {
+        let id: i64 = row.get(column)?;
+        self.0.get(&id).cloned().ok_or_else(|| bad_value(column, format!("string id {id} is not in the strings table")))
+    }
+}
+
+fn u64_at(row: &Row, column: usize) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(column)? as u64)
+}
+
+fn opt_u64_at(row: &Row, column: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(column)?.map(|v| v as u64))
+}
+
+fn dim3_at(row: &Row, column: usize, what: &str) -> rusqlite::Result<Option<[u32; 3]>> {
+    match row.get::<_, Option<String>>(column)? {
+        None => Ok(None),
+        Some(text) => parse_dim3(&text).map(Some).ok_or_else(|| bad_value(column, format!("{what} {text:?} is not x,y,z"))),
+    }
+}
+
+/// A row type kept in one table: how to read it back.
+pub(crate) trait Stored: Sized {
+    const TABLE: &'static str;
+    /// The first schema version with this table's columns; older files hold none of its rows.
+    const SINCE: u32;
+    /// The query that reads every row, in the order [`read_trace`] returns them.
+    const SELECT: &'static str;
+    fn read(row: &Row, names: &Names) -> rusqlite::Result<Self>;
+}
+
+impl Stored for ProcessRow {
+    const TABLE: &'static str = "processes";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str = "SELECT pid, name FROM processes ORDER BY pid";
+    fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
+        Ok(ProcessRow { pid: r.get(0)?, name: r.get(1)? })
+    }
+}
+
+impl Stored for ThreadRow {
+    const TABLE: &'static str = "threads";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str = "SELECT pid, tid, name FROM threads ORDER BY tid";
+    fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
+        Ok(ThreadRow { pid: r.get(0)?, tid: u64_at(r, 1)?, name: r.get(2)? })
+    }
+}
+
+impl Stored for SpanRow {
+    const TABLE: &'static str = "spans";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str = "SELECT start, end, tid, name, category, depth, iteration, args FROM spans ORDER BY start, end DESC";
+    fn read(r: &Row, names: &Names) -> rusqlite::Result<Self> {
+        Ok(SpanRow {
+            start_ns: u64_at(r, 0)?,
+            end_ns: u64_at(r, 1)?,
+            tid: u64_at(r, 2)?,
+            name: names.get(r, 3)?,
+            category: names.get(r, 4)?,
+            depth: r.get(5)?,
+            iteration: opt_u64_at(r, 6)?,
+            args: r.get(7)?,
+        })
+    }
+}
+
+impl Stored for MarkRow {
+    const TABLE: &'static str = "marks";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str = "SELECT ts, tid, name, category, iteration, args FROM marks ORDER BY ts";
+    fn read(r: &Row, names: &Names) -> rusqlite::Result<Self> {
+        Ok(MarkRow {
+            ts_ns: u64_at(r, 0)?,
+            tid: u64_at(r, 1)?,
+            name: names.get(r, 2)?,
+            category: names.get(r, 3)?,
+            iteration: opt_u64_at(r, 4)?,
+            args: r.get(5)?,
+        })
+    }
+}
+
+impl Stored for CounterRow {
+    const TABLE: &'static str = "counters";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str = "SELECT ts, name, device, value FROM counters ORDER BY ts";
+    fn read(r: &Row, names: &Names) -> rusqlite::Result<Self> {
+        Ok(CounterRow { ts_ns: u64_at(r, 0)?, name: names.get(r, 1)?, device: r.get(2)?, value: r.get(3)? })
+    }
+}
+
+impl Stored for GpuOpRow {
+    const TABLE: &'static str = "gpu_ops";
+    const SINCE: u32 = 2;
+    const SELECT: &'static str =
+        "SELECT kind, start, end, pid, device, stream, correlation, name, grid, block, regs, smem, bytes, copy_kind,
+                                         pinned, graph_id, graph_node_id FROM gpu_ops ORDER BY start, rowid";
+    fn read(r: &Row, names: &Names) -> rusqlite::Result<Self> {
+        let kind: String = r.get(0)?;
+        Ok(GpuOpRow {
+            kind: kind.parse::<GpuOpKind>().map_err(|e| bad_value(0, e))?,
+            start_ns: u64_at(r, 1)?,
+            end_ns: u64_at(r, 2)?,
+            pid: r.get(3)?,
+            device: r.get(4)?,
+            stream: opt_u64_at(r, 5)?,
+            correlation: opt_u64_at(r, 6)?,
+            name: names.get(r, 7)?,
+            grid: dim3_at(r, 8, "grid")?,
+            block: dim3_at(r, 9, "block")?,
+            registers: r.get(10)?,
+            shared_mem_bytes: opt_u64_at(r, 11)?,
+            bytes: opt_u64_at(r, 12)?,
+            copy_kind: r.get(13)?,
+            pinned: r.get(14)?,
+            graph_id: opt_u64_at(r, 15)?,
+            graph_node_id: opt_u64_at(r, 16)?,
+        })
+    }
+}
+
+impl Stored for ApiCallRow {
+    const TABLE: &'static str = "api_calls";
+    const SINCE: u32 = 2;
+    const SELECT: &'static str = "SELECT start, end, pid, tid, name, correlation, result FROM api_calls ORDER BY start, rowid";
+    fn read(r: &Row, names: &Names) -> rusqlite::Result<Self> {
+        Ok(ApiCallRow {
+            start_ns: u64_at(r, 0)?,
+            end_ns: u64_at(r, 1)?,
+            pid: r.get(2)?,
+            tid: u64_at(r, 3)?,
+            name: names.get(r, 4)?,
+            correlation: opt_u64_at(r, 5)?,
+            result: r.get(6)?,
+        })
+    }
+}
+
+impl Stored for IterationRow {
+    const TABLE: &'static str = "iterations";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str = "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks,
+                                         host_ms, device_ms FROM iterations ORDER BY iter";
+    fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
+        Ok(IterationRow {
+            iter: u64_at(r, 0)?,
+            start_ns: u64_at(r, 1)?,
+            end_ns: u64_at(r, 2)?,
+            ctx_reqs: u64_at(r, 3)?,
+            gen_reqs: u64_at(r, 4)?,
+            ctx_tokens: u64_at(r, 5)?,
+            gen_tokens: u64_at(r, 6)?,
+            kv_used_blocks: u64_at(r, 7)?,
+            kv_total_blocks: u64_at(r, 8)?,
+            host_ms: r.get(9)?,
+            device_ms: r.get(10)?,
+        })
+    }
+}
+
+impl Stored for RequestRow {
+    const TABLE: &'static str = "requests";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str = "SELECT id, arrival, first_token, end, input_len, output_len FROM requests ORDER BY id";
+    fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
+        Ok(RequestRow {
+            id: u64_at(r, 0)?,
+            arrival_ns: u64_at(r, 1)?,
+            first_token_ns: opt_u64_at(r, 2)?,
+            end_ns: u64_at(r, 3)?,
+            input_len: u64_at(r, 4)?,
+            output_len: u64_at(r, 5)?,
+        })
+    }
+}
+
+impl Stored for AllocationRow {
+    const TABLE: &'static str = "allocations";
+    const SINCE: u32 = 1;
+    const SELECT: &'static str =
+        "SELECT iteration, count, bytes, frees, kv_blocks_allocated, kv_blocks_freed FROM allocations ORDER BY iteration, rowid";
+    fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
+        Ok(AllocationRow {
+            iteration: u64_at(r, 0)?,
+            count: u64_at(r, 1)?,
+            bytes: u64_at(r, 2)?,
+            frees: u64_at(r, 3)?,
+            kv_blocks_allocated: u64_at(r, 4)?,
+            kv_blocks_freed: u64_at(r, 5)?,
+        })
+    }
+}
+
+/// An open trace, its schema version checked and its strings loaded, whose tables can be read
+/// whole or streamed.
+pub(crate) struct TraceReader {
+    path: PathBuf,
+    db: Connection,
+    version: u32,
+    names: Names,
+}
+
+impl TraceReader {
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
+        if !path.is_file() {
+            return Err(format!("trace {}: no such file", path.display()));
+        }
+        // Read-write when possible, so that the WAL of a trace whose writer died is recovered.
+        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .or_else(|_| Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY))
+            .map_err(|e| context(path, "cannot open", e))?;
+        let not_lumen =
+            |e: rusqlite::Error| format!("trace {}: not a lumen trace (expected a SQLite file written by lumen): {e}", path.display());
+        let version: Option<String> =
+            db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional().map_err(not_lumen)?;
+        let version = version.ok_or_else(|| format!("trace {}: not a lumen trace (meta has no schema_version)", path.display()))?;
+        let index = READABLE_VERSIONS.iter().position(|v| *v == version).ok_or_else(|| {
+            format!(
+                "trace {}: schema version {version}, but this lumen reads versions {} to {SCHEMA_VERSION}",
+                path.display(),
+                READABLE_VERSIONS[0]
+            )
+        })?;
+        let strings = query(&db, "SELECT id, value FROM strings", |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| context(path, "cannot read table strings", e))?;
+        Ok(TraceReader { path: path.to_path_buf(), db, version: index as u32 + 1, names: Names(strings.into_iter().collect()) })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn meta(&self) -> Result<Vec<(String, String)>, String> {
+        query(&self.db, "SELECT key, value FROM meta ORDER BY key", |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| context(&self.path, "cannot read table meta", e))
+    }
+
+    /// Every row of `T`'s table.
+    pub(crate) fn all<T: Stored>(&self) -> Result<Vec<T>, String> {
+        let mut rows = Vec::new();
+        self.stream(usize::MAX, |chunk: Vec<T>| {
+            rows.extend(chunk);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Hands the rows of `T`'s table to `sink` in chunks of at most `chunk` rows; returns how many
+    /// there were. Errors from `sink` pass through unchanged.
+    pub(crate) fn stream<T: Stored>(&self, chunk: usize, mut sink: impl FnMut(Vec<T>) -> Result<(), String>) -> Result<u64, String> {
+        if self.version < T::SINCE {
+            return Ok(0);
+        }
+        let err = |e| self.read_error(T::TABLE, e);
+        let mut statement = self.db.prepare(T::SELECT).map_err(err)?;
+        let mut rows = statement.query([]).map_err(err)?;
+        let mut buffer = Vec::new();
+        let mut count = 0;
+        while let Some(row) = rows.next().map_err(err)? {
+            buffer.push(T::read(row, &self.names).map_err(err)?);
+            count += 1;
+            if buffer.len() >= chunk {
+                sink(std::mem::take(&mut buffer))?;
+            }
+        }
+        if !buffer.is_empty() {
+            sink(buffer)?;
+        }
+        Ok(count)
+    }
+
+    fn read_error(&self, table: &str, e: rusqlite::Error) -> String {
+        match e {
+            rusqlite::Error::FromSqlConversionFailure(_, _, cause) => format!("trace {}: table {table}: {cause}", self.path.display()),
+            e => context(&self.path, &format!("cannot read table {table}"), e),
+        }
+    }
+}
+
+/// Reads a whole trace.
+pub fn read_trace(path: &Path) -> Result<TraceData, String> {
+    let r = TraceReader::open(path)?;
+    Ok(TraceData {
+        meta: r.meta()?,
+        threads: r.all()?,
+        spans: r.all()?,
+        marks: r.all()?,
+        counters: r.all()?,
+        iterations: r.all()?,
+        requests: r.all()?,
+        allocations: r.all()?,
+        processes: r.all()?,
+        gpu_ops: r.all()?,
+        api_calls: r.all()?,
+    })
+}
+
+/// The meta rows of a trace, without reading its other tables.
+pub fn read_meta(path: &Path) -> Result<Vec<(String, String)>, String> {
+    TraceReader::open(path)?.meta()
+}
+
+fn query<T>(db: &Connection, sql: &str, f: impl FnMut(&Row) -> rusqlite::Result<T>) -> rusqlite::Result<Vec<T>> {
     db.prepare(sql)?.query_map([], f)?.collect()
 }
 
 /// Row counts per table, for `lumen trace info`.
 pub fn table_counts(path: &Path) -> Result<Vec<(String, i64)>, String> {
-    read_trace(path)?;
-    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| context(path, "cannot open", e))?;
-    let tables = ["threads", "spans", "marks", "counters", "iterations", "requests", "gpu_ops", "api_calls", "allocations", "strings"];
+    let r = TraceReader::open(path)?;
+    let tables =
+        ["processes", "threads", "spans", "marks", "counters", "iterations", "requests", "gpu_ops", "api_calls", "allocations", "strings"];
     tables
         .iter()
         .map(|t| {
-            db.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+            r.db.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |row| row.get(0))
                 .map(|n| (t.to_string(), n))
                 .map_err(|e| context(path, "cannot count", e))
         })
@@ -350,6 +661,93 @@ mod tests {
 
     fn span(start: u64, end: u64, name: &str, depth: u32, iteration: Option<u64>) -> SpanRow {
         SpanRow { start_ns: start, end_ns: end, tid: 7, name: name.into(), category: "phase".into(), depth, iteration, args: None }
+    }
+
+    fn kernel(start_ns: u64, correlation: u64) -> GpuOpRow {
+        GpuOpRow {
+            kind: GpuOpKind::Kernel,
+            start_ns,
+            end_ns: start_ns + 500,
+            pid: 4242,
+            device: 0,
+            stream: Some(7),
+            correlation: Some(correlation),
+            name: "ampere_bf16_gemm_128x64".into(),
+            grid: Some([128, 2, 1]),
+            block: Some([256, 1, 1]),
+            registers: Some(96),
+            shared_mem_bytes: Some(49_152),
+            bytes: None,
+            copy_kind: None,
+            pinned: None,
+            graph_id: Some(3),
+            graph_node_id: Some(11),
+        }
+    }
+
+    /// One GPU op of every kind, with every optional field both set and unset somewhere.
+    fn gpu_ops() -> Vec<GpuOpRow> {
+        let none = GpuOpRow {
+            grid: None,
+            block: None,
+            registers: None,
+            shared_mem_bytes: None,
+            graph_id: None,
+            graph_node_id: None,
+            correlation: None,
+            ..kernel(0, 0)
+        };
+        vec![
+            kernel(1_000, 21),
+            GpuOpRow {
+                kind: GpuOpKind::Memcpy,
+                start_ns: 2_000,
+                end_ns: 2_600,
+                name: "memcpy HtoD".into(),
+                correlation: Some(22),
+                bytes: Some(u64::MAX),
+                copy_kind: Some("HtoD".into()),
+                pinned: Some(true),
+                ..none.clone()
+            },
+            GpuOpRow {
+                kind: GpuOpKind::Memset,
+                start_ns: 3_000,
+                end_ns: 3_100,
+                name: "memset".into(),
+                device: 1,
+                stream: None,
+                bytes: Some(4096),
+                pinned: Some(false),
+                ..none.clone()
+            },
+            GpuOpRow { kind: GpuOpKind::Sync, start_ns: 3_500, end_ns: 4_000, name: "stream sync".into(), ..none.clone() },
+            GpuOpRow { kind: GpuOpKind::Graph, start_ns: 5_000, end_ns: 9_000, name: "graph 3".into(), graph_id: Some(3), ..none },
+        ]
+    }
+
+    fn api_calls() -> Vec<ApiCallRow> {
+        vec![
+            ApiCallRow {
+                start_ns: 900,
+                end_ns: 990,
+                pid: 4242,
+                tid: 4243,
+                name: "cudaLaunchKernel".into(),
+                correlation: Some(21),
+                result: Some(0),
+            },
+            ApiCallRow { start_ns: 1_900, end_ns: 2_700, pid: 4242, tid: 4243, name: "cudaMemcpy".into(), correlation: None, result: None },
+            ApiCallRow {
+                start_ns: 1_950,
+                end_ns: 2_650,
+                pid: 4242,
+                tid: 4243,
+                name: "cuMemcpyHtoD_v2".into(),
+                correlation: Some(22),
+                result: Some(-1),
+            },
+        ]
     }
 
     #[test]
@@ -378,16 +776,161 @@ mod tests {
         let t = read_trace(&path).unwrap();
         assert_eq!(t.meta("complete"), Some("true"));
         assert_eq!(t.meta("command"), Some("lumen bench"));
+        assert_eq!(t.meta("schema_version"), Some(SCHEMA_VERSION));
         assert_eq!(t.spans, spans.to_vec());
         assert_eq!(t.iterations, iterations.to_vec());
         assert_eq!(t.counters, counters.to_vec());
-        assert_eq!(t.threads[0].name, "lumen-engine");
+        assert_eq!(t.threads, [ThreadRow { pid: std::process::id(), tid: 7, name: "lumen-engine".into() }]);
         let db = Connection::open(&path).unwrap();
         let util: f64 = db.query_row("SELECT kv_util FROM iterations WHERE iter = 0", [], |r| r.get(0)).unwrap();
         assert_eq!(util, 0.25);
         let name: String = db.query_row("SELECT name FROM span_names WHERE depth = 1", [], |r| r.get(0)).unwrap();
         assert_eq!(name, "forward");
         assert!(!wal_path(&path, "-wal").exists(), "a finished trace is one file");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn gpu_rows_round_trip_and_sql_sees_them() {
+        let path = temp("gpu-roundtrip");
+        let meta = [("schema_version".to_string(), "99".to_string()), ("complete".to_string(), "true".to_string())];
+        let mut w = TraceWriter::create(&path, &meta).unwrap();
+        let processes = [ProcessRow { pid: 4242, name: "python serve.py".into() }, ProcessRow { pid: 17, name: "lumen".into() }];
+        let threads = [ThreadRow { pid: 4242, tid: 4243, name: "python".into() }];
+        let (ops, calls) = (gpu_ops(), api_calls());
+        // In two batches, out of time order, so the reader's order is shown.
+        w.append_gpu(&GpuBatch { processes: &processes, threads: &threads, gpu_ops: &ops[2..], api_calls: &calls[1..] }).unwrap();
+        w.append_gpu(&GpuBatch { gpu_ops: &ops[..2], api_calls: &calls[..1], ..Default::default() }).unwrap();
+        w.finish().unwrap();
+
+        let t = read_trace(&path).unwrap();
+        assert_eq!(t.meta("schema_version"), Some(SCHEMA_VERSION), "meta cannot override the schema version");
+        assert_eq!(t.gpu_ops, ops);
+        assert_eq!(t.api_calls, calls);
+        assert_eq!(t.threads, threads);
+        assert_eq!(t.processes, [processes[1].clone(), processes[0].clone()]);
+
+        let db = Connection::open(&path).unwrap();
+        let (kind, duration, name, grid, block): (String, i64, String, String, String) = db
+            .query_row("SELECT kind, duration, name, grid, block FROM gpu_op_names WHERE correlation = 21", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap();
+        assert_eq!(
+            (kind.as_str(), duration, name.as_str(), grid.as_str(), block.as_str()),
+            ("kernel", 500, ops[0].name.as_str(), "128,2,1", "256,1,1")
+        );
+        let launched: String = db
+            .query_row(
+                "SELECT a.name FROM gpu_op_names g JOIN api_call_names a ON a.pid = g.pid AND a.correlation = g.correlation
+                 WHERE g.kind = 'memcpy'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(launched, "cuMemcpyHtoD_v2");
+        let plan: String =
+            db.query_row("EXPLAIN QUERY PLAN SELECT * FROM gpu_ops WHERE correlation = 21 AND pid = 4242", [], |r| r.get(3)).unwrap();
+        assert!(plan.contains("gpu_ops_by_correlation"), "{plan}");
+        let names: i64 = db.query_row("SELECT COUNT(*) FROM strings WHERE value = 'ampere_bf16_gemm_128x64'", [], |r| r.get(0)).unwrap();
+        assert_eq!(names, 1, "names are interned");
+        drop(db);
+
+        let counts = table_counts(&path).unwrap();
+        let count = |table: &str| counts.iter().find(|(t, _)| t == table).map(|(_, n)| *n);
+        assert_eq!((count("gpu_ops"), count("api_calls"), count("processes")), (Some(5), Some(3), Some(2)));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn tables_stream_in_chunks() {
+        let path = temp("chunks");
+        let mut w = TraceWriter::create(&path, &[]).unwrap();
+        let ops: Vec<GpuOpRow> = (0..10).map(|i| kernel(i * 1000, i)).collect();
+        w.append_gpu(&GpuBatch { gpu_ops: &ops, ..Default::default() }).unwrap();
+        w.finish().unwrap();
+        let r = TraceReader::open(&path).unwrap();
+        let mut sizes = Vec::new();
+        let mut rows = Vec::new();
+        let n = r
+            .stream(4, |chunk: Vec<GpuOpRow>| {
+                sizes.push(chunk.len());
+                rows.extend(chunk);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((n, sizes, rows), (10, vec![4, 4, 2], ops));
+        let e = r.stream(4, |_: Vec<GpuOpRow>| Err("sink refused".to_string())).unwrap_err();
+        assert_eq!(e, "sink refused");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// The version-1 schema, as lumen wrote it before `gpu_ops` and `api_calls` gained their
+    /// `pid` (and `gpu_ops` its `pinned`) column.
+    const SCHEMA_V1: &str = "
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE strings(id INTEGER PRIMARY KEY, value TEXT NOT NULL UNIQUE);
+        CREATE TABLE processes(pid INTEGER PRIMARY KEY, name TEXT NOT NULL);
+        CREATE TABLE threads(tid INTEGER PRIMARY KEY, pid INTEGER NOT NULL, name TEXT NOT NULL);
+        CREATE TABLE spans(start INTEGER NOT NULL, end INTEGER NOT NULL, tid INTEGER NOT NULL, name INTEGER NOT NULL, category INTEGER NOT NULL,
+                           depth INTEGER NOT NULL, iteration INTEGER, args TEXT);
+        CREATE TABLE marks(ts INTEGER NOT NULL, tid INTEGER NOT NULL, name INTEGER NOT NULL, category INTEGER NOT NULL, iteration INTEGER,
+                           args TEXT);
+        CREATE TABLE gpu_ops(kind TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, device INTEGER, stream INTEGER,
+                             correlation INTEGER, name INTEGER, grid TEXT, block TEXT, regs INTEGER, smem INTEGER, bytes INTEGER,
+                             copy_kind TEXT, graph_id INTEGER, graph_node_id INTEGER);
+        CREATE TABLE api_calls(start INTEGER NOT NULL, end INTEGER NOT NULL, tid INTEGER NOT NULL, name INTEGER NOT NULL,
+                               correlation INTEGER, result INTEGER);
+        CREATE TABLE counters(ts INTEGER NOT NULL, name INTEGER NOT NULL, device INTEGER, value REAL NOT NULL);
+        CREATE TABLE iterations(iter INTEGER PRIMARY KEY, start INTEGER NOT NULL, end INTEGER NOT NULL, ctx_reqs INTEGER NOT NULL,
+                                gen_reqs INTEGER NOT NULL, ctx_tokens INTEGER NOT NULL, gen_tokens INTEGER NOT NULL,
+                                kv_used_blocks INTEGER NOT NULL, kv_total_blocks INTEGER NOT NULL, kv_util REAL NOT NULL,
+                                host_ms REAL NOT NULL, device_ms REAL);
+        CREATE TABLE requests(id INTEGER PRIMARY KEY, arrival INTEGER NOT NULL, first_token INTEGER, end INTEGER NOT NULL,
+                              input_len INTEGER NOT NULL, output_len INTEGER NOT NULL);
+        CREATE TABLE allocations(iteration INTEGER NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL, frees INTEGER NOT NULL,
+                                 kv_blocks_allocated INTEGER NOT NULL, kv_blocks_freed INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1'), ('complete', 'true'), ('command', 'lumen bench');
+        INSERT INTO strings VALUES (1, 'forward'), (2, 'phase');
+        INSERT INTO threads VALUES (7, 4242, 'lumen-engine');
+        INSERT INTO spans VALUES (10, 20, 7, 1, 2, 1, 0, NULL);
+    ";
+
+    #[test]
+    fn version_1_files_still_open_and_newer_ones_are_refused() {
+        let path = temp("v1");
+        Connection::open(&path).unwrap().execute_batch(SCHEMA_V1).unwrap();
+        let t = read_trace(&path).unwrap();
+        assert_eq!(t.meta("schema_version"), Some("1"));
+        assert_eq!(t.spans, [span(10, 20, "forward", 1, Some(0))]);
+        assert_eq!(t.threads.len(), 1);
+        assert!(t.gpu_ops.is_empty() && t.api_calls.is_empty() && t.processes.is_empty());
+        assert_eq!(table_counts(&path).unwrap().iter().find(|(t, _)| t == "spans").map(|(_, n)| *n), Some(1));
+
+        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'", []).unwrap();
+        let e = read_trace(&path).unwrap_err();
+        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 3") && e.contains("versions 1 to 2"), "{e}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn bad_gpu_values_are_named() {
+        let path = temp("bad-gpu");
+        let cases = [
+            ("UPDATE gpu_ops SET kind = 'tensor core'", "table gpu_ops: unknown GPU op kind \"tensor core\""),
+            ("UPDATE gpu_ops SET grid = '1,2'", "table gpu_ops: grid \"1,2\" is not x,y,z"),
+            ("UPDATE gpu_ops SET block = '1,2,3,4'", "table gpu_ops: block \"1,2,3,4\" is not x,y,z"),
+            ("UPDATE gpu_ops SET name = 999", "table gpu_ops: string id 999 is not in the strings table"),
+            ("UPDATE gpu_ops SET pid = -1", "cannot read table gpu_ops"),
+        ];
+        for (update, want) in cases {
+            let mut w = TraceWriter::create(&path, &[]).unwrap();
+            w.append_gpu(&GpuBatch { gpu_ops: &[kernel(0, 1)], ..Default::default() }).unwrap();
+            w.finish().unwrap();
+            Connection::open(&path).unwrap().execute_batch(&format!("PRAGMA foreign_keys = OFF; {update};")).unwrap();
+            let e = read_trace(&path).unwrap_err();
+            assert!(e.starts_with(&format!("trace {}: ", path.display())) && e.contains(want), "{update}: {e}");
+        }
         std::fs::remove_file(path).unwrap();
     }
 

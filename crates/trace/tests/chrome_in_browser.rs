@@ -1,9 +1,10 @@
 //! The Chrome trace export checked in a real browser: each test writes `trace.js`
 //! (`window.TRACE = <export>;`) next to a copy of `tests/browser/check_trace.html` in a scratch
 //! directory, loads the page in headless Chromium with `--dump-dom` and reads the page's verdict
-//! (`OK <n> events` or `FAIL: <reason>`). A realistic trace must pass with the expected event count;
-//! a trace with partially overlapping spans and hand-written malformed traces must fail, so the check
-//! itself is shown able to fail. Needs `/usr/bin/chromium` (the apt package `chromium`, installed by
+//! (`OK <n> events` or `FAIL: <reason>`). A realistic trace, and one of two processes with CUDA API
+//! calls, GPU ops and flows between them, must pass with the expected event count; a trace with
+//! partially overlapping spans and hand-written malformed traces must fail, so the check itself is
+//! shown able to fail. Needs `/usr/bin/chromium` (the apt package `chromium`, installed by
 //! `scripts/setup.sh`).
 
 use std::fs::{self, File};
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lumen_trace::export::chrome::to_chrome_json;
-use lumen_trace::model::{CounterRow, MarkRow, SpanRow, ThreadRow, TraceData};
+use lumen_trace::model::{ApiCallRow, CounterRow, GpuOpKind, GpuOpRow, MarkRow, ProcessRow, SpanRow, ThreadRow, TraceData};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const PAGE: &str = include_str!("browser/check_trace.html");
@@ -194,6 +195,105 @@ fn realistic_trace_passes_in_chromium() {
     assert_eq!(verdict, format!("OK {expected} events"));
 }
 
+/// Two processes, each with a thread whose iterations hold CUDA API calls, and GPU work on two
+/// streams of its own device: kernels, a pinned copy, a whole-graph launch and a stream
+/// synchronisation, each launched by an API call with its correlation id. Returns the trace and the
+/// number of events its export must hold.
+fn gpu_trace() -> (TraceData, usize) {
+    const PROCESSES: [(u32, u64, &str); 2] = [(31337, 31338, "python serve.py"), (31400, 31401, "lumen worker")];
+    const ITERATIONS: u64 = 20;
+    let mut trace = TraceData {
+        meta: vec![("command".to_string(), "lumen profile -- python serve.py".to_string()), ("pid".to_string(), "31337".to_string())],
+        processes: PROCESSES.iter().map(|&(pid, _, name)| ProcessRow { pid, name: name.to_string() }).collect(),
+        threads: PROCESSES.iter().map(|&(pid, tid, _)| ThreadRow { pid, tid, name: format!("main {pid}") }).collect(),
+        ..TraceData::default()
+    };
+    let op = |kind: GpuOpKind, pid: u32, device: u32, stream: u64, correlation: u64, start_ns: u64, end_ns: u64| GpuOpRow {
+        kind,
+        start_ns,
+        end_ns,
+        pid,
+        device,
+        stream: Some(stream),
+        correlation: Some(correlation),
+        name: kind.as_str().to_string(),
+        grid: None,
+        block: None,
+        registers: None,
+        shared_mem_bytes: None,
+        bytes: None,
+        copy_kind: None,
+        pinned: None,
+        graph_id: None,
+        graph_node_id: None,
+    };
+    for (device, &(pid, tid, _)) in PROCESSES.iter().enumerate() {
+        let device = device as u32;
+        let mut correlation = 0;
+        let mut launch = |trace: &mut TraceData, name: &str, start_ns: u64, end_ns: u64, op: GpuOpRow| {
+            correlation += 1;
+            trace.api_calls.push(ApiCallRow {
+                start_ns,
+                end_ns,
+                pid,
+                tid,
+                name: name.to_string(),
+                correlation: Some(correlation),
+                result: Some(0),
+            });
+            trace.gpu_ops.push(GpuOpRow { correlation: Some(correlation), ..op });
+        };
+        for iter in 0..ITERATIONS {
+            let base = 1_000_000 + iter * 100_000 + u64::from(device) * 333;
+            trace.spans.push(SpanRow {
+                start_ns: base,
+                end_ns: base + 90_000,
+                tid,
+                name: format!("iter {iter}"),
+                category: "iteration".to_string(),
+                depth: 0,
+                iteration: Some(iter),
+                args: None,
+            });
+            for k in 0..4 {
+                let at = base + 1_000 + k * 10_000;
+                let kernel = GpuOpRow {
+                    name: format!("gemm_{k} \"bf16\""),
+                    grid: Some([128, 1 + k as u32, 1]),
+                    block: Some([256, 1, 1]),
+                    registers: Some(64),
+                    shared_mem_bytes: Some(16_384),
+                    ..op(GpuOpKind::Kernel, pid, device, 7 + k % 2, 0, at + 3_000, at + 9_000)
+                };
+                launch(&mut trace, "cudaLaunchKernel", at, at + 2_000, kernel);
+            }
+            let copy = GpuOpRow {
+                bytes: Some(1 << 20),
+                copy_kind: Some("HtoD".to_string()),
+                pinned: Some(true),
+                ..op(GpuOpKind::Memcpy, pid, device, 7, 0, base + 52_500, base + 60_000)
+            };
+            launch(&mut trace, "cudaMemcpyAsync", base + 50_000, base + 52_000, copy);
+            let graph = GpuOpRow { graph_id: Some(iter), ..op(GpuOpKind::Graph, pid, device, 7, 0, base + 62_500, base + 80_000) };
+            launch(&mut trace, "cudaGraphLaunch", base + 61_000, base + 62_000, graph);
+            let sync = op(GpuOpKind::Sync, pid, device, 7, 0, base + 63_000, base + 80_500);
+            launch(&mut trace, "cudaStreamSynchronize", base + 63_000, base + 81_000, sync);
+        }
+    }
+    // Per process: its name, its thread, and GPU tracks for streams 7 and 8 and stream 7's syncs.
+    let metadata = PROCESSES.len() * (1 + 1 + 3);
+    let per_iteration = 1 + 2 * 7 + 2 * 7;
+    (trace, metadata + PROCESSES.len() * ITERATIONS as usize * per_iteration)
+}
+
+#[test]
+fn gpu_trace_with_flows_passes_in_chromium() {
+    let (trace, expected) = gpu_trace();
+    assert_eq!(expected, 1170);
+    let verdict = verdict("gpu", &to_chrome_json(&trace));
+    assert_eq!(verdict, format!("OK {expected} events"));
+}
+
 #[test]
 fn partial_overlap_fails_in_chromium() {
     let (mut trace, _) = realistic_trace();
@@ -229,6 +329,16 @@ fn malformed_traces_fail_in_chromium() {
             "comes after ts 5",
         ),
     ];
+    let slice = r#"{"ph":"X","name":"a","pid":1,"tid":1,"ts":1,"dur":10}"#;
+    let flow =
+        |ph: &str, id: u64, ts: u64| format!(r#"{{"ph":"{ph}","bp":"e","id":{id},"name":"launch","cat":"c","pid":1,"tid":1,"ts":{ts}}}"#);
+    let flow_cases = [
+        ("flow-no-start", format!("{named},{slice},{}", flow("f", 1, 2)), "has no start"),
+        ("flow-no-end", format!("{named},{slice},{}", flow("s", 1, 2)), "has no f event"),
+        ("flow-outside", format!("{named},{slice},{},{}", flow("s", 1, 2), flow("f", 1, 20)), "is not inside a slice"),
+        ("flow-twice", format!("{named},{slice},{},{},{}", flow("s", 1, 2), flow("f", 1, 3), flow("f", 1, 4)), "ends twice"),
+    ];
+    let cases = cases.into_iter().chain(flow_cases);
     for (case, events, reason) in cases {
         let verdict = verdict(case, &format!(r#"{{"traceEvents":[{events}]}}"#));
         assert!(verdict.starts_with("FAIL: ") && verdict.contains(reason), "case {case}: expected FAIL with {reason:?}, got {verdict}");

@@ -3,13 +3,20 @@
 //! "otherData":{...}}`), which chrome://tracing and the Perfetto UI load.
 //!
 //! What goes out:
-//! - `M` metadata first: `process_name` (meta `command`, else `lumen`) and one `thread_name` per
-//!   thread; a tid that spans or marks use but `threads` does not name is called `thread {tid}`, and
-//!   a tid named twice keeps its first name;
+//! - `M` metadata first: one `process_name` per process that has a track (see
+//!   [`super::processes`]), one `thread_name` per thread; a tid that spans, marks or API calls use
+//!   but `threads` does not name is called `thread {tid}`, and a tid named twice keeps its first
+//!   name. Each GPU track (see [`super::GpuTrack`]) is a thread of its process with a tid of its own
+//!   from [`GPU_TID_BASE`] up, named like `GPU 0 · stream 7`;
 //! - spans as `X` complete events, marks as `i` instants of thread scope (`"s":"t"`), counters as
 //!   `C` events whose `args` is `{"value": v}`. A counter sample with a device goes to its own track
 //!   named `"{name} (device {d})"`, so each device gets its own track. A sample whose value is NaN
 //!   or infinite is left out: JSON cannot carry it;
+//! - CUDA API calls as `X` events (category `cuda_api`) on their thread, GPU ops as `X` events
+//!   (category: the op's kind) on their GPU track, each with its fields as args;
+//! - a flow from each API call to every GPU op it launched (same pid and correlation): an `s`
+//!   event at the call's start on its thread and an `f` event with `"bp":"e"` at the op's start on
+//!   its GPU track, both named `launch` in category `cuda_flow`, with an id per flow;
 //! - span and mark `args` are the row's JSON object plus `iteration` when the row has one (the row's
 //!   iteration wins over an `iteration` key in the text); args text that is not a JSON object is
 //!   kept as a string under the key `args`;
@@ -17,20 +24,31 @@
 //!   [`TraceData::meta`] does. Iteration and request rows have no Chrome event counterpart and stay
 //!   out (the spans carry iteration numbers).
 //!
-//! Every event carries `pid` = [`TraceData::pid`]. `ts` and `dur` are microseconds as JSON numbers,
-//! nanoseconds / 1000: below 10^15 ns (11.5 days since the trace epoch) the text is the exact value
-//! with up to 3 decimals. A span whose end precedes its start gets `dur` 0. After the metadata the
-//! events are sorted by `ts`; at equal `ts` spans come first, the longer before the shorter (then
-//! the shallower depth), so viewers nest them, then marks, then counters; remaining ties keep row
-//! order. All text goes through serde_json, which does the escaping.
+//! Spans and marks carry the pid of their thread ([`TraceData::pid`] for a thread without a row),
+//! counters [`TraceData::pid`], API calls and GPU ops their own. `ts` and `dur` are microseconds as
+//! JSON numbers, nanoseconds / 1000: below 10^15 ns (11.5 days since the trace epoch) the text is the
+//! exact value with up to 3 decimals. A span whose end precedes its start gets `dur` 0. After the
+//! metadata the events are sorted by `ts`; at equal `ts` slices come first, the longer before the
+//! shorter (then the shallower depth, API calls innermost), so viewers nest them, then flow events,
+//! then marks, then counters; remaining ties keep row order. All text goes through serde_json, which
+//! does the escaping.
 
 use std::cmp::Reverse;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufWriter, Write};
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{CounterRow, MarkRow, SpanRow, TraceData};
+use super::{api_call_args, correlation_flows, gpu_op_args, gpu_tracks, processes, thread_pids, API_CATEGORY};
+use crate::model::{ApiCallRow, CounterRow, GpuOpRow, MarkRow, SpanRow, TraceData};
+
+/// The tid of the first GPU track; the others follow. Above any Linux tid (at most 2^22) and
+/// within the 32-bit range viewers read tids in.
+pub const GPU_TID_BASE: u64 = 2_000_000_000;
+
+/// The name and category of the flow events from API calls to GPU ops.
+const FLOW_NAME: &str = "launch";
+const FLOW_CATEGORY: &str = "cuda_flow";
 
 /// The trace as Chrome trace JSON text.
 pub fn to_chrome_json(trace: &TraceData) -> String {
@@ -44,17 +62,35 @@ pub fn to_chrome_json(trace: &TraceData) -> String {
 pub fn write_chrome_json(trace: &TraceData, out: &mut impl Write) -> io::Result<()> {
     let mut out = BufWriter::new(out);
     let pid = trace.pid();
+    let thread_pid = thread_pids(trace);
+    let pid_of = |tid: u64| thread_pid.get(&tid).copied().unwrap_or(pid);
+    let mut gpu_tid = vec![0; trace.gpu_ops.len()];
+    let mut gpu_names = Vec::new();
+    for (i, (track, ops)) in gpu_tracks(trace).into_iter().enumerate() {
+        let tid = GPU_TID_BASE + i as u64;
+        for op in ops {
+            gpu_tid[op] = tid;
+        }
+        gpu_names.push((track.pid, tid, track.name()));
+    }
+    let flows = correlation_flows(trace).into_iter().enumerate().flat_map(|(i, (call, op))| {
+        let id = i as u64 + 1;
+        [Timed::FlowStart(id, &trace.api_calls[call]), Timed::FlowEnd(id, &trace.gpu_ops[op], gpu_tid[op])]
+    });
     let mut timed: Vec<Timed> = trace
         .spans
         .iter()
-        .map(Timed::Span)
-        .chain(trace.marks.iter().map(Timed::Mark))
+        .map(|s| Timed::Span(s, pid_of(s.tid)))
+        .chain(trace.marks.iter().map(|m| Timed::Mark(m, pid_of(m.tid))))
         .chain(trace.counters.iter().filter(|c| c.value.is_finite()).map(Timed::Counter))
+        .chain(trace.api_calls.iter().map(Timed::Api))
+        .chain(trace.gpu_ops.iter().zip(&gpu_tid).map(|(op, &tid)| Timed::Gpu(op, tid)))
+        .chain(flows)
         .collect();
     timed.sort_by_key(Timed::sort_key);
 
     out.write_all(b"{\"traceEvents\":[")?;
-    let events = metadata_events(trace).into_iter().chain(timed.iter().map(|event| event.to_json(pid)));
+    let events = metadata_events(trace, &thread_pid, gpu_names).into_iter().chain(timed.iter().map(|event| event.to_json(pid)));
     for (i, event) in events.enumerate() {
         out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
         serde_json::to_writer(&mut out, &event)?;
@@ -65,26 +101,35 @@ pub fn write_chrome_json(trace: &TraceData, out: &mut impl Write) -> io::Result<
     out.flush()
 }
 
-/// One row that becomes a timed event.
+/// One row that becomes a timed event, with the pid or tid it is drawn on where the row does not
+/// say, and the id of a flow.
 enum Timed<'a> {
-    Span(&'a SpanRow),
-    Mark(&'a MarkRow),
+    Span(&'a SpanRow, u32),
+    Mark(&'a MarkRow, u32),
     Counter(&'a CounterRow),
+    Api(&'a ApiCallRow),
+    Gpu(&'a GpuOpRow, u64),
+    FlowStart(u64, &'a ApiCallRow),
+    FlowEnd(u64, &'a GpuOpRow, u64),
 }
 
 impl Timed<'_> {
-    /// (ts, longer first, spans before marks before counters, shallower first).
+    /// (ts, longer first, slices before flows before marks before counters, shallower first).
     fn sort_key(&self) -> (u64, Reverse<u64>, u8, u32) {
         match self {
-            Timed::Span(s) => (s.start_ns, Reverse(span_dur_ns(s)), 0, s.depth),
-            Timed::Mark(m) => (m.ts_ns, Reverse(0), 1, 0),
-            Timed::Counter(c) => (c.ts_ns, Reverse(0), 2, 0),
+            Timed::Span(s, _) => (s.start_ns, Reverse(dur_ns(s.start_ns, s.end_ns)), 0, s.depth),
+            Timed::Api(a) => (a.start_ns, Reverse(dur_ns(a.start_ns, a.end_ns)), 0, u32::MAX),
+            Timed::Gpu(g, _) => (g.start_ns, Reverse(dur_ns(g.start_ns, g.end_ns)), 0, 0),
+            Timed::FlowStart(_, a) => (a.start_ns, Reverse(0), 1, 0),
+            Timed::FlowEnd(_, g, _) => (g.start_ns, Reverse(0), 1, 0),
+            Timed::Mark(m, _) => (m.ts_ns, Reverse(0), 2, 0),
+            Timed::Counter(c) => (c.ts_ns, Reverse(0), 3, 0),
         }
     }
 
     fn to_json(&self, pid: u32) -> Value {
         match self {
-            Timed::Span(s) => {
+            Timed::Span(s, pid) => {
                 let mut event = json!({
                     "ph": "X",
                     "name": s.name,
@@ -92,12 +137,12 @@ impl Timed<'_> {
                     "pid": pid,
                     "tid": s.tid,
                     "ts": micros(s.start_ns),
-                    "dur": micros(span_dur_ns(s)),
+                    "dur": micros(dur_ns(s.start_ns, s.end_ns)),
                 });
                 add_args(&mut event, s.args.as_deref(), s.iteration);
                 event
             }
-            Timed::Mark(m) => {
+            Timed::Mark(m, pid) => {
                 let mut event = json!({
                     "ph": "i",
                     "s": "t",
@@ -117,12 +162,50 @@ impl Timed<'_> {
                 };
                 json!({"ph": "C", "name": name, "pid": pid, "ts": micros(c.ts_ns), "args": {"value": c.value}})
             }
+            Timed::Api(a) => slice(&a.name, API_CATEGORY, a.pid, a.tid, a.start_ns, a.end_ns, api_call_args(a)),
+            Timed::Gpu(g, tid) => slice(&g.name, g.kind.as_str(), g.pid, *tid, g.start_ns, g.end_ns, gpu_op_args(g)),
+            Timed::FlowStart(id, a) => json!({
+                "ph": "s",
+                "id": id,
+                "name": FLOW_NAME,
+                "cat": FLOW_CATEGORY,
+                "pid": a.pid,
+                "tid": a.tid,
+                "ts": micros(a.start_ns),
+            }),
+            Timed::FlowEnd(id, g, tid) => json!({
+                "ph": "f",
+                "bp": "e",
+                "id": id,
+                "name": FLOW_NAME,
+                "cat": FLOW_CATEGORY,
+                "pid": g.pid,
+                "tid": tid,
+                "ts": micros(g.start_ns),
+            }),
         }
     }
 }
 
-fn span_dur_ns(span: &SpanRow) -> u64 {
-    span.end_ns.saturating_sub(span.start_ns)
+/// An `X` event with `args` from `args` (none when empty).
+fn slice(name: &str, category: &str, pid: u32, tid: u64, start_ns: u64, end_ns: u64, args: Vec<(&str, Value)>) -> Value {
+    let mut event = json!({
+        "ph": "X",
+        "name": name,
+        "cat": category,
+        "pid": pid,
+        "tid": tid,
+        "ts": micros(start_ns),
+        "dur": micros(dur_ns(start_ns, end_ns)),
+    });
+    if !args.is_empty() {
+        event["args"] = Value::Object(args.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    }
+    event
+}
+
+fn dur_ns(start_ns: u64, end_ns: u64) -> u64 {
+    end_ns.saturating_sub(start_ns)
 }
 
 fn micros(ns: u64) -> f64 {
@@ -146,21 +229,31 @@ fn add_args(event: &mut Value, args: Option<&str>, iteration: Option<u64>) {
     }
 }
 
-fn metadata_events(trace: &TraceData) -> Vec<Value> {
-    let pid = trace.pid();
-    let process = trace.meta("command").unwrap_or("lumen");
-    let mut events = vec![json!({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": process}})];
-    let thread_name = |tid: u64, name: &str| json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}});
+/// The `M` events: process names, thread names, then the GPU tracks' names (pid, tid, name).
+fn metadata_events(trace: &TraceData, thread_pid: &HashMap<u64, u32>, gpu_tracks: Vec<(u32, u64, String)>) -> Vec<Value> {
+    let main = trace.pid();
+    let mut events: Vec<Value> = processes(trace)
+        .into_iter()
+        .map(|(pid, name)| json!({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}}))
+        .collect();
+    let thread_name =
+        |pid: u32, tid: u64, name: &str| json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}});
     let mut named = HashSet::new();
     for thread in &trace.threads {
-        if named.insert(thread.tid) {
-            events.push(thread_name(thread.tid, &thread.name));
+        if thread_pid.get(&thread.tid) == Some(&thread.pid) && named.insert((thread.pid, thread.tid)) {
+            events.push(thread_name(thread.pid, thread.tid, &thread.name));
         }
     }
-    for tid in trace.spans.iter().map(|s| s.tid).chain(trace.marks.iter().map(|m| m.tid)) {
-        if named.insert(tid) {
-            events.push(thread_name(tid, &format!("thread {tid}")));
+    let cpu_tids = trace.spans.iter().map(|s| s.tid).chain(trace.marks.iter().map(|m| m.tid));
+    let used =
+        cpu_tids.map(|tid| (thread_pid.get(&tid).copied().unwrap_or(main), tid)).chain(trace.api_calls.iter().map(|a| (a.pid, a.tid)));
+    for (pid, tid) in used {
+        if named.insert((pid, tid)) {
+            events.push(thread_name(pid, tid, &format!("thread {tid}")));
         }
+    }
+    for (pid, tid, name) in gpu_tracks {
+        events.push(thread_name(pid, tid, &name));
     }
     events
 }
@@ -357,6 +450,90 @@ mod tests {
         assert_eq!(order, ["first", "early", "outer", "middle", "inner", "empty", "mark", "counter", "late"]);
         let phases: Vec<&str> = events(&doc).iter().map(|e| e["ph"].as_str().unwrap()).collect();
         assert_eq!(&phases[..2], ["M", "M"], "metadata comes first");
+    }
+
+    #[test]
+    fn gpu_ops_get_tracks_api_calls_their_threads_and_flows_join_them() {
+        let trace = crate::export::gpu_sample();
+        let doc = parse(&trace);
+        let names = |kind: &str| -> Vec<(u64, u64, String)> {
+            let mut found: Vec<_> = events(&doc)
+                .iter()
+                .filter(|e| e["ph"] == "M" && e["name"] == kind)
+                .map(|e| (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap(), e["args"]["name"].as_str().unwrap().to_string()))
+                .collect();
+            found.sort();
+            found
+        };
+        let owned = |rows: &[(u64, u64, &str)]| rows.iter().map(|&(p, t, n)| (p, t, n.to_string())).collect::<Vec<_>>();
+        assert_eq!(names("process_name"), owned(&[(4242, 0, "python serve.py"), (5000, 0, "process 5000")]));
+        let base = GPU_TID_BASE;
+        assert_eq!(
+            names("thread_name"),
+            owned(&[
+                (4242, 4243, "python"),
+                (4242, base, "GPU 0"),
+                (4242, base + 1, "GPU 0 · stream 7"),
+                (4242, base + 2, "GPU 0 · stream 7 · sync"),
+                (5000, 5001, "thread 5001"),
+                (5000, base + 3, "GPU 1 · stream 3"),
+            ])
+        );
+
+        let kernel = find(&doc, "X", "gemm_bf16");
+        assert_eq!((&kernel["cat"], &kernel["pid"], &kernel["tid"]), (&json!("kernel"), &json!(4242), &json!(base + 1)));
+        assert_eq!((&kernel["ts"], &kernel["dur"]), (&json!(1.25), &json!(1.0)));
+        assert_eq!(
+            kernel["args"],
+            json!({"device": 0, "stream": 7, "correlation": 1, "grid": "64,2,1", "block": "128,1,1", "registers": 80, "shared_mem_bytes": 32768})
+        );
+        let copy = find(&doc, "X", "memcpy");
+        assert_eq!(
+            copy["args"],
+            json!({"device": 0, "stream": 7, "correlation": 2, "bytes": 1048576, "copy_kind": "HtoD", "pinned": true})
+        );
+        assert_eq!(find(&doc, "X", "graph")["args"]["graph_id"], 12);
+        assert_eq!(find(&doc, "X", "graph")["tid"], base + 1, "whole-graph launches sit on their stream");
+        assert_eq!(find(&doc, "X", "sync")["tid"], base + 2);
+        assert_eq!(find(&doc, "X", "memset")["tid"], base);
+
+        let launch = find(&doc, "X", "cudaLaunchKernel");
+        assert_eq!((&launch["cat"], &launch["pid"], &launch["tid"]), (&json!("cuda_api"), &json!(4242), &json!(4243)));
+        assert_eq!(launch["args"], json!({"correlation": 1, "result": 0}));
+        assert_eq!(find(&doc, "X", "cuLaunchKernel")["pid"], 5000);
+        assert_eq!(find(&doc, "X", "forward")["pid"], 4242);
+
+        // (id, pid, tid, ts) of each flow end.
+        let ends = |ph: &str| -> Vec<(u64, u64, u64, f64)> {
+            let mut found: Vec<_> = events(&doc)
+                .iter()
+                .filter(|e| e["ph"] == ph)
+                .inspect(|e| assert_eq!((&e["name"], &e["cat"]), (&json!("launch"), &json!("cuda_flow"))))
+                .map(|e| (e["id"].as_u64().unwrap(), e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap(), e["ts"].as_f64().unwrap()))
+                .collect();
+            found.sort_by_key(|f| f.0);
+            found
+        };
+        assert_eq!(
+            ends("s"),
+            [(1, 4242, 4243, 1.1), (2, 4242, 4243, 1.3), (3, 4242, 4243, 1.5), (4, 4242, 4243, 1.8), (5, 5000, 5001, 2.0)]
+        );
+        assert_eq!(
+            ends("f"),
+            [
+                (1, 4242, base + 1, 1.25),
+                (2, 4242, base + 1, 2.3),
+                (3, 4242, base + 1, 3.4),
+                (4, 4242, base + 2, 1.8),
+                (5, 5000, base + 3, 2.1)
+            ]
+        );
+        assert!(events(&doc).iter().filter(|e| e["ph"] == "f").all(|e| e["bp"] == "e"));
+
+        let ts: Vec<f64> = events(&doc).iter().filter(|e| e["ph"] != "M").map(|e| e["ts"].as_f64().unwrap()).collect();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "timed events are in ts order");
+        let phases: Vec<&str> = events(&doc).iter().filter(|e| e["ts"] == 1.8).map(|e| e["ph"].as_str().unwrap()).collect();
+        assert_eq!(phases, ["X", "X", "s", "f"], "at one ts the slices come before the flows that bind to them");
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! of TrackEvent packets that ui.perfetto.dev and trace_processor open, and [`decode_packets`]
 //! reads such bytes back so tests can check what was written.
 //!
-//! The layout: one process track per pid (named by `meta.command`, else "lumen"), one thread track
-//! per thread under it (also for threads that only appear in spans or marks), spans as begin/end
-//! slice events and marks as instants on their thread's track, `args` keys and `iteration` as debug
-//! annotations, an integer `flow` arg as a flow id (Perfetto draws an arrow through every event that
-//! carries the same id), and one counter track per counter name and device.
+//! The layout: one process track per process (named as [`super::processes`] says), one thread
+//! track per thread under its process (also for threads that only appear in spans, marks or API
+//! calls), spans as begin/end slice events and marks as instants on their thread's track, `args`
+//! keys and `iteration` as debug annotations, an integer `flow` arg as a flow id (Perfetto draws an
+//! arrow through every event that carries the same id), and one counter track per counter name and
+//! device under the trace's own process. CUDA API calls are slices on their thread's track; GPU ops
+//! are slices on named tracks under their process, one per [`super::GpuTrack`] (`GPU 0 · stream
+//! 7`); the fields of both are debug annotations, and each (API call, GPU op) pair of
+//! [`correlation_flows`] shares a flow id from [`CORRELATION_FLOW_BASE`] up.
 //!
 //! The protobuf is written by hand. Field numbers are those of Perfetto's
 //! `protos/perfetto/trace/trace_packet.proto` and `protos/perfetto/trace/track_event/*.proto`.
@@ -17,7 +21,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::model::{CounterRow, MarkRow, SpanRow, TraceData};
+use super::{api_call_args, correlation_flows, gpu_op_args, gpu_tracks, processes, API_CATEGORY};
+use crate::model::{ApiCallRow, CounterRow, GpuOpRow, MarkRow, SpanRow, TraceData};
 
 /// Field numbers of `perfetto.protos.Trace` and `TracePacket`.
 mod packet {
@@ -70,6 +75,9 @@ mod annotation {
 pub const SEQUENCE_ID: u32 = 1;
 /// `TracePacket.SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED`, set on the first packet.
 pub const SEQ_INCREMENTAL_STATE_CLEARED: u32 = 1;
+/// The flow from the `n`th (API call, GPU op) pair of [`correlation_flows`] has id
+/// `CORRELATION_FLOW_BASE | n`, apart from the ids that `flow` args give.
+pub const CORRELATION_FLOW_BASE: u64 = 1 << 63;
 
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
@@ -135,7 +143,8 @@ impl AnnotationValue {
 /// Spans are treated as half-open: at one timestamp a track's slice ends come first, then its
 /// slice begins, then its instants. A span that outlives the span enclosing it on its thread is
 /// cut at the enclosing span's end (and one that ends before it starts lasts zero time), so the
-/// begin/end events always nest. Pids and tids are written as the `int32` the protos declare.
+/// begin/end events always nest; API calls and GPU ops are laid out the same way, an API call inside
+/// a span that starts and ends with it. Pids and tids are written as the `int32` the protos declare.
 pub fn to_perfetto(trace: &TraceData) -> Vec<u8> {
     let mut next_uuid = 0u64;
     let mut new_uuid = || {
@@ -145,29 +154,36 @@ pub fn to_perfetto(trace: &TraceData) -> Vec<u8> {
     let mut descriptors = Vec::new();
 
     let main_pid = trace.pid();
-    let process_name = trace.meta("command").unwrap_or("lumen");
-    let mut process_uuids: Vec<(u32, u64)> = Vec::new();
-    for pid in std::iter::once(main_pid).chain(trace.threads.iter().map(|t| t.pid)) {
-        if process_uuids.iter().all(|&(p, _)| p != pid) {
-            let uuid = new_uuid();
-            let mut process = Message::default();
-            process.int32(track::PROCESS_PID, pid as i32);
-            process.string(track::PROCESS_NAME, process_name);
-            let mut descriptor = Message::default();
-            descriptor.varint(track::UUID, uuid);
-            descriptor.message(track::PROCESS, process);
-            descriptors.push(descriptor);
-            process_uuids.push((pid, uuid));
-        }
+    let mut process_uuids: HashMap<u32, u64> = HashMap::new();
+    for (pid, name) in processes(trace) {
+        let uuid = new_uuid();
+        let mut process = Message::default();
+        process.int32(track::PROCESS_PID, pid as i32);
+        process.string(track::PROCESS_NAME, &name);
+        let mut descriptor = Message::default();
+        descriptor.varint(track::UUID, uuid);
+        descriptor.message(track::PROCESS, process);
+        descriptors.push(descriptor);
+        process_uuids.insert(pid, uuid);
     }
-    // Every pid got a track above; the main process's is uuid 1.
-    let process_uuid = |pid: u32| process_uuids.iter().find(|&&(p, _)| p == pid).map_or(1, |&(_, uuid)| uuid);
+    // `processes` lists every pid that a track below belongs to; the first is uuid 1.
+    let process_uuid = |pid: u32| process_uuids.get(&pid).copied().unwrap_or(1);
 
-    let mut threads: Vec<ThreadTrack> = Vec::new();
+    let flows = correlation_flows(trace);
+    let mut call_flows: Vec<Vec<u64>> = vec![Vec::new(); trace.api_calls.len()];
+    let mut op_flows: Vec<Vec<u64>> = vec![Vec::new(); trace.gpu_ops.len()];
+    for (i, &(call, op)) in flows.iter().enumerate() {
+        let id = CORRELATION_FLOW_BASE | i as u64;
+        call_flows[call].push(id);
+        op_flows[op].push(id);
+    }
+
+    let mut tracks: Vec<SliceTrack> = Vec::new();
     let mut thread_index: HashMap<u64, usize> = HashMap::new();
     let known = trace.threads.iter().map(|t| (t.tid, t.pid, Some(t.name.as_str())));
     let unknown = trace.spans.iter().map(|s| s.tid).chain(trace.marks.iter().map(|m| m.tid)).map(|tid| (tid, main_pid, None));
-    for (tid, pid, name) in known.chain(unknown) {
+    let callers = trace.api_calls.iter().map(|a| (a.tid, a.pid, None));
+    for (tid, pid, name) in known.chain(unknown).chain(callers) {
         thread_index.entry(tid).or_insert_with(|| {
             let uuid = new_uuid();
             let mut thread = Message::default();
@@ -181,19 +197,47 @@ pub fn to_perfetto(trace: &TraceData) -> Vec<u8> {
             descriptor.varint(track::PARENT_UUID, process_uuid(pid));
             descriptor.message(track::THREAD, thread);
             descriptors.push(descriptor);
-            threads.push(ThreadTrack { uuid, spans: Vec::new(), marks: Vec::new() });
-            threads.len() - 1
+            tracks.push(SliceTrack { uuid, slices: Vec::new(), marks: Vec::new() });
+            tracks.len() - 1
         });
     }
     for span in &trace.spans {
         if let Some(&i) = thread_index.get(&span.tid) {
-            threads[i].spans.push(span);
+            tracks[i].slices.push(Slice {
+                start: span.start_ns,
+                end: span.end_ns,
+                depth: span.depth,
+                row: SliceRow::Span(span),
+                flows: &[],
+            });
+        }
+    }
+    for (call, flows) in trace.api_calls.iter().zip(&call_flows) {
+        if let Some(&i) = thread_index.get(&call.tid) {
+            tracks[i].slices.push(Slice { start: call.start_ns, end: call.end_ns, depth: u32::MAX, row: SliceRow::Api(call), flows });
         }
     }
     for mark in &trace.marks {
         if let Some(&i) = thread_index.get(&mark.tid) {
-            threads[i].marks.push(mark);
+            tracks[i].marks.push(mark);
         }
+    }
+
+    for (gpu, ops) in gpu_tracks(trace) {
+        let uuid = new_uuid();
+        let mut descriptor = Message::default();
+        descriptor.varint(track::UUID, uuid);
+        descriptor.varint(track::PARENT_UUID, process_uuid(gpu.pid));
+        descriptor.string(track::NAME, &gpu.name());
+        descriptors.push(descriptor);
+        let slices = ops
+            .into_iter()
+            .map(|i| {
+                let op = &trace.gpu_ops[i];
+                Slice { start: op.start_ns, end: op.end_ns, depth: 0, row: SliceRow::Gpu(op), flows: &op_flows[i] }
+            })
+            .collect();
+        tracks.push(SliceTrack { uuid, slices, marks: Vec::new() });
     }
 
     let mut counters: Vec<CounterTrack> = Vec::new();
@@ -214,8 +258,8 @@ pub fn to_perfetto(trace: &TraceData) -> Vec<u8> {
     }
 
     let mut events = Vec::new();
-    for thread in threads {
-        thread.events(&mut events);
+    for track in tracks {
+        track.events(&mut events);
     }
     for counter in counters {
         counter.events(&mut events);
@@ -254,37 +298,69 @@ struct Timed {
     event: Message,
 }
 
-struct ThreadTrack<'a> {
+/// A track of slices and instants: a thread's spans, API calls and marks, or a GPU track's ops.
+struct SliceTrack<'a> {
     uuid: u64,
-    spans: Vec<&'a SpanRow>,
+    slices: Vec<Slice<'a>>,
     marks: Vec<&'a MarkRow>,
 }
 
-impl ThreadTrack<'_> {
+/// A row drawn as a slice, with its nesting depth at equal times and the correlation flows it
+/// starts or ends.
+struct Slice<'a> {
+    start: u64,
+    end: u64,
+    depth: u32,
+    row: SliceRow<'a>,
+    flows: &'a [u64],
+}
+
+enum SliceRow<'a> {
+    Span(&'a SpanRow),
+    Api(&'a ApiCallRow),
+    Gpu(&'a GpuOpRow),
+}
+
+impl Slice<'_> {
+    fn begin(&self, uuid: u64) -> Message {
+        let (name, category, annotations, flows) = match self.row {
+            SliceRow::Span(s) => {
+                let (annotations, flow) = annotations(s.args.as_deref(), s.iteration);
+                (s.name.as_str(), s.category.as_str(), annotations, flow.into_iter().collect())
+            }
+            SliceRow::Api(a) => (a.name.as_str(), API_CATEGORY, json_annotations(api_call_args(a)), self.flows.to_vec()),
+            SliceRow::Gpu(g) => (g.name.as_str(), g.kind.as_str(), json_annotations(gpu_op_args(g)), self.flows.to_vec()),
+        };
+        named_event(uuid, EventType::SliceBegin, name, category, annotations, &flows)
+    }
+}
+
+impl SliceTrack<'_> {
     /// Appends this track's events to `out` in an order that nests and never goes back in time.
     fn events(mut self, out: &mut Vec<Timed>) {
-        self.spans.sort_by_key(|s| (s.start_ns, Reverse(s.end_ns), s.depth));
+        self.slices.sort_by_key(|s| (s.start, Reverse(s.end), s.depth));
         self.marks.sort_by_key(|m| m.ts_ns);
-        let spans = self.spans.iter().map(|&s| (s.start_ns, Some(s), None));
-        let mut items: Vec<(u64, Option<&SpanRow>, Option<&MarkRow>)> =
-            spans.chain(self.marks.iter().map(|&m| (m.ts_ns, None, Some(m)))).collect();
-        // Stable: spans keep their nesting order, and at one timestamp begins come before instants.
-        items.sort_by_key(|&(ts, span, _)| (ts, span.is_none()));
+        let slices = self.slices.iter().map(|s| (s.start, Some(s), None));
+        let mut items: Vec<(u64, Option<&Slice>, Option<&MarkRow>)> =
+            slices.chain(self.marks.iter().map(|&m| (m.ts_ns, None, Some(m)))).collect();
+        // Stable: slices keep their nesting order, and at one timestamp begins come before instants.
+        items.sort_by_key(|&(ts, slice, _)| (ts, slice.is_none()));
 
-        // The (possibly cut) end times of the open spans, innermost last; never increasing.
+        // The (possibly cut) end times of the open slices, innermost last; never increasing.
         let mut open: Vec<u64> = Vec::new();
-        for (ts, span, mark) in items {
+        for (ts, slice, mark) in items {
             while let Some(end) = open.pop_if(|end| *end <= ts) {
                 out.push(Timed { ts: end, event: track_event(self.uuid, EventType::SliceEnd) });
             }
-            if let Some(span) = span {
-                let end = span.end_ns.max(span.start_ns);
+            if let Some(slice) = slice {
+                let end = slice.end.max(slice.start);
                 open.push(open.last().map_or(end, |&outer| end.min(outer)));
-                let event = named_event(self.uuid, EventType::SliceBegin, &span.name, &span.category, span.args.as_deref(), span.iteration);
-                out.push(Timed { ts, event });
+                out.push(Timed { ts, event: slice.begin(self.uuid) });
             }
             if let Some(mark) = mark {
-                let event = named_event(self.uuid, EventType::Instant, &mark.name, &mark.category, mark.args.as_deref(), mark.iteration);
+                let (annotations, flow) = annotations(mark.args.as_deref(), mark.iteration);
+                let flows: Vec<u64> = flow.into_iter().collect();
+                let event = named_event(self.uuid, EventType::Instant, &mark.name, &mark.category, annotations, &flows);
                 out.push(Timed { ts, event });
             }
         }
@@ -317,13 +393,12 @@ fn track_event(uuid: u64, kind: EventType) -> Message {
     event
 }
 
-fn named_event(uuid: u64, kind: EventType, name: &str, category: &str, args: Option<&str>, iteration: Option<u64>) -> Message {
+fn named_event(uuid: u64, kind: EventType, name: &str, category: &str, annotations: Vec<Annotation>, flows: &[u64]) -> Message {
     let mut event = track_event(uuid, kind);
     event.string(event::NAME, name);
     if !category.is_empty() {
         event.string(event::CATEGORIES, category);
     }
-    let (annotations, flow) = annotations(args, iteration);
     for a in annotations {
         let mut m = Message::default();
         m.string(annotation::NAME, &a.name);
@@ -336,7 +411,7 @@ fn named_event(uuid: u64, kind: EventType, name: &str, category: &str, args: Opt
         }
         event.message(event::DEBUG_ANNOTATIONS, m);
     }
-    if let Some(flow) = flow {
+    for &flow in flows {
         event.fixed64(event::FLOW_IDS, flow);
     }
     event
@@ -364,6 +439,11 @@ fn annotations(args: Option<&str>, iteration: Option<u64>) -> (Vec<Annotation>, 
         out.push(Annotation { name: "iteration".to_owned(), value: AnnotationValue::Uint(iteration) });
     }
     (out, flow)
+}
+
+/// The annotations for the arguments of an API call or GPU op.
+fn json_annotations(args: Vec<(&str, Value)>) -> Vec<Annotation> {
+    args.into_iter().map(|(name, value)| Annotation { name: name.to_owned(), value: AnnotationValue::from_json(value) }).collect()
 }
 
 /// A protobuf message being written.
@@ -745,9 +825,7 @@ mod tests {
                 counter(1000, "kv_util", None, 0.25),
                 counter(6000, "gpu_util", Some(0), 90.0),
             ],
-            iterations: Vec::new(),
-            requests: Vec::new(),
-            allocations: Vec::new(),
+            ..TraceData::default()
         }
     }
 
@@ -963,6 +1041,100 @@ mod tests {
         );
         assert_eq!(d.events.iter().filter(|(_, e)| !e.flow_ids.is_empty()).count(), 4);
         assert!(d.events.iter().all(|(_, e)| e.flow_ids.len() <= 1));
+    }
+
+    #[test]
+    fn gpu_ops_get_tracks_api_calls_their_threads_and_flows_join_them() {
+        let trace = crate::export::gpu_sample();
+        let d = decode(&trace);
+        let process = |pid: i32| {
+            let found: Vec<_> = d.tracks.iter().filter(|(_, t)| t.process.as_ref().is_some_and(|p| p.pid == Some(pid))).collect();
+            assert_eq!(found.len(), 1, "one track for pid {pid}");
+            (*found[0].0, found[0].1.process.clone().unwrap().name.unwrap())
+        };
+        let (main, main_name) = process(4242);
+        let (other, other_name) = process(5000);
+        assert_eq!((main, main_name.as_str(), other_name.as_str()), (1, "python serve.py", "process 5000"));
+        assert_eq!(d.tracks.values().filter(|t| t.process.is_some()).count(), 2);
+
+        let caller = &d.tracks[&d.thread_uuid(5001)];
+        assert_eq!(caller.thread, Some(DecodedThread { pid: Some(5000), tid: Some(5001), name: None }));
+        assert_eq!(caller.parent_uuid, Some(other));
+
+        let mut gpu: Vec<_> = d
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.process.is_none() && t.thread.is_none() && !t.counter)
+            .map(|(&uuid, t)| (t.name.clone().unwrap(), t.parent_uuid.unwrap(), uuid))
+            .collect();
+        gpu.sort();
+        let names: Vec<_> = gpu.iter().map(|(name, parent, _)| (name.as_str(), *parent)).collect();
+        assert_eq!(names, [("GPU 0", main), ("GPU 0 · stream 7", main), ("GPU 0 · stream 7 · sync", main), ("GPU 1 · stream 3", other)]);
+        let slices_on = |uuid: u64| replay(&d.on_track(uuid)).0;
+        let stream7 = gpu[1].2;
+        let slices = slices_on(stream7);
+        let want = [("gemm_bf16", 1_250, 2_250, 0), ("graph", 3_400, 7_900, 0), ("memcpy", 2_300, 3_300, 0)];
+        assert_eq!(slices, want.map(|(n, s, e, depth)| (n.to_string(), s, e, depth)));
+
+        let python: Vec<_> = slices_on(d.thread_uuid(4243)).into_iter().map(|(name, _, _, depth)| (name, depth)).collect();
+        let want = [
+            ("cudaGetLastError", 1),
+            ("cudaGraphLaunch", 1),
+            ("cudaLaunchKernel", 1),
+            ("cudaMemcpyAsync", 1),
+            ("cudaStreamSynchronize", 1),
+            ("forward", 0),
+        ];
+        assert_eq!(python, want.map(|(n, depth)| (n.to_string(), depth)), "API calls nest inside the span around them");
+
+        let gemm = d.named("gemm_bf16", EventType::SliceBegin);
+        assert_eq!(gemm.categories, ["kernel"]);
+        let annotation = |name: &str, value: AnnotationValue| Annotation { name: name.into(), value };
+        assert_eq!(
+            gemm.annotations,
+            [
+                annotation("device", AnnotationValue::Int(0)),
+                annotation("stream", AnnotationValue::Int(7)),
+                annotation("correlation", AnnotationValue::Int(1)),
+                annotation("grid", AnnotationValue::String("64,2,1".into())),
+                annotation("block", AnnotationValue::String("128,1,1".into())),
+                annotation("registers", AnnotationValue::Int(80)),
+                annotation("shared_mem_bytes", AnnotationValue::Int(32_768)),
+            ]
+        );
+        let copy = &d.named("memcpy", EventType::SliceBegin).annotations;
+        assert!(copy.contains(&annotation("copy_kind", AnnotationValue::String("HtoD".into()))));
+        assert!(copy.contains(&annotation("pinned", AnnotationValue::Bool(true))));
+        assert!(copy.contains(&annotation("bytes", AnnotationValue::Int(1 << 20))));
+        let launch = d.named("cudaLaunchKernel", EventType::SliceBegin);
+        assert_eq!(launch.categories, [API_CATEGORY]);
+        assert_eq!(launch.annotations, [annotation("correlation", AnnotationValue::Int(1)), annotation("result", AnnotationValue::Int(0))]);
+
+        let mut flows: HashMap<u64, Vec<(String, u64)>> = HashMap::new();
+        for (_, e) in &d.events {
+            for &id in &e.flow_ids {
+                assert_eq!(e.event_type, Some(EventType::SliceBegin));
+                flows.entry(id).or_default().push((e.name.clone().unwrap(), e.track_uuid.unwrap()));
+            }
+        }
+        let mut pairs: Vec<_> = flows
+            .into_iter()
+            .map(|(id, mut ends)| {
+                assert!(id & CORRELATION_FLOW_BASE != 0, "flow id {id:#x}");
+                ends.sort();
+                ends
+            })
+            .collect();
+        pairs.sort();
+        let (python, sync, other_gpu) = (d.thread_uuid(4243), gpu[2].2, gpu[3].2);
+        let want = [
+            [("cuLaunchKernel", d.thread_uuid(5001)), ("kernel", other_gpu)],
+            [("cudaGraphLaunch", python), ("graph", stream7)],
+            [("cudaLaunchKernel", python), ("gemm_bf16", stream7)],
+            [("cudaMemcpyAsync", python), ("memcpy", stream7)],
+            [("cudaStreamSynchronize", python), ("sync", sync)],
+        ];
+        assert_eq!(pairs, want.map(|ends| ends.map(|(n, uuid)| (n.to_string(), uuid)).to_vec()));
     }
 
     #[test]

@@ -1,0 +1,81 @@
+//! Profiling switches shared by the engine-running commands: `--profile-iters` and `--trace`, and
+//! their environment counterparts (`LUMEN_*`, with TensorRT-LLM's `TLLM_*` names accepted). The
+//! environment wins over the flags, and the log says so.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use lumen_engine::Profiler;
+use lumen_trace::instrument;
+use lumen_trace::window::ProfileWindows;
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Default)]
+pub struct ProfileArgs {
+    /// Engine iterations to record, e.g. 20-40 or 10-20,50-60 (LUMEN_PROFILE_START_STOP wins).
+    #[arg(long)]
+    pub profile_iters: Option<String>,
+    /// Write the recorded iterations to this trace: .lumen (SQLite) or .json (Chrome). LUMEN_TRACE wins.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+/// The first of `names` set in the environment, with its name and value.
+fn env_first(names: &[&'static str]) -> Option<(&'static str, String)> {
+    names.iter().find_map(|n| std::env::var(n).ok().map(|v| (*n, v)))
+}
+
+fn env_flag(names: &[&'static str]) -> bool {
+    env_first(names).is_some_and(|(_, v)| !matches!(v.trim(), "" | "0" | "false" | "off"))
+}
+
+impl ProfileArgs {
+    /// Reads the switches, sets the recorded categories, and returns the profiler to give the
+    /// engine, if a trace is to be written.
+    pub fn profiler(&self, model: &str) -> Result<Option<Profiler>> {
+        instrument::configure(
+            env_flag(&["LUMEN_NVTX_DEBUG", "TLLM_NVTX_DEBUG"]),
+            env_flag(&["LUMEN_API_NVTX", "TLLM_LLMAPI_ENABLE_NVTX"]),
+            env_flag(&["LUMEN_PROFILE_RECORD_ALLOC", "TLLM_PROFILE_RECORD_GC"]),
+            env_flag(&["LUMEN_PROFILE_RECORD_WAITS"]),
+        );
+        if instrument::nvtx_from_env() {
+            eprintln!("[lumen] NVTX ranges on (domain lumen)");
+        }
+        let env_windows = ProfileWindows::from_env().map_err(anyhow::Error::msg)?;
+        let windows = match (env_windows, &self.profile_iters) {
+            (Some((w, var)), Some(flag)) => {
+                eprintln!("[lumen] {var}={w} overrides --profile-iters {flag}");
+                Some(w)
+            }
+            (Some((w, _)), None) => Some(w),
+            (None, Some(flag)) => Some(ProfileWindows::parse(flag, "--profile-iters").map_err(anyhow::Error::msg)?),
+            (None, None) => None,
+        };
+        let trace = match (env_first(&["LUMEN_TRACE", "TLLM_TORCH_PROFILE_TRACE"]), &self.trace) {
+            (Some((var, path)), Some(flag)) => {
+                eprintln!("[lumen] {var}={path} overrides --trace {}", flag.display());
+                Some(PathBuf::from(path))
+            }
+            (Some((_, path)), None) => Some(PathBuf::from(path)),
+            (None, flag) => flag.clone(),
+        };
+        let Some(path) = trace else {
+            if let Some(w) = windows {
+                eprintln!("[lumen] profiling windows {w} are set but no trace output: set LUMEN_TRACE or --trace to record them");
+            }
+            return Ok(None);
+        };
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let meta = vec![
+            ("command".to_string(), std::env::args().collect::<Vec<_>>().join(" ")),
+            ("host".to_string(), host),
+            ("backend".to_string(), "cpu".to_string()),
+            ("model".to_string(), model.to_string()),
+            ("lumen_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ];
+        let what = windows.as_ref().map_or("every iteration".to_string(), |w| format!("iterations {w}"));
+        let profiler = Profiler::new(&path, windows, meta).map_err(anyhow::Error::msg).context("cannot start the trace")?;
+        eprintln!("[lumen] recording {what} into {}", path.display());
+        Ok(Some(profiler))
+    }
+}

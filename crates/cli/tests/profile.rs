@@ -1,0 +1,118 @@
+//! End-to-end runs of `lumen profile`. Without a GPU the command must still run, with its
+//! environment and exit status, and leave a loadable trace that says why nothing was collected.
+//! On the GPU machine (docs/gpu.md) it profiles `lumen bench throughput` inside a window of
+//! iterations and checks that every collected kernel belongs to exactly one of them.
+
+mod common;
+
+use common::{lumen, lumen_bin, lumen_env, Scratch};
+use lumen_trace::model::GpuOpKind;
+use lumen_trace::store::read_trace;
+use std::path::Path;
+
+#[test]
+fn the_command_runs_with_its_environment_and_exit_status() {
+    let s = Scratch::new("profile-run");
+    let out = s.path("run.lumen");
+    let run = lumen(&["profile", "-o", &out, "-e", "LUMEN_TEST_VALUE=42", "--", "sh", "-c", "test \"$LUMEN_TEST_VALUE\" = 42 && exit 3"]);
+    assert_eq!(run.code, Some(3), "lumen exits with the command's status: {}", run.stderr);
+    let trace = read_trace(Path::new(&out)).expect("the trace loads");
+    let meta = |k: &str| trace.meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    assert_eq!(meta("exit_status").as_deref(), Some("3"));
+    assert!(meta("command").is_some_and(|c| c.contains("LUMEN_TEST_VALUE")), "{:?}", trace.meta);
+    if !lumen_backend::cuda::driver_present() {
+        assert!(run.stderr.contains("cannot collect") && run.stderr.contains("untraced"), "{}", run.stderr);
+        assert_eq!(meta("collector").as_deref(), Some("none"));
+    }
+}
+
+#[test]
+fn bad_options_are_refused_before_the_command_runs() {
+    let s = Scratch::new("profile-bad");
+    let marker = s.path("ran");
+    let touch = format!("touch {marker}");
+    lumen(&["profile", "-o", &s.path("a"), "-e", "NOVALUE", "--", "sh", "-c", &touch]).fails_with(1, &["NOVALUE", "NAME=VALUE"]);
+    lumen(&["profile", "-o", &s.path("b"), "-t", "cuda,osrt", "--", "sh", "-c", &touch]).fails_with(2, &["osrt"]);
+    assert!(!Path::new(&marker).exists(), "a refused profile must not run the command");
+    let existing = s.write("c.lumen", "x");
+    lumen(&["profile", "-o", &existing, "--", "true"]).fails_with(1, &["exists"]);
+}
+
+#[test]
+fn a_window_of_lumen_iterations_holds_exactly_its_kernels() {
+    if lumen_backend::cuda::Gpu::open(0).is_err() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let s = Scratch::new("profile-window");
+    let data = s.path("data.jsonl");
+    lumen(&[
+        "bench",
+        "prepare-dataset",
+        "--model",
+        "smollm2-135m",
+        "--output",
+        &data,
+        "token-norm-dist",
+        "--num-requests",
+        "24",
+        "--input-mean",
+        "64",
+        "--input-stdev",
+        "0",
+        "--output-mean",
+        "16",
+        "--output-stdev",
+        "0",
+    ])
+    .ok();
+    let out = s.path("window.lumen");
+    let bin = lumen_bin();
+    let run = lumen_env(
+        &[
+            "profile",
+            "-o",
+            &out,
+            "-c",
+            "cudaProfilerApi",
+            "--cuda-graph-trace",
+            "node",
+            "--",
+            &bin,
+            "bench",
+            "throughput",
+            "--device",
+            "cuda",
+            "--model",
+            "smollm2-135m",
+            "--dataset",
+            &data,
+            "--eos-id",
+            "-1",
+            "--max-batch-size",
+            "8",
+        ],
+        &[("LUMEN_PROFILE_START_STOP", "3-6")],
+    )
+    .ok();
+    let trace = read_trace(Path::new(&out)).expect("the merged trace loads");
+    let iterations: Vec<(u64, u64, u64)> = trace
+        .spans
+        .iter()
+        .filter_map(|s| s.name.strip_prefix("lumen: iter ").or(s.name.strip_prefix("iter ")).map(|rest| (s, rest)))
+        .filter_map(|(s, rest)| rest.split(':').next()?.parse().ok().map(|n| (n, s.start_ns, s.end_ns)))
+        .collect();
+    let numbers: Vec<u64> = iterations.iter().map(|i| i.0).collect();
+    assert_eq!(numbers, [3, 4, 5, 6], "NVTX iteration ranges of the window: {}", run.stderr);
+    let kernels: Vec<_> = trace.gpu_ops.iter().filter(|k| k.kind == GpuOpKind::Kernel).collect();
+    assert!(!kernels.is_empty(), "kernels were collected");
+    for k in &kernels {
+        let launch = trace
+            .api_calls
+            .iter()
+            .find(|a| a.pid == k.pid && a.correlation == k.correlation)
+            .unwrap_or_else(|| panic!("kernel {} has no launch call with correlation {:?}", k.name, k.correlation));
+        let owners: Vec<u64> = iterations.iter().filter(|(_, s, e)| *s <= launch.start_ns && launch.end_ns <= *e).map(|i| i.0).collect();
+        assert_eq!(owners.len(), 1, "kernel {} launched at {} belongs to iterations {owners:?}", k.name, launch.start_ns);
+    }
+}

@@ -1,0 +1,258 @@
+//! The injection: `InitializeInjection` subscribes to CUPTI, puts activity timestamps on the
+//! host's monotonic clock (the clock lumen's own recorder uses), turns activity on for the whole
+//! run or only between `cuProfilerStart` and `cuProfilerStop`, and writes the decoded rows to
+//! `<dir>/<pid>.lumen` from a flusher thread every half second and once more at exit.
+//!
+//! Any failure (no CUPTI, CUPTI taken by another subscriber, an unwritable directory) is printed
+//! and the process runs on untraced.
+
+use crate::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
+use crate::records::Rows;
+use cudarc::cupti::sys;
+use lumen_trace::model::ProcessRow;
+use lumen_trace::store::{Batch, GpuBatch, TraceWriter};
+use std::alloc::{alloc, dealloc, Layout};
+use std::ffi::{c_int, c_void, CStr};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+const BUFFER_BYTES: usize = 8 << 20;
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+const FLUSH_FORCED: u32 = 1;
+
+struct State {
+    options: CollectorOptions,
+    pid: u32,
+    writer: Option<TraceWriter>,
+    rows: Rows,
+    process: Option<ProcessRow>,
+    /// Activity is on (a capture window is open, or capture is everything).
+    active: bool,
+    /// No window will open again (`--capture-range-end stop` after the first stop).
+    done: bool,
+    windows: u32,
+}
+
+static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+
+fn state() -> Option<MutexGuard<'static, State>> {
+    STATE.get().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn check(r: sys::CUptiResult, what: &str) -> Result<(), String> {
+    if r == sys::CUptiResult::CUPTI_SUCCESS {
+        return Ok(());
+    }
+    let mut text: *const std::ffi::c_char = std::ptr::null();
+    unsafe { sys::cuptiGetResultString(r, &mut text) };
+    let text = if text.is_null() { format!("{r:?}") } else { unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned() };
+    Err(format!("{what} failed: {text}"))
+}
+
+/// CUDA calls this once when the process creates its first context.
+#[no_mangle]
+pub extern "C" fn InitializeInjection() -> c_int {
+    match start() {
+        Ok(()) => 1,
+        Err(e) => {
+            eprintln!("[lumen profile] process {}: {e}; it runs untraced", std::process::id());
+            0
+        }
+    }
+}
+
+/// CUPTI's timestamp source: lumen's clock, so GPU activity lines up with lumen's own rows.
+extern "C" fn host_clock_ns() -> u64 {
+    lumen_trace::now_ns()
+}
+
+fn process_name() -> String {
+    std::fs::read("/proc/self/cmdline")
+        .map(|b| {
+            b.split(|&c| c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn start() -> Result<(), String> {
+    let options = CollectorOptions::from_env()?;
+    if !unsafe { sys::is_culib_present() } {
+        return Err("CUPTI (libcupti.so) could not be loaded; set LD_LIBRARY_PATH to the CUDA toolkit's lib directory".into());
+    }
+    let pid = std::process::id();
+    let name = process_name();
+    let path = options.dir.join(format!("{pid}.lumen"));
+    let meta = vec![
+        ("collector".to_string(), "cupti".to_string()),
+        ("pid".into(), pid.to_string()),
+        ("process".into(), name.clone()),
+        ("clock".into(), "CLOCK_MONOTONIC ns".into()),
+        ("capture".into(), format!("{:?}", options.capture)),
+        ("cuda_graph_trace".into(), format!("{:?}", options.graph_trace)),
+    ];
+    let writer = TraceWriter::create(&path, &meta)?;
+    let capture = options.capture;
+    let state = State {
+        options,
+        pid,
+        writer: Some(writer),
+        rows: Rows::default(),
+        process: Some(ProcessRow { pid, name }),
+        active: false,
+        done: false,
+        windows: 0,
+    };
+    if STATE.set(Mutex::new(state)).is_err() {
+        return Ok(());
+    }
+    unsafe {
+        check(sys::cuptiActivityRegisterTimestampCallback(Some(host_clock_ns)), "cuptiActivityRegisterTimestampCallback")?;
+        check(sys::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed)), "cuptiActivityRegisterCallbacks")?;
+        let mut subscriber: sys::CUpti_SubscriberHandle = std::ptr::null_mut();
+        let r = sys::cuptiSubscribe(&mut subscriber, Some(on_callback), std::ptr::null_mut());
+        if r == sys::CUptiResult::CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED {
+            return Err("CUPTI is already taken by another subscriber in this process (another profiler or tool)".into());
+        }
+        check(r, "cuptiSubscribe")?;
+        match capture {
+            Capture::Everything => open_window()?,
+            Capture::ProfilerApi => {
+                let domain = sys::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API;
+                for cbid in [
+                    sys::CUpti_driver_api_trace_cbid::CUPTI_DRIVER_TRACE_CBID_cuProfilerStart,
+                    sys::CUpti_driver_api_trace_cbid::CUPTI_DRIVER_TRACE_CBID_cuProfilerStop,
+                ] {
+                    check(sys::cuptiEnableCallback(1, subscriber, domain, cbid as u32), "cuptiEnableCallback")?;
+                }
+            }
+        }
+    }
+    std::thread::Builder::new()
+        .name("lumen-collect".into())
+        .spawn(|| loop {
+            std::thread::sleep(FLUSH_EVERY);
+            unsafe { sys::cuptiActivityFlushAll(0) };
+            write_rows(false);
+        })
+        .map_err(|e| format!("cannot start the flusher thread: {e}"))?;
+    unsafe { libc::atexit(at_exit) };
+    Ok(())
+}
+
+/// The activity kinds the options ask for.
+fn kinds(options: &CollectorOptions) -> Vec<sys::CUpti_ActivityKind> {
+    use sys::CUpti_ActivityKind as K;
+    let mut kinds = Vec::new();
+    if options.cuda {
+        kinds.extend([
+            K::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL,
+            K::CUPTI_ACTIVITY_KIND_MEMCPY,
+            K::CUPTI_ACTIVITY_KIND_MEMSET,
+            K::CUPTI_ACTIVITY_KIND_SYNCHRONIZATION,
+        ]);
+        if options.graph_trace == GraphTrace::Graph {
+            kinds.push(K::CUPTI_ACTIVITY_KIND_GRAPH_TRACE);
+        }
+    }
+    if options.api {
+        kinds.extend([K::CUPTI_ACTIVITY_KIND_RUNTIME, K::CUPTI_ACTIVITY_KIND_DRIVER]);
+    }
+    if options.nvtx {
+        kinds.push(K::CUPTI_ACTIVITY_KIND_MARKER);
+    }
+    kinds
+}
+
+fn open_window() -> Result<(), String> {
+    let mut s = state().ok_or("the collector is not initialised")?;
+    if s.active || s.done {
+        return Ok(());
+    }
+    for kind in kinds(&s.options) {
+        check(unsafe { sys::cuptiActivityEnable(kind) }, &format!("cuptiActivityEnable({kind:?})"))?;
+    }
+    s.active = true;
+    s.windows += 1;
+    Ok(())
+}
+
+fn close_window() -> Result<(), String> {
+    let mut s = state().ok_or("the collector is not initialised")?;
+    if !s.active {
+        return Ok(());
+    }
+    for kind in kinds(&s.options) {
+        check(unsafe { sys::cuptiActivityDisable(kind) }, &format!("cuptiActivityDisable({kind:?})"))?;
+    }
+    s.active = false;
+    s.done = s.options.range_end == RangeEnd::Stop;
+    Ok(())
+}
+
+unsafe extern "C" fn on_callback(_: *mut c_void, domain: sys::CUpti_CallbackDomain, cbid: sys::CUpti_CallbackId, data: *const c_void) {
+    if domain != sys::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API || data.is_null() {
+        return;
+    }
+    let site = (*(data as *const sys::CUpti_CallbackData)).callbackSite;
+    let start = sys::CUpti_driver_api_trace_cbid::CUPTI_DRIVER_TRACE_CBID_cuProfilerStart as u32;
+    let stop = sys::CUpti_driver_api_trace_cbid::CUPTI_DRIVER_TRACE_CBID_cuProfilerStop as u32;
+    let result = if cbid == start && site == sys::CUpti_ApiCallbackSite::CUPTI_API_EXIT {
+        open_window()
+    } else if cbid == stop && site == sys::CUpti_ApiCallbackSite::CUPTI_API_ENTER {
+        close_window()
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        eprintln!("[lumen profile] process {}: {e}", std::process::id());
+    }
+}
+
+unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
+    *buffer = alloc(Layout::from_size_align_unchecked(BUFFER_BYTES, 8));
+    *size = if (*buffer).is_null() { 0 } else { BUFFER_BYTES };
+    *max_records = 0;
+}
+
+unsafe extern "C" fn buffer_completed(_: cudarc::driver::sys::CUcontext, _: u32, buffer: *mut u8, size: usize, valid: usize) {
+    if let Some(mut s) = state() {
+        let pid = s.pid;
+        let mut record: *mut sys::CUpti_Activity = std::ptr::null_mut();
+        while sys::cuptiActivityGetNextRecord(buffer, valid, &mut record) == sys::CUptiResult::CUPTI_SUCCESS {
+            s.rows.push(record as *const u32, pid);
+        }
+    }
+    if !buffer.is_null() && size > 0 {
+        dealloc(buffer, Layout::from_size_align_unchecked(size, 8));
+    }
+}
+
+/// Appends the rows decoded so far; with `last`, also closes the trace as complete.
+fn write_rows(last: bool) {
+    let Some(mut s) = state() else { return };
+    let rows = s.rows.take();
+    let process: Vec<ProcessRow> = s.process.take().into_iter().collect();
+    let Some(writer) = s.writer.as_mut() else { return };
+    let written =
+        writer.append(&Batch { threads: &rows.threads, spans: &rows.spans, marks: &rows.marks, ..Batch::default() }).and_then(|_| {
+            writer.append_gpu(&GpuBatch { processes: &process, gpu_ops: &rows.gpu_ops, api_calls: &rows.api_calls, threads: &[] })
+        });
+    if let Err(e) = written {
+        eprintln!("[lumen profile] process {}: {e}; collection stops", s.pid);
+        s.writer = None;
+        return;
+    }
+    if last {
+        let windows = s.windows.to_string();
+        if let Some(mut w) = s.writer.take() {
+            if let Err(e) = w.set_meta("capture_windows", &windows).and_then(|_| w.finish().map(|_| ())) {
+                eprintln!("[lumen profile] process {}: {e}", s.pid);
+            }
+        }
+    }
+}
+
+extern "C" fn at_exit() {
+    unsafe { sys::cuptiActivityFlushAll(FLUSH_FORCED) };
+    write_rows(true);
+}
