@@ -3,6 +3,7 @@
 mod bench;
 mod common;
 mod generate;
+mod gpu_metrics;
 mod profile;
 mod recording;
 mod trace;

@@ -4,14 +4,15 @@
 //! The command always runs: when there is nothing to collect with (no collector library, no CUDA
 //! driver) lumen says why and runs it untraced. lumen exits with the command's status.
 
+use crate::gpu_metrics::Sampler;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_collect::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
 use lumen_trace::merge::merge_traces;
-use lumen_trace::store::TraceWriter;
+use lumen_trace::store::{Batch, TraceWriter};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct ProfileArgs {
@@ -32,6 +33,10 @@ pub struct ProfileArgs {
     /// (runtime and driver calls).
     #[arg(short = 't', long = "trace", default_value = "cuda,nvtx,api", value_delimiter = ',', value_parser = ["cuda", "nvtx", "api"])]
     trace: Vec<String>,
+    /// Sample GPU metrics every INTERVAL microseconds (default 10000): SM, DRAM-bandwidth and
+    /// tensor activity where NVML has GPM (Hopper and later), plain utilisation elsewhere.
+    #[arg(long = "gpu-metrics", value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "10000", value_parser = clap::value_parser!(u64).range(100..))]
+    gpu_metrics: Option<u64>,
     /// Environment for the command, `K=V`, comma-separated or repeated.
     #[arg(short = 'e', long = "env-var", value_delimiter = ',')]
     env: Vec<String>,
@@ -132,9 +137,25 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
     if let Some(why) = &collecting {
         eprintln!("[lumen] profile: cannot collect: {why}; running the command untraced");
     }
+    let sampler = args.gpu_metrics.map(|us| Sampler::start(Duration::from_micros(us)));
     let started = Instant::now();
     let status = cmd.status().with_context(|| format!("cannot run {:?}", args.command[0]))?;
     let elapsed = started.elapsed();
+    let metrics_source = match sampler {
+        None => "off".to_string(),
+        Some(Err(why)) => {
+            eprintln!("[lumen] profile: GPU metrics unavailable: {why}");
+            format!("none ({why})")
+        }
+        Some(Ok(sampler)) => {
+            let (rows, source) = sampler.finish();
+            let path = parts.join("gpu-metrics.lumen");
+            TraceWriter::create(&path, &[("gpu_metrics_source".into(), source.clone())])
+                .and_then(|mut w| w.append(&Batch { counters: &rows, ..Batch::default() }).and_then(|_| w.finish()))
+                .map_err(anyhow::Error::msg)?;
+            source
+        }
+    };
     let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
 
     let meta = vec![
@@ -143,6 +164,7 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
         ("collector_status".into(), collecting.clone().unwrap_or_else(|| "ok".into())),
         ("exit_status".into(), code.to_string()),
         ("wall_s".into(), format!("{:.3}", elapsed.as_secs_f64())),
+        ("gpu_metrics_source".into(), metrics_source),
     ];
     write_trace(&parts, &output, &meta)?;
     let _ = std::fs::remove_dir_all(&parts);

@@ -27,6 +27,22 @@ fn the_command_runs_with_its_environment_and_exit_status() {
 }
 
 #[test]
+fn gpu_metrics_name_their_source_or_why_there_are_none() {
+    let s = Scratch::new("profile-metrics");
+    let out = s.path("metrics.lumen");
+    let run = lumen(&["profile", "-o", &out, "--gpu-metrics", "2000", "--", "sh", "-c", "sleep 0.2"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let trace = read_trace(Path::new(&out)).expect("the trace loads");
+    let source = trace.meta.iter().find(|(k, _)| k == "gpu_metrics_source").map(|(_, v)| v.clone()).expect("meta names the source");
+    if source.starts_with("nvml") {
+        let names: std::collections::BTreeSet<&str> = trace.counters.iter().map(|c| c.name.as_str()).collect();
+        assert!(!names.is_empty(), "{source}: sampled counters expected over 0.2 s at 2 ms");
+    } else {
+        assert!(source.starts_with("none (") && run.stderr.contains("GPU metrics unavailable"), "{source}\n{}", run.stderr);
+    }
+}
+
+#[test]
 fn bad_options_are_refused_before_the_command_runs() {
     let s = Scratch::new("profile-bad");
     let marker = s.path("ran");
@@ -34,6 +50,7 @@ fn bad_options_are_refused_before_the_command_runs() {
     lumen(&["profile", "-o", &s.path("a"), "-e", "NOVALUE", "--", "sh", "-c", &touch]).fails_with(1, &["NOVALUE", "NAME=VALUE"]);
     lumen(&["profile", "-o", &s.path("b"), "-t", "cuda,osrt", "--", "sh", "-c", &touch]).fails_with(2, &["osrt"]);
     assert!(!Path::new(&marker).exists(), "a refused profile must not run the command");
+    lumen(&["profile", "-o", &s.path("d"), "--gpu-metrics", "5", "--", "sh", "-c", &touch]).fails_with(2, &["--gpu-metrics"]);
     let existing = s.write("c.lumen", "x");
     lumen(&["profile", "-o", &existing, "--", "true"]).fails_with(1, &["exists"]);
 }

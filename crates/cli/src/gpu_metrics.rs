@@ -1,0 +1,156 @@
+//! GPU metrics for `lumen profile --gpu-metrics`, sampled from the `lumen` process with NVML
+//! while the command runs: on GPUs with GPM (Hopper and later) SM activity, DRAM bandwidth
+//! utilisation and tensor-pipe activity per interval; elsewhere NVML's plain utilisation (the
+//! share of time a kernel ran, and the memory controller's busy share). The trace's `meta` names
+//! the source.
+
+use lumen_trace::model::CounterRow;
+use lumen_trace::now_ns;
+use nvml_wrapper_sys::bindings::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// GPM metrics sampled, with their counter names.
+const GPM_METRICS: [(u32, &str); 3] = [
+    (nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL, "sm active %"),
+    (nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL, "dram bandwidth %"),
+    (nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL, "tensor active %"),
+];
+
+/// A sampler thread; `finish` stops it and returns its rows and the source it used.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(Vec<CounterRow>, String)>,
+}
+
+fn ok(r: nvmlReturn_t, what: &str) -> Result<(), String> {
+    if r == nvmlReturn_enum_NVML_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("{what} returned NVML error {r}"))
+    }
+}
+
+struct Device {
+    index: u32,
+    handle: nvmlDevice_t,
+    /// Two GPM samples, swapped each interval; `None` without GPM.
+    gpm: Option<(nvmlGpmSample_t, nvmlGpmSample_t)>,
+}
+
+// SAFETY: NVML handles and samples may be used from any thread; only the sampler thread uses
+// them once `open` returns.
+unsafe impl Send for Device {}
+
+/// Opens NVML and every device, preferring GPM where the device supports it.
+fn open() -> Result<(NvmlLib, Vec<Device>), String> {
+    let lib = unsafe { NvmlLib::new("libnvidia-ml.so.1") }.map_err(|e| format!("NVML (libnvidia-ml.so.1) could not be loaded: {e}"))?;
+    if lib.nvmlInit_v2.is_err() || lib.nvmlDeviceGetCount_v2.is_err() || lib.nvmlDeviceGetHandleByIndex_v2.is_err() {
+        return Err("this NVML lacks the functions lumen needs".into());
+    }
+    unsafe {
+        ok(lib.nvmlInit_v2(), "nvmlInit")?;
+        let mut count = 0;
+        ok(lib.nvmlDeviceGetCount_v2(&mut count), "nvmlDeviceGetCount")?;
+        let gpm_present = lib.nvmlGpmQueryDeviceSupport.is_ok()
+            && lib.nvmlGpmSampleAlloc.is_ok()
+            && lib.nvmlGpmSampleGet.is_ok()
+            && lib.nvmlGpmMetricsGet.is_ok();
+        let mut devices = Vec::new();
+        for index in 0..count {
+            let mut handle = std::ptr::null_mut();
+            ok(lib.nvmlDeviceGetHandleByIndex_v2(index, &mut handle), "nvmlDeviceGetHandleByIndex")?;
+            let mut support = nvmlGpmSupport_t { version: NVML_GPM_SUPPORT_VERSION, isSupportedDevice: 0 };
+            let gpm = if gpm_present
+                && lib.nvmlGpmQueryDeviceSupport(handle, &mut support) == nvmlReturn_enum_NVML_SUCCESS
+                && support.isSupportedDevice != 0
+            {
+                let (mut a, mut b) = (std::ptr::null_mut(), std::ptr::null_mut());
+                ok(lib.nvmlGpmSampleAlloc(&mut a), "nvmlGpmSampleAlloc")?;
+                ok(lib.nvmlGpmSampleAlloc(&mut b), "nvmlGpmSampleAlloc")?;
+                ok(lib.nvmlGpmSampleGet(handle, a), "nvmlGpmSampleGet")?;
+                Some((a, b))
+            } else {
+                None
+            };
+            devices.push(Device { index, handle, gpm });
+        }
+        Ok((lib, devices))
+    }
+}
+
+/// One interval's counters for `d`.
+unsafe fn sample(lib: &NvmlLib, d: &mut Device, ts_ns: u64, rows: &mut Vec<CounterRow>) {
+    let row = |name: &str, value: f64| CounterRow { ts_ns, name: name.into(), device: Some(d.index), value };
+    match d.gpm {
+        Some((previous, current)) => {
+            if lib.nvmlGpmSampleGet(d.handle, current) != nvmlReturn_enum_NVML_SUCCESS {
+                return;
+            }
+            let mut get: nvmlGpmMetricsGet_t = std::mem::zeroed();
+            get.version = NVML_GPM_METRICS_GET_VERSION;
+            get.numMetrics = GPM_METRICS.len() as u32;
+            get.sample1 = previous;
+            get.sample2 = current;
+            for (slot, (id, _)) in get.metrics.iter_mut().zip(GPM_METRICS) {
+                slot.metricId = id;
+            }
+            if lib.nvmlGpmMetricsGet(&mut get) == nvmlReturn_enum_NVML_SUCCESS {
+                for (m, (_, name)) in get.metrics.iter().zip(GPM_METRICS) {
+                    if m.nvmlReturn == nvmlReturn_enum_NVML_SUCCESS {
+                        rows.push(row(name, m.value));
+                    }
+                }
+            }
+            d.gpm = Some((current, previous));
+        }
+        None => {
+            let mut u = nvmlUtilization_t { gpu: 0, memory: 0 };
+            if lib.nvmlDeviceGetUtilizationRates(d.handle, &mut u) == nvmlReturn_enum_NVML_SUCCESS {
+                rows.push(row("gpu utilization %", u.gpu as f64));
+                rows.push(row("memory controller utilization %", u.memory as f64));
+            }
+        }
+    }
+}
+
+impl Sampler {
+    /// Starts sampling every `interval`, or says why it cannot.
+    pub fn start(interval: Duration) -> Result<Sampler, String> {
+        let (lib, mut devices) = open()?;
+        if devices.is_empty() {
+            return Err("NVML sees no GPU".into());
+        }
+        let source = if devices.iter().all(|d| d.gpm.is_some()) { "nvml-gpm" } else { "nvml-utilization" }.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rows = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(interval);
+                let ts = now_ns();
+                for d in devices.iter_mut() {
+                    unsafe { sample(&lib, d, ts, &mut rows) };
+                }
+            }
+            unsafe {
+                for d in &devices {
+                    if let Some((a, b)) = d.gpm {
+                        lib.nvmlGpmSampleFree(a);
+                        lib.nvmlGpmSampleFree(b);
+                    }
+                }
+                lib.nvmlShutdown();
+            }
+            (rows, source)
+        });
+        Ok(Sampler { stop, thread })
+    }
+
+    pub fn finish(self) -> (Vec<CounterRow>, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_else(|_| (Vec::new(), "failed".into()))
+    }
+}
