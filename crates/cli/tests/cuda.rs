@@ -4,43 +4,8 @@
 
 mod common;
 
-use common::{lumen, lumen_env, Scratch};
+use common::{fixed_length_dataset as dataset, gpu_present, lumen, lumen_env, Scratch};
 use serde_json::Value;
-
-fn gpu_present() -> bool {
-    match lumen_backend::cuda::Gpu::open(0) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e:#})");
-            false
-        }
-    }
-}
-
-fn dataset(s: &Scratch, model: &str, requests: &str, isl: &str, osl: &str) -> String {
-    let out = s.path("data.jsonl");
-    lumen(&[
-        "bench",
-        "prepare-dataset",
-        "--model",
-        model,
-        "--output",
-        &out,
-        "token-norm-dist",
-        "--num-requests",
-        requests,
-        "--input-mean",
-        isl,
-        "--input-stdev",
-        "0",
-        "--output-mean",
-        osl,
-        "--output-stdev",
-        "0",
-    ])
-    .ok();
-    out
-}
 
 #[test]
 fn device_cuda_without_a_gpu_is_a_clear_error() {

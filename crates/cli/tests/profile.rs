@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lumen, lumen_bin, lumen_env, Scratch};
+use common::{fixed_length_dataset, gpu_present, lumen, lumen_bin, lumen_env, Scratch};
 use lumen_trace::model::GpuOpKind;
 use lumen_trace::store::read_trace;
 use std::path::Path;
@@ -57,32 +57,11 @@ fn bad_options_are_refused_before_the_command_runs() {
 
 #[test]
 fn a_window_of_lumen_iterations_holds_exactly_its_kernels() {
-    if lumen_backend::cuda::Gpu::open(0).is_err() {
-        eprintln!("skipped: no CUDA device");
+    if !gpu_present() {
         return;
     }
     let s = Scratch::new("profile-window");
-    let data = s.path("data.jsonl");
-    lumen(&[
-        "bench",
-        "prepare-dataset",
-        "--model",
-        "smollm2-135m",
-        "--output",
-        &data,
-        "token-norm-dist",
-        "--num-requests",
-        "24",
-        "--input-mean",
-        "64",
-        "--input-stdev",
-        "0",
-        "--output-mean",
-        "16",
-        "--output-stdev",
-        "0",
-    ])
-    .ok();
+    let data = fixed_length_dataset(&s, "smollm2-135m", "24", "64", "16");
     let out = s.path("window.lumen");
     let bin = lumen_bin();
     let run = lumen_env(

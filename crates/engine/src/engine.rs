@@ -8,7 +8,6 @@ use crate::runner::{self, Runner};
 use crate::scheduler::{Scheduler, Sequence};
 use crate::stats::IterationStats;
 use anyhow::Result;
-use lumen_model::cuda::SampleParams;
 use lumen_model::Model;
 use lumen_trace::alloc::AllocTotals;
 use lumen_trace::instrument::{counter, mark, span, span_named, Category};
@@ -224,30 +223,14 @@ impl Engine {
             let _s = span(Category::Phase, "prepare inputs");
             runner::prepare(&decision, &self.scheduler, &self.kv)
         };
-        let sampling: Vec<SampleParams> = decision
-            .seqs
-            .iter()
-            .filter(|s| s.samples)
-            .map(|s| {
-                let seq = self.scheduler.running.iter().find(|r| r.id == s.id).expect("scheduled sequences are running");
-                let p = &seq.sampling;
-                SampleParams {
-                    temperature: p.temperature,
-                    top_k: p.top_k as u32,
-                    top_p: p.top_p,
-                    seed: p.seed,
-                    index: seq.num_generated() as u32,
-                }
-            })
-            .collect();
         {
             let _s = span(Category::Phase, "forward");
             if !input.tokens.is_empty() {
-                self.runner.forward(&self.model, &input, &sampling)?;
+                self.runner.forward(&self.model, &input)?;
             }
         }
         let sample_span = span(Category::Phase, "sample");
-        let sampled = if input.tokens.is_empty() { Vec::new() } else { self.runner.sample(self.model.config().vocab_size, &sampling)? };
+        let sampled = if input.tokens.is_empty() { Vec::new() } else { self.runner.sample(self.model.config().vocab_size, &input)? };
         let mut sampled = sampled.into_iter();
         let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
         let now = now_ns();

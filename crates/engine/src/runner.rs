@@ -21,10 +21,19 @@ pub struct ModelInput {
     /// Per scheduled sequence: start in the flat batch, length, first position, block table.
     pub seqs: Vec<(usize, usize, usize, Vec<u32>)>,
     pub logit_rows: Vec<usize>,
+    /// Per logits row: its request's sampling parameters and which output token it draws.
+    pub sampling: Vec<(SamplingParams, usize)>,
 }
 
 pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager) -> ModelInput {
-    let mut input = ModelInput { tokens: Vec::new(), positions: Vec::new(), slots: Vec::new(), seqs: Vec::new(), logit_rows: Vec::new() };
+    let mut input = ModelInput {
+        tokens: Vec::new(),
+        positions: Vec::new(),
+        slots: Vec::new(),
+        seqs: Vec::new(),
+        logit_rows: Vec::new(),
+        sampling: Vec::new(),
+    };
     for s in &out.seqs {
         let seq = scheduler.running.iter().find(|r| r.id == s.id).expect("scheduled sequences are running");
         let start = input.tokens.len();
@@ -36,6 +45,7 @@ pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager
         input.seqs.push((start, s.num_tokens, s.first_pos, seq.block_table.clone()));
         if s.samples {
             input.logit_rows.push(start + s.num_tokens - 1);
+            input.sampling.push((seq.sampling.clone(), seq.num_generated()));
         }
     }
     input
@@ -77,7 +87,7 @@ impl Runner {
     }
 
     /// Starts the forward pass (on the CPU it runs to completion).
-    pub fn forward(&mut self, model: &Model, input: &ModelInput, sampling: &[SampleParams]) -> Result<()> {
+    pub fn forward(&mut self, model: &Model, input: &ModelInput) -> Result<()> {
         let seqs: Vec<AttentionSeq> = input
             .seqs
             .iter()
@@ -95,21 +105,29 @@ impl Runner {
                 *logits = model.cpu_decoder()?.forward(&batch, storage);
                 Ok(())
             }
-            Runner::Cuda(r) => r.launch(&batch, sampling),
+            Runner::Cuda(r) => {
+                let sampling: Vec<SampleParams> = input
+                    .sampling
+                    .iter()
+                    .map(|(p, index)| SampleParams {
+                        temperature: p.temperature,
+                        top_k: p.top_k as u32,
+                        top_p: p.top_p,
+                        seed: p.seed,
+                        index: *index as u32,
+                    })
+                    .collect();
+                r.launch(&batch, &sampling)
+            }
         }
     }
 
-    /// The sampled token of every logits row, in order.
-    pub fn sample(&mut self, vocab: usize, sampling: &[SampleParams]) -> Result<Vec<u32>> {
+    /// The sampled token of every logits row of `input`, in order.
+    pub fn sample(&mut self, vocab: usize, input: &ModelInput) -> Result<Vec<u32>> {
         match self {
-            Runner::Cpu { logits, .. } => Ok(logits
-                .chunks(vocab)
-                .zip(sampling)
-                .map(|(row, p)| {
-                    let params = SamplingParams { temperature: p.temperature, top_k: p.top_k as usize, top_p: p.top_p, seed: p.seed };
-                    sampler::sample(row, &params, p.index as usize)
-                })
-                .collect()),
+            Runner::Cpu { logits, .. } => {
+                Ok(logits.chunks(vocab).zip(&input.sampling).map(|(row, (params, index))| sampler::sample(row, params, *index)).collect())
+            }
             Runner::Cuda(r) => r.finish(),
         }
     }

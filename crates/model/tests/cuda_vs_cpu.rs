@@ -89,38 +89,30 @@ fn step_of(seqs: &[&Seq], chunks: &[usize]) -> Step {
     s
 }
 
-fn run_cpu(model: &Model, kv: &mut KvStorage, seqs: &[&Seq], step: &Step) -> Vec<f32> {
+/// Runs `f` on the flattened batch of `step` over `seqs`.
+fn with_batch<T>(seqs: &[&Seq], step: &Step, f: impl FnOnce(&ForwardBatch) -> T) -> T {
     let attn: Vec<AttentionSeq> = step
         .spans
         .iter()
         .zip(seqs)
         .map(|(&(start, len, first_pos), s)| AttentionSeq { start, len, first_pos, block_table: &s.table })
         .collect();
-    let batch = ForwardBatch { tokens: &step.tokens, positions: &step.positions, slots: &step.slots, seqs: &attn, logit_rows: &step.rows };
-    model.cpu_decoder().unwrap().forward(&batch, kv)
+    f(&ForwardBatch { tokens: &step.tokens, positions: &step.positions, slots: &step.slots, seqs: &attn, logit_rows: &step.rows })
+}
+
+fn run_cpu(model: &Model, kv: &mut KvStorage, seqs: &[&Seq], step: &Step) -> Vec<f32> {
+    with_batch(seqs, step, |batch| model.cpu_decoder().unwrap().forward(batch, kv))
 }
 
 fn run_cuda(r: &mut CudaRunner, seqs: &[&Seq], step: &Step) -> Vec<f32> {
-    let attn: Vec<AttentionSeq> = step
-        .spans
-        .iter()
-        .zip(seqs)
-        .map(|(&(start, len, first_pos), s)| AttentionSeq { start, len, first_pos, block_table: &s.table })
-        .collect();
-    let batch = ForwardBatch { tokens: &step.tokens, positions: &step.positions, slots: &step.slots, seqs: &attn, logit_rows: &step.rows };
-    r.logits(&batch).unwrap()
+    with_batch(seqs, step, |batch| r.logits(batch).unwrap())
 }
 
 fn cuda_tokens(r: &mut CudaRunner, seqs: &[&Seq], step: &Step) -> Vec<u32> {
-    let attn: Vec<AttentionSeq> = step
-        .spans
-        .iter()
-        .zip(seqs)
-        .map(|(&(start, len, first_pos), s)| AttentionSeq { start, len, first_pos, block_table: &s.table })
-        .collect();
-    let batch = ForwardBatch { tokens: &step.tokens, positions: &step.positions, slots: &step.slots, seqs: &attn, logit_rows: &step.rows };
-    r.launch(&batch, &vec![SampleParams::GREEDY; step.rows.len()]).unwrap();
-    r.finish().unwrap()
+    with_batch(seqs, step, |batch| {
+        r.launch(batch, &vec![SampleParams::GREEDY; step.rows.len()]).unwrap();
+        r.finish().unwrap()
+    })
 }
 
 fn argmax(row: &[f32]) -> u32 {

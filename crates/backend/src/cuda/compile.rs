@@ -21,9 +21,6 @@ pub const SOURCES: [(&str, &str); 5] = [
 /// A loaded module.
 pub struct Module {
     module: sys::CUmodule,
-    /// Where the binary came from: "compiled" or the cache file.
-    pub origin: String,
-    pub arch: String,
 }
 
 unsafe impl Send for Module {}
@@ -139,5 +136,5 @@ pub fn load_kernels(gpu: &Gpu) -> Result<Module> {
     let module = unsafe { cu::module::load_data(cubin.as_ptr() as *const _) }
         .map_err(|e| anyhow!("cannot load the kernel module for {arch} from {origin}: CUDA error {}", describe(e)))
         .context("a stale cache file can be removed safely")?;
-    Ok(Module { module, origin, arch })
+    Ok(Module { module })
 }

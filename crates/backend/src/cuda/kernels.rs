@@ -25,10 +25,6 @@ impl Args {
         self.0.push(v as u64);
         self
     }
-    pub fn u64(mut self, v: u64) -> Self {
-        self.0.push(v);
-        self
-    }
     pub fn f32(mut self, v: f32) -> Self {
         self.0.push(v.to_bits() as u64);
         self

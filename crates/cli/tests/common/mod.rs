@@ -79,6 +79,44 @@ pub fn lumen(args: &[&str]) -> Run {
     lumen_env(args, &[])
 }
 
+/// Whether a CUDA device can be opened; says why the caller skips when not.
+pub fn gpu_present() -> bool {
+    match lumen_backend::cuda::Gpu::open(0) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e:#})");
+            false
+        }
+    }
+}
+
+/// Prepares `data.jsonl` in `s`: `requests` requests of exactly `isl` prompt and `osl` output
+/// tokens for `model`; returns its path.
+pub fn fixed_length_dataset(s: &Scratch, model: &str, requests: &str, isl: &str, osl: &str) -> String {
+    let out = s.path("data.jsonl");
+    lumen(&[
+        "bench",
+        "prepare-dataset",
+        "--model",
+        model,
+        "--output",
+        &out,
+        "token-norm-dist",
+        "--num-requests",
+        requests,
+        "--input-mean",
+        isl,
+        "--input-stdev",
+        "0",
+        "--output-mean",
+        osl,
+        "--output-stdev",
+        "0",
+    ])
+    .ok();
+    out
+}
+
 /// A scratch directory unique to one test, removed when dropped.
 pub struct Scratch {
     pub dir: PathBuf,
