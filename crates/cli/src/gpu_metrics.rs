@@ -99,7 +99,8 @@ unsafe fn sample(lib: &NvmlLib, d: &mut Device, ts_ns: u64, rows: &mut Vec<Count
             }
             if lib.nvmlGpmMetricsGet(&mut get) == nvmlReturn_enum_NVML_SUCCESS {
                 for (m, (_, name)) in get.metrics.iter().zip(GPM_METRICS) {
-                    if m.nvmlReturn == nvmlReturn_enum_NVML_SUCCESS {
+                    // GPM reports NaN for a metric it could not compute over the interval.
+                    if m.nvmlReturn == nvmlReturn_enum_NVML_SUCCESS && m.value.is_finite() {
                         rows.push(row(name, m.value));
                     }
                 }

@@ -30,7 +30,7 @@ fn env_flag(names: &[&'static str]) -> bool {
 
 impl ProfileArgs {
     /// Reads the switches, sets the recorded categories, and returns the profiler to give the
-    /// engine, if a trace is to be written.
+    /// engine, if a trace is to be written or windows are set.
     pub fn profiler(&self, model: &str) -> Result<Option<Profiler>> {
         instrument::configure(
             env_flag(&["LUMEN_NVTX_DEBUG", "TLLM_NVTX_DEBUG"]),
@@ -60,10 +60,12 @@ impl ProfileArgs {
             (None, flag) => flag.clone(),
         };
         let Some(path) = trace else {
-            if let Some(w) = windows {
-                eprintln!("[lumen] profiling windows {w} are set but no trace output: set LUMEN_TRACE or --trace to record them");
-            }
-            return Ok(None);
+            return Ok(windows.map(|w| {
+                eprintln!(
+                    "[lumen] profiling windows {w}: the CUDA profiler starts and stops at their edges (for `lumen profile -c cudaProfilerApi`); set LUMEN_TRACE or --trace to record them here too"
+                );
+                Profiler::windows_only(w)
+            }));
         };
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let meta = vec![

@@ -55,60 +55,107 @@ fn bad_options_are_refused_before_the_command_runs() {
     lumen(&["profile", "-o", &existing, "--", "true"]).fails_with(1, &["exists"]);
 }
 
+/// Profiles `lumen bench throughput` with iterations 3-6 as the capture window, tracing CUDA
+/// graphs as `mode`; returns the merged trace and the iteration ranges (number, start, end) in it.
+fn profile_window(mode: &str) -> (lumen_trace::model::TraceData, Vec<(u64, u64, u64)>, String) {
+    let s = Scratch::new(&format!("profile-window-{mode}"));
+    let data = fixed_length_dataset(&s, "smollm2-135m", "24", "64", "16");
+    let out = s.path("window.lumen");
+    let bin = lumen_bin();
+    let bench = [
+        "bench",
+        "throughput",
+        "--device",
+        "cuda",
+        "--model",
+        "smollm2-135m",
+        "--dataset",
+        &data,
+        "--eos-id",
+        "-1",
+        "--max-batch-size",
+        "8",
+    ];
+    let mut args = vec!["profile", "-o", &out, "-c", "cudaProfilerApi", "--cuda-graph-trace", mode, "--", &bin];
+    args.extend(bench);
+    let run = lumen_env(&args, &[("LUMEN_PROFILE_START_STOP", "3-6")]).ok();
+    let trace = read_trace(Path::new(&out)).expect("the merged trace loads");
+    let iterations: Vec<(u64, u64, u64)> = trace
+        .spans
+        .iter()
+        .filter_map(|s| s.name.strip_prefix("lumen: iter ").map(|rest| (s, rest)))
+        .filter_map(|(s, rest)| rest.split(':').next()?.parse().ok().map(|n| (n, s.start_ns, s.end_ns)))
+        .collect();
+    (trace, iterations, run.stderr)
+}
+
+/// Every GPU operation in the trace was launched inside exactly one of `iterations`: its launch
+/// call (same process and correlation id) lies within that iteration's NVTX range.
+fn assert_each_op_projects_onto_one_iteration(trace: &lumen_trace::model::TraceData, iterations: &[(u64, u64, u64)]) {
+    for op in &trace.gpu_ops {
+        let launch = trace
+            .api_calls
+            .iter()
+            .find(|a| a.pid == op.pid && a.correlation == op.correlation)
+            .unwrap_or_else(|| panic!("{:?} {} has no API call with correlation {:?}", op.kind, op.name, op.correlation));
+        let owners: Vec<u64> = iterations.iter().filter(|(_, s, e)| *s <= launch.start_ns && launch.end_ns <= *e).map(|i| i.0).collect();
+        assert_eq!(
+            owners.len(),
+            1,
+            "{:?} {} launched by {} at {} belongs to iterations {owners:?}",
+            op.kind,
+            op.name,
+            launch.name,
+            launch.start_ns
+        );
+    }
+}
+
 #[test]
 fn a_window_of_lumen_iterations_holds_exactly_its_kernels() {
     if !gpu_present() {
         return;
     }
-    let s = Scratch::new("profile-window");
-    let data = fixed_length_dataset(&s, "smollm2-135m", "24", "64", "16");
-    let out = s.path("window.lumen");
-    let bin = lumen_bin();
-    let run = lumen_env(
-        &[
-            "profile",
-            "-o",
-            &out,
-            "-c",
-            "cudaProfilerApi",
-            "--cuda-graph-trace",
-            "node",
-            "--",
-            &bin,
-            "bench",
-            "throughput",
-            "--device",
-            "cuda",
-            "--model",
-            "smollm2-135m",
-            "--dataset",
-            &data,
-            "--eos-id",
-            "-1",
-            "--max-batch-size",
-            "8",
-        ],
-        &[("LUMEN_PROFILE_START_STOP", "3-6")],
-    )
-    .ok();
-    let trace = read_trace(Path::new(&out)).expect("the merged trace loads");
-    let iterations: Vec<(u64, u64, u64)> = trace
-        .spans
-        .iter()
-        .filter_map(|s| s.name.strip_prefix("lumen: iter ").or(s.name.strip_prefix("iter ")).map(|rest| (s, rest)))
-        .filter_map(|(s, rest)| rest.split(':').next()?.parse().ok().map(|n| (n, s.start_ns, s.end_ns)))
-        .collect();
+    let (trace, iterations, stderr) = profile_window("node");
     let numbers: Vec<u64> = iterations.iter().map(|i| i.0).collect();
-    assert_eq!(numbers, [3, 4, 5, 6], "NVTX iteration ranges of the window: {}", run.stderr);
+    assert_eq!(numbers, [3, 4, 5, 6], "NVTX iteration ranges of the window: {stderr}");
     let kernels: Vec<_> = trace.gpu_ops.iter().filter(|k| k.kind == GpuOpKind::Kernel).collect();
-    assert!(!kernels.is_empty(), "kernels were collected");
-    for k in &kernels {
-        let launch = trace
-            .api_calls
-            .iter()
-            .find(|a| a.pid == k.pid && a.correlation == k.correlation)
-            .unwrap_or_else(|| panic!("kernel {} has no launch call with correlation {:?}", k.name, k.correlation));
-        let owners: Vec<u64> = iterations.iter().filter(|(_, s, e)| *s <= launch.start_ns && launch.end_ns <= *e).map(|i| i.0).collect();
-        assert_eq!(owners.len(), 1, "kernel {} launched at {} belongs to iterations {owners:?}", k.name, launch.start_ns);
+    assert!(kernels.iter().any(|k| k.graph_id.is_some()), "node tracing reports the kernels of graph launches, with their graph ids");
+    assert!(!trace.gpu_ops.iter().any(|k| k.kind == GpuOpKind::Graph), "node tracing has no whole-graph records");
+    assert_each_op_projects_onto_one_iteration(&trace, &iterations);
+}
+
+#[test]
+fn graph_tracing_in_a_window_gives_one_record_per_graph_launch() {
+    if !gpu_present() {
+        return;
     }
+    let (trace, iterations, stderr) = profile_window("graph");
+    let numbers: Vec<u64> = iterations.iter().map(|i| i.0).collect();
+    assert_eq!(numbers, [3, 4, 5, 6], "NVTX iteration ranges of the window: {stderr}");
+    let graphs = trace.gpu_ops.iter().filter(|k| k.kind == GpuOpKind::Graph).count();
+    assert_eq!(graphs, 4, "the four decode iterations each replay one graph: {stderr}");
+    assert!(!trace.gpu_ops.iter().any(|k| k.kind == GpuOpKind::Kernel && k.graph_id.is_some()), "graph tracing hides node kernels");
+    assert_each_op_projects_onto_one_iteration(&trace, &iterations);
+}
+
+#[test]
+fn a_killed_process_leaves_what_was_flushed_marked_incomplete() {
+    if !gpu_present() {
+        return;
+    }
+    let s = Scratch::new("profile-crash");
+    let data = fixed_length_dataset(&s, "smollm2-135m", "2000", "128", "512");
+    let out = s.path("crash.lumen");
+    let bench = format!(
+        "{} bench throughput --device cuda --model smollm2-135m --dataset {data} --eos-id -1 --max-batch-size 64 & sleep 6; kill -KILL $!; wait $!",
+        lumen_bin()
+    );
+    let run = lumen(&["profile", "-o", &out, "--cuda-graph-trace", "node", "--", "sh", "-c", &bench]);
+    assert_eq!(run.code, Some(128 + 9), "lumen exits as the killed command did: {}", run.stderr);
+    assert!(run.stderr.contains("incomplete"), "{}", run.stderr);
+    let trace = read_trace(Path::new(&out)).expect("the trace of a crashed process loads");
+    assert_eq!(trace.meta("complete"), Some("false"));
+    let kernels = trace.gpu_ops.iter().filter(|k| k.kind == GpuOpKind::Kernel).count();
+    assert!(kernels > 0 && !trace.api_calls.is_empty(), "what was flushed before the crash is kept ({kernels} kernels)");
 }

@@ -7,16 +7,19 @@
 //! and the process runs on untraced.
 
 use crate::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
-use crate::records::Rows;
+use crate::records::{graph_launch_start, Rows};
 use cudarc::cupti::sys;
 use lumen_trace::model::ProcessRow;
 use lumen_trace::store::{Batch, GpuBatch, TraceWriter};
 use std::alloc::{alloc, dealloc, Layout};
+use std::collections::HashSet;
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-const BUFFER_BYTES: usize = 8 << 20;
+/// Activity buffer size. Only full buffers reach a periodic flush, so this bounds what a killed
+/// process loses (its last partly filled buffers), besides the last flush interval.
+const BUFFER_BYTES: usize = 1 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const FLUSH_FORCED: u32 = 1;
 
@@ -31,6 +34,11 @@ struct State {
     /// No window will open again (`--capture-range-end stop` after the first stop).
     done: bool,
     windows: u32,
+    /// Capture windows as (open, close) host times; the last is open-ended while collecting.
+    /// Graph-launch records are kept only inside them (see `start`).
+    window_times: Vec<(u64, u64)>,
+    /// Threads already written to the `threads` table.
+    named_threads: HashSet<u64>,
 }
 
 static STATE: OnceLock<Mutex<State>> = OnceLock::new();
@@ -91,7 +99,7 @@ fn start() -> Result<(), String> {
         ("cuda_graph_trace".into(), format!("{:?}", options.graph_trace)),
     ];
     let writer = TraceWriter::create(&path, &meta)?;
-    let capture = options.capture;
+    let (capture, graph_trace, cuda) = (options.capture, options.graph_trace, options.cuda);
     let state = State {
         options,
         pid,
@@ -101,6 +109,8 @@ fn start() -> Result<(), String> {
         active: false,
         done: false,
         windows: 0,
+        window_times: Vec::new(),
+        named_threads: HashSet::new(),
     };
     if STATE.set(Mutex::new(state)).is_err() {
         return Ok(());
@@ -114,6 +124,11 @@ fn start() -> Result<(), String> {
             return Err("CUPTI is already taken by another subscriber in this process (another profiler or tool)".into());
         }
         check(r, "cuptiSubscribe")?;
+        // Graph-launch tracing cannot be switched on once graphs exist (CUPTI crashes the
+        // process), so it stays on from the start; records outside the windows are dropped.
+        if graph_trace == GraphTrace::Graph && cuda {
+            check(sys::cuptiActivityEnable(sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_GRAPH_TRACE), "cuptiActivityEnable(GRAPH_TRACE)")?;
+        }
         match capture {
             Capture::Everything => open_window()?,
             Capture::ProfilerApi => {
@@ -139,7 +154,7 @@ fn start() -> Result<(), String> {
     Ok(())
 }
 
-/// The activity kinds the options ask for.
+/// The activity kinds a capture window switches on and off (graph launches stay on, see `start`).
 fn kinds(options: &CollectorOptions) -> Vec<sys::CUpti_ActivityKind> {
     use sys::CUpti_ActivityKind as K;
     let mut kinds = Vec::new();
@@ -150,9 +165,6 @@ fn kinds(options: &CollectorOptions) -> Vec<sys::CUpti_ActivityKind> {
             K::CUPTI_ACTIVITY_KIND_MEMSET,
             K::CUPTI_ACTIVITY_KIND_SYNCHRONIZATION,
         ]);
-        if options.graph_trace == GraphTrace::Graph {
-            kinds.push(K::CUPTI_ACTIVITY_KIND_GRAPH_TRACE);
-        }
     }
     if options.api {
         kinds.extend([K::CUPTI_ACTIVITY_KIND_RUNTIME, K::CUPTI_ACTIVITY_KIND_DRIVER]);
@@ -163,29 +175,42 @@ fn kinds(options: &CollectorOptions) -> Vec<sys::CUpti_ActivityKind> {
     kinds
 }
 
+/// Turns activity on. The state lock is not held while CUPTI is called: CUPTI may deliver a
+/// buffer (which takes the lock) from inside its own calls.
 fn open_window() -> Result<(), String> {
-    let mut s = state().ok_or("the collector is not initialised")?;
-    if s.active || s.done {
-        return Ok(());
-    }
-    for kind in kinds(&s.options) {
+    let kinds = {
+        let mut s = state().ok_or("the collector is not initialised")?;
+        if s.active || s.done {
+            return Ok(());
+        }
+        s.active = true;
+        s.windows += 1;
+        s.window_times.push((lumen_trace::now_ns(), u64::MAX));
+        kinds(&s.options)
+    };
+    for kind in kinds {
         check(unsafe { sys::cuptiActivityEnable(kind) }, &format!("cuptiActivityEnable({kind:?})"))?;
     }
-    s.active = true;
-    s.windows += 1;
     Ok(())
 }
 
 fn close_window() -> Result<(), String> {
-    let mut s = state().ok_or("the collector is not initialised")?;
-    if !s.active {
-        return Ok(());
-    }
-    for kind in kinds(&s.options) {
+    let kinds = {
+        let mut s = state().ok_or("the collector is not initialised")?;
+        if !s.active {
+            return Ok(());
+        }
+        s.active = false;
+        s.done = s.options.range_end == RangeEnd::Stop;
+        let now = lumen_trace::now_ns();
+        if let Some(last) = s.window_times.last_mut() {
+            last.1 = now;
+        }
+        kinds(&s.options)
+    };
+    for kind in kinds {
         check(unsafe { sys::cuptiActivityDisable(kind) }, &format!("cuptiActivityDisable({kind:?})"))?;
     }
-    s.active = false;
-    s.done = s.options.range_end == RangeEnd::Stop;
     Ok(())
 }
 
@@ -219,7 +244,13 @@ unsafe extern "C" fn buffer_completed(_: cudarc::driver::sys::CUcontext, _: u32,
         let pid = s.pid;
         let mut record: *mut sys::CUpti_Activity = std::ptr::null_mut();
         while sys::cuptiActivityGetNextRecord(buffer, valid, &mut record) == sys::CUptiResult::CUPTI_SUCCESS {
-            s.rows.push(record as *const u32, pid);
+            let record = record as *const u32;
+            if let Some(start) = graph_launch_start(record) {
+                if !s.window_times.iter().any(|&(open, close)| open <= start && start <= close) {
+                    continue;
+                }
+            }
+            s.rows.push(record, pid);
         }
     }
     if !buffer.is_null() && size > 0 {
@@ -227,16 +258,23 @@ unsafe extern "C" fn buffer_completed(_: cudarc::driver::sys::CUcontext, _: u32,
     }
 }
 
+/// A thread's name from `/proc`, while it lives.
+fn thread_name(tid: u64) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).map(|n| n.trim().to_string()).unwrap_or_else(|_| format!("thread {tid}"))
+}
+
 /// Appends the rows decoded so far; with `last`, also closes the trace as complete.
 fn write_rows(last: bool) {
     let Some(mut s) = state() else { return };
     let rows = s.rows.take();
     let process: Vec<ProcessRow> = s.process.take().into_iter().collect();
+    let tids = rows.api_calls.iter().map(|a| a.tid).chain(rows.spans.iter().map(|r| r.tid)).chain(rows.marks.iter().map(|m| m.tid));
+    let threads: Vec<(u64, String)> =
+        tids.collect::<HashSet<u64>>().into_iter().filter(|tid| s.named_threads.insert(*tid)).map(|tid| (tid, thread_name(tid))).collect();
     let Some(writer) = s.writer.as_mut() else { return };
-    let written =
-        writer.append(&Batch { threads: &rows.threads, spans: &rows.spans, marks: &rows.marks, ..Batch::default() }).and_then(|_| {
-            writer.append_gpu(&GpuBatch { processes: &process, gpu_ops: &rows.gpu_ops, api_calls: &rows.api_calls, threads: &[] })
-        });
+    let written = writer.append(&Batch { threads: &threads, spans: &rows.spans, marks: &rows.marks, ..Batch::default() }).and_then(|_| {
+        writer.append_gpu(&GpuBatch { processes: &process, gpu_ops: &rows.gpu_ops, api_calls: &rows.api_calls, threads: &[] })
+    });
     if let Err(e) = written {
         eprintln!("[lumen profile] process {}: {e}; collection stops", s.pid);
         s.writer = None;

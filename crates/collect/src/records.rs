@@ -8,8 +8,9 @@
 use cudarc::cupti::sys;
 use lumen_trace::model::{ApiCallRow, GpuOpKind, GpuOpRow, MarkRow, SpanRow};
 use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::mem::offset_of;
+use std::sync::OnceLock;
 
 #[repr(C)]
 struct KernelRecord {
@@ -239,7 +240,6 @@ pub struct Rows {
     pub api_calls: Vec<ApiCallRow>,
     pub spans: Vec<SpanRow>,
     pub marks: Vec<MarkRow>,
-    pub threads: Vec<(u64, String)>,
     /// NVTX range id → (start, thread, name, depth).
     open_ranges: HashMap<u32, (u64, u64, String, u32)>,
     open_per_thread: HashMap<u64, u32>,
@@ -324,6 +324,14 @@ fn op(kind: GpuOpKind, start_ns: u64, end_ns: u64, pid: u32, device: u32, stream
         graph_id: None,
         graph_node_id: None,
     }
+}
+
+/// The start of a graph-launch record, `None` for any other kind.
+///
+/// # Safety
+/// `record` must point to a complete CUPTI activity record.
+pub unsafe fn graph_launch_start(record: *const u32) -> Option<u64> {
+    (*record == GRAPH_TRACE).then(|| (*(record as *const GraphRecord)).start)
 }
 
 impl Rows {
@@ -457,7 +465,6 @@ impl Rows {
             api_calls: std::mem::take(&mut self.api_calls),
             spans: std::mem::take(&mut self.spans),
             marks: std::mem::take(&mut self.marks),
-            threads: std::mem::take(&mut self.threads),
             skipped: std::mem::take(&mut self.skipped),
             ..Rows::default()
         }
@@ -468,16 +475,46 @@ impl Rows {
     }
 }
 
-/// Itanium C++ names (`_Z...`) demangled; anything else as given.
+/// libstdc++'s `__cxa_demangle`, the demangler behind c++filt, Nsight Systems and torch.profiler,
+/// found at run time (already loaded, or `libstdc++.so.6`), so kernel names read exactly as theirs.
+type CxaDemangle = unsafe extern "C" fn(*const c_char, *mut c_char, *mut usize, *mut c_int) -> *mut c_char;
+
+fn cxa_demangle() -> Option<CxaDemangle> {
+    static FOUND: OnceLock<Option<CxaDemangle>> = OnceLock::new();
+    *FOUND.get_or_init(|| unsafe {
+        let name = c"__cxa_demangle";
+        let mut symbol = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        if symbol.is_null() {
+            let lib = libc::dlopen(c"libstdc++.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if !lib.is_null() {
+                symbol = libc::dlsym(lib, name.as_ptr());
+            }
+        }
+        (!symbol.is_null()).then(|| std::mem::transmute::<*mut c_void, CxaDemangle>(symbol))
+    })
+}
+
+/// Itanium C++ names (`_Z...`) demangled, by libstdc++ where it is present and by cpp_demangle
+/// otherwise; anything else as given.
 pub fn demangle(name: &str) -> String {
-    if name.starts_with("_Z") {
-        if let Ok(symbol) = cpp_demangle::Symbol::new(name) {
-            if let Ok(text) = symbol.demangle(&cpp_demangle::DemangleOptions::default()) {
-                return text;
+    if !name.starts_with("_Z") {
+        return name.to_string();
+    }
+    if let (Some(f), Ok(mangled)) = (cxa_demangle(), CString::new(name)) {
+        let mut status: c_int = -1;
+        let text = unsafe { f(mangled.as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), &mut status) };
+        if !text.is_null() {
+            let out = (status == 0).then(|| unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned());
+            unsafe { libc::free(text as *mut c_void) };
+            if let Some(out) = out {
+                return out;
             }
         }
     }
-    name.to_string()
+    cpp_demangle::Symbol::new(name)
+        .ok()
+        .and_then(|symbol| symbol.demangle(&cpp_demangle::DemangleOptions::default()).ok())
+        .unwrap_or_else(|| name.to_string())
 }
 
 #[cfg(test)]
@@ -575,5 +612,17 @@ mod tests {
         let spans: Vec<_> = rows.spans.iter().map(|s| (s.name.as_str(), s.start_ns, s.end_ns, s.tid, s.depth)).collect();
         assert_eq!(spans, [("forward", 60, 90, 42, 1), ("iter 3", 50, 300, 42, 0)]);
         assert_eq!(rows.skipped, 1, "an unknown kind is counted, not decoded");
+    }
+
+    #[test]
+    fn kernel_names_read_as_the_platform_demangler_prints_them() {
+        let torch = "_ZN2at6native29vectorized_elementwise_kernelILi4ENS0_15CUDAFunctor_addIfEESt5arrayIPcLm3EEEEviT0_T1_";
+        assert_eq!(
+            demangle(torch),
+            "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, std::array<char*, 3ul> >\
+             (int, at::native::CUDAFunctor_add<float>, std::array<char*, 3ul>)"
+        );
+        assert_eq!(demangle("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT"), "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT");
+        assert_eq!(demangle("_Zbroken"), "_Zbroken", "a name that does not demangle stays as given");
     }
 }

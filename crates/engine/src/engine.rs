@@ -97,13 +97,13 @@ impl Engine {
     }
 
     /// Ends profiling: writes the remaining rows and `requests`, closes the trace, and returns its
-    /// path and the number of iterations recorded (`None` when profiling was off).
+    /// path and the number of iterations recorded (`None` when nothing was recorded).
     pub fn finish_profiling(&mut self, requests: &[RequestRow]) -> Result<Option<(std::path::PathBuf, u64)>> {
         if let Some(e) = self.profile_error.take() {
             anyhow::bail!("profiling stopped: {e}");
         }
         match self.profiler.take() {
-            Some(p) => Ok(Some(p.finish(requests).map_err(anyhow::Error::msg)?)),
+            Some(p) => p.finish(requests).map_err(anyhow::Error::msg),
             None => Ok(None),
         }
     }

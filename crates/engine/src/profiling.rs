@@ -1,6 +1,7 @@
-//! Profiling inside the engine: opens and closes the recording windows at iteration boundaries,
-//! and hands what was recorded to the trace output (a `.lumen` store, or Chrome JSON when the
-//! path ends in `.json`), flushing in batches so a crash loses at most the last one.
+//! Profiling inside the engine: opens and closes the profiling windows at iteration boundaries
+//! (the engine starts and stops the CUDA profiler there, for an outside collector), and, when
+//! there is a trace output, hands what was recorded to it (a `.lumen` store, or Chrome JSON when
+//! the path ends in `.json`), flushing in batches so a crash loses at most the last one.
 
 use crate::stats::IterationStats;
 use lumen_trace::export::chrome::to_chrome_json;
@@ -23,7 +24,8 @@ enum Output {
 
 pub struct Profiler {
     state: WindowState,
-    output: Output,
+    /// `None`: the windows only start and stop the CUDA profiler; nothing is recorded here.
+    output: Option<Output>,
     iterations: Vec<IterationRow>,
     allocations: Vec<AllocationRow>,
     last_flush_ns: u64,
@@ -42,21 +44,31 @@ impl Profiler {
         } else {
             Output::Store(TraceWriter::create(path, &meta)?)
         };
-        Ok(Profiler {
+        Ok(Self::with_output(windows, Some(output)))
+    }
+
+    /// Opens and closes `windows` without recording anything: the engine still starts and stops
+    /// the CUDA profiler at their edges, for `lumen profile -c cudaProfilerApi` or nsys.
+    pub fn windows_only(windows: ProfileWindows) -> Self {
+        Self::with_output(windows, None)
+    }
+
+    fn with_output(windows: ProfileWindows, output: Option<Output>) -> Self {
+        Profiler {
             state: WindowState::new(windows),
             output,
             iterations: Vec::new(),
             allocations: Vec::new(),
             last_flush_ns: now_ns(),
             recorded_iterations: 0,
-        })
+        }
     }
 
     /// Called before iteration `iter`: opens a window that starts here (and says so, for the
     /// caller to start the CUDA profiler).
     pub fn before_iteration(&mut self, iter: u64) -> Option<WindowEvent> {
         let event = self.state.before(iter);
-        if event == Some(WindowEvent::Open) {
+        if event == Some(WindowEvent::Open) && self.output.is_some() {
             instrument::start_recording();
         }
         instrument::set_iteration(Some(iter));
@@ -69,6 +81,9 @@ impl Profiler {
         instrument::set_iteration(None);
         if !self.state.is_open() {
             return Ok(None);
+        }
+        if self.output.is_none() {
+            return Ok(self.state.after(iter));
         }
         self.recorded_iterations += 1;
         self.iterations.push(IterationRow {
@@ -109,7 +124,8 @@ impl Profiler {
         let allocations = std::mem::take(&mut self.allocations);
         self.last_flush_ns = now_ns();
         match &mut self.output {
-            Output::Store(w) => w.append(&Batch {
+            None => Ok(()),
+            Some(Output::Store(w)) => w.append(&Batch {
                 threads: &recorded.threads,
                 spans: &recorded.spans,
                 marks: &recorded.marks,
@@ -118,7 +134,7 @@ impl Profiler {
                 requests,
                 allocations: &allocations,
             }),
-            Output::ChromeJson(_, t) => {
+            Some(Output::ChromeJson(_, t)) => {
                 let pid = std::process::id();
                 for (tid, name) in recorded.threads {
                     if !t.threads.iter().any(|x| x.tid == tid) {
@@ -136,17 +152,44 @@ impl Profiler {
         }
     }
 
-    /// Flushes the rest and closes the output; returns its path and the iterations recorded.
-    pub fn finish(mut self, requests: &[RequestRow]) -> Result<(PathBuf, u64), String> {
+    /// Flushes the rest and closes the output; returns its path and the iterations recorded
+    /// (`None` without an output).
+    pub fn finish(mut self, requests: &[RequestRow]) -> Result<Option<(PathBuf, u64)>, String> {
         instrument::stop_recording();
         self.flush(requests)?;
         let n = self.recorded_iterations;
         match self.output {
-            Output::Store(w) => w.finish().map(|p| (p, n)),
-            Output::ChromeJson(path, t) => {
+            None => Ok(None),
+            Some(Output::Store(w)) => w.finish().map(|p| Some((p, n))),
+            Some(Output::ChromeJson(path, t)) => {
                 std::fs::write(&path, to_chrome_json(&t)).map_err(|e| format!("trace {}: cannot write: {e}", path.display()))?;
-                Ok((path, n))
+                Ok(Some((path, n)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_without_an_output_still_open_and_close_and_record_nothing() {
+        let windows = ProfileWindows::parse("2-3,5-5", "test").unwrap();
+        let mut p = Profiler::windows_only(windows);
+        let stats = IterationStats::default();
+        let mut events = Vec::new();
+        for iter in 0..7 {
+            if let Some(e) = p.before_iteration(iter) {
+                events.push((iter, e));
+            }
+            if let Some(e) = p.after_iteration(iter, &stats).unwrap() {
+                events.push((iter, e));
+            }
+        }
+        use WindowEvent::{Close, Open};
+        assert_eq!(events, [(2, Open), (3, Close), (5, Open), (5, Close)]);
+        assert!(!instrument::is_recording(), "nothing is recorded without an output");
+        assert_eq!(p.finish(&[]).unwrap(), None);
     }
 }
