@@ -1,9 +1,11 @@
-//! GPU metrics for `lumen profile --gpu-metrics`, sampled from the `lumen` process with NVML
-//! while the command runs: on GPUs with GPM (Hopper and later) SM activity, DRAM bandwidth
-//! utilisation and tensor-pipe activity per interval; elsewhere NVML's plain utilisation (the
-//! share of time a kernel ran, and the memory controller's busy share). The trace's `meta` names
-//! the source.
+//! GPU metrics for `lumen profile --gpu-metrics`, sampled from the `lumen` process while the
+//! command runs: CUPTI PM sampling first (crates/cli/src/pm_sampling.rs); when it cannot run, NVML,
+//! whose source then says why. On GPUs with GPM (Hopper and later) NVML gives SM activity, DRAM
+//! bandwidth utilisation and tensor-pipe activity per interval; elsewhere its plain utilisation
+//! (the share of time a kernel ran, and the memory controller's busy share). The trace's `meta`
+//! names the source.
 
+use crate::pm_sampling;
 use lumen_trace::model::CounterRow;
 use lumen_trace::now_ns;
 use nvml_wrapper_sys::bindings::*;
@@ -23,6 +25,8 @@ const GPM_METRICS: [(u32, &str); 3] = [
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<(Vec<CounterRow>, String)>,
+    /// Why CUPTI PM sampling could not run, when NVML samples instead.
+    pm_unavailable: Option<String>,
 }
 
 fn ok(r: nvmlReturn_t, what: &str) -> Result<(), String> {
@@ -117,41 +121,55 @@ unsafe fn sample(lib: &NvmlLib, d: &mut Device, ts_ns: u64, rows: &mut Vec<Count
     }
 }
 
-impl Sampler {
-    /// Starts sampling every `interval`, or says why it cannot.
-    pub fn start(interval: Duration) -> Result<Sampler, String> {
-        let (lib, mut devices) = open()?;
-        if devices.is_empty() {
-            return Err("NVML sees no GPU".into());
+/// Starts NVML sampling every `interval` until `stop` is set, or says why it cannot.
+fn spawn_nvml(interval: Duration, stop: Arc<AtomicBool>) -> Result<JoinHandle<(Vec<CounterRow>, String)>, String> {
+    let (lib, mut devices) = open()?;
+    if devices.is_empty() {
+        return Err("NVML sees no GPU".into());
+    }
+    let source = if devices.iter().all(|d| d.gpm.is_some()) { "nvml-gpm" } else { "nvml-utilization" }.to_string();
+    Ok(std::thread::spawn(move || {
+        let mut rows = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(interval);
+            let ts = now_ns();
+            for d in devices.iter_mut() {
+                unsafe { sample(&lib, d, ts, &mut rows) };
+            }
         }
-        let source = if devices.iter().all(|d| d.gpm.is_some()) { "nvml-gpm" } else { "nvml-utilization" }.to_string();
+        unsafe {
+            for d in &devices {
+                if let Some((a, b)) = d.gpm {
+                    lib.nvmlGpmSampleFree(a);
+                    lib.nvmlGpmSampleFree(b);
+                }
+            }
+            lib.nvmlShutdown();
+        }
+        (rows, source)
+    }))
+}
+
+impl Sampler {
+    /// Starts sampling every `interval` with CUPTI PM sampling, else NVML, or says why neither can.
+    pub fn start(interval: Duration) -> Result<Sampler, String> {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut rows = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
-                let ts = now_ns();
-                for d in devices.iter_mut() {
-                    unsafe { sample(&lib, d, ts, &mut rows) };
-                }
-            }
-            unsafe {
-                for d in &devices {
-                    if let Some((a, b)) = d.gpm {
-                        lib.nvmlGpmSampleFree(a);
-                        lib.nvmlGpmSampleFree(b);
-                    }
-                }
-                lib.nvmlShutdown();
-            }
-            (rows, source)
-        });
-        Ok(Sampler { stop, thread })
+        let why = match pm_sampling::spawn(interval, stop.clone()) {
+            Ok(thread) => return Ok(Sampler { stop, thread, pm_unavailable: None }),
+            Err(why) => why,
+        };
+        match spawn_nvml(interval, stop.clone()) {
+            Ok(thread) => Ok(Sampler { stop, thread, pm_unavailable: Some(why) }),
+            Err(nvml) => Err(format!("{nvml}; CUPTI PM sampling unavailable: {why}")),
+        }
     }
 
     pub fn finish(self) -> (Vec<CounterRow>, String) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_else(|_| (Vec::new(), "failed".into()))
+        let (rows, source) = self.thread.join().unwrap_or_else(|_| (Vec::new(), "failed".into()));
+        match self.pm_unavailable {
+            Some(why) => (rows, format!("{source} (CUPTI PM sampling unavailable: {why})")),
+            None => (rows, source),
+        }
     }
 }

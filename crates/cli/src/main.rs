@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod generate;
 mod gpu_metrics;
+mod pm_sampling;
 mod profile;
 mod recording;
 mod trace;

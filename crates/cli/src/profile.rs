@@ -33,8 +33,9 @@ pub struct ProfileArgs {
     /// (runtime and driver calls).
     #[arg(short = 't', long = "trace", default_value = "cuda,nvtx,api", value_delimiter = ',', value_parser = ["cuda", "nvtx", "api"])]
     trace: Vec<String>,
-    /// Sample GPU metrics every INTERVAL microseconds (default 10000): SM, DRAM-bandwidth and
-    /// tensor activity where NVML has GPM (Hopper and later), plain utilisation elsewhere.
+    /// Sample GPU metrics every INTERVAL microseconds (default 10000): SM activity, DRAM read and
+    /// write throughput and tensor-pipe activity from CUPTI PM sampling; where it cannot run,
+    /// NVML (GPM on Hopper and later, plain utilisation elsewhere).
     #[arg(long = "gpu-metrics", value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "10000", value_parser = clap::value_parser!(u64).range(100..))]
     gpu_metrics: Option<u64>,
     /// Environment for the command, `K=V`, comma-separated or repeated.

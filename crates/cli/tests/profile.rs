@@ -34,7 +34,7 @@ fn gpu_metrics_name_their_source_or_why_there_are_none() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let trace = read_trace(Path::new(&out)).expect("the trace loads");
     let source = trace.meta.iter().find(|(k, _)| k == "gpu_metrics_source").map(|(_, v)| v.clone()).expect("meta names the source");
-    if source.starts_with("nvml") {
+    if source.starts_with("nvml") || source.starts_with("cupti-pm-sampling") {
         let names: std::collections::BTreeSet<&str> = trace.counters.iter().map(|c| c.name.as_str()).collect();
         assert!(!names.is_empty(), "{source}: sampled counters expected over 0.2 s at 2 ms");
     } else {
@@ -57,7 +57,7 @@ fn bad_options_are_refused_before_the_command_runs() {
 
 /// Profiles `lumen bench throughput` with iterations 3-6 as the capture window, tracing CUDA
 /// graphs as `mode`; returns the merged trace and the iteration ranges (number, start, end) in it.
-fn profile_window(mode: &str) -> (lumen_trace::model::TraceData, Vec<(u64, u64, u64)>, String) {
+fn profile_window(mode: &str) -> (lumen_trace::model::TraceData, Vec<(u64, u64, u64)>, String, lumen_trace::model::TraceData) {
     let s = Scratch::new(&format!("profile-window-{mode}"));
     let data = fixed_length_dataset(&s, "smollm2-135m", "24", "64", "16");
     let out = s.path("window.lumen");
@@ -78,15 +78,17 @@ fn profile_window(mode: &str) -> (lumen_trace::model::TraceData, Vec<(u64, u64, 
     ];
     let mut args = vec!["profile", "-o", &out, "-c", "cudaProfilerApi", "--cuda-graph-trace", mode, "--", &bin];
     args.extend(bench);
-    let run = lumen_env(&args, &[("LUMEN_PROFILE_START_STOP", "3-6")]).ok();
+    let recorded = s.path("recorder.lumen");
+    let run = lumen_env(&args, &[("LUMEN_PROFILE_START_STOP", "3-6"), ("LUMEN_TRACE", &recorded)]).ok();
     let trace = read_trace(Path::new(&out)).expect("the merged trace loads");
+    let recorder = read_trace(Path::new(&recorded)).expect("lumen's own recorder trace loads");
     let iterations: Vec<(u64, u64, u64)> = trace
         .spans
         .iter()
         .filter_map(|s| s.name.strip_prefix("lumen: iter ").map(|rest| (s, rest)))
         .filter_map(|(s, rest)| rest.split(':').next()?.parse().ok().map(|n| (n, s.start_ns, s.end_ns)))
         .collect();
-    (trace, iterations, run.stderr)
+    (trace, iterations, run.stderr, recorder)
 }
 
 /// Every GPU operation in the trace was launched inside exactly one of `iterations`: its launch
@@ -116,9 +118,22 @@ fn a_window_of_lumen_iterations_holds_exactly_its_kernels() {
     if !gpu_present() {
         return;
     }
-    let (trace, iterations, stderr) = profile_window("node");
+    let (trace, iterations, stderr, recorder) = profile_window("node");
     let numbers: Vec<u64> = iterations.iter().map(|i| i.0).collect();
     assert_eq!(numbers, [3, 4, 5, 6], "NVTX iteration ranges of the window: {stderr}");
+    let engine_tid = recorder.spans.iter().find(|s| s.category == "iteration").expect("the recorder has iteration spans").tid;
+    assert!(
+        trace.spans.iter().all(|s| s.tid == engine_tid) && trace.api_calls.iter().any(|a| a.tid == engine_tid),
+        "the collector's NVTX ranges and API calls carry the recorder's OS thread id {engine_tid}"
+    );
+    let named = trace.threads.iter().find(|t| t.tid == engine_tid).map(|t| t.name.as_str());
+    assert!(named.is_some_and(|n| !n.starts_with("thread ")), "the engine thread is named from /proc: {named:?}");
+    for (n, start, end) in &iterations {
+        let own =
+            recorder.spans.iter().find(|s| s.category == "iteration" && s.iteration == Some(*n)).expect("the recorder has the iteration");
+        let apart = own.start_ns.abs_diff(*start).max(own.end_ns.abs_diff(*end));
+        assert!(apart < 50_000, "iteration {n}: the NVTX range and the recorder's span are {apart} ns apart; one clock expected");
+    }
     let kernels: Vec<_> = trace.gpu_ops.iter().filter(|k| k.kind == GpuOpKind::Kernel).collect();
     assert!(kernels.iter().any(|k| k.graph_id.is_some()), "node tracing reports the kernels of graph launches, with their graph ids");
     assert!(!trace.gpu_ops.iter().any(|k| k.kind == GpuOpKind::Graph), "node tracing has no whole-graph records");
@@ -130,7 +145,7 @@ fn graph_tracing_in_a_window_gives_one_record_per_graph_launch() {
     if !gpu_present() {
         return;
     }
-    let (trace, iterations, stderr) = profile_window("graph");
+    let (trace, iterations, stderr, _) = profile_window("graph");
     let numbers: Vec<u64> = iterations.iter().map(|i| i.0).collect();
     assert_eq!(numbers, [3, 4, 5, 6], "NVTX iteration ranges of the window: {stderr}");
     let graphs = trace.gpu_ops.iter().filter(|k| k.kind == GpuOpKind::Graph).count();

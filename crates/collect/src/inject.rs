@@ -117,6 +117,8 @@ fn start() -> Result<(), String> {
     }
     unsafe {
         check(sys::cuptiActivityRegisterTimestampCallback(Some(host_clock_ns)), "cuptiActivityRegisterTimestampCallback")?;
+        // OS thread ids (gettid), as lumen's recorder writes them, instead of pthread handles.
+        check(sys::cuptiSetThreadIdType(sys::CUpti_ActivityThreadIdType::CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM), "cuptiSetThreadIdType")?;
         check(sys::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed)), "cuptiActivityRegisterCallbacks")?;
         let mut subscriber: sys::CUpti_SubscriberHandle = std::ptr::null_mut();
         let r = sys::cuptiSubscribe(&mut subscriber, Some(on_callback), std::ptr::null_mut());
