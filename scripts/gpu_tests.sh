@@ -14,8 +14,8 @@ case "${1:-}" in
 build)
   export CARGO_PROFILE_RELEASE_DEBUG=0
   rm -rf "$DIR" && mkdir -p "$DIR"
-  cargo build --release -p lumen-cli -p lumen-collect
-  cp target/release/lumen target/release/liblumen_collect.so "$DIR/"
+  cargo build --release -p lumen-cli
+  cp target/release/lumen "$DIR/"
   for t in "${TESTS[@]}"; do
     crate=${t%%:*} name=${t##*:}
     exe=$(cargo test --release --no-run -p "$crate" --test "$name" --message-format=json 2>/dev/null |

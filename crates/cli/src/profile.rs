@@ -1,8 +1,8 @@
 //! `lumen profile`: runs a command with lumen's CUPTI collector injected into its CUDA processes
 //! (`CUDA_INJECTION64_PATH`, and `NVTX_INJECTION64_PATH` pointing at libcupti for NVTX), then
 //! merges the trace each process wrote into one `.lumen` file. Options follow `nsys profile`.
-//! The command always runs: when there is nothing to collect with (no collector library, no CUDA
-//! driver) lumen says why and runs it untraced. lumen exits with the command's status.
+//! The command always runs: when there is nothing to collect with (no CUDA driver, an unusable
+//! `LUMEN_COLLECTOR_LIB`) lumen says why and runs it untraced. lumen exits with the command's status.
 
 use crate::gpu_metrics::Sampler;
 use anyhow::{bail, Context, Result};
@@ -46,23 +46,19 @@ pub struct ProfileArgs {
     command: Vec<String>,
 }
 
-/// Where the collector library is: `$LUMEN_COLLECTOR_LIB`, else beside the `lumen` executable
-/// (where `cargo build --release` puts both).
-fn collector_library() -> Result<PathBuf, String> {
+/// The collector library, built by build.rs and carried inside the `lumen` executable.
+const COLLECTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/liblumen_collect.so"));
+
+/// The collector library to inject: `$LUMEN_COLLECTOR_LIB` when set, else the embedded one,
+/// written into `dir` (which outlives the command).
+fn collector_library(dir: &Path) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("LUMEN_COLLECTOR_LIB") {
         let p = PathBuf::from(p);
         return if p.is_file() { Ok(p) } else { Err(format!("LUMEN_COLLECTOR_LIB={} is not a file", p.display())) };
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the lumen executable: {e}"))?;
-    let beside = exe.with_file_name(lumen_collect::LIBRARY_FILE);
-    if beside.is_file() {
-        Ok(beside)
-    } else {
-        Err(format!(
-            "the collector library {} is missing (build the workspace with `cargo build --release`, or set LUMEN_COLLECTOR_LIB)",
-            beside.display()
-        ))
-    }
+    let path = dir.join(lumen_collect::LIBRARY_FILE);
+    std::fs::write(&path, COLLECTOR).map_err(|e| format!("cannot write the collector library to {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// libcupti, for `NVTX_INJECTION64_PATH`: the first `libcupti.so*` in `$LD_LIBRARY_PATH` or the
@@ -119,9 +115,13 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).envs(env);
-    let collecting = match collector_library() {
+    let library = if lumen_backend::cuda::driver_present() {
+        collector_library(&parts)
+    } else {
+        Err("no CUDA driver (libcuda.so) on this machine".to_string())
+    };
+    let collecting = match library {
         Err(why) => Some(why),
-        Ok(_) if !lumen_backend::cuda::driver_present() => Some("no CUDA driver (libcuda.so) on this machine".to_string()),
         Ok(lib) => {
             cmd.env("CUDA_INJECTION64_PATH", &lib).envs(options.to_env());
             if options.nvtx && std::env::var_os("NVTX_INJECTION64_PATH").is_none() {

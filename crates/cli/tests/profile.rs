@@ -162,8 +162,12 @@ fn a_killed_process_leaves_what_was_flushed_marked_incomplete() {
     let s = Scratch::new("profile-crash");
     let data = fixed_length_dataset(&s, "smollm2-135m", "2000", "128", "512");
     let out = s.path("crash.lumen");
+    let log = s.path("iterations.jsonl");
+    // Killed once 300 iterations are logged (at most a minute from now) and two flushes passed.
     let bench = format!(
-        "{} bench throughput --device cuda --model smollm2-135m --dataset {data} --eos-id -1 --max-batch-size 64 & sleep 6; kill -KILL $!; wait $!",
+        "{} bench throughput --device cuda --model smollm2-135m --dataset {data} --eos-id -1 --max-batch-size 64 --iteration-log {log} & pid=$!; \
+         i=0; while [ \"$(cat {log} 2>/dev/null | wc -l)\" -lt 300 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; \
+         sleep 1.5; kill -KILL $pid; wait $pid",
         lumen_bin()
     );
     let run = lumen(&["profile", "-o", &out, "--cuda-graph-trace", "node", "--", "sh", "-c", &bench]);
