@@ -1,5 +1,6 @@
 //! The `lumen` binary: argument parsing and wiring only. Each subcommand lives in its own module.
 
+mod analyze;
 mod bench;
 mod common;
 mod generate;
@@ -36,6 +37,8 @@ enum Command {
     Trace(trace::TraceCommand),
     /// Run a command under lumen's CUPTI collector and write one trace of all its CUDA processes.
     Profile(profile::ProfileArgs),
+    /// Measure a trace: GPU busy and idle time, gaps, kernels, launches, iterations, metrics, memory.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Trace(cmd) => trace::run(cmd),
+        Command::Analyze(args) => analyze::run(args),
         Command::Profile(args) => match profile::run(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),

@@ -305,25 +305,7 @@ fn api_name(cache: &mut HashMap<(u32, u32), String>, runtime: bool, cbid: u32) -
 /// A GPU operation with its identity and timing; the kind-specific fields start empty.
 #[allow(clippy::too_many_arguments)]
 fn op(kind: GpuOpKind, start_ns: u64, end_ns: u64, pid: u32, device: u32, stream: Option<u64>, correlation: u32, name: String) -> GpuOpRow {
-    GpuOpRow {
-        kind,
-        start_ns,
-        end_ns,
-        pid,
-        device,
-        stream,
-        correlation: Some(correlation as u64),
-        name,
-        grid: None,
-        block: None,
-        registers: None,
-        shared_mem_bytes: None,
-        bytes: None,
-        copy_kind: None,
-        pinned: None,
-        graph_id: None,
-        graph_node_id: None,
-    }
+    GpuOpRow { kind, start_ns, end_ns, pid, device, stream, correlation: Some(correlation as u64), name, ..GpuOpRow::default() }
 }
 
 /// The start of a graph-launch record, `None` for any other kind.

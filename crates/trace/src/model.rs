@@ -98,9 +98,10 @@ pub struct RequestRow {
 }
 
 /// What a [`GpuOpRow`] is; stored as its lower-case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuOpKind {
+    #[default]
     Kernel,
     Memcpy,
     Memset,
@@ -142,8 +143,8 @@ impl FromStr for GpuOpKind {
 }
 
 /// One piece of GPU activity: a kernel, a copy, a memset, a synchronisation or a graph launch.
-/// Fields that do not apply to the kind are `None`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Fields that do not apply to the kind are `None` (the default, for building rows with `..`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuOpRow {
     pub kind: GpuOpKind,
     pub start_ns: u64,

@@ -1,0 +1,471 @@
+//! GPU utilisation and idle gaps, per device. Busy time is the union of kernel, copy, memset and
+//! graph-launch intervals (never synchronisations); the gaps between busy intervals are split the
+//! way HTA splits them: a sync wait when a synchronisation overlaps the gap, a launch gap when it
+//! is short and the next operation's launch call had already started, else a host wait.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lumen_trace::model::{GpuOpKind, GpuOpRow, SpanRow, TraceData};
+use serde::Serialize;
+
+use crate::stats::{covered_ns, share, union, Buckets, Interval};
+use crate::text::{self, line, not_available, Table};
+use crate::{LaunchIndex, Measured, NO_GPU_OPS};
+
+/// A gap shorter than this whose next operation was launched before it began is launch overhead.
+pub const LAUNCH_GAP_NS: u64 = 20_000;
+/// How many of the largest gaps each device lists.
+pub const TOP_GAPS: usize = 10;
+/// How many overlapping CPU spans each listed gap names.
+const SPANS_PER_GAP: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceUtilisation {
+    pub device: u32,
+    /// The first busy start and the last busy end: the window busy and idle time divide.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub busy_ns: u64,
+    pub idle_ns: u64,
+    pub busy_share: f64,
+    /// Per operation kind, the time at least one op of the kind ran, as a share of busy time.
+    pub kinds: Vec<KindBusy>,
+    pub streams: Vec<StreamBusy>,
+    /// The busy share of each of (at most) `buckets` equal slices of the window.
+    pub series: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindBusy {
+    pub kind: GpuOpKind,
+    pub ops: usize,
+    pub busy_ns: u64,
+    pub share_of_busy: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamBusy {
+    pub stream: Option<u64>,
+    pub ops: usize,
+    pub busy_ns: u64,
+    /// Busy time as a share of the device's window.
+    pub busy_share: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapClass {
+    /// A synchronisation (op or API call) overlaps the gap: the host waited for the GPU.
+    SyncWait,
+    /// Short, and the next op's launch call began before the gap: launch overhead.
+    LaunchGap,
+    /// The host had not launched the next work yet.
+    HostWait,
+}
+
+impl GapClass {
+    pub const ALL: [GapClass; 3] = [GapClass::SyncWait, GapClass::LaunchGap, GapClass::HostWait];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapClass::SyncWait => "sync wait",
+            GapClass::LaunchGap => "launch gap",
+            GapClass::HostWait => "host wait",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceGaps {
+    pub device: u32,
+    /// The device's first busy start, the origin the report measures gap starts from.
+    pub start_ns: u64,
+    pub count: usize,
+    pub total_ns: u64,
+    pub classes: Vec<GapClassTotal>,
+    /// The largest gaps, longest first.
+    pub largest: Vec<Gap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GapClassTotal {
+    pub class: GapClass,
+    pub count: usize,
+    pub total_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gap {
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub class: GapClass,
+    /// The CPU spans overlapping the gap most, most overlap first.
+    pub cpu_spans: Vec<SpanOverlap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpanOverlap {
+    pub name: String,
+    pub tid: u64,
+    pub thread: Option<String>,
+    pub overlap_ns: u64,
+}
+
+/// Whether an op of `kind` keeps the GPU busy (everything but synchronisations).
+pub fn is_busy(kind: GpuOpKind) -> bool {
+    kind != GpuOpKind::Sync
+}
+
+/// One device's busy ops sorted by start, and their union.
+struct Device<'a> {
+    device: u32,
+    ops: Vec<&'a GpuOpRow>,
+    busy: Vec<Interval>,
+}
+
+fn devices(trace: &TraceData) -> Vec<Device<'_>> {
+    let mut by_device: BTreeMap<u32, Vec<&GpuOpRow>> = BTreeMap::new();
+    for op in trace.gpu_ops.iter().filter(|op| is_busy(op.kind)) {
+        by_device.entry(op.device).or_default().push(op);
+    }
+    by_device
+        .into_iter()
+        .map(|(device, mut ops)| {
+            ops.sort_unstable_by_key(|op| (op.start_ns, op.end_ns));
+            let busy = union(ops.iter().map(|op| (op.start_ns, op.end_ns)));
+            Device { device, ops, busy }
+        })
+        .collect()
+}
+
+pub fn analyze(
+    trace: &TraceData,
+    launches: &LaunchIndex,
+    buckets: usize,
+    top: usize,
+) -> (Measured<Vec<DeviceUtilisation>>, Measured<Vec<DeviceGaps>>) {
+    let unavailable = |why: &str| (Measured::NotAvailable(why.into()), Measured::NotAvailable(why.into()));
+    if trace.gpu_ops.is_empty() {
+        return unavailable(NO_GPU_OPS);
+    }
+    let devices = devices(trace);
+    if devices.is_empty() {
+        return unavailable("the trace's GPU operations are all synchronisations: no kernels, copies, memsets or graph launches");
+    }
+    let sync = sync_intervals(trace);
+    let threads: HashMap<u64, &str> = trace.threads.iter().map(|t| (t.tid, t.name.as_str())).collect();
+    (
+        Measured::Available(devices.iter().map(|d| utilisation(d, buckets)).collect()),
+        Measured::Available(devices.iter().map(|d| gaps(d, &sync, launches, &trace.spans, &threads, top)).collect()),
+    )
+}
+
+fn utilisation(d: &Device, buckets: usize) -> DeviceUtilisation {
+    let (start_ns, end_ns) = (d.busy[0].start, d.busy[d.busy.len() - 1].end);
+    let window = end_ns - start_ns;
+    let busy_ns = covered_ns(&d.busy);
+    let kinds = GpuOpKind::ALL
+        .into_iter()
+        .filter(|&kind| is_busy(kind))
+        .filter_map(|kind| {
+            let ops: Vec<(u64, u64)> = d.ops.iter().filter(|op| op.kind == kind).map(|op| (op.start_ns, op.end_ns)).collect();
+            let kind_ns = covered_ns(&union(ops.iter().copied()));
+            (!ops.is_empty()).then(|| KindBusy {
+                kind,
+                ops: ops.len(),
+                busy_ns: kind_ns,
+                share_of_busy: share(kind_ns as f64, busy_ns as f64),
+            })
+        })
+        .collect();
+    let mut by_stream: BTreeMap<Option<u64>, Vec<(u64, u64)>> = BTreeMap::new();
+    for op in &d.ops {
+        by_stream.entry(op.stream).or_default().push((op.start_ns, op.end_ns));
+    }
+    let streams = by_stream
+        .into_iter()
+        .map(|(stream, ops)| {
+            let stream_ns = covered_ns(&union(ops.iter().copied()));
+            StreamBusy { stream, ops: ops.len(), busy_ns: stream_ns, busy_share: share(stream_ns as f64, window as f64) }
+        })
+        .collect();
+    DeviceUtilisation {
+        device: d.device,
+        start_ns,
+        end_ns,
+        busy_ns,
+        idle_ns: window - busy_ns,
+        busy_share: share(busy_ns as f64, window as f64),
+        kinds,
+        streams,
+        series: Buckets::new(start_ns, end_ns, buckets).coverage(&d.busy),
+    }
+}
+
+/// The union of synchronisation ops and synchronising API calls, on any device or thread.
+fn sync_intervals(trace: &TraceData) -> Vec<Interval> {
+    let ops = trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Sync).map(|op| (op.start_ns, op.end_ns));
+    let calls = trace.api_calls.iter().filter(|call| call.name.contains("Synchronize")).map(|call| (call.start_ns, call.end_ns));
+    let mut intervals: Vec<(u64, u64)> = ops.chain(calls).collect();
+    intervals.sort_unstable();
+    union(intervals)
+}
+
+fn overlaps_any(sorted: &[Interval], start: u64, end: u64) -> bool {
+    let i = sorted.partition_point(|s| s.end <= start);
+    i < sorted.len() && sorted[i].start < end
+}
+
+fn classify(start: u64, end: u64, next: &GpuOpRow, sync: &[Interval], launches: &LaunchIndex) -> GapClass {
+    if overlaps_any(sync, start, end) {
+        GapClass::SyncWait
+    } else if end - start < LAUNCH_GAP_NS && launches.launch_of(next).is_some_and(|call| call.start_ns < start) {
+        GapClass::LaunchGap
+    } else {
+        GapClass::HostWait
+    }
+}
+
+fn gaps(d: &Device, sync: &[Interval], launches: &LaunchIndex, spans: &[SpanRow], threads: &HashMap<u64, &str>, top: usize) -> DeviceGaps {
+    let mut all: Vec<(u64, u64, GapClass)> = d
+        .busy
+        .windows(2)
+        .map(|pair| {
+            let (start, end) = (pair[0].end, pair[1].start);
+            (start, end - start, classify(start, end, d.ops[pair[1].first], sync, launches))
+        })
+        .collect();
+    let classes = GapClass::ALL
+        .into_iter()
+        .map(|class| {
+            let of_class = all.iter().filter(|g| g.2 == class);
+            GapClassTotal { class, count: of_class.clone().count(), total_ns: of_class.map(|g| g.1).sum() }
+        })
+        .collect();
+    let (count, total_ns) = (all.len(), all.iter().map(|g| g.1).sum());
+    let longest_first = |&(start, duration, _): &(u64, u64, GapClass)| (std::cmp::Reverse(duration), start);
+    if top < all.len() {
+        all.select_nth_unstable_by_key(top, longest_first);
+        all.truncate(top);
+    }
+    all.sort_unstable_by_key(longest_first);
+    let largest = all
+        .into_iter()
+        .map(|(start_ns, duration_ns, class)| Gap {
+            start_ns,
+            duration_ns,
+            class,
+            cpu_spans: overlapping_spans(spans, threads, start_ns, start_ns + duration_ns),
+        })
+        .collect();
+    DeviceGaps { device: d.device, start_ns: d.busy[0].start, count, total_ns, classes, largest }
+}
+
+/// The spans overlapping `[start, end)` most; deeper spans first among equal overlaps.
+fn overlapping_spans(spans: &[SpanRow], threads: &HashMap<u64, &str>, start: u64, end: u64) -> Vec<SpanOverlap> {
+    let mut found: Vec<(u64, &SpanRow)> =
+        spans.iter().map(|s| (s.end_ns.min(end).saturating_sub(s.start_ns.max(start)), s)).filter(|&(overlap, _)| overlap > 0).collect();
+    found.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.depth.cmp(&a.1.depth)).then(a.1.name.cmp(&b.1.name)));
+    found
+        .into_iter()
+        .take(SPANS_PER_GAP)
+        .map(|(overlap_ns, s)| SpanOverlap {
+            name: s.name.clone(),
+            tid: s.tid,
+            thread: threads.get(&s.tid).map(|name| name.to_string()),
+            overlap_ns,
+        })
+        .collect()
+}
+
+pub fn render_utilisation(devices: &Measured<Vec<DeviceUtilisation>>, out: &mut String) {
+    text::heading(out, "GPU utilisation");
+    let devices = match devices {
+        Measured::Available(devices) => devices,
+        Measured::NotAvailable(why) => return not_available(out, "busy time", why),
+    };
+    for d in devices {
+        let window = (d.end_ns - d.start_ns) as f64;
+        line(
+            out,
+            &format!("device {}", d.device),
+            format_args!(
+                "busy {} of {} ({}), idle {}",
+                text::duration(d.busy_ns as f64),
+                text::duration(window),
+                text::percent(d.busy_share),
+                text::duration(d.idle_ns as f64)
+            ),
+        );
+        let mut kinds = Table::new(&["kind", "ops", "busy", "of busy"], &[0]);
+        for k in &d.kinds {
+            kinds.row(vec![k.kind.to_string(), k.ops.to_string(), text::duration(k.busy_ns as f64), text::percent(k.share_of_busy)]);
+        }
+        kinds.render(out);
+        let mut streams = Table::new(&["stream", "ops", "busy", "busy %"], &[0]);
+        for s in &d.streams {
+            let stream = s.stream.map_or("-".to_string(), |s| s.to_string());
+            streams.row(vec![stream, s.ops.to_string(), text::duration(s.busy_ns as f64), text::percent(s.busy_share)]);
+        }
+        streams.render(out);
+        line(out, "busy over time", text::sparkline(d.series.iter().map(|&v| Some(v))));
+    }
+}
+
+pub fn render_gaps(devices: &Measured<Vec<DeviceGaps>>, out: &mut String) {
+    text::heading(out, "GPU idle gaps");
+    let devices = match devices {
+        Measured::Available(devices) => devices,
+        Measured::NotAvailable(why) => return not_available(out, "gaps", why),
+    };
+    for d in devices {
+        line(out, &format!("device {}", d.device), format_args!("{} gaps, {} idle", d.count, text::duration(d.total_ns as f64)));
+        let mut classes = Table::new(&["class", "count", "total", "of idle"], &[0]);
+        for c in &d.classes {
+            classes.row(vec![
+                c.class.as_str().into(),
+                c.count.to_string(),
+                text::duration(c.total_ns as f64),
+                text::percent(share(c.total_ns as f64, d.total_ns as f64)),
+            ]);
+        }
+        classes.render(out);
+        if d.largest.is_empty() {
+            continue;
+        }
+        let mut largest = Table::new(&["at", "duration", "class", "CPU spans (thread, overlap)"], &[2, 3]);
+        for g in &d.largest {
+            let spans: Vec<String> = g
+                .cpu_spans
+                .iter()
+                .map(|s| {
+                    let thread = s.thread.as_ref().map_or(s.tid.to_string(), |name| format!("{} {name}", s.tid));
+                    format!("{} ({thread}, {})", text::truncate(&s.name, 40), text::duration(s.overlap_ns as f64))
+                })
+                .collect();
+            largest.row(vec![
+                format!("+{}", text::duration((g.start_ns - d.start_ns) as f64)),
+                text::duration(g.duration_ns as f64),
+                g.class.as_str().into(),
+                if spans.is_empty() { "-".into() } else { spans.join("; ") },
+            ]);
+        }
+        largest.render(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rows::{api, kernel, op, span};
+    use lumen_trace::model::{GpuOpKind, ThreadRow};
+
+    fn run(trace: &TraceData, buckets: usize) -> (Vec<DeviceUtilisation>, Vec<DeviceGaps>) {
+        let (u, g) = analyze(trace, &LaunchIndex::new(trace), buckets, TOP_GAPS);
+        (u.get().unwrap().clone(), g.get().unwrap().clone())
+    }
+
+    #[test]
+    fn busy_time_is_the_union_of_ops_without_syncs() {
+        let mut copy = op(GpuOpKind::Memcpy, 150, 300, 3);
+        copy.stream = Some(8);
+        let mut other_device = kernel(0, 50, 5);
+        other_device.device = 1;
+        let trace = TraceData {
+            gpu_ops: vec![kernel(100, 200, 1), copy, kernel(500, 600, 2), op(GpuOpKind::Sync, 300, 500, 4), other_device],
+            ..TraceData::default()
+        };
+        let (u, _) = run(&trace, 5);
+        let d = &u[0];
+        assert_eq!((d.device, d.start_ns, d.end_ns, d.busy_ns, d.idle_ns, d.busy_share), (0, 100, 600, 300, 200, 0.6));
+        let kinds: Vec<(GpuOpKind, usize, u64)> = d.kinds.iter().map(|k| (k.kind, k.ops, k.busy_ns)).collect();
+        assert_eq!(kinds, [(GpuOpKind::Kernel, 2, 200), (GpuOpKind::Memcpy, 1, 150)]);
+        let streams: Vec<(Option<u64>, usize, u64)> = d.streams.iter().map(|s| (s.stream, s.ops, s.busy_ns)).collect();
+        assert_eq!(streams, [(Some(7), 2, 200), (Some(8), 1, 150)]);
+        assert_eq!(d.series, [1.0, 1.0, 0.0, 0.0, 1.0]);
+        assert_eq!((u[1].device, u[1].busy_ns), (1, 50));
+    }
+
+    #[test]
+    fn gaps_are_classed_as_sync_wait_launch_gap_or_host_wait() {
+        let trace = TraceData {
+            gpu_ops: vec![
+                kernel(0, 1_000, 1),
+                // 1_000..3_000: a stream synchronise overlaps it.
+                kernel(3_000, 4_000, 2),
+                // 4_000..9_000: short, launched at 3_500, before the gap: launch gap.
+                kernel(9_000, 10_000, 3),
+                // 10_000..15_000: short, but launched inside the gap at 12_000: host wait.
+                kernel(15_000, 16_000, 4),
+                // 16_000..56_000: launched early but longer than LAUNCH_GAP_NS: host wait.
+                kernel(56_000, 57_000, 5),
+                // 57_000..60_000: no launch call: host wait.
+                kernel(60_000, 61_000, 99),
+            ],
+            api_calls: vec![
+                api("cuStreamSynchronize", 900, 2_000, 50),
+                api("cuLaunchKernel", 2_000, 2_500, 2),
+                api("cuLaunchKernel", 3_500, 3_600, 3),
+                api("cuLaunchKernel", 12_000, 12_100, 4),
+                api("cuLaunchKernel", 15_500, 15_600, 5),
+            ],
+            ..TraceData::default()
+        };
+        let (_, g) = run(&trace, 10);
+        let d = &g[0];
+        assert_eq!((d.count, d.total_ns), (5, 2_000 + 5_000 + 5_000 + 40_000 + 3_000));
+        let classes: Vec<(GapClass, usize, u64)> = d.classes.iter().map(|c| (c.class, c.count, c.total_ns)).collect();
+        assert_eq!(classes, [(GapClass::SyncWait, 1, 2_000), (GapClass::LaunchGap, 1, 5_000), (GapClass::HostWait, 3, 48_000)]);
+        let largest: Vec<(u64, u64, GapClass)> = d.largest.iter().map(|g| (g.start_ns, g.duration_ns, g.class)).collect();
+        assert_eq!(
+            largest,
+            [
+                (16_000, 40_000, GapClass::HostWait),
+                (4_000, 5_000, GapClass::LaunchGap),
+                (10_000, 5_000, GapClass::HostWait),
+                (57_000, 3_000, GapClass::HostWait),
+                (1_000, 2_000, GapClass::SyncWait)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sync_op_makes_a_sync_wait() {
+        let trace = TraceData { gpu_ops: vec![kernel(0, 10, 1), op(GpuOpKind::Sync, 5, 12, 2), kernel(20, 30, 3)], ..TraceData::default() };
+        assert_eq!(run(&trace, 1).1[0].classes[0].count, 1);
+    }
+
+    #[test]
+    fn largest_gaps_name_the_cpu_spans_that_overlap_them_most() {
+        let mut inner = span(1_500, 2_000, 42, "sample", "phase");
+        inner.depth = 1;
+        let trace = TraceData {
+            gpu_ops: vec![kernel(0, 1_000, 1), kernel(3_000, 4_000, 2)],
+            spans: vec![
+                span(0, 10_000, 42, "iter 1", "iteration"),
+                inner,
+                span(1_000, 1_500, 42, "update", "phase"),
+                span(2_900, 3_100, 43, "tokenize", "api"),
+                span(5_000, 6_000, 42, "later", "phase"),
+            ],
+            threads: vec![ThreadRow { pid: 1, tid: 42, name: "engine".into() }],
+            ..TraceData::default()
+        };
+        let (_, g) = run(&trace, 1);
+        let spans: Vec<(&str, u64, Option<&str>, u64)> =
+            g[0].largest[0].cpu_spans.iter().map(|s| (s.name.as_str(), s.tid, s.thread.as_deref(), s.overlap_ns)).collect();
+        assert_eq!(
+            spans,
+            [("iter 1", 42, Some("engine"), 2_000), ("sample", 42, Some("engine"), 500), ("update", 42, Some("engine"), 500)]
+        );
+    }
+
+    #[test]
+    fn only_syncs_or_nothing_is_not_available() {
+        let none = TraceData::default();
+        assert_eq!(analyze(&none, &LaunchIndex::new(&none), 10, 10).0, Measured::NotAvailable(NO_GPU_OPS.into()));
+        let syncs = TraceData { gpu_ops: vec![op(GpuOpKind::Sync, 0, 10, 1)], ..TraceData::default() };
+        let (u, g) = analyze(&syncs, &LaunchIndex::new(&syncs), 10, 10);
+        assert!(matches!((&u, &g), (Measured::NotAvailable(a), Measured::NotAvailable(b)) if a.contains("all synchronisations") && a == b));
+    }
+}

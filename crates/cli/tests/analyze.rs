@@ -1,0 +1,58 @@
+//! End-to-end runs of `lumen analyze` on traces lumen itself recorded: the figures it prints and
+//! writes as JSON come from the trace's rows, sections without data say why, and bad input is
+//! refused with a message naming it.
+
+mod common;
+
+use common::{fixed_length_dataset, lumen, Scratch};
+use lumen_trace::store::read_trace;
+use std::path::Path;
+
+/// A recorder trace of a real benchmark run on the `tiny` preset.
+fn recorded_run(s: &Scratch) -> String {
+    let data = fixed_length_dataset(s, "tiny", "12", "24", "8");
+    let trace = s.path("run.lumen");
+    lumen(&["bench", "throughput", "--model", "tiny", "--dataset", &data, "--trace", &trace, "--warmup", "0"]).ok();
+    trace
+}
+
+#[test]
+fn a_recorder_trace_gives_its_iterations_and_phases_and_says_what_it_lacks() {
+    let s = Scratch::new("analyze-recorder");
+    let trace = recorded_run(&s);
+    let json = s.path("analysis.json");
+    let run = lumen(&["analyze", &trace, "--json", &json]).ok();
+    for heading in ["== Overview ==", "== GPU utilisation ==", "== Kernels ==", "== Iterations ==", "== CPU phases ==", "== Memory =="] {
+        assert!(run.stdout.contains(heading), "{heading} missing:\n{}", run.stdout);
+    }
+    assert!(run.stdout.contains("not available: the trace has no GPU operations"), "{}", run.stdout);
+
+    let rows = read_trace(Path::new(&trace)).unwrap();
+    let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let per_iteration = a["iterations"]["available"]["per_iteration"].as_array().expect("iterations are available");
+    assert_eq!(per_iteration.len(), rows.iterations.len());
+    for (row, figure) in rows.iterations.iter().zip(per_iteration) {
+        assert_eq!(figure["iter"], row.iter);
+        assert_eq!(figure["gen_tokens"], row.gen_tokens);
+        assert!((figure["host_ms"].as_f64().unwrap() - row.host_ms).abs() < 1e-9);
+    }
+    let phases = a["phases"]["phases"]["available"]["phases"].as_array().expect("phases are available");
+    let forward = phases.iter().find(|p| p["name"] == "forward").expect("the forward phase is measured");
+    let recorded: u64 = rows.spans.iter().filter(|s| s.category == "phase" && s.name == "forward").map(|s| s.end_ns - s.start_ns).sum();
+    assert_eq!(forward["total_ns"], recorded);
+    assert_eq!(forward["count"], rows.iterations.len());
+    assert!(a["gpu"]["not_available"].as_str().is_some_and(|why| why.contains("lumen profile")), "{}", a["gpu"]);
+    assert_eq!(a["overview"]["requests"]["available"]["count"], 12, "{}", a["overview"]);
+}
+
+#[test]
+fn bad_input_is_refused_with_what_was_expected() {
+    let s = Scratch::new("analyze-bad");
+    lumen(&["analyze", &s.path("missing.lumen")]).fails_with(1, &["missing.lumen", "does not exist"]);
+    let not_a_trace = s.write("text.lumen", "not a trace");
+    lumen(&["analyze", &not_a_trace]).fails_with(1, &["text.lumen"]);
+    let trace = recorded_run(&s);
+    let rules = s.write("rules.txt", "attention=my_attn\nthis line has no equals sign\n");
+    lumen(&["analyze", &trace, "--kernel-classes", &rules]).fails_with(1, &["line 2", "CLASS=PATTERN"]);
+    lumen(&["analyze", &trace, "--buckets", "0"]).fails_with(2, &["--buckets"]);
+}
