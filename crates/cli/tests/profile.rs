@@ -100,7 +100,7 @@ fn assert_each_op_projects_onto_one_iteration(trace: &lumen_trace::model::TraceD
             .iter()
             .find(|a| a.pid == op.pid && a.correlation == op.correlation)
             .unwrap_or_else(|| panic!("{:?} {} has no API call with correlation {:?}", op.kind, op.name, op.correlation));
-        let owners: Vec<u64> = iterations.iter().filter(|(_, s, e)| *s <= launch.start_ns && launch.end_ns <= *e).map(|i| i.0).collect();
+        let owners: Vec<&(u64, u64, u64)> = iterations.iter().filter(|(_, s, e)| *s <= launch.start_ns && launch.end_ns <= *e).collect();
         assert_eq!(
             owners.len(),
             1,
@@ -108,6 +108,17 @@ fn assert_each_op_projects_onto_one_iteration(trace: &lumen_trace::model::TraceD
             op.kind,
             op.name,
             launch.name,
+            launch.start_ns
+        );
+        // Each step synchronises before its iteration range ends, so its GPU work ends inside it.
+        let (n, _, end) = owners[0];
+        assert!(
+            launch.start_ns <= op.start_ns && op.start_ns <= op.end_ns && op.end_ns <= *end,
+            "{:?} {} of iteration {n} runs {}..{} ns, outside its launch at {} and its iteration's end {end}",
+            op.kind,
+            op.name,
+            op.start_ns,
+            op.end_ns,
             launch.start_ns
         );
     }

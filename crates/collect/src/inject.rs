@@ -210,6 +210,10 @@ fn close_window() -> Result<(), String> {
         }
         kinds(&s.options)
     };
+    // Hand over the window's records before their kinds go off: kernel-node records still
+    // buffered when CONCURRENT_KERNEL is disabled get an end time from the next flush instead
+    // of their own (seen with graph replays under `--cuda-graph-trace node`).
+    unsafe { sys::cuptiActivityFlushAll(FLUSH_FORCED) };
     for kind in kinds {
         check(unsafe { sys::cuptiActivityDisable(kind) }, &format!("cuptiActivityDisable({kind:?})"))?;
     }
