@@ -193,8 +193,9 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     ensure!(concurrency == -1 || concurrency > 0, "--concurrency {concurrency} must be a positive count or -1 (unlimited)");
     ensure!(args.warmup >= 0, "--warmup {} must not be negative", args.warmup);
     ensure!(args.eos_id >= -1, "--eos-id {} must be a token id or -1", args.eos_id);
-    let profiler = args.profile.profiler(&args.model.spec())?;
+    let mut profiler = args.profile.profiler(&args.model.spec())?;
     let model = args.model.load()?;
+    crate::recording::record_device(&mut profiler, &model)?;
     let vocab = model.config().vocab_size;
     ensure!(args.eos_id < vocab as i64, "--eos-id {} is out of range for a vocabulary of {vocab}", args.eos_id);
     let mut entries = read_dataset(&args.dataset, Some(vocab))?;

@@ -71,7 +71,6 @@ impl ProfileArgs {
         let meta = vec![
             ("command".to_string(), std::env::args().collect::<Vec<_>>().join(" ")),
             ("host".to_string(), host),
-            ("backend".to_string(), "cpu".to_string()),
             ("model".to_string(), model.to_string()),
             ("lumen_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ];
@@ -80,4 +79,18 @@ impl ProfileArgs {
         eprintln!("[lumen] recording {what} into {}", path.display());
         Ok(Some(profiler))
     }
+}
+
+/// Names where the model runs in the trace's `meta`: `backend` (cpu or cuda) and, on a GPU,
+/// `gpu` (its name and ordinal).
+pub fn record_device(profiler: &mut Option<Profiler>, model: &lumen_model::Model) -> Result<()> {
+    let Some(p) = profiler else { return Ok(()) };
+    match model.cuda_weights() {
+        Some(w) => {
+            p.set_meta("backend", "cuda").map_err(anyhow::Error::msg)?;
+            p.set_meta("gpu", &format!("{} (cuda:{})", w.gpu.info.name, w.gpu.ordinal)).map_err(anyhow::Error::msg)?;
+        }
+        None => p.set_meta("backend", "cpu").map_err(anyhow::Error::msg)?,
+    }
+    Ok(())
 }

@@ -63,6 +63,9 @@ fn bench_throughput_on_cuda_with_graphs_profiling_and_device_time() {
     assert!(iterations.iter().all(|i| i["device_step_ms"].as_f64().is_some_and(|d| d > 0.0)), "device time on every iteration");
     let info = lumen(&["trace", "info", &trace]).ok();
     assert!(info.stdout.contains("iterations"), "{}", info.stdout);
+    let t = lumen_trace::store::read_trace(std::path::Path::new(&trace)).unwrap();
+    assert_eq!(t.meta("backend"), Some("cuda"));
+    assert!(t.meta("gpu").is_some_and(|g| g.contains("(cuda:0)")), "the trace names the GPU: {:?}", t.meta("gpu"));
 }
 
 #[test]

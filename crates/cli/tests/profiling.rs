@@ -85,6 +85,7 @@ fn a_window_on_the_real_model_records_exactly_its_iterations() {
     let t = read_trace(Path::new(&trace)).unwrap();
     assert_eq!(t.meta("complete"), Some("true"));
     assert_eq!(t.meta("windows"), Some("2-4"));
+    assert_eq!(t.meta("backend"), Some("cpu"), "the trace names where the model ran");
     assert_eq!(t.iterations.iter().map(|i| i.iter).collect::<Vec<_>>(), vec![2, 3, 4]);
     let tagged: std::collections::BTreeSet<u64> = t.spans.iter().filter_map(|s| s.iteration).collect();
     assert_eq!(tagged.into_iter().collect::<Vec<_>>(), vec![2, 3, 4], "spans outside the window were recorded");

@@ -64,6 +64,19 @@ impl Profiler {
         }
     }
 
+    /// Adds or replaces a `meta` entry of the trace output (none without an output).
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match &mut self.output {
+            None => Ok(()),
+            Some(Output::Store(w)) => w.set_meta(key, value),
+            Some(Output::ChromeJson(_, t)) => {
+                t.meta.retain(|(k, _)| k != key);
+                t.meta.push((key.to_string(), value.to_string()));
+                Ok(())
+            }
+        }
+    }
+
     /// Called before iteration `iter`: opens a window that starts here (and says so, for the
     /// caller to start the CUDA profiler).
     pub fn before_iteration(&mut self, iter: u64) -> Option<WindowEvent> {
