@@ -2,8 +2,10 @@
 //! (GPU utilisation and idle gaps, top kernels, launch overhead, iteration timing, CPU phases,
 //! hardware counters, memory traffic), computed from a [`TraceData`] in memory. Each analysis is
 //! a serialisable struct, [`Measured::NotAvailable`] with the reason when the trace lacks its
-//! data, and [`render_text`] prints them all as a terminal report.
+//! data; [`diagnose`] reads them for known performance patterns, and [`render_text`] prints the
+//! diagnosis first, then every figure, as a terminal report.
 
+pub mod diagnose;
 pub mod gpu;
 pub mod hardware;
 pub mod iterations;
@@ -131,6 +133,8 @@ pub struct Analysis {
     pub ranges: Measured<Vec<ranges::ProjectedRange>>,
     pub hardware: Measured<hardware::Hardware>,
     pub memory: memory::Memory,
+    /// The known performance patterns these figures show.
+    pub diagnosis: diagnose::Diagnosis,
 }
 
 pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String> {
@@ -143,7 +147,7 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String>
     };
     let launches = LaunchIndex::new(trace);
     let (gpu, gaps) = gpu::analyze(trace, &launches, options.buckets, gpu::TOP_GAPS);
-    Ok(Analysis {
+    let mut analysis = Analysis {
         overview: overview::analyze(trace),
         gpu,
         gaps,
@@ -154,12 +158,16 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String>
         ranges: ranges::analyze(trace, &launches, ranges::TOP_RANGES),
         hardware: hardware::analyze(trace, options.buckets),
         memory: memory::analyze(trace, &launches),
-    })
+        diagnosis: diagnose::Diagnosis::default(),
+    };
+    analysis.diagnosis = diagnose::diagnose(trace, &analysis);
+    Ok(analysis)
 }
 
 /// The whole analysis as a terminal report.
 pub fn render_text(a: &Analysis) -> String {
     let mut out = String::new();
+    diagnose::render(&a.diagnosis, &mut out);
     overview::render(&a.overview, &mut out);
     gpu::render_utilisation(&a.gpu, &mut out);
     gpu::render_gaps(&a.gaps, &mut out);

@@ -1,10 +1,11 @@
 //! `lumen analyze TRACE`: reads a `.lumen` trace (recorder or collector) and prints what the
 //! GPU, the kernels, the launches, the iterations, the sampled hardware metrics and memory traffic
-//! measure (crates/analyze), each section saying "not available" when the trace lacks its data.
+//! measure (crates/analyze), each section saying "not available" when the trace lacks its data,
+//! after a diagnosis of the known performance patterns those figures show.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lumen_analyze::{analyze, render_text, Options};
+use lumen_analyze::{analyze, diagnose, render_text, Options};
 use lumen_trace::store::read_trace;
 use std::path::PathBuf;
 
@@ -22,9 +23,12 @@ pub struct AnalyzeArgs {
     /// prefix); they are tried before the built-in ones.
     #[arg(long, value_name = "FILE")]
     kernel_classes: Option<PathBuf>,
-    /// Also write the analysis as JSON to FILE.
+    /// Also write the analysis, diagnosis included, as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// After the report, print the diagnosis thresholds and when each pattern fires.
+    #[arg(long)]
+    explain: bool,
 }
 
 pub fn run(args: AnalyzeArgs) -> Result<()> {
@@ -43,5 +47,8 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
     }
     print!("{}", render_text(&analysis));
+    if args.explain {
+        print!("\n{}", diagnose::render_explain());
+    }
     Ok(())
 }

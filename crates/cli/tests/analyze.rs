@@ -22,6 +22,7 @@ fn a_recorder_trace_gives_its_iterations_and_phases_and_says_what_it_lacks() {
     let trace = recorded_run(&s);
     let json = s.path("analysis.json");
     let run = lumen(&["analyze", &trace, "--json", &json]).ok();
+    assert!(run.stdout.starts_with("== Diagnosis =="), "{}", run.stdout);
     for heading in ["== Overview ==", "== GPU utilisation ==", "== Kernels ==", "== Iterations ==", "== CPU phases ==", "== Memory =="] {
         assert!(run.stdout.contains(heading), "{heading} missing:\n{}", run.stdout);
     }
@@ -43,6 +44,26 @@ fn a_recorder_trace_gives_its_iterations_and_phases_and_says_what_it_lacks() {
     assert_eq!(forward["count"], rows.iterations.len());
     assert!(a["gpu"]["not_available"].as_str().is_some_and(|why| why.contains("lumen profile")), "{}", a["gpu"]);
     assert_eq!(a["overview"]["requests"]["available"]["count"], 12, "{}", a["overview"]);
+    let unavailable = a["diagnosis"]["not_available"].as_array().expect("the diagnosis is in the JSON");
+    assert!(unavailable.iter().any(|u| u["pattern"] == "low GPU utilisation"), "{}", a["diagnosis"]);
+}
+
+#[test]
+fn explain_prints_every_pattern_and_threshold_after_the_report() {
+    let s = Scratch::new("analyze-explain");
+    let trace = recorded_run(&s);
+    let run = lumen(&["analyze", &trace, "--explain"]).ok();
+    let (report, explained) = run.stdout.split_once("== Diagnosis thresholds ==").expect("the thresholds follow the report");
+    assert!(report.starts_with("== Diagnosis ==") && report.contains("== Memory =="), "{report}");
+    for t in lumen_analyze::diagnose::THRESHOLDS {
+        assert!(explained.contains(t.name) && explained.contains(&t.value.to_string()), "{} missing:\n{explained}", t.name);
+    }
+    for p in lumen_analyze::diagnose::PATTERNS {
+        assert!(explained.contains(p.name) && explained.contains(p.fires_when), "{} missing:\n{explained}", p.name);
+    }
+    for flag in ["--max-batch-size", "--cuda-graph-max-batch-size N", "LOW_BUSY", "0.5", "SHORT_KERNEL_NS", "10000", "MoE imbalance"] {
+        assert!(explained.contains(flag), "{flag} missing:\n{explained}");
+    }
 }
 
 #[test]
