@@ -19,12 +19,10 @@ mod stats;
 mod test_rows;
 mod text;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-use lumen_trace::model::{ApiCallRow, GpuOpRow, TraceData};
+use lumen_trace::model::TraceData;
 use serde::Serialize;
 
+pub use lumen_trace::correlate::LaunchIndex;
 pub use stats::Distribution;
 
 pub(crate) const NO_GPU_OPS: &str = "the trace has no GPU operations; record one with `lumen profile`";
@@ -51,56 +49,6 @@ impl<T> Measured<T> {
             Some(value) => Measured::Available(value),
             None => Measured::NotAvailable(reason()),
         }
-    }
-}
-
-/// Hashes the integer keys of [`LaunchIndex`] with one rotate, xor and multiply per integer: for
-/// millions of lookups several times cheaper than the default SipHash, and enough to spread ids.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl IdHasher {
-    fn add(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        bytes.iter().for_each(|&b| self.add(b.into()));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(n.into());
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// The API call that issued each GPU operation, found by process and correlation id.
-pub struct LaunchIndex<'a> {
-    calls: HashMap<(u32, u64), &'a ApiCallRow, BuildHasherDefault<IdHasher>>,
-}
-
-impl<'a> LaunchIndex<'a> {
-    pub fn new(trace: &'a TraceData) -> Self {
-        let mut calls = HashMap::with_capacity_and_hasher(trace.api_calls.len(), BuildHasherDefault::default());
-        for call in &trace.api_calls {
-            if let Some(correlation) = call.correlation {
-                calls.entry((call.pid, correlation)).or_insert(call);
-            }
-        }
-        LaunchIndex { calls }
-    }
-
-    pub fn launch_of(&self, op: &GpuOpRow) -> Option<&'a ApiCallRow> {
-        self.calls.get(&(op.pid, op.correlation?)).copied()
     }
 }
 

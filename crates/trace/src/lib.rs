@@ -3,10 +3,11 @@
 //! Every timestamp lumen records is nanoseconds on the host's monotonic clock ([`now_ns`]), so
 //! engine timings, trace rows of several processes and GPU activity line up. [`instrument`] is the API the engine calls, [`window`] decides
 //! which iterations are recorded, [`model`] holds a trace's rows in memory, [`store`] keeps them in
-//! a `.lumen` file, [`merge`] joins the files of several processes and [`export`] turns a trace
-//! into Perfetto and Chrome traces.
+//! a `.lumen` file, [`merge`] joins the files of several processes, [`correlate`] joins GPU work to its launch
+//! calls, and [`export`] turns a trace into Perfetto and Chrome traces.
 
 pub mod alloc;
+pub mod correlate;
 pub mod export;
 pub mod instrument;
 pub mod merge;

@@ -217,15 +217,7 @@ fn gpu_trace() -> (TraceData, usize) {
         stream: Some(stream),
         correlation: Some(correlation),
         name: kind.as_str().to_string(),
-        grid: None,
-        block: None,
-        registers: None,
-        shared_mem_bytes: None,
-        bytes: None,
-        copy_kind: None,
-        pinned: None,
-        graph_id: None,
-        graph_node_id: None,
+        ..GpuOpRow::default()
     };
     for (device, &(pid, tid, _)) in PROCESSES.iter().enumerate() {
         let device = device as u32;

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
+use crate::correlate::LaunchIndex;
 use crate::model::{ApiCallRow, GpuOpKind, GpuOpRow, TraceData};
 
 /// Where a GPU op is drawn: one track per process, device and stream. Synchronisations wait
@@ -57,18 +58,8 @@ pub fn gpu_tracks(trace: &TraceData) -> BTreeMap<GpuTrack, Vec<usize>> {
 /// `trace.gpu_ops`) in GPU op order: one for every GPU op whose (pid, correlation) is an API
 /// call's (the first such call, should several share it). One call may launch several ops.
 pub fn correlation_flows(trace: &TraceData) -> Vec<(usize, usize)> {
-    let mut calls: HashMap<(u32, u64), usize> = HashMap::new();
-    for (i, call) in trace.api_calls.iter().enumerate() {
-        if let Some(correlation) = call.correlation {
-            calls.entry((call.pid, correlation)).or_insert(i);
-        }
-    }
-    trace
-        .gpu_ops
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| op.correlation.and_then(|c| calls.get(&(op.pid, c))).map(|&call| (call, i)))
-        .collect()
+    let launches = LaunchIndex::new(trace);
+    trace.gpu_ops.iter().enumerate().filter_map(|(i, op)| launches.call_index_of(op).map(|call| (call, i))).collect()
 }
 
 /// The arguments shown on a GPU op: device, stream and correlation, then whichever of the
@@ -156,15 +147,7 @@ pub(crate) fn gpu_sample() -> TraceData {
         stream,
         correlation,
         name: kind.as_str().to_string(),
-        grid: None,
-        block: None,
-        registers: None,
-        shared_mem_bytes: None,
-        bytes: None,
-        copy_kind: None,
-        pinned: None,
-        graph_id: None,
-        graph_node_id: None,
+        ..GpuOpRow::default()
     };
     let call = |pid: u32, tid: u64, name: &str, correlation: Option<u64>, start_ns: u64, end_ns: u64| ApiCallRow {
         start_ns,
@@ -227,25 +210,7 @@ mod tests {
     use crate::model::{CounterRow, ProcessRow, SpanRow, ThreadRow};
 
     fn op(pid: u32, device: u32, stream: Option<u64>, kind: GpuOpKind, correlation: Option<u64>) -> GpuOpRow {
-        GpuOpRow {
-            kind,
-            start_ns: 0,
-            end_ns: 1,
-            pid,
-            device,
-            stream,
-            correlation,
-            name: "k".into(),
-            grid: None,
-            block: None,
-            registers: None,
-            shared_mem_bytes: None,
-            bytes: None,
-            copy_kind: None,
-            pinned: None,
-            graph_id: None,
-            graph_node_id: None,
-        }
+        GpuOpRow { kind, start_ns: 0, end_ns: 1, pid, device, stream, correlation, name: "k".into(), ..GpuOpRow::default() }
     }
 
     fn call(pid: u32, correlation: Option<u64>) -> ApiCallRow {
