@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_collect::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
 use lumen_trace::merge::merge_traces;
-use lumen_trace::store::{Batch, TraceWriter};
+use lumen_trace::store::{read_meta, Batch, TraceWriter};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -149,7 +149,12 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
             format!("none ({why})")
         }
         Some(Ok(sampler)) => {
-            let (rows, source) = sampler.finish();
+            let (mut rows, source) = sampler.finish();
+            if let Some(windows) = capture_windows(&parts) {
+                let sampled = rows.len();
+                rows.retain(|r| windows.iter().any(|&(open, close)| open <= r.ts_ns && r.ts_ns <= close));
+                eprintln!("[lumen] profile: kept {} of {sampled} GPU metric samples, those inside the capture windows", rows.len());
+            }
             let path = parts.join("gpu-metrics.lumen");
             TraceWriter::create(&path, &[("gpu_metrics_source".into(), source.clone())])
                 .and_then(|mut w| w.append(&Batch { counters: &rows, ..Batch::default() }).and_then(|_| w.finish()))
@@ -170,6 +175,30 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
     write_trace(&parts, &output, &meta)?;
     let _ = std::fs::remove_dir_all(&parts);
     Ok(code)
+}
+
+/// The capture windows the processes' collectors saw open (`-c cudaProfilerApi`), from their
+/// traces' `capture_window_times` meta; None when no process recorded any.
+fn capture_windows(parts: &Path) -> Option<Vec<(u64, u64)>> {
+    let mut windows = Vec::new();
+    let mut recorded = false;
+    for path in std::fs::read_dir(parts).ok()?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "lumen")) {
+        let Ok(meta) = read_meta(&path) else { continue };
+        let Some((_, times)) = meta.iter().find(|(k, _)| k == "capture_window_times") else { continue };
+        recorded = true;
+        windows.extend(parse_window_times(times));
+    }
+    recorded.then_some(windows)
+}
+
+/// `open-close,open-close` in ns; malformed pairs are skipped.
+fn parse_window_times(text: &str) -> Vec<(u64, u64)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (open, close) = pair.split_once('-')?;
+            Some((open.trim().parse().ok()?, close.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Merges the per-process traces in `parts` into `output` (a trace with only `meta` when no
@@ -202,4 +231,16 @@ fn write_trace(parts: &Path, output: &Path, meta: &[(String, String)]) -> Result
     );
     eprintln!("[lumen] profile: wrote {}", output.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_times_parse_and_malformed_pairs_are_skipped() {
+        assert_eq!(parse_window_times("10-20,30-45"), [(10, 20), (30, 45)]);
+        assert_eq!(parse_window_times("10-20,x-5,7,40-50"), [(10, 20), (40, 50)]);
+        assert!(parse_window_times("").is_empty());
+    }
 }

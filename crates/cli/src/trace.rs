@@ -121,7 +121,16 @@ fn time_span(t: &TraceData) -> Option<(u64, u64)> {
 }
 
 fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
-    let meta = read_meta(&inputs[0]).map_err(anyhow::Error::msg)?;
+    // The first input's meta, then what only later inputs know (the recorder's GPU and model
+    // beside a collector trace, say).
+    let mut meta: Vec<(String, String)> = Vec::new();
+    for input in inputs {
+        for (key, value) in read_meta(input).map_err(anyhow::Error::msg)? {
+            if !meta.iter().any(|(k, _)| *k == key) {
+                meta.push((key, value));
+            }
+        }
+    }
     let summary = merge_traces(inputs, output, &meta).map_err(anyhow::Error::msg)?;
     eprintln!(
         "[lumen] merged {} trace(s) into {} ({} processes{})",

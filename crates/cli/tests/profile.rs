@@ -76,7 +76,7 @@ fn profile_window(mode: &str) -> (lumen_trace::model::TraceData, Vec<(u64, u64, 
         "--max-batch-size",
         "8",
     ];
-    let mut args = vec!["profile", "-o", &out, "-c", "cudaProfilerApi", "--cuda-graph-trace", mode, "--", &bin];
+    let mut args = vec!["profile", "-o", &out, "-c", "cudaProfilerApi", "--cuda-graph-trace", mode, "--gpu-metrics", "500", "--", &bin];
     args.extend(bench);
     let recorded = s.path("recorder.lumen");
     let run = lumen_env(&args, &[("LUMEN_PROFILE_START_STOP", "3-6"), ("LUMEN_TRACE", &recorded)]).ok();
@@ -149,6 +149,10 @@ fn a_window_of_lumen_iterations_holds_exactly_its_kernels() {
     assert!(kernels.iter().any(|k| k.graph_id.is_some()), "node tracing reports the kernels of graph launches, with their graph ids");
     assert!(!trace.gpu_ops.iter().any(|k| k.kind == GpuOpKind::Graph), "node tracing has no whole-graph records");
     assert_each_op_projects_onto_one_iteration(&trace, &iterations);
+    assert!(trace.meta("gpu").is_some_and(|g| g.ends_with("(cuda:0)")), "the collector names the GPU: {:?}", trace.meta("gpu"));
+    let (open, close) = (iterations[0].1, iterations[iterations.len() - 1].2);
+    let outside: Vec<u64> = trace.counters.iter().map(|c| c.ts_ns).filter(|&ts| ts + 1_000_000 < open || ts > close + 1_000_000).collect();
+    assert!(outside.is_empty(), "GPU metric samples outside the capture window {open}..{close}: {outside:?}; {stderr}");
 }
 
 #[test]

@@ -95,10 +95,11 @@ fn engine_trace(path: &Path) {
     w.finish().unwrap();
 }
 
-/// A worker process whose writer never finished: a whole-graph launch and a memset on stream 3,
+/// A worker process whose writer never finished, whose meta alone names the GPU: a whole-graph launch and a memset on stream 3,
 /// a sync on stream 3, an iteration whose id collides with the engine's.
 fn worker_trace(path: &Path) {
-    let mut w = TraceWriter::create(path, &[("pid".to_string(), WORKER.0.to_string())]).unwrap();
+    let meta = [("pid".to_string(), WORKER.0.to_string()), ("gpu".to_string(), "NVIDIA H100 80GB HBM3 (cuda:0)".to_string())];
+    let mut w = TraceWriter::create(path, &meta).unwrap();
     let processes = [ProcessRow { pid: WORKER.0, name: "python worker.py".to_string() }];
     let threads = [ThreadRow { pid: WORKER.0, tid: WORKER.1, name: "python".to_string() }];
     let calls = [
@@ -137,6 +138,8 @@ fn merged_process_traces_show_gpu_work_in_info_and_exports() {
     let t = read_trace(Path::new(&merged)).unwrap();
     assert_eq!((t.gpu_ops.len(), t.api_calls.len(), t.processes.len(), t.iterations.len()), (12, 12, 2, 3));
     assert_eq!(t.meta("command"), Some("lumen bench throughput"), "the first input's meta heads the merged trace");
+    assert_eq!(t.meta("pid"), Some(ENGINE.0.to_string().as_str()), "a key both inputs have keeps the first input's value");
+    assert_eq!(t.meta("gpu"), Some("NVIDIA H100 80GB HBM3 (cuda:0)"), "keys only a later input has are added");
 
     let info = lumen(&["trace", "info", &merged]).ok().stdout;
     assert_eq!(line_with(&info, "complete"), "complete   false");

@@ -12,7 +12,7 @@ use cudarc::cupti::sys;
 use lumen_trace::model::ProcessRow;
 use lumen_trace::store::{Batch, GpuBatch, TraceWriter};
 use std::alloc::{alloc, dealloc, Layout};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -39,6 +39,8 @@ struct State {
     window_times: Vec<(u64, u64)>,
     /// Threads already written to the `threads` table.
     named_threads: HashSet<u64>,
+    /// The devices the collected GPU operations ran on, named in the trace's meta at the end.
+    devices: BTreeSet<u32>,
 }
 
 static STATE: OnceLock<Mutex<State>> = OnceLock::new();
@@ -111,6 +113,7 @@ fn start() -> Result<(), String> {
         windows: 0,
         window_times: Vec::new(),
         named_threads: HashSet::new(),
+        devices: BTreeSet::new(),
     };
     if STATE.set(Mutex::new(state)).is_err() {
         return Ok(());
@@ -273,6 +276,7 @@ fn thread_name(tid: u64) -> String {
 fn write_rows(last: bool) {
     let Some(mut s) = state() else { return };
     let rows = s.rows.take();
+    s.devices.extend(rows.gpu_ops.iter().map(|op| op.device));
     let process: Vec<ProcessRow> = s.process.take().into_iter().collect();
     let tids = rows.api_calls.iter().map(|a| a.tid).chain(rows.spans.iter().map(|r| r.tid)).chain(rows.marks.iter().map(|m| m.tid));
     let threads: Vec<(u64, String)> =
@@ -287,12 +291,42 @@ fn write_rows(last: bool) {
         return;
     }
     if last {
-        let windows = s.windows.to_string();
+        let mut meta = vec![("capture_windows", s.windows.to_string())];
+        if s.options.capture == Capture::ProfilerApi {
+            meta.push(("capture_window_times", window_times_meta(&s.window_times)));
+        }
+        if !s.devices.is_empty() {
+            meta.push(("gpu", s.devices.iter().map(|&d| device_label(d)).collect::<Vec<_>>().join(", ")));
+        }
         if let Some(mut w) = s.writer.take() {
-            if let Err(e) = w.set_meta("capture_windows", &windows).and_then(|_| w.finish().map(|_| ())) {
+            let written = meta.iter().try_for_each(|(key, value)| w.set_meta(key, value)).and_then(|_| w.finish().map(|_| ()));
+            if let Err(e) = written {
                 eprintln!("[lumen profile] process {}: {e}", s.pid);
             }
         }
+    }
+}
+
+/// Capture windows as `open-close,open-close` in host ns; a window still open at exit closes now.
+fn window_times_meta(windows: &[(u64, u64)]) -> String {
+    let now = lumen_trace::now_ns();
+    windows.iter().map(|&(open, close)| format!("{open}-{}", close.min(now))).collect::<Vec<_>>().join(",")
+}
+
+/// `NAME (cuda:N)`, as lumen's recorder names the GPU it ran on; the ordinal alone when the
+/// driver cannot name it.
+fn device_label(ordinal: u32) -> String {
+    use cudarc::driver::sys as driver;
+    let mut name = [0 as std::ffi::c_char; 256];
+    let mut device: driver::CUdevice = 0;
+    let named = unsafe {
+        driver::cuDeviceGet(&mut device, ordinal as c_int) == driver::CUresult::CUDA_SUCCESS
+            && driver::cuDeviceGetName(name.as_mut_ptr(), name.len() as c_int, device) == driver::CUresult::CUDA_SUCCESS
+    };
+    if named {
+        format!("{} (cuda:{ordinal})", unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy())
+    } else {
+        format!("cuda:{ordinal}")
     }
 }
 
