@@ -348,6 +348,16 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
     let mut host_gaps: Vec<_> = f.a.gaps.get().into_iter().flatten().flat_map(|d| d.largest.iter().map(move |g| (d.device, g))).collect();
     host_gaps.retain(|(_, g)| g.class == GapClass::HostWait);
     host_gaps.sort_by_key(|(_, g)| std::cmp::Reverse(g.duration_ns));
+    let waiting_phase = phase_during(f.trace, host_gaps.iter().map(|(_, g)| (g.start_ns, g.start_ns + g.duration_ns)));
+    if let Some((name, overlap_ns)) = &waiting_phase {
+        let listed_ns: u64 = host_gaps.iter().map(|(_, g)| g.duration_ns).sum();
+        evidence.push(format!(
+            "during the {} largest host waits ({}), the host was in phase `{name}` for {}",
+            host_gaps.len(),
+            text::duration(listed_ns as f64),
+            text::duration(*overlap_ns as f64)
+        ));
+    }
     host_gaps.truncate(TOP_OFFENDERS);
     let offenders = host_gaps
         .iter()
@@ -363,7 +373,11 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
         (Some(start), Some(end)) => f.relative(start, end),
         _ => None,
     };
-    let phase = busiest_phase.map_or("the busiest CPU phase".to_string(), |p| format!("phase `{}`", p.name));
+    let phase = match (&waiting_phase, busiest_phase) {
+        (Some((name, _)), _) => format!("phase `{name}`, where the GPU waits,"),
+        (None, Some(p)) => format!("phase `{}`", p.name),
+        (None, None) => "the busiest CPU phase".to_string(),
+    };
     Outcome::Fires(Finding {
         pattern: CPU_BOTTLENECK,
         explained_ns: totals.host_wait_ns,
@@ -375,6 +389,22 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
              allocations with LUMEN_PROFILE_RECORD_WAITS=1 LUMEN_PROFILE_RECORD_ALLOC=1; replay decode from CUDA graphs (--cuda-graphs on)"
         ),
     })
+}
+
+/// The engine phase that overlaps `windows` most, with its overlap: where the host was while
+/// the GPU waited for it.
+fn phase_during(trace: &TraceData, windows: impl Iterator<Item = (u64, u64)>) -> Option<(String, u64)> {
+    let phases = crate::iterations::phase_spans(trace);
+    let mut overlap: HashMap<&str, u64> = HashMap::new();
+    for (start, end) in windows {
+        for p in &phases {
+            let shared = end.min(p.end_ns).saturating_sub(start.max(p.start_ns));
+            if shared > 0 {
+                *overlap.entry(p.name).or_default() += shared;
+            }
+        }
+    }
+    overlap.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))).map(|(name, ns)| (name.to_string(), ns))
 }
 
 /// The mean counters of one device over its samples with SM active above [`BUSY_SAMPLE_SM_PERCENT`].
@@ -767,6 +797,19 @@ mod tests {
     }
 
     /// Ten 2 µs kernels, each launched 1 µs before the previous one ends, with 5 µs between them.
+    #[test]
+    fn the_cpu_bottleneck_names_the_phase_the_gpu_waits_in_not_the_longest_one() {
+        let trace = TraceData {
+            gpu_ops: vec![kernel(0, 1_000, 1), kernel(500_000, 1_400_000, 2)],
+            spans: vec![span(0, 500_000, 1, "forward", "phase"), span(500_000, 1_500_000, 1, "sample", "phase")],
+            ..TraceData::default()
+        };
+        let f = finding(&diagnosis(&trace), CPU_BOTTLENECK).cloned().expect("a 499 µs host wait in a 1.4 ms window");
+        assert!(f.evidence[1].contains("phase `sample` takes the most host time"), "{:?}", f.evidence);
+        assert!(f.evidence[2].contains("host was in phase `forward` for 499.0 µs"), "{:?}", f.evidence);
+        assert!(f.action.contains("shorten phase `forward`"), "{}", f.action);
+    }
+
     fn eager_short_kernels(graph_id: Option<u64>) -> TraceData {
         let base = 10_000;
         let kernels = (0..10).map(|i| GpuOpRow { graph_id, ..kernel(base + i * 7_000, base + i * 7_000 + 2_000, i) });

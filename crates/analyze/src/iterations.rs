@@ -199,17 +199,63 @@ pub fn phases(trace: &TraceData) -> Phases {
     }
 }
 
+/// One engine phase (admit, schedule, prepare inputs, forward, sample, update) of one iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PhaseSpan<'a> {
+    pub name: &'a str,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub iteration: Option<u64>,
+}
+
+/// The engine's phase spans: the recorder's (category `phase`), or else, in a collector trace,
+/// lumen's NVTX ranges one level inside an iteration range (`lumen: forward` inside
+/// `lumen: iter 7: ...` on the same thread), named without the domain.
+pub(crate) fn phase_spans(trace: &TraceData) -> Vec<PhaseSpan<'_>> {
+    let recorded: Vec<PhaseSpan> = trace
+        .spans
+        .iter()
+        .filter(|s| s.category == "phase")
+        .map(|s| PhaseSpan { name: &s.name, start_ns: s.start_ns, end_ns: s.end_ns, iteration: s.iteration })
+        .collect();
+    if !recorded.is_empty() {
+        return recorded;
+    }
+    let nvtx = trace.spans.iter().filter(|s| s.category == "nvtx");
+    let mut iterations: HashMap<u64, Vec<(u64, u64, u64)>> = HashMap::new();
+    for s in nvtx.clone().filter(|s| s.depth == 0) {
+        if let Some(n) = iteration_number(&s.name) {
+            iterations.entry(s.tid).or_default().push((s.start_ns, s.end_ns, n));
+        }
+    }
+    for list in iterations.values_mut() {
+        list.sort_unstable();
+    }
+    nvtx.filter(|s| s.depth == 1)
+        .filter_map(|s| {
+            let name = s.name.strip_prefix("lumen: ")?;
+            let list = iterations.get(&s.tid)?;
+            let (start, end, n) = list[..list.partition_point(|&(start, _, _)| start <= s.start_ns)].last()?;
+            (*start <= s.start_ns && s.end_ns <= *end).then_some(PhaseSpan { name, start_ns: s.start_ns, end_ns: s.end_ns, iteration: Some(*n) })
+        })
+        .collect()
+}
+
 fn phase_times(trace: &TraceData) -> Measured<PhaseTimes> {
     let mut by_name: HashMap<&str, (usize, u64)> = HashMap::new();
     let mut labelled = HashSet::new();
-    for s in trace.spans.iter().filter(|s| s.category == "phase") {
-        let total = by_name.entry(s.name.as_str()).or_default();
+    for s in phase_spans(trace) {
+        let total = by_name.entry(s.name).or_default();
         total.0 += 1;
         total.1 += s.end_ns.saturating_sub(s.start_ns);
         labelled.extend(s.iteration);
     }
     if by_name.is_empty() {
-        return Measured::NotAvailable("the trace has no spans of category phase; record the engine with `--trace` or LUMEN_TRACE".into());
+        return Measured::NotAvailable(
+            "the trace has no phase spans (category phase, or lumen's NVTX ranges inside iteration ranges); record the engine with \
+             `--trace` or LUMEN_TRACE, or under `lumen profile`"
+                .into(),
+        );
     }
     let (iterations, host_ns) = match iteration_windows(trace) {
         Some((_, windows)) => (windows.len(), Some(windows.iter().map(|w| w.end_ns.saturating_sub(w.start_ns)).sum::<u64>())),
@@ -318,7 +364,7 @@ pub fn render_phases(p: &Phases, out: &mut String) {
 mod tests {
     use super::*;
     use crate::test_rows::{iteration, span};
-    use lumen_trace::model::AllocationRow;
+    use lumen_trace::model::{AllocationRow, SpanRow};
 
     #[test]
     fn iteration_numbers_come_from_span_names() {
@@ -376,6 +422,28 @@ mod tests {
         assert_eq!(times.phases[1].share_of_host, Some(0.1));
         assert_eq!(p.alloc_spans, Measured::Available(SpanTotal { count: 1, total_ns: 5 }));
         assert!(matches!(&p.wait_spans, Measured::NotAvailable(why) if why.contains("LUMEN_PROFILE_RECORD_WAITS")));
+    }
+
+    #[test]
+    fn collector_traces_give_phases_from_lumens_nvtx_ranges_inside_iterations() {
+        let nested = |start, end, tid, name: &str, depth| SpanRow { depth, ..span(start, end, tid, name, "nvtx") };
+        let spans = vec![
+            nested(0, 100, 1, "lumen: iter 7: 0 ctx reqs, 4 gen reqs", 0),
+            nested(5, 60, 1, "lumen: forward", 1),
+            nested(10, 20, 1, "lumen: layer 0", 2),
+            nested(60, 90, 1, "lumen: sample", 1),
+            nested(100, 200, 1, "lumen: iter 8: 0 ctx reqs, 4 gen reqs", 0),
+            nested(110, 180, 1, "lumen: forward", 1),
+            nested(300, 400, 2, "lumen: forward", 1),
+            nested(0, 100, 3, "train step", 0),
+            nested(10, 50, 3, "lumen: forward", 1),
+        ];
+        let trace = TraceData { spans, ..TraceData::default() };
+        let found: Vec<(&str, u64, Option<u64>)> = phase_spans(&trace).iter().map(|p| (p.name, p.start_ns, p.iteration)).collect();
+        assert_eq!(found, [("forward", 5, Some(7)), ("sample", 60, Some(7)), ("forward", 110, Some(8))]);
+        let times = phases(&trace).phases.get().cloned().expect("phases from NVTX ranges");
+        assert_eq!((times.iterations, times.host_ns), (2, Some(200)));
+        assert_eq!((times.phases[0].name.as_str(), times.phases[0].total_ns), ("forward", 125));
     }
 
     #[test]
