@@ -4,12 +4,14 @@
 //! engine timings, trace rows of several processes and GPU activity line up. [`instrument`] is the API the engine calls, [`window`] decides
 //! which iterations are recorded, [`model`] holds a trace's rows in memory, [`store`] keeps them in
 //! a `.lumen` file, [`merge`] joins the files of several processes, [`correlate`] joins GPU work to its launch
-//! calls, and [`export`] turns a trace into Perfetto and Chrome traces.
+//! calls, [`export`] turns a trace into Perfetto and Chrome traces, and [`kineto`] imports a
+//! torch.profiler trace.
 
 pub mod alloc;
 pub mod correlate;
 pub mod export;
 pub mod instrument;
+pub mod kineto;
 pub mod merge;
 pub mod model;
 mod nvtx_sink;
