@@ -236,7 +236,12 @@ pub(crate) fn phase_spans(trace: &TraceData) -> Vec<PhaseSpan<'_>> {
             let name = s.name.strip_prefix("lumen: ")?;
             let list = iterations.get(&s.tid)?;
             let (start, end, n) = list[..list.partition_point(|&(start, _, _)| start <= s.start_ns)].last()?;
-            (*start <= s.start_ns && s.end_ns <= *end).then_some(PhaseSpan { name, start_ns: s.start_ns, end_ns: s.end_ns, iteration: Some(*n) })
+            (*start <= s.start_ns && s.end_ns <= *end).then_some(PhaseSpan {
+                name,
+                start_ns: s.start_ns,
+                end_ns: s.end_ns,
+                iteration: Some(*n),
+            })
         })
         .collect()
 }
