@@ -1,10 +1,12 @@
-//! `lumen trace`: look inside a trace (`info`), convert it for other viewers (`export`) and join
-//! the traces of several processes into one (`merge`).
+//! `lumen trace`: look inside a trace (`info`), convert it for other viewers (`export`), join
+//! the traces of several processes into one (`merge`) and convert a torch.profiler trace into a
+//! `.lumen` one (`import`).
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use lumen_trace::export::chrome::write_chrome_json;
 use lumen_trace::export::perfetto::to_perfetto;
+use lumen_trace::kineto::{describe_counts, import_kineto};
 use lumen_trace::merge::merge_traces;
 use lumen_trace::model::{GpuOpKind, TraceData};
 use lumen_trace::store::{read_meta, read_trace, table_counts};
@@ -31,6 +33,14 @@ pub enum TraceCommand {
         /// The traces to merge, in order: iterations and requests come from the first that has any.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+    },
+    /// Convert a torch.profiler / Kineto Chrome-JSON trace into a .lumen trace.
+    Import {
+        /// The Kineto trace (`export_chrome_trace` output, `{"traceEvents": [...], ...}`).
+        input: PathBuf,
+        /// The .lumen trace to write (replaced if it exists).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
     },
 }
 
@@ -65,6 +75,7 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
             Ok(())
         }
         TraceCommand::Merge { output, inputs } => merge(&inputs, &output),
+        TraceCommand::Import { input, output } => import(&input, &output),
     }
 }
 
@@ -150,6 +161,40 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
             let kept = owner.map_or(String::new(), |o| format!("; those of {} are kept", o.path.display()));
             eprintln!("    dropped {}{kept}", dropped.join(", "));
         }
+    }
+    Ok(())
+}
+
+fn import(input: &Path, output: &Path) -> Result<()> {
+    let s = import_kineto(input, output).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "[lumen] imported {} into {}: {} kernels, {} memcpys, {} memsets, {} API calls, {} spans, {} marks, {} iterations (ProfilerStep)",
+        input.display(),
+        output.display(),
+        s.kernels,
+        s.memcpys,
+        s.memsets,
+        s.api_calls,
+        s.spans,
+        s.marks,
+        s.iterations
+    );
+    if s.steps_extended > 0 {
+        eprintln!("  {} ProfilerStep ranges had no duration and were extended to the next step", s.steps_extended);
+    }
+    if s.kernels_without_correlation > 0 {
+        eprintln!("  {} kernels have no correlation id: their launch calls cannot be joined to them", s.kernels_without_correlation);
+    }
+    if let (Some(pid), false) = (s.host_pid, s.other_host_pids.is_empty()) {
+        let others: Vec<String> = s.other_host_pids.iter().map(u32::to_string).collect();
+        eprintln!("  GPU work is joined to the launches of process {pid}; processes {} also made API calls", others.join(", "));
+    }
+    if !s.ignored.is_empty() {
+        eprintln!("  ignored {} events lumen keeps no rows for ({})", s.ignored_total(), describe_counts(&s.ignored));
+    }
+    match s.skipped_total() {
+        0 => eprintln!("  skipped 0 events"),
+        n => eprintln!("  skipped {n} events that could not be used: {}", describe_counts(&s.skipped)),
     }
     Ok(())
 }
