@@ -43,6 +43,11 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Trace(_) | Command::Analyze(_)) {
+        // These only print reports: a reader that goes away (`| head`) ends lumen quietly, as
+        // it ends any Unix filter, instead of a panic on the failed write.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),

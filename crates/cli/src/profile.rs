@@ -150,7 +150,7 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
         }
         Some(Ok(sampler)) => {
             let (mut rows, source) = sampler.finish();
-            if let Some(windows) = capture_windows(&parts) {
+            if let Some(windows) = capture_windows(&part_metas(&parts)) {
                 let sampled = rows.len();
                 rows.retain(|r| windows.iter().any(|&(open, close)| open <= r.ts_ns && r.ts_ns <= close));
                 eprintln!("[lumen] profile: kept {} of {sampled} GPU metric samples, those inside the capture windows", rows.len());
@@ -172,23 +172,38 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
         ("wall_s".into(), format!("{:.3}", elapsed.as_secs_f64())),
         ("gpu_metrics_source".into(), metrics_source),
     ];
+    let gpu = gpus(&part_metas(&parts)).map(|gpu| ("gpu".to_string(), gpu));
+    let meta: Vec<(String, String)> = meta.into_iter().chain(gpu).collect();
     write_trace(&parts, &output, &meta)?;
     let _ = std::fs::remove_dir_all(&parts);
     Ok(code)
 }
 
+/// The meta of each process trace the collectors wrote into `parts`.
+fn part_metas(parts: &Path) -> Vec<Vec<(String, String)>> {
+    let Ok(entries) = std::fs::read_dir(parts) else { return Vec::new() };
+    let traces = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "lumen"));
+    traces.filter_map(|path| read_meta(&path).ok()).collect()
+}
+
+fn meta_values<'a>(metas: &'a [Vec<(String, String)>], key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    metas.iter().filter_map(move |meta| meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()))
+}
+
 /// The capture windows the processes' collectors saw open (`-c cudaProfilerApi`), from their
 /// traces' `capture_window_times` meta; None when no process recorded any.
-fn capture_windows(parts: &Path) -> Option<Vec<(u64, u64)>> {
-    let mut windows = Vec::new();
-    let mut recorded = false;
-    for path in std::fs::read_dir(parts).ok()?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "lumen")) {
-        let Ok(meta) = read_meta(&path) else { continue };
-        let Some((_, times)) = meta.iter().find(|(k, _)| k == "capture_window_times") else { continue };
-        recorded = true;
-        windows.extend(parse_window_times(times));
-    }
-    recorded.then_some(windows)
+fn capture_windows(metas: &[Vec<(String, String)>]) -> Option<Vec<(u64, u64)>> {
+    let mut recorded = meta_values(metas, "capture_window_times").peekable();
+    recorded.peek()?;
+    Some(recorded.flat_map(parse_window_times).collect())
+}
+
+/// The GPUs the processes ran on, each named once, as the collectors named them.
+fn gpus(metas: &[Vec<(String, String)>]) -> Option<String> {
+    let mut names: Vec<&str> = meta_values(metas, "gpu").flat_map(|v| v.split(", ")).collect();
+    names.sort_unstable();
+    names.dedup();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// `open-close,open-close` in ns; malformed pairs are skipped.
@@ -236,6 +251,19 @@ fn write_trace(parts: &Path, output: &Path, meta: &[(String, String)]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_and_gpus_come_from_the_process_traces_meta() {
+        let meta = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let metas = [
+            meta(&[("pid", "1"), ("capture_window_times", "10-20"), ("gpu", "H100 (cuda:0)")]),
+            meta(&[("pid", "2"), ("capture_window_times", "30-40"), ("gpu", "H100 (cuda:1), H100 (cuda:0)")]),
+            meta(&[("gpu_metrics_source", "cupti-pm-sampling")]),
+        ];
+        assert_eq!(capture_windows(&metas), Some(vec![(10, 20), (30, 40)]));
+        assert_eq!(gpus(&metas).as_deref(), Some("H100 (cuda:0), H100 (cuda:1)"));
+        assert_eq!((capture_windows(&metas[2..]), gpus(&metas[2..])), (None, None));
+    }
 
     #[test]
     fn window_times_parse_and_malformed_pairs_are_skipped() {

@@ -67,6 +67,21 @@ fn explain_prints_every_pattern_and_threshold_after_the_report() {
 }
 
 #[test]
+fn a_reader_that_stops_early_ends_lumen_quietly() {
+    let s = Scratch::new("analyze-pipe");
+    let trace = recorded_run(&s);
+    for command in [format!("analyze {trace}"), format!("trace info {trace}")] {
+        // The reader exits at once; lumen's report, written after reading the trace, meets a
+        // closed pipe.
+        let script = format!("{} {command} | true; echo \"status ${{PIPESTATUS[0]}}\"", common::lumen_bin());
+        let out = std::process::Command::new("bash").args(["-c", &script]).output().expect("run bash");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "lumen {command}: {stderr}");
+        assert!(stdout.trim() == "status 0" || stdout.trim() == "status 141", "lumen {command} ended with {stdout}: {stderr}");
+    }
+}
+
+#[test]
 fn bad_input_is_refused_with_what_was_expected() {
     let s = Scratch::new("analyze-bad");
     lumen(&["analyze", &s.path("missing.lumen")]).fails_with(1, &["missing.lumen", "does not exist"]);
