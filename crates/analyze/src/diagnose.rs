@@ -558,7 +558,8 @@ fn launch_overhead(f: &Facts) -> Outcome {
     }
     let mut offenders: Vec<(&str, usize)> = short_eager.into_iter().collect();
     offenders.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let largest_batch = f.a.iterations.get().and_then(|i| i.per_iteration.iter().map(|it| it.ctx_reqs + it.gen_reqs).max());
+    let largest_batch =
+        f.a.iterations.get().and_then(|i| i.per_iteration.iter().map(|it| it.ctx_reqs + it.gen_reqs).max()).filter(|&n| n > 0);
     let batch = largest_batch.map_or("N (the largest decode batch you run)".to_string(), |n| n.to_string());
     let start = kernels.iter().map(|k| k.start_ns).min().unwrap_or(0);
     let end = kernels.iter().map(|k| k.end_ns).max().unwrap_or(0);

@@ -108,6 +108,9 @@ pub(crate) struct Window {
 
 /// The number after `iter ` in `iter 12`, `iter 12: 3 ctx reqs, ...` or `lumen: iter 12`.
 pub fn iteration_number(span_name: &str) -> Option<u64> {
+    if let Some(step) = span_name.strip_prefix("ProfilerStep#") {
+        return step.parse().ok();
+    }
     let rest = span_name.strip_prefix("lumen: ").unwrap_or(span_name).strip_prefix("iter ")?;
     let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     rest[..digits].parse().ok()
@@ -208,9 +211,10 @@ pub(crate) struct PhaseSpan<'a> {
     pub iteration: Option<u64>,
 }
 
-/// The engine's phase spans: the recorder's (category `phase`), or else, in a collector trace,
-/// lumen's NVTX ranges one level inside an iteration range (`lumen: forward` inside
-/// `lumen: iter 7: ...` on the same thread), named without the domain.
+/// The engine's phase spans: the recorder's (category `phase`), or else the ranges one level
+/// inside an iteration range on the same thread: in a collector trace lumen's NVTX ranges
+/// (`lumen: forward` inside `lumen: iter 7: ...`, named without the domain), in an imported
+/// torch.profiler trace the `record_function` ranges inside `ProfilerStep#N`.
 pub(crate) fn phase_spans(trace: &TraceData) -> Vec<PhaseSpan<'_>> {
     let recorded: Vec<PhaseSpan> = trace
         .spans
@@ -221,9 +225,9 @@ pub(crate) fn phase_spans(trace: &TraceData) -> Vec<PhaseSpan<'_>> {
     if !recorded.is_empty() {
         return recorded;
     }
-    let nvtx = trace.spans.iter().filter(|s| s.category == "nvtx");
+    let ranges = trace.spans.iter().filter(|s| s.category == "nvtx" || s.category == "user_annotation");
     let mut iterations: HashMap<u64, Vec<(u64, u64, u64)>> = HashMap::new();
-    for s in nvtx.clone().filter(|s| s.depth == 0) {
+    for s in ranges.clone().filter(|s| s.depth == 0) {
         if let Some(n) = iteration_number(&s.name) {
             iterations.entry(s.tid).or_default().push((s.start_ns, s.end_ns, n));
         }
@@ -231,9 +235,10 @@ pub(crate) fn phase_spans(trace: &TraceData) -> Vec<PhaseSpan<'_>> {
     for list in iterations.values_mut() {
         list.sort_unstable();
     }
-    nvtx.filter(|s| s.depth == 1)
+    ranges
+        .filter(|s| s.depth == 1)
         .filter_map(|s| {
-            let name = s.name.strip_prefix("lumen: ")?;
+            let name = if s.category == "nvtx" { s.name.strip_prefix("lumen: ")? } else { s.name.as_str() };
             let list = iterations.get(&s.tid)?;
             let (start, end, n) = list[..list.partition_point(|&(start, _, _)| start <= s.start_ns)].last()?;
             (*start <= s.start_ns && s.end_ns <= *end).then_some(PhaseSpan {
@@ -257,8 +262,8 @@ fn phase_times(trace: &TraceData) -> Measured<PhaseTimes> {
     }
     if by_name.is_empty() {
         return Measured::NotAvailable(
-            "the trace has no phase spans (category phase, or lumen's NVTX ranges inside iteration ranges); record the engine with \
-             `--trace` or LUMEN_TRACE, or under `lumen profile`"
+            "the trace has no phase spans (category phase, lumen's NVTX ranges or record_function ranges inside iteration \
+             ranges); record the engine with `--trace` or LUMEN_TRACE, or under `lumen profile`"
                 .into(),
         );
     }
@@ -376,7 +381,9 @@ mod tests {
         assert_eq!(iteration_number("iter 12"), Some(12));
         assert_eq!(iteration_number("iter 4: 1 ctx reqs, 2 gen reqs"), Some(4));
         assert_eq!(iteration_number("lumen: iter 7"), Some(7));
-        assert_eq!([iteration_number("iteration 3"), iteration_number("iter x"), iteration_number("forward")], [None, None, None]);
+        assert_eq!(iteration_number("ProfilerStep#31"), Some(31));
+        let others = ["iteration 3", "iter x", "forward", "ProfilerStep#", "ProfilerStep#3x"].map(iteration_number);
+        assert_eq!(others, [None; 5]);
     }
 
     #[test]
@@ -430,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn collector_traces_give_phases_from_lumens_nvtx_ranges_inside_iterations() {
+    fn collector_and_torch_traces_give_phases_from_ranges_inside_iterations() {
         let nested = |start, end, tid, name: &str, depth| SpanRow { depth, ..span(start, end, tid, name, "nvtx") };
         let spans = vec![
             nested(0, 100, 1, "lumen: iter 7: 0 ctx reqs, 4 gen reqs", 0),
@@ -444,6 +451,16 @@ mod tests {
             nested(10, 50, 3, "lumen: forward", 1),
         ];
         let trace = TraceData { spans, ..TraceData::default() };
+        let torch = TraceData {
+            spans: vec![
+                SpanRow { category: "user_annotation".into(), ..nested(0, 100, 4, "ProfilerStep#3", 0) },
+                SpanRow { category: "user_annotation".into(), ..nested(10, 70, 4, "forward", 1) },
+                SpanRow { category: "cpu_op".into(), ..nested(20, 30, 4, "aten::mm", 1) },
+            ],
+            ..TraceData::default()
+        };
+        let found: Vec<(&str, Option<u64>)> = phase_spans(&torch).iter().map(|p| (p.name, p.iteration)).collect();
+        assert_eq!(found, [("forward", Some(3))], "record_function ranges inside ProfilerStep#N");
         let found: Vec<(&str, u64, Option<u64>)> = phase_spans(&trace).iter().map(|p| (p.name, p.start_ns, p.iteration)).collect();
         assert_eq!(found, [("forward", 5, Some(7)), ("sample", 60, Some(7)), ("forward", 110, Some(8))]);
         let times = phases(&trace).phases.get().cloned().expect("phases from NVTX ranges");
