@@ -374,9 +374,9 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
         _ => None,
     };
     let phase = match (&waiting_phase, busiest_phase) {
-        (Some((name, _)), _) => format!("phase `{name}`, where the GPU waits,"),
-        (None, Some(p)) => format!("phase `{}`", p.name),
-        (None, None) => "the busiest CPU phase".to_string(),
+        (Some((name, _)), _) => format!("phase `{name}`, the one the GPU waits in"),
+        (None, Some(p)) => format!("phase `{}`, the longest (schedule, prepare inputs and sample are the usual ones)", p.name),
+        (None, None) => "the CPU work between launches (schedule, prepare inputs and sample are the usual ones)".to_string(),
     };
     Outcome::Fires(Finding {
         pattern: CPU_BOTTLENECK,
@@ -385,7 +385,7 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
         offenders,
         range_ns,
         action: format!(
-            "the GPU waits for the host: shorten {phase} (schedule, prepare inputs and sample are the usual ones); record waits and \
+            "the GPU waits for the host: shorten {phase}; record waits and \
              allocations with LUMEN_PROFILE_RECORD_WAITS=1 LUMEN_PROFILE_RECORD_ALLOC=1; replay decode from CUDA graphs (--cuda-graphs on)"
         ),
     })
@@ -697,21 +697,21 @@ pub fn render(d: &Diagnosis, out: &mut String) {
             if finding.explained_ns > 0 { format!(" (explains {})", text::duration(finding.explained_ns as f64)) } else { String::new() };
         let _ = writeln!(out, "  * {}{explains}", finding.pattern);
         for e in &finding.evidence {
-            let _ = writeln!(out, "      {e}");
+            text::wrapped(out, "      ", 8, e);
         }
         if let Some((start, end)) = finding.range_ns {
             let _ = writeln!(out, "      during +{} .. +{}", text::duration(start as f64), text::duration(end as f64));
         }
         for o in &finding.offenders {
-            let _ = writeln!(out, "      - {o}");
+            text::wrapped(out, "      - ", 8, o);
         }
-        let _ = writeln!(out, "      action: {}", finding.action);
+        text::wrapped(out, "      action: ", 8, &finding.action);
     }
     if !d.not_found.is_empty() {
-        let _ = writeln!(out, "  checked, not found: {}", d.not_found.join(", "));
+        text::wrapped(out, "  checked, not found: ", 4, &d.not_found.join(", "));
     }
     for u in &d.not_available {
-        let _ = writeln!(out, "  {}: not available: {}", u.pattern, u.reason);
+        text::wrapped(out, &format!("  {}: not available: ", u.pattern), 4, &u.reason);
     }
 }
 
@@ -725,11 +725,11 @@ pub fn render_explain() -> String {
     }
     thresholds.render(&mut out);
     text::heading(&mut out, "Diagnosis patterns");
-    let mut patterns = Table::new(&["pattern", "fires when", "action"], &[0, 1, 2]);
     for p in PATTERNS {
-        patterns.row(vec![p.name.into(), p.fires_when.into(), p.action.into()]);
+        let _ = writeln!(out, "  * {}", p.name);
+        text::wrapped(&mut out, "      fires when: ", 8, p.fires_when);
+        text::wrapped(&mut out, "      action: ", 8, p.action);
     }
-    patterns.render(&mut out);
     out
 }
 

@@ -290,14 +290,15 @@ pub fn render(kernels: &Measured<Kernels>, out: &mut String) {
         Measured::NotAvailable(why) => return not_available(out, "kernels", why),
     };
     line(out, "kernels", format_args!("{} ({} in all)", k.count, text::duration(k.total_ns as f64)));
-    let mut top = Table::new(&["kernel", "class", "count", "total", "share", "mean", "median", "min", "max", "grid", "block"], &[0, 1]);
-    for s in &k.top {
-        top.row(vec![
-            text::truncate(&s.name, 60),
-            s.class.as_str().into(),
-            s.count.to_string(),
-            text::duration(s.total_ns as f64),
-            text::percent(s.share),
+    // Two tables joined by rank, so that each fits the terminal with the names legible.
+    let mut top = Table::new(&["#", "kernel", "class", "count", "total", "share"], &[1, 2]);
+    let mut timing = Table::new(&["#", "mean", "median", "min", "max", "grid", "block"], &[]);
+    for (rank, s) in k.top.iter().enumerate() {
+        let rank = (rank + 1).to_string();
+        let share = text::percent(s.share);
+        top.row(vec![rank.clone(), s.name.clone(), s.class.as_str().into(), s.count.to_string(), text::duration(s.total_ns as f64), share]);
+        timing.row(vec![
+            rank,
             text::duration(s.mean_ns),
             text::duration(s.median_ns),
             text::duration(s.min_ns as f64),
@@ -307,6 +308,8 @@ pub fn render(kernels: &Measured<Kernels>, out: &mut String) {
         ]);
     }
     top.render(out);
+    out.push('\n');
+    timing.render(out);
     out.push('\n');
     let mut classes = Table::new(&["class", "ops", "total", "share"], &[0]);
     for c in &k.classes {

@@ -1,9 +1,18 @@
-//! Building blocks of the terminal report: headings, labelled lines, aligned tables, units.
+//! Building blocks of the terminal report: headings, labelled lines, aligned tables, units. No
+//! line is wider than [`WIDTH`] columns: long values wrap at spaces, sparklines are resampled to
+//! [`SPARK_WIDTH`], and a table too wide for the terminal truncates its widest left-aligned column
+//! or wraps its last one.
 
 use std::fmt::Write;
 
+/// The widest line the report writes, in characters.
+pub const WIDTH: usize = 100;
 /// The width of the label column of [`line`].
 const LABEL_WIDTH: usize = 24;
+/// The characters a sparkline may take.
+pub const SPARK_WIDTH: usize = 70;
+/// A table never narrows a column below this to fit.
+const MIN_COLUMN: usize = 12;
 
 pub fn heading(out: &mut String, title: &str) {
     if !out.is_empty() {
@@ -13,7 +22,49 @@ pub fn heading(out: &mut String, title: &str) {
 }
 
 pub fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "  {label:<LABEL_WIDTH$} {value}");
+    wrapped(out, &format!("  {label:<LABEL_WIDTH$} "), LABEL_WIDTH + 3, &value.to_string());
+}
+
+/// `text` broken at spaces into lines of at most `width` characters (at least one line); a word
+/// longer than `width` is split.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        loop {
+            let current = lines.last_mut().expect("never empty");
+            let used = current.chars().count();
+            let room = if used == 0 { width } else { width.saturating_sub(used + 1) };
+            if word.len() <= room {
+                if used > 0 {
+                    current.push(' ');
+                }
+                current.extend(word);
+                break;
+            }
+            if used == 0 {
+                current.extend(word.drain(..width));
+            }
+            lines.push(String::new());
+        }
+    }
+    lines
+}
+
+/// Writes `text` after `first`, continuing on lines indented by `indent` spaces, all within
+/// [`WIDTH`].
+pub fn wrapped(out: &mut String, first: &str, indent: usize, text: &str) {
+    let first_width = WIDTH.saturating_sub(first.chars().count()).max(MIN_COLUMN);
+    let mut lines = wrap(text, first_width).into_iter();
+    let head = lines.next().unwrap_or_default();
+    let _ = writeln!(out, "{first}{head}");
+    let rest: Vec<String> = lines.collect();
+    if !rest.is_empty() {
+        for line in wrap(&rest.join(" "), WIDTH - indent) {
+            let _ = writeln!(out, "{}{line}", " ".repeat(indent));
+        }
+    }
 }
 
 pub fn not_available(out: &mut String, label: &str, reason: &str) {
@@ -56,11 +107,18 @@ pub fn truncate(text: &str, max: usize) -> String {
     cut
 }
 
-/// Shares (0..=1, `None` for no data) as a one-line bar chart.
+/// Shares (0..=1, `None` for no data) as a one-line bar chart of at most [`SPARK_WIDTH`]
+/// characters: longer series are averaged over runs of adjacent values.
 pub fn sparkline(values: impl IntoIterator<Item = Option<f64>>) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let values: Vec<Option<f64>> = values.into_iter().collect();
+    let per_char = values.len().div_ceil(SPARK_WIDTH).max(1);
     values
-        .into_iter()
+        .chunks(per_char)
+        .map(|run| {
+            let known: Vec<f64> = run.iter().flatten().copied().collect();
+            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+        })
         .map(|v| match v {
             Some(v) => BARS[((v.clamp(0.0, 1.0) * 7.0).round()) as usize],
             None => ' ',
@@ -84,6 +142,8 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// Writes the table within [`WIDTH`]: when it is wider, a left-aligned last column wraps
+    /// onto continuation lines; otherwise the widest left-aligned columns are truncated.
     pub fn render(&self, out: &mut String) {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
@@ -91,13 +151,33 @@ impl Table {
                 *width = (*width).max(cell.chars().count());
             }
         }
+        let total = |widths: &[usize]| 2 + widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+        let last = widths.len().saturating_sub(1);
+        let wrap_last = total(&widths) > WIDTH && self.left.contains(&last);
+        if wrap_last {
+            widths[last] = widths[last].saturating_sub(total(&widths) - WIDTH).max(MIN_COLUMN);
+        }
+        while total(&widths) > WIDTH {
+            let widest = self.left.iter().copied().filter(|&i| i < widths.len() && widths[i] > MIN_COLUMN).max_by_key(|&i| widths[i]);
+            let Some(i) = widest else { break };
+            widths[i] -= 1;
+        }
+        let start_of_last = total(&widths) - widths[last];
         for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut continuation = Vec::new();
             let cells: Vec<String> = row
                 .iter()
                 .zip(&widths)
                 .enumerate()
                 .map(|(i, (cell, &width))| {
-                    let pad = " ".repeat(width - cell.chars().count());
+                    let cell = if wrap_last && i == last {
+                        let mut lines = wrap(cell, width);
+                        continuation = lines.split_off(1);
+                        lines.remove(0)
+                    } else {
+                        truncate(cell, width)
+                    };
+                    let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
                     if self.left.contains(&i) {
                         format!("{cell}{pad}")
                     } else {
@@ -106,6 +186,9 @@ impl Table {
                 })
                 .collect();
             let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
+            for line in continuation {
+                let _ = writeln!(out, "{}{line}", " ".repeat(start_of_last));
+            }
         }
     }
 }
@@ -122,6 +205,46 @@ mod tests {
         );
         assert_eq!([bytes(512), bytes(1536), bytes(3 << 30)], ["512 B", "1.50 KiB", "3.00 GiB"]);
         assert_eq!(truncate("flash_fwd_kernel", 6), "flash…");
+    }
+
+    #[test]
+    fn long_text_wraps_at_spaces_and_long_words_are_split() {
+        assert_eq!(wrap("one two three four", 9), ["one two", "three", "four"]);
+        assert_eq!(wrap("abcdefghij xy", 4), ["abcd", "efgh", "ij", "xy"]);
+        assert_eq!(wrap("", 10), [""]);
+        let mut out = String::new();
+        line(&mut out, "action", "word ".repeat(40).trim_end());
+        assert!(out.lines().count() > 1 && out.lines().all(|l| l.chars().count() <= WIDTH), "{out}");
+        assert!(
+            out.lines().skip(1).all(|l| l.starts_with(&" ".repeat(LABEL_WIDTH + 3)) && !l[LABEL_WIDTH + 3..].starts_with(' ')),
+            "{out}"
+        );
+        assert_eq!(out.split_whitespace().filter(|w| *w == "word").count(), 40, "no word is lost");
+    }
+
+    #[test]
+    fn sparklines_average_long_series_down_to_their_width() {
+        let series: Vec<Option<f64>> = (0..SPARK_WIDTH * 2).map(|i| Some(if i % 2 == 0 { 0.0 } else { 1.0 })).collect();
+        assert_eq!(sparkline(series), "▅".repeat(SPARK_WIDTH), "each character averages a pair: 0.5");
+        assert_eq!(sparkline([Some(0.0), None, Some(1.0)]), "▁ █");
+    }
+
+    #[test]
+    fn wide_tables_wrap_their_last_column_or_truncate_the_widest_left_one() {
+        let mut gaps = Table::new(&["at", "spans"], &[1]);
+        gaps.row(vec!["+1 ms".into(), "forward (main, 53.1 µs); ".repeat(8).trim_end().into()]);
+        let mut out = String::new();
+        gaps.render(&mut out);
+        assert!(out.lines().count() > 2 && out.lines().all(|l| l.chars().count() <= WIDTH), "{out}");
+        assert_eq!(out.matches("forward").count(), 8, "the wrapped column keeps every word:\n{out}");
+
+        let mut kernels = Table::new(&["kernel", "total", "share"], &[0]);
+        kernels.row(vec!["void at::native::vectorized_elementwise_kernel<".repeat(3), "1.0 ms".into(), "50.0%".into()]);
+        let mut out = String::new();
+        kernels.render(&mut out);
+        let row = out.lines().nth(1).unwrap();
+        assert_eq!(row.chars().count(), WIDTH, "{out}");
+        assert!(row.contains('…') && row.ends_with("1.0 ms  50.0%"), "{out}");
     }
 
     #[test]

@@ -84,3 +84,14 @@ fn with_cuda_graphs_every_kernel_is_a_graph_node_and_launch_overhead_is_gone() {
     let mean_host = |a: &Analysis| a.iterations.get().expect("iterations").host_ms.mean;
     assert!(mean_host(&a) < mean_host(&eager), "graphs make iterations faster: {} vs {} ms", mean_host(&a), mean_host(&eager));
 }
+
+#[test]
+fn the_terminal_report_of_a_real_trace_fits_100_columns() {
+    for name in ["h100_eager.lumen", "h100_graphs.lumen"] {
+        let (_, a) = fixture(name);
+        let report = render_text(&a);
+        let wide: Vec<&str> = report.lines().filter(|l| l.chars().count() > 100).collect();
+        assert!(wide.is_empty(), "{name}: {} lines wider than 100 columns:\n{}", wide.len(), wide.join("\n"));
+        assert!(report.contains("nvjet_sm90_tst_64x8_64x16_2x4_h_bz_TNT"), "kernel names stay legible:\n{report}");
+    }
+}

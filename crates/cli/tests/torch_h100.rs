@@ -68,6 +68,6 @@ fn a_real_h100_torch_profile_imports_and_its_diagnosis_names_the_loops_faults() 
     let launch = findings(&a, "kernel-launch overhead").expect("a small eager decode loop is launch bound");
     assert!(launch["action"].as_str().unwrap().contains("--cuda-graph-max-batch-size N"), "no batch size is known: {launch}");
     let cpu = findings(&a, "CPU bottleneck").expect("the GPU mostly waits for Python");
-    assert!(cpu["action"].as_str().unwrap().contains("phase `forward`, where the GPU waits"), "{cpu}");
+    assert!(cpu["action"].as_str().unwrap().contains("phase `forward`, the one the GPU waits in"), "{cpu}");
     assert!(report.starts_with("== Diagnosis =="), "{report}");
 }
