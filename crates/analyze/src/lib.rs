@@ -3,11 +3,13 @@
 //! hardware counters, memory traffic), computed from a [`TraceData`] in memory. Each analysis is
 //! a serialisable struct, [`Measured::NotAvailable`] with the reason when the trace lacks its
 //! data; [`diagnose`] reads them for known performance patterns, and [`render_text`] prints the
-//! diagnosis first, then every figure, as a terminal report.
+//! diagnosis first, then every figure, as a terminal report; [`render_html`] writes the same as
+//! one self-contained HTML page with charts.
 
 pub mod diagnose;
 pub mod gpu;
 pub mod hardware;
+pub mod html;
 pub mod iterations;
 pub mod kernels;
 pub mod launch;
@@ -22,6 +24,7 @@ mod text;
 use lumen_trace::model::TraceData;
 use serde::Serialize;
 
+pub use html::render_html;
 pub use lumen_trace::correlate::LaunchIndex;
 pub use stats::Distribution;
 

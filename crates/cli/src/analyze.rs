@@ -1,11 +1,12 @@
 //! `lumen analyze TRACE`: reads a `.lumen` trace (recorder or collector) and prints what the
 //! GPU, the kernels, the launches, the iterations, the sampled hardware metrics and memory traffic
 //! measure (crates/analyze), each section saying "not available" when the trace lacks its data,
-//! after a diagnosis of the known performance patterns those figures show.
+//! after a diagnosis of the known performance patterns those figures show; `--html` writes the
+//! same report as one self-contained HTML page with charts.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lumen_analyze::{analyze, diagnose, render_text, Options};
+use lumen_analyze::{analyze, diagnose, render_html, render_text, Options};
 use lumen_trace::store::read_trace;
 use std::path::PathBuf;
 
@@ -26,6 +27,9 @@ pub struct AnalyzeArgs {
     /// Also write the analysis, diagnosis included, as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page with charts to FILE.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// After the report, print the diagnosis thresholds and when each pattern fires.
     #[arg(long)]
     explain: bool,
@@ -45,6 +49,9 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&analysis).context("serializing the analysis")?;
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, render_html(&analysis)).with_context(|| format!("cannot write the HTML report {}", path.display()))?;
     }
     print!("{}", render_text(&analysis));
     if args.explain {

@@ -1,0 +1,1055 @@
+//! The HTML report: [`render_html`] turns an [`Analysis`] into one self-contained page (inline CSS
+//! and SVG, no script, nothing fetched) holding what the text report holds, diagnosis first, with
+//! charts of the GPU busy series, the kernel-class shares, per-iteration host and device time and
+//! the sampled hardware counters. Every string taken from the trace is escaped.
+
+use std::fmt::Write;
+
+use crate::diagnose::Diagnosis;
+use crate::gpu::{DeviceGaps, DeviceUtilisation};
+use crate::hardware::Hardware;
+use crate::iterations::{Iterations, Phases, SpanTotal};
+use crate::kernels::Kernels;
+use crate::launch::Launch;
+use crate::memory::{CopyTotal, Memory};
+use crate::overview::Overview;
+use crate::ranges::ProjectedRange;
+use crate::stats::{share, Distribution};
+use crate::text;
+use crate::{Analysis, Measured};
+
+/// A section's body from the whole analysis.
+type Body = fn(&Analysis, &mut String);
+
+/// The page's sections in order: element id, heading, body.
+const SECTIONS: [(&str, &str, Body); 11] = [
+    ("diagnosis", "Diagnosis", |a, out| diagnosis(&a.diagnosis, out)),
+    ("overview", "Overview", |a, out| overview(&a.overview, out)),
+    ("gpu", "GPU utilisation", |a, out| gpu(&a.gpu, out)),
+    ("gaps", "GPU idle gaps", |a, out| gaps(&a.gaps, out)),
+    ("kernels", "Kernels", |a, out| kernels(&a.kernels, out)),
+    ("launch", "Launch overhead", |a, out| launch(&a.launch, out)),
+    ("iterations", "Iterations", |a, out| iterations(&a.iterations, out)),
+    ("phases", "CPU phases", |a, out| phases(&a.phases, out)),
+    ("ranges", "CPU ranges on the GPU", |a, out| ranges(&a.ranges, out)),
+    ("hardware", "Hardware counters", |a, out| hardware(&a.hardware, out)),
+    ("memory", "Memory", |a, out| memory(&a.memory, out)),
+];
+
+/// The element ids of the page's sections, in page order.
+pub fn section_ids() -> impl Iterator<Item = &'static str> {
+    SECTIONS.iter().map(|s| s.0)
+}
+
+/// The charts' element ids: GPU busy share over time, kernel-class time shares, per-iteration host
+/// and device time, hardware counters over time.
+pub const CHARTS: [&str; 4] = ["chart-gpu-busy", "chart-kernel-classes", "chart-iterations", "chart-hardware"];
+
+/// How many outlier iterations the page lists.
+const LISTED_OUTLIERS: usize = 10;
+/// Names longer than this are cut in tables; the full name is the cell's tooltip.
+const NAME_CHARS: usize = 120;
+
+const STYLE: &str = "\
+body{margin:0;background:#f4f5f7;color:#1d2330;font:14px/1.45 system-ui,'Segoe UI',Helvetica,Arial,sans-serif}
+main{max-width:1120px;margin:0 auto;padding:12px 24px 40px}
+h1{font-size:22px;margin:8px 0 2px}
+.subtitle{color:#555;margin:0 0 8px}
+nav{margin:4px 0 12px}
+nav a{margin-right:14px;color:#2457a6;text-decoration:none}
+section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px 16px 12px;margin:14px 0;overflow-x:auto}
+h2{font-size:17px;margin:0 0 8px}
+h3{font-size:14px;margin:12px 0 4px}
+table{border-collapse:collapse;margin:4px 0 10px}
+th,td{padding:2px 10px;border-bottom:1px solid #eceff3;text-align:left;vertical-align:top}
+td:first-child:not(.num){overflow-wrap:anywhere;min-width:14em}
+thead th{border-bottom:1px solid #b9c0c9;font-weight:600}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.facts th{font-weight:normal;color:#555;white-space:nowrap;padding-left:0}
+.not-available{color:#8a5a00}
+.finding{border-left:4px solid #c9302c;background:#fcf3f2;padding:8px 12px;margin:10px 0}
+.finding h3{margin:0 0 4px}
+.finding ul,.finding ol{margin:4px 0;padding-left:22px}
+.action{font-weight:600;margin:6px 0 0}
+figure.chart{margin:14px 0 6px}
+figcaption{font-weight:600;margin-bottom:4px}
+figure svg{display:block;width:100%;height:auto;background:#fff}
+svg text{font-size:11px;fill:#4a5260}
+svg .axis{stroke:#9aa3ae}
+svg .grid{stroke:#e6e9ee}
+.legend{list-style:none;margin:4px 0;padding:0;display:flex;flex-wrap:wrap;gap:2px 18px}
+.swatch{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:-1px}
+";
+
+/// Line and bar colours, taken in turn.
+const PALETTE: [&str; 8] = ["#2f6db5", "#e07b18", "#2e9e4f", "#c9302c", "#7d55b8", "#8c564b", "#d45fb0", "#6b7280"];
+
+/// The whole analysis as one self-contained HTML page.
+pub fn render_html(a: &Analysis) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    let title = match (&a.overview.command, &a.overview.model) {
+        (Some(command), _) => format!("lumen analyze: {command}"),
+        (None, Some(model)) => format!("lumen analyze: {model}"),
+        (None, None) => "lumen analyze".to_string(),
+    };
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<style>\n{STYLE}</style>\n</head>\n\
+         <body>\n<main>\n<h1>{}</h1>\n",
+        escape(&title),
+        escape(&title)
+    );
+    if let Measured::Available(span) = &a.overview.span {
+        let _ = writeln!(out, "<p class=\"subtitle\">a trace of {}</p>", escape(&text::duration(span.duration_ns as f64)));
+    }
+    out.push_str("<nav>");
+    for (id, heading, _) in SECTIONS {
+        let _ = write!(out, "<a href=\"#{id}\">{heading}</a>");
+    }
+    out.push_str("</nav>\n");
+    for (id, heading, body) in SECTIONS {
+        let _ = writeln!(out, "<section id=\"{id}\">\n<h2>{heading}</h2>");
+        body(a, &mut out);
+        out.push_str("</section>\n");
+    }
+    out.push_str("</main>\n</body>\n</html>\n");
+    out
+}
+
+/// `s` made safe for HTML text and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn not_available(out: &mut String, why: &str) {
+    let _ = writeln!(out, "<p class=\"not-available\">not available: {}</p>", escape(why));
+}
+
+/// `value` as text, or why it is missing.
+fn fact<T>(value: &Measured<T>, show: impl FnOnce(&T) -> String) -> Measured<String> {
+    match value {
+        Measured::Available(v) => Measured::Available(show(v)),
+        Measured::NotAvailable(why) => Measured::NotAvailable(why.clone()),
+    }
+}
+
+/// Labelled values, the page's form of the text report's labelled lines.
+fn facts(out: &mut String, rows: Vec<(String, Measured<String>)>) {
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("<table class=\"facts\"><tbody>\n");
+    for (label, value) in rows {
+        let _ = match value {
+            Measured::Available(v) => writeln!(out, "<tr><th>{}</th><td>{}</td></tr>", escape(&label), escape(&v)),
+            Measured::NotAvailable(why) => {
+                writeln!(out, "<tr><th>{}</th><td class=\"not-available\">not available: {}</td></tr>", escape(&label), escape(&why))
+            }
+        };
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+/// A table whose columns are right-aligned numbers except the ones named in `left`; a long cell in
+/// a left column is cut, its full text in the tooltip.
+fn table(out: &mut String, header: &[&str], left: &[usize], rows: impl IntoIterator<Item = Vec<String>>) {
+    let align = |i: usize| if left.contains(&i) { "" } else { " class=\"num\"" };
+    out.push_str("<table><thead><tr>");
+    for (i, h) in header.iter().enumerate() {
+        let _ = write!(out, "<th{}>{}</th>", align(i), escape(h));
+    }
+    out.push_str("</tr></thead><tbody>\n");
+    for row in rows {
+        out.push_str("<tr>");
+        for (i, cell) in row.iter().enumerate() {
+            if left.contains(&i) && cell.chars().count() > NAME_CHARS {
+                let _ = write!(out, "<td title=\"{}\">{}</td>", escape(cell), escape(&text::truncate(cell, NAME_CHARS)));
+            } else {
+                let _ = write!(out, "<td{}>{}</td>", align(i), escape(cell));
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+fn h3(out: &mut String, heading: &str) {
+    let _ = writeln!(out, "<h3>{}</h3>", escape(heading));
+}
+
+fn list(out: &mut String, tag: &str, class: &str, items: &[String]) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = write!(out, "<{tag} class=\"{class}\">");
+    for item in items {
+        let _ = write!(out, "<li>{}</li>", escape(item));
+    }
+    let _ = writeln!(out, "</{tag}>");
+}
+
+fn diagnosis(d: &Diagnosis, out: &mut String) {
+    if d.findings.is_empty() {
+        out.push_str("<p>no pattern found</p>\n");
+    }
+    for f in &d.findings {
+        let _ = writeln!(out, "<article class=\"finding\">\n<h3 class=\"pattern\">{}</h3>", escape(f.pattern));
+        if f.explained_ns > 0 {
+            let _ = writeln!(out, "<p class=\"explains\">explains {}</p>", escape(&text::duration(f.explained_ns as f64)));
+        }
+        list(out, "ul", "evidence", &f.evidence);
+        if let Some((start, end)) = f.range_ns {
+            let during = format!("during +{} .. +{}", text::duration(start as f64), text::duration(end as f64));
+            let _ = writeln!(out, "<p class=\"range\">{}</p>", escape(&during));
+        }
+        if !f.offenders.is_empty() {
+            out.push_str("<p>top offenders:</p>\n");
+            list(out, "ol", "offenders", &f.offenders);
+        }
+        let _ = writeln!(out, "<p class=\"action\">action: {}</p>\n</article>", escape(&f.action));
+    }
+    if !d.not_found.is_empty() {
+        let _ = writeln!(out, "<p class=\"not-found\">checked, not found: {}</p>", escape(&d.not_found.join(", ")));
+    }
+    facts(out, d.not_available.iter().map(|u| (u.pattern.to_string(), Measured::NotAvailable(u.reason.clone()))).collect());
+}
+
+fn overview(o: &Overview, out: &mut String) {
+    let mut rows: Vec<(String, Measured<String>)> = [("command", &o.command), ("model", &o.model)]
+        .into_iter()
+        .filter_map(|(label, value)| Some((label.to_string(), Measured::Available(value.clone()?))))
+        .collect();
+    rows.extend([
+        ("time span".to_string(), fact(&o.span, |s| text::duration(s.duration_ns as f64))),
+        ("iterations profiled".to_string(), fact(&o.iterations, |i| format!("{} ({}..={})", i.count, i.first, i.last))),
+        (
+            "requests".to_string(),
+            fact(&o.requests, |r| format!("{} ({} input, {} output tokens)", r.count, r.input_tokens, r.output_tokens)),
+        ),
+        ("tokens".to_string(), fact(&o.tokens, |t| format!("{} prefill, {} decode ({:.1} tokens/s)", t.prefill, t.decode, t.per_second))),
+        ("GPU".to_string(), o.gpu.clone()),
+        ("GPU metrics source".to_string(), o.gpu_metrics_source.clone()),
+        (
+            "processes".to_string(),
+            fact(&o.processes, |p| {
+                let names: Vec<String> = p.iter().map(|p| format!("{} {}", p.pid, p.name)).collect();
+                format!("{} ({})", p.len(), names.join(", "))
+            }),
+        ),
+    ]);
+    facts(out, rows);
+}
+
+fn gpu(devices: &Measured<Vec<DeviceUtilisation>>, out: &mut String) {
+    let devices = match devices {
+        Measured::Available(devices) => devices,
+        Measured::NotAvailable(why) => {
+            not_available(out, why);
+            return figure(out, CHARTS[0], "GPU busy share over time", Err(why.clone()));
+        }
+    };
+    for d in devices {
+        h3(out, &format!("device {}", d.device));
+        let window = (d.end_ns - d.start_ns) as f64;
+        let busy = format!(
+            "{} of {} ({}), idle {}",
+            text::duration(d.busy_ns as f64),
+            text::duration(window),
+            text::percent(d.busy_share),
+            text::duration(d.idle_ns as f64)
+        );
+        facts(out, vec![("busy".into(), Measured::Available(busy))]);
+        let kinds = d
+            .kinds
+            .iter()
+            .map(|k| vec![k.kind.to_string(), k.ops.to_string(), text::duration(k.busy_ns as f64), text::percent(k.share_of_busy)]);
+        table(out, &["kind", "ops", "busy", "of busy"], &[0], kinds);
+        let streams = d.streams.iter().map(|s| {
+            let stream = s.stream.map_or("-".to_string(), |s| s.to_string());
+            vec![stream, s.ops.to_string(), text::duration(s.busy_ns as f64), text::percent(s.busy_share)]
+        });
+        table(out, &["stream", "ops", "busy", "busy %"], &[0], streams);
+    }
+    figure(out, CHARTS[0], "GPU busy share over time", busy_chart(devices));
+}
+
+fn gaps(devices: &Measured<Vec<DeviceGaps>>, out: &mut String) {
+    let devices = match devices {
+        Measured::Available(devices) => devices,
+        Measured::NotAvailable(why) => return not_available(out, why),
+    };
+    for d in devices {
+        h3(out, &format!("device {}: {} gaps, {} idle", d.device, d.count, text::duration(d.total_ns as f64)));
+        let classes = d.classes.iter().map(|c| {
+            vec![
+                c.class.as_str().into(),
+                c.count.to_string(),
+                text::duration(c.total_ns as f64),
+                text::percent(share(c.total_ns as f64, d.total_ns as f64)),
+            ]
+        });
+        table(out, &["class", "count", "total", "of idle"], &[0], classes);
+        if d.largest.is_empty() {
+            continue;
+        }
+        let largest = d.largest.iter().map(|g| {
+            let spans: Vec<String> = g
+                .cpu_spans
+                .iter()
+                .map(|s| {
+                    let thread = s.thread.as_ref().map_or(s.tid.to_string(), |name| format!("{} {name}", s.tid));
+                    format!("{} ({thread}, {})", s.name, text::duration(s.overlap_ns as f64))
+                })
+                .collect();
+            vec![
+                format!("+{}", text::duration((g.start_ns - d.start_ns) as f64)),
+                text::duration(g.duration_ns as f64),
+                g.class.as_str().into(),
+                if spans.is_empty() { "-".into() } else { spans.join("; ") },
+            ]
+        });
+        table(out, &["at", "duration", "class", "CPU spans (thread, overlap)"], &[2, 3], largest);
+    }
+}
+
+fn dims(d: Option<[u32; 3]>) -> String {
+    d.map_or("-".into(), |[x, y, z]| format!("{x},{y},{z}"))
+}
+
+fn kernels(kernels: &Measured<Kernels>, out: &mut String) {
+    let k = match kernels {
+        Measured::Available(k) => k,
+        Measured::NotAvailable(why) => {
+            not_available(out, why);
+            return figure(out, CHARTS[1], "Time share per kernel class", Err(why.clone()));
+        }
+    };
+    facts(out, vec![("kernels".into(), Measured::Available(format!("{} ({} in all)", k.count, text::duration(k.total_ns as f64))))]);
+    let top = k.top.iter().map(|s| {
+        vec![
+            s.name.clone(),
+            s.class.as_str().into(),
+            s.count.to_string(),
+            text::duration(s.total_ns as f64),
+            text::percent(s.share),
+            text::duration(s.mean_ns),
+            text::duration(s.median_ns),
+            text::duration(s.min_ns as f64),
+            text::duration(s.max_ns as f64),
+            dims(s.grid),
+            dims(s.block),
+        ]
+    });
+    table(out, &["kernel", "class", "count", "total", "share", "mean", "median", "min", "max", "grid", "block"], &[0, 1], top);
+    let classes = k
+        .classes
+        .iter()
+        .map(|c| vec![c.class.as_str().into(), c.count.to_string(), text::duration(c.total_ns as f64), text::percent(c.share)]);
+    table(out, &["class", "ops", "total", "share"], &[0], classes);
+    figure(out, CHARTS[1], "Time share per kernel class", Ok(class_chart(k)));
+    let shorter =
+        fact(&k.shorter_than_launch, |s| format!("{} of {} launched kernels ({})", s.count, s.with_launch, text::percent(s.share)));
+    facts(out, vec![("shorter than launch".into(), shorter)]);
+    if let Measured::Available(s) = &k.shorter_than_launch {
+        if !s.names.is_empty() {
+            table(
+                out,
+                &["kernels shorter than their launch", "count"],
+                &[0],
+                s.names.iter().map(|(name, n)| vec![name.clone(), n.to_string()]),
+            );
+        }
+    }
+}
+
+fn launch(launch: &Measured<Launch>, out: &mut String) {
+    let l = match launch {
+        Measured::Available(l) => l,
+        Measured::NotAvailable(why) => return not_available(out, why),
+    };
+    facts(
+        out,
+        vec![
+            ("API time".into(), Measured::Available(format!("{} over {} calls", text::duration(l.api_total_ns as f64), l.api_calls))),
+            ("kernel time".into(), Measured::Available(format!("{} over {} kernels", text::duration(l.kernel_total_ns as f64), l.kernels))),
+            (
+                "queue (launch end→start)".into(),
+                fact(&l.queue_ns, |q| {
+                    format!("mean {}, median {}, p90 {}", text::duration(q.mean), text::duration(q.median), text::duration(q.p90))
+                }),
+            ),
+            (
+                "kernels per iteration".into(),
+                fact(&l.per_iteration, |p| {
+                    format!(
+                        "mean {:.1}, median {:.1}, p90 {:.1}, max {} over {} iterations ({}); {} launched outside",
+                        p.kernels.mean, p.kernels.median, p.kernels.p90, p.kernels.max, p.iterations, p.source, p.outside
+                    )
+                }),
+            ),
+            (
+                "CUDA graphs".into(),
+                fact(&l.graphs, |g| {
+                    format!("{} graph launches; {} node kernels, {} eager kernels", g.graph_launches, g.node_kernels, g.eager_kernels)
+                }),
+            ),
+        ],
+    );
+}
+
+fn distribution_ms(d: &Distribution) -> String {
+    format!("mean {}, median {}, p90 {}, max {}", text::ms(d.mean), text::ms(d.median), text::ms(d.p90), text::ms(d.max))
+}
+
+fn iterations(iterations: &Measured<Iterations>, out: &mut String) {
+    let it = match iterations {
+        Measured::Available(it) => it,
+        Measured::NotAvailable(why) => {
+            not_available(out, why);
+            return figure(out, CHARTS[2], "Host and device time per iteration", Err(why.clone()));
+        }
+    };
+    facts(
+        out,
+        vec![
+            ("iterations".into(), Measured::Available(it.per_iteration.len().to_string())),
+            ("host time".into(), Measured::Available(distribution_ms(&it.host_ms))),
+            ("device time".into(), fact(&it.device_ms, distribution_ms)),
+            ("host − device (mean)".into(), fact(&it.mean_host_minus_device_ms, |gap| text::ms(*gap))),
+            (
+                "KV utilisation".into(),
+                fact(&it.kv_utilisation, |kv| format!("mean {}, max {}", text::percent(kv.mean), text::percent(kv.max))),
+            ),
+            ("outliers".into(), Measured::Available(format!("{} above {}", it.outliers.len(), text::ms(it.outlier_threshold_ms)))),
+        ],
+    );
+    if !it.outliers.is_empty() {
+        let outliers = it.outliers.iter().take(LISTED_OUTLIERS).map(|o| {
+            vec![
+                o.iter.to_string(),
+                text::ms(o.host_ms),
+                o.device_ms.map_or("-".into(), text::ms),
+                o.ctx_reqs.to_string(),
+                o.ctx_tokens.to_string(),
+                o.gen_reqs.to_string(),
+                o.gen_tokens.to_string(),
+                o.kv_utilisation.map_or("-".into(), text::percent),
+            ]
+        });
+        table(out, &["iter", "host", "device", "ctx reqs", "ctx tokens", "gen reqs", "gen tokens", "KV"], &[], outliers);
+    }
+    figure(out, CHARTS[2], "Host and device time per iteration", Ok(iteration_chart(it)));
+    let allocations = fact(&it.allocations, |a| {
+        format!(
+            "{:.1} per iteration (max {}), {} per iteration (max {})",
+            a.mean_count,
+            a.max_count,
+            text::bytes(a.mean_bytes as u64),
+            text::bytes(a.max_bytes)
+        )
+    });
+    facts(out, vec![("host allocations".into(), allocations)]);
+}
+
+fn phases(p: &Phases, out: &mut String) {
+    match &p.phases {
+        Measured::Available(times) => {
+            let rows = times.phases.iter().map(|phase| {
+                vec![
+                    phase.name.clone(),
+                    phase.count.to_string(),
+                    text::duration(phase.total_ns as f64),
+                    phase.mean_per_iteration_ns.map_or("-".into(), text::duration),
+                    phase.share_of_host.map_or("-".into(), text::percent),
+                ]
+            });
+            table(out, &["phase", "spans", "total", "per iteration", "of host"], &[0], rows);
+        }
+        Measured::NotAvailable(why) => not_available(out, why),
+    }
+    let total = |t: &SpanTotal| format!("{} over {} spans", text::duration(t.total_ns as f64), t.count);
+    facts(out, vec![("alloc spans".into(), fact(&p.alloc_spans, total)), ("wait spans".into(), fact(&p.wait_spans, total))]);
+}
+
+fn ranges(ranges: &Measured<Vec<ProjectedRange>>, out: &mut String) {
+    let ranges = match ranges {
+        Measured::Available(ranges) => ranges,
+        Measured::NotAvailable(why) => return not_available(out, why),
+    };
+    let rows = ranges.iter().map(|r| {
+        vec![
+            r.name.clone(),
+            r.ranges.to_string(),
+            r.api_calls.to_string(),
+            r.gpu_ops.to_string(),
+            text::duration(r.gpu_total_ns as f64),
+            r.mean_gpu_ns.map_or("-".into(), text::duration),
+            text::duration(r.mean_cpu_ns),
+        ]
+    });
+    table(out, &["range", "ranges", "API calls", "GPU ops", "GPU total", "mean GPU", "mean CPU"], &[0], rows);
+}
+
+fn hardware(hardware: &Measured<Hardware>, out: &mut String) {
+    let h = match hardware {
+        Measured::Available(h) => h,
+        Measured::NotAvailable(why) => {
+            not_available(out, why);
+            return figure(out, CHARTS[3], "Hardware counters over time", Err(why.clone()));
+        }
+    };
+    facts(out, vec![("source".into(), h.source.clone())]);
+    let rows = h.counters.iter().map(|c| {
+        let v = &c.values;
+        [c.name.clone(), c.device.to_string(), v.count.to_string()]
+            .into_iter()
+            .chain([v.mean, v.median, v.p90, v.max].map(|x| format!("{x:.1}")))
+            .collect()
+    });
+    table(out, &["counter", "device", "samples", "mean", "p50", "p90", "max"], &[0], rows);
+    figure(out, CHARTS[3], "Hardware counters over time", hardware_chart(h));
+}
+
+fn copy_line(t: &CopyTotal) -> String {
+    format!("{} copies, {}, {}", t.count, text::bytes(t.bytes), text::duration(t.total_ns as f64))
+}
+
+fn memory(m: &Memory, out: &mut String) {
+    match &m.transfers {
+        Measured::Available(transfers) => {
+            let all_ns: u64 = transfers.iter().map(|t| t.total_ns).sum();
+            let rows = transfers.iter().map(|t| {
+                vec![
+                    t.kind.clone(),
+                    t.count.to_string(),
+                    text::bytes(t.bytes),
+                    text::duration(t.total_ns as f64),
+                    text::percent(share(t.total_ns as f64, all_ns as f64)),
+                    t.bandwidth_gb_s.map_or("-".into(), |bw| format!("{bw:.1}")),
+                ]
+            });
+            table(out, &["kind", "count", "bytes", "time", "share", "GB/s"], &[0], rows);
+        }
+        Measured::NotAvailable(why) => facts(out, vec![("copies".into(), Measured::NotAvailable(why.clone()))]),
+    }
+    facts(
+        out,
+        vec![
+            ("pageable async copies".into(), fact(&m.pageable_async, copy_line)),
+            (
+                "synchronous copies".into(),
+                fact(&m.synchronous, |s| {
+                    let calls: Vec<String> = s.calls.iter().map(|(name, n)| format!("{name} {n}")).collect();
+                    let calls = if calls.is_empty() { String::new() } else { format!(" ({})", calls.join(", ")) };
+                    format!("{}{calls}", copy_line(&s.total))
+                }),
+            ),
+            (
+                "allocation calls".into(),
+                fact(&m.api_allocations, |a| {
+                    format!(
+                        "{} allocs ({}), {} frees ({})",
+                        a.allocs.count,
+                        text::duration(a.allocs.total_ns as f64),
+                        a.frees.count,
+                        text::duration(a.frees.total_ns as f64)
+                    )
+                }),
+            ),
+            (
+                "host allocations".into(),
+                fact(&m.host_allocations, |h| {
+                    format!(
+                        "{} allocations, {}, {} frees over {} iterations; KV blocks +{} -{}",
+                        h.count,
+                        text::bytes(h.bytes),
+                        h.frees,
+                        h.iterations,
+                        h.kv_blocks_allocated,
+                        h.kv_blocks_freed
+                    )
+                }),
+            ),
+        ],
+    );
+}
+
+/// An SVG chart with the legend under it, and a note on what it leaves out.
+struct Chart {
+    svg: String,
+    legend: Vec<String>,
+    note: Option<String>,
+}
+
+/// A chart in its figure, or why it cannot be drawn.
+fn figure(out: &mut String, id: &str, caption: &str, chart: Result<Chart, String>) {
+    let _ = writeln!(out, "<figure class=\"chart\" id=\"{id}\">\n<figcaption>{}</figcaption>", escape(caption));
+    match chart {
+        Ok(chart) => {
+            out.push_str(&chart.svg);
+            if !chart.legend.is_empty() {
+                out.push_str("\n<ul class=\"legend\">");
+                for (i, name) in chart.legend.iter().enumerate() {
+                    let _ = write!(out, "<li><span class=\"swatch\" style=\"background:{}\"></span>{}</li>", colour(i), escape(name));
+                }
+                out.push_str("</ul>");
+            }
+            out.push('\n');
+            if let Some(note) = chart.note {
+                not_available(out, &note);
+            }
+        }
+        Err(why) => not_available(out, &why),
+    }
+    out.push_str("</figure>\n");
+}
+
+/// The drawing's width in SVG units, and the plot area's left and right margins.
+const WIDTH: f64 = 960.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 24.0;
+
+fn colour(i: usize) -> &'static str {
+    PALETTE[i % PALETTE.len()]
+}
+
+fn svg_open(svg: &mut String, height: f64, label: &str) {
+    let _ = write!(svg, "<svg viewBox=\"0 0 {WIDTH} {height:.0}\" role=\"img\" aria-label=\"{}\">", escape(label));
+}
+
+fn label(svg: &mut String, x: f64, y: f64, anchor: &str, content: &str) {
+    let _ = write!(svg, "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"{anchor}\">{}</text>", escape(content));
+}
+
+fn hline(svg: &mut String, class: &str, x0: f64, x1: f64, y: f64) {
+    let _ = write!(svg, "<line class=\"{class}\" x1=\"{x0:.1}\" y1=\"{y:.1}\" x2=\"{x1:.1}\" y2=\"{y:.1}\"/>");
+}
+
+/// A round top for an axis from 0 to `max`, and the tick step: four or five ticks.
+fn axis(max: f64) -> (f64, f64) {
+    if !max.is_finite() || max <= 0.0 {
+        return (1.0, 0.25);
+    }
+    let raw = max / 4.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].into_iter().map(|m| m * magnitude).find(|&s| s >= raw).unwrap_or(10.0 * magnitude);
+    ((max / step).ceil() * step, step)
+}
+
+/// Round ticks inside `[lo, hi]`, at least `min_step` apart.
+fn ticks(lo: f64, hi: f64, min_step: f64) -> Vec<f64> {
+    let step = axis(hi - lo).1.max(min_step);
+    let first = (lo / step).ceil() * step;
+    (0..).map(|i| first + i as f64 * step).take_while(|&t| t <= hi + step * 1e-9).collect()
+}
+
+/// `v` with at most three decimals, without trailing zeros.
+fn number(v: f64) -> String {
+    let fixed = format!("{v:.3}");
+    fixed.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The bucket at `i` of `n` along `[0, span]`, as a time label.
+fn at(span: f64, i: f64, n: f64) -> String {
+    format!("+{}", text::duration(span * i / n))
+}
+
+/// Per device, a row of bars: the busy share of each bucket of its window.
+fn busy_chart(devices: &[DeviceUtilisation]) -> Result<Chart, String> {
+    const ROW: f64 = 84.0;
+    const ROW_GAP: f64 = 40.0;
+    if devices.iter().all(|d| d.series.is_empty()) {
+        return Err("the GPU operations take no time: every busy window is 0 ns long".into());
+    }
+    let plot = WIDTH - LEFT - RIGHT;
+    let mut svg = String::new();
+    svg_open(&mut svg, devices.len() as f64 * (ROW + ROW_GAP) + 8.0, "GPU busy share over time, per device");
+    for (row, d) in devices.iter().enumerate() {
+        let top = 24.0 + row as f64 * (ROW + ROW_GAP);
+        let bottom = top + ROW;
+        label(&mut svg, LEFT, top - 8.0, "start", &format!("device {}: busy {}", d.device, text::percent(d.busy_share)));
+        for (share, y) in [(0.0, bottom), (0.5, top + ROW / 2.0), (1.0, top)] {
+            hline(&mut svg, if share == 0.0 { "axis" } else { "grid" }, LEFT, WIDTH - RIGHT, y);
+            label(&mut svg, LEFT - 6.0, y + 4.0, "end", &text::percent(share));
+        }
+        let window = (d.end_ns - d.start_ns) as f64;
+        let n = d.series.len() as f64;
+        for (b, &busy) in d.series.iter().enumerate() {
+            let height = busy.clamp(0.0, 1.0) * ROW;
+            if height <= 0.0 {
+                continue;
+            }
+            let x = LEFT + plot * b as f64 / n;
+            let _ = write!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.2}\" height=\"{height:.1}\" fill=\"{}\"><title>{}: {} busy</title></rect>",
+                bottom - height,
+                plot / n,
+                colour(0),
+                escape(&at(window, b as f64, n)),
+                escape(&text::percent(busy))
+            );
+        }
+        for (k, anchor) in ["start", "middle", "middle", "middle", "end"].into_iter().enumerate() {
+            label(&mut svg, LEFT + plot * k as f64 / 4.0, bottom + 14.0, anchor, &at(window, k as f64, 4.0));
+        }
+    }
+    svg.push_str("</svg>");
+    Ok(Chart { svg, legend: Vec::new(), note: None })
+}
+
+/// One bar per kernel class: its share of kernel, copy and memset time.
+fn class_chart(k: &Kernels) -> Chart {
+    const ROW: f64 = 24.0;
+    const NAMES: f64 = 130.0;
+    const VALUES: f64 = 220.0;
+    let plot = WIDTH - NAMES - VALUES;
+    let mut svg = String::new();
+    svg_open(&mut svg, k.classes.len() as f64 * ROW + 12.0, "time share per kernel class");
+    for (i, c) in k.classes.iter().enumerate() {
+        let y = 6.0 + i as f64 * ROW;
+        label(&mut svg, NAMES - 8.0, y + 16.0, "end", c.class.as_str());
+        let width = c.share.clamp(0.0, 1.0) * plot;
+        let _ = write!(
+            svg,
+            "<rect x=\"{NAMES}\" y=\"{:.1}\" width=\"{width:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}</title></rect>",
+            y + 3.0,
+            ROW - 6.0,
+            colour(i),
+            escape(c.class.as_str())
+        );
+        let value = format!("{} ({}, {} ops)", text::percent(c.share), text::duration(c.total_ns as f64), c.count);
+        label(&mut svg, NAMES + width + 6.0, y + 16.0, "start", &value);
+    }
+    svg.push_str("</svg>");
+    Chart { svg, legend: Vec::new(), note: None }
+}
+
+/// A named line; `None` points break it.
+struct Series {
+    name: String,
+    points: Vec<Option<(f64, f64)>>,
+}
+
+/// The axes of a line chart: x tick labels, at least `x_min_step` apart; the y axis from 0.
+struct Axes<'a> {
+    x_label: &'a dyn Fn(f64) -> String,
+    x_min_step: f64,
+    y_label: &'a dyn Fn(f64) -> String,
+    y_max: Option<f64>,
+}
+
+/// Lines over shared axes; a lone point is a dot. Non-finite values are left out.
+fn line_chart(aria: &str, series: Vec<Series>, axes: Axes) -> Chart {
+    const HEIGHT: f64 = 260.0;
+    const TOP: f64 = 12.0;
+    const BOTTOM: f64 = 32.0;
+    let finite = |p: &Option<(f64, f64)>| p.filter(|(x, y)| x.is_finite() && y.is_finite());
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().filter_map(finite)).collect();
+    let (mut lo, mut hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(x, _)| (lo.min(x), hi.max(x)));
+    if lo >= hi {
+        (lo, hi) = if lo.is_finite() { (lo - 0.5, lo + 0.5) } else { (0.0, 1.0) };
+    }
+    let data_max = all.iter().map(|p| p.1).fold(0.0, f64::max);
+    let (y_top, y_step) = axis(axes.y_max.map_or(data_max, |m| m.max(data_max)));
+    let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+    let x_of = |x: f64| LEFT + (x - lo) / (hi - lo) * plot_w;
+    let y_of = |y: f64| TOP + plot_h - y.max(0.0) / y_top * plot_h;
+    let mut svg = String::new();
+    svg_open(&mut svg, HEIGHT, aria);
+    for y in ticks(0.0, y_top, y_step) {
+        hline(&mut svg, if y == 0.0 { "axis" } else { "grid" }, LEFT, WIDTH - RIGHT, y_of(y));
+        label(&mut svg, LEFT - 6.0, y_of(y) + 4.0, "end", &(axes.y_label)(y));
+    }
+    for x in ticks(lo, hi, axes.x_min_step) {
+        let _ = write!(
+            svg,
+            "<line class=\"axis\" x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\"/>",
+            x_of(x),
+            TOP + plot_h,
+            TOP + plot_h + 4.0
+        );
+        let anchor = match x_of(x) {
+            at if at < LEFT + 40.0 => "start",
+            at if at > WIDTH - RIGHT - 40.0 => "end",
+            _ => "middle",
+        };
+        label(&mut svg, x_of(x), TOP + plot_h + 18.0, anchor, &(axes.x_label)(x));
+    }
+    for (i, s) in series.iter().enumerate() {
+        let points: Vec<Option<(f64, f64)>> = s.points.iter().map(finite).collect();
+        for run in points.split(Option::is_none).filter(|run| !run.is_empty()) {
+            let coords: Vec<(f64, f64)> = run.iter().flatten().map(|&(x, y)| (x_of(x), y_of(y))).collect();
+            if let [(x, y)] = coords[..] {
+                let _ = write!(
+                    svg,
+                    "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"2.5\" fill=\"{}\"><title>{}</title></circle>",
+                    colour(i),
+                    escape(&s.name)
+                );
+            } else {
+                let path: Vec<String> = coords.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+                let _ = write!(
+                    svg,
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\"><title>{}</title></polyline>",
+                    path.join(" "),
+                    colour(i),
+                    escape(&s.name)
+                );
+            }
+        }
+    }
+    svg.push_str("</svg>");
+    Chart { svg, legend: series.into_iter().map(|s| s.name).collect(), note: None }
+}
+
+/// Host time and, where the rows have it, device time over the iteration number.
+fn iteration_chart(it: &Iterations) -> Chart {
+    let mut rows: Vec<_> = it.per_iteration.iter().collect();
+    rows.sort_by_key(|i| i.iter);
+    let mut series = vec![Series { name: "host ms".into(), points: rows.iter().map(|i| Some((i.iter as f64, i.host_ms))).collect() }];
+    if it.device_ms.get().is_some() {
+        series.push(Series { name: "device ms".into(), points: rows.iter().map(|i| Some((i.iter as f64, i.device_ms?))).collect() });
+    }
+    let mut chart = line_chart(
+        "host and device time per iteration",
+        series,
+        Axes { x_label: &number, x_min_step: 1.0, y_label: &|y| format!("{} ms", number(y)), y_max: None },
+    );
+    if let Measured::NotAvailable(why) = &it.device_ms {
+        chart.note = Some(format!("device time: {why}"));
+    }
+    chart
+}
+
+/// One line per counter and device over the trace's time, on one axis: 0–100 when every counter
+/// is a percentage. The line joins the buckets that hold samples.
+fn hardware_chart(h: &Hardware) -> Result<Chart, String> {
+    let drawn: Vec<_> = h.counters.iter().filter(|c| !c.series.is_empty()).collect();
+    let (Some(start), Some(end)) = (drawn.iter().map(|c| c.start_ns).min(), drawn.iter().map(|c| c.end_ns).max()) else {
+        return Err("every counter has samples at one instant only: there is no series over time".into());
+    };
+    let series = drawn
+        .iter()
+        .map(|c| {
+            let (span, n) = ((c.end_ns - c.start_ns) as f64, c.series.len() as f64);
+            let offset = (c.start_ns - start) as f64;
+            let points =
+                c.series.iter().enumerate().filter_map(|(i, v)| v.map(|v| Some((offset + span * (i as f64 + 0.5) / n, v)))).collect();
+            Series { name: format!("{} (device {})", c.name, c.device), points }
+        })
+        .collect();
+    let percent = h.counters.iter().all(|c| c.name.ends_with('%'));
+    let window = (end - start) as f64;
+    let axes = Axes {
+        x_label: &|x| format!("+{}", text::duration(x)),
+        x_min_step: (window / 10.0).max(1.0),
+        y_label: if percent { &|y| format!("{}%", number(y)) } else { &number },
+        y_max: percent.then_some(100.0),
+    };
+    Ok(line_chart("hardware counters over time", series, axes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rows::{api, iteration, named, span};
+    use crate::{analyze, Options};
+    use lumen_trace::model::{CounterRow, ProcessRow, ThreadRow, TraceData};
+
+    const HOSTILE: &str = "void gemm<float, Tile<128,64>>(T const&, \"a\" 'b') </td><script>alert(1)</script>";
+
+    fn analysis(trace: &TraceData) -> Analysis {
+        analyze(trace, &Options { buckets: 20, ..Options::default() }).unwrap()
+    }
+
+    fn page(trace: &TraceData) -> String {
+        render_html(&analysis(trace))
+    }
+
+    /// The `tag` element with `id`, from its opening tag to its closing tag.
+    fn element<'a>(html: &'a str, tag: &str, id: &str) -> &'a str {
+        let at = html.find(&format!(" id=\"{id}\"")).unwrap_or_else(|| panic!("no element with id {id}:\n{html}"));
+        let start = html[..at].rfind('<').expect("an id is inside a tag");
+        assert!(html[start + 1..].starts_with(tag), "{id} is not a <{tag}>");
+        let end = html[start..].find(&format!("</{tag}>")).expect("the element is closed") + start;
+        &html[start..end]
+    }
+
+    /// Every element opened is closed in order (void and self-closed elements aside).
+    fn assert_well_formed(html: &str) {
+        const VOID: [&str; 2] = ["meta", "!DOCTYPE"];
+        let mut open: Vec<&str> = Vec::new();
+        let mut rest = html;
+        while let Some(i) = rest.find('<') {
+            let end = rest[i..].find('>').expect("every tag ends") + i;
+            let tag = &rest[i + 1..end];
+            rest = &rest[end + 1..];
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(open.pop(), Some(name), "</{name}> closes the wrong element");
+            } else {
+                let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap();
+                if !VOID.contains(&name) && !tag.ends_with('/') {
+                    open.push(name);
+                }
+            }
+        }
+        assert!(open.is_empty(), "never closed: {open:?}");
+    }
+
+    /// Eight 1 ms iterations, each a phase span and a stream synchronise, a kernel named `name` and
+    /// an attention kernel, and SM and DRAM samples; iteration 3 has no device time.
+    fn full_trace(name: &str) -> TraceData {
+        let mut trace = TraceData {
+            meta: vec![("command".into(), format!("lumen bench {name}")), ("gpu_metrics_source".into(), "cupti-pm".into())],
+            processes: vec![ProcessRow { pid: 1, name: name.into() }],
+            threads: vec![ThreadRow { pid: 1, tid: 1, name: name.into() }],
+            ..TraceData::default()
+        };
+        for i in 0..8u64 {
+            let t = i * 1_000_000;
+            let mut row = iteration(i, t, t + 900_000, 0.9 + i as f64 * 0.01);
+            row.device_ms = (i != 3).then_some(0.5);
+            trace.iterations.push(row);
+            trace.spans.push(span(t, t + 900_000, 1, name, "phase"));
+            trace.api_calls.push(api("cuLaunchKernel", t + 1_000, t + 2_000, i * 10));
+            trace.gpu_ops.push(named(name, t + 10_000, t + 300_000, i * 10));
+            trace.gpu_ops.push(named("flash_fwd_kernel", t + 400_000, t + 500_000, i * 10 + 1));
+            trace.api_calls.push(api("cuStreamSynchronize", t + 500_000, t + 600_000, i * 10 + 2));
+            for (counter, value) in [("sm active %", 40.0 + i as f64), ("dram read %", 20.0)] {
+                trace.counters.push(CounterRow { ts_ns: t, name: counter.into(), device: Some(0), value });
+            }
+        }
+        trace
+    }
+
+    #[test]
+    fn strings_from_the_trace_are_escaped_everywhere() {
+        let html = page(&full_trace(HOSTILE));
+        assert!(!html.contains("<script"), "a name opened a script element:\n{html}");
+        let escaped = "void gemm&lt;float, Tile&lt;128,64&gt;&gt;(T const&amp;, &quot;a&quot; &#39;b&#39;) &lt;/td&gt;&lt;script&gt;alert(1)&lt;/script&gt;";
+        for id in ["overview", "gaps", "kernels", "phases"] {
+            assert!(element(&html, "section", id).contains(escaped), "{id} lacks the escaped name:\n{}", element(&html, "section", id));
+        }
+        assert!(element(&html, "section", "ranges").contains("Tile&lt;N,N&gt;&gt;"), "range names have their numbers grouped");
+        assert!(html.contains(&format!("<title>lumen analyze: lumen bench {escaped}</title>")));
+        assert_well_formed(&html);
+    }
+
+    #[test]
+    fn long_names_are_cut_in_tables_with_the_full_name_as_tooltip() {
+        let long = format!("{}{HOSTILE}", "x".repeat(NAME_CHARS));
+        let html = page(&full_trace(&long));
+        let kernels = element(&html, "section", "kernels");
+        assert!(kernels.contains(&format!("<td title=\"{}\">{}…</td>", escape(&long), "x".repeat(NAME_CHARS - 1))), "{kernels}");
+    }
+
+    #[test]
+    fn sections_without_data_say_why_and_so_do_their_charts() {
+        let html = page(&TraceData::default());
+        let ids: Vec<&str> = section_ids().collect();
+        assert_eq!(
+            ids,
+            ["diagnosis", "overview", "gpu", "gaps", "kernels", "launch", "iterations", "phases", "ranges", "hardware", "memory"]
+        );
+        let no_gpu = "not available: the trace has no GPU operations; record one with `lumen profile`";
+        for id in ["gpu", "gaps", "kernels"] {
+            assert!(element(&html, "section", id).contains(no_gpu), "{}", element(&html, "section", id));
+        }
+        assert!(element(&html, "section", "launch").contains("not available: the trace has no CUDA API calls"));
+        assert!(element(&html, "section", "iterations").contains("not available: the trace has no iteration rows"));
+        assert!(element(&html, "section", "hardware").contains("not available: the trace has no GPU metric samples"));
+        let charts = [(CHARTS[0], no_gpu), (CHARTS[1], no_gpu), (CHARTS[2], "no iteration rows"), (CHARTS[3], "no GPU metric samples")];
+        for (id, why) in charts {
+            let figure = element(&html, "figure", id);
+            assert!(figure.contains(why) && !figure.contains("<svg"), "{id}: {figure}");
+        }
+        assert!(element(&html, "section", "diagnosis").contains("<p>no pattern found</p>"));
+        assert_well_formed(&html);
+    }
+
+    #[test]
+    fn every_chart_is_drawn_when_its_data_exists() {
+        let a = analysis(&full_trace("gemm_kernel"));
+        let html = render_html(&a);
+        for id in CHARTS {
+            assert!(element(&html, "figure", id).contains("<svg viewBox="), "{id} has no SVG:\n{}", element(&html, "figure", id));
+        }
+        // 8 × (290 µs + 100 µs) busy from 10 µs to 7.5 ms.
+        let busy = element(&html, "figure", CHARTS[0]);
+        assert!(busy.contains(">device 0: busy 41.7%</text>"), "{busy}");
+        let bars = busy.matches("<rect ").count();
+        assert!((8..=20).contains(&bars), "one bar per busy bucket, {bars}:\n{busy}");
+        let classes = element(&html, "figure", CHARTS[1]);
+        assert_eq!(classes.matches("<rect ").count(), 2, "{classes}");
+        assert!(classes.contains(">gemm</text>") && classes.contains(">attention</text>"), "{classes}");
+        assert!(classes.contains(">74.4% (2.320 ms, 8 ops)</text>"), "{classes}");
+        let iterations = element(&html, "figure", CHARTS[2]);
+        assert_eq!(iterations.matches("<polyline ").count(), 1 + 2, "host in one line, device broken at iteration 3:\n{iterations}");
+        assert!(iterations.contains("<li><span class=\"swatch\" style=\"background:#2f6db5\"></span>host ms</li>"), "{iterations}");
+        assert!(iterations.contains(">device ms</li>") && !iterations.contains("not available"), "{iterations}");
+        let hardware = element(&html, "figure", CHARTS[3]);
+        assert_eq!(hardware.matches("<polyline ").count(), 2, "sparse samples still make one line per counter:\n{hardware}");
+        assert!(hardware.contains(">sm active % (device 0)</li>") && hardware.contains(">100%</text>"), "{hardware}");
+        let findings = html.matches("<article class=\"finding\">").count();
+        assert!(findings > 0 && findings == a.diagnosis.findings.len(), "{findings} findings drawn");
+        let diagnosis = element(&html, "section", "diagnosis");
+        assert!(diagnosis.contains("<h3 class=\"pattern\">low GPU utilisation</h3>") && diagnosis.contains("<p class=\"action\">action: "));
+        assert!(!html.contains("NaN") && !html.contains("inf\""), "every coordinate is a number");
+        assert_well_formed(&html);
+    }
+
+    #[test]
+    fn iterations_without_device_time_draw_host_time_and_say_why() {
+        let rows = (0..4).map(|i| iteration(i, i * 10, i * 10 + 5, 1.0 + i as f64)).collect();
+        let html = page(&TraceData { iterations: rows, ..TraceData::default() });
+        let chart = element(&html, "figure", CHARTS[2]);
+        assert_eq!(chart.matches("<polyline ").count(), 1, "{chart}");
+        assert!(chart.contains("not available: device time: no iteration row has a device time"), "{chart}");
+        assert!(!chart.contains(">device ms</li>"), "{chart}");
+    }
+
+    #[test]
+    fn counters_leave_out_non_finite_samples_and_need_two_instants() {
+        let sample = |ts_ns, name: &str, value| CounterRow { ts_ns, name: name.into(), device: Some(0), value };
+        let trace = TraceData {
+            counters: vec![
+                sample(0, "sm active %", f64::NAN),
+                sample(10, "sm active %", 50.0),
+                sample(20, "sm active %", 60.0),
+                sample(5, "power W", 300.0),
+            ],
+            ..TraceData::default()
+        };
+        let html = page(&trace);
+        let chart = element(&html, "figure", CHARTS[3]);
+        assert_eq!(chart.matches("<polyline ").count(), 1, "{chart}");
+        assert!(!chart.contains("NaN") && !chart.contains(">power W (device 0)</li>"), "{chart}");
+        let once = page(&TraceData { counters: vec![sample(5, "power W", 300.0)], ..TraceData::default() });
+        let chart = element(&once, "figure", CHARTS[3]);
+        assert!(chart.contains("not available: every counter has samples at one instant only") && !chart.contains("<svg"), "{chart}");
+    }
+
+    #[test]
+    fn axes_end_on_round_numbers() {
+        assert_eq!(axis(0.93), (1.0, 0.25));
+        assert_eq!(axis(37.0), (40.0, 10.0));
+        assert_eq!(axis(100.0), (100.0, 25.0));
+        assert_eq!(axis(f64::NAN), (1.0, 0.25));
+        assert_eq!(ticks(3.0, 11.0, 1.0), [4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(ticks(0.0, 2.0, 1.0), [0.0, 1.0, 2.0]);
+        assert_eq!([number(0.30000000000000004), number(25.0), number(0.0)], ["0.3", "25", "0"]);
+    }
+}
