@@ -6,6 +6,7 @@
 //! diagnosis first, then every figure, as a terminal report; [`render_html`] writes the same as
 //! one self-contained HTML page with charts.
 
+pub mod compare;
 pub mod diagnose;
 pub mod gpu;
 pub mod hardware;

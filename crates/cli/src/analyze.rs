@@ -2,12 +2,16 @@
 //! GPU, the kernels, the launches, the iterations, the sampled hardware metrics and memory traffic
 //! measure (crates/analyze), each section saying "not available" when the trace lacks its data,
 //! after a diagnosis of the known performance patterns those figures show; `--html` writes the
-//! same report as one self-contained HTML page with charts.
+//! same report as one self-contained HTML page with charts. With `--compare BASE` the report is
+//! followed by what changed from BASE to TRACE (crates/analyze/src/compare.rs), and the JSON gains
+//! a `comparison` key.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lumen_analyze::{analyze, diagnose, render_html, render_text, Options};
+use lumen_analyze::compare::{self, Comparison};
+use lumen_analyze::{analyze, diagnose, render_html, render_text, Analysis, Options};
 use lumen_trace::store::read_trace;
+use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -33,6 +37,20 @@ pub struct AnalyzeArgs {
     /// After the report, print the diagnosis thresholds and when each pattern fires.
     #[arg(long)]
     explain: bool,
+    /// Compare against BASE, an earlier trace: deltas of the headline figures, kernels that
+    /// appeared, disappeared or changed, the phase-time shift and a verdict. BASE is analysed
+    /// with the same options; the comparison follows the report, and goes under `comparison` in
+    /// the JSON.
+    #[arg(long, value_name = "BASE")]
+    compare: Option<PathBuf>,
+}
+
+/// The JSON of `--compare`: the analysis of TRACE with the comparison beside its sections.
+#[derive(Serialize)]
+struct Compared<'a> {
+    #[serde(flatten)]
+    analysis: &'a Analysis,
+    comparison: &'a Comparison,
 }
 
 pub fn run(args: AnalyzeArgs) -> Result<()> {
@@ -44,16 +62,34 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         bail!("trace {} does not exist (expected a .lumen file written by lumen)", args.trace.display());
     }
     let trace = read_trace(&args.trace).map_err(anyhow::Error::msg)?;
+    let base = match &args.compare {
+        Some(path) if !path.is_file() => {
+            bail!("base trace {} (--compare) does not exist (expected a .lumen file written by lumen)", path.display())
+        }
+        Some(path) => Some(read_trace(path).map_err(|e| anyhow::anyhow!("base trace (--compare): {e}"))?),
+        None => None,
+    };
     let options = Options { buckets: args.buckets as usize, top: args.top as usize, extra_rules };
     let analysis = analyze(&trace, &options).map_err(anyhow::Error::msg)?;
+    let comparison = match &base {
+        Some(base) => Some(compare::compare(&analyze(base, &options).map_err(anyhow::Error::msg)?, &analysis, base, &trace)),
+        None => None,
+    };
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&analysis).context("serializing the analysis")?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        let json = match &comparison {
+            Some(comparison) => serde_json::to_string_pretty(&Compared { analysis: &analysis, comparison }),
+            None => serde_json::to_string_pretty(&analysis),
+        };
+        std::fs::write(path, json.context("serializing the analysis")?).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.html {
         std::fs::write(path, render_html(&analysis)).with_context(|| format!("cannot write the HTML report {}", path.display()))?;
     }
-    print!("{}", render_text(&analysis));
+    let mut report = render_text(&analysis);
+    if let Some(comparison) = &comparison {
+        compare::render(comparison, &mut report);
+    }
+    print!("{report}");
     if args.explain {
         print!("\n{}", diagnose::render_explain());
     }
