@@ -186,19 +186,19 @@ pub struct PhaseShift {
     pub relative: Option<f64>,
 }
 
-/// The per-iteration durations the verdict compares.
+/// The per-iteration durations the verdict compares: the iteration's wall time on the host,
+/// which bounds throughput. Device time alone would miss host overhead (a change such as CUDA
+/// graphs shortens the iteration, not its kernels); it is compared among the headline figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     HostTime,
-    DeviceTime,
 }
 
 impl Metric {
     pub fn as_str(self) -> &'static str {
         match self {
             Metric::HostTime => "host time per iteration",
-            Metric::DeviceTime => "device time per iteration",
         }
     }
 }
@@ -480,22 +480,16 @@ fn phase_shifts(base: &Phases, new: &Phases) -> Measured<PhaseShifts> {
 struct Durations {
     source: &'static str,
     host_ms: Vec<f64>,
-    /// Of the iterations that have a device time.
-    device_ms: Vec<f64>,
 }
 
-/// From the iteration rows, or else from the `iter N` spans (host time only).
+/// From the iteration rows, or else from the `iter N` spans.
 fn durations(trace: &TraceData) -> Option<Durations> {
     if !trace.iterations.is_empty() {
-        return Some(Durations {
-            source: "iteration rows",
-            host_ms: trace.iterations.iter().map(|r| r.host_ms).collect(),
-            device_ms: trace.iterations.iter().filter_map(|r| r.device_ms).collect(),
-        });
+        return Some(Durations { source: "iteration rows", host_ms: trace.iterations.iter().map(|r| r.host_ms).collect() });
     }
     let (source, windows) = iteration_windows(trace)?;
     let host_ms = windows.iter().map(|w| w.end_ns.saturating_sub(w.start_ns) as f64 / 1e6).collect();
-    Some(Durations { source, host_ms, device_ms: Vec::new() })
+    Some(Durations { source, host_ms })
 }
 
 /// The median of `values`, which it reorders; the mean of the middle two for an even count.
@@ -559,11 +553,7 @@ fn verdict(base_trace: &TraceData, new_trace: &TraceData) -> Measured<Verdict> {
         (None, Some(_)) => return Measured::NotAvailable(format!("the base trace {NO_ITERATIONS}; a verdict needs them in both")),
         (Some(_), None) => return Measured::NotAvailable(format!("the new trace {NO_ITERATIONS}; a verdict needs them in both")),
     };
-    let (metric, mut base, mut new) = if !b.device_ms.is_empty() && !n.device_ms.is_empty() {
-        (Metric::DeviceTime, b.device_ms, n.device_ms)
-    } else {
-        (Metric::HostTime, b.host_ms, n.host_ms)
-    };
+    let (metric, mut base, mut new) = (Metric::HostTime, b.host_ms, n.host_ms);
     let (base_median, new_median) = (median(&mut base), median(&mut new));
     if base_median <= 0.0 {
         return Measured::NotAvailable(format!(
@@ -932,7 +922,7 @@ mod tests {
             }
         }
         let v = c.verdict.get().unwrap();
-        assert_eq!((v.metric, v.outcome, v.confidence), (Metric::DeviceTime, Outcome::NoSignificantDifference, Confidence::High));
+        assert_eq!((v.metric, v.outcome, v.confidence), (Metric::HostTime, Outcome::NoSignificantDifference, Confidence::High));
         assert!(v.interval_low < 0.0 && v.interval_high > 0.0, "{v:?}");
         assert!(v.summary.starts_with("no significant difference (median +0.0%, 95% CI -"), "{}", v.summary);
     }

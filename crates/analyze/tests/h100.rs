@@ -5,7 +5,7 @@
 //! CUDA graphs off, `h100_graphs.lumen` with them on. The figures the analysis gives are checked
 //! against the rows themselves, and the diagnosis against what the two runs are known to be.
 
-use lumen_analyze::{analyze, diagnose, render_text, Analysis, Options};
+use lumen_analyze::{analyze, compare, diagnose, render_text, Analysis, Options};
 use lumen_trace::model::{GpuOpKind, TraceData};
 use lumen_trace::store::read_trace;
 use std::path::Path;
@@ -94,4 +94,17 @@ fn the_terminal_report_of_a_real_trace_fits_100_columns() {
         assert!(wide.is_empty(), "{name}: {} lines wider than 100 columns:\n{}", wide.len(), wide.join("\n"));
         assert!(report.contains("nvjet_sm90_tst_64x8_64x16_2x4_h_bz_TNT"), "kernel names stay legible:\n{report}");
     }
+}
+
+#[test]
+fn cuda_graphs_against_eager_launches_compare_as_faster_with_the_same_kernels() {
+    let (eager_trace, eager) = fixture("h100_eager.lumen");
+    let (graphs_trace, graphs) = fixture("h100_graphs.lumen");
+    let c = compare::compare(&eager, &graphs, &eager_trace, &graphs_trace);
+    let v = c.verdict.get().expect("both runs have iterations");
+    assert_eq!((v.outcome, v.confidence), (compare::Outcome::Faster, compare::Confidence::Low), "{}", v.summary);
+    let k = c.kernels.get().expect("kernels in both");
+    assert_eq!((k.in_both, k.changes.len()), (12, 0), "the same 12 kernels run, replayed from graphs, as fast: {:?}", k.changes);
+    let forward = c.phases.get().expect("phases").phases.iter().find(|p| p.name == "forward").expect("forward in both");
+    assert!(forward.delta_ns < 0.0, "graph replay shortens the host's forward phase: {forward:?}");
 }
