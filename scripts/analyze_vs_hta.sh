@@ -31,7 +31,7 @@ if [ ! -s "$TRACE" ]; then
 fi
 cargo build --release -p lumen-cli
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; $(date -u +%F)"
-echo "trace:   $TRACE ($(du -m "$TRACE" | cut -f1) MB)"
+echo "trace:   $TRACE ($(( $(stat -c %s "$TRACE") / 1048576 )) MiB)"
 
 /usr/bin/time -v -o "$OUT/import.time" "$LUMEN" trace import "$TRACE" -o "$OUT/trace.lumen"
 /usr/bin/time -v -o "$OUT/analyze.time" "$LUMEN" analyze "$OUT/trace.lumen" --top 1000 --json "$OUT/analysis.json" > "$OUT/analysis.txt"
