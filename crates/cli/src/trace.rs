@@ -168,12 +168,13 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
 fn import(input: &Path, output: &Path) -> Result<()> {
     let s = import_kineto(input, output).map_err(anyhow::Error::msg)?;
     eprintln!(
-        "[lumen] imported {} into {}: {} kernels, {} memcpys, {} memsets, {} API calls, {} spans, {} marks, {} iterations (ProfilerStep)",
+        "[lumen] imported {} into {}: {} kernels, {} memcpys, {} memsets, {} syncs, {} API calls, {} spans, {} marks, {} iterations (ProfilerStep)",
         input.display(),
         output.display(),
         s.kernels,
         s.memcpys,
         s.memsets,
+        s.syncs,
         s.api_calls,
         s.spans,
         s.marks,

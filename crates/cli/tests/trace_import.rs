@@ -63,7 +63,7 @@ fn an_imported_kineto_trace_analyses_to_what_the_json_holds() {
     let out = s.path("decode.lumen");
     let run = lumen(&["trace", "import", &fixture(), "-o", &out]).ok();
     let counts = format!(
-        "240 kernels, {} memcpys, {} memsets, {} API calls, {} spans, {} marks, 6 iterations (ProfilerStep)",
+        "240 kernels, {} memcpys, {} memsets, 0 syncs, {} API calls, {} spans, {} marks, 6 iterations (ProfilerStep)",
         x.of("X", "gpu_memcpy").len(),
         x.of("X", "gpu_memset").len(),
         launches.len(),
@@ -71,7 +71,8 @@ fn an_imported_kineto_trace_analyses_to_what_the_json_holds() {
         x.of("i", "cpu_instant_event").len()
     );
     assert!(run.stderr.contains(&counts), "expected {counts:?} in\n{}", run.stderr);
-    assert!(run.stderr.contains(&format!("ignored {} events", flows + 2)) && run.stderr.contains("skipped 0 events"), "{}", run.stderr);
+    let ignored = flows + gpu_steps.len() + 2;
+    assert!(run.stderr.contains(&format!("ignored {ignored} events")) && run.stderr.contains("skipped 0 events"), "{}", run.stderr);
 
     let info = lumen(&["trace", "info", &out]).ok();
     assert!(info.stdout.contains("gpu ops    252 (kernel 240, memcpy 6, memset 6)"), "{}", info.stdout);
@@ -101,14 +102,24 @@ fn an_imported_kineto_trace_analyses_to_what_the_json_holds() {
         .collect();
     assert_eq!(top, want);
 
-    // Iterations: ProfilerStep#N with its host time, and its GPU-side copy's time as device time.
+    // Iterations: ProfilerStep#N with its host time, and as device time the first start to the
+    // last end of the GPU work whose launch call started in the step.
+    let launch_start: HashMap<u64, i64> = launches.iter().map(|c| (c["args"]["correlation"].as_u64().unwrap(), ns(&c["ts"]))).collect();
+    let gpu_work: Vec<(i64, i64, i64)> = x
+        .events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["pid"] == 0 && e["args"].get("correlation").is_some())
+        .map(|e| (launch_start[&e["args"]["correlation"].as_u64().unwrap()], Expected::window(e).0, Expected::window(e).1))
+        .collect();
     let mut want_iterations: Vec<(u64, f64, f64)> = steps
         .iter()
         .map(|step| {
-            let name = step["name"].as_str().unwrap();
-            let number: u64 = name.strip_prefix("ProfilerStep#").unwrap().parse().unwrap();
-            let gpu = gpu_steps.iter().find(|g| g["name"] == name).unwrap();
-            (number, step["dur"].as_f64().unwrap() / 1000.0, gpu["dur"].as_f64().unwrap() / 1000.0)
+            let number: u64 = step["name"].as_str().unwrap().strip_prefix("ProfilerStep#").unwrap().parse().unwrap();
+            let (start, end) = Expected::window(step);
+            let inside = gpu_work.iter().filter(|w| (start..end).contains(&w.0));
+            let first = inside.clone().map(|w| w.1).min().unwrap();
+            let last = inside.map(|w| w.2).max().unwrap();
+            (number, (end - start) as f64 / 1e6, (last - first) as f64 / 1e6)
         })
         .collect();
     want_iterations.sort_by_key(|w| w.0);

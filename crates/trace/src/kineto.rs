@@ -8,26 +8,27 @@
 //! stay in memory until the end, to get their nesting depth and the `ProfilerStep` iterations.
 //!
 //! What becomes what:
-//! - complete events (`ph: "X"`) of category `kernel`, `gpu_memcpy` and `gpu_memset` are GPU
-//!   operations (device, stream, correlation id, grid, block, registers, shared memory, bytes;
-//!   a copy's direction and pinned or pageable host memory come from its name,
-//!   `Memcpy HtoD (Pageable -> Device)`). Kineto puts them in a process per device; lumen gives
+//! - complete events (`ph: "X"`) of category `kernel`, `gpu_memcpy`, `gpu_memset` and
+//!   `cuda_sync` are GPU operations (device, stream, correlation id, grid, block, registers,
+//!   shared memory, bytes; a copy's direction and pinned or pageable host memory come from its
+//!   name, `Memcpy HtoD (Pageable -> Device)`). Kineto puts them in a process per device; lumen gives
 //!   them the pid of the host process, as the CUPTI collector does, so that the correlation id
 //!   joins each one to the `cuda_runtime` or `cuda_driver` call that launched it;
 //! - `cuda_runtime` and `cuda_driver` events are API calls on their CPU thread;
 //! - `cpu_op`, `user_annotation` and `python_function` events (`Operator` in old versions) are
 //!   spans on their thread, nested by time, like the NVTX ranges of `lumen profile`;
 //!   `ProfilerStep#N` ones are also iteration N. A step written without a duration lasts until
-//!   the next step of its thread starts (the last one until its thread's last event ends);
-//! - `gpu_user_annotation` events, the GPU-side copies of annotations, give each step its
-//!   device time and are otherwise left out: spans are CPU ranges;
+//!   the next step of its thread starts (the last one until its thread's last event ends). Its
+//!   device time runs from the first start to the last end of the GPU work whose launch call
+//!   started inside it, as CUDA events around the step would measure it;
 //! - instant events (`ph: "i"`) are marks; `process_name` and `thread_name` metadata name the host
 //!   processes and threads; `deviceProperties[].name` is meta `gpu`.
 //!
 //! Timestamps are microseconds (numbers, or strings in some versions) after the trace's
 //! `baseTimeNanoseconds`; they become whole nanoseconds after that base, which meta
 //! `kineto_base_time_ns` keeps, so `1000010.123` is 1000010123 ns. Flows (`ac2g`), profiler
-//! bookkeeping (`Trace`, `overhead`, `cuda_profiler_range`) and other categories have no rows and
+//! bookkeeping (`Trace`, `overhead`, `cuda_profiler_range`), `gpu_user_annotation` ranges (the
+//! GPU-side copies of annotations; spans are CPU ranges) and other categories have no rows and
 //! are counted as ignored; events that cannot be used (an `X` event without `ts` or `dur`, a GPU
 //! operation without a name, a negative time) are skipped and counted by reason, in meta
 //! `kineto_skipped` and in the [`ImportSummary`]. A file that is not JSON, not an object or has no
@@ -55,6 +56,7 @@ pub struct ImportSummary {
     pub kernels_without_correlation: u64,
     pub memcpys: u64,
     pub memsets: u64,
+    pub syncs: u64,
     pub api_calls: u64,
     pub spans: u64,
     pub marks: u64,
@@ -137,9 +139,9 @@ enum Category {
     Kernel,
     Memcpy,
     Memset,
+    Sync,
     Api,
     HostRange,
-    GpuAnnotation,
     Other,
 }
 
@@ -152,12 +154,12 @@ impl Category {
             Category::Memcpy
         } else if is(&["gpu_memset", "memset"]) {
             Category::Memset
+        } else if is(&["cuda_sync"]) {
+            Category::Sync
         } else if is(&["cuda_runtime", "cuda_driver", "runtime", "driver"]) {
             Category::Api
         } else if is(&["cpu_op", "operator", "user_annotation", "python_function"]) {
             Category::HostRange
-        } else if is(&["gpu_user_annotation"]) {
-            Category::GpuAnnotation
         } else {
             Category::Other
         }
@@ -385,7 +387,8 @@ impl<'de> Visitor<'de> for Interned<'_> {
 struct Args {
     correlation: Option<u64>,
     device: Option<u32>,
-    stream: Option<u64>,
+    /// `Some(None)` for a stream that is not one (Kineto writes -1 for a context-wide sync).
+    stream: Option<Option<u64>>,
     grid: Option<[u32; 3]>,
     block: Option<[u32; 3]>,
     registers: Option<u32>,
@@ -417,7 +420,7 @@ impl<'de> Visitor<'de> for ArgsVisitor {
             match key {
                 0 => args.correlation = v.as_u64(),
                 1 => args.device = v.as_u32(),
-                2 => args.stream = v.as_u64(),
+                2 => args.stream = Some(v.as_u64()),
                 3 => args.grid = v.as_dim3(),
                 4 => args.block = v.as_dim3(),
                 5 => args.registers = v.as_u32(),
@@ -669,8 +672,10 @@ struct Importer {
     marks: Vec<MarkRow>,
     spans: Vec<PendingSpan>,
     steps: Vec<Step>,
-    /// Device time per step number, from the GPU-side `ProfilerStep#N` annotations.
-    gpu_steps: HashMap<u64, u64>,
+    /// (pid, correlation id, start) of each API call with a correlation id.
+    launches: Vec<(u32, u64, u64)>,
+    /// (correlation id, start, end) of each kernel, copy and memset with a correlation id.
+    launched: Vec<(u64, u64, u64)>,
     /// The last end of any host event, per (pid, tid).
     thread_ends: HashMap<(u32, u64), u64>,
     host_pids: HashSet<u32>,
@@ -720,7 +725,8 @@ impl Importer {
             marks: Vec::new(),
             spans: Vec::new(),
             steps: Vec::new(),
-            gpu_steps: HashMap::new(),
+            launches: Vec::new(),
+            launched: Vec::new(),
             thread_ends: HashMap::new(),
             host_pids: HashSet::new(),
             api_pids: Vec::new(),
@@ -818,7 +824,6 @@ impl Importer {
         match category {
             Category::Api => self.api_call(ev, time),
             Category::HostRange => self.host_range(ev, cat, time),
-            Category::GpuAnnotation => self.gpu_annotation(time),
             _ => self.gpu_op(category, ev, time),
         }
     }
@@ -844,7 +849,7 @@ impl Importer {
         (ev.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0), ev.tid.unwrap_or(0))
     }
 
-    /// A kernel, copy or memset.
+    /// A kernel, copy, memset or synchronisation.
     fn gpu_op(&mut self, category: Category, ev: Event, (name, start_ns, end_ns): (u32, u64, u64)) {
         let (pid, _) = Self::pid_tid(&ev);
         let args = ev.args;
@@ -852,7 +857,7 @@ impl Importer {
             start_ns,
             end_ns,
             device: args.device.unwrap_or(pid),
-            stream: args.stream.or(ev.tid),
+            stream: args.stream.unwrap_or(ev.tid),
             correlation: args.correlation,
             bytes: args.bytes,
             ..GpuOpRow::default()
@@ -878,11 +883,19 @@ impl Importer {
                 op.pinned = pinned;
                 self.summary.memcpys += 1;
             }
-            _ => {
+            Category::Memset => {
                 op.kind = GpuOpKind::Memset;
                 op.name = "memset".into();
                 self.summary.memsets += 1;
             }
+            _ => {
+                op.kind = GpuOpKind::Sync;
+                op.name = text.to_string();
+                self.summary.syncs += 1;
+            }
+        }
+        if let (Some(correlation), true) = (op.correlation, op.kind != GpuOpKind::Sync) {
+            self.launched.push((correlation, start_ns, end_ns));
         }
         self.gpu_ops.push(op);
     }
@@ -890,8 +903,11 @@ impl Importer {
     fn api_call(&mut self, ev: Event, (name, start_ns, end_ns): (u32, u64, u64)) {
         let (pid, tid) = Self::pid_tid(&ev);
         self.note_host(pid, tid, end_ns);
-        if ev.args.correlation.is_some() && !self.api_pids.contains(&pid) {
-            self.api_pids.push(pid);
+        if let Some(correlation) = ev.args.correlation {
+            self.launches.push((pid, correlation, start_ns));
+            if !self.api_pids.contains(&pid) {
+                self.api_pids.push(pid);
+            }
         }
         self.api_calls.push(ApiCallRow {
             start_ns,
@@ -912,16 +928,6 @@ impl Importer {
             self.steps.push(Step { number, span: self.spans.len() });
         }
         self.spans.push(PendingSpan { start_ns, end_ns, pid, tid, name, cat });
-    }
-
-    fn gpu_annotation(&mut self, (name, start_ns, end_ns): (u32, u64, u64)) {
-        match step_number(self.strings.get(name)) {
-            Some(number) => {
-                let device = self.gpu_steps.entry(number).or_insert(0);
-                *device = (*device).max(end_ns - start_ns);
-            }
-            None => self.ignore("gpu_user_annotation ranges"),
-        }
     }
 
     fn metadata(&mut self, ev: Event) {
@@ -993,6 +999,8 @@ impl Importer {
                 self.summary.steps_extended += 1;
             }
         }
+        let device = self.device_spans();
+        let spans = &self.spans;
         let mut rows: BTreeMap<u64, IterationRow> = BTreeMap::new();
         for step in &self.steps {
             let span = &spans[step.span];
@@ -1007,7 +1015,7 @@ impl Importer {
                 kv_used_blocks: 0,
                 kv_total_blocks: 0,
                 host_ms: (span.end_ns - span.start_ns) as f64 / 1e6,
-                device_ms: self.gpu_steps.get(&step.number).map(|&d| d as f64 / 1e6),
+                device_ms: device(span.start_ns, span.end_ns).map(|ns| ns as f64 / 1e6),
             };
             let kept = rows.entry(step.number).or_insert_with(|| row.clone());
             if row.end_ns - row.start_ns > kept.end_ns - kept.start_ns {
@@ -1015,6 +1023,30 @@ impl Importer {
             }
         }
         rows.into_values().collect()
+    }
+
+    /// A function giving, for a time window, the first start to last end of the GPU work (of the
+    /// host process) whose launch call started in it, or `None` when there is none.
+    fn device_spans(&mut self) -> impl Fn(u64, u64) -> Option<u64> {
+        let host = self.summary.host_pid.unwrap_or(0);
+        let mut launches: Vec<(u64, u64)> =
+            std::mem::take(&mut self.launches).into_iter().filter(|l| l.0 == host).map(|(_, c, start)| (c, start)).collect();
+        launches.sort_unstable();
+        let mut ops: Vec<(u64, u64, u64)> = std::mem::take(&mut self.launched)
+            .into_iter()
+            .filter_map(|(c, start, end)| {
+                let i = launches.partition_point(|l| l.0 < c);
+                launches.get(i).filter(|l| l.0 == c).map(|l| (l.1, start, end))
+            })
+            .collect();
+        ops.sort_unstable();
+        move |start, end| {
+            let first = ops.partition_point(|o| o.0 < start);
+            let inside = ops[first..].iter().take_while(|o| o.0 < end);
+            inside
+                .fold(None, |span: Option<(u64, u64)>, o| Some(span.map_or((o.1, o.2), |(a, b)| (a.min(o.1), b.max(o.2)))))
+                .map(|(a, b)| b - a)
+        }
     }
 
     /// The spans with their depth on their thread, in chunks.
@@ -1167,6 +1199,8 @@ mod tests {
          "ts": 1050.0, "dur": 2.0, "args": {"device": 0, "stream": 7, "correlation": 8, "grid": [1, 1, 1], "block": [128, 1, 1]}},
         {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "pid": 0, "tid": 7, "ts": 1057.0, "dur": 3.0,
          "args": {"device": 0, "context": 1, "stream": 7, "correlation": 9, "bytes": 4096, "memory bandwidth (GB/s)": 1.3}},
+        {"ph": "X", "cat": "cuda_sync", "name": "Context Sync", "pid": 0, "tid": 7, "ts": 1060.0, "dur": 29.5,
+         "args": {"device": 0, "context": 1, "stream": -1, "correlation": 10}},
         {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pinned)", "pid": 0, "tid": 7, "ts": 1061.0, "dur": 1.0,
          "args": {"device": 0, "stream": 7, "correlation": 11, "bytes": 64}},
         {"ph": "X", "cat": "gpu_memset", "name": "Memset (Device)", "pid": 0, "tid": 7, "ts": 1063.0, "dur": 1.0,
@@ -1189,7 +1223,10 @@ mod tests {
     fn every_kind_of_event_becomes_its_row() {
         let files = Files::new("every-kind", EVERY_KIND);
         let (s, t) = files.imported();
-        assert_eq!((s.events, s.kernels, s.memcpys, s.memsets, s.api_calls, s.spans, s.marks, s.iterations), (25, 2, 2, 1, 4, 3, 1, 1));
+        assert_eq!(
+            (s.events, s.kernels, s.memcpys, s.memsets, s.syncs, s.api_calls, s.spans, s.marks, s.iterations),
+            (26, 2, 2, 1, 1, 4, 3, 1, 1)
+        );
         assert_eq!((s.host_pid, s.skipped_total(), s.steps_extended), (Some(100), 0, 0));
         let ignored: Vec<(&str, u64)> = s.ignored.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         assert_eq!(
@@ -1197,9 +1234,9 @@ mod tests {
             [
                 ("X Trace", 1),
                 ("X cuda_profiler_range", 1),
+                ("X gpu_user_annotation", 2),
                 ("X overhead", 1),
                 ("flow events", 2),
-                ("gpu_user_annotation ranges", 1),
                 ("metadata events", 1)
             ]
         );
@@ -1223,19 +1260,22 @@ mod tests {
                 ..GpuOpRow::default()
             }
         );
-        let copies: Vec<_> = t.gpu_ops[2..]
+        let rest: Vec<_> = t.gpu_ops[2..]
             .iter()
             .map(|op| (op.kind, op.name.as_str(), op.bytes, op.copy_kind.as_deref(), op.pinned, op.correlation))
             .collect();
         assert_eq!(
-            copies,
+            rest,
             [
                 (GpuOpKind::Memcpy, "memcpy HtoD", Some(4096), Some("HtoD"), Some(false), Some(9)),
+                (GpuOpKind::Sync, "Context Sync", None, None, None, Some(10)),
                 (GpuOpKind::Memcpy, "memcpy DtoH", Some(64), Some("DtoH"), Some(true), Some(11)),
                 (GpuOpKind::Memset, "memset", Some(256), None, None, Some(12)),
             ]
         );
-        assert!(t.gpu_ops.iter().all(|op| op.pid == 100 && op.device == 0 && op.stream == Some(7)));
+        let sync = &t.gpu_ops[3];
+        assert_eq!((sync.start_ns, sync.end_ns, sync.stream), (1_060_000, 1_089_500, None), "stream -1 is no stream");
+        assert!(t.gpu_ops.iter().all(|op| op.pid == 100 && op.device == 0 && (op.stream == Some(7) || op.kind == GpuOpKind::Sync)));
 
         let calls: Vec<_> = t.api_calls.iter().map(|c| (c.name.as_str(), c.start_ns, c.end_ns, c.pid, c.tid, c.correlation)).collect();
         assert_eq!(
@@ -1249,7 +1289,10 @@ mod tests {
         );
         let launches = LaunchIndex::new(&t);
         let launched: Vec<Option<&str>> = t.gpu_ops.iter().map(|op| launches.launch_of(op).map(|c| c.name.as_str())).collect();
-        assert_eq!(launched, [Some("cudaLaunchKernel"), Some("cuLaunchKernel"), Some("cudaMemcpyAsync"), None, None]);
+        assert_eq!(
+            launched,
+            [Some("cudaLaunchKernel"), Some("cuLaunchKernel"), Some("cudaMemcpyAsync"), Some("cudaDeviceSynchronize"), None, None]
+        );
 
         let spans: Vec<(&str, &str, u64, u64, u64, u32)> =
             t.spans.iter().map(|s| (s.name.as_str(), s.category.as_str(), s.start_ns, s.end_ns, s.tid, s.depth)).collect();
@@ -1263,7 +1306,7 @@ mod tests {
         );
         assert_eq!(t.iterations.len(), 1);
         let it = &t.iterations[0];
-        assert_eq!((it.iter, it.start_ns, it.end_ns, it.host_ms, it.device_ms), (3, 1_000_000, 1_100_000, 0.1, Some(0.035)));
+        assert_eq!((it.iter, it.start_ns, it.end_ns, it.host_ms, it.device_ms), (3, 1_000_000, 1_100_000, 0.1, Some(0.03)));
         assert_eq!(t.marks.len(), 1);
         assert_eq!(
             (t.marks[0].ts_ns, t.marks[0].tid, t.marks[0].name.as_str(), t.marks[0].category.as_str()),
@@ -1276,7 +1319,7 @@ mod tests {
         assert_eq!(t.meta("input"), Some(files.input.display().to_string().as_str()));
         assert_eq!(t.meta("gpu"), Some("NVIDIA H100 80GB HBM3"));
         assert_eq!(t.meta("kineto_base_time_ns"), Some("1700000000000000000"));
-        assert_eq!((t.meta("pid"), t.meta("kineto_skipped"), t.meta("kineto_ignored")), (Some("100"), Some("0"), Some("7")));
+        assert_eq!((t.meta("pid"), t.meta("kineto_skipped"), t.meta("kineto_ignored")), (Some("100"), Some("0"), Some("8")));
         assert_eq!(t.meta("complete"), Some("true"));
     }
 
@@ -1322,15 +1365,25 @@ mod tests {
                 step + 1
             );
         }
-        json += r#"{"ph": "X", "cat": "cpu_op", "name": "aten::add", "pid": 5, "tid": 6, "ts": 1230, "dur": 5}"#;
+        // Step 0's kernels run while step 1 is on the host; step 1 launches one of its own; step 2
+        // launches nothing that reached the GPU.
+        json += r#"{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 1150, "dur": 30, "args": {"correlation": 1}},
+                   {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 1020, "dur": 2, "args": {"correlation": 1}},
+                   {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 1190, "dur": 4.5, "args": {"correlation": 2}},
+                   {"ph": "X", "cat": "cpu_op", "name": "aten::add", "pid": 5, "tid": 6, "ts": 1230, "dur": 5}"#;
         let files = Files::new("steps", &events(&json));
         let (s, t) = files.imported();
         assert_eq!(s.steps_extended, 3);
-        let windows: Vec<(u64, u64, u64, f64)> = t.iterations.iter().map(|i| (i.iter, i.start_ns, i.end_ns, i.host_ms)).collect();
+        let windows: Vec<(u64, u64, u64, f64, Option<f64>)> =
+            t.iterations.iter().map(|i| (i.iter, i.start_ns, i.end_ns, i.host_ms, i.device_ms)).collect();
         assert_eq!(
             windows,
-            [(0, 1_000_000, 1_100_000, 0.1), (1, 1_100_000, 1_200_000, 0.1), (2, 1_200_000, 1_235_000, 0.035)],
-            "the last step ends with its thread's last event"
+            [
+                (0, 1_000_000, 1_100_000, 0.1, Some(0.16)),
+                (1, 1_100_000, 1_200_000, 0.1, Some(0.0045)),
+                (2, 1_200_000, 1_235_000, 0.035, None)
+            ],
+            "the last step ends with its thread's last event; device time spans the GPU work launched in the step"
         );
         let step_spans: Vec<(u64, u64)> =
             t.spans.iter().filter(|s| s.name.starts_with("ProfilerStep#")).map(|s| (s.start_ns, s.end_ns)).collect();
