@@ -87,12 +87,14 @@ pub fn analyze(trace: &TraceData, launches: &LaunchIndex, top: usize) -> Measure
     let mut by_name: HashMap<String, ProjectedRange> = HashMap::new();
     for span in &trace.spans {
         let Some(thread) = threads.get(&span.tid) else { continue };
-        let calls = thread.calls.partition_point(|&t| t <= span.end_ns) - thread.calls.partition_point(|&t| t < span.start_ns);
+        // Half-open, [start, end): a launch at the instant one range ends and the next begins
+        // belongs to the next one only.
+        let calls = thread.calls.partition_point(|&t| t < span.end_ns) - thread.calls.partition_point(|&t| t < span.start_ns);
         if calls == 0 {
             continue;
         }
         let first = thread.launched.partition_point(|l| l.0 < span.start_ns);
-        let launched = thread.launched[first..].iter().take_while(|l| l.0 <= span.end_ns);
+        let launched = thread.launched[first..].iter().take_while(|l| l.0 < span.end_ns);
         let (ops, gpu_start, gpu_end) =
             launched.fold((0, u64::MAX, 0), |(n, start, end), &(_, op_start, op_end)| (n + 1, start.min(op_start), end.max(op_end)));
         let range = by_name.entry(group_name(&span.name)).or_insert_with_key(|name| ProjectedRange {
@@ -171,17 +173,18 @@ mod tests {
             spans: vec![
                 span(0, 100, 1, "layer 0", "nvtx"),
                 span(100, 200, 1, "layer 1", "nvtx"),
-                span(200, 300, 1, "idle", "nvtx"),
+                span(200, 300, 1, "step", "nvtx"),
                 span(300, 400, 1, "alloc only", "nvtx"),
             ],
             api_calls: vec![
                 api("cuLaunchKernel", 10, 12, 1),
                 api("cuLaunchKernel", 50, 52, 2),
                 api("cuLaunchKernel", 150, 152, 3),
+                api("cuLaunchKernel", 200, 202, 5),
                 api("cuMemAlloc_v2", 310, 320, 4),
                 other_thread,
             ],
-            gpu_ops: vec![kernel(500, 600, 1), kernel(650, 700, 2), kernel(800, 1_000, 3), kernel(40, 45, 9)],
+            gpu_ops: vec![kernel(500, 600, 1), kernel(650, 700, 2), kernel(800, 1_000, 3), kernel(1_100, 1_200, 5), kernel(40, 45, 9)],
             ..TraceData::default()
         };
         let ranges = analyze(&trace, &LaunchIndex::new(&trace), TOP_RANGES);
@@ -200,7 +203,9 @@ mod tests {
                 mean_gpu_ns: Some(200.0),
             }
         );
-        assert_eq!((ranges[1].name.as_str(), ranges[1].api_calls, ranges[1].gpu_ops, ranges[1].mean_gpu_ns), ("alloc only", 1, 0, None));
-        assert_eq!(ranges.len(), 2, "a range without API calls is left out");
+        // The launch at 200, where `layer 1` ends and `step` begins, belongs to `step` alone.
+        assert_eq!((ranges[1].name.as_str(), ranges[1].api_calls, ranges[1].gpu_ops, ranges[1].gpu_total_ns), ("step", 1, 1, 100));
+        assert_eq!((ranges[2].name.as_str(), ranges[2].api_calls, ranges[2].gpu_ops, ranges[2].mean_gpu_ns), ("alloc only", 1, 0, None));
+        assert_eq!(ranges.len(), 3, "every range with an API call is listed");
     }
 }
