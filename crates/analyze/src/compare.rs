@@ -32,8 +32,8 @@ pub const BOOTSTRAP_RESAMPLES: usize = 2_000;
 /// The bootstrap's seed: the same two traces always give the same interval.
 pub const BOOTSTRAP_SEED: u64 = 0x6c75_6d65_6e5f_6370;
 
-/// How many changed kernels the terminal report lists; the JSON has them all.
-const LISTED_KERNELS: usize = 20;
+/// How many changed kernels the terminal report and the HTML page list; the JSON has them all.
+pub(crate) const LISTED_KERNELS: usize = 20;
 
 const NO_ITERATIONS: &str = "has no iterations (no iteration rows, no `iter N` spans)";
 
@@ -602,21 +602,75 @@ fn verdict(base_trace: &TraceData, new_trace: &TraceData) -> Measured<Verdict> {
     })
 }
 
-/// Figures the traces cannot compare, those with the same reason on one bullet.
-fn not_available_figures(out: &mut String, figures: &[(&str, &str)]) {
+/// The figures the traces cannot compare, grouped by reason: the names joined, and the reason.
+pub(crate) fn missing_figures(figures: &[FigureDelta]) -> Vec<(String, &str)> {
     let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
-    for &(name, why) in figures {
-        match reasons.iter_mut().find(|(reason, _)| *reason == why) {
-            Some((_, names)) => names.push(name),
-            None => reasons.push((why, vec![name])),
+    for f in figures {
+        let Measured::NotAvailable(why) = &f.change else { continue };
+        match reasons.iter_mut().find(|(reason, _)| reason == why) {
+            Some((_, names)) => names.push(&f.name),
+            None => reasons.push((why, vec![&f.name])),
         }
     }
-    for (why, names) in reasons {
-        text::wrapped(out, "  - ", 4, &format!("{}: not available: {why}", names.join(", ")));
-    }
+    reasons.into_iter().map(|(why, names)| (names.join(", "), why)).collect()
 }
 
-fn value(unit: Unit, v: f64) -> String {
+/// The verdict's labelled lines after its summary: the metric, each sample, the confidence and
+/// the method.
+pub(crate) fn verdict_lines(v: &Verdict) -> Vec<(&'static str, String)> {
+    let sample = |s: &Sample| format!("{} iterations ({}), median {}", s.iterations, s.source, text::ms(s.median_ms));
+    let confidence = match &v.low_confidence {
+        Some(why) => format!("low: {why}"),
+        None => format!("high: at least {MIN_ITERATIONS} iterations in each trace"),
+    };
+    vec![
+        ("compared", format!("median {}", v.metric.as_str())),
+        ("base", sample(&v.base)),
+        ("new", sample(&v.new)),
+        ("confidence", confidence),
+        ("method", format!("bootstrap of the difference of medians, {} resamples, seed {:#x}", v.resamples, v.seed)),
+    ]
+}
+
+/// The kernel comparison's labelled lines: when a kernel counts as changed, and how many did.
+pub(crate) fn kernel_lines(k: &KernelChanges) -> [(&'static str, String); 2] {
+    let count = |kind: KernelChangeKind| k.changes.iter().filter(|c| c.change == kind).count();
+    [
+        (
+            "changed when",
+            format!(
+                "the mean moved by more than {} and at least {}",
+                text::percent(KERNEL_CHANGE_SHARE),
+                text::duration(KERNEL_CHANGE_MIN_NS)
+            ),
+        ),
+        (
+            "kernels",
+            format!(
+                "{} in both ({} unchanged); {} appeared, {} disappeared, {} slower, {} faster",
+                k.in_both,
+                k.unchanged,
+                count(KernelChangeKind::Appeared),
+                count(KernelChangeKind::Disappeared),
+                count(KernelChangeKind::Slower),
+                count(KernelChangeKind::Faster)
+            ),
+        ),
+    ]
+}
+
+/// A kernel's count in base and new, `-` where the trace has none.
+pub(crate) fn kernel_count(c: &KernelChange) -> String {
+    let count = |t: &Option<KernelTotals>| t.as_ref().map_or("-".into(), |t| t.count.to_string());
+    format!("{}→{}", count(&c.base), count(&c.new))
+}
+
+/// A kernel's mean duration in one trace, `-` where the trace has none.
+pub(crate) fn kernel_mean(t: &Option<KernelTotals>) -> String {
+    t.as_ref().map_or("-".into(), |t| text::duration(t.mean_ns))
+}
+
+pub(crate) fn value(unit: Unit, v: f64) -> String {
     match unit {
         Unit::Ns => text::duration(v),
         Unit::Ms => text::ms(v),
@@ -628,7 +682,7 @@ fn value(unit: Unit, v: f64) -> String {
     }
 }
 
-fn signed(unit: Unit, delta: f64) -> String {
+pub(crate) fn signed(unit: Unit, delta: f64) -> String {
     if delta == 0.0 {
         return "0".into();
     }
@@ -639,7 +693,7 @@ fn signed(unit: Unit, delta: f64) -> String {
     }
 }
 
-fn relative(r: Option<f64>) -> String {
+pub(crate) fn relative(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{:+.1}%", r * 100.0))
 }
 
@@ -659,15 +713,9 @@ fn render_verdict(verdict: &Measured<Verdict>, out: &mut String) {
         Measured::NotAvailable(why) => return not_available(out, "verdict", why),
     };
     line(out, "verdict", &v.summary);
-    line(out, "compared", format_args!("median {}", v.metric.as_str()));
-    for (label, s) in [("base", &v.base), ("new", &v.new)] {
-        line(out, label, format_args!("{} iterations ({}), median {}", s.iterations, s.source, text::ms(s.median_ms)));
+    for (label, value) in verdict_lines(v) {
+        line(out, label, value);
     }
-    match &v.low_confidence {
-        Some(why) => line(out, "confidence", format_args!("low: {why}")),
-        None => line(out, "confidence", format_args!("high: at least {MIN_ITERATIONS} iterations in each trace")),
-    }
-    line(out, "method", format_args!("bootstrap of the difference of medians, {} resamples, seed {:#x}", v.resamples, v.seed));
 }
 
 fn render_figures(figures: &[FigureDelta], out: &mut String) {
@@ -686,14 +734,9 @@ fn render_figures(figures: &[FigureDelta], out: &mut String) {
         }
     }
     table.render(out);
-    let missing: Vec<(&str, &str)> = figures
-        .iter()
-        .filter_map(|f| match &f.change {
-            Measured::NotAvailable(why) => Some((f.name.as_str(), why.as_str())),
-            Measured::Available(_) => None,
-        })
-        .collect();
-    not_available_figures(out, &missing);
+    for (names, why) in missing_figures(figures) {
+        text::wrapped(out, "  - ", 4, &format!("{names}: not available: {why}"));
+    }
 }
 
 fn render_kernels(kernels: &Measured<KernelChanges>, out: &mut String) {
@@ -702,41 +745,19 @@ fn render_kernels(kernels: &Measured<KernelChanges>, out: &mut String) {
         Measured::Available(k) => k,
         Measured::NotAvailable(why) => return not_available(out, "kernels", why),
     };
-    line(
-        out,
-        "changed when",
-        format_args!(
-            "the mean moved by more than {} and at least {}",
-            text::percent(KERNEL_CHANGE_SHARE),
-            text::duration(KERNEL_CHANGE_MIN_NS)
-        ),
-    );
-    let count = |kind: KernelChangeKind| k.changes.iter().filter(|c| c.change == kind).count();
-    line(
-        out,
-        "kernels",
-        format_args!(
-            "{} in both ({} unchanged); {} appeared, {} disappeared, {} slower, {} faster",
-            k.in_both,
-            k.unchanged,
-            count(KernelChangeKind::Appeared),
-            count(KernelChangeKind::Disappeared),
-            count(KernelChangeKind::Slower),
-            count(KernelChangeKind::Faster)
-        ),
-    );
+    for (label, value) in kernel_lines(k) {
+        line(out, label, value);
+    }
     if k.changes.is_empty() {
         return;
     }
     let mut table = Table::new(&["change", "count", "base mean", "new mean", "mean", "impact", "kernel"], &[0, 6]);
     for c in k.changes.iter().take(LISTED_KERNELS) {
-        let count = |t: &Option<KernelTotals>| t.as_ref().map_or("-".into(), |t| t.count.to_string());
-        let mean = |t: &Option<KernelTotals>| t.as_ref().map_or("-".into(), |t| text::duration(t.mean_ns));
         table.row(vec![
             c.change.as_str().into(),
-            format!("{}→{}", count(&c.base), count(&c.new)),
-            mean(&c.base),
-            mean(&c.new),
+            kernel_count(c),
+            kernel_mean(&c.base),
+            kernel_mean(&c.new),
             relative(c.mean_relative),
             signed(Unit::Ns, c.impact_ns),
             c.name.clone(),

@@ -1,10 +1,13 @@
 //! The HTML report: [`render_html`] turns an [`Analysis`] into one self-contained page (inline CSS
 //! and SVG, no script, nothing fetched) holding what the text report holds, diagnosis first, with
 //! charts of the GPU busy series, the kernel-class shares, per-iteration host and device time and
-//! the sampled hardware counters. Every string taken from the trace is escaped.
+//! the sampled hardware counters. Given a [`Comparison`], the page holds it right after the
+//! diagnosis, as the terminal prints it after the report. Every string taken from a trace is
+//! escaped.
 
 use std::fmt::Write;
 
+use crate::compare::{self, Assessment, Comparison, FigureDelta, KernelChangeKind, KernelChanges, Outcome, PhaseShifts, Unit, Verdict};
 use crate::diagnose::Diagnosis;
 use crate::gpu::{DeviceGaps, DeviceUtilisation};
 use crate::hardware::Hardware;
@@ -36,9 +39,23 @@ const SECTIONS: [(&str, &str, Body); 11] = [
     ("memory", "Memory", |a, out| memory(&a.memory, out)),
 ];
 
-/// The element ids of the page's sections, in page order.
-pub fn section_ids() -> impl Iterator<Item = &'static str> {
-    SECTIONS.iter().map(|s| s.0)
+/// The section of a comparison: element id and heading.
+const COMPARISON: (&str, &str) = ("comparison", "Comparison");
+/// How many of [`SECTIONS`] come before the comparison: the diagnosis.
+const BEFORE_COMPARISON: usize = 1;
+
+/// The element ids and headings of the page's sections in page order, the comparison's included
+/// when the page has one.
+fn headings(comparison: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let (before, after) = SECTIONS.split_at(BEFORE_COMPARISON);
+    let heading = |s: &(&'static str, &'static str, Body)| (s.0, s.1);
+    before.iter().map(heading).chain(comparison.then_some(COMPARISON)).chain(after.iter().map(heading))
+}
+
+/// The element ids of the page's sections, in page order: with `comparison`, those of a page
+/// given a [`Comparison`].
+pub fn section_ids(comparison: bool) -> impl Iterator<Item = &'static str> {
+    headings(comparison).map(|h| h.0)
 }
 
 /// The charts' element ids: GPU busy share over time, kernel-class time shares, per-iteration host
@@ -67,6 +84,9 @@ thead th{border-bottom:1px solid #b9c0c9;font-weight:600}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.facts th{font-weight:normal;color:#555;white-space:nowrap;padding-left:0}
 .not-available{color:#8a5a00}
+.better{color:#1e7b34;font-weight:600}
+.worse{color:#b42318;font-weight:600}
+p.verdict{font-size:16px;margin:4px 0 6px}
 .finding{border-left:4px solid #c9302c;background:#fcf3f2;padding:8px 12px;margin:10px 0}
 .finding h3{margin:0 0 4px}
 .finding ul,.finding ol{margin:4px 0;padding-left:22px}
@@ -84,8 +104,9 @@ svg .grid{stroke:#e6e9ee}
 /// Line and bar colours, taken in turn.
 const PALETTE: [&str; 8] = ["#2f6db5", "#e07b18", "#2e9e4f", "#c9302c", "#7d55b8", "#8c564b", "#d45fb0", "#6b7280"];
 
-/// The whole analysis as one self-contained HTML page.
-pub fn render_html(a: &Analysis) -> String {
+/// The whole analysis as one self-contained HTML page; with `comparison`, what changed from a
+/// base trace to the analysed one follows the diagnosis.
+pub fn render_html(a: &Analysis, comparison: Option<&Comparison>) -> String {
     let mut out = String::with_capacity(64 * 1024);
     let title = match (&a.overview.command, &a.overview.model) {
         (Some(command), _) => format!("lumen analyze: {command}"),
@@ -104,17 +125,24 @@ pub fn render_html(a: &Analysis) -> String {
         let _ = writeln!(out, "<p class=\"subtitle\">a trace of {}</p>", escape(&text::duration(span.duration_ns as f64)));
     }
     out.push_str("<nav>");
-    for (id, heading, _) in SECTIONS {
+    for (id, heading) in headings(comparison.is_some()) {
         let _ = write!(out, "<a href=\"#{id}\">{heading}</a>");
     }
     out.push_str("</nav>\n");
-    for (id, heading, body) in SECTIONS {
-        let _ = writeln!(out, "<section id=\"{id}\">\n<h2>{heading}</h2>");
-        body(a, &mut out);
-        out.push_str("</section>\n");
+    for (i, (id, heading, body)) in SECTIONS.into_iter().enumerate() {
+        if let (BEFORE_COMPARISON, Some(c)) = (i, comparison) {
+            section(&mut out, COMPARISON.0, COMPARISON.1, |out| comparison_section(c, out));
+        }
+        section(&mut out, id, heading, |out| body(a, out));
     }
     out.push_str("</main>\n</body>\n</html>\n");
     out
+}
+
+fn section(out: &mut String, id: &str, heading: &str, body: impl FnOnce(&mut String)) {
+    let _ = writeln!(out, "<section id=\"{id}\">\n<h2>{heading}</h2>");
+    body(out);
+    out.push_str("</section>\n");
 }
 
 /// `s` made safe for HTML text and quoted attribute values.
@@ -165,19 +193,37 @@ fn facts(out: &mut String, rows: Vec<(String, Measured<String>)>) {
 /// A table whose columns are right-aligned numbers except the ones named in `left`; a long cell in
 /// a left column is cut, its full text in the tooltip.
 fn table(out: &mut String, header: &[&str], left: &[usize], rows: impl IntoIterator<Item = Vec<String>>) {
-    let align = |i: usize| if left.contains(&i) { "" } else { " class=\"num\"" };
+    marked_table(out, header, left, rows.into_iter().map(|row| (row, None)));
+}
+
+/// [`table`] whose rows may each mark one cell, given by its column, with a CSS class.
+fn marked_table(
+    out: &mut String,
+    header: &[&str],
+    left: &[usize],
+    rows: impl IntoIterator<Item = (Vec<String>, Option<(usize, &'static str)>)>,
+) {
+    let class = |i: usize, mark: Option<&str>| {
+        let classes: Vec<&str> = (!left.contains(&i)).then_some("num").into_iter().chain(mark).collect();
+        if classes.is_empty() {
+            String::new()
+        } else {
+            format!(" class=\"{}\"", classes.join(" "))
+        }
+    };
     out.push_str("<table><thead><tr>");
     for (i, h) in header.iter().enumerate() {
-        let _ = write!(out, "<th{}>{}</th>", align(i), escape(h));
+        let _ = write!(out, "<th{}>{}</th>", class(i, None), escape(h));
     }
     out.push_str("</tr></thead><tbody>\n");
-    for row in rows {
+    for (row, mark) in rows {
         out.push_str("<tr>");
         for (i, cell) in row.iter().enumerate() {
+            let class = class(i, mark.filter(|m| m.0 == i).map(|m| m.1));
             if left.contains(&i) && cell.chars().count() > NAME_CHARS {
-                let _ = write!(out, "<td title=\"{}\">{}</td>", escape(cell), escape(&text::truncate(cell, NAME_CHARS)));
+                let _ = write!(out, "<td{class} title=\"{}\">{}</td>", escape(cell), escape(&text::truncate(cell, NAME_CHARS)));
             } else {
-                let _ = write!(out, "<td{}>{}</td>", align(i), escape(cell));
+                let _ = write!(out, "<td{class}>{}</td>", escape(cell));
             }
         }
         out.push_str("</tr>\n");
@@ -224,6 +270,108 @@ fn diagnosis(d: &Diagnosis, out: &mut String) {
         let _ = writeln!(out, "<p class=\"not-found\">checked, not found: {}</p>", escape(&d.not_found.join(", ")));
     }
     facts(out, d.not_available.iter().map(|u| (u.pattern.to_string(), Measured::NotAvailable(u.reason.clone()))).collect());
+}
+
+fn comparison_section(c: &Comparison, out: &mut String) {
+    h3(out, "Verdict");
+    verdict(&c.verdict, out);
+    h3(out, "Headline figures");
+    figures(&c.figures, out);
+    h3(out, "Kernels");
+    kernel_changes(&c.kernels, out);
+    h3(out, "CPU phases");
+    phase_shifts(&c.phases, out);
+}
+
+/// The CSS class of a change for the better or the worse; none for the others.
+fn direction(assessment: Assessment) -> Option<&'static str> {
+    match assessment {
+        Assessment::Better | Assessment::Worse => Some(assessment.as_str()),
+        Assessment::Same | Assessment::Changed => None,
+    }
+}
+
+fn verdict(verdict: &Measured<Verdict>, out: &mut String) {
+    let v = match verdict {
+        Measured::Available(v) => v,
+        Measured::NotAvailable(why) => return facts(out, vec![("verdict".into(), Measured::NotAvailable(why.clone()))]),
+    };
+    let class = match v.outcome {
+        Outcome::Slower => "verdict worse",
+        Outcome::Faster => "verdict better",
+        Outcome::NoSignificantDifference => "verdict",
+    };
+    let _ = writeln!(out, "<p class=\"{class}\">{}</p>", escape(&v.summary));
+    facts(out, compare::verdict_lines(v).into_iter().map(|(label, value)| (label.to_string(), Measured::Available(value))).collect());
+}
+
+fn figures(figures: &[FigureDelta], out: &mut String) {
+    let rows = figures.iter().filter_map(|f| {
+        let c = f.change.get()?;
+        let cells = vec![
+            f.name.clone(),
+            compare::value(f.unit, c.base),
+            compare::value(f.unit, c.new),
+            compare::signed(f.unit, c.delta),
+            compare::relative(c.relative),
+            c.assessment.as_str().into(),
+        ];
+        Some((cells, direction(c.assessment).map(|class| (5, class))))
+    });
+    marked_table(out, &["figure", "base", "new", "delta", "change", "assessment"], &[0, 5], rows);
+    facts(out, compare::missing_figures(figures).into_iter().map(|(names, why)| (names, Measured::NotAvailable(why.into()))).collect());
+}
+
+fn kernel_changes(kernels: &Measured<KernelChanges>, out: &mut String) {
+    let k = match kernels {
+        Measured::Available(k) => k,
+        Measured::NotAvailable(why) => return not_available(out, why),
+    };
+    facts(out, compare::kernel_lines(k).into_iter().map(|(label, value)| (label.to_string(), Measured::Available(value))).collect());
+    if k.changes.is_empty() {
+        return;
+    }
+    let rows = k.changes.iter().take(compare::LISTED_KERNELS).map(|c| {
+        let cells = vec![
+            c.name.clone(),
+            c.change.as_str().into(),
+            compare::kernel_count(c),
+            compare::kernel_mean(&c.base),
+            compare::kernel_mean(&c.new),
+            compare::relative(c.mean_relative),
+            compare::signed(Unit::Ns, c.impact_ns),
+        ];
+        let mark = match c.change {
+            KernelChangeKind::Slower => Some((1, "worse")),
+            KernelChangeKind::Faster => Some((1, "better")),
+            KernelChangeKind::Appeared | KernelChangeKind::Disappeared => None,
+        };
+        (cells, mark)
+    });
+    marked_table(out, &["kernel", "change", "count", "base mean", "new mean", "mean change", "impact"], &[0, 1], rows);
+    if k.changes.len() > compare::LISTED_KERNELS {
+        let more = format!("and {} more (the JSON lists them all)", k.changes.len() - compare::LISTED_KERNELS);
+        let _ = writeln!(out, "<p>{}</p>", escape(&more));
+    }
+}
+
+fn phase_shifts(phases: &Measured<PhaseShifts>, out: &mut String) {
+    let p = match phases {
+        Measured::Available(p) => p,
+        Measured::NotAvailable(why) => return not_available(out, why),
+    };
+    let over = format!("{} base and {} new iterations", p.base_iterations, p.new_iterations);
+    facts(out, vec![("per iteration, over".into(), Measured::Available(over))]);
+    let rows = p.phases.iter().map(|s| {
+        vec![
+            s.name.clone(),
+            s.base_ns.map_or("-".into(), text::duration),
+            s.new_ns.map_or("-".into(), text::duration),
+            compare::signed(Unit::Ns, s.delta_ns),
+            compare::relative(s.relative),
+        ]
+    });
+    table(out, &["phase", "base", "new", "delta", "change"], &[0], rows);
 }
 
 fn overview(o: &Overview, out: &mut String) {
@@ -876,7 +1024,19 @@ mod tests {
     }
 
     fn page(trace: &TraceData) -> String {
-        render_html(&analysis(trace))
+        render_html(&analysis(trace), None)
+    }
+
+    fn compared_page(base: &TraceData, new: &TraceData) -> String {
+        let (a, b) = (analysis(base), analysis(new));
+        render_html(&b, Some(&compare::compare(&a, &b, base, new)))
+    }
+
+    /// The first row of `html` holding `cell` as a cell's whole text.
+    fn row<'a>(html: &'a str, cell: &str) -> &'a str {
+        let at = html.find(&format!(">{cell}</td>")).unwrap_or_else(|| panic!("no cell {cell}:\n{html}"));
+        let start = html[..at].rfind("<tr>").expect("a cell is in a row");
+        &html[start..at + html[at..].find("</tr>").expect("the row is closed")]
     }
 
     /// The `tag` element with `id`, from its opening tag to its closing tag.
@@ -959,7 +1119,7 @@ mod tests {
     #[test]
     fn sections_without_data_say_why_and_so_do_their_charts() {
         let html = page(&TraceData::default());
-        let ids: Vec<&str> = section_ids().collect();
+        let ids: Vec<&str> = section_ids(false).collect();
         assert_eq!(
             ids,
             ["diagnosis", "overview", "gpu", "gaps", "kernels", "launch", "iterations", "phases", "ranges", "hardware", "memory"]
@@ -983,7 +1143,7 @@ mod tests {
     #[test]
     fn every_chart_is_drawn_when_its_data_exists() {
         let a = analysis(&full_trace("gemm_kernel"));
-        let html = render_html(&a);
+        let html = render_html(&a, None);
         for id in CHARTS {
             assert!(element(&html, "figure", id).contains("<svg viewBox="), "{id} has no SVG:\n{}", element(&html, "figure", id));
         }
@@ -1040,6 +1200,137 @@ mod tests {
         let once = page(&TraceData { counters: vec![sample(5, "power W", 300.0)], ..TraceData::default() });
         let chart = element(&once, "figure", CHARTS[3]);
         assert!(chart.contains("not available: every counter has samples at one instant only") && !chart.contains("<svg"), "{chart}");
+    }
+
+    #[test]
+    fn a_comparison_follows_the_diagnosis_with_its_verdict_and_tables() {
+        let base = full_trace("gemm_kernel");
+        let mut new = full_trace(HOSTILE);
+        for row in &mut new.iterations {
+            row.host_ms *= 1.2;
+        }
+        let html = compared_page(&base, &new);
+        let ids: Vec<&str> = section_ids(true).collect();
+        assert_eq!(ids[..3], ["diagnosis", "comparison", "overview"]);
+        assert_eq!(ids.len(), section_ids(false).count() + 1);
+        let order: Vec<usize> = ids.iter().map(|id| html.find(&format!("<section id=\"{id}\">")).unwrap()).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "sections out of page order: {order:?}");
+        assert!(
+            html.contains("<a href=\"#diagnosis\">Diagnosis</a><a href=\"#comparison\">Comparison</a><a href=\"#overview\">"),
+            "{html}"
+        );
+
+        let c = element(&html, "section", "comparison");
+        let headings: Vec<usize> =
+            ["Verdict", "Headline figures", "Kernels", "CPU phases"].iter().map(|h| c.find(&format!("<h3>{h}</h3>")).unwrap()).collect();
+        assert!(headings.windows(2).all(|w| w[0] < w[1]), "{c}");
+        assert!(c.contains("<p class=\"verdict worse\">slower by 20.0% (95% CI "), "{c}");
+        assert!(c.contains("<tr><th>compared</th><td>median host time per iteration</td></tr>"), "{c}");
+        assert!(c.contains("<tr><th>base</th><td>8 iterations (iteration rows), median 0.935 ms</td></tr>"), "{c}");
+        assert!(
+            c.contains(
+                "<tr><th>confidence</th><td>low: 8 base and 8 new iterations; a confident verdict needs at least 20 in each</td></tr>"
+            ),
+            "{c}"
+        );
+        assert!(c.contains("<tr><th>method</th><td>bootstrap of the difference of medians, 2000 resamples, seed 0x"), "{c}");
+
+        let mean = row(c, "iteration host time, mean");
+        assert!(mean.contains("<td class=\"num\">+20.0%</td><td class=\"worse\">worse</td>"), "{mean}");
+        let same = row(c, "kernel time");
+        assert!(same.contains("<td class=\"num\">0</td><td class=\"num\">+0.0%</td><td>same</td>"), "no class for the same: {same}");
+        assert!(
+            c.contains("<tr><th>kernels</th><td>1 in both (1 unchanged); 1 appeared, 1 disappeared, 0 slower, 0 faster</td></tr>"),
+            "{c}"
+        );
+        let gone = row(c, "gemm_kernel");
+        assert!(
+            gone.contains("<td>disappeared</td><td class=\"num\">8→-</td><td class=\"num\">290.0 µs</td><td class=\"num\">-</td>"),
+            "{gone}"
+        );
+        assert!(gone.contains("<td class=\"num\">-2.320 ms</td>"), "{gone}");
+        assert!(c.contains("<tr><th>per iteration, over</th><td>8 base and 8 new iterations</td></tr>"), "{c}");
+        assert_well_formed(&html);
+    }
+
+    #[test]
+    fn faster_kernels_and_runs_are_marked_better() {
+        let mut base = full_trace("gemm_kernel");
+        for i in 0..30u64 {
+            let t = 10_000_000 + i * 1_000_000;
+            base.iterations.push(iteration(8 + i, t, t + 900_000, 1.2));
+        }
+        let mut new = base.clone();
+        for op in new.gpu_ops.iter_mut().filter(|op| op.name == "gemm_kernel") {
+            op.end_ns -= 100_000;
+        }
+        for row in &mut new.iterations {
+            row.host_ms *= 0.8;
+        }
+        let c = compared_page(&base, &new);
+        let c = element(&c, "section", "comparison");
+        assert!(c.contains("<p class=\"verdict better\">faster by 20.0% (95% CI "), "{c}");
+        assert!(c.contains("<tr><th>confidence</th><td>high: at least 20 iterations in each trace</td></tr>"), "{c}");
+        assert!(row(c, "gemm_kernel").contains("<td class=\"better\">faster</td><td class=\"num\">8→8</td>"), "{}", row(c, "gemm_kernel"));
+        assert!(row(c, "iteration host time, median").contains("<td class=\"better\">better</td>"), "{c}");
+    }
+
+    #[test]
+    fn hostile_names_in_the_comparison_are_escaped() {
+        let html = compared_page(&full_trace("gemm_kernel"), &full_trace(HOSTILE));
+        assert!(!html.contains("<script"), "a name opened a script element");
+        let c = element(&html, "section", "comparison");
+        let escaped = "void gemm&lt;float, Tile&lt;128,64&gt;&gt;(T const&amp;, &quot;a&quot; &#39;b&#39;) &lt;/td&gt;&lt;script&gt;alert(1)&lt;/script&gt;";
+        let appeared = row(c, escaped);
+        assert!(appeared.contains("<td>appeared</td><td class=\"num\">-→8</td>"), "{appeared}");
+        let phase = c.rfind(&format!("<td>{escaped}</td>")).unwrap();
+        assert!(c[phase..].starts_with(&format!("<td>{escaped}</td><td class=\"num\">-</td><td class=\"num\">900.0 µs</td>")), "{c}");
+        assert_well_formed(&html);
+    }
+
+    #[test]
+    fn what_the_traces_cannot_compare_says_why() {
+        let empty = TraceData::default();
+        let html = compared_page(&empty, &empty);
+        let c = element(&html, "section", "comparison");
+        assert!(
+            c.contains("<tr><th>verdict</th><td class=\"not-available\">not available: neither trace has iterations (no iteration rows"),
+            "{c}"
+        );
+        let no_gpu = "not available: both traces: the trace has no GPU operations; record one with `lumen profile`";
+        assert!(c.contains(&format!("<h3>Kernels</h3>\n<p class=\"not-available\">{no_gpu}</p>")), "{c}");
+        assert!(
+            c.contains("<h3>CPU phases</h3>\n<p class=\"not-available\">not available: both traces: the trace has no phase spans"),
+            "{c}"
+        );
+        assert!(
+            c.contains(
+                "<tr><th>hardware counters</th><td class=\"not-available\">not available: both traces: the trace has no GPU metric samples"
+            ),
+            "{c}"
+        );
+        assert!(c.contains("<tr><th>GPU busy, GPU busy time, GPU idle time, "), "figures with one reason share a row:\n{c}");
+
+        let mut new = full_trace("gemm_kernel");
+        for row in &mut new.iterations {
+            row.device_ms = None;
+        }
+        let html = compared_page(&full_trace("gemm_kernel"), &new);
+        assert!(
+            element(&html, "section", "comparison").contains(
+                "<tr><th>iteration device time, mean, iteration device time, median</th>\
+                 <td class=\"not-available\">not available: new: no iteration row has a device time</td></tr>"
+            ),
+            "{html}"
+        );
+        assert_well_formed(&html);
+    }
+
+    #[test]
+    fn without_a_comparison_the_page_has_none() {
+        let html = page(&full_trace("gemm_kernel"));
+        assert!(!html.contains("id=\"comparison\"") && !html.contains("#comparison"), "{html}");
+        assert!(!section_ids(false).any(|id| id == "comparison"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! a serialisable struct, [`Measured::NotAvailable`] with the reason when the trace lacks its
 //! data; [`diagnose`] reads them for known performance patterns, and [`render_text`] prints the
 //! diagnosis first, then every figure, as a terminal report; [`render_html`] writes the same as
-//! one self-contained HTML page with charts.
+//! one self-contained HTML page with charts, and a [`compare::Comparison`] with a base trace when
+//! given one.
 
 pub mod compare;
 pub mod diagnose;

@@ -3,8 +3,8 @@
 //! measure (crates/analyze), each section saying "not available" when the trace lacks its data,
 //! after a diagnosis of the known performance patterns those figures show; `--html` writes the
 //! same report as one self-contained HTML page with charts. With `--compare BASE` the report is
-//! followed by what changed from BASE to TRACE (crates/analyze/src/compare.rs), and the JSON gains
-//! a `comparison` key.
+//! followed by what changed from BASE to TRACE (crates/analyze/src/compare.rs), the JSON gains a
+//! `comparison` key, and the HTML page a comparison section after the diagnosis.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -39,8 +39,8 @@ pub struct AnalyzeArgs {
     explain: bool,
     /// Compare against BASE, an earlier trace: deltas of the headline figures, kernels that
     /// appeared, disappeared or changed, the phase-time shift and a verdict. BASE is analysed
-    /// with the same options; the comparison follows the report, and goes under `comparison` in
-    /// the JSON.
+    /// with the same options; the comparison follows the report, goes under `comparison` in the
+    /// JSON, and follows the diagnosis in the HTML page.
     #[arg(long, value_name = "BASE")]
     compare: Option<PathBuf>,
 }
@@ -83,7 +83,8 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         std::fs::write(path, json.context("serializing the analysis")?).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.html {
-        std::fs::write(path, render_html(&analysis)).with_context(|| format!("cannot write the HTML report {}", path.display()))?;
+        std::fs::write(path, render_html(&analysis, comparison.as_ref()))
+            .with_context(|| format!("cannot write the HTML report {}", path.display()))?;
     }
     let mut report = render_text(&analysis);
     if let Some(comparison) = &comparison {

@@ -4,8 +4,9 @@
 //! by the `lumen` binary; headless Chromium then loads the page it wrote. The page must load with
 //! no console message, hold every section, the findings and the four charts in its DOM, keep the
 //! hostile names as text, and render a screenshot that is not blank; a copy of the page with a
-//! script error shows the console check catches one. Needs `/usr/bin/chromium` (the apt package
-//! `chromium`, installed by `scripts/setup.sh`).
+//! script error shows the console check catches one. With `--compare`, the page of a slower run
+//! must show the verdict and the kernels that changed after the diagnosis. Needs
+//! `/usr/bin/chromium` (the apt package `chromium`, installed by `scripts/setup.sh`).
 
 mod common;
 
@@ -31,11 +32,33 @@ const ITERATIONS: u64 = 16;
 const GEMM: &str = "void cutlass::Kernel<cutlass::gemm::GemmUniversal<bf16, 128>>(Params const&)";
 const ATTENTION: &str = "flash_fwd<\"causal\" & 'paged'><script>console.error(\"injected\")</script>";
 const NORM: &str = "rms_norm_kernel<__nv_bfloat16>";
+const ROPE: &str = "fused_rope_kernel<bf16, 128>";
+/// The kernels of one iteration and their lengths in ns.
+const KERNELS: [(&str, u64); 3] = [(GEMM, 90_000), (ATTENTION, 60_000), (NORM, 8_000)];
+/// [`KERNELS`] with attention 50% slower and one more kernel.
+const SLOWER_KERNELS: [(&str, u64); 4] = [(GEMM, 90_000), (ATTENTION, 90_000), (NORM, 8_000), (ROPE, 20_000)];
 
-/// Per iteration: schedule, forward and sample phases; a pageable async upload; three kernels
-/// launched back to back; a stream synchronise; SM and DRAM samples. Iteration 5 is slow on the
-/// host. Returns the trace's path.
+/// What one written run holds.
+struct Workload<'a> {
+    file: &'a str,
+    iterations: u64,
+    /// Host time per iteration relative to the standard run's.
+    host_scale: f64,
+    kernels: &'a [(&'a str, u64)],
+    with_gpu: bool,
+}
+
+/// The standard run: [`ITERATIONS`] iterations of [`KERNELS`].
 fn write_trace(s: &Scratch, with_gpu: bool) -> String {
+    let file = if with_gpu { "gpu.lumen" } else { "host.lumen" };
+    write_run(s, &Workload { file, iterations: ITERATIONS, host_scale: 1.0, kernels: &KERNELS, with_gpu })
+}
+
+/// Per iteration: schedule, forward and sample phases; a pageable async upload; the kernels
+/// launched back to back, 100 µs apart; a stream synchronise; SM and DRAM samples. Iteration 5 is
+/// slow on the host. Returns the trace's path.
+fn write_run(s: &Scratch, run: &Workload) -> String {
+    let with_gpu = run.with_gpu;
     let (mut spans, mut iterations, mut counters, mut allocations) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut api_calls, mut gpu_ops) = (Vec::new(), Vec::new());
     let span = |start_ns: u64, end_ns: u64, name: &str, iteration: u64| SpanRow {
@@ -68,7 +91,7 @@ fn write_trace(s: &Scratch, with_gpu: bool) -> String {
         name: name.into(),
         ..GpuOpRow::default()
     };
-    for it in 0..ITERATIONS {
+    for it in 0..run.iterations {
         let t = 1_000_000 + it * 1_000_000;
         let slow = if it == 5 { 150_000 } else { 0 };
         spans.push(span(t, t + 150_000 + slow, "schedule", it));
@@ -77,14 +100,14 @@ fn write_trace(s: &Scratch, with_gpu: bool) -> String {
         iterations.push(IterationRow {
             iter: it,
             start_ns: t,
-            end_ns: t + 800_000,
+            end_ns: t + (800_000.0 * run.host_scale) as u64,
             ctx_reqs: u64::from(it == 0),
             gen_reqs: 4,
             ctx_tokens: if it == 0 { 64 } else { 0 },
             gen_tokens: 4,
             kv_used_blocks: 8 + it,
             kv_total_blocks: 64,
-            host_ms: 0.8 + if it == 5 { 0.9 } else { it as f64 * 0.01 },
+            host_ms: (0.8 + if it == 5 { 0.9 } else { it as f64 * 0.01 }) * run.host_scale,
             device_ms: with_gpu.then_some(0.55 + it as f64 * 0.005),
         });
         allocations.push(AllocationRow { iteration: it, count: 12, bytes: 8192, frees: 12, kv_blocks_allocated: 1, kv_blocks_freed: 0 });
@@ -96,11 +119,10 @@ fn write_trace(s: &Scratch, with_gpu: bool) -> String {
             pinned: Some(false),
             ..op(GpuOpKind::Memcpy, t + 120_000, t + 130_000, "memcpy HtoD", correlation)
         });
-        for (k, name) in [GEMM, ATTENTION, NORM].into_iter().enumerate() {
+        for (k, &(name, length)) in run.kernels.iter().enumerate() {
             let k = k as u64;
             api_calls.push(api(t + 200_000 + k * 10_000, t + 205_000 + k * 10_000, "cuLaunchKernel", correlation + 1 + k));
             let start = t + 300_000 + k * 100_000;
-            let length = [90_000, 60_000, 8_000][k as usize];
             gpu_ops.push(GpuOpRow {
                 grid: Some([132, 1, 1]),
                 block: Some([256, 1, 1]),
@@ -113,7 +135,7 @@ fn write_trace(s: &Scratch, with_gpu: bool) -> String {
             counters.push(CounterRow { ts_ns: t + offset, name: "dram read %".into(), device: Some(0), value: sm / 2.0 });
         }
     }
-    let path = s.path(if with_gpu { "gpu.lumen" } else { "host.lumen" });
+    let path = s.path(run.file);
     let meta = [("command".to_string(), "lumen bench throughput --model <tiny> & \"friends\"".to_string())];
     let mut w = TraceWriter::create(Path::new(&path), &meta).unwrap();
     let threads = [(TID, "engine".to_string())];
@@ -222,6 +244,18 @@ fn element<'a>(dom: &'a str, tag: &str, id: &str) -> &'a str {
     &dom[start..end]
 }
 
+/// A name as the DOM serialises it in a text node.
+fn dom_text(name: &str) -> String {
+    name.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// The first table row of `dom` with a cell whose whole text is `text`.
+fn row<'a>(dom: &'a str, text: &str) -> &'a str {
+    let at = dom.find(&format!("<td>{text}</td>")).unwrap_or_else(|| panic!("no cell {text}:\n{dom}"));
+    let start = dom[..at].rfind("<tr>").expect("a cell is in a row");
+    &dom[start..at + dom[at..].find("</tr>").expect("the row is closed")]
+}
+
 #[test]
 fn the_page_loads_cleanly_and_holds_every_section_finding_and_chart() {
     let s = Scratch::new("html-dom");
@@ -233,7 +267,7 @@ fn the_page_loads_cleanly_and_holds_every_section_finding_and_chart() {
     let browser = dump_dom(&s, "dom", &page);
     assert!(browser.console().is_empty(), "the page logged to the console:\n{}", browser.console().join("\n"));
     let dom = &browser.stdout;
-    for id in section_ids() {
+    for id in section_ids(false) {
         assert!(dom.contains(&format!("<section id=\"{id}\">")), "section {id} missing from the DOM");
     }
     let diagnosis = element(dom, "section", "diagnosis");
@@ -252,11 +286,46 @@ fn the_page_loads_cleanly_and_holds_every_section_finding_and_chart() {
     assert!(!dom.contains("<script"), "a kernel name became a script element");
     let kernels = element(dom, "section", "kernels");
     for name in [GEMM, ATTENTION, NORM] {
-        let text = name.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-        assert!(kernels.contains(&format!("<td>{text}</td>")), "{name} is not a table cell's text:\n{kernels}");
+        assert!(kernels.contains(&format!("<td>{}</td>", dom_text(name))), "{name} is not a table cell's text:\n{kernels}");
     }
     let title = "<title>lumen analyze: lumen bench throughput --model &lt;tiny&gt; &amp; \"friends\"</title>";
     assert!(dom.contains(title), "{}", &dom[..dom.len().min(600)]);
+}
+
+#[test]
+fn a_compared_page_shows_the_verdict_and_the_changed_kernels_after_the_diagnosis() {
+    let s = Scratch::new("html-compare");
+    let workload =
+        |file, host_scale, kernels: &'static [(&'static str, u64)]| Workload { file, iterations: 24, host_scale, kernels, with_gpu: true };
+    let base = write_run(&s, &workload("base.lumen", 1.0, &KERNELS));
+    let new = write_run(&s, &workload("new.lumen", 1.2, &SLOWER_KERNELS));
+    let page = s.path("page.html");
+    let run = lumen(&["analyze", &new, "--compare", &base, "--html", &page]).ok();
+    assert!(run.stdout.contains("== Comparison: verdict =="), "the terminal still prints the comparison:\n{}", run.stdout);
+    let browser = dump_dom(&s, "compare", &page);
+    assert!(browser.console().is_empty(), "the page logged to the console:\n{}", browser.console().join("\n"));
+    let dom = &browser.stdout;
+    let at: Vec<usize> = section_ids(true)
+        .map(|id| dom.find(&format!("<section id=\"{id}\">")).unwrap_or_else(|| panic!("section {id} missing from the DOM")))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "the sections are out of order: {at:?}");
+    assert!(dom.contains("<a href=\"#comparison\">Comparison</a>"), "the navigation links the comparison");
+
+    let comparison = element(dom, "section", "comparison");
+    assert!(comparison.contains("<p class=\"verdict worse\">slower by 20.0% (95% CI "), "{comparison}");
+    assert!(comparison.contains("<td>high: at least 20 iterations in each trace</td>"), "{comparison}");
+    let median = row(comparison, "iteration host time, median");
+    assert!(median.contains("<td class=\"num\">+20.0%</td><td class=\"worse\">worse</td>"), "{median}");
+    assert!(comparison.contains("<td>3 in both (2 unchanged); 1 appeared, 0 disappeared, 1 slower, 0 faster</td>"), "{comparison}");
+    let slower = row(comparison, &dom_text(ATTENTION));
+    assert!(
+        slower.contains("<td class=\"worse\">slower</td><td class=\"num\">24→24</td><td class=\"num\">60.0 µs</td><td class=\"num\">90.0 µs</td><td class=\"num\">+50.0%</td><td class=\"num\">+720.0 µs</td>"),
+        "{slower}"
+    );
+    let appeared = row(comparison, &dom_text(ROPE));
+    assert!(appeared.contains("<td>appeared</td><td class=\"num\">-→24</td>"), "{appeared}");
+    assert!(row(comparison, "forward").contains("<td class=\"num\">0</td>"), "the phases take the same time");
+    assert!(!dom.contains("<script"), "a kernel name became a script element");
 }
 
 #[test]
