@@ -8,7 +8,7 @@ use lumen_analyze::diagnose::{self, Diagnosis, Finding};
 use lumen_analyze::{analyze, Options};
 use lumen_trace::model::*;
 use lumen_trace::store::{read_trace, Batch, GpuBatch, TraceWriter};
-use std::path::PathBuf;
+use std::path::Path;
 
 const PID: u32 = 7000;
 const TID: u64 = 7001;
@@ -118,7 +118,7 @@ impl Run {
     }
 }
 
-fn write(path: &PathBuf, run: &Run) {
+fn write(path: &Path, run: &Run) {
     let meta = [("command".to_string(), "lumen bench throughput".to_string())];
     let mut w = TraceWriter::create(path, &meta).expect("create the trace");
     let threads = [(TID, "engine".to_string())];
