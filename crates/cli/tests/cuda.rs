@@ -101,9 +101,26 @@ fn cuda_bad_input_is_refused_before_any_work() {
     let s = Scratch::new("cuda-bad");
     lumen(&["generate", "--device", "cuda", "--model", "tiny", "--prompt-ids", "1,2", "--max-tokens", "2"])
         .fails_with(1, &["head_dim 16", "--device cpu"]);
-    lumen(&["generate", "--device", "cuda", "--model", "llama-3.1-70b", "--prompt-ids", "1,2", "--max-tokens", "2"])
+    let too_big = too_big_for_any_gpu(&s);
+    lumen(&["generate", "--device", "cuda", "--model", &too_big, "--prompt-ids", "1,2", "--max-tokens", "2"])
         .fails_with(1, &["does not fit on this GPU"]);
     let data = dataset(&s, "smollm2-135m", "2", "64", "64");
     lumen(&["bench", "throughput", "--device", "cuda", "--model", "smollm2-135m", "--dataset", &data, "--kv-cache-tokens", "32"])
         .fails_with(1, &["nothing was run", "128 tokens"]);
+}
+
+/// A Hugging Face model directory of the Llama-3.1-405B shape (about 750 GiB of bf16 weights, more
+/// than any single GPU holds) whose one safetensors shard has no tensors: the size check must
+/// refuse it before a weight is read.
+fn too_big_for_any_gpu(s: &Scratch) -> String {
+    let config = r#"{"model_type": "llama", "vocab_size": 128256, "hidden_size": 16384, "intermediate_size": 53248,
+        "num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0}"#;
+    std::fs::create_dir_all(s.dir.join("llama-405b-shape")).expect("create the model directory");
+    s.write("llama-405b-shape/config.json", config);
+    let header = b"{}";
+    let mut shard = (header.len() as u64).to_le_bytes().to_vec();
+    shard.extend_from_slice(header);
+    s.write("llama-405b-shape/model.safetensors", shard);
+    s.path("llama-405b-shape")
 }
