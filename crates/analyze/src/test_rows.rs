@@ -46,5 +46,9 @@ pub fn iteration(iter: u64, start_ns: u64, end_ns: u64, host_ms: f64) -> Iterati
         kv_total_blocks: 0,
         host_ms,
         device_ms: None,
+        queued_reqs: None,
+        weight_bytes: None,
+        kv_bytes_read: None,
+        flops: None,
     }
 }

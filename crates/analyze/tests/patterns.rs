@@ -86,6 +86,10 @@ impl Run {
             kv_total_blocks: 100,
             host_ms: (end_ns - start_ns) as f64 / 1e6,
             device_ms: None,
+            queued_reqs: None,
+            weight_bytes: None,
+            kv_bytes_read: None,
+            flops: None,
         });
         self.allocations.push(AllocationRow {
             iteration: iter,

@@ -56,6 +56,10 @@ fn run() -> TraceData {
             kv_total_blocks: 16,
             host_ms: 0.8,
             device_ms: Some(0.6),
+            queued_reqs: None,
+            weight_bytes: None,
+            kv_bytes_read: None,
+            flops: None,
         });
         allocations.push(AllocationRow {
             iteration: it,

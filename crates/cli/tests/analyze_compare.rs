@@ -55,6 +55,10 @@ fn write_run(path: &str, iteration_ms: f64, forward_ns: u64, kernels: &[(&str, u
             kv_total_blocks: 64,
             host_ms,
             device_ms: None,
+            queued_reqs: None,
+            weight_bytes: None,
+            kv_bytes_read: None,
+            flops: None,
         });
         let mut at = forward;
         for (k, &(name, ns)) in kernels.iter().enumerate() {

@@ -109,6 +109,10 @@ fn write_run(s: &Scratch, run: &Workload) -> String {
             kv_total_blocks: 64,
             host_ms: (0.8 + if it == 5 { 0.9 } else { it as f64 * 0.01 }) * run.host_scale,
             device_ms: with_gpu.then_some(0.55 + it as f64 * 0.005),
+            queued_reqs: None,
+            weight_bytes: None,
+            kv_bytes_read: None,
+            flops: None,
         });
         allocations.push(AllocationRow { iteration: it, count: 12, bytes: 8192, frees: 12, kv_blocks_allocated: 1, kv_blocks_freed: 0 });
         let correlation = it * 10;

@@ -58,6 +58,10 @@ fn iteration(iter: u64) -> IterationRow {
         kv_total_blocks: 8,
         host_ms: 0.009,
         device_ms: None,
+        queued_reqs: None,
+        weight_bytes: None,
+        kv_bytes_read: None,
+        flops: None,
     }
 }
 

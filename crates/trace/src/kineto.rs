@@ -1016,6 +1016,11 @@ impl Importer {
                 kv_total_blocks: 0,
                 host_ms: (span.end_ns - span.start_ns) as f64 / 1e6,
                 device_ms: device(span.start_ns, span.end_ns).map(|ns| ns as f64 / 1e6),
+                // What the step moved and computed is not in a Kineto trace.
+                queued_reqs: None,
+                weight_bytes: None,
+                kv_bytes_read: None,
+                flops: None,
             };
             let kept = rows.entry(step.number).or_insert_with(|| row.clone());
             if row.end_ns - row.start_ns > kept.end_ns - kept.start_ns {

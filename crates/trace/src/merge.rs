@@ -239,6 +239,10 @@ mod tests {
             kv_total_blocks: 16,
             host_ms: 0.5,
             device_ms: Some(0.4),
+            queued_reqs: Some(iter),
+            weight_bytes: Some(1_000_000 + iter),
+            kv_bytes_read: Some(2_000 * (iter + 1)),
+            flops: Some(3.5e9),
         }
     }
 
@@ -339,6 +343,7 @@ mod tests {
         threads.extend(worker.threads.clone());
         assert_eq!(m.threads, threads);
         assert_eq!((m.spans, m.marks, m.counters), (engine.spans, engine.marks, engine.counters));
+        assert_eq!(m.iterations, (0..3).map(iteration).collect::<Vec<_>>(), "iterations keep their queue and work fields");
         assert_eq!((m.iterations, m.requests, m.allocations), (engine.iterations, engine.requests, engine.allocations));
         let mut ops = engine.gpu_ops.clone();
         ops.extend(worker.gpu_ops.clone());

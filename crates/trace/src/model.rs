@@ -59,8 +59,10 @@ pub struct CounterRow {
     pub value: f64,
 }
 
-/// One engine iteration's composition and timing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One engine iteration's composition, timing, and the work it did. The work fields are the
+/// engine's own count of what the scheduled batch moved and computed (not measured by the GPU);
+/// they are `None` in traces that do not carry them (schema versions 1 and 2, imported traces).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IterationRow {
     pub iter: u64,
     pub start_ns: u64,
@@ -73,6 +75,15 @@ pub struct IterationRow {
     pub kv_total_blocks: u64,
     pub host_ms: f64,
     pub device_ms: Option<f64>,
+    /// Requests still waiting for admission after the iteration's schedule.
+    pub queued_reqs: Option<u64>,
+    /// Bytes of weights one forward pass over the batch reads: every layer's matrices and norms,
+    /// the final norm and the output projection, plus the embedding rows gathered.
+    pub weight_bytes: Option<u64>,
+    /// Bytes of cached K and V the batch's attention reads (each sequence's context, every layer).
+    pub kv_bytes_read: Option<u64>,
+    /// Floating-point operations of the forward pass: the matrix products and attention.
+    pub flops: Option<f64>,
 }
 
 /// Host allocations and KV-block traffic during one iteration.

@@ -7,8 +7,11 @@
 //! loads a whole trace back into a [`TraceData`] (or streams one table in chunks, for merging), and
 //! names the file and what is wrong when it cannot.
 //!
-//! Schema version 2 added `pid` to `gpu_ops` and `api_calls` and `pinned` to `gpu_ops`. Version 1
-//! files still open: nothing wrote their `gpu_ops` and `api_calls`, so those read as empty.
+//! Schema version 2 added `pid` to `gpu_ops` and `api_calls` and `pinned` to `gpu_ops`. Version 3
+//! added `queued_reqs`, `weight_bytes`, `kv_bytes_read` and `flops` to `iterations` (nullable).
+//! Older files still open: nothing wrote the `gpu_ops` and `api_calls` of version 1 files, so those
+//! read as empty, and the iterations of version 1 and 2 files read with the version-3 fields
+//! `None`.
 
 use crate::model::{
     AllocationRow, ApiCallRow, CounterRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow,
@@ -19,10 +22,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: &str = "2";
+pub const SCHEMA_VERSION: &str = "3";
 
 /// The schema versions [`read_trace`] opens: versions 1, 2, ... up to [`SCHEMA_VERSION`], in order.
-const READABLE_VERSIONS: [&str; 2] = ["1", SCHEMA_VERSION];
+const READABLE_VERSIONS: [&str; 3] = ["1", "2", SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,7 +44,8 @@ CREATE TABLE api_calls(start INTEGER NOT NULL, end INTEGER NOT NULL, pid INTEGER
 CREATE TABLE counters(ts INTEGER NOT NULL, name INTEGER NOT NULL REFERENCES strings(id), device INTEGER, value REAL NOT NULL);
 CREATE TABLE iterations(iter INTEGER PRIMARY KEY, start INTEGER NOT NULL, end INTEGER NOT NULL, ctx_reqs INTEGER NOT NULL,
                         gen_reqs INTEGER NOT NULL, ctx_tokens INTEGER NOT NULL, gen_tokens INTEGER NOT NULL, kv_used_blocks INTEGER NOT NULL,
-                        kv_total_blocks INTEGER NOT NULL, kv_util REAL NOT NULL, host_ms REAL NOT NULL, device_ms REAL);
+                        kv_total_blocks INTEGER NOT NULL, kv_util REAL NOT NULL, host_ms REAL NOT NULL, device_ms REAL,
+                        queued_reqs INTEGER, weight_bytes INTEGER, kv_bytes_read INTEGER, flops REAL);
 CREATE TABLE requests(id INTEGER PRIMARY KEY, arrival INTEGER NOT NULL, first_token INTEGER, end INTEGER NOT NULL,
                       input_len INTEGER NOT NULL, output_len INTEGER NOT NULL);
 CREATE TABLE allocations(iteration INTEGER NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL, frees INTEGER NOT NULL,
@@ -235,7 +239,9 @@ impl TraceWriter {
                     .map_err(err)?;
             }
             let mut iteration = tx
-                .prepare_cached("INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )
                 .map_err(err)?;
             for i in batch.iterations {
                 let util = if i.kv_total_blocks == 0 { 0.0 } else { i.kv_used_blocks as f64 / i.kv_total_blocks as f64 };
@@ -252,7 +258,11 @@ impl TraceWriter {
                         i.kv_total_blocks as i64,
                         util,
                         i.host_ms,
-                        i.device_ms
+                        i.device_ms,
+                        i.queued_reqs.map(|v| v as i64),
+                        i.weight_bytes.map(|v| v as i64),
+                        i.kv_bytes_read.map(|v| v as i64),
+                        i.flops
                     ])
                     .map_err(err)?;
             }
@@ -357,6 +367,11 @@ pub(crate) trait Stored: Sized {
     const SINCE: u32;
     /// The query that reads every row, in the order [`read_trace`] returns them.
     const SELECT: &'static str;
+    /// The query for a file of schema `version` (at least [`Self::SINCE`]): [`Self::SELECT`]
+    /// unless the table gained columns since, which older files then read as NULL.
+    fn select(_version: u32) -> &'static str {
+        Self::SELECT
+    }
     fn read(row: &Row, names: &Names) -> rusqlite::Result<Self>;
 }
 
@@ -472,7 +487,14 @@ impl Stored for IterationRow {
     const TABLE: &'static str = "iterations";
     const SINCE: u32 = 1;
     const SELECT: &'static str = "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks,
-                                         host_ms, device_ms FROM iterations ORDER BY iter";
+                                         host_ms, device_ms, queued_reqs, weight_bytes, kv_bytes_read, flops FROM iterations ORDER BY iter";
+    fn select(version: u32) -> &'static str {
+        if version >= 3 {
+            return Self::SELECT;
+        }
+        "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms,
+                NULL, NULL, NULL, NULL FROM iterations ORDER BY iter"
+    }
     fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
         Ok(IterationRow {
             iter: u64_at(r, 0)?,
@@ -486,6 +508,10 @@ impl Stored for IterationRow {
             kv_total_blocks: u64_at(r, 8)?,
             host_ms: r.get(9)?,
             device_ms: r.get(10)?,
+            queued_reqs: opt_u64_at(r, 11)?,
+            weight_bytes: opt_u64_at(r, 12)?,
+            kv_bytes_read: opt_u64_at(r, 13)?,
+            flops: r.get(14)?,
         })
     }
 }
@@ -584,7 +610,7 @@ impl TraceReader {
             return Ok(0);
         }
         let err = |e| self.read_error(T::TABLE, e);
-        let mut statement = self.db.prepare(T::SELECT).map_err(err)?;
+        let mut statement = self.db.prepare(T::select(self.version)).map_err(err)?;
         let mut rows = statement.query([]).map_err(err)?;
         let mut buffer = Vec::new();
         let mut count = 0;
@@ -755,7 +781,7 @@ mod tests {
         let path = temp("roundtrip");
         let mut w = TraceWriter::create(&path, &[("command".into(), "lumen bench".into())]).unwrap();
         let spans = [span(10, 50, "iter 0: 1 ctx reqs, 0 gen reqs", 0, Some(0)), span(12, 20, "forward", 1, Some(0))];
-        let iterations = [IterationRow {
+        let first = IterationRow {
             iter: 0,
             start_ns: 10,
             end_ns: 50,
@@ -767,7 +793,14 @@ mod tests {
             kv_total_blocks: 12,
             host_ms: 0.04,
             device_ms: None,
-        }];
+            queued_reqs: Some(5),
+            weight_bytes: Some(16_060_522_496),
+            kv_bytes_read: Some(1 << 40),
+            flops: Some(2.0546e12),
+        };
+        // The second row has none of the work fields: they stay NULL.
+        let second = IterationRow { iter: 1, start_ns: 50, end_ns: 60, host_ms: 0.01, device_ms: Some(0.008), ..Default::default() };
+        let iterations = [first, second];
         let threads = [(7u64, "lumen-engine".to_string())];
         w.append(&Batch { threads: &threads, spans: &spans, iterations: &iterations, ..Default::default() }).unwrap();
         let counters = [CounterRow { ts_ns: 30, name: "kv_util".into(), device: None, value: 0.25 }];
@@ -784,6 +817,11 @@ mod tests {
         let db = Connection::open(&path).unwrap();
         let util: f64 = db.query_row("SELECT kv_util FROM iterations WHERE iter = 0", [], |r| r.get(0)).unwrap();
         assert_eq!(util, 0.25);
+        let work = "SELECT queued_reqs, weight_bytes, kv_bytes_read, flops FROM iterations WHERE iter = ?1";
+        type Work = (Option<i64>, Option<i64>, Option<i64>, Option<f64>);
+        let row = |iter: i64| -> Work { db.query_row(work, [iter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap() };
+        assert_eq!(row(0), (Some(5), Some(16_060_522_496), Some(1 << 40), Some(2.0546e12)));
+        assert_eq!(row(1), (None, None, None, None));
         let name: String = db.query_row("SELECT name FROM span_names WHERE depth = 1", [], |r| r.get(0)).unwrap();
         assert_eq!(name, "forward");
         assert!(!wal_path(&path, "-wal").exists(), "a finished trace is one file");
@@ -907,9 +945,50 @@ mod tests {
         assert!(t.gpu_ops.is_empty() && t.api_calls.is_empty() && t.processes.is_empty());
         assert_eq!(table_counts(&path).unwrap().iter().find(|(t, _)| t == "spans").map(|(_, n)| *n), Some(1));
 
-        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'", []).unwrap();
+        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'", []).unwrap();
         let e = read_trace(&path).unwrap_err();
-        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 3") && e.contains("versions 1 to 2"), "{e}");
+        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 4") && e.contains("versions 1 to 3"), "{e}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// The version-2 `iterations` table, before it gained the work columns.
+    const ITERATIONS_V2: &str = "
+        CREATE TABLE iterations(iter INTEGER PRIMARY KEY, start INTEGER NOT NULL, end INTEGER NOT NULL, ctx_reqs INTEGER NOT NULL,
+                                gen_reqs INTEGER NOT NULL, ctx_tokens INTEGER NOT NULL, gen_tokens INTEGER NOT NULL,
+                                kv_used_blocks INTEGER NOT NULL, kv_total_blocks INTEGER NOT NULL, kv_util REAL NOT NULL,
+                                host_ms REAL NOT NULL, device_ms REAL);
+        INSERT INTO iterations VALUES (4, 100, 900, 2, 6, 64, 6, 10, 40, 0.25, 0.8, 0.5);
+        INSERT INTO meta VALUES ('schema_version', '2'), ('complete', 'true');
+    ";
+
+    #[test]
+    fn version_2_files_open_with_the_work_fields_unset() {
+        let path = temp("v2");
+        // The version-2 schema is today's with the iterations table of version 2.
+        let start = SCHEMA.find("CREATE TABLE iterations").unwrap();
+        let end = start + SCHEMA[start..].find(";").unwrap() + 1;
+        let v2 = format!("{}{}{}", &SCHEMA[..start], &SCHEMA[end..], ITERATIONS_V2);
+        Connection::open(&path).unwrap().execute_batch(&v2).unwrap();
+        let t = read_trace(&path).unwrap();
+        assert_eq!(t.meta("schema_version"), Some("2"));
+        let want = IterationRow {
+            iter: 4,
+            start_ns: 100,
+            end_ns: 900,
+            ctx_reqs: 2,
+            gen_reqs: 6,
+            ctx_tokens: 64,
+            gen_tokens: 6,
+            kv_used_blocks: 10,
+            kv_total_blocks: 40,
+            host_ms: 0.8,
+            device_ms: Some(0.5),
+            queued_reqs: None,
+            weight_bytes: None,
+            kv_bytes_read: None,
+            flops: None,
+        };
+        assert_eq!(t.iterations, [want]);
         std::fs::remove_file(path).unwrap();
     }
 
