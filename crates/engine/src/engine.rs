@@ -7,6 +7,7 @@ use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId
 use crate::runner::{self, Runner};
 use crate::scheduler::{Scheduler, Sequence};
 use crate::stats::IterationStats;
+use crate::work::WorkModel;
 use anyhow::Result;
 use lumen_model::Model;
 use lumen_trace::alloc::AllocTotals;
@@ -39,6 +40,8 @@ pub struct Engine {
     incoming: Vec<Sequence>,
     profiler: Option<Profiler>,
     profile_error: Option<String>,
+    /// Counts what each iteration reads and computes.
+    work: WorkModel,
 }
 
 impl Engine {
@@ -54,6 +57,7 @@ impl Engine {
             }
         }
         let max_seq_len = c.max_position_embeddings.min(num_blocks * config.block_size);
+        let work = WorkModel::for_model(&model);
         Ok(Engine {
             model,
             config,
@@ -67,6 +71,7 @@ impl Engine {
             incoming: Vec::new(),
             profiler: None,
             profile_error: None,
+            work,
         })
     }
 
@@ -277,6 +282,7 @@ impl Engine {
 
         let end = now_ns();
         let allocs = AllocTotals::now().since(allocs_before);
+        let work = self.work.iteration(&decision.seqs);
         let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
         let gen: Vec<_> = decision.seqs.iter().filter(|s| !s.is_context).collect();
         let stats = IterationStats {
@@ -303,6 +309,9 @@ impl Engine {
             host_allocations: allocs.allocations,
             host_frees: allocs.frees,
             host_alloc_bytes: allocs.bytes,
+            weight_bytes: work.weight_bytes,
+            kv_bytes_read: work.kv_bytes_read,
+            flops: work.flops,
         };
         if let Some(p) = &mut self.profiler {
             match p.after_iteration(iter, &stats) {

@@ -16,6 +16,7 @@ pub mod runner;
 pub mod sampler;
 pub mod scheduler;
 pub mod stats;
+pub mod work;
 
 pub use config::{EngineConfig, KvBudget};
 pub use engine::{Engine, StepOutput};
@@ -24,3 +25,4 @@ pub use profiling::Profiler;
 pub use request::{FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings, SamplingParams, StopConditions};
 pub use scheduler::SchedulerOutput;
 pub use stats::IterationStats;
+pub use work::{Dtype, IterationWork, WorkModel};

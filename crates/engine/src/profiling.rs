@@ -111,6 +111,10 @@ impl Profiler {
             kv_total_blocks: stats.max_num_blocks as u64,
             host_ms: stats.host_step_ms,
             device_ms: stats.device_step_ms,
+            queued_reqs: Some(stats.num_queued_requests as u64),
+            weight_bytes: Some(stats.weight_bytes),
+            kv_bytes_read: Some(stats.kv_bytes_read),
+            flops: Some(stats.flops),
         });
         self.allocations.push(AllocationRow {
             iteration: iter,

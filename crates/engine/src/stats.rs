@@ -34,4 +34,10 @@ pub struct IterationStats {
     pub host_allocations: u64,
     pub host_frees: u64,
     pub host_alloc_bytes: u64,
+    /// What the forward pass read and computed, counted from the model's shape and the batch
+    /// (see [`crate::work`]): weight bytes with the embedding rows gathered, cached K/V bytes,
+    /// and floating-point operations. Zero when no token ran.
+    pub weight_bytes: u64,
+    pub kv_bytes_read: u64,
+    pub flops: f64,
 }

@@ -1,0 +1,271 @@
+//! What one iteration moved and computed, counted from the model's shape and the scheduler's
+//! decision: the bytes of weights and of cached K/V its forward pass reads, and its floating-point
+//! operations. Divided by the iteration's device (or host) time they give the achieved GB/s and
+//! TFLOP/s without GPU counters.
+//!
+//! The counts are what the scheduled batch needs: every weight read once per pass, every cached
+//! K/V position once per layer and sequence, at the data type the model is held in on its device
+//! (bf16 weights and KV cache on CUDA, f32 on the CPU). Rows a CUDA graph pads the batch with,
+//! activations, and re-reads that tiling causes are not counted. Element-wise work (norms, RoPE,
+//! SiLU, softmax, sampling) is left out of the FLOPs.
+//!
+//! [`WorkModel`] is built once per engine; [`WorkModel::iteration`] is a few multiplications per
+//! scheduled sequence.
+
+use crate::scheduler::ScheduledSeq;
+use lumen_model::{Model, ModelConfig};
+
+/// The element type of the weights and the KV cache where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    Bf16,
+    F32,
+}
+
+impl Dtype {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::Bf16 => 2,
+            Dtype::F32 => 4,
+        }
+    }
+
+    /// `bf16` or `f32`, as the trace's `meta.weight_dtype` holds it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::F32 => "f32",
+        }
+    }
+}
+
+/// What one iteration read and computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IterationWork {
+    /// Every layer's weights and norms, the final norm, the output projection when a row is
+    /// sampled, and the embedding rows gathered (one per token).
+    pub weight_bytes: u64,
+    /// Per sequence, the K and V of its context up to and including the iteration's tokens (the
+    /// last `sliding_window + tokens - 1` positions at most), every layer.
+    pub kv_bytes_read: u64,
+    /// 2 · layer matmul weights · tokens, plus 2 · hidden · vocab per sampled row, plus
+    /// 4 · layers · heads · head_dim per (new token, position it attends to).
+    pub flops: f64,
+}
+
+/// The model's shape, reduced to what the counts need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkModel {
+    dtype: Dtype,
+    hidden: u64,
+    vocab: u64,
+    /// The q, k, v, o, gate, up and down weights of all layers.
+    layer_matmul_params: u64,
+    /// The rest a pass reads besides the output projection: every layer's two norms (plus Qwen2's
+    /// q/k/v biases and Qwen3's q/k norms) and the final norm.
+    norm_params: u64,
+    /// Whether the output projection is the embedding matrix.
+    tied: bool,
+    kv_bytes_per_token: u64,
+    /// 4 · layers · heads · head_dim: QKᵀ and PV for one query token and one attended position.
+    attention_flops_per_position: u64,
+    window: Option<u64>,
+}
+
+impl WorkModel {
+    /// The counts for `config` held in `dtype` (weights and KV cache alike, as both backends do).
+    pub fn new(config: &ModelConfig, dtype: Dtype) -> Self {
+        let c = config;
+        let (h, layers, hd) = (c.hidden_size as u64, c.num_layers as u64, c.head_dim as u64);
+        let (heads, kv_heads, f) = (c.num_heads as u64, c.num_kv_heads as u64, c.intermediate_size as u64);
+        let attention = h * hd * (2 * heads + 2 * kv_heads);
+        let mlp = 3 * h * f;
+        let bias = if c.attention_bias { (heads + 2 * kv_heads) * hd } else { 0 };
+        let qk_norm = if c.qk_norm { 2 * hd } else { 0 };
+        WorkModel {
+            dtype,
+            hidden: h,
+            vocab: c.vocab_size as u64,
+            layer_matmul_params: layers * (attention + mlp),
+            norm_params: layers * (2 * h + bias + qk_norm) + h,
+            tied: c.tie_word_embeddings,
+            kv_bytes_per_token: 2 * layers * kv_heads * hd * dtype.bytes(),
+            attention_flops_per_position: 4 * layers * heads * hd,
+            window: c.sliding_window.map(|w| w as u64),
+        }
+    }
+
+    /// The counts for `model` where it is loaded: bf16 on a GPU, f32 on the CPU.
+    pub fn for_model(model: &Model) -> Self {
+        let dtype = if model.cuda_weights().is_some() { Dtype::Bf16 } else { Dtype::F32 };
+        WorkModel::new(model.config(), dtype)
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Bytes of weights one forward pass reads, without the embedding gather: every layer's
+    /// weights and norms, the final norm and the output projection.
+    pub fn pass_weight_bytes(&self) -> u64 {
+        (self.layer_matmul_params + self.norm_params + self.vocab * self.hidden) * self.dtype.bytes()
+    }
+
+    /// The model's parameters: the pass's weights plus the embedding matrix when it is not the
+    /// output projection.
+    pub fn model_params(&self) -> u64 {
+        let embedding = if self.tied { 0 } else { self.vocab * self.hidden };
+        self.layer_matmul_params + self.norm_params + self.vocab * self.hidden + embedding
+    }
+
+    /// Bytes of K and V one token takes in the cache, over all layers.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        self.kv_bytes_per_token
+    }
+
+    /// What an iteration running `seqs` reads and computes (nothing when no token is scheduled:
+    /// no forward pass runs).
+    pub fn iteration(&self, seqs: &[ScheduledSeq]) -> IterationWork {
+        let (mut tokens, mut rows, mut context, mut attended) = (0u64, 0u64, 0u64, 0u64);
+        for s in seqs {
+            let (first, n) = (s.first_pos as u64, s.num_tokens as u64);
+            if n == 0 {
+                continue;
+            }
+            let end = first + n;
+            tokens += n;
+            rows += s.samples as u64;
+            // Token p attends to positions max(0, p + 1 - window) ..= p: min(p + 1, window) of them.
+            let window = self.window.unwrap_or(u64::MAX);
+            context += end.min((n - 1).saturating_add(window));
+            let full = window.clamp(first, end);
+            attended += (full * (full + 1) - first * (first + 1)) / 2 + (end - full) * window.min(end);
+        }
+        if tokens == 0 {
+            return IterationWork::default();
+        }
+        let head = if rows > 0 { self.vocab * self.hidden } else { 0 };
+        let weights = self.layer_matmul_params + self.norm_params + head + tokens * self.hidden;
+        let flops = 2 * self.layer_matmul_params as u128 * tokens as u128
+            + 2 * (self.hidden * self.vocab) as u128 * rows as u128
+            + self.attention_flops_per_position as u128 * attended as u128;
+        IterationWork { weight_bytes: weights * self.dtype.bytes(), kv_bytes_read: context * self.kv_bytes_per_token, flops: flops as f64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lumen_model::presets::preset_config;
+
+    fn seq(first_pos: usize, num_tokens: usize, samples: bool) -> ScheduledSeq {
+        ScheduledSeq { id: first_pos as u64, num_tokens, first_pos, samples, is_context: num_tokens > 1 }
+    }
+
+    /// The `tiny` preset: hidden 64, 2 layers, 4 heads, 2 KV heads, head_dim 16, intermediate 160,
+    /// vocabulary 512, tied embeddings.
+    #[test]
+    fn tiny_counts_by_hand() {
+        let w = WorkModel::new(&preset_config("tiny").unwrap(), Dtype::F32);
+        // Per layer: q, k, v, o = 64·16·(2·4 + 2·2) = 12,288; gate, up, down = 3·64·160 = 30,720.
+        assert_eq!(w.layer_matmul_params, 2 * (12_288 + 30_720));
+        // Two norms of 64 per layer, the final norm.
+        assert_eq!(w.norm_params, 2 * 128 + 64);
+        // 86,016 + 320 + lm_head 512·64 = 32,768 → 119,104 weights of 4 bytes.
+        assert_eq!(w.pass_weight_bytes(), 119_104 * 4);
+        assert_eq!(w.model_params(), 119_104, "tied: the embedding is the output projection");
+        assert_eq!(w.model_params(), preset_config("tiny").unwrap().num_params() as u64);
+        // K and V, 2 layers, 2 KV heads, 16 wide, f32.
+        assert_eq!(w.kv_bytes_per_token(), 2 * 2 * 2 * 16 * 4);
+
+        // A 5-token prefill chunk that does not reach its end (no row sampled) and a decode step
+        // at position 9.
+        let work = w.iteration(&[seq(0, 5, false), seq(9, 1, true)]);
+        assert_eq!(work.weight_bytes, 476_416 + 6 * 64 * 4, "the pass plus 6 embedding rows");
+        assert_eq!(work.kv_bytes_read, (5 + 10) * 512);
+        // Matmuls 2·86,016·6 = 1,032,192; lm_head 2·64·512·1 = 65,536; attention
+        // 4·2·4·16 = 512 per attended position, (1 + 2 + 3 + 4 + 5) + 10 = 25 of them: 12,800.
+        assert_eq!(work.flops, 1_110_528.0);
+
+        // Without a sampled row the output projection is not read or multiplied.
+        let chunk = w.iteration(&[seq(0, 5, false)]);
+        assert_eq!(chunk.weight_bytes, (119_104 - 32_768 + 5 * 64) * 4);
+        assert_eq!(chunk.flops, (2 * 86_016 * 5 + 512 * 15) as f64);
+        assert_eq!(w.iteration(&[]), IterationWork::default(), "no tokens, no pass");
+
+        let bf16 = WorkModel::new(&preset_config("tiny").unwrap(), Dtype::Bf16);
+        assert_eq!((bf16.pass_weight_bytes(), bf16.kv_bytes_per_token()), (119_104 * 2, 256));
+        assert_eq!((Dtype::Bf16.name(), Dtype::F32.name()), ("bf16", "f32"));
+    }
+
+    #[test]
+    fn biases_qk_norms_and_untied_heads_are_weights_too() {
+        // tiny-qwen2: q/k/v biases of (4 + 2·2)·16 = 128 per layer, lm_head of its own.
+        let qwen2 = WorkModel::new(&preset_config("tiny-qwen2").unwrap(), Dtype::F32);
+        assert_eq!(qwen2.pass_weight_bytes(), (119_104 + 2 * 128) * 4);
+        assert_eq!(qwen2.model_params(), 119_104 + 2 * 128 + 32_768);
+        // tiny-qwen3: head_dim 32, q and k norms of 32 each per layer.
+        let qwen3 = WorkModel::new(&preset_config("tiny-qwen3").unwrap(), Dtype::F32);
+        let matmul = 2 * (64 * 32 * 12 + 30_720);
+        assert_eq!(qwen3.pass_weight_bytes(), (matmul + 2 * (128 + 64) + 64 + 32_768) * 4);
+    }
+
+    /// tiny-mistral: 1 KV head, a sliding window of 16.
+    #[test]
+    fn the_sliding_window_bounds_attention_and_kv_reads() {
+        let w = WorkModel::new(&preset_config("tiny-mistral").unwrap(), Dtype::F32);
+        assert_eq!(w.kv_bytes_per_token(), 2 * 2 * 16 * 4);
+        let per_position = 4 * 2 * 4 * 16;
+        // Decode at position 40 sees positions 25..=40: 16 of them.
+        let decode = w.iteration(&[seq(40, 1, true)]);
+        assert_eq!(decode.kv_bytes_read, 16 * 256);
+        // A chunk of positions 10..=19: token p sees min(p + 1, 16): 11+12+13+14+15+16·5 = 145;
+        // position 10 still sees position 0, so they read all 20.
+        let chunk = w.iteration(&[seq(10, 10, false)]);
+        let matmul = 2 * (64 * 16 * (8 + 2) + 30_720) as u64;
+        assert_eq!(chunk.flops, (2 * matmul * 10 + per_position * 145) as f64);
+        assert_eq!(chunk.kv_bytes_read, 20 * 256);
+        // Positions 30..=39 see 16 each, together positions 15..=39: 25.
+        let later = w.iteration(&[seq(30, 10, false)]);
+        assert_eq!(later.flops, (2 * matmul * 10 + per_position * 160) as f64);
+        assert_eq!(later.kv_bytes_read, 25 * 256);
+        // Shorter than the window: every position.
+        let short = w.iteration(&[seq(0, 3, true)]);
+        assert_eq!(short.kv_bytes_read, 3 * 256);
+        assert_eq!(short.flops, (2 * matmul * 3 + 2 * 64 * 512 + per_position * 6) as f64);
+    }
+
+    /// The Llama-3.1-8B shape in bf16 (hidden 4096, 32 layers, 32 heads, 8 KV heads, head_dim 128,
+    /// intermediate 14336, vocabulary 128256, its own lm_head).
+    #[test]
+    fn llama_3_1_8b_in_bf16() {
+        let config = preset_config("llama-3.1-8b").unwrap();
+        let w = WorkModel::new(&config, Dtype::Bf16);
+        // Per layer 4096·128·80 = 41,943,040 attention + 3·4096·14336 = 176,160,768 MLP weights.
+        assert_eq!(w.layer_matmul_params, 32 * 218_103_808);
+        // 8,030,261,248 parameters: 16.06 GB in bf16.
+        assert_eq!(w.model_params(), 8_030_261_248);
+        assert_eq!(w.model_params(), config.num_params() as u64);
+        assert_eq!(w.model_params() * 2, 16_060_522_496);
+        // A pass reads all of it but the embedding matrix (128256·4096·2 = 1.05 GB), of which it
+        // gathers one row per token.
+        assert_eq!(w.pass_weight_bytes(), 15_009_849_344);
+        assert_eq!(w.kv_bytes_per_token(), 131_072, "128 KiB of K and V per token");
+
+        // One 128-token prefill that samples its first token.
+        let prefill = w.iteration(&[seq(0, 128, true)]);
+        assert_eq!(prefill.weight_bytes, 15_009_849_344 + 128 * 4096 * 2);
+        assert_eq!(prefill.kv_bytes_read, 128 * 131_072);
+        // 2·6,979,321,856·128 = 1,786,706,395,136 in the layers, 2·4096·128256 = 1,050,673,152
+        // in lm_head, 4·32·32·128 = 524,288 per attended position over 1 + 2 + ... + 128 = 8,256
+        // positions = 4,328,521,728 in attention: 1.792 TFLOP.
+        assert_eq!(prefill.flops, 1_792_085_590_016.0);
+
+        // 64 decode steps at context 1024 (positions 1023) read the weights once and 64 contexts.
+        let decode: Vec<ScheduledSeq> = (0..64).map(|_| seq(1023, 1, true)).collect();
+        let work = w.iteration(&decode);
+        assert_eq!(work.weight_bytes, 15_009_849_344 + 64 * 8192);
+        assert_eq!(work.kv_bytes_read, 64 * 1024 * 131_072);
+        assert_eq!(work.flops, (64 * 2 * 6_979_321_856u64 + 64 * 1_050_673_152 + 64 * 1024 * 524_288) as f64);
+    }
+}
