@@ -91,9 +91,29 @@ impl Engine {
         self.scheduler.has_work() || !self.incoming.is_empty()
     }
 
-    /// Records the iterations the profiler's windows name, counted from the next one.
-    pub fn enable_profiling(&mut self, profiler: Profiler) {
-        self.profiler = Some(profiler);
+    /// Records the iterations the profiler's windows name, counted from the next one, and writes
+    /// the engine's limits and the model's size into the trace's meta (a failure to write them
+    /// stops profiling, as a failed flush does).
+    pub fn enable_profiling(&mut self, mut profiler: Profiler) {
+        match self.limits_meta().iter().try_for_each(|(key, value)| profiler.set_meta(key, value)) {
+            Ok(()) => self.profiler = Some(profiler),
+            Err(e) => self.profile_error = Some(e),
+        }
+    }
+
+    /// What bounds an iteration, as trace meta: the batch limits, the KV cache's size, and what one
+    /// forward pass reads.
+    pub fn limits_meta(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("max_batch_size", self.config.max_batch_size.to_string()),
+            ("max_num_tokens", self.config.max_num_tokens.to_string()),
+            ("kv_block_size", self.kv.block_size().to_string()),
+            ("kv_total_blocks", self.kv.num_blocks().to_string()),
+            ("kv_bytes_per_token", self.work.kv_bytes_per_token().to_string()),
+            ("weight_bytes", self.work.pass_weight_bytes().to_string()),
+            ("weight_dtype", self.work.dtype().name().to_string()),
+            ("model_params", self.work.model_params().to_string()),
+        ]
     }
 
     /// Restarts iteration numbering at 0, so profiling windows and logs skip warm-up.

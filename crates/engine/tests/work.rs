@@ -64,6 +64,15 @@ fn iterations_count_their_work_and_the_trace_holds_it_with_the_engine_limits() {
     }
 
     let t = read_trace(&trace_path).unwrap();
+    let meta = |key: &str| t.meta(key).unwrap_or_else(|| panic!("meta {key} missing: {:?}", t.meta));
+    assert_eq!(meta("max_batch_size"), "2");
+    assert_eq!(meta("max_num_tokens"), "8");
+    assert_eq!(meta("kv_block_size"), "4");
+    assert_eq!(meta("kv_total_blocks"), "64");
+    assert_eq!(meta("kv_bytes_per_token"), KV_BYTES_PER_TOKEN.to_string());
+    assert_eq!(meta("weight_bytes"), PASS_WEIGHT_BYTES.to_string());
+    assert_eq!(meta("weight_dtype"), "f32");
+    assert_eq!(meta("model_params"), "119104");
     assert_eq!(t.iterations.len(), stats.len());
     for (row, s) in t.iterations.iter().zip(&stats) {
         assert_eq!(row.iter, s.iter);
