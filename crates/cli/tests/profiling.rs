@@ -154,6 +154,69 @@ fn a_whole_run_adds_up_to_the_report_and_exports() {
     assert!(info.stdout.contains(&format!("spans        {}", t.spans.len())), "{}", info.stdout);
 }
 
+/// The `tiny` preset in f32: one pass reads 119,104 weights of 4 bytes, a token's K and V take
+/// 2 · 2 layers · 2 KV heads · 16 · 4 = 512 bytes.
+#[test]
+fn iterations_say_what_they_read_and_computed_and_meta_the_limits() {
+    let s = Scratch::new("profile-work");
+    let data = dataset(&s, "tiny", "4", "40", "12");
+    let (trace, log) = (s.path("work.lumen"), s.path("iters.jsonl"));
+    lumen(&[
+        "bench",
+        "throughput",
+        "--model",
+        "tiny",
+        "--dataset",
+        &data,
+        "--trace",
+        &trace,
+        "--iteration-log",
+        &log,
+        "--warmup",
+        "0",
+        "--max-batch-size",
+        "4",
+        "--max-num-tokens",
+        "64",
+        "--kv-block-size",
+        "8",
+    ])
+    .ok();
+    let t = read_trace(Path::new(&trace)).unwrap();
+    let meta = |key: &str| t.meta(key).unwrap_or_else(|| panic!("meta {key} missing: {:?}", t.meta)).to_string();
+    assert_eq!(meta("max_batch_size"), "4");
+    assert_eq!(meta("max_num_tokens"), "64");
+    assert_eq!(meta("kv_block_size"), "8");
+    assert_eq!(meta("kv_total_blocks"), t.iterations[0].kv_total_blocks.to_string());
+    assert_eq!(meta("kv_bytes_per_token"), "512");
+    assert_eq!(meta("weight_bytes"), (119_104 * 4).to_string());
+    assert_eq!(meta("weight_dtype"), "f32");
+    assert_eq!(meta("model_params"), "119104");
+
+    let logged = json_lines(&log);
+    assert_eq!(logged.len(), t.iterations.len());
+    let mut decode = Vec::new();
+    for (it, line) in t.iterations.iter().zip(&logged) {
+        let (weights, kv, flops) = (it.weight_bytes.unwrap(), it.kv_bytes_read.unwrap(), it.flops.unwrap());
+        assert!(weights > 0 && kv > 0 && flops > 0.0, "iteration {}: {it:?}", it.iter);
+        assert!(it.queued_reqs.is_some(), "iteration {}: {it:?}", it.iter);
+        assert_eq!(line["iter"], it.iter);
+        assert_eq!((&line["weight_bytes"], &line["kv_bytes_read"]), (&weights.into(), &kv.into()), "iteration {}", it.iter);
+        assert_eq!(line["flops"].as_f64(), Some(flops), "iteration {}", it.iter);
+        assert_eq!(line["num_queued_requests"], it.queued_reqs.unwrap());
+        if it.ctx_reqs == 0 {
+            decode.push((it.gen_reqs, kv));
+        }
+    }
+    assert!(t.iterations.iter().any(|i| i.queued_reqs > Some(0)), "four 40-token prompts wait for a 64-token budget");
+    // In decode, the same sequences read one more token's K and V each per iteration.
+    let pairs: Vec<_> = decode.windows(2).filter(|p| p[0].0 == p[1].0).collect();
+    assert!(pairs.len() >= 5, "{decode:?}");
+    for p in pairs {
+        assert_eq!(p[1].1, p[0].1 + p[0].0 * 512, "{decode:?}");
+    }
+}
+
 #[test]
 fn lumen_trace_json_writes_chrome_json_and_the_environment_wins() {
     let s = Scratch::new("profile-json");
