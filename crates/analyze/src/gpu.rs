@@ -1,7 +1,10 @@
 //! GPU utilisation and idle gaps, per device. Busy time is the union of kernel, copy, memset and
-//! graph-launch intervals (never synchronisations); the gaps between busy intervals are split the
-//! way HTA splits them: a sync wait when a synchronisation overlaps the gap, a launch gap when it
-//! is short and the next operation's launch call had already started, else a host wait.
+//! graph-launch intervals (never synchronisations). Each gap's time is split so that it adds up:
+//! the part the host spent blocked inside a synchronising call is sync wait (with the launch
+//! round trip after it, when the next work follows within a launch gap); the rest is a launch gap
+//! when it is short and the next operation's launch call had already started, else host wait:
+//! the host was doing something else. Gaps inside a one-off outlier step (crate::steps) are
+//! counted apart and judged by no pattern.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,6 +12,7 @@ use lumen_trace::model::{GpuOpKind, GpuOpRow, SpanRow, TraceData};
 use serde::Serialize;
 
 use crate::stats::{covered_ns, share, union, Buckets, Interval};
+use crate::steps::StepWindows;
 use crate::text::{self, line, not_available, Table};
 use crate::{LaunchIndex, Measured, NO_GPU_OPS};
 
@@ -61,16 +65,19 @@ pub enum GapClass {
     LaunchGap,
     /// The host had not launched the next work yet.
     HostWait,
+    /// Inside a one-off outlier step (warm-up, first graph launch, compilation): not steady state.
+    OutlierStep,
 }
 
 impl GapClass {
-    pub const ALL: [GapClass; 3] = [GapClass::SyncWait, GapClass::LaunchGap, GapClass::HostWait];
+    pub const ALL: [GapClass; 4] = [GapClass::SyncWait, GapClass::LaunchGap, GapClass::HostWait, GapClass::OutlierStep];
 
     pub fn as_str(self) -> &'static str {
         match self {
             GapClass::SyncWait => "sync wait",
             GapClass::LaunchGap => "launch gap",
             GapClass::HostWait => "host wait",
+            GapClass::OutlierStep => "outlier step",
         }
     }
 }
@@ -90,7 +97,9 @@ pub struct DeviceGaps {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GapClassTotal {
     pub class: GapClass,
+    /// Gaps with some time of this class.
     pub count: usize,
+    /// The time of this class, summed over the gaps' parts.
     pub total_ns: u64,
 }
 
@@ -98,7 +107,10 @@ pub struct GapClassTotal {
 pub struct Gap {
     pub start_ns: u64,
     pub duration_ns: u64,
+    /// The class holding most of the gap's time.
     pub class: GapClass,
+    /// The part spent inside synchronising calls.
+    pub sync_ns: u64,
     /// The CPU spans overlapping the gap most, most overlap first.
     pub cpu_spans: Vec<SpanOverlap>,
 }
@@ -138,9 +150,10 @@ fn devices(trace: &TraceData) -> Vec<Device<'_>> {
         .collect()
 }
 
-pub fn analyze(
+pub(crate) fn analyze(
     trace: &TraceData,
     launches: &LaunchIndex,
+    steps: &StepWindows,
     buckets: usize,
     top: usize,
 ) -> (Measured<Vec<DeviceUtilisation>>, Measured<Vec<DeviceGaps>>) {
@@ -156,7 +169,7 @@ pub fn analyze(
     let threads: HashMap<u64, &str> = trace.threads.iter().map(|t| (t.tid, t.name.as_str())).collect();
     (
         Measured::Available(devices.iter().map(|d| utilisation(d, buckets)).collect()),
-        Measured::Available(devices.iter().map(|d| gaps(d, &sync, launches, &trace.spans, &threads, top)).collect()),
+        Measured::Available(devices.iter().map(|d| gaps(d, &sync, launches, steps, &trace.spans, &threads, top)).collect()),
     )
 }
 
@@ -211,39 +224,78 @@ fn sync_intervals(trace: &TraceData) -> Vec<Interval> {
     union(intervals)
 }
 
-fn overlaps_any(sorted: &[Interval], start: u64, end: u64) -> bool {
-    let i = sorted.partition_point(|s| s.end <= start);
-    i < sorted.len() && sorted[i].start < end
+/// The time in `[start, end)` that the sorted, disjoint `intervals` cover.
+fn covered_in(sorted: &[Interval], start: u64, end: u64) -> u64 {
+    let first = sorted.partition_point(|s| s.end <= start);
+    sorted[first..].iter().take_while(|s| s.start < end).map(|s| s.end.min(end) - s.start.max(start)).sum()
 }
 
-fn classify(start: u64, end: u64, next: &GpuOpRow, sync: &[Interval], launches: &LaunchIndex) -> GapClass {
-    if overlaps_any(sync, start, end) {
-        GapClass::SyncWait
-    } else if end - start < LAUNCH_GAP_NS && launches.launch_of(next).is_some_and(|call| call.start_ns < start) {
-        GapClass::LaunchGap
-    } else {
-        GapClass::HostWait
+/// One gap's time by class: the sync part, and the class of the rest.
+struct GapParts {
+    sync_ns: u64,
+    rest: GapClass,
+    rest_ns: u64,
+}
+
+impl GapParts {
+    fn dominant(&self) -> GapClass {
+        if self.sync_ns >= self.rest_ns {
+            GapClass::SyncWait
+        } else {
+            self.rest
+        }
     }
 }
 
-fn gaps(d: &Device, sync: &[Interval], launches: &LaunchIndex, spans: &[SpanRow], threads: &HashMap<u64, &str>, top: usize) -> DeviceGaps {
-    let mut all: Vec<(u64, u64, GapClass)> = d
+fn classify(start: u64, end: u64, next: &GpuOpRow, sync: &[Interval], launches: &LaunchIndex, steps: &StepWindows) -> GapParts {
+    let duration = end - start;
+    if steps.in_outlier(start) {
+        return GapParts { sync_ns: 0, rest: GapClass::OutlierStep, rest_ns: duration };
+    }
+    let sync_ns = covered_in(sync, start, end);
+    let rest_ns = duration - sync_ns;
+    let short = rest_ns < LAUNCH_GAP_NS;
+    if sync_ns > 0 && short {
+        // The launch round trip after the host came back from the sync: still the sync's cost.
+        GapParts { sync_ns: duration, rest: GapClass::SyncWait, rest_ns: 0 }
+    } else if short && launches.launch_of(next).is_some_and(|call| call.start_ns < start) {
+        GapParts { sync_ns, rest: GapClass::LaunchGap, rest_ns }
+    } else {
+        GapParts { sync_ns, rest: GapClass::HostWait, rest_ns }
+    }
+}
+
+fn gaps(
+    d: &Device,
+    sync: &[Interval],
+    launches: &LaunchIndex,
+    steps: &StepWindows,
+    spans: &[SpanRow],
+    threads: &HashMap<u64, &str>,
+    top: usize,
+) -> DeviceGaps {
+    let mut all: Vec<(u64, u64, GapParts)> = d
         .busy
         .windows(2)
         .map(|pair| {
             let (start, end) = (pair[0].end, pair[1].start);
-            (start, end - start, classify(start, end, d.ops[pair[1].first], sync, launches))
+            (start, end - start, classify(start, end, d.ops[pair[1].first], sync, launches, steps))
         })
         .collect();
     let classes = GapClass::ALL
         .into_iter()
         .map(|class| {
-            let of_class = all.iter().filter(|g| g.2 == class);
-            GapClassTotal { class, count: of_class.clone().count(), total_ns: of_class.map(|g| g.1).sum() }
+            let part = |p: &GapParts| match class {
+                GapClass::SyncWait => p.sync_ns,
+                _ if p.rest == class => p.rest_ns,
+                _ => 0,
+            };
+            let parts = all.iter().map(|g| part(&g.2)).filter(|&ns| ns > 0);
+            GapClassTotal { class, count: parts.clone().count(), total_ns: parts.sum() }
         })
         .collect();
     let (count, total_ns) = (all.len(), all.iter().map(|g| g.1).sum());
-    let longest_first = |&(start, duration, _): &(u64, u64, GapClass)| (std::cmp::Reverse(duration), start);
+    let longest_first = |g: &(u64, u64, GapParts)| (std::cmp::Reverse(g.1), g.0);
     if top < all.len() {
         all.select_nth_unstable_by_key(top, longest_first);
         all.truncate(top);
@@ -251,10 +303,11 @@ fn gaps(d: &Device, sync: &[Interval], launches: &LaunchIndex, spans: &[SpanRow]
     all.sort_unstable_by_key(longest_first);
     let largest = all
         .into_iter()
-        .map(|(start_ns, duration_ns, class)| Gap {
+        .map(|(start_ns, duration_ns, parts)| Gap {
             start_ns,
             duration_ns,
-            class,
+            class: parts.dominant(),
+            sync_ns: parts.sync_ns,
             cpu_spans: overlapping_spans(spans, threads, start_ns, start_ns + duration_ns),
         })
         .collect();
@@ -361,7 +414,7 @@ mod tests {
     use lumen_trace::model::{GpuOpKind, ThreadRow};
 
     fn run(trace: &TraceData, buckets: usize) -> (Vec<DeviceUtilisation>, Vec<DeviceGaps>) {
-        let (u, g) = analyze(trace, &LaunchIndex::new(trace), buckets, TOP_GAPS);
+        let (u, g) = analyze(trace, &LaunchIndex::new(trace), &StepWindows::default(), buckets, TOP_GAPS);
         (u.get().unwrap().clone(), g.get().unwrap().clone())
     }
 
@@ -415,7 +468,15 @@ mod tests {
         let d = &g[0];
         assert_eq!((d.count, d.total_ns), (5, 2_000 + 5_000 + 5_000 + 40_000 + 3_000));
         let classes: Vec<(GapClass, usize, u64)> = d.classes.iter().map(|c| (c.class, c.count, c.total_ns)).collect();
-        assert_eq!(classes, [(GapClass::SyncWait, 1, 2_000), (GapClass::LaunchGap, 1, 5_000), (GapClass::HostWait, 3, 48_000)]);
+        assert_eq!(
+            classes,
+            [
+                (GapClass::SyncWait, 1, 2_000),
+                (GapClass::LaunchGap, 1, 5_000),
+                (GapClass::HostWait, 3, 48_000),
+                (GapClass::OutlierStep, 0, 0)
+            ]
+        );
         let largest: Vec<(u64, u64, GapClass)> = d.largest.iter().map(|g| (g.start_ns, g.duration_ns, g.class)).collect();
         assert_eq!(
             largest,
@@ -433,6 +494,32 @@ mod tests {
     fn a_sync_op_makes_a_sync_wait() {
         let trace = TraceData { gpu_ops: vec![kernel(0, 10, 1), op(GpuOpKind::Sync, 5, 12, 2), kernel(20, 30, 3)], ..TraceData::default() };
         assert_eq!(run(&trace, 1).1[0].classes[0].count, 1);
+    }
+
+    /// The host synchronises, comes back as the GPU drains, then works 5 ms before launching:
+    /// only the time inside the call is sync wait; the rest is the host's.
+    #[test]
+    fn idle_after_a_sync_returns_is_host_wait_not_sync_wait() {
+        let trace = TraceData {
+            gpu_ops: vec![kernel(0, 1_000_000, 1), kernel(6_010_000, 7_000_000, 2)],
+            api_calls: vec![api("cudaDeviceSynchronize", 500_000, 1_003_000, 50), api("cudaLaunchKernel", 6_000_000, 6_005_000, 2)],
+            ..TraceData::default()
+        };
+        let d = &run(&trace, 1).1[0];
+        let classes: Vec<(GapClass, usize, u64)> = d.classes.iter().map(|c| (c.class, c.count, c.total_ns)).collect();
+        assert_eq!(classes[0], (GapClass::SyncWait, 1, 3_000));
+        assert_eq!(classes[2], (GapClass::HostWait, 1, 5_007_000));
+        assert_eq!((d.largest[0].class, d.largest[0].sync_ns), (GapClass::HostWait, 3_000));
+        assert_eq!(d.classes.iter().map(|c| c.total_ns).sum::<u64>(), d.total_ns, "the parts add up to the idle time");
+    }
+
+    #[test]
+    fn gaps_inside_an_outlier_step_are_counted_apart() {
+        let trace = TraceData { gpu_ops: vec![kernel(0, 10, 1), kernel(100, 110, 2), kernel(500, 510, 3)], ..TraceData::default() };
+        let steps = StepWindows { outliers: crate::stats::union([(5, 105)]), ..StepWindows::default() };
+        let (_, g) = analyze(&trace, &LaunchIndex::new(&trace), &steps, 1, TOP_GAPS);
+        let classes: Vec<(GapClass, u64)> = g.get().unwrap()[0].classes.iter().map(|c| (c.class, c.total_ns)).collect();
+        assert_eq!(classes, [(GapClass::SyncWait, 0), (GapClass::LaunchGap, 0), (GapClass::HostWait, 390), (GapClass::OutlierStep, 90)]);
     }
 
     #[test]
@@ -463,9 +550,9 @@ mod tests {
     #[test]
     fn only_syncs_or_nothing_is_not_available() {
         let none = TraceData::default();
-        assert_eq!(analyze(&none, &LaunchIndex::new(&none), 10, 10).0, Measured::NotAvailable(NO_GPU_OPS.into()));
+        assert_eq!(analyze(&none, &LaunchIndex::new(&none), &StepWindows::default(), 10, 10).0, Measured::NotAvailable(NO_GPU_OPS.into()));
         let syncs = TraceData { gpu_ops: vec![op(GpuOpKind::Sync, 0, 10, 1)], ..TraceData::default() };
-        let (u, g) = analyze(&syncs, &LaunchIndex::new(&syncs), 10, 10);
+        let (u, g) = analyze(&syncs, &LaunchIndex::new(&syncs), &StepWindows::default(), 10, 10);
         assert!(matches!((&u, &g), (Measured::NotAvailable(a), Measured::NotAvailable(b)) if a.contains("all synchronisations") && a == b));
     }
 }

@@ -159,8 +159,8 @@ pub fn analyze(trace: &TraceData) -> Measured<Iterations> {
     })
 }
 
-/// median + 3 × MAD of sorted `host_ms`, or 2 × median when the MAD is 0.
-fn outlier_threshold(sorted: &[f64]) -> f64 {
+/// median + 3 × MAD of sorted values, or 2 × median when the MAD is 0.
+pub(crate) fn outlier_threshold(sorted: &[f64]) -> f64 {
     let median = quantile(sorted, 0.5);
     let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
     deviations.sort_unstable_by(f64::total_cmp);

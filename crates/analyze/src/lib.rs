@@ -1,16 +1,18 @@
 //! lumen-analyze: the measured facts of a trace, the figures an engineer reads off Nsight Systems
 //! (GPU utilisation and idle gaps, top kernels, launch overhead, iteration timing, CPU phases,
-//! hardware counters, memory traffic), computed from a [`TraceData`] in memory. Each analysis is
-//! a serialisable struct, [`Measured::NotAvailable`] with the reason when the trace lacks its
-//! data; [`diagnose`] reads them for known performance patterns, and [`render_text`] prints the
-//! diagnosis first, then every figure, as a terminal report; [`render_html`] writes the same as
-//! one self-contained HTML page with charts, and a [`compare::Comparison`] with a base trace when
-//! given one.
+//! hardware counters, memory traffic), how near the work runs to the GPU's ceilings (speed of
+//! light), what the engine's own limits left on the table (headroom), and which steps are steady
+//! state, computed from a [`TraceData`] in memory. Each analysis is a serialisable struct,
+//! [`Measured::NotAvailable`] with the reason when the trace lacks its data; [`diagnose`] reads
+//! them for known performance patterns, and [`render_text`] prints the diagnosis first, then every
+//! figure, as a terminal report; [`render_html`] writes the same as one self-contained HTML page
+//! with charts, and a [`compare::Comparison`] with a base trace when given one.
 
 pub mod compare;
 pub mod diagnose;
 pub mod gpu;
 pub mod hardware;
+pub mod headroom;
 pub mod html;
 pub mod iterations;
 pub mod kernels;
@@ -18,7 +20,9 @@ pub mod launch;
 pub mod memory;
 pub mod overview;
 pub mod ranges;
+pub mod sol;
 mod stats;
+pub mod steps;
 #[cfg(test)]
 mod test_rows;
 mod text;
@@ -65,11 +69,14 @@ pub struct Options {
     pub top: usize,
     /// Extra kernel class rules, one `class=pattern,pattern` a line, tried before the defaults.
     pub extra_rules: Option<String>,
+    /// A regular expression naming the ranges that are steps, instead of iterations and
+    /// `ProfilerStep#N`.
+    pub step_pattern: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { buckets: 100, top: 15, extra_rules: None }
+        Options { buckets: 100, top: 15, extra_rules: None, step_pattern: None }
     }
 }
 
@@ -77,6 +84,8 @@ impl Default for Options {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Analysis {
     pub overview: overview::Overview,
+    /// The steps, and which are steady state: the rest of the analysis judges those.
+    pub steps: Measured<steps::Steps>,
     pub gpu: Measured<Vec<gpu::DeviceUtilisation>>,
     pub gaps: Measured<Vec<gpu::DeviceGaps>>,
     pub kernels: Measured<kernels::Kernels>,
@@ -86,6 +95,8 @@ pub struct Analysis {
     pub ranges: Measured<Vec<ranges::ProjectedRange>>,
     pub hardware: Measured<hardware::Hardware>,
     pub memory: memory::Memory,
+    pub speed_of_light: sol::SpeedOfLight,
+    pub headroom: Measured<headroom::Headroom>,
     /// The known performance patterns these figures show.
     pub diagnosis: diagnose::Diagnosis,
 }
@@ -98,10 +109,15 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String>
         Some(extra) => kernels::with_extra_rules(kernels::default_rules(), extra)?,
         None => kernels::default_rules(),
     };
+    let pattern = options.step_pattern.as_deref().map(steps::step_pattern).transpose()?;
+    let (steps, windows) = steps::analyze(trace, pattern.as_ref());
     let launches = LaunchIndex::new(trace);
-    let (gpu, gaps) = gpu::analyze(trace, &launches, options.buckets, gpu::TOP_GAPS);
+    let (gpu, gaps) = gpu::analyze(trace, &launches, &windows, options.buckets, gpu::TOP_GAPS);
+    let speed_of_light = sol::analyze(trace, &rules, &windows);
+    let headroom = headroom::analyze(trace, &windows, speed_of_light.peaks.get());
     let mut analysis = Analysis {
         overview: overview::analyze(trace),
+        steps,
         gpu,
         gaps,
         kernels: kernels::analyze(trace, &launches, &rules, options.top),
@@ -111,9 +127,11 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String>
         ranges: ranges::analyze(trace, &launches, ranges::TOP_RANGES),
         hardware: hardware::analyze(trace, options.buckets),
         memory: memory::analyze(trace, &launches),
+        speed_of_light,
+        headroom,
         diagnosis: diagnose::Diagnosis::default(),
     };
-    analysis.diagnosis = diagnose::diagnose(trace, &analysis);
+    analysis.diagnosis = diagnose::diagnose(trace, &analysis, &windows, &launches);
     Ok(analysis)
 }
 
@@ -122,6 +140,9 @@ pub fn render_text(a: &Analysis) -> String {
     let mut out = String::new();
     diagnose::render(&a.diagnosis, &mut out);
     overview::render(&a.overview, &mut out);
+    headroom::render(&a.headroom, &mut out);
+    sol::render(&a.speed_of_light, &mut out);
+    steps::render(&a.steps, &mut out);
     gpu::render_utilisation(&a.gpu, &mut out);
     gpu::render_gaps(&a.gaps, &mut out);
     kernels::render(&a.kernels, &mut out);

@@ -15,6 +15,11 @@ use crate::{LaunchIndex, Measured, NO_API_CALLS};
 const ALLOC_CALLS: [&str; 2] = ["cuMemAlloc", "cudaMalloc"];
 const FREE_CALLS: [&str; 2] = ["cuMemFree", "cudaFree"];
 
+/// Whether an API call allocates or frees device or pinned memory.
+pub(crate) fn is_allocation_call(name: &str) -> bool {
+    ALLOC_CALLS.iter().chain(&FREE_CALLS).any(|p| name.starts_with(p))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Memory {
     /// Copies by kind (`HtoD`, `DtoH`, `DtoD`, ..., `unknown`) and memsets, most time first.

@@ -102,10 +102,11 @@ impl Run {
     }
 
     /// Samples at every kernel start: SM active, DRAM read and write as % of peak.
-    fn sample(&mut self, sm: f64, dram_read: f64, dram_write: f64) {
+    fn sample(&mut self, sm: f64, dram_read: f64, dram_write: f64, tensor: f64) {
         let starts: Vec<u64> = self.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Kernel).map(|op| op.start_ns + 1_000).collect();
         for ts_ns in starts {
-            for (name, value) in [("sm active %", sm), ("dram read %", dram_read), ("dram write %", dram_write)] {
+            let counters = [("sm active %", sm), ("dram read %", dram_read), ("dram write %", dram_write), ("tensor active %", tensor)];
+            for (name, value) in counters {
                 self.counters.push(CounterRow { ts_ns, name: name.into(), device: Some(0), value });
             }
         }
@@ -304,7 +305,7 @@ fn allocation_churn_when_every_iteration_allocates_and_frees_device_memory() {
     };
     run.api_calls = churn;
     let f = fires(&run.diagnose("churn"), diagnose::ALLOCATION_CHURN).clone();
-    assert!(f.evidence[0].starts_with("4.0 CUDA alloc/free calls per iteration"), "{:?}", f.evidence);
+    assert!(f.evidence[0].starts_with("4.0 CUDA alloc/free calls per steady step"), "{:?}", f.evidence);
     run.api_calls = once;
     quiet(&run.diagnose("churn-absent"), diagnose::ALLOCATION_CHURN);
 }
@@ -312,17 +313,24 @@ fn allocation_churn_when_every_iteration_allocates_and_frees_device_memory() {
 #[test]
 fn memory_and_compute_bound_from_busy_counter_samples() {
     let mut memory = healthy();
-    memory.sample(55.0, 60.0, 35.0);
+    memory.sample(99.0, 60.0, 35.0, 2.0);
     let d = memory.diagnose("memory-bound");
     let f = fires(&d, diagnose::MEMORY_BOUND);
-    assert!(f.evidence[0].starts_with("device 0: DRAM 95.0% of peak, SM active 55.0%"), "{:?}", f.evidence);
+    assert!(f.evidence[0].starts_with("device 0: DRAM 95.0% of peak (read + write), tensor 2.0%, SM active 99.0%"), "{:?}", f.evidence);
     quiet(&d, diagnose::COMPUTE_BOUND);
 
     let mut compute = healthy();
-    compute.sample(96.0, 20.0, 5.0);
+    compute.sample(96.0, 20.0, 5.0, 85.0);
     let d = compute.diagnose("compute-bound");
     let f = fires(&d, diagnose::COMPUTE_BOUND);
-    assert!(f.evidence[0].starts_with("device 0: DRAM 25.0% of peak, SM active 96.0%"), "{:?}", f.evidence);
+    assert!(f.evidence[0].starts_with("device 0: DRAM 25.0% of peak (read + write), tensor 85.0%, SM active 96.0%"), "{:?}", f.evidence);
+    quiet(&d, diagnose::MEMORY_BOUND);
+
+    // SM active near 100% with no unit near its ceiling is neither.
+    let mut latency = healthy();
+    latency.sample(97.0, 20.0, 5.0, 10.0);
+    let d = latency.diagnose("latency-bound");
+    quiet(&d, diagnose::COMPUTE_BOUND);
     quiet(&d, diagnose::MEMORY_BOUND);
 }
 

@@ -43,6 +43,11 @@ pub struct AnalyzeArgs {
     /// JSON, and follows the diagnosis in the HTML page.
     #[arg(long, value_name = "BASE")]
     compare: Option<PathBuf>,
+    /// A regular expression naming the CPU ranges (NVTX, record_function, recorder spans) that
+    /// are steps; by default lumen's iterations and `ProfilerStep#N` ranges are. Steps far
+    /// longer than the median with the GPU idle are one-off outliers, left out of the diagnosis.
+    #[arg(long, value_name = "REGEX")]
+    step_range: Option<String>,
 }
 
 /// The JSON of `--compare`: the analysis of TRACE with the comparison beside its sections.
@@ -69,7 +74,7 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         Some(path) => Some(read_trace(path).map_err(|e| anyhow::anyhow!("base trace (--compare): {e}"))?),
         None => None,
     };
-    let options = Options { buckets: args.buckets as usize, top: args.top as usize, extra_rules };
+    let options = Options { buckets: args.buckets as usize, top: args.top as usize, extra_rules, step_pattern: args.step_range.clone() };
     let analysis = analyze(&trace, &options).map_err(anyhow::Error::msg)?;
     let comparison = match &base {
         Some(base) => Some(compare::compare(&analyze(base, &options).map_err(anyhow::Error::msg)?, &analysis, base, &trace)),

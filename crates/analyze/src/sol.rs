@@ -1,0 +1,455 @@
+//! Speed of light: how close the GPU's work runs to its ceilings, and which ceiling is nearest,
+//! as Nsight Compute's SOL section judges it. Two sources, each used when the trace has it:
+//! - hardware counters: DRAM bandwidth (read + write, or NVML's bandwidth) against the tensor
+//!   pipe, as % of peak, over the busy samples of the steady steps, per device and per kernel
+//!   class (the class of the kernel running in the middle of each sample);
+//! - the engine's own iteration rows: the bytes (weights and KV cache) and FLOPs each iteration
+//!   moved and computed over its time, against the device's peaks.
+//! The peaks come from a large device-to-device copy in the trace when there is one, else from a
+//! datasheet table per GPU. "SM active" is shown but judges nothing: a streaming kernel keeps it
+//! near 100% while it only waits on memory.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lumen_trace::model::{GpuOpKind, TraceData};
+use serde::Serialize;
+
+use crate::kernels::{classify, ClassRule};
+use crate::stats::{share, Distribution};
+use crate::steps::StepWindows;
+use crate::text::{self, line, not_available, Table};
+use crate::Measured;
+
+/// The unit nearest its ceiling bounds the work when it runs at least this % of its peak; below
+/// it on every unit, the work is latency bound (too little parallel work, or dependencies).
+pub const SOL_BOUND_PERCENT: f64 = 50.0;
+/// Counter samples count only while SM active is above this (idle samples judge nothing).
+pub const BUSY_SAMPLE_SM_PERCENT: f64 = 5.0;
+/// A device-to-device copy at least this large measures the DRAM peak.
+const PEAK_COPY_BYTES: u64 = 64 << 20;
+
+/// Which ceiling the work is nearest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    /// DRAM bandwidth is the unit nearest its peak, and at least [`SOL_BOUND_PERCENT`].
+    Memory,
+    /// The tensor pipe is.
+    Compute,
+    /// No unit reaches [`SOL_BOUND_PERCENT`].
+    Latency,
+}
+
+impl Bound {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bound::Memory => "memory bound",
+            Bound::Compute => "compute bound",
+            Bound::Latency => "latency bound",
+        }
+    }
+
+    /// The bound of work at `dram` and `compute` % of their peaks.
+    pub fn judge(dram: f64, compute: f64) -> Bound {
+        if dram.max(compute) < SOL_BOUND_PERCENT {
+            Bound::Latency
+        } else if dram >= compute {
+            Bound::Memory
+        } else {
+            Bound::Compute
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeedOfLight {
+    pub peaks: Measured<Peaks>,
+    /// From counter samples, per device.
+    pub devices: Measured<Vec<UnitUse>>,
+    /// From counter samples, per kernel class, most samples first.
+    pub classes: Vec<UnitUse>,
+    /// From the engine's per-iteration bytes and FLOPs.
+    pub work: Measured<WorkRates>,
+}
+
+/// The device's ceilings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Peaks {
+    pub gpu: String,
+    pub dram_gb_s: f64,
+    /// Where the DRAM peak comes from: a measured copy or the datasheet.
+    pub dram_source: String,
+    /// Dense BF16 tensor throughput.
+    pub tensor_tflops: f64,
+    pub fp32_tflops: f64,
+}
+
+/// Mean use of the units over busy counter samples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitUse {
+    /// `device N` or a kernel class.
+    pub name: String,
+    pub samples: usize,
+    /// Read + write, % of peak.
+    pub dram_percent: f64,
+    pub tensor_percent: Option<f64>,
+    pub sm_active_percent: f64,
+    pub bound: Bound,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Achieved rates of the engine's iterations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkRates {
+    pub iterations: usize,
+    /// `device time` when the rows have it, else `host time`.
+    pub time: &'static str,
+    pub dram_gb_s: Distribution,
+    pub tflops: Distribution,
+    /// The medians as % of the peaks, when the peaks are known.
+    pub dram_percent: Option<f64>,
+    pub tensor_percent: Option<f64>,
+    pub bound: Option<Bound>,
+    /// Per iteration: (iter, GB/s, TFLOP/s), for the chart.
+    pub series: Vec<(u64, f64, f64)>,
+}
+
+struct Datasheet {
+    name: &'static str,
+    unless: &'static str,
+    dram_gb_s: f64,
+    tensor_tflops: f64,
+    fp32_tflops: f64,
+}
+
+/// Published peaks (SXM forms unless named): HBM or GDDR bandwidth, dense BF16 tensor and FP32
+/// throughput. The first entry whose name the GPU's name contains wins.
+const DATASHEETS: &[Datasheet] = &[
+    Datasheet { name: "GH200", unless: "", dram_gb_s: 4000.0, tensor_tflops: 989.0, fp32_tflops: 67.0 },
+    Datasheet { name: "H200", unless: "", dram_gb_s: 4800.0, tensor_tflops: 989.0, fp32_tflops: 67.0 },
+    Datasheet { name: "H100 PCIe", unless: "", dram_gb_s: 2000.0, tensor_tflops: 756.0, fp32_tflops: 51.0 },
+    Datasheet { name: "H100 NVL", unless: "", dram_gb_s: 3900.0, tensor_tflops: 835.0, fp32_tflops: 60.0 },
+    Datasheet { name: "H100", unless: "", dram_gb_s: 3350.0, tensor_tflops: 989.0, fp32_tflops: 67.0 },
+    Datasheet { name: "B200", unless: "", dram_gb_s: 8000.0, tensor_tflops: 2250.0, fp32_tflops: 80.0 },
+    Datasheet { name: "A100", unless: "40GB", dram_gb_s: 2039.0, tensor_tflops: 312.0, fp32_tflops: 19.5 },
+    Datasheet { name: "A100", unless: "", dram_gb_s: 1555.0, tensor_tflops: 312.0, fp32_tflops: 19.5 },
+    Datasheet { name: "L40S", unless: "", dram_gb_s: 864.0, tensor_tflops: 362.0, fp32_tflops: 91.6 },
+    Datasheet { name: "L40", unless: "", dram_gb_s: 864.0, tensor_tflops: 181.0, fp32_tflops: 90.5 },
+    Datasheet { name: "L4", unless: "", dram_gb_s: 300.0, tensor_tflops: 121.0, fp32_tflops: 30.3 },
+    Datasheet { name: "RTX 4090", unless: "", dram_gb_s: 1008.0, tensor_tflops: 165.0, fp32_tflops: 82.6 },
+];
+
+/// The peaks of the GPU the trace names (meta `gpu`), with a measured copy bandwidth when the
+/// trace has a large device-to-device copy.
+pub fn peaks(trace: &TraceData) -> Measured<Peaks> {
+    let Some(gpu) = trace.meta("gpu") else {
+        return Measured::NotAvailable("the trace's meta names no GPU".into());
+    };
+    let Some(sheet) = DATASHEETS.iter().find(|d| gpu.contains(d.name) && (d.unless.is_empty() || !gpu.contains(d.unless))) else {
+        return Measured::NotAvailable(format!("no datasheet peaks for GPU {gpu:?}"));
+    };
+    let copy = trace
+        .gpu_ops
+        .iter()
+        .filter(|op| op.kind == GpuOpKind::Memcpy && op.copy_kind.as_deref() == Some("DtoD") && op.end_ns > op.start_ns)
+        .filter_map(|op| Some((op.bytes.filter(|&b| b >= PEAK_COPY_BYTES)?, op.end_ns - op.start_ns)))
+        // A device copy reads and writes each byte.
+        .map(|(bytes, ns)| (2.0 * bytes as f64 / ns as f64, bytes))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let (dram_gb_s, dram_source) = match copy {
+        Some((gb_s, bytes)) => (gb_s, format!("measured: a {} device-to-device copy", text::bytes(bytes))),
+        None => (sheet.dram_gb_s, format!("datasheet ({})", sheet.name)),
+    };
+    Measured::Available(Peaks {
+        gpu: gpu.to_string(),
+        dram_gb_s,
+        dram_source,
+        tensor_tflops: sheet.tensor_tflops,
+        fp32_tflops: sheet.fp32_tflops,
+    })
+}
+
+pub(crate) fn analyze(trace: &TraceData, rules: &[ClassRule], steps: &StepWindows) -> SpeedOfLight {
+    let peaks = peaks(trace);
+    let (devices, classes) = match busy_samples(trace, steps) {
+        Ok(samples) => (Measured::Available(per_device(&samples)), per_class(trace, rules, &samples)),
+        Err(why) => (Measured::NotAvailable(why), Vec::new()),
+    };
+    let work = work_rates(trace, steps, peaks.get());
+    SpeedOfLight { peaks, devices, classes, work }
+}
+
+/// One busy counter instant of one device.
+struct Sample {
+    device: u32,
+    /// The middle of the time the sample covers.
+    mid_ns: u64,
+    ts_ns: u64,
+    dram: f64,
+    tensor: Option<f64>,
+    sm: f64,
+}
+
+fn busy_samples(trace: &TraceData, steps: &StepWindows) -> Result<Vec<Sample>, String> {
+    let mut instants: BTreeMap<(u32, u64), HashMap<&str, f64>> = BTreeMap::new();
+    for c in &trace.counters {
+        if let Some(device) = c.device {
+            instants.entry((device, c.ts_ns)).or_default().insert(c.name.as_str(), c.value);
+        }
+    }
+    if !instants.values().any(|at| at.contains_key("sm active %")) {
+        return Err("no SM/DRAM samples; record them with `lumen profile --gpu-metrics`".into());
+    }
+    let steady = |ts: u64| steps.steps.is_empty() || steps.steady().any(|s| s.start_ns <= ts && ts <= s.end_ns);
+    let mut samples = Vec::new();
+    let mut previous: HashMap<u32, u64> = HashMap::new();
+    for (&(device, ts), at) in &instants {
+        let mid_ns = previous.insert(device, ts).map_or(ts, |before| before + (ts - before) / 2);
+        let Some(&sm) = at.get("sm active %").filter(|&&sm| sm > BUSY_SAMPLE_SM_PERCENT) else { continue };
+        let dram = match (at.get("dram bandwidth %"), at.get("dram read %"), at.get("dram write %")) {
+            (Some(&bandwidth), _, _) => bandwidth,
+            (None, None, None) => continue,
+            (None, read, write) => read.unwrap_or(&0.0) + write.unwrap_or(&0.0),
+        };
+        if steady(mid_ns) && !steps.in_outlier(mid_ns) {
+            samples.push(Sample { device, mid_ns, ts_ns: ts, dram, tensor: at.get("tensor active %").copied(), sm });
+        }
+    }
+    if samples.is_empty() {
+        return Err(format!("no DRAM sample with SM active above {BUSY_SAMPLE_SM_PERCENT}% in the steady steps"));
+    }
+    Ok(samples)
+}
+
+fn mean_use(name: String, samples: &[&Sample]) -> UnitUse {
+    let n = samples.len() as f64;
+    let tensors: Vec<f64> = samples.iter().filter_map(|s| s.tensor).collect();
+    let tensor_percent = (!tensors.is_empty()).then(|| tensors.iter().sum::<f64>() / tensors.len() as f64);
+    let dram_percent = samples.iter().map(|s| s.dram).sum::<f64>() / n;
+    UnitUse {
+        name,
+        samples: samples.len(),
+        dram_percent,
+        tensor_percent,
+        sm_active_percent: samples.iter().map(|s| s.sm).sum::<f64>() / n,
+        bound: Bound::judge(dram_percent, tensor_percent.unwrap_or(0.0)),
+        start_ns: samples.iter().map(|s| s.ts_ns).min().unwrap_or(0),
+        end_ns: samples.iter().map(|s| s.ts_ns).max().unwrap_or(0),
+    }
+}
+
+fn per_device(samples: &[Sample]) -> Vec<UnitUse> {
+    let mut by_device: BTreeMap<u32, Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        by_device.entry(s.device).or_default().push(s);
+    }
+    by_device.into_iter().map(|(device, samples)| mean_use(format!("device {device}"), &samples)).collect()
+}
+
+/// The samples grouped by the class of the kernel running at their middle.
+fn per_class(trace: &TraceData, rules: &[ClassRule], samples: &[Sample]) -> Vec<UnitUse> {
+    let mut kernels: HashMap<u32, Vec<(u64, u64, &str)>> = HashMap::new();
+    for op in trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Kernel) {
+        kernels.entry(op.device).or_default().push((op.start_ns, op.end_ns, op.name.as_str()));
+    }
+    for list in kernels.values_mut() {
+        list.sort_unstable();
+    }
+    let mut classes: HashMap<&'static str, Vec<&Sample>> = HashMap::new();
+    let mut names: HashMap<&str, &'static str> = HashMap::new();
+    for s in samples {
+        let Some(list) = kernels.get(&s.device) else { continue };
+        let started = &list[..list.partition_point(|k| k.0 <= s.mid_ns)];
+        // Kernels on several streams overlap: look back over the last few that started.
+        let Some(&(_, _, name)) = started.iter().rev().take(8).find(|k| k.1 >= s.mid_ns) else { continue };
+        let class = *names.entry(name).or_insert_with(|| classify(rules, name).as_str());
+        classes.entry(class).or_default().push(s);
+    }
+    let mut out: Vec<UnitUse> = classes.into_iter().map(|(class, samples)| mean_use(class.to_string(), &samples)).collect();
+    out.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.name.cmp(&b.name)));
+    out
+}
+
+fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> Measured<WorkRates> {
+    let rows: Vec<_> = trace
+        .iterations
+        .iter()
+        .filter(|r| !steps.in_outlier(r.start_ns))
+        .filter_map(|r| Some((r, r.weight_bytes? + r.kv_bytes_read?, r.flops?)))
+        .filter(|(r, _, _)| r.ctx_tokens + r.gen_tokens > 0)
+        .collect();
+    if rows.is_empty() {
+        return Measured::NotAvailable(if trace.iterations.is_empty() {
+            "the trace has no iteration rows; record lumen's engine with `--trace` or LUMEN_TRACE".into()
+        } else {
+            "the iteration rows have no bytes and FLOPs (written by lumen from schema version 3 on)".into()
+        });
+    }
+    let device_time = rows.iter().all(|(r, _, _)| r.device_ms.is_some_and(|ms| ms > 0.0));
+    let series: Vec<(u64, f64, f64)> = rows
+        .iter()
+        .map(|(r, bytes, flops)| {
+            let ms = if device_time { r.device_ms.unwrap_or(0.0) } else { r.host_ms };
+            let seconds = (ms / 1e3).max(1e-9);
+            (r.iter, *bytes as f64 / seconds / 1e9, flops / seconds / 1e12)
+        })
+        .collect();
+    let dram_gb_s = Distribution::of(&mut series.iter().map(|s| s.1).collect::<Vec<_>>()).expect("rows are not empty");
+    let tflops = Distribution::of(&mut series.iter().map(|s| s.2).collect::<Vec<_>>()).expect("rows are not empty");
+    let dram_percent = peaks.map(|p| 100.0 * share(dram_gb_s.median, p.dram_gb_s));
+    let tensor_percent = peaks.map(|p| 100.0 * share(tflops.median, p.tensor_tflops));
+    let bound = dram_percent.zip(tensor_percent).map(|(d, t)| Bound::judge(d, t));
+    Measured::Available(WorkRates {
+        iterations: rows.len(),
+        time: if device_time { "device time" } else { "host time" },
+        dram_gb_s,
+        tflops,
+        dram_percent,
+        tensor_percent,
+        bound,
+        series,
+    })
+}
+
+fn optional_percent(p: Option<f64>) -> String {
+    p.map_or("-".into(), |p| format!("{p:.1}%"))
+}
+
+pub fn render(sol: &SpeedOfLight, out: &mut String) {
+    text::heading(out, "Speed of light");
+    match &sol.peaks {
+        Measured::Available(p) => line(
+            out,
+            "peaks",
+            format_args!(
+                "{}: DRAM {:.0} GB/s ({}), tensor {:.0} TFLOP/s BF16 dense, FP32 {:.1} TFLOP/s",
+                p.gpu, p.dram_gb_s, p.dram_source, p.tensor_tflops, p.fp32_tflops
+            ),
+        ),
+        Measured::NotAvailable(why) => not_available(out, "peaks", why),
+    }
+    match &sol.devices {
+        Measured::Available(devices) => {
+            let mut table = Table::new(&["counters", "samples", "DRAM", "tensor", "SM active", "nearest ceiling"], &[0, 5]);
+            for u in devices.iter().chain(&sol.classes) {
+                table.row(vec![
+                    u.name.clone(),
+                    u.samples.to_string(),
+                    format!("{:.1}%", u.dram_percent),
+                    optional_percent(u.tensor_percent),
+                    format!("{:.1}%", u.sm_active_percent),
+                    u.bound.as_str().into(),
+                ]);
+            }
+            table.render(out);
+        }
+        Measured::NotAvailable(why) => not_available(out, "counters", why),
+    }
+    match &sol.work {
+        Measured::Available(w) => {
+            line(
+                out,
+                "engine work",
+                format_args!(
+                    "{} iterations over {}: DRAM median {:.0} GB/s ({}), compute median {:.1} TFLOP/s ({}){}",
+                    w.iterations,
+                    w.time,
+                    w.dram_gb_s.median,
+                    optional_percent(w.dram_percent),
+                    w.tflops.median,
+                    optional_percent(w.tensor_percent),
+                    w.bound.map_or(String::new(), |b| format!(": {}", b.as_str()))
+                ),
+            );
+        }
+        Measured::NotAvailable(why) => not_available(out, "engine work", why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::default_rules;
+    use crate::test_rows::{iteration, named};
+    use lumen_trace::model::{CounterRow, GpuOpRow};
+
+    fn counters(rows: &[(u64, &str, f64)]) -> Vec<CounterRow> {
+        rows.iter().map(|&(ts_ns, name, value)| CounterRow { ts_ns, name: name.into(), device: Some(0), value }).collect()
+    }
+
+    #[test]
+    fn the_bound_is_the_unit_nearest_its_ceiling() {
+        assert_eq!(Bound::judge(88.0, 1.0), Bound::Memory);
+        assert_eq!(Bound::judge(30.0, 75.0), Bound::Compute);
+        assert_eq!(Bound::judge(49.0, 20.0), Bound::Latency);
+        assert_eq!(Bound::judge(SOL_BOUND_PERCENT, 0.0), Bound::Memory);
+    }
+
+    #[test]
+    fn a_streaming_kernel_is_memory_bound_whatever_sm_active_says() {
+        let trace = TraceData {
+            gpu_ops: vec![named("vectorized_elementwise_kernel", 0, 1_000, 1)],
+            counters: counters(&[
+                (100, "sm active %", 99.0),
+                (100, "dram read %", 44.0),
+                (100, "dram write %", 44.0),
+                (100, "tensor active %", 0.0),
+                (300, "sm active %", 2.0),
+                (300, "dram read %", 0.0),
+            ]),
+            ..TraceData::default()
+        };
+        let sol = analyze(&trace, &default_rules(), &StepWindows::default());
+        let d = &sol.devices.get().unwrap()[0];
+        assert_eq!((d.samples, d.dram_percent, d.bound), (1, 88.0, Bound::Memory), "read + write, idle sample left out");
+        assert_eq!(sol.classes.len(), 1);
+        assert_eq!((sol.classes[0].name.as_str(), sol.classes[0].bound), ("norm/elementwise", Bound::Memory));
+    }
+
+    #[test]
+    fn peaks_come_from_a_large_device_copy_else_the_datasheet() {
+        let mut trace = TraceData { meta: vec![("gpu".into(), "NVIDIA H200 (cuda:0)".into())], ..TraceData::default() };
+        let p = peaks(&trace).get().cloned().unwrap();
+        assert_eq!((p.dram_gb_s, p.tensor_tflops, p.dram_source.as_str()), (4800.0, 989.0, "datasheet (H200)"));
+        trace.gpu_ops.push(GpuOpRow {
+            kind: GpuOpKind::Memcpy,
+            start_ns: 0,
+            end_ns: 50_000_000,
+            bytes: Some(100_000_000_000),
+            copy_kind: Some("DtoD".into()),
+            ..GpuOpRow::default()
+        });
+        assert_eq!(peaks(&trace).get().unwrap().dram_gb_s, 4000.0);
+        let gh = TraceData { meta: vec![("gpu".into(), "NVIDIA GH200 480GB".into())], ..TraceData::default() };
+        assert_eq!(peaks(&gh).get().unwrap().dram_gb_s, 4000.0, "GH200 is not an H200");
+        let a100 = TraceData { meta: vec![("gpu".into(), "NVIDIA A100-SXM4-40GB".into())], ..TraceData::default() };
+        assert_eq!(peaks(&a100).get().unwrap().dram_gb_s, 1555.0);
+        let unknown = TraceData { meta: vec![("gpu".into(), "Tesla K80".into())], ..TraceData::default() };
+        assert_eq!(peaks(&unknown), Measured::NotAvailable("no datasheet peaks for GPU \"Tesla K80\"".into()));
+    }
+
+    #[test]
+    fn batch_one_decode_rows_are_memory_bound_against_the_peaks() {
+        // 16 GB of weights and 0.1 GB of KV in 4.5 ms: 3.58 TB/s; 16 GFLOP: 3.6 TFLOP/s.
+        let row = |iter: u64| lumen_trace::model::IterationRow {
+            weight_bytes: Some(16_000_000_000),
+            kv_bytes_read: Some(100_000_000),
+            flops: Some(16e9),
+            device_ms: Some(4.5),
+            ..iteration(iter, iter * 5_000_000, iter * 5_000_000 + 4_600_000, 4.6)
+        };
+        let trace = TraceData {
+            meta: vec![("gpu".into(), "NVIDIA H200 (cuda:0)".into())],
+            iterations: (0..4).map(row).collect(),
+            ..TraceData::default()
+        };
+        let w = analyze(&trace, &default_rules(), &StepWindows::default()).work.get().cloned().unwrap();
+        assert_eq!((w.iterations, w.time, w.bound), (4, "device time", Some(Bound::Memory)));
+        assert!((w.dram_gb_s.median - 3577.8).abs() < 0.1, "{}", w.dram_gb_s.median);
+        assert!((w.dram_percent.unwrap() - 74.5).abs() < 0.1, "{:?}", w.dram_percent);
+        assert!(w.tensor_percent.unwrap() < 1.0);
+        let old = TraceData { iterations: vec![iteration(0, 0, 1, 1.0)], ..TraceData::default() };
+        assert!(matches!(work_rates(&old, &StepWindows::default(), None), Measured::NotAvailable(why) if why.contains("schema version 3")));
+    }
+}
