@@ -189,16 +189,21 @@ pub struct PhaseShift {
 /// The per-iteration durations the verdict compares: the iteration's wall time on the host,
 /// which bounds throughput. Device time alone would miss host overhead (a change such as CUDA
 /// graphs shortens the iteration, not its kernels); it is compared among the headline figures.
+/// When the iteration rows say how many requests each batch held, the wall time is divided by
+/// them: each scheduled request yields about one output token, so a larger batch that makes the
+/// iteration longer but the throughput higher compares as faster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     HostTime,
+    HostTimePerRequest,
 }
 
 impl Metric {
     pub fn as_str(self) -> &'static str {
         match self {
             Metric::HostTime => "host time per iteration",
+            Metric::HostTimePerRequest => "host time per iteration per request in the batch (about one output token each)",
         }
     }
 }
@@ -480,16 +485,23 @@ fn phase_shifts(base: &Phases, new: &Phases) -> Measured<PhaseShifts> {
 struct Durations {
     source: &'static str,
     host_ms: Vec<f64>,
+    /// The same divided by the requests in each batch, when every row has some.
+    per_request_ms: Option<Vec<f64>>,
 }
 
 /// From the iteration rows, or else from the `iter N` spans.
 fn durations(trace: &TraceData) -> Option<Durations> {
     if !trace.iterations.is_empty() {
-        return Some(Durations { source: "iteration rows", host_ms: trace.iterations.iter().map(|r| r.host_ms).collect() });
+        let rows = &trace.iterations;
+        let per_request_ms = rows
+            .iter()
+            .all(|r| r.ctx_reqs + r.gen_reqs > 0)
+            .then(|| rows.iter().map(|r| r.host_ms / (r.ctx_reqs + r.gen_reqs) as f64).collect());
+        return Some(Durations { source: "iteration rows", host_ms: rows.iter().map(|r| r.host_ms).collect(), per_request_ms });
     }
     let (source, windows) = iteration_windows(trace)?;
     let host_ms = windows.iter().map(|w| w.end_ns.saturating_sub(w.start_ns) as f64 / 1e6).collect();
-    Some(Durations { source, host_ms })
+    Some(Durations { source, host_ms, per_request_ms: None })
 }
 
 /// The median of `values`, which it reorders; the mean of the middle two for an even count.
@@ -553,7 +565,10 @@ fn verdict(base_trace: &TraceData, new_trace: &TraceData) -> Measured<Verdict> {
         (None, Some(_)) => return Measured::NotAvailable(format!("the base trace {NO_ITERATIONS}; a verdict needs them in both")),
         (Some(_), None) => return Measured::NotAvailable(format!("the new trace {NO_ITERATIONS}; a verdict needs them in both")),
     };
-    let (metric, mut base, mut new) = (Metric::HostTime, b.host_ms, n.host_ms);
+    let (metric, mut base, mut new) = match (b.per_request_ms, n.per_request_ms) {
+        (Some(base), Some(new)) => (Metric::HostTimePerRequest, base, new),
+        _ => (Metric::HostTime, b.host_ms, n.host_ms),
+    };
     let (base_median, new_median) = (median(&mut base), median(&mut new));
     if base_median <= 0.0 {
         return Measured::NotAvailable(format!(
@@ -899,7 +914,7 @@ mod tests {
         let v = c.verdict.get().unwrap();
         assert_eq!(
             (v.metric, v.outcome, v.confidence, v.low_confidence.as_deref()),
-            (Metric::HostTime, Outcome::Slower, Confidence::High, None)
+            (Metric::HostTimePerRequest, Outcome::Slower, Confidence::High, None)
         );
         assert!(close(v.median_change, 0.2), "{v:?}");
         assert!((0.15..=0.2).contains(&v.interval_low) && (0.2..0.25).contains(&v.interval_high), "{v:?}");
@@ -927,6 +942,19 @@ mod tests {
         assert!(v.summary.starts_with("faster by 16.7% (95% CI "), "{}", v.summary);
     }
 
+    /// A 16× larger batch makes each iteration 2× longer: the throughput is 8× higher.
+    #[test]
+    fn a_larger_batch_with_longer_iterations_is_faster_per_request() {
+        let base = run(ITERATIONS, 10.0, 5_000_000, BASE_KERNELS);
+        let mut new = run(ITERATIONS, 20.0, 5_000_000, BASE_KERNELS);
+        for row in &mut new.iterations {
+            (row.ctx_reqs, row.gen_reqs) = (0, 32);
+        }
+        let v = compared(&base, &new).verdict.get().cloned().unwrap();
+        assert_eq!((v.metric, v.outcome), (Metric::HostTimePerRequest, Outcome::Faster));
+        assert!(close(v.median_change, -0.875), "{v:?}");
+    }
+
     #[test]
     fn identical_runs_change_nothing() {
         let mut trace = run(ITERATIONS, 10.0, 5_000_000, BASE_KERNELS);
@@ -943,7 +971,7 @@ mod tests {
             }
         }
         let v = c.verdict.get().unwrap();
-        assert_eq!((v.metric, v.outcome, v.confidence), (Metric::HostTime, Outcome::NoSignificantDifference, Confidence::High));
+        assert_eq!((v.metric, v.outcome, v.confidence), (Metric::HostTimePerRequest, Outcome::NoSignificantDifference, Confidence::High));
         assert!(v.interval_low < 0.0 && v.interval_high > 0.0, "{v:?}");
         assert!(v.summary.starts_with("no significant difference (median +0.0%, 95% CI -"), "{}", v.summary);
     }
