@@ -11,13 +11,16 @@ use crate::compare::{self, Assessment, Comparison, FigureDelta, KernelChangeKind
 use crate::diagnose::Diagnosis;
 use crate::gpu::{DeviceGaps, DeviceUtilisation};
 use crate::hardware::Hardware;
+use crate::headroom::Headroom;
 use crate::iterations::{Iterations, Phases, SpanTotal};
 use crate::kernels::Kernels;
 use crate::launch::Launch;
 use crate::memory::{CopyTotal, Memory};
 use crate::overview::Overview;
 use crate::ranges::ProjectedRange;
+use crate::sol::SpeedOfLight;
 use crate::stats::{share, Distribution};
+use crate::steps::Steps;
 use crate::text;
 use crate::{Analysis, Measured};
 
@@ -25,9 +28,12 @@ use crate::{Analysis, Measured};
 type Body = fn(&Analysis, &mut String);
 
 /// The page's sections in order: element id, heading, body.
-const SECTIONS: [(&str, &str, Body); 11] = [
+const SECTIONS: [(&str, &str, Body); 14] = [
     ("diagnosis", "Diagnosis", |a, out| diagnosis(&a.diagnosis, out)),
     ("overview", "Overview", |a, out| overview(&a.overview, out)),
+    ("headroom", "Headroom", |a, out| headroom(&a.headroom, out)),
+    ("speed-of-light", "Speed of light", |a, out| speed_of_light(&a.speed_of_light, out)),
+    ("steps", "Steps and steady state", |a, out| steps(&a.steps, out)),
     ("gpu", "GPU utilisation", |a, out| gpu(&a.gpu, out)),
     ("gaps", "GPU idle gaps", |a, out| gaps(&a.gaps, out)),
     ("kernels", "Kernels", |a, out| kernels(&a.kernels, out)),
@@ -60,7 +66,9 @@ pub fn section_ids(comparison: bool) -> impl Iterator<Item = &'static str> {
 
 /// The charts' element ids: GPU busy share over time, kernel-class time shares, per-iteration host
 /// and device time, hardware counters over time.
-pub const CHARTS: [&str; 4] = ["chart-gpu-busy", "chart-kernel-classes", "chart-iterations", "chart-hardware"];
+/// The speed-of-light chart: DRAM and tensor use against their peaks, per device, kernel class
+/// and the engine's iterations.
+pub const CHARTS: [&str; 5] = ["chart-gpu-busy", "chart-kernel-classes", "chart-iterations", "chart-hardware", "chart-speed-of-light"];
 
 /// How many outlier iterations the page lists.
 const LISTED_OUTLIERS: usize = 10;
@@ -252,7 +260,9 @@ fn diagnosis(d: &Diagnosis, out: &mut String) {
     }
     for f in &d.findings {
         let _ = writeln!(out, "<article class=\"finding\">\n<h3 class=\"pattern\">{}</h3>", escape(f.pattern));
-        if f.explained_ns > 0 {
+        if let Some(gain) = f.expected_gain.filter(|&g| g > 1.0) {
+            let _ = writeln!(out, "<p class=\"gain\">expected gain {gain:.2}×</p>");
+        } else if f.explained_ns > 0 {
             let _ = writeln!(out, "<p class=\"explains\">explains {}</p>", escape(&text::duration(f.explained_ns as f64)));
         }
         list(out, "ul", "evidence", &f.evidence);
@@ -270,6 +280,193 @@ fn diagnosis(d: &Diagnosis, out: &mut String) {
         let _ = writeln!(out, "<p class=\"not-found\">checked, not found: {}</p>", escape(&d.not_found.join(", ")));
     }
     facts(out, d.not_available.iter().map(|u| (u.pattern.to_string(), Measured::NotAvailable(u.reason.clone()))).collect());
+}
+
+fn headroom(h: &Measured<Headroom>, out: &mut String) {
+    let h = match h {
+        Measured::Available(h) => h,
+        Measured::NotAvailable(why) => return not_available(out, why),
+    };
+    let limit = |v: Option<u64>| v.map_or("not recorded".to_string(), |v| v.to_string());
+    let at = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{} of iterations", text::percent(s)));
+    let mut rows = vec![
+        ("iterations".to_string(), Measured::Available(h.iterations.to_string())),
+        (
+            "batch".into(),
+            Measured::Available(format!(
+                "median {:.0}, cap {} (at the cap: {})",
+                h.median_batch,
+                limit(h.max_batch_size),
+                at(h.at_batch_cap)
+            )),
+        ),
+        ("token budget".into(), Measured::Available(format!("{} (full: {})", limit(h.max_num_tokens), at(h.at_token_budget)))),
+        (
+            "queue".into(),
+            Measured::from_option(
+                h.queued
+                    .zip(h.mean_queued)
+                    .map(|(q, mean)| format!("requests waiting in {} of iterations, {mean:.1} on average", text::percent(q))),
+                || "the iteration rows do not record waiting requests".into(),
+            ),
+        ),
+        ("KV cache peak".into(), Measured::from_option(h.kv_peak.map(text::percent), || "no KV block totals".into())),
+    ];
+    if let Some(s) = &h.suggestion {
+        let gain = s.gain.map_or("not estimable".to_string(), |g| format!("{g:.2}×"));
+        rows.push((
+            "suggested".into(),
+            Measured::Available(format!(
+                "--max-batch-size {} --max-num-tokens {} (the KV cache holds {} requests); expected gain {gain}",
+                s.max_batch_size, s.max_num_tokens, s.kv_fit
+            )),
+        ));
+        rows.push(("basis".into(), Measured::Available(s.basis.clone())));
+    }
+    facts(out, rows);
+}
+
+fn speed_of_light(sol: &SpeedOfLight, out: &mut String) {
+    facts(
+        out,
+        vec![(
+            "peaks".into(),
+            match &sol.peaks {
+                Measured::Available(p) => Measured::Available(format!(
+                    "{}: DRAM {:.0} GB/s ({}), tensor {:.0} TFLOP/s BF16 dense, FP32 {:.1} TFLOP/s",
+                    p.gpu, p.dram_gb_s, p.dram_source, p.tensor_tflops, p.fp32_tflops
+                )),
+                Measured::NotAvailable(why) => Measured::NotAvailable(why.clone()),
+            },
+        )],
+    );
+    let percent = |p: Option<f64>| p.map_or("-".to_string(), |p| format!("{p:.1}%"));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    if let Measured::Available(devices) = &sol.devices {
+        for u in devices.iter().chain(&sol.classes) {
+            rows.push(vec![
+                u.name.clone(),
+                "counters".into(),
+                u.samples.to_string(),
+                format!("{:.1}%", u.dram_percent),
+                percent(u.tensor_percent),
+                format!("{:.1}%", u.sm_active_percent),
+                u.bound.as_str().into(),
+            ]);
+        }
+    }
+    if let Measured::Available(w) = &sol.work {
+        rows.push(vec![
+            "engine iterations".into(),
+            format!("bytes and FLOPs over {}", w.time),
+            w.iterations.to_string(),
+            format!("{} ({:.0} GB/s)", percent(w.dram_percent), w.dram_gb_s.median),
+            format!("{} ({:.1} TFLOP/s)", percent(w.tensor_percent), w.tflops.median),
+            "-".into(),
+            w.bound.map_or("-", |b| b.as_str()).into(),
+        ]);
+    }
+    if rows.is_empty() {
+        for why in [sol.devices.reason(), sol.work.reason()].into_iter().flatten() {
+            not_available(out, why);
+        }
+    } else {
+        table(out, &["work", "source", "samples", "DRAM", "tensor", "SM active", "nearest ceiling"], &[0, 1, 6], rows);
+    }
+    figure(out, "chart-speed-of-light", "DRAM and tensor use, % of peak", sol_chart(sol));
+}
+
+fn steps(steps: &Measured<Steps>, out: &mut String) {
+    let s = match steps {
+        Measured::Available(s) => s,
+        Measured::NotAvailable(why) => return not_available(out, why),
+    };
+    facts(
+        out,
+        vec![
+            ("steps".into(), Measured::Available(format!("{} from {}", s.count, s.source))),
+            (
+                "step time".into(),
+                Measured::Available(format!(
+                    "median {}, outlier above {}",
+                    text::duration(s.median_ns),
+                    text::duration(s.outlier_threshold_ns)
+                )),
+            ),
+            ("judged".into(), Measured::Available(format!("{} steady steps, {} one-off outliers left out", s.steady, s.outliers.len()))),
+        ],
+    );
+    if !s.outliers.is_empty() {
+        let rows = s.outliers.iter().map(|o| {
+            vec![
+                o.name.clone(),
+                text::duration((o.end_ns - o.start_ns) as f64),
+                o.gpu_idle_ns.map_or("-".into(), |ns| text::duration(ns as f64)),
+                o.running.join("; "),
+            ]
+        });
+        table(out, &["outlier step", "time", "GPU idle", "what ran"], &[0, 3], rows);
+    }
+}
+
+/// One pair of bars (DRAM, tensor) per device, kernel class and the engine's iterations, against
+/// a line at the bound threshold.
+fn sol_chart(sol: &SpeedOfLight) -> Result<Chart, String> {
+    const BAR: f64 = 12.0;
+    const ROW: f64 = 2.0 * BAR + 14.0;
+    let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
+    if let Measured::Available(devices) = &sol.devices {
+        rows.extend(devices.iter().chain(&sol.classes).map(|u| (u.name.clone(), u.dram_percent, u.tensor_percent)));
+    }
+    if let Measured::Available(w) = &sol.work {
+        if let Some(dram) = w.dram_percent {
+            rows.push(("engine iterations".into(), dram, w.tensor_percent));
+        }
+    }
+    if rows.is_empty() {
+        return Err("no counter samples and no engine bytes and FLOPs against known peaks".into());
+    }
+    let label_width = 200.0;
+    let (x0, x1) = (LEFT + label_width, WIDTH - RIGHT);
+    let x = |percent: f64| x0 + (x1 - x0) * percent.clamp(0.0, 100.0) / 100.0;
+    let height = 30.0 + rows.len() as f64 * ROW;
+    let mut svg = String::new();
+    svg_open(&mut svg, height, "DRAM and tensor use as % of peak");
+    for tick in [0.0, 25.0, 50.0, 75.0, 100.0] {
+        let _ = write!(svg, "<line class=\"grid\" x1=\"{0:.1}\" y1=\"16\" x2=\"{0:.1}\" y2=\"{1:.1}\"/>", x(tick), height - 4.0);
+        label(&mut svg, x(tick), 12.0, "middle", &format!("{tick:.0}%"));
+    }
+    let bound = x(crate::sol::SOL_BOUND_PERCENT);
+    let _ = write!(
+        svg,
+        "<line class=\"axis\" stroke-dasharray=\"4 3\" x1=\"{bound:.1}\" y1=\"16\" x2=\"{bound:.1}\" y2=\"{:.1}\"/>",
+        height - 4.0
+    );
+    for (i, (name, dram, tensor)) in rows.iter().enumerate() {
+        let top = 22.0 + i as f64 * ROW;
+        label(&mut svg, x0 - 8.0, top + BAR + 4.0, "end", &text::truncate(name, 30));
+        for (j, value) in [Some(*dram), *tensor].into_iter().enumerate() {
+            let Some(value) = value else { continue };
+            let y = top + j as f64 * BAR;
+            let _ = write!(
+                svg,
+                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {value:.1}%</title></rect>",
+                x(value) - x0,
+                BAR - 2.0,
+                colour(j),
+                escape(&format!("{name} {}", if j == 0 { "DRAM" } else { "tensor" }))
+            );
+        }
+    }
+    svg.push_str("</svg>");
+    Ok(Chart {
+        svg,
+        legend: vec!["DRAM (read + write)".into(), "tensor pipe".into()],
+        note: Some(format!(
+            "the dashed line is SOL_BOUND_PERCENT ({}%): the unit nearest its ceiling above it bounds the work",
+            crate::sol::SOL_BOUND_PERCENT
+        )),
+    })
 }
 
 fn comparison_section(c: &Comparison, out: &mut String) {
@@ -1122,7 +1319,22 @@ mod tests {
         let ids: Vec<&str> = section_ids(false).collect();
         assert_eq!(
             ids,
-            ["diagnosis", "overview", "gpu", "gaps", "kernels", "launch", "iterations", "phases", "ranges", "hardware", "memory"]
+            [
+                "diagnosis",
+                "overview",
+                "headroom",
+                "speed-of-light",
+                "steps",
+                "gpu",
+                "gaps",
+                "kernels",
+                "launch",
+                "iterations",
+                "phases",
+                "ranges",
+                "hardware",
+                "memory"
+            ]
         );
         let no_gpu = "not available: the trace has no GPU operations; record one with `lumen profile`";
         for id in ["gpu", "gaps", "kernels"] {
@@ -1131,7 +1343,15 @@ mod tests {
         assert!(element(&html, "section", "launch").contains("not available: the trace has no CUDA API calls"));
         assert!(element(&html, "section", "iterations").contains("not available: the trace has no iteration rows"));
         assert!(element(&html, "section", "hardware").contains("not available: the trace has no GPU metric samples"));
-        let charts = [(CHARTS[0], no_gpu), (CHARTS[1], no_gpu), (CHARTS[2], "no iteration rows"), (CHARTS[3], "no GPU metric samples")];
+        assert!(element(&html, "section", "headroom").contains("not available: the trace has no iteration rows with requests"));
+        assert!(element(&html, "section", "steps").contains("not available: the trace has no steps"));
+        let charts = [
+            (CHARTS[0], no_gpu),
+            (CHARTS[1], no_gpu),
+            (CHARTS[2], "no iteration rows"),
+            (CHARTS[3], "no GPU metric samples"),
+            (CHARTS[4], "no counter samples and no engine bytes and FLOPs against known peaks"),
+        ];
         for (id, why) in charts {
             let figure = element(&html, "figure", id);
             assert!(figure.contains(why) && !figure.contains("<svg"), "{id}: {figure}");
@@ -1163,6 +1383,8 @@ mod tests {
         let hardware = element(&html, "figure", CHARTS[3]);
         assert_eq!(hardware.matches("<polyline ").count(), 2, "sparse samples still make one line per counter:\n{hardware}");
         assert!(hardware.contains(">sm active % (device 0)</li>") && hardware.contains(">100%</text>"), "{hardware}");
+        let sol = element(&html, "figure", CHARTS[4]);
+        assert!(sol.contains("<rect ") && sol.contains(">device 0</text>") && sol.contains(">DRAM (read + write)</li>"), "{sol}");
         let findings = html.matches("<article class=\"finding\">").count();
         assert!(findings > 0 && findings == a.diagnosis.findings.len(), "{findings} findings drawn");
         let diagnosis = element(&html, "section", "diagnosis");

@@ -53,6 +53,14 @@ impl<T> Measured<T> {
         }
     }
 
+    /// Why the figure is not available, when it is not.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Measured::Available(_) => None,
+            Measured::NotAvailable(why) => Some(why),
+        }
+    }
+
     pub(crate) fn from_option(value: Option<T>, reason: impl FnOnce() -> String) -> Self {
         match value {
             Some(value) => Measured::Available(value),
