@@ -11,7 +11,7 @@
 # 3. latency: `lumen bench latency` (batch 1), iterations 20-59, the same way
 #    (llama8b-latency.lumen).
 # Each run's report JSON, log and analysis go to $OUT; a table of predicted and measured gain
-# and the verdicts is printed last.
+# and the verdicts is printed last. RUNS="latency" (or "throughput") runs a part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -42,6 +42,8 @@ profiled() {
 "$L" bench prepare-dataset --model "$MODEL" --output "$W/d128.jsonl" token-norm-dist --num-requests "$REQUESTS" \
   --input-mean 128 --input-stdev 0 --output-mean 128 --output-stdev 0 >"$O/prepare.log" 2>&1
 
+RUNS=${RUNS:-throughput latency}
+if [[ " $RUNS " == *" throughput "* ]]; then
 profiled llama8b-default 100-129 bench throughput --device cuda --model "$MODEL" --dataset "$W/d128.jsonl"
 
 read -r batch tokens gain < <(python3 - "$O/llama8b-default-analysis.json" <<'EOF'
@@ -60,8 +62,9 @@ if [ "$batch" != "-" ]; then
   "$L" analyze "$O/llama8b-tuned.lumen" --compare "$O/llama8b-default.lumen" --json "$O/compare.json" >"$O/compare.txt" 2>&1
   sed -n '/== Comparison: verdict ==/,/== Comparison: headline/p' "$O/compare.txt"
 fi
+fi
 
-profiled llama8b-latency 20-59 bench latency --device cuda --model "$MODEL" --dataset "$W/d128.jsonl" --num-requests 4
+[[ " $RUNS " == *" latency "* ]] && profiled llama8b-latency 20-59 bench latency --device cuda --model "$MODEL" --dataset "$W/d128.jsonl" --num-requests 4
 
 ls -l "$O"
 python3 - "$O" "$gain" <<'EOF'
