@@ -43,6 +43,7 @@ profiled() {
   --input-mean 128 --input-stdev 0 --output-mean 128 --output-stdev 0 >"$O/prepare.log" 2>&1
 
 RUNS=${RUNS:-throughput latency}
+batch=- tokens=- gain=-
 if [[ " $RUNS " == *" throughput "* ]]; then
 profiled llama8b-default 100-129 bench throughput --device cuda --model "$MODEL" --dataset "$W/d128.jsonl"
 

@@ -294,7 +294,7 @@ pub(crate) fn diagnose(trace: &TraceData, a: &Analysis, steps: &StepWindows, lau
         (BATCH_SIZE, batch_size(&facts, &a.headroom)),
         (TOKEN_BUDGET, headroom.map_or_else(|| Outcome::NotAvailable(no_headroom(a)), |h| token_budget(&facts, h))),
         (KV_CACHE_FULL, headroom.map_or_else(|| Outcome::NotAvailable(no_headroom(a)), kv_cache_full)),
-        (CONCURRENCY, headroom.map_or_else(|| Outcome::NotAvailable(no_headroom(a)), concurrency)),
+        (CONCURRENCY, headroom.map_or_else(|| Outcome::NotAvailable(no_headroom(a)), |h| concurrency(&facts, h))),
         (MEMORY_BOUND, bound(&facts, Bound::Memory)),
         (COMPUTE_BOUND, bound(&facts, Bound::Compute)),
         (SMALL_BATCH, small_batch(&facts)),
@@ -429,7 +429,11 @@ fn kv_cache_full(h: &Headroom) -> Outcome {
     Outcome::Fires(finding)
 }
 
-fn concurrency(h: &Headroom) -> Outcome {
+fn concurrency(f: &Facts, h: &Headroom) -> Outcome {
+    if f.trace.meta("command").is_some_and(|c| c.contains("bench latency")) {
+        // The latency benchmark runs one request at a time by design.
+        return Outcome::NotFound;
+    }
     let (Some(cap), Some(queued), Some(kv_peak)) = (h.max_batch_size, h.queued, h.kv_peak) else {
         return Outcome::NotAvailable("needs max_batch_size in meta and waiting requests and KV use in the iteration rows".into());
     };
@@ -1254,6 +1258,9 @@ mod tests {
         let d = diagnosis(&few);
         assert!(finding(&d, CONCURRENCY).is_some(), "{:?}", d.findings);
         assert!(d.not_found.contains(&BATCH_SIZE) && d.not_found.contains(&TOKEN_BUDGET));
+        few.meta.retain(|(k, _)| k != "command");
+        few.meta.push(("command".into(), "lumen bench latency --model llama-3.1-8b".into()));
+        assert!(diagnosis(&few).not_found.contains(&CONCURRENCY), "one request at a time is the latency benchmark's design");
     }
 
     /// A GEMM loop replayed from a graph: 20 busy 1 ms steps, and a 129 ms stall in the first
@@ -1306,7 +1313,7 @@ mod tests {
         let d = diagnosis(&sync_then_host_work(50_000, 0));
         let f = finding(&d, SYNC_GAPS).expect("the GPU drains at every synchronise");
         let calls_ns: u64 = 10 * 57_000;
-        assert!(f.explained_ns <= calls_ns + 10 * crate::gpu::LAUNCH_GAP_NS, "{} claims more than the calls", f.explained_ns);
+        assert!(f.explained_ns <= calls_ns + 10 * crate::gpu::SYNC_RELAUNCH_NS, "{} claims more than the calls", f.explained_ns);
         assert!(f.evidence[1].starts_with("10 synchronising calls took 570.0 µs"), "{:?}", f.evidence);
 
         // The same round trip after 1 ms kernels is 2% idle: too little to matter.

@@ -1,7 +1,7 @@
 //! GPU utilisation and idle gaps, per device. Busy time is the union of kernel, copy, memset and
 //! graph-launch intervals (never synchronisations). Each gap's time is split so that it adds up:
-//! the part the host spent blocked inside a synchronising call is sync wait (with the launch
-//! round trip after it, when the next work follows within a launch gap); the rest is a launch gap
+//! the part the host spent blocked inside a synchronising call is sync wait (with the relaunch
+//! after it, when the next work follows within [`SYNC_RELAUNCH_NS`]); the rest is a launch gap
 //! when it is short and the next operation's launch call had already started, else host wait:
 //! the host was doing something else. Gaps inside a one-off outlier step (crate::steps) are
 //! counted apart and judged by no pattern.
@@ -18,6 +18,10 @@ use crate::{LaunchIndex, Measured, NO_GPU_OPS};
 
 /// A gap shorter than this whose next operation was launched before it began is launch overhead.
 pub const LAUNCH_GAP_NS: u64 = 20_000;
+/// After a synchronising call returns, host time shorter than this before the next launch is
+/// the relaunch the sync forced (the queue was empty), so it counts as sync wait; longer, it is
+/// host work of its own.
+pub const SYNC_RELAUNCH_NS: u64 = 100_000;
 /// How many of the largest gaps each device lists.
 pub const TOP_GAPS: usize = 10;
 /// How many overlapping CPU spans each listed gap names.
@@ -254,11 +258,12 @@ fn classify(start: u64, end: u64, next: &GpuOpRow, sync: &[Interval], launches: 
     }
     let sync_ns = covered_in(sync, start, end);
     let rest_ns = duration - sync_ns;
+    if sync_ns > 0 && rest_ns < SYNC_RELAUNCH_NS {
+        // The relaunch after the host came back from the sync: still the sync's cost.
+        return GapParts { sync_ns: duration, rest: GapClass::SyncWait, rest_ns: 0 };
+    }
     let short = rest_ns < LAUNCH_GAP_NS;
-    if sync_ns > 0 && short {
-        // The launch round trip after the host came back from the sync: still the sync's cost.
-        GapParts { sync_ns: duration, rest: GapClass::SyncWait, rest_ns: 0 }
-    } else if short && launches.launch_of(next).is_some_and(|call| call.start_ns < start) {
+    if short && launches.launch_of(next).is_some_and(|call| call.start_ns < start) {
         GapParts { sync_ns, rest: GapClass::LaunchGap, rest_ns }
     } else {
         GapParts { sync_ns, rest: GapClass::HostWait, rest_ns }
@@ -511,6 +516,18 @@ mod tests {
         assert_eq!(classes[2], (GapClass::HostWait, 1, 5_007_000));
         assert_eq!((d.largest[0].class, d.largest[0].sync_ns), (GapClass::HostWait, 3_000));
         assert_eq!(d.classes.iter().map(|c| c.total_ns).sum::<u64>(), d.total_ns, "the parts add up to the idle time");
+    }
+
+    /// A profiled Python loop relaunches 40 µs after each synchronise returns: the sync's cost.
+    #[test]
+    fn a_quick_relaunch_after_a_sync_is_still_sync_wait() {
+        let trace = TraceData {
+            gpu_ops: vec![kernel(0, 100_000, 1), kernel(145_000, 200_000, 2)],
+            api_calls: vec![api("cudaDeviceSynchronize", 50_000, 103_000, 50), api("cudaLaunchKernel", 140_000, 142_000, 2)],
+            ..TraceData::default()
+        };
+        let d = &run(&trace, 1).1[0];
+        assert_eq!((d.classes[0].total_ns, d.classes[2].total_ns), (45_000, 0));
     }
 
     #[test]
