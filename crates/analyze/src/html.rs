@@ -373,7 +373,11 @@ fn speed_of_light(sol: &SpeedOfLight, out: &mut String) {
     } else {
         table(out, &["work", "source", "samples", "DRAM", "tensor", "SM active", "nearest ceiling"], &[0, 1, 6], rows);
     }
-    figure(out, "chart-speed-of-light", "DRAM and tensor use, % of peak", sol_chart(sol));
+    let caption = format!(
+        "DRAM and tensor use, % of peak (dashed: SOL_BOUND_PERCENT, {}%; the unit nearest its ceiling above it bounds the work)",
+        crate::sol::SOL_BOUND_PERCENT
+    );
+    figure(out, "chart-speed-of-light", &caption, sol_chart(sol));
 }
 
 fn steps(steps: &Measured<Steps>, out: &mut String) {
@@ -462,10 +466,7 @@ fn sol_chart(sol: &SpeedOfLight) -> Result<Chart, String> {
     Ok(Chart {
         svg,
         legend: vec!["DRAM (read + write)".into(), "tensor pipe".into()],
-        note: Some(format!(
-            "the dashed line is SOL_BOUND_PERCENT ({}%): the unit nearest its ceiling above it bounds the work",
-            crate::sol::SOL_BOUND_PERCENT
-        )),
+        note: None,
     })
 }
 

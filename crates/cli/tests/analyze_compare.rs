@@ -114,8 +114,9 @@ fn a_slower_trace_shows_what_changed_in_the_report_and_the_json() {
     assert!(report.starts_with("== Diagnosis ==") && report.contains("== Memory =="), "{report}");
     for expected in [
         "slower by 20.0% (95% CI ",
-        "25 iterations (iteration rows), median 10.000 ms",
-        "25 iterations (iteration rows), median 12.000 ms",
+        // 10 and 12 ms iterations of 4 requests each, per request.
+        "25 iterations (iteration rows), median 2.500 ms",
+        "25 iterations (iteration rows), median 3.000 ms",
         "high: at least 20 iterations in each trace",
         "== Comparison: headline figures ==",
         "2 in both (1 unchanged); 1 appeared, 1 disappeared, 1 slower, 0 faster",
@@ -141,7 +142,10 @@ fn a_slower_trace_shows_what_changed_in_the_report_and_the_json() {
     assert_eq!(a["overview"]["iterations"]["available"]["count"], ITERATIONS, "the analysis of NEW is still there");
     let c = &a["comparison"];
     let v = &c["verdict"]["available"];
-    assert_eq!((v["outcome"].as_str(), v["confidence"].as_str(), v["metric"].as_str()), (Some("slower"), Some("high"), Some("host_time")));
+    assert_eq!(
+        (v["outcome"].as_str(), v["confidence"].as_str(), v["metric"].as_str()),
+        (Some("slower"), Some("high"), Some("host_time_per_request"))
+    );
     assert!((v["median_change"].as_f64().unwrap() - 0.2).abs() < 1e-9, "{v}");
     let (low, high) = (v["interval_low"].as_f64().unwrap(), v["interval_high"].as_f64().unwrap());
     assert!((0.15..=0.2).contains(&low) && (0.2..0.25).contains(&high), "{v}");
@@ -199,7 +203,7 @@ fn two_recorded_runs_compare_figure_for_figure_with_their_rows() {
 
     let v = &c["verdict"]["available"];
     let median = |rows: &TraceData| {
-        let mut host: Vec<f64> = rows.iterations.iter().map(|i| i.host_ms).collect();
+        let mut host: Vec<f64> = rows.iterations.iter().map(|i| i.host_ms / (i.ctx_reqs + i.gen_reqs) as f64).collect();
         host.sort_by(f64::total_cmp);
         let n = host.len();
         if n % 2 == 1 {
