@@ -463,11 +463,7 @@ fn sol_chart(sol: &SpeedOfLight) -> Result<Chart, String> {
         }
     }
     svg.push_str("</svg>");
-    Ok(Chart {
-        svg,
-        legend: vec!["DRAM (read + write)".into(), "tensor pipe".into()],
-        note: None,
-    })
+    Ok(Chart { svg, legend: vec!["DRAM (read + write)".into(), "tensor pipe".into()], note: None })
 }
 
 fn comparison_section(c: &Comparison, out: &mut String) {
