@@ -46,8 +46,11 @@ pub const KV_FULL: f64 = 0.9;
 pub const CONCURRENCY_BATCH_SHARE: f64 = 0.5;
 /// GEMM kernels memory bound with the tensor pipe below this % are a small batch...
 pub const SMALL_BATCH_TENSOR_PERCENT: f64 = 10.0;
-/// ...when they hold at least this share of the busy samples.
+/// ...when they hold at least this share of the busy samples (or kernel time).
 pub const SMALL_BATCH_GEMM_SHARE: f64 = 0.3;
+/// Operators' recorded work judges the bound only when its kernels cover this share of the
+/// kernel time.
+pub const OP_WORK_COVERAGE: f64 = 0.5;
 /// A kernel shorter than this is short.
 pub const SHORT_KERNEL_NS: u64 = 10_000;
 /// Short kernels above this share of all kernels suggest launch overhead.
@@ -99,6 +102,7 @@ pub const THRESHOLDS: &[Threshold] = &[
     ),
     threshold!(SMALL_BATCH_TENSOR_PERCENT, "% of peak", "memory-bound GEMMs with the tensor pipe below it run a small batch"),
     threshold!(SMALL_BATCH_GEMM_SHARE, "share of busy samples", "small-batch GEMMs need at least this share of the samples"),
+    threshold!(OP_WORK_COVERAGE, "share of kernel time", "operators' recorded work judges the bound when it covers this much"),
     threshold!(SHORT_KERNEL_NS, "ns", "a kernel shorter than it is short"),
     threshold!(SHORT_KERNEL_SHARE, "share of kernels", "short kernels above it suggest launch overhead"),
     threshold!(SHORTER_THAN_LAUNCH_SHARE, "share of kernels", "kernels shorter than their launch above it show launch overhead"),
@@ -526,26 +530,57 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
             }
         }
     }
+    let judged_ops = sol.ops.get().and_then(|ops| ops.first()).filter(|all| all.coverage >= OP_WORK_COVERAGE && all.bound.is_some());
+    if let Some(all) = judged_ops.filter(|all| all.bound == Some(wanted)) {
+        evidence.push(format!("kernels: {}", op_rates(all)));
+        if explained_ns == 0 {
+            explained_ns = all.busy_ns;
+        }
+    }
     if evidence.is_empty() {
-        return match (&sol.devices, &sol.work) {
-            (Measured::NotAvailable(a), Measured::NotAvailable(b)) => Outcome::NotAvailable(format!("{a}; {b}")),
-            _ => Outcome::NotFound,
+        let judged = sol.devices.get().is_some() || sol.work.get().is_some_and(|w| w.bound.is_some()) || judged_ops.is_some();
+        if judged {
+            return Outcome::NotFound;
+        }
+        let ops_why = match &sol.ops {
+            Measured::Available(ops) => {
+                format!("operators' recorded work covers {} of the kernel time", text::percent(ops.first().map_or(0.0, |o| o.coverage)))
+            }
+            Measured::NotAvailable(why) => why.clone(),
         };
+        return Outcome::NotAvailable(format!(
+            "{}; {}; {ops_why}",
+            sol.devices.reason().unwrap_or("no SM/DRAM samples"),
+            sol.work.reason().unwrap_or("no peaks for the engine's work")
+        ));
     }
     if let Some(top) = sol.classes.iter().find(|c| c.bound == wanted) {
         evidence.push(format!("kernel class {}: {}", top.name, percent_of(top)));
+    } else if let Some(top) = sol.ops.get().into_iter().flatten().skip(1).find(|o| o.bound == Some(wanted)) {
+        evidence.push(format!("kernel class {}: {}", top.name, op_rates(top)));
     }
     let mut finding = Finding::new(pattern, explained_ns, evidence, action.into());
     finding.range_ns = range;
     Outcome::Fires(finding)
 }
 
+fn op_rates(o: &crate::sol::OpRates) -> String {
+    let percent = |p: Option<f64>| p.map_or("-".to_string(), |p| format!("{p:.1}% of peak"));
+    format!(
+        "{:.0} GB/s ({}) and {:.1} TFLOP/s ({}) from their operators' recorded work, over {} of kernel time ({} of it covered)",
+        o.dram_gb_s,
+        percent(o.dram_percent),
+        o.tflops,
+        percent(o.tensor_percent),
+        text::duration(o.busy_ns as f64),
+        text::percent(o.coverage)
+    )
+}
+
 fn small_batch(f: &Facts) -> Outcome {
     let sol = &f.a.speed_of_light;
     let Measured::Available(devices) = &sol.devices else {
-        return Outcome::NotAvailable(
-            "needs SM/DRAM/tensor samples per kernel class; record them with `lumen profile --gpu-metrics`".into(),
-        );
+        return small_batch_from_ops(f);
     };
     let total: usize = devices.iter().map(|d| d.samples).sum();
     let Some(gemm) = sol.classes.iter().find(|c| c.name == "gemm") else {
@@ -562,6 +597,33 @@ fn small_batch(f: &Facts) -> Outcome {
         vec![
             format!("GEMM kernels: {}", percent_of(gemm)),
             format!("{} of the busy samples: the GEMMs read their weights for a few rows each", text::percent(share(gemm.samples as f64, total as f64))),
+        ],
+        "batch more rows into each GEMM (more requests per iteration: --max-batch-size, --concurrency); each weight read then serves more tokens".into(),
+    ))
+}
+
+/// Small-batch GEMMs from the operators' recorded work, when there are no counter samples.
+fn small_batch_from_ops(f: &Facts) -> Outcome {
+    let Measured::Available(ops) = &f.a.speed_of_light.ops else {
+        return Outcome::NotAvailable(
+            "needs SM/DRAM/tensor samples per kernel class (`lumen profile --gpu-metrics`) or operators' recorded work".into(),
+        );
+    };
+    let (Some(all), Some(gemm)) = (ops.first(), ops.iter().find(|o| o.name == "gemm")) else {
+        return Outcome::NotFound;
+    };
+    let starved = gemm.coverage >= OP_WORK_COVERAGE
+        && gemm.bound == Some(Bound::Memory)
+        && gemm.tensor_percent.is_some_and(|t| t < SMALL_BATCH_TENSOR_PERCENT);
+    if !starved || share(gemm.busy_ns as f64, all.busy_ns as f64) < SMALL_BATCH_GEMM_SHARE {
+        return Outcome::NotFound;
+    }
+    Outcome::Fires(Finding::new(
+        SMALL_BATCH,
+        gemm.busy_ns,
+        vec![
+            format!("GEMM kernels: {}", op_rates(gemm)),
+            format!("{} of the kernel time: the GEMMs read their weights for a few rows each", text::percent(share(gemm.busy_ns as f64, all.busy_ns as f64))),
         ],
         "batch more rows into each GEMM (more requests per iteration: --max-batch-size, --concurrency); each weight read then serves more tokens".into(),
     ))

@@ -355,6 +355,19 @@ fn speed_of_light(sol: &SpeedOfLight, out: &mut String) {
             ]);
         }
     }
+    if let Measured::Available(ops) = &sol.ops {
+        for o in ops {
+            rows.push(vec![
+                o.name.clone(),
+                format!("operators' recorded work ({} of kernel time)", text::percent(o.coverage)),
+                o.kernels.to_string(),
+                format!("{} ({:.0} GB/s)", percent(o.dram_percent), o.dram_gb_s),
+                format!("{} ({:.1} TFLOP/s)", percent(o.tensor_percent), o.tflops),
+                "-".into(),
+                o.bound.map_or("-", |b| b.as_str()).into(),
+            ]);
+        }
+    }
     if let Measured::Available(w) = &sol.work {
         rows.push(vec![
             "engine iterations".into(),
@@ -367,7 +380,7 @@ fn speed_of_light(sol: &SpeedOfLight, out: &mut String) {
         ]);
     }
     if rows.is_empty() {
-        for why in [sol.devices.reason(), sol.work.reason()].into_iter().flatten() {
+        for why in [sol.devices.reason(), sol.ops.reason(), sol.work.reason()].into_iter().flatten() {
             not_available(out, why);
         }
     } else {
@@ -422,13 +435,16 @@ fn sol_chart(sol: &SpeedOfLight) -> Result<Chart, String> {
     if let Measured::Available(devices) = &sol.devices {
         rows.extend(devices.iter().chain(&sol.classes).map(|u| (u.name.clone(), u.dram_percent, u.tensor_percent)));
     }
+    if let Measured::Available(ops) = &sol.ops {
+        rows.extend(ops.iter().filter_map(|o| Some((format!("{} (operators)", o.name), o.dram_percent?, o.tensor_percent))));
+    }
     if let Measured::Available(w) = &sol.work {
         if let Some(dram) = w.dram_percent {
             rows.push(("engine iterations".into(), dram, w.tensor_percent));
         }
     }
     if rows.is_empty() {
-        return Err("no counter samples and no engine bytes and FLOPs against known peaks".into());
+        return Err("no counter samples, and no operator or engine bytes and FLOPs against known peaks".into());
     }
     let label_width = 200.0;
     let (x0, x1) = (LEFT + label_width, WIDTH - RIGHT);
@@ -1347,7 +1363,7 @@ mod tests {
             (CHARTS[1], no_gpu),
             (CHARTS[2], "no iteration rows"),
             (CHARTS[3], "no GPU metric samples"),
-            (CHARTS[4], "no counter samples and no engine bytes and FLOPs against known peaks"),
+            (CHARTS[4], "no counter samples, and no operator or engine bytes and FLOPs against known peaks"),
         ];
         for (id, why) in charts {
             let figure = element(&html, "figure", id);

@@ -121,7 +121,7 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String>
     let (steps, windows) = steps::analyze(trace, pattern.as_ref());
     let launches = LaunchIndex::new(trace);
     let (gpu, gaps) = gpu::analyze(trace, &launches, &windows, options.buckets, gpu::TOP_GAPS);
-    let speed_of_light = sol::analyze(trace, &rules, &windows);
+    let speed_of_light = sol::analyze(trace, &rules, &launches, &windows);
     let headroom = headroom::analyze(trace, &windows, speed_of_light.peaks.get());
     let mut analysis = Analysis {
         overview: overview::analyze(trace),

@@ -4,7 +4,10 @@
 //!   pipe, as % of peak, over the busy samples of the steady steps, per device and per kernel
 //!   class (the class of the kernel running in the middle of each sample);
 //! - the engine's own iteration rows: the bytes (weights and KV cache) and FLOPs each iteration
-//!   moved and computed over its time, against the device's peaks.
+//!   moved and computed over its time, against the device's peaks;
+//! - operators' recorded work (an imported torch.profiler trace with input shapes): each kernel
+//!   gets its launching operator's bytes and FLOPs, shared among the operator's kernels by time,
+//!   and each kernel class's rates over its kernels' time go against the device's peaks.
 //! The peaks come from a large device-to-device copy in the trace when there is one, else from a
 //! datasheet table per GPU. "SM active" is shown but judges nothing: a streaming kernel keeps it
 //! near 100% while it only waits on memory.
@@ -18,7 +21,7 @@ use crate::kernels::{classify, ClassRule};
 use crate::stats::{share, Distribution};
 use crate::steps::StepWindows;
 use crate::text::{self, line, not_available, Table};
-use crate::Measured;
+use crate::{LaunchIndex, Measured};
 
 /// The unit nearest its ceiling bounds the work when it runs at least this % of its peak; below
 /// it on every unit, the work is latency bound (too little parallel work, or dependencies).
@@ -70,6 +73,24 @@ pub struct SpeedOfLight {
     pub classes: Vec<UnitUse>,
     /// From the engine's per-iteration bytes and FLOPs.
     pub work: Measured<WorkRates>,
+    /// From the operators' recorded work: all attributed kernels first, then per kernel class.
+    pub ops: Measured<Vec<OpRates>>,
+}
+
+/// Achieved rates of the kernels whose launching operator recorded its work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpRates {
+    /// `all kernels` or a kernel class.
+    pub name: String,
+    pub kernels: usize,
+    pub busy_ns: u64,
+    /// The share of the kernel time (of all kernels, or of the class) that has an operator's work.
+    pub coverage: f64,
+    pub dram_gb_s: f64,
+    pub tflops: f64,
+    pub dram_percent: Option<f64>,
+    pub tensor_percent: Option<f64>,
+    pub bound: Option<Bound>,
 }
 
 /// The device's ceilings.
@@ -170,15 +191,116 @@ pub fn peaks(trace: &TraceData) -> Measured<Peaks> {
     })
 }
 
-pub(crate) fn analyze(trace: &TraceData, rules: &[ClassRule], steps: &StepWindows) -> SpeedOfLight {
+pub(crate) fn analyze(trace: &TraceData, rules: &[ClassRule], launches: &LaunchIndex, steps: &StepWindows) -> SpeedOfLight {
     let peaks = peaks(trace);
     let (devices, classes) = match busy_samples(trace, steps) {
         Ok(samples) => (Measured::Available(per_device(&samples)), per_class(trace, rules, &samples)),
         Err(why) => (Measured::NotAvailable(why), Vec::new()),
     };
     let work = work_rates(trace, steps, peaks.get());
-    SpeedOfLight { peaks, devices, classes, work }
+    let ops = op_rates(trace, rules, launches, steps, peaks.get());
+    SpeedOfLight { peaks, devices, classes, work, ops }
 }
+
+/// An operator span's recorded work: `{"flops":F,"bytes":B}` in its args.
+fn span_work(args: &str) -> Option<(f64, f64)> {
+    let number = |key: &str| {
+        let at = args.find(&format!("\"{key}\":"))? + key.len() + 3;
+        let rest = &args[at..];
+        rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().parse::<f64>().ok()
+    };
+    Some((number("flops")?, number("bytes")?))
+}
+
+fn op_rates(
+    trace: &TraceData,
+    rules: &[ClassRule],
+    launches: &LaunchIndex,
+    steps: &StepWindows,
+    peaks: Option<&Peaks>,
+) -> Measured<Vec<OpRates>> {
+    // Per thread, the spans with work, sorted by start: (start, end, flops, bytes).
+    let mut by_thread: HashMap<u64, Vec<(u64, u64, f64, f64)>> = HashMap::new();
+    for s in &trace.spans {
+        if let Some((flops, bytes)) = s.args.as_deref().and_then(span_work) {
+            by_thread.entry(s.tid).or_default().push((s.start_ns, s.end_ns, flops, bytes));
+        }
+    }
+    if by_thread.is_empty() {
+        return Measured::NotAvailable("no operator recorded its work (torch.profiler with record_shapes=True, imported)".into());
+    }
+    for list in by_thread.values_mut() {
+        list.sort_unstable_by(|a, b| (a.0, std::cmp::Reverse(a.1)).cmp(&(b.0, std::cmp::Reverse(b.1))));
+    }
+    // Each kernel's operator: the latest-starting work span around its launch call on its thread.
+    let kernels: Vec<&lumen_trace::model::GpuOpRow> =
+        trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Kernel && !steps.in_outlier(op.start_ns)).collect();
+    let mut operator: Vec<Option<(u64, usize)>> = Vec::with_capacity(kernels.len());
+    let mut op_time: HashMap<(u64, usize), u64> = HashMap::new();
+    for k in &kernels {
+        let found = launches.launch_of(k).and_then(|call| {
+            let list = by_thread.get(&call.tid)?;
+            let started = list.partition_point(|w| w.0 <= call.start_ns);
+            let back = list[..started].iter().rev().take(64).position(|w| w.1 >= call.start_ns)?;
+            Some((call.tid, started - 1 - back))
+        });
+        if let Some(key) = found {
+            *op_time.entry(key).or_default() += k.end_ns.saturating_sub(k.start_ns);
+        }
+        operator.push(found);
+    }
+    // (kernels, busy ns, attributed busy ns, bytes, flops) per class, and for all.
+    let mut totals: HashMap<&'static str, (usize, u64, u64, f64, f64)> = HashMap::new();
+    let mut names: HashMap<&str, &'static str> = HashMap::new();
+    for (k, op) in kernels.iter().zip(&operator) {
+        let ns = k.end_ns.saturating_sub(k.start_ns);
+        let class = *names.entry(k.name.as_str()).or_insert_with(|| classify(rules, &k.name).as_str());
+        let work = op.map(|(tid, i)| {
+            let (_, _, flops, bytes) = by_thread[&tid][i];
+            let part = share(ns as f64, op_time[&(tid, i)] as f64);
+            (ns, bytes * part, flops * part)
+        });
+        for key in [ALL_KERNELS, class] {
+            let t = totals.entry(key).or_default();
+            t.0 += 1;
+            t.1 += ns;
+            if let Some((ns, bytes, flops)) = work {
+                t.2 += ns;
+                t.3 += bytes;
+                t.4 += flops;
+            }
+        }
+    }
+    let mut rows: Vec<OpRates> = totals
+        .into_iter()
+        .filter(|(_, t)| t.2 > 0)
+        .map(|(name, (kernels, busy_ns, attributed_ns, bytes, flops))| {
+            let seconds = attributed_ns as f64 / 1e9;
+            let (dram_gb_s, tflops) = (bytes / seconds / 1e9, flops / seconds / 1e12);
+            let dram_percent = peaks.map(|p| 100.0 * dram_gb_s / p.dram_gb_s);
+            let tensor_percent = peaks.map(|p| 100.0 * tflops / p.tensor_tflops);
+            OpRates {
+                name: name.to_string(),
+                kernels,
+                busy_ns,
+                coverage: share(attributed_ns as f64, busy_ns as f64),
+                dram_gb_s,
+                tflops,
+                dram_percent,
+                tensor_percent,
+                bound: dram_percent.zip(tensor_percent).map(|(d, t)| Bound::judge(d, t)),
+            }
+        })
+        .collect();
+    if rows.is_empty() {
+        return Measured::NotAvailable("no kernel was launched by an operator that recorded its work".into());
+    }
+    rows.sort_by(|a, b| (a.name != ALL_KERNELS).cmp(&(b.name != ALL_KERNELS)).then(b.busy_ns.cmp(&a.busy_ns)).then(a.name.cmp(&b.name)));
+    Measured::Available(rows)
+}
+
+/// The row of [`OpRates`] over every attributed kernel.
+pub const ALL_KERNELS: &str = "all kernels";
 
 /// One busy counter instant of one device.
 struct Sample {
@@ -347,6 +469,23 @@ pub fn render(sol: &SpeedOfLight, out: &mut String) {
         }
         Measured::NotAvailable(why) => not_available(out, "counters", why),
     }
+    match &sol.ops {
+        Measured::Available(ops) => {
+            let mut table = Table::new(&["operators' work", "kernels", "covered", "DRAM", "tensor", "nearest ceiling"], &[0, 5]);
+            for o in ops {
+                table.row(vec![
+                    o.name.clone(),
+                    o.kernels.to_string(),
+                    text::percent(o.coverage),
+                    format!("{} ({:.0} GB/s)", optional_percent(o.dram_percent), o.dram_gb_s),
+                    format!("{} ({:.1} TFLOP/s)", optional_percent(o.tensor_percent), o.tflops),
+                    o.bound.map_or("-", |b| b.as_str()).into(),
+                ]);
+            }
+            table.render(out);
+        }
+        Measured::NotAvailable(why) => not_available(out, "operators' work", why),
+    }
     match &sol.work {
         Measured::Available(w) => {
             line(
@@ -401,7 +540,7 @@ mod tests {
             ]),
             ..TraceData::default()
         };
-        let sol = analyze(&trace, &default_rules(), &StepWindows::default());
+        let sol = analyze(&trace, &default_rules(), &LaunchIndex::new(&trace), &StepWindows::default());
         let d = &sol.devices.get().unwrap()[0];
         assert_eq!((d.samples, d.dram_percent, d.bound), (1, 88.0, Bound::Memory), "read + write, idle sample left out");
         assert_eq!(sol.classes.len(), 1);
@@ -430,6 +569,44 @@ mod tests {
         assert_eq!(peaks(&unknown), Measured::NotAvailable("no datasheet peaks for GPU \"Tesla K80\"".into()));
     }
 
+    /// An imported torch.profiler trace: `aten::mm` read 536 MB for one row and launched two
+    /// kernels of 100 µs and 50 µs; an `aten::add` read and wrote 3 GB in 750 µs.
+    #[test]
+    fn kernels_take_their_operators_work_shared_by_time() {
+        use crate::test_rows::{api, span};
+        let mut mm = span(0, 1_000, 1, "aten::mm", "cpu_op");
+        mm.args = Some("{\"flops\":536870912,\"bytes\":536936448}".into());
+        let mut add = span(2_000, 3_000, 1, "aten::add", "cpu_op");
+        add.args = Some("{\"flops\":0,\"bytes\":3000000000}".into());
+        let trace = TraceData {
+            meta: vec![("gpu".into(), "NVIDIA H200".into())],
+            spans: vec![span(0, 5_000, 1, "ProfilerStep#1", "user_annotation"), mm, add],
+            api_calls: vec![
+                api("cudaLaunchKernel", 100, 200, 1),
+                api("cudaLaunchKernel", 300, 400, 2),
+                api("cudaLaunchKernel", 2_100, 2_200, 3),
+            ],
+            gpu_ops: vec![
+                named("gemv_kernel", 10_000, 110_000, 1),
+                named("gemvx_kernel_tail", 110_000, 160_000, 2),
+                named("vectorized_elementwise_kernel", 200_000, 950_000, 3),
+            ],
+            ..TraceData::default()
+        };
+        let sol = analyze(&trace, &default_rules(), &LaunchIndex::new(&trace), &StepWindows::default());
+        let ops = sol.ops.get().cloned().unwrap();
+        let all = &ops[0];
+        assert_eq!((all.name.as_str(), all.kernels, all.busy_ns, all.coverage), (ALL_KERNELS, 3, 900_000, 1.0));
+        let add = ops.iter().find(|o| o.name == "norm/elementwise").unwrap();
+        assert!((add.dram_gb_s - 4000.0).abs() < 1e-6 && add.bound == Some(Bound::Memory), "{add:?}");
+        let gemm = ops.iter().find(|o| o.name == "gemm").unwrap();
+        // Two thirds of the mm's bytes in its 100 µs kernel: 3.58 TB/s.
+        assert!((gemm.dram_gb_s - 536_936_448.0 * 2.0 / 3.0 / 100e-6 / 1e9).abs() < 1e-6, "{gemm:?}");
+        assert!(gemm.tensor_percent.unwrap() < 1.0);
+        let none = TraceData { gpu_ops: trace.gpu_ops.clone(), ..TraceData::default() };
+        assert!(analyze(&none, &default_rules(), &LaunchIndex::new(&none), &StepWindows::default()).ops.get().is_none());
+    }
+
     #[test]
     fn batch_one_decode_rows_are_memory_bound_against_the_peaks() {
         // 16 GB of weights and 0.1 GB of KV in 4.5 ms: 3.58 TB/s; 16 GFLOP: 3.6 TFLOP/s.
@@ -445,7 +622,7 @@ mod tests {
             iterations: (0..4).map(row).collect(),
             ..TraceData::default()
         };
-        let w = analyze(&trace, &default_rules(), &StepWindows::default()).work.get().cloned().unwrap();
+        let w = analyze(&trace, &default_rules(), &LaunchIndex::new(&trace), &StepWindows::default()).work.get().cloned().unwrap();
         assert_eq!((w.iterations, w.time, w.bound), (4, "device time", Some(Bound::Memory)));
         assert!((w.dram_gb_s.median - 3577.8).abs() < 0.1, "{}", w.dram_gb_s.median);
         assert!((w.dram_percent.unwrap() - 74.5).abs() < 0.1, "{:?}", w.dram_percent);

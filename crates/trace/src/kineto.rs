@@ -17,7 +17,10 @@
 //! - `cuda_runtime` and `cuda_driver` events are API calls on their CPU thread;
 //! - `cpu_op`, `user_annotation` and `python_function` events (`Operator` in old versions) are
 //!   spans on their thread, nested by time, like the NVTX ranges of `lumen profile`;
-//!   `ProfilerStep#N` ones are also iteration N. A step written without a duration lasts until
+//!   `ProfilerStep#N` ones are also iteration N. An operator recorded with its input shapes
+//!   (`record_shapes=True`) gets its work as the span's args, `{"flops":F,"bytes":B}`: the bytes
+//!   of its tensor inputs and output, and the FLOPs of matrix products (or the profiler's own
+//!   `flops`), so the analyzer can put its kernels' rates against the GPU's peaks. A step written without a duration lasts until
 //!   the next step of its thread starts (the last one until its thread's last event ends). Its
 //!   device time runs from the first start to the last end of the GPU work whose launch call
 //!   started inside it, as CUDA events around the step would measure it;
@@ -232,6 +235,29 @@ impl Loose {
         }
     }
 
+    /// `Input Dims`: per input its shape, `None` for an input that has none (a list of tensors).
+    fn as_dims(&self) -> Option<Vec<Option<Vec<u64>>>> {
+        match self {
+            Loose::Seq(inputs) => Some(
+                inputs
+                    .iter()
+                    .map(|dims| match dims {
+                        Loose::Seq(d) => d.iter().map(Loose::as_u64).collect(),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    fn as_strings(&self) -> Option<Vec<String>> {
+        match self {
+            Loose::Seq(v) => Some(v.iter().map(|s| s.as_str().unwrap_or("").to_string()).collect()),
+            _ => None,
+        }
+    }
+
     /// A process or thread id: a number, or a text ending in one (`stream 7`).
     fn as_id(&self) -> Option<u64> {
         match self {
@@ -396,9 +422,27 @@ struct Args {
     bytes: Option<u64>,
     /// A metadata event's name: the process or thread name.
     name: Option<String>,
+    /// An operator's input shapes and element types (`record_shapes=True`), and its FLOPs
+    /// (`with_flops=True`).
+    input_dims: Option<Vec<Option<Vec<u64>>>>,
+    input_types: Option<Vec<String>>,
+    flops: Option<f64>,
 }
 
-const ARG_KEYS: [&str; 9] = ["correlation", "device", "stream", "grid", "block", "registers per thread", "shared memory", "bytes", "name"];
+const ARG_KEYS: [&str; 12] = [
+    "correlation",
+    "device",
+    "stream",
+    "grid",
+    "block",
+    "registers per thread",
+    "shared memory",
+    "bytes",
+    "name",
+    "Input Dims",
+    "Input type",
+    "flops",
+];
 
 struct ArgsVisitor;
 
@@ -426,7 +470,10 @@ impl<'de> Visitor<'de> for ArgsVisitor {
                 5 => args.registers = v.as_u32(),
                 6 => args.shared_memory = v.as_u64(),
                 7 => args.bytes = v.as_u64(),
-                _ => args.name = v.as_str().map(str::to_string),
+                8 => args.name = v.as_str().map(str::to_string),
+                9 => args.input_dims = v.as_dims(),
+                10 => args.input_types = v.as_strings(),
+                _ => args.flops = v.as_f64(),
             }
         }
         Ok(args)
@@ -653,6 +700,55 @@ struct PendingSpan {
     tid: u64,
     name: u32,
     cat: u32,
+    /// An operator's work from its shapes, as the span's args.
+    work: Option<OpWork>,
+}
+
+/// What an operator reads and writes and computes, from its recorded input shapes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OpWork {
+    flops: f64,
+    bytes: u64,
+}
+
+/// Bytes per element of a recorded input type; `None` for a type lumen does not size.
+fn element_bytes(ty: &str) -> Option<u64> {
+    match ty {
+        "c10::BFloat16" | "c10::Half" | "short int" => Some(2),
+        "float" | "int" | "unsigned int" => Some(4),
+        "double" | "long int" | "long long int" | "c10::complex<float>" => Some(8),
+        "bool" | "unsigned char" | "signed char" | "char" => Some(1),
+        t if t.starts_with("c10::Float8") => Some(1),
+        _ => None,
+    }
+}
+
+/// An operator's work from its input shapes and types: the bytes of its tensor inputs plus its
+/// output, and for the matrix products their FLOPs. The output is the product's `M × N`, else the
+/// first input's shape, unless an input of that shape already follows it (an `out=` tensor).
+/// `flops` from the profiler (`with_flops=True`) wins when given.
+fn op_work(name: &str, dims: &[Option<Vec<u64>>], types: &[String], flops: Option<f64>) -> Option<OpWork> {
+    let tensors: Vec<(&Vec<u64>, u64)> =
+        dims.iter().zip(types).filter_map(|(d, t)| Some((d.as_ref().filter(|d| !d.is_empty())?, element_bytes(t)?))).collect();
+    let (first, size) = *tensors.first()?;
+    let numel = |d: &[u64]| d.iter().product::<u64>();
+    let read: u64 = tensors.iter().map(|(d, s)| numel(d) * s).sum();
+    let op = name.strip_prefix("aten::").unwrap_or(name);
+    // (batch, M, K, N) of a matrix product.
+    let product = match (op, tensors.as_slice()) {
+        ("mm", [(a, _), (b, _), ..]) if a.len() == 2 && b.len() == 2 => Some((1, a[0], a[1], b[1])),
+        ("addmm", [_, (a, _), (b, _), ..]) if a.len() == 2 && b.len() == 2 => Some((1, a[0], a[1], b[1])),
+        ("bmm", [(a, _), (b, _), ..]) if a.len() == 3 && b.len() == 3 => Some((a[0], a[1], a[2], b[2])),
+        ("baddbmm", [_, (a, _), (b, _), ..]) if a.len() == 3 && b.len() == 3 => Some((a[0], a[1], a[2], b[2])),
+        _ => None,
+    };
+    let (written, computed) = match product {
+        Some((batch, m, k, n)) => (batch * m * n * size, 2.0 * (batch * m * k * n) as f64),
+        None if tensors[1..].iter().any(|(d, _)| *d == first) && tensors.len() >= 3 => (0, 0.0),
+        None => (numel(first) * size, 0.0),
+    };
+    let work = OpWork { flops: flops.unwrap_or(computed), bytes: read + written };
+    (work.bytes > 0).then_some(work)
 }
 
 /// A `ProfilerStep#N` range on the host.
@@ -927,7 +1023,11 @@ impl Importer {
         if let Some(number) = step_number(self.strings.get(name)) {
             self.steps.push(Step { number, span: self.spans.len() });
         }
-        self.spans.push(PendingSpan { start_ns, end_ns, pid, tid, name, cat });
+        let work = match (&ev.args.input_dims, &ev.args.input_types) {
+            (Some(dims), Some(types)) => op_work(self.strings.get(name), dims, types, ev.args.flops),
+            _ => None,
+        };
+        self.spans.push(PendingSpan { start_ns, end_ns, pid, tid, name, cat, work });
     }
 
     fn metadata(&mut self, ev: Event) {
@@ -1079,7 +1179,7 @@ impl Importer {
                 category: self.strings.get(span.cat).to_string(),
                 depth: open.len() as u32,
                 iteration: None,
-                args: None,
+                args: span.work.map(|w| format!("{{\"flops\":{},\"bytes\":{}}}", w.flops, w.bytes)),
             });
             open.push(span.end_ns);
             if chunk.len() == BATCH_ROWS {
@@ -1126,6 +1226,43 @@ impl Importer {
         self.writer.set_meta("kineto_ignored", &self.summary.ignored_total().to_string())?;
         self.writer.finish()?;
         Ok(self.summary)
+    }
+}
+
+#[cfg(test)]
+mod op_work_tests {
+    use super::*;
+
+    fn shapes(dims: &[&[u64]]) -> Vec<Option<Vec<u64>>> {
+        dims.iter().map(|d| Some(d.to_vec())).collect()
+    }
+
+    fn types(n: usize, ty: &str) -> Vec<String> {
+        vec![ty.to_string(); n]
+    }
+
+    #[test]
+    fn matrix_products_count_flops_and_their_output() {
+        // [1, 8192] @ [8192, 32768] in bf16: the weight dominates the bytes.
+        let w = op_work("aten::mm", &shapes(&[&[1, 8192], &[8192, 32768]]), &types(2, "c10::BFloat16"), None).unwrap();
+        assert_eq!(w.flops, 2.0 * 8192.0 * 32768.0);
+        assert_eq!(w.bytes, 2 * (8192 + 8192 * 32768 + 32768));
+        let addmm = op_work("aten::addmm", &shapes(&[&[64], &[16, 32], &[32, 64]]), &types(3, "float"), None).unwrap();
+        assert_eq!((addmm.flops, addmm.bytes), (2.0 * 16.0 * 32.0 * 64.0, 4 * (64 + 16 * 32 + 32 * 64 + 16 * 64)));
+        let bmm = op_work("aten::bmm", &shapes(&[&[4, 2, 3], &[4, 3, 5]]), &types(2, "c10::Half"), Some(7.0)).unwrap();
+        assert_eq!((bmm.flops, bmm.bytes), (7.0, 2 * (24 + 60 + 40)), "the profiler's flops win");
+    }
+
+    #[test]
+    fn elementwise_ops_read_their_inputs_and_write_one_output() {
+        let n = 1u64 << 29;
+        let types4 = vec!["c10::BFloat16".to_string(), "c10::BFloat16".into(), "Scalar".into(), "c10::BFloat16".into()];
+        let out = op_work("aten::add", &[Some(vec![n]), Some(vec![n]), Some(vec![]), Some(vec![n])], &types4, None).unwrap();
+        assert_eq!((out.flops, out.bytes), (0.0, 3 * 2 * n), "an out= tensor is the output");
+        let functional = op_work("aten::mul", &shapes(&[&[8, 8], &[8, 8]]), &types(2, "float"), None).unwrap();
+        assert_eq!(functional.bytes, 3 * 4 * 64);
+        assert_eq!(op_work("aten::empty", &[Some(vec![])], &types(1, "float"), None), None, "no tensor input, no work");
+        assert_eq!(op_work("aten::mm", &shapes(&[&[2, 2], &[2, 2]]), &types(2, "unknown"), None), None);
     }
 }
 
