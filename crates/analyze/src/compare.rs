@@ -12,9 +12,10 @@ use serde::Serialize;
 
 use crate::gpu::GapClass;
 use crate::iterations::{iteration_windows, Iterations, Phases};
+use crate::measured::Measured;
 use crate::stats::{quantile, share, Distribution};
 use crate::text::{self, line, not_available, Table};
-use crate::{Analysis, Measured};
+use crate::Analysis;
 
 /// A figure that moved by less than this share of its base value is the same.
 pub const SAME_WITHIN: f64 = 0.01;

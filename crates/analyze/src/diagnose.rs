@@ -19,11 +19,12 @@ use serde::Serialize;
 
 use crate::gpu::GapClass;
 use crate::headroom::{command_with, Headroom};
+use crate::measured::Measured;
 use crate::sol::{Bound, UnitUse, SOL_BOUND_PERCENT};
 use crate::stats::share;
 use crate::steps::StepWindows;
 use crate::text::{self, Table};
-use crate::{Analysis, LaunchIndex, Measured};
+use crate::{Analysis, LaunchIndex};
 
 /// A device busy less than this share of its steady window is under-used.
 pub const LOW_BUSY: f64 = 0.50;
@@ -930,7 +931,7 @@ fn allocation_churn(f: &Facts) -> Outcome {
         f.trace.api_calls.iter().filter(|c| crate::memory::is_allocation_call(&c.name) && !f.steps.in_outlier(c.start_ns)).collect();
     let steady: Vec<_> = f.steps.steady().collect();
     let cuda = if f.trace.api_calls.is_empty() {
-        Err(crate::NO_API_CALLS.to_string())
+        Err(crate::measured::NO_API_CALLS.to_string())
     } else if !steady.is_empty() {
         let in_steps = calls.iter().filter(|c| steady.iter().any(|s| s.start_ns <= c.start_ns && c.start_ns < s.end_ns)).count();
         Ok((in_steps as f64 / steady.len() as f64, ALLOC_CALLS_PER_STEP, "steady step"))

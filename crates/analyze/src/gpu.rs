@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use lumen_trace::model::{GpuOpKind, GpuOpRow, SpanRow, TraceData};
 use serde::Serialize;
 
+use crate::measured::{Measured, NO_GPU_OPS};
 use crate::stats::{covered_ns, share, union, Buckets, Interval};
 use crate::steps::StepWindows;
 use crate::text::{self, line, not_available, Table};
-use crate::{LaunchIndex, Measured, NO_GPU_OPS};
+use crate::LaunchIndex;
 
 /// A gap shorter than this whose next operation was launched before it began is launch overhead.
 pub const LAUNCH_GAP_NS: u64 = 20_000;

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use lumen_trace::model::TraceData;
 use serde::Serialize;
 
+use crate::measured::Measured;
 use crate::stats::{Buckets, Distribution};
 use crate::text::{self, line, not_available, Table};
-use crate::Measured;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hardware {

@@ -9,11 +9,12 @@
 use lumen_trace::model::{IterationRow, TraceData};
 use serde::Serialize;
 
+use crate::measured::Measured;
 use crate::sol::Peaks;
 use crate::stats::quantile;
 use crate::steps::StepWindows;
-use crate::text::{self, line, not_available};
-use crate::Measured;
+use crate::text;
+use crate::view::{fact, missing, Block};
 
 /// The KV cache is filled to at most this share by the suggested batch.
 pub const KV_TARGET: f64 = 0.9;
@@ -237,36 +238,39 @@ fn suggest(trace: &TraceData, rows: &[&IterationRow], cap: u64, max_num_tokens: 
     Some(Suggestion { max_batch_size, max_num_tokens, kv_fit, blocks_per_request, gain, basis })
 }
 
-pub fn render(headroom: &Measured<Headroom>, out: &mut String) {
-    text::heading(out, "Headroom");
+/// The section's blocks, for the terminal and the page.
+pub fn view(headroom: &Measured<Headroom>) -> Vec<Block> {
     let h = match headroom {
         Measured::Available(h) => h,
-        Measured::NotAvailable(why) => return not_available(out, "headroom", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("headroom", why)])],
     };
     let limit = |v: Option<u64>| v.map_or("not recorded".to_string(), |v| v.to_string());
     let at = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{} of iterations", text::percent(s)));
-    line(out, "iterations", h.iterations);
-    line(out, "batch", format_args!("median {:.0}, cap {} (at the cap: {})", h.median_batch, limit(h.max_batch_size), at(h.at_batch_cap)));
-    line(out, "token budget", format_args!("{} (full: {})", limit(h.max_num_tokens), at(h.at_token_budget)));
-    match (h.queued, h.mean_queued) {
-        (Some(q), Some(mean)) => {
-            line(out, "queue", format_args!("requests waiting in {} of iterations, {mean:.1} on average", text::percent(q)))
-        }
-        _ => not_available(out, "queue", "the iteration rows do not record waiting requests"),
-    }
-    line(out, "KV cache peak", h.kv_peak.map_or("-".to_string(), text::percent));
+    let mut facts = vec![
+        fact("iterations", h.iterations.to_string()),
+        fact("batch", format!("median {:.0}, cap {} (at the cap: {})", h.median_batch, limit(h.max_batch_size), at(h.at_batch_cap))),
+        fact("token budget", format!("{} (full: {})", limit(h.max_num_tokens), at(h.at_token_budget))),
+        match (h.queued, h.mean_queued) {
+            (Some(q), Some(mean)) => fact("queue", format!("requests waiting in {} of iterations, {mean:.1} on average", text::percent(q))),
+            _ => missing("queue", "the iteration rows do not record waiting requests"),
+        },
+        match h.kv_peak {
+            Some(kv) => fact("KV cache peak", text::percent(kv)),
+            None => missing("KV cache peak", "the iteration rows have no KV block totals"),
+        },
+    ];
     if let Some(s) = &h.suggestion {
         let gain = s.gain.map_or("not estimable".to_string(), |g| format!("{g:.2}×"));
-        line(
-            out,
+        facts.push(fact(
             "suggested",
-            format_args!(
+            format!(
                 "--max-batch-size {} --max-num-tokens {} (the KV cache holds {} requests of {:.1} blocks); expected gain {gain}",
                 s.max_batch_size, s.max_num_tokens, s.kv_fit, s.blocks_per_request
             ),
-        );
-        text::wrapped(out, "    basis: ", 6, &s.basis);
+        ));
+        facts.push(fact("basis", s.basis.clone()));
     }
+    vec![Block::Facts(facts)]
 }
 
 /// `lumen bench ...` from the trace's command with the named flags set to new values.

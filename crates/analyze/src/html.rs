@@ -11,18 +11,18 @@ use crate::compare::{self, Assessment, Comparison, FigureDelta, KernelChangeKind
 use crate::diagnose::Diagnosis;
 use crate::gpu::{DeviceGaps, DeviceUtilisation};
 use crate::hardware::Hardware;
-use crate::headroom::Headroom;
 use crate::iterations::{Iterations, Phases, SpanTotal};
 use crate::kernels::Kernels;
 use crate::launch::Launch;
+use crate::measured::Measured;
 use crate::memory::{CopyTotal, Memory};
 use crate::overview::Overview;
 use crate::ranges::ProjectedRange;
 use crate::sol::SpeedOfLight;
 use crate::stats::{share, Distribution};
-use crate::steps::Steps;
 use crate::text;
-use crate::{Analysis, Measured};
+use crate::view::Block;
+use crate::Analysis;
 
 /// A section's body from the whole analysis.
 type Body = fn(&Analysis, &mut String);
@@ -31,9 +31,9 @@ type Body = fn(&Analysis, &mut String);
 const SECTIONS: [(&str, &str, Body); 14] = [
     ("diagnosis", "Diagnosis", |a, out| diagnosis(&a.diagnosis, out)),
     ("overview", "Overview", |a, out| overview(&a.overview, out)),
-    ("headroom", "Headroom", |a, out| headroom(&a.headroom, out)),
+    ("headroom", "Headroom", |a, out| blocks(out, crate::headroom::view(&a.headroom))),
     ("speed-of-light", "Speed of light", |a, out| speed_of_light(&a.speed_of_light, out)),
-    ("steps", "Steps and steady state", |a, out| steps(&a.steps, out)),
+    ("steps", "Steps and steady state", |a, out| blocks(out, crate::steps::view(&a.steps))),
     ("gpu", "GPU utilisation", |a, out| gpu(&a.gpu, out)),
     ("gaps", "GPU idle gaps", |a, out| gaps(&a.gaps, out)),
     ("kernels", "Kernels", |a, out| kernels(&a.kernels, out)),
@@ -282,148 +282,23 @@ fn diagnosis(d: &Diagnosis, out: &mut String) {
     facts(out, d.not_available.iter().map(|u| (u.pattern.to_string(), Measured::NotAvailable(u.reason.clone()))).collect());
 }
 
-fn headroom(h: &Measured<Headroom>, out: &mut String) {
-    let h = match h {
-        Measured::Available(h) => h,
-        Measured::NotAvailable(why) => return not_available(out, why),
-    };
-    let limit = |v: Option<u64>| v.map_or("not recorded".to_string(), |v| v.to_string());
-    let at = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{} of iterations", text::percent(s)));
-    let mut rows = vec![
-        ("iterations".to_string(), Measured::Available(h.iterations.to_string())),
-        (
-            "batch".into(),
-            Measured::Available(format!(
-                "median {:.0}, cap {} (at the cap: {})",
-                h.median_batch,
-                limit(h.max_batch_size),
-                at(h.at_batch_cap)
-            )),
-        ),
-        ("token budget".into(), Measured::Available(format!("{} (full: {})", limit(h.max_num_tokens), at(h.at_token_budget)))),
-        (
-            "queue".into(),
-            Measured::from_option(
-                h.queued
-                    .zip(h.mean_queued)
-                    .map(|(q, mean)| format!("requests waiting in {} of iterations, {mean:.1} on average", text::percent(q))),
-                || "the iteration rows do not record waiting requests".into(),
-            ),
-        ),
-        ("KV cache peak".into(), Measured::from_option(h.kv_peak.map(text::percent), || "no KV block totals".into())),
-    ];
-    if let Some(s) = &h.suggestion {
-        let gain = s.gain.map_or("not estimable".to_string(), |g| format!("{g:.2}×"));
-        rows.push((
-            "suggested".into(),
-            Measured::Available(format!(
-                "--max-batch-size {} --max-num-tokens {} (the KV cache holds {} requests); expected gain {gain}",
-                s.max_batch_size, s.max_num_tokens, s.kv_fit
-            )),
-        ));
-        rows.push(("basis".into(), Measured::Available(s.basis.clone())));
+/// A section's blocks (crate::view) as facts tables and tables.
+fn blocks(out: &mut String, blocks: Vec<Block>) {
+    for block in blocks {
+        match block {
+            Block::Facts(rows) => facts(out, rows),
+            Block::Table { header, left, rows } => table(out, &header, &left, rows),
+        }
     }
-    facts(out, rows);
 }
 
 fn speed_of_light(sol: &SpeedOfLight, out: &mut String) {
-    facts(
-        out,
-        vec![(
-            "peaks".into(),
-            match &sol.peaks {
-                Measured::Available(p) => Measured::Available(format!(
-                    "{}: DRAM {:.0} GB/s ({}), tensor {:.0} TFLOP/s BF16 dense, FP32 {:.1} TFLOP/s",
-                    p.gpu, p.dram_gb_s, p.dram_source, p.tensor_tflops, p.fp32_tflops
-                )),
-                Measured::NotAvailable(why) => Measured::NotAvailable(why.clone()),
-            },
-        )],
-    );
-    let percent = |p: Option<f64>| p.map_or("-".to_string(), |p| format!("{p:.1}%"));
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    if let Measured::Available(devices) = &sol.devices {
-        for u in devices.iter().chain(&sol.classes) {
-            rows.push(vec![
-                u.name.clone(),
-                "counters".into(),
-                u.samples.to_string(),
-                format!("{:.1}%", u.dram_percent),
-                percent(u.tensor_percent),
-                format!("{:.1}%", u.sm_active_percent),
-                u.bound.as_str().into(),
-            ]);
-        }
-    }
-    if let Measured::Available(ops) = &sol.ops {
-        for o in ops {
-            rows.push(vec![
-                o.name.clone(),
-                format!("operators' recorded work ({} of kernel time)", text::percent(o.coverage)),
-                o.kernels.to_string(),
-                format!("{} ({:.0} GB/s)", percent(o.dram_percent), o.dram_gb_s),
-                format!("{} ({:.1} TFLOP/s)", percent(o.tensor_percent), o.tflops),
-                "-".into(),
-                o.bound.map_or("-", |b| b.as_str()).into(),
-            ]);
-        }
-    }
-    if let Measured::Available(w) = &sol.work {
-        rows.push(vec![
-            "engine iterations".into(),
-            format!("bytes and FLOPs over {}", w.time),
-            w.iterations.to_string(),
-            format!("{} ({:.0} GB/s)", percent(w.dram_percent), w.dram_gb_s.median),
-            format!("{} ({:.1} TFLOP/s)", percent(w.tensor_percent), w.tflops.median),
-            "-".into(),
-            w.bound.map_or("-", |b| b.as_str()).into(),
-        ]);
-    }
-    if rows.is_empty() {
-        for why in [sol.devices.reason(), sol.ops.reason(), sol.work.reason()].into_iter().flatten() {
-            not_available(out, why);
-        }
-    } else {
-        table(out, &["work", "source", "samples", "DRAM", "tensor", "SM active", "nearest ceiling"], &[0, 1, 6], rows);
-    }
+    blocks(out, crate::sol::view(sol));
     let caption = format!(
         "DRAM and tensor use, % of peak (dashed: SOL_BOUND_PERCENT, {}%; the unit nearest its ceiling above it bounds the work)",
         crate::sol::SOL_BOUND_PERCENT
     );
     figure(out, "chart-speed-of-light", &caption, sol_chart(sol));
-}
-
-fn steps(steps: &Measured<Steps>, out: &mut String) {
-    let s = match steps {
-        Measured::Available(s) => s,
-        Measured::NotAvailable(why) => return not_available(out, why),
-    };
-    facts(
-        out,
-        vec![
-            ("steps".into(), Measured::Available(format!("{} from {}", s.count, s.source))),
-            (
-                "step time".into(),
-                Measured::Available(format!(
-                    "median {}, outlier above {}",
-                    text::duration(s.median_ns),
-                    text::duration(s.outlier_threshold_ns)
-                )),
-            ),
-            ("judged".into(), Measured::Available(format!("{} steady steps, {} one-off outliers left out", s.steady, s.outliers.len()))),
-        ],
-    );
-    if !s.outliers.is_empty() {
-        let rows = s.outliers.iter().map(|o| {
-            vec![
-                o.name.clone(),
-                text::duration((o.end_ns - o.start_ns) as f64),
-                o.gpu_idle_ns.map_or("-".into(), |ns| text::duration(ns as f64)),
-                o.running.join("; "),
-            ]
-        });
-        table(out, &["outlier step", "time", "GPU idle", "what ran"], &[0, 3], rows);
-    }
 }
 
 /// One pair of bars (DRAM, tensor) per device, kernel class and the engine's iterations, against

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet};
 use lumen_trace::model::{IterationRow, TraceData};
 use serde::Serialize;
 
+use crate::measured::Measured;
 use crate::stats::{quantile, share, Distribution};
 use crate::text::{self, line, not_available, Table};
-use crate::Measured;
 
 /// How many outliers the report lists.
 const LISTED_OUTLIERS: usize = 10;

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use lumen_trace::model::{GpuOpKind, GpuOpRow, TraceData};
 use serde::Serialize;
 
+use crate::measured::{Measured, NO_GPU_OPS};
 use crate::stats::{share, Distribution};
 use crate::text::{self, line, not_available, Table};
-use crate::{LaunchIndex, Measured, NO_GPU_OPS};
+use crate::LaunchIndex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

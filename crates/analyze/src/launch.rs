@@ -6,9 +6,10 @@ use lumen_trace::model::{GpuOpKind, GpuOpRow, TraceData};
 use serde::Serialize;
 
 use crate::iterations::iteration_windows;
+use crate::measured::{Measured, NO_API_CALLS};
 use crate::stats::Distribution;
 use crate::text::{self, line, not_available};
-use crate::{LaunchIndex, Measured, NO_API_CALLS};
+use crate::LaunchIndex;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Launch {

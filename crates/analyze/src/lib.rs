@@ -17,6 +17,7 @@ pub mod html;
 pub mod iterations;
 pub mod kernels;
 pub mod launch;
+pub mod measured;
 pub mod memory;
 pub mod overview;
 pub mod ranges;
@@ -26,48 +27,15 @@ pub mod steps;
 #[cfg(test)]
 mod test_rows;
 mod text;
+pub mod view;
 
 use lumen_trace::model::TraceData;
 use serde::Serialize;
 
 pub use html::render_html;
 pub use lumen_trace::correlate::LaunchIndex;
+pub use measured::Measured;
 pub use stats::Distribution;
-
-pub(crate) const NO_GPU_OPS: &str = "the trace has no GPU operations; record one with `lumen profile`";
-pub(crate) const NO_API_CALLS: &str = "the trace has no CUDA API calls; record one with `lumen profile`";
-
-/// A figure, or why the trace cannot give it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Measured<T> {
-    Available(T),
-    NotAvailable(String),
-}
-
-impl<T> Measured<T> {
-    pub fn get(&self) -> Option<&T> {
-        match self {
-            Measured::Available(value) => Some(value),
-            Measured::NotAvailable(_) => None,
-        }
-    }
-
-    /// Why the figure is not available, when it is not.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Measured::Available(_) => None,
-            Measured::NotAvailable(why) => Some(why),
-        }
-    }
-
-    pub(crate) fn from_option(value: Option<T>, reason: impl FnOnce() -> String) -> Self {
-        match value {
-            Some(value) => Measured::Available(value),
-            None => Measured::NotAvailable(reason()),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -148,9 +116,9 @@ pub fn render_text(a: &Analysis) -> String {
     let mut out = String::new();
     diagnose::render(&a.diagnosis, &mut out);
     overview::render(&a.overview, &mut out);
-    headroom::render(&a.headroom, &mut out);
-    sol::render(&a.speed_of_light, &mut out);
-    steps::render(&a.steps, &mut out);
+    view::render_section("Headroom", &headroom::view(&a.headroom), &mut out);
+    view::render_section("Speed of light", &sol::view(&a.speed_of_light), &mut out);
+    view::render_section("Steps and steady state", &steps::view(&a.steps), &mut out);
     gpu::render_utilisation(&a.gpu, &mut out);
     gpu::render_gaps(&a.gaps, &mut out);
     kernels::render(&a.kernels, &mut out);
@@ -166,6 +134,7 @@ pub fn render_text(a: &Analysis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measured::NO_GPU_OPS;
 
     #[test]
     fn an_empty_trace_is_not_available_everywhere_and_still_renders() {

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use lumen_trace::model::{GpuOpKind, GpuOpRow, TraceData};
 use serde::Serialize;
 
+use crate::measured::{Measured, NO_API_CALLS};
 use crate::stats::share;
 use crate::text::{self, line, not_available, Table};
-use crate::{LaunchIndex, Measured, NO_API_CALLS};
+use crate::LaunchIndex;
 
 /// API call name prefixes that allocate and that free device or pinned memory.
 const ALLOC_CALLS: [&str; 2] = ["cuMemAlloc", "cudaMalloc"];
@@ -122,7 +123,7 @@ fn transfers(trace: &TraceData) -> Measured<Vec<Transfer>> {
     }
     if by_kind.is_empty() {
         return Measured::NotAvailable(if trace.gpu_ops.is_empty() {
-            crate::NO_GPU_OPS.into()
+            crate::measured::NO_GPU_OPS.into()
         } else {
             "the trace has no memcpy or memset operations".into()
         });

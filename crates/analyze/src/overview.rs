@@ -4,8 +4,8 @@
 use lumen_trace::model::{ProcessRow, TraceData};
 use serde::Serialize;
 
+use crate::measured::Measured;
 use crate::text::{self, line, not_available};
-use crate::Measured;
 
 /// Meta keys that may name the GPU, in the order they are looked up.
 pub const GPU_NAME_KEYS: [&str; 4] = ["gpu", "gpu_name", "device", "device_name"];

@@ -9,8 +9,9 @@ use lumen_trace::model::TraceData;
 use serde::Serialize;
 
 use crate::gpu::is_busy;
+use crate::measured::{Measured, NO_API_CALLS};
 use crate::text::{self, not_available, Table};
-use crate::{LaunchIndex, Measured, NO_API_CALLS};
+use crate::LaunchIndex;
 
 /// How many range names the report keeps.
 pub const TOP_RANGES: usize = 10;

@@ -18,10 +18,12 @@ use lumen_trace::model::{GpuOpKind, TraceData};
 use serde::Serialize;
 
 use crate::kernels::{classify, ClassRule};
+use crate::measured::Measured;
 use crate::stats::{share, Distribution};
 use crate::steps::StepWindows;
-use crate::text::{self, line, not_available, Table};
-use crate::{LaunchIndex, Measured};
+use crate::text;
+use crate::view::{fact, missing, Block};
+use crate::LaunchIndex;
 
 /// The unit nearest its ceiling bounds the work when it runs at least this % of its peak; below
 /// it on every unit, the work is latency bound (too little parallel work, or dependencies).
@@ -439,72 +441,77 @@ fn optional_percent(p: Option<f64>) -> String {
     p.map_or("-".into(), |p| format!("{p:.1}%"))
 }
 
-pub fn render(sol: &SpeedOfLight, out: &mut String) {
-    text::heading(out, "Speed of light");
-    match &sol.peaks {
-        Measured::Available(p) => line(
-            out,
+/// The section's blocks, for the terminal and the page (which adds the chart).
+pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
+    let peaks = match &sol.peaks {
+        Measured::Available(p) => fact(
             "peaks",
-            format_args!(
+            format!(
                 "{}: DRAM {:.0} GB/s ({}), tensor {:.0} TFLOP/s BF16 dense, FP32 {:.1} TFLOP/s",
                 p.gpu, p.dram_gb_s, p.dram_source, p.tensor_tflops, p.fp32_tflops
             ),
         ),
-        Measured::NotAvailable(why) => not_available(out, "peaks", why),
-    }
-    match &sol.devices {
-        Measured::Available(devices) => {
-            let mut table = Table::new(&["counters", "samples", "DRAM", "tensor", "SM active", "nearest ceiling"], &[0, 5]);
-            for u in devices.iter().chain(&sol.classes) {
-                table.row(vec![
-                    u.name.clone(),
-                    u.samples.to_string(),
-                    format!("{:.1}%", u.dram_percent),
-                    optional_percent(u.tensor_percent),
-                    format!("{:.1}%", u.sm_active_percent),
-                    u.bound.as_str().into(),
-                ]);
-            }
-            table.render(out);
-        }
-        Measured::NotAvailable(why) => not_available(out, "counters", why),
-    }
-    match &sol.ops {
-        Measured::Available(ops) => {
-            let mut table = Table::new(&["operators' work", "kernels", "covered", "DRAM", "tensor", "nearest ceiling"], &[0, 5]);
-            for o in ops {
-                table.row(vec![
-                    o.name.clone(),
-                    o.kernels.to_string(),
-                    text::percent(o.coverage),
-                    format!("{} ({:.0} GB/s)", optional_percent(o.dram_percent), o.dram_gb_s),
-                    format!("{} ({:.1} TFLOP/s)", optional_percent(o.tensor_percent), o.tflops),
-                    o.bound.map_or("-", |b| b.as_str()).into(),
-                ]);
-            }
-            table.render(out);
-        }
-        Measured::NotAvailable(why) => not_available(out, "operators' work", why),
-    }
-    match &sol.work {
-        Measured::Available(w) => {
-            line(
-                out,
-                "engine work",
-                format_args!(
-                    "{} iterations over {}: DRAM median {:.0} GB/s ({}), compute median {:.1} TFLOP/s ({}){}",
-                    w.iterations,
-                    w.time,
-                    w.dram_gb_s.median,
-                    optional_percent(w.dram_percent),
-                    w.tflops.median,
-                    optional_percent(w.tensor_percent),
-                    w.bound.map_or(String::new(), |b| format!(": {}", b.as_str()))
-                ),
-            );
-        }
-        Measured::NotAvailable(why) => not_available(out, "engine work", why),
-    }
+        Measured::NotAvailable(why) => missing("peaks", why),
+    };
+    let mut blocks = vec![Block::Facts(vec![peaks])];
+    blocks.push(match &sol.devices {
+        Measured::Available(devices) => Block::Table {
+            header: vec!["counters", "samples", "DRAM", "tensor", "SM active", "nearest ceiling"],
+            left: vec![0, 5],
+            rows: devices
+                .iter()
+                .chain(&sol.classes)
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        u.samples.to_string(),
+                        format!("{:.1}%", u.dram_percent),
+                        optional_percent(u.tensor_percent),
+                        format!("{:.1}%", u.sm_active_percent),
+                        u.bound.as_str().into(),
+                    ]
+                })
+                .collect(),
+        },
+        Measured::NotAvailable(why) => Block::Facts(vec![missing("counters", why)]),
+    });
+    blocks.push(match &sol.ops {
+        Measured::Available(ops) => Block::Table {
+            header: vec!["operators' work", "kernels", "covered", "DRAM", "tensor", "nearest ceiling"],
+            left: vec![0, 5],
+            rows: ops
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.name.clone(),
+                        o.kernels.to_string(),
+                        text::percent(o.coverage),
+                        format!("{} ({:.0} GB/s)", optional_percent(o.dram_percent), o.dram_gb_s),
+                        format!("{} ({:.1} TFLOP/s)", optional_percent(o.tensor_percent), o.tflops),
+                        o.bound.map_or("-", |b| b.as_str()).into(),
+                    ]
+                })
+                .collect(),
+        },
+        Measured::NotAvailable(why) => Block::Facts(vec![missing("operators' work", why)]),
+    });
+    blocks.push(Block::Facts(vec![match &sol.work {
+        Measured::Available(w) => fact(
+            "engine work",
+            format!(
+                "{} iterations over {}: DRAM median {:.0} GB/s ({}), compute median {:.1} TFLOP/s ({}){}",
+                w.iterations,
+                w.time,
+                w.dram_gb_s.median,
+                optional_percent(w.dram_percent),
+                w.tflops.median,
+                optional_percent(w.tensor_percent),
+                w.bound.map_or(String::new(), |b| format!(": {}", b.as_str()))
+            ),
+        ),
+        Measured::NotAvailable(why) => missing("engine work", why),
+    }]));
+    blocks
 }
 
 #[cfg(test)]

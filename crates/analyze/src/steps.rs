@@ -14,9 +14,10 @@ use serde::Serialize;
 
 use crate::gpu::is_busy;
 use crate::iterations::{iteration_number, outlier_threshold};
+use crate::measured::Measured;
 use crate::stats::{covered_ns, union, Interval};
-use crate::text::{self, line, not_available, Table};
-use crate::Measured;
+use crate::text;
+use crate::view::{fact, missing, Block};
 
 /// Outliers above this share of the steps are the steps' usual behaviour, not one-off stalls.
 pub const MAX_OUTLIER_SHARE: f64 = 0.2;
@@ -207,34 +208,37 @@ fn running_in(trace: &TraceData, step: &Step) -> Vec<String> {
     running
 }
 
-pub fn render(steps: &Measured<Steps>, out: &mut String) {
-    text::heading(out, "Steps and steady state");
+/// The section's blocks, for the terminal and the page.
+pub fn view(steps: &Measured<Steps>) -> Vec<Block> {
     let s = match steps {
         Measured::Available(s) => s,
-        Measured::NotAvailable(why) => return not_available(out, "steps", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("steps", why)])],
     };
-    line(out, "steps", format_args!("{} from {}", s.count, s.source));
-    line(
-        out,
-        "step time",
-        format_args!("median {}, outlier above {}", text::duration(s.median_ns), text::duration(s.outlier_threshold_ns)),
-    );
-    line(out, "judged", format_args!("{} steady steps, {} one-off outliers left out", s.steady, s.outliers.len()));
+    let mut facts = vec![
+        fact("steps", format!("{} from {}", s.count, s.source)),
+        fact("step time", format!("median {}, outlier above {}", text::duration(s.median_ns), text::duration(s.outlier_threshold_ns))),
+        fact("judged", format!("{} steady steps, {} one-off outliers left out", s.steady, s.outliers.len())),
+    ];
     if s.slow_kept > 0 {
-        line(out, "slow steps kept", format_args!("{} (busy, or too many to be one-off)", s.slow_kept));
+        facts.push(fact("slow steps kept", format!("{} (busy, or too many to be one-off)", s.slow_kept)));
     }
+    let mut blocks = vec![Block::Facts(facts)];
     if !s.outliers.is_empty() {
-        let mut table = Table::new(&["step", "time", "GPU idle", "what ran"], &[0, 3]);
-        for o in &s.outliers {
-            table.row(vec![
-                text::truncate(&o.name, 30),
-                text::duration((o.end_ns - o.start_ns) as f64),
-                o.gpu_idle_ns.map_or("-".into(), |ns| text::duration(ns as f64)),
-                o.running.join("; "),
-            ]);
-        }
-        table.render(out);
+        let rows = s
+            .outliers
+            .iter()
+            .map(|o| {
+                vec![
+                    text::truncate(&o.name, 30),
+                    text::duration((o.end_ns - o.start_ns) as f64),
+                    o.gpu_idle_ns.map_or("-".into(), |ns| text::duration(ns as f64)),
+                    o.running.join("; "),
+                ]
+            })
+            .collect();
+        blocks.push(Block::Table { header: vec!["outlier step", "time", "GPU idle", "what ran"], left: vec![0, 3], rows });
     }
+    blocks
 }
 
 #[cfg(test)]
