@@ -140,7 +140,11 @@ fn write_run(s: &Scratch, run: &Workload) -> String {
         }
     }
     let path = s.path(run.file);
-    let meta = [("command".to_string(), "lumen bench throughput --model <tiny> & \"friends\"".to_string())];
+    let meta = [
+        ("command".to_string(), "lumen bench throughput --model <tiny> & \"friends\"".to_string()),
+        ("max_batch_size".to_string(), "4".to_string()),
+        ("max_num_tokens".to_string(), "2048".to_string()),
+    ];
     let mut w = TraceWriter::create(Path::new(&path), &meta).unwrap();
     let threads = [(TID, "engine".to_string())];
     let batch = Batch { threads: &threads, spans: &spans, iterations: &iterations, allocations: &allocations, ..Batch::default() };
@@ -276,11 +280,19 @@ fn the_page_loads_cleanly_and_holds_every_section_finding_and_chart() {
     }
     let diagnosis = element(dom, "section", "diagnosis");
     assert!(diagnosis.matches("<article class=\"finding\">").count() >= 2, "{diagnosis}");
-    // The host works 480 µs after each synchronise returns: host time, not the sync's.
-    for pattern in ["pageable memcpy", "CPU bottleneck"] {
+    // The host works 480 µs after each synchronise returns: host time, not the sync's. Every
+    // batch sits at its cap of 4 with the KV cache under a third full.
+    for pattern in ["batch size too small", "pageable memcpy", "CPU bottleneck"] {
         assert!(diagnosis.contains(&format!("<h3 class=\"pattern\">{pattern}</h3>")), "{pattern} missing:\n{diagnosis}");
     }
     assert!(diagnosis.contains("16 async copies from or to pageable memory, 16.00 MiB"), "{diagnosis}");
+    let first = diagnosis.find("<h3 class=\"pattern\">").expect("a finding");
+    assert!(diagnosis[first..].starts_with("<h3 class=\"pattern\">batch size too small</h3>"), "headroom ranks first:\n{diagnosis}");
+    assert!(diagnosis.contains("<p class=\"gain\">") || diagnosis.contains("expected gain not estimable"), "{diagnosis}");
+    let headroom = element(dom, "section", "headroom");
+    assert!(headroom.contains("<th>suggested</th>") && headroom.contains("--max-batch-size 8 --max-num-tokens 2048"), "{headroom}");
+    let sol = element(dom, "figure", "chart-speed-of-light");
+    assert!(sol.contains(">device 0</text>") && sol.contains("<rect "), "{sol}");
     for id in CHARTS {
         let figure = element(dom, "figure", id);
         assert!(figure.contains("<svg ") && figure.contains("</svg>") && !figure.contains("not available"), "{id}:\n{figure}");
