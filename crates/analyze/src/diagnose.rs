@@ -383,7 +383,7 @@ fn batch_size(f: &Facts, headroom: &Measured<Headroom>) -> Outcome {
         evidence,
         format!("raise the batch cap: --max-batch-size {} --max-num-tokens {}; try `{command}`", s.max_batch_size, s.max_num_tokens),
     );
-    finding.expected_gain = s.gain.or(Some(1.0));
+    finding.expected_gain = s.gain;
     Outcome::Fires(finding)
 }
 
@@ -398,16 +398,18 @@ fn token_budget(f: &Facts, h: &Headroom) -> Outcome {
         return Outcome::NotFound;
     }
     let raised = budget * 2;
-    let mut finding = Finding::new(
+    let finding = Finding::new(
         TOKEN_BUDGET,
         0,
         vec![
             format!("the iteration's tokens fill the budget of {budget} in {} of iterations", text::percent(full)),
             format!("requests wait in {} of iterations: prefill is rationed", text::percent(queued)),
+            "expected gain not estimated: a larger budget admits waiting prompts sooner (time to first token) more than it \
+             raises output throughput; measure it with `lumen analyze --compare`"
+                .into(),
         ],
         format!("raise --max-num-tokens to {raised}; try `{}`", command_with(f.trace, &[("--max-num-tokens", raised)])),
     );
-    finding.expected_gain = Some(1.0);
     Outcome::Fires(finding)
 }
 
@@ -419,18 +421,25 @@ fn kv_cache_full(h: &Headroom) -> Outcome {
     if queued < QUEUED_SHARE || kv_peak <= KV_FULL || !below_cap {
         return Outcome::NotFound;
     }
-    let mut finding = Finding::new(
+    let finding = Finding::new(
         KV_CACHE_FULL,
         0,
-        vec![format!(
-            "requests wait in {} of iterations while the KV cache peaks at {} and the batch is below its cap",
-            text::percent(queued),
-            text::percent(kv_peak)
-        )],
+        vec![
+            format!(
+                "requests wait in {} of iterations while the KV cache peaks at {} and the batch is below its cap",
+                text::percent(queued),
+                text::percent(kv_peak)
+            ),
+            format!(
+                "expected gain: up to {:.2}× (the cap over the median batch of {:.0}) if the KV cache held the whole batch and the \
+                 iteration time held",
+                h.max_batch_size.map_or(1.0, |cap| cap as f64 / h.median_batch.max(1.0)),
+                h.median_batch
+            ),
+        ],
         "give the KV cache more memory: --kv-cache-free-gpu-mem-fraction or --kv-cache-gib; FP8 KV cache would halve it (not in lumen yet)"
             .into(),
     );
-    finding.expected_gain = Some(1.0);
     Outcome::Fires(finding)
 }
 
@@ -445,17 +454,22 @@ fn concurrency(f: &Facts, h: &Headroom) -> Outcome {
     if h.median_batch >= CONCURRENCY_BATCH_SHARE * cap as f64 || queued > 0.0 || kv_peak >= KV_LOW {
         return Outcome::NotFound;
     }
-    let mut finding = Finding::new(
+    let finding = Finding::new(
         CONCURRENCY,
         0,
-        vec![format!(
-            "the median batch is {:.0} of a cap of {cap}, no request ever waits, and the KV cache peaks at {}: the client sends too few",
-            h.median_batch,
-            text::percent(kv_peak)
-        )],
+        vec![
+            format!(
+                "the median batch is {:.0} of a cap of {cap}, no request ever waits, and the KV cache peaks at {}: the client sends too few",
+                h.median_batch,
+                text::percent(kv_peak)
+            ),
+            format!(
+                "expected gain: up to {:.2}× (the cap over the median batch) if the iteration time held, as it nearly does while decode is memory bound",
+                cap as f64 / h.median_batch.max(1.0)
+            ),
+        ],
         "keep more requests in flight: `lumen bench throughput --concurrency` higher (or -1), or more clients".into(),
     );
-    finding.expected_gain = Some(1.0);
     Outcome::Fires(finding)
 }
 
