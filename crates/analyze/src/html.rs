@@ -13,10 +13,8 @@ use crate::gpu::{DeviceGaps, DeviceUtilisation};
 use crate::hardware::Hardware;
 use crate::iterations::{Iterations, Phases, SpanTotal};
 use crate::kernels::Kernels;
-use crate::launch::Launch;
 use crate::measured::Measured;
 use crate::memory::{CopyTotal, Memory};
-use crate::overview::Overview;
 use crate::ranges::ProjectedRange;
 use crate::sol::SpeedOfLight;
 use crate::stats::{share, Distribution};
@@ -30,14 +28,14 @@ type Body = fn(&Analysis, &mut String);
 /// The page's sections in order: element id, heading, body.
 const SECTIONS: [(&str, &str, Body); 14] = [
     ("diagnosis", "Diagnosis", |a, out| diagnosis(&a.diagnosis, out)),
-    ("overview", "Overview", |a, out| overview(&a.overview, out)),
+    ("overview", "Overview", |a, out| blocks(out, crate::overview::view(&a.overview))),
     ("headroom", "Headroom", |a, out| blocks(out, crate::headroom::view(&a.headroom))),
     ("speed-of-light", "Speed of light", |a, out| speed_of_light(&a.speed_of_light, out)),
     ("steps", "Steps and steady state", |a, out| blocks(out, crate::steps::view(&a.steps))),
     ("gpu", "GPU utilisation", |a, out| gpu(&a.gpu, out)),
     ("gaps", "GPU idle gaps", |a, out| gaps(&a.gaps, out)),
     ("kernels", "Kernels", |a, out| kernels(&a.kernels, out)),
-    ("launch", "Launch overhead", |a, out| launch(&a.launch, out)),
+    ("launch", "Launch overhead", |a, out| blocks(out, crate::launch::view(&a.launch))),
     ("iterations", "Iterations", |a, out| iterations(&a.iterations, out)),
     ("phases", "CPU phases", |a, out| phases(&a.phases, out)),
     ("ranges", "CPU ranges on the GPU", |a, out| ranges(&a.ranges, out)),
@@ -459,32 +457,6 @@ fn phase_shifts(phases: &Measured<PhaseShifts>, out: &mut String) {
     table(out, &["phase", "base", "new", "delta", "change"], &[0], rows);
 }
 
-fn overview(o: &Overview, out: &mut String) {
-    let mut rows: Vec<(String, Measured<String>)> = [("command", &o.command), ("model", &o.model)]
-        .into_iter()
-        .filter_map(|(label, value)| Some((label.to_string(), Measured::Available(value.clone()?))))
-        .collect();
-    rows.extend([
-        ("time span".to_string(), fact(&o.span, |s| text::duration(s.duration_ns as f64))),
-        ("iterations profiled".to_string(), fact(&o.iterations, |i| format!("{} ({}..={})", i.count, i.first, i.last))),
-        (
-            "requests".to_string(),
-            fact(&o.requests, |r| format!("{} ({} input, {} output tokens)", r.count, r.input_tokens, r.output_tokens)),
-        ),
-        ("tokens".to_string(), fact(&o.tokens, |t| format!("{} prefill, {} decode ({:.1} tokens/s)", t.prefill, t.decode, t.per_second))),
-        ("GPU".to_string(), o.gpu.clone()),
-        ("GPU metrics source".to_string(), o.gpu_metrics_source.clone()),
-        (
-            "processes".to_string(),
-            fact(&o.processes, |p| {
-                let names: Vec<String> = p.iter().map(|p| format!("{} {}", p.pid, p.name)).collect();
-                format!("{} ({})", p.len(), names.join(", "))
-            }),
-        ),
-    ]);
-    facts(out, rows);
-}
-
 fn gpu(devices: &Measured<Vec<DeviceUtilisation>>, out: &mut String) {
     let devices = match devices {
         Measured::Available(devices) => devices,
@@ -605,41 +577,6 @@ fn kernels(kernels: &Measured<Kernels>, out: &mut String) {
             );
         }
     }
-}
-
-fn launch(launch: &Measured<Launch>, out: &mut String) {
-    let l = match launch {
-        Measured::Available(l) => l,
-        Measured::NotAvailable(why) => return not_available(out, why),
-    };
-    facts(
-        out,
-        vec![
-            ("API time".into(), Measured::Available(format!("{} over {} calls", text::duration(l.api_total_ns as f64), l.api_calls))),
-            ("kernel time".into(), Measured::Available(format!("{} over {} kernels", text::duration(l.kernel_total_ns as f64), l.kernels))),
-            (
-                "queue (launch end→start)".into(),
-                fact(&l.queue_ns, |q| {
-                    format!("mean {}, median {}, p90 {}", text::duration(q.mean), text::duration(q.median), text::duration(q.p90))
-                }),
-            ),
-            (
-                "kernels per iteration".into(),
-                fact(&l.per_iteration, |p| {
-                    format!(
-                        "mean {:.1}, median {:.1}, p90 {:.1}, max {} over {} iterations ({}); {} launched outside",
-                        p.kernels.mean, p.kernels.median, p.kernels.p90, p.kernels.max, p.iterations, p.source, p.outside
-                    )
-                }),
-            ),
-            (
-                "CUDA graphs".into(),
-                fact(&l.graphs, |g| {
-                    format!("{} graph launches; {} node kernels, {} eager kernels", g.graph_launches, g.node_kernels, g.eager_kernels)
-                }),
-            ),
-        ],
-    );
 }
 
 fn distribution_ms(d: &Distribution) -> String {

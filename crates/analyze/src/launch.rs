@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::iterations::iteration_windows;
 use crate::measured::{Measured, NO_API_CALLS};
 use crate::stats::Distribution;
-use crate::text::{self, line, not_available};
+use crate::text;
+use crate::view::{fact, measured, missing, Block};
 use crate::LaunchIndex;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,41 +100,28 @@ fn graphs(trace: &TraceData, kernels: &[&GpuOpRow]) -> Measured<Graphs> {
     Measured::Available(Graphs { graph_launches, node_kernels, eager_kernels: kernels.len() - node_kernels })
 }
 
-pub fn render(launch: &Measured<Launch>, out: &mut String) {
-    text::heading(out, "Launch overhead");
+/// The section's blocks, for the terminal and the page.
+pub fn view(launch: &Measured<Launch>) -> Vec<Block> {
     let l = match launch {
         Measured::Available(l) => l,
-        Measured::NotAvailable(why) => return not_available(out, "launch overhead", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("launch overhead", why)])],
     };
-    line(out, "API time", format_args!("{} over {} calls", text::duration(l.api_total_ns as f64), l.api_calls));
-    line(out, "kernel time", format_args!("{} over {} kernels", text::duration(l.kernel_total_ns as f64), l.kernels));
-    match &l.queue_ns {
-        Measured::Available(q) => line(
-            out,
-            "queue (launch end→start)",
-            format_args!("mean {}, median {}, p90 {}", text::duration(q.mean), text::duration(q.median), text::duration(q.p90)),
-        ),
-        Measured::NotAvailable(why) => not_available(out, "queue (launch end→start)", why),
-    }
-    match &l.per_iteration {
-        Measured::Available(p) => line(
-            out,
-            "kernels per iteration",
-            format_args!(
+    vec![Block::Facts(vec![
+        fact("API time", format!("{} over {} calls", text::duration(l.api_total_ns as f64), l.api_calls)),
+        fact("kernel time", format!("{} over {} kernels", text::duration(l.kernel_total_ns as f64), l.kernels)),
+        measured("queue (launch end→start)", &l.queue_ns, |q| {
+            format!("mean {}, median {}, p90 {}", text::duration(q.mean), text::duration(q.median), text::duration(q.p90))
+        }),
+        measured("kernels per iteration", &l.per_iteration, |p| {
+            format!(
                 "mean {:.1}, median {:.1}, p90 {:.1}, max {} over {} iterations ({}); {} launched outside",
                 p.kernels.mean, p.kernels.median, p.kernels.p90, p.kernels.max, p.iterations, p.source, p.outside
-            ),
-        ),
-        Measured::NotAvailable(why) => not_available(out, "kernels per iteration", why),
-    }
-    match &l.graphs {
-        Measured::Available(g) => line(
-            out,
-            "CUDA graphs",
-            format_args!("{} graph launches; {} node kernels, {} eager kernels", g.graph_launches, g.node_kernels, g.eager_kernels),
-        ),
-        Measured::NotAvailable(why) => not_available(out, "CUDA graphs", why),
-    }
+            )
+        }),
+        measured("CUDA graphs", &l.graphs, |g| {
+            format!("{} graph launches; {} node kernels, {} eager kernels", g.graph_launches, g.node_kernels, g.eager_kernels)
+        }),
+    ])]
 }
 
 #[cfg(test)]

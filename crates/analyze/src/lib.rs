@@ -115,14 +115,14 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String>
 pub fn render_text(a: &Analysis) -> String {
     let mut out = String::new();
     diagnose::render(&a.diagnosis, &mut out);
-    overview::render(&a.overview, &mut out);
+    view::render_section("Overview", &overview::view(&a.overview), &mut out);
     view::render_section("Headroom", &headroom::view(&a.headroom), &mut out);
     view::render_section("Speed of light", &sol::view(&a.speed_of_light), &mut out);
     view::render_section("Steps and steady state", &steps::view(&a.steps), &mut out);
     gpu::render_utilisation(&a.gpu, &mut out);
     gpu::render_gaps(&a.gaps, &mut out);
     kernels::render(&a.kernels, &mut out);
-    launch::render(&a.launch, &mut out);
+    view::render_section("Launch overhead", &launch::view(&a.launch), &mut out);
     iterations::render(&a.iterations, &mut out);
     iterations::render_phases(&a.phases, &mut out);
     ranges::render(&a.ranges, &mut out);

@@ -5,7 +5,8 @@ use lumen_trace::model::{ProcessRow, TraceData};
 use serde::Serialize;
 
 use crate::measured::Measured;
-use crate::text::{self, line, not_available};
+use crate::text;
+use crate::view::{fact, measured, Block};
 
 /// Meta keys that may name the GPU, in the order they are looked up.
 pub const GPU_NAME_KEYS: [&str; 4] = ["gpu", "gpu_name", "device", "device_name"];
@@ -109,46 +110,23 @@ fn tokens(trace: &TraceData) -> Option<Tokens> {
     Some(Tokens { prefill, decode, per_second: if seconds > 0.0 { (prefill + decode) as f64 / seconds } else { 0.0 } })
 }
 
-pub fn render(o: &Overview, out: &mut String) {
-    text::heading(out, "Overview");
-    for (label, value) in [("command", &o.command), ("model", &o.model)] {
-        if let Some(value) = value {
-            line(out, label, value);
-        }
-    }
-    match &o.span {
-        Measured::Available(s) => line(out, "time span", text::duration(s.duration_ns as f64)),
-        Measured::NotAvailable(why) => not_available(out, "time span", why),
-    }
-    match &o.iterations {
-        Measured::Available(i) => line(out, "iterations profiled", format_args!("{} ({}..={})", i.count, i.first, i.last)),
-        Measured::NotAvailable(why) => not_available(out, "iterations profiled", why),
-    }
-    match &o.requests {
-        Measured::Available(r) => {
-            line(out, "requests", format_args!("{} ({} input, {} output tokens)", r.count, r.input_tokens, r.output_tokens))
-        }
-        Measured::NotAvailable(why) => not_available(out, "requests", why),
-    }
-    match &o.tokens {
-        Measured::Available(t) => {
-            line(out, "tokens", format_args!("{} prefill, {} decode ({:.1} tokens/s)", t.prefill, t.decode, t.per_second))
-        }
-        Measured::NotAvailable(why) => not_available(out, "tokens", why),
-    }
-    for (label, value) in [("GPU", &o.gpu), ("GPU metrics source", &o.gpu_metrics_source)] {
-        match value {
-            Measured::Available(v) => line(out, label, v),
-            Measured::NotAvailable(why) => not_available(out, label, why),
-        }
-    }
-    match &o.processes {
-        Measured::Available(p) => {
+/// The section's blocks, for the terminal and the page.
+pub fn view(o: &Overview) -> Vec<Block> {
+    let mut rows: Vec<(String, Measured<String>)> =
+        [("command", &o.command), ("model", &o.model)].into_iter().filter_map(|(label, value)| Some(fact(label, value.clone()?))).collect();
+    rows.extend([
+        measured("time span", &o.span, |s| text::duration(s.duration_ns as f64)),
+        measured("iterations profiled", &o.iterations, |i| format!("{} ({}..={})", i.count, i.first, i.last)),
+        measured("requests", &o.requests, |r| format!("{} ({} input, {} output tokens)", r.count, r.input_tokens, r.output_tokens)),
+        measured("tokens", &o.tokens, |t| format!("{} prefill, {} decode ({:.1} tokens/s)", t.prefill, t.decode, t.per_second)),
+        measured("GPU", &o.gpu, String::clone),
+        measured("GPU metrics source", &o.gpu_metrics_source, String::clone),
+        measured("processes", &o.processes, |p| {
             let names: Vec<String> = p.iter().map(|p| format!("{} {}", p.pid, p.name)).collect();
-            line(out, "processes", format_args!("{} ({})", p.len(), names.join(", ")))
-        }
-        Measured::NotAvailable(why) => not_available(out, "processes", why),
-    }
+            format!("{} ({})", p.len(), names.join(", "))
+        }),
+    ]);
+    vec![Block::Facts(rows)]
 }
 
 #[cfg(test)]

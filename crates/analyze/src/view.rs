@@ -1,7 +1,7 @@
 //! The report's view model: a section built once as blocks (labelled facts and tables) that the
 //! terminal report (crate::text) and the HTML page (crate::html) both render, so a figure is
-//! formatted in one place. The JSON is the analysis itself. The headroom, speed-of-light and
-//! steps sections are built this way.
+//! formatted in one place. The JSON is the analysis itself. The overview, headroom,
+//! speed-of-light, steps and launch-overhead sections are built this way.
 
 use crate::measured::Measured;
 use crate::text::{self, line, not_available, Table};
@@ -23,6 +23,14 @@ pub fn fact(label: &str, value: impl Into<String>) -> (String, Measured<String>)
 /// A labelled reason why a value is missing.
 pub fn missing(label: &str, why: &str) -> (String, Measured<String>) {
     (label.to_string(), Measured::NotAvailable(why.to_string()))
+}
+
+/// A labelled figure shown by `show`, or the reason it is missing.
+pub fn measured<T>(label: &str, value: &Measured<T>, show: impl FnOnce(&T) -> String) -> (String, Measured<String>) {
+    match value {
+        Measured::Available(v) => fact(label, show(v)),
+        Measured::NotAvailable(why) => missing(label, why),
+    }
 }
 
 /// The blocks as terminal lines and tables.
