@@ -11,13 +11,13 @@ use crate::compare::{self, Assessment, Comparison, FigureDelta, KernelChangeKind
 use crate::diagnose::Diagnosis;
 use crate::gpu::{DeviceGaps, DeviceUtilisation};
 use crate::hardware::Hardware;
-use crate::iterations::{Iterations, Phases, SpanTotal};
+use crate::iterations::Iterations;
 use crate::kernels::Kernels;
 use crate::measured::Measured;
 use crate::memory::{CopyTotal, Memory};
 use crate::ranges::ProjectedRange;
 use crate::sol::SpeedOfLight;
-use crate::stats::{share, Distribution};
+use crate::stats::share;
 use crate::text;
 use crate::view::Block;
 use crate::Analysis;
@@ -37,7 +37,7 @@ const SECTIONS: [(&str, &str, Body); 14] = [
     ("kernels", "Kernels", |a, out| kernels(&a.kernels, out)),
     ("launch", "Launch overhead", |a, out| blocks(out, crate::launch::view(&a.launch))),
     ("iterations", "Iterations", |a, out| iterations(&a.iterations, out)),
-    ("phases", "CPU phases", |a, out| phases(&a.phases, out)),
+    ("phases", "CPU phases", |a, out| blocks(out, crate::iterations::view_phases(&a.phases))),
     ("ranges", "CPU ranges on the GPU", |a, out| ranges(&a.ranges, out)),
     ("hardware", "Hardware counters", |a, out| hardware(&a.hardware, out)),
     ("memory", "Memory", |a, out| memory(&a.memory, out)),
@@ -68,8 +68,6 @@ pub fn section_ids(comparison: bool) -> impl Iterator<Item = &'static str> {
 /// and the engine's iterations.
 pub const CHARTS: [&str; 5] = ["chart-gpu-busy", "chart-kernel-classes", "chart-iterations", "chart-hardware", "chart-speed-of-light"];
 
-/// How many outlier iterations the page lists.
-const LISTED_OUTLIERS: usize = 10;
 /// Names longer than this are cut in tables; the full name is the cell's tooltip.
 const NAME_CHARS: usize = 120;
 
@@ -579,78 +577,13 @@ fn kernels(kernels: &Measured<Kernels>, out: &mut String) {
     }
 }
 
-fn distribution_ms(d: &Distribution) -> String {
-    format!("mean {}, median {}, p90 {}, max {}", text::ms(d.mean), text::ms(d.median), text::ms(d.p90), text::ms(d.max))
-}
-
 fn iterations(iterations: &Measured<Iterations>, out: &mut String) {
-    let it = match iterations {
-        Measured::Available(it) => it,
-        Measured::NotAvailable(why) => {
-            not_available(out, why);
-            return figure(out, CHARTS[2], "Host and device time per iteration", Err(why.clone()));
-        }
+    blocks(out, crate::iterations::view(iterations));
+    let chart = match iterations {
+        Measured::Available(it) => Ok(iteration_chart(it)),
+        Measured::NotAvailable(why) => Err(why.clone()),
     };
-    facts(
-        out,
-        vec![
-            ("iterations".into(), Measured::Available(it.per_iteration.len().to_string())),
-            ("host time".into(), Measured::Available(distribution_ms(&it.host_ms))),
-            ("device time".into(), fact(&it.device_ms, distribution_ms)),
-            ("host − device (mean)".into(), fact(&it.mean_host_minus_device_ms, |gap| text::ms(*gap))),
-            (
-                "KV utilisation".into(),
-                fact(&it.kv_utilisation, |kv| format!("mean {}, max {}", text::percent(kv.mean), text::percent(kv.max))),
-            ),
-            ("outliers".into(), Measured::Available(format!("{} above {}", it.outliers.len(), text::ms(it.outlier_threshold_ms)))),
-        ],
-    );
-    if !it.outliers.is_empty() {
-        let outliers = it.outliers.iter().take(LISTED_OUTLIERS).map(|o| {
-            vec![
-                o.iter.to_string(),
-                text::ms(o.host_ms),
-                o.device_ms.map_or("-".into(), text::ms),
-                o.ctx_reqs.to_string(),
-                o.ctx_tokens.to_string(),
-                o.gen_reqs.to_string(),
-                o.gen_tokens.to_string(),
-                o.kv_utilisation.map_or("-".into(), text::percent),
-            ]
-        });
-        table(out, &["iter", "host", "device", "ctx reqs", "ctx tokens", "gen reqs", "gen tokens", "KV"], &[], outliers);
-    }
-    figure(out, CHARTS[2], "Host and device time per iteration", Ok(iteration_chart(it)));
-    let allocations = fact(&it.allocations, |a| {
-        format!(
-            "{:.1} per iteration (max {}), {} per iteration (max {})",
-            a.mean_count,
-            a.max_count,
-            text::bytes(a.mean_bytes as u64),
-            text::bytes(a.max_bytes)
-        )
-    });
-    facts(out, vec![("host allocations".into(), allocations)]);
-}
-
-fn phases(p: &Phases, out: &mut String) {
-    match &p.phases {
-        Measured::Available(times) => {
-            let rows = times.phases.iter().map(|phase| {
-                vec![
-                    phase.name.clone(),
-                    phase.count.to_string(),
-                    text::duration(phase.total_ns as f64),
-                    phase.mean_per_iteration_ns.map_or("-".into(), text::duration),
-                    phase.share_of_host.map_or("-".into(), text::percent),
-                ]
-            });
-            table(out, &["phase", "spans", "total", "per iteration", "of host"], &[0], rows);
-        }
-        Measured::NotAvailable(why) => not_available(out, why),
-    }
-    let total = |t: &SpanTotal| format!("{} over {} spans", text::duration(t.total_ns as f64), t.count);
-    facts(out, vec![("alloc spans".into(), fact(&p.alloc_spans, total)), ("wait spans".into(), fact(&p.wait_spans, total))]);
+    figure(out, CHARTS[2], "Host and device time per iteration", chart);
 }
 
 fn ranges(ranges: &Measured<Vec<ProjectedRange>>, out: &mut String) {

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::measured::Measured;
 use crate::stats::{quantile, share, Distribution};
-use crate::text::{self, line, not_available, Table};
+use crate::text;
+use crate::view::{fact, measured, missing, Block};
 
 /// How many outliers the report lists.
 const LISTED_OUTLIERS: usize = 10;
@@ -289,85 +290,80 @@ fn distribution_ms(d: &Distribution) -> String {
     format!("mean {}, median {}, p90 {}, max {}", text::ms(d.mean), text::ms(d.median), text::ms(d.p90), text::ms(d.max))
 }
 
-pub fn render(iterations: &Measured<Iterations>, out: &mut String) {
-    text::heading(out, "Iterations");
+/// The iterations section's blocks, for the terminal and the page (which adds the chart).
+pub fn view(iterations: &Measured<Iterations>) -> Vec<Block> {
     let it = match iterations {
         Measured::Available(it) => it,
-        Measured::NotAvailable(why) => return not_available(out, "iterations", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("iterations", why)])],
     };
-    line(out, "iterations", it.per_iteration.len());
-    line(out, "host time", distribution_ms(&it.host_ms));
-    match &it.device_ms {
-        Measured::Available(d) => line(out, "device time", distribution_ms(d)),
-        Measured::NotAvailable(why) => not_available(out, "device time", why),
-    }
-    match &it.mean_host_minus_device_ms {
-        Measured::Available(gap) => line(out, "host − device (mean)", text::ms(*gap)),
-        Measured::NotAvailable(why) => not_available(out, "host − device (mean)", why),
-    }
-    match &it.kv_utilisation {
-        Measured::Available(kv) => {
-            line(out, "KV utilisation", format_args!("mean {}, max {}", text::percent(kv.mean), text::percent(kv.max)))
-        }
-        Measured::NotAvailable(why) => not_available(out, "KV utilisation", why),
-    }
-    line(out, "outliers", format_args!("{} above {}", it.outliers.len(), text::ms(it.outlier_threshold_ms)));
+    let mut blocks = vec![Block::Facts(vec![
+        fact("iterations", it.per_iteration.len().to_string()),
+        fact("host time", distribution_ms(&it.host_ms)),
+        measured("device time", &it.device_ms, distribution_ms),
+        measured("host − device (mean)", &it.mean_host_minus_device_ms, |gap| text::ms(*gap)),
+        measured("KV utilisation", &it.kv_utilisation, |kv| format!("mean {}, max {}", text::percent(kv.mean), text::percent(kv.max))),
+        fact("outliers", format!("{} above {}", it.outliers.len(), text::ms(it.outlier_threshold_ms))),
+    ])];
     if !it.outliers.is_empty() {
-        let mut table = Table::new(&["iter", "host", "device", "ctx reqs", "ctx tokens", "gen reqs", "gen tokens", "KV"], &[]);
-        for o in it.outliers.iter().take(LISTED_OUTLIERS) {
-            table.row(vec![
-                o.iter.to_string(),
-                text::ms(o.host_ms),
-                o.device_ms.map_or("-".into(), text::ms),
-                o.ctx_reqs.to_string(),
-                o.ctx_tokens.to_string(),
-                o.gen_reqs.to_string(),
-                o.gen_tokens.to_string(),
-                o.kv_utilisation.map_or("-".into(), text::percent),
-            ]);
-        }
-        table.render(out);
+        let rows = it
+            .outliers
+            .iter()
+            .take(LISTED_OUTLIERS)
+            .map(|o| {
+                vec![
+                    o.iter.to_string(),
+                    text::ms(o.host_ms),
+                    o.device_ms.map_or("-".into(), text::ms),
+                    o.ctx_reqs.to_string(),
+                    o.ctx_tokens.to_string(),
+                    o.gen_reqs.to_string(),
+                    o.gen_tokens.to_string(),
+                    o.kv_utilisation.map_or("-".into(), text::percent),
+                ]
+            })
+            .collect();
+        blocks.push(Block::Table {
+            header: vec!["iter", "host", "device", "ctx reqs", "ctx tokens", "gen reqs", "gen tokens", "KV"],
+            left: vec![],
+            rows,
+        });
     }
-    match &it.allocations {
-        Measured::Available(a) => line(
-            out,
-            "host allocations",
-            format_args!(
-                "{:.1} per iteration (max {}), {} per iteration (max {})",
-                a.mean_count,
-                a.max_count,
-                text::bytes(a.mean_bytes as u64),
-                text::bytes(a.max_bytes)
-            ),
-        ),
-        Measured::NotAvailable(why) => not_available(out, "host allocations", why),
-    }
+    blocks.push(Block::Facts(vec![measured("host allocations", &it.allocations, |a| {
+        format!(
+            "{:.1} per iteration (max {}), {} per iteration (max {})",
+            a.mean_count,
+            a.max_count,
+            text::bytes(a.mean_bytes as u64),
+            text::bytes(a.max_bytes)
+        )
+    })]));
+    blocks
 }
 
-pub fn render_phases(p: &Phases, out: &mut String) {
-    text::heading(out, "CPU phases");
-    match &p.phases {
-        Measured::Available(times) => {
-            let mut table = Table::new(&["phase", "spans", "total", "per iteration", "of host"], &[0]);
-            for phase in &times.phases {
-                table.row(vec![
-                    phase.name.clone(),
-                    phase.count.to_string(),
-                    text::duration(phase.total_ns as f64),
-                    phase.mean_per_iteration_ns.map_or("-".into(), text::duration),
-                    phase.share_of_host.map_or("-".into(), text::percent),
-                ]);
-            }
-            table.render(out);
-        }
-        Measured::NotAvailable(why) => not_available(out, "phases", why),
-    }
-    for (label, total) in [("alloc spans", &p.alloc_spans), ("wait spans", &p.wait_spans)] {
-        match total {
-            Measured::Available(t) => line(out, label, format_args!("{} over {} spans", text::duration(t.total_ns as f64), t.count)),
-            Measured::NotAvailable(why) => not_available(out, label, why),
-        }
-    }
+/// The CPU-phases section's blocks, for the terminal and the page.
+pub fn view_phases(p: &Phases) -> Vec<Block> {
+    let phases = match &p.phases {
+        Measured::Available(times) => Block::Table {
+            header: vec!["phase", "spans", "total", "per iteration", "of host"],
+            left: vec![0],
+            rows: times
+                .phases
+                .iter()
+                .map(|phase| {
+                    vec![
+                        phase.name.clone(),
+                        phase.count.to_string(),
+                        text::duration(phase.total_ns as f64),
+                        phase.mean_per_iteration_ns.map_or("-".into(), text::duration),
+                        phase.share_of_host.map_or("-".into(), text::percent),
+                    ]
+                })
+                .collect(),
+        },
+        Measured::NotAvailable(why) => Block::Facts(vec![missing("phases", why)]),
+    };
+    let total = |t: &SpanTotal| format!("{} over {} spans", text::duration(t.total_ns as f64), t.count);
+    vec![phases, Block::Facts(vec![measured("alloc spans", &p.alloc_spans, total), measured("wait spans", &p.wait_spans, total)])]
 }
 
 #[cfg(test)]

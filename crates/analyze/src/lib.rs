@@ -123,8 +123,8 @@ pub fn render_text(a: &Analysis) -> String {
     gpu::render_gaps(&a.gaps, &mut out);
     kernels::render(&a.kernels, &mut out);
     view::render_section("Launch overhead", &launch::view(&a.launch), &mut out);
-    iterations::render(&a.iterations, &mut out);
-    iterations::render_phases(&a.phases, &mut out);
+    view::render_section("Iterations", &iterations::view(&a.iterations), &mut out);
+    view::render_section("CPU phases", &iterations::view_phases(&a.phases), &mut out);
     ranges::render(&a.ranges, &mut out);
     hardware::render(&a.hardware, &mut out);
     memory::render(&a.memory, &mut out);
