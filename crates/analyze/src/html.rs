@@ -14,7 +14,6 @@ use crate::hardware::Hardware;
 use crate::iterations::Iterations;
 use crate::kernels::Kernels;
 use crate::measured::Measured;
-use crate::memory::{CopyTotal, Memory};
 use crate::ranges::ProjectedRange;
 use crate::sol::SpeedOfLight;
 use crate::stats::share;
@@ -40,7 +39,7 @@ const SECTIONS: [(&str, &str, Body); 14] = [
     ("phases", "CPU phases", |a, out| blocks(out, crate::iterations::view_phases(&a.phases))),
     ("ranges", "CPU ranges on the GPU", |a, out| ranges(&a.ranges, out)),
     ("hardware", "Hardware counters", |a, out| hardware(&a.hardware, out)),
-    ("memory", "Memory", |a, out| memory(&a.memory, out)),
+    ("memory", "Memory", |a, out| blocks(out, crate::memory::view(&a.memory))),
 ];
 
 /// The section of a comparison: element id and heading.
@@ -623,70 +622,6 @@ fn hardware(hardware: &Measured<Hardware>, out: &mut String) {
     });
     table(out, &["counter", "device", "samples", "mean", "p50", "p90", "max"], &[0], rows);
     figure(out, CHARTS[3], "Hardware counters over time", hardware_chart(h));
-}
-
-fn copy_line(t: &CopyTotal) -> String {
-    format!("{} copies, {}, {}", t.count, text::bytes(t.bytes), text::duration(t.total_ns as f64))
-}
-
-fn memory(m: &Memory, out: &mut String) {
-    match &m.transfers {
-        Measured::Available(transfers) => {
-            let all_ns: u64 = transfers.iter().map(|t| t.total_ns).sum();
-            let rows = transfers.iter().map(|t| {
-                vec![
-                    t.kind.clone(),
-                    t.count.to_string(),
-                    text::bytes(t.bytes),
-                    text::duration(t.total_ns as f64),
-                    text::percent(share(t.total_ns as f64, all_ns as f64)),
-                    t.bandwidth_gb_s.map_or("-".into(), |bw| format!("{bw:.1}")),
-                ]
-            });
-            table(out, &["kind", "count", "bytes", "time", "share", "GB/s"], &[0], rows);
-        }
-        Measured::NotAvailable(why) => facts(out, vec![("copies".into(), Measured::NotAvailable(why.clone()))]),
-    }
-    facts(
-        out,
-        vec![
-            ("pageable async copies".into(), fact(&m.pageable_async, copy_line)),
-            (
-                "synchronous copies".into(),
-                fact(&m.synchronous, |s| {
-                    let calls: Vec<String> = s.calls.iter().map(|(name, n)| format!("{name} {n}")).collect();
-                    let calls = if calls.is_empty() { String::new() } else { format!(" ({})", calls.join(", ")) };
-                    format!("{}{calls}", copy_line(&s.total))
-                }),
-            ),
-            (
-                "allocation calls".into(),
-                fact(&m.api_allocations, |a| {
-                    format!(
-                        "{} allocs ({}), {} frees ({})",
-                        a.allocs.count,
-                        text::duration(a.allocs.total_ns as f64),
-                        a.frees.count,
-                        text::duration(a.frees.total_ns as f64)
-                    )
-                }),
-            ),
-            (
-                "host allocations".into(),
-                fact(&m.host_allocations, |h| {
-                    format!(
-                        "{} allocations, {}, {} frees over {} iterations; KV blocks +{} -{}",
-                        h.count,
-                        text::bytes(h.bytes),
-                        h.frees,
-                        h.iterations,
-                        h.kv_blocks_allocated,
-                        h.kv_blocks_freed
-                    )
-                }),
-            ),
-        ],
-    );
 }
 
 /// An SVG chart with the legend under it, and a note on what it leaves out.

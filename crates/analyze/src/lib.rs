@@ -127,7 +127,7 @@ pub fn render_text(a: &Analysis) -> String {
     view::render_section("CPU phases", &iterations::view_phases(&a.phases), &mut out);
     ranges::render(&a.ranges, &mut out);
     hardware::render(&a.hardware, &mut out);
-    memory::render(&a.memory, &mut out);
+    view::render_section("Memory", &memory::view(&a.memory), &mut out);
     out
 }
 

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::measured::{Measured, NO_API_CALLS};
 use crate::stats::share;
-use crate::text::{self, line, not_available, Table};
+use crate::text;
+use crate::view::{measured, missing, Block};
 use crate::LaunchIndex;
 
 /// API call name prefixes that allocate and that free device or pinned memory.
@@ -197,57 +198,46 @@ fn copy_line(t: &CopyTotal) -> String {
     format!("{} copies, {}, {}", t.count, text::bytes(t.bytes), text::duration(t.total_ns as f64))
 }
 
-pub fn render(m: &Memory, out: &mut String) {
-    text::heading(out, "Memory");
-    match &m.transfers {
+/// The section's blocks, for the terminal and the page.
+pub fn view(m: &Memory) -> Vec<Block> {
+    let copies = match &m.transfers {
         Measured::Available(transfers) => {
             let all_ns: u64 = transfers.iter().map(|t| t.total_ns).sum();
-            let mut table = Table::new(&["kind", "count", "bytes", "time", "share", "GB/s"], &[0]);
-            for t in transfers {
-                table.row(vec![
-                    t.kind.clone(),
-                    t.count.to_string(),
-                    text::bytes(t.bytes),
-                    text::duration(t.total_ns as f64),
-                    text::percent(share(t.total_ns as f64, all_ns as f64)),
-                    t.bandwidth_gb_s.map_or("-".into(), |bw| format!("{bw:.1}")),
-                ]);
-            }
-            table.render(out);
+            let rows = transfers
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.kind.clone(),
+                        t.count.to_string(),
+                        text::bytes(t.bytes),
+                        text::duration(t.total_ns as f64),
+                        text::percent(share(t.total_ns as f64, all_ns as f64)),
+                        t.bandwidth_gb_s.map_or("-".into(), |bw| format!("{bw:.1}")),
+                    ]
+                })
+                .collect();
+            Block::Table { header: vec!["kind", "count", "bytes", "time", "share", "GB/s"], left: vec![0], rows }
         }
-        Measured::NotAvailable(why) => not_available(out, "copies", why),
-    }
-    match &m.pageable_async {
-        Measured::Available(t) => line(out, "pageable async copies", copy_line(t)),
-        Measured::NotAvailable(why) => not_available(out, "pageable async copies", why),
-    }
-    match &m.synchronous {
-        Measured::Available(s) => {
+        Measured::NotAvailable(why) => Block::Facts(vec![missing("copies", why)]),
+    };
+    let facts = vec![
+        measured("pageable async copies", &m.pageable_async, copy_line),
+        measured("synchronous copies", &m.synchronous, |s| {
             let calls: Vec<String> = s.calls.iter().map(|(name, n)| format!("{name} {n}")).collect();
             let calls = if calls.is_empty() { String::new() } else { format!(" ({})", calls.join(", ")) };
-            line(out, "synchronous copies", format_args!("{}{calls}", copy_line(&s.total)));
-        }
-        Measured::NotAvailable(why) => not_available(out, "synchronous copies", why),
-    }
-    match &m.api_allocations {
-        Measured::Available(a) => line(
-            out,
-            "allocation calls",
-            format_args!(
+            format!("{}{calls}", copy_line(&s.total))
+        }),
+        measured("allocation calls", &m.api_allocations, |a| {
+            format!(
                 "{} allocs ({}), {} frees ({})",
                 a.allocs.count,
                 text::duration(a.allocs.total_ns as f64),
                 a.frees.count,
                 text::duration(a.frees.total_ns as f64)
-            ),
-        ),
-        Measured::NotAvailable(why) => not_available(out, "allocation calls", why),
-    }
-    match &m.host_allocations {
-        Measured::Available(h) => line(
-            out,
-            "host allocations",
-            format_args!(
+            )
+        }),
+        measured("host allocations", &m.host_allocations, |h| {
+            format!(
                 "{} allocations, {}, {} frees over {} iterations; KV blocks +{} -{}",
                 h.count,
                 text::bytes(h.bytes),
@@ -255,10 +245,10 @@ pub fn render(m: &Memory, out: &mut String) {
                 h.iterations,
                 h.kv_blocks_allocated,
                 h.kv_blocks_freed
-            ),
-        ),
-        Measured::NotAvailable(why) => not_available(out, "host allocations", why),
-    }
+            )
+        }),
+    ];
+    vec![copies, Block::Facts(facts)]
 }
 
 #[cfg(test)]
