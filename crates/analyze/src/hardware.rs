@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::measured::Measured;
 use crate::stats::{Buckets, Distribution};
-use crate::text::{self, line, not_available, Table};
+use crate::view::{measured, missing, Block};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hardware {
@@ -71,32 +71,35 @@ pub fn analyze(trace: &TraceData, buckets: usize) -> Measured<Hardware> {
     Measured::Available(Hardware { source, counters })
 }
 
-pub fn render(hardware: &Measured<Hardware>, out: &mut String) {
-    text::heading(out, "Hardware counters");
+/// The section's blocks, for the terminal and the page (which draws the series as a chart).
+pub fn view(hardware: &Measured<Hardware>) -> Vec<Block> {
     let h = match hardware {
         Measured::Available(h) => h,
-        Measured::NotAvailable(why) => return not_available(out, "counters", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("counters", why)])],
     };
-    match &h.source {
-        Measured::Available(source) => line(out, "source", source),
-        Measured::NotAvailable(why) => not_available(out, "source", why),
-    }
-    let mut table = Table::new(&["counter", "device", "samples", "mean", "p50", "p90", "max"], &[0]);
-    for c in &h.counters {
-        let v = &c.values;
-        table.row(
+    let rows = h
+        .counters
+        .iter()
+        .map(|c| {
+            let v = &c.values;
             [c.name.clone(), c.device.to_string(), v.count.to_string()]
                 .into_iter()
                 .chain([v.mean, v.median, v.p90, v.max].map(|x| format!("{x:.1}")))
-                .collect(),
-        );
-    }
-    table.render(out);
+                .collect()
+        })
+        .collect();
+    let mut blocks = vec![
+        Block::Facts(vec![measured("source", &h.source, String::clone)]),
+        Block::Table { header: vec!["counter", "device", "samples", "mean", "p50", "p90", "max"], left: vec![0], rows },
+    ];
     for c in &h.counters {
         let full_scale = if c.name.ends_with('%') { 100.0 } else { c.values.max };
-        let bars = text::sparkline(c.series.iter().map(|v| v.map(|v| if full_scale > 0.0 { v / full_scale } else { 0.0 })));
-        line(out, &format!("{} (device {})", c.name, c.device), bars);
+        blocks.push(Block::Series {
+            label: format!("{} (device {})", c.name, c.device),
+            values: c.series.iter().map(|v| v.map(|v| if full_scale > 0.0 { v / full_scale } else { 0.0 })).collect(),
+        });
     }
+    blocks
 }
 
 #[cfg(test)]

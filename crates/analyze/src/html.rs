@@ -14,7 +14,6 @@ use crate::hardware::Hardware;
 use crate::iterations::Iterations;
 use crate::kernels::Kernels;
 use crate::measured::Measured;
-use crate::ranges::ProjectedRange;
 use crate::sol::SpeedOfLight;
 use crate::stats::share;
 use crate::text;
@@ -37,7 +36,7 @@ const SECTIONS: [(&str, &str, Body); 14] = [
     ("launch", "Launch overhead", |a, out| blocks(out, crate::launch::view(&a.launch))),
     ("iterations", "Iterations", |a, out| iterations(&a.iterations, out)),
     ("phases", "CPU phases", |a, out| blocks(out, crate::iterations::view_phases(&a.phases))),
-    ("ranges", "CPU ranges on the GPU", |a, out| ranges(&a.ranges, out)),
+    ("ranges", "CPU ranges on the GPU", |a, out| blocks(out, crate::ranges::view(&a.ranges))),
     ("hardware", "Hardware counters", |a, out| hardware(&a.hardware, out)),
     ("memory", "Memory", |a, out| blocks(out, crate::memory::view(&a.memory))),
 ];
@@ -283,6 +282,7 @@ fn blocks(out: &mut String, blocks: Vec<Block>) {
         match block {
             Block::Facts(rows) => facts(out, rows),
             Block::Table { header, left, rows } => table(out, &header, &left, rows),
+            Block::Series { .. } => {}
         }
     }
 }
@@ -585,43 +585,13 @@ fn iterations(iterations: &Measured<Iterations>, out: &mut String) {
     figure(out, CHARTS[2], "Host and device time per iteration", chart);
 }
 
-fn ranges(ranges: &Measured<Vec<ProjectedRange>>, out: &mut String) {
-    let ranges = match ranges {
-        Measured::Available(ranges) => ranges,
-        Measured::NotAvailable(why) => return not_available(out, why),
-    };
-    let rows = ranges.iter().map(|r| {
-        vec![
-            r.name.clone(),
-            r.ranges.to_string(),
-            r.api_calls.to_string(),
-            r.gpu_ops.to_string(),
-            text::duration(r.gpu_total_ns as f64),
-            r.mean_gpu_ns.map_or("-".into(), text::duration),
-            text::duration(r.mean_cpu_ns),
-        ]
-    });
-    table(out, &["range", "ranges", "API calls", "GPU ops", "GPU total", "mean GPU", "mean CPU"], &[0], rows);
-}
-
 fn hardware(hardware: &Measured<Hardware>, out: &mut String) {
-    let h = match hardware {
-        Measured::Available(h) => h,
-        Measured::NotAvailable(why) => {
-            not_available(out, why);
-            return figure(out, CHARTS[3], "Hardware counters over time", Err(why.clone()));
-        }
+    blocks(out, crate::hardware::view(hardware));
+    let chart = match hardware {
+        Measured::Available(h) => hardware_chart(h),
+        Measured::NotAvailable(why) => Err(why.clone()),
     };
-    facts(out, vec![("source".into(), h.source.clone())]);
-    let rows = h.counters.iter().map(|c| {
-        let v = &c.values;
-        [c.name.clone(), c.device.to_string(), v.count.to_string()]
-            .into_iter()
-            .chain([v.mean, v.median, v.p90, v.max].map(|x| format!("{x:.1}")))
-            .collect()
-    });
-    table(out, &["counter", "device", "samples", "mean", "p50", "p90", "max"], &[0], rows);
-    figure(out, CHARTS[3], "Hardware counters over time", hardware_chart(h));
+    figure(out, CHARTS[3], "Hardware counters over time", chart);
 }
 
 /// An SVG chart with the legend under it, and a note on what it leaves out.

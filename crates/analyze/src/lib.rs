@@ -125,8 +125,8 @@ pub fn render_text(a: &Analysis) -> String {
     view::render_section("Launch overhead", &launch::view(&a.launch), &mut out);
     view::render_section("Iterations", &iterations::view(&a.iterations), &mut out);
     view::render_section("CPU phases", &iterations::view_phases(&a.phases), &mut out);
-    ranges::render(&a.ranges, &mut out);
-    hardware::render(&a.hardware, &mut out);
+    view::render_section("CPU ranges on the GPU", &ranges::view(&a.ranges), &mut out);
+    view::render_section("Hardware counters", &hardware::view(&a.hardware), &mut out);
     view::render_section("Memory", &memory::view(&a.memory), &mut out);
     out
 }

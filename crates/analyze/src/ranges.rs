@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::gpu::is_busy;
 use crate::measured::{Measured, NO_API_CALLS};
-use crate::text::{self, not_available, Table};
+use crate::text;
+use crate::view::{missing, Block};
 use crate::LaunchIndex;
 
 /// How many range names the report keeps.
@@ -134,25 +135,27 @@ pub fn analyze(trace: &TraceData, launches: &LaunchIndex, top: usize) -> Measure
     Measured::Available(ranges)
 }
 
-pub fn render(ranges: &Measured<Vec<ProjectedRange>>, out: &mut String) {
-    text::heading(out, "CPU ranges on the GPU");
+/// The section's blocks, for the terminal and the page.
+pub fn view(ranges: &Measured<Vec<ProjectedRange>>) -> Vec<Block> {
     let ranges = match ranges {
         Measured::Available(ranges) => ranges,
-        Measured::NotAvailable(why) => return not_available(out, "ranges", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("ranges", why)])],
     };
-    let mut table = Table::new(&["range", "ranges", "API calls", "GPU ops", "GPU total", "mean GPU", "mean CPU"], &[0]);
-    for r in ranges {
-        table.row(vec![
-            text::truncate(&r.name, 50),
-            r.ranges.to_string(),
-            r.api_calls.to_string(),
-            r.gpu_ops.to_string(),
-            text::duration(r.gpu_total_ns as f64),
-            r.mean_gpu_ns.map_or("-".into(), text::duration),
-            text::duration(r.mean_cpu_ns),
-        ]);
-    }
-    table.render(out);
+    let rows = ranges
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.ranges.to_string(),
+                r.api_calls.to_string(),
+                r.gpu_ops.to_string(),
+                text::duration(r.gpu_total_ns as f64),
+                r.mean_gpu_ns.map_or("-".into(), text::duration),
+                text::duration(r.mean_cpu_ns),
+            ]
+        })
+        .collect();
+    vec![Block::Table { header: vec!["range", "ranges", "API calls", "GPU ops", "GPU total", "mean GPU", "mean CPU"], left: vec![0], rows }]
 }
 
 #[cfg(test)]

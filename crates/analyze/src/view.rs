@@ -1,7 +1,7 @@
 //! The report's view model: a section built once as blocks (labelled facts and tables) that the
 //! terminal report (crate::text) and the HTML page (crate::html) both render, so a figure is
-//! formatted in one place. The JSON is the analysis itself. The overview, headroom,
-//! speed-of-light, steps and launch-overhead sections are built this way.
+//! formatted in one place. The JSON is the analysis itself. Charts stay the page's own, and
+//! sparklines the terminal's.
 
 use crate::measured::Measured;
 use crate::text::{self, line, not_available, Table};
@@ -13,6 +13,9 @@ pub enum Block {
     Facts(Vec<(String, Measured<String>)>),
     /// Columns right-aligned except those in `left`.
     Table { header: Vec<&'static str>, left: Vec<usize>, rows: Vec<Vec<String>> },
+    /// A series of shares of full scale (0..=1, `None` for a gap): a sparkline in the terminal;
+    /// the page draws its section's chart instead.
+    Series { label: String, values: Vec<Option<f64>> },
 }
 
 /// A labelled value.
@@ -52,6 +55,7 @@ pub fn render_text(blocks: &[Block], out: &mut String) {
                 }
                 table.render(out);
             }
+            Block::Series { label, values } => line(out, label, text::sparkline(values.iter().copied())),
         }
     }
 }
