@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::measured::{Measured, NO_GPU_OPS};
 use crate::stats::{covered_ns, share, union, Buckets, Interval};
 use crate::steps::StepWindows;
-use crate::text::{self, line, not_available, Table};
+use crate::text;
+use crate::view::{fact, missing, Block};
 use crate::LaunchIndex;
 
 /// A gap shorter than this whose next operation was launched before it began is launch overhead.
@@ -337,63 +338,66 @@ fn overlapping_spans(spans: &[SpanRow], threads: &HashMap<u64, &str>, start: u64
         .collect()
 }
 
-pub fn render_utilisation(devices: &Measured<Vec<DeviceUtilisation>>, out: &mut String) {
-    text::heading(out, "GPU utilisation");
+/// The utilisation section's blocks, for the terminal and the page (which draws the busy series
+/// as a chart).
+pub fn view_utilisation(devices: &Measured<Vec<DeviceUtilisation>>) -> Vec<Block> {
     let devices = match devices {
         Measured::Available(devices) => devices,
-        Measured::NotAvailable(why) => return not_available(out, "busy time", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("busy time", why)])],
     };
+    let mut blocks = Vec::new();
     for d in devices {
         let window = (d.end_ns - d.start_ns) as f64;
-        line(
-            out,
+        blocks.push(Block::Facts(vec![fact(
             &format!("device {}", d.device),
-            format_args!(
+            format!(
                 "busy {} of {} ({}), idle {}",
                 text::duration(d.busy_ns as f64),
                 text::duration(window),
                 text::percent(d.busy_share),
                 text::duration(d.idle_ns as f64)
             ),
-        );
-        let mut kinds = Table::new(&["kind", "ops", "busy", "of busy"], &[0]);
-        for k in &d.kinds {
-            kinds.row(vec![k.kind.to_string(), k.ops.to_string(), text::duration(k.busy_ns as f64), text::percent(k.share_of_busy)]);
-        }
-        kinds.render(out);
-        let mut streams = Table::new(&["stream", "ops", "busy", "busy %"], &[0]);
-        for s in &d.streams {
+        )]));
+        let kinds = d
+            .kinds
+            .iter()
+            .map(|k| vec![k.kind.to_string(), k.ops.to_string(), text::duration(k.busy_ns as f64), text::percent(k.share_of_busy)]);
+        blocks.push(Block::Table { header: vec!["kind", "ops", "busy", "of busy"], left: vec![0], rows: kinds.collect() });
+        let streams = d.streams.iter().map(|s| {
             let stream = s.stream.map_or("-".to_string(), |s| s.to_string());
-            streams.row(vec![stream, s.ops.to_string(), text::duration(s.busy_ns as f64), text::percent(s.busy_share)]);
-        }
-        streams.render(out);
-        line(out, "busy over time", text::sparkline(d.series.iter().map(|&v| Some(v))));
+            vec![stream, s.ops.to_string(), text::duration(s.busy_ns as f64), text::percent(s.busy_share)]
+        });
+        blocks.push(Block::Table { header: vec!["stream", "ops", "busy", "busy %"], left: vec![0], rows: streams.collect() });
+        blocks.push(Block::Series { label: "busy over time".into(), values: d.series.iter().map(|&v| Some(v)).collect() });
     }
+    blocks
 }
 
-pub fn render_gaps(devices: &Measured<Vec<DeviceGaps>>, out: &mut String) {
-    text::heading(out, "GPU idle gaps");
+/// The idle-gaps section's blocks, for the terminal and the page.
+pub fn view_gaps(devices: &Measured<Vec<DeviceGaps>>) -> Vec<Block> {
     let devices = match devices {
         Measured::Available(devices) => devices,
-        Measured::NotAvailable(why) => return not_available(out, "gaps", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("gaps", why)])],
     };
+    let mut blocks = Vec::new();
     for d in devices {
-        line(out, &format!("device {}", d.device), format_args!("{} gaps, {} idle", d.count, text::duration(d.total_ns as f64)));
-        let mut classes = Table::new(&["class", "count", "total", "of idle"], &[0]);
-        for c in &d.classes {
-            classes.row(vec![
+        blocks.push(Block::Facts(vec![fact(
+            &format!("device {}", d.device),
+            format!("{} gaps, {} idle", d.count, text::duration(d.total_ns as f64)),
+        )]));
+        let classes = d.classes.iter().map(|c| {
+            vec![
                 c.class.as_str().into(),
                 c.count.to_string(),
                 text::duration(c.total_ns as f64),
                 text::percent(share(c.total_ns as f64, d.total_ns as f64)),
-            ]);
-        }
-        classes.render(out);
+            ]
+        });
+        blocks.push(Block::Table { header: vec!["class", "count", "total", "of idle"], left: vec![0], rows: classes.collect() });
         if d.largest.is_empty() {
             continue;
         }
-        let mut largest = Table::new(&["at", "duration", "class", "CPU spans (thread, overlap)"], &[2, 3]);
-        for g in &d.largest {
+        let largest = d.largest.iter().map(|g| {
             let spans: Vec<String> = g
                 .cpu_spans
                 .iter()
@@ -402,15 +406,20 @@ pub fn render_gaps(devices: &Measured<Vec<DeviceGaps>>, out: &mut String) {
                     format!("{} ({thread}, {})", text::truncate(&s.name, 40), text::duration(s.overlap_ns as f64))
                 })
                 .collect();
-            largest.row(vec![
+            vec![
                 format!("+{}", text::duration((g.start_ns - d.start_ns) as f64)),
                 text::duration(g.duration_ns as f64),
                 g.class.as_str().into(),
                 if spans.is_empty() { "-".into() } else { spans.join("; ") },
-            ]);
-        }
-        largest.render(out);
+            ]
+        });
+        blocks.push(Block::Table {
+            header: vec!["at", "duration", "class", "CPU spans (thread, overlap)"],
+            left: vec![2, 3],
+            rows: largest.collect(),
+        });
     }
+    blocks
 }
 
 #[cfg(test)]

@@ -9,13 +9,12 @@ use std::fmt::Write;
 
 use crate::compare::{self, Assessment, Comparison, FigureDelta, KernelChangeKind, KernelChanges, Outcome, PhaseShifts, Unit, Verdict};
 use crate::diagnose::Diagnosis;
-use crate::gpu::{DeviceGaps, DeviceUtilisation};
+use crate::gpu::DeviceUtilisation;
 use crate::hardware::Hardware;
 use crate::iterations::Iterations;
 use crate::kernels::Kernels;
 use crate::measured::Measured;
 use crate::sol::SpeedOfLight;
-use crate::stats::share;
 use crate::text;
 use crate::view::Block;
 use crate::Analysis;
@@ -31,7 +30,7 @@ const SECTIONS: [(&str, &str, Body); 14] = [
     ("speed-of-light", "Speed of light", |a, out| speed_of_light(&a.speed_of_light, out)),
     ("steps", "Steps and steady state", |a, out| blocks(out, crate::steps::view(&a.steps))),
     ("gpu", "GPU utilisation", |a, out| gpu(&a.gpu, out)),
-    ("gaps", "GPU idle gaps", |a, out| gaps(&a.gaps, out)),
+    ("gaps", "GPU idle gaps", |a, out| blocks(out, crate::gpu::view_gaps(&a.gaps))),
     ("kernels", "Kernels", |a, out| kernels(&a.kernels, out)),
     ("launch", "Launch overhead", |a, out| blocks(out, crate::launch::view(&a.launch))),
     ("iterations", "Iterations", |a, out| iterations(&a.iterations, out)),
@@ -455,75 +454,12 @@ fn phase_shifts(phases: &Measured<PhaseShifts>, out: &mut String) {
 }
 
 fn gpu(devices: &Measured<Vec<DeviceUtilisation>>, out: &mut String) {
-    let devices = match devices {
-        Measured::Available(devices) => devices,
-        Measured::NotAvailable(why) => {
-            not_available(out, why);
-            return figure(out, CHARTS[0], "GPU busy share over time", Err(why.clone()));
-        }
+    blocks(out, crate::gpu::view_utilisation(devices));
+    let chart = match devices {
+        Measured::Available(devices) => busy_chart(devices),
+        Measured::NotAvailable(why) => Err(why.clone()),
     };
-    for d in devices {
-        h3(out, &format!("device {}", d.device));
-        let window = (d.end_ns - d.start_ns) as f64;
-        let busy = format!(
-            "{} of {} ({}), idle {}",
-            text::duration(d.busy_ns as f64),
-            text::duration(window),
-            text::percent(d.busy_share),
-            text::duration(d.idle_ns as f64)
-        );
-        facts(out, vec![("busy".into(), Measured::Available(busy))]);
-        let kinds = d
-            .kinds
-            .iter()
-            .map(|k| vec![k.kind.to_string(), k.ops.to_string(), text::duration(k.busy_ns as f64), text::percent(k.share_of_busy)]);
-        table(out, &["kind", "ops", "busy", "of busy"], &[0], kinds);
-        let streams = d.streams.iter().map(|s| {
-            let stream = s.stream.map_or("-".to_string(), |s| s.to_string());
-            vec![stream, s.ops.to_string(), text::duration(s.busy_ns as f64), text::percent(s.busy_share)]
-        });
-        table(out, &["stream", "ops", "busy", "busy %"], &[0], streams);
-    }
-    figure(out, CHARTS[0], "GPU busy share over time", busy_chart(devices));
-}
-
-fn gaps(devices: &Measured<Vec<DeviceGaps>>, out: &mut String) {
-    let devices = match devices {
-        Measured::Available(devices) => devices,
-        Measured::NotAvailable(why) => return not_available(out, why),
-    };
-    for d in devices {
-        h3(out, &format!("device {}: {} gaps, {} idle", d.device, d.count, text::duration(d.total_ns as f64)));
-        let classes = d.classes.iter().map(|c| {
-            vec![
-                c.class.as_str().into(),
-                c.count.to_string(),
-                text::duration(c.total_ns as f64),
-                text::percent(share(c.total_ns as f64, d.total_ns as f64)),
-            ]
-        });
-        table(out, &["class", "count", "total", "of idle"], &[0], classes);
-        if d.largest.is_empty() {
-            continue;
-        }
-        let largest = d.largest.iter().map(|g| {
-            let spans: Vec<String> = g
-                .cpu_spans
-                .iter()
-                .map(|s| {
-                    let thread = s.thread.as_ref().map_or(s.tid.to_string(), |name| format!("{} {name}", s.tid));
-                    format!("{} ({thread}, {})", s.name, text::duration(s.overlap_ns as f64))
-                })
-                .collect();
-            vec![
-                format!("+{}", text::duration((g.start_ns - d.start_ns) as f64)),
-                text::duration(g.duration_ns as f64),
-                g.class.as_str().into(),
-                if spans.is_empty() { "-".into() } else { spans.join("; ") },
-            ]
-        });
-        table(out, &["at", "duration", "class", "CPU spans (thread, overlap)"], &[2, 3], largest);
-    }
+    figure(out, CHARTS[0], "GPU busy share over time", chart);
 }
 
 fn dims(d: Option<[u32; 3]>) -> String {

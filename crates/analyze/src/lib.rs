@@ -119,8 +119,8 @@ pub fn render_text(a: &Analysis) -> String {
     view::render_section("Headroom", &headroom::view(&a.headroom), &mut out);
     view::render_section("Speed of light", &sol::view(&a.speed_of_light), &mut out);
     view::render_section("Steps and steady state", &steps::view(&a.steps), &mut out);
-    gpu::render_utilisation(&a.gpu, &mut out);
-    gpu::render_gaps(&a.gaps, &mut out);
+    view::render_section("GPU utilisation", &gpu::view_utilisation(&a.gpu), &mut out);
+    view::render_section("GPU idle gaps", &gpu::view_gaps(&a.gaps), &mut out);
     kernels::render(&a.kernels, &mut out);
     view::render_section("Launch overhead", &launch::view(&a.launch), &mut out);
     view::render_section("Iterations", &iterations::view(&a.iterations), &mut out);
