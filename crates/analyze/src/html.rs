@@ -166,14 +166,6 @@ fn not_available(out: &mut String, why: &str) {
     let _ = writeln!(out, "<p class=\"not-available\">not available: {}</p>", escape(why));
 }
 
-/// `value` as text, or why it is missing.
-fn fact<T>(value: &Measured<T>, show: impl FnOnce(&T) -> String) -> Measured<String> {
-    match value {
-        Measured::Available(v) => Measured::Available(show(v)),
-        Measured::NotAvailable(why) => Measured::NotAvailable(why.clone()),
-    }
-}
-
 /// Labelled values, the page's form of the text report's labelled lines.
 fn facts(out: &mut String, rows: Vec<(String, Measured<String>)>) {
     if rows.is_empty() {
@@ -462,54 +454,13 @@ fn gpu(devices: &Measured<Vec<DeviceUtilisation>>, out: &mut String) {
     figure(out, CHARTS[0], "GPU busy share over time", chart);
 }
 
-fn dims(d: Option<[u32; 3]>) -> String {
-    d.map_or("-".into(), |[x, y, z]| format!("{x},{y},{z}"))
-}
-
 fn kernels(kernels: &Measured<Kernels>, out: &mut String) {
-    let k = match kernels {
-        Measured::Available(k) => k,
-        Measured::NotAvailable(why) => {
-            not_available(out, why);
-            return figure(out, CHARTS[1], "Time share per kernel class", Err(why.clone()));
-        }
+    blocks(out, crate::kernels::view(kernels));
+    let chart = match kernels {
+        Measured::Available(k) => Ok(class_chart(k)),
+        Measured::NotAvailable(why) => Err(why.clone()),
     };
-    facts(out, vec![("kernels".into(), Measured::Available(format!("{} ({} in all)", k.count, text::duration(k.total_ns as f64))))]);
-    let top = k.top.iter().map(|s| {
-        vec![
-            s.name.clone(),
-            s.class.as_str().into(),
-            s.count.to_string(),
-            text::duration(s.total_ns as f64),
-            text::percent(s.share),
-            text::duration(s.mean_ns),
-            text::duration(s.median_ns),
-            text::duration(s.min_ns as f64),
-            text::duration(s.max_ns as f64),
-            dims(s.grid),
-            dims(s.block),
-        ]
-    });
-    table(out, &["kernel", "class", "count", "total", "share", "mean", "median", "min", "max", "grid", "block"], &[0, 1], top);
-    let classes = k
-        .classes
-        .iter()
-        .map(|c| vec![c.class.as_str().into(), c.count.to_string(), text::duration(c.total_ns as f64), text::percent(c.share)]);
-    table(out, &["class", "ops", "total", "share"], &[0], classes);
-    figure(out, CHARTS[1], "Time share per kernel class", Ok(class_chart(k)));
-    let shorter =
-        fact(&k.shorter_than_launch, |s| format!("{} of {} launched kernels ({})", s.count, s.with_launch, text::percent(s.share)));
-    facts(out, vec![("shorter than launch".into(), shorter)]);
-    if let Measured::Available(s) = &k.shorter_than_launch {
-        if !s.names.is_empty() {
-            table(
-                out,
-                &["kernels shorter than their launch", "count"],
-                &[0],
-                s.names.iter().map(|(name, n)| vec![name.clone(), n.to_string()]),
-            );
-        }
-    }
+    figure(out, CHARTS[1], "Time share per kernel class", chart);
 }
 
 fn iterations(iterations: &Measured<Iterations>, out: &mut String) {

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::measured::{Measured, NO_GPU_OPS};
 use crate::stats::{share, Distribution};
-use crate::text::{self, line, not_available, Table};
+use crate::text;
+use crate::view::{fact, measured, missing, Block};
 use crate::LaunchIndex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -284,21 +285,25 @@ fn dims(d: Option<[u32; 3]>) -> String {
     d.map_or("-".into(), |[x, y, z]| format!("{x},{y},{z}"))
 }
 
-pub fn render(kernels: &Measured<Kernels>, out: &mut String) {
-    text::heading(out, "Kernels");
+/// The section's blocks, for the terminal and the page (which adds the class chart).
+pub fn view(kernels: &Measured<Kernels>) -> Vec<Block> {
     let k = match kernels {
         Measured::Available(k) => k,
-        Measured::NotAvailable(why) => return not_available(out, "kernels", why),
+        Measured::NotAvailable(why) => return vec![Block::Facts(vec![missing("kernels", why)])],
     };
-    line(out, "kernels", format_args!("{} ({} in all)", k.count, text::duration(k.total_ns as f64)));
     // Two tables joined by rank, so that each fits the terminal with the names legible.
-    let mut top = Table::new(&["#", "kernel", "class", "count", "total", "share"], &[1, 2]);
-    let mut timing = Table::new(&["#", "mean", "median", "min", "max", "grid", "block"], &[]);
+    let (mut top, mut timing) = (Vec::new(), Vec::new());
     for (rank, s) in k.top.iter().enumerate() {
         let rank = (rank + 1).to_string();
-        let share = text::percent(s.share);
-        top.row(vec![rank.clone(), s.name.clone(), s.class.as_str().into(), s.count.to_string(), text::duration(s.total_ns as f64), share]);
-        timing.row(vec![
+        top.push(vec![
+            rank.clone(),
+            s.name.clone(),
+            s.class.as_str().into(),
+            s.count.to_string(),
+            text::duration(s.total_ns as f64),
+            text::percent(s.share),
+        ]);
+        timing.push(vec![
             rank,
             text::duration(s.mean_ns),
             text::duration(s.median_ns),
@@ -308,28 +313,26 @@ pub fn render(kernels: &Measured<Kernels>, out: &mut String) {
             dims(s.block),
         ]);
     }
-    top.render(out);
-    out.push('\n');
-    timing.render(out);
-    out.push('\n');
-    let mut classes = Table::new(&["class", "ops", "total", "share"], &[0]);
-    for c in &k.classes {
-        classes.row(vec![c.class.as_str().into(), c.count.to_string(), text::duration(c.total_ns as f64), text::percent(c.share)]);
-    }
-    classes.render(out);
-    match &k.shorter_than_launch {
-        Measured::Available(s) => {
-            line(
-                out,
-                "shorter than launch",
-                format_args!("{} of {} launched kernels ({})", s.count, s.with_launch, text::percent(s.share)),
-            );
-            for (name, n) in &s.names {
-                line(out, "", format_args!("{n:>8}  {}", text::truncate(name, 80)));
-            }
+    let classes = k
+        .classes
+        .iter()
+        .map(|c| vec![c.class.as_str().into(), c.count.to_string(), text::duration(c.total_ns as f64), text::percent(c.share)]);
+    let mut blocks = vec![
+        Block::Facts(vec![fact("kernels", format!("{} ({} in all)", k.count, text::duration(k.total_ns as f64)))]),
+        Block::Table { header: vec!["#", "kernel", "class", "count", "total", "share"], left: vec![1, 2], rows: top },
+        Block::Table { header: vec!["#", "mean", "median", "min", "max", "grid", "block"], left: vec![], rows: timing },
+        Block::Table { header: vec!["class", "ops", "total", "share"], left: vec![0], rows: classes.collect() },
+        Block::Facts(vec![measured("shorter than launch", &k.shorter_than_launch, |s| {
+            format!("{} of {} launched kernels ({})", s.count, s.with_launch, text::percent(s.share))
+        })]),
+    ];
+    if let Measured::Available(s) = &k.shorter_than_launch {
+        if !s.names.is_empty() {
+            let rows = s.names.iter().map(|(name, n)| vec![name.clone(), n.to_string()]).collect();
+            blocks.push(Block::Table { header: vec!["kernels shorter than their launch", "count"], left: vec![0], rows });
         }
-        Measured::NotAvailable(why) => not_available(out, "shorter than launch", why),
     }
+    blocks
 }
 
 #[cfg(test)]

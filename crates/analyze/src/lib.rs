@@ -121,7 +121,7 @@ pub fn render_text(a: &Analysis) -> String {
     view::render_section("Steps and steady state", &steps::view(&a.steps), &mut out);
     view::render_section("GPU utilisation", &gpu::view_utilisation(&a.gpu), &mut out);
     view::render_section("GPU idle gaps", &gpu::view_gaps(&a.gaps), &mut out);
-    kernels::render(&a.kernels, &mut out);
+    view::render_section("Kernels", &kernels::view(&a.kernels), &mut out);
     view::render_section("Launch overhead", &launch::view(&a.launch), &mut out);
     view::render_section("Iterations", &iterations::view(&a.iterations), &mut out);
     view::render_section("CPU phases", &iterations::view_phases(&a.phases), &mut out);
