@@ -294,7 +294,7 @@ fn sol_chart(sol: &SpeedOfLight) -> Result<Chart, String> {
     const ROW: f64 = 2.0 * BAR + 14.0;
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
     if let Measured::Available(devices) = &sol.devices {
-        rows.extend(devices.iter().chain(&sol.classes).map(|u| (u.name.clone(), u.dram_percent, u.tensor_percent)));
+        rows.extend(devices.iter().chain(&sol.classes).chain(&sol.phases).map(|u| (u.name.clone(), u.dram_percent, u.tensor_percent)));
     }
     if let Measured::Available(ops) = &sol.ops {
         rows.extend(ops.iter().filter_map(|o| Some((format!("{} (operators)", o.name), o.dram_percent?, o.tensor_percent))));

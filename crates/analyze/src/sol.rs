@@ -1,8 +1,9 @@
 //! Speed of light: how close the GPU's work runs to its ceilings, and which ceiling is nearest,
 //! as Nsight Compute's SOL section judges it. Two sources, each used when the trace has it:
 //! - hardware counters: DRAM bandwidth (read + write, or NVML's bandwidth) against the tensor
-//!   pipe, as % of peak, over the busy samples of the steady steps, per device and per kernel
-//!   class (the class of the kernel running in the middle of each sample);
+//!   pipe, as % of peak, over the busy samples outside outlier steps, per device, per kernel
+//!   class (the class of the kernel running in the middle of each sample) and per CPU phase (the
+//!   phase whose launch call started that kernel);
 //! - the engine's own iteration rows: the bytes (weights and KV cache) and FLOPs each iteration
 //!   moved and computed over its time, against the device's peaks;
 //! - operators' recorded work (an imported torch.profiler trace with input shapes): each kernel
@@ -14,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use lumen_trace::model::{GpuOpKind, TraceData};
+use lumen_trace::model::{GpuOpKind, GpuOpRow, TraceData};
 use serde::Serialize;
 
 use crate::kernels::{classify, ClassRule};
@@ -73,6 +74,8 @@ pub struct SpeedOfLight {
     pub devices: Measured<Vec<UnitUse>>,
     /// From counter samples, per kernel class, most samples first.
     pub classes: Vec<UnitUse>,
+    /// From counter samples, per CPU phase that launched the running kernel, most samples first.
+    pub phases: Vec<UnitUse>,
     /// From the engine's per-iteration bytes and FLOPs.
     pub work: Measured<WorkRates>,
     /// From the operators' recorded work: all attributed kernels first, then per kernel class.
@@ -195,13 +198,13 @@ pub fn peaks(trace: &TraceData) -> Measured<Peaks> {
 
 pub(crate) fn analyze(trace: &TraceData, rules: &[ClassRule], launches: &LaunchIndex, steps: &StepWindows) -> SpeedOfLight {
     let peaks = peaks(trace);
-    let (devices, classes) = match busy_samples(trace, steps) {
-        Ok(samples) => (Measured::Available(per_device(&samples)), per_class(trace, rules, &samples)),
-        Err(why) => (Measured::NotAvailable(why), Vec::new()),
+    let (devices, classes, phases) = match busy_samples(trace, steps) {
+        Ok(samples) => (Measured::Available(per_device(&samples)), per_class(trace, rules, &samples), per_phase(trace, launches, &samples)),
+        Err(why) => (Measured::NotAvailable(why), Vec::new(), Vec::new()),
     };
     let work = work_rates(trace, steps, peaks.get());
     let ops = op_rates(trace, rules, launches, steps, peaks.get());
-    SpeedOfLight { peaks, devices, classes, work, ops }
+    SpeedOfLight { peaks, devices, classes, phases, work, ops }
 }
 
 /// An operator span's recorded work: `{"flops":F,"bytes":B}` in its args.
@@ -372,28 +375,50 @@ fn per_device(samples: &[Sample]) -> Vec<UnitUse> {
     by_device.into_iter().map(|(device, samples)| mean_use(format!("device {device}"), &samples)).collect()
 }
 
-/// The samples grouped by the class of the kernel running at their middle.
-fn per_class(trace: &TraceData, rules: &[ClassRule], samples: &[Sample]) -> Vec<UnitUse> {
-    let mut kernels: HashMap<u32, Vec<(u64, u64, &str)>> = HashMap::new();
-    for op in trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Kernel) {
-        kernels.entry(op.device).or_default().push((op.start_ns, op.end_ns, op.name.as_str()));
+/// The samples grouped by a key of the kernel running at their middle (kernels on several
+/// streams overlap: the last few that started are looked at).
+fn per_kernel_group<'a>(trace: &'a TraceData, samples: &[Sample], mut key: impl FnMut(&'a GpuOpRow) -> Option<String>) -> Vec<UnitUse> {
+    let mut kernels: HashMap<u32, Vec<(u64, u64, usize)>> = HashMap::new();
+    for (i, op) in trace.gpu_ops.iter().enumerate().filter(|(_, op)| op.kind == GpuOpKind::Kernel) {
+        kernels.entry(op.device).or_default().push((op.start_ns, op.end_ns, i));
     }
     for list in kernels.values_mut() {
         list.sort_unstable();
     }
-    let mut classes: HashMap<&'static str, Vec<&Sample>> = HashMap::new();
-    let mut names: HashMap<&str, &'static str> = HashMap::new();
+    let mut groups: HashMap<String, Vec<&Sample>> = HashMap::new();
     for s in samples {
         let Some(list) = kernels.get(&s.device) else { continue };
         let started = &list[..list.partition_point(|k| k.0 <= s.mid_ns)];
-        // Kernels on several streams overlap: look back over the last few that started.
-        let Some(&(_, _, name)) = started.iter().rev().take(8).find(|k| k.1 >= s.mid_ns) else { continue };
-        let class = *names.entry(name).or_insert_with(|| classify(rules, name).as_str());
-        classes.entry(class).or_default().push(s);
+        let Some(&(_, _, i)) = started.iter().rev().take(8).find(|k| k.1 >= s.mid_ns) else { continue };
+        if let Some(group) = key(&trace.gpu_ops[i]) {
+            groups.entry(group).or_default().push(s);
+        }
     }
-    let mut out: Vec<UnitUse> = classes.into_iter().map(|(class, samples)| mean_use(class.to_string(), &samples)).collect();
+    let mut out: Vec<UnitUse> = groups.into_iter().map(|(group, samples)| mean_use(group, &samples)).collect();
     out.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.name.cmp(&b.name)));
     out
+}
+
+fn per_class(trace: &TraceData, rules: &[ClassRule], samples: &[Sample]) -> Vec<UnitUse> {
+    let mut names: HashMap<&str, &'static str> = HashMap::new();
+    per_kernel_group(trace, samples, |op| {
+        Some(names.entry(op.name.as_str()).or_insert_with(|| classify(rules, &op.name).as_str()).to_string())
+    })
+}
+
+/// The samples grouped by the CPU phase (crate::iterations::phase_spans) that launched the kernel
+/// running at their middle.
+fn per_phase(trace: &TraceData, launches: &LaunchIndex, samples: &[Sample]) -> Vec<UnitUse> {
+    let mut phases = crate::iterations::phase_spans(trace);
+    if phases.is_empty() {
+        return Vec::new();
+    }
+    phases.sort_unstable_by_key(|p| (p.start_ns, std::cmp::Reverse(p.end_ns)));
+    per_kernel_group(trace, samples, |op| {
+        let at = launches.launch_of(op)?.start_ns;
+        let started = &phases[..phases.partition_point(|p| p.start_ns <= at)];
+        started.iter().rev().take(16).find(|p| p.end_ns >= at).map(|p| format!("phase {}", p.name))
+    })
 }
 
 fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> Measured<WorkRates> {
@@ -461,6 +486,7 @@ pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
             rows: devices
                 .iter()
                 .chain(&sol.classes)
+                .chain(&sol.phases)
                 .map(|u| {
                     vec![
                         u.name.clone(),
@@ -552,6 +578,17 @@ mod tests {
         assert_eq!((d.samples, d.dram_percent, d.bound), (1, 88.0, Bound::Memory), "read + write, idle sample left out");
         assert_eq!(sol.classes.len(), 1);
         assert_eq!((sol.classes[0].name.as_str(), sol.classes[0].bound), ("norm/elementwise", Bound::Memory));
+        assert!(sol.phases.is_empty(), "no phase spans");
+
+        // The kernel was launched inside the `forward` phase.
+        let mut phased = trace.clone();
+        phased.spans.push(crate::test_rows::span(0, 50, 1, "forward", "phase"));
+        phased.api_calls.push(crate::test_rows::api("cudaLaunchKernel", 10, 20, 1));
+        let sol = analyze(&phased, &default_rules(), &LaunchIndex::new(&phased), &StepWindows::default());
+        assert_eq!(
+            sol.phases.iter().map(|p| (p.name.as_str(), p.samples, p.bound)).collect::<Vec<_>>(),
+            [("phase forward", 1, Bound::Memory)]
+        );
     }
 
     #[test]
