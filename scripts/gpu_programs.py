@@ -62,9 +62,10 @@ The programs, and the verdict expected from `lumen analyze` (pattern names as it
               good: the same stack at batch 1024.             -> tensor-bound GEMMs (compute
                                                                  bound), not small batch
 
-`memory`, `compute` and `smallbatch` need GPU metric samples (`lumen profile --gpu-metrics`);
-imported torch.profiler traces have none, so there the bound patterns are not available. Every
-run stays well under 3 s of GPU time and 5,000 kernels.
+The bound patterns of `memory`, `compute` and `smallbatch` read GPU metric samples (`lumen
+profile --gpu-metrics`); imported torch.profiler traces have none, and there they read the
+operators' recorded shapes instead, which the graph-replayed GEMMs of `compute` lack (not
+available there). Every run stays well under 3 s of GPU time and 5,000 kernels.
 """
 import argparse
 import sys
