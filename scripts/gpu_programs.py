@@ -62,6 +62,14 @@ The programs, and the verdict expected from `lumen analyze` (pattern names as it
               good: the same stack at batch 1024.             -> tensor-bound GEMMs (compute
                                                                  bound), not small batch
 
+  fp32        bad:  FP32 4096x4096 matmuls (TF32 off): the work runs on the FP32 pipes while the
+                    tensor pipes idle.                        -> compute bound against the FP32
+                                                                 peak (from the operators' shapes;
+                                                                 PM sampling has no FP32-pipe
+                                                                 counter on H200, so the collector
+                                                                 trace reads latency bound)
+              good: the same matmuls in bf16.                 -> compute bound (tensor pipes)
+
 The bound patterns of `memory`, `compute` and `smallbatch` read GPU metric samples (`lumen
 profile --gpu-metrics`); imported torch.profiler traces have none, and there they read the
 operators' recorded shapes instead, which the graph-replayed GEMMs of `compute` lack (not
@@ -91,6 +99,7 @@ ALLOC_TENSORS, ALLOC_BYTES = 4, 64 * MIB
 STREAM_BYTES, STREAM_ADDS = GIB, 4
 GEMM_N, GEMM_COUNT = 8192, 4
 MLP_HIDDEN, MLP_BLOCKS, MLP_BATCH_BAD, MLP_BATCH_GOOD = 8192, 4, 1, 1024
+FP32_N, FP32_MATMULS = 4096, 4
 
 
 def capture(fn):
@@ -271,6 +280,21 @@ def smallbatch(variant):
     return step, WARMUP_STEPS
 
 
+def fp32(variant):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dtype = torch.float32 if variant == "bad" else BF16
+    a = torch.randn(FP32_N, FP32_N, device=DEV, dtype=dtype)
+    b = torch.randn(FP32_N, FP32_N, device=DEV, dtype=dtype)
+    c = torch.empty(FP32_N, FP32_N, device=DEV, dtype=dtype)
+
+    def step(part):
+        with part("forward"):
+            for _ in range(FP32_MATMULS):
+                torch.mm(a, b, out=c)
+
+    return step, WARMUP_STEPS
+
+
 PROGRAMS = {
     "launch": launch,
     "host": host,
@@ -280,6 +304,7 @@ PROGRAMS = {
     "memory": memory,
     "compute": compute,
     "smallbatch": smallbatch,
+    "fp32": fp32,
 }
 
 

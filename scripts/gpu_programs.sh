@@ -20,7 +20,7 @@ export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH
 L=${LUMEN_BIN:-$PWD/gpu-tests/lumen}
 O=${OUT:-/tmp/gpu-programs}
 W=/tmp/gpu-programs-work
-PROGRAMS=${PROGRAMS:-launch host sync pageable alloc memory compute smallbatch}
+PROGRAMS=${PROGRAMS:-launch host sync pageable alloc memory compute smallbatch fp32}
 CAPTURE=${CAPTURE:-cudaProfilerApi}
 LIMIT=150 # seconds for any one run
 if [ ! -x "$L" ]; then

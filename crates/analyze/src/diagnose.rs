@@ -511,7 +511,8 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
         ),
         _ => (
             COMPUTE_BOUND,
-            "a good problem: the tensor pipes are near their ceiling; a faster GPU, FP8, or speculative decoding (not in lumen yet)",
+            "a good problem: the compute pipes are near their ceiling (FP32 products on the FP32 pipes would gain from bf16 or TF32 \
+             on the tensor pipes); else a faster GPU, FP8, or speculative decoding (not in lumen yet)",
         ),
     };
     let sol = &f.a.speed_of_light;

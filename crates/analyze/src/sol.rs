@@ -91,6 +91,8 @@ pub struct OpRates {
     pub busy_ns: u64,
     /// The share of the kernel time (of all kernels, or of the class) that has an operator's work.
     pub coverage: f64,
+    /// `tensor_percent` is the compute use against each operator's own ceiling: the FP32 peak for
+    /// FP32 products, the tensor peak for the rest.
     pub dram_gb_s: f64,
     pub tflops: f64,
     pub dram_percent: Option<f64>,
@@ -207,14 +209,15 @@ pub(crate) fn analyze(trace: &TraceData, rules: &[ClassRule], launches: &LaunchI
     SpeedOfLight { peaks, devices, classes, phases, work, ops }
 }
 
-/// An operator span's recorded work: `{"flops":F,"bytes":B}` in its args.
-fn span_work(args: &str) -> Option<(f64, f64)> {
+/// An operator span's recorded work: `{"flops":F,"bytes":B}` in its args, and whether its FLOPs
+/// are FP32 math (`"fp32":true`), whose ceiling is the FP32 peak rather than the tensor peak.
+fn span_work(args: &str) -> Option<(f64, f64, bool)> {
     let number = |key: &str| {
         let at = args.find(&format!("\"{key}\":"))? + key.len() + 3;
         let rest = &args[at..];
         rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().parse::<f64>().ok()
     };
-    Some((number("flops")?, number("bytes")?))
+    Some((number("flops")?, number("bytes")?, args.contains("\"fp32\":true")))
 }
 
 fn op_rates(
@@ -224,11 +227,11 @@ fn op_rates(
     steps: &StepWindows,
     peaks: Option<&Peaks>,
 ) -> Measured<Vec<OpRates>> {
-    // Per thread, the spans with work, sorted by start: (start, end, flops, bytes).
-    let mut by_thread: HashMap<u64, Vec<(u64, u64, f64, f64)>> = HashMap::new();
+    // Per thread, the spans with work, sorted by start: (start, end, flops, bytes, FP32 math).
+    let mut by_thread: HashMap<u64, Vec<(u64, u64, f64, f64, bool)>> = HashMap::new();
     for s in &trace.spans {
-        if let Some((flops, bytes)) = s.args.as_deref().and_then(span_work) {
-            by_thread.entry(s.tid).or_default().push((s.start_ns, s.end_ns, flops, bytes));
+        if let Some((flops, bytes, fp32)) = s.args.as_deref().and_then(span_work) {
+            by_thread.entry(s.tid).or_default().push((s.start_ns, s.end_ns, flops, bytes, fp32));
         }
     }
     if by_thread.is_empty() {
@@ -254,36 +257,40 @@ fn op_rates(
         }
         operator.push(found);
     }
-    // (kernels, busy ns, attributed busy ns, bytes, flops) per class, and for all.
-    let mut totals: HashMap<&'static str, (usize, u64, u64, f64, f64)> = HashMap::new();
+    // (kernels, busy ns, attributed busy ns, bytes, flops, seconds the flops take at their
+    // ceiling) per class, and for all.
+    let mut totals: HashMap<&'static str, (usize, u64, u64, f64, f64, Option<f64>)> = HashMap::new();
     let mut names: HashMap<&str, &'static str> = HashMap::new();
     for (k, op) in kernels.iter().zip(&operator) {
         let ns = k.end_ns.saturating_sub(k.start_ns);
         let class = *names.entry(k.name.as_str()).or_insert_with(|| classify(rules, &k.name).as_str());
         let work = op.map(|(tid, i)| {
-            let (_, _, flops, bytes) = by_thread[&tid][i];
+            let (_, _, flops, bytes, fp32) = by_thread[&tid][i];
             let part = share(ns as f64, op_time[&(tid, i)] as f64);
-            (ns, bytes * part, flops * part)
+            let ceiling = peaks.map(|p| if fp32 { p.fp32_tflops } else { p.tensor_tflops } * 1e12);
+            (ns, bytes * part, flops * part, ceiling.map(|c| flops * part / c))
         });
         for key in [ALL_KERNELS, class] {
             let t = totals.entry(key).or_default();
             t.0 += 1;
             t.1 += ns;
-            if let Some((ns, bytes, flops)) = work {
+            if let Some((ns, bytes, flops, at_ceiling_s)) = work {
                 t.2 += ns;
                 t.3 += bytes;
                 t.4 += flops;
+                t.5 = at_ceiling_s.map(|s| t.5.unwrap_or(0.0) + s);
             }
         }
     }
     let mut rows: Vec<OpRates> = totals
         .into_iter()
         .filter(|(_, t)| t.2 > 0)
-        .map(|(name, (kernels, busy_ns, attributed_ns, bytes, flops))| {
+        .map(|(name, (kernels, busy_ns, attributed_ns, bytes, flops, at_ceiling_s))| {
             let seconds = attributed_ns as f64 / 1e9;
             let (dram_gb_s, tflops) = (bytes / seconds / 1e9, flops / seconds / 1e12);
             let dram_percent = peaks.map(|p| 100.0 * dram_gb_s / p.dram_gb_s);
-            let tensor_percent = peaks.map(|p| 100.0 * tflops / p.tensor_tflops);
+            // FP32 products count against the FP32 peak, the rest against the tensor peak.
+            let tensor_percent = at_ceiling_s.map(|s| 100.0 * s / seconds);
             OpRates {
                 name: name.to_string(),
                 kernels,
@@ -503,7 +510,7 @@ pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
     });
     blocks.push(match &sol.ops {
         Measured::Available(ops) => Block::Table {
-            header: vec!["operators' work", "kernels", "covered", "DRAM", "tensor", "nearest ceiling"],
+            header: vec!["operators' work", "kernels", "covered", "DRAM", "compute", "nearest ceiling"],
             left: vec![0, 5],
             rows: ops
                 .iter()
@@ -647,6 +654,16 @@ mod tests {
         // Two thirds of the mm's bytes in its 100 µs kernel: 3.58 TB/s.
         assert!((gemm.dram_gb_s - 536_936_448.0 * 2.0 / 3.0 / 100e-6 / 1e9).abs() < 1e-6, "{gemm:?}");
         assert!(gemm.tensor_percent.unwrap() < 1.0);
+
+        // The same product in FP32 runs on the FP32 pipes: 2.7 TFLOP in 50 ms is 81% of 67.
+        let mut fp32 = trace.clone();
+        fp32.spans[1].args = Some("{\"flops\":2.7e12,\"bytes\":1000,\"fp32\":true}".into());
+        fp32.gpu_ops[0].end_ns = 10_000 + 50_000_000;
+        fp32.gpu_ops.truncate(1);
+        let ops = analyze(&fp32, &default_rules(), &LaunchIndex::new(&fp32), &StepWindows::default()).ops.get().cloned().unwrap();
+        let gemm = ops.iter().find(|o| o.name == "gemm").unwrap();
+        assert!((gemm.tensor_percent.unwrap() - 2.7e12 / 0.05 / 67e12 * 100.0).abs() < 1e-9, "{gemm:?}");
+        assert_eq!(gemm.bound, Some(Bound::Compute));
         let none = TraceData { gpu_ops: trace.gpu_ops.clone(), ..TraceData::default() };
         assert!(analyze(&none, &default_rules(), &LaunchIndex::new(&none), &StepWindows::default()).ops.get().is_none());
     }

@@ -77,6 +77,16 @@ fn torch_traces_judge_the_bound_from_the_operators_shapes() {
     let memory = analysed("programs/memory-bad-torch.lumen");
     let all = &memory.speed_of_light.ops.get().expect("aten::add recorded its shapes")[0];
     assert!(all.coverage > 0.9 && (80.0..100.0).contains(&all.dram_percent.unwrap()), "{all:?}");
+    // FP32 products (TF32 off) count against the FP32 peak: 51 TFLOP/s is far from the tensor
+    // peak and near the FP32 one.
+    let fp32 = analysed("programs/fp32-bad-torch.lumen");
+    let all = fp32.speed_of_light.ops.get().unwrap()[0].clone();
+    assert!(all.tflops < 100.0 && all.tensor_percent.unwrap() > 60.0 && fired(&fp32).contains(&COMPUTE_BOUND), "{all:?}");
+    assert!(fired(&analysed("programs/fp32-good-torch.lumen")).contains(&COMPUTE_BOUND));
+    // PM sampling has no FP32-pipe counter on the H200: the collector trace cannot call it
+    // compute bound, and must not call it memory bound either.
+    let counted = analysed("programs/fp32-bad-profile.lumen");
+    assert!(!fired(&counted).contains(&MEMORY_BOUND) && !fired(&counted).contains(&SMALL_BATCH), "{:?}", fired(&counted));
     let small = analysed("programs/smallbatch-good-torch.lumen");
     let gemm = small.speed_of_light.ops.get().unwrap().iter().find(|o| o.name == "gemm").cloned().unwrap();
     assert!(gemm.tensor_percent.unwrap() > 50.0 && fired(&small).contains(&COMPUTE_BOUND), "{gemm:?}");

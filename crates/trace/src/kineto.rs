@@ -20,7 +20,8 @@
 //!   `ProfilerStep#N` ones are also iteration N. An operator recorded with its input shapes
 //!   (`record_shapes=True`) gets its work as the span's args, `{"flops":F,"bytes":B}`: the bytes
 //!   of its tensor inputs and output, and the FLOPs of matrix products (or the profiler's own
-//!   `flops`), so the analyzer can put its kernels' rates against the GPU's peaks. A step written without a duration lasts until
+//!   `flops`), with `"fp32":true` for products of `float` inputs (FP32 math, not the tensor
+//!   pipes), so the analyzer can put its kernels' rates against the GPU's peaks. A step written without a duration lasts until
 //!   the next step of its thread starts (the last one until its thread's last event ends). Its
 //!   device time runs from the first start to the last end of the GPU work whose launch call
 //!   started inside it, as CUDA events around the step would measure it;
@@ -709,6 +710,9 @@ struct PendingSpan {
 struct OpWork {
     flops: f64,
     bytes: u64,
+    /// FP32 math: a matrix product of `float` inputs, which PyTorch runs on the FP32 pipes
+    /// (TF32 is off for matrix products by default), so its ceiling is the FP32 peak.
+    fp32: bool,
 }
 
 /// Bytes per element of a recorded input type; `None` for a type lumen does not size.
@@ -747,7 +751,8 @@ fn op_work(name: &str, dims: &[Option<Vec<u64>>], types: &[String], flops: Optio
         None if tensors[1..].iter().any(|(d, _)| *d == first) && tensors.len() >= 3 => (0, 0.0),
         None => (numel(first) * size, 0.0),
     };
-    let work = OpWork { flops: flops.unwrap_or(computed), bytes: read + written };
+    let fp32 = product.is_some() && types.first().is_some_and(|t| t == "float");
+    let work = OpWork { flops: flops.unwrap_or(computed), bytes: read + written, fp32 };
     (work.bytes > 0).then_some(work)
 }
 
@@ -1179,7 +1184,10 @@ impl Importer {
                 category: self.strings.get(span.cat).to_string(),
                 depth: open.len() as u32,
                 iteration: None,
-                args: span.work.map(|w| format!("{{\"flops\":{},\"bytes\":{}}}", w.flops, w.bytes)),
+                args: span.work.map(|w| {
+                    let fp32 = if w.fp32 { ",\"fp32\":true" } else { "" };
+                    format!("{{\"flops\":{},\"bytes\":{}{fp32}}}", w.flops, w.bytes)
+                }),
             });
             open.push(span.end_ns);
             if chunk.len() == BATCH_ROWS {
@@ -1247,8 +1255,9 @@ mod op_work_tests {
         let w = op_work("aten::mm", &shapes(&[&[1, 8192], &[8192, 32768]]), &types(2, "c10::BFloat16"), None).unwrap();
         assert_eq!(w.flops, 2.0 * 8192.0 * 32768.0);
         assert_eq!(w.bytes, 2 * (8192 + 8192 * 32768 + 32768));
+        assert!(!w.fp32, "bf16 products run on the tensor pipes");
         let addmm = op_work("aten::addmm", &shapes(&[&[64], &[16, 32], &[32, 64]]), &types(3, "float"), None).unwrap();
-        assert_eq!((addmm.flops, addmm.bytes), (2.0 * 16.0 * 32.0 * 64.0, 4 * (64 + 16 * 32 + 32 * 64 + 16 * 64)));
+        assert_eq!((addmm.flops, addmm.bytes, addmm.fp32), (2.0 * 16.0 * 32.0 * 64.0, 4 * (64 + 16 * 32 + 32 * 64 + 16 * 64), true));
         let bmm = op_work("aten::bmm", &shapes(&[&[4, 2, 3], &[4, 3, 5]]), &types(2, "c10::Half"), Some(7.0)).unwrap();
         assert_eq!((bmm.flops, bmm.bytes), (7.0, 2 * (24 + 60 + 40)), "the profiler's flops win");
     }
@@ -1260,7 +1269,7 @@ mod op_work_tests {
         let out = op_work("aten::add", &[Some(vec![n]), Some(vec![n]), Some(vec![]), Some(vec![n])], &types4, None).unwrap();
         assert_eq!((out.flops, out.bytes), (0.0, 3 * 2 * n), "an out= tensor is the output");
         let functional = op_work("aten::mul", &shapes(&[&[8, 8], &[8, 8]]), &types(2, "float"), None).unwrap();
-        assert_eq!(functional.bytes, 3 * 4 * 64);
+        assert_eq!((functional.bytes, functional.fp32), (3 * 4 * 64, false), "no FLOPs counted, no FP32 ceiling");
         assert_eq!(op_work("aten::empty", &[Some(vec![])], &types(1, "float"), None), None, "no tensor input, no work");
         assert_eq!(op_work("aten::mm", &shapes(&[&[2, 2], &[2, 2]]), &types(2, "unknown"), None), None);
     }
