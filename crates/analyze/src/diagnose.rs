@@ -318,10 +318,12 @@ pub(crate) fn diagnose(trace: &TraceData, a: &Analysis, steps: &StepWindows, lau
             Outcome::NotAvailable(reason) => diagnosis.not_available.push(Unavailable { pattern, reason }),
         }
     }
-    let rank = |f: &Finding| {
-        (f.kind != Kind::Headroom, std::cmp::Reverse((f.expected_gain.unwrap_or(0.0) * 1e6) as u64), std::cmp::Reverse(f.explained_ns))
-    };
-    diagnosis.findings.sort_by_key(rank);
+    diagnosis.findings.sort_by(|a, b| {
+        (a.kind != Kind::Headroom)
+            .cmp(&(b.kind != Kind::Headroom))
+            .then(b.expected_gain.unwrap_or(0.0).total_cmp(&a.expected_gain.unwrap_or(0.0)))
+            .then(b.explained_ns.cmp(&a.explained_ns))
+    });
     diagnosis
 }
 
@@ -473,8 +475,17 @@ fn concurrency(f: &Facts, h: &Headroom) -> Outcome {
     Outcome::Fires(finding)
 }
 
-/// The busy share of each device over its steady window (one-off outlier gaps left out).
-fn steady_busy(a: &Analysis) -> Option<Vec<(u32, f64, u64, u64, u64)>> {
+/// One device's busy time over its steady window (one-off outlier gaps left out).
+#[derive(Clone, Copy)]
+struct SteadyBusy {
+    device: u32,
+    share: f64,
+    busy_ns: u64,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+fn steady_busy(a: &Analysis) -> Option<Vec<SteadyBusy>> {
     let (devices, gaps) = (a.gpu.get()?, a.gaps.get()?);
     Some(
         devices
@@ -488,7 +499,13 @@ fn steady_busy(a: &Analysis) -> Option<Vec<(u32, f64, u64, u64, u64)>> {
                     .map(|c| c.total_ns)
                     .sum();
                 let window = (d.end_ns - d.start_ns).saturating_sub(outlier_ns);
-                (d.device, share(d.busy_ns as f64, window as f64), d.busy_ns, d.start_ns, d.end_ns)
+                SteadyBusy {
+                    device: d.device,
+                    share: share(d.busy_ns as f64, window as f64),
+                    busy_ns: d.busy_ns,
+                    start_ns: d.start_ns,
+                    end_ns: d.end_ns,
+                }
             })
             .collect(),
     )
@@ -522,12 +539,12 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
     let mut range = None;
     if let Measured::Available(devices) = &sol.devices {
         for u in devices.iter().filter(|u| u.bound == wanted) {
-            let device_busy = busy.as_ref().and_then(|b| b.iter().find(|d| format!("device {}", d.0) == u.name).copied());
-            if device_busy.is_some_and(|d| d.1 < LOW_BUSY) {
+            let device_busy = busy.as_ref().and_then(|b| b.iter().find(|d| format!("device {}", d.device) == u.name).copied());
+            if device_busy.is_some_and(|d| d.share < LOW_BUSY) {
                 continue;
             }
             evidence.push(format!("{}: {}", u.name, percent_of(u)));
-            explained_ns += device_busy.map_or(u.end_ns - u.start_ns, |d| d.2);
+            explained_ns += device_busy.map_or(u.end_ns - u.start_ns, |d| d.busy_ns);
             range = f.relative(u.start_ns, u.end_ns);
         }
     }
@@ -650,18 +667,25 @@ fn low_utilisation(f: &Facts) -> Outcome {
         Some(devices) => devices,
         None => return Outcome::NotAvailable(no_gpu(f.a)),
     };
-    let low: Vec<_> = devices.iter().filter(|d| d.1 < LOW_BUSY).collect();
+    let low: Vec<_> = devices.iter().filter(|d| d.share < LOW_BUSY).collect();
     if low.is_empty() {
         return Outcome::NotFound;
     }
     let mut evidence: Vec<String> = low
         .iter()
-        .map(|d| format!("device {} busy {} of {} (steady steps)", d.0, text::percent(d.1), text::duration((d.4 - d.3) as f64)))
+        .map(|d| {
+            format!(
+                "device {} busy {} of {} (steady steps)",
+                d.device,
+                text::percent(d.share),
+                text::duration((d.end_ns - d.start_ns) as f64)
+            )
+        })
         .collect();
     if f.a.hardware.get().is_none() {
         evidence.push("time utilisation only: the trace has no SM/DRAM samples".into());
     }
-    let idle: u64 = low.iter().map(|d| ((d.4 - d.3) as f64 * (1.0 - d.1)).max(0.0) as u64).sum();
+    let idle: u64 = low.iter().map(|d| ((d.end_ns - d.start_ns) as f64 * (1.0 - d.share)).max(0.0) as u64).sum();
     let mut finding = Finding::new(
         LOW_UTILISATION,
         idle,
@@ -670,7 +694,7 @@ fn low_utilisation(f: &Facts) -> Outcome {
          (`lumen bench throughput --concurrency`)"
             .into(),
     );
-    finding.range_ns = f.relative(low.iter().map(|d| d.3).min().unwrap_or(0), low.iter().map(|d| d.4).max().unwrap_or(0));
+    finding.range_ns = f.relative(low.iter().map(|d| d.start_ns).min().unwrap_or(0), low.iter().map(|d| d.end_ns).max().unwrap_or(0));
     Outcome::Fires(finding)
 }
 

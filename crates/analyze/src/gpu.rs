@@ -12,7 +12,7 @@ use lumen_trace::model::{GpuOpKind, GpuOpRow, SpanRow, TraceData};
 use serde::Serialize;
 
 use crate::measured::{Measured, NO_GPU_OPS};
-use crate::stats::{covered_ns, share, union, Buckets, Interval};
+use crate::stats::{covered_ns, covered_within, share, union, Buckets, Interval};
 use crate::steps::StepWindows;
 use crate::text;
 use crate::view::{fact, missing, Block};
@@ -230,12 +230,6 @@ fn sync_intervals(trace: &TraceData) -> Vec<Interval> {
     union(intervals)
 }
 
-/// The time in `[start, end)` that the sorted, disjoint `intervals` cover.
-fn covered_in(sorted: &[Interval], start: u64, end: u64) -> u64 {
-    let first = sorted.partition_point(|s| s.end <= start);
-    sorted[first..].iter().take_while(|s| s.start < end).map(|s| s.end.min(end) - s.start.max(start)).sum()
-}
-
 /// One gap's time by class: the sync part, and the class of the rest.
 struct GapParts {
     sync_ns: u64,
@@ -258,7 +252,7 @@ fn classify(start: u64, end: u64, next: &GpuOpRow, sync: &[Interval], launches: 
     if steps.in_outlier(start) {
         return GapParts { sync_ns: 0, rest: GapClass::OutlierStep, rest_ns: duration };
     }
-    let sync_ns = covered_in(sync, start, end);
+    let sync_ns = covered_within(sync, start, end);
     let rest_ns = duration - sync_ns;
     if sync_ns > 0 && rest_ns < SYNC_RELAUNCH_NS {
         // The relaunch after the host came back from the sync: still the sync's cost.

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::measured::Measured;
 use crate::sol::Peaks;
-use crate::stats::quantile;
+use crate::stats::Distribution;
 use crate::steps::StepWindows;
 use crate::text;
 use crate::view::{fact, missing, Block};
@@ -94,9 +94,7 @@ pub(crate) fn analyze(trace: &TraceData, steps: &StepWindows, peaks: Option<&Pea
     let mean_queued = (!with_queue.is_empty()).then(|| with_queue.iter().sum::<u64>() as f64 / with_queue.len() as f64);
     let kv: Vec<f64> = rows.iter().filter(|r| r.kv_total_blocks > 0).map(|r| r.kv_used_blocks as f64 / r.kv_total_blocks as f64).collect();
     let kv_peak = kv.iter().copied().reduce(f64::max);
-    let mut batches: Vec<f64> = rows.iter().map(|r| batch(r) as f64).collect();
-    batches.sort_unstable_by(f64::total_cmp);
-    let median_batch = quantile(&batches, 0.5);
+    let median_batch = median(rows.iter().map(|r| batch(r) as f64).collect()).expect("rows are not empty");
     let suggestion = max_batch_size.and_then(|cap| suggest(trace, &rows, cap, max_num_tokens, peaks));
     Measured::Available(Headroom {
         iterations: rows.len(),
@@ -166,8 +164,7 @@ impl TimeModel {
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_unstable_by(f64::total_cmp);
-    (!values.is_empty()).then(|| quantile(&values, 0.5))
+    Distribution::of(&mut values).map(|d| d.median)
 }
 
 fn time_model(rows: &[&IterationRow], at_cap: &[&IterationRow], peaks: Option<&Peaks>) -> Option<TimeModel> {

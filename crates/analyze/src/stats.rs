@@ -119,6 +119,12 @@ impl Buckets {
     }
 }
 
+/// The time in `[start, end)` that sorted, disjoint `intervals` (a [`union`]) cover.
+pub fn covered_within(intervals: &[Interval], start: u64, end: u64) -> u64 {
+    let first = intervals.partition_point(|i| i.end <= start);
+    intervals[first..].iter().take_while(|i| i.start < end).map(|i| i.end.min(end) - i.start.max(start)).sum()
+}
+
 /// `part / whole`, or 0 when `whole` is 0.
 pub fn share(part: f64, whole: f64) -> f64 {
     if whole > 0.0 {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::gpu::is_busy;
 use crate::iterations::{iteration_number, outlier_threshold};
 use crate::measured::Measured;
-use crate::stats::{covered_ns, union, Interval};
+use crate::stats::{covered_within, union, Interval};
 use crate::text;
 use crate::view::{fact, missing, Block};
 
@@ -168,13 +168,7 @@ fn busy_union(trace: &TraceData) -> Option<Vec<Interval>> {
 
 /// The time in `[start, end)` that no interval of `busy` covers.
 fn idle_in(busy: &[Interval], start: u64, end: u64) -> u64 {
-    let first = busy.partition_point(|b| b.end <= start);
-    let inside: Vec<Interval> = busy[first..]
-        .iter()
-        .take_while(|b| b.start < end)
-        .map(|b| Interval { start: b.start.max(start), end: b.end.min(end), first: 0 })
-        .collect();
-    (end - start).saturating_sub(covered_ns(&inside))
+    (end - start).saturating_sub(covered_within(busy, start, end))
 }
 
 /// The longest CUDA calls and the longest CPU ranges (other than the step itself) inside a step.
