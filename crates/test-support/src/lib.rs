@@ -1,0 +1,5 @@
+//! Dev-only helpers shared by lumen's tests: the GPU gate that skips or fails,
+//! scratch directories, the headless Chromium launcher and trace builders.
+//! No library crate depends on it outside `[dev-dependencies]`.
+
+pub mod gpu;
