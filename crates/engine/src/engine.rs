@@ -79,6 +79,19 @@ impl Engine {
         self.kv.num_blocks()
     }
 
+    /// KV blocks on the free list.
+    pub fn kv_free_blocks(&self) -> usize {
+        self.kv.num_free()
+    }
+
+    /// Checks the KV block accounting: the free list and the block tables of every request
+    /// (submitted, waiting or running) hold each block exactly once. Returns the blocks the
+    /// requests hold, or what is wrong.
+    pub fn audit_kv_blocks(&self) -> Result<usize, String> {
+        let tables = self.incoming.iter().chain(&self.scheduler.waiting).chain(&self.scheduler.running);
+        self.kv.audit(tables.map(|s| s.block_table.as_slice()))
+    }
+
     pub fn max_seq_len(&self) -> usize {
         self.max_seq_len
     }

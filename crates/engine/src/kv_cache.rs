@@ -60,6 +60,34 @@ impl KvCacheManager {
         self.free.append(table);
     }
 
+    /// Checks that the free list and `tables` together hold every block exactly once, and
+    /// returns the number of blocks the tables hold. The error names the first block that is
+    /// held twice, out of range, or lost (neither free nor in a table).
+    pub fn audit<'a>(&self, tables: impl IntoIterator<Item = &'a [u32]>) -> Result<usize, String> {
+        let mut owner: Vec<Option<&str>> = vec![None; self.num_blocks];
+        let mut claim = |block: u32, by: &'static str| -> Result<(), String> {
+            let slot = owner.get_mut(block as usize).ok_or_else(|| format!("block {block} is out of range (of {})", self.num_blocks))?;
+            if let Some(first) = slot.replace(by) {
+                return Err(format!("block {block} is held twice ({first} and {by})"));
+            }
+            Ok(())
+        };
+        for &b in &self.free {
+            claim(b, "the free list")?;
+        }
+        let mut held = 0;
+        for table in tables {
+            for &b in table {
+                claim(b, "a block table")?;
+                held += 1;
+            }
+        }
+        match owner.iter().position(Option::is_none) {
+            Some(lost) => Err(format!("block {lost} is lost: neither free nor in a block table")),
+            None => Ok(held),
+        }
+    }
+
     /// The KV slot of position `pos` of a sequence with `table`.
     pub fn slot(&self, table: &[u32], pos: usize) -> usize {
         table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
@@ -84,5 +112,21 @@ mod tests {
         assert!(a.is_empty() && m.num_free() == 4);
         assert!(m.grow(&mut b, 8));
         assert_eq!((m.allocated_total, m.freed_total), (6, 2));
+    }
+
+    #[test]
+    fn the_audit_finds_lost_doubled_and_foreign_blocks() {
+        let mut m = KvCacheManager::new(6, 2);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert!(m.grow(&mut a, 3) && m.grow(&mut b, 4));
+        assert_eq!(m.audit([a.as_slice(), b.as_slice()]), Ok(4));
+        let e = m.audit([a.as_slice()]).unwrap_err();
+        assert!(e.contains("lost"), "{e}");
+        let twice = [a[0], a[1], a[0]];
+        assert!(m.audit([twice.as_slice(), b.as_slice()]).unwrap_err().contains(&format!("block {} is held twice", a[0])));
+        assert!(m.audit([a.as_slice(), b.as_slice(), &[9]]).unwrap_err().contains("block 9 is out of range"));
+        m.release(&mut a);
+        m.release(&mut b);
+        assert_eq!(m.audit([]), Ok(0));
     }
 }

@@ -1,10 +1,20 @@
 //! The engine is batch-invariant: requests served together — prefill mixed with decode, prompts
 //! split into chunks, sequences preempted and recomputed because the KV cache is tiny — produce
 //! exactly the tokens each request produces when it runs alone.
+//!
+//! The comparison only means something when the tokens depend on the input: each test first
+//! checks that no request just repeats its last prompt token and that the sampled requests draw
+//! from a broad distribution. The preset is `tiny-untied`, whose output layer is its own: a tied
+//! random preset predicts the last prompt token with probability 1.
 
+use lumen_backend::AttentionSeq;
 use lumen_engine::{Engine, EngineConfig, FinishReason, KvBudget, Request, RequestEvent, SamplingParams, StopConditions};
-use lumen_model::{load_model, Model};
+use lumen_model::{load_model, ForwardBatch, Model};
 use std::sync::Arc;
+
+/// The least entropy, in nats, a sampled request's first distribution must have for the sampled
+/// half to test sampling (e^1.5 ≈ 4.5 equally likely tokens).
+const MIN_SAMPLING_ENTROPY: f64 = 1.5;
 
 fn request(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> Request {
     Request { prompt, sampling, stop: StopConditions { max_tokens, stop_ids: Vec::new(), ignore_eos: true } }
@@ -34,6 +44,7 @@ fn together(model: &Arc<Model>, requests: &[Request], config: EngineConfig) -> (
         chunked |= s.num_ctx_tokens == config.max_num_tokens - s.num_gen_tokens && s.num_ctx_requests > 0;
     }
     assert!(mixed, "no iteration mixed prefill and decode");
+    assert_eq!(engine.kv_free_blocks(), engine.kv_blocks(), "after preemptions every KV block is free again");
     (streams.into_iter().map(|s| s.collect().0).collect(), chunked, preempted)
 }
 
@@ -41,8 +52,48 @@ fn prompts(count: usize, vocab: u32) -> Vec<Vec<u32>> {
     (0..count).map(|i| (0..(5 + 7 * i) as u32).map(|k| (k * 131 + i as u32 * 17 + 3) % vocab).collect()).collect()
 }
 
+/// Fails when a request's output is its last prompt token over and over, which would make every
+/// comparison below blind to a step that reads the wrong inputs.
+fn assert_outputs_vary(requests: &[Request], outputs: &[Vec<u32>]) {
+    for (i, (r, out)) in requests.iter().zip(outputs).enumerate() {
+        let last = *r.prompt.last().unwrap();
+        let distinct = out.iter().collect::<std::collections::BTreeSet<_>>().len();
+        assert!(distinct >= 2 && out.iter().any(|&t| t != last), "request {i} repeats one token: {out:?} (last prompt token {last})");
+    }
+}
+
+/// The entropy in nats of the distribution `params` sample the next token of `prompt` from:
+/// softmax at the temperature over the `top_k` highest logits, cut to the smallest set reaching
+/// `top_p`, renormalised.
+fn sampling_entropy(model: &Model, prompt: &[u32], params: &SamplingParams) -> f64 {
+    let decoder = model.cpu_decoder().unwrap();
+    let n = prompt.len();
+    let block_size = 16;
+    let table: Vec<u32> = (0..n.div_ceil(block_size) as u32).collect();
+    let mut kv = decoder.new_kv_storage(table.len(), block_size);
+    let positions: Vec<usize> = (0..n).collect();
+    let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
+    let batch = ForwardBatch { tokens: prompt, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &[n - 1] };
+    let mut logits: Vec<f64> = decoder.forward(&batch, &mut kv).iter().map(|&z| z as f64 / params.temperature as f64).collect();
+    logits.sort_by(|a, b| b.total_cmp(a));
+    if params.top_k > 0 {
+        logits.truncate(params.top_k);
+    }
+    let total: f64 = logits.iter().map(|z| (z - logits[0]).exp()).sum();
+    let mut kept = Vec::new();
+    for z in &logits {
+        kept.push((z - logits[0]).exp() / total);
+        if kept.iter().sum::<f64>() >= params.top_p as f64 {
+            break;
+        }
+    }
+    let mass: f64 = kept.iter().sum();
+    -kept.iter().map(|p| p / mass * (p / mass).ln()).sum::<f64>()
+}
+
 fn check(model: Arc<Model>, requests: Vec<Request>, config: EngineConfig) {
     let solo: Vec<Vec<u32>> = requests.iter().map(|r| alone(&model, r)).collect();
+    assert_outputs_vary(&requests, &solo);
     let (batched, chunked, preempted) = together(&model, &requests, config);
     assert!(chunked, "no prompt was split into chunks");
     assert!(preempted, "no request was preempted");
@@ -62,8 +113,8 @@ fn greedy_tokens_on_the_real_model_do_not_depend_on_the_batch() {
 
 #[test]
 fn sampled_tokens_on_a_preset_do_not_depend_on_the_batch() {
-    let model = Arc::new(load_model("tiny@3").unwrap());
-    let requests = prompts(16, 512)
+    let model = Arc::new(load_model("tiny-untied@3").unwrap());
+    let requests: Vec<Request> = prompts(16, 512)
         .into_iter()
         .enumerate()
         .map(|(i, p)| {
@@ -75,6 +126,10 @@ fn sampled_tokens_on_a_preset_do_not_depend_on_the_batch() {
             request(p, 12, sampling)
         })
         .collect();
+    for r in requests.iter().filter(|r| r.sampling.temperature > 0.0) {
+        let entropy = sampling_entropy(&model, &r.prompt, &r.sampling);
+        assert!(entropy >= MIN_SAMPLING_ENTROPY, "a sampled request draws from {entropy:.3} nats: it is greedy in effect");
+    }
     let config =
         EngineConfig { max_batch_size: 6, max_num_tokens: 32, block_size: 4, kv_budget: KvBudget::Tokens(200), ..EngineConfig::default() };
     check(model, requests, config);

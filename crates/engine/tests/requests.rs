@@ -62,11 +62,31 @@ fn abort_frees_the_request_and_reports_it() {
     let s = e.submit(greedy(vec![4, 5, 6], 100, vec![], true));
     e.step().unwrap();
     e.step().unwrap();
+    assert!(e.audit_kv_blocks().unwrap() > 0, "the running request holds blocks");
     e.abort(s.id);
     assert!(!e.has_work());
+    assert_eq!(e.kv_free_blocks(), e.kv_blocks(), "the aborted request's blocks are free again");
     let (tokens, done) = s.collect();
     assert_eq!(tokens.len(), 2);
     assert!(matches!(done, RequestEvent::Finished { reason: FinishReason::Aborted, output_tokens: 2, .. }), "{done:?}");
+}
+
+#[test]
+fn a_failed_engine_ends_every_request_and_frees_every_block() {
+    let mut e = engine(EngineConfig { max_batch_size: 2, ..EngineConfig::default() });
+    let streams: Vec<_> = (0..4).map(|i| e.submit(greedy(vec![i + 1, 2, 3], 50, vec![], true))).collect();
+    e.step().unwrap();
+    let queued = e.submit(greedy(vec![8, 9], 5, vec![], true));
+    assert!(e.audit_kv_blocks().unwrap() > 0);
+    e.fail_all("a planted device error");
+    assert!(!e.has_work());
+    assert_eq!(e.kv_free_blocks(), e.kv_blocks());
+    for s in streams.into_iter().chain([queued]) {
+        match s.collect().1 {
+            RequestEvent::Finished { reason: FinishReason::Rejected(why), .. } => assert!(why.contains("a planted device error"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -9,8 +9,25 @@ use crate::config::{ModelConfig, RopeScaling};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-pub const PRESET_NAMES: [&str; 8] =
-    ["llama-3.1-70b", "llama-3.1-8b", "llama-3.2-1b", "smollm2-135m", "tiny", "tiny-qwen2", "tiny-qwen3", "tiny-mistral"];
+pub const PRESET_NAMES: [&str; 11] = [
+    "llama-3.1-70b",
+    "llama-3.1-8b",
+    "llama-3.2-1b",
+    "llama-3.2-1b-untied",
+    "smollm2-135m",
+    "smollm2-135m-untied",
+    "tiny",
+    "tiny-untied",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-mistral",
+];
+
+/// Presets whose output layer reuses the embedding predict the last input token: with random
+/// weights its logit, the embedding's squared norm, outweighs every other by far. The `-untied`
+/// variants have an output layer of their own, so their next token varies with the input and
+/// their sampled distributions are broad; token-level tests use them.
+const UNTIED_SUFFIX: &str = "-untied";
 
 fn llama3_scaling(factor: f64, original: f64) -> Option<RopeScaling> {
     Some(RopeScaling { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: original })
@@ -39,6 +56,9 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
     };
+    if let Some(tied) = name.strip_suffix(UNTIED_SUFFIX).filter(|_| PRESET_NAMES.contains(&name)) {
+        return Ok(ModelConfig { tie_word_embeddings: false, ..preset_config(tied)? });
+    }
     let c = match name {
         "tiny" => base,
         "tiny-qwen2" => ModelConfig {
@@ -180,6 +200,16 @@ mod tests {
     fn unknown_preset_lists_the_names() {
         let e = preset_config("llama-9000").unwrap_err().to_string();
         assert!(e.contains("unknown preset \"llama-9000\"") && e.contains("llama-3.1-8b"), "{e}");
+    }
+
+    #[test]
+    fn untied_presets_differ_from_their_base_only_in_the_output_layer() {
+        for name in ["tiny", "smollm2-135m", "llama-3.2-1b"] {
+            let (tied, untied) = (preset_config(name).unwrap(), preset_config(&format!("{name}-untied")).unwrap());
+            assert!(tied.tie_word_embeddings && !untied.tie_word_embeddings, "{name}");
+            assert_eq!(ModelConfig { tie_word_embeddings: true, ..untied }, tied, "{name}");
+        }
+        assert!(preset_config("nothing-untied").is_err() && preset_config("tiny-qwen2-untied").is_err());
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //!   GPU keeps weights and activations in bf16 (8-bit mantissa) with f32 accumulation, which puts
 //!   a single product near 4e-3 and lets error grow over the layers.
 //! - Greedy decoding: the CUDA and CPU token chains are identical for the first 12 tokens.
+//! - Token-level checks run on `-untied` presets, whose next token varies with the input (a tied
+//!   random preset predicts the last prompt token every time, which would hide a step that reads
+//!   stale inputs); each first asserts that its chains do not repeat one token.
 //! - Batch invariance (batch-invariant mode): a sequence's logits are bit-identical whether it runs alone or batched
 //!   with others, in prefill, chunked prefill and decode.
-//! - CUDA graphs (batch-invariant mode): decode steps through captured graphs (padded batches included) give the same
-//!   tokens, bit for bit, as eager steps.
+//! - CUDA graphs (batch-invariant mode): decode steps through captured graphs (padded batches
+//!   included) give the same logits, bit for bit, as eager steps.
 //!
 //! Models: random-weight presets of the SmolLM2-135M (head_dim 64, GQA 3) and Llama-3.2-1B
 //! (head_dim 64, GQA 4, 128k vocabulary) shapes. Every output buffer is poisoned with NaN bytes
@@ -25,14 +28,18 @@ const GREEDY_STEPS: usize = 12;
 const BLOCK: usize = 16;
 const BLOCKS_PER_SEQ: usize = 32;
 
+/// Whether a GPU can be opened; without one the test is skipped, or fails under
+/// `LUMEN_REQUIRE_GPU=1`.
 fn gpu_or_skip() -> bool {
-    match lumen_backend::cuda::Gpu::open(0) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e:#})");
-            false
-        }
-    }
+    lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0).map_err(|e| format!("{e:#}"))).is_some()
+}
+
+/// Fails when generated tokens just repeat the prompt's last token or one value, which would
+/// make a comparison of token chains blind to a step that reads the wrong inputs.
+fn assert_varied(prompt: &[u32], generated: &[u32], what: &str) {
+    let last = prompt[prompt.len() - 1];
+    let distinct = generated.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert!(distinct >= 2 && generated.iter().any(|&t| t != last), "{what}: the chain repeats one token: {generated:?}");
 }
 
 /// A runner for `seqs` sequences; `invariant` selects batch-invariant mode (split-K-free GEMMs,
@@ -202,6 +209,7 @@ fn greedy_agrees(preset: &str) {
         b.tokens.push(got[0]);
         assert_eq!(a.tokens, b.tokens, "{preset}: greedy token {i} differs");
     }
+    assert_varied(&a.tokens[..23], &a.tokens[23..], preset);
 }
 
 #[test]
@@ -211,7 +219,7 @@ fn smollm2_shape_logits_and_greedy_tokens_match_the_cpu() {
     }
     let worst = logits_match("smollm2-135m@7");
     eprintln!("smollm2-135m@7: worst relative logits error {worst:.2e} (bound {REL_TOL:.0e})");
-    greedy_agrees("smollm2-135m@7");
+    greedy_agrees("smollm2-135m-untied@7");
 }
 
 #[test]
@@ -221,7 +229,7 @@ fn llama_3_2_1b_shape_logits_and_greedy_tokens_match_the_cpu() {
     }
     let worst = logits_match("llama-3.2-1b@3");
     eprintln!("llama-3.2-1b@3: worst relative logits error {worst:.2e} (bound {REL_TOL:.0e})");
-    greedy_agrees("llama-3.2-1b@3");
+    greedy_agrees("llama-3.2-1b-untied@3");
 }
 
 /// Sequence 0 alone, then batched with two others (different prefill chunking included): its
@@ -231,7 +239,7 @@ fn a_sequence_gets_the_same_bits_alone_and_batched() {
     if !gpu_or_skip() {
         return;
     }
-    let gpu = Arc::new(load_model_on("smollm2-135m@5", Device::Cuda).unwrap());
+    let gpu = Arc::new(load_model_on("smollm2-135m-untied@5", Device::Cuda).unwrap());
     let vocab = gpu.config().vocab_size;
     let solo = {
         let mut r = runner(&gpu, 3, vec![], true);
@@ -244,6 +252,7 @@ fn a_sequence_gets_the_same_bits_alone_and_batched() {
             s.tokens.push(argmax(&logits));
             rows.push(logits);
         }
+        assert_varied(&s.tokens[..45], &s.tokens[45..], "sequence 0 alone");
         rows
     };
     let mut r = runner(&gpu, 3, vec![], true);
@@ -266,13 +275,14 @@ fn a_sequence_gets_the_same_bits_alone_and_batched() {
     }
 }
 
-/// Decode through CUDA graphs (3 sequences padded to a captured 4) against eager decode.
+/// Decode through CUDA graphs (3 sequences padded to a captured 4) against eager decode: the
+/// logits of every step, bit for bit.
 #[test]
-fn graph_and_eager_decode_give_identical_tokens() {
+fn graph_and_eager_decode_give_identical_logits() {
     if !gpu_or_skip() {
         return;
     }
-    let gpu = Arc::new(load_model_on("smollm2-135m@11", Device::Cuda).unwrap());
+    let gpu = Arc::new(load_model_on("smollm2-135m-untied@11", Device::Cuda).unwrap());
     let vocab = gpu.config().vocab_size;
     let decode = |graphs: Vec<usize>| {
         let mut r = runner(&gpu, 3, graphs, true);
@@ -287,7 +297,10 @@ fn graph_and_eager_decode_give_identical_tokens() {
                 s.cached += n;
                 s.tokens.push(*t);
             }
-            out.push(tokens);
+            out.push(r.last_logits().unwrap());
+        }
+        for (s, prompt_len) in seqs.iter().zip(prefill) {
+            assert_varied(&s.tokens[..prompt_len], &s.tokens[prompt_len..], "graph-or-eager decode");
         }
         (out, r.graphs_captured())
     };
@@ -295,5 +308,8 @@ fn graph_and_eager_decode_give_identical_tokens() {
     let (graphed, captured) = decode(vec![1, 2, 4, 8]);
     assert_eq!(none, 0);
     assert!(captured >= 1, "decode steps should have run through a captured graph");
-    assert_eq!(graphed, eager, "graph and eager decode differ");
+    for (step, (g, e)) in graphed.iter().zip(&eager).enumerate() {
+        let same = g.len() == e.len() && g.iter().zip(e).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "step {step}: graph and eager logits differ");
+    }
 }

@@ -353,6 +353,14 @@ impl CudaRunner {
         Ok(self.tokens_host.as_slice()[..self.pending_rows].to_vec())
     }
 
+    /// The `[rows, vocab]` f32 logits the step finished last sampled from (for checks: a graph
+    /// replay and an eager step must leave the same bits).
+    pub fn last_logits(&mut self) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.pending_rows * self.model.config().vocab_size];
+        self.gpu.download(&mut out, self.logits.ptr).context("reading the last step's logits")?;
+        Ok(out)
+    }
+
     /// Runs the batch eagerly and returns `[logit_rows, vocab]` f32 logits (for checks).
     pub fn logits(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
         let params = vec![SampleParams::GREEDY; batch.logit_rows.len()];
