@@ -2,13 +2,16 @@
 # The GPU test suite, in two halves (docs/gpu.md):
 #   scripts/gpu_tests.sh build   here: builds `lumen` and the CUDA test binaries (release, no
 #                                debug info, stripped) into gpu-tests/, which the device call carries;
-#   scripts/gpu_tests.sh run     on the GPU machine: runs every binary in gpu-tests/ and prints a
+#   scripts/gpu_tests.sh run     on the GPU machine: runs every binary in gpu-tests/ with
+#                                LUMEN_REQUIRE_GPU=1, so a test that cannot open the GPU fails
+#                                instead of skipping, and fails itself on any "skipped" line; prints a
 #                                summary; the full log goes to $OUT/gpu_tests.log when $OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=gpu-tests
-# Test binaries and the crate each comes from.
-TESTS=(lumen-model:cuda_vs_cpu lumen-backend:cuda_sampling lumen-backend:cuda_kernel_fault lumen-cli:cuda lumen-cli:profile)
+# Test binaries, the crate each comes from, and optionally a name filter (the tests of
+# reference_logits that need no checkout files or model download).
+TESTS=(lumen-model:cuda_vs_cpu lumen-model:reference_logits:cuda lumen-backend:cuda_sampling lumen-backend:cuda_kernel_fault lumen-cli:cuda lumen-cli:profile)
 
 case "${1:-}" in
 build)
@@ -17,7 +20,7 @@ build)
   cargo build --release -p lumen-cli
   cp target/release/lumen "$DIR/"
   for t in "${TESTS[@]}"; do
-    crate=${t%%:*} name=${t##*:}
+    IFS=: read -r crate name _ <<<"$t"
     exe=$(cargo test --release --no-run -p "$crate" --test "$name" --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
@@ -33,19 +36,21 @@ run)
   export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export LUMEN_BIN=$PWD/$DIR/lumen
   export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}
+  export LUMEN_REQUIRE_GPU=1
   log=${OUT:-/tmp}/gpu_tests.log
   : >"$log"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   status=0
   summary=()
   for t in "${TESTS[@]}"; do
-    name=${t##*:}
+    IFS=: read -r _ name filter <<<"$t"
     echo "==== $name" >>"$log"
-    if "$DIR/$name" --test-threads=1 --nocapture >/tmp/gpu_test_$name.log 2>&1; then r=ok; else r=FAILED; status=1; fi
+    if "$DIR/$name" --test-threads=1 --nocapture ${filter:+"$filter"} >/tmp/gpu_test_$name.log 2>&1; then r=ok; else r=FAILED; status=1; fi
+    if grep -q "skipped" /tmp/gpu_test_$name.log; then r="FAILED (a test skipped)"; status=1; fi
     cat /tmp/gpu_test_$name.log >>"$log"
     summary+=("$(printf '%-20s %-6s %s' "$name" "$r" "$(grep -E '^test result' /tmp/gpu_test_$name.log | tail -1)")")
   done
-  grep -hE "worst relative|skipped|panicked" "$log" || true
+  grep -hE "worst relative|worst error|skipped|panicked" "$log" || true
   printf '%s\n' "${summary[@]}"
   exit $status
   ;;

@@ -1,18 +1,12 @@
 //! A fault inside a CUDA kernel is reported with the kernel's name, never as a silent wrong
-//! answer. Runs on the GPU machine (skipped without a GPU); its own process, because a fault
+//! answer. Runs on the GPU machine (skipped without a GPU, failing instead under `LUMEN_REQUIRE_GPU=1`); its own process, because a fault
 //! leaves the CUDA context unusable.
 
 use lumen_backend::cuda::{Gpu, Kernels};
 
 #[test]
 fn a_trapping_kernel_is_named_in_the_error() {
-    let gpu = match Gpu::open(0) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e:#})");
-            return;
-        }
-    };
+    let Some(gpu) = lumen_test_support::gpu::device_or_skip(Gpu::open(0)) else { return };
     let mut kernels = Kernels::load(&gpu).unwrap();
     kernels.set_sync_each_launch(true);
     let (vocab, hidden) = (64usize, 32usize);

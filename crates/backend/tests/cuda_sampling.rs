@@ -21,13 +21,8 @@ struct Params {
 
 impl Sampler {
     fn new() -> Option<Self> {
-        match Gpu::open(0) {
-            Ok(gpu) => Some(Sampler { kernels: Kernels::load(&gpu).unwrap(), gpu }),
-            Err(e) => {
-                eprintln!("skipped: no CUDA device ({e:#})");
-                None
-            }
-        }
+        let gpu = lumen_test_support::gpu::device_or_skip(Gpu::open(0))?;
+        Some(Sampler { kernels: Kernels::load(&gpu).unwrap(), gpu })
     }
 
     /// Samples one token per params entry from the same logits row.

@@ -20,10 +20,19 @@ fn the_command_runs_with_its_environment_and_exit_status() {
     let meta = |k: &str| trace.meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     assert_eq!(meta("exit_status").as_deref(), Some("3"));
     assert!(meta("command").is_some_and(|c| c.contains("LUMEN_TEST_VALUE")), "{:?}", trace.meta);
-    if !lumen_backend::cuda::driver_present() {
+    if gpu_machine() {
+        assert_eq!(meta("collector").as_deref(), Some("cupti"), "a GPU machine collects: {}", run.stderr);
+    } else {
         assert!(run.stderr.contains("cannot collect") && run.stderr.contains("untraced"), "{}", run.stderr);
         assert_eq!(meta("collector").as_deref(), Some("none"));
     }
+}
+
+/// Whether this run must behave as on a GPU machine: a CUDA driver is present, or
+/// `LUMEN_REQUIRE_GPU=1` says one has to be (so a broken driver fails instead of passing as
+/// "no GPU").
+fn gpu_machine() -> bool {
+    lumen_backend::cuda::driver_present() || lumen_test_support::gpu::gpu_required()
 }
 
 #[test]
@@ -34,7 +43,12 @@ fn gpu_metrics_name_their_source_or_why_there_are_none() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let trace = read_trace(Path::new(&out)).expect("the trace loads");
     let source = trace.meta.iter().find(|(k, _)| k == "gpu_metrics_source").map(|(_, v)| v.clone()).expect("meta names the source");
-    if source.starts_with("nvml") || source.starts_with("cupti-pm-sampling") {
+    if gpu_machine() {
+        assert!(
+            source.starts_with("nvml") || source.starts_with("cupti-pm-sampling"),
+            "a GPU machine samples metrics: {source}\n{}",
+            run.stderr
+        );
         let names: std::collections::BTreeSet<&str> = trace.counters.iter().map(|c| c.name.as_str()).collect();
         assert!(!names.is_empty(), "{source}: sampled counters expected over 0.2 s at 2 ms");
     } else {
@@ -151,6 +165,7 @@ fn a_window_of_lumen_iterations_holds_exactly_its_kernels() {
     assert_each_op_projects_onto_one_iteration(&trace, &iterations);
     assert!(trace.meta("gpu").is_some_and(|g| g.ends_with("(cuda:0)")), "the collector names the GPU: {:?}", trace.meta("gpu"));
     let (open, close) = (iterations[0].1, iterations[iterations.len() - 1].2);
+    assert!(!trace.counters.is_empty(), "--gpu-metrics 500 gives metric samples in the window: {stderr}");
     let outside: Vec<u64> = trace.counters.iter().map(|c| c.ts_ns).filter(|&ts| ts + 1_000_000 < open || ts > close + 1_000_000).collect();
     assert!(outside.is_empty(), "GPU metric samples outside the capture window {open}..{close}: {outside:?}; {stderr}");
 }

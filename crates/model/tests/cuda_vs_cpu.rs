@@ -31,7 +31,7 @@ const BLOCKS_PER_SEQ: usize = 32;
 /// Whether a GPU can be opened; without one the test is skipped, or fails under
 /// `LUMEN_REQUIRE_GPU=1`.
 fn gpu_or_skip() -> bool {
-    lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0).map_err(|e| format!("{e:#}"))).is_some()
+    lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0)).is_some()
 }
 
 /// Fails when generated tokens just repeat the prompt's last token or one value, which would

@@ -67,7 +67,12 @@ fn plans(n: usize) -> Vec<(&'static str, Vec<usize>)> {
 /// Feeds `tokens` in `chunks`, each a step of the same cache, and returns the logits row of
 /// every position in `wanted`. `step` runs one chunk: its tokens, positions, the sequence's span
 /// and the rows whose logits it returns.
-fn logits_at(tokens: &[u32], chunks: &[usize], wanted: &[usize], mut step: impl FnMut(&ForwardBatch) -> Vec<f32>) -> HashMap<usize, Vec<f32>> {
+fn logits_at(
+    tokens: &[u32],
+    chunks: &[usize],
+    wanted: &[usize],
+    mut step: impl FnMut(&ForwardBatch) -> Vec<f32>,
+) -> HashMap<usize, Vec<f32>> {
     let table: Vec<u32> = (0..tokens.len().div_ceil(BLOCK_SIZE) as u32).collect();
     let mut rows = HashMap::new();
     let mut first = 0;
@@ -76,7 +81,13 @@ fn logits_at(tokens: &[u32], chunks: &[usize], wanted: &[usize], mut step: impl 
         let in_chunk: Vec<usize> = wanted.iter().copied().filter(|p| positions.contains(p)).collect();
         let logit_rows: Vec<usize> = in_chunk.iter().map(|p| p - first).collect();
         let seqs = [AttentionSeq { start: 0, len, first_pos: first, block_table: &table }];
-        let batch = ForwardBatch { tokens: &tokens[first..first + len], positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &logit_rows };
+        let batch = ForwardBatch {
+            tokens: &tokens[first..first + len],
+            positions: &positions,
+            slots: &positions,
+            seqs: &seqs,
+            logit_rows: &logit_rows,
+        };
         let logits = step(&batch);
         let vocab = logits.len() / logit_rows.len().max(1);
         for (r, p) in in_chunk.into_iter().enumerate() {
@@ -90,7 +101,11 @@ fn logits_at(tokens: &[u32], chunks: &[usize], wanted: &[usize], mut step: impl 
 /// Checks every recorded logit of `fixture_name` against what `run` gives for each plan;
 /// `bound(reference values)` is the tolerance for one recorded value. Returns the worst error as
 /// a share of its bound.
-fn check_with(fixture_name: &str, bound: impl Fn(&[f64], f64) -> f64, mut run: impl FnMut(&[u32], &[usize], &[usize]) -> HashMap<usize, Vec<f32>>) -> f64 {
+fn check_with(
+    fixture_name: &str,
+    bound: impl Fn(&[f64], f64) -> f64,
+    mut run: impl FnMut(&[u32], &[usize], &[usize]) -> HashMap<usize, Vec<f32>>,
+) -> f64 {
     let f = fixture(fixture_name);
     let mut worst = 0.0f64;
     for case in f["cases"].as_array().unwrap() {
@@ -123,10 +138,14 @@ fn check_with(fixture_name: &str, bound: impl Fn(&[f64], f64) -> f64, mut run: i
 /// The CPU forward pass against the fixture, every plan.
 fn check(model: &Model, fixture_name: &str) {
     let decoder = model.cpu_decoder().unwrap();
-    let worst = check_with(fixture_name, |_, want| ABS_TOL + REL_TOL * want.abs(), |tokens, chunks, wanted| {
-        let mut kv = decoder.new_kv_storage(tokens.len().div_ceil(BLOCK_SIZE), BLOCK_SIZE);
-        logits_at(tokens, chunks, wanted, |batch| decoder.forward(batch, &mut kv))
-    });
+    let worst = check_with(
+        fixture_name,
+        |_, want| ABS_TOL + REL_TOL * want.abs(),
+        |tokens, chunks, wanted| {
+            let mut kv = decoder.new_kv_storage(tokens.len().div_ceil(BLOCK_SIZE), BLOCK_SIZE);
+            logits_at(tokens, chunks, wanted, |batch| decoder.forward(batch, &mut kv))
+        },
+    );
     eprintln!("{fixture_name}: worst error is {:.1}% of the tolerance", worst * 100.0);
 }
 
@@ -160,13 +179,20 @@ fn plans_split_a_sequence_into_decode_and_chunks() {
 /// The CUDA forward pass of the SmolLM2-shape preset against the same fixture, every plan.
 #[test]
 fn cuda_matches_the_reference_in_one_pass_decode_and_chunks() {
-    if lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0).map_err(|e| format!("{e:#}"))).is_none() {
+    if lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0)).is_none() {
         return;
     }
     let model = Arc::new(load_model_on("smollm2-135m", Device::Cuda).unwrap());
     let rms_bound = |recorded: &[f64], _: f64| CUDA_RMS_TOL * (recorded.iter().map(|v| v * v).sum::<f64>() / recorded.len() as f64).sqrt();
     let worst = check_with("logits_smollm2_135m.json", rms_bound, |tokens, chunks, wanted| {
-        let config = RunnerConfig { max_tokens: 1024, max_seqs: 8, block_size: BLOCK_SIZE, graph_sizes: vec![], graph_padding: true, batch_invariant: false };
+        let config = RunnerConfig {
+            max_tokens: 1024,
+            max_seqs: 8,
+            block_size: BLOCK_SIZE,
+            graph_sizes: vec![],
+            graph_padding: true,
+            batch_invariant: false,
+        };
         let blocks = tokens.len().div_ceil(BLOCK_SIZE);
         let mut runner = CudaRunner::new(model.clone(), config, |_, _| Ok(blocks)).unwrap();
         logits_at(tokens, chunks, wanted, |batch| runner.logits(batch).unwrap())

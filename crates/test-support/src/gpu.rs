@@ -21,12 +21,13 @@ pub fn skip(why: &str) {
     eprintln!("skipped: {why}");
 }
 
-/// `Ok(t)` passes `t` through; `Err(e)` is reported through [`skip`] as "no CUDA device (e)".
+/// `Ok(t)` passes `t` through; `Err(e)` is reported through [`skip`] as "no CUDA device (e)", with
+/// `e`'s causes when it has them (`{e:#}`).
 pub fn device_or_skip<T, E: std::fmt::Display>(opened: Result<T, E>) -> Option<T> {
     match opened {
         Ok(t) => Some(t),
         Err(e) => {
-            skip(&format!("no CUDA device ({e})"));
+            skip(&format!("no CUDA device ({e:#})"));
             None
         }
     }

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use lumen_test_support::scratch::Scratch;
 
 /// The binary under test: `$LUMEN_BIN` when set (test binaries copied to the GPU machine),
 /// else the one cargo built.
@@ -79,15 +80,10 @@ pub fn lumen(args: &[&str]) -> Run {
     lumen_env(args, &[])
 }
 
-/// Whether a CUDA device can be opened; says why the caller skips when not.
+/// Whether a CUDA device can be opened; says why the caller skips when not, and fails the test
+/// instead under `LUMEN_REQUIRE_GPU=1`.
 pub fn gpu_present() -> bool {
-    match lumen_backend::cuda::Gpu::open(0) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e:#})");
-            false
-        }
-    }
+    lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0)).is_some()
 }
 
 /// Prepares `data.jsonl` in `s`: `requests` requests of exactly `isl` prompt and `osl` output
@@ -115,40 +111,6 @@ pub fn fixed_length_dataset(s: &Scratch, model: &str, requests: &str, isl: &str,
     ])
     .ok();
     out
-}
-
-/// A scratch directory unique to one test, removed when dropped.
-pub struct Scratch {
-    pub dir: PathBuf,
-}
-
-impl Scratch {
-    pub fn new(test: &str) -> Scratch {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("lumen-cli-test-{}-{test}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("cannot create the scratch directory");
-        Scratch { dir }
-    }
-
-    /// Path of `name` inside the directory, as a string for command lines.
-    pub fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().expect("temp paths are UTF-8").to_string()
-    }
-
-    /// Writes `contents` to `name` and returns its path.
-    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
-        let p = self.path(name);
-        std::fs::write(&p, contents).expect("cannot write a scratch file");
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// One dataset line as `prepare-dataset` writes it.
