@@ -808,9 +808,9 @@ fn render_phases(phases: &Measured<PhaseShifts>, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{iteration, named, span};
     use crate::text::WIDTH;
     use crate::{analyze, Options};
+    use lumen_test_support::rows::{iteration, named, span};
 
     const ITERATIONS: u64 = 30;
     /// Per iteration: `gemm` and `norm` stay (norm moves 2.5%, under the share), `tiny` doubles

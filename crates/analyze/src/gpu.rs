@@ -419,7 +419,7 @@ pub fn view_gaps(devices: &Measured<Vec<DeviceGaps>>) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{api, kernel, op, span};
+    use lumen_test_support::rows::{api, kernel, op, span};
     use lumen_trace::model::{GpuOpKind, ThreadRow};
 
     fn run(trace: &TraceData, buckets: usize) -> (Vec<DeviceUtilisation>, Vec<DeviceGaps>) {

@@ -299,7 +299,7 @@ pub fn command_with(trace: &TraceData, flags: &[(&str, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::iteration;
+    use lumen_test_support::rows::iteration;
 
     fn meta(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

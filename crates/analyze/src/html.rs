@@ -760,8 +760,8 @@ fn hardware_chart(h: &Hardware) -> Result<Chart, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{api, iteration, named, span};
     use crate::{analyze, Options};
+    use lumen_test_support::rows::{api, iteration, named, span};
     use lumen_trace::model::{CounterRow, ProcessRow, ThreadRow, TraceData};
 
     const HOSTILE: &str = "void gemm<float, Tile<128,64>>(T const&, \"a\" 'b') </td><script>alert(1)</script>";

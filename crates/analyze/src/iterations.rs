@@ -369,7 +369,7 @@ pub fn view_phases(p: &Phases) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{iteration, span};
+    use lumen_test_support::rows::{iteration, span};
     use lumen_trace::model::{AllocationRow, SpanRow};
 
     #[test]

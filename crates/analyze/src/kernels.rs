@@ -338,7 +338,7 @@ pub fn view(kernels: &Measured<Kernels>) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{api, named, op};
+    use lumen_test_support::rows::{api, named, op};
 
     #[test]
     fn rules_classify_in_order_and_ignore_case() {

@@ -127,7 +127,7 @@ pub fn view(launch: &Measured<Launch>) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{api, iteration, kernel, op, span};
+    use lumen_test_support::rows::{api, iteration, kernel, op, span};
 
     #[test]
     fn queue_time_runs_from_launch_end_to_kernel_start() {

@@ -24,10 +24,12 @@ pub mod ranges;
 pub mod sol;
 mod stats;
 pub mod steps;
-#[cfg(test)]
-mod test_rows;
 mod text;
 pub mod view;
+
+/// The shared row builders under the name the diagnosis tests import them by.
+#[cfg(test)]
+use lumen_test_support::rows as test_rows;
 
 use lumen_trace::model::TraceData;
 use serde::Serialize;

@@ -254,7 +254,7 @@ pub fn view(m: &Memory) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{api, op};
+    use lumen_test_support::rows::{api, op};
 
     fn copy(kind: &str, start: u64, end: u64, bytes: Option<u64>, pinned: Option<bool>, correlation: u64) -> GpuOpRow {
         GpuOpRow { copy_kind: Some(kind.into()), bytes, pinned, ..op(GpuOpKind::Memcpy, start, end, correlation) }

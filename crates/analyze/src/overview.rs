@@ -132,7 +132,7 @@ pub fn view(o: &Overview) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{iteration, kernel, span};
+    use lumen_test_support::rows::{iteration, kernel, span};
     use lumen_trace::model::RequestRow;
 
     #[test]

@@ -161,7 +161,7 @@ pub fn view(ranges: &Measured<Vec<ProjectedRange>>) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{api, kernel, span};
+    use lumen_test_support::rows::{api, kernel, span};
 
     #[test]
     fn names_group_by_their_numbers() {

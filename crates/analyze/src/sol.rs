@@ -551,7 +551,7 @@ pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
 mod tests {
     use super::*;
     use crate::kernels::default_rules;
-    use crate::test_rows::{iteration, named};
+    use lumen_test_support::rows::{iteration, named};
     use lumen_trace::model::{CounterRow, GpuOpRow};
 
     fn counters(rows: &[(u64, &str, f64)]) -> Vec<CounterRow> {
@@ -589,8 +589,8 @@ mod tests {
 
         // The kernel was launched inside the `forward` phase.
         let mut phased = trace.clone();
-        phased.spans.push(crate::test_rows::span(0, 50, 1, "forward", "phase"));
-        phased.api_calls.push(crate::test_rows::api("cudaLaunchKernel", 10, 20, 1));
+        phased.spans.push(lumen_test_support::rows::span(0, 50, 1, "forward", "phase"));
+        phased.api_calls.push(lumen_test_support::rows::api("cudaLaunchKernel", 10, 20, 1));
         let sol = analyze(&phased, &default_rules(), &LaunchIndex::new(&phased), &StepWindows::default());
         assert_eq!(
             sol.phases.iter().map(|p| (p.name.as_str(), p.samples, p.bound)).collect::<Vec<_>>(),
@@ -624,7 +624,7 @@ mod tests {
     /// kernels of 100 µs and 50 µs; an `aten::add` read and wrote 3 GB in 750 µs.
     #[test]
     fn kernels_take_their_operators_work_shared_by_time() {
-        use crate::test_rows::{api, span};
+        use lumen_test_support::rows::{api, span};
         let mut mm = span(0, 1_000, 1, "aten::mm", "cpu_op");
         mm.args = Some("{\"flops\":536870912,\"bytes\":536936448}".into());
         let mut add = span(2_000, 3_000, 1, "aten::add", "cpu_op");

@@ -238,7 +238,7 @@ pub fn view(steps: &Measured<Steps>) -> Vec<Block> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rows::{api, kernel, span};
+    use lumen_test_support::rows::{api, kernel, span};
 
     /// Ten 1 ms steps of back-to-back kernels; step 3 also holds a 20 ms idle stall in a long call.
     fn stalled_steps() -> TraceData {

@@ -6,12 +6,10 @@
 
 use lumen_analyze::diagnose::{self, Diagnosis, Finding};
 use lumen_analyze::{analyze, Options};
+use lumen_test_support::rows::{iteration, read_back, Origin};
 use lumen_trace::model::*;
-use lumen_trace::store::{read_trace, Batch, GpuBatch, TraceWriter};
-use std::path::Path;
 
-const PID: u32 = 7000;
-const TID: u64 = 7001;
+const ENGINE: Origin = Origin { pid: 7000, tid: 7001, device: 0, stream: 7 };
 const ITERATIONS: u64 = 10;
 const KERNELS_PER_ITERATION: u64 = 20;
 const KERNEL_NS: u64 = 50_000;
@@ -33,63 +31,24 @@ impl Run {
     /// Launches `name` at `launch_ns` (a 3 µs call) to run `start_ns..end_ns`.
     fn launch(&mut self, launch_ns: u64, start_ns: u64, end_ns: u64, kind: GpuOpKind, call: &str, name: &str) -> &mut GpuOpRow {
         self.correlation += 1;
-        let correlation = Some(self.correlation);
-        let api = ApiCallRow {
-            start_ns: launch_ns,
-            end_ns: launch_ns + 3_000,
-            pid: PID,
-            tid: TID,
-            name: call.into(),
-            correlation,
-            result: Some(0),
-        };
-        self.api_calls.push(api);
-        let op = GpuOpRow {
-            kind,
-            start_ns,
-            end_ns,
-            pid: PID,
-            device: 0,
-            stream: Some(7),
-            correlation,
-            name: name.into(),
-            ..GpuOpRow::default()
-        };
-        self.gpu_ops.push(op);
+        self.api_calls.push(ENGINE.api(call, launch_ns, launch_ns + 3_000, self.correlation));
+        self.gpu_ops.push(ENGINE.gpu_op(kind, name, start_ns, end_ns, self.correlation));
         self.gpu_ops.last_mut().expect("just pushed")
     }
 
     fn iteration(&mut self, iter: u64, start_ns: u64, end_ns: u64) {
-        let phase = |name: &str, start_ns, end_ns| SpanRow {
-            start_ns,
-            end_ns,
-            tid: TID,
-            name: name.into(),
-            category: "phase".into(),
-            depth: 1,
-            iteration: Some(iter),
-            args: None,
-        };
         let split = start_ns + (end_ns - start_ns) * 4 / 5;
-        self.spans.push(SpanRow { depth: 0, category: "iteration".into(), name: format!("iter {iter}"), ..phase("", start_ns, end_ns) });
-        self.spans.push(phase("forward", start_ns, split));
-        self.spans.push(phase("sample", split, end_ns));
+        self.spans.push(ENGINE.iteration_span(iter, start_ns, end_ns));
+        self.spans.push(ENGINE.phase("forward", start_ns, split, iter));
+        self.spans.push(ENGINE.phase("sample", split, end_ns, iter));
         self.iterations.push(IterationRow {
-            iter,
-            start_ns,
-            end_ns,
             ctx_reqs: 0,
             gen_reqs: 32,
             ctx_tokens: 0,
             gen_tokens: 32,
             kv_used_blocks: 10,
             kv_total_blocks: 100,
-            host_ms: (end_ns - start_ns) as f64 / 1e6,
-            device_ms: None,
-            queued_reqs: None,
-            weight_bytes: None,
-            kv_bytes_read: None,
-            flops: None,
+            ..iteration(iter, start_ns, end_ns, (end_ns - start_ns) as f64 / 1e6)
         });
         self.allocations.push(AllocationRow {
             iteration: iter,
@@ -114,32 +73,21 @@ impl Run {
 
     /// Writes the run through the trace writer, reads it back and diagnoses it.
     fn diagnose(&self, case: &str) -> Diagnosis {
-        let path = std::env::temp_dir().join(format!("lumen-patterns-{}-{case}.lumen", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        write(&path, self);
-        let trace = read_trace(&path).expect("the written trace reads back");
-        std::fs::remove_file(&path).expect("remove the scratch trace");
+        let run = TraceData {
+            meta: vec![("command".to_string(), "lumen bench throughput".to_string())],
+            processes: vec![ENGINE.process("lumen")],
+            threads: vec![ENGINE.thread("engine")],
+            spans: self.spans.clone(),
+            counters: self.counters.clone(),
+            iterations: self.iterations.clone(),
+            allocations: self.allocations.clone(),
+            gpu_ops: self.gpu_ops.clone(),
+            api_calls: self.api_calls.clone(),
+            ..TraceData::default()
+        };
+        let trace = read_back(&format!("patterns-{case}"), &run);
         analyze(&trace, &Options::default()).expect("the analysis runs").diagnosis
     }
-}
-
-fn write(path: &Path, run: &Run) {
-    let meta = [("command".to_string(), "lumen bench throughput".to_string())];
-    let mut w = TraceWriter::create(path, &meta).expect("create the trace");
-    let threads = [(TID, "engine".to_string())];
-    let batch = Batch {
-        threads: &threads,
-        spans: &run.spans,
-        counters: &run.counters,
-        iterations: &run.iterations,
-        allocations: &run.allocations,
-        ..Batch::default()
-    };
-    w.append(&batch).expect("append rows");
-    let processes = [ProcessRow { pid: PID, name: "lumen".into() }];
-    w.append_gpu(&GpuBatch { processes: &processes, gpu_ops: &run.gpu_ops, api_calls: &run.api_calls, ..GpuBatch::default() })
-        .expect("append GPU rows");
-    w.finish().expect("finish the trace");
 }
 
 /// Ten iterations of 50 µs kernels back to back, each launched 90 µs before it starts, and one
@@ -282,8 +230,8 @@ fn allocation_churn_when_every_iteration_allocates_and_frees_device_memory() {
             churn.push(ApiCallRow {
                 start_ns: start,
                 end_ns: start + 4_000,
-                pid: PID,
-                tid: TID,
+                pid: ENGINE.pid,
+                tid: ENGINE.tid,
                 name: name.into(),
                 correlation: None,
                 result: Some(0),
@@ -295,8 +243,8 @@ fn allocation_churn_when_every_iteration_allocates_and_frees_device_memory() {
         calls.push(ApiCallRow {
             start_ns: 500_000,
             end_ns: 504_000,
-            pid: PID,
-            tid: TID,
+            pid: ENGINE.pid,
+            tid: ENGINE.tid,
             name: "cuMemAlloc_v2".into(),
             correlation: None,
             result: Some(0),

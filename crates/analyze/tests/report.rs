@@ -5,34 +5,11 @@
 use lumen_analyze::gpu::GapClass;
 use lumen_analyze::kernels::KernelClass;
 use lumen_analyze::{analyze, render_text, Measured, Options};
+use lumen_test_support::rows::{iteration, read_back, Origin};
 use lumen_trace::model::*;
-use lumen_trace::store::{read_trace, Batch, GpuBatch, TraceWriter};
 
-const PID: u32 = 4242;
-const TID: u64 = 4243;
+const ENGINE: Origin = Origin { pid: 4242, tid: 4243, device: 0, stream: 13 };
 const KERNELS: [&str; 3] = ["sm90_xmma_gemm_bf16", "flash_fwd_kernel", "rms_norm_kernel"];
-
-fn span(start_ns: u64, end_ns: u64, name: &str, category: &str, iteration: u64) -> SpanRow {
-    SpanRow { start_ns, end_ns, tid: TID, name: name.into(), category: category.into(), depth: 1, iteration: Some(iteration), args: None }
-}
-
-fn api(start_ns: u64, end_ns: u64, name: &str, correlation: u64) -> ApiCallRow {
-    ApiCallRow { start_ns, end_ns, pid: PID, tid: TID, name: name.into(), correlation: Some(correlation), result: Some(0) }
-}
-
-fn op(kind: GpuOpKind, start_ns: u64, end_ns: u64, name: &str, correlation: u64) -> GpuOpRow {
-    GpuOpRow {
-        kind,
-        start_ns,
-        end_ns,
-        pid: PID,
-        device: 0,
-        stream: Some(13),
-        correlation: Some(correlation),
-        name: name.into(),
-        ..GpuOpRow::default()
-    }
-}
 
 fn run() -> TraceData {
     let (mut spans, mut iterations, mut allocations, mut counters) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -40,26 +17,19 @@ fn run() -> TraceData {
     for it in 0..4u64 {
         let t = 1_000_000 + it * 1_000_000;
         let correlation = it * 10;
-        spans.push(SpanRow { depth: 0, ..span(t, t + 800_000, &format!("iter {it}"), "iteration", it) });
-        spans.push(span(t, t + 150_000, "schedule", "phase", it));
-        spans.push(span(t + 150_000, t + 700_000, "forward", "phase", it));
-        spans.push(span(t + 700_000, t + 800_000, "sample", "phase", it));
+        spans.push(ENGINE.iteration_span(it, t, t + 800_000));
+        spans.push(ENGINE.phase("schedule", t, t + 150_000, it));
+        spans.push(ENGINE.phase("forward", t + 150_000, t + 700_000, it));
+        spans.push(ENGINE.phase("sample", t + 700_000, t + 800_000, it));
         iterations.push(IterationRow {
-            iter: it,
-            start_ns: t,
-            end_ns: t + 800_000,
             ctx_reqs: u64::from(it == 0),
             gen_reqs: 2,
             ctx_tokens: if it == 0 { 16 } else { 0 },
             gen_tokens: 2,
             kv_used_blocks: 4 + it,
             kv_total_blocks: 16,
-            host_ms: 0.8,
             device_ms: Some(0.6),
-            queued_reqs: None,
-            weight_bytes: None,
-            kv_bytes_read: None,
-            flops: None,
+            ..iteration(it, t, t + 800_000, 0.8)
         });
         allocations.push(AllocationRow {
             iteration: it,
@@ -71,44 +41,38 @@ fn run() -> TraceData {
         });
         counters.push(CounterRow { ts_ns: t, name: "sm active %".into(), device: Some(0), value: 40.0 + it as f64 * 10.0 });
 
-        api_calls.push(api(t + 100_000, t + 110_000, "cuMemcpyHtoDAsync_v2", correlation));
+        api_calls.push(ENGINE.api("cuMemcpyHtoDAsync_v2", t + 100_000, t + 110_000, correlation));
         gpu_ops.push(GpuOpRow {
             bytes: Some(1 << 20),
             copy_kind: Some("HtoD".into()),
             pinned: Some(false),
-            ..op(GpuOpKind::Memcpy, t + 120_000, t + 130_000, "memcpy HtoD", correlation)
+            ..ENGINE.gpu_op(GpuOpKind::Memcpy, "memcpy HtoD", t + 120_000, t + 130_000, correlation)
         });
         for (k, name) in KERNELS.iter().enumerate() {
             let k = k as u64;
-            api_calls.push(api(t + 200_000 + k * 10_000, t + 205_000 + k * 10_000, "cuLaunchKernel", correlation + 1 + k));
+            api_calls.push(ENGINE.api("cuLaunchKernel", t + 200_000 + k * 10_000, t + 205_000 + k * 10_000, correlation + 1 + k));
             let start = t + 300_000 + k * 100_000;
             gpu_ops.push(GpuOpRow {
                 grid: Some([132, 1, 1]),
                 block: Some([256, 1, 1]),
-                ..op(GpuOpKind::Kernel, start, start + 90_000, name, correlation + 1 + k)
+                ..ENGINE.gpu_op(GpuOpKind::Kernel, name, start, start + 90_000, correlation + 1 + k)
             });
         }
-        api_calls.push(api(t + 600_000, t + 650_000, "cuStreamSynchronize", correlation + 9));
+        api_calls.push(ENGINE.api("cuStreamSynchronize", t + 600_000, t + 650_000, correlation + 9));
     }
-    let path = std::env::temp_dir().join(format!("lumen-analyze-report-{}.lumen", std::process::id()));
-    let meta = [("gpu".to_string(), "NVIDIA H100 80GB HBM3".to_string()), ("gpu_metrics_source".into(), "cupti-pm".into())];
-    let mut w = TraceWriter::create(&path, &meta).unwrap();
-    let threads = [(TID, "engine".to_string())];
-    w.append(&Batch {
-        threads: &threads,
-        spans: &spans,
-        counters: &counters,
-        iterations: &iterations,
-        allocations: &allocations,
-        ..Batch::default()
-    })
-    .unwrap();
-    let processes = [ProcessRow { pid: PID, name: "lumen bench".into() }];
-    w.append_gpu(&GpuBatch { processes: &processes, gpu_ops: &gpu_ops, api_calls: &api_calls, ..GpuBatch::default() }).unwrap();
-    w.finish().unwrap();
-    let trace = read_trace(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    trace
+    let run = TraceData {
+        meta: vec![("gpu".to_string(), "NVIDIA H100 80GB HBM3".to_string()), ("gpu_metrics_source".into(), "cupti-pm".into())],
+        processes: vec![ENGINE.process("lumen bench")],
+        threads: vec![ENGINE.thread("engine")],
+        spans,
+        counters,
+        iterations,
+        allocations,
+        gpu_ops,
+        api_calls,
+        ..TraceData::default()
+    };
+    read_back("analyze-report", &run)
 }
 
 #[test]

@@ -475,6 +475,7 @@ fn taylor_sin(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lumen_test_support::scratch::Scratch;
     use std::path::PathBuf;
 
     const VOCAB: Vocab = Vocab { size: 32, eos_id: Some(2) };
@@ -485,23 +486,6 @@ mod tests {
 
     fn unif(num_requests: usize, seed: u64) -> UnifDistParams {
         UnifDistParams { num_requests, input_min: 10, input_max: 20, output_min: 100, output_max: 110, random_seed: seed }
-    }
-
-    /// A per-test scratch file that is removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str, contents: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("lumen-bench-{}-{name}", std::process::id()));
-            fs::write(&path, contents).expect("write scratch file");
-            Scratch(path)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(&self.0);
-        }
     }
 
     fn err_text<T: std::fmt::Debug>(result: Result<T>) -> String {
@@ -702,22 +686,24 @@ mod tests {
 
     #[test]
     fn real_dataset_reads_jsonl_keys_in_order() {
-        let file = Scratch::new(
+        let s = Scratch::new("dataset-keys");
+        let file = PathBuf::from(s.write(
             "keys.jsonl",
             "{\"prompt\":\"a bb\",\"text\":\"ignored\"}\n\n{\"text\":\"ccc\"}\n{\"input\":\"d\"}\n{\"question\":\"ee ff g\"}\n",
-        );
-        let entries = real_dataset(&real(&file.0, None), &fake_tokenize).unwrap();
+        ));
+        let entries = real_dataset(&real(&file, None), &fake_tokenize).unwrap();
         let ids: Vec<Vec<u32>> = entries.iter().map(|e| e.input_ids.clone()).collect();
         assert_eq!(ids, vec![vec![1, 2], vec![3], vec![1], vec![2, 2, 1]]);
         assert!(entries.iter().enumerate().all(|(i, e)| e.task_id == i as u64 && e.output_tokens == 50));
-        let limited = real_dataset(&real(&file.0, Some(2)), &fake_tokenize).unwrap();
+        let limited = real_dataset(&real(&file, Some(2)), &fake_tokenize).unwrap();
         assert_eq!(limited.len(), 2);
     }
 
     #[test]
     fn real_dataset_reads_plain_text_with_normal_output_lengths() {
-        let file = Scratch::new("plain.txt", "hello world\n\n  \nsecond prompt here\nthird\n");
-        let params = RealDatasetParams { output_len_dist: LenDist { mean: 20.0, stdev: 5.0 }, ..real(&file.0, None) };
+        let s = Scratch::new("dataset-plain");
+        let file = PathBuf::from(s.write("plain.txt", "hello world\n\n  \nsecond prompt here\nthird\n"));
+        let params = RealDatasetParams { output_len_dist: LenDist { mean: 20.0, stdev: 5.0 }, ..real(&file, None) };
         let entries = real_dataset(&params, &fake_tokenize).unwrap();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[1].input_ids, vec![6, 6, 4]);
@@ -729,28 +715,29 @@ mod tests {
 
     #[test]
     fn real_dataset_errors_name_file_and_line() {
-        let missing = Scratch::new("nokey.jsonl", "{\"prompt\":\"ok\"}\n{\"body\":\"x\",\"id\":1}\n");
-        let text = err_text(real_dataset(&real(&missing.0, None), &fake_tokenize));
+        let s = Scratch::new("dataset-errors");
+        let missing = PathBuf::from(s.write("nokey.jsonl", "{\"prompt\":\"ok\"}\n{\"body\":\"x\",\"id\":1}\n"));
+        let text = err_text(real_dataset(&real(&missing, None), &fake_tokenize));
         assert!(text.contains("nokey.jsonl:2: no prompt key found (keys present: [\"body\", \"id\"])"), "{text}");
         assert!(text.contains("[\"prompt\", \"text\", \"input\", \"question\"]"), "{text}");
 
-        let not_string = Scratch::new("num.jsonl", "{\"prompt\":5}\n");
-        let text = err_text(real_dataset(&real(&not_string.0, None), &fake_tokenize));
+        let not_string = PathBuf::from(s.write("num.jsonl", "{\"prompt\":5}\n"));
+        let text = err_text(real_dataset(&real(&not_string, None), &fake_tokenize));
         assert!(text.contains("num.jsonl:1: key \"prompt\" holds 5, not a string"), "{text}");
 
-        let broken = Scratch::new("broken.jsonl", "{\"prompt\":\"a\"}\n{oops\n");
-        let text = err_text(real_dataset(&real(&broken.0, None), &fake_tokenize));
+        let broken = PathBuf::from(s.write("broken.jsonl", "{\"prompt\":\"a\"}\n{oops\n"));
+        let text = err_text(real_dataset(&real(&broken, None), &fake_tokenize));
         assert!(text.contains("broken.jsonl:2: malformed JSON"), "{text}");
 
-        let failing = Scratch::new("fail.txt", "fine\nFAIL here\n");
-        let text = err_text(real_dataset(&real(&failing.0, None), &fake_tokenize));
+        let failing = PathBuf::from(s.write("fail.txt", "fine\nFAIL here\n"));
+        let text = err_text(real_dataset(&real(&failing, None), &fake_tokenize));
         assert!(text.contains("fail.txt:2: tokenizing the prompt failed: tokenizer refused"), "{text}");
 
-        let empty = Scratch::new("empty.txt", "\n \n");
-        let text = err_text(real_dataset(&real(&empty.0, None), &fake_tokenize));
+        let empty = PathBuf::from(s.write("empty.txt", "\n \n"));
+        let text = err_text(real_dataset(&real(&empty, None), &fake_tokenize));
         assert!(text.contains("empty.txt: no prompts found; expected one prompt per non-empty line"), "{text}");
 
-        let text = err_text(real_dataset(&real(&empty.0, Some(0)), &fake_tokenize));
+        let text = err_text(real_dataset(&real(&empty, Some(0)), &fake_tokenize));
         assert!(text.contains("--num-requests must be > 0, got 0"), "{text}");
 
         let nothing = Path::new("/nonexistent/lumen/prompts.txt");
@@ -761,12 +748,13 @@ mod tests {
     #[test]
     fn write_then_read_round_trips() {
         let entries = token_norm_dist(&norm(10, 9), &VOCAB).unwrap();
-        let file = Scratch::new("roundtrip.jsonl", "");
-        write_dataset(&file.0, &entries).unwrap();
-        let text = fs::read_to_string(&file.0).unwrap();
+        let s = Scratch::new("dataset-roundtrip");
+        let file = PathBuf::from(s.path("roundtrip.jsonl"));
+        write_dataset(&file, &entries).unwrap();
+        let text = fs::read_to_string(&file).unwrap();
         assert_eq!(text.lines().count(), 10);
         assert!(text.starts_with("{\"task_id\":0,\"input_ids\":["));
-        assert_eq!(read_dataset(&file.0, Some(32)).unwrap(), entries);
+        assert_eq!(read_dataset(&file, Some(32)).unwrap(), entries);
     }
 
     #[test]
@@ -789,16 +777,17 @@ mod tests {
             ("negative", r#"{"task_id":0,"input_ids":[-1],"output_tokens":3}"#.to_owned(), "negative.jsonl:1:"),
             ("blank", "\n  \n".to_owned(), "blank.jsonl: dataset is empty"),
         ];
+        let s = Scratch::new("dataset-read-errors");
         for (name, contents, expected) in cases {
-            let file = Scratch::new(&format!("{name}.jsonl"), &contents);
-            let text = err_text(read_dataset(&file.0, Some(32)));
+            let file = PathBuf::from(s.write(&format!("{name}.jsonl"), &contents));
+            let text = err_text(read_dataset(&file, Some(32)));
             assert!(text.contains(expected), "{text:?} should contain {expected:?}");
         }
-        let file = Scratch::new("shape.jsonl", "{\"task_id\":1,\"input_ids\":[1]}");
-        let text = err_text(read_dataset(&file.0, None));
+        let file = PathBuf::from(s.write("shape.jsonl", "{\"task_id\":1,\"input_ids\":[1]}"));
+        let text = err_text(read_dataset(&file, None));
         assert!(text.contains("invalid dataset entry: missing field `output_tokens`; expected one object per line like"), "{text}");
-        let file = Scratch::new("syntax.jsonl", "not json");
-        let text = err_text(read_dataset(&file.0, None));
+        let file = PathBuf::from(s.write("syntax.jsonl", "not json"));
+        let text = err_text(read_dataset(&file, None));
         assert!(text.contains("syntax.jsonl:1:2: malformed JSON: expected ident"), "{text}");
     }
 }

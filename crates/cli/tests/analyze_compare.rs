@@ -7,13 +7,13 @@
 mod common;
 
 use common::{fixed_length_dataset, lumen, Scratch};
-use lumen_trace::model::{ApiCallRow, GpuOpKind, GpuOpRow, IterationRow, ProcessRow, SpanRow, TraceData};
-use lumen_trace::store::{read_trace, Batch, GpuBatch, TraceWriter};
+use lumen_test_support::rows::{iteration, write_trace, Origin};
+use lumen_trace::model::{GpuOpKind, IterationRow, TraceData};
+use lumen_trace::store::read_trace;
 use serde_json::Value;
 use std::path::Path;
 
-const PID: u32 = 77;
-const TID: u64 = 78;
+const ENGINE: Origin = Origin { pid: 77, tid: 78, device: 0, stream: 7 };
 const ITERATIONS: u64 = 25;
 const BASE_KERNELS: &[(&str, u64)] = &[("sm90_xmma_gemm_bf16", 300_000), ("flash_fwd_kernel", 100_000), ("rope_kernel", 40_000)];
 const NEW_KERNELS: &[(&str, u64)] = &[("sm90_xmma_gemm_bf16", 300_000), ("flash_fwd_kernel", 150_000), ("fused_rope_norm", 30_000)];
@@ -22,75 +22,41 @@ const NEW_KERNELS: &[(&str, u64)] = &[("sm90_xmma_gemm_bf16", 300_000), ("flash_
 /// 1 ms schedule, a `forward_ns` forward and a 0.5 ms sample phase, its kernels launched one by
 /// one from the forward's start.
 fn write_run(path: &str, iteration_ms: f64, forward_ns: u64, kernels: &[(&str, u64)]) {
-    let (mut spans, mut iterations, mut api_calls, mut gpu_ops) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut trace = TraceData {
+        meta: vec![("gpu".into(), "NVIDIA H100 80GB HBM3".into())],
+        processes: vec![ENGINE.process("lumen bench")],
+        threads: vec![ENGINE.thread("engine")],
+        ..TraceData::default()
+    };
     let mut start = 1_000_000;
     for i in 0..ITERATIONS {
         let host_ms = iteration_ms * (1.0 + 0.01 * ((i * 7 % 5) as f64 - 2.0));
         let end = start + (host_ms * 1e6) as u64;
-        let phase = |start_ns, end_ns, name: &str| SpanRow {
-            start_ns,
-            end_ns,
-            tid: TID,
-            name: name.into(),
-            category: "phase".into(),
-            depth: 1,
-            iteration: Some(i),
-            args: None,
-        };
         let forward = start + 1_000_000;
-        spans.extend([
-            phase(start, forward, "schedule"),
-            phase(forward, forward + forward_ns, "forward"),
-            phase(forward + forward_ns, forward + forward_ns + 500_000, "sample"),
+        trace.spans.extend([
+            ENGINE.phase("schedule", start, forward, i),
+            ENGINE.phase("forward", forward, forward + forward_ns, i),
+            ENGINE.phase("sample", forward + forward_ns, forward + forward_ns + 500_000, i),
         ]);
-        iterations.push(IterationRow {
-            iter: i,
-            start_ns: start,
-            end_ns: end,
+        trace.iterations.push(IterationRow {
             ctx_reqs: 0,
             gen_reqs: 4,
             ctx_tokens: 0,
             gen_tokens: 4,
             kv_used_blocks: 8,
             kv_total_blocks: 64,
-            host_ms,
-            device_ms: None,
-            queued_reqs: None,
-            weight_bytes: None,
-            kv_bytes_read: None,
-            flops: None,
+            ..iteration(i, start, end, host_ms)
         });
         let mut at = forward;
         for (k, &(name, ns)) in kernels.iter().enumerate() {
             let correlation = i * 10 + k as u64;
-            api_calls.push(ApiCallRow {
-                start_ns: at - 8_000,
-                end_ns: at - 3_000,
-                pid: PID,
-                tid: TID,
-                name: "cuLaunchKernel".into(),
-                correlation: Some(correlation),
-                result: Some(0),
-            });
-            gpu_ops.push(GpuOpRow {
-                kind: GpuOpKind::Kernel,
-                start_ns: at,
-                end_ns: at + ns,
-                pid: PID,
-                stream: Some(7),
-                correlation: Some(correlation),
-                name: name.into(),
-                ..GpuOpRow::default()
-            });
+            trace.api_calls.push(ENGINE.api("cuLaunchKernel", at - 8_000, at - 3_000, correlation));
+            trace.gpu_ops.push(ENGINE.gpu_op(GpuOpKind::Kernel, name, at, at + ns, correlation));
             at += ns + 10_000;
         }
         start = end + 1_000_000;
     }
-    let mut w = TraceWriter::create(Path::new(path), &[("gpu".into(), "NVIDIA H100 80GB HBM3".into())]).unwrap();
-    w.append(&Batch { threads: &[(TID, "engine".to_string())], spans: &spans, iterations: &iterations, ..Batch::default() }).unwrap();
-    let processes = [ProcessRow { pid: PID, name: "lumen bench".into() }];
-    w.append_gpu(&GpuBatch { processes: &processes, gpu_ops: &gpu_ops, api_calls: &api_calls, ..GpuBatch::default() }).unwrap();
-    w.finish().unwrap();
+    write_trace(path, &trace);
 }
 
 fn json(path: &str) -> Value {

@@ -10,24 +10,15 @@
 
 mod common;
 
-use std::fs::{self, File};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::fs;
 
 use common::{lumen, Scratch};
 use lumen_analyze::html::{section_ids, CHARTS};
-use lumen_trace::model::{AllocationRow, ApiCallRow, CounterRow, GpuOpKind, GpuOpRow, IterationRow, ProcessRow, SpanRow};
-use lumen_trace::store::{Batch, GpuBatch, TraceWriter};
+use lumen_test_support::chromium::{self, dump_dom, element};
+use lumen_test_support::rows::{self, iteration, Origin};
+use lumen_trace::model::{AllocationRow, CounterRow, GpuOpKind, GpuOpRow, IterationRow, TraceData};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
-/// One browser at a time: the tests share a small machine.
-static BROWSER: Mutex<()> = Mutex::new(());
-
-const PID: u32 = 5150;
-const TID: u64 = 5151;
+const ENGINE: Origin = Origin { pid: 5150, tid: 5151, device: 0, stream: 7 };
 const ITERATIONS: u64 = 16;
 const GEMM: &str = "void cutlass::Kernel<cutlass::gemm::GemmUniversal<bf16, 128>>(Params const&)";
 const ATTENTION: &str = "flash_fwd<\"causal\" & 'paged'><script>console.error(\"injected\")</script>";
@@ -61,101 +52,68 @@ fn write_run(s: &Scratch, run: &Workload) -> String {
     let with_gpu = run.with_gpu;
     let (mut spans, mut iterations, mut counters, mut allocations) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut api_calls, mut gpu_ops) = (Vec::new(), Vec::new());
-    let span = |start_ns: u64, end_ns: u64, name: &str, iteration: u64| SpanRow {
-        start_ns,
-        end_ns,
-        tid: TID,
-        name: name.into(),
-        category: "phase".into(),
-        depth: 1,
-        iteration: Some(iteration),
-        args: None,
-    };
-    let api = |start_ns: u64, end_ns: u64, name: &str, correlation: u64| ApiCallRow {
-        start_ns,
-        end_ns,
-        pid: PID,
-        tid: TID,
-        name: name.into(),
-        correlation: Some(correlation),
-        result: Some(0),
-    };
-    let op = |kind: GpuOpKind, start_ns: u64, end_ns: u64, name: &str, correlation: u64| GpuOpRow {
-        kind,
-        start_ns,
-        end_ns,
-        pid: PID,
-        device: 0,
-        stream: Some(7),
-        correlation: Some(correlation),
-        name: name.into(),
-        ..GpuOpRow::default()
-    };
     for it in 0..run.iterations {
         let t = 1_000_000 + it * 1_000_000;
         let slow = if it == 5 { 150_000 } else { 0 };
-        spans.push(span(t, t + 150_000 + slow, "schedule", it));
-        spans.push(span(t + 150_000 + slow, t + 700_000, "forward", it));
-        spans.push(span(t + 700_000, t + 800_000, "sample", it));
+        spans.push(ENGINE.phase("schedule", t, t + 150_000 + slow, it));
+        spans.push(ENGINE.phase("forward", t + 150_000 + slow, t + 700_000, it));
+        spans.push(ENGINE.phase("sample", t + 700_000, t + 800_000, it));
+        let host_ms = (0.8 + if it == 5 { 0.9 } else { it as f64 * 0.01 }) * run.host_scale;
         iterations.push(IterationRow {
-            iter: it,
-            start_ns: t,
-            end_ns: t + (800_000.0 * run.host_scale) as u64,
             ctx_reqs: u64::from(it == 0),
             gen_reqs: 4,
             ctx_tokens: if it == 0 { 64 } else { 0 },
             gen_tokens: 4,
             kv_used_blocks: 8 + it,
             kv_total_blocks: 64,
-            host_ms: (0.8 + if it == 5 { 0.9 } else { it as f64 * 0.01 }) * run.host_scale,
             device_ms: with_gpu.then_some(0.55 + it as f64 * 0.005),
-            queued_reqs: None,
-            weight_bytes: None,
-            kv_bytes_read: None,
-            flops: None,
+            ..iteration(it, t, t + (800_000.0 * run.host_scale) as u64, host_ms)
         });
         allocations.push(AllocationRow { iteration: it, count: 12, bytes: 8192, frees: 12, kv_blocks_allocated: 1, kv_blocks_freed: 0 });
         let correlation = it * 10;
-        api_calls.push(api(t + 100_000, t + 110_000, "cudaMemcpyAsync", correlation));
+        api_calls.push(ENGINE.api("cudaMemcpyAsync", t + 100_000, t + 110_000, correlation));
         gpu_ops.push(GpuOpRow {
             bytes: Some(1 << 20),
             copy_kind: Some("HtoD".into()),
             pinned: Some(false),
-            ..op(GpuOpKind::Memcpy, t + 120_000, t + 130_000, "memcpy HtoD", correlation)
+            ..ENGINE.gpu_op(GpuOpKind::Memcpy, "memcpy HtoD", t + 120_000, t + 130_000, correlation)
         });
         for (k, &(name, length)) in run.kernels.iter().enumerate() {
             let k = k as u64;
-            api_calls.push(api(t + 200_000 + k * 10_000, t + 205_000 + k * 10_000, "cuLaunchKernel", correlation + 1 + k));
+            api_calls.push(ENGINE.api("cuLaunchKernel", t + 200_000 + k * 10_000, t + 205_000 + k * 10_000, correlation + 1 + k));
             let start = t + 300_000 + k * 100_000;
             gpu_ops.push(GpuOpRow {
                 grid: Some([132, 1, 1]),
                 block: Some([256, 1, 1]),
-                ..op(GpuOpKind::Kernel, start, start + length, name, correlation + 1 + k)
+                ..ENGINE.gpu_op(GpuOpKind::Kernel, name, start, start + length, correlation + 1 + k)
             });
         }
-        api_calls.push(api(t + 600_000, t + 650_000, "cuStreamSynchronize", correlation + 9));
+        api_calls.push(ENGINE.api("cuStreamSynchronize", t + 600_000, t + 650_000, correlation + 9));
         for (offset, sm) in [(300_000, 70.0), (500_000, 30.0)] {
             counters.push(CounterRow { ts_ns: t + offset, name: "sm active %".into(), device: Some(0), value: sm + it as f64 });
             counters.push(CounterRow { ts_ns: t + offset, name: "dram read %".into(), device: Some(0), value: sm / 2.0 });
         }
     }
-    let path = s.path(run.file);
-    let meta = [
-        ("command".to_string(), "lumen bench throughput --model <tiny> & \"friends\"".to_string()),
-        ("max_batch_size".to_string(), "4".to_string()),
-        ("max_num_tokens".to_string(), "2048".to_string()),
-    ];
-    let mut w = TraceWriter::create(Path::new(&path), &meta).unwrap();
-    let threads = [(TID, "engine".to_string())];
-    let batch = Batch { threads: &threads, spans: &spans, iterations: &iterations, allocations: &allocations, ..Batch::default() };
+    let mut trace = TraceData {
+        meta: vec![
+            ("command".to_string(), "lumen bench throughput --model <tiny> & \"friends\"".to_string()),
+            ("max_batch_size".to_string(), "4".to_string()),
+            ("max_num_tokens".to_string(), "2048".to_string()),
+        ],
+        threads: vec![ENGINE.thread("engine")],
+        spans,
+        iterations,
+        allocations,
+        ..TraceData::default()
+    };
     if with_gpu {
-        w.append(&Batch { counters: &counters, ..batch }).unwrap();
-        let processes = [ProcessRow { pid: PID, name: "lumen <bench>".into() }];
-        w.append_gpu(&GpuBatch { processes: &processes, gpu_ops: &gpu_ops, api_calls: &api_calls, ..GpuBatch::default() }).unwrap();
-    } else {
-        w.append(&batch).unwrap();
+        trace.counters = counters;
+        trace.processes = vec![ENGINE.process("lumen <bench>")];
+        trace.gpu_ops = gpu_ops;
+        trace.api_calls = api_calls;
     }
-    w.finish().unwrap();
+    let path = s.path(run.file);
+    rows::write_trace(&path, &trace);
     path
 }
 
@@ -165,91 +123,6 @@ fn report(s: &Scratch, trace: &str) -> String {
     let run = lumen(&["analyze", trace, "--html", &html]).ok();
     assert!(run.stdout.starts_with("== Diagnosis =="), "the text report still prints:\n{}", run.stdout);
     html
-}
-
-fn file_url(path: &str) -> String {
-    let mut url = String::from("file://");
-    for byte in path.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'-' | b'_' => url.push(byte as char),
-            _ => url.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    url
-}
-
-/// What one headless Chromium run printed.
-struct Browser {
-    stdout: String,
-    stderr: String,
-}
-
-impl Browser {
-    /// The log lines reporting the page's console output and uncaught errors.
-    fn console(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect()
-    }
-}
-
-/// Runs headless Chromium on `page` with `args`, its profile and output in the scratch directory.
-fn chromium(s: &Scratch, case: &str, args: &[String], page: &str) -> Browser {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run scripts/setup.sh, which installs the apt package chromium that this test drives"
-    );
-    let _browser = BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (stdout_path, stderr_path) = (s.path(&format!("{case}.stdout")), s.path(&format!("{case}.stderr")));
-    let mut child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", s.path(&format!("profile-{case}"))))
-        .args(args)
-        .arg(file_url(page))
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("create the stdout file"))
-        .stderr(File::create(&stderr_path).expect("create the stderr file"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {CHROMIUM}: {e}"));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for chromium") {
-            break status;
-        }
-        if started.elapsed() > BROWSER_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium ran past {BROWSER_TIMEOUT:?} on case {case}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let browser = Browser {
-        stdout: fs::read_to_string(&stdout_path).expect("read chromium's stdout"),
-        stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
-    };
-    assert!(status.success(), "chromium failed on case {case} ({status}):\n{}", browser.stderr);
-    browser
-}
-
-fn dump_dom(s: &Scratch, case: &str, page: &str) -> Browser {
-    chromium(s, case, &["--dump-dom".into()], page)
-}
-
-/// The element of the dumped DOM with `id`, from its opening tag to the first `</tag>` after it.
-fn element<'a>(dom: &'a str, tag: &str, id: &str) -> &'a str {
-    let at = dom.find(&format!(" id=\"{id}\"")).unwrap_or_else(|| panic!("no element with id {id} in the DOM:\n{dom}"));
-    let start = dom[..at].rfind('<').expect("an id is inside a tag");
-    assert!(dom[start + 1..].starts_with(tag), "{id} is not a <{tag}>: {}", &dom[start..at + 40]);
-    let end = dom[start..].find(&format!("</{tag}>")).unwrap_or_else(|| panic!("<{tag} id={id}> is never closed")) + start;
-    &dom[start..end]
 }
 
 /// A name as the DOM serialises it in a text node.
@@ -376,8 +249,7 @@ fn the_page_renders_a_screenshot_that_is_not_blank() {
     let mut sizes = Vec::new();
     for (case, page) in [("report", &page), ("blank", &blank)] {
         let png = s.path(&format!("{case}.png"));
-        let browser =
-            chromium(&s, case, &[format!("--screenshot={png}"), "--window-size=1280,2000".into(), "--hide-scrollbars".into()], page);
+        let browser = chromium::screenshot(&s, case, page, &png, (1280, 2000));
         assert!(browser.console().is_empty(), "{case} logged to the console:\n{}", browser.console().join("\n"));
         let (width, height, bytes) = png_size(&png);
         assert_eq!((width, height), (1280, 2000), "{case}");

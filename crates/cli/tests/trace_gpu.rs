@@ -7,115 +7,94 @@
 mod common;
 
 use common::{lumen, Scratch};
+use lumen_test_support::rows::{iteration, write_trace, write_unfinished_trace, Origin};
 use lumen_trace::export::perfetto::{decode_packets, EventType};
-use lumen_trace::model::{ApiCallRow, GpuOpKind, GpuOpRow, IterationRow, ProcessRow, SpanRow, ThreadRow};
-use lumen_trace::store::{read_trace, Batch, GpuBatch, TraceWriter};
+use lumen_trace::model::{ApiCallRow, GpuOpKind, GpuOpRow, IterationRow, TraceData};
+use lumen_trace::store::read_trace;
 use std::collections::HashMap;
 use std::path::Path;
 
-const ENGINE: (u32, u64) = (4242, 4243);
-const WORKER: (u32, u64) = (5000, 5001);
+const ENGINE: Origin = Origin { pid: 4242, tid: 4243, device: 0, stream: 7 };
+const WORKER: Origin = Origin { pid: 5000, tid: 5001, device: 0, stream: 3 };
 
-fn op(kind: GpuOpKind, (pid, _): (u32, u64), stream: u64, correlation: u64, start_ns: u64) -> GpuOpRow {
+/// An op of 800 ns on `process`'s stream, with the fields its kind has set.
+fn op(kind: GpuOpKind, process: Origin, correlation: u64, start_ns: u64) -> GpuOpRow {
+    let name = match kind {
+        GpuOpKind::Kernel => format!("gemm_{}", correlation % 2),
+        other => other.to_string(),
+    };
     GpuOpRow {
-        kind,
-        start_ns,
-        end_ns: start_ns + 800,
-        pid,
-        device: 0,
-        stream: Some(stream),
-        correlation: Some(correlation),
-        name: match kind {
-            GpuOpKind::Kernel => format!("gemm_{}", correlation % 2),
-            other => other.to_string(),
-        },
         grid: (kind == GpuOpKind::Kernel).then_some([64, 1, 1]),
         block: (kind == GpuOpKind::Kernel).then_some([128, 1, 1]),
         registers: (kind == GpuOpKind::Kernel).then_some(72),
-        shared_mem_bytes: None,
         bytes: (kind == GpuOpKind::Memcpy).then_some(4096),
         copy_kind: (kind == GpuOpKind::Memcpy).then(|| "DtoH".to_string()),
         pinned: (kind == GpuOpKind::Memcpy).then_some(false),
         graph_id: (kind == GpuOpKind::Graph).then_some(1),
-        graph_node_id: None,
+        ..process.gpu_op(kind, &name, start_ns, start_ns + 800, correlation)
     }
 }
 
-fn call((pid, tid): (u32, u64), name: &str, correlation: u64, start_ns: u64) -> ApiCallRow {
-    ApiCallRow { start_ns, end_ns: start_ns + 100, pid, tid, name: name.to_string(), correlation: Some(correlation), result: Some(0) }
+fn call(process: Origin, name: &str, correlation: u64, start_ns: u64) -> ApiCallRow {
+    process.api(name, start_ns, start_ns + 100, correlation)
 }
 
-fn iteration(iter: u64) -> IterationRow {
+/// An iteration that prefills one request of 16 tokens: 9 µs, every 10 µs.
+fn prefill(iter: u64) -> IterationRow {
     IterationRow {
-        iter,
-        start_ns: iter * 10_000,
-        end_ns: iter * 10_000 + 9_000,
-        ctx_reqs: 1,
         gen_reqs: 0,
         ctx_tokens: 16,
         gen_tokens: 0,
         kv_used_blocks: 1,
         kv_total_blocks: 8,
-        host_ms: 0.009,
-        device_ms: None,
-        queued_reqs: None,
-        weight_bytes: None,
-        kv_bytes_read: None,
-        flops: None,
+        ..iteration(iter, iter * 10_000, iter * 10_000 + 9_000, 0.009)
     }
 }
 
 /// The engine process: 3 iterations, each a span with 2 kernel launches and a copy (9 GPU ops, 9
 /// API calls). Finished.
 fn engine_trace(path: &Path) {
-    let meta = [("pid".to_string(), ENGINE.0.to_string()), ("command".to_string(), "lumen bench throughput".to_string())];
-    let mut w = TraceWriter::create(path, &meta).unwrap();
-    let threads = [ThreadRow { pid: ENGINE.0, tid: ENGINE.1, name: "lumen-engine".to_string() }];
-    let mut spans = Vec::new();
-    let (mut ops, mut calls) = (Vec::new(), Vec::new());
+    let mut trace = TraceData {
+        meta: vec![("pid".to_string(), ENGINE.pid.to_string()), ("command".to_string(), "lumen bench throughput".to_string())],
+        threads: vec![ENGINE.thread("lumen-engine")],
+        iterations: (0..3).map(prefill).collect(),
+        ..TraceData::default()
+    };
     for iter in 0..3 {
         let base = iter * 10_000;
-        spans.push(SpanRow {
-            start_ns: base,
-            end_ns: base + 9_000,
-            tid: ENGINE.1,
-            name: format!("iter {iter}"),
-            category: "iteration".to_string(),
-            depth: 0,
-            iteration: Some(iter),
-            args: None,
-        });
+        trace.spans.push(ENGINE.iteration_span(iter, base, base + 9_000));
         for (k, kind) in [GpuOpKind::Kernel, GpuOpKind::Kernel, GpuOpKind::Memcpy].into_iter().enumerate() {
             let correlation = iter * 3 + k as u64 + 1;
             let at = base + 100 + k as u64 * 1_000;
             let name = if kind == GpuOpKind::Memcpy { "cudaMemcpyAsync" } else { "cudaLaunchKernel" };
-            calls.push(call(ENGINE, name, correlation, at));
-            ops.push(op(kind, ENGINE, 7, correlation, at + 200));
+            trace.api_calls.push(call(ENGINE, name, correlation, at));
+            trace.gpu_ops.push(op(kind, ENGINE, correlation, at + 200));
         }
     }
-    let iterations: Vec<_> = (0..3).map(iteration).collect();
-    w.append(&Batch { spans: &spans, iterations: &iterations, ..Batch::default() }).unwrap();
-    w.append_gpu(&GpuBatch { threads: &threads, gpu_ops: &ops, api_calls: &calls, ..GpuBatch::default() }).unwrap();
-    w.finish().unwrap();
+    write_trace(path, &trace);
 }
 
 /// A worker process whose writer never finished, whose meta alone names the GPU: a whole-graph launch and a memset on stream 3,
 /// a sync on stream 3, an iteration whose id collides with the engine's.
 fn worker_trace(path: &Path) {
-    let meta = [("pid".to_string(), WORKER.0.to_string()), ("gpu".to_string(), "NVIDIA H100 80GB HBM3 (cuda:0)".to_string())];
-    let mut w = TraceWriter::create(path, &meta).unwrap();
-    let processes = [ProcessRow { pid: WORKER.0, name: "python worker.py".to_string() }];
-    let threads = [ThreadRow { pid: WORKER.0, tid: WORKER.1, name: "python".to_string() }];
-    let calls = [
-        call(WORKER, "cudaGraphLaunch", 1, 1_000),
-        call(WORKER, "cudaMemsetAsync", 2, 2_000),
-        call(WORKER, "cudaStreamSynchronize", 3, 3_000),
-    ];
-    let ops =
-        [op(GpuOpKind::Graph, WORKER, 3, 1, 1_200), op(GpuOpKind::Memset, WORKER, 3, 2, 2_200), op(GpuOpKind::Sync, WORKER, 3, 3, 3_000)];
-    w.append_gpu(&GpuBatch { processes: &processes, threads: &threads, gpu_ops: &ops, api_calls: &calls }).unwrap();
-    w.append(&Batch { iterations: &[iteration(0)], ..Batch::default() }).unwrap();
-    drop(w);
+    let trace = TraceData {
+        meta: vec![("pid".to_string(), WORKER.pid.to_string()), ("gpu".to_string(), "NVIDIA H100 80GB HBM3 (cuda:0)".to_string())],
+        processes: vec![WORKER.process("python worker.py")],
+        threads: vec![WORKER.thread("python")],
+        api_calls: vec![
+            call(WORKER, "cudaGraphLaunch", 1, 1_000),
+            call(WORKER, "cudaMemsetAsync", 2, 2_000),
+            call(WORKER, "cudaStreamSynchronize", 3, 3_000),
+        ],
+        gpu_ops: vec![
+            op(GpuOpKind::Graph, WORKER, 1, 1_200),
+            op(GpuOpKind::Memset, WORKER, 2, 2_200),
+            op(GpuOpKind::Sync, WORKER, 3, 3_000),
+        ],
+        iterations: vec![prefill(0)],
+        ..TraceData::default()
+    };
+    write_unfinished_trace(path, &trace);
 }
 
 fn line_with<'a>(text: &'a str, prefix: &str) -> &'a str {
@@ -142,7 +121,7 @@ fn merged_process_traces_show_gpu_work_in_info_and_exports() {
     let t = read_trace(Path::new(&merged)).unwrap();
     assert_eq!((t.gpu_ops.len(), t.api_calls.len(), t.processes.len(), t.iterations.len()), (12, 12, 2, 3));
     assert_eq!(t.meta("command"), Some("lumen bench throughput"), "the first input's meta heads the merged trace");
-    assert_eq!(t.meta("pid"), Some(ENGINE.0.to_string().as_str()), "a key both inputs have keeps the first input's value");
+    assert_eq!(t.meta("pid"), Some(ENGINE.pid.to_string().as_str()), "a key both inputs have keeps the first input's value");
     assert_eq!(t.meta("gpu"), Some("NVIDIA H100 80GB HBM3 (cuda:0)"), "keys only a later input has are added");
 
     let info = lumen(&["trace", "info", &merged]).ok().stdout;

@@ -2,4 +2,7 @@
 //! scratch directories, the headless Chromium launcher and trace builders.
 //! No library crate depends on it outside `[dev-dependencies]`.
 
+pub mod chromium;
 pub mod gpu;
+pub mod rows;
+pub mod scratch;

@@ -169,28 +169,7 @@ mod tests {
     use super::*;
     use crate::model::{GpuOpKind, TraceData};
     use crate::store::read_trace;
-
-    /// A scratch directory, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(case: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!("lumen-merge-{}-{case}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use lumen_test_support::scratch::Scratch;
 
     fn op(pid: u32, start_ns: u64, correlation: u64) -> GpuOpRow {
         GpuOpRow {
@@ -311,8 +290,8 @@ mod tests {
 
     #[test]
     fn two_processes_merge_with_exact_row_counts() {
-        let s = Scratch::new("two");
-        let (a, b, out) = (s.path("engine.lumen"), s.path("worker.lumen"), s.path("merged.lumen"));
+        let s = Scratch::new("merge-two");
+        let (a, b, out) = (s.dir.join("engine.lumen"), s.dir.join("worker.lumen"), s.dir.join("merged.lumen"));
         let (engine, worker) = (engine(&a), worker(&b));
         assert_eq!(worker.meta("complete"), Some("false"));
         let meta = [("command".to_string(), "lumen profile -- python worker.py".to_string())];
@@ -357,8 +336,8 @@ mod tests {
 
     #[test]
     fn the_first_input_with_iterations_owns_them() {
-        let s = Scratch::new("owner");
-        let (a, b, out) = (s.path("worker.lumen"), s.path("engine.lumen"), s.path("merged.lumen"));
+        let s = Scratch::new("merge-owner");
+        let (a, b, out) = (s.dir.join("worker.lumen"), s.dir.join("engine.lumen"), s.dir.join("merged.lumen"));
         let (worker, engine) = (worker(&a), engine(&b));
         let summary = merge_traces(&[a, b], &out, &[]).unwrap();
         assert!(summary.inputs[0].dropped.is_empty());
@@ -370,13 +349,13 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_named_and_leave_no_output() {
-        let s = Scratch::new("bad");
-        let (good, out) = (s.path("good.lumen"), s.path("merged.lumen"));
+        let s = Scratch::new("merge-bad");
+        let (good, out) = (s.dir.join("good.lumen"), s.dir.join("merged.lumen"));
         engine(&good);
-        let missing = s.path("missing.lumen");
+        let missing = s.dir.join("missing.lumen");
         let e = merge_traces(&[good.clone(), missing.clone()], &out, &[]).unwrap_err();
         assert!(e.contains(&missing.display().to_string()) && e.contains("no such file"), "{e}");
-        let garbage = s.path("garbage.lumen");
+        let garbage = s.dir.join("garbage.lumen");
         std::fs::write(&garbage, "not a trace, only text long enough to look like a file header").unwrap();
         let e = merge_traces(&[good.clone(), garbage.clone()], &out, &[]).unwrap_err();
         assert!(e.contains(&garbage.display().to_string()) && e.contains("not a lumen trace"), "{e}");
@@ -391,8 +370,8 @@ mod tests {
 
     #[test]
     fn a_bad_row_midway_removes_the_partial_output() {
-        let s = Scratch::new("midway");
-        let (good, bad, out) = (s.path("good.lumen"), s.path("bad.lumen"), s.path("merged.lumen"));
+        let s = Scratch::new("merge-midway");
+        let (good, bad, out) = (s.dir.join("good.lumen"), s.dir.join("bad.lumen"), s.dir.join("merged.lumen"));
         engine(&good);
         worker(&bad);
         rusqlite::Connection::open(&bad).unwrap().execute("UPDATE gpu_ops SET kind = 'warp' WHERE rowid = 3", []).unwrap();

@@ -7,107 +7,27 @@
 //! shown able to fail. Needs `/usr/bin/chromium` (the apt package `chromium`, installed by
 //! `scripts/setup.sh`).
 
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
+use lumen_test_support::chromium;
+use lumen_test_support::rows::Origin;
+use lumen_test_support::scratch::Scratch;
 use lumen_trace::export::chrome::to_chrome_json;
-use lumen_trace::model::{ApiCallRow, CounterRow, GpuOpKind, GpuOpRow, MarkRow, ProcessRow, SpanRow, ThreadRow, TraceData};
+use lumen_trace::model::{CounterRow, GpuOpKind, GpuOpRow, MarkRow, ProcessRow, SpanRow, ThreadRow, TraceData};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const PAGE: &str = include_str!("browser/check_trace.html");
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// One browser at a time: the tests share a small machine.
-static BROWSER: Mutex<()> = Mutex::new(());
 
 const ITERATIONS: u64 = 50;
 const THREADS: [(u64, &str); 2] = [(101, "engine"), (102, "worker \"gpu\" ✓")];
 const ITERATION_NS: u64 = 2_000_003;
 
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(case: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("lumen-chrome-check-{}-{case}", std::process::id()));
-        // A leftover from an earlier run with the same pid may be there; it is ours to replace.
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create the scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn file_url(path: &Path) -> String {
-    let mut url = String::from("file://");
-    for byte in path.to_str().expect("the scratch path is UTF-8").bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'-' | b'_' => url.push(byte as char),
-            _ => url.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    url
-}
-
 /// Loads the check page on `trace_json` in headless Chromium and returns the page's verdict text.
 fn verdict(case: &str, trace_json: &str) -> String {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run scripts/setup.sh, which installs the apt package chromium that this test drives"
-    );
-    let _browser = BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let scratch = Scratch::new(case);
-    let page = scratch.0.join("check_trace.html");
-    fs::write(&page, PAGE).expect("write the page");
-    fs::write(scratch.0.join("trace.js"), format!("window.TRACE = {trace_json};\n")).expect("write trace.js");
-    let stdout_path = scratch.0.join("stdout.html");
-    let stderr_path = scratch.0.join("stderr.txt");
-    let mut child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", scratch.0.join("profile").display()))
-        .arg("--dump-dom")
-        .arg(file_url(&page))
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("create stdout file"))
-        .stderr(File::create(&stderr_path).expect("create stderr file"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {CHROMIUM}: {e}"));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for chromium") {
-            break status;
-        }
-        if started.elapsed() > BROWSER_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium ran past {BROWSER_TIMEOUT:?} on case {case}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let dom = fs::read_to_string(&stdout_path).expect("read chromium's stdout");
-    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    assert!(status.success(), "chromium failed on case {case} ({status}):\n{stderr}");
-    let open = "<pre id=\"verdict\">";
-    let start = dom.find(open).unwrap_or_else(|| panic!("no verdict in the dumped DOM of case {case}:\n{dom}\n{stderr}")) + open.len();
-    let end = dom[start..].find("</pre>").expect("the verdict element is closed") + start;
-    dom[start..end].to_string()
+    let scratch = Scratch::new(&format!("chrome-check-{case}"));
+    let page = scratch.write("check_trace.html", PAGE);
+    scratch.write("trace.js", format!("window.TRACE = {trace_json};\n"));
+    let browser = chromium::dump_dom(&scratch, case, &page);
+    let verdict = chromium::element(&browser.stdout, "pre", "verdict");
+    let (_, text) = verdict.split_once('>').expect("the verdict's opening tag ends");
+    text.to_string()
 }
 
 fn args(value: serde_json::Value) -> Option<String> {
@@ -208,45 +128,21 @@ fn gpu_trace() -> (TraceData, usize) {
         threads: PROCESSES.iter().map(|&(pid, tid, _)| ThreadRow { pid, tid, name: format!("main {pid}") }).collect(),
         ..TraceData::default()
     };
-    let op = |kind: GpuOpKind, pid: u32, device: u32, stream: u64, correlation: u64, start_ns: u64, end_ns: u64| GpuOpRow {
-        kind,
-        start_ns,
-        end_ns,
-        pid,
-        device,
-        stream: Some(stream),
-        correlation: Some(correlation),
-        name: kind.as_str().to_string(),
-        ..GpuOpRow::default()
-    };
     for (device, &(pid, tid, _)) in PROCESSES.iter().enumerate() {
         let device = device as u32;
+        let process = Origin { pid, tid, device, stream: 7 };
+        let op = |kind: GpuOpKind, stream: u64, start_ns: u64, end_ns: u64| {
+            Origin { stream, ..process }.gpu_op(kind, kind.as_str(), start_ns, end_ns, 0)
+        };
         let mut correlation = 0;
         let mut launch = |trace: &mut TraceData, name: &str, start_ns: u64, end_ns: u64, op: GpuOpRow| {
             correlation += 1;
-            trace.api_calls.push(ApiCallRow {
-                start_ns,
-                end_ns,
-                pid,
-                tid,
-                name: name.to_string(),
-                correlation: Some(correlation),
-                result: Some(0),
-            });
+            trace.api_calls.push(process.api(name, start_ns, end_ns, correlation));
             trace.gpu_ops.push(GpuOpRow { correlation: Some(correlation), ..op });
         };
         for iter in 0..ITERATIONS {
             let base = 1_000_000 + iter * 100_000 + u64::from(device) * 333;
-            trace.spans.push(SpanRow {
-                start_ns: base,
-                end_ns: base + 90_000,
-                tid,
-                name: format!("iter {iter}"),
-                category: "iteration".to_string(),
-                depth: 0,
-                iteration: Some(iter),
-                args: None,
-            });
+            trace.spans.push(process.iteration_span(iter, base, base + 90_000));
             for k in 0..4 {
                 let at = base + 1_000 + k * 10_000;
                 let kernel = GpuOpRow {
@@ -255,7 +151,7 @@ fn gpu_trace() -> (TraceData, usize) {
                     block: Some([256, 1, 1]),
                     registers: Some(64),
                     shared_mem_bytes: Some(16_384),
-                    ..op(GpuOpKind::Kernel, pid, device, 7 + k % 2, 0, at + 3_000, at + 9_000)
+                    ..op(GpuOpKind::Kernel, 7 + k % 2, at + 3_000, at + 9_000)
                 };
                 launch(&mut trace, "cudaLaunchKernel", at, at + 2_000, kernel);
             }
@@ -263,12 +159,12 @@ fn gpu_trace() -> (TraceData, usize) {
                 bytes: Some(1 << 20),
                 copy_kind: Some("HtoD".to_string()),
                 pinned: Some(true),
-                ..op(GpuOpKind::Memcpy, pid, device, 7, 0, base + 52_500, base + 60_000)
+                ..op(GpuOpKind::Memcpy, 7, base + 52_500, base + 60_000)
             };
             launch(&mut trace, "cudaMemcpyAsync", base + 50_000, base + 52_000, copy);
-            let graph = GpuOpRow { graph_id: Some(iter), ..op(GpuOpKind::Graph, pid, device, 7, 0, base + 62_500, base + 80_000) };
+            let graph = GpuOpRow { graph_id: Some(iter), ..op(GpuOpKind::Graph, 7, base + 62_500, base + 80_000) };
             launch(&mut trace, "cudaGraphLaunch", base + 61_000, base + 62_000, graph);
-            let sync = op(GpuOpKind::Sync, pid, device, 7, 0, base + 63_000, base + 80_500);
+            let sync = op(GpuOpKind::Sync, 7, base + 63_000, base + 80_500);
             launch(&mut trace, "cudaStreamSynchronize", base + 63_000, base + 81_000, sync);
         }
     }
