@@ -25,6 +25,8 @@ pub mod sol;
 mod stats;
 pub mod steps;
 mod text;
+#[cfg(test)]
+mod threshold_edges;
 pub mod view;
 
 /// The shared row builders under the name the diagnosis tests import them by.
