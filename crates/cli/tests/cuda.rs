@@ -77,7 +77,7 @@ fn generate_on_cuda_streams_the_same_tokens_as_the_cpu_for_a_preset() {
             "--device".into(),
             device,
             "--model".into(),
-            "smollm2-135m-untied@2".into(),
+            "smollm2-135m-untied@7".into(),
             "--prompt-ids".into(),
             "5,17,300,4000,12,9".into(),
             "--max-tokens".into(),
@@ -90,7 +90,7 @@ fn generate_on_cuda_streams_the_same_tokens_as_the_cpu_for_a_preset() {
     let cuda = lumen(&cuda_args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
     assert_eq!(cuda.stdout.lines().next(), cpu.stdout.lines().next(), "greedy ids differ between devices");
     let ids: std::collections::BTreeSet<&str> = cpu.stdout.trim().split(',').collect();
-    assert!(ids.len() >= 2, "the chain must vary to compare anything: {}", cpu.stdout);
+    assert!(ids.len() >= 3, "the chain must vary to compare anything: {}", cpu.stdout);
 }
 
 #[test]
