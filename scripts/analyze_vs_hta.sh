@@ -15,6 +15,9 @@
 #               ProfilerStep, so that its figures must equal lumen's; by default HTA runs as shipped
 #               and lumen's rows are also summed under HTA's rules to compare with it
 #   OUT         where the results go (default target/analyze-vs-hta)
+# Exit status: 1 when any compared figure (the GPU idle time, each kernel name's total) differs
+# from HTA's by half a nanosecond or more, after a line per mismatch and a last line
+# "N figures compared, M mismatches"; without HTA_PYTHON nothing is compared and it exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -109,11 +112,24 @@ for name in sorted(lumen_kernels, key=lambda n: -lumen_kernels[n]):
     if hta:
         line += f" {hta['kernels_us'].get(name, float('nan')):>14,.3f}"
     print(line)
+# Figures equal to the nanosecond: both sides are whole ns (or, under HTA's rules, whole us).
+TOLERANCE_US = 0.0005
+compared, mismatches = 0, []
 if hta:
     want_idle, want = (lumen_idle_us, lumen_kernels) if exact else (rule_idle_us, rule_kernels)
-    worst = max(abs(hta["kernels_us"].get(n, 0) - want.get(n, 0)) for n in set(want) | set(hta["kernels_us"]))
+    names = sorted(set(want) | set(hta["kernels_us"]))
+    worst = max((abs(hta["kernels_us"].get(n, 0) - want.get(n, 0)) for n in names), default=0.0)
     print(f"HTA against lumen{'' if exact else ' under HTA rules'}: idle differs by {abs(hta['idle_us'] - want_idle):.3f} us, "
           f"kernel totals by at most {worst:.3f} us")
+    figures = [("GPU idle time", hta["idle_us"], want_idle)]
+    figures += [(f"kernel {n}", hta["kernels_us"].get(n), want.get(n)) for n in names]
+    for figure, theirs, ours in figures:
+        compared += 1
+        # A name one side lacks counts as 0 us there.
+        if not abs((theirs or 0.0) - (ours or 0.0)) < TOLERANCE_US:
+            mismatches.append(figure)
+            show = lambda us: "missing" if us is None else f"{us:,.3f} us"
+            print(f"MISMATCH {figure}: HTA {show(theirs)}, lumen{'' if exact else ' under HTA rules'} {show(ours)}")
 
 
 def report(path):
@@ -132,4 +148,7 @@ if hta:
     analysis_s = hta["temporal_s"] + hta["idle_s"] + hta["kernel_s"]
     print(f"{'HTA':<6} {hta['parse_s']:>15.1f} {analysis_s:>11.1f} {hta_total:>9.1f} {hta_rss:>13,.0f}")
     print(f"lumen is {hta_total / (imp_s + ana_s):.0f}x faster than HTA end to end")
+
+print(f"\n{compared} figures compared, {len(mismatches)} mismatches" + ("" if hta else " (no HTA_PYTHON: nothing compared)"))
+sys.exit(1 if mismatches else 0)
 EOF
