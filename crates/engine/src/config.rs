@@ -1,6 +1,26 @@
-//! Engine limits: the per-iteration token budget, the KV-cache size and the CUDA graph batch sizes.
+//! Engine limits: the per-iteration token budget, the KV-cache size and the CUDA graph batch sizes,
+//! and the engine config file (`--config`, TensorRT-LLM's extra_llm_api_options keys) that sets
+//! them under explicit settings such as command-line flags.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde::{Deserialize, Deserializer};
+use std::path::Path;
+
+/// Most sequences scheduled in one iteration when nothing says otherwise.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 64;
+/// Most tokens scheduled in one iteration when nothing says otherwise.
+pub const DEFAULT_MAX_NUM_TOKENS: usize = 2048;
+/// KV cache size in GiB in host memory when nothing says otherwise.
+pub const DEFAULT_KV_CACHE_GIB: f64 = 1.0;
+/// Token slots per KV block when nothing says otherwise.
+pub const DEFAULT_KV_BLOCK_SIZE: usize = 16;
+/// Share of the free GPU memory the KV cache takes when no size is given.
+pub const DEFAULT_FREE_GPU_MEM_FRACTION: f64 = 0.9;
+
+/// `gib` GiB in bytes (truncated; a negative or NaN size gives 0).
+fn gib_bytes(gib: f64) -> usize {
+    (gib * (1u64 << 30) as f64) as usize
+}
 
 /// How much KV cache to allocate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,16 +119,20 @@ pub struct EngineConfig {
     pub kv_budget: KvBudget,
     /// Decode batch sizes replayed from CUDA graphs (ignored by the CPU backend).
     pub cuda_graphs: CudaGraphConfig,
+    /// Choose only split-K-free GEMMs and fixed attention splits, so a row's result does not
+    /// depend on its batch; CUDA only (the CPU backend is batch-invariant always).
+    pub batch_invariant: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            max_batch_size: 64,
-            max_num_tokens: 2048,
-            block_size: 16,
-            kv_budget: KvBudget::Bytes(1 << 30),
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            max_num_tokens: DEFAULT_MAX_NUM_TOKENS,
+            block_size: DEFAULT_KV_BLOCK_SIZE,
+            kv_budget: KvBudget::Bytes(gib_bytes(DEFAULT_KV_CACHE_GIB)),
             cuda_graphs: CudaGraphConfig::default(),
+            batch_invariant: false,
         }
     }
 }
@@ -218,9 +242,330 @@ impl EngineConfig {
     }
 }
 
+/// Engine settings given explicitly, such as command-line flags: each one set wins over the
+/// config file's key, which wins over the default. Sizes are taken as given; the caller checks
+/// values it wants to refuse under its own names (a flag's, say) before applying them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineOverrides {
+    pub max_batch_size: Option<usize>,
+    pub max_num_tokens: Option<usize>,
+    /// KV cache size in tokens; wins over `kv_cache_gib`.
+    pub kv_cache_tokens: Option<usize>,
+    /// KV cache size in GiB.
+    pub kv_cache_gib: Option<f64>,
+    pub kv_block_size: Option<usize>,
+    /// Share of the free GPU memory the KV cache takes when no size is given.
+    pub kv_cache_free_gpu_mem_fraction: Option<f64>,
+    /// Capture and replay CUDA graphs at all.
+    pub cuda_graphs: Option<bool>,
+    pub cuda_graph_padding: Option<bool>,
+    /// 0 is the engine's max batch size.
+    pub cuda_graph_max_batch_size: Option<usize>,
+    pub cuda_graph_batch_sizes: Option<Vec<usize>>,
+}
+
+/// An engine config file, YAML or JSON, with the TensorRT-LLM extra_llm_api_options keys lumen
+/// uses. Every field is optional; a key the file leaves out falls back to the default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map of engine options")]
+pub struct EngineConfigFile {
+    pub max_batch_size: Option<usize>,
+    pub max_num_tokens: Option<usize>,
+    pub kv_cache_config: Option<KvCacheSection>,
+    /// `None`: key absent; `Some(None)`: `null`, which disables CUDA graphs.
+    #[serde(default, deserialize_with = "present")]
+    pub cuda_graph_config: Option<Option<CudaGraphSection>>,
+}
+
+/// `kv_cache_config` of an engine config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map of KV cache options")]
+pub struct KvCacheSection {
+    pub free_gpu_memory_fraction: Option<f64>,
+    pub max_tokens: Option<usize>,
+    pub tokens_per_block: Option<usize>,
+}
+
+/// `cuda_graph_config` of an engine config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map of CUDA graph options, or null")]
+pub struct CudaGraphSection {
+    pub enable_padding: Option<bool>,
+    pub max_batch_size: Option<usize>,
+    pub batch_sizes: Option<Vec<usize>>,
+}
+
+/// Deserializes a key that is present (possibly `null`) as `Some`, so an absent key stays `None`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> std::result::Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+impl EngineConfigFile {
+    /// Reads and checks `path`, YAML (.yaml, .yml) or JSON (.json) by its extension. Errors name
+    /// the file, and an unknown key names the accepted ones.
+    pub fn load(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let yaml = match ext.as_deref() {
+            Some("yaml" | "yml") => true,
+            Some("json") => false,
+            _ => bail!("engine config file {shown} has neither a .yaml, .yml nor a .json extension, expected YAML or JSON"),
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read engine config file {shown}"))?;
+        let file: EngineConfigFile = if yaml {
+            serde_yaml::from_str(&text).map_err(|e| anyhow!("engine config file {shown}: {e}"))?
+        } else {
+            serde_json::from_str(&text).map_err(|e| anyhow!("engine config file {shown}: {e}"))?
+        };
+        file.check().with_context(|| format!("engine config file {shown}"))?;
+        Ok(file)
+    }
+
+    /// Refuses values no engine can use, naming the key.
+    pub fn check(&self) -> Result<()> {
+        let kv = self.kv_cache_config.as_ref();
+        for (key, value) in [
+            ("max_batch_size", self.max_batch_size),
+            ("max_num_tokens", self.max_num_tokens),
+            ("kv_cache_config.max_tokens", kv.and_then(|k| k.max_tokens)),
+            ("kv_cache_config.tokens_per_block", kv.and_then(|k| k.tokens_per_block)),
+        ] {
+            ensure!(value != Some(0), "{key} is 0, expected at least 1");
+        }
+        if let Some(f) = kv.and_then(|k| k.free_gpu_memory_fraction) {
+            ensure!(
+                f > 0.0 && f <= 1.0,
+                "kv_cache_config.free_gpu_memory_fraction {f} is outside (0, 1], expected the share of free GPU memory to use, such as 0.9"
+            );
+        }
+        if let Some(sizes) = self.cuda_graph_config.as_ref().and_then(|g| g.as_ref()).and_then(|g| g.batch_sizes.as_ref()) {
+            ensure!(!sizes.contains(&0), "cuda_graph_config.batch_sizes {sizes:?} contains 0, expected batch sizes of at least 1");
+        }
+        Ok(())
+    }
+
+    /// The engine configuration for the CPU (`device_is_cuda` false) or the CUDA device: each
+    /// setting from `overrides` when given, else from this file, else its default. Without an
+    /// explicit KV cache size (`kv_cache_tokens`, `kv_cache_gib` or the file's
+    /// `kv_cache_config.max_tokens`), the CUDA device takes a fraction of its free memory and the
+    /// CPU [`DEFAULT_KV_CACHE_GIB`]. `batch_invariant` is left off.
+    pub fn apply(&self, overrides: &EngineOverrides, device_is_cuda: bool) -> Result<EngineConfig> {
+        self.check()?;
+        let kv = self.kv_cache_config.clone().unwrap_or_default();
+        let fraction = overrides.kv_cache_free_gpu_mem_fraction.or(kv.free_gpu_memory_fraction).unwrap_or(DEFAULT_FREE_GPU_MEM_FRACTION);
+        let kv_budget = match (overrides.kv_cache_tokens, overrides.kv_cache_gib, kv.max_tokens) {
+            (Some(t), _, _) => KvBudget::Tokens(t),
+            (None, Some(gib), _) => KvBudget::Bytes(gib_bytes(gib)),
+            (None, None, Some(t)) => KvBudget::Tokens(t),
+            (None, None, None) if device_is_cuda => KvBudget::GpuFraction(fraction),
+            (None, None, None) => KvBudget::Bytes(gib_bytes(DEFAULT_KV_CACHE_GIB)),
+        };
+        // `cuda_graph_config: null` in the file turns graphs off; an absent key leaves them on.
+        let graphs_enabled = overrides.cuda_graphs.unwrap_or(!matches!(self.cuda_graph_config, Some(None)));
+        let graphs = self.cuda_graph_config.clone().flatten().unwrap_or_default();
+        let config = EngineConfig {
+            max_batch_size: overrides.max_batch_size.or(self.max_batch_size).unwrap_or(DEFAULT_MAX_BATCH_SIZE),
+            max_num_tokens: overrides.max_num_tokens.or(self.max_num_tokens).unwrap_or(DEFAULT_MAX_NUM_TOKENS),
+            block_size: overrides.kv_block_size.or(kv.tokens_per_block).unwrap_or(DEFAULT_KV_BLOCK_SIZE),
+            kv_budget,
+            cuda_graphs: CudaGraphConfig {
+                enabled: graphs_enabled,
+                enable_padding: overrides.cuda_graph_padding.or(graphs.enable_padding).unwrap_or(true),
+                max_batch_size: overrides.cuda_graph_max_batch_size.or(graphs.max_batch_size).unwrap_or(0),
+                batch_sizes: overrides.cuda_graph_batch_sizes.clone().or(graphs.batch_sizes),
+            },
+            batch_invariant: false,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lumen_test_support::scratch::Scratch;
+
+    /// The configuration `path` gives under `overrides`.
+    fn from_file(path: &str, overrides: &EngineOverrides, device_is_cuda: bool) -> Result<EngineConfig> {
+        EngineConfigFile::load(Path::new(path))?.apply(overrides, device_is_cuda)
+    }
+
+    fn file_config(path: &str, device_is_cuda: bool) -> EngineConfig {
+        from_file(path, &EngineOverrides::default(), device_is_cuda).unwrap_or_else(|e| panic!("{path}: {e:#}"))
+    }
+
+    fn file_error(path: &str) -> String {
+        format!("{:#}", from_file(path, &EngineOverrides::default(), true).unwrap_err())
+    }
+
+    const YAML: &str = "\
+max_batch_size: 3
+max_num_tokens: 100
+kv_cache_config:
+  free_gpu_memory_fraction: 0.5
+  tokens_per_block: 8
+cuda_graph_config:
+  enable_padding: false
+  max_batch_size: 16
+  batch_sizes: [1, 2, 4]
+";
+
+    #[test]
+    fn no_file_and_no_overrides_give_the_defaults() {
+        let none = EngineOverrides::default();
+        let cpu = EngineConfigFile::default().apply(&none, false).unwrap();
+        assert_eq!((cpu.max_batch_size, cpu.max_num_tokens, cpu.block_size), (64, 2048, 16));
+        assert_eq!(cpu.kv_budget, KvBudget::Bytes(1 << 30));
+        assert_eq!(cpu.cuda_graphs, CudaGraphConfig::default());
+        assert!(!cpu.batch_invariant);
+        assert_eq!(EngineConfigFile::default().apply(&none, true).unwrap().kv_budget, KvBudget::GpuFraction(0.9));
+        let d = EngineConfig::default();
+        assert_eq!((d.max_batch_size, d.max_num_tokens, d.block_size, d.kv_budget), (64, 2048, 16, KvBudget::Bytes(1 << 30)));
+    }
+
+    #[test]
+    fn yaml_file_sets_every_key() {
+        let d = Scratch::new("engine-config-yaml");
+        for name in ["engine.yaml", "engine.YML"] {
+            let path = d.write(name, YAML);
+            for cuda in [false, true] {
+                let c = file_config(&path, cuda);
+                assert_eq!((c.max_batch_size, c.max_num_tokens, c.block_size), (3, 100, 8));
+                let want = if cuda { KvBudget::GpuFraction(0.5) } else { KvBudget::Bytes(1 << 30) };
+                assert_eq!(c.kv_budget, want);
+                let graphs = CudaGraphConfig { enabled: true, enable_padding: false, max_batch_size: 16, batch_sizes: Some(vec![1, 2, 4]) };
+                assert_eq!(c.cuda_graphs, graphs);
+            }
+        }
+        let tokens = d.write("tokens.yml", "kv_cache_config:\n  max_tokens: 4096\n  free_gpu_memory_fraction: 0.5\n");
+        assert_eq!(file_config(&tokens, true).kv_budget, KvBudget::Tokens(4096));
+        assert_eq!(file_config(&tokens, false).kv_budget, KvBudget::Tokens(4096));
+    }
+
+    #[test]
+    fn json_file_sets_every_key() {
+        let d = Scratch::new("engine-config-json");
+        let path = d.write(
+            "engine.json",
+            r#"{"max_batch_size": 5, "max_num_tokens": 64,
+                "kv_cache_config": {"max_tokens": 256, "tokens_per_block": 32},
+                "cuda_graph_config": {"enable_padding": true, "max_batch_size": 4}}"#,
+        );
+        let c = file_config(&path, true);
+        assert_eq!((c.max_batch_size, c.max_num_tokens, c.block_size, c.kv_budget), (5, 64, 32, KvBudget::Tokens(256)));
+        assert_eq!(c.cuda_graphs, CudaGraphConfig { max_batch_size: 4, ..CudaGraphConfig::default() });
+    }
+
+    #[test]
+    fn empty_files_and_sections_keep_the_defaults() {
+        let d = Scratch::new("engine-config-empty");
+        let default = EngineConfigFile::default().apply(&EngineOverrides::default(), true).unwrap();
+        for (name, text) in
+            [("empty.yaml", ""), ("comments.yaml", "# nothing yet\n"), ("empty.json", "{}"), ("sections.yaml", "kv_cache_config: {}\n")]
+        {
+            let c = file_config(&d.write(name, text), true);
+            assert_eq!(
+                (c.max_batch_size, c.max_num_tokens, c.block_size, c.kv_budget),
+                (64, 2048, 16, KvBudget::GpuFraction(0.9)),
+                "{name}"
+            );
+            assert_eq!(c.cuda_graphs, default.cuda_graphs, "{name}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_over_the_file_key_by_key() {
+        let d = Scratch::new("engine-config-overrides");
+        let path = d.write("engine.yaml", YAML);
+        let all = EngineOverrides {
+            max_batch_size: Some(7),
+            max_num_tokens: Some(512),
+            kv_block_size: Some(4),
+            kv_cache_free_gpu_mem_fraction: Some(0.25),
+            cuda_graph_padding: Some(true),
+            cuda_graph_max_batch_size: Some(0),
+            cuda_graph_batch_sizes: Some(vec![8, 16]),
+            ..EngineOverrides::default()
+        };
+        let c = from_file(&path, &all, true).unwrap();
+        assert_eq!((c.max_batch_size, c.max_num_tokens, c.block_size, c.kv_budget), (7, 512, 4, KvBudget::GpuFraction(0.25)));
+        assert_eq!(c.cuda_graphs, CudaGraphConfig { batch_sizes: Some(vec![8, 16]), ..CudaGraphConfig::default() });
+        let one = EngineOverrides { max_batch_size: Some(7), ..EngineOverrides::default() };
+        let c = from_file(&path, &one, true).unwrap();
+        assert_eq!((c.max_batch_size, c.max_num_tokens, c.block_size), (7, 100, 8), "the keys not overridden come from the file");
+        let tokens = d.write("tokens.yaml", "kv_cache_config:\n  max_tokens: 4096\n");
+        let gib = EngineOverrides { kv_cache_gib: Some(0.5), ..EngineOverrides::default() };
+        assert_eq!(from_file(&tokens, &gib, true).unwrap().kv_budget, KvBudget::Bytes(1 << 29));
+        let both = EngineOverrides { kv_cache_tokens: Some(64), ..gib };
+        assert_eq!(from_file(&tokens, &both, true).unwrap().kv_budget, KvBudget::Tokens(64), "tokens win over GiB");
+    }
+
+    #[test]
+    fn null_cuda_graph_config_disables_graphs_unless_overridden() {
+        let d = Scratch::new("engine-config-null");
+        let yaml = d.write("null.yaml", "max_batch_size: 8\ncuda_graph_config: null\n");
+        let json = d.write("null.json", r#"{"cuda_graph_config": null}"#);
+        let graphs = |on: bool| EngineOverrides { cuda_graphs: Some(on), ..EngineOverrides::default() };
+        for path in [&yaml, &json] {
+            let c = file_config(path, true);
+            assert!(!c.cuda_graphs.enabled, "{path}");
+            assert!(c.cuda_graphs.capture_sizes(c.max_batch_size).is_empty());
+            assert!(from_file(path, &graphs(true), true).unwrap().cuda_graphs.enabled, "{path}");
+        }
+        let absent = d.write("absent.yaml", "max_batch_size: 8\n");
+        assert!(file_config(&absent, true).cuda_graphs.enabled);
+        assert!(!from_file(&absent, &graphs(false), true).unwrap().cuda_graphs.enabled);
+        let unpadded = EngineOverrides { cuda_graph_padding: Some(false), ..EngineOverrides::default() };
+        assert!(!EngineConfigFile::default().apply(&unpadded, true).unwrap().cuda_graphs.enable_padding);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_the_file_and_the_accepted_keys() {
+        let d = Scratch::new("engine-config-unknown");
+        let yaml = d.write("typo.yaml", "max_batch_size: 8\nmax_batch_sise: 4\n");
+        let json = d.write("typo.json", r#"{"max_batch_sise": 4}"#);
+        for path in [&yaml, &json] {
+            let e = file_error(path);
+            for needle in [path.as_str(), "max_batch_sise", "max_batch_size", "max_num_tokens", "kv_cache_config", "cuda_graph_config"] {
+                assert!(e.contains(needle), "{needle:?} missing from: {e}");
+            }
+        }
+        let nested = d.write("nested.yaml", "kv_cache_config:\n  free_gpu_mem_fraction: 0.5\n");
+        let e = file_error(&nested);
+        for needle in [nested.as_str(), "free_gpu_mem_fraction", "free_gpu_memory_fraction", "max_tokens", "tokens_per_block"] {
+            assert!(e.contains(needle), "{needle:?} missing from: {e}");
+        }
+        let graphs = d.write("graphs.json", r#"{"cuda_graph_config": {"padding": true}}"#);
+        let e = file_error(&graphs);
+        for needle in [graphs.as_str(), "`padding`", "enable_padding", "batch_sizes"] {
+            assert!(e.contains(needle), "{needle:?} missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_their_name() {
+        let d = Scratch::new("engine-config-bad");
+        let cases = [
+            (d.write("engine.toml", "max_batch_size = 3\n"), "expected YAML or JSON"),
+            (d.path("missing.yaml"), "cannot read engine config file"),
+            (d.write("broken.json", "{\"max_batch_size\": "), "EOF"),
+            (d.write("list.yaml", "- 1\n- 2\n"), "expected a map of engine options"),
+            (d.write("negative.yaml", "max_batch_size: -1\n"), "max_batch_size"),
+            (d.write("zero.yaml", "max_num_tokens: 0\n"), "max_num_tokens is 0, expected at least 1"),
+            (d.write("block.yaml", "kv_cache_config:\n  tokens_per_block: 0\n"), "kv_cache_config.tokens_per_block is 0"),
+            (d.write("sizes.json", r#"{"cuda_graph_config": {"batch_sizes": [1, 0]}}"#), "cuda_graph_config.batch_sizes [1, 0] contains 0"),
+            (
+                d.write("fraction.yaml", "kv_cache_config:\n  free_gpu_memory_fraction: 1.5\n"),
+                "kv_cache_config.free_gpu_memory_fraction 1.5",
+            ),
+        ];
+        for (path, needle) in &cases {
+            let e = file_error(path);
+            assert!(e.contains(path.as_str()) && e.contains(needle), "{needle:?} or {path} missing from: {e}");
+        }
+        assert!(file_error(&cases[8].0).contains("(0, 1]"));
+    }
 
     #[test]
     fn kv_budget_rounds_up_to_blocks_and_refuses_impossible_sizes() {
