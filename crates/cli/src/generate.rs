@@ -1,11 +1,12 @@
-//! `lumen generate`: one prompt in, the model's answer streamed to stdout.
+//! `lumen generate`: one prompt in, the model's answer streamed to stdout. Prompts and answer
+//! text come from `lumen_model::chat`.
 
 use crate::common::{EngineArgs, ModelArgs};
 use crate::recording::ProfileArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use lumen_engine::{FinishReason, Request, RequestEvent, SamplingParams, StopConditions};
-use lumen_model::{ChatMessage, StreamDecoder};
+use lumen_model::chat::{self, AnswerText};
 use lumen_trace::instrument::{span, Category};
 use std::io::Write;
 use std::time::Instant;
@@ -64,22 +65,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             }
             ids.clone()
         }
-        (None, Some(text)) => {
-            let tokenizer = model.tokenizer()?;
-            if args.chat {
-                let template = model.chat_template.as_ref().with_context(|| format!("model {} has no chat template", model.name))?;
-                let mut messages = Vec::new();
-                if let Some(system) = &args.system {
-                    messages.push(ChatMessage::new("system", system.as_str()));
-                }
-                messages.push(ChatMessage::new("user", text.as_str()));
-                let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string();
-                let rendered = template.render(&messages, true, &token_text(tokenizer.bos_id()), &token_text(tokenizer.eos_id()))?;
-                tokenizer.encode(&rendered, true)
-            } else {
-                tokenizer.encode(text, false)
-            }
-        }
+        (None, Some(text)) if args.chat => chat::chat_prompt_ids(&model, &chat::user_turn(args.system.as_deref(), text))?,
+        (None, Some(text)) => chat::text_prompt_ids(&model, text)?,
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
     drop(tokenize_span);
@@ -93,7 +80,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stop: StopConditions { max_tokens: args.max_tokens as usize, stop_ids: Vec::new(), ignore_eos: args.ignore_eos },
     };
     let stream = engine.submit(request);
-    let mut decoder = model.tokenizer.as_ref().map(|t| StreamDecoder::new(t, true));
+    let mut answer = AnswerText::new(&model);
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
     let mut first_token = None;
@@ -108,26 +95,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 RequestEvent::Token(id) => {
                     first_token.get_or_insert_with(|| started.elapsed());
                     ids.push(id);
-                    match decoder.as_mut() {
-                        Some(d) => {
-                            let text = {
-                                let _s = span(Category::Api, "detokenize");
-                                d.push(id)
-                            };
-                            write!(out, "{text}")?
-                        }
-                        None => write!(out, "{}{id}", if ids.len() > 1 { "," } else { "" })?,
-                    }
+                    write!(out, "{}", answer.push(id))?;
                     out.flush()?;
                 }
                 RequestEvent::Finished { reason, .. } => finished = Some(reason),
             }
         }
         if let Some(reason) = finished {
-            if let Some(d) = decoder.as_mut() {
-                write!(out, "{}", d.flush())?;
-            }
-            writeln!(out)?;
+            writeln!(out, "{}", answer.finish())?;
             if let FinishReason::Rejected(why) = reason {
                 bail!("the request was rejected: {why}");
             }

@@ -4,6 +4,7 @@
 //! random-weight preset (`NAME` or `NAME@SEED`). Each becomes a [`Model`]: the llama-family
 //! [`Decoder`] plus, when the source has one, its tokenizer and chat template.
 
+pub mod chat;
 pub mod config;
 pub mod cuda;
 pub mod gguf;
