@@ -4,7 +4,7 @@
 //! `gemm_speed [hidden intermediate q_dim kv_dim vocab]` (default: Llama-3.1-8B).
 
 use lumen_backend::cuda::kernels::GEMV_MAX_TOKENS;
-use lumen_backend::cuda::{Gemm, Gpu, Kernels};
+use lumen_backend::cuda::{DType, Gemm, Gpu, Kernels};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("sizes are integers")).collect();
@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
                 "x",
             )?;
             let out = gpu.alloc(t * n * 2, "out")?;
+            let (x, w, out) = (x.tensor(DType::Bf16, t, k), w.tensor(DType::Bf16, n, k), out.tensor(DType::Bf16, t, n));
             for engine in ["cublaslt", "gemv"] {
                 if engine == "gemv" && t > GEMV_MAX_TOKENS {
                     continue;
@@ -36,9 +37,9 @@ fn main() -> anyhow::Result<()> {
                 for rep in 0..33 {
                     a.record(&gpu)?;
                     if engine == "gemv" {
-                        kernels.gemv(&gpu, x.ptr, w.ptr, out.ptr, t, n, k, false)?;
+                        kernels.gemv(&gpu, x, w, out)?;
                     } else {
-                        gemm.matmul(&gpu, x.ptr, w.ptr, out.ptr, t, n, k, false)?;
+                        gemm.matmul(&gpu, x, w, out)?;
                     }
                     b.record(&gpu)?;
                     gpu.synchronize()?;

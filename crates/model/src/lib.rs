@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod gguf;
 pub mod llama;
 mod load;
+pub mod plan;
 pub mod presets;
 pub mod safetensors;
 pub mod weights;
@@ -35,7 +36,7 @@ pub struct Model {
 pub enum Executor {
     /// f32 weights in host memory, run by the CPU backend.
     Cpu(Decoder),
-    /// bf16 weights on a GPU, run by a [`cuda::CudaRunner`].
+    /// bf16 weights on one GPU, run by the forward pass in [`cuda::forward`].
     Cuda(cuda::CudaWeights),
 }
 

@@ -1,10 +1,12 @@
 //! The llama-family decoder's forward pass on the CPU backend, over a flattened batch that mixes
-//! prefill chunks and decode tokens. Config switches select Qwen2 biases, Qwen3 q/k norms,
-//! Mistral's sliding window and tied embeddings; the rest is Llama.
+//! prefill chunks and decode tokens. It walks the filled layer plan ([`crate::plan`]): optional
+//! Qwen2 biases and Qwen3 q/k norms, the feed-forward variant, a tied or own head; Mistral's
+//! sliding window comes from the config.
 
 use crate::config::ModelConfig;
-use crate::weights::Weights;
-use lumen_backend::cpu::{self, RopeTable};
+use crate::plan::{FeedForward, Head};
+use crate::weights::CpuWeights;
+use lumen_backend::cpu::{self, PackedMatrix, RopeTable};
 use lumen_backend::{AttentionSeq, KvStorage};
 use lumen_trace::instrument::{span, span_named, Category};
 
@@ -21,14 +23,23 @@ pub struct ForwardBatch<'a> {
 
 pub struct Decoder {
     pub config: ModelConfig,
-    pub weights: Weights,
+    pub weights: CpuWeights,
+    /// The embedding packed as a matrix, when the output head is tied to it.
+    tied_head: Option<PackedMatrix>,
     rope: RopeTable,
 }
 
 impl Decoder {
-    pub fn new(config: ModelConfig, weights: Weights) -> Self {
+    pub fn new(config: ModelConfig, weights: CpuWeights, tied_head: Option<PackedMatrix>) -> Self {
         let rope = RopeTable { inv_freq: config.rope_inv_freq() };
-        Decoder { config, weights, rope }
+        Decoder { config, weights, tied_head, rope }
+    }
+
+    fn head(&self) -> &PackedMatrix {
+        match &self.weights.head {
+            Head::Own(m) => m,
+            Head::Tied => self.tied_head.as_ref().expect("a tied head is packed at load"),
+        }
     }
 
     /// A KV store of `num_blocks` blocks of `block_size` slots shaped for this model.
@@ -52,7 +63,7 @@ impl Decoder {
             row.copy_from_slice(&w.embed[tok as usize * h..(tok as usize + 1) * h]);
         }
         let mut normed = vec![0.0f32; t * h];
-        cpu::rms_norm(&residual, &w.layers[0].attn_norm, c.rms_eps, &mut normed);
+        cpu::rms_norm(&residual, &w.layers[0].input_norm, c.rms_eps, &mut normed);
 
         let mut qkv = vec![0.0f32; t * qkv_width];
         let (mut q, mut k, mut v) = (vec![0.0f32; t * qd], vec![0.0f32; t * kd], vec![0.0f32; t * kd]);
@@ -63,10 +74,11 @@ impl Decoder {
 
         for (li, layer) in w.layers.iter().enumerate() {
             let _layer = span_named(Category::Debug, || format!("layer {li}"));
+            let a = &layer.attention;
             let op = span(Category::Debug, "qkv_proj");
-            cpu::matmul(&normed, t, &layer.wqkv, &mut qkv);
+            cpu::matmul(&normed, t, &a.qkv, &mut qkv);
             for (i, row) in qkv.chunks_mut(qkv_width).enumerate() {
-                if let Some(b) = &layer.bqkv {
+                if let Some(b) = &a.qkv_bias {
                     row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
                 }
                 q[i * qd..(i + 1) * qd].copy_from_slice(&row[..qd]);
@@ -75,7 +87,7 @@ impl Decoder {
             }
             drop(op);
             let op = span(Category::Debug, "rope + kv write");
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
                 cpu::rms_norm_heads(&mut q, qn, c.rms_eps);
                 cpu::rms_norm_heads(&mut k, kn, c.rms_eps);
             }
@@ -87,14 +99,18 @@ impl Decoder {
             cpu::paged_attention(&q, c.num_heads, kv, li, batch.seqs, c.sliding_window, &mut attn);
             drop(op);
             let op = span(Category::Debug, "o_proj + norm");
-            cpu::matmul(&attn, t, &layer.wo, &mut delta);
-            cpu::add_rms_norm(&mut residual, &delta, &layer.ffn_norm, c.rms_eps, &mut normed);
+            cpu::matmul(&attn, t, &a.output, &mut delta);
+            cpu::add_rms_norm(&mut residual, &delta, &layer.post_attention_norm, c.rms_eps, &mut normed);
             drop(op);
             let op = span(Category::Debug, "mlp");
-            cpu::matmul(&normed, t, &layer.w_gate_up, &mut gate_up);
-            cpu::silu_mul(&gate_up, f, &mut act);
-            cpu::matmul(&act, t, &layer.w_down, &mut delta);
-            let next_norm = w.layers.get(li + 1).map_or(&w.final_norm, |l| &l.attn_norm);
+            match &layer.feed_forward {
+                FeedForward::Dense { gate_up: w_gate_up, down } => {
+                    cpu::matmul(&normed, t, w_gate_up, &mut gate_up);
+                    cpu::silu_mul(&gate_up, f, &mut act);
+                    cpu::matmul(&act, t, down, &mut delta);
+                }
+            }
+            let next_norm = w.layers.get(li + 1).map_or(&w.final_norm, |l| &l.input_norm);
             cpu::add_rms_norm(&mut residual, &delta, next_norm, c.rms_eps, &mut normed);
             drop(op);
         }
@@ -106,7 +122,7 @@ impl Decoder {
             last.extend_from_slice(&normed[r * h..(r + 1) * h]);
         }
         let mut logits = vec![0.0f32; rows.len() * c.vocab_size];
-        cpu::matmul(&last, rows.len(), &w.lm_head, &mut logits);
+        cpu::matmul(&last, rows.len(), self.head(), &mut logits);
         logits
     }
 }

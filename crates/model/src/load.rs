@@ -5,9 +5,10 @@ use crate::config::ModelConfig;
 use crate::cuda::CudaWeights;
 use crate::gguf::{GgufFile, MetaValue};
 use crate::llama::Decoder;
+use crate::plan::ModelPlan;
 use crate::presets::{preset_config, random_tensor, PRESET_NAMES};
 use crate::safetensors::SafetensorsDir;
-use crate::weights::{check_shape, Fetch, Weights};
+use crate::weights::{assemble_cpu, check_shape, Fetch};
 use crate::{Executor, Model};
 use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cuda::Gpu;
@@ -128,12 +129,14 @@ pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
 
 /// Assembles the weights for the CPU or the GPU, after checking they fit.
 fn executor(config: &ModelConfig, gpu: Option<Arc<Gpu>>, what: &str, fetch: &mut Fetch) -> Result<Executor> {
+    let plan = ModelPlan::for_config(config);
     Ok(match gpu {
         None => {
             check_memory(config, what)?;
-            Executor::Cpu(Decoder::new(config.clone(), Weights::assemble(config, fetch)?))
+            let (weights, tied_head) = assemble_cpu(config, &plan, fetch)?;
+            Executor::Cpu(Decoder::new(config.clone(), weights, tied_head))
         }
-        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, gpu, what, fetch)?),
+        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, gpu, what, fetch)?),
     })
 }
 

@@ -125,3 +125,11 @@ fn a_truncated_shard_is_named() {
     assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("truncated"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_hugging_face_directory_fills_its_plan() {
+    let dir = write_dir("plan", ["BF16", "F32"]);
+    let model = load_model(dir.to_str().unwrap()).unwrap();
+    let filled = model.cpu_decoder().unwrap().weights.shapes(|m| vec![m.n, m.k], |v| vec![v.len()]);
+    assert_eq!(filled, lumen_model::plan::ModelPlan::for_config(model.config()).planned_shapes());
+}

@@ -1,9 +1,10 @@
-//! Matrix products through cuBLASLt: `out[t, n] = x[t, k] · w[n, k]ᵀ` with bf16 operands, f32
-//! accumulation, and bf16 or f32 output. The heuristic's choice is cached per shape, with a
+//! Matrix products through cuBLASLt: `out[t, n] = x[t, k] · w[n, k]ᵀ` on typed tensors, with
+//! bf16 operands, f32 accumulation, and bf16 or f32 output (the output tensor's type says which). The heuristic's choice is cached per shape, with a
 //! 32 MiB workspace. In batch-invariant mode only algorithms without split-K are taken, so a
 //! row's reduction order does not depend on how many rows share the product.
 
 use super::device::{DeviceBuffer, Gpu};
+use super::tensor::{DType, Tensor};
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublaslt::{result as lt, sys};
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ struct Plan {
 pub struct Gemm {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer,
-    plans: HashMap<(usize, usize, usize, bool), Plan>,
+    plans: HashMap<(usize, usize, usize, DType), Plan>,
     batch_invariant: bool,
 }
 
@@ -44,16 +45,16 @@ impl Gemm {
         Ok(Gemm { handle, workspace, plans: HashMap::new(), batch_invariant })
     }
 
-    fn plan(&mut self, t: usize, n: usize, k: usize, out_f32: bool) -> Result<&Plan> {
-        let key = (t, n, k, out_f32);
+    fn plan(&mut self, t: usize, n: usize, k: usize, out: DType) -> Result<&Plan> {
+        let key = (t, n, k, out);
         if !self.plans.contains_key(&key) {
-            let plan = self.make_plan(t, n, k, out_f32).map_err(|e| anyhow!("GEMM {t}x{n}x{k}: {e}"))?;
+            let plan = self.make_plan(t, n, k, out).map_err(|e| anyhow!("GEMM {t}x{n}x{k}: {e}"))?;
             self.plans.insert(key, plan);
         }
         Ok(&self.plans[&key])
     }
 
-    fn make_plan(&self, t: usize, n: usize, k: usize, out_f32: bool) -> Result<Plan> {
+    fn make_plan(&self, t: usize, n: usize, k: usize, out: DType) -> Result<Plan> {
         use sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
         let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, CUDA_R_32F)
             .map_err(|e| anyhow!("cublasLtMatmulDescCreate: {e:?}"))?;
@@ -71,7 +72,7 @@ impl Gemm {
         };
         let a = layout(CUDA_R_16BF, k, n, k)?;
         let b = layout(CUDA_R_16BF, k, t, k)?;
-        let d = layout(if out_f32 { CUDA_R_32F } else { CUDA_R_16BF }, n, t, n)?;
+        let d = layout(if out == DType::F32 { CUDA_R_32F } else { CUDA_R_16BF }, n, t, n)?;
         let pref = lt::create_matmul_pref().map_err(|e| anyhow!("cublasLtMatmulPreferenceCreate: {e:?}"))?;
         let ws = WORKSPACE_BYTES as u64;
         check("set workspace", unsafe {
@@ -110,12 +111,13 @@ impl Gemm {
     }
 
     /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream.
-    #[allow(clippy::too_many_arguments)]
-    pub fn matmul(&mut self, gpu: &Gpu, x: u64, w: u64, out: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
+    pub fn matmul(&mut self, gpu: &Gpu, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
+        let (t, n, k) = check_product(x, w, out)?;
         let stream = gpu.stream as sys::cudaStream_t;
         let (ws, ws_bytes) = (self.workspace.ptr, self.workspace.bytes);
         let handle = self.handle;
-        let plan = self.plan(t, n, k, out_f32)?;
+        let plan = self.plan(t, n, k, out.dtype)?;
+        let (w, x, out) = (w.ptr, x.ptr, out.ptr);
         let (alpha, beta) = (1.0f32, 0.0f32);
         let r = unsafe {
             lt::matmul(
@@ -139,6 +141,18 @@ impl Gemm {
         };
         r.map_err(|e| anyhow!("cuBLASLt matmul {t}x{n}x{k}: {e:?}"))
     }
+}
+
+/// The `(t, n, k)` of `out = x · wᵀ`, or why the operands do not make that product: shapes must
+/// agree, inputs be bf16 and the output bf16 or f32.
+pub fn check_product(x: Tensor, w: Tensor, out: Tensor) -> Result<(usize, usize, usize)> {
+    if x.cols != w.cols || out.rows != x.rows || out.cols != w.rows {
+        bail!("matrix product {x} · ({w})ᵀ → {out}: the shapes do not agree");
+    }
+    if x.dtype != DType::Bf16 || w.dtype != DType::Bf16 {
+        bail!("matrix product {x} · ({w})ᵀ → {out}: bf16 inputs expected");
+    }
+    Ok((x.rows, w.rows, x.cols))
 }
 
 fn split_k(algo: &sys::cublasLtMatmulAlgo_t) -> i32 {
@@ -171,5 +185,25 @@ impl Drop for Gemm {
             }
             let _ = lt::destroy_handle(self.handle);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(dtype: DType, rows: usize, cols: usize) -> Tensor {
+        Tensor { ptr: 0, dtype, rows, cols }
+    }
+
+    #[test]
+    fn products_are_checked_by_shape_and_type() {
+        use DType::*;
+        assert_eq!(check_product(t(Bf16, 3, 64), t(Bf16, 100, 64), t(F32, 3, 100)).unwrap(), (3, 100, 64));
+        assert_eq!(check_product(t(Bf16, 3, 64), t(Bf16, 100, 64), t(Bf16, 3, 100)).unwrap(), (3, 100, 64));
+        let e = check_product(t(Bf16, 3, 64), t(Bf16, 100, 32), t(F32, 3, 100)).unwrap_err().to_string();
+        assert!(e.contains("bf16[3, 64] · (bf16[100, 32])ᵀ → f32[3, 100]") && e.contains("shapes"), "{e}");
+        let e = check_product(t(F32, 3, 64), t(Bf16, 100, 64), t(F32, 3, 100)).unwrap_err().to_string();
+        assert!(e.contains("bf16 inputs"), "{e}");
     }
 }

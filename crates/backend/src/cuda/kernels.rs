@@ -4,6 +4,8 @@
 
 use super::compile::{load_kernels, Module};
 use super::device::{describe, Gpu};
+use super::gemm::check_product;
+use super::tensor::{DType, Tensor};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{result as cu, sys};
 use std::ffi::c_void;
@@ -236,12 +238,13 @@ impl Kernels {
     }
 
     /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` rows, one warp per output.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemv(&self, gpu: &Gpu, x: u64, w: u64, y: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
+    pub fn gemv(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
+        let (t, n, k) = check_product(x, w, y)?;
         if t > GEMV_MAX_TOKENS || !k.is_multiple_of(8) {
             bail!("gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of 8 (got {t} rows, k {k})");
         }
-        let args = Args::default().ptr(x).ptr(w).i32(t as i32).i32(n as i32).i32(k as i32).ptr(y).i32(out_f32 as i32);
+        let out_f32 = y.dtype == DType::F32;
+        let args = Args::default().ptr(x.ptr).ptr(w.ptr).i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
         let blocks = (n as u32).div_ceil(GEMV_THREADS / 32);
         self.launch(gpu, self.gemv, (blocks, 1, 1), GEMV_THREADS, args)
     }

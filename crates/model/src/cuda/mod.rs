@@ -1,8 +1,9 @@
-//! The llama-family decoder on the CUDA backend: bf16 weights on the device ([`weights`]) and
-//! the runner that owns a step's device state ([`runner`]).
+//! The llama-family decoder on one GPU: the layer plan filled with bf16 device tensors
+//! ([`weights`]) and the forward pass that walks it ([`forward`]). The engine's CUDA runner owns
+//! the rest of a step: staging, the KV cache's blocks, CUDA graphs, sampling.
 
-pub mod runner;
+pub mod forward;
 pub mod weights;
 
-pub use runner::{CudaRunner, RunnerConfig, SampleParams, INVARIANT_SPLIT_TOKENS};
+pub use forward::{enqueue_forward, Activations, KvCache, StepInputs, StepShape};
 pub use weights::CudaWeights;

@@ -1,48 +1,80 @@
-//! The decoder's weights on the GPU, in bf16: fetched tensor by tensor through the same
-//! [`Fetch`] the CPU assembly uses, converted, and uploaded, so host memory never holds more than
-//! one fused matrix. Refuses a model that would not fit before uploading anything.
+//! The layer plan filled on one GPU, in bf16: each weight fetched through the same [`Fetch`] the
+//! CPU uses, converted and uploaded as a typed tensor, so host memory never holds more than one
+//! fused matrix. Refuses a model that would not fit before uploading anything.
 
 use crate::config::ModelConfig;
-use crate::weights::Fetch;
+use crate::plan::{FeedForward, Fill, Head, ModelPlan, WeightSpec, Weights};
+use crate::weights::{stacked, Fetch};
 use anyhow::{bail, ensure, Result};
-use lumen_backend::cuda::{to_bf16, DeviceBuffer, Gpu, Kernels};
+use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-pub struct CudaLayer {
-    pub attn_norm: DeviceBuffer,
-    /// `[(heads + 2·kv_heads)·head_dim, hidden]`.
-    pub wqkv: DeviceBuffer,
-    pub bqkv: Option<DeviceBuffer>,
-    pub q_norm: Option<DeviceBuffer>,
-    pub k_norm: Option<DeviceBuffer>,
-    pub wo: DeviceBuffer,
-    pub ffn_norm: DeviceBuffer,
-    /// `[2·intermediate, hidden]`: gate rows, then up rows.
-    pub w_gate_up: DeviceBuffer,
-    pub w_down: DeviceBuffer,
-}
+/// The model's weights on one GPU, bf16.
+pub type DeviceWeights = Weights<DeviceTensor, DeviceTensor>;
 
 pub struct CudaWeights {
     pub gpu: Arc<Gpu>,
     pub kernels: Kernels,
-    pub embed: DeviceBuffer,
-    pub layers: Vec<CudaLayer>,
-    pub final_norm: DeviceBuffer,
-    /// `None` when tied to the embedding.
-    pub lm_head: Option<DeviceBuffer>,
+    pub weights: DeviceWeights,
     /// Rotary inverse frequencies, f64.
     pub inv_freq: DeviceBuffer,
     /// Bytes of device memory the weights take.
     pub bytes: usize,
 }
 
-impl CudaWeights {
-    pub fn lm_head(&self) -> u64 {
-        self.lm_head.as_ref().unwrap_or(&self.embed).ptr
+struct CudaFill<'f, 'a> {
+    gpu: &'f Gpu,
+    fetch: &'f mut Fetch<'a>,
+    bytes: usize,
+}
+
+impl CudaFill<'_, '_> {
+    /// Fetches `spec`'s parts, converts them to bf16 and uploads them as one tensor.
+    fn upload(&mut self, spec: &WeightSpec) -> Result<DeviceTensor> {
+        let parts = stacked(self.fetch, spec)?;
+        let host: Vec<u16> = parts.iter().flat_map(|p| p.par_iter().map(|&x| to_bf16(x)).collect::<Vec<u16>>()).collect();
+        self.bytes += host.len() * 2;
+        let what = match spec.parts.len() {
+            1 => spec.parts[0].name.clone(),
+            n => format!("{} and {} more fused", spec.parts[0].name, n - 1),
+        };
+        let (rows, cols) = spec.rows_cols();
+        Ok(DeviceTensor { buffer: self.gpu.upload(&host, &what)?, dtype: DType::Bf16, rows, cols })
+    }
+}
+
+impl Fill for CudaFill<'_, '_> {
+    type Matrix = DeviceTensor;
+    type Vector = DeviceTensor;
+
+    fn matrix(&mut self, spec: &WeightSpec) -> Result<DeviceTensor> {
+        self.upload(spec)
     }
 
-    pub fn assemble(c: &ModelConfig, gpu: Arc<Gpu>, source: &str, fetch: &mut Fetch) -> Result<Self> {
+    fn vector(&mut self, spec: &WeightSpec) -> Result<DeviceTensor> {
+        self.upload(spec)
+    }
+}
+
+impl CudaWeights {
+    /// The output head: its own matrix, or the embedding when tied.
+    pub fn head(&self) -> Tensor {
+        match &self.weights.head {
+            Head::Own(m) => m.view(),
+            Head::Tied => self.weights.embed.view(),
+        }
+    }
+
+    /// One weight of every product shape the forward pass runs: layer 0's projections and the
+    /// head.
+    pub fn product_shapes(&self) -> Vec<Tensor> {
+        let l = &self.weights.layers[0];
+        let FeedForward::Dense { gate_up, down } = &l.feed_forward;
+        vec![l.attention.qkv.view(), l.attention.output.view(), gate_up.view(), down.view(), self.head()]
+    }
+
+    pub fn assemble(c: &ModelConfig, plan: &ModelPlan, gpu: Arc<Gpu>, source: &str, fetch: &mut Fetch) -> Result<Self> {
         ensure!(
             Kernels::supports_head_dim(c.head_dim),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
@@ -70,52 +102,10 @@ impl CudaWeights {
             );
         }
         let kernels = Kernels::load(&gpu)?;
-        let mut bytes = 0usize;
-        let mut upload = |parts: &[Vec<f32>], what: &str| -> Result<DeviceBuffer> {
-            let host: Vec<u16> = parts.iter().flat_map(|p| p.par_iter().map(|&x| to_bf16(x)).collect::<Vec<u16>>()).collect();
-            bytes += host.len() * 2;
-            gpu.upload(&host, what)
-        };
-        let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            let mut get = |name: &str, shape: &[usize]| fetch(&format!("{p}.{name}"), shape);
-            let wqkv = [
-                get("self_attn.q_proj.weight", &[qd, h])?,
-                get("self_attn.k_proj.weight", &[kd, h])?,
-                get("self_attn.v_proj.weight", &[kd, h])?,
-            ];
-            let bqkv = if c.attention_bias {
-                Some([get("self_attn.q_proj.bias", &[qd])?, get("self_attn.k_proj.bias", &[kd])?, get("self_attn.v_proj.bias", &[kd])?])
-            } else {
-                None
-            };
-            let norms =
-                if c.qk_norm { Some((get("self_attn.q_norm.weight", &[hd])?, get("self_attn.k_norm.weight", &[hd])?)) } else { None };
-            let gate_up = [get("mlp.gate_proj.weight", &[f, h])?, get("mlp.up_proj.weight", &[f, h])?];
-            let wo = get("self_attn.o_proj.weight", &[h, qd])?;
-            let w_down = get("mlp.down_proj.weight", &[h, f])?;
-            let attn_norm = get("input_layernorm.weight", &[h])?;
-            let ffn_norm = get("post_attention_layernorm.weight", &[h])?;
-            let what = |name: &str| format!("layer {i} {name}");
-            layers.push(CudaLayer {
-                attn_norm: upload(&[attn_norm], &what("input norm"))?,
-                wqkv: upload(&wqkv, &what("qkv projection"))?,
-                bqkv: bqkv.map(|b| upload(&b, &what("qkv bias"))).transpose()?,
-                q_norm: norms.as_ref().map(|n| upload(std::slice::from_ref(&n.0), &what("q norm"))).transpose()?,
-                k_norm: norms.as_ref().map(|n| upload(std::slice::from_ref(&n.1), &what("k norm"))).transpose()?,
-                wo: upload(&[wo], &what("output projection"))?,
-                ffn_norm: upload(&[ffn_norm], &what("post-attention norm"))?,
-                w_gate_up: upload(&gate_up, &what("gate/up projection"))?,
-                w_down: upload(&[w_down], &what("down projection"))?,
-            });
-        }
-        let embed = upload(&[fetch("model.embed_tokens.weight", &[c.vocab_size, h])?], "the embedding")?;
-        let lm_head = if c.tie_word_embeddings { None } else { Some(upload(&[fetch("lm_head.weight", &[c.vocab_size, h])?], "lm_head")?) };
-        let final_norm = upload(&[fetch("model.norm.weight", &[h])?], "the final norm")?;
+        let mut filler = CudaFill { gpu: &gpu, fetch, bytes: 0 };
+        let weights = plan.fill(&mut filler)?;
+        let bytes = filler.bytes;
         let inv_freq = gpu.upload(&c.rope_inv_freq(), "rotary frequencies")?;
-        Ok(CudaWeights { gpu, kernels, embed, layers, final_norm, lm_head, inv_freq, bytes })
+        Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes })
     }
 }

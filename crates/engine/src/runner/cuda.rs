@@ -1,17 +1,16 @@
-//! The decoder's forward pass on the GPU, and everything a step needs there: the paged KV cache,
-//! preallocated activations, one pinned staging area that carries a step's inputs in a single
-//! copy, cuBLASLt products, sampling on the device, CUDA graphs for decode-only batches, and
-//! device step time from events.
+//! The engine's step machinery on one GPU (one rank of a parallel layout): the KV cache's
+//! blocks, one pinned staging area that carries a step's inputs in a single copy, the model's
+//! forward pass ([`lumen_model::cuda::enqueue_forward`]) and sampling on the device, CUDA graphs
+//! for decode-only batches, and device step time from events.
 //!
 //! A step's inputs live at fixed offsets of the staging area, sized for the largest step, so a
 //! captured graph replays against new inputs after one host-to-device copy.
 
-use super::weights::CudaWeights;
-use crate::llama::ForwardBatch;
-use crate::Model;
 use anyhow::{bail, ensure, Context, Result};
-use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, GEMV_MAX_TOKENS};
-use lumen_backend::cuda::{AttentionArgs, DeviceBuffer, Event, Gemm, Gpu, Graph, Kernels, PinnedBuffer, RopeArgs};
+use lumen_backend::cuda::kernels::ATTENTION_MAX_ROWS;
+use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
+use lumen_model::cuda::{enqueue_forward, Activations, CudaWeights, KvCache, StepInputs, StepShape};
+use lumen_model::{ForwardBatch, Model};
 use lumen_trace::instrument::{span, Category};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,42 +98,15 @@ impl Layout {
     }
 }
 
-/// One step's shape, as the launches see it.
-#[derive(Debug, Clone, Copy)]
-struct StepShape {
-    tokens: usize,
-    tiles: usize,
-    /// Most query rows (tokens × heads of a GQA group) in one attention tile.
-    tile_rows: usize,
-    rows: usize,
-    splits: usize,
-}
-
 pub struct CudaRunner {
     model: Arc<Model>,
     gpu: Arc<Gpu>,
-    gemm: Gemm,
+    linear: Linear,
     config: RunnerConfig,
     num_blocks: usize,
-    k_cache: DeviceBuffer,
-    v_cache: DeviceBuffer,
-    /// Elements of one layer's K (or V) cache.
-    layer_elems: usize,
-    residual: DeviceBuffer,
-    normed: DeviceBuffer,
-    qkv: DeviceBuffer,
-    q: DeviceBuffer,
-    attn: DeviceBuffer,
-    delta: DeviceBuffer,
-    gate_up: DeviceBuffer,
-    act: DeviceBuffer,
-    last: DeviceBuffer,
-    logits: DeviceBuffer,
+    kv: KvCache,
+    act: Activations,
     sampled: DeviceBuffer,
-    part_acc: DeviceBuffer,
-    part_ml: DeviceBuffer,
-    /// Token-splits the partial buffers hold.
-    part_capacity: usize,
     layout: Layout,
     staging: PinnedBuffer<u32>,
     staging_dev: DeviceBuffer,
@@ -143,8 +115,6 @@ pub struct CudaRunner {
     events: (Event, Event),
     last_device_ms: Option<f64>,
     pending_rows: usize,
-    /// Per (rows, n, k) of up to GEMV_MAX_TOKENS rows: whether the GEMV kernel beat cuBLASLt.
-    gemv_wins: HashMap<(usize, usize, usize), bool>,
 }
 
 fn weights(model: &Model) -> Result<&CudaWeights> {
@@ -162,26 +132,11 @@ impl CudaRunner {
         ensure!(config.max_tokens > 0 && config.max_seqs > 0 && config.block_size > 0, "runner limits must be positive: {config:?}");
         let t = config.max_tokens.max(config.max_seqs).max(config.graph_sizes.iter().copied().max().unwrap_or(0));
         let s = config.max_seqs.max(config.graph_sizes.iter().copied().max().unwrap_or(0));
-        let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let alloc = |elems: usize, size: usize, what: &str| gpu.alloc(elems * size, what);
-        let residual = alloc(t * h, 4, "the residual stream")?;
-        let normed = alloc(t * h, 2, "normed activations")?;
-        let qkv = alloc(t * (qd + 2 * kd), 2, "qkv activations")?;
-        let q = alloc(t * qd, 2, "rotated queries")?;
-        let attn = alloc(t * qd, 2, "attention output")?;
-        let delta = alloc(t * h, 2, "projection output")?;
-        let gate_up = alloc(t * 2 * f, 2, "gate/up activations")?;
-        let act = alloc(t * f, 2, "MLP activations")?;
-        let last = alloc(s * h, 2, "last-position rows")?;
-        let logits = alloc(s * c.vocab_size, 4, "logits")?;
-        let sampled = alloc(s, 4, "sampled tokens")?;
-        let part_capacity = t.max(s * 64);
-        let part_acc = alloc(part_capacity * c.num_heads * hd, 4, "attention split partials")?;
-        let part_ml = alloc(part_capacity * c.num_heads * 2, 4, "attention split maxima")?;
-        let gemm = Gemm::new(&gpu, config.batch_invariant)?;
+        let act = Activations::new(&gpu, &c, t, s)?;
+        let sampled = gpu.alloc(s * 4, "sampled tokens")?;
+        let mut linear = Linear::new(&gpu, config.batch_invariant)?;
 
-        let bytes_per_token = 2 * c.num_layers * c.num_kv_heads * hd * 2;
+        let bytes_per_token = KvCache::bytes_per_token(&c);
         let bytes_per_block = bytes_per_token * config.block_size;
         // Room for the pinned staging copy's device side and CUDA graphs, outside the budget.
         let reserve = 64 << 20;
@@ -197,38 +152,27 @@ impl CudaRunner {
                 bytes_per_block
             );
         }
-        let layer_elems = (num_blocks + 1) * c.num_kv_heads * config.block_size * hd;
-        let k_cache = alloc(layer_elems * c.num_layers, 2, "the K cache")?;
-        let v_cache = alloc(layer_elems * c.num_layers, 2, "the V cache")?;
+        // One block more than the engine hands out takes the writes of padded rows.
+        let kv = KvCache::new(&gpu, &c, num_blocks + 1, config.block_size)?;
         let layout = Layout::new(t, s, num_blocks + s + 1);
         let staging = PinnedBuffer::new(&gpu, layout.words)?;
-        let staging_dev = alloc(layout.words, 4, "step inputs")?;
+        let staging_dev = gpu.alloc(layout.words * 4, "step inputs")?;
         let tokens_host = PinnedBuffer::new(&gpu, s)?;
         let events = (gpu.event()?, gpu.event()?);
         let config = RunnerConfig { max_tokens: t, max_seqs: s, ..config };
-        let mut runner = CudaRunner {
-            model,
+        if !config.batch_invariant {
+            let (x, y) = act.scratch();
+            linear.tune(&gpu, &w.kernels, &w.product_shapes(), x, y, config.max_seqs)?;
+        }
+        Ok(CudaRunner {
+            model: model.clone(),
             gpu,
-            gemm,
+            linear,
             config,
             num_blocks,
-            k_cache,
-            v_cache,
-            layer_elems,
-            residual,
-            normed,
-            qkv,
-            q,
-            attn,
-            delta,
-            gate_up,
+            kv,
             act,
-            last,
-            logits,
             sampled,
-            part_acc,
-            part_ml,
-            part_capacity,
             layout,
             staging,
             staging_dev,
@@ -237,58 +181,7 @@ impl CudaRunner {
             events,
             last_device_ms: None,
             pending_rows: 0,
-            gemv_wins: HashMap::new(),
-        };
-        if !runner.config.batch_invariant {
-            runner.tune_gemv()?;
-        }
-        Ok(runner)
-    }
-
-    /// Times the GEMV kernel against cuBLASLt on every projection shape for 1..=GEMV_MAX_TOKENS
-    /// rows (median of 5 runs each, on the real weights) and keeps the faster per shape.
-    fn tune_gemv(&mut self) -> Result<()> {
-        let model = self.model.clone();
-        let w = weights(&model)?;
-        let c = model.config();
-        let (h, f) = (c.hidden_size, c.intermediate_size);
-        let (qd, kd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let layer = &w.layers[0];
-        let (x, y) = (self.gate_up.ptr, self.logits.ptr);
-        self.gpu.fill(x, 0x3c, (GEMV_MAX_TOKENS * f.max(qd).max(h) * 2).min(self.gate_up.bytes))?;
-        let shapes = [
-            (layer.wqkv.ptr, qd + 2 * kd, h),
-            (layer.wo.ptr, h, qd),
-            (layer.w_gate_up.ptr, 2 * f, h),
-            (layer.w_down.ptr, h, f),
-            (w.lm_head(), c.vocab_size, h),
-        ];
-        let (a, b) = (self.gpu.event()?, self.gpu.event()?);
-        for t in 1..=GEMV_MAX_TOKENS.min(self.config.max_seqs) {
-            for &(weight, n, k) in &shapes {
-                let mut median = [0f64; 2];
-                for (which, m) in median.iter_mut().enumerate() {
-                    let mut times = Vec::new();
-                    for rep in 0..6 {
-                        a.record(&self.gpu)?;
-                        if which == 0 {
-                            self.gemm.matmul(&self.gpu, x, weight, y, t, n, k, false)?;
-                        } else {
-                            w.kernels.gemv(&self.gpu, x, weight, y, t, n, k, false)?;
-                        }
-                        b.record(&self.gpu)?;
-                        self.gpu.synchronize()?;
-                        if rep > 0 {
-                            times.push(a.elapsed_ms(&b).unwrap_or(f64::INFINITY));
-                        }
-                    }
-                    times.sort_by(f64::total_cmp);
-                    *m = times[times.len() / 2];
-                }
-                self.gemv_wins.insert((t, n, k), median[1] < median[0]);
-            }
-        }
-        Ok(())
+        })
     }
 
     /// KV blocks the engine may hand out (one more, reserved, takes padded rows' writes).
@@ -357,7 +250,7 @@ impl CudaRunner {
     /// replay and an eager step must leave the same bits).
     pub fn last_logits(&mut self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.pending_rows * self.model.config().vocab_size];
-        self.gpu.download(&mut out, self.logits.ptr).context("reading the last step's logits")?;
+        self.gpu.download(&mut out, self.act.logits.ptr).context("reading the last step's logits")?;
         Ok(out)
     }
 
@@ -369,34 +262,12 @@ impl CudaRunner {
             Staged::Eager(s) | Staged::Graph(_, s) => s,
         };
         self.gpu.copy_to_device(self.staging_dev.ptr, &self.staging.as_slice()[..self.layout.words])?;
-        self.poison()?;
+        self.act.poison(&self.gpu)?;
         self.enqueue(shape, false)?;
         let vocab = self.model.config().vocab_size;
         let mut out = vec![0f32; shape.rows * vocab];
-        self.gpu.download(&mut out, self.logits.ptr).context("the forward step failed on the GPU")?;
+        self.gpu.download(&mut out, self.act.logits.ptr).context("the forward step failed on the GPU")?;
         Ok(out)
-    }
-
-    /// Fills every activation buffer with NaN bytes, so an element a kernel leaves unwritten
-    /// surfaces as NaN in the logits.
-    fn poison(&self) -> Result<()> {
-        for b in [
-            &self.residual,
-            &self.normed,
-            &self.qkv,
-            &self.q,
-            &self.attn,
-            &self.delta,
-            &self.gate_up,
-            &self.act,
-            &self.last,
-            &self.logits,
-            &self.part_acc,
-            &self.part_ml,
-        ] {
-            self.gpu.fill(b.ptr, 0xff, b.bytes)?;
-        }
-        Ok(())
     }
 
     /// Writes the batch into the staging area, deciding graph or eager.
@@ -411,7 +282,7 @@ impl CudaRunner {
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let (splits, split_tokens) = self.split_plan(size, max_ctx, size);
         let grid = splits.next_power_of_two();
-        if grid * size > self.part_capacity {
+        if grid * size > self.act.part_capacity {
             return self.stage_eager(batch, params);
         }
         self.fill(batch, params, size)?;
@@ -434,7 +305,7 @@ impl CudaRunner {
             let size = max_ctx.div_ceil(splits).next_multiple_of(SPLIT_ALIGN);
             (max_ctx.div_ceil(size), size)
         };
-        if splits > 1 && splits * tokens <= self.part_capacity {
+        if splits > 1 && splits * tokens <= self.act.part_capacity {
             (splits, size)
         } else {
             (1, max_ctx.next_multiple_of(SPLIT_ALIGN))
@@ -542,99 +413,25 @@ impl CudaRunner {
         Ok((tiles, tile_rows))
     }
 
-    /// `out[t, n] = x[t, k] · w[n, k]ᵀ`: the GEMV kernel for the few-row shapes where it measured
-    /// faster (never in batch-invariant mode, where every row count must take the same
-    /// arithmetic), cuBLASLt otherwise.
-    #[allow(clippy::too_many_arguments)]
-    fn linear(&mut self, kernels: &Kernels, x: u64, w: u64, out: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
-        if self.gemv_wins.get(&(t, n, k)) == Some(&true) {
-            kernels.gemv(&self.gpu, x, w, out, t, n, k, out_f32)
-        } else {
-            self.gemm.matmul(&self.gpu, x, w, out, t, n, k, out_f32)
-        }
-    }
-
-    /// Queues the whole forward pass for `shape` (and the sampler when `sample`).
+    /// Queues the model's forward pass for `shape`, and the sampler when `sample`.
     fn enqueue(&mut self, shape: StepShape, sample: bool) -> Result<()> {
         let model = self.model.clone();
         let w = weights(&model)?;
         let c = model.config();
-        let k = &w.kernels;
-        let gpu = &*self.gpu.clone();
         let l = self.layout;
-        let t = shape.tokens;
-        let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let eps = c.rms_eps;
-        k.embed_rms_norm(
-            gpu,
-            self.dev(l.tokens),
-            t,
-            w.embed.ptr,
-            w.layers[0].attn_norm.ptr,
-            eps,
-            h,
-            c.vocab_size,
-            self.residual.ptr,
-            self.normed.ptr,
-        )?;
-        for (li, layer) in w.layers.iter().enumerate() {
-            let kv_offset = li * self.layer_elems * 2;
-            let (k_cache, v_cache) = (self.k_cache.at(kv_offset), self.v_cache.at(kv_offset));
-            self.linear(k, self.normed.ptr, layer.wqkv.ptr, self.qkv.ptr, t, qd + 2 * kd, h, false)?;
-            let rope = RopeArgs {
-                qkv: self.qkv.ptr,
-                bias: layer.bqkv.as_ref().map_or(0, |b| b.ptr),
-                q_norm: layer.q_norm.as_ref().map_or(0, |b| b.ptr),
-                k_norm: layer.k_norm.as_ref().map_or(0, |b| b.ptr),
-                eps,
-                positions: self.dev(l.positions),
-                slots: self.dev(l.slots),
-                inv_freq: w.inv_freq.ptr,
-                heads: c.num_heads,
-                kv_heads: c.num_kv_heads,
-                head_dim: hd,
-                block_size: self.config.block_size,
-                q_out: self.q.ptr,
-                k_cache,
-                v_cache,
-            };
-            k.rope_kv_write(gpu, t, &rope)?;
-            let attention = AttentionArgs {
-                q: self.q.ptr,
-                k_cache,
-                v_cache,
-                tiles: self.dev(l.tiles),
-                num_tiles: shape.tiles,
-                max_tile_rows: shape.tile_rows,
-                table_offsets: self.dev(l.table_offsets),
-                table_data: self.dev(l.table_data),
-                positions: self.dev(l.positions),
-                num_tokens: t,
-                heads: c.num_heads,
-                kv_heads: c.num_kv_heads,
-                head_dim: hd,
-                block_size: self.config.block_size,
-                window: c.sliding_window.unwrap_or(0),
-                split_tokens: self.dev(l.split_tokens),
-                splits: shape.splits,
-                out: self.attn.ptr,
-                part_acc: self.part_acc.ptr,
-                part_ml: self.part_ml.ptr,
-            };
-            k.attention(gpu, &attention)?;
-            self.linear(k, self.attn.ptr, layer.wo.ptr, self.delta.ptr, t, h, qd, false)?;
-            k.add_rms_norm(gpu, t, self.residual.ptr, self.delta.ptr, layer.ffn_norm.ptr, eps, h, self.normed.ptr)?;
-            self.linear(k, self.normed.ptr, layer.w_gate_up.ptr, self.gate_up.ptr, t, 2 * f, h, false)?;
-            k.silu_mul(gpu, t, f, self.gate_up.ptr, self.act.ptr)?;
-            self.linear(k, self.act.ptr, layer.w_down.ptr, self.delta.ptr, t, h, f, false)?;
-            let next_norm = w.layers.get(li + 1).map_or(w.final_norm.ptr, |n| n.attn_norm.ptr);
-            k.add_rms_norm(gpu, t, self.residual.ptr, self.delta.ptr, next_norm, eps, h, self.normed.ptr)?;
-        }
-        k.gather_rows(gpu, self.normed.ptr, self.dev(l.logit_rows), shape.rows, h, self.last.ptr)?;
-        self.linear(k, self.last.ptr, w.lm_head(), self.logits.ptr, shape.rows, c.vocab_size, h, true)?;
+        let inputs = StepInputs {
+            tokens: self.dev(l.tokens),
+            positions: self.dev(l.positions),
+            slots: self.dev(l.slots),
+            logit_rows: self.dev(l.logit_rows),
+            tiles: self.dev(l.tiles),
+            table_offsets: self.dev(l.table_offsets),
+            table_data: self.dev(l.table_data),
+            split_tokens: self.dev(l.split_tokens),
+        };
+        enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape)?;
         if sample {
-            k.sample_tokens(gpu, self.logits.ptr, self.dev(l.params), shape.rows, c.vocab_size, self.sampled.ptr)?;
+            w.kernels.sample_tokens(&self.gpu, self.act.logits.ptr, self.dev(l.params), shape.rows, c.vocab_size, self.sampled.ptr)?;
         }
         Ok(())
     }

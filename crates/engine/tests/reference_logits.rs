@@ -14,7 +14,7 @@
 //! bf16, so the bound is 5% of the root mean square of the recorded logits.
 
 use lumen_backend::AttentionSeq;
-use lumen_model::cuda::{CudaRunner, RunnerConfig};
+use lumen_engine::runner::cuda::{CudaRunner, RunnerConfig};
 use lumen_model::{load_model, load_model_on, Device, ForwardBatch, Model};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -25,14 +25,15 @@ const REL_TOL: f64 = 1e-3;
 const CUDA_RMS_TOL: f64 = 5e-2;
 const BLOCK_SIZE: usize = 16;
 
-/// The fixtures, compiled in so that the test binary runs on a machine without the checkout.
+/// The fixtures (`crates/model/tests/fixtures`), compiled in so that the test binary runs on a
+/// machine without the checkout.
 const FIXTURES: [(&str, &str); 6] = [
-    ("logits_tiny.json", include_str!("fixtures/logits_tiny.json")),
-    ("logits_tiny_qwen2.json", include_str!("fixtures/logits_tiny_qwen2.json")),
-    ("logits_tiny_qwen3.json", include_str!("fixtures/logits_tiny_qwen3.json")),
-    ("logits_tiny_mistral.json", include_str!("fixtures/logits_tiny_mistral.json")),
-    ("logits_smollm2_135m.json", include_str!("fixtures/logits_smollm2_135m.json")),
-    ("logits_smollm2_gguf.json", include_str!("fixtures/logits_smollm2_gguf.json")),
+    ("logits_tiny.json", include_str!("../../model/tests/fixtures/logits_tiny.json")),
+    ("logits_tiny_qwen2.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen2.json")),
+    ("logits_tiny_qwen3.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen3.json")),
+    ("logits_tiny_mistral.json", include_str!("../../model/tests/fixtures/logits_tiny_mistral.json")),
+    ("logits_smollm2_135m.json", include_str!("../../model/tests/fixtures/logits_smollm2_135m.json")),
+    ("logits_smollm2_gguf.json", include_str!("../../model/tests/fixtures/logits_smollm2_gguf.json")),
 ];
 
 fn fixture(name: &str) -> Value {

@@ -19,7 +19,7 @@
 //! before each step, so an element a kernel failed to write shows up as NaN.
 
 use lumen_backend::{AttentionSeq, KvStorage};
-use lumen_model::cuda::{CudaRunner, RunnerConfig, SampleParams};
+use lumen_engine::runner::cuda::{CudaRunner, RunnerConfig, SampleParams};
 use lumen_model::{load_model_on, Device, ForwardBatch, Model};
 use std::sync::Arc;
 

@@ -1,25 +1,38 @@
 //! The model runner: turns a scheduler decision into the model's flattened batch (tokens,
 //! positions, KV slots, per-sequence block tables, rows that need logits), runs it, and hands
-//! back one sampled token per sampling sequence, on the CPU or through the CUDA runner.
+//! back one sampled token per sampling sequence, on the CPU ([`cpu`]) or one GPU ([`cuda`]). The
+//! runner owns the device-side KV storage; the engine's KV manager decides which blocks hold what.
+
+pub mod cpu;
+pub mod cuda;
 
 use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
 use crate::request::SamplingParams;
-use crate::sampler;
 use crate::scheduler::{Scheduler, SchedulerOutput};
 use anyhow::Result;
+use cpu::CpuRunner;
+use cuda::{CudaRunner, RunnerConfig, SampleParams};
 use lumen_backend::{AttentionSeq, KvStorage};
-use lumen_model::cuda::{CudaRunner, RunnerConfig, SampleParams};
 use lumen_model::{Executor, ForwardBatch, Model};
 use std::sync::Arc;
+
+/// One scheduled sequence's part of the flattened batch.
+pub struct SeqSpan {
+    /// Its first row in the batch.
+    pub start: usize,
+    pub len: usize,
+    /// Position of its first token.
+    pub first_pos: usize,
+    pub block_table: Vec<u32>,
+}
 
 /// The inputs of one forward step, owned so the batch can borrow them.
 pub struct ModelInput {
     pub tokens: Vec<u32>,
     pub positions: Vec<usize>,
     pub slots: Vec<usize>,
-    /// Per scheduled sequence: start in the flat batch, length, first position, block table.
-    pub seqs: Vec<(usize, usize, usize, Vec<u32>)>,
+    pub seqs: Vec<SeqSpan>,
     pub logit_rows: Vec<usize>,
     /// Per logits row: its request's sampling parameters and which output token it draws.
     pub sampling: Vec<(SamplingParams, usize)>,
@@ -42,7 +55,7 @@ pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager
             input.positions.push(pos);
             input.slots.push(kv.slot(&seq.block_table, pos));
         }
-        input.seqs.push((start, s.num_tokens, s.first_pos, seq.block_table.clone()));
+        input.seqs.push(SeqSpan { start, len: s.num_tokens, first_pos: s.first_pos, block_table: seq.block_table.clone() });
         if s.samples {
             input.logit_rows.push(start + s.num_tokens - 1);
             input.sampling.push((seq.sampling.clone(), seq.num_generated()));
@@ -53,7 +66,7 @@ pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager
 
 /// The device-side half of the engine: owns the KV storage and runs steps on the CPU or a GPU.
 pub enum Runner {
-    Cpu { storage: KvStorage, logits: Vec<f32> },
+    Cpu(CpuRunner),
     Cuda(Box<CudaRunner>),
 }
 
@@ -65,7 +78,7 @@ impl Runner {
             Executor::Cpu(decoder) => {
                 let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim);
                 let blocks = config.num_kv_blocks(bytes_per_token)?;
-                Ok((Runner::Cpu { storage: decoder.new_kv_storage(blocks, config.block_size), logits: Vec::new() }, blocks))
+                Ok((Runner::Cpu(CpuRunner::new(decoder, blocks, config.block_size)), blocks))
             }
             Executor::Cuda(_) => {
                 let runner = CudaRunner::new(
@@ -91,7 +104,7 @@ impl Runner {
         let seqs: Vec<AttentionSeq> = input
             .seqs
             .iter()
-            .map(|(start, len, first_pos, table)| AttentionSeq { start: *start, len: *len, first_pos: *first_pos, block_table: table })
+            .map(|s| AttentionSeq { start: s.start, len: s.len, first_pos: s.first_pos, block_table: &s.block_table })
             .collect();
         let batch = ForwardBatch {
             tokens: &input.tokens,
@@ -101,8 +114,8 @@ impl Runner {
             logit_rows: &input.logit_rows,
         };
         match self {
-            Runner::Cpu { storage, logits } => {
-                *logits = model.cpu_decoder()?.forward(&batch, storage);
+            Runner::Cpu(r) => {
+                r.forward(model.cpu_decoder()?, &batch);
                 Ok(())
             }
             Runner::Cuda(r) => {
@@ -125,9 +138,7 @@ impl Runner {
     /// The sampled token of every logits row of `input`, in order.
     pub fn sample(&mut self, vocab: usize, input: &ModelInput) -> Result<Vec<u32>> {
         match self {
-            Runner::Cpu { logits, .. } => {
-                Ok(logits.chunks(vocab).zip(&input.sampling).map(|(row, (params, index))| sampler::sample(row, params, *index)).collect())
-            }
+            Runner::Cpu(r) => Ok(r.sample(vocab, &input.sampling)),
             Runner::Cuda(r) => r.finish(),
         }
     }
@@ -135,7 +146,7 @@ impl Runner {
     /// Device time of the last step, where the device measures it.
     pub fn device_ms(&self) -> Option<f64> {
         match self {
-            Runner::Cpu { .. } => None,
+            Runner::Cpu(_) => None,
             Runner::Cuda(r) => r.last_device_ms(),
         }
     }
@@ -143,7 +154,7 @@ impl Runner {
     /// Opens or closes the CUDA profiler's collection window (nothing on the CPU).
     pub fn set_profiler(&self, on: bool) -> Result<()> {
         match self {
-            Runner::Cpu { .. } => Ok(()),
+            Runner::Cpu(_) => Ok(()),
             Runner::Cuda(r) => r.gpu().profiler(on),
         }
     }

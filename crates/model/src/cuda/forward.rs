@@ -1,0 +1,234 @@
+//! The decoder's forward pass on one GPU: it walks the filled layer plan and queues every
+//! kernel of one step on the device's stream. What the pass computes in belongs here too: the
+//! activation buffers ([`Activations`]) and the paged KV cache's shape ([`KvCache`]). Where a
+//! step's inputs lie ([`StepInputs`]) and its launch shape ([`StepShape`]) come from the caller,
+//! which owns staging, graphs and sampling.
+
+use super::weights::CudaWeights;
+use crate::config::ModelConfig;
+use crate::plan::FeedForward;
+use anyhow::{bail, Result};
+use lumen_backend::cuda::{AttentionArgs, DType, DeviceBuffer, Gpu, Linear, RopeArgs};
+
+/// The device buffers a step computes in, sized for `max_tokens` tokens and `max_rows` rows of
+/// logits.
+pub struct Activations {
+    residual: DeviceBuffer,
+    normed: DeviceBuffer,
+    qkv: DeviceBuffer,
+    q: DeviceBuffer,
+    attn: DeviceBuffer,
+    delta: DeviceBuffer,
+    gate_up: DeviceBuffer,
+    act: DeviceBuffer,
+    last: DeviceBuffer,
+    /// `[max_rows, vocab]` f32.
+    pub logits: DeviceBuffer,
+    part_acc: DeviceBuffer,
+    part_ml: DeviceBuffer,
+    /// Token-splits the attention partial buffers hold.
+    pub part_capacity: usize,
+}
+
+impl Activations {
+    pub fn new(gpu: &Gpu, c: &ModelConfig, max_tokens: usize, max_rows: usize) -> Result<Self> {
+        let (t, s) = (max_tokens, max_rows);
+        let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let alloc = |elems: usize, size: usize, what: &str| gpu.alloc(elems * size, what);
+        let part_capacity = t.max(s * 64);
+        Ok(Activations {
+            residual: alloc(t * h, 4, "the residual stream")?,
+            normed: alloc(t * h, 2, "normed activations")?,
+            qkv: alloc(t * (qd + 2 * kd), 2, "qkv activations")?,
+            q: alloc(t * qd, 2, "rotated queries")?,
+            attn: alloc(t * qd, 2, "attention output")?,
+            delta: alloc(t * h, 2, "projection output")?,
+            gate_up: alloc(t * 2 * f, 2, "gate/up activations")?,
+            act: alloc(t * f, 2, "MLP activations")?,
+            last: alloc(s * h, 2, "last-position rows")?,
+            logits: alloc(s * c.vocab_size, 4, "logits")?,
+            part_acc: alloc(part_capacity * c.num_heads * hd, 4, "attention split partials")?,
+            part_ml: alloc(part_capacity * c.num_heads * 2, 4, "attention split maxima")?,
+            part_capacity,
+        })
+    }
+
+    /// Scratch buffers large enough for the input and output of any of the model's products on
+    /// a few rows (for timing them).
+    pub fn scratch(&self) -> (&DeviceBuffer, &DeviceBuffer) {
+        (&self.gate_up, &self.logits)
+    }
+
+    /// Fills every buffer with NaN bytes, so an element a kernel leaves unwritten surfaces as NaN
+    /// in the logits.
+    pub fn poison(&self, gpu: &Gpu) -> Result<()> {
+        for b in [
+            &self.residual,
+            &self.normed,
+            &self.qkv,
+            &self.q,
+            &self.attn,
+            &self.delta,
+            &self.gate_up,
+            &self.act,
+            &self.last,
+            &self.logits,
+            &self.part_acc,
+            &self.part_ml,
+        ] {
+            gpu.fill(b.ptr, 0xff, b.bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// The paged KV cache of every layer: `blocks` blocks of `block_size` slots, K and V in bf16.
+pub struct KvCache {
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    /// Elements of one layer's K (or V) cache.
+    layer_elems: usize,
+    pub block_size: usize,
+}
+
+impl KvCache {
+    /// Bytes one token's K and V take over all layers.
+    pub fn bytes_per_token(c: &ModelConfig) -> usize {
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * DType::Bf16.size()
+    }
+
+    pub fn new(gpu: &Gpu, c: &ModelConfig, blocks: usize, block_size: usize) -> Result<Self> {
+        let layer_elems = blocks * c.num_kv_heads * block_size * c.head_dim;
+        let k = gpu.alloc(layer_elems * c.num_layers * 2, "the K cache")?;
+        let v = gpu.alloc(layer_elems * c.num_layers * 2, "the V cache")?;
+        Ok(KvCache { k, v, layer_elems, block_size })
+    }
+
+    /// K and V cache addresses of `layer`.
+    fn layer(&self, layer: usize) -> (u64, u64) {
+        let offset = layer * self.layer_elems * 2;
+        (self.k.at(offset), self.v.at(offset))
+    }
+}
+
+/// Device addresses of a step's inputs (u32 arrays, laid out by the caller): token ids,
+/// positions, KV slots, logits rows, attention tiles (sequence, first row, rows, first
+/// position), block-table offsets and entries, and the one u32 of KV positions per split.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInputs {
+    pub tokens: u64,
+    pub positions: u64,
+    pub slots: u64,
+    pub logit_rows: u64,
+    pub tiles: u64,
+    pub table_offsets: u64,
+    pub table_data: u64,
+    pub split_tokens: u64,
+}
+
+/// One step's shape, as the launches see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepShape {
+    pub tokens: usize,
+    pub tiles: usize,
+    /// Most query rows (tokens × heads of a GQA group) in one attention tile.
+    pub tile_rows: usize,
+    /// Rows of logits.
+    pub rows: usize,
+    /// Attention splits in the grid.
+    pub splits: usize,
+}
+
+/// Queues the forward pass of one step: embedding, every layer, the final norm, the gather of
+/// the logits rows and the output head into `act.logits` (f32).
+pub fn enqueue_forward(
+    w: &CudaWeights,
+    c: &ModelConfig,
+    linear: &mut Linear,
+    act: &Activations,
+    kv: &KvCache,
+    inputs: &StepInputs,
+    shape: StepShape,
+) -> Result<()> {
+    let (k, gpu) = (&w.kernels, &*w.gpu);
+    let t = shape.tokens;
+    let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let eps = c.rms_eps;
+    let layers = &w.weights.layers;
+    let Some(first) = layers.first() else { bail!("the model has no layers") };
+    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+    k.embed_rms_norm(
+        gpu,
+        inputs.tokens,
+        t,
+        w.weights.embed.ptr(),
+        first.input_norm.ptr(),
+        eps,
+        h,
+        c.vocab_size,
+        act.residual.ptr,
+        act.normed.ptr,
+    )?;
+    for (li, layer) in layers.iter().enumerate() {
+        let a = &layer.attention;
+        let (k_cache, v_cache) = kv.layer(li);
+        linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
+        let rope = RopeArgs {
+            qkv: act.qkv.ptr,
+            bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
+            q_norm: a.q_norm.as_ref().map_or(0, |b| b.ptr()),
+            k_norm: a.k_norm.as_ref().map_or(0, |b| b.ptr()),
+            eps,
+            positions: inputs.positions,
+            slots: inputs.slots,
+            inv_freq: w.inv_freq.ptr,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: hd,
+            block_size: kv.block_size,
+            q_out: act.q.ptr,
+            k_cache,
+            v_cache,
+        };
+        k.rope_kv_write(gpu, t, &rope)?;
+        let attention = AttentionArgs {
+            q: act.q.ptr,
+            k_cache,
+            v_cache,
+            tiles: inputs.tiles,
+            num_tiles: shape.tiles,
+            max_tile_rows: shape.tile_rows,
+            table_offsets: inputs.table_offsets,
+            table_data: inputs.table_data,
+            positions: inputs.positions,
+            num_tokens: t,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: hd,
+            block_size: kv.block_size,
+            window: c.sliding_window.unwrap_or(0),
+            split_tokens: inputs.split_tokens,
+            splits: shape.splits,
+            out: act.attn.ptr,
+            part_acc: act.part_acc.ptr,
+            part_ml: act.part_ml.ptr,
+        };
+        k.attention(gpu, &attention)?;
+        linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
+        match &layer.feed_forward {
+            FeedForward::Dense { gate_up, down } => {
+                linear.run(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.gate_up, 2 * f))?;
+                k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
+                linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
+            }
+        }
+        let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
+    }
+    k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
+    let last = act.last.tensor(DType::Bf16, shape.rows, h);
+    linear.run(gpu, k, last, w.head(), act.logits.tensor(DType::F32, shape.rows, c.vocab_size))
+}

@@ -1,0 +1,306 @@
+//! The layer plan: one device-neutral description of a model's weights and blocks, built once
+//! from its config.
+//!
+//! [`Weights`] is the layer structure, generic over how a matrix (`M`) and a vector (`V`) are
+//! held. The plan is `Weights<WeightSpec, WeightSpec>`: for every weight, the checkpoint tensors
+//! (by their Hugging Face names) stacked into it, its shape and its data type. A backend fills the
+//! plan through [`Fill`] (the CPU into packed f32 matrices, CUDA into bf16 device tensors), and
+//! its forward pass walks the filled structure. A new block (MoE, MLA) is a new variant here plus
+//! one kernel path per backend; a new data type (FP8) is a new [`WeightDtype`] plus its loader.
+
+use crate::config::ModelConfig;
+use anyhow::Result;
+
+/// How a checkpoint stores a weight's values, as far as the plan knows. Loaders convert to what
+/// their device computes in (f32 on the CPU, bf16 on CUDA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    /// Floating point of any width (f32, f16, bf16, or GGUF blocks dequantised on load).
+    Float,
+}
+
+/// One checkpoint tensor of a weight: its Hugging Face name and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// A weight the forward pass reads: its parts stacked along the first dimension (the q, k and v
+/// projections into one matrix, say), and the stacked shape (`[rows, cols]` for a matrix,
+/// `[len]` for a vector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightSpec {
+    pub parts: Vec<Part>,
+    pub shape: Vec<usize>,
+    pub dtype: WeightDtype,
+}
+
+impl WeightSpec {
+    fn stacked(parts: Vec<(String, Vec<usize>)>) -> Self {
+        let parts: Vec<Part> = parts.into_iter().map(|(name, shape)| Part { name, shape }).collect();
+        let mut shape = parts[0].shape.clone();
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        WeightSpec { parts, shape, dtype: WeightDtype::Float }
+    }
+
+    fn single(name: String, shape: Vec<usize>) -> Self {
+        Self::stacked(vec![(name, shape)])
+    }
+
+    /// Rows and columns of a matrix weight.
+    pub fn rows_cols(&self) -> (usize, usize) {
+        (self.shape[0], self.shape.get(1).copied().unwrap_or(1))
+    }
+}
+
+/// Self-attention with grouped K/V heads: fused q/k/v projection (with Qwen2's biases and Qwen3's
+/// per-head q/k norms where the model has them) and the output projection. Heads, head size, RoPE
+/// and the sliding window come from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attention<M, V> {
+    /// `[(heads + 2·kv_heads)·head_dim, hidden]`: q rows, then k rows, then v rows.
+    pub qkv: M,
+    pub qkv_bias: Option<V>,
+    pub q_norm: Option<V>,
+    pub k_norm: Option<V>,
+    /// `[hidden, heads·head_dim]`.
+    pub output: M,
+}
+
+/// The feed-forward block of a layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedForward<M> {
+    /// SwiGLU: `down(silu(gate(x)) · up(x))`, gate and up fused as `[2·intermediate, hidden]`
+    /// (gate rows first), down `[hidden, intermediate]`.
+    Dense { gate_up: M, down: M },
+}
+
+/// One decoder layer: pre-norm attention, then pre-norm feed-forward, each added to the residual.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer<M, V> {
+    pub input_norm: V,
+    pub attention: Attention<M, V>,
+    pub post_attention_norm: V,
+    pub feed_forward: FeedForward<M>,
+}
+
+/// The output projection: the embedding itself, or a matrix of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head<M> {
+    Tied,
+    Own(M),
+}
+
+/// The whole model: token embedding (`[vocab, hidden]`), layers, final norm, output head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights<M, V> {
+    pub embed: V,
+    pub layers: Vec<Layer<M, V>>,
+    pub final_norm: V,
+    pub head: Head<M>,
+}
+
+/// The plan: every weight as a [`WeightSpec`].
+pub type ModelPlan = Weights<WeightSpec, WeightSpec>;
+
+/// What a backend does with each planned weight.
+pub trait Fill {
+    type Matrix;
+    type Vector;
+    fn matrix(&mut self, spec: &WeightSpec) -> Result<Self::Matrix>;
+    fn vector(&mut self, spec: &WeightSpec) -> Result<Self::Vector>;
+}
+
+/// A weight of a filled structure, as [`Weights::visit`] hands it over.
+pub enum Entry<'a, M, V> {
+    Matrix(&'a M),
+    Vector(&'a V),
+}
+
+impl ModelPlan {
+    /// The plan of a llama-family model: Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms).
+    pub fn for_config(c: &ModelConfig) -> Self {
+        let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                let name = |part: &str| format!("model.layers.{i}.{part}");
+                let vector = |part: &str, len: usize| WeightSpec::single(name(part), vec![len]);
+                let qkv_parts = |suffix: &str, shape: fn(usize, usize) -> Vec<usize>| {
+                    WeightSpec::stacked(vec![
+                        (name(&format!("self_attn.q_proj.{suffix}")), shape(qd, h)),
+                        (name(&format!("self_attn.k_proj.{suffix}")), shape(kd, h)),
+                        (name(&format!("self_attn.v_proj.{suffix}")), shape(kd, h)),
+                    ])
+                };
+                Layer {
+                    input_norm: vector("input_layernorm.weight", h),
+                    attention: Attention {
+                        qkv: qkv_parts("weight", |rows, cols| vec![rows, cols]),
+                        qkv_bias: c.attention_bias.then(|| qkv_parts("bias", |rows, _| vec![rows])),
+                        q_norm: c.qk_norm.then(|| vector("self_attn.q_norm.weight", hd)),
+                        k_norm: c.qk_norm.then(|| vector("self_attn.k_norm.weight", hd)),
+                        output: WeightSpec::single(name("self_attn.o_proj.weight"), vec![h, qd]),
+                    },
+                    post_attention_norm: vector("post_attention_layernorm.weight", h),
+                    feed_forward: FeedForward::Dense {
+                        gate_up: WeightSpec::stacked(vec![
+                            (name("mlp.gate_proj.weight"), vec![f, h]),
+                            (name("mlp.up_proj.weight"), vec![f, h]),
+                        ]),
+                        down: WeightSpec::single(name("mlp.down_proj.weight"), vec![h, f]),
+                    },
+                }
+            })
+            .collect();
+        Weights {
+            embed: WeightSpec::single("model.embed_tokens.weight".into(), vec![c.vocab_size, h]),
+            layers,
+            final_norm: WeightSpec::single("model.norm.weight".into(), vec![h]),
+            head: if c.tie_word_embeddings {
+                Head::Tied
+            } else {
+                Head::Own(WeightSpec::single("lm_head.weight".into(), vec![c.vocab_size, h]))
+            },
+        }
+    }
+
+    /// Fills every weight, layer by layer in order, so a backend that uploads as it goes holds
+    /// one weight in host memory at a time.
+    pub fn fill<F: Fill>(&self, backend: &mut F) -> Result<Weights<F::Matrix, F::Vector>> {
+        let opt = |spec: &Option<WeightSpec>, backend: &mut F| spec.as_ref().map(|s| backend.vector(s)).transpose();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let a = &l.attention;
+            layers.push(Layer {
+                input_norm: backend.vector(&l.input_norm)?,
+                attention: Attention {
+                    qkv: backend.matrix(&a.qkv)?,
+                    qkv_bias: opt(&a.qkv_bias, backend)?,
+                    q_norm: opt(&a.q_norm, backend)?,
+                    k_norm: opt(&a.k_norm, backend)?,
+                    output: backend.matrix(&a.output)?,
+                },
+                post_attention_norm: backend.vector(&l.post_attention_norm)?,
+                feed_forward: match &l.feed_forward {
+                    FeedForward::Dense { gate_up, down } => {
+                        FeedForward::Dense { gate_up: backend.matrix(gate_up)?, down: backend.matrix(down)? }
+                    }
+                },
+            });
+        }
+        Ok(Weights {
+            embed: backend.vector(&self.embed)?,
+            layers,
+            final_norm: backend.vector(&self.final_norm)?,
+            head: match &self.head {
+                Head::Tied => Head::Tied,
+                Head::Own(spec) => Head::Own(backend.matrix(spec)?),
+            },
+        })
+    }
+}
+
+impl<M, V> Weights<M, V> {
+    /// Hands every weight to `f` with a label (`layer 3 attention.qkv`), in the order
+    /// [`ModelPlan::fill`] fills them.
+    pub fn visit(&self, f: &mut dyn FnMut(&str, Entry<M, V>)) {
+        for (i, l) in self.layers.iter().enumerate() {
+            let label = |what: &str| format!("layer {i} {what}");
+            f(&label("input_norm"), Entry::Vector(&l.input_norm));
+            f(&label("attention.qkv"), Entry::Matrix(&l.attention.qkv));
+            for (what, v) in [
+                ("attention.qkv_bias", &l.attention.qkv_bias),
+                ("attention.q_norm", &l.attention.q_norm),
+                ("attention.k_norm", &l.attention.k_norm),
+            ] {
+                if let Some(v) = v {
+                    f(&label(what), Entry::Vector(v));
+                }
+            }
+            f(&label("attention.output"), Entry::Matrix(&l.attention.output));
+            f(&label("post_attention_norm"), Entry::Vector(&l.post_attention_norm));
+            match &l.feed_forward {
+                FeedForward::Dense { gate_up, down } => {
+                    f(&label("feed_forward.gate_up"), Entry::Matrix(gate_up));
+                    f(&label("feed_forward.down"), Entry::Matrix(down));
+                }
+            }
+        }
+        f("embed", Entry::Vector(&self.embed));
+        f("final_norm", Entry::Vector(&self.final_norm));
+        if let Head::Own(m) = &self.head {
+            f("head", Entry::Matrix(m));
+        }
+    }
+}
+
+impl<M, V> Weights<M, V> {
+    /// Every weight's label and shape, as `matrix` and `vector` read them, in fill order: what
+    /// a loader filled can be compared with the plan it filled.
+    pub fn shapes(&self, mut matrix: impl FnMut(&M) -> Vec<usize>, mut vector: impl FnMut(&V) -> Vec<usize>) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        self.visit(&mut |label, entry| {
+            let shape = match entry {
+                Entry::Matrix(m) => matrix(m),
+                Entry::Vector(v) => vector(v),
+            };
+            out.push((label.to_string(), shape));
+        });
+        out
+    }
+}
+
+impl ModelPlan {
+    /// [`Weights::shapes`] of the plan itself: matrices by `[rows, cols]`, vectors (the
+    /// embedding too, which backends hold as a table) by their element count.
+    pub fn planned_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.shapes(|s| s.shape.clone(), |s| vec![s.shape.iter().product()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets::preset_config;
+
+    #[test]
+    fn the_plan_follows_the_config_switches() {
+        let plan = ModelPlan::for_config(&preset_config("tiny-qwen2").unwrap());
+        let a = &plan.layers[1].attention;
+        assert_eq!(a.qkv.shape, vec![(4 + 2 * 2) * 16, 64]);
+        let names: Vec<&str> = a.qkv.parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight", "model.layers.1.self_attn.v_proj.weight"]
+        );
+        assert_eq!(a.qkv_bias.as_ref().map(|b| b.shape.clone()), Some(vec![128]));
+        assert!(a.q_norm.is_none() && matches!(plan.head, Head::Own(_)));
+        let qwen3 = ModelPlan::for_config(&preset_config("tiny-qwen3").unwrap());
+        assert_eq!(qwen3.layers[0].attention.q_norm.as_ref().map(|n| n.shape.clone()), Some(vec![32]));
+        assert!(qwen3.layers[0].attention.qkv_bias.is_none() && qwen3.head == Head::Tied);
+        let FeedForward::Dense { gate_up, down } = &qwen3.layers[0].feed_forward;
+        assert_eq!((gate_up.rows_cols(), down.rows_cols()), ((320, 64), (64, 160)));
+    }
+
+    #[test]
+    fn the_plan_holds_every_parameter_once() {
+        for name in crate::presets::PRESET_NAMES.iter().filter(|n| !n.contains("70b")) {
+            let c = preset_config(name).unwrap();
+            let mut params = 0;
+            ModelPlan::for_config(&c).visit(&mut |_, entry| {
+                let spec = match entry {
+                    Entry::Matrix(s) | Entry::Vector(s) => s,
+                };
+                assert_eq!(spec.shape[0], spec.parts.iter().map(|p| p.shape[0]).sum::<usize>());
+                params += spec.shape.iter().product::<usize>();
+            });
+            // The config's count leaves out biases and q/k norms.
+            let extra = c.num_layers
+                * (if c.attention_bias { (c.num_heads + 2 * c.num_kv_heads) * c.head_dim } else { 0 }
+                    + if c.qk_norm { 2 * c.head_dim } else { 0 });
+            assert_eq!(params, c.num_params() + extra, "{name}");
+        }
+    }
+}
