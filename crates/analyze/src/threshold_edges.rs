@@ -32,6 +32,18 @@ const CAP: u64 = 64;
 const BUDGET: u64 = 2_048;
 const SECOND_NS: u64 = 1_000_000_000;
 
+// The steps the measured figures take.
+/// One of `N`: 0.1 percentage points.
+const ONE_IN_N: f64 = 1.0 / N as f64;
+/// One nanosecond of a 10 µs window.
+const ONE_IN_10N: f64 = 1.0 / (10 * N) as f64;
+/// 0.1 percentage points of a figure in %.
+const TENTH: f64 = 0.1;
+/// One call over `STEPS` steps.
+const ONE_IN_STEPS: f64 = 1.0 / STEPS as f64;
+/// One nanosecond, call or allocation.
+const ONE: f64 = 1.0;
+
 /// The comparison under which the pattern fires.
 #[derive(Debug, Clone, Copy)]
 enum Fires {
@@ -54,12 +66,67 @@ impl Fires {
 }
 
 /// What the diagnosis says of the pattern where it does not fire.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Quiet {
     /// Checked, not found.
     NotFound,
-    /// Not available, for a reason naming the measured figure.
-    NotAvailable(fn(f64) -> String),
+    /// Not available.
+    NotAvailable,
+}
+
+impl Quiet {
+    fn as_str(self) -> &'static str {
+        match self {
+            Quiet::NotFound => "\"checked, not found\"",
+            Quiet::NotAvailable => "not available",
+        }
+    }
+}
+
+/// What a threshold that gates other rules opens, checked on both sides.
+#[derive(Clone, Copy)]
+enum Gate {
+    None,
+    /// The idle-time patterns (MIN_IDLE_SHARE): where the gate is open, every one the trace
+    /// shows (CPU bottleneck, synchronisation gaps, launch overhead) fires; where it is shut,
+    /// each is "checked, not found".
+    IdlePatterns,
+    /// The operators' work judging the bound (OP_WORK_COVERAGE), in a trace with neither counters
+    /// nor iteration rows: where it judges, memory bound fires from the kernels' rates and compute
+    /// bound is "checked, not found"; where it does not, both are not available, and the reason
+    /// names the coverage.
+    BoundFromOps,
+}
+
+impl Gate {
+    fn check(self, d: &Diagnosis, open: bool, measured: f64, context: &str) {
+        match self {
+            Gate::None => {}
+            Gate::IdlePatterns => {
+                for pattern in [CPU_BOTTLENECK, SYNC_GAPS, LAUNCH_OVERHEAD] {
+                    let fired = finding(d, pattern).is_some();
+                    let fires = if fired { "fires" } else { "does not fire" };
+                    assert!(fired == open, "{context}: `{pattern}` {fires} on this side of the gate; {}", summary(d));
+                    assert!(
+                        fired || d.not_found.contains(&pattern),
+                        "{context}: `{pattern}` is not \"checked, not found\"; {}",
+                        summary(d)
+                    );
+                }
+            }
+            Gate::BoundFromOps => {
+                let from_ops = finding(d, MEMORY_BOUND).is_some_and(|f| f.evidence[0].starts_with("kernels: "));
+                assert!(from_ops == open, "{context}: memory bound from the operators' work: {from_ops}; {}", summary(d));
+                let compute = d.not_available.iter().find(|u| u.pattern == COMPUTE_BOUND).map(|u| u.reason.as_str());
+                assert!(compute.is_none() == open, "{context}: compute bound judged: {}; {}", compute.is_none(), summary(d));
+                let coverage = format!("operators' recorded work covers {} of the kernel time", percent(measured));
+                assert!(
+                    open || compute.is_some_and(|why| why.contains(&coverage)),
+                    "{context}: the reason lacks {coverage:?}: {compute:?}"
+                );
+            }
+        }
+    }
 }
 
 struct Edge {
@@ -77,10 +144,8 @@ struct Edge {
     measure: fn(&TraceData, &Analysis) -> f64,
     /// Text the finding's evidence holds, showing the measured figure.
     evidence: fn(f64) -> String,
+    gate: Gate,
     quiet: Quiet,
-    /// For a threshold that gates other rules: what the diagnosis shows on each side (`true`: the
-    /// side where the pattern fires), given the case's description for messages.
-    also: Option<fn(&Diagnosis, bool, &str)>,
 }
 
 const EDGES: &[Edge] = &[
@@ -89,393 +154,276 @@ const EDGES: &[Edge] = &[
         comparison: "low_utilisation: d.share < LOW_BUSY",
         fires: Fires::Below,
         pattern: LOW_UTILISATION,
-        step: 1.0 / N as f64,
+        step: ONE_IN_N,
         trace: busy_window,
-        measure: |_, a| a.gpu.get().expect("GPU ops")[0].busy_share,
+        measure: busy_share,
         evidence: |m| format!("device 0 busy {} of", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "HOST_WAIT_DOMINATES",
         comparison: "cpu_bottleneck: host_share <= HOST_WAIT_DOMINATES is not found",
         fires: Fires::Above,
         pattern: CPU_BOTTLENECK,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let host = count_at(HOST_WAIT_DOMINATES, N, offset);
-            sync_then_host_gap(N - host, host)
-        },
-        measure: |_, a| gap_share(a, GapClass::HostWait),
-        evidence: |m| format!(" = {} of {} steady idle", percent(m), duration(N as f64)),
+        step: ONE_IN_N,
+        trace: host_wait_gaps,
+        measure: host_wait_share,
+        evidence: |m| format!(" = {} of ", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "MIN_IDLE_SHARE",
         comparison: "cpu_bottleneck, sync_gaps, launch_overhead: idle share <= MIN_IDLE_SHARE is not found",
         fires: Fires::Above,
         pattern: CPU_BOTTLENECK,
-        step: 1.0 / (10 * N) as f64,
+        step: ONE_IN_10N,
         trace: idle_window,
-        measure: |_, a| {
-            let device = &a.gpu.get().expect("GPU ops")[0];
-            device.idle_ns as f64 / (device.end_ns - device.start_ns) as f64
-        },
+        measure: idle_share,
         evidence: |m| format!("idle is {} of the", percent(m)),
+        gate: Gate::IdlePatterns,
         quiet: Quiet::NotFound,
-        also: Some(|d, open, context| {
-            // The gate: above it every idle pattern this trace shows is checked and fires; at
-            // it and below none is.
-            for pattern in [CPU_BOTTLENECK, SYNC_GAPS, LAUNCH_OVERHEAD] {
-                let fired = finding(d, pattern).is_some();
-                let fires = if fired { "fires" } else { "does not fire" };
-                assert!(fired == open, "{context}: `{pattern}` {fires} on this side of the gate; {}", summary(d));
-                assert!(fired || d.not_found.contains(&pattern), "{context}: `{pattern}` is not \"checked, not found\"; {}", summary(d));
-            }
-        }),
     },
     Edge {
         threshold: "SOL_BOUND_PERCENT",
         comparison: "sol.rs Bound::judge: dram.max(compute) < SOL_BOUND_PERCENT is latency bound, else dram >= compute is memory bound",
         fires: Fires::AtOrAbove,
         pattern: MEMORY_BOUND,
-        step: 0.1,
-        trace: |offset| one_sample("vectorized_elementwise_kernel", SOL_BOUND_PERCENT + 0.1 * offset as f64, 0.0),
-        measure: |_, a| a.speed_of_light.devices.get().expect("counter samples")[0].dram_percent,
-        evidence: |m| format!("device 0: DRAM {m:.1}% of peak"),
+        step: TENTH,
+        trace: dram_sample,
+        measure: dram_percent,
+        evidence: |m| format!("device 0: DRAM {}% of peak", tenths(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "BATCH_CAP_SHARE",
         comparison: "batch_size: at_cap < BATCH_CAP_SHARE is not found",
         fires: Fires::AtOrAbove,
         pattern: BATCH_SIZE,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let capped = count_at(BATCH_CAP_SHARE, N, offset);
-            with_request_lengths(engine(&[("max_batch_size", CAP)], |i, r| {
-                let batch = if i < capped { CAP } else { CAP - 1 };
-                (r.gen_reqs, r.gen_tokens) = (batch, batch);
-            }))
-        },
-        measure: |_, a| headroom(a).at_batch_cap.expect("max_batch_size in meta"),
+        step: ONE_IN_N,
+        trace: batch_at_cap,
+        measure: at_batch_cap,
         evidence: |m| format!("the batch is at its cap of {CAP} in {} of {N} steady iterations", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "KV_LOW",
         comparison: "batch_size: kv_peak >= KV_LOW is not found",
         fires: Fires::Below,
         pattern: BATCH_SIZE,
-        step: 1.0 / N as f64,
-        // The requests' lengths size the suggestion: from the fullest row alone, a KV cache
-        // near half full holds less than twice the cap and nothing is suggested.
-        trace: |offset| {
-            let peak = count_at(KV_LOW, N, offset);
-            with_request_lengths(engine(&[("max_batch_size", CAP)], |i, r| {
-                (r.gen_reqs, r.gen_tokens) = (CAP, CAP);
-                if i == 0 {
-                    r.kv_used_blocks = peak;
-                }
-            }))
-        },
-        measure: |_, a| headroom(a).kv_peak.expect("KV blocks"),
+        step: ONE_IN_N,
+        trace: kv_low_at_cap,
+        measure: kv_peak,
         evidence: |m| format!("the KV cache peaks at {} used", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "KV_LOW",
         comparison: "concurrency: kv_peak >= KV_LOW is not found",
         fires: Fires::Below,
         pattern: CONCURRENCY,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let peak = count_at(KV_LOW, N, offset);
-            engine(&[("max_batch_size", CAP)], |i, r| {
-                (r.gen_reqs, r.gen_tokens) = (CAP / 8, CAP / 8);
-                if i == 0 {
-                    r.kv_used_blocks = peak;
-                }
-            })
-        },
-        measure: |_, a| headroom(a).kv_peak.expect("KV blocks"),
+        step: ONE_IN_N,
+        trace: kv_low_few_requests,
+        measure: kv_peak,
         evidence: |m| format!("the KV cache peaks at {}: the client sends too few", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "TOKEN_BUDGET_SHARE",
         comparison: "token_budget: full < TOKEN_BUDGET_SHARE is not found",
         fires: Fires::AtOrAbove,
         pattern: TOKEN_BUDGET,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let full = count_at(TOKEN_BUDGET_SHARE, N, offset);
-            engine(&[("max_num_tokens", BUDGET)], |i, r| {
-                r.queued_reqs = Some(5);
-                prefill(r, if i < full { BUDGET } else { BUDGET - 1 });
-            })
-        },
-        measure: |_, a| headroom(a).at_token_budget.expect("max_num_tokens in meta"),
+        step: ONE_IN_N,
+        trace: budget_full,
+        measure: at_token_budget,
         evidence: |m| format!("the iteration's tokens fill the budget of {BUDGET} in {} of iterations", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "QUEUED_SHARE",
         comparison: "token_budget: queued < QUEUED_SHARE is not found",
         fires: Fires::AtOrAbove,
         pattern: TOKEN_BUDGET,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let waiting = count_at(QUEUED_SHARE, N, offset);
-            engine(&[("max_num_tokens", BUDGET)], |i, r| {
-                r.queued_reqs = Some(if i < waiting { 5 } else { 0 });
-                prefill(r, BUDGET);
-            })
-        },
-        measure: |_, a| headroom(a).queued.expect("queued requests"),
+        step: ONE_IN_N,
+        trace: queued_at_budget,
+        measure: queued,
         evidence: |m| format!("requests wait in {} of iterations: prefill is rationed", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "QUEUED_SHARE",
         comparison: "kv_cache_full: queued < QUEUED_SHARE is not found",
         fires: Fires::AtOrAbove,
         pattern: KV_CACHE_FULL,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let waiting = count_at(QUEUED_SHARE, N, offset);
-            engine(&[], |i, r| {
-                r.queued_reqs = Some(if i < waiting { 5 } else { 0 });
-                r.kv_used_blocks = N;
-            })
-        },
-        measure: |_, a| headroom(a).queued.expect("queued requests"),
+        step: ONE_IN_N,
+        trace: queued_kv_full,
+        measure: queued,
         evidence: |m| format!("requests wait in {} of iterations while the KV cache peaks", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "KV_FULL",
         comparison: "kv_cache_full: kv_peak <= KV_FULL is not found",
         fires: Fires::Above,
         pattern: KV_CACHE_FULL,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let peak = count_at(KV_FULL, N, offset);
-            engine(&[], |i, r| {
-                r.queued_reqs = Some(5);
-                if i == 0 {
-                    r.kv_used_blocks = peak;
-                }
-            })
-        },
-        measure: |_, a| headroom(a).kv_peak.expect("KV blocks"),
+        step: ONE_IN_N,
+        trace: kv_full_queued,
+        measure: kv_peak,
         evidence: |m| format!("while the KV cache peaks at {} and the batch is below its cap", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "CONCURRENCY_BATCH_SHARE",
         comparison: "concurrency: median_batch >= CONCURRENCY_BATCH_SHARE * cap is not found",
         fires: Fires::Below,
         pattern: CONCURRENCY,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let batch = count_at(CONCURRENCY_BATCH_SHARE, N, offset);
-            engine(&[("max_batch_size", N)], |_, r| (r.gen_reqs, r.gen_tokens) = (batch, batch))
-        },
-        measure: |_, a| {
-            let h = headroom(a);
-            h.median_batch / h.max_batch_size.expect("max_batch_size in meta") as f64
-        },
-        evidence: |m| format!("the median batch is {:.0} of a cap of {N}", m * N as f64),
+        step: ONE_IN_N,
+        trace: batch_of_cap,
+        measure: median_batch_of_cap,
+        evidence: |m| format!("the median batch is {} of a cap of {N}", whole(m * N as f64)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "SMALL_BATCH_TENSOR_PERCENT",
         comparison: "small_batch: gemm.tensor_percent < SMALL_BATCH_TENSOR_PERCENT is starved",
         fires: Fires::Below,
         pattern: SMALL_BATCH,
-        step: 0.1,
-        trace: |offset| one_sample("gemvx_kernel", memory_bound_dram(), SMALL_BATCH_TENSOR_PERCENT + 0.1 * offset as f64),
-        measure: |_, a| gemm_class(a).tensor_percent.expect("tensor samples"),
-        evidence: |m| format!("GEMM kernels: DRAM {:.1}% of peak (read + write), tensor {m:.1}%", memory_bound_dram()),
+        step: TENTH,
+        trace: gemm_tensor_sample,
+        measure: gemm_tensor_percent,
+        evidence: |m| format!("(read + write), tensor {}%", tenths(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "SMALL_BATCH_GEMM_SHARE",
         comparison: "small_batch: share(gemm.samples, total) < SMALL_BATCH_GEMM_SHARE is not found",
         fires: Fires::AtOrAbove,
         pattern: SMALL_BATCH,
-        step: 1.0 / N as f64,
-        trace: gemm_sample_share,
-        measure: |_, a| {
-            let total: usize = a.speed_of_light.devices.get().expect("counter samples").iter().map(|d| d.samples).sum();
-            gemm_class(a).samples as f64 / total as f64
-        },
+        step: ONE_IN_N,
+        trace: gemm_and_elementwise_samples,
+        measure: gemm_sample_share,
         evidence: |m| format!("{} of the busy samples", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "OP_WORK_COVERAGE",
         comparison: "bound: judged_ops needs all.coverage >= OP_WORK_COVERAGE",
         fires: Fires::AtOrAbove,
         pattern: MEMORY_BOUND,
-        step: 1.0 / N as f64,
-        trace: op_work_coverage,
-        measure: |_, a| a.speed_of_light.ops.get().expect("operators' work")[0].coverage,
+        step: ONE_IN_N,
+        trace: operator_covering_kernel_time,
+        measure: op_work_coverage,
         evidence: |m| format!("({} of it covered)", percent(m)),
-        quiet: Quiet::NotAvailable(|m| format!("operators' recorded work covers {} of the kernel time", percent(m))),
-        also: Some(|d, judged, context| {
-            // The trace has neither counters nor iteration rows: the operators' work is the only
-            // thing that can judge the bound, so it is judged (compute bound "checked, not found")
-            // or not (not available) as a whole.
-            let memory = finding(d, MEMORY_BOUND);
-            assert!(!judged || memory.is_some_and(|f| f.evidence[0].starts_with("kernels: ")), "{context}: {}", summary(d));
-            let compute_judged = d.not_found.contains(&COMPUTE_BOUND);
-            let compute_unavailable = d.not_available.iter().any(|u| u.pattern == COMPUTE_BOUND);
-            assert!(compute_judged == judged && compute_unavailable != judged, "{context}: compute bound; {}", summary(d));
-        }),
+        gate: Gate::BoundFromOps,
+        quiet: Quiet::NotAvailable,
     },
     Edge {
         threshold: "SHORT_KERNEL_NS",
         comparison: "launch_overhead: is_short is duration < SHORT_KERNEL_NS",
         fires: Fires::Below,
         pattern: LAUNCH_OVERHEAD,
-        step: 1.0,
-        trace: |offset| {
-            let length = SHORT_KERNEL_NS.checked_add_signed(offset).expect("a kernel length");
-            launch_gaps((0..10).map(|_| (length, None)))
-        },
-        measure: |_, a| {
-            let top = &a.kernels.get().expect("kernels").top[0];
-            assert_eq!(top.min_ns, top.max_ns, "one kernel length");
-            top.max_ns as f64
-        },
+        step: ONE,
+        trace: kernels_near_short,
+        measure: kernel_length,
         evidence: |_| format!("100.0% of 10 kernels run under {}", duration(SHORT_KERNEL_NS as f64)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "SHORT_KERNEL_SHARE",
         comparison: "launch_overhead: short_share <= SHORT_KERNEL_SHARE is not found",
         fires: Fires::Above,
         pattern: LAUNCH_OVERHEAD,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let short = count_at(SHORT_KERNEL_SHARE, N, offset);
-            launch_gaps((0..N).map(|i| (if i < short { SHORT_KERNEL_NS / 5 } else { 2 * SHORT_KERNEL_NS }, None)))
-        },
-        measure: |t, _| share_of_kernels(t, |k| k.end_ns - k.start_ns < SHORT_KERNEL_NS),
-        evidence: |m| format!("{} of {N} kernels run under {}", percent(m), duration(SHORT_KERNEL_NS as f64)),
+        step: ONE_IN_N,
+        trace: short_and_long_kernels,
+        measure: short_kernel_share,
+        evidence: |m| format!("{} of {N} kernels run under", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "SHORTER_THAN_LAUNCH_SHARE",
         comparison: "launch_overhead: launch_bound needs shorter_than_launch > SHORTER_THAN_LAUNCH_SHARE (no launch gaps here)",
         fires: Fires::Above,
         pattern: LAUNCH_OVERHEAD,
-        step: 1.0 / N as f64,
-        trace: shorter_than_launch,
-        measure: |_, a| a.kernels.get().and_then(|k| k.shorter_than_launch.get()).expect("launch calls").share,
+        step: ONE_IN_N,
+        trace: kernels_and_launch_calls,
+        measure: shorter_than_launch_share,
         evidence: |m| format!("{} of kernels are shorter than their launch call", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "EAGER_KERNEL_SHARE",
         comparison: "launch_overhead: eager_share <= EAGER_KERNEL_SHARE is not found",
         fires: Fires::Above,
         pattern: LAUNCH_OVERHEAD,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let eager = count_at(EAGER_KERNEL_SHARE, N, offset);
-            launch_gaps((0..N).map(|i| (SHORT_KERNEL_NS / 5, (i >= eager).then_some(1))))
-        },
-        measure: |t, _| share_of_kernels(t, |k| k.graph_id.is_none()),
+        step: ONE_IN_N,
+        trace: eager_and_graph_kernels,
+        measure: eager_share,
         evidence: |m| format!("{} of kernels are launched eagerly (no CUDA graph)", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "SYNC_WAIT_SHARE",
         comparison: "sync_gaps: sync_share <= SYNC_WAIT_SHARE is not found",
         fires: Fires::Above,
         pattern: SYNC_GAPS,
-        step: 1.0 / N as f64,
-        trace: |offset| {
-            let sync = count_at(SYNC_WAIT_SHARE, N, offset);
-            sync_then_host_gap(sync, N - sync)
-        },
-        measure: |_, a| gap_share(a, GapClass::SyncWait),
-        evidence: |m| format!("after them: {} of {} steady idle", percent(m), duration(N as f64)),
+        step: ONE_IN_N,
+        trace: sync_wait_gaps,
+        measure: sync_wait_share,
+        evidence: |m| format!("after them: {} of ", percent(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "ALLOC_CALLS_PER_STEP",
         comparison: "allocation_churn: rate > ALLOC_CALLS_PER_STEP per steady step",
         fires: Fires::Above,
         pattern: ALLOCATION_CHURN,
-        step: 1.0 / STEPS as f64,
+        step: ONE_IN_STEPS,
         trace: alloc_calls_in_steps,
-        measure: |t, a| alloc_calls(t) as f64 / a.steps.get().expect("steps").steady as f64,
-        evidence: |m| format!("{m:.1} CUDA alloc/free calls per steady step"),
+        measure: alloc_calls_per_step,
+        evidence: |m| format!("{} CUDA alloc/free calls per steady step", tenths(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "ALLOC_CALLS_PER_SECOND",
         comparison: "allocation_churn: rate > ALLOC_CALLS_PER_SECOND per second, without steps",
         fires: Fires::Above,
         pattern: ALLOCATION_CHURN,
-        step: 1.0,
-        trace: |offset| {
-            let calls = count_at(ALLOC_CALLS_PER_SECOND, 1, offset);
-            let mut api_calls: Vec<_> = (0..calls).map(|i| api("cudaMalloc", i * 1_000, i * 1_000 + 100, i + 1)).collect();
-            api_calls.push(api("cudaLaunchKernel", SECOND_NS - 100, SECOND_NS, 0));
-            TraceData { api_calls, ..TraceData::default() }
-        },
-        measure: |t, _| {
-            let first = t.api_calls.iter().map(|c| c.start_ns).min().expect("API calls");
-            let last = t.api_calls.iter().map(|c| c.end_ns).max().expect("API calls");
-            alloc_calls(t) as f64 / ((last - first) as f64 / 1e9)
-        },
-        evidence: |m| format!("{m:.1} CUDA alloc/free calls per second (the trace has no steps)"),
+        step: ONE,
+        trace: alloc_calls_in_a_second,
+        measure: alloc_calls_per_second,
+        evidence: |m| format!("{} CUDA alloc/free calls per second (the trace has no steps)", tenths(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
     Edge {
         threshold: "HOST_ALLOCS_PER_ITERATION",
         comparison: "allocation_churn: host allocations per iteration > HOST_ALLOCS_PER_ITERATION",
         fires: Fires::Above,
         pattern: ALLOCATION_CHURN,
-        step: 1.0,
-        trace: |offset| {
-            // No API calls: the host rows alone decide.
-            let count = count_at(HOST_ALLOCS_PER_ITERATION, 1, offset);
-            let row =
-                |iteration| AllocationRow { iteration, count, bytes: 64 * count, frees: count, kv_blocks_allocated: 0, kv_blocks_freed: 0 };
-            TraceData { allocations: (0..4).map(row).collect(), ..TraceData::default() }
-        },
-        measure: |_, a| {
-            let h = a.memory.host_allocations.get().expect("allocation rows");
-            h.count as f64 / h.iterations as f64
-        },
-        evidence: |m| format!("{m:.0} host allocations per iteration"),
+        step: ONE,
+        trace: host_allocations,
+        measure: host_allocs_per_iteration,
+        evidence: |m| format!("{} host allocations per iteration", whole(m)),
+        gate: Gate::None,
         quiet: Quiet::NotFound,
-        also: None,
     },
 ];
 
@@ -494,6 +442,15 @@ fn summary(d: &Diagnosis) -> String {
     let found: Vec<_> = d.findings.iter().map(|f| f.pattern).collect();
     let unavailable: Vec<_> = d.not_available.iter().map(|u| u.pattern).collect();
     format!("found {found:?}, not found {:?}, not available {unavailable:?}", d.not_found)
+}
+
+/// A figure with one decimal, and a whole one, as the evidence prints them.
+fn tenths(m: f64) -> String {
+    format!("{m:.1}")
+}
+
+fn whole(m: f64) -> String {
+    format!("{m:.0}")
 }
 
 /// One edge case on its three sides; the figures used, as a line.
@@ -526,25 +483,19 @@ fn check(edge: &Edge) -> String {
             }
             (true, None) => panic!("{context}: `{}` should fire and does not; {}", edge.pattern, summary(d)),
             (false, Some(f)) => panic!("{context}: `{}` should not fire and does: {:?}", edge.pattern, f.evidence),
-            (false, None) => match edge.quiet {
-                Quiet::NotFound => {
-                    assert!(
-                        d.not_found.contains(&edge.pattern),
-                        "{context}: `{}` is not \"checked, not found\"; {}",
-                        edge.pattern,
-                        summary(d)
-                    )
-                }
-                Quiet::NotAvailable(reason) => {
-                    let want = reason(measured);
-                    let why = d.not_available.iter().find(|u| u.pattern == edge.pattern).map(|u| u.reason.as_str());
-                    assert!(why.is_some_and(|why| why.contains(&want)), "{context}: not available for {want:?}; {}", summary(d));
-                }
-            },
+            (false, None) => {
+                let quiet = if d.not_found.contains(&edge.pattern) { Quiet::NotFound } else { Quiet::NotAvailable };
+                let available = d.not_available.iter().any(|u| u.pattern == edge.pattern);
+                assert!(
+                    quiet == edge.quiet && (quiet == Quiet::NotFound) != available,
+                    "{context}: `{}` is not {}; {}",
+                    edge.pattern,
+                    edge.quiet.as_str(),
+                    summary(d)
+                );
+            }
         }
-        if let Some(also) = edge.also {
-            also(d, fires, &context);
-        }
+        edge.gate.check(d, fires, measured, &context);
         sides.push(format!("{measured}{}", if fires { " fires" } else { "" }));
     }
     format!("{:<26} {:<40} {}", edge.threshold, edge.pattern, sides.join(" | "))
@@ -572,12 +523,16 @@ fn every_threshold_has_an_edge_case() {
     assert!(unknown.is_empty(), "edge cases for names not in THRESHOLDS: {unknown:?}");
 }
 
-// The traces.
+// The traces, each with the figure it is measured by.
 
 /// Two kernels in a 1 µs window, busy `LOW_BUSY` of it moved by `offset` ns.
 fn busy_window(offset: i64) -> TraceData {
     let busy = count_at(LOW_BUSY, N, offset);
     TraceData { gpu_ops: vec![kernel(0, busy - 1, 1), kernel(N - 1, N, 2)], ..TraceData::default() }
+}
+
+fn busy_share(_: &TraceData, a: &Analysis) -> f64 {
+    a.gpu.get().expect("GPU ops")[0].busy_share
 }
 
 /// Three 100 ns kernels with `sync_ns` of idle inside a cudaDeviceSynchronize between the first
@@ -597,6 +552,26 @@ fn gap_share(a: &Analysis, class: GapClass) -> f64 {
     let gaps = a.gaps.get().expect("GPU ops");
     let part: u64 = gaps.iter().flat_map(|g| &g.classes).filter(|c| c.class == class).map(|c| c.total_ns).sum();
     part as f64 / gaps.iter().map(|g| g.total_ns).sum::<u64>() as f64
+}
+
+/// 1 µs of idle, `HOST_WAIT_DOMINATES` of it (moved by `offset` ns) host wait, the rest sync wait.
+fn host_wait_gaps(offset: i64) -> TraceData {
+    let host = count_at(HOST_WAIT_DOMINATES, N, offset);
+    sync_then_host_gap(N - host, host)
+}
+
+fn host_wait_share(_: &TraceData, a: &Analysis) -> f64 {
+    gap_share(a, GapClass::HostWait)
+}
+
+/// 1 µs of idle, `SYNC_WAIT_SHARE` of it (moved by `offset` ns) sync wait, the rest host wait.
+fn sync_wait_gaps(offset: i64) -> TraceData {
+    let sync = count_at(SYNC_WAIT_SHARE, N, offset);
+    sync_then_host_gap(sync, N - sync)
+}
+
+fn sync_wait_share(_: &TraceData, a: &Analysis) -> f64 {
+    gap_share(a, GapClass::SyncWait)
 }
 
 /// Three short eager kernels, each shorter than its launch call, in a 10 µs window idle
@@ -625,6 +600,11 @@ fn idle_window(offset: i64) -> TraceData {
     }
 }
 
+fn idle_share(_: &TraceData, a: &Analysis) -> f64 {
+    let device = &a.gpu.get().expect("GPU ops")[0];
+    device.idle_ns as f64 / (device.end_ns - device.start_ns) as f64
+}
+
 /// Three counter rows at one instant on device 0: SM active, DRAM read and tensor active, %.
 fn sample(ts_ns: u64, dram: f64, tensor: f64) -> impl Iterator<Item = CounterRow> {
     [("sm active %", 90.0), ("dram read %", dram), ("tensor active %", tensor)].into_iter().map(move |(name, value)| CounterRow {
@@ -640,6 +620,15 @@ fn one_sample(name: &str, dram: f64, tensor: f64) -> TraceData {
     TraceData { counters: sample(100, dram, tensor).collect(), gpu_ops: vec![named(name, 0, 1_000, 1)], ..TraceData::default() }
 }
 
+/// An elementwise kernel with DRAM at `SOL_BOUND_PERCENT` moved by `offset` tenths of a point.
+fn dram_sample(offset: i64) -> TraceData {
+    one_sample("vectorized_elementwise_kernel", SOL_BOUND_PERCENT + TENTH * offset as f64, 0.0)
+}
+
+fn dram_percent(_: &TraceData, a: &Analysis) -> f64 {
+    a.speed_of_light.devices.get().expect("counter samples")[0].dram_percent
+}
+
 /// A DRAM use halfway between the bound threshold and the peak.
 fn memory_bound_dram() -> f64 {
     (SOL_BOUND_PERCENT + 100.0) / 2.0
@@ -649,10 +638,20 @@ fn gemm_class(a: &Analysis) -> &crate::sol::UnitUse {
     a.speed_of_light.classes.iter().find(|c| c.name == "gemm").expect("a gemm class")
 }
 
+/// A memory-bound GEMM with the tensor pipe at `SMALL_BATCH_TENSOR_PERCENT` moved by `offset`
+/// tenths of a point.
+fn gemm_tensor_sample(offset: i64) -> TraceData {
+    one_sample("gemvx_kernel", memory_bound_dram(), SMALL_BATCH_TENSOR_PERCENT + TENTH * offset as f64)
+}
+
+fn gemm_tensor_percent(_: &TraceData, a: &Analysis) -> f64 {
+    gemm_class(a).tensor_percent.expect("tensor samples")
+}
+
 /// `N` busy samples 100 ns apart, memory bound with the tensor pipe nearly idle: the first
 /// `SMALL_BATCH_GEMM_SHARE` of them (moved by `offset` samples) while a GEMM runs, the rest while
 /// an elementwise kernel does. A sample belongs to the kernel running at its middle.
-fn gemm_sample_share(offset: i64) -> TraceData {
+fn gemm_and_elementwise_samples(offset: i64) -> TraceData {
     let gemm = count_at(SMALL_BATCH_GEMM_SHARE, N, offset);
     let tensor = SMALL_BATCH_TENSOR_PERCENT / 10.0;
     TraceData {
@@ -662,10 +661,15 @@ fn gemm_sample_share(offset: i64) -> TraceData {
     }
 }
 
+fn gemm_sample_share(_: &TraceData, a: &Analysis) -> f64 {
+    let total: usize = a.speed_of_light.devices.get().expect("counter samples").iter().map(|d| d.samples).sum();
+    gemm_class(a).samples as f64 / total as f64
+}
+
 /// An imported torch.profiler trace on an H200: an operator that recorded 4 MB of traffic
 /// launched one kernel of `OP_WORK_COVERAGE` of the kernel time (moved by `offset` ns), far above
 /// the DRAM peak; a second kernel, launched outside any operator, has no recorded work.
-fn op_work_coverage(offset: i64) -> TraceData {
+fn operator_covering_kernel_time(offset: i64) -> TraceData {
     let covered = count_at(OP_WORK_COVERAGE, N, offset);
     let mut operator = span(0, 1_000, 1, "aten::add", "cpu_op");
     operator.args = Some("{\"flops\":0,\"bytes\":4000000}".into());
@@ -679,6 +683,10 @@ fn op_work_coverage(offset: i64) -> TraceData {
         ],
         ..TraceData::default()
     }
+}
+
+fn op_work_coverage(_: &TraceData, a: &Analysis) -> f64 {
+    a.speed_of_light.ops.get().expect("operators' work")[0].coverage
 }
 
 /// `N` engine iterations of 1 ms, each a decode batch of 32 with 18 of `N` KV blocks used and
@@ -705,6 +713,10 @@ fn engine(meta: &[(&str, u64)], edit: impl Fn(u64, &mut IterationRow)) -> TraceD
     }
 }
 
+fn headroom(a: &Analysis) -> &Headroom {
+    a.headroom.get().expect("headroom")
+}
+
 /// Finished requests of one 16-token KV block each, which size the suggested batch.
 fn with_request_lengths(mut trace: TraceData) -> TraceData {
     trace.meta.push(("kv_block_size".into(), "16".into()));
@@ -712,13 +724,105 @@ fn with_request_lengths(mut trace: TraceData) -> TraceData {
     trace
 }
 
-/// Sixteen prompts beside 32 decodes, `tokens` in all.
-fn prefill(r: &mut IterationRow, tokens: u64) {
-    (r.ctx_reqs, r.ctx_tokens, r.gen_reqs, r.gen_tokens) = (16, tokens - 32, 32, 32);
+/// The first `BATCH_CAP_SHARE` of the iterations (moved by `offset`) at the cap, the rest one
+/// request below it, the KV cache nearly empty.
+fn batch_at_cap(offset: i64) -> TraceData {
+    let capped = count_at(BATCH_CAP_SHARE, N, offset);
+    with_request_lengths(engine(&[("max_batch_size", CAP)], |i, r| {
+        let batch = if i < capped { CAP } else { CAP - 1 };
+        (r.gen_reqs, r.gen_tokens) = (batch, batch);
+    }))
 }
 
-fn headroom(a: &Analysis) -> &Headroom {
-    a.headroom.get().expect("headroom")
+fn at_batch_cap(_: &TraceData, a: &Analysis) -> f64 {
+    headroom(a).at_batch_cap.expect("max_batch_size in meta")
+}
+
+/// Engine iterations of `batch` requests with `queued` waiting, the KV cache at its peak in the
+/// first: `t` of its blocks, moved by `offset` blocks.
+fn kv_peak_at(t: f64, offset: i64, meta: &[(&str, u64)], batch: u64, queued: u64) -> TraceData {
+    let peak = count_at(t, N, offset);
+    engine(meta, |i, r| {
+        (r.gen_reqs, r.gen_tokens, r.queued_reqs) = (batch, batch, Some(queued));
+        if i == 0 {
+            r.kv_used_blocks = peak;
+        }
+    })
+}
+
+fn kv_peak(_: &TraceData, a: &Analysis) -> f64 {
+    headroom(a).kv_peak.expect("KV blocks")
+}
+
+/// Every iteration at the cap, the KV cache peaking at `KV_LOW` (moved by `offset` blocks). The
+/// requests' lengths size the suggestion: from the fullest row alone, a KV cache near half full
+/// holds less than twice the cap and nothing would be suggested.
+fn kv_low_at_cap(offset: i64) -> TraceData {
+    with_request_lengths(kv_peak_at(KV_LOW, offset, &[("max_batch_size", CAP)], CAP, 0))
+}
+
+/// An eighth of the cap in every iteration with nothing waiting, the KV cache peaking at `KV_LOW`
+/// (moved by `offset` blocks).
+fn kv_low_few_requests(offset: i64) -> TraceData {
+    kv_peak_at(KV_LOW, offset, &[("max_batch_size", CAP)], CAP / 8, 0)
+}
+
+/// Requests waiting in every iteration, no batch cap, the KV cache peaking at `KV_FULL` (moved by
+/// `offset` blocks).
+fn kv_full_queued(offset: i64) -> TraceData {
+    kv_peak_at(KV_FULL, offset, &[], 32, 5)
+}
+
+/// Iterations with prompts beside decodes: the first `full` fill the token budget, the others
+/// one token short; requests wait in the first `waiting`.
+fn budget_run(full: u64, waiting: u64) -> TraceData {
+    engine(&[("max_num_tokens", BUDGET)], |i, r| {
+        let tokens = if i < full { BUDGET } else { BUDGET - 1 };
+        (r.ctx_reqs, r.ctx_tokens, r.gen_reqs, r.gen_tokens) = (16, tokens - 32, 32, 32);
+        r.queued_reqs = Some(if i < waiting { 5 } else { 0 });
+    })
+}
+
+/// The budget full in `TOKEN_BUDGET_SHARE` of the iterations (moved by `offset`), requests
+/// waiting in all.
+fn budget_full(offset: i64) -> TraceData {
+    budget_run(count_at(TOKEN_BUDGET_SHARE, N, offset), N)
+}
+
+fn at_token_budget(_: &TraceData, a: &Analysis) -> f64 {
+    headroom(a).at_token_budget.expect("max_num_tokens in meta")
+}
+
+/// The budget full in every iteration, requests waiting in `QUEUED_SHARE` of them (moved by
+/// `offset`).
+fn queued_at_budget(offset: i64) -> TraceData {
+    budget_run(N, count_at(QUEUED_SHARE, N, offset))
+}
+
+fn queued(_: &TraceData, a: &Analysis) -> f64 {
+    headroom(a).queued.expect("queued requests")
+}
+
+/// The KV cache full, no batch cap, requests waiting in `QUEUED_SHARE` of the iterations (moved
+/// by `offset`).
+fn queued_kv_full(offset: i64) -> TraceData {
+    let waiting = count_at(QUEUED_SHARE, N, offset);
+    engine(&[], |i, r| {
+        r.queued_reqs = Some(if i < waiting { 5 } else { 0 });
+        r.kv_used_blocks = N;
+    })
+}
+
+/// A cap of `N`, every batch `CONCURRENCY_BATCH_SHARE` of it moved by `offset` requests, nothing
+/// waiting, the KV cache nearly empty.
+fn batch_of_cap(offset: i64) -> TraceData {
+    let batch = count_at(CONCURRENCY_BATCH_SHARE, N, offset);
+    engine(&[("max_batch_size", N)], |_, r| (r.gen_reqs, r.gen_tokens) = (batch, batch))
+}
+
+fn median_batch_of_cap(_: &TraceData, a: &Analysis) -> f64 {
+    let h = headroom(a);
+    h.median_batch / h.max_batch_size.expect("max_batch_size in meta") as f64
 }
 
 /// Kernels of the given lengths and graph ids, each 5 µs after the one before, each launched by a
@@ -738,11 +842,45 @@ fn share_of_kernels(trace: &TraceData, pred: impl Fn(&GpuOpRow) -> bool) -> f64 
     trace.gpu_ops.iter().filter(|k| pred(k)).count() as f64 / trace.gpu_ops.len() as f64
 }
 
+/// Ten eager kernels of `SHORT_KERNEL_NS` moved by `offset` ns, with launch gaps.
+fn kernels_near_short(offset: i64) -> TraceData {
+    let length = SHORT_KERNEL_NS.checked_add_signed(offset).expect("a kernel length");
+    launch_gaps((0..10).map(|_| (length, None)))
+}
+
+fn kernel_length(_: &TraceData, a: &Analysis) -> f64 {
+    let top = &a.kernels.get().expect("kernels").top[0];
+    assert_eq!(top.min_ns, top.max_ns, "one kernel length");
+    top.max_ns as f64
+}
+
+/// `N` eager kernels with launch gaps, the first `SHORT_KERNEL_SHARE` of them (moved by `offset`)
+/// short, the rest twice `SHORT_KERNEL_NS`.
+fn short_and_long_kernels(offset: i64) -> TraceData {
+    let short = count_at(SHORT_KERNEL_SHARE, N, offset);
+    launch_gaps((0..N).map(|i| (if i < short { SHORT_KERNEL_NS / 5 } else { 2 * SHORT_KERNEL_NS }, None)))
+}
+
+fn short_kernel_share(trace: &TraceData, _: &Analysis) -> f64 {
+    share_of_kernels(trace, |k| k.end_ns - k.start_ns < SHORT_KERNEL_NS)
+}
+
+/// `N` short kernels with launch gaps, the first `EAGER_KERNEL_SHARE` of them (moved by `offset`)
+/// eager, the rest replayed from a graph.
+fn eager_and_graph_kernels(offset: i64) -> TraceData {
+    let eager = count_at(EAGER_KERNEL_SHARE, N, offset);
+    launch_gaps((0..N).map(|i| (SHORT_KERNEL_NS / 5, (i >= eager).then_some(1))))
+}
+
+fn eager_share(trace: &TraceData, _: &Analysis) -> f64 {
+    share_of_kernels(trace, |k| k.graph_id.is_none())
+}
+
 /// `N` short eager kernels, one every five kernel lengths, each launched by a call that starts
 /// after the kernel before it ended (host waits, no launch gaps); the first
 /// `SHORTER_THAN_LAUNCH_SHARE` of them (moved by `offset` kernels) have a call longer than they
 /// are, the rest a shorter one.
-fn shorter_than_launch(offset: i64) -> TraceData {
+fn kernels_and_launch_calls(offset: i64) -> TraceData {
     let longer = count_at(SHORTER_THAN_LAUNCH_SHARE, N, offset);
     let length = SHORT_KERNEL_NS / 5;
     let mut trace = TraceData::default();
@@ -753,6 +891,10 @@ fn shorter_than_launch(offset: i64) -> TraceData {
         trace.api_calls.push(api("cudaLaunchKernel", period + length / 2, period + length / 2 + call, i));
     }
     trace
+}
+
+fn shorter_than_launch_share(_: &TraceData, a: &Analysis) -> f64 {
+    a.kernels.get().and_then(|k| k.shorter_than_launch.get()).expect("launch calls").share
 }
 
 fn alloc_calls(trace: &TraceData) -> usize {
@@ -774,4 +916,36 @@ fn alloc_calls_in_steps(offset: i64) -> TraceData {
         trace.api_calls.push(api(if j % 2 == 0 { "cudaMalloc" } else { "cudaFree" }, at, at + 100, 1_000 + j));
     }
     trace
+}
+
+fn alloc_calls_per_step(trace: &TraceData, a: &Analysis) -> f64 {
+    alloc_calls(trace) as f64 / a.steps.get().expect("steps").steady as f64
+}
+
+/// No steps: `ALLOC_CALLS_PER_SECOND` cudaMalloc calls (moved by `offset`) among API calls that
+/// span exactly one second.
+fn alloc_calls_in_a_second(offset: i64) -> TraceData {
+    let calls = count_at(ALLOC_CALLS_PER_SECOND, 1, offset);
+    let mut api_calls: Vec<_> = (0..calls).map(|i| api("cudaMalloc", i * 1_000, i * 1_000 + 100, i + 1)).collect();
+    api_calls.push(api("cudaLaunchKernel", SECOND_NS - 100, SECOND_NS, 0));
+    TraceData { api_calls, ..TraceData::default() }
+}
+
+fn alloc_calls_per_second(trace: &TraceData, _: &Analysis) -> f64 {
+    let first = trace.api_calls.iter().map(|c| c.start_ns).min().expect("API calls");
+    let last = trace.api_calls.iter().map(|c| c.end_ns).max().expect("API calls");
+    alloc_calls(trace) as f64 / ((last - first) as f64 / 1e9)
+}
+
+/// Four iterations' allocation rows, each `HOST_ALLOCS_PER_ITERATION` host allocations moved by
+/// `offset`, and no API calls: the host rows alone decide.
+fn host_allocations(offset: i64) -> TraceData {
+    let count = count_at(HOST_ALLOCS_PER_ITERATION, 1, offset);
+    let row = |iteration| AllocationRow { iteration, count, bytes: 64 * count, frees: count, kv_blocks_allocated: 0, kv_blocks_freed: 0 };
+    TraceData { allocations: (0..4).map(row).collect(), ..TraceData::default() }
+}
+
+fn host_allocs_per_iteration(_: &TraceData, a: &Analysis) -> f64 {
+    let h = a.memory.host_allocations.get().expect("allocation rows");
+    h.count as f64 / h.iterations as f64
 }
