@@ -1,4 +1,5 @@
-//! lumen-backend: the operations a model is written against, and their implementations.
+//! lumen-backend: the operations a model is written against, on the CPU and on CUDA, with the
+//! KV-cache storage attention reads and the random-number mixer shared by presets and samplers.
 //!
 //! `cpu` is the reference backend: f32, multithreaded with rayon, and built so that every output
 //! row is computed with the same arithmetic whatever else shares its batch (batch invariance).
@@ -7,5 +8,6 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod rng;
 
 pub use cpu::kv::{AttentionSeq, KvStorage};

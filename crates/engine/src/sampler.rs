@@ -3,7 +3,7 @@
 //! the same tokens whatever batch it runs in.
 
 use crate::request::SamplingParams;
-use lumen_model::presets::splitmix64;
+use lumen_backend::rng::splitmix64;
 
 /// Index of the largest logit; the lowest index wins ties.
 pub fn argmax(logits: &[f32]) -> u32 {

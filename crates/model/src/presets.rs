@@ -7,6 +7,7 @@
 
 use crate::config::{ModelConfig, RopeScaling};
 use anyhow::{bail, Result};
+use lumen_backend::rng::splitmix64;
 use rayon::prelude::*;
 
 pub const PRESET_NAMES: [&str; 11] = [
@@ -146,13 +147,6 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E3779B97F4A7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-    z ^ (z >> 31)
 }
 
 /// The preset weight `name` of `shape` for `seed`, following the rule in the module doc.

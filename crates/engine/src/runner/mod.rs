@@ -89,7 +89,7 @@ impl Runner {
                         block_size: config.block_size,
                         graph_sizes: config.cuda_graphs.capture_sizes(config.max_batch_size),
                         graph_padding: config.cuda_graphs.enable_padding,
-                        batch_invariant: std::env::var("LUMEN_BATCH_INVARIANT").is_ok_and(|v| v == "1"),
+                        batch_invariant: config.batch_invariant,
                     },
                     |free, bytes_per_token| config.blocks_for_bytes(free, bytes_per_token),
                 )?;
