@@ -4,8 +4,6 @@ mod analyze;
 mod bench;
 mod common;
 mod generate;
-mod gpu_metrics;
-mod pm_sampling;
 mod profile;
 mod recording;
 mod trace;

@@ -4,9 +4,9 @@
 //! The command always runs: when there is nothing to collect with (no CUDA driver, an unusable
 //! `LUMEN_COLLECTOR_LIB`) lumen says why and runs it untraced. lumen exits with the command's status.
 
-use crate::gpu_metrics::Sampler;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use lumen_collect::gpu_metrics::Sampler;
 use lumen_collect::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
 use lumen_trace::merge::merge_traces;
 use lumen_trace::store::{read_meta, Batch, TraceWriter};

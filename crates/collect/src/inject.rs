@@ -6,6 +6,7 @@
 //! Any failure (no CUPTI, CUPTI taken by another subscriber, an unwritable directory) is printed
 //! and the process runs on untraced.
 
+use crate::cupti::check;
 use crate::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
 use crate::records::{graph_launch_start, Rows};
 use cudarc::cupti::sys;
@@ -47,16 +48,6 @@ static STATE: OnceLock<Mutex<State>> = OnceLock::new();
 
 fn state() -> Option<MutexGuard<'static, State>> {
     STATE.get().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-fn check(r: sys::CUptiResult, what: &str) -> Result<(), String> {
-    if r == sys::CUptiResult::CUPTI_SUCCESS {
-        return Ok(());
-    }
-    let mut text: *const std::ffi::c_char = std::ptr::null();
-    unsafe { sys::cuptiGetResultString(r, &mut text) };
-    let text = if text.is_null() { format!("{r:?}") } else { unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned() };
-    Err(format!("{what} failed: {text}"))
 }
 
 /// CUDA calls this once when the process creates its first context.

@@ -1,5 +1,5 @@
 //! GPU metrics for `lumen profile --gpu-metrics`, sampled from the `lumen` process while the
-//! command runs: CUPTI PM sampling first (crates/cli/src/pm_sampling.rs); when it cannot run, NVML,
+//! command runs: CUPTI PM sampling first (crates/collect/src/pm_sampling.rs); when it cannot run, NVML,
 //! whose source then says why. On GPUs with GPM (Hopper and later) NVML gives SM activity, DRAM
 //! bandwidth utilisation and tensor-pipe activity per interval; elsewhere its plain utilisation
 //! (the share of time a kernel ran, and the memory controller's busy share). The trace's `meta`

@@ -1,10 +1,11 @@
-//! CUPTI PM sampling for `lumen profile --gpu-metrics`: from the `lumen` process, the GPU samples
+//! CUPTI PM sampling for `lumen profile --gpu-metrics`: from the profiling process, the GPU samples
 //! CUDA device 0's performance monitors every interval (SM activity, DRAM read and write
 //! throughput, tensor-pipe activity, each as a share of its peak) and a thread of its own decodes
 //! them every 100 ms into counter rows on lumen's clock. [`spawn`] says why sampling cannot run
 //! (no CUDA or CUPTI, an unsupported GPU, no permission for profiling counters), so that
-//! `gpu_metrics` can fall back to NVML.
+//! [`crate::gpu_metrics`] can fall back to NVML.
 
+use crate::cupti::check;
 use cudarc::cupti::sys;
 use lumen_trace::model::CounterRow;
 use lumen_trace::now_ns;
@@ -51,24 +52,6 @@ const FUNCTIONS: &str = "cuptiGetResultString cuptiGetTimestamp cuptiProfilerIni
     cuptiPmSamplingEnable cuptiPmSamplingSetConfig cuptiPmSamplingGetCounterDataSize cuptiPmSamplingCounterDataImageInitialize \
     cuptiPmSamplingStart cuptiPmSamplingStop cuptiPmSamplingDisable cuptiPmSamplingDecodeData \
     cuptiPmSamplingGetCounterDataInfo cuptiPmSamplingCounterDataGetSampleInfo";
-
-fn check(r: sys::CUptiResult, what: &str) -> Result<(), String> {
-    match r {
-        sys::CUptiResult::CUPTI_SUCCESS => Ok(()),
-        sys::CUptiResult::CUPTI_ERROR_INSUFFICIENT_PRIVILEGES => Err(format!(
-            "{what}: profiling counters need admin rights (run as root, or load the NVIDIA driver with NVreg_RestrictProfilingToAdminUsers=0)"
-        )),
-        _ => {
-            let mut text: *const c_char = std::ptr::null();
-            // SAFETY: CUPTI points `text` at a static string, or leaves it null.
-            let text = unsafe {
-                sys::cuptiGetResultString(r, &mut text);
-                if text.is_null() { format!("{r:?}") } else { CStr::from_ptr(text).to_string_lossy().into_owned() }
-            };
-            Err(format!("{what} failed: {text}"))
-        }
-    }
-}
 
 /// Calls a CUPTI function on its parameter struct: zeroed (`pPriv` must be null), `structSize`
 /// set to `size`, then filled in by `fill`; returns the struct for its outputs.
