@@ -1,4 +1,6 @@
-//! lumen-engine: requests in, tokens out.
+//! lumen-engine: requests in, tokens out. It owns the executor loop, the engine config and its
+//! file, the scheduler and KV-cache manager, and the model runner per device (KV storage,
+//! staging, CUDA graphs, sampling).
 //!
 //! One iteration of [`Engine::step`] is one pass of the executor loop: admit new requests,
 //! schedule under a token budget, prepare the flattened batch, run the model, sample, and update

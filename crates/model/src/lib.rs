@@ -1,4 +1,6 @@
-//! lumen-model: what a model is and how it is loaded.
+//! lumen-model: what a model is and how it computes. It owns the config, the layer plan, loading
+//! GGUF, Hugging Face and preset weights into the plan, chat prompts, and the llama-family forward
+//! pass on the CPU and on one GPU.
 //!
 //! A model spec names one of three sources: a GGUF v3 file, a Hugging Face directory, or a
 //! random-weight preset (`NAME` or `NAME@SEED`). Each becomes a [`Model`]: the llama-family
