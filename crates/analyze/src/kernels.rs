@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use anyhow::{ensure, Context, Result};
+
 use lumen_trace::model::{GpuOpKind, GpuOpRow, TraceData};
 use serde::Serialize;
 
@@ -95,7 +97,7 @@ pub fn default_rules() -> Vec<ClassRule> {
 
 /// `rules` with the rules of `extra` in front of them: one `class=pattern,pattern` a line; blank
 /// lines and lines starting with `#` are skipped.
-pub fn with_extra_rules(rules: Vec<ClassRule>, extra: &str) -> Result<Vec<ClassRule>, String> {
+pub fn with_extra_rules(rules: Vec<ClassRule>, extra: &str) -> Result<Vec<ClassRule>> {
     let mut added = Vec::new();
     for (number, text) in extra.lines().enumerate() {
         let text = text.trim();
@@ -110,12 +112,10 @@ pub fn with_extra_rules(rules: Vec<ClassRule>, extra: &str) -> Result<Vec<ClassR
                 classes.join(", ")
             )
         };
-        let (class, patterns) = text.split_once('=').ok_or_else(bad)?;
-        let class = KernelClass::parse(class).ok_or_else(bad)?;
+        let (class, patterns) = text.split_once('=').with_context(bad)?;
+        let class = KernelClass::parse(class).with_context(bad)?;
         let patterns: Vec<&str> = patterns.split(',').map(str::trim).filter(|p| !p.is_empty() && *p != "^").collect();
-        if patterns.is_empty() {
-            return Err(bad());
-        }
+        ensure!(!patterns.is_empty(), bad());
         added.push(ClassRule::new(class, &patterns));
     }
     added.extend(rules);
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(classify(&rules, "top_argmax"), KernelClass::Other, "^ anchors at the start");
         assert_eq!(classify(&rules, "gemm_epilogue_relu"), KernelClass::NormElementwise);
         for (extra, bad_line) in [("gemm=a\nattention", 2), ("tensor=x", 1), ("gemm=", 1), ("\n\ngemm= , ", 3)] {
-            let err = with_extra_rules(default_rules(), extra).unwrap_err();
+            let err = with_extra_rules(default_rules(), extra).unwrap_err().to_string();
             assert!(err.contains(&format!("line {bad_line} ")) && err.contains("expected CLASS=PATTERN"), "{err}");
         }
     }

@@ -1,12 +1,7 @@
-//! lumen-analyze: the measured facts of a trace, the figures an engineer reads off Nsight Systems
-//! (GPU utilisation and idle gaps, top kernels, launch overhead, iteration timing, CPU phases,
-//! hardware counters, memory traffic), how near the work runs to the GPU's ceilings (speed of
-//! light), what the engine's own limits left on the table (headroom), and which steps are steady
-//! state, computed from a [`TraceData`] in memory. Each analysis is a serialisable struct,
-//! [`Measured::NotAvailable`] with the reason when the trace lacks its data; [`diagnose`] reads
-//! them for known performance patterns, and [`render_text`] prints the diagnosis first, then every
-//! figure, as a terminal report; [`render_html`] writes the same as one self-contained HTML page
-//! with charts, and a [`compare::Comparison`] with a base trace when given one.
+//! lumen-analyze: what a trace measures (GPU utilisation and gaps, kernels, launches, iterations,
+//! CPU phases, counters, memory, speed of light, headroom, steady-state steps), each a serialisable
+//! struct or [`Measured::NotAvailable`] with the reason; [`diagnose`] names the known performance
+//! patterns, and [`render_text`] and [`render_html`] report it all, with a base trace's comparison.
 
 pub mod compare;
 pub mod diagnose;
@@ -33,6 +28,7 @@ pub mod view;
 #[cfg(test)]
 use lumen_test_support::rows as test_rows;
 
+use anyhow::{ensure, Result};
 use lumen_trace::model::TraceData;
 use serde::Serialize;
 
@@ -81,10 +77,8 @@ pub struct Analysis {
     pub diagnosis: diagnose::Diagnosis,
 }
 
-pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis, String> {
-    if options.buckets == 0 {
-        return Err("the number of buckets must be at least 1".into());
-    }
+pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
+    ensure!(options.buckets > 0, "the number of buckets must be at least 1");
     let rules = match &options.extra_rules {
         Some(extra) => kernels::with_extra_rules(kernels::default_rules(), extra)?,
         None => kernels::default_rules(),
@@ -157,6 +151,6 @@ mod tests {
         let zero = Options { buckets: 0, ..Options::default() };
         assert!(analyze(&TraceData::default(), &zero).is_err());
         let bad_rule = Options { extra_rules: Some("gemm".into()), ..Options::default() };
-        assert!(analyze(&TraceData::default(), &bad_rule).unwrap_err().contains("line 1"));
+        assert!(analyze(&TraceData::default(), &bad_rule).unwrap_err().to_string().contains("line 1"));
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use anyhow::{Context, Result};
 use fancy_regex::Regex;
 use lumen_trace::model::{GpuOpKind, TraceData};
 use serde::Serialize;
@@ -86,8 +87,8 @@ impl StepWindows {
 }
 
 /// Compiles a `--step-range` pattern, naming it when it is not a regex.
-pub fn step_pattern(pattern: &str) -> Result<Regex, String> {
-    Regex::new(pattern).map_err(|e| format!("--step-range {pattern:?} is not a regular expression: {e}"))
+pub fn step_pattern(pattern: &str) -> Result<Regex> {
+    Regex::new(pattern).with_context(|| format!("--step-range {pattern:?} is not a regular expression"))
 }
 
 /// The steps of `trace`, sorted by start, and where they came from.
@@ -302,7 +303,7 @@ mod tests {
         assert_eq!((s.count, s.source.as_str()), (3, "ranges matching --step-range \"^train step\""));
         let none = analyze(&trace, Some(&step_pattern("^eval").unwrap())).0;
         assert_eq!(none, Measured::NotAvailable("no range matches --step-range \"^eval\"".into()));
-        assert!(step_pattern("(").unwrap_err().contains("--step-range \"(\" is not a regular expression"));
+        assert!(step_pattern("(").unwrap_err().to_string().contains("--step-range \"(\" is not a regular expression"));
         assert!(analyze(&TraceData::default(), None).0.get().is_none());
     }
 }

@@ -66,18 +66,18 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
     if !args.trace.is_file() {
         bail!("trace {} does not exist (expected a .lumen file written by lumen)", args.trace.display());
     }
-    let trace = read_trace(&args.trace).map_err(anyhow::Error::msg)?;
+    let trace = read_trace(&args.trace)?;
     let base = match &args.compare {
         Some(path) if !path.is_file() => {
             bail!("base trace {} (--compare) does not exist (expected a .lumen file written by lumen)", path.display())
         }
-        Some(path) => Some(read_trace(path).map_err(|e| anyhow::anyhow!("base trace (--compare): {e}"))?),
+        Some(path) => Some(read_trace(path).context("base trace (--compare)")?),
         None => None,
     };
     let options = Options { buckets: args.buckets as usize, top: args.top as usize, extra_rules, step_pattern: args.step_range.clone() };
-    let analysis = analyze(&trace, &options).map_err(anyhow::Error::msg)?;
+    let analysis = analyze(&trace, &options)?;
     let comparison = match &base {
-        Some(base) => Some(compare::compare(&analyze(base, &options).map_err(anyhow::Error::msg)?, &analysis, base, &trace)),
+        Some(base) => Some(compare::compare(&analyze(base, &options)?, &analysis, base, &trace)),
         None => None,
     };
     if let Some(path) = &args.json {

@@ -1,4 +1,5 @@
-//! The `lumen` binary: argument parsing and wiring only. Each subcommand lives in its own module.
+//! The `lumen` binary: argument parsing and wiring only. Each subcommand lives in its own module and
+//! hands its flags to the crate that does the work (engine, model, bench, trace, collect, analyze).
 
 mod analyze;
 mod bench;

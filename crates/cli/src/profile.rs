@@ -145,8 +145,8 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
     let metrics_source = match sampler {
         None => "off".to_string(),
         Some(Err(why)) => {
-            eprintln!("[lumen] profile: GPU metrics unavailable: {why}");
-            format!("none ({why})")
+            eprintln!("[lumen] profile: GPU metrics unavailable: {why:#}");
+            format!("none ({why:#})")
         }
         Some(Ok(sampler)) => {
             let (mut rows, source) = sampler.finish();
@@ -157,8 +157,7 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
             }
             let path = parts.join("gpu-metrics.lumen");
             TraceWriter::create(&path, &[("gpu_metrics_source".into(), source.clone())])
-                .and_then(|mut w| w.append(&Batch { counters: &rows, ..Batch::default() }).and_then(|_| w.finish()))
-                .map_err(anyhow::Error::msg)?;
+                .and_then(|mut w| w.append(&Batch { counters: &rows, ..Batch::default() }).and_then(|_| w.finish()))?;
             source
         }
     };
@@ -227,12 +226,12 @@ fn write_trace(parts: &Path, output: &Path, meta: &[(String, String)]) -> Result
         .collect();
     inputs.sort();
     if inputs.is_empty() {
-        TraceWriter::create(output, meta).and_then(|w| w.finish()).map_err(anyhow::Error::msg)?;
+        TraceWriter::create(output, meta).and_then(|w| w.finish())?;
         eprintln!("[lumen] profile: no process was traced; wrote {}", output.display());
         return Ok(());
     }
     let started = Instant::now();
-    let summary = merge_traces(&inputs, output, meta).map_err(anyhow::Error::msg)?;
+    let summary = merge_traces(&inputs, output, meta)?;
     let total = |table: &str| summary.inputs.iter().map(|i| i.rows_of(table)).sum::<u64>();
     let incomplete = summary.inputs.iter().filter(|i| !i.complete).count();
     eprintln!(

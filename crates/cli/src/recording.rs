@@ -41,14 +41,14 @@ impl ProfileArgs {
         if instrument::nvtx_from_env() {
             eprintln!("[lumen] NVTX ranges on (domain lumen)");
         }
-        let env_windows = ProfileWindows::from_env().map_err(anyhow::Error::msg)?;
+        let env_windows = ProfileWindows::from_env()?;
         let windows = match (env_windows, &self.profile_iters) {
             (Some((w, var)), Some(flag)) => {
                 eprintln!("[lumen] {var}={w} overrides --profile-iters {flag}");
                 Some(w)
             }
             (Some((w, _)), None) => Some(w),
-            (None, Some(flag)) => Some(ProfileWindows::parse(flag, "--profile-iters").map_err(anyhow::Error::msg)?),
+            (None, Some(flag)) => Some(ProfileWindows::parse(flag, "--profile-iters")?),
             (None, None) => None,
         };
         let trace = match (env_first(&["LUMEN_TRACE", "TLLM_TORCH_PROFILE_TRACE"]), &self.trace) {
@@ -75,7 +75,7 @@ impl ProfileArgs {
             ("lumen_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ];
         let what = windows.as_ref().map_or("every iteration".to_string(), |w| format!("iterations {w}"));
-        let profiler = Profiler::new(&path, windows, meta).map_err(anyhow::Error::msg).context("cannot start the trace")?;
+        let profiler = Profiler::new(&path, windows, meta).context("cannot start the trace")?;
         eprintln!("[lumen] recording {what} into {}", path.display());
         Ok(Some(profiler))
     }

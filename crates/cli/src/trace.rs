@@ -54,7 +54,7 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
     match cmd {
         TraceCommand::Info { trace } => info(&trace),
         TraceCommand::Export { trace, format, output } => {
-            let data = read_trace(&trace).map_err(anyhow::Error::msg)?;
+            let data = read_trace(&trace)?;
             let file = std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
             let mut out = BufWriter::new(file);
             match format {
@@ -80,8 +80,8 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
 }
 
 fn info(path: &Path) -> Result<()> {
-    let t = read_trace(path).map_err(anyhow::Error::msg)?;
-    let counts = table_counts(path).map_err(anyhow::Error::msg)?;
+    let t = read_trace(path)?;
+    let counts = table_counts(path)?;
     println!("trace      {}", path.display());
     for key in ["command", "host", "backend", "model", "windows", "merged_from", "complete"] {
         match t.meta(key) {
@@ -136,13 +136,13 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
     // beside a collector trace, say).
     let mut meta: Vec<(String, String)> = Vec::new();
     for input in inputs {
-        for (key, value) in read_meta(input).map_err(anyhow::Error::msg)? {
+        for (key, value) in read_meta(input)? {
             if !meta.iter().any(|(k, _)| *k == key) {
                 meta.push((key, value));
             }
         }
     }
-    let summary = merge_traces(inputs, output, &meta).map_err(anyhow::Error::msg)?;
+    let summary = merge_traces(inputs, output, &meta)?;
     eprintln!(
         "[lumen] merged {} trace(s) into {} ({} processes{})",
         summary.inputs.len(),
@@ -166,7 +166,7 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
 }
 
 fn import(input: &Path, output: &Path) -> Result<()> {
-    let s = import_kineto(input, output).map_err(anyhow::Error::msg)?;
+    let s = import_kineto(input, output)?;
     eprintln!(
         "[lumen] imported {} into {}: {} kernels, {} memcpys, {} memsets, {} syncs, {} API calls, {} spans, {} marks, {} iterations (ProfilerStep)",
         input.display(),

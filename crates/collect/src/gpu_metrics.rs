@@ -6,6 +6,7 @@
 //! names the source.
 
 use crate::pm_sampling;
+use anyhow::{anyhow, bail, Context, Result};
 use lumen_trace::model::CounterRow;
 use lumen_trace::now_ns;
 use nvml_wrapper_sys::bindings::*;
@@ -26,15 +27,14 @@ pub struct Sampler {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<(Vec<CounterRow>, String)>,
     /// Why CUPTI PM sampling could not run, when NVML samples instead.
-    pm_unavailable: Option<String>,
+    pm_unavailable: Option<anyhow::Error>,
 }
 
-fn ok(r: nvmlReturn_t, what: &str) -> Result<(), String> {
-    if r == nvmlReturn_enum_NVML_SUCCESS {
-        Ok(())
-    } else {
-        Err(format!("{what} returned NVML error {r}"))
+fn ok(r: nvmlReturn_t, what: &str) -> Result<()> {
+    if r != nvmlReturn_enum_NVML_SUCCESS {
+        bail!("{what} returned NVML error {r}");
     }
+    Ok(())
 }
 
 struct Device {
@@ -49,10 +49,10 @@ struct Device {
 unsafe impl Send for Device {}
 
 /// Opens NVML and every device, preferring GPM where the device supports it.
-fn open() -> Result<(NvmlLib, Vec<Device>), String> {
-    let lib = unsafe { NvmlLib::new("libnvidia-ml.so.1") }.map_err(|e| format!("NVML (libnvidia-ml.so.1) could not be loaded: {e}"))?;
+fn open() -> Result<(NvmlLib, Vec<Device>)> {
+    let lib = unsafe { NvmlLib::new("libnvidia-ml.so.1") }.context("NVML (libnvidia-ml.so.1) could not be loaded")?;
     if lib.nvmlInit_v2.is_err() || lib.nvmlDeviceGetCount_v2.is_err() || lib.nvmlDeviceGetHandleByIndex_v2.is_err() {
-        return Err("this NVML lacks the functions lumen needs".into());
+        bail!("this NVML lacks the functions lumen needs");
     }
     unsafe {
         ok(lib.nvmlInit_v2(), "nvmlInit")?;
@@ -122,10 +122,10 @@ unsafe fn sample(lib: &NvmlLib, d: &mut Device, ts_ns: u64, rows: &mut Vec<Count
 }
 
 /// Starts NVML sampling every `interval` until `stop` is set, or says why it cannot.
-fn spawn_nvml(interval: Duration, stop: Arc<AtomicBool>) -> Result<JoinHandle<(Vec<CounterRow>, String)>, String> {
+fn spawn_nvml(interval: Duration, stop: Arc<AtomicBool>) -> Result<JoinHandle<(Vec<CounterRow>, String)>> {
     let (lib, mut devices) = open()?;
     if devices.is_empty() {
-        return Err("NVML sees no GPU".into());
+        bail!("NVML sees no GPU");
     }
     let source = if devices.iter().all(|d| d.gpm.is_some()) { "nvml-gpm" } else { "nvml-utilization" }.to_string();
     Ok(std::thread::spawn(move || {
@@ -152,7 +152,7 @@ fn spawn_nvml(interval: Duration, stop: Arc<AtomicBool>) -> Result<JoinHandle<(V
 
 impl Sampler {
     /// Starts sampling every `interval` with CUPTI PM sampling, else NVML, or says why neither can.
-    pub fn start(interval: Duration) -> Result<Sampler, String> {
+    pub fn start(interval: Duration) -> Result<Sampler> {
         let stop = Arc::new(AtomicBool::new(false));
         let why = match pm_sampling::spawn(interval, stop.clone()) {
             Ok(thread) => return Ok(Sampler { stop, thread, pm_unavailable: None }),
@@ -160,7 +160,7 @@ impl Sampler {
         };
         match spawn_nvml(interval, stop.clone()) {
             Ok(thread) => Ok(Sampler { stop, thread, pm_unavailable: Some(why) }),
-            Err(nvml) => Err(format!("{nvml}; CUPTI PM sampling unavailable: {why}")),
+            Err(nvml) => Err(anyhow!("{nvml:#}; CUPTI PM sampling unavailable: {why:#}")),
         }
     }
 
@@ -168,7 +168,7 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         let (rows, source) = self.thread.join().unwrap_or_else(|_| (Vec::new(), "failed".into()));
         match self.pm_unavailable {
-            Some(why) => (rows, format!("{source} (CUPTI PM sampling unavailable: {why})")),
+            Some(why) => (rows, format!("{source} (CUPTI PM sampling unavailable: {why:#})")),
             None => (rows, source),
         }
     }

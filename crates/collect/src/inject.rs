@@ -9,6 +9,7 @@
 use crate::cupti::check;
 use crate::options::{Capture, CollectorOptions, GraphTrace, RangeEnd};
 use crate::records::{graph_launch_start, Rows};
+use anyhow::{bail, Context, Result};
 use cudarc::cupti::sys;
 use lumen_trace::model::ProcessRow;
 use lumen_trace::store::{Batch, GpuBatch, TraceWriter};
@@ -56,7 +57,7 @@ pub extern "C" fn InitializeInjection() -> c_int {
     match start() {
         Ok(()) => 1,
         Err(e) => {
-            eprintln!("[lumen profile] process {}: {e}; it runs untraced", std::process::id());
+            eprintln!("[lumen profile] process {}: {e:#}; it runs untraced", std::process::id());
             0
         }
     }
@@ -75,10 +76,10 @@ fn process_name() -> String {
         .unwrap_or_default()
 }
 
-fn start() -> Result<(), String> {
+fn start() -> Result<()> {
     let options = CollectorOptions::from_env()?;
     if !unsafe { sys::is_culib_present() } {
-        return Err("CUPTI (libcupti.so) could not be loaded; set LD_LIBRARY_PATH to the CUDA toolkit's lib directory".into());
+        bail!("CUPTI (libcupti.so) could not be loaded; set LD_LIBRARY_PATH to the CUDA toolkit's lib directory");
     }
     let pid = std::process::id();
     let name = process_name();
@@ -117,7 +118,7 @@ fn start() -> Result<(), String> {
         let mut subscriber: sys::CUpti_SubscriberHandle = std::ptr::null_mut();
         let r = sys::cuptiSubscribe(&mut subscriber, Some(on_callback), std::ptr::null_mut());
         if r == sys::CUptiResult::CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED {
-            return Err("CUPTI is already taken by another subscriber in this process (another profiler or tool)".into());
+            bail!("CUPTI is already taken by another subscriber in this process (another profiler or tool)");
         }
         check(r, "cuptiSubscribe")?;
         // Graph-launch tracing cannot be switched on once graphs exist (CUPTI crashes the
@@ -145,7 +146,7 @@ fn start() -> Result<(), String> {
             unsafe { sys::cuptiActivityFlushAll(0) };
             write_rows(false);
         })
-        .map_err(|e| format!("cannot start the flusher thread: {e}"))?;
+        .context("cannot start the flusher thread")?;
     unsafe { libc::atexit(at_exit) };
     Ok(())
 }
@@ -173,9 +174,9 @@ fn kinds(options: &CollectorOptions) -> Vec<sys::CUpti_ActivityKind> {
 
 /// Turns activity on. The state lock is not held while CUPTI is called: CUPTI may deliver a
 /// buffer (which takes the lock) from inside its own calls.
-fn open_window() -> Result<(), String> {
+fn open_window() -> Result<()> {
     let kinds = {
-        let mut s = state().ok_or("the collector is not initialised")?;
+        let mut s = state().context("the collector is not initialised")?;
         if s.active || s.done {
             return Ok(());
         }
@@ -190,9 +191,9 @@ fn open_window() -> Result<(), String> {
     Ok(())
 }
 
-fn close_window() -> Result<(), String> {
+fn close_window() -> Result<()> {
     let kinds = {
-        let mut s = state().ok_or("the collector is not initialised")?;
+        let mut s = state().context("the collector is not initialised")?;
         if !s.active {
             return Ok(());
         }
@@ -229,7 +230,7 @@ unsafe extern "C" fn on_callback(_: *mut c_void, domain: sys::CUpti_CallbackDoma
         Ok(())
     };
     if let Err(e) = result {
-        eprintln!("[lumen profile] process {}: {e}", std::process::id());
+        eprintln!("[lumen profile] process {}: {e:#}", std::process::id());
     }
 }
 
@@ -277,7 +278,7 @@ fn write_rows(last: bool) {
         writer.append_gpu(&GpuBatch { processes: &process, gpu_ops: &rows.gpu_ops, api_calls: &rows.api_calls, threads: &[] })
     });
     if let Err(e) = written {
-        eprintln!("[lumen profile] process {}: {e}; collection stops", s.pid);
+        eprintln!("[lumen profile] process {}: {e:#}; collection stops", s.pid);
         s.writer = None;
         return;
     }
@@ -292,7 +293,7 @@ fn write_rows(last: bool) {
         if let Some(mut w) = s.writer.take() {
             let written = meta.iter().try_for_each(|(key, value)| w.set_meta(key, value)).and_then(|_| w.finish().map(|_| ()));
             if let Err(e) = written {
-                eprintln!("[lumen profile] process {}: {e}", s.pid);
+                eprintln!("[lumen profile] process {}: {e:#}", s.pid);
             }
         }
     }

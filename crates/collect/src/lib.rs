@@ -1,14 +1,7 @@
-//! lumen-collect: GPU-side collection for `lumen profile`. It owns the CUPTI trace collector that
-//! `lumen profile` injects into a command's CUDA processes, and the GPU metric samplers (CUPTI PM
-//! sampling, NVML) that run in `lumen profile`'s own process meanwhile.
-//!
-//! The collector: `CUDA_INJECTION64_PATH` names this library and CUDA calls its
-//! `InitializeInjection`. Each process writes its own `<pid>.lumen` in the directory the options
-//! name, flushing every half second, so a crash loses at most the last half second; `lumen
-//! profile` merges the files when the command exits. [`options`] carries what to record from
-//! `lumen profile` to the injected processes, [`records`] turns CUPTI's activity records into
-//! trace rows, and the injection itself (CUPTI subscription, buffers, capture windows) lives in
-//! `inject`. [`gpu_metrics`] samples counters with PM sampling (`pm_sampling`) or NVML.
+//! lumen-collect: GPU-side collection for `lumen profile`: the CUPTI trace collector it injects into
+//! a command's CUDA processes (this library, `CUDA_INJECTION64_PATH`; each process writes
+//! `<pid>.lumen` for `lumen profile` to merge), and [`gpu_metrics`], the GPU counter sampling (CUPTI
+//! PM sampling, else NVML) that runs in `lumen profile`'s own process meanwhile.
 
 mod cupti;
 pub mod gpu_metrics;

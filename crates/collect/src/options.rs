@@ -2,6 +2,7 @@
 //! of environment variables, written by [`CollectorOptions::to_env`] and read back in the
 //! injected process by [`CollectorOptions::from_env`].
 
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 pub const ENV_DIR: &str = "LUMEN_COLLECT_DIR";
@@ -78,23 +79,23 @@ impl CollectorOptions {
     }
 
     /// Reads the options through `get` (the environment, in the injected process).
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let dir = get(ENV_DIR).ok_or_else(|| format!("{ENV_DIR} is not set; the collector is started by `lumen profile`"))?;
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let dir = get(ENV_DIR).with_context(|| format!("{ENV_DIR} is not set; the collector is started by `lumen profile`"))?;
         let value = |key: &str, default: &str| get(key).unwrap_or_else(|| default.to_string());
         let capture = match value(ENV_CAPTURE, "none").as_str() {
             "none" => Capture::Everything,
             "cudaProfilerApi" => Capture::ProfilerApi,
-            other => return Err(format!("{ENV_CAPTURE}={other:?}: expected none or cudaProfilerApi")),
+            other => bail!("{ENV_CAPTURE}={other:?}: expected none or cudaProfilerApi"),
         };
         let range_end = match value(ENV_RANGE_END, "stop").as_str() {
             "stop" => RangeEnd::Stop,
             "repeat" => RangeEnd::Repeat,
-            other => return Err(format!("{ENV_RANGE_END}={other:?}: expected stop or repeat")),
+            other => bail!("{ENV_RANGE_END}={other:?}: expected stop or repeat"),
         };
         let graph_trace = match value(ENV_GRAPH, "graph").as_str() {
             "graph" => GraphTrace::Graph,
             "node" => GraphTrace::Node,
-            other => return Err(format!("{ENV_GRAPH}={other:?}: expected graph or node")),
+            other => bail!("{ENV_GRAPH}={other:?}: expected graph or node"),
         };
         let (mut cuda, mut nvtx, mut api) = (false, false, false);
         for t in value(ENV_TRACE, "cuda,nvtx,api").split(',').filter(|t| !t.is_empty()) {
@@ -102,13 +103,13 @@ impl CollectorOptions {
                 "cuda" => cuda = true,
                 "nvtx" => nvtx = true,
                 "api" => api = true,
-                other => return Err(format!("{ENV_TRACE}: unknown kind {other:?}: expected cuda, nvtx or api")),
+                other => bail!("{ENV_TRACE}: unknown kind {other:?}: expected cuda, nvtx or api"),
             }
         }
         Ok(CollectorOptions { dir: PathBuf::from(dir), capture, range_end, graph_trace, cuda, nvtx, api })
     }
 
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
 }
@@ -141,14 +142,14 @@ mod tests {
             (o.capture, o.range_end, o.graph_trace, o.cuda, o.nvtx, o.api),
             (Capture::Everything, RangeEnd::Stop, GraphTrace::Graph, true, true, true)
         );
-        let e = CollectorOptions::from_vars(|_| None).unwrap_err();
+        let e = CollectorOptions::from_vars(|_| None).unwrap_err().to_string();
         assert!(e.contains(ENV_DIR), "{e}");
         let bad = |k: &str| match k {
             ENV_DIR => Some("/d".to_string()),
             ENV_TRACE => Some("cuda,osrt".to_string()),
             _ => None,
         };
-        let e = CollectorOptions::from_vars(bad).unwrap_err();
+        let e = CollectorOptions::from_vars(bad).unwrap_err().to_string();
         assert!(e.contains("osrt"), "{e}");
     }
 }

@@ -6,6 +6,7 @@
 //! [`crate::gpu_metrics`] can fall back to NVML.
 
 use crate::cupti::check;
+use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cupti::sys;
 use lumen_trace::model::CounterRow;
 use lumen_trace::now_ns;
@@ -59,7 +60,7 @@ const FUNCTIONS: &str = "cuptiGetResultString cuptiGetTimestamp cuptiProfilerIni
 /// # Safety
 /// `T` must be `f`'s parameter struct, whose first field is `structSize` and for which zero is a
 /// valid value of every field, and the pointers `fill` stores must stay valid across the call.
-unsafe fn call<T>(f: unsafe fn(*mut T) -> sys::CUptiResult, what: &str, size: u32, fill: impl FnOnce(&mut T)) -> Result<T, String> {
+unsafe fn call<T>(f: unsafe fn(*mut T) -> sys::CUptiResult, what: &str, size: u32, fill: impl FnOnce(&mut T)) -> Result<T> {
     let mut p: T = std::mem::zeroed();
     *(&mut p as *mut T).cast::<usize>() = size as usize;
     fill(&mut p);
@@ -90,7 +91,7 @@ fn candidates(supported: &HashSet<String>) -> Vec<(&'static str, Vec<String>)> {
 /// Offset from CUPTI's clock to lumen's ([`now_ns`], CLOCK_MONOTONIC), from a CUPTI timestamp
 /// read between two of lumen's. This assumes PM sample timestamps are on the clock
 /// `cuptiGetTimestamp` reads: CUPTI gives both in nanoseconds but does not say they share a clock.
-fn clock_offset() -> Result<i64, String> {
+fn clock_offset() -> Result<i64> {
     let before = now_ns();
     let mut cupti = 0;
     check(unsafe { sys::cuptiGetTimestamp(&mut cupti) }, "cuptiGetTimestamp")?;
@@ -110,20 +111,20 @@ fn on_lumen_clock(cupti_ns: u64, offset: i64) -> u64 {
 struct Profiler;
 
 impl Profiler {
-    fn init() -> Result<Profiler, String> {
+    fn init() -> Result<Profiler> {
         // SAFETY: these only try to open the libraries.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("no CUDA driver (libcuda.so) on this machine".into());
+            bail!("no CUDA driver (libcuda.so) on this machine");
         }
         if !unsafe { sys::is_culib_present() } {
-            return Err("CUPTI (libcupti.so) could not be loaded; set LD_LIBRARY_PATH to the CUDA toolkit's lib directory".into());
+            bail!("CUPTI (libcupti.so) could not be loaded; set LD_LIBRARY_PATH to the CUDA toolkit's lib directory");
         }
         // SAFETY: looks the names up without calling them; `culib` loads since the check passed.
         let lacks = |f: &&str| unsafe { sys::culib().get::<unsafe extern "C" fn()>(f.as_bytes()) }.is_err();
         if let Some(missing) = FUNCTIONS.split_whitespace().find(lacks) {
-            return Err(format!("this libcupti lacks {missing} (PM sampling needs CUDA 12.6 or later)"));
+            bail!("this libcupti lacks {missing} (PM sampling needs CUDA 12.6 or later)");
         }
-        cudarc::driver::result::init().map_err(|e| format!("cuInit failed: {e:?}"))?;
+        cudarc::driver::result::init().map_err(|e| anyhow!("cuInit failed: {e:?}"))?;
         cupti!(cuptiProfilerInitialize, Profiler_Initialize_Params_STRUCT_SIZE, |_| ())?;
         Ok(Profiler)
     }
@@ -144,7 +145,7 @@ struct Host {
 }
 
 impl Host {
-    fn new(chip: &CStr, availability: &[u8]) -> Result<Host, String> {
+    fn new(chip: &CStr, availability: &[u8]) -> Result<Host> {
         let (chip, availability) = (chip.to_owned(), availability.to_vec());
         let p = cupti!(cuptiProfilerHostInitialize, Profiler_Host_Initialize_Params_STRUCT_SIZE, |p| {
             p.profilerType = sys::CUpti_ProfilerType::CUPTI_PROFILER_TYPE_PM_SAMPLING;
@@ -155,7 +156,7 @@ impl Host {
     }
 
     /// The chip's base metrics of every type.
-    fn base_metrics(&self) -> Result<HashSet<String>, String> {
+    fn base_metrics(&self) -> Result<HashSet<String>> {
         use sys::CUpti_MetricType::*;
         let mut names = HashSet::new();
         for metric_type in [CUPTI_METRIC_TYPE_COUNTER, CUPTI_METRIC_TYPE_RATIO, CUPTI_METRIC_TYPE_THROUGHPUT] {
@@ -169,7 +170,7 @@ impl Host {
         Ok(names)
     }
 
-    fn add(&self, metrics: &[&CStr]) -> Result<(), String> {
+    fn add(&self, metrics: &[&CStr]) -> Result<()> {
         let mut names = pointers(metrics);
         cupti!(cuptiProfilerHostConfigAddMetrics, Profiler_Host_ConfigAddMetrics_Params_STRUCT_SIZE, |p| {
             p.pHostObject = self.object;
@@ -180,7 +181,7 @@ impl Host {
     }
 
     /// The config image of the metrics added, and the passes it needs.
-    fn config_image(&self) -> Result<(Vec<u8>, usize), String> {
+    fn config_image(&self) -> Result<(Vec<u8>, usize)> {
         let size = cupti!(cuptiProfilerHostGetConfigImageSize, Profiler_Host_GetConfigImageSize_Params_STRUCT_SIZE, |p| {
             p.pHostObject = self.object
         })?;
@@ -210,7 +211,7 @@ type Configured = (Host, Vec<(&'static str, CString)>, Vec<u8>, Vec<&'static str
 
 /// Picks each counter's metric: the first candidate the chip has and CUPTI accepts. While the
 /// set needs more than one pass (PM sampling takes one), the last counter is dropped.
-fn configure(chip: &CStr, availability: &[u8]) -> Result<Configured, String> {
+fn configure(chip: &CStr, availability: &[u8]) -> Result<Configured> {
     let supported = Host::new(chip, availability)?.base_metrics()?;
     let accepted = |m: &CString| Host::new(chip, availability).and_then(|probe| probe.add(&[m])).is_ok();
     let (mut chosen, mut skipped) = (Vec::new(), Vec::new());
@@ -222,7 +223,7 @@ fn configure(chip: &CStr, availability: &[u8]) -> Result<Configured, String> {
     }
     loop {
         if chosen.is_empty() {
-            return Err(format!("none of lumen's metrics can be sampled on chip {}", chip.to_string_lossy()));
+            bail!("none of lumen's metrics can be sampled on chip {}", chip.to_string_lossy());
         }
         let host = Host::new(chip, availability)?;
         host.add(&chosen.iter().map(|(_, m)| m.as_c_str()).collect::<Vec<_>>())?;
@@ -251,7 +252,7 @@ struct Session {
 
 impl Session {
     /// Configures sampling every `interval` and starts it; returns the counters skipped.
-    fn open(interval: Duration) -> Result<(Session, Vec<&'static str>), String> {
+    fn open(interval: Duration) -> Result<(Session, Vec<&'static str>)> {
         let profiler = Profiler::init()?;
         let chip = cupti!(cuptiDeviceGetChipName, Device_GetChipName_Params_STRUCT_SIZE, |p| p.deviceIndex = DEVICE)?;
         // SAFETY: CUPTI returns a NUL-terminated name, copied at once.
@@ -299,7 +300,7 @@ impl Session {
         pointers(&self.counters.iter().map(|(_, m)| m.as_c_str()).collect::<Vec<_>>())
     }
 
-    fn reset_counter_data(&mut self) -> Result<(), String> {
+    fn reset_counter_data(&mut self) -> Result<()> {
         cupti!(cuptiPmSamplingCounterDataImageInitialize, PmSampling_CounterDataImage_Initialize_Params_STRUCT_SIZE, |p| {
             p.pPmSamplingObject = self.pm;
             p.counterDataSize = self.counter_data.len();
@@ -310,7 +311,7 @@ impl Session {
 
     /// Decodes the samples the GPU has completed into `rows`, timed at each sample's end as
     /// NVML's rows are at their interval's; returns whether the hardware buffer overflowed.
-    fn decode(&mut self, rows: &mut Vec<CounterRow>) -> Result<bool, String> {
+    fn decode(&mut self, rows: &mut Vec<CounterRow>) -> Result<bool> {
         if let Ok(offset) = clock_offset() {
             self.offset = offset;
         }
@@ -391,7 +392,7 @@ impl Session {
         if overflowed {
             notes.push("the hardware buffer overflowed and samples were lost".into());
         }
-        notes.extend(failed.map(|why| format!("decoding stopped: {why}")));
+        notes.extend(failed.map(|why| format!("decoding stopped: {why:#}")));
         let source = if notes.is_empty() { "cupti-pm-sampling".into() } else { format!("cupti-pm-sampling ({})", notes.join("; ")) };
         (rows, source)
     }
@@ -409,7 +410,7 @@ impl Drop for Session {
 
 /// Starts PM sampling on CUDA device 0 every `interval` on a thread of its own, which returns its
 /// rows and source once `stop` is set; or says why it cannot start.
-pub fn spawn(interval: Duration, stop: Arc<AtomicBool>) -> Result<JoinHandle<(Vec<CounterRow>, String)>, String> {
+pub fn spawn(interval: Duration, stop: Arc<AtomicBool>) -> Result<JoinHandle<(Vec<CounterRow>, String)>> {
     let (ready, started) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("lumen-pm-sampling".into())
@@ -423,14 +424,14 @@ pub fn spawn(interval: Duration, stop: Arc<AtomicBool>) -> Result<JoinHandle<(Ve
                 (Vec::new(), String::new())
             }
         })
-        .map_err(|e| format!("cannot start its thread: {e}"))?;
+        .context("cannot start its thread")?;
     match started.recv() {
         Ok(Ok(())) => Ok(thread),
         Ok(Err(why)) => {
             let _ = thread.join();
             Err(why)
         }
-        Err(_) => Err("its thread failed while starting".into()),
+        Err(_) => bail!("its thread failed while starting"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! the path ends in `.json`), flushing in batches so a crash loses at most the last one.
 
 use crate::stats::IterationStats;
+use anyhow::{Context, Result};
 use lumen_trace::export::chrome::to_chrome_json;
 use lumen_trace::instrument;
 use lumen_trace::model::{AllocationRow, IterationRow, RequestRow, ThreadRow, TraceData};
@@ -34,7 +35,7 @@ pub struct Profiler {
 
 impl Profiler {
     /// Records the iterations of `windows` (every iteration when `None`) into `path`.
-    pub fn new(path: &Path, windows: Option<ProfileWindows>, meta: Vec<(String, String)>) -> Result<Self, String> {
+    pub fn new(path: &Path, windows: Option<ProfileWindows>, meta: Vec<(String, String)>) -> Result<Self> {
         let windows = windows.unwrap_or_else(ProfileWindows::all);
         let mut meta = meta;
         meta.push(("windows".into(), windows.to_string()));
@@ -64,11 +65,12 @@ impl Profiler {
         }
     }
 
-    /// Adds or replaces a `meta` entry of the trace output (none without an output).
+    /// Adds or replaces a `meta` entry of the trace output (none without an output). The error is
+    /// the message the engine keeps until profiling ends.
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String> {
         match &mut self.output {
             None => Ok(()),
-            Some(Output::Store(w)) => w.set_meta(key, value),
+            Some(Output::Store(w)) => w.set_meta(key, value).map_err(|e| format!("{e:#}")),
             Some(Output::ChromeJson(_, t)) => {
                 t.meta.retain(|(k, _)| k != key);
                 t.meta.push((key.to_string(), value.to_string()));
@@ -89,7 +91,8 @@ impl Profiler {
     }
 
     /// Called after iteration `iter` with its statistics: records it, flushes when due, and closes
-    /// a window that ends here (returning `Close`, for the caller to stop the CUDA profiler).
+    /// a window that ends here (returning `Close`, for the caller to stop the CUDA profiler). The
+    /// error is the message the engine keeps until profiling ends.
     pub fn after_iteration(&mut self, iter: u64, stats: &IterationStats) -> Result<Option<WindowEvent>, String> {
         instrument::set_iteration(None);
         if !self.state.is_open() {
@@ -129,13 +132,13 @@ impl Profiler {
             instrument::stop_recording();
         }
         if closing || self.iterations.len() >= FLUSH_ITERATIONS || now_ns() - self.last_flush_ns > FLUSH_NS {
-            self.flush(&[])?;
+            self.flush(&[]).map_err(|e| format!("{e:#}"))?;
         }
         Ok(closing.then_some(WindowEvent::Close))
     }
 
     /// Writes what the recorder holds, plus `requests`.
-    pub fn flush(&mut self, requests: &[RequestRow]) -> Result<(), String> {
+    pub fn flush(&mut self, requests: &[RequestRow]) -> Result<()> {
         let recorded = instrument::drain();
         let iterations = std::mem::take(&mut self.iterations);
         let allocations = std::mem::take(&mut self.allocations);
@@ -171,7 +174,7 @@ impl Profiler {
 
     /// Flushes the rest and closes the output; returns its path and the iterations recorded
     /// (`None` without an output).
-    pub fn finish(mut self, requests: &[RequestRow]) -> Result<Option<(PathBuf, u64)>, String> {
+    pub fn finish(mut self, requests: &[RequestRow]) -> Result<Option<(PathBuf, u64)>> {
         instrument::stop_recording();
         self.flush(requests)?;
         let n = self.recorded_iterations;
@@ -179,7 +182,7 @@ impl Profiler {
             None => Ok(None),
             Some(Output::Store(w)) => w.finish().map(|p| Some((p, n))),
             Some(Output::ChromeJson(path, t)) => {
-                std::fs::write(&path, to_chrome_json(&t)).map_err(|e| format!("trace {}: cannot write: {e}", path.display()))?;
+                std::fs::write(&path, to_chrome_json(&t)).with_context(|| format!("trace {}: cannot write", path.display()))?;
                 Ok(Some((path, n)))
             }
         }

@@ -3,6 +3,7 @@
 //! Writes two per-process traces that share the GPU ops (with an API call each) between them,
 //! times `merge_traces` over them, and prints the rate.
 
+use anyhow::{Context, Result};
 use lumen_trace::merge::merge_traces;
 use lumen_trace::model::{ApiCallRow, GpuOpKind, GpuOpRow, ThreadRow};
 use lumen_trace::store::{GpuBatch, TraceWriter};
@@ -34,7 +35,7 @@ fn op(pid: u32, i: u64) -> GpuOpRow {
     }
 }
 
-fn write_process(path: &Path, pid: u32, ops: u64) -> Result<(), String> {
+fn write_process(path: &Path, pid: u32, ops: u64) -> Result<()> {
     let mut w = TraceWriter::create(path, &[("pid".to_string(), pid.to_string())])?;
     let threads = [ThreadRow { pid, tid: u64::from(pid) + 1, name: "main".to_string() }];
     w.append_gpu(&GpuBatch { threads: &threads, ..Default::default() })?;
@@ -58,13 +59,13 @@ fn write_process(path: &Path, pid: u32, ops: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> Result<(), String> {
+fn main() -> Result<()> {
     let ops: u64 = match std::env::args().nth(1) {
-        Some(n) => n.parse().map_err(|e| format!("GPU_OPS {n:?} is not a count: {e}"))?,
+        Some(n) => n.parse().with_context(|| format!("GPU_OPS {n:?} is not a count"))?,
         None => 1_000_000,
     };
     let dir = std::env::temp_dir().join(format!("lumen-merge-cost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     let inputs: Vec<PathBuf> = [1001, 2002].iter().map(|pid| dir.join(format!("{pid}.lumen"))).collect();
     let started = Instant::now();
     write_process(&inputs[0], 1001, ops / 2)?;
@@ -74,7 +75,7 @@ fn main() -> Result<(), String> {
     let started = Instant::now();
     let summary = merge_traces(&inputs, &output, &[])?;
     let merged = started.elapsed();
-    let size = std::fs::metadata(&output).map_err(|e| format!("{}: {e}", output.display()))?.len();
+    let size = std::fs::metadata(&output).with_context(|| output.display().to_string())?.len();
     let rows: u64 = summary.inputs.iter().map(|i| i.rows_of("gpu_ops") + i.rows_of("api_calls")).sum();
     println!("wrote 2 inputs ({ops} gpu_ops, {ops} api_calls) in {:.2} s", written.as_secs_f64());
     println!(
@@ -83,5 +84,5 @@ fn main() -> Result<(), String> {
         rows as f64 / merged.as_secs_f64(),
         size as f64 / (1 << 20) as f64
     );
-    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+    std::fs::remove_dir_all(&dir).with_context(|| dir.display().to_string())
 }

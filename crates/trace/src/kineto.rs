@@ -40,6 +40,7 @@
 
 use crate::model::{ApiCallRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, SpanRow, ThreadRow};
 use crate::store::{wal_path, Batch, GpuBatch, TraceWriter};
+use anyhow::{bail, Context, Result};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -96,11 +97,11 @@ pub fn describe_counts(counts: &BTreeMap<String, u64>) -> String {
 
 /// Converts the Kineto trace `input` into the `.lumen` trace `output` (replaced if it exists; it
 /// may not be `input`). On error nothing is left at `output`.
-pub fn import_kineto(input: &Path, output: &Path) -> Result<ImportSummary, String> {
-    let file = File::open(input).map_err(|e| format!("kineto trace {}: cannot open: {e}", input.display()))?;
+pub fn import_kineto(input: &Path, output: &Path) -> Result<ImportSummary> {
+    let file = File::open(input).with_context(|| format!("kineto trace {}: cannot open", input.display()))?;
     if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
         if a == b {
-            return Err(format!("kineto trace {}: the output is the input; name another .lumen file with -o", input.display()));
+            bail!("kineto trace {}: the output is the input; name another .lumen file with -o", input.display());
         }
     }
     let meta = vec![("source".to_string(), "kineto import".to_string()), ("input".to_string(), input.display().to_string())];
@@ -786,7 +787,7 @@ struct Importer {
     gpus: Vec<String>,
     base_time_ns: Option<u64>,
     /// An error writing the output, raised from inside the parse.
-    failed: Option<String>,
+    failed: Option<anyhow::Error>,
 }
 
 /// Whole nanoseconds from microseconds, rounded: Kineto writes sub-microsecond fractions. An
@@ -839,23 +840,24 @@ impl Importer {
         }
     }
 
-    fn run(mut self, input: &Path, reader: impl std::io::Read) -> Result<ImportSummary, String> {
+    fn run(mut self, input: &Path, reader: impl std::io::Read) -> Result<ImportSummary> {
         let name = || format!("kineto trace {}", input.display());
         let mut de = serde_json::Deserializer::from_reader(reader);
         let parsed = de.deserialize_any(TopVisitor(&mut self)).and_then(|events| de.end().map(|_| events));
-        let events = match parsed {
-            Ok(events) => events,
-            Err(_) if self.failed.is_some() => return Err(self.failed.take().unwrap_or_default()),
-            Err(e) => {
-                return Err(match e.classify() {
-                    serde_json::error::Category::Io => format!("{}: cannot read: {e}", name()),
-                    serde_json::error::Category::Data => format!("{}: {e}", name()),
-                    _ => format!("{}: not valid JSON (expected a torch.profiler Chrome trace): {e}", name()),
-                })
+        let events = match (parsed, self.failed.take()) {
+            (Ok(events), _) => events,
+            (Err(_), Some(failed)) => return Err(failed),
+            (Err(e), None) => {
+                let what = match e.classify() {
+                    serde_json::error::Category::Io => format!("{}: cannot read", name()),
+                    serde_json::error::Category::Data => name(),
+                    _ => format!("{}: not valid JSON (expected a torch.profiler Chrome trace)", name()),
+                };
+                return Err(anyhow::Error::new(e).context(what));
             }
         };
         if !events {
-            return Err(format!("{}: no traceEvents array (expected torch.profiler's export_chrome_trace output)", name()));
+            bail!("{}: no traceEvents array (expected torch.profiler's export_chrome_trace output)", name());
         }
         self.finish()
     }
@@ -886,7 +888,7 @@ impl Importer {
         *self.categories[i].get_or_insert_with(|| Category::of(self.strings.get(cat)))
     }
 
-    fn event(&mut self, ev: Event) -> Result<(), String> {
+    fn event(&mut self, ev: Event) -> Result<()> {
         self.summary.events += 1;
         match ev.phase {
             Phase::Complete => self.complete(ev),
@@ -1073,7 +1075,7 @@ impl Importer {
     }
 
     /// Writes the pending GPU operations, API calls and marks, GPU operations under the host pid.
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<()> {
         let pid = self.summary.host_pid.unwrap_or(0);
         for op in &mut self.gpu_ops {
             op.pid = pid;
@@ -1160,7 +1162,7 @@ impl Importer {
     }
 
     /// The spans with their depth on their thread, in chunks.
-    fn write_spans(&mut self) -> Result<(), String> {
+    fn write_spans(&mut self) -> Result<()> {
         let spans = &mut self.spans;
         spans.sort_unstable_by(|a, b| {
             (a.pid, a.tid, a.start_ns, std::cmp::Reverse(a.end_ns)).cmp(&(b.pid, b.tid, b.start_ns, std::cmp::Reverse(b.end_ns)))
@@ -1200,7 +1202,7 @@ impl Importer {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<ImportSummary, String> {
+    fn finish(mut self) -> Result<ImportSummary> {
         self.flush()?;
         let iterations = self.iterations();
         self.summary.iterations = iterations.len() as u64;
@@ -1298,7 +1300,7 @@ mod tests {
         }
 
         fn import(&self) -> Result<ImportSummary, String> {
-            import_kineto(&self.input, &self.output)
+            import_kineto(&self.input, &self.output).map_err(|e| format!("{e:#}"))
         }
 
         fn imported(&self) -> (ImportSummary, TraceData) {
@@ -1652,10 +1654,10 @@ mod tests {
             assert!(!files.output.exists(), "{name}: a failed import leaves no output");
         }
         let files = Files::new("same", &events(""));
-        let e = import_kineto(&files.input, &files.input).unwrap_err();
+        let e = format!("{:#}", import_kineto(&files.input, &files.input).unwrap_err());
         assert!(e.contains("the output is the input"), "{e}");
         assert!(files.input.exists(), "the input survives");
-        let e = import_kineto(Path::new("/nonexistent/rank0.json"), &files.output).unwrap_err();
+        let e = format!("{:#}", import_kineto(Path::new("/nonexistent/rank0.json"), &files.output).unwrap_err());
         assert!(e.starts_with("kineto trace /nonexistent/rank0.json: cannot open: "), "{e}");
     }
 

@@ -1,11 +1,7 @@
-//! lumen-trace: the trace model and store, and the instrumentation API.
-//!
-//! Every timestamp lumen records is nanoseconds on the host's monotonic clock ([`now_ns`]), so
-//! engine timings, trace rows of several processes and GPU activity line up. [`instrument`] is the API the engine calls, [`window`] decides
-//! which iterations are recorded, [`model`] holds a trace's rows in memory, [`store`] keeps them in
-//! a `.lumen` file, [`merge`] joins the files of several processes, [`correlate`] joins GPU work to its launch
-//! calls, [`export`] turns a trace into Perfetto and Chrome traces, and [`kineto`] imports a
-//! torch.profiler trace.
+//! lumen-trace: the trace model, its `.lumen` store (write, read, merge, Kineto import, Perfetto and
+//! Chrome export) and the instrumentation API the engine records through, with the profiling
+//! windows that pick the iterations. Every timestamp is nanoseconds on the host's monotonic clock
+//! ([`now_ns`]), so the rows of several processes and of the GPU line up.
 
 pub mod alloc;
 pub mod correlate;

@@ -3,6 +3,7 @@
 //! several processes ends with a single file. Rows keep their own pids; the inputs must share one
 //! clock.
 
+use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -50,14 +51,14 @@ impl MergedInput {
 /// summary says what was left out of the others. Every input is opened before `output` is
 /// created, so an unreadable one fails the merge naming it and leaves no output; an error later
 /// removes the partial output.
-pub fn merge_traces(inputs: &[PathBuf], output: &Path, meta: &[(String, String)]) -> Result<MergeSummary, String> {
+pub fn merge_traces(inputs: &[PathBuf], output: &Path, meta: &[(String, String)]) -> Result<MergeSummary> {
     if inputs.is_empty() {
-        return Err(format!("merge into {}: no input traces", output.display()));
+        bail!("merge into {}: no input traces", output.display());
     }
     let readers = inputs.iter().map(|p| TraceReader::open(p)).collect::<Result<Vec<_>, _>>()?;
     if let Ok(out) = output.canonicalize() {
         if let Some(same) = inputs.iter().find(|p| p.canonicalize().is_ok_and(|p| p == out)) {
-            return Err(format!("merge into {}: the output is also the input {}", output.display(), same.display()));
+            bail!("merge into {}: the output is also the input {}", output.display(), same.display());
         }
     }
     let mut writer = TraceWriter::create(output, meta)?;
@@ -76,7 +77,7 @@ pub fn merge_traces(inputs: &[PathBuf], output: &Path, meta: &[(String, String)]
 }
 
 /// Copies every input's rows into `writer` and returns the summary.
-fn copy_all(readers: &[TraceReader], writer: &mut TraceWriter) -> Result<MergeSummary, String> {
+fn copy_all(readers: &[TraceReader], writer: &mut TraceWriter) -> Result<MergeSummary> {
     let mut inputs = Vec::new();
     // The names processes give themselves, then the names inferred from an input's meta.
     let mut named = BTreeMap::new();
@@ -153,14 +154,14 @@ fn copy_all(readers: &[TraceReader], writer: &mut TraceWriter) -> Result<MergeSu
 fn copy<T: Stored>(
     reader: &TraceReader,
     writer: &mut TraceWriter,
-    mut append: impl FnMut(&mut TraceWriter, &[T]) -> Result<(), String>,
-) -> Result<(&'static str, u64), String> {
+    mut append: impl FnMut(&mut TraceWriter, &[T]) -> Result<()>,
+) -> Result<(&'static str, u64)> {
     let n = reader.stream(CHUNK, |chunk: Vec<T>| append(writer, &chunk))?;
     Ok((T::TABLE, n))
 }
 
 /// Reads `T`'s table without copying it; returns the table and how many rows it had.
-fn skip<T: Stored>(reader: &TraceReader) -> Result<(&'static str, u64), String> {
+fn skip<T: Stored>(reader: &TraceReader) -> Result<(&'static str, u64)> {
     Ok((T::TABLE, reader.stream(CHUNK, |_: Vec<T>| Ok(()))?))
 }
 
@@ -353,18 +354,18 @@ mod tests {
         let (good, out) = (s.dir.join("good.lumen"), s.dir.join("merged.lumen"));
         engine(&good);
         let missing = s.dir.join("missing.lumen");
-        let e = merge_traces(&[good.clone(), missing.clone()], &out, &[]).unwrap_err();
+        let e = format!("{:#}", merge_traces(&[good.clone(), missing.clone()], &out, &[]).unwrap_err());
         assert!(e.contains(&missing.display().to_string()) && e.contains("no such file"), "{e}");
         let garbage = s.dir.join("garbage.lumen");
         std::fs::write(&garbage, "not a trace, only text long enough to look like a file header").unwrap();
-        let e = merge_traces(&[good.clone(), garbage.clone()], &out, &[]).unwrap_err();
+        let e = format!("{:#}", merge_traces(&[good.clone(), garbage.clone()], &out, &[]).unwrap_err());
         assert!(e.contains(&garbage.display().to_string()) && e.contains("not a lumen trace"), "{e}");
         assert!(!out.exists(), "a failed merge writes nothing");
 
-        let e = merge_traces(std::slice::from_ref(&good), &good, &[]).unwrap_err();
+        let e = format!("{:#}", merge_traces(std::slice::from_ref(&good), &good, &[]).unwrap_err());
         assert!(e.contains("the output is also the input"), "{e}");
         assert!(read_trace(&good).is_ok(), "the input survives");
-        let e = merge_traces(&[], &out, &[]).unwrap_err();
+        let e = format!("{:#}", merge_traces(&[], &out, &[]).unwrap_err());
         assert!(e.contains("no input traces") && e.contains("merged.lumen"), "{e}");
     }
 
@@ -375,7 +376,7 @@ mod tests {
         engine(&good);
         worker(&bad);
         rusqlite::Connection::open(&bad).unwrap().execute("UPDATE gpu_ops SET kind = 'warp' WHERE rowid = 3", []).unwrap();
-        let e = merge_traces(&[good, bad.clone()], &out, &[]).unwrap_err();
+        let e = format!("{:#}", merge_traces(&[good, bad.clone()], &out, &[]).unwrap_err());
         assert!(e.contains(&bad.display().to_string()) && e.contains("unknown GPU op kind \"warp\""), "{e}");
         assert!(!out.exists() && !wal_path(&out, "-wal").exists());
     }

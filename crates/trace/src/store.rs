@@ -17,6 +17,7 @@ use crate::model::{
     AllocationRow, ApiCallRow, CounterRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow,
     TraceData,
 };
+use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
@@ -97,22 +98,23 @@ pub struct TraceWriter {
     strings: HashMap<String, i64>,
 }
 
-fn context(path: &Path, what: &str, e: rusqlite::Error) -> String {
-    format!("trace {}: {what}: {e}", path.display())
+/// `trace <path>: <what>`, the context of an error about the trace at `path`.
+fn about(path: &Path, what: &str) -> String {
+    format!("trace {}: {what}", path.display())
 }
 
 impl TraceWriter {
     /// Creates `path` (replacing an existing file) with the schema and `meta` rows, plus
     /// `schema_version` and `complete` = false, which `meta` cannot override.
-    pub fn create(path: &Path, meta: &[(String, String)]) -> Result<Self, String> {
+    pub fn create(path: &Path, meta: &[(String, String)]) -> Result<Self> {
         for p in [path.to_path_buf(), wal_path(path, "-wal"), wal_path(path, "-shm")] {
             if p.exists() {
-                std::fs::remove_file(&p).map_err(|e| format!("trace {}: cannot replace the old file: {e}", p.display()))?;
+                std::fs::remove_file(&p).with_context(|| about(&p, "cannot replace the old file"))?;
             }
         }
-        let db = Connection::open(path).map_err(|e| context(path, "cannot create", e))?;
-        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").map_err(|e| context(path, "cannot set journal mode", e))?;
-        db.execute_batch(SCHEMA).map_err(|e| context(path, "cannot create the schema", e))?;
+        let db = Connection::open(path).with_context(|| about(path, "cannot create"))?;
+        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").with_context(|| about(path, "cannot set journal mode"))?;
+        db.execute_batch(SCHEMA).with_context(|| about(path, "cannot create the schema"))?;
         let mut w = TraceWriter { path: path.to_path_buf(), db, strings: HashMap::new() };
         for (k, v) in meta {
             w.set_meta(k, v)?;
@@ -126,52 +128,52 @@ impl TraceWriter {
         &self.path
     }
 
-    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String> {
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         self.db
             .execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)", params![key, value])
-            .map_err(|e| context(&self.path, "cannot write meta", e))?;
+            .with_context(|| about(&self.path, "cannot write meta"))?;
         Ok(())
     }
 
     /// Appends a batch of recorder rows in one transaction.
-    pub fn append(&mut self, batch: &Batch) -> Result<(), String> {
+    pub fn append(&mut self, batch: &Batch) -> Result<()> {
         self.write(batch, &GpuBatch::default())
     }
 
     /// Appends a batch of GPU activity in one transaction.
-    pub fn append_gpu(&mut self, batch: &GpuBatch) -> Result<(), String> {
+    pub fn append_gpu(&mut self, batch: &GpuBatch) -> Result<()> {
         self.write(&Batch::default(), batch)
     }
 
     /// Appends both kinds of rows in one transaction.
-    pub(crate) fn write(&mut self, batch: &Batch, gpu: &GpuBatch) -> Result<(), String> {
+    pub(crate) fn write(&mut self, batch: &Batch, gpu: &GpuBatch) -> Result<()> {
         let path = self.path.clone();
-        let err = |e| context(&path, "cannot append rows", e);
-        let tx = self.db.transaction().map_err(err)?;
+        let err = || about(&path, "cannot append rows");
+        let tx = self.db.transaction().with_context(err)?;
         {
             let strings = &mut self.strings;
-            let mut intern = |value: &str| -> Result<i64, String> {
+            let mut intern = |value: &str| -> Result<i64> {
                 if let Some(&id) = strings.get(value) {
                     return Ok(id);
                 }
-                tx.execute("INSERT INTO strings(value) VALUES (?1)", params![value]).map_err(err)?;
+                tx.execute("INSERT INTO strings(value) VALUES (?1)", params![value]).with_context(err)?;
                 let id = tx.last_insert_rowid();
                 strings.insert(value.to_string(), id);
                 Ok(id)
             };
-            let mut process = tx.prepare_cached("INSERT OR REPLACE INTO processes(pid, name) VALUES (?1, ?2)").map_err(err)?;
+            let mut process = tx.prepare_cached("INSERT OR REPLACE INTO processes(pid, name) VALUES (?1, ?2)").with_context(err)?;
             for p in gpu.processes {
-                process.execute(params![p.pid, p.name]).map_err(err)?;
+                process.execute(params![p.pid, p.name]).with_context(err)?;
             }
-            let mut thread = tx.prepare_cached("INSERT OR REPLACE INTO threads(tid, pid, name) VALUES (?1, ?2, ?3)").map_err(err)?;
+            let mut thread = tx.prepare_cached("INSERT OR REPLACE INTO threads(tid, pid, name) VALUES (?1, ?2, ?3)").with_context(err)?;
             let pid = std::process::id();
             for (tid, name) in batch.threads {
-                thread.execute(params![*tid as i64, pid, name]).map_err(err)?;
+                thread.execute(params![*tid as i64, pid, name]).with_context(err)?;
             }
             for t in gpu.threads {
-                thread.execute(params![t.tid as i64, t.pid, t.name]).map_err(err)?;
+                thread.execute(params![t.tid as i64, t.pid, t.name]).with_context(err)?;
             }
-            let mut span = tx.prepare_cached("INSERT INTO spans VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").map_err(err)?;
+            let mut span = tx.prepare_cached("INSERT INTO spans VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").with_context(err)?;
             for s in batch.spans {
                 let (name, cat) = (intern(&s.name)?, intern(&s.category)?);
                 span.execute(params![
@@ -184,21 +186,21 @@ impl TraceWriter {
                     s.iteration.map(|i| i as i64),
                     s.args
                 ])
-                .map_err(err)?;
+                .with_context(err)?;
             }
-            let mut mark = tx.prepare_cached("INSERT INTO marks VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(err)?;
+            let mut mark = tx.prepare_cached("INSERT INTO marks VALUES (?1, ?2, ?3, ?4, ?5, ?6)").with_context(err)?;
             for m in batch.marks {
                 let (name, cat) = (intern(&m.name)?, intern(&m.category)?);
-                mark.execute(params![m.ts_ns as i64, m.tid as i64, name, cat, m.iteration.map(|i| i as i64), m.args]).map_err(err)?;
+                mark.execute(params![m.ts_ns as i64, m.tid as i64, name, cat, m.iteration.map(|i| i as i64), m.args]).with_context(err)?;
             }
-            let mut counter = tx.prepare_cached("INSERT INTO counters VALUES (?1, ?2, ?3, ?4)").map_err(err)?;
+            let mut counter = tx.prepare_cached("INSERT INTO counters VALUES (?1, ?2, ?3, ?4)").with_context(err)?;
             for c in batch.counters {
                 let name = intern(&c.name)?;
-                counter.execute(params![c.ts_ns as i64, name, c.device, c.value]).map_err(err)?;
+                counter.execute(params![c.ts_ns as i64, name, c.device, c.value]).with_context(err)?;
             }
             let mut gpu_op = tx
                 .prepare_cached("INSERT INTO gpu_ops VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)")
-                .map_err(err)?;
+                .with_context(err)?;
             for g in gpu.gpu_ops {
                 let name = intern(&g.name)?;
                 gpu_op
@@ -221,9 +223,9 @@ impl TraceWriter {
                         g.graph_id.map(|v| v as i64),
                         g.graph_node_id.map(|v| v as i64)
                     ])
-                    .map_err(err)?;
+                    .with_context(err)?;
             }
-            let mut api_call = tx.prepare_cached("INSERT INTO api_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").map_err(err)?;
+            let mut api_call = tx.prepare_cached("INSERT INTO api_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").with_context(err)?;
             for a in gpu.api_calls {
                 let name = intern(&a.name)?;
                 api_call
@@ -236,13 +238,13 @@ impl TraceWriter {
                         a.correlation.map(|v| v as i64),
                         a.result
                     ])
-                    .map_err(err)?;
+                    .with_context(err)?;
             }
             let mut iteration = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )
-                .map_err(err)?;
+                .with_context(err)?;
             for i in batch.iterations {
                 let util = if i.kv_total_blocks == 0 { 0.0 } else { i.kv_used_blocks as f64 / i.kv_total_blocks as f64 };
                 iteration
@@ -264,9 +266,9 @@ impl TraceWriter {
                         i.kv_bytes_read.map(|v| v as i64),
                         i.flops
                     ])
-                    .map_err(err)?;
+                    .with_context(err)?;
             }
-            let mut request = tx.prepare_cached("INSERT OR REPLACE INTO requests VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(err)?;
+            let mut request = tx.prepare_cached("INSERT OR REPLACE INTO requests VALUES (?1, ?2, ?3, ?4, ?5, ?6)").with_context(err)?;
             for r in batch.requests {
                 request
                     .execute(params![
@@ -277,9 +279,9 @@ impl TraceWriter {
                         r.input_len as i64,
                         r.output_len as i64
                     ])
-                    .map_err(err)?;
+                    .with_context(err)?;
             }
-            let mut allocation = tx.prepare_cached("INSERT INTO allocations VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(err)?;
+            let mut allocation = tx.prepare_cached("INSERT INTO allocations VALUES (?1, ?2, ?3, ?4, ?5, ?6)").with_context(err)?;
             for a in batch.allocations {
                 allocation
                     .execute(params![
@@ -290,23 +292,23 @@ impl TraceWriter {
                         a.kv_blocks_allocated as i64,
                         a.kv_blocks_freed as i64
                     ])
-                    .map_err(err)?;
+                    .with_context(err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().with_context(err)
     }
 
     /// Marks the trace complete and folds the WAL back into the single file.
-    pub fn finish(self) -> Result<PathBuf, String> {
+    pub fn finish(self) -> Result<PathBuf> {
         self.close(true)
     }
 
     /// Sets `meta.complete` and folds the WAL back into the single file.
-    pub(crate) fn close(mut self, complete: bool) -> Result<PathBuf, String> {
+    pub(crate) fn close(mut self, complete: bool) -> Result<PathBuf> {
         self.set_meta("complete", if complete { "true" } else { "false" })?;
         self.db
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
-            .map_err(|e| context(&self.path, "cannot close", e))?;
+            .with_context(|| about(&self.path, "cannot close"))?;
         Ok(self.path)
     }
 }
@@ -559,20 +561,20 @@ pub(crate) struct TraceReader {
 }
 
 impl TraceReader {
-    pub(crate) fn open(path: &Path) -> Result<Self, String> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(format!("trace {}: no such file", path.display()));
+            bail!("trace {}: no such file", path.display());
         }
         // Read-write when possible, so that the WAL of a trace whose writer died is recovered.
         let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .or_else(|_| Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY))
-            .map_err(|e| context(path, "cannot open", e))?;
-        let not_lumen =
-            |e: rusqlite::Error| format!("trace {}: not a lumen trace (expected a SQLite file written by lumen): {e}", path.display());
-        let version: Option<String> =
-            db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional().map_err(not_lumen)?;
-        let version = version.ok_or_else(|| format!("trace {}: not a lumen trace (meta has no schema_version)", path.display()))?;
-        let index = READABLE_VERSIONS.iter().position(|v| *v == version).ok_or_else(|| {
+            .with_context(|| about(path, "cannot open"))?;
+        let version: Option<String> = db
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()
+            .with_context(|| about(path, "not a lumen trace (expected a SQLite file written by lumen)"))?;
+        let version = version.with_context(|| about(path, "not a lumen trace (meta has no schema_version)"))?;
+        let index = READABLE_VERSIONS.iter().position(|v| *v == version).with_context(|| {
             format!(
                 "trace {}: schema version {version}, but this lumen reads versions {} to {SCHEMA_VERSION}",
                 path.display(),
@@ -580,7 +582,7 @@ impl TraceReader {
             )
         })?;
         let strings = query(&db, "SELECT id, value FROM strings", |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| context(path, "cannot read table strings", e))?;
+            .with_context(|| about(path, "cannot read table strings"))?;
         Ok(TraceReader { path: path.to_path_buf(), db, version: index as u32 + 1, names: Names(strings.into_iter().collect()) })
     }
 
@@ -588,13 +590,13 @@ impl TraceReader {
         &self.path
     }
 
-    pub(crate) fn meta(&self) -> Result<Vec<(String, String)>, String> {
+    pub(crate) fn meta(&self) -> Result<Vec<(String, String)>> {
         query(&self.db, "SELECT key, value FROM meta ORDER BY key", |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| context(&self.path, "cannot read table meta", e))
+            .with_context(|| about(&self.path, "cannot read table meta"))
     }
 
     /// Every row of `T`'s table.
-    pub(crate) fn all<T: Stored>(&self) -> Result<Vec<T>, String> {
+    pub(crate) fn all<T: Stored>(&self) -> Result<Vec<T>> {
         let mut rows = Vec::new();
         self.stream(usize::MAX, |chunk: Vec<T>| {
             rows.extend(chunk);
@@ -605,7 +607,7 @@ impl TraceReader {
 
     /// Hands the rows of `T`'s table to `sink` in chunks of at most `chunk` rows; returns how many
     /// there were. Errors from `sink` pass through unchanged.
-    pub(crate) fn stream<T: Stored>(&self, chunk: usize, mut sink: impl FnMut(Vec<T>) -> Result<(), String>) -> Result<u64, String> {
+    pub(crate) fn stream<T: Stored>(&self, chunk: usize, mut sink: impl FnMut(Vec<T>) -> Result<()>) -> Result<u64> {
         if self.version < T::SINCE {
             return Ok(0);
         }
@@ -627,16 +629,16 @@ impl TraceReader {
         Ok(count)
     }
 
-    fn read_error(&self, table: &str, e: rusqlite::Error) -> String {
+    fn read_error(&self, table: &str, e: rusqlite::Error) -> anyhow::Error {
         match e {
-            rusqlite::Error::FromSqlConversionFailure(_, _, cause) => format!("trace {}: table {table}: {cause}", self.path.display()),
-            e => context(&self.path, &format!("cannot read table {table}"), e),
+            rusqlite::Error::FromSqlConversionFailure(_, _, cause) => anyhow!("trace {}: table {table}: {cause}", self.path.display()),
+            e => anyhow::Error::new(e).context(about(&self.path, &format!("cannot read table {table}"))),
         }
     }
 }
 
 /// Reads a whole trace.
-pub fn read_trace(path: &Path) -> Result<TraceData, String> {
+pub fn read_trace(path: &Path) -> Result<TraceData> {
     let r = TraceReader::open(path)?;
     Ok(TraceData {
         meta: r.meta()?,
@@ -654,7 +656,7 @@ pub fn read_trace(path: &Path) -> Result<TraceData, String> {
 }
 
 /// The meta rows of a trace, without reading its other tables.
-pub fn read_meta(path: &Path) -> Result<Vec<(String, String)>, String> {
+pub fn read_meta(path: &Path) -> Result<Vec<(String, String)>> {
     TraceReader::open(path)?.meta()
 }
 
@@ -663,7 +665,7 @@ fn query<T>(db: &Connection, sql: &str, f: impl FnMut(&Row) -> rusqlite::Result<
 }
 
 /// Row counts per table, for `lumen trace info`.
-pub fn table_counts(path: &Path) -> Result<Vec<(String, i64)>, String> {
+pub fn table_counts(path: &Path) -> Result<Vec<(String, i64)>> {
     let r = TraceReader::open(path)?;
     let tables =
         ["processes", "threads", "spans", "marks", "counters", "iterations", "requests", "gpu_ops", "api_calls", "allocations", "strings"];
@@ -672,7 +674,7 @@ pub fn table_counts(path: &Path) -> Result<Vec<(String, i64)>, String> {
         .map(|t| {
             r.db.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |row| row.get(0))
                 .map(|n| (t.to_string(), n))
-                .map_err(|e| context(path, "cannot count", e))
+                .with_context(|| about(path, "cannot count"))
         })
         .collect()
 }
@@ -898,7 +900,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!((n, sizes, rows), (10, vec![4, 4, 2], ops));
-        let e = r.stream(4, |_: Vec<GpuOpRow>| Err("sink refused".to_string())).unwrap_err();
+        let e = format!("{:#}", r.stream(4, |_: Vec<GpuOpRow>| Err(anyhow!("sink refused"))).unwrap_err());
         assert_eq!(e, "sink refused");
         std::fs::remove_file(path).unwrap();
     }
@@ -946,7 +948,7 @@ mod tests {
         assert_eq!(table_counts(&path).unwrap().iter().find(|(t, _)| t == "spans").map(|(_, n)| *n), Some(1));
 
         Connection::open(&path).unwrap().execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'", []).unwrap();
-        let e = read_trace(&path).unwrap_err();
+        let e = format!("{:#}", read_trace(&path).unwrap_err());
         assert!(e.contains(&path.display().to_string()) && e.contains("schema version 4") && e.contains("versions 1 to 3"), "{e}");
         std::fs::remove_file(path).unwrap();
     }
@@ -1007,7 +1009,7 @@ mod tests {
             w.append_gpu(&GpuBatch { gpu_ops: &[kernel(0, 1)], ..Default::default() }).unwrap();
             w.finish().unwrap();
             Connection::open(&path).unwrap().execute_batch(&format!("PRAGMA foreign_keys = OFF; {update};")).unwrap();
-            let e = read_trace(&path).unwrap_err();
+            let e = format!("{:#}", read_trace(&path).unwrap_err());
             assert!(e.starts_with(&format!("trace {}: ", path.display())) && e.contains(want), "{update}: {e}");
         }
         std::fs::remove_file(path).unwrap();
@@ -1017,13 +1019,13 @@ mod tests {
     fn bad_files_are_named() {
         let path = temp("garbage");
         std::fs::write(&path, b"this is not sqlite at all, just text that goes on for a while").unwrap();
-        let e = read_trace(&path).unwrap_err();
+        let e = format!("{:#}", read_trace(&path).unwrap_err());
         assert!(e.contains("not a lumen trace") && e.contains("garbage"), "{e}");
-        let e = read_trace(Path::new("/nonexistent/x.lumen")).unwrap_err();
+        let e = format!("{:#}", read_trace(Path::new("/nonexistent/x.lumen")).unwrap_err());
         assert!(e.contains("no such file"), "{e}");
         let other = temp("other");
         Connection::open(&other).unwrap().execute_batch("CREATE TABLE t(x); CREATE TABLE meta(key, value);").unwrap();
-        let e = read_trace(&other).unwrap_err();
+        let e = format!("{:#}", read_trace(&other).unwrap_err());
         assert!(e.contains("no schema_version"), "{e}");
         std::fs::remove_file(path).unwrap();
         std::fs::remove_file(other).unwrap();

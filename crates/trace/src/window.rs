@@ -2,6 +2,7 @@
 //! (`TLLM_PROFILE_START_STOP` is accepted too) or `--profile-iters`. A value is a comma list of
 //! single iterations `N` and inclusive ranges `A-B`; ranges may not overlap.
 
+use anyhow::{bail, Result};
 use std::fmt;
 
 /// Iteration ranges, inclusive at both ends, sorted and disjoint.
@@ -15,14 +16,15 @@ pub const WINDOW_VARS: [&str; 2] = ["LUMEN_PROFILE_START_STOP", "TLLM_PROFILE_ST
 
 impl ProfileWindows {
     /// Parses `10-20,50-60`, `7`, `0-3,9`; `source` names where the text came from for errors.
-    pub fn parse(text: &str, source: &str) -> Result<Self, String> {
+    pub fn parse(text: &str, source: &str) -> Result<Self> {
         let mut ranges = Vec::new();
         for part in text.split(',') {
             let part = part.trim();
-            let number = |s: &str| -> Result<u64, String> {
-                s.trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("{source}={text:?}: {s:?} is not an iteration number; expected a list like 20-40 or 10-20,50-60"))
+            let number = |s: &str| -> Result<u64> {
+                match s.trim().parse::<u64>() {
+                    Ok(n) => Ok(n),
+                    Err(_) => bail!("{source}={text:?}: {s:?} is not an iteration number; expected a list like 20-40 or 10-20,50-60"),
+                }
             };
             let range = match part.split_once('-') {
                 Some((a, b)) => (number(a)?, number(b)?),
@@ -32,14 +34,14 @@ impl ProfileWindows {
                 }
             };
             if range.0 > range.1 {
-                return Err(format!("{source}={text:?}: range {part} ends before it starts"));
+                bail!("{source}={text:?}: range {part} ends before it starts");
             }
             ranges.push(range);
         }
         ranges.sort_unstable();
         for pair in ranges.windows(2) {
             if pair[1].0 <= pair[0].1 {
-                return Err(format!("{source}={text:?}: ranges {}-{} and {}-{} overlap", pair[0].0, pair[0].1, pair[1].0, pair[1].1));
+                bail!("{source}={text:?}: ranges {}-{} and {}-{} overlap", pair[0].0, pair[0].1, pair[1].0, pair[1].1);
             }
         }
         Ok(ProfileWindows { ranges })
@@ -51,7 +53,7 @@ impl ProfileWindows {
     }
 
     /// The windows set in the environment, with the variable that set them.
-    pub fn from_env() -> Result<Option<(Self, &'static str)>, String> {
+    pub fn from_env() -> Result<Option<(Self, &'static str)>> {
         for var in WINDOW_VARS {
             if let Ok(text) = std::env::var(var) {
                 return Self::parse(&text, var).map(|w| Some((w, var)));
@@ -150,7 +152,7 @@ mod tests {
             ("-3", "is not an iteration number"),
             ("1-2-3", "is not an iteration number"),
         ] {
-            let e = ProfileWindows::parse(text, "LUMEN_PROFILE_START_STOP").unwrap_err();
+            let e = ProfileWindows::parse(text, "LUMEN_PROFILE_START_STOP").unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("LUMEN_PROFILE_START_STOP"), "{text:?}: {e}");
         }
     }

@@ -16,6 +16,7 @@
 //! `protos/perfetto/trace/trace_packet.proto` and `protos/perfetto/trace/track_event/*.proto`.
 //! Everything goes on one packet sequence without interning, so every packet stands alone.
 
+use anyhow::{anyhow, bail, Context, Result};
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
@@ -549,7 +550,7 @@ pub struct DecodedThread {
 
 /// The packets of a `perfetto.protos.Trace`, with the fields [`to_perfetto`] writes; other fields
 /// are skipped. Errors name the byte offset in `bytes` where decoding failed.
-pub fn decode_packets(bytes: &[u8]) -> Result<Vec<DecodedPacket>, String> {
+pub fn decode_packets(bytes: &[u8]) -> Result<Vec<DecodedPacket>> {
     let mut packets = Vec::new();
     for field in fields(bytes, 0)? {
         if field.number == packet::TRACE_PACKET {
@@ -559,7 +560,7 @@ pub fn decode_packets(bytes: &[u8]) -> Result<Vec<DecodedPacket>, String> {
     Ok(packets)
 }
 
-fn decode_packet(fields: &[Field]) -> Result<DecodedPacket, String> {
+fn decode_packet(fields: &[Field]) -> Result<DecodedPacket> {
     let mut p = DecodedPacket::default();
     for f in fields {
         match f.number {
@@ -574,13 +575,14 @@ fn decode_packet(fields: &[Field]) -> Result<DecodedPacket, String> {
     Ok(p)
 }
 
-fn decode_event(fields: &[Field]) -> Result<DecodedEvent, String> {
+fn decode_event(fields: &[Field]) -> Result<DecodedEvent> {
     let mut e = DecodedEvent::default();
     for f in fields {
         match f.number {
             event::TYPE => {
                 let value = f.varint()?;
-                let kind = EventType::from_wire(value).ok_or_else(|| format!("unknown TrackEvent type {value} at offset {}", f.offset))?;
+                let kind =
+                    EventType::from_wire(value).with_context(|| format!("unknown TrackEvent type {value} at offset {}", f.offset))?;
                 e.event_type = Some(kind);
             }
             event::TRACK_UUID => e.track_uuid = Some(f.varint()?),
@@ -592,7 +594,7 @@ fn decode_event(fields: &[Field]) -> Result<DecodedEvent, String> {
             event::FLOW_IDS => match f.value {
                 Wire::Bytes { offset, data } => {
                     if data.len() % 8 != 0 {
-                        return Err(format!("packed flow_ids at offset {offset} are {} bytes, not a multiple of 8", data.len()));
+                        bail!("packed flow_ids at offset {offset} are {} bytes, not a multiple of 8", data.len());
                     }
                     e.flow_ids.extend(data.chunks(8).map(le_u64));
                 }
@@ -604,7 +606,7 @@ fn decode_event(fields: &[Field]) -> Result<DecodedEvent, String> {
     Ok(e)
 }
 
-fn decode_annotation(fields: &[Field], offset: usize) -> Result<Annotation, String> {
+fn decode_annotation(fields: &[Field], offset: usize) -> Result<Annotation> {
     let mut name = None;
     let mut value = None;
     for f in fields {
@@ -618,12 +620,12 @@ fn decode_annotation(fields: &[Field], offset: usize) -> Result<Annotation, Stri
             _ => {}
         }
     }
-    let name = name.ok_or_else(|| format!("debug annotation at offset {offset} has no name"))?;
-    let value = value.ok_or_else(|| format!("debug annotation {name:?} at offset {offset} has no bool, int, double or string value"))?;
+    let name = name.with_context(|| format!("debug annotation at offset {offset} has no name"))?;
+    let value = value.with_context(|| format!("debug annotation {name:?} at offset {offset} has no bool, int, double or string value"))?;
     Ok(Annotation { name, value })
 }
 
-fn decode_track(fields: &[Field]) -> Result<DecodedTrack, String> {
+fn decode_track(fields: &[Field]) -> Result<DecodedTrack> {
     let mut t = DecodedTrack::default();
     for f in fields {
         match f.number {
@@ -682,58 +684,61 @@ enum Wire<'a> {
 }
 
 impl<'a> Field<'a> {
-    fn mismatch(&self, wanted: &str) -> String {
-        format!("field {} at offset {} is not a {wanted}", self.number, self.offset)
+    fn mismatch(&self, wanted: &str) -> anyhow::Error {
+        anyhow!("field {} at offset {} is not a {wanted}", self.number, self.offset)
     }
 
-    fn varint(&self) -> Result<u64, String> {
+    fn varint(&self) -> Result<u64> {
         match self.value {
             Wire::Varint(v) => Ok(v),
             _ => Err(self.mismatch("varint")),
         }
     }
 
-    fn fixed64(&self) -> Result<u64, String> {
+    fn fixed64(&self) -> Result<u64> {
         match self.value {
             Wire::Fixed64(v) => Ok(v),
             _ => Err(self.mismatch("64-bit value")),
         }
     }
 
-    fn bytes(&self) -> Result<(usize, &'a [u8]), String> {
+    fn bytes(&self) -> Result<(usize, &'a [u8])> {
         match self.value {
             Wire::Bytes { offset, data } => Ok((offset, data)),
             _ => Err(self.mismatch("length-delimited value")),
         }
     }
 
-    fn string(&self) -> Result<String, String> {
+    fn string(&self) -> Result<String> {
         let (offset, data) = self.bytes()?;
-        String::from_utf8(data.to_vec()).map_err(|e| format!("string at offset {offset} is not UTF-8: {e}"))
+        String::from_utf8(data.to_vec()).with_context(|| format!("string at offset {offset} is not UTF-8"))
     }
 
-    fn message(&self) -> Result<Vec<Field<'a>>, String> {
+    fn message(&self) -> Result<Vec<Field<'a>>> {
         let (offset, data) = self.bytes()?;
         fields(data, offset)
     }
 }
 
 /// The fields of the message `bytes`, which starts at offset `base` of the whole input.
-fn fields(bytes: &[u8], base: usize) -> Result<Vec<Field<'_>>, String> {
+fn fields(bytes: &[u8], base: usize) -> Result<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
         let offset = base + pos;
         let key = read_varint(bytes, &mut pos, base)?;
-        let number =
-            u32::try_from(key >> 3).ok().filter(|&n| n != 0).ok_or_else(|| format!("bad field number {} at offset {offset}", key >> 3))?;
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|&n| n != 0)
+            .with_context(|| format!("bad field number {} at offset {offset}", key >> 3))?;
         let value = match key & 7 {
             WIRE_VARINT => Wire::Varint(read_varint(bytes, &mut pos, base)?),
             WIRE_FIXED64 => Wire::Fixed64(le_u64(take(bytes, &mut pos, 8, base)?)),
             WIRE_LEN => {
                 let len_offset = base + pos;
                 let len = read_varint(bytes, &mut pos, base)?;
-                let len = usize::try_from(len).map_err(|_| format!("length {len} at offset {len_offset} does not fit in memory"))?;
+                let len =
+                    usize::try_from(len).ok().with_context(|| format!("length {len} at offset {len_offset} does not fit in memory"))?;
                 let offset = base + pos;
                 Wire::Bytes { offset, data: take(bytes, &mut pos, len, base)? }
             }
@@ -741,35 +746,35 @@ fn fields(bytes: &[u8], base: usize) -> Result<Vec<Field<'_>>, String> {
                 take(bytes, &mut pos, 4, base)?;
                 Wire::Fixed32
             }
-            wire => return Err(format!("unsupported wire type {wire} for field {number} at offset {offset}")),
+            wire => bail!("unsupported wire type {wire} for field {number} at offset {offset}"),
         };
         out.push(Field { number, offset, value });
     }
     Ok(out)
 }
 
-fn take<'a>(bytes: &'a [u8], pos: &mut usize, len: usize, base: usize) -> Result<&'a [u8], String> {
+fn take<'a>(bytes: &'a [u8], pos: &mut usize, len: usize, base: usize) -> Result<&'a [u8]> {
     let start = *pos;
     let end = start
         .checked_add(len)
         .filter(|&end| end <= bytes.len())
-        .ok_or_else(|| format!("{len} bytes at offset {} run past the end of the enclosing message", base + start))?;
+        .with_context(|| format!("{len} bytes at offset {} run past the end of the enclosing message", base + start))?;
     *pos = end;
     Ok(&bytes[start..end])
 }
 
-fn read_varint(bytes: &[u8], pos: &mut usize, base: usize) -> Result<u64, String> {
+fn read_varint(bytes: &[u8], pos: &mut usize, base: usize) -> Result<u64> {
     let start = base + *pos;
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*pos).ok_or_else(|| format!("truncated varint at offset {start}"))?;
+        let byte = *bytes.get(*pos).with_context(|| format!("truncated varint at offset {start}"))?;
         *pos += 1;
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(value);
         }
     }
-    Err(format!("varint at offset {start} is longer than 10 bytes"))
+    bail!("varint at offset {start} is longer than 10 bytes")
 }
 
 fn le_u64(bytes: &[u8]) -> u64 {
@@ -1168,20 +1173,23 @@ mod tests {
     #[test]
     fn decoder_errors_name_the_offset() {
         let bytes = to_perfetto(&sample());
-        let err = decode_packets(&bytes[..bytes.len() - 1]).expect_err("truncated");
+        let err = decode_packets(&bytes[..bytes.len() - 1]).expect_err("truncated").to_string();
         assert!(err.contains("offset"), "{err}");
 
-        assert_eq!(decode_packets(&[0x0b]).expect_err("group"), "unsupported wire type 3 for field 1 at offset 0");
-        assert_eq!(decode_packets(&[0x0a, 0x02, 0x42, 0x00]).expect_err("wrong wire type"), "field 8 at offset 2 is not a varint");
-        assert_eq!(decode_packets(&[0x08; 1]).expect_err("no value"), "truncated varint at offset 1");
+        assert_eq!(decode_packets(&[0x0b]).expect_err("group").to_string(), "unsupported wire type 3 for field 1 at offset 0");
+        assert_eq!(
+            decode_packets(&[0x0a, 0x02, 0x42, 0x00]).expect_err("wrong wire type").to_string(),
+            "field 8 at offset 2 is not a varint"
+        );
+        assert_eq!(decode_packets(&[0x08; 1]).expect_err("no value").to_string(), "truncated varint at offset 1");
         let mut long = vec![0x08];
         long.extend([0xff; 11]);
-        assert_eq!(decode_packets(&long).expect_err("long varint"), "varint at offset 1 is longer than 10 bytes");
+        assert_eq!(decode_packets(&long).expect_err("long varint").to_string(), "varint at offset 1 is longer than 10 bytes");
         assert_eq!(
-            decode_packets(&[0x0a, 0x05, 0x00]).expect_err("short"),
+            decode_packets(&[0x0a, 0x05, 0x00]).expect_err("short").to_string(),
             "5 bytes at offset 2 run past the end of the enclosing message"
         );
         let unknown_fields = [0x0a, 0x07, 0x38, 0x07, 0x35, 1, 2, 3, 4];
-        assert_eq!(decode_packets(&unknown_fields), Ok(vec![DecodedPacket::default()]));
+        assert_eq!(decode_packets(&unknown_fields).unwrap(), vec![DecodedPacket::default()]);
     }
 }
