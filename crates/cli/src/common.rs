@@ -193,17 +193,10 @@ mod tests {
         format!("{:#}", args(flags).config(device_is_cuda).unwrap_err())
     }
 
-    const YAML: &str = "\
-max_batch_size: 3
-max_num_tokens: 100
-kv_cache_config:
-  free_gpu_memory_fraction: 0.5
-  tokens_per_block: 8
-cuda_graph_config:
-  enable_padding: false
-  max_batch_size: 16
-  batch_sizes: [1, 2, 4]
-";
+    /// An engine config file setting every key the flags can override.
+    const JSON: &str = r#"{"max_batch_size": 3, "max_num_tokens": 100,
+        "kv_cache_config": {"free_gpu_memory_fraction": 0.5, "tokens_per_block": 8},
+        "cuda_graph_config": {"enable_padding": false, "max_batch_size": 16, "batch_sizes": [1, 2, 4]}}"#;
 
     #[test]
     fn defaults_without_flags_or_file() {
@@ -229,7 +222,7 @@ cuda_graph_config:
     #[test]
     fn flags_given_on_the_command_line_win_over_the_file() {
         let d = Scratch::new("cli-engine-flags");
-        let path = d.write("engine.yaml", YAML);
+        let path = d.write("engine.json", JSON);
         let c = args(&[
             "--config",
             &path,
