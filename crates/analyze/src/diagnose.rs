@@ -89,7 +89,7 @@ macro_rules! threshold {
 pub const THRESHOLDS: &[Threshold] = &[
     threshold!(LOW_BUSY, "share", "device busy share of the steady window below it is low utilisation"),
     threshold!(HOST_WAIT_DOMINATES, "share of idle", "host waits above it make the CPU the bottleneck"),
-    threshold!(MIN_IDLE_SHARE, "share of window", "the idle-time patterns need at least this much steady idle time"),
+    threshold!(MIN_IDLE_SHARE, "share of window", "the idle-time patterns need more than this much steady idle time"),
     threshold!(SOL_BOUND_PERCENT, "% of peak", "the unit nearest its ceiling bounds the work at or above it; below, latency bound"),
     threshold!(BATCH_CAP_SHARE, "share of iterations", "a batch at --max-batch-size this often is capped"),
     threshold!(KV_LOW, "share of KV cache", "a capped batch with KV use below it has room to grow"),
@@ -153,19 +153,19 @@ pub const PATTERNS: &[Pattern] = &[
     Pattern {
         name: BATCH_SIZE,
         kind: Kind::Headroom,
-        fires_when: "the batch is at --max-batch-size in > BATCH_CAP_SHARE of steady iterations and the KV cache peaks < KV_LOW",
+        fires_when: "the batch is at --max-batch-size in >= BATCH_CAP_SHARE of steady iterations and the KV cache peaks < KV_LOW",
         action: "raise --max-batch-size to the value the KV cache holds (and --max-num-tokens with it): the exact command is given",
     },
     Pattern {
         name: TOKEN_BUDGET,
         kind: Kind::Headroom,
-        fires_when: "the iteration's tokens fill --max-num-tokens in > TOKEN_BUDGET_SHARE of iterations while requests wait in > QUEUED_SHARE",
+        fires_when: "the iteration's tokens fill --max-num-tokens in >= TOKEN_BUDGET_SHARE of iterations while requests wait in >= QUEUED_SHARE",
         action: "raise --max-num-tokens",
     },
     Pattern {
         name: KV_CACHE_FULL,
         kind: Kind::Headroom,
-        fires_when: "requests wait in > QUEUED_SHARE of iterations, the batch is below its cap and the KV cache peaks > KV_FULL",
+        fires_when: "requests wait in >= QUEUED_SHARE of iterations, the batch is below its cap and the KV cache peaks > KV_FULL",
         action: "give the KV cache more memory (--kv-cache-free-gpu-mem-fraction, --kv-cache-gib), shorter contexts, or FP8 KV (not in lumen yet)",
     },
     Pattern {
@@ -189,7 +189,7 @@ pub const PATTERNS: &[Pattern] = &[
     Pattern {
         name: SMALL_BATCH,
         kind: Kind::SpeedOfLight,
-        fires_when: "GEMM kernels hold > SMALL_BATCH_GEMM_SHARE of busy samples, memory bound with the tensor pipe < SMALL_BATCH_TENSOR_PERCENT",
+        fires_when: "GEMM kernels hold >= SMALL_BATCH_GEMM_SHARE of busy samples, memory bound with the tensor pipe < SMALL_BATCH_TENSOR_PERCENT",
         action: "batch more rows per GEMM: each weight read then serves more tokens",
     },
     Pattern {

@@ -87,10 +87,10 @@ pub fn record_device(profiler: &mut Option<Profiler>, model: &lumen_model::Model
     let Some(p) = profiler else { return Ok(()) };
     match model.cuda_weights() {
         Some(w) => {
-            p.set_meta("backend", "cuda").map_err(anyhow::Error::msg)?;
-            p.set_meta("gpu", &format!("{} (cuda:{})", w.gpu.info.name, w.gpu.ordinal)).map_err(anyhow::Error::msg)?;
+            p.set_meta("backend", "cuda")?;
+            p.set_meta("gpu", &format!("{} (cuda:{})", w.gpu.info.name, w.gpu.ordinal))?;
         }
-        None => p.set_meta("backend", "cpu").map_err(anyhow::Error::msg)?,
+        None => p.set_meta("backend", "cpu")?,
     }
     Ok(())
 }

@@ -205,7 +205,7 @@ impl EngineConfig {
     /// and for a [`KvBudget::GpuFraction`], which only the CUDA backend resolves.
     pub fn num_kv_blocks(&self, bytes_per_token: usize) -> Result<usize> {
         let (blocks, bytes, what) = self.sized_budget(bytes_per_token)?;
-        lumen_backend::cpu::ensure_fits_in_memory(bytes, &what).map_err(anyhow::Error::msg)?;
+        lumen_backend::cpu::ensure_fits_in_memory(bytes, &what)?;
         Ok(blocks)
     }
 

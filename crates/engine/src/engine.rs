@@ -39,7 +39,7 @@ pub struct Engine {
     /// Requests submitted since the last iteration, admitted at the start of the next one.
     incoming: Vec<Sequence>,
     profiler: Option<Profiler>,
-    profile_error: Option<String>,
+    profile_error: Option<anyhow::Error>,
     /// Counts what each iteration reads and computes.
     work: WorkModel,
 }
@@ -138,10 +138,10 @@ impl Engine {
     /// path and the number of iterations recorded (`None` when nothing was recorded).
     pub fn finish_profiling(&mut self, requests: &[RequestRow]) -> Result<Option<(std::path::PathBuf, u64)>> {
         if let Some(e) = self.profile_error.take() {
-            anyhow::bail!("profiling stopped: {e}");
+            return Err(e.context("profiling stopped"));
         }
         match self.profiler.take() {
-            Some(p) => p.finish(requests).map_err(anyhow::Error::msg),
+            Some(p) => p.finish(requests),
             None => Ok(None),
         }
     }

@@ -65,12 +65,12 @@ impl Profiler {
         }
     }
 
-    /// Adds or replaces a `meta` entry of the trace output (none without an output). The error is
-    /// the message the engine keeps until profiling ends.
-    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String> {
+    /// Adds or replaces a `meta` entry of the trace output (none without an output). The engine
+    /// keeps an error until profiling ends.
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         match &mut self.output {
             None => Ok(()),
-            Some(Output::Store(w)) => w.set_meta(key, value).map_err(|e| format!("{e:#}")),
+            Some(Output::Store(w)) => w.set_meta(key, value),
             Some(Output::ChromeJson(_, t)) => {
                 t.meta.retain(|(k, _)| k != key);
                 t.meta.push((key.to_string(), value.to_string()));
@@ -92,8 +92,8 @@ impl Profiler {
 
     /// Called after iteration `iter` with its statistics: records it, flushes when due, and closes
     /// a window that ends here (returning `Close`, for the caller to stop the CUDA profiler). The
-    /// error is the message the engine keeps until profiling ends.
-    pub fn after_iteration(&mut self, iter: u64, stats: &IterationStats) -> Result<Option<WindowEvent>, String> {
+    /// engine keeps an error until profiling ends.
+    pub fn after_iteration(&mut self, iter: u64, stats: &IterationStats) -> Result<Option<WindowEvent>> {
         instrument::set_iteration(None);
         if !self.state.is_open() {
             return Ok(None);
@@ -132,7 +132,7 @@ impl Profiler {
             instrument::stop_recording();
         }
         if closing || self.iterations.len() >= FLUSH_ITERATIONS || now_ns() - self.last_flush_ns > FLUSH_NS {
-            self.flush(&[]).map_err(|e| format!("{e:#}"))?;
+            self.flush(&[])?;
         }
         Ok(closing.then_some(WindowEvent::Close))
     }

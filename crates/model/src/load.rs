@@ -154,7 +154,7 @@ pub fn describe_model(spec: &str) -> Result<(ModelConfig, Option<Tokenizer>)> {
 
 fn check_memory(config: &ModelConfig, what: &str) -> Result<()> {
     let need = config.num_params() as u64 * 4;
-    lumen_backend::cpu::ensure_fits_in_memory(need, &format!("{what}: f32 weights")).map_err(anyhow::Error::msg)
+    lumen_backend::cpu::ensure_fits_in_memory(need, &format!("{what}: f32 weights"))
 }
 
 fn load_preset(name: &str, seed: u64, gpu: Option<Arc<Gpu>>) -> Result<Model> {

@@ -23,9 +23,9 @@ pub fn available_memory() -> Option<u64> {
 }
 
 /// Fails when `bytes` of host memory for `what` exceed what is available.
-pub fn ensure_fits_in_memory(bytes: u64, what: &str) -> Result<(), String> {
+pub fn ensure_fits_in_memory(bytes: u64, what: &str) -> anyhow::Result<()> {
     match available_memory() {
-        Some(avail) if bytes >= avail => Err(format!(
+        Some(avail) if bytes >= avail => Err(anyhow::anyhow!(
             "{what} needs {:.1} GiB, more than the {:.1} GiB of available memory",
             bytes as f64 / (1u64 << 30) as f64,
             avail as f64 / (1u64 << 30) as f64
