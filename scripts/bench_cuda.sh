@@ -14,6 +14,8 @@ MODEL=${MODEL:-llama-3.1-8b}
 REQUESTS=${REQUESTS:-3000}
 MAX_BATCH=${MAX_BATCH:-512}
 MAX_TOKENS=${MAX_TOKENS:-8192}
+# The summary below reads these; a skipped step must not show an earlier run's figures.
+rm -f /tmp/throughput.txt /tmp/latency.txt /tmp/peer.jsonl
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 
 $L bench prepare-dataset --model "$MODEL" --output /tmp/data.jsonl token-norm-dist --num-requests "$REQUESTS" \
   --input-mean 128 --input-stdev 0 --output-mean 128 --output-stdev 0
