@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_analyze::compare::{self, Comparison};
 use lumen_analyze::{analyze, diagnose, render_html, render_text, Analysis, Options};
+use lumen_trace::output::{check_outputs, write_atomically, Named};
 use lumen_trace::store::read_trace;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -63,6 +64,16 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read kernel-class rules {}", p.display()))?),
         None => None,
     };
+    let outputs: Vec<Named> = [("--json", &args.json), ("--html", &args.html)]
+        .into_iter()
+        .filter_map(|(what, p)| p.as_deref().map(|p| Named::new(what, p)))
+        .collect();
+    let inputs: Vec<Named> =
+        [("TRACE", Some(&args.trace)), ("--compare", args.compare.as_ref()), ("--kernel-classes", args.kernel_classes.as_ref())]
+            .into_iter()
+            .filter_map(|(what, p)| p.map(|p| Named::new(what, p)))
+            .collect();
+    check_outputs(&outputs, &inputs)?;
     if !args.trace.is_file() {
         bail!("trace {} does not exist (expected a .lumen file written by lumen)", args.trace.display());
     }
@@ -85,11 +96,10 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
             Some(comparison) => serde_json::to_string_pretty(&Compared { analysis: &analysis, comparison }),
             None => serde_json::to_string_pretty(&analysis),
         };
-        std::fs::write(path, json.context("serializing the analysis")?).with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomically(path, json.context("serializing the analysis")?.as_bytes())?;
     }
     if let Some(path) = &args.html {
-        std::fs::write(path, render_html(&analysis, comparison.as_ref()))
-            .with_context(|| format!("cannot write the HTML report {}", path.display()))?;
+        write_atomically(path, render_html(&analysis, comparison.as_ref()).as_bytes()).context("the HTML report")?;
     }
     let mut report = render_text(&analysis);
     if let Some(comparison) = &comparison {

@@ -11,7 +11,8 @@ use lumen_bench::dataset::{
 use lumen_bench::report::{build_report, render_json, render_text, EngineInfo, RunInfo};
 use lumen_bench::run::{run_benchmark, RunOptions};
 use lumen_model::describe_model;
-use std::io::{BufWriter, Write};
+use lumen_trace::output::{check_outputs, AtomicFile, Named};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -193,7 +194,15 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     ensure!(concurrency == -1 || concurrency > 0, "--concurrency {concurrency} must be a positive count or -1 (unlimited)");
     ensure!(args.warmup >= 0, "--warmup {} must not be negative", args.warmup);
     ensure!(args.eos_id >= -1, "--eos-id {} must be a token id or -1", args.eos_id);
-    let mut profiler = args.profile.profiler(&args.model.spec())?;
+    let dataset = [Named::new("--dataset", &args.dataset)];
+    let trace = args.profile.trace_output();
+    let outputs: Vec<Named> = [("--report-json", args.report_json.as_deref()), ("--iteration-log", args.iteration_log.as_deref())]
+        .into_iter()
+        .chain(trace.as_ref().map(|(what, p)| (*what, Some(p.as_path()))))
+        .filter_map(|(what, p)| p.map(|p| Named::new(what, p)))
+        .collect();
+    check_outputs(&outputs, &dataset)?;
+    let mut profiler = args.profile.profiler(&args.model.spec(), &dataset)?;
     let model = args.model.load()?;
     crate::recording::record_device(&mut profiler, &model)?;
     let vocab = model.config().vocab_size;
@@ -206,7 +215,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     }
     let mut engine = args.engine.engine(model.clone(), model.cuda_weights().is_some())?;
     let report_file = match &args.report_json {
-        Some(p) => Some((p, std::fs::File::create(p).with_context(|| format!("cannot create report {}", p.display()))?)),
+        Some(p) => Some((p, AtomicFile::create(p).context("the report")?)),
         None => None,
     };
     let options = RunOptions {
@@ -215,15 +224,15 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
         eos_id: (args.eos_id >= 0).then_some(args.eos_id as u32),
     };
     let mut log = match &args.iteration_log {
-        Some(p) => Some(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create iteration log {}", p.display()))?)),
+        Some(p) => Some(AtomicFile::create(p).context("the iteration log")?),
         None => None,
     };
     let result = run_benchmark(&mut engine, &entries, &options, log.as_mut().map(|w| w as &mut dyn Write), profiler)?;
     if let Some((path, iterations)) = &result.trace {
         eprintln!("[lumen] trace {}: {iterations} iterations recorded", path.display());
     }
-    if let Some(mut w) = log {
-        w.flush().context("cannot write the iteration log")?;
+    if let Some(w) = log {
+        w.commit().context("the iteration log")?;
     }
     let threads = args.model.threads();
     let engine_info = EngineInfo {
@@ -260,6 +269,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     print!("{}", render_text(&report));
     if let Some((p, mut f)) = report_file {
         f.write_all(render_json(&report)?.as_bytes()).with_context(|| format!("cannot write report {}", p.display()))?;
+        f.commit().context("the report")?;
     }
     Ok(())
 }

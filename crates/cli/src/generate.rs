@@ -54,7 +54,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p {} is outside (0, 1]", args.top_p);
     }
-    let mut profiler = args.profile.profiler(&args.model.spec())?;
+    let mut profiler = args.profile.profiler(&args.model.spec(), &[])?;
     let model = args.model.load()?;
     crate::recording::record_device(&mut profiler, &model)?;
     let tokenize_span = span(Category::Api, "tokenize");

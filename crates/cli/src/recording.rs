@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lumen_engine::Profiler;
 use lumen_trace::instrument;
+use lumen_trace::output::{check_outputs, Named};
 use lumen_trace::window::ProfileWindows;
 use std::path::PathBuf;
 
@@ -29,9 +30,19 @@ fn env_flag(names: &[&'static str]) -> bool {
 }
 
 impl ProfileArgs {
+    /// The trace to write, if any, with what named it: `LUMEN_TRACE` (or `TLLM_TORCH_PROFILE_TRACE`),
+    /// which wins, or `--trace`.
+    pub fn trace_output(&self) -> Option<(&'static str, PathBuf)> {
+        match (env_first(&["LUMEN_TRACE", "TLLM_TORCH_PROFILE_TRACE"]), &self.trace) {
+            (Some((var, path)), _) => Some((var, PathBuf::from(path))),
+            (None, flag) => flag.clone().map(|p| ("--trace", p)),
+        }
+    }
+
     /// Reads the switches, sets the recorded categories, and returns the profiler to give the
-    /// engine, if a trace is to be written or windows are set.
-    pub fn profiler(&self, model: &str) -> Result<Option<Profiler>> {
+    /// engine, if a trace is to be written or windows are set. The trace path must pass the
+    /// output checks against `inputs` (the files the command reads).
+    pub fn profiler(&self, model: &str, inputs: &[Named]) -> Result<Option<Profiler>> {
         instrument::configure(
             env_flag(&["LUMEN_NVTX_DEBUG", "TLLM_NVTX_DEBUG"]),
             env_flag(&["LUMEN_API_NVTX", "TLLM_LLMAPI_ENABLE_NVTX"]),
@@ -51,15 +62,13 @@ impl ProfileArgs {
             (None, Some(flag)) => Some(ProfileWindows::parse(flag, "--profile-iters")?),
             (None, None) => None,
         };
-        let trace = match (env_first(&["LUMEN_TRACE", "TLLM_TORCH_PROFILE_TRACE"]), &self.trace) {
-            (Some((var, path)), Some(flag)) => {
-                eprintln!("[lumen] {var}={path} overrides --trace {}", flag.display());
-                Some(PathBuf::from(path))
+        let trace = self.trace_output();
+        if let (Some((var, path)), Some(flag)) = (&trace, &self.trace) {
+            if *var != "--trace" {
+                eprintln!("[lumen] {var}={} overrides --trace {}", path.display(), flag.display());
             }
-            (Some((_, path)), None) => Some(PathBuf::from(path)),
-            (None, flag) => flag.clone(),
-        };
-        let Some(path) = trace else {
+        }
+        let Some((named_by, path)) = trace else {
             return Ok(windows.map(|w| {
                 eprintln!(
                     "[lumen] profiling windows {w}: the CUDA profiler starts and stops at their edges (for `lumen profile -c cudaProfilerApi`); set LUMEN_TRACE or --trace to record them here too"
@@ -67,6 +76,7 @@ impl ProfileArgs {
                 Profiler::windows_only(w)
             }));
         };
+        check_outputs(&[Named::new(named_by, &path)], inputs)?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let meta = vec![
             ("command".to_string(), std::env::args().collect::<Vec<_>>().join(" ")),

@@ -9,8 +9,9 @@ use lumen_trace::export::perfetto::to_perfetto;
 use lumen_trace::kineto::{describe_counts, import_kineto};
 use lumen_trace::merge::merge_traces;
 use lumen_trace::model::{GpuOpKind, TraceData};
+use lumen_trace::output::{check_outputs, AtomicFile, Named};
 use lumen_trace::store::{read_meta, read_trace, table_counts};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -54,15 +55,15 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
     match cmd {
         TraceCommand::Info { trace } => info(&trace),
         TraceCommand::Export { trace, format, output } => {
+            check_outputs(&[Named::new("-o", &output)], &[Named::new("TRACE", &trace)])?;
             let data = read_trace(&trace)?;
-            let file = std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
-            let mut out = BufWriter::new(file);
+            let mut out = AtomicFile::create(&output)?;
             match format {
                 ExportFormat::Perfetto => out.write_all(&to_perfetto(&data)),
                 ExportFormat::Chrome => write_chrome_json(&data, &mut out),
             }
-            .and_then(|_| out.flush())
             .with_context(|| format!("cannot write {}", output.display()))?;
+            out.commit()?;
             eprintln!(
                 "[lumen] wrote {} ({} spans, {} marks, {} counter samples, {} GPU ops, {} API calls)",
                 output.display(),
@@ -132,6 +133,8 @@ fn time_span(t: &TraceData) -> Option<(u64, u64)> {
 }
 
 fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
+    let named: Vec<Named> = inputs.iter().map(|p| Named::new("input", p)).collect();
+    check_outputs(&[Named::new("-o", output)], &named)?;
     // The first input's meta, then what only later inputs know (the recorder's GPU and model
     // beside a collector trace, say).
     let mut meta: Vec<(String, String)> = Vec::new();
@@ -166,6 +169,7 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
 }
 
 fn import(input: &Path, output: &Path) -> Result<()> {
+    check_outputs(&[Named::new("-o", output)], &[Named::new("INPUT", input)])?;
     let s = import_kineto(input, output)?;
     eprintln!(
         "[lumen] imported {} into {}: {} kernels, {} memcpys, {} memsets, {} syncs, {} API calls, {} spans, {} marks, {} iterations (ProfilerStep)",

@@ -9,6 +9,7 @@ use lumen_trace::export::chrome::to_chrome_json;
 use lumen_trace::instrument;
 use lumen_trace::model::{AllocationRow, IterationRow, RequestRow, ThreadRow, TraceData};
 use lumen_trace::now_ns;
+use lumen_trace::output::write_atomically;
 use lumen_trace::store::{Batch, TraceWriter};
 use lumen_trace::window::{ProfileWindows, WindowEvent, WindowState};
 use std::path::{Path, PathBuf};
@@ -182,7 +183,8 @@ impl Profiler {
             None => Ok(None),
             Some(Output::Store(w)) => w.finish().map(|p| Some((p, n))),
             Some(Output::ChromeJson(path, t)) => {
-                std::fs::write(&path, to_chrome_json(&t)).with_context(|| format!("trace {}: cannot write", path.display()))?;
+                write_atomically(&path, to_chrome_json(&t).as_bytes())
+                    .with_context(|| format!("trace {}: cannot write", path.display()))?;
                 Ok(Some((path, n)))
             }
         }

@@ -10,6 +10,7 @@ pub mod instrument;
 pub mod kineto;
 pub mod merge;
 pub mod model;
+pub mod output;
 mod nvtx_sink;
 pub mod store;
 pub mod window;
