@@ -101,6 +101,29 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             bail!("model config: head_dim {} is odd, RoPE needs an even head dimension", self.head_dim);
         }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            bail!("model config: RMS norm epsilon {} is not a positive finite number", self.rms_eps);
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bail!("model config: RoPE base {} is not a positive finite number", self.rope_theta);
+        }
+        if let Some(r) = &self.rope_scaling {
+            let fields = [("factor", r.factor), ("low_freq_factor", r.low_freq_factor), ("high_freq_factor", r.high_freq_factor)];
+            if let Some((name, v)) = fields.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+                bail!("model config: RoPE scaling {name} {v} is not a positive finite number");
+            }
+            if !(r.original_max_position_embeddings.is_finite() && r.original_max_position_embeddings > 0.0)
+                || r.high_freq_factor <= r.low_freq_factor
+            {
+                bail!("model config: RoPE scaling needs a positive original context and high_freq_factor > low_freq_factor: {r:?}");
+            }
+        }
+        if let Some(d) = self.rope_freq_divisors.as_ref().and_then(|d| d.iter().find(|v| !(v.is_finite() && **v > 0.0))) {
+            bail!("model config: a RoPE frequency divisor is {d}, not a positive finite number");
+        }
+        if self.max_position_embeddings == 0 || self.sliding_window == Some(0) {
+            bail!("model config: the context length and the sliding window must be positive");
+        }
         Ok(())
     }
 
@@ -219,5 +242,28 @@ mod tests {
         assert_eq!(f[0], 1.0);
         let plain = 500000f64.powf(-126.0 / 128.0);
         assert!((f[63] - plain / 8.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn impossible_numbers_in_a_config_are_refused() {
+        let base = crate::presets::preset_config("tiny").unwrap();
+        assert!(base.validate().is_ok());
+        let cases: Vec<(ModelConfig, &str)> = vec![
+            (ModelConfig { rms_eps: f32::NAN, ..base.clone() }, "RMS norm epsilon NaN"),
+            (ModelConfig { rms_eps: 0.0, ..base.clone() }, "RMS norm epsilon 0"),
+            (ModelConfig { rope_theta: -1.0, ..base.clone() }, "RoPE base -1"),
+            (ModelConfig { rope_theta: f64::INFINITY, ..base.clone() }, "RoPE base inf"),
+            (
+                ModelConfig { rope_scaling: Some(RopeScaling { factor: 0.0, ..base.rope_scaling.clone().unwrap() }), ..base.clone() },
+                "RoPE scaling factor 0",
+            ),
+            (ModelConfig { rope_freq_divisors: Some(vec![1.0, f64::NAN]), ..base.clone() }, "divisor is NaN"),
+            (ModelConfig { max_position_embeddings: 0, ..base.clone() }, "context length"),
+            (ModelConfig { num_kv_heads: 3, ..base.clone() }, "not a multiple of 3 KV heads"),
+        ];
+        for (c, want) in cases {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 }

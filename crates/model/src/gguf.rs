@@ -56,8 +56,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn num_elements(&self) -> usize {
-        self.dims.iter().product::<u64>() as usize
+    /// The number of elements, or `None` when the dimensions' product overflows.
+    pub fn num_elements(&self) -> Option<usize> {
+        self.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
     }
 }
 
@@ -174,7 +175,16 @@ impl GgufFile {
             let offset = c.u64(&name)?;
             tensors.push(TensorInfo { name, dims, kind, offset });
         }
-        let alignment = metadata.get("general.alignment").and_then(MetaValue::as_u64).unwrap_or(32) as usize;
+        let alignment = metadata.get("general.alignment").and_then(MetaValue::as_u64).unwrap_or(32);
+        ensure!(
+            alignment.is_power_of_two() && alignment <= 1 << 20,
+            "{}: general.alignment is {alignment}; expected a power of two (32 by default)",
+            path.display()
+        );
+        if let Some(t) = tensors.iter().find(|t| t.offset % alignment != 0) {
+            bail!("{}: tensor {} starts at offset {}, not a multiple of the alignment {alignment}", path.display(), t.name, t.offset);
+        }
+        let alignment = alignment as usize;
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let gguf = GgufFile { path: path.to_path_buf(), metadata, tensors, data_start, map };
         for t in &gguf.tensors {
@@ -203,7 +213,8 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
+    /// The tensor's bytes in the file and its number of elements.
+    fn tensor_bytes(&self, t: &TensorInfo) -> Result<(&[u8], usize)> {
         let Some((block_bytes, block_elems, type_name)) = block_layout(t.kind) else {
             bail!(
                 "{}: tensor {} has GGUF type {}, which lumen cannot load (F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
@@ -212,16 +223,21 @@ impl GgufFile {
                 t.kind
             );
         };
-        let n = t.num_elements();
+        let n = t
+            .num_elements()
+            .with_context(|| format!("{}: tensor {} has dimensions {:?}, whose product overflows", self.path.display(), t.name, t.dims))?;
         ensure!(
             n % block_elems == 0,
             "{}: tensor {} ({type_name}) has {n} elements, not a multiple of its block of {block_elems}",
             self.path.display(),
             t.name
         );
-        let len = n / block_elems * block_bytes;
-        let start = self.data_start + t.offset as usize;
-        let end = start + len;
+        let len = (n / block_elems).checked_mul(block_bytes);
+        let start = usize::try_from(t.offset).ok().and_then(|o| self.data_start.checked_add(o));
+        let (Some(len), Some(start)) = (len, start) else {
+            bail!("{}: tensor {} claims {n} elements at offset {}, beyond any file", self.path.display(), t.name, t.offset);
+        };
+        let end = start.saturating_add(len);
         ensure!(
             end <= self.map.len(),
             "{}: truncated GGUF: tensor {} needs bytes {start}..{end}, the file has {}",
@@ -229,13 +245,12 @@ impl GgufFile {
             t.name,
             self.map.len()
         );
-        Ok(&self.map[start..end])
+        Ok((&self.map[start..end], n))
     }
 
     /// The tensor's values as f32, in GGUF's row-major order (innermost dimension fastest).
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>> {
-        let bytes = self.tensor_bytes(t)?;
-        let n = t.num_elements();
+        let (bytes, n) = self.tensor_bytes(t)?;
         let mut out = vec![0.0f32; n];
         let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
         match t.kind {
@@ -354,5 +369,21 @@ pub(crate) mod tests {
         let path = write("short", &full[..20]);
         let e = GgufFile::open(&path).err().unwrap();
         assert!(format!("{e:#}").contains("truncated GGUF"), "{e:#}");
+    }
+
+    #[test]
+    fn impossible_sizes_and_misaligned_offsets_are_errors_not_panics() {
+        let huge = build(&[], &[("w", vec![(1 << 63) - 1], 0, vec![0u8; 32])]);
+        let e = GgufFile::open(&write("huge", &huge)).err().unwrap();
+        assert!(format!("{e:#}").contains("tensor w claims"), "{e:#}");
+        let overflow = build(&[], &[("w", vec![1 << 40, 1 << 40], 0, vec![0u8; 32])]);
+        let e = GgufFile::open(&write("overflow", &overflow)).err().unwrap();
+        assert!(format!("{e:#}").contains("product overflows"), "{e:#}");
+        let mut misaligned = build(&[], &[("a", vec![8], 0, vec![0u8; 32]), ("b", vec![8], 0, vec![0u8; 32])]);
+        // The second tensor's offset field (the last 8 bytes before the padding of the header) is 32; make it 4.
+        let at = misaligned.windows(8).rposition(|w| w == 32u64.to_le_bytes()).unwrap();
+        misaligned[at..at + 8].copy_from_slice(&4u64.to_le_bytes());
+        let e = GgufFile::open(&write("misaligned", &misaligned)).err().unwrap();
+        assert!(format!("{e:#}").contains("tensor b starts at offset 4, not a multiple of the alignment 32"), "{e:#}");
     }
 }
