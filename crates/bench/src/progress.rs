@@ -67,7 +67,7 @@ impl Progress {
             Sink::Bar(bar) => bar.inc(n),
             Sink::Lines(throttle) => {
                 if throttle.due(self.done, self.total) {
-                    eprintln!("{}", format_line(&self.label, self.done, self.total, self.start.elapsed()));
+                    lumen_trace::status!("{}", format_line(&self.label, self.done, self.total, self.start.elapsed()));
                 }
             }
         }
@@ -80,7 +80,7 @@ impl Progress {
             Sink::Bar(bar) => bar.finish(),
             Sink::Lines(throttle) => {
                 if throttle.printed != Some(self.done) {
-                    eprintln!("{}", format_line(&self.label, self.done, self.total, self.start.elapsed()));
+                    lumen_trace::status!("{}", format_line(&self.label, self.done, self.total, self.start.elapsed()));
                 }
             }
         }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_analyze::compare::{self, Comparison};
 use lumen_analyze::{analyze, diagnose, render_html, render_text, Analysis, Options};
-use lumen_trace::output::{check_outputs, write_atomically, Named};
+use lumen_trace::output::{check_outputs, print_report, write_atomically, Named};
 use lumen_trace::store::read_trace;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -105,9 +105,10 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
     if let Some(comparison) = &comparison {
         compare::render(comparison, &mut report);
     }
-    print!("{report}");
     if args.explain {
-        print!("\n{}", diagnose::render_explain());
+        report.push('\n');
+        report.push_str(&diagnose::render_explain());
     }
+    print_report(&report)?;
     Ok(())
 }

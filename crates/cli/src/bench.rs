@@ -11,7 +11,7 @@ use lumen_bench::dataset::{
 use lumen_bench::report::{build_report, render_json, render_text, EngineInfo, RunInfo};
 use lumen_bench::run::{run_benchmark, RunOptions};
 use lumen_model::describe_model;
-use lumen_trace::output::{check_outputs, AtomicFile, Named};
+use lumen_trace::output::{check_outputs, print_report, AtomicFile, Named};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -134,7 +134,7 @@ fn prepare(args: PrepareArgs) -> Result<()> {
     write_dataset(&args.output, &entries)?;
     let inputs: usize = entries.iter().map(|e| e.input_ids.len()).sum();
     let outputs: u64 = entries.iter().map(|e| e.output_tokens as u64).sum();
-    eprintln!(
+    lumen_trace::status!(
         "[lumen] wrote {} requests to {} (average input {:.1} tokens, average output {:.1} tokens)",
         entries.len(),
         args.output.display(),
@@ -229,7 +229,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
     };
     let result = run_benchmark(&mut engine, &entries, &options, log.as_mut().map(|w| w as &mut dyn Write), profiler)?;
     if let Some((path, iterations)) = &result.trace {
-        eprintln!("[lumen] trace {}: {iterations} iterations recorded", path.display());
+        lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded", path.display());
     }
     if let Some(w) = log {
         w.commit().context("the iteration log")?;
@@ -266,7 +266,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
         dataset: args.dataset.display().to_string(),
     };
     let report = build_report(&engine_info, &run_info, &result.records)?;
-    print!("{}", render_text(&report));
+    print_report(&render_text(&report))?;
     if let Some((p, mut f)) = report_file {
         f.write_all(render_json(&report)?.as_bytes()).with_context(|| format!("cannot write report {}", p.display()))?;
         f.commit().context("the report")?;

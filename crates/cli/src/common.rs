@@ -45,7 +45,7 @@ impl ModelArgs {
         let started = Instant::now();
         let model = load_model_on(&spec, self.device)?;
         let c = model.config();
-        eprintln!(
+        lumen_trace::status!(
             "[lumen] loaded {} ({}, {}, {} layers, hidden {}, vocab {}) in {:.2} s",
             model.name,
             model.format,

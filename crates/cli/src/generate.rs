@@ -3,7 +3,7 @@
 
 use crate::common::{EngineArgs, ModelArgs};
 use crate::recording::ProfileArgs;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use lumen_engine::{FinishReason, Request, RequestEvent, SamplingParams, StopConditions};
 use lumen_model::chat::{self, AnswerText};
@@ -95,24 +95,23 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 RequestEvent::Token(id) => {
                     first_token.get_or_insert_with(|| started.elapsed());
                     ids.push(id);
-                    write!(out, "{}", answer.push(id))?;
-                    out.flush()?;
+                    write!(out, "{}", answer.push(id)).and_then(|_| out.flush()).context("cannot write the answer to standard output")?;
                 }
                 RequestEvent::Finished { reason, .. } => finished = Some(reason),
             }
         }
         if let Some(reason) = finished {
-            writeln!(out, "{}", answer.finish())?;
+            writeln!(out, "{}", answer.finish()).context("cannot write the answer to standard output")?;
             if let FinishReason::Rejected(why) = reason {
                 bail!("the request was rejected: {why}");
             }
             if let Some((path, iterations)) = engine.finish_profiling(&[])? {
-                eprintln!("[lumen] trace {}: {iterations} iterations recorded", path.display());
+                lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded", path.display());
             }
             let total = started.elapsed().as_secs_f64();
             let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());
             let decode_rate = if ids.len() > 1 { (ids.len() - 1) as f64 / (total - ttft).max(1e-9) } else { 0.0 };
-            eprintln!(
+            lumen_trace::status!(
                 "[lumen] {} prompt tokens, {} generated ({reason:?}); TTFT {:.1} ms, {:.1} tok/s decode",
                 prompt_ids.len(),
                 ids.len(),

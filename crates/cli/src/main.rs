@@ -58,7 +58,7 @@ fn main() {
         },
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        lumen_trace::status!("error: {e:#}");
         std::process::exit(1);
     }
 }

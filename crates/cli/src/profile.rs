@@ -129,14 +129,16 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
                     Some(cupti) => {
                         cmd.env("NVTX_INJECTION64_PATH", cupti);
                     }
-                    None => eprintln!("[lumen] profile: libcupti.so not found in LD_LIBRARY_PATH; NVTX ranges are not collected"),
+                    None => {
+                        lumen_trace::status!("[lumen] profile: libcupti.so not found in LD_LIBRARY_PATH; NVTX ranges are not collected")
+                    }
                 }
             }
             None
         }
     };
     if let Some(why) = &collecting {
-        eprintln!("[lumen] profile: cannot collect: {why}; running the command untraced");
+        lumen_trace::status!("[lumen] profile: cannot collect: {why}; running the command untraced");
     }
     let sampler = args.gpu_metrics.map(|us| Sampler::start(Duration::from_micros(us)));
     let started = Instant::now();
@@ -145,7 +147,7 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
     let metrics_source = match sampler {
         None => "off".to_string(),
         Some(Err(why)) => {
-            eprintln!("[lumen] profile: GPU metrics unavailable: {why:#}");
+            lumen_trace::status!("[lumen] profile: GPU metrics unavailable: {why:#}");
             format!("none ({why:#})")
         }
         Some(Ok(sampler)) => {
@@ -153,7 +155,10 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
             if let Some(windows) = capture_windows(&part_metas(&parts)) {
                 let sampled = rows.len();
                 rows.retain(|r| windows.iter().any(|&(open, close)| open <= r.ts_ns && r.ts_ns <= close));
-                eprintln!("[lumen] profile: kept {} of {sampled} GPU metric samples, those inside the capture windows", rows.len());
+                lumen_trace::status!(
+                    "[lumen] profile: kept {} of {sampled} GPU metric samples, those inside the capture windows",
+                    rows.len()
+                );
             }
             let path = parts.join("gpu-metrics.lumen");
             TraceWriter::create(&path, &[("gpu_metrics_source".into(), source.clone())])
@@ -227,14 +232,14 @@ fn write_trace(parts: &Path, output: &Path, meta: &[(String, String)]) -> Result
     inputs.sort();
     if inputs.is_empty() {
         TraceWriter::create(output, meta).and_then(|w| w.finish())?;
-        eprintln!("[lumen] profile: no process was traced; wrote {}", output.display());
+        lumen_trace::status!("[lumen] profile: no process was traced; wrote {}", output.display());
         return Ok(());
     }
     let started = Instant::now();
     let summary = merge_traces(&inputs, output, meta)?;
     let total = |table: &str| summary.inputs.iter().map(|i| i.rows_of(table)).sum::<u64>();
     let incomplete = summary.inputs.iter().filter(|i| !i.complete).count();
-    eprintln!(
+    lumen_trace::status!(
         "[lumen] profile: merged {} process trace(s) in {:.2} s: {} GPU operations, {} API calls, {} NVTX ranges{}",
         inputs.len(),
         started.elapsed().as_secs_f64(),
@@ -243,7 +248,7 @@ fn write_trace(parts: &Path, output: &Path, meta: &[(String, String)]) -> Result
         total("spans"),
         if incomplete > 0 { format!("; {incomplete} incomplete (the process ended before its collector finished)") } else { String::new() }
     );
-    eprintln!("[lumen] profile: wrote {}", output.display());
+    lumen_trace::status!("[lumen] profile: wrote {}", output.display());
     Ok(())
 }
 

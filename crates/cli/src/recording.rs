@@ -50,12 +50,12 @@ impl ProfileArgs {
             env_flag(&["LUMEN_PROFILE_RECORD_WAITS"]),
         );
         if instrument::nvtx_from_env() {
-            eprintln!("[lumen] NVTX ranges on (domain lumen)");
+            lumen_trace::status!("[lumen] NVTX ranges on (domain lumen)");
         }
         let env_windows = ProfileWindows::from_env()?;
         let windows = match (env_windows, &self.profile_iters) {
             (Some((w, var)), Some(flag)) => {
-                eprintln!("[lumen] {var}={w} overrides --profile-iters {flag}");
+                lumen_trace::status!("[lumen] {var}={w} overrides --profile-iters {flag}");
                 Some(w)
             }
             (Some((w, _)), None) => Some(w),
@@ -65,12 +65,12 @@ impl ProfileArgs {
         let trace = self.trace_output();
         if let (Some((var, path)), Some(flag)) = (&trace, &self.trace) {
             if *var != "--trace" {
-                eprintln!("[lumen] {var}={} overrides --trace {}", path.display(), flag.display());
+                lumen_trace::status!("[lumen] {var}={} overrides --trace {}", path.display(), flag.display());
             }
         }
         let Some((named_by, path)) = trace else {
             return Ok(windows.map(|w| {
-                eprintln!(
+                lumen_trace::status!(
                     "[lumen] profiling windows {w}: the CUDA profiler starts and stops at their edges (for `lumen profile -c cudaProfilerApi`); set LUMEN_TRACE or --trace to record them here too"
                 );
                 Profiler::windows_only(w)
@@ -86,7 +86,7 @@ impl ProfileArgs {
         ];
         let what = windows.as_ref().map_or("every iteration".to_string(), |w| format!("iterations {w}"));
         let profiler = Profiler::new(&path, windows, meta).context("cannot start the trace")?;
-        eprintln!("[lumen] recording {what} into {}", path.display());
+        lumen_trace::status!("[lumen] recording {what} into {}", path.display());
         Ok(Some(profiler))
     }
 }

@@ -9,7 +9,7 @@ use lumen_trace::export::perfetto::to_perfetto;
 use lumen_trace::kineto::{describe_counts, import_kineto};
 use lumen_trace::merge::merge_traces;
 use lumen_trace::model::{GpuOpKind, TraceData};
-use lumen_trace::output::{check_outputs, AtomicFile, Named};
+use lumen_trace::output::{check_outputs, print_report, AtomicFile, Named};
 use lumen_trace::store::{read_meta, read_trace, table_counts};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,7 +64,7 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
             }
             .with_context(|| format!("cannot write {}", output.display()))?;
             out.commit()?;
-            eprintln!(
+            lumen_trace::status!(
                 "[lumen] wrote {} ({} spans, {} marks, {} counter samples, {} GPU ops, {} API calls)",
                 output.display(),
                 data.spans.len(),
@@ -83,23 +83,24 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
 fn info(path: &Path) -> Result<()> {
     let t = read_trace(path)?;
     let counts = table_counts(path)?;
-    println!("trace      {}", path.display());
+    let mut out = String::new();
+    out.push_str(&format!("trace      {}\n", path.display()));
     for key in ["command", "host", "backend", "model", "windows", "merged_from", "complete"] {
         match t.meta(key) {
-            Some(v) if key == "merged_from" => println!("merged     from {v} traces"),
-            Some(v) => println!("{key:<10} {v}"),
+            Some(v) if key == "merged_from" => out.push_str(&format!("merged     from {v} traces\n")),
+            Some(v) => out.push_str(&format!("{key:<10} {v}\n")),
             None => {}
         }
     }
     if let Some((a, b)) = time_span(&t) {
-        println!("span       {:.3} ms", (b - a) as f64 / 1e6);
+        out.push_str(&format!("span       {:.3} ms\n", (b - a) as f64 / 1e6));
     }
     if let (Some(first), Some(last)) = (t.iterations.first(), t.iterations.last()) {
-        println!("iterations {} ({}..={})", t.iterations.len(), first.iter, last.iter);
+        out.push_str(&format!("iterations {} ({}..={})\n", t.iterations.len(), first.iter, last.iter));
     }
     if !t.processes.is_empty() {
         let names: Vec<String> = t.processes.iter().map(|p| format!("{} {}", p.pid, p.name)).collect();
-        println!("processes  {} ({})", t.processes.len(), names.join(", "));
+        out.push_str(&format!("processes  {} ({})\n", t.processes.len(), names.join(", ")));
     }
     let kinds: Vec<String> = GpuOpKind::ALL
         .into_iter()
@@ -108,16 +109,16 @@ fn info(path: &Path) -> Result<()> {
         .map(|(kind, n)| format!("{kind} {n}"))
         .collect();
     if kinds.is_empty() {
-        println!("gpu ops    0");
+        out.push_str("gpu ops    0\n");
     } else {
-        println!("gpu ops    {} ({})", t.gpu_ops.len(), kinds.join(", "));
+        out.push_str(&format!("gpu ops    {} ({})\n", t.gpu_ops.len(), kinds.join(", ")));
     }
-    println!("api calls  {}", t.api_calls.len());
-    println!("rows:");
+    out.push_str(&format!("api calls  {}\n", t.api_calls.len()));
+    out.push_str("rows:\n");
     for (table, n) in counts {
-        println!("  {table:<12} {n}");
+        out.push_str(&format!("  {table:<12} {n}\n"));
     }
-    Ok(())
+    print_report(&out)
 }
 
 /// The first start and last end over spans, iterations, GPU ops and API calls.
@@ -146,7 +147,7 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
         }
     }
     let summary = merge_traces(inputs, output, &meta)?;
-    eprintln!(
+    lumen_trace::status!(
         "[lumen] merged {} trace(s) into {} ({} processes{})",
         summary.inputs.len(),
         output.display(),
@@ -158,11 +159,11 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
         let rows: Vec<String> = input.rows.iter().filter(|(_, n)| *n > 0).map(|(table, n)| format!("{table} {n}")).collect();
         let rows = if rows.is_empty() { "no rows".to_string() } else { rows.join(", ") };
         let state = if input.complete { "" } else { " (incomplete)" };
-        eprintln!("  {}{state}: {rows}", input.path.display());
+        lumen_trace::status!("  {}{state}: {rows}", input.path.display());
         if !input.dropped.is_empty() {
             let dropped: Vec<String> = input.dropped.iter().map(|(table, n)| format!("{n} {table}")).collect();
             let kept = owner.map_or(String::new(), |o| format!("; those of {} are kept", o.path.display()));
-            eprintln!("    dropped {}{kept}", dropped.join(", "));
+            lumen_trace::status!("    dropped {}{kept}", dropped.join(", "));
         }
     }
     Ok(())
@@ -171,7 +172,7 @@ fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
 fn import(input: &Path, output: &Path) -> Result<()> {
     check_outputs(&[Named::new("-o", output)], &[Named::new("INPUT", input)])?;
     let s = import_kineto(input, output)?;
-    eprintln!(
+    lumen_trace::status!(
         "[lumen] imported {} into {}: {} kernels, {} memcpys, {} memsets, {} syncs, {} API calls, {} spans, {} marks, {} iterations (ProfilerStep)",
         input.display(),
         output.display(),
@@ -185,21 +186,24 @@ fn import(input: &Path, output: &Path) -> Result<()> {
         s.iterations
     );
     if s.steps_extended > 0 {
-        eprintln!("  {} ProfilerStep ranges had no duration and were extended to the next step", s.steps_extended);
+        lumen_trace::status!("  {} ProfilerStep ranges had no duration and were extended to the next step", s.steps_extended);
     }
     if s.kernels_without_correlation > 0 {
-        eprintln!("  {} kernels have no correlation id: their launch calls cannot be joined to them", s.kernels_without_correlation);
+        lumen_trace::status!(
+            "  {} kernels have no correlation id: their launch calls cannot be joined to them",
+            s.kernels_without_correlation
+        );
     }
     if let (Some(pid), false) = (s.host_pid, s.other_host_pids.is_empty()) {
         let others: Vec<String> = s.other_host_pids.iter().map(u32::to_string).collect();
-        eprintln!("  GPU work is joined to the launches of process {pid}; processes {} also made API calls", others.join(", "));
+        lumen_trace::status!("  GPU work is joined to the launches of process {pid}; processes {} also made API calls", others.join(", "));
     }
     if !s.ignored.is_empty() {
-        eprintln!("  ignored {} events lumen keeps no rows for ({})", s.ignored_total(), describe_counts(&s.ignored));
+        lumen_trace::status!("  ignored {} events lumen keeps no rows for ({})", s.ignored_total(), describe_counts(&s.ignored));
     }
     match s.skipped_total() {
-        0 => eprintln!("  skipped 0 events"),
-        n => eprintln!("  skipped {n} events that could not be used: {}", describe_counts(&s.skipped)),
+        0 => lumen_trace::status!("  skipped 0 events"),
+        n => lumen_trace::status!("  skipped {n} events that could not be used: {}", describe_counts(&s.skipped)),
     }
     Ok(())
 }

@@ -94,3 +94,39 @@ fn a_report_replaces_an_old_one_whole() {
     let names: Vec<String> = std::fs::read_dir(&s.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "no temporary file is left: {names:?}");
 }
+
+/// Runs `lumen args` with standard output or standard error on `/dev/full`, where every write
+/// fails with "no space left on device"; returns the exit status and the other stream.
+fn with_full_stream(args: &[&str], full_stdout: bool) -> (Option<i32>, String) {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full exists on Linux");
+    let mut cmd = std::process::Command::new(common::lumen_bin());
+    cmd.args(args).env_remove("LUMEN_MODEL");
+    if full_stdout {
+        cmd.stdout(full).stderr(std::process::Stdio::piped());
+    } else {
+        cmd.stderr(full).stdout(std::process::Stdio::piped());
+    }
+    let out = cmd.output().expect("lumen starts");
+    let other = if full_stdout { out.stderr } else { out.stdout };
+    (out.status.code(), String::from_utf8_lossy(&other).into_owned())
+}
+
+#[test]
+fn a_full_disk_behind_stdout_or_stderr_is_an_error_not_a_panic() {
+    let s = Scratch::new("out-full");
+    let t = trace(&s);
+    let (code, stderr) = with_full_stream(&["analyze", &t], true);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write the report to standard output") && !stderr.contains("panicked"), "{stderr}");
+    let (code, stderr) = with_full_stream(&["trace", "info", &t], true);
+    assert!(code == Some(1) && stderr.contains("standard output") && !stderr.contains("panicked"), "{stderr}");
+    let (code, stderr) = with_full_stream(&["generate", "--model", "tiny-untied", "--prompt-ids", "1,2,3", "--max-tokens", "3"], true);
+    assert!(code == Some(1) && stderr.contains("cannot write the answer to standard output"), "{stderr}");
+    let (code, stdout) = with_full_stream(&["generate", "--model", "tiny-untied", "--prompt-ids", "1,2,3", "--max-tokens", "3"], false);
+    assert_eq!(code, Some(0), "a full standard error does not stop the work");
+    assert_eq!(stdout.trim().split(',').count(), 3, "the answer still arrives: {stdout}");
+    let data = fixed_length_dataset(&s, "tiny", "2", "8", "2");
+    let (code, stdout) = with_full_stream(&["bench", "throughput", "--model", "tiny", "--dataset", &data], false);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("Total Output Throughput"), "{stdout}");
+}

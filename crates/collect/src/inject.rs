@@ -57,7 +57,7 @@ pub extern "C" fn InitializeInjection() -> c_int {
     match start() {
         Ok(()) => 1,
         Err(e) => {
-            eprintln!("[lumen profile] process {}: {e:#}; it runs untraced", std::process::id());
+            lumen_trace::status!("[lumen profile] process {}: {e:#}; it runs untraced", std::process::id());
             0
         }
     }
@@ -230,7 +230,7 @@ unsafe extern "C" fn on_callback(_: *mut c_void, domain: sys::CUpti_CallbackDoma
         Ok(())
     };
     if let Err(e) = result {
-        eprintln!("[lumen profile] process {}: {e:#}", std::process::id());
+        lumen_trace::status!("[lumen profile] process {}: {e:#}", std::process::id());
     }
 }
 
@@ -278,7 +278,7 @@ fn write_rows(last: bool) {
         writer.append_gpu(&GpuBatch { processes: &process, gpu_ops: &rows.gpu_ops, api_calls: &rows.api_calls, threads: &[] })
     });
     if let Err(e) = written {
-        eprintln!("[lumen profile] process {}: {e:#}; collection stops", s.pid);
+        lumen_trace::status!("[lumen profile] process {}: {e:#}; collection stops", s.pid);
         s.writer = None;
         return;
     }
@@ -293,7 +293,7 @@ fn write_rows(last: bool) {
         if let Some(mut w) = s.writer.take() {
             let written = meta.iter().try_for_each(|(key, value)| w.set_meta(key, value)).and_then(|_| w.finish().map(|_| ()));
             if let Err(e) = written {
-                eprintln!("[lumen profile] process {}: {e:#}", s.pid);
+                lumen_trace::status!("[lumen profile] process {}: {e:#}", s.pid);
             }
         }
     }

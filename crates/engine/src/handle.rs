@@ -85,7 +85,7 @@ fn run(engine: &mut Engine, commands: Receiver<Command>, stats: Option<Sender<It
                     }
                 }
                 Err(e) => {
-                    eprintln!("[lumen] engine failed: {e:#}");
+                    lumen_trace::status!("[lumen] engine failed: {e:#}");
                     engine.fail_all(&format!("{e:#}"));
                     return;
                 }

@@ -93,7 +93,7 @@ fn open_device(device: Device) -> Result<Option<Arc<Gpu>>> {
         Device::Auto => match Gpu::open(0) {
             Ok(gpu) => Ok(Some(gpu)),
             Err(e) => {
-                eprintln!("[lumen] --device auto: no usable GPU ({e:#}); running on the CPU");
+                lumen_trace::status!("[lumen] --device auto: no usable GPU ({e:#}); running on the CPU");
                 Ok(None)
             }
         },
@@ -113,9 +113,10 @@ pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
         let (config, _) = describe_model(spec)?;
         use lumen_backend::cuda::Kernels;
         if !Kernels::supports_head_dim(config.head_dim) || !Kernels::supports_hidden_size(config.hidden_size) {
-            eprintln!(
+            lumen_trace::status!(
                 "[lumen] --device auto: head_dim {} / hidden size {} is not supported on CUDA; running on the CPU",
-                config.head_dim, config.hidden_size
+                config.head_dim,
+                config.hidden_size
             );
             gpu = None;
         }

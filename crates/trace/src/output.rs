@@ -2,6 +2,10 @@
 //! work ([`check_outputs`]), and replacement through a temporary file beside the target
 //! ([`AtomicFile`], [`write_atomically`]), so that a failure leaves an existing file whole.
 //!
+//! Terminal output never panics either: [`status!`](crate::status) writes a line to standard
+//! error and drops it when standard error cannot take it (closed, or a full disk), and
+//! [`print_report`] names standard output in its error.
+//!
 //! An output is refused when it is empty or names a directory, when it exists and is not a
 //! regular file (a device, a FIFO, a directory), and when it is the same file as one of the
 //! command's inputs or another of its outputs.
@@ -11,6 +15,22 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+/// Writes a line to standard error, as `eprintln!` does, but never panics: when standard error
+/// cannot be written (closed, or a full disk) the line is dropped and the work goes on.
+#[macro_export]
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes a report to standard output; the error says standard output could not take it.
+pub fn print_report(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("cannot write the report to standard output")
+}
 
 /// A path a command reads or writes, with the option or argument that named it.
 #[derive(Debug, Clone, Copy)]
