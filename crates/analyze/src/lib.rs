@@ -112,6 +112,9 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
 /// The whole analysis as a terminal report.
 pub fn render_text(a: &Analysis) -> String {
     let mut out = String::new();
+    if let Some(why) = &a.overview.incomplete {
+        out.push_str(&format!("WARNING: {why}.\n\n"));
+    }
     diagnose::render(&a.diagnosis, &mut out);
     view::render_section("Overview", &overview::view(&a.overview), &mut out);
     view::render_section("Headroom", &headroom::view(&a.headroom), &mut out);

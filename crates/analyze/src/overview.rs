@@ -13,6 +13,9 @@ pub const GPU_NAME_KEYS: [&str; 4] = ["gpu", "gpu_name", "device", "device_name"
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Overview {
+    /// Why the figures may be partial: the trace says it was never finished (meta `complete` is
+    /// `false`: still being written, or its process died).
+    pub incomplete: Option<String>,
     pub command: Option<String>,
     pub model: Option<String>,
     pub span: Measured<TimeSpan>,
@@ -57,6 +60,11 @@ pub struct Tokens {
 pub fn analyze(trace: &TraceData) -> Overview {
     let meta = |key: &str| trace.meta(key).map(str::to_string);
     Overview {
+        incomplete: (trace.meta("complete") == Some("false")).then(|| {
+            "the trace was never finished (meta complete=false): it is still being written, or its process ended before \
+             closing it; the figures cover only what was flushed"
+                .to_string()
+        }),
         command: meta("command"),
         model: meta("model"),
         span: Measured::from_option(time_span(trace), || {
@@ -112,8 +120,10 @@ fn tokens(trace: &TraceData) -> Option<Tokens> {
 
 /// The section's blocks, for the terminal and the page.
 pub fn view(o: &Overview) -> Vec<Block> {
-    let mut rows: Vec<(String, Measured<String>)> =
-        [("command", &o.command), ("model", &o.model)].into_iter().filter_map(|(label, value)| Some(fact(label, value.clone()?))).collect();
+    let mut rows: Vec<(String, Measured<String>)> = [("incomplete", &o.incomplete), ("command", &o.command), ("model", &o.model)]
+        .into_iter()
+        .filter_map(|(label, value)| Some(fact(label, value.clone()?)))
+        .collect();
     rows.extend([
         measured("time span", &o.span, |s| text::duration(s.duration_ns as f64)),
         measured("iterations profiled", &o.iterations, |i| format!("{} ({}..={})", i.count, i.first, i.last)),
@@ -152,5 +162,8 @@ mod tests {
         assert_eq!(o.tokens, Measured::Available(Tokens { prefill: 8, decode: 2, per_second: 10.0 }));
         assert_eq!((o.gpu.get().unwrap().as_str(), o.gpu_metrics_source.get().unwrap().as_str()), ("NVIDIA H100", "cupti-pm"));
         assert!(matches!(&o.processes, Measured::NotAvailable(why) if why.contains("no process rows")));
+        assert_eq!(o.incomplete, None);
+        let unfinished = TraceData { meta: vec![("complete".into(), "false".into())], ..trace };
+        assert!(analyze(&unfinished).incomplete.is_some_and(|w| w.contains("never finished")));
     }
 }

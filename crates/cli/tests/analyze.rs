@@ -95,3 +95,19 @@ fn bad_input_is_refused_with_what_was_expected() {
     lumen(&["analyze", &trace, "--kernel-classes", &rules]).fails_with(1, &["line 2", "CLASS=PATTERN"]);
     lumen(&["analyze", &trace, "--buckets", "0"]).fails_with(2, &["--buckets"]);
 }
+
+#[test]
+fn an_unfinished_trace_is_analysed_with_a_warning() {
+    let s = Scratch::new("analyze-unfinished");
+    let path = s.path("cut.lumen");
+    let rows = lumen_trace::model::TraceData {
+        gpu_ops: vec![lumen_test_support::rows::kernel(1_000, 2_000, 1), lumen_test_support::rows::kernel(3_000, 5_000, 1)],
+        ..Default::default()
+    };
+    lumen_test_support::rows::write_unfinished_trace(&path, &rows);
+    let run = lumen(&["analyze", &path]).ok();
+    assert!(run.stdout.starts_with("WARNING: the trace was never finished (meta complete=false)"), "{}", run.stdout);
+    lumen_test_support::rows::write_trace(s.path("whole.lumen"), &rows);
+    let whole = lumen(&["analyze", &s.path("whole.lumen")]).ok();
+    assert!(!whole.stdout.contains("never finished"), "{}", whole.stdout);
+}
