@@ -74,6 +74,9 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
             .filter_map(|(what, p)| p.map(|p| Named::new(what, p)))
             .collect();
     check_outputs(&outputs, &inputs)?;
+    if args.trace.is_dir() {
+        bail!("trace {} is a directory (expected a .lumen file written by lumen)", args.trace.display());
+    }
     if !args.trace.is_file() {
         bail!("trace {} does not exist (expected a .lumen file written by lumen)", args.trace.display());
     }

@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// More CPU worker threads than this per core only slow the matmul down.
+const MAX_THREADS_PER_CORE: usize = 4;
+
 #[derive(Args, Clone)]
 pub struct ModelArgs {
     /// GGUF file, Hugging Face directory, or preset (NAME or NAME@SEED). Default: $LUMEN_MODEL or
@@ -39,6 +42,12 @@ impl ModelArgs {
     /// Sets up the thread pool and loads the model, saying how long it took.
     pub fn load(&self) -> Result<Arc<Model>> {
         if let Some(t) = self.threads {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let most = MAX_THREADS_PER_CORE * cores;
+            ensure!(
+                (1..=most).contains(&(t as usize)),
+                "--threads {t}: expected 1 to {most} ({MAX_THREADS_PER_CORE} per core, {cores} cores here)"
+            );
             rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("cannot configure the thread pool")?;
         }
         let spec = self.spec();

@@ -9,7 +9,7 @@ mod profile;
 mod recording;
 mod trace;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lumen_trace::alloc::CountingAllocator;
 
 /// Counts host allocations for the per-iteration statistics and `LUMEN_PROFILE_RECORD_ALLOC`.
@@ -40,8 +40,15 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
 }
 
+/// Lets every subcommand read `-1` as a value, so that a negative count is refused by the option's
+/// own check, naming the option and the value, instead of being taken for an unknown flag.
+fn negative_values_are_values(cmd: clap::Command) -> clap::Command {
+    cmd.allow_negative_numbers(true).mut_subcommands(negative_values_are_values)
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let matches = negative_values_are_values(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if matches!(cli.command, Command::Trace(_) | Command::Analyze(_)) {
         // These only print reports: a reader that goes away (`| head`) ends lumen quietly, as
         // it ends any Unix filter, instead of a panic on the failed write.

@@ -280,3 +280,29 @@ fn kv_cache_tokens_overflow() {
     let path = s.write("d.jsonl", format!("{GOOD_LINE}\n"));
     throughput(&path, &["--kv-cache-tokens", "18446744073709551615"]).fails_with(1, &["18446744073709551615"]);
 }
+
+/// Numeric limits are checked before any work, and the error names the option and the value.
+#[test]
+fn impossible_thread_counts_and_negative_counts_name_their_option() {
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", "tiny", "--prompt-ids", "1,2", "--max-tokens", "2"];
+        args.extend_from_slice(extra);
+        lumen(&args)
+    };
+    generate(&["--threads", "100000"]).fails_with(1, &["--threads 100000", "expected 1 to"]);
+    let zero = generate(&["--threads", "0"]);
+    assert!(zero.code == Some(2) && zero.stderr.contains("'0' for '--threads"), "{}", zero.stderr);
+    let run = lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,2", "--max-tokens", "-1"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("'-1' for '--max-tokens"), "the option and the value are named: {}", run.stderr);
+}
+
+#[test]
+fn a_directory_given_as_a_trace_is_named_as_one() {
+    let s = Scratch::new("dir-trace");
+    let dir = s.path("traces");
+    std::fs::create_dir(&dir).unwrap();
+    lumen(&["analyze", &dir]).fails_with(1, &["is a directory"]);
+    lumen(&["trace", "info", &dir]).fails_with(1, &["is a directory"]);
+    lumen(&["trace", "export", &dir, "--format", "chrome", "-o", &s.path("x.json")]).fails_with(1, &["is a directory"]);
+}

@@ -562,6 +562,9 @@ pub(crate) struct TraceReader {
 
 impl TraceReader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            bail!("trace {} is a directory; expected a .lumen file written by lumen", path.display());
+        }
         if !path.is_file() {
             bail!("trace {}: no such file", path.display());
         }
