@@ -6,6 +6,7 @@ use crate::dataset::DatasetEntry;
 use crate::progress::Progress;
 use crate::report::RequestRecord;
 use anyhow::{bail, Context, Result};
+use lumen_engine::interrupt::{self, Interrupted};
 use lumen_engine::{Engine, FinishReason, IterationStats, Profiler, Request, RequestEvent, RequestStream, SamplingParams, StopConditions};
 use lumen_trace::model::RequestRow;
 use std::io::Write;
@@ -57,13 +58,30 @@ pub fn run_benchmark(
     }
     if options.warmup > 0 {
         let warm: Vec<DatasetEntry> = entries.iter().cycle().take(options.warmup).cloned().collect();
-        drive(engine, &warm, options, None, "warm-up")?;
+        if let Err(e) = drive(engine, &warm, options, None, "warm-up") {
+            if let (true, Some(p)) = (e.is::<Interrupted>(), profiler) {
+                // Stopped before any recorded iteration: the trace is written, empty and whole.
+                engine.enable_profiling(p);
+                engine.finish_profiling(&[])?;
+            }
+            return Err(e);
+        }
     }
     engine.reset_iterations();
     if let Some(p) = profiler {
         engine.enable_profiling(p);
     }
-    let (records, iterations) = drive(engine, entries, options, iteration_log, "requests")?;
+    let (records, iterations) = match drive(engine, entries, options, iteration_log, "requests") {
+        Ok(driven) => driven,
+        Err(e) if e.is::<Interrupted>() => {
+            // The iterations that ran are the trace's; the requests are left out, unfinished.
+            if let Some((path, iterations)) = engine.finish_profiling(&[])? {
+                lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded before the signal", path.display());
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let requests: Vec<RequestRow> = records
         .iter()
         .enumerate()
@@ -95,6 +113,7 @@ fn drive(
     let mut next = 0;
     let mut done = 0;
     while done < entries.len() {
+        interrupt::check()?;
         while in_flight.len() < limit && next < entries.len() {
             let stream = engine.submit(request_for(&entries[next], options.eos_id));
             in_flight.push((next, stream, 0));

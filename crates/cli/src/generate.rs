@@ -86,6 +86,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut first_token = None;
     let mut ids = Vec::new();
     loop {
+        if let Err(stopped) = lumen_engine::interrupt::check() {
+            writeln!(out).context("cannot write the answer to standard output")?;
+            if let Some((path, iterations)) = engine.finish_profiling(&[])? {
+                lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded before the signal", path.display());
+            }
+            return Err(stopped.into());
+        }
         if engine.has_work() {
             engine.step()?;
         }

@@ -54,6 +54,10 @@ fn main() {
         // it ends any Unix filter, instead of a panic on the failed write.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    if matches!(cli.command, Command::Generate(_) | Command::Bench(_)) {
+        // Stop at an iteration boundary with the trace written, not in the middle of a step.
+        lumen_engine::interrupt::install();
+    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
@@ -65,6 +69,10 @@ fn main() {
         },
     };
     if let Err(e) = result {
+        if let Some(stopped) = e.downcast_ref::<lumen_engine::Interrupted>() {
+            lumen_trace::status!("[lumen] {stopped}");
+            std::process::exit(stopped.exit_status());
+        }
         lumen_trace::status!("error: {e:#}");
         std::process::exit(1);
     }

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod engine;
 pub mod handle;
+pub mod interrupt;
 pub mod kv_cache;
 pub mod profiling;
 pub mod request;
@@ -23,6 +24,7 @@ pub mod work;
 pub use config::{EngineConfig, KvBudget};
 pub use engine::{Engine, StepOutput};
 pub use handle::EngineHandle;
+pub use interrupt::Interrupted;
 pub use profiling::Profiler;
 pub use request::{FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings, SamplingParams, StopConditions};
 pub use scheduler::SchedulerOutput;

@@ -1,0 +1,64 @@
+//! A benchmark stopped by SIGTERM, SIGINT or SIGHUP stops at an iteration boundary, writes and
+//! finalises its trace, and exits with 128 + the signal: a Chrome-JSON trace is whole, and a
+//! `.lumen` trace stands alone (copied without its `-wal`, it opens with every iteration that ran).
+
+mod common;
+
+use common::{fixed_length_dataset, lumen_bin, Scratch};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts a benchmark long enough to be interrupted, recording every iteration into `trace`.
+fn start_bench(s: &Scratch, trace: &str) -> Child {
+    let data = fixed_length_dataset(s, "smollm2-135m", "400", "32", "64");
+    Command::new(lumen_bin())
+        .args(["bench", "throughput", "--model", "smollm2-135m", "--dataset", &data, "--eos-id", "-1", "--max-batch-size", "8"])
+        .args(["--warmup", "0", "--iteration-log", &s.path("iterations.jsonl")])
+        .env_remove("LUMEN_MODEL")
+        .env("LUMEN_TRACE", trace)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lumen starts")
+}
+
+/// Waits until the benchmark has run a few iterations (its progress lines say so), then sends
+/// `signal` and returns the exit status and standard error.
+fn interrupt(mut child: Child, signal: i32) -> (Option<i32>, String) {
+    // Loading the preset takes about a second; then iterations run (no warm-up).
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(child.try_wait().unwrap().is_none(), "the benchmark ended before the signal (after {:?})", started.elapsed());
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn sigterm_leaves_a_whole_json_trace() {
+    let s = Scratch::new("sig-json");
+    let trace = s.path("run.json");
+    let (code, stderr) = interrupt(start_bench(&s, &trace), libc::SIGTERM);
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM at an iteration boundary"), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).expect("the trace exists")).expect("whole JSON");
+    let events = json["traceEvents"].as_array().expect("Chrome trace events");
+    let iterations = events.iter().filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("iter "))).count();
+    assert!(iterations > 0, "the iterations that ran are in the trace: {stderr}");
+}
+
+#[test]
+fn sigint_and_sighup_leave_a_lumen_trace_that_stands_alone() {
+    for signal in [libc::SIGINT, libc::SIGHUP] {
+        let s = Scratch::new("sig-lumen");
+        let trace = s.path("run.lumen");
+        let (code, stderr) = interrupt(start_bench(&s, &trace), signal);
+        assert_eq!(code, Some(128 + signal), "{stderr}");
+        let alone = s.path("copy/run.lumen");
+        std::fs::create_dir_all(s.path("copy")).unwrap();
+        std::fs::copy(&trace, &alone).unwrap();
+        let t = lumen_trace::store::read_trace(std::path::Path::new(&alone)).expect("the .lumen file alone opens");
+        assert_eq!(t.meta("complete"), Some("true"), "the trace was finalised");
+        assert!(!t.iterations.is_empty(), "it holds the iterations that ran: {stderr}");
+    }
+}
