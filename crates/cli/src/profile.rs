@@ -12,6 +12,7 @@ use lumen_trace::merge::merge_traces;
 use lumen_trace::store::{read_meta, Batch, TraceWriter};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -142,7 +143,9 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
     }
     let sampler = args.gpu_metrics.map(|us| Sampler::start(Duration::from_micros(us)));
     let started = Instant::now();
-    let status = cmd.status().with_context(|| format!("cannot run {:?}", args.command[0]))?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {:?}", args.command[0]))?;
+    forward_signals_to(child.id());
+    let status = child.wait().with_context(|| format!("cannot wait for {:?}", args.command[0]))?;
     let elapsed = started.elapsed();
     let metrics_source = match sampler {
         None => "off".to_string(),
@@ -250,6 +253,26 @@ fn write_trace(parts: &Path, output: &Path, meta: &[(String, String)]) -> Result
     );
     lumen_trace::status!("[lumen] profile: wrote {}", output.display());
     Ok(())
+}
+
+/// The process SIGINT, SIGTERM and SIGHUP are passed on to while `lumen profile` waits for it.
+static PROFILED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn pass_on(signal: libc::c_int) {
+    let pid = PROFILED.load(Ordering::SeqCst);
+    if pid > 0 {
+        // kill is async-signal-safe; the command decides how to end, and lumen merges what it left.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// Passes SIGINT, SIGTERM and SIGHUP on to the profiled command, so that it (and the collector
+/// inside it) can flush and end, and `lumen profile` goes on to merge its trace.
+fn forward_signals_to(pid: u32) {
+    PROFILED.store(pid as i32, Ordering::SeqCst);
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        unsafe { libc::signal(signal, pass_on as *const () as libc::sighandler_t) };
+    }
 }
 
 #[cfg(test)]

@@ -62,3 +62,20 @@ fn sigint_and_sighup_leave_a_lumen_trace_that_stands_alone() {
         assert!(!t.iterations.is_empty(), "it holds the iterations that ran: {stderr}");
     }
 }
+
+/// `lumen profile` passes SIGTERM on to its command, waits for it, and still writes its trace.
+#[test]
+fn lumen_profile_passes_sigterm_on_and_writes_its_trace() {
+    let s = Scratch::new("sig-profile");
+    let out = s.path("profiled.lumen");
+    let child = Command::new(lumen_bin())
+        .args(["profile", "-o", &out, "--", "sh", "-c", "trap 'kill $! 2>/dev/null; exit 7' TERM; sleep 30 >/dev/null 2>&1 & wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lumen starts");
+    let (code, stderr) = interrupt(child, libc::SIGTERM);
+    assert_eq!(code, Some(7), "lumen profile exits as its command did after the signal: {stderr}");
+    let t = lumen_trace::store::read_trace(std::path::Path::new(&out)).expect("the trace is written");
+    assert_eq!(t.meta("exit_status"), Some("7"), "{stderr}");
+}
