@@ -102,7 +102,8 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         write_atomically(path, json.context("serializing the analysis")?.as_bytes())?;
     }
     if let Some(path) = &args.html {
-        write_atomically(path, render_html(&analysis, comparison.as_ref()).as_bytes()).context("the HTML report")?;
+        write_atomically(path, render_html(&analysis, comparison.as_ref()).as_bytes())
+            .with_context(|| format!("cannot write the HTML report {}", path.display()))?;
     }
     let mut report = render_text(&analysis);
     if let Some(comparison) = &comparison {

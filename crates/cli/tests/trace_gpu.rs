@@ -184,7 +184,7 @@ fn bad_merges_fail_naming_the_input() {
     let missing = s.path("missing.lumen");
     lumen(&["trace", "merge", "-o", &merged, &good, &missing]).fails_with(1, &[&missing, "no such file"]);
     assert!(!Path::new(&merged).exists(), "a failed merge writes nothing");
-    lumen(&["trace", "merge", "-o", &good, &good]).fails_with(1, &["the output is also the input"]);
+    lumen(&["trace", "merge", "-o", &good, &good]).fails_with(1, &["-o", "same file as input"]);
     assert!(read_trace(Path::new(&good)).is_ok(), "the input survives");
     lumen(&["trace", "merge", "-o", &merged]).fails_with(2, &["required"]);
 }
