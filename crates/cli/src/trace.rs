@@ -2,12 +2,12 @@
 //! the traces of several processes into one (`merge`) and convert a torch.profiler trace into a
 //! `.lumen` one (`import`).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use lumen_trace::export::chrome::write_chrome_json;
 use lumen_trace::export::perfetto::to_perfetto;
 use lumen_trace::kineto::{describe_counts, import_kineto};
-use lumen_trace::merge::merge_traces;
+use lumen_trace::merge::{differing_clocks, merge_traces};
 use lumen_trace::model::{GpuOpKind, TraceData};
 use lumen_trace::output::{check_outputs, print_report, AtomicFile, Named};
 use lumen_trace::store::{read_meta, read_trace, table_counts};
@@ -34,6 +34,10 @@ pub enum TraceCommand {
         /// The traces to merge, in order: iterations and requests come from the first that has any.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// Merge traces whose times are on different clocks (a torch.profiler import with a lumen
+        /// trace): their rows keep their own times and do not line up.
+        #[arg(long)]
+        allow_clock_mismatch: bool,
     },
     /// Convert a torch.profiler / Kineto Chrome-JSON trace into a .lumen trace.
     Import {
@@ -75,7 +79,7 @@ pub fn run(cmd: TraceCommand) -> Result<()> {
             );
             Ok(())
         }
-        TraceCommand::Merge { output, inputs } => merge(&inputs, &output),
+        TraceCommand::Merge { output, inputs, allow_clock_mismatch } => merge(&inputs, &output, allow_clock_mismatch),
         TraceCommand::Import { input, output } => import(&input, &output),
     }
 }
@@ -133,9 +137,19 @@ fn time_span(t: &TraceData) -> Option<(u64, u64)> {
     })
 }
 
-fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
+fn merge(inputs: &[PathBuf], output: &Path, allow_clock_mismatch: bool) -> Result<()> {
     let named: Vec<Named> = inputs.iter().map(|p| Named::new("input", p)).collect();
     check_outputs(&[Named::new("-o", output)], &named)?;
+    if let Some(clocks) = differing_clocks(inputs)? {
+        let listed: Vec<String> = clocks.iter().map(|(p, c)| format!("{} ({c})", p.display())).collect();
+        if !allow_clock_mismatch {
+            bail!(
+                "the inputs' times are on different clocks: {}; their rows would not line up (--allow-clock-mismatch merges them anyway)",
+                listed.join(", ")
+            );
+        }
+        lumen_trace::status!("[lumen] merging traces on different clocks: {}", listed.join(", "));
+    }
     // The first input's meta, then what only later inputs know (the recorder's GPU and model
     // beside a collector trace, say).
     let mut meta: Vec<(String, String)> = Vec::new();

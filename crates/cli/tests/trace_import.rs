@@ -216,3 +216,21 @@ fn bad_kineto_inputs_fail_with_one_error_naming_the_file() {
     let missing = s.path("missing.json");
     lumen(&["trace", "import", &missing, "-o", &out]).fails_with(1, &[&missing, "cannot open"]);
 }
+
+/// An imported torch.profiler trace keeps Kineto's clock, so merging it with a lumen trace, whose
+/// times are the host's monotonic clock, is refused unless asked for.
+#[test]
+fn merging_an_import_with_a_lumen_trace_needs_allow_clock_mismatch() {
+    let s = Scratch::new("import-clock");
+    let imported = s.path("torch.lumen");
+    lumen(&["trace", "import", &fixture(), "-o", &imported]).ok();
+    let recorded = s.path("lumen.lumen");
+    lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,2", "--max-tokens", "2", "--trace", &recorded]).ok();
+    let out = s.path("merged.lumen");
+    lumen(&["trace", "merge", "-o", &out, &recorded, &imported])
+        .fails_with(1, &["different clocks", "monotonic", "kineto", "--allow-clock-mismatch"]);
+    assert!(!Path::new(&out).exists());
+    let run = lumen(&["trace", "merge", "--allow-clock-mismatch", "-o", &out, &recorded, &imported]).ok();
+    assert!(run.stderr.contains("merging traces on different clocks"), "{}", run.stderr);
+    lumen(&["trace", "merge", "-o", &s.path("twice.lumen"), &imported, &imported]).fails_with(1, &["given twice"]);
+}

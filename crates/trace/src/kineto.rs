@@ -38,6 +38,7 @@
 //! `kineto_skipped` and in the [`ImportSummary`]. A file that is not JSON, not an object or has no
 //! `traceEvents` array is an error naming the file.
 
+use crate::merge::{CLOCK_KEY, KINETO_CLOCK};
 use crate::model::{ApiCallRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, SpanRow, ThreadRow};
 use crate::store::{wal_path, Batch, GpuBatch, TraceWriter};
 use anyhow::{bail, Context, Result};
@@ -1230,6 +1231,7 @@ impl Importer {
         if let Some(pid) = self.summary.host_pid {
             self.writer.set_meta("pid", &pid.to_string())?;
         }
+        self.writer.set_meta(CLOCK_KEY, KINETO_CLOCK)?;
         let skipped = self.summary.skipped_total();
         let skipped_text = if skipped == 0 { "0".to_string() } else { format!("{skipped}: {}", describe_counts(&self.summary.skipped)) };
         self.writer.set_meta("kineto_skipped", &skipped_text)?;

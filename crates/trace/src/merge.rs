@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::model::{AllocationRow, ApiCallRow, CounterRow, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow};
@@ -56,6 +57,7 @@ pub fn merge_traces(inputs: &[PathBuf], output: &Path, meta: &[(String, String)]
         bail!("merge into {}: no input traces", output.display());
     }
     let readers = inputs.iter().map(|p| TraceReader::open(p)).collect::<Result<Vec<_>, _>>()?;
+    refuse_double_counting(&readers)?;
     if let Ok(out) = output.canonicalize() {
         if let Some(same) = inputs.iter().find(|p| p.canonicalize().is_ok_and(|p| p == out)) {
             bail!("merge into {}: the output is also the input {}", output.display(), same.display());
@@ -77,6 +79,47 @@ pub fn merge_traces(inputs: &[PathBuf], output: &Path, meta: &[(String, String)]
 }
 
 /// Copies every input's rows into `writer` and returns the summary.
+/// Refuses inputs that would count rows twice: one file given twice, or two inputs holding GPU
+/// operations of the same process (a trace and its copy, say). A recorder trace and a collector
+/// trace of one process are fine: one holds its CPU rows, the other its GPU rows.
+fn refuse_double_counting(readers: &[TraceReader]) -> Result<()> {
+    let mut gpu_owner: BTreeMap<u32, &Path> = BTreeMap::new();
+    for (i, r) in readers.iter().enumerate() {
+        let id = std::fs::metadata(r.path()).ok().map(|m| (m.dev(), m.ino()));
+        if let Some(first) = readers[..i].iter().find(|o| std::fs::metadata(o.path()).ok().map(|m| (m.dev(), m.ino())) == id) {
+            bail!("input {} is given twice (also as {}); its rows would be counted twice", r.path().display(), first.path().display());
+        }
+        for pid in r.gpu_pids()? {
+            if let Some(other) = gpu_owner.insert(pid, r.path()) {
+                bail!(
+                    "inputs {} and {} both hold GPU operations of process {pid}; merging them would count each operation twice",
+                    other.display(),
+                    r.path().display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The meta key naming the clock a trace's times are on; absent means lumen's own (the host's
+/// monotonic clock, in ns).
+pub const CLOCK_KEY: &str = "clock";
+/// The clock of a trace imported from torch.profiler: Kineto's own origin, not lumen's.
+pub const KINETO_CLOCK: &str = "kineto";
+
+/// The clocks of `inputs` when they differ (each input's path and clock), else `None`: their
+/// times cannot be laid on one axis.
+pub fn differing_clocks(inputs: &[PathBuf]) -> Result<Option<Vec<(PathBuf, String)>>> {
+    let mut clocks = Vec::new();
+    for p in inputs {
+        let meta = crate::store::read_meta(p)?;
+        let clock = meta.into_iter().find(|(k, _)| k == CLOCK_KEY).map_or_else(|| "monotonic".to_string(), |(_, v)| v);
+        clocks.push((p.clone(), clock));
+    }
+    Ok(clocks.windows(2).any(|w| w[0].1 != w[1].1).then_some(clocks))
+}
+
 fn copy_all(readers: &[TraceReader], writer: &mut TraceWriter) -> Result<MergeSummary> {
     let mut inputs = Vec::new();
     // The names processes give themselves, then the names inferred from an input's meta.
@@ -367,6 +410,33 @@ mod tests {
         assert!(read_trace(&good).is_ok(), "the input survives");
         let e = format!("{:#}", merge_traces(&[], &out, &[]).unwrap_err());
         assert!(e.contains("no input traces") && e.contains("merged.lumen"), "{e}");
+    }
+
+    #[test]
+    fn inputs_that_would_count_rows_twice_are_refused() {
+        let s = Scratch::new("merge-twice");
+        let (a, b, out) = (s.dir.join("worker.lumen"), s.dir.join("copy.lumen"), s.dir.join("merged.lumen"));
+        worker(&a);
+        let e = format!("{:#}", merge_traces(&[a.clone(), a.clone()], &out, &[]).unwrap_err());
+        assert!(e.contains("is given twice"), "{e}");
+        std::fs::copy(&a, &b).unwrap();
+        let e = format!("{:#}", merge_traces(&[a.clone(), b.clone()], &out, &[]).unwrap_err());
+        assert!(e.contains("both hold GPU operations of process 200"), "{e}");
+        assert!(!out.exists(), "a refused merge writes nothing");
+    }
+
+    #[test]
+    fn clocks_that_differ_are_found() {
+        let s = Scratch::new("merge-clocks");
+        let (a, b, c) = (s.dir.join("engine.lumen"), s.dir.join("worker.lumen"), s.dir.join("import.lumen"));
+        engine(&a);
+        worker(&b);
+        assert_eq!(differing_clocks(&[a.clone(), b.clone()]).unwrap(), None, "lumen's traces share one clock");
+        let mut w = TraceWriter::create(&c, &[(CLOCK_KEY.to_string(), KINETO_CLOCK.to_string())]).unwrap();
+        w.append(&Batch::default()).unwrap();
+        w.finish().unwrap();
+        let clocks = differing_clocks(&[a.clone(), c.clone()]).unwrap().expect("the clocks differ");
+        assert_eq!(clocks.iter().map(|(_, clock)| clock.as_str()).collect::<Vec<_>>(), ["monotonic", "kineto"]);
     }
 
     #[test]

@@ -593,6 +593,12 @@ impl TraceReader {
         &self.path
     }
 
+    /// The processes whose GPU operations the trace holds.
+    pub(crate) fn gpu_pids(&self) -> Result<Vec<u32>> {
+        query(&self.db, "SELECT DISTINCT pid FROM gpu_ops ORDER BY pid", |r| r.get(0))
+            .with_context(|| about(&self.path, "cannot read table gpu_ops"))
+    }
+
     pub(crate) fn meta(&self) -> Result<Vec<(String, String)>> {
         query(&self.db, "SELECT key, value FROM meta ORDER BY key", |r| Ok((r.get(0)?, r.get(1)?)))
             .with_context(|| about(&self.path, "cannot read table meta"))
