@@ -794,6 +794,11 @@ struct Importer {
 /// Whole nanoseconds from microseconds, rounded: Kineto writes sub-microsecond fractions. An
 /// event ends at `ns(ts + dur)`, so an operation that starts where the previous one ended leaves
 /// no gap, whatever the rounding.
+/// The latest time, in µs from the trace's origin, a row may have: 2^62 ns, so that every time
+/// and every difference of two fits the store's signed 64-bit nanoseconds (Kineto's µs since
+/// the Unix epoch stay below it until the next century).
+const MAX_TIME_US: f64 = (1u64 << 62) as f64 / 1000.0;
+
 fn ns(us: f64) -> u64 {
     (us * 1000.0).round() as u64
 }
@@ -942,6 +947,10 @@ impl Importer {
             self.skip("X events with a negative ts or dur");
             return None;
         }
+        if ts + dur > MAX_TIME_US {
+            self.skip("X events ending beyond 2^62 ns");
+            return None;
+        }
         let Some(name) = ev.name else {
             self.skip("X events without name");
             return None;
@@ -1028,8 +1037,16 @@ impl Importer {
     fn host_range(&mut self, ev: Event, cat: u32, (name, start_ns, end_ns): (u32, u64, u64)) {
         let (pid, tid) = Self::pid_tid(&ev);
         self.note_host(pid, tid, end_ns);
-        if let Some(number) = step_number(self.strings.get(name)) {
-            self.steps.push(Step { number, span: self.spans.len() });
+        let step_name = self.strings.get(name);
+        match step_number(step_name) {
+            Some(number) if self.steps.iter().any(|s| s.number == number) => {
+                self.skip("ProfilerStep events repeating a step number (kept as ranges, not iterations)")
+            }
+            Some(number) => self.steps.push(Step { number, span: self.spans.len() }),
+            None if step_name.starts_with("ProfilerStep#") => {
+                self.skip("ProfilerStep events whose number does not parse (kept as ranges, not iterations)")
+            }
+            None => {}
         }
         let work = match (&ev.args.input_dims, &ev.args.input_types) {
             (Some(dims), Some(types)) => op_work(self.strings.get(name), dims, types, ev.args.flops),
@@ -1061,6 +1078,10 @@ impl Importer {
         };
         if ts < 0.0 {
             self.skip("instant events with a negative ts");
+            return;
+        }
+        if ts > MAX_TIME_US {
+            self.skip("instant events beyond 2^62 ns");
             return;
         }
         let category = ev.cat.map_or("", |c| self.strings.get(c)).to_string();
@@ -1626,6 +1647,36 @@ mod tests {
                  1 X events without cat, 1 X events without dur, 1 X events without name, 1 events without ph"
             )
         );
+    }
+
+    #[test]
+    fn absurd_times_and_bad_or_repeated_step_numbers_are_counted() {
+        let files = Files::new(
+            "absurd",
+            &events(
+                r#"{"ph": "X", "cat": "kernel", "name": "far", "pid": 0, "tid": 7, "ts": 1e300, "dur": 1},
+                   {"ph": "X", "cat": "kernel", "name": "long", "pid": 0, "tid": 7, "ts": 5, "dur": 1e300},
+                   {"ph": "i", "cat": "cpu_instant_event", "s": "t", "name": "late", "pid": 1, "tid": 1, "ts": 1e300},
+                   {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#abc", "pid": 1, "tid": 1, "ts": 10, "dur": 5},
+                   {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#4", "pid": 1, "tid": 1, "ts": 20, "dur": 5},
+                   {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#4", "pid": 1, "tid": 1, "ts": 30, "dur": 5},
+                   {"ph": "X", "cat": "kernel", "name": "kept", "pid": 0, "tid": 7, "ts": 1.7e15, "dur": 2}"#,
+            ),
+        );
+        let (s, t) = files.imported();
+        let skipped: Vec<(&str, u64)> = s.skipped.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        assert_eq!(
+            skipped,
+            [
+                ("ProfilerStep events repeating a step number (kept as ranges, not iterations)", 1),
+                ("ProfilerStep events whose number does not parse (kept as ranges, not iterations)", 1),
+                ("X events ending beyond 2^62 ns", 2),
+                ("instant events beyond 2^62 ns", 1),
+            ]
+        );
+        assert_eq!(t.gpu_ops.iter().map(|g| (g.name.as_str(), g.start_ns)).collect::<Vec<_>>(), [("kept", 1_700_000_000_000_000_000)]);
+        assert_eq!(t.iterations.iter().map(|i| i.iter).collect::<Vec<_>>(), [4], "one iteration 4, from the first of the two");
+        assert_eq!(t.spans.iter().filter(|sp| sp.name.starts_with("ProfilerStep#")).count(), 3, "every step is still a range");
     }
 
     #[test]
