@@ -112,7 +112,7 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
 /// The whole analysis as a terminal report.
 pub fn render_text(a: &Analysis) -> String {
     let mut out = String::new();
-    if let Some(why) = &a.overview.incomplete {
+    for why in [&a.overview.incomplete, &a.overview.rows_skipped].into_iter().flatten() {
         out.push_str(&format!("WARNING: {why}.\n\n"));
     }
     diagnose::render(&a.diagnosis, &mut out);

@@ -16,6 +16,8 @@ pub struct Overview {
     /// Why the figures may be partial: the trace says it was never finished (meta `complete` is
     /// `false`: still being written, or its process died).
     pub incomplete: Option<String>,
+    /// Rows the reader left out because their times or values cannot be (meta `rows_skipped`).
+    pub rows_skipped: Option<String>,
     pub command: Option<String>,
     pub model: Option<String>,
     pub span: Measured<TimeSpan>,
@@ -65,6 +67,7 @@ pub fn analyze(trace: &TraceData) -> Overview {
              closing it; the figures cover only what was flushed"
                 .to_string()
         }),
+        rows_skipped: meta("rows_skipped").map(|what| format!("the reader left out {what}")),
         command: meta("command"),
         model: meta("model"),
         span: Measured::from_option(time_span(trace), || {
@@ -120,10 +123,11 @@ fn tokens(trace: &TraceData) -> Option<Tokens> {
 
 /// The section's blocks, for the terminal and the page.
 pub fn view(o: &Overview) -> Vec<Block> {
-    let mut rows: Vec<(String, Measured<String>)> = [("incomplete", &o.incomplete), ("command", &o.command), ("model", &o.model)]
-        .into_iter()
-        .filter_map(|(label, value)| Some(fact(label, value.clone()?)))
-        .collect();
+    let mut rows: Vec<(String, Measured<String>)> =
+        [("incomplete", &o.incomplete), ("rows skipped", &o.rows_skipped), ("command", &o.command), ("model", &o.model)]
+            .into_iter()
+            .filter_map(|(label, value)| Some(fact(label, value.clone()?)))
+            .collect();
     rows.extend([
         measured("time span", &o.span, |s| text::duration(s.duration_ns as f64)),
         measured("iterations profiled", &o.iterations, |i| format!("{} ({}..={})", i.count, i.first, i.last)),

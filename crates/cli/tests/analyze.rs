@@ -111,3 +111,15 @@ fn an_unfinished_trace_is_analysed_with_a_warning() {
     let whole = lumen(&["analyze", &s.path("whole.lumen")]).ok();
     assert!(!whole.stdout.contains("never finished"), "{}", whole.stdout);
 }
+
+#[test]
+fn rows_with_impossible_times_are_left_out_with_a_warning() {
+    let s = Scratch::new("analyze-impossible");
+    let path = s.path("odd.lumen");
+    let backwards = lumen_trace::model::GpuOpRow { end_ns: 1_000, ..lumen_test_support::rows::kernel(9_000, 10_000, 1) };
+    let rows =
+        lumen_trace::model::TraceData { gpu_ops: vec![lumen_test_support::rows::kernel(1_000, 2_000, 1), backwards], ..Default::default() };
+    lumen_test_support::rows::write_trace(&path, &rows);
+    let run = lumen(&["analyze", &path]).ok();
+    assert!(run.stdout.starts_with("WARNING: the reader left out 1 GPU operations with impossible times or values"), "{}", run.stdout);
+}

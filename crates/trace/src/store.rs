@@ -646,10 +646,16 @@ impl TraceReader {
     }
 }
 
-/// Reads a whole trace.
+/// The latest time a row may carry, in ns: 2^62, so that every time and every difference of two
+/// fits a signed 64-bit integer (a negative time read back as unsigned lands beyond it).
+pub const MAX_TIME_NS: u64 = 1 << 62;
+
+/// Reads a whole trace. Rows whose times cannot be (an end before its start, a time beyond
+/// [`MAX_TIME_NS`], which is also where a negative time lands) are left out and counted in meta
+/// `rows_skipped`, so that no absurd figure reaches a report.
 pub fn read_trace(path: &Path) -> Result<TraceData> {
     let r = TraceReader::open(path)?;
-    Ok(TraceData {
+    let mut t = TraceData {
         meta: r.meta()?,
         threads: r.all()?,
         spans: r.all()?,
@@ -661,7 +667,40 @@ pub fn read_trace(path: &Path) -> Result<TraceData> {
         processes: r.all()?,
         gpu_ops: r.all()?,
         api_calls: r.all()?,
-    })
+    };
+    let sane = |start: u64, end: u64| start <= end && end <= MAX_TIME_NS;
+    let mut skipped: Vec<String> = Vec::new();
+    let mut keep = |what: &str, before: usize, after: usize| {
+        if before > after {
+            skipped.push(format!("{} {what}", before - after));
+        }
+    };
+    let n = t.spans.len();
+    t.spans.retain(|x| sane(x.start_ns, x.end_ns));
+    keep("spans", n, t.spans.len());
+    let n = t.gpu_ops.len();
+    t.gpu_ops.retain(|x| sane(x.start_ns, x.end_ns));
+    keep("GPU operations", n, t.gpu_ops.len());
+    let n = t.api_calls.len();
+    t.api_calls.retain(|x| sane(x.start_ns, x.end_ns));
+    keep("API calls", n, t.api_calls.len());
+    let n = t.iterations.len();
+    t.iterations.retain(|x| sane(x.start_ns, x.end_ns));
+    keep("iterations", n, t.iterations.len());
+    let n = t.marks.len();
+    t.marks.retain(|x| x.ts_ns <= MAX_TIME_NS);
+    keep("marks", n, t.marks.len());
+    let n = t.counters.len();
+    t.counters.retain(|x| x.ts_ns <= MAX_TIME_NS && x.value.is_finite());
+    keep("counter samples", n, t.counters.len());
+    let n = t.requests.len();
+    t.requests.retain(|x| sane(x.arrival_ns, x.end_ns));
+    keep("requests", n, t.requests.len());
+    if !skipped.is_empty() {
+        t.meta.retain(|(k, _)| k != "rows_skipped");
+        t.meta.push(("rows_skipped".into(), format!("{} with impossible times or values", skipped.join(", "))));
+    }
+    Ok(t)
 }
 
 /// The meta rows of a trace, without reading its other tables.
@@ -694,6 +733,23 @@ mod tests {
 
     fn temp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("lumen-store-{}-{name}.lumen", std::process::id()))
+    }
+
+    #[test]
+    fn rows_with_impossible_times_are_left_out_and_counted() {
+        let path = temp("impossible");
+        let _ = std::fs::remove_file(&path);
+        let mut w = TraceWriter::create(&path, &[]).unwrap();
+        let backwards = GpuOpRow { end_ns: 100, ..kernel(500, 1) };
+        let negative = GpuOpRow { start_ns: u64::MAX - 10, end_ns: u64::MAX, ..kernel(0, 2) };
+        w.append_gpu(&GpuBatch { gpu_ops: &[kernel(1_000, 3), backwards, negative], ..Default::default() }).unwrap();
+        w.append(&Batch { spans: &[span(10, 5, "backwards", 0, None), span(10, 20, "fine", 0, None)], ..Default::default() }).unwrap();
+        w.finish().unwrap();
+        let t = read_trace(&path).unwrap();
+        assert_eq!(t.gpu_ops.iter().map(|g| g.correlation).collect::<Vec<_>>(), [Some(3)]);
+        assert_eq!(t.spans.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["fine"]);
+        assert_eq!(t.meta("rows_skipped"), Some("1 spans, 2 GPU operations with impossible times or values"));
+        std::fs::remove_file(&path).unwrap();
     }
 
     fn span(start: u64, end: u64, name: &str, depth: u32, iteration: Option<u64>) -> SpanRow {
