@@ -670,37 +670,27 @@ pub fn read_trace(path: &Path) -> Result<TraceData> {
     };
     let sane = |start: u64, end: u64| start <= end && end <= MAX_TIME_NS;
     let mut skipped: Vec<String> = Vec::new();
-    let mut keep = |what: &str, before: usize, after: usize| {
-        if before > after {
-            skipped.push(format!("{} {what}", before - after));
-        }
-    };
-    let n = t.spans.len();
-    t.spans.retain(|x| sane(x.start_ns, x.end_ns));
-    keep("spans", n, t.spans.len());
-    let n = t.gpu_ops.len();
-    t.gpu_ops.retain(|x| sane(x.start_ns, x.end_ns));
-    keep("GPU operations", n, t.gpu_ops.len());
-    let n = t.api_calls.len();
-    t.api_calls.retain(|x| sane(x.start_ns, x.end_ns));
-    keep("API calls", n, t.api_calls.len());
-    let n = t.iterations.len();
-    t.iterations.retain(|x| sane(x.start_ns, x.end_ns));
-    keep("iterations", n, t.iterations.len());
-    let n = t.marks.len();
-    t.marks.retain(|x| x.ts_ns <= MAX_TIME_NS);
-    keep("marks", n, t.marks.len());
-    let n = t.counters.len();
-    t.counters.retain(|x| x.ts_ns <= MAX_TIME_NS && x.value.is_finite());
-    keep("counter samples", n, t.counters.len());
-    let n = t.requests.len();
-    t.requests.retain(|x| sane(x.arrival_ns, x.end_ns));
-    keep("requests", n, t.requests.len());
+    drop_impossible(&mut t.spans, "spans", |x| sane(x.start_ns, x.end_ns), &mut skipped);
+    drop_impossible(&mut t.gpu_ops, "GPU operations", |x| sane(x.start_ns, x.end_ns), &mut skipped);
+    drop_impossible(&mut t.api_calls, "API calls", |x| sane(x.start_ns, x.end_ns), &mut skipped);
+    drop_impossible(&mut t.iterations, "iterations", |x| sane(x.start_ns, x.end_ns), &mut skipped);
+    drop_impossible(&mut t.marks, "marks", |x| x.ts_ns <= MAX_TIME_NS, &mut skipped);
+    drop_impossible(&mut t.counters, "counter samples", |x| x.ts_ns <= MAX_TIME_NS && x.value.is_finite(), &mut skipped);
+    drop_impossible(&mut t.requests, "requests", |x| sane(x.arrival_ns, x.end_ns), &mut skipped);
     if !skipped.is_empty() {
         t.meta.retain(|(k, _)| k != "rows_skipped");
         t.meta.push(("rows_skipped".into(), format!("{} with impossible times or values", skipped.join(", "))));
     }
     Ok(t)
+}
+
+/// Removes the rows of `rows` that are not `possible`, noting how many (`"3 spans"`) in `skipped`.
+fn drop_impossible<T>(rows: &mut Vec<T>, what: &str, possible: impl Fn(&T) -> bool, skipped: &mut Vec<String>) {
+    let before = rows.len();
+    rows.retain(|r| possible(r));
+    if rows.len() < before {
+        skipped.push(format!("{} {what}", before - rows.len()));
+    }
 }
 
 /// The meta rows of a trace, without reading its other tables.
