@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: fetches the default model if it is missing (the tests use it), then the
-# workspace's unit, integration and end-to-end tests. Needs no GPU.
+# workspace's unit, integration and end-to-end tests, then every parser's fuzzer for a few seconds
+# (scripts/fuzz.sh runs them longer). Needs no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LUMEN_SETUP_NO_BUILD=1 scripts/setup.sh
 cargo test --workspace --no-fail-fast
+cargo run --quiet -p lumen-fuzz -- all "${LUMEN_FUZZ_SECONDS:-5}"
