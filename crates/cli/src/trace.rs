@@ -208,6 +208,12 @@ fn import(input: &Path, output: &Path) -> Result<()> {
             s.kernels_without_correlation
         );
     }
+    if s.correlation_collisions > 0 {
+        lumen_trace::status!(
+            "  {} API calls repeat a correlation id of their process: GPU work with such an id may be joined to the wrong call",
+            s.correlation_collisions
+        );
+    }
     if let (Some(pid), false) = (s.host_pid, s.other_host_pids.is_empty()) {
         let others: Vec<String> = s.other_host_pids.iter().map(u32::to_string).collect();
         lumen_trace::status!("  GPU work is joined to the launches of process {pid}; processes {} also made API calls", others.join(", "));

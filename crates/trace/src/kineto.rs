@@ -77,6 +77,9 @@ pub struct ImportSummary {
     pub host_pid: Option<u32>,
     /// Host processes with API calls beyond the first: their launches cannot be told apart.
     pub other_host_pids: Vec<u32>,
+    /// API calls of the host process whose correlation id an earlier call already had: GPU work
+    /// with that id cannot be joined to the right one.
+    pub correlation_collisions: u64,
 }
 
 impl ImportSummary {
@@ -1166,6 +1169,7 @@ impl Importer {
         let mut launches: Vec<(u64, u64)> =
             std::mem::take(&mut self.launches).into_iter().filter(|l| l.0 == host).map(|(_, c, start)| (c, start)).collect();
         launches.sort_unstable();
+        self.summary.correlation_collisions = launches.windows(2).filter(|w| w[0].0 == w[1].0).count() as u64;
         let mut ops: Vec<(u64, u64, u64)> = std::mem::take(&mut self.launched)
             .into_iter()
             .filter_map(|(c, start, end)| {
@@ -1243,6 +1247,9 @@ impl Importer {
             &GpuBatch { processes: &processes, threads: &threads, ..GpuBatch::default() },
         )?;
         self.summary.other_host_pids = self.api_pids.iter().copied().filter(|&p| Some(p) != self.summary.host_pid).collect();
+        if self.summary.correlation_collisions > 0 {
+            self.writer.set_meta("kineto_correlation_collisions", &self.summary.correlation_collisions.to_string())?;
+        }
         if !self.gpus.is_empty() {
             self.writer.set_meta("gpu", &self.gpus.join(", "))?;
         }
@@ -1677,6 +1684,22 @@ mod tests {
         assert_eq!(t.gpu_ops.iter().map(|g| (g.name.as_str(), g.start_ns)).collect::<Vec<_>>(), [("kept", 1_700_000_000_000_000_000)]);
         assert_eq!(t.iterations.iter().map(|i| i.iter).collect::<Vec<_>>(), [4], "one iteration 4, from the first of the two");
         assert_eq!(t.spans.iter().filter(|sp| sp.name.starts_with("ProfilerStep#")).count(), 3, "every step is still a range");
+    }
+
+    #[test]
+    fn launch_calls_sharing_a_correlation_id_are_counted() {
+        let files = Files::new(
+            "collide",
+            &events(
+                r#"{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 10, "dur": 2, "args": {"correlation": 5}},
+                   {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 20, "dur": 2, "args": {"correlation": 5}},
+                   {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 30, "dur": 2, "args": {"correlation": 6}},
+                   {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 25, "dur": 1, "args": {"correlation": 5}}"#,
+            ),
+        );
+        let (s, t) = files.imported();
+        assert_eq!(s.correlation_collisions, 1);
+        assert_eq!(t.meta("kineto_correlation_collisions"), Some("1"));
     }
 
     #[test]
