@@ -650,7 +650,10 @@ impl TraceReader {
 /// fits a signed 64-bit integer (a negative time read back as unsigned lands beyond it).
 pub const MAX_TIME_NS: u64 = 1 << 62;
 
-/// Reads a whole trace. Rows whose times cannot be (an end before its start, a time beyond
+/// The most allocations or frees one iteration may count (2^40: no process makes a trillion).
+pub const MAX_COUNT: u64 = 1 << 40;
+
+/// Reads a whole trace. Rows whose times or counts cannot be (an end before its start, a time beyond
 /// [`MAX_TIME_NS`], which is also where a negative time lands) are left out and counted in meta
 /// `rows_skipped`, so that no absurd figure reaches a report.
 pub fn read_trace(path: &Path) -> Result<TraceData> {
@@ -677,6 +680,7 @@ pub fn read_trace(path: &Path) -> Result<TraceData> {
     drop_impossible(&mut t.marks, "marks", |x| x.ts_ns <= MAX_TIME_NS, &mut skipped);
     drop_impossible(&mut t.counters, "counter samples", |x| x.ts_ns <= MAX_TIME_NS && x.value.is_finite(), &mut skipped);
     drop_impossible(&mut t.requests, "requests", |x| sane(x.arrival_ns, x.end_ns), &mut skipped);
+    drop_impossible(&mut t.allocations, "allocation rows", |x| x.count.max(x.frees) <= MAX_COUNT, &mut skipped);
     if !skipped.is_empty() {
         t.meta.retain(|(k, _)| k != "rows_skipped");
         t.meta.push(("rows_skipped".into(), format!("{} with impossible times or values", skipped.join(", "))));
@@ -734,11 +738,15 @@ mod tests {
         let negative = GpuOpRow { start_ns: u64::MAX - 10, end_ns: u64::MAX, ..kernel(0, 2) };
         w.append_gpu(&GpuBatch { gpu_ops: &[kernel(1_000, 3), backwards, negative], ..Default::default() }).unwrap();
         w.append(&Batch { spans: &[span(10, 5, "backwards", 0, None), span(10, 20, "fine", 0, None)], ..Default::default() }).unwrap();
+        let absurd =
+            AllocationRow { iteration: 1, count: 485_440_633_518_672_384, bytes: 1, frees: 0, kv_blocks_allocated: 0, kv_blocks_freed: 0 };
+        w.append(&Batch { allocations: &[absurd], ..Default::default() }).unwrap();
         w.finish().unwrap();
         let t = read_trace(&path).unwrap();
         assert_eq!(t.gpu_ops.iter().map(|g| g.correlation).collect::<Vec<_>>(), [Some(3)]);
         assert_eq!(t.spans.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["fine"]);
-        assert_eq!(t.meta("rows_skipped"), Some("1 spans, 2 GPU operations with impossible times or values"));
+        assert_eq!(t.meta("rows_skipped"), Some("1 spans, 2 GPU operations, 1 allocation rows with impossible times or values"));
+        assert!(t.allocations.is_empty());
         std::fs::remove_file(&path).unwrap();
     }
 
