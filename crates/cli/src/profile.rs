@@ -270,7 +270,7 @@ extern "C" fn pass_on(signal: libc::c_int) {
 /// inside it) can flush and end, and `lumen profile` goes on to merge its trace.
 fn forward_signals_to(pid: u32) {
     PROFILED.store(pid as i32, Ordering::SeqCst);
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for signal in lumen_engine::interrupt::STOP_SIGNALS {
         unsafe { libc::signal(signal, pass_on as *const () as libc::sighandler_t) };
     }
 }

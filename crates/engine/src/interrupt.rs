@@ -15,9 +15,12 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// Routes SIGINT, SIGTERM and SIGHUP to the stop request.
+/// The signals that ask lumen to stop.
+pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Routes the [`STOP_SIGNALS`] to the stop request.
 pub fn install() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for signal in STOP_SIGNALS {
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
 }

@@ -797,10 +797,10 @@ struct Importer {
 /// Whole nanoseconds from microseconds, rounded: Kineto writes sub-microsecond fractions. An
 /// event ends at `ns(ts + dur)`, so an operation that starts where the previous one ended leaves
 /// no gap, whatever the rounding.
-/// The latest time, in µs from the trace's origin, a row may have: 2^62 ns, so that every time
-/// and every difference of two fits the store's signed 64-bit nanoseconds (Kineto's µs since
-/// the Unix epoch stay below it until the next century).
-const MAX_TIME_US: f64 = (1u64 << 62) as f64 / 1000.0;
+/// The latest time, in µs from the trace's origin, a row may have: the store's
+/// [`MAX_TIME_NS`](crate::store::MAX_TIME_NS) (Kineto's µs since the Unix epoch stay below it
+/// until the next century).
+const MAX_TIME_US: f64 = crate::store::MAX_TIME_NS as f64 / 1000.0;
 
 fn ns(us: f64) -> u64 {
     (us * 1000.0).round() as u64

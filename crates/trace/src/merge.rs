@@ -5,10 +5,10 @@
 
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::model::{AllocationRow, ApiCallRow, CounterRow, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow};
+use crate::output::same_file;
 use crate::store::{wal_path, Batch, GpuBatch, Stored, TraceReader, TraceWriter};
 
 /// Rows per transaction while copying: big enough to amortise commits, small enough that a
@@ -85,8 +85,7 @@ pub fn merge_traces(inputs: &[PathBuf], output: &Path, meta: &[(String, String)]
 fn refuse_double_counting(readers: &[TraceReader]) -> Result<()> {
     let mut gpu_owner: BTreeMap<u32, &Path> = BTreeMap::new();
     for (i, r) in readers.iter().enumerate() {
-        let id = std::fs::metadata(r.path()).ok().map(|m| (m.dev(), m.ino()));
-        if let Some(first) = readers[..i].iter().find(|o| std::fs::metadata(o.path()).ok().map(|m| (m.dev(), m.ino())) == id) {
+        if let Some(first) = readers[..i].iter().find(|o| same_file(o.path(), r.path())) {
             bail!("input {} is given twice (also as {}); its rows would be counted twice", r.path().display(), first.path().display());
         }
         for pid in r.gpu_pids()? {

@@ -57,7 +57,7 @@ fn location(path: &Path) -> Option<PathBuf> {
 }
 
 /// Whether two paths name one file: the same existing file, or the same place.
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     match (identity(a), identity(b)) {
         (Some(x), Some(y)) => x == y,
         _ => location(a).is_some_and(|l| location(b) == Some(l)),
