@@ -223,16 +223,20 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
         concurrency: (concurrency > 0).then_some(concurrency as usize),
         eos_id: (args.eos_id >= 0).then_some(args.eos_id as u32),
     };
+    // The iteration log is streamed a line per iteration, so it can be followed while the run goes
+    // on and keeps every iteration that ran when the run is stopped or killed.
     let mut log = match &args.iteration_log {
-        Some(p) => Some(AtomicFile::create(p).context("the iteration log")?),
+        Some(p) => Some(std::io::LineWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create the iteration log {}", p.display()))?,
+        )),
         None => None,
     };
     let result = run_benchmark(&mut engine, &entries, &options, log.as_mut().map(|w| w as &mut dyn Write), profiler)?;
     if let Some((path, iterations)) = &result.trace {
         lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded", path.display());
     }
-    if let Some(w) = log {
-        w.commit().context("the iteration log")?;
+    if let Some(mut w) = log {
+        w.flush().context("cannot write the iteration log")?;
     }
     let threads = args.model.threads();
     let engine_info = EngineInfo {

@@ -1,7 +1,8 @@
 //! End-to-end runs of `lumen profile`. Without a GPU the command must still run, with its
 //! environment and exit status, and leave a loadable trace that says why nothing was collected.
 //! On the GPU machine (docs/gpu.md) it profiles `lumen bench throughput` inside a window of
-//! iterations and checks that every collected kernel belongs to exactly one of them.
+//! iterations and checks that every collected kernel belongs to exactly one of them, and that a
+//! profiled process stopped by SIGTERM leaves whole, finished traces.
 
 mod common;
 
@@ -9,6 +10,8 @@ use common::{fixed_length_dataset, gpu_present, lumen, lumen_bin, lumen_env, Scr
 use lumen_trace::model::GpuOpKind;
 use lumen_trace::store::read_trace;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn the_command_runs_with_its_environment_and_exit_status() {
@@ -207,4 +210,102 @@ fn a_killed_process_leaves_what_was_flushed_marked_incomplete() {
     assert_eq!(trace.meta("complete"), Some("false"));
     let kernels = trace.gpu_ops.iter().filter(|k| k.kind == GpuOpKind::Kernel).count();
     assert!(kernels > 0 && !trace.api_calls.is_empty(), "what was flushed before the crash is kept ({kernels} kernels)");
+}
+
+/// The device fills a buffer and reads it back. With `LUMEN_TEST_CUDA_SECONDS` it goes on for that
+/// long: the CUDA program, with every signal at its default action, that the SIGTERM test profiles.
+#[test]
+fn device_memory_fills_and_reads_back() {
+    let Some(gpu) = lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0)) else { return };
+    let seconds: f64 = std::env::var("LUMEN_TEST_CUDA_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    const BYTES: usize = 1 << 20;
+    let buffer = gpu.alloc(BYTES, "test buffer").unwrap();
+    let mut host = vec![0u8; BYTES];
+    let started = Instant::now();
+    for round in 0u64.. {
+        let value = (round % 251) as u8;
+        gpu.fill(buffer.at(0), value, BYTES).unwrap();
+        gpu.download(&mut host, buffer.at(0)).unwrap();
+        assert!(host.iter().all(|&b| b == value), "round {round}: the buffer reads back as filled");
+        if round >= 3 && started.elapsed().as_secs_f64() >= seconds {
+            break;
+        }
+    }
+}
+
+/// Runs `lumen profile -o OUT -- COMMAND` with `env`, sends it SIGTERM once `ready` says so (or
+/// after a minute), and returns its exit status and standard error.
+fn profile_until_sigterm(out: &str, command: &[&str], env: &[(&str, &str)], ready: impl Fn() -> bool) -> (Option<i32>, String) {
+    let mut cmd = Command::new(lumen_bin());
+    cmd.args(["profile", "-o", out, "--"]).args(command).env_remove("LUMEN_MODEL").stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("lumen starts");
+    let started = Instant::now();
+    while !ready() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let run = child.wait_with_output().unwrap();
+    (run.status.code(), String::from_utf8_lossy(&run.stderr).into_owned())
+}
+
+/// A CUDA program that leaves SIGTERM at its default action would die without running `atexit`:
+/// the collector catches the signal, finishes the process's trace and ends it by the same signal.
+#[test]
+fn a_program_without_signal_handlers_finishes_its_trace_on_sigterm() {
+    if !gpu_present() {
+        return;
+    }
+    let s = Scratch::new("profile-sigterm-plain");
+    let out = s.path("plain.lumen");
+    let exe = std::env::current_exe().unwrap();
+    let started = Instant::now();
+    let command = [exe.to_str().unwrap(), "device_memory_fills_and_reads_back", "--exact", "--nocapture"];
+    let (code, stderr) =
+        profile_until_sigterm(&out, &command, &[("LUMEN_TEST_CUDA_SECONDS", "120")], || started.elapsed() > Duration::from_secs(4));
+    assert_eq!(code, Some(128 + libc::SIGTERM), "the program ends by SIGTERM: {stderr}");
+    assert!(!stderr.contains("incomplete"), "{stderr}");
+    let trace = read_trace(Path::new(&out)).expect("the trace loads");
+    assert_eq!(trace.meta("complete"), Some("true"), "the collector finished the trace: {stderr}");
+    let memsets = trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Memset).count();
+    assert!(memsets > 3, "the fills ran up to the signal are kept ({memsets}): {stderr}");
+}
+
+/// `lumen profile` of a benchmark with `LUMEN_TRACE`, stopped by SIGTERM: the benchmark stops at an
+/// iteration boundary, its own trace (JSON, or `.lumen` standing alone) holds the iterations that
+/// ran, and the collector's trace is finished.
+#[test]
+fn a_profiled_benchmark_stopped_by_sigterm_leaves_whole_traces() {
+    if !gpu_present() {
+        return;
+    }
+    for name in ["bench.json", "bench.lumen"] {
+        let s = Scratch::new("profile-sigterm-bench");
+        let data = fixed_length_dataset(&s, "smollm2-135m", "4000", "128", "512");
+        let (out, log, own) = (s.path("profiled.lumen"), s.path("iterations.jsonl"), s.path(name));
+        let lumen = lumen_bin();
+        let bench = [lumen.as_str(), "bench", "throughput", "--device", "cuda", "--model", "smollm2-135m", "--dataset", &data];
+        let bench: Vec<&str> = bench.into_iter().chain(["--eos-id", "-1", "--max-batch-size", "64", "--iteration-log", &log]).collect();
+        let logged = || std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() >= 50);
+        let (code, stderr) = profile_until_sigterm(&out, &bench, &[("LUMEN_TRACE", &own)], logged);
+        assert_eq!(code, Some(128 + libc::SIGTERM), "{name}: {stderr}");
+        assert!(stderr.contains("stopped by SIGTERM at an iteration boundary"), "{stderr}");
+        assert!(!stderr.contains("incomplete"), "{stderr}");
+        let iterations = if name.ends_with(".json") {
+            let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).expect("whole JSON");
+            json["traceEvents"].as_array().unwrap().iter().filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("iter "))).count()
+        } else {
+            let alone = s.path("copy.lumen");
+            std::fs::copy(&own, &alone).unwrap();
+            let t = read_trace(Path::new(&alone)).expect("the .lumen file alone opens");
+            assert_eq!(t.meta("complete"), Some("true"));
+            t.iterations.len()
+        };
+        assert!(iterations >= 50, "{name}: the iterations that ran are in the benchmark's trace ({iterations}): {stderr}");
+        let profiled = read_trace(Path::new(&out)).expect("the profile loads");
+        assert_eq!(profiled.meta("complete"), Some("true"), "{stderr}");
+        assert!(profiled.gpu_ops.iter().any(|op| op.kind == GpuOpKind::Kernel), "kernels collected: {stderr}");
+    }
 }

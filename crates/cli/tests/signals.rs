@@ -8,12 +8,20 @@ use common::{fixed_length_dataset, lumen_bin, Scratch};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The iteration log the benchmark streams.
+const LOG: &str = "iterations.jsonl";
+
+/// Iterations logged so far.
+fn logged(s: &Scratch) -> usize {
+    std::fs::read_to_string(s.path(LOG)).map_or(0, |log| log.lines().count())
+}
+
 /// Starts a benchmark long enough to be interrupted, recording every iteration into `trace`.
 fn start_bench(s: &Scratch, trace: &str) -> Child {
     let data = fixed_length_dataset(s, "smollm2-135m", "400", "32", "64");
     Command::new(lumen_bin())
         .args(["bench", "throughput", "--model", "smollm2-135m", "--dataset", &data, "--eos-id", "-1", "--max-batch-size", "8"])
-        .args(["--warmup", "0", "--iteration-log", &s.path("iterations.jsonl")])
+        .args(["--warmup", "0", "--iteration-log", &s.path(LOG)])
         .env_remove("LUMEN_MODEL")
         .env("LUMEN_TRACE", trace)
         .stdout(Stdio::piped())
@@ -22,13 +30,14 @@ fn start_bench(s: &Scratch, trace: &str) -> Child {
         .expect("lumen starts")
 }
 
-/// Waits until the benchmark has run a few iterations (its progress lines say so), then sends
-/// `signal` and returns the exit status and standard error.
-fn interrupt(mut child: Child, signal: i32) -> (Option<i32>, String) {
-    // Loading the preset takes about a second; then iterations run (no warm-up).
+/// Waits until `ready` says the command is under way (at most a minute), then sends `signal` and
+/// returns the exit status and standard error.
+fn interrupt(mut child: Child, signal: i32, ready: impl Fn() -> bool) -> (Option<i32>, String) {
     let started = Instant::now();
-    std::thread::sleep(Duration::from_millis(3000));
-    assert!(child.try_wait().unwrap().is_none(), "the benchmark ended before the signal (after {:?})", started.elapsed());
+    while !ready() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the command ended before the signal (after {:?})", started.elapsed());
     unsafe { libc::kill(child.id() as i32, signal) };
     let out = child.wait_with_output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -38,8 +47,9 @@ fn interrupt(mut child: Child, signal: i32) -> (Option<i32>, String) {
 fn sigterm_leaves_a_whole_json_trace() {
     let s = Scratch::new("sig-json");
     let trace = s.path("run.json");
-    let (code, stderr) = interrupt(start_bench(&s, &trace), libc::SIGTERM);
+    let (code, stderr) = interrupt(start_bench(&s, &trace), libc::SIGTERM, || logged(&s) >= 3);
     assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(logged(&s) >= 3, "the streamed iteration log keeps the iterations that ran: {stderr}");
     assert!(stderr.contains("stopped by SIGTERM at an iteration boundary"), "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).expect("the trace exists")).expect("whole JSON");
     let events = json["traceEvents"].as_array().expect("Chrome trace events");
@@ -52,7 +62,7 @@ fn sigint_and_sighup_leave_a_lumen_trace_that_stands_alone() {
     for signal in [libc::SIGINT, libc::SIGHUP] {
         let s = Scratch::new("sig-lumen");
         let trace = s.path("run.lumen");
-        let (code, stderr) = interrupt(start_bench(&s, &trace), signal);
+        let (code, stderr) = interrupt(start_bench(&s, &trace), signal, || logged(&s) >= 3);
         assert_eq!(code, Some(128 + signal), "{stderr}");
         let alone = s.path("copy/run.lumen");
         std::fs::create_dir_all(s.path("copy")).unwrap();
@@ -74,7 +84,8 @@ fn lumen_profile_passes_sigterm_on_and_writes_its_trace() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("lumen starts");
-    let (code, stderr) = interrupt(child, libc::SIGTERM);
+    let started = Instant::now();
+    let (code, stderr) = interrupt(child, libc::SIGTERM, || started.elapsed() > Duration::from_secs(2));
     assert_eq!(code, Some(7), "lumen profile exits as its command did after the signal: {stderr}");
     let t = lumen_trace::store::read_trace(std::path::Path::new(&out)).expect("the trace is written");
     assert_eq!(t.meta("exit_status"), Some("7"), "{stderr}");

@@ -3,6 +3,12 @@
 //! run or only between `cuProfilerStart` and `cuProfilerStop`, and writes the decoded rows to
 //! `<dir>/<pid>.lumen` from a flusher thread every half second and once more at exit.
 //!
+//! A process that leaves SIGINT, SIGTERM or SIGHUP at their default action would die without
+//! running `atexit`; for those signals the collector installs a handler that wakes the flusher,
+//! which writes and finalises the trace and then ends the process by the same signal (so its exit
+//! status is unchanged). A second signal ends it at once. Signals the process handles or ignores
+//! are left to it: it exits normally and the `atexit` flush runs.
+//!
 //! Any failure (no CUPTI, CUPTI taken by another subscriber, an unwritable directory) is printed
 //! and the process runs on untraced.
 
@@ -16,6 +22,7 @@ use lumen_trace::store::{Batch, GpuBatch, TraceWriter};
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{c_int, c_void, CStr};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -139,16 +146,77 @@ fn start() -> Result<()> {
             }
         }
     }
-    std::thread::Builder::new()
-        .name("lumen-collect".into())
-        .spawn(|| loop {
-            std::thread::sleep(FLUSH_EVERY);
-            unsafe { sys::cuptiActivityFlushAll(0) };
-            write_rows(false);
-        })
-        .context("cannot start the flusher thread")?;
+    let wake = wake_pipe()?;
+    std::thread::Builder::new().name("lumen-collect".into()).spawn(move || flusher(wake)).context("cannot start the flusher thread")?;
     unsafe { libc::atexit(at_exit) };
+    catch_default_stop_signals();
     Ok(())
+}
+
+/// The write end of the pipe that wakes the flusher when a stop signal arrives (-1: none yet).
+static WAKE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// The stop signal received, 0 before any.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+const STOP_SIGNALS: [c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// A non-blocking, close-on-exec pipe; returns its read end and publishes its write end.
+fn wake_pipe() -> Result<c_int> {
+    let mut ends = [0 as c_int; 2];
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        bail!("cannot create the flusher's pipe: {}", std::io::Error::last_os_error());
+    }
+    WAKE_WRITE.store(ends[1], Ordering::SeqCst);
+    Ok(ends[0])
+}
+
+/// Flushes every [`FLUSH_EVERY`], or at once when a stop signal wakes it; after a signal it
+/// finalises the trace and ends the process by that signal.
+fn flusher(wake: c_int) {
+    loop {
+        let mut poll = libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 };
+        unsafe { libc::poll(&mut poll, 1, FLUSH_EVERY.as_millis() as c_int) };
+        let signal = STOP_SIGNAL.load(Ordering::SeqCst);
+        if signal != 0 {
+            unsafe { sys::cuptiActivityFlushAll(FLUSH_FORCED) };
+            write_rows(true);
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+                libc::kill(libc::getpid(), signal);
+            }
+            return;
+        }
+        unsafe { sys::cuptiActivityFlushAll(0) };
+        write_rows(false);
+    }
+}
+
+extern "C" fn on_stop_signal(signal: c_int) {
+    // Async-signal-safe only: an atomic swap, write(2), and on a second signal the default action.
+    if STOP_SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+        return;
+    }
+    let byte = 1u8;
+    unsafe { libc::write(WAKE_WRITE.load(Ordering::SeqCst), (&byte as *const u8).cast(), 1) };
+}
+
+/// Installs [`on_stop_signal`] for each stop signal still at its default action.
+fn catch_default_stop_signals() {
+    for signal in STOP_SIGNALS {
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) == 0 && current.sa_sigaction == libc::SIG_DFL {
+                let mut ours: libc::sigaction = std::mem::zeroed();
+                ours.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+                ours.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut ours.sa_mask);
+                libc::sigaction(signal, &ours, std::ptr::null_mut());
+            }
+        }
+    }
 }
 
 /// The activity kinds a capture window switches on and off (graph launches stay on, see `start`).
