@@ -4,13 +4,15 @@ use crate::common::{hardware_description, EngineArgs, ModelArgs};
 use crate::recording::ProfileArgs;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand};
+use lumen_bench::dataset::DatasetEntry;
 use lumen_bench::dataset::{
     parse_len_dist, read_dataset, real_dataset, token_norm_dist, token_unif_dist, write_dataset, NormDistParams, RealDatasetParams,
     UnifDistParams, Vocab, DEFAULT_RANDOM_SEED,
 };
 use lumen_bench::report::{build_report, render_json, render_text, EngineInfo, RunInfo};
 use lumen_bench::run::{run_benchmark, RunOptions};
-use lumen_model::describe_model;
+use lumen_bench::tuning::{tune, TuningInputs};
+use lumen_model::{describe_model, Model};
 use lumen_trace::output::{check_outputs, print_report, AtomicFile, Named};
 use std::io::Write;
 use std::path::PathBuf;
@@ -190,7 +192,35 @@ pub struct LatencyArgs {
     run: RunArgs,
 }
 
-fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
+/// The batch limits `bench throughput` on CUDA uses where neither a flag nor `--config` sets them
+/// (`lumen_bench::tuning`), announced with the reason; None on the CPU, or when both are given.
+fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) -> Result<Option<(usize, usize)>> {
+    let Some(weights) = model.cuda_weights() else { return Ok(None) };
+    if engine.batch_limits_given()? {
+        return Ok(None);
+    }
+    let c = model.config();
+    let mean = |f: &dyn Fn(&DatasetEntry) -> usize| entries.iter().map(f).sum::<usize>() as f64 / entries.len().max(1) as f64;
+    let inputs = TuningInputs {
+        layers: c.num_layers,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        params: c.num_params(),
+        weight_bytes: 2.0,
+        kv_bytes: 2.0,
+        tensor_parallel: 1,
+        pipeline_parallel: 1,
+        mean_isl: mean(&|e| e.input_ids.len()),
+        mean_osl: mean(&|e| e.output_tokens as usize),
+        kv_fraction: engine.kv_fraction()?,
+        gpu_memory_gib: weights.gpu.info.total_memory as f64 / (1u64 << 30) as f64,
+    };
+    let limits = tune(&inputs)?;
+    lumen_trace::status!("[lumen] tuned to the model, dataset and GPU: {}", limits.explain(&inputs));
+    Ok(Some((limits.max_batch_size, limits.max_num_tokens)))
+}
+
+fn run_bench(args: RunArgs, concurrency: i64, streaming: bool, tune: bool) -> Result<()> {
     ensure!(concurrency == -1 || concurrency > 0, "--concurrency {concurrency} must be a positive count or -1 (unlimited)");
     ensure!(args.warmup >= 0, "--warmup {} must not be negative", args.warmup);
     ensure!(args.eos_id >= -1, "--eos-id {} must be a token id or -1", args.eos_id);
@@ -213,7 +243,8 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
         ensure!(n <= entries.len(), "--num-requests {n} exceeds the {} requests in {}", entries.len(), args.dataset.display());
         entries.truncate(n);
     }
-    let mut engine = args.engine.engine(model.clone(), model.cuda_weights().is_some())?;
+    let limits = if tune { tuned_limits(&args.engine, &model, &entries)? } else { None };
+    let mut engine = args.engine.engine_with_limits(model.clone(), model.cuda_weights().is_some(), limits)?;
     let report_file = match &args.report_json {
         Some(p) => Some((p, AtomicFile::create(p).context("the report")?)),
         None => None,
@@ -281,7 +312,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool) -> Result<()> {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::PrepareDataset(a) => prepare(a),
-        BenchCommand::Throughput(a) => run_bench(a.run, a.concurrency, a.streaming),
-        BenchCommand::Latency(a) => run_bench(a.run, 1, true),
+        BenchCommand::Throughput(a) => run_bench(a.run, a.concurrency, a.streaming, true),
+        BenchCommand::Latency(a) => run_bench(a.run, 1, true, false),
     }
 }

@@ -78,10 +78,12 @@ pub struct EngineArgs {
     /// {enable_padding, max_batch_size, batch_sizes} (null disables CUDA graphs). Flags win.
     #[arg(long = "config", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
-    /// Most requests scheduled in one iteration [default: 64]
+    /// Most requests scheduled in one iteration [default: 64; `bench throughput` on CUDA tunes it to
+    /// the model, dataset and GPU]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_size: Option<u32>,
-    /// Most tokens (prefill chunks plus decode tokens) scheduled in one iteration [default: 2048]
+    /// Most tokens (prefill chunks plus decode tokens) scheduled in one iteration [default: 2048;
+    /// `bench throughput` on CUDA tunes it]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_num_tokens: Option<u32>,
     /// KV cache size in tokens (overrides --kv-cache-gib).
@@ -121,10 +123,13 @@ impl EngineArgs {
     /// `--config` file under the flags given (see [`EngineConfigFile::apply`]), batch-invariant
     /// when `LUMEN_BATCH_INVARIANT=1`.
     pub fn config(&self, device_is_cuda: bool) -> Result<EngineConfig> {
-        let file = match &self.config_file {
-            Some(path) => EngineConfigFile::load(path)?,
-            None => EngineConfigFile::default(),
-        };
+        self.config_with_limits(device_is_cuda, None)
+    }
+
+    /// [`EngineArgs::config`], with `limits` (max batch size, max num tokens) in place of the
+    /// defaults: each applies where neither its flag nor the file sets it.
+    pub fn config_with_limits(&self, device_is_cuda: bool, limits: Option<(usize, usize)>) -> Result<EngineConfig> {
+        let file = self.file()?;
         if let Some(f) = self.kv_cache_free_gpu_mem_fraction {
             ensure!(
                 f > 0.0 && f <= 1.0,
@@ -134,9 +139,35 @@ impl EngineArgs {
         if let (None, Some(gib)) = (self.kv_cache_tokens, self.kv_cache_gib) {
             ensure!(gib.is_finite() && gib > 0.0, "--kv-cache-gib {gib} is not a positive size");
         }
-        let mut config = file.apply(&self.overrides(), device_is_cuda)?;
+        let mut overrides = self.overrides();
+        if let Some((batch, tokens)) = limits {
+            overrides.max_batch_size = overrides.max_batch_size.or(file.max_batch_size).or(Some(batch));
+            overrides.max_num_tokens = overrides.max_num_tokens.or(file.max_num_tokens).or(Some(tokens));
+        }
+        let mut config = file.apply(&overrides, device_is_cuda)?;
         config.batch_invariant = batch_invariant(std::env::var("LUMEN_BATCH_INVARIANT").ok().as_deref());
         Ok(config)
+    }
+
+    /// The `--config` file, or an empty one.
+    fn file(&self) -> Result<EngineConfigFile> {
+        match &self.config_file {
+            Some(path) => EngineConfigFile::load(path),
+            None => Ok(EngineConfigFile::default()),
+        }
+    }
+
+    /// Whether the flags or the `--config` file set both the max batch size and the max num tokens.
+    pub fn batch_limits_given(&self) -> Result<bool> {
+        let file = self.file()?;
+        Ok(self.max_batch_size.or(file.max_batch_size.map(|b| b as u32)).is_some()
+            && self.max_num_tokens.or(file.max_num_tokens.map(|t| t as u32)).is_some())
+    }
+
+    /// The KV cache's share of the free GPU memory: the flag, else the file's, else the default.
+    pub fn kv_fraction(&self) -> Result<f64> {
+        let file = self.file()?.kv_cache_config.and_then(|k| k.free_gpu_memory_fraction);
+        Ok(self.kv_cache_free_gpu_mem_fraction.or(file).unwrap_or(lumen_engine::config::DEFAULT_FREE_GPU_MEM_FRACTION))
     }
 
     /// The flags given, as settings that win over the file.
@@ -158,6 +189,12 @@ impl EngineArgs {
 
     pub fn engine(&self, model: Arc<Model>, device_is_cuda: bool) -> Result<Engine> {
         Engine::new(model, self.config(device_is_cuda)?)
+    }
+
+    /// The engine, with `limits` in place of the default batch limits (see
+    /// [`EngineArgs::config_with_limits`]).
+    pub fn engine_with_limits(&self, model: Arc<Model>, device_is_cuda: bool, limits: Option<(usize, usize)>) -> Result<Engine> {
+        Engine::new(model, self.config_with_limits(device_is_cuda, limits)?)
     }
 }
 
@@ -316,5 +353,27 @@ mod tests {
         ] {
             assert!(help.contains(&needle), "{needle:?} missing from:\n{help}");
         }
+    }
+
+    #[test]
+    fn tuned_limits_apply_only_where_neither_a_flag_nor_the_file_sets_one() {
+        let d = Scratch::new("cli-engine-tuned");
+        let tuned = Some((3840, 7680));
+        let limits = |flags: &[&str]| {
+            let c = args(flags).config_with_limits(true, tuned).unwrap();
+            (c.max_batch_size, c.max_num_tokens)
+        };
+        assert_eq!(limits(&[]), (3840, 7680));
+        assert_eq!(limits(&["--max-batch-size", "100"]), (100, 7680));
+        let file = d.write("tokens.yaml", "max_num_tokens: 500\nkv_cache_config:\n  free_gpu_memory_fraction: 0.5\n");
+        assert_eq!(limits(&["--config", &file]), (3840, 500));
+        assert_eq!(limits(&["--config", &file, "--max-num-tokens", "600"]), (3840, 600));
+        assert!(!args(&["--config", &file]).batch_limits_given().unwrap());
+        assert!(args(&["--config", &file, "--max-batch-size", "8"]).batch_limits_given().unwrap());
+        assert!(!args(&["--max-batch-size", "8"]).batch_limits_given().unwrap());
+        assert_eq!(args(&["--config", &file]).kv_fraction().unwrap(), 0.5);
+        assert_eq!(args(&["--config", &file, "--kv-cache-free-gpu-mem-fraction", "0.7"]).kv_fraction().unwrap(), 0.7);
+        let c = args(&[]).config(true).unwrap();
+        assert_eq!((c.max_batch_size, c.max_num_tokens), (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS), "without tuning: the defaults");
     }
 }
