@@ -128,8 +128,9 @@ pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
     }
 }
 
-/// Assembles the weights for the CPU or the GPU, after checking they fit.
-fn executor(config: &ModelConfig, gpu: Option<Arc<Gpu>>, what: &str, fetch: &mut Fetch) -> Result<Executor> {
+/// Assembles the weights for the CPU or the GPU, after checking they fit. A preset's weights
+/// (`preset_seed`) are drawn on the GPU rather than fetched.
+fn executor(config: &ModelConfig, gpu: Option<Arc<Gpu>>, what: &str, fetch: &mut Fetch, preset_seed: Option<u64>) -> Result<Executor> {
     let plan = ModelPlan::for_config(config);
     Ok(match gpu {
         None => {
@@ -137,7 +138,7 @@ fn executor(config: &ModelConfig, gpu: Option<Arc<Gpu>>, what: &str, fetch: &mut
             let (weights, tied_head) = assemble_cpu(config, &plan, fetch)?;
             Executor::Cpu(Decoder::new(config.clone(), weights, tied_head))
         }
-        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, gpu, what, fetch)?),
+        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, gpu, what, fetch, preset_seed)?),
     })
 }
 
@@ -160,7 +161,7 @@ fn check_memory(config: &ModelConfig, what: &str) -> Result<()> {
 
 fn load_preset(name: &str, seed: u64, gpu: Option<Arc<Gpu>>) -> Result<Model> {
     let config = preset_config(name)?;
-    let executor = executor(&config, gpu, &format!("preset {name}"), &mut |n, shape| Ok(random_tensor(seed, n, shape)))?;
+    let executor = executor(&config, gpu, &format!("preset {name}"), &mut |n, shape| Ok(random_tensor(seed, n, shape)), Some(seed))?;
     Ok(Model { name: format!("{name}@{seed}"), format: "preset", config, executor, tokenizer: None, chat_template: None })
 }
 
@@ -182,11 +183,17 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
         config.tie_word_embeddings = true;
     }
     let source = dir.display().to_string();
-    let executor = executor(&config, gpu, &source, &mut |name, want| {
-        let (shape, values) = tensors.get(name).with_context(|| source.clone())?;
-        check_shape(&source, name, &shape, want)?;
-        Ok(values)
-    })?;
+    let executor = executor(
+        &config,
+        gpu,
+        &source,
+        &mut |name, want| {
+            let (shape, values) = tensors.get(name).with_context(|| source.clone())?;
+            check_shape(&source, name, &shape, want)?;
+            Ok(values)
+        },
+        None,
+    )?;
     let tokenizer = hf_tokenizer(dir)?;
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
@@ -325,18 +332,24 @@ fn load_gguf(path: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
     let config = gguf_config(&g)?;
     let permuted = config.arch == "llama" || config.arch == "mistral";
     let source = path.display().to_string();
-    let executor = executor(&config, gpu, &source, &mut |hf, want| {
-        let name = gguf_name(hf);
-        let t = g.tensor(&name).with_context(|| format!("{source}: tensor {name} ({hf}) is missing"))?;
-        let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        check_shape(&source, &name, &shape, want)?;
-        let values = g.dequantize(t)?;
-        Ok(match (permuted, hf.ends_with("q_proj.weight"), hf.ends_with("k_proj.weight")) {
-            (true, true, _) => unpermute_rows(&values, config.num_heads, want[1]),
-            (true, _, true) => unpermute_rows(&values, config.num_kv_heads, want[1]),
-            _ => values,
-        })
-    })?;
+    let executor = executor(
+        &config,
+        gpu,
+        &source,
+        &mut |hf, want| {
+            let name = gguf_name(hf);
+            let t = g.tensor(&name).with_context(|| format!("{source}: tensor {name} ({hf}) is missing"))?;
+            let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+            check_shape(&source, &name, &shape, want)?;
+            let values = g.dequantize(t)?;
+            Ok(match (permuted, hf.ends_with("q_proj.weight"), hf.ends_with("k_proj.weight")) {
+                (true, true, _) => unpermute_rows(&values, config.num_heads, want[1]),
+                (true, _, true) => unpermute_rows(&values, config.num_kv_heads, want[1]),
+                _ => values,
+            })
+        },
+        None,
+    )?;
     let tokenizer = gguf_tokenizer(&g)?;
     let chat_template = g.meta("tokenizer.chat_template").and_then(MetaValue::as_str).map(ChatTemplate::new).transpose()?;
     Ok(Model { name: source, format: "gguf", config, executor, tokenizer, chat_template })

@@ -3,7 +3,9 @@
 //! A weight is a pure function of (seed, tensor name, index), so any tool can regenerate it:
 //! `base = splitmix64(seed ^ fnv1a64(name))`, `u_i = (splitmix64(base + i) >> 40) / 2^24`,
 //! `r_i = 2·u_i − 1`; matrices are `r_i / sqrt(fan_in)`, embeddings `r_i`, biases `0.1·r_i` and
-//! norm weights `1 + 0.1·r_i`, all in f32. `scripts/reference_logits.py` implements the same rule.
+//! norm weights `1 + 0.1·r_i`, all in f32. `scripts/reference_logits.py` implements the same rule,
+//! and on CUDA the `preset_fill` kernel draws the weights on the device, so a large preset loads
+//! without passing through host memory.
 
 use crate::config::{ModelConfig, RopeScaling};
 use anyhow::{bail, Result};
@@ -149,9 +151,17 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
-/// The preset weight `name` of `shape` for `seed`, following the rule in the module doc.
-pub fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
+/// How the preset draws one weight: `base` seeds its stream, and value `i` is
+/// `offset + scale * r_i` (or `scale * r_i` when `offset` is 0), `r_i` in [-1, 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PresetRule {
+    pub base: u64,
+    pub scale: f32,
+    pub offset: f32,
+}
+
+/// The rule of weight `name` of `shape` for `seed`, as the module doc states it.
+pub fn preset_rule(seed: u64, name: &str, shape: &[usize]) -> PresetRule {
     let base = splitmix64(seed ^ fnv1a64(name.as_bytes()));
     let (scale, offset) = if name.ends_with("norm.weight") {
         (0.1f32, 1.0f32)
@@ -162,6 +172,13 @@ pub fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
     } else {
         (1.0 / (shape[shape.len() - 1] as f32).sqrt(), 0.0)
     };
+    PresetRule { base, scale, offset }
+}
+
+/// The preset weight `name` of `shape` for `seed`, following the rule in the module doc.
+pub fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let PresetRule { base, scale, offset } = preset_rule(seed, name, shape);
     (0..n)
         .into_par_iter()
         .map(|i| {

@@ -3,7 +3,8 @@
 //! machine through CUDA (skipped, with a message, elsewhere; a failure under
 //! `LUMEN_REQUIRE_GPU=1`). Each filled weight has the label and shape its plan entry gives.
 
-use lumen_model::plan::ModelPlan;
+use lumen_model::plan::{Entry, ModelPlan};
+use lumen_model::presets::random_tensor;
 use lumen_model::presets::PRESET_NAMES;
 use lumen_model::{load_model, load_model_on, Device, Model};
 
@@ -50,5 +51,37 @@ fn cuda_fills_the_plan_with_bf16_tensors() {
         );
         assert_filled_as_planned(&model, filled);
         assert_eq!(dtypes.into_iter().collect::<Vec<_>>(), ["bf16"]);
+    }
+}
+
+/// A preset's weights drawn on the device (`preset_fill`) equal, bit for bit, the host's values
+/// (`presets::random_tensor`) rounded to bf16, for every weight, fused parts included.
+#[test]
+fn cuda_draws_preset_weights_bit_for_bit_as_the_host() {
+    if lumen_test_support::gpu::device_or_skip(lumen_backend::cuda::Gpu::open(0)).is_none() {
+        return;
+    }
+    for (spec, seed) in [("tiny-qwen3@3", 3), ("smollm2-135m-untied@7", 7), ("llama-3.2-1b", 0)] {
+        let model = load_model_on(spec, Device::Cuda).unwrap();
+        let cuda = model.cuda_weights().unwrap();
+        let mut planned = Vec::new();
+        ModelPlan::for_config(model.config()).visit(&mut |label, entry| {
+            let (Entry::Matrix(s) | Entry::Vector(s)) = entry;
+            planned.push((label.to_string(), s.clone()));
+        });
+        let mut filled = Vec::new();
+        cuda.weights.visit(&mut |_, entry| {
+            let (Entry::Matrix(t) | Entry::Vector(t)) = entry;
+            filled.push((t.buffer.at(0), t.rows * t.cols));
+        });
+        assert_eq!(planned.len(), filled.len(), "{spec}");
+        for ((label, planned), (ptr, len)) in planned.iter().zip(filled) {
+            let host: Vec<u16> =
+                planned.parts.iter().flat_map(|p| random_tensor(seed, &p.name, &p.shape)).map(lumen_backend::cuda::to_bf16).collect();
+            let mut device = vec![0u16; len];
+            cuda.gpu.download(&mut device, ptr).unwrap();
+            let differ = host.iter().zip(&device).filter(|(h, d)| h != d).count();
+            assert!(host.len() == len && differ == 0, "{spec} {label}: {differ} of {len} values differ from the host's");
+        }
     }
 }

@@ -11,12 +11,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The kernel sources, in compilation order.
-pub const SOURCES: [(&str, &str); 5] = [
+pub const SOURCES: [(&str, &str); 6] = [
     ("prelude.cu", include_str!("kernels/prelude.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("sampling.cu", include_str!("kernels/sampling.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
+    ("fill.cu", include_str!("kernels/fill.cu")),
 ];
 
 /// A loaded module.

@@ -31,6 +31,10 @@ impl Args {
         self.0.push(v.to_bits() as u64);
         self
     }
+    pub fn u64(mut self, v: u64) -> Self {
+        self.0.push(v);
+        self
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -51,6 +55,7 @@ pub struct Kernels {
     attention_combine: Kernel,
     sample_tokens: Kernel,
     gemv: Kernel,
+    preset_fill: Kernel,
     sync_each_launch: bool,
 }
 
@@ -93,6 +98,7 @@ impl Kernels {
             attention_combine: get("attention_combine")?,
             sample_tokens: get("sample_tokens")?,
             gemv: get("gemv")?,
+            preset_fill: get("preset_fill")?,
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
             module,
         })
@@ -247,6 +253,15 @@ impl Kernels {
         let args = Args::default().ptr(x.ptr).ptr(w.ptr).i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
         let blocks = (n as u32).div_ceil(GEMV_THREADS / 32);
         self.launch(gpu, self.gemv, (blocks, 1, 1), GEMV_THREADS, args)
+    }
+
+    /// Writes `n` bf16 values of a random-weight preset to `out`: `offset + scale * r_i` (`scale *
+    /// r_i` when `offset` is 0) with `r_i` drawn from splitmix64 at `base + i`, exactly as
+    /// `lumen_model::presets` computes them on the host.
+    pub fn preset_fill(&self, gpu: &Gpu, out: u64, n: usize, base: u64, scale: f32, offset: f32) -> Result<()> {
+        let blocks = n.div_ceil(ROW_THREADS as usize).min(65536) as u32;
+        let args = Args::default().ptr(out).u64(n as u64).u64(base).f32(scale).f32(offset);
+        self.launch(gpu, self.preset_fill, (blocks, 1, 1), ROW_THREADS, args)
     }
 
     pub fn sample_tokens(&self, gpu: &Gpu, logits: u64, params: u64, rows: usize, vocab: usize, out: u64) -> Result<()> {

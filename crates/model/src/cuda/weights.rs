@@ -1,9 +1,11 @@
 //! The layer plan filled on one GPU, in bf16: each weight fetched through the same [`Fetch`] the
 //! CPU uses, converted and uploaded as a typed tensor, so host memory never holds more than one
-//! fused matrix. Refuses a model that would not fit before uploading anything.
+//! fused matrix; a random-weight preset's weights are instead drawn on the device by the preset
+//! rule, bit for bit the host's. Refuses a model that would not fit before uploading anything.
 
 use crate::config::ModelConfig;
 use crate::plan::{FeedForward, Fill, Head, ModelPlan, WeightSpec, Weights};
+use crate::presets::preset_rule;
 use crate::weights::{stacked, Fetch};
 use anyhow::{bail, ensure, Result};
 use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Tensor};
@@ -25,22 +27,42 @@ pub struct CudaWeights {
 
 struct CudaFill<'f, 'a> {
     gpu: &'f Gpu,
+    kernels: &'f Kernels,
     fetch: &'f mut Fetch<'a>,
+    /// The seed of a random-weight preset, drawn on the device instead of fetched.
+    preset_seed: Option<u64>,
     bytes: usize,
 }
 
 impl CudaFill<'_, '_> {
-    /// Fetches `spec`'s parts, converts them to bf16 and uploads them as one tensor.
+    /// Fetches `spec`'s parts, converts them to bf16 and uploads them as one tensor; a preset's
+    /// parts are drawn in place on the device.
     fn upload(&mut self, spec: &WeightSpec) -> Result<DeviceTensor> {
-        let parts = stacked(self.fetch, spec)?;
-        let host: Vec<u16> = parts.iter().flat_map(|p| p.par_iter().map(|&x| to_bf16(x)).collect::<Vec<u16>>()).collect();
-        self.bytes += host.len() * 2;
         let what = match spec.parts.len() {
             1 => spec.parts[0].name.clone(),
             n => format!("{} and {} more fused", spec.parts[0].name, n - 1),
         };
         let (rows, cols) = spec.rows_cols();
-        Ok(DeviceTensor { buffer: self.gpu.upload(&host, &what)?, dtype: DType::Bf16, rows, cols })
+        let buffer = match self.preset_seed {
+            Some(seed) => {
+                let buffer = self.gpu.alloc(rows * cols * 2, &what)?;
+                let mut at = 0;
+                for part in &spec.parts {
+                    let n: usize = part.shape.iter().product();
+                    let rule = preset_rule(seed, &part.name, &part.shape);
+                    self.kernels.preset_fill(self.gpu, buffer.at(at * 2), n, rule.base, rule.scale, rule.offset)?;
+                    at += n;
+                }
+                buffer
+            }
+            None => {
+                let parts = stacked(self.fetch, spec)?;
+                let host: Vec<u16> = parts.iter().flat_map(|p| p.par_iter().map(|&x| to_bf16(x)).collect::<Vec<u16>>()).collect();
+                self.gpu.upload(&host, &what)?
+            }
+        };
+        self.bytes += rows * cols * 2;
+        Ok(DeviceTensor { buffer, dtype: DType::Bf16, rows, cols })
     }
 }
 
@@ -74,7 +96,16 @@ impl CudaWeights {
         vec![l.attention.qkv.view(), l.attention.output.view(), gate_up.view(), down.view(), self.head()]
     }
 
-    pub fn assemble(c: &ModelConfig, plan: &ModelPlan, gpu: Arc<Gpu>, source: &str, fetch: &mut Fetch) -> Result<Self> {
+    /// Fills `plan` on `gpu` from `fetch`, or, for a random-weight preset (`preset_seed`), by
+    /// drawing its weights on the device.
+    pub fn assemble(
+        c: &ModelConfig,
+        plan: &ModelPlan,
+        gpu: Arc<Gpu>,
+        source: &str,
+        fetch: &mut Fetch,
+        preset_seed: Option<u64>,
+    ) -> Result<Self> {
         ensure!(
             Kernels::supports_head_dim(c.head_dim),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
@@ -102,9 +133,10 @@ impl CudaWeights {
             );
         }
         let kernels = Kernels::load(&gpu)?;
-        let mut filler = CudaFill { gpu: &gpu, fetch, bytes: 0 };
+        let mut filler = CudaFill { gpu: &gpu, kernels: &kernels, fetch, preset_seed, bytes: 0 };
         let weights = plan.fill(&mut filler)?;
         let bytes = filler.bytes;
+        gpu.synchronize()?;
         let inv_freq = gpu.upload(&c.rope_inv_freq(), "rotary frequencies")?;
         Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes })
     }
