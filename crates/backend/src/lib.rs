@@ -1,5 +1,6 @@
 //! lumen-backend: the operations a model is written against, on the CPU and on CUDA, with the
-//! KV-cache storage attention reads and the random-number mixer shared by presets and samplers.
+//! KV-cache storage attention reads, the random-number mixer shared by presets and samplers, and
+//! FP8 E4M3 conversion on the host.
 //!
 //! `cpu` is the reference backend: f32, multithreaded with rayon, and built so that every output
 //! row is computed with the same arithmetic whatever else shares its batch (batch invariance).
@@ -8,6 +9,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod fp8;
 pub mod rng;
 
 pub use cpu::kv::{AttentionSeq, KvStorage};

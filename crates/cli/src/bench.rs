@@ -12,7 +12,7 @@ use lumen_bench::dataset::{
 use lumen_bench::report::{build_report, render_json, render_text, EngineInfo, RunInfo};
 use lumen_bench::run::{run_benchmark, RunOptions};
 use lumen_bench::tuning::{tune, TuningInputs};
-use lumen_model::{describe_model, Model};
+use lumen_model::{describe_model, Executor, Model, Quantization};
 use lumen_trace::output::{check_outputs, print_report, AtomicFile, Named};
 use std::io::Write;
 use std::path::PathBuf;
@@ -93,7 +93,8 @@ fn length(flag: &str, v: i64) -> Result<u32> {
 }
 
 fn prepare(args: PrepareArgs) -> Result<()> {
-    let spec = ModelArgs { model: args.model.clone(), threads: None, device: lumen_model::Device::Cpu }.spec();
+    let spec =
+        ModelArgs { model: args.model.clone(), threads: None, device: lumen_model::Device::Cpu, quantization: Quantization::None }.spec();
     let (config, tokenizer) = describe_model(&spec)?;
     let eos_id = config.eos_token_ids.first().copied().or(tokenizer.as_ref().and_then(|t| t.eos_id()));
     let vocab = Vocab { size: config.vocab_size, eos_id };
@@ -192,6 +193,21 @@ pub struct LatencyArgs {
     run: RunArgs,
 }
 
+/// What the model computes in, for the report: the device's type, and FP8 where the layers'
+/// weights were quantized.
+fn compute_dtype(model: &Model) -> String {
+    let fp8 = match &model.executor {
+        Executor::Cuda(w) => w.quantization == Quantization::Fp8,
+        Executor::Cpu(d) => d.quantization == Quantization::Fp8,
+    };
+    match (model.cuda_weights().is_some(), fp8) {
+        (true, false) => "bfloat16".into(),
+        (true, true) => "fp8_e4m3 layer weights and activations, bfloat16 elsewhere".into(),
+        (false, false) => "float32".into(),
+        (false, true) => "float32 over FP8-quantized layer weights and activations".into(),
+    }
+}
+
 /// The batch limits `bench throughput` on CUDA uses where neither a flag nor `--config` sets them
 /// (`lumen_bench::tuning`), announced with the reason; None on the CPU, or when both are given.
 fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) -> Result<Option<(usize, usize)>> {
@@ -206,7 +222,7 @@ fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) ->
         kv_heads: c.num_kv_heads,
         head_dim: c.head_dim,
         params: c.num_params(),
-        weight_bytes: 2.0,
+        weight_bytes: if weights.quantization == Quantization::Fp8 { 1.0 } else { 2.0 },
         kv_bytes: 2.0,
         tensor_parallel: 1,
         pipeline_parallel: 1,
@@ -274,7 +290,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool, tune: bool) -> Re
         model: model.name.clone(),
         model_path: args.model.spec(),
         backend: if model.cuda_weights().is_some() { "cuda".into() } else { "cpu".into() },
-        dtype: if model.cuda_weights().is_some() { "bfloat16".into() } else { "float32".into() },
+        dtype: compute_dtype(&model),
         max_batch_size: engine.config.max_batch_size,
         max_num_tokens: engine.config.max_num_tokens,
         kv_cache_blocks: engine.kv_blocks(),

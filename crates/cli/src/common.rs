@@ -7,7 +7,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use lumen_engine::config::{EngineConfigFile, EngineOverrides};
 use lumen_engine::{Engine, EngineConfig};
-use lumen_model::{default_model_path, load_model_on, Device, Model};
+use lumen_model::{default_model_path, load_model_with, Device, LoadOptions, Model, Quantization};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +28,11 @@ pub struct ModelArgs {
     /// when there is one, else the CPU).
     #[arg(long, default_value = "auto")]
     pub device: Device,
+    /// Quantize the layers' projection matrices at load: none, or fp8 (E4M3 weights with one
+    /// scale each, activations quantized with a dynamic scale; embedding, norms and output head
+    /// stay as they are).
+    #[arg(long, default_value = "none", value_name = "none|fp8")]
+    pub quantization: Quantization,
 }
 
 impl ModelArgs {
@@ -52,7 +57,7 @@ impl ModelArgs {
         }
         let spec = self.spec();
         let started = Instant::now();
-        let model = load_model_on(&spec, self.device)?;
+        let model = load_model_with(&spec, LoadOptions { device: self.device, quantization: self.quantization })?;
         let c = model.config();
         lumen_trace::status!(
             "[lumen] loaded {} ({}, {}, {} layers, hidden {}, vocab {}) in {:.2} s",

@@ -19,8 +19,11 @@ pub mod weights;
 
 pub use config::ModelConfig;
 pub use llama::{Decoder, ForwardBatch};
-pub use load::{default_model_path, describe_model, load_model, load_model_on, Device, DEFAULT_MODEL_FILE, SETUP_COMMAND};
+pub use load::{
+    default_model_path, describe_model, load_model, load_model_on, load_model_with, Device, LoadOptions, DEFAULT_MODEL_FILE, SETUP_COMMAND,
+};
 pub use lumen_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
+pub use plan::Quantization;
 
 /// A loaded model, ready for the engine.
 pub struct Model {

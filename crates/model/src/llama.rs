@@ -1,10 +1,11 @@
 //! The llama-family decoder's forward pass on the CPU backend, over a flattened batch that mixes
 //! prefill chunks and decode tokens. It walks the filled layer plan ([`crate::plan`]): optional
 //! Qwen2 biases and Qwen3 q/k norms, the feed-forward variant, a tied or own head; Mistral's
-//! sliding window comes from the config.
+//! sliding window comes from the config. With FP8 weights, each product's input is quantized
+//! with one dynamic scale first, as the CUDA path quantizes it.
 
 use crate::config::ModelConfig;
-use crate::plan::{FeedForward, Head};
+use crate::plan::{FeedForward, Head, Quantization};
 use crate::weights::CpuWeights;
 use lumen_backend::cpu::{self, PackedMatrix, RopeTable};
 use lumen_backend::{AttentionSeq, KvStorage};
@@ -27,12 +28,27 @@ pub struct Decoder {
     /// The embedding packed as a matrix, when the output head is tied to it.
     tied_head: Option<PackedMatrix>,
     rope: RopeTable,
+    /// How the layers' projection matrices were quantized at load.
+    pub quantization: Quantization,
 }
 
 impl Decoder {
-    pub fn new(config: ModelConfig, weights: CpuWeights, tied_head: Option<PackedMatrix>) -> Self {
+    pub fn new(config: ModelConfig, weights: CpuWeights, tied_head: Option<PackedMatrix>, quantization: Quantization) -> Self {
         let rope = RopeTable { inv_freq: config.rope_inv_freq() };
-        Decoder { config, weights, tied_head, rope }
+        Decoder { config, weights, tied_head, rope, quantization }
+    }
+
+    /// `out = x · wᵀ` for a layer projection: with FP8 weights, of `x` quantized to FP8 with one
+    /// scale (bf16 first, the type CUDA holds activations in).
+    fn project(&self, x: &[f32], t: usize, w: &PackedMatrix, out: &mut [f32]) {
+        match self.quantization {
+            Quantization::None => cpu::matmul(x, t, w, out),
+            Quantization::Fp8 => {
+                let mut quantized: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+                lumen_backend::fp8::fake_quantize(&mut quantized);
+                cpu::matmul(&quantized, t, w, out)
+            }
+        }
     }
 
     fn head(&self) -> &PackedMatrix {
@@ -76,7 +92,7 @@ impl Decoder {
             let _layer = span_named(Category::Debug, || format!("layer {li}"));
             let a = &layer.attention;
             let op = span(Category::Debug, "qkv_proj");
-            cpu::matmul(&normed, t, &a.qkv, &mut qkv);
+            self.project(&normed, t, &a.qkv, &mut qkv);
             for (i, row) in qkv.chunks_mut(qkv_width).enumerate() {
                 if let Some(b) = &a.qkv_bias {
                     row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
@@ -99,15 +115,15 @@ impl Decoder {
             cpu::paged_attention(&q, c.num_heads, kv, li, batch.seqs, c.sliding_window, &mut attn);
             drop(op);
             let op = span(Category::Debug, "o_proj + norm");
-            cpu::matmul(&attn, t, &a.output, &mut delta);
+            self.project(&attn, t, &a.output, &mut delta);
             cpu::add_rms_norm(&mut residual, &delta, &layer.post_attention_norm, c.rms_eps, &mut normed);
             drop(op);
             let op = span(Category::Debug, "mlp");
             match &layer.feed_forward {
                 FeedForward::Dense { gate_up: w_gate_up, down } => {
-                    cpu::matmul(&normed, t, w_gate_up, &mut gate_up);
+                    self.project(&normed, t, w_gate_up, &mut gate_up);
                     cpu::silu_mul(&gate_up, f, &mut act);
-                    cpu::matmul(&act, t, down, &mut delta);
+                    self.project(&act, t, down, &mut delta);
                 }
             }
             let next_norm = w.layers.get(li + 1).map_or(&w.final_norm, |l| &l.input_norm);

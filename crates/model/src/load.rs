@@ -5,7 +5,7 @@ use crate::config::ModelConfig;
 use crate::cuda::CudaWeights;
 use crate::gguf::{GgufFile, MetaValue};
 use crate::llama::Decoder;
-use crate::plan::ModelPlan;
+use crate::plan::{ModelPlan, Quantization};
 use crate::presets::{preset_config, random_tensor, PRESET_NAMES};
 use crate::safetensors::SafetensorsDir;
 use crate::weights::{assemble_cpu, check_shape, Fetch};
@@ -107,6 +107,13 @@ pub fn load_model(spec: &str) -> Result<Model> {
 
 /// Loads a model on `device`: f32 on the CPU, bf16 on a GPU.
 pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
+    load_model_with(spec, LoadOptions { device, quantization: Quantization::None })
+}
+
+/// Loads a model on `options.device`, its layer projections quantized as `options.quantization`
+/// says.
+pub fn load_model_with(spec: &str, options: LoadOptions) -> Result<Model> {
+    let LoadOptions { device, quantization } = options;
     let source = resolve(spec)?;
     let mut gpu = open_device(device)?;
     if gpu.is_some() && device == Device::Auto {
@@ -122,23 +129,37 @@ pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
         }
     }
     match source {
-        Source::Preset(name, seed) => load_preset(name, seed, gpu),
-        Source::HfDir(dir) => load_hf_dir(dir, gpu),
-        Source::Gguf(path) => load_gguf(path, gpu),
+        Source::Preset(name, seed) => load_preset(name, seed, gpu, quantization),
+        Source::HfDir(dir) => load_hf_dir(dir, gpu, quantization),
+        Source::Gguf(path) => load_gguf(path, gpu, quantization),
     }
+}
+
+/// How a model is loaded: where it runs and how its weights are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub quantization: Quantization,
 }
 
 /// Assembles the weights for the CPU or the GPU, after checking they fit. A preset's weights
 /// (`preset_seed`) are drawn on the GPU rather than fetched.
-fn executor(config: &ModelConfig, gpu: Option<Arc<Gpu>>, what: &str, fetch: &mut Fetch, preset_seed: Option<u64>) -> Result<Executor> {
-    let plan = ModelPlan::for_config(config);
+fn executor(
+    config: &ModelConfig,
+    gpu: Option<Arc<Gpu>>,
+    quantization: Quantization,
+    what: &str,
+    fetch: &mut Fetch,
+    preset_seed: Option<u64>,
+) -> Result<Executor> {
+    let plan = ModelPlan::for_config(config).quantized(quantization);
     Ok(match gpu {
         None => {
             check_memory(config, what)?;
             let (weights, tied_head) = assemble_cpu(config, &plan, fetch)?;
-            Executor::Cpu(Decoder::new(config.clone(), weights, tied_head))
+            Executor::Cpu(Decoder::new(config.clone(), weights, tied_head, quantization))
         }
-        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, gpu, what, fetch, preset_seed)?),
+        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, quantization, gpu, what, fetch, preset_seed)?),
     })
 }
 
@@ -159,9 +180,10 @@ fn check_memory(config: &ModelConfig, what: &str) -> Result<()> {
     lumen_backend::cpu::ensure_fits_in_memory(need, &format!("{what}: f32 weights"))
 }
 
-fn load_preset(name: &str, seed: u64, gpu: Option<Arc<Gpu>>) -> Result<Model> {
+fn load_preset(name: &str, seed: u64, gpu: Option<Arc<Gpu>>, quantization: Quantization) -> Result<Model> {
     let config = preset_config(name)?;
-    let executor = executor(&config, gpu, &format!("preset {name}"), &mut |n, shape| Ok(random_tensor(seed, n, shape)), Some(seed))?;
+    let executor =
+        executor(&config, gpu, quantization, &format!("preset {name}"), &mut |n, shape| Ok(random_tensor(seed, n, shape)), Some(seed))?;
     Ok(Model { name: format!("{name}@{seed}"), format: "preset", config, executor, tokenizer: None, chat_template: None })
 }
 
@@ -176,7 +198,7 @@ fn hf_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     Ok(if path.exists() { Some(Tokenizer::from_hf_json(&path)?) } else { None })
 }
 
-fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
+fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) -> Result<Model> {
     let mut config = hf_config(dir)?;
     let tensors = SafetensorsDir::open(dir)?;
     if !config.tie_word_embeddings && !tensors.contains("lm_head.weight") {
@@ -186,6 +208,7 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
     let executor = executor(
         &config,
         gpu,
+        quantization,
         &source,
         &mut |name, want| {
             let (shape, values) = tensors.get(name).with_context(|| source.clone())?;
@@ -327,7 +350,7 @@ fn gguf_tokenizer(g: &GgufFile) -> Result<Option<Tokenizer>> {
     Ok(Some(Tokenizer::new(spec).with_context(|| format!("{}: bad tokenizer metadata", g.path.display()))?))
 }
 
-fn load_gguf(path: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
+fn load_gguf(path: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) -> Result<Model> {
     let g = GgufFile::open(path)?;
     let config = gguf_config(&g)?;
     let permuted = config.arch == "llama" || config.arch == "mistral";
@@ -335,6 +358,7 @@ fn load_gguf(path: &Path, gpu: Option<Arc<Gpu>>) -> Result<Model> {
     let executor = executor(
         &config,
         gpu,
+        quantization,
         &source,
         &mut |hf, want| {
             let name = gguf_name(hf);

@@ -11,12 +11,48 @@
 use crate::config::ModelConfig;
 use anyhow::Result;
 
-/// How a checkpoint stores a weight's values, as far as the plan knows. Loaders convert to what
-/// their device computes in (f32 on the CPU, bf16 on CUDA).
+/// What a weight is computed in, as far as the plan knows. Loaders convert what the checkpoint
+/// holds to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightDtype {
-    /// Floating point of any width (f32, f16, bf16, or GGUF blocks dequantised on load).
+    /// Floating point of any width (f32, f16, bf16, or GGUF blocks dequantised on load): f32 on
+    /// the CPU, bf16 on CUDA.
     Float,
+    /// FP8 E4M3 with one f32 scale for the weight, and activations quantized with one dynamic
+    /// scale per product (`lumen_backend::fp8`): FP8 tensor cores on CUDA; on the CPU, f32
+    /// products of the values the FP8 codes stand for.
+    Fp8,
+}
+
+/// How the weights are quantized at load (`--quantization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// As the checkpoint holds them.
+    #[default]
+    None,
+    /// The projection matrices of every layer (q/k/v, output, gate/up, down) in FP8 E4M3; the
+    /// embedding, norms, biases and the output head stay as they are, as in vLLM and TensorRT-LLM.
+    Fp8,
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Quantization::None),
+            "fp8" => Ok(Quantization::Fp8),
+            other => Err(format!("unknown quantization {other:?}; expected none or fp8")),
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Quantization::None => "none",
+            Quantization::Fp8 => "fp8",
+        })
+    }
 }
 
 /// One checkpoint tensor of a weight: its Hugging Face name and shape.
@@ -166,6 +202,21 @@ impl ModelPlan {
         }
     }
 
+    /// The plan with its layers' projection matrices in the data type `quantization` asks for.
+    pub fn quantized(mut self, quantization: Quantization) -> Self {
+        let dtype = match quantization {
+            Quantization::None => return self,
+            Quantization::Fp8 => WeightDtype::Fp8,
+        };
+        for l in &mut self.layers {
+            let FeedForward::Dense { gate_up, down } = &mut l.feed_forward;
+            for spec in [&mut l.attention.qkv, &mut l.attention.output, gate_up, down] {
+                spec.dtype = dtype;
+            }
+        }
+        self
+    }
+
     /// Fills every weight, layer by layer in order, so a backend that uploads as it goes holds
     /// one weight in host memory at a time.
     pub fn fill<F: Fill>(&self, backend: &mut F) -> Result<Weights<F::Matrix, F::Vector>> {
@@ -302,5 +353,26 @@ mod tests {
                     + if c.qk_norm { 2 * c.head_dim } else { 0 });
             assert_eq!(params, c.num_params() + extra, "{name}");
         }
+    }
+
+    #[test]
+    fn fp8_quantizes_the_layer_projections_and_nothing_else() {
+        let plan = ModelPlan::for_config(&preset_config("tiny-untied").unwrap()).quantized(Quantization::Fp8);
+        let mut fp8 = Vec::new();
+        plan.visit(&mut |label, entry| {
+            let (Entry::Matrix(s) | Entry::Vector(s)) = entry;
+            if s.dtype == WeightDtype::Fp8 {
+                fp8.push(label.split_once(' ').map_or(label.to_string(), |(_, rest)| rest.split_once(' ').unwrap().1.to_string()));
+            }
+        });
+        let per_layer = ["attention.qkv", "attention.output", "feed_forward.gate_up", "feed_forward.down"];
+        assert_eq!(fp8.len(), 4 * plan.layers.len(), "{fp8:?}");
+        assert!(fp8.iter().all(|l| per_layer.contains(&l.as_str())), "{fp8:?}");
+        assert_eq!(
+            ModelPlan::for_config(&preset_config("tiny").unwrap()).quantized(Quantization::None),
+            ModelPlan::for_config(&preset_config("tiny").unwrap())
+        );
+        assert_eq!(("fp8".parse(), "none".parse()), (Ok(Quantization::Fp8), Ok(Quantization::None)));
+        assert!("int4".parse::<Quantization>().unwrap_err().contains("expected none or fp8"));
     }
 }

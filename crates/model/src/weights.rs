@@ -1,10 +1,11 @@
 //! Filling the layer plan from a checkpoint: every loader (GGUF, safetensors, presets) hands
 //! tensors over by their Hugging Face names through one [`Fetch`] function, checked against the
 //! planned shape, and [`stacked`] joins a weight's parts. The CPU keeps f32 ([`CpuWeights`]):
-//! matrices packed for its matmul, vectors as they are.
+//! matrices packed for its matmul, vectors as they are; an FP8 matrix holds the values its codes
+//! stand for, rounded first to bf16 as the CUDA loader rounds them.
 
 use crate::config::ModelConfig;
-use crate::plan::{Fill, ModelPlan, WeightSpec, Weights};
+use crate::plan::{Fill, ModelPlan, WeightDtype, WeightSpec, Weights};
 use anyhow::{ensure, Result};
 use lumen_backend::cpu::PackedMatrix;
 
@@ -29,7 +30,12 @@ impl Fill for CpuFill<'_, '_> {
 
     fn matrix(&mut self, spec: &WeightSpec) -> Result<PackedMatrix> {
         let (rows, cols) = spec.rows_cols();
-        Ok(PackedMatrix::pack(&stacked(self.fetch, spec)?.concat(), rows, cols))
+        let mut values = stacked(self.fetch, spec)?.concat();
+        if spec.dtype == WeightDtype::Fp8 {
+            values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+            lumen_backend::fp8::fake_quantize(&mut values);
+        }
+        Ok(PackedMatrix::pack(&values, rows, cols))
     }
 
     fn vector(&mut self, spec: &WeightSpec) -> Result<Vec<f32>> {

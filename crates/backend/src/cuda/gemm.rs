@@ -1,5 +1,7 @@
 //! Matrix products through cuBLASLt: `out[t, n] = x[t, k] · w[n, k]ᵀ` on typed tensors, with
-//! bf16 operands, f32 accumulation, and bf16 or f32 output (the output tensor's type says which). The heuristic's choice is cached per shape, with a
+//! bf16 operands, or FP8 E4M3 operands with their scales passed by device pointer, f32
+//! accumulation, and bf16 or f32 output (the output tensor's type says which). The heuristic's
+//! choice is cached per shape and operand type, with a
 //! 32 MiB workspace. In batch-invariant mode only algorithms without split-K are taken, so a
 //! row's reduction order does not depend on how many rows share the product.
 
@@ -24,7 +26,7 @@ struct Plan {
 pub struct Gemm {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer,
-    plans: HashMap<(usize, usize, usize, DType), Plan>,
+    plans: HashMap<(usize, usize, usize, DType, DType), Plan>,
     batch_invariant: bool,
 }
 
@@ -45,17 +47,17 @@ impl Gemm {
         Ok(Gemm { handle, workspace, plans: HashMap::new(), batch_invariant })
     }
 
-    fn plan(&mut self, t: usize, n: usize, k: usize, out: DType) -> Result<&Plan> {
-        let key = (t, n, k, out);
+    fn plan(&mut self, t: usize, n: usize, k: usize, input: DType, out: DType) -> Result<&Plan> {
+        let key = (t, n, k, input, out);
         if !self.plans.contains_key(&key) {
-            let plan = self.make_plan(t, n, k, out).map_err(|e| anyhow!("GEMM {t}x{n}x{k}: {e}"))?;
+            let plan = self.make_plan(t, n, k, input, out).map_err(|e| anyhow!("GEMM {t}x{n}x{k} ({input} in, {out} out): {e}"))?;
             self.plans.insert(key, plan);
         }
         Ok(&self.plans[&key])
     }
 
-    fn make_plan(&self, t: usize, n: usize, k: usize, out: DType) -> Result<Plan> {
-        use sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+    fn make_plan(&self, t: usize, n: usize, k: usize, input: DType, out: DType) -> Result<Plan> {
+        use sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F, CUDA_R_8F_E4M3};
         let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, CUDA_R_32F)
             .map_err(|e| anyhow!("cublasLtMatmulDescCreate: {e:?}"))?;
         let transpose: i32 = 1;
@@ -70,8 +72,9 @@ impl Gemm {
         let layout = |ty, rows: usize, cols: usize, ld: usize| {
             lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(|e| anyhow!("cublasLtMatrixLayoutCreate: {e:?}"))
         };
-        let a = layout(CUDA_R_16BF, k, n, k)?;
-        let b = layout(CUDA_R_16BF, k, t, k)?;
+        let operand = if input == DType::Fp8E4M3 { CUDA_R_8F_E4M3 } else { CUDA_R_16BF };
+        let a = layout(operand, k, n, k)?;
+        let b = layout(operand, k, t, k)?;
         let d = layout(if out == DType::F32 { CUDA_R_32F } else { CUDA_R_16BF }, n, t, n)?;
         let pref = lt::create_matmul_pref().map_err(|e| anyhow!("cublasLtMatmulPreferenceCreate: {e:?}"))?;
         let ws = WORKSPACE_BYTES as u64;
@@ -110,13 +113,25 @@ impl Gemm {
         Ok(Plan { desc, a, b, d, algo })
     }
 
-    /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream.
+    /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream; FP8 operands are multiplied
+    /// by their scales.
     pub fn matmul(&mut self, gpu: &Gpu, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
         let (t, n, k) = check_product(x, w, out)?;
         let stream = gpu.stream as sys::cudaStream_t;
         let (ws, ws_bytes) = (self.workspace.ptr, self.workspace.bytes);
         let handle = self.handle;
-        let plan = self.plan(t, n, k, out.dtype)?;
+        let plan = self.plan(t, n, k, x.dtype, out.dtype)?;
+        if x.dtype == DType::Fp8E4M3 {
+            // cuBLASLt's A is the weight, B the activations.
+            for (attribute, scale) in [
+                (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, w.scale),
+                (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, x.scale),
+            ] {
+                check("set scale pointer", unsafe {
+                    lt::set_matmul_desc_attribute(plan.desc, attribute, &scale as *const u64 as *const c_void, 8)
+                })?;
+            }
+        }
         let (w, x, out) = (w.ptr, x.ptr, out.ptr);
         let (alpha, beta) = (1.0f32, 0.0f32);
         let r = unsafe {
@@ -144,13 +159,17 @@ impl Gemm {
 }
 
 /// The `(t, n, k)` of `out = x · wᵀ`, or why the operands do not make that product: shapes must
-/// agree, inputs be bf16 and the output bf16 or f32.
+/// agree, inputs be both bf16 or both scaled FP8, and the output bf16 or f32.
 pub fn check_product(x: Tensor, w: Tensor, out: Tensor) -> Result<(usize, usize, usize)> {
     if x.cols != w.cols || out.rows != x.rows || out.cols != w.rows {
         bail!("matrix product {x} · ({w})ᵀ → {out}: the shapes do not agree");
     }
-    if x.dtype != DType::Bf16 || w.dtype != DType::Bf16 {
-        bail!("matrix product {x} · ({w})ᵀ → {out}: bf16 inputs expected");
+    let operand = |t: Tensor| t.dtype == DType::Bf16 || (t.dtype == DType::Fp8E4M3 && t.scale != 0);
+    if !operand(x) || !operand(w) || x.dtype != w.dtype {
+        bail!("matrix product {x} · ({w})ᵀ → {out}: bf16 inputs, or scaled FP8 inputs, expected");
+    }
+    if out.dtype == DType::Fp8E4M3 {
+        bail!("matrix product {x} · ({w})ᵀ → {out}: a bf16 or f32 output expected");
     }
     Ok((x.rows, w.rows, x.cols))
 }
@@ -193,7 +212,7 @@ mod tests {
     use super::*;
 
     fn t(dtype: DType, rows: usize, cols: usize) -> Tensor {
-        Tensor { ptr: 0, dtype, rows, cols }
+        Tensor { ptr: 0, dtype, rows, cols, scale: 0 }
     }
 
     #[test]
@@ -205,5 +224,15 @@ mod tests {
         assert!(e.contains("bf16[3, 64] · (bf16[100, 32])ᵀ → f32[3, 100]") && e.contains("shapes"), "{e}");
         let e = check_product(t(F32, 3, 64), t(Bf16, 100, 64), t(F32, 3, 100)).unwrap_err().to_string();
         assert!(e.contains("bf16 inputs"), "{e}");
+        let fp8 = |rows, cols| Tensor { scale: 8, ..t(Fp8E4M3, rows, cols) };
+        assert_eq!(check_product(fp8(3, 64), fp8(100, 64), t(Bf16, 3, 100)).unwrap(), (3, 100, 64));
+        for (x, w, out) in [
+            (t(Bf16, 3, 64), fp8(100, 64), t(Bf16, 3, 100)),
+            (fp8(3, 64), t(Bf16, 100, 64), t(Bf16, 3, 100)),
+            (t(Bf16, 3, 64), t(Fp8E4M3, 100, 64), t(Bf16, 3, 100)),
+            (fp8(3, 64), fp8(100, 64), fp8(3, 100)),
+        ] {
+            assert!(check_product(x, w, out).is_err(), "{x} · ({w})ᵀ → {out} must be refused (mixed, unscaled or FP8 out)");
+        }
     }
 }

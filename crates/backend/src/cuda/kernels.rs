@@ -56,6 +56,10 @@ pub struct Kernels {
     sample_tokens: Kernel,
     gemv: Kernel,
     preset_fill: Kernel,
+    amax_bf16: Kernel,
+    quantize_fp8: Kernel,
+    quantize_fp8_block: Kernel,
+    gemv_fp8: Kernel,
     sync_each_launch: bool,
 }
 
@@ -77,6 +81,8 @@ pub const SAMPLE_THREADS: u32 = 1024;
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_THREADS: u32 = 256;
 pub const ATTENTION_THREADS: u32 = 128;
+/// Most elements `quantize_fp8` quantizes in one block and one launch.
+pub const FP8_ONE_BLOCK_ELEMENTS: usize = 1 << 16;
 /// Query rows (tokens × heads of one GQA group) one attention block holds.
 pub const ATTENTION_MAX_ROWS: usize = 16;
 
@@ -99,6 +105,10 @@ impl Kernels {
             sample_tokens: get("sample_tokens")?,
             gemv: get("gemv")?,
             preset_fill: get("preset_fill")?,
+            amax_bf16: get("amax_bf16")?,
+            quantize_fp8: get("quantize_fp8")?,
+            quantize_fp8_block: get("quantize_fp8_block")?,
+            gemv_fp8: get("gemv_fp8")?,
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
             module,
         })
@@ -243,16 +253,45 @@ impl Kernels {
         Ok(())
     }
 
-    /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` rows, one warp per output.
+    /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` rows, one warp per output: bf16
+    /// operands (k a multiple of 8), or scaled FP8 ones (k a multiple of 16).
     pub fn gemv(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
         let (t, n, k) = check_product(x, w, y)?;
-        if t > GEMV_MAX_TOKENS || !k.is_multiple_of(8) {
-            bail!("gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of 8 (got {t} rows, k {k})");
+        let fp8 = w.dtype == DType::Fp8E4M3;
+        let (kernel, k_step) = if fp8 { (self.gemv_fp8, 16) } else { (self.gemv, 8) };
+        if t > GEMV_MAX_TOKENS || !k.is_multiple_of(k_step) || x.dtype != w.dtype {
+            bail!("gemv takes at most {GEMV_MAX_TOKENS} rows of the weight's type and k a multiple of {k_step} (got {x} · ({w})ᵀ)");
         }
         let out_f32 = y.dtype == DType::F32;
-        let args = Args::default().ptr(x.ptr).ptr(w.ptr).i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
+        let args =
+            if fp8 { Args::default().ptr(x.ptr).ptr(x.scale).ptr(w.ptr).ptr(w.scale) } else { Args::default().ptr(x.ptr).ptr(w.ptr) };
+        let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
         let blocks = (n as u32).div_ceil(GEMV_THREADS / 32);
-        self.launch(gpu, self.gemv, (blocks, 1, 1), GEMV_THREADS, args)
+        self.launch(gpu, kernel, (blocks, 1, 1), GEMV_THREADS, args)
+    }
+
+    /// Quantizes the bf16 tensor `x` into the FP8 tensor `out` of the same shape with one dynamic
+    /// scale: `out.scale` gets the power of two at or above amax / 448 (`lumen_backend::fp8::scale_for`),
+    /// and each code is x / scale rounded to nearest even. Up to [`FP8_ONE_BLOCK_ELEMENTS`] elements
+    /// (a decode step's rows) take one launch; larger tensors three, `amax` (a device u32) taking
+    /// the largest magnitude. Elements must be a multiple of 8.
+    pub fn quantize_fp8(&self, gpu: &Gpu, x: Tensor, out: Tensor, amax: u64) -> Result<()> {
+        let n = x.rows * x.cols;
+        if x.dtype != DType::Bf16 || out.dtype != DType::Fp8E4M3 || (out.rows, out.cols) != (x.rows, x.cols) || out.scale == 0 {
+            bail!("FP8 quantization of {x} into {out}: expected bf16 in and a scaled FP8 tensor of the same shape out");
+        }
+        if !n.is_multiple_of(8) {
+            bail!("FP8 quantization of {x}: the element count is not a multiple of 8");
+        }
+        if n <= FP8_ONE_BLOCK_ELEMENTS {
+            let args = Args::default().ptr(x.ptr).u64(n as u64).ptr(out.ptr).ptr(out.scale);
+            return self.launch(gpu, self.quantize_fp8_block, (1, 1, 1), 1024, args);
+        }
+        gpu.fill(amax, 0, 4)?;
+        let blocks = (n / 8).div_ceil(ROW_THREADS as usize).clamp(1, 2048) as u32;
+        self.launch(gpu, self.amax_bf16, (blocks, 1, 1), ROW_THREADS, Args::default().ptr(x.ptr).u64(n as u64).ptr(amax))?;
+        let args = Args::default().ptr(x.ptr).u64(n as u64).ptr(amax).ptr(out.ptr).ptr(out.scale);
+        self.launch(gpu, self.quantize_fp8, (blocks, 1, 1), ROW_THREADS, args)
     }
 
     /// Writes `n` bf16 values of a random-weight preset to `out`: `offset + scale * r_i` (`scale *

@@ -1,24 +1,39 @@
 //! Linear layers on the GPU: `out = x · wᵀ` on typed tensors, through cuBLASLt or, for the few-row
 //! shapes where it measured faster, the GEMV kernel. The choice is made per (rows, n, k) by
 //! [`Linear::tune`], which times both on the real weights; batch-invariant mode never tunes, so
-//! every row count takes the same arithmetic.
+//! every row count takes the same arithmetic. For FP8 weights the bf16 activations are first
+//! quantized to FP8 with one dynamic scale per product (vLLM's dynamic per-tensor scheme) into a
+//! buffer reserved with [`Linear::reserve_fp8_inputs`], whichever kernel then runs, so a
+//! product's arithmetic does not depend on that choice.
 
 use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;
 use super::kernels::{Kernels, GEMV_MAX_TOKENS};
 use super::tensor::{DType, Tensor};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::collections::HashMap;
 
 pub struct Linear {
     gemm: Gemm,
     /// Per (rows, n, k) of up to GEMV_MAX_TOKENS rows: whether the GEMV kernel beat cuBLASLt.
     gemv_wins: HashMap<(usize, usize, usize), bool>,
+    /// Quantized activations for FP8 products: their codes, and their scale (f32, at offset 0:
+    /// cuBLASLt refuses a scale pointer that is not 16-byte aligned) and amax (u32, at 16).
+    fp8_inputs: Option<(DeviceBuffer, DeviceBuffer)>,
 }
 
 impl Linear {
     pub fn new(gpu: &Gpu, batch_invariant: bool) -> Result<Self> {
-        Ok(Linear { gemm: Gemm::new(gpu, batch_invariant)?, gemv_wins: HashMap::new() })
+        Ok(Linear { gemm: Gemm::new(gpu, batch_invariant)?, gemv_wins: HashMap::new(), fp8_inputs: None })
+    }
+
+    /// Reserves room for `elements` quantized activations, the most any FP8 product of the model
+    /// takes in one step.
+    pub fn reserve_fp8_inputs(&mut self, gpu: &Gpu, elements: usize) -> Result<()> {
+        let codes = gpu.alloc(elements.max(16), "FP8 activations")?;
+        let scale = gpu.alloc(32, "FP8 activation scale")?;
+        self.fp8_inputs = Some((codes, scale));
+        Ok(())
     }
 
     /// Times the GEMV kernel against cuBLASLt for each weight in `weights` and 1..=`max_rows`
@@ -39,6 +54,7 @@ impl Linear {
         for t in 1..=GEMV_MAX_TOKENS.min(max_rows) {
             for &w in weights {
                 let (input, output) = (x.tensor(DType::Bf16, t, w.cols), y.tensor(DType::Bf16, t, w.rows));
+                let input = if w.dtype == DType::Fp8E4M3 { self.quantize(gpu, kernels, input)? } else { input };
                 let mut median = [0f64; 2];
                 for (which, m) in median.iter_mut().enumerate() {
                     let mut times = Vec::new();
@@ -66,10 +82,24 @@ impl Linear {
 
     /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream.
     pub fn run(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
+        let x = if w.dtype == DType::Fp8E4M3 && x.dtype == DType::Bf16 { self.quantize(gpu, kernels, x)? } else { x };
         if self.gemv_wins.get(&(x.rows, w.rows, w.cols)) == Some(&true) {
             kernels.gemv(gpu, x, w, out)
         } else {
             self.gemm.matmul(gpu, x, w, out)
         }
+    }
+
+    /// `x` quantized to FP8 in the reserved buffer.
+    fn quantize(&self, gpu: &Gpu, kernels: &Kernels, x: Tensor) -> Result<Tensor> {
+        let Some((codes, scale)) = &self.fp8_inputs else {
+            bail!("an FP8 product of {x} needs room for quantized activations (Linear::reserve_fp8_inputs)");
+        };
+        if x.rows * x.cols > codes.bytes {
+            bail!("FP8 activations {x} exceed the {} reserved elements", codes.bytes);
+        }
+        let quantized = Tensor { scale: scale.ptr, ..codes.tensor(DType::Fp8E4M3, x.rows, x.cols) };
+        kernels.quantize_fp8(gpu, x, quantized, scale.at(16))?;
+        Ok(quantized)
     }
 }

@@ -10,6 +10,9 @@ use std::fmt;
 pub enum DType {
     F32,
     Bf16,
+    /// FP8 E4M3 (OCP "FN": no infinities, largest finite 448), scaled: a value is its code times
+    /// the tensor's one f32 scale.
+    Fp8E4M3,
 }
 
 impl DType {
@@ -18,6 +21,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::Bf16 => 2,
+            DType::Fp8E4M3 => 1,
         }
     }
 }
@@ -27,6 +31,7 @@ impl fmt::Display for DType {
         f.write_str(match self {
             DType::F32 => "f32",
             DType::Bf16 => "bf16",
+            DType::Fp8E4M3 => "fp8e4m3",
         })
     }
 }
@@ -38,6 +43,8 @@ pub struct Tensor {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
+    /// Device address of the f32 scale of an FP8 tensor; 0 for other types.
+    pub scale: u64,
 }
 
 impl fmt::Display for Tensor {
@@ -50,7 +57,7 @@ impl DeviceBuffer {
     /// The first `rows × cols` elements of this buffer as a tensor of `dtype`.
     pub fn tensor(&self, dtype: DType, rows: usize, cols: usize) -> Tensor {
         debug_assert!(rows * cols * dtype.size() <= self.bytes, "a {dtype}[{rows}, {cols}] view of a {}-byte buffer", self.bytes);
-        Tensor { ptr: self.ptr, dtype, rows, cols }
+        Tensor { ptr: self.ptr, dtype, rows, cols, scale: 0 }
     }
 }
 
@@ -60,11 +67,14 @@ pub struct DeviceTensor {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
+    /// The f32 scale of an FP8 tensor.
+    pub scale: Option<DeviceBuffer>,
 }
 
 impl DeviceTensor {
     pub fn view(&self) -> Tensor {
-        Tensor { ptr: self.buffer.ptr, dtype: self.dtype, rows: self.rows, cols: self.cols }
+        let scale = self.scale.as_ref().map_or(0, |s| s.ptr);
+        Tensor { ptr: self.buffer.ptr, dtype: self.dtype, rows: self.rows, cols: self.cols, scale }
     }
 
     pub fn ptr(&self) -> u64 {

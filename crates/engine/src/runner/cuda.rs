@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cuda::kernels::ATTENTION_MAX_ROWS;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
 use lumen_model::cuda::{enqueue_forward, Activations, CudaWeights, KvCache, StepInputs, StepShape};
-use lumen_model::{ForwardBatch, Model};
+use lumen_model::{ForwardBatch, Model, Quantization};
 use lumen_trace::instrument::{span, Category};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -135,6 +135,10 @@ impl CudaRunner {
         let act = Activations::new(&gpu, &c, t, s)?;
         let sampled = gpu.alloc(s * 4, "sampled tokens")?;
         let mut linear = Linear::new(&gpu, config.batch_invariant)?;
+        if w.quantization == Quantization::Fp8 {
+            let widest = c.hidden_size.max(c.num_heads * c.head_dim).max(c.intermediate_size);
+            linear.reserve_fp8_inputs(&gpu, t * widest)?;
+        }
 
         let bytes_per_token = KvCache::bytes_per_token(&c);
         let bytes_per_block = bytes_per_token * config.block_size;

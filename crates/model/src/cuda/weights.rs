@@ -1,10 +1,12 @@
 //! The layer plan filled on one GPU, in bf16: each weight fetched through the same [`Fetch`] the
 //! CPU uses, converted and uploaded as a typed tensor, so host memory never holds more than one
 //! fused matrix; a random-weight preset's weights are instead drawn on the device by the preset
-//! rule, bit for bit the host's. Refuses a model that would not fit before uploading anything.
+//! rule, bit for bit the host's. A matrix the plan marks FP8 is then quantized on the device
+//! (`Kernels::quantize_fp8`: E4M3 codes and one scale) and its bf16 copy freed. Refuses a model
+//! that would not fit before uploading anything.
 
 use crate::config::ModelConfig;
-use crate::plan::{FeedForward, Fill, Head, ModelPlan, WeightSpec, Weights};
+use crate::plan::{Entry, FeedForward, Fill, Head, ModelPlan, Quantization, WeightDtype, WeightSpec, Weights};
 use crate::presets::preset_rule;
 use crate::weights::{stacked, Fetch};
 use anyhow::{bail, ensure, Result};
@@ -23,6 +25,8 @@ pub struct CudaWeights {
     pub inv_freq: DeviceBuffer,
     /// Bytes of device memory the weights take.
     pub bytes: usize,
+    /// How the layers' projection matrices were quantized at load.
+    pub quantization: Quantization,
 }
 
 struct CudaFill<'f, 'a> {
@@ -31,6 +35,8 @@ struct CudaFill<'f, 'a> {
     fetch: &'f mut Fetch<'a>,
     /// The seed of a random-weight preset, drawn on the device instead of fetched.
     preset_seed: Option<u64>,
+    /// The largest magnitude of a matrix being quantized (a device u32).
+    amax: DeviceBuffer,
     bytes: usize,
 }
 
@@ -61,9 +67,31 @@ impl CudaFill<'_, '_> {
                 self.gpu.upload(&host, &what)?
             }
         };
-        self.bytes += rows * cols * 2;
-        Ok(DeviceTensor { buffer, dtype: DType::Bf16, rows, cols })
+        let tensor = DeviceTensor { buffer, dtype: DType::Bf16, rows, cols, scale: None };
+        if spec.dtype != WeightDtype::Fp8 {
+            self.bytes += rows * cols * 2;
+            return Ok(tensor);
+        }
+        let codes = self.gpu.alloc(rows * cols, &format!("{what} (FP8)"))?;
+        let scale = self.gpu.alloc(4, &format!("{what} (FP8 scale)"))?;
+        let quantized = DeviceTensor { buffer: codes, dtype: DType::Fp8E4M3, rows, cols, scale: Some(scale) };
+        self.kernels.quantize_fp8(self.gpu, tensor.view(), quantized.view(), self.amax.ptr)?;
+        // The bf16 copy is freed once the quantization has read it.
+        self.gpu.synchronize()?;
+        self.bytes += rows * cols + 4;
+        Ok(quantized)
     }
+}
+
+/// Bytes the filled plan takes on the device: 1 per FP8 element, 2 per bf16 one.
+fn device_bytes(plan: &ModelPlan) -> u64 {
+    let mut bytes = 0;
+    plan.visit(&mut |_, entry| {
+        let (Entry::Matrix(spec) | Entry::Vector(spec)) = entry;
+        let per = if spec.dtype == WeightDtype::Fp8 { 1 } else { 2 };
+        bytes += spec.shape.iter().product::<usize>() as u64 * per;
+    });
+    bytes
 }
 
 impl Fill for CudaFill<'_, '_> {
@@ -101,6 +129,7 @@ impl CudaWeights {
     pub fn assemble(
         c: &ModelConfig,
         plan: &ModelPlan,
+        quantization: Quantization,
         gpu: Arc<Gpu>,
         source: &str,
         fetch: &mut Fetch,
@@ -121,11 +150,11 @@ impl CudaWeights {
             "{source}: hidden size {} is not supported by the CUDA backend (expected a multiple of 8 up to 16384); use --device cpu",
             c.hidden_size
         );
-        let need = c.num_params() as u64 * 2;
+        let need = device_bytes(plan);
         let (free, total) = gpu.memory()?;
         if need > free as u64 {
             bail!(
-                "{source}: bf16 weights need {:.2} GiB but {} has {:.2} GiB free of {:.2} GiB; the model does not fit on this GPU",
+                "{source}: the weights need {:.2} GiB but {} has {:.2} GiB free of {:.2} GiB; the model does not fit on this GPU",
                 need as f64 / (1u64 << 30) as f64,
                 gpu.info.name,
                 free as f64 / (1u64 << 30) as f64,
@@ -133,11 +162,12 @@ impl CudaWeights {
             );
         }
         let kernels = Kernels::load(&gpu)?;
-        let mut filler = CudaFill { gpu: &gpu, kernels: &kernels, fetch, preset_seed, bytes: 0 };
+        let amax = gpu.alloc(4, "FP8 weight amax")?;
+        let mut filler = CudaFill { gpu: &gpu, kernels: &kernels, fetch, preset_seed, amax, bytes: 0 };
         let weights = plan.fill(&mut filler)?;
         let bytes = filler.bytes;
         gpu.synchronize()?;
         let inv_freq = gpu.upload(&c.rope_inv_freq(), "rotary frequencies")?;
-        Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes })
+        Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes, quantization })
     }
 }

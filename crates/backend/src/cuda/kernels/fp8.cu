@@ -1,0 +1,150 @@
+// FP8 E4M3 tensors with one f32 scale each (a value is its code times the scale): the dynamic
+// quantization of bf16 activations (the largest magnitude, then codes of x / scale with scale the
+// power of two at or above amax / 448, rounded to nearest even and saturated at ±448), and the
+// matrix-vector product of a few quantized rows with FP8 weights for small decode steps. The conversions use Hopper's (sm_89+)
+// cvt instructions; on older devices these kernels trap.
+
+#define FP8_MAX 448.0f
+
+// Two floats to two E4M3 codes: `hi` in the upper byte, `lo` in the lower.
+__device__ __forceinline__ u32 f32x2_to_e4m3x2(float hi, float lo) {
+#if __CUDA_ARCH__ >= 890
+    unsigned short r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    __trap();
+    return 0;
+#endif
+}
+
+// Two E4M3 codes (upper and lower byte of `v`) to floats.
+__device__ __forceinline__ void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo) {
+#if __CUDA_ARCH__ >= 890
+    u32 h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+    unsigned short h_lo = (unsigned short)(h2 & 0xffffu), h_hi = (unsigned short)(h2 >> 16);
+    asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(h_lo));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(h_hi));
+#else
+    __trap();
+#endif
+}
+
+// amax = max(amax, max |x_i|) over n bf16 values (n % 8 == 0), as f32 bits (ordered as unsigned
+// integers for non-negative floats). The caller zeroes amax first.
+extern "C" __global__ void amax_bf16(const bf16* __restrict__ x, u64 n, u32* __restrict__ amax) {
+    __shared__ float scratch[32];
+    float m = 0.f;
+    u64 n8 = n / 8, stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += stride) {
+        float f[8];
+        unpack8(((const uint4*)x)[i], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
+    }
+    m = block_max(m, scratch);
+    if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
+}
+
+// The scale for a largest magnitude `a`: the power of two at or above a / 448 (1 when a is 0).
+// A power of two makes x / scale exact, and a slightly different amax (another device's rounding)
+// leaves the scale, and so every code, unchanged.
+__device__ __forceinline__ float fp8_scale(float a) {
+    if (!(a > 0.f)) return 1.f;
+    return __uint_as_float((__float_as_uint(__fdiv_rn(a, FP8_MAX)) + 0x007fffffu) & 0xff800000u);
+}
+
+// Codes of elements [8 i, 8 i + 8) of x divided by scale.
+__device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, float scale) {
+    float f[8];
+    unpack8(((const uint4*)x)[i], f);
+    u32 lo = f32x2_to_e4m3x2(f[1] / scale, f[0] / scale) | (f32x2_to_e4m3x2(f[3] / scale, f[2] / scale) << 16);
+    u32 hi = f32x2_to_e4m3x2(f[5] / scale, f[4] / scale) | (f32x2_to_e4m3x2(f[7] / scale, f[6] / scale) << 16);
+    return make_uint2(lo, hi);
+}
+
+// out = E4M3 codes of x / scale, scale = fp8_scale(amax), written to *scale_out.
+extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const u32* __restrict__ amax, unsigned char* __restrict__ out,
+                                        float* __restrict__ scale_out) {
+    float scale = fp8_scale(__uint_as_float(*amax));
+    if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale;
+    u64 n8 = n / 8, stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += stride) ((uint2*)out)[i] = quantize8(x, i, scale);
+}
+
+// Both steps in one block, for the few rows of a decode step: the largest magnitude, then the codes.
+extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n, unsigned char* __restrict__ out, float* __restrict__ scale_out) {
+    __shared__ float scratch[32];
+    float m = 0.f;
+    u64 n8 = n / 8;
+    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) {
+        float f[8];
+        unpack8(((const uint4*)x)[i], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
+    }
+    float scale = fp8_scale(block_max(m, scratch));
+    if (threadIdx.x == 0) *scale_out = scale;
+    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, scale);
+}
+
+// Sixteen E4M3 codes (one 16-byte load) to floats, in memory order.
+__device__ __forceinline__ void unpack16_fp8(uint4 v, float (&f)[16]) {
+    u32 words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        e4m3x2_to_f32x2((unsigned short)(words[i] & 0xffffu), f[4 * i + 1], f[4 * i]);
+        e4m3x2_to_f32x2((unsigned short)(words[i] >> 16), f[4 * i + 3], f[4 * i + 2]);
+    }
+}
+
+// y[t, n] = x_scale · w_scale · (x[t, :] · w[n, :]) for E4M3 x and w and t < t_count <=
+// GEMV_MAX_T, as `gemv` does it: one warp per output row, 16-byte loads (sixteen codes) of the
+// weight row, the few activation rows from L1/L2. k % 16 == 0.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const unsigned char* __restrict__ x, const float* __restrict__ x_scale,
+                                                                    const unsigned char* __restrict__ w, const float* __restrict__ w_scale,
+                                                                    int t_count, int n, int k, void* __restrict__ y, int out_f32) {
+    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const uint4* wr = (const uint4*)(w + (u64)row * k);
+    const int k16 = k / 16;
+    float acc[GEMV_MAX_T];
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
+    for (int base = lane; base < k16; base += 32 * GEMV_UNROLL) {
+        uint4 wv[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int i = base + u * 32;
+            wv[u] = i < k16 ? wr[i] : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int i = base + u * 32;
+            if (i >= k16) break;
+            float wf[16];
+            unpack16_fp8(wv[u], wf);
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_T; t++) {
+                if (t < t_count) {
+                    float xf[16];
+                    unpack16_fp8(((const uint4*)(x + (u64)t * k))[i], xf);
+#pragma unroll
+                    for (int j = 0; j < 16; j++) acc[t] = fmaf(wf[j], xf[j], acc[t]);
+                }
+            }
+        }
+    }
+    const float scale = *x_scale * *w_scale;
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) {
+        if (t < t_count) {
+            float v = warp_sum(acc[t]) * scale;
+            if (lane == 0) {
+                if (out_f32) ((float*)y)[(u64)t * n + row] = v;
+                else ((bf16*)y)[(u64)t * n + row] = f2bf(v);
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! FP8 on the GPU against FP8 on the host (`lumen_backend::fp8`), on the GPU machine (skipped
+//! without a GPU): the dynamic quantization gives the host's scale and, code for code, its E4M3
+//! codes; the FP8 GEMV kernel and cuBLASLt's FP8 product both give the host's f32 product of the
+//! dequantized operands to within bf16 rounding of the output.
+
+use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, Gemm, Gpu, Kernels, Tensor};
+use lumen_backend::fp8::{from_e4m3, scale_for, to_e4m3};
+use std::sync::Arc;
+
+struct Device {
+    gpu: Arc<Gpu>,
+    kernels: Kernels,
+}
+
+fn device() -> Option<Device> {
+    let gpu = lumen_test_support::gpu::device_or_skip(Gpu::open(0))?;
+    Some(Device { kernels: Kernels::load(&gpu).unwrap(), gpu })
+}
+
+/// bf16 values spanning magnitudes from 2^-14 to 2^4 of both signs, with exact E4M3 ties among
+/// them, as the host reads them back.
+fn values(n: usize, salt: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let u = lumen_backend::rng::splitmix64(salt ^ i as u64);
+            let magnitude = f32::powi(2.0, (u % 19) as i32 - 14) * (1.0 + ((u >> 8) % 64) as f32 / 64.0);
+            let v = if (u >> 20) & 1 == 1 { -magnitude } else { magnitude };
+            half::bf16::from_bits(to_bf16(v)).to_f32()
+        })
+        .collect()
+}
+
+/// Quantizes `x` (`rows × cols`, bf16) on the device; returns the FP8 tensor and its buffers.
+fn quantize(d: &Device, x: &[f32], rows: usize, cols: usize) -> (Tensor, DeviceBuffer, DeviceBuffer, DeviceBuffer) {
+    let bits: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
+    let input = d.gpu.upload(&bits, "input").unwrap();
+    let codes = d.gpu.alloc(rows * cols, "codes").unwrap();
+    let scale = d.gpu.alloc(4, "scale").unwrap();
+    let amax = d.gpu.alloc(4, "amax").unwrap();
+    let out = Tensor { scale: scale.ptr, ..codes.tensor(DType::Fp8E4M3, rows, cols) };
+    d.kernels.quantize_fp8(&d.gpu, input.tensor(DType::Bf16, rows, cols), out, amax.ptr).unwrap();
+    (out, codes, scale, input)
+}
+
+/// The host's codes and scale for `x`.
+fn host_quantize(x: &[f32]) -> (Vec<u8>, f32) {
+    let scale = scale_for(x.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+    (x.iter().map(|&v| to_e4m3(v / scale)).collect(), scale)
+}
+
+#[test]
+fn quantization_gives_the_hosts_scale_and_codes() {
+    let Some(d) = device() else { return };
+    for (rows, cols, salt) in [(1, 64, 1), (37, 4096, 2), (512, 1024, 3)] {
+        let x = values(rows * cols, salt);
+        let (_, codes, scale, _) = quantize(&d, &x, rows, cols);
+        let mut got_codes = vec![0u8; rows * cols];
+        let mut got_scale = [0f32];
+        d.gpu.download(&mut got_codes, codes.ptr).unwrap();
+        d.gpu.download(&mut got_scale, scale.ptr).unwrap();
+        let (want_codes, want_scale) = host_quantize(&x);
+        assert_eq!(got_scale[0], want_scale, "{rows}x{cols}: scale");
+        let differ: Vec<usize> = (0..x.len()).filter(|&i| got_codes[i] != want_codes[i]).collect();
+        assert!(
+            differ.is_empty(),
+            "{rows}x{cols}: {} codes differ, first at {:?}",
+            differ.len(),
+            differ.first().map(|&i| (x[i], got_codes[i], want_codes[i]))
+        );
+    }
+}
+
+#[test]
+fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
+    let Some(d) = device() else { return };
+    let mut gemm = Gemm::new(&d.gpu, false).unwrap();
+    let (n, k) = (384, 1024);
+    let w = values(n * k, 11);
+    let (w_dev, _wc, _ws, _wi) = quantize(&d, &w, n, k);
+    let (w_codes, w_scale) = host_quantize(&w);
+    for t in [1, 3, 4, 64] {
+        let x = values(t * k, 20 + t as u64);
+        let (x_dev, _xc, _xs, _xi) = quantize(&d, &x, t, k);
+        let (x_codes, x_scale) = host_quantize(&x);
+        let want: Vec<f32> = (0..t * n)
+            .map(|i| {
+                let (row, col) = (i / n, i % n);
+                let dot: f64 = (0..k).map(|j| from_e4m3(x_codes[row * k + j]) as f64 * from_e4m3(w_codes[col * k + j]) as f64).sum();
+                (dot * x_scale as f64 * w_scale as f64) as f32
+            })
+            .collect();
+        let out = d.gpu.alloc(t * n * 2, "out").unwrap();
+        let y = out.tensor(DType::Bf16, t, n);
+        let mut paths = vec![("cuBLASLt", true)];
+        if t <= lumen_backend::cuda::kernels::GEMV_MAX_TOKENS {
+            paths.push(("gemv", false));
+        }
+        for (path, library) in paths {
+            d.gpu.fill(out.ptr, 0xff, out.bytes).unwrap();
+            if library {
+                gemm.matmul(&d.gpu, x_dev, w_dev, y).unwrap();
+            } else {
+                d.kernels.gemv(&d.gpu, x_dev, w_dev, y).unwrap();
+            }
+            let mut bits = vec![0u16; t * n];
+            d.gpu.download(&mut bits, out.ptr).unwrap();
+            let got: Vec<f32> = bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
+            let norm = want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - *w as f64).powi(2)).sum::<f64>().sqrt() / norm;
+            eprintln!("{path} t={t}: relative error {err:.2e}");
+            assert!(err <= 4e-3, "{path}, {t} rows: relative error {err:.2e} against the host's FP8 product");
+        }
+    }
+}
