@@ -127,6 +127,12 @@ fn zero_max_tokens() {
 }
 
 #[test]
+fn unknown_quantization() {
+    lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,2,3", "--quantization", "int4"])
+        .fails_with(2, &["int4", "--quantization", "none or fp8"]);
+}
+
+#[test]
 fn prompt_id_outside_the_vocabulary() {
     lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,600"]).fails_with(1, &["600", "512"]);
 }

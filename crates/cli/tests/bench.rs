@@ -367,3 +367,21 @@ fn small_budget_chunks_prefill_and_preempts_but_finishes() {
     let n = entries.len() as u64;
     assert!(gen + n <= total_out && total_out <= gen + n + preempted, "gen {gen}, requests {n}, preempted {preempted}, output {total_out}");
 }
+
+/// `--quantization fp8` runs on the CPU (the FP8 reference) and the report names what the model
+/// computed in; without it the report says float32 (the CPU's type), never a fixed string.
+#[test]
+fn the_report_names_the_dtype_and_fp8_quantization() {
+    let s = Scratch::new("bench-fp8");
+    let (dataset, _) = tiny_dataset(&s);
+    for (flags, dtype) in
+        [(&["--quantization", "fp8"][..], "float32 over FP8-quantized layer weights and activations"), (&[][..], "float32")]
+    {
+        let args: Vec<&str> = ["bench", "throughput", "--model", "tiny-untied", "--device", "cpu", "--dataset", &dataset]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .collect();
+        let run = lumen(&args).ok();
+        assert_eq!(text_value(&run.stdout, "Dtype:"), dtype, "{flags:?}");
+    }
+}
