@@ -178,13 +178,13 @@ pub const PATTERNS: &[Pattern] = &[
         name: MEMORY_BOUND,
         kind: Kind::SpeedOfLight,
         fires_when: "DRAM (read + write) is the unit nearest its ceiling at >= SOL_BOUND_PERCENT of peak: busy counter samples or the engine's bytes per iteration",
-        action: "cut the bytes: a larger batch reuses each weight read; FP8 weights/KV cache or tensor parallelism (not in lumen yet)",
+        action: "cut the bytes: a larger batch reuses each weight read; FP8 weights (--quantization fp8); FP8 KV cache or tensor parallelism (not in lumen yet)",
     },
     Pattern {
         name: COMPUTE_BOUND,
         kind: Kind::SpeedOfLight,
         fires_when: "the tensor pipe is the unit nearest its ceiling at >= SOL_BOUND_PERCENT of peak",
-        action: "a good problem: a faster GPU, lower precision (FP8), or speculative decoding (not in lumen yet)",
+        action: "a good problem: FP8 tensor cores (--quantization fp8), a faster GPU, or speculative decoding (not in lumen yet)",
     },
     Pattern {
         name: SMALL_BATCH,
@@ -520,16 +520,30 @@ fn percent_of(u: &UnitUse) -> String {
 }
 
 fn bound(f: &Facts, wanted: Bound) -> Outcome {
-    let (pattern, action) = match wanted {
-        Bound::Memory => (
+    // The recorder names the layer weights' type; a run already in FP8 gets no FP8 advice.
+    let fp8 = f.trace.meta("weight_dtype") == Some("fp8");
+    let (pattern, action) = match (wanted, fp8) {
+        (Bound::Memory, false) => (
             MEMORY_BOUND,
-            "the GPU streams memory: a larger batch (--max-batch-size) reuses each weight read for more tokens; FP8 weights and \
-             KV cache, or tensor parallelism, would cut the bytes each GPU reads, but lumen offers neither yet",
+            "the GPU streams memory: a larger batch (--max-batch-size) reuses each weight read for more tokens; FP8 weights \
+             (--quantization fp8) halve the bytes of every weight read; an FP8 KV cache and tensor parallelism would cut the rest, \
+             but lumen offers neither yet",
         ),
-        _ => (
+        (Bound::Memory, true) => (
+            MEMORY_BOUND,
+            "the GPU streams memory, with FP8 weights already: a larger batch (--max-batch-size) reuses each weight read for more \
+             tokens; an FP8 KV cache or tensor parallelism would cut the rest, but lumen offers neither yet",
+        ),
+        (_, false) => (
             COMPUTE_BOUND,
             "a good problem: the compute pipes are near their ceiling (FP32 products on the FP32 pipes would gain from bf16 or TF32 \
-             on the tensor pipes); else a faster GPU, FP8, or speculative decoding (not in lumen yet)",
+             on the tensor pipes); FP8 tensor cores (--quantization fp8) double the bf16 peak; else a faster GPU or speculative \
+             decoding (not in lumen yet)",
+        ),
+        (_, true) => (
+            COMPUTE_BOUND,
+            "a good problem: the compute pipes are near their ceiling, on FP8 tensor cores already; a faster GPU or speculative \
+             decoding (not in lumen yet)",
         ),
     };
     let sol = &f.a.speed_of_light;
@@ -1216,13 +1230,16 @@ mod tests {
         let f = finding(&d, MEMORY_BOUND).expect("read 44% + write 44% with SM active 99%");
         assert_eq!(f.evidence[0], "device 0: DRAM 88.0% of peak (read + write), tensor 0.0%, SM active 98.5% (2 busy samples)");
         assert!(f.evidence[1].starts_with("kernel class norm/elementwise: DRAM 88.0%"), "{:?}", f.evidence);
-        assert!(f.action.contains("FP8") && f.action.contains("lumen offers neither yet"));
+        assert!(f.action.contains("--quantization fp8") && f.action.contains("lumen offers neither yet"), "{}", f.action);
+        trace.meta.push(("weight_dtype".into(), "fp8".into()));
+        let fp8 = finding(&diagnosis(&trace), MEMORY_BOUND).expect("the same counters").action.clone();
+        assert!(fp8.contains("FP8 weights already") && !fp8.contains("--quantization"), "{fp8}");
         assert!(d.not_found.contains(&COMPUTE_BOUND) && d.not_found.contains(&SMALL_BATCH));
     }
 
     #[test]
     fn tensor_pipes_nearest_their_ceiling_are_compute_bound() {
-        let trace = samples(&[
+        let mut trace = samples(&[
             (100, "sm active %", 95.0),
             (100, "dram bandwidth %", 30.0),
             (100, "tensor active %", 80.0),
@@ -1235,6 +1252,10 @@ mod tests {
         assert_eq!(f.evidence[0], "device 0: DRAM 35.0% of peak (read + write), tensor 75.0%, SM active 96.0% (2 busy samples)");
         assert_eq!(f.range_ns, Some((100, 200)));
         assert!(d.not_found.contains(&MEMORY_BOUND));
+        assert!(f.action.contains("FP8 tensor cores (--quantization fp8)"), "{}", f.action);
+        trace.meta.push(("weight_dtype".into(), "fp8".into()));
+        let fp8 = finding(&diagnosis(&trace), COMPUTE_BOUND).expect("the same counters").action.clone();
+        assert!(fp8.contains("on FP8 tensor cores already") && !fp8.contains("--quantization"), "{fp8}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! The counts are what the scheduled batch needs: every weight read once per pass, every cached
 //! K/V position once per layer and sequence, at the data type the model is held in on its device
-//! (bf16 weights and KV cache on CUDA, f32 on the CPU). Rows a CUDA graph pads the batch with,
+//! (bf16 weights and KV cache on CUDA, f32 on the CPU; with `--quantization fp8` the layers'
+//! projection matrices take one byte per weight on CUDA). Rows a CUDA graph pads the batch with,
 //! activations, and re-reads that tiling causes are not counted. Element-wise work (norms, RoPE,
 //! SiLU, softmax, sampling) is left out of the FLOPs.
 //!
@@ -18,6 +19,7 @@ use lumen_model::{Model, ModelConfig};
 /// The element type of the weights and the KV cache where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
+    Fp8,
     Bf16,
     F32,
 }
@@ -25,14 +27,16 @@ pub enum Dtype {
 impl Dtype {
     pub fn bytes(self) -> u64 {
         match self {
+            Dtype::Fp8 => 1,
             Dtype::Bf16 => 2,
             Dtype::F32 => 4,
         }
     }
 
-    /// `bf16` or `f32`, as the trace's `meta.weight_dtype` holds it.
+    /// `fp8`, `bf16` or `f32`, as the trace's `meta.weight_dtype` (the layer projections') holds it.
     pub fn name(self) -> &'static str {
         match self {
+            Dtype::Fp8 => "fp8",
             Dtype::Bf16 => "bf16",
             Dtype::F32 => "f32",
         }
@@ -57,6 +61,8 @@ pub struct IterationWork {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkModel {
     dtype: Dtype,
+    /// The layers' projection matrices' type: `dtype`, or FP8 when they were quantized.
+    layer_dtype: Dtype,
     hidden: u64,
     vocab: u64,
     /// The q, k, v, o, gate, up and down weights of all layers.
@@ -84,6 +90,7 @@ impl WorkModel {
         let qk_norm = if c.qk_norm { 2 * hd } else { 0 };
         WorkModel {
             dtype,
+            layer_dtype: dtype,
             hidden: h,
             vocab: c.vocab_size as u64,
             layer_matmul_params: layers * (attention + mlp),
@@ -95,20 +102,28 @@ impl WorkModel {
         }
     }
 
-    /// The counts for `model` where it is loaded: bf16 on a GPU, f32 on the CPU.
+    /// The counts for `model` where it is loaded: bf16 on a GPU, f32 on the CPU, the layer
+    /// projections FP8 on a GPU when quantized (the CPU holds FP8 values in f32).
     pub fn for_model(model: &Model) -> Self {
-        let dtype = if model.cuda_weights().is_some() { Dtype::Bf16 } else { Dtype::F32 };
-        WorkModel::new(model.config(), dtype)
+        let Some(weights) = model.cuda_weights() else { return WorkModel::new(model.config(), Dtype::F32) };
+        let fp8 = weights.quantization == lumen_model::Quantization::Fp8;
+        WorkModel::new(model.config(), Dtype::Bf16).with_layer_dtype(if fp8 { Dtype::Fp8 } else { Dtype::Bf16 })
     }
 
+    /// The same counts with the layers' projection matrices held in `dtype`.
+    pub fn with_layer_dtype(self, layer_dtype: Dtype) -> Self {
+        WorkModel { layer_dtype, ..self }
+    }
+
+    /// The type of the layers' projection matrices, the bulk of the weights.
     pub fn dtype(&self) -> Dtype {
-        self.dtype
+        self.layer_dtype
     }
 
     /// Bytes of weights one forward pass reads, without the embedding gather: every layer's
     /// weights and norms, the final norm and the output projection.
     pub fn pass_weight_bytes(&self) -> u64 {
-        (self.layer_matmul_params + self.norm_params + self.vocab * self.hidden) * self.dtype.bytes()
+        self.layer_matmul_params * self.layer_dtype.bytes() + (self.norm_params + self.vocab * self.hidden) * self.dtype.bytes()
     }
 
     /// The model's parameters: the pass's weights plus the embedding matrix when it is not the
@@ -145,11 +160,12 @@ impl WorkModel {
             return IterationWork::default();
         }
         let head = if rows > 0 { self.vocab * self.hidden } else { 0 };
-        let weights = self.layer_matmul_params + self.norm_params + head + tokens * self.hidden;
+        let weight_bytes =
+            self.layer_matmul_params * self.layer_dtype.bytes() + (self.norm_params + head + tokens * self.hidden) * self.dtype.bytes();
         let flops = 2 * self.layer_matmul_params as u128 * tokens as u128
             + 2 * (self.hidden * self.vocab) as u128 * rows as u128
             + self.attention_flops_per_position as u128 * attended as u128;
-        IterationWork { weight_bytes: weights * self.dtype.bytes(), kv_bytes_read: context * self.kv_bytes_per_token, flops: flops as f64 }
+        IterationWork { weight_bytes, kv_bytes_read: context * self.kv_bytes_per_token, flops: flops as f64 }
     }
 }
 
@@ -196,6 +212,12 @@ mod tests {
         let bf16 = WorkModel::new(&preset_config("tiny").unwrap(), Dtype::Bf16);
         assert_eq!((bf16.pass_weight_bytes(), bf16.kv_bytes_per_token()), (119_104 * 2, 256));
         assert_eq!((Dtype::Bf16.name(), Dtype::F32.name()), ("bf16", "f32"));
+
+        // FP8 layer projections: 86,016 weights of 1 byte, the rest (320 norms, 32,768 of lm_head)
+        // still bf16; the KV cache stays bf16.
+        let fp8 = bf16.clone().with_layer_dtype(Dtype::Fp8);
+        assert_eq!((fp8.pass_weight_bytes(), fp8.kv_bytes_per_token(), fp8.dtype().name()), (86_016 + 33_088 * 2, 256, "fp8"));
+        assert_eq!(fp8.iteration(&[seq(9, 1, true)]).weight_bytes, 86_016 + (33_088 + 64) * 2);
     }
 
     #[test]
