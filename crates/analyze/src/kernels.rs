@@ -90,7 +90,23 @@ pub fn default_rules() -> Vec<ClassRule> {
         ClassRule::new(KernelClass::Memory, &["memcpy", "memset"]),
         ClassRule::new(
             KernelClass::NormElementwise,
-            &["norm", "elementwise", "silu", "gelu", "rope", "rotary", "softmax", "add_", "mul_", "copy", "fill", "reduce", "vectorized"],
+            &[
+                "norm",
+                "elementwise",
+                "silu",
+                "gelu",
+                "rope",
+                "rotary",
+                "softmax",
+                "add_",
+                "mul_",
+                "copy",
+                "fill",
+                "reduce",
+                "vectorized",
+                "quantize",
+                "amax",
+            ],
         ),
     ]
 }
@@ -352,6 +368,8 @@ mod tests {
             ("void cutlass::device_kernel<flash::FlashAttnFwdSm90<>>", KernelClass::Attention),
             ("topk_gating_softmax", KernelClass::Moe),
             ("memcpy32_post", KernelClass::Memory),
+            ("quantize_fp8_block", KernelClass::NormElementwise),
+            ("gemv_fp8", KernelClass::Gemm),
             ("argmax_kernel", KernelClass::Other),
         ];
         for (name, class) in cases {
