@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LUMEN_SETUP_NO_BUILD=1 scripts/setup.sh
 cargo test --workspace --no-fail-fast
-cargo run --quiet -p lumen-fuzz -- all "${LUMEN_FUZZ_SECONDS:-5}"
+scripts/fuzz.sh "${LUMEN_FUZZ_SECONDS:-5}s"
