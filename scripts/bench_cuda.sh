@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CUDA benchmarks on the GPU machine (docs/benchmarks.md): lumen's throughput and latency on the
-# Llama-3.1-8B shape in bf16, ISL/OSL 128/128, and the Hugging Face transformers peer in the same
-# run. Expects `lumen` at $LUMEN_BIN (default gpu-tests/lumen, from scripts/gpu_tests.sh build) and
+# Llama-3.1-8B shape (MODEL), in bf16 or FP8 (PRECISION=bf16|fp8), ISL/OSL 128/128 (ISL, OSL),
+# and the Hugging Face transformers peer in the same run. Without MAX_BATCH and MAX_TOKENS the
+# throughput run takes the limits `bench throughput` tunes; with them, those. Expects `lumen` at $LUMEN_BIN (default gpu-tests/lumen, from scripts/gpu_tests.sh build) and
 # the peer script at peers/hf_generate.py. Reports go to $OUT (default /tmp); run it with its output
 # teed to a log there, e.g. `scripts/bench_cuda.sh 2>&1 | tee $OUT/bench.log`.
 set -euo pipefail
@@ -12,28 +13,37 @@ L=${LUMEN_BIN:-$PWD/gpu-tests/lumen}
 OUT=${OUT:-/tmp}
 MODEL=${MODEL:-llama-3.1-8b}
 REQUESTS=${REQUESTS:-3000}
-MAX_BATCH=${MAX_BATCH:-512}
-MAX_TOKENS=${MAX_TOKENS:-8192}
+ISL=${ISL:-128}
+OSL=${OSL:-128}
+PRECISION=${PRECISION:-bf16}
+case "$PRECISION" in
+bf16) QUANT=() ;;
+fp8) QUANT=(--quantization fp8) ;;
+*) echo "PRECISION=$PRECISION: expected bf16 or fp8" >&2; exit 2 ;;
+esac
+LIMITS=()
+[[ -n "${MAX_BATCH:-}" ]] && LIMITS+=(--max-batch-size "$MAX_BATCH")
+[[ -n "${MAX_TOKENS:-}" ]] && LIMITS+=(--max-num-tokens "$MAX_TOKENS")
 # The summary below reads these; a skipped step must not show an earlier run's figures.
 rm -f /tmp/throughput.txt /tmp/latency.txt /tmp/peer.jsonl
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 
 $L bench prepare-dataset --model "$MODEL" --output /tmp/data.jsonl token-norm-dist --num-requests "$REQUESTS" \
-  --input-mean 128 --input-stdev 0 --output-mean 128 --output-stdev 0
+  --input-mean "$ISL" --input-stdev 0 --output-mean "$OSL" --output-stdev 0
 $L bench prepare-dataset --model "$MODEL" --output /tmp/latency.jsonl token-norm-dist --num-requests 8 \
-  --input-mean 128 --input-stdev 0 --output-mean 128 --output-stdev 0
+  --input-mean "$ISL" --input-stdev 0 --output-mean "$OSL" --output-stdev 0
 if [[ "${SKIP_THROUGHPUT:-0}" != 1 ]]; then
-  $L bench throughput --device cuda --model "$MODEL" --dataset /tmp/data.jsonl --eos-id -1 --max-batch-size "$MAX_BATCH" \
-    --max-num-tokens "$MAX_TOKENS" --report-json "$OUT/throughput.json" --iteration-log "$OUT/throughput_iterations.jsonl" \
+  $L bench throughput --device cuda --model "$MODEL" --dataset /tmp/data.jsonl --eos-id -1 "${LIMITS[@]}" "${QUANT[@]}" \
+    --report-json "$OUT/throughput.json" --iteration-log "$OUT/throughput_iterations.jsonl" \
     ${EXTRA:-} 2>&1 | tee /tmp/throughput.txt
 fi
 if [[ "${SKIP_LATENCY:-0}" != 1 ]]; then
-  $L bench latency --device cuda --model "$MODEL" --dataset /tmp/latency.jsonl --eos-id -1 \
+  $L bench latency --device cuda --model "$MODEL" --dataset /tmp/latency.jsonl --eos-id -1 "${QUANT[@]}" \
     --report-json "$OUT/latency.json" ${EXTRA:-} 2>&1 | tee /tmp/latency.txt
 fi
 if [[ "${SKIP_PEER:-0}" != 1 ]]; then
   python3 peers/hf_generate.py --model "$MODEL" --batch 1 128 2>&1 | grep '^{' | tee /tmp/peer.jsonl
 fi
-echo "== summary ($MODEL, ISL/OSL 128/128)"
+echo "== summary ($MODEL, $PRECISION, ISL/OSL $ISL/$OSL)"
 grep -h "Total Output Throughput\|Request Throughput\|Average time-per-output-token" /tmp/throughput.txt /tmp/latency.txt 2>/dev/null || true
 cat /tmp/peer.jsonl 2>/dev/null || true
 if [[ -f "$OUT/throughput_iterations.jsonl" ]]; then
