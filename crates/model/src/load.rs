@@ -198,6 +198,31 @@ fn hf_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     Ok(if path.exists() { Some(Tokenizer::from_hf_json(&path)?) } else { None })
 }
 
+/// The quantization a Hugging Face checkpoint was saved in: FP8 when `config.json`'s
+/// `quantization_config.quant_method` is `fp8` or `hf_quant_config.json`'s
+/// `quantization.quant_algo` is `FP8`; any other method is refused by name.
+fn checkpoint_quantization(dir: &Path) -> Result<Quantization> {
+    let read = |file: &str| -> Result<Option<serde_json::Value>> {
+        let path = dir.join(file);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).map(Some).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    let config_method = read("config.json")?.and_then(|c| c["quantization_config"]["quant_method"].as_str().map(str::to_ascii_lowercase));
+    let modelopt_algo = read("hf_quant_config.json")?.and_then(|c| c["quantization"]["quant_algo"].as_str().map(str::to_ascii_lowercase));
+    match (config_method.as_deref(), modelopt_algo.as_deref()) {
+        (None, None) => Ok(Quantization::None),
+        (Some("fp8"), _) | (_, Some("fp8")) => Ok(Quantization::Fp8),
+        (Some(other), _) | (None, Some(other)) => bail!(
+            "{}: the checkpoint is quantized with {other:?}; lumen loads FP8 checkpoints (quant_method fp8, or quant_algo FP8 in \
+             hf_quant_config.json) and unquantized ones",
+            dir.display()
+        ),
+    }
+}
+
 fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) -> Result<Model> {
     let mut config = hf_config(dir)?;
     let tensors = SafetensorsDir::open(dir)?;
@@ -205,14 +230,26 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) ->
         config.tie_word_embeddings = true;
     }
     let source = dir.display().to_string();
+    let quantization = match checkpoint_quantization(dir)? {
+        Quantization::Fp8 => {
+            if quantization == Quantization::None {
+                lumen_trace::status!("[lumen] {source} holds FP8 weights: running it in FP8");
+            }
+            Quantization::Fp8
+        }
+        Quantization::None => quantization,
+    };
     let executor = executor(
         &config,
         gpu,
         quantization,
         &source,
         &mut |name, want| {
-            let (shape, values) = tensors.get(name).with_context(|| source.clone())?;
+            let (shape, mut values) = tensors.get(name).with_context(|| source.clone())?;
             check_shape(&source, name, &shape, want)?;
+            if tensors.dtype(name) == Some("F8_E4M3") {
+                apply_weight_scale(&tensors, &source, name, &shape, &mut values)?;
+            }
             Ok(values)
         },
         None,
@@ -225,6 +262,26 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) ->
         .map(|t| ChatTemplate::new(&t))
         .transpose()?;
     Ok(Model { name: source, format: "safetensors", config, executor, tokenizer, chat_template })
+}
+
+/// Multiplies an FP8 checkpoint tensor's code values by its `weight_scale`: one value for the
+/// tensor, or one per output row. (The loader then quantizes again with lumen's own scale, which
+/// rounds: a fused q/k/v with three checkpoint scales has to share one, as in vLLM.)
+fn apply_weight_scale(tensors: &SafetensorsDir, source: &str, name: &str, shape: &[usize], values: &mut [f32]) -> Result<()> {
+    let stem = name.strip_suffix(".weight").unwrap_or(name);
+    let scale_name = format!("{stem}.weight_scale");
+    if tensors.contains(&format!("{stem}.weight_scale_inv")) {
+        bail!("{source}: tensor {name} has block-wise scales ({stem}.weight_scale_inv), which lumen does not load; expected per-tensor or per-channel weight_scale");
+    }
+    let (_, scale) = tensors.get(&scale_name).with_context(|| format!("{source}: FP8 tensor {name} has no {scale_name}"))?;
+    let rows = shape.first().copied().unwrap_or(1);
+    let cols = values.len() / rows.max(1);
+    match scale.len() {
+        1 => values.iter_mut().for_each(|v| *v *= scale[0]),
+        n if n == rows => values.chunks_mut(cols).zip(&scale).for_each(|(row, s)| row.iter_mut().for_each(|v| *v *= s)),
+        n => bail!("{source}: {scale_name} has {n} values; expected 1 (per tensor) or {rows} (per output row of {name})"),
+    }
+    Ok(())
 }
 
 /// The GGUF name of a tensor given by its Hugging Face name.

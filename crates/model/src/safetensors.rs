@@ -78,7 +78,8 @@ impl SafetensorsDir {
         Ok(SafetensorsDir { shards, entries })
     }
 
-    /// The tensor as f32 with its shape, converting from f32, f16 or bf16.
+    /// The tensor as f32 with its shape, converting from f32, f16, bf16 or FP8 E4M3 (its codes'
+    /// values, before any `weight_scale`).
     pub fn get(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let e = self.entries.get(name).with_context(|| format!("tensor {name} is missing from the safetensors shards"))?;
         let (path, map) = &self.shards[e.shard];
@@ -87,7 +88,8 @@ impl SafetensorsDir {
         let width = match e.dtype.as_str() {
             "F32" => 4,
             "F16" | "BF16" => 2,
-            other => bail!("{}: tensor {name} has dtype {other}, expected F32, F16 or BF16", path.display()),
+            "F8_E4M3" => 1,
+            other => bail!("{}: tensor {name} has dtype {other}, expected F32, F16, BF16 or F8_E4M3", path.display()),
         };
         ensure!(
             bytes.len() == n * width,
@@ -100,6 +102,7 @@ impl SafetensorsDir {
         let values = match e.dtype.as_str() {
             "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
             "F16" => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            "F8_E4M3" => bytes.iter().map(|&code| lumen_backend::fp8::from_e4m3(code)).collect(),
             _ => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         };
         Ok((e.shape.clone(), values))
@@ -107,5 +110,10 @@ impl SafetensorsDir {
 
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
+    }
+
+    /// The stored dtype of a tensor (`F32`, `BF16`, `F8_E4M3`, ...).
+    pub fn dtype(&self, name: &str) -> Option<&str> {
+        self.entries.get(name).map(|e| e.dtype.as_str())
     }
 }

@@ -1,6 +1,7 @@
 //! Loading a Hugging Face model directory: `config.json` plus sharded `*.safetensors` in f32, f16
-//! and bf16. The directory is written from a preset's weights, so the loaded model must give the
-//! preset's logits: exactly for f32 shards, within half-precision rounding for f16/bf16.
+//! and bf16, or an FP8 checkpoint (F8_E4M3 projections with their `weight_scale`). The directory
+//! is written from a preset's weights, so the loaded model must give the preset's logits: exactly
+//! for f32 shards, within half-precision rounding for f16/bf16, within FP8's error for FP8.
 
 use half::{bf16, f16};
 use lumen_backend::AttentionSeq;
@@ -38,20 +39,44 @@ fn tensor_names(layers: usize) -> Vec<(String, Vec<usize>)> {
     names
 }
 
+/// Whether an FP8 checkpoint stores `name` in F8_E4M3: the layers' projection matrices.
+fn fp8_in_checkpoint(name: &str) -> bool {
+    name.ends_with("_proj.weight")
+}
+
 fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], dtype: &str) {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     for (name, shape) in tensors {
         let values = random_tensor(0, name, shape);
         let start = data.len();
+        if dtype == "F8_E4M3" && fp8_in_checkpoint(name) {
+            // Attention projections get one scale (amax / 448, as checkpoints store it), the MLP
+            // one per output row.
+            let rows = if name.contains(".mlp.") { shape[0] } else { 1 };
+            let per_row = values.len() / rows;
+            let scales: Vec<f32> =
+                values.chunks(per_row).map(|r| r.iter().fold(0f32, |m, v| m.max(v.abs())) / lumen_backend::fp8::E4M3_MAX).collect();
+            for (row, s) in values.chunks(per_row).zip(&scales) {
+                data.extend(row.iter().map(|v| lumen_backend::fp8::to_e4m3(v / s)));
+            }
+            header.insert(name.clone(), serde_json::json!({"dtype": "F8_E4M3", "shape": shape, "data_offsets": [start, data.len()]}));
+            let scale_start = data.len();
+            data.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
+            let scale_name = format!("{}_scale", name);
+            let scale_shape = if rows == 1 { vec![] } else { vec![rows, 1] };
+            header.insert(scale_name, serde_json::json!({"dtype": "F32", "shape": scale_shape, "data_offsets": [scale_start, data.len()]}));
+            continue;
+        }
         for v in values {
             match dtype {
-                "F32" => data.extend(v.to_le_bytes()),
+                "F32" | "F8_E4M3" => data.extend(v.to_le_bytes()),
                 "F16" => data.extend(f16::from_f32(v).to_le_bytes()),
                 _ => data.extend(bf16::from_f32(v).to_le_bytes()),
             }
         }
-        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}));
+        let stored = if dtype == "F8_E4M3" { "F32" } else { dtype };
+        header.insert(name.clone(), serde_json::json!({"dtype": stored, "shape": shape, "data_offsets": [start, data.len()]}));
     }
     let header = serde_json::to_vec(&header).unwrap();
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
@@ -70,6 +95,10 @@ fn write_dir(tag: &str, dtypes: [&str; 2]) -> PathBuf {
         "vocab_size": c.vocab_size, "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_eps, "tie_word_embeddings": false,
         "max_position_embeddings": c.max_position_embeddings, "eos_token_id": 2
     });
+    let mut config = config;
+    if dtypes.contains(&"F8_E4M3") {
+        config["quantization_config"] = serde_json::json!({"quant_method": "fp8", "activation_scheme": "dynamic"});
+    }
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let names = tensor_names(c.num_layers);
     let (first, second) = names.split_at(names.len() / 2);
@@ -112,6 +141,26 @@ fn half_precision_shards_round_to_the_preset() {
     let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(worst > 0.0, "half-precision weights cannot give bitwise-identical logits");
     assert!(worst < 0.05, "logits moved by {worst} from rounding the weights to 16 bits");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_fp8_checkpoint_loads_in_fp8_near_the_preset() {
+    let dir = write_dir("fp8", ["F8_E4M3", "F8_E4M3"]);
+    let loaded = load_model(dir.to_str().unwrap()).unwrap();
+    assert_eq!(loaded.cpu_decoder().unwrap().quantization, lumen_model::Quantization::Fp8, "the checkpoint's FP8 is kept");
+    let tokens = [5, 17, 300, 2, 44, 9, 100];
+    let want = logits(&load_model(PRESET).unwrap(), &tokens);
+    let got = logits(&loaded, &tokens);
+    let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let error = want.iter().zip(&got).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt() / norm;
+    assert!(error > 0.0 && error < 0.1, "FP8 logits are {error:.3} (relative) from the preset's");
+    // A checkpoint quantized some other way is refused by name; an FP8 tensor needs its scale.
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"fp8\"", "\"awq\"")).unwrap();
+    let e = format!("{:#}", load_model(dir.to_str().unwrap()).err().unwrap());
+    assert!(e.contains("\"awq\"") && e.contains("FP8 checkpoints"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
