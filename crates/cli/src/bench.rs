@@ -223,7 +223,7 @@ fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) ->
         head_dim: c.head_dim,
         params: c.num_params(),
         weight_bytes: if weights.quantization == Quantization::Fp8 { 1.0 } else { 2.0 },
-        kv_bytes: 2.0,
+        kv_bytes: if engine.config(true)?.kv_cache_fp8 { 1.0 } else { 2.0 },
         tensor_parallel: 1,
         pipeline_parallel: 1,
         mean_isl: mean(&|e| e.input_ids.len()),
@@ -249,7 +249,7 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool, tune: bool) -> Re
         .collect();
     check_outputs(&outputs, &dataset)?;
     let mut profiler = args.profile.profiler(&args.model.spec(), &dataset)?;
-    let model = args.model.load()?;
+    let model = args.model.load(args.engine.file_asks_fp8_weights()?)?;
     crate::recording::record_device(&mut profiler, &model)?;
     let vocab = model.config().vocab_size;
     ensure!(args.eos_id < vocab as i64, "--eos-id {} is out of range for a vocabulary of {vocab}", args.eos_id);

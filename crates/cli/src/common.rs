@@ -44,8 +44,9 @@ impl ModelArgs {
         self.threads.map_or_else(rayon::current_num_threads, |t| t as usize)
     }
 
-    /// Sets up the thread pool and loads the model, saying how long it took.
-    pub fn load(&self) -> Result<Arc<Model>> {
+    /// Sets up the thread pool and loads the model, saying how long it took; `config_fp8` (the
+    /// `--config` file's `quant_config.quant_algo: FP8`) quantizes it as `--quantization fp8` does.
+    pub fn load(&self, config_fp8: bool) -> Result<Arc<Model>> {
         if let Some(t) = self.threads {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let most = MAX_THREADS_PER_CORE * cores;
@@ -57,7 +58,8 @@ impl ModelArgs {
         }
         let spec = self.spec();
         let started = Instant::now();
-        let model = load_model_with(&spec, LoadOptions { device: self.device, quantization: self.quantization })?;
+        let quantization = if config_fp8 { Quantization::Fp8 } else { self.quantization };
+        let model = load_model_with(&spec, LoadOptions { device: self.device, quantization })?;
         let c = model.config();
         lumen_trace::status!(
             "[lumen] loaded {} ({}, {}, {} layers, hidden {}, vocab {}) in {:.2} s",
@@ -113,6 +115,11 @@ pub struct EngineArgs {
     /// Largest decode batch size to capture a CUDA graph for; 0 is --max-batch-size [default: 0]
     #[arg(long, value_name = "N")]
     pub cuda_graph_max_batch_size: Option<u32>,
+    /// The KV cache's element type: auto (bf16 on CUDA, f32 on the CPU) or fp8 (E4M3, scale 1:
+    /// twice the tokens; on the CPU, f32 values rounded as FP8) [default: auto, or the --config
+    /// file's quant_config.kv_cache_quant_algo]
+    #[arg(long, value_name = "auto|fp8", value_parser = PossibleValuesParser::new(["auto", "fp8"]).map(|v| v == "fp8"))]
+    pub kv_cache_dtype: Option<bool>,
     /// Exactly these decode batch sizes get a CUDA graph, comma-separated (e.g. 1,2,4,8)
     #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub cuda_graph_batch_sizes: Option<Vec<u32>>,
@@ -189,7 +196,13 @@ impl EngineArgs {
             cuda_graph_padding: self.cuda_graph_padding,
             cuda_graph_max_batch_size: size(self.cuda_graph_max_batch_size),
             cuda_graph_batch_sizes: self.cuda_graph_batch_sizes.as_ref().map(|v| v.iter().map(|&b| b as usize).collect()),
+            kv_cache_fp8: self.kv_cache_dtype,
         }
+    }
+
+    /// Whether the `--config` file's `quant_config.quant_algo` asks for FP8 weights.
+    pub fn file_asks_fp8_weights(&self) -> Result<bool> {
+        self.file()?.quant_config.map_or(Ok(false), |q| q.weights_fp8())
     }
 
     pub fn engine(&self, model: Arc<Model>, device_is_cuda: bool) -> Result<Engine> {

@@ -133,6 +133,12 @@ fn unknown_quantization() {
 }
 
 #[test]
+fn unknown_kv_cache_dtype() {
+    lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,2,3", "--kv-cache-dtype", "int8"])
+        .fails_with(2, &["int8", "--kv-cache-dtype", "auto", "fp8"]);
+}
+
+#[test]
 fn prompt_id_outside_the_vocabulary() {
     lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,600"]).fails_with(1, &["600", "512"]);
 }

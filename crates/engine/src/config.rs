@@ -122,6 +122,9 @@ pub struct EngineConfig {
     /// Choose only split-K-free GEMMs and fixed attention splits, so a row's result does not
     /// depend on its batch; CUDA only (the CPU backend is batch-invariant always).
     pub batch_invariant: bool,
+    /// Keep K and V in FP8 E4M3 (scale 1): twice the tokens in the same memory; on the CPU, f32
+    /// values rounded as the CUDA cache rounds them.
+    pub kv_cache_fp8: bool,
 }
 
 impl Default for EngineConfig {
@@ -133,6 +136,7 @@ impl Default for EngineConfig {
             kv_budget: KvBudget::Bytes(gib_bytes(DEFAULT_KV_CACHE_GIB)),
             cuda_graphs: CudaGraphConfig::default(),
             batch_invariant: false,
+            kv_cache_fp8: false,
         }
     }
 }
@@ -262,6 +266,8 @@ pub struct EngineOverrides {
     /// 0 is the engine's max batch size.
     pub cuda_graph_max_batch_size: Option<usize>,
     pub cuda_graph_batch_sizes: Option<Vec<usize>>,
+    /// Keep the KV cache in FP8.
+    pub kv_cache_fp8: Option<bool>,
 }
 
 /// An engine config file, YAML or JSON, with the TensorRT-LLM extra_llm_api_options keys lumen
@@ -275,6 +281,37 @@ pub struct EngineConfigFile {
     /// `None`: key absent; `Some(None)`: `null`, which disables CUDA graphs.
     #[serde(default, deserialize_with = "present")]
     pub cuda_graph_config: Option<Option<CudaGraphSection>>,
+    pub quant_config: Option<QuantSection>,
+}
+
+/// `quant_config` of an engine config file: `quant_algo` (the weights: `FP8`, or absent) and
+/// `kv_cache_quant_algo` (the KV cache: `FP8`, or absent).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map with quant_algo and kv_cache_quant_algo")]
+pub struct QuantSection {
+    pub quant_algo: Option<String>,
+    pub kv_cache_quant_algo: Option<String>,
+}
+
+impl QuantSection {
+    /// Whether `key`'s algorithm is FP8; an error for any other named algorithm.
+    fn fp8(key: &str, value: Option<&str>) -> Result<bool> {
+        match value {
+            None => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("fp8") => Ok(true),
+            Some(other) => bail!("quant_config.{key} {other:?} is not supported, expected FP8 (or no key)"),
+        }
+    }
+
+    /// Whether the file asks for FP8 weights.
+    pub fn weights_fp8(&self) -> Result<bool> {
+        Self::fp8("quant_algo", self.quant_algo.as_deref())
+    }
+
+    /// Whether the file asks for an FP8 KV cache.
+    pub fn kv_cache_fp8(&self) -> Result<bool> {
+        Self::fp8("kv_cache_quant_algo", self.kv_cache_quant_algo.as_deref())
+    }
 }
 
 /// `kv_cache_config` of an engine config file.
@@ -341,6 +378,10 @@ impl EngineConfigFile {
         if let Some(sizes) = self.cuda_graph_config.as_ref().and_then(|g| g.as_ref()).and_then(|g| g.batch_sizes.as_ref()) {
             ensure!(!sizes.contains(&0), "cuda_graph_config.batch_sizes {sizes:?} contains 0, expected batch sizes of at least 1");
         }
+        if let Some(q) = &self.quant_config {
+            q.weights_fp8()?;
+            q.kv_cache_fp8()?;
+        }
         Ok(())
     }
 
@@ -375,6 +416,10 @@ impl EngineConfigFile {
                 batch_sizes: overrides.cuda_graph_batch_sizes.clone().or(graphs.batch_sizes),
             },
             batch_invariant: false,
+            kv_cache_fp8: match overrides.kv_cache_fp8 {
+                Some(fp8) => fp8,
+                None => self.quant_config.as_ref().map(QuantSection::kv_cache_fp8).transpose()?.unwrap_or(false),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -472,6 +517,24 @@ cuda_graph_config:
             );
             assert_eq!(c.cuda_graphs, default.cuda_graphs, "{name}");
         }
+    }
+
+    #[test]
+    fn quant_config_asks_for_fp8_weights_and_kv_cache_and_refuses_other_algorithms() {
+        let d = Scratch::new("engine-config-quant");
+        let fp8 = d.write("fp8.yaml", "quant_config:\n  quant_algo: FP8\n  kv_cache_quant_algo: FP8\n");
+        let file = EngineConfigFile::load(Path::new(&fp8)).unwrap();
+        assert!(file.quant_config.as_ref().unwrap().weights_fp8().unwrap());
+        assert!(file_config(&fp8, true).kv_cache_fp8);
+        let off = EngineOverrides { kv_cache_fp8: Some(false), ..EngineOverrides::default() };
+        assert!(!from_file(&fp8, &off, true).unwrap().kv_cache_fp8, "the flag wins over the file");
+        let weights_only = d.write("w.json", r#"{"quant_config": {"quant_algo": "fp8"}}"#);
+        assert!(!file_config(&weights_only, true).kv_cache_fp8);
+        let int4 = d.write("int4.yaml", "quant_config:\n  quant_algo: W4A16_AWQ\n");
+        let e = file_error(&int4);
+        assert!(e.contains("quant_config.quant_algo") && e.contains("W4A16_AWQ") && e.contains("expected FP8"), "{e}");
+        let typo = d.write("typo.yaml", "quant_config:\n  kv_algo: FP8\n");
+        assert!(file_error(&typo).contains("kv_algo"), "{}", file_error(&typo));
     }
 
     #[test]

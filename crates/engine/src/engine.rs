@@ -58,6 +58,8 @@ impl Engine {
         }
         let max_seq_len = c.max_position_embeddings.min(num_blocks * config.block_size);
         let work = WorkModel::for_model(&model);
+        // The CPU keeps an FP8 cache's values in f32; only the CUDA cache is one byte per element.
+        let work = if config.kv_cache_fp8 && model.cuda_weights().is_some() { work.with_fp8_kv_cache() } else { work };
         Ok(Engine {
             model,
             config,

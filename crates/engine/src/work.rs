@@ -110,6 +110,13 @@ impl WorkModel {
         WorkModel::new(model.config(), Dtype::Bf16).with_layer_dtype(if fp8 { Dtype::Fp8 } else { Dtype::Bf16 })
     }
 
+    /// The same counts with the KV cache in FP8 (one byte per element), as on CUDA with
+    /// `--kv-cache-dtype fp8`.
+    pub fn with_fp8_kv_cache(self) -> Self {
+        let bytes = self.kv_bytes_per_token / self.dtype.bytes();
+        WorkModel { kv_bytes_per_token: bytes, ..self }
+    }
+
     /// The same counts with the layers' projection matrices held in `dtype`.
     pub fn with_layer_dtype(self, layer_dtype: Dtype) -> Self {
         WorkModel { layer_dtype, ..self }
@@ -218,6 +225,7 @@ mod tests {
         let fp8 = bf16.clone().with_layer_dtype(Dtype::Fp8);
         assert_eq!((fp8.pass_weight_bytes(), fp8.kv_bytes_per_token(), fp8.dtype().name()), (86_016 + 33_088 * 2, 256, "fp8"));
         assert_eq!(fp8.iteration(&[seq(9, 1, true)]).weight_bytes, 86_016 + (33_088 + 64) * 2);
+        assert_eq!(fp8.with_fp8_kv_cache().kv_bytes_per_token(), 128, "an FP8 cache: one byte per element");
     }
 
     #[test]

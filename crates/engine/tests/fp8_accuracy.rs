@@ -4,7 +4,8 @@
 //! empty cache. At every position the next-token distributions of the FP8 model (layer weights
 //! and product inputs in E4M3, `--quantization fp8`) and of the unquantized one are compared:
 //! top-1 agreement, the mean KL divergence KL(unquantized ‖ FP8), and the perplexity of the text
-//! under each. On the CPU the unquantized model runs in f32.
+//! under each; the same for an FP8 KV cache (`--kv-cache-dtype fp8`) against the f32 cache. On the
+//! CPU the unquantized model runs in f32.
 //!
 //! The bounds (docs/testing.md says why): top-1 agreement ≥ 0.85, mean KL ≤ 0.05 nats, FP8
 //! perplexity within 5% of the unquantized one.
@@ -21,10 +22,12 @@ fn text_tokens(model: &Model) -> Vec<u32> {
     model.tokenizer.as_ref().expect("the GGUF has a tokenizer").encode(&text, false)
 }
 
-/// Log-probabilities of every position of `window`, on the CPU.
-fn cpu_log_probs(model: &Model, window: &[u32]) -> Vec<Vec<f64>> {
+/// Log-probabilities of every position of `window`, on the CPU, the KV cache rounded as an FP8
+/// cache with `kv_fp8`.
+fn cpu_log_probs(model: &Model, window: &[u32], kv_fp8: bool) -> Vec<Vec<f64>> {
     let decoder = model.cpu_decoder().unwrap();
-    let mut kv = decoder.new_kv_storage(window.len().div_ceil(BLOCK), BLOCK);
+    let kv = decoder.new_kv_storage(window.len().div_ceil(BLOCK), BLOCK);
+    let mut kv = if kv_fp8 { kv.storing_fp8() } else { kv };
     let table: Vec<u32> = (0..window.len().div_ceil(BLOCK) as u32).collect();
     let positions: Vec<usize> = (0..window.len()).collect();
     let seqs = [AttentionSeq { start: 0, len: window.len(), first_pos: 0, block_table: &table }];
@@ -76,29 +79,48 @@ impl Accuracy {
     }
 }
 
-#[test]
-fn fp8_on_the_cpu_stays_close_to_f32_on_english_text() {
+fn load(quantization: Quantization) -> Model {
     let path = default_model_path();
-    let load = |quantization| {
-        load_model_with(path.to_str().unwrap(), LoadOptions { device: Device::Cpu, quantization })
-            .unwrap_or_else(|e| panic!("{e:#} (run scripts/setup.sh)"))
-    };
-    let (reference, quantized) = (load(Quantization::None), load(Quantization::Fp8));
-    let tokens = text_tokens(&reference);
+    load_model_with(path.to_str().unwrap(), LoadOptions { device: Device::Cpu, quantization })
+        .unwrap_or_else(|e| panic!("{e:#} (run scripts/setup.sh)"))
+}
+
+/// The measures of `quantized` (its cache FP8 with `kv_fp8`) against `reference` over the text,
+/// printed under `what`.
+fn measure(what: &str, reference: &Model, quantized: &Model, kv_fp8: bool) -> Accuracy {
+    let tokens = text_tokens(reference);
     assert!(tokens.len() > 1500, "the text has {} tokens", tokens.len());
     let mut accuracy = Accuracy::default();
     for window in tokens.chunks(WINDOW).filter(|w| w.len() > 1) {
-        accuracy.add(&cpu_log_probs(&reference, window), &cpu_log_probs(&quantized, window), window);
+        accuracy.add(&cpu_log_probs(reference, window, false), &cpu_log_probs(quantized, window, kv_fp8), window);
     }
     let (ppl_reference, ppl_quantized) = accuracy.perplexities();
     eprintln!(
-        "FP8 against f32 over {} positions: top-1 agreement {:.4}, mean KL {:.4} nats, perplexity {ppl_reference:.3} (f32) and {ppl_quantized:.3} (FP8)",
+        "{what} over {} positions: top-1 agreement {:.4}, mean KL {:.4} nats, perplexity {ppl_reference:.3} and {ppl_quantized:.3}",
         accuracy.positions,
         accuracy.agreement(),
         accuracy.mean_kl()
     );
+    accuracy
+}
+
+/// The bounds of the module doc, and a nonzero KL (the rounding applied).
+fn assert_within_bounds(accuracy: &Accuracy) {
+    let (ppl_reference, ppl_quantized) = accuracy.perplexities();
     assert!(accuracy.agreement() >= 0.85, "{accuracy:?}");
     assert!(accuracy.mean_kl() <= 0.05, "{accuracy:?}");
     assert!(ppl_quantized <= ppl_reference * 1.05, "{accuracy:?}");
     assert!(accuracy.mean_kl() > 0.0, "FP8 changed nothing: the quantization did not apply");
+}
+
+#[test]
+fn fp8_on_the_cpu_stays_close_to_f32_on_english_text() {
+    let (reference, quantized) = (load(Quantization::None), load(Quantization::Fp8));
+    assert_within_bounds(&measure("FP8 weights against f32", &reference, &quantized, false));
+}
+
+#[test]
+fn an_fp8_kv_cache_on_the_cpu_stays_close_to_f32_on_english_text() {
+    let reference = load(Quantization::None);
+    assert_within_bounds(&measure("an FP8 KV cache against f32", &reference, &reference, true));
 }

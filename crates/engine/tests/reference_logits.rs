@@ -193,6 +193,7 @@ fn cuda_matches_the_reference_in_one_pass_decode_and_chunks() {
             graph_sizes: vec![],
             graph_padding: true,
             batch_invariant: false,
+            kv_fp8: false,
         };
         let blocks = tokens.len().div_ceil(BLOCK_SIZE);
         let mut runner = CudaRunner::new(model.clone(), config, |_, _| Ok(blocks)).unwrap();

@@ -1,6 +1,8 @@
 //! Paged KV-cache storage: per layer, `num_blocks` blocks of `block_size` token slots, each slot
 //! holding `kv_heads × head_dim` keys and as many values. A token's slot is
-//! `block_id * block_size + offset`; block tables map a sequence's positions to blocks.
+//! `block_id * block_size + offset`; block tables map a sequence's positions to blocks. An FP8 store
+//! ([`KvStorage::storing_fp8`]) keeps f32 values, each the value of the E4M3 code (scale 1) that
+//! the CUDA cache would hold for it: the reference for `--kv-cache-dtype fp8`.
 
 /// The key/value memory of every layer.
 pub struct KvStorage {
@@ -10,6 +12,8 @@ pub struct KvStorage {
     pub head_dim: usize,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Written values are rounded as an FP8 cache rounds them.
+    fp8: bool,
 }
 
 /// What attention needs to know about one sequence of the flattened batch.
@@ -35,7 +39,14 @@ impl KvStorage {
             head_dim,
             keys: (0..layers).map(|_| vec![0.0; per_layer]).collect(),
             values: (0..layers).map(|_| vec![0.0; per_layer]).collect(),
+            fp8: false,
         }
+    }
+
+    /// The same store, rounding what it is given as the CUDA FP8 cache does: to bf16 (the type
+    /// the cache is written from), then to an E4M3 code of scale 1.
+    pub fn storing_fp8(self) -> Self {
+        KvStorage { fp8: true, ..self }
     }
 
     /// Bytes one token slot takes across all layers, keys and values.
@@ -50,9 +61,19 @@ impl KvStorage {
     /// Stores each token's key and value row (`kv_heads × head_dim`) at its slot.
     pub fn write(&mut self, layer: usize, slots: &[usize], k: &[f32], v: &[f32]) {
         let w = self.slot_width();
+        let fp8 = self.fp8;
+        let store = |to: &mut [f32], from: &[f32]| {
+            if fp8 {
+                to.iter_mut()
+                    .zip(from)
+                    .for_each(|(t, &f)| *t = crate::fp8::from_e4m3(crate::fp8::to_e4m3(half::bf16::from_f32(f).to_f32())));
+            } else {
+                to.copy_from_slice(from);
+            }
+        };
         for (i, &slot) in slots.iter().enumerate() {
-            self.keys[layer][slot * w..(slot + 1) * w].copy_from_slice(&k[i * w..(i + 1) * w]);
-            self.values[layer][slot * w..(slot + 1) * w].copy_from_slice(&v[i * w..(i + 1) * w]);
+            store(&mut self.keys[layer][slot * w..(slot + 1) * w], &k[i * w..(i + 1) * w]);
+            store(&mut self.values[layer][slot * w..(slot + 1) * w], &v[i * w..(i + 1) * w]);
         }
     }
 

@@ -197,7 +197,8 @@ impl Kernels {
             .i32(a.block_size as i32)
             .ptr(a.q_out)
             .ptr(a.k_cache)
-            .ptr(a.v_cache);
+            .ptr(a.v_cache)
+            .i32(a.kv_fp8 as i32);
         let heads = (a.heads + 2 * a.kv_heads) as u32;
         self.launch(gpu, self.rope_kv_write, (n as u32, heads, 1), (a.head_dim / 2) as u32, args)
     }
@@ -225,6 +226,7 @@ impl Kernels {
             .ptr(a.q)
             .ptr(a.k_cache)
             .ptr(a.v_cache)
+            .i32(a.kv_fp8 as i32)
             .ptr(a.tiles)
             .ptr(a.table_offsets)
             .ptr(a.table_data)
@@ -326,6 +328,8 @@ pub struct RopeArgs {
     pub q_out: u64,
     pub k_cache: u64,
     pub v_cache: u64,
+    /// The cache holds FP8 E4M3 codes (scale 1) instead of bf16.
+    pub kv_fp8: bool,
 }
 
 /// Inputs of the attention launch.
@@ -333,6 +337,8 @@ pub struct AttentionArgs {
     pub q: u64,
     pub k_cache: u64,
     pub v_cache: u64,
+    /// The cache holds FP8 E4M3 codes (scale 1) instead of bf16.
+    pub kv_fp8: bool,
     pub tiles: u64,
     pub num_tiles: usize,
     /// Most query rows (tokens × heads of a group) in one tile.

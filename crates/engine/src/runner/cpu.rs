@@ -12,8 +12,10 @@ pub struct CpuRunner {
 }
 
 impl CpuRunner {
-    pub fn new(decoder: &Decoder, blocks: usize, block_size: usize) -> Self {
-        CpuRunner { storage: decoder.new_kv_storage(blocks, block_size), logits: Vec::new() }
+    /// A runner whose KV store holds `blocks` blocks, rounding as an FP8 cache does with `kv_fp8`.
+    pub fn new(decoder: &Decoder, blocks: usize, block_size: usize, kv_fp8: bool) -> Self {
+        let storage = decoder.new_kv_storage(blocks, block_size);
+        CpuRunner { storage: if kv_fp8 { storage.storing_fp8() } else { storage }, logits: Vec::new() }
     }
 
     pub fn forward(&mut self, decoder: &Decoder, batch: &ForwardBatch) {

@@ -49,6 +49,8 @@ pub struct RunnerConfig {
     pub graph_padding: bool,
     /// Choose only split-K-free GEMM algorithms, so rows do not depend on their batch.
     pub batch_invariant: bool,
+    /// Keep K and V in FP8 E4M3 (scale 1).
+    pub kv_fp8: bool,
 }
 
 impl RunnerConfig {
@@ -140,7 +142,7 @@ impl CudaRunner {
             linear.reserve_fp8_inputs(&gpu, t * widest)?;
         }
 
-        let bytes_per_token = KvCache::bytes_per_token(&c);
+        let bytes_per_token = KvCache::bytes_per_token(&c, config.kv_fp8);
         let bytes_per_block = bytes_per_token * config.block_size;
         // Room for the pinned staging copy's device side and CUDA graphs, outside the budget.
         let reserve = 64 << 20;
@@ -157,7 +159,7 @@ impl CudaRunner {
             );
         }
         // One block more than the engine hands out takes the writes of padded rows.
-        let kv = KvCache::new(&gpu, &c, num_blocks + 1, config.block_size)?;
+        let kv = KvCache::new(&gpu, &c, num_blocks + 1, config.block_size, config.kv_fp8)?;
         let layout = Layout::new(t, s, num_blocks + s + 1);
         let staging = PinnedBuffer::new(&gpu, layout.words)?;
         let staging_dev = gpu.alloc(layout.words * 4, "step inputs")?;
@@ -451,7 +453,7 @@ mod tests {
     use super::*;
 
     fn config(graph_padding: bool, graph_sizes: Vec<usize>) -> RunnerConfig {
-        RunnerConfig { max_tokens: 64, max_seqs: 8, block_size: 16, graph_sizes, graph_padding, batch_invariant: false }
+        RunnerConfig { max_tokens: 64, max_seqs: 8, block_size: 16, graph_sizes, graph_padding, batch_invariant: false, kv_fp8: false }
     }
 
     #[test]

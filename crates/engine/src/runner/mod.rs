@@ -78,7 +78,7 @@ impl Runner {
             Executor::Cpu(decoder) => {
                 let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim);
                 let blocks = config.num_kv_blocks(bytes_per_token)?;
-                Ok((Runner::Cpu(CpuRunner::new(decoder, blocks, config.block_size)), blocks))
+                Ok((Runner::Cpu(CpuRunner::new(decoder, blocks, config.block_size, config.kv_cache_fp8)), blocks))
             }
             Executor::Cuda(_) => {
                 let runner = CudaRunner::new(
@@ -90,6 +90,7 @@ impl Runner {
                         graph_sizes: config.cuda_graphs.capture_sizes(config.max_batch_size),
                         graph_padding: config.cuda_graphs.enable_padding,
                         batch_invariant: config.batch_invariant,
+                        kv_fp8: config.kv_cache_fp8,
                     },
                     |free, bytes_per_token| config.blocks_for_bytes(free, bytes_per_token),
                 )?;

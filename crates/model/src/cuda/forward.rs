@@ -83,31 +83,43 @@ impl Activations {
     }
 }
 
-/// The paged KV cache of every layer: `blocks` blocks of `block_size` slots, K and V in bf16.
+/// The paged KV cache of every layer: `blocks` blocks of `block_size` slots, K and V in bf16 or,
+/// with `fp8`, in FP8 E4M3 codes of scale 1 (TensorRT-LLM's default KV scale without
+/// calibration; values beyond ±448 saturate), which holds twice the tokens.
 pub struct KvCache {
     k: DeviceBuffer,
     v: DeviceBuffer,
     /// Elements of one layer's K (or V) cache.
     layer_elems: usize,
     pub block_size: usize,
+    pub fp8: bool,
 }
 
 impl KvCache {
     /// Bytes one token's K and V take over all layers.
-    pub fn bytes_per_token(c: &ModelConfig) -> usize {
-        2 * c.num_layers * c.num_kv_heads * c.head_dim * DType::Bf16.size()
+    pub fn bytes_per_token(c: &ModelConfig, fp8: bool) -> usize {
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * Self::element_bytes(fp8)
     }
 
-    pub fn new(gpu: &Gpu, c: &ModelConfig, blocks: usize, block_size: usize) -> Result<Self> {
+    fn element_bytes(fp8: bool) -> usize {
+        if fp8 {
+            DType::Fp8E4M3.size()
+        } else {
+            DType::Bf16.size()
+        }
+    }
+
+    pub fn new(gpu: &Gpu, c: &ModelConfig, blocks: usize, block_size: usize, fp8: bool) -> Result<Self> {
         let layer_elems = blocks * c.num_kv_heads * block_size * c.head_dim;
-        let k = gpu.alloc(layer_elems * c.num_layers * 2, "the K cache")?;
-        let v = gpu.alloc(layer_elems * c.num_layers * 2, "the V cache")?;
-        Ok(KvCache { k, v, layer_elems, block_size })
+        let bytes = layer_elems * c.num_layers * Self::element_bytes(fp8);
+        let k = gpu.alloc(bytes, "the K cache")?;
+        let v = gpu.alloc(bytes, "the V cache")?;
+        Ok(KvCache { k, v, layer_elems, block_size, fp8 })
     }
 
     /// K and V cache addresses of `layer`.
     fn layer(&self, layer: usize) -> (u64, u64) {
-        let offset = layer * self.layer_elems * 2;
+        let offset = layer * self.layer_elems * Self::element_bytes(self.fp8);
         (self.k.at(offset), self.v.at(offset))
     }
 }
@@ -191,12 +203,14 @@ pub fn enqueue_forward(
             q_out: act.q.ptr,
             k_cache,
             v_cache,
+            kv_fp8: kv.fp8,
         };
         k.rope_kv_write(gpu, t, &rope)?;
         let attention = AttentionArgs {
             q: act.q.ptr,
             k_cache,
             v_cache,
+            kv_fp8: kv.fp8,
             tiles: inputs.tiles,
             num_tiles: shape.tiles,
             max_tile_rows: shape.tile_rows,

@@ -35,10 +35,25 @@ __device__ __forceinline__ void load_bf16_row(const bf16* p, float (&out)[N]) {
     }
 }
 
+// Eight E4M3 codes (8 bytes) as eight bf16 values (16 bytes): every E4M3 value is a bf16 value.
+__device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
+    const u32 words[2] = {codes.x, codes.y};
+    u32 out[4];
+#pragma unroll
+    for (int w = 0; w < 2; w++) {
+        float f0, f1, f2, f3;
+        e4m3x2_to_f32x2((unsigned short)(words[w] & 0xffffu), f1, f0);
+        e4m3x2_to_f32x2((unsigned short)(words[w] >> 16), f3, f2);
+        out[2 * w] = (__float_as_uint(f0) >> 16) | (__float_as_uint(f1) & 0xffff0000u);
+        out[2 * w + 1] = (__float_as_uint(f2) >> 16) | (__float_as_uint(f3) & 0xffff0000u);
+    }
+    return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
 template <int HD, int ATT_ROWS_PER_WARP>
-__device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,
-                               const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,
-                               const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
+__device__ void attention_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,
+                               const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window,
+                               float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
     constexpr int DPL = HD / 32;
     constexpr int CHUNKS = ATT_TILE * (HD / 8) / ATT_THREADS;
     const int split_tokens = (int)*split_size;
@@ -88,8 +103,14 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
             vr[c] = make_uint4(0, 0, 0, 0);
             if (pos < split_end) {
                 u64 at = (((u64)table[pos / block_size] * kv_heads + kvh) * block_size + pos % block_size) * HD + chunk * 8;
-                kr[c] = *(const uint4*)(k_cache + at);
-                vr[c] = *(const uint4*)(v_cache + at);
+                if (kv_fp8) {
+                    // FP8 codes become bf16 on their way to shared memory; the rest is the bf16 path.
+                    kr[c] = e4m3x8_to_bf16x8(*(const uint2*)((const unsigned char*)k_cache + at));
+                    vr[c] = e4m3x8_to_bf16x8(*(const uint2*)((const unsigned char*)v_cache + at));
+                } else {
+                    kr[c] = *(const uint4*)((const bf16*)k_cache + at);
+                    vr[c] = *(const uint4*)((const bf16*)v_cache + at);
+                }
             }
         }
     };
@@ -185,11 +206,11 @@ __device__ void attention_impl(const bf16* q, const bf16* k_cache, const bf16* v
 // at most four heads) or 4 (prefill tiles). Both run the same per-row arithmetic.
 #define ATTENTION_ENTRY(HD, R)                                                                                                       \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                                       \
-        attention_hd##HD##_r##R(const bf16* q, const bf16* k_cache, const bf16* v_cache, const u32* tiles, const u32* table_offsets,    \
-                         const u32* table_data, int heads, int kv_heads, int block_size, int window, float scale_log2,           \
-                         const u32* split_size, bf16* out, float* part_acc, float* part_ml) {                                     \
-        attention_impl<HD, R>(q, k_cache, v_cache, tiles, table_offsets, table_data, heads, kv_heads, block_size, window, scale_log2, \
-                           split_size, out, part_acc, part_ml);                                                                   \
+        attention_hd##HD##_r##R(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,               \
+                                const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window, \
+                                float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) {                 \
+        attention_impl<HD, R>(q, k_cache, v_cache, kv_fp8, tiles, table_offsets, table_data, heads, kv_heads, block_size, window,     \
+                              scale_log2, split_size, out, part_acc, part_ml);                                                        \
     }
 
 ATTENTION_ENTRY(32, 1)

@@ -90,10 +90,11 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
 // Splits the fused qkv rows: adds the bias, applies the q/k head norms (when given) and rotary
 // embedding to q and k, writes q to `q_out` and k, v into the paged cache at each token's slot.
 // Grid: (tokens, heads + 2 * kv_heads); block: head_dim / 2 threads, one rotation pair each.
-// Cache layout per layer: [block][kv_head][slot in block][head_dim].
+// Cache layout per layer: [block][kv_head][slot in block][head_dim], bf16, or FP8 E4M3 codes with
+// scale 1 when `kv_fp8`.
 extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, float eps,
                                          const u32* positions, const u32* slots, const double* inv_freq, int heads, int kv_heads,
-                                         int head_dim, int block_size, bf16* q_out, bf16* k_cache, bf16* v_cache) {
+                                         int head_dim, int block_size, bf16* q_out, void* k_cache, void* v_cache, int kv_fp8) {
     __shared__ float scratch[32];
     int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = head_dim / 2;
     int width = (heads + 2 * kv_heads) * head_dim;
@@ -130,9 +131,16 @@ extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, cons
     int kvh = is_k ? h - heads : h - heads - kv_heads;
     u32 slot = slots[t];
     u64 at = (((u64)(slot / block_size) * kv_heads + kvh) * block_size + slot % block_size) * head_dim;
-    bf16* cache = is_k ? k_cache : v_cache;
-    cache[at + i] = f2bf(a);
-    cache[at + i + half] = f2bf(b);
+    void* cache = is_k ? k_cache : v_cache;
+    if (kv_fp8) {
+        // E4M3 codes with scale 1 (values beyond ±448 saturate), from the bf16 values a bf16 cache holds.
+        unsigned char* c8 = (unsigned char*)cache;
+        c8[at + i] = (unsigned char)(f32x2_to_e4m3x2(0.f, bf2f(f2bf(a))) & 0xffu);
+        c8[at + i + half] = (unsigned char)(f32x2_to_e4m3x2(0.f, bf2f(f2bf(b))) & 0xffu);
+        return;
+    }
+    ((bf16*)cache)[at + i] = f2bf(a);
+    ((bf16*)cache)[at + i + half] = f2bf(b);
 }
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0).

@@ -1,35 +1,8 @@
 // FP8 E4M3 tensors with one f32 scale each (a value is its code times the scale): the dynamic
 // quantization of bf16 activations (the largest magnitude, then codes of x / scale with scale the
 // power of two at or above amax / 448, rounded to nearest even and saturated at ±448), and the
-// matrix-vector product of a few quantized rows with FP8 weights for small decode steps. The conversions use Hopper's (sm_89+)
-// cvt instructions; on older devices these kernels trap.
-
-#define FP8_MAX 448.0f
-
-// Two floats to two E4M3 codes: `hi` in the upper byte, `lo` in the lower.
-__device__ __forceinline__ u32 f32x2_to_e4m3x2(float hi, float lo) {
-#if __CUDA_ARCH__ >= 890
-    unsigned short r;
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
-    return r;
-#else
-    __trap();
-    return 0;
-#endif
-}
-
-// Two E4M3 codes (upper and lower byte of `v`) to floats.
-__device__ __forceinline__ void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo) {
-#if __CUDA_ARCH__ >= 890
-    u32 h2;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
-    unsigned short h_lo = (unsigned short)(h2 & 0xffffu), h_hi = (unsigned short)(h2 >> 16);
-    asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(h_lo));
-    asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(h_hi));
-#else
-    __trap();
-#endif
-}
+// matrix-vector product of a few quantized rows with FP8 weights for small decode steps. The
+// conversions (prelude.cu) use Hopper's (sm_89+) cvt instructions; on older devices they trap.
 
 // amax = max(amax, max |x_i|) over n bf16 values (n % 8 == 0), as f32 bits (ordered as unsigned
 // integers for non-negative floats). The caller zeroes amax first.

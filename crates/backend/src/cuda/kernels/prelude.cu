@@ -46,3 +46,32 @@ __device__ float block_max(float v, float* scratch) {
     v = lane < warps ? scratch[lane] : -INFINITY;
     return warp_max(v);
 }
+
+// FP8 E4M3 conversions (Hopper's cvt instructions, sm_89+; on older devices they trap), shared by
+// the FP8 products (fp8.cu) and the FP8 KV cache (elementwise.cu, attention.cu).
+#define FP8_MAX 448.0f
+
+// Two floats to two E4M3 codes: `hi` in the upper byte, `lo` in the lower.
+__device__ __forceinline__ u32 f32x2_to_e4m3x2(float hi, float lo) {
+#if __CUDA_ARCH__ >= 890
+    unsigned short r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    __trap();
+    return 0;
+#endif
+}
+
+// Two E4M3 codes (upper and lower byte of `v`) to floats.
+__device__ __forceinline__ void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo) {
+#if __CUDA_ARCH__ >= 890
+    u32 h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+    unsigned short h_lo = (unsigned short)(h2 & 0xffffu), h_hi = (unsigned short)(h2 >> 16);
+    asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(h_lo));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(h_hi));
+#else
+    __trap();
+#endif
+}
