@@ -360,8 +360,9 @@ mod tests {
     fn help_shows_the_defaults() {
         let help = Cli::command().render_long_help().to_string();
         for needle in [
-            format!("[default: {DEFAULT_MAX_BATCH_SIZE}]"),
-            format!("[default: {DEFAULT_MAX_NUM_TOKENS}]"),
+            format!("[default: {DEFAULT_MAX_BATCH_SIZE}; `bench throughput` on CUDA tunes it"),
+            format!("[default: {DEFAULT_MAX_NUM_TOKENS};"),
+            "--kv-cache-dtype <auto|fp8>".to_string(),
             format!("[default: {DEFAULT_KV_CACHE_GIB} on the CPU"),
             format!("[default: {DEFAULT_KV_BLOCK_SIZE}]"),
             format!("[default: {DEFAULT_FREE_GPU_MEM_FRACTION}]"),
