@@ -12,7 +12,7 @@ use lumen_bench::dataset::{
 use lumen_bench::report::{build_report, render_json, render_text, EngineInfo, RunInfo};
 use lumen_bench::run::{run_benchmark, RunOptions};
 use lumen_bench::tuning::{tune, TuningInputs};
-use lumen_model::{describe_model, Executor, Model, Quantization};
+use lumen_model::{describe_model, Model, Quantization};
 use lumen_trace::output::{check_outputs, print_report, AtomicFile, Named};
 use std::io::Write;
 use std::path::PathBuf;
@@ -196,11 +196,7 @@ pub struct LatencyArgs {
 /// What the model computes in, for the report: the device's type, and FP8 where the layers'
 /// weights were quantized.
 fn compute_dtype(model: &Model) -> String {
-    let fp8 = match &model.executor {
-        Executor::Cuda(w) => w.quantization == Quantization::Fp8,
-        Executor::Cpu(d) => d.quantization == Quantization::Fp8,
-    };
-    match (model.cuda_weights().is_some(), fp8) {
+    match (model.cuda_weights().is_some(), model.quantization() == Quantization::Fp8) {
         (true, false) => "bfloat16".into(),
         (true, true) => "fp8_e4m3 layer weights and activations, bfloat16 elsewhere".into(),
         (false, false) => "float32".into(),
@@ -222,7 +218,7 @@ fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) ->
         kv_heads: c.num_kv_heads,
         head_dim: c.head_dim,
         params: c.num_params(),
-        weight_bytes: if weights.quantization == Quantization::Fp8 { 1.0 } else { 2.0 },
+        weight_bytes: if model.quantization() == Quantization::Fp8 { 1.0 } else { 2.0 },
         kv_bytes: if engine.config(true)?.kv_cache_fp8 { 1.0 } else { 2.0 },
         tensor_parallel: 1,
         pipeline_parallel: 1,

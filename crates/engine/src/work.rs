@@ -105,8 +105,10 @@ impl WorkModel {
     /// The counts for `model` where it is loaded: bf16 on a GPU, f32 on the CPU, the layer
     /// projections FP8 on a GPU when quantized (the CPU holds FP8 values in f32).
     pub fn for_model(model: &Model) -> Self {
-        let Some(weights) = model.cuda_weights() else { return WorkModel::new(model.config(), Dtype::F32) };
-        let fp8 = weights.quantization == lumen_model::Quantization::Fp8;
+        if model.cuda_weights().is_none() {
+            return WorkModel::new(model.config(), Dtype::F32);
+        }
+        let fp8 = model.quantization() == lumen_model::Quantization::Fp8;
         WorkModel::new(model.config(), Dtype::Bf16).with_layer_dtype(if fp8 { Dtype::Fp8 } else { Dtype::Bf16 })
     }
 

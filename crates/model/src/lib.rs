@@ -58,6 +58,14 @@ impl Model {
         }
     }
 
+    /// How the layers' projection matrices were quantized at load, on either device.
+    pub fn quantization(&self) -> Quantization {
+        match &self.executor {
+            Executor::Cpu(d) => d.quantization,
+            Executor::Cuda(w) => w.quantization,
+        }
+    }
+
     pub fn cuda_weights(&self) -> Option<&cuda::CudaWeights> {
         match &self.executor {
             Executor::Cuda(w) => Some(w),
