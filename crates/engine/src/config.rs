@@ -125,6 +125,45 @@ pub struct EngineConfig {
     /// Keep K and V in FP8 E4M3 (scale 1): twice the tokens in the same memory; on the CPU, f32
     /// values rounded as the CUDA cache rounds them.
     pub kv_cache_fp8: bool,
+    /// Which requests the scheduler admits, and whether it may preempt (see [`SchedulerPolicy`]).
+    pub scheduler_policy: SchedulerPolicy,
+    /// Split a prompt longer than the iteration's remaining token budget over several iterations;
+    /// off, a prompt is prefilled in one iteration (and must fit `max_num_tokens`).
+    pub chunked_prefill: bool,
+}
+
+/// The capacity scheduler's policy, after TensorRT-LLM's `CapacitySchedulerPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulerPolicy {
+    /// Admit a request only when the KV cache can hold every running request and it to their
+    /// full length (prompt + max_tokens), so no request is ever preempted.
+    #[default]
+    GuaranteedNoEvict,
+    /// Admit while the blocks for this iteration's tokens are free; when they run out, preempt the
+    /// newest running request and recompute it later.
+    MaxUtilization,
+}
+
+impl SchedulerPolicy {
+    /// The spelling of the command line (`guaranteed-no-evict`, `max-utilization`).
+    pub const CHOICES: [&'static str; 2] = ["guaranteed-no-evict", "max-utilization"];
+
+    /// Parses a command-line spelling; the error names the value and the choices.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "guaranteed-no-evict" => Ok(SchedulerPolicy::GuaranteedNoEvict),
+            "max-utilization" => Ok(SchedulerPolicy::MaxUtilization),
+            other => bail!("scheduler policy {other:?} is unknown, expected one of {:?}", Self::CHOICES),
+        }
+    }
+
+    /// The name TensorRT-LLM's reports print (`GUARANTEED_NO_EVICT`, `MAX_UTILIZATION`).
+    pub fn report_name(&self) -> &'static str {
+        match self {
+            SchedulerPolicy::GuaranteedNoEvict => "GUARANTEED_NO_EVICT",
+            SchedulerPolicy::MaxUtilization => "MAX_UTILIZATION",
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -137,6 +176,8 @@ impl Default for EngineConfig {
             cuda_graphs: CudaGraphConfig::default(),
             batch_invariant: false,
             kv_cache_fp8: false,
+            scheduler_policy: SchedulerPolicy::default(),
+            chunked_prefill: true,
         }
     }
 }
@@ -420,6 +461,7 @@ impl EngineConfigFile {
                 Some(fp8) => fp8,
                 None => self.quant_config.as_ref().map(QuantSection::kv_cache_fp8).transpose()?.unwrap_or(false),
             },
+            ..EngineConfig::default()
         };
         config.validate()?;
         Ok(config)

@@ -167,6 +167,12 @@ impl Engine {
             Some(format!("prompt token id {bad} is out of range for a vocabulary of {vocab}"))
         } else if request.stop.max_tokens == 0 {
             Some("max_tokens is 0, expected at least 1".to_string())
+        } else if !self.config.chunked_prefill && request.prompt.len() > self.config.max_num_tokens {
+            Some(format!(
+                "prompt of {} tokens exceeds max_num_tokens {} and chunked prefill is off, so it can never be prefilled",
+                request.prompt.len(),
+                self.config.max_num_tokens
+            ))
         } else if request.prompt.len() + request.stop.max_tokens > self.max_seq_len {
             Some(format!(
                 "prompt of {} tokens plus max_tokens {} exceeds the engine's limit of {} tokens (model context or KV cache)",

@@ -21,7 +21,7 @@ pub mod scheduler;
 pub mod stats;
 pub mod work;
 
-pub use config::{EngineConfig, KvBudget};
+pub use config::{EngineConfig, KvBudget, SchedulerPolicy};
 pub use engine::{Engine, StepOutput};
 pub use handle::EngineHandle;
 pub use interrupt::Interrupted;

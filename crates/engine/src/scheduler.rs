@@ -1,12 +1,19 @@
 //! The scheduler: which sequences run this iteration, and how many tokens each.
 //!
 //! Running sequences go first (decode tokens and unfinished prefill chunks), then waiting ones,
-//! within `max_batch_size` sequences and `max_num_tokens` tokens. A prompt longer than the
-//! remaining budget is split into chunks over several iterations. When KV blocks run out, the
-//! most recently admitted running sequence is preempted: its blocks are freed and it goes back to
-//! the front of the queue, to be recomputed from its prompt and the tokens it already produced.
+//! within `max_batch_size` sequences and `max_num_tokens` tokens. With chunked prefill a prompt
+//! longer than the remaining budget is split over several iterations; without it a prompt waits
+//! for an iteration whose budget holds it whole.
+//!
+//! The policy decides what happens to KV blocks. Under guaranteed-no-evict a waiting sequence is
+//! admitted only when the free blocks cover, besides the blocks the running sequences still need
+//! to reach their full length (prompt + max_tokens), its own full length, so a running sequence
+//! always finds its next block and nothing is ever preempted. Under max-utilization a sequence
+//! takes only the blocks of this iteration's tokens; when blocks run out, the most recently
+//! admitted running sequence is preempted: its blocks are freed and it goes back to the front of
+//! the queue, to be recomputed from its prompt and the tokens it already produced.
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, SchedulerPolicy};
 use crate::kv_cache::KvCacheManager;
 use crate::request::{EventSender, RequestId, RequestTimings, SamplingParams, StopConditions};
 use lumen_trace::instrument::{mark, span, Category};
@@ -34,6 +41,21 @@ impl Sequence {
     /// Tokens still to be fed to the model: a prefill remainder, or the last sampled token.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.num_computed
+    }
+    /// Prompt plus every token the request may produce: the most KV slots it can need.
+    pub fn full_len(&self) -> usize {
+        self.prompt_len + self.stop.max_tokens
+    }
+    /// Tokens to feed this iteration under `budget`, or None when the sequence must wait. A prompt
+    /// without chunked prefill goes whole; a recompute longer than the whole budget is chunked
+    /// anyway, or it could never run.
+    fn chunk(&self, budget: usize, config: &EngineConfig) -> Option<usize> {
+        let pending = self.pending();
+        if config.chunked_prefill || pending > config.max_num_tokens {
+            Some(pending.min(budget))
+        } else {
+            (pending <= budget).then_some(pending)
+        }
     }
 }
 
@@ -81,28 +103,9 @@ impl Scheduler {
         let running_span = span(Category::Debug, "schedule running");
         let mut i = 0;
         while i < self.running.len() && out.seqs.len() < config.max_batch_size && budget > 0 {
-            let n = self.running[i].pending().min(budget);
+            let Some(n) = self.running[i].chunk(budget, config) else { break };
             let target = self.running[i].num_computed + n;
-            let mut scheduled_self = true;
-            loop {
-                let seq = &mut self.running[i];
-                if kv.grow(&mut seq.block_table, target) {
-                    break;
-                }
-                let victim_index = self.running.len() - 1;
-                let mut victim = self.running.remove(victim_index);
-                kv.release(&mut victim.block_table);
-                victim.num_computed = 0;
-                victim.timings.preemptions += 1;
-                mark(Category::Debug, "preempt", || Some(format!("{{\"request\":{},\"tokens\":{}}}", victim.id, victim.tokens.len())));
-                out.preempted.push(victim.id);
-                self.waiting.push_front(victim);
-                if victim_index == i {
-                    scheduled_self = false;
-                    break;
-                }
-            }
-            if !scheduled_self {
+            if !self.grow_running(i, target, config.scheduler_policy, kv, &mut out.preempted) {
                 break;
             }
             let seq = &self.running[i];
@@ -118,27 +121,71 @@ impl Scheduler {
         }
         drop(running_span);
         let _waiting_span = span(Category::Debug, "schedule waiting");
-        if out.preempted.is_empty() {
-            while out.seqs.len() < config.max_batch_size && budget > 0 {
-                let Some(seq) = self.waiting.front_mut() else { break };
-                let n = seq.pending().min(budget);
-                let target = seq.num_computed + n;
-                if !kv.grow(&mut seq.block_table, target) {
-                    break;
-                }
-                let seq = self.waiting.pop_front().expect("front exists");
-                out.seqs.push(ScheduledSeq {
-                    id: seq.id,
-                    num_tokens: n,
-                    first_pos: seq.num_computed,
-                    samples: target == seq.tokens.len(),
-                    is_context: true,
-                });
-                budget -= n;
-                self.running.push(seq);
+        if !out.preempted.is_empty() {
+            return out;
+        }
+        // Blocks the running sequences may still take; guaranteed-no-evict keeps them free.
+        let mut reserved = match config.scheduler_policy {
+            SchedulerPolicy::GuaranteedNoEvict => self.running.iter().map(|s| kv.blocks_needed(s.block_table.len(), s.full_len())).sum(),
+            SchedulerPolicy::MaxUtilization => 0,
+        };
+        while out.seqs.len() < config.max_batch_size && budget > 0 {
+            let Some(seq) = self.waiting.front_mut() else { break };
+            let Some(n) = seq.chunk(budget, config) else { break };
+            let target = seq.num_computed + n;
+            let full_need = kv.blocks_needed(seq.block_table.len(), seq.full_len());
+            if config.scheduler_policy == SchedulerPolicy::GuaranteedNoEvict && reserved + full_need > kv.num_free() {
+                break;
             }
+            if !kv.grow(&mut seq.block_table, target) {
+                break;
+            }
+            reserved += kv.blocks_needed(seq.block_table.len(), seq.full_len());
+            let seq = self.waiting.pop_front().expect("front exists");
+            out.seqs.push(ScheduledSeq {
+                id: seq.id,
+                num_tokens: n,
+                first_pos: seq.num_computed,
+                samples: target == seq.tokens.len(),
+                is_context: true,
+            });
+            budget -= n;
+            self.running.push(seq);
         }
         out
+    }
+
+    /// Gives running sequence `i` the blocks for `target` tokens. Under max-utilization, when
+    /// blocks run out it preempts from the newest running sequence back, recording each in
+    /// `preempted`; under guaranteed-no-evict it preempts nothing. Returns false when sequence `i`
+    /// cannot run this iteration (it was preempted itself, or no blocks were free).
+    fn grow_running(
+        &mut self,
+        i: usize,
+        target: usize,
+        policy: SchedulerPolicy,
+        kv: &mut KvCacheManager,
+        preempted: &mut Vec<RequestId>,
+    ) -> bool {
+        loop {
+            if kv.grow(&mut self.running[i].block_table, target) {
+                return true;
+            }
+            if policy == SchedulerPolicy::GuaranteedNoEvict {
+                return false;
+            }
+            let victim_index = self.running.len() - 1;
+            let mut victim = self.running.remove(victim_index);
+            kv.release(&mut victim.block_table);
+            victim.num_computed = 0;
+            victim.timings.preemptions += 1;
+            mark(Category::Debug, "preempt", || Some(format!("{{\"request\":{},\"tokens\":{}}}", victim.id, victim.tokens.len())));
+            preempted.push(victim.id);
+            self.waiting.push_front(victim);
+            if victim_index == i {
+                return false;
+            }
+        }
     }
 
     pub fn running_mut(&mut self, id: RequestId) -> Option<&mut Sequence> {
@@ -208,22 +255,81 @@ mod tests {
         assert_eq!(s.waiting.len(), 1);
     }
 
+    fn max_utilization(batch: usize, tokens: usize) -> EngineConfig {
+        EngineConfig { scheduler_policy: SchedulerPolicy::MaxUtilization, ..config(batch, tokens) }
+    }
+
     #[test]
-    fn running_out_of_blocks_preempts_the_newest() {
+    fn max_utilization_preempts_the_newest_when_blocks_run_out() {
         let mut s = Scheduler::default();
         let mut kv = KvCacheManager::new(2, 4);
         s.waiting.push_back(seq(1, 4));
         s.waiting.push_back(seq(2, 4));
-        s.schedule(&config(8, 100), &mut kv);
+        s.schedule(&max_utilization(8, 100), &mut kv);
         assert_eq!(kv.num_free(), 0);
         for (r, t) in s.running.iter_mut().zip([7, 8]) {
             r.num_computed = 4;
             r.tokens.push(t);
         }
-        let out = s.schedule(&config(8, 100), &mut kv);
+        let out = s.schedule(&max_utilization(8, 100), &mut kv);
         assert_eq!(out.preempted, vec![2]);
         assert_eq!(out.seqs.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1]);
         let back = s.waiting.front().unwrap();
         assert_eq!((back.id, back.num_computed, back.pending(), back.timings.preemptions), (2, 0, 5, 1));
+    }
+
+    /// Two requests of 4 prompt tokens and up to 8 output tokens each need 3 blocks of 4 at their
+    /// full length; 4 blocks hold one such request, not two.
+    fn two_requests_of_twelve() -> Scheduler {
+        let mut s = Scheduler::default();
+        for id in [1, 2] {
+            let mut r = seq(id, 4);
+            r.stop.max_tokens = 8;
+            s.waiting.push_back(r);
+        }
+        s
+    }
+
+    #[test]
+    fn guaranteed_no_evict_admits_only_what_the_cache_can_finish() {
+        let mut s = two_requests_of_twelve();
+        let mut kv = KvCacheManager::new(4, 4);
+        let out = s.schedule(&config(8, 100), &mut kv);
+        assert_eq!(out.seqs.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1], "the second request's 3 blocks are not free");
+        assert_eq!((s.waiting.len(), kv.num_free()), (1, 3));
+        // Max-utilization takes only this iteration's block for each.
+        let mut s = two_requests_of_twelve();
+        let mut kv = KvCacheManager::new(4, 4);
+        let out = s.schedule(&max_utilization(8, 100), &mut kv);
+        assert_eq!(out.seqs.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(kv.num_free(), 2);
+    }
+
+    #[test]
+    fn guaranteed_no_evict_never_preempts_and_the_admitted_request_always_grows() {
+        let mut s = two_requests_of_twelve();
+        let mut kv = KvCacheManager::new(4, 4);
+        // Decode request 1 to its full 12 tokens: every iteration schedules it, none preempts.
+        for step in 0..8 {
+            let out = s.schedule(&config(8, 100), &mut kv);
+            assert!(out.preempted.is_empty(), "step {step}: {out:?}");
+            let r = s.running.iter_mut().find(|r| r.id == 1).expect("request 1 stays running");
+            assert!(out.seqs.iter().any(|x| x.id == 1), "step {step}: request 1 not scheduled");
+            r.num_computed = r.tokens.len();
+            r.tokens.push(9);
+        }
+        assert_eq!(s.running.len(), 1, "request 2 waits until request 1 finishes");
+    }
+
+    #[test]
+    fn without_chunked_prefill_a_prompt_waits_for_a_budget_that_holds_it_whole() {
+        for (chunked, expected) in [(true, vec![(1, 6), (2, 4)]), (false, vec![(1, 6)])] {
+            let mut s = Scheduler::default();
+            let mut kv = KvCacheManager::new(100, 4);
+            s.waiting.push_back(seq(1, 6));
+            s.waiting.push_back(seq(2, 6));
+            let out = s.schedule(&EngineConfig { chunked_prefill: chunked, ..config(8, 10) }, &mut kv);
+            assert_eq!(out.seqs.iter().map(|x| (x.id, x.num_tokens)).collect::<Vec<_>>(), expected, "chunked {chunked}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! random preset predicts the last prompt token with probability 1.
 
 use lumen_backend::AttentionSeq;
-use lumen_engine::{Engine, EngineConfig, FinishReason, KvBudget, Request, RequestEvent, SamplingParams, StopConditions};
+use lumen_engine::{Engine, EngineConfig, FinishReason, KvBudget, Request, RequestEvent, SamplingParams, SchedulerPolicy, StopConditions};
 use lumen_model::{load_model, ForwardBatch, Model};
 use std::sync::Arc;
 
@@ -106,8 +106,14 @@ fn check(model: Arc<Model>, requests: Vec<Request>, config: EngineConfig) {
 fn greedy_tokens_on_the_real_model_do_not_depend_on_the_batch() {
     let model = Arc::new(load_model(lumen_model::default_model_path().to_str().unwrap()).unwrap_or_else(|e| panic!("{e:#}")));
     let requests = prompts(6, 49152).into_iter().map(|p| request(p, 10, SamplingParams::default())).collect();
-    let config =
-        EngineConfig { max_batch_size: 8, max_num_tokens: 24, block_size: 4, kv_budget: KvBudget::Tokens(96), ..EngineConfig::default() };
+    let config = EngineConfig {
+        max_batch_size: 8,
+        max_num_tokens: 24,
+        block_size: 4,
+        kv_budget: KvBudget::Tokens(96),
+        scheduler_policy: SchedulerPolicy::MaxUtilization,
+        ..EngineConfig::default()
+    };
     check(model, requests, config);
 }
 
@@ -130,7 +136,13 @@ fn sampled_tokens_on_a_preset_do_not_depend_on_the_batch() {
         let entropy = sampling_entropy(&model, &r.prompt, &r.sampling);
         assert!(entropy >= MIN_SAMPLING_ENTROPY, "a sampled request draws from {entropy:.3} nats: it is greedy in effect");
     }
-    let config =
-        EngineConfig { max_batch_size: 6, max_num_tokens: 32, block_size: 4, kv_budget: KvBudget::Tokens(200), ..EngineConfig::default() };
+    let config = EngineConfig {
+        max_batch_size: 6,
+        max_num_tokens: 32,
+        block_size: 4,
+        kv_budget: KvBudget::Tokens(200),
+        scheduler_policy: SchedulerPolicy::MaxUtilization,
+        ..EngineConfig::default()
+    };
     check(model, requests, config);
 }

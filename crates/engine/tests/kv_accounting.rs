@@ -3,7 +3,7 @@
 //! small enough to force preemption. After every operation the free list and the block tables
 //! hold each block exactly once; when the work is drained every block is free.
 
-use lumen_engine::{Engine, EngineConfig, KvBudget, Request, RequestId, SamplingParams, StopConditions};
+use lumen_engine::{Engine, EngineConfig, KvBudget, Request, RequestId, SamplingParams, SchedulerPolicy, StopConditions};
 use lumen_model::load_model;
 use std::sync::Arc;
 
@@ -89,8 +89,14 @@ fn random_run(engine: &mut Engine, seed: u64, coverage: &mut Coverage) {
 #[test]
 fn random_submits_aborts_and_steps_never_lose_or_double_a_block() {
     let model = Arc::new(load_model("tiny").unwrap());
-    let config =
-        EngineConfig { max_batch_size: 4, max_num_tokens: 24, block_size: 4, kv_budget: KvBudget::Tokens(96), ..EngineConfig::default() };
+    let config = EngineConfig {
+        max_batch_size: 4,
+        max_num_tokens: 24,
+        block_size: 4,
+        kv_budget: KvBudget::Tokens(96),
+        scheduler_policy: SchedulerPolicy::MaxUtilization,
+        ..EngineConfig::default()
+    };
     let mut coverage = Coverage::default();
     for seed in 0..SEEDS {
         let mut engine = Engine::new(model.clone(), config.clone()).unwrap();
