@@ -52,6 +52,7 @@ pub struct Kernels {
     gather_rows: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
+    attention_prefill: [(usize, Kernel); 3],
     attention_combine: Kernel,
     sample_tokens: Kernel,
     gemv: Kernel,
@@ -85,6 +86,8 @@ pub const ATTENTION_THREADS: u32 = 128;
 pub const FP8_ONE_BLOCK_ELEMENTS: usize = 1 << 16;
 /// Query rows (tokens × heads of one GQA group) one attention block holds.
 pub const ATTENTION_MAX_ROWS: usize = 16;
+/// Query rows one tensor-core prefill attention block holds (`PF_ROWS` in attention.cu).
+pub const PREFILL_ATTENTION_MAX_ROWS: usize = 64;
 
 impl Kernels {
     pub fn load(gpu: &Gpu) -> Result<Self> {
@@ -100,6 +103,11 @@ impl Kernels {
                 (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
                 (64, get("attention_hd64_r1")?, get("attention_hd64_r4")?),
                 (128, get("attention_hd128_r1")?, get("attention_hd128_r4")?),
+            ],
+            attention_prefill: [
+                (32, get("attention_prefill_hd32")?),
+                (64, get("attention_prefill_hd64")?),
+                (128, get("attention_prefill_hd128")?),
             ],
             attention_combine: get("attention_combine")?,
             sample_tokens: get("sample_tokens")?,
@@ -215,31 +223,41 @@ impl Kernels {
         self.launch(gpu, self.gather_rows, (n_rows as u32, 1, 1), ROW_THREADS, args)
     }
 
-    /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each.
+    /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each: the
+    /// first `num_tiles` on the CUDA cores, the `prefill_tiles` after them on the tensor cores.
     pub fn attention(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
         let Some(&(_, one_row, four_rows)) = self.attention.iter().find(|(hd, _, _)| *hd == a.head_dim) else {
             bail!("attention: head_dim {} is not supported on CUDA (expected 32, 64 or 128)", a.head_dim);
         };
-        let k = if a.max_tile_rows <= (ATTENTION_THREADS / 32) as usize { one_row } else { four_rows };
+        let &(_, prefill) = self.attention_prefill.iter().find(|(hd, _)| *hd == a.head_dim).expect("the same head sizes");
         let scale_log2 = (1.0 / (a.head_dim as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
-        let args = Args::default()
-            .ptr(a.q)
-            .ptr(a.k_cache)
-            .ptr(a.v_cache)
-            .i32(a.kv_fp8 as i32)
-            .ptr(a.tiles)
-            .ptr(a.table_offsets)
-            .ptr(a.table_data)
-            .i32(a.heads as i32)
-            .i32(a.kv_heads as i32)
-            .i32(a.block_size as i32)
-            .i32(a.window as i32)
-            .f32(scale_log2)
-            .ptr(a.split_tokens)
-            .ptr(a.out)
-            .ptr(a.part_acc)
-            .ptr(a.part_ml);
-        self.launch(gpu, k, (a.num_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args)?;
+        let args = |tiles: u64| {
+            Args::default()
+                .ptr(a.q)
+                .ptr(a.k_cache)
+                .ptr(a.v_cache)
+                .i32(a.kv_fp8 as i32)
+                .ptr(tiles)
+                .ptr(a.table_offsets)
+                .ptr(a.table_data)
+                .i32(a.heads as i32)
+                .i32(a.kv_heads as i32)
+                .i32(a.block_size as i32)
+                .i32(a.window as i32)
+                .f32(scale_log2)
+                .ptr(a.split_tokens)
+                .ptr(a.out)
+                .ptr(a.part_acc)
+                .ptr(a.part_ml)
+        };
+        if a.num_tiles > 0 {
+            let k = if a.max_tile_rows <= (ATTENTION_THREADS / 32) as usize { one_row } else { four_rows };
+            self.launch(gpu, k, (a.num_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args(a.tiles))?;
+        }
+        if a.prefill_tiles > 0 {
+            let tiles = a.tiles + 16 * a.num_tiles as u64;
+            self.launch(gpu, prefill, (a.prefill_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args(tiles))?;
+        }
         if a.splits > 1 {
             let args = Args::default()
                 .ptr(a.part_acc)
@@ -340,9 +358,13 @@ pub struct AttentionArgs {
     /// The cache holds FP8 E4M3 codes (scale 1) instead of bf16.
     pub kv_fp8: bool,
     pub tiles: u64,
+    /// Tiles for the CUDA-core kernel, first in `tiles`.
     pub num_tiles: usize,
-    /// Most query rows (tokens × heads of a group) in one tile.
+    /// Most query rows (tokens × heads of a group) in one of those.
     pub max_tile_rows: usize,
+    /// Tiles for the tensor-core prefill kernel, after them (at most
+    /// `PREFILL_ATTENTION_MAX_ROWS` rows each).
+    pub prefill_tiles: usize,
     pub table_offsets: u64,
     pub table_data: u64,
     pub positions: u64,

@@ -7,7 +7,7 @@
 //! captured graph replays against new inputs after one host-to-device copy.
 
 use anyhow::{bail, ensure, Context, Result};
-use lumen_backend::cuda::kernels::ATTENTION_MAX_ROWS;
+use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
 use lumen_model::cuda::{enqueue_forward, Activations, CudaWeights, KvCache, StepInputs, StepShape};
 use lumen_model::{ForwardBatch, Model, Quantization};
@@ -20,6 +20,9 @@ use std::sync::Arc;
 pub const INVARIANT_SPLIT_TOKENS: usize = 64;
 /// Split sizes are multiples of the attention kernel's KV step.
 const SPLIT_ALIGN: usize = 32;
+/// Sequences with at least this many tokens in a step take the tensor-core prefill attention
+/// (outside batch-invariant mode); shorter ones, decode above all, the CUDA-core kernel.
+const PREFILL_ATTENTION_MIN_TOKENS: usize = 8;
 
 /// How a sampled row draws its token (the engine's sampling parameters, flattened).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -294,7 +297,8 @@ impl CudaRunner {
         self.fill(batch, params, size)?;
         self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
         let group = self.model.config().num_heads / self.model.config().num_kv_heads;
-        Ok(Staged::Graph((size, grid), StepShape { tokens: size, tiles: size, tile_rows: group, rows: size, splits: grid }))
+        let shape = StepShape { tokens: size, tiles: size, tile_rows: group, prefill_tiles: 0, rows: size, splits: grid };
+        Ok(Staged::Graph((size, grid), shape))
     }
 
     /// How many KV splits attention uses, and of what size. Batch-invariant mode fixes the size;
@@ -319,18 +323,24 @@ impl CudaRunner {
     }
 
     fn stage_eager(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
-        let (tiles, tile_rows) = self.fill(batch, params, 0)?;
+        let tiling = self.fill(batch, params, 0)?;
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let t = batch.tokens.len();
-        let (splits, split_tokens) = self.split_plan(tiles, max_ctx, t);
+        let (splits, split_tokens) = self.split_plan(tiling.tiles + tiling.prefill_tiles, max_ctx, t);
         self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
-        Ok(Staged::Eager(StepShape { tokens: t, tiles, tile_rows, rows: batch.logit_rows.len(), splits }))
+        Ok(Staged::Eager(StepShape {
+            tokens: t,
+            tiles: tiling.tiles,
+            tile_rows: tiling.tile_rows,
+            prefill_tiles: tiling.prefill_tiles,
+            rows: batch.logit_rows.len(),
+            splits,
+        }))
     }
 
     /// Fills the staging area; with `pad_to > 0` (decode-only graph batches) adds dummy rows up
-    /// to that size, writing to the reserved block. Returns the number of attention tiles and the
-    /// most query rows in one.
-    fn fill(&mut self, batch: &ForwardBatch, params: &[SampleParams], pad_to: usize) -> Result<(usize, usize)> {
+    /// to that size, writing to the reserved block. Returns how the attention tiles were cut.
+    fn fill(&mut self, batch: &ForwardBatch, params: &[SampleParams], pad_to: usize) -> Result<Tiling> {
         let c = self.model.config();
         let l = self.layout;
         let t = batch.tokens.len();
@@ -353,9 +363,9 @@ impl CudaRunner {
             w[l.slots + i] = slot as u32;
         }
         let group = c.num_heads / c.num_kv_heads;
-        let rows_per_tile = (ATTENTION_MAX_ROWS / group).max(1);
-        let mut tiles = 0;
-        let mut tile_rows = 0;
+        let tensor_core_prefill = !self.config.batch_invariant && pad_to == 0;
+        let is_prefill = |len: usize| tensor_core_prefill && len >= PREFILL_ATTENTION_MIN_TOKENS;
+        let mut tiling = Tiling::default();
         let mut table = 0;
         let blocks_total = self.num_blocks + 1;
         for (si, s) in batch.seqs.iter().enumerate() {
@@ -373,14 +383,25 @@ impl CudaRunner {
                 w[l.table_data + table + j] = b;
             }
             table += needed;
-            let mut off = 0;
-            while off < s.len {
-                let rows = rows_per_tile.min(s.len - off);
-                let at = l.tiles + 4 * tiles;
-                w[at..at + 4].copy_from_slice(&[si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
-                tiles += 1;
-                tile_rows = tile_rows.max(rows * group);
-                off += rows;
+        }
+        // CUDA-core tiles first, then the prefill ones, so each kernel takes a contiguous run.
+        let mut at = l.tiles;
+        for prefill in [false, true] {
+            let rows_per_tile = (if prefill { PREFILL_ATTENTION_MAX_ROWS } else { ATTENTION_MAX_ROWS } / group).max(1);
+            for (si, s) in batch.seqs.iter().enumerate().filter(|(_, s)| is_prefill(s.len) == prefill) {
+                let mut off = 0;
+                while off < s.len {
+                    let rows = rows_per_tile.min(s.len - off);
+                    w[at..at + 4].copy_from_slice(&[si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
+                    at += 4;
+                    if prefill {
+                        tiling.prefill_tiles += 1;
+                    } else {
+                        tiling.tiles += 1;
+                        tiling.tile_rows = tiling.tile_rows.max(rows * group);
+                    }
+                    off += rows;
+                }
             }
         }
         w[l.table_offsets + n] = table as u32;
@@ -416,7 +437,7 @@ impl CudaRunner {
         if pad_to > n {
             w[l.table_data + table] = reserved;
         }
-        Ok((tiles, tile_rows))
+        Ok(tiling)
     }
 
     /// Queues the model's forward pass for `shape`, and the sampler when `sample`.
@@ -441,6 +462,14 @@ impl CudaRunner {
         }
         Ok(())
     }
+}
+
+/// How a step's attention tiles were cut (see [`StepShape`]).
+#[derive(Debug, Default)]
+struct Tiling {
+    tiles: usize,
+    tile_rows: usize,
+    prefill_tiles: usize,
 }
 
 enum Staged {

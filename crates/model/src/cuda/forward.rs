@@ -143,9 +143,12 @@ pub struct StepInputs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepShape {
     pub tokens: usize,
+    /// Attention tiles for the CUDA-core kernel (decode and short chunks).
     pub tiles: usize,
-    /// Most query rows (tokens × heads of a GQA group) in one attention tile.
+    /// Most query rows (tokens × heads of a GQA group) in one of those.
     pub tile_rows: usize,
+    /// Attention tiles for the tensor-core prefill kernel, after the others.
+    pub prefill_tiles: usize,
     /// Rows of logits.
     pub rows: usize,
     /// Attention splits in the grid.
@@ -214,6 +217,7 @@ pub fn enqueue_forward(
             tiles: inputs.tiles,
             num_tiles: shape.tiles,
             max_tile_rows: shape.tile_rows,
+            prefill_tiles: shape.prefill_tiles,
             table_offsets: inputs.table_offsets,
             table_data: inputs.table_data,
             positions: inputs.positions,

@@ -237,3 +237,222 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     }
     out[((u64)token * heads + head) * head_dim + d] = f2bf(o / total);
 }
+
+// Prefill attention on the tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), for tiles
+// of many query tokens. The tile format, splits, masks and outputs are those of `attention_impl`;
+// a tile's query rows are its tokens × the heads of one GQA group, token-major, at most
+// PF_ROWS of them. Each warp owns 16 rows; S = Q·Kᵀ and O += P·V run as warp-level products
+// with the softmax done on the S fragments in registers (flash style). Its sums run in another
+// order than `attention_impl`'s, so batch-invariant runs keep to that kernel.
+
+#define PF_THREADS 128
+#define PF_ROWS 64
+#define PF_KV 32
+
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8×8 bf16 matrices from shared memory, transposed (lanes 8i..8i+7 give matrix i's rows).
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// Two floats as a bf16 pair, `lo` at the lower address.
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+
+template <int HD>
+__device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,
+                                       const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,
+                                       int window, float scale_log2, const u32* split_size, bf16* out, float* part_acc,
+                                       float* part_ml) {
+    constexpr int KSTEPS = HD / 16;
+    constexpr int DTILES = HD / 8;
+    constexpr int CHUNKS = PF_KV * (HD / 8) / PF_THREADS;
+    // Rows padded by 16 bytes: the eight rows one fragment load touches fall in distinct banks.
+    __shared__ __align__(16) bf16 ks[PF_KV][HD + 8];
+    __shared__ __align__(16) bf16 vs[PF_KV][HD + 8];
+
+    const int split_tokens = (int)*split_size;
+    const u32* tile = tiles + 4 * blockIdx.x;
+    const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+    const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    const int group = heads / kv_heads;
+    const int rows = nrows * group;
+    const u32 ctx_end = pos0 + nrows;
+    const u32 split_start = (u32)split * split_tokens;
+    if (split_start >= ctx_end) return;
+    const u32 split_end = min(ctx_end, split_start + (u32)split_tokens);
+    u32 kv_lo = split_start;
+    if (window > 0 && pos0 + 1 > (u32)window) kv_lo = max(kv_lo, (pos0 + 1 - (u32)window) / PF_KV * PF_KV);
+    const u32* table = table_data + table_offsets[seq];
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // This thread's two rows: g and g + 8 of the warp's sixteen.
+    int row[2] = {warp * 16 + g, warp * 16 + g + 8};
+    bool live[2];
+    u32 token[2], row_pos[2];
+    int head[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        live[h] = row[h] < rows;
+        token[h] = row0 + row[h] / group;
+        row_pos[h] = pos0 + row[h] / group;
+        head[h] = kvh * group + row[h] % group;
+    }
+
+    u32 qf[KSTEPS][4];
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int h = i & 1, col = kk * 16 + 2 * t + (i >> 1) * 8;
+            qf[kk][i] = live[h] ? *(const u32*)(q + ((u64)token[h] * heads + head[h]) * HD + col) : 0u;
+        }
+    }
+
+    float o[DTILES][4];
+#pragma unroll
+    for (int n = 0; n < DTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    uint4 kr[CHUNKS], vr[CHUNKS];
+    auto load = [&](u32 t0) {
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            int e = threadIdx.x + c * PF_THREADS, tok = e / (HD / 8), chunk = e % (HD / 8);
+            u32 pos = t0 + tok;
+            kr[c] = make_uint4(0, 0, 0, 0);
+            vr[c] = make_uint4(0, 0, 0, 0);
+            if (pos < split_end) {
+                u64 at = (((u64)table[pos / block_size] * kv_heads + kvh) * block_size + pos % block_size) * HD + chunk * 8;
+                if (kv_fp8) {
+                    kr[c] = e4m3x8_to_bf16x8(*(const uint2*)((const unsigned char*)k_cache + at));
+                    vr[c] = e4m3x8_to_bf16x8(*(const uint2*)((const unsigned char*)v_cache + at));
+                } else {
+                    kr[c] = *(const uint4*)((const bf16*)k_cache + at);
+                    vr[c] = *(const uint4*)((const bf16*)v_cache + at);
+                }
+            }
+        }
+    };
+    if (kv_lo < split_end) load(kv_lo);
+
+    for (u32 t0 = kv_lo; t0 < split_end; t0 += PF_KV) {
+        __syncthreads();
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            int e = threadIdx.x + c * PF_THREADS, tok = e / (HD / 8), chunk = e % (HD / 8);
+            *(uint4*)&ks[tok][chunk * 8] = kr[c];
+            *(uint4*)&vs[tok][chunk * 8] = vr[c];
+        }
+        __syncthreads();
+        if (t0 + PF_KV < split_end) load(t0 + PF_KV);
+
+        // S = Q·Kᵀ: 16 rows × PF_KV positions per warp, as PF_KV/8 fragments.
+        float s[PF_KV / 8][4];
+#pragma unroll
+        for (int j = 0; j < PF_KV / 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++) {
+                const bf16* kp = &ks[8 * j + g][kk * 16 + 2 * t];
+                mma_bf16_m16n8k16(s[j], qf[kk], *(const u32*)kp, *(const u32*)(kp + 8));
+            }
+        }
+
+        // Mask, then the online softmax of the two rows (each spread over a quad of lanes).
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    const u32 kv = t0 + 8 * j + 2 * t + c;
+                    const bool valid = live[h] && kv < split_end && kv <= row_pos[h] && (window <= 0 || kv + (u32)window > row_pos[h]);
+                    float v = valid ? s[j][2 * h + c] * scale_log2 : -INFINITY;
+                    s[j][2 * h + c] = v;
+                    mx = fmaxf(mx, v);
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[h], mx);
+            const float base = m_new == -INFINITY ? 0.f : m_new;
+            const float corr = exp2f(m[h] - base);
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    float p = exp2f(s[j][2 * h + c] - base);
+                    s[j][2 * h + c] = p;
+                    sum += p;
+                }
+            }
+            l[h] = l[h] * corr + sum;
+            m[h] = m_new;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) {
+                o[n][2 * h] *= corr;
+                o[n][2 * h + 1] *= corr;
+            }
+        }
+
+        // O += P·V: P's S fragments are already the A operand's layout; V comes transposed.
+#pragma unroll
+        for (int k16 = 0; k16 < PF_KV / 16; k16++) {
+            const u32 pa[4] = {pack_bf16x2(s[2 * k16][0], s[2 * k16][1]), pack_bf16x2(s[2 * k16][2], s[2 * k16][3]),
+                               pack_bf16x2(s[2 * k16 + 1][0], s[2 * k16 + 1][1]), pack_bf16x2(s[2 * k16 + 1][2], s[2 * k16 + 1][3])};
+#pragma unroll
+            for (int n = 0; n < DTILES; n += 2) {
+                u32 b[4];
+                ldmatrix_x4_trans(b, &vs[16 * k16 + (lane & 7) + ((lane >> 3) & 1) * 8][8 * (n + (lane >> 4))]);
+                mma_bf16_m16n8k16(o[n], pa, b[0], b[1]);
+                mma_bf16_m16n8k16(o[n + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float total = l[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        if (!live[h]) continue;
+        if (splits == 1) {
+            bf16* dst = out + ((u64)token[h] * heads + head[h]) * HD + 2 * t;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[n][2 * h] / total, o[n][2 * h + 1] / total);
+        } else if (split_start <= row_pos[h]) {
+            u64 at = ((u64)token[h] * heads + head[h]) * splits + split;
+            float* dst = part_acc + at * HD + 2 * t;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+            if (t == 0) {
+                part_ml[2 * at] = m[h];
+                part_ml[2 * at + 1] = total;
+            }
+        }
+    }
+}
+
+#define ATTENTION_PREFILL_ENTRY(HD)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS)                                                                        \
+        attention_prefill_hd##HD(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,             \
+                                 const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,           \
+                                 int window, float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) { \
+        attention_prefill_impl<HD>(q, k_cache, v_cache, kv_fp8, tiles, table_offsets, table_data, heads, kv_heads, block_size,      \
+                                   window, scale_log2, split_size, out, part_acc, part_ml);                                         \
+    }
+
+ATTENTION_PREFILL_ENTRY(32)
+ATTENTION_PREFILL_ENTRY(64)
+ATTENTION_PREFILL_ENTRY(128)
