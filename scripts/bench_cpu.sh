@@ -29,9 +29,9 @@ out = sys.argv[1]
 t = json.load(open(f"{out}/throughput.json"))["performance"]
 l = json.load(open(f"{out}/latency.json"))
 print(f"{'run':<40} {'output tok/s':>12}")
-print(f"{'lumen bench throughput (64 req)':<40} {t['total_output_throughput_tok_s']:>12.1f}")
-print(f"{'lumen bench latency (batch 1)':<40} {l['performance']['total_output_throughput_tok_s']:>12.1f}"
-      f"   TTFT {l['streaming']['avg_ttft_ms']:.1f} ms, TPOT {l['streaming']['avg_tpot_ms']:.1f} ms")
+print(f"{'lumen bench throughput (64 req)':<40} {t['system_output_throughput_tok_s']:>12.1f}")
+print(f"{'lumen bench latency (batch 1)':<40} {l['performance']['system_output_throughput_tok_s']:>12.1f}"
+      f"   TTFT {l['streaming_metrics']['avg_ttft_ms']:.1f} ms, TPOT {l['streaming_metrics']['avg_tpot_ms']:.1f} ms")
 peer = f"{out}/llamacpp.json"
 if os.path.exists(peer):
     p = json.load(open(peer))

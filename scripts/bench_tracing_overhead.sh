@@ -20,7 +20,7 @@ $ON bench prepare-dataset --output "$OUT/dataset.jsonl" \
 run() { # label binary extra-env...
   local label=$1 bin=$2; shift 2
   env "$@" "$bin" bench throughput --dataset "$OUT/dataset.jsonl" --warmup 1 --report-json "$OUT/$label.json" >/dev/null 2>&1
-  python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['performance']['total_output_throughput_tok_s'])" "$OUT/$label.json" >> "$OUT/$label.txt"
+  python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['performance']['system_output_throughput_tok_s'])" "$OUT/$label.json" >> "$OUT/$label.txt"
 }
 for i in $(seq "$RUNS"); do
   run compiled-out "$OFF"

@@ -45,7 +45,7 @@ def tok_s(name):
     def find(o):
         if isinstance(o, dict):
             for k, v in o.items():
-                if k == "total_output_throughput_tok_s":
+                if k == "system_output_throughput_tok_s":
                     return v
                 r = find(v)
                 if r is not None:

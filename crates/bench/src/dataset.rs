@@ -1,35 +1,33 @@
-//! Dataset preparation with the semantics of `trtllm-bench prepare-dataset`.
+//! Dataset preparation and reading with the semantics of `trtllm-bench`.
 //!
 //! A dataset is a JSON-lines file with one request per line:
-//! `{"task_id":0,"input_ids":[...],"output_tokens":128}` (task ids count from 0).
-//! This module owns that format ([`DatasetEntry`], [`write_dataset`],
-//! [`read_dataset`]) and the three generators:
+//! `{"task_id":0,"input_ids":[...],"output_tokens":128}` (task ids count from 0). As in
+//! trtllm-bench, a line may give its prompt as `logits` instead of `input_ids`, or as text under
+//! `prompt`, tokenized when the dataset is read. This module owns that format ([`DatasetEntry`],
+//! [`write_dataset`], [`read_dataset`]) and the three generators:
 //!
-//! * [`token_norm_dist`]: lengths from normal distributions. As in
-//!   `trtllm-bench`, request `i` draws one standard-normal `z` that serves both
+//! * [`token_norm_dist`]: lengths from normal distributions. As in trtllm-bench (which reseeds
+//!   numpy before each list), request `i` draws one standard-normal `z` that serves both
 //!   lengths: `max(1, ceil(mean + z * stdev))` ([`normal_len`]).
-//! * [`token_unif_dist`]: lengths from inclusive uniform ranges, again one
-//!   uniform `u` per request for both lengths ([`uniform_len`]).
+//! * [`token_unif_dist`]: lengths uniform over inclusive ranges. As in trtllm-bench, the input
+//!   and the output lengths are two lists, each drawn by a generator seeded with the same seed,
+//!   each value an unbiased integer in `[min, max]` ([`uniform_lens`]).
 //! * [`real_dataset`]: prompts from a local JSONL or plain-text file, tokenized
 //!   by the caller, with output lengths drawn as in `token_norm_dist`.
 //!
-//! Synthetic token ids are uniform over the vocabulary with the EOS id left out.
-//!
-//! Randomness comes from a self-contained xoshiro256** generator seeded through
-//! splitmix64, normals from Box–Muller, and the logarithm and cosine Box–Muller
-//! needs are evaluated with plain IEEE-754 arithmetic rather than the platform
-//! libm, so a seed yields byte-identical datasets on every platform. The
-//! generator is not numpy's, so the exact ids and lengths differ from those
-//! `trtllm-bench` would produce for the same seed; the distributions and the
-//! length formulas are the same.
+//! Synthetic token ids come from [`crate::sampling`]: no repeats within a request shorter than
+//! the vocabulary, no special token, no EOS. A seed yields byte-identical datasets on every
+//! platform; the generator is not numpy's, so the exact ids and lengths differ from those
+//! trtllm-bench would produce for the same seed, while the distributions and rules are the same.
 
-use std::f64::consts::{LN_2, SQRT_2, TAU};
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::sampling::{Rng, TokenSampler, Vocab};
 
 /// `trtllm-bench prepare-dataset --random-seed` default.
 pub const DEFAULT_RANDOM_SEED: u64 = 420;
@@ -41,7 +39,8 @@ pub const MAX_SEQUENCE_LEN: u64 = 1 << 24;
 /// Keys searched, in this order, for the prompt text of a JSONL line.
 pub const PROMPT_KEYS: [&str; 4] = ["prompt", "text", "input", "question"];
 
-const ENTRY_SHAPE: &str = r#"{"task_id":<u64>,"input_ids":[<u32>,...],"output_tokens":<u32 >= 1>}"#;
+const ENTRY_SHAPE: &str =
+    r#"{"task_id":<u64>,"input_ids":[<u32>,...],"output_tokens":<u32 >= 1>} (or "logits" for "input_ids", or a "prompt" string)"#;
 
 /// Salt separating the token-id stream from the length stream of one seed, so
 /// lengths do not depend on the vocabulary.
@@ -53,13 +52,6 @@ pub struct DatasetEntry {
     pub task_id: u64,
     pub input_ids: Vec<u32>,
     pub output_tokens: u32,
-}
-
-/// The token space synthetic ids are drawn from: `[0, size)` minus `eos_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vocab {
-    pub size: usize,
-    pub eos_id: Option<u32>,
 }
 
 /// Parameters of `prepare-dataset token-norm-dist`.
@@ -111,13 +103,13 @@ pub fn normal_len(mean: f64, stdev: f64, z: f64) -> u64 {
     ((mean + z * stdev).ceil() as u64).max(1)
 }
 
-/// Length for a uniform draw `u` in `[0, 1)`:
-/// `min + floor(u * (max - min + 1))`, clamped to `[min, max]`.
-pub fn uniform_len(min: u32, max: u32, u: f64) -> u32 {
+/// `count` lengths uniform over `[min, max]` (for `min <= max`), from a generator seeded with
+/// `seed`: `min + below(max - min + 1)` each.
+pub fn uniform_lens(min: u32, max: u32, count: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
     let span = u64::from(max.saturating_sub(min)) + 1;
-    let offset = ((u * span as f64).floor() as u64).min(span - 1);
-    // offset < span <= u32::MAX - min + 1, so the sum fits in u32.
-    min + offset as u32
+    // below(span) < span <= u32::MAX - min + 1, so the sum fits in u32.
+    (0..count).map(|_| min + rng.below(span) as u32).collect()
 }
 
 /// Parses `--output-len-dist` given as `"mean,stdev"`.
@@ -157,23 +149,23 @@ pub fn token_norm_dist(params: &NormDistParams, vocab: &Vocab) -> Result<Vec<Dat
     Ok(entries)
 }
 
-/// `token-unif-dist`: one uniform `u` per request gives both lengths.
+/// `token-unif-dist`: the input and the output lengths are two lists drawn from the same seed.
 pub fn token_unif_dist(params: &UnifDistParams, vocab: &Vocab) -> Result<Vec<DatasetEntry>> {
     check_num_requests(params.num_requests)?;
     check_range("--input-min", params.input_min, "--input-max", params.input_max)?;
     check_range("--output-min", params.output_min, "--output-max", params.output_max)?;
     let sampler = TokenSampler::new(vocab)?;
-    let mut lengths = Rng::new(params.random_seed);
+    let inputs = uniform_lens(params.input_min, params.input_max, params.num_requests, params.random_seed);
+    let outputs = uniform_lens(params.output_min, params.output_max, params.num_requests, params.random_seed);
     let mut tokens = Rng::new(params.random_seed ^ TOKEN_STREAM_SALT);
-    let mut entries = Vec::new();
-    for task_id in 0..params.num_requests as u64 {
-        let u = lengths.unit();
-        let input_len = uniform_len(params.input_min, params.input_max, u);
-        let output_tokens = uniform_len(params.output_min, params.output_max, u);
-        let input_ids = sampler.sample(&mut tokens, input_len);
-        entries.push(DatasetEntry { task_id, input_ids, output_tokens });
-    }
-    Ok(entries)
+    Ok((0..params.num_requests as u64)
+        .zip(inputs.into_iter().zip(outputs))
+        .map(|(task_id, (input_len, output_tokens))| DatasetEntry {
+            task_id,
+            input_ids: sampler.sample(&mut tokens, input_len),
+            output_tokens,
+        })
+        .collect())
 }
 
 /// `real-dataset`: prompts from a local file, tokenized by `tokenize`, with
@@ -232,9 +224,24 @@ pub fn write_dataset(path: &Path, entries: &[DatasetEntry]) -> Result<()> {
     out.flush().with_context(|| format!("writing dataset {file}"))
 }
 
-/// Reads and validates a JSON-lines dataset. Blank lines are skipped. With
-/// `vocab_size`, every token id must be below it.
-pub fn read_dataset(path: &Path, vocab_size: Option<usize>) -> Result<Vec<DatasetEntry>> {
+/// One dataset line as written: the prompt as `input_ids`, `logits` or `prompt` text.
+#[derive(Deserialize)]
+struct DatasetLine {
+    task_id: u64,
+    input_ids: Option<Vec<u32>>,
+    logits: Option<Vec<u32>>,
+    prompt: Option<String>,
+    output_tokens: u32,
+}
+
+/// Reads and validates a JSON-lines dataset. Blank lines are skipped. A line's prompt is its
+/// `input_ids`, else its `logits`, else its `prompt` text run through `tokenize` (an error when
+/// there is none). With `vocab_size`, every token id must be below it.
+pub fn read_dataset(
+    path: &Path,
+    vocab_size: Option<usize>,
+    tokenize: Option<&dyn Fn(&str) -> Result<Vec<u32>>>,
+) -> Result<Vec<DatasetEntry>> {
     let file = path.display();
     let text = fs::read_to_string(path).with_context(|| format!("reading dataset {file}"))?;
     let mut entries = Vec::new();
@@ -243,7 +250,7 @@ pub fn read_dataset(path: &Path, vocab_size: Option<usize>) -> Result<Vec<Datase
             continue;
         }
         let line_no = index + 1;
-        let entry: DatasetEntry = serde_json::from_str(line).map_err(|err| {
+        let raw: DatasetLine = serde_json::from_str(line).map_err(|err| {
             let kind = match err.classify() {
                 serde_json::error::Category::Data => "invalid dataset entry",
                 _ => "malformed JSON",
@@ -252,22 +259,32 @@ pub fn read_dataset(path: &Path, vocab_size: Option<usize>) -> Result<Vec<Datase
             let message = message.split(" at line ").next().unwrap_or_default();
             anyhow::anyhow!("{file}:{line_no}:{}: {kind}: {message}; expected one object per line like {ENTRY_SHAPE}", err.column())
         })?;
-        if entry.input_ids.is_empty() {
-            bail!("{file}:{line_no}: task {}: input_ids is empty; expected at least 1 token", entry.task_id);
+        let task_id = raw.task_id;
+        let input_ids = match (raw.input_ids.or(raw.logits), raw.prompt) {
+            (Some(ids), _) => ids,
+            (None, Some(prompt)) => {
+                let Some(tokenize) = tokenize else {
+                    bail!("{file}:{line_no}: task {task_id}: the prompt is text but the model has no tokenizer; expected input_ids");
+                };
+                tokenize(&prompt).with_context(|| format!("{file}:{line_no}: task {task_id}: tokenizing the prompt failed"))?
+            }
+            (None, None) => bail!("{file}:{line_no}: task {task_id}: no input_ids, logits or prompt; expected one of them"),
+        };
+        if input_ids.is_empty() {
+            bail!("{file}:{line_no}: task {task_id}: input_ids is empty; expected at least 1 token");
         }
-        if entry.output_tokens == 0 {
-            bail!("{file}:{line_no}: task {}: output_tokens is 0; expected at least 1", entry.task_id);
+        if raw.output_tokens == 0 {
+            bail!("{file}:{line_no}: task {task_id}: output_tokens is 0; expected at least 1");
         }
         if let Some(vocab) = vocab_size {
-            if let Some((pos, id)) = entry.input_ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            if let Some((pos, id)) = input_ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
                 bail!(
-                    "{file}:{line_no}: task {}: token id {id} (input_ids[{pos}]) is out of range; \
-                     expected ids < vocab size {vocab}",
-                    entry.task_id
+                    "{file}:{line_no}: task {task_id}: token id {id} (input_ids[{pos}]) is out of range; \
+                     expected ids < vocab size {vocab}"
                 );
             }
         }
-        entries.push(entry);
+        entries.push(DatasetEntry { task_id, input_ids, output_tokens: raw.output_tokens });
     }
     if entries.is_empty() {
         bail!("{file}: dataset is empty; expected one object per line like {ENTRY_SHAPE}");
@@ -345,140 +362,13 @@ fn jsonl_prompt(line: &str, file: &impl std::fmt::Display, line_no: usize) -> Re
     }
 }
 
-/// Draws token ids uniformly from `[0, size)` without the EOS id: it draws
-/// from `size - 1` values and shifts those at or above EOS up by one, so no
-/// redraw is needed.
-struct TokenSampler {
-    choices: u64,
-    eos: Option<u64>,
-}
-
-impl TokenSampler {
-    fn new(vocab: &Vocab) -> Result<Self> {
-        let size = vocab.size as u64;
-        if size == 0 || size > u64::from(u32::MAX) + 1 {
-            bail!("vocab size must be in 1..={}, got {}", u64::from(u32::MAX) + 1, vocab.size);
-        }
-        let eos = vocab.eos_id.map(u64::from).filter(|&eos| eos < size);
-        let choices = size - u64::from(eos.is_some());
-        if choices == 0 {
-            bail!(
-                "vocab size {size} leaves no token id besides the EOS id {}; expected a vocab size >= 2",
-                vocab.eos_id.unwrap_or_default()
-            );
-        }
-        Ok(TokenSampler { choices, eos })
-    }
-
-    fn sample(&self, rng: &mut Rng, len: u32) -> Vec<u32> {
-        (0..len)
-            .map(|_| {
-                let id = rng.below(self.choices);
-                let id = match self.eos {
-                    Some(eos) if id >= eos => id + 1,
-                    _ => id,
-                };
-                // id < size <= u32::MAX + 1, checked in `new`.
-                id as u32
-            })
-            .collect()
-    }
-}
-
-/// xoshiro256** seeded through splitmix64.
-struct Rng {
-    state: [u64; 4],
-}
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut counter = seed;
-        let mut splitmix = || {
-            counter = counter.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = counter;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng { state: [splitmix(), splitmix(), splitmix(), splitmix()] }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let s = &mut self.state;
-        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in `[0, 1)` with 53 random bits.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `[0, n)` by multiply-shift; the bias is below `n / 2^64`.
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Standard normal by Box–Muller (cosine branch).
-    fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.unit();
-        let u2 = self.unit();
-        (-2.0 * portable_ln(u1)).sqrt() * portable_cos_tau(u2)
-    }
-}
-
-/// Natural logarithm of a positive normal `x` using only IEEE-754 basic
-/// operations: `x = m * 2^e` with `m` in `[sqrt(1/2), sqrt(2)]`, then
-/// `ln m = 2 atanh((m - 1) / (m + 1))` by its power series.
-fn portable_ln(x: f64) -> f64 {
-    let bits = x.to_bits();
-    let mut exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
-    let mut mantissa = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
-    if mantissa > SQRT_2 {
-        mantissa *= 0.5;
-        exponent += 1;
-    }
-    let s = (mantissa - 1.0) / (mantissa + 1.0);
-    let s2 = s * s;
-    // |s| <= 0.1716, so 16 odd terms reach far below one ulp.
-    let series = (0..16).rev().fold(0.0, |acc, k| acc * s2 + 1.0 / f64::from(2 * k + 1));
-    2.0 * s * series + exponent as f64 * LN_2
-}
-
-/// `cos(2 pi u)` for `u` in `[0, 1)` using only IEEE-754 basic operations.
-/// The argument is folded exactly into `[0, 1/8]` by the symmetries of cosine,
-/// then a Taylor series on `[0, pi/4]` finishes it.
-fn portable_cos_tau(u: f64) -> f64 {
-    let v = if u > 0.5 { 1.0 - u } else { u };
-    let (w, sign) = if v > 0.25 { (0.5 - v, -1.0) } else { (v, 1.0) };
-    let magnitude = if w > 0.125 { taylor_sin(TAU * (0.25 - w)) } else { taylor_cos(TAU * w) };
-    sign * magnitude
-}
-
-fn taylor_cos(x: f64) -> f64 {
-    let x2 = x * x;
-    (1..=10).rev().fold(1.0, |acc, k| 1.0 - acc * x2 / f64::from((2 * k - 1) * (2 * k)))
-}
-
-fn taylor_sin(x: f64) -> f64 {
-    let x2 = x * x;
-    x * (1..=10).rev().fold(1.0, |acc, k| 1.0 - acc * x2 / f64::from((2 * k) * (2 * k + 1)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use lumen_test_support::scratch::Scratch;
     use std::path::PathBuf;
 
-    const VOCAB: Vocab = Vocab { size: 32, eos_id: Some(2) };
+    const VOCAB: Vocab = Vocab { size: 32, eos_id: Some(2), special: Vec::new() };
 
     fn norm(num_requests: usize, seed: u64) -> NormDistParams {
         NormDistParams { num_requests, input_mean: 64.0, input_stdev: 16.0, output_mean: 32.0, output_stdev: 8.0, random_seed: seed }
@@ -507,14 +397,15 @@ mod tests {
     }
 
     #[test]
-    fn uniform_len_follows_formula() {
-        assert_eq!(uniform_len(10, 20, 0.0), 10);
-        // 11 values: floor(0.5 * 11) = 5.
-        assert_eq!(uniform_len(10, 20, 0.5), 15);
-        assert_eq!(uniform_len(10, 20, 0.999_999_999), 20);
-        assert_eq!(uniform_len(10, 20, 1.0), 20);
-        assert_eq!(uniform_len(7, 7, 0.9), 7);
-        assert_eq!(uniform_len(1, u32::MAX, 0.999_999_999_999), u32::MAX);
+    fn uniform_lens_are_min_plus_an_unbiased_draw_below_the_span() {
+        let mut rng = Rng::new(5);
+        let expected: Vec<u32> = (0..100).map(|_| 10 + rng.below(11) as u32).collect();
+        assert_eq!(uniform_lens(10, 20, 100, 5), expected);
+        let lens = uniform_lens(10, 20, 1000, 5);
+        assert!(lens.iter().all(|l| (10..=20).contains(l)));
+        assert!(lens.contains(&10) && lens.contains(&20), "1000 draws miss an end of [10, 20]");
+        assert_eq!(uniform_lens(7, 7, 3, 1), [7, 7, 7]);
+        assert!(uniform_lens(1, u32::MAX, 50, 1).iter().any(|&l| l > u32::MAX / 2));
     }
 
     #[test]
@@ -523,56 +414,6 @@ mod tests {
         assert_ne!(token_norm_dist(&norm(50, 7), &VOCAB).unwrap(), token_norm_dist(&norm(50, 8), &VOCAB).unwrap());
         assert_eq!(token_unif_dist(&unif(50, 7), &VOCAB).unwrap(), token_unif_dist(&unif(50, 7), &VOCAB).unwrap());
         assert_ne!(token_unif_dist(&unif(50, 7), &VOCAB).unwrap(), token_unif_dist(&unif(50, 8), &VOCAB).unwrap());
-    }
-
-    #[test]
-    fn generator_is_pinned() {
-        // Golden values: a change here changes every dataset ever generated.
-        let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
-        let words: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
-        assert_eq!(words, [6067513667249323982, 1007554958731235935, 10153337446353610092]);
-        // Exact equality: the normal path uses no platform libm.
-        let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
-        let normals: Vec<f64> = (0..4).map(|_| rng.normal()).collect();
-        assert_eq!(normals, [0.8410780804670909, -0.26003950597542785, 1.3078737127281108, 0.7080260221270693]);
-        let entries = token_norm_dist(&norm(4, DEFAULT_RANDOM_SEED), &VOCAB).unwrap();
-        let shape: Vec<(usize, u32, &[u32])> = entries.iter().map(|e| (e.input_ids.len(), e.output_tokens, &e.input_ids[..5])).collect();
-        let expected: [(usize, u32, &[u32]); 4] =
-            [(78, 39, &[19, 23, 28, 1, 27]), (60, 30, &[23, 26, 15, 31, 1]), (85, 43, &[22, 7, 16, 30, 11]), (76, 38, &[31, 1, 25, 26, 6])];
-        assert_eq!(shape, expected);
-        let mut reference = Rng { state: [1, 2, 3, 4] };
-        // xoshiro256** reference output for state {1, 2, 3, 4}.
-        assert_eq!(reference.next_u64(), 11520);
-        assert_eq!(reference.next_u64(), 0);
-        assert_eq!(reference.next_u64(), 1509978240);
-        assert_eq!(reference.next_u64(), 1215971899390074240);
-    }
-
-    #[test]
-    fn portable_math_matches_libm() {
-        let mut rng = Rng::new(1);
-        for _ in 0..10_000 {
-            let u = rng.unit();
-            let x = 1.0 - u;
-            assert!((portable_ln(x) - x.ln()).abs() <= 1e-14 * x.ln().abs().max(1.0), "ln({x})");
-            assert!((portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-14, "cos(2pi {u})");
-        }
-        for u in [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875] {
-            assert!((portable_cos_tau(u) - (TAU * u).cos()).abs() <= 1e-15, "cos(2pi {u})");
-        }
-        assert_eq!(portable_ln(1.0), 0.0);
-        assert!((portable_ln(f64::EPSILON / 2.0) - (f64::EPSILON / 2.0).ln()).abs() < 1e-13);
-    }
-
-    #[test]
-    fn normals_look_standard() {
-        let mut rng = Rng::new(DEFAULT_RANDOM_SEED);
-        let n = 100_000;
-        let draws: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-        let mean = draws.iter().sum::<f64>() / n as f64;
-        let var = draws.iter().map(|z| (z - mean) * (z - mean)).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 0.02, "mean {mean}");
-        assert!((var - 1.0).abs() < 0.02, "variance {var}");
     }
 
     #[test]
@@ -589,13 +430,15 @@ mod tests {
     }
 
     #[test]
-    fn unif_dist_uses_one_u_for_both_lengths() {
+    fn unif_dist_draws_each_length_list_from_the_seed() {
         let entries = token_unif_dist(&unif(200, 3), &VOCAB).unwrap();
-        for entry in &entries {
-            let input_offset = entry.input_ids.len() as u32 - 10;
-            assert_eq!(entry.output_tokens - 100, input_offset);
-            assert!((10..=20).contains(&entry.input_ids.len()));
-        }
+        let inputs: Vec<u32> = entries.iter().map(|e| e.input_ids.len() as u32).collect();
+        let outputs: Vec<u32> = entries.iter().map(|e| e.output_tokens).collect();
+        assert_eq!(inputs, uniform_lens(10, 20, 200, 3));
+        assert_eq!(outputs, uniform_lens(100, 110, 200, 3));
+        // Equal ranges give equal lists, as two generators seeded alike do in trtllm-bench.
+        let same = token_unif_dist(&UnifDistParams { output_min: 10, output_max: 20, ..unif(50, 3) }, &VOCAB).unwrap();
+        assert!(same.iter().all(|e| e.input_ids.len() as u32 == e.output_tokens));
     }
 
     #[test]
@@ -609,7 +452,7 @@ mod tests {
 
     #[test]
     fn no_eos_ids_and_all_in_vocab() {
-        let vocab = Vocab { size: 4, eos_id: Some(1) };
+        let vocab = Vocab { size: 4, eos_id: Some(1), special: Vec::new() };
         let entries = token_norm_dist(&norm(100, 11), &vocab).unwrap();
         let mut seen = [false; 4];
         for id in entries.iter().flat_map(|e| e.input_ids.iter()) {
@@ -618,10 +461,34 @@ mod tests {
         }
         assert_eq!(seen, [true, false, true, true]);
         // EOS at the top of the vocabulary and EOS outside of it.
-        for vocab in [Vocab { size: 3, eos_id: Some(2) }, Vocab { size: 3, eos_id: Some(9) }] {
+        for vocab in [Vocab { size: 3, eos_id: Some(2), special: Vec::new() }, Vocab { size: 3, eos_id: Some(9), special: Vec::new() }] {
             let entries = token_unif_dist(&unif(30, 5), &vocab).unwrap();
             assert!(entries.iter().flat_map(|e| &e.input_ids).all(|&id| id < 3 && Some(id) != vocab.eos_id));
         }
+    }
+
+    #[test]
+    fn requests_below_the_vocabulary_repeat_no_id_and_hold_no_special_token() {
+        // 17 special ids (EOS 2 among them) in a vocabulary of 300: 283 ids to draw from.
+        let vocab = Vocab { size: 300, eos_id: Some(2), special: (0..17).collect() };
+        let params =
+            NormDistParams { num_requests: 40, input_mean: 200.0, input_stdev: 60.0, output_mean: 4.0, output_stdev: 0.0, random_seed: 1 };
+        let norm = token_norm_dist(&params, &vocab).unwrap();
+        let unif = token_unif_dist(
+            &UnifDistParams { num_requests: 40, input_min: 1, input_max: 282, output_min: 1, output_max: 2, random_seed: 1 },
+            &vocab,
+        )
+        .unwrap();
+        let mut checked = 0;
+        for e in norm.iter().chain(&unif) {
+            assert!(e.input_ids.iter().all(|&id| (17..300).contains(&id)), "task {}: a special id: {:?}", e.task_id, e.input_ids);
+            if e.input_ids.len() < 283 {
+                let distinct: std::collections::HashSet<&u32> = e.input_ids.iter().collect();
+                assert_eq!(distinct.len(), e.input_ids.len(), "task {}: a repeated id", e.task_id);
+                checked += 1;
+            }
+        }
+        assert!(checked > 60, "too few requests below the population: {checked}");
     }
 
     #[test]
@@ -649,8 +516,11 @@ mod tests {
                 "--output-min (200) must be <= --output-max (110)",
             ),
             (token_unif_dist(&UnifDistParams { input_max: u32::MAX, ..unif(1, 1) }, &VOCAB), "--input-max must be <= 16777216 tokens"),
-            (token_unif_dist(&unif(1, 1), &Vocab { size: 0, eos_id: None }), "vocab size must be in 1..=4294967296, got 0"),
-            (token_unif_dist(&unif(1, 1), &Vocab { size: 1, eos_id: Some(0) }), "no token id besides the EOS id 0"),
+            (
+                token_unif_dist(&unif(1, 1), &Vocab { size: 0, eos_id: None, special: Vec::new() }),
+                "vocab size must be in 1..=4294967296, got 0",
+            ),
+            (token_unif_dist(&unif(1, 1), &Vocab { size: 1, eos_id: Some(0), special: Vec::new() }), "leaves no token id to draw"),
         ];
         for (result, expected) in cases {
             let text = err_text(result);
@@ -754,7 +624,7 @@ mod tests {
         let text = fs::read_to_string(&file).unwrap();
         assert_eq!(text.lines().count(), 10);
         assert!(text.starts_with("{\"task_id\":0,\"input_ids\":["));
-        assert_eq!(read_dataset(&file, Some(32)).unwrap(), entries);
+        assert_eq!(read_dataset(&file, Some(32), None).unwrap(), entries);
     }
 
     #[test]
@@ -780,14 +650,36 @@ mod tests {
         let s = Scratch::new("dataset-read-errors");
         for (name, contents, expected) in cases {
             let file = PathBuf::from(s.write(&format!("{name}.jsonl"), &contents));
-            let text = err_text(read_dataset(&file, Some(32)));
+            let text = err_text(read_dataset(&file, Some(32), None));
             assert!(text.contains(expected), "{text:?} should contain {expected:?}");
         }
         let file = PathBuf::from(s.write("shape.jsonl", "{\"task_id\":1,\"input_ids\":[1]}"));
-        let text = err_text(read_dataset(&file, None));
+        let text = err_text(read_dataset(&file, None, None));
         assert!(text.contains("invalid dataset entry: missing field `output_tokens`; expected one object per line like"), "{text}");
         let file = PathBuf::from(s.write("syntax.jsonl", "not json"));
-        let text = err_text(read_dataset(&file, None));
+        let text = err_text(read_dataset(&file, None, None));
         assert!(text.contains("syntax.jsonl:1:2: malformed JSON: expected ident"), "{text}");
+    }
+
+    #[test]
+    fn lines_may_carry_logits_or_a_prompt_tokenized_on_load() {
+        let s = Scratch::new("dataset-prompt");
+        let file = PathBuf::from(s.write(
+            "mixed.jsonl",
+            "{\"task_id\":0,\"logits\":[4,5],\"output_tokens\":3}\n\
+             {\"task_id\":1,\"prompt\":\"a bb ccc\",\"output_tokens\":2}\n\
+             {\"task_id\":2,\"input_ids\":[7],\"prompt\":\"ignored\",\"output_tokens\":1}\n",
+        ));
+        let entries = read_dataset(&file, Some(32), Some(&fake_tokenize)).unwrap();
+        let ids: Vec<(u64, Vec<u32>, u32)> = entries.into_iter().map(|e| (e.task_id, e.input_ids, e.output_tokens)).collect();
+        assert_eq!(ids, vec![(0, vec![4, 5], 3), (1, vec![1, 2, 3], 2), (2, vec![7], 1)]);
+        let text = err_text(read_dataset(&file, Some(32), None));
+        assert!(text.contains("mixed.jsonl:2: task 1: the prompt is text but the model has no tokenizer; expected input_ids"), "{text}");
+        let failing = PathBuf::from(s.write("fail.jsonl", "{\"task_id\":3,\"prompt\":\"FAIL\",\"output_tokens\":2}\n"));
+        let text = err_text(read_dataset(&failing, None, Some(&fake_tokenize)));
+        assert!(text.contains("fail.jsonl:1: task 3: tokenizing the prompt failed: tokenizer refused"), "{text}");
+        let none = PathBuf::from(s.write("none.jsonl", "{\"task_id\":4,\"output_tokens\":2}\n"));
+        let text = err_text(read_dataset(&none, None, Some(&fake_tokenize)));
+        assert!(text.contains("none.jsonl:1: task 4: no input_ids, logits or prompt; expected one of them"), "{text}");
     }
 }

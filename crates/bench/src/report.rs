@@ -1,401 +1,451 @@
-//! The offline benchmark report in the style of `trtllm-bench throughput`:
-//! per-request timing records go in ([`RequestRecord`]), a serializable
-//! [`Report`] comes out ([`build_report`]), rendered as text
-//! ([`render_text`]) or JSON ([`render_json`]).
+//! The offline benchmark report of `trtllm-bench throughput`/`latency`: the run's setup and the
+//! caller-side timing of each measured request go in ([`Setup`], [`RequestRecord`]), a
+//! serializable [`Report`] comes out ([`build_report`]) whose JSON keys are trtllm-bench's
+//! (`--report-json`), with lumen's own figures under the extra key `lumen`. The text layout lives
+//! in [`crate::render`].
 //!
-//! Metric definitions follow TensorRT-LLM:
+//! Per request, with `n` output tokens and times read by the caller:
 //!
-//! * total latency = last end − first start over the measured requests;
-//! * request / total output / total token throughput = requests, output
-//!   tokens, input + output tokens divided by the total latency;
-//! * average request latency = mean of end − start;
-//! * per user output throughput (with context) = mean of output_len / (end − start);
-//! * streaming only: TTFT = first_token − start; TPOT = (end − first_token) /
-//!   (output_len − 1); GTPS = (output_len − 1) / (end − first_token); TPOT
-//!   and GTPS cover only requests with more than one output token, and the
-//!   per user output speed (mean of 1/TPOT) therefore equals the GTPS average;
-//! * percentile p of n values = sorted[min(floor(n * p), n − 1)].
+//! * latency = end − start; TTFT = first chunk − start (streaming only, else 0);
+//! * TPOT = (end − first chunk) / (n − 1), and 0 when `n` is 1;
+//! * GTPS = (n − 1) / (latency − TTFT), and 0 when `n` is 1;
+//! * output throughput per user (with context) = n / latency.
+//!
+//! Over the run: total latency = last end − first start; request, output and total token
+//! throughputs divide by it; per-GPU throughput divides the output throughput by the world size;
+//! concurrent requests = Σ latency ÷ total latency; the issue rate is trtllm-bench's figure,
+//! (last start − first start) ÷ requests in nanoseconds, times 10⁹. One-token outputs count as 0
+//! in the TPOT and GTPS statistics, as they do there.
 
-use std::fmt::Write as _;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-/// Timing of one measured request, in nanoseconds on a common clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    pub start_ns: u64,
-    /// Arrival of the first output token; needed only for streaming runs.
-    pub first_token_ns: Option<u64>,
-    pub end_ns: u64,
-    pub input_len: u32,
-    pub output_len: u32,
-}
-
-/// What was benchmarked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineInfo {
-    pub model: String,
-    pub model_path: String,
-    pub backend: String,
-    pub dtype: String,
-    pub max_batch_size: usize,
-    pub max_num_tokens: usize,
-    pub kv_cache_blocks: usize,
-    pub kv_block_size: usize,
-    pub threads: usize,
-    pub hardware: String,
-    pub version: String,
-}
-
-/// How the benchmark was run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// Measured requests (warm-up excluded); must equal the record count.
-    pub num_requests: usize,
-    pub warmup: usize,
-    /// Maximum requests in flight; `<= 0` means unlimited.
-    pub concurrency: i64,
-    pub streaming: bool,
-    /// `< 0` means EOS was ignored (generation ran to `output_tokens`).
-    pub eos_id: i64,
-    pub dataset: String,
-}
-
-/// Summary statistics of one metric.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    pub min: f64,
-    pub max: f64,
-    pub average: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p95: f64,
-    pub p99: f64,
-}
-
-impl Stats {
-    /// Statistics of `values`, or `None` when there are none.
-    pub fn from_values(values: &[f64]) -> Option<Stats> {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let (&min, &max) = (sorted.first()?, sorted.last()?);
-        let at = |p| sorted[percentile_index(sorted.len(), p)];
-        Some(Stats {
-            min,
-            max,
-            average: sorted.iter().sum::<f64>() / sorted.len() as f64,
-            p50: at(0.50),
-            p90: at(0.90),
-            p95: at(0.95),
-            p99: at(0.99),
-        })
-    }
-}
-
-/// Index of percentile `p` in a sorted list of `n` values:
-/// `min(floor(n * p), n - 1)` (0 when `n` is 0).
-pub fn percentile_index(n: usize, p: f64) -> usize {
-    ((n as f64 * p) as usize).min(n.saturating_sub(1))
-}
-
-/// Token totals and averages of the measured requests.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RequestSummary {
-    pub total_input_tokens: u64,
-    pub total_output_tokens: u64,
-    pub avg_input_len: f64,
-    pub avg_output_len: f64,
-}
-
-/// The `PERFORMANCE OVERVIEW` figures every run has.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Performance {
-    pub request_throughput_req_s: f64,
-    pub total_output_throughput_tok_s: f64,
-    pub total_token_throughput_tok_s: f64,
-    pub total_latency_ms: f64,
-    pub avg_request_latency_ms: f64,
-    pub per_user_output_throughput_tps: f64,
-}
-
-/// Figures only a streaming run has. TPOT and GTPS are `None` when no
-/// request produced more than one output token.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StreamingMetrics {
-    pub avg_ttft_ms: f64,
-    pub avg_tpot_ms: Option<f64>,
-    pub per_user_output_speed_tps: Option<f64>,
-    pub ttft_ms: Stats,
-    pub tpot_ms: Option<Stats>,
-    pub gtps: Option<Stats>,
-}
-
-/// A complete benchmark report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub engine: EngineInfo,
-    pub run: RunInfo,
-    pub requests: RequestSummary,
-    pub performance: Performance,
-    pub streaming: Option<StreamingMetrics>,
-    pub request_latency_ms: Stats,
-}
+use crate::dataset::DatasetEntry;
+use crate::stats::PercentileStats;
 
 const NS_PER_MS: f64 = 1.0e6;
 const NS_PER_S: f64 = 1.0e9;
 
-/// Builds the report. Fails when there are no records, when the record count
-/// differs from `run.num_requests`, when a record ends at or before its
-/// start, or, for streaming runs, when a first-token time is missing, lies
-/// outside `[start, end]`, or leaves no decode time for a multi-token output.
-pub fn build_report(engine: &EngineInfo, run: &RunInfo, records: &[RequestRecord]) -> Result<Report> {
+/// What the engine itself stamped on a request, on the same clock as the caller's times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineTimes {
+    pub arrival_ns: u64,
+    pub first_token_ns: Option<u64>,
+    pub end_ns: u64,
+}
+
+/// One measured request, timed from the caller's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Read just before the request was submitted.
+    pub start_ns: u64,
+    /// When the caller received the first streamed chunk (streaming runs only).
+    pub first_token_ns: Option<u64>,
+    /// When the caller received the final response.
+    pub end_ns: u64,
+    pub input_len: u32,
+    pub output_len: u32,
+    pub engine: EngineTimes,
+}
+
+/// `engine`: what was benchmarked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineDetails {
+    pub model: String,
+    pub model_path: String,
+    pub version: String,
+    pub backend: String,
+    /// The type the model computes in.
+    pub dtype: String,
+    /// `FP8` or `None`, as trtllm-bench names `kv_cache_quant_algo`.
+    pub kv_cache_dtype: String,
+    /// `FP8` or `None`, as trtllm-bench names `quant_algo`.
+    pub quantization: String,
+    pub max_sequence_length: usize,
+}
+
+/// `machine`: the GPU, absent on the CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineDetails {
+    pub name: String,
+    /// GiB, which trtllm-bench prints as GB.
+    #[serde(rename = "memory.total")]
+    pub memory_total: f64,
+    /// Memory clock in GHz, when known.
+    #[serde(rename = "clocks.mem")]
+    pub clocks_mem: Option<f64>,
+}
+
+/// The runtime settings of `world_info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorldSettings {
+    pub tp_size: usize,
+    pub pp_size: usize,
+    pub ep_size: Option<usize>,
+    pub world_size: usize,
+    pub max_batch_size: usize,
+    pub max_num_tokens: usize,
+    pub scheduling_policy: String,
+    /// The KV cache's share of free GPU memory, when it was sized that way.
+    pub kv_cache_percentage: Option<f64>,
+}
+
+/// `world_info`: the settings and the issue rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorldInfo {
+    #[serde(flatten)]
+    pub settings: WorldSettings,
+    pub issue_rate: f64,
+}
+
+/// How lumen ran the benchmark, beyond what trtllm-bench reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LumenSettings {
+    pub hardware: String,
+    pub threads: usize,
+    pub kv_cache_blocks: usize,
+    pub kv_block_size: usize,
+    pub chunked_prefill: bool,
+    pub warmup: usize,
+    /// Most requests in flight; `None` is unlimited.
+    pub concurrency: Option<usize>,
+    pub streaming: bool,
+    /// `None` when EOS was ignored and every request ran to its `output_tokens`.
+    pub eos_id: Option<u32>,
+}
+
+/// `lumen`: lumen's settings and its own figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LumenDetails {
+    #[serde(flatten)]
+    pub settings: LumenSettings,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    /// (requests − 1) ÷ (last start − first start), `None` when all started at once.
+    pub submission_rate_req_s: Option<f64>,
+    /// Per request, the caller's latency minus the engine's (arrival to end).
+    pub caller_overhead_ms: PercentileStats,
+}
+
+/// Everything about a run except its timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setup {
+    pub engine: EngineDetails,
+    pub machine: Option<MachineDetails>,
+    pub world: WorldSettings,
+    pub lumen: LumenSettings,
+}
+
+/// `request_info`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RequestInfo {
+    pub num_requests: usize,
+    pub avg_num_concurrent_requests: f64,
+    pub avg_input_length: f64,
+    pub avg_output_length: f64,
+}
+
+/// `performance`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Performance {
+    pub total_latency_ms: f64,
+    pub avg_request_latency_ms: f64,
+    pub request_throughput_req_s: f64,
+    pub system_output_throughput_tok_s: f64,
+    pub system_total_throughput_tok_s: f64,
+    pub output_throughput_per_user_tok_s: f64,
+    pub output_throughput_per_gpu_tok_s: f64,
+    pub request_latency_percentiles_ms: PercentileStats,
+}
+
+/// `streaming_metrics`, present in streaming runs only.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StreamingMetrics {
+    /// The average GTPS.
+    pub token_output_speed_tok_s: f64,
+    pub avg_ttft_ms: f64,
+    pub avg_tpot_ms: f64,
+    pub tpot_percentiles: PercentileStats,
+    pub ttft_percentiles: PercentileStats,
+    pub gen_tps_percentiles: PercentileStats,
+}
+
+/// `dataset`: lengths as the dataset gives them (output lengths are the requested ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetDetails {
+    pub isl_stats: PercentileStats,
+    pub osl_stats: PercentileStats,
+    pub seq_len_stats: PercentileStats,
+    pub num_requests: usize,
+    pub dataset_path: String,
+    pub max_isl: u64,
+    pub max_osl: u64,
+    pub max_sequence_length: u64,
+    pub avg_isl: u64,
+    pub avg_osl: u64,
+    pub avg_sequence_length: u64,
+}
+
+impl DatasetDetails {
+    /// The details of the measured `entries` of the dataset at `path`; `None` when there are none.
+    pub fn of(entries: &[DatasetEntry], path: &str) -> Option<DatasetDetails> {
+        let isl: Vec<f64> = entries.iter().map(|e| e.input_ids.len() as f64).collect();
+        let osl: Vec<f64> = entries.iter().map(|e| f64::from(e.output_tokens)).collect();
+        let seq: Vec<f64> = isl.iter().zip(&osl).map(|(i, o)| i + o).collect();
+        let (isl_stats, osl_stats, seq_len_stats) =
+            (PercentileStats::from_values(&isl)?, PercentileStats::from_values(&osl)?, PercentileStats::from_values(&seq)?);
+        Some(DatasetDetails {
+            num_requests: entries.len(),
+            dataset_path: path.to_owned(),
+            max_isl: isl_stats.maximum as u64,
+            max_osl: osl_stats.maximum as u64,
+            max_sequence_length: seq_len_stats.maximum as u64,
+            avg_isl: isl_stats.average as u64,
+            avg_osl: osl_stats.average as u64,
+            avg_sequence_length: seq_len_stats.average as u64,
+            isl_stats,
+            osl_stats,
+            seq_len_stats,
+        })
+    }
+}
+
+/// A complete benchmark report, keyed as trtllm-bench's `--report_json` plus `lumen`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub engine: EngineDetails,
+    pub machine: Option<MachineDetails>,
+    pub world_info: WorldInfo,
+    pub request_info: RequestInfo,
+    pub performance: Performance,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub streaming_metrics: Option<StreamingMetrics>,
+    pub dataset: DatasetDetails,
+    pub lumen: LumenDetails,
+}
+
+/// One request's figures, in nanoseconds and tokens per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestFigures {
+    pub latency_ns: f64,
+    pub ttft_ns: f64,
+    pub tpot_ns: f64,
+    pub gtps: f64,
+    pub output_tps: f64,
+}
+
+impl RequestFigures {
+    /// The figures of `r`; `streaming` says whether its first-chunk time counts.
+    pub fn of(r: &RequestRecord, streaming: bool) -> RequestFigures {
+        let latency_ns = (r.end_ns - r.start_ns) as f64;
+        let first = r.first_token_ns.filter(|_| streaming);
+        let ttft_ns = first.map_or(0.0, |f| (f - r.start_ns) as f64);
+        let generated = f64::from(r.output_len.saturating_sub(1));
+        let tpot_ns = match first {
+            Some(f) if generated > 0.0 => (r.end_ns - f) as f64 / generated,
+            _ => 0.0,
+        };
+        let generation_ns = latency_ns - ttft_ns;
+        let gtps = if generated > 0.0 && generation_ns > 0.0 { generated / (generation_ns / NS_PER_S) } else { 0.0 };
+        RequestFigures { latency_ns, ttft_ns, tpot_ns, gtps, output_tps: f64::from(r.output_len) / (latency_ns / NS_PER_S) }
+    }
+}
+
+/// Builds the report. Fails when there are no records, when the dataset details count other
+/// requests, or when a record's times are out of order (see [`check_record`]).
+pub fn build_report(setup: &Setup, dataset: &DatasetDetails, records: &[RequestRecord]) -> Result<Report> {
     if records.is_empty() {
         bail!("no request records to report; expected at least one measured request");
     }
-    if records.len() != run.num_requests {
+    if records.len() != dataset.num_requests {
         bail!(
-            "run.num_requests is {} but {} request records were given; expected one record per measured request",
-            run.num_requests,
+            "the dataset details count {} requests but {} request records were given; expected one record per measured request",
+            dataset.num_requests,
             records.len()
         );
     }
+    let streaming = setup.lumen.streaming;
     for (index, record) in records.iter().enumerate() {
-        check_record(index, record, run.streaming)?;
+        check_record(index, record, streaming)?;
     }
     let n = records.len() as f64;
-    // Non-empty, checked above.
     let first_start = records.iter().map(|r| r.start_ns).min().unwrap_or_default();
+    let last_start = records.iter().map(|r| r.start_ns).max().unwrap_or_default();
     let last_end = records.iter().map(|r| r.end_ns).max().unwrap_or_default();
-    // Every record has end > start, so the span is positive.
-    let total_s = (last_end - first_start) as f64 / NS_PER_S;
-    let total_input_tokens: u64 = records.iter().map(|r| u64::from(r.input_len)).sum();
-    let total_output_tokens: u64 = records.iter().map(|r| u64::from(r.output_len)).sum();
-
-    let latencies_ms: Vec<f64> = records.iter().map(|r| (r.end_ns - r.start_ns) as f64 / NS_PER_MS).collect();
-    let request_latency_ms = summarize(&latencies_ms, "request latency")?;
-    let per_user_tps = records.iter().map(|r| f64::from(r.output_len) / ((r.end_ns - r.start_ns) as f64 / NS_PER_S)).sum::<f64>() / n;
-
-    let performance = Performance {
-        request_throughput_req_s: n / total_s,
-        total_output_throughput_tok_s: total_output_tokens as f64 / total_s,
-        total_token_throughput_tok_s: (total_input_tokens + total_output_tokens) as f64 / total_s,
-        total_latency_ms: (last_end - first_start) as f64 / NS_PER_MS,
-        avg_request_latency_ms: request_latency_ms.average,
-        per_user_output_throughput_tps: per_user_tps,
+    // Every record ends after it starts, so the span is positive.
+    let total_ns = (last_end - first_start) as f64;
+    let total_s = total_ns / NS_PER_S;
+    let total_input: u64 = records.iter().map(|r| u64::from(r.input_len)).sum();
+    let total_output: u64 = records.iter().map(|r| u64::from(r.output_len)).sum();
+    let figures: Vec<RequestFigures> = records.iter().map(|r| RequestFigures::of(r, streaming)).collect();
+    let stats = |f: &dyn Fn(&RequestFigures) -> f64, scale: f64| {
+        let values: Vec<f64> = figures.iter().map(f).collect();
+        // `figures` is not empty, checked above.
+        PercentileStats::from_values(&values).map(|s| s.scaled(scale)).unwrap_or_else(|| unreachable!("records are not empty"))
     };
-    let streaming = if run.streaming { Some(streaming_metrics(records)?) } else { None };
+    let latency_ms = stats(&|f| f.latency_ns, 1.0 / NS_PER_MS);
+    let output_per_user = stats(&|f| f.output_tps, 1.0);
+    let output_tok_s = total_output as f64 / total_s;
+    let issue_window_ns = (last_start - first_start) as f64;
+    let streaming_metrics = streaming.then(|| {
+        let (tpot, ttft, gtps) = (stats(&|f| f.tpot_ns, 1.0 / NS_PER_MS), stats(&|f| f.ttft_ns, 1.0 / NS_PER_MS), stats(&|f| f.gtps, 1.0));
+        StreamingMetrics {
+            token_output_speed_tok_s: gtps.average,
+            avg_ttft_ms: ttft.average,
+            avg_tpot_ms: tpot.average,
+            tpot_percentiles: tpot,
+            ttft_percentiles: ttft,
+            gen_tps_percentiles: gtps,
+        }
+    });
+    let overhead: Vec<f64> =
+        records.iter().map(|r| ((r.end_ns - r.start_ns) as f64 - (r.engine.end_ns - r.engine.arrival_ns) as f64) / NS_PER_MS).collect();
     Ok(Report {
-        engine: engine.clone(),
-        run: run.clone(),
-        requests: RequestSummary {
-            total_input_tokens,
-            total_output_tokens,
-            avg_input_len: total_input_tokens as f64 / n,
-            avg_output_len: total_output_tokens as f64 / n,
+        engine: setup.engine.clone(),
+        machine: setup.machine.clone(),
+        world_info: WorldInfo { settings: setup.world.clone(), issue_rate: issue_window_ns / n * NS_PER_S },
+        request_info: RequestInfo {
+            num_requests: records.len(),
+            avg_num_concurrent_requests: latency_ms.average * n * NS_PER_MS / total_ns,
+            avg_input_length: total_input as f64 / n,
+            avg_output_length: total_output as f64 / n,
         },
-        performance,
-        streaming,
-        request_latency_ms,
+        performance: Performance {
+            total_latency_ms: total_ns / NS_PER_MS,
+            avg_request_latency_ms: latency_ms.average,
+            request_throughput_req_s: n / total_s,
+            system_output_throughput_tok_s: output_tok_s,
+            system_total_throughput_tok_s: (total_input + total_output) as f64 / total_s,
+            output_throughput_per_user_tok_s: output_per_user.average,
+            output_throughput_per_gpu_tok_s: output_tok_s / setup.world.world_size.max(1) as f64,
+            request_latency_percentiles_ms: latency_ms,
+        },
+        streaming_metrics,
+        dataset: dataset.clone(),
+        lumen: LumenDetails {
+            settings: setup.lumen.clone(),
+            total_input_tokens: total_input,
+            total_output_tokens: total_output,
+            submission_rate_req_s: (records.len() > 1 && issue_window_ns > 0.0).then(|| (n - 1.0) / (issue_window_ns / NS_PER_S)),
+            caller_overhead_ms: PercentileStats::from_values(&overhead).unwrap_or_else(|| unreachable!("records are not empty")),
+        },
     })
 }
 
-fn check_record(index: usize, r: &RequestRecord, streaming: bool) -> Result<()> {
+/// A record is usable when it ends after it starts, has at least one output token, its engine
+/// times lie inside the caller's (arrival not before the start, end not after the end), and, for
+/// streaming runs, its first chunk arrived between start and end (strictly before the end when
+/// more tokens followed).
+pub fn check_record(index: usize, r: &RequestRecord, streaming: bool) -> Result<()> {
     if r.end_ns <= r.start_ns {
         bail!("request record {index}: end_ns {} <= start_ns {}; expected the request to end after it starts", r.end_ns, r.start_ns);
+    }
+    if r.output_len == 0 {
+        bail!("request record {index}: output_len is 0; expected at least one output token");
+    }
+    if r.engine.arrival_ns < r.start_ns || r.engine.end_ns > r.end_ns || r.engine.end_ns < r.engine.arrival_ns {
+        bail!(
+            "request record {index}: engine times {}..{} are not inside the caller's {}..{}; expected the engine to see the request \
+             after it was submitted and finish it before the caller received it",
+            r.engine.arrival_ns,
+            r.engine.end_ns,
+            r.start_ns,
+            r.end_ns
+        );
     }
     if !streaming {
         return Ok(());
     }
     let Some(first) = r.first_token_ns else {
-        bail!("request record {index}: first_token_ns is missing; expected it for a streaming run");
+        bail!("request record {index}: first_token_ns is missing; expected it in a streaming run");
     };
     if first < r.start_ns || first > r.end_ns {
-        bail!("request record {index}: first_token_ns {first} is outside [start_ns {}, end_ns {}]", r.start_ns, r.end_ns);
-    }
-    if r.output_len > 1 && first == r.end_ns {
         bail!(
-            "request record {index}: first_token_ns equals end_ns {first} with output_len {}; \
-             expected decode time > 0 for more than one output token",
+            "request record {index}: first_token_ns {first} is outside [{}, {}]; expected start <= first token <= end",
+            r.start_ns,
+            r.end_ns
+        );
+    }
+    if first == r.end_ns && r.output_len > 1 {
+        bail!(
+            "request record {index}: first_token_ns equals end_ns {} with output_len {}; expected time between the first and last token",
+            r.end_ns,
             r.output_len
         );
     }
     Ok(())
 }
 
-fn streaming_metrics(records: &[RequestRecord]) -> Result<StreamingMetrics> {
-    let mut ttft_ms = Vec::with_capacity(records.len());
-    let mut tpot_ms = Vec::new();
-    let mut gtps = Vec::new();
-    for r in records {
-        // Presence and ordering were checked by `check_record`.
-        let first = r.first_token_ns.unwrap_or(r.start_ns);
-        ttft_ms.push((first - r.start_ns) as f64 / NS_PER_MS);
-        if r.output_len > 1 {
-            let decode_ns = (r.end_ns - first) as f64;
-            let steps = f64::from(r.output_len - 1);
-            tpot_ms.push(decode_ns / steps / NS_PER_MS);
-            gtps.push(steps / (decode_ns / NS_PER_S));
-        }
-    }
-    let ttft_ms = summarize(&ttft_ms, "time to first token")?;
-    let tpot_ms = Stats::from_values(&tpot_ms);
-    let gtps = Stats::from_values(&gtps);
-    Ok(StreamingMetrics {
-        avg_ttft_ms: ttft_ms.average,
-        avg_tpot_ms: tpot_ms.map(|s| s.average),
-        per_user_output_speed_tps: gtps.map(|s| s.average),
-        ttft_ms,
-        tpot_ms,
-        gtps,
-    })
-}
-
-fn summarize(values: &[f64], metric: &str) -> Result<Stats> {
-    Stats::from_values(values).with_context(|| format!("no {metric} values; expected at least one request"))
-}
-
-/// Serializes the report as pretty-printed JSON.
-pub fn render_json(report: &Report) -> Result<String> {
-    serde_json::to_string_pretty(report).context("serializing the benchmark report to JSON")
-}
-
-const RULE: &str = "===========================================================";
-const DETAIL_WIDTH: usize = 32;
-const PERF_WIDTH: usize = 50;
-
-/// Renders the report as `trtllm-bench`-style text.
-pub fn render_text(report: &Report) -> String {
-    let engine = &report.engine;
-    let run = &report.run;
-    let perf = &report.performance;
-    let kv_cache = format!(
-        "{} blocks x {} tokens ({} tokens)",
-        engine.kv_cache_blocks,
-        engine.kv_block_size,
-        engine.kv_cache_blocks.saturating_mul(engine.kv_block_size)
-    );
-    let mut out = String::new();
-
-    section(&mut out, "ENGINE DETAILS");
-    field(&mut out, DETAIL_WIDTH, "Model:", &engine.model);
-    field(&mut out, DETAIL_WIDTH, "Model Path:", &engine.model_path);
-    field(&mut out, DETAIL_WIDTH, "Backend:", &engine.backend);
-    field(&mut out, DETAIL_WIDTH, "Dtype:", &engine.dtype);
-    field(&mut out, DETAIL_WIDTH, "Version:", &engine.version);
-    field(&mut out, DETAIL_WIDTH, "Max Batch Size:", &engine.max_batch_size.to_string());
-    field(&mut out, DETAIL_WIDTH, "Max Num Tokens:", &engine.max_num_tokens.to_string());
-    field(&mut out, DETAIL_WIDTH, "KV Cache:", &kv_cache);
-    field(&mut out, DETAIL_WIDTH, "Threads:", &engine.threads.to_string());
-    field(&mut out, DETAIL_WIDTH, "Hardware:", &engine.hardware);
-
-    section(&mut out, "REQUEST DETAILS");
-    field(&mut out, DETAIL_WIDTH, "Number of requests:", &run.num_requests.to_string());
-    field(&mut out, DETAIL_WIDTH, "Number of warm-up requests:", &run.warmup.to_string());
-    field(&mut out, DETAIL_WIDTH, "Average Input Length (tokens):", &fixed(report.requests.avg_input_len));
-    field(&mut out, DETAIL_WIDTH, "Average Output Length (tokens):", &fixed(report.requests.avg_output_len));
-    let concurrency = if run.concurrency <= 0 { "unlimited".to_owned() } else { run.concurrency.to_string() };
-    field(&mut out, DETAIL_WIDTH, "Concurrency:", &concurrency);
-    field(&mut out, DETAIL_WIDTH, "Dataset:", &run.dataset);
-
-    section(&mut out, "RUNTIME INFORMATION");
-    field(&mut out, DETAIL_WIDTH, "Backend:", &engine.backend);
-    field(&mut out, DETAIL_WIDTH, "Threads:", &engine.threads.to_string());
-    field(&mut out, DETAIL_WIDTH, "KV Cache:", &kv_cache);
-    field(&mut out, DETAIL_WIDTH, "Streaming:", if run.streaming { "on" } else { "off" });
-    let eos = if run.eos_id < 0 { "ignored".to_owned() } else { run.eos_id.to_string() };
-    field(&mut out, DETAIL_WIDTH, "EOS ID:", &eos);
-
-    section(&mut out, "PERFORMANCE OVERVIEW");
-    field(&mut out, PERF_WIDTH, "Request Throughput (req/sec):", &fixed(perf.request_throughput_req_s));
-    field(&mut out, PERF_WIDTH, "Total Output Throughput (tokens/sec):", &fixed(perf.total_output_throughput_tok_s));
-    field(&mut out, PERF_WIDTH, "Total Token Throughput (tokens/sec):", &fixed(perf.total_token_throughput_tok_s));
-    field(&mut out, PERF_WIDTH, "Total Latency (ms):", &fixed(perf.total_latency_ms));
-    field(&mut out, PERF_WIDTH, "Average request latency (ms):", &fixed(perf.avg_request_latency_ms));
-    field(&mut out, PERF_WIDTH, "Per User Output Throughput [w/ ctx] (tps/user):", &fixed(perf.per_user_output_throughput_tps));
-    if let Some(s) = &report.streaming {
-        field(&mut out, PERF_WIDTH, "Average time-to-first-token [TTFT] (ms):", &fixed(s.avg_ttft_ms));
-        field(&mut out, PERF_WIDTH, "Average time-per-output-token [TPOT] (ms):", &optional(s.avg_tpot_ms));
-        field(&mut out, PERF_WIDTH, "Per User Output Speed (tps/user):", &optional(s.per_user_output_speed_tps));
-        stats_block(&mut out, "[TTFT] TIME-TO-FIRST-TOKEN (ms)", "TTFT", Some(&s.ttft_ms));
-        stats_block(&mut out, "[TPOT] TIME-PER-OUTPUT-TOKEN (ms)", "TPOT", s.tpot_ms.as_ref());
-        stats_block(&mut out, "[GTPS] GENERATION TOKENS PER SECOND (tps/user)", "GTPS", s.gtps.as_ref());
-    }
-    stats_block(&mut out, "REQUEST LATENCY BREAKDOWN (ms)", "Latency", Some(&report.request_latency_ms));
-    out.push('\n');
-    out.push_str(RULE);
-    out.push('\n');
-    out
-}
-
-fn section(out: &mut String, title: &str) {
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "{RULE}\n= {title}\n{RULE}");
-}
-
-fn field(out: &mut String, width: usize, label: &str, value: &str) {
-    let _ = writeln!(out, "{label:<width$}{value}");
-}
-
-fn stats_block(out: &mut String, title: &str, tag: &str, stats: Option<&Stats>) {
-    let _ = writeln!(out, "\n{:-<width$}\n", format!("-- {title} "), width = RULE.len());
-    let Some(s) = stats else {
-        let _ = writeln!(out, "[{tag}] N/A (no request produced more than one output token)");
-        return;
-    };
-    for (name, value) in
-        [("MIN", s.min), ("MAX", s.max), ("AVERAGE", s.average), ("P50", s.p50), ("P90", s.p90), ("P95", s.p95), ("P99", s.p99)]
-    {
-        let _ = writeln!(out, "[{tag}] {name:<7}: {value:.4}");
-    }
-}
-
-fn fixed(value: f64) -> String {
-    format!("{value:.4}")
-}
-
-fn optional(value: Option<f64>) -> String {
-    value.map_or_else(|| "N/A".to_owned(), fixed)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
 
-    fn engine() -> EngineInfo {
-        EngineInfo {
-            model: "tiny-llama".into(),
-            model_path: "/models/tiny".into(),
-            backend: "cpu".into(),
-            dtype: "bf16".into(),
-            max_batch_size: 8,
-            max_num_tokens: 2048,
-            kv_cache_blocks: 100,
-            kv_block_size: 16,
-            threads: 2,
-            hardware: "test-cpu".into(),
-            version: "0.1.0".into(),
+    pub(crate) fn setup(streaming: bool) -> Setup {
+        Setup {
+            engine: EngineDetails {
+                model: "tiny-llama".into(),
+                model_path: "/models/tiny".into(),
+                version: "0.1.0".into(),
+                backend: "cpu".into(),
+                dtype: "float32".into(),
+                kv_cache_dtype: "None".into(),
+                quantization: "None".into(),
+                max_sequence_length: 1600,
+            },
+            machine: None,
+            world: WorldSettings {
+                tp_size: 1,
+                pp_size: 1,
+                ep_size: None,
+                world_size: 1,
+                max_batch_size: 8,
+                max_num_tokens: 2048,
+                scheduling_policy: "GUARANTEED_NO_EVICT".into(),
+                kv_cache_percentage: None,
+            },
+            lumen: LumenSettings {
+                hardware: "test-cpu".into(),
+                threads: 2,
+                kv_cache_blocks: 100,
+                kv_block_size: 16,
+                chunked_prefill: true,
+                warmup: 2,
+                concurrency: None,
+                streaming,
+                eos_id: None,
+            },
         }
     }
 
-    fn run(num_requests: usize, streaming: bool) -> RunInfo {
-        RunInfo { num_requests, warmup: 2, concurrency: -1, streaming, eos_id: -1, dataset: "data.jsonl".into() }
+    /// A record whose engine saw it 1 ms after the start and finished it 2 ms before the end.
+    pub(crate) fn record(start_ms: u64, first_ms: u64, end_ms: u64, input_len: u32, output_len: u32) -> RequestRecord {
+        RequestRecord {
+            start_ns: start_ms * MS,
+            first_token_ns: Some(first_ms * MS),
+            end_ns: end_ms * MS,
+            input_len,
+            output_len,
+            engine: EngineTimes { arrival_ns: (start_ms + 1) * MS, first_token_ns: Some(first_ms * MS), end_ns: (end_ms - 2) * MS },
+        }
     }
 
-    fn record(start_ms: u64, first_ms: u64, end_ms: u64, input_len: u32, output_len: u32) -> RequestRecord {
-        RequestRecord { start_ns: start_ms * MS, first_token_ns: Some(first_ms * MS), end_ns: end_ms * MS, input_len, output_len }
-    }
-
-    /// r0: 0..1000 ms, first token at 100, 10 in / 10 out.
-    /// r1: 500..2000 ms, first token at 700, 20 in / 4 out.
-    /// r2: 1000..2500 ms, first token at 1500, 30 in / 1 out (no TPOT/GTPS).
-    fn records() -> Vec<RequestRecord> {
+    /// r0: 0..1000 ms, first chunk at 100, 10 in / 10 out.
+    /// r1: 500..2000 ms, first chunk at 700, 20 in / 4 out.
+    /// r2: 1000..2500 ms, first chunk at 1500, 30 in / 1 out (TPOT and GTPS 0).
+    pub(crate) fn records() -> Vec<RequestRecord> {
         vec![record(0, 100, 1000, 10, 10), record(500, 700, 2000, 20, 4), record(1000, 1500, 2500, 30, 1)]
+    }
+
+    pub(crate) fn dataset(n: usize) -> DatasetDetails {
+        let entries: Vec<DatasetEntry> = [(10, 10), (20, 4), (30, 1)]
+            .iter()
+            .cycle()
+            .take(n)
+            .map(|&(i, o)| DatasetEntry { task_id: 0, input_ids: vec![1; i], output_tokens: o })
+            .collect();
+        DatasetDetails::of(&entries, "data.jsonl").unwrap()
     }
 
     fn close(actual: f64, expected: f64) {
@@ -403,166 +453,193 @@ mod tests {
     }
 
     #[test]
-    fn percentile_index_rule() {
-        assert_eq!(percentile_index(1, 0.99), 0);
-        assert_eq!(percentile_index(3, 0.50), 1);
-        assert_eq!(percentile_index(3, 0.90), 2);
-        assert_eq!(percentile_index(10, 0.50), 5);
-        assert_eq!(percentile_index(10, 0.90), 9);
-        assert_eq!(percentile_index(10, 0.95), 9);
-        assert_eq!(percentile_index(100, 0.95), 95);
-        assert_eq!(percentile_index(100, 0.99), 99);
-        assert_eq!(percentile_index(4, 1.0), 3);
-        assert_eq!(percentile_index(0, 0.5), 0);
-    }
-
-    #[test]
-    fn stats_of_shuffled_values() {
-        let values = [7.0, 3.0, 10.0, 1.0, 9.0, 2.0, 8.0, 4.0, 6.0, 5.0];
-        let s = Stats::from_values(&values).unwrap();
-        assert_eq!((s.min, s.max, s.average), (1.0, 10.0, 5.5));
-        // Sorted 1..=10: indices 5, 9, 9, 9.
-        assert_eq!((s.p50, s.p90, s.p95, s.p99), (6.0, 10.0, 10.0, 10.0));
-        let hundred: Vec<f64> = (0..100).rev().map(f64::from).collect();
-        let s = Stats::from_values(&hundred).unwrap();
-        assert_eq!((s.p50, s.p90, s.p95, s.p99), (50.0, 90.0, 95.0, 99.0));
-        assert_eq!(Stats::from_values(&[]), None);
-    }
-
-    #[test]
-    fn non_streaming_formulas() {
-        let report = build_report(&engine(), &run(3, false), &records()).unwrap();
+    fn run_wide_formulas() {
+        let report = build_report(&setup(false), &dataset(3), &records()).unwrap();
         let p = report.performance;
         close(p.total_latency_ms, 2500.0);
         close(p.request_throughput_req_s, 3.0 / 2.5);
-        close(p.total_output_throughput_tok_s, 15.0 / 2.5);
-        close(p.total_token_throughput_tok_s, 75.0 / 2.5);
+        close(p.system_output_throughput_tok_s, 15.0 / 2.5);
+        close(p.system_total_throughput_tok_s, 75.0 / 2.5);
+        close(p.output_throughput_per_gpu_tok_s, 15.0 / 2.5);
         close(p.avg_request_latency_ms, (1000.0 + 1500.0 + 1500.0) / 3.0);
-        close(p.per_user_output_throughput_tps, (10.0 / 1.0 + 4.0 / 1.5 + 1.0 / 1.5) / 3.0);
-        assert_eq!(report.requests.total_input_tokens, 60);
-        assert_eq!(report.requests.total_output_tokens, 15);
-        close(report.requests.avg_input_len, 20.0);
-        close(report.requests.avg_output_len, 5.0);
-        let lat = report.request_latency_ms;
-        assert_eq!((lat.min, lat.max, lat.p50, lat.p99), (1000.0, 1500.0, 1500.0, 1500.0));
-        assert!(report.streaming.is_none());
+        close(p.output_throughput_per_user_tok_s, (10.0 / 1.0 + 4.0 / 1.5 + 1.0 / 1.5) / 3.0);
+        let lat = p.request_latency_percentiles_ms;
+        assert_eq!((lat.minimum, lat.maximum, lat.p50, lat.p99), (1000.0, 1500.0, 1500.0, 1500.0));
+        let r = report.request_info;
+        // Σ latency 4000 ms over a total of 2500 ms.
+        close(r.avg_num_concurrent_requests, 4000.0 / 2500.0);
+        close(r.avg_input_length, 20.0);
+        close(r.avg_output_length, 5.0);
+        assert_eq!((report.lumen.total_input_tokens, report.lumen.total_output_tokens), (60, 15));
+        // Starts at 0, 500 and 1000 ms: a 1e9 ns window over 3 requests, times 1e9.
+        close(report.world_info.issue_rate, 1.0e9 / 3.0 * 1.0e9);
+        close(report.lumen.submission_rate_req_s.unwrap(), 2.0 / 1.0);
+        // The engine saw each request 1 ms late and finished it 2 ms early.
+        assert_eq!((report.lumen.caller_overhead_ms.minimum, report.lumen.caller_overhead_ms.maximum), (3.0, 3.0));
+        assert!(report.streaming_metrics.is_none());
     }
 
     #[test]
-    fn streaming_formulas() {
-        let report = build_report(&engine(), &run(3, true), &records()).unwrap();
-        let s = report.streaming.unwrap();
+    fn world_size_divides_the_per_gpu_throughput() {
+        let mut s = setup(false);
+        s.world.world_size = 4;
+        let report = build_report(&s, &dataset(3), &records()).unwrap();
+        close(report.performance.output_throughput_per_gpu_tok_s, 15.0 / 2.5 / 4.0);
+    }
+
+    #[test]
+    fn streaming_formulas_count_one_token_outputs_as_zero() {
+        let report = build_report(&setup(true), &dataset(3), &records()).unwrap();
+        let s = report.streaming_metrics.unwrap();
         close(s.avg_ttft_ms, (100.0 + 200.0 + 500.0) / 3.0);
-        assert_eq!((s.ttft_ms.min, s.ttft_ms.max, s.ttft_ms.p50), (100.0, 500.0, 200.0));
-        // TPOT: r0 (1000-100)/9 = 100 ms; r1 (2000-700)/3 ms; r2 excluded.
-        let tpot = s.tpot_ms.unwrap();
-        close(tpot.min, 100.0);
-        close(tpot.max, 1300.0 / 3.0);
-        close(tpot.average, (100.0 + 1300.0 / 3.0) / 2.0);
-        close(tpot.p50, 1300.0 / 3.0);
-        close(s.avg_tpot_ms.unwrap(), tpot.average);
-        // GTPS: r0 9 / 0.9 s = 10; r1 3 / 1.3 s.
-        let gtps = s.gtps.unwrap();
-        close(gtps.min, 3.0 / 1.3);
-        close(gtps.max, 10.0);
-        close(gtps.average, (10.0 + 3.0 / 1.3) / 2.0);
-        // Per user output speed: mean of 1/TPOT in tokens per second.
-        close(s.per_user_output_speed_tps.unwrap(), (1000.0 / 100.0 + 3000.0 / 1300.0) / 2.0);
+        assert_eq!((s.ttft_percentiles.minimum, s.ttft_percentiles.maximum, s.ttft_percentiles.p50), (100.0, 500.0, 200.0));
+        // TPOT: r0 (1000 - 100) / 9 = 100 ms; r1 (2000 - 700) / 3 ms; r2 one token: 0.
+        let tpot = s.tpot_percentiles;
+        assert_eq!(tpot.minimum, 0.0);
+        close(tpot.maximum, 1300.0 / 3.0);
+        close(tpot.average, (100.0 + 1300.0 / 3.0 + 0.0) / 3.0);
+        close(tpot.p50, 100.0);
+        close(s.avg_tpot_ms, tpot.average);
+        // GTPS: r0 9 / 0.9 s = 10; r1 3 / 1.3 s; r2 0.
+        let gtps = s.gen_tps_percentiles;
+        assert_eq!(gtps.minimum, 0.0);
+        close(gtps.maximum, 10.0);
+        close(gtps.average, (10.0 + 3.0 / 1.3 + 0.0) / 3.0);
+        close(s.token_output_speed_tok_s, gtps.average);
     }
 
     #[test]
-    fn single_token_outputs_leave_tpot_empty() {
+    fn only_one_token_outputs_give_zero_tpot_and_gtps() {
         let records = vec![record(0, 5, 10, 4, 1), record(0, 10, 10, 4, 1)];
-        let report = build_report(&engine(), &run(2, true), &records).unwrap();
-        let s = report.streaming.unwrap();
-        assert_eq!((s.tpot_ms, s.gtps, s.avg_tpot_ms), (None, None, None));
-        let text = render_text(&report);
-        assert!(text.contains("Average time-per-output-token [TPOT] (ms):        N/A\n"), "{text}");
-        assert!(text.contains("[TPOT] N/A"), "{text}");
+        let report = build_report(&setup(true), &dataset(2), &records).unwrap();
+        let s = report.streaming_metrics.unwrap();
+        assert_eq!(
+            (s.avg_tpot_ms, s.token_output_speed_tok_s, s.tpot_percentiles.maximum, s.gen_tps_percentiles.maximum),
+            (0.0, 0.0, 0.0, 0.0)
+        );
+        close(s.avg_ttft_ms, 7.5);
+    }
+
+    #[test]
+    fn dataset_details_of_the_entries() {
+        let d = dataset(3);
+        assert_eq!((d.isl_stats.minimum, d.isl_stats.maximum, d.isl_stats.average), (10.0, 30.0, 20.0));
+        assert_eq!((d.osl_stats.minimum, d.osl_stats.p50, d.osl_stats.average), (1.0, 4.0, 5.0));
+        assert_eq!((d.seq_len_stats.minimum, d.seq_len_stats.maximum), (20.0, 31.0));
+        assert_eq!((d.max_isl, d.max_osl, d.max_sequence_length, d.avg_isl, d.avg_osl, d.avg_sequence_length), (30, 10, 31, 20, 5, 25));
+        assert_eq!(DatasetDetails::of(&[], "x"), None);
     }
 
     #[test]
     fn bad_records_are_rejected() {
+        let inside = |r: RequestRecord| RequestRecord {
+            engine: EngineTimes { arrival_ns: r.start_ns, first_token_ns: None, end_ns: r.end_ns },
+            ..r
+        };
         let cases = [
-            (vec![], run(0, false), "no request records to report"),
-            (records(), run(4, false), "run.num_requests is 4 but 3 request records were given"),
-            (vec![record(5, 5, 5, 1, 1)], run(1, false), "request record 0: end_ns 5000000 <= start_ns 5000000"),
+            (vec![], 0, false, "no request records to report"),
+            (records(), 4, false, "the dataset details count 4 requests but 3 request records were given"),
             (
-                vec![record(0, 1, 2, 1, 1), RequestRecord { first_token_ns: None, ..record(0, 1, 2, 1, 1) }],
-                run(2, true),
+                vec![inside(RequestRecord { end_ns: 5 * MS, ..record(5, 5, 6, 1, 1) })],
+                1,
+                false,
+                "request record 0: end_ns 5000000 <= start_ns 5000000",
+            ),
+            (vec![RequestRecord { output_len: 0, ..record(0, 1, 5, 1, 1) }], 1, false, "request record 0: output_len is 0"),
+            (
+                vec![RequestRecord { start_ns: 2 * MS, ..record(0, 3, 5, 1, 1) }],
+                1,
+                false,
+                "engine times 1000000..3000000 are not inside the caller's",
+            ),
+            (
+                vec![record(0, 1, 5, 1, 1), RequestRecord { first_token_ns: None, ..record(0, 1, 5, 1, 1) }],
+                2,
+                true,
                 "request record 1: first_token_ns is missing",
             ),
-            (vec![record(10, 5, 20, 1, 2)], run(1, true), "request record 0: first_token_ns 5000000 is outside"),
-            (vec![record(10, 20, 20, 1, 2)], run(1, true), "first_token_ns equals end_ns 20000000 with output_len 2"),
+            (
+                vec![RequestRecord { first_token_ns: Some(0), ..record(10, 11, 20, 1, 2) }],
+                1,
+                true,
+                "request record 0: first_token_ns 0 is outside",
+            ),
+            (vec![record(10, 20, 20, 1, 2)], 1, true, "first_token_ns equals end_ns 20000000 with output_len 2"),
         ];
-        for (records, run, expected) in cases {
-            let text = format!("{:#}", build_report(&engine(), &run, &records).unwrap_err());
+        for (records, n, streaming, expected) in cases {
+            let mut d = dataset(n.max(1));
+            d.num_requests = n;
+            let text = format!("{:#}", build_report(&setup(streaming), &d, &records).unwrap_err());
             assert!(text.contains(expected), "{text:?} should contain {expected:?}");
         }
     }
 
     #[test]
-    fn text_sections_in_order() {
-        let report = build_report(&engine(), &run(3, true), &records()).unwrap();
-        let text = render_text(&report);
-        let headings = [
-            "= ENGINE DETAILS",
-            "= REQUEST DETAILS",
-            "= RUNTIME INFORMATION",
-            "= PERFORMANCE OVERVIEW",
-            "Request Throughput (req/sec):",
-            "Total Output Throughput (tokens/sec):",
-            "Total Token Throughput (tokens/sec):",
-            "Total Latency (ms):",
-            "Average request latency (ms):",
-            "Per User Output Throughput [w/ ctx] (tps/user):",
-            "Average time-to-first-token [TTFT] (ms):",
-            "Average time-per-output-token [TPOT] (ms):",
-            "Per User Output Speed (tps/user):",
-            "[TTFT] TIME-TO-FIRST-TOKEN (ms)",
-            "[TPOT] TIME-PER-OUTPUT-TOKEN (ms)",
-            "[GTPS] GENERATION TOKENS PER SECOND (tps/user)",
-            "REQUEST LATENCY BREAKDOWN (ms)",
-        ];
-        let mut from = 0;
-        for heading in headings {
-            let at = text[from..].find(heading).unwrap_or_else(|| panic!("{heading:?} missing or out of order in\n{text}"));
-            from += at + heading.len();
+    fn json_keys_are_trtllm_bench_s() {
+        let report = build_report(&setup(true), &dataset(3), &records()).unwrap();
+        let value: serde_json::Value = serde_json::to_value(&report).unwrap();
+        for (section, keys) in [
+            ("engine", &["model", "model_path", "version", "backend", "dtype", "kv_cache_dtype", "quantization"][..]),
+            (
+                "world_info",
+                &[
+                    "tp_size",
+                    "pp_size",
+                    "ep_size",
+                    "world_size",
+                    "max_batch_size",
+                    "max_num_tokens",
+                    "scheduling_policy",
+                    "kv_cache_percentage",
+                    "issue_rate",
+                ],
+            ),
+            ("request_info", &["num_requests", "avg_num_concurrent_requests", "avg_input_length", "avg_output_length"]),
+            (
+                "performance",
+                &[
+                    "total_latency_ms",
+                    "avg_request_latency_ms",
+                    "request_throughput_req_s",
+                    "system_output_throughput_tok_s",
+                    "system_total_throughput_tok_s",
+                    "output_throughput_per_user_tok_s",
+                    "output_throughput_per_gpu_tok_s",
+                    "request_latency_percentiles_ms",
+                ],
+            ),
+            (
+                "streaming_metrics",
+                &["token_output_speed_tok_s", "avg_ttft_ms", "avg_tpot_ms", "tpot_percentiles", "ttft_percentiles", "gen_tps_percentiles"],
+            ),
+            (
+                "dataset",
+                &[
+                    "isl_stats",
+                    "osl_stats",
+                    "seq_len_stats",
+                    "num_requests",
+                    "dataset_path",
+                    "max_isl",
+                    "max_osl",
+                    "max_sequence_length",
+                    "avg_isl",
+                    "avg_osl",
+                    "avg_sequence_length",
+                ],
+            ),
+        ] {
+            for key in keys {
+                assert!(
+                    !value[section][key].is_null() || *key == "ep_size" || *key == "kv_cache_percentage",
+                    "{section}.{key} missing: {value}"
+                );
+                assert!(value[section].get(key).is_some(), "{section}.{key} missing: {value}");
+            }
         }
-        assert!(text.contains("Request Throughput (req/sec):                     1.2000\n"), "{text}");
-        assert!(text.contains("Total Latency (ms):                               2500.0000\n"), "{text}");
-        assert!(text.contains("KV Cache:                       100 blocks x 16 tokens (1600 tokens)\n"), "{text}");
-        assert!(text.contains("Concurrency:                    unlimited\n"), "{text}");
-        assert!(text.contains("EOS ID:                         ignored\n"), "{text}");
-        assert!(text.contains("Streaming:                      on\n"), "{text}");
-        assert!(text.contains("[Latency] P50    : 1500.0000\n"), "{text}");
-        assert!(text.contains("[TTFT] AVERAGE: 266.6667\n"), "{text}");
-        for name in ["MIN", "MAX", "AVERAGE", "P50", "P90", "P95", "P99"] {
-            assert_eq!(text.matches(&format!("[TTFT] {name:<7}:")).count(), 1, "{name}");
-            assert_eq!(text.matches(&format!("[Latency] {name:<7}:")).count(), 1, "{name}");
-        }
-    }
-
-    #[test]
-    fn non_streaming_text_omits_streaming_lines() {
-        let report = build_report(&engine(), &RunInfo { concurrency: 4, eos_id: 2, ..run(3, false) }, &records()).unwrap();
-        let text = render_text(&report);
-        assert!(!text.contains("TTFT"), "{text}");
-        assert!(!text.contains("GTPS"), "{text}");
-        assert!(text.contains("REQUEST LATENCY BREAKDOWN (ms)"));
-        assert!(text.contains("Concurrency:                    4\n"), "{text}");
-        assert!(text.contains("EOS ID:                         2\n"), "{text}");
-        assert!(text.contains("Streaming:                      off\n"), "{text}");
-    }
-
-    #[test]
-    fn json_round_trips() {
-        let report = build_report(&engine(), &run(3, true), &records()).unwrap();
-        let json = render_json(&report).unwrap();
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["performance"]["total_latency_ms"], 2500.0);
-        assert_eq!(value["engine"]["model"], "tiny-llama");
-        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["performance"]["request_latency_percentiles_ms"]["minimum"], 1000.0);
+        assert!(value.get("machine").is_some(), "machine is null on the CPU, as trtllm-bench writes it without a GPU");
+        let back: Report = serde_json::from_value(value).unwrap();
         assert_eq!(back, report);
     }
 }

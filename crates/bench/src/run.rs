@@ -1,20 +1,29 @@
 //! The offline benchmark driver behind `bench throughput` and `bench latency`: it feeds dataset
 //! requests to the engine under a concurrency limit, steps the executor loop itself, and collects
-//! each request's timings and every iteration's statistics.
+//! every iteration's statistics and each request's timings as its caller sees them: the clock is
+//! read just before the request is submitted, when a streamed chunk is taken off its stream, and
+//! when its final response is. The engine's own timestamps travel with each record (and into the
+//! trace), so the report can state what delivery to the caller adds.
 
 use crate::dataset::DatasetEntry;
 use crate::progress::Progress;
-use crate::report::RequestRecord;
+use crate::report::{EngineTimes, RequestRecord};
+use crate::sampling::pick_with_replacement;
 use anyhow::{bail, Context, Result};
 use lumen_engine::interrupt::{self, Interrupted};
 use lumen_engine::{Engine, FinishReason, IterationStats, Profiler, Request, RequestEvent, RequestStream, SamplingParams, StopConditions};
 use lumen_trace::model::RequestRow;
+use lumen_trace::now_ns;
 use std::io::Write;
 use std::path::PathBuf;
 
 pub struct RunOptions {
-    /// Requests run before measuring and left out of the report.
+    /// Requests drawn at random (with replacement, from `warmup_seed`) from the dataset and run,
+    /// not streamed, before measuring; left out of the report.
     pub warmup: usize,
+    pub warmup_seed: u64,
+    /// Take tokens off each stream as they come and time the first chunk.
+    pub streaming: bool,
     /// Most requests in flight; `None` submits everything at once.
     pub concurrency: Option<usize>,
     /// `None` ignores EOS so every request yields exactly its `output_tokens`; `Some(id)` stops at `id`.
@@ -57,8 +66,9 @@ pub fn run_benchmark(
         );
     }
     if options.warmup > 0 {
-        let warm: Vec<DatasetEntry> = entries.iter().cycle().take(options.warmup).cloned().collect();
-        if let Err(e) = drive(engine, &warm, options, None, "warm-up") {
+        let warm: Vec<DatasetEntry> =
+            pick_with_replacement(entries.len(), options.warmup, options.warmup_seed).into_iter().map(|i| entries[i].clone()).collect();
+        if let Err(e) = drive(engine, &warm, options, false, None, "warm-up") {
             if let (true, Some(p)) = (e.is::<Interrupted>(), profiler) {
                 // Stopped before any recorded iteration: the trace is written, empty and whole.
                 engine.enable_profiling(p);
@@ -71,7 +81,7 @@ pub fn run_benchmark(
     if let Some(p) = profiler {
         engine.enable_profiling(p);
     }
-    let (records, iterations) = match drive(engine, entries, options, iteration_log, "requests") {
+    let (records, iterations) = match drive(engine, entries, options, options.streaming, iteration_log, "requests") {
         Ok(driven) => driven,
         Err(e) if e.is::<Interrupted>() => {
             // The iterations that ran are the trace's; the requests are left out, unfinished.
@@ -87,9 +97,9 @@ pub fn run_benchmark(
         .enumerate()
         .map(|(i, r)| RequestRow {
             id: i as u64,
-            arrival_ns: r.start_ns,
-            first_token_ns: r.first_token_ns,
-            end_ns: r.end_ns,
+            arrival_ns: r.engine.arrival_ns,
+            first_token_ns: r.engine.first_token_ns,
+            end_ns: r.engine.end_ns,
             input_len: r.input_len as u64,
             output_len: r.output_len as u64,
         })
@@ -98,16 +108,26 @@ pub fn run_benchmark(
     Ok(RunResult { records, iterations, trace })
 }
 
+/// A submitted request as its caller tracks it.
+struct InFlight {
+    index: usize,
+    stream: RequestStream,
+    start_ns: u64,
+    first_chunk_ns: Option<u64>,
+    produced: u32,
+}
+
 fn drive(
     engine: &mut Engine,
     entries: &[DatasetEntry],
     options: &RunOptions,
+    streaming: bool,
     mut log: Option<&mut dyn Write>,
     label: &str,
 ) -> Result<(Vec<RequestRecord>, Vec<IterationStats>)> {
     let limit = options.concurrency.unwrap_or(usize::MAX).max(1);
     let mut progress = Progress::new(entries.len() as u64, label);
-    let mut in_flight: Vec<(usize, RequestStream, u32)> = Vec::new();
+    let mut in_flight: Vec<InFlight> = Vec::new();
     let mut records: Vec<Option<RequestRecord>> = vec![None; entries.len()];
     let mut iterations = Vec::new();
     let mut next = 0;
@@ -115,8 +135,9 @@ fn drive(
     while done < entries.len() {
         interrupt::check()?;
         while in_flight.len() < limit && next < entries.len() {
+            let start_ns = now_ns();
             let stream = engine.submit(request_for(&entries[next], options.eos_id));
-            in_flight.push((next, stream, 0));
+            in_flight.push(InFlight { index: next, stream, start_ns, first_chunk_ns: None, produced: 0 });
             next += 1;
         }
         let step = engine.step()?;
@@ -126,26 +147,33 @@ fn drive(
         }
         iterations.push(step.stats);
         let mut still = Vec::with_capacity(in_flight.len());
-        for (index, stream, mut produced) in in_flight.drain(..) {
+        for mut request in in_flight.drain(..) {
             let mut finished = None;
-            while let Ok(ev) = stream.events.try_recv() {
+            while let Ok(ev) = request.stream.events.try_recv() {
                 match ev {
-                    RequestEvent::Token(_) => produced += 1,
-                    RequestEvent::Finished { reason, timings, .. } => finished = Some((reason, timings)),
+                    RequestEvent::Token(_) => {
+                        request.produced += 1;
+                        if streaming && request.first_chunk_ns.is_none() {
+                            request.first_chunk_ns = Some(now_ns());
+                        }
+                    }
+                    RequestEvent::Finished { reason, timings, .. } => finished = Some((reason, timings, now_ns())),
                 }
             }
+            let index = request.index;
             match finished {
-                None => still.push((index, stream, produced)),
-                Some((FinishReason::Rejected(why), _)) => {
-                    bail!("dataset request {} (task_id {}) was rejected: {why}", index, entries[index].task_id)
+                None => still.push(request),
+                Some((FinishReason::Rejected(why), _, _)) => {
+                    bail!("dataset request {index} (task_id {}) was rejected: {why}", entries[index].task_id)
                 }
-                Some((_, t)) => {
+                Some((_, t, end_ns)) => {
                     records[index] = Some(RequestRecord {
-                        start_ns: t.arrival_ns,
-                        first_token_ns: t.first_token_ns,
-                        end_ns: t.end_ns,
+                        start_ns: request.start_ns,
+                        first_token_ns: request.first_chunk_ns,
+                        end_ns,
                         input_len: entries[index].input_ids.len() as u32,
-                        output_len: produced,
+                        output_len: request.produced,
+                        engine: EngineTimes { arrival_ns: t.arrival_ns, first_token_ns: t.first_token_ns, end_ns: t.end_ns },
                     });
                     done += 1;
                     progress.inc(1);

@@ -3,16 +3,19 @@
 use crate::common::{hardware_description, EngineArgs, ModelArgs};
 use crate::recording::ProfileArgs;
 use anyhow::{ensure, Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use lumen_bench::dataset::DatasetEntry;
 use lumen_bench::dataset::{
     parse_len_dist, read_dataset, real_dataset, token_norm_dist, token_unif_dist, write_dataset, NormDistParams, RealDatasetParams,
-    UnifDistParams, Vocab, DEFAULT_RANDOM_SEED,
+    UnifDistParams, DEFAULT_RANDOM_SEED,
 };
-use lumen_bench::report::{build_report, render_json, render_text, EngineInfo, RunInfo};
+use lumen_bench::render::{render_json, render_text};
+use lumen_bench::report::{build_report, DatasetDetails, EngineDetails, LumenSettings, MachineDetails, Setup, WorldSettings};
 use lumen_bench::run::{run_benchmark, RunOptions};
+use lumen_bench::sampling::Vocab;
 use lumen_bench::tuning::{tune, TuningInputs};
-use lumen_model::{describe_model, Model, Quantization};
+use lumen_engine::{Engine, KvBudget, SchedulerPolicy};
+use lumen_model::{describe_model, Model, Quantization, Tokenizer};
 use lumen_trace::output::{check_outputs, print_report, AtomicFile, Named};
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,7 +26,8 @@ pub enum BenchCommand {
     PrepareDataset(PrepareArgs),
     /// Offline throughput: run a dataset through the engine and report trtllm-bench's metrics.
     Throughput(ThroughputArgs),
-    /// Batch-1 streaming latency over a dataset.
+    /// Low latency, as trtllm-bench's: batch size 1, one request at a time, streamed, prompts
+    /// prefilled whole, guaranteed-no-evict.
     Latency(LatencyArgs),
 }
 
@@ -82,6 +86,11 @@ enum DatasetKind {
     },
 }
 
+/// The ids of the tokenizer's control tokens, which synthetic prompts leave out.
+fn special_ids(tokenizer: &Tokenizer) -> Vec<u32> {
+    (0..tokenizer.vocab_size() as u32).filter(|&id| tokenizer.token_type(id) == Some(lumen_tokenizer::TokenType::Control)).collect()
+}
+
 fn positive(flag: &str, v: i64) -> Result<usize> {
     ensure!(v > 0, "{flag} {v} must be a positive count");
     Ok(v as usize)
@@ -97,7 +106,7 @@ fn prepare(args: PrepareArgs) -> Result<()> {
         ModelArgs { model: args.model.clone(), threads: None, device: lumen_model::Device::Cpu, quantization: Quantization::None }.spec();
     let (config, tokenizer) = describe_model(&spec)?;
     let eos_id = config.eos_token_ids.first().copied().or(tokenizer.as_ref().and_then(|t| t.eos_id()));
-    let vocab = Vocab { size: config.vocab_size, eos_id };
+    let vocab = Vocab { size: config.vocab_size, eos_id, special: tokenizer.as_ref().map(special_ids).unwrap_or_default() };
     let entries = match args.kind {
         DatasetKind::TokenNormDist { num_requests, input_mean, input_stdev, output_mean, output_stdev } => token_norm_dist(
             &NormDistParams {
@@ -155,15 +164,21 @@ pub struct RunArgs {
     engine: EngineArgs,
     #[command(flatten)]
     profile: ProfileArgs,
-    /// Dataset written by `lumen bench prepare-dataset` (JSON lines).
+    /// Dataset (JSON lines, as `lumen bench prepare-dataset` writes them); a line's prompt may be
+    /// input_ids, logits, or prompt text, tokenized with the model's tokenizer.
     #[arg(long)]
     dataset: PathBuf,
-    /// Use only the first N requests of the dataset.
-    #[arg(long, allow_hyphen_values = true)]
-    num_requests: Option<i64>,
-    /// Requests run first and left out of the figures.
+    /// Use only the first N requests of the dataset; 0, or more than it holds, is all of them.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    num_requests: i64,
+    /// Requests drawn at random from the dataset and run first, left out of the figures.
     #[arg(long, default_value_t = 2, allow_hyphen_values = true)]
     warmup: i64,
+    /// Which requests the scheduler admits: guaranteed-no-evict admits one only when the KV cache
+    /// can hold it to its full length and never preempts; max-utilization admits while this
+    /// iteration's blocks are free and preempts (recomputing later) when they run out.
+    #[arg(long, value_enum, default_value_t = PolicyArg::GuaranteedNoEvict)]
+    scheduler_policy: PolicyArg,
     /// End-of-sequence id; -1 ignores EOS so every request produces exactly its output_tokens.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     eos_id: i64,
@@ -175,14 +190,31 @@ pub struct RunArgs {
     iteration_log: Option<PathBuf>,
 }
 
+/// `--scheduler-policy`'s choices.
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    GuaranteedNoEvict,
+    MaxUtilization,
+}
+
+impl From<PolicyArg> for SchedulerPolicy {
+    fn from(arg: PolicyArg) -> Self {
+        match arg {
+            PolicyArg::GuaranteedNoEvict => SchedulerPolicy::GuaranteedNoEvict,
+            PolicyArg::MaxUtilization => SchedulerPolicy::MaxUtilization,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ThroughputArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Most requests in flight; -1 is unlimited.
+    /// Most requests in flight; 0 or less is unlimited.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     concurrency: i64,
-    /// Report streaming metrics (TTFT, TPOT, GTPS).
+    /// Stream each request's tokens and time its first chunk: TTFT, TPOT and GTPS come from what
+    /// the caller receives.
     #[arg(long)]
     streaming: bool,
 }
@@ -232,9 +264,19 @@ fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) ->
     Ok(Some((limits.max_batch_size, limits.max_num_tokens)))
 }
 
-fn run_bench(args: RunArgs, concurrency: i64, streaming: bool, tune: bool) -> Result<()> {
-    ensure!(concurrency == -1 || concurrency > 0, "--concurrency {concurrency} must be a positive count or -1 (unlimited)");
+/// How `bench throughput` and `bench latency` differ.
+struct Mode {
+    concurrency: Option<usize>,
+    streaming: bool,
+    /// Tune the batch limits on CUDA (throughput).
+    tune: bool,
+    /// Batch size 1 and no chunked prefill (latency).
+    low_latency: bool,
+}
+
+fn run_bench(args: RunArgs, mode: Mode) -> Result<()> {
     ensure!(args.warmup >= 0, "--warmup {} must not be negative", args.warmup);
+    ensure!(args.num_requests >= 0, "--num-requests {} must not be negative (0 runs the whole dataset)", args.num_requests);
     ensure!(args.eos_id >= -1, "--eos-id {} must be a token id or -1", args.eos_id);
     let dataset = [Named::new("--dataset", &args.dataset)];
     let trace = args.profile.trace_output();
@@ -249,21 +291,31 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool, tune: bool) -> Re
     crate::recording::record_device(&mut profiler, &model)?;
     let vocab = model.config().vocab_size;
     ensure!(args.eos_id < vocab as i64, "--eos-id {} is out of range for a vocabulary of {vocab}", args.eos_id);
-    let mut entries = read_dataset(&args.dataset, Some(vocab))?;
-    if let Some(n) = args.num_requests {
-        let n = positive("--num-requests", n)?;
-        ensure!(n <= entries.len(), "--num-requests {n} exceeds the {} requests in {}", entries.len(), args.dataset.display());
-        entries.truncate(n);
+    let tokenize = model.tokenizer.as_ref().map(|t| move |text: &str| -> Result<Vec<u32>> { Ok(t.encode(text, false)) });
+    let mut entries = read_dataset(&args.dataset, Some(vocab), tokenize.as_ref().map(|f| f as &dyn Fn(&str) -> Result<Vec<u32>>))?;
+    if args.num_requests > 0 {
+        entries.truncate(args.num_requests as usize);
     }
-    let limits = if tune { tuned_limits(&args.engine, &model, &entries)? } else { None };
-    let mut engine = args.engine.engine_with_limits(model.clone(), model.cuda_weights().is_some(), limits)?;
+    let dataset_path = args.dataset.display().to_string();
+    let details = DatasetDetails::of(&entries, &dataset_path).context("the dataset holds no request")?;
+    let limits = if mode.tune { tuned_limits(&args.engine, &model, &entries)? } else { None };
+    let is_cuda = model.cuda_weights().is_some();
+    let mut config = args.engine.config_with_limits(is_cuda, limits)?;
+    config.scheduler_policy = args.scheduler_policy.into();
+    if mode.low_latency {
+        config.max_batch_size = 1;
+        config.chunked_prefill = false;
+    }
+    let mut engine = Engine::new(model.clone(), config)?;
     let report_file = match &args.report_json {
         Some(p) => Some((p, AtomicFile::create(p).context("the report")?)),
         None => None,
     };
     let options = RunOptions {
         warmup: args.warmup as usize,
-        concurrency: (concurrency > 0).then_some(concurrency as usize),
+        warmup_seed: DEFAULT_RANDOM_SEED,
+        streaming: mode.streaming,
+        concurrency: mode.concurrency,
         eos_id: (args.eos_id >= 0).then_some(args.eos_id as u32),
     };
     // The iteration log is streamed a line per iteration, so it can be followed while the run goes
@@ -281,38 +333,8 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool, tune: bool) -> Re
     if let Some(mut w) = log {
         w.flush().context("cannot write the iteration log")?;
     }
-    let threads = args.model.threads();
-    let engine_info = EngineInfo {
-        model: model.name.clone(),
-        model_path: args.model.spec(),
-        backend: if model.cuda_weights().is_some() { "cuda".into() } else { "cpu".into() },
-        dtype: compute_dtype(&model),
-        max_batch_size: engine.config.max_batch_size,
-        max_num_tokens: engine.config.max_num_tokens,
-        kv_cache_blocks: engine.kv_blocks(),
-        kv_block_size: engine.config.block_size,
-        threads,
-        hardware: match model.cuda_weights() {
-            Some(w) => format!(
-                "{} ({} SMs, {:.0} GiB); host {}",
-                w.gpu.info.name,
-                w.gpu.info.multiprocessors,
-                w.gpu.info.total_memory as f64 / (1u64 << 30) as f64,
-                hardware_description(threads)
-            ),
-            None => hardware_description(threads),
-        },
-        version: env!("CARGO_PKG_VERSION").into(),
-    };
-    let run_info = RunInfo {
-        num_requests: entries.len(),
-        warmup: options.warmup,
-        concurrency,
-        streaming,
-        eos_id: args.eos_id,
-        dataset: args.dataset.display().to_string(),
-    };
-    let report = build_report(&engine_info, &run_info, &result.records)?;
+    let setup = setup(&args, &model, &engine, &options);
+    let report = build_report(&setup, &details, &result.records)?;
     print_report(&render_text(&report))?;
     if let Some((p, mut f)) = report_file {
         f.write_all(render_json(&report)?.as_bytes()).with_context(|| format!("cannot write report {}", p.display()))?;
@@ -321,10 +343,70 @@ fn run_bench(args: RunArgs, concurrency: i64, streaming: bool, tune: bool) -> Re
     Ok(())
 }
 
+/// What the report says about the model, the engine and the run.
+fn setup(args: &RunArgs, model: &Model, engine: &Engine, options: &RunOptions) -> Setup {
+    let threads = args.model.threads();
+    let gpu = model.cuda_weights().map(|w| &w.gpu.info);
+    let name = |fp8: bool| if fp8 { "FP8" } else { "None" }.to_owned();
+    Setup {
+        engine: EngineDetails {
+            model: model.name.clone(),
+            model_path: args.model.spec(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            backend: if gpu.is_some() { "cuda".into() } else { "cpu".into() },
+            dtype: compute_dtype(model),
+            kv_cache_dtype: name(engine.config.kv_cache_fp8),
+            quantization: name(model.quantization() == Quantization::Fp8),
+            max_sequence_length: engine.max_seq_len(),
+        },
+        machine: gpu.map(|g| MachineDetails {
+            name: g.name.clone(),
+            memory_total: g.total_memory as f64 / (1u64 << 30) as f64,
+            clocks_mem: None,
+        }),
+        world: WorldSettings {
+            tp_size: 1,
+            pp_size: 1,
+            ep_size: None,
+            world_size: 1,
+            max_batch_size: engine.config.max_batch_size,
+            max_num_tokens: engine.config.max_num_tokens,
+            scheduling_policy: engine.config.scheduler_policy.report_name().into(),
+            kv_cache_percentage: match engine.config.kv_budget {
+                KvBudget::GpuFraction(f) => Some(f),
+                _ => None,
+            },
+        },
+        lumen: LumenSettings {
+            hardware: match gpu {
+                Some(g) => format!(
+                    "{} ({} SMs, {:.0} GiB); host {}",
+                    g.name,
+                    g.multiprocessors,
+                    g.total_memory as f64 / (1u64 << 30) as f64,
+                    hardware_description(threads)
+                ),
+                None => hardware_description(threads),
+            },
+            threads,
+            kv_cache_blocks: engine.kv_blocks(),
+            kv_block_size: engine.config.block_size,
+            chunked_prefill: engine.config.chunked_prefill,
+            warmup: options.warmup,
+            concurrency: options.concurrency,
+            streaming: options.streaming,
+            eos_id: options.eos_id,
+        },
+    }
+}
+
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::PrepareDataset(a) => prepare(a),
-        BenchCommand::Throughput(a) => run_bench(a.run, a.concurrency, a.streaming, true),
-        BenchCommand::Latency(a) => run_bench(a.run, 1, true, false),
+        BenchCommand::Throughput(a) => {
+            let concurrency = (a.concurrency > 0).then_some(a.concurrency as usize);
+            run_bench(a.run, Mode { concurrency, streaming: a.streaming, tune: true, low_latency: false })
+        }
+        BenchCommand::Latency(a) => run_bench(a.run, Mode { concurrency: Some(1), streaming: true, tune: false, low_latency: true }),
     }
 }

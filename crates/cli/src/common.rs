@@ -208,12 +208,6 @@ impl EngineArgs {
     pub fn engine(&self, model: Arc<Model>, device_is_cuda: bool) -> Result<Engine> {
         Engine::new(model, self.config(device_is_cuda)?)
     }
-
-    /// The engine, with `limits` in place of the default batch limits (see
-    /// [`EngineArgs::config_with_limits`]).
-    pub fn engine_with_limits(&self, model: Arc<Model>, device_is_cuda: bool, limits: Option<(usize, usize)>) -> Result<Engine> {
-        Engine::new(model, self.config_with_limits(device_is_cuda, limits)?)
-    }
 }
 
 /// Whether `LUMEN_BATCH_INVARIANT` (`value`, when set) asks for batch-invariant GPU kernels: only

@@ -86,7 +86,8 @@ fn unif_dist_lengths_stay_in_range() {
         assert!((2..=4).contains(&e.output_tokens), "output length outside [2, 4]: {e:?}");
         assert!(e.input_ids.iter().all(|&t| t < 512 && t != 2), "{e:?}");
     }
-    // One uniform draw per request gives both lengths, so they rise together.
+    // Both lists come from generators seeded alike: the same word gives each request's two
+    // lengths (unless one of them redraws, which ranges this small almost never do), so they rise together.
     let mut pairs: Vec<(usize, u64)> = entries.iter().map(|e| (e.input_ids.len(), e.output_tokens)).collect();
     pairs.sort_unstable();
     assert!(pairs.windows(2).all(|w| w[0].1 <= w[1].1), "lengths not drawn from one u per request: {pairs:?}");
@@ -210,22 +211,26 @@ fn throughput_report_json_and_iteration_log() {
     .ok();
     let out = &run.stdout;
 
-    // Section headings, in order.
+    // Section headings, in trtllm-bench's order, lumen's own last.
     let mut at = 0;
-    for heading in ["= ENGINE DETAILS", "= REQUEST DETAILS", "= RUNTIME INFORMATION", "= PERFORMANCE OVERVIEW"] {
+    for heading in [
+        "= ENGINE DETAILS",
+        "= MACHINE DETAILS",
+        "= REQUEST DETAILS",
+        "= WORLD + RUNTIME INFORMATION",
+        "= PERFORMANCE OVERVIEW",
+        "-- Per-Request Time-per-Output-Token [TPOT] Breakdown (ms)",
+        "-- Per-Request Time-to-First-Token [TTFT] Breakdown (ms)",
+        "-- Per-Request Generation Throughput [GTPS] Breakdown (tps/user)",
+        "-- Request Latency Breakdown (ms)",
+        "= DATASET DETAILS",
+        "= LUMEN DETAILS",
+    ] {
         let found = out[at..].find(heading).unwrap_or_else(|| panic!("{heading:?} missing or out of order in:\n{out}"));
         at += found + heading.len();
     }
-    // Streaming statistic blocks, in order, each with its percentiles.
-    for (block, tag) in [
-        ("[TTFT] TIME-TO-FIRST-TOKEN (ms)", "TTFT"),
-        ("[TPOT] TIME-PER-OUTPUT-TOKEN (ms)", "TPOT"),
-        ("[GTPS] GENERATION TOKENS PER SECOND (tps/user)", "GTPS"),
-        ("REQUEST LATENCY BREAKDOWN (ms)", "Latency"),
-    ] {
-        let found = out[at..].find(block).unwrap_or_else(|| panic!("{block:?} missing or out of order in:\n{out}"));
-        at += found;
-        for p in ["MIN", "MAX", "AVERAGE", "P50", "P90", "P95", "P99"] {
+    for tag in ["TTFT", "TPOT", "GTPS", "Latency", "Overhead"] {
+        for p in ["MINIMUM", "MAXIMUM", "AVERAGE", "P50", "P90", "P95", "P99"] {
             let v: f64 = text_value(out, &format!("[{tag}] {p:<7}:")).parse().expect("a number");
             assert!(v.is_finite() && v >= 0.0, "[{tag}] {p} = {v}");
         }
@@ -236,8 +241,10 @@ fn throughput_report_json_and_iteration_log() {
         "Total Token Throughput (tokens/sec):",
         "Total Latency (ms):",
         "Average request latency (ms):",
+        "Per GPU Output Throughput (tps/gpu):",
         "Average time-to-first-token [TTFT] (ms):",
         "Average time-per-output-token [TPOT] (ms):",
+        "Number of concurrent requests:",
     ] {
         let v: f64 = text_value(out, label).parse().unwrap_or_else(|_| panic!("{label} is not a number"));
         assert!(v > 0.0, "{label} {v}");
@@ -248,31 +255,38 @@ fn throughput_report_json_and_iteration_log() {
     assert_eq!(text_value(out, "Streaming:"), "on");
     assert_eq!(text_value(out, "EOS ID:"), "ignored");
     assert_eq!(text_value(out, "Model:"), "tiny@0");
+    assert_eq!(text_value(out, "Scheduling Policy:"), "GUARANTEED_NO_EVICT");
+    assert_eq!(text_value(out, "Number of Sequences:"), "8");
 
-    // The JSON report agrees with the dataset and with the text.
+    // The JSON report carries trtllm-bench's keys and agrees with the dataset and with the text.
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).expect("the JSON report parses");
     let total_in: u64 = entries.iter().map(|e| e.input_ids.len() as u64).sum();
     let total_out: u64 = entries.iter().map(|e| e.output_tokens).sum();
-    assert_eq!(report["requests"]["total_output_tokens"].as_u64(), Some(total_out), "EOS ignored: every request yields its output_tokens");
-    assert_eq!(report["requests"]["total_input_tokens"].as_u64(), Some(total_in));
-    assert_eq!(report["run"]["num_requests"].as_u64(), Some(8));
-    assert_eq!(report["run"]["concurrency"].as_i64(), Some(-1));
-    assert_eq!(report["run"]["streaming"].as_bool(), Some(true));
-    assert_eq!(report["run"]["eos_id"].as_i64(), Some(-1));
+    let n = entries.len() as f64;
+    let avg_out = num(&report, &["request_info", "avg_output_length"]);
+    assert!((avg_out * n - total_out as f64).abs() < 1e-9, "EOS ignored: every request yields its output_tokens");
+    assert!((num(&report, &["request_info", "avg_input_length"]) * n - total_in as f64).abs() < 1e-9);
+    assert_eq!(report["request_info"]["num_requests"].as_u64(), Some(8));
+    assert_eq!(report["dataset"]["num_requests"].as_u64(), Some(8));
+    assert_eq!(report["lumen"]["concurrency"], Value::Null);
+    assert_eq!(report["lumen"]["streaming"].as_bool(), Some(true));
+    assert_eq!(report["lumen"]["eos_id"], Value::Null);
+    assert_eq!(report["world_info"]["scheduling_policy"], "GUARANTEED_NO_EVICT");
     assert_eq!(
-        format!("{:.4}", num(&report, &["performance", "total_output_throughput_tok_s"])),
+        format!("{:.4}", num(&report, &["performance", "system_output_throughput_tok_s"])),
         text_value(out, "Total Output Throughput (tokens/sec):")
     );
     assert_eq!(format!("{:.4}", num(&report, &["performance", "total_latency_ms"])), text_value(out, "Total Latency (ms):"));
-    let tput = num(&report, &["performance", "total_output_throughput_tok_s"]);
+    let tput = num(&report, &["performance", "system_output_throughput_tok_s"]);
     let latency_s = num(&report, &["performance", "total_latency_ms"]) / 1e3;
     assert!((tput * latency_s - total_out as f64).abs() < 1e-6 * total_out as f64, "throughput x latency != output tokens");
     for p in ["p50", "p90", "p95", "p99"] {
-        let ttft = num(&report, &["streaming", "ttft_ms", p]);
-        let latency = num(&report, &["request_latency_ms", p]);
+        let ttft = num(&report, &["streaming_metrics", "ttft_percentiles", p]);
+        let latency = num(&report, &["performance", "request_latency_percentiles_ms", p]);
         assert!(ttft > 0.0 && ttft <= latency, "{p}: TTFT {ttft} vs request latency {latency}");
-        assert!(num(&report, &["streaming", "tpot_ms", p]) > 0.0);
-        assert!(num(&report, &["streaming", "gtps", p]) > 0.0);
+        assert!(num(&report, &["streaming_metrics", "tpot_percentiles", p]) > 0.0);
+        assert!(num(&report, &["streaming_metrics", "gen_tps_percentiles", p]) > 0.0);
+        assert!(num(&report, &["lumen", "caller_overhead_ms", p]) >= 0.0);
     }
 
     // The iteration log accounts for every token. Without preemption each request samples its
@@ -280,7 +294,7 @@ fn throughput_report_json_and_iteration_log() {
     // generation step of one token, so sum(num_gen_tokens) + requests = output tokens, and
     // prompts are fed exactly once: sum(num_ctx_tokens) = input tokens.
     let log = json_lines(&log_path);
-    let kv_blocks = report["engine"]["kv_cache_blocks"].as_u64().unwrap();
+    let kv_blocks = report["lumen"]["kv_cache_blocks"].as_u64().unwrap();
     check_iteration_log(&log, 2048, 64, kv_blocks, 16);
     assert_eq!(sum(&log, "num_preempted_requests"), 0, "a 1 GiB cache needs no preemption here");
     assert_eq!(sum(&log, "num_gen_tokens") + entries.len() as u64, total_out, "generated tokens unaccounted for");
@@ -289,31 +303,112 @@ fn throughput_report_json_and_iteration_log() {
 }
 
 #[test]
-fn latency_runs_one_request_at_a_time() {
+fn latency_runs_one_request_at_a_time_streamed_at_batch_one_without_chunking() {
     let s = Scratch::new("latency");
     let (dataset, entries) = tiny_dataset(&s);
     let report_path = s.path("report.json");
     let log_path = s.path("iterations.jsonl");
-    let run =
-        lumen(&["bench", "latency", "--model", "tiny", "--dataset", &dataset, "--report-json", &report_path, "--iteration-log", &log_path])
-            .ok();
+    // --max-batch-size is overridden: the latency benchmark runs at batch size 1.
+    let run = lumen(&[
+        "bench",
+        "latency",
+        "--model",
+        "tiny",
+        "--dataset",
+        &dataset,
+        "--max-batch-size",
+        "8",
+        "--report-json",
+        &report_path,
+        "--iteration-log",
+        &log_path,
+    ])
+    .ok();
     assert_eq!(text_value(&run.stdout, "Concurrency:"), "1");
     assert_eq!(text_value(&run.stdout, "Streaming:"), "on");
+    assert_eq!(text_value(&run.stdout, "Chunked Prefill:"), "off");
+    assert_eq!(text_value(&run.stdout, "Max Runtime Batch Size:"), "1");
+    assert_eq!(text_value(&run.stdout, "Scheduling Policy:"), "GUARANTEED_NO_EVICT");
     assert!(run.stdout.contains("[TTFT] P99    :"), "{}", run.stdout);
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    assert_eq!(report["run"]["concurrency"].as_i64(), Some(1));
-    assert_eq!(report["run"]["streaming"].as_bool(), Some(true));
-    assert_eq!(report["requests"]["total_output_tokens"].as_u64(), Some(entries.iter().map(|e| e.output_tokens).sum()));
-    assert!(report["streaming"]["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["lumen"]["concurrency"].as_u64(), Some(1));
+    assert_eq!(report["lumen"]["streaming"].as_bool(), Some(true));
+    assert_eq!(report["world_info"]["max_batch_size"].as_u64(), Some(1));
+    let total_out: u64 = entries.iter().map(|e| e.output_tokens).sum();
+    assert!((num(&report, &["request_info", "avg_output_length"]) * entries.len() as f64 - total_out as f64).abs() < 1e-9);
+    assert!(num(&report, &["streaming_metrics", "ttft_percentiles", "p50"]) > 0.0);
     let log = json_lines(&log_path);
-    let kv_blocks = report["engine"]["kv_cache_blocks"].as_u64().unwrap();
-    check_iteration_log(&log, 2048, 64, kv_blocks, 16);
+    let kv_blocks = report["lumen"]["kv_cache_blocks"].as_u64().unwrap();
+    check_iteration_log(&log, 2048, 1, kv_blocks, 16);
     for l in &log {
         assert!(l["num_active_requests"].as_u64().unwrap() <= 1, "more than one request in flight: {l}");
         assert_eq!(l["num_ctx_requests"].as_u64().unwrap() + l["num_gen_requests"].as_u64().unwrap(), 1, "{l}");
     }
-    // One request at a time: one iteration per output token.
-    assert_eq!(log.len() as u64, entries.iter().map(|e| e.output_tokens).sum::<u64>());
+    // One request at a time, each prompt prefilled whole: one iteration per output token.
+    assert_eq!(log.len() as u64, total_out);
+}
+
+/// `--concurrency 0` is unlimited, as in trtllm-bench; `--num-requests` above the dataset's size
+/// runs the whole dataset, and below it the first N.
+#[test]
+fn concurrency_zero_is_unlimited_and_num_requests_is_capped_to_the_dataset() {
+    let s = Scratch::new("options");
+    let (dataset, _) = tiny_dataset(&s);
+    let log_path = s.path("iterations.jsonl");
+    let run = lumen(&[
+        "bench",
+        "throughput",
+        "--model",
+        "tiny",
+        "--dataset",
+        &dataset,
+        "--concurrency",
+        "0",
+        "--num-requests",
+        "50",
+        "--iteration-log",
+        &log_path,
+    ])
+    .ok();
+    assert_eq!(text_value(&run.stdout, "Concurrency:"), "unlimited");
+    assert_eq!(text_value(&run.stdout, "Number of requests:"), "8");
+    // Unlimited: all 8 requests are admitted together in the first iteration.
+    let log = json_lines(&log_path);
+    assert_eq!(log[0]["num_ctx_requests"].as_u64(), Some(8), "{}", log[0]);
+    let run = lumen(&["bench", "throughput", "--model", "tiny", "--dataset", &dataset, "--num-requests", "3"]).ok();
+    assert_eq!(text_value(&run.stdout, "Number of requests:"), "3");
+    assert_eq!(text_value(&run.stdout, "Number of Sequences:"), "3");
+}
+
+/// A dataset line may give its prompt as text (tokenized on load with the model's tokenizer) or
+/// as `logits`, as in trtllm-bench.
+#[test]
+fn dataset_lines_with_prompt_text_or_logits_run() {
+    let s = Scratch::new("prompt-lines");
+    let dataset = s.write(
+        "mixed.jsonl",
+        "{\"task_id\":0,\"prompt\":\"What is the capital of France?\",\"output_tokens\":2}\n{\"task_id\":1,\"logits\":[1780,314],\"output_tokens\":2}\n",
+    );
+    let run = lumen(&["bench", "throughput", "--dataset", &dataset, "--warmup", "0"]).ok();
+    // The prompt is 7 SmolLM2 tokens, the logits 2: an average of 4.5.
+    assert_eq!(text_value(&run.stdout, "Average Input Length (tokens):"), "4.5000");
+    let run = lumen(&["bench", "throughput", "--model", "tiny", "--dataset", &dataset]);
+    run.fails_with(1, &["mixed.jsonl:1: task 0: the prompt is text but the model has no tokenizer"]);
+}
+
+/// prepare-dataset on SmolLM2 draws no control token (ids 0 to 16, EOS 2 among them) and no id
+/// twice within a request, which is far shorter than the vocabulary.
+#[test]
+fn synthetic_prompts_hold_no_special_token_and_no_repeated_id() {
+    let s = Scratch::new("special");
+    let out = s.path("norm.jsonl");
+    let kind = ["token-norm-dist", "--num-requests", "20", "--input-mean", "400", "--input-stdev", "100", "--output-mean", "4"];
+    let entries = prepare(&[], &out, &kind);
+    for e in &entries {
+        assert!(e.input_ids.iter().all(|&t| (17..49152).contains(&t)), "a special or out-of-vocabulary id: {e:?}");
+        let distinct: std::collections::HashSet<&u64> = e.input_ids.iter().collect();
+        assert_eq!(distinct.len(), e.input_ids.len(), "task {}: a repeated id", e.task_id);
+    }
 }
 
 #[test]
@@ -336,6 +431,8 @@ fn small_budget_chunks_prefill_and_preempts_but_finishes() {
         "64",
         "--kv-block-size",
         "4",
+        "--scheduler-policy",
+        "max-utilization",
         "--report-json",
         &report_path,
         "--iteration-log",
@@ -343,14 +440,16 @@ fn small_budget_chunks_prefill_and_preempts_but_finishes() {
     ])
     .ok();
     assert_eq!(text_value(&run.stdout, "KV Cache:"), "16 blocks x 4 tokens (64 tokens)");
-    assert_eq!(text_value(&run.stdout, "Max Num Tokens:"), "8");
+    assert_eq!(text_value(&run.stdout, "Max Runtime Tokens:"), "8");
+    assert_eq!(text_value(&run.stdout, "Scheduling Policy:"), "MAX_UTILIZATION");
     assert_eq!(text_value(&run.stdout, "Streaming:"), "off");
     assert!(!run.stdout.contains("[TTFT]"), "no streaming metrics without --streaming");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    assert!(report["streaming"].is_null());
+    assert!(report["streaming_metrics"].is_null());
     let total_in: u64 = entries.iter().map(|e| e.input_ids.len() as u64).sum();
     let total_out: u64 = entries.iter().map(|e| e.output_tokens).sum();
-    assert_eq!(report["requests"]["total_output_tokens"].as_u64(), Some(total_out), "a request lost tokens");
+    let avg_out = num(&report, &["request_info", "avg_output_length"]);
+    assert!((avg_out * entries.len() as f64 - total_out as f64).abs() < 1e-9, "a request lost tokens");
 
     let log = json_lines(&log_path);
     check_iteration_log(&log, 8, 64, 16, 4);
@@ -369,13 +468,14 @@ fn small_budget_chunks_prefill_and_preempts_but_finishes() {
 }
 
 /// `--quantization fp8` runs on the CPU (the FP8 reference) and the report names what the model
-/// computed in; without it the report says float32 (the CPU's type), never a fixed string.
+/// computed in and its quantization; without it the report says float32 (the CPU's type) and
+/// None, never a fixed string.
 #[test]
 fn the_report_names_the_dtype_and_fp8_quantization() {
     let s = Scratch::new("bench-fp8");
     let (dataset, _) = tiny_dataset(&s);
-    for (flags, dtype) in
-        [(&["--quantization", "fp8"][..], "float32 over FP8-quantized layer weights and activations"), (&[][..], "float32")]
+    for (flags, dtype, quantization) in
+        [(&["--quantization", "fp8"][..], "float32 over FP8-quantized layer weights and activations", "FP8"), (&[][..], "float32", "None")]
     {
         let args: Vec<&str> = ["bench", "throughput", "--model", "tiny-untied", "--device", "cpu", "--dataset", &dataset]
             .into_iter()
@@ -383,5 +483,6 @@ fn the_report_names_the_dtype_and_fp8_quantization() {
             .collect();
         let run = lumen(&args).ok();
         assert_eq!(text_value(&run.stdout, "Dtype:"), dtype, "{flags:?}");
+        assert_eq!(text_value(&run.stdout, "Quantization:"), quantization, "{flags:?}");
     }
 }

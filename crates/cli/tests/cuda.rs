@@ -56,8 +56,8 @@ fn bench_throughput_on_cuda_with_graphs_profiling_and_device_time() {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     eprintln!("{}", run.stdout);
     let iterations: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(r["requests"]["total_output_tokens"].as_u64(), Some(40 * 24), "every request produced its 24 tokens");
-    assert_eq!(r["run"]["num_requests"].as_u64(), Some(40));
+    assert_eq!(r["lumen"]["total_output_tokens"].as_u64(), Some(40 * 24), "every request produced its 24 tokens");
+    assert_eq!(r["request_info"]["num_requests"].as_u64(), Some(40));
     assert!(iterations.iter().all(|i| i["device_step_ms"].as_f64().is_some_and(|d| d > 0.0)), "device time on every iteration");
     let info = lumen(&["trace", "info", &trace]).ok();
     assert!(info.stdout.contains("iterations"), "{}", info.stdout);

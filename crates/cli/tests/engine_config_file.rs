@@ -74,14 +74,15 @@ fn yaml_file_sets_the_engine_limits_and_flags_win() {
     let report_path = s.path("report.json");
     let log_path = s.path("iterations.jsonl");
     let run = throughput(&dataset, &config, &["--report-json", &report_path, "--iteration-log", &log_path]).ok();
-    assert_eq!(text_value(&run.stdout, "Max Batch Size:"), "3");
-    assert_eq!(text_value(&run.stdout, "Max Num Tokens:"), "48");
+    assert_eq!(text_value(&run.stdout, "Max Runtime Batch Size:"), "3");
+    assert_eq!(text_value(&run.stdout, "Max Runtime Tokens:"), "48");
     assert_eq!(text_value(&run.stdout, "KV Cache:"), "64 blocks x 8 tokens (512 tokens)");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).expect("the JSON report parses");
-    assert_eq!(report["engine"]["max_batch_size"].as_u64(), Some(3));
-    assert_eq!(report["engine"]["kv_cache_blocks"].as_u64(), Some(64));
-    assert_eq!(report["engine"]["kv_block_size"].as_u64(), Some(8));
-    assert_eq!(report["run"]["num_requests"].as_u64(), Some(8));
+    assert_eq!(report["world_info"]["max_batch_size"].as_u64(), Some(3));
+    assert_eq!(report["world_info"]["max_num_tokens"].as_u64(), Some(48));
+    assert_eq!(report["lumen"]["kv_cache_blocks"].as_u64(), Some(64));
+    assert_eq!(report["lumen"]["kv_block_size"].as_u64(), Some(8));
+    assert_eq!(report["request_info"]["num_requests"].as_u64(), Some(8));
     let log = json_lines(&log_path);
     assert!(!log.is_empty(), "empty iteration log");
     for l in &log {
@@ -93,7 +94,7 @@ fn yaml_file_sets_the_engine_limits_and_flags_win() {
 
     // Flags on the command line win over the file; what they leave out still comes from it.
     let run = throughput(&dataset, &config, &["--max-batch-size", "2", "--kv-block-size", "16"]).ok();
-    assert_eq!(text_value(&run.stdout, "Max Batch Size:"), "2");
-    assert_eq!(text_value(&run.stdout, "Max Num Tokens:"), "48");
+    assert_eq!(text_value(&run.stdout, "Max Runtime Batch Size:"), "2");
+    assert_eq!(text_value(&run.stdout, "Max Runtime Tokens:"), "48");
     assert_eq!(text_value(&run.stdout, "KV Cache:"), "32 blocks x 16 tokens (512 tokens)");
 }

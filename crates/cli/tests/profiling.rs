@@ -100,10 +100,10 @@ fn a_window_on_the_real_model_records_exactly_its_iterations() {
     assert_eq!(logged[0]["iter"], 0, "iteration numbers restart after warm-up");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let total = |key: &str| logged.iter().map(|l| l[key].as_u64().unwrap()).sum::<u64>();
-    assert_eq!(total("num_ctx_tokens"), r["requests"]["total_input_tokens"].as_u64().unwrap());
+    assert_eq!(total("num_ctx_tokens"), r["lumen"]["total_input_tokens"].as_u64().unwrap());
     assert_eq!(
         total("num_gen_tokens") + 4,
-        r["requests"]["total_output_tokens"].as_u64().unwrap(),
+        r["lumen"]["total_output_tokens"].as_u64().unwrap(),
         "one token per request comes from its prefill"
     );
 }
@@ -133,10 +133,10 @@ fn a_whole_run_adds_up_to_the_report_and_exports() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let ctx: u64 = t.iterations.iter().map(|i| i.ctx_tokens).sum();
     let gen: u64 = t.iterations.iter().map(|i| i.gen_tokens).sum();
-    assert_eq!(ctx, r["requests"]["total_input_tokens"].as_u64().unwrap());
+    assert_eq!(ctx, r["lumen"]["total_input_tokens"].as_u64().unwrap());
     assert_eq!(
         gen + t.requests.len() as u64,
-        r["requests"]["total_output_tokens"].as_u64().unwrap(),
+        r["lumen"]["total_output_tokens"].as_u64().unwrap(),
         "one token per request comes from its prefill"
     );
     assert_eq!(t.requests.len(), 6);

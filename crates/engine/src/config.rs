@@ -145,18 +145,6 @@ pub enum SchedulerPolicy {
 }
 
 impl SchedulerPolicy {
-    /// The spelling of the command line (`guaranteed-no-evict`, `max-utilization`).
-    pub const CHOICES: [&'static str; 2] = ["guaranteed-no-evict", "max-utilization"];
-
-    /// Parses a command-line spelling; the error names the value and the choices.
-    pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "guaranteed-no-evict" => Ok(SchedulerPolicy::GuaranteedNoEvict),
-            "max-utilization" => Ok(SchedulerPolicy::MaxUtilization),
-            other => bail!("scheduler policy {other:?} is unknown, expected one of {:?}", Self::CHOICES),
-        }
-    }
-
     /// The name TensorRT-LLM's reports print (`GUARANTEED_NO_EVICT`, `MAX_UTILIZATION`).
     pub fn report_name(&self) -> &'static str {
         match self {
