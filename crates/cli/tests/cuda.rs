@@ -41,6 +41,7 @@ fn bench_throughput_on_cuda_with_graphs_profiling_and_device_time() {
             "-1",
             "--max-batch-size",
             "16",
+            "--streaming",
             "--report-json",
             &report,
             "--iteration-log",
@@ -58,6 +59,16 @@ fn bench_throughput_on_cuda_with_graphs_profiling_and_device_time() {
     let iterations: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(r["lumen"]["total_output_tokens"].as_u64(), Some(40 * 24), "every request produced its 24 tokens");
     assert_eq!(r["request_info"]["num_requests"].as_u64(), Some(40));
+    // Streamed on the GPU: TTFT and TPOT come from the chunks the caller took off each stream,
+    // every request's first chunk before its end, and the caller's latency is never below the
+    // engine's.
+    let streaming = &r["streaming_metrics"];
+    for p in ["minimum", "p50", "maximum"] {
+        let ttft = streaming["ttft_percentiles"][p].as_f64().unwrap();
+        assert!(ttft > 0.0 && ttft < r["performance"]["request_latency_percentiles_ms"]["maximum"].as_f64().unwrap(), "TTFT {p} {ttft}");
+        assert!(streaming["tpot_percentiles"][p].as_f64().unwrap() > 0.0, "TPOT {p}");
+        assert!(r["lumen"]["caller_overhead_ms"][p].as_f64().unwrap() >= 0.0, "caller-side overhead {p}");
+    }
     assert!(iterations.iter().all(|i| i["device_step_ms"].as_f64().is_some_and(|d| d > 0.0)), "device time on every iteration");
     let info = lumen(&["trace", "info", &trace]).ok();
     assert!(info.stdout.contains("iterations"), "{}", info.stdout);
