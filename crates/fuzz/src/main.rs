@@ -54,8 +54,10 @@ fn safetensors(_: &Path, dir: &Path) -> Result<()> {
     lumen_model::safetensors::SafetensorsDir::open(dir).map(|_| ())
 }
 
+/// Reads a dataset whose `prompt` lines are "tokenized" to their bytes, so that path is fuzzed too.
 fn dataset(path: &Path, _: &Path) -> Result<()> {
-    lumen_bench::dataset::read_dataset(path, Some(512)).map(|_| ())
+    let bytes = |text: &str| -> Result<Vec<u32>> { Ok(text.bytes().map(u32::from).collect()) };
+    lumen_bench::dataset::read_dataset(path, Some(512), Some(&bytes)).map(|_| ())
 }
 
 fn config(path: &Path, _: &Path) -> Result<()> {
