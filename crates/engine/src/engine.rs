@@ -3,7 +3,7 @@
 use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
 use crate::profiling::Profiler;
-use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings};
+use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId, RequestLimits, RequestStream, RequestTimings};
 use crate::runner::{self, Runner};
 use crate::scheduler::{Scheduler, Sequence};
 use crate::stats::IterationStats;
@@ -23,6 +23,8 @@ use std::sync::Arc;
 pub struct StepOutput {
     pub stats: IterationStats,
     pub finished: Vec<RequestId>,
+    /// Requests scheduled for the first time in this iteration.
+    pub started: Vec<RequestId>,
 }
 
 pub struct Engine {
@@ -94,6 +96,16 @@ impl Engine {
         self.kv.audit(tables.map(|s| s.block_table.as_slice()))
     }
 
+    /// What a request must satisfy to run on this engine.
+    pub fn limits(&self) -> RequestLimits {
+        RequestLimits {
+            vocab_size: self.model.config().vocab_size,
+            max_seq_len: self.max_seq_len,
+            max_num_tokens: self.config.max_num_tokens,
+            chunked_prefill: self.config.chunked_prefill,
+        }
+    }
+
     pub fn max_seq_len(&self) -> usize {
         self.max_seq_len
     }
@@ -157,32 +169,11 @@ impl Engine {
         RequestStream { id, events: rx }
     }
 
-    /// Queues a request under a caller-chosen id (the handle assigns ids across threads).
-    pub(crate) fn add_request(&mut self, id: RequestId, request: Request, events: EventSender) {
+    /// Queues a request under a caller-chosen id (the handle assigns ids across threads); false
+    /// when it was rejected at once.
+    pub(crate) fn add_request(&mut self, id: RequestId, request: Request, events: EventSender) -> bool {
         let timings = RequestTimings { arrival_ns: now_ns(), ..Default::default() };
-        let vocab = self.model.config().vocab_size;
-        let problem = if request.prompt.is_empty() {
-            Some("the prompt is empty".to_string())
-        } else if let Some(bad) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
-            Some(format!("prompt token id {bad} is out of range for a vocabulary of {vocab}"))
-        } else if request.stop.max_tokens == 0 {
-            Some("max_tokens is 0, expected at least 1".to_string())
-        } else if !self.config.chunked_prefill && request.prompt.len() > self.config.max_num_tokens {
-            Some(format!(
-                "prompt of {} tokens exceeds max_num_tokens {} and chunked prefill is off, so it can never be prefilled",
-                request.prompt.len(),
-                self.config.max_num_tokens
-            ))
-        } else if request.prompt.len() + request.stop.max_tokens > self.max_seq_len {
-            Some(format!(
-                "prompt of {} tokens plus max_tokens {} exceeds the engine's limit of {} tokens (model context or KV cache)",
-                request.prompt.len(),
-                request.stop.max_tokens,
-                self.max_seq_len
-            ))
-        } else {
-            None
-        };
+        let problem = self.limits().problem(&request);
         if let Some(why) = problem {
             let end = RequestTimings { end_ns: now_ns(), ..timings };
             let _ = events.send(RequestEvent::Finished {
@@ -191,7 +182,7 @@ impl Engine {
                 output_tokens: 0,
                 timings: end,
             });
-            return;
+            return false;
         }
         let prompt_len = request.prompt.len();
         mark(Category::Api, "enqueue", || Some(format!("{{\"request\":{id},\"flow\":{id},\"prompt_tokens\":{prompt_len}}}")));
@@ -206,23 +197,73 @@ impl Engine {
             events,
             timings,
         });
+        true
     }
 
-    /// Stops a request wherever it is; its stream gets `Finished { reason: Aborted }`.
-    pub fn abort(&mut self, id: RequestId) {
+    /// Stops a request wherever it is, freeing its blocks at once; its stream gets
+    /// `Finished { reason: Aborted }`. False when no such request is in the engine.
+    pub fn abort(&mut self, id: RequestId) -> bool {
         let queued = self.incoming.iter().position(|s| s.id == id).map(|i| self.incoming.remove(i));
-        if let Some(seq) = queued.or_else(|| self.scheduler.remove(id)) {
-            self.finish(seq, FinishReason::Aborted);
+        match queued.or_else(|| self.scheduler.remove(id)) {
+            Some(seq) => {
+                self.finish(seq, FinishReason::Aborted);
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Requests admitted to the batch (scheduled at least once and not preempted since).
+    pub fn num_running(&self) -> usize {
+        self.scheduler.running.len()
+    }
+
+    /// Requests submitted or preempted and waiting to be scheduled.
+    pub fn num_waiting(&self) -> usize {
+        self.scheduler.waiting.len() + self.incoming.len()
+    }
+
+    /// KV blocks held by requests.
+    pub fn kv_used_blocks(&self) -> usize {
+        self.kv.num_used()
+    }
+
+    /// The number the next iteration will carry (profiling windows count these).
+    pub fn next_iteration(&self) -> u64 {
+        self.iteration
+    }
+
+    /// Whether a profiler is attached (its windows pending, open, or closed but not finished).
+    pub fn is_profiling(&self) -> bool {
+        self.profiler.is_some()
+    }
+
+    /// Whether the attached profiler's windows have all closed, so it can be finished.
+    pub fn profile_windows_over(&self) -> bool {
+        self.profiler.as_ref().is_some_and(|p| p.windows_over(self.iteration))
+    }
+
+    /// Closes an open profiling window here, at an iteration boundary (stopping the CUDA
+    /// profiler), and finishes the trace, as [`Engine::finish_profiling`] does.
+    pub fn stop_profiling(&mut self) -> Result<Option<(std::path::PathBuf, u64)>> {
+        if self.profiler.as_ref().is_some_and(Profiler::is_window_open) {
+            self.runner.set_profiler(false)?;
+        }
+        self.finish_profiling(&[])
     }
 
     /// Ends every request with an error after a failed step.
     pub fn fail_all(&mut self, why: &str) {
+        self.end_all(FinishReason::Rejected(format!("engine failed: {why}")));
+    }
+
+    /// Ends every request with `reason`, freeing all their blocks.
+    pub fn end_all(&mut self, reason: FinishReason) {
         let mut all: Vec<Sequence> = self.incoming.drain(..).collect();
         all.extend(self.scheduler.waiting.drain(..));
         all.append(&mut self.scheduler.running);
         for seq in all {
-            self.finish(seq, FinishReason::Rejected(format!("engine failed: {why}")));
+            self.finish(seq, reason.clone());
         }
     }
 
@@ -279,11 +320,15 @@ impl Engine {
         let sampled = if input.tokens.is_empty() { Vec::new() } else { self.runner.sample(self.model.config().vocab_size, &input)? };
         let mut sampled = sampled.into_iter();
         let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
+        let mut started = Vec::new();
         let now = now_ns();
         for s in &decision.seqs {
             let seq = self.scheduler.running_mut(s.id).expect("scheduled sequences are running");
             seq.num_computed += s.num_tokens;
-            seq.timings.first_scheduled_ns.get_or_insert(start);
+            if seq.timings.first_scheduled_ns.is_none() {
+                seq.timings.first_scheduled_ns = Some(start);
+                started.push(s.id);
+            }
             if !s.samples {
                 continue;
             }
@@ -365,6 +410,6 @@ impl Engine {
             }
         }
         self.iteration += 1;
-        Ok(StepOutput { stats, finished })
+        Ok(StepOutput { stats, finished, started })
     }
 }

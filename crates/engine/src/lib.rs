@@ -23,10 +23,10 @@ pub mod work;
 
 pub use config::{EngineConfig, KvBudget, SchedulerPolicy};
 pub use engine::{Engine, StepOutput};
-pub use handle::EngineHandle;
+pub use handle::{EngineHandle, EngineLoad, FinishedTrace, MakeProfiler, ProfileRefusal, QueueFull};
 pub use interrupt::Interrupted;
 pub use profiling::Profiler;
-pub use request::{FinishReason, Request, RequestEvent, RequestId, RequestStream, RequestTimings, SamplingParams, StopConditions};
+pub use request::{FinishReason, Request, RequestEvent, RequestId, RequestLimits, RequestStream, RequestTimings, SamplingParams, StopConditions};
 pub use scheduler::SchedulerOutput;
 pub use stats::IterationStats;
 pub use work::{Dtype, IterationWork, WorkModel};

@@ -80,6 +80,16 @@ impl Profiler {
         }
     }
 
+    /// Whether a window is open now.
+    pub fn is_window_open(&self) -> bool {
+        self.state.is_open()
+    }
+
+    /// Whether every window has closed by iteration `next_iter`.
+    pub fn windows_over(&self, next_iter: u64) -> bool {
+        !self.state.is_open() && self.state.windows.last().is_none_or(|last| last < next_iter)
+    }
+
     /// Called before iteration `iter`: opens a window that starts here (and says so, for the
     /// caller to start the CUDA profiler).
     pub fn before_iteration(&mut self, iter: u64) -> Option<WindowEvent> {

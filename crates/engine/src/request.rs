@@ -37,6 +37,44 @@ impl Default for StopConditions {
     }
 }
 
+/// What any request must satisfy to run on a given engine: the model's vocabulary, the longest
+/// sequence the model context and the KV cache hold, and, without chunked prefill, the longest
+/// prompt one iteration's token budget takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestLimits {
+    pub vocab_size: usize,
+    pub max_seq_len: usize,
+    pub max_num_tokens: usize,
+    pub chunked_prefill: bool,
+}
+
+impl RequestLimits {
+    /// Why `request` can never run here, or `None` when it can.
+    pub fn problem(&self, request: &Request) -> Option<String> {
+        let (prompt, max_tokens) = (request.prompt.len(), request.stop.max_tokens);
+        let vocab = self.vocab_size;
+        if prompt == 0 {
+            Some("the prompt is empty".to_string())
+        } else if let Some(bad) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
+            Some(format!("prompt token id {bad} is out of range for a vocabulary of {vocab}"))
+        } else if max_tokens == 0 {
+            Some("max_tokens is 0, expected at least 1".to_string())
+        } else if !self.chunked_prefill && prompt > self.max_num_tokens {
+            Some(format!(
+                "prompt of {prompt} tokens exceeds max_num_tokens {} and chunked prefill is off, so it can never be prefilled",
+                self.max_num_tokens
+            ))
+        } else if prompt.saturating_add(max_tokens) > self.max_seq_len {
+            Some(format!(
+                "prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the engine's limit of {} tokens (model context or KV cache)",
+                self.max_seq_len
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Request {
     pub prompt: Vec<u32>,

@@ -47,6 +47,11 @@ impl ProfileWindows {
         Ok(ProfileWindows { ranges })
     }
 
+    /// One window over iterations `first..=last`.
+    pub fn between(first: u64, last: u64) -> Self {
+        ProfileWindows { ranges: vec![(first.min(last), last)] }
+    }
+
     /// One window over every iteration.
     pub fn all() -> Self {
         ProfileWindows { ranges: vec![(0, u64::MAX)] }
