@@ -7,6 +7,7 @@ mod common;
 mod generate;
 mod profile;
 mod recording;
+mod serve;
 mod trace;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     /// Prepare datasets and benchmark the engine, as trtllm-bench does.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve the model over an OpenAI-compatible HTTP API, as trtllm-serve does.
+    Serve(serve::ServeArgs),
     /// Inspect and export traces.
     #[command(subcommand)]
     Trace(trace::TraceCommand),
@@ -61,6 +64,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Serve(args) => serve::run(args),
         Command::Trace(cmd) => trace::run(cmd),
         Command::Analyze(args) => analyze::run(args),
         Command::Profile(args) => match profile::run(args) {

@@ -77,13 +77,7 @@ impl ProfileArgs {
             }));
         };
         check_outputs(&[Named::new(named_by, &path)], inputs)?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        let meta = vec![
-            ("command".to_string(), std::env::args().collect::<Vec<_>>().join(" ")),
-            ("host".to_string(), host),
-            ("model".to_string(), model.to_string()),
-            ("lumen_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ];
+        let meta = trace_meta(model);
         let what = windows.as_ref().map_or("every iteration".to_string(), |w| format!("iterations {w}"));
         let profiler = Profiler::new(&path, windows, meta).context("cannot start the trace")?;
         lumen_trace::status!("[lumen] recording {what} into {}", path.display());
@@ -91,16 +85,31 @@ impl ProfileArgs {
     }
 }
 
-/// Names where the model runs in the trace's `meta`: `backend` (cpu or cuda) and, on a GPU,
-/// `gpu` (its name and ordinal).
-pub fn record_device(profiler: &mut Option<Profiler>, model: &lumen_model::Model) -> Result<()> {
-    let Some(p) = profiler else { return Ok(()) };
+/// The meta every trace of this command carries: the command line, the host, the model and
+/// lumen's version.
+pub fn trace_meta(model: &str) -> Vec<(String, String)> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    vec![
+        ("command".to_string(), std::env::args().collect::<Vec<_>>().join(" ")),
+        ("host".to_string(), host),
+        ("model".to_string(), model.to_string()),
+        ("lumen_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+    ]
+}
+
+/// Where the model runs, as trace meta: `backend` (cpu or cuda) and, on a GPU, `gpu` (its name
+/// and ordinal).
+pub fn device_meta(model: &lumen_model::Model) -> Vec<(String, String)> {
     match model.cuda_weights() {
         Some(w) => {
-            p.set_meta("backend", "cuda")?;
-            p.set_meta("gpu", &format!("{} (cuda:{})", w.gpu.info.name, w.gpu.ordinal))?;
+            vec![("backend".to_string(), "cuda".to_string()), ("gpu".to_string(), format!("{} (cuda:{})", w.gpu.info.name, w.gpu.ordinal))]
         }
-        None => p.set_meta("backend", "cpu")?,
+        None => vec![("backend".to_string(), "cpu".to_string())],
     }
-    Ok(())
+}
+
+/// Writes [`device_meta`] into the profiler's trace.
+pub fn record_device(profiler: &mut Option<Profiler>, model: &lumen_model::Model) -> Result<()> {
+    let Some(p) = profiler else { return Ok(()) };
+    device_meta(model).iter().try_for_each(|(key, value)| p.set_meta(key, value))
 }
