@@ -3,7 +3,8 @@
 //! lines) and reading datasets, the driver that runs a dataset through the engine and times each
 //! request from the caller's side, the report (its figures, percentile statistics and text
 //! layout), the progress reporter, and the engine limits `bench throughput` tunes to the model,
-//! dataset and GPU.
+//! dataset and GPU; and `bench serve`, the online load generator against an OpenAI-compatible
+//! server, with `vllm bench serve`'s report.
 
 pub mod dataset;
 pub mod progress;
@@ -11,5 +12,6 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod sampling;
+pub mod serve;
 pub mod stats;
 pub mod tuning;

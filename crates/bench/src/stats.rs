@@ -1,6 +1,8 @@
 //! Percentile statistics as `trtllm-bench` computes them: percentile `p` of `n` values is
 //! `sorted[min(floor(n·p), n − 1)]`, the average is the plain mean, and the JSON keys are
-//! `p50`, `p90`, `p95`, `p99`, `minimum`, `maximum`, `average`, in that order.
+//! `p50`, `p90`, `p95`, `p99`, `minimum`, `maximum`, `average`, in that order. `vllm bench
+//! serve` computes its own as numpy does ([`Spread`]): percentiles interpolated linearly between
+//! ranks, and the population standard deviation.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,9 +56,63 @@ pub fn percentile_index(n: usize, p: f64) -> usize {
     ((n as f64 * p) as usize).min(n.saturating_sub(1))
 }
 
+/// Mean, median, standard deviation and percentiles as numpy computes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spread {
+    sorted: Vec<f64>,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Spread { sorted }
+    }
+
+    /// 0 without values, as numpy's figures of an empty list are reported as 0.
+    pub fn mean(&self) -> f64 {
+        if self.sorted.is_empty() {
+            return 0.0;
+        }
+        self.sorted.iter().sum::<f64>() / self.sorted.len() as f64
+    }
+
+    /// The population standard deviation (numpy's `std`).
+    pub fn std(&self) -> f64 {
+        if self.sorted.is_empty() {
+            return 0.0;
+        }
+        let mean = self.mean();
+        (self.sorted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / self.sorted.len() as f64).sqrt()
+    }
+
+    /// Percentile `p` (0 to 100), interpolated linearly between the ranks around
+    /// `p / 100 · (n − 1)`.
+    pub fn percentile(&self, p: f64) -> f64 {
+        let n = self.sorted.len();
+        if n == 0 {
+            return 0.0;
+        }
+        let rank = p / 100.0 * (n - 1) as f64;
+        let (low, high) = (rank.floor() as usize, (rank.ceil() as usize).min(n - 1));
+        self.sorted[low] + (self.sorted[high] - self.sorted[low]) * (rank - low as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_follows_numpy() {
+        // numpy: percentile([1, 2, 3, 4], [50, 99, 25]) = [2.5, 3.97, 1.75]; std = 1.118033988749895.
+        let s = Spread::of(&[4.0, 1.0, 3.0, 2.0]);
+        assert_eq!((s.mean(), s.percentile(50.0), s.percentile(25.0), s.percentile(100.0)), (2.5, 2.5, 1.75, 4.0));
+        assert!((s.percentile(99.0) - 3.97).abs() < 1e-12);
+        assert!((s.std() - 1.118033988749895).abs() < 1e-15);
+        assert_eq!((Spread::of(&[]).mean(), Spread::of(&[]).percentile(99.0)), (0.0, 0.0));
+        assert_eq!(Spread::of(&[7.0]).percentile(99.0), 7.0);
+    }
 
     #[test]
     fn percentile_index_rule() {

@@ -1,4 +1,5 @@
-//! `lumen bench`: `prepare-dataset`, `throughput` and `latency`, with trtllm-bench's options.
+//! `lumen bench`: `prepare-dataset`, `throughput` and `latency`, with trtllm-bench's options, and
+//! `serve` (in its own module).
 
 use crate::common::{hardware_description, EngineArgs, ModelArgs};
 use crate::recording::ProfileArgs;
@@ -29,6 +30,9 @@ pub enum BenchCommand {
     /// Low latency, as trtllm-bench's: batch size 1, one request at a time, streamed, prompts
     /// prefilled whole, guaranteed-no-evict.
     Latency(LatencyArgs),
+    /// Online serving load against an OpenAI-compatible server, as `vllm bench serve`: request
+    /// rate, concurrency, and the Serving Benchmark Result (TTFT, TPOT, ITL, E2EL).
+    Serve(crate::bench_serve::BenchServeArgs),
 }
 
 #[derive(Args)]
@@ -407,6 +411,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             let concurrency = (a.concurrency > 0).then_some(a.concurrency as usize);
             run_bench(a.run, Mode { concurrency, streaming: a.streaming, tune: true, low_latency: false })
         }
+        BenchCommand::Serve(a) => crate::bench_serve::run(a),
         BenchCommand::Latency(a) => run_bench(a.run, Mode { concurrency: Some(1), streaming: true, tune: false, low_latency: true }),
     }
 }

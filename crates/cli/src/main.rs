@@ -3,6 +3,7 @@
 
 mod analyze;
 mod bench;
+mod bench_serve;
 mod common;
 mod generate;
 mod profile;
