@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CUDA benchmarks on the GPU machine (docs/benchmarks.md): lumen's throughput and latency on the
-# Llama-3.1-8B shape (MODEL), in bf16 or FP8 (PRECISION=bf16|fp8), ISL/OSL 128/128 (ISL, OSL),
+# Llama-3.1-8B shape (MODEL), in bf16 or FP8 (PRECISION=bf16|fp8) with a bf16 or FP8 KV cache
+# (KV_DTYPE=auto|fp8), ISL/OSL 128/128 (ISL, OSL),
 # and the Hugging Face transformers peer in the same run. Without MAX_BATCH and MAX_TOKENS the
 # throughput run takes the limits `bench throughput` tunes; with them, those. Expects `lumen` at $LUMEN_BIN (default gpu-tests/lumen, from scripts/gpu_tests.sh build) and
 # the peer script at peers/hf_generate.py. Reports go to $OUT (default /tmp); run it with its output
@@ -20,6 +21,11 @@ case "$PRECISION" in
 bf16) QUANT=() ;;
 fp8) QUANT=(--quantization fp8) ;;
 *) echo "PRECISION=$PRECISION: expected bf16 or fp8" >&2; exit 2 ;;
+esac
+case "${KV_DTYPE:-auto}" in
+auto) ;;
+fp8) QUANT+=(--kv-cache-dtype fp8) ;;
+*) echo "KV_DTYPE=$KV_DTYPE: expected auto or fp8" >&2; exit 2 ;;
 esac
 LIMITS=()
 [[ -n "${MAX_BATCH:-}" ]] && LIMITS+=(--max-batch-size "$MAX_BATCH")
@@ -43,7 +49,7 @@ fi
 if [[ "${SKIP_PEER:-0}" != 1 ]]; then
   python3 peers/hf_generate.py --model "$MODEL" --batch 1 128 2>&1 | grep '^{' | tee /tmp/peer.jsonl
 fi
-echo "== summary ($MODEL, $PRECISION, ISL/OSL $ISL/$OSL)"
+echo "== summary ($MODEL, $PRECISION, KV cache ${KV_DTYPE:-auto}, ISL/OSL $ISL/$OSL)"
 grep -h "Total Output Throughput\|Request Throughput\|Average time-per-output-token" /tmp/throughput.txt /tmp/latency.txt 2>/dev/null || true
 cat /tmp/peer.jsonl 2>/dev/null || true
 if [[ -f "$OUT/throughput_iterations.jsonl" ]]; then

@@ -1,0 +1,121 @@
+//! Attention kernel speed on the GPU machine: for decode batches and prefill chunks of the
+//! Llama-3.1-8B attention shape (32 query heads, 8 KV heads, head size 128, bf16 or FP8 cache,
+//! blocks of 16), the median time of one launch of the CUDA-core kernel and of the tensor-core
+//! prefill kernel (CUDA events), with the KV bytes read per second and the attention FLOP rate
+//! (causal work only). `attention_speed [heads kv_heads head_dim]`.
+
+use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
+use lumen_backend::cuda::{AttentionArgs, Gpu, Kernels};
+
+const BLOCK: usize = 16;
+
+/// `seqs` sequences, each querying `len` tokens at positions `ctx - len .. ctx`.
+struct Shape {
+    name: &'static str,
+    seqs: usize,
+    len: usize,
+    ctx: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("sizes are integers")).collect();
+    let [heads, kv_heads, hd] = if args.len() == 3 { [args[0], args[1], args[2]] } else { [32, 8, 128] };
+    let group = heads / kv_heads;
+    let gpu = Gpu::open(0)?;
+    let kernels = Kernels::load(&gpu)?;
+    println!("{} | heads {heads}/{kv_heads}, head_dim {hd}, median of 20 runs", gpu.info.name);
+    println!("{:>26} {:>5} {:>12} {:>9} {:>8} {:>9}", "shape", "cache", "kernel", "time us", "KV GB/s", "TFLOP/s");
+    let shapes = [
+        Shape { name: "decode 64 x ctx 2048", seqs: 64, len: 1, ctx: 2048 },
+        Shape { name: "decode 256 x ctx 2048", seqs: 256, len: 1, ctx: 2048 },
+        Shape { name: "decode 512 x ctx 256", seqs: 512, len: 1, ctx: 256 },
+        Shape { name: "prefill 4 x 2048", seqs: 4, len: 2048, ctx: 2048 },
+        Shape { name: "chunk 1 x 2048 at 6144", seqs: 1, len: 2048, ctx: 8192 },
+        Shape { name: "prefill 60 x 128", seqs: 60, len: 128, ctx: 128 },
+    ];
+    for s in &shapes {
+        let blocks_per_seq = s.ctx.div_ceil(BLOCK);
+        let num_blocks = s.seqs * blocks_per_seq;
+        let tokens = s.seqs * s.len;
+        let table: Vec<u32> = (0..num_blocks as u32).collect();
+        let offsets: Vec<u32> = (0..=s.seqs).map(|i| (i * blocks_per_seq) as u32).collect();
+        let positions: Vec<u32> = (0..s.seqs).flat_map(|_| (s.ctx - s.len..s.ctx).map(|p| p as u32)).collect();
+        let q = gpu.upload(
+            &(0..tokens * heads * hd).map(|i| lumen_backend::cuda::to_bf16(((i * 37 % 101) as f32 - 50.0) / 60.0)).collect::<Vec<u16>>(),
+            "q",
+        )?;
+        let cache_elems = num_blocks * kv_heads * BLOCK * hd;
+        let k = gpu.alloc(cache_elems * 2, "k")?;
+        let v = gpu.alloc(cache_elems * 2, "v")?;
+        gpu.fill(k.ptr, 0x3c, cache_elems * 2)?;
+        gpu.fill(v.ptr, 0x3c, cache_elems * 2)?;
+        let (table, offsets, positions) =
+            (gpu.upload(&table, "table")?, gpu.upload(&offsets, "offsets")?, gpu.upload(&positions, "positions")?);
+        let split = gpu.upload(&[s.ctx.next_multiple_of(32) as u32], "split")?;
+        let out = gpu.alloc(tokens * heads * hd * 2, "out")?;
+        let causal_pairs: f64 = (s.ctx - s.len + 1..=s.ctx).map(|c| c as f64).sum::<f64>() * s.seqs as f64;
+        let flops = 4.0 * causal_pairs * (heads * hd) as f64;
+        for fp8 in [false, true] {
+            let bytes = s.seqs as f64 * s.ctx as f64 * (kv_heads * hd * 2) as f64 * if fp8 { 1.0 } else { 2.0 };
+            for tensor_cores in [false, true] {
+                let rows_per_tile = (if tensor_cores { PREFILL_ATTENTION_MAX_ROWS } else { ATTENTION_MAX_ROWS } / group).max(1);
+                let mut tiles = Vec::new();
+                for si in 0..s.seqs {
+                    for off in (0..s.len).step_by(rows_per_tile) {
+                        let n = rows_per_tile.min(s.len - off);
+                        tiles.extend([si as u32, (si * s.len + off) as u32, n as u32, (s.ctx - s.len + off) as u32]);
+                    }
+                }
+                let num_tiles = tiles.len() / 4;
+                let tiles = gpu.upload(&tiles, "tiles")?;
+                let args = AttentionArgs {
+                    q: q.ptr,
+                    k_cache: k.ptr,
+                    v_cache: v.ptr,
+                    kv_fp8: fp8,
+                    tiles: tiles.ptr,
+                    num_tiles: if tensor_cores { 0 } else { num_tiles },
+                    max_tile_rows: rows_per_tile.min(s.len) * group,
+                    prefill_tiles: if tensor_cores { num_tiles } else { 0 },
+                    table_offsets: offsets.ptr,
+                    table_data: table.ptr,
+                    positions: positions.ptr,
+                    num_tokens: tokens,
+                    heads,
+                    kv_heads,
+                    head_dim: hd,
+                    block_size: BLOCK,
+                    window: 0,
+                    split_tokens: split.ptr,
+                    splits: 1,
+                    out: out.ptr,
+                    part_acc: 0,
+                    part_ml: 0,
+                };
+                let (a, b) = (gpu.event()?, gpu.event()?);
+                let mut times = Vec::new();
+                for rep in 0..23 {
+                    a.record(&gpu)?;
+                    kernels.attention(&gpu, &args)?;
+                    b.record(&gpu)?;
+                    gpu.synchronize()?;
+                    if rep >= 3 {
+                        times.push(a.elapsed_ms(&b).unwrap_or(f64::NAN));
+                    }
+                }
+                times.sort_by(f64::total_cmp);
+                let ms = times[times.len() / 2];
+                println!(
+                    "{:>26} {:>5} {:>12} {:>9.1} {:>8.0} {:>9.1}",
+                    s.name,
+                    if fp8 { "fp8" } else { "bf16" },
+                    if tensor_cores { "tensor-core" } else { "cuda-core" },
+                    ms * 1e3,
+                    bytes / ms / 1e6,
+                    flops / ms / 1e9
+                );
+            }
+        }
+    }
+    Ok(())
+}
