@@ -371,7 +371,7 @@ impl Engine {
         let work = self.work.iteration(&decision.seqs);
         let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
         let gen: Vec<_> = decision.seqs.iter().filter(|s| !s.is_context).collect();
-        let stats = IterationStats {
+        let mut stats = IterationStats {
             iter: self.iteration,
             start_ns: start,
             end_ns: end,
@@ -398,7 +398,10 @@ impl Engine {
             weight_bytes: work.weight_bytes,
             kv_bytes_read: work.kv_bytes_read,
             flops: work.flops,
+            expert_load: Vec::new(),
+            expert_max_over_mean: Vec::new(),
         };
+        stats.expert_balance();
         if let Some(p) = &mut self.profiler {
             match p.after_iteration(iter, &stats) {
                 Ok(Some(WindowEvent::Close)) => self.runner.set_profiler(false)?,

@@ -40,4 +40,47 @@ pub struct IterationStats {
     pub weight_bytes: u64,
     pub kv_bytes_read: u64,
     pub flops: f64,
+    /// Mixture-of-experts models: for each MoE layer in layer order, how many (token, expert)
+    /// assignments each expert received in this step. Empty for dense models. The trace keeps
+    /// it whole; the iteration log keeps each layer's max/mean ([`IterationStats::expert_balance`]).
+    #[serde(skip)]
+    pub expert_load: Vec<Vec<u32>>,
+    /// Each MoE layer's busiest expert's load over the mean load, in layer order (1.0 is
+    /// perfectly balanced); empty for dense models and steps without tokens.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expert_max_over_mean: Vec<f64>,
+}
+
+impl IterationStats {
+    /// Fills [`IterationStats::expert_max_over_mean`] from [`IterationStats::expert_load`].
+    pub fn expert_balance(&mut self) {
+        self.expert_max_over_mean = self.expert_load.iter().filter_map(|loads| max_over_mean(loads)).collect();
+    }
+}
+
+/// The largest of `loads` over their mean; `None` when there are none or they are all zero.
+pub fn max_over_mean(loads: &[u32]) -> Option<f64> {
+    let total: u64 = loads.iter().map(|&l| l as u64).sum();
+    if total == 0 {
+        return None;
+    }
+    let max = *loads.iter().max()? as f64;
+    Some(max * loads.len() as f64 / total as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_over_mean_is_the_busiest_expert_against_the_mean() {
+        assert_eq!(max_over_mean(&[2, 2, 2, 2]), Some(1.0));
+        // 12 assignments over 4 experts: mean 3, busiest 6.
+        assert_eq!(max_over_mean(&[6, 3, 3, 0]), Some(2.0));
+        assert_eq!(max_over_mean(&[0, 0]), None);
+        assert_eq!(max_over_mean(&[]), None);
+        let mut stats = IterationStats { expert_load: vec![vec![1, 1], vec![0, 0], vec![3, 1]], ..Default::default() };
+        stats.expert_balance();
+        assert_eq!(stats.expert_max_over_mean, [1.0, 1.5]);
+    }
 }
