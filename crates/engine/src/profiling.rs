@@ -7,7 +7,7 @@ use crate::stats::IterationStats;
 use anyhow::{Context, Result};
 use lumen_trace::export::chrome::to_chrome_json;
 use lumen_trace::instrument;
-use lumen_trace::model::{AllocationRow, IterationRow, RequestRow, ThreadRow, TraceData};
+use lumen_trace::model::{AllocationRow, ExpertLoadRow, IterationRow, RequestRow, ThreadRow, TraceData};
 use lumen_trace::now_ns;
 use lumen_trace::output::write_atomically;
 use lumen_trace::store::{Batch, TraceWriter};
@@ -30,6 +30,7 @@ pub struct Profiler {
     output: Option<Output>,
     iterations: Vec<IterationRow>,
     allocations: Vec<AllocationRow>,
+    expert_loads: Vec<ExpertLoadRow>,
     last_flush_ns: u64,
     recorded_iterations: u64,
 }
@@ -61,6 +62,7 @@ impl Profiler {
             output,
             iterations: Vec::new(),
             allocations: Vec::new(),
+            expert_loads: Vec::new(),
             last_flush_ns: now_ns(),
             recorded_iterations: 0,
         }
@@ -138,6 +140,11 @@ impl Profiler {
             kv_blocks_allocated: stats.kv_blocks_allocated,
             kv_blocks_freed: stats.kv_blocks_freed,
         });
+        self.expert_loads.extend(stats.expert_load.iter().enumerate().map(|(layer, loads)| ExpertLoadRow {
+            iteration: iter,
+            layer: layer as u32,
+            tokens: loads.iter().map(|&l| l as u64).collect(),
+        }));
         let closing = self.state.after(iter) == Some(WindowEvent::Close);
         if closing {
             instrument::stop_recording();
@@ -153,6 +160,7 @@ impl Profiler {
         let recorded = instrument::drain();
         let iterations = std::mem::take(&mut self.iterations);
         let allocations = std::mem::take(&mut self.allocations);
+        let expert_loads = std::mem::take(&mut self.expert_loads);
         self.last_flush_ns = now_ns();
         match &mut self.output {
             None => Ok(()),
@@ -164,6 +172,7 @@ impl Profiler {
                 iterations: &iterations,
                 requests,
                 allocations: &allocations,
+                expert_loads: &expert_loads,
             }),
             Some(Output::ChromeJson(_, t)) => {
                 let pid = std::process::id();
@@ -177,6 +186,7 @@ impl Profiler {
                 t.counters.extend(recorded.counters);
                 t.iterations.extend(iterations);
                 t.allocations.extend(allocations);
+                t.expert_loads.extend(expert_loads);
                 t.requests.extend_from_slice(requests);
                 Ok(())
             }

@@ -146,6 +146,7 @@ fn append_all(path: &Path, trace: &TraceData) -> TraceWriter {
         iterations: &trace.iterations,
         requests: &trace.requests,
         allocations: &trace.allocations,
+        expert_loads: &trace.expert_loads,
     })
     .expect("append the recorder rows");
     w.append_gpu(&GpuBatch { processes: &trace.processes, threads: &trace.threads, gpu_ops: &trace.gpu_ops, api_calls: &trace.api_calls })

@@ -7,7 +7,9 @@ use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::model::{AllocationRow, ApiCallRow, CounterRow, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow};
+use crate::model::{
+    AllocationRow, ApiCallRow, CounterRow, ExpertLoadRow, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow,
+};
 use crate::output::same_file;
 use crate::store::{wal_path, Batch, GpuBatch, Stored, TraceReader, TraceWriter};
 
@@ -34,7 +36,7 @@ pub struct MergedInput {
     pub complete: bool,
     /// Rows read per table.
     pub rows: Vec<(&'static str, u64)>,
-    /// Rows left out per table: the `iterations`, `requests` and `allocations` of every input but
+    /// Rows left out per table: the `iterations`, `requests`, `allocations` and `expert_load` of every input but
     /// the first that has iterations or requests (their ids would collide). Empty when none were.
     pub dropped: Vec<(&'static str, u64)>,
 }
@@ -48,7 +50,7 @@ impl MergedInput {
 
 /// Writes one trace at `output` holding every row of `inputs`, with `meta` plus `processes` (how
 /// many), `merged_from` (how many inputs) and `complete` (whether every input was). Iterations,
-/// requests and allocations come from the first input that has iterations or requests; the
+/// requests, allocations and expert loads come from the first input that has iterations or requests; the
 /// summary says what was left out of the others. Every input is opened before `output` is
 /// created, so an unreadable one fails the merge naming it and leaves no output; an error later
 /// removes the partial output.
@@ -164,12 +166,16 @@ fn copy_all(readers: &[TraceReader], writer: &mut TraceWriter) -> Result<MergeSu
             let requests = copy(reader, writer, |w, requests: &[RequestRow]| w.append(&Batch { requests, ..Default::default() }))?;
             let allocations =
                 copy(reader, writer, |w, allocations: &[AllocationRow]| w.append(&Batch { allocations, ..Default::default() }))?;
+            let expert_loads =
+                copy(reader, writer, |w, expert_loads: &[ExpertLoadRow]| w.append(&Batch { expert_loads, ..Default::default() }))?;
             if iterations.1 + requests.1 > 0 {
                 owner = Some(i);
             }
-            rows.extend([iterations, requests, allocations]);
+            rows.extend([iterations, requests, allocations, expert_loads]);
         } else {
-            for table in [skip::<IterationRow>(reader)?, skip::<RequestRow>(reader)?, skip::<AllocationRow>(reader)?] {
+            for table in
+                [skip::<IterationRow>(reader)?, skip::<RequestRow>(reader)?, skip::<AllocationRow>(reader)?, skip::<ExpertLoadRow>(reader)?]
+            {
                 rows.push(table);
                 if table.1 > 0 {
                     dropped.push(table);
@@ -297,6 +303,7 @@ mod tests {
         let iterations: Vec<_> = (0..3).map(iteration).collect();
         let requests: Vec<_> = (0..2).map(request).collect();
         let allocations: Vec<_> = (0..3).map(allocation).collect();
+        let expert_loads: Vec<_> = (0..3).map(|iteration| ExpertLoadRow { iteration, layer: 0, tokens: vec![3, 1, iteration] }).collect();
         let ops: Vec<_> = (0..4).map(|i| op(100, 100 + i * 200, i)).collect();
         let calls: Vec<_> = (0..4).map(|i| call(100, 101, 50 + i * 200, i)).collect();
         let batch = Batch {
@@ -306,6 +313,7 @@ mod tests {
             iterations: &iterations,
             requests: &requests,
             allocations: &allocations,
+            expert_loads: &expert_loads,
             ..Default::default()
         };
         let gpu = GpuBatch { threads: &threads, gpu_ops: &ops, api_calls: &calls, ..Default::default() };
@@ -326,7 +334,15 @@ mod tests {
         let iterations: Vec<_> = (0..2).map(iteration).collect();
         let requests = [request(0)];
         let allocations = [allocation(0), allocation(1)];
-        w.append(&Batch { iterations: &iterations, requests: &requests, allocations: &allocations, ..Default::default() }).unwrap();
+        let expert_loads = [ExpertLoadRow { iteration: 1, layer: 0, tokens: vec![9, 9] }];
+        let batch = Batch {
+            iterations: &iterations,
+            requests: &requests,
+            allocations: &allocations,
+            expert_loads: &expert_loads,
+            ..Default::default()
+        };
+        w.append(&batch).unwrap();
         drop(w);
         read_trace(path).unwrap()
     }
@@ -344,13 +360,24 @@ mod tests {
         assert_eq!(summary.processes, 2);
         let [first, second] = &summary.inputs[..] else { panic!("two inputs: {summary:?}") };
         assert_eq!((&first.path, first.complete, &second.path, second.complete), (&a, true, &b, false));
-        let tables =
-            ["processes", "threads", "spans", "marks", "counters", "gpu_ops", "api_calls", "iterations", "requests", "allocations"];
+        let tables = [
+            "processes",
+            "threads",
+            "spans",
+            "marks",
+            "counters",
+            "gpu_ops",
+            "api_calls",
+            "iterations",
+            "requests",
+            "allocations",
+            "expert_load",
+        ];
         let counts = |input: &MergedInput| tables.map(|t| input.rows_of(t));
-        assert_eq!(counts(first), [0, 1, 1, 1, 1, 4, 4, 3, 2, 3]);
-        assert_eq!(counts(second), [1, 2, 0, 0, 0, 6, 6, 2, 1, 2]);
+        assert_eq!(counts(first), [0, 1, 1, 1, 1, 4, 4, 3, 2, 3, 3]);
+        assert_eq!(counts(second), [1, 2, 0, 0, 0, 6, 6, 2, 1, 2, 1]);
         assert!(first.dropped.is_empty());
-        assert_eq!(second.dropped, [("iterations", 2), ("requests", 1), ("allocations", 2)]);
+        assert_eq!(second.dropped, [("iterations", 2), ("requests", 1), ("allocations", 2), ("expert_load", 1)]);
 
         let m = read_trace(&out).unwrap();
         assert_eq!(m.meta("complete"), Some("false"));
@@ -367,6 +394,7 @@ mod tests {
         assert_eq!((m.spans, m.marks, m.counters), (engine.spans, engine.marks, engine.counters));
         assert_eq!(m.iterations, (0..3).map(iteration).collect::<Vec<_>>(), "iterations keep their queue and work fields");
         assert_eq!((m.iterations, m.requests, m.allocations), (engine.iterations, engine.requests, engine.allocations));
+        assert_eq!(m.expert_loads, engine.expert_loads);
         let mut ops = engine.gpu_ops.clone();
         ops.extend(worker.gpu_ops.clone());
         ops.sort_by_key(|o| (o.start_ns, o.pid));
@@ -384,7 +412,7 @@ mod tests {
         let (worker, engine) = (worker(&a), engine(&b));
         let summary = merge_traces(&[a, b], &out, &[]).unwrap();
         assert!(summary.inputs[0].dropped.is_empty());
-        assert_eq!(summary.inputs[1].dropped, [("iterations", 3), ("requests", 2), ("allocations", 3)]);
+        assert_eq!(summary.inputs[1].dropped, [("iterations", 3), ("requests", 2), ("allocations", 3), ("expert_load", 3)]);
         let m = read_trace(&out).unwrap();
         assert_eq!((m.iterations, m.requests, m.allocations), (worker.iterations, worker.requests, worker.allocations));
         assert_eq!(m.spans, engine.spans, "only iteration-keyed tables are dropped");

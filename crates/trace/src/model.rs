@@ -97,6 +97,16 @@ pub struct AllocationRow {
     pub kv_blocks_freed: u64,
 }
 
+/// One iteration's expert load in one mixture-of-experts layer: how many (token, expert)
+/// assignments each expert received, in expert order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpertLoadRow {
+    pub iteration: u64,
+    /// The ordinal of the layer among the model's mixture-of-experts layers (0 for the first).
+    pub layer: u32,
+    pub tokens: Vec<u64>,
+}
+
 /// One request's life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRow {
@@ -206,6 +216,7 @@ pub struct TraceData {
     pub iterations: Vec<IterationRow>,
     pub requests: Vec<RequestRow>,
     pub allocations: Vec<AllocationRow>,
+    pub expert_loads: Vec<ExpertLoadRow>,
     pub processes: Vec<ProcessRow>,
     pub gpu_ops: Vec<GpuOpRow>,
     pub api_calls: Vec<ApiCallRow>,

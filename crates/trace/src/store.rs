@@ -11,11 +11,12 @@
 //! added `queued_reqs`, `weight_bytes`, `kv_bytes_read` and `flops` to `iterations` (nullable).
 //! Older files still open: nothing wrote the `gpu_ops` and `api_calls` of version 1 files, so those
 //! read as empty, and the iterations of version 1 and 2 files read with the version-3 fields
-//! `None`.
+//! `None`. Version 4 added `expert_load`: per iteration and mixture-of-experts layer, the tokens
+//! each expert received, as a JSON array (`json_each` reads it in SQL); older files have none.
 
 use crate::model::{
-    AllocationRow, ApiCallRow, CounterRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow, ThreadRow,
-    TraceData,
+    AllocationRow, ApiCallRow, CounterRow, ExpertLoadRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow,
+    ThreadRow, TraceData,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::types::Type;
@@ -23,10 +24,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: &str = "3";
+pub const SCHEMA_VERSION: &str = "4";
 
 /// The schema versions [`read_trace`] opens: versions 1, 2, ... up to [`SCHEMA_VERSION`], in order.
-const READABLE_VERSIONS: [&str; 3] = ["1", "2", SCHEMA_VERSION];
+const READABLE_VERSIONS: [&str; 4] = ["1", "2", "3", SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +52,7 @@ CREATE TABLE requests(id INTEGER PRIMARY KEY, arrival INTEGER NOT NULL, first_to
                       input_len INTEGER NOT NULL, output_len INTEGER NOT NULL);
 CREATE TABLE allocations(iteration INTEGER NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL, frees INTEGER NOT NULL,
                          kv_blocks_allocated INTEGER NOT NULL, kv_blocks_freed INTEGER NOT NULL);
+CREATE TABLE expert_load(iteration INTEGER NOT NULL, layer INTEGER NOT NULL, tokens TEXT NOT NULL, PRIMARY KEY(iteration, layer));
 CREATE INDEX spans_by_start ON spans(start);
 CREATE INDEX spans_by_iteration ON spans(iteration);
 CREATE INDEX gpu_ops_by_start ON gpu_ops(start);
@@ -79,6 +81,7 @@ pub struct Batch<'a> {
     pub iterations: &'a [IterationRow],
     pub requests: &'a [RequestRow],
     pub allocations: &'a [AllocationRow],
+    pub expert_loads: &'a [ExpertLoadRow],
 }
 
 /// GPU activity, and the processes and threads it came from, to append in one batch. Each row
@@ -293,6 +296,11 @@ impl TraceWriter {
                         a.kv_blocks_freed as i64
                     ])
                     .with_context(err)?;
+            }
+            let mut expert_load = tx.prepare_cached("INSERT OR REPLACE INTO expert_load VALUES (?1, ?2, ?3)").with_context(err)?;
+            for e in batch.expert_loads {
+                let tokens = serde_json::to_string(&e.tokens).expect("a list of integers serialises");
+                expert_load.execute(params![e.iteration as i64, e.layer, tokens]).with_context(err)?;
             }
         }
         tx.commit().with_context(err)
@@ -551,6 +559,17 @@ impl Stored for AllocationRow {
     }
 }
 
+impl Stored for ExpertLoadRow {
+    const TABLE: &'static str = "expert_load";
+    const SINCE: u32 = 4;
+    const SELECT: &'static str = "SELECT iteration, layer, tokens FROM expert_load ORDER BY iteration, layer";
+    fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
+        let text: String = r.get(2)?;
+        let tokens = serde_json::from_str(&text).map_err(|e| bad_value(2, format!("tokens {text:?} is not a JSON list of counts: {e}")))?;
+        Ok(ExpertLoadRow { iteration: u64_at(r, 0)?, layer: r.get(1)?, tokens })
+    }
+}
+
 /// An open trace, its schema version checked and its strings loaded, whose tables can be read
 /// whole or streamed.
 pub(crate) struct TraceReader {
@@ -667,6 +686,7 @@ pub fn read_trace(path: &Path) -> Result<TraceData> {
         iterations: r.all()?,
         requests: r.all()?,
         allocations: r.all()?,
+        expert_loads: r.all()?,
         processes: r.all()?,
         gpu_ops: r.all()?,
         api_calls: r.all()?,
@@ -709,11 +729,30 @@ fn query<T>(db: &Connection, sql: &str, f: impl FnMut(&Row) -> rusqlite::Result<
 /// Row counts per table, for `lumen trace info`.
 pub fn table_counts(path: &Path) -> Result<Vec<(String, i64)>> {
     let r = TraceReader::open(path)?;
-    let tables =
-        ["processes", "threads", "spans", "marks", "counters", "iterations", "requests", "gpu_ops", "api_calls", "allocations", "strings"];
+    let tables = [
+        "processes",
+        "threads",
+        "spans",
+        "marks",
+        "counters",
+        "iterations",
+        "requests",
+        "gpu_ops",
+        "api_calls",
+        "allocations",
+        "expert_load",
+        "strings",
+    ];
     tables
         .iter()
         .map(|t| {
+            // Tables newer than the file's schema count as empty.
+            let exists: bool =
+                r.db.query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1", [t], |row| row.get(0))
+                    .with_context(|| about(path, "cannot list its tables"))?;
+            if !exists {
+                return Ok((t.to_string(), 0));
+            }
             r.db.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |row| row.get(0))
                 .map(|n| (t.to_string(), n))
                 .with_context(|| about(path, "cannot count"))
@@ -869,9 +908,14 @@ mod tests {
         let threads = [(7u64, "lumen-engine".to_string())];
         w.append(&Batch { threads: &threads, spans: &spans, iterations: &iterations, ..Default::default() }).unwrap();
         let counters = [CounterRow { ts_ns: 30, name: "kv_util".into(), device: None, value: 0.25 }];
-        w.append(&Batch { counters: &counters, ..Default::default() }).unwrap();
+        let expert_loads = [
+            ExpertLoadRow { iteration: 0, layer: 0, tokens: vec![5, 0, 9, 4] },
+            ExpertLoadRow { iteration: 0, layer: 1, tokens: vec![2, 2, 3, 11] },
+        ];
+        w.append(&Batch { counters: &counters, expert_loads: &expert_loads, ..Default::default() }).unwrap();
         w.finish().unwrap();
         let t = read_trace(&path).unwrap();
+        assert_eq!(t.expert_loads, expert_loads.to_vec());
         assert_eq!(t.meta("complete"), Some("true"));
         assert_eq!(t.meta("command"), Some("lumen bench"));
         assert_eq!(t.meta("schema_version"), Some(SCHEMA_VERSION));
@@ -889,6 +933,9 @@ mod tests {
         assert_eq!(row(1), (None, None, None, None));
         let name: String = db.query_row("SELECT name FROM span_names WHERE depth = 1", [], |r| r.get(0)).unwrap();
         assert_eq!(name, "forward");
+        let busiest = "SELECT layer, MAX(e.value) FROM expert_load, json_each(expert_load.tokens) e GROUP BY layer ORDER BY layer";
+        let per_layer: Vec<(i64, i64)> = query(&db, busiest, |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(per_layer, [(0, 9), (1, 11)]);
         assert!(!wal_path(&path, "-wal").exists(), "a finished trace is one file");
         std::fs::remove_file(path).unwrap();
     }
@@ -1008,11 +1055,14 @@ mod tests {
         assert_eq!(t.spans, [span(10, 20, "forward", 1, Some(0))]);
         assert_eq!(t.threads.len(), 1);
         assert!(t.gpu_ops.is_empty() && t.api_calls.is_empty() && t.processes.is_empty());
-        assert_eq!(table_counts(&path).unwrap().iter().find(|(t, _)| t == "spans").map(|(_, n)| *n), Some(1));
+        assert!(t.expert_loads.is_empty());
+        let counts = table_counts(&path).unwrap();
+        let count = |table: &str| counts.iter().find(|(t, _)| t == table).map(|(_, n)| *n);
+        assert_eq!((count("spans"), count("expert_load")), (Some(1), Some(0)));
 
-        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'", []).unwrap();
+        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'", []).unwrap();
         let e = format!("{:#}", read_trace(&path).unwrap_err());
-        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 4") && e.contains("versions 1 to 3"), "{e}");
+        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 5") && e.contains("versions 1 to 4"), "{e}");
         std::fs::remove_file(path).unwrap();
     }
 
