@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::server::Server;
 use common::{fixed_length_dataset, gpu_present, lumen, lumen_bin, lumen_env, Scratch};
 use lumen_trace::model::GpuOpKind;
 use lumen_trace::store::read_trace;
@@ -235,6 +236,43 @@ fn device_memory_fills_and_reads_back() {
 
 /// Runs `lumen profile -o OUT -- COMMAND` with `env`, sends it SIGTERM once `ready` says so (or
 /// after a minute), and returns its exit status and standard error.
+/// `lumen profile -c cudaProfilerApi -- lumen serve`: the window that `/start_profile` opens and
+/// `/stop_profile` closes is all the collector captures, however many requests run around it.
+#[test]
+fn a_server_window_from_start_profile_holds_exactly_its_kernels() {
+    if !gpu_present() {
+        return;
+    }
+    let s = Scratch::new("profile-serve");
+    let out = s.path("serve.lumen");
+    let bin = lumen_bin();
+    let wrapper = ["profile", "-o", &out, "-c", "cudaProfilerApi", "--cuda-graph-trace", "node", "--", &bin];
+    let server = Server::start_under(&wrapper, &["--device", "cuda", "--model", "smollm2-135m"], &[]);
+    let request = r#"{"prompt": [1, 2, 3], "max_tokens": 6, "ignore_eos": true}"#;
+    let send = |n: usize| (0..n).for_each(|_| assert_eq!(server.post("/v1/completions", request).status, 200));
+    send(3);
+    let started = server.post("/start_profile", &format!(r#"{{"output_dir": "{}"}}"#, s.path(""))).json();
+    let first = started["first_iteration"].as_u64().expect("the window's first iteration");
+    send(2);
+    let stopped = server.post("/stop_profile", "").json();
+    let recorded = stopped["iterations"].as_u64().expect("the window's length");
+    assert_eq!(recorded, 12, "two requests of six tokens, one at a time: {stopped}");
+    send(2);
+    let (code, log) = server.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log}");
+    let trace = read_trace(Path::new(&out)).expect("the merged trace loads");
+    let iterations: Vec<(u64, u64, u64)> = trace
+        .spans
+        .iter()
+        .filter_map(|s| s.name.strip_prefix("lumen: iter ").map(|rest| (s, rest)))
+        .filter_map(|(s, rest)| rest.split(':').next()?.parse().ok().map(|n| (n, s.start_ns, s.end_ns)))
+        .collect();
+    let numbers: Vec<u64> = iterations.iter().map(|i| i.0).collect();
+    assert_eq!(numbers, (first..first + recorded).collect::<Vec<_>>(), "exactly the window's iterations: {log}");
+    assert!(trace.gpu_ops.iter().any(|k| k.kind == GpuOpKind::Kernel), "the window's kernels were collected: {log}");
+    assert_each_op_projects_onto_one_iteration(&trace, &iterations);
+}
+
 fn profile_until_sigterm(out: &str, command: &[&str], env: &[(&str, &str)], ready: impl Fn() -> bool) -> (Option<i32>, String) {
     let mut cmd = Command::new(lumen_bin());
     cmd.args(["profile", "-o", out, "--"]).args(command).env_remove("LUMEN_MODEL").stdout(Stdio::null()).stderr(Stdio::piped());

@@ -37,7 +37,13 @@ impl Reply {
 impl Server {
     /// Starts `lumen serve ARGS --port 0` with `env` and waits (a minute at most) until it listens.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_under(&[], args, env)
+    }
+
+    /// [`Server::start`] under `lumen WRAPPER... serve ARGS`, e.g. `profile -o T -- lumen`.
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(lumen_bin())
+            .args(wrapper)
             .arg("serve")
             .args(args)
             .args(["--port", "0"])
