@@ -166,7 +166,7 @@ pub const PATTERNS: &[Pattern] = &[
         name: KV_CACHE_FULL,
         kind: Kind::Headroom,
         fires_when: "requests wait in >= QUEUED_SHARE of iterations, the batch is below its cap and the KV cache peaks > KV_FULL",
-        action: "give the KV cache more memory (--kv-cache-free-gpu-mem-fraction, --kv-cache-gib), shorter contexts, or FP8 KV (not in lumen yet)",
+        action: "give the KV cache more memory (--kv-cache-free-gpu-mem-fraction, --kv-cache-gib), shorter contexts, or an FP8 KV cache (--kv-cache-dtype fp8)",
     },
     Pattern {
         name: CONCURRENCY,
@@ -178,7 +178,7 @@ pub const PATTERNS: &[Pattern] = &[
         name: MEMORY_BOUND,
         kind: Kind::SpeedOfLight,
         fires_when: "DRAM (read + write) is the unit nearest its ceiling at >= SOL_BOUND_PERCENT of peak: busy counter samples or the engine's bytes per iteration",
-        action: "cut the bytes: a larger batch reuses each weight read; FP8 weights (--quantization fp8); FP8 KV cache or tensor parallelism (not in lumen yet)",
+        action: "cut the bytes: a larger batch reuses each weight read; FP8 weights and KV cache (--quantization fp8 --kv-cache-dtype fp8); tensor parallelism (not in lumen yet)",
     },
     Pattern {
         name: COMPUTE_BOUND,
@@ -439,7 +439,8 @@ fn kv_cache_full(h: &Headroom) -> Outcome {
                 h.median_batch
             ),
         ],
-        "give the KV cache more memory: --kv-cache-free-gpu-mem-fraction or --kv-cache-gib; FP8 KV cache would halve it (not in lumen yet)"
+        "give the KV cache more memory: --kv-cache-free-gpu-mem-fraction or --kv-cache-gib; an FP8 KV cache (--kv-cache-dtype fp8) \
+         holds twice the tokens"
             .into(),
     );
     Outcome::Fires(finding)
@@ -520,30 +521,40 @@ fn percent_of(u: &UnitUse) -> String {
 }
 
 fn bound(f: &Facts, wanted: Bound) -> Outcome {
-    // The recorder names the layer weights' type; a run already in FP8 gets no FP8 advice.
-    let fp8 = f.trace.meta("weight_dtype") == Some("fp8");
-    let (pattern, action) = match (wanted, fp8) {
-        (Bound::Memory, false) => (
-            MEMORY_BOUND,
-            "the GPU streams memory: a larger batch (--max-batch-size) reuses each weight read for more tokens; FP8 weights \
-             (--quantization fp8) halve the bytes of every weight read; an FP8 KV cache and tensor parallelism would cut the rest, \
-             but lumen offers neither yet",
+    // The recorder names the layer weights' and the KV cache's types; what a run already holds in
+    // FP8 gets no FP8 advice.
+    let fp8_weights = f.trace.meta("weight_dtype") == Some("fp8");
+    let fp8_kv = f.trace.meta("kv_cache_dtype") == Some("fp8");
+    let (pattern, action) = match wanted {
+        Bound::Memory => {
+            let cut = match (fp8_weights, fp8_kv) {
+                (false, false) => {
+                    "FP8 weights and KV cache (--quantization fp8 --kv-cache-dtype fp8) halve the bytes of every weight and K/V read"
+                }
+                (false, true) => "FP8 weights (--quantization fp8) halve the bytes of every weight read (the KV cache is FP8 already)",
+                (true, false) => "an FP8 KV cache (--kv-cache-dtype fp8) halves the K/V bytes (the weights are FP8 already)",
+                (true, true) => "weights and KV cache are FP8 already",
+            };
+            (
+                MEMORY_BOUND,
+                format!(
+                    "the GPU streams memory: a larger batch (--max-batch-size) reuses each weight read for more tokens; {cut}; \
+                     tensor parallelism would add bandwidth, but lumen does not offer it yet"
+                ),
+            )
+        }
+        _ if fp8_weights => (
+            COMPUTE_BOUND,
+            "a good problem: the compute pipes are near their ceiling, on FP8 tensor cores already; a faster GPU or speculative \
+             decoding (not in lumen yet)"
+                .to_string(),
         ),
-        (Bound::Memory, true) => (
-            MEMORY_BOUND,
-            "the GPU streams memory, with FP8 weights already: a larger batch (--max-batch-size) reuses each weight read for more \
-             tokens; an FP8 KV cache or tensor parallelism would cut the rest, but lumen offers neither yet",
-        ),
-        (_, false) => (
+        _ => (
             COMPUTE_BOUND,
             "a good problem: the compute pipes are near their ceiling (FP32 products on the FP32 pipes would gain from bf16 or TF32 \
              on the tensor pipes); FP8 tensor cores (--quantization fp8) double the bf16 peak; else a faster GPU or speculative \
-             decoding (not in lumen yet)",
-        ),
-        (_, true) => (
-            COMPUTE_BOUND,
-            "a good problem: the compute pipes are near their ceiling, on FP8 tensor cores already; a faster GPU or speculative \
-             decoding (not in lumen yet)",
+             decoding (not in lumen yet)"
+                .to_string(),
         ),
     };
     let sol = &f.a.speed_of_light;
@@ -606,7 +617,7 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
     } else if let Some(top) = sol.ops.get().into_iter().flatten().skip(1).find(|o| o.bound == Some(wanted)) {
         evidence.push(format!("kernel class {}: {}", top.name, op_rates(top)));
     }
-    let mut finding = Finding::new(pattern, explained_ns, evidence, action.into());
+    let mut finding = Finding::new(pattern, explained_ns, evidence, action);
     finding.range_ns = range;
     Outcome::Fires(finding)
 }
@@ -1230,10 +1241,19 @@ mod tests {
         let f = finding(&d, MEMORY_BOUND).expect("read 44% + write 44% with SM active 99%");
         assert_eq!(f.evidence[0], "device 0: DRAM 88.0% of peak (read + write), tensor 0.0%, SM active 98.5% (2 busy samples)");
         assert!(f.evidence[1].starts_with("kernel class norm/elementwise: DRAM 88.0%"), "{:?}", f.evidence);
-        assert!(f.action.contains("--quantization fp8") && f.action.contains("lumen offers neither yet"), "{}", f.action);
+        assert!(f.action.contains("--quantization fp8 --kv-cache-dtype fp8"), "{}", f.action);
         trace.meta.push(("weight_dtype".into(), "fp8".into()));
         let fp8 = finding(&diagnosis(&trace), MEMORY_BOUND).expect("the same counters").action.clone();
-        assert!(fp8.contains("FP8 weights already") && !fp8.contains("--quantization"), "{fp8}");
+        assert!(
+            fp8.contains("weights are FP8 already") && fp8.contains("--kv-cache-dtype fp8") && !fp8.contains("--quantization"),
+            "{fp8}"
+        );
+        trace.meta.push(("kv_cache_dtype".into(), "fp8".into()));
+        let both = finding(&diagnosis(&trace), MEMORY_BOUND).expect("the same counters").action.clone();
+        assert!(
+            both.contains("KV cache are FP8 already") && !both.contains("--kv-cache-dtype") && !both.contains("--quantization"),
+            "{both}"
+        );
         assert!(d.not_found.contains(&COMPUTE_BOUND) && d.not_found.contains(&SMALL_BATCH));
     }
 

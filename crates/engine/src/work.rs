@@ -63,6 +63,8 @@ pub struct WorkModel {
     dtype: Dtype,
     /// The layers' projection matrices' type: `dtype`, or FP8 when they were quantized.
     layer_dtype: Dtype,
+    /// The KV cache's element type: `dtype`, or FP8.
+    kv_dtype: Dtype,
     hidden: u64,
     vocab: u64,
     /// The q, k, v, o, gate, up and down weights of all layers.
@@ -91,6 +93,7 @@ impl WorkModel {
         WorkModel {
             dtype,
             layer_dtype: dtype,
+            kv_dtype: dtype,
             hidden: h,
             vocab: c.vocab_size as u64,
             layer_matmul_params: layers * (attention + mlp),
@@ -116,7 +119,12 @@ impl WorkModel {
     /// `--kv-cache-dtype fp8`.
     pub fn with_fp8_kv_cache(self) -> Self {
         let bytes = self.kv_bytes_per_token / self.dtype.bytes();
-        WorkModel { kv_bytes_per_token: bytes, ..self }
+        WorkModel { kv_bytes_per_token: bytes, kv_dtype: Dtype::Fp8, ..self }
+    }
+
+    /// The KV cache's element type.
+    pub fn kv_dtype(&self) -> Dtype {
+        self.kv_dtype
     }
 
     /// The same counts with the layers' projection matrices held in `dtype`.
@@ -227,7 +235,8 @@ mod tests {
         let fp8 = bf16.clone().with_layer_dtype(Dtype::Fp8);
         assert_eq!((fp8.pass_weight_bytes(), fp8.kv_bytes_per_token(), fp8.dtype().name()), (86_016 + 33_088 * 2, 256, "fp8"));
         assert_eq!(fp8.iteration(&[seq(9, 1, true)]).weight_bytes, 86_016 + (33_088 + 64) * 2);
-        assert_eq!(fp8.with_fp8_kv_cache().kv_bytes_per_token(), 128, "an FP8 cache: one byte per element");
+        assert_eq!(fp8.clone().with_fp8_kv_cache().kv_bytes_per_token(), 128, "an FP8 cache: one byte per element");
+        assert_eq!((fp8.kv_dtype(), fp8.with_fp8_kv_cache().kv_dtype()), (Dtype::Bf16, Dtype::Fp8));
     }
 
     #[test]
