@@ -68,6 +68,9 @@ pub const ALLOC_CALLS_PER_STEP: f64 = 1.0;
 pub const ALLOC_CALLS_PER_SECOND: f64 = 100.0;
 /// Host allocations per iteration above this are churn.
 pub const HOST_ALLOCS_PER_ITERATION: f64 = 1000.0;
+/// A mixture-of-experts run whose busiest expert takes at least this many times the mean load
+/// (weighted over layers and iterations) is imbalanced.
+pub const MOE_IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
 
 /// How many offenders (kernels, gaps, calls) a finding names.
 const TOP_OFFENDERS: usize = 5;
@@ -112,6 +115,7 @@ pub const THRESHOLDS: &[Threshold] = &[
     threshold!(ALLOC_CALLS_PER_STEP, "calls", "CUDA alloc/free calls per steady step above it are churn"),
     threshold!(ALLOC_CALLS_PER_SECOND, "calls/s", "without steps, CUDA alloc/free calls per second above it are churn"),
     threshold!(HOST_ALLOCS_PER_ITERATION, "allocations", "host allocations per iteration above it are churn"),
+    threshold!(MOE_IMBALANCE_MAX_OVER_MEAN, "× mean load", "the busiest expert at or above it over the mean is MoE imbalance"),
 ];
 
 pub const BATCH_SIZE: &str = "batch size too small";
@@ -225,9 +229,9 @@ pub const PATTERNS: &[Pattern] = &[
     },
     Pattern {
         name: MOE_IMBALANCE,
-        kind: Kind::Headroom,
-        fires_when: "needs the MoE perfect-router comparison (not built)",
-        action: "not diagnosed",
+        kind: Kind::Idle,
+        fires_when: "with the model's router, the busiest expert's load over the mean (weighted over MoE layers and iterations) >= MOE_IMBALANCE_MAX_OVER_MEAN; `--compare` with a perfect-router run reads it: faster by > PERFECT_ROUTER_GAIN is the router",
+        action: "run again with LUMEN_PERFECT_ROUTER=1 and compare (`lumen analyze this.lumen --compare perfect.lumen`): > 10% faster, the router causes the imbalance (optimize routing or try alternative strategies); within noise, routing is not the bottleneck",
     },
 ];
 
@@ -309,6 +313,7 @@ pub(crate) fn diagnose(trace: &TraceData, a: &Analysis, steps: &StepWindows, lau
         (SYNC_GAPS, sync_gaps(&facts)),
         (PAGEABLE_MEMCPY, pageable_memcpy(&facts)),
         (ALLOCATION_CHURN, allocation_churn(&facts)),
+        (MOE_IMBALANCE, moe_imbalance(&facts)),
     ];
     let mut diagnosis = Diagnosis::default();
     for (pattern, outcome) in checks {
@@ -325,6 +330,52 @@ pub(crate) fn diagnose(trace: &TraceData, a: &Analysis, steps: &StepWindows, lau
             .then(b.explained_ns.cmp(&a.explained_ns))
     });
     diagnosis
+}
+
+fn moe_imbalance(f: &Facts) -> Outcome {
+    let m = match &f.a.moe {
+        Measured::Available(m) => m,
+        Measured::NotAvailable(why) => return Outcome::NotAvailable(why.clone()),
+    };
+    if m.perfect_router || m.max_over_mean < MOE_IMBALANCE_MAX_OVER_MEAN {
+        return Outcome::NotFound;
+    }
+    let mut evidence = vec![format!(
+        "the busiest expert takes {:.3}× the mean load over {} MoE layers and {} iterations: {} of the experts' time waits on it",
+        m.max_over_mean,
+        m.layers.len(),
+        m.iterations,
+        text::percent(m.lost_share)
+    )];
+    for l in crate::moe::worst_layers(m, 3) {
+        evidence.push(format!(
+            "layer {}: {:.2}× (worst iteration {:.2}×); stragglers {}",
+            l.layer,
+            l.max_over_mean,
+            l.worst_max_over_mean,
+            crate::moe::stragglers(l)
+        ));
+    }
+    let explained_ns = match m.lost_ns {
+        Measured::Available((total, lost)) => {
+            evidence.push(format!("MoE kernels: {} lost of {}", text::duration(lost as f64), text::duration(total as f64)));
+            lost
+        }
+        Measured::NotAvailable(_) => 0,
+    };
+    let mut finding = Finding::new(
+        MOE_IMBALANCE,
+        explained_ns,
+        evidence,
+        format!(
+            "measure what the imbalance costs: run the same command with LUMEN_PERFECT_ROUTER=1 and `lumen analyze this.lumen \
+             --compare perfect.lumen`; faster by more than {} means the router causes load imbalance (optimize routing or try \
+             alternative strategies), within noise means routing is not the bottleneck",
+            text::percent(crate::compare::PERFECT_ROUTER_GAIN)
+        ),
+    );
+    finding.offenders = crate::moe::worst_layers(m, TOP_OFFENDERS).iter().map(|l| format!("MoE layer {}", l.layer)).collect();
+    Outcome::Fires(finding)
 }
 
 fn no_headroom(a: &Analysis) -> String {
@@ -1507,7 +1558,6 @@ mod tests {
         for p in PATTERNS {
             assert!(explained.contains(p.name), "{} missing:\n{explained}", p.name);
         }
-        assert!(explained.contains("needs the MoE perfect-router comparison (not built)"));
         assert!(THRESHOLDS.iter().any(|t| t.name == "SOL_BOUND_PERCENT" && t.value == SOL_BOUND_PERCENT));
     }
 }

@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod launch;
 pub mod measured;
 pub mod memory;
+pub mod moe;
 pub mod overview;
 pub mod ranges;
 pub mod sol;
@@ -73,6 +74,8 @@ pub struct Analysis {
     pub memory: memory::Memory,
     pub speed_of_light: sol::SpeedOfLight,
     pub headroom: Measured<headroom::Headroom>,
+    /// Mixture-of-experts models: how evenly the router spread the tokens over the experts.
+    pub moe: Measured<moe::MoeLoad>,
     /// The known performance patterns these figures show.
     pub diagnosis: diagnose::Diagnosis,
 }
@@ -89,12 +92,14 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
     let (gpu, gaps) = gpu::analyze(trace, &launches, &windows, options.buckets, gpu::TOP_GAPS);
     let speed_of_light = sol::analyze(trace, &rules, &launches, &windows);
     let headroom = headroom::analyze(trace, &windows, speed_of_light.peaks.get());
+    let kernels = kernels::analyze(trace, &launches, &rules, options.top);
+    let moe = moe::analyze(trace, &kernels);
     let mut analysis = Analysis {
         overview: overview::analyze(trace),
         steps,
         gpu,
         gaps,
-        kernels: kernels::analyze(trace, &launches, &rules, options.top),
+        kernels,
         launch: launch::analyze(trace, &launches),
         iterations: iterations::analyze(trace),
         phases: iterations::phases(trace),
@@ -103,6 +108,7 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
         memory: memory::analyze(trace, &launches),
         speed_of_light,
         headroom,
+        moe,
         diagnosis: diagnose::Diagnosis::default(),
     };
     analysis.diagnosis = diagnose::diagnose(trace, &analysis, &windows, &launches);
@@ -129,6 +135,7 @@ pub fn render_text(a: &Analysis) -> String {
     view::render_section("CPU ranges on the GPU", &ranges::view(&a.ranges), &mut out);
     view::render_section("Hardware counters", &hardware::view(&a.hardware), &mut out);
     view::render_section("Memory", &memory::view(&a.memory), &mut out);
+    view::render_section("MoE expert load", &moe::view(&a.moe), &mut out);
     out
 }
 

@@ -11,7 +11,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use lumen_trace::model::{AllocationRow, CounterRow, GpuOpRow, IterationRow, RequestRow, TraceData};
+use lumen_trace::model::{AllocationRow, CounterRow, ExpertLoadRow, GpuOpRow, IterationRow, RequestRow, TraceData};
 
 use crate::diagnose::*;
 use crate::gpu::GapClass;
@@ -422,6 +422,18 @@ const EDGES: &[Edge] = &[
         trace: host_allocations,
         measure: host_allocs_per_iteration,
         evidence: |m| format!("{} host allocations per iteration", whole(m)),
+        gate: Gate::None,
+        quiet: Quiet::NotFound,
+    },
+    Edge {
+        threshold: "MOE_IMBALANCE_MAX_OVER_MEAN",
+        comparison: "moe_imbalance: m.max_over_mean < MOE_IMBALANCE_MAX_OVER_MEAN is not found",
+        fires: Fires::AtOrAbove,
+        pattern: MOE_IMBALANCE,
+        step: ONE_IN_N,
+        trace: expert_loads,
+        measure: |_, a| a.moe.get().expect("expert loads").max_over_mean,
+        evidence: |m| format!("takes {m:.3}× the mean load"),
         gate: Gate::None,
         quiet: Quiet::NotFound,
     },
@@ -935,6 +947,14 @@ fn alloc_calls_per_second(trace: &TraceData, _: &Analysis) -> f64 {
     let first = trace.api_calls.iter().map(|c| c.start_ns).min().expect("API calls");
     let last = trace.api_calls.iter().map(|c| c.end_ns).max().expect("API calls");
     alloc_calls(trace) as f64 / ((last - first) as f64 / 1e9)
+}
+
+/// Four iterations of one MoE layer of two experts with 2 · `N` assignments each, the busiest
+/// expert `MOE_IMBALANCE_MAX_OVER_MEAN` times the mean moved by `offset` thousandths.
+fn expert_loads(offset: i64) -> TraceData {
+    let busiest = count_at(MOE_IMBALANCE_MAX_OVER_MEAN, N, offset);
+    let row = |iteration| ExpertLoadRow { iteration, layer: 0, tokens: vec![busiest, 2 * N - busiest] };
+    TraceData { expert_loads: (0..4).map(row).collect(), ..TraceData::default() }
 }
 
 /// Four iterations' allocation rows, each `HOST_ALLOCS_PER_ITERATION` host allocations moved by
