@@ -50,6 +50,25 @@ pub struct Comparison {
     pub kernels: Measured<KernelChanges>,
     pub phases: Measured<PhaseShifts>,
     pub verdict: Measured<Verdict>,
+    /// When one trace ran the perfect router and the other the model's: what the seed's table
+    /// reads from the difference.
+    pub router: Option<Measured<RouterReading>>,
+}
+
+/// The perfect-router comparison: how much faster the run with balanced routing was than the run
+/// with the model's router, and what that says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouterReading {
+    /// Which trace ran the perfect router: `base` or `new`.
+    pub perfect: &'static str,
+    /// The perfect-router run's per-iteration time saved, as a share of the router run's (below 0:
+    /// it was slower).
+    pub gain: f64,
+    /// Whether the verdict's interval excludes no change.
+    pub significant: bool,
+    /// The busiest expert's load over the mean in the router run, when it recorded expert loads.
+    pub router_max_over_mean: Option<f64>,
+    pub reading: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -265,12 +284,64 @@ pub fn compare(base: &Analysis, new: &Analysis, base_trace: &TraceData, new_trac
     let mut figures: Vec<FigureDelta> =
         base_figures.into_iter().zip(new_figures).map(|(b, n)| delta(b.name, b.unit, b.better, &b.value, &n.value)).collect();
     figures.extend(counter_deltas(base, new));
+    let verdict = verdict(base_trace, new_trace);
     Comparison {
         figures,
         kernels: kernel_changes(base, new, base_trace, new_trace),
         phases: phase_shifts(&base.phases, &new.phases),
-        verdict: verdict(base_trace, new_trace),
+        router: router_reading(base, new, base_trace, new_trace, &verdict),
+        verdict,
     }
+}
+
+/// The seed's reading of a perfect-router pair (in either order): more than
+/// [`PERFECT_ROUTER_GAIN`] faster with balanced routing is the router causing load imbalance;
+/// within noise (or within the threshold), routing is not the bottleneck. `None` unless exactly
+/// one trace ran the perfect router.
+fn router_reading(
+    base: &Analysis,
+    new: &Analysis,
+    b: &TraceData,
+    n: &TraceData,
+    verdict: &Measured<Verdict>,
+) -> Option<Measured<RouterReading>> {
+    let perfect = |t: &TraceData| t.meta("perfect_router") == Some("on");
+    let perfect_is_new = match (perfect(b), perfect(n)) {
+        (false, true) => true,
+        (true, false) => false,
+        _ => return None,
+    };
+    let v = match verdict {
+        Measured::Available(v) => v,
+        Measured::NotAvailable(why) => return Some(Measured::NotAvailable(format!("no verdict to read: {why}"))),
+    };
+    // median_change is (new − base) / base; the gain is measured against the router run.
+    let gain = if perfect_is_new { -v.median_change } else { v.median_change / (1.0 + v.median_change) };
+    let significant = v.outcome != Outcome::NoSignificantDifference;
+    let router_run = if perfect_is_new { base } else { new };
+    let reading = if significant && gain > PERFECT_ROUTER_GAIN {
+        format!(
+            "{}% faster with the perfect router (over {}): router causing load imbalance; optimize routing or try alternative \
+             strategies",
+            format_args!("{:.1}", gain * 100.0),
+            text::percent(PERFECT_ROUTER_GAIN)
+        )
+    } else if !significant {
+        "similar performance (no significant difference): routing is not a bottleneck; focus elsewhere".to_string()
+    } else {
+        format!(
+            "similar performance ({:+.1}% with the perfect router, within {}): routing is not a bottleneck; focus elsewhere",
+            gain * 100.0,
+            text::percent(PERFECT_ROUTER_GAIN)
+        )
+    };
+    Some(Measured::Available(RouterReading {
+        perfect: if perfect_is_new { "new" } else { "base" },
+        gain,
+        significant,
+        router_max_over_mean: router_run.moe.get().map(|m| m.max_over_mean),
+        reading,
+    }))
 }
 
 /// Both figures, or why either trace lacks its own.
@@ -721,6 +792,7 @@ pub(crate) fn relative(r: Option<f64>) -> String {
 /// the CPU phases.
 pub fn render(c: &Comparison, out: &mut String) {
     render_verdict(&c.verdict, out);
+    render_router(c.router.as_ref(), out);
     render_figures(&c.figures, out);
     render_kernels(&c.kernels, out);
     render_phases(&c.phases, out);
@@ -735,6 +807,20 @@ fn render_verdict(verdict: &Measured<Verdict>, out: &mut String) {
     line(out, "verdict", &v.summary);
     for (label, value) in verdict_lines(v) {
         line(out, label, value);
+    }
+}
+
+fn render_router(router: Option<&Measured<RouterReading>>, out: &mut String) {
+    let Some(router) = router else { return };
+    text::heading(out, "Comparison: perfect router");
+    let r = match router {
+        Measured::Available(r) => r,
+        Measured::NotAvailable(why) => return not_available(out, "reading", why),
+    };
+    line(out, "reading", &r.reading);
+    line(out, "perfect router in", r.perfect);
+    if let Some(x) = r.router_max_over_mean {
+        line(out, "router run's load", format!("busiest expert {x:.2}× the mean"));
     }
 }
 
@@ -864,6 +950,39 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    /// A MoE run: `run`'s iterations, meta `perfect_router`, and two experts' loads of `busiest`
+    /// and `12 - busiest` per iteration.
+    fn moe_run(iteration_ms: f64, perfect: bool, busiest: u64) -> TraceData {
+        let mut t = run(ITERATIONS, iteration_ms, 5_000_000, BASE_KERNELS);
+        t.meta.push(("perfect_router".into(), if perfect { "on" } else { "off" }.into()));
+        t.expert_loads = (0..ITERATIONS)
+            .map(|iteration| lumen_trace::model::ExpertLoadRow { iteration, layer: 0, tokens: vec![busiest, 12 - busiest] })
+            .collect();
+        t
+    }
+
+    #[test]
+    fn a_perfect_router_pair_reads_as_the_seeds_table_in_either_order() {
+        let reading = |base: &TraceData, new: &TraceData| compared(base, new).router.expect("a pair").get().cloned().expect("a verdict");
+        // 12.5 ms with the model's router, 10 ms with the perfect one: 20% faster.
+        let (router, perfect) = (moe_run(12.5, false, 9), moe_run(10.0, true, 6));
+        for (r, perfect_in) in [(reading(&router, &perfect), "new"), (reading(&perfect, &router), "base")] {
+            assert_eq!(r.perfect, perfect_in);
+            assert!(r.significant && close(r.gain, 0.2), "{r:?}");
+            assert!(r.reading.contains("router causing load imbalance; optimize routing or try alternative strategies"), "{}", r.reading);
+            assert_eq!(r.router_max_over_mean, Some(1.5));
+        }
+        // The same speed: not a bottleneck.
+        let same = reading(&moe_run(10.0, false, 7), &moe_run(10.0, true, 6));
+        assert!(!same.significant && same.reading.contains("routing is not a bottleneck; focus elsewhere"), "{same:?}");
+        // 5% faster, significant but within the threshold: still not the bottleneck.
+        let small = reading(&moe_run(10.5, false, 7), &moe_run(10.0, true, 6));
+        assert!(small.significant && close(small.gain, 0.5 / 10.5), "{small:?}");
+        assert!(small.reading.contains("within 10.0%") && small.reading.contains("routing is not a bottleneck"), "{}", small.reading);
+        // Two runs of the same router: no reading.
+        assert!(compared(&router, &moe_run(10.0, false, 6)).router.is_none());
     }
 
     #[test]
