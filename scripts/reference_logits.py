@@ -9,12 +9,17 @@ Usage:
 What it does
 ------------
 1. For each random-weight preset (tiny, tiny-qwen2, tiny-qwen3, tiny-mistral,
-   smollm2-135m) it regenerates the deterministic random weights (seed 0) with
+   smollm2-135m, and the mixture-of-experts ones: tiny-mixtral, tiny-qwen2-moe,
+   tiny-qwen3-moe, tiny-olmoe, tiny-gpt-oss, two with preset options) it regenerates the deterministic random weights (seed 0) with
    the same hash-based generator the Rust side uses, runs a full forward over a
    few token sequences from position 0 and records logits.
 2. For the real GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf) it
    dequantises every tensor with gguf-py (`gguf.quants.dequantize`) to float64
    and runs the same decoder on three tokenised prompts.
+
+A MoE preset without options is also run with the perfect router, whose balanced
+logits depend on the step's token count: `logits_<name>_perfect_router.json` holds
+logits of sequences run in one pass.
 
 Each fixture file `logits_<name>.json` has the form
     {"model": ..., "seed": 0 (presets only), "generator": "scripts/reference_logits.py",
@@ -47,7 +52,7 @@ x = embed[tokens]; per layer:
     scale 1/sqrt(head_dim), optional sliding window W: query p sees keys j
     with p - W < j <= p
     x += attn Wo^T
-    h = rmsnorm(x) * w_ffn_norm;  x += down(silu(gate(h)) * up(h))
+    h = rmsnorm(x) * w_ffn_norm;  x += down(silu(gate(h)) * up(h)), or the MoE block below
 final rmsnorm; logits = h lm_head^T (lm_head = embed when tied).
 rmsnorm(x) = x / sqrt(mean(x^2) + eps).
 RoPE inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2. Presets use the HF
@@ -89,6 +94,20 @@ N_PROBE = 16
 
 
 @dataclass
+class Moe:
+    """A mixture-of-experts feed-forward in every layer (see "Mixture of experts" above)."""
+    experts: int
+    top_k: int
+    ffn: int
+    routing: str  # Default | Renormalize | RenormalizeNaive | Llama4
+    naming: str = "qwen"  # qwen | mixtral | gpt_oss: where the checkpoint keeps the tensors
+    biases: bool = False  # GPT-OSS: router and expert biases
+    clamped: bool = False  # GPT-OSS: clamped SwiGLU
+    shared_ffn: Optional[int] = None  # Qwen2-MoE: shared expert with a sigmoid gate
+    zipf: Optional[float] = None  # planted imbalance: -s ln(e+1) added to expert e's logit
+
+
+@dataclass
 class Config:
     vocab: int
     hidden: int
@@ -104,6 +123,7 @@ class Config:
     qk_norm: bool = False
     sliding_window: Optional[int] = None
     rope_scaling: Optional[dict] = None  # llama3 style
+    moe: Optional[Moe] = None
 
 
 TINY_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -121,6 +141,26 @@ PRESETS: Dict[str, Config] = {
     "smollm2-135m": Config(vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3,
                            head_dim=64, ffn=1536, theta=100000.0, tied=True),
 }
+
+
+def tiny_moe(moe: Moe, **kw) -> Config:
+    base = dict(vocab=512, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, ffn=160,
+                theta=10000.0, tied=False)
+    base.update(kw)
+    return Config(moe=moe, **base)
+
+
+PRESETS.update({
+    "tiny-mixtral": tiny_moe(Moe(8, 2, 32, "RenormalizeNaive", naming="mixtral")),
+    "tiny-qwen2-moe": tiny_moe(Moe(8, 2, 32, "Default", shared_ffn=48), attn_bias=True),
+    "tiny-qwen3-moe": tiny_moe(Moe(16, 4, 24, "RenormalizeNaive"), head_dim=32, qk_norm=True),
+    "tiny-olmoe": tiny_moe(Moe(16, 4, 24, "Default")),
+    "tiny-gpt-oss": tiny_moe(Moe(8, 2, 32, "Renormalize", naming="gpt_oss", biases=True, clamped=True),
+                             attn_bias=True),
+    # Preset options: another routing method, and the planted Zipf imbalance.
+    "tiny-olmoe+routing=Llama4": tiny_moe(Moe(16, 4, 24, "Llama4")),
+    "tiny-mixtral+zipf=1.5": tiny_moe(Moe(8, 2, 32, "RenormalizeNaive", naming="mixtral", zipf=1.5)),
+})
 
 
 # ----------------------------------------------------------------------------
@@ -206,10 +246,13 @@ def preset_weights(cfg: Config, seed: int) -> dict:
             "wv": gen_tensor(p + "self_attn.v_proj.weight", (kd, H), seed),
             "wo": gen_tensor(p + "self_attn.o_proj.weight", (H, qd), seed),
             "ffn_norm": gen_tensor(p + "post_attention_layernorm.weight", (H,), seed),
-            "w_gate": gen_tensor(p + "mlp.gate_proj.weight", (cfg.ffn, H), seed),
-            "w_up": gen_tensor(p + "mlp.up_proj.weight", (cfg.ffn, H), seed),
-            "w_down": gen_tensor(p + "mlp.down_proj.weight", (H, cfg.ffn), seed),
         }
+        if cfg.moe is None:
+            L["w_gate"] = gen_tensor(p + "mlp.gate_proj.weight", (cfg.ffn, H), seed)
+            L["w_up"] = gen_tensor(p + "mlp.up_proj.weight", (cfg.ffn, H), seed)
+            L["w_down"] = gen_tensor(p + "mlp.down_proj.weight", (H, cfg.ffn), seed)
+        else:
+            L["moe"] = moe_weights(cfg.moe, H, p, seed)
         if cfg.attn_bias:
             L["bq"] = gen_tensor(p + "self_attn.q_proj.bias", (qd,), seed)
             L["bk"] = gen_tensor(p + "self_attn.k_proj.bias", (kd,), seed)
@@ -223,6 +266,111 @@ def preset_weights(cfg: Config, seed: int) -> dict:
     W["lm_head"] = (W["embed"] if cfg.tied
                     else gen_tensor("lm_head.weight", (cfg.vocab, H), seed))
     return W
+
+
+def moe_weights(m: Moe, H: int, p: str, seed: int) -> dict:
+    if m.naming == "mixtral":
+        router = p + "block_sparse_moe.gate"
+        expert = lambda j, part: p + f"block_sparse_moe.experts.{j}." + {"gate": "w1", "up": "w3", "down": "w2"}[part]
+    else:
+        router = p + ("mlp.router" if m.naming == "gpt_oss" else "mlp.gate")
+        expert = lambda j, part: p + f"mlp.experts.{j}.{part}_proj"
+
+    def one(name: Callable[[str], str], f: int) -> dict:
+        E = {"gate": gen_tensor(name("gate") + ".weight", (f, H), seed),
+             "up": gen_tensor(name("up") + ".weight", (f, H), seed),
+             "down": gen_tensor(name("down") + ".weight", (H, f), seed)}
+        if m.biases:
+            for part, n in (("gate", f), ("up", f), ("down", H)):
+                E[part + "_bias"] = gen_tensor(name(part) + ".bias", (n,), seed)
+        return E
+
+    W = {"router": gen_tensor(router + ".weight", (m.experts, H), seed),
+         "experts": [one(lambda part, j=j: expert(j, part), m.ffn) for j in range(m.experts)]}
+    if m.biases:
+        W["router_bias"] = gen_tensor(router + ".bias", (m.experts,), seed)
+    if m.shared_ffn is not None:
+        W["shared"] = one(lambda part: p + f"mlp.shared_expert.{part}_proj", m.shared_ffn)
+        W["shared_gate"] = gen_tensor(p + "mlp.shared_expert_gate.weight", (1, H), seed)
+    return W
+
+
+# ----------------------------------------------------------------------------
+# Mixture of experts
+# ----------------------------------------------------------------------------
+#
+# z = h R^T (+ router bias) (+ zipf: -s ln(e+1) for expert e); top-k by z (ties to
+# the lower index), best first; weights by routing method:
+#   Default          p = softmax(z), w = p[top]
+#   Renormalize      w = softmax(z[top])
+#   RenormalizeNaive p = softmax(z), w = p[top] / sum(p[top])
+#   Llama4           w = sigmoid(z[top])
+# expert(x) = down(act(gate(x) (+b), up(x) (+b))) (+b), act = silu(g) u, or the
+# clamped GPT-OSS form g' = min(g, 7), u' = clip(u, -7, 7), g' sigmoid(1.702 g') (u' + 1).
+# out = sum_j w_j expert_{top_j}(h) (+ sigmoid(h G^T) shared(h) for Qwen2-MoE).
+#
+# The perfect router replaces z by balanced logits: slot a = t k + j (one rank)
+# goes to expert a mod E with logit 7.5, every other expert 0.5.
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def route(z: np.ndarray, k: int, method: str):
+    top = np.argsort(-z, axis=-1, kind="stable")[:, :k]
+    zk = np.take_along_axis(z, top, axis=-1)
+    if method == "Default":
+        w = np.take_along_axis(softmax(z), top, axis=-1)
+    elif method == "Renormalize":
+        w = softmax(zk)
+    elif method == "RenormalizeNaive":
+        w = np.take_along_axis(softmax(z), top, axis=-1)
+        w = w / w.sum(axis=-1, keepdims=True)
+    elif method == "Llama4":
+        w = 1.0 / (1.0 + np.exp(-zk))
+    else:
+        raise ValueError(method)
+    return top, w
+
+
+def balanced_logits(T: int, E: int, k: int) -> np.ndarray:
+    z = np.full((T, E), 0.5)
+    for a in range(T * k):
+        z[a // k, a % E] = 7.5
+    return z
+
+
+def expert_forward(m: Moe, E: dict, x: np.ndarray) -> np.ndarray:
+    g = x @ E["gate"].T + E.get("gate_bias", 0.0)
+    u = x @ E["up"].T + E.get("up_bias", 0.0)
+    if m.clamped:
+        g = np.minimum(g, 7.0)
+        u = np.clip(u, -7.0, 7.0)
+        a = g / (1.0 + np.exp(-1.702 * g)) * (u + 1.0)
+    else:
+        a = silu(g) * u
+    return a @ E["down"].T + E.get("down_bias", 0.0)
+
+
+def moe_forward(m: Moe, W: dict, h: np.ndarray, perfect: bool = False) -> np.ndarray:
+    T = h.shape[0]
+    z = h @ W["router"].T + W.get("router_bias", 0.0)
+    if m.zipf is not None:
+        z = z - m.zipf * np.log(np.arange(1, m.experts + 1, dtype=np.float64))
+    if perfect:
+        z = balanced_logits(T, m.experts, m.top_k)
+    top, w = route(z, m.top_k, m.routing)
+    out = np.zeros_like(h)
+    for e in range(m.experts):
+        rows, slots = np.nonzero(top == e)
+        if len(rows):
+            out[rows] += w[rows, slots][:, None] * expert_forward(m, W["experts"][e], h[rows])
+    if "shared" in W:
+        gate = 1.0 / (1.0 + np.exp(-(h @ W["shared_gate"].T)))
+        out += gate * expert_forward(m, W["shared"], h)
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -287,7 +435,8 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def forward(cfg: Config, W: dict, tokens: List[int],
-            rope: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+            rope: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+            perfect_router: bool = False) -> np.ndarray:
     """Full-sequence forward from position 0; returns logits [T, vocab] (float64)."""
     T = len(tokens)
     hd, nh, nkv = cfg.head_dim, cfg.heads, cfg.kv_heads
@@ -330,7 +479,10 @@ def forward(cfg: Config, W: dict, tokens: List[int],
             attn[:, hh, :] = p @ v[:, kv, :]
         x = x + attn.reshape(T, nh * hd) @ L["wo"].T
         h = rmsnorm(x, L["ffn_norm"], cfg.eps)
-        x = x + (silu(h @ L["w_gate"].T) * (h @ L["w_up"].T)) @ L["w_down"].T
+        if "moe" in L:
+            x = x + moe_forward(cfg.moe, L["moe"], h, perfect_router)
+        else:
+            x = x + (silu(h @ L["w_gate"].T) * (h @ L["w_up"].T)) @ L["w_down"].T
     h = rmsnorm(x, W["final_norm"], cfg.eps)
     return h @ W["lm_head"].T
 
@@ -504,23 +656,27 @@ def write_json(path: str, obj: dict):
 
 
 def fixture_name(preset: str) -> str:
-    return "logits_" + preset.replace("-", "_") + ".json"
+    return "logits_" + preset.replace("-", "_").replace("+", "_").replace("=", "_") + ".json"
 
 
-def run_preset(name: str, out_dir: str, seed: int = 0):
+def run_preset(name: str, out_dir: str, seed: int = 0, perfect_router: bool = False):
     cfg = PRESETS[name]
     t0 = time.time()
     W = preset_weights(cfg, seed)
     t1 = time.time()
     cases = []
     for toks in preset_cases(name, cfg):
-        logits = forward(cfg, W, toks, rope_rotate_half)
+        logits = forward(cfg, W, toks, rope_rotate_half, perfect_router)
         assert np.all(np.isfinite(logits))
         cases.append({"tokens": toks, "positions": record_positions(logits, cfg.vocab)})
     print(f"[{name}] weights {t1 - t0:.1f}s, forward {time.time() - t1:.1f}s; "
           f"last-pos argmax per case: {[c['positions'][0]['top_ids'][0] for c in cases]}")
-    write_json(os.path.join(out_dir, fixture_name(name)),
-               {"model": name, "seed": seed, "generator": GENERATOR, "cases": cases})
+    fixture = {"model": name, "seed": seed, "generator": GENERATOR, "cases": cases}
+    file = fixture_name(name)
+    if perfect_router:
+        fixture["perfect_router"] = True
+        file = file.replace(".json", "_perfect_router.json")
+    write_json(os.path.join(out_dir, file), fixture)
 
 
 def run_gguf(path: str, out_dir: str):
@@ -579,6 +735,8 @@ def main():
             run_gguf(args.gguf, args.out_dir)
         else:
             run_preset(name, args.out_dir)
+            if PRESETS[name].moe is not None and "+" not in name:
+                run_preset(name, args.out_dir, perfect_router=True)
     print(f"total {time.time() - t0:.1f}s")
 
 

@@ -15,7 +15,7 @@
 
 use lumen_backend::AttentionSeq;
 use lumen_engine::runner::cuda::{CudaRunner, RunnerConfig};
-use lumen_model::{load_model, load_model_on, Device, ForwardBatch, Model};
+use lumen_model::{load_model, load_model_on, Device, Executor, ForwardBatch, Model};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,13 +27,25 @@ const BLOCK_SIZE: usize = 16;
 
 /// The fixtures (`crates/model/tests/fixtures`), compiled in so that the test binary runs on a
 /// machine without the checkout.
-const FIXTURES: [(&str, &str); 6] = [
+const FIXTURES: [(&str, &str); 18] = [
     ("logits_tiny.json", include_str!("../../model/tests/fixtures/logits_tiny.json")),
     ("logits_tiny_qwen2.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen2.json")),
     ("logits_tiny_qwen3.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen3.json")),
     ("logits_tiny_mistral.json", include_str!("../../model/tests/fixtures/logits_tiny_mistral.json")),
     ("logits_smollm2_135m.json", include_str!("../../model/tests/fixtures/logits_smollm2_135m.json")),
     ("logits_smollm2_gguf.json", include_str!("../../model/tests/fixtures/logits_smollm2_gguf.json")),
+    ("logits_tiny_mixtral.json", include_str!("../../model/tests/fixtures/logits_tiny_mixtral.json")),
+    ("logits_tiny_mixtral_perfect_router.json", include_str!("../../model/tests/fixtures/logits_tiny_mixtral_perfect_router.json")),
+    ("logits_tiny_qwen2_moe.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen2_moe.json")),
+    ("logits_tiny_qwen2_moe_perfect_router.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen2_moe_perfect_router.json")),
+    ("logits_tiny_qwen3_moe.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen3_moe.json")),
+    ("logits_tiny_qwen3_moe_perfect_router.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen3_moe_perfect_router.json")),
+    ("logits_tiny_olmoe.json", include_str!("../../model/tests/fixtures/logits_tiny_olmoe.json")),
+    ("logits_tiny_olmoe_perfect_router.json", include_str!("../../model/tests/fixtures/logits_tiny_olmoe_perfect_router.json")),
+    ("logits_tiny_gpt_oss.json", include_str!("../../model/tests/fixtures/logits_tiny_gpt_oss.json")),
+    ("logits_tiny_gpt_oss_perfect_router.json", include_str!("../../model/tests/fixtures/logits_tiny_gpt_oss_perfect_router.json")),
+    ("logits_tiny_olmoe_routing_Llama4.json", include_str!("../../model/tests/fixtures/logits_tiny_olmoe_routing_Llama4.json")),
+    ("logits_tiny_mixtral_zipf_1.5.json", include_str!("../../model/tests/fixtures/logits_tiny_mixtral_zipf_1.5.json")),
 ];
 
 fn fixture(name: &str) -> Value {
@@ -160,6 +172,47 @@ fn presets_match_the_reference() {
         ("smollm2-135m", "logits_smollm2_135m.json"),
     ] {
         check(&load_model(preset).unwrap(), file);
+    }
+}
+
+/// Every routing method, the experts' biases and clamped SwiGLU, the shared expert and the
+/// planted Zipf imbalance, in one pass, decode and chunks.
+#[test]
+fn moe_presets_match_the_reference() {
+    for (preset, file) in [
+        ("tiny-mixtral", "logits_tiny_mixtral.json"),
+        ("tiny-qwen2-moe", "logits_tiny_qwen2_moe.json"),
+        ("tiny-qwen3-moe", "logits_tiny_qwen3_moe.json"),
+        ("tiny-olmoe", "logits_tiny_olmoe.json"),
+        ("tiny-gpt-oss", "logits_tiny_gpt_oss.json"),
+        ("tiny-olmoe+routing=Llama4", "logits_tiny_olmoe_routing_Llama4.json"),
+        ("tiny-mixtral+zipf=1.5", "logits_tiny_mixtral_zipf_1.5.json"),
+    ] {
+        let model = load_model(preset).unwrap();
+        assert!(!model.perfect_router());
+        check(&model, file);
+    }
+}
+
+/// The perfect router's balanced logits depend on the step's token count, so each sequence runs
+/// in one pass, as the reference runs it.
+#[test]
+fn moe_presets_with_the_perfect_router_match_the_reference() {
+    for preset in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "tiny-gpt-oss"] {
+        let mut model = load_model(preset).unwrap();
+        let Executor::Cpu(decoder) = &mut model.executor else { unreachable!("loaded on the CPU") };
+        decoder.perfect_router = true;
+        let decoder = model.cpu_decoder().unwrap();
+        let file = format!("logits_{}_perfect_router.json", preset.replace('-', "_"));
+        check_with(
+            &file,
+            |_, want| ABS_TOL + REL_TOL * want.abs(),
+            |tokens, _, wanted| {
+                let mut kv = decoder.new_kv_storage(tokens.len().div_ceil(BLOCK_SIZE), BLOCK_SIZE);
+                let whole = [tokens.len()];
+                logits_at(tokens, &whole, wanted, |batch| decoder.forward(batch, &mut kv))
+            },
+        );
     }
 }
 

@@ -1,6 +1,8 @@
 //! The llama-family decoder's configuration: sizes plus the switches that make it Llama 2/3,
-//! SmolLM, Mistral, Qwen2 or Qwen3, read from GGUF metadata or a Hugging Face `config.json`.
+//! SmolLM, Mistral, Qwen2 or Qwen3, and the mixture-of-experts feed-forward of Mixtral, Qwen2-MoE,
+//! Qwen3-MoE, OLMoE and GPT-OSS, read from GGUF metadata or a Hugging Face `config.json`.
 
+use crate::moe::{ExpertActivation, RoutingMethod};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
@@ -11,6 +13,46 @@ pub struct RopeScaling {
     pub low_freq_factor: f64,
     pub high_freq_factor: f64,
     pub original_max_position_embeddings: f64,
+}
+
+/// The mixture-of-experts feed-forward every layer runs in place of the dense one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Each routed expert's intermediate size.
+    pub expert_intermediate_size: usize,
+    pub routing: RoutingMethod,
+    pub activation: ExpertActivation,
+    /// GPT-OSS: biases on the router and on every expert's projections.
+    pub biases: bool,
+    /// Qwen2-MoE: a shared expert of this intermediate size, gated by `sigmoid(gate · x)`.
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// A preset's planted imbalance: the exponent of the Zipf-shaped gate bias
+    /// ([`crate::moe::zipf_gate_bias`]) added to the router logits.
+    pub gate_zipf_exponent: Option<f64>,
+}
+
+impl MoeConfig {
+    /// Weights of one layer's block: router, experts, shared expert and its gate, biases.
+    pub fn num_params(&self, hidden: usize) -> usize {
+        let (e, f) = (self.num_experts, self.expert_intermediate_size);
+        let biases = if self.biases { e + e * (2 * f + hidden) } else { 0 };
+        let shared = self.shared_expert_intermediate_size.map_or(0, |fs| 3 * hidden * fs + hidden);
+        e * hidden + e * 3 * hidden * f + shared + biases
+    }
+
+    fn validate(&self) -> Result<()> {
+        crate::moe::check_top_k(self.num_experts, self.top_k).context("model config: mixture of experts")?;
+        if self.expert_intermediate_size == 0 || self.shared_expert_intermediate_size == Some(0) {
+            bail!("model config: an expert's intermediate size is 0, expected a positive size");
+        }
+        if let Some(s) = self.gate_zipf_exponent.filter(|s| !(s.is_finite() && *s >= 0.0)) {
+            bail!("model config: Zipf gate exponent {s} is not a non-negative finite number");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +81,8 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// The mixture of experts every layer's feed-forward is; `None` for a dense model.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -74,7 +118,8 @@ impl ModelConfig {
     pub fn num_params(&self) -> usize {
         let (h, hd, f) = (self.hidden_size, self.head_dim, self.intermediate_size);
         let attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads);
-        let per_layer = attn + 3 * h * f + 2 * h;
+        let feed_forward = self.moe.as_ref().map_or(3 * h * f, |m| m.num_params(h));
+        let per_layer = attn + feed_forward + 2 * h;
         let lm_head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + self.num_layers * per_layer + h + lm_head
     }
@@ -124,6 +169,9 @@ impl ModelConfig {
         if self.max_position_embeddings == 0 || self.sliding_window == Some(0) {
             bail!("model config: the context length and the sliding window must be positive");
         }
+        if let Some(moe) = &self.moe {
+            moe.validate()?;
+        }
         Ok(())
     }
 
@@ -131,7 +179,13 @@ impl ModelConfig {
     pub fn from_hf_json(text: &str, source: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).with_context(|| format!("{source}: not valid JSON"))?;
         let arch = v["model_type"].as_str().unwrap_or("llama").to_string();
-        const SUPPORTED: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "smollm"];
+        const SUPPORTED: [&str; 8] = ["llama", "mistral", "qwen2", "qwen3", "smollm", "mixtral", "qwen2_moe", "qwen3_moe"];
+        if matches!(arch.as_str(), "olmoe" | "gpt_oss") {
+            bail!(
+                "{source}: model_type {arch:?} is not loaded from Hugging Face directories yet (its attention differs from the \
+                 llama family's); its shape runs as a preset (olmoe-1b-7b, gpt-oss-20b)"
+            );
+        }
         if !SUPPORTED.contains(&arch.as_str()) {
             bail!("{source}: model_type {arch:?} is not supported; expected one of {SUPPORTED:?}");
         }
@@ -176,16 +230,58 @@ impl ModelConfig {
             rope_freq_divisors: None,
             max_position_embeddings: v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-            attention_bias: v["attention_bias"].as_bool().unwrap_or(arch == "qwen2"),
-            qk_norm: arch == "qwen3",
+            attention_bias: v["attention_bias"].as_bool().unwrap_or(arch == "qwen2" || arch == "qwen2_moe"),
+            qk_norm: arch == "qwen3" || arch == "qwen3_moe",
             sliding_window: if use_sliding { v["sliding_window"].as_u64().map(|x| x as usize) } else { None },
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_ids,
+            moe: hf_moe(&v, &arch, source)?,
             arch,
         };
         config.validate().with_context(|| format!("{source}: inconsistent config"))?;
         Ok(config)
     }
+}
+
+/// The mixture of experts of a Hugging Face `config.json`: Mixtral (`num_local_experts`,
+/// RenormalizeNaive), Qwen2-MoE and Qwen3-MoE (`num_experts`, `moe_intermediate_size`,
+/// `norm_topk_prob` choosing RenormalizeNaive or Default, Qwen2-MoE's shared expert).
+fn hf_moe(v: &Value, arch: &str, source: &str) -> Result<Option<MoeConfig>> {
+    let int = |key: &str| -> Result<usize> {
+        v[key].as_u64().map(|x| x as usize).with_context(|| format!("{source}: {arch} needs an integer {key:?}"))
+    };
+    let (num_experts, expert_intermediate_size, routing) = match arch {
+        "mixtral" => (int("num_local_experts")?, int("intermediate_size")?, RoutingMethod::RenormalizeNaive),
+        "qwen2_moe" | "qwen3_moe" => {
+            for key in ["mlp_only_layers", "decoder_sparse_step"] {
+                let dense_layers = match key {
+                    "mlp_only_layers" => v[key].as_array().is_some_and(|a| !a.is_empty()),
+                    _ => v[key].as_u64().is_some_and(|step| step != 1),
+                };
+                if dense_layers {
+                    bail!("{source}: {key} makes some layers dense; lumen runs models whose every layer is a mixture of experts");
+                }
+            }
+            let renormalize = v["norm_topk_prob"].as_bool().unwrap_or(arch == "qwen3_moe");
+            let routing = if renormalize { RoutingMethod::RenormalizeNaive } else { RoutingMethod::Default };
+            (int("num_experts")?, int("moe_intermediate_size")?, routing)
+        }
+        _ => return Ok(None),
+    };
+    let shared_expert_intermediate_size = match arch {
+        "qwen2_moe" => Some(int("shared_expert_intermediate_size")?),
+        _ => None,
+    };
+    Ok(Some(MoeConfig {
+        num_experts,
+        top_k: int("num_experts_per_tok")?,
+        expert_intermediate_size,
+        routing,
+        activation: ExpertActivation::SwiGlu,
+        biases: false,
+        shared_expert_intermediate_size,
+        gate_zipf_exponent: None,
+    }))
 }
 
 #[cfg(test)]
@@ -200,6 +296,35 @@ mod tests {
         let c = ModelConfig::from_hf_json(text, "config.json").unwrap();
         assert!(c.qk_norm && !c.attention_bias && c.tie_word_embeddings);
         assert_eq!((c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()), (32, 2, vec![5, 6]));
+    }
+
+    #[test]
+    fn reads_mixture_of_experts_configs() {
+        let mixtral = r#"{"model_type":"mixtral","hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,
+            "num_hidden_layers":2,"intermediate_size":96,"vocab_size":100,"num_local_experts":8,"num_experts_per_tok":2}"#;
+        let moe = ModelConfig::from_hf_json(mixtral, "config.json").unwrap().moe.unwrap();
+        assert_eq!((moe.num_experts, moe.top_k, moe.expert_intermediate_size, moe.routing), (8, 2, 96, RoutingMethod::RenormalizeNaive));
+        let qwen2 = r#"{"model_type":"qwen2_moe","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,
+            "intermediate_size":96,"moe_intermediate_size":32,"shared_expert_intermediate_size":48,"vocab_size":100,
+            "num_experts":16,"num_experts_per_tok":4,"norm_topk_prob":false}"#;
+        let c = ModelConfig::from_hf_json(qwen2, "config.json").unwrap();
+        let moe = c.moe.unwrap();
+        assert!(c.attention_bias && moe.routing == RoutingMethod::Default);
+        assert_eq!((moe.expert_intermediate_size, moe.shared_expert_intermediate_size), (32, Some(48)));
+    }
+
+    #[test]
+    fn bad_mixture_of_experts_configs_are_named() {
+        let base = r#"{"model_type":"qwen3_moe","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,
+            "intermediate_size":96,"moe_intermediate_size":32,"vocab_size":100,"num_experts":4,"num_experts_per_tok":8}"#;
+        let e = format!("{:#}", ModelConfig::from_hf_json(base, "m/config.json").unwrap_err());
+        assert!(e.contains("m/config.json") && e.contains("8 experts per token out of 4"), "{e}");
+        let e = format!("{:#}", ModelConfig::from_hf_json(&base.replace(r#""num_experts":4,"#, ""), "m/config.json").unwrap_err());
+        assert!(e.contains("qwen3_moe needs an integer \"num_experts\""), "{e}");
+        let e = format!("{:#}", ModelConfig::from_hf_json(&base.replace("{", r#"{"mlp_only_layers":[1],"#), "m/config.json").unwrap_err());
+        assert!(e.contains("mlp_only_layers makes some layers dense"), "{e}");
+        let e = format!("{:#}", ModelConfig::from_hf_json(r#"{"model_type":"gpt_oss"}"#, "m/config.json").unwrap_err());
+        assert!(e.contains("gpt-oss-20b"), "{e}");
     }
 
     #[test]
@@ -237,6 +362,7 @@ mod tests {
             sliding_window: None,
             bos_token_id: None,
             eos_token_ids: vec![],
+            moe: None,
         };
         let f = c.rope_inv_freq();
         assert_eq!(f[0], 1.0);

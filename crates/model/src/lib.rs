@@ -1,6 +1,6 @@
 //! lumen-model: what a model is and how it computes. It owns the config, the layer plan, loading
 //! GGUF, Hugging Face and preset weights into the plan, chat prompts, and the llama-family forward
-//! pass on the CPU and on one GPU.
+//! pass (dense or mixture-of-experts) on the CPU, and the dense one on one GPU.
 //!
 //! A model spec names one of three sources: a GGUF v3 file, a Hugging Face directory, or a
 //! random-weight preset (`NAME` or `NAME@SEED`). Each becomes a [`Model`]: the llama-family
@@ -12,13 +12,16 @@ pub mod cuda;
 pub mod gguf;
 pub mod llama;
 mod load;
+pub mod moe;
+mod moe_cpu;
+pub mod perfect_router;
 pub mod plan;
 pub mod presets;
 pub mod safetensors;
 pub mod weights;
 
 pub use config::ModelConfig;
-pub use llama::{Decoder, ForwardBatch};
+pub use llama::{Decoder, ForwardBatch, ForwardOutput};
 pub use load::{
     default_model_path, describe_model, load_model, load_model_on, load_model_with, Device, LoadOptions, DEFAULT_MODEL_FILE, SETUP_COMMAND,
 };
@@ -55,6 +58,15 @@ impl Model {
         match &self.executor {
             Executor::Cpu(d) => Ok(d),
             Executor::Cuda(_) => anyhow::bail!("model {} is loaded on the GPU, not the CPU", self.name),
+        }
+    }
+
+    /// Whether the MoE layers route with the perfect router (`LUMEN_PERFECT_ROUTER=1`); false for
+    /// a dense model, which has no router.
+    pub fn perfect_router(&self) -> bool {
+        match &self.executor {
+            Executor::Cpu(d) => d.perfect_router,
+            Executor::Cuda(_) => false,
         }
     }
 

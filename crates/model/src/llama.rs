@@ -1,10 +1,11 @@
 //! The llama-family decoder's forward pass on the CPU backend, over a flattened batch that mixes
 //! prefill chunks and decode tokens. It walks the filled layer plan ([`crate::plan`]): optional
-//! Qwen2 biases and Qwen3 q/k norms, the feed-forward variant, a tied or own head; Mistral's
-//! sliding window comes from the config. With FP8 weights, each product's input is quantized
+//! Qwen2 biases and Qwen3 q/k norms, the feed-forward variant (dense, or a mixture of experts run
+//! by [`crate::moe_cpu`]), a tied or own head; Mistral's sliding window comes from the config. With FP8 weights, each product's input is quantized
 //! with one dynamic scale first, as the CUDA path quantizes it.
 
 use crate::config::ModelConfig;
+use crate::moe_cpu::moe_forward;
 use crate::plan::{FeedForward, Head, Quantization};
 use crate::weights::CpuWeights;
 use lumen_backend::cpu::{self, PackedMatrix, RopeTable};
@@ -30,12 +31,28 @@ pub struct Decoder {
     rope: RopeTable,
     /// How the layers' projection matrices were quantized at load.
     pub quantization: Quantization,
+    /// Whether the MoE layers route with the perfect router's balanced logits.
+    pub perfect_router: bool,
+}
+
+/// What one forward step returns.
+pub struct ForwardOutput {
+    /// `[logit_rows.len(), vocab]`.
+    pub logits: Vec<f32>,
+    /// For each MoE layer in layer order, the (token, expert) assignments each expert received;
+    /// empty for a dense model.
+    pub expert_load: Vec<Vec<u32>>,
 }
 
 impl Decoder {
     pub fn new(config: ModelConfig, weights: CpuWeights, tied_head: Option<PackedMatrix>, quantization: Quantization) -> Self {
         let rope = RopeTable { inv_freq: config.rope_inv_freq() };
-        Decoder { config, weights, tied_head, rope, quantization }
+        Decoder { config, weights, tied_head, rope, quantization, perfect_router: false }
+    }
+
+    /// The decoder with the perfect router on or off.
+    pub fn with_perfect_router(self, perfect_router: bool) -> Self {
+        Decoder { perfect_router, ..self }
     }
 
     /// `out = x · wᵀ` for a layer projection: with FP8 weights, of `x` quantized to FP8 with one
@@ -66,6 +83,12 @@ impl Decoder {
 
     /// Runs the batch, writing every token's K/V into `kv`; returns `[logit_rows.len(), vocab]`.
     pub fn forward(&self, batch: &ForwardBatch, kv: &mut KvStorage) -> Vec<f32> {
+        self.forward_step(batch, kv).logits
+    }
+
+    /// Runs the batch, writing every token's K/V into `kv`; returns the logits and the expert
+    /// load of every MoE layer.
+    pub fn forward_step(&self, batch: &ForwardBatch, kv: &mut KvStorage) -> ForwardOutput {
         let c = &self.config;
         let w = &self.weights;
         let t = batch.tokens.len();
@@ -87,6 +110,7 @@ impl Decoder {
         let mut delta = vec![0.0f32; t * h];
         let mut gate_up = vec![0.0f32; t * 2 * f];
         let mut act = vec![0.0f32; t * f];
+        let mut expert_load = Vec::new();
 
         for (li, layer) in w.layers.iter().enumerate() {
             let _layer = span_named(Category::Debug, || format!("layer {li}"));
@@ -125,6 +149,11 @@ impl Decoder {
                     cpu::silu_mul(&gate_up, f, &mut act);
                     self.project(&act, t, down, &mut delta);
                 }
+                FeedForward::Moe(moe) => {
+                    let config = c.moe.as_ref().expect("a MoE layer is planned from a MoE config");
+                    let project = |x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]| self.project(x, rows, w, out);
+                    expert_load.push(moe_forward(moe, config, self.perfect_router, &normed, t, &project, &mut delta));
+                }
             }
             let next_norm = w.layers.get(li + 1).map_or(&w.final_norm, |l| &l.input_norm);
             cpu::add_rms_norm(&mut residual, &delta, next_norm, c.rms_eps, &mut normed);
@@ -139,6 +168,6 @@ impl Decoder {
         }
         let mut logits = vec![0.0f32; rows.len() * c.vocab_size];
         cpu::matmul(&last, rows.len(), self.head(), &mut logits);
-        logits
+        ForwardOutput { logits, expert_load }
     }
 }

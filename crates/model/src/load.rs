@@ -5,8 +5,9 @@ use crate::config::ModelConfig;
 use crate::cuda::CudaWeights;
 use crate::gguf::{GgufFile, MetaValue};
 use crate::llama::Decoder;
+use crate::perfect_router::{perfect_router_from_env, PERFECT_ROUTER_ENV};
 use crate::plan::{ModelPlan, Quantization};
-use crate::presets::{preset_config, random_tensor, PRESET_NAMES};
+use crate::presets::{is_preset, preset_config, random_tensor, PRESET_NAMES};
 use crate::safetensors::SafetensorsDir;
 use crate::weights::{assemble_cpu, check_shape, Fetch};
 use crate::{Executor, Model};
@@ -45,7 +46,7 @@ fn resolve(spec: &str) -> Result<Source<'_>> {
         Some((n, s)) => (n, Some(s)),
         None => (spec, None),
     };
-    if PRESET_NAMES.contains(&name) || (seed.is_some() && !Path::new(spec).exists()) {
+    if is_preset(name) || (seed.is_some() && !Path::new(spec).exists()) {
         let seed = match seed {
             Some(s) => s.parse::<u64>().with_context(|| format!("model {spec:?}: seed {s:?} is not a non-negative integer"))?,
             None => 0,
@@ -119,7 +120,13 @@ pub fn load_model_with(spec: &str, options: LoadOptions) -> Result<Model> {
     if gpu.is_some() && device == Device::Auto {
         let (config, _) = describe_model(spec)?;
         use lumen_backend::cuda::Kernels;
-        if !Kernels::supports_head_dim(config.head_dim) || !Kernels::supports_hidden_size(config.hidden_size) {
+        if let Some(moe) = &config.moe {
+            lumen_trace::status!(
+                "[lumen] --device auto: mixture-of-experts layers ({} experts) run on the CPU only so far; running on the CPU",
+                moe.num_experts
+            );
+            gpu = None;
+        } else if !Kernels::supports_head_dim(config.head_dim) || !Kernels::supports_hidden_size(config.hidden_size) {
             lumen_trace::status!(
                 "[lumen] --device auto: head_dim {} / hidden size {} is not supported on CUDA; running on the CPU",
                 config.head_dim,
@@ -156,8 +163,15 @@ fn executor(
     Ok(match gpu {
         None => {
             check_memory(config, what)?;
+            let perfect_router = config.moe.is_some() && perfect_router_from_env()?;
+            if perfect_router {
+                lumen_trace::status!(
+                    "[lumen] warning: {PERFECT_ROUTER_ENV} is on: {what}'s router logits are replaced by perfectly balanced ones, \
+                     so its outputs are wrong by design (the gate GEMM still runs)"
+                );
+            }
             let (weights, tied_head) = assemble_cpu(config, &plan, fetch)?;
-            Executor::Cpu(Decoder::new(config.clone(), weights, tied_head, quantization))
+            Executor::Cpu(Decoder::new(config.clone(), weights, tied_head, quantization).with_perfect_router(perfect_router))
         }
         Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, quantization, gpu, what, fetch, preset_seed)?),
     })
@@ -369,6 +383,7 @@ fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
         sliding_window: int("attention.sliding_window").ok(),
         bos_token_id: g.meta("tokenizer.ggml.bos_token_id").and_then(MetaValue::as_u64).map(|v| v as u32),
         eos_token_ids: g.meta("tokenizer.ggml.eos_token_id").and_then(MetaValue::as_u64).map(|v| vec![v as u32]).unwrap_or_default(),
+        moe: None,
         arch,
     };
     config.validate().with_context(|| format!("{}: inconsistent model metadata", g.path.display()))?;

@@ -5,10 +5,11 @@
 //! held. The plan is `Weights<WeightSpec, WeightSpec>`: for every weight, the checkpoint tensors
 //! (by their Hugging Face names) stacked into it, its shape and its data type. A backend fills the
 //! plan through [`Fill`] (the CPU into packed f32 matrices, CUDA into bf16 device tensors), and
-//! its forward pass walks the filled structure. A new block (MoE, MLA) is a new variant here plus
-//! one kernel path per backend; a new data type (FP8) is a new [`WeightDtype`] plus its loader.
+//! its forward pass walks the filled structure. A new block (MLA) is a new variant here plus one
+//! kernel path per backend, as the mixture-of-experts feed-forward is; a new data type (FP8) is a
+//! new [`WeightDtype`] plus its loader.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, MoeConfig};
 use anyhow::Result;
 
 /// What a weight is computed in, as far as the plan knows. Loaders convert what the checkpoint
@@ -106,10 +107,41 @@ pub struct Attention<M, V> {
 
 /// The feed-forward block of a layer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum FeedForward<M> {
+pub enum FeedForward<M, V> {
     /// SwiGLU: `down(silu(gate(x)) · up(x))`, gate and up fused as `[2·intermediate, hidden]`
     /// (gate rows first), down `[hidden, intermediate]`.
     Dense { gate_up: M, down: M },
+    /// A mixture of experts; the routing method and the activation come from the config.
+    Moe(Moe<M, V>),
+}
+
+/// One expert: gate and up fused as `[2·f, hidden]` (gate rows first), down `[hidden, f]`, with
+/// GPT-OSS's biases where the model has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expert<M, V> {
+    pub gate_up: M,
+    pub gate_up_bias: Option<V>,
+    pub down: M,
+    pub down_bias: Option<V>,
+}
+
+/// A mixture-of-experts block: the gate GEMM to router logits, the routed experts, and Qwen2-MoE's
+/// shared expert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moe<M, V> {
+    /// `[experts, hidden]`.
+    pub router: M,
+    /// GPT-OSS: `[experts]`.
+    pub router_bias: Option<V>,
+    pub experts: Vec<Expert<M, V>>,
+    pub shared: Option<SharedExpert<M, V>>,
+}
+
+/// An expert every token runs, its output scaled by `sigmoid(gate · x)`; `gate` is `[1, hidden]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedExpert<M, V> {
+    pub expert: Expert<M, V>,
+    pub gate: M,
 }
 
 /// One decoder layer: pre-norm attention, then pre-norm feed-forward, each added to the residual.
@@ -118,7 +150,7 @@ pub struct Layer<M, V> {
     pub input_norm: V,
     pub attention: Attention<M, V>,
     pub post_attention_norm: V,
-    pub feed_forward: FeedForward<M>,
+    pub feed_forward: FeedForward<M, V>,
 }
 
 /// The output projection: the embedding itself, or a matrix of its own.
@@ -180,12 +212,15 @@ impl ModelPlan {
                         output: WeightSpec::single(name("self_attn.o_proj.weight"), vec![h, qd]),
                     },
                     post_attention_norm: vector("post_attention_layernorm.weight", h),
-                    feed_forward: FeedForward::Dense {
-                        gate_up: WeightSpec::stacked(vec![
-                            (name("mlp.gate_proj.weight"), vec![f, h]),
-                            (name("mlp.up_proj.weight"), vec![f, h]),
-                        ]),
-                        down: WeightSpec::single(name("mlp.down_proj.weight"), vec![h, f]),
+                    feed_forward: match &c.moe {
+                        None => FeedForward::Dense {
+                            gate_up: WeightSpec::stacked(vec![
+                                (name("mlp.gate_proj.weight"), vec![f, h]),
+                                (name("mlp.up_proj.weight"), vec![f, h]),
+                            ]),
+                            down: WeightSpec::single(name("mlp.down_proj.weight"), vec![h, f]),
+                        },
+                        Some(moe) => FeedForward::Moe(moe_plan(&c.arch, moe, h, &name)),
                     },
                 }
             })
@@ -209,8 +244,17 @@ impl ModelPlan {
             Quantization::Fp8 => WeightDtype::Fp8,
         };
         for l in &mut self.layers {
-            let FeedForward::Dense { gate_up, down } = &mut l.feed_forward;
-            for spec in [&mut l.attention.qkv, &mut l.attention.output, gate_up, down] {
+            let mut projections = vec![&mut l.attention.qkv, &mut l.attention.output];
+            match &mut l.feed_forward {
+                FeedForward::Dense { gate_up, down } => projections.extend([gate_up, down]),
+                FeedForward::Moe(moe) => {
+                    let shared = moe.shared.iter_mut().map(|s| &mut s.expert);
+                    for e in moe.experts.iter_mut().chain(shared) {
+                        projections.extend([&mut e.gate_up, &mut e.down]);
+                    }
+                }
+            }
+            for spec in projections {
                 spec.dtype = dtype;
             }
         }
@@ -238,6 +282,15 @@ impl ModelPlan {
                     FeedForward::Dense { gate_up, down } => {
                         FeedForward::Dense { gate_up: backend.matrix(gate_up)?, down: backend.matrix(down)? }
                     }
+                    FeedForward::Moe(moe) => FeedForward::Moe(Moe {
+                        router: backend.matrix(&moe.router)?,
+                        router_bias: opt(&moe.router_bias, backend)?,
+                        experts: moe.experts.iter().map(|e| fill_expert(e, backend)).collect::<Result<_>>()?,
+                        shared: match &moe.shared {
+                            None => None,
+                            Some(s) => Some(SharedExpert { expert: fill_expert(&s.expert, backend)?, gate: backend.matrix(&s.gate)? }),
+                        },
+                    }),
                 },
             });
         }
@@ -250,6 +303,83 @@ impl ModelPlan {
                 Head::Own(spec) => Head::Own(backend.matrix(spec)?),
             },
         })
+    }
+}
+
+/// Where an architecture's checkpoint keeps a layer's MoE tensors: the router, and expert `j`'s
+/// gate, up and down projections.
+struct MoeNames {
+    router: &'static str,
+    expert: fn(usize, &str) -> String,
+    gate: &'static str,
+    up: &'static str,
+    down: &'static str,
+}
+
+impl MoeNames {
+    fn for_arch(arch: &str) -> Self {
+        match arch {
+            "mixtral" => MoeNames {
+                router: "block_sparse_moe.gate",
+                expert: |j, part| format!("block_sparse_moe.experts.{j}.{part}"),
+                gate: "w1",
+                up: "w3",
+                down: "w2",
+            },
+            "gpt_oss" => MoeNames { router: "mlp.router", ..Self::for_arch("qwen3_moe") },
+            _ => MoeNames {
+                router: "mlp.gate",
+                expert: |j, part| format!("mlp.experts.{j}.{part}"),
+                gate: "gate_proj",
+                up: "up_proj",
+                down: "down_proj",
+            },
+        }
+    }
+}
+
+/// The plan of one layer's MoE block; `name` prefixes a layer-relative tensor name.
+fn moe_plan(arch: &str, c: &MoeConfig, h: usize, name: &dyn Fn(&str) -> String) -> Moe<WeightSpec, WeightSpec> {
+    let names = MoeNames::for_arch(arch);
+    let expert = |prefix: &dyn Fn(&str) -> String, f: usize| {
+        let part = |p: &str, suffix: &str| name(&format!("{}.{suffix}", prefix(p)));
+        Expert {
+            gate_up: WeightSpec::stacked(vec![(part(names.gate, "weight"), vec![f, h]), (part(names.up, "weight"), vec![f, h])]),
+            gate_up_bias: c
+                .biases
+                .then(|| WeightSpec::stacked(vec![(part(names.gate, "bias"), vec![f]), (part(names.up, "bias"), vec![f])])),
+            down: WeightSpec::single(part(names.down, "weight"), vec![h, f]),
+            down_bias: c.biases.then(|| WeightSpec::single(part(names.down, "bias"), vec![h])),
+        }
+    };
+    Moe {
+        router: WeightSpec::single(name(&format!("{}.weight", names.router)), vec![c.num_experts, h]),
+        router_bias: c.biases.then(|| WeightSpec::single(name(&format!("{}.bias", names.router)), vec![c.num_experts])),
+        experts: (0..c.num_experts).map(|j| expert(&|p: &str| (names.expert)(j, p), c.expert_intermediate_size)).collect(),
+        shared: c.shared_expert_intermediate_size.map(|f| SharedExpert {
+            expert: expert(&|p: &str| format!("mlp.shared_expert.{p}"), f),
+            gate: WeightSpec::single(name("mlp.shared_expert_gate.weight"), vec![1, h]),
+        }),
+    }
+}
+
+fn fill_expert<F: Fill>(e: &Expert<WeightSpec, WeightSpec>, backend: &mut F) -> Result<Expert<F::Matrix, F::Vector>> {
+    Ok(Expert {
+        gate_up: backend.matrix(&e.gate_up)?,
+        gate_up_bias: e.gate_up_bias.as_ref().map(|b| backend.vector(b)).transpose()?,
+        down: backend.matrix(&e.down)?,
+        down_bias: e.down_bias.as_ref().map(|b| backend.vector(b)).transpose()?,
+    })
+}
+
+fn visit_expert<M, V>(e: &Expert<M, V>, label: &str, f: &mut dyn FnMut(&str, Entry<M, V>)) {
+    f(&format!("{label}.gate_up"), Entry::Matrix(&e.gate_up));
+    if let Some(b) = &e.gate_up_bias {
+        f(&format!("{label}.gate_up_bias"), Entry::Vector(b));
+    }
+    f(&format!("{label}.down"), Entry::Matrix(&e.down));
+    if let Some(b) = &e.down_bias {
+        f(&format!("{label}.down_bias"), Entry::Vector(b));
     }
 }
 
@@ -276,6 +406,19 @@ impl<M, V> Weights<M, V> {
                 FeedForward::Dense { gate_up, down } => {
                     f(&label("feed_forward.gate_up"), Entry::Matrix(gate_up));
                     f(&label("feed_forward.down"), Entry::Matrix(down));
+                }
+                FeedForward::Moe(moe) => {
+                    f(&label("feed_forward.router"), Entry::Matrix(&moe.router));
+                    if let Some(b) = &moe.router_bias {
+                        f(&label("feed_forward.router_bias"), Entry::Vector(b));
+                    }
+                    for (j, e) in moe.experts.iter().enumerate() {
+                        visit_expert(e, &label(&format!("feed_forward.expert{j}")), f);
+                    }
+                    if let Some(s) = &moe.shared {
+                        visit_expert(&s.expert, &label("feed_forward.shared_expert"), f);
+                        f(&label("feed_forward.shared_expert.gate"), Entry::Matrix(&s.gate));
+                    }
                 }
             }
         }
@@ -331,8 +474,37 @@ mod tests {
         let qwen3 = ModelPlan::for_config(&preset_config("tiny-qwen3").unwrap());
         assert_eq!(qwen3.layers[0].attention.q_norm.as_ref().map(|n| n.shape.clone()), Some(vec![32]));
         assert!(qwen3.layers[0].attention.qkv_bias.is_none() && qwen3.head == Head::Tied);
-        let FeedForward::Dense { gate_up, down } = &qwen3.layers[0].feed_forward;
+        let FeedForward::Dense { gate_up, down } = &qwen3.layers[0].feed_forward else { panic!("tiny-qwen3 is dense") };
         assert_eq!((gate_up.rows_cols(), down.rows_cols()), ((320, 64), (64, 160)));
+    }
+
+    #[test]
+    fn moe_plans_name_each_architectures_tensors() {
+        let plan = ModelPlan::for_config(&preset_config("tiny-mixtral").unwrap());
+        let FeedForward::Moe(moe) = &plan.layers[1].feed_forward else { panic!("tiny-mixtral is a mixture of experts") };
+        assert_eq!(
+            (moe.router.parts[0].name.as_str(), moe.router.shape.clone()),
+            ("model.layers.1.block_sparse_moe.gate.weight", vec![8, 64])
+        );
+        let names: Vec<&str> = moe.experts[7].gate_up.parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["model.layers.1.block_sparse_moe.experts.7.w1.weight", "model.layers.1.block_sparse_moe.experts.7.w3.weight"]);
+        assert_eq!(moe.experts[7].down.shape, vec![64, 32]);
+        assert!(moe.router_bias.is_none() && moe.shared.is_none() && moe.experts[0].gate_up_bias.is_none());
+
+        let plan = ModelPlan::for_config(&preset_config("tiny-gpt-oss").unwrap());
+        let FeedForward::Moe(moe) = &plan.layers[0].feed_forward else { panic!("tiny-gpt-oss is a mixture of experts") };
+        assert_eq!(moe.router_bias.as_ref().map(|b| b.parts[0].name.as_str()), Some("model.layers.0.mlp.router.bias"));
+        let bias = moe.experts[3].gate_up_bias.as_ref().unwrap();
+        assert_eq!((bias.parts[1].name.as_str(), bias.shape.clone()), ("model.layers.0.mlp.experts.3.up_proj.bias", vec![64]));
+
+        let plan = ModelPlan::for_config(&preset_config("tiny-qwen2-moe").unwrap());
+        let FeedForward::Moe(moe) = &plan.layers[0].feed_forward else { panic!("tiny-qwen2-moe is a mixture of experts") };
+        let shared = moe.shared.as_ref().unwrap();
+        assert_eq!(shared.expert.down.parts[0].name, "model.layers.0.mlp.shared_expert.down_proj.weight");
+        assert_eq!(
+            (shared.gate.parts[0].name.as_str(), shared.gate.shape.clone()),
+            ("model.layers.0.mlp.shared_expert_gate.weight", vec![1, 64])
+        );
     }
 
     #[test]

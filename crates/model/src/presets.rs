@@ -1,5 +1,13 @@
 //! Random-weight models of real shapes, named and seeded, for speed work and tests.
 //!
+//! A mixture-of-experts preset takes options after its name, each `+KEY=VALUE`, before the seed:
+//! `qwen3-30b-a3b+zipf=1.2@7`. `zipf=S` adds the Zipf-shaped gate bias of exponent `S`
+//! ([`crate::moe::zipf_gate_bias`]) to every layer's router logits, planting the load imbalance a
+//! trained router shows; `routing=METHOD` routes with another method (`Default`, `Renormalize`,
+//! `RenormalizeNaive`, `Llama4`). The MoE presets' attention is the llama family's: the real
+//! OLMoE's full-width q/k norms and GPT-OSS's attention sinks, output bias, alternating sliding
+//! window and YaRN RoPE are not part of them.
+//!
 //! A weight is a pure function of (seed, tensor name, index), so any tool can regenerate it:
 //! `base = splitmix64(seed ^ fnv1a64(name))`, `u_i = (splitmix64(base + i) >> 40) / 2^24`,
 //! `r_i = 2·u_i − 1`; matrices are `r_i / sqrt(fan_in)`, embeddings `r_i`, biases `0.1·r_i` and
@@ -7,12 +15,13 @@
 //! and on CUDA the `preset_fill` kernel draws the weights on the device, so a large preset loads
 //! without passing through host memory.
 
-use crate::config::{ModelConfig, RopeScaling};
-use anyhow::{bail, Result};
+use crate::config::{ModelConfig, MoeConfig, RopeScaling};
+use crate::moe::{ExpertActivation, RoutingMethod};
+use anyhow::{bail, Context, Result};
 use lumen_backend::rng::splitmix64;
 use rayon::prelude::*;
 
-pub const PRESET_NAMES: [&str; 11] = [
+pub const PRESET_NAMES: [&str; 20] = [
     "llama-3.1-70b",
     "llama-3.1-8b",
     "llama-3.2-1b",
@@ -24,6 +33,15 @@ pub const PRESET_NAMES: [&str; 11] = [
     "tiny-qwen2",
     "tiny-qwen3",
     "tiny-mistral",
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "olmoe-1b-7b",
+    "gpt-oss-20b",
+    "tiny-mixtral",
+    "tiny-qwen2-moe",
+    "tiny-qwen3-moe",
+    "tiny-olmoe",
+    "tiny-gpt-oss",
 ];
 
 /// Presets whose output layer reuses the embedding predict the last input token: with random
@@ -36,8 +54,56 @@ fn llama3_scaling(factor: f64, original: f64) -> Option<RopeScaling> {
     Some(RopeScaling { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: original })
 }
 
-/// The configuration of a preset, or an error listing the presets.
+fn moe(num_experts: usize, top_k: usize, expert_intermediate_size: usize, routing: RoutingMethod) -> Option<MoeConfig> {
+    Some(MoeConfig {
+        num_experts,
+        top_k,
+        expert_intermediate_size,
+        routing,
+        activation: ExpertActivation::SwiGlu,
+        biases: false,
+        shared_expert_intermediate_size: None,
+        gate_zipf_exponent: None,
+    })
+}
+
+fn gpt_oss_moe(num_experts: usize, top_k: usize, expert_intermediate_size: usize) -> Option<MoeConfig> {
+    let base = moe(num_experts, top_k, expert_intermediate_size, RoutingMethod::Renormalize)?;
+    Some(MoeConfig { activation: ExpertActivation::GPT_OSS, biases: true, ..base })
+}
+
+/// Whether `name` (options included) names a preset.
+pub fn is_preset(name: &str) -> bool {
+    PRESET_NAMES.contains(&name.split('+').next().unwrap_or(name))
+}
+
+/// The configuration of a preset, options applied, or an error listing the presets.
 pub fn preset_config(name: &str) -> Result<ModelConfig> {
+    let mut parts = name.split('+');
+    let mut config = base_preset_config(parts.next().unwrap_or(name))?;
+    for option in parts {
+        let Some(moe) = config.moe.as_mut() else {
+            bail!("preset {name:?}: option {option:?} applies to mixture-of-experts presets only");
+        };
+        match option.split_once('=') {
+            Some(("zipf", s)) => {
+                let exponent = s.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0);
+                moe.gate_zipf_exponent =
+                    Some(exponent.with_context(|| format!("preset {name:?}: zipf={s}: expected a non-negative number"))?);
+            }
+            Some(("routing", m)) => {
+                moe.routing = *RoutingMethod::ALL.iter().find(|r| r.name() == m).with_context(|| {
+                    format!("preset {name:?}: routing={m}: expected one of {:?}", RoutingMethod::ALL.map(RoutingMethod::name))
+                })?;
+            }
+            _ => bail!("preset {name:?}: unknown option {option:?}; expected zipf=EXPONENT or routing=METHOD"),
+        }
+    }
+    config.validate().with_context(|| format!("preset {name:?}"))?;
+    Ok(config)
+}
+
+fn base_preset_config(name: &str) -> Result<ModelConfig> {
     let base = ModelConfig {
         arch: "llama".into(),
         vocab_size: 512,
@@ -58,10 +124,12 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
         sliding_window: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
+        moe: None,
     };
     if let Some(tied) = name.strip_suffix(UNTIED_SUFFIX).filter(|_| PRESET_NAMES.contains(&name)) {
-        return Ok(ModelConfig { tie_word_embeddings: false, ..preset_config(tied)? });
+        return Ok(ModelConfig { tie_word_embeddings: false, ..base_preset_config(tied)? });
     }
+    let tiny_moe = ModelConfig { rope_scaling: None, tie_word_embeddings: false, ..base.clone() };
     let c = match name {
         "tiny" => base,
         "tiny-qwen2" => ModelConfig {
@@ -140,6 +208,93 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
             tie_word_embeddings: false,
             bos_token_id: Some(128000),
             eos_token_ids: vec![128001, 128008, 128009],
+            ..base
+        },
+        "tiny-mixtral" => ModelConfig { arch: "mixtral".into(), moe: moe(8, 2, 32, RoutingMethod::RenormalizeNaive), ..tiny_moe },
+        "tiny-qwen2-moe" => ModelConfig {
+            arch: "qwen2_moe".into(),
+            attention_bias: true,
+            moe: Some(MoeConfig { shared_expert_intermediate_size: Some(48), ..moe(8, 2, 32, RoutingMethod::Default).unwrap() }),
+            ..tiny_moe
+        },
+        "tiny-qwen3-moe" => ModelConfig {
+            arch: "qwen3_moe".into(),
+            head_dim: 32,
+            qk_norm: true,
+            moe: moe(16, 4, 24, RoutingMethod::RenormalizeNaive),
+            ..tiny_moe
+        },
+        "tiny-olmoe" => ModelConfig { arch: "olmoe".into(), moe: moe(16, 4, 24, RoutingMethod::Default), ..tiny_moe },
+        "tiny-gpt-oss" => ModelConfig { arch: "gpt_oss".into(), attention_bias: true, moe: gpt_oss_moe(8, 2, 32), ..tiny_moe },
+        "mixtral-8x7b" => ModelConfig {
+            arch: "mixtral".into(),
+            vocab_size: 32000,
+            hidden_size: 4096,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 128,
+            intermediate_size: 14336,
+            rope_theta: 1e6,
+            rope_scaling: None,
+            max_position_embeddings: 32768,
+            tie_word_embeddings: false,
+            moe: moe(8, 2, 14336, RoutingMethod::RenormalizeNaive),
+            ..base
+        },
+        "qwen3-30b-a3b" => ModelConfig {
+            arch: "qwen3_moe".into(),
+            vocab_size: 151936,
+            hidden_size: 2048,
+            num_layers: 48,
+            num_heads: 32,
+            num_kv_heads: 4,
+            head_dim: 128,
+            intermediate_size: 6144,
+            rms_eps: 1e-6,
+            rope_theta: 1e6,
+            rope_scaling: None,
+            max_position_embeddings: 40960,
+            tie_word_embeddings: false,
+            qk_norm: true,
+            bos_token_id: Some(151643),
+            eos_token_ids: vec![151645],
+            moe: moe(128, 8, 768, RoutingMethod::RenormalizeNaive),
+            ..base
+        },
+        "olmoe-1b-7b" => ModelConfig {
+            arch: "olmoe".into(),
+            vocab_size: 50304,
+            hidden_size: 2048,
+            num_layers: 16,
+            num_heads: 16,
+            num_kv_heads: 16,
+            head_dim: 128,
+            intermediate_size: 1024,
+            rope_scaling: None,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: vec![50279],
+            moe: moe(64, 8, 1024, RoutingMethod::Default),
+            ..base
+        },
+        "gpt-oss-20b" => ModelConfig {
+            arch: "gpt_oss".into(),
+            vocab_size: 201088,
+            hidden_size: 2880,
+            num_layers: 24,
+            num_heads: 64,
+            num_kv_heads: 8,
+            head_dim: 64,
+            intermediate_size: 2880,
+            rope_theta: 150000.0,
+            rope_scaling: None,
+            max_position_embeddings: 131072,
+            tie_word_embeddings: false,
+            attention_bias: true,
+            bos_token_id: Some(199998),
+            eos_token_ids: vec![200002, 199999],
+            moe: gpt_oss_moe(32, 4, 2880),
             ..base
         },
         other => bail!("unknown preset {other:?}; expected one of {}", PRESET_NAMES.join(", ")),
@@ -224,6 +379,23 @@ mod tests {
     }
 
     #[test]
+    fn moe_preset_options_apply_and_bad_ones_are_named() {
+        let c = preset_config("tiny-mixtral+zipf=1.2+routing=Llama4").unwrap();
+        let moe = c.moe.unwrap();
+        assert_eq!((moe.gate_zipf_exponent, moe.routing), (Some(1.2), RoutingMethod::Llama4));
+        assert!(is_preset("qwen3-30b-a3b+zipf=1") && !is_preset("qwen9+zipf=1"));
+        for (name, want) in [
+            ("tiny-mixtral+zipf=-1", "zipf=-1: expected a non-negative number"),
+            ("tiny-mixtral+routing=Greedy", "routing=Greedy: expected one of"),
+            ("tiny-mixtral+depth=3", "unknown option \"depth=3\""),
+            ("tiny+zipf=1", "applies to mixture-of-experts presets only"),
+        ] {
+            let e = format!("{:#}", preset_config(name).unwrap_err());
+            assert!(e.contains(want), "{name}: {e}");
+        }
+    }
+
+    #[test]
     fn preset_sizes_are_the_real_ones() {
         let p = preset_config("llama-3.1-8b").unwrap().num_params();
         assert!((8_000_000_000..8_100_000_000).contains(&p), "{p}");
@@ -231,5 +403,10 @@ mod tests {
         assert!((70_000_000_000..71_000_000_000).contains(&p), "{p}");
         let p = preset_config("smollm2-135m").unwrap().num_params();
         assert!((134_000_000..136_000_000).contains(&p), "{p}");
+        // The model cards' totals: Mixtral 46.7B, Qwen3-30B-A3B 30.5B, OLMoE 6.9B, GPT-OSS 20.9B.
+        for (name, billions) in [("mixtral-8x7b", 46.7), ("qwen3-30b-a3b", 30.5), ("olmoe-1b-7b", 6.9), ("gpt-oss-20b", 20.9)] {
+            let p = preset_config(name).unwrap().num_params() as f64 / 1e9;
+            assert!((p - billions).abs() < 0.1, "{name}: {p:.2}B parameters, the model has {billions}B");
+        }
     }
 }

@@ -242,6 +242,7 @@ pub fn enqueue_forward(
                 k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
                 linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
             }
+            FeedForward::Moe(_) => bail!("layer {li}: mixture-of-experts layers do not run on the CUDA backend yet"),
         }
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;

@@ -120,8 +120,12 @@ impl CudaWeights {
     /// head.
     pub fn product_shapes(&self) -> Vec<Tensor> {
         let l = &self.weights.layers[0];
-        let FeedForward::Dense { gate_up, down } = &l.feed_forward;
-        vec![l.attention.qkv.view(), l.attention.output.view(), gate_up.view(), down.view(), self.head()]
+        let mut shapes = vec![l.attention.qkv.view(), l.attention.output.view()];
+        if let FeedForward::Dense { gate_up, down } = &l.feed_forward {
+            shapes.extend([gate_up.view(), down.view()]);
+        }
+        shapes.push(self.head());
+        shapes
     }
 
     /// Fills `plan` on `gpu` from `fetch`, or, for a random-weight preset (`preset_seed`), by
@@ -135,6 +139,14 @@ impl CudaWeights {
         fetch: &mut Fetch,
         preset_seed: Option<u64>,
     ) -> Result<Self> {
+        if let Some(moe) = &c.moe {
+            bail!(
+                "{source}: mixture-of-experts layers ({} experts, top {}) are not built on the CUDA backend yet: it lacks the \
+                 routing kernel, the token permutation and the grouped expert GEMMs; use --device cpu",
+                moe.num_experts,
+                moe.top_k
+            );
+        }
         ensure!(
             Kernels::supports_head_dim(c.head_dim),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
