@@ -399,7 +399,7 @@ impl Engine {
             weight_bytes: work.weight_bytes,
             kv_bytes_read: work.kv_bytes_read,
             flops: work.flops,
-            expert_load: Vec::new(),
+            expert_load: self.runner.take_expert_load(),
             expert_max_over_mean: Vec::new(),
         };
         stats.expert_balance();

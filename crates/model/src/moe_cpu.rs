@@ -9,6 +9,7 @@ use crate::moe::{route, zipf_gate_bias};
 use crate::perfect_router::{balanced_logits, BalancedKey};
 use crate::plan::{Expert, Moe};
 use lumen_backend::cpu::{self, PackedMatrix};
+use lumen_trace::instrument::{span, Category};
 
 /// A product `out = x · wᵀ` of `t` rows, as the decoder runs its projections.
 pub type Project<'a> = dyn Fn(&[f32], usize, &PackedMatrix, &mut [f32]) + 'a;
@@ -42,8 +43,11 @@ pub fn moe_forward(
 ) -> Vec<u32> {
     let (num_experts, k) = (c.num_experts, c.top_k);
     let h = x.len() / t.max(1);
+    let gate = span(Category::Debug, "moe gate");
     let mut logits = vec![0.0f32; t * num_experts];
     cpu::matmul(x, t, &moe.router, &mut logits);
+    drop(gate);
+    let route_span = span(Category::Debug, "moe route");
     let bias: Option<Vec<f32>> = match (&moe.router_bias, c.gate_zipf_exponent) {
         (None, None) => None,
         (router, zipf) => {
@@ -59,6 +63,8 @@ pub fn moe_forward(
         logits.copy_from_slice(&balanced_logits(key).expect("the config's top_k was checked at load"));
     }
     let routing = route(&logits, num_experts, k, c.routing);
+    drop(route_span);
+    let experts_span = span(Category::Debug, "moe experts");
 
     let mut slot_out = vec![0.0f32; t * k * h];
     for (e, expert) in moe.experts.iter().enumerate() {
@@ -73,6 +79,8 @@ pub fn moe_forward(
             slot_out[s * h..(s + 1) * h].copy_from_slice(row);
         }
     }
+    drop(experts_span);
+    let _combine = span(Category::Debug, "moe combine");
     for (token, o) in out.chunks_mut(h).enumerate() {
         o.fill(0.0);
         for s in token * k..(token + 1) * k {

@@ -136,6 +136,15 @@ impl Runner {
         }
     }
 
+    /// For each MoE layer of the last forward pass, the assignments each expert received; empty
+    /// for a dense model, and on CUDA, which runs dense models only.
+    pub fn take_expert_load(&mut self) -> Vec<Vec<u32>> {
+        match self {
+            Runner::Cpu(r) => r.take_expert_load(),
+            Runner::Cuda(_) => Vec::new(),
+        }
+    }
+
     /// The sampled token of every logits row of `input`, in order.
     pub fn sample(&mut self, vocab: usize, input: &ModelInput) -> Result<Vec<u32>> {
         match self {

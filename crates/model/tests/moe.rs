@@ -1,0 +1,118 @@
+//! The mixture-of-experts block's routing loads: the perfect router gives every routing method
+//! an exactly balanced assignment for every batch size it caches, with the gate GEMM still run,
+//! and a preset's Zipf-skewed gate measurably unbalances the experts while the plain one does not.
+
+use lumen_backend::AttentionSeq;
+use lumen_model::moe::{route, RoutingMethod};
+use lumen_model::perfect_router::{balanced_expert, balanced_logits, cached_keys, BalancedKey};
+use lumen_model::{load_model, Executor, ForwardBatch, Model};
+use lumen_trace::instrument;
+
+/// Batch sizes 1 to 64, then some that a prefill step reaches.
+fn batch_sizes() -> Vec<usize> {
+    (1..=64).chain([100, 128, 257, 512, 1000]).collect()
+}
+
+#[test]
+fn every_routing_method_turns_the_balanced_logits_into_the_balanced_assignment() {
+    for (experts, k) in [(8, 2), (16, 4), (32, 4), (64, 8), (128, 8), (6, 4), (4, 4)] {
+        for method in RoutingMethod::ALL {
+            for tokens in batch_sizes() {
+                let key = BalancedKey { tokens, num_experts: experts, top_k: k, method, ep_ranks: 1 };
+                let routing = route(&balanced_logits(key).unwrap(), experts, k, method);
+                let what = format!("{} with {tokens} tokens, {experts} experts, top {k}", method.name());
+                for chosen in routing.experts.chunks(k) {
+                    let mut distinct = chosen.to_vec();
+                    distinct.sort();
+                    distinct.dedup();
+                    assert_eq!(distinct.len(), k, "{what}: a token's experts repeat: {chosen:?}");
+                }
+                let load = routing.load(experts);
+                assert_eq!(load.iter().sum::<u32>() as usize, tokens * k, "{what}");
+                let (min, max) = (*load.iter().min().unwrap(), *load.iter().max().unwrap());
+                if (tokens * k) % experts == 0 {
+                    assert!(load.iter().all(|&l| l as usize == tokens * k / experts), "{what}: {load:?}");
+                } else {
+                    assert!(max - min <= 1, "{what}: {load:?}");
+                }
+                assert!(cached_keys().contains(&key), "{what}: not cached");
+            }
+        }
+    }
+}
+
+#[test]
+fn with_expert_parallelism_each_token_spreads_over_the_ranks() {
+    for (experts, k, ranks) in [(8, 2, 4), (32, 4, 4), (128, 8, 8), (64, 8, 2)] {
+        let per_rank = experts / ranks;
+        for token in 0..64 {
+            let mut token_ranks: Vec<usize> = (0..k).map(|j| balanced_expert(token * k + j, experts, ranks) / per_rank).collect();
+            token_ranks.sort();
+            token_ranks.dedup();
+            assert_eq!(token_ranks.len(), k.min(ranks), "{experts} experts on {ranks} ranks, top {k}, token {token}");
+        }
+        // A rank's own batch of 3 tokens reaches every rank's experts once 3·k ≥ ranks.
+        let reached: std::collections::BTreeSet<usize> = (0..3 * k).map(|a| balanced_expert(a, experts, ranks) / per_rank).collect();
+        assert_eq!(reached.len(), ranks.min(3 * k));
+    }
+}
+
+/// Runs `tokens` in one forward pass; returns each MoE layer's expert load.
+fn expert_load(model: &Model, tokens: &[u32]) -> Vec<Vec<u32>> {
+    let decoder = model.cpu_decoder().unwrap();
+    let n = tokens.len();
+    let mut kv = decoder.new_kv_storage(n.div_ceil(16), 16);
+    let positions: Vec<usize> = (0..n).collect();
+    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
+    let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
+    let batch = ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &[n - 1] };
+    decoder.forward_step(&batch, &mut kv).expert_load
+}
+
+fn prompt(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 97 + 11) % 512).collect()
+}
+
+#[test]
+fn the_perfect_router_balances_a_real_forward_pass_and_still_runs_the_gate() {
+    let mut model = load_model("tiny-olmoe").unwrap();
+    let Executor::Cpu(decoder) = &mut model.executor else { unreachable!("loaded on the CPU") };
+    decoder.perfect_router = true;
+    assert!(model.perfect_router());
+    instrument::configure(true, false, false, false);
+    instrument::start_recording();
+    let loads = expert_load(&model, &prompt(45));
+    instrument::stop_recording();
+    let recorded = instrument::drain();
+    let gates = recorded.spans.iter().filter(|s| s.name == "moe gate").count();
+    assert_eq!(gates, 2, "one gate GEMM per MoE layer");
+    // 45 tokens × 4 experts over 16 experts: 180 / 16 = 11.25, so every expert gets 11 or 12.
+    for load in &loads {
+        assert!(load.iter().all(|&l| l == 11 || l == 12), "{load:?}");
+        assert_eq!(load.iter().sum::<u32>(), 180);
+    }
+}
+
+/// The busiest expert's load over the mean, the worst layer's.
+fn max_over_mean(loads: &[Vec<u32>]) -> f64 {
+    loads.iter().map(|l| *l.iter().max().unwrap() as f64 * l.len() as f64 / l.iter().sum::<u32>() as f64).fold(0.0, f64::max)
+}
+
+/// With 256 tokens over 16 experts, top 4 (64 assignments per expert on average), the plain
+/// random gate keeps every layer's busiest expert under 1.6× the mean (1.44 when written); the
+/// Zipf gate of exponent 1.5 pushes it past 3× (4.0 when written: its first expert is in every
+/// token's top 4, the most a top-4 of 16 allows).
+#[test]
+fn the_zipf_gate_skews_the_expert_load_and_the_plain_gate_does_not() {
+    let tokens = prompt(256);
+    let plain = max_over_mean(&expert_load(&load_model("tiny-olmoe").unwrap(), &tokens));
+    let skewed = max_over_mean(&expert_load(&load_model("tiny-olmoe+zipf=1.5").unwrap(), &tokens));
+    eprintln!("busiest expert over the mean: plain {plain:.2}, zipf 1.5 {skewed:.2}");
+    assert!(plain < 1.6, "plain gate: {plain:.2}");
+    assert!(skewed > 3.0, "Zipf gate: {skewed:.2}");
+}
+
+#[test]
+fn a_dense_model_reports_no_expert_load() {
+    assert!(expert_load(&load_model("tiny").unwrap(), &prompt(9)).is_empty());
+}
