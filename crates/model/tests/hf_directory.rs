@@ -182,3 +182,114 @@ fn a_hugging_face_directory_fills_its_plan() {
     let filled = model.cpu_decoder().unwrap().weights.shapes(|m| vec![m.n, m.k], |v| vec![v.len()]);
     assert_eq!(filled, lumen_model::plan::ModelPlan::for_config(model.config()).planned_shapes());
 }
+
+/// The checkpoint tensors of a tiny mixture-of-experts preset as its architecture names them:
+/// Mixtral's `block_sparse_moe` with `w1`/`w3`/`w2` experts, Qwen's `mlp.gate` and
+/// `mlp.experts.J.{gate,up,down}_proj`, Qwen2-MoE's shared expert and its gate, Qwen2's q/k/v
+/// biases and Qwen3's q/k norms.
+fn moe_tensor_names(preset: &str) -> Vec<(String, Vec<usize>)> {
+    let c = preset_config(preset).unwrap();
+    let moe = c.moe.clone().unwrap();
+    let (h, hd, f) = (c.hidden_size, c.head_dim, moe.expert_intermediate_size);
+    let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let mut names = vec![
+        ("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h]),
+        ("model.norm.weight".into(), vec![h]),
+        ("lm_head.weight".into(), vec![c.vocab_size, h]),
+    ];
+    for i in 0..c.num_layers {
+        let mut layer: Vec<(String, Vec<usize>)> = vec![
+            ("input_layernorm.weight".into(), vec![h]),
+            ("post_attention_layernorm.weight".into(), vec![h]),
+            ("self_attn.q_proj.weight".into(), vec![qd, h]),
+            ("self_attn.k_proj.weight".into(), vec![kd, h]),
+            ("self_attn.v_proj.weight".into(), vec![kd, h]),
+            ("self_attn.o_proj.weight".into(), vec![h, qd]),
+        ];
+        if c.attention_bias {
+            layer.extend([
+                ("self_attn.q_proj.bias".into(), vec![qd]),
+                ("self_attn.k_proj.bias".into(), vec![kd]),
+                ("self_attn.v_proj.bias".into(), vec![kd]),
+            ]);
+        }
+        if c.qk_norm {
+            layer.extend([("self_attn.q_norm.weight".into(), vec![hd]), ("self_attn.k_norm.weight".into(), vec![hd])]);
+        }
+        let expert = |prefix: String, f: usize, [gate, up, down]: [&str; 3]| {
+            [
+                (format!("{prefix}.{gate}.weight"), vec![f, h]),
+                (format!("{prefix}.{up}.weight"), vec![f, h]),
+                (format!("{prefix}.{down}.weight"), vec![h, f]),
+            ]
+        };
+        if c.arch == "mixtral" {
+            layer.push(("block_sparse_moe.gate.weight".into(), vec![moe.num_experts, h]));
+            for j in 0..moe.num_experts {
+                layer.extend(expert(format!("block_sparse_moe.experts.{j}"), f, ["w1", "w3", "w2"]));
+            }
+        } else {
+            layer.push(("mlp.gate.weight".into(), vec![moe.num_experts, h]));
+            for j in 0..moe.num_experts {
+                layer.extend(expert(format!("mlp.experts.{j}"), f, ["gate_proj", "up_proj", "down_proj"]));
+            }
+        }
+        if let Some(fs) = moe.shared_expert_intermediate_size {
+            layer.extend(expert("mlp.shared_expert".into(), fs, ["gate_proj", "up_proj", "down_proj"]));
+            layer.push(("mlp.shared_expert_gate.weight".into(), vec![1, h]));
+        }
+        names.extend(layer.into_iter().map(|(n, s)| (format!("model.layers.{i}.{n}"), s)));
+    }
+    names
+}
+
+/// A directory holding `preset`'s weights under its architecture's names, with its config.json.
+fn write_moe_dir(preset: &str) -> PathBuf {
+    let c = preset_config(preset).unwrap();
+    let moe = c.moe.clone().unwrap();
+    let dir = std::env::temp_dir().join(format!("lumen-hf-{}-{preset}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = serde_json::json!({
+        "model_type": c.arch, "hidden_size": c.hidden_size, "num_attention_heads": c.num_heads, "head_dim": c.head_dim,
+        "num_key_value_heads": c.num_kv_heads, "num_hidden_layers": c.num_layers, "intermediate_size": c.intermediate_size,
+        "vocab_size": c.vocab_size, "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_eps, "tie_word_embeddings": false,
+        "max_position_embeddings": c.max_position_embeddings, "num_experts_per_tok": moe.top_k
+    });
+    if c.arch == "mixtral" {
+        config["num_local_experts"] = moe.num_experts.into();
+        config["intermediate_size"] = moe.expert_intermediate_size.into();
+    } else {
+        config["num_experts"] = moe.num_experts.into();
+        config["moe_intermediate_size"] = moe.expert_intermediate_size.into();
+        config["norm_topk_prob"] = (moe.routing == lumen_model::moe::RoutingMethod::RenormalizeNaive).into();
+        if let Some(fs) = moe.shared_expert_intermediate_size {
+            config["shared_expert_intermediate_size"] = fs.into();
+        }
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    write_shard(&dir.join("model.safetensors"), &moe_tensor_names(preset), "F32");
+    dir
+}
+
+#[test]
+fn mixture_of_experts_directories_load_to_their_presets_exactly() {
+    for preset in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"] {
+        let dir = write_moe_dir(preset);
+        let loaded = load_model(dir.to_str().unwrap()).unwrap();
+        assert_eq!(loaded.config().moe, preset_config(preset).unwrap().moe, "{preset}");
+        let tokens = [5, 17, 300, 2, 44, 9, 100];
+        assert_eq!(logits(&loaded, &tokens), logits(&load_model(preset).unwrap(), &tokens), "{preset}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn a_missing_expert_tensor_is_named() {
+    let dir = write_moe_dir("tiny-mixtral");
+    let without: Vec<_> =
+        moe_tensor_names("tiny-mixtral").into_iter().filter(|(n, _)| !n.contains("layers.1.block_sparse_moe.experts.5.w2")).collect();
+    write_shard(&dir.join("model.safetensors"), &without, "F32");
+    let e = format!("{:#}", load_model(dir.to_str().unwrap()).err().unwrap());
+    assert!(e.contains("model.layers.1.block_sparse_moe.experts.5.w2.weight"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
