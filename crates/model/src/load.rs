@@ -116,6 +116,9 @@ pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
 pub fn load_model_with(spec: &str, options: LoadOptions) -> Result<Model> {
     let LoadOptions { device, quantization } = options;
     let source = resolve(spec)?;
+    if device == Device::Cuda {
+        crate::cuda::weights::refuse_moe(&describe_model(spec)?.0, spec)?;
+    }
     let mut gpu = open_device(device)?;
     if gpu.is_some() && device == Device::Auto {
         let (config, _) = describe_model(spec)?;
@@ -468,6 +471,13 @@ mod tests {
     fn unpermute_inverts_the_llama_cpp_permutation() {
         // One head of dim 4, one column: HF rows [0,1,2,3] are stored by llama.cpp as [0,2,1,3].
         assert_eq!(unpermute_rows(&[0.0, 2.0, 1.0, 3.0], 1, 1), vec![0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_mixture_of_experts_model_on_cuda_is_refused_by_name() {
+        let e = format!("{:#}", load_model_on("tiny-mixtral", Device::Cuda).err().unwrap());
+        assert!(e.contains("tiny-mixtral: mixture-of-experts layers (8 experts, top 2) are not built on the CUDA backend"), "{e}");
+        assert!(e.contains("grouped expert GEMMs; use --device cpu"), "{e}");
     }
 
     #[test]

@@ -107,6 +107,19 @@ impl Fill for CudaFill<'_, '_> {
     }
 }
 
+/// Refuses a mixture-of-experts model, naming what the CUDA backend lacks for it.
+pub fn refuse_moe(c: &ModelConfig, source: &str) -> Result<()> {
+    if let Some(moe) = &c.moe {
+        bail!(
+            "{source}: mixture-of-experts layers ({} experts, top {}) are not built on the CUDA backend yet: it lacks the \
+             routing kernel, the token permutation and the grouped expert GEMMs; use --device cpu",
+            moe.num_experts,
+            moe.top_k
+        );
+    }
+    Ok(())
+}
+
 impl CudaWeights {
     /// The output head: its own matrix, or the embedding when tied.
     pub fn head(&self) -> Tensor {
@@ -139,14 +152,7 @@ impl CudaWeights {
         fetch: &mut Fetch,
         preset_seed: Option<u64>,
     ) -> Result<Self> {
-        if let Some(moe) = &c.moe {
-            bail!(
-                "{source}: mixture-of-experts layers ({} experts, top {}) are not built on the CUDA backend yet: it lacks the \
-                 routing kernel, the token permutation and the grouped expert GEMMs; use --device cpu",
-                moe.num_experts,
-                moe.top_k
-            );
-        }
+        refuse_moe(c, source)?;
         ensure!(
             Kernels::supports_head_dim(c.head_dim),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
