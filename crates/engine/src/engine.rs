@@ -131,7 +131,7 @@ impl Engine {
     /// What bounds an iteration, as trace meta: the batch limits, the KV cache's size, and what one
     /// forward pass reads.
     pub fn limits_meta(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut meta = vec![
             ("max_batch_size", self.config.max_batch_size.to_string()),
             ("max_num_tokens", self.config.max_num_tokens.to_string()),
             ("kv_block_size", self.kv.block_size().to_string()),
@@ -141,7 +141,12 @@ impl Engine {
             ("weight_dtype", self.work.dtype().name().to_string()),
             ("kv_cache_dtype", self.work.kv_dtype().name().to_string()),
             ("model_params", self.work.model_params().to_string()),
-        ]
+        ];
+        if self.model.config().moe.is_some() {
+            // Balanced logits replace the router's: the outputs are not the model's.
+            meta.push(("perfect_router", if self.model.perfect_router() { "on" } else { "off" }.to_string()));
+        }
+        meta
     }
 
     /// Restarts iteration numbering at 0, so profiling windows and logs skip warm-up.

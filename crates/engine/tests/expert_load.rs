@@ -46,3 +46,26 @@ fn a_dense_model_records_no_expert_load() {
     let stats = engine.step().unwrap().stats;
     assert!(stats.num_ctx_tokens == 9 && stats.expert_load.is_empty());
 }
+
+#[test]
+fn the_trace_keeps_every_steps_expert_load_and_says_the_router_is_the_models() {
+    let dir = lumen_test_support::scratch::Scratch::new("expert-load-trace");
+    let path = dir.dir.join("moe.lumen");
+    let model = Arc::new(load_model("tiny-qwen3-moe").unwrap());
+    let mut engine = Engine::new(model, EngineConfig { kv_budget: KvBudget::Tokens(256), ..EngineConfig::default() }).unwrap();
+    engine.enable_profiling(lumen_engine::profiling::Profiler::new(&path, None, Vec::new()).unwrap());
+    let _streams = [engine.submit(request(20, 3)), engine.submit(request(7, 3))];
+    let mut want = Vec::new();
+    while engine.has_work() {
+        let stats = engine.step().unwrap().stats;
+        for (layer, load) in stats.expert_load.iter().enumerate() {
+            want.push((stats.iter, layer as u32, load.iter().map(|&t| t as u64).collect::<Vec<_>>()));
+        }
+    }
+    engine.finish_profiling(&[]).unwrap();
+    let trace = lumen_trace::store::read_trace(&path).unwrap();
+    let got: Vec<_> = trace.expert_loads.iter().map(|r| (r.iteration, r.layer, r.tokens.clone())).collect();
+    assert_eq!(got, want);
+    assert_eq!(want.len(), 6, "three steps of two MoE layers");
+    assert_eq!(trace.meta("perfect_router"), Some("off"));
+}
