@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(message(f.bool("b")), "b is a number, expected true or false");
         assert_eq!(message(f.str("s")), "s is a number, expected a string");
         assert_eq!(message(f.token_ids("ids", 512)), "ids[1] is 999, expected a token id from 0 to 511");
-        assert_eq!(message(f.integer("max_tokens", 1, 100)), "max_tokens is 1e300, expected an integer from 1 to 100");
+        assert_eq!(message(f.integer("max_tokens", 1, 100)), "max_tokens is 1e+300, expected an integer from 1 to 100");
         assert_eq!(f.integer("nothing", 0, 1).unwrap(), None, "null is absent");
         assert_eq!(f.integer("absent", 0, 1).unwrap(), None);
         assert_eq!(Fields::of(&json!({"x": 4.0})).unwrap().integer("x", 0, 9).unwrap(), Some(4));
