@@ -16,9 +16,16 @@ const RULE: &str = "==========================================================="
 /// The title of the section that holds lumen's own lines.
 pub const LUMEN_SECTION: &str = "LUMEN DETAILS (lumen's own figures, not in trtllm-bench's report)";
 
-/// Renders the report as `trtllm-bench`-style text, lumen's section last.
+/// How the report names a perfect-router run, in its header and in lumen's section.
+pub const PERFECT_ROUTER_ON: &str = "on: balanced routing logits replaced the router's; the outputs are not the model's";
+
+/// Renders the report as `trtllm-bench`-style text, lumen's section last; a perfect-router run is
+/// announced above everything.
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
+    if report.lumen.settings.perfect_router == Some(true) {
+        let _ = writeln!(out, "WARNING: perfect router {PERFECT_ROUTER_ON}.");
+    }
     engine_details(&mut out, report);
     machine_details(&mut out, report);
     request_details(&mut out, report);
@@ -179,8 +186,21 @@ fn lumen_details(out: &mut String, report: &Report) {
     line(out, "EOS ID:", &s.eos_id.map_or_else(|| "ignored".to_owned(), |id| id.to_string()));
     line(out, "Submission Rate (req/sec):", &l.submission_rate_req_s.map_or_else(|| "N/A".to_owned(), |r| format!("{r:.4}")));
     line(out, "Average caller-side overhead (ms):", &format!("{:.4}", l.caller_overhead_ms.average));
+    if let Some(on) = s.perfect_router {
+        line(out, "Perfect Router:", if on { PERFECT_ROUTER_ON } else { "off (the model's router)" });
+    }
     out.push_str("\n-- Caller-side overhead per request (ms): the caller's latency minus the engine's\n\n");
     stats_lines(out, "Overhead", &l.caller_overhead_ms, &["minimum", "maximum", "average", "p50", "p90", "p95", "p99"]);
+    if !l.expert_load.is_empty() {
+        out.push_str("\n-- MoE expert load per layer: the busiest expert's load over the mean (1.00 is balanced)\n\n");
+        for b in &l.expert_load {
+            line(
+                out,
+                &format!("[Layer {}] max/mean:", b.layer),
+                &format!("{:.4} (worst iteration {:.4})", b.max_over_mean, b.worst_max_over_mean),
+            );
+        }
+    }
     let _ = writeln!(out, "{RULE}");
 }
 

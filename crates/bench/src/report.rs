@@ -112,6 +112,10 @@ pub struct LumenSettings {
     pub streaming: bool,
     /// `None` when EOS was ignored and every request ran to its `output_tokens`.
     pub eos_id: Option<u32>,
+    /// Mixture-of-experts models: whether balanced logits replaced the router's (the outputs are
+    /// then not the model's); `None` for dense models.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub perfect_router: Option<bool>,
 }
 
 /// `lumen`: lumen's settings and its own figures.
@@ -125,6 +129,37 @@ pub struct LumenDetails {
     pub submission_rate_req_s: Option<f64>,
     /// Per request, the caller's latency minus the engine's (arrival to end).
     pub caller_overhead_ms: PercentileStats,
+    /// Mixture-of-experts models: each MoE layer's expert load over the run; empty for dense ones.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub expert_load: Vec<LayerBalance>,
+}
+
+/// One MoE layer's expert load over a run: per iteration the busiest expert's load over the mean,
+/// averaged with the iterations' assignments as weights, and the worst iteration's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerBalance {
+    pub layer: usize,
+    pub max_over_mean: f64,
+    pub worst_max_over_mean: f64,
+}
+
+/// Each MoE layer's [`LayerBalance`] over `iterations` (their `expert_load`); empty for a dense
+/// model.
+pub fn expert_balance(iterations: &[lumen_engine::IterationStats]) -> Vec<LayerBalance> {
+    let layers = iterations.iter().map(|i| i.expert_load.len()).max().unwrap_or(0);
+    (0..layers)
+        .filter_map(|layer| {
+            let (mut weight, mut sum, mut worst) = (0.0, 0.0, 0.0f64);
+            for loads in iterations.iter().filter_map(|i| i.expert_load.get(layer)) {
+                let Some(ratio) = lumen_engine::stats::max_over_mean(loads) else { continue };
+                let assignments = loads.iter().map(|&l| l as f64).sum::<f64>();
+                weight += assignments;
+                sum += ratio * assignments;
+                worst = worst.max(ratio);
+            }
+            (weight > 0.0).then(|| LayerBalance { layer, max_over_mean: sum / weight, worst_max_over_mean: worst })
+        })
+        .collect()
 }
 
 /// Everything about a run except its timings.
@@ -328,6 +363,7 @@ pub fn build_report(setup: &Setup, dataset: &DatasetDetails, records: &[RequestR
             total_output_tokens: total_output,
             submission_rate_req_s: (records.len() > 1 && issue_window_ns > 0.0).then(|| (n - 1.0) / (issue_window_ns / NS_PER_S)),
             caller_overhead_ms: PercentileStats::from_values(&overhead).unwrap_or_else(|| unreachable!("records are not empty")),
+            expert_load: Vec::new(),
         },
     })
 }
@@ -415,6 +451,7 @@ pub(crate) mod tests {
                 concurrency: None,
                 streaming,
                 eos_id: None,
+                perfect_router: None,
             },
         }
     }
@@ -450,6 +487,29 @@ pub(crate) mod tests {
 
     fn close(actual: f64, expected: f64) {
         assert!((actual - expected).abs() <= 1e-9 * expected.abs().max(1.0), "{actual} != {expected}");
+    }
+
+    #[test]
+    fn expert_balance_weights_each_iteration_by_its_assignments() {
+        let step = |loads: Vec<Vec<u32>>| lumen_engine::IterationStats { expert_load: loads, ..Default::default() };
+        let iterations = [
+            // Layer 0: 12 assignments at 2.0× (6 of a mean 3), then 4 at 4.0×; layer 1 even.
+            step(vec![vec![6, 3, 3, 0], vec![3, 3, 3, 3]]),
+            step(vec![vec![4, 0, 0, 0], vec![1, 1, 1, 1]]),
+            // No tokens: no weight. A dense step: nothing.
+            step(vec![vec![0, 0, 0, 0], vec![0, 0, 0, 0]]),
+            step(vec![]),
+        ];
+        let b = expert_balance(&iterations);
+        // (2.0·12 + 4.0·4) / 16 = 2.5.
+        assert_eq!(
+            b,
+            [
+                LayerBalance { layer: 0, max_over_mean: 2.5, worst_max_over_mean: 4.0 },
+                LayerBalance { layer: 1, max_over_mean: 1.0, worst_max_over_mean: 1.0 }
+            ]
+        );
+        assert!(expert_balance(&[step(vec![])]).is_empty());
     }
 
     #[test]

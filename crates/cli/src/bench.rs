@@ -11,7 +11,9 @@ use lumen_bench::dataset::{
     UnifDistParams, DEFAULT_RANDOM_SEED,
 };
 use lumen_bench::render::{render_json, render_text};
-use lumen_bench::report::{build_report, DatasetDetails, EngineDetails, LumenSettings, MachineDetails, Setup, WorldSettings};
+use lumen_bench::report::{
+    build_report, expert_balance, DatasetDetails, EngineDetails, LumenSettings, MachineDetails, Setup, WorldSettings,
+};
 use lumen_bench::run::{run_benchmark, RunOptions};
 use lumen_bench::sampling::Vocab;
 use lumen_bench::tuning::{tune, TuningInputs};
@@ -338,7 +340,8 @@ fn run_bench(args: RunArgs, mode: Mode) -> Result<()> {
         w.flush().context("cannot write the iteration log")?;
     }
     let setup = setup(&args, &model, &engine, &options);
-    let report = build_report(&setup, &details, &result.records)?;
+    let mut report = build_report(&setup, &details, &result.records)?;
+    report.lumen.expert_load = expert_balance(&result.iterations);
     print_report(&render_text(&report))?;
     if let Some((p, mut f)) = report_file {
         f.write_all(render_json(&report)?.as_bytes()).with_context(|| format!("cannot write report {}", p.display()))?;
@@ -400,6 +403,7 @@ fn setup(args: &RunArgs, model: &Model, engine: &Engine, options: &RunOptions) -
             concurrency: options.concurrency,
             streaming: options.streaming,
             eos_id: options.eos_id,
+            perfect_router: model.config().moe.is_some().then(|| model.perfect_router()),
         },
     }
 }
