@@ -49,6 +49,13 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
+        if config.batch_invariant && model.quantization() == lumen_model::Quantization::Fp8 {
+            anyhow::bail!(
+                "batch-invariant mode (LUMEN_BATCH_INVARIANT=1) cannot hold with --quantization fp8: each FP8 product scales its \
+                 activations by the largest value in the whole batch, so a token's result depends on the tokens beside it; \
+                 run FP8 without LUMEN_BATCH_INVARIANT, or batch-invariant without FP8"
+            );
+        }
         let (runner, num_blocks) = Runner::new(&model, &config)?;
         let c = model.config();
         let kv = KvCacheManager::new(num_blocks, config.block_size);
