@@ -47,11 +47,15 @@ Model conventions (all arithmetic in float64)
 x = embed[tokens]; per layer:
     h = rmsnorm(x) * w_attn_norm
     q, k, v = h Wq^T (+bq), h Wk^T (+bk), h Wv^T (+bv)
-    optional per-head q/k RMSNorm (Qwen3, weight [head_dim], same eps) BEFORE rope
-    RoPE; causal GQA attention (kv head = q_head // (heads/kv_heads)),
+    optional per-head q/k RMSNorm (Qwen3, weight [head_dim], same eps) BEFORE rope,
+    or OLMoE's over the whole projection (weight [heads*head_dim], [kv_heads*head_dim])
+    RoPE (times YaRN's attention factor m on q and k: m = 0.1 ln(factor) + 1);
+    causal GQA attention (kv head = q_head // (heads/kv_heads)),
     scale 1/sqrt(head_dim), optional sliding window W: query p sees keys j
-    with p - W < j <= p
-    x += attn Wo^T
+    with p - W < j <= p (GPT-OSS: only on the layers its layer_types mark sliding);
+    GPT-OSS's sinks: one logit per query head appended to each score row before the
+    softmax and dropped after it
+    x += attn Wo^T (+ bo, GPT-OSS)
     h = rmsnorm(x) * w_ffn_norm;  x += down(silu(gate(h)) * up(h)), or the MoE block below
 final rmsnorm; logits = h lm_head^T (lm_head = embed when tied).
 rmsnorm(x) = x / sqrt(mean(x^2) + eps).
@@ -66,7 +70,7 @@ Random weights (replicates the Rust generator, float32 then cast to float64)
 ---------------------------------------------------------------------------
 fnv1a64(name), splitmix64(x); base = splitmix64(seed ^ fnv1a64(name));
 z_i = splitmix64(base + i); u_i = f32(z_i >> 40) / f32(2^24); r_i = f32(2u_i - 1).
-matrices [out, in]: r_i * (f32(1)/sqrt(f32(in))); embed: r_i; biases: r_i * f32(0.1);
+matrices [out, in]: r_i * (f32(1)/sqrt(f32(in))); embed and sinks: r_i; biases: r_i * f32(0.1);
 norm weights (name ends with "norm.weight"): f32(1) + f32(0.1) * r_i.
 """
 
@@ -124,6 +128,11 @@ class Config:
     sliding_window: Optional[int] = None
     rope_scaling: Optional[dict] = None  # llama3 style
     moe: Optional[Moe] = None
+    qk_norm_full: bool = False  # OLMoE: q/k norms over the whole projection
+    out_bias: bool = False  # GPT-OSS: o_proj bias
+    sinks: bool = False  # GPT-OSS: per-head attention sink logits
+    sliding_layers: Optional[List[bool]] = None  # GPT-OSS layer_types; None: all layers slide
+    yarn: Optional[dict] = None  # GPT-OSS YaRN (see "YaRN" above)
 
 
 TINY_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -154,11 +163,14 @@ PRESETS.update({
     "tiny-mixtral": tiny_moe(Moe(8, 2, 32, "RenormalizeNaive", naming="mixtral")),
     "tiny-qwen2-moe": tiny_moe(Moe(8, 2, 32, "Default", shared_ffn=48), attn_bias=True),
     "tiny-qwen3-moe": tiny_moe(Moe(16, 4, 24, "RenormalizeNaive"), head_dim=32, qk_norm=True),
-    "tiny-olmoe": tiny_moe(Moe(16, 4, 24, "Default")),
+    "tiny-olmoe": tiny_moe(Moe(16, 4, 24, "Default"), qk_norm=True, qk_norm_full=True),
     "tiny-gpt-oss": tiny_moe(Moe(8, 2, 32, "Renormalize", naming="gpt_oss", biases=True, clamped=True),
-                             attn_bias=True),
+                             attn_bias=True, out_bias=True, sinks=True, theta=150000.0,
+                             sliding_window=16, sliding_layers=[True, False],
+                             yarn=dict(factor=32.0, original_max_position_embeddings=64,
+                                       beta_fast=32.0, beta_slow=1.0, truncate=False)),
     # Preset options: another routing method, and the planted Zipf imbalance.
-    "tiny-olmoe+routing=Llama4": tiny_moe(Moe(16, 4, 24, "Llama4")),
+    "tiny-olmoe+routing=Llama4": tiny_moe(Moe(16, 4, 24, "Llama4"), qk_norm=True, qk_norm_full=True),
     "tiny-mixtral+zipf=1.5": tiny_moe(Moe(8, 2, 32, "RenormalizeNaive", naming="mixtral", zipf=1.5)),
 })
 
@@ -221,7 +233,7 @@ def gen_tensor(name: str, shape: tuple, seed: int) -> np.ndarray:
         v = np.float32(1.0) + np.float32(0.1) * r
     elif name.endswith(".bias"):
         v = r * np.float32(0.1)
-    elif name == "model.embed_tokens.weight":
+    elif name == "model.embed_tokens.weight" or name.endswith(".sinks"):
         v = r * np.float32(1.0)
     else:
         assert len(shape) == 2, name
@@ -258,8 +270,12 @@ def preset_weights(cfg: Config, seed: int) -> dict:
             L["bk"] = gen_tensor(p + "self_attn.k_proj.bias", (kd,), seed)
             L["bv"] = gen_tensor(p + "self_attn.v_proj.bias", (kd,), seed)
         if cfg.qk_norm:
-            L["q_norm"] = gen_tensor(p + "self_attn.q_norm.weight", (hd,), seed)
-            L["k_norm"] = gen_tensor(p + "self_attn.k_norm.weight", (hd,), seed)
+            L["q_norm"] = gen_tensor(p + "self_attn.q_norm.weight", (qd if cfg.qk_norm_full else hd,), seed)
+            L["k_norm"] = gen_tensor(p + "self_attn.k_norm.weight", (kd if cfg.qk_norm_full else hd,), seed)
+        if cfg.out_bias:
+            L["bo"] = gen_tensor(p + "self_attn.o_proj.bias", (H,), seed)
+        if cfg.sinks:
+            L["sinks"] = gen_tensor(p + "self_attn.sinks", (cfg.heads,), seed)
         layers.append(L)
     W["layers"] = layers
     W["final_norm"] = gen_tensor("model.norm.weight", (H,), seed)
@@ -378,8 +394,31 @@ def moe_forward(m: Moe, W: dict, h: np.ndarray, perfect: bool = False) -> np.nda
 # ----------------------------------------------------------------------------
 
 
+def yarn_mscale(scale: float) -> float:
+    return 1.0 if scale <= 1.0 else 0.1 * math.log(scale) + 1.0
+
+
+def yarn_inv_freqs(cfg: Config) -> np.ndarray:
+    """YaRN: dimension d(r) = D ln(L / (2 pi r)) / (2 ln theta) turns r times over the original
+    context L; low = d(beta_fast), high = d(beta_slow) (floor/ceil when truncating), clamped to
+    [0, D-1]; ramp_i = clip((i - low) / (high - low), 0, 1); f_i = ramp_i f_i/factor + (1 - ramp_i) f_i."""
+    y, D = cfg.yarn, float(cfg.head_dim)
+    d = lambda r: D * math.log(y["original_max_position_embeddings"] / (2.0 * math.pi * r)) / (2.0 * math.log(cfg.theta))
+    low, high = d(y["beta_fast"]), d(y["beta_slow"])
+    if y["truncate"]:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0.0), min(high, D - 1.0)
+    if low == high:
+        high += 0.001
+    f = cfg.theta ** (-(2.0 * np.arange(cfg.head_dim // 2, dtype=np.float64)) / D)
+    ramp = np.clip((np.arange(cfg.head_dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    return ramp * f / y["factor"] + (1.0 - ramp) * f
+
+
 def inv_freqs(cfg: Config) -> np.ndarray:
     hd = cfg.head_dim
+    if cfg.yarn is not None:
+        return yarn_inv_freqs(cfg)
     f = cfg.theta ** (-(2.0 * np.arange(hd // 2, dtype=np.float64)) / hd)
     sc = cfg.rope_scaling
     if sc is not None:
@@ -443,15 +482,18 @@ def forward(cfg: Config, W: dict, tokens: List[int],
     group = nh // nkv
     pos = np.arange(T)
     f = inv_freqs(cfg)
+    # YaRN multiplies cos and sin by its attention factor, so q and k alike.
+    m = yarn_mscale(cfg.yarn["factor"]) if cfg.yarn is not None else 1.0
     # mask[p, j] True where query p may attend key j
     j = np.arange(T)
-    mask = j[None, :] <= pos[:, None]
-    if cfg.sliding_window is not None:
-        mask &= j[None, :] > pos[:, None] - cfg.sliding_window
+    causal = j[None, :] <= pos[:, None]
+    windowed = causal & (j[None, :] > pos[:, None] - cfg.sliding_window) if cfg.sliding_window else causal
     scale = 1.0 / math.sqrt(hd)
 
     x = W["embed"][np.asarray(tokens)].astype(np.float64)
-    for L in W["layers"]:
+    for li, L in enumerate(W["layers"]):
+        slides = cfg.sliding_layers[li] if cfg.sliding_layers is not None else True
+        mask = windowed if slides else causal
         h = rmsnorm(x, L["attn_norm"], cfg.eps)
         q = h @ L["wq"].T
         k = h @ L["wk"].T
@@ -460,24 +502,34 @@ def forward(cfg: Config, W: dict, tokens: List[int],
             q = q + L["bq"]
             k = k + L["bk"]
             v = v + L["bv"]
+        if cfg.qk_norm_full:
+            q = rmsnorm(q, L["q_norm"], cfg.eps)
+            k = rmsnorm(k, L["k_norm"], cfg.eps)
         q = q.reshape(T, nh, hd)
         k = k.reshape(T, nkv, hd)
         v = v.reshape(T, nkv, hd)
-        if "q_norm" in L:
+        if "q_norm" in L and not cfg.qk_norm_full:
             q = rmsnorm(q, L["q_norm"], cfg.eps)
             k = rmsnorm(k, L["k_norm"], cfg.eps)
-        q = rope(q, pos, f)
-        k = rope(k, pos, f)
+        q = rope(q, pos, f) * m
+        k = rope(k, pos, f) * m
         attn = np.empty((T, nh, hd))
         for hh in range(nh):
             kv = hh // group
             sc = (q[:, hh, :] @ k[:, kv, :].T) * scale  # [T, T]
             sc = np.where(mask, sc, -np.inf)
-            sc = sc - sc.max(axis=-1, keepdims=True)
-            p = np.exp(sc)
-            p /= p.sum(axis=-1, keepdims=True)
+            if "sinks" in L:
+                # The sink is one more column of the softmax, dropped afterwards.
+                sink = np.full((T, 1), L["sinks"][hh])
+                full = np.concatenate([sc, sink], axis=1)
+                full = np.exp(full - full.max(axis=-1, keepdims=True))
+                p = full[:, :T] / full.sum(axis=-1, keepdims=True)
+            else:
+                sc = sc - sc.max(axis=-1, keepdims=True)
+                p = np.exp(sc)
+                p /= p.sum(axis=-1, keepdims=True)
             attn[:, hh, :] = p @ v[:, kv, :]
-        x = x + attn.reshape(T, nh * hd) @ L["wo"].T
+        x = x + attn.reshape(T, nh * hd) @ L["wo"].T + L.get("bo", 0.0)
         h = rmsnorm(x, L["ffn_norm"], cfg.eps)
         if "moe" in L:
             x = x + moe_forward(cfg.moe, L["moe"], h, perfect_router)

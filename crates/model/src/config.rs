@@ -1,8 +1,11 @@
 //! The llama-family decoder's configuration: sizes plus the switches that make it Llama 2/3,
-//! SmolLM, Mistral, Qwen2 or Qwen3, and the mixture-of-experts feed-forward of Mixtral, Qwen2-MoE,
-//! Qwen3-MoE, OLMoE and GPT-OSS, read from GGUF metadata or a Hugging Face `config.json`.
+//! SmolLM, Mistral, Qwen2 or Qwen3, OLMoE's full-width q/k norms, GPT-OSS's attention (sinks,
+//! output bias, alternating sliding window, YaRN), and the mixture-of-experts feed-forward of
+//! Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and GPT-OSS, read from GGUF metadata or a Hugging Face
+//! `config.json`.
 
 use crate::moe::{ExpertActivation, RoutingMethod};
+use crate::yarn::{yarn_mscale, Yarn};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
@@ -73,12 +76,24 @@ pub struct ModelConfig {
     pub rope_freq_divisors: Option<Vec<f64>>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Qwen2: biases on the q/k/v projections.
+    /// Qwen2, GPT-OSS: biases on the q/k/v projections.
     pub attention_bias: bool,
+    /// GPT-OSS: a bias on the attention's output projection too.
+    pub attention_output_bias: bool,
     /// Qwen3: RMSNorm of each query and key head before RoPE.
     pub qk_norm: bool,
-    /// Mistral: attend to at most this many most recent positions.
+    /// OLMoE: the q/k norms cover the whole projection (`[heads·head_dim]`, `[kv_heads·head_dim]`)
+    /// rather than each head.
+    pub qk_norm_full_width: bool,
+    /// GPT-OSS: a learned logit per query head that joins every softmax's denominator.
+    pub attention_sinks: bool,
+    /// Mistral, GPT-OSS: attend to at most this many most recent positions.
     pub sliding_window: Option<usize>,
+    /// GPT-OSS's `layer_types`: whether each layer uses the sliding window (the others attend to
+    /// every position); `None`: every layer does.
+    pub sliding_layers: Option<Vec<bool>>,
+    /// GPT-OSS: YaRN RoPE scaling (in place of Llama-3's).
+    pub yarn: Option<Yarn>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// The mixture of experts every layer's feed-forward is; `None` for a dense model.
@@ -86,8 +101,24 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// RoPE inverse frequencies, Llama-3 scaling applied.
+    /// The sliding window of layer `layer`, `None` where it attends to every position.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match &self.sliding_layers {
+            Some(sliding) if !sliding[layer] => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// The factor on RoPE's cosines and sines: YaRN's attention factor, else 1.
+    pub fn rope_attention_factor(&self) -> f64 {
+        self.yarn.as_ref().map_or(1.0, |y| y.attention_factor)
+    }
+
+    /// RoPE inverse frequencies, Llama-3 or YaRN scaling applied.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
+        if let Some(yarn) = &self.yarn {
+            return yarn.inv_freq(self.rope_theta, self.head_dim);
+        }
         let half = self.head_dim / 2;
         (0..half)
             .map(|i| {
@@ -166,8 +197,31 @@ impl ModelConfig {
         if let Some(d) = self.rope_freq_divisors.as_ref().and_then(|d| d.iter().find(|v| !(v.is_finite() && **v > 0.0))) {
             bail!("model config: a RoPE frequency divisor is {d}, not a positive finite number");
         }
+        if let Some(y) = &self.yarn {
+            let fields = [
+                ("factor", y.factor),
+                ("original_max_position_embeddings", y.original_max_position_embeddings),
+                ("beta_fast", y.beta_fast),
+                ("beta_slow", y.beta_slow),
+                ("attention_factor", y.attention_factor),
+            ];
+            if let Some((name, v)) = fields.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+                bail!("model config: YaRN {name} {v} is not a positive finite number");
+            }
+            if self.rope_scaling.is_some() || self.rope_freq_divisors.is_some() {
+                bail!("model config: YaRN and Llama-3 RoPE scaling are both given; expected one");
+            }
+        }
         if self.max_position_embeddings == 0 || self.sliding_window == Some(0) {
             bail!("model config: the context length and the sliding window must be positive");
+        }
+        if let Some(sliding) = &self.sliding_layers {
+            if sliding.len() != self.num_layers {
+                bail!("model config: layer_types names {} layers, the model has {}", sliding.len(), self.num_layers);
+            }
+            if self.sliding_window.is_none() && sliding.contains(&true) {
+                bail!("model config: layer_types has sliding_attention layers but no sliding_window is given");
+            }
         }
         if let Some(moe) = &self.moe {
             moe.validate()?;
@@ -179,43 +233,41 @@ impl ModelConfig {
     pub fn from_hf_json(text: &str, source: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).with_context(|| format!("{source}: not valid JSON"))?;
         let arch = v["model_type"].as_str().unwrap_or("llama").to_string();
-        const SUPPORTED: [&str; 8] = ["llama", "mistral", "qwen2", "qwen3", "smollm", "mixtral", "qwen2_moe", "qwen3_moe"];
-        if matches!(arch.as_str(), "olmoe" | "gpt_oss") {
-            bail!(
-                "{source}: model_type {arch:?} is not loaded from Hugging Face directories yet (its attention differs from the \
-                 llama family's); its shape runs as a preset (olmoe-1b-7b, gpt-oss-20b)"
-            );
-        }
+        const SUPPORTED: [&str; 10] =
+            ["llama", "mistral", "qwen2", "qwen3", "smollm", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"];
         if !SUPPORTED.contains(&arch.as_str()) {
             bail!("{source}: model_type {arch:?} is not supported; expected one of {SUPPORTED:?}");
+        }
+        if !v["clip_qkv"].is_null() {
+            bail!("{source}: clip_qkv {} clamps the q/k/v projections, which lumen does not do; expected null", v["clip_qkv"]);
         }
         let int = |key: &str| -> Result<usize> {
             v[key].as_u64().map(|x| x as usize).with_context(|| format!("{source}: missing or non-integer {key:?}"))
         };
         let hidden_size = int("hidden_size")?;
         let num_heads = int("num_attention_heads")?;
-        let rope_scaling = match &v["rope_scaling"] {
-            Value::Null => None,
-            s => {
-                let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("");
-                if kind != "llama3" {
-                    bail!("{source}: rope_scaling type {kind:?} is not supported; expected \"llama3\"");
-                }
-                let num = |k: &str| s[k].as_f64().with_context(|| format!("{source}: rope_scaling.{k} missing"));
-                Some(RopeScaling {
-                    factor: num("factor")?,
-                    low_freq_factor: num("low_freq_factor")?,
-                    high_freq_factor: num("high_freq_factor")?,
-                    original_max_position_embeddings: num("original_max_position_embeddings")?,
-                })
-            }
-        };
+        let (rope_scaling, yarn) = hf_rope_scaling(&v["rope_scaling"], source)?;
         let eos_token_ids = match &v["eos_token_id"] {
             Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
             Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
             _ => Vec::new(),
         };
-        let use_sliding = v["use_sliding_window"].as_bool().unwrap_or(arch == "mistral");
+        let use_sliding = v["use_sliding_window"].as_bool().unwrap_or(arch == "mistral" || arch == "gpt_oss");
+        let sliding_window = if use_sliding { v["sliding_window"].as_u64().map(|x| x as usize) } else { None };
+        let sliding_layers = match (&v["layer_types"], sliding_window) {
+            (Value::Array(types), Some(_)) => Some(
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => Ok(true),
+                        Some("full_attention") => Ok(false),
+                        _ => bail!("{source}: layer_types holds {t}; expected \"sliding_attention\" or \"full_attention\""),
+                    })
+                    .collect::<Result<Vec<bool>>>()?,
+            ),
+            _ => None,
+        };
+        let attention_bias = v["attention_bias"].as_bool().unwrap_or(arch == "qwen2" || arch == "qwen2_moe");
         let config = ModelConfig {
             vocab_size: int("vocab_size")?,
             hidden_size,
@@ -230,9 +282,14 @@ impl ModelConfig {
             rope_freq_divisors: None,
             max_position_embeddings: v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-            attention_bias: v["attention_bias"].as_bool().unwrap_or(arch == "qwen2" || arch == "qwen2_moe"),
-            qk_norm: arch == "qwen3" || arch == "qwen3_moe",
-            sliding_window: if use_sliding { v["sliding_window"].as_u64().map(|x| x as usize) } else { None },
+            attention_bias,
+            attention_output_bias: attention_bias && arch == "gpt_oss",
+            qk_norm: matches!(arch.as_str(), "qwen3" | "qwen3_moe" | "olmoe"),
+            qk_norm_full_width: arch == "olmoe",
+            attention_sinks: arch == "gpt_oss",
+            sliding_window,
+            sliding_layers,
+            yarn,
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_ids,
             moe: hf_moe(&v, &arch, source)?,
@@ -240,6 +297,51 @@ impl ModelConfig {
         };
         config.validate().with_context(|| format!("{source}: inconsistent config"))?;
         Ok(config)
+    }
+}
+
+/// The RoPE scaling of a Hugging Face `config.json`'s `rope_scaling`: Llama-3's, or YaRN's with
+/// transformers' defaults (beta_fast 32, beta_slow 1, truncate true, the attention factor from
+/// `attention_factor`, else `mscale`/`mscale_all_dim`, else the factor).
+fn hf_rope_scaling(s: &Value, source: &str) -> Result<(Option<RopeScaling>, Option<Yarn>)> {
+    if s.is_null() {
+        return Ok((None, None));
+    }
+    let num = |k: &str| s[k].as_f64().with_context(|| format!("{source}: rope_scaling.{k} is missing or not a number"));
+    let optional = |k: &str| -> Result<Option<f64>> {
+        match &s[k] {
+            Value::Null => Ok(None),
+            x => x.as_f64().map(Some).with_context(|| format!("{source}: rope_scaling.{k} is {x}, expected a number")),
+        }
+    };
+    match s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("") {
+        "llama3" => Ok((
+            Some(RopeScaling {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            }),
+            None,
+        )),
+        "yarn" => {
+            let factor = num("factor")?;
+            let beta_fast = optional("beta_fast")?.filter(|b| *b != 0.0).unwrap_or(32.0);
+            let beta_slow = optional("beta_slow")?.filter(|b| *b != 0.0).unwrap_or(1.0);
+            let truncate = match &s["truncate"] {
+                Value::Null => true,
+                t => t.as_bool().with_context(|| format!("{source}: rope_scaling.truncate is {t}, expected true or false"))?,
+            };
+            let mut yarn = Yarn::new(factor, num("original_max_position_embeddings")?, beta_fast, beta_slow, truncate);
+            let mscales = (optional("mscale")?.filter(|m| *m != 0.0), optional("mscale_all_dim")?.filter(|m| *m != 0.0));
+            yarn.attention_factor = match (optional("attention_factor")?, mscales) {
+                (Some(given), _) => given,
+                (None, (Some(m), Some(all))) => yarn_mscale(factor, m) / yarn_mscale(factor, all),
+                (None, _) => yarn.attention_factor,
+            };
+            Ok((None, Some(yarn)))
+        }
+        kind => bail!("{source}: rope_scaling type {kind:?} is not supported; expected \"llama3\" or \"yarn\""),
     }
 }
 
@@ -266,7 +368,24 @@ fn hf_moe(v: &Value, arch: &str, source: &str) -> Result<Option<MoeConfig>> {
             let routing = if renormalize { RoutingMethod::RenormalizeNaive } else { RoutingMethod::Default };
             (int("num_experts")?, int("moe_intermediate_size")?, routing)
         }
+        "olmoe" => {
+            let routing =
+                if v["norm_topk_prob"].as_bool().unwrap_or(false) { RoutingMethod::RenormalizeNaive } else { RoutingMethod::Default };
+            (int("num_experts")?, int("intermediate_size")?, routing)
+        }
+        "gpt_oss" => (int("num_local_experts")?, int("intermediate_size")?, RoutingMethod::Renormalize),
         _ => return Ok(None),
+    };
+    let activation = match arch {
+        "gpt_oss" => match &v["swiglu_limit"] {
+            Value::Null => ExpertActivation::GPT_OSS,
+            l => {
+                let limit = l.as_f64().filter(|l| l.is_finite() && *l > 0.0);
+                let limit = limit.with_context(|| format!("{source}: swiglu_limit is {l}, expected a positive number"))?;
+                ExpertActivation::ClampedSwiGlu { alpha: 1.702, limit: limit as f32 }
+            }
+        },
+        _ => ExpertActivation::SwiGlu,
     };
     let shared_expert_intermediate_size = match arch {
         "qwen2_moe" => Some(int("shared_expert_intermediate_size")?),
@@ -277,8 +396,8 @@ fn hf_moe(v: &Value, arch: &str, source: &str) -> Result<Option<MoeConfig>> {
         top_k: int("num_experts_per_tok")?,
         expert_intermediate_size,
         routing,
-        activation: ExpertActivation::SwiGlu,
-        biases: false,
+        activation,
+        biases: arch == "gpt_oss",
         shared_expert_intermediate_size,
         gate_zipf_exponent: None,
     }))
@@ -323,8 +442,6 @@ mod tests {
         assert!(e.contains("qwen3_moe needs an integer \"num_experts\""), "{e}");
         let e = format!("{:#}", ModelConfig::from_hf_json(&base.replace("{", r#"{"mlp_only_layers":[1],"#), "m/config.json").unwrap_err());
         assert!(e.contains("mlp_only_layers makes some layers dense"), "{e}");
-        let e = format!("{:#}", ModelConfig::from_hf_json(r#"{"model_type":"gpt_oss"}"#, "m/config.json").unwrap_err());
-        assert!(e.contains("gpt-oss-20b"), "{e}");
     }
 
     #[test]
@@ -358,8 +475,13 @@ mod tests {
             max_position_embeddings: 131072,
             tie_word_embeddings: false,
             attention_bias: false,
+            attention_output_bias: false,
             qk_norm: false,
+            qk_norm_full_width: false,
+            attention_sinks: false,
             sliding_window: None,
+            sliding_layers: None,
+            yarn: None,
             bos_token_id: None,
             eos_token_ids: vec![],
             moe: None,

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod presets;
 pub mod safetensors;
 pub mod weights;
+pub mod yarn;
 
 pub use config::ModelConfig;
 pub use llama::{Decoder, ForwardBatch, ForwardOutput};

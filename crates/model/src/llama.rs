@@ -1,14 +1,16 @@
 //! The llama-family decoder's forward pass on the CPU backend, over a flattened batch that mixes
 //! prefill chunks and decode tokens. It walks the filled layer plan ([`crate::plan`]): optional
-//! Qwen2 biases and Qwen3 q/k norms, the feed-forward variant (dense, or a mixture of experts run
-//! by [`crate::moe_cpu`]), a tied or own head; Mistral's sliding window comes from the config. With FP8 weights, each product's input is quantized
-//! with one dynamic scale first, as the CUDA path quantizes it.
+//! Qwen2/GPT-OSS biases, Qwen3's per-head or OLMoE's full-width q/k norms, GPT-OSS's attention
+//! sinks, the feed-forward variant (dense, or a mixture of experts run by [`crate::moe_cpu`]), a
+//! tied or own head; each layer's sliding window (Mistral's on every layer, GPT-OSS's on
+//! alternate ones) and the RoPE table (YaRN's included) come from the config. With FP8 weights,
+//! each product's input is quantized with one dynamic scale first, as the CUDA path quantizes it.
 
 use crate::config::ModelConfig;
 use crate::moe_cpu::moe_forward;
 use crate::plan::{FeedForward, Head, Quantization};
 use crate::weights::CpuWeights;
-use lumen_backend::cpu::{self, PackedMatrix, RopeTable};
+use lumen_backend::cpu::{self, LayerAttention, PackedMatrix, RopeTable};
 use lumen_backend::{AttentionSeq, KvStorage};
 use lumen_trace::instrument::{span, span_named, Category};
 
@@ -46,7 +48,7 @@ pub struct ForwardOutput {
 
 impl Decoder {
     pub fn new(config: ModelConfig, weights: CpuWeights, tied_head: Option<PackedMatrix>, quantization: Quantization) -> Self {
-        let rope = RopeTable { inv_freq: config.rope_inv_freq() };
+        let rope = RopeTable { inv_freq: config.rope_inv_freq(), attention_factor: config.rope_attention_factor() };
         Decoder { config, weights, tied_head, rope, quantization, perfect_router: false }
     }
 
@@ -128,6 +130,7 @@ impl Decoder {
             drop(op);
             let op = span(Category::Debug, "rope + kv write");
             if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+                // Each norm covers chunks of its own width: one head, or OLMoE's whole projection.
                 cpu::rms_norm_heads(&mut q, qn, c.rms_eps);
                 cpu::rms_norm_heads(&mut k, kn, c.rms_eps);
             }
@@ -136,10 +139,14 @@ impl Decoder {
             kv.write(li, batch.slots, &k, &v);
             drop(op);
             let op = span(Category::Debug, "attention");
-            cpu::paged_attention(&q, c.num_heads, kv, li, batch.seqs, c.sliding_window, &mut attn);
+            let variant = LayerAttention { window: c.layer_window(li), sinks: a.sinks.as_deref() };
+            cpu::paged_attention(&q, c.num_heads, kv, li, batch.seqs, variant, &mut attn);
             drop(op);
             let op = span(Category::Debug, "o_proj + norm");
             self.project(&attn, t, &a.output, &mut delta);
+            if let Some(b) = &a.output_bias {
+                delta.chunks_mut(h).for_each(|row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+            }
             cpu::add_rms_norm(&mut residual, &delta, &layer.post_attention_norm, c.rms_eps, &mut normed);
             drop(op);
             let op = span(Category::Debug, "mlp");

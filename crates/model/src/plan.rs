@@ -91,18 +91,25 @@ impl WeightSpec {
     }
 }
 
-/// Self-attention with grouped K/V heads: fused q/k/v projection (with Qwen2's biases and Qwen3's
-/// per-head q/k norms where the model has them) and the output projection. Heads, head size, RoPE
-/// and the sliding window come from the config.
+/// Self-attention with grouped K/V heads: fused q/k/v projection (with Qwen2's and GPT-OSS's
+/// biases, and Qwen3's per-head or OLMoE's full-width q/k norms, where the model has them), the
+/// output projection (with GPT-OSS's bias) and GPT-OSS's attention sinks. Heads, head size, RoPE
+/// and each layer's sliding window come from the config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attention<M, V> {
     /// `[(heads + 2·kv_heads)·head_dim, hidden]`: q rows, then k rows, then v rows.
     pub qkv: M,
     pub qkv_bias: Option<V>,
+    /// `[head_dim]`, or `[heads·head_dim]` when the norm covers the whole projection.
     pub q_norm: Option<V>,
+    /// `[head_dim]`, or `[kv_heads·head_dim]` when the norm covers the whole projection.
     pub k_norm: Option<V>,
     /// `[hidden, heads·head_dim]`.
     pub output: M,
+    /// `[hidden]`.
+    pub output_bias: Option<V>,
+    /// `[heads]`: one logit per query head that joins its softmax's denominator.
+    pub sinks: Option<V>,
 }
 
 /// The feed-forward block of a layer.
@@ -207,9 +214,11 @@ impl ModelPlan {
                     attention: Attention {
                         qkv: qkv_parts("weight", |rows, cols| vec![rows, cols]),
                         qkv_bias: c.attention_bias.then(|| qkv_parts("bias", |rows, _| vec![rows])),
-                        q_norm: c.qk_norm.then(|| vector("self_attn.q_norm.weight", hd)),
-                        k_norm: c.qk_norm.then(|| vector("self_attn.k_norm.weight", hd)),
+                        q_norm: c.qk_norm.then(|| vector("self_attn.q_norm.weight", if c.qk_norm_full_width { qd } else { hd })),
+                        k_norm: c.qk_norm.then(|| vector("self_attn.k_norm.weight", if c.qk_norm_full_width { kd } else { hd })),
                         output: WeightSpec::single(name("self_attn.o_proj.weight"), vec![h, qd]),
+                        output_bias: c.attention_output_bias.then(|| vector("self_attn.o_proj.bias", h)),
+                        sinks: c.attention_sinks.then(|| vector("self_attn.sinks", c.num_heads)),
                     },
                     post_attention_norm: vector("post_attention_layernorm.weight", h),
                     feed_forward: match &c.moe {
@@ -276,6 +285,8 @@ impl ModelPlan {
                     q_norm: opt(&a.q_norm, backend)?,
                     k_norm: opt(&a.k_norm, backend)?,
                     output: backend.matrix(&a.output)?,
+                    output_bias: opt(&a.output_bias, backend)?,
+                    sinks: opt(&a.sinks, backend)?,
                 },
                 post_attention_norm: backend.vector(&l.post_attention_norm)?,
                 feed_forward: match &l.feed_forward {
@@ -401,6 +412,11 @@ impl<M, V> Weights<M, V> {
                 }
             }
             f(&label("attention.output"), Entry::Matrix(&l.attention.output));
+            for (what, v) in [("attention.output_bias", &l.attention.output_bias), ("attention.sinks", &l.attention.sinks)] {
+                if let Some(v) = v {
+                    f(&label(what), Entry::Vector(v));
+                }
+            }
             f(&label("post_attention_norm"), Entry::Vector(&l.post_attention_norm));
             match &l.feed_forward {
                 FeedForward::Dense { gate_up, down } => {
@@ -519,10 +535,18 @@ mod tests {
                 assert_eq!(spec.shape[0], spec.parts.iter().map(|p| p.shape[0]).sum::<usize>());
                 params += spec.shape.iter().product::<usize>();
             });
-            // The config's count leaves out biases and q/k norms.
+            // The config's count leaves out attention biases, q/k norms and sinks.
+            let (qd, kd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+            let qk_norms = match (c.qk_norm, c.qk_norm_full_width) {
+                (false, _) => 0,
+                (true, false) => 2 * c.head_dim,
+                (true, true) => qd + kd,
+            };
             let extra = c.num_layers
-                * (if c.attention_bias { (c.num_heads + 2 * c.num_kv_heads) * c.head_dim } else { 0 }
-                    + if c.qk_norm { 2 * c.head_dim } else { 0 });
+                * (if c.attention_bias { qd + 2 * kd } else { 0 }
+                    + if c.attention_output_bias { c.hidden_size } else { 0 }
+                    + if c.attention_sinks { c.num_heads } else { 0 }
+                    + qk_norms);
             assert_eq!(params, c.num_params() + extra, "{name}");
         }
     }

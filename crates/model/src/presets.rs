@@ -4,19 +4,20 @@
 //! `qwen3-30b-a3b+zipf=1.2@7`. `zipf=S` adds the Zipf-shaped gate bias of exponent `S`
 //! ([`crate::moe::zipf_gate_bias`]) to every layer's router logits, planting the load imbalance a
 //! trained router shows; `routing=METHOD` routes with another method (`Default`, `Renormalize`,
-//! `RenormalizeNaive`, `Llama4`). The MoE presets' attention is the llama family's: the real
-//! OLMoE's full-width q/k norms and GPT-OSS's attention sinks, output bias, alternating sliding
-//! window and YaRN RoPE are not part of them.
+//! `RenormalizeNaive`, `Llama4`). The OLMoE presets have its full-width q/k norms, and the GPT-OSS
+//! presets its attention: sinks, biases on q/k/v and the output, sliding-window layers alternating
+//! with full ones (even layers slide), and YaRN RoPE.
 //!
 //! A weight is a pure function of (seed, tensor name, index), so any tool can regenerate it:
 //! `base = splitmix64(seed ^ fnv1a64(name))`, `u_i = (splitmix64(base + i) >> 40) / 2^24`,
-//! `r_i = 2·u_i − 1`; matrices are `r_i / sqrt(fan_in)`, embeddings `r_i`, biases `0.1·r_i` and
-//! norm weights `1 + 0.1·r_i`, all in f32. `scripts/reference_logits.py` implements the same rule,
+//! `r_i = 2·u_i − 1`; matrices are `r_i / sqrt(fan_in)`, embeddings and attention sinks `r_i`,
+//! biases `0.1·r_i` and norm weights `1 + 0.1·r_i`, all in f32. `scripts/reference_logits.py` implements the same rule,
 //! and on CUDA the `preset_fill` kernel draws the weights on the device, so a large preset loads
 //! without passing through host memory.
 
 use crate::config::{ModelConfig, MoeConfig, RopeScaling};
 use crate::moe::{ExpertActivation, RoutingMethod};
+use crate::yarn::Yarn;
 use anyhow::{bail, Context, Result};
 use lumen_backend::rng::splitmix64;
 use rayon::prelude::*;
@@ -65,6 +66,23 @@ fn moe(num_experts: usize, top_k: usize, expert_intermediate_size: usize, routin
         shared_expert_intermediate_size: None,
         gate_zipf_exponent: None,
     })
+}
+
+/// GPT-OSS's attention on `base`: sinks, q/k/v and output biases, even layers sliding over
+/// `window` positions, YaRN (factor 32, not truncated) over `original_context` positions.
+fn gpt_oss_attention(base: ModelConfig, window: usize, original_context: f64) -> ModelConfig {
+    ModelConfig {
+        arch: "gpt_oss".into(),
+        attention_bias: true,
+        attention_output_bias: true,
+        attention_sinks: true,
+        sliding_window: Some(window),
+        sliding_layers: Some((0..base.num_layers).map(|i| i % 2 == 0).collect()),
+        rope_theta: 150000.0,
+        rope_scaling: None,
+        yarn: Some(Yarn::new(32.0, original_context, 32.0, 1.0, false)),
+        ..base
+    }
 }
 
 fn gpt_oss_moe(num_experts: usize, top_k: usize, expert_intermediate_size: usize) -> Option<MoeConfig> {
@@ -120,8 +138,13 @@ fn base_preset_config(name: &str) -> Result<ModelConfig> {
         max_position_embeddings: 4096,
         tie_word_embeddings: true,
         attention_bias: false,
+        attention_output_bias: false,
         qk_norm: false,
+        qk_norm_full_width: false,
+        attention_sinks: false,
         sliding_window: None,
+        sliding_layers: None,
+        yarn: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         moe: None,
@@ -224,8 +247,14 @@ fn base_preset_config(name: &str) -> Result<ModelConfig> {
             moe: moe(16, 4, 24, RoutingMethod::RenormalizeNaive),
             ..tiny_moe
         },
-        "tiny-olmoe" => ModelConfig { arch: "olmoe".into(), moe: moe(16, 4, 24, RoutingMethod::Default), ..tiny_moe },
-        "tiny-gpt-oss" => ModelConfig { arch: "gpt_oss".into(), attention_bias: true, moe: gpt_oss_moe(8, 2, 32), ..tiny_moe },
+        "tiny-olmoe" => ModelConfig {
+            arch: "olmoe".into(),
+            qk_norm: true,
+            qk_norm_full_width: true,
+            moe: moe(16, 4, 24, RoutingMethod::Default),
+            ..tiny_moe
+        },
+        "tiny-gpt-oss" => gpt_oss_attention(ModelConfig { moe: gpt_oss_moe(8, 2, 32), ..tiny_moe }, 16, 64.0),
         "mixtral-8x7b" => ModelConfig {
             arch: "mixtral".into(),
             vocab_size: 32000,
@@ -273,30 +302,32 @@ fn base_preset_config(name: &str) -> Result<ModelConfig> {
             intermediate_size: 1024,
             rope_scaling: None,
             tie_word_embeddings: false,
+            qk_norm: true,
+            qk_norm_full_width: true,
             bos_token_id: None,
             eos_token_ids: vec![50279],
             moe: moe(64, 8, 1024, RoutingMethod::Default),
             ..base
         },
-        "gpt-oss-20b" => ModelConfig {
-            arch: "gpt_oss".into(),
-            vocab_size: 201088,
-            hidden_size: 2880,
-            num_layers: 24,
-            num_heads: 64,
-            num_kv_heads: 8,
-            head_dim: 64,
-            intermediate_size: 2880,
-            rope_theta: 150000.0,
-            rope_scaling: None,
-            max_position_embeddings: 131072,
-            tie_word_embeddings: false,
-            attention_bias: true,
-            bos_token_id: Some(199998),
-            eos_token_ids: vec![200002, 199999],
-            moe: gpt_oss_moe(32, 4, 2880),
-            ..base
-        },
+        "gpt-oss-20b" => gpt_oss_attention(
+            ModelConfig {
+                vocab_size: 201088,
+                hidden_size: 2880,
+                num_layers: 24,
+                num_heads: 64,
+                num_kv_heads: 8,
+                head_dim: 64,
+                intermediate_size: 2880,
+                max_position_embeddings: 131072,
+                tie_word_embeddings: false,
+                bos_token_id: Some(199998),
+                eos_token_ids: vec![200002, 199999],
+                moe: gpt_oss_moe(32, 4, 2880),
+                ..base
+            },
+            128,
+            4096.0,
+        ),
         other => bail!("unknown preset {other:?}; expected one of {}", PRESET_NAMES.join(", ")),
     };
     Ok(c)
@@ -322,7 +353,7 @@ pub fn preset_rule(seed: u64, name: &str, shape: &[usize]) -> PresetRule {
         (0.1f32, 1.0f32)
     } else if name.ends_with(".bias") {
         (0.1, 0.0)
-    } else if name == "model.embed_tokens.weight" {
+    } else if name == "model.embed_tokens.weight" || name.ends_with(".sinks") {
         (1.0, 0.0)
     } else {
         (1.0 / (shape[shape.len() - 1] as f32).sqrt(), 0.0)

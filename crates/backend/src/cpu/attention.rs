@@ -1,6 +1,8 @@
 //! Causal attention over the paged KV cache for a flattened batch that mixes prefill chunks and
 //! decode tokens. Each query token attends to its own sequence's positions `0..=pos` (or the last
-//! `window` of them), read through the block table, so earlier prefill chunks are seen too.
+//! `window` of them), read through the block table, so earlier prefill chunks are seen too. A
+//! layer with attention sinks (GPT-OSS) adds one learned logit per query head to each softmax's
+//! denominator, a position whose value is zero.
 
 use super::kv::{AttentionSeq, KvStorage};
 use super::SharedMut;
@@ -21,6 +23,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// What a layer's attention adds to plain causal attention.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LayerAttention<'a> {
+    /// Attend to at most this many most recent positions.
+    pub window: Option<usize>,
+    /// One logit per query head that joins its softmax's denominator.
+    pub sinks: Option<&'a [f32]>,
+}
+
 /// Writes `out[token, head]` for every query head of every token of every sequence.
 ///
 /// `q` is `[tokens, heads × head_dim]`; the current tokens' keys and values must already be in
@@ -32,9 +43,10 @@ pub fn paged_attention(
     kv: &KvStorage,
     layer: usize,
     seqs: &[AttentionSeq],
-    window: Option<usize>,
+    variant: LayerAttention,
     out: &mut [f32],
 ) {
+    let LayerAttention { window, sinks } = variant;
     let hd = kv.head_dim;
     let group = heads / kv.kv_heads;
     let (block_size, slot_width) = (kv.block_size, kv.kv_heads * hd);
@@ -70,9 +82,10 @@ pub fn paged_attention(
                 scores[g * span + i] = dot(&q[(tok * heads + h) * hd..(tok * heads + h + 1) * hd], k) * scale;
             }
         });
-        for row in scores.chunks_mut(span) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut denom = 0.0f32;
+        for (g, row) in scores.chunks_mut(span).enumerate() {
+            let sink = sinks.map(|s| s[kvh * group + g]);
+            let max = row.iter().chain(&sink).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut denom = sink.map_or(0.0, |s| (s - max).exp());
             for s in row.iter_mut() {
                 *s = (*s - max).exp();
                 denom += *s;
@@ -106,13 +119,18 @@ mod tests {
         let q = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
         let seqs = [AttentionSeq { start: 0, len: 3, first_pos: 0, block_table: &table }];
         let mut out = vec![0.0; 6];
-        paged_attention(&q, 1, &kv, 0, &seqs, None, &mut out);
+        paged_attention(&q, 1, &kv, 0, &seqs, LayerAttention::default(), &mut out);
         assert_eq!(&out[0..2], &[10.0, 0.0], "position 0 sees only itself");
         assert_eq!(&out[2..4], &[5.0, 10.0], "position 1 averages two equal-score values");
         let want = [(10.0 + 0.0 + 5.0) / 3.0, (0.0 + 20.0 + 5.0) / 3.0];
         assert!((out[4] - want[0]).abs() < 1e-5 && (out[5] - want[1]).abs() < 1e-5, "{out:?}");
         let mut windowed = vec![0.0; 6];
-        paged_attention(&q, 1, &kv, 0, &seqs, Some(1), &mut windowed);
+        paged_attention(&q, 1, &kv, 0, &seqs, LayerAttention { window: Some(1), sinks: None }, &mut windowed);
         assert_eq!(&windowed[4..6], &[5.0, 5.0], "a window of one sees only the token itself");
+        let mut sunk = vec![0.0; 6];
+        let sinks = [3f32.ln()];
+        paged_attention(&q, 1, &kv, 0, &seqs, LayerAttention { window: None, sinks: Some(&sinks) }, &mut sunk);
+        assert!((sunk[0] - 2.5).abs() < 1e-5 && sunk[1].abs() < 1e-6, "a sink of ln 3 against one score of 0 leaves 1/4: {sunk:?}");
+        assert!((sunk[4] - want[0] / 2.0).abs() < 1e-5, "against three scores of 0 it leaves 3/6: {sunk:?}");
     }
 }

@@ -10,7 +10,7 @@ pub mod matmul;
 pub mod norm;
 pub mod rope;
 
-pub use attention::paged_attention;
+pub use attention::{paged_attention, LayerAttention};
 pub use matmul::{matmul, PackedMatrix};
 pub use norm::{add_rms_norm, rms_norm, rms_norm_heads, silu_mul};
 pub use rope::{apply_rope, RopeTable};

@@ -33,7 +33,8 @@ pub fn add_rms_norm(residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f3
     });
 }
 
-/// RMSNorm of every head vector in place (Qwen3's q/k norm): `x` is rows of heads of `weight.len()`.
+/// RMSNorm in place of every chunk of `weight.len()` values: each head vector (Qwen3's q/k norm)
+/// or each row's whole projection (OLMoE's).
 pub fn rms_norm_heads(x: &mut [f32], weight: &[f32], eps: f32) {
     let d = weight.len();
     x.par_chunks_mut(d).for_each(|head| {

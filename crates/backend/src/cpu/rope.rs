@@ -1,5 +1,6 @@
 //! Rotary position embedding in the rotate-half (NeoX / Hugging Face) layout, with the inverse
-//! frequencies computed by the model config (Llama-3 scaling included).
+//! frequencies computed by the model config (Llama-3 or YaRN scaling included) and YaRN's
+//! attention factor on the cosines and sines.
 
 use rayon::prelude::*;
 
@@ -7,6 +8,8 @@ use rayon::prelude::*;
 #[derive(Debug, Clone)]
 pub struct RopeTable {
     pub inv_freq: Vec<f64>,
+    /// Multiplies every cosine and sine (YaRN's attention factor; 1 otherwise).
+    pub attention_factor: f64,
 }
 
 impl RopeTable {
@@ -25,7 +28,7 @@ pub fn apply_rope(x: &mut [f32], heads: usize, positions: &[usize], table: &Rope
             .iter()
             .map(|f| {
                 let a = pos as f64 * f;
-                (a.sin() as f32, a.cos() as f32)
+                ((a.sin() * table.attention_factor) as f32, (a.cos() * table.attention_factor) as f32)
             })
             .unzip();
         for head in row.chunks_mut(hd) {
@@ -44,12 +47,15 @@ mod tests {
 
     #[test]
     fn position_zero_is_identity_and_norm_is_kept() {
-        let table = RopeTable { inv_freq: vec![1.0, 0.01] };
+        let table = RopeTable { inv_freq: vec![1.0, 0.01], attention_factor: 1.0 };
         let mut x = vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
         apply_rope(&mut x, 1, &[0, 5], &table);
         assert_eq!(&x[..4], &[1.0, 2.0, 3.0, 4.0]);
         let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
         assert!((norm(&x[4..]) - 30.0).abs() < 1e-4);
         assert!((x[4] - (5f32.cos() - 3.0 * 5f32.sin())).abs() < 1e-5);
+        let mut scaled = vec![1.0, 2.0, 3.0, 4.0];
+        apply_rope(&mut scaled, 1, &[5], &RopeTable { attention_factor: 1.5, ..table });
+        assert!((norm(&scaled) - 30.0 * 2.25).abs() < 1e-3, "the attention factor scales every component");
     }
 }
