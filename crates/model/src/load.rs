@@ -4,6 +4,7 @@
 use crate::config::ModelConfig;
 use crate::cuda::CudaWeights;
 use crate::gguf::{GgufFile, MetaValue};
+use crate::gpt_oss_checkpoint::fused_expert_weight;
 use crate::llama::Decoder;
 use crate::perfect_router::{perfect_router_from_env, PERFECT_ROUTER_ENV};
 use crate::plan::{ModelPlan, Quantization};
@@ -217,8 +218,9 @@ fn hf_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
 
 /// The quantization a Hugging Face checkpoint was saved in: FP8 when `config.json`'s
 /// `quantization_config.quant_method` is `fp8` or `hf_quant_config.json`'s
-/// `quantization.quant_algo` is `FP8`; any other method is refused by name.
-fn checkpoint_quantization(dir: &Path) -> Result<Quantization> {
+/// `quantization.quant_algo` is `FP8`; a GPT-OSS checkpoint's `mxfp4` experts are dequantized at
+/// load, so it runs as an unquantized one; any other method is refused by name.
+fn checkpoint_quantization(dir: &Path, arch: &str) -> Result<Quantization> {
     let read = |file: &str| -> Result<Option<serde_json::Value>> {
         let path = dir.join(file);
         if !path.exists() {
@@ -232,9 +234,13 @@ fn checkpoint_quantization(dir: &Path) -> Result<Quantization> {
     match (config_method.as_deref(), modelopt_algo.as_deref()) {
         (None, None) => Ok(Quantization::None),
         (Some("fp8"), _) | (_, Some("fp8")) => Ok(Quantization::Fp8),
+        (Some("mxfp4"), None) if arch == "gpt_oss" => {
+            lumen_trace::status!("[lumen] {}: dequantizing the MXFP4 experts to f32 at load", dir.display());
+            Ok(Quantization::None)
+        }
         (Some(other), _) | (None, Some(other)) => bail!(
             "{}: the checkpoint is quantized with {other:?}; lumen loads FP8 checkpoints (quant_method fp8, or quant_algo FP8 in \
-             hf_quant_config.json) and unquantized ones",
+             hf_quant_config.json), GPT-OSS's MXFP4 experts, and unquantized ones",
             dir.display()
         ),
     }
@@ -247,7 +253,7 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) ->
         config.tie_word_embeddings = true;
     }
     let source = dir.display().to_string();
-    let quantization = match checkpoint_quantization(dir)? {
+    let quantization = match checkpoint_quantization(dir, &config.arch)? {
         Quantization::Fp8 => {
             if quantization == Quantization::None {
                 lumen_trace::status!("[lumen] {source} holds FP8 weights: running it in FP8");
@@ -262,7 +268,11 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) ->
         quantization,
         &source,
         &mut |name, want| {
-            let (shape, mut values) = tensors.get(name).with_context(|| source.clone())?;
+            let fused = (config.arch == "gpt_oss").then(|| fused_expert_weight(&tensors, &config, name)).flatten();
+            let (shape, mut values) = match fused {
+                Some(read) => read.with_context(|| source.clone())?,
+                None => tensors.get(name).with_context(|| source.clone())?,
+            };
             check_shape(&source, name, &shape, want)?;
             if tensors.dtype(name) == Some("F8_E4M3") {
                 apply_weight_scale(&tensors, &source, name, &shape, &mut values)?;

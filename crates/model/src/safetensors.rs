@@ -1,5 +1,6 @@
 //! Hugging Face model directories: `config.json`, one or many `*.safetensors` shards (f32, f16,
-//! bf16), `tokenizer.json` and the chat template from `tokenizer_config.json`.
+//! bf16, FP8 E4M3, and the raw bytes of packed formats such as MXFP4's), `tokenizer.json` and the
+//! chat template from `tokenizer_config.json`.
 
 use anyhow::{bail, ensure, Context, Result};
 use half::{bf16, f16};
@@ -81,31 +82,37 @@ impl SafetensorsDir {
     /// The tensor as f32 with its shape, converting from f32, f16, bf16 or FP8 E4M3 (its codes'
     /// values, before any `weight_scale`).
     pub fn get(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let e = self.entries.get(name).with_context(|| format!("tensor {name} is missing from the safetensors shards"))?;
-        let (path, map) = &self.shards[e.shard];
-        let bytes = &map[e.start..e.end];
-        let n: usize = e.shape.iter().product();
-        let width = match e.dtype.as_str() {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
-            "F8_E4M3" => 1,
-            other => bail!("{}: tensor {name} has dtype {other}, expected F32, F16, BF16 or F8_E4M3", path.display()),
-        };
-        ensure!(
-            bytes.len() == n * width,
-            "{}: tensor {name} has {} bytes for shape {:?} of {}",
-            path.display(),
-            bytes.len(),
-            e.shape,
-            e.dtype
-        );
-        let values = match e.dtype.as_str() {
-            "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-            "F16" => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            "F8_E4M3" => bytes.iter().map(|&code| lumen_backend::fp8::from_e4m3(code)).collect(),
-            _ => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        };
+        let (path, e) = self.entry(name)?;
+        let values = to_f32(path, name, &e.dtype, &e.shape, &self.shards[e.shard].1[e.start..e.end])?;
         Ok((e.shape.clone(), values))
+    }
+
+    /// Slice `index` of the tensor along its first dimension, as f32, with the slice's shape:
+    /// one expert of a tensor that stacks every expert's weight.
+    pub fn get_slice(&self, name: &str, index: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (path, e) = self.entry(name)?;
+        let (bytes, shape) = slice_bytes(path, name, e, &self.shards[e.shard].1, index)?;
+        let values = to_f32(path, name, &e.dtype, &shape, bytes)?;
+        Ok((shape, values))
+    }
+
+    /// Slice `index` along the first dimension of a `U8` tensor (packed data such as MXFP4's
+    /// blocks and scales), as bytes, with the slice's shape.
+    pub fn get_bytes_slice(&self, name: &str, index: usize) -> Result<(Vec<usize>, &[u8])> {
+        let (path, e) = self.entry(name)?;
+        ensure!(e.dtype == "U8", "{}: tensor {name} has dtype {}, expected U8", path.display(), e.dtype);
+        let (bytes, shape) = slice_bytes(path, name, e, &self.shards[e.shard].1, index)?;
+        Ok((shape, bytes))
+    }
+
+    /// The stored shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    fn entry(&self, name: &str) -> Result<(&Path, &Entry)> {
+        let e = self.entries.get(name).with_context(|| format!("tensor {name} is missing from the safetensors shards"))?;
+        Ok((&self.shards[e.shard].0, e))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -116,4 +123,32 @@ impl SafetensorsDir {
     pub fn dtype(&self, name: &str) -> Option<&str> {
         self.entries.get(name).map(|e| e.dtype.as_str())
     }
+}
+
+/// The bytes and shape of slice `index` along the first dimension of tensor `e`.
+fn slice_bytes<'m>(path: &Path, name: &str, e: &Entry, map: &'m [u8], index: usize) -> Result<(&'m [u8], Vec<usize>)> {
+    let first = e.shape.first().copied().unwrap_or(0);
+    ensure!(index < first, "{}: tensor {name} of shape {:?} has no slice {index}", path.display(), e.shape);
+    let len = (e.end - e.start) / first;
+    ensure!(len * first == e.end - e.start, "{}: tensor {name} of shape {:?} does not split into {first} slices", path.display(), e.shape);
+    let start = e.start + index * len;
+    Ok((&map[start..start + len], e.shape[1..].to_vec()))
+}
+
+/// `bytes` of a tensor of `dtype` and `shape` as f32.
+fn to_f32(path: &Path, name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) -> Result<Vec<f32>> {
+    let n: usize = shape.iter().product();
+    let width = match dtype {
+        "F32" => 4,
+        "F16" | "BF16" => 2,
+        "F8_E4M3" => 1,
+        other => bail!("{}: tensor {name} has dtype {other}, expected F32, F16, BF16 or F8_E4M3", path.display()),
+    };
+    ensure!(bytes.len() == n * width, "{}: tensor {name} has {} bytes for shape {shape:?} of {dtype}", path.display(), bytes.len());
+    Ok(match dtype {
+        "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        "F16" => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        "F8_E4M3" => bytes.iter().map(|&code| lumen_backend::fp8::from_e4m3(code)).collect(),
+        _ => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    })
 }
