@@ -445,6 +445,31 @@ mod tests {
     }
 
     #[test]
+    fn reads_gpt_oss_attention_and_refuses_what_it_cannot_run() {
+        let gpt_oss = r#"{"model_type":"gpt_oss","hidden_size":64,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,
+            "num_hidden_layers":3,"intermediate_size":32,"vocab_size":100,"num_local_experts":8,"num_experts_per_tok":2,
+            "attention_bias":true,"sliding_window":128,"swiglu_limit":5.0,"rope_theta":150000,
+            "layer_types":["sliding_attention","full_attention","sliding_attention"],
+            "rope_scaling":{"rope_type":"yarn","factor":32.0,"original_max_position_embeddings":4096,"beta_fast":32.0,"beta_slow":1.0,"truncate":false}}"#;
+        let c = ModelConfig::from_hf_json(gpt_oss, "config.json").unwrap();
+        assert_eq!((c.layer_window(0), c.layer_window(1), c.layer_window(2)), (Some(128), None, Some(128)));
+        assert_eq!(c.yarn, Some(Yarn::new(32.0, 4096.0, 32.0, 1.0, false)));
+        assert!(c.attention_sinks && c.attention_output_bias && c.moe.as_ref().unwrap().biases);
+        assert_eq!(c.moe.unwrap().activation, ExpertActivation::ClampedSwiGlu { alpha: 1.702, limit: 5.0 });
+        let cases = [
+            (gpt_oss.replace(r#""full_attention","#, r#""chunked_attention","#), "layer_types holds \"chunked_attention\""),
+            (gpt_oss.replace(r#","sliding_attention"]"#, "]"), "layer_types names 2 layers, the model has 3"),
+            (gpt_oss.replace("yarn", "dynamic"), "rope_scaling type \"dynamic\" is not supported"),
+            (gpt_oss.replace(r#""factor":32.0"#, r#""factor":-1"#), "YaRN factor -1"),
+            (gpt_oss.replace(r#""model_type":"gpt_oss","#, r#""model_type":"olmoe","clip_qkv":8,"#), "clip_qkv 8"),
+        ];
+        for (text, want) in cases {
+            let e = format!("{:#}", ModelConfig::from_hf_json(&text, "m/config.json").unwrap_err());
+            assert!(e.contains("m/config.json") && e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
     fn rejects_unknown_model_type_and_missing_fields() {
         let e = ModelConfig::from_hf_json(r#"{"model_type":"gpt2"}"#, "x/config.json").unwrap_err();
         assert!(format!("{e:#}").contains("model_type \"gpt2\" is not supported"), "{e:#}");

@@ -186,7 +186,7 @@ fn a_hugging_face_directory_fills_its_plan() {
 /// The checkpoint tensors of a tiny mixture-of-experts preset as its architecture names them:
 /// Mixtral's `block_sparse_moe` with `w1`/`w3`/`w2` experts, Qwen's `mlp.gate` and
 /// `mlp.experts.J.{gate,up,down}_proj`, Qwen2-MoE's shared expert and its gate, Qwen2's q/k/v
-/// biases and Qwen3's q/k norms.
+/// biases, Qwen3's per-head and OLMoE's full-width q/k norms.
 fn moe_tensor_names(preset: &str) -> Vec<(String, Vec<usize>)> {
     let c = preset_config(preset).unwrap();
     let moe = c.moe.clone().unwrap();
@@ -214,7 +214,8 @@ fn moe_tensor_names(preset: &str) -> Vec<(String, Vec<usize>)> {
             ]);
         }
         if c.qk_norm {
-            layer.extend([("self_attn.q_norm.weight".into(), vec![hd]), ("self_attn.k_norm.weight".into(), vec![hd])]);
+            let (q_width, k_width) = if c.qk_norm_full_width { (qd, kd) } else { (hd, hd) };
+            layer.extend([("self_attn.q_norm.weight".into(), vec![q_width]), ("self_attn.k_norm.weight".into(), vec![k_width])]);
         }
         let expert = |prefix: String, f: usize, [gate, up, down]: [&str; 3]| {
             [
@@ -258,6 +259,10 @@ fn write_moe_dir(preset: &str) -> PathBuf {
     if c.arch == "mixtral" {
         config["num_local_experts"] = moe.num_experts.into();
         config["intermediate_size"] = moe.expert_intermediate_size.into();
+    } else if c.arch == "olmoe" {
+        config["num_experts"] = moe.num_experts.into();
+        config["intermediate_size"] = moe.expert_intermediate_size.into();
+        config["norm_topk_prob"] = false.into();
     } else {
         config["num_experts"] = moe.num_experts.into();
         config["moe_intermediate_size"] = moe.expert_intermediate_size.into();
@@ -273,10 +278,11 @@ fn write_moe_dir(preset: &str) -> PathBuf {
 
 #[test]
 fn mixture_of_experts_directories_load_to_their_presets_exactly() {
-    for preset in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"] {
+    for preset in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"] {
         let dir = write_moe_dir(preset);
         let loaded = load_model(dir.to_str().unwrap()).unwrap();
-        assert_eq!(loaded.config().moe, preset_config(preset).unwrap().moe, "{preset}");
+        let (got, want) = (loaded.config(), preset_config(preset).unwrap());
+        assert_eq!((&got.moe, got.qk_norm, got.qk_norm_full_width), (&want.moe, want.qk_norm, want.qk_norm_full_width), "{preset}");
         let tokens = [5, 17, 300, 2, 44, 9, 100];
         assert_eq!(logits(&loaded, &tokens), logits(&load_model(preset).unwrap(), &tokens), "{preset}");
         std::fs::remove_dir_all(dir).unwrap();
