@@ -84,7 +84,11 @@ fn the_perfect_router_balances_a_real_forward_pass_and_still_runs_the_gate() {
     let loads = expert_load(&model, &prompt(45));
     instrument::stop_recording();
     let recorded = instrument::drain();
-    let gates = recorded.spans.iter().filter(|s| s.name == "moe gate").count();
+    // The recorder is the process's: count this test thread's spans only (the harness names the
+    // thread after the test), not those of tests running beside it.
+    let this = std::thread::current().name().expect("the test harness names its threads").to_string();
+    let tids: Vec<u64> = recorded.threads.iter().filter(|(_, name)| *name == this).map(|(tid, _)| *tid).collect();
+    let gates = recorded.spans.iter().filter(|s| s.name == "moe gate" && tids.contains(&s.tid)).count();
     assert_eq!(gates, 2, "one gate GEMM per MoE layer");
     // 45 tokens × 4 experts over 16 experts: 180 / 16 = 11.25, so every expert gets 11 or 12.
     for load in &loads {
