@@ -1,7 +1,8 @@
 //! MXFP4 (OCP Microscaling): blocks of 32 FP4 E2M1 values sharing one E8M0 scale, as GPT-OSS
 //! checkpoints store their experts. Each row of `cols` values is `cols / 32` blocks of 16 bytes
 //! (two codes a byte, the low nibble first) and as many scale bytes. Dequantizing is exact: every
-//! E2M1 value times a power of two is an f32.
+//! E2M1 value times a power of two is an f32, unless it exceeds f32's range (a value of 2 or more
+//! under the largest scales), which is refused.
 
 use anyhow::{ensure, Result};
 
@@ -27,9 +28,15 @@ pub fn dequantize(blocks: &[u8], scales: &[u8], rows: usize, cols: usize) -> Res
     let mut out = Vec::with_capacity(rows * cols);
     for (block, &scale) in blocks.chunks(BLOCK / 2).zip(scales) {
         let factor = 2f64.powi(scale as i32 - 127);
-        for &byte in block {
-            out.push((E2M1[(byte & 0x0f) as usize] as f64 * factor) as f32);
-            out.push((E2M1[(byte >> 4) as usize] as f64 * factor) as f32);
+        for code in block.iter().flat_map(|&byte| [byte & 0x0f, byte >> 4]) {
+            let value = (E2M1[code as usize] as f64 * factor) as f32;
+            ensure!(
+                value.is_finite(),
+                "an MXFP4 value {} under scale byte {scale} (2^{}) exceeds the range of f32",
+                E2M1[code as usize],
+                scale as i32 - 127
+            );
+            out.push(value);
         }
     }
     Ok(out)
@@ -54,6 +61,9 @@ mod tests {
         assert_eq!(dequantize(&[0x11; 16], &[0], 1, 32).unwrap()[0], 0.5 * 2f32.powi(-127), "the smallest scale is exact");
         let e = dequantize(&blocks, &[128, 255], 2, 32).unwrap_err().to_string();
         assert!(e.contains("255") && e.contains("NaN"), "{e}");
+        assert_eq!(dequantize(&[0x33; 16], &[254], 1, 32).unwrap()[0], 1.5 * 2f32.powi(127), "the largest scale, in range");
+        let e = dequantize(&[0x44; 16], &[254], 1, 32).unwrap_err().to_string();
+        assert!(e.contains("2 under scale byte 254") && e.contains("range of f32"), "{e}");
         let e = dequantize(&blocks, &[128], 2, 32).unwrap_err().to_string();
         assert!(e.contains("needs 32 block bytes and 2 scale bytes, found 32 and 1"), "{e}");
     }
