@@ -381,7 +381,8 @@ impl Engine {
 
         let end = now_ns();
         let allocs = AllocTotals::now().since(allocs_before);
-        let work = self.work.iteration(&decision.seqs);
+        let expert_load = self.runner.take_expert_load();
+        let work = self.work.iteration(&decision.seqs, &expert_load);
         let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
         let gen: Vec<_> = decision.seqs.iter().filter(|s| !s.is_context).collect();
         let mut stats = IterationStats {
@@ -411,7 +412,7 @@ impl Engine {
             weight_bytes: work.weight_bytes,
             kv_bytes_read: work.kv_bytes_read,
             flops: work.flops,
-            expert_load: self.runner.take_expert_load(),
+            expert_load,
             expert_max_over_mean: Vec::new(),
         };
         stats.expert_balance();

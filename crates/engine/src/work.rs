@@ -8,7 +8,10 @@
 //! (bf16 weights and KV cache on CUDA, f32 on the CPU; with `--quantization fp8` the layers'
 //! projection matrices take one byte per weight on CUDA). Rows a CUDA graph pads the batch with,
 //! activations, and re-reads that tiling causes are not counted. Element-wise work (norms, RoPE,
-//! SiLU, softmax, sampling) is left out of the FLOPs.
+//! SiLU, softmax, sampling) is left out of the FLOPs. A mixture-of-experts layer reads its router,
+//! its shared expert and the experts the step's tokens were routed to (from the step's expert
+//! load), and computes the router, the shared expert and `top_k` experts per token; each layer
+//! attends within its own window.
 //!
 //! [`WorkModel`] is built once per engine; [`WorkModel::iteration`] is a few multiplications per
 //! scheduled sequence.
@@ -67,17 +70,43 @@ pub struct WorkModel {
     kv_dtype: Dtype,
     hidden: u64,
     vocab: u64,
-    /// The q, k, v, o, gate, up and down weights of all layers.
+    /// The weights every token passes through: all layers' q, k, v and o, and the dense layers'
+    /// gate, up and down.
     layer_matmul_params: u64,
-    /// The rest a pass reads besides the output projection: every layer's two norms (plus Qwen2's
-    /// q/k/v biases and Qwen3's q/k norms) and the final norm.
+    /// The mixture-of-experts layers, when the model has them.
+    moe: Option<MoeWork>,
+    /// The rest a pass reads besides the output projection: every layer's two norms (plus
+    /// attention biases, q/k norms and GPT-OSS's sinks) and the final norm.
     norm_params: u64,
     /// Whether the output projection is the embedding matrix.
     tied: bool,
     kv_bytes_per_token: u64,
-    /// 4 · layers · heads · head_dim: QKᵀ and PV for one query token and one attended position.
-    attention_flops_per_position: u64,
-    window: Option<u64>,
+    /// 4 · heads · head_dim: QKᵀ and PV for one query token and one attended position, one layer.
+    attention_flops_per_layer_position: u64,
+    /// The layers by attention window: (how many, window), `None` for full attention.
+    windows: Vec<(u64, Option<u64>)>,
+}
+
+/// The mixture-of-experts layers' weights, which a token reads only in part: the router, its
+/// `top_k` experts and the shared expert.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MoeWork {
+    layers: u64,
+    num_experts: u64,
+    top_k: u64,
+    /// One layer's router and shared expert (with its gate): every token passes through them.
+    always: u64,
+    /// One routed expert's gate, up and down (and biases).
+    expert: u64,
+}
+
+impl MoeWork {
+    /// Experts a layer's `tokens` are expected to touch when each picks `top_k` of
+    /// `num_experts` at random: E · (1 − (1 − k/E)^T).
+    fn expected_touched(&self, tokens: u64) -> f64 {
+        let e = self.num_experts as f64;
+        e * (1.0 - (1.0 - self.top_k as f64 / e).powf(tokens as f64))
+    }
 }
 
 impl WorkModel {
@@ -87,21 +116,48 @@ impl WorkModel {
         let (h, layers, hd) = (c.hidden_size as u64, c.num_layers as u64, c.head_dim as u64);
         let (heads, kv_heads, f) = (c.num_heads as u64, c.num_kv_heads as u64, c.intermediate_size as u64);
         let attention = h * hd * (2 * heads + 2 * kv_heads);
-        let mlp = 3 * h * f;
-        let bias = if c.attention_bias { (heads + 2 * kv_heads) * hd } else { 0 };
-        let qk_norm = if c.qk_norm { 2 * hd } else { 0 };
+        let bias = if c.attention_bias { (heads + 2 * kv_heads) * hd } else { 0 } + if c.attention_output_bias { h } else { 0 };
+        let qk_norm = match (c.qk_norm, c.qk_norm_full_width) {
+            (false, _) => 0,
+            (true, false) => 2 * hd,
+            (true, true) => (heads + kv_heads) * hd,
+        };
+        let sinks = if c.attention_sinks { heads } else { 0 };
+        let moe = c.moe.as_ref().map(|m| {
+            let (e, fe) = (m.num_experts as u64, m.expert_intermediate_size as u64);
+            let shared = m.shared_expert_intermediate_size.map_or(0, |fs| 3 * h * fs as u64 + h);
+            let expert_biases = if m.biases { 2 * fe + h } else { 0 };
+            let router_bias = if m.biases { e } else { 0 };
+            MoeWork {
+                layers,
+                num_experts: e,
+                top_k: m.top_k as u64,
+                always: e * h + router_bias + shared,
+                expert: 3 * h * fe + expert_biases,
+            }
+        });
+        let dense_mlp = if moe.is_some() { 0 } else { 3 * h * f };
+        let mut windows: Vec<(u64, Option<u64>)> = Vec::new();
+        for layer in 0..c.num_layers {
+            let w = c.layer_window(layer).map(|w| w as u64);
+            match windows.iter_mut().find(|(_, x)| *x == w) {
+                Some((n, _)) => *n += 1,
+                None => windows.push((1, w)),
+            }
+        }
         WorkModel {
             dtype,
             layer_dtype: dtype,
             kv_dtype: dtype,
             hidden: h,
             vocab: c.vocab_size as u64,
-            layer_matmul_params: layers * (attention + mlp),
-            norm_params: layers * (2 * h + bias + qk_norm) + h,
+            layer_matmul_params: layers * (attention + dense_mlp),
+            moe,
+            norm_params: layers * (2 * h + bias + qk_norm + sinks) + h,
             tied: c.tie_word_embeddings,
             kv_bytes_per_token: 2 * layers * kv_heads * hd * dtype.bytes(),
-            attention_flops_per_position: 4 * layers * heads * hd,
-            window: c.sliding_window.map(|w| w as u64),
+            attention_flops_per_layer_position: 4 * heads * hd,
+            windows,
         }
     }
 
@@ -137,17 +193,24 @@ impl WorkModel {
         self.layer_dtype
     }
 
-    /// Bytes of weights one forward pass reads, without the embedding gather: every layer's
-    /// weights and norms, the final norm and the output projection.
+    /// Bytes of weights one forward pass reads at most, without the embedding gather: every
+    /// layer's weights (all experts of a mixture-of-experts layer) and norms, the final norm and
+    /// the output projection.
     pub fn pass_weight_bytes(&self) -> u64 {
-        self.layer_matmul_params * self.layer_dtype.bytes() + (self.norm_params + self.vocab * self.hidden) * self.dtype.bytes()
+        (self.layer_matmul_params + self.all_expert_params()) * self.layer_dtype.bytes()
+            + (self.norm_params + self.vocab * self.hidden) * self.dtype.bytes()
+    }
+
+    /// Every MoE layer's router, shared expert and routed experts.
+    fn all_expert_params(&self) -> u64 {
+        self.moe.map_or(0, |m| m.layers * (m.always + m.num_experts * m.expert))
     }
 
     /// The model's parameters: the pass's weights plus the embedding matrix when it is not the
     /// output projection.
     pub fn model_params(&self) -> u64 {
         let embedding = if self.tied { 0 } else { self.vocab * self.hidden };
-        self.layer_matmul_params + self.norm_params + self.vocab * self.hidden + embedding
+        self.layer_matmul_params + self.all_expert_params() + self.norm_params + self.vocab * self.hidden + embedding
     }
 
     /// Bytes of K and V one token takes in the cache, over all layers.
@@ -156,9 +219,12 @@ impl WorkModel {
     }
 
     /// What an iteration running `seqs` reads and computes (nothing when no token is scheduled:
-    /// no forward pass runs).
-    pub fn iteration(&self, seqs: &[ScheduledSeq]) -> IterationWork {
-        let (mut tokens, mut rows, mut context, mut attended) = (0u64, 0u64, 0u64, 0u64);
+    /// no forward pass runs). `expert_load`, the step's per-MoE-layer expert loads, says which
+    /// experts' weights were read; without it (or for a layer it lacks) the experts a random
+    /// router would touch are counted.
+    pub fn iteration(&self, seqs: &[ScheduledSeq], expert_load: &[Vec<u32>]) -> IterationWork {
+        let (mut tokens, mut rows) = (0u64, 0u64);
+        let (mut context, mut attended) = (0u64, 0u64);
         for s in seqs {
             let (first, n) = (s.first_pos as u64, s.num_tokens as u64);
             if n == 0 {
@@ -167,22 +233,37 @@ impl WorkModel {
             let end = first + n;
             tokens += n;
             rows += s.samples as u64;
-            // Token p attends to positions max(0, p + 1 - window) ..= p: min(p + 1, window) of them.
-            let window = self.window.unwrap_or(u64::MAX);
-            context += end.min((n - 1).saturating_add(window));
-            let full = window.clamp(first, end);
-            attended += (full * (full + 1) - first * (first + 1)) / 2 + (end - full) * window.min(end);
+            for &(layers, window) in &self.windows {
+                // Token p attends to positions max(0, p + 1 - window) ..= p: min(p + 1, window) of them.
+                let window = window.unwrap_or(u64::MAX);
+                context += layers * end.min((n - 1).saturating_add(window));
+                let full = window.clamp(first, end);
+                attended += layers * ((full * (full + 1) - first * (first + 1)) / 2 + (end - full) * window.min(end));
+            }
         }
         if tokens == 0 {
             return IterationWork::default();
         }
+        let (mut expert_weights, mut expert_flops) = (0u64, 0u128);
+        if let Some(m) = self.moe {
+            let touched: f64 = (0..m.layers as usize)
+                .map(|layer| match expert_load.get(layer) {
+                    Some(loads) => loads.iter().filter(|&&l| l > 0).count() as f64,
+                    None => m.expected_touched(tokens),
+                })
+                .sum();
+            expert_weights = m.layers * m.always + (touched * m.expert as f64).round() as u64;
+            expert_flops = 2 * (m.layers * (m.always + m.top_k * m.expert)) as u128 * tokens as u128;
+        }
         let head = if rows > 0 { self.vocab * self.hidden } else { 0 };
-        let weight_bytes =
-            self.layer_matmul_params * self.layer_dtype.bytes() + (self.norm_params + head + tokens * self.hidden) * self.dtype.bytes();
+        let weight_bytes = (self.layer_matmul_params + expert_weights) * self.layer_dtype.bytes()
+            + (self.norm_params + head + tokens * self.hidden) * self.dtype.bytes();
         let flops = 2 * self.layer_matmul_params as u128 * tokens as u128
+            + expert_flops
             + 2 * (self.hidden * self.vocab) as u128 * rows as u128
-            + self.attention_flops_per_position as u128 * attended as u128;
-        IterationWork { weight_bytes, kv_bytes_read: context * self.kv_bytes_per_token, flops: flops as f64 }
+            + self.attention_flops_per_layer_position as u128 * attended as u128;
+        let kv_bytes_per_layer = self.kv_bytes_per_token / self.windows.iter().map(|(n, _)| n).sum::<u64>().max(1);
+        IterationWork { weight_bytes, kv_bytes_read: context * kv_bytes_per_layer, flops: flops as f64 }
     }
 }
 
@@ -193,6 +274,53 @@ mod tests {
 
     fn seq(first_pos: usize, num_tokens: usize, samples: bool) -> ScheduledSeq {
         ScheduledSeq { id: first_pos as u64, num_tokens, first_pos, samples, is_context: num_tokens > 1 }
+    }
+
+    /// `tiny-mixtral`: `tiny`'s attention (q, k, v, o: 12,288 a layer, 2 layers), untied; 8 experts
+    /// of intermediate 32, top 2: a router of 8·64 = 512 and experts of 3·64·32 = 6,144 a layer.
+    #[test]
+    fn mixture_of_experts_counts_the_experts_a_step_touched() {
+        let config = preset_config("tiny-mixtral").unwrap();
+        let w = WorkModel::new(&config, Dtype::F32);
+        assert_eq!(w.model_params(), config.num_params() as u64, "all experts count in the model's size");
+        let mixtral = preset_config("mixtral-8x7b").unwrap();
+        assert_eq!(WorkModel::new(&mixtral, Dtype::Bf16).model_params(), mixtral.num_params() as u64);
+        // A decode step at position 9; layer 0 sent its token to experts 1 and 6, layer 1 to 0 and 1.
+        let loads = [vec![0, 1, 0, 0, 0, 0, 1, 0], vec![1, 1, 0, 0, 0, 0, 0, 0]];
+        let decode = w.iteration(&[seq(9, 1, true)], &loads);
+        // Weights: 24,576 + 2·512 + 4 experts·6,144 = 50,176; norms 320, lm_head 32,768, one
+        // embedding row 64 = 33,152; f32.
+        assert_eq!(decode.weight_bytes, (50_176 + 33_152) * 4);
+        // 2·24,576 + 2·2·(512 + 2·6,144) + 2·64·512 + 256 per layer-position · 2 layers · 10.
+        assert_eq!(decode.flops, (49_152 + 51_200 + 65_536 + 5_120) as f64);
+        // Without the loads, a random router's expectation: 8·(1 − (1 − 2/8)^1) = 2 experts a layer.
+        assert_eq!(w.iteration(&[seq(9, 1, true)], &[]), decode);
+        // 16 prompt tokens are expected to touch 8·(1 − 0.75^16) ≈ 7.92 experts a layer.
+        let prefill = w.iteration(&[seq(0, 16, false)], &[]);
+        let touched = 2.0 * 8.0 * (1.0 - 0.75f64.powi(16));
+        assert_eq!(prefill.weight_bytes, (24_576 + 1_024 + (touched * 6_144.0).round() as u64 + 320 + 16 * 64) * 4);
+        // With the step's loads, only the experts they name are read; every token still runs its
+        // top 2 whatever the experts touched.
+        let routed = w.iteration(&[seq(0, 16, false)], &loads);
+        assert_eq!(routed.weight_bytes, (24_576 + 1_024 + 4 * 6_144 + 320 + 16 * 64) * 4);
+        assert_eq!(routed.flops, prefill.flops);
+    }
+
+    /// Alternating windows (GPT-OSS): layer 0 slides over 4 positions, layer 1 attends to all.
+    #[test]
+    fn each_layer_attends_within_its_own_window() {
+        let mut config = preset_config("tiny").unwrap();
+        config.sliding_window = Some(4);
+        config.sliding_layers = Some(vec![true, false]);
+        let w = WorkModel::new(&config, Dtype::F32);
+        let decode = w.iteration(&[seq(9, 1, true)], &[]);
+        // Position 9 reads 4 positions in layer 0 and 10 in layer 1: 14 of 256 bytes (K and V,
+        // 2 KV heads of 16, f32, one layer).
+        assert_eq!(decode.kv_bytes_read, 14 * 256);
+        let full = WorkModel::new(&preset_config("tiny").unwrap(), Dtype::F32).iteration(&[seq(9, 1, true)], &[]);
+        assert_eq!(full.kv_bytes_read, 20 * 256);
+        // Attention: 256 FLOPs per layer and position.
+        assert_eq!(full.flops - decode.flops, (6 * 256) as f64);
     }
 
     /// The `tiny` preset: hidden 64, 2 layers, 4 heads, 2 KV heads, head_dim 16, intermediate 160,
@@ -213,7 +341,7 @@ mod tests {
 
         // A 5-token prefill chunk that does not reach its end (no row sampled) and a decode step
         // at position 9.
-        let work = w.iteration(&[seq(0, 5, false), seq(9, 1, true)]);
+        let work = w.iteration(&[seq(0, 5, false), seq(9, 1, true)], &[]);
         assert_eq!(work.weight_bytes, 476_416 + 6 * 64 * 4, "the pass plus 6 embedding rows");
         assert_eq!(work.kv_bytes_read, (5 + 10) * 512);
         // Matmuls 2·86,016·6 = 1,032,192; lm_head 2·64·512·1 = 65,536; attention
@@ -221,10 +349,10 @@ mod tests {
         assert_eq!(work.flops, 1_110_528.0);
 
         // Without a sampled row the output projection is not read or multiplied.
-        let chunk = w.iteration(&[seq(0, 5, false)]);
+        let chunk = w.iteration(&[seq(0, 5, false)], &[]);
         assert_eq!(chunk.weight_bytes, (119_104 - 32_768 + 5 * 64) * 4);
         assert_eq!(chunk.flops, (2 * 86_016 * 5 + 512 * 15) as f64);
-        assert_eq!(w.iteration(&[]), IterationWork::default(), "no tokens, no pass");
+        assert_eq!(w.iteration(&[], &[]), IterationWork::default(), "no tokens, no pass");
 
         let bf16 = WorkModel::new(&preset_config("tiny").unwrap(), Dtype::Bf16);
         assert_eq!((bf16.pass_weight_bytes(), bf16.kv_bytes_per_token()), (119_104 * 2, 256));
@@ -234,7 +362,7 @@ mod tests {
         // still bf16; the KV cache stays bf16.
         let fp8 = bf16.clone().with_layer_dtype(Dtype::Fp8);
         assert_eq!((fp8.pass_weight_bytes(), fp8.kv_bytes_per_token(), fp8.dtype().name()), (86_016 + 33_088 * 2, 256, "fp8"));
-        assert_eq!(fp8.iteration(&[seq(9, 1, true)]).weight_bytes, 86_016 + (33_088 + 64) * 2);
+        assert_eq!(fp8.iteration(&[seq(9, 1, true)], &[]).weight_bytes, 86_016 + (33_088 + 64) * 2);
         assert_eq!(fp8.clone().with_fp8_kv_cache().kv_bytes_per_token(), 128, "an FP8 cache: one byte per element");
         assert_eq!((fp8.kv_dtype(), fp8.with_fp8_kv_cache().kv_dtype()), (Dtype::Bf16, Dtype::Fp8));
     }
@@ -258,20 +386,20 @@ mod tests {
         assert_eq!(w.kv_bytes_per_token(), 2 * 2 * 16 * 4);
         let per_position = 4 * 2 * 4 * 16;
         // Decode at position 40 sees positions 25..=40: 16 of them.
-        let decode = w.iteration(&[seq(40, 1, true)]);
+        let decode = w.iteration(&[seq(40, 1, true)], &[]);
         assert_eq!(decode.kv_bytes_read, 16 * 256);
         // A chunk of positions 10..=19: token p sees min(p + 1, 16): 11+12+13+14+15+16·5 = 145;
         // position 10 still sees position 0, so they read all 20.
-        let chunk = w.iteration(&[seq(10, 10, false)]);
+        let chunk = w.iteration(&[seq(10, 10, false)], &[]);
         let matmul = 2 * (64 * 16 * (8 + 2) + 30_720) as u64;
         assert_eq!(chunk.flops, (2 * matmul * 10 + per_position * 145) as f64);
         assert_eq!(chunk.kv_bytes_read, 20 * 256);
         // Positions 30..=39 see 16 each, together positions 15..=39: 25.
-        let later = w.iteration(&[seq(30, 10, false)]);
+        let later = w.iteration(&[seq(30, 10, false)], &[]);
         assert_eq!(later.flops, (2 * matmul * 10 + per_position * 160) as f64);
         assert_eq!(later.kv_bytes_read, 25 * 256);
         // Shorter than the window: every position.
-        let short = w.iteration(&[seq(0, 3, true)]);
+        let short = w.iteration(&[seq(0, 3, true)], &[]);
         assert_eq!(short.kv_bytes_read, 3 * 256);
         assert_eq!(short.flops, (2 * matmul * 3 + 2 * 64 * 512 + per_position * 6) as f64);
     }
@@ -294,7 +422,7 @@ mod tests {
         assert_eq!(w.kv_bytes_per_token(), 131_072, "128 KiB of K and V per token");
 
         // One 128-token prefill that samples its first token.
-        let prefill = w.iteration(&[seq(0, 128, true)]);
+        let prefill = w.iteration(&[seq(0, 128, true)], &[]);
         assert_eq!(prefill.weight_bytes, 15_009_849_344 + 128 * 4096 * 2);
         assert_eq!(prefill.kv_bytes_read, 128 * 131_072);
         // 2·6,979,321,856·128 = 1,786,706,395,136 in the layers, 2·4096·128256 = 1,050,673,152
@@ -304,7 +432,7 @@ mod tests {
 
         // 64 decode steps at context 1024 (positions 1023) read the weights once and 64 contexts.
         let decode: Vec<ScheduledSeq> = (0..64).map(|_| seq(1023, 1, true)).collect();
-        let work = w.iteration(&decode);
+        let work = w.iteration(&decode, &[]);
         assert_eq!(work.weight_bytes, 15_009_849_344 + 64 * 8192);
         assert_eq!(work.kv_bytes_read, 64 * 1024 * 131_072);
         assert_eq!(work.flops, (64 * 2 * 6_979_321_856u64 + 64 * 1_050_673_152 + 64 * 1024 * 524_288) as f64);
