@@ -23,7 +23,7 @@ use crate::Analysis;
 type Body = fn(&Analysis, &mut String);
 
 /// The page's sections in order: element id, heading, body.
-const SECTIONS: [(&str, &str, Body); 14] = [
+const SECTIONS: [(&str, &str, Body); 15] = [
     ("diagnosis", "Diagnosis", |a, out| diagnosis(&a.diagnosis, out)),
     ("overview", "Overview", |a, out| blocks(out, crate::overview::view(&a.overview))),
     ("headroom", "Headroom", |a, out| blocks(out, crate::headroom::view(&a.headroom))),
@@ -38,6 +38,7 @@ const SECTIONS: [(&str, &str, Body); 14] = [
     ("ranges", "CPU ranges on the GPU", |a, out| blocks(out, crate::ranges::view(&a.ranges))),
     ("hardware", "Hardware counters", |a, out| hardware(&a.hardware, out)),
     ("memory", "Memory", |a, out| blocks(out, crate::memory::view(&a.memory))),
+    ("moe", "MoE expert load", |a, out| blocks(out, crate::moe::view(&a.moe))),
 ];
 
 /// The section of a comparison: element id and heading.
@@ -883,9 +884,11 @@ mod tests {
                 "phases",
                 "ranges",
                 "hardware",
-                "memory"
+                "memory",
+                "moe"
             ]
         );
+        assert!(element(&html, "section", "moe").contains("not available: the trace has no expert_load rows"));
         let no_gpu = "not available: the trace has no GPU operations; record one with `lumen profile`";
         for id in ["gpu", "gaps", "kernels"] {
             assert!(element(&html, "section", id).contains(no_gpu), "{}", element(&html, "section", id));
