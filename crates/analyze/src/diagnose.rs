@@ -71,6 +71,9 @@ pub const HOST_ALLOCS_PER_ITERATION: f64 = 1000.0;
 /// A mixture-of-experts run whose busiest expert takes at least this many times the mean load
 /// (weighted over layers and iterations) is imbalanced.
 pub const MOE_IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
+/// Iterations whose devices spend at least this share of the wall time in collectives no other
+/// kernel overlaps (the median iteration) are communication bound.
+pub const COMM_EXPOSED_SHARE: f64 = 0.25;
 
 /// How many offenders (kernels, gaps, calls) a finding names.
 const TOP_OFFENDERS: usize = 5;
@@ -116,6 +119,11 @@ pub const THRESHOLDS: &[Threshold] = &[
     threshold!(ALLOC_CALLS_PER_SECOND, "calls/s", "without steps, CUDA alloc/free calls per second above it are churn"),
     threshold!(HOST_ALLOCS_PER_ITERATION, "allocations", "host allocations per iteration above it are churn"),
     threshold!(MOE_IMBALANCE_MAX_OVER_MEAN, "× mean load", "the busiest expert at or above it over the mean is MoE imbalance"),
+    threshold!(
+        COMM_EXPOSED_SHARE,
+        "share of iteration",
+        "exposed collective time at or above it in the median iteration is communication bound"
+    ),
 ];
 
 pub const BATCH_SIZE: &str = "batch size too small";
@@ -132,6 +140,7 @@ pub const SYNC_GAPS: &str = "synchronisation gaps";
 pub const PAGEABLE_MEMCPY: &str = "pageable memcpy";
 pub const ALLOCATION_CHURN: &str = "allocation churn";
 pub const MOE_IMBALANCE: &str = "MoE imbalance";
+pub const COMMUNICATION_BOUND: &str = "communication bound";
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Pattern {
@@ -228,6 +237,12 @@ pub const PATTERNS: &[Pattern] = &[
         action: "reuse buffers across iterations (a pool)",
     },
     Pattern {
+        name: COMMUNICATION_BOUND,
+        kind: Kind::Idle,
+        fires_when: "the median iteration's devices spend >= COMM_EXPOSED_SHARE of its wall time in collective kernels no other kernel on the device overlaps",
+        action: "fewer ranks for the model's size (--tp), overlap communication with compute, or find the straggler rank the others wait for",
+    },
+    Pattern {
         name: MOE_IMBALANCE,
         kind: Kind::Idle,
         fires_when: "with the model's router, the busiest expert's load over the mean (weighted over MoE layers and iterations) >= MOE_IMBALANCE_MAX_OVER_MEAN; `--compare` with a perfect-router run reads it: faster by > PERFECT_ROUTER_GAIN is the router",
@@ -314,6 +329,7 @@ pub(crate) fn diagnose(trace: &TraceData, a: &Analysis, steps: &StepWindows, lau
         (PAGEABLE_MEMCPY, pageable_memcpy(&facts)),
         (ALLOCATION_CHURN, allocation_churn(&facts)),
         (MOE_IMBALANCE, moe_imbalance(&facts)),
+        (COMMUNICATION_BOUND, communication_bound(&facts)),
     ];
     let mut diagnosis = Diagnosis::default();
     for (pattern, outcome) in checks {
@@ -330,6 +346,42 @@ pub(crate) fn diagnose(trace: &TraceData, a: &Analysis, steps: &StepWindows, lau
             .then(b.explained_ns.cmp(&a.explained_ns))
     });
     diagnosis
+}
+
+fn communication_bound(f: &Facts) -> Outcome {
+    let c = match &f.a.collectives {
+        Measured::Available(c) => c,
+        Measured::NotAvailable(why) => return Outcome::NotAvailable(why.clone()),
+    };
+    let i = match &c.iterations {
+        Measured::Available(i) => i,
+        Measured::NotAvailable(why) => return Outcome::NotAvailable(why.clone()),
+    };
+    if i.median_exposed_share < COMM_EXPOSED_SHARE {
+        return Outcome::NotFound;
+    }
+    let mut evidence = vec![
+        format!(
+            "the median iteration spends {} of its wall time in exposed collectives (worst {}), over {} devices",
+            text::percent(i.median_exposed_share),
+            text::percent(i.max_exposed_share),
+            c.devices.len()
+        ),
+        format!("collectives take {} in all, {} of it exposed", text::duration(c.total_ns as f64), text::duration(c.exposed_ns as f64)),
+    ];
+    if let Some((device, n)) = i.stragglers.first() {
+        evidence.push(format!("device {device} has the most compute in {n} of {} iterations: the others wait for it", i.iterations));
+    }
+    let mut finding = Finding::new(
+        COMMUNICATION_BOUND,
+        c.exposed_ns,
+        evidence,
+        "cut the exposed communication: fewer ranks for this model's size (--tp), communication overlapped with compute, or the \
+         straggler rank's extra work removed"
+            .into(),
+    );
+    finding.offenders = c.operations.iter().take(TOP_OFFENDERS).map(|o| format!("{} ({} calls)", o.name, o.count)).collect();
+    Outcome::Fires(finding)
 }
 
 fn moe_imbalance(f: &Facts) -> Outcome {

@@ -23,7 +23,7 @@ use crate::Analysis;
 type Body = fn(&Analysis, &mut String);
 
 /// The page's sections in order: element id, heading, body.
-const SECTIONS: [(&str, &str, Body); 15] = [
+const SECTIONS: [(&str, &str, Body); 16] = [
     ("diagnosis", "Diagnosis", |a, out| diagnosis(&a.diagnosis, out)),
     ("overview", "Overview", |a, out| blocks(out, crate::overview::view(&a.overview))),
     ("headroom", "Headroom", |a, out| blocks(out, crate::headroom::view(&a.headroom))),
@@ -39,6 +39,7 @@ const SECTIONS: [(&str, &str, Body); 15] = [
     ("hardware", "Hardware counters", |a, out| hardware(&a.hardware, out)),
     ("memory", "Memory", |a, out| blocks(out, crate::memory::view(&a.memory))),
     ("moe", "MoE expert load", |a, out| blocks(out, crate::moe::view(&a.moe))),
+    ("collectives", "Collectives", |a, out| blocks(out, crate::collectives::view(&a.collectives))),
 ];
 
 /// The section of a comparison: element id and heading.
@@ -885,9 +886,11 @@ mod tests {
                 "ranges",
                 "hardware",
                 "memory",
-                "moe"
+                "moe",
+                "collectives"
             ]
         );
+        assert!(element(&html, "section", "collectives").contains("not available: the trace has no collective kernels"));
         assert!(element(&html, "section", "moe").contains("not available: the trace has no expert_load rows"));
         let no_gpu = "not available: the trace has no GPU operations; record one with `lumen profile`";
         for id in ["gpu", "gaps", "kernels"] {

@@ -3,6 +3,7 @@
 //! struct or [`Measured::NotAvailable`] with the reason; [`diagnose`] names the known performance
 //! patterns, and [`render_text`] and [`render_html`] report it all, with a base trace's comparison.
 
+pub mod collectives;
 pub mod compare;
 pub mod diagnose;
 pub mod gpu;
@@ -76,6 +77,8 @@ pub struct Analysis {
     pub headroom: Measured<headroom::Headroom>,
     /// Mixture-of-experts models: how evenly the router spread the tokens over the experts.
     pub moe: Measured<moe::MoeLoad>,
+    /// Collective communication between ranks: time, exposed time, stragglers.
+    pub collectives: Measured<collectives::Collectives>,
     /// The known performance patterns these figures show.
     pub diagnosis: diagnose::Diagnosis,
 }
@@ -94,6 +97,7 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
     let headroom = headroom::analyze(trace, &windows, speed_of_light.peaks.get());
     let kernels = kernels::analyze(trace, &launches, &rules, options.top);
     let moe = moe::analyze(trace, &kernels);
+    let collectives = collectives::analyze(trace, &rules);
     let mut analysis = Analysis {
         overview: overview::analyze(trace),
         steps,
@@ -109,6 +113,7 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
         speed_of_light,
         headroom,
         moe,
+        collectives,
         diagnosis: diagnose::Diagnosis::default(),
     };
     analysis.diagnosis = diagnose::diagnose(trace, &analysis, &windows, &launches);
@@ -136,6 +141,7 @@ pub fn render_text(a: &Analysis) -> String {
     view::render_section("Hardware counters", &hardware::view(&a.hardware), &mut out);
     view::render_section("Memory", &memory::view(&a.memory), &mut out);
     view::render_section("MoE expert load", &moe::view(&a.moe), &mut out);
+    view::render_section("Collectives", &collectives::view(&a.collectives), &mut out);
     out
 }
 

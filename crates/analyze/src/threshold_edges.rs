@@ -426,6 +426,18 @@ const EDGES: &[Edge] = &[
         quiet: Quiet::NotFound,
     },
     Edge {
+        threshold: "COMM_EXPOSED_SHARE",
+        comparison: "communication_bound: i.median_exposed_share < COMM_EXPOSED_SHARE is not found",
+        fires: Fires::AtOrAbove,
+        pattern: COMMUNICATION_BOUND,
+        step: ONE_IN_N,
+        trace: exposed_collectives,
+        measure: |_, a| a.collectives.get().expect("collectives").iterations.get().expect("iterations").median_exposed_share,
+        evidence: |m| format!("spends {} of its wall time in exposed collectives", percent(m)),
+        gate: Gate::None,
+        quiet: Quiet::NotFound,
+    },
+    Edge {
         threshold: "MOE_IMBALANCE_MAX_OVER_MEAN",
         comparison: "moe_imbalance: m.max_over_mean < MOE_IMBALANCE_MAX_OVER_MEAN is not found",
         fires: Fires::AtOrAbove,
@@ -947,6 +959,20 @@ fn alloc_calls_per_second(trace: &TraceData, _: &Analysis) -> f64 {
     let first = trace.api_calls.iter().map(|c| c.start_ns).min().expect("API calls");
     let last = trace.api_calls.iter().map(|c| c.end_ns).max().expect("API calls");
     alloc_calls(trace) as f64 / ((last - first) as f64 / 1e9)
+}
+
+/// Two devices, one iteration of `N` ns: each computes, then all-reduces for the last
+/// `COMM_EXPOSED_SHARE` of the iteration moved by `offset` ns, with nothing overlapping it.
+fn exposed_collectives(offset: i64) -> TraceData {
+    let comm = count_at(COMM_EXPOSED_SHARE, N, offset);
+    let kernels = |device: u32, correlation: u64| {
+        [
+            GpuOpRow { device, ..named("gemm_kernel", 0, N - comm, correlation) },
+            GpuOpRow { device, ..named("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", N - comm, N, correlation + 1) },
+        ]
+    };
+    let gpu_ops = kernels(0, 1).into_iter().chain(kernels(1, 3)).collect();
+    TraceData { gpu_ops, iterations: vec![iteration(0, 0, N, N as f64 / 1e6)], ..TraceData::default() }
 }
 
 /// Four iterations of one MoE layer of two experts with 2 · `N` assignments each, the busiest
