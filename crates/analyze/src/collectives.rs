@@ -163,8 +163,13 @@ fn per_iteration(trace: &TraceData, devices: &BTreeMap<u32, DeviceKernels>) -> M
         if wall == 0 {
             continue;
         }
-        let per_device: Vec<(u32, u64, u64)> =
-            devices.iter().map(|(&d, k)| (d, k.within(start, until).0, k.within(start, until).1)).collect();
+        let per_device: Vec<(u32, u64, u64)> = devices
+            .iter()
+            .map(|(&d, k)| {
+                let (exposed, compute) = k.within(start, until);
+                (d, exposed, compute)
+            })
+            .collect();
         let exposed = per_device.iter().map(|(_, e, _)| *e).sum::<u64>() as f64 / per_device.len() as f64;
         shares.push(exposed / wall as f64);
         if per_device.len() > 1 {
