@@ -155,7 +155,7 @@ impl WorkModel {
             moe,
             norm_params: layers * (2 * h + bias + qk_norm + sinks) + h,
             tied: c.tie_word_embeddings,
-            kv_bytes_per_token: 2 * layers * kv_heads * hd * dtype.bytes(),
+            kv_bytes_per_token: layers * c.kv_values_per_token_per_layer() as u64 * dtype.bytes(),
             attention_flops_per_layer_position: 4 * heads * hd,
             windows,
         }

@@ -1,10 +1,11 @@
 //! The llama-family decoder's configuration: sizes plus the switches that make it Llama 2/3,
 //! SmolLM, Mistral, Qwen2 or Qwen3, OLMoE's full-width q/k norms, GPT-OSS's attention (sinks,
-//! output bias, alternating sliding window, YaRN), and the mixture-of-experts feed-forward of
-//! Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and GPT-OSS, read from GGUF metadata or a Hugging Face
-//! `config.json`.
+//! output bias, alternating sliding window, YaRN), DeepSeek's multi-head latent attention, and the
+//! mixture-of-experts feed-forward of Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS and DeepSeek
+//! (grouped routing, shared experts, dense first layers), read from GGUF metadata or a Hugging
+//! Face `config.json` (crates/model/src/deepseek_config.rs reads DeepSeek's).
 
-use crate::moe::{ExpertActivation, RoutingMethod};
+use crate::moe::{ExpertActivation, GroupLimit, RoutingMethod};
 use crate::yarn::{yarn_mscale, Yarn};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -18,7 +19,8 @@ pub struct RopeScaling {
     pub original_max_position_embeddings: f64,
 }
 
-/// The mixture-of-experts feed-forward every layer runs in place of the dense one.
+/// The mixture-of-experts feed-forward the layers run in place of the dense one (all of them,
+/// or all after the first `first_dense_layers`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeConfig {
     pub num_experts: usize,
@@ -30,11 +32,24 @@ pub struct MoeConfig {
     pub activation: ExpertActivation,
     /// GPT-OSS: biases on the router and on every expert's projections.
     pub biases: bool,
-    /// Qwen2-MoE: a shared expert of this intermediate size, gated by `sigmoid(gate · x)`.
+    /// A shared expert of this intermediate size that every token runs (DeepSeek's
+    /// `n_shared_experts` experts are one of `n_shared · moe_intermediate_size`).
     pub shared_expert_intermediate_size: Option<usize>,
+    /// Qwen2-MoE: the shared expert's output is scaled by `sigmoid(gate · x)`; DeepSeek's is not.
+    pub shared_expert_gated: bool,
     /// A preset's planted imbalance: the exponent of the Zipf-shaped gate bias
     /// ([`crate::moe::zipf_gate_bias`]) added to the router logits.
     pub gate_zipf_exponent: Option<f64>,
+    /// DeepSeekV3 routing: the experts' groups and how many of them a token may use.
+    pub groups: GroupLimit,
+    /// DeepSeek-V3: a per-expert bias (`e_score_correction_bias`) added to the scores that
+    /// choose the experts, not to their weights.
+    pub score_correction_bias: bool,
+    /// DeepSeek: every routed expert's weight is multiplied by this (1 elsewhere).
+    pub routed_scaling_factor: f32,
+    /// DeepSeek's `first_k_dense_replace`: the first layers keep a dense feed-forward of the
+    /// model's `intermediate_size`.
+    pub first_dense_layers: usize,
 }
 
 impl MoeConfig {
@@ -42,12 +57,40 @@ impl MoeConfig {
     pub fn num_params(&self, hidden: usize) -> usize {
         let (e, f) = (self.num_experts, self.expert_intermediate_size);
         let biases = if self.biases { e + e * (2 * f + hidden) } else { 0 };
-        let shared = self.shared_expert_intermediate_size.map_or(0, |fs| 3 * hidden * fs + hidden);
-        e * hidden + e * 3 * hidden * f + shared + biases
+        let gate = if self.shared_expert_gated { hidden } else { 0 };
+        let shared = self.shared_expert_intermediate_size.map_or(0, |fs| 3 * hidden * fs + gate);
+        let correction = if self.score_correction_bias { e } else { 0 };
+        e * hidden + e * 3 * hidden * f + shared + biases + correction
     }
 
-    fn validate(&self) -> Result<()> {
+    /// The plain settings: ungrouped, unscaled, every layer a mixture, no shared expert.
+    pub fn new(num_experts: usize, top_k: usize, expert_intermediate_size: usize, routing: RoutingMethod) -> Self {
+        MoeConfig {
+            num_experts,
+            top_k,
+            expert_intermediate_size,
+            routing,
+            activation: ExpertActivation::SwiGlu,
+            biases: false,
+            shared_expert_intermediate_size: None,
+            shared_expert_gated: false,
+            gate_zipf_exponent: None,
+            groups: GroupLimit::NONE,
+            score_correction_bias: false,
+            routed_scaling_factor: 1.0,
+            first_dense_layers: 0,
+        }
+    }
+
+    fn validate(&self, num_layers: usize) -> Result<()> {
         crate::moe::check_top_k(self.num_experts, self.top_k).context("model config: mixture of experts")?;
+        self.groups.check(self.num_experts, self.top_k).context("model config: mixture of experts")?;
+        if !(self.routed_scaling_factor.is_finite() && self.routed_scaling_factor > 0.0) {
+            bail!("model config: routed_scaling_factor {} is not a positive finite number", self.routed_scaling_factor);
+        }
+        if self.first_dense_layers > num_layers {
+            bail!("model config: {} dense first layers of {num_layers}: expected at most the layer count", self.first_dense_layers);
+        }
         if self.expert_intermediate_size == 0 || self.shared_expert_intermediate_size == Some(0) {
             bail!("model config: an expert's intermediate size is 0, expected a positive size");
         }
@@ -55,6 +98,41 @@ impl MoeConfig {
             bail!("model config: Zipf gate exponent {s} is not a non-negative finite number");
         }
         Ok(())
+    }
+}
+
+/// DeepSeek's multi-head latent attention: queries through an optional low-rank `q_lora_rank`,
+/// keys and values through one compressed latent of `kv_lora_rank` (RMS-normed) plus a
+/// `qk_rope_head_dim` rotary key shared by every head. Each head's query and key are
+/// `qk_nope_head_dim + qk_rope_head_dim` wide, its value `v_head_dim`. The KV cache holds the
+/// latent and the rotary key only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaConfig {
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+}
+
+impl MlaConfig {
+    pub fn qk_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// What one token's cache row holds per layer: the latent, then the rotary key.
+    pub fn latent_width(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+
+    /// One layer's attention weights for `heads` heads of a model of width `hidden`, norms included.
+    pub fn num_params(&self, hidden: usize, heads: usize) -> usize {
+        let q = match self.q_lora_rank {
+            None => heads * self.qk_head_dim() * hidden,
+            Some(r) => r * hidden + r + heads * self.qk_head_dim() * r,
+        };
+        let kv = self.latent_width() * hidden + self.kv_lora_rank + heads * (self.qk_nope_head_dim + self.v_head_dim) * self.kv_lora_rank;
+        q + kv + hidden * heads * self.v_head_dim
     }
 }
 
@@ -92,15 +170,46 @@ pub struct ModelConfig {
     /// GPT-OSS's `layer_types`: whether each layer uses the sliding window (the others attend to
     /// every position); `None`: every layer does.
     pub sliding_layers: Option<Vec<bool>>,
-    /// GPT-OSS: YaRN RoPE scaling (in place of Llama-3's).
+    /// GPT-OSS, DeepSeek: YaRN RoPE scaling (in place of Llama-3's).
     pub yarn: Option<Yarn>,
+    /// DeepSeek: multi-head latent attention in place of grouped-query attention; `head_dim` is
+    /// then its rotary part, `qk_rope_head_dim`, and `num_kv_heads` equals `num_heads`.
+    pub mla: Option<MlaConfig>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
-    /// The mixture of experts every layer's feed-forward is; `None` for a dense model.
+    /// The mixture of experts the layers' feed-forward is; `None` for a dense model.
     pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
+    /// Whether layer `layer` runs the mixture of experts (not one of the dense first layers).
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| layer >= m.first_dense_layers)
+    }
+
+    /// The layers that run the mixture of experts.
+    pub fn num_moe_layers(&self) -> usize {
+        (0..self.num_layers).filter(|&l| self.is_moe_layer(l)).count()
+    }
+
+    /// Values one token keeps in one layer's KV cache: keys and values of every KV head, or
+    /// MLA's latent and rotary key.
+    pub fn kv_values_per_token_per_layer(&self) -> usize {
+        match &self.mla {
+            Some(m) => m.latent_width(),
+            None => 2 * self.num_kv_heads * self.head_dim,
+        }
+    }
+
+    /// MLA's softmax scale: `1/sqrt(qk_head_dim)`, times `mscale(factor, mscale_all_dim)²` under
+    /// YaRN with DeepSeek's `mscale_all_dim`.
+    pub fn mla_softmax_scale(&self) -> Option<f64> {
+        let m = self.mla.as_ref()?;
+        let scale = 1.0 / (m.qk_head_dim() as f64).sqrt();
+        let mscale = self.yarn.as_ref().and_then(|y| y.mscale_all_dim.map(|all| yarn_mscale(y.factor, all))).unwrap_or(1.0);
+        Some(scale * mscale * mscale)
+    }
+
     /// The sliding window of layer `layer`, `None` where it attends to every position.
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
         match &self.sliding_layers {
@@ -148,11 +257,14 @@ impl ModelConfig {
     /// Number of weights, for memory estimates.
     pub fn num_params(&self) -> usize {
         let (h, hd, f) = (self.hidden_size, self.head_dim, self.intermediate_size);
-        let attn = h * hd * (2 * self.num_heads + 2 * self.num_kv_heads);
-        let feed_forward = self.moe.as_ref().map_or(3 * h * f, |m| m.num_params(h));
-        let per_layer = attn + feed_forward + 2 * h;
+        let attn = match &self.mla {
+            Some(m) => m.num_params(h, self.num_heads),
+            None => h * hd * (2 * self.num_heads + 2 * self.num_kv_heads),
+        };
+        let moe_layers = self.num_moe_layers();
+        let feed_forward = (self.num_layers - moe_layers) * 3 * h * f + self.moe.as_ref().map_or(0, |m| moe_layers * m.num_params(h));
         let lm_head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
-        self.vocab_size * h + self.num_layers * per_layer + h + lm_head
+        self.vocab_size * h + self.num_layers * (attn + 2 * h) + feed_forward + h + lm_head
     }
 
     /// Checks the sizes are coherent; every loader calls it.
@@ -224,7 +336,31 @@ impl ModelConfig {
             }
         }
         if let Some(moe) = &self.moe {
-            moe.validate()?;
+            moe.validate(self.num_layers)?;
+        }
+        if let Some(m) = &self.mla {
+            let sizes = [
+                ("q_lora_rank", m.q_lora_rank.unwrap_or(1)),
+                ("kv_lora_rank", m.kv_lora_rank),
+                ("qk_nope_head_dim", m.qk_nope_head_dim),
+                ("qk_rope_head_dim", m.qk_rope_head_dim),
+                ("v_head_dim", m.v_head_dim),
+            ];
+            if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+                bail!("model config: MLA {name} is 0, expected a positive size");
+            }
+            if self.head_dim != m.qk_rope_head_dim || self.num_kv_heads != self.num_heads {
+                bail!(
+                    "model config: MLA expects head_dim = qk_rope_head_dim ({}) and one KV head per head ({}), got {} and {}",
+                    m.qk_rope_head_dim,
+                    self.num_heads,
+                    self.head_dim,
+                    self.num_kv_heads
+                );
+            }
+            if self.attention_bias || self.qk_norm || self.attention_sinks || self.sliding_window.is_some() {
+                bail!("model config: MLA has no attention biases, q/k norms, sinks or sliding window");
+            }
         }
         Ok(())
     }
@@ -290,6 +426,7 @@ impl ModelConfig {
             sliding_window,
             sliding_layers,
             yarn,
+            mla: None,
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_ids,
             moe: hf_moe(&v, &arch, source)?,
@@ -334,6 +471,7 @@ fn hf_rope_scaling(s: &Value, source: &str) -> Result<(Option<RopeScaling>, Opti
             };
             let mut yarn = Yarn::new(factor, num("original_max_position_embeddings")?, beta_fast, beta_slow, truncate);
             let mscales = (optional("mscale")?.filter(|m| *m != 0.0), optional("mscale_all_dim")?.filter(|m| *m != 0.0));
+            yarn.mscale_all_dim = mscales.1;
             yarn.attention_factor = match (optional("attention_factor")?, mscales) {
                 (Some(given), _) => given,
                 (None, (Some(m), Some(all))) => yarn_mscale(factor, m) / yarn_mscale(factor, all),
@@ -392,14 +530,11 @@ fn hf_moe(v: &Value, arch: &str, source: &str) -> Result<Option<MoeConfig>> {
         _ => None,
     };
     Ok(Some(MoeConfig {
-        num_experts,
-        top_k: int("num_experts_per_tok")?,
-        expert_intermediate_size,
-        routing,
         activation,
         biases: arch == "gpt_oss",
         shared_expert_intermediate_size,
-        gate_zipf_exponent: None,
+        shared_expert_gated: shared_expert_intermediate_size.is_some(),
+        ..MoeConfig::new(num_experts, int("num_experts_per_tok")?, expert_intermediate_size, routing)
     }))
 }
 
@@ -507,6 +642,7 @@ mod tests {
             sliding_window: None,
             sliding_layers: None,
             yarn: None,
+            mla: None,
             bos_token_id: None,
             eos_token_ids: vec![],
             moe: None,

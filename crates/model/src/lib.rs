@@ -13,6 +13,7 @@ pub mod gguf;
 mod gpt_oss_checkpoint;
 pub mod llama;
 mod load;
+pub mod mla_cpu;
 pub mod moe;
 mod moe_cpu;
 pub mod mxfp4;

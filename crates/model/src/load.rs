@@ -118,13 +118,16 @@ pub fn load_model_with(spec: &str, options: LoadOptions) -> Result<Model> {
     let LoadOptions { device, quantization } = options;
     let source = resolve(spec)?;
     if device == Device::Cuda {
-        crate::cuda::weights::refuse_moe(&describe_model(spec)?.0, spec)?;
+        crate::cuda::weights::refuse_cpu_only_blocks(&describe_model(spec)?.0, spec)?;
     }
     let mut gpu = open_device(device)?;
     if gpu.is_some() && device == Device::Auto {
         let (config, _) = describe_model(spec)?;
         use lumen_backend::cuda::Kernels;
-        if let Some(moe) = &config.moe {
+        if config.mla.is_some() {
+            lumen_trace::status!("[lumen] --device auto: multi-head latent attention runs on the CPU only so far; running on the CPU");
+            gpu = None;
+        } else if let Some(moe) = &config.moe {
             lumen_trace::status!(
                 "[lumen] --device auto: mixture-of-experts layers ({} experts) run on the CPU only so far; running on the CPU",
                 moe.num_experts
@@ -168,7 +171,16 @@ fn executor(
         None => {
             check_memory(config, what)?;
             let perfect_router = config.moe.is_some() && perfect_router_from_env()?;
-            if perfect_router {
+            if let (true, Some(m)) = (perfect_router, &config.moe) {
+                let key = crate::perfect_router::BalancedKey {
+                    tokens: 1,
+                    num_experts: m.num_experts,
+                    top_k: m.top_k,
+                    method: m.routing,
+                    ep_ranks: 1,
+                    groups: m.groups,
+                };
+                crate::perfect_router::group_chunk(&key).with_context(|| format!("{what}: {PERFECT_ROUTER_ENV}"))?;
                 lumen_trace::status!(
                     "[lumen] warning: {PERFECT_ROUTER_ENV} is on: {what}'s router logits are replaced by perfectly balanced ones, \
                      so its outputs are wrong by design (the gate GEMM still runs)"
@@ -399,6 +411,7 @@ fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
         sliding_window: int("attention.sliding_window").ok(),
         sliding_layers: None,
         yarn: None,
+        mla: None,
         bos_token_id: g.meta("tokenizer.ggml.bos_token_id").and_then(MetaValue::as_u64).map(|v| v as u32),
         eos_token_ids: g.meta("tokenizer.ggml.eos_token_id").and_then(MetaValue::as_u64).map(|v| vec![v as u32]).unwrap_or_default(),
         moe: None,

@@ -2,10 +2,12 @@
 //! and a preset's planted Zipf bias), the perfect router's replacement logits when it is on,
 //! routing, each expert's SwiGLU over the rows routed to it, and the weighted sum back into each
 //! token's row (slot by slot, best expert first, so a token's result does not depend on the rest
-//! of its batch), plus Qwen2-MoE's gated shared expert.
+//! of its batch) times DeepSeek's routed scaling factor, plus the shared expert (Qwen2-MoE's
+//! gated one, DeepSeek's plain one). DeepSeek-V3's score correction bias joins the routing, except
+//! under the perfect router.
 
 use crate::config::MoeConfig;
-use crate::moe::{route, zipf_gate_bias};
+use crate::moe::{route_limited, zipf_gate_bias};
 use crate::perfect_router::{balanced_logits, BalancedKey};
 use crate::plan::{Expert, Moe};
 use lumen_backend::cpu::{self, PackedMatrix};
@@ -59,10 +61,14 @@ pub fn moe_forward(
         logits.chunks_mut(num_experts).for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
     }
     if perfect_router {
-        let key = BalancedKey { tokens: t, num_experts, top_k: k, method: c.routing, ep_ranks: 1 };
-        logits.copy_from_slice(&balanced_logits(key).expect("the config's top_k was checked at load"));
+        let key = BalancedKey { tokens: t, num_experts, top_k: k, method: c.routing, ep_ranks: 1, groups: c.groups };
+        logits.copy_from_slice(&balanced_logits(key).expect("the perfect router's assignment was checked at load"));
     }
-    let routing = route(&logits, num_experts, k, c.routing);
+    let correction = moe.score_correction_bias.as_deref().filter(|_| !perfect_router);
+    let mut routing = route_limited(&logits, num_experts, k, c.routing, c.groups, correction);
+    if c.routed_scaling_factor != 1.0 {
+        routing.weights.iter_mut().for_each(|w| *w *= c.routed_scaling_factor);
+    }
     drop(route_span);
     let experts_span = span(Category::Debug, "moe experts");
 
@@ -92,9 +98,14 @@ pub fn moe_forward(
         let mut shared_out = vec![0.0f32; t * h];
         run_expert(&shared.expert, c, x, t, project, &mut shared_out);
         let mut gate = vec![0.0f32; t];
-        cpu::matmul(x, t, &shared.gate, &mut gate);
-        for ((o, s), g) in out.chunks_mut(h).zip(shared_out.chunks(h)).zip(&gate) {
-            let scale = 1.0 / (1.0 + (-g).exp());
+        match &shared.gate {
+            Some(w) => {
+                cpu::matmul(x, t, w, &mut gate);
+                gate.iter_mut().for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+            }
+            None => gate.fill(1.0),
+        }
+        for ((o, s), scale) in out.chunks_mut(h).zip(shared_out.chunks(h)).zip(&gate) {
             o.iter_mut().zip(s).for_each(|(o, s)| *o += scale * s);
         }
     }

@@ -5,11 +5,11 @@
 //! held. The plan is `Weights<WeightSpec, WeightSpec>`: for every weight, the checkpoint tensors
 //! (by their Hugging Face names) stacked into it, its shape and its data type. A backend fills the
 //! plan through [`Fill`] (the CPU into packed f32 matrices, CUDA into bf16 device tensors), and
-//! its forward pass walks the filled structure. A new block (MLA) is a new variant here plus one
-//! kernel path per backend, as the mixture-of-experts feed-forward is; a new data type (FP8) is a
-//! new [`WeightDtype`] plus its loader.
+//! its forward pass walks the filled structure. A block kind (DeepSeek's latent attention, the
+//! mixture-of-experts feed-forward) is a variant here plus one kernel path per backend; a new data
+//! type (FP8) is a new [`WeightDtype`] plus its loader.
 
-use crate::config::{ModelConfig, MoeConfig};
+use crate::config::{MlaConfig, ModelConfig, MoeConfig};
 use anyhow::Result;
 
 /// What a weight is computed in, as far as the plan knows. Loaders convert what the checkpoint
@@ -112,6 +112,37 @@ pub struct Attention<M, V> {
     pub sinks: Option<V>,
 }
 
+/// DeepSeek's multi-head latent attention ([`MlaConfig`] holds the sizes): queries straight from
+/// the hidden state or through a low-rank `q_a` and its norm; one down-projection to the latent
+/// and the rotary key, the latent's norm, and the up-projection of the latent to every head's
+/// key (no-RoPE part) and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentAttention<M, V> {
+    /// `[q_lora_rank, hidden]`, with a query rank.
+    pub q_a: Option<M>,
+    /// `[q_lora_rank]`.
+    pub q_a_norm: Option<V>,
+    /// `[heads·(qk_nope + qk_rope), q_lora_rank or hidden]`: each head's no-RoPE then RoPE part.
+    pub q: M,
+    /// `[kv_lora_rank + qk_rope, hidden]`: the latent, then the rotary key.
+    pub kv_a: M,
+    /// `[kv_lora_rank]`.
+    pub kv_a_norm: V,
+    /// `[heads·(qk_nope + v_head), kv_lora_rank]`: per head, its key rows then its value rows.
+    pub kv_b: M,
+    /// `[hidden, heads·v_head]`.
+    pub output: M,
+}
+
+/// A layer's attention block.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelfAttention<M, V> {
+    /// Grouped-query attention over full keys and values.
+    Grouped(Attention<M, V>),
+    /// Multi-head latent attention over a cache of compressed latents.
+    Latent(LatentAttention<M, V>),
+}
+
 /// The feed-forward block of a layer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedForward<M, V> {
@@ -132,30 +163,33 @@ pub struct Expert<M, V> {
     pub down_bias: Option<V>,
 }
 
-/// A mixture-of-experts block: the gate GEMM to router logits, the routed experts, and Qwen2-MoE's
-/// shared expert.
+/// A mixture-of-experts block: the gate GEMM to router logits, the routed experts, and the shared
+/// expert (Qwen2-MoE's gated one, DeepSeek's plain one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Moe<M, V> {
     /// `[experts, hidden]`.
     pub router: M,
     /// GPT-OSS: `[experts]`.
     pub router_bias: Option<V>,
+    /// DeepSeek-V3: `[experts]`, added to the scores that choose the experts.
+    pub score_correction_bias: Option<V>,
     pub experts: Vec<Expert<M, V>>,
     pub shared: Option<SharedExpert<M, V>>,
 }
 
-/// An expert every token runs, its output scaled by `sigmoid(gate · x)`; `gate` is `[1, hidden]`.
+/// An expert every token runs; with a `gate` (`[1, hidden]`, Qwen2-MoE) its output is scaled by
+/// `sigmoid(gate · x)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SharedExpert<M, V> {
     pub expert: Expert<M, V>,
-    pub gate: M,
+    pub gate: Option<M>,
 }
 
 /// One decoder layer: pre-norm attention, then pre-norm feed-forward, each added to the residual.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layer<M, V> {
     pub input_norm: V,
-    pub attention: Attention<M, V>,
+    pub attention: SelfAttention<M, V>,
     pub post_attention_norm: V,
     pub feed_forward: FeedForward<M, V>,
 }
@@ -209,9 +243,9 @@ impl ModelPlan {
                         (name(&format!("self_attn.v_proj.{suffix}")), shape(kd, h)),
                     ])
                 };
-                Layer {
-                    input_norm: vector("input_layernorm.weight", h),
-                    attention: Attention {
+                let attention = match &c.mla {
+                    Some(m) => SelfAttention::Latent(latent_plan(m, c.num_heads, h, &name)),
+                    None => SelfAttention::Grouped(Attention {
                         qkv: qkv_parts("weight", |rows, cols| vec![rows, cols]),
                         qkv_bias: c.attention_bias.then(|| qkv_parts("bias", |rows, _| vec![rows])),
                         q_norm: c.qk_norm.then(|| vector("self_attn.q_norm.weight", if c.qk_norm_full_width { qd } else { hd })),
@@ -219,9 +253,13 @@ impl ModelPlan {
                         output: WeightSpec::single(name("self_attn.o_proj.weight"), vec![h, qd]),
                         output_bias: c.attention_output_bias.then(|| vector("self_attn.o_proj.bias", h)),
                         sinks: c.attention_sinks.then(|| vector("self_attn.sinks", c.num_heads)),
-                    },
+                    }),
+                };
+                Layer {
+                    input_norm: vector("input_layernorm.weight", h),
+                    attention,
                     post_attention_norm: vector("post_attention_layernorm.weight", h),
-                    feed_forward: match &c.moe {
+                    feed_forward: match c.moe.as_ref().filter(|_| c.is_moe_layer(i)) {
                         None => FeedForward::Dense {
                             gate_up: WeightSpec::stacked(vec![
                                 (name("mlp.gate_proj.weight"), vec![f, h]),
@@ -253,7 +291,15 @@ impl ModelPlan {
             Quantization::Fp8 => WeightDtype::Fp8,
         };
         for l in &mut self.layers {
-            let mut projections = vec![&mut l.attention.qkv, &mut l.attention.output];
+            // MLA's kv_b stays as it is: the CPU's absorbed decode reads its values back.
+            let mut projections = match &mut l.attention {
+                SelfAttention::Grouped(a) => vec![&mut a.qkv, &mut a.output],
+                SelfAttention::Latent(a) => {
+                    let mut p: Vec<&mut WeightSpec> = a.q_a.iter_mut().collect();
+                    p.extend([&mut a.q, &mut a.kv_a, &mut a.output]);
+                    p
+                }
+            };
             match &mut l.feed_forward {
                 FeedForward::Dense { gate_up, down } => projections.extend([gate_up, down]),
                 FeedForward::Moe(moe) => {
@@ -276,10 +322,9 @@ impl ModelPlan {
         let opt = |spec: &Option<WeightSpec>, backend: &mut F| spec.as_ref().map(|s| backend.vector(s)).transpose();
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
-            let a = &l.attention;
-            layers.push(Layer {
-                input_norm: backend.vector(&l.input_norm)?,
-                attention: Attention {
+            let input_norm = backend.vector(&l.input_norm)?;
+            let attention = match &l.attention {
+                SelfAttention::Grouped(a) => SelfAttention::Grouped(Attention {
                     qkv: backend.matrix(&a.qkv)?,
                     qkv_bias: opt(&a.qkv_bias, backend)?,
                     q_norm: opt(&a.q_norm, backend)?,
@@ -287,7 +332,20 @@ impl ModelPlan {
                     output: backend.matrix(&a.output)?,
                     output_bias: opt(&a.output_bias, backend)?,
                     sinks: opt(&a.sinks, backend)?,
-                },
+                }),
+                SelfAttention::Latent(a) => SelfAttention::Latent(LatentAttention {
+                    q_a: a.q_a.as_ref().map(|m| backend.matrix(m)).transpose()?,
+                    q_a_norm: opt(&a.q_a_norm, backend)?,
+                    q: backend.matrix(&a.q)?,
+                    kv_a: backend.matrix(&a.kv_a)?,
+                    kv_a_norm: backend.vector(&a.kv_a_norm)?,
+                    kv_b: backend.matrix(&a.kv_b)?,
+                    output: backend.matrix(&a.output)?,
+                }),
+            };
+            layers.push(Layer {
+                input_norm,
+                attention,
                 post_attention_norm: backend.vector(&l.post_attention_norm)?,
                 feed_forward: match &l.feed_forward {
                     FeedForward::Dense { gate_up, down } => {
@@ -296,10 +354,14 @@ impl ModelPlan {
                     FeedForward::Moe(moe) => FeedForward::Moe(Moe {
                         router: backend.matrix(&moe.router)?,
                         router_bias: opt(&moe.router_bias, backend)?,
+                        score_correction_bias: opt(&moe.score_correction_bias, backend)?,
                         experts: moe.experts.iter().map(|e| fill_expert(e, backend)).collect::<Result<_>>()?,
                         shared: match &moe.shared {
                             None => None,
-                            Some(s) => Some(SharedExpert { expert: fill_expert(&s.expert, backend)?, gate: backend.matrix(&s.gate)? }),
+                            Some(s) => Some(SharedExpert {
+                                expert: fill_expert(&s.expert, backend)?,
+                                gate: s.gate.as_ref().map(|g| backend.matrix(g)).transpose()?,
+                            }),
                         },
                     }),
                 },
@@ -363,14 +425,36 @@ fn moe_plan(arch: &str, c: &MoeConfig, h: usize, name: &dyn Fn(&str) -> String) 
             down_bias: c.biases.then(|| WeightSpec::single(part(names.down, "bias"), vec![h])),
         }
     };
+    let shared_prefix = if c.shared_expert_gated { "mlp.shared_expert" } else { "mlp.shared_experts" };
     Moe {
         router: WeightSpec::single(name(&format!("{}.weight", names.router)), vec![c.num_experts, h]),
         router_bias: c.biases.then(|| WeightSpec::single(name(&format!("{}.bias", names.router)), vec![c.num_experts])),
+        score_correction_bias: c
+            .score_correction_bias
+            .then(|| WeightSpec::single(name(&format!("{}.e_score_correction_bias", names.router)), vec![c.num_experts])),
         experts: (0..c.num_experts).map(|j| expert(&|p: &str| (names.expert)(j, p), c.expert_intermediate_size)).collect(),
         shared: c.shared_expert_intermediate_size.map(|f| SharedExpert {
-            expert: expert(&|p: &str| format!("mlp.shared_expert.{p}"), f),
-            gate: WeightSpec::single(name("mlp.shared_expert_gate.weight"), vec![1, h]),
+            expert: expert(&|p: &str| format!("{shared_prefix}.{p}"), f),
+            gate: c.shared_expert_gated.then(|| WeightSpec::single(name("mlp.shared_expert_gate.weight"), vec![1, h])),
         }),
+    }
+}
+
+/// The plan of one layer's latent attention under DeepSeek's checkpoint names.
+fn latent_plan(m: &MlaConfig, heads: usize, h: usize, name: &dyn Fn(&str) -> String) -> LatentAttention<WeightSpec, WeightSpec> {
+    let matrix = |part: &str, rows: usize, cols: usize| WeightSpec::single(name(&format!("self_attn.{part}.weight")), vec![rows, cols]);
+    let q_rows = heads * m.qk_head_dim();
+    LatentAttention {
+        q_a: m.q_lora_rank.map(|r| matrix("q_a_proj", r, h)),
+        q_a_norm: m.q_lora_rank.map(|r| WeightSpec::single(name("self_attn.q_a_layernorm.weight"), vec![r])),
+        q: match m.q_lora_rank {
+            Some(r) => matrix("q_b_proj", q_rows, r),
+            None => matrix("q_proj", q_rows, h),
+        },
+        kv_a: matrix("kv_a_proj_with_mqa", m.latent_width(), h),
+        kv_a_norm: WeightSpec::single(name("self_attn.kv_a_layernorm.weight"), vec![m.kv_lora_rank]),
+        kv_b: matrix("kv_b_proj", heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank),
+        output: matrix("o_proj", h, heads * m.v_head_dim),
     }
 }
 
@@ -401,20 +485,32 @@ impl<M, V> Weights<M, V> {
         for (i, l) in self.layers.iter().enumerate() {
             let label = |what: &str| format!("layer {i} {what}");
             f(&label("input_norm"), Entry::Vector(&l.input_norm));
-            f(&label("attention.qkv"), Entry::Matrix(&l.attention.qkv));
-            for (what, v) in [
-                ("attention.qkv_bias", &l.attention.qkv_bias),
-                ("attention.q_norm", &l.attention.q_norm),
-                ("attention.k_norm", &l.attention.k_norm),
-            ] {
-                if let Some(v) = v {
-                    f(&label(what), Entry::Vector(v));
+            match &l.attention {
+                SelfAttention::Grouped(a) => {
+                    f(&label("attention.qkv"), Entry::Matrix(&a.qkv));
+                    for (what, v) in [("attention.qkv_bias", &a.qkv_bias), ("attention.q_norm", &a.q_norm), ("attention.k_norm", &a.k_norm)]
+                    {
+                        if let Some(v) = v {
+                            f(&label(what), Entry::Vector(v));
+                        }
+                    }
+                    f(&label("attention.output"), Entry::Matrix(&a.output));
+                    for (what, v) in [("attention.output_bias", &a.output_bias), ("attention.sinks", &a.sinks)] {
+                        if let Some(v) = v {
+                            f(&label(what), Entry::Vector(v));
+                        }
+                    }
                 }
-            }
-            f(&label("attention.output"), Entry::Matrix(&l.attention.output));
-            for (what, v) in [("attention.output_bias", &l.attention.output_bias), ("attention.sinks", &l.attention.sinks)] {
-                if let Some(v) = v {
-                    f(&label(what), Entry::Vector(v));
+                SelfAttention::Latent(a) => {
+                    if let (Some(q_a), Some(norm)) = (&a.q_a, &a.q_a_norm) {
+                        f(&label("attention.q_a"), Entry::Matrix(q_a));
+                        f(&label("attention.q_a_norm"), Entry::Vector(norm));
+                    }
+                    f(&label("attention.q"), Entry::Matrix(&a.q));
+                    f(&label("attention.kv_a"), Entry::Matrix(&a.kv_a));
+                    f(&label("attention.kv_a_norm"), Entry::Vector(&a.kv_a_norm));
+                    f(&label("attention.kv_b"), Entry::Matrix(&a.kv_b));
+                    f(&label("attention.output"), Entry::Matrix(&a.output));
                 }
             }
             f(&label("post_attention_norm"), Entry::Vector(&l.post_attention_norm));
@@ -428,12 +524,17 @@ impl<M, V> Weights<M, V> {
                     if let Some(b) = &moe.router_bias {
                         f(&label("feed_forward.router_bias"), Entry::Vector(b));
                     }
+                    if let Some(b) = &moe.score_correction_bias {
+                        f(&label("feed_forward.score_correction_bias"), Entry::Vector(b));
+                    }
                     for (j, e) in moe.experts.iter().enumerate() {
                         visit_expert(e, &label(&format!("feed_forward.expert{j}")), f);
                     }
                     if let Some(s) = &moe.shared {
                         visit_expert(&s.expert, &label("feed_forward.shared_expert"), f);
-                        f(&label("feed_forward.shared_expert.gate"), Entry::Matrix(&s.gate));
+                        if let Some(gate) = &s.gate {
+                            f(&label("feed_forward.shared_expert.gate"), Entry::Matrix(gate));
+                        }
                     }
                 }
             }
@@ -478,7 +579,7 @@ mod tests {
     #[test]
     fn the_plan_follows_the_config_switches() {
         let plan = ModelPlan::for_config(&preset_config("tiny-qwen2").unwrap());
-        let a = &plan.layers[1].attention;
+        let SelfAttention::Grouped(a) = &plan.layers[1].attention else { panic!("tiny-qwen2 has grouped-query attention") };
         assert_eq!(a.qkv.shape, vec![(4 + 2 * 2) * 16, 64]);
         let names: Vec<&str> = a.qkv.parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
@@ -488,8 +589,9 @@ mod tests {
         assert_eq!(a.qkv_bias.as_ref().map(|b| b.shape.clone()), Some(vec![128]));
         assert!(a.q_norm.is_none() && matches!(plan.head, Head::Own(_)));
         let qwen3 = ModelPlan::for_config(&preset_config("tiny-qwen3").unwrap());
-        assert_eq!(qwen3.layers[0].attention.q_norm.as_ref().map(|n| n.shape.clone()), Some(vec![32]));
-        assert!(qwen3.layers[0].attention.qkv_bias.is_none() && qwen3.head == Head::Tied);
+        let SelfAttention::Grouped(a) = &qwen3.layers[0].attention else { panic!("tiny-qwen3 has grouped-query attention") };
+        assert_eq!(a.q_norm.as_ref().map(|n| n.shape.clone()), Some(vec![32]));
+        assert!(a.qkv_bias.is_none() && qwen3.head == Head::Tied);
         let FeedForward::Dense { gate_up, down } = &qwen3.layers[0].feed_forward else { panic!("tiny-qwen3 is dense") };
         assert_eq!((gate_up.rows_cols(), down.rows_cols()), ((320, 64), (64, 160)));
     }
@@ -518,7 +620,7 @@ mod tests {
         let shared = moe.shared.as_ref().unwrap();
         assert_eq!(shared.expert.down.parts[0].name, "model.layers.0.mlp.shared_expert.down_proj.weight");
         assert_eq!(
-            (shared.gate.parts[0].name.as_str(), shared.gate.shape.clone()),
+            (shared.gate.as_ref().unwrap().parts[0].name.as_str(), shared.gate.as_ref().unwrap().shape.clone()),
             ("model.layers.0.mlp.shared_expert_gate.weight", vec![1, 64])
         );
     }
@@ -535,7 +637,7 @@ mod tests {
                 assert_eq!(spec.shape[0], spec.parts.iter().map(|p| p.shape[0]).sum::<usize>());
                 params += spec.shape.iter().product::<usize>();
             });
-            // The config's count leaves out attention biases, q/k norms and sinks.
+            // The config's count leaves out attention biases, q/k norms and sinks (MLA's norms are in it).
             let (qd, kd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
             let qk_norms = match (c.qk_norm, c.qk_norm_full_width) {
                 (false, _) => 0,

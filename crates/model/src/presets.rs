@@ -6,23 +6,29 @@
 //! trained router shows; `routing=METHOD` routes with another method (`Default`, `Renormalize`,
 //! `RenormalizeNaive`, `Llama4`). The OLMoE presets have its full-width q/k norms, and the GPT-OSS
 //! presets its attention: sinks, biases on q/k/v and the output, sliding-window layers alternating
-//! with full ones (even layers slide), and YaRN RoPE.
+//! with full ones (even layers slide), and YaRN RoPE. The DeepSeek presets (`deepseek-v3`,
+//! `deepseek-v2-lite`, `moonlight-16b-a3b`, and the tiny ones) have multi-head latent attention,
+//! dense first layers, shared experts and, but for V2-Lite's softmax, DeepSeekV3 routing.
+//!
+//! Any preset takes `+layers=N`: the first `N` layers of the model, its dense first layers (at
+//! most `N`) and its pattern of sliding layers kept, so `deepseek-v3+layers=8` is 3 dense and 5
+//! MoE layers of the real width.
 //!
 //! A weight is a pure function of (seed, tensor name, index), so any tool can regenerate it:
 //! `base = splitmix64(seed ^ fnv1a64(name))`, `u_i = (splitmix64(base + i) >> 40) / 2^24`,
 //! `r_i = 2·u_i − 1`; matrices are `r_i / sqrt(fan_in)`, embeddings and attention sinks `r_i`,
-//! biases `0.1·r_i` and norm weights `1 + 0.1·r_i`, all in f32. `scripts/reference_logits.py` implements the same rule,
+//! biases (DeepSeek's score correction bias too) `0.1·r_i` and norm weights `1 + 0.1·r_i`, all in f32. `scripts/reference_logits.py` implements the same rule,
 //! and on CUDA the `preset_fill` kernel draws the weights on the device, so a large preset loads
 //! without passing through host memory.
 
-use crate::config::{ModelConfig, MoeConfig, RopeScaling};
-use crate::moe::{ExpertActivation, RoutingMethod};
-use crate::yarn::Yarn;
+use crate::config::{MlaConfig, ModelConfig, MoeConfig, RopeScaling};
+use crate::moe::{ExpertActivation, GroupLimit, RoutingMethod};
+use crate::yarn::{yarn_mscale, Yarn};
 use anyhow::{bail, Context, Result};
 use lumen_backend::rng::splitmix64;
 use rayon::prelude::*;
 
-pub const PRESET_NAMES: [&str; 20] = [
+pub const PRESET_NAMES: [&str; 25] = [
     "llama-3.1-70b",
     "llama-3.1-8b",
     "llama-3.2-1b",
@@ -43,6 +49,11 @@ pub const PRESET_NAMES: [&str; 20] = [
     "tiny-qwen3-moe",
     "tiny-olmoe",
     "tiny-gpt-oss",
+    "deepseek-v3",
+    "deepseek-v2-lite",
+    "moonlight-16b-a3b",
+    "tiny-deepseek-v3",
+    "tiny-deepseek-v2-lite",
 ];
 
 /// Presets whose output layer reuses the embedding predict the last input token: with random
@@ -56,16 +67,56 @@ fn llama3_scaling(factor: f64, original: f64) -> Option<RopeScaling> {
 }
 
 fn moe(num_experts: usize, top_k: usize, expert_intermediate_size: usize, routing: RoutingMethod) -> Option<MoeConfig> {
+    Some(MoeConfig::new(num_experts, top_k, expert_intermediate_size, routing))
+}
+
+/// DeepSeek's YaRN: transformers' defaults (beta_fast 32, beta_slow 1, truncated ramp ends), the attention factor
+/// `mscale(factor, mscale) / mscale(factor, mscale_all_dim)` and MLA's softmax scale from
+/// `mscale_all_dim`.
+fn deepseek_yarn(factor: f64, original_context: f64, mscale: f64, mscale_all_dim: f64) -> Option<Yarn> {
+    let yarn = Yarn::new(factor, original_context, 32.0, 1.0, true);
+    let attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim);
+    Some(Yarn { attention_factor, mscale_all_dim: Some(mscale_all_dim), ..yarn })
+}
+
+/// DeepSeek's mixture: `shared` plain shared experts of the routed experts' size, the first
+/// `dense` layers dense, and either DeepSeekV3 routing (groups, correction bias, `scaling`) or
+/// V2's softmax.
+fn deepseek_moe(experts: usize, top_k: usize, f: usize, shared: usize, dense: usize, routing: DeepSeekRouting) -> Option<MoeConfig> {
+    let (method, groups, correction, scaling) = match routing {
+        DeepSeekRouting::Grouped { groups, scaling } => (RoutingMethod::DeepSeekV3, groups, true, scaling),
+        DeepSeekRouting::Softmax => (RoutingMethod::Default, GroupLimit::NONE, false, 1.0),
+    };
     Some(MoeConfig {
-        num_experts,
-        top_k,
-        expert_intermediate_size,
-        routing,
-        activation: ExpertActivation::SwiGlu,
-        biases: false,
-        shared_expert_intermediate_size: None,
-        gate_zipf_exponent: None,
+        shared_expert_intermediate_size: Some(shared * f),
+        groups,
+        score_correction_bias: correction,
+        routed_scaling_factor: scaling,
+        first_dense_layers: dense,
+        ..MoeConfig::new(experts, top_k, f, method)
     })
+}
+
+enum DeepSeekRouting {
+    Grouped { groups: GroupLimit, scaling: f32 },
+    Softmax,
+}
+
+/// MLA on `base` (whose `head_dim` and KV heads it sets), DeepSeek's tensor naming and no RoPE
+/// scaling of Llama 3's kind.
+fn deepseek(base: ModelConfig, mla: MlaConfig, arch: &str) -> ModelConfig {
+    ModelConfig {
+        arch: arch.into(),
+        head_dim: mla.qk_rope_head_dim,
+        num_kv_heads: base.num_heads,
+        rope_scaling: None,
+        mla: Some(mla),
+        ..base
+    }
+}
+
+fn mla(q_lora_rank: Option<usize>, kv_lora_rank: usize, qk_nope_head_dim: usize, qk_rope_head_dim: usize, v_head_dim: usize) -> MlaConfig {
+    MlaConfig { q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim }
 }
 
 /// GPT-OSS's attention on `base`: sinks, q/k/v and output biases, even layers sliding over
@@ -100,6 +151,18 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
     let mut parts = name.split('+');
     let mut config = base_preset_config(parts.next().unwrap_or(name))?;
     for option in parts {
+        if let Some(("layers", n)) = option.split_once('=') {
+            let layers = n.parse::<usize>().ok().filter(|&l| l >= 1 && l <= config.num_layers);
+            let layers = layers.with_context(|| format!("preset {name:?}: layers={n}: expected 1 to {} layers", config.num_layers))?;
+            config.num_layers = layers;
+            if let Some(sliding) = config.sliding_layers.as_mut() {
+                sliding.truncate(layers);
+            }
+            if let Some(moe) = config.moe.as_mut() {
+                moe.first_dense_layers = moe.first_dense_layers.min(layers);
+            }
+            continue;
+        }
         let Some(moe) = config.moe.as_mut() else {
             bail!("preset {name:?}: option {option:?} applies to mixture-of-experts presets only");
         };
@@ -114,7 +177,7 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
                     format!("preset {name:?}: routing={m}: expected one of {:?}", RoutingMethod::ALL.map(RoutingMethod::name))
                 })?;
             }
-            _ => bail!("preset {name:?}: unknown option {option:?}; expected zipf=EXPONENT or routing=METHOD"),
+            _ => bail!("preset {name:?}: unknown option {option:?}; expected layers=N, zipf=EXPONENT or routing=METHOD"),
         }
     }
     config.validate().with_context(|| format!("preset {name:?}"))?;
@@ -145,6 +208,7 @@ fn base_preset_config(name: &str) -> Result<ModelConfig> {
         sliding_window: None,
         sliding_layers: None,
         yarn: None,
+        mla: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         moe: None,
@@ -237,7 +301,11 @@ fn base_preset_config(name: &str) -> Result<ModelConfig> {
         "tiny-qwen2-moe" => ModelConfig {
             arch: "qwen2_moe".into(),
             attention_bias: true,
-            moe: Some(MoeConfig { shared_expert_intermediate_size: Some(48), ..moe(8, 2, 32, RoutingMethod::Default).unwrap() }),
+            moe: Some(MoeConfig {
+                shared_expert_intermediate_size: Some(48),
+                shared_expert_gated: true,
+                ..MoeConfig::new(8, 2, 32, RoutingMethod::Default)
+            }),
             ..tiny_moe
         },
         "tiny-qwen3-moe" => ModelConfig {
@@ -328,6 +396,96 @@ fn base_preset_config(name: &str) -> Result<ModelConfig> {
             128,
             4096.0,
         ),
+        "tiny-deepseek-v3" => deepseek(
+            ModelConfig {
+                num_layers: 3,
+                yarn: deepseek_yarn(4.0, 64.0, 1.0, 0.8),
+                moe: deepseek_moe(
+                    16,
+                    4,
+                    24,
+                    1,
+                    1,
+                    DeepSeekRouting::Grouped { groups: GroupLimit { n_group: 4, topk_group: 2 }, scaling: 2.5 },
+                ),
+                ..tiny_moe
+            },
+            mla(Some(32), 32, 16, 8, 16),
+            "deepseek_v3",
+        ),
+        "tiny-deepseek-v2-lite" => deepseek(
+            ModelConfig {
+                num_layers: 3,
+                yarn: deepseek_yarn(4.0, 64.0, 0.707, 0.707),
+                moe: deepseek_moe(16, 4, 24, 2, 1, DeepSeekRouting::Softmax),
+                ..tiny_moe
+            },
+            mla(None, 32, 16, 8, 16),
+            "deepseek_v2",
+        ),
+        "deepseek-v3" => deepseek(
+            ModelConfig {
+                vocab_size: 129280,
+                hidden_size: 7168,
+                num_layers: 61,
+                num_heads: 128,
+                intermediate_size: 18432,
+                rms_eps: 1e-6,
+                max_position_embeddings: 163840,
+                tie_word_embeddings: false,
+                yarn: deepseek_yarn(40.0, 4096.0, 1.0, 1.0),
+                bos_token_id: Some(0),
+                eos_token_ids: vec![1],
+                moe: deepseek_moe(
+                    256,
+                    8,
+                    2048,
+                    1,
+                    3,
+                    DeepSeekRouting::Grouped { groups: GroupLimit { n_group: 8, topk_group: 4 }, scaling: 2.5 },
+                ),
+                ..base
+            },
+            mla(Some(1536), 512, 128, 64, 128),
+            "deepseek_v3",
+        ),
+        "deepseek-v2-lite" => deepseek(
+            ModelConfig {
+                vocab_size: 102400,
+                hidden_size: 2048,
+                num_layers: 27,
+                num_heads: 16,
+                intermediate_size: 10944,
+                rms_eps: 1e-6,
+                max_position_embeddings: 163840,
+                tie_word_embeddings: false,
+                yarn: deepseek_yarn(40.0, 4096.0, 0.707, 0.707),
+                bos_token_id: Some(100000),
+                eos_token_ids: vec![100001],
+                moe: deepseek_moe(64, 6, 1408, 2, 1, DeepSeekRouting::Softmax),
+                ..base
+            },
+            mla(None, 512, 128, 64, 128),
+            "deepseek_v2",
+        ),
+        "moonlight-16b-a3b" => deepseek(
+            ModelConfig {
+                vocab_size: 163840,
+                hidden_size: 2048,
+                num_layers: 27,
+                num_heads: 16,
+                intermediate_size: 11264,
+                rope_theta: 50000.0,
+                max_position_embeddings: 8192,
+                tie_word_embeddings: false,
+                bos_token_id: Some(163584),
+                eos_token_ids: vec![163585],
+                moe: deepseek_moe(64, 6, 1408, 2, 1, DeepSeekRouting::Grouped { groups: GroupLimit::NONE, scaling: 2.446 }),
+                ..base
+            },
+            mla(None, 512, 128, 64, 128),
+            "deepseek_v3",
+        ),
         other => bail!("unknown preset {other:?}; expected one of {}", PRESET_NAMES.join(", ")),
     };
     Ok(c)
@@ -351,7 +509,7 @@ pub fn preset_rule(seed: u64, name: &str, shape: &[usize]) -> PresetRule {
     let base = splitmix64(seed ^ fnv1a64(name.as_bytes()));
     let (scale, offset) = if name.ends_with("norm.weight") {
         (0.1f32, 1.0f32)
-    } else if name.ends_with(".bias") {
+    } else if name.ends_with(".bias") || name.ends_with(".e_score_correction_bias") {
         (0.1, 0.0)
     } else if name == "model.embed_tokens.weight" || name.ends_with(".sinks") {
         (1.0, 0.0)

@@ -17,6 +17,9 @@ pub struct Yarn {
     /// `0.1·ln(factor) + 1` (1 for a factor ≤ 1), or DeepSeek's ratio of two such terms when
     /// `mscale` and `mscale_all_dim` are given.
     pub attention_factor: f64,
+    /// DeepSeek's `mscale_all_dim`: MLA's softmax scale is multiplied by
+    /// `mscale(factor, mscale_all_dim)²` ([`yarn_mscale`]).
+    pub mscale_all_dim: Option<f64>,
 }
 
 /// `0.1 · mscale · ln(scale) + 1`, or 1 when `scale ≤ 1`.
@@ -31,7 +34,15 @@ pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
 impl Yarn {
     /// YaRN with the default attention factor.
     pub fn new(factor: f64, original_max_position_embeddings: f64, beta_fast: f64, beta_slow: f64, truncate: bool) -> Self {
-        Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, truncate, attention_factor: yarn_mscale(factor, 1.0) }
+        Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            truncate,
+            attention_factor: yarn_mscale(factor, 1.0),
+            mscale_all_dim: None,
+        }
     }
 
     /// The dimension (of `dim`) whose frequency turns `rotations` times over the original context.

@@ -1,10 +1,11 @@
 //! The mixture-of-experts block's routing loads: the perfect router gives every routing method
-//! an exactly balanced assignment for every batch size it caches, with the gate GEMM still run,
-//! and a preset's Zipf-skewed gate measurably unbalances the experts while the plain one does not.
+//! an exactly balanced assignment for every batch size it caches (DeepSeekV3's within its group
+//! limit), with the gate GEMM still run, and a preset's Zipf-skewed gate measurably unbalances the
+//! experts while the plain one does not.
 
 use lumen_backend::AttentionSeq;
-use lumen_model::moe::{route, RoutingMethod};
-use lumen_model::perfect_router::{balanced_expert, balanced_logits, cached_keys, BalancedKey};
+use lumen_model::moe::{route_limited, GroupLimit, RoutingMethod};
+use lumen_model::perfect_router::{balanced_expert, balanced_logits, cached_keys, group_chunk, BalancedKey};
 use lumen_model::{load_model, Executor, ForwardBatch, Model};
 use lumen_trace::instrument;
 
@@ -15,17 +16,36 @@ fn batch_sizes() -> Vec<usize> {
 
 #[test]
 fn every_routing_method_turns_the_balanced_logits_into_the_balanced_assignment() {
-    for (experts, k) in [(8, 2), (16, 4), (32, 4), (64, 8), (128, 8), (6, 4), (4, 4)] {
+    let none = GroupLimit::NONE;
+    let grouped = |n_group, topk_group| GroupLimit { n_group, topk_group };
+    let shapes = [
+        (8, 2, none),
+        (16, 4, grouped(4, 2)),
+        (32, 4, none),
+        (64, 8, grouped(8, 1)),
+        (128, 8, none),
+        (6, 4, grouped(3, 2)),
+        (4, 4, none),
+        (256, 8, grouped(8, 4)),
+        (64, 6, grouped(8, 3)),
+    ];
+    for (experts, k, groups) in shapes {
         for method in RoutingMethod::ALL {
             for tokens in batch_sizes() {
-                let key = BalancedKey { tokens, num_experts: experts, top_k: k, method, ep_ranks: 1 };
-                let routing = route(&balanced_logits(key).unwrap(), experts, k, method);
-                let what = format!("{} with {tokens} tokens, {experts} experts, top {k}", method.name());
+                let key = BalancedKey { tokens, num_experts: experts, top_k: k, method, ep_ranks: 1, groups };
+                let routing = route_limited(&balanced_logits(key).unwrap(), experts, k, method, groups, None);
+                let what = format!("{} with {tokens} tokens, {experts} experts, top {k}, {groups:?}", method.name());
                 for chosen in routing.experts.chunks(k) {
                     let mut distinct = chosen.to_vec();
                     distinct.sort();
                     distinct.dedup();
                     assert_eq!(distinct.len(), k, "{what}: a token's experts repeat: {chosen:?}");
+                    if method == RoutingMethod::DeepSeekV3 {
+                        let mut used: Vec<usize> = chosen.iter().map(|&e| e as usize / groups.group_size(experts)).collect();
+                        used.sort();
+                        used.dedup();
+                        assert!(used.len() <= groups.topk_group, "{what}: a token's experts span groups {used:?}");
+                    }
                 }
                 let load = routing.load(experts);
                 assert_eq!(load.iter().sum::<u32>() as usize, tokens * k, "{what}");
@@ -41,18 +61,35 @@ fn every_routing_method_turns_the_balanced_logits_into_the_balanced_assignment()
     }
 }
 
+/// DeepSeek-V3's shape on 8 expert-parallel ranks, one group a rank: each token's 8 experts come
+/// in 4 chunks of 2, each within one group, on 4 different ranks; every expert gets the same load.
+#[test]
+fn with_expert_parallelism_the_group_limit_holds_and_the_load_stays_exact() {
+    let groups = GroupLimit { n_group: 8, topk_group: 4 };
+    let key = BalancedKey { tokens: 64, num_experts: 256, top_k: 8, method: RoutingMethod::DeepSeekV3, ep_ranks: 8, groups };
+    assert_eq!(group_chunk(&key).unwrap(), 2);
+    let routing = route_limited(&balanced_logits(key).unwrap(), 256, 8, RoutingMethod::DeepSeekV3, groups, None);
+    for chosen in routing.experts.chunks(8) {
+        let mut used: Vec<u32> = chosen.iter().map(|e| e / 32).collect();
+        used.sort();
+        used.dedup();
+        assert_eq!(used.len(), 4, "{chosen:?}");
+    }
+    assert!(routing.load(256).iter().all(|&l| l == 2), "64 tokens × 8 over 256 experts");
+}
+
 #[test]
 fn with_expert_parallelism_each_token_spreads_over_the_ranks() {
     for (experts, k, ranks) in [(8, 2, 4), (32, 4, 4), (128, 8, 8), (64, 8, 2)] {
         let per_rank = experts / ranks;
         for token in 0..64 {
-            let mut token_ranks: Vec<usize> = (0..k).map(|j| balanced_expert(token * k + j, experts, ranks) / per_rank).collect();
+            let mut token_ranks: Vec<usize> = (0..k).map(|j| balanced_expert(token * k + j, experts, ranks, 1) / per_rank).collect();
             token_ranks.sort();
             token_ranks.dedup();
             assert_eq!(token_ranks.len(), k.min(ranks), "{experts} experts on {ranks} ranks, top {k}, token {token}");
         }
         // A rank's own batch of 3 tokens reaches every rank's experts once 3·k ≥ ranks.
-        let reached: std::collections::BTreeSet<usize> = (0..3 * k).map(|a| balanced_expert(a, experts, ranks) / per_rank).collect();
+        let reached: std::collections::BTreeSet<usize> = (0..3 * k).map(|a| balanced_expert(a, experts, ranks, 1) / per_rank).collect();
         assert_eq!(reached.len(), ranks.min(3 * k));
     }
 }

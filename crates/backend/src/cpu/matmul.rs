@@ -66,6 +66,18 @@ impl PackedMatrix {
         PackedMatrix { n, k, panels }
     }
 
+    /// The row-major `[n, k]` matrix this was packed from.
+    pub fn unpack(&self) -> Vec<f32> {
+        let mut w = vec![0.0f32; self.n * self.k];
+        for (r, row) in w.chunks_mut(self.k).enumerate() {
+            let panel = self.panels(r / PANEL, 1);
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = panel[kk * PANEL + r % PANEL];
+            }
+        }
+        w
+    }
+
     /// `count` consecutive panels starting at `p`.
     fn panels(&self, p: usize, count: usize) -> &[f32] {
         &self.panels[p * self.k * PANEL..(p + count) * self.k * PANEL]
@@ -245,6 +257,13 @@ mod tests {
 
     fn values(n: usize, salt: u32) -> Vec<f32> {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ salt) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn unpacking_gives_back_the_packed_rows() {
+        let (n, k) = (PANEL + 3, 5);
+        let w = values(n * k, 7);
+        assert_eq!(PackedMatrix::pack(&w, n, k).unpack(), w);
     }
 
     #[test]

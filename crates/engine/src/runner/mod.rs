@@ -76,7 +76,7 @@ impl Runner {
         let c = model.config();
         match &model.executor {
             Executor::Cpu(decoder) => {
-                let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim);
+                let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.kv_values_per_token_per_layer());
                 let blocks = config.num_kv_blocks(bytes_per_token)?;
                 Ok((Runner::Cpu(CpuRunner::new(decoder, blocks, config.block_size, config.kv_cache_fp8)), blocks))
             }

@@ -6,7 +6,7 @@
 
 use super::weights::CudaWeights;
 use crate::config::ModelConfig;
-use crate::plan::FeedForward;
+use crate::plan::{FeedForward, SelfAttention};
 use anyhow::{bail, Result};
 use lumen_backend::cuda::{AttentionArgs, DType, DeviceBuffer, Gpu, Linear, RopeArgs};
 
@@ -187,7 +187,9 @@ pub fn enqueue_forward(
         act.normed.ptr,
     )?;
     for (li, layer) in layers.iter().enumerate() {
-        let a = &layer.attention;
+        let SelfAttention::Grouped(a) = &layer.attention else {
+            bail!("layer {li}: multi-head latent attention does not run on the CUDA backend yet");
+        };
         let (k_cache, v_cache) = kv.layer(li);
         linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
         let rope = RopeArgs {

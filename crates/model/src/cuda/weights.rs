@@ -6,7 +6,7 @@
 //! that would not fit before uploading anything.
 
 use crate::config::ModelConfig;
-use crate::plan::{Entry, FeedForward, Fill, Head, ModelPlan, Quantization, WeightDtype, WeightSpec, Weights};
+use crate::plan::{Entry, FeedForward, Fill, Head, ModelPlan, Quantization, SelfAttention, WeightDtype, WeightSpec, Weights};
 use crate::presets::preset_rule;
 use crate::weights::{stacked, Fetch};
 use anyhow::{bail, ensure, Result};
@@ -107,8 +107,15 @@ impl Fill for CudaFill<'_, '_> {
     }
 }
 
-/// Refuses a mixture-of-experts model, naming what the CUDA backend lacks for it.
-pub fn refuse_moe(c: &ModelConfig, source: &str) -> Result<()> {
+/// Refuses a model with multi-head latent attention or mixture-of-experts layers, naming what the
+/// CUDA backend lacks for them.
+pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
+    if c.mla.is_some() {
+        bail!(
+            "{source}: multi-head latent attention (MLA) is not built on the CUDA backend yet: it lacks the latent KV cache \
+             and the absorbed decode kernels; use --device cpu"
+        );
+    }
     if let Some(moe) = &c.moe {
         bail!(
             "{source}: mixture-of-experts layers ({} experts, top {}) are not built on the CUDA backend yet: it lacks the \
@@ -133,7 +140,10 @@ impl CudaWeights {
     /// head.
     pub fn product_shapes(&self) -> Vec<Tensor> {
         let l = &self.weights.layers[0];
-        let mut shapes = vec![l.attention.qkv.view(), l.attention.output.view()];
+        let mut shapes = match &l.attention {
+            SelfAttention::Grouped(a) => vec![a.qkv.view(), a.output.view()],
+            SelfAttention::Latent(a) => vec![a.q.view(), a.output.view()],
+        };
         if let FeedForward::Dense { gate_up, down } = &l.feed_forward {
             shapes.extend([gate_up.view(), down.view()]);
         }
@@ -152,7 +162,7 @@ impl CudaWeights {
         fetch: &mut Fetch,
         preset_seed: Option<u64>,
     ) -> Result<Self> {
-        refuse_moe(c, source)?;
+        refuse_cpu_only_blocks(c, source)?;
         ensure!(
             Kernels::supports_head_dim(c.head_dim),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
