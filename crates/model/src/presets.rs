@@ -585,6 +585,18 @@ mod tests {
     }
 
     #[test]
+    fn the_layer_option_keeps_the_dense_and_sliding_pattern() {
+        let c = preset_config("deepseek-v3+layers=8").unwrap();
+        assert_eq!((c.num_layers, c.num_moe_layers(), c.is_moe_layer(2), c.is_moe_layer(3)), (8, 5, false, true));
+        assert_eq!(preset_config("tiny-deepseek-v3+layers=1").unwrap().num_moe_layers(), 0);
+        assert_eq!(preset_config("tiny-gpt-oss+layers=1").unwrap().sliding_layers, Some(vec![true]));
+        for name in ["tiny+layers=0", "tiny+layers=3", "tiny+layers=two"] {
+            let e = format!("{:#}", preset_config(name).unwrap_err());
+            assert!(e.contains("expected 1 to 2 layers"), "{name}: {e}");
+        }
+    }
+
+    #[test]
     fn preset_sizes_are_the_real_ones() {
         let p = preset_config("llama-3.1-8b").unwrap().num_params();
         assert!((8_000_000_000..8_100_000_000).contains(&p), "{p}");
@@ -593,7 +605,16 @@ mod tests {
         let p = preset_config("smollm2-135m").unwrap().num_params();
         assert!((134_000_000..136_000_000).contains(&p), "{p}");
         // The model cards' totals: Mixtral 46.7B, Qwen3-30B-A3B 30.5B, OLMoE 6.9B, GPT-OSS 20.9B.
-        for (name, billions) in [("mixtral-8x7b", 46.7), ("qwen3-30b-a3b", 30.5), ("olmoe-1b-7b", 6.9), ("gpt-oss-20b", 20.9)] {
+        // DeepSeek-V3 671B (without its multi-token-prediction layer), V2-Lite 15.7B, Moonlight 16.0B.
+        for (name, billions) in [
+            ("mixtral-8x7b", 46.7),
+            ("qwen3-30b-a3b", 30.5),
+            ("olmoe-1b-7b", 6.9),
+            ("gpt-oss-20b", 20.9),
+            ("deepseek-v3", 671.0),
+            ("deepseek-v2-lite", 15.7),
+            ("moonlight-16b-a3b", 16.0),
+        ] {
             let p = preset_config(name).unwrap().num_params() as f64 / 1e9;
             assert!((p - billions).abs() < 0.1, "{name}: {p:.2}B parameters, the model has {billions}B");
         }
