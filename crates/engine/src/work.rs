@@ -115,7 +115,10 @@ impl WorkModel {
         let c = config;
         let (h, layers, hd) = (c.hidden_size as u64, c.num_layers as u64, c.head_dim as u64);
         let (heads, kv_heads, f) = (c.num_heads as u64, c.num_kv_heads as u64, c.intermediate_size as u64);
-        let attention = h * hd * (2 * heads + 2 * kv_heads);
+        let attention = match &c.mla {
+            Some(m) => m.num_params(c.hidden_size, c.num_heads) as u64,
+            None => h * hd * (2 * heads + 2 * kv_heads),
+        };
         let bias = if c.attention_bias { (heads + 2 * kv_heads) * hd } else { 0 } + if c.attention_output_bias { h } else { 0 };
         let qk_norm = match (c.qk_norm, c.qk_norm_full_width) {
             (false, _) => 0,
@@ -123,20 +126,19 @@ impl WorkModel {
             (true, true) => (heads + kv_heads) * hd,
         };
         let sinks = if c.attention_sinks { heads } else { 0 };
+        let moe_layers = c.num_moe_layers() as u64;
         let moe = c.moe.as_ref().map(|m| {
             let (e, fe) = (m.num_experts as u64, m.expert_intermediate_size as u64);
-            let shared = m.shared_expert_intermediate_size.map_or(0, |fs| 3 * h * fs as u64 + h);
-            let expert_biases = if m.biases { 2 * fe + h } else { 0 };
-            let router_bias = if m.biases { e } else { 0 };
+            let expert = 3 * h * fe + if m.biases { 2 * fe + h } else { 0 };
             MoeWork {
-                layers,
+                layers: moe_layers,
                 num_experts: e,
                 top_k: m.top_k as u64,
-                always: e * h + router_bias + shared,
-                expert: 3 * h * fe + expert_biases,
+                always: m.num_params(c.hidden_size) as u64 - e * expert,
+                expert,
             }
         });
-        let dense_mlp = if moe.is_some() { 0 } else { 3 * h * f };
+        let dense_mlp_layers = layers - moe_layers;
         let mut windows: Vec<(u64, Option<u64>)> = Vec::new();
         for layer in 0..c.num_layers {
             let w = c.layer_window(layer).map(|w| w as u64);
@@ -151,12 +153,16 @@ impl WorkModel {
             kv_dtype: dtype,
             hidden: h,
             vocab: c.vocab_size as u64,
-            layer_matmul_params: layers * (attention + dense_mlp),
+            layer_matmul_params: layers * attention + dense_mlp_layers * 3 * h * f,
             moe,
             norm_params: layers * (2 * h + bias + qk_norm + sinks) + h,
             tied: c.tie_word_embeddings,
             kv_bytes_per_token: layers * c.kv_values_per_token_per_layer() as u64 * dtype.bytes(),
-            attention_flops_per_layer_position: 4 * heads * hd,
+            // QKᵀ over the query/key width and PV over the value width (MLA's expanded form).
+            attention_flops_per_layer_position: match &c.mla {
+                Some(m) => 2 * heads * (m.qk_head_dim() + m.v_head_dim) as u64,
+                None => 4 * heads * hd,
+            },
             windows,
         }
     }
@@ -283,8 +289,11 @@ mod tests {
         let config = preset_config("tiny-mixtral").unwrap();
         let w = WorkModel::new(&config, Dtype::F32);
         assert_eq!(w.model_params(), config.num_params() as u64, "all experts count in the model's size");
-        let mixtral = preset_config("mixtral-8x7b").unwrap();
-        assert_eq!(WorkModel::new(&mixtral, Dtype::Bf16).model_params(), mixtral.num_params() as u64);
+        // The real shapes too, DeepSeek's MLA attention and dense first layers included.
+        for name in ["mixtral-8x7b", "deepseek-v3", "deepseek-v2-lite", "tiny-deepseek-v3"] {
+            let c = preset_config(name).unwrap();
+            assert_eq!(WorkModel::new(&c, Dtype::Bf16).model_params(), c.num_params() as u64, "{name}");
+        }
         // A decode step at position 9; layer 0 sent its token to experts 1 and 6, layer 1 to 0 and 1.
         let loads = [vec![0, 1, 0, 0, 0, 0, 1, 0], vec![1, 1, 0, 0, 0, 0, 0, 0]];
         let decode = w.iteration(&[seq(9, 1, true)], &loads);
