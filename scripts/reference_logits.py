@@ -9,15 +9,16 @@ Usage:
 What it does
 ------------
 1. For each random-weight preset (tiny, tiny-qwen2, tiny-qwen3, tiny-mistral,
-   smollm2-135m, and the mixture-of-experts ones: tiny-mixtral, tiny-qwen2-moe,
-   tiny-qwen3-moe, tiny-olmoe, tiny-gpt-oss, two with preset options) it regenerates the deterministic random weights (seed 0) with
+   smollm2-135m, the mixture-of-experts ones: tiny-mixtral, tiny-qwen2-moe,
+   tiny-qwen3-moe, tiny-olmoe, tiny-gpt-oss, two with preset options, and DeepSeek's:
+   tiny-deepseek-v3, tiny-deepseek-v2-lite) it regenerates the deterministic random weights (seed 0) with
    the same hash-based generator the Rust side uses, runs a full forward over a
    few token sequences from position 0 and records logits.
 2. For the real GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf) it
    dequantises every tensor with gguf-py (`gguf.quants.dequantize`) to float64
    and runs the same decoder on three tokenised prompts.
 
-A MoE preset without options is also run with the perfect router, whose balanced
+A MoE preset without options (DeepSeek's aside) is also run with the perfect router, whose balanced
 logits depend on the step's token count: `logits_<name>_perfect_router.json` holds
 logits of sequences run in one pass.
 
@@ -58,6 +59,8 @@ x = embed[tokens]; per layer:
     x += attn Wo^T (+ bo, GPT-OSS)
     h = rmsnorm(x) * w_ffn_norm;  x += down(silu(gate(h)) * up(h)), or the MoE block below
 final rmsnorm; logits = h lm_head^T (lm_head = embed when tied).
+DeepSeek's presets replace the attention by multi-head latent attention (below), keep a
+dense feed-forward in their first `first_dense` layers and run the MoE block in the others.
 rmsnorm(x) = x / sqrt(mean(x^2) + eps).
 RoPE inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2. Presets use the HF
 rotate_half (NeoX) layout: out[i] = v[i]cos - v[i+half]sin,
@@ -66,11 +69,28 @@ freq factor, original max positions L): wavelen = 2pi/f; keep f if wavelen <
 L/high; f/factor if wavelen > L/low; else smooth = (L/wavelen - low)/(high-low),
 f = (1-smooth) f/factor + smooth f.
 
+Multi-head latent attention (DeepSeek-V2/V3, as transformers' DeepseekV3Attention defines it)
+-------------------------------------------------------------------------------------------
+H heads; each head's query and key are nope + rope wide, its value v wide.
+    q = h Wq^T, or with q_lora_rank: q = rmsnorm(h Wq_a^T) * w_q_a_norm Wq_b^T; per head
+        q = [q_nope (nope) | q_rot (rope)]
+    c = h Wkv_a^T = [latent (kv_lora_rank) | k_rot (rope)]; k_rot is ONE head shared by all
+    [k_nope | value] per head = (rmsnorm(latent) * w_kv_a_norm) Wkv_b^T
+    q_rot, k_rot rotated (rotate_half layout) with the YaRN frequencies of dimension rope,
+    both times YaRN's attention factor m;
+    score(p, j) = (q_nope(p).k_nope(j) + q_rot(p).k_rot(j)) * scale, causal softmax, then the
+    values; x += heads Wo^T.
+YaRN for DeepSeek: m = mscale(factor, mscale) / mscale(factor, mscale_all_dim) with
+mscale(s, a) = 0.1 a ln(s) + 1 (1 when s <= 1), and
+scale = (nope + rope)^-1/2 * mscale(factor, mscale_all_dim)^2. Ramp ends truncated.
+This reference only runs the expanded form above; lumen's one-token decode steps run the
+absorbed form, so the prefill-and-decode plan checks that form against it.
+
 Random weights (replicates the Rust generator, float32 then cast to float64)
 ---------------------------------------------------------------------------
 fnv1a64(name), splitmix64(x); base = splitmix64(seed ^ fnv1a64(name));
 z_i = splitmix64(base + i); u_i = f32(z_i >> 40) / f32(2^24); r_i = f32(2u_i - 1).
-matrices [out, in]: r_i * (f32(1)/sqrt(f32(in))); embed and sinks: r_i; biases: r_i * f32(0.1);
+matrices [out, in]: r_i * (f32(1)/sqrt(f32(in))); embed and sinks: r_i; biases and DeepSeek's e_score_correction_bias: r_i * f32(0.1);
 norm weights (name ends with "norm.weight"): f32(1) + f32(0.1) * r_i.
 """
 
@@ -103,12 +123,29 @@ class Moe:
     experts: int
     top_k: int
     ffn: int
-    routing: str  # Default | Renormalize | RenormalizeNaive | Llama4
-    naming: str = "qwen"  # qwen | mixtral | gpt_oss: where the checkpoint keeps the tensors
+    routing: str  # Default | Renormalize | RenormalizeNaive | Llama4 | DeepSeekV3
+    naming: str = "qwen"  # qwen | mixtral | gpt_oss | deepseek: where the checkpoint keeps the tensors
     biases: bool = False  # GPT-OSS: router and expert biases
     clamped: bool = False  # GPT-OSS: clamped SwiGLU
     shared_ffn: Optional[int] = None  # Qwen2-MoE: shared expert with a sigmoid gate
     zipf: Optional[float] = None  # planted imbalance: -s ln(e+1) added to expert e's logit
+    # DeepSeek: DeepSeekV3 routing's groups, correction bias and scaling; ungated shared experts
+    # (shared_ffn = n_shared * ffn); the first `first_dense` layers dense.
+    n_group: int = 1
+    topk_group: int = 1
+    correction_bias: bool = False
+    routed_scaling: float = 1.0
+    first_dense: int = 0
+
+
+@dataclass
+class Mla:
+    """DeepSeek's multi-head latent attention (see "Multi-head latent attention" above)."""
+    q_lora_rank: Optional[int]
+    kv_lora_rank: int
+    nope: int
+    rope: int
+    v: int
 
 
 @dataclass
@@ -132,7 +169,8 @@ class Config:
     out_bias: bool = False  # GPT-OSS: o_proj bias
     sinks: bool = False  # GPT-OSS: per-head attention sink logits
     sliding_layers: Optional[List[bool]] = None  # GPT-OSS layer_types; None: all layers slide
-    yarn: Optional[dict] = None  # GPT-OSS YaRN (see "YaRN" above)
+    yarn: Optional[dict] = None  # GPT-OSS YaRN (see "YaRN" above); DeepSeek's adds mscale, mscale_all_dim
+    mla: Optional[Mla] = None  # DeepSeek; head_dim is then the rotary part, rope
 
 
 TINY_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -172,6 +210,24 @@ PRESETS.update({
     # Preset options: another routing method, and the planted Zipf imbalance.
     "tiny-olmoe+routing=Llama4": tiny_moe(Moe(16, 4, 24, "Llama4"), qk_norm=True, qk_norm_full=True),
     "tiny-mixtral+zipf=1.5": tiny_moe(Moe(8, 2, 32, "RenormalizeNaive", naming="mixtral", zipf=1.5)),
+})
+
+
+def tiny_deepseek(moe: Moe, mla: Mla, mscale: float, mscale_all_dim: float) -> Config:
+    """Three layers, the first dense (ffn 160), YaRN factor 4 over 64 original positions."""
+    yarn = dict(factor=4.0, original_max_position_embeddings=64, beta_fast=32.0, beta_slow=1.0,
+                truncate=True, mscale=mscale, mscale_all_dim=mscale_all_dim)
+    return tiny_moe(moe, layers=3, kv_heads=4, head_dim=mla.rope, yarn=yarn, mla=mla)
+
+
+PRESETS.update({
+    "tiny-deepseek-v3": tiny_deepseek(
+        Moe(16, 4, 24, "DeepSeekV3", naming="deepseek", shared_ffn=24, n_group=4, topk_group=2,
+            correction_bias=True, routed_scaling=2.5, first_dense=1),
+        Mla(q_lora_rank=32, kv_lora_rank=32, nope=16, rope=8, v=16), mscale=1.0, mscale_all_dim=0.8),
+    "tiny-deepseek-v2-lite": tiny_deepseek(
+        Moe(16, 4, 24, "Default", naming="deepseek", shared_ffn=48, first_dense=1),
+        Mla(q_lora_rank=None, kv_lora_rank=32, nope=16, rope=8, v=16), mscale=0.707, mscale_all_dim=0.707),
 })
 
 
@@ -231,7 +287,7 @@ def gen_tensor(name: str, shape: tuple, seed: int) -> np.ndarray:
     r = uniform_pm1_f32(name, n, seed)
     if name.endswith("norm.weight"):  # covers *layernorm.weight, q_norm/k_norm, model.norm
         v = np.float32(1.0) + np.float32(0.1) * r
-    elif name.endswith(".bias"):
+    elif name.endswith(".bias") or name.endswith(".e_score_correction_bias"):
         v = r * np.float32(0.1)
     elif name == "model.embed_tokens.weight" or name.endswith(".sinks"):
         v = r * np.float32(1.0)
@@ -253,13 +309,18 @@ def preset_weights(cfg: Config, seed: int) -> dict:
         p = f"model.layers.{i}."
         L = {
             "attn_norm": gen_tensor(p + "input_layernorm.weight", (H,), seed),
-            "wq": gen_tensor(p + "self_attn.q_proj.weight", (qd, H), seed),
-            "wk": gen_tensor(p + "self_attn.k_proj.weight", (kd, H), seed),
-            "wv": gen_tensor(p + "self_attn.v_proj.weight", (kd, H), seed),
-            "wo": gen_tensor(p + "self_attn.o_proj.weight", (H, qd), seed),
             "ffn_norm": gen_tensor(p + "post_attention_layernorm.weight", (H,), seed),
         }
-        if cfg.moe is None:
+        if cfg.mla is not None:
+            L["mla"] = mla_weights(cfg.mla, cfg.heads, H, p, seed)
+        else:
+            L.update({
+                "wq": gen_tensor(p + "self_attn.q_proj.weight", (qd, H), seed),
+                "wk": gen_tensor(p + "self_attn.k_proj.weight", (kd, H), seed),
+                "wv": gen_tensor(p + "self_attn.v_proj.weight", (kd, H), seed),
+                "wo": gen_tensor(p + "self_attn.o_proj.weight", (H, qd), seed),
+            })
+        if cfg.moe is None or i < cfg.moe.first_dense:
             L["w_gate"] = gen_tensor(p + "mlp.gate_proj.weight", (cfg.ffn, H), seed)
             L["w_up"] = gen_tensor(p + "mlp.up_proj.weight", (cfg.ffn, H), seed)
             L["w_down"] = gen_tensor(p + "mlp.down_proj.weight", (H, cfg.ffn), seed)
@@ -284,6 +345,22 @@ def preset_weights(cfg: Config, seed: int) -> dict:
     return W
 
 
+def mla_weights(a: Mla, heads: int, H: int, p: str, seed: int) -> dict:
+    t = lambda part, shape: gen_tensor(p + "self_attn." + part, shape, seed)
+    qk = a.nope + a.rope
+    W = {"wkv_a": t("kv_a_proj_with_mqa.weight", (a.kv_lora_rank + a.rope, H)),
+         "kv_a_norm": t("kv_a_layernorm.weight", (a.kv_lora_rank,)),
+         "wkv_b": t("kv_b_proj.weight", (heads * (a.nope + a.v), a.kv_lora_rank)),
+         "wo": t("o_proj.weight", (H, heads * a.v))}
+    if a.q_lora_rank is None:
+        W["wq"] = t("q_proj.weight", (heads * qk, H))
+    else:
+        W["wq_a"] = t("q_a_proj.weight", (a.q_lora_rank, H))
+        W["q_a_norm"] = t("q_a_layernorm.weight", (a.q_lora_rank,))
+        W["wq_b"] = t("q_b_proj.weight", (heads * qk, a.q_lora_rank))
+    return W
+
+
 def moe_weights(m: Moe, H: int, p: str, seed: int) -> dict:
     if m.naming == "mixtral":
         router = p + "block_sparse_moe.gate"
@@ -305,7 +382,11 @@ def moe_weights(m: Moe, H: int, p: str, seed: int) -> dict:
          "experts": [one(lambda part, j=j: expert(j, part), m.ffn) for j in range(m.experts)]}
     if m.biases:
         W["router_bias"] = gen_tensor(router + ".bias", (m.experts,), seed)
-    if m.shared_ffn is not None:
+    if m.correction_bias:
+        W["correction_bias"] = gen_tensor(router + ".e_score_correction_bias", (m.experts,), seed)
+    if m.naming == "deepseek":
+        W["shared"] = one(lambda part: p + f"mlp.shared_experts.{part}_proj", m.shared_ffn)
+    elif m.shared_ffn is not None:
         W["shared"] = one(lambda part: p + f"mlp.shared_expert.{part}_proj", m.shared_ffn)
         W["shared_gate"] = gen_tensor(p + "mlp.shared_expert_gate.weight", (1, H), seed)
     return W
@@ -321,9 +402,15 @@ def moe_weights(m: Moe, H: int, p: str, seed: int) -> dict:
 #   Renormalize      w = softmax(z[top])
 #   RenormalizeNaive p = softmax(z), w = p[top] / sum(p[top])
 #   Llama4           w = sigmoid(z[top])
+#   DeepSeekV3       s = sigmoid(z), s' = s + e_score_correction_bias; the experts split into
+#                    n_group groups of consecutive indices, a group scores the sum of its two
+#                    best s'; the best topk_group groups are kept (ties to the lower index) and
+#                    the experts are the top-k s' among the kept groups' experts only;
+#                    w = s[top] / sum(s[top]) * routed_scaling_factor
 # expert(x) = down(act(gate(x) (+b), up(x) (+b))) (+b), act = silu(g) u, or the
 # clamped GPT-OSS form g' = min(g, 7), u' = clip(u, -7, 7), g' sigmoid(1.702 g') (u' + 1).
-# out = sum_j w_j expert_{top_j}(h) (+ sigmoid(h G^T) shared(h) for Qwen2-MoE).
+# out = sum_j w_j expert_{top_j}(h) (+ sigmoid(h G^T) shared(h) for Qwen2-MoE, + shared(h),
+# ungated, for DeepSeek).
 #
 # The perfect router replaces z by balanced logits: slot a = t k + j (one rank)
 # goes to expert a mod E with logit 7.5, every other expert 0.5.
@@ -349,6 +436,22 @@ def route(z: np.ndarray, k: int, method: str):
     else:
         raise ValueError(method)
     return top, w
+
+
+def route_grouped(z: np.ndarray, m: Moe, bias: np.ndarray):
+    """DeepSeekV3 routing of logits z [T, E] (see the table above)."""
+    T, E = z.shape
+    s = 1.0 / (1.0 + np.exp(-z))
+    choice = s + bias
+    grouped = choice.reshape(T, m.n_group, E // m.n_group)
+    group_scores = np.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)
+    kept = np.argsort(-group_scores, axis=-1, kind="stable")[:, :m.topk_group]
+    in_kept = np.zeros((T, m.n_group), dtype=bool)
+    np.put_along_axis(in_kept, kept, True, axis=-1)
+    candidates = np.where(np.repeat(in_kept, E // m.n_group, axis=-1), choice, -np.inf)
+    top = np.argsort(-candidates, axis=-1, kind="stable")[:, :m.top_k]
+    w = np.take_along_axis(s, top, axis=-1)
+    return top, w / w.sum(axis=-1, keepdims=True) * m.routed_scaling
 
 
 def balanced_logits(T: int, E: int, k: int) -> np.ndarray:
@@ -377,14 +480,17 @@ def moe_forward(m: Moe, W: dict, h: np.ndarray, perfect: bool = False) -> np.nda
         z = z - m.zipf * np.log(np.arange(1, m.experts + 1, dtype=np.float64))
     if perfect:
         z = balanced_logits(T, m.experts, m.top_k)
-    top, w = route(z, m.top_k, m.routing)
+    if m.routing == "DeepSeekV3":
+        top, w = route_grouped(z, m, W.get("correction_bias", 0.0))
+    else:
+        top, w = route(z, m.top_k, m.routing)
     out = np.zeros_like(h)
     for e in range(m.experts):
         rows, slots = np.nonzero(top == e)
         if len(rows):
             out[rows] += w[rows, slots][:, None] * expert_forward(m, W["experts"][e], h[rows])
     if "shared" in W:
-        gate = 1.0 / (1.0 + np.exp(-(h @ W["shared_gate"].T)))
+        gate = 1.0 / (1.0 + np.exp(-(h @ W["shared_gate"].T))) if "shared_gate" in W else 1.0
         out += gate * expert_forward(m, W["shared"], h)
     return out
 
@@ -394,8 +500,15 @@ def moe_forward(m: Moe, W: dict, h: np.ndarray, perfect: bool = False) -> np.nda
 # ----------------------------------------------------------------------------
 
 
-def yarn_mscale(scale: float) -> float:
-    return 1.0 if scale <= 1.0 else 0.1 * math.log(scale) + 1.0
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1.0 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_attention_factor(y: dict) -> float:
+    """The factor on cosines and sines: DeepSeek's ratio when mscale and mscale_all_dim are given."""
+    if "mscale" in y and "mscale_all_dim" in y:
+        return yarn_mscale(y["factor"], y["mscale"]) / yarn_mscale(y["factor"], y["mscale_all_dim"])
+    return yarn_mscale(y["factor"])
 
 
 def yarn_inv_freqs(cfg: Config) -> np.ndarray:
@@ -478,58 +591,24 @@ def forward(cfg: Config, W: dict, tokens: List[int],
             perfect_router: bool = False) -> np.ndarray:
     """Full-sequence forward from position 0; returns logits [T, vocab] (float64)."""
     T = len(tokens)
-    hd, nh, nkv = cfg.head_dim, cfg.heads, cfg.kv_heads
-    group = nh // nkv
     pos = np.arange(T)
     f = inv_freqs(cfg)
     # YaRN multiplies cos and sin by its attention factor, so q and k alike.
-    m = yarn_mscale(cfg.yarn["factor"]) if cfg.yarn is not None else 1.0
+    m = yarn_attention_factor(cfg.yarn) if cfg.yarn is not None else 1.0
     # mask[p, j] True where query p may attend key j
     j = np.arange(T)
     causal = j[None, :] <= pos[:, None]
     windowed = causal & (j[None, :] > pos[:, None] - cfg.sliding_window) if cfg.sliding_window else causal
-    scale = 1.0 / math.sqrt(hd)
 
     x = W["embed"][np.asarray(tokens)].astype(np.float64)
     for li, L in enumerate(W["layers"]):
         slides = cfg.sliding_layers[li] if cfg.sliding_layers is not None else True
         mask = windowed if slides else causal
         h = rmsnorm(x, L["attn_norm"], cfg.eps)
-        q = h @ L["wq"].T
-        k = h @ L["wk"].T
-        v = h @ L["wv"].T
-        if "bq" in L:
-            q = q + L["bq"]
-            k = k + L["bk"]
-            v = v + L["bv"]
-        if cfg.qk_norm_full:
-            q = rmsnorm(q, L["q_norm"], cfg.eps)
-            k = rmsnorm(k, L["k_norm"], cfg.eps)
-        q = q.reshape(T, nh, hd)
-        k = k.reshape(T, nkv, hd)
-        v = v.reshape(T, nkv, hd)
-        if "q_norm" in L and not cfg.qk_norm_full:
-            q = rmsnorm(q, L["q_norm"], cfg.eps)
-            k = rmsnorm(k, L["k_norm"], cfg.eps)
-        q = rope(q, pos, f) * m
-        k = rope(k, pos, f) * m
-        attn = np.empty((T, nh, hd))
-        for hh in range(nh):
-            kv = hh // group
-            sc = (q[:, hh, :] @ k[:, kv, :].T) * scale  # [T, T]
-            sc = np.where(mask, sc, -np.inf)
-            if "sinks" in L:
-                # The sink is one more column of the softmax, dropped afterwards.
-                sink = np.full((T, 1), L["sinks"][hh])
-                full = np.concatenate([sc, sink], axis=1)
-                full = np.exp(full - full.max(axis=-1, keepdims=True))
-                p = full[:, :T] / full.sum(axis=-1, keepdims=True)
-            else:
-                sc = sc - sc.max(axis=-1, keepdims=True)
-                p = np.exp(sc)
-                p /= p.sum(axis=-1, keepdims=True)
-            attn[:, hh, :] = p @ v[:, kv, :]
-        x = x + attn.reshape(T, nh * hd) @ L["wo"].T + L.get("bo", 0.0)
+        if "mla" in L:
+            x = x + latent_attention(cfg, L["mla"], h, pos, f, m, causal, rope)
+        else:
+            x = x + grouped_attention(cfg, L, h, pos, f, m, mask, rope)
         h = rmsnorm(x, L["ffn_norm"], cfg.eps)
         if "moe" in L:
             x = x + moe_forward(cfg.moe, L["moe"], h, perfect_router)
@@ -537,6 +616,74 @@ def forward(cfg: Config, W: dict, tokens: List[int],
             x = x + (silu(h @ L["w_gate"].T) * (h @ L["w_up"].T)) @ L["w_down"].T
     h = rmsnorm(x, W["final_norm"], cfg.eps)
     return h @ W["lm_head"].T
+
+
+def latent_attention(cfg: Config, A: dict, h: np.ndarray, pos: np.ndarray, f: np.ndarray,
+                     m: float, mask: np.ndarray, rope) -> np.ndarray:
+    """Multi-head latent attention, expanded (see the module doc); returns its output projection."""
+    a, nh, T = cfg.mla, cfg.heads, h.shape[0]
+    if a.q_lora_rank is None:
+        q = h @ A["wq"].T
+    else:
+        q = rmsnorm(h @ A["wq_a"].T, A["q_a_norm"], cfg.eps) @ A["wq_b"].T
+    q = q.reshape(T, nh, a.nope + a.rope)
+    q_nope, q_rot = q[..., :a.nope], rope(q[..., a.nope:], pos, f) * m
+    c = h @ A["wkv_a"].T
+    latent, k_rot = c[:, :a.kv_lora_rank], rope(c[:, None, a.kv_lora_rank:], pos, f)[:, 0, :] * m
+    kv = (rmsnorm(latent, A["kv_a_norm"], cfg.eps) @ A["wkv_b"].T).reshape(T, nh, a.nope + a.v)
+    k_nope, value = kv[..., :a.nope], kv[..., a.nope:]
+    scale = (a.nope + a.rope) ** -0.5
+    if cfg.yarn is not None and "mscale_all_dim" in cfg.yarn:
+        scale *= yarn_mscale(cfg.yarn["factor"], cfg.yarn["mscale_all_dim"]) ** 2
+    out = np.empty((T, nh, a.v))
+    for hh in range(nh):
+        sc = (q_nope[:, hh, :] @ k_nope[:, hh, :].T + q_rot[:, hh, :] @ k_rot.T) * scale
+        out[:, hh, :] = softmax(np.where(mask, sc, -np.inf)) @ value[:, hh, :]
+    return out.reshape(T, nh * a.v) @ A["wo"].T
+
+
+def grouped_attention(cfg: Config, L: dict, h: np.ndarray, pos: np.ndarray, f: np.ndarray,
+                      m: float, mask: np.ndarray, rope) -> np.ndarray:
+    """Grouped-query attention with the options of the module doc; returns its output projection."""
+    T = h.shape[0]
+    hd, nh, nkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    group = nh // nkv
+    scale = 1.0 / math.sqrt(hd)
+    q = h @ L["wq"].T
+    k = h @ L["wk"].T
+    v = h @ L["wv"].T
+    if "bq" in L:
+        q = q + L["bq"]
+        k = k + L["bk"]
+        v = v + L["bv"]
+    if cfg.qk_norm_full:
+        q = rmsnorm(q, L["q_norm"], cfg.eps)
+        k = rmsnorm(k, L["k_norm"], cfg.eps)
+    q = q.reshape(T, nh, hd)
+    k = k.reshape(T, nkv, hd)
+    v = v.reshape(T, nkv, hd)
+    if "q_norm" in L and not cfg.qk_norm_full:
+        q = rmsnorm(q, L["q_norm"], cfg.eps)
+        k = rmsnorm(k, L["k_norm"], cfg.eps)
+    q = rope(q, pos, f) * m
+    k = rope(k, pos, f) * m
+    attn = np.empty((T, nh, hd))
+    for hh in range(nh):
+        kv = hh // group
+        sc = (q[:, hh, :] @ k[:, kv, :].T) * scale  # [T, T]
+        sc = np.where(mask, sc, -np.inf)
+        if "sinks" in L:
+            # The sink is one more column of the softmax, dropped afterwards.
+            sink = np.full((T, 1), L["sinks"][hh])
+            full = np.concatenate([sc, sink], axis=1)
+            full = np.exp(full - full.max(axis=-1, keepdims=True))
+            p = full[:, :T] / full.sum(axis=-1, keepdims=True)
+        else:
+            sc = sc - sc.max(axis=-1, keepdims=True)
+            p = np.exp(sc)
+            p /= p.sum(axis=-1, keepdims=True)
+        attn[:, hh, :] = p @ v[:, kv, :]
+    return attn.reshape(T, nh * hd) @ L["wo"].T + L.get("bo", 0.0)
 
 
 # ----------------------------------------------------------------------------
@@ -787,7 +934,7 @@ def main():
             run_gguf(args.gguf, args.out_dir)
         else:
             run_preset(name, args.out_dir)
-            if PRESETS[name].moe is not None and "+" not in name:
+            if PRESETS[name].moe is not None and PRESETS[name].mla is None and "+" not in name:
                 run_preset(name, args.out_dir, perfect_router=True)
     print(f"total {time.time() - t0:.1f}s")
 

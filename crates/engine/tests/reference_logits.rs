@@ -27,7 +27,7 @@ const BLOCK_SIZE: usize = 16;
 
 /// The fixtures (`crates/model/tests/fixtures`), compiled in so that the test binary runs on a
 /// machine without the checkout.
-const FIXTURES: [(&str, &str); 18] = [
+const FIXTURES: [(&str, &str); 20] = [
     ("logits_tiny.json", include_str!("../../model/tests/fixtures/logits_tiny.json")),
     ("logits_tiny_qwen2.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen2.json")),
     ("logits_tiny_qwen3.json", include_str!("../../model/tests/fixtures/logits_tiny_qwen3.json")),
@@ -46,6 +46,8 @@ const FIXTURES: [(&str, &str); 18] = [
     ("logits_tiny_gpt_oss_perfect_router.json", include_str!("../../model/tests/fixtures/logits_tiny_gpt_oss_perfect_router.json")),
     ("logits_tiny_olmoe_routing_Llama4.json", include_str!("../../model/tests/fixtures/logits_tiny_olmoe_routing_Llama4.json")),
     ("logits_tiny_mixtral_zipf_1.5.json", include_str!("../../model/tests/fixtures/logits_tiny_mixtral_zipf_1.5.json")),
+    ("logits_tiny_deepseek_v3.json", include_str!("../../model/tests/fixtures/logits_tiny_deepseek_v3.json")),
+    ("logits_tiny_deepseek_v2_lite.json", include_str!("../../model/tests/fixtures/logits_tiny_deepseek_v2_lite.json")),
 ];
 
 fn fixture(name: &str) -> Value {
@@ -190,6 +192,21 @@ fn moe_presets_match_the_reference() {
     ] {
         let model = load_model(preset).unwrap();
         assert!(!model.perfect_router());
+        check(&model, file);
+    }
+}
+
+/// DeepSeek's latent attention (with and without q-lora, YaRN with mscale), DeepSeekV3 routing
+/// (groups, correction bias, routed scaling) and V2's softmax routing, ungated shared experts and a
+/// dense first layer. The reference runs the expanded form; the decode step of the prefill and
+/// decode plan runs the absorbed one.
+#[test]
+fn deepseek_presets_match_the_reference() {
+    for (preset, file) in
+        [("tiny-deepseek-v3", "logits_tiny_deepseek_v3.json"), ("tiny-deepseek-v2-lite", "logits_tiny_deepseek_v2_lite.json")]
+    {
+        let model = load_model(preset).unwrap();
+        assert!(model.config.mla.is_some() && model.config.moe.as_ref().is_some_and(|m| m.first_dense_layers == 1));
         check(&model, file);
     }
 }
