@@ -509,6 +509,15 @@ mod tests {
     }
 
     #[test]
+    fn a_latent_attention_model_on_cuda_is_refused_by_name() {
+        for preset in ["tiny-deepseek-v3", "tiny-deepseek-v2-lite", "deepseek-v3+layers=4"] {
+            let e = format!("{:#}", load_model_on(preset, Device::Cuda).err().unwrap());
+            assert!(e.contains(&format!("{preset}: multi-head latent attention (MLA) is not built on the CUDA backend")), "{e}");
+            assert!(e.contains("the latent KV cache and the absorbed decode kernels; use --device cpu"), "{e}");
+        }
+    }
+
+    #[test]
     fn missing_default_model_names_the_setup_command() {
         let e = load_model(&format!("/nonexistent/{DEFAULT_MODEL_FILE}")).err().unwrap().to_string();
         assert!(e.contains(SETUP_COMMAND), "{e}");
