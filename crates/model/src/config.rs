@@ -5,6 +5,7 @@
 //! (grouped routing, shared experts, dense first layers), read from GGUF metadata or a Hugging
 //! Face `config.json` (crates/model/src/deepseek_config.rs reads DeepSeek's).
 
+use crate::deepseek_config::{deepseek_config, is_deepseek};
 use crate::moe::{ExpertActivation, GroupLimit, RoutingMethod};
 use crate::yarn::{yarn_mscale, Yarn};
 use anyhow::{bail, Context, Result};
@@ -369,8 +370,20 @@ impl ModelConfig {
     pub fn from_hf_json(text: &str, source: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).with_context(|| format!("{source}: not valid JSON"))?;
         let arch = v["model_type"].as_str().unwrap_or("llama").to_string();
-        const SUPPORTED: [&str; 10] =
-            ["llama", "mistral", "qwen2", "qwen3", "smollm", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"];
+        const SUPPORTED: [&str; 12] = [
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "smollm",
+            "mixtral",
+            "qwen2_moe",
+            "qwen3_moe",
+            "olmoe",
+            "gpt_oss",
+            "deepseek_v3",
+            "deepseek_v2",
+        ];
         if !SUPPORTED.contains(&arch.as_str()) {
             bail!("{source}: model_type {arch:?} is not supported; expected one of {SUPPORTED:?}");
         }
@@ -432,6 +445,7 @@ impl ModelConfig {
             moe: hf_moe(&v, &arch, source)?,
             arch,
         };
+        let config = if is_deepseek(&config.arch) { deepseek_config(&v, &config.arch.clone(), source, config)? } else { config };
         config.validate().with_context(|| format!("{source}: inconsistent config"))?;
         Ok(config)
     }

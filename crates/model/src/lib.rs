@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod config;
 pub mod cuda;
+pub mod deepseek_config;
 pub mod gguf;
 mod gpt_oss_checkpoint;
 pub mod llama;

@@ -3,6 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::cuda::CudaWeights;
+use crate::deepseek_config::{deinterleave_rope_rows, is_deepseek, rope_interleaved};
 use crate::gguf::{GgufFile, MetaValue};
 use crate::gpt_oss_checkpoint::fused_expert_weight;
 use crate::llama::Decoder;
@@ -223,6 +224,12 @@ fn hf_config(dir: &Path) -> Result<ModelConfig> {
     ModelConfig::from_hf_json(&text, &config_path.display().to_string())
 }
 
+fn hf_config_json(dir: &Path) -> Result<serde_json::Value> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))
+}
+
 fn hf_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     let path = dir.join("tokenizer.json");
     Ok(if path.exists() { Some(Tokenizer::from_hf_json(&path)?) } else { None })
@@ -265,6 +272,7 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) ->
         config.tie_word_embeddings = true;
     }
     let source = dir.display().to_string();
+    let rope_interleaved = is_deepseek(&config.arch) && rope_interleaved(&hf_config_json(dir)?, &config.arch);
     let quantization = match checkpoint_quantization(dir, &config.arch)? {
         Quantization::Fp8 => {
             if quantization == Quantization::None {
@@ -289,7 +297,7 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) ->
             if tensors.dtype(name) == Some("F8_E4M3") {
                 apply_weight_scale(&tensors, &source, name, &shape, &mut values)?;
             }
-            Ok(values)
+            Ok(if rope_interleaved { deinterleave_rope_rows(name, &shape, &config, values) } else { values })
         },
         None,
     )?;
