@@ -22,6 +22,7 @@ pub mod perfect_router;
 pub mod plan;
 pub mod presets;
 pub mod safetensors;
+pub mod tensor_parallel;
 pub mod weights;
 pub mod yarn;
 

@@ -43,7 +43,7 @@ pub struct Decoder {
 }
 
 /// The grouped-query attention's buffers for a step of `t` tokens, reused layer after layer.
-struct GroupedScratch {
+pub(crate) struct GroupedScratch {
     qkv: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -52,7 +52,7 @@ struct GroupedScratch {
 }
 
 impl GroupedScratch {
-    fn new(c: &ModelConfig, t: usize) -> Self {
+    pub(crate) fn new(c: &ModelConfig, t: usize) -> Self {
         let (qd, kd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         GroupedScratch {
             qkv: vec![0.0; t * (qd + 2 * kd)],
@@ -105,7 +105,7 @@ impl Decoder {
         }
     }
 
-    fn head(&self) -> &PackedMatrix {
+    pub(crate) fn head(&self) -> &PackedMatrix {
         match &self.weights.head {
             Head::Own(m) => m,
             Head::Tied => self.tied_head.as_ref().expect("a tied head is packed at load"),
@@ -130,7 +130,7 @@ impl Decoder {
     /// Layer `li`'s grouped-query attention of the `t` rows of `normed`, its output projection
     /// (and bias) into `delta`.
     #[allow(clippy::too_many_arguments)]
-    fn grouped_attention(
+    pub(crate) fn grouped_attention(
         &self,
         a: &Attention<PackedMatrix, Vec<f32>>,
         li: usize,
@@ -178,7 +178,7 @@ impl Decoder {
 
     /// Layer `li`'s feed-forward of the `t` rows of `normed` into `delta` (`gate_up` and `act`
     /// are a dense layer's scratch); returns a MoE layer's expert load.
-    fn feed_forward(
+    pub(crate) fn feed_forward(
         &self,
         li: usize,
         normed: &[f32],
