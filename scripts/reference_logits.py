@@ -18,7 +18,7 @@ What it does
    dequantises every tensor with gguf-py (`gguf.quants.dequantize`) to float64
    and runs the same decoder on three tokenised prompts.
 
-A MoE preset without options (DeepSeek's aside) is also run with the perfect router, whose balanced
+A MoE preset without options is also run with the perfect router, whose balanced
 logits depend on the step's token count: `logits_<name>_perfect_router.json` holds
 logits of sequences run in one pass.
 
@@ -413,7 +413,11 @@ def moe_weights(m: Moe, H: int, p: str, seed: int) -> dict:
 # ungated, for DeepSeek).
 #
 # The perfect router replaces z by balanced logits: slot a = t k + j (one rank)
-# goes to expert a mod E with logit 7.5, every other expert 0.5.
+# goes to expert a mod E with logit 7.5, every other expert 0.5. Where DeepSeekV3's
+# group limit binds (topk_group < min(n_group, k)) the rotation moves in chunks of c
+# consecutive slots: chunk q = a / c goes to expert (q mod (E / c)) c + a mod c, c the
+# smallest divisor of k with k / c <= topk_group that divides the group size, so a
+# token's k / c chunks lie in at most topk_group groups; the correction bias is zeroed.
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -454,10 +458,20 @@ def route_grouped(z: np.ndarray, m: Moe, bias: np.ndarray):
     return top, w / w.sum(axis=-1, keepdims=True) * m.routed_scaling
 
 
-def balanced_logits(T: int, E: int, k: int) -> np.ndarray:
+def group_chunk(m: Moe) -> int:
+    """How many consecutive slots of a token the perfect router keeps in one group (see above)."""
+    k = m.top_k
+    if m.routing != "DeepSeekV3" or m.topk_group >= min(m.n_group, k):
+        return 1
+    size = m.experts // m.n_group
+    return next(c for c in range(1, k + 1) if k % c == 0 and k // c <= m.topk_group and size % c == 0)
+
+
+def balanced_logits(T: int, m: Moe) -> np.ndarray:
+    E, k, c = m.experts, m.top_k, group_chunk(m)
     z = np.full((T, E), 0.5)
     for a in range(T * k):
-        z[a // k, a % E] = 7.5
+        z[a // k, (a // c) % (E // c) * c + a % c] = 7.5
     return z
 
 
@@ -479,9 +493,9 @@ def moe_forward(m: Moe, W: dict, h: np.ndarray, perfect: bool = False) -> np.nda
     if m.zipf is not None:
         z = z - m.zipf * np.log(np.arange(1, m.experts + 1, dtype=np.float64))
     if perfect:
-        z = balanced_logits(T, m.experts, m.top_k)
+        z = balanced_logits(T, m)
     if m.routing == "DeepSeekV3":
-        top, w = route_grouped(z, m, W.get("correction_bias", 0.0))
+        top, w = route_grouped(z, m, 0.0 if perfect else W.get("correction_bias", 0.0))
     else:
         top, w = route(z, m.top_k, m.routing)
     out = np.zeros_like(h)
@@ -934,7 +948,7 @@ def main():
             run_gguf(args.gguf, args.out_dir)
         else:
             run_preset(name, args.out_dir)
-            if PRESETS[name].moe is not None and PRESETS[name].mla is None and "+" not in name:
+            if PRESETS[name].moe is not None and "+" not in name:
                 run_preset(name, args.out_dir, perfect_router=True)
     print(f"total {time.time() - t0:.1f}s")
 
