@@ -5,10 +5,12 @@
 //! so the loaded model must give the preset's logits exactly; settings lumen does not run are
 //! refused by name.
 
-use lumen_backend::AttentionSeq;
+mod common;
+
+use common::{one_pass, write_safetensors, StoredTensor};
 use lumen_model::plan::{Entry, ModelPlan};
 use lumen_model::presets::{preset_config, random_tensor};
-use lumen_model::{load_model, ForwardBatch, Model, ModelConfig};
+use lumen_model::{load_model, Model, ModelConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -39,20 +41,6 @@ fn interleave(values: &[f32], block: usize, rope: usize, cols: usize) -> Vec<f32
         }
     }
     out
-}
-
-fn write_shard(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0;
-    for (name, shape, values) in tensors {
-        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * values.len()]}));
-        offset += 4 * values.len();
-    }
-    let header = Value::Object(header).to_string();
-    let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend(header.as_bytes());
-    tensors.iter().for_each(|(_, _, values)| file.extend(values.iter().flat_map(|v| v.to_le_bytes())));
-    std::fs::write(path, file).unwrap();
 }
 
 /// config.json of the tiny DeepSeek presets: tiny-deepseek-v3 under `deepseek_v3`,
@@ -117,19 +105,14 @@ fn write_dir(preset: &str, tag: &str, config: &Value, interleaved: bool) -> Path
     let dir = std::env::temp_dir().join(format!("lumen-{preset}-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    write_shard(&dir.join("model.safetensors"), &tensors);
+    let stored: Vec<StoredTensor> = tensors.into_iter().map(|(name, shape, values)| StoredTensor::f32(name, shape, &values)).collect();
+    write_safetensors(&dir.join("model.safetensors"), &stored);
     dir
 }
 
+/// Every row's logits of `tokens` in one pass.
 fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let decoder = model.cpu_decoder().unwrap();
-    let n = tokens.len();
-    let mut kv = decoder.new_kv_storage(n.div_ceil(16), 16);
-    let positions: Vec<usize> = (0..n).collect();
-    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-    let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
-    let rows: Vec<usize> = (0..n).collect();
-    decoder.forward(&ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &rows }, &mut kv)
+    one_pass(model, tokens, &(0..tokens.len()).collect::<Vec<_>>()).logits
 }
 
 fn prompt() -> Vec<u32> {

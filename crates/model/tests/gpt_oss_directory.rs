@@ -5,41 +5,14 @@
 //! exactly, and an MXFP4 one exactly the logits of an f32 one holding the values its codes stand
 //! for, worked out here from the format's definition.
 
-use lumen_backend::AttentionSeq;
+mod common;
+
+use common::{one_pass, write_safetensors, StoredTensor};
 use lumen_model::presets::{preset_config, random_tensor};
-use lumen_model::{load_model, ForwardBatch, Model};
+use lumen_model::{load_model, Model};
 use std::path::PathBuf;
 
 const PRESET: &str = "tiny-gpt-oss";
-
-/// A tensor for the shard writer: its name, shape, dtype and little-endian bytes.
-struct Tensor {
-    name: String,
-    shape: Vec<usize>,
-    dtype: &'static str,
-    bytes: Vec<u8>,
-}
-
-fn f32_tensor(name: String, shape: Vec<usize>, values: &[f32]) -> Tensor {
-    Tensor { name, shape, dtype: "F32", bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
-}
-
-fn write_shard(path: &std::path::Path, tensors: &[Tensor]) {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0;
-    for t in tensors {
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.len()]}),
-        );
-        offset += t.bytes.len();
-    }
-    let header = serde_json::Value::Object(header).to_string();
-    let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend(header.as_bytes());
-    tensors.iter().for_each(|t| file.extend(&t.bytes));
-    std::fs::write(path, file).unwrap();
-}
 
 /// How the test stores the experts' two matrices.
 #[derive(Clone, Copy, PartialEq)]
@@ -78,14 +51,14 @@ fn to_mxfp4(values: &[f32]) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
 }
 
 /// The preset's weights as a GPT-OSS checkpoint names and lays them out.
-fn checkpoint(experts: Experts) -> Vec<Tensor> {
+fn checkpoint(experts: Experts) -> Vec<StoredTensor> {
     let c = preset_config(PRESET).unwrap();
     let moe = c.moe.clone().unwrap();
     let (h, hd, f, e) = (c.hidden_size, c.head_dim, moe.expert_intermediate_size, moe.num_experts);
     let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
     let plain = |name: String, shape: Vec<usize>| {
         let values = random_tensor(0, &name, &shape);
-        f32_tensor(name, shape, &values)
+        StoredTensor::f32(name, shape, &values)
     };
     let mut tensors = vec![
         plain("model.embed_tokens.weight".into(), vec![c.vocab_size, h]),
@@ -125,8 +98,8 @@ fn checkpoint(experts: Experts) -> Vec<Tensor> {
             down.extend(expert(j, "down_proj.weight", &[h, f]));
             down_bias.extend(expert(j, "down_proj.bias", &[h]));
         }
-        tensors.push(f32_tensor(p("mlp.experts.gate_up_proj_bias"), vec![e, 2 * f], &gate_up_bias));
-        tensors.push(f32_tensor(p("mlp.experts.down_proj_bias"), vec![e, h], &down_bias));
+        tensors.push(StoredTensor::f32(p("mlp.experts.gate_up_proj_bias"), vec![e, 2 * f], &gate_up_bias));
+        tensors.push(StoredTensor::f32(p("mlp.experts.down_proj_bias"), vec![e, h], &down_bias));
         for (name, linear, (rows, cols)) in [("gate_up_proj", gate_up, (2 * f, h)), ("down_proj", down, (h, f))] {
             let (blocks, scales, decoded) = to_mxfp4(&linear);
             let values = match experts {
@@ -134,13 +107,18 @@ fn checkpoint(experts: Experts) -> Vec<Tensor> {
                 Experts::Mxfp4Values => decoded,
                 Experts::Mxfp4 => {
                     let base = p(&format!("mlp.experts.{name}"));
-                    tensors.push(Tensor {
+                    tensors.push(StoredTensor {
                         name: format!("{base}_blocks"),
                         shape: vec![e, rows, cols / 32, 16],
-                        dtype: "U8",
+                        dtype: "U8".into(),
                         bytes: blocks,
                     });
-                    tensors.push(Tensor { name: format!("{base}_scales"), shape: vec![e, rows, cols / 32], dtype: "U8", bytes: scales });
+                    tensors.push(StoredTensor {
+                        name: format!("{base}_scales"),
+                        shape: vec![e, rows, cols / 32],
+                        dtype: "U8".into(),
+                        bytes: scales,
+                    });
                     continue;
                 }
             };
@@ -149,13 +127,13 @@ fn checkpoint(experts: Experts) -> Vec<Tensor> {
                 .flat_map(|j| (0..cols).flat_map(move |k| (0..rows).map(move |r| (j, k, r))))
                 .map(|(j, k, r)| values[(j * rows + r) * cols + k])
                 .collect();
-            tensors.push(f32_tensor(p(&format!("mlp.experts.{name}")), vec![e, cols, rows], &stored));
+            tensors.push(StoredTensor::f32(p(&format!("mlp.experts.{name}")), vec![e, cols, rows], &stored));
         }
     }
     tensors
 }
 
-fn write_dir(tag: &str, experts: Experts, tensors: &[Tensor]) -> PathBuf {
+fn write_dir(tag: &str, experts: Experts, tensors: &[StoredTensor]) -> PathBuf {
     let c = preset_config(PRESET).unwrap();
     let moe = c.moe.clone().unwrap();
     let dir = std::env::temp_dir().join(format!("lumen-gpt-oss-{}-{tag}", std::process::id()));
@@ -175,19 +153,13 @@ fn write_dir(tag: &str, experts: Experts, tensors: &[Tensor]) -> PathBuf {
             serde_json::json!({"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]});
     }
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    write_shard(&dir.join("model.safetensors"), tensors);
+    write_safetensors(&dir.join("model.safetensors"), tensors);
     dir
 }
 
+/// Every row's logits of `tokens` in one pass.
 fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let decoder = model.cpu_decoder().unwrap();
-    let n = tokens.len();
-    let mut kv = decoder.new_kv_storage(n.div_ceil(16), 16);
-    let positions: Vec<usize> = (0..n).collect();
-    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-    let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
-    let rows: Vec<usize> = (0..n).collect();
-    decoder.forward(&ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &rows }, &mut kv)
+    one_pass(model, tokens, &(0..tokens.len()).collect::<Vec<_>>()).logits
 }
 
 /// 40 tokens: past the 16-position window of the sliding layer.
@@ -223,7 +195,8 @@ fn an_mxfp4_directory_dequantizes_its_experts_exactly() {
 
 #[test]
 fn missing_or_misshapen_expert_tensors_are_named() {
-    let without: Vec<Tensor> = checkpoint(Experts::F32).into_iter().filter(|t| t.name != "model.layers.1.mlp.experts.down_proj").collect();
+    let without: Vec<StoredTensor> =
+        checkpoint(Experts::F32).into_iter().filter(|t| t.name != "model.layers.1.mlp.experts.down_proj").collect();
     let dir = write_dir("missing", Experts::F32, &without);
     let e = format!("{:#}", load_model(dir.to_str().unwrap()).err().unwrap());
     assert!(e.contains("neither model.layers.1.mlp.experts.down_proj (bf16) nor model.layers.1.mlp.experts.down_proj_blocks"), "{e}");

@@ -3,10 +3,12 @@
 //! is written from a preset's weights, so the loaded model must give the preset's logits: exactly
 //! for f32 shards, within half-precision rounding for f16/bf16, within FP8's error for FP8.
 
+mod common;
+
+use common::{one_pass, write_safetensors, StoredTensor};
 use half::{bf16, f16};
-use lumen_backend::AttentionSeq;
 use lumen_model::presets::{preset_config, random_tensor};
-use lumen_model::{load_model, ForwardBatch, Model};
+use lumen_model::{load_model, Model};
 use std::path::{Path, PathBuf};
 
 const PRESET: &str = "tiny-qwen2";
@@ -45,11 +47,9 @@ fn fp8_in_checkpoint(name: &str) -> bool {
 }
 
 fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], dtype: &str) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
+    let mut stored = Vec::new();
     for (name, shape) in tensors {
         let values = random_tensor(0, name, shape);
-        let start = data.len();
         if dtype == "F8_E4M3" && fp8_in_checkpoint(name) {
             // Attention projections get one scale (amax / 448, as checkpoints store it), the MLP
             // one per output row.
@@ -57,32 +57,22 @@ fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], dtype: &str) {
             let per_row = values.len() / rows;
             let scales: Vec<f32> =
                 values.chunks(per_row).map(|r| r.iter().fold(0f32, |m, v| m.max(v.abs())) / lumen_backend::fp8::E4M3_MAX).collect();
-            for (row, s) in values.chunks(per_row).zip(&scales) {
-                data.extend(row.iter().map(|v| lumen_backend::fp8::to_e4m3(v / s)));
-            }
-            header.insert(name.clone(), serde_json::json!({"dtype": "F8_E4M3", "shape": shape, "data_offsets": [start, data.len()]}));
-            let scale_start = data.len();
-            data.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
-            let scale_name = format!("{}_scale", name);
+            let codes =
+                values.chunks(per_row).zip(&scales).flat_map(|(row, s)| row.iter().map(move |v| lumen_backend::fp8::to_e4m3(v / s)));
+            stored.push(StoredTensor { name: name.clone(), dtype: "F8_E4M3".into(), shape: shape.clone(), bytes: codes.collect() });
             let scale_shape = if rows == 1 { vec![] } else { vec![rows, 1] };
-            header.insert(scale_name, serde_json::json!({"dtype": "F32", "shape": scale_shape, "data_offsets": [scale_start, data.len()]}));
+            stored.push(StoredTensor::f32(format!("{}_scale", name), scale_shape, &scales));
             continue;
         }
-        for v in values {
-            match dtype {
-                "F32" | "F8_E4M3" => data.extend(v.to_le_bytes()),
-                "F16" => data.extend(f16::from_f32(v).to_le_bytes()),
-                _ => data.extend(bf16::from_f32(v).to_le_bytes()),
-            }
-        }
-        let stored = if dtype == "F8_E4M3" { "F32" } else { dtype };
-        header.insert(name.clone(), serde_json::json!({"dtype": stored, "shape": shape, "data_offsets": [start, data.len()]}));
+        let bytes = match dtype {
+            "F32" | "F8_E4M3" => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            "F16" => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+            _ => values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+        };
+        let kept = if dtype == "F8_E4M3" { "F32" } else { dtype };
+        stored.push(StoredTensor { name: name.clone(), dtype: kept.into(), shape: shape.clone(), bytes });
     }
-    let header = serde_json::to_vec(&header).unwrap();
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(header);
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
+    write_safetensors(path, &stored);
 }
 
 fn write_dir(tag: &str, dtypes: [&str; 2]) -> PathBuf {
@@ -107,17 +97,9 @@ fn write_dir(tag: &str, dtypes: [&str; 2]) -> PathBuf {
     dir
 }
 
+/// The last token's logits of `tokens` in one pass.
 fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let n = tokens.len();
-    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-    let mut kv = model.cpu_decoder().unwrap().new_kv_storage(table.len(), 16);
-    let positions: Vec<usize> = (0..n).collect();
-    let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
-    let rows = [n - 1];
-    model
-        .cpu_decoder()
-        .unwrap()
-        .forward(&ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &rows }, &mut kv)
+    one_pass(model, tokens, &[tokens.len() - 1]).logits
 }
 
 #[test]

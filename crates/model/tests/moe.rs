@@ -3,10 +3,12 @@
 //! limit), with the gate GEMM still run, and a preset's Zipf-skewed gate measurably unbalances the
 //! experts while the plain one does not.
 
-use lumen_backend::AttentionSeq;
+mod common;
+
+use common::one_pass;
 use lumen_model::moe::{route_limited, GroupLimit, RoutingMethod};
 use lumen_model::perfect_router::{balanced_expert, balanced_logits, cached_keys, group_chunk, BalancedKey};
-use lumen_model::{load_model, Executor, ForwardBatch, Model};
+use lumen_model::{load_model, Executor, Model};
 use lumen_trace::instrument;
 
 /// Batch sizes 1 to 64, then some that a prefill step reaches.
@@ -96,14 +98,7 @@ fn with_expert_parallelism_each_token_spreads_over_the_ranks() {
 
 /// Runs `tokens` in one forward pass; returns each MoE layer's expert load.
 fn expert_load(model: &Model, tokens: &[u32]) -> Vec<Vec<u32>> {
-    let decoder = model.cpu_decoder().unwrap();
-    let n = tokens.len();
-    let mut kv = decoder.new_kv_storage(n.div_ceil(16), 16);
-    let positions: Vec<usize> = (0..n).collect();
-    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-    let seqs = [AttentionSeq { start: 0, len: n, first_pos: 0, block_table: &table }];
-    let batch = ForwardBatch { tokens, positions: &positions, slots: &positions, seqs: &seqs, logit_rows: &[n - 1] };
-    decoder.forward_step(&batch, &mut kv).expert_load
+    one_pass(model, tokens, &[tokens.len() - 1]).expert_load
 }
 
 fn prompt(n: usize) -> Vec<u32> {
