@@ -4,7 +4,7 @@
 //! side by side and the layer ends with its busiest expert, so a balanced layer would take
 //! mean/max of the time: the rest, 1 − mean/max, is lost to imbalance.
 
-use lumen_trace::model::TraceData;
+use lumen_trace::model::{max_over_mean, TraceData};
 use serde::Serialize;
 
 use crate::kernels::{KernelClass, Kernels};
@@ -89,14 +89,11 @@ fn layer_load(trace: &TraceData, layer: u32, experts: usize) -> Option<LayerLoad
     let mut per_expert = vec![0u64; experts];
     let (mut assignments, mut ratio_sum, mut lost_sum, mut worst) = (0u64, 0.0, 0.0, 0.0f64);
     for row in trace.expert_loads.iter().filter(|r| r.layer == layer) {
+        let Some(ratio) = max_over_mean(&row.tokens) else { continue };
         let total: u64 = row.tokens.iter().sum();
-        if total == 0 || row.tokens.is_empty() {
-            continue;
-        }
         for (e, &t) in row.tokens.iter().enumerate() {
             per_expert[e] += t;
         }
-        let ratio = *row.tokens.iter().max().expect("not empty") as f64 * row.tokens.len() as f64 / total as f64;
         assignments += total;
         ratio_sum += ratio * total as f64;
         lost_sum += (1.0 - 1.0 / ratio) * total as f64;

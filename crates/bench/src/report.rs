@@ -151,7 +151,7 @@ pub fn expert_balance(iterations: &[lumen_engine::IterationStats]) -> Vec<LayerB
         .filter_map(|layer| {
             let (mut weight, mut sum, mut worst) = (0.0, 0.0, 0.0f64);
             for loads in iterations.iter().filter_map(|i| i.expert_load.get(layer)) {
-                let Some(ratio) = lumen_engine::stats::max_over_mean(loads) else { continue };
+                let Some(ratio) = lumen_trace::model::max_over_mean(loads) else { continue };
                 let assignments = loads.iter().map(|&l| l as f64).sum::<f64>();
                 weight += assignments;
                 sum += ratio * assignments;

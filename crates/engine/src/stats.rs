@@ -1,5 +1,6 @@
 //! Per-iteration statistics, TensorRT-LLM's IterationStats fields that apply to lumen.
 
+use lumen_trace::model::max_over_mean;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -58,27 +59,12 @@ impl IterationStats {
     }
 }
 
-/// The largest of `loads` over their mean; `None` when there are none or they are all zero.
-pub fn max_over_mean(loads: &[u32]) -> Option<f64> {
-    let total: u64 = loads.iter().map(|&l| l as u64).sum();
-    if total == 0 {
-        return None;
-    }
-    let max = *loads.iter().max()? as f64;
-    Some(max * loads.len() as f64 / total as f64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn max_over_mean_is_the_busiest_expert_against_the_mean() {
-        assert_eq!(max_over_mean(&[2, 2, 2, 2]), Some(1.0));
-        // 12 assignments over 4 experts: mean 3, busiest 6.
-        assert_eq!(max_over_mean(&[6, 3, 3, 0]), Some(2.0));
-        assert_eq!(max_over_mean(&[0, 0]), None);
-        assert_eq!(max_over_mean(&[]), None);
+    fn expert_balance_gives_each_loaded_layers_busiest_over_mean() {
         let mut stats = IterationStats { expert_load: vec![vec![1, 1], vec![0, 0], vec![3, 1]], ..Default::default() };
         stats.expert_balance();
         assert_eq!(stats.expert_max_over_mean, [1.0, 1.5]);

@@ -107,6 +107,17 @@ pub struct ExpertLoadRow {
     pub tokens: Vec<u64>,
 }
 
+/// The largest of `loads` over their mean (1.0 when even): how much more the busiest expert of a
+/// mixture-of-experts layer received than the average; `None` when there are none or all are 0.
+pub fn max_over_mean<T: Copy + Into<u64>>(loads: &[T]) -> Option<f64> {
+    let total: u64 = loads.iter().map(|&l| l.into()).sum();
+    if total == 0 {
+        return None;
+    }
+    let max = loads.iter().map(|&l| l.into()).max()? as f64;
+    Some(max * loads.len() as f64 / total as f64)
+}
+
 /// One request's life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRow {
@@ -236,6 +247,15 @@ impl TraceData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_over_mean_is_the_busiest_expert_against_the_mean() {
+        assert_eq!(max_over_mean(&[2u32, 2, 2, 2]), Some(1.0));
+        // 12 assignments over 4 experts: mean 3, busiest 6.
+        assert_eq!(max_over_mean(&[6u64, 3, 3, 0]), Some(2.0));
+        assert_eq!(max_over_mean(&[0u32, 0]), None);
+        assert_eq!(max_over_mean::<u32>(&[]), None);
+    }
 
     #[test]
     fn gpu_op_kinds_round_trip_through_text() {
