@@ -6,7 +6,7 @@
 //! compute (kernel time outside collectives), which the others wait for inside their collectives.
 //! Kernel records carry no message sizes, so bytes and bus bandwidth are not measured here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use lumen_trace::model::{GpuOpKind, TraceData};
 use serde::Serialize;
@@ -113,16 +113,22 @@ impl DeviceKernels {
 pub fn analyze(trace: &TraceData, rules: &[ClassRule]) -> Measured<Collectives> {
     let mut per_device: BTreeMap<u32, (Vec<Interval>, Vec<Interval>)> = BTreeMap::new();
     let mut operations: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    // Each kernel name is classified once: a trace repeats a few names millions of times.
+    let mut collective_of: HashMap<&str, Option<String>> = HashMap::new();
     for op in trace.gpu_ops.iter().filter(|o| o.kind == GpuOpKind::Kernel) {
         let interval = Interval { start: op.start_ns, end: op.end_ns };
         let (collectives, compute) = per_device.entry(op.device).or_default();
-        if classify(rules, &op.name) == KernelClass::Communication {
-            collectives.push(interval);
-            let e = operations.entry(operation(&op.name)).or_default();
-            e.0 += 1;
-            e.1 += op.end_ns - op.start_ns;
-        } else {
-            compute.push(interval);
+        let collective = collective_of
+            .entry(op.name.as_str())
+            .or_insert_with(|| (classify(rules, &op.name) == KernelClass::Communication).then(|| operation(&op.name)));
+        match collective {
+            Some(name) => {
+                collectives.push(interval);
+                let e = operations.entry(name.clone()).or_default();
+                e.0 += 1;
+                e.1 += op.end_ns - op.start_ns;
+            }
+            None => compute.push(interval),
         }
     }
     if operations.is_empty() {
