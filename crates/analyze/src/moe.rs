@@ -4,7 +4,9 @@
 //! side by side and the layer ends with its busiest expert, so a balanced layer would take
 //! mean/max of the time: the rest, 1 − mean/max, is lost to imbalance.
 
-use lumen_trace::model::{max_over_mean, TraceData};
+use std::collections::BTreeMap;
+
+use lumen_trace::model::{max_over_mean, ExpertLoadRow, TraceData};
 use serde::Serialize;
 
 use crate::kernels::{KernelClass, Kernels};
@@ -53,11 +55,12 @@ pub fn analyze(trace: &TraceData, kernels: &Measured<Kernels>) -> Measured<MoeLo
             "the trace has no expert_load rows (a dense model, or a trace not written by lumen's recorder)".into(),
         );
     }
-    let mut layer_ids: Vec<u32> = trace.expert_loads.iter().map(|r| r.layer).collect();
-    layer_ids.sort_unstable();
-    layer_ids.dedup();
+    let mut by_layer: BTreeMap<u32, Vec<&ExpertLoadRow>> = BTreeMap::new();
+    for row in &trace.expert_loads {
+        by_layer.entry(row.layer).or_default().push(row);
+    }
     let experts = trace.expert_loads.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
-    let layers: Vec<LayerLoad> = layer_ids.iter().filter_map(|&layer| layer_load(trace, layer, experts)).collect();
+    let layers: Vec<LayerLoad> = by_layer.iter().filter_map(|(&layer, rows)| layer_load(layer, rows, experts)).collect();
     if layers.is_empty() {
         return Measured::NotAvailable("every expert_load row is empty: no token reached an expert".into());
     }
@@ -85,10 +88,10 @@ pub fn analyze(trace: &TraceData, kernels: &Measured<Kernels>) -> Measured<MoeLo
     })
 }
 
-fn layer_load(trace: &TraceData, layer: u32, experts: usize) -> Option<LayerLoad> {
+fn layer_load(layer: u32, rows: &[&ExpertLoadRow], experts: usize) -> Option<LayerLoad> {
     let mut per_expert = vec![0u64; experts];
     let (mut assignments, mut ratio_sum, mut lost_sum, mut worst) = (0u64, 0.0, 0.0, 0.0f64);
-    for row in trace.expert_loads.iter().filter(|r| r.layer == layer) {
+    for row in rows {
         let Some(ratio) = max_over_mean(&row.tokens) else { continue };
         let total: u64 = row.tokens.iter().sum();
         for (e, &t) in row.tokens.iter().enumerate() {
