@@ -12,7 +12,6 @@ use crate::sampling::pick_with_replacement;
 use anyhow::{bail, Context, Result};
 use lumen_engine::interrupt::{self, Interrupted};
 use lumen_engine::{Engine, FinishReason, IterationStats, Profiler, Request, RequestEvent, RequestStream, SamplingParams, StopConditions};
-use lumen_trace::model::RequestRow;
 use lumen_trace::now_ns;
 use std::io::Write;
 use std::path::PathBuf;
@@ -72,7 +71,7 @@ pub fn run_benchmark(
             if let (true, Some(p)) = (e.is::<Interrupted>(), profiler) {
                 // Stopped before any recorded iteration: the trace is written, empty and whole.
                 engine.enable_profiling(p);
-                engine.finish_profiling(&[])?;
+                engine.finish_profiling()?;
             }
             return Err(e);
         }
@@ -84,27 +83,15 @@ pub fn run_benchmark(
     let (records, iterations) = match drive(engine, entries, options, options.streaming, iteration_log, "requests") {
         Ok(driven) => driven,
         Err(e) if e.is::<Interrupted>() => {
-            // The iterations that ran are the trace's; the requests are left out, unfinished.
-            if let Some((path, iterations)) = engine.finish_profiling(&[])? {
+            // The iterations that ran and the requests that ended in them are the trace's.
+            if let Some((path, iterations)) = engine.finish_profiling()? {
                 lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded before the signal", path.display());
             }
             return Err(e);
         }
         Err(e) => return Err(e),
     };
-    let requests: Vec<RequestRow> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RequestRow {
-            id: i as u64,
-            arrival_ns: r.engine.arrival_ns,
-            first_token_ns: r.engine.first_token_ns,
-            end_ns: r.engine.end_ns,
-            input_len: r.input_len as u64,
-            output_len: r.output_len as u64,
-        })
-        .collect();
-    let trace = engine.finish_profiling(&requests)?;
+    let trace = engine.finish_profiling()?;
     Ok(RunResult { records, iterations, trace })
 }
 

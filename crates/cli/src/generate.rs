@@ -88,7 +88,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     loop {
         if let Err(stopped) = lumen_engine::interrupt::check() {
             writeln!(out).context("cannot write the answer to standard output")?;
-            if let Some((path, iterations)) = engine.finish_profiling(&[])? {
+            if let Some((path, iterations)) = engine.finish_profiling()? {
                 lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded before the signal", path.display());
             }
             return Err(stopped.into());
@@ -112,7 +112,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             if let FinishReason::Rejected(why) = reason {
                 bail!("the request was rejected: {why}");
             }
-            if let Some((path, iterations)) = engine.finish_profiling(&[])? {
+            if let Some((path, iterations)) = engine.finish_profiling()? {
                 lumen_trace::status!("[lumen] trace {}: {iterations} iterations recorded", path.display());
             }
             let total = started.elapsed().as_secs_f64();

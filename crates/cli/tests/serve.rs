@@ -264,6 +264,9 @@ fn profile_routes_write_a_trace_of_the_window_and_refuse_a_second_start() {
     assert_eq!(analyzed.code, Some(0), "{}", analyzed.stderr);
     let info = lumen(&["trace", "info", &trace]);
     assert!(info.stdout.contains("iterations"), "{}", info.stdout);
+    let requests = lumen_trace::store::read_trace(std::path::Path::new(&trace)).unwrap().requests;
+    let lengths: Vec<_> = requests.iter().map(|r| (r.input_len, r.output_len, r.first_token_ns.is_some())).collect();
+    assert_eq!(lengths, [(3, 8, true)], "the window's one request");
 }
 
 #[test]
@@ -279,7 +282,7 @@ fn environment_windows_count_from_server_start_and_sigterm_finishes_the_trace() 
         "--random-input-len",
         "16",
         "--random-output-len",
-        "24",
+        "12",
         "--num-prompts",
         "32",
         "--max-concurrency",
@@ -292,6 +295,13 @@ fn environment_windows_count_from_server_start_and_sigterm_finishes_the_trace() 
     assert_eq!(code, Some(0), "{log}");
     let rows = lumen_trace::store::read_trace(std::path::Path::new(&trace)).unwrap().iterations;
     assert_eq!(rows.iter().map(|r| r.iter).collect::<Vec<_>>(), (20..=40).collect::<Vec<_>>(), "{log}");
+    let requests = lumen_trace::store::read_trace(std::path::Path::new(&trace)).unwrap().requests;
+    let (window_start, window_end) = (rows[0].start_ns, rows[rows.len() - 1].end_ns);
+    assert!(!requests.is_empty(), "4-way decoding of 12 tokens ends requests in and before the window");
+    for r in &requests {
+        assert_eq!((r.input_len, r.output_len), (16, 12), "{r:?}");
+        assert!((window_start..=window_end).contains(&r.end_ns), "{r:?} ended outside the window {window_start}..{window_end}");
+    }
     assert_eq!(lumen(&["analyze", &trace]).code, Some(0));
 }
 

@@ -161,14 +161,15 @@ impl Engine {
         self.iteration = 0;
     }
 
-    /// Ends profiling: writes the remaining rows and `requests`, closes the trace, and returns its
-    /// path and the number of iterations recorded (`None` when nothing was recorded).
-    pub fn finish_profiling(&mut self, requests: &[RequestRow]) -> Result<Option<(std::path::PathBuf, u64)>> {
+    /// Ends profiling: writes the remaining rows (the requests that ended inside a window among
+    /// them), closes the trace, and returns its path and the number of iterations
+    /// recorded (`None` when nothing was recorded).
+    pub fn finish_profiling(&mut self) -> Result<Option<(std::path::PathBuf, u64)>> {
         if let Some(e) = self.profile_error.take() {
             return Err(e.context("profiling stopped"));
         }
         match self.profiler.take() {
-            Some(p) => p.finish(requests),
+            Some(p) => p.finish(),
             None => Ok(None),
         }
     }
@@ -262,7 +263,7 @@ impl Engine {
         if self.profiler.as_ref().is_some_and(Profiler::is_window_open) {
             self.runner.set_profiler(false)?;
         }
-        self.finish_profiling(&[])
+        self.finish_profiling()
     }
 
     /// Ends every request with an error after a failed step.
@@ -286,6 +287,16 @@ impl Engine {
         });
         self.kv.release(&mut seq.block_table);
         seq.timings.end_ns = now_ns();
+        if let Some(p) = &mut self.profiler {
+            p.record_request(RequestRow {
+                id: seq.id,
+                arrival_ns: seq.timings.arrival_ns,
+                first_token_ns: seq.timings.first_token_ns,
+                end_ns: seq.timings.end_ns,
+                input_len: seq.prompt_len as u64,
+                output_len: seq.num_generated() as u64,
+            });
+        }
         let _ = seq.events.send(RequestEvent::Finished {
             reason,
             prompt_tokens: seq.prompt_len,

@@ -272,7 +272,7 @@ fn run(engine: &mut Engine, commands: Receiver<Command>, stats: Option<Sender<It
         if !engine.has_work() {
             match instrument::wait("engine idle: wait for requests", || commands.recv()) {
                 Ok(c) => apply(engine, &mut state, gauges, c),
-                Err(_) => return engine.finish_profiling(&[]),
+                Err(_) => return engine.finish_profiling(),
             }
         }
         while let Ok(c) = commands.try_recv() {
@@ -288,14 +288,14 @@ fn run(engine: &mut Engine, commands: Receiver<Command>, stats: Option<Sender<It
                         let _ = s.send(out.stats);
                     }
                     if engine.profile_windows_over() {
-                        state.closed_trace = Some(engine.finish_profiling(&[]).map_err(refusal));
+                        state.closed_trace = Some(engine.finish_profiling().map_err(refusal));
                     }
                 }
                 Err(e) => {
                     lumen_trace::status!("[lumen] engine failed: {e:#}");
                     engine.fail_all(&format!("{e:#}"));
                     publish(engine, gauges);
-                    return engine.finish_profiling(&[]);
+                    return engine.finish_profiling();
                 }
             }
         }

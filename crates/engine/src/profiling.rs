@@ -31,6 +31,7 @@ pub struct Profiler {
     iterations: Vec<IterationRow>,
     allocations: Vec<AllocationRow>,
     expert_loads: Vec<ExpertLoadRow>,
+    requests: Vec<RequestRow>,
     last_flush_ns: u64,
     recorded_iterations: u64,
 }
@@ -63,6 +64,7 @@ impl Profiler {
             iterations: Vec::new(),
             allocations: Vec::new(),
             expert_loads: Vec::new(),
+            requests: Vec::new(),
             last_flush_ns: now_ns(),
             recorded_iterations: 0,
         }
@@ -150,15 +152,24 @@ impl Profiler {
             instrument::stop_recording();
         }
         if closing || self.iterations.len() >= FLUSH_ITERATIONS || now_ns() - self.last_flush_ns > FLUSH_NS {
-            self.flush(&[])?;
+            self.flush()?;
         }
         Ok(closing.then_some(WindowEvent::Close))
     }
 
-    /// Writes what the recorder holds, plus `requests`.
-    pub fn flush(&mut self, requests: &[RequestRow]) -> Result<()> {
+    /// Keeps a request that ended while a window is open, for the trace's `requests` table
+    /// (nothing without an output).
+    pub fn record_request(&mut self, row: RequestRow) {
+        if self.output.is_some() && self.state.is_open() {
+            self.requests.push(row);
+        }
+    }
+
+    /// Writes what the recorder and the profiler hold.
+    fn flush(&mut self) -> Result<()> {
         let recorded = instrument::drain();
         let iterations = std::mem::take(&mut self.iterations);
+        let requests = std::mem::take(&mut self.requests);
         let allocations = std::mem::take(&mut self.allocations);
         let expert_loads = std::mem::take(&mut self.expert_loads);
         self.last_flush_ns = now_ns();
@@ -170,7 +181,7 @@ impl Profiler {
                 marks: &recorded.marks,
                 counters: &recorded.counters,
                 iterations: &iterations,
-                requests,
+                requests: &requests,
                 allocations: &allocations,
                 expert_loads: &expert_loads,
             }),
@@ -187,7 +198,7 @@ impl Profiler {
                 t.iterations.extend(iterations);
                 t.allocations.extend(allocations);
                 t.expert_loads.extend(expert_loads);
-                t.requests.extend_from_slice(requests);
+                t.requests.extend(requests);
                 Ok(())
             }
         }
@@ -195,9 +206,9 @@ impl Profiler {
 
     /// Flushes the rest and closes the output; returns its path and the iterations recorded
     /// (`None` without an output).
-    pub fn finish(mut self, requests: &[RequestRow]) -> Result<Option<(PathBuf, u64)>> {
+    pub fn finish(mut self) -> Result<Option<(PathBuf, u64)>> {
         instrument::stop_recording();
-        self.flush(requests)?;
+        self.flush()?;
         let n = self.recorded_iterations;
         match self.output {
             None => Ok(None),
@@ -232,6 +243,6 @@ mod tests {
         use WindowEvent::{Close, Open};
         assert_eq!(events, [(2, Open), (3, Close), (5, Open), (5, Close)]);
         assert!(!instrument::is_recording(), "nothing is recorded without an output");
-        assert_eq!(p.finish(&[]).unwrap(), None);
+        assert_eq!(p.finish().unwrap(), None);
     }
 }

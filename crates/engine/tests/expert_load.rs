@@ -62,7 +62,7 @@ fn the_trace_keeps_every_steps_expert_load_and_says_the_router_is_the_models() {
             want.push((stats.iter, layer as u32, load.iter().map(|&t| t as u64).collect::<Vec<_>>()));
         }
     }
-    engine.finish_profiling(&[]).unwrap();
+    engine.finish_profiling().unwrap();
     let trace = lumen_trace::store::read_trace(&path).unwrap();
     let got: Vec<_> = trace.expert_loads.iter().map(|r| (r.iteration, r.layer, r.tokens.clone())).collect();
     assert_eq!(got, want);

@@ -32,7 +32,7 @@ fn iterations_count_their_work_and_the_trace_holds_it_with_the_engine_limits() {
     while engine.has_work() {
         stats.push(engine.step().unwrap().stats);
     }
-    let (trace_path, recorded) = engine.finish_profiling(&[]).unwrap().unwrap();
+    let (trace_path, recorded) = engine.finish_profiling().unwrap().unwrap();
     assert_eq!(recorded, stats.len() as u64);
 
     assert!(stats.iter().any(|s| s.num_queued_requests > 0), "the third request waits for a batch slot");
