@@ -135,11 +135,13 @@ pub fn run(args: BenchServeArgs) -> Result<()> {
         goodput,
     };
     let profile_client = setup_client(model.clone())?;
-    let result = run_load(client, requests, &options)?;
+    let result = run_load(client, requests, &options);
     if args.profile {
+        // Also after a stop signal, so the server's trace of the window is written.
         let stopped = runtime.block_on(profile_client.post_empty("/stop_profile"))?;
         lumen_trace::status!("[lumen] /stop_profile: {stopped}");
     }
+    let result = result?;
     let date = utc_stamp();
     let report = build_serving_report(&setup, &result.outcomes, result.duration_s, &date)?;
     print_report(&render_serving_text(&setup, &report))?;

@@ -328,3 +328,36 @@ fn sigterm_aborts_what_outlives_the_shutdown_timeout_and_exits_0() {
         &body[body.len().saturating_sub(300)..]
     );
 }
+
+#[test]
+fn one_sigint_stops_bench_serve_closes_the_profile_window_and_frees_the_server() {
+    let s = Scratch::new("bench-serve-sigint");
+    let dir = s.path("traces");
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&["--model", "tiny-untied", "--profile-dir", &dir], &[]);
+    let mut bench = Command::new(common::lumen_bin())
+        .args(["bench", "serve", "--base-url", &server.url, "--random-input-len", "16", "--random-output-len", "1000"])
+        .args(["--num-prompts", "64", "--max-concurrency", "8", "--ignore-eos", "--profile"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    server.eventually("requests to run", 60, || server.metric("lumen:num_requests_running") >= 1.0);
+    let signalled = std::time::Instant::now();
+    unsafe { libc::kill(bench.id() as i32, libc::SIGINT) };
+    while bench.try_wait().unwrap().is_none() && signalled.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = bench.kill();
+    let out = bench.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGINT), "one SIGINT ends bench serve: {stderr}");
+    assert!(signalled.elapsed().as_secs() < 10, "stopped after {:?}", signalled.elapsed());
+    assert!(stderr.contains("/stop_profile") && stderr.contains("SIGINT"), "{stderr}");
+    server.eventually("the dropped requests to be aborted", 10, || {
+        server.metric("lumen:num_requests_running") == 0.0 && server.metric("lumen:kv_cache_used_blocks") == 0.0
+    });
+    let traces: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).collect();
+    assert_eq!(traces.len(), 1, "the window's trace is written");
+    assert_eq!(lumen(&["analyze", traces[0].path().to_str().unwrap()]).code, Some(0));
+}

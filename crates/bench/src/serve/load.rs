@@ -1,12 +1,15 @@
 //! When requests go and how many are in flight, as `vllm bench serve` decides: at an infinite
 //! rate all at once, else with gaps drawn from a gamma distribution of shape `burstiness` and
 //! mean `1 / rate` (burstiness 1 is a Poisson process); `--max-concurrency` caps requests in
-//! flight, a request past the cap waiting for a slot after its arrival time.
+//! flight, a request past the cap waiting for a slot after its arrival time. A stop signal
+//! (SIGINT, SIGTERM, SIGHUP) ends the run at once: requests in flight are dropped, which closes
+//! their connections (a server aborts them), and the run returns [`Interrupted`].
 
 use super::client::{BenchRequest, Client, Outcome};
 use crate::progress::Progress;
 use crate::sampling::Rng;
 use anyhow::{ensure, Context, Result};
+use lumen_engine::interrupt::{self, Interrupted};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,34 +58,54 @@ fn gamma(rng: &mut Rng, k: f64) -> f64 {
     }
 }
 
-/// Sends `requests` as `options` says and waits for all of them.
+/// Sends `requests` as `options` says and waits for all of them, or for a stop signal.
 pub fn run_load(client: Client, requests: Vec<BenchRequest>, options: &LoadOptions) -> Result<LoadResult> {
     let gaps = arrival_gaps(requests.len(), options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let client = Arc::new(client);
-        let slots = Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)));
-        let mut progress = Progress::new(requests.len() as u64, "requests");
-        let started = Instant::now();
-        let mut arrival = Duration::ZERO;
-        let mut tasks = Vec::with_capacity(requests.len());
-        for (request, gap) in requests.into_iter().zip(gaps) {
-            arrival += Duration::from_secs_f64(gap);
-            tokio::time::sleep_until((started + arrival).into()).await;
-            let (client, slots) = (client.clone(), slots.clone());
-            tasks.push(tokio::spawn(async move {
-                let _slot = slots.acquire_owned().await;
-                client.send(&request).await
-            }));
+    let run = runtime.block_on(async move {
+        tokio::select! {
+            result = send_all(client, requests, gaps, options) => result,
+            stopped = stop_signal() => Err(stopped.into()),
         }
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            outcomes.push(task.await.unwrap_or_else(|e| Outcome { error: format!("the request task failed: {e}"), ..Outcome::default() }));
-            progress.inc(1);
+    });
+    // Dropping the runtime drops the request tasks still running, and with them their connections.
+    runtime.shutdown_background();
+    run
+}
+
+/// Resolves once a stop signal has arrived.
+async fn stop_signal() -> Interrupted {
+    loop {
+        if let Err(stopped) = interrupt::check() {
+            return stopped;
         }
-        progress.finish();
-        Ok(LoadResult { outcomes, duration_s: started.elapsed().as_secs_f64() })
-    })
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn send_all(client: Client, requests: Vec<BenchRequest>, gaps: Vec<f64>, options: &LoadOptions) -> Result<LoadResult> {
+    let client = Arc::new(client);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_concurrency.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)));
+    let mut progress = Progress::new(requests.len() as u64, "requests");
+    let started = Instant::now();
+    let mut arrival = Duration::ZERO;
+    let mut tasks = Vec::with_capacity(requests.len());
+    for (request, gap) in requests.into_iter().zip(gaps) {
+        arrival += Duration::from_secs_f64(gap);
+        tokio::time::sleep_until((started + arrival).into()).await;
+        let (client, slots) = (client.clone(), slots.clone());
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            client.send(&request).await
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.unwrap_or_else(|e| Outcome { error: format!("the request task failed: {e}"), ..Outcome::default() }));
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok(LoadResult { outcomes, duration_s: started.elapsed().as_secs_f64() })
 }
 
 #[cfg(test)]
