@@ -138,7 +138,7 @@ fn drive(
             let mut finished = None;
             while let Ok(ev) = request.stream.events.try_recv() {
                 match ev {
-                    RequestEvent::Token(_) => {
+                    RequestEvent::Token { .. } => {
                         request.produced += 1;
                         if streaming && request.first_chunk_ns.is_none() {
                             request.first_chunk_ns = Some(now_ns());

@@ -76,7 +76,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let request = Request {
         prompt: prompt_ids.clone(),
-        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed, logprobs: None },
         stop: StopConditions { max_tokens: args.max_tokens as usize, stop_ids: Vec::new(), ignore_eos: args.ignore_eos },
     };
     let stream = engine.submit(request);
@@ -99,7 +99,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let mut finished = None;
         while let Ok(ev) = stream.events.try_recv() {
             match ev {
-                RequestEvent::Token(id) => {
+                RequestEvent::Token { id, .. } => {
                     first_token.get_or_insert_with(|| started.elapsed());
                     ids.push(id);
                     write!(out, "{}", answer.push(id)).and_then(|_| out.flush()).context("cannot write the answer to standard output")?;

@@ -68,6 +68,41 @@ fn completions_stream_and_whole_give_generate_s_tokens_with_usage() {
 }
 
 #[test]
+fn logprobs_come_whole_and_streamed_in_openai_s_shapes() {
+    let server = Server::start(&["--model", "tiny-untied"], &[]);
+    let body = r#"{"prompt": [5, 6, 7], "max_tokens": 6, "temperature": 0, "ignore_eos": true, "return_token_ids": true, "logprobs": 2"#;
+    let whole = server.post("/v1/completions", &format!("{body}}}")).json();
+    let choice = &whole["choices"][0];
+    let ids: Vec<u64> = choice["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let lp = &choice["logprobs"];
+    let names: Vec<String> = ids.iter().map(|id| format!("token_id:{id}")).collect();
+    assert_eq!(lp["tokens"], serde_json::json!(names), "{lp}");
+    let token_logprobs: Vec<f64> = lp["token_logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(token_logprobs.len(), 6);
+    let mut offset = 0;
+    for (i, name) in names.iter().enumerate() {
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert_eq!(top.len(), 2, "greedy: the sampled token is the likeliest of the two: {lp}");
+        assert_eq!(top[name].as_f64(), Some(token_logprobs[i]), "{lp}");
+        assert!(top.values().all(|v| v.as_f64().unwrap() <= token_logprobs[i] && token_logprobs[i] <= 0.0), "{lp}");
+        assert_eq!(lp["text_offset"][i].as_u64(), Some(offset));
+        offset += name.len() as u64;
+    }
+    let stream = server.post("/v1/completions", &format!(r#"{body}, "stream": true}}"#));
+    let (_, chunks) = streamed(&stream.body);
+    let pieces: Vec<&serde_json::Value> = chunks.iter().map(|c| &c["choices"][0]["logprobs"]).filter(|l| !l.is_null()).collect();
+    assert_eq!(pieces.len(), 6, "one chunk per token carries its logprobs");
+    for (i, piece) in pieces.iter().enumerate() {
+        assert_eq!(piece["tokens"][0], lp["tokens"][i]);
+        assert_eq!(piece["token_logprobs"][0], lp["token_logprobs"][i]);
+        assert_eq!(piece["top_logprobs"][0], lp["top_logprobs"][i]);
+        assert_eq!(piece["text_offset"][0], lp["text_offset"][i], "offsets continue across chunks");
+    }
+    let none = server.post("/v1/completions", r#"{"prompt": [5, 6, 7], "max_tokens": 2}"#).json();
+    assert!(none["choices"][0]["logprobs"].is_null(), "none unless asked: {none}");
+}
+
+#[test]
 fn bad_requests_get_an_error_naming_the_field_and_the_server_lives_on() {
     let s = Scratch::new("serve-bad-input");
     let server = Server::start(&["--model", "tiny-untied", "--kv-cache-tokens", "256", "--max-body-bytes", "4000"], &[]);
@@ -88,7 +123,8 @@ fn bad_requests_get_an_error_naming_the_field_and_the_server_lives_on() {
         (r#"{"prompt": [1], "top_p": 0}"#.into(), 400, "top_p", "above 0"),
         (r#"{"prompt": [1], "stop": 5}"#.into(), 400, "stop", "expected a string or an array"),
         (r#"{"prompt": [1], "stream": "yes"}"#.into(), 400, "stream", "expected true or false"),
-        (r#"{"prompt": [1], "logprobs": 2}"#.into(), 400, "logprobs", "not available"),
+        (r#"{"prompt": [1], "logprobs": 21}"#.into(), 400, "logprobs", "logprobs is 21, expected an integer from 0 to 20"),
+        (r#"{"prompt": [1], "echo": true}"#.into(), 400, "echo", "echo is not supported"),
         (format!(r#"{{"prompt": {long_prompt}, "max_tokens": 100}}"#), 400, "max_tokens", "can never run"),
         (format!(r#"{{"prompt": [1], "pad": "{}"}}"#, "x".repeat(5000)), 413, "body", "--max-body-bytes"),
     ];
@@ -106,6 +142,8 @@ fn bad_requests_get_an_error_naming_the_field_and_the_server_lives_on() {
     assert_eq!((chat.status, chat.error().0), (400, "messages".to_string()), "a preset has no chat template: {}", chat.body);
     let chat = server.post("/v1/chat/completions", r#"{"messages": [{"content": "hi"}]}"#);
     assert_eq!(chat.error().0, "messages[0].role");
+    let chat = server.post("/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}"#);
+    assert_eq!((chat.status, chat.error().0), (400, "top_logprobs".to_string()), "top_logprobs needs logprobs: {}", chat.body);
     assert_eq!(server.curl("/v2/nothing", &[]).status, 404);
     assert_eq!(server.curl("/v1/completions", &[]).status, 405);
     // Bodies mutated at random from a good one: every answer is a 200 or a 4xx, never a 5xx or a

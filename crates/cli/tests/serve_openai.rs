@@ -1,6 +1,6 @@
 //! The official `openai` Python client (installed by scripts/setup.sh) against `lumen serve` on
-//! the real SmolLM2 model: completions and chat completions, streamed and whole, with usage, and
-//! the chat answer to the France prompt names Paris.
+//! the real SmolLM2 model: completions and chat completions, streamed and whole, with usage and
+//! log-probabilities, and the chat answer to the France prompt names Paris.
 
 mod common;
 
@@ -9,6 +9,7 @@ use common::server::Server;
 use std::process::Command;
 
 const CLIENT: &str = r#"
+import math
 import sys
 from openai import OpenAI
 client = OpenAI(base_url=sys.argv[1] + "/v1", api_key="k")
@@ -37,6 +38,24 @@ assert text == done.choices[0].text, (text, done.choices[0].text)
 
 stopped = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0, stop=[done.choices[0].text.strip()[:3]])
 assert stopped.choices[0].finish_reason == "stop" and len(stopped.choices[0].text) < len(done.choices[0].text), stopped
+scored = client.chat.completions.create(model=model, messages=question, max_tokens=24, temperature=0, logprobs=True, top_logprobs=3)
+content = scored.choices[0].logprobs.content
+assert scored.choices[0].message.content == answer and len(content) == scored.usage.completion_tokens, scored
+joined = "".join(t.token for t in content)
+assert joined in (answer, answer + "<|im_end|>"), (joined, answer)
+for t in content:
+    assert bytes(t.bytes).decode() == t.token and len(t.top_logprobs) == 3, t
+    assert (t.top_logprobs[0].token, t.top_logprobs[0].logprob) == (t.token, t.logprob), t
+    assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob, t
+    assert sum(math.exp(a.logprob) for a in t.top_logprobs) <= 1 + 1e-5, t
+paris = next(t for t in content if "Paris" in t.token)
+assert paris.logprob > math.log(0.5), paris
+
+legacy = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+lp = legacy.choices[0].logprobs
+assert "".join(lp.tokens) == legacy.choices[0].text and len(lp.token_logprobs) == 8, lp
+assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(8)], lp
+assert all(max(top.values()) == p for top, p in zip(lp.top_logprobs, lp.token_logprobs)), lp
 print(answer)
 "#;
 

@@ -5,6 +5,7 @@ use crate::kv_cache::KvCacheManager;
 use crate::profiling::Profiler;
 use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId, RequestLimits, RequestStream, RequestTimings};
 use crate::runner::{self, Runner};
+use crate::sampler;
 use crate::scheduler::{Scheduler, Sequence};
 use crate::stats::IterationStats;
 use crate::work::WorkModel;
@@ -342,6 +343,10 @@ impl Engine {
         }
         let sample_span = span(Category::Phase, "sample");
         let sampled = if input.tokens.is_empty() { Vec::new() } else { self.runner.sample(self.model.config().vocab_size, &input)? };
+        let wants_logprobs = input.sampling.iter().any(|(p, _)| p.logprobs.is_some());
+        let logits = if wants_logprobs { self.runner.last_logits()? } else { Vec::new() };
+        let vocab = self.model.config().vocab_size;
+        let mut rows = logits.chunks(vocab);
         let mut sampled = sampled.into_iter();
         let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
         let mut started = Vec::new();
@@ -357,13 +362,15 @@ impl Engine {
                 continue;
             }
             let token = sampled.next().expect("one sampled token per sampling sequence");
+            let row = rows.next();
+            let logprobs = seq.sampling.logprobs.zip(row).map(|(top, row)| sampler::logprobs(row, token, top));
             seq.tokens.push(token);
             if seq.timings.first_token_ns.is_none() {
                 seq.timings.first_token_ns = Some(now);
                 mark(Category::Api, "first token", || Some(format!("{{\"request\":{0},\"flow\":{0}}}", seq.id)));
             }
             mark(Category::Api, "stream chunk", || Some(format!("{{\"request\":{},\"token\":{token}}}", seq.id)));
-            let delivered = seq.events.send(RequestEvent::Token(token)).is_ok();
+            let delivered = seq.events.send(RequestEvent::Token { id: token, logprobs }).is_ok();
             let eos = !seq.stop.ignore_eos && self.eos_ids.contains(&token);
             let reason = if !delivered {
                 Some(FinishReason::Aborted)

@@ -26,7 +26,10 @@ pub use engine::{Engine, StepOutput};
 pub use handle::{EngineHandle, EngineLoad, FinishedTrace, MakeProfiler, ProfileRefusal, QueueFull};
 pub use interrupt::Interrupted;
 pub use profiling::Profiler;
-pub use request::{FinishReason, Request, RequestEvent, RequestId, RequestLimits, RequestStream, RequestTimings, SamplingParams, StopConditions};
+pub use request::{
+    FinishReason, Request, RequestEvent, RequestId, RequestLimits, RequestStream, RequestTimings, SamplingParams, StopConditions,
+    TokenLogprobs,
+};
 pub use scheduler::SchedulerOutput;
 pub use stats::IterationStats;
 pub use work::{Dtype, IterationWork, WorkModel};

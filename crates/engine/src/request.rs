@@ -15,11 +15,13 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Seed of the request's sampling stream; the same seed gives the same tokens.
     pub seed: u64,
+    /// `Some(n)`: each token comes with its log-probability and the `n` likeliest tokens'.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, logprobs: None }
     }
 }
 
@@ -104,10 +106,29 @@ pub struct RequestTimings {
     pub preemptions: u32,
 }
 
+/// Log-probabilities under the model's own distribution (the log-softmax of the raw logits,
+/// before temperature, top-k or top-p), as vLLM reports them by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The sampled token's.
+    pub logprob: f32,
+    /// The likeliest tokens and theirs, most likely first (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestEvent {
-    Token(u32),
-    Finished { reason: FinishReason, prompt_tokens: usize, output_tokens: usize, timings: RequestTimings },
+    /// A sampled token, with its log-probabilities when the request asked for them.
+    Token {
+        id: u32,
+        logprobs: Option<TokenLogprobs>,
+    },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        output_tokens: usize,
+        timings: RequestTimings,
+    },
 }
 
 /// The receiving end of one request's events.
@@ -122,7 +143,7 @@ impl RequestStream {
         let mut tokens = Vec::new();
         while let Ok(ev) = lumen_trace::instrument::wait("request stream: wait for tokens", || self.events.recv()) {
             match ev {
-                RequestEvent::Token(t) => tokens.push(t),
+                RequestEvent::Token { id, .. } => tokens.push(id),
                 done @ RequestEvent::Finished { .. } => return (tokens, done),
             }
         }

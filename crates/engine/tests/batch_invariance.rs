@@ -127,7 +127,7 @@ fn sampled_tokens_on_a_preset_do_not_depend_on_the_batch() {
             let sampling = if i % 2 == 0 {
                 SamplingParams::default()
             } else {
-                SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: i as u64 }
+                SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: i as u64, logprobs: None }
             };
             request(p, 12, sampling)
         })

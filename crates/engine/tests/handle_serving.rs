@@ -38,7 +38,7 @@ fn finish_reason(events: &std::sync::mpsc::Receiver<RequestEvent>) -> FinishReas
     loop {
         match events.recv_timeout(Duration::from_secs(10)).expect("the request finishes") {
             RequestEvent::Finished { reason, .. } => return reason,
-            RequestEvent::Token(_) => {}
+            RequestEvent::Token { .. } => {}
         }
     }
 }

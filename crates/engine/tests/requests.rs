@@ -108,3 +108,63 @@ fn the_handle_serves_concurrent_callers_and_reports_iterations() {
     assert!(!iterations.is_empty());
     assert!(iterations.windows(2).all(|w| w[1].iter == w[0].iter + 1), "iterations are numbered in order");
 }
+
+/// Every token event of a finished stream.
+fn token_events(s: lumen_engine::RequestStream) -> Vec<(u32, Option<lumen_engine::TokenLogprobs>)> {
+    let mut out = Vec::new();
+    while let Ok(event) = s.events.recv() {
+        match event {
+            RequestEvent::Token { id, logprobs } => out.push((id, logprobs)),
+            RequestEvent::Finished { .. } => break,
+        }
+    }
+    out
+}
+
+fn with_logprobs(prompt: Vec<u32>, max_tokens: usize, logprobs: Option<usize>) -> Request {
+    let sampling = SamplingParams { logprobs, ..SamplingParams::default() };
+    Request { prompt, sampling, stop: StopConditions { max_tokens, stop_ids: vec![], ignore_eos: true } }
+}
+
+#[test]
+fn logprobs_follow_each_request_through_a_mixed_batch() {
+    let model = Arc::new(load_model("tiny-untied").unwrap());
+    let mut e = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+    let plain = e.submit(with_logprobs(vec![20, 21], 12, None));
+    e.step().unwrap();
+    e.step().unwrap();
+    // Prefills of two requests with logprobs after the decode of one without: their rows are not
+    // the batch's first.
+    let asked = e.submit(with_logprobs(vec![7, 8, 9, 10], 12, Some(3)));
+    let bare = e.submit(with_logprobs(vec![30, 31, 32, 33, 34, 35], 12, Some(0)));
+    while e.has_work() {
+        e.step().unwrap();
+    }
+    let asked = token_events(asked);
+    assert_eq!(asked.len(), 12);
+    for (id, lp) in &asked {
+        let lp = lp.as_ref().expect("logprobs on every token");
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!(lp.top[0], (*id, lp.logprob), "greedy takes the likeliest token");
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1) && lp.logprob <= 0.0, "{lp:?}");
+    }
+    assert!(token_events(plain).iter().all(|(_, lp)| lp.is_none()), "no logprobs unless asked");
+    assert!(token_events(bare).iter().all(|(_, lp)| lp.as_ref().is_some_and(|lp| lp.top.is_empty())));
+    // The same figures from a lone prefill of each prefix: the row read was the request's own.
+    let tokens: Vec<u32> = asked.iter().map(|(id, _)| *id).collect();
+    for i in [0, 1, 5, 11] {
+        let mut solo = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+        let prompt = [vec![7, 8, 9, 10], tokens[..i].to_vec()].concat();
+        let s = solo.submit(with_logprobs(prompt, 1, Some(3)));
+        while solo.has_work() {
+            solo.step().unwrap();
+        }
+        let (id, lp) = token_events(s).remove(0);
+        let (want, got) = (lp.unwrap(), asked[i].1.clone().unwrap());
+        assert_eq!(id, tokens[i]);
+        assert!((want.logprob - got.logprob).abs() < 1e-4, "token {i}: lone {want:?}, batched {got:?}");
+        for (w, g) in want.top.iter().zip(&got.top) {
+            assert!(w.0 == g.0 && (w.1 - g.1).abs() < 1e-4, "token {i}: lone {want:?}, batched {got:?}");
+        }
+    }
+}

@@ -7,13 +7,13 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::metrics::{record_request, FinishedRequest};
 use crate::openai::{self, Endpoint, Generation};
-use crate::reply::{ReplyHeader, Usage};
+use crate::reply::{logprobs_json, NamedLogprobs, ReplyHeader, TokenName, Usage};
 use crate::stop::StopStrings;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use lumen_engine::{FinishReason, RequestEvent, RequestId, RequestTimings};
+use lumen_engine::{FinishReason, RequestEvent, RequestId, RequestTimings, TokenLogprobs};
 use lumen_model::chat::AnswerText;
 use lumen_trace::instrument::{span, Category};
 use serde_json::Value;
@@ -111,13 +111,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The answer as it builds up: text pieces cut at stop strings, token ids, and the gaps between
-/// tokens.
+/// The answer as it builds up: text pieces cut at stop strings, token ids, their
+/// log-probabilities when asked for, and the gaps between tokens.
 struct Answer {
     app: Arc<AppState>,
     text: AnswerText,
     stops: StopStrings,
     token_ids: Vec<u32>,
+    logprobs: Vec<NamedLogprobs>,
+    /// Characters in the texts of the tokens in `logprobs`.
+    logprob_chars: usize,
     prompt_tokens: usize,
     last_token: Instant,
     gaps_s: Vec<f64>,
@@ -136,14 +139,22 @@ impl Answer {
             text: AnswerText::new(&app.model),
             stops: StopStrings::new(generation.stop_strings.clone()),
             token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            logprob_chars: 0,
             prompt_tokens,
             last_token: arrived,
             gaps_s: Vec::new(),
         }
     }
 
-    /// Takes a token; returns the text it lets through.
-    fn token(&mut self, id: u32) -> String {
+    /// Takes a token and its log-probabilities; returns the text it lets through.
+    fn token(&mut self, id: u32, logprobs: Option<TokenLogprobs>) -> String {
+        if let Some(lp) = logprobs {
+            let top = lp.top.iter().map(|&(alt, logprob)| (self.token_name(alt), logprob)).collect();
+            let token = self.token_name(id);
+            self.logprob_chars += token.text.chars().count();
+            self.logprobs.push(NamedLogprobs { token, logprob: lp.logprob, top });
+        }
         let now = Instant::now();
         if !self.token_ids.is_empty() {
             self.gaps_s.push(now.duration_since(self.last_token).as_secs_f64());
@@ -152,6 +163,36 @@ impl Answer {
         self.token_ids.push(id);
         let piece = self.text.push(id);
         self.stops.push(&piece)
+    }
+
+    fn token_name(&self, id: u32) -> TokenName {
+        match &self.app.model.tokenizer {
+            Some(t) => {
+                let bytes = t.token_bytes(id, false).to_vec();
+                TokenName { text: String::from_utf8_lossy(&bytes).into_owned(), bytes: Some(bytes) }
+            }
+            None => TokenName { text: format!("token_id:{id}"), bytes: None },
+        }
+    }
+
+    /// The `logprobs` of the whole answer (null unless asked for).
+    fn all_logprobs(&self, generation: &Generation) -> Value {
+        match generation.request.sampling.logprobs {
+            Some(_) => logprobs_json(generation.endpoint, &self.logprobs, 0),
+            None => Value::Null,
+        }
+    }
+
+    /// The `logprobs` of the token taken last, for its chunk (null unless asked for); the
+    /// completions' `text_offset` continues from the tokens before it.
+    fn last_logprobs(&self, generation: &Generation) -> Value {
+        match (generation.request.sampling.logprobs, self.logprobs.last()) {
+            (Some(_), Some(last)) => {
+                let offset = self.logprob_chars - last.token.text.chars().count();
+                logprobs_json(generation.endpoint, std::slice::from_ref(last), offset)
+            }
+            _ => Value::Null,
+        }
     }
 
     fn usage(&self) -> Usage {
@@ -203,8 +244,8 @@ async fn whole_reply(
     let mut text = String::new();
     let outcome = loop {
         match next(&mut events).await {
-            Some(RequestEvent::Token(id)) => {
-                text.push_str(&answer.token(id));
+            Some(RequestEvent::Token { id, logprobs }) => {
+                text.push_str(&answer.token(id, logprobs));
                 if answer.stops.stopped() {
                     break answer.finish(None);
                 }
@@ -221,7 +262,8 @@ async fn whole_reply(
         Outcome::Finished { reason, tail } => {
             text.push_str(&tail);
             let ids = generation.return_token_ids.then_some(answer.token_ids.as_slice());
-            Ok(axum::Json(header.complete(&text, reason, ids, &answer.usage())).into_response())
+            let logprobs = answer.all_logprobs(&generation);
+            Ok(axum::Json(header.complete(&text, reason, ids, logprobs, &answer.usage())).into_response())
         }
     }
 }
@@ -249,7 +291,7 @@ impl Streaming {
         match outcome {
             Outcome::Failed(e) => self.queued.push_back(sse(&e.body())),
             Outcome::Finished { reason, tail } => {
-                self.queued.push_back(sse(&self.header.chunk(&tail, None, Some(reason))));
+                self.queued.push_back(sse(&self.header.chunk(&tail, None, Value::Null, Some(reason))));
                 if self.generation.include_usage {
                     self.queued.push_back(sse(&self.header.usage_chunk(&self.answer.usage())));
                 }
@@ -262,11 +304,12 @@ impl Streaming {
     /// Waits for the engine's next event and queues what it adds to the stream.
     async fn advance(&mut self) {
         match next(&mut self.events).await {
-            Some(RequestEvent::Token(id)) => {
-                let text = self.answer.token(id);
+            Some(RequestEvent::Token { id, logprobs }) => {
+                let text = self.answer.token(id, logprobs);
                 let ids = self.generation.return_token_ids.then_some([id]);
-                if !text.is_empty() || ids.is_some() {
-                    self.queued.push_back(sse(&self.header.chunk(&text, ids.as_ref().map(|i| i.as_slice()), None)));
+                let logprobs = self.answer.last_logprobs(&self.generation);
+                if !text.is_empty() || ids.is_some() || !logprobs.is_null() {
+                    self.queued.push_back(sse(&self.header.chunk(&text, ids.as_ref().map(|i| i.as_slice()), logprobs, None)));
                 }
                 if self.answer.stops.stopped() {
                     let outcome = self.answer.finish(None);

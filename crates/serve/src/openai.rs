@@ -1,7 +1,9 @@
 //! OpenAI request bodies for `/v1/completions` and `/v1/chat/completions`, read into an engine
 //! request and the reply's options. Every field is checked where it is read, and a bad one is a
 //! 4xx naming it. Besides OpenAI's fields, vLLM's `top_k`, `ignore_eos` and `stop_token_ids` are
-//! taken, and `return_token_ids` adds each choice's token ids to the reply.
+//! taken, and `return_token_ids` adds each choice's token ids to the reply. Log-probabilities
+//! (`logprobs` on completions; `logprobs` and `top_logprobs` on chat) are those of the model's
+//! raw distribution, up to 20 alternatives per token, as vLLM gives them.
 
 use crate::error::ApiError;
 use crate::fields::{json_kind, token_id_list, Fields};
@@ -17,6 +19,8 @@ use serde_json::Value;
 const DEFAULT_COMPLETION_TOKENS: usize = 16;
 /// Most stop strings a request may give, as in the OpenAI API.
 const MAX_STOP_STRINGS: usize = 4;
+/// Most alternatives per token a request may ask log-probabilities of (vLLM's default limit).
+const MAX_TOP_LOGPROBS: i64 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Endpoint {
@@ -54,7 +58,10 @@ pub fn parse(endpoint: Endpoint, body: &Value, served: &Served) -> Result<Genera
         }
     }
     f.integer("n", 1, 1)?;
-    refuse_logprobs(&f, endpoint)?;
+    let logprobs = logprobs(&f, endpoint)?;
+    if f.bool("echo")? == Some(true) {
+        return Err(ApiError::field("echo", "echo is not supported: the engine returns the completion only, without the prompt"));
+    }
     let limits = served.limits;
     let vocab = limits.vocab_size;
     let longest = limits.max_seq_len as i64;
@@ -100,7 +107,13 @@ pub fn parse(endpoint: Endpoint, body: &Value, served: &Served) -> Result<Genera
     };
     let request = Request {
         prompt,
-        sampling: SamplingParams { temperature: temperature as f32, top_k: top_k.max(0) as usize, top_p: top_p as f32, seed: seed as u64 },
+        sampling: SamplingParams {
+            temperature: temperature as f32,
+            top_k: top_k.max(0) as usize,
+            top_p: top_p as f32,
+            seed: seed as u64,
+            logprobs,
+        },
         stop: StopConditions { max_tokens, stop_ids, ignore_eos },
     };
     if let Some(why) = limits.problem(&request) {
@@ -110,17 +123,21 @@ pub fn parse(endpoint: Endpoint, body: &Value, served: &Served) -> Result<Genera
     Ok(Generation { endpoint, request, stream, include_usage, stop_strings, return_token_ids })
 }
 
-/// The engine returns no log-probabilities, so a request for them is refused rather than answered
-/// without them.
-fn refuse_logprobs(f: &Fields, endpoint: Endpoint) -> Result<(), ApiError> {
-    let asked = match endpoint {
-        Endpoint::Completions => f.integer("logprobs", 0, 20)?.is_some(),
-        Endpoint::Chat => f.bool("logprobs")?.unwrap_or(false) || f.integer("top_logprobs", 0, 20)?.is_some_and(|n| n > 0),
-    };
-    if asked {
-        return Err(ApiError::field("logprobs", "logprobs are not available: lumen's engine does not return log-probabilities"));
+/// How many alternatives per token the reply gives log-probabilities of; `None` for no
+/// log-probabilities. Completions take `logprobs: N`; chat takes `logprobs: true` with
+/// `top_logprobs: N`, which needs it.
+fn logprobs(f: &Fields, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
+    match endpoint {
+        Endpoint::Completions => Ok(f.integer("logprobs", 0, MAX_TOP_LOGPROBS)?.map(|n| n as usize)),
+        Endpoint::Chat => {
+            let top = f.integer("top_logprobs", 0, MAX_TOP_LOGPROBS)?;
+            match (f.bool("logprobs")?.unwrap_or(false), top) {
+                (true, top) => Ok(Some(top.unwrap_or(0) as usize)),
+                (false, Some(_)) => Err(ApiError::field("top_logprobs", "top_logprobs needs logprobs set to true")),
+                (false, None) => Ok(None),
+            }
+        }
     }
-    Ok(())
 }
 
 fn stop_strings(f: &Fields) -> Result<Vec<String>, ApiError> {

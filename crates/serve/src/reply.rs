@@ -1,5 +1,5 @@
 //! The JSON the OpenAI API answers with: whole completions and chat completions, their streamed
-//! chunks, and usage.
+//! chunks, usage, and log-probabilities in each endpoint's shape.
 
 use crate::openai::Endpoint;
 use serde_json::{json, Value};
@@ -27,6 +27,68 @@ impl Usage {
     }
 }
 
+/// A token as log-probability lists name it: its text and bytes, or `token_id:N` and no bytes
+/// for a model without a tokenizer (vLLM's spelling).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenName {
+    pub text: String,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// A generated token's log-probability and its likeliest alternatives', named.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedLogprobs {
+    pub token: TokenName,
+    pub logprob: f32,
+    pub top: Vec<(TokenName, f32)>,
+}
+
+/// The `logprobs` object of a choice holding `tokens`. Completions have OpenAI's legacy lists
+/// (`tokens`, `token_logprobs`, `top_logprobs` — the alternatives and the sampled token, keyed by
+/// text —, and `text_offset`, counted in characters from `text_offset`); chat has `content`, one
+/// object per token with its bytes and `top_logprobs`.
+pub fn logprobs_json(endpoint: Endpoint, tokens: &[NamedLogprobs], text_offset: usize) -> Value {
+    match endpoint {
+        Endpoint::Completions => {
+            let mut offsets = Vec::with_capacity(tokens.len());
+            let mut offset = text_offset;
+            for t in tokens {
+                offsets.push(offset);
+                offset += t.token.text.chars().count();
+            }
+            let top: Vec<Value> = tokens
+                .iter()
+                .map(|t| {
+                    let mut alternatives = serde_json::Map::new();
+                    for (name, logprob) in &t.top {
+                        alternatives.insert(name.text.clone(), json!(logprob));
+                    }
+                    alternatives.entry(t.token.text.clone()).or_insert_with(|| json!(t.logprob));
+                    Value::Object(alternatives)
+                })
+                .collect();
+            json!({
+                "tokens": tokens.iter().map(|t| t.token.text.as_str()).collect::<Vec<_>>(),
+                "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": offsets,
+            })
+        }
+        Endpoint::Chat => {
+            let entry = |name: &TokenName, logprob: f32| json!({"token": name.text, "logprob": logprob, "bytes": name.bytes});
+            let content: Vec<Value> = tokens
+                .iter()
+                .map(|t| {
+                    let mut e = entry(&t.token, t.logprob);
+                    e["top_logprobs"] = t.top.iter().map(|(name, lp)| entry(name, *lp)).collect();
+                    e
+                })
+                .collect();
+            json!({ "content": content })
+        }
+    }
+}
+
 impl ReplyHeader {
     pub fn new(endpoint: Endpoint, request_id: u64, model: &str) -> Self {
         let prefix = match endpoint {
@@ -49,14 +111,14 @@ impl ReplyHeader {
         json!({"id": self.id, "object": self.object(chunk), "created": self.created, "model": self.model, "choices": choices})
     }
 
-    /// The whole answer.
-    pub fn complete(&self, text: &str, finish_reason: &str, token_ids: Option<&[u32]>, usage: &Usage) -> Value {
+    /// The whole answer; `logprobs` is null unless the request asked for them.
+    pub fn complete(&self, text: &str, finish_reason: &str, token_ids: Option<&[u32]>, logprobs: Value, usage: &Usage) -> Value {
         let mut choice = match self.endpoint {
-            Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}),
+            Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}),
             Endpoint::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }),
         };
@@ -74,10 +136,10 @@ impl ReplyHeader {
     }
 
     /// A streamed piece of the answer; the last carries the finish reason.
-    pub fn chunk(&self, text: &str, token_ids: Option<&[u32]>, finish_reason: Option<&str>) -> Value {
+    pub fn chunk(&self, text: &str, token_ids: Option<&[u32]>, logprobs: Value, finish_reason: Option<&str>) -> Value {
         let mut choice = match self.endpoint {
-            Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}),
-            Endpoint::Chat => json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": finish_reason}),
+            Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}),
+            Endpoint::Chat => json!({"index": 0, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": finish_reason}),
         };
         if let Some(ids) = token_ids {
             choice["token_ids"] = json!(ids);

@@ -31,6 +31,11 @@ impl CpuRunner {
         std::mem::take(&mut self.expert_load)
     }
 
+    /// The logits of the last forward pass, `[rows, vocab]`.
+    pub fn last_logits(&self) -> &[f32] {
+        &self.logits
+    }
+
     /// One token per logits row of the last forward pass, drawn with that row's parameters and
     /// output index.
     pub fn sample(&self, vocab: usize, rows: &[(SamplingParams, usize)]) -> Vec<u32> {

@@ -153,6 +153,14 @@ impl Runner {
         }
     }
 
+    /// The `[rows, vocab]` f32 logits the last step sampled from, one row per sampled token.
+    pub fn last_logits(&mut self) -> Result<Vec<f32>> {
+        match self {
+            Runner::Cpu(r) => Ok(r.last_logits().to_vec()),
+            Runner::Cuda(r) => r.last_logits(),
+        }
+    }
+
     /// Device time of the last step, where the device measures it.
     pub fn device_ms(&self) -> Option<f64> {
         match self {
