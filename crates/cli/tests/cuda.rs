@@ -135,3 +135,25 @@ fn too_big_for_any_gpu(s: &Scratch) -> String {
     s.write("llama-405b-shape/model.safetensors", shard);
     s.path("llama-405b-shape")
 }
+
+#[test]
+fn served_logprobs_on_cuda_match_the_cpu() {
+    if !gpu_present() {
+        return;
+    }
+    let body = r#"{"prompt": [5, 17, 300, 4000, 12, 9], "max_tokens": 8, "temperature": 0, "ignore_eos": true, "logprobs": 3}"#;
+    let answer = |device: &str| {
+        let server = common::server::Server::start(&["--device", device, "--model", "smollm2-135m-untied@7"], &[]);
+        let reply = server.post("/v1/completions", body);
+        assert_eq!(reply.status, 200, "{device}: {}", reply.body);
+        reply.json()["choices"][0]["logprobs"].clone()
+    };
+    let (cpu, cuda) = (answer("cpu"), answer("cuda"));
+    assert_eq!(cuda["tokens"], cpu["tokens"], "greedy tokens differ between devices");
+    let values =
+        |lp: &serde_json::Value| -> Vec<f64> { lp["token_logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    for (i, (c, g)) in values(&cpu).iter().zip(values(&cuda)).enumerate() {
+        assert!((c - g).abs() < 0.1, "token {i}: CPU {c}, CUDA {g}");
+    }
+    assert_eq!(values(&cuda).len(), 8);
+}
