@@ -8,6 +8,7 @@ mod common;
 use common::one_pass;
 use lumen_model::moe::{route_limited, GroupLimit, RoutingMethod};
 use lumen_model::perfect_router::{balanced_expert, balanced_logits, cached_keys, group_chunk, BalancedKey};
+use lumen_model::plan::FeedForward;
 use lumen_model::{load_model, Executor, Model};
 use lumen_trace::instrument;
 
@@ -126,6 +127,28 @@ fn the_perfect_router_balances_a_real_forward_pass_and_still_runs_the_gate() {
     for load in &loads {
         assert!(load.iter().all(|&l| l == 11 || l == 12), "{load:?}");
         assert_eq!(load.iter().sum::<u32>(), 180);
+    }
+}
+
+#[test]
+fn under_the_perfect_router_deepseek_s_correction_bias_does_not_choose() {
+    let mut model = load_model("tiny-deepseek-v3").unwrap();
+    let Executor::Cpu(decoder) = &mut model.executor else { unreachable!("loaded on the CPU") };
+    decoder.perfect_router = true;
+    // A bias large enough to outweigh the balanced logits: left in, every token would take expert 0.
+    let mut biased = 0;
+    for layer in &mut decoder.weights.layers {
+        if let FeedForward::Moe(moe) = &mut layer.feed_forward {
+            let bias = moe.score_correction_bias.as_mut().expect("DeepSeek-V3 layers have a correction bias");
+            bias.iter_mut().enumerate().for_each(|(e, b)| *b = if e == 0 { 5.0 } else { 0.0 });
+            biased += 1;
+        }
+    }
+    assert!(biased > 0, "tiny-deepseek-v3 has MoE layers");
+    let c = model.config().moe.clone().expect("a mixture of experts");
+    let tokens = 8 * c.num_experts / c.top_k;
+    for load in expert_load(&model, &prompt(tokens)) {
+        assert!(load.iter().all(|&l| l == 8), "every expert gets 8 of {tokens} tokens × top-{}: {load:?}", c.top_k);
     }
 }
 
