@@ -1,6 +1,8 @@
 //! Tensor parallelism on the CPU backend: a loaded dense decoder split, as Megatron splits it, into
-//! N rank decoders that run over the same batch and paged KV layout, with the collectives done in
-//! process.
+//! N rank decoders that run over the same batch and paged KV layout. Each rank is a thread of its
+//! own (named `tp rank R`) holding its weights and its KV store, as each GPU's runner thread will;
+//! the collectives go through [`LocalComm`], an in-process all-reduce and all-gather, each recorded
+//! as a span with its bytes.
 //!
 //! Each rank holds:
 //! - the q rows of its `heads / N` query heads and the k/v rows (and biases) of the KV heads those
@@ -21,20 +23,102 @@
 use crate::config::ModelConfig;
 use crate::llama::{Decoder, ForwardBatch, GroupedScratch};
 use crate::plan::{Attention, FeedForward, Head, Layer, Quantization, SelfAttention, Weights};
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cpu::{self, PackedMatrix};
-use lumen_backend::KvStorage;
+use lumen_backend::{AttentionSeq, KvStorage};
+use lumen_trace::instrument::{span, Category};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
 
-/// A dense decoder split into `ranks.len()` rank decoders; each rank's config holds its own
-/// share of heads, KV heads, intermediate columns and vocabulary.
+/// A dense decoder split over rank threads; each rank's config holds its own share of heads, KV
+/// heads, intermediate columns and vocabulary.
 pub struct TensorParallel {
     /// The unsharded model's config.
     pub config: ModelConfig,
-    ranks: Vec<Decoder>,
+    jobs: Vec<Sender<Job>>,
+    /// Rank 0's answers: the gathered logits of each forward pass.
+    logits: Receiver<Vec<f32>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-/// The paged KV cache of every rank: the same blocks and slots, each rank's own KV heads.
-pub struct RankKv(Vec<KvStorage>);
+/// What the rank threads are asked to do.
+enum Job {
+    /// Make a KV store of `blocks` blocks of `block_size` slots (FP8 when `fp8`).
+    Kv {
+        blocks: usize,
+        block_size: usize,
+        fp8: bool,
+    },
+    Forward(Arc<OwnedBatch>),
+}
+
+/// A [`ForwardBatch`] the rank threads share.
+struct OwnedBatch {
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    slots: Vec<usize>,
+    /// Per sequence: start row, length, first position, block table.
+    seqs: Vec<(usize, usize, usize, Vec<u32>)>,
+    logit_rows: Vec<usize>,
+}
+
+/// The collectives of the rank threads of one process: each call waits for every rank, combines
+/// the ranks' buffers in rank order (so every rank gets the same bits), and waits again before a
+/// buffer can be reused.
+pub struct LocalComm {
+    ranks: usize,
+    barrier: Barrier,
+    buffers: Mutex<Vec<Vec<f32>>>,
+}
+
+impl LocalComm {
+    pub fn new(ranks: usize) -> Self {
+        LocalComm { ranks, barrier: Barrier::new(ranks), buffers: Mutex::new(vec![Vec::new(); ranks]) }
+    }
+
+    fn post(&self, rank: usize, values: &[f32]) {
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        buffers[rank].clear();
+        buffers[rank].extend_from_slice(values);
+    }
+
+    /// Replaces `values` on every rank with the sum over ranks, added in rank order.
+    pub fn all_reduce(&self, rank: usize, values: &mut [f32]) {
+        let mut s = span(Category::Debug, "all_reduce");
+        s.set_args(|| format!("{{\"bytes\":{},\"ranks\":{}}}", std::mem::size_of_val(values), self.ranks));
+        self.post(rank, values);
+        self.barrier.wait();
+        {
+            let buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+            values.copy_from_slice(&buffers[0]);
+            for b in &buffers[1..] {
+                values.iter_mut().zip(b).for_each(|(v, x)| *v += x);
+            }
+        }
+        self.barrier.wait();
+    }
+
+    /// Every rank's `part` (`[rows, cols]` each) joined column-wise in rank order:
+    /// `[rows, ranks * cols]`, on every rank.
+    pub fn all_gather_columns(&self, rank: usize, part: &[f32], cols: usize) -> Vec<f32> {
+        let mut s = span(Category::Debug, "all_gather");
+        s.set_args(|| format!("{{\"bytes\":{},\"ranks\":{}}}", std::mem::size_of_val(part) * self.ranks, self.ranks));
+        self.post(rank, part);
+        self.barrier.wait();
+        let mut out = Vec::with_capacity(part.len() * self.ranks);
+        {
+            let buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+            for row in 0..part.len() / cols.max(1) {
+                for b in buffers.iter() {
+                    out.extend_from_slice(&b[row * cols..(row + 1) * cols]);
+                }
+            }
+        }
+        self.barrier.wait();
+        out
+    }
+}
 
 /// Rank `r`'s share of `kv` KV heads over `ranks` ranks: its first KV head and how many it keeps.
 pub fn kv_heads_of_rank(r: usize, kv: usize, ranks: usize) -> (usize, usize) {
@@ -49,14 +133,6 @@ fn rows(values: &[f32], cols: usize, start: usize, len: usize) -> Vec<f32> {
 /// The columns `[start, start + len)` of row-major `[_, cols]` values.
 fn columns(values: &[f32], cols: usize, start: usize, len: usize) -> Vec<f32> {
     values.chunks(cols).flat_map(|row| &row[start..start + len]).copied().collect()
-}
-
-/// The sum over ranks, in rank order, of each rank's partial result, into `out`.
-fn all_reduce(partials: &[Vec<f32>], out: &mut [f32]) {
-    out.copy_from_slice(&partials[0]);
-    for p in &partials[1..] {
-        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
-    }
 }
 
 impl TensorParallel {
@@ -82,8 +158,21 @@ impl TensorParallel {
         ensure!(kv.is_multiple_of(n) || n.is_multiple_of(kv), "{n} ranks cannot share {kv} KV heads: one of the two must divide the other");
         ensure!(c.intermediate_size.is_multiple_of(n), "{n} ranks do not divide the {} intermediate columns", c.intermediate_size);
         ensure!(c.vocab_size.is_multiple_of(n), "{n} ranks do not divide the vocabulary of {}", c.vocab_size);
-        let ranks = (0..n).map(|r| Self::rank(decoder, r, n)).collect::<Result<_>>()?;
-        Ok(TensorParallel { config: c.clone(), ranks })
+        let ranks = (0..n).map(|r| Self::rank(decoder, r, n)).collect::<Result<Vec<_>>>()?;
+        let comm = Arc::new(LocalComm::new(n));
+        let (logits_tx, logits) = channel();
+        let (mut jobs, mut threads) = (Vec::new(), Vec::new());
+        for (r, rank) in ranks.into_iter().enumerate() {
+            let (tx, rx) = channel();
+            let (comm, full, answer) = (comm.clone(), c.clone(), (r == 0).then(|| logits_tx.clone()));
+            let thread = std::thread::Builder::new()
+                .name(format!("tp rank {r}"))
+                .spawn(move || serve_rank(r, &rank, &full, &comm, rx, answer))
+                .with_context(|| format!("cannot start the thread of tensor-parallel rank {r}"))?;
+            jobs.push(tx);
+            threads.push(thread);
+        }
+        Ok(TensorParallel { config: c.clone(), jobs, logits, threads })
     }
 
     /// Rank `r` of `n`: its config and its slices of every weight.
@@ -158,69 +247,126 @@ impl TensorParallel {
 
     /// How many ranks the model is split over.
     pub fn num_ranks(&self) -> usize {
-        self.ranks.len()
+        self.jobs.len()
     }
 
-    /// Each rank's KV store of `num_blocks` blocks of `block_size` slots.
-    pub fn new_kv_storage(&self, num_blocks: usize, block_size: usize) -> RankKv {
-        RankKv(self.ranks.iter().map(|d| d.new_kv_storage(num_blocks, block_size)).collect())
+    /// Gives every rank a fresh KV store of `num_blocks` blocks of `block_size` slots (FP8 when
+    /// `fp8`): the same blocks and slots on each, holding the rank's own KV heads.
+    pub fn allocate_kv(&self, num_blocks: usize, block_size: usize, fp8: bool) -> Result<()> {
+        for tx in &self.jobs {
+            tx.send(Job::Kv { blocks: num_blocks, block_size, fp8 }).context("a tensor-parallel rank thread has stopped")?;
+        }
+        Ok(())
     }
 
-    /// Runs the batch on every rank, writing each rank's K/V into its store in `kv`; returns
-    /// the gathered `[logit_rows.len(), vocab]`.
-    pub fn forward(&self, batch: &ForwardBatch, kv: &mut RankKv) -> Vec<f32> {
-        let c = &self.config;
-        let t = batch.tokens.len();
-        let h = c.hidden_size;
-        let mut partials = vec![vec![0.0f32; t * h]; self.ranks.len()];
+    /// Runs the batch on every rank, each writing its K/V into its own store; returns the
+    /// gathered `[logit_rows.len(), vocab]`.
+    pub fn forward(&self, batch: &ForwardBatch) -> Result<Vec<f32>> {
+        let owned = Arc::new(OwnedBatch {
+            tokens: batch.tokens.to_vec(),
+            positions: batch.positions.to_vec(),
+            slots: batch.slots.to_vec(),
+            seqs: batch.seqs.iter().map(|s| (s.start, s.len, s.first_pos, s.block_table.to_vec())).collect(),
+            logit_rows: batch.logit_rows.to_vec(),
+        });
+        for tx in &self.jobs {
+            tx.send(Job::Forward(owned.clone())).context("a tensor-parallel rank thread has stopped")?;
+        }
+        let logits = self.logits.recv().context("a tensor-parallel rank thread failed during the forward pass")?;
+        ensure!(
+            logits.len() == batch.logit_rows.len() * self.config.vocab_size,
+            "tensor parallelism: no KV store yet; call allocate_kv first"
+        );
+        Ok(logits)
+    }
+}
 
-        for (r, (rank, partial)) in self.ranks.iter().zip(&mut partials).enumerate() {
-            let vocab = rank.config.vocab_size;
-            for (row, &tok) in partial.chunks_mut(h).zip(batch.tokens) {
-                match (tok as usize).checked_sub(r * vocab).filter(|&local| local < vocab) {
-                    Some(local) => row.copy_from_slice(&rank.weights.embed[local * h..(local + 1) * h]),
-                    None => row.fill(0.0),
+impl Drop for TensorParallel {
+    fn drop(&mut self) {
+        self.jobs.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A rank thread: runs its jobs until the model is dropped; rank 0 answers with the logits.
+fn serve_rank(r: usize, rank: &Decoder, full: &ModelConfig, comm: &LocalComm, jobs: Receiver<Job>, answer: Option<Sender<Vec<f32>>>) {
+    let mut kv: Option<KvStorage> = None;
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Kv { blocks, block_size, fp8 } => {
+                let storage = rank.new_kv_storage(blocks, block_size);
+                kv = Some(if fp8 { storage.storing_fp8() } else { storage });
+            }
+            Job::Forward(b) => {
+                let Some(kv) = kv.as_mut() else {
+                    // Every rank gets the same jobs, so none has a store: nothing runs.
+                    if let Some(tx) = &answer {
+                        let _ = tx.send(Vec::new());
+                    }
+                    continue;
+                };
+                let seqs: Vec<AttentionSeq> = b
+                    .seqs
+                    .iter()
+                    .map(|(start, len, first_pos, table)| AttentionSeq {
+                        start: *start,
+                        len: *len,
+                        first_pos: *first_pos,
+                        block_table: table,
+                    })
+                    .collect();
+                let batch =
+                    ForwardBatch { tokens: &b.tokens, positions: &b.positions, slots: &b.slots, seqs: &seqs, logit_rows: &b.logit_rows };
+                let logits = rank_forward(r, rank, full, &batch, kv, comm);
+                if let Some(tx) = &answer {
+                    if tx.send(logits).is_err() {
+                        return;
+                    }
                 }
             }
         }
-        let mut residual = vec![0.0f32; t * h];
-        all_reduce(&partials, &mut residual);
-        let mut normed = vec![0.0f32; t * h];
-        cpu::rms_norm(&residual, &self.ranks[0].weights.layers[0].input_norm, c.rms_eps, &mut normed);
-
-        let mut scratch: Vec<GroupedScratch> = self.ranks.iter().map(|d| GroupedScratch::new(&d.config, t)).collect();
-        let f = self.ranks[0].config.intermediate_size;
-        let (mut gate_up, mut act) = (vec![0.0f32; t * 2 * f], vec![0.0f32; t * f]);
-        let mut delta = vec![0.0f32; t * h];
-        for li in 0..c.num_layers {
-            for (r, rank) in self.ranks.iter().enumerate() {
-                // `shard` builds grouped attention only.
-                if let SelfAttention::Grouped(a) = &rank.weights.layers[li].attention {
-                    rank.grouped_attention(a, li, batch, &mut kv.0[r], &normed, &mut scratch[r], &mut partials[r]);
-                }
-            }
-            all_reduce(&partials, &mut delta);
-            let layer = &self.ranks[0].weights.layers[li];
-            cpu::add_rms_norm(&mut residual, &delta, &layer.post_attention_norm, c.rms_eps, &mut normed);
-            for (rank, partial) in self.ranks.iter().zip(&mut partials) {
-                rank.feed_forward(li, &normed, t, partial, &mut gate_up, &mut act);
-            }
-            all_reduce(&partials, &mut delta);
-            let next_norm = self.ranks[0].weights.layers.get(li + 1).map_or(&self.ranks[0].weights.final_norm, |l| &l.input_norm);
-            cpu::add_rms_norm(&mut residual, &delta, next_norm, c.rms_eps, &mut normed);
-        }
-
-        let wanted = batch.logit_rows;
-        let last: Vec<f32> = wanted.iter().flat_map(|&r| &normed[r * h..(r + 1) * h]).copied().collect();
-        let vocab = self.ranks[0].config.vocab_size;
-        let mut logits = vec![0.0f32; wanted.len() * c.vocab_size];
-        let mut shard = vec![0.0f32; wanted.len() * vocab];
-        for (r, rank) in self.ranks.iter().enumerate() {
-            cpu::matmul(&last, wanted.len(), rank.head(), &mut shard);
-            for (out, part) in logits.chunks_mut(c.vocab_size).zip(shard.chunks(vocab)) {
-                out[r * vocab..(r + 1) * vocab].copy_from_slice(part);
-            }
-        }
-        logits
     }
+}
+
+/// Rank `r`'s forward pass: its share of every layer, the all-reduces that join the shares, and
+/// the logit gather; the residual stream and the norms are computed on every rank alike.
+fn rank_forward(r: usize, rank: &Decoder, full: &ModelConfig, batch: &ForwardBatch, kv: &mut KvStorage, comm: &LocalComm) -> Vec<f32> {
+    let t = batch.tokens.len();
+    let h = full.hidden_size;
+    let vocab = rank.config.vocab_size;
+    let mut residual = vec![0.0f32; t * h];
+    for (row, &tok) in residual.chunks_mut(h).zip(batch.tokens) {
+        if let Some(local) = (tok as usize).checked_sub(r * vocab).filter(|&local| local < vocab) {
+            row.copy_from_slice(&rank.weights.embed[local * h..(local + 1) * h]);
+        }
+    }
+    comm.all_reduce(r, &mut residual);
+    let mut normed = vec![0.0f32; t * h];
+    cpu::rms_norm(&residual, &rank.weights.layers[0].input_norm, full.rms_eps, &mut normed);
+
+    let mut scratch = GroupedScratch::new(&rank.config, t);
+    let f = rank.config.intermediate_size;
+    let (mut gate_up, mut act) = (vec![0.0f32; t * 2 * f], vec![0.0f32; t * f]);
+    let mut delta = vec![0.0f32; t * h];
+    for li in 0..full.num_layers {
+        let layer = &rank.weights.layers[li];
+        // `shard` builds grouped attention only.
+        if let SelfAttention::Grouped(a) = &layer.attention {
+            rank.grouped_attention(a, li, batch, kv, &normed, &mut scratch, &mut delta);
+        }
+        comm.all_reduce(r, &mut delta);
+        cpu::add_rms_norm(&mut residual, &delta, &layer.post_attention_norm, full.rms_eps, &mut normed);
+        rank.feed_forward(li, &normed, t, &mut delta, &mut gate_up, &mut act);
+        comm.all_reduce(r, &mut delta);
+        let next_norm = rank.weights.layers.get(li + 1).map_or(&rank.weights.final_norm, |l| &l.input_norm);
+        cpu::add_rms_norm(&mut residual, &delta, next_norm, full.rms_eps, &mut normed);
+    }
+
+    let wanted = batch.logit_rows;
+    let last: Vec<f32> = wanted.iter().flat_map(|&row| &normed[row * h..(row + 1) * h]).copied().collect();
+    let mut shard = vec![0.0f32; wanted.len() * vocab];
+    cpu::matmul(&last, wanted.len(), rank.head(), &mut shard);
+    comm.all_gather_columns(r, &shard, vocab)
 }

@@ -48,8 +48,8 @@ fn unsharded_logits(decoder: &Decoder) -> Vec<f32> {
 fn sharded_logits(decoder: &Decoder, n: usize) -> Vec<f32> {
     let tp = TensorParallel::shard(decoder, n).unwrap_or_else(|e| panic!("{} over {n} ranks: {e:#}", decoder.config.arch));
     assert_eq!(tp.num_ranks(), n);
-    let mut kv = tp.new_kv_storage(2 * 20usize.div_ceil(BLOCK), BLOCK);
-    stepped_logits(decoder.config.vocab_size, &mut |batch| tp.forward(batch, &mut kv))
+    tp.allocate_kv(2 * 20usize.div_ceil(BLOCK), BLOCK, false).unwrap();
+    stepped_logits(decoder.config.vocab_size, &mut |batch| tp.forward(batch).unwrap())
 }
 
 /// A decoder of `config` with preset-drawn weights.
