@@ -372,10 +372,10 @@ fn setup(args: &RunArgs, model: &Model, engine: &Engine, options: &RunOptions) -
             clocks_mem: None,
         }),
         world: WorldSettings {
-            tp_size: 1,
+            tp_size: engine.config.tensor_parallel_size,
             pp_size: 1,
             ep_size: None,
-            world_size: 1,
+            world_size: engine.config.tensor_parallel_size,
             max_batch_size: engine.config.max_batch_size,
             max_num_tokens: engine.config.max_num_tokens,
             scheduling_policy: engine.config.scheduler_policy.report_name().into(),

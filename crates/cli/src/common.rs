@@ -82,7 +82,8 @@ pub struct EngineArgs {
     /// Engine config file, YAML (.yaml, .yml) or JSON (.json), with TensorRT-LLM's
     /// extra_llm_api_options keys: max_batch_size, max_num_tokens, kv_cache_config
     /// {free_gpu_memory_fraction, max_tokens, tokens_per_block} and cuda_graph_config
-    /// {enable_padding, max_batch_size, batch_sizes} (null disables CUDA graphs). Flags win.
+    /// {enable_padding, max_batch_size, batch_sizes} (null disables CUDA graphs), quant_config
+    /// {quant_algo, kv_cache_quant_algo} and tensor_parallel_size. Flags win.
     #[arg(long = "config", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
     /// Most requests scheduled in one iteration [default: 64; `bench throughput` on CUDA tunes it to
@@ -123,6 +124,10 @@ pub struct EngineArgs {
     /// Exactly these decode batch sizes get a CUDA graph, comma-separated (e.g. 1,2,4,8)
     #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub cuda_graph_batch_sizes: Option<Vec<u32>>,
+    /// Split the model over N ranks by tensor parallelism (Megatron's sharding; a thread per
+    /// rank). CPU device only so far [default: 1]
+    #[arg(long = "tp", alias = "tensor-parallel-size", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tensor_parallel_size: Option<u32>,
 }
 
 /// Parses `on`/`off` into a flag value.
@@ -197,6 +202,7 @@ impl EngineArgs {
             cuda_graph_max_batch_size: size(self.cuda_graph_max_batch_size),
             cuda_graph_batch_sizes: self.cuda_graph_batch_sizes.as_ref().map(|v| v.iter().map(|&b| b as usize).collect()),
             kv_cache_fp8: self.kv_cache_dtype,
+            tensor_parallel_size: size(self.tensor_parallel_size),
         }
     }
 

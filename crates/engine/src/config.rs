@@ -130,6 +130,8 @@ pub struct EngineConfig {
     /// Split a prompt longer than the iteration's remaining token budget over several iterations;
     /// off, a prompt is prefilled in one iteration (and must fit `max_num_tokens`).
     pub chunked_prefill: bool,
+    /// Ranks the model is split over by tensor parallelism (1: not split).
+    pub tensor_parallel_size: usize,
 }
 
 /// The capacity scheduler's policy, after TensorRT-LLM's `CapacitySchedulerPolicy`.
@@ -166,6 +168,7 @@ impl Default for EngineConfig {
             kv_cache_fp8: false,
             scheduler_policy: SchedulerPolicy::default(),
             chunked_prefill: true,
+            tensor_parallel_size: 1,
         }
     }
 }
@@ -193,6 +196,7 @@ impl EngineConfig {
         ensure!(self.max_batch_size > 0, "max batch size is 0, expected at least 1");
         ensure!(self.max_num_tokens > 0, "max num tokens is 0, expected at least 1");
         ensure!(self.block_size > 0, "KV block size is 0, expected at least 1");
+        ensure!(self.tensor_parallel_size > 0, "tensor parallel size is 0, expected at least 1");
         if let Some(sizes) = &self.cuda_graphs.batch_sizes {
             if let Some(bad) = sizes.iter().find(|&&b| b == 0) {
                 bail!("CUDA graph batch size {bad} in {sizes:?} is invalid, expected batch sizes of at least 1");
@@ -297,6 +301,7 @@ pub struct EngineOverrides {
     pub cuda_graph_batch_sizes: Option<Vec<usize>>,
     /// Keep the KV cache in FP8.
     pub kv_cache_fp8: Option<bool>,
+    pub tensor_parallel_size: Option<usize>,
 }
 
 /// An engine config file, YAML or JSON, with the TensorRT-LLM extra_llm_api_options keys lumen
@@ -311,6 +316,7 @@ pub struct EngineConfigFile {
     #[serde(default, deserialize_with = "present")]
     pub cuda_graph_config: Option<Option<CudaGraphSection>>,
     pub quant_config: Option<QuantSection>,
+    pub tensor_parallel_size: Option<usize>,
 }
 
 /// `quant_config` of an engine config file: `quant_algo` (the weights: `FP8`, or absent) and
@@ -395,6 +401,7 @@ impl EngineConfigFile {
             ("max_num_tokens", self.max_num_tokens),
             ("kv_cache_config.max_tokens", kv.and_then(|k| k.max_tokens)),
             ("kv_cache_config.tokens_per_block", kv.and_then(|k| k.tokens_per_block)),
+            ("tensor_parallel_size", self.tensor_parallel_size),
         ] {
             ensure!(value != Some(0), "{key} is 0, expected at least 1");
         }
@@ -449,6 +456,7 @@ impl EngineConfigFile {
                 Some(fp8) => fp8,
                 None => self.quant_config.as_ref().map(QuantSection::kv_cache_fp8).transpose()?.unwrap_or(false),
             },
+            tensor_parallel_size: overrides.tensor_parallel_size.or(self.tensor_parallel_size).unwrap_or(1),
             ..EngineConfig::default()
         };
         config.validate()?;

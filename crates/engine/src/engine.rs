@@ -148,6 +148,7 @@ impl Engine {
             ("weight_bytes", self.work.pass_weight_bytes().to_string()),
             ("weight_dtype", self.work.dtype().name().to_string()),
             ("kv_cache_dtype", self.work.kv_dtype().name().to_string()),
+            ("tensor_parallel_size", self.config.tensor_parallel_size.to_string()),
             ("model_params", self.work.model_params().to_string()),
         ];
         if self.model.config().moe.is_some() {

@@ -78,8 +78,13 @@ impl Runner {
             Executor::Cpu(decoder) => {
                 let bytes_per_token = KvStorage::bytes_per_token(c.num_layers, c.kv_values_per_token_per_layer());
                 let blocks = config.num_kv_blocks(bytes_per_token)?;
-                Ok((Runner::Cpu(CpuRunner::new(decoder, blocks, config.block_size, config.kv_cache_fp8)), blocks))
+                let ranks = config.tensor_parallel_size;
+                Ok((Runner::Cpu(CpuRunner::new(decoder, blocks, config.block_size, config.kv_cache_fp8, ranks)?), blocks))
             }
+            Executor::Cuda(_) if config.tensor_parallel_size > 1 => anyhow::bail!(
+                "--tp {}: tensor parallelism runs on the CPU device so far; on CUDA it needs the NCCL runner, which is not built yet",
+                config.tensor_parallel_size
+            ),
             Executor::Cuda(_) => {
                 let runner = CudaRunner::new(
                     model.clone(),
@@ -115,10 +120,7 @@ impl Runner {
             logit_rows: &input.logit_rows,
         };
         match self {
-            Runner::Cpu(r) => {
-                r.forward(model.cpu_decoder()?, &batch);
-                Ok(())
-            }
+            Runner::Cpu(r) => r.forward(model.cpu_decoder()?, &batch),
             Runner::Cuda(r) => {
                 let sampling: Vec<SampleParams> = input
                     .sampling
