@@ -211,13 +211,15 @@ pub(crate) fn analyze(trace: &TraceData, rules: &[ClassRule], launches: &LaunchI
 
 /// An operator span's recorded work: `{"flops":F,"bytes":B}` in its args, and whether its FLOPs
 /// are FP32 math (`"fp32":true`), whose ceiling is the FP32 peak rather than the tensor peak.
+/// The number under `key` in a span's flat JSON args (`{"key":1.5,...}`).
+pub(crate) fn arg_number(args: &str, key: &str) -> Option<f64> {
+    let at = args.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &args[at..];
+    rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().parse::<f64>().ok()
+}
+
 fn span_work(args: &str) -> Option<(f64, f64, bool)> {
-    let number = |key: &str| {
-        let at = args.find(&format!("\"{key}\":"))? + key.len() + 3;
-        let rest = &args[at..];
-        rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().parse::<f64>().ok()
-    };
-    Some((number("flops")?, number("bytes")?, args.contains("\"fp32\":true")))
+    Some((arg_number(args, "flops")?, arg_number(args, "bytes")?, args.contains("\"fp32\":true")))
 }
 
 fn op_rates(

@@ -1,6 +1,6 @@
 //! `--tp N` (and `tensor_parallel_size` in `--config`) as a user runs it on the CPU: the same
-//! greedy tokens as one rank, a benchmark report that says its TP size, and a trace with a
-//! thread per rank whose collectives carry their bytes.
+//! greedy tokens as one rank, a benchmark report that says its TP size, a trace with a thread per
+//! rank whose collectives carry their bytes, and the analysis's collectives section read from it.
 
 mod common;
 
@@ -48,7 +48,13 @@ fn a_tp_2_benchmark_reports_its_size_and_traces_each_rank_s_collectives() {
             "{reduces:?}"
         );
     }
-    assert_eq!(lumen(&["analyze", &trace]).code, Some(0));
+    let analysis = lumen(&["analyze", &trace]).ok().stdout;
+    let section = &analysis[analysis.find("== Collectives ==").expect("a collectives section")..];
+    assert!(section.contains("rank threads             0, 1"), "{section}");
+    let reduce = section.lines().find(|l| l.trim_start().starts_with("AllReduce")).unwrap_or_else(|| panic!("{section}"));
+    let count: usize = reduce.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(count, 2 * t.iterations.len() * (1 + 2 * layers), "{reduce}");
+    assert!(reduce.ends_with("MB/s") || reduce.ends_with("GB/s"), "a bus bandwidth: {reduce}");
 }
 
 #[test]
