@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 DIR=gpu-tests
 # Test binaries, the crate each comes from, and optionally a name filter (the tests of
 # reference_logits that need no checkout files or model download).
-TESTS=(lumen-engine:cuda_vs_cpu lumen-engine:reference_logits:cuda lumen-model:plan:cuda lumen-backend:cuda_sampling lumen-backend:cuda_fp8 lumen-backend:cuda_attention lumen-backend:cuda_kernel_fault lumen-cli:cuda lumen-cli:profile)
+TESTS=(lumen-engine:cuda_vs_cpu lumen-engine:reference_logits:cuda lumen-model:plan:cuda lumen-backend:cuda_sampling lumen-backend:cuda_fp8 lumen-backend:cuda_attention lumen-backend:cuda_kernel_fault lumen-backend:cuda_nccl lumen-cli:cuda lumen-cli:profile)
 
 case "${1:-}" in
 build)
@@ -37,6 +37,13 @@ run)
   export LUMEN_BIN=$PWD/$DIR/lumen
   export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}
   export LUMEN_REQUIRE_GPU=1
+  # NCCL comes with PyTorch's wheels as libnccl.so.2; lumen loads libnccl.so.
+  nccl=$(find $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) -name 'libnccl.so*' 2>/dev/null | head -1 || true)
+  if [ -n "$nccl" ]; then
+    mkdir -p /tmp/lumen-nccl && ln -sf "$nccl" /tmp/lumen-nccl/libnccl.so
+    export LD_LIBRARY_PATH=/tmp/lumen-nccl:$LD_LIBRARY_PATH
+  fi
+  export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
   log=${OUT:-/tmp}/gpu_tests.log
   : >"$log"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

@@ -1,6 +1,7 @@
 //! The CUDA backend: the device and its memory ([`device`]), typed tensors ([`tensor`]), run-time
 //! compiled kernels ([`compile`], [`kernels`]), cuBLASLt matrix products ([`gemm`]) and the
-//! linear-layer dispatch between them and the GEMV kernel ([`linear`]). Everything loads the
+//! linear-layer dispatch between them and the GEMV kernel ([`linear`]), and NCCL's collectives
+//! between the GPUs of one process ([`nccl`]). Everything loads the
 //! CUDA libraries at run time, so the binary builds and runs where there is no GPU; there, opening
 //! a device returns an error that says so.
 
@@ -9,6 +10,7 @@ pub mod device;
 pub mod gemm;
 pub mod kernels;
 pub mod linear;
+pub mod nccl;
 pub mod tensor;
 
 pub use device::{driver_present, DeviceBuffer, DeviceInfo, Event, Gpu, Graph, PinnedBuffer};
