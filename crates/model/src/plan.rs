@@ -56,11 +56,44 @@ impl std::fmt::Display for Quantization {
     }
 }
 
-/// One checkpoint tensor of a weight: its Hugging Face name and shape.
+/// One checkpoint tensor of a weight: its Hugging Face name and shape, and, for a
+/// tensor-parallel rank, the block of it the rank keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
     pub name: String,
     pub shape: Vec<usize>,
+    pub slice: Option<PartSlice>,
+}
+
+/// A block of a checkpoint tensor: `len` rows (or, for a vector, elements) or `len` columns
+/// from `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartSlice {
+    Rows { start: usize, len: usize },
+    Cols { start: usize, len: usize },
+}
+
+impl Part {
+    /// The shape of what the weight keeps of this part.
+    pub fn kept_shape(&self) -> Vec<usize> {
+        let mut shape = self.shape.clone();
+        match self.slice {
+            None => {}
+            Some(PartSlice::Rows { len, .. }) => shape[0] = len,
+            Some(PartSlice::Cols { len, .. }) => shape[1] = len,
+        }
+        shape
+    }
+
+    /// The kept block of `values`, this part's whole tensor (row-major).
+    pub fn keep(&self, values: Vec<f32>) -> Vec<f32> {
+        let cols = self.shape.get(1).copied().unwrap_or(1);
+        match self.slice {
+            None => values,
+            Some(PartSlice::Rows { start, len }) => values[start * cols..(start + len) * cols].to_vec(),
+            Some(PartSlice::Cols { start, len }) => values.chunks(cols).flat_map(|row| &row[start..start + len]).copied().collect(),
+        }
+    }
 }
 
 /// A weight the forward pass reads: its parts stacked along the first dimension (the q, k and v
@@ -75,7 +108,7 @@ pub struct WeightSpec {
 
 impl WeightSpec {
     fn stacked(parts: Vec<(String, Vec<usize>)>) -> Self {
-        let parts: Vec<Part> = parts.into_iter().map(|(name, shape)| Part { name, shape }).collect();
+        let parts: Vec<Part> = parts.into_iter().map(|(name, shape)| Part { name, shape, slice: None }).collect();
         let mut shape = parts[0].shape.clone();
         shape[0] = parts.iter().map(|p| p.shape[0]).sum();
         WeightSpec { parts, shape, dtype: WeightDtype::Float }

@@ -22,7 +22,7 @@
 
 use crate::config::ModelConfig;
 use crate::llama::{Decoder, ForwardBatch, GroupedScratch};
-use crate::plan::{Attention, FeedForward, Head, Layer, Quantization, SelfAttention, Weights};
+use crate::plan::{Attention, FeedForward, Head, Layer, ModelPlan, Part, PartSlice, Quantization, SelfAttention, WeightSpec, Weights};
 use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cpu::{self, PackedMatrix};
 use lumen_backend::{AttentionSeq, KvStorage};
@@ -135,30 +135,115 @@ fn columns(values: &[f32], cols: usize, start: usize, len: usize) -> Vec<f32> {
     values.chunks(cols).flat_map(|row| &row[start..start + len]).copied().collect()
 }
 
+/// Why `n` ranks cannot split the model of `c`, if they cannot.
+pub fn check_split(c: &ModelConfig, n: usize) -> Result<()> {
+    if c.moe.is_some() || c.mla.is_some() {
+        bail!(
+            "tensor parallelism supports dense models so far; {} is {}",
+            c.arch,
+            if c.mla.is_some() { "latent-attention" } else { "mixture-of-experts" }
+        );
+    }
+    ensure!(n > 0, "tensor parallelism needs at least one rank");
+    ensure!(!c.qk_norm_full_width, "tensor parallelism cannot split a q/k norm that spans every head");
+    ensure!(c.num_heads.is_multiple_of(n), "{n} ranks do not divide the {} attention heads", c.num_heads);
+    let kv = c.num_kv_heads;
+    ensure!(kv.is_multiple_of(n) || n.is_multiple_of(kv), "{n} ranks cannot share {kv} KV heads: one of the two must divide the other");
+    ensure!(c.intermediate_size.is_multiple_of(n), "{n} ranks do not divide the {} intermediate columns", c.intermediate_size);
+    ensure!(c.vocab_size.is_multiple_of(n), "{n} ranks do not divide the vocabulary of {}", c.vocab_size);
+    Ok(())
+}
+
+/// A rank's config among `n`: its heads, KV heads, intermediate columns and vocabulary rows
+/// (of the output head; its own head, never tied).
+pub fn rank_config(c: &ModelConfig, n: usize) -> ModelConfig {
+    ModelConfig {
+        num_heads: c.num_heads / n,
+        num_kv_heads: (c.num_kv_heads / n).max(1),
+        intermediate_size: c.intermediate_size / n,
+        vocab_size: c.vocab_size / n,
+        tie_word_embeddings: false,
+        ..c.clone()
+    }
+}
+
+/// Rank `r`'s plan among `n`, from the full model's `plan` (of config `c`, already checked by
+/// [`check_split`]): every sharded weight's parts cut to the rank's rows or columns, as the
+/// module's rule says. The embedding is split by vocabulary rows with `vocab_parallel_embedding`,
+/// else replicated whole (TensorRT-LLM's default); the output head is always split, and a tied
+/// head becomes the rank's rows of the embedding.
+pub fn rank_plan(c: &ModelConfig, plan: &ModelPlan, r: usize, n: usize, vocab_parallel_embedding: bool) -> Result<ModelPlan> {
+    let d = c.head_dim;
+    let heads = c.num_heads / n;
+    let (kv0, kvs) = kv_heads_of_rank(r, c.num_kv_heads, n);
+    let f = c.intermediate_size / n;
+    let vocab = c.vocab_size / n;
+    let cut = |spec: &WeightSpec, slices: &[PartSlice]| -> WeightSpec {
+        let parts: Vec<Part> = spec.parts.iter().zip(slices).map(|(p, s)| Part { slice: Some(*s), ..p.clone() }).collect();
+        let mut shape = parts[0].kept_shape();
+        shape[0] = parts.iter().map(|p| p.kept_shape()[0]).sum();
+        WeightSpec { parts, shape, dtype: spec.dtype }
+    };
+    let rows = |start, len| PartSlice::Rows { start, len };
+    let cols = |start, len| PartSlice::Cols { start, len };
+    let qkv = [rows(r * heads * d, heads * d), rows(kv0 * d, kvs * d), rows(kv0 * d, kvs * d)];
+    let layers = plan
+        .layers
+        .iter()
+        .map(|l| {
+            let SelfAttention::Grouped(a) = &l.attention else { bail!("tensor parallelism supports dense models so far") };
+            let FeedForward::Dense { gate_up, down } = &l.feed_forward else { bail!("tensor parallelism supports dense models so far") };
+            Ok(Layer {
+                input_norm: l.input_norm.clone(),
+                attention: SelfAttention::Grouped(Attention {
+                    qkv: cut(&a.qkv, &qkv),
+                    qkv_bias: a.qkv_bias.as_ref().map(|b| cut(b, &qkv)),
+                    q_norm: a.q_norm.clone(),
+                    k_norm: a.k_norm.clone(),
+                    output: cut(&a.output, &[cols(r * heads * d, heads * d)]),
+                    output_bias: a.output_bias.clone().filter(|_| r == 0),
+                    sinks: a.sinks.as_ref().map(|s| cut(s, &[rows(r * heads, heads)])),
+                }),
+                post_attention_norm: l.post_attention_norm.clone(),
+                feed_forward: FeedForward::Dense {
+                    gate_up: cut(gate_up, &[rows(r * f, f), rows(r * f, f)]),
+                    down: cut(down, &[cols(r * f, f)]),
+                },
+            })
+        })
+        .collect::<Result<_>>()?;
+    let vocab_rows = [rows(r * vocab, vocab)];
+    let head = match &plan.head {
+        Head::Own(spec) => cut(spec, &vocab_rows),
+        Head::Tied => cut(&plan.embed, &vocab_rows),
+    };
+    Ok(Weights {
+        embed: if vocab_parallel_embedding { cut(&plan.embed, &vocab_rows) } else { plan.embed.clone() },
+        layers,
+        final_norm: plan.final_norm.clone(),
+        head: Head::Own(head),
+    })
+}
+
 impl TensorParallel {
     /// Splits `decoder` over `n` ranks; fails, saying why, for a model or an `n` that cannot be split.
     pub fn shard(decoder: &Decoder, n: usize) -> Result<Self> {
         let c = &decoder.config;
-        if c.moe.is_some() || c.mla.is_some() {
-            bail!(
-                "tensor parallelism supports dense models so far; {} is {}",
-                c.arch,
-                if c.mla.is_some() { "latent-attention" } else { "mixture-of-experts" }
-            );
-        }
-        ensure!(n > 0, "tensor parallelism needs at least one rank");
+        check_split(c, n)?;
         ensure!(
             decoder.quantization == Quantization::None,
             "tensor parallelism runs unquantized weights so far, not {}",
             decoder.quantization
         );
-        ensure!(!c.qk_norm_full_width, "tensor parallelism cannot split a q/k norm that spans every head");
-        ensure!(c.num_heads.is_multiple_of(n), "{n} ranks do not divide the {} attention heads", c.num_heads);
-        let kv = c.num_kv_heads;
-        ensure!(kv.is_multiple_of(n) || n.is_multiple_of(kv), "{n} ranks cannot share {kv} KV heads: one of the two must divide the other");
-        ensure!(c.intermediate_size.is_multiple_of(n), "{n} ranks do not divide the {} intermediate columns", c.intermediate_size);
-        ensure!(c.vocab_size.is_multiple_of(n), "{n} ranks do not divide the vocabulary of {}", c.vocab_size);
         let ranks = (0..n).map(|r| Self::rank(decoder, r, n)).collect::<Result<Vec<_>>>()?;
+        Self::from_ranks(c, ranks)
+    }
+
+    /// Starts a thread per rank decoder (rank r's shard of the model of `config`, as
+    /// [`rank_config`] and [`rank_plan`] describe it).
+    pub fn from_ranks(config: &ModelConfig, ranks: Vec<Decoder>) -> Result<Self> {
+        let (c, n) = (config, ranks.len());
+        ensure!(n > 0, "tensor parallelism needs at least one rank");
         let comm = Arc::new(LocalComm::new(n));
         let (logits_tx, logits) = channel();
         let (mut jobs, mut threads) = (Vec::new(), Vec::new());
@@ -234,15 +319,7 @@ impl TensorParallel {
             final_norm: w.final_norm.clone(),
             head: Head::Own(PackedMatrix::pack(&head, vocab, h)),
         };
-        let config = ModelConfig {
-            num_heads: heads,
-            num_kv_heads: kvs,
-            intermediate_size: f,
-            vocab_size: vocab,
-            tie_word_embeddings: false,
-            ..c.clone()
-        };
-        Ok(Decoder::new(config, weights, None, Quantization::None))
+        Ok(Decoder::new(rank_config(c, n), weights, None, Quantization::None))
     }
 
     /// How many ranks the model is split over.

@@ -12,9 +12,10 @@ use lumen_backend::cpu::PackedMatrix;
 /// Returns the f32 values of the tensor with this Hugging Face name, checked against `shape`.
 pub type Fetch<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<f32>> + 'a;
 
-/// The parts of `spec`, fetched in order (each part's values row-major).
+/// The parts of `spec`, fetched in order (each part's values row-major), each cut to the block a
+/// tensor-parallel rank keeps of it.
 pub fn stacked(fetch: &mut Fetch, spec: &WeightSpec) -> Result<Vec<Vec<f32>>> {
-    spec.parts.iter().map(|p| fetch(&p.name, &p.shape)).collect()
+    spec.parts.iter().map(|p| Ok(p.keep(fetch(&p.name, &p.shape)?))).collect()
 }
 
 /// The model's weights on the CPU.

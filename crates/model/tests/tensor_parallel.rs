@@ -7,7 +7,7 @@
 use lumen_backend::AttentionSeq;
 use lumen_model::plan::{ModelPlan, Quantization};
 use lumen_model::presets::{preset_config, random_tensor};
-use lumen_model::tensor_parallel::{kv_heads_of_rank, TensorParallel};
+use lumen_model::tensor_parallel::{kv_heads_of_rank, rank_config, rank_plan, TensorParallel};
 use lumen_model::weights::assemble_cpu;
 use lumen_model::{load_model_with, Decoder, Device, Executor, ForwardBatch, LoadOptions, ModelConfig};
 
@@ -52,6 +52,23 @@ fn sharded_logits(decoder: &Decoder, n: usize) -> Vec<f32> {
     stepped_logits(decoder.config.vocab_size, &mut |batch| tp.forward(batch).unwrap())
 }
 
+/// The model of `config` with preset-drawn weights, each rank filled from its own plan (the
+/// checkpoint's parts cut to the rank's rows and columns), split over `n` ranks.
+fn plan_sharded_logits(config: &ModelConfig, n: usize) -> Vec<f32> {
+    let plan = ModelPlan::for_config(config);
+    let ranks = (0..n)
+        .map(|r| {
+            let rank = rank_config(config, n);
+            let rank_plan = rank_plan(config, &plan, r, n, true).unwrap();
+            let (weights, tied) = assemble_cpu(&rank, &rank_plan, &mut |name, shape| Ok(random_tensor(0, name, shape))).unwrap();
+            Decoder::new(rank, weights, tied, Quantization::None)
+        })
+        .collect();
+    let tp = TensorParallel::from_ranks(config, ranks).unwrap();
+    tp.allocate_kv(2 * 20usize.div_ceil(BLOCK), BLOCK, false).unwrap();
+    stepped_logits(config.vocab_size, &mut |batch| tp.forward(batch).unwrap())
+}
+
 /// A decoder of `config` with preset-drawn weights.
 fn decoder_of(config: ModelConfig) -> Decoder {
     let plan = ModelPlan::for_config(&config);
@@ -85,10 +102,11 @@ fn sharded_forward_gives_the_unsharded_logits() {
         ("tiny, 8 heads", wide, &[2, 4, 8]),
     ];
     for (name, config, ranks) in cases {
-        let decoder = decoder_of(config);
+        let decoder = decoder_of(config.clone());
         let want = unsharded_logits(&decoder);
         for &n in ranks {
             assert_close(&format!("{name} over {n} ranks"), &want, &sharded_logits(&decoder, n));
+            assert_close(&format!("{name} over {n} ranks, filled from the rank plans"), &want, &plan_sharded_logits(&config, n));
         }
     }
 }
