@@ -28,7 +28,7 @@ use lumen_backend::cpu::{self, PackedMatrix};
 use lumen_backend::{AttentionSeq, KvStorage};
 use lumen_trace::instrument::{span, Category};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// A dense decoder split over rank threads; each rank's config holds its own share of heads, KV
@@ -37,8 +37,8 @@ pub struct TensorParallel {
     /// The unsharded model's config.
     pub config: ModelConfig,
     jobs: Vec<Sender<Job>>,
-    /// Rank 0's answers: the gathered logits of each forward pass.
-    logits: Receiver<Vec<f32>>,
+    /// Rank 0's answers: the gathered logits of each forward pass, or why a rank failed.
+    logits: Receiver<Result<Vec<f32>, RankFailed>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -63,18 +63,67 @@ struct OwnedBatch {
     logit_rows: Vec<usize>,
 }
 
+/// A rank failed (its thread panicked) and the collectives are broken: the others stop waiting
+/// for it, and every later forward pass fails at once. Holds what the failing rank reported.
+#[derive(Debug, Clone)]
+pub struct RankFailed(pub String);
+
+/// Where the ranks meet: like a barrier, but one a failing rank breaks, waking the others.
+struct Meeting {
+    ranks: usize,
+    /// Ranks arrived in this round, the round's number, and why the meeting broke.
+    state: Mutex<(usize, u64, Option<String>)>,
+    turn: Condvar,
+}
+
+impl Meeting {
+    fn wait(&self) -> Result<(), RankFailed> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = &s.2 {
+            return Err(RankFailed(why.clone()));
+        }
+        let round = s.1;
+        s.0 += 1;
+        if s.0 == self.ranks {
+            s.0 = 0;
+            s.1 += 1;
+            self.turn.notify_all();
+            return Ok(());
+        }
+        while s.1 == round && s.2.is_none() {
+            s = self.turn.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        match (&s.2, s.1 == round) {
+            (Some(why), true) => Err(RankFailed(why.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn break_off(&self, why: String) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.2.get_or_insert(why);
+        self.turn.notify_all();
+    }
+}
+
 /// The collectives of the rank threads of one process: each call waits for every rank, combines
 /// the ranks' buffers in rank order (so every rank gets the same bits), and waits again before a
-/// buffer can be reused.
+/// buffer can be reused. A rank that fails breaks them for all.
 pub struct LocalComm {
     ranks: usize,
-    barrier: Barrier,
+    meeting: Meeting,
     buffers: Mutex<Vec<Vec<f32>>>,
 }
 
 impl LocalComm {
     pub fn new(ranks: usize) -> Self {
-        LocalComm { ranks, barrier: Barrier::new(ranks), buffers: Mutex::new(vec![Vec::new(); ranks]) }
+        let meeting = Meeting { ranks, state: Mutex::new((0, 0, None)), turn: Condvar::new() };
+        LocalComm { ranks, meeting, buffers: Mutex::new(vec![Vec::new(); ranks]) }
+    }
+
+    /// Breaks the collectives: rank `rank` failed, for `why`.
+    pub fn fail(&self, rank: usize, why: &str) {
+        self.meeting.break_off(format!("tensor-parallel rank {rank} failed: {why}"));
     }
 
     fn post(&self, rank: usize, values: &[f32]) {
@@ -84,11 +133,11 @@ impl LocalComm {
     }
 
     /// Replaces `values` on every rank with the sum over ranks, added in rank order.
-    pub fn all_reduce(&self, rank: usize, values: &mut [f32]) {
+    pub fn all_reduce(&self, rank: usize, values: &mut [f32]) -> Result<(), RankFailed> {
         let mut s = span(Category::Debug, "all_reduce");
         s.set_args(|| format!("{{\"bytes\":{},\"ranks\":{}}}", std::mem::size_of_val(values), self.ranks));
         self.post(rank, values);
-        self.barrier.wait();
+        self.meeting.wait()?;
         {
             let buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
             values.copy_from_slice(&buffers[0]);
@@ -96,16 +145,16 @@ impl LocalComm {
                 values.iter_mut().zip(b).for_each(|(v, x)| *v += x);
             }
         }
-        self.barrier.wait();
+        self.meeting.wait()
     }
 
     /// Every rank's `part` (`[rows, cols]` each) joined column-wise in rank order:
     /// `[rows, ranks * cols]`, on every rank.
-    pub fn all_gather_columns(&self, rank: usize, part: &[f32], cols: usize) -> Vec<f32> {
+    pub fn all_gather_columns(&self, rank: usize, part: &[f32], cols: usize) -> Result<Vec<f32>, RankFailed> {
         let mut s = span(Category::Debug, "all_gather");
         s.set_args(|| format!("{{\"bytes\":{},\"ranks\":{}}}", std::mem::size_of_val(part) * self.ranks, self.ranks));
         self.post(rank, part);
-        self.barrier.wait();
+        self.meeting.wait()?;
         let mut out = Vec::with_capacity(part.len() * self.ranks);
         {
             let buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
@@ -115,8 +164,8 @@ impl LocalComm {
                 }
             }
         }
-        self.barrier.wait();
-        out
+        self.meeting.wait()?;
+        Ok(out)
     }
 }
 
@@ -349,7 +398,7 @@ impl TensorParallel {
         for tx in &self.jobs {
             tx.send(Job::Forward(owned.clone())).context("a tensor-parallel rank thread has stopped")?;
         }
-        let logits = self.logits.recv().context("a tensor-parallel rank thread failed during the forward pass")?;
+        let logits = self.logits.recv().context("tensor-parallel rank 0's thread has stopped")?.map_err(|f| anyhow::anyhow!(f.0))?;
         ensure!(
             logits.len() == batch.logit_rows.len() * self.config.vocab_size,
             "tensor parallelism: no KV store yet; call allocate_kv first"
@@ -367,8 +416,17 @@ impl Drop for TensorParallel {
     }
 }
 
-/// A rank thread: runs its jobs until the model is dropped; rank 0 answers with the logits.
-fn serve_rank(r: usize, rank: &Decoder, full: &ModelConfig, comm: &LocalComm, jobs: Receiver<Job>, answer: Option<Sender<Vec<f32>>>) {
+/// A rank thread: runs its jobs until the model is dropped; rank 0 answers with the logits. A
+/// rank whose pass panics breaks the collectives, so no rank waits for it, and rank 0 answers
+/// with the failure.
+fn serve_rank(
+    r: usize,
+    rank: &Decoder,
+    full: &ModelConfig,
+    comm: &LocalComm,
+    jobs: Receiver<Job>,
+    answer: Option<Sender<Result<Vec<f32>, RankFailed>>>,
+) {
     let mut kv: Option<KvStorage> = None;
     while let Ok(job) = jobs.recv() {
         match job {
@@ -380,23 +438,39 @@ fn serve_rank(r: usize, rank: &Decoder, full: &ModelConfig, comm: &LocalComm, jo
                 let Some(kv) = kv.as_mut() else {
                     // Every rank gets the same jobs, so none has a store: nothing runs.
                     if let Some(tx) = &answer {
-                        let _ = tx.send(Vec::new());
+                        let _ = tx.send(Ok(Vec::new()));
                     }
                     continue;
                 };
-                let seqs: Vec<AttentionSeq> = b
-                    .seqs
-                    .iter()
-                    .map(|(start, len, first_pos, table)| AttentionSeq {
-                        start: *start,
-                        len: *len,
-                        first_pos: *first_pos,
-                        block_table: table,
-                    })
-                    .collect();
-                let batch =
-                    ForwardBatch { tokens: &b.tokens, positions: &b.positions, slots: &b.slots, seqs: &seqs, logit_rows: &b.logit_rows };
-                let logits = rank_forward(r, rank, full, &batch, kv, comm);
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let seqs: Vec<AttentionSeq> = b
+                        .seqs
+                        .iter()
+                        .map(|(start, len, first_pos, table)| AttentionSeq {
+                            start: *start,
+                            len: *len,
+                            first_pos: *first_pos,
+                            block_table: table,
+                        })
+                        .collect();
+                    let batch = ForwardBatch {
+                        tokens: &b.tokens,
+                        positions: &b.positions,
+                        slots: &b.slots,
+                        seqs: &seqs,
+                        logit_rows: &b.logit_rows,
+                    };
+                    rank_forward(r, rank, full, &batch, kv, comm)
+                }));
+                let logits = run.unwrap_or_else(|panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "a panic".into());
+                    comm.fail(r, &why);
+                    Err(RankFailed(format!("tensor-parallel rank {r} failed: {why}")))
+                });
                 if let Some(tx) = &answer {
                     if tx.send(logits).is_err() {
                         return;
@@ -409,7 +483,14 @@ fn serve_rank(r: usize, rank: &Decoder, full: &ModelConfig, comm: &LocalComm, jo
 
 /// Rank `r`'s forward pass: its share of every layer, the all-reduces that join the shares, and
 /// the logit gather; the residual stream and the norms are computed on every rank alike.
-fn rank_forward(r: usize, rank: &Decoder, full: &ModelConfig, batch: &ForwardBatch, kv: &mut KvStorage, comm: &LocalComm) -> Vec<f32> {
+fn rank_forward(
+    r: usize,
+    rank: &Decoder,
+    full: &ModelConfig,
+    batch: &ForwardBatch,
+    kv: &mut KvStorage,
+    comm: &LocalComm,
+) -> Result<Vec<f32>, RankFailed> {
     let t = batch.tokens.len();
     let h = full.hidden_size;
     let vocab = rank.config.vocab_size;
@@ -419,7 +500,7 @@ fn rank_forward(r: usize, rank: &Decoder, full: &ModelConfig, batch: &ForwardBat
             row.copy_from_slice(&rank.weights.embed[local * h..(local + 1) * h]);
         }
     }
-    comm.all_reduce(r, &mut residual);
+    comm.all_reduce(r, &mut residual)?;
     let mut normed = vec![0.0f32; t * h];
     cpu::rms_norm(&residual, &rank.weights.layers[0].input_norm, full.rms_eps, &mut normed);
 
@@ -433,10 +514,10 @@ fn rank_forward(r: usize, rank: &Decoder, full: &ModelConfig, batch: &ForwardBat
         if let SelfAttention::Grouped(a) = &layer.attention {
             rank.grouped_attention(a, li, batch, kv, &normed, &mut scratch, &mut delta);
         }
-        comm.all_reduce(r, &mut delta);
+        comm.all_reduce(r, &mut delta)?;
         cpu::add_rms_norm(&mut residual, &delta, &layer.post_attention_norm, full.rms_eps, &mut normed);
         rank.feed_forward(li, &normed, t, &mut delta, &mut gate_up, &mut act);
-        comm.all_reduce(r, &mut delta);
+        comm.all_reduce(r, &mut delta)?;
         let next_norm = rank.weights.layers.get(li + 1).map_or(&rank.weights.final_norm, |l| &l.input_norm);
         cpu::add_rms_norm(&mut residual, &delta, next_norm, full.rms_eps, &mut normed);
     }

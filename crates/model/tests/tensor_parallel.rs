@@ -153,3 +153,36 @@ fn loaded(spec: &str, quantization: Quantization) -> Decoder {
         Executor::Cuda(_) => unreachable!("loaded on the CPU"),
     }
 }
+
+/// A rank whose pass panics (here rank 1, given one layer of a two-layer model) breaks the
+/// collectives: rank 0 stops waiting for it, the pass fails naming the rank, and so does the next,
+/// at once, instead of every rank waiting forever.
+#[test]
+fn a_failing_rank_ends_the_pass_with_an_error_not_a_hang() {
+    let config = preset_config("tiny").unwrap();
+    let plan = ModelPlan::for_config(&config);
+    let rank_decoder = |config: &ModelConfig, plan: &ModelPlan, r: usize| {
+        let rank = rank_config(config, 2);
+        let rank_plan = rank_plan(config, plan, r, 2, true).unwrap();
+        let (weights, tied) = assemble_cpu(&rank, &rank_plan, &mut |name, shape| Ok(random_tensor(0, name, shape))).unwrap();
+        Decoder::new(rank, weights, tied, Quantization::None)
+    };
+    let short = ModelConfig { num_layers: 1, ..config.clone() };
+    let ranks = vec![rank_decoder(&config, &plan, 0), rank_decoder(&short, &ModelPlan::for_config(&short), 1)];
+    let tp = TensorParallel::from_ranks(&config, ranks).unwrap();
+    tp.allocate_kv(8, BLOCK, false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let table = [0u32, 1];
+        let seqs = [AttentionSeq { start: 0, len: 3, first_pos: 0, block_table: &table }];
+        let (tokens, positions, slots, rows) = ([1u32, 2, 3], [0usize, 1, 2], [0usize, 1, 2], [2usize]);
+        let batch = ForwardBatch { tokens: &tokens, positions: &positions, slots: &slots, seqs: &seqs, logit_rows: &rows };
+        let first = tp.forward(&batch).map(|_| ()).map_err(|e| e.to_string());
+        let second = tp.forward(&batch).map(|_| ()).map_err(|e| e.to_string());
+        let _ = tx.send((first, second));
+    });
+    let (first, second) = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the passes end instead of hanging");
+    let first = first.expect_err("rank 1 has no second layer");
+    assert!(first.contains("tensor-parallel rank 1 failed"), "{first}");
+    assert!(second.expect_err("the collectives stay broken").contains("rank 1 failed"));
+}
