@@ -66,7 +66,7 @@ fn one_rank_all_reduce_and_all_gather_keep_the_values_directly_and_from_a_graph(
 #[test]
 fn two_ranks_sum_and_gather_across_gpus_on_their_own_threads() {
     let Some(_) = gpu_and_nccl() else { return };
-    let count = cudarc::driver::result::device::get_count().unwrap_or(0);
+    let count = Gpu::count();
     if count < 2 {
         eprintln!("two ranks need two GPUs; this machine has {count}: only the one-rank test applies");
         return;

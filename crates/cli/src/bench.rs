@@ -258,7 +258,7 @@ fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) ->
         params: c.num_params(),
         weight_bytes: if model.quantization() == Quantization::Fp8 { 1.0 } else { 2.0 },
         kv_bytes: if engine.config(true)?.kv_cache_fp8 { 1.0 } else { 2.0 },
-        tensor_parallel: 1,
+        tensor_parallel: engine.tensor_parallel_size()?,
         pipeline_parallel: 1,
         mean_isl: mean(&|e| e.input_ids.len()),
         mean_osl: mean(&|e| e.output_tokens as usize),
@@ -293,7 +293,7 @@ fn run_bench(args: RunArgs, mode: Mode) -> Result<()> {
         .collect();
     check_outputs(&outputs, &dataset)?;
     let mut profiler = args.profile.profiler(&args.model.spec(), &dataset)?;
-    let model = args.model.load(args.engine.file_asks_fp8_weights()?)?;
+    let model = args.model.load(&args.engine)?;
     crate::recording::record_device(&mut profiler, &model)?;
     let vocab = model.config().vocab_size;
     ensure!(args.eos_id < vocab as i64, "--eos-id {} is out of range for a vocabulary of {vocab}", args.eos_id);

@@ -7,7 +7,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use lumen_engine::config::{EngineConfigFile, EngineOverrides};
 use lumen_engine::{Engine, EngineConfig};
-use lumen_model::{default_model_path, load_model_with, Device, LoadOptions, Model, Quantization};
+use lumen_model::{default_model_path, load_model_split, Device, LoadOptions, Model, Quantization};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,9 +44,13 @@ impl ModelArgs {
         self.threads.map_or_else(rayon::current_num_threads, |t| t as usize)
     }
 
-    /// Sets up the thread pool and loads the model, saying how long it took; `config_fp8` (the
-    /// `--config` file's `quant_config.quant_algo: FP8`) quantizes it as `--quantization fp8` does.
-    pub fn load(&self, config_fp8: bool) -> Result<Arc<Model>> {
+    /// Sets up the thread pool and loads the model, saying how long it took. From the engine's
+    /// flags and `--config` file: FP8 weights (`quant_config.quant_algo: FP8` quantizes as
+    /// `--quantization fp8` does) and the tensor-parallel size (on CUDA the model loads split over
+    /// that many GPUs; on the CPU it loads whole, and the engine splits it).
+    pub fn load(&self, engine: &EngineArgs) -> Result<Arc<Model>> {
+        let config_fp8 = engine.file_asks_fp8_weights()?;
+        let ranks = engine.tensor_parallel_size()?;
         if let Some(t) = self.threads {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let most = MAX_THREADS_PER_CORE * cores;
@@ -59,7 +63,7 @@ impl ModelArgs {
         let spec = self.spec();
         let started = Instant::now();
         let quantization = if config_fp8 { Quantization::Fp8 } else { self.quantization };
-        let model = load_model_with(&spec, LoadOptions { device: self.device, quantization })?;
+        let model = load_model_split(&spec, LoadOptions { device: self.device, quantization }, ranks)?;
         let c = model.config();
         lumen_trace::status!(
             "[lumen] loaded {} ({}, {}, {} layers, hidden {}, vocab {}) in {:.2} s",
@@ -204,6 +208,14 @@ impl EngineArgs {
             kv_cache_fp8: self.kv_cache_dtype,
             tensor_parallel_size: size(self.tensor_parallel_size),
         }
+    }
+
+    /// Ranks the model is split over: `--tp`, else the file's `tensor_parallel_size`, else 1.
+    pub fn tensor_parallel_size(&self) -> Result<usize> {
+        let file = self.file()?.tensor_parallel_size;
+        let n = self.tensor_parallel_size.map(|n| n as usize).or(file).unwrap_or(1);
+        ensure!(n > 0, "tensor_parallel_size is 0, expected at least 1");
+        Ok(n)
     }
 
     /// Whether the `--config` file's `quant_config.quant_algo` asks for FP8 weights.

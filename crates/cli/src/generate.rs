@@ -55,7 +55,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         bail!("--top-p {} is outside (0, 1]", args.top_p);
     }
     let mut profiler = args.profile.profiler(&args.model.spec(), &[])?;
-    let model = args.model.load(args.engine.file_asks_fp8_weights()?)?;
+    let model = args.model.load(&args.engine)?;
     crate::recording::record_device(&mut profiler, &model)?;
     let tokenize_span = span(Category::Api, "tokenize");
     let prompt_ids = match (&args.prompt_ids, &args.prompt) {

@@ -58,7 +58,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     ensure!(args.profile_dir.is_dir(), "--profile-dir {}: not a directory", args.profile_dir.display());
     let spec = args.model.spec();
     let mut profiler = args.profile.profiler(&spec, &[])?;
-    let model = args.model.load(args.engine.file_asks_fp8_weights()?)?;
+    let model = args.model.load(&args.engine)?;
     record_device(&mut profiler, &model)?;
     let mut engine = args.engine.engine(model.clone(), model.cuda_weights().is_some())?;
     if let Some(p) = profiler {

@@ -27,9 +27,10 @@ pub mod weights;
 pub mod yarn;
 
 pub use config::ModelConfig;
-pub use llama::{Decoder, ForwardBatch, ForwardOutput};
+pub use llama::{Decoder, ForwardBatch, ForwardOutput, OwnedBatch};
 pub use load::{
-    default_model_path, describe_model, load_model, load_model_on, load_model_with, Device, LoadOptions, DEFAULT_MODEL_FILE, SETUP_COMMAND,
+    default_model_path, describe_model, load_model, load_model_on, load_model_ranks, load_model_split, load_model_with, Device,
+    LoadOptions, DEFAULT_MODEL_FILE, SETUP_COMMAND,
 };
 pub use lumen_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
 pub use plan::Quantization;
@@ -52,6 +53,8 @@ pub enum Executor {
     Cpu(Decoder),
     /// bf16 weights on one GPU, run by the forward pass in [`cuda::forward`].
     Cuda(cuda::CudaWeights),
+    /// bf16 weights split over GPUs 0..N by tensor parallelism, rank r on GPU r.
+    CudaRanks(Vec<cuda::RankShard>),
 }
 
 impl Model {
@@ -63,7 +66,7 @@ impl Model {
     pub fn cpu_decoder(&self) -> anyhow::Result<&Decoder> {
         match &self.executor {
             Executor::Cpu(d) => Ok(d),
-            Executor::Cuda(_) => anyhow::bail!("model {} is loaded on the GPU, not the CPU", self.name),
+            Executor::Cuda(_) | Executor::CudaRanks(_) => anyhow::bail!("model {} is loaded on the GPU, not the CPU", self.name),
         }
     }
 
@@ -72,7 +75,7 @@ impl Model {
     pub fn perfect_router(&self) -> bool {
         match &self.executor {
             Executor::Cpu(d) => d.perfect_router,
-            Executor::Cuda(_) => false,
+            Executor::Cuda(_) | Executor::CudaRanks(_) => false,
         }
     }
 
@@ -81,13 +84,24 @@ impl Model {
         match &self.executor {
             Executor::Cpu(d) => d.quantization,
             Executor::Cuda(w) => w.quantization,
+            Executor::CudaRanks(ranks) => ranks[0].weights.quantization,
         }
     }
 
+    /// The weights on the GPU, or, split over several, on the first one.
     pub fn cuda_weights(&self) -> Option<&cuda::CudaWeights> {
         match &self.executor {
             Executor::Cuda(w) => Some(w),
+            Executor::CudaRanks(ranks) => Some(&ranks[0].weights),
             Executor::Cpu(_) => None,
+        }
+    }
+
+    /// Ranks the weights are split over by tensor parallelism (1 when they are not).
+    pub fn tensor_parallel_size(&self) -> usize {
+        match &self.executor {
+            Executor::CudaRanks(ranks) => ranks.len(),
+            _ => 1,
         }
     }
 
@@ -96,6 +110,7 @@ impl Model {
         match &self.executor {
             Executor::Cpu(_) => "cpu".into(),
             Executor::Cuda(w) => format!("cuda:{} ({})", w.gpu.ordinal, w.gpu.info.name),
+            Executor::CudaRanks(ranks) => format!("cuda:0-{} ({} x {})", ranks.len() - 1, ranks.len(), ranks[0].weights.gpu.info.name),
         }
     }
 

@@ -26,6 +26,39 @@ pub struct ForwardBatch<'a> {
     pub logit_rows: &'a [usize],
 }
 
+/// A [`ForwardBatch`] that owns its inputs, to hand one step to other threads (the ranks of a
+/// tensor-parallel model).
+pub struct OwnedBatch {
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    slots: Vec<usize>,
+    /// Per sequence: start row, length, first position, block table.
+    seqs: Vec<(usize, usize, usize, Vec<u32>)>,
+    logit_rows: Vec<usize>,
+}
+
+impl OwnedBatch {
+    pub fn of(batch: &ForwardBatch) -> Self {
+        OwnedBatch {
+            tokens: batch.tokens.to_vec(),
+            positions: batch.positions.to_vec(),
+            slots: batch.slots.to_vec(),
+            seqs: batch.seqs.iter().map(|s| (s.start, s.len, s.first_pos, s.block_table.to_vec())).collect(),
+            logit_rows: batch.logit_rows.to_vec(),
+        }
+    }
+
+    /// Runs `f` on the batch, borrowed.
+    pub fn with<T>(&self, f: impl FnOnce(&ForwardBatch) -> T) -> T {
+        let seqs: Vec<AttentionSeq> = self
+            .seqs
+            .iter()
+            .map(|(start, len, first_pos, table)| AttentionSeq { start: *start, len: *len, first_pos: *first_pos, block_table: table })
+            .collect();
+        f(&ForwardBatch { tokens: &self.tokens, positions: &self.positions, slots: &self.slots, seqs: &seqs, logit_rows: &self.logit_rows })
+    }
+}
+
 pub struct Decoder {
     pub config: ModelConfig,
     pub weights: CpuWeights,

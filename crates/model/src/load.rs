@@ -2,7 +2,7 @@
 //! weights, builds its tokenizer, and refuses what would not fit in memory.
 
 use crate::config::ModelConfig;
-use crate::cuda::CudaWeights;
+use crate::cuda::{CudaWeights, RankShard};
 use crate::deepseek_config::{deinterleave_rope_rows, is_deepseek, rope_interleaved};
 use crate::gguf::{GgufFile, MetaValue};
 use crate::gpt_oss_checkpoint::fused_expert_weight;
@@ -11,6 +11,7 @@ use crate::perfect_router::{perfect_router_from_env, PERFECT_ROUTER_ENV};
 use crate::plan::{ModelPlan, Quantization};
 use crate::presets::{is_preset, preset_config, random_tensor, PRESET_NAMES};
 use crate::safetensors::SafetensorsDir;
+use crate::tensor_parallel::{check_split, rank_config, rank_plan};
 use crate::weights::{assemble_cpu, check_shape, Fetch};
 use crate::{Executor, Model};
 use anyhow::{bail, ensure, Context, Result};
@@ -116,7 +117,33 @@ pub fn load_model_on(spec: &str, device: Device) -> Result<Model> {
 /// Loads a model on `options.device`, its layer projections quantized as `options.quantization`
 /// says.
 pub fn load_model_with(spec: &str, options: LoadOptions) -> Result<Model> {
+    load(spec, options, None)
+}
+
+/// [`load_model_with`], split over `ranks` GPUs by tensor parallelism when above 1 (rank r on
+/// GPU r, each holding only its shard; `tensor_parallel::rank_plan`). On the CPU the model loads
+/// whole: the engine's CPU runner splits it over rank threads.
+pub fn load_model_split(spec: &str, options: LoadOptions, ranks: usize) -> Result<Model> {
+    load(spec, options, (ranks != 1).then_some(ranks))
+}
+
+/// [`load_model_split`], split into tensor-parallel ranks on the GPU even for one rank (whose
+/// forward pass then runs through NCCL with itself, for checks).
+pub fn load_model_ranks(spec: &str, options: LoadOptions, ranks: usize) -> Result<Model> {
+    load(spec, options, Some(ranks))
+}
+
+/// Where the weights go.
+enum Place {
+    Cpu,
+    Gpu(Arc<Gpu>),
+    /// Rank r's shard on the r-th GPU.
+    Ranks(Vec<Arc<Gpu>>),
+}
+
+fn load(spec: &str, options: LoadOptions, ranks: Option<usize>) -> Result<Model> {
     let LoadOptions { device, quantization } = options;
+    ensure!(ranks != Some(0), "tensor parallelism needs at least one rank");
     let source = resolve(spec)?;
     if device == Device::Cuda {
         crate::cuda::weights::refuse_cpu_only_blocks(&describe_model(spec)?.0, spec)?;
@@ -143,10 +170,27 @@ pub fn load_model_with(spec: &str, options: LoadOptions) -> Result<Model> {
             gpu = None;
         }
     }
+    let place = match (gpu, ranks) {
+        (None, _) => Place::Cpu,
+        (Some(gpu), None) => Place::Gpu(gpu),
+        (Some(first), Some(ranks)) => {
+            let (config, _) = describe_model(spec)?;
+            check_split(&config, ranks).with_context(|| format!("--tp {ranks}"))?;
+            ensure!(
+                quantization == Quantization::None,
+                "--tp {ranks}: tensor parallelism runs unquantized weights so far, not {quantization}"
+            );
+            let mut gpus = vec![first];
+            for r in 1..ranks {
+                gpus.push(Gpu::open(r).with_context(|| format!("--tp {ranks}: rank {r} needs GPU {r}"))?);
+            }
+            Place::Ranks(gpus)
+        }
+    };
     match source {
-        Source::Preset(name, seed) => load_preset(name, seed, gpu, quantization),
-        Source::HfDir(dir) => load_hf_dir(dir, gpu, quantization),
-        Source::Gguf(path) => load_gguf(path, gpu, quantization),
+        Source::Preset(name, seed) => load_preset(name, seed, place, quantization),
+        Source::HfDir(dir) => load_hf_dir(dir, place, quantization),
+        Source::Gguf(path) => load_gguf(path, place, quantization),
     }
 }
 
@@ -157,19 +201,19 @@ pub struct LoadOptions {
     pub quantization: Quantization,
 }
 
-/// Assembles the weights for the CPU or the GPU, after checking they fit. A preset's weights
+/// Assembles the weights where `place` says, after checking they fit. A preset's weights
 /// (`preset_seed`) are drawn on the GPU rather than fetched.
 fn executor(
     config: &ModelConfig,
-    gpu: Option<Arc<Gpu>>,
+    place: Place,
     quantization: Quantization,
     what: &str,
     fetch: &mut Fetch,
     preset_seed: Option<u64>,
 ) -> Result<Executor> {
     let plan = ModelPlan::for_config(config).quantized(quantization);
-    Ok(match gpu {
-        None => {
+    Ok(match place {
+        Place::Cpu => {
             check_memory(config, what)?;
             let perfect_router = config.moe.is_some() && perfect_router_from_env()?;
             if let (true, Some(m)) = (perfect_router, &config.moe) {
@@ -190,7 +234,20 @@ fn executor(
             let (weights, tied_head) = assemble_cpu(config, &plan, fetch)?;
             Executor::Cpu(Decoder::new(config.clone(), weights, tied_head, quantization).with_perfect_router(perfect_router))
         }
-        Some(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, quantization, gpu, what, fetch, preset_seed)?),
+        Place::Gpu(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, quantization, gpu, what, fetch, preset_seed)?),
+        Place::Ranks(gpus) => {
+            let n = gpus.len();
+            let mut ranks = Vec::with_capacity(n);
+            for (r, gpu) in gpus.into_iter().enumerate() {
+                let rank = rank_config(config, n);
+                // The embedding stays whole on every rank (TensorRT-LLM's default); the head is split.
+                let rank_plan = rank_plan(config, &plan, r, n, false)?;
+                let what = format!("{what} (tensor-parallel rank {r} of {n})");
+                let weights = CudaWeights::assemble(&rank, &rank_plan, quantization, gpu, &what, fetch, preset_seed)?;
+                ranks.push(RankShard { config: rank, weights });
+            }
+            Executor::CudaRanks(ranks)
+        }
     })
 }
 
@@ -211,10 +268,10 @@ fn check_memory(config: &ModelConfig, what: &str) -> Result<()> {
     lumen_backend::cpu::ensure_fits_in_memory(need, &format!("{what}: f32 weights"))
 }
 
-fn load_preset(name: &str, seed: u64, gpu: Option<Arc<Gpu>>, quantization: Quantization) -> Result<Model> {
+fn load_preset(name: &str, seed: u64, place: Place, quantization: Quantization) -> Result<Model> {
     let config = preset_config(name)?;
     let executor =
-        executor(&config, gpu, quantization, &format!("preset {name}"), &mut |n, shape| Ok(random_tensor(seed, n, shape)), Some(seed))?;
+        executor(&config, place, quantization, &format!("preset {name}"), &mut |n, shape| Ok(random_tensor(seed, n, shape)), Some(seed))?;
     Ok(Model { name: format!("{name}@{seed}"), format: "preset", config, executor, tokenizer: None, chat_template: None })
 }
 
@@ -265,7 +322,7 @@ fn checkpoint_quantization(dir: &Path, arch: &str) -> Result<Quantization> {
     }
 }
 
-fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) -> Result<Model> {
+fn load_hf_dir(dir: &Path, place: Place, quantization: Quantization) -> Result<Model> {
     let mut config = hf_config(dir)?;
     let tensors = SafetensorsDir::open(dir)?;
     if !config.tie_word_embeddings && !tensors.contains("lm_head.weight") {
@@ -284,7 +341,7 @@ fn load_hf_dir(dir: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) ->
     };
     let executor = executor(
         &config,
-        gpu,
+        place,
         quantization,
         &source,
         &mut |name, want| {
@@ -461,14 +518,14 @@ fn gguf_tokenizer(g: &GgufFile) -> Result<Option<Tokenizer>> {
     Ok(Some(Tokenizer::new(spec).with_context(|| format!("{}: bad tokenizer metadata", g.path.display()))?))
 }
 
-fn load_gguf(path: &Path, gpu: Option<Arc<Gpu>>, quantization: Quantization) -> Result<Model> {
+fn load_gguf(path: &Path, place: Place, quantization: Quantization) -> Result<Model> {
     let g = GgufFile::open(path)?;
     let config = gguf_config(&g)?;
     let permuted = config.arch == "llama" || config.arch == "mistral";
     let source = path.display().to_string();
     let executor = executor(
         &config,
-        gpu,
+        place,
         quantization,
         &source,
         &mut |hf, want| {

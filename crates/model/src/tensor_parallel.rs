@@ -21,11 +21,11 @@
 //! computed once, since every rank would compute the same values.
 
 use crate::config::ModelConfig;
-use crate::llama::{Decoder, ForwardBatch, GroupedScratch};
+use crate::llama::{Decoder, ForwardBatch, GroupedScratch, OwnedBatch};
 use crate::plan::{Attention, FeedForward, Head, Layer, ModelPlan, Part, PartSlice, Quantization, SelfAttention, WeightSpec, Weights};
 use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cpu::{self, PackedMatrix};
-use lumen_backend::{AttentionSeq, KvStorage};
+use lumen_backend::KvStorage;
 use lumen_trace::instrument::{span, Category};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -37,8 +37,9 @@ pub struct TensorParallel {
     /// The unsharded model's config.
     pub config: ModelConfig,
     jobs: Vec<Sender<Job>>,
-    /// Rank 0's answers: the gathered logits of each forward pass, or why a rank failed.
-    logits: Receiver<Result<Vec<f32>, RankFailed>>,
+    /// Every rank's answer to each forward pass, once its pass (and its recording) is over:
+    /// rank 0's holds the gathered logits, the others' nothing; or why a rank failed.
+    answers: Receiver<(usize, Result<Vec<f32>, RankFailed>)>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -51,16 +52,6 @@ enum Job {
         fp8: bool,
     },
     Forward(Arc<OwnedBatch>),
-}
-
-/// A [`ForwardBatch`] the rank threads share.
-struct OwnedBatch {
-    tokens: Vec<u32>,
-    positions: Vec<usize>,
-    slots: Vec<usize>,
-    /// Per sequence: start row, length, first position, block table.
-    seqs: Vec<(usize, usize, usize, Vec<u32>)>,
-    logit_rows: Vec<usize>,
 }
 
 /// A rank failed (its thread panicked) and the collectives are broken: the others stop waiting
@@ -294,11 +285,11 @@ impl TensorParallel {
         let (c, n) = (config, ranks.len());
         ensure!(n > 0, "tensor parallelism needs at least one rank");
         let comm = Arc::new(LocalComm::new(n));
-        let (logits_tx, logits) = channel();
+        let (answers_tx, answers) = channel();
         let (mut jobs, mut threads) = (Vec::new(), Vec::new());
         for (r, rank) in ranks.into_iter().enumerate() {
             let (tx, rx) = channel();
-            let (comm, full, answer) = (comm.clone(), c.clone(), (r == 0).then(|| logits_tx.clone()));
+            let (comm, full, answer) = (comm.clone(), c.clone(), answers_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("tp rank {r}"))
                 .spawn(move || serve_rank(r, &rank, &full, &comm, rx, answer))
@@ -306,7 +297,7 @@ impl TensorParallel {
             jobs.push(tx);
             threads.push(thread);
         }
-        Ok(TensorParallel { config: c.clone(), jobs, logits, threads })
+        Ok(TensorParallel { config: c.clone(), jobs, answers, threads })
     }
 
     /// Rank `r` of `n`: its config and its slices of every weight.
@@ -388,17 +379,22 @@ impl TensorParallel {
     /// Runs the batch on every rank, each writing its K/V into its own store; returns the
     /// gathered `[logit_rows.len(), vocab]`.
     pub fn forward(&self, batch: &ForwardBatch) -> Result<Vec<f32>> {
-        let owned = Arc::new(OwnedBatch {
-            tokens: batch.tokens.to_vec(),
-            positions: batch.positions.to_vec(),
-            slots: batch.slots.to_vec(),
-            seqs: batch.seqs.iter().map(|s| (s.start, s.len, s.first_pos, s.block_table.to_vec())).collect(),
-            logit_rows: batch.logit_rows.to_vec(),
-        });
+        let owned = Arc::new(OwnedBatch::of(batch));
         for tx in &self.jobs {
             tx.send(Job::Forward(owned.clone())).context("a tensor-parallel rank thread has stopped")?;
         }
-        let logits = self.logits.recv().context("tensor-parallel rank 0's thread has stopped")?.map_err(|f| anyhow::anyhow!(f.0))?;
+        let (mut logits, mut failure) = (None, None);
+        for _ in 0..self.jobs.len() {
+            match self.answers.recv().context("a tensor-parallel rank thread has stopped")? {
+                (0, Ok(l)) => logits = Some(l),
+                (_, Ok(_)) => {}
+                (_, Err(f)) => failure = failure.or(Some(f)),
+            }
+        }
+        if let Some(f) = failure {
+            bail!(f.0);
+        }
+        let logits = logits.context("tensor-parallel rank 0 gave no logits")?;
         ensure!(
             logits.len() == batch.logit_rows.len() * self.config.vocab_size,
             "tensor parallelism: no KV store yet; call allocate_kv first"
@@ -416,16 +412,16 @@ impl Drop for TensorParallel {
     }
 }
 
-/// A rank thread: runs its jobs until the model is dropped; rank 0 answers with the logits. A
-/// rank whose pass panics breaks the collectives, so no rank waits for it, and rank 0 answers
-/// with the failure.
+/// A rank thread: runs its jobs until the model is dropped, answering each pass when it is over
+/// (rank 0 with the logits). A rank whose pass panics breaks the collectives, so no rank waits
+/// for it, and answers with the failure.
 fn serve_rank(
     r: usize,
     rank: &Decoder,
     full: &ModelConfig,
     comm: &LocalComm,
     jobs: Receiver<Job>,
-    answer: Option<Sender<Result<Vec<f32>, RankFailed>>>,
+    answer: Sender<(usize, Result<Vec<f32>, RankFailed>)>,
 ) {
     let mut kv: Option<KvStorage> = None;
     while let Ok(job) = jobs.recv() {
@@ -437,31 +433,11 @@ fn serve_rank(
             Job::Forward(b) => {
                 let Some(kv) = kv.as_mut() else {
                     // Every rank gets the same jobs, so none has a store: nothing runs.
-                    if let Some(tx) = &answer {
-                        let _ = tx.send(Ok(Vec::new()));
-                    }
+                    let _ = answer.send((r, Ok(Vec::new())));
                     continue;
                 };
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let seqs: Vec<AttentionSeq> = b
-                        .seqs
-                        .iter()
-                        .map(|(start, len, first_pos, table)| AttentionSeq {
-                            start: *start,
-                            len: *len,
-                            first_pos: *first_pos,
-                            block_table: table,
-                        })
-                        .collect();
-                    let batch = ForwardBatch {
-                        tokens: &b.tokens,
-                        positions: &b.positions,
-                        slots: &b.slots,
-                        seqs: &seqs,
-                        logit_rows: &b.logit_rows,
-                    };
-                    rank_forward(r, rank, full, &batch, kv, comm)
-                }));
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.with(|batch| rank_forward(r, rank, full, batch, kv, comm))));
                 let logits = run.unwrap_or_else(|panic| {
                     let why = panic
                         .downcast_ref::<String>()
@@ -471,10 +447,10 @@ fn serve_rank(
                     comm.fail(r, &why);
                     Err(RankFailed(format!("tensor-parallel rank {r} failed: {why}")))
                 });
-                if let Some(tx) = &answer {
-                    if tx.send(logits).is_err() {
-                        return;
-                    }
+                // Only rank 0's logits are read; the others' copies stay here.
+                let logits = if r == 0 { logits } else { logits.map(|_| Vec::new()) };
+                if answer.send((r, logits)).is_err() {
+                    return;
                 }
             }
         }

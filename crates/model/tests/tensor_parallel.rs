@@ -150,7 +150,7 @@ fn loaded(spec: &str, quantization: Quantization) -> Decoder {
     let options = LoadOptions { device: Device::Cpu, quantization };
     match load_model_with(spec, options).unwrap_or_else(|e| panic!("{spec}: {e:#}")).executor {
         Executor::Cpu(decoder) => decoder,
-        Executor::Cuda(_) => unreachable!("loaded on the CPU"),
+        Executor::Cuda(_) | Executor::CudaRanks(_) => unreachable!("loaded on the CPU"),
     }
 }
 

@@ -54,6 +54,14 @@ unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
 impl Gpu {
+    /// How many GPUs the driver sees (0 without a driver).
+    pub fn count() -> usize {
+        if !driver_present() || cu::init().is_err() {
+            return 0;
+        }
+        cu::device::get_count().map_or(0, |n| n.max(0) as usize)
+    }
+
     /// Opens GPU `ordinal`, or says clearly why there is none.
     pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
         if !driver_present() {
@@ -124,6 +132,31 @@ impl Gpu {
     pub fn download<T: Copy>(&self, dst: &mut [T], src: u64) -> Result<()> {
         self.synchronize()?;
         unsafe { cu::memcpy_dtoh_sync(dst, src) }.cuda(|| "cuMemcpyDtoH".into())
+    }
+
+    /// Queues a copy of `height` rows of `width` bytes between device addresses: row i from
+    /// `src + i * src_pitch` to `dst + i * dst_pitch` (a block of a matrix's rows or columns).
+    pub fn copy_2d(&self, dst: u64, dst_pitch: usize, src: u64, src_pitch: usize, width: usize, height: usize) -> Result<()> {
+        let copy = sys::CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcHost: std::ptr::null(),
+            srcDevice: src,
+            srcArray: std::ptr::null_mut(),
+            srcPitch: src_pitch,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            dstHost: std::ptr::null_mut(),
+            dstDevice: dst,
+            dstArray: std::ptr::null_mut(),
+            dstPitch: dst_pitch,
+            WidthInBytes: width,
+            Height: height,
+        };
+        // SAFETY: both ranges lie in device allocations of this context, the caller's promise.
+        unsafe { sys::cuMemcpy2DAsync_v2(&copy, self.stream) }.result().cuda(|| "cuMemcpy2DAsync".into())
     }
 
     /// Fills `bytes` bytes at `ptr` with `value`.

@@ -5,12 +5,17 @@
 //!
 //! A step's inputs live at fixed offsets of the staging area, sized for the largest step, so a
 //! captured graph replays against new inputs after one host-to-device copy.
+//!
+//! A runner may drive one rank of a tensor-parallel model: it then runs that rank's shard with
+//! the rank's config, joins the ranks through its [`RankCollectives`] (captured in its graphs
+//! like any launch), and holds the whole vocabulary's logits; only rank 0 samples.
 
 use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
+use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
-use lumen_model::cuda::{enqueue_forward, Activations, CudaWeights, KvCache, StepInputs, StepShape};
-use lumen_model::{ForwardBatch, Model, Quantization};
+use lumen_model::cuda::{enqueue_forward, Activations, CudaWeights, KvCache, RankCollectives, StepInputs, StepShape};
+use lumen_model::{Executor, ForwardBatch, Model, ModelConfig, Quantization};
 use lumen_trace::instrument::{span, Category};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,6 +110,8 @@ impl Layout {
 
 pub struct CudaRunner {
     model: Arc<Model>,
+    /// For one rank of a tensor-parallel model: its index and collectives.
+    rank: Option<(usize, RankCollectives)>,
     gpu: Arc<Gpu>,
     linear: Linear,
     config: RunnerConfig,
@@ -122,22 +129,47 @@ pub struct CudaRunner {
     pending_rows: usize,
 }
 
-fn weights(model: &Model) -> Result<&CudaWeights> {
-    model.cuda_weights().with_context(|| format!("model {} is not loaded on a CUDA device", model.name))
+/// The weights and config this runner computes with: the model's, or rank `rank`'s shard of it.
+fn shard(model: &Model, rank: Option<usize>) -> Result<(&CudaWeights, &ModelConfig)> {
+    match (&model.executor, rank) {
+        (Executor::Cuda(w), None) => Ok((w, model.config())),
+        (Executor::CudaRanks(ranks), Some(r)) => {
+            let shard =
+                ranks.get(r).with_context(|| format!("model {} has {} tensor-parallel ranks, not {}", model.name, ranks.len(), r + 1))?;
+            Ok((&shard.weights, &shard.config))
+        }
+        (Executor::CudaRanks(ranks), None) => {
+            bail!("model {} is split over {} GPUs; each needs its rank's runner", model.name, ranks.len())
+        }
+        (Executor::Cuda(_), Some(_)) => bail!("model {} is loaded on one GPU, not split over ranks", model.name),
+        (Executor::Cpu(_), _) => bail!("model {} is not loaded on a CUDA device", model.name),
+    }
 }
 
 impl CudaRunner {
     /// Allocates everything a step needs, then the KV cache: `kv_blocks(free, bytes_per_token)`
     /// says how many blocks to take given the device memory left free once weights and
-    /// activations are allocated.
-    pub fn new(model: Arc<Model>, config: RunnerConfig, kv_blocks: impl FnOnce(u64, usize) -> Result<usize>) -> Result<Self> {
-        let w = weights(&model)?;
+    /// activations are allocated. With `rank`, the runner drives that rank of a tensor-parallel
+    /// model through the communicator.
+    pub fn new(
+        model: Arc<Model>,
+        config: RunnerConfig,
+        rank: Option<(usize, Communicator)>,
+        kv_blocks: impl FnOnce(u64, usize) -> Result<usize>,
+    ) -> Result<Self> {
+        let (w, c) = shard(&model, rank.as_ref().map(|(r, _)| *r))?;
         let gpu = w.gpu.clone();
-        let c = model.config().clone();
+        gpu.bind()?;
+        let c = c.clone();
         ensure!(config.max_tokens > 0 && config.max_seqs > 0 && config.block_size > 0, "runner limits must be positive: {config:?}");
         let t = config.max_tokens.max(config.max_seqs).max(config.graph_sizes.iter().copied().max().unwrap_or(0));
         let s = config.max_seqs.max(config.graph_sizes.iter().copied().max().unwrap_or(0));
-        let act = Activations::new(&gpu, &c, t, s)?;
+        // The logits span the whole vocabulary, also on a rank that computes only its rows of it.
+        let act = Activations::new(&gpu, &ModelConfig { vocab_size: model.config().vocab_size, ..c.clone() }, t, s)?;
+        let rank = match rank {
+            Some((r, comm)) => Some((r, RankCollectives::new(&gpu, comm, s, c.vocab_size)?)),
+            None => None,
+        };
         let sampled = gpu.alloc(s * 4, "sampled tokens")?;
         let mut linear = Linear::new(&gpu, config.batch_invariant)?;
         if w.quantization == Quantization::Fp8 {
@@ -175,6 +207,7 @@ impl CudaRunner {
         }
         Ok(CudaRunner {
             model: model.clone(),
+            rank,
             gpu,
             linear,
             config,
@@ -296,7 +329,8 @@ impl CudaRunner {
         }
         self.fill(batch, params, size)?;
         self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
-        let group = self.model.config().num_heads / self.model.config().num_kv_heads;
+        let c = self.config_computed()?;
+        let group = c.num_heads / c.num_kv_heads;
         let shape = StepShape { tokens: size, tiles: size, tile_rows: group, prefill_tiles: 0, rows: size, splits: grid };
         Ok(Staged::Graph((size, grid), shape))
     }
@@ -305,11 +339,11 @@ impl CudaRunner {
     /// otherwise enough splits to give every multiprocessor two blocks, no smaller than one KV
     /// step, and none when the partial sums would not fit.
     fn split_plan(&self, tiles: usize, max_ctx: usize, tokens: usize) -> (usize, usize) {
-        let c = self.model.config();
+        let kv_heads = self.config_computed().map_or(1, |c| c.num_kv_heads);
         let (splits, size) = if self.config.batch_invariant {
             (max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS), INVARIANT_SPLIT_TOKENS)
         } else {
-            let blocks = tiles * c.num_kv_heads;
+            let blocks = tiles * kv_heads;
             let want = (2 * self.gpu.info.multiprocessors as usize).div_ceil(blocks.max(1)).max(1);
             let splits = want.min(max_ctx.div_ceil(SPLIT_ALIGN));
             let size = max_ctx.div_ceil(splits).next_multiple_of(SPLIT_ALIGN);
@@ -341,7 +375,8 @@ impl CudaRunner {
     /// Fills the staging area; with `pad_to > 0` (decode-only graph batches) adds dummy rows up
     /// to that size, writing to the reserved block. Returns how the attention tiles were cut.
     fn fill(&mut self, batch: &ForwardBatch, params: &[SampleParams], pad_to: usize) -> Result<Tiling> {
-        let c = self.model.config();
+        let model = self.model.clone();
+        let c = shard(&model, self.rank_index())?.1;
         let l = self.layout;
         let t = batch.tokens.len();
         let n = batch.seqs.len();
@@ -352,7 +387,7 @@ impl CudaRunner {
             "batch of {t} tokens in {n} sequences exceeds the runner's limits ({max_t} tokens, {max_s} sequences)"
         );
         ensure!(batch.logit_rows.len() <= max_s, "{} logit rows exceed the limit of {max_s}", batch.logit_rows.len());
-        let vocab = c.vocab_size;
+        let vocab = model.config().vocab_size;
         let slots_total = (self.num_blocks + 1) * self.config.block_size;
         let w = self.staging.as_mut_slice();
         for (i, ((&tok, &pos), &slot)) in batch.tokens.iter().zip(batch.positions).zip(batch.slots).enumerate() {
@@ -440,11 +475,20 @@ impl CudaRunner {
         Ok(tiling)
     }
 
-    /// Queues the model's forward pass for `shape`, and the sampler when `sample`.
+    fn rank_index(&self) -> Option<usize> {
+        self.rank.as_ref().map(|(r, _)| *r)
+    }
+
+    /// The config the forward pass computes with: the model's, or this rank's.
+    fn config_computed(&self) -> Result<&ModelConfig> {
+        Ok(shard(&self.model, self.rank_index())?.1)
+    }
+
+    /// Queues the model's forward pass for `shape`, and the sampler when `sample` (on rank 0 only,
+    /// for a tensor-parallel rank).
     fn enqueue(&mut self, shape: StepShape, sample: bool) -> Result<()> {
         let model = self.model.clone();
-        let w = weights(&model)?;
-        let c = model.config();
+        let (w, c) = shard(&model, self.rank_index())?;
         let l = self.layout;
         let inputs = StepInputs {
             tokens: self.dev(l.tokens),
@@ -456,9 +500,10 @@ impl CudaRunner {
             table_data: self.dev(l.table_data),
             split_tokens: self.dev(l.split_tokens),
         };
-        enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape)?;
-        if sample {
-            w.kernels.sample_tokens(&self.gpu, self.act.logits.ptr, self.dev(l.params), shape.rows, c.vocab_size, self.sampled.ptr)?;
+        enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
+        if sample && self.rank_index().unwrap_or(0) == 0 {
+            let vocab = model.config().vocab_size;
+            w.kernels.sample_tokens(&self.gpu, self.act.logits.ptr, self.dev(l.params), shape.rows, vocab, self.sampled.ptr)?;
         }
         Ok(())
     }

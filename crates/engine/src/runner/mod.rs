@@ -1,10 +1,12 @@
 //! The model runner: turns a scheduler decision into the model's flattened batch (tokens,
 //! positions, KV slots, per-sequence block tables, rows that need logits), runs it, and hands
-//! back one sampled token per sampling sequence, on the CPU ([`cpu`]) or one GPU ([`cuda`]). The
-//! runner owns the device-side KV storage; the engine's KV manager decides which blocks hold what.
+//! back one sampled token per sampling sequence, on the CPU ([`cpu`]), one GPU ([`cuda`]) or the
+//! GPUs of a tensor-parallel model ([`cuda_ranks`]). The runner owns the device-side KV storage;
+//! the engine's KV manager decides which blocks hold what.
 
 pub mod cpu;
 pub mod cuda;
+pub mod cuda_ranks;
 
 use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
@@ -13,6 +15,7 @@ use crate::scheduler::{Scheduler, SchedulerOutput};
 use anyhow::Result;
 use cpu::CpuRunner;
 use cuda::{CudaRunner, RunnerConfig, SampleParams};
+use cuda_ranks::CudaRanks;
 use lumen_backend::{AttentionSeq, KvStorage};
 use lumen_model::{Executor, ForwardBatch, Model};
 use std::sync::Arc;
@@ -68,6 +71,7 @@ pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager
 pub enum Runner {
     Cpu(CpuRunner),
     Cuda(Box<CudaRunner>),
+    CudaRanks(CudaRanks),
 }
 
 impl Runner {
@@ -82,25 +86,28 @@ impl Runner {
                 Ok((Runner::Cpu(CpuRunner::new(decoder, blocks, config.block_size, config.kv_cache_fp8, ranks)?), blocks))
             }
             Executor::Cuda(_) if config.tensor_parallel_size > 1 => anyhow::bail!(
-                "--tp {}: tensor parallelism runs on the CPU device so far; on CUDA it needs the NCCL runner, which is not built yet",
+                "--tp {}: the model was loaded on one GPU; load it split over {0} GPUs (lumen's --tp does, at load)",
                 config.tensor_parallel_size
             ),
             Executor::Cuda(_) => {
-                let runner = CudaRunner::new(
-                    model.clone(),
-                    RunnerConfig {
-                        max_tokens: config.max_num_tokens,
-                        max_seqs: config.max_batch_size,
-                        block_size: config.block_size,
-                        graph_sizes: config.cuda_graphs.capture_sizes(config.max_batch_size),
-                        graph_padding: config.cuda_graphs.enable_padding,
-                        batch_invariant: config.batch_invariant,
-                        kv_fp8: config.kv_cache_fp8,
-                    },
-                    |free, bytes_per_token| config.blocks_for_bytes(free, bytes_per_token),
-                )?;
+                let blocks_for = |free, bytes_per_token| config.blocks_for_bytes(free, bytes_per_token);
+                let runner = CudaRunner::new(model.clone(), runner_config(config), None, blocks_for)?;
                 let blocks = runner.num_blocks();
                 Ok((Runner::Cuda(Box::new(runner)), blocks))
+            }
+            Executor::CudaRanks(ranks) => {
+                anyhow::ensure!(
+                    ranks.len() == config.tensor_parallel_size,
+                    "the model is split over {} GPUs but the engine asks for --tp {}",
+                    ranks.len(),
+                    config.tensor_parallel_size
+                );
+                let engine = config.clone();
+                let runner = CudaRanks::new(model, runner_config(config), move |free, bytes_per_token| {
+                    engine.blocks_for_bytes(free, bytes_per_token)
+                })?;
+                let blocks = runner.num_blocks();
+                Ok((Runner::CudaRanks(runner), blocks))
             }
         }
     }
@@ -119,22 +126,23 @@ impl Runner {
             seqs: &seqs,
             logit_rows: &input.logit_rows,
         };
+        let sampling = || -> Vec<SampleParams> {
+            input
+                .sampling
+                .iter()
+                .map(|(p, index)| SampleParams {
+                    temperature: p.temperature,
+                    top_k: p.top_k as u32,
+                    top_p: p.top_p,
+                    seed: p.seed,
+                    index: *index as u32,
+                })
+                .collect()
+        };
         match self {
             Runner::Cpu(r) => r.forward(model.cpu_decoder()?, &batch),
-            Runner::Cuda(r) => {
-                let sampling: Vec<SampleParams> = input
-                    .sampling
-                    .iter()
-                    .map(|(p, index)| SampleParams {
-                        temperature: p.temperature,
-                        top_k: p.top_k as u32,
-                        top_p: p.top_p,
-                        seed: p.seed,
-                        index: *index as u32,
-                    })
-                    .collect();
-                r.launch(&batch, &sampling)
-            }
+            Runner::Cuda(r) => r.launch(&batch, &sampling()),
+            Runner::CudaRanks(r) => r.launch(&batch, &sampling()),
         }
     }
 
@@ -143,7 +151,7 @@ impl Runner {
     pub fn take_expert_load(&mut self) -> Vec<Vec<u32>> {
         match self {
             Runner::Cpu(r) => r.take_expert_load(),
-            Runner::Cuda(_) => Vec::new(),
+            Runner::Cuda(_) | Runner::CudaRanks(_) => Vec::new(),
         }
     }
 
@@ -152,6 +160,7 @@ impl Runner {
         match self {
             Runner::Cpu(r) => Ok(r.sample(vocab, &input.sampling)),
             Runner::Cuda(r) => r.finish(),
+            Runner::CudaRanks(r) => r.finish(),
         }
     }
 
@@ -160,6 +169,7 @@ impl Runner {
         match self {
             Runner::Cpu(r) => Ok(r.last_logits().to_vec()),
             Runner::Cuda(r) => r.last_logits(),
+            Runner::CudaRanks(r) => r.last_logits(),
         }
     }
 
@@ -168,6 +178,7 @@ impl Runner {
         match self {
             Runner::Cpu(_) => None,
             Runner::Cuda(r) => r.last_device_ms(),
+            Runner::CudaRanks(r) => r.last_device_ms(),
         }
     }
 
@@ -176,6 +187,20 @@ impl Runner {
         match self {
             Runner::Cpu(_) => Ok(()),
             Runner::Cuda(r) => r.gpu().profiler(on),
+            Runner::CudaRanks(r) => r.profiler(on),
         }
+    }
+}
+
+/// The CUDA runner's limits from the engine's.
+fn runner_config(config: &EngineConfig) -> RunnerConfig {
+    RunnerConfig {
+        max_tokens: config.max_num_tokens,
+        max_seqs: config.max_batch_size,
+        block_size: config.block_size,
+        graph_sizes: config.cuda_graphs.capture_sizes(config.max_batch_size),
+        graph_padding: config.cuda_graphs.enable_padding,
+        batch_invariant: config.batch_invariant,
+        kv_fp8: config.kv_cache_fp8,
     }
 }

@@ -2,12 +2,14 @@
 //! kernel of one step on the device's stream. What the pass computes in belongs here too: the
 //! activation buffers ([`Activations`]) and the paged KV cache's shape ([`KvCache`]). Where a
 //! step's inputs lie ([`StepInputs`]) and its launch shape ([`StepShape`]) come from the caller,
-//! which owns staging, graphs and sampling.
+//! which owns staging, graphs and sampling. A tensor-parallel rank's pass ([`RankCollectives`])
+//! all-reduces the partial sums of its row-parallel products and gathers every rank's logits.
 
 use super::weights::CudaWeights;
 use crate::config::ModelConfig;
 use crate::plan::{FeedForward, SelfAttention};
 use anyhow::{bail, Result};
+use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{AttentionArgs, DType, DeviceBuffer, Gpu, Linear, RopeArgs};
 
 /// The device buffers a step computes in, sized for `max_tokens` tokens and `max_rows` rows of
@@ -139,6 +141,24 @@ pub struct StepInputs {
     pub split_tokens: u64,
 }
 
+/// What a tensor-parallel rank's pass adds: its communicator, and the buffers its head's rows of
+/// the logits (`[rows, vocab / ranks]`) and every rank's (rank after rank) are held in before
+/// they are laid out as `[rows, vocab]` in the activations' logits.
+pub struct RankCollectives {
+    pub comm: Communicator,
+    local_logits: DeviceBuffer,
+    gathered: DeviceBuffer,
+}
+
+impl RankCollectives {
+    /// Buffers for up to `max_rows` rows of a rank's `vocab_rows` logits.
+    pub fn new(gpu: &Gpu, comm: Communicator, max_rows: usize, vocab_rows: usize) -> Result<Self> {
+        let local_logits = gpu.alloc(max_rows * vocab_rows * 4, "this rank's logits")?;
+        let gathered = gpu.alloc(comm.ranks * max_rows * vocab_rows * 4, "every rank's logits")?;
+        Ok(RankCollectives { comm, local_logits, gathered })
+    }
+}
+
 /// One step's shape, as the launches see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepShape {
@@ -156,7 +176,10 @@ pub struct StepShape {
 }
 
 /// Queues the forward pass of one step: embedding, every layer, the final norm, the gather of
-/// the logits rows and the output head into `act.logits` (f32).
+/// the logits rows and the output head into `act.logits` (f32). For a tensor-parallel rank
+/// (`rank`), `c` is the rank's config: the output and down products are partial sums, summed over
+/// the ranks in place, and the head's rows of the logits are gathered from every rank.
+#[allow(clippy::too_many_arguments)]
 pub fn enqueue_forward(
     w: &CudaWeights,
     c: &ModelConfig,
@@ -165,6 +188,7 @@ pub fn enqueue_forward(
     kv: &KvCache,
     inputs: &StepInputs,
     shape: StepShape,
+    rank: Option<&RankCollectives>,
 ) -> Result<()> {
     let (k, gpu) = (&w.kernels, &*w.gpu);
     let t = shape.tokens;
@@ -174,6 +198,7 @@ pub fn enqueue_forward(
     let layers = &w.weights.layers;
     let Some(first) = layers.first() else { bail!("the model has no layers") };
     let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+    let all_reduce = |b: &DeviceBuffer| rank.map_or(Ok(()), |r| r.comm.all_reduce_sum(gpu, b.ptr, t * h, DType::Bf16));
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
@@ -182,7 +207,8 @@ pub fn enqueue_forward(
         first.input_norm.ptr(),
         eps,
         h,
-        c.vocab_size,
+        // The embedding's own rows: the whole vocabulary, also on a tensor-parallel rank.
+        w.weights.embed.rows,
         act.residual.ptr,
         act.normed.ptr,
     )?;
@@ -237,12 +263,14 @@ pub fn enqueue_forward(
         };
         k.attention(gpu, &attention)?;
         linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
+        all_reduce(&act.delta)?;
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
         match &layer.feed_forward {
             FeedForward::Dense { gate_up, down } => {
                 linear.run(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.gate_up, 2 * f))?;
                 k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
                 linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
+                all_reduce(&act.delta)?;
             }
             FeedForward::Moe(_) => bail!("layer {li}: mixture-of-experts layers do not run on the CUDA backend yet"),
         }
@@ -251,5 +279,16 @@ pub fn enqueue_forward(
     }
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);
-    linear.run(gpu, k, last, w.head(), act.logits.tensor(DType::F32, shape.rows, c.vocab_size))
+    let Some(rank) = rank else {
+        return linear.run(gpu, k, last, w.head(), act.logits.tensor(DType::F32, shape.rows, c.vocab_size));
+    };
+    // This rank's rows of the vocabulary, then everyone's, laid out row by row.
+    let (rows, part) = (shape.rows, c.vocab_size);
+    linear.run(gpu, k, last, w.head(), rank.local_logits.tensor(DType::F32, rows, part))?;
+    rank.comm.all_gather(gpu, rank.local_logits.ptr, rank.gathered.ptr, rows * part, DType::F32)?;
+    let vocab = part * rank.comm.ranks;
+    for r in 0..rank.comm.ranks {
+        gpu.copy_2d(act.logits.at(r * part * 4), vocab * 4, rank.gathered.at(r * rows * part * 4), part * 4, part * 4, rows)?;
+    }
+    Ok(())
 }

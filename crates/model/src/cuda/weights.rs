@@ -6,7 +6,7 @@
 //! that would not fit before uploading anything.
 
 use crate::config::ModelConfig;
-use crate::plan::{Entry, FeedForward, Fill, Head, ModelPlan, Quantization, SelfAttention, WeightDtype, WeightSpec, Weights};
+use crate::plan::{Entry, FeedForward, Fill, Head, ModelPlan, PartSlice, Quantization, SelfAttention, WeightDtype, WeightSpec, Weights};
 use crate::presets::preset_rule;
 use crate::weights::{stacked, Fetch};
 use anyhow::{bail, ensure, Result};
@@ -56,8 +56,22 @@ impl CudaFill<'_, '_> {
                 for part in &spec.parts {
                     let n: usize = part.shape.iter().product();
                     let rule = preset_rule(seed, &part.name, &part.shape);
-                    self.kernels.preset_fill(self.gpu, buffer.at(at * 2), n, rule.base, rule.scale, rule.offset)?;
-                    at += n;
+                    let Some(slice) = part.slice else {
+                        self.kernels.preset_fill(self.gpu, buffer.at(at * 2), n, rule.base, rule.scale, rule.offset)?;
+                        at += n;
+                        continue;
+                    };
+                    // A tensor-parallel rank's block: the whole part drawn, its rows or columns copied.
+                    let whole = self.gpu.alloc(n * 2, &format!("{} (whole, to slice)", part.name))?;
+                    self.kernels.preset_fill(self.gpu, whole.ptr, n, rule.base, rule.scale, rule.offset)?;
+                    let cols = part.shape.get(1).copied().unwrap_or(1);
+                    let (src, width, height) = match slice {
+                        PartSlice::Rows { start, len } => (whole.at(start * cols * 2), cols * 2, len),
+                        PartSlice::Cols { start, len } => (whole.at(start * 2), len * 2, part.shape[0]),
+                    };
+                    self.gpu.copy_2d(buffer.at(at * 2), width, src, cols * 2, width, height)?;
+                    self.gpu.synchronize()?;
+                    at += part.kept_shape().iter().product::<usize>();
                 }
                 buffer
             }
