@@ -129,7 +129,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub cuda_graph_batch_sizes: Option<Vec<u32>>,
     /// Split the model over N ranks by tensor parallelism (Megatron's sharding; a thread per
-    /// rank). CPU device only so far [default: 1]
+    /// rank): on CUDA over GPUs 0..N through NCCL, on the CPU over threads [default: 1]
     #[arg(long = "tp", alias = "tensor-parallel-size", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub tensor_parallel_size: Option<u32>,
 }
