@@ -203,7 +203,9 @@ pub fn analyze(trace: &TraceData, rules: &[ClassRule]) -> Measured<Collectives> 
             .map(|(d, (collectives, compute))| (d, DeviceKernels { collectives, compute: Some(merged(compute)) }))
             .collect();
         (Source::Kernels, devices)
-    } else if !recorded.is_empty() {
+    } else if recorded.iter().any(|r| r.interval.end > r.interval.start) {
+        // Timed on the host (the CPU's rank threads); a GPU rank's records are instants that
+        // only carry sizes.
         let mut devices: BTreeMap<u32, DeviceKernels> = BTreeMap::new();
         for r in &recorded {
             devices.entry(r.rank).or_insert_with(|| DeviceKernels { collectives: Vec::new(), compute: None }).collectives.push(r.interval);
@@ -466,6 +468,16 @@ mod tests {
         assert_eq!(bus_factor("AllReduce", 4), 1.5);
         assert_eq!(bus_factor("AllGather", 8), 0.875);
         assert_eq!(bus_factor("Broadcast", 8), 1.0);
+    }
+
+    #[test]
+    fn instants_recorded_by_gpu_ranks_give_sizes_but_no_timeline() {
+        let spans = vec![recorded_span(10, "all_reduce", 500, 500, 4000), recorded_span(11, "all_reduce", 500, 500, 4000)];
+        let mut t = TraceData { threads: rank_threads(), spans, iterations: vec![iteration(0, 0, 1000, 0.001)], ..TraceData::default() };
+        assert!(analyze(&t, &default_rules()).reason().unwrap().contains("no collective kernels"), "instants are no timeline");
+        t.gpu_ops = two_ranks().gpu_ops;
+        let c = analyze(&t, &default_rules());
+        assert_eq!(c.get().expect("the kernels' timeline").operations[0].bytes, Some(8000));
     }
 
     #[test]

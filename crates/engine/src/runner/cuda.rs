@@ -16,7 +16,7 @@ use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
 use lumen_model::cuda::{enqueue_forward, Activations, CudaWeights, KvCache, RankCollectives, StepInputs, StepShape};
 use lumen_model::{Executor, ForwardBatch, Model, ModelConfig, Quantization};
-use lumen_trace::instrument::{span, Category};
+use lumen_trace::instrument::{record_span, span, Category};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -258,6 +258,8 @@ impl CudaRunner {
         let shape = self.stage(batch, params)?;
         self.events.0.record(&self.gpu)?;
         self.gpu.copy_to_device(self.staging_dev.ptr, &self.staging.as_slice()[..self.layout.words])?;
+        let (Staged::Graph(_, launched) | Staged::Eager(launched)) = shape;
+        self.record_collectives(launched)?;
         match shape {
             Staged::Graph(key, shape) => {
                 if !self.graphs.contains_key(&key) {
@@ -473,6 +475,23 @@ impl CudaRunner {
             w[l.table_data + table] = reserved;
         }
         Ok(tiling)
+    }
+
+    /// For a tensor-parallel rank, records the collectives a step of `shape` queues, each as an
+    /// instant span with its bytes and rank count on this rank's thread, replayed graphs
+    /// included (the analyzer joins the sizes to the NCCL kernels' times).
+    fn record_collectives(&self, shape: StepShape) -> Result<()> {
+        let Some((_, rank)) = &self.rank else { return Ok(()) };
+        let c = self.config_computed()?;
+        let ranks = rank.comm.ranks;
+        let now = lumen_trace::now_ns();
+        let reduce = format!("{{\"bytes\":{},\"ranks\":{ranks}}}", shape.tokens * c.hidden_size * 2);
+        for _ in 0..2 * c.num_layers {
+            record_span(Category::Debug, "all_reduce", now, now, Some(reduce.clone()));
+        }
+        let gather = format!("{{\"bytes\":{},\"ranks\":{ranks}}}", ranks * shape.rows * c.vocab_size * 4);
+        record_span(Category::Debug, "all_gather", now, now, Some(gather));
+        Ok(())
     }
 
     fn rank_index(&self) -> Option<usize> {
