@@ -2,7 +2,8 @@
 # CUDA benchmarks on the GPU machine (docs/benchmarks.md): lumen's throughput and latency on the
 # Llama-3.1-8B shape (MODEL), in bf16 or FP8 (PRECISION=bf16|fp8) with a bf16 or FP8 KV cache
 # (KV_DTYPE=auto|fp8), ISL/OSL 128/128 (ISL, OSL),
-# and the Hugging Face transformers peer in the same run. Without MAX_BATCH and MAX_TOKENS the
+# and the Hugging Face transformers peer in the same run; EXTRA adds flags to both lumen runs
+# (EXTRA="--tp 4" splits the model over four GPUs). Without MAX_BATCH and MAX_TOKENS the
 # throughput run takes the limits `bench throughput` tunes; with them, those. Expects `lumen` at $LUMEN_BIN (default gpu-tests/lumen, from scripts/gpu_tests.sh build) and
 # the peer script at peers/hf_generate.py. Reports go to $OUT (default /tmp); run it with its output
 # teed to a log there, e.g. `scripts/bench_cuda.sh 2>&1 | tee $OUT/bench.log`.
@@ -10,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}
+source scripts/nccl_env.sh
 L=${LUMEN_BIN:-$PWD/gpu-tests/lumen}
 OUT=${OUT:-/tmp}
 MODEL=${MODEL:-llama-3.1-8b}

@@ -37,13 +37,7 @@ run)
   export LUMEN_BIN=$PWD/$DIR/lumen
   export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}
   export LUMEN_REQUIRE_GPU=1
-  # NCCL comes with PyTorch's wheels as libnccl.so.2; lumen loads libnccl.so.
-  nccl=$(find $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) -name 'libnccl.so*' 2>/dev/null | head -1 || true)
-  if [ -n "$nccl" ]; then
-    mkdir -p /tmp/lumen-nccl && ln -sf "$nccl" /tmp/lumen-nccl/libnccl.so
-    export LD_LIBRARY_PATH=/tmp/lumen-nccl:$LD_LIBRARY_PATH
-  fi
-  export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+  source scripts/nccl_env.sh
   log=${OUT:-/tmp}/gpu_tests.log
   : >"$log"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
