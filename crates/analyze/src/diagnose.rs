@@ -58,6 +58,10 @@ pub const SHORT_KERNEL_NS: u64 = 10_000;
 pub const SHORT_KERNEL_SHARE: f64 = 0.5;
 /// Kernels shorter than their own launch call above this share show launch overhead.
 pub const SHORTER_THAN_LAUNCH_SHARE: f64 = 0.5;
+/// A memory-bound run whose weights take at least this long to read once per step (at the
+/// GPU's peak) is a large model, for which the memory-bound action adds tensor parallelism. It
+/// shapes an action, not a finding, so it is not in [`THRESHOLDS`].
+pub const TP_WEIGHT_FLOOR_MS: f64 = 1.0;
 /// Eager kernels (no graph id) above this share are "most kernels".
 pub const EAGER_KERNEL_SHARE: f64 = 0.5;
 /// Sync waits above this share of the idle time are synchronisation gaps.
@@ -191,7 +195,7 @@ pub const PATTERNS: &[Pattern] = &[
         name: MEMORY_BOUND,
         kind: Kind::SpeedOfLight,
         fires_when: "DRAM (read + write) is the unit nearest its ceiling at >= SOL_BOUND_PERCENT of peak: busy counter samples or the engine's bytes per iteration",
-        action: "cut the bytes: a larger batch reuses each weight read; FP8 weights and KV cache (--quantization fp8 --kv-cache-dtype fp8); tensor parallelism (not in lumen yet)",
+        action: "cut the bytes: a larger batch reuses each weight read; FP8 weights and KV cache (--quantization fp8 --kv-cache-dtype fp8); for a large model, tensor parallelism (--tp N) with the floor it brings",
     },
     Pattern {
         name: COMPUTE_BOUND,
@@ -623,6 +627,25 @@ fn percent_of(u: &UnitUse) -> String {
     )
 }
 
+/// For a large model (its weights take at least `TP_WEIGHT_FLOOR_MS` to read per step at the
+/// GPU's peak), tensor parallelism over twice the GPUs, with the floor it brings; nothing for a
+/// smaller one, or where the weights or the peak are unknown.
+fn tensor_parallel_advice(f: &Facts) -> String {
+    let number = |key| f.trace.meta(key).and_then(|v| v.parse::<f64>().ok());
+    let (Some(weights), Some(peaks)) = (number("weight_bytes"), f.a.speed_of_light.peaks.get()) else { return String::new() };
+    let tp = number("tensor_parallel_size").unwrap_or(1.0).max(1.0);
+    let floor_ms = weights / tp / (peaks.dram_gb_s * 1e9) * 1e3;
+    if floor_ms < TP_WEIGHT_FLOOR_MS {
+        return String::new();
+    }
+    let next = 2.0 * tp;
+    format!(
+        "; tensor parallelism over {next} GPUs (--tp {next}) adds their bandwidth: each reads 1/{next} of the weights, so the \
+         weights-read floor per step falls from {floor_ms:.2} ms to {:.2} ms (up to 2× the decode speed, less the all-reduces)",
+        floor_ms * tp / next
+    )
+}
+
 fn bound(f: &Facts, wanted: Bound) -> Outcome {
     // The recorder names the layer weights' and the KV cache's types; what a run already holds in
     // FP8 gets no FP8 advice.
@@ -641,8 +664,8 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
             (
                 MEMORY_BOUND,
                 format!(
-                    "the GPU streams memory: a larger batch (--max-batch-size) reuses each weight read for more tokens; {cut}; \
-                     tensor parallelism would add bandwidth, but lumen does not offer it yet"
+                    "the GPU streams memory: a larger batch (--max-batch-size) reuses each weight read for more tokens; {cut}{}",
+                    tensor_parallel_advice(f)
                 ),
             )
         }
@@ -1358,6 +1381,18 @@ mod tests {
             "{both}"
         );
         assert!(d.not_found.contains(&COMPUTE_BOUND) && d.not_found.contains(&SMALL_BATCH));
+        assert!(!both.contains("--tp"), "no weights or GPU named: no tensor-parallel advice: {both}");
+        // 16 GB of weights on an H200's 4.8 TB/s datasheet peak: 3.33 ms per step, 1.67 ms over 2.
+        trace.meta.extend([("gpu".into(), "NVIDIA H200".into()), ("weight_bytes".into(), "16000000000".into())]);
+        let large = finding(&diagnosis(&trace), MEMORY_BOUND).expect("the same counters").action.clone();
+        assert!(large.contains("--tp 2") && large.contains("from 3.33 ms to 1.67 ms"), "{large}");
+        trace.meta.push(("tensor_parallel_size".into(), "2".into()));
+        let split = finding(&diagnosis(&trace), MEMORY_BOUND).expect("the same counters").action.clone();
+        assert!(split.contains("--tp 4") && split.contains("from 1.67 ms to 0.83 ms"), "{split}");
+        trace.meta.retain(|(k, _)| k != "weight_bytes" && k != "tensor_parallel_size");
+        trace.meta.push(("weight_bytes".into(), "270000000".into()));
+        let small = finding(&diagnosis(&trace), MEMORY_BOUND).expect("the same counters").action.clone();
+        assert!(!small.contains("--tp"), "a 135M model reads its weights in 0.06 ms: no advice: {small}");
     }
 
     #[test]
