@@ -76,7 +76,7 @@ fn runner_with_kv(model: &Arc<Model>, seqs: usize, graphs: Vec<usize>, invariant
         batch_invariant: invariant,
         kv_fp8,
     };
-    CudaRunner::new(model.clone(), config, |_, _| Ok(seqs * BLOCKS_PER_SEQ)).unwrap()
+    CudaRunner::new(model.clone(), config, None, |_, _| Ok(seqs * BLOCKS_PER_SEQ)).unwrap()
 }
 
 /// A sequence in a test: its tokens so far and how many are in the cache.

@@ -275,7 +275,7 @@ fn cuda_matches_the_reference_in_one_pass_decode_and_chunks() {
             kv_fp8: false,
         };
         let blocks = tokens.len().div_ceil(BLOCK_SIZE);
-        let mut runner = CudaRunner::new(model.clone(), config, |_, _| Ok(blocks)).unwrap();
+        let mut runner = CudaRunner::new(model.clone(), config, None, |_, _| Ok(blocks)).unwrap();
         logits_at(tokens, chunks, wanted, |batch| runner.logits(batch).unwrap())
     });
     eprintln!("logits_smollm2_135m.json on CUDA: worst error is {:.1}% of the tolerance", worst * 100.0);
