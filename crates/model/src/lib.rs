@@ -75,7 +75,8 @@ impl Model {
     pub fn perfect_router(&self) -> bool {
         match &self.executor {
             Executor::Cpu(d) => d.perfect_router,
-            Executor::Cuda(_) | Executor::CudaRanks(_) => false,
+            Executor::Cuda(w) => w.perfect_router,
+            Executor::CudaRanks(_) => false,
         }
     }
 

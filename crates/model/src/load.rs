@@ -152,14 +152,8 @@ fn load(spec: &str, options: LoadOptions, ranks: Option<usize>) -> Result<Model>
     if gpu.is_some() && device == Device::Auto {
         let (config, _) = describe_model(spec)?;
         use lumen_backend::cuda::Kernels;
-        if config.mla.is_some() {
-            lumen_trace::status!("[lumen] --device auto: multi-head latent attention runs on the CPU only so far; running on the CPU");
-            gpu = None;
-        } else if let Some(moe) = &config.moe {
-            lumen_trace::status!(
-                "[lumen] --device auto: mixture-of-experts layers ({} experts) run on the CPU only so far; running on the CPU",
-                moe.num_experts
-            );
+        if let Err(e) = crate::cuda::weights::refuse_cpu_only_blocks(&config, spec) {
+            lumen_trace::status!("[lumen] --device auto: {e:#}; running on the CPU");
             gpu = None;
         } else if !Kernels::supports_head_dim(config.head_dim) || !Kernels::supports_hidden_size(config.hidden_size) {
             lumen_trace::status!(
@@ -212,29 +206,31 @@ fn executor(
     preset_seed: Option<u64>,
 ) -> Result<Executor> {
     let plan = ModelPlan::for_config(config).quantized(quantization);
+    let perfect_router = config.moe.is_some() && perfect_router_from_env()?;
+    if let (true, Some(m)) = (perfect_router, &config.moe) {
+        let key = crate::perfect_router::BalancedKey {
+            tokens: 1,
+            num_experts: m.num_experts,
+            top_k: m.top_k,
+            method: m.routing,
+            ep_ranks: 1,
+            groups: m.groups,
+        };
+        crate::perfect_router::group_chunk(&key).with_context(|| format!("{what}: {PERFECT_ROUTER_ENV}"))?;
+        lumen_trace::status!(
+            "[lumen] warning: {PERFECT_ROUTER_ENV} is on: {what}'s router logits are replaced by perfectly balanced ones, \
+             so its outputs are wrong by design (the gate GEMM still runs)"
+        );
+    }
     Ok(match place {
         Place::Cpu => {
             check_memory(config, what)?;
-            let perfect_router = config.moe.is_some() && perfect_router_from_env()?;
-            if let (true, Some(m)) = (perfect_router, &config.moe) {
-                let key = crate::perfect_router::BalancedKey {
-                    tokens: 1,
-                    num_experts: m.num_experts,
-                    top_k: m.top_k,
-                    method: m.routing,
-                    ep_ranks: 1,
-                    groups: m.groups,
-                };
-                crate::perfect_router::group_chunk(&key).with_context(|| format!("{what}: {PERFECT_ROUTER_ENV}"))?;
-                lumen_trace::status!(
-                    "[lumen] warning: {PERFECT_ROUTER_ENV} is on: {what}'s router logits are replaced by perfectly balanced ones, \
-                     so its outputs are wrong by design (the gate GEMM still runs)"
-                );
-            }
             let (weights, tied_head) = assemble_cpu(config, &plan, fetch)?;
             Executor::Cpu(Decoder::new(config.clone(), weights, tied_head, quantization).with_perfect_router(perfect_router))
         }
-        Place::Gpu(gpu) => Executor::Cuda(CudaWeights::assemble(config, &plan, quantization, gpu, what, fetch, preset_seed)?),
+        Place::Gpu(gpu) => {
+            Executor::Cuda(CudaWeights::assemble(config, &plan, quantization, gpu, what, fetch, preset_seed, perfect_router)?)
+        }
         Place::Ranks(gpus) => {
             let n = gpus.len();
             let mut ranks = Vec::with_capacity(n);
@@ -243,7 +239,7 @@ fn executor(
                 // The embedding stays whole on every rank (TensorRT-LLM's default); the head is split.
                 let rank_plan = rank_plan(config, &plan, r, n, false)?;
                 let what = format!("{what} (tensor-parallel rank {r} of {n})");
-                let weights = CudaWeights::assemble(&rank, &rank_plan, quantization, gpu, &what, fetch, preset_seed)?;
+                let weights = CudaWeights::assemble(&rank, &rank_plan, quantization, gpu, &what, fetch, preset_seed, false)?;
                 ranks.push(RankShard { config: rank, weights });
             }
             Executor::CudaRanks(ranks)
@@ -567,10 +563,15 @@ mod tests {
     }
 
     #[test]
-    fn a_mixture_of_experts_model_on_cuda_is_refused_by_name() {
-        let e = format!("{:#}", load_model_on("tiny-mixtral", Device::Cuda).err().unwrap());
-        assert!(e.contains("tiny-mixtral: mixture-of-experts layers (8 experts, top 2) are not built on the CUDA backend"), "{e}");
-        assert!(e.contains("grouped expert GEMMs; use --device cpu"), "{e}");
+    fn moe_variants_the_cuda_backend_lacks_are_refused_by_name() {
+        for (preset, lacks) in [("tiny-gpt-oss", "clamped SwiGLU experts"), ("tiny-qwen2-moe", "shared experts")] {
+            let e = format!("{:#}", load_model_on(preset, Device::Cuda).err().unwrap());
+            assert!(e.contains(&format!("{preset}: the CUDA backend's mixture-of-experts layers lack")) && e.contains(lacks), "{e}");
+        }
+        for preset in ["tiny-mixtral", "tiny-olmoe", "tiny-qwen3-moe", "qwen3-30b-a3b"] {
+            let config = crate::presets::preset_config(preset).unwrap();
+            assert!(crate::cuda::weights::refuse_cpu_only_blocks(&config, preset).is_ok(), "{preset}: plain SwiGLU experts run on CUDA");
+        }
     }
 
     #[test]

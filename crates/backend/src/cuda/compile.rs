@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The kernel sources, in compilation order.
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 8] = [
     ("prelude.cu", include_str!("kernels/prelude.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
@@ -19,6 +19,7 @@ pub const SOURCES: [(&str, &str); 7] = [
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("fill.cu", include_str!("kernels/fill.cu")),
     ("fp8.cu", include_str!("kernels/fp8.cu")),
+    ("moe.cu", include_str!("kernels/moe.cu")),
 ];
 
 /// A loaded module.

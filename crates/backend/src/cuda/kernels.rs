@@ -50,6 +50,8 @@ pub struct Kernels {
     rope_kv_write: Kernel,
     silu_mul: Kernel,
     gather_rows: Kernel,
+    moe_route: Kernel,
+    moe_combine: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
     attention_prefill: [(usize, Kernel); 3],
@@ -78,6 +80,8 @@ fn norm_threads(hidden: usize) -> u32 {
     (hidden / 4).div_ceil(NORM_ITEMS).next_multiple_of(32).clamp(32, 1024) as u32
 }
 pub const SAMPLE_THREADS: u32 = 1024;
+/// Most experts per token `moe_route` chooses (`MOE_MAX_TOP_K` in moe.cu).
+pub const MOE_MAX_TOP_K: usize = 16;
 /// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_THREADS: u32 = 256;
@@ -99,6 +103,8 @@ impl Kernels {
             rope_kv_write: get("rope_kv_write")?,
             silu_mul: get("silu_mul")?,
             gather_rows: get("gather_rows")?,
+            moe_route: get("moe_route")?,
+            moe_combine: get("moe_combine")?,
             attention: [
                 (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
                 (64, get("attention_hd64_r1")?, get("attention_hd64_r4")?),
@@ -221,6 +227,45 @@ impl Kernels {
     pub fn gather_rows(&self, gpu: &Gpu, src: u64, rows: u64, n_rows: usize, width: usize, dst: u64) -> Result<()> {
         let args = Args::default().ptr(src).ptr(rows).i32(width as i32).ptr(dst);
         self.launch(gpu, self.gather_rows, (n_rows as u32, 1, 1), ROW_THREADS, args)
+    }
+
+    /// Routes `tokens` rows of f32 router logits (`[tokens, experts]`, plus `bias` when non-zero)
+    /// to their `k` experts: `experts` (u32) and `weights` (f32), `[tokens, k]` each; `method` is
+    /// the routing method's index (Default 0, Renormalize 1, RenormalizeNaive 2, Llama4 3), and
+    /// the weights are scaled by `scale`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_route(
+        &self,
+        gpu: &Gpu,
+        logits: u64,
+        bias: u64,
+        tokens: usize,
+        experts: usize,
+        k: usize,
+        method: u32,
+        scale: f32,
+        out_experts: u64,
+        out_weights: u64,
+    ) -> Result<()> {
+        anyhow::ensure!(k <= MOE_MAX_TOP_K, "moe_route: top {k} experts, at most {MOE_MAX_TOP_K} on CUDA");
+        let args = Args::default()
+            .ptr(logits)
+            .ptr(bias)
+            .i32(tokens as i32)
+            .i32(experts as i32)
+            .i32(k as i32)
+            .i32(method as i32)
+            .f32(scale)
+            .ptr(out_experts)
+            .ptr(out_weights);
+        self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(ROW_THREADS), 1, 1), ROW_THREADS, args)
+    }
+
+    /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` over `tokens` rows of `h` bf16 values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_combine(&self, gpu: &Gpu, y: u64, pos: u64, weights: u64, tokens: usize, k: usize, h: usize, out: u64) -> Result<()> {
+        let args = Args::default().ptr(y).ptr(pos).ptr(weights).i32(k as i32).i32(h as i32).ptr(out);
+        self.launch(gpu, self.moe_combine, (tokens as u32, 1, 1), ROW_THREADS, args)
     }
 
     /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each: the

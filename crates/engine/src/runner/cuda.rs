@@ -127,6 +127,8 @@ pub struct CudaRunner {
     events: (Event, Event),
     last_device_ms: Option<f64>,
     pending_rows: usize,
+    /// Each MoE layer's expert load in the step queued last (empty for a dense model).
+    expert_load: Vec<Vec<u32>>,
 }
 
 /// The weights and config this runner computes with: the model's, or rank `rank`'s shard of it.
@@ -223,7 +225,14 @@ impl CudaRunner {
             events,
             last_device_ms: None,
             pending_rows: 0,
+            expert_load: Vec::new(),
         })
+    }
+
+    /// Each MoE layer's expert load in the step launched last, handed over once (empty for a
+    /// dense model).
+    pub fn take_expert_load(&mut self) -> Vec<Vec<u32>> {
+        std::mem::take(&mut self.expert_load)
     }
 
     /// KV blocks the engine may hand out (one more, reserved, takes padded rows' writes).
@@ -321,7 +330,8 @@ impl CudaRunner {
             && batch.seqs.iter().enumerate().all(|(i, s)| s.len == 1 && s.start == i)
             && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i)
             && batch.logit_rows.len() == n;
-        let graph_size = if decode_only { self.config.graph_size(n) } else { None };
+        // A MoE layer waits for its routing on the host, which a graph cannot.
+        let graph_size = if decode_only && self.model.config().moe.is_none() { self.config.graph_size(n) } else { None };
         let Some(size) = graph_size else { return self.stage_eager(batch, params) };
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let (splits, split_tokens) = self.split_plan(size, max_ctx, size);
@@ -519,7 +529,8 @@ impl CudaRunner {
             table_data: self.dev(l.table_data),
             split_tokens: self.dev(l.split_tokens),
         };
-        enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
+        self.expert_load =
+            enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
         if sample && self.rank_index().unwrap_or(0) == 0 {
             let vocab = model.config().vocab_size;
             w.kernels.sample_tokens(&self.gpu, self.act.logits.ptr, self.dev(l.params), shape.rows, vocab, self.sampled.ptr)?;

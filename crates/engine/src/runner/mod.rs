@@ -147,11 +147,13 @@ impl Runner {
     }
 
     /// For each MoE layer of the last forward pass, the assignments each expert received; empty
-    /// for a dense model, and on CUDA, which runs dense models only.
+    /// for a dense model.
     pub fn take_expert_load(&mut self) -> Vec<Vec<u32>> {
         match self {
             Runner::Cpu(r) => r.take_expert_load(),
-            Runner::Cuda(_) | Runner::CudaRanks(_) => Vec::new(),
+            Runner::Cuda(r) => r.take_expert_load(),
+            // Tensor parallelism splits dense models only.
+            Runner::CudaRanks(_) => Vec::new(),
         }
     }
 

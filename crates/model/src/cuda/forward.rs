@@ -4,13 +4,22 @@
 //! step's inputs lie ([`StepInputs`]) and its launch shape ([`StepShape`]) come from the caller,
 //! which owns staging, graphs and sampling. A tensor-parallel rank's pass ([`RankCollectives`])
 //! all-reduces the partial sums of its row-parallel products and gathers every rank's logits.
+//!
+//! A mixture-of-experts layer runs its gate GEMM to f32 router logits (replaced by the perfect
+//! router's balanced ones when it is on), routes every token on the device (`moe_route`), then
+//! waits for the choice: the host counts each expert's tokens and lays out their rows expert by
+//! expert, the rows are gathered, each expert with tokens runs its two GEMMs on its run of rows,
+//! and `moe_combine` sums every token's experts with their weights. The wait makes such a step
+//! eager: a model with MoE layers replays no CUDA graphs.
 
 use super::weights::CudaWeights;
 use crate::config::ModelConfig;
-use crate::plan::{FeedForward, SelfAttention};
+use crate::moe::RoutingMethod;
+use crate::perfect_router::{balanced_logits, BalancedKey};
+use crate::plan::{FeedForward, Moe, SelfAttention};
 use anyhow::{bail, Result};
 use lumen_backend::cuda::nccl::Communicator;
-use lumen_backend::cuda::{AttentionArgs, DType, DeviceBuffer, Gpu, Linear, RopeArgs};
+use lumen_backend::cuda::{AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, RopeArgs, Tensor};
 
 /// The device buffers a step computes in, sized for `max_tokens` tokens and `max_rows` rows of
 /// logits.
@@ -30,6 +39,27 @@ pub struct Activations {
     part_ml: DeviceBuffer,
     /// Token-splits the attention partial buffers hold.
     pub part_capacity: usize,
+    moe: Option<MoeBuffers>,
+}
+
+/// What a mixture-of-experts layer computes in, for `slots` = tokens × top-k (token, expert)
+/// pairs.
+struct MoeBuffers {
+    /// `[tokens, experts]` f32: the gate's logits, and the perfect router's for this step.
+    logits: DeviceBuffer,
+    balanced: DeviceBuffer,
+    /// Per slot (token-major): the chosen expert (u32) and its weight (f32).
+    experts: DeviceBuffer,
+    weights: DeviceBuffer,
+    /// Per slot, its row in expert order; per row in expert order, its token (u32 each).
+    position: DeviceBuffer,
+    token: DeviceBuffer,
+    /// Rows in expert order: the inputs `[slots, hidden]`, gate/up `[slots, 2·f]`, activations
+    /// `[slots, f]` and outputs `[slots, hidden]`, bf16.
+    x: DeviceBuffer,
+    gate_up: DeviceBuffer,
+    act: DeviceBuffer,
+    y: DeviceBuffer,
 }
 
 impl Activations {
@@ -53,6 +83,24 @@ impl Activations {
             part_acc: alloc(part_capacity * c.num_heads * hd, 4, "attention split partials")?,
             part_ml: alloc(part_capacity * c.num_heads * 2, 4, "attention split maxima")?,
             part_capacity,
+            moe: match &c.moe {
+                None => None,
+                Some(m) => {
+                    let (e, slots, fe) = (m.num_experts, t * m.top_k, m.expert_intermediate_size);
+                    Some(MoeBuffers {
+                        logits: alloc(t * e, 4, "router logits")?,
+                        balanced: alloc(t * e, 4, "balanced router logits")?,
+                        experts: alloc(slots, 4, "chosen experts")?,
+                        weights: alloc(slots, 4, "routing weights")?,
+                        position: alloc(slots, 4, "expert-order positions")?,
+                        token: alloc(slots, 4, "expert-order tokens")?,
+                        x: alloc(slots * h, 2, "expert inputs")?,
+                        gate_up: alloc(slots * 2 * fe, 2, "expert gate/up")?,
+                        act: alloc(slots * fe, 2, "expert activations")?,
+                        y: alloc(slots * h, 2, "expert outputs")?,
+                    })
+                }
+            },
         })
     }
 
@@ -176,7 +224,8 @@ pub struct StepShape {
 }
 
 /// Queues the forward pass of one step: embedding, every layer, the final norm, the gather of
-/// the logits rows and the output head into `act.logits` (f32). For a tensor-parallel rank
+/// the logits rows and the output head into `act.logits` (f32); returns each MoE layer's expert
+/// load (the tokens each expert received; empty for a dense model). For a tensor-parallel rank
 /// (`rank`), `c` is the rank's config: the output and down products are partial sums, summed over
 /// the ranks in place, and the head's rows of the logits are gathered from every rank.
 #[allow(clippy::too_many_arguments)]
@@ -189,7 +238,7 @@ pub fn enqueue_forward(
     inputs: &StepInputs,
     shape: StepShape,
     rank: Option<&RankCollectives>,
-) -> Result<()> {
+) -> Result<Vec<Vec<u32>>> {
     let (k, gpu) = (&w.kernels, &*w.gpu);
     let t = shape.tokens;
     let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
@@ -199,6 +248,7 @@ pub fn enqueue_forward(
     let Some(first) = layers.first() else { bail!("the model has no layers") };
     let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
     let all_reduce = |b: &DeviceBuffer| rank.map_or(Ok(()), |r| r.comm.all_reduce_sum(gpu, b.ptr, t * h, DType::Bf16));
+    let mut expert_load = Vec::new();
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
@@ -272,7 +322,7 @@ pub fn enqueue_forward(
                 linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
                 all_reduce(&act.delta)?;
             }
-            FeedForward::Moe(_) => bail!("layer {li}: mixture-of-experts layers do not run on the CUDA backend yet"),
+            FeedForward::Moe(moe) => expert_load.push(enqueue_moe(w, c, linear, act, moe, t, expert_load.is_empty())?),
         }
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
@@ -280,7 +330,8 @@ pub fn enqueue_forward(
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);
     let Some(rank) = rank else {
-        return linear.run(gpu, k, last, w.head(), act.logits.tensor(DType::F32, shape.rows, c.vocab_size));
+        linear.run(gpu, k, last, w.head(), act.logits.tensor(DType::F32, shape.rows, c.vocab_size))?;
+        return Ok(expert_load);
     };
     // This rank's rows of the vocabulary, then everyone's, laid out row by row.
     let (rows, part) = (shape.rows, c.vocab_size);
@@ -290,5 +341,82 @@ pub fn enqueue_forward(
     for r in 0..rank.comm.ranks {
         gpu.copy_2d(act.logits.at(r * part * 4), vocab * 4, rank.gathered.at(r * rows * part * 4), part * 4, part * 4, rows)?;
     }
-    Ok(())
+    Ok(expert_load)
+}
+
+/// The routing method's index in `moe_route`.
+fn route_method(method: RoutingMethod) -> Result<u32> {
+    Ok(match method {
+        RoutingMethod::Default => 0,
+        RoutingMethod::Renormalize => 1,
+        RoutingMethod::RenormalizeNaive => 2,
+        RoutingMethod::Llama4 => 3,
+        RoutingMethod::DeepSeekV3 => bail!("DeepSeek-V3's routing does not run on the CUDA backend yet"),
+    })
+}
+
+/// A `[rows, cols]` bf16 view `row` rows into `buffer`.
+fn rows_of(buffer: &DeviceBuffer, row: usize, rows: usize, cols: usize) -> Tensor {
+    Tensor { ptr: buffer.at(row * cols * 2), ..buffer.tensor(DType::Bf16, rows, cols) }
+}
+
+/// One mixture-of-experts layer on `act.normed` into `act.delta`, for `t` tokens (see the module
+/// doc); `first` uploads this step's balanced logits when the perfect router is on. Returns the
+/// tokens each expert received.
+fn enqueue_moe(
+    w: &CudaWeights,
+    c: &ModelConfig,
+    linear: &mut Linear,
+    act: &Activations,
+    moe: &Moe<DeviceTensor, DeviceTensor>,
+    t: usize,
+    first: bool,
+) -> Result<Vec<u32>> {
+    let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
+    let m = c.moe.as_ref().expect("a MoE layer has the MoE config");
+    let b = act.moe.as_ref().expect("MoE buffers for a MoE model");
+    let (h, e, top, fe) = (c.hidden_size, m.num_experts, m.top_k, m.expert_intermediate_size);
+    let slots = t * top;
+    linear.run(gpu, k, act.normed.tensor(DType::Bf16, t, h), moe.router.view(), b.logits.tensor(DType::F32, t, e))?;
+    if w.perfect_router {
+        if first {
+            let key = BalancedKey { tokens: t, num_experts: e, top_k: top, method: m.routing, ep_ranks: 1, groups: m.groups };
+            gpu.copy_to_device(b.balanced.ptr, &balanced_logits(key)?[..])?;
+        }
+        // The gate GEMM ran; its logits give way to the balanced ones.
+        gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
+    }
+    let bias = w.gate_bias.as_ref().map_or(0, |g| g.ptr);
+    let method = route_method(m.routing)?;
+    k.moe_route(gpu, b.logits.ptr, bias, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
+    // The host lays the rows out expert by expert (waiting for the choice).
+    let mut chosen = vec![0u32; slots];
+    gpu.download(&mut chosen, b.experts.ptr)?;
+    let mut load = vec![0u32; e];
+    for &x in &chosen {
+        load[x as usize] += 1;
+    }
+    let mut start: Vec<u32> = load.iter().scan(0u32, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
+    let (mut position, mut token) = (vec![0u32; slots], vec![0u32; slots]);
+    for (slot, &x) in chosen.iter().enumerate() {
+        let p = &mut start[x as usize];
+        position[slot] = *p;
+        token[*p as usize] = (slot / top) as u32;
+        *p += 1;
+    }
+    gpu.copy_to_device(b.position.ptr, &position)?;
+    gpu.copy_to_device(b.token.ptr, &token)?;
+    k.gather_rows(gpu, act.normed.ptr, b.token.ptr, slots, h, b.x.ptr)?;
+    let mut row = 0;
+    for (expert, &n) in moe.experts.iter().zip(&load) {
+        let n = n as usize;
+        if n > 0 {
+            linear.run(gpu, k, rows_of(&b.x, row, n, h), expert.gate_up.view(), rows_of(&b.gate_up, row, n, 2 * fe))?;
+            k.silu_mul(gpu, n, fe, b.gate_up.at(row * 2 * fe * 2), b.act.at(row * fe * 2))?;
+            linear.run(gpu, k, rows_of(&b.act, row, n, fe), expert.down.view(), rows_of(&b.y, row, n, h))?;
+        }
+        row += n;
+    }
+    k.moe_combine(gpu, b.y.ptr, b.position.ptr, b.weights.ptr, t, top, h, act.delta.ptr)?;
+    Ok(load)
 }

@@ -6,10 +6,12 @@
 //! that would not fit before uploading anything.
 
 use crate::config::ModelConfig;
+use crate::moe::{zipf_gate_bias, ExpertActivation, GroupLimit, RoutingMethod};
 use crate::plan::{Entry, FeedForward, Fill, Head, ModelPlan, PartSlice, Quantization, SelfAttention, WeightDtype, WeightSpec, Weights};
 use crate::presets::preset_rule;
 use crate::weights::{stacked, Fetch};
 use anyhow::{bail, ensure, Result};
+use lumen_backend::cuda::kernels::MOE_MAX_TOP_K;
 use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -27,6 +29,11 @@ pub struct CudaWeights {
     pub bytes: usize,
     /// How the layers' projection matrices were quantized at load.
     pub quantization: Quantization,
+    /// The planted Zipf skew added to every MoE layer's router logits (`+zipf=S`), `[experts]`
+    /// f32.
+    pub gate_bias: Option<DeviceBuffer>,
+    /// Whether the MoE layers route with the perfect router's balanced logits.
+    pub perfect_router: bool,
 }
 
 struct CudaFill<'f, 'a> {
@@ -121,8 +128,10 @@ impl Fill for CudaFill<'_, '_> {
     }
 }
 
-/// Refuses a model with multi-head latent attention or mixture-of-experts layers, naming what the
-/// CUDA backend lacks for them.
+/// Refuses a model with blocks the CUDA backend lacks, naming what is missing: multi-head latent
+/// attention, and the mixture-of-experts variants beyond plain SwiGLU experts routed by
+/// TensorRT-LLM's Default, Renormalize, RenormalizeNaive or Llama4 methods (GPT-OSS's clamped
+/// experts and biases, shared experts, DeepSeek's grouped routing).
 pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
     if c.mla.is_some() {
         bail!(
@@ -131,12 +140,22 @@ pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
         );
     }
     if let Some(moe) = &c.moe {
-        bail!(
-            "{source}: mixture-of-experts layers ({} experts, top {}) are not built on the CUDA backend yet: it lacks the \
-             routing kernel, the token permutation and the grouped expert GEMMs; use --device cpu",
-            moe.num_experts,
-            moe.top_k
-        );
+        let missing = if moe.activation != ExpertActivation::SwiGlu || moe.biases {
+            Some("GPT-OSS's clamped SwiGLU experts and their biases")
+        } else if moe.shared_expert_intermediate_size.is_some() {
+            Some("shared experts")
+        } else if moe.routing == RoutingMethod::DeepSeekV3 || moe.groups != GroupLimit::NONE {
+            Some("DeepSeek-V3's grouped routing")
+        } else if moe.top_k > MOE_MAX_TOP_K {
+            Some("more than 16 experts per token")
+        } else if !moe.expert_intermediate_size.is_multiple_of(8) {
+            Some("an expert intermediate size that is not a multiple of 8")
+        } else {
+            None
+        };
+        if let Some(missing) = missing {
+            bail!("{source}: the CUDA backend's mixture-of-experts layers lack {missing} so far; use --device cpu");
+        }
     }
     Ok(())
 }
@@ -167,6 +186,7 @@ impl CudaWeights {
 
     /// Fills `plan` on `gpu` from `fetch`, or, for a random-weight preset (`preset_seed`), by
     /// drawing its weights on the device.
+    #[allow(clippy::too_many_arguments)]
     pub fn assemble(
         c: &ModelConfig,
         plan: &ModelPlan,
@@ -175,8 +195,13 @@ impl CudaWeights {
         source: &str,
         fetch: &mut Fetch,
         preset_seed: Option<u64>,
+        perfect_router: bool,
     ) -> Result<Self> {
         refuse_cpu_only_blocks(c, source)?;
+        ensure!(
+            c.moe.is_none() || quantization == Quantization::None,
+            "{source}: FP8 mixture-of-experts layers do not run on the CUDA backend yet; use bf16 (no --quantization)"
+        );
         ensure!(
             Kernels::supports_head_dim(c.head_dim),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
@@ -210,6 +235,10 @@ impl CudaWeights {
         let bytes = filler.bytes;
         gpu.synchronize()?;
         let inv_freq = gpu.upload(&c.rope_inv_freq(), "rotary frequencies")?;
-        Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes, quantization })
+        let gate_bias = match c.moe.as_ref().and_then(|m| Some((m.num_experts, m.gate_zipf_exponent?))) {
+            Some((experts, exponent)) => Some(gpu.upload(&zipf_gate_bias(experts, exponent), "the planted gate skew")?),
+            None => None,
+        };
+        Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes, quantization, gate_bias, perfect_router })
     }
 }

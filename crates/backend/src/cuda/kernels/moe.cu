@@ -1,0 +1,66 @@
+// Mixture-of-experts routing and combining. The expert products themselves are cuBLASLt GEMMs on
+// rows gathered by expert (`gather_rows`, `silu_mul`); these kernels choose the experts and sum
+// their outputs back per token.
+
+#define MOE_MAX_TOP_K 16
+
+// One thread per token: the `k` largest router logits (plus `bias[e]` where given: the planted
+// Zipf skew), ties to the lower expert, and their weights by `method`, in lumen's RoutingMethod
+// order: 0 Default (softmax over every expert), 1 Renormalize (softmax over the chosen),
+// 2 RenormalizeNaive (softmax over every expert, renormalised over the chosen), 3 Llama4
+// (sigmoid); times `scale`. k <= MOE_MAX_TOP_K.
+extern "C" __global__ void moe_route(const float* __restrict__ logits, const float* __restrict__ bias, int tokens, int experts, int k,
+                                     int method, float scale, u32* __restrict__ out_experts, float* __restrict__ out_weights) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= tokens) return;
+    const float* z = logits + (u64)t * experts;
+    int chosen[MOE_MAX_TOP_K];
+    float value[MOE_MAX_TOP_K];
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        float best_value = 0.f;
+        for (int e = 0; e < experts; e++) {
+            bool taken = false;
+            for (int i = 0; i < j; i++) taken |= chosen[i] == e;
+            float v = z[e] + (bias ? bias[e] : 0.f);
+            if (!taken && (best < 0 || v > best_value)) {
+                best = e;
+                best_value = v;
+            }
+        }
+        chosen[j] = best;
+        value[j] = best_value;
+    }
+    float all_max = -INFINITY, all_sum = 0.f;
+    if (method == 0 || method == 2) {
+        for (int e = 0; e < experts; e++) all_max = fmaxf(all_max, z[e] + (bias ? bias[e] : 0.f));
+        for (int e = 0; e < experts; e++) all_sum += expf(z[e] + (bias ? bias[e] : 0.f) - all_max);
+    }
+    float weight[MOE_MAX_TOP_K];
+    float chosen_sum = 0.f;
+    for (int j = 0; j < k; j++) {
+        float w;
+        if (method == 0 || method == 2) w = expf(value[j] - all_max) / all_sum;
+        else if (method == 1) w = expf(value[j] - value[0]);
+        else w = 1.f / (1.f + expf(-value[j]));
+        weight[j] = w;
+        chosen_sum += w;
+    }
+    for (int j = 0; j < k; j++) {
+        float w = (method == 1 || method == 2) ? weight[j] / chosen_sum : weight[j];
+        out_experts[(u64)t * k + j] = (u32)chosen[j];
+        out_weights[(u64)t * k + j] = w * scale;
+    }
+}
+
+// out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]], rows of `h` bf16 values, summed in
+// f32 and rounded once. One block per token.
+extern "C" __global__ void moe_combine(const bf16* __restrict__ y, const u32* __restrict__ pos, const float* __restrict__ weights, int k, int h,
+                                       bf16* __restrict__ out) {
+    u64 t = blockIdx.x;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < k; j++) acc += weights[t * k + j] * bf2f(y[(u64)pos[t * k + j] * h + i]);
+        out[t * h + i] = f2bf(acc);
+    }
+}
