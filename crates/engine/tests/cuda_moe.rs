@@ -1,6 +1,7 @@
 //! Mixture-of-experts layers on CUDA against the CPU, on the GPU machine (skipped, with a message,
-//! without a GPU), on the real widths of OLMoE (Default routing, 64 experts, top 8) and Qwen3-MoE
-//! (RenormalizeNaive, 128 experts, top 8) cut to two layers, and OLMoE with the planted Zipf skew:
+//! without a GPU), on the real widths of OLMoE (Default routing, 64 experts, top 8), Qwen3-MoE
+//! (RenormalizeNaive, 128 experts, top 8) and Qwen1.5-MoE (Default, 60 experts, top 4, a gated
+//! shared expert) cut to two layers, and OLMoE with the planted Zipf skew:
 //! - the engine's first token of each prompt has the CPU's log-probability within the bf16 bound;
 //! - every MoE layer of the prefill step assigns each token to top-k experts (the loads sum to
 //!   tokens × k) and differs from the CPU's choice in at most 2% of the assignments (near ties
@@ -54,7 +55,7 @@ fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
     if device_or_skip(lumen_backend::cuda::Gpu::open(0)).is_none() {
         return;
     }
-    for spec in ["olmoe-1b-7b+layers=2", "qwen3-30b-a3b+layers=2", "olmoe-1b-7b+layers=2+zipf=1.5"] {
+    for spec in ["olmoe-1b-7b+layers=2", "qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "olmoe-1b-7b+layers=2+zipf=1.5"] {
         let (cpu_loads, cpu_first) = prefill(load(spec, Device::Cpu));
         let cuda = load(spec, Device::Cuda);
         let top_k = cuda.config().moe.as_ref().expect("a MoE preset").top_k as u32;

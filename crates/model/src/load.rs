@@ -564,13 +564,15 @@ mod tests {
 
     #[test]
     fn moe_variants_the_cuda_backend_lacks_are_refused_by_name() {
-        for (preset, lacks) in [("tiny-gpt-oss", "clamped SwiGLU experts"), ("tiny-qwen2-moe", "shared experts")] {
-            let e = format!("{:#}", load_model_on(preset, Device::Cuda).err().unwrap());
-            assert!(e.contains(&format!("{preset}: the CUDA backend's mixture-of-experts layers lack")) && e.contains(lacks), "{e}");
-        }
-        for preset in ["tiny-mixtral", "tiny-olmoe", "tiny-qwen3-moe", "qwen3-30b-a3b"] {
+        let e = format!("{:#}", load_model_on("tiny-gpt-oss", Device::Cuda).err().unwrap());
+        assert!(e.contains("tiny-gpt-oss: the CUDA backend's mixture-of-experts layers lack GPT-OSS's clamped SwiGLU experts"), "{e}");
+        let mut grouped = crate::presets::preset_config("qwen3-30b-a3b").unwrap();
+        grouped.moe.as_mut().unwrap().routing = crate::moe::RoutingMethod::DeepSeekV3;
+        let e = format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(&grouped, "grouped").unwrap_err());
+        assert!(e.contains("lack DeepSeek-V3's grouped routing"), "{e}");
+        for preset in ["tiny-mixtral", "tiny-olmoe", "tiny-qwen3-moe", "tiny-qwen2-moe", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b"] {
             let config = crate::presets::preset_config(preset).unwrap();
-            assert!(crate::cuda::weights::refuse_cpu_only_blocks(&config, preset).is_ok(), "{preset}: plain SwiGLU experts run on CUDA");
+            assert!(crate::cuda::weights::refuse_cpu_only_blocks(&config, preset).is_ok(), "{preset}: SwiGLU experts run on CUDA");
         }
     }
 

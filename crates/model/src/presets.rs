@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use lumen_backend::rng::splitmix64;
 use rayon::prelude::*;
 
-pub const PRESET_NAMES: [&str; 25] = [
+pub const PRESET_NAMES: [&str; 26] = [
     "llama-3.1-70b",
     "llama-3.1-8b",
     "llama-3.2-1b",
@@ -42,6 +42,7 @@ pub const PRESET_NAMES: [&str; 25] = [
     "tiny-mistral",
     "mixtral-8x7b",
     "qwen3-30b-a3b",
+    "qwen1.5-moe-a2.7b",
     "olmoe-1b-7b",
     "gpt-oss-20b",
     "tiny-mixtral",
@@ -359,6 +360,30 @@ fn base_preset_config(name: &str) -> Result<ModelConfig> {
             moe: moe(128, 8, 768, RoutingMethod::RenormalizeNaive),
             ..base
         },
+        "qwen1.5-moe-a2.7b" => ModelConfig {
+            arch: "qwen2_moe".into(),
+            vocab_size: 151936,
+            hidden_size: 2048,
+            num_layers: 24,
+            num_heads: 16,
+            num_kv_heads: 16,
+            head_dim: 128,
+            intermediate_size: 5632,
+            rms_eps: 1e-6,
+            rope_theta: 1e6,
+            rope_scaling: None,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: false,
+            attention_bias: true,
+            bos_token_id: Some(151643),
+            eos_token_ids: vec![151643],
+            moe: Some(MoeConfig {
+                shared_expert_intermediate_size: Some(5632),
+                shared_expert_gated: true,
+                ..MoeConfig::new(60, 4, 1408, RoutingMethod::Default)
+            }),
+            ..base
+        },
         "olmoe-1b-7b" => ModelConfig {
             arch: "olmoe".into(),
             vocab_size: 50304,
@@ -604,11 +629,13 @@ mod tests {
         assert!((70_000_000_000..71_000_000_000).contains(&p), "{p}");
         let p = preset_config("smollm2-135m").unwrap().num_params();
         assert!((134_000_000..136_000_000).contains(&p), "{p}");
-        // The model cards' totals: Mixtral 46.7B, Qwen3-30B-A3B 30.5B, OLMoE 6.9B, GPT-OSS 20.9B.
+        // The model cards' totals: Mixtral 46.7B, Qwen3-30B-A3B 30.5B, Qwen1.5-MoE-A2.7B 14.3B,
+        // OLMoE 6.9B, GPT-OSS 20.9B.
         // DeepSeek-V3 671B (without its multi-token-prediction layer), V2-Lite 15.7B, Moonlight 16.0B.
         for (name, billions) in [
             ("mixtral-8x7b", 46.7),
             ("qwen3-30b-a3b", 30.5),
+            ("qwen1.5-moe-a2.7b", 14.3),
             ("olmoe-1b-7b", 6.9),
             ("gpt-oss-20b", 20.9),
             ("deepseek-v3", 671.0),

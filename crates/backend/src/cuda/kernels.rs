@@ -261,10 +261,24 @@ impl Kernels {
         self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(ROW_THREADS), 1, 1), ROW_THREADS, args)
     }
 
-    /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` over `tokens` rows of `h` bf16 values.
+    /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` over `tokens` rows of `h` bf16 values,
+    /// plus the shared expert's row `shared[t]` when `shared` is non-zero, scaled by
+    /// `sigmoid(shared_gate[t])` when `shared_gate` is.
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_combine(&self, gpu: &Gpu, y: u64, pos: u64, weights: u64, tokens: usize, k: usize, h: usize, out: u64) -> Result<()> {
-        let args = Args::default().ptr(y).ptr(pos).ptr(weights).i32(k as i32).i32(h as i32).ptr(out);
+    pub fn moe_combine(
+        &self,
+        gpu: &Gpu,
+        y: u64,
+        pos: u64,
+        weights: u64,
+        tokens: usize,
+        k: usize,
+        h: usize,
+        shared: u64,
+        shared_gate: u64,
+        out: u64,
+    ) -> Result<()> {
+        let args = Args::default().ptr(y).ptr(pos).ptr(weights).i32(k as i32).i32(h as i32).ptr(shared).ptr(shared_gate).ptr(out);
         self.launch(gpu, self.moe_combine, (tokens as u32, 1, 1), ROW_THREADS, args)
     }
 

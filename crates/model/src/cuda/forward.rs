@@ -60,6 +60,9 @@ struct MoeBuffers {
     gate_up: DeviceBuffer,
     act: DeviceBuffer,
     y: DeviceBuffer,
+    /// The shared expert's gate/up `[tokens, 2·fs]`, activations `[tokens, fs]` and output
+    /// `[tokens, hidden]` (bf16), and its gate's logits (`[tokens]` f32), where the model has one.
+    shared: Option<(DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer)>,
 }
 
 impl Activations {
@@ -98,6 +101,15 @@ impl Activations {
                         gate_up: alloc(slots * 2 * fe, 2, "expert gate/up")?,
                         act: alloc(slots * fe, 2, "expert activations")?,
                         y: alloc(slots * h, 2, "expert outputs")?,
+                        shared: match m.shared_expert_intermediate_size {
+                            None => None,
+                            Some(fs) => Some((
+                                alloc(t * 2 * fs, 2, "shared expert gate/up")?,
+                                alloc(t * fs, 2, "shared expert activations")?,
+                                alloc(t * h, 2, "shared expert output")?,
+                                alloc(t, 4, "shared expert gate")?,
+                            )),
+                        },
                     })
                 }
             },
@@ -417,6 +429,19 @@ fn enqueue_moe(
         }
         row += n;
     }
-    k.moe_combine(gpu, b.y.ptr, b.position.ptr, b.weights.ptr, t, top, h, act.delta.ptr)?;
+    let (mut shared_out, mut shared_gate) = (0, 0);
+    if let (Some(shared), Some((gate_up, sact, out, gate))) = (&moe.shared, &b.shared) {
+        let fs = shared.expert.down.cols;
+        let x = act.normed.tensor(DType::Bf16, t, h);
+        linear.run(gpu, k, x, shared.expert.gate_up.view(), gate_up.tensor(DType::Bf16, t, 2 * fs))?;
+        k.silu_mul(gpu, t, fs, gate_up.ptr, sact.ptr)?;
+        linear.run(gpu, k, sact.tensor(DType::Bf16, t, fs), shared.expert.down.view(), out.tensor(DType::Bf16, t, h))?;
+        shared_out = out.ptr;
+        if let Some(g) = &shared.gate {
+            linear.run(gpu, k, x, g.view(), gate.tensor(DType::F32, t, 1))?;
+            shared_gate = gate.ptr;
+        }
+    }
+    k.moe_combine(gpu, b.y.ptr, b.position.ptr, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)?;
     Ok(load)
 }

@@ -130,8 +130,8 @@ impl Fill for CudaFill<'_, '_> {
 
 /// Refuses a model with blocks the CUDA backend lacks, naming what is missing: multi-head latent
 /// attention, and the mixture-of-experts variants beyond plain SwiGLU experts routed by
-/// TensorRT-LLM's Default, Renormalize, RenormalizeNaive or Llama4 methods (GPT-OSS's clamped
-/// experts and biases, shared experts, DeepSeek's grouped routing).
+/// TensorRT-LLM's Default, Renormalize, RenormalizeNaive or Llama4 methods, with or without a
+/// (gated) shared expert: GPT-OSS's clamped experts and biases, DeepSeek's grouped routing.
 pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
     if c.mla.is_some() {
         bail!(
@@ -142,8 +142,8 @@ pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
     if let Some(moe) = &c.moe {
         let missing = if moe.activation != ExpertActivation::SwiGlu || moe.biases {
             Some("GPT-OSS's clamped SwiGLU experts and their biases")
-        } else if moe.shared_expert_intermediate_size.is_some() {
-            Some("shared experts")
+        } else if moe.shared_expert_intermediate_size.is_some_and(|fs| !fs.is_multiple_of(8)) {
+            Some("a shared expert intermediate size that is not a multiple of 8")
         } else if moe.routing == RoutingMethod::DeepSeekV3 || moe.groups != GroupLimit::NONE {
             Some("DeepSeek-V3's grouped routing")
         } else if moe.top_k > MOE_MAX_TOP_K {

@@ -53,14 +53,17 @@ extern "C" __global__ void moe_route(const float* __restrict__ logits, const flo
     }
 }
 
-// out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]], rows of `h` bf16 values, summed in
-// f32 and rounded once. One block per token.
+// out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]], rows of `h` bf16 values, plus the
+// shared expert's row `shared[t]` where given, scaled by sigmoid(shared_gate[t]) where that is
+// given; summed in f32 and rounded once. One block per token.
 extern "C" __global__ void moe_combine(const bf16* __restrict__ y, const u32* __restrict__ pos, const float* __restrict__ weights, int k, int h,
-                                       bf16* __restrict__ out) {
+                                       const bf16* __restrict__ shared, const float* __restrict__ shared_gate, bf16* __restrict__ out) {
     u64 t = blockIdx.x;
+    float scale = shared_gate ? 1.f / (1.f + expf(-shared_gate[t])) : 1.f;
     for (int i = threadIdx.x; i < h; i += blockDim.x) {
         float acc = 0.f;
         for (int j = 0; j < k; j++) acc += weights[t * k + j] * bf2f(y[(u64)pos[t * k + j] * h + i]);
+        if (shared) acc += scale * bf2f(shared[t * h + i]);
         out[t * h + i] = f2bf(acc);
     }
 }
