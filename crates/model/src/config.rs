@@ -432,7 +432,8 @@ impl ModelConfig {
             max_position_embeddings: v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
             attention_bias,
-            attention_output_bias: attention_bias && arch == "gpt_oss",
+            // Llama's attention_bias covers o_proj too; Qwen2's covers q/k/v only.
+            attention_output_bias: attention_bias && matches!(arch.as_str(), "gpt_oss" | "llama"),
             qk_norm: matches!(arch.as_str(), "qwen3" | "qwen3_moe" | "olmoe"),
             qk_norm_full_width: arch == "olmoe",
             attention_sinks: arch == "gpt_oss",
@@ -591,6 +592,20 @@ mod tests {
         assert!(e.contains("qwen3_moe needs an integer \"num_experts\""), "{e}");
         let e = format!("{:#}", ModelConfig::from_hf_json(&base.replace("{", r#"{"mlp_only_layers":[1],"#), "m/config.json").unwrap_err());
         assert!(e.contains("mlp_only_layers makes some layers dense"), "{e}");
+    }
+
+    #[test]
+    fn llama_s_attention_bias_covers_the_output_projection_and_qwen2_s_does_not() {
+        let config = |model_type: &str| {
+            let json = format!(
+                r#"{{"model_type":"{model_type}","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":1,
+                "intermediate_size":32,"vocab_size":100,"attention_bias":true}}"#
+            );
+            ModelConfig::from_hf_json(&json, "config.json").unwrap()
+        };
+        let (llama, qwen2) = (config("llama"), config("qwen2"));
+        assert!(llama.attention_bias && llama.attention_output_bias);
+        assert!(qwen2.attention_bias && !qwen2.attention_output_bias);
     }
 
     #[test]

@@ -565,7 +565,10 @@ mod tests {
     #[test]
     fn moe_variants_the_cuda_backend_lacks_are_refused_by_name() {
         let e = format!("{:#}", load_model_on("tiny-gpt-oss", Device::Cuda).err().unwrap());
-        assert!(e.contains("tiny-gpt-oss: the CUDA backend's mixture-of-experts layers lack GPT-OSS's clamped SwiGLU experts"), "{e}");
+        assert!(e.contains("tiny-gpt-oss: the CUDA backend lacks the attention output projection's bias"), "{e}");
+        let gpt_oss = ModelConfig { attention_output_bias: false, ..crate::presets::preset_config("tiny-gpt-oss").unwrap() };
+        let e = format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(&gpt_oss, "gpt-oss").unwrap_err());
+        assert!(e.contains("the CUDA backend's mixture-of-experts layers lack GPT-OSS's clamped SwiGLU experts"), "{e}");
         let mut grouped = crate::presets::preset_config("qwen3-30b-a3b").unwrap();
         grouped.moe.as_mut().unwrap().routing = crate::moe::RoutingMethod::DeepSeekV3;
         let e = format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(&grouped, "grouped").unwrap_err());

@@ -139,6 +139,9 @@ pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
              and the absorbed decode kernels; use --device cpu"
         );
     }
+    if c.attention_output_bias {
+        bail!("{source}: the CUDA backend lacks the attention output projection's bias so far; use --device cpu");
+    }
     if let Some(moe) = &c.moe {
         let missing = if moe.activation != ExpertActivation::SwiGlu || moe.biases {
             Some("GPT-OSS's clamped SwiGLU experts and their biases")
