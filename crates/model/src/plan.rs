@@ -500,7 +500,7 @@ fn fill_expert<F: Fill>(e: &Expert<WeightSpec, WeightSpec>, backend: &mut F) -> 
     })
 }
 
-fn visit_expert<M, V>(e: &Expert<M, V>, label: &str, f: &mut dyn FnMut(&str, Entry<M, V>)) {
+fn visit_expert<'a, M, V>(e: &'a Expert<M, V>, label: &str, f: &mut dyn FnMut(&str, Entry<'a, M, V>)) {
     f(&format!("{label}.gate_up"), Entry::Matrix(&e.gate_up));
     if let Some(b) = &e.gate_up_bias {
         f(&format!("{label}.gate_up_bias"), Entry::Vector(b));
@@ -513,8 +513,8 @@ fn visit_expert<M, V>(e: &Expert<M, V>, label: &str, f: &mut dyn FnMut(&str, Ent
 
 impl<M, V> Weights<M, V> {
     /// Hands every weight to `f` with a label (`layer 3 attention.qkv`), in the order
-    /// [`ModelPlan::fill`] fills them.
-    pub fn visit(&self, f: &mut dyn FnMut(&str, Entry<M, V>)) {
+    /// [`ModelPlan::fill`] fills them; the entries borrow the weights, so `f` may keep them.
+    pub fn visit<'a>(&'a self, f: &mut dyn FnMut(&str, Entry<'a, M, V>)) {
         for (i, l) in self.layers.iter().enumerate() {
             let label = |what: &str| format!("layer {i} {what}");
             f(&label("input_norm"), Entry::Vector(&l.input_norm));

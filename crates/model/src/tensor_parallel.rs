@@ -22,11 +22,15 @@
 
 use crate::config::ModelConfig;
 use crate::llama::{Decoder, ForwardBatch, GroupedScratch, OwnedBatch};
-use crate::plan::{Attention, FeedForward, Head, Layer, ModelPlan, Part, PartSlice, Quantization, SelfAttention, WeightSpec, Weights};
+use crate::plan::{
+    Attention, Entry, FeedForward, Head, Layer, ModelPlan, Part, PartSlice, Quantization, SelfAttention, WeightSpec, Weights,
+};
+use crate::weights::assemble_cpu;
 use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cpu::{self, PackedMatrix};
 use lumen_backend::KvStorage;
 use lumen_trace::instrument::{span, Category};
+use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -165,16 +169,6 @@ pub fn kv_heads_of_rank(r: usize, kv: usize, ranks: usize) -> (usize, usize) {
     (r * kv / ranks, (kv / ranks).max(1))
 }
 
-/// The rows `[start, start + len)` of row-major `[_, cols]` values.
-fn rows(values: &[f32], cols: usize, start: usize, len: usize) -> Vec<f32> {
-    values[start * cols..(start + len) * cols].to_vec()
-}
-
-/// The columns `[start, start + len)` of row-major `[_, cols]` values.
-fn columns(values: &[f32], cols: usize, start: usize, len: usize) -> Vec<f32> {
-    values.chunks(cols).flat_map(|row| &row[start..start + len]).copied().collect()
-}
-
 /// Why `n` ranks cannot split the model of `c`, if they cannot.
 pub fn check_split(c: &ModelConfig, n: usize) -> Result<()> {
     if c.moe.is_some() || c.mla.is_some() {
@@ -265,6 +259,39 @@ pub fn rank_plan(c: &ModelConfig, plan: &ModelPlan, r: usize, n: usize, vocab_pa
     })
 }
 
+/// A fetch of checkpoint parts by name from the weights of `decoder`, which `plan` (the plan it
+/// was filled from) says where each part lies: in which weight, from which row. The weight a
+/// part lies in is unpacked once for all its parts in a row.
+fn loaded_parts<'d>(decoder: &'d Decoder, plan: &ModelPlan) -> impl FnMut(&str, &[usize]) -> Result<Vec<f32>> + 'd {
+    let mut weights: HashMap<String, Entry<'d, PackedMatrix, Vec<f32>>> = HashMap::new();
+    decoder.weights.visit(&mut |label, entry| {
+        weights.insert(label.to_string(), entry);
+    });
+    let mut parts: HashMap<String, (String, usize)> = HashMap::new();
+    plan.visit(&mut |label, entry| {
+        let (Entry::Matrix(spec) | Entry::Vector(spec)) = entry;
+        let mut row = 0;
+        for part in &spec.parts {
+            parts.insert(part.name.clone(), (label.to_string(), row));
+            row += part.shape[0];
+        }
+    });
+    let mut unpacked: Option<(String, Vec<f32>)> = None;
+    move |name, shape| {
+        let (label, row) = parts.get(name).with_context(|| format!("tensor parallelism: the model has no part {name}"))?;
+        if unpacked.as_ref().is_none_or(|(held, _)| held != label) {
+            let values = match weights.get(label).with_context(|| format!("tensor parallelism: the model has no weight {label}"))? {
+                Entry::Matrix(m) => m.unpack(),
+                Entry::Vector(v) => v.to_vec(),
+            };
+            unpacked = Some((label.clone(), values));
+        }
+        let values = &unpacked.as_ref().expect("unpacked above").1;
+        let cols = shape.get(1).copied().unwrap_or(1);
+        Ok(values[row * cols..(row + shape[0]) * cols].to_vec())
+    }
+}
+
 impl TensorParallel {
     /// Splits `decoder` over `n` ranks; fails, saying why, for a model or an `n` that cannot be split.
     pub fn shard(decoder: &Decoder, n: usize) -> Result<Self> {
@@ -275,7 +302,16 @@ impl TensorParallel {
             "tensor parallelism runs unquantized weights so far, not {}",
             decoder.quantization
         );
-        let ranks = (0..n).map(|r| Self::rank(decoder, r, n)).collect::<Result<Vec<_>>>()?;
+        // The decoder was filled from this plan; each rank's plan takes its slices of the parts.
+        let plan = ModelPlan::for_config(c);
+        let mut fetch = loaded_parts(decoder, &plan);
+        let ranks = (0..n)
+            .map(|r| {
+                let config = rank_config(c, n);
+                let (weights, tied) = assemble_cpu(&config, &rank_plan(c, &plan, r, n, true)?, &mut fetch)?;
+                Ok(Decoder::new(config, weights, tied, Quantization::None))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Self::from_ranks(c, ranks)
     }
 
@@ -298,68 +334,6 @@ impl TensorParallel {
             threads.push(thread);
         }
         Ok(TensorParallel { config: c.clone(), jobs, answers, threads })
-    }
-
-    /// Rank `r` of `n`: its config and its slices of every weight.
-    fn rank(decoder: &Decoder, r: usize, n: usize) -> Result<Decoder> {
-        let c = &decoder.config;
-        let (h, d) = (c.hidden_size, c.head_dim);
-        let heads = c.num_heads / n;
-        let (kv0, kvs) = kv_heads_of_rank(r, c.num_kv_heads, n);
-        let f = c.intermediate_size / n;
-        let vocab = c.vocab_size / n;
-        let w = &decoder.weights;
-        // q rows of the rank's heads, then the k rows and the v rows of its KV heads.
-        let qkv_rows = |values: &[f32], cols: usize| {
-            let (q, k) = (c.num_heads * d, c.num_kv_heads * d);
-            let mut out = rows(values, cols, r * heads * d, heads * d);
-            out.extend(rows(values, cols, q + kv0 * d, kvs * d));
-            out.extend(rows(values, cols, q + k + kv0 * d, kvs * d));
-            out
-        };
-        let layers = w
-            .layers
-            .iter()
-            .map(|l| {
-                let SelfAttention::Grouped(a) = &l.attention else { bail!("tensor parallelism supports dense models so far") };
-                let FeedForward::Dense { gate_up, down } = &l.feed_forward else {
-                    bail!("tensor parallelism supports dense models so far")
-                };
-                let attention = Attention {
-                    qkv: PackedMatrix::pack(&qkv_rows(&a.qkv.unpack(), h), (heads + 2 * kvs) * d, h),
-                    qkv_bias: a.qkv_bias.as_ref().map(|b| qkv_rows(b, 1)),
-                    q_norm: a.q_norm.clone(),
-                    k_norm: a.k_norm.clone(),
-                    output: PackedMatrix::pack(&columns(&a.output.unpack(), c.num_heads * d, r * heads * d, heads * d), h, heads * d),
-                    output_bias: a.output_bias.clone().filter(|_| r == 0),
-                    sinks: a.sinks.as_ref().map(|s| s[r * heads..(r + 1) * heads].to_vec()),
-                };
-                let full = gate_up.unpack();
-                let mut rank_gate_up = rows(&full, h, r * f, f);
-                rank_gate_up.extend(rows(&full, h, c.intermediate_size + r * f, f));
-                let feed_forward = FeedForward::Dense {
-                    gate_up: PackedMatrix::pack(&rank_gate_up, 2 * f, h),
-                    down: PackedMatrix::pack(&columns(&down.unpack(), c.intermediate_size, r * f, f), h, f),
-                };
-                Ok(Layer {
-                    input_norm: l.input_norm.clone(),
-                    attention: SelfAttention::Grouped(attention),
-                    post_attention_norm: l.post_attention_norm.clone(),
-                    feed_forward,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let head = match &w.head {
-            Head::Own(m) => rows(&m.unpack(), h, r * vocab, vocab),
-            Head::Tied => rows(&w.embed, h, r * vocab, vocab),
-        };
-        let weights = Weights {
-            embed: rows(&w.embed, h, r * vocab, vocab),
-            layers,
-            final_norm: w.final_norm.clone(),
-            head: Head::Own(PackedMatrix::pack(&head, vocab, h)),
-        };
-        Ok(Decoder::new(rank_config(c, n), weights, None, Quantization::None))
     }
 
     /// How many ranks the model is split over.
