@@ -92,19 +92,7 @@ fn main() -> anyhow::Result<()> {
                     part_acc: 0,
                     part_ml: 0,
                 };
-                let (a, b) = (gpu.event()?, gpu.event()?);
-                let mut times = Vec::new();
-                for rep in 0..23 {
-                    a.record(&gpu)?;
-                    kernels.attention(&gpu, &args)?;
-                    b.record(&gpu)?;
-                    gpu.synchronize()?;
-                    if rep >= 3 {
-                        times.push(a.elapsed_ms(&b).unwrap_or(f64::NAN));
-                    }
-                }
-                times.sort_by(f64::total_cmp);
-                let ms = times[times.len() / 2];
+                let ms = gpu.median_ms(3, 20, || kernels.attention(&gpu, &args))?;
                 println!(
                     "{:>26} {:>5} {:>12} {:>9.1} {:>8.0} {:>9.1}",
                     s.name,

@@ -32,23 +32,8 @@ fn main() -> anyhow::Result<()> {
                 if engine == "gemv" && t > GEMV_MAX_TOKENS {
                     continue;
                 }
-                let (a, b) = (gpu.event()?, gpu.event()?);
-                let mut times = Vec::new();
-                for rep in 0..33 {
-                    a.record(&gpu)?;
-                    if engine == "gemv" {
-                        kernels.gemv(&gpu, x, w, out)?;
-                    } else {
-                        gemm.matmul(&gpu, x, w, out)?;
-                    }
-                    b.record(&gpu)?;
-                    gpu.synchronize()?;
-                    if rep >= 3 {
-                        times.push(a.elapsed_ms(&b).unwrap_or(f64::NAN));
-                    }
-                }
-                times.sort_by(f64::total_cmp);
-                let ms = times[times.len() / 2];
+                let ms =
+                    gpu.median_ms(3, 30, || if engine == "gemv" { kernels.gemv(&gpu, x, w, out) } else { gemm.matmul(&gpu, x, w, out) })?;
                 let bytes = (n * k + t * k + t * n) * 2;
                 println!(
                     "{:>20} {t:>5} {:>9.1} {:>8.0} {:>9.1}",

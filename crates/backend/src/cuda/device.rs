@@ -134,6 +134,24 @@ impl Gpu {
         unsafe { cu::memcpy_dtoh_sync(dst, src) }.cuda(|| "cuMemcpyDtoH".into())
     }
 
+    /// The median device time, in ms, of `runs` runs of `work` after `warmups` untimed ones: each
+    /// between two events and waited for; a run the events could not time counts as infinite.
+    pub fn median_ms(&self, warmups: usize, runs: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
+        let (a, b) = (self.event()?, self.event()?);
+        let mut times = Vec::with_capacity(runs);
+        for rep in 0..warmups + runs {
+            a.record(self)?;
+            work()?;
+            b.record(self)?;
+            self.synchronize()?;
+            if rep >= warmups {
+                times.push(a.elapsed_ms(&b).unwrap_or(f64::INFINITY));
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
     /// Queues a copy of `height` rows of `width` bytes between device addresses: row i from
     /// `src + i * src_pitch` to `dst + i * dst_pitch` (a block of a matrix's rows or columns).
     pub fn copy_2d(&self, dst: u64, dst_pitch: usize, src: u64, src_pitch: usize, width: usize, height: usize) -> Result<()> {

@@ -50,31 +50,13 @@ impl Linear {
     ) -> Result<()> {
         let widest = weights.iter().map(|w| w.cols).max().unwrap_or(0);
         gpu.fill(x.ptr, 0x3c, (GEMV_MAX_TOKENS * widest * 2).min(x.bytes))?;
-        let (a, b) = (gpu.event()?, gpu.event()?);
         for t in 1..=GEMV_MAX_TOKENS.min(max_rows) {
             for &w in weights {
                 let (input, output) = (x.tensor(DType::Bf16, t, w.cols), y.tensor(DType::Bf16, t, w.rows));
                 let input = if w.dtype == DType::Fp8E4M3 { self.quantize(gpu, kernels, input)? } else { input };
-                let mut median = [0f64; 2];
-                for (which, m) in median.iter_mut().enumerate() {
-                    let mut times = Vec::new();
-                    for rep in 0..6 {
-                        a.record(gpu)?;
-                        if which == 0 {
-                            self.gemm.matmul(gpu, input, w, output)?;
-                        } else {
-                            kernels.gemv(gpu, input, w, output)?;
-                        }
-                        b.record(gpu)?;
-                        gpu.synchronize()?;
-                        if rep > 0 {
-                            times.push(a.elapsed_ms(&b).unwrap_or(f64::INFINITY));
-                        }
-                    }
-                    times.sort_by(f64::total_cmp);
-                    *m = times[times.len() / 2];
-                }
-                self.gemv_wins.insert((t, w.rows, w.cols), median[1] < median[0]);
+                let gemm = gpu.median_ms(1, 5, || self.gemm.matmul(gpu, input, w, output))?;
+                let gemv = gpu.median_ms(1, 5, || kernels.gemv(gpu, input, w, output))?;
+                self.gemv_wins.insert((t, w.rows, w.cols), gemv < gemm);
             }
         }
         Ok(())
