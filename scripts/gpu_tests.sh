@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU test suite, in two halves (docs/gpu.md):
 #   scripts/gpu_tests.sh build   here: builds `lumen` and the CUDA test binaries (release, no
-#                                debug info, stripped) into gpu-tests/, which the device call carries;
-#   scripts/gpu_tests.sh run     on the GPU machine: runs every binary in gpu-tests/ with
+#                                debug info, stripped) into gpu-tests/, and packs that folder into
+#                                device/gpu-tests.tar.xz (a quarter of its size), which the device
+#                                call carries;
+#   scripts/gpu_tests.sh run     on the GPU machine: unpacks device/gpu-tests.tar.xz when
+#                                gpu-tests/ is missing, then runs every binary in gpu-tests/ with
 #                                LUMEN_REQUIRE_GPU=1, so a test that cannot open the GPU fails
 #                                instead of skipping, and fails itself on any "skipped" line; prints a
 #                                summary; the full log goes to $OUT/gpu_tests.log when $OUT is set.
@@ -30,9 +33,12 @@ for l in sys.stdin:
     cp "$exe" "$DIR/$name"
   done
   strip "$DIR"/*
-  du -sh "$DIR"
+  mkdir -p device
+  tar -cf - "$DIR" | xz -T0 -6 >device/gpu-tests.tar.xz
+  du -sh "$DIR" device/gpu-tests.tar.xz
   ;;
 run)
+  [ -d "$DIR" ] || tar -xJf device/gpu-tests.tar.xz
   export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export LUMEN_BIN=$PWD/$DIR/lumen
   export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}

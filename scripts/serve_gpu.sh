@@ -4,7 +4,9 @@
 #      --max-concurrency 256 --ignore-eos` against `lumen serve`, over the same requests and engine
 #      limits, and the ratio of their output throughputs (the server should keep at least 90%);
 #   2. TTFT and TPOT percentiles at 1, 8 and 32 requests per second;
-#   3. TensorRT-LLM's published serving shape, ISL 467 / OSL 256, at 32 QPS and unlimited.
+#   3. TensorRT-LLM's published serving shape, ISL 467 / OSL 256, at 32 QPS and unlimited;
+# and, before the server starts, `lumen bench throughput --streaming` over the 128/128 requests
+# (TTFT and ITL from the streamed chunks, and the caller-side overhead beside the plain run's).
 # MODEL (default llama-3.1-8b), MAX_BATCH (256), MAX_TOKENS (8192), PORT (8123); logs and results
 # go to $OUT (default /tmp/serve-gpu).
 set -euo pipefail
@@ -30,6 +32,8 @@ dataset trtllm 2048 467 256
 
 "$LUMEN" bench throughput "${limits[@]}" --dataset "$OUT/short.jsonl" --concurrency "$MAX_BATCH" \
   --report-json "$OUT/throughput.json" | tee "$OUT/throughput.txt"
+"$LUMEN" bench throughput "${limits[@]}" --dataset "$OUT/short.jsonl" --concurrency "$MAX_BATCH" --streaming \
+  --report-json "$OUT/throughput_streaming.json" | tee "$OUT/throughput_streaming.txt"
 
 "$LUMEN" serve "${limits[@]}" --port "$PORT" >"$OUT/serve.log" 2>&1 &
 server=$!
@@ -62,3 +66,23 @@ serve_bench trtllm_inf trtllm 2048 inf
 kill -TERM $server
 wait $server
 trap - EXIT
+
+echo "== $MODEL on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+for name in ("throughput", "throughput_streaming"):
+    r = json.load(open(f"{out}/{name}.json"))
+    perf, lumen = r["performance"], r.get("lumen", {})
+    stream = r.get("streaming_metrics") or {}
+    ttft, itl = stream.get("avg_ttft_ms"), stream.get("avg_tpot_ms")
+    over = lumen.get("caller_overhead_ms", {}).get("average")
+    print(f"{name:22} {perf['system_output_throughput_tok_s']:10,.1f} out tok/s"
+          + (f"  TTFT avg {ttft:.1f} ms  TPOT avg {itl:.2f} ms" if ttft is not None else "")
+          + (f"  caller overhead avg {over:.3f} ms" if over is not None else ""))
+print(f"{'run':22} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'ITL p50':>8}")
+for name in ("serve_inf", "serve_rate1", "serve_rate8", "serve_rate32", "trtllm_32qps", "trtllm_inf"):
+    r = json.load(open(f"{out}/{name}.json"))
+    print(f"{name:22} {r['output_throughput']:10,.1f} {r['median_ttft_ms']:9.1f} {r['p99_ttft_ms']:9.1f}"
+          f" {r['median_tpot_ms']:9.2f} {r['p99_tpot_ms']:9.2f} {r['median_itl_ms']:8.2f}")
+PY
