@@ -1,5 +1,7 @@
 //! `lumen generate`: one prompt in, the model's answer streamed to stdout. Prompts and answer
-//! text come from `lumen_model::chat`.
+//! text come from `lumen_model::chat`. With `--logprobs N` each token is written instead as one
+//! JSON line: `{"id": …, "logprob": …, "top": [[id, logprob], …]}` (the N likeliest first), for
+//! comparing a model's log-probabilities with another implementation's.
 
 use crate::common::{EngineArgs, ModelArgs};
 use crate::recording::ProfileArgs;
@@ -45,6 +47,10 @@ pub struct GenerateArgs {
     /// Keep generating past the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
+    /// Write each token as a JSON line with its log-probability and the N likeliest tokens' (0 to
+    /// 20), instead of the answer text.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=20))]
+    logprobs: Option<u32>,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -76,7 +82,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let request = Request {
         prompt: prompt_ids.clone(),
-        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed, logprobs: None },
+        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed, logprobs: args.logprobs.map(|n| n as usize) },
         stop: StopConditions { max_tokens: args.max_tokens as usize, stop_ids: Vec::new(), ignore_eos: args.ignore_eos },
     };
     let stream = engine.submit(request);
@@ -99,16 +105,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let mut finished = None;
         while let Ok(ev) = stream.events.try_recv() {
             match ev {
-                RequestEvent::Token { id, .. } => {
+                RequestEvent::Token { id, logprobs } => {
                     first_token.get_or_insert_with(|| started.elapsed());
                     ids.push(id);
-                    write!(out, "{}", answer.push(id)).and_then(|_| out.flush()).context("cannot write the answer to standard output")?;
+                    let written = match logprobs {
+                        Some(lp) => writeln!(out, "{}", serde_json::json!({"id": id, "logprob": lp.logprob, "top": lp.top})),
+                        None => write!(out, "{}", answer.push(id)),
+                    };
+                    written.and_then(|_| out.flush()).context("cannot write the answer to standard output")?;
                 }
                 RequestEvent::Finished { reason, .. } => finished = Some(reason),
             }
         }
         if let Some(reason) = finished {
-            writeln!(out, "{}", answer.finish()).context("cannot write the answer to standard output")?;
+            if args.logprobs.is_none() {
+                writeln!(out, "{}", answer.finish()).context("cannot write the answer to standard output")?;
+            }
             if let FinishReason::Rejected(why) = reason {
                 bail!("the request was rejected: {why}");
             }

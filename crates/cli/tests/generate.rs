@@ -127,3 +127,24 @@ fn seeded_sampling_is_reproducible() {
     assert_ne!(seed7, greedy, "temperature 0.8 gave exactly the greedy output");
     assert!(seed7.iter().chain(&seed8).all(|&t| t < 512));
 }
+
+#[test]
+fn logprobs_lines_carry_the_greedy_chain_and_its_likeliest_tokens() {
+    let args = ["generate", "--model", "tiny-untied", "--prompt-ids", "1,2,3", "--max-tokens", "5"];
+    let plain = ids(&lumen(&args).ok());
+    let run = lumen(&[&args[..], &["--logprobs", "3"]].concat()).ok();
+    let lines: Vec<serde_json::Value> =
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))).collect();
+    let chain: Vec<u32> = lines.iter().map(|l| l["id"].as_u64().expect("an id") as u32).collect();
+    assert_eq!(chain, plain, "the JSON lines' tokens are the plain run's");
+    for line in &lines {
+        let top = line["top"].as_array().expect("a top list");
+        assert_eq!(top.len(), 3, "{line}");
+        let logprobs: Vec<f64> = top.iter().map(|t| t[1].as_f64().expect("a log-probability")).collect();
+        assert!(logprobs.windows(2).all(|w| w[0] >= w[1]), "likeliest first: {line}");
+        assert!(logprobs[0] <= 0.0 && logprobs[2] > f64::NEG_INFINITY, "{line}");
+        assert_eq!(top[0][0], line["id"], "greedy takes the likeliest: {line}");
+        assert_eq!(top[0][1], line["logprob"], "{line}");
+    }
+    lumen(&[&args[..], &["--logprobs", "21"]].concat()).fails_with(2, &["--logprobs", "21", "0..=20"]);
+}

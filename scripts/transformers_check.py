@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""lumen against Hugging Face transformers, one tiny random-weight model per architecture.
+
+For each architecture below, transformers builds a small model from its own config class, every
+parameter is drawn at random (norm weights near 1, the rest normal with std 0.1, biases, attention
+sinks and router biases included, so no block hides behind a zero), and the model is saved as
+safetensors with its config.json. Then, for one prompt of PROMPT token ids:
+
+- transformers (float32, eager attention, no cache: the whole sequence each step) gives the greedy
+  chain of STEPS tokens and the log-softmax of every step's logits;
+- `lumen generate --model DIR --device D --prompt-ids ... --max-tokens STEPS --ignore-eos
+  --logprobs 5` gives lumen's chain and, per step, the log-probabilities of its five likeliest
+  tokens.
+
+A device passes when lumen's chain is transformers' chain, and at every step each of lumen's five
+log-probabilities is within the device's bound of transformers' for the same token: float32 on the
+CPU (bound CPU_BOUND), bf16 weights and activations on CUDA (bound CUDA_BOUND). Architectures the
+CUDA backend refuses (it says so by name) are reported as refused, not as failures.
+
+Usage (on the GPU machine, which has torch and transformers 5.x; after scripts/gpu_tests.sh build):
+  python3 scripts/transformers_check.py [--lumen gpu-tests/lumen] [--devices cpu,cuda] [--out DIR]
+Exit status 1 when any device disagrees with transformers.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import transformers
+
+PROMPT = 40
+STEPS = 16
+CPU_BOUND = 2e-3
+CUDA_BOUND = 0.15
+SEED = 1234
+
+
+def common(**kw):
+    """The shape every tiny model shares: two layers, head_dim 64 (the CUDA kernels take 32, 64 or
+    128), grouped queries, a vocabulary of 512, untied head."""
+    base = dict(
+        vocab_size=512,
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=256,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    base.update(kw)
+    return base
+
+
+def architectures():
+    t = transformers
+    return {
+        "llama": lambda: t.LlamaConfig(**common()),
+        "qwen3": lambda: t.Qwen3Config(**common()),
+        "mixtral": lambda: t.MixtralConfig(**common(num_local_experts=8, num_experts_per_tok=2)),
+        "qwen2_moe": lambda: t.Qwen2MoeConfig(
+            **common(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128, shared_expert_intermediate_size=256,
+                     norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[])
+        ),
+        "qwen3_moe": lambda: t.Qwen3MoeConfig(
+            **common(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=128, norm_topk_prob=True,
+                     decoder_sparse_step=1, mlp_only_layers=[])
+        ),
+        "olmoe": lambda: t.OlmoeConfig(**common(num_experts=16, num_experts_per_tok=4, intermediate_size=128)),
+        "gpt_oss": lambda: t.GptOssConfig(
+            **common(num_local_experts=8, num_experts_per_tok=2, intermediate_size=256, sliding_window=16,
+                     layer_types=["sliding_attention", "full_attention"], rope_theta=150000.0)
+        ),
+    }
+
+
+def build(name, make, directory):
+    """Builds, randomizes and saves one tiny model; returns it in float32 for the reference."""
+    config = make()
+    config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    model = getattr(transformers, type(config).__name__.replace("Config", "ForCausalLM"))(config).float().eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory, safe_serialization=True)
+    return model
+
+
+@torch.no_grad()
+def reference(model, prompt):
+    ids = list(prompt)
+    steps = []
+    for _ in range(STEPS):
+        logits = model(torch.tensor([ids])).logits[0, -1].double()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        token = int(torch.argmax(logprobs))
+        steps.append(logprobs)
+        ids.append(token)
+    return ids[len(prompt):], steps
+
+
+def run_lumen(lumen, directory, device, prompt, log):
+    cmd = [lumen, "generate", "--model", directory, "--device", device, "--prompt-ids", ",".join(map(str, prompt)),
+           "--max-tokens", str(STEPS), "--ignore-eos", "--logprobs", "5"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    log.write(f"$ {' '.join(cmd)}\n{done.stdout}{done.stderr}\n")
+    if done.returncode != 0:
+        return None, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")], None
+
+
+def compare(chain, steps, tokens):
+    """(chains agree, worst |Δ log-probability| over lumen's top-5 at the steps both reached)."""
+    got = [t["id"] for t in tokens]
+    worst = 0.0
+    for step, t in zip(steps, tokens):
+        for token, logprob in t["top"]:
+            worst = max(worst, abs(float(step[token]) - logprob))
+    return got == chain, worst
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lumen", default="gpu-tests/lumen")
+    parser.add_argument("--devices", default="cpu,cuda")
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/transformers-check"))
+    parser.add_argument("--only", default="", help="comma-separated architectures (default: all)")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    bounds = {"cpu": CPU_BOUND, "cuda": CUDA_BOUND}
+    generator = torch.Generator().manual_seed(SEED)
+    prompt = torch.randint(3, 512, (PROMPT,), generator=generator).tolist()
+    rows, failed = [], False
+    with open(os.path.join(args.out, "transformers_check.log"), "w") as log:
+        log.write(f"transformers {transformers.__version__}, torch {torch.__version__}\n")
+        for name, make in architectures().items():
+            if args.only and name not in args.only.split(","):
+                continue
+            directory = os.path.join(args.out, f"tiny-{name}")
+            model = build(name, make, directory)
+            chain, steps = reference(model, prompt)
+            for device in args.devices.split(","):
+                tokens, refused = run_lumen(args.lumen, directory, device, prompt, log)
+                if tokens is None:
+                    rows.append((name, device, "refused" if "CUDA backend" in refused else "ERROR", refused[:90]))
+                    failed |= "CUDA backend" not in refused
+                    continue
+                same, worst = compare(chain, steps, tokens)
+                ok = same and worst <= bounds[device]
+                failed |= not ok
+                verdict = "ok" if ok else "FAILED"
+                rows.append((name, device, verdict, f"chain {'equal' if same else 'DIFFERS'} ({len(tokens)} tokens), "
+                             f"worst |dlogprob| {worst:.2e} (bound {bounds[device]:.0e})"))
+    print(f"transformers {transformers.__version__}; prompt {PROMPT} ids, {STEPS} greedy steps")
+    for name, device, verdict, detail in rows:
+        print(f"{name:10} {device:5} {verdict:8} {detail}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
