@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
                     head_dim: hd,
                     block_size: BLOCK,
                     window: 0,
+                    sinks: 0,
                     split_tokens: split.ptr,
                     splits: 1,
                     out: out.ptr,

@@ -2,7 +2,8 @@
 //! GPU). One launch holds a decode tile (the CUDA-core kernel) and prefill tiles (the tensor-core
 //! kernel) over a paged cache with scattered blocks: a 100-token chunk at positions 200..299 and a
 //! fresh 37-token prompt. Every case of head size (32, 64, 128), GQA group (1, 4, 8), sliding
-//! window, KV splits (merged by `attention_combine`) and FP8 cache gives every output element
+//! window, KV splits (merged by `attention_combine`), attention sinks (GPT-OSS's per-head logit in
+//! every softmax's denominator, with and without splits) and FP8 cache gives every output element
 //! within [`ABS_TOL`] of the reference; the same rows cut into CUDA-core tiles only meet the same
 //! bound.
 
@@ -24,6 +25,8 @@ struct Case {
     window: usize,
     split_tokens: Option<usize>,
     kv_fp8: bool,
+    /// Whether each head has a sink logit.
+    sinks: bool,
 }
 
 /// One sequence of the step: its context in the cache and the tokens this step queries.
@@ -48,6 +51,9 @@ struct Problem {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Per head, its sink logit (bf16 values in [0, 6]: from a small share of a long row's
+    /// softmax to most of it), used where the case has sinks.
+    sinks: Vec<f32>,
 }
 
 impl Problem {
@@ -85,14 +91,16 @@ impl Problem {
                 })
                 .collect()
         };
-        Problem { seqs, rows, q, k: cache(2), v: cache(3) }
+        let sinks = (0..c.heads).map(|h| bf16_value(3.0 + 3.0 * uniform(h as u64, 4))).collect();
+        Problem { seqs, rows, q, k: cache(2), v: cache(3), sinks }
     }
 
     fn cache_index(&self, c: &Case, s: &Seq, kvh: usize, pos: usize) -> usize {
         ((s.blocks[pos / BLOCK] as usize * c.kv_heads + kvh) * BLOCK + pos % BLOCK) * c.head_dim
     }
 
-    /// softmax(q·kᵀ/√d)·v over each row's causal (and windowed) context, in f64.
+    /// softmax(q·kᵀ/√d)·v over each row's causal (and windowed) context, in f64, the head's sink
+    /// (where the case has sinks) joining the softmax's denominator.
     fn reference(&self, c: &Case) -> Vec<f64> {
         let hd = c.head_dim;
         let group = c.heads / c.kv_heads;
@@ -108,9 +116,10 @@ impl Problem {
                         q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (hd as f64).sqrt()
                     })
                     .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sink = c.sinks.then(|| self.sinks[h] as f64);
+                let max = scores.iter().chain(&sink).cloned().fold(f64::NEG_INFINITY, f64::max);
                 let weights: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                let total: f64 = weights.iter().sum();
+                let total: f64 = weights.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
                 let o = &mut out[(t * c.heads + h) * hd..][..hd];
                 for (j, w) in (lo..=pos).zip(&weights) {
                     let v = &self.v[self.cache_index(c, s, h / group, j)..][..hd];
@@ -170,6 +179,7 @@ fn run(d: &Device, c: &Case, p: &Problem, prefill: bool) -> Vec<f32> {
         }
     };
     let q = gpu.upload(&p.q.iter().map(|&x| to_bf16(x)).collect::<Vec<u16>>(), "q").unwrap();
+    let sinks = gpu.upload(&p.sinks.iter().map(|&x| to_bf16(x)).collect::<Vec<u16>>(), "sinks").unwrap();
     let (k, v) = (cache(&p.k, "k"), cache(&p.v, "v"));
     let (tiles, num_tiles, max_tile_rows, prefill_tiles) = p.tiles(c, prefill);
     let tiles = up(&tiles, "tiles");
@@ -208,6 +218,7 @@ fn run(d: &Device, c: &Case, p: &Problem, prefill: bool) -> Vec<f32> {
         head_dim: hd,
         block_size: BLOCK,
         window: c.window,
+        sinks: if c.sinks { sinks.ptr } else { 0 },
         split_tokens: split_tokens.ptr,
         splits,
         out: out.ptr,
@@ -235,7 +246,16 @@ fn worst_error(got: &[f32], want: &[f64]) -> (f64, usize) {
 fn tensor_core_and_cuda_core_attention_match_the_host() {
     let Some(gpu) = lumen_test_support::gpu::device_or_skip(Gpu::open(0)) else { return };
     let d = Device { kernels: Kernels::load(&gpu).unwrap(), gpu };
-    let case = |head_dim, heads, kv_heads, window, split_tokens, kv_fp8| Case { head_dim, heads, kv_heads, window, split_tokens, kv_fp8 };
+    let case = |head_dim, heads, kv_heads, window, split_tokens, kv_fp8| Case {
+        head_dim,
+        heads,
+        kv_heads,
+        window,
+        split_tokens,
+        kv_fp8,
+        sinks: false,
+    };
+    let sunk = |c: Case| Case { sinks: true, ..c };
     let cases = [
         case(128, 8, 2, 0, None, false),
         case(128, 8, 1, 0, None, false),
@@ -246,13 +266,17 @@ fn tensor_core_and_cuda_core_attention_match_the_host() {
         case(128, 4, 1, 48, Some(64), false),
         case(128, 8, 2, 0, None, true),
         case(64, 8, 2, 0, Some(96), true),
+        sunk(case(64, 8, 1, 0, None, false)),
+        sunk(case(64, 8, 8, 128, None, false)),
+        sunk(case(64, 8, 1, 128, Some(64), false)),
+        sunk(case(128, 8, 2, 0, Some(96), true)),
     ];
     for c in &cases {
         let p = Problem::new(c);
         let want = p.reference(c);
         let what = format!(
-            "head_dim {} heads {}/{} window {} split {:?} fp8 {}",
-            c.head_dim, c.heads, c.kv_heads, c.window, c.split_tokens, c.kv_fp8
+            "head_dim {} heads {}/{} window {} split {:?} fp8 {} sinks {}",
+            c.head_dim, c.heads, c.kv_heads, c.window, c.split_tokens, c.kv_fp8, c.sinks
         );
         let (tensor_core, at) = worst_error(&run(&d, c, &p, true), &want);
         let (cuda_core, _) = worst_error(&run(&d, c, &p, false), &want);

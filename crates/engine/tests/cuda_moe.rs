@@ -1,7 +1,13 @@
 //! Mixture-of-experts layers on CUDA against the CPU, on the GPU machine (skipped, with a message,
 //! without a GPU), on the real widths of OLMoE (Default routing, 64 experts, top 8), Qwen3-MoE
-//! (RenormalizeNaive, 128 experts, top 8) and Qwen1.5-MoE (Default, 60 experts, top 4, a gated
-//! shared expert) cut to two layers, and OLMoE with the planted Zipf skew:
+//! (RenormalizeNaive, 128 experts, top 8), Qwen1.5-MoE (Default, 60 experts, top 4, a gated
+//! shared expert) and GPT-OSS-20B (Renormalize, 32 experts, top 4, a router bias and biased
+//! clamped SwiGLU experts; attention sinks, q/k/v and output biases, YaRN, head_dim 64) cut to
+//! two layers, and OLMoE with the planted Zipf skew. GPT-OSS's two layers are one sliding over 128
+//! positions and one attending to all, and its prompts are 300 tokens long so that the window
+//! cuts; it runs twice on CUDA: as served (the tensor-core prefill kernel, one KV split) and
+//! batch-invariant (the CUDA-core kernel over 64-token KV splits merged by `attention_combine`),
+//! so the sinks go through both kernels and the split merge.
 //! - the engine's first token of each prompt has the CPU's log-probability within the bf16 bound;
 //! - every MoE layer of the prefill step assigns each token to top-k experts (the loads sum to
 //!   tokens × k) and differs from the CPU's choice in at most 2% of the assignments (near ties
@@ -15,23 +21,27 @@ use std::sync::Arc;
 
 /// How far bf16 weights and activations may move a log-probability on these shapes.
 const BF16_BOUND: f32 = 0.05;
-/// Tokens of the prefill step.
-const TOKENS: usize = 64;
+/// Tokens of each prompt; GPT-OSS's are longer than its sliding window.
+const PROMPT: usize = 32;
+const GPT_OSS_PROMPT: usize = 300;
+/// Prompts of the prefill step.
+const PROMPTS: usize = 2;
 
 fn load(spec: &str, device: Device) -> Arc<Model> {
     Arc::new(load_model_with(spec, LoadOptions { device, quantization: Quantization::None }).unwrap_or_else(|e| panic!("{spec}: {e:#}")))
 }
 
-/// The prefill step's expert loads per MoE layer, and each prompt's first-token log-probability.
-fn prefill(model: Arc<Model>) -> (Vec<Vec<u32>>, Vec<f32>) {
+/// The prefill step's expert loads per MoE layer, and each prompt's first-token log-probability,
+/// for prompts of `len` tokens; `batch_invariant` as the engine's option.
+fn prefill(model: Arc<Model>, len: usize, batch_invariant: bool) -> (Vec<Vec<u32>>, Vec<f32>) {
     let vocab = model.config().vocab_size as u32;
-    let config = EngineConfig { kv_budget: KvBudget::Tokens(4096), ..EngineConfig::default() };
+    let config = EngineConfig { kv_budget: KvBudget::Tokens(4096), batch_invariant, ..EngineConfig::default() };
     let mut engine = Engine::new(model, config).unwrap();
     let sampling = SamplingParams { logprobs: Some(1), ..SamplingParams::default() };
-    let streams: Vec<_> = [5u32, 11]
+    let streams: Vec<_> = [5u32, 11][..PROMPTS]
         .iter()
         .map(|salt| {
-            let prompt = (0..TOKENS as u32 / 2).map(|i| (i * 977 + salt * 131) % vocab).collect();
+            let prompt = (0..len as u32).map(|i| (i * 977 + salt * 131) % vocab).collect();
             let stop = StopConditions { max_tokens: 1, stop_ids: vec![], ignore_eos: true };
             engine.submit(Request { prompt, sampling: sampling.clone(), stop })
         })
@@ -55,19 +65,34 @@ fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
     if device_or_skip(lumen_backend::cuda::Gpu::open(0)).is_none() {
         return;
     }
-    for spec in ["olmoe-1b-7b+layers=2", "qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "olmoe-1b-7b+layers=2+zipf=1.5"] {
-        let (cpu_loads, cpu_first) = prefill(load(spec, Device::Cpu));
+    let gpt_oss = "gpt-oss-20b+layers=2";
+    let specs = ["olmoe-1b-7b+layers=2", "qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "olmoe-1b-7b+layers=2+zipf=1.5", gpt_oss];
+    for spec in specs {
+        let len = if spec == gpt_oss { GPT_OSS_PROMPT } else { PROMPT };
+        let (cpu_loads, cpu_first) = prefill(load(spec, Device::Cpu), len, false);
         let cuda = load(spec, Device::Cuda);
-        let top_k = cuda.config().moe.as_ref().expect("a MoE preset").top_k as u32;
-        let (cuda_loads, cuda_first) = prefill(cuda);
-        for (c, g) in cpu_first.iter().zip(&cuda_first) {
-            assert!((c - g).abs() < BF16_BOUND, "{spec}: first-token log-probability CPU {c}, CUDA {g}");
+        let c = cuda.config().clone();
+        if spec == gpt_oss {
+            let windows: Vec<Option<usize>> = (0..c.num_layers).map(|l| c.layer_window(l)).collect();
+            assert_eq!(windows, vec![Some(128), None], "{spec}: one sliding layer and one full one");
+            assert!(windows[0].is_some_and(|w| w < len), "{spec}: the prompts outgrow the window");
+            assert!(c.attention_sinks && c.attention_output_bias && c.moe.as_ref().is_some_and(|m| m.biases), "{spec}: GPT-OSS's blocks");
         }
-        assert_eq!(cuda_loads.len(), cpu_loads.len(), "{spec}: one load per MoE layer");
-        for (layer, (c, g)) in cpu_loads.iter().zip(&cuda_loads).enumerate() {
-            assert_eq!(g.iter().sum::<u32>(), TOKENS as u32 * top_k, "{spec} layer {layer}: every token's top-{top_k}");
-            let moved: u32 = c.iter().zip(g).map(|(a, b)| a.abs_diff(*b)).sum::<u32>() / 2;
-            assert!(moved * 50 <= TOKENS as u32 * top_k, "{spec} layer {layer}: {moved} assignments differ from the CPU's");
+        let top_k = c.moe.as_ref().expect("a MoE preset").top_k as u32;
+        let runs: &[bool] = if spec == gpt_oss { &[false, true] } else { &[false] };
+        for &batch_invariant in runs {
+            let what = format!("{spec}{}", if batch_invariant { " (batch-invariant)" } else { "" });
+            let (cuda_loads, cuda_first) = prefill(cuda.clone(), len, batch_invariant);
+            for (c, g) in cpu_first.iter().zip(&cuda_first) {
+                assert!((c - g).abs() < BF16_BOUND, "{what}: first-token log-probability CPU {c}, CUDA {g}");
+            }
+            let assignments = (PROMPTS * len) as u32 * top_k;
+            assert_eq!(cuda_loads.len(), cpu_loads.len(), "{what}: one load per MoE layer");
+            for (layer, (c, g)) in cpu_loads.iter().zip(&cuda_loads).enumerate() {
+                assert_eq!(g.iter().sum::<u32>(), assignments, "{what} layer {layer}: every token's top-{top_k}");
+                let moved: u32 = c.iter().zip(g).map(|(a, b)| a.abs_diff(*b)).sum::<u32>() / 2;
+                assert!(moved * 50 <= assignments, "{what} layer {layer}: {moved} assignments differ from the CPU's");
+            }
         }
     }
     // The perfect router is read from the environment at load; this test is its binary's only one.
@@ -76,8 +101,8 @@ fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
     std::env::remove_var("LUMEN_PERFECT_ROUTER");
     assert!(perfect.perfect_router());
     let experts = perfect.config().moe.as_ref().unwrap().num_experts as u32;
-    let share = TOKENS as u32 * 8 / experts;
-    for (layer, load) in prefill(perfect).0.iter().enumerate() {
+    let share = (PROMPTS * PROMPT) as u32 * 8 / experts;
+    for (layer, load) in prefill(perfect, PROMPT, false).0.iter().enumerate() {
         assert!(load.iter().all(|&l| l == share), "layer {layer}: every expert gets {share}: {load:?}");
     }
 }

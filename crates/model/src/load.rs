@@ -564,11 +564,16 @@ mod tests {
 
     #[test]
     fn moe_variants_the_cuda_backend_lacks_are_refused_by_name() {
-        let e = format!("{:#}", load_model_on("tiny-gpt-oss", Device::Cuda).err().unwrap());
-        assert!(e.contains("tiny-gpt-oss: the CUDA backend lacks the attention output projection's bias"), "{e}");
-        let gpt_oss = ModelConfig { attention_output_bias: false, ..crate::presets::preset_config("tiny-gpt-oss").unwrap() };
-        let e = format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(&gpt_oss, "gpt-oss").unwrap_err());
-        assert!(e.contains("the CUDA backend's mixture-of-experts layers lack GPT-OSS's clamped SwiGLU experts"), "{e}");
+        let refusal = |c: &ModelConfig, what: &str| format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(c, what).unwrap_err());
+        let gpt_oss = crate::presets::preset_config("gpt-oss-20b").unwrap();
+        let mut plain_biased = gpt_oss.clone();
+        plain_biased.moe.as_mut().unwrap().activation = crate::moe::ExpertActivation::SwiGlu;
+        let e = refusal(&plain_biased, "plain-biased");
+        assert!(e.contains("plain-biased: the CUDA backend's mixture-of-experts layers lack expert biases around a plain SwiGLU"), "{e}");
+        let mut shared = gpt_oss.clone();
+        shared.moe.as_mut().unwrap().shared_expert_intermediate_size = Some(2880);
+        let e = refusal(&shared, "shared");
+        assert!(e.contains("lack a shared expert beside clamped SwiGLU or biased experts"), "{e}");
         let mut grouped = crate::presets::preset_config("qwen3-30b-a3b").unwrap();
         grouped.moe.as_mut().unwrap().routing = crate::moe::RoutingMethod::DeepSeekV3;
         let e = format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(&grouped, "grouped").unwrap_err());
@@ -576,6 +581,11 @@ mod tests {
         for preset in ["tiny-mixtral", "tiny-olmoe", "tiny-qwen3-moe", "tiny-qwen2-moe", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b"] {
             let config = crate::presets::preset_config(preset).unwrap();
             assert!(crate::cuda::weights::refuse_cpu_only_blocks(&config, preset).is_ok(), "{preset}: SwiGLU experts run on CUDA");
+        }
+        for preset in ["gpt-oss-20b", "tiny-gpt-oss"] {
+            let config = crate::presets::preset_config(preset).unwrap();
+            let refused = crate::cuda::weights::refuse_cpu_only_blocks(&config, preset);
+            assert!(refused.is_ok(), "{preset}: GPT-OSS's sinks, biases and clamped experts run on CUDA: {refused:?}");
         }
     }
 

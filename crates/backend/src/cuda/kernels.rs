@@ -49,6 +49,8 @@ pub struct Kernels {
     add_rms_norm: Kernel,
     rope_kv_write: Kernel,
     silu_mul: Kernel,
+    clamped_swiglu: Kernel,
+    add_bias: Kernel,
     gather_rows: Kernel,
     moe_route: Kernel,
     moe_combine: Kernel,
@@ -102,6 +104,8 @@ impl Kernels {
             add_rms_norm: get("add_rms_norm")?,
             rope_kv_write: get("rope_kv_write")?,
             silu_mul: get("silu_mul")?,
+            clamped_swiglu: get("clamped_swiglu")?,
+            add_bias: get("add_bias")?,
             gather_rows: get("gather_rows")?,
             moe_route: get("moe_route")?,
             moe_combine: get("moe_combine")?,
@@ -205,6 +209,7 @@ impl Kernels {
             .ptr(a.positions)
             .ptr(a.slots)
             .ptr(a.inv_freq)
+            .f32(a.attention_factor)
             .i32(a.heads as i32)
             .i32(a.kv_heads as i32)
             .i32(a.head_dim as i32)
@@ -224,20 +229,38 @@ impl Kernels {
         self.launch(gpu, self.silu_mul, (blocks, n as u32, 1), ROW_THREADS, args)
     }
 
+    /// GPT-OSS's expert activation (see moe.cu) on `n` rows of `[gate (f), up (f)]` bf16 values,
+    /// plus `bias` (`[2·f]` bf16, the same layout) when non-zero, into `n` rows of `f`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn clamped_swiglu(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, bias: u64, alpha: f32, limit: f32, out: u64) -> Result<()> {
+        let blocks = f.div_ceil(ROW_THREADS as usize) as u32;
+        let args = Args::default().ptr(gate_up).ptr(bias).i32(f as i32).f32(alpha).f32(limit).ptr(out);
+        self.launch(gpu, self.clamped_swiglu, (blocks, n as u32, 1), ROW_THREADS, args)
+    }
+
+    /// Adds `bias` (`[width]` bf16) to each of `n` rows of `width` bf16 values at `x`, in place.
+    pub fn add_bias(&self, gpu: &Gpu, n: usize, width: usize, x: u64, bias: u64) -> Result<()> {
+        let blocks = width.div_ceil(ROW_THREADS as usize) as u32;
+        let args = Args::default().ptr(x).ptr(bias).i32(width as i32);
+        self.launch(gpu, self.add_bias, (blocks, n as u32, 1), ROW_THREADS, args)
+    }
+
     pub fn gather_rows(&self, gpu: &Gpu, src: u64, rows: u64, n_rows: usize, width: usize, dst: u64) -> Result<()> {
         let args = Args::default().ptr(src).ptr(rows).i32(width as i32).ptr(dst);
         self.launch(gpu, self.gather_rows, (n_rows as u32, 1, 1), ROW_THREADS, args)
     }
 
-    /// Routes `tokens` rows of f32 router logits (`[tokens, experts]`, plus `bias` when non-zero)
-    /// to their `k` experts: `experts` (u32) and `weights` (f32), `[tokens, k]` each; `method` is
-    /// the routing method's index (Default 0, Renormalize 1, RenormalizeNaive 2, Llama4 3), and
-    /// the weights are scaled by `scale`.
+    /// Routes `tokens` rows of f32 router logits (`[tokens, experts]`, plus the router's bf16
+    /// `router_bias` and the f32 `bias`, each when non-zero) to their `k` experts: `experts`
+    /// (u32) and `weights` (f32), `[tokens, k]` each; `method` is the routing method's index
+    /// (Default 0, Renormalize 1, RenormalizeNaive 2, Llama4 3), and the weights are scaled by
+    /// `scale`.
     #[allow(clippy::too_many_arguments)]
     pub fn moe_route(
         &self,
         gpu: &Gpu,
         logits: u64,
+        router_bias: u64,
         bias: u64,
         tokens: usize,
         experts: usize,
@@ -250,6 +273,7 @@ impl Kernels {
         anyhow::ensure!(k <= MOE_MAX_TOP_K, "moe_route: top {k} experts, at most {MOE_MAX_TOP_K} on CUDA");
         let args = Args::default()
             .ptr(logits)
+            .ptr(router_bias)
             .ptr(bias)
             .i32(tokens as i32)
             .i32(experts as i32)
@@ -303,6 +327,7 @@ impl Kernels {
                 .i32(a.kv_heads as i32)
                 .i32(a.block_size as i32)
                 .i32(a.window as i32)
+                .ptr(a.sinks)
                 .f32(scale_log2)
                 .ptr(a.split_tokens)
                 .ptr(a.out)
@@ -398,6 +423,8 @@ pub struct RopeArgs {
     pub positions: u64,
     pub slots: u64,
     pub inv_freq: u64,
+    /// The factor on RoPE's cosines and sines (YaRN's attention factor, else 1).
+    pub attention_factor: f32,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -432,7 +459,10 @@ pub struct AttentionArgs {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub block_size: usize,
+    /// Attend to at most this many most recent positions; 0: every position.
     pub window: usize,
+    /// `[heads]` bf16: each query head's sink logit, joining its softmax's denominator; 0: none.
+    pub sinks: u64,
     /// Device address of one u32: the KV positions per split.
     pub split_tokens: u64,
     /// Splits in the grid (blocks of splits past the context exit at once).

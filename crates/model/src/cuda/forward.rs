@@ -5,16 +5,20 @@
 //! which owns staging, graphs and sampling. A tensor-parallel rank's pass ([`RankCollectives`])
 //! all-reduces the partial sums of its row-parallel products and gathers every rank's logits.
 //!
+//! Each layer attends within its own sliding window (GPT-OSS alternates sliding and full layers),
+//! with GPT-OSS's sinks in the softmax and its output projection's bias, where the model has them.
+//!
 //! A mixture-of-experts layer runs its gate GEMM to f32 router logits (replaced by the perfect
-//! router's balanced ones when it is on), routes every token on the device (`moe_route`), then
-//! waits for the choice: the host counts each expert's tokens and lays out their rows expert by
-//! expert, the rows are gathered, each expert with tokens runs its two GEMMs on its run of rows,
-//! and `moe_combine` sums every token's experts with their weights. The wait makes such a step
-//! eager: a model with MoE layers replays no CUDA graphs.
+//! router's balanced ones when it is on), routes every token on the device (`moe_route`, with
+//! GPT-OSS's router bias), then waits for the choice: the host counts each expert's tokens and
+//! lays out their rows expert by expert, the rows are gathered, each expert with tokens runs its
+//! two GEMMs on its run of rows (with SwiGLU, or GPT-OSS's clamped SwiGLU and biases, between
+//! and after them), and `moe_combine` sums every token's experts with their weights. The wait
+//! makes such a step eager: a model with MoE layers replays no CUDA graphs.
 
 use super::weights::CudaWeights;
 use crate::config::ModelConfig;
-use crate::moe::RoutingMethod;
+use crate::moe::{ExpertActivation, RoutingMethod};
 use crate::perfect_router::{balanced_logits, BalancedKey};
 use crate::plan::{FeedForward, Moe, SelfAttention};
 use anyhow::{bail, Result};
@@ -289,6 +293,7 @@ pub fn enqueue_forward(
             positions: inputs.positions,
             slots: inputs.slots,
             inv_freq: w.inv_freq.ptr,
+            attention_factor: c.rope_attention_factor() as f32,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: hd,
@@ -316,7 +321,8 @@ pub fn enqueue_forward(
             kv_heads: c.num_kv_heads,
             head_dim: hd,
             block_size: kv.block_size,
-            window: c.sliding_window.unwrap_or(0),
+            window: c.layer_window(li).unwrap_or(0),
+            sinks: a.sinks.as_ref().map_or(0, |s| s.ptr()),
             split_tokens: inputs.split_tokens,
             splits: shape.splits,
             out: act.attn.ptr,
@@ -325,6 +331,10 @@ pub fn enqueue_forward(
         };
         k.attention(gpu, &attention)?;
         linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
+        // Before the sum over ranks: a rank's plan keeps the bias on rank 0 only.
+        if let Some(bias) = &a.output_bias {
+            k.add_bias(gpu, t, h, act.delta.ptr, bias.ptr())?;
+        }
         all_reduce(&act.delta)?;
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
         match &layer.feed_forward {
@@ -398,9 +408,11 @@ fn enqueue_moe(
         // The gate GEMM ran; its logits give way to the balanced ones.
         gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
     }
-    let bias = w.gate_bias.as_ref().map_or(0, |g| g.ptr);
+    let zipf = w.gate_bias.as_ref().map_or(0, |g| g.ptr);
+    // The perfect router's logits replace the biased ones, as on the CPU.
+    let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
     let method = route_method(m.routing)?;
-    k.moe_route(gpu, b.logits.ptr, bias, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
+    k.moe_route(gpu, b.logits.ptr, router_bias, zipf, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
     // The host lays the rows out expert by expert (waiting for the choice).
     let mut chosen = vec![0u32; slots];
     gpu.download(&mut chosen, b.experts.ptr)?;
@@ -424,8 +436,18 @@ fn enqueue_moe(
         let n = n as usize;
         if n > 0 {
             linear.run(gpu, k, rows_of(&b.x, row, n, h), expert.gate_up.view(), rows_of(&b.gate_up, row, n, 2 * fe))?;
-            k.silu_mul(gpu, n, fe, b.gate_up.at(row * 2 * fe * 2), b.act.at(row * fe * 2))?;
+            let (gate_up, out) = (b.gate_up.at(row * 2 * fe * 2), b.act.at(row * fe * 2));
+            match m.activation {
+                ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out)?,
+                ExpertActivation::ClampedSwiGlu { alpha, limit } => {
+                    let bias = expert.gate_up_bias.as_ref().map_or(0, |b| b.ptr());
+                    k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out)?
+                }
+            }
             linear.run(gpu, k, rows_of(&b.act, row, n, fe), expert.down.view(), rows_of(&b.y, row, n, h))?;
+            if let Some(bias) = &expert.down_bias {
+                k.add_bias(gpu, n, h, b.y.at(row * h * 2), bias.ptr())?;
+            }
         }
         row += n;
     }

@@ -129,9 +129,10 @@ impl Fill for CudaFill<'_, '_> {
 }
 
 /// Refuses a model with blocks the CUDA backend lacks, naming what is missing: multi-head latent
-/// attention, and the mixture-of-experts variants beyond plain SwiGLU experts routed by
-/// TensorRT-LLM's Default, Renormalize, RenormalizeNaive or Llama4 methods, with or without a
-/// (gated) shared expert: GPT-OSS's clamped experts and biases, DeepSeek's grouped routing.
+/// attention, and the mixture-of-experts variants beyond SwiGLU experts (with or without a gated
+/// shared expert) and GPT-OSS's biased, clamped SwiGLU experts, routed by TensorRT-LLM's Default,
+/// Renormalize, RenormalizeNaive or Llama4 methods: DeepSeek's grouped routing, expert biases
+/// around a plain SwiGLU, a shared expert beside GPT-OSS's experts.
 pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
     if c.mla.is_some() {
         bail!(
@@ -139,12 +140,12 @@ pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
              and the absorbed decode kernels; use --device cpu"
         );
     }
-    if c.attention_output_bias {
-        bail!("{source}: the CUDA backend lacks the attention output projection's bias so far; use --device cpu");
-    }
     if let Some(moe) = &c.moe {
-        let missing = if moe.activation != ExpertActivation::SwiGlu || moe.biases {
-            Some("GPT-OSS's clamped SwiGLU experts and their biases")
+        let plain = moe.activation == ExpertActivation::SwiGlu;
+        let missing = if plain && moe.biases {
+            Some("expert biases around a plain SwiGLU")
+        } else if moe.shared_expert_intermediate_size.is_some() && (!plain || moe.biases) {
+            Some("a shared expert beside clamped SwiGLU or biased experts")
         } else if moe.shared_expert_intermediate_size.is_some_and(|fs| !fs.is_multiple_of(8)) {
             Some("a shared expert intermediate size that is not a multiple of 8")
         } else if moe.routing == RoutingMethod::DeepSeekV3 || moe.groups != GroupLimit::NONE {

@@ -12,10 +12,22 @@
 //
 // With one split per launch the block writes the normalised output. With several, each block
 // writes its unnormalised partial sums and `attention_combine` merges them in split order.
+//
+// Attention sinks (GPT-OSS: `sinks`, one learned logit per query head, or null for none) join
+// each row's softmax denominator and not its numerator: the first split's running state starts
+// from the sink (max = sink, sum = e^0 = 1, no output) instead of from nothing, so the sink counts
+// once whether or not the KV range is split, and the online maximum covers it.
 
 #define ATT_TILE 32
 #define ATT_THREADS 128
 #define ATT_MAX_ROWS 16
+#define ATT_LOG2E 1.4426950408889634f
+
+// The logit (in log2 units, as the kernels' scores are) a row's running maximum starts from in
+// KV split `split`: its head's sink in the first split, else -inf (nothing seen yet).
+__device__ __forceinline__ float initial_max(const bf16* sinks, int head, int split) {
+    return sinks && split == 0 ? bf2f(sinks[head]) * ATT_LOG2E : -INFINITY;
+}
 
 // n consecutive bf16 values from shared memory as floats, in one access.
 template <int N>
@@ -53,7 +65,7 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
 template <int HD, int ATT_ROWS_PER_WARP>
 __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,
                                const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window,
-                               float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
+                               const bf16* sinks, float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
     constexpr int DPL = HD / 32;
     constexpr int CHUNKS = ATT_TILE * (HD / 8) / ATT_THREADS;
     const int split_tokens = (int)*split_size;
@@ -87,8 +99,9 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
     float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][DPL];
 #pragma unroll
     for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
-        m[ri] = -INFINITY;
-        l[ri] = 0.f;
+        // A row past `rows` is never written; its head index stays within the group.
+        m[ri] = initial_max(sinks, kvh * group + (warp + ri * (ATT_THREADS / 32)) % group, split);
+        l[ri] = m[ri] == -INFINITY ? 0.f : 1.f;
 #pragma unroll
         for (int d = 0; d < DPL; d++) acc[ri][d] = 0.f;
     }
@@ -208,9 +221,10 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                                       \
         attention_hd##HD##_r##R(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,               \
                                 const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window, \
-                                float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) {                 \
+                                const bf16* sinks, float scale_log2, const u32* split_size, bf16* out, float* part_acc,             \
+                                float* part_ml) {                                                                                    \
         attention_impl<HD, R>(q, k_cache, v_cache, kv_fp8, tiles, table_offsets, table_data, heads, kv_heads, block_size, window,     \
-                              scale_log2, split_size, out, part_acc, part_ml);                                                        \
+                              sinks, scale_log2, split_size, out, part_acc, part_ml);                                                 \
     }
 
 ATTENTION_ENTRY(32, 1)
@@ -270,8 +284,8 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2b
 template <int HD>
 __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,
                                        const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,
-                                       int window, float scale_log2, const u32* split_size, bf16* out, float* part_acc,
-                                       float* part_ml) {
+                                       int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,
+                                       float* part_acc, float* part_ml) {
     constexpr int KSTEPS = HD / 16;
     constexpr int DTILES = HD / 8;
     constexpr int CHUNKS = PF_KV * (HD / 8) / PF_THREADS;
@@ -320,7 +334,9 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     float o[DTILES][4];
 #pragma unroll
     for (int n = 0; n < DTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    // A row's sum is spread over its quad of lanes: the sink's 1 goes to the first lane's share.
+    float m[2] = {initial_max(sinks, head[0], split), initial_max(sinks, head[1], split)};
+    float l[2] = {m[0] == -INFINITY || t != 0 ? 0.f : 1.f, m[1] == -INFINITY || t != 0 ? 0.f : 1.f};
 
     uint4 kr[CHUNKS], vr[CHUNKS];
     auto load = [&](u32 t0) {
@@ -448,9 +464,10 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     extern "C" __global__ void __launch_bounds__(PF_THREADS)                                                                        \
         attention_prefill_hd##HD(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,             \
                                  const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,           \
-                                 int window, float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) { \
+                                 int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,                 \
+                                 float* part_acc, float* part_ml) {                                                                 \
         attention_prefill_impl<HD>(q, k_cache, v_cache, kv_fp8, tiles, table_offsets, table_data, heads, kv_heads, block_size,      \
-                                   window, scale_log2, split_size, out, part_acc, part_ml);                                         \
+                                   window, sinks, scale_log2, split_size, out, part_acc, part_ml);                                  \
     }
 
 ATTENTION_PREFILL_ENTRY(32)

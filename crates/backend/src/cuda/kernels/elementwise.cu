@@ -88,13 +88,15 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
 }
 
 // Splits the fused qkv rows: adds the bias, applies the q/k head norms (when given) and rotary
-// embedding to q and k, writes q to `q_out` and k, v into the paged cache at each token's slot.
+// embedding to q and k (its cosines and sines times `attention_factor`: YaRN's, else 1), writes
+// q to `q_out` and k, v into the paged cache at each token's slot.
 // Grid: (tokens, heads + 2 * kv_heads); block: head_dim / 2 threads, one rotation pair each.
 // Cache layout per layer: [block][kv_head][slot in block][head_dim], bf16, or FP8 E4M3 codes with
 // scale 1 when `kv_fp8`.
 extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, float eps,
-                                         const u32* positions, const u32* slots, const double* inv_freq, int heads, int kv_heads,
-                                         int head_dim, int block_size, bf16* q_out, void* k_cache, void* v_cache, int kv_fp8) {
+                                         const u32* positions, const u32* slots, const double* inv_freq, float attention_factor,
+                                         int heads, int kv_heads, int head_dim, int block_size, bf16* q_out, void* k_cache,
+                                         void* v_cache, int kv_fp8) {
     __shared__ float scratch[32];
     int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = head_dim / 2;
     int width = (heads + 2 * kv_heads) * head_dim;
@@ -118,6 +120,8 @@ extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, cons
         angle -= floor(angle / two_pi) * two_pi;
         float s, c;
         sincosf((float)angle, &s, &c);
+        s *= attention_factor;
+        c *= attention_factor;
         float ra = a * c - b * s, rb = b * c + a * s;
         a = ra;
         b = rb;
@@ -166,4 +170,13 @@ extern "C" __global__ void gather_rows(const bf16* __restrict__ src, const u32* 
     const uint4* from = (const uint4*)(src + (u64)rows[blockIdx.x] * width);
     uint4* to = (uint4*)(dst + (u64)blockIdx.x * width);
     for (int i = threadIdx.x; i < width / 8; i += blockDim.x) to[i] = from[i];
+}
+
+// x[r, i] += bias[i] over rows of `width` bf16 values, summed in f32 and rounded once.
+// Grid: (ceil(width / blockDim.x), rows).
+extern "C" __global__ void add_bias(bf16* __restrict__ x, const bf16* __restrict__ bias, int width) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= width) return;
+    u64 at = (u64)blockIdx.y * width + i;
+    x[at] = f2bf(bf2f(x[at]) + bf2f(bias[i]));
 }

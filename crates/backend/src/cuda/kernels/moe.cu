@@ -1,19 +1,22 @@
-// Mixture-of-experts routing and combining. The expert products themselves are cuBLASLt GEMMs on
-// rows gathered by expert (`gather_rows`, `silu_mul`); these kernels choose the experts and sum
-// their outputs back per token.
+// Mixture-of-experts routing, GPT-OSS's expert activation and combining. The expert products
+// themselves are cuBLASLt GEMMs on rows gathered by expert (`gather_rows`, then `silu_mul` or
+// `clamped_swiglu`); these kernels choose the experts, activate GPT-OSS's, and sum their outputs
+// back per token.
 
 #define MOE_MAX_TOP_K 16
 
-// One thread per token: the `k` largest router logits (plus `bias[e]` where given: the planted
-// Zipf skew), ties to the lower expert, and their weights by `method`, in lumen's RoutingMethod
-// order: 0 Default (softmax over every expert), 1 Renormalize (softmax over the chosen),
-// 2 RenormalizeNaive (softmax over every expert, renormalised over the chosen), 3 Llama4
-// (sigmoid); times `scale`. k <= MOE_MAX_TOP_K.
-extern "C" __global__ void moe_route(const float* __restrict__ logits, const float* __restrict__ bias, int tokens, int experts, int k,
-                                     int method, float scale, u32* __restrict__ out_experts, float* __restrict__ out_weights) {
+// One thread per token: the `k` largest router logits (plus, where given, the router's own bf16
+// bias `router_bias[e]` and the planted Zipf skew `bias[e]`, summed first), ties to the lower
+// expert, and their weights by `method`, in lumen's RoutingMethod order: 0 Default (softmax over
+// every expert), 1 Renormalize (softmax over the chosen), 2 RenormalizeNaive (softmax over every
+// expert, renormalised over the chosen), 3 Llama4 (sigmoid); times `scale`. k <= MOE_MAX_TOP_K.
+extern "C" __global__ void moe_route(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
+                                     int tokens, int experts, int k, int method, float scale, u32* __restrict__ out_experts,
+                                     float* __restrict__ out_weights) {
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= tokens) return;
-    const float* z = logits + (u64)t * experts;
+    const float* row = logits + (u64)t * experts;
+    auto z = [&](int e) { return row[e] + ((router_bias ? bf2f(router_bias[e]) : 0.f) + (bias ? bias[e] : 0.f)); };
     int chosen[MOE_MAX_TOP_K];
     float value[MOE_MAX_TOP_K];
     for (int j = 0; j < k; j++) {
@@ -22,7 +25,7 @@ extern "C" __global__ void moe_route(const float* __restrict__ logits, const flo
         for (int e = 0; e < experts; e++) {
             bool taken = false;
             for (int i = 0; i < j; i++) taken |= chosen[i] == e;
-            float v = z[e] + (bias ? bias[e] : 0.f);
+            float v = z(e);
             if (!taken && (best < 0 || v > best_value)) {
                 best = e;
                 best_value = v;
@@ -33,8 +36,8 @@ extern "C" __global__ void moe_route(const float* __restrict__ logits, const flo
     }
     float all_max = -INFINITY, all_sum = 0.f;
     if (method == 0 || method == 2) {
-        for (int e = 0; e < experts; e++) all_max = fmaxf(all_max, z[e] + (bias ? bias[e] : 0.f));
-        for (int e = 0; e < experts; e++) all_sum += expf(z[e] + (bias ? bias[e] : 0.f) - all_max);
+        for (int e = 0; e < experts; e++) all_max = fmaxf(all_max, z(e));
+        for (int e = 0; e < experts; e++) all_sum += expf(z(e) - all_max);
     }
     float weight[MOE_MAX_TOP_K];
     float chosen_sum = 0.f;
@@ -51,6 +54,24 @@ extern "C" __global__ void moe_route(const float* __restrict__ logits, const flo
         out_experts[(u64)t * k + j] = (u32)chosen[j];
         out_weights[(u64)t * k + j] = w * scale;
     }
+}
+
+// GPT-OSS's expert activation on rows of [gate (f), up (f)] bf16 values, plus `bias` (2·f, the
+// same layout) where given: g = min(gate, limit), u = clamp(up, −limit, limit),
+// out = g · sigmoid(alpha · g) · (u + 1). Grid: (ceil(f / blockDim.x), rows).
+extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, const bf16* __restrict__ bias, int f, float alpha, float limit,
+                                          bf16* __restrict__ out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= f) return;
+    u64 t = blockIdx.y;
+    float g = bf2f(gate_up[t * 2 * f + i]), u = bf2f(gate_up[t * 2 * f + f + i]);
+    if (bias) {
+        g += bf2f(bias[i]);
+        u += bf2f(bias[f + i]);
+    }
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+    out[t * f + i] = f2bf(g / (1.f + expf(-alpha * g)) * (u + 1.f));
 }
 
 // out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]], rows of `h` bf16 values, plus the
