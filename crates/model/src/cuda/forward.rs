@@ -408,8 +408,9 @@ fn enqueue_moe(
         // The gate GEMM ran; its logits give way to the balanced ones.
         gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
     }
-    let zipf = w.gate_bias.as_ref().map_or(0, |g| g.ptr);
-    // The perfect router's logits replace the biased ones, as on the CPU.
+    // The perfect router's logits replace the biased ones (the router's bias and the planted
+    // skew), as on the CPU.
+    let zipf = w.gate_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |g| g.ptr);
     let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
     let method = route_method(m.routing)?;
     k.moe_route(gpu, b.logits.ptr, router_bias, zipf, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
