@@ -400,7 +400,7 @@ impl Engine {
 
         let end = now_ns();
         let allocs = AllocTotals::now().since(allocs_before);
-        let expert_load = self.runner.take_expert_load();
+        let expert_load = self.runner.take_expert_load()?;
         let work = self.work.iteration(&decision.seqs, &expert_load);
         let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
         let gen: Vec<_> = decision.seqs.iter().filter(|s| !s.is_context).collect();

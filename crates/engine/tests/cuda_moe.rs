@@ -13,6 +13,13 @@
 //!   tokens × k) and differs from the CPU's choice in at most 2% of the assignments (near ties
 //!   in bf16);
 //! - with `LUMEN_PERFECT_ROUTER=1` the skewed model's experts each get exactly their share.
+//!
+//! Decode steps of one sequence run every slot's experts on the device (`moe_gemv`, replayed as
+//! CUDA graphs); for Qwen3-MoE, Qwen1.5-MoE and GPT-OSS widths, 12 greedy tokens after a prompt:
+//! - each decode step's expert load, counted on the device, sums to top-k in every MoE layer;
+//! - while the CUDA chain follows the CPU's, every token's log-probability is within the bf16
+//!   bound of the CPU's, and the chains part only where the CPU's two likeliest tokens lie within
+//!   twice that bound of each other (a near tie), after at least 4 equal tokens.
 
 use lumen_engine::{Engine, EngineConfig, KvBudget, Request, SamplingParams, StopConditions};
 use lumen_model::{load_model_with, Device, LoadOptions, Model, Quantization};
@@ -60,6 +67,69 @@ fn prefill(model: Arc<Model>, len: usize, batch_invariant: bool) -> (Vec<Vec<u32
     (loads, first)
 }
 
+/// Greedy decode of one prompt of `len` tokens for `steps` tokens: each token with its
+/// log-probability and the two likeliest, and the expert load of every decode step.
+fn decode(model: Arc<Model>, len: usize, steps: usize) -> (Vec<(u32, f32, Vec<(u32, f32)>)>, Vec<Vec<Vec<u32>>>) {
+    let vocab = model.config().vocab_size as u32;
+    let config = EngineConfig { kv_budget: KvBudget::Tokens(4096), ..EngineConfig::default() };
+    let mut engine = Engine::new(model, config).unwrap();
+    let prompt = (0..len as u32).map(|i| (i * 577 + 19) % vocab).collect();
+    let stop = StopConditions { max_tokens: steps, stop_ids: vec![], ignore_eos: true };
+    let stream = engine.submit(Request { prompt, sampling: SamplingParams { logprobs: Some(2), ..SamplingParams::default() }, stop });
+    let mut loads = Vec::new();
+    let mut first = true;
+    while engine.has_work() {
+        let stats = engine.step().unwrap().stats;
+        if !std::mem::take(&mut first) {
+            loads.push(stats.expert_load);
+        }
+    }
+    let tokens = stream
+        .events
+        .try_iter()
+        .filter_map(|e| match e {
+            lumen_engine::RequestEvent::Token { id, logprobs } => {
+                let lp = logprobs.expect("asked for");
+                Some((id, lp.logprob, lp.top))
+            }
+            _ => None,
+        })
+        .collect();
+    (tokens, loads)
+}
+
+/// The decode checks of the module doc.
+fn decode_steps_follow_the_cpu() {
+    const STEPS: usize = 12;
+    for spec in ["qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "gpt-oss-20b+layers=2"] {
+        let (cpu, _) = decode(load(spec, Device::Cpu), PROMPT, STEPS);
+        let cuda_model = load(spec, Device::Cuda);
+        let top_k = cuda_model.config().moe.as_ref().expect("a MoE preset").top_k as u32;
+        let (cuda, loads) = decode(cuda_model, PROMPT, STEPS);
+        assert_eq!((cpu.len(), cuda.len()), (STEPS, STEPS), "{spec}: every token delivered");
+        assert_eq!(loads.len(), STEPS - 1, "{spec}: one load per decode step");
+        for (step, layers) in loads.iter().enumerate() {
+            assert!(!layers.is_empty(), "{spec} step {step}: no expert load recorded");
+            for (layer, load) in layers.iter().enumerate() {
+                assert_eq!(load.iter().sum::<u32>(), top_k, "{spec} step {step} layer {layer}: one token's top-{top_k}: {load:?}");
+            }
+        }
+        for (i, (c, g)) in cpu.iter().zip(&cuda).enumerate() {
+            if c.0 != g.0 {
+                let gap = c.2[0].1 - c.2[1].1;
+                assert!(
+                    i >= 4 && gap < 2.0 * BF16_BOUND,
+                    "{spec}: token {i} is {} on CUDA, {} on the CPU, whose top two lie {gap} apart",
+                    g.0,
+                    c.0
+                );
+                break;
+            }
+            assert!((c.1 - g.1).abs() < BF16_BOUND, "{spec} token {i}: log-probability CPU {}, CUDA {}", c.1, g.1);
+        }
+    }
+}
+
 #[test]
 fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
     if device_or_skip(lumen_backend::cuda::Gpu::open(0)).is_none() {
@@ -95,6 +165,7 @@ fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
             }
         }
     }
+    decode_steps_follow_the_cpu();
     // The perfect router is read from the environment at load; this test is its binary's only one.
     std::env::set_var("LUMEN_PERFECT_ROUTER", "1");
     let perfect = load("olmoe-1b-7b+layers=2+zipf=1.5", Device::Cuda);

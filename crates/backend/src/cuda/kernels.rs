@@ -54,6 +54,8 @@ pub struct Kernels {
     gather_rows: Kernel,
     moe_route: Kernel,
     moe_combine: Kernel,
+    moe_gemv: Kernel,
+    moe_count: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
     attention_prefill: [(usize, Kernel); 3],
@@ -109,6 +111,8 @@ impl Kernels {
             gather_rows: get("gather_rows")?,
             moe_route: get("moe_route")?,
             moe_combine: get("moe_combine")?,
+            moe_gemv: get("moe_gemv")?,
+            moe_count: get("moe_count")?,
             attention: [
                 (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
                 (64, get("attention_hd64_r1")?, get("attention_hd64_r4")?),
@@ -285,7 +289,38 @@ impl Kernels {
         self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(ROW_THREADS), 1, 1), ROW_THREADS, args)
     }
 
-    /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` over `tokens` rows of `h` bf16 values,
+    /// For each of `slots` routed slots (`experts[s]` its expert, u32), `y[s] = x[s / x_div] · W_e`
+    /// (+ `b_e`): `n` outputs of `k` inputs, bf16, with each expert's weight and bias found
+    /// through `weights` and `biases` (device tables of one u64 pointer per expert; `biases` or an
+    /// entry of it 0 where there is none). Reads everything on the device (moe_decode.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_gemv(
+        &self,
+        gpu: &Gpu,
+        x: u64,
+        x_div: usize,
+        experts: u64,
+        weights: u64,
+        biases: u64,
+        slots: usize,
+        n: usize,
+        k: usize,
+        y: u64,
+    ) -> Result<()> {
+        anyhow::ensure!(k.is_multiple_of(8), "moe_gemv: {k} inputs, expected a multiple of 8");
+        let rows_per_block = (GEMV_THREADS / 32) as usize;
+        let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32).ptr(y);
+        self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
+    }
+
+    /// Adds each of `slots` routed slots to its expert's count in `load` (u32 per expert).
+    pub fn moe_count(&self, gpu: &Gpu, experts: u64, slots: usize, load: u64) -> Result<()> {
+        let args = Args::default().ptr(experts).i32(slots as i32).ptr(load);
+        self.launch(gpu, self.moe_count, ((slots as u32).div_ceil(ROW_THREADS), 1, 1), ROW_THREADS, args)
+    }
+
+    /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` (`y[t·k + j]` when `pos` is 0) over
+    /// `tokens` rows of `h` bf16 values,
     /// plus the shared expert's row `shared[t]` when `shared` is non-zero, scaled by
     /// `sigmoid(shared_gate[t])` when `shared_gate` is.
     #[allow(clippy::too_many_arguments)]

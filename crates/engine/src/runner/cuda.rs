@@ -14,7 +14,9 @@ use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
-use lumen_model::cuda::{enqueue_forward, Activations, CudaWeights, KvCache, RankCollectives, StepInputs, StepShape};
+use lumen_model::cuda::{
+    enqueue_forward, expert_load, moe_graphable, Activations, CudaWeights, KvCache, RankCollectives, StepInputs, StepShape,
+};
 use lumen_model::{Executor, ForwardBatch, Model, ModelConfig, Quantization};
 use lumen_trace::instrument::{record_span, span, Category};
 use std::collections::HashMap;
@@ -127,8 +129,8 @@ pub struct CudaRunner {
     events: (Event, Event),
     last_device_ms: Option<f64>,
     pending_rows: usize,
-    /// Each MoE layer's expert load in the step queued last (empty for a dense model).
-    expert_load: Vec<Vec<u32>>,
+    /// Whether a step ran since the expert load was last read.
+    stepped: bool,
 }
 
 /// The weights and config this runner computes with: the model's, or rank `rank`'s shard of it.
@@ -225,14 +227,22 @@ impl CudaRunner {
             events,
             last_device_ms: None,
             pending_rows: 0,
-            expert_load: Vec::new(),
+            stepped: false,
         })
     }
 
-    /// Each MoE layer's expert load in the step launched last, handed over once (empty for a
-    /// dense model).
-    pub fn take_expert_load(&mut self) -> Vec<Vec<u32>> {
-        std::mem::take(&mut self.expert_load)
+    /// Each MoE layer's expert load in the step finished last, counted on the device, handed over
+    /// once (empty for a dense model).
+    pub fn take_expert_load(&mut self) -> Result<Vec<Vec<u32>>> {
+        if !std::mem::take(&mut self.stepped) {
+            return Ok(Vec::new());
+        }
+        expert_load(&self.act, &self.gpu).context("reading the step's expert load")
+    }
+
+    /// Whether the MoE layers route with the perfect router (whose logits come from the host).
+    fn perfect_router(&self) -> bool {
+        shard(&self.model, self.rank_index()).is_ok_and(|(w, _)| w.perfect_router)
     }
 
     /// KV blocks the engine may hand out (one more, reserved, takes padded rows' writes).
@@ -330,8 +340,14 @@ impl CudaRunner {
             && batch.seqs.iter().enumerate().all(|(i, s)| s.len == 1 && s.start == i)
             && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i)
             && batch.logit_rows.len() == n;
-        // A MoE layer waits for its routing on the host, which a graph cannot.
-        let graph_size = if decode_only && self.model.config().moe.is_none() { self.config.graph_size(n) } else { None };
+        // A MoE step replays only where its layers run on the device alone, at its exact size (so
+        // no padding rows join the expert load).
+        let c = self.model.config();
+        let graph_size = match self.config.graph_size(n) {
+            Some(size) if decode_only && c.moe.is_none() => Some(size),
+            Some(size) if decode_only && size == n && moe_graphable(c, n, self.perfect_router()) => Some(size),
+            _ => None,
+        };
         let Some(size) = graph_size else { return self.stage_eager(batch, params) };
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let (splits, split_tokens) = self.split_plan(size, max_ctx, size);
@@ -529,8 +545,8 @@ impl CudaRunner {
             table_data: self.dev(l.table_data),
             split_tokens: self.dev(l.split_tokens),
         };
-        self.expert_load =
-            enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
+        enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
+        self.stepped = true;
         if sample && self.rank_index().unwrap_or(0) == 0 {
             let vocab = model.config().vocab_size;
             w.kernels.sample_tokens(&self.gpu, self.act.logits.ptr, self.dev(l.params), shape.rows, vocab, self.sampled.ptr)?;

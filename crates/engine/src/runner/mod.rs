@@ -148,13 +148,13 @@ impl Runner {
 
     /// For each MoE layer of the last forward pass, the assignments each expert received; empty
     /// for a dense model.
-    pub fn take_expert_load(&mut self) -> Vec<Vec<u32>> {
-        match self {
+    pub fn take_expert_load(&mut self) -> Result<Vec<Vec<u32>>> {
+        Ok(match self {
             Runner::Cpu(r) => r.take_expert_load(),
-            Runner::Cuda(r) => r.take_expert_load(),
+            Runner::Cuda(r) => r.take_expert_load()?,
             // Tensor parallelism splits dense models only.
             Runner::CudaRanks(_) => Vec::new(),
-        }
+        })
     }
 
     /// The sampled token of every logits row of `input`, in order.

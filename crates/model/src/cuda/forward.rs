@@ -10,11 +10,15 @@
 //!
 //! A mixture-of-experts layer runs its gate GEMM to f32 router logits (replaced by the perfect
 //! router's balanced ones when it is on), routes every token on the device (`moe_route`, with
-//! GPT-OSS's router bias), then waits for the choice: the host counts each expert's tokens and
-//! lays out their rows expert by expert, the rows are gathered, each expert with tokens runs its
-//! two GEMMs on its run of rows (with SwiGLU, or GPT-OSS's clamped SwiGLU and biases, between
-//! and after them), and `moe_combine` sums every token's experts with their weights. The wait
-//! makes such a step eager: a model with MoE layers replays no CUDA graphs.
+//! GPT-OSS's router bias) and counts each expert's slots there (`moe_count`, the step's expert
+//! load, read back by [`expert_load`] once the step is done). Then, for a step of at most
+//! [`MOE_DEVICE_SLOTS`] routed slots (a decode step of a few tokens), each slot's two expert
+//! products run as `moe_gemv`s that find the expert's weights through device tables, so nothing
+//! waits for the host and the step can replay as a CUDA graph ([`moe_graphable`]). A larger step
+//! waits for the choice: the host lays out the rows expert by expert, the rows are gathered, and
+//! each expert with tokens runs its two GEMMs on its run of rows. Either way SwiGLU, or GPT-OSS's
+//! clamped SwiGLU and biases, sit between and after the products, and `moe_combine` sums every
+//! token's experts with their weights.
 
 use super::weights::CudaWeights;
 use crate::config::ModelConfig;
@@ -67,6 +71,31 @@ struct MoeBuffers {
     /// The shared expert's gate/up `[tokens, 2·fs]`, activations `[tokens, fs]` and output
     /// `[tokens, hidden]` (bf16), and its gate's logits (`[tokens]` f32), where the model has one.
     shared: Option<(DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer)>,
+    /// `[moe layers, experts]` u32: the step's slots per expert, zeroed at its start.
+    load: DeviceBuffer,
+    moe_layers: usize,
+}
+
+/// Most routed slots (tokens × top-k) a MoE layer runs on the device alone with `moe_gemv`: each
+/// slot reads its expert's weights, so beyond a few tokens grouping rows by expert for GEMMs
+/// reads less.
+pub const MOE_DEVICE_SLOTS: usize = 32;
+
+/// Whether a step of `tokens` tokens can replay as a CUDA graph on a MoE model: its layers run
+/// on the device alone, and no balanced logits need uploading from the host (the perfect router
+/// is off). Dense models always can.
+pub fn moe_graphable(c: &ModelConfig, tokens: usize, perfect_router: bool) -> bool {
+    c.moe.as_ref().is_none_or(|m| tokens * m.top_k <= MOE_DEVICE_SLOTS && !perfect_router)
+}
+
+/// The expert load of the step finished last: per MoE layer, the slots each expert received.
+/// Empty for a dense model. Call after the step's work is done.
+pub fn expert_load(act: &Activations, gpu: &Gpu) -> Result<Vec<Vec<u32>>> {
+    let Some(b) = &act.moe else { return Ok(Vec::new()) };
+    let experts = b.load.bytes / 4 / b.moe_layers.max(1);
+    let mut all = vec![0u32; b.moe_layers * experts];
+    gpu.download(&mut all, b.load.ptr)?;
+    Ok(all.chunks(experts.max(1)).map(<[u32]>::to_vec).collect())
 }
 
 impl Activations {
@@ -114,6 +143,8 @@ impl Activations {
                                 alloc(t, 4, "shared expert gate")?,
                             )),
                         },
+                        load: alloc(c.num_moe_layers().max(1) * e, 4, "expert load")?,
+                        moe_layers: c.num_moe_layers(),
                     })
                 }
             },
@@ -240,8 +271,8 @@ pub struct StepShape {
 }
 
 /// Queues the forward pass of one step: embedding, every layer, the final norm, the gather of
-/// the logits rows and the output head into `act.logits` (f32); returns each MoE layer's expert
-/// load (the tokens each expert received; empty for a dense model). For a tensor-parallel rank
+/// the logits rows and the output head into `act.logits` (f32); each MoE layer counts its expert
+/// load on the device ([`expert_load`]). For a tensor-parallel rank
 /// (`rank`), `c` is the rank's config: the output and down products are partial sums, summed over
 /// the ranks in place, and the head's rows of the logits are gathered from every rank.
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +285,7 @@ pub fn enqueue_forward(
     inputs: &StepInputs,
     shape: StepShape,
     rank: Option<&RankCollectives>,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<()> {
     let (k, gpu) = (&w.kernels, &*w.gpu);
     let t = shape.tokens;
     let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
@@ -264,7 +295,10 @@ pub fn enqueue_forward(
     let Some(first) = layers.first() else { bail!("the model has no layers") };
     let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
     let all_reduce = |b: &DeviceBuffer| rank.map_or(Ok(()), |r| r.comm.all_reduce_sum(gpu, b.ptr, t * h, DType::Bf16));
-    let mut expert_load = Vec::new();
+    if let Some(b) = &act.moe {
+        gpu.fill(b.load.ptr, 0, b.load.bytes)?;
+    }
+    let mut moe_layer = 0;
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
@@ -344,7 +378,10 @@ pub fn enqueue_forward(
                 linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
                 all_reduce(&act.delta)?;
             }
-            FeedForward::Moe(moe) => expert_load.push(enqueue_moe(w, c, linear, act, moe, t, expert_load.is_empty())?),
+            FeedForward::Moe(moe) => {
+                enqueue_moe(w, c, linear, act, moe, li, moe_layer, t)?;
+                moe_layer += 1;
+            }
         }
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
@@ -352,8 +389,7 @@ pub fn enqueue_forward(
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);
     let Some(rank) = rank else {
-        linear.run(gpu, k, last, w.head(), act.logits.tensor(DType::F32, shape.rows, c.vocab_size))?;
-        return Ok(expert_load);
+        return linear.run(gpu, k, last, w.head(), act.logits.tensor(DType::F32, shape.rows, c.vocab_size));
     };
     // This rank's rows of the vocabulary, then everyone's, laid out row by row.
     let (rows, part) = (shape.rows, c.vocab_size);
@@ -363,7 +399,7 @@ pub fn enqueue_forward(
     for r in 0..rank.comm.ranks {
         gpu.copy_2d(act.logits.at(r * part * 4), vocab * 4, rank.gathered.at(r * rows * part * 4), part * 4, part * 4, rows)?;
     }
-    Ok(expert_load)
+    Ok(())
 }
 
 /// The routing method's index in `moe_route`.
@@ -382,18 +418,20 @@ fn rows_of(buffer: &DeviceBuffer, row: usize, rows: usize, cols: usize) -> Tenso
     Tensor { ptr: buffer.at(row * cols * 2), ..buffer.tensor(DType::Bf16, rows, cols) }
 }
 
-/// One mixture-of-experts layer on `act.normed` into `act.delta`, for `t` tokens (see the module
-/// doc); `first` uploads this step's balanced logits when the perfect router is on. Returns the
-/// tokens each expert received.
+/// One mixture-of-experts layer (layer `layer`, the `moe_layer`-th with experts) on `act.normed`
+/// into `act.delta`, for `t` tokens (see the module doc). The first MoE layer uploads this step's
+/// balanced logits when the perfect router is on.
+#[allow(clippy::too_many_arguments)]
 fn enqueue_moe(
     w: &CudaWeights,
     c: &ModelConfig,
     linear: &mut Linear,
     act: &Activations,
     moe: &Moe<DeviceTensor, DeviceTensor>,
+    layer: usize,
+    moe_layer: usize,
     t: usize,
-    first: bool,
-) -> Result<Vec<u32>> {
+) -> Result<()> {
     let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
     let m = c.moe.as_ref().expect("a MoE layer has the MoE config");
     let b = act.moe.as_ref().expect("MoE buffers for a MoE model");
@@ -401,7 +439,7 @@ fn enqueue_moe(
     let slots = t * top;
     linear.run(gpu, k, act.normed.tensor(DType::Bf16, t, h), moe.router.view(), b.logits.tensor(DType::F32, t, e))?;
     if w.perfect_router {
-        if first {
+        if moe_layer == 0 {
             let key = BalancedKey { tokens: t, num_experts: e, top_k: top, method: m.routing, ep_ranks: 1, groups: m.groups };
             gpu.copy_to_device(b.balanced.ptr, &balanced_logits(key)?[..])?;
         }
@@ -414,44 +452,34 @@ fn enqueue_moe(
     let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
     let method = route_method(m.routing)?;
     k.moe_route(gpu, b.logits.ptr, router_bias, zipf, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
-    // The host lays the rows out expert by expert (waiting for the choice).
-    let mut chosen = vec![0u32; slots];
-    gpu.download(&mut chosen, b.experts.ptr)?;
-    let mut load = vec![0u32; e];
-    for &x in &chosen {
-        load[x as usize] += 1;
-    }
-    let mut start: Vec<u32> = load.iter().scan(0u32, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
-    let (mut position, mut token) = (vec![0u32; slots], vec![0u32; slots]);
-    for (slot, &x) in chosen.iter().enumerate() {
-        let p = &mut start[x as usize];
-        position[slot] = *p;
-        token[*p as usize] = (slot / top) as u32;
-        *p += 1;
-    }
-    gpu.copy_to_device(b.position.ptr, &position)?;
-    gpu.copy_to_device(b.token.ptr, &token)?;
-    k.gather_rows(gpu, act.normed.ptr, b.token.ptr, slots, h, b.x.ptr)?;
-    let mut row = 0;
-    for (expert, &n) in moe.experts.iter().zip(&load) {
-        let n = n as usize;
-        if n > 0 {
-            linear.run(gpu, k, rows_of(&b.x, row, n, h), expert.gate_up.view(), rows_of(&b.gate_up, row, n, 2 * fe))?;
-            let (gate_up, out) = (b.gate_up.at(row * 2 * fe * 2), b.act.at(row * fe * 2));
-            match m.activation {
-                ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out)?,
-                ExpertActivation::ClampedSwiGlu { alpha, limit } => {
-                    let bias = expert.gate_up_bias.as_ref().map_or(0, |b| b.ptr());
-                    k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out)?
-                }
-            }
-            linear.run(gpu, k, rows_of(&b.act, row, n, fe), expert.down.view(), rows_of(&b.y, row, n, h))?;
-            if let Some(bias) = &expert.down_bias {
-                k.add_bias(gpu, n, h, b.y.at(row * h * 2), bias.ptr())?;
-            }
-        }
-        row += n;
-    }
+    k.moe_count(gpu, b.experts.ptr, slots, b.load.at(moe_layer * e * 4))?;
+    let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {
+        ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),
+        ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out),
+    };
+    let positions = if slots <= MOE_DEVICE_SLOTS {
+        // Every slot's products straight from the routing, in slot order.
+        let tables = w.expert_tables[layer].as_ref().expect("a MoE layer has its expert tables");
+        let bias_table = |table: &Option<DeviceBuffer>| table.as_ref().map_or(0, |t| t.ptr);
+        k.moe_gemv(
+            gpu,
+            act.normed.ptr,
+            top,
+            b.experts.ptr,
+            tables.gate_up.ptr,
+            bias_table(&tables.gate_up_bias),
+            slots,
+            2 * fe,
+            h,
+            b.gate_up.ptr,
+        )?;
+        activate(slots, b.gate_up.ptr, 0, b.act.ptr)?;
+        k.moe_gemv(gpu, b.act.ptr, 1, b.experts.ptr, tables.down.ptr, bias_table(&tables.down_bias), slots, h, fe, b.y.ptr)?;
+        0
+    } else {
+        enqueue_expert_gemms(w, linear, b, moe, act.normed.ptr, t, top, h, fe, &activate)?;
+        b.position.ptr
+    };
     let (mut shared_out, mut shared_gate) = (0, 0);
     if let (Some(shared), Some((gate_up, sact, out, gate))) = (&moe.shared, &b.shared) {
         let fs = shared.expert.down.cols;
@@ -465,6 +493,57 @@ fn enqueue_moe(
             shared_gate = gate.ptr;
         }
     }
-    k.moe_combine(gpu, b.y.ptr, b.position.ptr, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)?;
-    Ok(load)
+    k.moe_combine(gpu, b.y.ptr, positions, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)
+}
+
+/// A larger step's experts: waits for the routing, lays the slots out expert by expert on the
+/// host, gathers their rows from `normed`, and runs each expert with tokens as two GEMMs on its run of rows
+/// (`activate` between them), its outputs left in expert order (`b.position` maps slots to it).
+#[allow(clippy::too_many_arguments)]
+fn enqueue_expert_gemms(
+    w: &CudaWeights,
+    linear: &mut Linear,
+    b: &MoeBuffers,
+    moe: &Moe<DeviceTensor, DeviceTensor>,
+    normed: u64,
+    t: usize,
+    top: usize,
+    h: usize,
+    fe: usize,
+    activate: &dyn Fn(usize, u64, u64, u64) -> Result<()>,
+) -> Result<()> {
+    let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
+    let slots = t * top;
+    let mut chosen = vec![0u32; slots];
+    gpu.download(&mut chosen, b.experts.ptr)?;
+    let mut load = vec![0u32; moe.experts.len()];
+    for &x in &chosen {
+        load[x as usize] += 1;
+    }
+    let mut start: Vec<u32> = load.iter().scan(0u32, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
+    let (mut position, mut token) = (vec![0u32; slots], vec![0u32; slots]);
+    for (slot, &x) in chosen.iter().enumerate() {
+        let p = &mut start[x as usize];
+        position[slot] = *p;
+        token[*p as usize] = (slot / top) as u32;
+        *p += 1;
+    }
+    gpu.copy_to_device(b.position.ptr, &position)?;
+    gpu.copy_to_device(b.token.ptr, &token)?;
+    k.gather_rows(gpu, normed, b.token.ptr, slots, h, b.x.ptr)?;
+    let mut row = 0;
+    for (expert, &n) in moe.experts.iter().zip(&load) {
+        let n = n as usize;
+        if n > 0 {
+            linear.run(gpu, k, rows_of(&b.x, row, n, h), expert.gate_up.view(), rows_of(&b.gate_up, row, n, 2 * fe))?;
+            let bias = expert.gate_up_bias.as_ref().map_or(0, |b| b.ptr());
+            activate(n, b.gate_up.at(row * 2 * fe * 2), bias, b.act.at(row * fe * 2))?;
+            linear.run(gpu, k, rows_of(&b.act, row, n, fe), expert.down.view(), rows_of(&b.y, row, n, h))?;
+            if let Some(bias) = &expert.down_bias {
+                k.add_bias(gpu, n, h, b.y.at(row * h * 2), bias.ptr())?;
+            }
+        }
+        row += n;
+    }
+    Ok(())
 }

@@ -34,6 +34,37 @@ pub struct CudaWeights {
     pub gate_bias: Option<DeviceBuffer>,
     /// Whether the MoE layers route with the perfect router's balanced logits.
     pub perfect_router: bool,
+    /// Per layer, for a MoE layer, its experts' weights and biases as device tables of pointers
+    /// (what `moe_gemv` reads to run a few tokens' experts without the host).
+    pub expert_tables: Vec<Option<ExpertTables>>,
+}
+
+/// One MoE layer's experts as tables of device pointers, one u64 per expert; a bias table is
+/// absent when no expert has that bias.
+pub struct ExpertTables {
+    pub gate_up: DeviceBuffer,
+    pub gate_up_bias: Option<DeviceBuffer>,
+    pub down: DeviceBuffer,
+    pub down_bias: Option<DeviceBuffer>,
+}
+
+impl ExpertTables {
+    fn upload(gpu: &Gpu, moe: &crate::plan::Moe<DeviceTensor, DeviceTensor>) -> Result<Self> {
+        let table = |ptrs: Vec<u64>, what: &str| gpu.upload(&ptrs, what);
+        let optional = |ptrs: Vec<u64>, what: &str| -> Result<Option<DeviceBuffer>> {
+            Ok(if ptrs.iter().any(|&p| p != 0) { Some(table(ptrs, what)?) } else { None })
+        };
+        let e = &moe.experts;
+        Ok(ExpertTables {
+            gate_up: table(e.iter().map(|x| x.gate_up.ptr()).collect(), "expert gate/up pointers")?,
+            gate_up_bias: optional(
+                e.iter().map(|x| x.gate_up_bias.as_ref().map_or(0, |b| b.ptr())).collect(),
+                "expert gate/up bias pointers",
+            )?,
+            down: table(e.iter().map(|x| x.down.ptr()).collect(), "expert down pointers")?,
+            down_bias: optional(e.iter().map(|x| x.down_bias.as_ref().map_or(0, |b| b.ptr())).collect(), "expert down bias pointers")?,
+        })
+    }
 }
 
 struct CudaFill<'f, 'a> {
@@ -243,6 +274,14 @@ impl CudaWeights {
             Some((experts, exponent)) => Some(gpu.upload(&zipf_gate_bias(experts, exponent), "the planted gate skew")?),
             None => None,
         };
-        Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes, quantization, gate_bias, perfect_router })
+        let expert_tables = weights
+            .layers
+            .iter()
+            .map(|l| match &l.feed_forward {
+                FeedForward::Moe(moe) => ExpertTables::upload(&gpu, moe).map(Some),
+                FeedForward::Dense { .. } => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(CudaWeights { gpu, kernels, weights, inv_freq, bytes, quantization, gate_bias, perfect_router, expert_tables })
     }
 }

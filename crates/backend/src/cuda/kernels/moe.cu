@@ -74,7 +74,8 @@ extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, cons
     out[t * f + i] = f2bf(g / (1.f + expf(-alpha * g)) * (u + 1.f));
 }
 
-// out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]], rows of `h` bf16 values, plus the
+// out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]] (y[t*k + j] when pos is null: rows
+// in slot order), rows of `h` bf16 values, plus the
 // shared expert's row `shared[t]` where given, scaled by sigmoid(shared_gate[t]) where that is
 // given; summed in f32 and rounded once. One block per token.
 extern "C" __global__ void moe_combine(const bf16* __restrict__ y, const u32* __restrict__ pos, const float* __restrict__ weights, int k, int h,
@@ -83,7 +84,7 @@ extern "C" __global__ void moe_combine(const bf16* __restrict__ y, const u32* __
     float scale = shared_gate ? 1.f / (1.f + expf(-shared_gate[t])) : 1.f;
     for (int i = threadIdx.x; i < h; i += blockDim.x) {
         float acc = 0.f;
-        for (int j = 0; j < k; j++) acc += weights[t * k + j] * bf2f(y[(u64)pos[t * k + j] * h + i]);
+        for (int j = 0; j < k; j++) acc += weights[t * k + j] * bf2f(y[(pos ? (u64)pos[t * k + j] : t * k + j) * h + i]);
         if (shared) acc += scale * bf2f(shared[t * h + i]);
         out[t * h + i] = f2bf(acc);
     }
