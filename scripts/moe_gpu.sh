@@ -4,8 +4,9 @@
 # `lumen bench throughput` with the gate skewed (`+zipf=$ZIPF`, default 1.2) and then with
 # LUMEN_PERFECT_ROUTER=1, each traced, and `lumen analyze --compare` of the pair; then the same
 # pair without the skew, which should read "routing is not a bottleneck". Batch-1 decode of the
-# unskewed model beside it. Logs, reports and traces go to $OUT (default /tmp/moe-gpu); a short
-# table is printed last.
+# unskewed model beside it. The traces hold iterations WINDOW (default 40-79, steady decode;
+# small enough to keep as the analyzer's fixtures). Logs, reports and traces go to $OUT (default
+# /tmp/moe-gpu); a short table is printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -15,6 +16,7 @@ OUT=${OUT:-/tmp/moe-gpu}
 MODEL=${MODEL:-qwen3-30b-a3b}
 REQUESTS=${REQUESTS:-1000}
 ZIPF=${ZIPF:-1.2}
+WINDOW=${WINDOW:-40-79}
 mkdir -p "$OUT"
 "$L" bench prepare-dataset --model "$MODEL" --output "$OUT/data.jsonl" token-norm-dist --num-requests "$REQUESTS" \
   --input-mean 128 --input-stdev 0 --output-mean 128 --output-stdev 0
@@ -24,7 +26,7 @@ mkdir -p "$OUT"
 run() { # NAME SPEC [ENV...]
   local name=$1 spec=$2
   shift 2
-  env "$@" LUMEN_TRACE="$OUT/$name.lumen" "$L" bench throughput --device cuda --model "$spec" --dataset "$OUT/data.jsonl" \
+  env "$@" LUMEN_TRACE="$OUT/$name.lumen" LUMEN_PROFILE_START_STOP="$WINDOW" "$L" bench throughput --device cuda --model "$spec" --dataset "$OUT/data.jsonl" \
     --eos-id -1 --report-json "$OUT/$name.json" >"$OUT/$name.txt" 2>"$OUT/$name.log"
 }
 run skewed "$MODEL+zipf=$ZIPF"
@@ -35,6 +37,7 @@ run plain_perfect "$MODEL" LUMEN_PERFECT_ROUTER=1
 "$L" analyze "$OUT/plain.lumen" --compare "$OUT/plain_perfect.lumen" >"$OUT/compare_plain.txt"
 "$L" bench latency --device cuda --model "$MODEL" --dataset "$OUT/latency.jsonl" --eos-id -1 >"$OUT/latency.txt" 2>&1
 
+ls -la "$OUT"/*.lumen
 echo "== $MODEL, $REQUESTS requests of 128/128 on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 for name in skewed skewed_perfect plain plain_perfect; do
   printf '%-16s %s\n' "$name" "$(grep -h 'Total Output Throughput' "$OUT/$name.txt" | tr -s ' ')"
