@@ -12,10 +12,16 @@ safetensors with its config.json. Then, for one prompt of PROMPT token ids:
   --logprobs 5` gives lumen's chain and, per step, the log-probabilities of its five likeliest
   tokens.
 
-A device passes when lumen's chain is transformers' chain, and at every step each of lumen's five
-log-probabilities is within the device's bound of transformers' for the same token: float32 on the
-CPU (bound CPU_BOUND), bf16 weights and activations on CUDA (bound CUDA_BOUND). Architectures the
-CUDA backend refuses (it says so by name) are reported as refused, not as failures.
+A device passes when lumen's chain is transformers' and its log-probabilities are close:
+- the CPU (float32): the same chain, and each of lumen's five log-probabilities per step within
+  CPU_BOUND of transformers' for the same token;
+- CUDA (bf16 weights and activations, whose rounding grows with a logit's size): the greedy
+  token's log-probability within CUDA_TOP1_BOUND, each of the five within CUDA_RELATIVE_BOUND ×
+  (1 + |transformers' log-probability|), and the same chain, except that the chains may part at
+  a near tie (transformers' two likeliest tokens within NEAR_TIE), after which the steps are not
+  compared.
+Architectures the CUDA backend refuses (it says so by name) are reported as refused, not as
+failures.
 
 Usage (on the GPU machine, which has torch and transformers 5.x; after scripts/gpu_tests.sh build):
   python3 scripts/transformers_check.py [--lumen gpu-tests/lumen] [--devices cpu,cuda] [--out DIR]
@@ -34,7 +40,9 @@ import transformers
 PROMPT = 40
 STEPS = 16
 CPU_BOUND = 2e-3
-CUDA_BOUND = 0.15
+CUDA_TOP1_BOUND = 0.1
+CUDA_RELATIVE_BOUND = 0.03
+NEAR_TIE = 0.2
 SEED = 1234
 
 
@@ -121,14 +129,33 @@ def run_lumen(lumen, directory, device, prompt, log):
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")], None
 
 
-def compare(chain, steps, tokens):
-    """(chains agree, worst |Δ log-probability| over lumen's top-5 at the steps both reached)."""
+def compare(chain, steps, tokens, device):
+    """(passed, description) for lumen's `tokens` against transformers' `chain` and `steps`."""
     got = [t["id"] for t in tokens]
-    worst = 0.0
-    for step, t in zip(steps, tokens):
+    worst_abs = worst_top1 = worst_rel = 0.0
+    parted = None
+    for i, (step, t) in enumerate(zip(steps, tokens)):
+        if t["id"] != chain[i]:
+            top2 = torch.topk(step, 2).values
+            parted = (i, float(top2[0] - top2[1]))
+            break
+        worst_top1 = max(worst_top1, abs(float(step[t["id"]]) - t["logprob"]))
         for token, logprob in t["top"]:
-            worst = max(worst, abs(float(step[token]) - logprob))
-    return got == chain, worst
+            ref = float(step[token])
+            worst_abs = max(worst_abs, abs(ref - logprob))
+            worst_rel = max(worst_rel, abs(ref - logprob) / (1 + abs(ref)))
+    if device == "cpu":
+        ok = got == chain and worst_abs <= CPU_BOUND
+        detail = f"worst |dlogprob| {worst_abs:.2e} (bound {CPU_BOUND:.0e})"
+    else:
+        ok = worst_top1 <= CUDA_TOP1_BOUND and worst_rel <= CUDA_RELATIVE_BOUND and (parted is None or parted[1] < NEAR_TIE)
+        detail = (f"greedy |dlogprob| {worst_top1:.2e} (bound {CUDA_TOP1_BOUND}), top-5 relative {worst_rel:.2e} "
+                  f"(bound {CUDA_RELATIVE_BOUND})")
+    if parted is None:
+        chain_text = f"chain equal ({len(tokens)} tokens)"
+    else:
+        chain_text = f"chain parts at step {parted[0]} (transformers' top two {parted[1]:.3f} apart)"
+    return ok, f"{chain_text}, {detail}"
 
 
 def main():
@@ -139,7 +166,6 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated architectures (default: all)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    bounds = {"cpu": CPU_BOUND, "cuda": CUDA_BOUND}
     generator = torch.Generator().manual_seed(SEED)
     prompt = torch.randint(3, 512, (PROMPT,), generator=generator).tolist()
     rows, failed = [], False
@@ -157,12 +183,9 @@ def main():
                     rows.append((name, device, "refused" if "CUDA backend" in refused else "ERROR", refused[:90]))
                     failed |= "CUDA backend" not in refused
                     continue
-                same, worst = compare(chain, steps, tokens)
-                ok = same and worst <= bounds[device]
+                ok, detail = compare(chain, steps, tokens, device)
                 failed |= not ok
-                verdict = "ok" if ok else "FAILED"
-                rows.append((name, device, verdict, f"chain {'equal' if same else 'DIFFERS'} ({len(tokens)} tokens), "
-                             f"worst |dlogprob| {worst:.2e} (bound {bounds[device]:.0e})"))
+                rows.append((name, device, "ok" if ok else "FAILED", detail))
     print(f"transformers {transformers.__version__}; prompt {PROMPT} ids, {STEPS} greedy steps")
     for name, device, verdict, detail in rows:
         print(f"{name:10} {device:5} {verdict:8} {detail}")

@@ -395,7 +395,16 @@ impl ModelConfig {
         };
         let hidden_size = int("hidden_size")?;
         let num_heads = int("num_attention_heads")?;
-        let (rope_scaling, yarn) = hf_rope_scaling(&v["rope_scaling"], source)?;
+        // transformers 5 writes `rope_parameters` (the base and the scaling in one object) where
+        // earlier versions wrote `rope_theta` and `rope_scaling`.
+        let rope = if v["rope_parameters"].is_object() { &v["rope_parameters"] } else { &v["rope_scaling"] };
+        let (rope_scaling, yarn) = hf_rope_scaling(rope, source)?;
+        let rope_theta = match (&v["rope_parameters"]["rope_theta"], &v["rope_theta"]) {
+            (Value::Null, Value::Null) => 10000.0,
+            (Value::Null, theta) | (theta, _) => {
+                theta.as_f64().with_context(|| format!("{source}: rope_theta is {theta}, expected a number"))?
+            }
+        };
         let eos_token_ids = match &v["eos_token_id"] {
             Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
             Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
@@ -426,7 +435,7 @@ impl ModelConfig {
             head_dim: v["head_dim"].as_u64().map_or(hidden_size / num_heads.max(1), |x| x as usize),
             intermediate_size: int("intermediate_size")?,
             rms_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-5) as f32,
-            rope_theta: v["rope_theta"].as_f64().unwrap_or(10000.0),
+            rope_theta,
             rope_scaling,
             rope_freq_divisors: None,
             max_position_embeddings: v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
@@ -452,7 +461,8 @@ impl ModelConfig {
     }
 }
 
-/// The RoPE scaling of a Hugging Face `config.json`'s `rope_scaling`: Llama-3's, or YaRN's with
+/// The RoPE scaling of a Hugging Face `config.json`'s `rope_scaling` (or transformers 5's
+/// `rope_parameters`, whose `rope_type` may be `default`: none): Llama-3's, or YaRN's with
 /// transformers' defaults (beta_fast 32, beta_slow 1, truncate true, the attention factor from
 /// `attention_factor`, else `mscale`/`mscale_all_dim`, else the factor).
 fn hf_rope_scaling(s: &Value, source: &str) -> Result<(Option<RopeScaling>, Option<Yarn>)> {
@@ -467,6 +477,7 @@ fn hf_rope_scaling(s: &Value, source: &str) -> Result<(Option<RopeScaling>, Opti
         }
     };
     match s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("") {
+        "default" => Ok((None, None)),
         "llama3" => Ok((
             Some(RopeScaling {
                 factor: num("factor")?,
@@ -565,6 +576,26 @@ mod tests {
         let c = ModelConfig::from_hf_json(text, "config.json").unwrap();
         assert!(c.qk_norm && !c.attention_bias && c.tie_word_embeddings);
         assert_eq!((c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()), (32, 2, vec![5, 6]));
+    }
+
+    #[test]
+    fn reads_transformers_5_rope_parameters() {
+        let base = r#"{"model_type":"mixtral","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,
+            "intermediate_size":96,"vocab_size":100,"num_local_experts":8,"num_experts_per_tok":2,"#;
+        let plain = format!(r#"{base}"rope_parameters":{{"rope_type":"default","rope_theta":1000000.0}}}}"#);
+        let c = ModelConfig::from_hf_json(&plain, "config.json").unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling.clone(), c.yarn.is_none()), (1e6, None, true));
+        let yarn = format!(
+            r#"{base}"rope_parameters":{{"rope_type":"yarn","rope_theta":150000,"factor":32.0,"original_max_position_embeddings":4096,"beta_fast":32.0,"beta_slow":1.0,"truncate":false}}}}"#
+        );
+        let c = ModelConfig::from_hf_json(&yarn, "config.json").unwrap();
+        assert_eq!(c.rope_theta, 150000.0);
+        assert!(c.yarn.as_ref().is_some_and(|y| !y.truncate), "{:?}", c.yarn);
+        let older = format!(r#"{base}"rope_theta":500000,"rope_scaling":null}}"#);
+        assert_eq!(ModelConfig::from_hf_json(&older, "config.json").unwrap().rope_theta, 5e5);
+        let bad = format!(r#"{base}"rope_parameters":{{"rope_type":"default","rope_theta":"big"}}}}"#);
+        let e = format!("{:#}", ModelConfig::from_hf_json(&bad, "m/config.json").unwrap_err());
+        assert!(e.contains("m/config.json") && e.contains("rope_theta"), "{e}");
     }
 
     #[test]

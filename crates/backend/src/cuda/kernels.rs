@@ -209,6 +209,7 @@ impl Kernels {
             .ptr(a.bias)
             .ptr(a.q_norm)
             .ptr(a.k_norm)
+            .i32(a.norm_full_width as i32)
             .f32(a.eps)
             .ptr(a.positions)
             .ptr(a.slots)
@@ -454,6 +455,8 @@ pub struct RopeArgs {
     pub bias: u64,
     pub q_norm: u64,
     pub k_norm: u64,
+    /// The q and k norms each span every head of their kind (OLMoE), not one head.
+    pub norm_full_width: bool,
     pub eps: f32,
     pub positions: u64,
     pub slots: u64,

@@ -323,6 +323,7 @@ pub fn enqueue_forward(
             bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
             q_norm: a.q_norm.as_ref().map_or(0, |b| b.ptr()),
             k_norm: a.k_norm.as_ref().map_or(0, |b| b.ptr()),
+            norm_full_width: c.qk_norm_full_width,
             eps,
             positions: inputs.positions,
             slots: inputs.slots,

@@ -87,13 +87,14 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
     norm_row(v, ss, weight, eps, hidden, normed + base, scratch);
 }
 
-// Splits the fused qkv rows: adds the bias, applies the q/k head norms (when given) and rotary
+// Splits the fused qkv rows: adds the bias, applies the q/k norms (when given: per head, or over
+// every head of q and of k with `norm_full_width`, as OLMoE's) and rotary
 // embedding to q and k (its cosines and sines times `attention_factor`: YaRN's, else 1), writes
 // q to `q_out` and k, v into the paged cache at each token's slot.
 // Grid: (tokens, heads + 2 * kv_heads); block: head_dim / 2 threads, one rotation pair each.
 // Cache layout per layer: [block][kv_head][slot in block][head_dim], bf16, or FP8 E4M3 codes with
 // scale 1 when `kv_fp8`.
-extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, float eps,
+extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, int norm_full_width, float eps,
                                          const u32* positions, const u32* slots, const double* inv_freq, float attention_factor,
                                          int heads, int kv_heads, int head_dim, int block_size, bf16* q_out, void* k_cache,
                                          void* v_cache, int kv_fp8) {
@@ -111,9 +112,24 @@ extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, cons
     if (is_q || is_k) {
         const bf16* norm = is_q ? q_norm : k_norm;
         if (norm) {
-            float scale = rsqrtf(block_sum(a * a + b * b, scratch) / head_dim + eps);
-            a = a * scale * bf2f(norm[i]);
-            b = b * scale * bf2f(norm[i + half]);
+            float mean_square;
+            int at = i;
+            if (norm_full_width) {
+                // OLMoE: one norm over every head of this kind (its weight spans them all).
+                const int first = is_q ? 0 : heads * head_dim, n = (is_q ? heads : kv_heads) * head_dim;
+                float part = 0.f;
+                for (int j = i; j < n; j += blockDim.x) {
+                    float v = bf2f(row[first + j]) + (bias ? bf2f(bias[first + j]) : 0.f);
+                    part += v * v;
+                }
+                mean_square = block_sum(part, scratch) / n;
+                at = col - first + i;
+            } else {
+                mean_square = block_sum(a * a + b * b, scratch) / head_dim;
+            }
+            float scale = rsqrtf(mean_square + eps);
+            a = a * scale * bf2f(norm[at]);
+            b = b * scale * bf2f(norm[at + half]);
         }
         const double two_pi = 6.283185307179586;
         double angle = (double)positions[t] * inv_freq[i];
