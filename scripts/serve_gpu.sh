@@ -7,7 +7,8 @@
 #   3. TensorRT-LLM's published serving shape, ISL 467 / OSL 256, at 32 QPS and unlimited;
 # and, before the server starts, `lumen bench throughput --streaming` over the 128/128 requests
 # (TTFT and ITL from the streamed chunks, and the caller-side overhead beside the plain run's).
-# MODEL (default llama-3.1-8b), MAX_BATCH (256), MAX_TOKENS (8192), PORT (8123); logs and results
+# MODEL (default llama-3.1-8b), MAX_BATCH (256), MAX_TOKENS (8192), PORT (8123), RATE_SECONDS (60:
+# how long each fixed-rate run offers requests); logs and results
 # go to $OUT (default /tmp/serve-gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ MODEL=${MODEL:-llama-3.1-8b}
 MAX_BATCH=${MAX_BATCH:-256}
 MAX_TOKENS=${MAX_TOKENS:-8192}
 PORT=${PORT:-8123}
+RATE_SECONDS=${RATE_SECONDS:-60}
 URL=http://127.0.0.1:$PORT
 mkdir -p "$OUT"
 limits=(--device cuda --model "$MODEL" --max-batch-size "$MAX_BATCH" --max-num-tokens "$MAX_TOKENS")
@@ -59,7 +61,7 @@ online = json.load(open(f"{out}/serve_inf.json"))["output_throughput"]
 print(f"output tok/s: bench throughput {offline:,.1f}, lumen serve {online:,.1f}, ratio {online / offline:.3f}")
 PY
 for rate in 1 8 32; do
-  serve_bench "serve_rate$rate" short $((rate * 60 < 2048 ? rate * 60 : 2048)) "$rate"
+  serve_bench "serve_rate$rate" short $((rate * RATE_SECONDS < 2048 ? rate * RATE_SECONDS : 2048)) "$rate"
 done
 serve_bench trtllm_32qps trtllm 1024 32
 serve_bench trtllm_inf trtllm 2048 inf
