@@ -516,8 +516,16 @@ fn hf_moe(v: &Value, arch: &str, source: &str) -> Result<Option<MoeConfig>> {
     let int = |key: &str| -> Result<usize> {
         v[key].as_u64().map(|x| x as usize).with_context(|| format!("{source}: {arch} needs an integer {key:?}"))
     };
+    // transformers 5 saves some configs' `num_experts` under its alias `num_local_experts`.
+    let experts = || match v["num_experts"].as_u64() {
+        Some(n) => Ok(n as usize),
+        None => v["num_local_experts"]
+            .as_u64()
+            .map(|n| n as usize)
+            .with_context(|| format!("{source}: {arch} needs an integer \"num_experts\" or \"num_local_experts\"")),
+    };
     let (num_experts, expert_intermediate_size, routing) = match arch {
-        "mixtral" => (int("num_local_experts")?, int("intermediate_size")?, RoutingMethod::RenormalizeNaive),
+        "mixtral" => (experts()?, int("intermediate_size")?, RoutingMethod::RenormalizeNaive),
         "qwen2_moe" | "qwen3_moe" => {
             for key in ["mlp_only_layers", "decoder_sparse_step"] {
                 let dense_layers = match key {
@@ -530,14 +538,14 @@ fn hf_moe(v: &Value, arch: &str, source: &str) -> Result<Option<MoeConfig>> {
             }
             let renormalize = v["norm_topk_prob"].as_bool().unwrap_or(arch == "qwen3_moe");
             let routing = if renormalize { RoutingMethod::RenormalizeNaive } else { RoutingMethod::Default };
-            (int("num_experts")?, int("moe_intermediate_size")?, routing)
+            (experts()?, int("moe_intermediate_size")?, routing)
         }
         "olmoe" => {
             let routing =
                 if v["norm_topk_prob"].as_bool().unwrap_or(false) { RoutingMethod::RenormalizeNaive } else { RoutingMethod::Default };
-            (int("num_experts")?, int("intermediate_size")?, routing)
+            (experts()?, int("intermediate_size")?, routing)
         }
-        "gpt_oss" => (int("num_local_experts")?, int("intermediate_size")?, RoutingMethod::Renormalize),
+        "gpt_oss" => (experts()?, int("intermediate_size")?, RoutingMethod::Renormalize),
         _ => return Ok(None),
     };
     let activation = match arch {
@@ -620,7 +628,10 @@ mod tests {
         let e = format!("{:#}", ModelConfig::from_hf_json(base, "m/config.json").unwrap_err());
         assert!(e.contains("m/config.json") && e.contains("8 experts per token out of 4"), "{e}");
         let e = format!("{:#}", ModelConfig::from_hf_json(&base.replace(r#""num_experts":4,"#, ""), "m/config.json").unwrap_err());
-        assert!(e.contains("qwen3_moe needs an integer \"num_experts\""), "{e}");
+        assert!(e.contains("qwen3_moe needs an integer \"num_experts\" or \"num_local_experts\""), "{e}");
+        // transformers 5 writes the alias.
+        let aliased = base.replace(r#""num_experts":4,"num_experts_per_tok":8"#, r#""num_local_experts":16,"num_experts_per_tok":8"#);
+        assert_eq!(ModelConfig::from_hf_json(&aliased, "m/config.json").unwrap().moe.unwrap().num_experts, 16);
         let e = format!("{:#}", ModelConfig::from_hf_json(&base.replace("{", r#"{"mlp_only_layers":[1],"#), "m/config.json").unwrap_err());
         assert!(e.contains("mlp_only_layers makes some layers dense"), "{e}");
     }
