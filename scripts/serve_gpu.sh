@@ -7,8 +7,9 @@
 #   3. TensorRT-LLM's published serving shape, ISL 467 / OSL 256, at 32 QPS and unlimited;
 # and, before the server starts, `lumen bench throughput --streaming` over the 128/128 requests
 # (TTFT and ITL from the streamed chunks, and the caller-side overhead beside the plain run's).
-# MODEL (default llama-3.1-8b), MAX_BATCH (256), MAX_TOKENS (8192), PORT (8123), RATE_SECONDS (60:
-# how long each fixed-rate run offers requests); logs and results
+# MODEL (default llama-3.1-8b), MAX_BATCH (256), MAX_TOKENS (8192), PORT (8123), PROMPTS (2048: the
+# requests of each dataset and unlimited-rate run), RATE_SECONDS (60: how long each fixed-rate run
+# offers requests); logs and results
 # go to $OUT (default /tmp/serve-gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ MAX_BATCH=${MAX_BATCH:-256}
 MAX_TOKENS=${MAX_TOKENS:-8192}
 PORT=${PORT:-8123}
 RATE_SECONDS=${RATE_SECONDS:-60}
+PROMPTS=${PROMPTS:-2048}
 URL=http://127.0.0.1:$PORT
 mkdir -p "$OUT"
 limits=(--device cuda --model "$MODEL" --max-batch-size "$MAX_BATCH" --max-num-tokens "$MAX_TOKENS")
@@ -29,8 +31,8 @@ dataset() { # NAME REQUESTS ISL OSL
   "$LUMEN" bench prepare-dataset --model "$MODEL" --output "$OUT/$1.jsonl" token-norm-dist \
     --num-requests "$2" --input-mean "$3" --input-stdev 0 --output-mean "$4" --output-stdev 0
 }
-dataset short 2048 128 128
-dataset trtllm 2048 467 256
+dataset short "$PROMPTS" 128 128
+dataset trtllm "$PROMPTS" 467 256
 
 "$LUMEN" bench throughput "${limits[@]}" --dataset "$OUT/short.jsonl" --concurrency "$MAX_BATCH" \
   --report-json "$OUT/throughput.json" | tee "$OUT/throughput.txt"
@@ -52,7 +54,7 @@ serve_bench() { # RESULT DATASET PROMPTS RATE [more options]
     --ignore-eos --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,99 \
     --save-result --result-dir "$OUT" --result-filename "$result.json" "$@" | tee "$OUT/$result.txt"
 }
-serve_bench serve_inf short 2048 inf --max-concurrency 256
+serve_bench serve_inf short "$PROMPTS" inf --max-concurrency 256
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -61,10 +63,10 @@ online = json.load(open(f"{out}/serve_inf.json"))["output_throughput"]
 print(f"output tok/s: bench throughput {offline:,.1f}, lumen serve {online:,.1f}, ratio {online / offline:.3f}")
 PY
 for rate in 1 8 32; do
-  serve_bench "serve_rate$rate" short $((rate * RATE_SECONDS < 2048 ? rate * RATE_SECONDS : 2048)) "$rate"
+  serve_bench "serve_rate$rate" short $((rate * RATE_SECONDS < PROMPTS ? rate * RATE_SECONDS : PROMPTS)) "$rate"
 done
-serve_bench trtllm_32qps trtllm 1024 32
-serve_bench trtllm_inf trtllm 2048 inf
+serve_bench trtllm_32qps trtllm $((32 * RATE_SECONDS < PROMPTS ? 32 * RATE_SECONDS : PROMPTS)) 32
+serve_bench trtllm_inf trtllm "$PROMPTS" inf
 kill -TERM $server
 wait $server
 trap - EXIT
