@@ -297,6 +297,8 @@ impl CudaRunner {
                 self.pending_rows = shape.rows;
             }
         }
+        // Eager or replayed, the step counted its expert load on the device.
+        self.stepped = true;
         let rows = self.pending_rows;
         self.gpu.copy_to_host(&mut self.tokens_host.as_mut_slice()[..rows], self.sampled.ptr)?;
         self.events.1.record(&self.gpu)
@@ -327,6 +329,7 @@ impl CudaRunner {
         self.gpu.copy_to_device(self.staging_dev.ptr, &self.staging.as_slice()[..self.layout.words])?;
         self.act.poison(&self.gpu)?;
         self.enqueue(shape, false)?;
+        self.stepped = true;
         let vocab = self.model.config().vocab_size;
         let mut out = vec![0f32; shape.rows * vocab];
         self.gpu.download(&mut out, self.act.logits.ptr).context("the forward step failed on the GPU")?;
@@ -546,7 +549,6 @@ impl CudaRunner {
             split_tokens: self.dev(l.split_tokens),
         };
         enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
-        self.stepped = true;
         if sample && self.rank_index().unwrap_or(0) == 0 {
             let vocab = model.config().vocab_size;
             w.kernels.sample_tokens(&self.gpu, self.act.logits.ptr, self.dev(l.params), shape.rows, vocab, self.sampled.ptr)?;
