@@ -18,6 +18,7 @@ fn every_kernel_compiles_for_sm_90a_without_spills() {
     for kernel in ["embed_rms_norm", "attention_prefill_hd128", "sample_tokens", "gemv_fp8", "quantize_fp8"] {
         assert!(entries.contains(&kernel), "{kernel} is missing from NVRTC's report: {entries:?}");
     }
-    let spills: Vec<&str> = log.lines().filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")).collect();
+    let spills: Vec<&str> =
+        log.lines().filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")).collect();
     assert!(spills.is_empty(), "kernels spill registers:\n{}", spills.join("\n"));
 }

@@ -82,7 +82,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let request = Request {
         prompt: prompt_ids.clone(),
-        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed, logprobs: args.logprobs.map(|n| n as usize) },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+            logprobs: args.logprobs.map(|n| n as usize),
+        },
         stop: StopConditions { max_tokens: args.max_tokens as usize, stop_ids: Vec::new(), ignore_eos: args.ignore_eos },
     };
     let stream = engine.submit(request);

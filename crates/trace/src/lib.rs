@@ -10,8 +10,8 @@ pub mod instrument;
 pub mod kineto;
 pub mod merge;
 pub mod model;
-pub mod output;
 mod nvtx_sink;
+pub mod output;
 pub mod store;
 pub mod window;
 

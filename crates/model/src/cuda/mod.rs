@@ -6,7 +6,9 @@
 pub mod forward;
 pub mod weights;
 
-pub use forward::{enqueue_forward, expert_load, moe_graphable, Activations, KvCache, RankCollectives, StepInputs, StepShape, MOE_DEVICE_SLOTS};
+pub use forward::{
+    enqueue_forward, expert_load, moe_graphable, Activations, KvCache, RankCollectives, StepInputs, StepShape, MOE_DEVICE_SLOTS,
+};
 pub use weights::CudaWeights;
 
 use crate::config::ModelConfig;
