@@ -346,11 +346,10 @@ impl CudaRunner {
         // A MoE step replays only where its layers run on the device alone, at its exact size (so
         // no padding rows join the expert load).
         let c = self.model.config();
-        let graph_size = match self.config.graph_size(n) {
-            Some(size) if decode_only && c.moe.is_none() => Some(size),
-            Some(size) if decode_only && size == n && moe_graphable(c, n, self.perfect_router()) => Some(size),
-            _ => None,
-        };
+        let graph_size = self
+            .config
+            .graph_size(n)
+            .filter(|&size| decode_only && (c.moe.is_none() || size == n) && moe_graphable(c, n, self.perfect_router()));
         let Some(size) = graph_size else { return self.stage_eager(batch, params) };
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let (splits, split_tokens) = self.split_plan(size, max_ctx, size);
