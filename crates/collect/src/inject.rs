@@ -7,7 +7,9 @@
 //! running `atexit`; for those signals the collector installs a handler that wakes the flusher,
 //! which writes and finalises the trace and then ends the process by the same signal (so its exit
 //! status is unchanged). A second signal ends it at once. Signals the process handles or ignores
-//! are left to it: it exits normally and the `atexit` flush runs.
+//! are left to it: it exits normally and the `atexit` flush runs. That holds too for a handler
+//! the process installs later that chains to ours (tokio's and signal-hook's do): the flusher
+//! sees the handler is no longer its own and lets the process stop itself.
 //!
 //! Any failure (no CUPTI, CUPTI taken by another subscriber, an unwritable directory) is printed
 //! and the process runs on untraced.
@@ -176,7 +178,11 @@ fn flusher(wake: c_int) {
         let mut poll = libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 };
         unsafe { libc::poll(&mut poll, 1, FLUSH_EVERY.as_millis() as c_int) };
         let signal = STOP_SIGNAL.load(Ordering::SeqCst);
-        if signal != 0 {
+        if signal != 0 && !handler_is_ours(signal) {
+            // The process installed its own handler after ours and chains to it (as tokio and
+            // signal-hook do): it handles the signal and exits its own way, past `atexit`.
+            STOP_SIGNAL.store(0, Ordering::SeqCst);
+        } else if signal != 0 {
             unsafe { sys::cuptiActivityFlushAll(FLUSH_FORCED) };
             write_rows(true);
             unsafe {
@@ -201,6 +207,13 @@ extern "C" fn on_stop_signal(signal: c_int) {
     }
     let byte = 1u8;
     unsafe { libc::write(WAKE_WRITE.load(Ordering::SeqCst), (&byte as *const u8).cast(), 1) };
+}
+
+/// Whether `signal`'s handler is still [`on_stop_signal`].
+fn handler_is_ours(signal: c_int) -> bool {
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    let read = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } == 0;
+    read && current.sa_sigaction == on_stop_signal as *const () as libc::sighandler_t
 }
 
 /// Installs [`on_stop_signal`] for each stop signal still at its default action.
