@@ -328,6 +328,14 @@ fn router_reading(
         )
     } else if !significant {
         "similar performance (no significant difference): routing is not a bottleneck; focus elsewhere".to_string()
+    } else if gain < -PERFECT_ROUTER_GAIN {
+        format!(
+            "{:.1}% slower with the perfect router (beyond {}): balanced routing wakes more experts, and each active expert \
+             costs more than the imbalance does; routing is not a bottleneck; make the expert kernels' cost per active expert \
+             smaller (grouped expert GEMMs, fewer launches and host round trips per MoE layer)",
+            -gain * 100.0,
+            text::percent(PERFECT_ROUTER_GAIN)
+        )
     } else {
         format!(
             "similar performance ({:+.1}% with the perfect router, within {}): routing is not a bottleneck; focus elsewhere",
@@ -981,6 +989,11 @@ mod tests {
         let small = reading(&moe_run(10.5, false, 7), &moe_run(10.0, true, 6));
         assert!(small.significant && close(small.gain, 0.5 / 10.5), "{small:?}");
         assert!(small.reading.contains("within 10.0%") && small.reading.contains("routing is not a bottleneck"), "{}", small.reading);
+        // Much slower with the perfect router: the cost is per active expert, not the imbalance.
+        let slower = reading(&moe_run(10.0, false, 1), &moe_run(25.0, true, 6));
+        assert!(slower.significant && close(slower.gain, -1.5), "{slower:?}");
+        assert!(slower.reading.starts_with("150.0% slower with the perfect router"), "{}", slower.reading);
+        assert!(slower.reading.contains("routing is not a bottleneck") && !slower.reading.contains("within"), "{}", slower.reading);
         // Two runs of the same router: no reading.
         assert!(compared(&router, &moe_run(10.0, false, 6)).router.is_none());
     }
