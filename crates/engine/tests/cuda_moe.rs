@@ -14,9 +14,12 @@
 //!   in bf16);
 //! - with `LUMEN_PERFECT_ROUTER=1` the skewed model's experts each get exactly their share.
 //!
-//! Decode steps of one sequence run every slot's experts on the device (`moe_gemv`, replayed as
-//! CUDA graphs); for Qwen3-MoE, Qwen1.5-MoE and GPT-OSS widths, 12 greedy tokens after a prompt:
-//! - each decode step's expert load, counted on the device, sums to top-k in every MoE layer;
+//! Decode steps run on the device alone and replay as CUDA graphs: one sequence's slots through
+//! `moe_gemv`, sixteen sequences' through the grouped expert GEMM. For Qwen3-MoE, Qwen1.5-MoE and
+//! GPT-OSS widths, one sequence and then sixteen, 12 greedy tokens after each prompt (the first
+//! sequence's compared):
+//! - each decode step's expert load, counted on the device, sums to top-k × sequences in every
+//!   MoE layer;
 //! - while the CUDA chain follows the CPU's, every token's log-probability is within the bf16
 //!   bound of the CPU's, and the chains part only where the CPU's two likeliest tokens lie within
 //!   twice that bound of each other (a near tie), after at least 4 equal tokens.
@@ -33,6 +36,9 @@ const PROMPT: usize = 32;
 const GPT_OSS_PROMPT: usize = 300;
 /// Prompts of the prefill step.
 const PROMPTS: usize = 2;
+/// Sequences of the batched decode run: a CUDA-graph size, and more slots (× top-k) than
+/// `moe_gemv` takes, so the grouped expert GEMM runs under graph replay.
+const DECODE_BATCH: usize = 16;
 
 fn load(spec: &str, device: Device) -> Arc<Model> {
     Arc::new(load_model_with(spec, LoadOptions { device, quantization: Quantization::None }).unwrap_or_else(|e| panic!("{spec}: {e:#}")))
@@ -67,15 +73,22 @@ fn prefill(model: Arc<Model>, len: usize, batch_invariant: bool) -> (Vec<Vec<u32
     (loads, first)
 }
 
-/// Greedy decode of one prompt of `len` tokens for `steps` tokens: each token with its
-/// log-probability and the two likeliest, and the expert load of every decode step.
-fn decode(model: Arc<Model>, len: usize, steps: usize) -> (Vec<(u32, f32, Vec<(u32, f32)>)>, Vec<Vec<Vec<u32>>>) {
+/// Greedy decode of `sequences` prompts of `len` tokens for `steps` tokens each: the first
+/// sequence's tokens, each with its log-probability and the two likeliest, and the expert load of
+/// every decode step.
+fn decode(model: Arc<Model>, len: usize, steps: usize, sequences: usize) -> (Vec<(u32, f32, Vec<(u32, f32)>)>, Vec<Vec<Vec<u32>>>) {
     let vocab = model.config().vocab_size as u32;
-    let config = EngineConfig { kv_budget: KvBudget::Tokens(4096), ..EngineConfig::default() };
+    let config = EngineConfig { kv_budget: KvBudget::Tokens(4096 * sequences), ..EngineConfig::default() };
     let mut engine = Engine::new(model, config).unwrap();
-    let prompt = (0..len as u32).map(|i| (i * 577 + 19) % vocab).collect();
     let stop = StopConditions { max_tokens: steps, stop_ids: vec![], ignore_eos: true };
-    let stream = engine.submit(Request { prompt, sampling: SamplingParams { logprobs: Some(2), ..SamplingParams::default() }, stop });
+    let streams: Vec<_> = (0..sequences as u32)
+        .map(|salt| {
+            let prompt = (0..len as u32).map(|i| (i * 577 + 19 + salt * 7919) % vocab).collect();
+            let sampling = SamplingParams { logprobs: Some(2), ..SamplingParams::default() };
+            engine.submit(Request { prompt, sampling, stop: stop.clone() })
+        })
+        .collect();
+    let stream = &streams[0];
     let mut loads = Vec::new();
     let mut first = true;
     while engine.has_work() {
@@ -101,17 +114,25 @@ fn decode(model: Arc<Model>, len: usize, steps: usize) -> (Vec<(u32, f32, Vec<(u
 /// The decode checks of the module doc.
 fn decode_steps_follow_the_cpu() {
     const STEPS: usize = 12;
-    for spec in ["qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "gpt-oss-20b+layers=2"] {
-        let (cpu, _) = decode(load(spec, Device::Cpu), PROMPT, STEPS);
+    for (spec, sequences) in ["qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "gpt-oss-20b+layers=2"]
+        .into_iter()
+        .flat_map(|spec| [(spec, 1), (spec, DECODE_BATCH)])
+    {
+        let (cpu, _) = decode(load(spec, Device::Cpu), PROMPT, STEPS, sequences);
         let cuda_model = load(spec, Device::Cuda);
         let top_k = cuda_model.config().moe.as_ref().expect("a MoE preset").top_k as u32;
-        let (cuda, loads) = decode(cuda_model, PROMPT, STEPS);
-        assert_eq!((cpu.len(), cuda.len()), (STEPS, STEPS), "{spec}: every token delivered");
-        assert_eq!(loads.len(), STEPS - 1, "{spec}: one load per decode step");
+        let (cuda, loads) = decode(cuda_model, PROMPT, STEPS, sequences);
+        assert_eq!((cpu.len(), cuda.len()), (STEPS, STEPS), "{spec} ×{sequences}: every token delivered");
+        assert_eq!(loads.len(), STEPS - 1, "{spec} ×{sequences}: one load per decode step");
+        let slots = top_k * sequences as u32;
         for (step, layers) in loads.iter().enumerate() {
-            assert!(!layers.is_empty(), "{spec} step {step}: no expert load recorded");
+            assert!(!layers.is_empty(), "{spec} ×{sequences} step {step}: no expert load recorded");
             for (layer, load) in layers.iter().enumerate() {
-                assert_eq!(load.iter().sum::<u32>(), top_k, "{spec} step {step} layer {layer}: one token's top-{top_k}: {load:?}");
+                assert_eq!(
+                    load.iter().sum::<u32>(),
+                    slots,
+                    "{spec} ×{sequences} step {step} layer {layer}: top-{top_k} of each token: {load:?}"
+                );
             }
         }
         for (i, (c, g)) in cpu.iter().zip(&cuda).enumerate() {
@@ -119,13 +140,13 @@ fn decode_steps_follow_the_cpu() {
                 let gap = c.2[0].1 - c.2[1].1;
                 assert!(
                     i >= 4 && gap < 2.0 * BF16_BOUND,
-                    "{spec}: token {i} is {} on CUDA, {} on the CPU, whose top two lie {gap} apart",
+                    "{spec} ×{sequences}: token {i} is {} on CUDA, {} on the CPU, whose top two lie {gap} apart",
                     g.0,
                     c.0
                 );
                 break;
             }
-            assert!((c.1 - g.1).abs() < BF16_BOUND, "{spec} token {i}: log-probability CPU {}, CUDA {}", c.1, g.1);
+            assert!((c.1 - g.1).abs() < BF16_BOUND, "{spec} ×{sequences} token {i}: log-probability CPU {}, CUDA {}", c.1, g.1);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The kernel sources, in compilation order.
-pub const SOURCES: [(&str, &str); 9] = [
+pub const SOURCES: [(&str, &str); 10] = [
     ("prelude.cu", include_str!("kernels/prelude.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
@@ -20,6 +20,7 @@ pub const SOURCES: [(&str, &str); 9] = [
     ("fill.cu", include_str!("kernels/fill.cu")),
     ("fp8.cu", include_str!("kernels/fp8.cu")),
     ("moe.cu", include_str!("kernels/moe.cu")),
+    ("moe_experts.cu", include_str!("kernels/moe_experts.cu")),
     ("moe_decode.cu", include_str!("kernels/moe_decode.cu")),
 ];
 

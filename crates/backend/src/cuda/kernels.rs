@@ -56,6 +56,8 @@ pub struct Kernels {
     moe_combine: Kernel,
     moe_gemv: Kernel,
     moe_count: Kernel,
+    moe_align: Kernel,
+    moe_grouped_gemm: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
     attention_prefill: [(usize, Kernel); 3],
@@ -86,6 +88,19 @@ fn norm_threads(hidden: usize) -> u32 {
 pub const SAMPLE_THREADS: u32 = 1024;
 /// Most experts per token `moe_route` chooses (`MOE_MAX_TOP_K` in moe.cu).
 pub const MOE_MAX_TOP_K: usize = 16;
+/// Most experts a MoE layer may have on CUDA (`MOE_MAX_EXPERTS` in moe.cu).
+pub const MOE_MAX_EXPERTS: usize = 512;
+/// Rows of one tile of the grouped expert GEMM (`MG_BM` in moe_experts.cu), and its output
+/// columns per block (`MG_BN`).
+pub const MOE_TILE_ROWS: usize = 64;
+const MOE_TILE_COLS: usize = 64;
+const MOE_GEMM_THREADS: u32 = 128;
+
+/// The most tiles `moe_align` can lay `slots` routed slots over `experts` experts out in: every
+/// expert with slots starts a tile of its own.
+pub fn moe_max_tiles(slots: usize, experts: usize) -> usize {
+    slots.div_ceil(MOE_TILE_ROWS) + experts.min(slots)
+}
 /// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_THREADS: u32 = 256;
@@ -113,6 +128,8 @@ impl Kernels {
             moe_combine: get("moe_combine")?,
             moe_gemv: get("moe_gemv")?,
             moe_count: get("moe_count")?,
+            moe_align: get("moe_align")?,
+            moe_grouped_gemm: get("moe_grouped_gemm")?,
             attention: [
                 (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
                 (64, get("attention_hd64_r1")?, get("attention_hd64_r4")?),
@@ -276,6 +293,7 @@ impl Kernels {
         out_weights: u64,
     ) -> Result<()> {
         anyhow::ensure!(k <= MOE_MAX_TOP_K, "moe_route: top {k} experts, at most {MOE_MAX_TOP_K} on CUDA");
+        anyhow::ensure!(experts <= MOE_MAX_EXPERTS, "moe_route: {experts} experts, at most {MOE_MAX_EXPERTS} on CUDA");
         let args = Args::default()
             .ptr(logits)
             .ptr(router_bias)
@@ -287,7 +305,69 @@ impl Kernels {
             .f32(scale)
             .ptr(out_experts)
             .ptr(out_weights);
-        self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(ROW_THREADS), 1, 1), ROW_THREADS, args)
+        let tokens_per_block = ROW_THREADS / 32;
+        self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(tokens_per_block), 1, 1), ROW_THREADS, args)
+    }
+
+    /// Lays `slots` routed slots (`experts`, u32) out expert by expert in tiles of
+    /// [`MOE_TILE_ROWS`] rows (moe_experts.cu): `tile_expert` (u32 per tile), `rows` (u32 per
+    /// padded row: its slot, or `u32::MAX` for padding), `position` (u32 per slot: its padded row)
+    /// and `num_tiles` (one u32), all on the device. The buffers hold
+    /// [`moe_max_tiles`]`(slots, num_experts)` tiles.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_align(
+        &self,
+        gpu: &Gpu,
+        experts: u64,
+        slots: usize,
+        num_experts: usize,
+        tile_expert: u64,
+        rows: u64,
+        position: u64,
+        num_tiles: u64,
+    ) -> Result<()> {
+        anyhow::ensure!(num_experts <= MOE_MAX_EXPERTS, "moe_align: {num_experts} experts, at most {MOE_MAX_EXPERTS} on CUDA");
+        let args =
+            Args::default().ptr(experts).i32(slots as i32).i32(num_experts as i32).ptr(tile_expert).ptr(rows).ptr(position).ptr(num_tiles);
+        self.launch(gpu, self.moe_align, (1, 1, 1), 1024, args)
+    }
+
+    /// Every tile [`Kernels::moe_align`] laid out against its expert (moe_experts.cu):
+    /// `y[p] = x[row(p)] · W_eᵀ (+ b_e)`, `n` outputs of `k` inputs in bf16, for up to `max_tiles`
+    /// tiles; `row(p)` is `rows[p] / x_div` where `rows` is non-zero, else `p` itself. `weights`
+    /// and `biases` are device tables of one pointer per expert, as for [`Kernels::moe_gemv`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_grouped_gemm(
+        &self,
+        gpu: &Gpu,
+        x: u64,
+        x_div: usize,
+        rows: u64,
+        tile_expert: u64,
+        num_tiles: u64,
+        max_tiles: usize,
+        weights: u64,
+        biases: u64,
+        n: usize,
+        k: usize,
+        y: u64,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            k.is_multiple_of(8) && n.is_multiple_of(2),
+            "moe_grouped_gemm: {n} outputs of {k} inputs, expected an even count of multiples of 8"
+        );
+        let args = Args::default()
+            .ptr(x)
+            .i32(x_div as i32)
+            .ptr(rows)
+            .ptr(tile_expert)
+            .ptr(num_tiles)
+            .ptr(weights)
+            .ptr(biases)
+            .i32(n as i32)
+            .i32(k as i32)
+            .ptr(y);
+        self.launch(gpu, self.moe_grouped_gemm, (max_tiles as u32, n.div_ceil(MOE_TILE_COLS) as u32, 1), MOE_GEMM_THREADS, args)
     }
 
     /// For each of `slots` routed slots (`experts[s]` its expert, u32), `y[s] = x[s / x_div] · W_e`
@@ -339,7 +419,7 @@ impl Kernels {
         out: u64,
     ) -> Result<()> {
         let args = Args::default().ptr(y).ptr(pos).ptr(weights).i32(k as i32).i32(h as i32).ptr(shared).ptr(shared_gate).ptr(out);
-        self.launch(gpu, self.moe_combine, (tokens as u32, 1, 1), ROW_THREADS, args)
+        self.launch(gpu, self.moe_combine, (tokens as u32, (h as u32).div_ceil(ROW_THREADS), 1), ROW_THREADS, args)
     }
 
     /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each: the

@@ -349,7 +349,7 @@ impl CudaRunner {
         let graph_size = self
             .config
             .graph_size(n)
-            .filter(|&size| decode_only && (c.moe.is_none() || size == n) && moe_graphable(c, n, self.perfect_router()));
+            .filter(|&size| decode_only && (c.moe.is_none() || size == n) && moe_graphable(c, self.perfect_router()));
         let Some(size) = graph_size else { return self.stage_eager(batch, params) };
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let (splits, split_tokens) = self.split_plan(size, max_ctx, size);

@@ -13,12 +13,12 @@
 //! GPT-OSS's router bias) and counts each expert's slots there (`moe_count`, the step's expert
 //! load, read back by [`expert_load`] once the step is done). Then, for a step of at most
 //! [`MOE_DEVICE_SLOTS`] routed slots (a decode step of a few tokens), each slot's two expert
-//! products run as `moe_gemv`s that find the expert's weights through device tables, so nothing
-//! waits for the host and the step can replay as a CUDA graph ([`moe_graphable`]). A larger step
-//! waits for the choice: the host lays out the rows expert by expert, the rows are gathered, and
-//! each expert with tokens runs its two GEMMs on its run of rows. Either way SwiGLU, or GPT-OSS's
-//! clamped SwiGLU and biases, sit between and after the products, and `moe_combine` sums every
-//! token's experts with their weights.
+//! products run as `moe_gemv`s that find the expert's weights through device tables. A larger
+//! step lays its slots out expert by expert in tiles on the device (`moe_align`) and runs both
+//! products as grouped GEMMs over those tiles (`moe_grouped_gemm`), through the same tables.
+//! Either way nothing waits for the host, so any step can replay as a CUDA graph
+//! ([`moe_graphable`]). SwiGLU, or GPT-OSS's clamped SwiGLU and biases, sit between and after
+//! the products, and `moe_combine` sums every token's experts with their weights.
 
 use super::weights::CudaWeights;
 use crate::config::ModelConfig;
@@ -27,7 +27,7 @@ use crate::perfect_router::{balanced_logits, BalancedKey};
 use crate::plan::{FeedForward, Moe, SelfAttention};
 use anyhow::{bail, Result};
 use lumen_backend::cuda::nccl::Communicator;
-use lumen_backend::cuda::{AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, RopeArgs, Tensor};
+use lumen_backend::cuda::{moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, RopeArgs, MOE_TILE_ROWS};
 
 /// The device buffers a step computes in, sized for `max_tokens` tokens and `max_rows` rows of
 /// logits.
@@ -59,12 +59,14 @@ struct MoeBuffers {
     /// Per slot (token-major): the chosen expert (u32) and its weight (f32).
     experts: DeviceBuffer,
     weights: DeviceBuffer,
-    /// Per slot, its row in expert order; per row in expert order, its token (u32 each).
+    /// The grouped GEMM's layout (`Kernels::moe_align`), u32 each: per slot its padded row in
+    /// expert order; per tile its expert; per padded row its slot; and the step's tile count.
     position: DeviceBuffer,
-    token: DeviceBuffer,
-    /// Rows in expert order: the inputs `[slots, hidden]`, gate/up `[slots, 2·f]`, activations
-    /// `[slots, f]` and outputs `[slots, hidden]`, bf16.
-    x: DeviceBuffer,
+    tile_expert: DeviceBuffer,
+    rows: DeviceBuffer,
+    num_tiles: DeviceBuffer,
+    /// Rows in expert order, padded to whole tiles (in slot order for `moe_gemv` steps): gate/up
+    /// `[rows, 2·f]`, activations `[rows, f]` and outputs `[rows, hidden]`, bf16.
     gate_up: DeviceBuffer,
     act: DeviceBuffer,
     y: DeviceBuffer,
@@ -81,11 +83,10 @@ struct MoeBuffers {
 /// reads less.
 pub const MOE_DEVICE_SLOTS: usize = 32;
 
-/// Whether a step of `tokens` tokens can replay as a CUDA graph on a MoE model: its layers run
-/// on the device alone, and no balanced logits need uploading from the host (the perfect router
-/// is off). Dense models always can.
-pub fn moe_graphable(c: &ModelConfig, tokens: usize, perfect_router: bool) -> bool {
-    c.moe.as_ref().is_none_or(|m| tokens * m.top_k <= MOE_DEVICE_SLOTS && !perfect_router)
+/// Whether a step can replay as a CUDA graph on a MoE model: no balanced logits need uploading
+/// from the host (the perfect router is off). Dense models always can.
+pub fn moe_graphable(c: &ModelConfig, perfect_router: bool) -> bool {
+    c.moe.is_none() || !perfect_router
 }
 
 /// The expert load of the step finished last: per MoE layer, the slots each expert received.
@@ -123,17 +124,20 @@ impl Activations {
                 None => None,
                 Some(m) => {
                     let (e, slots, fe) = (m.num_experts, t * m.top_k, m.expert_intermediate_size);
+                    let max_tiles = moe_max_tiles(slots, e);
+                    let rows = max_tiles * MOE_TILE_ROWS;
                     Some(MoeBuffers {
                         logits: alloc(t * e, 4, "router logits")?,
                         balanced: alloc(t * e, 4, "balanced router logits")?,
                         experts: alloc(slots, 4, "chosen experts")?,
                         weights: alloc(slots, 4, "routing weights")?,
                         position: alloc(slots, 4, "expert-order positions")?,
-                        token: alloc(slots, 4, "expert-order tokens")?,
-                        x: alloc(slots * h, 2, "expert inputs")?,
-                        gate_up: alloc(slots * 2 * fe, 2, "expert gate/up")?,
-                        act: alloc(slots * fe, 2, "expert activations")?,
-                        y: alloc(slots * h, 2, "expert outputs")?,
+                        tile_expert: alloc(max_tiles, 4, "expert tiles")?,
+                        rows: alloc(rows, 4, "expert-order slots")?,
+                        num_tiles: alloc(1, 4, "expert tile count")?,
+                        gate_up: alloc(rows * 2 * fe, 2, "expert gate/up")?,
+                        act: alloc(rows * fe, 2, "expert activations")?,
+                        y: alloc(rows * h, 2, "expert outputs")?,
                         shared: match m.shared_expert_intermediate_size {
                             None => None,
                             Some(fs) => Some((
@@ -414,11 +418,6 @@ fn route_method(method: RoutingMethod) -> Result<u32> {
     })
 }
 
-/// A `[rows, cols]` bf16 view `row` rows into `buffer`.
-fn rows_of(buffer: &DeviceBuffer, row: usize, rows: usize, cols: usize) -> Tensor {
-    Tensor { ptr: buffer.at(row * cols * 2), ..buffer.tensor(DType::Bf16, rows, cols) }
-}
-
 /// One mixture-of-experts layer (layer `layer`, the `moe_layer`-th with experts) on `act.normed`
 /// into `act.delta`, for `t` tokens (see the module doc). The first MoE layer uploads this step's
 /// balanced logits when the perfect router is on.
@@ -458,27 +457,36 @@ fn enqueue_moe(
         ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),
         ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out),
     };
+    let tables = w.expert_tables[layer].as_ref().expect("a MoE layer has its expert tables");
+    let bias_table = |table: &Option<DeviceBuffer>| table.as_ref().map_or(0, |t| t.ptr);
+    let (gate_up_bias, down_bias) = (bias_table(&tables.gate_up_bias), bias_table(&tables.down_bias));
     let positions = if slots <= MOE_DEVICE_SLOTS {
         // Every slot's products straight from the routing, in slot order.
-        let tables = w.expert_tables[layer].as_ref().expect("a MoE layer has its expert tables");
-        let bias_table = |table: &Option<DeviceBuffer>| table.as_ref().map_or(0, |t| t.ptr);
-        k.moe_gemv(
+        k.moe_gemv(gpu, act.normed.ptr, top, b.experts.ptr, tables.gate_up.ptr, gate_up_bias, slots, 2 * fe, h, b.gate_up.ptr)?;
+        activate(slots, b.gate_up.ptr, 0, b.act.ptr)?;
+        k.moe_gemv(gpu, b.act.ptr, 1, b.experts.ptr, tables.down.ptr, down_bias, slots, h, fe, b.y.ptr)?;
+        0
+    } else {
+        // The slots laid out by expert in whole tiles, then both products as grouped GEMMs.
+        let tiles = moe_max_tiles(slots, e);
+        k.moe_align(gpu, b.experts.ptr, slots, e, b.tile_expert.ptr, b.rows.ptr, b.position.ptr, b.num_tiles.ptr)?;
+        let (rows, tile_expert, num_tiles) = (b.rows.ptr, b.tile_expert.ptr, b.num_tiles.ptr);
+        k.moe_grouped_gemm(
             gpu,
             act.normed.ptr,
             top,
-            b.experts.ptr,
+            rows,
+            tile_expert,
+            num_tiles,
+            tiles,
             tables.gate_up.ptr,
-            bias_table(&tables.gate_up_bias),
-            slots,
+            gate_up_bias,
             2 * fe,
             h,
             b.gate_up.ptr,
         )?;
-        activate(slots, b.gate_up.ptr, 0, b.act.ptr)?;
-        k.moe_gemv(gpu, b.act.ptr, 1, b.experts.ptr, tables.down.ptr, bias_table(&tables.down_bias), slots, h, fe, b.y.ptr)?;
-        0
-    } else {
-        enqueue_expert_gemms(w, linear, b, moe, act.normed.ptr, t, top, h, fe, &activate)?;
+        activate(tiles * MOE_TILE_ROWS, b.gate_up.ptr, 0, b.act.ptr)?;
+        k.moe_grouped_gemm(gpu, b.act.ptr, 1, 0, tile_expert, num_tiles, tiles, tables.down.ptr, down_bias, h, fe, b.y.ptr)?;
         b.position.ptr
     };
     let (mut shared_out, mut shared_gate) = (0, 0);
@@ -495,56 +503,4 @@ fn enqueue_moe(
         }
     }
     k.moe_combine(gpu, b.y.ptr, positions, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)
-}
-
-/// A larger step's experts: waits for the routing, lays the slots out expert by expert on the
-/// host, gathers their rows from `normed`, and runs each expert with tokens as two GEMMs on its run of rows
-/// (`activate` between them), its outputs left in expert order (`b.position` maps slots to it).
-#[allow(clippy::too_many_arguments)]
-fn enqueue_expert_gemms(
-    w: &CudaWeights,
-    linear: &mut Linear,
-    b: &MoeBuffers,
-    moe: &Moe<DeviceTensor, DeviceTensor>,
-    normed: u64,
-    t: usize,
-    top: usize,
-    h: usize,
-    fe: usize,
-    activate: &dyn Fn(usize, u64, u64, u64) -> Result<()>,
-) -> Result<()> {
-    let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
-    let slots = t * top;
-    let mut chosen = vec![0u32; slots];
-    gpu.download(&mut chosen, b.experts.ptr)?;
-    let mut load = vec![0u32; moe.experts.len()];
-    for &x in &chosen {
-        load[x as usize] += 1;
-    }
-    let mut start: Vec<u32> = load.iter().scan(0u32, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
-    let (mut position, mut token) = (vec![0u32; slots], vec![0u32; slots]);
-    for (slot, &x) in chosen.iter().enumerate() {
-        let p = &mut start[x as usize];
-        position[slot] = *p;
-        token[*p as usize] = (slot / top) as u32;
-        *p += 1;
-    }
-    gpu.copy_to_device(b.position.ptr, &position)?;
-    gpu.copy_to_device(b.token.ptr, &token)?;
-    k.gather_rows(gpu, normed, b.token.ptr, slots, h, b.x.ptr)?;
-    let mut row = 0;
-    for (expert, &n) in moe.experts.iter().zip(&load) {
-        let n = n as usize;
-        if n > 0 {
-            linear.run(gpu, k, rows_of(&b.x, row, n, h), expert.gate_up.view(), rows_of(&b.gate_up, row, n, 2 * fe))?;
-            let bias = expert.gate_up_bias.as_ref().map_or(0, |b| b.ptr());
-            activate(n, b.gate_up.at(row * 2 * fe * 2), bias, b.act.at(row * fe * 2))?;
-            linear.run(gpu, k, rows_of(&b.act, row, n, fe), expert.down.view(), rows_of(&b.y, row, n, h))?;
-            if let Some(bias) = &expert.down_bias {
-                k.add_bias(gpu, n, h, b.y.at(row * h * 2), bias.ptr())?;
-            }
-        }
-        row += n;
-    }
-    Ok(())
 }

@@ -263,12 +263,6 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
 #define PF_ROWS 64
 #define PF_KV 32
 
-__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Four 8×8 bf16 matrices from shared memory, transposed (lanes 8i..8i+7 give matrix i's rows).
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) {
     u32 addr;
@@ -277,9 +271,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) 
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
 }
-
-// Two floats as a bf16 pair, `lo` at the lower address.
-__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
 
 template <int HD>
 __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,

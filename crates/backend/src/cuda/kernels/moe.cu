@@ -1,44 +1,70 @@
 // Mixture-of-experts routing, GPT-OSS's expert activation and combining. The expert products
-// themselves are cuBLASLt GEMMs on rows gathered by expert (`gather_rows`, then `silu_mul` or
-// `clamped_swiglu`); these kernels choose the experts, activate GPT-OSS's, and sum their outputs
-// back per token.
+// themselves are in moe_experts.cu (the grouped GEMM of larger steps) and moe_decode.cu (the
+// per-slot GEMVs of small decode steps); these kernels choose the experts, activate GPT-OSS's,
+// and sum their outputs back per token.
 
 #define MOE_MAX_TOP_K 16
+#define MOE_MAX_EXPERTS 512
+#define MOE_PER_LANE (MOE_MAX_EXPERTS / 32)
 
-// One thread per token: the `k` largest router logits (plus, where given, the router's own bf16
+// One warp per token: the `k` largest router logits (plus, where given, the router's own bf16
 // bias `router_bias[e]` and the planted Zipf skew `bias[e]`, summed first), ties to the lower
 // expert, and their weights by `method`, in lumen's RoutingMethod order: 0 Default (softmax over
 // every expert), 1 Renormalize (softmax over the chosen), 2 RenormalizeNaive (softmax over every
-// expert, renormalised over the chosen), 3 Llama4 (sigmoid); times `scale`. k <= MOE_MAX_TOP_K.
+// expert, renormalised over the chosen), 3 Llama4 (sigmoid); times `scale`. Lane l holds experts
+// l, l + 32, ...; each choice is a warp-wide arg-max. k <= MOE_MAX_TOP_K, experts <=
+// MOE_MAX_EXPERTS.
 extern "C" __global__ void moe_route(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
                                      int tokens, int experts, int k, int method, float scale, u32* __restrict__ out_experts,
                                      float* __restrict__ out_weights) {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (t >= tokens) return;
     const float* row = logits + (u64)t * experts;
-    auto z = [&](int e) { return row[e] + ((router_bias ? bf2f(router_bias[e]) : 0.f) + (bias ? bias[e] : 0.f)); };
+    const int none = 0x7fffffff;
+    float z[MOE_PER_LANE];
+    float all_max = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < MOE_PER_LANE; i++) {
+        int e = lane + 32 * i;
+        z[i] = e < experts ? row[e] + ((router_bias ? bf2f(router_bias[e]) : 0.f) + (bias ? bias[e] : 0.f)) : -INFINITY;
+        if (e < experts) all_max = fmaxf(all_max, z[i]);
+    }
+    float all_sum = 0.f;
+    if (method == 0 || method == 2) {
+        all_max = warp_max(all_max);
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; i++)
+            if (lane + 32 * i < experts) all_sum += expf(z[i] - all_max);
+        all_sum = warp_sum(all_sum);
+    }
+    u32 taken = 0;
     int chosen[MOE_MAX_TOP_K];
     float value[MOE_MAX_TOP_K];
     for (int j = 0; j < k; j++) {
-        int best = -1;
+        int best = none;
         float best_value = 0.f;
-        for (int e = 0; e < experts; e++) {
-            bool taken = false;
-            for (int i = 0; i < j; i++) taken |= chosen[i] == e;
-            float v = z(e);
-            if (!taken && (best < 0 || v > best_value)) {
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; i++) {
+            int e = lane + 32 * i;
+            if (e < experts && !((taken >> i) & 1u) && (best == none || z[i] > best_value)) {
                 best = e;
-                best_value = v;
+                best_value = z[i];
             }
         }
+        for (int o = 16; o > 0; o >>= 1) {
+            int other = __shfl_xor_sync(0xffffffffu, best, o);
+            float other_value = __shfl_xor_sync(0xffffffffu, best_value, o);
+            bool better = other != none && (best == none || other_value > best_value || (other_value == best_value && other < best));
+            if (better) {
+                best = other;
+                best_value = other_value;
+            }
+        }
+        if ((best & 31) == lane) taken |= 1u << (best >> 5);
         chosen[j] = best;
         value[j] = best_value;
     }
-    float all_max = -INFINITY, all_sum = 0.f;
-    if (method == 0 || method == 2) {
-        for (int e = 0; e < experts; e++) all_max = fmaxf(all_max, z(e));
-        for (int e = 0; e < experts; e++) all_sum += expf(z(e) - all_max);
-    }
+    if (lane != 0) return;
     float weight[MOE_MAX_TOP_K];
     float chosen_sum = 0.f;
     for (int j = 0; j < k; j++) {
@@ -75,17 +101,16 @@ extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, cons
 }
 
 // out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]] (y[t*k + j] when pos is null: rows
-// in slot order), rows of `h` bf16 values, plus the
-// shared expert's row `shared[t]` where given, scaled by sigmoid(shared_gate[t]) where that is
-// given; summed in f32 and rounded once. One block per token.
+// in slot order), rows of `h` bf16 values, plus the shared expert's row `shared[t]` where given,
+// scaled by sigmoid(shared_gate[t]) where that is given; summed in f32 and rounded once.
+// Grid: (tokens, ceil(h / blockDim.x)), one element per thread.
 extern "C" __global__ void moe_combine(const bf16* __restrict__ y, const u32* __restrict__ pos, const float* __restrict__ weights, int k, int h,
                                        const bf16* __restrict__ shared, const float* __restrict__ shared_gate, bf16* __restrict__ out) {
-    u64 t = blockIdx.x;
-    float scale = shared_gate ? 1.f / (1.f + expf(-shared_gate[t])) : 1.f;
-    for (int i = threadIdx.x; i < h; i += blockDim.x) {
-        float acc = 0.f;
-        for (int j = 0; j < k; j++) acc += weights[t * k + j] * bf2f(y[(pos ? (u64)pos[t * k + j] : t * k + j) * h + i]);
-        if (shared) acc += scale * bf2f(shared[t * h + i]);
-        out[t * h + i] = f2bf(acc);
-    }
+    const u64 t = blockIdx.x;
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (i >= h) return;
+    float acc = 0.f;
+    for (int j = 0; j < k; j++) acc += weights[t * k + j] * bf2f(y[(pos ? (u64)pos[t * k + j] : t * k + j) * h + i]);
+    if (shared) acc += (shared_gate ? 1.f / (1.f + expf(-shared_gate[t])) : 1.f) * bf2f(shared[t * h + i]);
+    out[t * h + i] = f2bf(acc);
 }

@@ -47,6 +47,24 @@ __device__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
+// Tensor-core pieces shared by prefill attention and the grouped expert GEMM: one warp's
+// m16n8k16 product (bf16 in, f32 accumulate) and shared-memory fragment loads.
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8×8 bf16 matrices from shared memory (lanes 8i..8i+7 give matrix i's rows).
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16* row) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// Two floats as a bf16 pair, `lo` at the lower address.
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+
 // FP8 E4M3 conversions (Hopper's cvt instructions, sm_89+; on older devices they trap), shared by
 // the FP8 products (fp8.cu) and the FP8 KV cache (elementwise.cu, attention.cu).
 #define FP8_MAX 448.0f
