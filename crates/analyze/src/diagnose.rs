@@ -397,7 +397,8 @@ fn moe_imbalance(f: &Facts) -> Outcome {
         return Outcome::NotFound;
     }
     let mut evidence = vec![format!(
-        "the busiest expert takes {:.3}× the mean load over {} MoE layers and {} iterations: {} of the experts' time waits on it",
+        "the busiest expert takes {:.3}× the mean load over {} MoE layers and {} iterations: were the experts run side by side \
+         (one worker each, as under expert parallelism), {} of their time would wait on it",
         m.max_over_mean,
         m.layers.len(),
         m.iterations,

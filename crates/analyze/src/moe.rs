@@ -1,8 +1,11 @@
 //! Mixture-of-experts load, from the trace's `expert_load` rows: per MoE layer, how unevenly the
 //! router spread the (token, expert) assignments over the experts, which experts take the most,
-//! and the share of the experts' time lost to waiting on the busiest one. Experts of a layer run
-//! side by side and the layer ends with its busiest expert, so a balanced layer would take
-//! mean/max of the time: the rest, 1 − mean/max, is lost to imbalance.
+//! and the share of the experts' time lost to waiting on the busiest one where experts run side
+//! by side (one worker per expert, as under expert parallelism): the layer ends with its busiest
+//! expert, so a balanced layer would take mean/max of the time, and the rest, 1 − mean/max, is
+//! lost to imbalance. On one GPU whose grouped GEMM spreads every expert's rows over the whole
+//! device the loss is smaller, or a gain (a skewed router wakes fewer experts, whose weights are
+//! read once); the perfect-router comparison measures it.
 
 use std::collections::BTreeMap;
 
@@ -140,7 +143,7 @@ pub fn view(moe: &Measured<MoeLoad>) -> Vec<Block> {
         fact("router", router),
         fact("recorded", format!("{} iterations, {} MoE layers of {} experts", m.iterations, m.layers.len(), m.experts)),
         fact("busiest over mean", format!("{:.2}× (1.00× is balanced)", m.max_over_mean)),
-        fact("lost to imbalance", format!("{} of the experts' time", text::percent(m.lost_share))),
+        fact("lost to imbalance", format!("{} of the experts' time, were they run side by side", text::percent(m.lost_share))),
     ];
     facts.push(crate::view::measured("MoE kernel time lost", &m.lost_ns, |(total, lost)| {
         format!("{} of {}", text::duration(*lost as f64), text::duration(*total as f64))
