@@ -83,6 +83,9 @@ struct MoeBuffers {
 /// reads less.
 pub const MOE_DEVICE_SLOTS: usize = 32;
 
+/// Rows one launch of an expert activation kernel takes: the grid's y axis holds the rows.
+const ACTIVATION_ROWS_PER_LAUNCH: usize = 65_535;
+
 /// Whether a step can replay as a CUDA graph on a MoE model: no balanced logits need uploading
 /// from the host (the perfect router is off). Dense models always can.
 pub fn moe_graphable(c: &ModelConfig, perfect_router: bool) -> bool {
@@ -485,7 +488,12 @@ fn enqueue_moe(
             h,
             b.gate_up.ptr,
         )?;
-        activate(tiles * MOE_TILE_ROWS, b.gate_up.ptr, 0, b.act.ptr)?;
+        // The activation kernels take rows on the grid's y axis (at most 65,535 a launch).
+        let rows_total = tiles * MOE_TILE_ROWS;
+        for first in (0..rows_total).step_by(ACTIVATION_ROWS_PER_LAUNCH) {
+            let n = ACTIVATION_ROWS_PER_LAUNCH.min(rows_total - first);
+            activate(n, b.gate_up.at(first * 2 * fe * 2), 0, b.act.at(first * fe * 2))?;
+        }
         k.moe_grouped_gemm(gpu, b.act.ptr, 1, 0, tile_expert, num_tiles, tiles, tables.down.ptr, down_bias, h, fe, b.y.ptr)?;
         b.position.ptr
     };
