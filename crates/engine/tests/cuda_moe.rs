@@ -73,10 +73,15 @@ fn prefill(model: Arc<Model>, len: usize, batch_invariant: bool) -> (Vec<Vec<u32
     (loads, first)
 }
 
+/// A token with its log-probability and the likeliest tokens' (id, log-probability).
+type DecodedToken = (u32, f32, Vec<(u32, f32)>);
+/// One step's expert load: per MoE layer, the slots each expert received.
+type StepLoad = Vec<Vec<u32>>;
+
 /// Greedy decode of `sequences` prompts of `len` tokens for `steps` tokens each: the first
 /// sequence's tokens, each with its log-probability and the two likeliest, and the expert load of
 /// every decode step.
-fn decode(model: Arc<Model>, len: usize, steps: usize, sequences: usize) -> (Vec<(u32, f32, Vec<(u32, f32)>)>, Vec<Vec<Vec<u32>>>) {
+fn decode(model: Arc<Model>, len: usize, steps: usize, sequences: usize) -> (Vec<DecodedToken>, Vec<StepLoad>) {
     let vocab = model.config().vocab_size as u32;
     let config = EngineConfig { kv_budget: KvBudget::Tokens(4096 * sequences), ..EngineConfig::default() };
     let mut engine = Engine::new(model, config).unwrap();

@@ -86,7 +86,7 @@ pub fn moe_forward(
         }
     }
     drop(experts_span);
-    let _combine = span(Category::Debug, "moe combine");
+    let _unpermute = span(Category::Debug, "moe unpermute");
     for (token, o) in out.chunks_mut(h).enumerate() {
         o.fill(0.0);
         for s in token * k..(token + 1) * k {

@@ -28,6 +28,7 @@ use crate::plan::{FeedForward, Moe, SelfAttention};
 use anyhow::{bail, Result};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, RopeArgs, MOE_TILE_ROWS};
+use lumen_trace::instrument::{span, Category};
 
 /// The device buffers a step computes in, sized for `max_tokens` tokens and `max_rows` rows of
 /// logits.
@@ -440,6 +441,7 @@ fn enqueue_moe(
     let b = act.moe.as_ref().expect("MoE buffers for a MoE model");
     let (h, e, top, fe) = (c.hidden_size, m.num_experts, m.top_k, m.expert_intermediate_size);
     let slots = t * top;
+    let stage = span(Category::Debug, "moe gate");
     linear.run(gpu, k, act.normed.tensor(DType::Bf16, t, h), moe.router.view(), b.logits.tensor(DType::F32, t, e))?;
     if w.perfect_router {
         if moe_layer == 0 {
@@ -449,6 +451,8 @@ fn enqueue_moe(
         // The gate GEMM ran; its logits give way to the balanced ones.
         gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
     }
+    drop(stage);
+    let stage = span(Category::Debug, "moe route");
     // The perfect router's logits replace the biased ones (the router's bias and the planted
     // skew), as on the CPU.
     let zipf = w.gate_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |g| g.ptr);
@@ -456,6 +460,7 @@ fn enqueue_moe(
     let method = route_method(m.routing)?;
     k.moe_route(gpu, b.logits.ptr, router_bias, zipf, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
     k.moe_count(gpu, b.experts.ptr, slots, b.load.at(moe_layer * e * 4))?;
+    drop(stage);
     let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {
         ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),
         ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out),
@@ -465,6 +470,7 @@ fn enqueue_moe(
     let (gate_up_bias, down_bias) = (bias_table(&tables.gate_up_bias), bias_table(&tables.down_bias));
     let positions = if slots <= MOE_DEVICE_SLOTS {
         // Every slot's products straight from the routing, in slot order.
+        let _experts = span(Category::Debug, "moe experts");
         k.moe_gemv(gpu, act.normed.ptr, top, b.experts.ptr, tables.gate_up.ptr, gate_up_bias, slots, 2 * fe, h, b.gate_up.ptr)?;
         activate(slots, b.gate_up.ptr, 0, b.act.ptr)?;
         k.moe_gemv(gpu, b.act.ptr, 1, b.experts.ptr, tables.down.ptr, down_bias, slots, h, fe, b.y.ptr)?;
@@ -472,7 +478,10 @@ fn enqueue_moe(
     } else {
         // The slots laid out by expert in whole tiles, then both products as grouped GEMMs.
         let tiles = moe_max_tiles(slots, e);
+        let permute = span(Category::Debug, "moe permute");
         k.moe_align(gpu, b.experts.ptr, slots, e, b.tile_expert.ptr, b.rows.ptr, b.position.ptr, b.num_tiles.ptr)?;
+        drop(permute);
+        let _experts = span(Category::Debug, "moe experts");
         let (rows, tile_expert, num_tiles) = (b.rows.ptr, b.tile_expert.ptr, b.num_tiles.ptr);
         k.moe_grouped_gemm(
             gpu,
@@ -499,6 +508,7 @@ fn enqueue_moe(
     };
     let (mut shared_out, mut shared_gate) = (0, 0);
     if let (Some(shared), Some((gate_up, sact, out, gate))) = (&moe.shared, &b.shared) {
+        let _shared = span(Category::Debug, "moe shared expert");
         let fs = shared.expert.down.cols;
         let x = act.normed.tensor(DType::Bf16, t, h);
         linear.run(gpu, k, x, shared.expert.gate_up.view(), gate_up.tensor(DType::Bf16, t, 2 * fs))?;
@@ -510,5 +520,6 @@ fn enqueue_moe(
             shared_gate = gate.ptr;
         }
     }
+    let _unpermute = span(Category::Debug, "moe unpermute");
     k.moe_combine(gpu, b.y.ptr, positions, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)
 }
