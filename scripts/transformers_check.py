@@ -3,8 +3,8 @@
 
 For each architecture below, transformers builds a small model from its own config class, every
 parameter is drawn at random (norm weights near 1, the rest normal with std 0.1, biases, attention
-sinks and router biases included, so no block hides behind a zero), and the model is saved as
-safetensors with its config.json. Then, for one prompt of PROMPT token ids:
+sinks, router biases and DeepSeek's routing correction bias included, so no block hides behind a
+zero), and the model is saved as safetensors with its config.json. Then, for one prompt of PROMPT token ids:
 
 - transformers (float32, eager attention, no cache: the whole sequence each step) gives the greedy
   chain of STEPS tokens and the log-softmax of every step's logits;
@@ -73,6 +73,21 @@ def common(**kw):
     return base
 
 
+def deepseek_v3():
+    """DeepSeek-V3 with every feature on: a q LoRA, MLA, grouped sigmoid routing (16 experts in 4
+    groups, 2 kept, top 4) with its correction bias, a shared expert, one dense layer first, and
+    YaRN on the rotary part."""
+    kw = common(num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=16, num_experts_per_tok=4,
+                n_group=4, topk_group=2, n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+                q_lora_rank=64, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32, v_head_dim=32,
+                norm_topk_prob=True,
+                rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": 1.0,
+                                 "mscale_all_dim": 1.0, "original_max_position_embeddings": 128,
+                                 "beta_fast": 32.0, "beta_slow": 1.0})
+    kw.pop("head_dim")
+    return kw
+
+
 def architectures():
     t = transformers
     return {
@@ -89,6 +104,7 @@ def architectures():
                      decoder_sparse_step=1, mlp_only_layers=[])
         ),
         "olmoe": lambda: t.OlmoeConfig(**common(num_experts=16, num_experts_per_tok=4, intermediate_size=128)),
+        "deepseek_v3": lambda: t.DeepseekV3Config(**deepseek_v3()),
         "gpt_oss": lambda: t.GptOssConfig(
             **common(num_local_experts=8, num_experts_per_tok=2, intermediate_size=256, sliding_window=16,
                      layer_types=["sliding_attention", "full_attention"], rope_theta=150000.0)
@@ -108,6 +124,10 @@ def build(name, make, directory):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.1 * torch.randn_like(p))
+        # DeepSeek's routing correction bias is a buffer, not a parameter.
+        for bname, b in model.named_buffers():
+            if "correction_bias" in bname:
+                b.copy_(0.1 * torch.randn_like(b))
     model.save_pretrained(directory, safe_serialization=True)
     return model
 
