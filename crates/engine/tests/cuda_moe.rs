@@ -15,9 +15,9 @@
 //! - with `LUMEN_PERFECT_ROUTER=1` the skewed model's experts each get exactly their share.
 //!
 //! Decode steps run on the device alone and replay as CUDA graphs: one sequence's slots through
-//! `moe_gemv`, sixteen sequences' through the grouped expert GEMM. For Qwen3-MoE, Qwen1.5-MoE and
-//! GPT-OSS widths, one sequence and then sixteen, 12 greedy tokens after each prompt (the first
-//! sequence's compared):
+//! `moe_gemv`, twelve sequences' (padded to the graph of sixteen) through the grouped expert GEMM.
+//! For Qwen3-MoE, Qwen1.5-MoE and GPT-OSS widths, one sequence and then twelve, 12 greedy tokens
+//! after each prompt (the first sequence's compared):
 //! - each decode step's expert load, counted on the device, sums to top-k × sequences in every
 //!   MoE layer;
 //! - while the CUDA chain follows the CPU's, every token's log-probability is within the bf16
@@ -36,9 +36,10 @@ const PROMPT: usize = 32;
 const GPT_OSS_PROMPT: usize = 300;
 /// Prompts of the prefill step.
 const PROMPTS: usize = 2;
-/// Sequences of the batched decode run: a CUDA-graph size, and more slots (× top-k) than
-/// `moe_gemv` takes, so the grouped expert GEMM runs under graph replay.
-const DECODE_BATCH: usize = 16;
+/// Sequences of the batched decode run: more slots (× top-k) than `moe_gemv` takes, so the grouped
+/// expert GEMM runs, and between two CUDA-graph sizes, so each step replays the graph of 16 with
+/// four padding rows (which must not join the expert load).
+const DECODE_BATCH: usize = 12;
 
 fn load(spec: &str, device: Device) -> Arc<Model> {
     Arc::new(load_model_with(spec, LoadOptions { device, quantization: Quantization::None }).unwrap_or_else(|e| panic!("{spec}: {e:#}")))

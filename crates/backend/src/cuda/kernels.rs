@@ -394,9 +394,10 @@ impl Kernels {
         self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
     }
 
-    /// Adds each of `slots` routed slots to its expert's count in `load` (u32 per expert).
-    pub fn moe_count(&self, gpu: &Gpu, experts: u64, slots: usize, load: u64) -> Result<()> {
-        let args = Args::default().ptr(experts).i32(slots as i32).ptr(load);
+    /// Adds each routed slot of the step's real tokens (`real_tokens`, a device u32; `k` slots a
+    /// token, at most `slots` in all) to its expert's count in `load` (u32 per expert).
+    pub fn moe_count(&self, gpu: &Gpu, experts: u64, slots: usize, k: usize, real_tokens: u64, load: u64) -> Result<()> {
+        let args = Args::default().ptr(experts).i32(slots as i32).i32(k as i32).ptr(real_tokens).ptr(load);
         self.launch(gpu, self.moe_count, ((slots as u32).div_ceil(ROW_THREADS), 1, 1), ROW_THREADS, args)
     }
 

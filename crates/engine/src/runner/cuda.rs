@@ -90,6 +90,7 @@ struct Layout {
     table_data: usize,
     params: usize,
     split_tokens: usize,
+    real_tokens: usize,
     words: usize,
 }
 
@@ -105,8 +106,9 @@ impl Layout {
         let table_data = table_offsets + max_seqs + 1;
         let params = table_data + table_words;
         let split_tokens = params + 6 * max_seqs;
-        let words = split_tokens + 1;
-        Layout { tokens, positions, slots, logit_rows, tiles, table_offsets, table_data, params, split_tokens, words }
+        let real_tokens = split_tokens + 1;
+        let words = real_tokens + 1;
+        Layout { tokens, positions, slots, logit_rows, tiles, table_offsets, table_data, params, split_tokens, real_tokens, words }
     }
 }
 
@@ -343,13 +345,11 @@ impl CudaRunner {
             && batch.seqs.iter().enumerate().all(|(i, s)| s.len == 1 && s.start == i)
             && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i)
             && batch.logit_rows.len() == n;
-        // A MoE step replays only where its layers run on the device alone, at its exact size (so
-        // no padding rows join the expert load).
+        // A MoE step replays unless the perfect router uploads its logits; its padding rows are
+        // routed too, but only the real tokens' slots join the expert load (`real_tokens`).
         let c = self.model.config();
-        let graph_size = self
-            .config
-            .graph_size(n)
-            .filter(|&size| decode_only && (c.moe.is_none() || size == n) && moe_graphable(c, self.perfect_router()));
+        let replayable = decode_only && moe_graphable(c, self.perfect_router());
+        let graph_size = self.config.graph_size(n).filter(|_| replayable);
         let Some(size) = graph_size else { return self.stage_eager(batch, params) };
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let (splits, split_tokens) = self.split_plan(size, max_ctx, size);
@@ -420,6 +420,7 @@ impl CudaRunner {
         let vocab = model.config().vocab_size;
         let slots_total = (self.num_blocks + 1) * self.config.block_size;
         let w = self.staging.as_mut_slice();
+        w[l.real_tokens] = t as u32;
         for (i, ((&tok, &pos), &slot)) in batch.tokens.iter().zip(batch.positions).zip(batch.slots).enumerate() {
             ensure!((tok as usize) < vocab, "token id {tok} at row {i} is out of range for a vocabulary of {vocab}");
             ensure!(slot < slots_total, "KV slot {slot} at row {i} is beyond the cache's {slots_total} slots");
@@ -546,6 +547,7 @@ impl CudaRunner {
             table_offsets: self.dev(l.table_offsets),
             table_data: self.dev(l.table_data),
             split_tokens: self.dev(l.split_tokens),
+            real_tokens: self.dev(l.real_tokens),
         };
         enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
         if sample && self.rank_index().unwrap_or(0) == 0 {

@@ -242,6 +242,8 @@ pub struct StepInputs {
     pub table_offsets: u64,
     pub table_data: u64,
     pub split_tokens: u64,
+    /// The step's real token count (one u32): a replayed graph pads its batch beyond it.
+    pub real_tokens: u64,
 }
 
 /// What a tensor-parallel rank's pass adds: its communicator, and the buffers its head's rows of
@@ -388,7 +390,7 @@ pub fn enqueue_forward(
                 all_reduce(&act.delta)?;
             }
             FeedForward::Moe(moe) => {
-                enqueue_moe(w, c, linear, act, moe, li, moe_layer, t)?;
+                enqueue_moe(w, c, linear, act, moe, li, moe_layer, t, inputs.real_tokens)?;
                 moe_layer += 1;
             }
         }
@@ -435,6 +437,7 @@ fn enqueue_moe(
     layer: usize,
     moe_layer: usize,
     t: usize,
+    real_tokens: u64,
 ) -> Result<()> {
     let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
     let m = c.moe.as_ref().expect("a MoE layer has the MoE config");
@@ -459,7 +462,7 @@ fn enqueue_moe(
     let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
     let method = route_method(m.routing)?;
     k.moe_route(gpu, b.logits.ptr, router_bias, zipf, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
-    k.moe_count(gpu, b.experts.ptr, slots, b.load.at(moe_layer * e * 4))?;
+    k.moe_count(gpu, b.experts.ptr, slots, top, real_tokens, b.load.at(moe_layer * e * 4))?;
     drop(stage);
     let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {
         ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),
