@@ -590,3 +590,54 @@ pub struct AttentionArgs {
     pub part_acc: u64,
     pub part_ml: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{moe_max_tiles, MOE_TILE_ROWS};
+
+    /// The tiles `moe_align` lays `counts` (slots per expert) out in: each expert's own, whole.
+    fn tiles(counts: &[usize]) -> usize {
+        counts.iter().map(|c| c.div_ceil(MOE_TILE_ROWS)).sum()
+    }
+
+    /// The MoE buffers are sized by `moe_max_tiles`: no routing of the slots may need more tiles,
+    /// or the grouped GEMM would write past them. Checked on the extremes (every slot on one
+    /// expert, one slot per expert, just over a tile on as many experts as possible) and on
+    /// pseudo-random skewed routings.
+    #[test]
+    fn no_routing_needs_more_tiles_than_the_buffers_hold() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize
+        };
+        for experts in [8, 16, 32, 60, 64, 128, 256, 512] {
+            for slots in [33, 64, 65, 100, 512, 4096, 16_384, 65_536] {
+                let bound = moe_max_tiles(slots, experts);
+                let mut one = vec![0; experts];
+                one[0] = slots;
+                let spread: Vec<usize> = (0..experts).map(|e| slots / experts + usize::from(e < slots % experts)).collect();
+                let mut over = vec![0; experts];
+                let mut left = slots;
+                for c in over.iter_mut() {
+                    let take = left.min(MOE_TILE_ROWS + 1);
+                    *c = take;
+                    left -= take;
+                }
+                over[0] += left;
+                for counts in [one, spread, over] {
+                    assert!(tiles(&counts) <= bound, "{experts} experts, {slots} slots: {} tiles > {bound}", tiles(&counts));
+                }
+                for _ in 0..50 {
+                    let mut counts = vec![0; experts];
+                    for _ in 0..slots {
+                        // Skewed: half the slots on the first eighth of the experts.
+                        let e = if next() % 2 == 0 { next() % experts.div_ceil(8) } else { next() % experts };
+                        counts[e] += 1;
+                    }
+                    assert!(tiles(&counts) <= bound, "{experts} experts, {slots} slots: {} tiles > {bound}", tiles(&counts));
+                }
+            }
+        }
+    }
+}
