@@ -68,6 +68,9 @@ pub struct RouterReading {
     pub significant: bool,
     /// The busiest expert's load over the mean in the router run, when it recorded expert loads.
     pub router_max_over_mean: Option<f64>,
+    /// Experts woken per layer and step: (router run, perfect-router run, experts), when both
+    /// recorded expert loads.
+    pub active_experts: Option<(f64, f64, usize)>,
     pub reading: String,
 }
 
@@ -318,7 +321,11 @@ fn router_reading(
     // median_change is (new − base) / base; the gain is measured against the router run.
     let gain = if perfect_is_new { -v.median_change } else { v.median_change / (1.0 + v.median_change) };
     let significant = v.outcome != Outcome::NoSignificantDifference;
-    let router_run = if perfect_is_new { base } else { new };
+    let (router_run, perfect_run) = if perfect_is_new { (base, new) } else { (new, base) };
+    let active_experts = match (router_run.moe.get(), perfect_run.moe.get()) {
+        (Some(r), Some(p)) => Some((r.active_experts, p.active_experts, r.experts.max(p.experts))),
+        _ => None,
+    };
     let reading = if significant && gain > PERFECT_ROUTER_GAIN {
         format!(
             "{}% faster with the perfect router (over {}): router causing load imbalance; optimize routing or try alternative \
@@ -329,10 +336,13 @@ fn router_reading(
     } else if !significant {
         "similar performance (no significant difference): routing is not a bottleneck; focus elsewhere".to_string()
     } else if gain < -PERFECT_ROUTER_GAIN {
+        let woken = active_experts.map_or(String::new(), |(r, p, e)| {
+            format!(" ({p:.1} of {e} experts a layer and step against the router's {r:.1}, each with its weights to read)")
+        });
         format!(
-            "{:.1}% slower with the perfect router (beyond {}): balanced routing wakes more experts, and each active expert \
-             costs more than the imbalance does; routing is not a bottleneck; make the expert kernels' cost per active expert \
-             smaller (grouped expert GEMMs, fewer launches and host round trips per MoE layer)",
+            "{:.1}% slower with the perfect router (beyond {}): balanced routing wakes more experts{woken}, and each active \
+             expert costs more than the imbalance does; routing is not a bottleneck; make the expert kernels' cost per active \
+             expert smaller (grouped expert GEMMs, fewer launches and host round trips per MoE layer)",
             -gain * 100.0,
             text::percent(PERFECT_ROUTER_GAIN)
         )
@@ -348,6 +358,7 @@ fn router_reading(
         gain,
         significant,
         router_max_over_mean: router_run.moe.get().map(|m| m.max_over_mean),
+        active_experts,
         reading,
     }))
 }
@@ -830,6 +841,13 @@ fn render_router(router: Option<&Measured<RouterReading>>, out: &mut String) {
     if let Some(x) = r.router_max_over_mean {
         line(out, "router run's load", format!("busiest expert {x:.2}× the mean"));
     }
+    if let Some((router, perfect, experts)) = r.active_experts {
+        line(
+            out,
+            "experts woken",
+            format!("{router:.1} of {experts} per layer and step with the router, {perfect:.1} with the perfect one"),
+        );
+    }
 }
 
 fn render_figures(figures: &[FigureDelta], out: &mut String) {
@@ -989,10 +1007,13 @@ mod tests {
         let small = reading(&moe_run(10.5, false, 7), &moe_run(10.0, true, 6));
         assert!(small.significant && close(small.gain, 0.5 / 10.5), "{small:?}");
         assert!(small.reading.contains("within 10.0%") && small.reading.contains("routing is not a bottleneck"), "{}", small.reading);
-        // Much slower with the perfect router: the cost is per active expert, not the imbalance.
-        let slower = reading(&moe_run(10.0, false, 1), &moe_run(25.0, true, 6));
+        // Much slower with the perfect router, which wakes both experts where the router woke one:
+        // the cost is per active expert, not the imbalance.
+        let slower = reading(&moe_run(10.0, false, 12), &moe_run(25.0, true, 6));
         assert!(slower.significant && close(slower.gain, -1.5), "{slower:?}");
         assert!(slower.reading.starts_with("150.0% slower with the perfect router"), "{}", slower.reading);
+        assert_eq!(slower.active_experts, Some((1.0, 2.0, 2)));
+        assert!(slower.reading.contains("(2.0 of 2 experts a layer and step against the router's 1.0"), "{}", slower.reading);
         assert!(slower.reading.contains("routing is not a bottleneck") && !slower.reading.contains("within"), "{}", slower.reading);
         // Two runs of the same router: no reading.
         assert!(compared(&router, &moe_run(10.0, false, 6)).router.is_none());

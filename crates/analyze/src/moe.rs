@@ -32,6 +32,9 @@ pub struct MoeLoad {
     pub max_over_mean: f64,
     /// Over all layers: the share of the experts' time a balanced router would save.
     pub lost_share: f64,
+    /// The experts with at least one slot, on average over every layer's steps with tokens: on
+    /// one GPU each woken expert's weights are read, so fewer woken experts read less.
+    pub active_experts: f64,
     /// The GPU time of MoE kernels (kernel class `moe`) and the part of it lost to the busiest
     /// expert; not available without such kernels.
     pub lost_ns: Measured<(u64, u64)>,
@@ -77,6 +80,9 @@ pub fn analyze(trace: &TraceData, kernels: &Measured<Kernels>) -> Measured<MoeLo
             .map(|c| (c.total_ns, (c.total_ns as f64 * lost_share) as u64)),
         || "no MoE kernels (class moe) in the trace; record the GPU with `lumen profile`".into(),
     );
+    let loaded: Vec<&ExpertLoadRow> = trace.expert_loads.iter().filter(|r| r.tokens.iter().any(|&t| t > 0)).collect();
+    let woken: usize = loaded.iter().map(|r| r.tokens.iter().filter(|&&t| t > 0).count()).sum();
+    let active_experts = woken as f64 / loaded.len() as f64;
     let mut iterations: Vec<u64> = trace.expert_loads.iter().map(|r| r.iteration).collect();
     iterations.sort_unstable();
     iterations.dedup();
@@ -86,6 +92,7 @@ pub fn analyze(trace: &TraceData, kernels: &Measured<Kernels>) -> Measured<MoeLo
         experts,
         max_over_mean: weighted(|l| l.max_over_mean),
         lost_share,
+        active_experts,
         lost_ns,
         layers,
     })
@@ -144,6 +151,7 @@ pub fn view(moe: &Measured<MoeLoad>) -> Vec<Block> {
         fact("recorded", format!("{} iterations, {} MoE layers of {} experts", m.iterations, m.layers.len(), m.experts)),
         fact("busiest over mean", format!("{:.2}× (1.00× is balanced)", m.max_over_mean)),
         fact("lost to imbalance", format!("{} of the experts' time, were they run side by side", text::percent(m.lost_share))),
+        fact("experts woken", format!("{:.1} of {} per layer and step", m.active_experts, m.experts)),
     ];
     facts.push(crate::view::measured("MoE kernel time lost", &m.lost_ns, |(total, lost)| {
         format!("{} of {}", text::duration(*lost as f64), text::duration(*total as f64))
@@ -207,6 +215,8 @@ mod tests {
         // Weighted over layers (16 assignments each): max/mean 1.75, lost 0.28125.
         assert!((m.max_over_mean - 1.75).abs() < 1e-12 && (m.lost_share - 0.28125).abs() < 1e-12);
         assert_eq!(worst_layers(m, 1)[0].layer, 1);
+        // Woken experts per row with tokens: 4, 4, 3, 1 (the empty step is left out).
+        assert!((m.active_experts - 3.0).abs() < 1e-12, "{}", m.active_experts);
         assert!(m.lost_ns.get().is_none());
     }
 
