@@ -88,6 +88,20 @@ def deepseek_v3():
     return kw
 
 
+def deepseek_v2():
+    """DeepSeek-V2-Lite's kind: MLA without a q LoRA, softmax top-k routing without
+    renormalisation, two shared experts, one dense layer first, and YaRN with DeepSeek's mscale."""
+    kw = common(num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=16, num_experts_per_tok=4,
+                n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=1.0, topk_method="greedy",
+                norm_topk_prob=False, q_lora_rank=None, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32,
+                v_head_dim=32,
+                rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": 0.707,
+                                 "mscale_all_dim": 0.707, "original_max_position_embeddings": 128,
+                                 "beta_fast": 32.0, "beta_slow": 1.0})
+    kw.pop("head_dim")
+    return kw
+
+
 def architectures():
     t = transformers
     return {
@@ -104,6 +118,7 @@ def architectures():
                      decoder_sparse_step=1, mlp_only_layers=[])
         ),
         "olmoe": lambda: t.OlmoeConfig(**common(num_experts=16, num_experts_per_tok=4, intermediate_size=128)),
+        "deepseek_v2": lambda: t.DeepseekV2Config(**deepseek_v2()),
         "deepseek_v3": lambda: t.DeepseekV3Config(**deepseek_v3()),
         "gpt_oss": lambda: t.GptOssConfig(
             **common(num_local_experts=8, num_experts_per_tok=2, intermediate_size=256, sliding_window=16,
