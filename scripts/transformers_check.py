@@ -73,33 +73,33 @@ def common(**kw):
     return base
 
 
+def deepseek(mscale, **kw):
+    """The tiny DeepSeek shape both versions share: MLA (64-wide latent, 32-wide rotary, no-rotary
+    and value heads), 16 routed experts of which 4 per token, one dense layer first, and YaRN on
+    the rotary part with DeepSeek's `mscale` (the same for `mscale_all_dim`); `kw` adds each
+    version's own keys."""
+    base = common(num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=16, num_experts_per_tok=4,
+                  first_k_dense_replace=1, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32, v_head_dim=32,
+                  rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": mscale,
+                                   "mscale_all_dim": mscale, "original_max_position_embeddings": 128,
+                                   "beta_fast": 32.0, "beta_slow": 1.0},
+                  **kw)
+    base.pop("head_dim")
+    return base
+
+
 def deepseek_v3():
-    """DeepSeek-V3 with every feature on: a q LoRA, MLA, grouped sigmoid routing (16 experts in 4
-    groups, 2 kept, top 4) with its correction bias, a shared expert, one dense layer first, and
-    YaRN on the rotary part."""
-    kw = common(num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=16, num_experts_per_tok=4,
-                n_group=4, topk_group=2, n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
-                q_lora_rank=64, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32, v_head_dim=32,
-                norm_topk_prob=True,
-                rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": 1.0,
-                                 "mscale_all_dim": 1.0, "original_max_position_embeddings": 128,
-                                 "beta_fast": 32.0, "beta_slow": 1.0})
-    kw.pop("head_dim")
-    return kw
+    """DeepSeek-V3 with every feature on: a q LoRA, grouped sigmoid routing (4 groups, 2 kept)
+    with its correction bias and scaling, renormalised weights, and one shared expert."""
+    return deepseek(1.0, q_lora_rank=64, n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5,
+                    norm_topk_prob=True)
 
 
 def deepseek_v2():
-    """DeepSeek-V2-Lite's kind: MLA without a q LoRA, softmax top-k routing without
-    renormalisation, two shared experts, one dense layer first, and YaRN with DeepSeek's mscale."""
-    kw = common(num_key_value_heads=4, moe_intermediate_size=64, n_routed_experts=16, num_experts_per_tok=4,
-                n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=1.0, topk_method="greedy",
-                norm_topk_prob=False, q_lora_rank=None, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32,
-                v_head_dim=32,
-                rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": 0.707,
-                                 "mscale_all_dim": 0.707, "original_max_position_embeddings": 128,
-                                 "beta_fast": 32.0, "beta_slow": 1.0})
-    kw.pop("head_dim")
-    return kw
+    """DeepSeek-V2-Lite's kind: no q LoRA, softmax top-k routing without renormalisation, two
+    shared experts, and YaRN's mscale of 0.707."""
+    return deepseek(0.707, q_lora_rank=None, topk_method="greedy", norm_topk_prob=False, n_shared_experts=2,
+                    routed_scaling_factor=1.0)
 
 
 def architectures():
