@@ -80,9 +80,9 @@ pub fn analyze(trace: &TraceData, kernels: &Measured<Kernels>) -> Measured<MoeLo
             .map(|c| (c.total_ns, (c.total_ns as f64 * lost_share) as u64)),
         || "no MoE kernels (class moe) in the trace; record the GPU with `lumen profile`".into(),
     );
-    let loaded: Vec<&ExpertLoadRow> = trace.expert_loads.iter().filter(|r| r.tokens.iter().any(|&t| t > 0)).collect();
-    let woken: usize = loaded.iter().map(|r| r.tokens.iter().filter(|&&t| t > 0).count()).sum();
-    let active_experts = woken as f64 / loaded.len() as f64;
+    // Over the rows with tokens (one exists: a layer had assignments), the experts with any.
+    let woken: Vec<usize> = trace.expert_loads.iter().map(|r| r.tokens.iter().filter(|&&t| t > 0).count()).filter(|&n| n > 0).collect();
+    let active_experts = woken.iter().sum::<usize>() as f64 / woken.len() as f64;
     let mut iterations: Vec<u64> = trace.expert_loads.iter().map(|r| r.iteration).collect();
     iterations.sort_unstable();
     iterations.dedup();
