@@ -579,9 +579,19 @@ fn concurrency(f: &Facts, h: &Headroom) -> Outcome {
                 cap as f64 / h.median_batch.max(1.0)
             ),
         ],
-        "keep more requests in flight: `lumen bench throughput --concurrency` higher (or -1), or more clients".into(),
+        format!("keep more requests in flight: {}", more_in_flight(f)),
     );
     Outcome::Fires(finding)
+}
+
+/// How to keep more requests in flight for the run the trace recorded: a server's clients, or
+/// the offline benchmark's concurrency.
+fn more_in_flight(f: &Facts) -> &'static str {
+    if f.trace.meta("command").is_some_and(|c| c.contains(" serve")) {
+        "raise the clients' concurrency (`lumen bench serve --max-concurrency`, or a higher --request-rate), or add clients"
+    } else {
+        "`lumen bench throughput --concurrency` higher (or -1), or more clients"
+    }
 }
 
 /// One device's busy time over its steady window (one-off outlier gaps left out).
@@ -842,9 +852,10 @@ fn low_utilisation(f: &Facts) -> Outcome {
         LOW_UTILISATION,
         idle,
         evidence,
-        "give the GPU more work per iteration: raise --max-batch-size and --max-num-tokens, or keep more requests in flight \
-         (`lumen bench throughput --concurrency`)"
-            .into(),
+        format!(
+            "give the GPU more work per iteration: raise --max-batch-size and --max-num-tokens, or keep more requests in flight: {}",
+            more_in_flight(f)
+        ),
     );
     finding.range_ns = f.relative(low.iter().map(|d| d.start_ns).min().unwrap_or(0), low.iter().map(|d| d.end_ns).max().unwrap_or(0));
     Outcome::Fires(finding)
@@ -1543,6 +1554,12 @@ mod tests {
         few.meta.retain(|(k, _)| k != "command");
         few.meta.push(("command".into(), "lumen bench latency --model llama-3.1-8b".into()));
         assert!(diagnosis(&few).not_found.contains(&CONCURRENCY), "one request at a time is the latency benchmark's design");
+        // A served run's requests come from its clients: the advice names theirs.
+        few.meta.retain(|(k, _)| k != "command");
+        few.meta.push(("command".into(), "lumen serve --model llama-3.1-8b --port 8000".into()));
+        let served = diagnosis(&few);
+        let action = &finding(&served, CONCURRENCY).expect("too few in flight").action;
+        assert!(action.contains("lumen bench serve --max-concurrency") && !action.contains("bench throughput"), "{action}");
     }
 
     /// A GEMM loop replayed from a graph: 20 busy 1 ms steps, and a 129 ms stall in the first
