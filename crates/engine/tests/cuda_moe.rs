@@ -12,7 +12,17 @@
 //! - every MoE layer of the prefill step assigns each token to top-k experts (the loads sum to
 //!   tokens × k) and differs from the CPU's choice in at most 2% of the assignments (near ties
 //!   in bf16);
-//! - with `LUMEN_PERFECT_ROUTER=1` the skewed model's experts each get exactly their share.
+//! - with `LUMEN_PERFECT_ROUTER=1` the skewed model's experts each get exactly their share, and
+//!   so do tiny DeepSeek-V3's under its group limit.
+//!
+//! DeepSeek's models run the same checks: multi-head latent attention (absorbed on CUDA in every
+//! step, against the CPU's expanded prefill and absorbed decode), DeepSeekV3 routing (groups kept
+//! by their two best corrected scores, the correction bias, the routed scaling) or V2's softmax,
+//! ungated shared experts and dense first layers. The tiny presets (4 groups keeping 2), Moonlight
+//! and DeepSeek-V2-Lite at their real widths cut to two layers (one dense, one MoE), and
+//! DeepSeek-V3's attention at its real width (128 heads, a q LoRA of 1536, a 512-wide latent) in
+//! one dense layer. Tiny DeepSeek-V3 also prefills 300-token prompts batch-invariant, through the
+//! CUDA-core tiles and 64-token KV splits merged by `attention_combine`.
 //!
 //! Decode steps run on the device alone and replay as CUDA graphs: one sequence's slots through
 //! `moe_gemv`, twelve sequences' (padded to the graph of sixteen) through the grouped expert GEMM.
@@ -31,9 +41,10 @@ use std::sync::Arc;
 
 /// How far bf16 weights and activations may move a log-probability on these shapes.
 const BF16_BOUND: f32 = 0.05;
-/// Tokens of each prompt; GPT-OSS's are longer than its sliding window.
+/// Tokens of each prompt; GPT-OSS's are longer than its sliding window, and so are tiny
+/// DeepSeek-V3's second ones (several KV splits).
 const PROMPT: usize = 32;
-const GPT_OSS_PROMPT: usize = 300;
+const LONG_PROMPT: usize = 300;
 /// Prompts of the prefill step.
 const PROMPTS: usize = 2;
 /// Sequences of the batched decode run: more slots (× top-k) than `moe_gemv` takes, so the grouped
@@ -120,19 +131,28 @@ fn decode(model: Arc<Model>, len: usize, steps: usize, sequences: usize) -> (Vec
 /// The decode checks of the module doc.
 fn decode_steps_follow_the_cpu() {
     const STEPS: usize = 12;
-    for (spec, sequences) in ["qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "gpt-oss-20b+layers=2"]
+    let specs = [
+        "qwen3-30b-a3b+layers=2",
+        "qwen1.5-moe-a2.7b+layers=2",
+        "gpt-oss-20b+layers=2",
+        "tiny-deepseek-v3",
+        "moonlight-16b-a3b+layers=2",
+        "deepseek-v3+layers=1",
+    ];
+    for (spec, sequences) in specs
         .into_iter()
         .flat_map(|spec| [(spec, 1), (spec, DECODE_BATCH)])
     {
         let (cpu, _) = decode(load(spec, Device::Cpu), PROMPT, STEPS, sequences);
         let cuda_model = load(spec, Device::Cuda);
         let top_k = cuda_model.config().moe.as_ref().expect("a MoE preset").top_k as u32;
+        let moe_layers = cuda_model.config().num_moe_layers();
         let (cuda, loads) = decode(cuda_model, PROMPT, STEPS, sequences);
         assert_eq!((cpu.len(), cuda.len()), (STEPS, STEPS), "{spec} ×{sequences}: every token delivered");
         assert_eq!(loads.len(), STEPS - 1, "{spec} ×{sequences}: one load per decode step");
         let slots = top_k * sequences as u32;
         for (step, layers) in loads.iter().enumerate() {
-            assert!(!layers.is_empty(), "{spec} ×{sequences} step {step}: no expert load recorded");
+            assert_eq!(layers.len(), moe_layers, "{spec} ×{sequences} step {step}: one expert load per MoE layer");
             for (layer, load) in layers.iter().enumerate() {
                 assert_eq!(
                     load.iter().sum::<u32>(),
@@ -163,9 +183,21 @@ fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
         return;
     }
     let gpt_oss = "gpt-oss-20b+layers=2";
-    let specs = ["olmoe-1b-7b+layers=2", "qwen3-30b-a3b+layers=2", "qwen1.5-moe-a2.7b+layers=2", "olmoe-1b-7b+layers=2+zipf=1.5", gpt_oss];
-    for spec in specs {
-        let len = if spec == gpt_oss { GPT_OSS_PROMPT } else { PROMPT };
+    // (preset, prompt tokens, also batch-invariant)
+    let runs = [
+        ("olmoe-1b-7b+layers=2", PROMPT, false),
+        ("qwen3-30b-a3b+layers=2", PROMPT, false),
+        ("qwen1.5-moe-a2.7b+layers=2", PROMPT, false),
+        ("olmoe-1b-7b+layers=2+zipf=1.5", PROMPT, false),
+        (gpt_oss, LONG_PROMPT, true),
+        ("tiny-deepseek-v3", PROMPT, false),
+        ("tiny-deepseek-v3", LONG_PROMPT, true),
+        ("tiny-deepseek-v2-lite", PROMPT, false),
+        ("moonlight-16b-a3b+layers=2", PROMPT, false),
+        ("deepseek-v2-lite+layers=2", PROMPT, false),
+        ("deepseek-v3+layers=1", PROMPT, false),
+    ];
+    for (spec, len, invariant_too) in runs {
         let (cpu_loads, cpu_first) = prefill(load(spec, Device::Cpu), len, false);
         let cuda = load(spec, Device::Cuda);
         let c = cuda.config().clone();
@@ -176,8 +208,8 @@ fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
             assert!(c.attention_sinks && c.attention_output_bias && c.moe.as_ref().is_some_and(|m| m.biases), "{spec}: GPT-OSS's blocks");
         }
         let top_k = c.moe.as_ref().expect("a MoE preset").top_k as u32;
-        let runs: &[bool] = if spec == gpt_oss { &[false, true] } else { &[false] };
-        for &batch_invariant in runs {
+        let modes: &[bool] = if invariant_too { &[false, true] } else { &[false] };
+        for &batch_invariant in modes {
             let what = format!("{spec}{}", if batch_invariant { " (batch-invariant)" } else { "" });
             let (cuda_loads, cuda_first) = prefill(cuda.clone(), len, batch_invariant);
             for (c, g) in cpu_first.iter().zip(&cuda_first) {
@@ -202,5 +234,15 @@ fn moe_layers_on_cuda_follow_the_cpu_and_the_perfect_router_balances_them() {
     let share = (PROMPTS * PROMPT) as u32 * 8 / experts;
     for (layer, load) in prefill(perfect, PROMPT, false).0.iter().enumerate() {
         assert!(load.iter().all(|&l| l == share), "layer {layer}: every expert gets {share}: {load:?}");
+    }
+    // DeepSeek-V3's routing under the perfect router: the balanced logits decide within the group
+    // limit, the correction bias left out.
+    std::env::set_var("LUMEN_PERFECT_ROUTER", "1");
+    let perfect = load("tiny-deepseek-v3", Device::Cuda);
+    std::env::remove_var("LUMEN_PERFECT_ROUTER");
+    let m = perfect.config().moe.clone().unwrap();
+    let share = (PROMPTS * PROMPT * m.top_k / m.num_experts) as u32;
+    for (layer, load) in prefill(perfect, PROMPT, false).0.iter().enumerate() {
+        assert!(load.iter().all(|&l| l == share), "tiny-deepseek-v3 layer {layer}: every expert gets {share}: {load:?}");
     }
 }

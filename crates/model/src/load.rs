@@ -155,7 +155,9 @@ fn load(spec: &str, options: LoadOptions, ranks: Option<usize>) -> Result<Model>
         if let Err(e) = crate::cuda::weights::refuse_cpu_only_blocks(&config, spec) {
             lumen_trace::status!("[lumen] --device auto: {e:#}; running on the CPU");
             gpu = None;
-        } else if !Kernels::supports_head_dim(config.head_dim) || !Kernels::supports_hidden_size(config.hidden_size) {
+        } else if !(config.mla.is_some() || Kernels::supports_head_dim(config.head_dim))
+            || !Kernels::supports_hidden_size(config.hidden_size)
+        {
             lumen_trace::status!(
                 "[lumen] --device auto: head_dim {} / hidden size {} is not supported on CUDA; running on the CPU",
                 config.head_dim,
@@ -576,8 +578,9 @@ mod tests {
         assert!(e.contains("lack a shared expert beside clamped SwiGLU or biased experts"), "{e}");
         let mut grouped = crate::presets::preset_config("qwen3-30b-a3b").unwrap();
         grouped.moe.as_mut().unwrap().routing = crate::moe::RoutingMethod::DeepSeekV3;
-        let e = format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(&grouped, "grouped").unwrap_err());
-        assert!(e.contains("lack DeepSeek-V3's grouped routing"), "{e}");
+        grouped.moe.as_mut().unwrap().groups = crate::moe::GroupLimit { n_group: 64, topk_group: 4 };
+        let e = refusal(&grouped, "grouped");
+        assert!(e.contains("grouped: the CUDA backend's mixture-of-experts layers lack more than 32 expert groups"), "{e}");
         for preset in ["tiny-mixtral", "tiny-olmoe", "tiny-qwen3-moe", "tiny-qwen2-moe", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b"] {
             let config = crate::presets::preset_config(preset).unwrap();
             assert!(crate::cuda::weights::refuse_cpu_only_blocks(&config, preset).is_ok(), "{preset}: SwiGLU experts run on CUDA");
@@ -590,12 +593,24 @@ mod tests {
     }
 
     #[test]
-    fn a_latent_attention_model_on_cuda_is_refused_by_name() {
-        for preset in ["tiny-deepseek-v3", "tiny-deepseek-v2-lite", "deepseek-v3+layers=4"] {
-            let e = format!("{:#}", load_model_on(preset, Device::Cuda).err().unwrap());
-            assert!(e.contains(&format!("{preset}: multi-head latent attention (MLA) is not built on the CUDA backend")), "{e}");
-            assert!(e.contains("the latent KV cache and the absorbed decode kernels; use --device cpu"), "{e}");
+    fn deepseek_runs_on_cuda_and_latent_shapes_its_kernels_lack_are_refused_by_name() {
+        for preset in ["tiny-deepseek-v3", "tiny-deepseek-v2-lite", "deepseek-v3", "deepseek-v2-lite", "moonlight-16b-a3b"] {
+            let config = crate::presets::preset_config(preset).unwrap();
+            let verdict = crate::cuda::weights::refuse_cpu_only_blocks(&config, preset);
+            assert!(verdict.is_ok(), "{preset}: MLA, DeepSeekV3 routing and plain shared experts run on CUDA: {verdict:?}");
         }
+        let refusal = |change: &dyn Fn(&mut crate::config::MlaConfig)| {
+            let mut c = crate::presets::preset_config("deepseek-v3").unwrap();
+            change(c.mla.as_mut().unwrap());
+            format!("{:#}", crate::cuda::weights::refuse_cpu_only_blocks(&c, "wide").unwrap_err())
+        };
+        let e = refusal(&|m| m.kv_lora_rank = 1024);
+        assert!(e.contains("wide: multi-head latent attention of this shape does not run on the CUDA backend"), "{e}");
+        assert!(e.contains("kv_lora_rank 1024 and qk_rope_head_dim 64") && e.ends_with("use --device cpu"), "{e}");
+        let e = refusal(&|m| m.qk_nope_head_dim = 512);
+        assert!(e.contains("qk_nope_head_dim 512: the CUDA MLA kernels expect 1 to 256"), "{e}");
+        let e = refusal(&|m| m.q_lora_rank = Some(1540));
+        assert!(e.contains("wide: q_lora_rank 1540 is not supported by the CUDA backend"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The kernel sources, in compilation order.
-pub const SOURCES: [(&str, &str); 10] = [
+pub const SOURCES: [(&str, &str); 11] = [
     ("prelude.cu", include_str!("kernels/prelude.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
@@ -22,6 +22,7 @@ pub const SOURCES: [(&str, &str); 10] = [
     ("moe.cu", include_str!("kernels/moe.cu")),
     ("moe_experts.cu", include_str!("kernels/moe_experts.cu")),
     ("moe_decode.cu", include_str!("kernels/moe_decode.cu")),
+    ("mla.cu", include_str!("kernels/mla.cu")),
 ];
 
 /// A loaded module.

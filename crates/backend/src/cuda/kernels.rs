@@ -58,6 +58,11 @@ pub struct Kernels {
     moe_count: Kernel,
     moe_align: Kernel,
     moe_grouped_gemm: Kernel,
+    rms_norm_rows: Kernel,
+    mla_rope_latent_write: Kernel,
+    mla_absorb_query: Kernel,
+    mla_attention: Kernel,
+    mla_value_heads: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
     attention_prefill: [(usize, Kernel); 3],
@@ -90,6 +95,8 @@ pub const SAMPLE_THREADS: u32 = 1024;
 pub const MOE_MAX_TOP_K: usize = 16;
 /// Most experts a MoE layer may have on CUDA (`MOE_MAX_EXPERTS` in moe.cu).
 pub const MOE_MAX_EXPERTS: usize = 512;
+/// Most expert groups DeepSeekV3 routing splits the experts into on CUDA (`MOE_MAX_GROUPS`).
+pub const MOE_MAX_GROUPS: usize = 32;
 /// Rows of one tile of the grouped expert GEMM (`MG_BM` in moe_experts.cu), and its output
 /// columns per block (`MG_BN`).
 pub const MOE_TILE_ROWS: usize = 64;
@@ -101,6 +108,57 @@ const MOE_GEMM_THREADS: u32 = 128;
 pub fn moe_max_tiles(slots: usize, experts: usize) -> usize {
     slots.div_ceil(MOE_TILE_ROWS) + experts.min(slots)
 }
+/// The widest latent (kv_lora_rank), latent row (latent + rotary key) and no-RoPE query head the
+/// MLA kernels take (`MLA_MAX_LATENT`, `MLA_MAX_WIDTH`, `MLA_MAX_NOPE` in mla.cu).
+pub const MLA_MAX_LATENT: usize = 512;
+pub const MLA_MAX_WIDTH: usize = 576;
+pub const MLA_MAX_NOPE: usize = 256;
+/// Query rows (token, head) one `mla_attention` block holds (`MLA_ROWS`).
+pub const MLA_BLOCK_ROWS: usize = 32;
+const MLA_THREADS: u32 = 256;
+/// Tokens one block of the MLA per-head products takes (`MLA_HEAD_TOKENS`).
+const MLA_HEAD_TOKENS: usize = 16;
+
+/// The sizes of one MLA layer's heads: `nope` and `rope` query/key values per head (the rotary
+/// part shared by all heads as one key), `v_dim` value values, `latent` (kv_lora_rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaShape {
+    pub heads: usize,
+    pub nope: usize,
+    pub rope: usize,
+    pub v_dim: usize,
+    pub latent: usize,
+}
+
+impl MlaShape {
+    /// Values of one token's cache row: the latent, then the rotary key.
+    pub fn width(&self) -> usize {
+        self.latent + self.rope
+    }
+
+    /// Whether the MLA kernels take this shape; the error says what they expect.
+    pub fn check(&self) -> Result<()> {
+        let MlaShape { nope, rope, latent, .. } = *self;
+        let width = self.width();
+        if latent == 0
+            || latent > MLA_MAX_LATENT
+            || rope == 0
+            || !rope.is_multiple_of(2)
+            || width > MLA_MAX_WIDTH
+            || !width.is_multiple_of(8)
+        {
+            bail!(
+                "kv_lora_rank {latent} and qk_rope_head_dim {rope}: the CUDA MLA kernels expect a latent of at most {MLA_MAX_LATENT}, \
+                 an even rotary size, and a cache row (their sum) of at most {MLA_MAX_WIDTH} values, a multiple of 8"
+            );
+        }
+        if nope == 0 || nope > MLA_MAX_NOPE {
+            bail!("qk_nope_head_dim {nope}: the CUDA MLA kernels expect 1 to {MLA_MAX_NOPE}");
+        }
+        Ok(())
+    }
+}
+
 /// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_THREADS: u32 = 256;
@@ -130,6 +188,11 @@ impl Kernels {
             moe_count: get("moe_count")?,
             moe_align: get("moe_align")?,
             moe_grouped_gemm: get("moe_grouped_gemm")?,
+            rms_norm_rows: get("rms_norm_rows")?,
+            mla_rope_latent_write: get("mla_rope_latent_write")?,
+            mla_absorb_query: get("mla_absorb_query")?,
+            mla_attention: get("mla_attention")?,
+            mla_value_heads: get("mla_value_heads")?,
             attention: [
                 (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
                 (64, get("attention_hd64_r1")?, get("attention_hd64_r4")?),
@@ -275,8 +338,9 @@ impl Kernels {
     /// Routes `tokens` rows of f32 router logits (`[tokens, experts]`, plus the router's bf16
     /// `router_bias` and the f32 `bias`, each when non-zero) to their `k` experts: `experts`
     /// (u32) and `weights` (f32), `[tokens, k]` each; `method` is the routing method's index
-    /// (Default 0, Renormalize 1, RenormalizeNaive 2, Llama4 3), and the weights are scaled by
-    /// `scale`.
+    /// (Default 0, Renormalize 1, RenormalizeNaive 2, Llama4 3, DeepSeekV3 4), and the weights
+    /// are scaled by `scale`. DeepSeekV3 adds the bf16 `correction` bias (when non-zero) to the
+    /// sigmoid scores that choose, and keeps the best `groups.1` of `groups.0` expert groups.
     #[allow(clippy::too_many_arguments)]
     pub fn moe_route(
         &self,
@@ -284,6 +348,8 @@ impl Kernels {
         logits: u64,
         router_bias: u64,
         bias: u64,
+        correction: u64,
+        groups: (usize, usize),
         tokens: usize,
         experts: usize,
         k: usize,
@@ -294,10 +360,19 @@ impl Kernels {
     ) -> Result<()> {
         anyhow::ensure!(k <= MOE_MAX_TOP_K, "moe_route: top {k} experts, at most {MOE_MAX_TOP_K} on CUDA");
         anyhow::ensure!(experts <= MOE_MAX_EXPERTS, "moe_route: {experts} experts, at most {MOE_MAX_EXPERTS} on CUDA");
+        let (n_group, topk_group) = groups;
+        anyhow::ensure!(
+            (1..=MOE_MAX_GROUPS).contains(&n_group) && experts.is_multiple_of(n_group) && (1..=n_group).contains(&topk_group),
+            "moe_route: keeping {topk_group} of {n_group} expert groups over {experts} experts, expected 1 ≤ kept ≤ groups ≤ {MOE_MAX_GROUPS} \
+             and groups dividing the experts"
+        );
         let args = Args::default()
             .ptr(logits)
             .ptr(router_bias)
             .ptr(bias)
+            .ptr(correction)
+            .i32(n_group as i32)
+            .i32(topk_group as i32)
             .i32(tokens as i32)
             .i32(experts as i32)
             .i32(k as i32)
@@ -423,6 +498,145 @@ impl Kernels {
         self.launch(gpu, self.moe_combine, (tokens as u32, (h as u32).div_ceil(ROW_THREADS), 1), ROW_THREADS, args)
     }
 
+    /// `normed[t] = rms_norm(x[t]) · weight` over `n` rows of `width` bf16 values (a multiple of 8,
+    /// see [`Kernels::supports_hidden_size`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_rows(&self, gpu: &Gpu, n: usize, x: u64, weight: u64, eps: f32, width: usize, normed: u64) -> Result<()> {
+        let args = Args::default().ptr(x).ptr(weight).f32(eps).i32(width as i32).ptr(normed);
+        self.launch(gpu, self.rms_norm_rows, (n as u32, 1, 1), norm_threads(width), args)
+    }
+
+    /// MLA's cache write (mla.cu): for each of `n` tokens, the kv_a row `[latent, k_pe]` at
+    /// `compressed` becomes the cache row `[rms_norm(latent) · kv_norm, rope(k_pe)]` at its slot,
+    /// and every head's rotary query part (`q`, rows of `heads × (nope + rope)`) is rotated into
+    /// the tail of its absorbed query (`q_lat`, rows of `heads × width`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_rope_latent_write(
+        &self,
+        gpu: &Gpu,
+        n: usize,
+        shape: MlaShape,
+        compressed: u64,
+        kv_norm: u64,
+        eps: f32,
+        q: u64,
+        positions: u64,
+        slots: u64,
+        inv_freq: u64,
+        attention_factor: f32,
+        q_lat: u64,
+        cache: u64,
+    ) -> Result<()> {
+        shape.check()?;
+        let args = Args::default()
+            .ptr(compressed)
+            .ptr(kv_norm)
+            .f32(eps)
+            .ptr(q)
+            .ptr(positions)
+            .ptr(slots)
+            .ptr(inv_freq)
+            .f32(attention_factor)
+            .i32(shape.heads as i32)
+            .i32(shape.nope as i32)
+            .i32(shape.rope as i32)
+            .i32(shape.latent as i32)
+            .ptr(q_lat)
+            .ptr(cache);
+        self.launch(gpu, self.mla_rope_latent_write, (n as u32, 1, 1), MLA_THREADS, args)
+    }
+
+    /// The absorbed query heads of `n` tokens: `q_lat[t, h, :latent] = q_nope[t, h] · W_UK_h`,
+    /// with W_UK_h the head's key rows of `kv_b` (`[heads·(nope + v_dim), latent]` bf16).
+    pub fn mla_absorb_query(&self, gpu: &Gpu, n: usize, shape: MlaShape, q: u64, kv_b: u64, q_lat: u64) -> Result<()> {
+        shape.check()?;
+        let args = Args::default()
+            .ptr(q)
+            .ptr(kv_b)
+            .i32(n as i32)
+            .i32(shape.heads as i32)
+            .i32(shape.nope as i32)
+            .i32(shape.rope as i32)
+            .i32(shape.v_dim as i32)
+            .i32(shape.latent as i32)
+            .ptr(q_lat);
+        let grid = (shape.heads as u32, n.div_ceil(MLA_HEAD_TOKENS) as u32, 1);
+        self.launch(gpu, self.mla_absorb_query, grid, MLA_THREADS, args)
+    }
+
+    /// Each head's output of `n` tokens: `out[t, h] = W_UV_h · o_lat[t, h]`, with W_UV_h the
+    /// head's value rows of `kv_b`; `out` is `[n, heads·v_dim]` bf16, the output projection's input.
+    pub fn mla_value_heads(&self, gpu: &Gpu, n: usize, shape: MlaShape, o_lat: u64, kv_b: u64, out: u64) -> Result<()> {
+        shape.check()?;
+        let args = Args::default()
+            .ptr(o_lat)
+            .ptr(kv_b)
+            .i32(n as i32)
+            .i32(shape.heads as i32)
+            .i32(shape.nope as i32)
+            .i32(shape.v_dim as i32)
+            .i32(shape.latent as i32)
+            .ptr(out);
+        let grid = (shape.heads as u32, n.div_ceil(MLA_HEAD_TOKENS) as u32, 1);
+        self.launch(gpu, self.mla_value_heads, grid, MLA_THREADS, args)
+    }
+
+    /// Absorbed latent attention (mla.cu) over the step's tiles, as [`Kernels::attention`] takes
+    /// them, with these meanings for MLA: `q` is the absorbed queries (`[tokens, heads, width]`),
+    /// `k_cache` the layer's latent cache, `head_dim` the latent (each head's output, `out` being
+    /// `[tokens, heads, latent]`), and `kv_fp8`, `kv_heads`, `v_cache`, `window` and `sinks` are
+    /// not read. `scale` is the softmax scale.
+    pub fn mla_attention(&self, gpu: &Gpu, a: &AttentionArgs, shape: MlaShape, scale: f64) -> Result<()> {
+        shape.check()?;
+        anyhow::ensure!(a.head_dim == shape.latent, "mla_attention: head_dim {} is not the latent {}", a.head_dim, shape.latent);
+        let scale_log2 = (scale * std::f64::consts::LOG2_E) as f32;
+        let args = |tiles: u64| {
+            Args::default()
+                .ptr(a.q)
+                .ptr(a.k_cache)
+                .ptr(tiles)
+                .ptr(a.table_offsets)
+                .ptr(a.table_data)
+                .i32(a.heads as i32)
+                .i32(shape.latent as i32)
+                .i32(shape.rope as i32)
+                .i32(a.block_size as i32)
+                .f32(scale_log2)
+                .ptr(a.split_tokens)
+                .ptr(a.out)
+                .ptr(a.part_acc)
+                .ptr(a.part_ml)
+        };
+        let row_blocks = |tokens: usize| (tokens * a.heads).div_ceil(MLA_BLOCK_ROWS) as u32;
+        if a.num_tiles > 0 {
+            let grid = (a.num_tiles as u32, row_blocks(a.max_tile_rows), a.splits as u32);
+            self.launch(gpu, self.mla_attention, grid, MLA_THREADS, args(a.tiles))?;
+        }
+        if a.prefill_tiles > 0 {
+            let tiles = a.tiles + 16 * a.num_tiles as u64;
+            let grid = (a.prefill_tiles as u32, row_blocks(PREFILL_ATTENTION_MAX_ROWS), a.splits as u32);
+            self.launch(gpu, self.mla_attention, grid, MLA_THREADS, args(tiles))?;
+        }
+        self.combine_splits(gpu, a)
+    }
+
+    /// Merges the KV splits' partial sums of an attention launch, when it had several.
+    fn combine_splits(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
+        if a.splits <= 1 {
+            return Ok(());
+        }
+        let args = Args::default()
+            .ptr(a.part_acc)
+            .ptr(a.part_ml)
+            .ptr(a.positions)
+            .i32(a.heads as i32)
+            .i32(a.head_dim as i32)
+            .i32(a.splits as i32)
+            .ptr(a.split_tokens)
+            .ptr(a.out);
+        self.launch(gpu, self.attention_combine, (a.num_tokens as u32, a.heads as u32, 1), a.head_dim as u32, args)
+    }
+
     /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each: the
     /// first `num_tiles` on the CUDA cores, the `prefill_tiles` after them on the tensor cores.
     pub fn attention(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
@@ -459,19 +673,7 @@ impl Kernels {
             let tiles = a.tiles + 16 * a.num_tiles as u64;
             self.launch(gpu, prefill, (a.prefill_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args(tiles))?;
         }
-        if a.splits > 1 {
-            let args = Args::default()
-                .ptr(a.part_acc)
-                .ptr(a.part_ml)
-                .ptr(a.positions)
-                .i32(a.heads as i32)
-                .i32(a.head_dim as i32)
-                .i32(a.splits as i32)
-                .ptr(a.split_tokens)
-                .ptr(a.out);
-            self.launch(gpu, self.attention_combine, (a.num_tokens as u32, a.heads as u32, 1), a.head_dim as u32, args)?;
-        }
-        Ok(())
+        self.combine_splits(gpu, a)
     }
 
     /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` rows, one warp per output: bf16

@@ -15,7 +15,8 @@ use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROW
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
 use lumen_model::cuda::{
-    enqueue_forward, expert_load, moe_graphable, Activations, CudaWeights, KvCache, RankCollectives, StepInputs, StepShape,
+    attention_blocks_per_token, enqueue_forward, expert_load, moe_graphable, Activations, CudaWeights, KvCache, RankCollectives,
+    StepInputs, StepShape,
 };
 use lumen_model::{Executor, ForwardBatch, Model, ModelConfig, Quantization};
 use lumen_trace::instrument::{record_span, span, Category};
@@ -369,11 +370,11 @@ impl CudaRunner {
     /// otherwise enough splits to give every multiprocessor two blocks, no smaller than one KV
     /// step, and none when the partial sums would not fit.
     fn split_plan(&self, tiles: usize, max_ctx: usize, tokens: usize) -> (usize, usize) {
-        let kv_heads = self.config_computed().map_or(1, |c| c.num_kv_heads);
+        let blocks_per_tile = self.config_computed().map_or(1, attention_blocks_per_token);
         let (splits, size) = if self.config.batch_invariant {
             (max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS), INVARIANT_SPLIT_TOKENS)
         } else {
-            let blocks = tiles * kv_heads;
+            let blocks = tiles * blocks_per_tile;
             let want = (2 * self.gpu.info.multiprocessors as usize).div_ceil(blocks.max(1)).max(1);
             let splits = want.min(max_ctx.div_ceil(SPLIT_ALIGN));
             let size = max_ctx.div_ceil(splits).next_multiple_of(SPLIT_ALIGN);

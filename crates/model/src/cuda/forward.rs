@@ -5,6 +5,13 @@
 //! which owns staging, graphs and sampling. A tensor-parallel rank's pass ([`RankCollectives`])
 //! all-reduces the partial sums of its row-parallel products and gathers every rank's logits.
 //!
+//! A layer of multi-head latent attention (DeepSeek's MLA) runs absorbed in every step: the q
+//! projection (through its LoRA and norm where the model has one) and the kv_a projection, then
+//! `mla_rope_latent_write` stores each token's normed latent and rotated rotary key in the
+//! latent cache, `mla_absorb_query` folds each head's W_UK into its query, `mla_attention`
+//! attends every head to the shared latent rows, and `mla_value_heads` applies each head's W_UV
+//! before the output projection.
+//!
 //! Each layer attends within its own sliding window (GPT-OSS alternates sliding and full layers),
 //! with GPT-OSS's sinks in the softmax and its output projection's bias, where the model has them.
 //!
@@ -24,10 +31,13 @@ use super::weights::CudaWeights;
 use crate::config::ModelConfig;
 use crate::moe::{ExpertActivation, RoutingMethod};
 use crate::perfect_router::{balanced_logits, BalancedKey};
-use crate::plan::{FeedForward, Moe, SelfAttention};
-use anyhow::{bail, Result};
+use crate::plan::{Attention, FeedForward, LatentAttention, Moe, SelfAttention};
+use anyhow::{bail, ensure, Result};
 use lumen_backend::cuda::nccl::Communicator;
-use lumen_backend::cuda::{moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, RopeArgs, MOE_TILE_ROWS};
+use lumen_backend::cuda::{
+    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, MLA_BLOCK_ROWS,
+    MOE_TILE_ROWS,
+};
 use lumen_trace::instrument::{span, Category};
 
 /// The device buffers a step computes in, sized for `max_tokens` tokens and `max_rows` rows of
@@ -49,6 +59,21 @@ pub struct Activations {
     /// Token-splits the attention partial buffers hold.
     pub part_capacity: usize,
     moe: Option<MoeBuffers>,
+    mla: Option<MlaBuffers>,
+}
+
+/// What a latent-attention layer computes in (see the module doc), bf16 each.
+struct MlaBuffers {
+    /// The q LoRA's rows and their norm, `[tokens, q_lora_rank]` each, where the model has one.
+    q_low: Option<(DeviceBuffer, DeviceBuffer)>,
+    /// `[tokens, heads·(nope + rope)]`.
+    q: DeviceBuffer,
+    /// The kv_a projection, `[tokens, latent + rope]`.
+    compressed: DeviceBuffer,
+    /// The absorbed queries, `[tokens, heads, latent + rope]`.
+    q_lat: DeviceBuffer,
+    /// Each head's attention over the latents, `[tokens, heads, latent]`.
+    o_lat: DeviceBuffer,
 }
 
 /// What a mixture-of-experts layer computes in, for `slots` = tokens × top-k (token, expert)
@@ -87,6 +112,26 @@ pub const MOE_DEVICE_SLOTS: usize = 32;
 /// Rows one launch of an expert activation kernel takes: the grid's y axis holds the rows.
 const ACTIVATION_ROWS_PER_LAUNCH: usize = 65_535;
 
+/// The MLA kernels' shape of a latent-attention model.
+pub fn mla_shape(c: &ModelConfig) -> Option<MlaShape> {
+    c.mla.as_ref().map(|m| MlaShape {
+        heads: c.num_heads,
+        nope: m.qk_nope_head_dim,
+        rope: m.qk_rope_head_dim,
+        v_dim: m.v_head_dim,
+        latent: m.kv_lora_rank,
+    })
+}
+
+/// Attention blocks one tile of one decode token takes in a KV split: one per KV head, or for
+/// latent attention one per `MLA_BLOCK_ROWS` heads.
+pub fn attention_blocks_per_token(c: &ModelConfig) -> usize {
+    match &c.mla {
+        Some(_) => c.num_heads.div_ceil(MLA_BLOCK_ROWS),
+        None => c.num_kv_heads,
+    }
+}
+
 /// Whether a step can replay as a CUDA graph on a MoE model: no balanced logits need uploading
 /// from the host (the perfect router is off). Dense models always can.
 pub fn moe_graphable(c: &ModelConfig, perfect_router: bool) -> bool {
@@ -110,18 +155,25 @@ impl Activations {
         let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
         let alloc = |elems: usize, size: usize, what: &str| gpu.alloc(elems * size, what);
         let part_capacity = t.max(s * 64);
+        let mla = mla_shape(c);
+        // Each head's attention output: its values, or for latent attention its latent (the
+        // partial sums) and, after W_UV, its values.
+        let (head_out, head_partial) = match (&mla, &c.mla) {
+            (Some(shape), Some(m)) => (m.v_head_dim, shape.latent),
+            _ => (hd, hd),
+        };
         Ok(Activations {
             residual: alloc(t * h, 4, "the residual stream")?,
             normed: alloc(t * h, 2, "normed activations")?,
             qkv: alloc(t * (qd + 2 * kd), 2, "qkv activations")?,
             q: alloc(t * qd, 2, "rotated queries")?,
-            attn: alloc(t * qd, 2, "attention output")?,
+            attn: alloc(t * c.num_heads * head_out, 2, "attention output")?,
             delta: alloc(t * h, 2, "projection output")?,
             gate_up: alloc(t * 2 * f, 2, "gate/up activations")?,
             act: alloc(t * f, 2, "MLP activations")?,
             last: alloc(s * h, 2, "last-position rows")?,
             logits: alloc(s * c.vocab_size, 4, "logits")?,
-            part_acc: alloc(part_capacity * c.num_heads * hd, 4, "attention split partials")?,
+            part_acc: alloc(part_capacity * c.num_heads * head_partial, 4, "attention split partials")?,
             part_ml: alloc(part_capacity * c.num_heads * 2, 4, "attention split maxima")?,
             part_capacity,
             moe: match &c.moe {
@@ -156,6 +208,19 @@ impl Activations {
                     })
                 }
             },
+            mla: match (mla, &c.mla) {
+                (Some(shape), Some(m)) => Some(MlaBuffers {
+                    q_low: match m.q_lora_rank {
+                        Some(r) => Some((alloc(t * r, 2, "q LoRA rows")?, alloc(t * r, 2, "normed q LoRA rows")?)),
+                        None => None,
+                    },
+                    q: alloc(t * shape.heads * (shape.nope + shape.rope), 2, "latent-attention queries")?,
+                    compressed: alloc(t * shape.width(), 2, "compressed keys and values")?,
+                    q_lat: alloc(t * shape.heads * shape.width(), 2, "absorbed queries")?,
+                    o_lat: alloc(t * shape.heads * shape.latent, 2, "latent attention output")?,
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -184,26 +249,34 @@ impl Activations {
         ] {
             gpu.fill(b.ptr, 0xff, b.bytes)?;
         }
+        if let Some(m) = &self.mla {
+            let low = m.q_low.iter().flat_map(|(a, b)| [a, b]);
+            for b in low.chain([&m.q, &m.compressed, &m.q_lat, &m.o_lat]) {
+                gpu.fill(b.ptr, 0xff, b.bytes)?;
+            }
+        }
         Ok(())
     }
 }
 
 /// The paged KV cache of every layer: `blocks` blocks of `block_size` slots, K and V in bf16 or,
 /// with `fp8`, in FP8 E4M3 codes of scale 1 (TensorRT-LLM's default KV scale without
-/// calibration; values beyond ±448 saturate), which holds twice the tokens.
+/// calibration; values beyond ±448 saturate), which holds twice the tokens. A latent-attention
+/// model's cache holds instead one bf16 row per token and layer, its normed latent and rotated
+/// rotary key, in `k` (`[block][slot in block][latent + rope]` per layer), and no V.
 pub struct KvCache {
     k: DeviceBuffer,
-    v: DeviceBuffer,
-    /// Elements of one layer's K (or V) cache.
+    v: Option<DeviceBuffer>,
+    /// Elements of one layer's K (or V, or latent) cache.
     layer_elems: usize,
     pub block_size: usize,
     pub fp8: bool,
 }
 
 impl KvCache {
-    /// Bytes one token's K and V take over all layers.
+    /// Bytes one token's K and V (or latent row) take over all layers.
     pub fn bytes_per_token(c: &ModelConfig, fp8: bool) -> usize {
-        2 * c.num_layers * c.num_kv_heads * c.head_dim * Self::element_bytes(fp8)
+        c.num_layers * c.kv_values_per_token_per_layer() * Self::element_bytes(fp8)
     }
 
     fn element_bytes(fp8: bool) -> usize {
@@ -215,17 +288,23 @@ impl KvCache {
     }
 
     pub fn new(gpu: &Gpu, c: &ModelConfig, blocks: usize, block_size: usize, fp8: bool) -> Result<Self> {
+        if let Some(m) = &c.mla {
+            ensure!(!fp8, "an FP8 KV cache for multi-head latent attention is not built on the CUDA backend yet; use a bf16 cache (no --kv-cache-dtype fp8)");
+            let layer_elems = blocks * block_size * m.latent_width();
+            let k = gpu.alloc(layer_elems * c.num_layers * Self::element_bytes(false), "the latent KV cache")?;
+            return Ok(KvCache { k, v: None, layer_elems, block_size, fp8 });
+        }
         let layer_elems = blocks * c.num_kv_heads * block_size * c.head_dim;
         let bytes = layer_elems * c.num_layers * Self::element_bytes(fp8);
         let k = gpu.alloc(bytes, "the K cache")?;
         let v = gpu.alloc(bytes, "the V cache")?;
-        Ok(KvCache { k, v, layer_elems, block_size, fp8 })
+        Ok(KvCache { k, v: Some(v), layer_elems, block_size, fp8 })
     }
 
-    /// K and V cache addresses of `layer`.
+    /// K and V cache addresses of `layer` (V 0 in a latent cache).
     fn layer(&self, layer: usize) -> (u64, u64) {
         let offset = layer * self.layer_elems * Self::element_bytes(self.fp8);
-        (self.k.at(offset), self.v.at(offset))
+        (self.k.at(offset), self.v.as_ref().map_or(0, |v| v.at(offset)))
     }
 }
 
@@ -298,12 +377,9 @@ pub fn enqueue_forward(
 ) -> Result<()> {
     let (k, gpu) = (&w.kernels, &*w.gpu);
     let t = shape.tokens;
-    let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
-    let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
-    let eps = c.rms_eps;
+    let (h, eps) = (c.hidden_size, c.rms_eps);
     let layers = &w.weights.layers;
     let Some(first) = layers.first() else { bail!("the model has no layers") };
-    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
     let all_reduce = |b: &DeviceBuffer| rank.map_or(Ok(()), |r| r.comm.all_reduce_sum(gpu, b.ptr, t * h, DType::Bf16));
     if let Some(b) = &act.moe {
         gpu.fill(b.load.ptr, 0, b.load.bytes)?;
@@ -323,77 +399,15 @@ pub fn enqueue_forward(
         act.normed.ptr,
     )?;
     for (li, layer) in layers.iter().enumerate() {
-        let SelfAttention::Grouped(a) = &layer.attention else {
-            bail!("layer {li}: multi-head latent attention does not run on the CUDA backend yet");
-        };
-        let (k_cache, v_cache) = kv.layer(li);
-        linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
-        let rope = RopeArgs {
-            qkv: act.qkv.ptr,
-            bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
-            q_norm: a.q_norm.as_ref().map_or(0, |b| b.ptr()),
-            k_norm: a.k_norm.as_ref().map_or(0, |b| b.ptr()),
-            norm_full_width: c.qk_norm_full_width,
-            eps,
-            positions: inputs.positions,
-            slots: inputs.slots,
-            inv_freq: w.inv_freq.ptr,
-            attention_factor: c.rope_attention_factor() as f32,
-            heads: c.num_heads,
-            kv_heads: c.num_kv_heads,
-            head_dim: hd,
-            block_size: kv.block_size,
-            q_out: act.q.ptr,
-            k_cache,
-            v_cache,
-            kv_fp8: kv.fp8,
-        };
-        k.rope_kv_write(gpu, t, &rope)?;
-        let attention = AttentionArgs {
-            q: act.q.ptr,
-            k_cache,
-            v_cache,
-            kv_fp8: kv.fp8,
-            tiles: inputs.tiles,
-            num_tiles: shape.tiles,
-            max_tile_rows: shape.tile_rows,
-            prefill_tiles: shape.prefill_tiles,
-            table_offsets: inputs.table_offsets,
-            table_data: inputs.table_data,
-            positions: inputs.positions,
-            num_tokens: t,
-            heads: c.num_heads,
-            kv_heads: c.num_kv_heads,
-            head_dim: hd,
-            block_size: kv.block_size,
-            window: c.layer_window(li).unwrap_or(0),
-            sinks: a.sinks.as_ref().map_or(0, |s| s.ptr()),
-            split_tokens: inputs.split_tokens,
-            splits: shape.splits,
-            out: act.attn.ptr,
-            part_acc: act.part_acc.ptr,
-            part_ml: act.part_ml.ptr,
-        };
-        k.attention(gpu, &attention)?;
-        linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
-        // Before the sum over ranks: a rank's plan keeps the bias on rank 0 only.
-        if let Some(bias) = &a.output_bias {
-            k.add_bias(gpu, t, h, act.delta.ptr, bias.ptr())?;
+        match &layer.attention {
+            SelfAttention::Grouped(a) => enqueue_grouped_attention(w, c, linear, act, kv, inputs, shape, a, li, &all_reduce)?,
+            SelfAttention::Latent(a) => {
+                ensure!(rank.is_none(), "layer {li}: latent attention does not run tensor-parallel on CUDA");
+                enqueue_latent_attention(w, c, linear, act, kv, inputs, shape, a, li)?;
+            }
         }
-        all_reduce(&act.delta)?;
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
-        match &layer.feed_forward {
-            FeedForward::Dense { gate_up, down } => {
-                linear.run(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.gate_up, 2 * f))?;
-                k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
-                linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
-                all_reduce(&act.delta)?;
-            }
-            FeedForward::Moe(moe) => {
-                enqueue_moe(w, c, linear, act, moe, li, moe_layer, t, inputs.real_tokens)?;
-                moe_layer += 1;
-            }
-        }
+        enqueue_feed_forward(w, c, linear, act, &layer.feed_forward, li, &mut moe_layer, t, inputs.real_tokens, &all_reduce)?;
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
     }
@@ -413,15 +427,205 @@ pub fn enqueue_forward(
     Ok(())
 }
 
+/// The attention launch's fields that come from the step rather than the layer; the layer's
+/// (queries, caches, window, sinks, output) are left empty.
+fn step_attention(c: &ModelConfig, act: &Activations, kv: &KvCache, inputs: &StepInputs, shape: StepShape) -> AttentionArgs {
+    AttentionArgs {
+        q: 0,
+        k_cache: 0,
+        v_cache: 0,
+        kv_fp8: false,
+        tiles: inputs.tiles,
+        num_tiles: shape.tiles,
+        max_tile_rows: shape.tile_rows,
+        prefill_tiles: shape.prefill_tiles,
+        table_offsets: inputs.table_offsets,
+        table_data: inputs.table_data,
+        positions: inputs.positions,
+        num_tokens: shape.tokens,
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        block_size: kv.block_size,
+        window: 0,
+        sinks: 0,
+        split_tokens: inputs.split_tokens,
+        splits: shape.splits,
+        out: 0,
+        part_acc: act.part_acc.ptr,
+        part_ml: act.part_ml.ptr,
+    }
+}
+
+/// A layer's feed-forward block on `act.normed` into `act.delta`: the dense SwiGLU (its down
+/// product summed over tensor-parallel ranks by `all_reduce`) or the `moe_layer`-th MoE block,
+/// which advances the count.
+#[allow(clippy::too_many_arguments)]
+fn enqueue_feed_forward(
+    w: &CudaWeights,
+    c: &ModelConfig,
+    linear: &mut Linear,
+    act: &Activations,
+    feed_forward: &FeedForward<DeviceTensor, DeviceTensor>,
+    layer: usize,
+    moe_layer: &mut usize,
+    t: usize,
+    real_tokens: u64,
+    all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
+) -> Result<()> {
+    let (k, gpu) = (&w.kernels, &*w.gpu);
+    let (h, f) = (c.hidden_size, c.intermediate_size);
+    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+    match feed_forward {
+        FeedForward::Dense { gate_up, down } => {
+            linear.run(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.gate_up, 2 * f))?;
+            k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
+            linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
+            all_reduce(&act.delta)
+        }
+        FeedForward::Moe(moe) => {
+            enqueue_moe(w, c, linear, act, moe, layer, *moe_layer, t, real_tokens)?;
+            *moe_layer += 1;
+            Ok(())
+        }
+    }
+}
+
+/// Layer `layer`'s grouped-query attention on `act.normed` into `act.delta`: the fused qkv
+/// product, RoPE and the cache write, attention, and the output product (with its bias, summed
+/// over tensor-parallel ranks by `all_reduce`).
+#[allow(clippy::too_many_arguments)]
+fn enqueue_grouped_attention(
+    w: &CudaWeights,
+    c: &ModelConfig,
+    linear: &mut Linear,
+    act: &Activations,
+    kv: &KvCache,
+    inputs: &StepInputs,
+    shape: StepShape,
+    a: &Attention<DeviceTensor, DeviceTensor>,
+    layer: usize,
+    all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
+) -> Result<()> {
+    let (k, gpu) = (&w.kernels, &*w.gpu);
+    let (t, h, hd) = (shape.tokens, c.hidden_size, c.head_dim);
+    let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+    let (k_cache, v_cache) = kv.layer(layer);
+    linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
+    let rope = RopeArgs {
+        qkv: act.qkv.ptr,
+        bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
+        q_norm: a.q_norm.as_ref().map_or(0, |b| b.ptr()),
+        k_norm: a.k_norm.as_ref().map_or(0, |b| b.ptr()),
+        norm_full_width: c.qk_norm_full_width,
+        eps: c.rms_eps,
+        positions: inputs.positions,
+        slots: inputs.slots,
+        inv_freq: w.inv_freq.ptr,
+        attention_factor: c.rope_attention_factor() as f32,
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: hd,
+        block_size: kv.block_size,
+        q_out: act.q.ptr,
+        k_cache,
+        v_cache,
+        kv_fp8: kv.fp8,
+    };
+    k.rope_kv_write(gpu, t, &rope)?;
+    let attention = AttentionArgs {
+        q: act.q.ptr,
+        k_cache,
+        v_cache,
+        kv_fp8: kv.fp8,
+        window: c.layer_window(layer).unwrap_or(0),
+        sinks: a.sinks.as_ref().map_or(0, |s| s.ptr()),
+        out: act.attn.ptr,
+        ..step_attention(c, act, kv, inputs, shape)
+    };
+    k.attention(gpu, &attention)?;
+    linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
+    // Before the sum over ranks: a rank's plan keeps the bias on rank 0 only.
+    if let Some(bias) = &a.output_bias {
+        k.add_bias(gpu, t, h, act.delta.ptr, bias.ptr())?;
+    }
+    all_reduce(&act.delta)
+}
+
+/// Layer `layer`'s latent attention on `act.normed` into `act.delta` (see the module doc).
+#[allow(clippy::too_many_arguments)]
+fn enqueue_latent_attention(
+    w: &CudaWeights,
+    c: &ModelConfig,
+    linear: &mut Linear,
+    act: &Activations,
+    kv: &KvCache,
+    inputs: &StepInputs,
+    shape: StepShape,
+    a: &LatentAttention<DeviceTensor, DeviceTensor>,
+    layer: usize,
+) -> Result<()> {
+    let (k, gpu) = (&w.kernels, &*w.gpu);
+    let (Some(mla), Some(b), Some(scale)) = (mla_shape(c), act.mla.as_ref(), c.mla_softmax_scale()) else {
+        bail!("layer {layer}: latent attention without the model's MLA config");
+    };
+    ensure!(a.kv_b.dtype == DType::Bf16, "layer {layer}: the MLA kernels read kv_b in bf16, not {:?}", a.kv_b.dtype);
+    let (t, h) = (shape.tokens, c.hidden_size);
+    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+    let x = bf16(&act.normed, h);
+    let q = bf16(&b.q, mla.heads * (mla.nope + mla.rope));
+    match (&a.q_a, &a.q_a_norm, &b.q_low) {
+        (Some(q_a), Some(norm), Some((low, normed))) => {
+            let r = q_a.rows;
+            linear.run(gpu, k, x, q_a.view(), bf16(low, r))?;
+            k.rms_norm_rows(gpu, t, low.ptr, norm.ptr(), c.rms_eps, r, normed.ptr)?;
+            linear.run(gpu, k, bf16(normed, r), a.q.view(), q)?;
+        }
+        _ => linear.run(gpu, k, x, a.q.view(), q)?,
+    }
+    linear.run(gpu, k, x, a.kv_a.view(), bf16(&b.compressed, mla.width()))?;
+    let (cache, _) = kv.layer(layer);
+    let attention_factor = c.rope_attention_factor() as f32;
+    let (positions, slots) = (inputs.positions, inputs.slots);
+    let (compressed, kv_norm, kv_b) = (b.compressed.ptr, a.kv_a_norm.ptr(), a.kv_b.ptr());
+    k.mla_rope_latent_write(
+        gpu,
+        t,
+        mla,
+        compressed,
+        kv_norm,
+        c.rms_eps,
+        b.q.ptr,
+        positions,
+        slots,
+        w.inv_freq.ptr,
+        attention_factor,
+        b.q_lat.ptr,
+        cache,
+    )?;
+    k.mla_absorb_query(gpu, t, mla, b.q.ptr, kv_b, b.q_lat.ptr)?;
+    let attention = AttentionArgs {
+        q: b.q_lat.ptr,
+        k_cache: cache,
+        head_dim: mla.latent,
+        out: b.o_lat.ptr,
+        ..step_attention(c, act, kv, inputs, shape)
+    };
+    k.mla_attention(gpu, &attention, mla, scale)?;
+    k.mla_value_heads(gpu, t, mla, b.o_lat.ptr, kv_b, act.attn.ptr)?;
+    linear.run(gpu, k, bf16(&act.attn, mla.heads * mla.v_dim), a.output.view(), bf16(&act.delta, h))
+}
+
 /// The routing method's index in `moe_route`.
-fn route_method(method: RoutingMethod) -> Result<u32> {
-    Ok(match method {
+fn route_method(method: RoutingMethod) -> u32 {
+    match method {
         RoutingMethod::Default => 0,
         RoutingMethod::Renormalize => 1,
         RoutingMethod::RenormalizeNaive => 2,
         RoutingMethod::Llama4 => 3,
-        RoutingMethod::DeepSeekV3 => bail!("DeepSeek-V3's routing does not run on the CUDA backend yet"),
-    })
+        RoutingMethod::DeepSeekV3 => 4,
+    }
 }
 
 /// One mixture-of-experts layer (layer `layer`, the `moe_layer`-th with experts) on `act.normed`
@@ -460,8 +664,25 @@ fn enqueue_moe(
     // skew), as on the CPU.
     let zipf = w.gate_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |g| g.ptr);
     let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
-    let method = route_method(m.routing)?;
-    k.moe_route(gpu, b.logits.ptr, router_bias, zipf, t, e, top, method, m.routed_scaling_factor, b.experts.ptr, b.weights.ptr)?;
+    // DeepSeek-V3's correction bias is left out under the perfect router too, as on the CPU.
+    let correction = moe.score_correction_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
+    let groups = (m.groups.n_group, m.groups.topk_group);
+    let method = route_method(m.routing);
+    k.moe_route(
+        gpu,
+        b.logits.ptr,
+        router_bias,
+        zipf,
+        correction,
+        groups,
+        t,
+        e,
+        top,
+        method,
+        m.routed_scaling_factor,
+        b.experts.ptr,
+        b.weights.ptr,
+    )?;
     k.moe_count(gpu, b.experts.ptr, slots, top, real_tokens, b.load.at(moe_layer * e * 4))?;
     drop(stage);
     let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {

@@ -5,13 +5,14 @@
 //! (`Kernels::quantize_fp8`: E4M3 codes and one scale) and its bf16 copy freed. Refuses a model
 //! that would not fit before uploading anything.
 
+use super::forward::mla_shape;
 use crate::config::ModelConfig;
-use crate::moe::{zipf_gate_bias, ExpertActivation, GroupLimit, RoutingMethod};
+use crate::moe::{zipf_gate_bias, ExpertActivation};
 use crate::plan::{Entry, FeedForward, Fill, Head, ModelPlan, PartSlice, Quantization, SelfAttention, WeightDtype, WeightSpec, Weights};
 use crate::presets::preset_rule;
 use crate::weights::{stacked, Fetch};
 use anyhow::{bail, ensure, Result};
-use lumen_backend::cuda::kernels::MOE_MAX_TOP_K;
+use lumen_backend::cuda::kernels::{MOE_MAX_GROUPS, MOE_MAX_TOP_K};
 use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -159,17 +160,22 @@ impl Fill for CudaFill<'_, '_> {
     }
 }
 
-/// Refuses a model with blocks the CUDA backend lacks, naming what is missing: multi-head latent
-/// attention, and the mixture-of-experts variants beyond SwiGLU experts (with or without a gated
-/// shared expert) and GPT-OSS's biased, clamped SwiGLU experts, routed by TensorRT-LLM's Default,
-/// Renormalize, RenormalizeNaive or Llama4 methods: DeepSeek's grouped routing, expert biases
-/// around a plain SwiGLU, a shared expert beside GPT-OSS's experts.
+/// Refuses a model with blocks the CUDA backend lacks, naming what is missing: latent attention
+/// of sizes its kernels do not take, and the mixture-of-experts variants beyond SwiGLU experts
+/// (with or without a shared expert, gated or not) and GPT-OSS's biased, clamped SwiGLU experts,
+/// routed by TensorRT-LLM's Default, Renormalize, RenormalizeNaive, Llama4 or DeepSeekV3
+/// methods: expert biases around a plain SwiGLU, a shared expert beside GPT-OSS's experts, more
+/// expert groups than `moe_route` takes.
 pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
-    if c.mla.is_some() {
-        bail!(
-            "{source}: multi-head latent attention (MLA) is not built on the CUDA backend yet: it lacks the latent KV cache \
-             and the absorbed decode kernels; use --device cpu"
-        );
+    if let Some(shape) = mla_shape(c) {
+        if let Err(e) = shape.check() {
+            bail!("{source}: multi-head latent attention of this shape does not run on the CUDA backend: {e:#}; use --device cpu");
+        }
+        if let Some(r) = c.mla.as_ref().and_then(|m| m.q_lora_rank).filter(|&r| !Kernels::supports_hidden_size(r)) {
+            bail!(
+                "{source}: q_lora_rank {r} is not supported by the CUDA backend (expected a multiple of 8 up to 16384); use --device cpu"
+            );
+        }
     }
     if let Some(moe) = &c.moe {
         let plain = moe.activation == ExpertActivation::SwiGlu;
@@ -179,8 +185,8 @@ pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
             Some("a shared expert beside clamped SwiGLU or biased experts")
         } else if moe.shared_expert_intermediate_size.is_some_and(|fs| !fs.is_multiple_of(8)) {
             Some("a shared expert intermediate size that is not a multiple of 8")
-        } else if moe.routing == RoutingMethod::DeepSeekV3 || moe.groups != GroupLimit::NONE {
-            Some("DeepSeek-V3's grouped routing")
+        } else if moe.groups.n_group > MOE_MAX_GROUPS {
+            Some("more than 32 expert groups")
         } else if moe.top_k > MOE_MAX_TOP_K {
             Some("more than 16 experts per token")
         } else if !moe.expert_intermediate_size.is_multiple_of(8) {
@@ -210,7 +216,7 @@ impl CudaWeights {
         let l = &self.weights.layers[0];
         let mut shapes = match &l.attention {
             SelfAttention::Grouped(a) => vec![a.qkv.view(), a.output.view()],
-            SelfAttention::Latent(a) => vec![a.q.view(), a.output.view()],
+            SelfAttention::Latent(a) => a.q_a.iter().chain([&a.q, &a.kv_a, &a.output]).map(DeviceTensor::view).collect(),
         };
         if let FeedForward::Dense { gate_up, down } = &l.feed_forward {
             shapes.extend([gate_up.view(), down.view()]);
@@ -238,7 +244,7 @@ impl CudaWeights {
             "{source}: FP8 mixture-of-experts layers do not run on the CUDA backend yet; use bf16 (no --quantization)"
         );
         ensure!(
-            Kernels::supports_head_dim(c.head_dim),
+            c.mla.is_some() || Kernels::supports_head_dim(c.head_dim),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
             c.head_dim
         );

@@ -1,5 +1,5 @@
-// Per-token kernels of the decoder: embedding gather, residual add with RMSNorm, RoPE with the
-// paged-cache write, SiLU-and-multiply, and the gather of the rows that need logits.
+// Per-token kernels of the decoder: embedding gather, residual add with RMSNorm, RMSNorm of bf16
+// rows, RoPE with the paged-cache write, SiLU-and-multiply, and the gather of the rows that need logits.
 
 // The RMSNorm kernels hold a row in registers: each thread owns up to NORM_ITEMS groups of four
 // consecutive values (hidden % 4 == 0, hidden <= 4 * NORM_ITEMS * blockDim.x), so every load of a
@@ -85,6 +85,28 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
         }
     }
     norm_row(v, ss, weight, eps, hidden, normed + base, scratch);
+}
+
+// normed[t] = rms_norm(x[t]) * weight over rows of `width` bf16 values (MLA's q and latent
+// norms). One block per row.
+extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16* __restrict__ weight, float eps, int width,
+                                         bf16* __restrict__ normed) {
+    __shared__ float scratch[32];
+    u64 base = (u64)blockIdx.x * width;
+    int n4 = width / 4;
+    const uint2* row = (const uint2*)(x + base);
+    float4 v[NORM_ITEMS];
+    float ss = 0.f;
+#pragma unroll
+    for (int it = 0; it < NORM_ITEMS; it++) {
+        int i = threadIdx.x + it * blockDim.x;
+        v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < n4) {
+            v[it] = bf4_to_f4(row[i]);
+            ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
+        }
+    }
+    norm_row(v, ss, weight, eps, width, normed + base, scratch);
 }
 
 // Splits the fused qkv rows: adds the bias, applies the q/k norms (when given: per head, or over

@@ -7,17 +7,37 @@
 #define MOE_MAX_EXPERTS 512
 #define MOE_PER_LANE (MOE_MAX_EXPERTS / 32)
 
+#define MOE_MAX_GROUPS 32
+#define MOE_ROUTE_THREADS 256
+
+// A token's router logit for expert e: the gate's, plus the router's own bf16 bias and the
+// planted Zipf skew where given, summed as the CPU sums them.
+__device__ __forceinline__ float routed_logit(const float* row, const bf16* router_bias, const float* bias, int e) {
+    return row[e] + ((router_bias ? bf2f(router_bias[e]) : 0.f) + (bias ? bias[e] : 0.f));
+}
+
+__device__ __forceinline__ float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
+
 // One warp per token: the `k` largest router logits (plus, where given, the router's own bf16
 // bias `router_bias[e]` and the planted Zipf skew `bias[e]`, summed first), ties to the lower
 // expert, and their weights by `method`, in lumen's RoutingMethod order: 0 Default (softmax over
 // every expert), 1 Renormalize (softmax over the chosen), 2 RenormalizeNaive (softmax over every
-// expert, renormalised over the chosen), 3 Llama4 (sigmoid); times `scale`. Lane l holds experts
-// l, l + 32, ...; each choice is a warp-wide arg-max. k <= MOE_MAX_TOP_K, experts <=
-// MOE_MAX_EXPERTS.
-extern "C" __global__ void moe_route(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
-                                     int tokens, int experts, int k, int method, float scale, u32* __restrict__ out_experts,
-                                     float* __restrict__ out_weights) {
-    const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+// expert, renormalised over the chosen), 3 Llama4 (sigmoid), 4 DeepSeekV3; times `scale`. Lane
+// l holds experts l, l + 32, ...; each choice is a warp-wide arg-max. k <= MOE_MAX_TOP_K,
+// experts <= MOE_MAX_EXPERTS.
+//
+// DeepSeekV3: s = sigmoid(z) and s' = s + correction[e] (bf16, where given); the experts split
+// into `n_group` equal groups in index order, each scored by the sum of its two best s' (its one
+// when a group has one expert); the best `topk_group` groups are kept (ties to the lower group)
+// and the experts are the top k of s' inside them; weights s / Σ s of the chosen.
+// n_group <= MOE_MAX_GROUPS.
+extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
+    moe_route(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
+              const bf16* __restrict__ correction, int n_group, int topk_group, int tokens, int experts, int k, int method,
+              float scale, u32* __restrict__ out_experts, float* __restrict__ out_weights) {
+    // Each warp's corrected scores, for its group scores (DeepSeekV3 only).
+    __shared__ float corrected[MOE_ROUTE_THREADS / 32][MOE_MAX_EXPERTS];
+    const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (t >= tokens) return;
     const float* row = logits + (u64)t * experts;
     const int none = 0x7fffffff;
@@ -26,8 +46,56 @@ extern "C" __global__ void moe_route(const float* __restrict__ logits, const bf1
 #pragma unroll
     for (int i = 0; i < MOE_PER_LANE; i++) {
         int e = lane + 32 * i;
-        z[i] = e < experts ? row[e] + ((router_bias ? bf2f(router_bias[e]) : 0.f) + (bias ? bias[e] : 0.f)) : -INFINITY;
+        z[i] = e < experts ? routed_logit(row, router_bias, bias, e) : -INFINITY;
         if (e < experts) all_max = fmaxf(all_max, z[i]);
+    }
+    if (method == 4) {
+        // The choice runs on s' (outside the kept groups, -inf: no candidate at all).
+        float* mine = corrected[warp];
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; i++) {
+            int e = lane + 32 * i;
+            if (e < experts) {
+                z[i] = sigmoidf(z[i]) + (correction ? bf2f(correction[e]) : 0.f);
+                mine[e] = z[i];
+            }
+        }
+        __syncwarp();
+        const int size = experts / n_group;
+        float score = -INFINITY;
+        if (lane < n_group) {
+            float first = -INFINITY, second = -INFINITY;
+            for (int e = lane * size; e < (lane + 1) * size; e++) {
+                float v = mine[e];
+                if (v > first) {
+                    second = first;
+                    first = v;
+                } else if (v > second) {
+                    second = v;
+                }
+            }
+            score = size > 1 ? first + second : first;
+        }
+        u32 kept = 0;
+        for (int j = 0; j < topk_group; j++) {
+            int best = lane < n_group && !((kept >> lane) & 1u) ? lane : none;
+            float best_score = score;
+            for (int o = 16; o > 0; o >>= 1) {
+                int other = __shfl_xor_sync(0xffffffffu, best, o);
+                float other_score = __shfl_xor_sync(0xffffffffu, best_score, o);
+                bool better = other != none && (best == none || other_score > best_score || (other_score == best_score && other < best));
+                if (better) {
+                    best = other;
+                    best_score = other_score;
+                }
+            }
+            kept |= 1u << best;
+        }
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; i++) {
+            int e = lane + 32 * i;
+            if (e < experts && !((kept >> (e / size)) & 1u)) z[i] = -INFINITY;
+        }
     }
     float all_sum = 0.f;
     if (method == 0 || method == 2) {
@@ -71,12 +139,14 @@ extern "C" __global__ void moe_route(const float* __restrict__ logits, const bf1
         float w;
         if (method == 0 || method == 2) w = expf(value[j] - all_max) / all_sum;
         else if (method == 1) w = expf(value[j] - value[0]);
-        else w = 1.f / (1.f + expf(-value[j]));
+        else if (method == 3) w = sigmoidf(value[j]);
+        // DeepSeekV3 weighs by the uncorrected s of the chosen.
+        else w = sigmoidf(routed_logit(row, router_bias, bias, chosen[j]));
         weight[j] = w;
         chosen_sum += w;
     }
     for (int j = 0; j < k; j++) {
-        float w = (method == 1 || method == 2) ? weight[j] / chosen_sum : weight[j];
+        float w = (method == 1 || method == 2 || method == 4) ? weight[j] / chosen_sum : weight[j];
         out_experts[(u64)t * k + j] = (u32)chosen[j];
         out_weights[(u64)t * k + j] = w * scale;
     }

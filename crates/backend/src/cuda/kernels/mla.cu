@@ -1,0 +1,262 @@
+// DeepSeek's multi-head latent attention (MLA) over a paged cache of compressed latents, always in
+// the absorbed form: each head's key up-projection W_UK is folded into its query and its value
+// up-projection W_UV into its output, so attention runs against the cached latents themselves.
+//
+// A token's cache row is its RMS-normed latent (`latent` = kv_lora_rank values) followed by its
+// rotated rotary key (`rope` values), bf16; per layer the cache is [block][slot in block][row].
+// `kv_b` is the layer's [heads·(nope + v), latent] up-projection: per head, its `nope` key rows
+// (W_UK) then its `v` value rows (W_UV).
+//
+// A step runs, after the q and kv_a projections:
+// 1. mla_rope_latent_write: norms the latent, rotates the rotary key, writes both into the cache,
+//    and rotates every head's rotary query part into the absorbed query's tail;
+// 2. mla_absorb_query: the absorbed query's head, q_nope · W_UK (`latent` values);
+// 3. mla_attention: scores q̃ · row over the whole row, softmax, and Σ p · latent per head;
+// 4. mla_value_heads: each head's output, W_UV · (Σ p · latent), before the output projection.
+
+#define MLA_MAX_LATENT 512
+#define MLA_MAX_WIDTH 576
+#define MLA_MAX_NOPE 256
+#define MLA_THREADS 256
+#define MLA_WARPS (MLA_THREADS / 32)
+// Query rows (token, head) each warp of mla_attention holds, and KV positions per shared tile.
+#define MLA_ROWS_PER_WARP 4
+#define MLA_ROWS (MLA_WARPS * MLA_ROWS_PER_WARP)
+#define MLA_KV 32
+// Tokens one block of the per-head products takes, reading the head's weights once for them.
+#define MLA_HEAD_TOKENS 16
+
+// Per token (one block each): cache[slot] = [rms_norm(latent) · kv_norm, rope(k_pe)], from the
+// kv_a projection's row [latent, k_pe]; and, for every head, q_lat[t, h, latent:] = rope(q_pe)
+// from the q projection's row [heads × (nope, rope)]. RoPE as rope_kv_write computes it: pairs
+// (i, i + rope/2), angle position · inv_freq[i], cosines and sines times `attention_factor`.
+extern "C" __global__ void mla_rope_latent_write(const bf16* __restrict__ compressed, const bf16* __restrict__ kv_norm, float eps,
+                                                 const bf16* __restrict__ q, const u32* __restrict__ positions, const u32* __restrict__ slots,
+                                                 const double* __restrict__ inv_freq, float attention_factor, int heads, int nope, int rope,
+                                                 int latent, bf16* __restrict__ q_lat, bf16* __restrict__ cache) {
+    __shared__ float scratch[32];
+    const int t = blockIdx.x, width = latent + rope, half = rope / 2;
+    const bf16* row = compressed + (u64)t * width;
+    float part = 0.f;
+    for (int i = threadIdx.x; i < latent; i += blockDim.x) {
+        float v = bf2f(row[i]);
+        part += v * v;
+    }
+    const float scale = rsqrtf(block_sum(part, scratch) / latent + eps);
+    bf16* dst = cache + (u64)slots[t] * width;
+    for (int i = threadIdx.x; i < latent; i += blockDim.x) dst[i] = f2bf(bf2f(row[i]) * scale * bf2f(kv_norm[i]));
+    const double two_pi = 6.283185307179586;
+    const double position = (double)positions[t];
+    // Pairs of every head's query, then the key's.
+    for (int p = threadIdx.x; p < (heads + 1) * half; p += blockDim.x) {
+        const int h = p / half, i = p % half;
+        double angle = position * inv_freq[i];
+        angle -= floor(angle / two_pi) * two_pi;
+        float s, c;
+        sincosf((float)angle, &s, &c);
+        s *= attention_factor;
+        c *= attention_factor;
+        const bf16* src = h < heads ? q + ((u64)t * heads + h) * (nope + rope) + nope : row + latent;
+        bf16* out = h < heads ? q_lat + ((u64)t * heads + h) * width + latent : dst + latent;
+        const float a = bf2f(src[i]), b = bf2f(src[i + half]);
+        out[i] = f2bf(a * c - b * s);
+        out[i + half] = f2bf(b * c + a * s);
+    }
+}
+
+// q_lat[t, h, :latent] = Σ_n q[t, h, n] · W_UK_h[n, :] over the head's `nope` no-RoPE query
+// values. Grid: (heads, ceil(tokens / MLA_HEAD_TOKENS)); each thread owns output columns.
+extern "C" __global__ void __launch_bounds__(MLA_THREADS)
+    mla_absorb_query(const bf16* __restrict__ q, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int rope, int v_dim,
+                     int latent, bf16* __restrict__ q_lat) {
+    __shared__ float qs[MLA_HEAD_TOKENS][MLA_MAX_NOPE];
+    const int h = blockIdx.x, t0 = blockIdx.y * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
+    const int width = latent + rope;
+    for (int e = threadIdx.x; e < MLA_HEAD_TOKENS * nope; e += blockDim.x) {
+        const int i = e / nope, n = e % nope;
+        qs[i][n] = i < n_tok ? bf2f(q[((u64)(t0 + i) * heads + h) * (nope + rope) + n]) : 0.f;
+    }
+    __syncthreads();
+    const bf16* w = kv_b + (u64)h * (nope + v_dim) * latent;
+    for (int c = threadIdx.x; c < latent; c += blockDim.x) {
+        float acc[MLA_HEAD_TOKENS];
+#pragma unroll
+        for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = 0.f;
+        for (int n = 0; n < nope; n++) {
+            const float wv = bf2f(w[(u64)n * latent + c]);
+#pragma unroll
+            for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = fmaf(qs[i][n], wv, acc[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < MLA_HEAD_TOKENS; i++)
+            if (i < n_tok) q_lat[((u64)(t0 + i) * heads + h) * width + c] = f2bf(acc[i]);
+    }
+}
+
+// out[t, h, r] = Σ_j o_lat[t, h, j] · W_UV_h[r, j] for the head's `v_dim` output values.
+// Grid: (heads, ceil(tokens / MLA_HEAD_TOKENS)); each warp owns output rows.
+extern "C" __global__ void __launch_bounds__(MLA_THREADS)
+    mla_value_heads(const bf16* __restrict__ o_lat, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int v_dim, int latent,
+                    bf16* __restrict__ out) {
+    __shared__ float os[MLA_HEAD_TOKENS][MLA_MAX_LATENT];
+    const int h = blockIdx.x, t0 = blockIdx.y * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int e = threadIdx.x; e < MLA_HEAD_TOKENS * latent; e += blockDim.x) {
+        const int i = e / latent, j = e % latent;
+        os[i][j] = i < n_tok ? bf2f(o_lat[((u64)(t0 + i) * heads + h) * latent + j]) : 0.f;
+    }
+    __syncthreads();
+    const bf16* w = kv_b + ((u64)h * (nope + v_dim) + nope) * latent;
+    for (int r = warp; r < v_dim; r += MLA_WARPS) {
+        float acc[MLA_HEAD_TOKENS];
+#pragma unroll
+        for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = 0.f;
+        for (int j = lane; j < latent; j += 32) {
+            const float wv = bf2f(w[(u64)r * latent + j]);
+#pragma unroll
+            for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = fmaf(os[i][j], wv, acc[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < MLA_HEAD_TOKENS; i++) {
+            const float sum = warp_sum(acc[i]);
+            if (lane == 0 && i < n_tok) out[((u64)(t0 + i) * heads + h) * v_dim + r] = f2bf(sum);
+        }
+    }
+}
+
+// Absorbed attention of every head against the latent rows, over the tiles of attention.cu (one
+// sequence's consecutive tokens: sequence, first row, rows, first position) and its KV splits.
+// A block takes MLA_ROWS query rows of its tile (row r is token r / heads, head r % heads), so
+// each latent row staged in shared memory serves every head of a decode token at once. Score
+// q̃ · row over all `latent + rope` values times `scale_log2` (log2 units), causal; the output
+// per row is Σ p · latent (`latent` values), normalised with one split, else left as partial
+// sums and maxima for attention_combine (with head_dim = latent).
+// Grid: (tiles, ceil(most tile rows × heads / MLA_ROWS), splits).
+extern "C" __global__ void __launch_bounds__(MLA_THREADS)
+    mla_attention(const bf16* __restrict__ q_lat, const bf16* __restrict__ cache, const u32* __restrict__ tiles,
+                  const u32* __restrict__ table_offsets, const u32* __restrict__ table_data, int heads, int latent, int rope, int block_size,
+                  float scale_log2, const u32* __restrict__ split_size, bf16* __restrict__ out, float* __restrict__ part_acc,
+                  float* __restrict__ part_ml) {
+    constexpr int QPL = MLA_MAX_WIDTH / 32, OPL = MLA_MAX_LATENT / 32;
+    __shared__ __align__(16) bf16 kv[MLA_KV][MLA_MAX_WIDTH];
+    const int width = latent + rope;
+    const u32* tile = tiles + 4 * blockIdx.x;
+    const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+    const int rows = (int)nrows * heads, first_row = blockIdx.y * MLA_ROWS;
+    if (first_row >= rows) return;
+    const int split = blockIdx.z, splits = gridDim.z;
+    const u32 split_tokens = *split_size;
+    const u32 split_start = (u32)split * split_tokens;
+    // The block's last row's position bounds what any of its rows sees.
+    const u32 last_pos = pos0 + (u32)(min(first_row + MLA_ROWS, rows) - 1) / heads;
+    if (split_start > last_pos) return;
+    const u32 kv_end = min(last_pos + 1, split_start + split_tokens);
+    const u32* table = table_data + table_offsets[seq];
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float q[MLA_ROWS_PER_WARP][QPL], acc[MLA_ROWS_PER_WARP][OPL], m[MLA_ROWS_PER_WARP], l[MLA_ROWS_PER_WARP];
+    u32 row_pos[MLA_ROWS_PER_WARP];
+    bool live[MLA_ROWS_PER_WARP];
+#pragma unroll
+    for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
+        const int r = first_row + warp * MLA_ROWS_PER_WARP + ri;
+        live[ri] = r < rows;
+        row_pos[ri] = pos0 + (u32)r / heads;
+        const u64 at = ((u64)(row0 + r / heads) * heads + r % heads) * width;
+#pragma unroll
+        for (int i = 0; i < QPL; i++) {
+            const int c = lane + 32 * i;
+            q[ri][i] = live[ri] && c < width ? bf2f(q_lat[at + c]) * scale_log2 : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < OPL; i++) acc[ri][i] = 0.f;
+        m[ri] = -INFINITY;
+        l[ri] = 0.f;
+    }
+
+    const int chunks = width / 8;
+    for (u32 t0 = split_start; t0 < kv_end; t0 += MLA_KV) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < MLA_KV * chunks; e += MLA_THREADS) {
+            const int j = e / chunks, chunk = e % chunks;
+            const u32 pos = t0 + j;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (pos < kv_end) {
+                const u64 slot = (u64)table[pos / block_size] * block_size + pos % block_size;
+                v = *(const uint4*)(cache + slot * width + chunk * 8);
+            }
+            *(uint4*)&kv[j][chunk * 8] = v;
+        }
+        __syncthreads();
+
+        // Scores: lane j keeps position t0 + j's.
+        float score[MLA_ROWS_PER_WARP];
+#pragma unroll
+        for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) score[ri] = -INFINITY;
+        for (int j = 0; j < MLA_KV; j++) {
+            float kj[QPL];
+#pragma unroll
+            for (int i = 0; i < QPL; i++) {
+                const int c = lane + 32 * i;
+                kj[i] = c < width ? bf2f(kv[j][c]) : 0.f;
+            }
+#pragma unroll
+            for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
+                float part = 0.f;
+#pragma unroll
+                for (int i = 0; i < QPL; i++) part = fmaf(q[ri][i], kj[i], part);
+                const float s = warp_sum(part);
+                if (lane == j) score[ri] = s;
+            }
+        }
+
+        const u32 kv_pos = t0 + lane;
+#pragma unroll
+        for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
+            if (!live[ri]) continue;
+            const bool valid = kv_pos < kv_end && kv_pos <= row_pos[ri];
+            const float s = valid ? score[ri] : -INFINITY;
+            const float m_new = fmaxf(m[ri], warp_max(s));
+            if (m_new == -INFINITY) continue;
+            const float p = valid ? exp2f(s - m_new) : 0.f;
+            const float corr = exp2f(m[ri] - m_new);
+            l[ri] = l[ri] * corr + warp_sum(p);
+#pragma unroll
+            for (int i = 0; i < OPL; i++) acc[ri][i] *= corr;
+            for (int j = 0; j < MLA_KV; j++) {
+                const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                for (int i = 0; i < OPL; i++) {
+                    const int c = lane + 32 * i;
+                    if (c < latent) acc[ri][i] = fmaf(pj, bf2f(kv[j][c]), acc[ri][i]);
+                }
+            }
+            m[ri] = m_new;
+        }
+    }
+
+#pragma unroll
+    for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
+        if (!live[ri]) continue;
+        const int r = first_row + warp * MLA_ROWS_PER_WARP + ri;
+        const u64 row = (u64)(row0 + r / heads) * heads + r % heads;
+        if (splits == 1) {
+#pragma unroll
+            for (int i = 0; i < OPL; i++) {
+                const int c = lane + 32 * i;
+                if (c < latent) out[row * latent + c] = f2bf(acc[ri][i] / l[ri]);
+            }
+        } else if (split_start <= row_pos[ri]) {
+            const u64 at = row * splits + split;
+#pragma unroll
+            for (int i = 0; i < OPL; i++) {
+                const int c = lane + 32 * i;
+                if (c < latent) part_acc[at * latent + c] = acc[ri][i];
+            }
+            if (lane == 0) {
+                part_ml[2 * at] = m[ri];
+                part_ml[2 * at + 1] = l[ri];
+            }
+        }
+    }
+}
