@@ -176,9 +176,13 @@ fn lumen_details(out: &mut String, report: &Report) {
     line(out, "Backend:", &report.engine.backend);
     line(out, "Hardware:", &s.hardware);
     line(out, "Threads:", &s.threads.to_string());
-    let kv =
-        format!("{} blocks x {} tokens ({} tokens)", s.kv_cache_blocks, s.kv_block_size, s.kv_cache_blocks.saturating_mul(s.kv_block_size));
+    let tokens = s.kv_cache_blocks.saturating_mul(s.kv_block_size);
+    let kv = format!("{} blocks x {} tokens ({tokens} tokens)", s.kv_cache_blocks, s.kv_block_size);
     line(out, "KV Cache:", &kv);
+    if let Some(expanded) = s.expanded_kv_cache_tokens {
+        let ratio = tokens as f64 / expanded.max(1) as f64;
+        line(out, "KV Cache as full K/V:", &format!("{expanded} tokens (latent rows hold {ratio:.1}x as many)"));
+    }
     line(out, "Chunked Prefill:", if s.chunked_prefill { "on" } else { "off" });
     line(out, "Number of warm-up requests:", &s.warmup.to_string());
     line(out, "Concurrency:", &s.concurrency.map_or_else(|| "unlimited".to_owned(), |c| c.to_string()));

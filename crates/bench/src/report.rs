@@ -105,6 +105,10 @@ pub struct LumenSettings {
     pub threads: usize,
     pub kv_cache_blocks: usize,
     pub kv_block_size: usize,
+    /// Latent attention: the tokens the same cache memory would hold as full keys and values of
+    /// every head; `None` for other models.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expanded_kv_cache_tokens: Option<usize>,
     pub chunked_prefill: bool,
     pub warmup: usize,
     /// Most requests in flight; `None` is unlimited.
@@ -446,6 +450,7 @@ pub(crate) mod tests {
                 threads: 2,
                 kv_cache_blocks: 100,
                 kv_block_size: 16,
+                expanded_kv_cache_tokens: None,
                 chunked_prefill: true,
                 warmup: 2,
                 concurrency: None,

@@ -398,6 +398,10 @@ fn setup(args: &RunArgs, model: &Model, engine: &Engine, options: &RunOptions) -
             threads,
             kv_cache_blocks: engine.kv_blocks(),
             kv_block_size: engine.config.block_size,
+            expanded_kv_cache_tokens: model.config().expanded_kv_values_per_token_per_layer().map(|expanded| {
+                let tokens = engine.kv_blocks() * engine.config.block_size;
+                tokens * model.config().kv_values_per_token_per_layer() / expanded
+            }),
             chunked_prefill: engine.config.chunked_prefill,
             warmup: options.warmup,
             concurrency: options.concurrency,

@@ -46,4 +46,22 @@ fn the_report_gives_each_moe_layers_load_skewed_by_the_gate_and_balanced_by_the_
     let (text, dense) = bench(&s, "tiny-untied", &[]);
     assert!(dense["lumen"].get("expert_load").is_none() && dense["lumen"].get("perfect_router").is_none(), "{dense}");
     assert!(!text.contains("max/mean") && !text.contains("Perfect Router"), "{text}");
+    assert!(!text.contains("KV Cache as full K/V") && dense["lumen"].get("expanded_kv_cache_tokens").is_none(), "{text}");
+}
+
+/// A latent-attention model's report says how many tokens its cache holds against full keys and
+/// values of every head in the same memory: tiny DeepSeek-V3 keeps 32 + 8 values a token and
+/// layer where 4 heads × (24 + 16) would take 160, a quarter.
+#[test]
+fn a_latent_attention_report_gives_the_cache_against_full_keys_and_values() {
+    let s = Scratch::new("bench-mla");
+    let (text, report) = bench(&s, "tiny-deepseek-v3", &[]);
+    let blocks = report["lumen"]["kv_cache_blocks"].as_u64().expect("kv_cache_blocks");
+    let block_size = report["lumen"]["kv_block_size"].as_u64().expect("kv_block_size");
+    let expanded = report["lumen"]["expanded_kv_cache_tokens"].as_u64().expect("expanded_kv_cache_tokens for MLA");
+    assert_eq!(expanded, blocks * block_size * 40 / 160, "{report}");
+    assert!(
+        text.contains("KV Cache as full K/V:") && text.contains(&format!("{expanded} tokens (latent rows hold 4.0x as many)")),
+        "{text}"
+    );
 }

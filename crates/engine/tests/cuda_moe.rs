@@ -139,10 +139,7 @@ fn decode_steps_follow_the_cpu() {
         "moonlight-16b-a3b+layers=2",
         "deepseek-v3+layers=1",
     ];
-    for (spec, sequences) in specs
-        .into_iter()
-        .flat_map(|spec| [(spec, 1), (spec, DECODE_BATCH)])
-    {
+    for (spec, sequences) in specs.into_iter().flat_map(|spec| [(spec, 1), (spec, DECODE_BATCH)]) {
         let (cpu, _) = decode(load(spec, Device::Cpu), PROMPT, STEPS, sequences);
         let cuda_model = load(spec, Device::Cuda);
         let top_k = cuda_model.config().moe.as_ref().expect("a MoE preset").top_k as u32;

@@ -202,6 +202,12 @@ impl ModelConfig {
         }
     }
 
+    /// For latent attention, the values one token would keep in one layer as full keys and values
+    /// of every head (`heads × (qk_nope + qk_rope + v_head)`): the cache MLA compresses.
+    pub fn expanded_kv_values_per_token_per_layer(&self) -> Option<usize> {
+        self.mla.as_ref().map(|m| self.num_heads * (m.qk_head_dim() + m.v_head_dim))
+    }
+
     /// MLA's softmax scale: `1/sqrt(qk_head_dim)`, times `mscale(factor, mscale_all_dim)²` under
     /// YaRN with DeepSeek's `mscale_all_dim`.
     pub fn mla_softmax_scale(&self) -> Option<f64> {
