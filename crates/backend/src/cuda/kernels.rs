@@ -549,9 +549,22 @@ impl Kernels {
     /// The absorbed query heads of `n` tokens: `q_lat[t, h, :latent] = q_nope[t, h] · W_UK_h`,
     /// with W_UK_h the head's key rows of `kv_b` (`[heads·(nope + v_dim), latent]` bf16).
     pub fn mla_absorb_query(&self, gpu: &Gpu, n: usize, shape: MlaShape, q: u64, kv_b: u64, q_lat: u64) -> Result<()> {
+        self.mla_head_product(gpu, self.mla_absorb_query, n, shape, q, kv_b, q_lat)
+    }
+
+    /// Each head's output of `n` tokens: `out[t, h] = W_UV_h · o_lat[t, h]`, with W_UV_h the
+    /// head's value rows of `kv_b`; `out` is `[n, heads·v_dim]` bf16, the output projection's input.
+    pub fn mla_value_heads(&self, gpu: &Gpu, n: usize, shape: MlaShape, o_lat: u64, kv_b: u64, out: u64) -> Result<()> {
+        self.mla_head_product(gpu, self.mla_value_heads, n, shape, o_lat, kv_b, out)
+    }
+
+    /// One of MLA's per-head products with `kv_b` (both kernels take the same parameters), one
+    /// block per head and `MLA_HEAD_TOKENS` tokens.
+    #[allow(clippy::too_many_arguments)]
+    fn mla_head_product(&self, gpu: &Gpu, kernel: Kernel, n: usize, shape: MlaShape, x: u64, kv_b: u64, out: u64) -> Result<()> {
         shape.check()?;
         let args = Args::default()
-            .ptr(q)
+            .ptr(x)
             .ptr(kv_b)
             .i32(n as i32)
             .i32(shape.heads as i32)
@@ -559,26 +572,9 @@ impl Kernels {
             .i32(shape.rope as i32)
             .i32(shape.v_dim as i32)
             .i32(shape.latent as i32)
-            .ptr(q_lat);
-        let grid = (shape.heads as u32, n.div_ceil(MLA_HEAD_TOKENS) as u32, 1);
-        self.launch(gpu, self.mla_absorb_query, grid, MLA_THREADS, args)
-    }
-
-    /// Each head's output of `n` tokens: `out[t, h] = W_UV_h · o_lat[t, h]`, with W_UV_h the
-    /// head's value rows of `kv_b`; `out` is `[n, heads·v_dim]` bf16, the output projection's input.
-    pub fn mla_value_heads(&self, gpu: &Gpu, n: usize, shape: MlaShape, o_lat: u64, kv_b: u64, out: u64) -> Result<()> {
-        shape.check()?;
-        let args = Args::default()
-            .ptr(o_lat)
-            .ptr(kv_b)
-            .i32(n as i32)
-            .i32(shape.heads as i32)
-            .i32(shape.nope as i32)
-            .i32(shape.v_dim as i32)
-            .i32(shape.latent as i32)
             .ptr(out);
         let grid = (shape.heads as u32, n.div_ceil(MLA_HEAD_TOKENS) as u32, 1);
-        self.launch(gpu, self.mla_value_heads, grid, MLA_THREADS, args)
+        self.launch(gpu, kernel, grid, MLA_THREADS, args)
     }
 
     /// Absorbed latent attention (mla.cu) over the step's tiles, as [`Kernels::attention`] takes

@@ -31,6 +31,23 @@ __device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss
     }
 }
 
+// Loads a bf16 row of `width` values into this thread's groups of four (zeros past the row) and
+// returns this thread's sum of their squares.
+__device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width, float4 (&v)[NORM_ITEMS]) {
+    const uint2* row = (const uint2*)x;
+    float ss = 0.f;
+#pragma unroll
+    for (int it = 0; it < NORM_ITEMS; it++) {
+        int i = threadIdx.x + it * blockDim.x;
+        v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < width / 4) {
+            v[it] = bf4_to_f4(row[i]);
+            ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
+        }
+    }
+    return ss;
+}
+
 // residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16).
 // One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
 // error of this kernel instead of a read out of bounds.
@@ -40,19 +57,13 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
     int t = blockIdx.x, n4 = hidden / 4;
     u32 tok = tokens[t];
     if (tok >= vocab) __trap();
-    const uint2* row = (const uint2*)(embed + (u64)tok * hidden);
     float4* res = (float4*)(residual + (u64)t * hidden);
     float4 v[NORM_ITEMS];
-    float ss = 0.f;
+    const float ss = load_row(embed + (u64)tok * hidden, hidden, v);
 #pragma unroll
     for (int it = 0; it < NORM_ITEMS; it++) {
         int i = threadIdx.x + it * blockDim.x;
-        v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (i < n4) {
-            v[it] = bf4_to_f4(row[i]);
-            res[i] = v[it];
-            ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
-        }
+        if (i < n4) res[i] = v[it];
     }
     norm_row(v, ss, weight, eps, hidden, normed + (u64)t * hidden, scratch);
 }
@@ -93,19 +104,8 @@ extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16*
                                          bf16* __restrict__ normed) {
     __shared__ float scratch[32];
     u64 base = (u64)blockIdx.x * width;
-    int n4 = width / 4;
-    const uint2* row = (const uint2*)(x + base);
     float4 v[NORM_ITEMS];
-    float ss = 0.f;
-#pragma unroll
-    for (int it = 0; it < NORM_ITEMS; it++) {
-        int i = threadIdx.x + it * blockDim.x;
-        v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (i < n4) {
-            v[it] = bf4_to_f4(row[i]);
-            ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
-        }
-    }
+    const float ss = load_row(x + base, width, v);
     norm_row(v, ss, weight, eps, width, normed + base, scratch);
 }
 

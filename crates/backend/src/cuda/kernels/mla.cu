@@ -93,11 +93,12 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     }
 }
 
-// out[t, h, r] = Σ_j o_lat[t, h, j] · W_UV_h[r, j] for the head's `v_dim` output values.
-// Grid: (heads, ceil(tokens / MLA_HEAD_TOKENS)); each warp owns output rows.
+// out[t, h, r] = Σ_j o_lat[t, h, j] · W_UV_h[r, j] for the head's `v_dim` output values (the
+// parameters of mla_absorb_query; `rope` is not read). Grid: (heads, ceil(tokens /
+// MLA_HEAD_TOKENS)); each warp owns output rows.
 extern "C" __global__ void __launch_bounds__(MLA_THREADS)
-    mla_value_heads(const bf16* __restrict__ o_lat, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int v_dim, int latent,
-                    bf16* __restrict__ out) {
+    mla_value_heads(const bf16* __restrict__ o_lat, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int rope, int v_dim,
+                    int latent, bf16* __restrict__ out) {
     __shared__ float os[MLA_HEAD_TOKENS][MLA_MAX_LATENT];
     const int h = blockIdx.x, t0 = blockIdx.y * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
