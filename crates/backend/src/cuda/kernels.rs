@@ -116,8 +116,11 @@ pub const MLA_MAX_NOPE: usize = 256;
 /// Query rows (token, head) one `mla_attention` block holds (`MLA_ROWS`).
 pub const MLA_BLOCK_ROWS: usize = 32;
 const MLA_THREADS: u32 = 256;
-/// Tokens one block of the MLA per-head products takes (`MLA_HEAD_TOKENS`).
+/// Tokens one block of the MLA per-head products takes (`MLA_HEAD_TOKENS`), the latent columns
+/// of one `mla_absorb_query` block and the value rows of one `mla_value_heads` block.
 const MLA_HEAD_TOKENS: usize = 16;
+const MLA_ABSORB_COLS: usize = 64;
+const MLA_VALUE_ROWS: usize = 32;
 
 /// The sizes of one MLA layer's heads: `nope` and `rope` query/key values per head (the rotary
 /// part shared by all heads as one key), `v_dim` value values, `latent` (kv_lora_rank).
@@ -549,19 +552,29 @@ impl Kernels {
     /// The absorbed query heads of `n` tokens: `q_lat[t, h, :latent] = q_nope[t, h] · W_UK_h`,
     /// with W_UK_h the head's key rows of `kv_b` (`[heads·(nope + v_dim), latent]` bf16).
     pub fn mla_absorb_query(&self, gpu: &Gpu, n: usize, shape: MlaShape, q: u64, kv_b: u64, q_lat: u64) -> Result<()> {
-        self.mla_head_product(gpu, self.mla_absorb_query, n, shape, q, kv_b, q_lat)
+        self.mla_head_product(gpu, self.mla_absorb_query, shape.latent.div_ceil(MLA_ABSORB_COLS), n, shape, q, kv_b, q_lat)
     }
 
     /// Each head's output of `n` tokens: `out[t, h] = W_UV_h · o_lat[t, h]`, with W_UV_h the
     /// head's value rows of `kv_b`; `out` is `[n, heads·v_dim]` bf16, the output projection's input.
     pub fn mla_value_heads(&self, gpu: &Gpu, n: usize, shape: MlaShape, o_lat: u64, kv_b: u64, out: u64) -> Result<()> {
-        self.mla_head_product(gpu, self.mla_value_heads, n, shape, o_lat, kv_b, out)
+        self.mla_head_product(gpu, self.mla_value_heads, shape.v_dim.div_ceil(MLA_VALUE_ROWS), n, shape, o_lat, kv_b, out)
     }
 
-    /// One of MLA's per-head products with `kv_b` (both kernels take the same parameters), one
-    /// block per head and `MLA_HEAD_TOKENS` tokens.
+    /// One of MLA's per-head products with `kv_b` (both kernels take the same parameters): blocks
+    /// per head, `chunks` of its outputs, and `MLA_HEAD_TOKENS` tokens.
     #[allow(clippy::too_many_arguments)]
-    fn mla_head_product(&self, gpu: &Gpu, kernel: Kernel, n: usize, shape: MlaShape, x: u64, kv_b: u64, out: u64) -> Result<()> {
+    fn mla_head_product(
+        &self,
+        gpu: &Gpu,
+        kernel: Kernel,
+        chunks: usize,
+        n: usize,
+        shape: MlaShape,
+        x: u64,
+        kv_b: u64,
+        out: u64,
+    ) -> Result<()> {
         shape.check()?;
         let args = Args::default()
             .ptr(x)
@@ -573,7 +586,7 @@ impl Kernels {
             .i32(shape.v_dim as i32)
             .i32(shape.latent as i32)
             .ptr(out);
-        let grid = (shape.heads as u32, n.div_ceil(MLA_HEAD_TOKENS) as u32, 1);
+        let grid = (shape.heads as u32, chunks as u32, n.div_ceil(MLA_HEAD_TOKENS) as u32);
         self.launch(gpu, kernel, grid, MLA_THREADS, args)
     }
 

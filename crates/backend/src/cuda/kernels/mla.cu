@@ -23,8 +23,13 @@
 #define MLA_ROWS_PER_WARP 4
 #define MLA_ROWS (MLA_WARPS * MLA_ROWS_PER_WARP)
 #define MLA_KV 32
-// Tokens one block of the per-head products takes, reading the head's weights once for them.
+// Tokens one block of the per-head products takes, reading the head's weights once for them; the
+// output columns of one mla_absorb_query block and the ways its threads split the sum; the
+// output rows of one mla_value_heads block.
 #define MLA_HEAD_TOKENS 16
+#define MLA_ABSORB_COLS 64
+#define MLA_ABSORB_SPLIT (MLA_THREADS / MLA_ABSORB_COLS)
+#define MLA_VALUE_ROWS 32
 
 // Per token (one block each): cache[slot] = [rms_norm(latent) · kv_norm, rope(k_pe)], from the
 // kv_a projection's row [latent, k_pe]; and, for every head, q_lat[t, h, latent:] = rope(q_pe)
@@ -65,62 +70,83 @@ extern "C" __global__ void mla_rope_latent_write(const bf16* __restrict__ compre
 }
 
 // q_lat[t, h, :latent] = Σ_n q[t, h, n] · W_UK_h[n, :] over the head's `nope` no-RoPE query
-// values. Grid: (heads, ceil(tokens / MLA_HEAD_TOKENS)); each thread owns output columns.
+// values. Grid: (heads, ceil(latent / MLA_ABSORB_COLS), ceil(tokens / MLA_HEAD_TOKENS)): a block
+// takes MLA_ABSORB_COLS output columns, its threads split the n sum MLA_ABSORB_SPLIT ways (so a
+// decode step of one token still spreads over many blocks and short loops), summed at the end.
 extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     mla_absorb_query(const bf16* __restrict__ q, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int rope, int v_dim,
                      int latent, bf16* __restrict__ q_lat) {
     __shared__ float qs[MLA_HEAD_TOKENS][MLA_MAX_NOPE];
-    const int h = blockIdx.x, t0 = blockIdx.y * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
-    const int width = latent + rope;
-    for (int e = threadIdx.x; e < MLA_HEAD_TOKENS * nope; e += blockDim.x) {
+    __shared__ float part[MLA_ABSORB_SPLIT][MLA_HEAD_TOKENS][MLA_ABSORB_COLS];
+    const int h = blockIdx.x, t0 = blockIdx.z * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
+    const int width = latent + rope, column = threadIdx.x % MLA_ABSORB_COLS, split = threadIdx.x / MLA_ABSORB_COLS;
+    const int c = blockIdx.y * MLA_ABSORB_COLS + column;
+    for (int e = threadIdx.x; e < n_tok * nope; e += blockDim.x) {
         const int i = e / nope, n = e % nope;
-        qs[i][n] = i < n_tok ? bf2f(q[((u64)(t0 + i) * heads + h) * (nope + rope) + n]) : 0.f;
+        qs[i][n] = bf2f(q[((u64)(t0 + i) * heads + h) * (nope + rope) + n]);
     }
     __syncthreads();
     const bf16* w = kv_b + (u64)h * (nope + v_dim) * latent;
-    for (int c = threadIdx.x; c < latent; c += blockDim.x) {
-        float acc[MLA_HEAD_TOKENS];
+    float acc[MLA_HEAD_TOKENS];
 #pragma unroll
-        for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = 0.f;
-        for (int n = 0; n < nope; n++) {
+    for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = 0.f;
+    if (c < latent) {
+#pragma unroll 4
+        for (int n = split; n < nope; n += MLA_ABSORB_SPLIT) {
             const float wv = bf2f(w[(u64)n * latent + c]);
 #pragma unroll
-            for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = fmaf(qs[i][n], wv, acc[i]);
+            for (int i = 0; i < MLA_HEAD_TOKENS; i++)
+                if (i < n_tok) acc[i] = fmaf(qs[i][n], wv, acc[i]);
         }
+    }
 #pragma unroll
-        for (int i = 0; i < MLA_HEAD_TOKENS; i++)
-            if (i < n_tok) q_lat[((u64)(t0 + i) * heads + h) * width + c] = f2bf(acc[i]);
+    for (int i = 0; i < MLA_HEAD_TOKENS; i++) part[split][i][column] = acc[i];
+    __syncthreads();
+    for (int e = threadIdx.x; e < n_tok * MLA_ABSORB_COLS; e += blockDim.x) {
+        const int i = e / MLA_ABSORB_COLS, col = blockIdx.y * MLA_ABSORB_COLS + e % MLA_ABSORB_COLS;
+        if (col >= latent) continue;
+        float sum = 0.f;
+#pragma unroll
+        for (int g = 0; g < MLA_ABSORB_SPLIT; g++) sum += part[g][i][e % MLA_ABSORB_COLS];
+        q_lat[((u64)(t0 + i) * heads + h) * width + col] = f2bf(sum);
     }
 }
 
 // out[t, h, r] = Σ_j o_lat[t, h, j] · W_UV_h[r, j] for the head's `v_dim` output values (the
-// parameters of mla_absorb_query; `rope` is not read). Grid: (heads, ceil(tokens /
-// MLA_HEAD_TOKENS)); each warp owns output rows.
+// parameters of mla_absorb_query; `rope` is not read). Grid: (heads, ceil(v_dim /
+// MLA_VALUE_ROWS), ceil(tokens / MLA_HEAD_TOKENS)); each warp owns MLA_VALUE_ROWS / MLA_WARPS
+// output rows, its lanes splitting the latent.
 extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     mla_value_heads(const bf16* __restrict__ o_lat, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int rope, int v_dim,
                     int latent, bf16* __restrict__ out) {
     __shared__ float os[MLA_HEAD_TOKENS][MLA_MAX_LATENT];
-    const int h = blockIdx.x, t0 = blockIdx.y * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
+    const int h = blockIdx.x, t0 = blockIdx.z * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int e = threadIdx.x; e < MLA_HEAD_TOKENS * latent; e += blockDim.x) {
+    for (int e = threadIdx.x; e < n_tok * latent; e += blockDim.x) {
         const int i = e / latent, j = e % latent;
-        os[i][j] = i < n_tok ? bf2f(o_lat[((u64)(t0 + i) * heads + h) * latent + j]) : 0.f;
+        os[i][j] = bf2f(o_lat[((u64)(t0 + i) * heads + h) * latent + j]);
     }
     __syncthreads();
     const bf16* w = kv_b + ((u64)h * (nope + v_dim) + nope) * latent;
-    for (int r = warp; r < v_dim; r += MLA_WARPS) {
+    constexpr int ROWS_PER_WARP = MLA_VALUE_ROWS / MLA_WARPS;
+    for (int rr = 0; rr < ROWS_PER_WARP; rr++) {
+        const int r = blockIdx.y * MLA_VALUE_ROWS + warp * ROWS_PER_WARP + rr;
+        if (r >= v_dim) break;
         float acc[MLA_HEAD_TOKENS];
 #pragma unroll
         for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = 0.f;
+#pragma unroll 4
         for (int j = lane; j < latent; j += 32) {
             const float wv = bf2f(w[(u64)r * latent + j]);
 #pragma unroll
-            for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = fmaf(os[i][j], wv, acc[i]);
+            for (int i = 0; i < MLA_HEAD_TOKENS; i++)
+                if (i < n_tok) acc[i] = fmaf(os[i][j], wv, acc[i]);
         }
 #pragma unroll
         for (int i = 0; i < MLA_HEAD_TOKENS; i++) {
+            if (i >= n_tok) break;
             const float sum = warp_sum(acc[i]);
-            if (lane == 0 && i < n_tok) out[((u64)(t0 + i) * heads + h) * v_dim + r] = f2bf(sum);
+            if (lane == 0) out[((u64)(t0 + i) * heads + h) * v_dim + r] = f2bf(sum);
         }
     }
 }
