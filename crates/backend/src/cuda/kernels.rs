@@ -55,7 +55,6 @@ pub struct Kernels {
     moe_route: Kernel,
     moe_combine: Kernel,
     moe_gemv: Kernel,
-    moe_count: Kernel,
     moe_align: Kernel,
     moe_grouped_gemm: Kernel,
     rms_norm_rows: Kernel,
@@ -188,7 +187,6 @@ impl Kernels {
             moe_route: get("moe_route")?,
             moe_combine: get("moe_combine")?,
             moe_gemv: get("moe_gemv")?,
-            moe_count: get("moe_count")?,
             moe_align: get("moe_align")?,
             moe_grouped_gemm: get("moe_grouped_gemm")?,
             rms_norm_rows: get("rms_norm_rows")?,
@@ -344,6 +342,8 @@ impl Kernels {
     /// (Default 0, Renormalize 1, RenormalizeNaive 2, Llama4 3, DeepSeekV3 4), and the weights
     /// are scaled by `scale`. DeepSeekV3 adds the bf16 `correction` bias (when non-zero) to the
     /// sigmoid scores that choose, and keeps the best `groups.1` of `groups.0` expert groups.
+    /// The choices of the step's real tokens (`real_tokens`, a device u32; padding rows of a
+    /// replayed graph follow them) are added to `load` (u32 per expert, zeroed by the caller).
     #[allow(clippy::too_many_arguments)]
     pub fn moe_route(
         &self,
@@ -358,8 +358,10 @@ impl Kernels {
         k: usize,
         method: u32,
         scale: f32,
+        real_tokens: u64,
         out_experts: u64,
         out_weights: u64,
+        load: u64,
     ) -> Result<()> {
         anyhow::ensure!(k <= MOE_MAX_TOP_K, "moe_route: top {k} experts, at most {MOE_MAX_TOP_K} on CUDA");
         anyhow::ensure!(experts <= MOE_MAX_EXPERTS, "moe_route: {experts} experts, at most {MOE_MAX_EXPERTS} on CUDA");
@@ -381,8 +383,10 @@ impl Kernels {
             .i32(k as i32)
             .i32(method as i32)
             .f32(scale)
+            .ptr(real_tokens)
             .ptr(out_experts)
-            .ptr(out_weights);
+            .ptr(out_weights)
+            .ptr(load);
         let tokens_per_block = ROW_THREADS / 32;
         self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(tokens_per_block), 1, 1), ROW_THREADS, args)
     }
@@ -470,13 +474,6 @@ impl Kernels {
         let rows_per_block = (GEMV_THREADS / 32) as usize;
         let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32).ptr(y);
         self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
-    }
-
-    /// Adds each routed slot of the step's real tokens (`real_tokens`, a device u32; `k` slots a
-    /// token, at most `slots` in all) to its expert's count in `load` (u32 per expert).
-    pub fn moe_count(&self, gpu: &Gpu, experts: u64, slots: usize, k: usize, real_tokens: u64, load: u64) -> Result<()> {
-        let args = Args::default().ptr(experts).i32(slots as i32).i32(k as i32).ptr(real_tokens).ptr(load);
-        self.launch(gpu, self.moe_count, ((slots as u32).div_ceil(ROW_THREADS), 1, 1), ROW_THREADS, args)
     }
 
     /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` (`y[t·k + j]` when `pos` is 0) over

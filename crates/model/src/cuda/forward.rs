@@ -17,7 +17,7 @@
 //!
 //! A mixture-of-experts layer runs its gate GEMM to f32 router logits (replaced by the perfect
 //! router's balanced ones when it is on), routes every token on the device (`moe_route`, with
-//! GPT-OSS's router bias) and counts each expert's slots there (`moe_count`, the step's expert
+//! GPT-OSS's router bias) and counts each expert's slots there (in `moe_route`, the step's expert
 //! load, read back by [`expert_load`] once the step is done). Then, for a step of at most
 //! [`MOE_DEVICE_SLOTS`] routed slots (a decode step of a few tokens), each slot's two expert
 //! products run as `moe_gemv`s that find the expert's weights through device tables. A larger
@@ -680,10 +680,11 @@ fn enqueue_moe(
         top,
         method,
         m.routed_scaling_factor,
+        real_tokens,
         b.experts.ptr,
         b.weights.ptr,
+        b.load.at(moe_layer * e * 4),
     )?;
-    k.moe_count(gpu, b.experts.ptr, slots, top, real_tokens, b.load.at(moe_layer * e * 4))?;
     drop(stage);
     let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {
         ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),

@@ -31,10 +31,14 @@ __device__ __forceinline__ float sigmoidf(float z) { return 1.f / (1.f + expf(-z
 // when a group has one expert); the best `topk_group` groups are kept (ties to the lower group)
 // and the experts are the top k of s' inside them; weights s / Σ s of the chosen.
 // n_group <= MOE_MAX_GROUPS.
+//
+// Each of the step's real tokens (the first `*real_tokens`; a replayed graph routes padding rows
+// after them) adds its k choices to `load` (u32 per expert): the step's expert load.
 extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
     moe_route(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
               const bf16* __restrict__ correction, int n_group, int topk_group, int tokens, int experts, int k, int method,
-              float scale, u32* __restrict__ out_experts, float* __restrict__ out_weights) {
+              float scale, const u32* __restrict__ real_tokens, u32* __restrict__ out_experts, float* __restrict__ out_weights,
+              u32* __restrict__ load) {
     // Each warp's corrected scores, for its group scores (DeepSeekV3 only).
     __shared__ float corrected[MOE_ROUTE_THREADS / 32][MOE_MAX_EXPERTS];
     const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -145,10 +149,12 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
         weight[j] = w;
         chosen_sum += w;
     }
+    const bool real = (u32)t < *real_tokens;
     for (int j = 0; j < k; j++) {
         float w = (method == 1 || method == 2 || method == 4) ? weight[j] / chosen_sum : weight[j];
         out_experts[(u64)t * k + j] = (u32)chosen[j];
         out_weights[(u64)t * k + j] = w * scale;
+        if (real) atomicAdd(&load[chosen[j]], 1u);
     }
 }
 

@@ -44,13 +44,3 @@ extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS)
         y[slot * n + row] = f2bf(acc);
     }
 }
-
-// Each expert's count of routed slots, added to `load` (one u32 per expert, zeroed by the caller
-// before the step): the expert load the trace records, counted on the device. Only the slots of
-// the step's `*real_tokens` tokens count (k slots each): a replayed graph's padding rows are
-// routed too, but they are not the batch's.
-extern "C" __global__ void moe_count(const u32* __restrict__ experts, int slots, int k, const u32* __restrict__ real_tokens,
-                                     u32* __restrict__ load) {
-    int s = blockIdx.x * blockDim.x + threadIdx.x;
-    if (s < slots && (u32)s < *real_tokens * (u32)k) atomicAdd(&load[experts[s]], 1u);
-}
