@@ -1,7 +1,8 @@
 //! FP8 on the GPU against FP8 on the host (`lumen_backend::fp8`), on the GPU machine (skipped
 //! without a GPU): the dynamic quantization gives the host's scale and, code for code, its E4M3
-//! codes; the FP8 GEMV kernel and cuBLASLt's FP8 product both give the host's f32 product of the
-//! dequantized operands to within bf16 rounding of the output.
+//! codes; cuBLASLt's FP8 product of those codes, and the FP8 GEMV kernel on the bf16 rows (which
+//! it quantizes itself, to the same codes), both give the host's f32 product of the dequantized
+//! operands to within bf16 rounding of the output.
 
 use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, Gemm, Gpu, Kernels, Tensor};
 use lumen_backend::fp8::{from_e4m3, scale_for, to_e4m3};
@@ -80,7 +81,7 @@ fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
     let (w_codes, w_scale) = host_quantize(&w);
     for t in [1, 3, 4, 64] {
         let x = values(t * k, 20 + t as u64);
-        let (x_dev, _xc, _xs, _xi) = quantize(&d, &x, t, k);
+        let (x_dev, _xc, _xs, x_bf16) = quantize(&d, &x, t, k);
         let (x_codes, x_scale) = host_quantize(&x);
         let want: Vec<f32> = (0..t * n)
             .map(|i| {
@@ -100,7 +101,7 @@ fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
             if library {
                 gemm.matmul(&d.gpu, x_dev, w_dev, y).unwrap();
             } else {
-                d.kernels.gemv(&d.gpu, x_dev, w_dev, y).unwrap();
+                d.kernels.gemv(&d.gpu, x_bf16.tensor(DType::Bf16, t, k), w_dev, y).unwrap();
             }
             let mut bits = vec![0u16; t * n];
             d.gpu.download(&mut bits, out.ptr).unwrap();

@@ -682,18 +682,24 @@ impl Kernels {
         self.combine_splits(gpu, a)
     }
 
-    /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` rows, one warp per output: bf16
-    /// operands (k a multiple of 8), or scaled FP8 ones (k a multiple of 16).
+    /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` bf16 rows, one warp per output:
+    /// bf16 weights (k a multiple of 8), or scaled FP8 ones (k a multiple of 16), for which the
+    /// kernel quantizes the rows as [`Kernels::quantize_fp8`] would, so it gives the FP8 GEMM
+    /// path's product without that launch.
     pub fn gemv(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
-        let (t, n, k) = check_product(x, w, y)?;
         let fp8 = w.dtype == DType::Fp8E4M3;
+        if fp8 && w.scale == 0 {
+            bail!("gemv: the FP8 weight {w} has no scale");
+        }
+        // The rows are bf16 either way: an FP8 weight is checked as the bf16 matrix it stands for.
+        let (t, n, k) = check_product(x, Tensor { dtype: DType::Bf16, ..w }, y)?;
         let (kernel, k_step) = if fp8 { (self.gemv_fp8, 16) } else { (self.gemv, 8) };
-        if t > GEMV_MAX_TOKENS || !k.is_multiple_of(k_step) || x.dtype != w.dtype {
-            bail!("gemv takes at most {GEMV_MAX_TOKENS} rows of the weight's type and k a multiple of {k_step} (got {x} · ({w})ᵀ)");
+        if t > GEMV_MAX_TOKENS || !k.is_multiple_of(k_step) {
+            bail!("gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of {k_step} (got {x} · ({w})ᵀ)");
         }
         let out_f32 = y.dtype == DType::F32;
-        let args =
-            if fp8 { Args::default().ptr(x.ptr).ptr(x.scale).ptr(w.ptr).ptr(w.scale) } else { Args::default().ptr(x.ptr).ptr(w.ptr) };
+        let args = Args::default().ptr(x.ptr).ptr(w.ptr);
+        let args = if fp8 { args.ptr(w.scale) } else { args };
         let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
         let blocks = (n as u32).div_ceil(GEMV_THREADS / 32);
         self.launch(gpu, kernel, (blocks, 1, 1), GEMV_THREADS, args)

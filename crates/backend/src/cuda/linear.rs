@@ -1,10 +1,11 @@
 //! Linear layers on the GPU: `out = x · wᵀ` on typed tensors, through cuBLASLt or, for the few-row
 //! shapes where it measured faster, the GEMV kernel. The choice is made per (rows, n, k) by
 //! [`Linear::tune`], which times both on the real weights; batch-invariant mode never tunes, so
-//! every row count takes the same arithmetic. For FP8 weights the bf16 activations are first
-//! quantized to FP8 with one dynamic scale per product (vLLM's dynamic per-tensor scheme) into a
-//! buffer reserved with [`Linear::reserve_fp8_inputs`], whichever kernel then runs, so a
-//! product's arithmetic does not depend on that choice.
+//! every row count takes the same arithmetic. For FP8 weights the bf16 activations are quantized
+//! to FP8 with one dynamic scale per product (vLLM's dynamic per-tensor scheme): for cuBLASLt
+//! into a buffer reserved with [`Linear::reserve_fp8_inputs`], and inside the FP8 GEMV kernel to
+//! the same codes (no launch of its own), so a product's arithmetic does not depend on the
+//! choice.
 
 use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;
@@ -53,8 +54,8 @@ impl Linear {
         for t in 1..=GEMV_MAX_TOKENS.min(max_rows) {
             for &w in weights {
                 let (input, output) = (x.tensor(DType::Bf16, t, w.cols), y.tensor(DType::Bf16, t, w.rows));
-                let input = if w.dtype == DType::Fp8E4M3 { self.quantize(gpu, kernels, input)? } else { input };
-                let gemm = gpu.median_ms(1, 5, || self.gemm.matmul(gpu, input, w, output))?;
+                // Each side with what it runs: cuBLASLt's FP8 product after the quantization.
+                let gemm = gpu.median_ms(1, 5, || self.gemm_product(gpu, kernels, input, w, output))?;
                 let gemv = gpu.median_ms(1, 5, || kernels.gemv(gpu, input, w, output))?;
                 self.gemv_wins.insert((t, w.rows, w.cols), gemv < gemm);
             }
@@ -64,12 +65,17 @@ impl Linear {
 
     /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream.
     pub fn run(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
-        let x = if w.dtype == DType::Fp8E4M3 && x.dtype == DType::Bf16 { self.quantize(gpu, kernels, x)? } else { x };
         if self.gemv_wins.get(&(x.rows, w.rows, w.cols)) == Some(&true) {
             kernels.gemv(gpu, x, w, out)
         } else {
-            self.gemm.matmul(gpu, x, w, out)
+            self.gemm_product(gpu, kernels, x, w, out)
         }
+    }
+
+    /// The product through cuBLASLt, bf16 activations quantized first for an FP8 weight.
+    fn gemm_product(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
+        let x = if w.dtype == DType::Fp8E4M3 && x.dtype == DType::Bf16 { self.quantize(gpu, kernels, x)? } else { x };
+        self.gemm.matmul(gpu, x, w, out)
     }
 
     /// `x` quantized to FP8 in the reserved buffer.

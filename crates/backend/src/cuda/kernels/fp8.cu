@@ -1,7 +1,8 @@
 // FP8 E4M3 tensors with one f32 scale each (a value is its code times the scale): the dynamic
 // quantization of bf16 activations (the largest magnitude, then codes of x / scale with scale the
 // power of two at or above amax / 448, rounded to nearest even and saturated at ±448), and the
-// matrix-vector product of a few quantized rows with FP8 weights for small decode steps. The
+// matrix-vector product of a few bf16 rows, quantized as they are read, with FP8 weights for
+// small decode steps. The
 // conversions (prelude.cu) use Hopper's (sm_89+) cvt instructions; on older devices they trap.
 
 // amax = max(amax, max |x_i|) over n bf16 values (n % 8 == 0), as f32 bits (ordered as unsigned
@@ -72,12 +73,44 @@ __device__ __forceinline__ void unpack16_fp8(uint4 v, float (&f)[16]) {
     }
 }
 
-// y[t, n] = x_scale · w_scale · (x[t, :] · w[n, :]) for E4M3 x and w and t < t_count <=
-// GEMV_MAX_T, as `gemv` does it: one warp per output row, 16-byte loads (sixteen codes) of the
-// weight row, the few activation rows from L1/L2. k % 16 == 0.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const unsigned char* __restrict__ x, const float* __restrict__ x_scale,
-                                                                    const unsigned char* __restrict__ w, const float* __restrict__ w_scale,
-                                                                    int t_count, int n, int k, void* __restrict__ y, int out_f32) {
+// Sixteen bf16 activations (two 16-byte loads, element 16 i on) quantized with `scale` as
+// quantize8 codes them, and read back as the values of those codes: what the FP8 GEMM sees.
+__device__ __forceinline__ void quantized16(const bf16* __restrict__ x, u64 i, float scale, float (&out)[16]) {
+    float f[16], a[8], b[8];
+    unpack8(((const uint4*)x)[2 * i], a);
+    unpack8(((const uint4*)x)[2 * i + 1], b);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        f[j] = a[j];
+        f[8 + j] = b[j];
+    }
+#pragma unroll
+    for (int p = 0; p < 8; p++) {
+        const u32 codes = f32x2_to_e4m3x2(f[2 * p + 1] / scale, f[2 * p] / scale);
+        e4m3x2_to_f32x2((unsigned short)codes, out[2 * p + 1], out[2 * p]);
+    }
+}
+
+// y[t, n] = x_scale · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count <=
+// GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8 of x, then cuBLASLt) done without
+// the quantization's launch. Every block first finds the activations' scale as quantize_fp8_block
+// does (the power of two at or above amax / 448 over all t_count · k values), then each warp
+// takes one output row as `gemv` does, quantizing the activations in registers to the same
+// codes: 16-byte loads (sixteen codes) of the weight row, the few activation rows from L1/L2.
+// k % 16 == 0.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
+                                                                    const float* __restrict__ w_scale, int t_count, int n, int k,
+                                                                    void* __restrict__ y, int out_f32) {
+    __shared__ float scratch[32];
+    float m = 0.f;
+    const u64 n8 = (u64)t_count * k / 8;
+    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) {
+        float f[8];
+        unpack8(((const uint4*)x)[i], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
+    }
+    const float x_scale = fp8_scale(block_max(m, scratch));
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (row >= n) return;
     const uint4* wr = (const uint4*)(w + (u64)row * k);
@@ -102,14 +135,14 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const unsign
             for (int t = 0; t < GEMV_MAX_T; t++) {
                 if (t < t_count) {
                     float xf[16];
-                    unpack16_fp8(((const uint4*)(x + (u64)t * k))[i], xf);
+                    quantized16(x + (u64)t * k, i, x_scale, xf);
 #pragma unroll
                     for (int j = 0; j < 16; j++) acc[t] = fmaf(wf[j], xf[j], acc[t]);
                 }
             }
         }
     }
-    const float scale = *x_scale * *w_scale;
+    const float scale = x_scale * *w_scale;
 #pragma unroll
     for (int t = 0; t < GEMV_MAX_T; t++) {
         if (t < t_count) {
