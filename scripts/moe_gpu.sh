@@ -4,8 +4,8 @@
 # `lumen bench throughput` with the gate skewed (`+zipf=$ZIPF`, default 1.2) and then with
 # LUMEN_PERFECT_ROUTER=1, each traced, and `lumen analyze --compare` of the pair; then the same
 # pair without the skew. Batch-1 decode of the unskewed model beside it, and with LONG=1 its
-# throughput at 128/2048 (LONG_REQUESTS, default 256) and the transformers peer (peers/hf_generate.py)
-# at PEER_BATCHES (default "1 64 128"). The traces hold iterations WINDOW (default 40-79, steady
+# throughput at 128/2048 (LONG_REQUESTS, default 256) and the transformers peer (peers/hf_generate.py,
+# through scripts/peer_shapes.py for the DeepSeek shapes) at PEER_BATCHES (default "1 64 128"). The traces hold iterations WINDOW (default 40-79, steady
 # decode; small enough to keep as the analyzer's fixtures). Logs, reports and traces go to $OUT
 # (default /tmp/moe-gpu); a short table is printed last.
 set -euo pipefail
@@ -42,8 +42,11 @@ if [ "${LONG:-0}" = 1 ]; then
     --input-mean 128 --input-stdev 0 --output-mean 2048 --output-stdev 0
   "$L" bench throughput --device cuda --model "$MODEL" --dataset "$OUT/long.jsonl" --eos-id -1 --report-json "$OUT/long.json" \
     >"$OUT/long.txt" 2>"$OUT/long.log"
+  # The peer on the preset's shape, its layer count cut as `+layers=N` cuts lumen's (the
+  # DeepSeek shapes through scripts/peer_shapes.py).
+  layers=$(sed -n 's/.*+layers=\([0-9]*\).*/--layers \1/p' <<<"$MODEL")
   # shellcheck disable=SC2086
-  python3 peers/hf_generate.py --model "$MODEL" --batch ${PEER_BATCHES:-1 64 128} 2>&1 | grep '^{' >"$OUT/peer.jsonl" || true
+  python3 scripts/peer_shapes.py --model "${MODEL%%+*}" $layers --batch ${PEER_BATCHES:-1 64 128} 2>&1 | grep '^{' >"$OUT/peer.jsonl" || true
 fi
 
 ls -la "$OUT"/*.lumen
