@@ -68,3 +68,8 @@ fn moe_routing_matches_the_cpu_rule_and_counts_only_real_tokens() {
 fn the_expert_layout_puts_every_slot_in_one_tile_of_its_expert_and_the_combine_sums_exactly() {
     run_check("moe_layout");
 }
+
+#[test]
+fn the_norm_kernels_give_the_f32_norm_in_bf16() {
+    run_check("norms");
+}

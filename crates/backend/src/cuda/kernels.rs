@@ -263,7 +263,7 @@ impl Kernels {
     ) -> Result<()> {
         let args =
             Args::default().ptr(tokens).ptr(embed).ptr(weight).f32(eps).i32(hidden as i32).u32(vocab as u32).ptr(residual).ptr(normed);
-        self.launch(gpu, self.embed_rms_norm, (n as u32, 1, 1), ROW_THREADS, args)
+        self.launch(gpu, self.embed_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
     #[allow(clippy::too_many_arguments)]
