@@ -1,8 +1,8 @@
 //! lumen's scalar CUDA kernels run on the CPU, in CI, through a small emulation of the CUDA
 //! thread model (`tests/emulated/emu.h`: blocks in turn, each block's threads as OS threads,
 //! barriers for `__syncthreads`, the warp's and its shuffles). The kernel sources are the ones
-//! NVRTC compiles, concatenated in the same order, with their inline PTX made inert: the
-//! tensor-core and FP8 kernels are not run here. Each check is a C++ program in `tests/emulated/`
+//! NVRTC compiles, concatenated in the same order, with the E4M3 conversions done in software
+//! and the rest of their inline PTX made inert: the tensor-core kernels are not run here. Each check is a C++ program in `tests/emulated/`
 //! that compares kernels against a reference written from their definition and exits non-zero on a
 //! difference; it says what it measured. This checks a kernel's arithmetic and indexing (tiles,
 //! KV splits, block tables, warp reductions) before a GPU is at hand; the GPU tests
@@ -19,9 +19,39 @@ fn compiler() -> Option<&'static str> {
     ["c++", "g++", "clang++"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
-/// The kernel sources as one C++ file, inline PTX made inert.
+/// The E4M3 conversions whose PTX the emulation replaces by its software ones (emu.h): each
+/// function's signature, and its new body.
+const FP8_CONVERSIONS: [(&str, &str); 2] = [
+    ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),
+    ("void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo)", "emu_e4m3x2_to_f32x2(v, hi, lo);"),
+];
+
+/// `src` with the body of the function whose signature is `signature` replaced by `body`.
+fn replace_body(src: &str, signature: &str, body: &str) -> String {
+    let at = src.find(signature).unwrap_or_else(|| panic!("the kernel sources no longer define {signature}"));
+    let open = at + src[at..].find('{').expect("a function body");
+    let mut depth = 0;
+    let close = src[open..]
+        .char_indices()
+        .find_map(|(i, c)| {
+            depth += match c {
+                '{' => 1,
+                '}' => -1,
+                _ => 0,
+            };
+            (depth == 0).then_some(open + i)
+        })
+        .expect("the body's closing brace");
+    format!("{}{{ {body} }}{}", &src[..open], &src[close + 1..])
+}
+
+/// The kernel sources as one C++ file: the E4M3 conversions in software, other inline PTX inert.
 fn write_kernels(dir: &Path) {
-    let all: String = SOURCES.iter().map(|(_, src)| src.replace("asm volatile(", "EMU_ASM(").replace("asm(", "EMU_ASM(") + "\n").collect();
+    let mut all: String = SOURCES.iter().map(|(_, src)| format!("{src}\n")).collect();
+    for (signature, body) in FP8_CONVERSIONS {
+        all = replace_body(&all, signature, body);
+    }
+    let all = all.replace("asm volatile(", "EMU_ASM(").replace("asm(", "EMU_ASM(");
     std::fs::write(dir.join("kernels.cu"), all).expect("writing the kernel sources");
 }
 
@@ -72,4 +102,9 @@ fn the_expert_layout_puts_every_slot_in_one_tile_of_its_expert_and_the_combine_s
 #[test]
 fn the_norm_kernels_give_the_f32_norm_in_bf16() {
     run_check("norms");
+}
+
+#[test]
+fn the_fp8_gemv_quantizes_its_bf16_rows_to_the_quantize_kernels_codes() {
+    run_check("fp8");
 }

@@ -168,3 +168,27 @@ struct Rng {
         return ((state >> 40) / 16777216.0f) * 2.f - 1.f;
     }
 };
+
+// FP8 E4M3 in software, as Hopper's cvt.rn.satfinite.e4m3x2.f32 and cvt.rn.f16x2.e4m3x2 compute
+// it (lumen_backend::fp8 on the host): the test that builds the kernel sources puts these in the
+// place of prelude.cu's PTX conversions.
+inline unsigned char emu_to_e4m3(float x) {
+    if (std::isnan(x)) return 0x7f;
+    const unsigned char sign = std::signbit(x) ? 0x80 : 0;
+    const double a = std::fabs((double)x);
+    if (a >= 448.0) return sign | 0x7e;
+    const int exponent = a == 0.0 ? -6 : std::max(std::ilogb(a), -6);
+    const int steps = (int)std::nearbyint(a / std::ldexp(1.0, exponent - 3));
+    return sign | (unsigned char)(((exponent + 7) << 3) + steps - 8);
+}
+inline float emu_from_e4m3(unsigned char code) {
+    const float sign = code & 0x80 ? -1.f : 1.f;
+    const int exponent = (code >> 3) & 0xf, mantissa = code & 7;
+    if (exponent == 0xf && mantissa == 7) return NAN;
+    return sign * (exponent == 0 ? mantissa * std::ldexp(1.f, -9) : (1.f + mantissa / 8.f) * std::ldexp(1.f, exponent - 7));
+}
+inline unsigned emu_f32x2_to_e4m3x2(float hi, float lo) { return ((unsigned)emu_to_e4m3(hi) << 8) | emu_to_e4m3(lo); }
+inline void emu_e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo) {
+    lo = emu_from_e4m3(v & 0xff);
+    hi = emu_from_e4m3(v >> 8);
+}
