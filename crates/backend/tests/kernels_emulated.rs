@@ -1,8 +1,10 @@
 //! lumen's scalar CUDA kernels run on the CPU, in CI, through a small emulation of the CUDA
 //! thread model (`tests/emulated/emu.h`: blocks in turn, each block's threads as OS threads,
 //! barriers for `__syncthreads`, the warp's and its shuffles). The kernel sources are the ones
-//! NVRTC compiles, concatenated in the same order, with the E4M3 conversions done in software
-//! and the rest of their inline PTX made inert: the tensor-core kernels are not run here. Each check is a C++ program in `tests/emulated/`
+//! NVRTC compiles, concatenated in the same order, with their inline PTX replaced by software:
+//! the E4M3 conversions by the host's FP8 rule, and `mma.sync` and `ldmatrix` as warp-wide
+//! operations on the fragment layouts of the PTX ISA (which the prefill attention, a kernel that
+//! has run on the GPU, pins: it fails when they are wrong). Each check is a C++ program in `tests/emulated/`
 //! that compares kernels against a reference written from their definition and exits non-zero on a
 //! difference; it says what it measured. This checks a kernel's arithmetic and indexing (tiles,
 //! KV splits, block tables, warp reductions) before a GPU is at hand; the GPU tests
@@ -19,11 +21,15 @@ fn compiler() -> Option<&'static str> {
     ["c++", "g++", "clang++"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
-/// The E4M3 conversions whose PTX the emulation replaces by its software ones (emu.h): each
-/// function's signature, and its new body.
-const FP8_CONVERSIONS: [(&str, &str); 2] = [
+/// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3
+/// conversions and the warp-wide tensor-core product and fragment loads; each one's signature,
+/// and its new body.
+const EMULATED_PTX: [(&str, &str); 5] = [
     ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),
     ("void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo)", "emu_e4m3x2_to_f32x2(v, hi, lo);"),
+    ("void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_bf16_m16n8k16(d, a, b0, b1);"),
+    ("void ldmatrix_x4(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, false);"),
+    ("void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, true);"),
 ];
 
 /// `src` with the body of the function whose signature is `signature` replaced by `body`.
@@ -45,10 +51,10 @@ fn replace_body(src: &str, signature: &str, body: &str) -> String {
     format!("{}{{ {body} }}{}", &src[..open], &src[close + 1..])
 }
 
-/// The kernel sources as one C++ file: the E4M3 conversions in software, other inline PTX inert.
+/// The kernel sources as one C++ file: the emulated PTX in software, any other inline PTX inert.
 fn write_kernels(dir: &Path) {
     let mut all: String = SOURCES.iter().map(|(_, src)| format!("{src}\n")).collect();
-    for (signature, body) in FP8_CONVERSIONS {
+    for (signature, body) in EMULATED_PTX {
         all = replace_body(&all, signature, body);
     }
     let all = all.replace("asm volatile(", "EMU_ASM(").replace("asm(", "EMU_ASM(");
@@ -107,4 +113,9 @@ fn the_norm_kernels_give_the_f32_norm_in_bf16() {
 #[test]
 fn the_fp8_gemv_quantizes_its_bf16_rows_to_the_quantize_kernels_codes() {
     run_check("fp8");
+}
+
+#[test]
+fn the_tensor_core_kernels_match_double_precision_products() {
+    run_check("tensor_cores");
 }

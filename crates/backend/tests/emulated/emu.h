@@ -97,6 +97,7 @@ struct BlockSync {
     std::unique_ptr<std::barrier<>> block;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<std::vector<unsigned long long>> slots;
+    std::vector<std::vector<unsigned char>> gathered;
 };
 inline BlockSync* running_block;
 
@@ -131,6 +132,70 @@ T __shfl_up_sync(unsigned, T v, int o) {
     return shuffle(v, [o](int lane) { return lane >= o ? lane - o : lane; });
 }
 
+// Every lane's `bytes` bytes at `mine`, gathered lane by lane into `all` (32 × bytes, at most
+// 64 bytes a lane).
+inline void warp_gather(const void* mine, size_t bytes, void* all) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    auto& slot = running_block->gathered[warp];
+    std::memcpy(slot.data() + lane * 64, mine, bytes);
+    running_block->warps[warp]->arrive_and_wait();
+    for (int l = 0; l < 32; l++) std::memcpy((char*)all + l * bytes, slot.data() + l * 64, bytes);
+    running_block->warps[warp]->arrive_and_wait();
+}
+
+// The warp-wide tensor-core pieces of prelude.cu and attention.cu, as the PTX ISA lays their
+// fragments out (g = lane / 4, c = lane % 4): the test that builds the kernel sources puts these
+// in the place of their PTX.
+//
+// mma.sync m16n8k16 (bf16 in, f32 sums): a[0] holds A[g][2c..2c+1], a[1] A[g+8][2c..], a[2]
+// A[g][2c+8..], a[3] A[g+8][2c+8..]; b0 holds B[2c..2c+1][g], b1 B[2c+8..2c+9][g]; d[0..1] is
+// D[g][2c..2c+1], d[2..3] D[g+8][2c..2c+1]. Products summed in f32 in k order.
+inline void emu_mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    struct Fragments {
+        unsigned a[4], b[2];
+    } mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
+    warp_gather(&mine, sizeof mine, all);
+    auto half = [](unsigned w, int i) { return __uint_as_float(i ? w & 0xffff0000u : w << 16); };
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; l++) {
+        const int g = l / 4, c = l % 4;
+        for (int i = 0; i < 2; i++) {
+            A[g][2 * c + i] = half(all[l].a[0], i);
+            A[g + 8][2 * c + i] = half(all[l].a[1], i);
+            A[g][2 * c + 8 + i] = half(all[l].a[2], i);
+            A[g + 8][2 * c + 8 + i] = half(all[l].a[3], i);
+            B[2 * c + i][g] = half(all[l].b[0], i);
+            B[2 * c + 8 + i][g] = half(all[l].b[1], i);
+        }
+    }
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    for (int e = 0; e < 4; e++) {
+        const int row = g + 8 * (e / 2), col = 2 * c + e % 2;
+        float sum = d[e];
+        for (int k = 0; k < 16; k++) sum += A[row][k] * B[k][col];
+        d[e] = sum;
+    }
+}
+
+// ldmatrix.x4: lanes 8i..8i+7 give the rows of 8×8 matrix i (eight b16 values each); r[i] gets
+// row g of matrix i, values 2c and 2c+1 (with `trans`, values [2c][g] and [2c+1][g]).
+inline void emu_ldmatrix_x4(unsigned (&r)[4], const unsigned short* row, bool trans) {
+    const unsigned short* rows[32];
+    warp_gather(&row, sizeof row, rows);
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    for (int i = 0; i < 4; i++) {
+        unsigned short lo, hi;
+        if (trans) {
+            lo = rows[8 * i + 2 * c][g];
+            hi = rows[8 * i + 2 * c + 1][g];
+        } else {
+            lo = rows[8 * i + g][2 * c];
+            hi = rows[8 * i + g][2 * c + 1];
+        }
+        r[i] = lo | ((unsigned)hi << 16);
+    }
+}
+
 // kernel<<<grid, block>>>(args...) for a one-dimensional block.
 template <class K, class... A>
 void launch(K kernel, dim3 grid, unsigned block, A... args) {
@@ -146,6 +211,7 @@ void launch(K kernel, dim3 grid, unsigned block, A... args) {
                 for (int w = 0; w < (n + 31) / 32; w++) {
                     sync.warps.push_back(std::make_unique<std::barrier<>>(std::min(32, n - 32 * w)));
                     sync.slots.emplace_back(32);
+                    sync.gathered.emplace_back(32 * 64);
                 }
                 running_block = &sync;
                 std::vector<std::thread> threads;
