@@ -29,12 +29,21 @@ __device__ __forceinline__ float fp8_scale(float a) {
     return __uint_as_float((__float_as_uint(__fdiv_rn(a, FP8_MAX)) + 0x007fffffu) & 0xff800000u);
 }
 
-// Codes of elements [8 i, 8 i + 8) of x divided by scale.
-__device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, float scale) {
+// x / scale for a power-of-two scale, as a product by its reciprocal where that is a normal
+// float (every scale of at least 2^-126): the exact quotient rounded once, either way, without a
+// division for each value.
+struct Fp8Divisor {
+    float scale, reciprocal;
+    __device__ __forceinline__ explicit Fp8Divisor(float s) : scale(s), reciprocal(s >= 1.17549435e-38f ? 1.f / s : 0.f) {}
+    __device__ __forceinline__ float of(float v) const { return reciprocal != 0.f ? v * reciprocal : v / scale; }
+};
+
+// Codes of elements [8 i, 8 i + 8) of x divided by the scale.
+__device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, Fp8Divisor d) {
     float f[8];
     unpack8(((const uint4*)x)[i], f);
-    u32 lo = f32x2_to_e4m3x2(f[1] / scale, f[0] / scale) | (f32x2_to_e4m3x2(f[3] / scale, f[2] / scale) << 16);
-    u32 hi = f32x2_to_e4m3x2(f[5] / scale, f[4] / scale) | (f32x2_to_e4m3x2(f[7] / scale, f[6] / scale) << 16);
+    u32 lo = f32x2_to_e4m3x2(d.of(f[1]), d.of(f[0])) | (f32x2_to_e4m3x2(d.of(f[3]), d.of(f[2])) << 16);
+    u32 hi = f32x2_to_e4m3x2(d.of(f[5]), d.of(f[4])) | (f32x2_to_e4m3x2(d.of(f[7]), d.of(f[6])) << 16);
     return make_uint2(lo, hi);
 }
 
@@ -44,7 +53,7 @@ extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const
     float scale = fp8_scale(__uint_as_float(*amax));
     if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale;
     u64 n8 = n / 8, stride = (u64)gridDim.x * blockDim.x;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += stride) ((uint2*)out)[i] = quantize8(x, i, scale);
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += stride) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
 }
 
 // Both steps in one block, for the few rows of a decode step: the largest magnitude, then the codes.
@@ -60,7 +69,7 @@ extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n,
     }
     float scale = fp8_scale(block_max(m, scratch));
     if (threadIdx.x == 0) *scale_out = scale;
-    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, scale);
+    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
 }
 
 // Sixteen E4M3 codes (one 16-byte load) to floats, in memory order.
@@ -75,7 +84,7 @@ __device__ __forceinline__ void unpack16_fp8(uint4 v, float (&f)[16]) {
 
 // Sixteen bf16 activations (two 16-byte loads, element 16 i on) quantized with `scale` as
 // quantize8 codes them, and read back as the values of those codes: what the FP8 GEMM sees.
-__device__ __forceinline__ void quantized16(const bf16* __restrict__ x, u64 i, float scale, float (&out)[16]) {
+__device__ __forceinline__ void quantized16(const bf16* __restrict__ x, u64 i, Fp8Divisor d, float (&out)[16]) {
     float f[16], a[8], b[8];
     unpack8(((const uint4*)x)[2 * i], a);
     unpack8(((const uint4*)x)[2 * i + 1], b);
@@ -86,7 +95,7 @@ __device__ __forceinline__ void quantized16(const bf16* __restrict__ x, u64 i, f
     }
 #pragma unroll
     for (int p = 0; p < 8; p++) {
-        const u32 codes = f32x2_to_e4m3x2(f[2 * p + 1] / scale, f[2 * p] / scale);
+        const u32 codes = f32x2_to_e4m3x2(d.of(f[2 * p + 1]), d.of(f[2 * p]));
         e4m3x2_to_f32x2((unsigned short)codes, out[2 * p + 1], out[2 * p]);
     }
 }
@@ -111,6 +120,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const bf16* 
         for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
     }
     const float x_scale = fp8_scale(block_max(m, scratch));
+    const Fp8Divisor divisor(x_scale);
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (row >= n) return;
     const uint4* wr = (const uint4*)(w + (u64)row * k);
@@ -135,7 +145,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const bf16* 
             for (int t = 0; t < GEMV_MAX_T; t++) {
                 if (t < t_count) {
                     float xf[16];
-                    quantized16(x + (u64)t * k, i, x_scale, xf);
+                    quantized16(x + (u64)t * k, i, divisor, xf);
 #pragma unroll
                     for (int j = 0; j < 16; j++) acc[t] = fmaf(wf[j], xf[j], acc[t]);
                 }
