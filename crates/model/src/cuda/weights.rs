@@ -210,16 +210,31 @@ impl CudaWeights {
         }
     }
 
-    /// One weight of every product shape the forward pass runs: layer 0's projections and the
-    /// head.
+    /// One weight of every product shape the forward pass runs through [`Linear`]: each layer's
+    /// projections (attention, the dense feed-forward, a MoE layer's router and shared expert)
+    /// and the head, each shape once.
     pub fn product_shapes(&self) -> Vec<Tensor> {
-        let l = &self.weights.layers[0];
-        let mut shapes = match &l.attention {
-            SelfAttention::Grouped(a) => vec![a.qkv.view(), a.output.view()],
-            SelfAttention::Latent(a) => a.q_a.iter().chain([&a.q, &a.kv_a, &a.output]).map(DeviceTensor::view).collect(),
+        let mut shapes: Vec<Tensor> = Vec::new();
+        let mut add = |w: &DeviceTensor| {
+            let v = w.view();
+            if !shapes.iter().any(|s| (s.rows, s.cols, s.dtype) == (v.rows, v.cols, v.dtype)) {
+                shapes.push(v);
+            }
         };
-        if let FeedForward::Dense { gate_up, down } = &l.feed_forward {
-            shapes.extend([gate_up.view(), down.view()]);
+        for l in &self.weights.layers {
+            match &l.attention {
+                SelfAttention::Grouped(a) => [&a.qkv, &a.output].into_iter().for_each(&mut add),
+                SelfAttention::Latent(a) => a.q_a.iter().chain([&a.q, &a.kv_a, &a.output]).for_each(&mut add),
+            }
+            match &l.feed_forward {
+                FeedForward::Dense { gate_up, down } => [gate_up, down].into_iter().for_each(&mut add),
+                FeedForward::Moe(moe) => {
+                    add(&moe.router);
+                    if let Some(shared) = &moe.shared {
+                        [&shared.expert.gate_up, &shared.expert.down].into_iter().chain(&shared.gate).for_each(&mut add);
+                    }
+                }
+            }
         }
         shapes.push(self.head());
         shapes
