@@ -385,6 +385,7 @@ pub fn enqueue_forward(
         gpu.fill(b.load.ptr, 0, b.load.bytes)?;
     }
     let mut moe_layer = 0;
+    let pass = Pass { w, c, act, kv, inputs, shape };
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
@@ -400,14 +401,14 @@ pub fn enqueue_forward(
     )?;
     for (li, layer) in layers.iter().enumerate() {
         match &layer.attention {
-            SelfAttention::Grouped(a) => enqueue_grouped_attention(w, c, linear, act, kv, inputs, shape, a, li, &all_reduce)?,
+            SelfAttention::Grouped(a) => pass.grouped_attention(linear, a, li, &all_reduce)?,
             SelfAttention::Latent(a) => {
                 ensure!(rank.is_none(), "layer {li}: latent attention does not run tensor-parallel on CUDA");
-                enqueue_latent_attention(w, c, linear, act, kv, inputs, shape, a, li)?;
+                pass.latent_attention(linear, a, li)?;
             }
         }
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
-        enqueue_feed_forward(w, c, linear, act, &layer.feed_forward, li, &mut moe_layer, t, inputs.real_tokens, &all_reduce)?;
+        pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, &all_reduce)?;
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
     }
@@ -427,196 +428,6 @@ pub fn enqueue_forward(
     Ok(())
 }
 
-/// The attention launch's fields that come from the step rather than the layer; the layer's
-/// (queries, caches, window, sinks, output) are left empty.
-fn step_attention(c: &ModelConfig, act: &Activations, kv: &KvCache, inputs: &StepInputs, shape: StepShape) -> AttentionArgs {
-    AttentionArgs {
-        q: 0,
-        k_cache: 0,
-        v_cache: 0,
-        kv_fp8: false,
-        tiles: inputs.tiles,
-        num_tiles: shape.tiles,
-        max_tile_rows: shape.tile_rows,
-        prefill_tiles: shape.prefill_tiles,
-        table_offsets: inputs.table_offsets,
-        table_data: inputs.table_data,
-        positions: inputs.positions,
-        num_tokens: shape.tokens,
-        heads: c.num_heads,
-        kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-        block_size: kv.block_size,
-        window: 0,
-        sinks: 0,
-        split_tokens: inputs.split_tokens,
-        splits: shape.splits,
-        out: 0,
-        part_acc: act.part_acc.ptr,
-        part_ml: act.part_ml.ptr,
-    }
-}
-
-/// A layer's feed-forward block on `act.normed` into `act.delta`: the dense SwiGLU (its down
-/// product summed over tensor-parallel ranks by `all_reduce`) or the `moe_layer`-th MoE block,
-/// which advances the count.
-#[allow(clippy::too_many_arguments)]
-fn enqueue_feed_forward(
-    w: &CudaWeights,
-    c: &ModelConfig,
-    linear: &mut Linear,
-    act: &Activations,
-    feed_forward: &FeedForward<DeviceTensor, DeviceTensor>,
-    layer: usize,
-    moe_layer: &mut usize,
-    t: usize,
-    real_tokens: u64,
-    all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
-) -> Result<()> {
-    let (k, gpu) = (&w.kernels, &*w.gpu);
-    let (h, f) = (c.hidden_size, c.intermediate_size);
-    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
-    match feed_forward {
-        FeedForward::Dense { gate_up, down } => {
-            linear.run(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.gate_up, 2 * f))?;
-            k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
-            linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
-            all_reduce(&act.delta)
-        }
-        FeedForward::Moe(moe) => {
-            enqueue_moe(w, c, linear, act, moe, layer, *moe_layer, t, real_tokens)?;
-            *moe_layer += 1;
-            Ok(())
-        }
-    }
-}
-
-/// Layer `layer`'s grouped-query attention on `act.normed` into `act.delta`: the fused qkv
-/// product, RoPE and the cache write, attention, and the output product (with its bias, summed
-/// over tensor-parallel ranks by `all_reduce`).
-#[allow(clippy::too_many_arguments)]
-fn enqueue_grouped_attention(
-    w: &CudaWeights,
-    c: &ModelConfig,
-    linear: &mut Linear,
-    act: &Activations,
-    kv: &KvCache,
-    inputs: &StepInputs,
-    shape: StepShape,
-    a: &Attention<DeviceTensor, DeviceTensor>,
-    layer: usize,
-    all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
-) -> Result<()> {
-    let (k, gpu) = (&w.kernels, &*w.gpu);
-    let (t, h, hd) = (shape.tokens, c.hidden_size, c.head_dim);
-    let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
-    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
-    let (k_cache, v_cache) = kv.layer(layer);
-    linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
-    let rope = RopeArgs {
-        qkv: act.qkv.ptr,
-        bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
-        q_norm: a.q_norm.as_ref().map_or(0, |b| b.ptr()),
-        k_norm: a.k_norm.as_ref().map_or(0, |b| b.ptr()),
-        norm_full_width: c.qk_norm_full_width,
-        eps: c.rms_eps,
-        positions: inputs.positions,
-        slots: inputs.slots,
-        inv_freq: w.inv_freq.ptr,
-        attention_factor: c.rope_attention_factor() as f32,
-        heads: c.num_heads,
-        kv_heads: c.num_kv_heads,
-        head_dim: hd,
-        block_size: kv.block_size,
-        q_out: act.q.ptr,
-        k_cache,
-        v_cache,
-        kv_fp8: kv.fp8,
-    };
-    k.rope_kv_write(gpu, t, &rope)?;
-    let attention = AttentionArgs {
-        q: act.q.ptr,
-        k_cache,
-        v_cache,
-        kv_fp8: kv.fp8,
-        window: c.layer_window(layer).unwrap_or(0),
-        sinks: a.sinks.as_ref().map_or(0, |s| s.ptr()),
-        out: act.attn.ptr,
-        ..step_attention(c, act, kv, inputs, shape)
-    };
-    k.attention(gpu, &attention)?;
-    linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
-    // Before the sum over ranks: a rank's plan keeps the bias on rank 0 only.
-    if let Some(bias) = &a.output_bias {
-        k.add_bias(gpu, t, h, act.delta.ptr, bias.ptr())?;
-    }
-    all_reduce(&act.delta)
-}
-
-/// Layer `layer`'s latent attention on `act.normed` into `act.delta` (see the module doc).
-#[allow(clippy::too_many_arguments)]
-fn enqueue_latent_attention(
-    w: &CudaWeights,
-    c: &ModelConfig,
-    linear: &mut Linear,
-    act: &Activations,
-    kv: &KvCache,
-    inputs: &StepInputs,
-    shape: StepShape,
-    a: &LatentAttention<DeviceTensor, DeviceTensor>,
-    layer: usize,
-) -> Result<()> {
-    let (k, gpu) = (&w.kernels, &*w.gpu);
-    let (Some(mla), Some(b), Some(scale)) = (mla_shape(c), act.mla.as_ref(), c.mla_softmax_scale()) else {
-        bail!("layer {layer}: latent attention without the model's MLA config");
-    };
-    ensure!(a.kv_b.dtype == DType::Bf16, "layer {layer}: the MLA kernels read kv_b in bf16, not {:?}", a.kv_b.dtype);
-    let (t, h) = (shape.tokens, c.hidden_size);
-    let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
-    let x = bf16(&act.normed, h);
-    let q = bf16(&b.q, mla.heads * (mla.nope + mla.rope));
-    match (&a.q_a, &a.q_a_norm, &b.q_low) {
-        (Some(q_a), Some(norm), Some((low, normed))) => {
-            let r = q_a.rows;
-            linear.run(gpu, k, x, q_a.view(), bf16(low, r))?;
-            k.rms_norm_rows(gpu, t, low.ptr, norm.ptr(), c.rms_eps, r, normed.ptr)?;
-            linear.run(gpu, k, bf16(normed, r), a.q.view(), q)?;
-        }
-        _ => linear.run(gpu, k, x, a.q.view(), q)?,
-    }
-    linear.run(gpu, k, x, a.kv_a.view(), bf16(&b.compressed, mla.width()))?;
-    let (cache, _) = kv.layer(layer);
-    let attention_factor = c.rope_attention_factor() as f32;
-    let (positions, slots) = (inputs.positions, inputs.slots);
-    let (compressed, kv_norm, kv_b) = (b.compressed.ptr, a.kv_a_norm.ptr(), a.kv_b.ptr());
-    k.mla_rope_latent_write(
-        gpu,
-        t,
-        mla,
-        compressed,
-        kv_norm,
-        c.rms_eps,
-        b.q.ptr,
-        positions,
-        slots,
-        w.inv_freq.ptr,
-        attention_factor,
-        b.q_lat.ptr,
-        cache,
-    )?;
-    k.mla_absorb_query(gpu, t, mla, b.q.ptr, kv_b, b.q_lat.ptr)?;
-    let attention = AttentionArgs {
-        q: b.q_lat.ptr,
-        k_cache: cache,
-        head_dim: mla.latent,
-        out: b.o_lat.ptr,
-        ..step_attention(c, act, kv, inputs, shape)
-    };
-    k.mla_attention(gpu, &attention, mla, scale)?;
-    k.mla_value_heads(gpu, t, mla, b.o_lat.ptr, kv_b, act.attn.ptr)?;
-    linear.run(gpu, k, bf16(&act.attn, mla.heads * mla.v_dim), a.output.view(), bf16(&act.delta, h))
-}
-
 /// The routing method's index in `moe_route`.
 fn route_method(method: RoutingMethod) -> u32 {
     match method {
@@ -628,123 +439,294 @@ fn route_method(method: RoutingMethod) -> u32 {
     }
 }
 
-/// One mixture-of-experts layer (layer `layer`, the `moe_layer`-th with experts) on `act.normed`
-/// into `act.delta`, for `t` tokens (see the module doc). The first MoE layer uploads this step's
-/// balanced logits when the perfect router is on.
-#[allow(clippy::too_many_arguments)]
-fn enqueue_moe(
-    w: &CudaWeights,
-    c: &ModelConfig,
-    linear: &mut Linear,
-    act: &Activations,
-    moe: &Moe<DeviceTensor, DeviceTensor>,
-    layer: usize,
-    moe_layer: usize,
-    t: usize,
-    real_tokens: u64,
-) -> Result<()> {
-    let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
-    let m = c.moe.as_ref().expect("a MoE layer has the MoE config");
-    let b = act.moe.as_ref().expect("MoE buffers for a MoE model");
-    let (h, e, top, fe) = (c.hidden_size, m.num_experts, m.top_k, m.expert_intermediate_size);
-    let slots = t * top;
-    let stage = span(Category::Debug, "moe gate");
-    linear.run(gpu, k, act.normed.tensor(DType::Bf16, t, h), moe.router.view(), b.logits.tensor(DType::F32, t, e))?;
-    if w.perfect_router {
-        if moe_layer == 0 {
-            let key = BalancedKey { tokens: t, num_experts: e, top_k: top, method: m.routing, ep_ranks: 1, groups: m.groups };
-            gpu.copy_to_device(b.balanced.ptr, &balanced_logits(key)?[..])?;
+/// One step's forward pass as each layer's launches see it: the weights, the config, the buffers,
+/// the cache, where the step's inputs lie, and its shape.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    w: &'a CudaWeights,
+    c: &'a ModelConfig,
+    act: &'a Activations,
+    kv: &'a KvCache,
+    inputs: &'a StepInputs,
+    shape: StepShape,
+}
+
+impl Pass<'_> {
+    /// The attention launch's fields that come from the step rather than the layer; the layer's
+    /// (queries, caches, window, sinks, output) are left empty.
+    fn attention_args(&self) -> AttentionArgs {
+        let Pass { c, act, kv, inputs, shape, .. } = *self;
+        AttentionArgs {
+            q: 0,
+            k_cache: 0,
+            v_cache: 0,
+            kv_fp8: false,
+            tiles: inputs.tiles,
+            num_tiles: shape.tiles,
+            max_tile_rows: shape.tile_rows,
+            prefill_tiles: shape.prefill_tiles,
+            table_offsets: inputs.table_offsets,
+            table_data: inputs.table_data,
+            positions: inputs.positions,
+            num_tokens: shape.tokens,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            block_size: kv.block_size,
+            window: 0,
+            sinks: 0,
+            split_tokens: inputs.split_tokens,
+            splits: shape.splits,
+            out: 0,
+            part_acc: act.part_acc.ptr,
+            part_ml: act.part_ml.ptr,
         }
-        // The gate GEMM ran; its logits give way to the balanced ones.
-        gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
     }
-    drop(stage);
-    let stage = span(Category::Debug, "moe route");
-    // The perfect router's logits replace the biased ones (the router's bias and the planted
-    // skew), as on the CPU.
-    let zipf = w.gate_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |g| g.ptr);
-    let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
-    // DeepSeek-V3's correction bias is left out under the perfect router too, as on the CPU.
-    let correction = moe.score_correction_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
-    let groups = (m.groups.n_group, m.groups.topk_group);
-    let method = route_method(m.routing);
-    k.moe_route(
-        gpu,
-        b.logits.ptr,
-        router_bias,
-        zipf,
-        correction,
-        groups,
-        t,
-        e,
-        top,
-        method,
-        m.routed_scaling_factor,
-        real_tokens,
-        b.experts.ptr,
-        b.weights.ptr,
-        b.load.at(moe_layer * e * 4),
-    )?;
-    drop(stage);
-    let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {
-        ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),
-        ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out),
-    };
-    let tables = w.expert_tables[layer].as_ref().expect("a MoE layer has its expert tables");
-    let bias_table = |table: &Option<DeviceBuffer>| table.as_ref().map_or(0, |t| t.ptr);
-    let (gate_up_bias, down_bias) = (bias_table(&tables.gate_up_bias), bias_table(&tables.down_bias));
-    let positions = if slots <= MOE_DEVICE_SLOTS {
-        // Every slot's products straight from the routing, in slot order.
-        let _experts = span(Category::Debug, "moe experts");
-        k.moe_gemv(gpu, act.normed.ptr, top, b.experts.ptr, tables.gate_up.ptr, gate_up_bias, slots, 2 * fe, h, b.gate_up.ptr)?;
-        activate(slots, b.gate_up.ptr, 0, b.act.ptr)?;
-        k.moe_gemv(gpu, b.act.ptr, 1, b.experts.ptr, tables.down.ptr, down_bias, slots, h, fe, b.y.ptr)?;
-        0
-    } else {
-        // The slots laid out by expert in whole tiles, then both products as grouped GEMMs.
-        let tiles = moe_max_tiles(slots, e);
-        let permute = span(Category::Debug, "moe permute");
-        k.moe_align(gpu, b.experts.ptr, slots, e, b.tile_expert.ptr, b.rows.ptr, b.position.ptr, b.num_tiles.ptr)?;
-        drop(permute);
-        let _experts = span(Category::Debug, "moe experts");
-        let (rows, tile_expert, num_tiles) = (b.rows.ptr, b.tile_expert.ptr, b.num_tiles.ptr);
-        k.moe_grouped_gemm(
+
+    /// A layer's feed-forward block on `act.normed` into `act.delta`: the dense SwiGLU (its down
+    /// product summed over tensor-parallel ranks by `all_reduce`) or the `moe_layer`-th MoE block,
+    /// which advances the count.
+    fn feed_forward(
+        &self,
+        linear: &mut Linear,
+        feed_forward: &FeedForward<DeviceTensor, DeviceTensor>,
+        layer: usize,
+        moe_layer: &mut usize,
+        all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
+    ) -> Result<()> {
+        let Pass { w, c, act, .. } = *self;
+        let (k, gpu, t) = (&w.kernels, &*w.gpu, self.shape.tokens);
+        let (h, f) = (c.hidden_size, c.intermediate_size);
+        let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+        match feed_forward {
+            FeedForward::Dense { gate_up, down } => {
+                linear.run(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.gate_up, 2 * f))?;
+                k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
+                linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
+                all_reduce(&act.delta)
+            }
+            FeedForward::Moe(moe) => {
+                self.moe(linear, moe, layer, *moe_layer)?;
+                *moe_layer += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Layer `layer`'s grouped-query attention on `act.normed` into `act.delta`: the fused qkv
+    /// product, RoPE and the cache write, attention, and the output product (with its bias, summed
+    /// over tensor-parallel ranks by `all_reduce`).
+    fn grouped_attention(
+        &self,
+        linear: &mut Linear,
+        a: &Attention<DeviceTensor, DeviceTensor>,
+        layer: usize,
+        all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
+    ) -> Result<()> {
+        let Pass { w, c, act, kv, inputs, shape } = *self;
+        let (k, gpu) = (&w.kernels, &*w.gpu);
+        let (t, h, hd) = (shape.tokens, c.hidden_size, c.head_dim);
+        let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+        let (k_cache, v_cache) = kv.layer(layer);
+        linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
+        let rope = RopeArgs {
+            qkv: act.qkv.ptr,
+            bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
+            q_norm: a.q_norm.as_ref().map_or(0, |b| b.ptr()),
+            k_norm: a.k_norm.as_ref().map_or(0, |b| b.ptr()),
+            norm_full_width: c.qk_norm_full_width,
+            eps: c.rms_eps,
+            positions: inputs.positions,
+            slots: inputs.slots,
+            inv_freq: w.inv_freq.ptr,
+            attention_factor: c.rope_attention_factor() as f32,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: hd,
+            block_size: kv.block_size,
+            q_out: act.q.ptr,
+            k_cache,
+            v_cache,
+            kv_fp8: kv.fp8,
+        };
+        k.rope_kv_write(gpu, t, &rope)?;
+        let attention = AttentionArgs {
+            q: act.q.ptr,
+            k_cache,
+            v_cache,
+            kv_fp8: kv.fp8,
+            window: c.layer_window(layer).unwrap_or(0),
+            sinks: a.sinks.as_ref().map_or(0, |s| s.ptr()),
+            out: act.attn.ptr,
+            ..self.attention_args()
+        };
+        k.attention(gpu, &attention)?;
+        linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
+        // Before the sum over ranks: a rank's plan keeps the bias on rank 0 only.
+        if let Some(bias) = &a.output_bias {
+            k.add_bias(gpu, t, h, act.delta.ptr, bias.ptr())?;
+        }
+        all_reduce(&act.delta)
+    }
+
+    /// Layer `layer`'s latent attention on `act.normed` into `act.delta` (see the module doc).
+    fn latent_attention(&self, linear: &mut Linear, a: &LatentAttention<DeviceTensor, DeviceTensor>, layer: usize) -> Result<()> {
+        let Pass { w, c, act, kv, inputs, shape } = *self;
+        let (k, gpu) = (&w.kernels, &*w.gpu);
+        let (Some(mla), Some(b), Some(scale)) = (mla_shape(c), act.mla.as_ref(), c.mla_softmax_scale()) else {
+            bail!("layer {layer}: latent attention without the model's MLA config");
+        };
+        ensure!(a.kv_b.dtype == DType::Bf16, "layer {layer}: the MLA kernels read kv_b in bf16, not {:?}", a.kv_b.dtype);
+        let (t, h) = (shape.tokens, c.hidden_size);
+        let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
+        let x = bf16(&act.normed, h);
+        let q = bf16(&b.q, mla.heads * (mla.nope + mla.rope));
+        match (&a.q_a, &a.q_a_norm, &b.q_low) {
+            (Some(q_a), Some(norm), Some((low, normed))) => {
+                let r = q_a.rows;
+                linear.run(gpu, k, x, q_a.view(), bf16(low, r))?;
+                k.rms_norm_rows(gpu, t, low.ptr, norm.ptr(), c.rms_eps, r, normed.ptr)?;
+                linear.run(gpu, k, bf16(normed, r), a.q.view(), q)?;
+            }
+            _ => linear.run(gpu, k, x, a.q.view(), q)?,
+        }
+        linear.run(gpu, k, x, a.kv_a.view(), bf16(&b.compressed, mla.width()))?;
+        let (cache, _) = kv.layer(layer);
+        let attention_factor = c.rope_attention_factor() as f32;
+        let (positions, slots) = (inputs.positions, inputs.slots);
+        let (compressed, kv_norm, kv_b) = (b.compressed.ptr, a.kv_a_norm.ptr(), a.kv_b.ptr());
+        k.mla_rope_latent_write(
             gpu,
-            act.normed.ptr,
-            top,
-            rows,
-            tile_expert,
-            num_tiles,
-            tiles,
-            tables.gate_up.ptr,
-            gate_up_bias,
-            2 * fe,
-            h,
-            b.gate_up.ptr,
+            t,
+            mla,
+            compressed,
+            kv_norm,
+            c.rms_eps,
+            b.q.ptr,
+            positions,
+            slots,
+            w.inv_freq.ptr,
+            attention_factor,
+            b.q_lat.ptr,
+            cache,
         )?;
-        // The activation kernels take rows on the grid's y axis (at most 65,535 a launch).
-        let rows_total = tiles * MOE_TILE_ROWS;
-        for first in (0..rows_total).step_by(ACTIVATION_ROWS_PER_LAUNCH) {
-            let n = ACTIVATION_ROWS_PER_LAUNCH.min(rows_total - first);
-            activate(n, b.gate_up.at(first * 2 * fe * 2), 0, b.act.at(first * fe * 2))?;
-        }
-        k.moe_grouped_gemm(gpu, b.act.ptr, 1, 0, tile_expert, num_tiles, tiles, tables.down.ptr, down_bias, h, fe, b.y.ptr)?;
-        b.position.ptr
-    };
-    let (mut shared_out, mut shared_gate) = (0, 0);
-    if let (Some(shared), Some((gate_up, sact, out, gate))) = (&moe.shared, &b.shared) {
-        let _shared = span(Category::Debug, "moe shared expert");
-        let fs = shared.expert.down.cols;
-        let x = act.normed.tensor(DType::Bf16, t, h);
-        linear.run(gpu, k, x, shared.expert.gate_up.view(), gate_up.tensor(DType::Bf16, t, 2 * fs))?;
-        k.silu_mul(gpu, t, fs, gate_up.ptr, sact.ptr)?;
-        linear.run(gpu, k, sact.tensor(DType::Bf16, t, fs), shared.expert.down.view(), out.tensor(DType::Bf16, t, h))?;
-        shared_out = out.ptr;
-        if let Some(g) = &shared.gate {
-            linear.run(gpu, k, x, g.view(), gate.tensor(DType::F32, t, 1))?;
-            shared_gate = gate.ptr;
-        }
+        k.mla_absorb_query(gpu, t, mla, b.q.ptr, kv_b, b.q_lat.ptr)?;
+        let attention = AttentionArgs { q: b.q_lat.ptr, k_cache: cache, head_dim: mla.latent, out: b.o_lat.ptr, ..self.attention_args() };
+        k.mla_attention(gpu, &attention, mla, scale)?;
+        k.mla_value_heads(gpu, t, mla, b.o_lat.ptr, kv_b, act.attn.ptr)?;
+        linear.run(gpu, k, bf16(&act.attn, mla.heads * mla.v_dim), a.output.view(), bf16(&act.delta, h))
     }
-    let _unpermute = span(Category::Debug, "moe unpermute");
-    k.moe_combine(gpu, b.y.ptr, positions, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)
+
+    /// One mixture-of-experts layer (layer `layer`, the `moe_layer`-th with experts) on `act.normed`
+    /// into `act.delta`, for `t` tokens (see the module doc). The first MoE layer uploads this step's
+    /// balanced logits when the perfect router is on.
+    fn moe(&self, linear: &mut Linear, moe: &Moe<DeviceTensor, DeviceTensor>, layer: usize, moe_layer: usize) -> Result<()> {
+        let Pass { w, c, act, .. } = *self;
+        let (t, real_tokens) = (self.shape.tokens, self.inputs.real_tokens);
+        let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
+        let m = c.moe.as_ref().expect("a MoE layer has the MoE config");
+        let b = act.moe.as_ref().expect("MoE buffers for a MoE model");
+        let (h, e, top, fe) = (c.hidden_size, m.num_experts, m.top_k, m.expert_intermediate_size);
+        let slots = t * top;
+        let stage = span(Category::Debug, "moe gate");
+        linear.run(gpu, k, act.normed.tensor(DType::Bf16, t, h), moe.router.view(), b.logits.tensor(DType::F32, t, e))?;
+        if w.perfect_router {
+            if moe_layer == 0 {
+                let key = BalancedKey { tokens: t, num_experts: e, top_k: top, method: m.routing, ep_ranks: 1, groups: m.groups };
+                gpu.copy_to_device(b.balanced.ptr, &balanced_logits(key)?[..])?;
+            }
+            // The gate GEMM ran; its logits give way to the balanced ones.
+            gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
+        }
+        drop(stage);
+        let stage = span(Category::Debug, "moe route");
+        // The perfect router's logits replace the biased ones (the router's bias and the planted
+        // skew), as on the CPU.
+        let zipf = w.gate_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |g| g.ptr);
+        let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
+        // DeepSeek-V3's correction bias is left out under the perfect router too, as on the CPU.
+        let correction = moe.score_correction_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
+        let groups = (m.groups.n_group, m.groups.topk_group);
+        let method = route_method(m.routing);
+        k.moe_route(
+            gpu,
+            b.logits.ptr,
+            router_bias,
+            zipf,
+            correction,
+            groups,
+            t,
+            e,
+            top,
+            method,
+            m.routed_scaling_factor,
+            real_tokens,
+            b.experts.ptr,
+            b.weights.ptr,
+            b.load.at(moe_layer * e * 4),
+        )?;
+        drop(stage);
+        let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {
+            ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),
+            ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out),
+        };
+        let tables = w.expert_tables[layer].as_ref().expect("a MoE layer has its expert tables");
+        let bias_table = |table: &Option<DeviceBuffer>| table.as_ref().map_or(0, |t| t.ptr);
+        let (gate_up_bias, down_bias) = (bias_table(&tables.gate_up_bias), bias_table(&tables.down_bias));
+        let positions = if slots <= MOE_DEVICE_SLOTS {
+            // Every slot's products straight from the routing, in slot order.
+            let _experts = span(Category::Debug, "moe experts");
+            k.moe_gemv(gpu, act.normed.ptr, top, b.experts.ptr, tables.gate_up.ptr, gate_up_bias, slots, 2 * fe, h, b.gate_up.ptr)?;
+            activate(slots, b.gate_up.ptr, 0, b.act.ptr)?;
+            k.moe_gemv(gpu, b.act.ptr, 1, b.experts.ptr, tables.down.ptr, down_bias, slots, h, fe, b.y.ptr)?;
+            0
+        } else {
+            // The slots laid out by expert in whole tiles, then both products as grouped GEMMs.
+            let tiles = moe_max_tiles(slots, e);
+            let permute = span(Category::Debug, "moe permute");
+            k.moe_align(gpu, b.experts.ptr, slots, e, b.tile_expert.ptr, b.rows.ptr, b.position.ptr, b.num_tiles.ptr)?;
+            drop(permute);
+            let _experts = span(Category::Debug, "moe experts");
+            let (rows, tile_expert, num_tiles) = (b.rows.ptr, b.tile_expert.ptr, b.num_tiles.ptr);
+            k.moe_grouped_gemm(
+                gpu,
+                act.normed.ptr,
+                top,
+                rows,
+                tile_expert,
+                num_tiles,
+                tiles,
+                tables.gate_up.ptr,
+                gate_up_bias,
+                2 * fe,
+                h,
+                b.gate_up.ptr,
+            )?;
+            // The activation kernels take rows on the grid's y axis (at most 65,535 a launch).
+            let rows_total = tiles * MOE_TILE_ROWS;
+            for first in (0..rows_total).step_by(ACTIVATION_ROWS_PER_LAUNCH) {
+                let n = ACTIVATION_ROWS_PER_LAUNCH.min(rows_total - first);
+                activate(n, b.gate_up.at(first * 2 * fe * 2), 0, b.act.at(first * fe * 2))?;
+            }
+            k.moe_grouped_gemm(gpu, b.act.ptr, 1, 0, tile_expert, num_tiles, tiles, tables.down.ptr, down_bias, h, fe, b.y.ptr)?;
+            b.position.ptr
+        };
+        let (mut shared_out, mut shared_gate) = (0, 0);
+        if let (Some(shared), Some((gate_up, sact, out, gate))) = (&moe.shared, &b.shared) {
+            let _shared = span(Category::Debug, "moe shared expert");
+            let fs = shared.expert.down.cols;
+            let x = act.normed.tensor(DType::Bf16, t, h);
+            linear.run(gpu, k, x, shared.expert.gate_up.view(), gate_up.tensor(DType::Bf16, t, 2 * fs))?;
+            k.silu_mul(gpu, t, fs, gate_up.ptr, sact.ptr)?;
+            linear.run(gpu, k, sact.tensor(DType::Bf16, t, fs), shared.expert.down.view(), out.tensor(DType::Bf16, t, h))?;
+            shared_out = out.ptr;
+            if let Some(g) = &shared.gate {
+                linear.run(gpu, k, x, g.view(), gate.tensor(DType::F32, t, 1))?;
+                shared_gate = gate.ptr;
+            }
+        }
+        let _unpermute = span(Category::Debug, "moe unpermute");
+        k.moe_combine(gpu, b.y.ptr, positions, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)
+    }
 }
