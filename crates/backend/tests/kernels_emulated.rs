@@ -24,10 +24,11 @@ fn compiler() -> Option<&'static str> {
 /// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3
 /// conversions and the warp-wide tensor-core product and fragment loads; each one's signature,
 /// and its new body.
-const EMULATED_PTX: [(&str, &str); 5] = [
+const EMULATED_PTX: [(&str, &str); 6] = [
     ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),
     ("void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo)", "emu_e4m3x2_to_f32x2(v, hi, lo);"),
     ("void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_bf16_m16n8k16(d, a, b0, b1);"),
+    ("void mma_e4m3_m16n8k32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_e4m3_m16n8k32(d, a, b0, b1);"),
     ("void ldmatrix_x4(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, false);"),
     ("void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, true);"),
 ];

@@ -164,6 +164,19 @@ impl MlaShape {
 /// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_THREADS: u32 = 256;
+/// Output rows and threads of one block of the FP8 GEMV (`F8G_ROWS`, `F8G_THREADS` in fp8.cu).
+const FP8_GEMV_ROWS: u32 = 16;
+const FP8_GEMV_THREADS: u32 = 256;
+
+/// The multiple of k the GEMV kernel for weights of `dtype` needs: 16-byte loads of eight bf16
+/// weights, or the FP8 tensor-core product's k steps of 32.
+pub fn gemv_k_step(dtype: DType) -> usize {
+    if dtype == DType::Fp8E4M3 {
+        32
+    } else {
+        8
+    }
+}
 pub const ATTENTION_THREADS: u32 = 128;
 /// Most elements `quantize_fp8` quantizes in one block and one launch.
 pub const FP8_ONE_BLOCK_ELEMENTS: usize = 1 << 16;
@@ -682,10 +695,11 @@ impl Kernels {
         self.combine_splits(gpu, a)
     }
 
-    /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` bf16 rows, one warp per output:
-    /// bf16 weights (k a multiple of 8), or scaled FP8 ones (k a multiple of 16), for which the
-    /// kernel quantizes the rows as [`Kernels::quantize_fp8`] would, so it gives the FP8 GEMM
-    /// path's product without that launch.
+    /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` bf16 rows: bf16 weights (k a
+    /// multiple of 8, one warp per output), or scaled FP8 ones (k a multiple of 32, sixteen
+    /// outputs a block on the tensor cores), for which the kernel quantizes the rows as
+    /// [`Kernels::quantize_fp8`] would, so it gives the FP8 GEMM path's product without that
+    /// launch.
     pub fn gemv(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
         let fp8 = w.dtype == DType::Fp8E4M3;
         if fp8 && w.scale == 0 {
@@ -693,7 +707,7 @@ impl Kernels {
         }
         // The rows are bf16 either way: an FP8 weight is checked as the bf16 matrix it stands for.
         let (t, n, k) = check_product(x, Tensor { dtype: DType::Bf16, ..w }, y)?;
-        let (kernel, k_step) = if fp8 { (self.gemv_fp8, 16) } else { (self.gemv, 8) };
+        let k_step = gemv_k_step(w.dtype);
         if t > GEMV_MAX_TOKENS || !k.is_multiple_of(k_step) {
             bail!("gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of {k_step} (got {x} · ({w})ᵀ)");
         }
@@ -701,8 +715,11 @@ impl Kernels {
         let args = Args::default().ptr(x.ptr).ptr(w.ptr);
         let args = if fp8 { args.ptr(w.scale) } else { args };
         let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
-        let blocks = (n as u32).div_ceil(GEMV_THREADS / 32);
-        self.launch(gpu, kernel, (blocks, 1, 1), GEMV_THREADS, args)
+        if fp8 {
+            self.launch(gpu, self.gemv_fp8, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
+        } else {
+            self.launch(gpu, self.gemv, ((n as u32).div_ceil(GEMV_THREADS / 32), 1, 1), GEMV_THREADS, args)
+        }
     }
 
     /// Quantizes the bf16 tensor `x` into the FP8 tensor `out` of the same shape with one dynamic

@@ -9,7 +9,7 @@
 
 use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;
-use super::kernels::{Kernels, GEMV_MAX_TOKENS};
+use super::kernels::{gemv_k_step, Kernels, GEMV_MAX_TOKENS};
 use super::tensor::{DType, Tensor};
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -52,8 +52,7 @@ impl Linear {
         let widest = weights.iter().map(|w| w.cols).max().unwrap_or(0);
         gpu.fill(x.ptr, 0x3c, (GEMV_MAX_TOKENS * widest * 2).min(x.bytes))?;
         for t in 1..=GEMV_MAX_TOKENS.min(max_rows) {
-            // The GEMV reads 16-byte chunks of a row: eight bf16 weights or sixteen FP8 ones.
-            let gemv_fits = |w: &Tensor| w.cols.is_multiple_of(if w.dtype == DType::Fp8E4M3 { 16 } else { 8 });
+            let gemv_fits = |w: &Tensor| w.cols.is_multiple_of(gemv_k_step(w.dtype));
             for &w in weights.iter().filter(|w| gemv_fits(w)) {
                 let (input, output) = (x.tensor(DType::Bf16, t, w.cols), y.tensor(DType::Bf16, t, w.rows));
                 // Each side with what it runs: cuBLASLt's FP8 product after the quantization.

@@ -177,6 +177,37 @@ inline void emu_mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigne
     }
 }
 
+// mma.sync m16n8k32 on E4M3 codes (f32 sums): a[0] holds A[g][4c..4c+3], a[1] A[g+8][4c..],
+// a[2] A[g][16+4c..], a[3] A[g+8][16+4c..]; b0 holds B[4c..4c+3][g], b1 B[16+4c..][g], low byte
+// first; d as for the bf16 product.
+inline float emu_from_e4m3(unsigned char code);
+inline void emu_mma_e4m3_m16n8k32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    struct Fragments {
+        unsigned a[4], b[2];
+    } mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
+    warp_gather(&mine, sizeof mine, all);
+    auto byte = [](unsigned w, int i) { return emu_from_e4m3((w >> (8 * i)) & 0xff); };
+    float A[16][32], B[32][8];
+    for (int l = 0; l < 32; l++) {
+        const int g = l / 4, c = l % 4;
+        for (int i = 0; i < 4; i++) {
+            A[g][4 * c + i] = byte(all[l].a[0], i);
+            A[g + 8][4 * c + i] = byte(all[l].a[1], i);
+            A[g][16 + 4 * c + i] = byte(all[l].a[2], i);
+            A[g + 8][16 + 4 * c + i] = byte(all[l].a[3], i);
+            B[4 * c + i][g] = byte(all[l].b[0], i);
+            B[16 + 4 * c + i][g] = byte(all[l].b[1], i);
+        }
+    }
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    for (int e = 0; e < 4; e++) {
+        const int row = g + 8 * (e / 2), col = 2 * c + e % 2;
+        float sum = d[e];
+        for (int k = 0; k < 32; k++) sum += A[row][k] * B[k][col];
+        d[e] = sum;
+    }
+}
+
 // ldmatrix.x4: lanes 8i..8i+7 give the rows of 8×8 matrix i (eight b16 values each); r[i] gets
 // row g of matrix i, values 2c and 2c+1 (with `trans`, values [2c][g] and [2c+1][g]).
 inline void emu_ldmatrix_x4(unsigned (&r)[4], const unsigned short* row, bool trans) {

@@ -1,15 +1,17 @@
 // The FP8 kernels (fp8.cu) with E4M3 conversions in software (emu.h): quantize_fp8_block gives
 // the host rule's scale (the power of two at or above amax / 448) and codes, and gemv_fp8, handed
-// the bf16 rows, quantizes them to those same codes itself: its products equal the
-// double-precision product of the block's codes and the weight's codes, times both scales, within
-// the bf16 rounding of the output, for 1, 3 and 4 rows. Exits non-zero otherwise.
+// the bf16 rows, quantizes them to those same codes itself and multiplies on the (emulated)
+// tensor cores: its products equal the double-precision product of the block's codes and the
+// weight's codes, times both scales, within the bf16 rounding of the output, for 1, 3 and 4 rows
+// of 96 (fewer k steps than warps) and 1,024 values, 40 outputs (a partial last block). Exits
+// non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
 
 int main() {
     Rng rng{2024};
     int failures = 0;
-    for (int k : {64, 1024})
+    for (int k : {96, 1024})
         for (int t : {1, 3, 4}) {
             const int n = 40;
             std::vector<bf16> x(t * k);
@@ -29,7 +31,8 @@ int main() {
             for (int i = 0; i < t * k; i++) code_differs += codes[i] != emu_to_e4m3(bf2f(x[i]) / want_scale);
             std::vector<bf16> y(t * n, 0xffff);
             const int out_f32 = 0;
-            launch(gemv_fp8, {(unsigned)(n + 7) / 8}, 256, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(), out_f32);
+            launch(gemv_fp8, {(unsigned)(n + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(),
+                   out_f32);
             double worst = 0;
             for (int r = 0; r < t; r++)
                 for (int o = 0; o < n; o++) {

@@ -72,45 +72,33 @@ extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n,
     for (u64 i = threadIdx.x; i < n8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
 }
 
-// Sixteen E4M3 codes (one 16-byte load) to floats, in memory order.
-__device__ __forceinline__ void unpack16_fp8(uint4 v, float (&f)[16]) {
-    u32 words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        e4m3x2_to_f32x2((unsigned short)(words[i] & 0xffffu), f[4 * i + 1], f[4 * i]);
-        e4m3x2_to_f32x2((unsigned short)(words[i] >> 16), f[4 * i + 3], f[4 * i + 2]);
-    }
-}
+#define F8G_ROWS 16
+#define F8G_THREADS 256
+#define F8G_WARPS (F8G_THREADS / 32)
 
-// Sixteen bf16 activations (two 16-byte loads, element 16 i on) quantized with `scale` as
-// quantize8 codes them, and read back as the values of those codes: what the FP8 GEMM sees.
-__device__ __forceinline__ void quantized16(const bf16* __restrict__ x, u64 i, Fp8Divisor d, float (&out)[16]) {
-    float f[16], a[8], b[8];
-    unpack8(((const uint4*)x)[2 * i], a);
-    unpack8(((const uint4*)x)[2 * i + 1], b);
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        f[j] = a[j];
-        f[8 + j] = b[j];
-    }
-#pragma unroll
-    for (int p = 0; p < 8; p++) {
-        const u32 codes = f32x2_to_e4m3x2(d.of(f[2 * p + 1]), d.of(f[2 * p]));
-        e4m3x2_to_f32x2((unsigned short)codes, out[2 * p + 1], out[2 * p]);
-    }
+// Four consecutive bf16 activations (one 8-byte load) as four E4M3 codes, quantize8's, packed low
+// to high.
+__device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) {
+    const uint2 v = *(const uint2*)x;
+    const float f0 = __uint_as_float(v.x << 16), f1 = __uint_as_float(v.x & 0xffff0000u);
+    const float f2 = __uint_as_float(v.y << 16), f3 = __uint_as_float(v.y & 0xffff0000u);
+    return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
 }
 
 // y[t, n] = x_scale · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count <=
 // GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8 of x, then cuBLASLt) done without
-// the quantization's launch. Every block first finds the activations' scale as quantize_fp8_block
-// does (the power of two at or above amax / 448 over all t_count · k values), then each warp
-// takes one output row as `gemv` does, quantizing the activations in registers to the same
-// codes: 16-byte loads (sixteen codes) of the weight row, the few activation rows from L1/L2.
-// k % 16 == 0.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
-                                                                    const float* __restrict__ w_scale, int t_count, int n, int k,
-                                                                    void* __restrict__ y, int out_f32) {
+// the quantization's launch, on the tensor cores so that the weights' bytes, not their decoding,
+// set its speed. Every block first finds the activations' scale as quantize_fp8_block does (the
+// power of two at or above amax / 448 over all t_count · k values). A block then takes
+// F8G_ROWS output rows as the A operand of mma.sync m16n8k32 (E4M3 in, f32 sums), read straight
+// from memory in fragment order, and the tokens as B's columns (the rest zero), their codes
+// made in registers as quantize8 makes them; its warps share out the k steps of 32 and their
+// sums meet in shared memory. k % 32 == 0.
+extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
+                                                                   const float* __restrict__ w_scale, int t_count, int n, int k,
+                                                                   void* __restrict__ y, int out_f32) {
     __shared__ float scratch[32];
+    __shared__ float partial[F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
     float m = 0.f;
     const u64 n8 = (u64)t_count * k / 8;
     for (u64 i = threadIdx.x; i < n8; i += blockDim.x) {
@@ -121,46 +109,43 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_fp8(const bf16* 
     }
     const float x_scale = fp8_scale(block_max(m, scratch));
     const Fp8Divisor divisor(x_scale);
-    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (row >= n) return;
-    const uint4* wr = (const uint4*)(w + (u64)row * k);
-    const int k16 = k / 16;
-    float acc[GEMV_MAX_T];
-#pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
-    for (int base = lane; base < k16; base += 32 * GEMV_UNROLL) {
-        uint4 wv[GEMV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            int i = base + u * 32;
-            wv[u] = i < k16 ? wr[i] : make_uint4(0, 0, 0, 0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int row0 = blockIdx.x * F8G_ROWS;
+    // This lane's two weight rows (g and g + 8 of the block's) and its token (g, when a real one).
+    const unsigned char* w_lo = row0 + g < n ? w + (u64)(row0 + g) * k + 4 * c : nullptr;
+    const unsigned char* w_hi = row0 + g + 8 < n ? w + (u64)(row0 + g + 8) * k + 4 * c : nullptr;
+    const bf16* x_row = g < t_count ? x + (u64)g * k + 4 * c : nullptr;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    const int steps = k / 32;
+#pragma unroll 2
+    for (int s = warp; s < steps; s += F8G_WARPS) {
+        const int at = 32 * s;
+        u32 a[4] = {0u, 0u, 0u, 0u};
+        if (w_lo) {
+            a[0] = *(const u32*)(w_lo + at);
+            a[2] = *(const u32*)(w_lo + at + 16);
         }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            int i = base + u * 32;
-            if (i >= k16) break;
-            float wf[16];
-            unpack16_fp8(wv[u], wf);
-#pragma unroll
-            for (int t = 0; t < GEMV_MAX_T; t++) {
-                if (t < t_count) {
-                    float xf[16];
-                    quantized16(x + (u64)t * k, i, divisor, xf);
-#pragma unroll
-                    for (int j = 0; j < 16; j++) acc[t] = fmaf(wf[j], xf[j], acc[t]);
-                }
-            }
+        if (w_hi) {
+            a[1] = *(const u32*)(w_hi + at);
+            a[3] = *(const u32*)(w_hi + at + 16);
         }
+        const u32 b0 = x_row ? quantize4(x_row + at, divisor) : 0u, b1 = x_row ? quantize4(x_row + at + 16, divisor) : 0u;
+        mma_e4m3_m16n8k32(acc, a, b0, b1);
     }
-    const float scale = x_scale * *w_scale;
+    // acc holds D[g][2c], D[g][2c + 1], D[g + 8][2c], D[g + 8][2c + 1]: rows, then tokens.
 #pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) {
-        if (t < t_count) {
-            float v = warp_sum(acc[t]) * scale;
-            if (lane == 0) {
-                if (out_f32) ((float*)y)[(u64)t * n + row] = v;
-                else ((bf16*)y)[(u64)t * n + row] = f2bf(v);
-            }
-        }
+    for (int e = 0; e < 4; e++) {
+        const int token = 2 * c + (e & 1);
+        if (token < GEMV_MAX_T) partial[warp][g + 8 * (e >> 1)][token] = acc[e];
     }
+    __syncthreads();
+    if (threadIdx.x >= F8G_ROWS * GEMV_MAX_T) return;
+    const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T;
+    if (row0 + r >= n || token >= t_count) return;
+    float sum = 0.f;
+#pragma unroll
+    for (int v = 0; v < F8G_WARPS; v++) sum += partial[v][r][token];
+    const float value = sum * (x_scale * *w_scale);
+    if (out_f32) ((float*)y)[(u64)token * n + row0 + r] = value;
+    else ((bf16*)y)[(u64)token * n + row0 + r] = f2bf(value);
 }

@@ -55,6 +55,20 @@ __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// One warp's m16n8k32 product of E4M3 codes with f32 sums (sm_89+; on older devices it traps):
+// a[0] holds A[g][4c..4c+3], a[1] A[g+8][4c..], a[2] A[g][16+4c..], a[3] A[g+8][16+4c..]; b0
+// holds B[4c..4c+3][g], b1 B[16+4c..16+4c+3][g] (g = lane / 4, c = lane % 4); d as for the bf16
+// product.
+__device__ __forceinline__ void mma_e4m3_m16n8k32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 890
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
 // Four 8×8 bf16 matrices from shared memory (lanes 8i..8i+7 give matrix i's rows).
 __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16* row) {
     u32 addr;
