@@ -120,3 +120,8 @@ fn the_fp8_gemv_quantizes_its_bf16_rows_to_the_quantize_kernels_codes() {
 fn the_tensor_core_kernels_match_double_precision_products() {
     run_check("tensor_cores");
 }
+
+#[test]
+fn the_bf16_gemv_and_its_fused_swiglu_match_the_product_and_silu_mul() {
+    run_check("gemv");
+}

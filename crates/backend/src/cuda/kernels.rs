@@ -701,6 +701,20 @@ impl Kernels {
     /// [`Kernels::quantize_fp8`] would, so it gives the FP8 GEMM path's product without that
     /// launch.
     pub fn gemv(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
+        self.gemv_launch(gpu, x, w, y, false)
+    }
+
+    /// `y[t, j] = silu(g) · u` with g and u the bf16 outputs `x[t] · w[j]ᵀ` and `x[t] · w[f + j]ᵀ`
+    /// of a fused gate/up weight `w` (`[2f, k]`, gate rows first) into `y` (`[t, f]`): the GEMV and
+    /// `silu_mul` in one launch, bit for bit their result.
+    pub fn gemv_swiglu(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
+        if !w.rows.is_multiple_of(2) || w.rows / 2 != y.cols {
+            bail!("gemv_swiglu: a gate/up weight {w} of gate rows then up rows, and {y} of one column per pair, expected");
+        }
+        self.gemv_launch(gpu, x, Tensor { rows: w.rows / 2, ..w }, y, true)
+    }
+
+    fn gemv_launch(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor, swiglu: bool) -> Result<()> {
         let fp8 = w.dtype == DType::Fp8E4M3;
         if fp8 && w.scale == 0 {
             bail!("gemv: the FP8 weight {w} has no scale");
@@ -714,7 +728,7 @@ impl Kernels {
         let out_f32 = y.dtype == DType::F32;
         let args = Args::default().ptr(x.ptr).ptr(w.ptr);
         let args = if fp8 { args.ptr(w.scale) } else { args };
-        let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
+        let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32).i32(swiglu as i32);
         if fp8 {
             self.launch(gpu, self.gemv_fp8, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
         } else {

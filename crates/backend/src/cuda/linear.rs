@@ -73,6 +73,17 @@ impl Linear {
         }
     }
 
+    /// `act[t, j] = silu(g) · u` of the fused gate/up product `x · gate_upᵀ` (gate rows first):
+    /// in one GEMV launch where the GEMV won this shape, else the product into `scratch`
+    /// (`[t, 2f]` bf16) and `silu_mul`. Both give the same bits.
+    pub fn run_swiglu(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, gate_up: Tensor, act: Tensor, scratch: Tensor) -> Result<()> {
+        if self.gemv_wins.get(&(x.rows, gate_up.rows, gate_up.cols)) == Some(&true) {
+            return kernels.gemv_swiglu(gpu, x, gate_up, act);
+        }
+        self.gemm_product(gpu, kernels, x, gate_up, scratch)?;
+        kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, act.ptr)
+    }
+
     /// The product through cuBLASLt, bf16 activations quantized first for an FP8 weight.
     fn gemm_product(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
         let x = if w.dtype == DType::Fp8E4M3 && x.dtype == DType::Bf16 { self.quantize(gpu, kernels, x)? } else { x };

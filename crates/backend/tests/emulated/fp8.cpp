@@ -3,8 +3,9 @@
 // the bf16 rows, quantizes them to those same codes itself and multiplies on the (emulated)
 // tensor cores: its products equal the double-precision product of the block's codes and the
 // weight's codes, times both scales, within the bf16 rounding of the output, for 1, 3 and 4 rows
-// of 96 (fewer k steps than warps) and 1,024 values, 40 outputs (a partial last block). Exits
-// non-zero otherwise.
+// of 96 (fewer k steps than warps) and 1,024 values, 48 outputs; and as a fused gate/up product
+// its SwiGLU equals the plain product's halves through silu_mul bit for bit. Exits non-zero
+// otherwise.
 #include "emu.h"
 #include "kernels.cu"
 
@@ -13,7 +14,7 @@ int main() {
     int failures = 0;
     for (int k : {96, 1024})
         for (int t : {1, 3, 4}) {
-            const int n = 40;
+            const int n = 48;
             std::vector<bf16> x(t * k);
             for (int i = 0; i < t * k; i++) x[i] = f2bf(std::ldexp(rng.next(), (i * 7) % 9 - 4));
             std::vector<unsigned char> w(n * k), codes(t * k);
@@ -32,7 +33,16 @@ int main() {
             std::vector<bf16> y(t * n, 0xffff);
             const int out_f32 = 0;
             launch(gemv_fp8, {(unsigned)(n + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(),
-                   out_f32);
+                   out_f32, 0);
+            // The same weights as a fused gate/up pair (gate rows 0..23, up rows 24..47), SwiGLU in
+            // the same launch (two blocks, the second partial): bit for bit the plain product's
+            // halves through silu_mul.
+            std::vector<bf16> fused(t * n / 2, 0xffff), activated(t * n / 2, 0xffff);
+            launch(gemv_fp8, {(unsigned)(n / 2 + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
+                   (void*)fused.data(), out_f32, 1);
+            launch(silu_mul, {1, (unsigned)t}, 256, y.data(), n / 2, activated.data());
+            int swiglu_differs = 0;
+            for (int i = 0; i < t * n / 2; i++) swiglu_differs += fused[i] != activated[i];
             double worst = 0;
             for (int r = 0; r < t; r++)
                 for (int o = 0; o < n; o++) {
@@ -41,9 +51,9 @@ int main() {
                     const double want = dot * x_scale * w_scale, got = bf2f(y[r * n + o]);
                     worst = std::max(worst, std::fabs(got - want) / std::max(std::fabs(want), 1e-3));
                 }
-            const bool ok = x_scale == want_scale && code_differs == 0 && worst <= 8e-3;
-            printf("%d rows of %4d: scale %g (host %g), %d codes differ, GEMV within %.1e relative%s\n", t, k, x_scale, want_scale, code_differs,
-                   worst, ok ? "" : "  FAILED");
+            const bool ok = x_scale == want_scale && code_differs == 0 && worst <= 8e-3 && swiglu_differs == 0;
+            printf("%d rows of %4d: scale %g (host %g), %d codes differ, GEMV within %.1e relative, %d fused SwiGLU values differ%s\n", t, k,
+                   x_scale, want_scale, code_differs, worst, swiglu_differs, ok ? "" : "  FAILED");
             failures += !ok;
         }
     return failures != 0;

@@ -500,8 +500,7 @@ impl Pass<'_> {
         let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
         match feed_forward {
             FeedForward::Dense { gate_up, down } => {
-                linear.run(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.gate_up, 2 * f))?;
-                k.silu_mul(gpu, t, f, act.gate_up.ptr, act.act.ptr)?;
+                linear.run_swiglu(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.act, f), bf16(&act.gate_up, 2 * f))?;
                 linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
                 all_reduce(&act.delta)
             }
@@ -717,8 +716,8 @@ impl Pass<'_> {
             let _shared = span(Category::Debug, "moe shared expert");
             let fs = shared.expert.down.cols;
             let x = act.normed.tensor(DType::Bf16, t, h);
-            linear.run(gpu, k, x, shared.expert.gate_up.view(), gate_up.tensor(DType::Bf16, t, 2 * fs))?;
-            k.silu_mul(gpu, t, fs, gate_up.ptr, sact.ptr)?;
+            let (scratch, activated) = (gate_up.tensor(DType::Bf16, t, 2 * fs), sact.tensor(DType::Bf16, t, fs));
+            linear.run_swiglu(gpu, k, x, shared.expert.gate_up.view(), activated, scratch)?;
             linear.run(gpu, k, sact.tensor(DType::Bf16, t, fs), shared.expert.down.view(), out.tensor(DType::Bf16, t, h))?;
             shared_out = out.ptr;
             if let Some(g) = &shared.gate {

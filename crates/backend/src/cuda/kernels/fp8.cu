@@ -85,6 +85,19 @@ __device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor 
     return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
 }
 
+// Sixteen weight rows from `row0` (of n) as mma.sync's A fragments for the k step at byte `at`:
+// this lane's rows g and g + 8, bytes 4c.. and 16 + 4c.. (zero past the last row).
+__device__ __forceinline__ void fp8_rows_fragment(const unsigned char* __restrict__ w, int row0, int n, int k, int at, u32 (&a)[4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int row = row0 + g + 8 * half;
+        const unsigned char* p = w + (u64)row * k + at + 4 * c;
+        a[half] = row < n ? *(const u32*)p : 0u;
+        a[2 + half] = row < n ? *(const u32*)(p + 16) : 0u;
+    }
+}
+
 // y[t, n] = x_scale · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count <=
 // GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8 of x, then cuBLASLt) done without
 // the quantization's launch, on the tensor cores so that the weights' bytes, not their decoding,
@@ -93,12 +106,13 @@ __device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor 
 // F8G_ROWS output rows as the A operand of mma.sync m16n8k32 (E4M3 in, f32 sums), read straight
 // from memory in fragment order, and the tokens as B's columns (the rest zero), their codes
 // made in registers as quantize8 makes them; its warps share out the k steps of 32 and their
-// sums meet in shared memory. k % 32 == 0.
+// sums meet in shared memory. With `swiglu`, w holds 2n rows (gate, then up) and the block also
+// runs the up rows n + j beside gate rows j, writing swiglu_of(gate, up) as `gemv` does. k % 32 == 0.
 extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
                                                                    const float* __restrict__ w_scale, int t_count, int n, int k,
-                                                                   void* __restrict__ y, int out_f32) {
+                                                                   void* __restrict__ y, int out_f32, int swiglu) {
     __shared__ float scratch[32];
-    __shared__ float partial[F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
+    __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
     float m = 0.f;
     const u64 n8 = (u64)t_count * k / 8;
     for (u64 i = threadIdx.x; i < n8; i += blockDim.x) {
@@ -111,41 +125,43 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
     const Fp8Divisor divisor(x_scale);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int row0 = blockIdx.x * F8G_ROWS;
-    // This lane's two weight rows (g and g + 8 of the block's) and its token (g, when a real one).
-    const unsigned char* w_lo = row0 + g < n ? w + (u64)(row0 + g) * k + 4 * c : nullptr;
-    const unsigned char* w_hi = row0 + g + 8 < n ? w + (u64)(row0 + g + 8) * k + 4 * c : nullptr;
+    // This lane's token (g, when a real one): its four values at 4c.. and at 16 + 4c.. of a step.
     const bf16* x_row = g < t_count ? x + (u64)g * k + 4 * c : nullptr;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    float acc[2][4] = {};
     const int steps = k / 32;
 #pragma unroll 2
     for (int s = warp; s < steps; s += F8G_WARPS) {
         const int at = 32 * s;
-        u32 a[4] = {0u, 0u, 0u, 0u};
-        if (w_lo) {
-            a[0] = *(const u32*)(w_lo + at);
-            a[2] = *(const u32*)(w_lo + at + 16);
-        }
-        if (w_hi) {
-            a[1] = *(const u32*)(w_hi + at);
-            a[3] = *(const u32*)(w_hi + at + 16);
-        }
         const u32 b0 = x_row ? quantize4(x_row + at, divisor) : 0u, b1 = x_row ? quantize4(x_row + at + 16, divisor) : 0u;
-        mma_e4m3_m16n8k32(acc, a, b0, b1);
+        u32 a[4];
+        fp8_rows_fragment(w, row0, n, k, at, a);
+        mma_e4m3_m16n8k32(acc[0], a, b0, b1);
+        if (swiglu) {
+            fp8_rows_fragment(w + (u64)n * k, row0, n, k, at, a);
+            mma_e4m3_m16n8k32(acc[1], a, b0, b1);
+        }
     }
     // acc holds D[g][2c], D[g][2c + 1], D[g + 8][2c], D[g + 8][2c + 1]: rows, then tokens.
 #pragma unroll
     for (int e = 0; e < 4; e++) {
         const int token = 2 * c + (e & 1);
-        if (token < GEMV_MAX_T) partial[warp][g + 8 * (e >> 1)][token] = acc[e];
+        if (token < GEMV_MAX_T) {
+            partial[0][warp][g + 8 * (e >> 1)][token] = acc[0][e];
+            partial[1][warp][g + 8 * (e >> 1)][token] = acc[1][e];
+        }
     }
     __syncthreads();
     if (threadIdx.x >= F8G_ROWS * GEMV_MAX_T) return;
     const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T;
     if (row0 + r >= n || token >= t_count) return;
-    float sum = 0.f;
+    float sum[2] = {0.f, 0.f};
 #pragma unroll
-    for (int v = 0; v < F8G_WARPS; v++) sum += partial[v][r][token];
-    const float value = sum * (x_scale * *w_scale);
+    for (int v = 0; v < F8G_WARPS; v++) {
+        sum[0] += partial[0][v][r][token];
+        sum[1] += partial[1][v][r][token];
+    }
+    const float scale = x_scale * *w_scale;
+    const float value = swiglu ? swiglu_of(sum[0] * scale, sum[1] * scale) : sum[0] * scale;
     if (out_f32) ((float*)y)[(u64)token * n + row0 + r] = value;
     else ((bf16*)y)[(u64)token * n + row0 + r] = f2bf(value);
 }

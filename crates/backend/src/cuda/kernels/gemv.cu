@@ -1,7 +1,8 @@
 // Matrix-vector products for decode steps of a few tokens, where a GEMM library's tiles sit
-// mostly idle: y[t, n] = x[t, :] · w[n, :] for t < t_count <= GEMV_MAX_T. One warp per output
-// row streams that weight row once with 16-byte loads, GEMV_UNROLL loads in flight per lane; the
-// few activation rows come from L1/L2. Requires k % 8 == 0.
+// mostly idle: y[t, n] = x[t, :] · w[n, :] for t < t_count <= GEMV_MAX_T, or the SwiGLU of a
+// fused gate/up product. One warp per output row streams that weight row once with 16-byte loads,
+// GEMV_UNROLL loads in flight per lane; the few activation rows come from L1/L2. Requires
+// k % 8 == 0.
 
 #define GEMV_MAX_T 4
 #define GEMV_UNROLL 4
@@ -18,13 +19,17 @@ __device__ __forceinline__ void unpack8(uint4 v, float (&f)[8]) {
     f[7] = __uint_as_float(v.w & 0xffff0000u);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n,
-                                                                int k, void* __restrict__ y, int out_f32) {
-    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (row >= n) return;
-    const uint4* wr = (const uint4*)(w + (u64)row * k);
-    const int k8 = k / 8;
-    float acc[GEMV_MAX_T];
+// SwiGLU of a gate value and an up value, each first rounded to bf16 as a product's output is:
+// what silu_mul computes from the fused gate/up product's two halves.
+__device__ __forceinline__ float swiglu_of(float gate, float up) {
+    const float g = bf2f(f2bf(gate)), u = bf2f(f2bf(up));
+    return g / (1.f + __expf(-g)) * u;
+}
+
+// One warp's dot products of weight row `wr` with the t_count activation rows, summed over the
+// warp (every lane gets them).
+__device__ __forceinline__ void gemv_row(const bf16* __restrict__ x, const uint4* __restrict__ wr, int t_count, int k, float (&acc)[GEMV_MAX_T]) {
+    const int lane = threadIdx.x & 31, k8 = k / 8;
 #pragma unroll
     for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
     for (int base = lane; base < k8; base += 32 * GEMV_UNROLL) {
@@ -52,13 +57,26 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __re
         }
     }
 #pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++)
+        if (t < t_count) acc[t] = warp_sum(acc[t]);
+}
+
+// With `swiglu`, w holds 2n rows (gate rows, then up rows, as the fused gate/up projection) and
+// each warp takes gate row j and up row n + j, writing swiglu_of(gate, up): the product and the
+// SwiGLU after it in one launch, bit for bit the two launches' result.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n,
+                                                                int k, void* __restrict__ y, int out_f32, int swiglu) {
+    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (row >= n) return;
+    float acc[GEMV_MAX_T], up[GEMV_MAX_T];
+    gemv_row(x, (const uint4*)(w + (u64)row * k), t_count, k, acc);
+    if (swiglu) gemv_row(x, (const uint4*)(w + (u64)(n + row) * k), t_count, k, up);
+#pragma unroll
     for (int t = 0; t < GEMV_MAX_T; t++) {
-        if (t < t_count) {
-            float v = warp_sum(acc[t]);
-            if (lane == 0) {
-                if (out_f32) ((float*)y)[(u64)t * n + row] = v;
-                else ((bf16*)y)[(u64)t * n + row] = f2bf(v);
-            }
+        if (t < t_count && lane == 0) {
+            const float v = swiglu ? swiglu_of(acc[t], up[t]) : acc[t];
+            if (out_f32) ((float*)y)[(u64)t * n + row] = v;
+            else ((bf16*)y)[(u64)t * n + row] = f2bf(v);
         }
     }
 }
