@@ -147,65 +147,45 @@ inline void warp_gather(const void* mine, size_t bytes, void* all) {
 // fragments out (g = lane / 4, c = lane % 4): the test that builds the kernel sources puts these
 // in the place of their PTX.
 //
-// mma.sync m16n8k16 (bf16 in, f32 sums): a[0] holds A[g][2c..2c+1], a[1] A[g+8][2c..], a[2]
-// A[g][2c+8..], a[3] A[g+8][2c+8..]; b0 holds B[2c..2c+1][g], b1 B[2c+8..2c+9][g]; d[0..1] is
-// D[g][2c..2c+1], d[2..3] D[g+8][2c..2c+1]. Products summed in f32 in k order.
-inline void emu_mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+// mma.sync m16n8k(8V) on values packed V to a 32-bit register (V = 2: bf16, m16n8k16; V = 4:
+// E4M3 codes, m16n8k32), f32 sums in k order. With g = lane / 4, c = lane % 4 and K = 8V: a[0]
+// holds A[g][Vc..Vc+V-1], a[1] A[g+8][Vc..], a[2] A[g][K/2+Vc..], a[3] A[g+8][K/2+Vc..]; b0 holds
+// B[Vc..][g], b1 B[K/2+Vc..][g], lowest bits first; d[0..1] is D[g][2c..2c+1], d[2..3]
+// D[g+8][2c..2c+1]. `value(word, i)` decodes the i-th value of a register.
+template <int V, class Decode>
+inline void emu_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, Decode value) {
+    constexpr int K = 8 * V;
     struct Fragments {
         unsigned a[4], b[2];
     } mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
     warp_gather(&mine, sizeof mine, all);
-    auto half = [](unsigned w, int i) { return __uint_as_float(i ? w & 0xffff0000u : w << 16); };
-    float A[16][16], B[16][8];
+    float A[16][K], B[K][8];
     for (int l = 0; l < 32; l++) {
         const int g = l / 4, c = l % 4;
-        for (int i = 0; i < 2; i++) {
-            A[g][2 * c + i] = half(all[l].a[0], i);
-            A[g + 8][2 * c + i] = half(all[l].a[1], i);
-            A[g][2 * c + 8 + i] = half(all[l].a[2], i);
-            A[g + 8][2 * c + 8 + i] = half(all[l].a[3], i);
-            B[2 * c + i][g] = half(all[l].b[0], i);
-            B[2 * c + 8 + i][g] = half(all[l].b[1], i);
+        for (int i = 0; i < V; i++) {
+            A[g][V * c + i] = value(all[l].a[0], i);
+            A[g + 8][V * c + i] = value(all[l].a[1], i);
+            A[g][K / 2 + V * c + i] = value(all[l].a[2], i);
+            A[g + 8][K / 2 + V * c + i] = value(all[l].a[3], i);
+            B[V * c + i][g] = value(all[l].b[0], i);
+            B[K / 2 + V * c + i][g] = value(all[l].b[1], i);
         }
     }
     const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     for (int e = 0; e < 4; e++) {
         const int row = g + 8 * (e / 2), col = 2 * c + e % 2;
         float sum = d[e];
-        for (int k = 0; k < 16; k++) sum += A[row][k] * B[k][col];
+        for (int k = 0; k < K; k++) sum += A[row][k] * B[k][col];
         d[e] = sum;
     }
 }
 
-// mma.sync m16n8k32 on E4M3 codes (f32 sums): a[0] holds A[g][4c..4c+3], a[1] A[g+8][4c..],
-// a[2] A[g][16+4c..], a[3] A[g+8][16+4c..]; b0 holds B[4c..4c+3][g], b1 B[16+4c..][g], low byte
-// first; d as for the bf16 product.
 inline float emu_from_e4m3(unsigned char code);
+inline void emu_mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    emu_mma<2>(d, a, b0, b1, [](unsigned w, int i) { return __uint_as_float(i ? w & 0xffff0000u : w << 16); });
+}
 inline void emu_mma_e4m3_m16n8k32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    struct Fragments {
-        unsigned a[4], b[2];
-    } mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
-    warp_gather(&mine, sizeof mine, all);
-    auto byte = [](unsigned w, int i) { return emu_from_e4m3((w >> (8 * i)) & 0xff); };
-    float A[16][32], B[32][8];
-    for (int l = 0; l < 32; l++) {
-        const int g = l / 4, c = l % 4;
-        for (int i = 0; i < 4; i++) {
-            A[g][4 * c + i] = byte(all[l].a[0], i);
-            A[g + 8][4 * c + i] = byte(all[l].a[1], i);
-            A[g][16 + 4 * c + i] = byte(all[l].a[2], i);
-            A[g + 8][16 + 4 * c + i] = byte(all[l].a[3], i);
-            B[4 * c + i][g] = byte(all[l].b[0], i);
-            B[16 + 4 * c + i][g] = byte(all[l].b[1], i);
-        }
-    }
-    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    for (int e = 0; e < 4; e++) {
-        const int row = g + 8 * (e / 2), col = 2 * c + e % 2;
-        float sum = d[e];
-        for (int k = 0; k < 32; k++) sum += A[row][k] * B[k][col];
-        d[e] = sum;
-    }
+    emu_mma<4>(d, a, b0, b1, [](unsigned w, int i) { return emu_from_e4m3((w >> (8 * i)) & 0xff); });
 }
 
 // ldmatrix.x4: lanes 8i..8i+7 give the rows of 8×8 matrix i (eight b16 values each); r[i] gets
