@@ -109,6 +109,22 @@ extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16*
     norm_row(v, ss, weight, eps, width, normed + base, scratch);
 }
 
+// RoPE on one pair (a, b) of a head's values (i and i + half) at `position`: the angle
+// position · inv_freq reduced in double precision, its cosine and sine times `attention_factor`
+// (YaRN's, else 1).
+__device__ __forceinline__ void rotate_pair(u32 position, double inv_freq, float attention_factor, float& a, float& b) {
+    const double two_pi = 6.283185307179586;
+    double angle = (double)position * inv_freq;
+    angle -= floor(angle / two_pi) * two_pi;
+    float s, c;
+    sincosf((float)angle, &s, &c);
+    s *= attention_factor;
+    c *= attention_factor;
+    const float ra = a * c - b * s, rb = b * c + a * s;
+    a = ra;
+    b = rb;
+}
+
 // Splits the fused qkv rows: adds the bias, applies the q/k norms (when given: per head, or over
 // every head of q and of k with `norm_full_width`, as OLMoE's) and rotary
 // embedding to q and k (its cosines and sines times `attention_factor`: YaRN's, else 1), writes
@@ -153,16 +169,7 @@ extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, cons
             a = a * scale * bf2f(norm[at]);
             b = b * scale * bf2f(norm[at + half]);
         }
-        const double two_pi = 6.283185307179586;
-        double angle = (double)positions[t] * inv_freq[i];
-        angle -= floor(angle / two_pi) * two_pi;
-        float s, c;
-        sincosf((float)angle, &s, &c);
-        s *= attention_factor;
-        c *= attention_factor;
-        float ra = a * c - b * s, rb = b * c + a * s;
-        a = ra;
-        b = rb;
+        rotate_pair(positions[t], inv_freq[i], attention_factor, a, b);
     }
     if (is_q) {
         bf16* out = q_out + (u64)t * heads * head_dim + h * head_dim;

@@ -5,19 +5,24 @@
 // small decode steps. The
 // conversions (prelude.cu) use Hopper's (sm_89+) cvt instructions; on older devices they trap.
 
-// amax = max(amax, max |x_i|) over n bf16 values (n % 8 == 0), as f32 bits (ordered as unsigned
-// integers for non-negative floats). The caller zeroes amax first.
-extern "C" __global__ void amax_bf16(const bf16* __restrict__ x, u64 n, u32* __restrict__ amax) {
-    __shared__ float scratch[32];
+// The largest magnitude among x's groups of eight values first, first + stride, ... of n bf16
+// values (n % 8 == 0): this thread's share of a tensor's amax.
+__device__ __forceinline__ float strided_amax(const bf16* __restrict__ x, u64 n, u64 first, u64 stride) {
     float m = 0.f;
-    u64 n8 = n / 8, stride = (u64)gridDim.x * blockDim.x;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += stride) {
+    for (u64 i = first; i < n / 8; i += stride) {
         float f[8];
         unpack8(((const uint4*)x)[i], f);
 #pragma unroll
         for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
     }
-    m = block_max(m, scratch);
+    return m;
+}
+
+// amax = max(amax, max |x_i|) over n bf16 values (n % 8 == 0), as f32 bits (ordered as unsigned
+// integers for non-negative floats). The caller zeroes amax first.
+extern "C" __global__ void amax_bf16(const bf16* __restrict__ x, u64 n, u32* __restrict__ amax) {
+    __shared__ float scratch[32];
+    const float m = block_max(strided_amax(x, n, (u64)blockIdx.x * blockDim.x + threadIdx.x, (u64)gridDim.x * blockDim.x), scratch);
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
 }
 
@@ -38,13 +43,18 @@ struct Fp8Divisor {
     __device__ __forceinline__ float of(float v) const { return reciprocal != 0.f ? v * reciprocal : v / scale; }
 };
 
+// Four consecutive bf16 values (one 8-byte load) divided by the scale, as four E4M3 codes packed
+// low to high.
+__device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) {
+    const uint2 v = *(const uint2*)x;
+    const float f0 = __uint_as_float(v.x << 16), f1 = __uint_as_float(v.x & 0xffff0000u);
+    const float f2 = __uint_as_float(v.y << 16), f3 = __uint_as_float(v.y & 0xffff0000u);
+    return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
+}
+
 // Codes of elements [8 i, 8 i + 8) of x divided by the scale.
 __device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, Fp8Divisor d) {
-    float f[8];
-    unpack8(((const uint4*)x)[i], f);
-    u32 lo = f32x2_to_e4m3x2(d.of(f[1]), d.of(f[0])) | (f32x2_to_e4m3x2(d.of(f[3]), d.of(f[2])) << 16);
-    u32 hi = f32x2_to_e4m3x2(d.of(f[5]), d.of(f[4])) | (f32x2_to_e4m3x2(d.of(f[7]), d.of(f[6])) << 16);
-    return make_uint2(lo, hi);
+    return make_uint2(quantize4(x + 8 * i, d), quantize4(x + 8 * i + 4, d));
 }
 
 // out = E4M3 codes of x / scale, scale = fp8_scale(amax), written to *scale_out.
@@ -59,31 +69,15 @@ extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const
 // Both steps in one block, for the few rows of a decode step: the largest magnitude, then the codes.
 extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n, unsigned char* __restrict__ out, float* __restrict__ scale_out) {
     __shared__ float scratch[32];
-    float m = 0.f;
-    u64 n8 = n / 8;
-    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) {
-        float f[8];
-        unpack8(((const uint4*)x)[i], f);
-#pragma unroll
-        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
-    }
-    float scale = fp8_scale(block_max(m, scratch));
+    const float scale = fp8_scale(block_max(strided_amax(x, n, threadIdx.x, blockDim.x), scratch));
     if (threadIdx.x == 0) *scale_out = scale;
-    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
+    for (u64 i = threadIdx.x; i < n / 8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
 }
 
 #define F8G_ROWS 16
 #define F8G_THREADS 256
 #define F8G_WARPS (F8G_THREADS / 32)
 
-// Four consecutive bf16 activations (one 8-byte load) as four E4M3 codes, quantize8's, packed low
-// to high.
-__device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) {
-    const uint2 v = *(const uint2*)x;
-    const float f0 = __uint_as_float(v.x << 16), f1 = __uint_as_float(v.x & 0xffff0000u);
-    const float f2 = __uint_as_float(v.y << 16), f3 = __uint_as_float(v.y & 0xffff0000u);
-    return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
-}
 
 // Sixteen weight rows from `row0` (of n) as mma.sync's A fragments for the k step at byte `at`:
 // this lane's rows g and g + 8, bytes 4c.. and 16 + 4c.. (zero past the last row).
@@ -113,15 +107,7 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
                                                                    void* __restrict__ y, int out_f32, int swiglu) {
     __shared__ float scratch[32];
     __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
-    float m = 0.f;
-    const u64 n8 = (u64)t_count * k / 8;
-    for (u64 i = threadIdx.x; i < n8; i += blockDim.x) {
-        float f[8];
-        unpack8(((const uint4*)x)[i], f);
-#pragma unroll
-        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
-    }
-    const float x_scale = fp8_scale(block_max(m, scratch));
+    const float x_scale = fp8_scale(block_max(strided_amax(x, (u64)t_count * k, threadIdx.x, blockDim.x), scratch));
     const Fp8Divisor divisor(x_scale);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int row0 = blockIdx.x * F8G_ROWS;

@@ -33,8 +33,8 @@
 
 // Per token (one block each): cache[slot] = [rms_norm(latent) · kv_norm, rope(k_pe)], from the
 // kv_a projection's row [latent, k_pe]; and, for every head, q_lat[t, h, latent:] = rope(q_pe)
-// from the q projection's row [heads × (nope, rope)]. RoPE as rope_kv_write computes it: pairs
-// (i, i + rope/2), angle position · inv_freq[i], cosines and sines times `attention_factor`.
+// from the q projection's row [heads × (nope, rope)]. RoPE as rope_kv_write computes it
+// (rotate_pair), on pairs (i, i + rope/2).
 extern "C" __global__ void mla_rope_latent_write(const bf16* __restrict__ compressed, const bf16* __restrict__ kv_norm, float eps,
                                                  const bf16* __restrict__ q, const u32* __restrict__ positions, const u32* __restrict__ slots,
                                                  const double* __restrict__ inv_freq, float attention_factor, int heads, int nope, int rope,
@@ -50,22 +50,15 @@ extern "C" __global__ void mla_rope_latent_write(const bf16* __restrict__ compre
     const float scale = rsqrtf(block_sum(part, scratch) / latent + eps);
     bf16* dst = cache + (u64)slots[t] * width;
     for (int i = threadIdx.x; i < latent; i += blockDim.x) dst[i] = f2bf(bf2f(row[i]) * scale * bf2f(kv_norm[i]));
-    const double two_pi = 6.283185307179586;
-    const double position = (double)positions[t];
     // Pairs of every head's query, then the key's.
     for (int p = threadIdx.x; p < (heads + 1) * half; p += blockDim.x) {
         const int h = p / half, i = p % half;
-        double angle = position * inv_freq[i];
-        angle -= floor(angle / two_pi) * two_pi;
-        float s, c;
-        sincosf((float)angle, &s, &c);
-        s *= attention_factor;
-        c *= attention_factor;
         const bf16* src = h < heads ? q + ((u64)t * heads + h) * (nope + rope) + nope : row + latent;
         bf16* out = h < heads ? q_lat + ((u64)t * heads + h) * width + latent : dst + latent;
-        const float a = bf2f(src[i]), b = bf2f(src[i + half]);
-        out[i] = f2bf(a * c - b * s);
-        out[i + half] = f2bf(b * c + a * s);
+        float a = bf2f(src[i]), b = bf2f(src[i + half]);
+        rotate_pair(positions[t], inv_freq[i], attention_factor, a, b);
+        out[i] = f2bf(a);
+        out[i + half] = f2bf(b);
     }
 }
 

@@ -18,6 +18,21 @@ __device__ __forceinline__ float routed_logit(const float* row, const bf16* rout
 
 __device__ __forceinline__ float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
 
+// The warp-wide arg-max of each lane's candidate (`best`, MOE_NONE for none, and its `value`):
+// the largest value, ties to the lower index; every lane gets it.
+#define MOE_NONE 0x7fffffff
+__device__ __forceinline__ void warp_arg_max(int& best, float& value) {
+    for (int o = 16; o > 0; o >>= 1) {
+        int other = __shfl_xor_sync(0xffffffffu, best, o);
+        float other_value = __shfl_xor_sync(0xffffffffu, value, o);
+        bool better = other != MOE_NONE && (best == MOE_NONE || other_value > value || (other_value == value && other < best));
+        if (better) {
+            best = other;
+            value = other_value;
+        }
+    }
+}
+
 // One warp per token: the `k` largest router logits (plus, where given, the router's own bf16
 // bias `router_bias[e]` and the planted Zipf skew `bias[e]`, summed first), ties to the lower
 // expert, and their weights by `method`, in lumen's RoutingMethod order: 0 Default (softmax over
@@ -44,7 +59,6 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
     const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (t >= tokens) return;
     const float* row = logits + (u64)t * experts;
-    const int none = 0x7fffffff;
     float z[MOE_PER_LANE];
     float all_max = -INFINITY;
 #pragma unroll
@@ -82,17 +96,9 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
         }
         u32 kept = 0;
         for (int j = 0; j < topk_group; j++) {
-            int best = lane < n_group && !((kept >> lane) & 1u) ? lane : none;
+            int best = lane < n_group && !((kept >> lane) & 1u) ? lane : MOE_NONE;
             float best_score = score;
-            for (int o = 16; o > 0; o >>= 1) {
-                int other = __shfl_xor_sync(0xffffffffu, best, o);
-                float other_score = __shfl_xor_sync(0xffffffffu, best_score, o);
-                bool better = other != none && (best == none || other_score > best_score || (other_score == best_score && other < best));
-                if (better) {
-                    best = other;
-                    best_score = other_score;
-                }
-            }
+            warp_arg_max(best, best_score);
             kept |= 1u << best;
         }
 #pragma unroll
@@ -113,25 +119,17 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
     int chosen[MOE_MAX_TOP_K];
     float value[MOE_MAX_TOP_K];
     for (int j = 0; j < k; j++) {
-        int best = none;
+        int best = MOE_NONE;
         float best_value = 0.f;
 #pragma unroll
         for (int i = 0; i < MOE_PER_LANE; i++) {
             int e = lane + 32 * i;
-            if (e < experts && !((taken >> i) & 1u) && (best == none || z[i] > best_value)) {
+            if (e < experts && !((taken >> i) & 1u) && (best == MOE_NONE || z[i] > best_value)) {
                 best = e;
                 best_value = z[i];
             }
         }
-        for (int o = 16; o > 0; o >>= 1) {
-            int other = __shfl_xor_sync(0xffffffffu, best, o);
-            float other_value = __shfl_xor_sync(0xffffffffu, best_value, o);
-            bool better = other != none && (best == none || other_value > best_value || (other_value == best_value && other < best));
-            if (better) {
-                best = other;
-                best_value = other_value;
-            }
-        }
+        warp_arg_max(best, best_value);
         if ((best & 31) == lane) taken |= 1u << (best >> 5);
         chosen[j] = best;
         value[j] = best_value;
