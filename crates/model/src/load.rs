@@ -155,9 +155,7 @@ fn load(spec: &str, options: LoadOptions, ranks: Option<usize>) -> Result<Model>
         if let Err(e) = crate::cuda::weights::refuse_cpu_only_blocks(&config, spec) {
             lumen_trace::status!("[lumen] --device auto: {e:#}; running on the CPU");
             gpu = None;
-        } else if !(config.mla.is_some() || Kernels::supports_head_dim(config.head_dim))
-            || !Kernels::supports_hidden_size(config.hidden_size)
-        {
+        } else if !crate::cuda::weights::head_dim_supported(&config) || !Kernels::supports_hidden_size(config.hidden_size) {
             lumen_trace::status!(
                 "[lumen] --device auto: head_dim {} / hidden size {} is not supported on CUDA; running on the CPU",
                 config.head_dim,

@@ -51,8 +51,8 @@ impl Linear {
     ) -> Result<()> {
         let widest = weights.iter().map(|w| w.cols).max().unwrap_or(0);
         gpu.fill(x.ptr, 0x3c, (GEMV_MAX_TOKENS * widest * 2).min(x.bytes))?;
+        let gemv_fits = |w: &Tensor| w.cols.is_multiple_of(gemv_k_step(w.dtype));
         for t in 1..=GEMV_MAX_TOKENS.min(max_rows) {
-            let gemv_fits = |w: &Tensor| w.cols.is_multiple_of(gemv_k_step(w.dtype));
             for &w in weights.iter().filter(|w| gemv_fits(w)) {
                 let (input, output) = (x.tensor(DType::Bf16, t, w.cols), y.tensor(DType::Bf16, t, w.rows));
                 // Each side with what it runs: cuBLASLt's FP8 product after the quantization.
@@ -66,7 +66,7 @@ impl Linear {
 
     /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream.
     pub fn run(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
-        if self.gemv_wins.get(&(x.rows, w.rows, w.cols)) == Some(&true) {
+        if self.gemv_won(x, w) {
             kernels.gemv(gpu, x, w, out)
         } else {
             self.gemm_product(gpu, kernels, x, w, out)
@@ -77,11 +77,16 @@ impl Linear {
     /// in one GEMV launch where the GEMV won this shape, else the product into `scratch`
     /// (`[t, 2f]` bf16) and `silu_mul`. Both give the same bits.
     pub fn run_swiglu(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, gate_up: Tensor, act: Tensor, scratch: Tensor) -> Result<()> {
-        if self.gemv_wins.get(&(x.rows, gate_up.rows, gate_up.cols)) == Some(&true) {
+        if self.gemv_won(x, gate_up) {
             return kernels.gemv_swiglu(gpu, x, gate_up, act);
         }
         self.gemm_product(gpu, kernels, x, gate_up, scratch)?;
         kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, act.ptr)
+    }
+
+    /// Whether the GEMV beat cuBLASLt on `x`'s rows of `w` when tuned.
+    fn gemv_won(&self, x: Tensor, w: Tensor) -> bool {
+        self.gemv_wins.get(&(x.rows, w.rows, w.cols)) == Some(&true)
     }
 
     /// The product through cuBLASLt, bf16 activations quantized first for an FP8 weight.

@@ -6,15 +6,11 @@
 // KV splits. Exits non-zero when the cache or the output leaves its bound.
 #include "emu.h"
 #include "kernels.cu"
+#include "random_values.h"
 #include <cassert>
 #include <map>
 
 static Rng rng{12345};
-static std::vector<bf16> random_bf16(size_t n, float scale, float offset = 0) {
-    std::vector<bf16> v(n);
-    for (auto& x : v) x = f2bf(offset + scale * rng.next());
-    return v;
-}
 static double d(bf16 x) { return bf2f(x); }
 
 struct Seq {
@@ -31,8 +27,8 @@ struct Layer {
     std::map<int, std::vector<std::vector<bf16>>> history;
 
     Layer(int h, int n, int r, int vd, int l, int blocks) : heads(h), nope(n), rope(r), v(vd), latent(l) {
-        kv_b = random_bf16((size_t)h * (n + vd) * l, 1.f / sqrtf(l));
-        kv_norm = random_bf16(l, 0.1f, 1.f);
+        kv_b = random_bf16(rng, (size_t)h * (n + vd) * l, 1.f / sqrtf(l));
+        kv_norm = random_bf16(rng, l, 0.1f, 1.f);
         for (int i = 0; i < r / 2; i++) inv_freq.push_back(pow(10000.0, -2.0 * i / r));
         scale = 1.1f / sqrtf(n + r);
         cache.assign((size_t)blocks * block_size * (l + r), f2bf(NAN));
@@ -49,8 +45,8 @@ struct Layer {
         const int width = latent + rope, qk = nope + rope;
         int tokens = 0;
         for (auto& s : seqs) tokens += s.len;
-        auto compressed = random_bf16((size_t)tokens * width, 1.f);
-        auto q = random_bf16((size_t)tokens * heads * qk, 1.f);
+        auto compressed = random_bf16(rng, (size_t)tokens * width, 1.f);
+        auto q = random_bf16(rng, (size_t)tokens * heads * qk, 1.f);
         std::vector<u32> positions, slots, tiles, offsets, table;
         int row = 0, max_ctx = 0, tile_rows = 0;
         for (size_t si = 0; si < seqs.size(); si++) {

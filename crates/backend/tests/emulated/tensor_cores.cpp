@@ -7,13 +7,9 @@
 // the tile. Exits non-zero when a result leaves its bound.
 #include "emu.h"
 #include "kernels.cu"
+#include "random_values.h"
 
 static Rng rng{31337};
-static std::vector<bf16> random_bf16(size_t n, float scale) {
-    std::vector<bf16> v(n);
-    for (auto& x : v) x = f2bf(scale * rng.next());
-    return v;
-}
 
 // Causal prefill of one sequence of `tokens` tokens; returns the worst error over the rms.
 static double prefill_attention(int tokens, u32 split_tokens) {
@@ -22,9 +18,9 @@ static double prefill_attention(int tokens, u32 split_tokens) {
     std::vector<u32> table;
     for (int b = 0; b < blocks; b++) table.push_back((b * 5 + 3) % (blocks + 4));
     const int cache_blocks = blocks + 4;
-    auto k_cache = random_bf16((size_t)cache_blocks * kv_heads * block_size * hd, 1.f);
-    auto v_cache = random_bf16((size_t)cache_blocks * kv_heads * block_size * hd, 1.f);
-    auto q = random_bf16((size_t)tokens * heads * hd, 1.f);
+    auto k_cache = random_bf16(rng, (size_t)cache_blocks * kv_heads * block_size * hd, 1.f);
+    auto v_cache = random_bf16(rng, (size_t)cache_blocks * kv_heads * block_size * hd, 1.f);
+    auto q = random_bf16(rng, (size_t)tokens * heads * hd, 1.f);
     std::vector<u32> tiles, offsets = {0, (u32)blocks}, positions;
     const int per_tile = PF_ROWS / group;
     for (int off = 0; off < tokens; off += per_tile) tiles.insert(tiles.end(), {0u, (u32)off, (u32)std::min(per_tile, tokens - off), (u32)off});
@@ -77,12 +73,12 @@ static double grouped_gemm(int tokens, int top, int experts, int n, int k) {
     std::vector<std::vector<bf16>> w(experts), bias(experts);
     std::vector<u64> w_table(experts), b_table(experts);
     for (int e = 0; e < experts; e++) {
-        w[e] = random_bf16((size_t)n * k, 1.f / sqrtf(k));
-        bias[e] = random_bf16(n, 0.5f);
+        w[e] = random_bf16(rng, (size_t)n * k, 1.f / sqrtf(k));
+        bias[e] = random_bf16(rng, n, 0.5f);
         w_table[e] = (u64)w[e].data();
         b_table[e] = (u64)bias[e].data();
     }
-    auto x = random_bf16((size_t)tokens * k, 1.f);
+    auto x = random_bf16(rng, (size_t)tokens * k, 1.f);
     std::vector<bf16> y((size_t)max_tiles * 64 * n, f2bf(NAN));
     const dim3 grid = {(unsigned)max_tiles, (unsigned)(n + 63) / 64};
     launch(moe_grouped_gemm, grid, MG_THREADS, x.data(), top, rows.data(), tile_expert.data(), num_tiles.data(), w_table.data(),

@@ -158,10 +158,7 @@ impl Activations {
         let mla = mla_shape(c);
         // Each head's attention output: its values, or for latent attention its latent (the
         // partial sums) and, after W_UV, its values.
-        let (head_out, head_partial) = match (&mla, &c.mla) {
-            (Some(shape), Some(m)) => (m.v_head_dim, shape.latent),
-            _ => (hd, hd),
-        };
+        let (head_out, head_partial) = mla.map_or((hd, hd), |shape| (shape.v_dim, shape.latent));
         Ok(Activations {
             residual: alloc(t * h, 4, "the residual stream")?,
             normed: alloc(t * h, 2, "normed activations")?,

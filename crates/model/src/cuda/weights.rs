@@ -201,6 +201,12 @@ pub fn refuse_cpu_only_blocks(c: &ModelConfig, source: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the CUDA attention kernels take the model's head size; latent attention has kernels of
+/// its own, which take its shape (see [`refuse_cpu_only_blocks`]).
+pub fn head_dim_supported(c: &ModelConfig) -> bool {
+    c.mla.is_some() || Kernels::supports_head_dim(c.head_dim)
+}
+
 impl CudaWeights {
     /// The output head: its own matrix, or the embedding when tied.
     pub fn head(&self) -> Tensor {
@@ -259,7 +265,7 @@ impl CudaWeights {
             "{source}: FP8 mixture-of-experts layers do not run on the CUDA backend yet; use bf16 (no --quantization)"
         );
         ensure!(
-            c.mla.is_some() || Kernels::supports_head_dim(c.head_dim),
+            head_dim_supported(c),
             "{source}: head_dim {} is not supported by the CUDA backend (expected 32, 64 or 128); use --device cpu",
             c.head_dim
         );
