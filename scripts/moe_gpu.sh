@@ -4,8 +4,9 @@
 # `lumen bench throughput` with the gate skewed (`+zipf=$ZIPF`, default 1.2) and then with
 # LUMEN_PERFECT_ROUTER=1, each traced, and `lumen analyze --compare` of the pair; then the same
 # pair without the skew. Batch-1 decode of the unskewed model beside it, and with LONG=1 its
-# throughput at 128/2048 (LONG_REQUESTS, default 256) and the transformers peer (peers/hf_generate.py,
-# through scripts/peer_shapes.py for the DeepSeek shapes) at PEER_BATCHES (default "1 64 128"). The traces hold iterations WINDOW (default 40-79, steady
+# throughput at 128/2048 (LONG_REQUESTS, default 256); with PEER=1 (the default when LONG=1) the
+# transformers peer (peers/hf_generate.py, through scripts/peer_shapes.py for the DeepSeek shapes) at
+# PEER_BATCHES (default "1 64 128"). The traces hold iterations WINDOW (default 40-79, steady
 # decode; small enough to keep as the analyzer's fixtures). Logs, reports and traces go to $OUT
 # (default /tmp/moe-gpu); a short table is printed last.
 set -euo pipefail
@@ -42,6 +43,8 @@ if [ "${LONG:-0}" = 1 ]; then
     --input-mean 128 --input-stdev 0 --output-mean 2048 --output-stdev 0
   "$L" bench throughput --device cuda --model "$MODEL" --dataset "$OUT/long.jsonl" --eos-id -1 --report-json "$OUT/long.json" \
     >"$OUT/long.txt" 2>"$OUT/long.log"
+fi
+if [ "${PEER:-${LONG:-0}}" = 1 ]; then
   # The peer on the preset's shape, its layer count cut as `+layers=N` cuts lumen's (the
   # DeepSeek shapes through scripts/peer_shapes.py).
   layers=$(sed -n 's/.*+layers=\([0-9]*\).*/--layers \1/p' <<<"$MODEL")
@@ -57,6 +60,8 @@ done
 grep -h "Average time-per-output-token\|Total Output Throughput" "$OUT/latency.txt" | sed 's/^/batch 1          /'
 if [ -f "$OUT/long.txt" ]; then
   printf '%-16s %s\n' "128/2048" "$(grep -h 'Total Output Throughput' "$OUT/long.txt" | tr -s ' ')"
+fi
+if [ -f "$OUT/peer.jsonl" ]; then
   sed 's/^/peer             /' "$OUT/peer.jsonl"
 fi
 for pair in skewed plain; do
