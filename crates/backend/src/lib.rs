@@ -7,9 +7,11 @@
 //! The KV-cache storage that attention reads through block tables lives here too, because it is
 //! device memory owned by the backend; which blocks belong to whom is the engine's business.
 
+pub mod activation;
 pub mod cpu;
 pub mod cuda;
 pub mod fp8;
 pub mod rng;
 
+pub use activation::ExpertActivation;
 pub use cpu::kv::{AttentionSeq, KvStorage};

@@ -122,6 +122,6 @@ fn the_tensor_core_kernels_match_double_precision_products() {
 }
 
 #[test]
-fn the_bf16_gemv_and_its_fused_swiglu_match_the_product_and_silu_mul() {
+fn the_gemvs_fused_activations_match_the_product_and_the_activation_kernel() {
     run_check("gemv");
 }

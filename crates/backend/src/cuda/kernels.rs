@@ -6,6 +6,7 @@ use super::compile::{load_kernels, Module};
 use super::device::{describe, Gpu};
 use super::gemm::check_product;
 use super::tensor::{DType, Tensor};
+use crate::ExpertActivation;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{result as cu, sys};
 use std::ffi::c_void;
@@ -328,12 +329,12 @@ impl Kernels {
         self.launch(gpu, self.silu_mul, (blocks, n as u32, 1), ROW_THREADS, args)
     }
 
-    /// GPT-OSS's expert activation (see moe.cu) on `n` rows of `[gate (f), up (f)]` bf16 values,
-    /// plus `bias` (`[2·f]` bf16, the same layout) when non-zero, into `n` rows of `f`.
+    /// GPT-OSS's expert activation (see moe.cu) on `n` rows of `[gate (f), up (f)]` bf16 values
+    /// into `n` rows of `f`.
     #[allow(clippy::too_many_arguments)]
-    pub fn clamped_swiglu(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, bias: u64, alpha: f32, limit: f32, out: u64) -> Result<()> {
+    pub fn clamped_swiglu(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, alpha: f32, limit: f32, out: u64) -> Result<()> {
         let blocks = f.div_ceil(ROW_THREADS as usize) as u32;
-        let args = Args::default().ptr(gate_up).ptr(bias).i32(f as i32).f32(alpha).f32(limit).ptr(out);
+        let args = Args::default().ptr(gate_up).i32(f as i32).f32(alpha).f32(limit).ptr(out);
         self.launch(gpu, self.clamped_swiglu, (blocks, n as u32, 1), ROW_THREADS, args)
     }
 
@@ -468,7 +469,9 @@ impl Kernels {
     /// For each of `slots` routed slots (`experts[s]` its expert, u32), `y[s] = x[s / x_div] · W_e`
     /// (+ `b_e`): `n` outputs of `k` inputs, bf16, with each expert's weight and bias found
     /// through `weights` and `biases` (device tables of one u64 pointer per expert; `biases` or an
-    /// entry of it 0 where there is none). Reads everything on the device (moe_decode.cu).
+    /// entry of it 0 where there is none). With an `activation`, each expert's weight holds `2n`
+    /// rows (gate, then up) and `y[s]` is the activation of the two halves: the product and the
+    /// activation kernel in one launch, bit for bit. Reads everything on the device (moe_decode.cu).
     #[allow(clippy::too_many_arguments)]
     pub fn moe_gemv(
         &self,
@@ -481,11 +484,18 @@ impl Kernels {
         slots: usize,
         n: usize,
         k: usize,
+        activation: Option<ExpertActivation>,
         y: u64,
     ) -> Result<()> {
         anyhow::ensure!(k.is_multiple_of(8), "moe_gemv: {k} inputs, expected a multiple of 8");
         let rows_per_block = (GEMV_THREADS / 32) as usize;
-        let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32).ptr(y);
+        let (code, alpha, limit) = match activation {
+            None => (0, 0.0, 0.0),
+            Some(ExpertActivation::SwiGlu) => (1, 0.0, 0.0),
+            Some(ExpertActivation::ClampedSwiGlu { alpha, limit }) => (2, alpha, limit),
+        };
+        let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32);
+        let args = args.i32(code).f32(alpha).f32(limit).ptr(y);
         self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
     }
 

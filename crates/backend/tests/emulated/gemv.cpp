@@ -1,8 +1,48 @@
 // The bf16 GEMV (gemv.cu) against double-precision products for 1 to 4 rows, and its fused
 // SwiGLU form against the plain product's halves through silu_mul, bit for bit, for 40 outputs
-// of 96 and 1,000 values (k not a multiple of the unrolled step). Exits non-zero otherwise.
+// of 96 and 1,000 values (k not a multiple of the unrolled step); and the decode experts' product
+// (moe_gemv) with its fused SwiGLU and clamped SwiGLU against the plain product through silu_mul
+// and clamped_swiglu, bit for bit, over slots routed to experts with and without biases. Exits
+// non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
+
+// moe_gemv with each fused activation against moe_gemv then the activation kernel: 6 slots of 3
+// tokens over 4 experts (two with biases, as GPT-OSS's), 40 activated outputs of 1,000 inputs.
+int check_expert_activations(Rng& rng) {
+    const int experts = 4, slots = 6, top = 2, f = 40, k = 1000;
+    std::vector<std::vector<bf16>> w(experts, std::vector<bf16>(2 * f * k)), b(experts, std::vector<bf16>(2 * f));
+    std::vector<u64> weights(experts), biases(experts);
+    for (int e = 0; e < experts; e++) {
+        for (auto& v : w[e]) v = f2bf(rng.next() * 4.f / sqrtf((float)k));
+        for (auto& v : b[e]) v = f2bf(rng.next());
+        weights[e] = (u64)w[e].data();
+        biases[e] = e % 2 ? (u64)b[e].data() : 0;
+    }
+    std::vector<bf16> x(slots / top * k);
+    for (auto& v : x) v = f2bf(rng.next() * 2.f);
+    const std::vector<u32> routed = {0, 3, 1, 0, 3, 2};
+    int failures = 0;
+    for (int activation : {1, 2}) {
+        const float alpha = 1.702f, limit = 2.f;
+        std::vector<bf16> gate_up(slots * 2 * f, 0xffff), plain(slots * f, 0xffff), fused(slots * f, 0xffff);
+        launch(moe_gemv, {(unsigned)(2 * f + 7) / 8, (unsigned)slots}, 256, x.data(), top, routed.data(), weights.data(), biases.data(),
+               2 * f, k, 0, 0.f, 0.f, gate_up.data());
+        if (activation == 1) launch(silu_mul, {1, (unsigned)slots}, 256, gate_up.data(), f, plain.data());
+        else launch(clamped_swiglu, {1, (unsigned)slots}, 256, gate_up.data(), f, alpha, limit, plain.data());
+        launch(moe_gemv, {(unsigned)(f + 7) / 8, (unsigned)slots}, 256, x.data(), top, routed.data(), weights.data(), biases.data(), f, k,
+               activation, alpha, limit, fused.data());
+        int differ = 0, clamped = 0;
+        for (int i = 0; i < slots * f; i++) differ += fused[i] != plain[i];
+        for (int s = 0; s < slots; s++)
+            for (int i = 0; i < f; i++) clamped += fabsf(bf2f(gate_up[s * 2 * f + f + i])) > limit;
+        const bool ok = differ == 0 && (activation == 1 || clamped > 0);
+        printf("experts' %s: %d of %d fused values differ (%d up values past the clamp)%s\n", activation == 1 ? "SwiGLU" : "clamped SwiGLU",
+               differ, slots * f, clamped, ok ? "" : "  FAILED");
+        failures += !ok;
+    }
+    return failures;
+}
 
 int main() {
     Rng rng{555};
@@ -30,5 +70,6 @@ int main() {
             printf("%d rows of %4d: GEMV within %.1e relative, %d fused SwiGLU values differ%s\n", t, k, worst, differ, ok ? "" : "  FAILED");
             failures += !ok;
         }
+    failures += check_expert_activations(rng);
     return failures != 0;
 }

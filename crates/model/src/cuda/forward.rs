@@ -663,19 +663,15 @@ impl Pass<'_> {
             b.load.at(moe_layer * e * 4),
         )?;
         drop(stage);
-        let activate = |n: usize, gate_up: u64, bias: u64, out: u64| match m.activation {
-            ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out),
-            ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, bias, alpha, limit, out),
-        };
         let tables = w.expert_tables[layer].as_ref().expect("a MoE layer has its expert tables");
         let bias_table = |table: &Option<DeviceBuffer>| table.as_ref().map_or(0, |t| t.ptr);
         let (gate_up_bias, down_bias) = (bias_table(&tables.gate_up_bias), bias_table(&tables.down_bias));
         let positions = if slots <= MOE_DEVICE_SLOTS {
             // Every slot's products straight from the routing, in slot order.
             let _experts = span(Category::Debug, "moe experts");
-            k.moe_gemv(gpu, act.normed.ptr, top, b.experts.ptr, tables.gate_up.ptr, gate_up_bias, slots, 2 * fe, h, b.gate_up.ptr)?;
-            activate(slots, b.gate_up.ptr, 0, b.act.ptr)?;
-            k.moe_gemv(gpu, b.act.ptr, 1, b.experts.ptr, tables.down.ptr, down_bias, slots, h, fe, b.y.ptr)?;
+            let (experts, activation) = (b.experts.ptr, Some(m.activation));
+            k.moe_gemv(gpu, act.normed.ptr, top, experts, tables.gate_up.ptr, gate_up_bias, slots, fe, h, activation, b.act.ptr)?;
+            k.moe_gemv(gpu, b.act.ptr, 1, experts, tables.down.ptr, down_bias, slots, h, fe, None, b.y.ptr)?;
             0
         } else {
             // The slots laid out by expert in whole tiles, then both products as grouped GEMMs.
@@ -703,7 +699,11 @@ impl Pass<'_> {
             let rows_total = tiles * MOE_TILE_ROWS;
             for first in (0..rows_total).step_by(ACTIVATION_ROWS_PER_LAUNCH) {
                 let n = ACTIVATION_ROWS_PER_LAUNCH.min(rows_total - first);
-                activate(n, b.gate_up.at(first * 2 * fe * 2), 0, b.act.at(first * fe * 2))?;
+                let (gate_up, out) = (b.gate_up.at(first * 2 * fe * 2), b.act.at(first * fe * 2));
+                match m.activation {
+                    ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out)?,
+                    ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, alpha, limit, out)?,
+                }
             }
             k.moe_grouped_gemm(gpu, b.act.ptr, 1, 0, tile_expert, num_tiles, tiles, tables.down.ptr, down_bias, h, fe, b.y.ptr)?;
             b.position.ptr

@@ -156,22 +156,21 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
     }
 }
 
-// GPT-OSS's expert activation on rows of [gate (f), up (f)] bf16 values, plus `bias` (2·f, the
-// same layout) where given: g = min(gate, limit), u = clamp(up, −limit, limit),
-// out = g · sigmoid(alpha · g) · (u + 1). Grid: (ceil(f / blockDim.x), rows).
-extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, const bf16* __restrict__ bias, int f, float alpha, float limit,
-                                          bf16* __restrict__ out) {
+// GPT-OSS's expert activation of one gate value and one up value (biases already added):
+// g = min(gate, limit), u = clamp(up, −limit, limit), g · sigmoid(alpha · g) · (u + 1).
+__device__ __forceinline__ float clamped_swiglu_of(float g, float u, float alpha, float limit) {
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+    return g / (1.f + expf(-alpha * g)) * (u + 1.f);
+}
+
+// GPT-OSS's expert activation on rows of [gate (f), up (f)] bf16 values. Grid: (ceil(f /
+// blockDim.x), rows).
+extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, int f, float alpha, float limit, bf16* __restrict__ out) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= f) return;
     u64 t = blockIdx.y;
-    float g = bf2f(gate_up[t * 2 * f + i]), u = bf2f(gate_up[t * 2 * f + f + i]);
-    if (bias) {
-        g += bf2f(bias[i]);
-        u += bf2f(bias[f + i]);
-    }
-    g = fminf(g, limit);
-    u = fminf(fmaxf(u, -limit), limit);
-    out[t * f + i] = f2bf(g / (1.f + expf(-alpha * g)) * (u + 1.f));
+    out[t * f + i] = f2bf(clamped_swiglu_of(bf2f(gate_up[t * 2 * f + i]), bf2f(gate_up[t * 2 * f + f + i]), alpha, limit));
 }
 
 // out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]] (y[t*k + j] when pos is null: rows

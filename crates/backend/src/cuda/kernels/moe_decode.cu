@@ -8,17 +8,14 @@
 
 #define MOE_GEMV_UNROLL 4
 #define MOE_GEMV_THREADS 256
+#define MOE_ACTIVATION_NONE 0
+#define MOE_ACTIVATION_SWIGLU 1
+#define MOE_ACTIVATION_CLAMPED_SWIGLU 2
 
-extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS)
-    moe_gemv(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts, const u64* __restrict__ weights,
-             const u64* __restrict__ biases, int n, int k, bf16* __restrict__ y) {
-    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    const u64 slot = blockIdx.y;
-    if (row >= n) return;
-    const u32 e = experts[slot];
-    const uint4* wr = (const uint4*)((const bf16*)weights[e] + (u64)row * k);
-    const uint4* xr = (const uint4*)(x + (slot / (u64)x_div) * k);
-    const int k8 = k / 8;
+// One warp's dot product of weight row `wr` (k values) with activation row `xr`, summed over the
+// warp (every lane gets it).
+__device__ __forceinline__ float moe_dot(const uint4* __restrict__ wr, const uint4* __restrict__ xr, int k) {
+    const int lane = threadIdx.x & 31, k8 = k / 8;
     float acc = 0.f;
     for (int base = lane; base < k8; base += 32 * MOE_GEMV_UNROLL) {
         uint4 wv[MOE_GEMV_UNROLL];
@@ -38,9 +35,30 @@ extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS)
             for (int j = 0; j < 8; j++) acc = fmaf(wf[j], xf[j], acc);
         }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) {
-        if (biases && biases[e]) acc += bf2f(((const bf16*)biases[e])[row]);
-        y[slot * n + row] = f2bf(acc);
+    return warp_sum(acc);
+}
+
+// With an activation, the expert's weight holds 2n rows (gate rows, then up rows, and its bias
+// the same layout) and each warp takes gate row j and up row n + j, writing the activation of the
+// two bf16-rounded products: the product and silu_mul (MOE_ACTIVATION_SWIGLU) or clamped_swiglu
+// (MOE_ACTIVATION_CLAMPED_SWIGLU, with alpha and limit) after it in one launch, bit for bit the
+// two launches' result.
+extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS)
+    moe_gemv(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts, const u64* __restrict__ weights,
+             const u64* __restrict__ biases, int n, int k, int activation, float alpha, float limit, bf16* __restrict__ y) {
+    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    const u64 slot = blockIdx.y;
+    if (row >= n) return;
+    const u32 e = experts[slot];
+    const bf16* w = (const bf16*)weights[e];
+    const bf16* bias = biases && biases[e] ? (const bf16*)biases[e] : nullptr;
+    const uint4* xr = (const uint4*)(x + (slot / (u64)x_div) * k);
+    float acc = moe_dot((const uint4*)(w + (u64)row * k), xr, k);
+    if (bias) acc += bf2f(bias[row]);
+    if (activation != MOE_ACTIVATION_NONE) {
+        float up = moe_dot((const uint4*)(w + (u64)(n + row) * k), xr, k);
+        if (bias) up += bf2f(bias[n + row]);
+        acc = activation == MOE_ACTIVATION_SWIGLU ? swiglu_of(acc, up) : clamped_swiglu_of(bf2f(f2bf(acc)), bf2f(f2bf(up)), alpha, limit);
     }
+    if (lane == 0) y[slot * n + row] = f2bf(acc);
 }
