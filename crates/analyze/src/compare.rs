@@ -66,8 +66,9 @@ pub struct RouterReading {
     pub gain: f64,
     /// Whether the verdict's interval excludes no change.
     pub significant: bool,
-    /// The busiest expert's load over the mean in the router run, when it recorded expert loads.
-    pub router_max_over_mean: Option<f64>,
+    /// The busiest expert's load over a balanced spread's busiest in the router run, when it
+    /// recorded expert loads.
+    pub router_max_over_balanced: Option<f64>,
     /// Experts woken per layer and step: (router run, perfect-router run, experts), when both
     /// recorded expert loads.
     pub active_experts: Option<(f64, f64, usize)>,
@@ -340,9 +341,10 @@ fn router_reading(
             format!(" ({p:.1} of {e} experts a layer and step against the router's {r:.1}, each with its weights to read)")
         });
         format!(
-            "{:.1}% slower with the perfect router (beyond {}): balanced routing wakes more experts{woken}, and each active \
-             expert costs more than the imbalance does; routing is not a bottleneck; make the expert kernels' cost per active \
-             expert smaller (grouped expert GEMMs, fewer launches and host round trips per MoE layer)",
+            "{:.1}% slower with the perfect router (beyond {}): balanced routing wakes more experts{woken}, and on one GPU \
+             a step's expert time follows the expert weights it reads, not the busiest expert's share; routing is not a \
+             bottleneck; focus elsewhere (the imbalance would cost once experts are split over GPUs, where the busiest \
+             expert's GPU sets the pace)",
             -gain * 100.0,
             text::percent(PERFECT_ROUTER_GAIN)
         )
@@ -357,7 +359,7 @@ fn router_reading(
         perfect: if perfect_is_new { "new" } else { "base" },
         gain,
         significant,
-        router_max_over_mean: router_run.moe.get().map(|m| m.max_over_mean),
+        router_max_over_balanced: router_run.moe.get().map(|m| m.max_over_balanced),
         active_experts,
         reading,
     }))
@@ -838,8 +840,8 @@ fn render_router(router: Option<&Measured<RouterReading>>, out: &mut String) {
     };
     line(out, "reading", &r.reading);
     line(out, "perfect router in", r.perfect);
-    if let Some(x) = r.router_max_over_mean {
-        line(out, "router run's load", format!("busiest expert {x:.2}× the mean"));
+    if let Some(x) = r.router_max_over_balanced {
+        line(out, "router run's load", format!("busiest expert {x:.2}× a balanced spread's busiest"));
     }
     if let Some((router, perfect, experts)) = r.active_experts {
         line(
@@ -998,7 +1000,7 @@ mod tests {
             assert_eq!(r.perfect, perfect_in);
             assert!(r.significant && close(r.gain, 0.2), "{r:?}");
             assert!(r.reading.contains("router causing load imbalance; optimize routing or try alternative strategies"), "{}", r.reading);
-            assert_eq!(r.router_max_over_mean, Some(1.5));
+            assert_eq!(r.router_max_over_balanced, Some(1.5));
         }
         // The same speed: not a bottleneck.
         let same = reading(&moe_run(10.0, false, 7), &moe_run(10.0, true, 6));

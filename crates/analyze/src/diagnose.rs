@@ -72,9 +72,10 @@ pub const ALLOC_CALLS_PER_STEP: f64 = 1.0;
 pub const ALLOC_CALLS_PER_SECOND: f64 = 100.0;
 /// Host allocations per iteration above this are churn.
 pub const HOST_ALLOCS_PER_ITERATION: f64 = 1000.0;
-/// A mixture-of-experts run whose busiest expert takes at least this many times the mean load
+/// A mixture-of-experts run whose busiest expert takes at least this many times the load a
+/// balanced spread would give it (⌈assignments / experts⌉)
 /// (weighted over layers and iterations) is imbalanced.
-pub const MOE_IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
+pub const MOE_IMBALANCE_MAX_OVER_BALANCED: f64 = 1.5;
 /// Iterations whose devices spend at least this share of the wall time in collectives no other
 /// kernel overlaps (the median iteration) are communication bound.
 pub const COMM_EXPOSED_SHARE: f64 = 0.25;
@@ -122,7 +123,7 @@ pub const THRESHOLDS: &[Threshold] = &[
     threshold!(ALLOC_CALLS_PER_STEP, "calls", "CUDA alloc/free calls per steady step above it are churn"),
     threshold!(ALLOC_CALLS_PER_SECOND, "calls/s", "without steps, CUDA alloc/free calls per second above it are churn"),
     threshold!(HOST_ALLOCS_PER_ITERATION, "allocations", "host allocations per iteration above it are churn"),
-    threshold!(MOE_IMBALANCE_MAX_OVER_MEAN, "× mean load", "the busiest expert at or above it over the mean is MoE imbalance"),
+    threshold!(MOE_IMBALANCE_MAX_OVER_BALANCED, "× balanced load", "the busiest expert at or above it over a balanced spread's busiest is MoE imbalance"),
     threshold!(
         COMM_EXPOSED_SHARE,
         "share of iteration",
@@ -249,7 +250,7 @@ pub const PATTERNS: &[Pattern] = &[
     Pattern {
         name: MOE_IMBALANCE,
         kind: Kind::Idle,
-        fires_when: "with the model's router, the busiest expert's load over the mean (weighted over MoE layers and iterations) >= MOE_IMBALANCE_MAX_OVER_MEAN; `--compare` with a perfect-router run reads it: faster by > PERFECT_ROUTER_GAIN is the router",
+        fires_when: "with the model's router, the busiest expert's load over a balanced spread's busiest, ⌈assignments / experts⌉ (weighted over MoE layers and iterations) >= MOE_IMBALANCE_MAX_OVER_BALANCED; `--compare` with a perfect-router run reads it: faster by > PERFECT_ROUTER_GAIN is the router",
         action: "run again with LUMEN_PERFECT_ROUTER=1 and compare (`lumen analyze this.lumen --compare perfect.lumen`): > 10% faster, the router causes the imbalance (optimize routing or try alternative strategies); within noise, routing is not the bottleneck",
     },
 ];
@@ -393,13 +394,13 @@ fn moe_imbalance(f: &Facts) -> Outcome {
         Measured::Available(m) => m,
         Measured::NotAvailable(why) => return Outcome::NotAvailable(why.clone()),
     };
-    if m.perfect_router || m.max_over_mean < MOE_IMBALANCE_MAX_OVER_MEAN {
+    if m.perfect_router || m.max_over_balanced < MOE_IMBALANCE_MAX_OVER_BALANCED {
         return Outcome::NotFound;
     }
     let mut evidence = vec![format!(
-        "the busiest expert takes {:.3}× the mean load over {} MoE layers and {} iterations: were the experts run side by side \
+        "the busiest expert takes {:.3}× a balanced spread's busiest load over {} MoE layers and {} iterations: were the experts run side by side \
          (one worker each, as under expert parallelism), {} of their time would wait on it",
-        m.max_over_mean,
+        m.max_over_balanced,
         m.layers.len(),
         m.iterations,
         text::percent(m.lost_share)
@@ -408,8 +409,8 @@ fn moe_imbalance(f: &Facts) -> Outcome {
         evidence.push(format!(
             "layer {}: {:.2}× (worst iteration {:.2}×); stragglers {}",
             l.layer,
-            l.max_over_mean,
-            l.worst_max_over_mean,
+            l.max_over_balanced,
+            l.worst_max_over_balanced,
             crate::moe::stragglers(l)
         ));
     }

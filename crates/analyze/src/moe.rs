@@ -2,14 +2,16 @@
 //! router spread the (token, expert) assignments over the experts, which experts take the most,
 //! and the share of the experts' time lost to waiting on the busiest one where experts run side
 //! by side (one worker per expert, as under expert parallelism): the layer ends with its busiest
-//! expert, so a balanced layer would take mean/max of the time, and the rest, 1 − mean/max, is
-//! lost to imbalance. On one GPU whose grouped GEMM spreads every expert's rows over the whole
+//! expert, so a balanced layer would take balanced/max of the time, where `balanced` is the
+//! busiest load the best spread of the same assignments gives (⌈assignments / experts⌉), and the
+//! rest, 1 − balanced/max, is lost to imbalance. A step with fewer assignments than experts
+//! (batch-1 decode) is balanced when no expert gets two. On one GPU whose grouped GEMM spreads every expert's rows over the whole
 //! device the loss is smaller, or a gain (a skewed router wakes fewer experts, whose weights are
 //! read once); the perfect-router comparison measures it.
 
 use std::collections::BTreeMap;
 
-use lumen_trace::model::{max_over_mean, ExpertLoadRow, TraceData};
+use lumen_trace::model::{max_over_balanced, ExpertLoadRow, TraceData};
 use serde::Serialize;
 
 use crate::kernels::{KernelClass, Kernels};
@@ -28,8 +30,9 @@ pub struct MoeLoad {
     pub experts: usize,
     /// One per MoE layer, in layer order.
     pub layers: Vec<LayerLoad>,
-    /// Over all layers, weighted by assignments: the busiest expert's load over the mean.
-    pub max_over_mean: f64,
+    /// Over all layers, weighted by assignments: the busiest expert's load over the busiest
+    /// load of a balanced spread ([`max_over_balanced`]).
+    pub max_over_balanced: f64,
     /// Over all layers: the share of the experts' time a balanced router would save.
     pub lost_share: f64,
     /// The experts with at least one slot, on average over every layer's steps with tokens: on
@@ -45,11 +48,12 @@ pub struct LayerLoad {
     pub layer: u32,
     /// Assignments in all recorded iterations.
     pub assignments: u64,
-    /// Per iteration, the busiest expert over the mean, weighted by the iteration's assignments.
-    pub max_over_mean: f64,
+    /// Per iteration, the busiest expert over a balanced spread's busiest, weighted by the
+    /// iteration's assignments.
+    pub max_over_balanced: f64,
     /// The worst iteration's.
-    pub worst_max_over_mean: f64,
-    /// 1 − mean/max, weighted like `max_over_mean`.
+    pub worst_max_over_balanced: f64,
+    /// 1 − balanced/max, weighted like `max_over_balanced`.
     pub lost_share: f64,
     /// The experts with the most assignments over the run: (expert, its load over its fair share).
     pub stragglers: Vec<(usize, f64)>,
@@ -90,7 +94,7 @@ pub fn analyze(trace: &TraceData, kernels: &Measured<Kernels>) -> Measured<MoeLo
         perfect_router: trace.meta("perfect_router") == Some("on"),
         iterations: iterations.len(),
         experts,
-        max_over_mean: weighted(|l| l.max_over_mean),
+        max_over_balanced: weighted(|l| l.max_over_balanced),
         lost_share,
         active_experts,
         lost_ns,
@@ -102,7 +106,7 @@ fn layer_load(layer: u32, rows: &[&ExpertLoadRow], experts: usize) -> Option<Lay
     let mut per_expert = vec![0u64; experts];
     let (mut assignments, mut ratio_sum, mut lost_sum, mut worst) = (0u64, 0.0, 0.0, 0.0f64);
     for row in rows {
-        let Some(ratio) = max_over_mean(&row.tokens) else { continue };
+        let Some(ratio) = max_over_balanced(&row.tokens) else { continue };
         let total: u64 = row.tokens.iter().sum();
         for (e, &t) in row.tokens.iter().enumerate() {
             per_expert[e] += t;
@@ -121,8 +125,8 @@ fn layer_load(layer: u32, rows: &[&ExpertLoadRow], experts: usize) -> Option<Lay
     Some(LayerLoad {
         layer,
         assignments,
-        max_over_mean: ratio_sum / assignments as f64,
-        worst_max_over_mean: worst,
+        max_over_balanced: ratio_sum / assignments as f64,
+        worst_max_over_balanced: worst,
         lost_share: lost_sum / assignments as f64,
         stragglers: ranked.into_iter().take(STRAGGLERS).map(|(e, t)| (e, t as f64 / fair)).collect(),
     })
@@ -131,7 +135,7 @@ fn layer_load(layer: u32, rows: &[&ExpertLoadRow], experts: usize) -> Option<Lay
 /// The layers with the most imbalance first, at most `n`.
 pub fn worst_layers(m: &MoeLoad, n: usize) -> Vec<&LayerLoad> {
     let mut layers: Vec<&LayerLoad> = m.layers.iter().collect();
-    layers.sort_by(|a, b| b.max_over_mean.total_cmp(&a.max_over_mean).then(a.layer.cmp(&b.layer)));
+    layers.sort_by(|a, b| b.max_over_balanced.total_cmp(&a.max_over_balanced).then(a.layer.cmp(&b.layer)));
     layers.truncate(n);
     layers
 }
@@ -149,7 +153,7 @@ pub fn view(moe: &Measured<MoeLoad>) -> Vec<Block> {
     let mut facts = vec![
         fact("router", router),
         fact("recorded", format!("{} iterations, {} MoE layers of {} experts", m.iterations, m.layers.len(), m.experts)),
-        fact("busiest over mean", format!("{:.2}× (1.00× is balanced)", m.max_over_mean)),
+        fact("busiest over balanced", format!("{:.2}× (1.00× is balanced)", m.max_over_balanced)),
         fact("lost to imbalance", format!("{} of the experts' time, were they run side by side", text::percent(m.lost_share))),
         fact("experts woken", format!("{:.1} of {} per layer and step", m.active_experts, m.experts)),
     ];
@@ -161,8 +165,8 @@ pub fn view(moe: &Measured<MoeLoad>) -> Vec<Block> {
         .map(|l| {
             vec![
                 l.layer.to_string(),
-                format!("{:.2}×", l.max_over_mean),
-                format!("{:.2}×", l.worst_max_over_mean),
+                format!("{:.2}×", l.max_over_balanced),
+                format!("{:.2}×", l.worst_max_over_balanced),
                 text::percent(l.lost_share),
                 stragglers(l),
             ]
@@ -184,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn loads_give_max_over_mean_lost_time_and_stragglers() {
+    fn loads_give_max_over_balanced_lost_time_and_stragglers() {
         let trace = TraceData {
             expert_loads: vec![
                 // Layer 0: balanced, 8 assignments each iteration.
@@ -205,19 +209,37 @@ mod tests {
         assert!(!m.perfect_router);
         assert_eq!((m.iterations, m.experts, m.layers.len()), (3, 4, 2));
         let (l0, l1) = (&m.layers[0], &m.layers[1]);
-        assert_eq!((l0.assignments, l0.max_over_mean, l0.lost_share), (16, 1.0, 0.0));
+        assert_eq!((l0.assignments, l0.max_over_balanced, l0.lost_share), (16, 1.0, 0.0));
         assert_eq!(l1.assignments, 16);
         // (2.0·12 + 4.0·4) / 16 = 2.5; lost (0.5·12 + 0.75·4) / 16 = 0.5625.
-        assert!((l1.max_over_mean - 2.5).abs() < 1e-12 && (l1.lost_share - 0.5625).abs() < 1e-12, "{l1:?}");
-        assert_eq!(l1.worst_max_over_mean, 4.0);
+        assert!((l1.max_over_balanced - 2.5).abs() < 1e-12 && (l1.lost_share - 0.5625).abs() < 1e-12, "{l1:?}");
+        assert_eq!(l1.worst_max_over_balanced, 4.0);
         // Totals 10, 3, 3, 0 over a fair 4: expert 0 2.5×, then 1 and 2 at 0.75× (lower id first).
         assert_eq!(l1.stragglers, [(0, 2.5), (1, 0.75), (2, 0.75)]);
-        // Weighted over layers (16 assignments each): max/mean 1.75, lost 0.28125.
-        assert!((m.max_over_mean - 1.75).abs() < 1e-12 && (m.lost_share - 0.28125).abs() < 1e-12);
+        // Weighted over layers (16 assignments each): 1.75 over balanced, lost 0.28125.
+        assert!((m.max_over_balanced - 1.75).abs() < 1e-12 && (m.lost_share - 0.28125).abs() < 1e-12);
         assert_eq!(worst_layers(m, 1)[0].layer, 1);
         // Woken experts per row with tokens: 4, 4, 3, 1 (the empty step is left out).
         assert!((m.active_experts - 3.0).abs() < 1e-12, "{}", m.active_experts);
         assert!(m.lost_ns.get().is_none());
+    }
+
+    #[test]
+    fn decode_steps_with_fewer_assignments_than_experts_are_balanced_when_no_expert_gets_two() {
+        // Batch 1, top 2 of 16 experts: one token each on two experts is the best spread (the
+        // mean, 1/8, would call it 8× imbalanced); two tokens on one expert is 2×.
+        let mut one_each = vec![0u64; 16];
+        (one_each[3], one_each[9]) = (1, 1);
+        let mut doubled = vec![0u64; 16];
+        doubled[5] = 2;
+        let trace = TraceData {
+            expert_loads: vec![row(0, 0, &one_each), row(1, 0, &one_each), row(0, 1, &doubled)],
+            ..TraceData::default()
+        };
+        let m = analyze(&trace, &Measured::NotAvailable("no kernels".into()));
+        let m = m.get().expect("rows");
+        assert_eq!((m.layers[0].max_over_balanced, m.layers[0].lost_share), (1.0, 0.0));
+        assert_eq!((m.layers[1].max_over_balanced, m.layers[1].lost_share), (2.0, 0.5));
     }
 
     #[test]

@@ -438,14 +438,14 @@ const EDGES: &[Edge] = &[
         quiet: Quiet::NotFound,
     },
     Edge {
-        threshold: "MOE_IMBALANCE_MAX_OVER_MEAN",
-        comparison: "moe_imbalance: m.max_over_mean < MOE_IMBALANCE_MAX_OVER_MEAN is not found",
+        threshold: "MOE_IMBALANCE_MAX_OVER_BALANCED",
+        comparison: "moe_imbalance: m.max_over_balanced < MOE_IMBALANCE_MAX_OVER_BALANCED is not found",
         fires: Fires::AtOrAbove,
         pattern: MOE_IMBALANCE,
         step: ONE_IN_N,
         trace: expert_loads,
-        measure: |_, a| a.moe.get().expect("expert loads").max_over_mean,
-        evidence: |m| format!("takes {m:.3}× the mean load"),
+        measure: |_, a| a.moe.get().expect("expert loads").max_over_balanced,
+        evidence: |m| format!("takes {m:.3}× a balanced spread's busiest load"),
         gate: Gate::None,
         quiet: Quiet::NotFound,
     },
@@ -976,9 +976,9 @@ fn exposed_collectives(offset: i64) -> TraceData {
 }
 
 /// Four iterations of one MoE layer of two experts with 2 · `N` assignments each, the busiest
-/// expert `MOE_IMBALANCE_MAX_OVER_MEAN` times the mean moved by `offset` thousandths.
+/// expert `MOE_IMBALANCE_MAX_OVER_BALANCED` times the mean moved by `offset` thousandths.
 fn expert_loads(offset: i64) -> TraceData {
-    let busiest = count_at(MOE_IMBALANCE_MAX_OVER_MEAN, N, offset);
+    let busiest = count_at(MOE_IMBALANCE_MAX_OVER_BALANCED, N, offset);
     let row = |iteration| ExpertLoadRow { iteration, layer: 0, tokens: vec![busiest, 2 * N - busiest] };
     TraceData { expert_loads: (0..4).map(row).collect(), ..TraceData::default() }
 }

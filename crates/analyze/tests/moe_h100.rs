@@ -37,19 +37,19 @@ fn the_skewed_gate_shows_its_imbalance_and_the_perfect_router_none() {
     let m = skewed.moe.get().expect("expert load rows");
     assert_eq!((m.iterations, m.layers.len(), m.experts), (40, 48, 128));
     assert!(!m.perfect_router);
-    assert!((m.max_over_mean - 16.0).abs() < 0.01, "the Zipf skew puts 16× the mean on the busiest expert: {}", m.max_over_mean);
+    assert!((m.max_over_balanced - 16.0).abs() < 0.01, "the Zipf skew puts 16× the mean on the busiest expert: {}", m.max_over_balanced);
     assert!((m.active_experts - 34.1).abs() < 0.05, "experts woken a layer and step: {}", m.active_experts);
     assert!(fires(&skewed), "the imbalance finding fires: {:?}", skewed.diagnosis.findings.iter().map(|f| f.pattern).collect::<Vec<_>>());
 
     let (_, plain) = fixture("plain");
     let p = plain.moe.get().expect("expert load rows");
-    assert!(p.max_over_mean > 1.2 && p.max_over_mean < 2.0, "random weights route unevenly, far less than the skew: {}", p.max_over_mean);
+    assert!(p.max_over_balanced > 1.2 && p.max_over_balanced < 2.0, "random weights route unevenly, far less than the skew: {}", p.max_over_balanced);
 
     for run in ["skewed_perfect", "plain_perfect"] {
         let (_, perfect) = fixture(run);
         let m = perfect.moe.get().expect("expert load rows");
         assert!(m.perfect_router, "{run}: announced in the trace");
-        assert_eq!(m.max_over_mean, 1.0, "{run}: every expert gets exactly its share");
+        assert_eq!(m.max_over_balanced, 1.0, "{run}: every expert gets exactly its share");
         assert_eq!(m.active_experts, 128.0, "{run}: every expert woken");
         assert!(!fires(&perfect), "{run}: no imbalance to report");
     }
@@ -63,7 +63,7 @@ fn the_perfect_router_pairs_read_as_not_a_bottleneck_in_either_order() {
         assert!(r.reading.contains("slower with the perfect router") && r.reading.contains("routing is not a bottleneck"), "{}", r.reading);
         let (router, perfect, experts) = r.active_experts.expect("both runs recorded expert loads");
         assert!((router - 34.1).abs() < 0.05 && perfect == 128.0 && experts == 128, "{:?}", r.active_experts);
-        assert!(r.router_max_over_mean.is_some_and(|x| (x - 16.0).abs() < 0.01));
+        assert!(r.router_max_over_balanced.is_some_and(|x| (x - 16.0).abs() < 0.01));
     }
     for (new, base) in [("plain", "plain_perfect"), ("plain_perfect", "plain")] {
         let r = reading(new, base);

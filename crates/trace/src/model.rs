@@ -118,6 +118,20 @@ pub fn max_over_mean<T: Copy + Into<u64>>(loads: &[T]) -> Option<f64> {
     Some(max * loads.len() as f64 / total as f64)
 }
 
+/// The largest of `loads` over the largest a perfectly balanced spread of the same total would
+/// give, ⌈total / experts⌉ (1.0 when balanced): how much more the busiest expert received than it
+/// had to. Unlike [`max_over_mean`] it reads 1.0 for a step with fewer assignments than experts
+/// whose experts each got one (batch-1 decode: 8 of 128 experts hold one token each); `None` when
+/// there are none or all are 0.
+pub fn max_over_balanced<T: Copy + Into<u64>>(loads: &[T]) -> Option<f64> {
+    let total: u64 = loads.iter().map(|&l| l.into()).sum();
+    if total == 0 {
+        return None;
+    }
+    let max = loads.iter().map(|&l| l.into()).max()? as f64;
+    Some(max / total.div_ceil(loads.len() as u64) as f64)
+}
+
 /// One request's life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRow {
@@ -255,6 +269,17 @@ mod tests {
         assert_eq!(max_over_mean(&[6u64, 3, 3, 0]), Some(2.0));
         assert_eq!(max_over_mean(&[0u32, 0]), None);
         assert_eq!(max_over_mean::<u32>(&[]), None);
+    }
+
+    #[test]
+    fn max_over_balanced_measures_the_busiest_expert_against_the_best_spread() {
+        assert_eq!(max_over_balanced(&[6u64, 3, 3, 0]), Some(2.0));
+        // Batch 1, top 2 of 8: two experts with one token each is as balanced as it gets.
+        assert_eq!(max_over_balanced(&[0u32, 1, 0, 0, 1, 0, 0, 0]), Some(1.0));
+        assert_eq!(max_over_balanced(&[0u32, 2, 0, 0, 0, 0, 0, 0]), Some(2.0));
+        // 5 over 4 experts: the best spread's busiest holds 2.
+        assert_eq!(max_over_balanced(&[2u32, 1, 1, 1]), Some(1.0));
+        assert_eq!(max_over_balanced(&[0u32, 0]), None);
     }
 
     #[test]
