@@ -37,7 +37,7 @@ fn the_skewed_gate_shows_its_imbalance_and_the_perfect_router_none() {
     let m = skewed.moe.get().expect("expert load rows");
     assert_eq!((m.iterations, m.layers.len(), m.experts), (40, 48, 128));
     assert!(!m.perfect_router);
-    assert!((m.max_over_balanced - 16.0).abs() < 0.01, "the Zipf skew puts 16× the mean on the busiest expert: {}", m.max_over_balanced);
+    assert!((m.max_over_balanced - 16.0).abs() < 0.01, "the Zipf skew puts 16× a balanced spread's busiest load on the busiest expert: {}", m.max_over_balanced);
     assert!((m.active_experts - 34.1).abs() < 0.05, "experts woken a layer and step: {}", m.active_experts);
     assert!(fires(&skewed), "the imbalance finding fires: {:?}", skewed.diagnosis.findings.iter().map(|f| f.pattern).collect::<Vec<_>>());
 

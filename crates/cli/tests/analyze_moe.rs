@@ -32,13 +32,13 @@ fn moe_runs_show_their_expert_load_and_the_perfect_router_pair_reads_as_the_seed
 
     let text = lumen(&["analyze", &skewed]).ok().stdout;
     assert!(line(&text, "MoE expert load", "router").contains("the model's"), "{text}");
-    assert!(line(&text, "MoE expert load", "busiest over mean").contains("4.00×"), "{text}");
+    assert!(line(&text, "MoE expert load", "busiest over balanced").contains("4.00×"), "{text}");
     assert!(line(&text, "MoE expert load", "recorded").contains("2 MoE layers of 16 experts"), "{text}");
     assert!(text.contains("* MoE imbalance") && text.contains("LUMEN_PERFECT_ROUTER=1"), "{text}");
 
     let text = lumen(&["analyze", &perfect]).ok().stdout;
     assert!(line(&text, "MoE expert load", "router").contains("perfect"), "{text}");
-    assert!(line(&text, "MoE expert load", "busiest over mean").contains("1.00×"), "{text}");
+    assert!(line(&text, "MoE expert load", "busiest over balanced").contains("1.00×"), "{text}");
     assert!(!text.contains("* MoE imbalance"), "{text}");
 
     let readings = ["router causing load imbalance; optimize routing or try alternative strategies", "routing is not a bottleneck"];
