@@ -9,6 +9,9 @@
 //! R      = (M·tp·pp − P·b_w / 2^30)·f / (gb_tok·(ISL + OSL))
 //! bs     = min(R, 4096) / pp ;  tok = min(bs·(1 + ISL/OSL), 32768)
 //! ```
+//! For latent attention (MLA) a token keeps one latent row of `width` values a layer, the same
+//! row on every rank, so `2·max(tp, kvh)·head_dim` becomes `tp·width`: the cache holds what lumen
+//! stores, not the keys and values MLA compresses.
 //! `max_batch_size` rounds `bs` up to 32 (at least 64) below 256, to 128 below 1024, else to 256;
 //! `max_num_tokens` rounds `tok` up to 256 (at least 2048) below 4096, to 512 below 8192, else to
 //! 1024. lumen always chunks prefill, so no request's prompt has to fit one iteration.
@@ -22,6 +25,9 @@ pub struct TuningInputs {
     pub layers: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// For latent attention, the values of the latent row a token keeps in each layer (then
+    /// `kv_heads` and `head_dim` do not size the cache).
+    pub latent_width: Option<usize>,
     /// Parameters, and bytes per weight (2 for bf16, 1 for FP8).
     pub params: usize,
     pub weight_bytes: f64,
@@ -91,8 +97,11 @@ pub fn tune(inputs: &TuningInputs) -> Result<TunedLimits> {
         i.mean_osl
     );
     ensure!(i.tensor_parallel >= 1 && i.pipeline_parallel >= 1, "parallel sizes must be at least 1");
-    let kv_gib_per_token =
-        2.0 * i.layers as f64 * i.tensor_parallel.max(i.kv_heads) as f64 * i.head_dim as f64 * i.kv_bytes / (1u64 << 30) as f64;
+    let values_per_layer = match i.latent_width {
+        Some(width) => i.tensor_parallel * width,
+        None => 2 * i.tensor_parallel.max(i.kv_heads) * i.head_dim,
+    };
+    let kv_gib_per_token = i.layers as f64 * values_per_layer as f64 * i.kv_bytes / (1u64 << 30) as f64;
     let fitting_requests = free_gib(i) * i.kv_fraction / (kv_gib_per_token * (i.mean_isl + i.mean_osl));
     ensure!(
         fitting_requests >= 1.0,
@@ -128,6 +137,7 @@ mod tests {
             layers: 32,
             kv_heads: 8,
             head_dim: 128,
+            latent_width: None,
             params: 8_030_261_248,
             weight_bytes: 2.0,
             kv_bytes: 2.0,
@@ -164,6 +174,28 @@ mod tests {
         // Beyond 4,096 requests the batch stops growing, and tokens stop at 32,768.
         let huge = tune(&TuningInputs { gpu_memory_gib: 4096.0, ..llama_8b(2048.0, 128.0) }).unwrap();
         assert_eq!((huge.max_batch_size, huge.max_num_tokens), (4096, 32768));
+    }
+
+    #[test]
+    fn latent_attention_sizes_the_cache_by_its_latent_row() {
+        // deepseek-v3+layers=5 in bf16 on an H100 (81,559 MiB): 128 heads of 128 would give 160
+        // KiB a token and about 680 requests of 128+128; the 576-value latent rows take 5.6 KiB.
+        let deepseek = TuningInputs {
+            layers: 5,
+            kv_heads: 128,
+            head_dim: 128,
+            latent_width: Some(576),
+            params: 26_620_000_000,
+            gpu_memory_gib: 81_559.0 / 1024.0,
+            ..llama_8b(128.0, 128.0)
+        };
+        let t = tune(&deepseek).unwrap();
+        assert!((t.kv_gib_per_token * (1u64 << 20) as f64 - 5.625).abs() < 1e-9, "{t:?}");
+        assert!((t.fitting_requests - 19_700.0).abs() < 50.0, "{t:?}");
+        assert_eq!((t.max_batch_size, t.max_num_tokens), (4096, 8192));
+        // Under tensor parallelism every rank keeps the whole latent row.
+        let tp2 = tune(&TuningInputs { tensor_parallel: 2, ..deepseek }).unwrap();
+        assert!((tp2.kv_gib_per_token - 2.0 * t.kv_gib_per_token).abs() < 1e-15, "{tp2:?}");
     }
 
     #[test]

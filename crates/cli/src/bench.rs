@@ -255,6 +255,7 @@ fn tuned_limits(engine: &EngineArgs, model: &Model, entries: &[DatasetEntry]) ->
         layers: c.num_layers,
         kv_heads: c.num_kv_heads,
         head_dim: c.head_dim,
+        latent_width: c.mla.as_ref().map(|m| m.latent_width()),
         params: c.num_params(),
         weight_bytes: if model.quantization() == Quantization::Fp8 { 1.0 } else { 2.0 },
         kv_bytes: if engine.config(true)?.kv_cache_fp8 { 1.0 } else { 2.0 },
