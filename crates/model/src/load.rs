@@ -605,6 +605,9 @@ mod tests {
         let e = refusal(&|m| m.kv_lora_rank = 1024);
         assert!(e.contains("wide: multi-head latent attention of this shape does not run on the CUDA backend"), "{e}");
         assert!(e.contains("kv_lora_rank 1024 and qk_rope_head_dim 64") && e.ends_with("use --device cpu"), "{e}");
+        // 500 + 60 is a cache row of 560, a multiple of 8, but the value heads read the latent 8 at a time.
+        let e = refusal(&|m| (m.kv_lora_rank, m.qk_rope_head_dim) = (500, 60));
+        assert!(e.contains("kv_lora_rank 500 and qk_rope_head_dim 60") && e.contains("a multiple of 8"), "{e}");
         let e = refusal(&|m| m.qk_nope_head_dim = 512);
         assert!(e.contains("qk_nope_head_dim 512: the CUDA MLA kernels expect 1 to 256"), "{e}");
         let e = refusal(&|m| m.q_lora_rank = Some(1540));

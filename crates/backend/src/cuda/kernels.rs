@@ -145,14 +145,15 @@ impl MlaShape {
         let width = self.width();
         if latent == 0
             || latent > MLA_MAX_LATENT
+            || !latent.is_multiple_of(8)
             || rope == 0
             || !rope.is_multiple_of(2)
             || width > MLA_MAX_WIDTH
             || !width.is_multiple_of(8)
         {
             bail!(
-                "kv_lora_rank {latent} and qk_rope_head_dim {rope}: the CUDA MLA kernels expect a latent of at most {MLA_MAX_LATENT}, \
-                 an even rotary size, and a cache row (their sum) of at most {MLA_MAX_WIDTH} values, a multiple of 8"
+                "kv_lora_rank {latent} and qk_rope_head_dim {rope}: the CUDA MLA kernels expect a latent of at most {MLA_MAX_LATENT} and a \
+                 multiple of 8, an even rotary size, and a cache row (their sum) of at most {MLA_MAX_WIDTH} values, a multiple of 8"
             );
         }
         if nope == 0 || nope > MLA_MAX_NOPE {

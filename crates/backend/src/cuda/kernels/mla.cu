@@ -108,38 +108,50 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
 // out[t, h, r] = Σ_j o_lat[t, h, j] · W_UV_h[r, j] for the head's `v_dim` output values (the
 // parameters of mla_absorb_query; `rope` is not read). Grid: (heads, ceil(v_dim /
 // MLA_VALUE_ROWS), ceil(tokens / MLA_HEAD_TOKENS)); each warp owns MLA_VALUE_ROWS / MLA_WARPS
-// output rows, its lanes splitting the latent.
+// output rows and reads them together, 16 bytes a lane per row (latent % 8 == 0), its lanes
+// splitting the latent.
 extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     mla_value_heads(const bf16* __restrict__ o_lat, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int rope, int v_dim,
                     int latent, bf16* __restrict__ out) {
-    __shared__ float os[MLA_HEAD_TOKENS][MLA_MAX_LATENT];
+    constexpr int ROWS_PER_WARP = MLA_VALUE_ROWS / MLA_WARPS;
+    __shared__ __align__(16) float os[MLA_HEAD_TOKENS][MLA_MAX_LATENT];
     const int h = blockIdx.x, t0 = blockIdx.z * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, latent8 = latent / 8;
     for (int e = threadIdx.x; e < n_tok * latent; e += blockDim.x) {
         const int i = e / latent, j = e % latent;
         os[i][j] = bf2f(o_lat[((u64)(t0 + i) * heads + h) * latent + j]);
     }
     __syncthreads();
-    const bf16* w = kv_b + ((u64)h * (nope + v_dim) + nope) * latent;
-    constexpr int ROWS_PER_WARP = MLA_VALUE_ROWS / MLA_WARPS;
-    for (int rr = 0; rr < ROWS_PER_WARP; rr++) {
-        const int r = blockIdx.y * MLA_VALUE_ROWS + warp * ROWS_PER_WARP + rr;
-        if (r >= v_dim) break;
-        float acc[MLA_HEAD_TOKENS];
+    const uint4* w = (const uint4*)(kv_b + ((u64)h * (nope + v_dim) + nope) * latent);
+    const int r0 = blockIdx.y * MLA_VALUE_ROWS + warp * ROWS_PER_WARP;
+    float acc[ROWS_PER_WARP][MLA_HEAD_TOKENS];
 #pragma unroll
-        for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = 0.f;
-#pragma unroll 4
-        for (int j = lane; j < latent; j += 32) {
-            const float wv = bf2f(w[(u64)r * latent + j]);
+    for (int rr = 0; rr < ROWS_PER_WARP; rr++)
 #pragma unroll
-            for (int i = 0; i < MLA_HEAD_TOKENS; i++)
-                if (i < n_tok) acc[i] = fmaf(os[i][j], wv, acc[i]);
-        }
+        for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[rr][i] = 0.f;
+    for (int j8 = lane; j8 < latent8; j8 += 32) {
+        float wf[ROWS_PER_WARP][8];
+#pragma unroll
+        for (int rr = 0; rr < ROWS_PER_WARP; rr++) unpack8(r0 + rr < v_dim ? w[(u64)(r0 + rr) * latent8 + j8] : make_uint4(0, 0, 0, 0), wf[rr]);
 #pragma unroll
         for (int i = 0; i < MLA_HEAD_TOKENS; i++) {
             if (i >= n_tok) break;
-            const float sum = warp_sum(acc[i]);
-            if (lane == 0) out[((u64)(t0 + i) * heads + h) * v_dim + r] = f2bf(sum);
+            const float4 a = *(const float4*)&os[i][8 * j8], b = *(const float4*)&os[i][8 * j8 + 4];
+            const float o[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int rr = 0; rr < ROWS_PER_WARP; rr++)
+#pragma unroll
+                for (int k = 0; k < 8; k++) acc[rr][i] = fmaf(o[k], wf[rr][k], acc[rr][i]);
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < ROWS_PER_WARP; rr++) {
+        if (r0 + rr >= v_dim) break;
+#pragma unroll
+        for (int i = 0; i < MLA_HEAD_TOKENS; i++) {
+            if (i >= n_tok) break;
+            const float sum = warp_sum(acc[rr][i]);
+            if (lane == 0) out[((u64)(t0 + i) * heads + h) * v_dim + r0 + rr] = f2bf(sum);
         }
     }
 }
