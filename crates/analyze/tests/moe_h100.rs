@@ -16,11 +16,15 @@ use lumen_trace::model::TraceData;
 use lumen_trace::store::read_trace;
 use std::path::Path;
 
-fn fixture(run: &str) -> (TraceData, Analysis) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/moe/qwen3-30b-a3b-h100-{run}.lumen"));
+fn model_fixture(model: &str, run: &str) -> (TraceData, Analysis) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/moe/{model}-h100-{run}.lumen"));
     let trace = read_trace(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let analysis = analyze(&trace, &Options::default()).expect("the analysis runs");
     (trace, analysis)
+}
+
+fn fixture(run: &str) -> (TraceData, Analysis) {
+    model_fixture("qwen3-30b-a3b", run)
 }
 
 fn fires(a: &Analysis) -> bool {
@@ -112,13 +116,6 @@ const PAIRS: [Pair; 2] = [
         plain_beyond_threshold: true,
     },
 ];
-
-fn model_fixture(model: &str, run: &str) -> (TraceData, Analysis) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/moe/{model}-h100-{run}.lumen"));
-    let trace = read_trace(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let analysis = analyze(&trace, &Options::default()).expect("the analysis runs");
-    (trace, analysis)
-}
 
 #[test]
 fn gpt_oss_and_deepseek_pairs_show_the_planted_skew_and_read_the_perfect_router_in_either_order() {
