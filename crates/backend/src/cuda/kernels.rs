@@ -61,7 +61,8 @@ pub struct Kernels {
     rms_norm_rows: Kernel,
     mla_rope_latent_write: Kernel,
     mla_absorb_query: Kernel,
-    mla_attention: Kernel,
+    /// One and four query rows a warp (mla.cu's `mla_attention_r1`, `mla_attention_r4`).
+    mla_attention: (Kernel, Kernel),
     mla_value_heads: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
@@ -113,8 +114,10 @@ pub fn moe_max_tiles(slots: usize, experts: usize) -> usize {
 pub const MLA_MAX_LATENT: usize = 512;
 pub const MLA_MAX_WIDTH: usize = 576;
 pub const MLA_MAX_NOPE: usize = 256;
-/// Query rows (token, head) one `mla_attention` block holds (`MLA_ROWS`).
+/// Query rows (token, head) one `mla_attention_r4` block holds (8 warps of 4 rows); the
+/// one-row variant holds a quarter of them.
 pub const MLA_BLOCK_ROWS: usize = 32;
+const MLA_BLOCK_ROWS_R1: usize = MLA_BLOCK_ROWS / 4;
 const MLA_THREADS: u32 = 256;
 /// Tokens one block of the MLA per-head products takes (`MLA_HEAD_TOKENS`), the latent columns
 /// of one `mla_absorb_query` block and the value rows of one `mla_value_heads` block.
@@ -207,7 +210,7 @@ impl Kernels {
             rms_norm_rows: get("rms_norm_rows")?,
             mla_rope_latent_write: get("mla_rope_latent_write")?,
             mla_absorb_query: get("mla_absorb_query")?,
-            mla_attention: get("mla_attention")?,
+            mla_attention: (get("mla_attention_r1")?, get("mla_attention_r4")?),
             mla_value_heads: get("mla_value_heads")?,
             attention: [
                 (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
@@ -637,15 +640,20 @@ impl Kernels {
                 .ptr(a.part_acc)
                 .ptr(a.part_ml)
         };
-        let row_blocks = |tokens: usize| (tokens * a.heads).div_ceil(MLA_BLOCK_ROWS) as u32;
+        let row_blocks = |tokens: usize, rows: usize| (tokens * a.heads).div_ceil(rows) as u32;
+        let (r1, r4) = self.mla_attention;
         if a.num_tiles > 0 {
-            let grid = (a.num_tiles as u32, row_blocks(a.max_tile_rows), a.splits as u32);
-            self.launch(gpu, self.mla_attention, grid, MLA_THREADS, args(a.tiles))?;
+            // A step whose four-row blocks would leave multiprocessors idle (a decode batch of a
+            // few tokens) takes four times the blocks of one row a warp; the bits are the same.
+            let blocks = a.num_tiles * row_blocks(a.max_tile_rows, MLA_BLOCK_ROWS) as usize * a.splits;
+            let (kernel, rows) = if blocks < gpu.info.multiprocessors as usize { (r1, MLA_BLOCK_ROWS_R1) } else { (r4, MLA_BLOCK_ROWS) };
+            let grid = (a.num_tiles as u32, row_blocks(a.max_tile_rows, rows), a.splits as u32);
+            self.launch(gpu, kernel, grid, MLA_THREADS, args(a.tiles))?;
         }
         if a.prefill_tiles > 0 {
             let tiles = a.tiles + 16 * a.num_tiles as u64;
-            let grid = (a.prefill_tiles as u32, row_blocks(PREFILL_ATTENTION_MAX_ROWS), a.splits as u32);
-            self.launch(gpu, self.mla_attention, grid, MLA_THREADS, args(tiles))?;
+            let grid = (a.prefill_tiles as u32, row_blocks(PREFILL_ATTENTION_MAX_ROWS, MLA_BLOCK_ROWS), a.splits as u32);
+            self.launch(gpu, r4, grid, MLA_THREADS, args(tiles))?;
         }
         self.combine_splits(gpu, a)
     }

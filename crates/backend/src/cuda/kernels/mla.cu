@@ -19,9 +19,7 @@
 #define MLA_MAX_NOPE 256
 #define MLA_THREADS 256
 #define MLA_WARPS (MLA_THREADS / 32)
-// Query rows (token, head) each warp of mla_attention holds, and KV positions per shared tile.
-#define MLA_ROWS_PER_WARP 4
-#define MLA_ROWS (MLA_WARPS * MLA_ROWS_PER_WARP)
+// KV positions per shared tile of mla_attention.
 #define MLA_KV 32
 // Tokens one block of the per-head products takes, reading the head's weights once for them; the
 // output columns of one mla_absorb_query block and the ways its threads split the sum; the
@@ -158,40 +156,45 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
 
 // Absorbed attention of every head against the latent rows, over the tiles of attention.cu (one
 // sequence's consecutive tokens: sequence, first row, rows, first position) and its KV splits.
-// A block takes MLA_ROWS query rows of its tile (row r is token r / heads, head r % heads), so
-// each latent row staged in shared memory serves every head of a decode token at once. Score
+// A block takes MLA_WARPS × ROWS_PER_WARP query rows of its tile (row r is token r / heads, head
+// r % heads), so each latent row staged in shared memory serves that many heads at once. Score
 // q̃ · row over all `latent + rope` values times `scale_log2` (log2 units), causal; the output
 // per row is Σ p · latent (`latent` values), normalised with one split, else left as partial
 // sums and maxima for attention_combine (with head_dim = latent).
-// Grid: (tiles, ceil(most tile rows × heads / MLA_ROWS), splits).
-extern "C" __global__ void __launch_bounds__(MLA_THREADS)
-    mla_attention(const bf16* __restrict__ q_lat, const bf16* __restrict__ cache, const u32* __restrict__ tiles,
-                  const u32* __restrict__ table_offsets, const u32* __restrict__ table_data, int heads, int latent, int rope, int block_size,
-                  float scale_log2, const u32* __restrict__ split_size, bf16* __restrict__ out, float* __restrict__ part_acc,
-                  float* __restrict__ part_ml) {
+// Grid: (tiles, ceil(most tile rows × heads / (MLA_WARPS × ROWS_PER_WARP)), splits).
+// Two variants: four rows a warp (mla_attention_r4) share each staged value among more rows;
+// one row a warp (mla_attention_r1) spreads a small step (a decode batch of a few tokens) over
+// four times the blocks. A row's arithmetic is the same in both, so the variant never changes
+// its bits.
+template <int ROWS_PER_WARP>
+__device__ void mla_attention_impl(const bf16* __restrict__ q_lat, const bf16* __restrict__ cache, const u32* __restrict__ tiles,
+                                   const u32* __restrict__ table_offsets, const u32* __restrict__ table_data, int heads, int latent,
+                                   int rope, int block_size, float scale_log2, const u32* __restrict__ split_size, bf16* __restrict__ out,
+                                   float* __restrict__ part_acc, float* __restrict__ part_ml) {
+    constexpr int ROWS = MLA_WARPS * ROWS_PER_WARP;
     constexpr int QPL = MLA_MAX_WIDTH / 32, OPL = MLA_MAX_LATENT / 32;
     __shared__ __align__(16) bf16 kv[MLA_KV][MLA_MAX_WIDTH];
     const int width = latent + rope;
     const u32* tile = tiles + 4 * blockIdx.x;
     const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
-    const int rows = (int)nrows * heads, first_row = blockIdx.y * MLA_ROWS;
+    const int rows = (int)nrows * heads, first_row = blockIdx.y * ROWS;
     if (first_row >= rows) return;
     const int split = blockIdx.z, splits = gridDim.z;
     const u32 split_tokens = *split_size;
     const u32 split_start = (u32)split * split_tokens;
     // The block's last row's position bounds what any of its rows sees.
-    const u32 last_pos = pos0 + (u32)(min(first_row + MLA_ROWS, rows) - 1) / heads;
+    const u32 last_pos = pos0 + (u32)(min(first_row + ROWS, rows) - 1) / heads;
     if (split_start > last_pos) return;
     const u32 kv_end = min(last_pos + 1, split_start + split_tokens);
     const u32* table = table_data + table_offsets[seq];
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float q[MLA_ROWS_PER_WARP][QPL], acc[MLA_ROWS_PER_WARP][OPL], m[MLA_ROWS_PER_WARP], l[MLA_ROWS_PER_WARP];
-    u32 row_pos[MLA_ROWS_PER_WARP];
-    bool live[MLA_ROWS_PER_WARP];
+    float q[ROWS_PER_WARP][QPL], acc[ROWS_PER_WARP][OPL], m[ROWS_PER_WARP], l[ROWS_PER_WARP];
+    u32 row_pos[ROWS_PER_WARP];
+    bool live[ROWS_PER_WARP];
 #pragma unroll
-    for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
-        const int r = first_row + warp * MLA_ROWS_PER_WARP + ri;
+    for (int ri = 0; ri < ROWS_PER_WARP; ri++) {
+        const int r = first_row + warp * ROWS_PER_WARP + ri;
         live[ri] = r < rows;
         row_pos[ri] = pos0 + (u32)r / heads;
         const u64 at = ((u64)(row0 + r / heads) * heads + r % heads) * width;
@@ -222,9 +225,9 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
         __syncthreads();
 
         // Scores: lane j keeps position t0 + j's.
-        float score[MLA_ROWS_PER_WARP];
+        float score[ROWS_PER_WARP];
 #pragma unroll
-        for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) score[ri] = -INFINITY;
+        for (int ri = 0; ri < ROWS_PER_WARP; ri++) score[ri] = -INFINITY;
         for (int j = 0; j < MLA_KV; j++) {
             float kj[QPL];
 #pragma unroll
@@ -233,7 +236,7 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
                 kj[i] = c < width ? bf2f(kv[j][c]) : 0.f;
             }
 #pragma unroll
-            for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
+            for (int ri = 0; ri < ROWS_PER_WARP; ri++) {
                 float part = 0.f;
 #pragma unroll
                 for (int i = 0; i < QPL; i++) part = fmaf(q[ri][i], kj[i], part);
@@ -244,7 +247,7 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
 
         const u32 kv_pos = t0 + lane;
 #pragma unroll
-        for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
+        for (int ri = 0; ri < ROWS_PER_WARP; ri++) {
             if (!live[ri]) continue;
             const bool valid = kv_pos < kv_end && kv_pos <= row_pos[ri];
             const float s = valid ? score[ri] : -INFINITY;
@@ -268,9 +271,9 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     }
 
 #pragma unroll
-    for (int ri = 0; ri < MLA_ROWS_PER_WARP; ri++) {
+    for (int ri = 0; ri < ROWS_PER_WARP; ri++) {
         if (!live[ri]) continue;
-        const int r = first_row + warp * MLA_ROWS_PER_WARP + ri;
+        const int r = first_row + warp * ROWS_PER_WARP + ri;
         const u64 row = (u64)(row0 + r / heads) * heads + r % heads;
         if (splits == 1) {
 #pragma unroll
@@ -292,3 +295,14 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
         }
     }
 }
+
+#define MLA_ATTENTION_VARIANT(R)                                                                                                    \
+    extern "C" __global__ void __launch_bounds__(MLA_THREADS)                                                                       \
+        mla_attention_r##R(const bf16* q_lat, const bf16* cache, const u32* tiles, const u32* table_offsets, const u32* table_data,  \
+                           int heads, int latent, int rope, int block_size, float scale_log2, const u32* split_size, bf16* out,      \
+                           float* part_acc, float* part_ml) {                                                                       \
+        mla_attention_impl<R>(q_lat, cache, tiles, table_offsets, table_data, heads, latent, rope, block_size, scale_log2,          \
+                              split_size, out, part_acc, part_ml);                                                                  \
+    }
+MLA_ATTENTION_VARIANT(1)
+MLA_ATTENTION_VARIANT(4)
