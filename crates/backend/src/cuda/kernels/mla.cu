@@ -77,18 +77,27 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
         qs[i][n] = bf2f(q[((u64)(t0 + i) * heads + h) * (nope + rope) + n]);
     }
     __syncthreads();
+    // The thread's whole column of W_UK (every MLA_ABSORB_SPLIT-th row) is loaded before any of
+    // it is used, so all its loads are in flight at once.
+    constexpr int PER_THREAD = MLA_MAX_NOPE / MLA_ABSORB_SPLIT;
     const bf16* w = kv_b + (u64)h * (nope + v_dim) * latent;
+    bf16 wv[PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int n = split + k * MLA_ABSORB_SPLIT;
+        wv[k] = n < nope && c < latent ? w[(u64)n * latent + c] : (bf16)0;
+    }
     float acc[MLA_HEAD_TOKENS];
 #pragma unroll
     for (int i = 0; i < MLA_HEAD_TOKENS; i++) acc[i] = 0.f;
-    if (c < latent) {
-#pragma unroll 4
-        for (int n = split; n < nope; n += MLA_ABSORB_SPLIT) {
-            const float wv = bf2f(w[(u64)n * latent + c]);
 #pragma unroll
-            for (int i = 0; i < MLA_HEAD_TOKENS; i++)
-                if (i < n_tok) acc[i] = fmaf(qs[i][n], wv, acc[i]);
-        }
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int n = split + k * MLA_ABSORB_SPLIT;
+        if (n >= nope) break;
+        const float wf = bf2f(wv[k]);
+#pragma unroll
+        for (int i = 0; i < MLA_HEAD_TOKENS; i++)
+            if (i < n_tok) acc[i] = fmaf(qs[i][n], wf, acc[i]);
     }
 #pragma unroll
     for (int i = 0; i < MLA_HEAD_TOKENS; i++) part[split][i][column] = acc[i];
