@@ -125,3 +125,8 @@ fn the_tensor_core_kernels_match_double_precision_products() {
 fn the_gemvs_fused_activations_match_the_product_and_the_activation_kernel() {
     run_check("gemv");
 }
+
+#[test]
+fn decode_attention_reads_an_fp8_cache_as_the_bf16_cache_of_the_same_values() {
+    run_check("attention_cache");
+}

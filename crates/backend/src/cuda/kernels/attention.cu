@@ -106,20 +106,22 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
         for (int d = 0; d < DPL; d++) acc[ri][d] = 0.f;
     }
 
+    // The next tile's K and V wait in registers while this tile is computed: bf16 values, or FP8
+    // codes (in the first 8 bytes) that become bf16 only on their way to shared memory, so that
+    // no conversion waits on a load still in flight.
     uint4 kr[CHUNKS], vr[CHUNKS];
     auto load = [&](u32 t0) {
 #pragma unroll
         for (int c = 0; c < CHUNKS; c++) {
             int e = threadIdx.x + c * ATT_THREADS, tok = e / (HD / 8), chunk = e % (HD / 8);
             u32 pos = t0 + tok;
-            kr[c] = make_uint4(0, 0, 0, 0);
-            vr[c] = make_uint4(0, 0, 0, 0);
+            kr[c] = vr[c] = make_uint4(0, 0, 0, 0);
             if (pos < split_end) {
                 u64 at = (((u64)table[pos / block_size] * kv_heads + kvh) * block_size + pos % block_size) * HD + chunk * 8;
                 if (kv_fp8) {
-                    // FP8 codes become bf16 on their way to shared memory; the rest is the bf16 path.
-                    kr[c] = e4m3x8_to_bf16x8(*(const uint2*)((const unsigned char*)k_cache + at));
-                    vr[c] = e4m3x8_to_bf16x8(*(const uint2*)((const unsigned char*)v_cache + at));
+                    const uint2 k8 = *(const uint2*)((const unsigned char*)k_cache + at), v8 = *(const uint2*)((const unsigned char*)v_cache + at);
+                    kr[c] = make_uint4(k8.x, k8.y, 0, 0);
+                    vr[c] = make_uint4(v8.x, v8.y, 0, 0);
                 } else {
                     kr[c] = *(const uint4*)((const bf16*)k_cache + at);
                     vr[c] = *(const uint4*)((const bf16*)v_cache + at);
@@ -134,8 +136,8 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
 #pragma unroll
         for (int c = 0; c < CHUNKS; c++) {
             int e = threadIdx.x + c * ATT_THREADS, tok = e / (HD / 8), chunk = e % (HD / 8);
-            *(uint4*)&ks[tok][chunk * 8] = kr[c];
-            *(uint4*)&vs[tok][chunk * 8] = vr[c];
+            *(uint4*)&ks[tok][chunk * 8] = kv_fp8 ? e4m3x8_to_bf16x8(make_uint2(kr[c].x, kr[c].y)) : kr[c];
+            *(uint4*)&vs[tok][chunk * 8] = kv_fp8 ? e4m3x8_to_bf16x8(make_uint2(vr[c].x, vr[c].y)) : vr[c];
         }
         __syncthreads();
         if (t0 + ATT_TILE < split_end) load(t0 + ATT_TILE);
