@@ -166,6 +166,20 @@ impl MlaShape {
     }
 }
 
+/// How many warps of the bf16 `gemv` share each of `n` rows of `k` values on a GPU of
+/// `multiprocessors`: doubled from 1 (up to 8, a block's warps) while the blocks would not cover
+/// the multiprocessors and each warp keeps at least 32 groups of 8 values (one 16-byte load a
+/// lane). A weight of few rows, as a router's gate, spreads over more blocks; the split depends on
+/// the shape alone, never on the batch.
+pub fn gemv_k_split(n: usize, k: usize, multiprocessors: usize) -> usize {
+    let warps = (GEMV_THREADS / 32) as usize;
+    let mut split = 1;
+    while split < warps && n.div_ceil(warps / split) < multiprocessors && k / 8 / (2 * split) >= 32 {
+        split *= 2;
+    }
+    split
+}
+
 /// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_THREADS: u32 = 256;
@@ -751,7 +765,9 @@ impl Kernels {
         if fp8 {
             self.launch(gpu, self.gemv_fp8, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
         } else {
-            self.launch(gpu, self.gemv, ((n as u32).div_ceil(GEMV_THREADS / 32), 1, 1), GEMV_THREADS, args)
+            let k_split = gemv_k_split(n, k, gpu.info.multiprocessors as usize);
+            let rows_per_block = (GEMV_THREADS / 32) as usize / k_split;
+            self.launch(gpu, self.gemv, (n.div_ceil(rows_per_block) as u32, 1, 1), GEMV_THREADS, args.i32(k_split as i32))
         }
     }
 
@@ -857,6 +873,20 @@ pub struct AttentionArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn few_row_gemvs_split_k_over_the_warps_until_the_blocks_cover_the_gpu() {
+        use super::gemv_k_split;
+        // qwen3-30b-a3b's router (128 × 2048) and gpt-oss-20b's (32 × 2880) on 132 multiprocessors.
+        assert_eq!(gemv_k_split(128, 2048, 132), 8);
+        assert_eq!(gemv_k_split(32, 2880, 132), 8);
+        // 1,024 rows in 128 blocks of 8: twice the blocks at 2 warps a row.
+        assert_eq!(gemv_k_split(1024, 2048, 132), 2);
+        // Enough rows already, or too short a k to share: one warp a row.
+        assert_eq!(gemv_k_split(5120, 2048, 132), 1);
+        assert_eq!(gemv_k_split(64, 576, 132), 2);
+        assert_eq!(gemv_k_split(64, 256, 132), 1);
+    }
+
     use super::{moe_max_tiles, MOE_TILE_ROWS};
 
     /// The tiles `moe_align` lays `counts` (slots per expert) out in: each expert's own, whole.

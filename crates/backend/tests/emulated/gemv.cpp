@@ -1,6 +1,7 @@
-// The bf16 GEMV (gemv.cu) against double-precision products for 1 to 4 rows, and its fused
-// SwiGLU form against the plain product's halves through silu_mul, bit for bit, for 40 outputs
-// of 96 and 1,000 values (k not a multiple of the unrolled step); and the decode experts' product
+// The bf16 GEMV (gemv.cu) against double-precision products for 1 to 4 rows, with 1, 2, 4 and 8
+// warps sharing each row's k, and its fused SwiGLU form against the plain product's halves
+// through silu_mul, bit for bit, for 48 outputs of 96 and 1,000 values (k not a multiple of the
+// unrolled step, nor of the shares); and the decode experts' product
 // (moe_gemv) with its fused SwiGLU and clamped SwiGLU against the plain product through silu_mul
 // and clamped_swiglu, bit for bit, over slots routed to experts with and without biases. Exits
 // non-zero otherwise.
@@ -48,14 +49,16 @@ int main() {
     Rng rng{555};
     int failures = 0;
     for (int k : {96, 1000})
-        for (int t : {1, 2, 4}) {
+        for (int t : {1, 2, 4})
+            for (int split : {1, 2, 4, 8}) {
             const int n = 48, f = n / 2;
+            const unsigned rows_per_block = 8 / split;
             std::vector<bf16> x(t * k), w(n * k);
             for (auto& v : x) v = f2bf(rng.next());
             for (auto& v : w) v = f2bf(rng.next() / sqrtf((float)k));
             std::vector<bf16> y(t * n, 0xffff), fused(t * f, 0xffff), activated(t * f, 0xffff);
-            launch(gemv, {(unsigned)(n + 7) / 8}, 256, x.data(), w.data(), t, n, k, (void*)y.data(), 0, 0);
-            launch(gemv, {(unsigned)(f + 7) / 8}, 256, x.data(), w.data(), t, f, k, (void*)fused.data(), 0, 1);
+            launch(gemv, {(n + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, n, k, (void*)y.data(), 0, 0, split);
+            launch(gemv, {(f + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, f, k, (void*)fused.data(), 0, 1, split);
             launch(silu_mul, {1, (unsigned)t}, 256, y.data(), f, activated.data());
             double worst = 0;
             for (int r = 0; r < t; r++)
@@ -67,7 +70,8 @@ int main() {
             int differ = 0;
             for (int i = 0; i < t * f; i++) differ += fused[i] != activated[i];
             const bool ok = worst <= 8e-3 && differ == 0;
-            printf("%d rows of %4d: GEMV within %.1e relative, %d fused SwiGLU values differ%s\n", t, k, worst, differ, ok ? "" : "  FAILED");
+            printf("%d rows of %4d, %d warps a row: GEMV within %.1e relative, %d fused SwiGLU values differ%s\n", t, k, split, worst, differ,
+                   ok ? "" : "  FAILED");
             failures += !ok;
         }
     failures += check_expert_activations(rng);

@@ -1,8 +1,8 @@
 // Matrix-vector products for decode steps of a few tokens, where a GEMM library's tiles sit
 // mostly idle: y[t, n] = x[t, :] · w[n, :] for t < t_count <= GEMV_MAX_T, or the SwiGLU of a
-// fused gate/up product. One warp per output row streams that weight row once with 16-byte loads,
-// GEMV_UNROLL loads in flight per lane; the few activation rows come from L1/L2. Requires
-// k % 8 == 0.
+// fused gate/up product. One warp per output row (or k_split warps, each a share of k) streams
+// that weight row once with 16-byte loads, GEMV_UNROLL loads in flight per lane; the few
+// activation rows come from L1/L2. Requires k % 8 == 0.
 
 #define GEMV_MAX_T 4
 #define GEMV_UNROLL 4
@@ -26,23 +26,24 @@ __device__ __forceinline__ float swiglu_of(float gate, float up) {
     return g / (1.f + __expf(-g)) * u;
 }
 
-// One warp's dot products of weight row `wr` with the t_count activation rows, summed over the
-// warp (every lane gets them).
-__device__ __forceinline__ void gemv_row(const bf16* __restrict__ x, const uint4* __restrict__ wr, int t_count, int k, float (&acc)[GEMV_MAX_T]) {
-    const int lane = threadIdx.x & 31, k8 = k / 8;
+// One warp's dot products of weight row `wr` with the t_count activation rows over the 8-value
+// groups [g0, g1) of k, summed over the warp (every lane gets them).
+__device__ __forceinline__ void gemv_row(const bf16* __restrict__ x, const uint4* __restrict__ wr, int t_count, int k, int g0, int g1,
+                                         float (&acc)[GEMV_MAX_T]) {
+    const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
-    for (int base = lane; base < k8; base += 32 * GEMV_UNROLL) {
+    for (int base = g0 + lane; base < g1; base += 32 * GEMV_UNROLL) {
         uint4 wv[GEMV_UNROLL];
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             int i = base + u * 32;
-            wv[u] = i < k8 ? wr[i] : make_uint4(0, 0, 0, 0);
+            wv[u] = i < g1 ? wr[i] : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             int i = base + u * 32;
-            if (i >= k8) break;
+            if (i >= g1) break;
             float wf[8];
             unpack8(wv[u], wf);
 #pragma unroll
@@ -62,15 +63,44 @@ __device__ __forceinline__ void gemv_row(const bf16* __restrict__ x, const uint4
 }
 
 // With `swiglu`, w holds 2n rows (gate rows, then up rows, as the fused gate/up projection) and
-// each warp takes gate row j and up row n + j, writing swiglu_of(gate, up): the product and the
-// SwiGLU after it in one launch, bit for bit the two launches' result.
+// each row's warps take gate row j and up row n + j, writing swiglu_of(gate, up): the product and
+// the SwiGLU after it in one launch, bit for bit the two launches' result.
+// `k_split` (1, 2, 4 or 8) warps share a row, each summing a contiguous share of k, and the row's
+// first warp adds the shares in order: a weight of few rows (a router's gate) then spreads over
+// k_split times the blocks. The split is chosen from the weight's shape alone, so a row's sums
+// never depend on the batch.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n,
-                                                                int k, void* __restrict__ y, int out_f32, int swiglu) {
-    const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (row >= n) return;
+                                                                int k, void* __restrict__ y, int out_f32, int swiglu, int k_split) {
+    __shared__ float shares[GEMV_THREADS / 32][2][GEMV_MAX_T];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (GEMV_THREADS / 32 / k_split) + warp / k_split, part = warp % k_split;
+    const int groups = k / 8, per_part = (groups + k_split - 1) / k_split;
+    const int g0 = min(groups, part * per_part), g1 = min(groups, g0 + per_part);
     float acc[GEMV_MAX_T], up[GEMV_MAX_T];
-    gemv_row(x, (const uint4*)(w + (u64)row * k), t_count, k, acc);
-    if (swiglu) gemv_row(x, (const uint4*)(w + (u64)(n + row) * k), t_count, k, up);
+    if (row < n) {
+        gemv_row(x, (const uint4*)(w + (u64)row * k), t_count, k, g0, g1, acc);
+        if (swiglu) gemv_row(x, (const uint4*)(w + (u64)(n + row) * k), t_count, k, g0, g1, up);
+    }
+    if (k_split > 1) {
+        if (row < n && lane == 0)
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_T; t++) {
+                shares[warp][0][t] = acc[t];
+                shares[warp][1][t] = swiglu ? up[t] : 0.f;
+            }
+        __syncthreads();
+        if (row >= n || part != 0) return;
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_T; t++) {
+            acc[t] = shares[warp][0][t];
+            up[t] = shares[warp][1][t];
+            for (int p = 1; p < k_split; p++) {
+                acc[t] += shares[warp + p][0][t];
+                up[t] += shares[warp + p][1][t];
+            }
+        }
+    }
+    if (row >= n) return;
 #pragma unroll
     for (int t = 0; t < GEMV_MAX_T; t++) {
         if (t < t_count && lane == 0) {
