@@ -8,7 +8,9 @@
 #                                gpu-tests/ is missing, then runs every binary in gpu-tests/ with
 #                                LUMEN_REQUIRE_GPU=1, so a test that cannot open the GPU fails
 #                                instead of skipping, and fails itself on any "skipped" line; prints a
-#                                summary; the full log goes to $OUT/gpu_tests.log when $OUT is set.
+#                                summary; the full log goes to $OUT/gpu_tests.log when $OUT is set;
+#                                ONLY="cuda_moe cuda_fp8" runs just those binaries (a device call
+#                                of 600 s does not hold the whole suite and a model run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=gpu-tests
@@ -51,6 +53,7 @@ run)
   summary=()
   for t in "${TESTS[@]}"; do
     IFS=: read -r _ name filter <<<"$t"
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
     echo "==== $name" >>"$log"
     if "$DIR/$name" --test-threads=1 --nocapture ${filter:+"$filter"} >/tmp/gpu_test_$name.log 2>&1; then r=ok; else r=FAILED; status=1; fi
     if grep -q "skipped" /tmp/gpu_test_$name.log; then r="FAILED (a test skipped)"; status=1; fi
