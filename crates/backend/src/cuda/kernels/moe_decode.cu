@@ -3,47 +3,20 @@
 // slot s (token s / x_div's row of x, expert experts[s]),
 //   y[s, n] = x[s / x_div, :] · W_e[n, :] (+ b_e[n] where the expert has a bias),
 // with W_e and b_e found through per-layer tables of device pointers (one entry per expert). One
-// warp per output row of one slot streams that weight row once with 16-byte loads, as `gemv`
-// does; slots sharing an expert read it again, from L2. Requires k % 8 == 0.
+// warp per output row of one slot streams that weight row once through `gemv`'s row product
+// (gemv_row, one activation row); slots sharing an expert read it again, from L2. Requires
+// k % 8 == 0.
 
-#define MOE_GEMV_UNROLL 4
-#define MOE_GEMV_THREADS 256
 #define MOE_ACTIVATION_NONE 0
 #define MOE_ACTIVATION_SWIGLU 1
 #define MOE_ACTIVATION_CLAMPED_SWIGLU 2
-
-// One warp's dot product of weight row `wr` (k values) with activation row `xr`, summed over the
-// warp (every lane gets it).
-__device__ __forceinline__ float moe_dot(const uint4* __restrict__ wr, const uint4* __restrict__ xr, int k) {
-    const int lane = threadIdx.x & 31, k8 = k / 8;
-    float acc = 0.f;
-    for (int base = lane; base < k8; base += 32 * MOE_GEMV_UNROLL) {
-        uint4 wv[MOE_GEMV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < MOE_GEMV_UNROLL; u++) {
-            int i = base + u * 32;
-            wv[u] = i < k8 ? wr[i] : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < MOE_GEMV_UNROLL; u++) {
-            int i = base + u * 32;
-            if (i >= k8) break;
-            float wf[8], xf[8];
-            unpack8(wv[u], wf);
-            unpack8(xr[i], xf);
-#pragma unroll
-            for (int j = 0; j < 8; j++) acc = fmaf(wf[j], xf[j], acc);
-        }
-    }
-    return warp_sum(acc);
-}
 
 // With an activation, the expert's weight holds 2n rows (gate rows, then up rows, and its bias
 // the same layout) and each warp takes gate row j and up row n + j, writing the activation of the
 // two bf16-rounded products: the product and silu_mul (MOE_ACTIVATION_SWIGLU) or clamped_swiglu
 // (MOE_ACTIVATION_CLAMPED_SWIGLU, with alpha and limit) after it in one launch, bit for bit the
 // two launches' result.
-extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     moe_gemv(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts, const u64* __restrict__ weights,
              const u64* __restrict__ biases, int n, int k, int activation, float alpha, float limit, bf16* __restrict__ y) {
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
@@ -52,13 +25,16 @@ extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS)
     const u32 e = experts[slot];
     const bf16* w = (const bf16*)weights[e];
     const bf16* bias = biases && biases[e] ? (const bf16*)biases[e] : nullptr;
-    const uint4* xr = (const uint4*)(x + (slot / (u64)x_div) * k);
-    float acc = moe_dot((const uint4*)(w + (u64)row * k), xr, k);
+    const bf16* xr = x + (slot / (u64)x_div) * k;
+    float gate[GEMV_MAX_T], up[GEMV_MAX_T];
+    gemv_row(xr, (const uint4*)(w + (u64)row * k), 1, k, 0, k / 8, gate);
+    float acc = gate[0];
     if (bias) acc += bf2f(bias[row]);
     if (activation != MOE_ACTIVATION_NONE) {
-        float up = moe_dot((const uint4*)(w + (u64)(n + row) * k), xr, k);
-        if (bias) up += bf2f(bias[n + row]);
-        acc = activation == MOE_ACTIVATION_SWIGLU ? swiglu_of(acc, up) : clamped_swiglu_of(bf2f(f2bf(acc)), bf2f(f2bf(up)), alpha, limit);
+        gemv_row(xr, (const uint4*)(w + (u64)(n + row) * k), 1, k, 0, k / 8, up);
+        if (bias) up[0] += bf2f(bias[n + row]);
+        acc = activation == MOE_ACTIVATION_SWIGLU ? swiglu_of(acc, up[0])
+                                                  : clamped_swiglu_of(bf2f(f2bf(acc)), bf2f(f2bf(up[0])), alpha, limit);
     }
     if (lane == 0) y[slot * n + row] = f2bf(acc);
 }
