@@ -5,9 +5,9 @@
 //! expert, so a balanced layer would take balanced/max of the time, where `balanced` is the
 //! busiest load the best spread of the same assignments gives (⌈assignments / experts⌉), and the
 //! rest, 1 − balanced/max, is lost to imbalance. A step with fewer assignments than experts
-//! (batch-1 decode) is balanced when no expert gets two. On one GPU whose grouped GEMM spreads every expert's rows over the whole
-//! device the loss is smaller, or a gain (a skewed router wakes fewer experts, whose weights are
-//! read once); the perfect-router comparison measures it.
+//! (batch-1 decode) is balanced when no expert gets two. On one GPU whose grouped GEMM spreads
+//! every expert's rows over the whole device the loss is smaller, or a gain (a skewed router
+//! wakes fewer experts, whose weights are read once); the perfect-router comparison measures it.
 
 use std::collections::BTreeMap;
 

@@ -107,15 +107,18 @@ pub struct ExpertLoadRow {
     pub tokens: Vec<u64>,
 }
 
+/// The sum and the largest of `loads`; `None` when there are none or all are 0.
+fn total_and_max<T: Copy + Into<u64>>(loads: &[T]) -> Option<(u64, u64)> {
+    let total: u64 = loads.iter().map(|&l| l.into()).sum();
+    let max = loads.iter().map(|&l| l.into()).max()?;
+    (total > 0).then_some((total, max))
+}
+
 /// The largest of `loads` over their mean (1.0 when even): how much more the busiest expert of a
 /// mixture-of-experts layer received than the average; `None` when there are none or all are 0.
 pub fn max_over_mean<T: Copy + Into<u64>>(loads: &[T]) -> Option<f64> {
-    let total: u64 = loads.iter().map(|&l| l.into()).sum();
-    if total == 0 {
-        return None;
-    }
-    let max = loads.iter().map(|&l| l.into()).max()? as f64;
-    Some(max * loads.len() as f64 / total as f64)
+    let (total, max) = total_and_max(loads)?;
+    Some(max as f64 * loads.len() as f64 / total as f64)
 }
 
 /// The largest of `loads` over the largest a perfectly balanced spread of the same total would
@@ -124,12 +127,8 @@ pub fn max_over_mean<T: Copy + Into<u64>>(loads: &[T]) -> Option<f64> {
 /// whose experts each got one (batch-1 decode: 8 of 128 experts hold one token each); `None` when
 /// there are none or all are 0.
 pub fn max_over_balanced<T: Copy + Into<u64>>(loads: &[T]) -> Option<f64> {
-    let total: u64 = loads.iter().map(|&l| l.into()).sum();
-    if total == 0 {
-        return None;
-    }
-    let max = loads.iter().map(|&l| l.into()).max()? as f64;
-    Some(max / total.div_ceil(loads.len() as u64) as f64)
+    let (total, max) = total_and_max(loads)?;
+    Some(max as f64 / total.div_ceil(loads.len() as u64) as f64)
 }
 
 /// One request's life.

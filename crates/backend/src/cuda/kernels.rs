@@ -873,21 +873,7 @@ pub struct AttentionArgs {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn few_row_gemvs_split_k_over_the_warps_until_the_blocks_cover_the_gpu() {
-        use super::gemv_k_split;
-        // qwen3-30b-a3b's router (128 × 2048) and gpt-oss-20b's (32 × 2880) on 132 multiprocessors.
-        assert_eq!(gemv_k_split(128, 2048, 132), 8);
-        assert_eq!(gemv_k_split(32, 2880, 132), 8);
-        // 1,024 rows in 128 blocks of 8: twice the blocks at 2 warps a row.
-        assert_eq!(gemv_k_split(1024, 2048, 132), 2);
-        // Enough rows already, or too short a k to share: one warp a row.
-        assert_eq!(gemv_k_split(5120, 2048, 132), 1);
-        assert_eq!(gemv_k_split(64, 576, 132), 2);
-        assert_eq!(gemv_k_split(64, 256, 132), 1);
-    }
-
-    use super::{moe_max_tiles, MOE_TILE_ROWS};
+    use super::{gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
 
     /// The tiles `moe_align` lays `counts` (slots per expert) out in: each expert's own, whole.
     fn tiles(counts: &[usize]) -> usize {
@@ -933,5 +919,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn few_row_gemvs_split_k_over_the_warps_until_the_blocks_cover_the_gpu() {
+        // qwen3-30b-a3b's router (128 × 2048) and gpt-oss-20b's (32 × 2880) on 132 multiprocessors.
+        assert_eq!(gemv_k_split(128, 2048, 132), 8);
+        assert_eq!(gemv_k_split(32, 2880, 132), 8);
+        // 1,024 rows in 128 blocks of 8: twice the blocks at 2 warps a row.
+        assert_eq!(gemv_k_split(1024, 2048, 132), 2);
+        // Enough rows already, or too short a k to share: one warp a row.
+        assert_eq!(gemv_k_split(5120, 2048, 132), 1);
+        assert_eq!(gemv_k_split(64, 576, 132), 2);
+        assert_eq!(gemv_k_split(64, 256, 132), 1);
     }
 }
