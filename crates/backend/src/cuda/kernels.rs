@@ -76,6 +76,9 @@ pub struct Kernels {
     quantize_fp8_block: Kernel,
     gemv_fp8: Kernel,
     sync_each_launch: bool,
+    /// Launch with programmatic dependent launch (prelude.cu's `pdl_begin`): on by default from
+    /// compute capability 9.0, off with `LUMEN_PDL=0`.
+    pdl: bool,
 }
 
 unsafe impl Send for Kernels {}
@@ -245,6 +248,7 @@ impl Kernels {
             quantize_fp8_block: get("quantize_fp8_block")?,
             gemv_fp8: get("gemv_fp8")?,
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            pdl: gpu.info.compute_capability.0 >= 9 && std::env::var("LUMEN_PDL").map_or(true, |v| v != "0"),
             module,
         })
     }
@@ -271,8 +275,30 @@ impl Kernels {
         }
         let mut slots = args.0;
         let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-        unsafe { cu::launch_kernel(k.function, grid, (block, 1, 1), 0, gpu.stream, &mut params) }
-            .map_err(|e| anyhow!("CUDA kernel {} failed to launch (grid {grid:?}, block {block}): {}", k.name, describe(e)))?;
+        let launched = if self.pdl {
+            // The next launch may start once every block of this one has passed `pdl_begin`.
+            let mut attribute = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
+            };
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: gpu.stream,
+                attrs: &mut attribute,
+                numAttrs: 1,
+            };
+            unsafe { sys::cuLaunchKernelEx(&config, k.function, params.as_mut_ptr(), std::ptr::null_mut()) }.result()
+        } else {
+            unsafe { cu::launch_kernel(k.function, grid, (block, 1, 1), 0, gpu.stream, &mut params) }
+        };
+        launched.map_err(|e| anyhow!("CUDA kernel {} failed to launch (grid {grid:?}, block {block}): {}", k.name, describe(e)))?;
         if self.sync_each_launch && !gpu.is_capturing() {
             unsafe { cu::stream::synchronize(gpu.stream) }.map_err(|e| anyhow!("CUDA kernel {} failed: {}", k.name, describe(e)))?;
         }
@@ -874,6 +900,39 @@ pub struct AttentionArgs {
 #[cfg(test)]
 mod tests {
     use super::{gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
+    use crate::cuda::compile::SOURCES;
+
+    /// Under programmatic dependent launch a kernel is only ordered after the launch before it by
+    /// its own `pdl_begin`, and the launch after it only by that one's: a kernel without it would
+    /// let the next kernel start before the previous one's writes land. Every kernel body in the
+    /// sources, macro-made ones included, must call it.
+    #[test]
+    fn every_kernel_waits_for_the_launch_before_it() {
+        let mut kernels = 0;
+        for (file, source) in SOURCES {
+            for (at, _) in source.match_indices("__global__") {
+                let open = at + source[at..].find('{').expect("a kernel has a body");
+                let mut depth = 0;
+                let close = source[open..]
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '{' => 1,
+                            '}' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map(|(i, _)| open + i)
+                    .expect("a kernel body closes");
+                let head = &source[at..open];
+                let name = head[..head.rfind('(').unwrap_or(head.len())].split_whitespace().last().unwrap_or_default();
+                assert!(source[open..close].contains("pdl_begin();"), "kernel {name} in {file} never calls pdl_begin()");
+                kernels += 1;
+            }
+        }
+        assert!(kernels >= 27, "found only {kernels} kernels in the sources");
+    }
 
     /// The tiles `moe_align` lays `counts` (slots per expert) out in: each expert's own, whole.
     fn tiles(counts: &[usize]) -> usize {

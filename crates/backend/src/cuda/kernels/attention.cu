@@ -225,6 +225,7 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
                                 const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window, \
                                 const bf16* sinks, float scale_log2, const u32* split_size, bf16* out, float* part_acc,             \
                                 float* part_ml) {                                                                                    \
+        pdl_begin();                                                                                                                 \
         attention_impl<HD, R>(q, k_cache, v_cache, kv_fp8, tiles, table_offsets, table_data, heads, kv_heads, block_size, window,     \
                               sinks, scale_log2, split_size, out, part_acc, part_ml);                                                 \
     }
@@ -240,6 +241,7 @@ ATTENTION_ENTRY(128, 4)
 // block: head_dim threads.
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, const u32* positions, int heads, int head_dim,
                                              int splits, const u32* split_size, bf16* out) {
+    pdl_begin();
     int token = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
     int used = positions[token] / *split_size + 1;
     u64 base = ((u64)token * heads + head) * splits;
@@ -459,6 +461,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
                                  const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,           \
                                  int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,                 \
                                  float* part_acc, float* part_ml) {                                                                 \
+        pdl_begin();                                                                                                                \
         attention_prefill_impl<HD>(q, k_cache, v_cache, kv_fp8, tiles, table_offsets, table_data, heads, kv_heads, block_size,      \
                                    window, sinks, scale_log2, split_size, out, part_acc, part_ml);                                  \
     }

@@ -53,6 +53,7 @@ __device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width,
 // error of this kernel instead of a read out of bounds.
 extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
                                           float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed) {
+    pdl_begin();
     __shared__ float scratch[32];
     int t = blockIdx.x, n4 = hidden / 4;
     u32 tok = tokens[t];
@@ -71,6 +72,7 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
 // residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight. One block per token.
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight, float eps,
                                         int hidden, bf16* __restrict__ normed) {
+    pdl_begin();
     __shared__ float scratch[32];
     u64 base = (u64)blockIdx.x * hidden;
     int n4 = hidden / 4;
@@ -102,6 +104,7 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
 // norms). One block per row.
 extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16* __restrict__ weight, float eps, int width,
                                          bf16* __restrict__ normed) {
+    pdl_begin();
     __shared__ float scratch[32];
     u64 base = (u64)blockIdx.x * width;
     float4 v[NORM_ITEMS];
@@ -136,6 +139,7 @@ extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, cons
                                          const u32* positions, const u32* slots, const double* inv_freq, float attention_factor,
                                          int heads, int kv_heads, int head_dim, int block_size, bf16* q_out, void* k_cache,
                                          void* v_cache, int kv_fp8) {
+    pdl_begin();
     __shared__ float scratch[32];
     int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = head_dim / 2;
     int width = (heads + 2 * kv_heads) * head_dim;
@@ -195,6 +199,7 @@ extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, cons
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0).
 // Grid: (ceil(f / (8 * blockDim.x)), tokens).
 extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf16* __restrict__ out) {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= f / 8) return;
     u64 t = blockIdx.y;
@@ -212,6 +217,7 @@ extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf1
 
 // dst[r] = src[rows[r]] for rows of `width` bf16 values (width % 8 == 0). One block per row.
 extern "C" __global__ void gather_rows(const bf16* __restrict__ src, const u32* __restrict__ rows, int width, bf16* __restrict__ dst) {
+    pdl_begin();
     const uint4* from = (const uint4*)(src + (u64)rows[blockIdx.x] * width);
     uint4* to = (uint4*)(dst + (u64)blockIdx.x * width);
     for (int i = threadIdx.x; i < width / 8; i += blockDim.x) to[i] = from[i];
@@ -220,6 +226,7 @@ extern "C" __global__ void gather_rows(const bf16* __restrict__ src, const u32* 
 // x[r, i] += bias[i] over rows of `width` bf16 values, summed in f32 and rounded once.
 // Grid: (ceil(width / blockDim.x), rows).
 extern "C" __global__ void add_bias(bf16* __restrict__ x, const bf16* __restrict__ bias, int width) {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= width) return;
     u64 at = (u64)blockIdx.y * width + i;

@@ -21,6 +21,7 @@ __device__ __forceinline__ float strided_amax(const bf16* __restrict__ x, u64 n,
 // amax = max(amax, max |x_i|) over n bf16 values (n % 8 == 0), as f32 bits (ordered as unsigned
 // integers for non-negative floats). The caller zeroes amax first.
 extern "C" __global__ void amax_bf16(const bf16* __restrict__ x, u64 n, u32* __restrict__ amax) {
+    pdl_begin();
     __shared__ float scratch[32];
     const float m = block_max(strided_amax(x, n, (u64)blockIdx.x * blockDim.x + threadIdx.x, (u64)gridDim.x * blockDim.x), scratch);
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
@@ -60,6 +61,7 @@ __device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, Fp
 // out = E4M3 codes of x / scale, scale = fp8_scale(amax), written to *scale_out.
 extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const u32* __restrict__ amax, unsigned char* __restrict__ out,
                                         float* __restrict__ scale_out) {
+    pdl_begin();
     float scale = fp8_scale(__uint_as_float(*amax));
     if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale;
     u64 n8 = n / 8, stride = (u64)gridDim.x * blockDim.x;
@@ -68,6 +70,7 @@ extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const
 
 // Both steps in one block, for the few rows of a decode step: the largest magnitude, then the codes.
 extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n, unsigned char* __restrict__ out, float* __restrict__ scale_out) {
+    pdl_begin();
     __shared__ float scratch[32];
     const float scale = fp8_scale(block_max(strided_amax(x, n, threadIdx.x, blockDim.x), scratch));
     if (threadIdx.x == 0) *scale_out = scale;
@@ -105,6 +108,13 @@ __device__ __forceinline__ void fp8_rows_fragment(const unsigned char* __restric
 extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
                                                                    const float* __restrict__ w_scale, int t_count, int n, int k,
                                                                    void* __restrict__ y, int out_f32, int swiglu) {
+    // The block's weight rows never change: they start towards L2 while the launch before runs.
+    if (threadIdx.x == 0) {
+        const u32 bytes = (u32)max(0, min(F8G_ROWS, n - (int)blockIdx.x * F8G_ROWS)) * k;
+        prefetch_l2(w + (u64)blockIdx.x * F8G_ROWS * k, bytes);
+        if (swiglu) prefetch_l2(w + ((u64)n + blockIdx.x * F8G_ROWS) * k, bytes);
+    }
+    pdl_begin();
     __shared__ float scratch[32];
     __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
     const float x_scale = fp8_scale(block_max(strided_amax(x, (u64)t_count * k, threadIdx.x, blockDim.x), scratch));

@@ -76,6 +76,12 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __re
     const int row = blockIdx.x * (GEMV_THREADS / 32 / k_split) + warp / k_split, part = warp % k_split;
     const int groups = k / 8, per_part = (groups + k_split - 1) / k_split;
     const int g0 = min(groups, part * per_part), g1 = min(groups, g0 + per_part);
+    // The weights never change: their share starts towards L2 while the launch before still runs.
+    if (row < n && lane == 0) {
+        prefetch_l2(w + (u64)row * k + g0 * 8, (g1 - g0) * 16);
+        if (swiglu) prefetch_l2(w + (u64)(n + row) * k + g0 * 8, (g1 - g0) * 16);
+    }
+    pdl_begin();
     float acc[GEMV_MAX_T], up[GEMV_MAX_T];
     if (row < n) {
         gemv_row(x, (const uint4*)(w + (u64)row * k), t_count, k, g0, g1, acc);

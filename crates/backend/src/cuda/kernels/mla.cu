@@ -37,6 +37,7 @@ extern "C" __global__ void mla_rope_latent_write(const bf16* __restrict__ compre
                                                  const bf16* __restrict__ q, const u32* __restrict__ positions, const u32* __restrict__ slots,
                                                  const double* __restrict__ inv_freq, float attention_factor, int heads, int nope, int rope,
                                                  int latent, bf16* __restrict__ q_lat, bf16* __restrict__ cache) {
+    pdl_begin();
     __shared__ float scratch[32];
     const int t = blockIdx.x, width = latent + rope, half = rope / 2;
     const bf16* row = compressed + (u64)t * width;
@@ -67,6 +68,7 @@ extern "C" __global__ void mla_rope_latent_write(const bf16* __restrict__ compre
 extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     mla_absorb_query(const bf16* __restrict__ q, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int rope, int v_dim,
                      int latent, bf16* __restrict__ q_lat) {
+    pdl_begin();
     __shared__ float qs[MLA_HEAD_TOKENS][MLA_MAX_NOPE];
     __shared__ float part[MLA_ABSORB_SPLIT][MLA_HEAD_TOKENS][MLA_ABSORB_COLS];
     const int h = blockIdx.x, t0 = blockIdx.z * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
@@ -120,6 +122,7 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
 extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     mla_value_heads(const bf16* __restrict__ o_lat, const bf16* __restrict__ kv_b, int tokens, int heads, int nope, int rope, int v_dim,
                     int latent, bf16* __restrict__ out) {
+    pdl_begin();
     constexpr int ROWS_PER_WARP = MLA_VALUE_ROWS / MLA_WARPS;
     __shared__ __align__(16) float os[MLA_HEAD_TOKENS][MLA_MAX_LATENT];
     const int h = blockIdx.x, t0 = blockIdx.z * MLA_HEAD_TOKENS, n_tok = min(MLA_HEAD_TOKENS, tokens - t0);
@@ -310,6 +313,7 @@ __device__ void mla_attention_impl(const bf16* __restrict__ q_lat, const bf16* _
         mla_attention_r##R(const bf16* q_lat, const bf16* cache, const u32* tiles, const u32* table_offsets, const u32* table_data,  \
                            int heads, int latent, int rope, int block_size, float scale_log2, const u32* split_size, bf16* out,      \
                            float* part_acc, float* part_ml) {                                                                       \
+        pdl_begin();                                                                                                                \
         mla_attention_impl<R>(q_lat, cache, tiles, table_offsets, table_data, heads, latent, rope, block_size, scale_log2,          \
                               split_size, out, part_acc, part_ml);                                                                  \
     }

@@ -54,6 +54,7 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
               const bf16* __restrict__ correction, int n_group, int topk_group, int tokens, int experts, int k, int method,
               float scale, const u32* __restrict__ real_tokens, u32* __restrict__ out_experts, float* __restrict__ out_weights,
               u32* __restrict__ load) {
+    pdl_begin();
     // Each warp's corrected scores, for its group scores (DeepSeekV3 only).
     __shared__ float corrected[MOE_ROUTE_THREADS / 32][MOE_MAX_EXPERTS];
     const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -167,6 +168,7 @@ __device__ __forceinline__ float clamped_swiglu_of(float g, float u, float alpha
 // GPT-OSS's expert activation on rows of [gate (f), up (f)] bf16 values. Grid: (ceil(f /
 // blockDim.x), rows).
 extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, int f, float alpha, float limit, bf16* __restrict__ out) {
+    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= f) return;
     u64 t = blockIdx.y;
@@ -179,6 +181,7 @@ extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, int 
 // Grid: (tokens, ceil(h / blockDim.x)), one element per thread.
 extern "C" __global__ void moe_combine(const bf16* __restrict__ y, const u32* __restrict__ pos, const float* __restrict__ weights, int k, int h,
                                        const bf16* __restrict__ shared, const float* __restrict__ shared_gate, bf16* __restrict__ out) {
+    pdl_begin();
     const u64 t = blockIdx.x;
     const int i = blockIdx.y * blockDim.x + threadIdx.x;
     if (i >= h) return;

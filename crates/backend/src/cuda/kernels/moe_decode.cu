@@ -19,6 +19,7 @@
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     moe_gemv(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts, const u64* __restrict__ weights,
              const u64* __restrict__ biases, int n, int k, int activation, float alpha, float limit, bf16* __restrict__ y) {
+    pdl_begin();
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     const u64 slot = blockIdx.y;
     if (row >= n) return;

@@ -25,6 +25,7 @@
 extern "C" __global__ void __launch_bounds__(1024)
     moe_align(const u32* __restrict__ experts, int slots, int num_experts, u32* __restrict__ tile_expert, u32* __restrict__ rows,
               u32* __restrict__ position, u32* __restrict__ num_tiles) {
+    pdl_begin();
     __shared__ u32 count[MOE_MAX_EXPERTS], first_tile[MOE_MAX_EXPERTS], filled[MOE_MAX_EXPERTS];
     __shared__ u32 total;
     for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
@@ -70,6 +71,7 @@ extern "C" __global__ void __launch_bounds__(MG_THREADS)
     moe_grouped_gemm(const bf16* __restrict__ x, int x_div, const u32* __restrict__ rows, const u32* __restrict__ tile_expert,
                      const u32* __restrict__ num_tiles, const u64* __restrict__ weights, const u64* __restrict__ biases, int n, int k,
                      bf16* __restrict__ y) {
+    pdl_begin();
     const u32 tile = blockIdx.x;
     if (tile >= *num_tiles) return;
     const u32 e = tile_expert[tile];

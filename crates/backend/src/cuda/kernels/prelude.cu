@@ -16,6 +16,28 @@ __device__ __forceinline__ bf16 f2bf(float f) {
     return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// Programmatic dependent launch (sm_90+). Kernels are launched so that the next launch in the
+// stream may start once every block of this one has called pdl_begin(): its blocks can then be
+// resident, and may read what never changes (weights) or what the launch before this one wrote,
+// while this kernel still runs. pdl_begin() waits until the launch before has finished and its
+// writes are visible, then lets the next one start; every kernel calls it before it touches
+// memory an earlier launch writes or a later launch reads. Without PDL (another device, or
+// LUMEN_PDL=0) both halves are no-ops.
+__device__ __forceinline__ void pdl_begin() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Starts moving `bytes` (a multiple of 16, from a 16-byte aligned address) of global memory into
+// L2 without waiting for them: a weight's rows fetched before pdl_begin().
+__device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

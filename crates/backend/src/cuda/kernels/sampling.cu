@@ -30,6 +30,7 @@ __device__ void count_above(const float* x, int vocab, float threshold, float ma
 
 // params: 6 words per row: temperature (f32 bits), top_k, top_p (f32 bits), seed low, seed high, index.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_tokens(const float* logits, const u32* params, int vocab, u32* out) {
+    pdl_begin();
     __shared__ float scratch[32];
     __shared__ float best_v[32];
     __shared__ int best_i[32];
