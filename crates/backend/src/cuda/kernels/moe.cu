@@ -116,9 +116,10 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
             if (lane + 32 * i < experts) all_sum += expf(z[i] - all_max);
         all_sum = warp_sum(all_sum);
     }
+    // Lane j keeps the j-th choice; the weights are then worked out one a lane.
     u32 taken = 0;
-    int chosen[MOE_MAX_TOP_K];
-    float value[MOE_MAX_TOP_K];
+    int chosen = 0;
+    float value = 0.f;
     for (int j = 0; j < k; j++) {
         int best = MOE_NONE;
         float best_value = 0.f;
@@ -132,29 +133,28 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
         }
         warp_arg_max(best, best_value);
         if ((best & 31) == lane) taken |= 1u << (best >> 5);
-        chosen[j] = best;
-        value[j] = best_value;
+        if (lane == j) {
+            chosen = best;
+            value = best_value;
+        }
     }
-    if (lane != 0) return;
-    float weight[MOE_MAX_TOP_K];
-    float chosen_sum = 0.f;
-    for (int j = 0; j < k; j++) {
-        float w;
-        if (method == 0 || method == 2) w = expf(value[j] - all_max) / all_sum;
-        else if (method == 1) w = expf(value[j] - value[0]);
-        else if (method == 3) w = sigmoidf(value[j]);
+    const float first_value = __shfl_sync(0xffffffffu, value, 0);
+    float weight = 0.f;
+    if (lane < k) {
+        if (method == 0 || method == 2) weight = expf(value - all_max) / all_sum;
+        else if (method == 1) weight = expf(value - first_value);
+        else if (method == 3) weight = sigmoidf(value);
         // DeepSeekV3 weighs by the uncorrected s of the chosen.
-        else w = sigmoidf(routed_logit(row, router_bias, bias, chosen[j]));
-        weight[j] = w;
-        chosen_sum += w;
+        else weight = sigmoidf(routed_logit(row, router_bias, bias, chosen));
     }
-    const bool real = (u32)t < *real_tokens;
-    for (int j = 0; j < k; j++) {
-        float w = (method == 1 || method == 2 || method == 4) ? weight[j] / chosen_sum : weight[j];
-        out_experts[(u64)t * k + j] = (u32)chosen[j];
-        out_weights[(u64)t * k + j] = w * scale;
-        if (real) atomicAdd(&load[chosen[j]], 1u);
-    }
+    // Summed in choice order, as one thread would.
+    float chosen_sum = 0.f;
+    for (int j = 0; j < k; j++) chosen_sum += __shfl_sync(0xffffffffu, weight, j);
+    if (lane >= k) return;
+    const float w = (method == 1 || method == 2 || method == 4) ? weight / chosen_sum : weight;
+    out_experts[(u64)t * k + lane] = (u32)chosen;
+    out_weights[(u64)t * k + lane] = w * scale;
+    if ((u32)t < *real_tokens) atomicAdd(&load[chosen], 1u);
 }
 
 // GPT-OSS's expert activation of one gate value and one up value (biases already added):
