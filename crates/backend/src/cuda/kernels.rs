@@ -516,6 +516,9 @@ impl Kernels {
     /// entry of it 0 where there is none). With an `activation`, each expert's weight holds `2n`
     /// rows (gate, then up) and `y[s]` is the activation of the two halves: the product and the
     /// activation kernel in one launch, bit for bit. Reads everything on the device (moe_decode.cu).
+    /// `routed_earlier` says `experts` was written at least two launches before this one (the
+    /// down product after the gate/up one): the weight rows then start towards L2 before the
+    /// kernel waits for the launch before it.
     #[allow(clippy::too_many_arguments)]
     pub fn moe_gemv(
         &self,
@@ -529,6 +532,7 @@ impl Kernels {
         n: usize,
         k: usize,
         activation: Option<ExpertActivation>,
+        routed_earlier: bool,
         y: u64,
     ) -> Result<()> {
         anyhow::ensure!(k.is_multiple_of(8), "moe_gemv: {k} inputs, expected a multiple of 8");
@@ -539,7 +543,7 @@ impl Kernels {
             Some(ExpertActivation::ClampedSwiGlu { alpha, limit }) => (2, alpha, limit),
         };
         let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32);
-        let args = args.i32(code).f32(alpha).f32(limit).ptr(y);
+        let args = args.i32(code).f32(alpha).f32(limit).i32(routed_earlier as i32).ptr(y);
         self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
     }
 

@@ -28,11 +28,11 @@ int check_expert_activations(Rng& rng) {
         const float alpha = 1.702f, limit = 2.f;
         std::vector<bf16> gate_up(slots * 2 * f, 0xffff), plain(slots * f, 0xffff), fused(slots * f, 0xffff);
         launch(moe_gemv, {(unsigned)(2 * f + 7) / 8, (unsigned)slots}, 256, x.data(), top, routed.data(), weights.data(), biases.data(),
-               2 * f, k, 0, 0.f, 0.f, gate_up.data());
+               2 * f, k, 0, 0.f, 0.f, 1, gate_up.data());
         if (activation == 1) launch(silu_mul, {1, (unsigned)slots}, 256, gate_up.data(), f, plain.data());
         else launch(clamped_swiglu, {1, (unsigned)slots}, 256, gate_up.data(), f, alpha, limit, plain.data());
         launch(moe_gemv, {(unsigned)(f + 7) / 8, (unsigned)slots}, 256, x.data(), top, routed.data(), weights.data(), biases.data(), f, k,
-               activation, alpha, limit, fused.data());
+               activation, alpha, limit, 0, fused.data());
         int differ = 0, clamped = 0;
         for (int i = 0; i < slots * f; i++) differ += fused[i] != plain[i];
         for (int s = 0; s < slots; s++)

@@ -88,24 +88,6 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
     if (window > 0 && pos0 + 1 > (u32)window) kv_lo = max(kv_lo, (pos0 + 1 - (u32)window) / ATT_TILE * ATT_TILE);
     const u32* table = table_data + table_offsets[seq];
 
-    for (int e = threadIdx.x; e < rows * HD; e += ATT_THREADS) {
-        int r = e / HD, d = e % HD;
-        u32 token = row0 + r / group;
-        int head = kvh * group + r % group;
-        qs[r][d] = bf2f(q[((u64)token * heads + head) * HD + d]) * scale_log2;
-    }
-
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][DPL];
-#pragma unroll
-    for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
-        // A row past `rows` is never written; its head index stays within the group.
-        m[ri] = initial_max(sinks, kvh * group + (warp + ri * (ATT_THREADS / 32)) % group, split);
-        l[ri] = m[ri] == -INFINITY ? 0.f : 1.f;
-#pragma unroll
-        for (int d = 0; d < DPL; d++) acc[ri][d] = 0.f;
-    }
-
     // The next tile's K and V wait in registers while this tile is computed: bf16 values, or FP8
     // codes (in the first 8 bytes) that become bf16 only on their way to shared memory, so that
     // no conversion waits on a load still in flight.
@@ -129,7 +111,26 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
             }
         }
     };
+    // The first tile's loads go out before the queries', so the two waits overlap.
     if (kv_lo < split_end) load(kv_lo);
+
+    for (int e = threadIdx.x; e < rows * HD; e += ATT_THREADS) {
+        int r = e / HD, d = e % HD;
+        u32 token = row0 + r / group;
+        int head = kvh * group + r % group;
+        qs[r][d] = bf2f(q[((u64)token * heads + head) * HD + d]) * scale_log2;
+    }
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][DPL];
+#pragma unroll
+    for (int ri = 0; ri < ATT_ROWS_PER_WARP; ri++) {
+        // A row past `rows` is never written; its head index stays within the group.
+        m[ri] = initial_max(sinks, kvh * group + (warp + ri * (ATT_THREADS / 32)) % group, split);
+        l[ri] = m[ri] == -INFINITY ? 0.f : 1.f;
+#pragma unroll
+        for (int d = 0; d < DPL; d++) acc[ri][d] = 0.f;
+    }
 
     for (u32 t0 = kv_lo; t0 < split_end; t0 += ATT_TILE) {
         __syncthreads();

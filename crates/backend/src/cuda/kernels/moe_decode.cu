@@ -16,12 +16,19 @@
 // two bf16-rounded products: the product and silu_mul (MOE_ACTIVATION_SWIGLU) or clamped_swiglu
 // (MOE_ACTIVATION_CLAMPED_SWIGLU, with alpha and limit) after it in one launch, bit for bit the
 // two launches' result.
+//
+// With `routed_earlier` (the routing was written at least two launches before this one, as for
+// the down product after the gate/up one), each warp starts its weight row towards L2 before
+// pdl_begin: the launch before has passed its own wait, so the routing is final. The rows are
+// read, and the routing read again, only after the wait; a prefetch is only a hint.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     moe_gemv(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts, const u64* __restrict__ weights,
-             const u64* __restrict__ biases, int n, int k, int activation, float alpha, float limit, bf16* __restrict__ y) {
-    pdl_begin();
+             const u64* __restrict__ biases, int n, int k, int activation, float alpha, float limit, int routed_earlier,
+             bf16* __restrict__ y) {
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     const u64 slot = blockIdx.y;
+    if (routed_earlier && row < n && lane == 0) prefetch_l2((const bf16*)weights[experts[slot]] + (u64)row * k, (u32)k * 2);
+    pdl_begin();
     if (row >= n) return;
     const u32 e = experts[slot];
     const bf16* w = (const bf16*)weights[e];
