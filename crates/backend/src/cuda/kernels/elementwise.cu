@@ -15,8 +15,19 @@ __device__ __forceinline__ uint2 f4_to_bf4(float4 v) {
     return make_uint2((u32)f2bf(v.x) | ((u32)f2bf(v.y) << 16), (u32)f2bf(v.z) | ((u32)f2bf(v.w) << 16));
 }
 
-// Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`.
-__device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const bf16* __restrict__ weight, float eps, int hidden,
+// This thread's groups of four of a norm's weight (zeros past the row). The weights never change,
+// so the kernels load them before pdl_begin, while the launch before still runs.
+__device__ __forceinline__ void load_norm_weight(const bf16* __restrict__ weight, int hidden, float4 (&w)[NORM_ITEMS]) {
+#pragma unroll
+    for (int it = 0; it < NORM_ITEMS; it++) {
+        int i = threadIdx.x + it * blockDim.x;
+        w[it] = i < hidden / 4 ? bf4_to_f4(((const uint2*)weight)[i]) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+}
+
+// Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`, with this thread's
+// groups of the weight in `w`.
+__device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
                                          bf16* __restrict__ out, float* scratch) {
     float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
     int n4 = hidden / 4;
@@ -24,9 +35,8 @@ __device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss
     for (int it = 0; it < NORM_ITEMS; it++) {
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) {
-            float4 w = bf4_to_f4(((const uint2*)weight)[i]);
             float4 x = v[it];
-            ((uint2*)out)[i] = f4_to_bf4(make_float4(x.x * scale * w.x, x.y * scale * w.y, x.z * scale * w.z, x.w * scale * w.w));
+            ((uint2*)out)[i] = f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
         }
     }
 }
@@ -53,6 +63,8 @@ __device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width,
 // error of this kernel instead of a read out of bounds.
 extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
                                           float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed) {
+    float4 w[NORM_ITEMS];
+    load_norm_weight(weight, hidden, w);
     pdl_begin();
     __shared__ float scratch[32];
     int t = blockIdx.x, n4 = hidden / 4;
@@ -66,12 +78,14 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) res[i] = v[it];
     }
-    norm_row(v, ss, weight, eps, hidden, normed + (u64)t * hidden, scratch);
+    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch);
 }
 
 // residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight. One block per token.
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight, float eps,
                                         int hidden, bf16* __restrict__ normed) {
+    float4 w[NORM_ITEMS];
+    load_norm_weight(weight, hidden, w);
     pdl_begin();
     __shared__ float scratch[32];
     u64 base = (u64)blockIdx.x * hidden;
@@ -97,19 +111,21 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
             ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
         }
     }
-    norm_row(v, ss, weight, eps, hidden, normed + base, scratch);
+    norm_row(v, ss, w, eps, hidden, normed + base, scratch);
 }
 
 // normed[t] = rms_norm(x[t]) * weight over rows of `width` bf16 values (MLA's q and latent
 // norms). One block per row.
 extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16* __restrict__ weight, float eps, int width,
                                          bf16* __restrict__ normed) {
+    float4 w[NORM_ITEMS];
+    load_norm_weight(weight, width, w);
     pdl_begin();
     __shared__ float scratch[32];
     u64 base = (u64)blockIdx.x * width;
     float4 v[NORM_ITEMS];
     const float ss = load_row(x + base, width, v);
-    norm_row(v, ss, weight, eps, width, normed + base, scratch);
+    norm_row(v, ss, w, eps, width, normed + base, scratch);
 }
 
 // RoPE on one pair (a, b) of a head's values (i and i + half) at `position`: the angle
