@@ -6,6 +6,7 @@
 //! the host was doing something else. Gaps inside a one-off outlier step (crate::steps) are
 //! counted apart and judged by no pattern.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use lumen_trace::model::{GpuOpKind, GpuOpRow, SpanRow, TraceData};
@@ -127,6 +128,40 @@ pub struct SpanOverlap {
     pub tid: u64,
     pub thread: Option<String>,
     pub overlap_ns: u64,
+}
+
+/// Kernels of one stream run one after another, but under programmatic dependent launch a kernel
+/// starts, its blocks resident and waiting, before the kernel ahead of it on its stream has
+/// ended. Each such kernel's start moves to that end, so that a kernel is not charged for its wait
+/// and kernel times add up to the stream's busy time. Returns the trace to analyse (the given one,
+/// borrowed, when no kernel moved) and how many kernels moved. Kernels without a stream id stay.
+pub fn serialize_streams(trace: &TraceData) -> (Cow<'_, TraceData>, usize) {
+    let mut streams: HashMap<(u32, u32, u64), Vec<usize>> = HashMap::new();
+    for (i, op) in trace.gpu_ops.iter().enumerate() {
+        if let (GpuOpKind::Kernel, Some(stream)) = (op.kind, op.stream) {
+            streams.entry((op.pid, op.device, stream)).or_default().push(i);
+        }
+    }
+    let mut moved: Vec<(usize, u64)> = Vec::new();
+    for mut kernels in streams.into_values() {
+        kernels.sort_unstable_by_key(|&i| (trace.gpu_ops[i].start_ns, trace.gpu_ops[i].end_ns));
+        let mut ahead_end = 0;
+        for i in kernels {
+            let op = &trace.gpu_ops[i];
+            if op.start_ns < ahead_end {
+                moved.push((i, ahead_end.min(op.end_ns)));
+            }
+            ahead_end = ahead_end.max(op.end_ns);
+        }
+    }
+    if moved.is_empty() {
+        return (Cow::Borrowed(trace), 0);
+    }
+    let mut owned = trace.clone();
+    for &(i, start) in &moved {
+        owned.gpu_ops[i].start_ns = start;
+    }
+    (Cow::Owned(owned), moved.len())
 }
 
 /// Whether an op of `kind` keeps the GPU busy (everything but synchronisations).
@@ -421,6 +456,27 @@ mod tests {
     use super::*;
     use lumen_test_support::rows::{api, kernel, op, span};
     use lumen_trace::model::{GpuOpKind, ThreadRow};
+
+    /// Programmatic dependent launch: b starts (waiting) 30 ns before a ends, c 5 ns before b
+    /// ends. Each is timed from the end of the kernel ahead on its stream; a kernel of another
+    /// stream, one without a stream id and a copy keep their times.
+    #[test]
+    fn kernels_that_start_before_the_one_ahead_on_their_stream_ends_are_timed_from_that_end() {
+        let other = GpuOpRow { stream: Some(9), ..kernel(150, 160, 4) };
+        let unknown = GpuOpRow { stream: None, ..kernel(150, 170, 5) };
+        let trace = TraceData {
+            gpu_ops: vec![kernel(100, 200, 1), kernel(170, 260, 2), kernel(255, 300, 3), other, unknown, op(GpuOpKind::Memcpy, 120, 130, 6)],
+            ..TraceData::default()
+        };
+        let (serial, moved) = serialize_streams(&trace);
+        assert_eq!(moved, 2);
+        let times: Vec<(u64, u64)> = serial.gpu_ops.iter().map(|op| (op.start_ns, op.end_ns)).collect();
+        assert_eq!(times, [(100, 200), (200, 260), (260, 300), (150, 160), (150, 170), (120, 130)]);
+        let kernel_ns: u64 = serial.gpu_ops[..3].iter().map(|op| op.end_ns - op.start_ns).sum();
+        assert_eq!(kernel_ns, 200, "the stream's kernels add up to its busy time");
+        let ordinary = TraceData { gpu_ops: vec![kernel(0, 10, 1), kernel(10, 20, 2)], ..TraceData::default() };
+        assert!(matches!(serialize_streams(&ordinary), (Cow::Borrowed(_), 0)));
+    }
 
     fn run(trace: &TraceData, buckets: usize) -> (Vec<DeviceUtilisation>, Vec<DeviceGaps>) {
         let (u, g) = analyze(trace, &LaunchIndex::new(trace), &StepWindows::default(), buckets, TOP_GAPS);

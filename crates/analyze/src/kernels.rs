@@ -153,6 +153,9 @@ pub struct Kernels {
     /// Kernels, copies and memsets by class, most time first; shares are of their summed time.
     pub classes: Vec<ClassTotal>,
     pub shorter_than_launch: Measured<ShorterThanLaunch>,
+    /// Kernels that started before the kernel ahead of them on their stream had ended
+    /// (programmatic dependent launch), timed from that end ([`crate::gpu::serialize_streams`]).
+    pub early_starts: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -198,7 +201,7 @@ fn duration(op: &GpuOpRow) -> u64 {
     op.end_ns.saturating_sub(op.start_ns)
 }
 
-pub fn analyze(trace: &TraceData, launches: &LaunchIndex, rules: &[ClassRule], top: usize) -> Measured<Kernels> {
+pub fn analyze(trace: &TraceData, launches: &LaunchIndex, rules: &[ClassRule], top: usize, early_starts: usize) -> Measured<Kernels> {
     let kernels: Vec<&GpuOpRow> = trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Kernel).collect();
     if kernels.is_empty() {
         let graphs = trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Graph).count();
@@ -224,6 +227,7 @@ pub fn analyze(trace: &TraceData, launches: &LaunchIndex, rules: &[ClassRule], t
         top: stats,
         classes: classes(trace, &by_name, rules),
         shorter_than_launch: shorter_than_launch(&kernels, launches, top),
+        early_starts,
     })
 }
 
@@ -276,10 +280,12 @@ fn classes(trace: &TraceData, by_name: &HashMap<&str, Vec<&GpuOpRow>>, rules: &[
     classes
 }
 
+/// Kernels launched one by one that ran shorter than their launch call. A kernel of a CUDA graph
+/// shares its graph's one launch call with every other node, so it is left out.
 fn shorter_than_launch(kernels: &[&GpuOpRow], launches: &LaunchIndex, top: usize) -> Measured<ShorterThanLaunch> {
     let mut with_launch = 0;
     let mut by_name: HashMap<&str, usize> = HashMap::new();
-    for k in kernels {
+    for k in kernels.iter().filter(|k| k.graph_node_id.is_none()) {
         if let Some(call) = launches.launch_of(k) {
             with_launch += 1;
             if duration(k) < call.end_ns.saturating_sub(call.start_ns) {
@@ -288,7 +294,11 @@ fn shorter_than_launch(kernels: &[&GpuOpRow], launches: &LaunchIndex, top: usize
         }
     }
     if with_launch == 0 {
-        return Measured::NotAvailable("no kernel has its launch API call in the trace (matched by process and correlation id)".into());
+        return Measured::NotAvailable(if kernels.iter().all(|k| k.graph_node_id.is_some()) {
+            "every kernel ran as a node of a CUDA graph, whose one launch call starts them all".into()
+        } else {
+            "no kernel has its launch API call in the trace (matched by process and correlation id)".into()
+        });
     }
     let count = by_name.values().sum();
     let mut names: Vec<(String, usize)> = by_name.into_iter().map(|(name, n)| (name.to_string(), n)).collect();
@@ -333,8 +343,18 @@ pub fn view(kernels: &Measured<Kernels>) -> Vec<Block> {
         .classes
         .iter()
         .map(|c| vec![c.class.as_str().into(), c.count.to_string(), text::duration(c.total_ns as f64), text::percent(c.share)]);
+    let mut facts = vec![fact("kernels", format!("{} ({} in all)", k.count, text::duration(k.total_ns as f64)))];
+    if k.early_starts > 0 {
+        facts.push(fact(
+            "started early",
+            format!(
+                "{} of {} kernels began before the kernel ahead of them on their stream ended (programmatic dependent launch); each is timed from that end",
+                k.early_starts, k.count
+            ),
+        ));
+    }
     let mut blocks = vec![
-        Block::Facts(vec![fact("kernels", format!("{} ({} in all)", k.count, text::duration(k.total_ns as f64)))]),
+        Block::Facts(facts),
         Block::Table { header: vec!["#", "kernel", "class", "count", "total", "share"], left: vec![1, 2], rows: top },
         Block::Table { header: vec!["#", "mean", "median", "min", "max", "grid", "block"], left: vec![], rows: timing },
         Block::Table { header: vec!["class", "ops", "total", "share"], left: vec![0], rows: classes.collect() },
@@ -399,7 +419,7 @@ mod tests {
         let mut copy = op(GpuOpKind::Memcpy, 500, 550, 5);
         copy.bytes = Some(10);
         let trace = TraceData { gpu_ops: a.into_iter().chain([copy]).collect(), ..TraceData::default() };
-        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15);
+        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15, 0);
         let k = k.get().unwrap();
         assert_eq!((k.count, k.total_ns), (4, 200));
         let gemm = &k.top[0];
@@ -424,16 +444,36 @@ mod tests {
             api_calls: vec![api("cuLaunchKernel", 90, 95, 1), api("cuLaunchKernel", 190, 195, 2), api("cuLaunchKernel", 290, 295, 3)],
             ..TraceData::default()
         };
-        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15);
+        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15, 0);
         let s = k.get().unwrap().shorter_than_launch.get().unwrap();
         assert_eq!((s.with_launch, s.count, s.names.clone()), (3, 2, vec![("tiny".to_string(), 2)]));
         assert!((s.share - 2.0 / 3.0).abs() < 1e-12);
     }
 
+    /// A replayed graph's 580 kernels all carry the correlation id of its one cuGraphLaunch:
+    /// none is "shorter than its launch" for that.
+    #[test]
+    fn graph_kernels_are_not_compared_with_their_graphs_launch() {
+        let node = |name: &str, start, end, id| GpuOpRow { graph_id: Some(1), graph_node_id: Some(id), ..named(name, start, end, 7) };
+        let mut trace = TraceData {
+            gpu_ops: vec![node("a", 1_000, 1_002, 1), node("b", 1_002, 1_004, 2)],
+            api_calls: vec![api("cuGraphLaunch", 0, 500, 7)],
+            ..TraceData::default()
+        };
+        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15, 0);
+        let why = k.get().unwrap().shorter_than_launch.reason().unwrap().to_string();
+        assert!(why.contains("node of a CUDA graph"), "{why}");
+        trace.gpu_ops.push(named("eager", 2_000, 2_001, 8));
+        trace.api_calls.push(api("cuLaunchKernel", 1_990, 1_995, 8));
+        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15, 0);
+        let s = k.get().unwrap().shorter_than_launch.get().unwrap();
+        assert_eq!((s.with_launch, s.count), (1, 1));
+    }
+
     #[test]
     fn graph_only_traces_say_how_to_see_kernels() {
         let trace = TraceData { gpu_ops: vec![op(GpuOpKind::Graph, 0, 10, 1)], ..TraceData::default() };
-        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15);
+        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15, 0);
         assert!(
             matches!(k, Measured::NotAvailable(why) if why.contains("1 CUDA graph launches") && why.contains("--cuda-graph-trace node"))
         );

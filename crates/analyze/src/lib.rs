@@ -89,13 +89,15 @@ pub fn analyze(trace: &TraceData, options: &Options) -> Result<Analysis> {
         Some(extra) => kernels::with_extra_rules(kernels::default_rules(), extra)?,
         None => kernels::default_rules(),
     };
+    let (trace, early_starts) = gpu::serialize_streams(trace);
+    let trace = trace.as_ref();
     let pattern = options.step_pattern.as_deref().map(steps::step_pattern).transpose()?;
     let (steps, windows) = steps::analyze(trace, pattern.as_ref());
     let launches = LaunchIndex::new(trace);
     let (gpu, gaps) = gpu::analyze(trace, &launches, &windows, options.buckets, gpu::TOP_GAPS);
     let speed_of_light = sol::analyze(trace, &rules, &launches, &windows);
     let headroom = headroom::analyze(trace, &windows, speed_of_light.peaks.get());
-    let kernels = kernels::analyze(trace, &launches, &rules, options.top);
+    let kernels = kernels::analyze(trace, &launches, &rules, options.top, early_starts);
     let moe = moe::analyze(trace, &kernels);
     let collectives = collectives::analyze(trace, &rules);
     let mut analysis = Analysis {
