@@ -940,6 +940,16 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
             text::duration(*overlap_ns as f64)
         ));
     }
+    let traced_launch = node_traced_graph_launch(f.trace, host_gaps.iter().map(|(_, g)| (g.start_ns, g.start_ns + g.duration_ns)));
+    if let Some(launch) = &traced_launch {
+        evidence.push(format!(
+            "in those waits the host was inside `{}` for {} ({} a launch on average, {:.0} kernels a graph)",
+            launch.name,
+            text::duration(launch.overlap_ns as f64),
+            text::duration(launch.mean_ns),
+            launch.nodes_per_launch
+        ));
+    }
     host_gaps.truncate(TOP_OFFENDERS);
     let offenders = host_gaps
         .iter()
@@ -960,6 +970,17 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
         (None, Some(p)) => format!("phase `{}`, the longest (schedule, prepare inputs and sample are the usual ones)", p.name),
         (None, None) => "the CPU work between launches (schedule, prepare inputs and sample are the usual ones)".to_string(),
     };
+    let mut action = format!(
+        "the GPU waits for the host: shorten {phase}; record waits and \
+         allocations with LUMEN_PROFILE_RECORD_WAITS=1 LUMEN_PROFILE_RECORD_ALLOC=1; replay decode from CUDA graphs (--cuda-graphs on)"
+    );
+    if traced_launch.is_some() {
+        action = format!(
+            "first rule out the profiler: the kernels were traced as graph nodes, and tracing a graph node by node \
+             lengthens its launch; trace the same run with `--cuda-graph-trace graph` (or compare the unprofiled TPOT with \
+             the GPU's busy time a step); if the waits remain: {action}"
+        );
+    }
     Outcome::Fires(Finding {
         pattern: CPU_BOTTLENECK,
         kind: Kind::Idle,
@@ -968,11 +989,45 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
         evidence,
         offenders,
         range_ns,
-        action: format!(
-            "the GPU waits for the host: shorten {phase}; record waits and \
-             allocations with LUMEN_PROFILE_RECORD_WAITS=1 LUMEN_PROFILE_RECORD_ALLOC=1; replay decode from CUDA graphs (--cuda-graphs on)"
-        ),
+        action,
     })
+}
+
+/// The graph launch call the host sat in during the GPU's host waits, where the trace's kernels
+/// were traced as graph nodes.
+struct TracedGraphLaunch<'a> {
+    name: &'a str,
+    overlap_ns: u64,
+    mean_ns: f64,
+    nodes_per_launch: f64,
+}
+
+/// When the GPU's host waits (`windows`) are mostly spent inside graph launch calls and the
+/// trace holds graph kernels node by node, that launch: node-level tracing itself makes each
+/// launch longer, so the waits may be the profiler's.
+fn node_traced_graph_launch(trace: &TraceData, windows: impl Iterator<Item = (u64, u64)>) -> Option<TracedGraphLaunch<'_>> {
+    let mut nodes_by_launch: HashMap<(u32, u64), usize> = HashMap::new();
+    for op in trace.gpu_ops.iter().filter(|op| op.graph_node_id.is_some()) {
+        if let Some(correlation) = op.correlation {
+            *nodes_by_launch.entry((op.pid, correlation)).or_default() += 1;
+        }
+    }
+    if nodes_by_launch.is_empty() {
+        return None;
+    }
+    let is_graph_launch = |name: &str| name.starts_with("cuGraphLaunch") || name.starts_with("cudaGraphLaunch");
+    let launches: Vec<_> = trace.api_calls.iter().filter(|c| is_graph_launch(&c.name)).collect();
+    let (mut overlap_ns, mut waits_ns) = (0u64, 0u64);
+    for (start, end) in windows {
+        waits_ns += end - start;
+        overlap_ns += launches.iter().map(|c| end.min(c.end_ns).saturating_sub(start.max(c.start_ns))).sum::<u64>();
+    }
+    if overlap_ns * 2 < waits_ns {
+        return None;
+    }
+    let mean_ns = launches.iter().map(|c| (c.end_ns - c.start_ns) as f64).sum::<f64>() / launches.len() as f64;
+    let nodes_per_launch = nodes_by_launch.values().sum::<usize>() as f64 / nodes_by_launch.len() as f64;
+    Some(TracedGraphLaunch { name: &launches[0].name, overlap_ns, mean_ns, nodes_per_launch })
 }
 
 /// The engine phase that overlaps `windows` most, with its overlap: where the host was while
@@ -1304,6 +1359,33 @@ mod tests {
         assert!(f.offenders[0].starts_with("device 0 idle 1.000 ms at +1.0 µs: schedule 898.0 µs"), "{:?}", f.offenders);
         assert!(f.action.contains("phase `schedule`") && f.action.contains("LUMEN_PROFILE_RECORD_WAITS=1"));
         assert_eq!(f.range_ns, Some((1_000, 1_001_000)));
+    }
+
+    /// A replayed graph of three kernels traced node by node, whose next launch call takes 800 µs
+    /// while the GPU waits: the finding points at the profiler first. Traced as whole graphs,
+    /// the same waits keep the plain advice.
+    #[test]
+    fn host_waits_inside_node_traced_graph_launches_point_at_the_profiler_first() {
+        let node = |start, id, correlation| GpuOpRow { graph_id: Some(1), graph_node_id: Some(id), ..kernel(start, start + 1_000, correlation) };
+        let mut trace = TraceData {
+            gpu_ops: vec![node(0, 1, 1), node(1_000, 2, 1), node(2_000, 3, 1), node(1_003_000, 1, 2), node(1_004_000, 2, 2), node(1_005_000, 3, 2)],
+            api_calls: vec![api("cuGraphLaunch", 150_000, 950_000, 2)],
+            spans: vec![span(100_000, 1_000_000, 1, "forward", "phase")],
+            ..TraceData::default()
+        };
+        let f = finding(&diagnosis(&trace), CPU_BOTTLENECK).cloned().expect("a 1 ms host wait");
+        assert!(
+            f.evidence.iter().any(|e| e.contains("inside `cuGraphLaunch` for 800.0 µs (800.0 µs a launch on average, 3 kernels a graph)")),
+            "{:?}",
+            f.evidence
+        );
+        assert!(f.action.starts_with("first rule out the profiler") && f.action.contains("--cuda-graph-trace graph"), "{}", f.action);
+        for op in &mut trace.gpu_ops {
+            op.graph_node_id = None;
+        }
+        let f = finding(&diagnosis(&trace), CPU_BOTTLENECK).cloned().expect("the same wait");
+        assert!(f.action.starts_with("the GPU waits for the host"), "{}", f.action);
+        assert!(!f.evidence.iter().any(|e| e.contains("cuGraphLaunch")), "{:?}", f.evidence);
     }
 
     /// Ten 2 µs kernels, each launched 1 µs before the previous one ends, with 5 µs between them.
