@@ -488,12 +488,19 @@ fn batch_size(f: &Facts, headroom: &Measured<Headroom>) -> Outcome {
     evidence.push(format!("{gain}; basis: {}", s.basis));
     let explained_ns = s.gain.map_or(0, |g| (steady_iteration_ns(f) as f64 * (1.0 - 1.0 / g.max(1.0))) as u64);
     let command = command_with(f.trace, &[("--max-batch-size", s.max_batch_size), ("--max-num-tokens", s.max_num_tokens)]);
-    let mut finding = Finding::new(
-        BATCH_SIZE,
-        explained_ns,
-        evidence,
-        format!("raise the batch cap: --max-batch-size {} --max-num-tokens {}; try `{command}`", s.max_batch_size, s.max_num_tokens),
-    );
+    // `bench latency` runs one request at a time whatever its cap: the headroom is a throughput
+    // run's, on the same dataset.
+    let latency_run = f.trace.meta("command").is_some_and(|c| c.contains(" bench latency "));
+    let action = if latency_run {
+        format!(
+            "this is `bench latency`, which runs one request at a time by design, so no cap raises its batch; the headroom is a \
+             throughput run's: try `{}`",
+            command.replacen(" bench latency ", " bench throughput ", 1)
+        )
+    } else {
+        format!("raise the batch cap: --max-batch-size {} --max-num-tokens {}; try `{command}`", s.max_batch_size, s.max_num_tokens)
+    };
+    let mut finding = Finding::new(BATCH_SIZE, explained_ns, evidence, action);
     finding.expected_gain = s.gain;
     Outcome::Fires(finding)
 }
@@ -1615,6 +1622,35 @@ mod tests {
         let f = finding(&d, BATCH_SIZE).expect("capped at 2 with 0.2% of the KV cache used");
         assert!(f.action.contains("--max-batch-size 8"), "{}", f.action);
         assert_eq!(d.findings[0].pattern, BATCH_SIZE);
+    }
+
+    /// `bench latency` serves one request at a time, so a larger cap would not change its batch:
+    /// the finding points at `bench throughput` on the same dataset instead.
+    #[test]
+    fn a_latency_benchmark_at_batch_one_is_pointed_at_a_throughput_run() {
+        let mut trace = capped_run();
+        trace.meta = vec![
+            ("max_batch_size".into(), "2".into()),
+            ("max_num_tokens".into(), "2048".into()),
+            ("backend".into(), "cpu".into()),
+            ("command".into(), "/opt/lumen bench latency --model tiny --dataset d.jsonl --max-batch-size 2".into()),
+        ];
+        trace.gpu_ops.clear();
+        for (i, r) in trace.iterations.iter_mut().enumerate() {
+            (r.gen_reqs, r.gen_tokens, r.kv_used_blocks, r.kv_total_blocks) = (2, 2, 2, 1_000);
+            (r.weight_bytes, r.kv_bytes_read, r.flops, r.device_ms) = (None, None, None, None);
+            if i == 0 {
+                (r.ctx_reqs, r.ctx_tokens, r.gen_reqs, r.gen_tokens) = (2, 64, 0, 0);
+            }
+        }
+        let f = finding(&diagnosis(&trace), BATCH_SIZE).cloned().expect("capped at 2 with 0.2% of the KV cache used");
+        assert!(
+            f.action.starts_with("this is `bench latency`")
+                && f.action.contains("`lumen bench throughput --model tiny --dataset d.jsonl --max-batch-size 8 --max-num-tokens"),
+            "{}",
+            f.action
+        );
+        assert!(!f.action.contains("bench latency --"), "{}", f.action);
     }
 
     #[test]
