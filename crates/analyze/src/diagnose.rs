@@ -1000,6 +1000,11 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
     })
 }
 
+/// Whether an API call launches a CUDA graph (`cuGraphLaunch`, `cudaGraphLaunch` and their variants).
+fn is_graph_launch(name: &str) -> bool {
+    name.contains("GraphLaunch")
+}
+
 /// The graph launch call the host sat in during the GPU's host waits, where the trace's kernels
 /// were traced as graph nodes.
 struct TracedGraphLaunch<'a> {
@@ -1022,7 +1027,6 @@ fn node_traced_graph_launch(trace: &TraceData, windows: impl Iterator<Item = (u6
     if nodes_by_launch.is_empty() {
         return None;
     }
-    let is_graph_launch = |name: &str| name.starts_with("cuGraphLaunch") || name.starts_with("cudaGraphLaunch");
     let launches: Vec<_> = trace.api_calls.iter().filter(|c| is_graph_launch(&c.name)).collect();
     let (mut overlap_ns, mut waits_ns) = (0u64, 0u64);
     for (start, end) in windows {
@@ -1063,7 +1067,7 @@ fn launch_overhead(f: &Facts) -> Outcome {
     // Kernels replayed from a graph: a graph id (collector), or launched by a graph launch call
     // (torch.profiler traces keep no graph ids).
     let from_graph = |k: &&&lumen_trace::model::GpuOpRow| {
-        k.graph_id.is_some() || f.launches.launch_of(k).is_some_and(|call| call.name.contains("GraphLaunch"))
+        k.graph_id.is_some() || f.launches.launch_of(k).is_some_and(|call| is_graph_launch(&call.name))
     };
     let eager_share = share(kernels.iter().filter(|k| !from_graph(k)).count() as f64, kernels.len() as f64);
     let launch_gaps = idle_totals(f.a).ok();
@@ -1605,11 +1609,12 @@ mod tests {
         assert!(diagnosis(&full).not_found.contains(&BATCH_SIZE), "a KV cache 60% full leaves no room");
     }
 
-    #[test]
-    fn a_cpu_run_capped_at_two_is_told_to_raise_it() {
+    /// A CPU run at its cap of 2 with 0.2% of its KV cache used, its meta plus `extra`.
+    fn cpu_run_capped_at_two(extra: &[(&str, &str)]) -> TraceData {
         let mut trace = capped_run();
         trace.meta =
             vec![("max_batch_size".into(), "2".into()), ("max_num_tokens".into(), "2048".into()), ("backend".into(), "cpu".into())];
+        trace.meta.extend(extra.iter().map(|&(k, v)| (k.to_string(), v.to_string())));
         trace.gpu_ops.clear();
         for (i, r) in trace.iterations.iter_mut().enumerate() {
             (r.gen_reqs, r.gen_tokens, r.kv_used_blocks, r.kv_total_blocks) = (2, 2, 2, 1_000);
@@ -1618,7 +1623,12 @@ mod tests {
                 (r.ctx_reqs, r.ctx_tokens, r.gen_reqs, r.gen_tokens) = (2, 64, 0, 0);
             }
         }
-        let d = diagnosis(&trace);
+        trace
+    }
+
+    #[test]
+    fn a_cpu_run_capped_at_two_is_told_to_raise_it() {
+        let d = diagnosis(&cpu_run_capped_at_two(&[]));
         let f = finding(&d, BATCH_SIZE).expect("capped at 2 with 0.2% of the KV cache used");
         assert!(f.action.contains("--max-batch-size 8"), "{}", f.action);
         assert_eq!(d.findings[0].pattern, BATCH_SIZE);
@@ -1628,21 +1638,7 @@ mod tests {
     /// the finding points at `bench throughput` on the same dataset instead.
     #[test]
     fn a_latency_benchmark_at_batch_one_is_pointed_at_a_throughput_run() {
-        let mut trace = capped_run();
-        trace.meta = vec![
-            ("max_batch_size".into(), "2".into()),
-            ("max_num_tokens".into(), "2048".into()),
-            ("backend".into(), "cpu".into()),
-            ("command".into(), "/opt/lumen bench latency --model tiny --dataset d.jsonl --max-batch-size 2".into()),
-        ];
-        trace.gpu_ops.clear();
-        for (i, r) in trace.iterations.iter_mut().enumerate() {
-            (r.gen_reqs, r.gen_tokens, r.kv_used_blocks, r.kv_total_blocks) = (2, 2, 2, 1_000);
-            (r.weight_bytes, r.kv_bytes_read, r.flops, r.device_ms) = (None, None, None, None);
-            if i == 0 {
-                (r.ctx_reqs, r.ctx_tokens, r.gen_reqs, r.gen_tokens) = (2, 64, 0, 0);
-            }
-        }
+        let trace = cpu_run_capped_at_two(&[("command", "/opt/lumen bench latency --model tiny --dataset d.jsonl --max-batch-size 2")]);
         let f = finding(&diagnosis(&trace), BATCH_SIZE).cloned().expect("capped at 2 with 0.2% of the KV cache used");
         assert!(
             f.action.starts_with("this is `bench latency`")
