@@ -11,8 +11,7 @@
 // prefill chunk or a decode step, alone or in any batch.
 //
 // With one split per launch the block writes the normalised output. With several, each block
-// writes its unnormalised partial sums, merged in split order by `attention_combine` or, given
-// split counters, by the last of a tile's blocks to finish (the same arithmetic).
+// writes its unnormalised partial sums and `attention_combine` merges them in split order.
 //
 // Attention sinks (GPT-OSS: `sinks`, one learned logit per query head, or null for none) join
 // each row's softmax denominator and not its numerator: the first split's running state starts
@@ -293,8 +292,16 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     pdl_begin();
     int token = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
     int used = positions[token] / *split_size + 1;
-    u64 row = (u64)token * heads + head;
-    out[row * head_dim + d] = f2bf(combine_split_row(part_acc, part_ml, row * splits, used, head_dim, d));
+    u64 base = ((u64)token * heads + head) * splits;
+    float mx = -INFINITY;
+    for (int s = 0; s < used; s++) mx = fmaxf(mx, part_ml[2 * (base + s)]);
+    float total = 0.f, o = 0.f;
+    for (int s = 0; s < used; s++) {
+        float w = exp2f(part_ml[2 * (base + s)] - mx);
+        total += part_ml[2 * (base + s) + 1] * w;
+        o += part_acc[(base + s) * head_dim + d] * w;
+    }
+    out[((u64)token * heads + head) * head_dim + d] = f2bf(o / total);
 }
 
 // Prefill attention on the tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), for tiles
