@@ -76,21 +76,6 @@ __device__ __forceinline__ float combine_split_row(const float* part_acc, const 
     return o / total;
 }
 
-// The block's share of merging a tile's splits: every (row, value) of its `rows` query rows
-// (tokens row0.. at positions pos0.., heads kvh · group..), each over the splits its position has.
-// Out of line, so the merge's registers do not add to the attention loop's.
-__device__ __noinline__ void merge_tile_splits(const float* part_acc, const float* part_ml, u32 row0, u32 pos0, int rows, int group, int kvh,
-                                               int heads, int head_dim, int splits, int split_tokens, bf16* out) {
-    for (int e = threadIdx.x; e < rows * head_dim; e += blockDim.x) {
-        const int r = e / head_dim, d = e % head_dim;
-        const u32 token = row0 + r / group;
-        const int head = kvh * group + r % group;
-        const int used = (int)((pos0 + r / group) / (u32)split_tokens) + 1;
-        const u64 row = (u64)token * heads + head;
-        out[row * head_dim + d] = f2bf(combine_split_row(part_acc, part_ml, row * splits, used, head_dim, d));
-    }
-}
-
 template <int HD, int ATT_ROWS_PER_WARP>
 __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,
                                const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window,
@@ -262,7 +247,13 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
     __syncthreads();
     if (!merge_here) return;
     __threadfence();
-    merge_tile_splits(part_acc, part_ml, row0, pos0, rows, group, kvh, heads, HD, splits, split_tokens, out);
+    for (int e = threadIdx.x; e < rows * HD; e += ATT_THREADS) {
+        const int r = e / HD, d = e % HD;
+        const u32 token = row0 + r / group;
+        const int head = kvh * group + r % group;
+        const int used = (int)((pos0 + r / group) / (u32)split_tokens) + 1;
+        out[((u64)token * heads + head) * HD + d] = f2bf(combine_split_row(part_acc, part_ml, ((u64)token * heads + head) * splits, used, HD, d));
+    }
 }
 
 // Entries by head size and query rows per warp: 1 (decode: a block holds one token's GQA group of
