@@ -92,7 +92,6 @@ fn main() -> anyhow::Result<()> {
                     out: out.ptr,
                     part_acc: 0,
                     part_ml: 0,
-                    split_counters: 0,
                 };
                 let ms = gpu.median_ms(3, 20, || kernels.attention(&gpu, &args))?;
                 println!(

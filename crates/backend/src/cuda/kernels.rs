@@ -747,21 +747,13 @@ impl Kernels {
                 .ptr(a.part_acc)
                 .ptr(a.part_ml)
         };
-        // Without tensor-core tiles, the CUDA-core kernel merges its own splits (its last block to
-        // finish a tile does), so no combine launch follows.
-        let merge_in_kernel = a.split_counters != 0 && a.splits > 1 && a.prefill_tiles == 0;
         if a.num_tiles > 0 {
             let k = if a.max_tile_rows <= (ATTENTION_THREADS / 32) as usize { one_row } else { four_rows };
-            let counters = if merge_in_kernel { a.split_counters } else { 0 };
-            let grid = (a.num_tiles as u32, a.kv_heads as u32, a.splits as u32);
-            self.launch(gpu, k, grid, ATTENTION_THREADS, args(a.tiles).ptr(counters))?;
+            self.launch(gpu, k, (a.num_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args(a.tiles))?;
         }
         if a.prefill_tiles > 0 {
             let tiles = a.tiles + 16 * a.num_tiles as u64;
             self.launch(gpu, prefill, (a.prefill_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args(tiles))?;
-        }
-        if merge_in_kernel {
-            return Ok(());
         }
         self.combine_splits(gpu, a)
     }
@@ -907,10 +899,6 @@ pub struct AttentionArgs {
     pub out: u64,
     pub part_acc: u64,
     pub part_ml: u64,
-    /// `[num_tiles × kv_heads]` u32, zero before the launch and left zero after it: with them the
-    /// CUDA-core kernel merges its own KV splits when no tensor-core tiles share the step. 0:
-    /// `attention_combine` merges them.
-    pub split_counters: u64,
 }
 
 #[cfg(test)]

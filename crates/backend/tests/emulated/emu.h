@@ -56,8 +56,6 @@ inline int max(int a, int b) { return a > b ? a : b; }
 inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
 inline void __trap() { std::abort(); }
-// Blocks run one after another and a block's threads meet at barriers: nothing to order.
-inline void __threadfence() {}
 inline float __uint_as_float(unsigned u) {
     float f;
     std::memcpy(&f, &u, 4);

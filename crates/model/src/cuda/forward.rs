@@ -56,9 +56,6 @@ pub struct Activations {
     pub logits: DeviceBuffer,
     part_acc: DeviceBuffer,
     part_ml: DeviceBuffer,
-    /// One u32 per attention tile and KV head, zero between launches: decode attention merges its
-    /// own KV splits with them.
-    split_counters: DeviceBuffer,
     /// Token-splits the attention partial buffers hold.
     pub part_capacity: usize,
     moe: Option<MoeBuffers>,
@@ -175,11 +172,6 @@ impl Activations {
             logits: alloc(s * c.vocab_size, 4, "logits")?,
             part_acc: alloc(part_capacity * c.num_heads * head_partial, 4, "attention split partials")?,
             part_ml: alloc(part_capacity * c.num_heads * 2, 4, "attention split maxima")?,
-            split_counters: {
-                let counters = alloc((t + s) * c.num_kv_heads, 4, "attention split counters")?;
-                gpu.fill(counters.ptr, 0, counters.bytes)?;
-                counters
-            },
             part_capacity,
             moe: match &c.moe {
                 None => None,
@@ -485,7 +477,6 @@ impl Pass<'_> {
             out: 0,
             part_acc: act.part_acc.ptr,
             part_ml: act.part_ml.ptr,
-            split_counters: act.split_counters.ptr,
         }
     }
 

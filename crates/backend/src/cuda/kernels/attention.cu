@@ -62,25 +62,10 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
     return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
-// One output value of a row split over KV ranges: value d of the merge of its first `used`
-// splits' partial sums, at `base` (the row's first split) in part_acc/part_ml, in split order.
-__device__ __forceinline__ float combine_split_row(const float* part_acc, const float* part_ml, u64 base, int used, int head_dim, int d) {
-    float mx = -INFINITY;
-    for (int s = 0; s < used; s++) mx = fmaxf(mx, load_global_cg(part_ml + 2 * (base + s)));
-    float total = 0.f, o = 0.f;
-    for (int s = 0; s < used; s++) {
-        float w = exp2f(load_global_cg(part_ml + 2 * (base + s)) - mx);
-        total += load_global_cg(part_ml + 2 * (base + s) + 1) * w;
-        o += load_global_cg(part_acc + (base + s) * head_dim + d) * w;
-    }
-    return o / total;
-}
-
 template <int HD, int ATT_ROWS_PER_WARP>
 __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,
                                const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window,
-                               const bf16* sinks, float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml,
-                               u32* split_counters) {
+                               const bf16* sinks, float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
     constexpr int DPL = HD / 32;
     constexpr int CHUNKS = ATT_TILE * (HD / 8) / ATT_THREADS;
     const int split_tokens = (int)*split_size;
@@ -231,29 +216,6 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
             }
         }
     }
-    if (splits == 1 || !split_counters) return;
-    // With split counters (one per tile and KV head, zero between launches), the last of the
-    // tile's splits to finish merges them as attention_combine would, bit for bit, and sets its
-    // counter back to zero: the step needs no combine launch.
-    __shared__ int merge_here;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const u32 arrivals = min((u32)splits, (ctx_end + (u32)split_tokens - 1) / (u32)split_tokens);
-        u32* counter = split_counters + (u64)blockIdx.x * gridDim.y + kvh;
-        merge_here = atomicAdd(counter, 1u) == arrivals - 1;
-        if (merge_here) *counter = 0;
-    }
-    __syncthreads();
-    if (!merge_here) return;
-    __threadfence();
-    for (int e = threadIdx.x; e < rows * HD; e += ATT_THREADS) {
-        const int r = e / HD, d = e % HD;
-        const u32 token = row0 + r / group;
-        const int head = kvh * group + r % group;
-        const int used = (int)((pos0 + r / group) / (u32)split_tokens) + 1;
-        out[((u64)token * heads + head) * HD + d] = f2bf(combine_split_row(part_acc, part_ml, ((u64)token * heads + head) * splits, used, HD, d));
-    }
 }
 
 // Entries by head size and query rows per warp: 1 (decode: a block holds one token's GQA group of
@@ -263,10 +225,10 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
         attention_hd##HD##_r##R(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,               \
                                 const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window, \
                                 const bf16* sinks, float scale_log2, const u32* split_size, bf16* out, float* part_acc,             \
-                                float* part_ml, u32* split_counters) {                                                               \
+                                float* part_ml) {                                                                                    \
         pdl_begin();                                                                                                                 \
         attention_impl<HD, R>(q, k_cache, v_cache, kv_fp8, tiles, table_offsets, table_data, heads, kv_heads, block_size, window,     \
-                              sinks, scale_log2, split_size, out, part_acc, part_ml, split_counters);                                 \
+                              sinks, scale_log2, split_size, out, part_acc, part_ml);                                                 \
     }
 
 ATTENTION_ENTRY(32, 1)

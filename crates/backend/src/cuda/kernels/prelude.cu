@@ -30,18 +30,6 @@ __device__ __forceinline__ void pdl_begin() {
 #endif
 }
 
-// A load that skips L1: values another block of the same launch wrote (after its
-// __threadfence), which this SM's L1 may hold from an earlier kernel.
-__device__ __forceinline__ float load_global_cg(const float* p) {
-#if __CUDA_ARCH__
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-#else
-    return *p;
-#endif
-}
-
 // Starts moving `bytes` (a multiple of 16, from a 16-byte aligned address) of global memory into
 // L2 without waiting for them: a weight's rows fetched before pdl_begin().
 __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
