@@ -123,7 +123,11 @@ pub const THRESHOLDS: &[Threshold] = &[
     threshold!(ALLOC_CALLS_PER_STEP, "calls", "CUDA alloc/free calls per steady step above it are churn"),
     threshold!(ALLOC_CALLS_PER_SECOND, "calls/s", "without steps, CUDA alloc/free calls per second above it are churn"),
     threshold!(HOST_ALLOCS_PER_ITERATION, "allocations", "host allocations per iteration above it are churn"),
-    threshold!(MOE_IMBALANCE_MAX_OVER_BALANCED, "× balanced load", "the busiest expert at or above it over a balanced spread's busiest is MoE imbalance"),
+    threshold!(
+        MOE_IMBALANCE_MAX_OVER_BALANCED,
+        "× balanced load",
+        "the busiest expert at or above it over a balanced spread's busiest is MoE imbalance"
+    ),
     threshold!(
         COMM_EXPOSED_SHARE,
         "share of iteration",
@@ -1377,9 +1381,17 @@ mod tests {
     /// the same waits keep the plain advice.
     #[test]
     fn host_waits_inside_node_traced_graph_launches_point_at_the_profiler_first() {
-        let node = |start, id, correlation| GpuOpRow { graph_id: Some(1), graph_node_id: Some(id), ..kernel(start, start + 1_000, correlation) };
+        let node =
+            |start, id, correlation| GpuOpRow { graph_id: Some(1), graph_node_id: Some(id), ..kernel(start, start + 1_000, correlation) };
         let mut trace = TraceData {
-            gpu_ops: vec![node(0, 1, 1), node(1_000, 2, 1), node(2_000, 3, 1), node(1_003_000, 1, 2), node(1_004_000, 2, 2), node(1_005_000, 3, 2)],
+            gpu_ops: vec![
+                node(0, 1, 1),
+                node(1_000, 2, 1),
+                node(2_000, 3, 1),
+                node(1_003_000, 1, 2),
+                node(1_004_000, 2, 2),
+                node(1_005_000, 3, 2),
+            ],
             api_calls: vec![api("cuGraphLaunch", 150_000, 950_000, 2)],
             spans: vec![span(100_000, 1_000_000, 1, "forward", "phase")],
             ..TraceData::default()

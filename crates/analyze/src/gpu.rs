@@ -465,7 +465,14 @@ mod tests {
         let other = GpuOpRow { stream: Some(9), ..kernel(150, 160, 4) };
         let unknown = GpuOpRow { stream: None, ..kernel(150, 170, 5) };
         let trace = TraceData {
-            gpu_ops: vec![kernel(100, 200, 1), kernel(170, 260, 2), kernel(255, 300, 3), other, unknown, op(GpuOpKind::Memcpy, 120, 130, 6)],
+            gpu_ops: vec![
+                kernel(100, 200, 1),
+                kernel(170, 260, 2),
+                kernel(255, 300, 3),
+                other,
+                unknown,
+                op(GpuOpKind::Memcpy, 120, 130, 6),
+            ],
             ..TraceData::default()
         };
         let (serial, moved) = serialize_streams(&trace);

@@ -232,10 +232,8 @@ mod tests {
         (one_each[3], one_each[9]) = (1, 1);
         let mut doubled = vec![0u64; 16];
         doubled[5] = 2;
-        let trace = TraceData {
-            expert_loads: vec![row(0, 0, &one_each), row(1, 0, &one_each), row(0, 1, &doubled)],
-            ..TraceData::default()
-        };
+        let trace =
+            TraceData { expert_loads: vec![row(0, 0, &one_each), row(1, 0, &one_each), row(0, 1, &doubled)], ..TraceData::default() };
         let m = analyze(&trace, &Measured::NotAvailable("no kernels".into()));
         let m = m.get().expect("rows");
         assert_eq!((m.layers[0].max_over_balanced, m.layers[0].lost_share), (1.0, 0.0));

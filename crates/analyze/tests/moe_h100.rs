@@ -95,7 +95,11 @@ fn each_model_s_pairs_show_the_planted_skew_and_read_the_perfect_router_in_eithe
         for (new, base) in [("skewed", "skewed_perfect"), ("skewed_perfect", "skewed")] {
             let r = reading(new, base);
             assert!(r.significant && (r.gain + p.slower.0).abs() < 0.01, "{} {new} against {base}: {r:?}", p.model);
-            assert!(r.reading.contains("slower with the perfect router") && r.reading.contains("routing is not a bottleneck"), "{}", r.reading);
+            assert!(
+                r.reading.contains("slower with the perfect router") && r.reading.contains("routing is not a bottleneck"),
+                "{}",
+                r.reading
+            );
         }
         for (new, base) in [("plain", "plain_perfect"), ("plain_perfect", "plain")] {
             let r = reading(new, base);
