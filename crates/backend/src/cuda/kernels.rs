@@ -54,7 +54,7 @@ pub struct Kernels {
     add_bias: Kernel,
     gather_rows: Kernel,
     moe_route: Kernel,
-    moe_combine_norm: Kernel,
+    moe_combine: Kernel,
     moe_gemv: Kernel,
     moe_align: Kernel,
     moe_grouped_gemm: Kernel,
@@ -220,7 +220,7 @@ impl Kernels {
             add_bias: get("add_bias")?,
             gather_rows: get("gather_rows")?,
             moe_route: get("moe_route")?,
-            moe_combine_norm: get("moe_combine_norm")?,
+            moe_combine: get("moe_combine")?,
             moe_gemv: get("moe_gemv")?,
             moe_align: get("moe_align")?,
             moe_grouped_gemm: get("moe_grouped_gemm")?,
@@ -547,14 +547,12 @@ impl Kernels {
         self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
     }
 
-    /// Sums every token's experts back and adds the sum into the residual stream, normed for what
-    /// follows: `d[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` (`y[t·k + j]` when `pos` is 0)
-    /// over `tokens` rows of `h` bf16 values, plus the shared expert's row `shared[t]` when
-    /// `shared` is non-zero, scaled by `sigmoid(shared_gate[t])` when `shared_gate` is, rounded to
-    /// bf16 once; then [`Kernels::add_rms_norm`] of `d` into `residual` (f32) and `normed` (bf16),
-    /// bit for bit, in the same launch (`d` is never stored).
+    /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` (`y[t·k + j]` when `pos` is 0) over
+    /// `tokens` rows of `h` bf16 values,
+    /// plus the shared expert's row `shared[t]` when `shared` is non-zero, scaled by
+    /// `sigmoid(shared_gate[t])` when `shared_gate` is.
     #[allow(clippy::too_many_arguments)]
-    pub fn moe_combine_norm(
+    pub fn moe_combine(
         &self,
         gpu: &Gpu,
         y: u64,
@@ -565,14 +563,10 @@ impl Kernels {
         h: usize,
         shared: u64,
         shared_gate: u64,
-        norm_weight: u64,
-        eps: f32,
-        residual: u64,
-        normed: u64,
+        out: u64,
     ) -> Result<()> {
-        let args = Args::default().ptr(y).ptr(pos).ptr(weights).i32(k as i32).i32(h as i32).ptr(shared).ptr(shared_gate);
-        let args = args.ptr(norm_weight).f32(eps).ptr(residual).ptr(normed);
-        self.launch(gpu, self.moe_combine_norm, (tokens as u32, 1, 1), norm_threads(h), args)
+        let args = Args::default().ptr(y).ptr(pos).ptr(weights).i32(k as i32).i32(h as i32).ptr(shared).ptr(shared_gate).ptr(out);
+        self.launch(gpu, self.moe_combine, (tokens as u32, (h as u32).div_ceil(ROW_THREADS), 1), ROW_THREADS, args)
     }
 
     /// `normed[t] = rms_norm(x[t]) · weight` over `n` rows of `width` bf16 values (a multiple of 8,

@@ -25,8 +25,7 @@
 //! products as grouped GEMMs over those tiles (`moe_grouped_gemm`), through the same tables.
 //! Either way nothing waits for the host, so any step can replay as a CUDA graph
 //! ([`moe_graphable`]). SwiGLU, or GPT-OSS's clamped SwiGLU and biases, sit between and after
-//! the products, and `moe_combine_norm` sums every token's experts with their weights, adds them
-//! into the residual stream and norms it for the next layer, in one launch.
+//! the products, and `moe_combine` sums every token's experts with their weights.
 
 use super::weights::CudaWeights;
 use crate::config::ModelConfig;
@@ -406,8 +405,9 @@ pub fn enqueue_forward(
             }
         }
         k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
+        pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, &all_reduce)?;
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
-        pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, next_norm, &all_reduce)?;
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
     }
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);
@@ -480,18 +480,15 @@ impl Pass<'_> {
         }
     }
 
-    /// A layer's feed-forward block on `act.normed`, added into `act.residual`, then the RMSNorm
-    /// of the residual by `next_norm` (the next layer's input norm, or the final one) into
-    /// `act.normed`: the dense SwiGLU (its down product summed over tensor-parallel ranks by
-    /// `all_reduce`) or the `moe_layer`-th MoE block, which advances the count.
-    #[allow(clippy::too_many_arguments)]
+    /// A layer's feed-forward block on `act.normed` into `act.delta`: the dense SwiGLU (its down
+    /// product summed over tensor-parallel ranks by `all_reduce`) or the `moe_layer`-th MoE block,
+    /// which advances the count.
     fn feed_forward(
         &self,
         linear: &mut Linear,
         feed_forward: &FeedForward<DeviceTensor, DeviceTensor>,
         layer: usize,
         moe_layer: &mut usize,
-        next_norm: u64,
         all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
     ) -> Result<()> {
         let Pass { w, c, act, .. } = *self;
@@ -502,11 +499,10 @@ impl Pass<'_> {
             FeedForward::Dense { gate_up, down } => {
                 linear.run_swiglu(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.act, f), bf16(&act.gate_up, 2 * f))?;
                 linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
-                all_reduce(&act.delta)?;
-                k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, c.rms_eps, h, act.normed.ptr)
+                all_reduce(&act.delta)
             }
             FeedForward::Moe(moe) => {
-                self.moe(linear, moe, layer, *moe_layer, next_norm)?;
+                self.moe(linear, moe, layer, *moe_layer)?;
                 *moe_layer += 1;
                 Ok(())
             }
@@ -618,18 +614,10 @@ impl Pass<'_> {
         linear.run(gpu, k, bf16(&act.attn, mla.heads * mla.v_dim), a.output.view(), bf16(&act.delta, h))
     }
 
-    /// One mixture-of-experts layer (layer `layer`, the `moe_layer`-th with experts) on `act.normed`,
-    /// for `t` tokens (see the module doc), added into `act.residual` and normed by `next_norm`
-    /// into `act.normed` in the launch that sums the experts. The first MoE layer uploads this
-    /// step's balanced logits when the perfect router is on.
-    fn moe(
-        &self,
-        linear: &mut Linear,
-        moe: &Moe<DeviceTensor, DeviceTensor>,
-        layer: usize,
-        moe_layer: usize,
-        next_norm: u64,
-    ) -> Result<()> {
+    /// One mixture-of-experts layer (layer `layer`, the `moe_layer`-th with experts) on `act.normed`
+    /// into `act.delta`, for `t` tokens (see the module doc). The first MoE layer uploads this step's
+    /// balanced logits when the perfect router is on.
+    fn moe(&self, linear: &mut Linear, moe: &Moe<DeviceTensor, DeviceTensor>, layer: usize, moe_layer: usize) -> Result<()> {
         let Pass { w, c, act, .. } = *self;
         let (t, real_tokens) = (self.shape.tokens, self.inputs.real_tokens);
         let (k, gpu): (&Kernels, &Gpu) = (&w.kernels, &w.gpu);
@@ -736,21 +724,6 @@ impl Pass<'_> {
             }
         }
         let _unpermute = span(Category::Debug, "moe unpermute");
-        let (residual, normed) = (act.residual.ptr, act.normed.ptr);
-        k.moe_combine_norm(
-            gpu,
-            b.y.ptr,
-            positions,
-            b.weights.ptr,
-            t,
-            top,
-            h,
-            shared_out,
-            shared_gate,
-            next_norm,
-            c.rms_eps,
-            residual,
-            normed,
-        )
+        k.moe_combine(gpu, b.y.ptr, positions, b.weights.ptr, t, top, h, shared_out, shared_gate, act.delta.ptr)
     }
 }

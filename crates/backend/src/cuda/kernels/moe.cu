@@ -1,7 +1,7 @@
 // Mixture-of-experts routing, GPT-OSS's expert activation and combining. The expert products
 // themselves are in moe_experts.cu (the grouped GEMM of larger steps) and moe_decode.cu (the
 // per-slot GEMVs of small decode steps); these kernels choose the experts, activate GPT-OSS's,
-// and sum their outputs back per token together with the residual add and RMSNorm after them.
+// and sum their outputs back per token.
 
 #define MOE_MAX_TOP_K 16
 #define MOE_MAX_EXPERTS 512
@@ -175,52 +175,18 @@ extern "C" __global__ void clamped_swiglu(const bf16* __restrict__ gate_up, int 
     out[t * f + i] = f2bf(clamped_swiglu_of(bf2f(gate_up[t * 2 * f + i]), bf2f(gate_up[t * 2 * f + f + i]), alpha, limit));
 }
 
-// Every token's experts summed back, then the residual add and RMSNorm after the layer, in one
-// launch: d = bf16(Σ_j weights[t·k + j] · y[pos[t·k + j]] (y[t·k + j] when pos is null: rows in
-// slot order), plus the shared expert's row shared[t] where given, scaled by sigmoid(shared_gate[t])
-// where that is given), summed in f32 in that order and rounded once; residual[t] += d (f32);
-// normed[t] = rms_norm(residual[t]) · norm_weight. The result is add_rms_norm's on the row d,
-// bit for bit, and d is never stored. One block per token, each thread add_rms_norm's groups of
-// four values.
-extern "C" __global__ void moe_combine_norm(const bf16* __restrict__ y, const u32* __restrict__ pos, const float* __restrict__ weights, int k,
-                                            int h, const bf16* __restrict__ shared, const float* __restrict__ shared_gate,
-                                            const bf16* __restrict__ norm_weight, float eps, float* __restrict__ residual,
-                                            bf16* __restrict__ normed) {
-    float4 w[NORM_ITEMS];
-    load_norm_weight(norm_weight, h, w);
+// out[t] = sum over j of weights[t*k + j] * y[pos[t*k + j]] (y[t*k + j] when pos is null: rows
+// in slot order), rows of `h` bf16 values, plus the shared expert's row `shared[t]` where given,
+// scaled by sigmoid(shared_gate[t]) where that is given; summed in f32 and rounded once.
+// Grid: (tokens, ceil(h / blockDim.x)), one element per thread.
+extern "C" __global__ void moe_combine(const bf16* __restrict__ y, const u32* __restrict__ pos, const float* __restrict__ weights, int k, int h,
+                                       const bf16* __restrict__ shared, const float* __restrict__ shared_gate, bf16* __restrict__ out) {
     pdl_begin();
-    __shared__ float scratch[32];
     const u64 t = blockIdx.x;
-    const int n4 = h / 4;
-    const float gate = shared_gate ? 1.f / (1.f + expf(-shared_gate[t])) : 1.f;
-    float4* res = (float4*)(residual + t * h);
-    float4 v[NORM_ITEMS];
-#pragma unroll
-    for (int it = 0; it < NORM_ITEMS; it++) {
-        const int i = threadIdx.x + it * blockDim.x;
-        v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (i >= n4) continue;
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int j = 0; j < k; j++) {
-            const float wj = weights[t * k + j];
-            const float4 x = bf4_to_f4(((const uint2*)(y + (pos ? (u64)pos[t * k + j] : t * k + j) * h))[i]);
-            acc = make_float4(acc.x + wj * x.x, acc.y + wj * x.y, acc.z + wj * x.z, acc.w + wj * x.w);
-        }
-        if (shared) {
-            const float4 x = bf4_to_f4(((const uint2*)(shared + t * h))[i]);
-            acc = make_float4(acc.x + gate * x.x, acc.y + gate * x.y, acc.z + gate * x.z, acc.w + gate * x.w);
-        }
-        const float4 r = res[i], d = bf4_to_f4(f4_to_bf4(acc));
-        v[it] = make_float4(r.x + d.x, r.y + d.y, r.z + d.z, r.w + d.w);
-    }
-    float ss = 0.f;
-#pragma unroll
-    for (int it = 0; it < NORM_ITEMS; it++) {
-        const int i = threadIdx.x + it * blockDim.x;
-        if (i < n4) {
-            res[i] = v[it];
-            ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
-        }
-    }
-    norm_row(v, ss, w, eps, h, normed + t * h, scratch);
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (i >= h) return;
+    float acc = 0.f;
+    for (int j = 0; j < k; j++) acc += weights[t * k + j] * bf2f(y[(pos ? (u64)pos[t * k + j] : t * k + j) * h + i]);
+    if (shared) acc += (shared_gate ? 1.f / (1.f + expf(-shared_gate[t])) : 1.f) * bf2f(shared[t * h + i]);
+    out[t * h + i] = f2bf(acc);
 }
