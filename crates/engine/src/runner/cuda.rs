@@ -172,7 +172,8 @@ impl CudaRunner {
         let t = config.max_tokens.max(config.max_seqs).max(config.graph_sizes.iter().copied().max().unwrap_or(0));
         let s = config.max_seqs.max(config.graph_sizes.iter().copied().max().unwrap_or(0));
         // The logits span the whole vocabulary, also on a rank that computes only its rows of it.
-        let act = Activations::new(&gpu, &ModelConfig { vocab_size: model.config().vocab_size, ..c.clone() }, t, s)?;
+        let split_rows = split_partial_rows(s, gpu.info.multiprocessors as usize, config.batch_invariant);
+        let act = Activations::new(&gpu, &ModelConfig { vocab_size: model.config().vocab_size, ..c.clone() }, t, s, split_rows)?;
         let rank = match rank {
             Some((r, comm)) => Some((r, RankCollectives::new(&gpu, comm, s, c.vocab_size)?)),
             None => None,
@@ -366,25 +367,12 @@ impl CudaRunner {
         Ok(Staged::Graph((size, grid), shape))
     }
 
-    /// How many KV splits attention uses, and of what size. Batch-invariant mode fixes the size;
-    /// otherwise enough splits to give every multiprocessor two blocks, no smaller than one KV
-    /// step, and none when the partial sums would not fit.
+    /// How many KV splits attention uses, and of what size (see [`plan_splits`]).
     fn split_plan(&self, tiles: usize, max_ctx: usize, tokens: usize) -> (usize, usize) {
         let blocks_per_tile = self.config_computed().map_or(1, attention_blocks_per_token);
-        let (splits, size) = if self.config.batch_invariant {
-            (max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS), INVARIANT_SPLIT_TOKENS)
-        } else {
-            let blocks = tiles * blocks_per_tile;
-            let want = (2 * self.gpu.info.multiprocessors as usize).div_ceil(blocks.max(1)).max(1);
-            let splits = want.min(max_ctx.div_ceil(SPLIT_ALIGN));
-            let size = max_ctx.div_ceil(splits).next_multiple_of(SPLIT_ALIGN);
-            (max_ctx.div_ceil(size), size)
-        };
-        if splits > 1 && splits * tokens <= self.act.part_capacity {
-            (splits, size)
-        } else {
-            (1, max_ctx.next_multiple_of(SPLIT_ALIGN))
-        }
+        let multiprocessors = self.gpu.info.multiprocessors as usize;
+        let plan = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: self.config.batch_invariant };
+        plan_splits(plan, tiles, max_ctx, tokens, self.act.part_capacity)
     }
 
     fn stage_eager(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
@@ -572,6 +560,51 @@ enum Staged {
     Eager(StepShape),
 }
 
+/// What the split plan of a step depends on besides the step: attention blocks per tile of one
+/// token, the GPU's multiprocessors, and batch-invariant mode.
+#[derive(Clone, Copy, Debug)]
+struct SplitPlanInputs {
+    blocks_per_tile: usize,
+    multiprocessors: usize,
+    batch_invariant: bool,
+}
+
+/// How many KV splits attention uses for a step of `tiles` tiles and `tokens` tokens whose
+/// longest context is `max_ctx`, and of what size. Batch-invariant mode fixes the size;
+/// otherwise enough splits to give every multiprocessor two blocks, no smaller than one KV step,
+/// and none when the partial sums (`splits × tokens` rows) would not fit `part_capacity`.
+fn plan_splits(p: SplitPlanInputs, tiles: usize, max_ctx: usize, tokens: usize, part_capacity: usize) -> (usize, usize) {
+    let (splits, size) = if p.batch_invariant {
+        (max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS), INVARIANT_SPLIT_TOKENS)
+    } else {
+        let blocks = tiles * p.blocks_per_tile;
+        let want = (2 * p.multiprocessors).div_ceil(blocks.max(1)).max(1);
+        let splits = want.min(max_ctx.div_ceil(SPLIT_ALIGN));
+        let size = max_ctx.div_ceil(splits).next_multiple_of(SPLIT_ALIGN);
+        (max_ctx.div_ceil(size), size)
+    };
+    if splits > 1 && splits * tokens <= part_capacity {
+        (splits, size)
+    } else {
+        (1, max_ctx.next_multiple_of(SPLIT_ALIGN))
+    }
+}
+
+/// Rows of attention split partials the runner allocates beside its `max_tokens` (each row is one
+/// token's partial sums for every head, 256 KiB at DeepSeek-V3's 128 heads of 512 latents).
+/// Batch-invariant steps split every sequence of `max_seqs` into parts of
+/// [`INVARIANT_SPLIT_TOKENS`], up to 64 of them. Otherwise a step of `n` one-token sequences
+/// takes `s ≥ 2` splits only when `n·(s − 1) < 2·SMs` (each sequence's blocks times `s − 1`
+/// fall short of two blocks a multiprocessor), and its graph's split grid, `s` rounded up to a
+/// power of two, is at most `2·(s − 1)`: fewer than `4·SMs` rows, whatever the batch limits.
+fn split_partial_rows(max_seqs: usize, multiprocessors: usize, batch_invariant: bool) -> usize {
+    if batch_invariant {
+        max_seqs * 64
+    } else {
+        4 * multiprocessors
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,6 +622,33 @@ mod tests {
         assert_eq!(c.graph_size(32), Some(32));
         assert_eq!(c.graph_size(33), None, "above every captured size");
         assert_eq!(c.graph_size(0), None, "an empty batch has no graph");
+    }
+
+    /// Every decode step a graph replays keeps the splits the plan wants within the partial rows
+    /// allocated outside batch-invariant mode (the graph's split grid is the next power of two),
+    /// for the head layouts lumen runs (1 to 16 blocks a token) on GPUs of 78 to 144
+    /// multiprocessors, from one sequence to 4,096 and contexts of 1 to 131,072 tokens.
+    #[test]
+    fn split_partials_hold_every_decode_steps_splits() {
+        for multiprocessors in [78, 114, 132, 144] {
+            let rows = split_partial_rows(4096, multiprocessors, false);
+            for blocks_per_tile in [1, 2, 4, 8, 16] {
+                let p = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: false };
+                for n in 1..=4096 {
+                    for max_ctx in [1, 33, 150, 2048, 131_072] {
+                        let (wanted, _) = plan_splits(p, n, max_ctx, n, usize::MAX);
+                        let grid = wanted.next_power_of_two();
+                        assert!(
+                            wanted == 1 || grid * n <= rows,
+                            "{n} sequences at {max_ctx} tokens, {blocks_per_tile} blocks a token, {multiprocessors} SMs: \
+                             {wanted} splits need {} rows of {rows}",
+                            grid * n
+                        );
+                        assert_eq!(plan_splits(p, n, max_ctx, n, rows).0, if grid * n <= rows { wanted } else { 1 });
+                    }
+                }
+            }
+        }
     }
 
     #[test]

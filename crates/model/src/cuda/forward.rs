@@ -149,12 +149,14 @@ pub fn expert_load(act: &Activations, gpu: &Gpu) -> Result<Vec<Vec<u32>>> {
 }
 
 impl Activations {
-    pub fn new(gpu: &Gpu, c: &ModelConfig, max_tokens: usize, max_rows: usize) -> Result<Self> {
+    /// Buffers for steps of up to `max_tokens` tokens and `max_rows` logit rows, with attention
+    /// split partials for `max_tokens.max(split_rows)` rows.
+    pub fn new(gpu: &Gpu, c: &ModelConfig, max_tokens: usize, max_rows: usize, split_rows: usize) -> Result<Self> {
         let (t, s) = (max_tokens, max_rows);
         let (h, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
         let alloc = |elems: usize, size: usize, what: &str| gpu.alloc(elems * size, what);
-        let part_capacity = t.max(s * 64);
+        let part_capacity = t.max(split_rows);
         let mla = mla_shape(c);
         // Each head's attention output: its values, or for latent attention its latent (the
         // partial sums) and, after W_UV, its values.
