@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
                     sinks: 0,
                     split_tokens: split.ptr,
                     splits: 1,
+                    batch_invariant: false,
                     out: out.ptr,
                     part_acc: 0,
                     part_ml: 0,

@@ -221,6 +221,7 @@ fn run(d: &Device, c: &Case, p: &Problem, prefill: bool) -> Vec<f32> {
         sinks: if c.sinks { sinks.ptr } else { 0 },
         split_tokens: split_tokens.ptr,
         splits,
+        batch_invariant: false,
         out: out.ptr,
         part_acc: part_acc.ptr,
         part_ml: part_ml.ptr,

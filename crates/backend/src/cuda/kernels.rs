@@ -63,6 +63,8 @@ pub struct Kernels {
     mla_absorb_query: Kernel,
     /// One and four query rows a warp (mla.cu's `mla_attention_r1`, `mla_attention_r4`).
     mla_attention: (Kernel, Kernel),
+    /// One query row a block, its keys spread over the warps (`mla_attention_row`).
+    mla_attention_row: Kernel,
     mla_value_heads: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
@@ -228,6 +230,7 @@ impl Kernels {
             mla_rope_latent_write: get("mla_rope_latent_write")?,
             mla_absorb_query: get("mla_absorb_query")?,
             mla_attention: (get("mla_attention_r1")?, get("mla_attention_r4")?),
+            mla_attention_row: get("mla_attention_row")?,
             mla_value_heads: get("mla_value_heads")?,
             attention: [
                 (32, get("attention_hd32_r1")?, get("attention_hd32_r4")?),
@@ -688,9 +691,15 @@ impl Kernels {
         let (r1, r4) = self.mla_attention;
         if a.num_tiles > 0 {
             // A step whose four-row blocks would leave multiprocessors idle (a decode batch of a
-            // few tokens) takes four times the blocks of one row a warp; the bits are the same.
+            // few tokens) takes a block a query row, its keys spread over the warps; in
+            // batch-invariant mode, whose rows must keep their bits in any step, four times the
+            // blocks of one row a warp instead (the bits of four rows a warp).
             let blocks = a.num_tiles * row_blocks(a.max_tile_rows, MLA_BLOCK_ROWS) as usize * a.splits;
-            let (kernel, rows) = if blocks < gpu.info.multiprocessors as usize { (r1, MLA_BLOCK_ROWS_R1) } else { (r4, MLA_BLOCK_ROWS) };
+            let (kernel, rows) = match (blocks < gpu.info.multiprocessors as usize, a.batch_invariant) {
+                (false, _) => (r4, MLA_BLOCK_ROWS),
+                (true, true) => (r1, MLA_BLOCK_ROWS_R1),
+                (true, false) => (self.mla_attention_row, 1),
+            };
             let grid = (a.num_tiles as u32, row_blocks(a.max_tile_rows, rows), a.splits as u32);
             self.launch(gpu, kernel, grid, MLA_THREADS, args(a.tiles))?;
         }
@@ -896,6 +905,9 @@ pub struct AttentionArgs {
     pub split_tokens: u64,
     /// Splits in the grid (blocks of splits past the context exit at once).
     pub splits: usize,
+    /// Batch-invariant mode: every row must get the bits it gets in any other step, so kernels
+    /// whose sums run in another order for small steps are not used.
+    pub batch_invariant: bool,
     pub out: u64,
     pub part_acc: u64,
     pub part_ml: u64,

@@ -363,7 +363,8 @@ impl CudaRunner {
         self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
         let c = self.config_computed()?;
         let group = c.num_heads / c.num_kv_heads;
-        let shape = StepShape { tokens: size, tiles: size, tile_rows: group, prefill_tiles: 0, rows: size, splits: grid };
+        let batch_invariant = self.config.batch_invariant;
+        let shape = StepShape { tokens: size, tiles: size, tile_rows: group, prefill_tiles: 0, rows: size, splits: grid, batch_invariant };
         Ok(Staged::Graph((size, grid), shape))
     }
 
@@ -388,6 +389,7 @@ impl CudaRunner {
             prefill_tiles: tiling.prefill_tiles,
             rows: batch.logit_rows.len(),
             splits,
+            batch_invariant: self.config.batch_invariant,
         }))
     }
 

@@ -356,6 +356,8 @@ pub struct StepShape {
     pub rows: usize,
     /// Attention splits in the grid.
     pub splits: usize,
+    /// Batch-invariant mode: kernels keep each row's bits whatever the step.
+    pub batch_invariant: bool,
 }
 
 /// Queues the forward pass of one step: embedding, every layer, the final norm, the gather of
@@ -476,6 +478,7 @@ impl Pass<'_> {
             sinks: 0,
             split_tokens: inputs.split_tokens,
             splits: shape.splits,
+            batch_invariant: shape.batch_invariant,
             out: 0,
             part_acc: act.part_acc.ptr,
             part_ml: act.part_ml.ptr,

@@ -11,7 +11,8 @@
 // 1. mla_rope_latent_write: norms the latent, rotates the rotary key, writes both into the cache,
 //    and rotates every head's rotary query part into the absorbed query's tail;
 // 2. mla_absorb_query: the absorbed query's head, q_nope · W_UK (`latent` values);
-// 3. mla_attention: scores q̃ · row over the whole row, softmax, and Σ p · latent per head;
+// 3. mla_attention (or mla_attention_row for a small step): scores q̃ · row over the whole row,
+//    softmax, and Σ p · latent per head;
 // 4. mla_value_heads: each head's output, W_UV · (Σ p · latent), before the output projection.
 
 #define MLA_MAX_LATENT 512
@@ -21,6 +22,10 @@
 #define MLA_WARPS (MLA_THREADS / 32)
 // KV positions per shared tile of mla_attention.
 #define MLA_KV 32
+// Cache rows one warp of mla_attention_row holds at once, and the values of a row a lane holds
+// (8 per 256: three groups cover MLA_MAX_WIDTH; the latent is in the first two).
+#define MLA_ROW_KEYS 4
+#define MLA_ROW_GROUPS 3
 // Tokens one block of the per-head products takes, reading the head's weights once for them; the
 // output columns of one mla_absorb_query block and the ways its threads split the sum; the
 // output rows of one mla_value_heads block.
@@ -319,3 +324,128 @@ __device__ void mla_attention_impl(const bf16* __restrict__ q_lat, const bf16* _
     }
 MLA_ATTENTION_VARIANT(1)
 MLA_ATTENTION_VARIANT(4)
+
+// Absorbed attention of one query row a block, for steps too small to fill the GPU with
+// mla_attention's blocks (a decode batch of a few tokens), outside batch-invariant mode: its sums
+// run in another order than mla_attention's, so a row's bits depend on the kernel.
+// Grid: (tiles, most tile rows × heads, splits); the tile format, masks, scale and outputs are
+// mla_attention's. The split's positions are dealt to the warps MLA_ROW_KEYS at a time, each
+// warp keeping its own online softmax; a lane holds values 256g + 8·lane .. + 8 of the query and
+// of each cache row it reads (straight from the cache: no shared staging, no per-key chain of
+// the whole block), and the warps' states merge in shared memory at the end.
+extern "C" __global__ void __launch_bounds__(MLA_THREADS)
+    mla_attention_row(const bf16* __restrict__ q_lat, const bf16* __restrict__ cache, const u32* __restrict__ tiles,
+                      const u32* __restrict__ table_offsets, const u32* __restrict__ table_data, int heads, int latent, int rope,
+                      int block_size, float scale_log2, const u32* __restrict__ split_size, bf16* __restrict__ out,
+                      float* __restrict__ part_acc, float* __restrict__ part_ml) {
+    pdl_begin();
+    __shared__ float warp_m[MLA_WARPS], warp_l[MLA_WARPS];
+    __shared__ __align__(16) float warp_acc[MLA_WARPS][MLA_MAX_LATENT];
+    const int width = latent + rope;
+    const u32* tile = tiles + 4 * blockIdx.x;
+    const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+    const int r = blockIdx.y;
+    if (r >= (int)nrows * heads) return;
+    const int split = blockIdx.z, splits = gridDim.z;
+    const u32 split_tokens = *split_size, split_start = (u32)split * split_tokens, row_pos = pos0 + (u32)r / heads;
+    if (split_start > row_pos) return;
+    const u32 kv_end = min(row_pos + 1, split_start + split_tokens);
+    const u32* table = table_data + table_offsets[seq];
+    const u64 row = (u64)(row0 + r / heads) * heads + r % heads;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+    float q[MLA_ROW_GROUPS][8], acc[MLA_ROW_GROUPS - 1][8];
+#pragma unroll
+    for (int g = 0; g < MLA_ROW_GROUPS; g++) {
+        const int d0 = 256 * g + 8 * lane;
+        unpack8(d0 < width ? *(const uint4*)(q_lat + row * width + d0) : make_uint4(0, 0, 0, 0), q[g]);
+#pragma unroll
+        for (int i = 0; i < 8; i++) q[g][i] *= scale_log2;
+        if (g < MLA_ROW_GROUPS - 1)
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[g][i] = 0.f;
+    }
+    float m = -INFINITY, l = 0.f;
+    for (u32 t0 = split_start + (u32)warp * MLA_ROW_KEYS; t0 < kv_end; t0 += MLA_WARPS * MLA_ROW_KEYS) {
+        uint4 kv[MLA_ROW_KEYS][MLA_ROW_GROUPS];
+#pragma unroll
+        for (int k = 0; k < MLA_ROW_KEYS; k++) {
+            const u32 pos = t0 + k;
+            const u64 slot = pos < kv_end ? (u64)table[pos / block_size] * block_size + pos % block_size : 0;
+#pragma unroll
+            for (int g = 0; g < MLA_ROW_GROUPS; g++) {
+                const int d0 = 256 * g + 8 * lane;
+                kv[k][g] = pos < kv_end && d0 < width ? *(const uint4*)(cache + slot * width + d0) : make_uint4(0, 0, 0, 0);
+            }
+        }
+        float s[MLA_ROW_KEYS], top = m;
+#pragma unroll
+        for (int k = 0; k < MLA_ROW_KEYS; k++) {
+            float part = 0.f;
+#pragma unroll
+            for (int g = 0; g < MLA_ROW_GROUPS; g++) {
+                float v[8];
+                unpack8(kv[k][g], v);
+#pragma unroll
+                for (int i = 0; i < 8; i++) part = fmaf(q[g][i], v[i], part);
+            }
+            s[k] = t0 + k < kv_end ? warp_sum(part) : -INFINITY;
+            top = fmaxf(top, s[k]);
+        }
+        // The warp's first position is in range, so `top` is finite.
+        const float corr = exp2f(m - top);
+        l *= corr;
+#pragma unroll
+        for (int g = 0; g < MLA_ROW_GROUPS - 1; g++)
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[g][i] *= corr;
+#pragma unroll
+        for (int k = 0; k < MLA_ROW_KEYS; k++) {
+            const float p = exp2f(s[k] - top);
+            l += p;
+#pragma unroll
+            for (int g = 0; g < MLA_ROW_GROUPS - 1; g++) {
+                float v[8];
+                unpack8(kv[k][g], v);
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[g][i] = fmaf(p, v[i], acc[g][i]);
+            }
+        }
+        m = top;
+    }
+
+    if (lane == 0) {
+        warp_m[warp] = m;
+        warp_l[warp] = l;
+    }
+#pragma unroll
+    for (int g = 0; g < MLA_ROW_GROUPS - 1; g++) {
+        const int d0 = 256 * g + 8 * lane;
+        if (d0 < latent) {
+            *(float4*)&warp_acc[warp][d0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+            *(float4*)&warp_acc[warp][d0 + 4] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+        }
+    }
+    __syncthreads();
+    // Warps that held no position (m = -inf) weigh nothing; the first warp always held one.
+    float top = warp_m[0];
+#pragma unroll
+    for (int w = 1; w < MLA_WARPS; w++) top = fmaxf(top, warp_m[w]);
+    float weight[MLA_WARPS], total = 0.f;
+#pragma unroll
+    for (int w = 0; w < MLA_WARPS; w++) {
+        weight[w] = exp2f(warp_m[w] - top);
+        total = fmaf(warp_l[w], weight[w], total);
+    }
+    for (int c = threadIdx.x; c < latent; c += MLA_THREADS) {
+        float o = 0.f;
+#pragma unroll
+        for (int w = 0; w < MLA_WARPS; w++) o = fmaf(warp_acc[w][c], weight[w], o);
+        if (splits == 1) out[row * latent + c] = f2bf(o / total);
+        else part_acc[(row * splits + split) * latent + c] = o;
+    }
+    if (splits > 1 && threadIdx.x == 0) {
+        part_ml[2 * (row * splits + split)] = top;
+        part_ml[2 * (row * splits + split) + 1] = total;
+    }
+}
