@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
+use lumen_trace::correlate::is_graph_launch;
 use lumen_trace::model::{GpuOpKind, TraceData};
 use serde::Serialize;
 
@@ -1004,11 +1005,6 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
     })
 }
 
-/// Whether an API call launches a CUDA graph (`cuGraphLaunch`, `cudaGraphLaunch` and their variants).
-fn is_graph_launch(name: &str) -> bool {
-    name.contains("GraphLaunch")
-}
-
 /// The graph launch call the host sat in during the GPU's host waits, where the trace's kernels
 /// were traced as graph nodes.
 struct TracedGraphLaunch<'a> {
@@ -1068,12 +1064,7 @@ fn launch_overhead(f: &Facts) -> Outcome {
     }
     let is_short = |op: &&&lumen_trace::model::GpuOpRow| op.end_ns.saturating_sub(op.start_ns) < SHORT_KERNEL_NS;
     let short_share = share(kernels.iter().filter(is_short).count() as f64, kernels.len() as f64);
-    // Kernels replayed from a graph: a graph id (collector), or launched by a graph launch call
-    // (torch.profiler traces keep no graph ids).
-    let from_graph = |k: &&&lumen_trace::model::GpuOpRow| {
-        k.graph_id.is_some() || f.launches.launch_of(k).is_some_and(|call| is_graph_launch(&call.name))
-    };
-    let eager_share = share(kernels.iter().filter(|k| !from_graph(k)).count() as f64, kernels.len() as f64);
+    let eager_share = share(kernels.iter().filter(|k| !f.launches.from_graph(k)).count() as f64, kernels.len() as f64);
     let launch_gaps = idle_totals(f.a).ok();
     if launch_gaps.as_ref().is_some_and(|t| share(t.idle_ns as f64, t.window_ns as f64) <= MIN_IDLE_SHARE) {
         return Outcome::NotFound;
@@ -1095,7 +1086,7 @@ fn launch_overhead(f: &Facts) -> Outcome {
         evidence.push(format!("{} of kernels are shorter than their launch call", text::percent(s)));
     }
     let mut short_eager: HashMap<&str, usize> = HashMap::new();
-    for k in kernels.iter().filter(is_short).filter(|k| !from_graph(k)) {
+    for k in kernels.iter().filter(is_short).filter(|k| !f.launches.from_graph(k)) {
         *short_eager.entry(k.name.as_str()).or_default() += 1;
     }
     let mut offenders: Vec<(&str, usize)> = short_eager.into_iter().collect();

@@ -281,11 +281,12 @@ fn classes(trace: &TraceData, by_name: &HashMap<&str, Vec<&GpuOpRow>>, rules: &[
 }
 
 /// Kernels launched one by one that ran shorter than their launch call. A kernel of a CUDA graph
-/// shares its graph's one launch call with every other node, so it is left out.
+/// shares its graph's one launch call with every other node, so it is left out, whether the trace
+/// says so by graph ids or only by the launch call (torch.profiler's).
 fn shorter_than_launch(kernels: &[&GpuOpRow], launches: &LaunchIndex, top: usize) -> Measured<ShorterThanLaunch> {
     let mut with_launch = 0;
     let mut by_name: HashMap<&str, usize> = HashMap::new();
-    for k in kernels.iter().filter(|k| k.graph_node_id.is_none()) {
+    for k in kernels.iter().filter(|k| !launches.from_graph(k)) {
         if let Some(call) = launches.launch_of(k) {
             with_launch += 1;
             if duration(k) < call.end_ns.saturating_sub(call.start_ns) {
@@ -294,7 +295,7 @@ fn shorter_than_launch(kernels: &[&GpuOpRow], launches: &LaunchIndex, top: usize
         }
     }
     if with_launch == 0 {
-        return Measured::NotAvailable(if kernels.iter().all(|k| k.graph_node_id.is_some()) {
+        return Measured::NotAvailable(if kernels.iter().all(|k| launches.from_graph(k)) {
             "every kernel ran as a node of a CUDA graph, whose one launch call starts them all".into()
         } else {
             "no kernel has its launch API call in the trace (matched by process and correlation id)".into()
@@ -468,6 +469,20 @@ mod tests {
         let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15, 0);
         let s = k.get().unwrap().shorter_than_launch.get().unwrap();
         assert_eq!((s.with_launch, s.count), (1, 1));
+    }
+
+    /// torch.profiler keeps no graph ids: a replayed graph's kernels are known only by the
+    /// `cudaGraphLaunch` call they correlate with, and are left out all the same.
+    #[test]
+    fn graph_kernels_without_graph_ids_are_known_by_their_launch_call() {
+        let trace = TraceData {
+            gpu_ops: vec![named("a", 1_000, 1_002, 7), named("b", 1_002, 1_004, 7), named("eager", 2_000, 2_001, 8)],
+            api_calls: vec![api("cudaGraphLaunch", 0, 500, 7), api("cudaLaunchKernel", 1_990, 1_995, 8)],
+            ..TraceData::default()
+        };
+        let k = analyze(&trace, &LaunchIndex::new(&trace), &default_rules(), 15, 0);
+        let s = k.get().unwrap().shorter_than_launch.get().unwrap();
+        assert_eq!((s.with_launch, s.count, s.names.clone()), (1, 1, vec![("eager".to_string(), 1)]));
     }
 
     #[test]

@@ -62,4 +62,15 @@ impl<'a> LaunchIndex<'a> {
     pub fn launch_of(&self, op: &GpuOpRow) -> Option<&'a ApiCallRow> {
         self.call_index_of(op).map(|i| &self.calls[i])
     }
+
+    /// Whether `op` ran as a node of a CUDA graph: it carries the collector's graph ids, or (in
+    /// traces that keep none, such as torch.profiler's) a graph launch call issued it.
+    pub fn from_graph(&self, op: &GpuOpRow) -> bool {
+        op.graph_id.is_some() || op.graph_node_id.is_some() || self.launch_of(op).is_some_and(|call| is_graph_launch(&call.name))
+    }
+}
+
+/// Whether an API call launches a CUDA graph (`cuGraphLaunch`, `cudaGraphLaunch` and their variants).
+pub fn is_graph_launch(name: &str) -> bool {
+    name.contains("GraphLaunch")
 }
