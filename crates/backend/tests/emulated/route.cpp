@@ -25,7 +25,7 @@ int main() {
         {16, 4, 0, 1, 1, true, true, false},  {60, 4, 0, 1, 1, false, false, false}, {32, 4, 1, 1, 1, true, false, false},
         {128, 8, 2, 1, 1, false, true, false}, {64, 2, 3, 1, 1, false, false, false}, {16, 4, 4, 4, 2, false, false, true},
         {256, 8, 4, 8, 4, false, false, true}, {64, 6, 4, 1, 1, false, false, false}, {256, 8, 4, 8, 4, false, true, true},
-        {20, 3, 4, 20, 3, false, false, true},
+        {20, 3, 4, 20, 3, false, false, true}, {64, 6, 4, 4, 4, false, false, true},
     };
     Rng rng{777};
     int failures = 0;

@@ -68,17 +68,21 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
         z[i] = e < experts ? routed_logit(row, router_bias, bias, e) : -INFINITY;
         if (e < experts) all_max = fmaxf(all_max, z[i]);
     }
+    // The choice runs on s' (outside the kept groups, -inf: no candidate at all). With every group
+    // kept (Moonlight's one group) the group choice changes nothing and is skipped.
+    const bool choose_groups = method == 4 && topk_group < n_group;
+    float* mine = corrected[warp];
     if (method == 4) {
-        // The choice runs on s' (outside the kept groups, -inf: no candidate at all).
-        float* mine = corrected[warp];
 #pragma unroll
         for (int i = 0; i < MOE_PER_LANE; i++) {
             int e = lane + 32 * i;
             if (e < experts) {
                 z[i] = sigmoidf(z[i]) + (correction ? bf2f(correction[e]) : 0.f);
-                mine[e] = z[i];
+                if (choose_groups) mine[e] = z[i];
             }
         }
+    }
+    if (choose_groups) {
         __syncwarp();
         const int size = experts / n_group;
         float score = -INFINITY;
