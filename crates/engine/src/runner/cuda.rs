@@ -134,6 +134,8 @@ pub struct CudaRunner {
     pending_rows: usize,
     /// Whether a step ran since the expert load was last read.
     stepped: bool,
+    /// Whether a batch-invariant step has been reported as run unsplit (once a run).
+    invariance_warned: bool,
 }
 
 /// The weights and config this runner computes with: the model's, or rank `rank`'s shard of it.
@@ -232,6 +234,7 @@ impl CudaRunner {
             last_device_ms: None,
             pending_rows: 0,
             stepped: false,
+            invariance_warned: false,
         })
     }
 
@@ -368,12 +371,23 @@ impl CudaRunner {
         Ok(Staged::Graph((size, grid), shape))
     }
 
-    /// How many KV splits attention uses, and of what size (see [`plan_splits`]).
-    fn split_plan(&self, tiles: usize, max_ctx: usize, tokens: usize) -> (usize, usize) {
+    /// How many KV splits attention uses, and of what size (see [`plan_splits`]). The first
+    /// batch-invariant step that must run unsplit is reported: its tokens' bits can differ from
+    /// those the same tokens get in a split step.
+    fn split_plan(&mut self, tiles: usize, max_ctx: usize, tokens: usize) -> (usize, usize) {
         let blocks_per_tile = self.config_computed().map_or(1, attention_blocks_per_token);
         let multiprocessors = self.gpu.info.multiprocessors as usize;
         let plan = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: self.config.batch_invariant };
-        plan_splits(plan, tiles, max_ctx, tokens, self.act.part_capacity)
+        let capacity = self.act.part_capacity;
+        if let Some(rows) = invariant_rows_short(plan, max_ctx, tokens, capacity).filter(|_| !self.invariance_warned) {
+            self.invariance_warned = true;
+            lumen_trace::status!(
+                "[lumen] warning: batch-invariant mode: a step of {tokens} tokens at {max_ctx} positions needs {rows} rows of attention \
+                 split partials and {capacity} are allocated, so it runs unsplit and its tokens' bits can differ from a split step's \
+                 (shorter prefill chunks, a lower --max-num-tokens, keep steps within the partials)"
+            );
+        }
+        plan_splits(plan, tiles, max_ctx, tokens, capacity)
     }
 
     fn stage_eager(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
@@ -592,6 +606,14 @@ fn plan_splits(p: SplitPlanInputs, tiles: usize, max_ctx: usize, tokens: usize, 
     }
 }
 
+/// In batch-invariant mode, the rows of split partials a step of `tokens` tokens whose longest
+/// context is `max_ctx` needs, when they exceed `part_capacity`: [`plan_splits`] then runs it
+/// unsplit, which sums its rows in another order than the fixed splits do.
+fn invariant_rows_short(p: SplitPlanInputs, max_ctx: usize, tokens: usize, part_capacity: usize) -> Option<usize> {
+    let rows = max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS) * tokens;
+    (p.batch_invariant && max_ctx > INVARIANT_SPLIT_TOKENS && rows > part_capacity).then_some(rows)
+}
+
 /// Rows of attention split partials the runner allocates beside its `max_tokens` (each row is one
 /// token's partial sums for every head, 256 KiB at DeepSeek-V3's 128 heads of 512 latents).
 /// Batch-invariant steps split every sequence of `max_seqs` into parts of
@@ -651,6 +673,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A batch-invariant step is reported exactly when the plan runs it unsplit although its
+    /// context spans several fixed splits: a 2,048-token prefill chunk at 2,048 positions needs
+    /// 32 rows a token, beyond 64 sequences' 64 rows each; a 300-token prompt fits.
+    #[test]
+    fn batch_invariant_steps_that_run_unsplit_are_the_ones_reported() {
+        let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: true };
+        let capacity = split_partial_rows(64, 132, true).max(2048);
+        for (tokens, max_ctx) in [(2048, 2048), (300, 300), (1, 131_072), (64, 4096), (1, 64), (100, 65), (4096, 4096)] {
+            let unsplit = plan_splits(p, 1, max_ctx, tokens, capacity).0 == 1 && max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS) > 1;
+            let reported = invariant_rows_short(p, max_ctx, tokens, capacity);
+            assert_eq!(reported.is_some(), unsplit, "{tokens} tokens at {max_ctx} positions: reported {reported:?}");
+        }
+        assert_eq!(invariant_rows_short(p, 2048, 2048, capacity), Some(65_536));
+        let not_invariant = SplitPlanInputs { batch_invariant: false, ..p };
+        assert_eq!(invariant_rows_short(not_invariant, 2048, 2048, capacity), None, "only batch-invariant steps promise their bits");
     }
 
     #[test]
