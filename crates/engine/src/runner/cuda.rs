@@ -383,8 +383,8 @@ impl CudaRunner {
             self.invariance_warned = true;
             lumen_trace::status!(
                 "[lumen] warning: batch-invariant mode: a step of {tokens} tokens at {max_ctx} positions needs {rows} rows of attention \
-                 split partials and {capacity} are allocated, so it runs unsplit and its tokens' bits can differ from a split step's \
-                 (shorter prefill chunks, a lower --max-num-tokens, keep steps within the partials)"
+                 split partials and {capacity} are allocated, so it runs unsplit and its tokens' bits can differ from a split step's; \
+                 a lower --max-num-tokens makes prefill chunks short enough to fit"
             );
         }
         plan_splits(plan, tiles, max_ctx, tokens, capacity)
