@@ -379,7 +379,8 @@ impl CudaRunner {
         let multiprocessors = self.gpu.info.multiprocessors as usize;
         let plan = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: self.config.batch_invariant };
         let capacity = self.act.part_capacity;
-        if let Some(rows) = invariant_rows_short(plan, max_ctx, tokens, capacity).filter(|_| !self.invariance_warned) {
+        let planned = plan_splits(plan, tiles, max_ctx, tokens, capacity);
+        if let Some(rows) = planned.invariant_rows_short.filter(|_| !self.invariance_warned) {
             self.invariance_warned = true;
             lumen_trace::status!(
                 "[lumen] warning: batch-invariant mode: a step of {tokens} tokens at {max_ctx} positions needs {rows} rows of attention \
@@ -387,7 +388,7 @@ impl CudaRunner {
                  a lower --max-num-tokens makes prefill chunks short enough to fit"
             );
         }
-        plan_splits(plan, tiles, max_ctx, tokens, capacity)
+        (planned.splits, planned.size)
     }
 
     fn stage_eager(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<Staged> {
@@ -585,11 +586,21 @@ struct SplitPlanInputs {
     batch_invariant: bool,
 }
 
+/// A step's KV splits: how many and of what size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SplitPlan {
+    splits: usize,
+    size: usize,
+    /// In batch-invariant mode, the partial rows a step needed and could not have: it runs
+    /// unsplit, so its rows sum in another order than the fixed splits give them.
+    invariant_rows_short: Option<usize>,
+}
+
 /// How many KV splits attention uses for a step of `tiles` tiles and `tokens` tokens whose
 /// longest context is `max_ctx`, and of what size. Batch-invariant mode fixes the size;
 /// otherwise enough splits to give every multiprocessor two blocks, no smaller than one KV step,
 /// and none when the partial sums (`splits × tokens` rows) would not fit `part_capacity`.
-fn plan_splits(p: SplitPlanInputs, tiles: usize, max_ctx: usize, tokens: usize, part_capacity: usize) -> (usize, usize) {
+fn plan_splits(p: SplitPlanInputs, tiles: usize, max_ctx: usize, tokens: usize, part_capacity: usize) -> SplitPlan {
     let (splits, size) = if p.batch_invariant {
         (max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS), INVARIANT_SPLIT_TOKENS)
     } else {
@@ -600,18 +611,11 @@ fn plan_splits(p: SplitPlanInputs, tiles: usize, max_ctx: usize, tokens: usize, 
         (max_ctx.div_ceil(size), size)
     };
     if splits > 1 && splits * tokens <= part_capacity {
-        (splits, size)
+        SplitPlan { splits, size, invariant_rows_short: None }
     } else {
-        (1, max_ctx.next_multiple_of(SPLIT_ALIGN))
+        let invariant_rows_short = (p.batch_invariant && splits > 1).then_some(splits * tokens);
+        SplitPlan { splits: 1, size: max_ctx.next_multiple_of(SPLIT_ALIGN), invariant_rows_short }
     }
-}
-
-/// In batch-invariant mode, the rows of split partials a step of `tokens` tokens whose longest
-/// context is `max_ctx` needs, when they exceed `part_capacity`: [`plan_splits`] then runs it
-/// unsplit, which sums its rows in another order than the fixed splits do.
-fn invariant_rows_short(p: SplitPlanInputs, max_ctx: usize, tokens: usize, part_capacity: usize) -> Option<usize> {
-    let rows = max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS) * tokens;
-    (p.batch_invariant && max_ctx > INVARIANT_SPLIT_TOKENS && rows > part_capacity).then_some(rows)
 }
 
 /// Rows of attention split partials the runner allocates beside its `max_tokens` (each row is one
@@ -660,7 +664,7 @@ mod tests {
                 let p = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: false };
                 for n in 1..=4096 {
                     for max_ctx in [1, 33, 150, 2048, 131_072] {
-                        let (wanted, _) = plan_splits(p, n, max_ctx, n, usize::MAX);
+                        let wanted = plan_splits(p, n, max_ctx, n, usize::MAX).splits;
                         let grid = wanted.next_power_of_two();
                         assert!(
                             wanted == 1 || grid * n <= rows,
@@ -668,7 +672,7 @@ mod tests {
                              {wanted} splits need {} rows of {rows}",
                             grid * n
                         );
-                        assert_eq!(plan_splits(p, n, max_ctx, n, rows).0, if grid * n <= rows { wanted } else { 1 });
+                        assert_eq!(plan_splits(p, n, max_ctx, n, rows).splits, if grid * n <= rows { wanted } else { 1 });
                     }
                 }
             }
@@ -682,14 +686,24 @@ mod tests {
     fn batch_invariant_steps_that_run_unsplit_are_the_ones_reported() {
         let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: true };
         let capacity = split_partial_rows(64, 132, true).max(2048);
-        for (tokens, max_ctx) in [(2048, 2048), (300, 300), (1, 131_072), (64, 4096), (1, 64), (100, 65), (4096, 4096)] {
-            let unsplit = plan_splits(p, 1, max_ctx, tokens, capacity).0 == 1 && max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS) > 1;
-            let reported = invariant_rows_short(p, max_ctx, tokens, capacity);
-            assert_eq!(reported.is_some(), unsplit, "{tokens} tokens at {max_ctx} positions: reported {reported:?}");
+        let cases = [
+            (2048, 2048, Some(65_536)),
+            (300, 300, None),
+            (1, 131_072, None),
+            (64, 4096, None),
+            (1, 64, None),
+            (100, 65, None),
+            (4096, 4096, Some(262_144)),
+        ];
+        for (tokens, max_ctx, short) in cases {
+            let plan = plan_splits(p, 1, max_ctx, tokens, capacity);
+            assert_eq!(plan.invariant_rows_short, short, "{tokens} tokens at {max_ctx} positions: {plan:?}");
+            let unsplit = plan.splits == 1 && max_ctx.div_ceil(INVARIANT_SPLIT_TOKENS) > 1;
+            assert_eq!(plan.invariant_rows_short.is_some(), unsplit, "{tokens} tokens at {max_ctx} positions: {plan:?}");
         }
-        assert_eq!(invariant_rows_short(p, 2048, 2048, capacity), Some(65_536));
         let not_invariant = SplitPlanInputs { batch_invariant: false, ..p };
-        assert_eq!(invariant_rows_short(not_invariant, 2048, 2048, capacity), None, "only batch-invariant steps promise their bits");
+        let plan = plan_splits(not_invariant, 1, 2048, 2048, capacity);
+        assert_eq!((plan.splits, plan.invariant_rows_short), (1, None), "only batch-invariant steps promise their bits: {plan:?}");
     }
 
     #[test]
