@@ -1,7 +1,7 @@
 //! Attention kernel speed on the GPU machine: for decode batches and prefill chunks of the
 //! Llama-3.1-8B attention shape (32 query heads, 8 KV heads, head size 128, bf16 or FP8 cache,
-//! blocks of 16), the median time of one launch of the CUDA-core kernel and of the tensor-core
-//! prefill kernel (CUDA events), with the KV bytes read per second and the attention FLOP rate
+//! blocks of 16), the median time of one launch of the CUDA-core kernel, of the tensor-core decode
+//! kernel (one-token tiles) and of the tensor-core prefill kernel (CUDA events), with the KV bytes read per second and the attention FLOP rate
 //! (causal work only). `attention_speed [heads kv_heads head_dim]`.
 
 use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         Shape { name: "decode 64 x ctx 2048", seqs: 64, len: 1, ctx: 2048 },
         Shape { name: "decode 256 x ctx 2048", seqs: 256, len: 1, ctx: 2048 },
         Shape { name: "decode 512 x ctx 256", seqs: 512, len: 1, ctx: 256 },
+        Shape { name: "decode 512 x ctx 1152", seqs: 512, len: 1, ctx: 1152 },
         Shape { name: "prefill 4 x 2048", seqs: 4, len: 2048, ctx: 2048 },
         Shape { name: "chunk 1 x 2048 at 6144", seqs: 1, len: 2048, ctx: 8192 },
         Shape { name: "prefill 60 x 128", seqs: 60, len: 128, ctx: 128 },
@@ -57,7 +58,12 @@ fn main() -> anyhow::Result<()> {
         let flops = 4.0 * causal_pairs * (heads * hd) as f64;
         for fp8 in [false, true] {
             let bytes = s.seqs as f64 * s.ctx as f64 * (kv_heads * hd * 2) as f64 * if fp8 { 1.0 } else { 2.0 };
-            for tensor_cores in [false, true] {
+            // The CUDA-core kernel (as batch-invariant runs keep it), the tensor-core decode
+            // kernel (one-token tiles only), the tensor-core prefill kernel.
+            for (kernel, tensor_cores, batch_invariant) in [("cuda-core", false, true), ("decode-tc", false, false), ("tensor-core", true, false)] {
+                if kernel == "decode-tc" && s.len > 1 {
+                    continue;
+                }
                 let rows_per_tile = (if tensor_cores { PREFILL_ATTENTION_MAX_ROWS } else { ATTENTION_MAX_ROWS } / group).max(1);
                 let mut tiles = Vec::new();
                 for si in 0..s.seqs {
@@ -89,7 +95,7 @@ fn main() -> anyhow::Result<()> {
                     sinks: 0,
                     split_tokens: split.ptr,
                     splits: 1,
-                    batch_invariant: false,
+                    batch_invariant,
                     out: out.ptr,
                     part_acc: 0,
                     part_ml: 0,
@@ -99,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                     "{:>26} {:>5} {:>12} {:>9.1} {:>8.0} {:>9.1}",
                     s.name,
                     if fp8 { "fp8" } else { "bf16" },
-                    if tensor_cores { "tensor-core" } else { "cuda-core" },
+                    kernel,
                     ms * 1e3,
                     bytes / ms / 1e6,
                     flops / ms / 1e9

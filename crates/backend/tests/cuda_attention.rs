@@ -1,7 +1,8 @@
 //! The attention kernels against a host reference in f64, on the GPU machine (skipped without a
-//! GPU). One launch holds a decode tile (the CUDA-core kernel) and prefill tiles (the tensor-core
-//! kernel) over a paged cache with scattered blocks: a 100-token chunk at positions 200..299 and a
-//! fresh 37-token prompt. Every case of head size (32, 64, 128), GQA group (1, 4, 8), sliding
+//! GPU). One launch holds a decode tile (the tensor-core decode kernel, or the CUDA-core one for
+//! groups above eight) and prefill tiles (the tensor-core prefill kernel) over a paged cache with
+//! scattered blocks: a 100-token chunk at positions 200..299 and a fresh 37-token prompt. A decode
+//! step of five sequences (contexts of 1 to 1,000 positions) runs alone too. Every case of head size (32, 64, 128), GQA group (1, 4, 8), sliding
 //! window, KV splits (merged by `attention_combine`), attention sinks (GPT-OSS's per-head logit in
 //! every softmax's denominator, with and without splits) and FP8 cache gives every output element
 //! within [`ABS_TOL`] of the reference; the same rows cut into CUDA-core tiles only meet the same
@@ -59,10 +60,19 @@ struct Problem {
 impl Problem {
     /// A decode token at position 80, a 100-token chunk at 200..299, a 37-token prompt.
     fn new(c: &Case) -> Self {
-        let shapes: [(usize, usize); 3] = [(80, 1), (200, 100), (0, 37)];
+        Self::of(c, &[(80, 1), (200, 100), (0, 37)])
+    }
+
+    /// A decode step alone: one token each of sequences whose contexts hold 1 to 1,000 positions.
+    fn decode(c: &Case) -> Self {
+        Self::of(c, &[(0, 1), (16, 1), (80, 1), (300, 1), (999, 1)])
+    }
+
+    /// Sequences of (first position, tokens queried).
+    fn of(c: &Case, shapes: &[(usize, usize)]) -> Self {
         let mut num_blocks = 0;
         let mut seqs = Vec::new();
-        for &(first_pos, len) in &shapes {
+        for &(first_pos, len) in shapes {
             let n = (first_pos + len).div_ceil(BLOCK);
             seqs.push(Seq { first_pos, len, blocks: (num_blocks as u32..(num_blocks + n) as u32).collect() });
             num_blocks += n;
@@ -281,7 +291,12 @@ fn tensor_core_and_cuda_core_attention_match_the_host() {
         );
         let (tensor_core, at) = worst_error(&run(&d, c, &p, true), &want);
         let (cuda_core, _) = worst_error(&run(&d, c, &p, false), &want);
-        eprintln!("{what}: worst error tensor-core {tensor_core:.2e}, CUDA-core {cuda_core:.2e} (bound {ABS_TOL:.0e})");
+        let decode_problem = Problem::decode(c);
+        let (decode, _) = worst_error(&run(&d, c, &decode_problem, false), &decode_problem.reference(c));
+        eprintln!(
+            "{what}: worst error tensor-core {tensor_core:.2e}, CUDA-core {cuda_core:.2e}, decode step {decode:.2e} (bound {ABS_TOL:.0e})"
+        );
+        assert!(decode <= ABS_TOL, "{what}: decode-step error {decode:.2e}");
         let (token, rest) = (at / (c.heads * c.head_dim), at % (c.heads * c.head_dim));
         assert!(
             tensor_core <= ABS_TOL,

@@ -21,13 +21,22 @@ fn compiler() -> Option<&'static str> {
     ["c++", "g++", "clang++"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
-/// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3
-/// conversions and the warp-wide tensor-core product and fragment loads; each one's signature,
-/// and its new body.
-const EMULATED_PTX: [(&str, &str); 6] = [
+/// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3 and f16
+/// conversions, the byte permute, dynamic shared memory and asynchronous copies (done at once),
+/// and the warp-wide tensor-core products and fragment loads; each one's signature, and its new
+/// body.
+const EMULATED_PTX: [(&str, &str); 14] = [
     ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),
     ("void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo)", "emu_e4m3x2_to_f32x2(v, hi, lo);"),
+    ("u32 e4m3x2_to_f16x2(unsigned short v)", "return emu_e4m3x2_to_f16x2(v);"),
+    ("u32 pack_f16x2(float lo, float hi)", "return emu_pack_f16x2(lo, hi);"),
+    ("u32 byte_perm(u32 lo, u32 hi, u32 select)", "return emu_byte_perm(lo, hi, select);"),
+    ("unsigned char* dynamic_shared()", "return emu_dynamic_shared;"),
+    ("void cp_async16(void* smem, const void* gmem, bool valid)", "emu_cp_async16(smem, gmem, valid);"),
+    ("void cp_async_commit()", ""),
+    ("void cp_async_wait()", ""),
     ("void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_bf16_m16n8k16(d, a, b0, b1);"),
+    ("void mma_f16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_f16_m16n8k16(d, a, b0, b1);"),
     ("void mma_e4m3_m16n8k32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_e4m3_m16n8k32(d, a, b0, b1);"),
     ("void ldmatrix_x4(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, false);"),
     ("void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, true);"),
@@ -129,4 +138,9 @@ fn the_gemvs_fused_activations_match_the_product_and_the_activation_kernel() {
 #[test]
 fn decode_attention_reads_an_fp8_cache_as_the_bf16_cache_of_the_same_values() {
     run_check("attention_cache");
+}
+
+#[test]
+fn tensor_core_decode_attention_matches_a_double_precision_reference() {
+    run_check("attention_decode");
 }

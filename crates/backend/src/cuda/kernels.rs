@@ -42,6 +42,8 @@ impl Args {
 struct Kernel {
     name: &'static str,
     function: sys::CUfunction,
+    /// Dynamic shared memory a launch gives each block, in bytes.
+    shared: u32,
 }
 
 pub struct Kernels {
@@ -69,6 +71,8 @@ pub struct Kernels {
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
     attention_prefill: [(usize, Kernel); 3],
+    /// By head size: decode on the tensor cores (attention_decode.cu), for a bf16 and an FP8 cache.
+    attention_decode: [(usize, Kernel, Kernel); 3],
     attention_combine: Kernel,
     sample_tokens: Kernel,
     gemv: Kernel,
@@ -208,11 +212,35 @@ pub const FP8_ONE_BLOCK_ELEMENTS: usize = 1 << 16;
 pub const ATTENTION_MAX_ROWS: usize = 16;
 /// Query rows one tensor-core prefill attention block holds (`PF_ROWS` in attention.cu).
 pub const PREFILL_ATTENTION_MAX_ROWS: usize = 64;
+/// Largest GQA group (query heads a KV head) the tensor-core decode attention takes
+/// (attention_decode.cu's `DEC_MAX_GROUP`); larger groups keep the CUDA-core kernel.
+pub const DECODE_ATTENTION_MAX_GROUP: usize = 8;
+/// Stages of each warp's copy ring in the decode attention, for a bf16 and an FP8 cache
+/// (`DEC_STAGES_BF16`, `DEC_STAGES_FP8` in attention_decode.cu).
+const DECODE_ATTENTION_STAGES: (usize, usize) = (3, 4);
+
+/// Dynamic shared memory of one decode-attention block: 4 warps' rings of stages, each the K and
+/// V rows of 16 positions, padded by 16 bytes.
+fn decode_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
+    let (stages, elem) = if fp8 { (DECODE_ATTENTION_STAGES.1, 1) } else { (DECODE_ATTENTION_STAGES.0, 2) };
+    (4 * stages * 2 * 16 * (head_dim * elem + 16)) as u32
+}
 
 impl Kernels {
     pub fn load(gpu: &Gpu) -> Result<Self> {
         let module = load_kernels(gpu)?;
-        let get = |name: &'static str| -> Result<Kernel> { Ok(Kernel { name, function: module.function(name)? }) };
+        let get = |name: &'static str| -> Result<Kernel> { Ok(Kernel { name, function: module.function(name)?, shared: 0 }) };
+        // A kernel whose blocks take `shared` bytes of dynamic shared memory (above the 48 KiB a
+        // launch may give without asking).
+        let get_shared = |name: &'static str, shared: u32| -> Result<Kernel> {
+            let k = get(name)?;
+            let attribute = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            unsafe { sys::cuFuncSetAttribute(k.function, attribute, shared as i32) }
+                .result()
+                .map_err(|e| anyhow!("kernel {name}: {shared} bytes of dynamic shared memory refused: {}", describe(e)))?;
+            Ok(Kernel { shared, ..k })
+        };
+        let decode = |name: &'static str, hd: usize, fp8: bool| get_shared(name, decode_attention_shared_bytes(hd, fp8));
         Ok(Kernels {
             embed_rms_norm: get("embed_rms_norm")?,
             add_rms_norm: get("add_rms_norm")?,
@@ -241,6 +269,11 @@ impl Kernels {
                 (32, get("attention_prefill_hd32")?),
                 (64, get("attention_prefill_hd64")?),
                 (128, get("attention_prefill_hd128")?),
+            ],
+            attention_decode: [
+                (32, decode("attention_decode_hd32_bf16", 32, false)?, decode("attention_decode_hd32_fp8", 32, true)?),
+                (64, decode("attention_decode_hd64_bf16", 64, false)?, decode("attention_decode_hd64_fp8", 64, true)?),
+                (128, decode("attention_decode_hd128_bf16", 128, false)?, decode("attention_decode_hd128_fp8", 128, true)?),
             ],
             attention_combine: get("attention_combine")?,
             sample_tokens: get("sample_tokens")?,
@@ -292,14 +325,14 @@ impl Kernels {
                 blockDimX: block,
                 blockDimY: 1,
                 blockDimZ: 1,
-                sharedMemBytes: 0,
+                sharedMemBytes: k.shared,
                 hStream: gpu.stream,
                 attrs: &mut attribute,
                 numAttrs: 1,
             };
             unsafe { sys::cuLaunchKernelEx(&config, k.function, params.as_mut_ptr(), std::ptr::null_mut()) }.result()
         } else {
-            unsafe { cu::launch_kernel(k.function, grid, (block, 1, 1), 0, gpu.stream, &mut params) }
+            unsafe { cu::launch_kernel(k.function, grid, (block, 1, 1), k.shared, gpu.stream, &mut params) }
         };
         launched.map_err(|e| anyhow!("CUDA kernel {} failed to launch (grid {grid:?}, block {block}): {}", k.name, describe(e)))?;
         if self.sync_each_launch && !gpu.is_capturing() {
@@ -757,7 +790,24 @@ impl Kernels {
                 .ptr(a.part_ml)
         };
         if a.num_tiles > 0 {
-            let k = if a.max_tile_rows <= (ATTENTION_THREADS / 32) as usize { one_row } else { four_rows };
+            // Tiles of one token each (a tile's rows are its tokens times the group) take the
+            // tensor-core decode kernel, outside batch-invariant mode, where their group fits its
+            // rows and the CUDA-core kernel is slower: always for an FP8 cache (that kernel is
+            // bound by its conversions), and for a bf16 cache beyond one row a warp (groups of at
+            // most four it reads as fast; measured in docs/cuda-performance.md).
+            let group = a.heads / a.kv_heads;
+            let one_row_a_warp = group <= (ATTENTION_THREADS / 32) as usize;
+            let decode = !a.batch_invariant
+                && a.max_tile_rows <= group
+                && group <= DECODE_ATTENTION_MAX_GROUP
+                && (a.kv_fp8 || !one_row_a_warp);
+            let &(_, decode_bf16, decode_fp8) = self.attention_decode.iter().find(|(hd, ..)| *hd == a.head_dim).expect("the same head sizes");
+            let k = match (decode, a.kv_fp8) {
+                (true, false) => decode_bf16,
+                (true, true) => decode_fp8,
+                (false, _) if a.max_tile_rows <= (ATTENTION_THREADS / 32) as usize => one_row,
+                (false, _) => four_rows,
+            };
             self.launch(gpu, k, (a.num_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args(a.tiles))?;
         }
         if a.prefill_tiles > 0 {
@@ -948,6 +998,20 @@ mod tests {
             }
         }
         assert!(kernels >= 27, "found only {kernels} kernels in the sources");
+    }
+
+    /// The decode attention's shared memory is sized from the stage counts its source defines.
+    #[test]
+    fn decode_attention_stages_match_the_kernel_source() {
+        let (_, source) = SOURCES.iter().find(|(file, _)| *file == "attention_decode.cu").expect("the decode attention source");
+        let define = |name: &str| -> usize {
+            let line = source.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("#define {name}"));
+            line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("a number in {line:?}"))
+        };
+        assert_eq!(super::DECODE_ATTENTION_STAGES, (define("DEC_STAGES_BF16"), define("DEC_STAGES_FP8")));
+        assert_eq!(super::DECODE_ATTENTION_MAX_GROUP, define("DEC_MAX_GROUP"));
+        assert_eq!(define("DEC_THREADS"), 128, "four warps a block, as decode_attention_shared_bytes counts");
+        assert_eq!(super::decode_attention_shared_bytes(128, true), 73_728);
     }
 
     /// The tiles `moe_align` lays `counts` (slots per expert) out in: each expert's own, whole.

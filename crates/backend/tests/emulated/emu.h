@@ -181,8 +181,12 @@ inline void emu_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned
 }
 
 inline float emu_from_e4m3(unsigned char code);
+inline float emu_from_f16(unsigned short h);
 inline void emu_mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     emu_mma<2>(d, a, b0, b1, [](unsigned w, int i) { return __uint_as_float(i ? w & 0xffff0000u : w << 16); });
+}
+inline void emu_mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    emu_mma<2>(d, a, b0, b1, [](unsigned w, int i) { return emu_from_f16((unsigned short)(i ? w >> 16 : w & 0xffffu)); });
 }
 inline void emu_mma_e4m3_m16n8k32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     emu_mma<4>(d, a, b0, b1, [](unsigned w, int i) { return emu_from_e4m3((w >> (8 * i)) & 0xff); });
@@ -268,4 +272,43 @@ inline unsigned emu_f32x2_to_e4m3x2(float hi, float lo) { return ((unsigned)emu_
 inline void emu_e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo) {
     lo = emu_from_e4m3(v & 0xff);
     hi = emu_from_e4m3(v >> 8);
+}
+
+// IEEE half precision in software (round to nearest even, subnormals kept), for the f16 pairs of
+// cvt.rn.f16x2.f32 and cvt.rn.f16x2.e4m3x2.
+inline unsigned short emu_to_f16(float x) {
+    const unsigned short sign = std::signbit(x) ? 0x8000 : 0;
+    if (std::isnan(x)) return 0x7e00;
+    const double a = std::fabs((double)x);
+    if (a >= 65520.0) return sign | 0x7c00;
+    const int exponent = a == 0.0 ? -14 : std::max(std::ilogb(a), -14);
+    const double steps = std::nearbyint(a / std::ldexp(1.0, exponent - 10));
+    if (exponent == -14 && steps < 1024) return sign | (unsigned short)steps;
+    return sign | (unsigned short)(((exponent + 15) << 10) + (int)steps - 1024);
+}
+inline float emu_from_f16(unsigned short h) {
+    const float sign = h & 0x8000 ? -1.f : 1.f;
+    const int exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    if (exponent == 0x1f) return mantissa ? NAN : sign * HUGE_VALF;
+    return sign * (exponent == 0 ? mantissa * std::ldexp(1.f, -24) : (1.f + mantissa / 1024.f) * std::ldexp(1.f, exponent - 15));
+}
+inline unsigned emu_pack_f16x2(float lo, float hi) { return emu_to_f16(lo) | ((unsigned)emu_to_f16(hi) << 16); }
+inline unsigned emu_e4m3x2_to_f16x2(unsigned short v) {
+    return emu_pack_f16x2(emu_from_e4m3(v & 0xff), emu_from_e4m3(v >> 8));
+}
+inline unsigned emu_byte_perm(unsigned lo, unsigned hi, unsigned select) {
+    const unsigned long long bytes = lo | ((unsigned long long)hi << 32);
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) r |= (unsigned)((bytes >> (8 * ((select >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+
+// Dynamic shared memory: one buffer for the running block (blocks run one at a time); an
+// asynchronous copy completes when issued.
+alignas(16) inline unsigned char emu_dynamic_shared[1 << 18];
+inline void emu_cp_async16(void* smem, const void* gmem, bool valid) {
+    if (valid)
+        std::memcpy(smem, gmem, 16);
+    else
+        std::memset(smem, 0, 16);
 }

@@ -77,6 +77,22 @@ __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same product on f16 values (the FP8-cache decode attention: E4M3 codes widen to f16 in
+// one instruction, and a probability keeps more bits in f16 than in bf16).
+__device__ __forceinline__ void mma_f16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The bytes of `lo` (0-3) and `hi` (4-7) picked by the four selector nibbles of `select`, lowest
+// result byte first.
+__device__ __forceinline__ u32 byte_perm(u32 lo, u32 hi, u32 select) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(lo), "r"(hi), "r"(select));
+    return r;
+}
+
 // One warp's m16n8k32 product of E4M3 codes with f32 sums (sm_89+; on older devices it traps):
 // a[0] holds A[g][4c..4c+3], a[1] A[g+8][4c..], a[2] A[g][16+4c..], a[3] A[g+8][16+4c..]; b0
 // holds B[4c..4c+3][g], b1 B[16+4c..16+4c+3][g] (g = lane / 4, c = lane % 4); d as for the bf16
@@ -98,6 +114,27 @@ __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16* row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// The block's dynamic shared memory (its size is the launch's).
+__device__ __forceinline__ unsigned char* dynamic_shared() {
+    extern __shared__ __align__(16) unsigned char lumen_dynamic_shared[];
+    return lumen_dynamic_shared;
+}
+
+// Asynchronous 16-byte copies from global to shared memory (sm_80+), each lane's own: `valid`
+// false writes 16 zero bytes and reads nothing. A group of them is committed, then awaited until
+// at most N of this lane's groups are still in flight; other lanes' copies are visible after
+// their wait and a __syncwarp.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // Two floats as a bf16 pair, `lo` at the lower address.
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
 
@@ -115,6 +152,26 @@ __device__ __forceinline__ u32 f32x2_to_e4m3x2(float hi, float lo) {
     __trap();
     return 0;
 #endif
+}
+
+// Two E4M3 codes (upper and lower byte of `v`) to an f16 pair in the same order: exact, every
+// E4M3 value being an f16 value.
+__device__ __forceinline__ u32 e4m3x2_to_f16x2(unsigned short v) {
+#if __CUDA_ARCH__ >= 890
+    u32 h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+    return h2;
+#else
+    __trap();
+    return 0;
+#endif
+}
+
+// Two floats as an f16 pair (round to nearest even), `lo` in the lower half.
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 
 // Two E4M3 codes (upper and lower byte of `v`) to floats.
