@@ -1,7 +1,7 @@
 //! Attention kernel speed on the GPU machine: for decode batches and prefill chunks of the
 //! Llama-3.1-8B attention shape (32 query heads, 8 KV heads, head size 128, bf16 or FP8 cache,
-//! blocks of 16), the median time of one launch of the CUDA-core kernel, of the tensor-core decode
-//! kernel (one-token tiles) and of the tensor-core prefill kernel (CUDA events), with the KV bytes read per second and the attention FLOP rate
+//! blocks of 16), the median time of one launch of the CUDA-core kernel, of the kernel a decode
+//! step gets (one-token tiles) and of the tensor-core prefill kernel (CUDA events), with the KV bytes read per second and the attention FLOP rate
 //! (causal work only). `attention_speed [heads kv_heads head_dim]`.
 
 use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
@@ -58,10 +58,11 @@ fn main() -> anyhow::Result<()> {
         let flops = 4.0 * causal_pairs * (heads * hd) as f64;
         for fp8 in [false, true] {
             let bytes = s.seqs as f64 * s.ctx as f64 * (kv_heads * hd * 2) as f64 * if fp8 { 1.0 } else { 2.0 };
-            // The CUDA-core kernel (as batch-invariant runs keep it), the tensor-core decode
-            // kernel (one-token tiles only), the tensor-core prefill kernel.
-            for (kernel, tensor_cores, batch_invariant) in [("cuda-core", false, true), ("decode-tc", false, false), ("tensor-core", true, false)] {
-                if kernel == "decode-tc" && s.len > 1 {
+            // The CUDA-core kernel (as batch-invariant runs keep it), the kernel a decode step
+            // gets (one-token tiles only: the tensor-core decode kernel where it is chosen), the
+            // tensor-core prefill kernel.
+            for (kernel, tensor_cores, batch_invariant) in [("cuda-core", false, true), ("decode", false, false), ("tensor-core", true, false)] {
+                if kernel == "decode" && s.len > 1 {
                     continue;
                 }
                 let rows_per_tile = (if tensor_cores { PREFILL_ATTENTION_MAX_ROWS } else { ATTENTION_MAX_ROWS } / group).max(1);

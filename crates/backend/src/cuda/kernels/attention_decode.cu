@@ -85,15 +85,17 @@ __device__ void attention_decode_impl(const bf16* q, const void* k_cache, const 
         unsigned char* stage = ring + (i % STAGES) * STAGE;
         const u32 p = kv_lo + DEC_STEP * (warp + DEC_WARPS * i);
         if (p < split_end) {
+            // A row's 16-byte chunks go to consecutive lanes; each lane finds its rows' cache
+            // addresses once and copies the same chunk of K and of V.
             constexpr int CHUNKS = HD * ELEM / 16;
+            const int chunk = lane % CHUNKS;
 #pragma unroll
-            for (int e = lane; e < 2 * DEC_STEP * CHUNKS; e += 32) {
-                const int kv = e / (DEC_STEP * CHUNKS), row = (e / CHUNKS) % DEC_STEP, chunk = e % CHUNKS;
+            for (int row = lane / CHUNKS; row < DEC_STEP; row += 32 / CHUNKS) {
                 const u32 pos = p + row;
                 const bool valid = pos < split_end;
                 const u64 at = valid ? (((u64)table[pos / block_size] * kv_heads + kvh) * block_size + pos % block_size) * HD * ELEM : 0;
-                cp_async16(stage + (kv * DEC_STEP + row) * ROW + chunk * 16, (const unsigned char*)(kv ? v_cache : k_cache) + at + chunk * 16,
-                           valid);
+                cp_async16(stage + row * ROW + chunk * 16, (const unsigned char*)k_cache + at + chunk * 16, valid);
+                cp_async16(stage + (DEC_STEP + row) * ROW + chunk * 16, (const unsigned char*)v_cache + at + chunk * 16, valid);
             }
         }
         cp_async_commit();
