@@ -144,3 +144,8 @@ fn decode_attention_reads_an_fp8_cache_as_the_bf16_cache_of_the_same_values() {
 fn tensor_core_decode_attention_matches_a_double_precision_reference() {
     run_check("attention_decode");
 }
+
+#[test]
+fn rope_kv_write_normes_rotates_and_writes_each_head_where_it_belongs() {
+    run_check("rope");
+}

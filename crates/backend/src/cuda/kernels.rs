@@ -206,6 +206,8 @@ pub fn gemv_k_step(dtype: DType) -> usize {
     }
 }
 pub const ATTENTION_THREADS: u32 = 128;
+/// Threads of a `rope_kv_write` block (`ROPE_THREADS` in elementwise.cu).
+const ROPE_THREADS: u32 = 256;
 /// Most elements `quantize_fp8` quantizes in one block and one launch.
 pub const FP8_ONE_BLOCK_ELEMENTS: usize = 1 << 16;
 /// Query rows (tokens × heads of one GQA group) one attention block holds.
@@ -376,7 +378,8 @@ impl Kernels {
         self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
-    /// Grid (tokens, heads + 2·kv_heads); `bias`, `q_norm`, `k_norm` may be 0 (absent).
+    /// A block per token and `ROPE_THREADS · 8 / head_dim` heads (head_dim a multiple of 8, at
+    /// most 128); `bias`, `q_norm`, `k_norm` may be 0 (absent).
     #[allow(clippy::too_many_arguments)]
     pub fn rope_kv_write(&self, gpu: &Gpu, n: usize, a: &RopeArgs) -> Result<()> {
         let args = Args::default()
@@ -398,8 +401,9 @@ impl Kernels {
             .ptr(a.k_cache)
             .ptr(a.v_cache)
             .i32(a.kv_fp8 as i32);
-        let heads = (a.heads + 2 * a.kv_heads) as u32;
-        self.launch(gpu, self.rope_kv_write, (n as u32, heads, 1), (a.head_dim / 2) as u32, args)
+        let heads = a.heads + 2 * a.kv_heads;
+        let heads_per_block = ROPE_THREADS as usize * 8 / a.head_dim;
+        self.launch(gpu, self.rope_kv_write, (n as u32, heads.div_ceil(heads_per_block) as u32, 1), ROPE_THREADS, args)
     }
 
     /// `f` must be a multiple of 8.

@@ -132,6 +132,12 @@ T __shfl_up_sync(unsigned, T v, int o) {
     return shuffle(v, [o](int lane) { return lane >= o ? lane - o : lane; });
 }
 
+inline bool __any_sync(unsigned, bool predicate) {
+    bool any = false;
+    for (int src = 0; src < 32; src++) any |= __shfl_sync(0xffffffffu, predicate, src);
+    return any;
+}
+
 // Every lane's `bytes` bytes at `mine`, gathered lane by lane into `all` (32 × bytes, at most
 // 64 bytes a lane).
 inline void warp_gather(const void* mine, size_t bytes, void* all) {

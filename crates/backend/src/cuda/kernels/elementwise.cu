@@ -128,88 +128,151 @@ extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16*
     norm_row(v, ss, w, eps, width, normed + base, scratch);
 }
 
-// RoPE on one pair (a, b) of a head's values (i and i + half) at `position`: the angle
-// position · inv_freq reduced in double precision, its cosine and sine times `attention_factor`
-// (YaRN's, else 1).
-__device__ __forceinline__ void rotate_pair(u32 position, double inv_freq, float attention_factor, float& a, float& b) {
+// RoPE's cosine and sine at `position` for one frequency, times `attention_factor` (YaRN's, else
+// 1): the angle position · inv_freq reduced in double precision.
+__device__ __forceinline__ void rope_cos_sin(u32 position, double inv_freq, float attention_factor, float& c, float& s) {
     const double two_pi = 6.283185307179586;
     double angle = (double)position * inv_freq;
     angle -= floor(angle / two_pi) * two_pi;
-    float s, c;
     sincosf((float)angle, &s, &c);
     s *= attention_factor;
     c *= attention_factor;
+}
+
+// RoPE on one pair (a, b) of a head's values (i and i + half) at `position`.
+__device__ __forceinline__ void rotate_pair(u32 position, double inv_freq, float attention_factor, float& a, float& b) {
+    float s, c;
+    rope_cos_sin(position, inv_freq, attention_factor, c, s);
     const float ra = a * c - b * s, rb = b * c + a * s;
     a = ra;
     b = rb;
 }
 
+#define ROPE_THREADS 256
+
+// Four consecutive bf16 values (8 bytes) as floats, and back.
+__device__ __forceinline__ void load_bf16x4(const bf16* p, float (&v)[4]) {
+    const uint2 w = *(const uint2*)p;
+    v[0] = __uint_as_float(w.x << 16);
+    v[1] = __uint_as_float(w.x & 0xffff0000u);
+    v[2] = __uint_as_float(w.y << 16);
+    v[3] = __uint_as_float(w.y & 0xffff0000u);
+}
+__device__ __forceinline__ void store_bf16x4(bf16* p, const float (&v)[4]) {
+    *(uint2*)p = make_uint2(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
+}
+
 // Splits the fused qkv rows: adds the bias, applies the q/k norms (when given: per head, or over
-// every head of q and of k with `norm_full_width`, as OLMoE's) and rotary
-// embedding to q and k (its cosines and sines times `attention_factor`: YaRN's, else 1), writes
-// q to `q_out` and k, v into the paged cache at each token's slot.
-// Grid: (tokens, heads + 2 * kv_heads); block: head_dim / 2 threads, one rotation pair each.
+// every head of q and of k with `norm_full_width`, as OLMoE's) and rotary embedding to q and k
+// (its cosines and sines times `attention_factor`: YaRN's, else 1), writes q to `q_out` and k, v
+// into the paged cache at each token's slot.
+// Grid: (tokens, ceil((heads + 2 * kv_heads) / heads_per_block)); block: ROPE_THREADS threads, a
+// lane per four rotation pairs (values 4j..4j+3 and half + 4j..), so a head takes head_dim / 8
+// consecutive lanes and a block ROPE_THREADS · 8 / head_dim heads. The token's cosines and sines
+// are worked out once a block, in shared memory (head_dim at most 128).
 // Cache layout per layer: [block][kv_head][slot in block][head_dim], bf16, or FP8 E4M3 codes with
 // scale 1 when `kv_fp8`.
-extern "C" __global__ void rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, int norm_full_width, float eps,
-                                         const u32* positions, const u32* slots, const double* inv_freq, float attention_factor,
-                                         int heads, int kv_heads, int head_dim, int block_size, bf16* q_out, void* k_cache,
-                                         void* v_cache, int kv_fp8) {
+extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
+    rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, int norm_full_width, float eps,
+                  const u32* positions, const u32* slots, const double* inv_freq, float attention_factor, int heads, int kv_heads,
+                  int head_dim, int block_size, bf16* q_out, void* k_cache, void* v_cache, int kv_fp8) {
     pdl_begin();
-    __shared__ float scratch[32];
-    int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x, half = head_dim / 2;
-    int width = (heads + 2 * kv_heads) * head_dim;
-    int col = h * head_dim;
-    const bf16* row = qkv + (u64)t * width;
-    float a = bf2f(row[col + i]), b = bf2f(row[col + i + half]);
-    if (bias) {
-        a += bf2f(bias[col + i]);
-        b += bf2f(bias[col + i + half]);
+    __shared__ float2 angles[64];
+    const int t = blockIdx.x, half = head_dim / 2, lanes = half / 4, total = heads + 2 * kv_heads;
+    const int h = blockIdx.y * (ROPE_THREADS / lanes) + threadIdx.x / lanes, j = threadIdx.x % lanes;
+    const u32 position = positions[t];
+    for (int i = threadIdx.x; i < half; i += ROPE_THREADS) {
+        float c, s;
+        rope_cos_sin(position, inv_freq[i], attention_factor, c, s);
+        angles[i] = make_float2(c, s);
     }
-    bool is_q = h < heads, is_k = !is_q && h < heads + kv_heads;
+    const bool live = h < total, is_q = h < heads, is_k = !is_q && h < heads + kv_heads;
+    const int width = total * head_dim, col = min(h, total - 1) * head_dim + 4 * j;
+    const bf16* row = qkv + (u64)t * width;
+    float a[4], b[4];
+    load_bf16x4(row + col, a);
+    load_bf16x4(row + col + half, b);
+    if (bias) {
+        float ba[4], bb[4];
+        load_bf16x4(bias + col, ba);
+        load_bf16x4(bias + col + half, bb);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            a[e] += ba[e];
+            b[e] += bb[e];
+        }
+    }
+    // Every lane takes part in the sums: a warp may hold heads of two kinds, or none past the
+    // last; a head's lanes are consecutive and aligned, so the tree over them stays within it.
+    float square = 0.f;
+#pragma unroll
+    for (int e = 0; e < 4; e++) square += a[e] * a[e] + b[e] * b[e];
+    for (int o = lanes / 2; o > 0; o >>= 1) square += __shfl_xor_sync(0xffffffffu, square, o);
+    float kind_square = 0.f;
+    if (norm_full_width) {
+        // OLMoE: one norm over every head of a kind, its sum worked out by each warp for the
+        // kind of each lane (both kinds where a warp holds both).
+        const bool any_q = __any_sync(0xffffffffu, is_q), any_k = __any_sync(0xffffffffu, !is_q);
+        for (int kind = 0; kind < 2; kind++) {
+            if (!(kind ? any_k : any_q)) continue;
+            const int first = kind ? heads * head_dim : 0, n = (kind ? kv_heads : heads) * head_dim;
+            float part = 0.f;
+            for (int i = threadIdx.x % 32; i < n; i += 32) {
+                const float v = bf2f(row[first + i]) + (bias ? bf2f(bias[first + i]) : 0.f);
+                part += v * v;
+            }
+            part = warp_sum(part);
+            if (kind == !is_q) kind_square = part;
+        }
+    }
+    __syncthreads();
+    if (!live) return;
     if (is_q || is_k) {
         const bf16* norm = is_q ? q_norm : k_norm;
         if (norm) {
-            float mean_square;
-            int at = i;
-            if (norm_full_width) {
-                // OLMoE: one norm over every head of this kind (its weight spans them all).
-                const int first = is_q ? 0 : heads * head_dim, n = (is_q ? heads : kv_heads) * head_dim;
-                float part = 0.f;
-                for (int j = i; j < n; j += blockDim.x) {
-                    float v = bf2f(row[first + j]) + (bias ? bf2f(bias[first + j]) : 0.f);
-                    part += v * v;
-                }
-                mean_square = block_sum(part, scratch) / n;
-                at = col - first + i;
-            } else {
-                mean_square = block_sum(a * a + b * b, scratch) / head_dim;
+            const int kind_first = is_q ? 0 : heads;
+            const float mean_square =
+                norm_full_width ? kind_square / ((is_q ? heads : kv_heads) * head_dim) : square / head_dim;
+            const int at = norm_full_width ? (h - kind_first) * head_dim + 4 * j : 4 * j;
+            const float scale = rsqrtf(mean_square + eps);
+            float wa[4], wb[4];
+            load_bf16x4(norm + at, wa);
+            load_bf16x4(norm + at + half, wb);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                a[e] = a[e] * scale * wa[e];
+                b[e] = b[e] * scale * wb[e];
             }
-            float scale = rsqrtf(mean_square + eps);
-            a = a * scale * bf2f(norm[at]);
-            b = b * scale * bf2f(norm[at + half]);
         }
-        rotate_pair(positions[t], inv_freq[i], attention_factor, a, b);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 cs = angles[4 * j + e];
+            const float ra = a[e] * cs.x - b[e] * cs.y, rb = b[e] * cs.x + a[e] * cs.y;
+            a[e] = ra;
+            b[e] = rb;
+        }
     }
     if (is_q) {
-        bf16* out = q_out + (u64)t * heads * head_dim + h * head_dim;
-        out[i] = f2bf(a);
-        out[i + half] = f2bf(b);
+        bf16* out = q_out + ((u64)t * heads + h) * head_dim + 4 * j;
+        store_bf16x4(out, a);
+        store_bf16x4(out + half, b);
         return;
     }
-    int kvh = is_k ? h - heads : h - heads - kv_heads;
-    u32 slot = slots[t];
-    u64 at = (((u64)(slot / block_size) * kv_heads + kvh) * block_size + slot % block_size) * head_dim;
+    const int kvh = is_k ? h - heads : h - heads - kv_heads;
+    const u32 slot = slots[t];
+    const u64 at = (((u64)(slot / block_size) * kv_heads + kvh) * block_size + slot % block_size) * head_dim + 4 * j;
     void* cache = is_k ? k_cache : v_cache;
     if (kv_fp8) {
         // E4M3 codes with scale 1 (values beyond ±448 saturate), from the bf16 values a bf16 cache holds.
-        unsigned char* c8 = (unsigned char*)cache;
-        c8[at + i] = (unsigned char)(f32x2_to_e4m3x2(0.f, bf2f(f2bf(a))) & 0xffu);
-        c8[at + i + half] = (unsigned char)(f32x2_to_e4m3x2(0.f, bf2f(f2bf(b))) & 0xffu);
+        auto codes = [](const float(&v)[4]) {
+            return f32x2_to_e4m3x2(bf2f(f2bf(v[1])), bf2f(f2bf(v[0]))) | (f32x2_to_e4m3x2(bf2f(f2bf(v[3])), bf2f(f2bf(v[2]))) << 16);
+        };
+        *(u32*)((unsigned char*)cache + at) = codes(a);
+        *(u32*)((unsigned char*)cache + at + half) = codes(b);
         return;
     }
-    ((bf16*)cache)[at + i] = f2bf(a);
-    ((bf16*)cache)[at + i + half] = f2bf(b);
+    store_bf16x4((bf16*)cache + at, a);
+    store_bf16x4((bf16*)cache + at + half, b);
 }
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0).
