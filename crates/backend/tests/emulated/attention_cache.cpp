@@ -14,17 +14,9 @@ static Rng rng{2718};
 // written.
 static int decode_step(const std::vector<int>& lens, u32 split_tokens, bool four_rows) {
     const int heads = 8, kv_heads = 2, hd = 64, block_size = 16, seqs = (int)lens.size();
-    std::vector<u32> table, offsets = {0}, tiles, positions;
-    int blocks_total = 0, max_ctx = 0;
-    for (int s = 0; s < seqs; s++) {
-        const int blocks = (lens[s] + block_size - 1) / block_size;
-        for (int b = 0; b < blocks; b++) table.push_back((u32)((blocks_total + b) * 7 % 97));
-        blocks_total += blocks;
-        offsets.push_back((u32)table.size());
-        tiles.insert(tiles.end(), {(u32)s, (u32)s, 1u, (u32)(lens[s] - 1)});
-        positions.push_back((u32)(lens[s] - 1));
-        max_ctx = std::max(max_ctx, lens[s]);
-    }
+    const DecodeStep step(lens, block_size, 97, 7);
+    const auto &table = step.table, &offsets = step.offsets, &tiles = step.tiles, &positions = step.positions;
+    const int max_ctx = step.max_ctx;
     const size_t values = (size_t)97 * kv_heads * block_size * hd;
     std::vector<unsigned char> k8(values), v8(values);
     std::vector<bf16> k16(values), v16(values);

@@ -19,17 +19,9 @@ struct Case {
 template <class K>
 static double decode_step(const Case& c, K kernel, const std::vector<int>& lens) {
     const int block_size = 16, seqs = (int)lens.size(), hd = c.hd, group = c.heads / c.kv_heads;
-    std::vector<u32> table, offsets = {0}, tiles, positions;
-    int max_ctx = 0, used = 0;
-    for (int s = 0; s < seqs; s++) {
-        const int blocks = (lens[s] + block_size - 1) / block_size;
-        for (int b = 0; b < blocks; b++) table.push_back((u32)((used + b) * 11 % 53));
-        used += blocks;
-        offsets.push_back((u32)table.size());
-        tiles.insert(tiles.end(), {(u32)s, (u32)s, 1u, (u32)(lens[s] - 1)});
-        positions.push_back((u32)(lens[s] - 1));
-        max_ctx = std::max(max_ctx, lens[s]);
-    }
+    const DecodeStep step(lens, block_size, 53, 11);
+    const auto &table = step.table, &offsets = step.offsets, &tiles = step.tiles, &positions = step.positions;
+    const int max_ctx = step.max_ctx;
     const size_t values = (size_t)53 * c.kv_heads * block_size * hd;
     std::vector<unsigned char> k8(values), v8(values);
     std::vector<bf16> k16(values), v16(values);
