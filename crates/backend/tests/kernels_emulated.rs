@@ -146,6 +146,6 @@ fn tensor_core_decode_attention_matches_a_double_precision_reference() {
 }
 
 #[test]
-fn rope_kv_write_normes_rotates_and_writes_each_head_where_it_belongs() {
+fn rope_kv_write_norms_rotates_and_writes_each_head_where_it_belongs() {
     run_check("rope");
 }
