@@ -29,7 +29,8 @@ pub const INVARIANT_SPLIT_TOKENS: usize = 64;
 /// Split sizes are multiples of the attention kernel's KV step.
 const SPLIT_ALIGN: usize = 32;
 /// Sequences with at least this many tokens in a step take the tensor-core prefill attention
-/// (outside batch-invariant mode); shorter ones, decode above all, the CUDA-core kernel.
+/// (outside batch-invariant mode); shorter ones the decode tiles (`Kernels::attention` picks the
+/// CUDA-core or the tensor-core decode kernel for them).
 const PREFILL_ATTENTION_MIN_TOKENS: usize = 8;
 
 /// How a sampled row draws its token (the engine's sampling parameters, flattened).

@@ -346,7 +346,8 @@ impl RankCollectives {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepShape {
     pub tokens: usize,
-    /// Attention tiles for the CUDA-core kernel (decode and short chunks).
+    /// Attention tiles of decode tokens and short chunks (the CUDA-core kernel, or the
+    /// tensor-core decode kernel for one-token tiles where `Kernels::attention` chooses it).
     pub tiles: usize,
     /// Most query rows (tokens × heads of a GQA group) in one of those.
     pub tile_rows: usize,
