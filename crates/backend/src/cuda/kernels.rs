@@ -766,7 +766,9 @@ impl Kernels {
     }
 
     /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each: the
-    /// first `num_tiles` on the CUDA cores, the `prefill_tiles` after them on the tensor cores.
+    /// first `num_tiles` on the CUDA cores, or on the tensor-core decode kernel
+    /// (attention_decode.cu) where they are one token each and it is the faster; the
+    /// `prefill_tiles` after them on the tensor-core prefill kernel.
     pub fn attention(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
         let Some(&(_, one_row, four_rows)) = self.attention.iter().find(|(hd, _, _)| *hd == a.head_dim) else {
             bail!("attention: head_dim {} is not supported on CUDA (expected 32, 64 or 128)", a.head_dim);
@@ -936,7 +938,7 @@ pub struct AttentionArgs {
     /// The cache holds FP8 E4M3 codes (scale 1) instead of bf16.
     pub kv_fp8: bool,
     pub tiles: u64,
-    /// Tiles for the CUDA-core kernel, first in `tiles`.
+    /// Tiles of decode tokens and short chunks, first in `tiles`.
     pub num_tiles: usize,
     /// Most query rows (tokens × heads of a group) in one of those.
     pub max_tile_rows: usize,
