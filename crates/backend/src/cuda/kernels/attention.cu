@@ -29,24 +29,6 @@ __device__ __forceinline__ float initial_max(const bf16* sinks, int head, int sp
     return sinks && split == 0 ? bf2f(sinks[head]) * ATT_LOG2E : -INFINITY;
 }
 
-// n consecutive bf16 values from shared memory as floats, in one access.
-template <int N>
-__device__ __forceinline__ void load_bf16_row(const bf16* p, float (&out)[N]) {
-    if constexpr (N == 4) {
-        uint2 w = *(const uint2*)p;
-        out[0] = __uint_as_float(w.x << 16);
-        out[1] = __uint_as_float(w.x & 0xffff0000u);
-        out[2] = __uint_as_float(w.y << 16);
-        out[3] = __uint_as_float(w.y & 0xffff0000u);
-    } else if constexpr (N == 2) {
-        u32 w = *(const u32*)p;
-        out[0] = __uint_as_float(w << 16);
-        out[1] = __uint_as_float(w & 0xffff0000u);
-    } else {
-        out[0] = bf2f(p[0]);
-    }
-}
-
 // Eight E4M3 codes (8 bytes) as eight bf16 values (16 bytes): every E4M3 value is a bf16 value.
 __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
     const u32 words[2] = {codes.x, codes.y};
@@ -270,8 +252,7 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
 
 // Four 8×8 bf16 matrices from shared memory, transposed (lanes 8i..8i+7 give matrix i's rows).
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) {
-    u32 addr;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(row));
+    const u32 addr = shared_address(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));

@@ -150,14 +150,7 @@ __device__ __forceinline__ void rotate_pair(u32 position, double inv_freq, float
 
 #define ROPE_THREADS 256
 
-// Four consecutive bf16 values (8 bytes) as floats, and back.
-__device__ __forceinline__ void load_bf16x4(const bf16* p, float (&v)[4]) {
-    const uint2 w = *(const uint2*)p;
-    v[0] = __uint_as_float(w.x << 16);
-    v[1] = __uint_as_float(w.x & 0xffff0000u);
-    v[2] = __uint_as_float(w.y << 16);
-    v[3] = __uint_as_float(w.y & 0xffff0000u);
-}
+// Four floats as four consecutive bf16 values (8 bytes).
 __device__ __forceinline__ void store_bf16x4(bf16* p, const float (&v)[4]) {
     *(uint2*)p = make_uint2(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
 }
@@ -190,12 +183,12 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
     const int width = total * head_dim, col = min(h, total - 1) * head_dim + 4 * j;
     const bf16* row = qkv + (u64)t * width;
     float a[4], b[4];
-    load_bf16x4(row + col, a);
-    load_bf16x4(row + col + half, b);
+    load_bf16_row<4>(row + col, a);
+    load_bf16_row<4>(row + col + half, b);
     if (bias) {
         float ba[4], bb[4];
-        load_bf16x4(bias + col, ba);
-        load_bf16x4(bias + col + half, bb);
+        load_bf16_row<4>(bias + col, ba);
+        load_bf16_row<4>(bias + col + half, bb);
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             a[e] += ba[e];
@@ -236,8 +229,8 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
             const int at = norm_full_width ? (h - kind_first) * head_dim + 4 * j : 4 * j;
             const float scale = rsqrtf(mean_square + eps);
             float wa[4], wb[4];
-            load_bf16x4(norm + at, wa);
-            load_bf16x4(norm + at + half, wb);
+            load_bf16_row<4>(norm + at, wa);
+            load_bf16_row<4>(norm + at + half, wb);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 a[e] = a[e] * scale * wa[e];

@@ -69,6 +69,24 @@ __device__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
+// n consecutive bf16 values (n = 1, 2 or 4) as floats, in one access.
+template <int N>
+__device__ __forceinline__ void load_bf16_row(const bf16* p, float (&out)[N]) {
+    if constexpr (N == 4) {
+        uint2 w = *(const uint2*)p;
+        out[0] = __uint_as_float(w.x << 16);
+        out[1] = __uint_as_float(w.x & 0xffff0000u);
+        out[2] = __uint_as_float(w.y << 16);
+        out[3] = __uint_as_float(w.y & 0xffff0000u);
+    } else if constexpr (N == 2) {
+        u32 w = *(const u32*)p;
+        out[0] = __uint_as_float(w << 16);
+        out[1] = __uint_as_float(w & 0xffff0000u);
+    } else {
+        out[0] = bf2f(p[0]);
+    }
+}
+
 // Tensor-core pieces shared by prefill attention and the grouped expert GEMM: one warp's
 // m16n8k16 product (bf16 in, f32 accumulate) and shared-memory fragment loads.
 __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -107,10 +125,16 @@ __device__ __forceinline__ void mma_e4m3_m16n8k32(float (&d)[4], const u32 (&a)[
 #endif
 }
 
+// The shared-memory address (state space offset) of a generic pointer into shared memory.
+__device__ __forceinline__ u32 shared_address(const void* p) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
+    return addr;
+}
+
 // Four 8×8 bf16 matrices from shared memory (lanes 8i..8i+7 give matrix i's rows).
 __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16* row) {
-    u32 addr;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(row));
+    const u32 addr = shared_address(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
@@ -125,9 +149,7 @@ __device__ __forceinline__ unsigned char* dynamic_shared() {
 // at most N of this lane's groups are still in flight; other lanes' copies are visible after
 // their wait and a __syncwarp.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-    u32 addr;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(smem)), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -176,13 +198,8 @@ __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
 
 // Two E4M3 codes (upper and lower byte of `v`) to floats.
 __device__ __forceinline__ void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo) {
-#if __CUDA_ARCH__ >= 890
-    u32 h2;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+    const u32 h2 = e4m3x2_to_f16x2(v);
     unsigned short h_lo = (unsigned short)(h2 & 0xffffu), h_hi = (unsigned short)(h2 >> 16);
     asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(h_lo));
     asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(h_hi));
-#else
-    __trap();
-#endif
 }
