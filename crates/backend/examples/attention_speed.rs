@@ -61,7 +61,9 @@ fn main() -> anyhow::Result<()> {
             // The CUDA-core kernel (as batch-invariant runs keep it), the kernel a decode step
             // gets (one-token tiles only: the tensor-core decode kernel where it is chosen), the
             // tensor-core prefill kernel.
-            for (kernel, tensor_cores, batch_invariant) in [("cuda-core", false, true), ("decode", false, false), ("tensor-core", true, false)] {
+            for (kernel, tensor_cores, batch_invariant) in
+                [("cuda-core", false, true), ("decode", false, false), ("tensor-core", true, false)]
+            {
                 if kernel == "decode" && s.len > 1 {
                     continue;
                 }

@@ -803,11 +803,10 @@ impl Kernels {
             // most four it reads as fast; measured in docs/cuda-performance.md).
             let group = a.heads / a.kv_heads;
             let one_row_a_warp = group <= (ATTENTION_THREADS / 32) as usize;
-            let decode = !a.batch_invariant
-                && a.max_tile_rows <= group
-                && group <= DECODE_ATTENTION_MAX_GROUP
-                && (a.kv_fp8 || !one_row_a_warp);
-            let &(_, decode_bf16, decode_fp8) = self.attention_decode.iter().find(|(hd, ..)| *hd == a.head_dim).expect("the same head sizes");
+            let decode =
+                !a.batch_invariant && a.max_tile_rows <= group && group <= DECODE_ATTENTION_MAX_GROUP && (a.kv_fp8 || !one_row_a_warp);
+            let &(_, decode_bf16, decode_fp8) =
+                self.attention_decode.iter().find(|(hd, ..)| *hd == a.head_dim).expect("the same head sizes");
             let k = match (decode, a.kv_fp8) {
                 (true, false) => decode_bf16,
                 (true, true) => decode_fp8,
