@@ -15,7 +15,7 @@ fn every_kernel_compiles_for_sm_90a_without_spills() {
     let (cubin, log) = compile("sm_90a").unwrap_or_else(|e| panic!("NVRTC {}.{}: {e:#}", version.0, version.1));
     assert!(!cubin.is_empty());
     let entries: Vec<&str> = log.lines().filter_map(|l| l.split("Compiling entry function '").nth(1)?.split('\'').next()).collect();
-    for kernel in ["embed_rms_norm", "attention_prefill_hd128", "sample_tokens", "gemv_fp8", "quantize_fp8"] {
+    for kernel in ["embed_rms_norm", "attention_prefill_hd128_bf16", "sample_tokens", "gemv_fp8", "quantize_fp8"] {
         assert!(entries.contains(&kernel), "{kernel} is missing from NVRTC's report: {entries:?}");
     }
     let spills: Vec<&str> =

@@ -3,7 +3,7 @@
 //! barriers for `__syncthreads`, the warp's and its shuffles). The kernel sources are the ones
 //! NVRTC compiles, concatenated in the same order, with their inline PTX replaced by software:
 //! the E4M3 conversions by the host's FP8 rule, and `mma.sync` and `ldmatrix` as warp-wide
-//! operations on the fragment layouts of the PTX ISA (which the prefill attention, a kernel that
+//! operations on the fragment layouts of the PTX ISA (which the grouped expert GEMM, a kernel that
 //! has run on the GPU, pins: it fails when they are wrong). Each check is a C++ program in `tests/emulated/`
 //! that compares kernels against a reference written from their definition and exits non-zero on a
 //! difference; it says what it measured. This checks a kernel's arithmetic and indexing (tiles,
@@ -126,8 +126,13 @@ fn the_fp8_gemv_quantizes_its_bf16_rows_to_the_quantize_kernels_codes() {
 }
 
 #[test]
-fn the_tensor_core_kernels_match_double_precision_products() {
+fn the_grouped_expert_gemm_matches_double_precision_products() {
     run_check("tensor_cores");
+}
+
+#[test]
+fn tensor_core_prefill_attention_matches_a_double_precision_reference() {
+    run_check("attention_prefill");
 }
 
 #[test]

@@ -11,10 +11,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The kernel sources, in compilation order.
-pub const SOURCES: [(&str, &str); 12] = [
+pub const SOURCES: [(&str, &str); 13] = [
     ("prelude.cu", include_str!("kernels/prelude.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
+    ("attention_prefill.cu", include_str!("kernels/attention_prefill.cu")),
     ("attention_decode.cu", include_str!("kernels/attention_decode.cu")),
     ("sampling.cu", include_str!("kernels/sampling.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),

@@ -70,7 +70,7 @@ pub struct Kernels {
     mla_value_heads: Kernel,
     /// By head size: the one-row-per-warp (decode) and four-rows-per-warp (prefill) variants.
     attention: [(usize, Kernel, Kernel); 3],
-    attention_prefill: [(usize, Kernel); 3],
+    attention_prefill: [(usize, Kernel, Kernel); 3],
     /// By head size: decode on the tensor cores (attention_decode.cu), for a bf16 and an FP8 cache.
     attention_decode: [(usize, Kernel, Kernel); 3],
     attention_combine: Kernel,
@@ -212,8 +212,10 @@ const ROPE_THREADS: u32 = 256;
 pub const FP8_ONE_BLOCK_ELEMENTS: usize = 1 << 16;
 /// Query rows (tokens × heads of one GQA group) one attention block holds.
 pub const ATTENTION_MAX_ROWS: usize = 16;
-/// Query rows one tensor-core prefill attention block holds (`PF_ROWS` in attention.cu).
+/// Query rows one tensor-core prefill attention block holds (`PF_ROWS` in attention_prefill.cu).
 pub const PREFILL_ATTENTION_MAX_ROWS: usize = 64;
+/// Positions a tensor-core prefill attention block stages a step (`PF_KV` in attention_prefill.cu).
+const PREFILL_ATTENTION_STEP: usize = 64;
 /// Largest GQA group (query heads a KV head) the tensor-core decode attention takes
 /// (attention_decode.cu's `DEC_MAX_GROUP`); larger groups keep the CUDA-core kernel.
 pub const DECODE_ATTENTION_MAX_GROUP: usize = 8;
@@ -226,6 +228,15 @@ const DECODE_ATTENTION_STAGES: (usize, usize) = (3, 4);
 fn decode_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
     let (stages, elem) = if fp8 { (DECODE_ATTENTION_STAGES.1, 1) } else { (DECODE_ATTENTION_STAGES.0, 2) };
     (4 * stages * 2 * 16 * (head_dim * elem + 16)) as u32
+}
+
+/// Dynamic shared memory of one prefill-attention block: rows of `head_dim` 16-bit values and 16
+/// bytes of padding, two stages of a step's K and V rows for a bf16 cache; for an FP8 cache one
+/// such K-and-V tile (the codes widened to f16) and two stages of unpadded codes.
+fn prefill_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
+    let tile = 2 * PREFILL_ATTENTION_STEP * (head_dim * 2 + 16);
+    let bytes = if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
+    bytes as u32
 }
 
 impl Kernels {
@@ -243,6 +254,7 @@ impl Kernels {
             Ok(Kernel { shared, ..k })
         };
         let decode = |name: &'static str, hd: usize, fp8: bool| get_shared(name, decode_attention_shared_bytes(hd, fp8));
+        let prefill = |name: &'static str, hd: usize, fp8: bool| get_shared(name, prefill_attention_shared_bytes(hd, fp8));
         Ok(Kernels {
             embed_rms_norm: get("embed_rms_norm")?,
             add_rms_norm: get("add_rms_norm")?,
@@ -268,9 +280,9 @@ impl Kernels {
                 (128, get("attention_hd128_r1")?, get("attention_hd128_r4")?),
             ],
             attention_prefill: [
-                (32, get("attention_prefill_hd32")?),
-                (64, get("attention_prefill_hd64")?),
-                (128, get("attention_prefill_hd128")?),
+                (32, prefill("attention_prefill_hd32_bf16", 32, false)?, prefill("attention_prefill_hd32_fp8", 32, true)?),
+                (64, prefill("attention_prefill_hd64_bf16", 64, false)?, prefill("attention_prefill_hd64_fp8", 64, true)?),
+                (128, prefill("attention_prefill_hd128_bf16", 128, false)?, prefill("attention_prefill_hd128_fp8", 128, true)?),
             ],
             attention_decode: [
                 (32, decode("attention_decode_hd32_bf16", 32, false)?, decode("attention_decode_hd32_fp8", 32, true)?),
@@ -773,7 +785,9 @@ impl Kernels {
         let Some(&(_, one_row, four_rows)) = self.attention.iter().find(|(hd, _, _)| *hd == a.head_dim) else {
             bail!("attention: head_dim {} is not supported on CUDA (expected 32, 64 or 128)", a.head_dim);
         };
-        let &(_, prefill) = self.attention_prefill.iter().find(|(hd, _)| *hd == a.head_dim).expect("the same head sizes");
+        let &(_, prefill_bf16, prefill_fp8) =
+            self.attention_prefill.iter().find(|(hd, ..)| *hd == a.head_dim).expect("the same head sizes");
+        let prefill = if a.kv_fp8 { prefill_fp8 } else { prefill_bf16 };
         let scale_log2 = (1.0 / (a.head_dim as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
         let args = |tiles: u64| {
             Args::default()
@@ -1017,6 +1031,22 @@ mod tests {
         assert_eq!(super::DECODE_ATTENTION_MAX_GROUP, define("DEC_MAX_GROUP"));
         assert_eq!(define("DEC_THREADS"), 128, "four warps a block, as decode_attention_shared_bytes counts");
         assert_eq!(super::decode_attention_shared_bytes(128, true), 73_728);
+    }
+
+    /// The prefill attention's shared memory is sized from the step its source defines, and three
+    /// blocks of the largest fit an SM (227 KiB on Hopper).
+    #[test]
+    fn prefill_attention_shared_memory_matches_the_kernel_source() {
+        let (_, source) = SOURCES.iter().find(|(file, _)| *file == "attention_prefill.cu").expect("the prefill attention source");
+        let define = |name: &str| -> usize {
+            let line = source.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("#define {name}"));
+            line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("a number in {line:?}"))
+        };
+        assert_eq!(super::PREFILL_ATTENTION_STEP, define("PF_KV"));
+        assert_eq!(super::PREFILL_ATTENTION_MAX_ROWS, define("PF_ROWS"));
+        assert_eq!(super::prefill_attention_shared_bytes(128, false), 69_632);
+        assert_eq!(super::prefill_attention_shared_bytes(128, true), 67_584);
+        assert!(3 * super::prefill_attention_shared_bytes(128, false) <= 227 * 1024);
     }
 
     /// The tiles `moe_align` lays `counts` (slots per expert) out in: each expert's own, whole.

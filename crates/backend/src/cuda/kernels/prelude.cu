@@ -138,6 +138,14 @@ __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16* row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// The same, transposed: r[i] holds column pairs of matrix i instead of row pairs.
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) {
+    const u32 addr = shared_address(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 // The block's dynamic shared memory (its size is the launch's).
 __device__ __forceinline__ unsigned char* dynamic_shared() {
     extern __shared__ __align__(16) unsigned char lumen_dynamic_shared[];

@@ -1,0 +1,291 @@
+// Prefill attention on the tensor cores (mma.sync m16n8k16, f32 sums), for tiles of many query
+// tokens: attention.cu's tile format, splits, masks, sinks and outputs. A tile's query rows are
+// its tokens × the heads of one GQA group, token-major, at most PF_ROWS of them; each of the four
+// warps owns 16 rows, their queries in registers as the A fragments of S = Q·Kᵀ.
+//
+// The block walks its split PF_KV positions a step. The next step's K and V rows are copied from
+// the paged cache into shared memory with asynchronous copies while this step's products run (two
+// stages, one barrier a step). S = Q·Kᵀ takes K's fragments with ldmatrix; the online softmax
+// runs on the S fragments in registers, masking only steps that cross the causal diagonal, the
+// window's edge or the split's end; O += P·V reuses the S fragments as the A operand and reads V
+// with ldmatrix.trans (flash style).
+//
+// A bf16 cache runs bf16 products. An FP8 cache's codes land in stages of their own and widen to
+// f16 in one pass per step (an instruction per pair) into the one tile the products read, which
+// run on f16: the queries and probabilities are rounded to f16, as in the FP8 decode kernel. The
+// sums run in another order than the CUDA-core kernel's, so batch-invariant runs keep to that
+// kernel.
+
+#define PF_THREADS 128
+#define PF_ROWS 64
+#define PF_KV 64
+
+// Two floats as a 16-bit pair, `lo` first: bf16 (round to nearest even, as f2bf) or f16.
+template <bool F16>
+__device__ __forceinline__ u32 pack_pair(float lo, float hi) {
+    if constexpr (F16) {
+        return pack_f16x2(lo, hi);
+    } else {
+        return pack_bf16x2(lo, hi);
+    }
+}
+
+template <bool F16>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    if constexpr (F16) {
+        mma_f16_m16n8k16(d, a, b0, b1);
+    } else {
+        mma_bf16_m16n8k16(d, a, b0, b1);
+    }
+}
+
+// Dynamic shared memory (PREFILL_ATTENTION_SHARED in kernels.rs): a staged K or V row holds HD
+// 16-bit values and 16 bytes of padding, so the eight rows one fragment load touches fall in
+// distinct banks. A bf16 cache: two stages of K then V; an FP8 cache: the one f16 K-then-V tile,
+// then two stages of K then V codes.
+template <int HD, bool FP8>
+__device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const void* v_cache, const u32* tiles,
+                                       const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,
+                                       int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,
+                                       float* part_acc, float* part_ml) {
+    constexpr int KSTEPS = HD / 16;
+    constexpr int DTILES = HD / 8;
+    constexpr int ROW = HD + 8;                        // 16-bit values of a staged row
+    constexpr int TILE = PF_KV * ROW;                  // of one step's K (or V) rows
+    constexpr int ELEM = FP8 ? 1 : 2;                  // bytes of a cached value
+    constexpr int CHUNKS = HD * ELEM / 16;             // 16-byte pieces of a cached row
+    constexpr int ROWS_A_PASS = PF_THREADS / CHUNKS;   // rows one copy instruction a thread covers
+    constexpr int CODE_STAGE = 2 * PF_KV * HD;         // bytes of one step's K and V codes
+    static_assert(KSTEPS % 2 == 0 && PF_KV % ROWS_A_PASS == 0, "the fragment and copy loops divide evenly");
+
+    const int split_tokens = (int)*split_size;
+    const u32* tile = tiles + 4 * blockIdx.x;
+    const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+    const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    const int group = heads / kv_heads;
+    const int rows = nrows * group;
+    const u32 ctx_end = pos0 + nrows;
+    const u32 split_start = (u32)split * split_tokens;
+    if (split_start >= ctx_end) return;
+    const u32 split_end = min(ctx_end, split_start + (u32)split_tokens);
+    u32 kv_lo = split_start;
+    if (window > 0 && pos0 + 1 > (u32)window) kv_lo = max(kv_lo, (pos0 + 1 - (u32)window) / PF_KV * PF_KV);
+    const u32* table = table_data + table_offsets[seq];
+    const u32 steps = kv_lo < split_end ? (split_end - kv_lo + PF_KV - 1) / PF_KV : 0;
+
+    bf16* staged = (bf16*)dynamic_shared();
+    unsigned char* codes = dynamic_shared() + 2 * TILE * sizeof(bf16);
+    // Copies step `i`'s K and V rows into stage i % 2: thread x takes piece x % CHUNKS of rows
+    // x / CHUNKS, + ROWS_A_PASS, ...; positions past the split's end are zero-filled.
+    const int piece = threadIdx.x % CHUNKS, first_row = threadIdx.x / CHUNKS;
+    auto issue = [&](u32 i) {
+        const u32 t0 = kv_lo + i * PF_KV;
+        u32 pos = t0 + first_row;
+        u32 block = pos / (u32)block_size, offset = pos % (u32)block_size;
+#pragma unroll
+        for (int row = first_row; row < PF_KV; row += ROWS_A_PASS) {
+            const bool valid = pos < split_end;
+            const u64 at = valid ? (((u64)table[block] * kv_heads + kvh) * block_size + offset) * HD * ELEM + piece * 16 : 0;
+            unsigned char* k_dst;
+            if constexpr (FP8) {
+                k_dst = codes + (i % 2) * CODE_STAGE + row * HD + piece * 16;
+            } else {
+                k_dst = (unsigned char*)(staged + (i % 2) * 2 * TILE + row * ROW) + piece * 16;
+            }
+            unsigned char* v_dst = k_dst + (FP8 ? PF_KV * HD : TILE * sizeof(bf16));
+            cp_async16(k_dst, (const unsigned char*)k_cache + at, valid);
+            cp_async16(v_dst, (const unsigned char*)v_cache + at, valid);
+            pos += ROWS_A_PASS;
+            offset += ROWS_A_PASS;
+            while (offset >= (u32)block_size) {
+                offset -= block_size;
+                block++;
+            }
+        }
+        cp_async_commit();
+    };
+    if (steps > 0) issue(0);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // This thread's two rows: g and g + 8 of the warp's sixteen.
+    int row[2] = {warp * 16 + g, warp * 16 + g + 8};
+    bool live[2];
+    u32 token[2], row_pos[2];
+    int head[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        live[h] = row[h] < rows;
+        token[h] = row0 + row[h] / group;
+        row_pos[h] = pos0 + row[h] / group;
+        head[h] = kvh * group + row[h] % group;
+    }
+
+    u32 qf[KSTEPS][4];
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int h = i & 1, col = kk * 16 + 2 * t + (i >> 1) * 8;
+            u32 w = live[h] ? *(const u32*)(q + ((u64)token[h] * heads + head[h]) * HD + col) : 0u;
+            if constexpr (FP8) w = pack_f16x2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+            qf[kk][i] = w;
+        }
+    }
+
+    float o[DTILES][4];
+#pragma unroll
+    for (int n = 0; n < DTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    // Running maxima in log2 units; a row's sum is spread over its quad of lanes, the sink's 1 in
+    // the first lane's share.
+    float m[2] = {initial_max(sinks, head[0], split), initial_max(sinks, head[1], split)};
+    float l[2] = {m[0] == -INFINITY || t != 0 ? 0.f : 1.f, m[1] == -INFINITY || t != 0 ? 0.f : 1.f};
+    // Steps from here on need no mask when no row of the tile is before their last position, no
+    // row is a window past their first and they end inside the split.
+    const u32 last_row_pos = ctx_end - 1;
+
+    for (u32 i = 0; i < steps; i++) {
+        const u32 t0 = kv_lo + i * PF_KV;
+        cp_async_wait<0>();
+        __syncthreads();
+        if (i + 1 < steps) issue(i + 1);
+        const bf16* ks;
+        if constexpr (FP8) {
+            const unsigned char* stage = codes + (i % 2) * CODE_STAGE;
+            for (int e = threadIdx.x; e < CODE_STAGE / 16; e += PF_THREADS) {
+                const int r = e / (HD / 16), c16 = e % (HD / 16);
+                const uint4 w = *(const uint4*)(stage + e * 16);
+                const u32 words[4] = {w.x, w.y, w.z, w.w};
+                u32 h[8];
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    h[2 * k] = e4m3x2_to_f16x2((unsigned short)(words[k] & 0xffffu));
+                    h[2 * k + 1] = e4m3x2_to_f16x2((unsigned short)(words[k] >> 16));
+                }
+                uint4* dst = (uint4*)(staged + r * ROW + c16 * 16);
+                dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
+                dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
+            }
+            __syncthreads();
+            ks = staged;
+        } else {
+            ks = staged + (i % 2) * 2 * TILE;
+        }
+        const bf16* vs = ks + TILE;
+
+        // S = Q·Kᵀ: 16 rows × PF_KV positions per warp, as PF_KV/8 fragments; one ldmatrix gives
+        // the B fragments of two k-steps.
+        float s[PF_KV / 8][4];
+#pragma unroll
+        for (int j = 0; j < PF_KV / 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk += 2) {
+                u32 b[4];
+                ldmatrix_x4(b, &ks[(8 * j + (lane & 7)) * ROW + kk * 16 + (lane >> 3) * 8]);
+                mma_m16n8k16<FP8>(s[j], qf[kk], b[0], b[1]);
+                mma_m16n8k16<FP8>(s[j], qf[kk + 1], b[2], b[3]);
+            }
+        }
+
+        const bool masked = t0 + PF_KV > split_end || t0 + PF_KV - 1 > pos0 || (window > 0 && t0 + (u32)window <= last_row_pos);
+        if (masked) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+#pragma unroll
+                for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        const u32 kv = t0 + 8 * j + 2 * t + c;
+                        const bool valid = kv < split_end && kv <= row_pos[h] && (window <= 0 || kv + (u32)window > row_pos[h]);
+                        if (!valid) s[j][2 * h + c] = -INFINITY;
+                    }
+                }
+            }
+        }
+
+        // The online softmax of the two rows (each spread over a quad of lanes), on raw scores:
+        // p = 2^(s·scale_log2 − m).
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j++) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[h], mx * scale_log2);
+            const float base = m_new == -INFINITY ? 0.f : m_new;
+            const float corr = exp2f(m[h] - base);
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    const float p = exp2f(fmaf(s[j][2 * h + c], scale_log2, -base));
+                    s[j][2 * h + c] = p;
+                    sum += p;
+                }
+            }
+            l[h] = l[h] * corr + sum;
+            m[h] = m_new;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) {
+                o[n][2 * h] *= corr;
+                o[n][2 * h + 1] *= corr;
+            }
+        }
+
+        // O += P·V: P's S fragments are already the A operand's layout; V comes transposed.
+#pragma unroll
+        for (int k16 = 0; k16 < PF_KV / 16; k16++) {
+            const u32 pa[4] = {pack_pair<FP8>(s[2 * k16][0], s[2 * k16][1]), pack_pair<FP8>(s[2 * k16][2], s[2 * k16][3]),
+                               pack_pair<FP8>(s[2 * k16 + 1][0], s[2 * k16 + 1][1]), pack_pair<FP8>(s[2 * k16 + 1][2], s[2 * k16 + 1][3])};
+#pragma unroll
+            for (int n = 0; n < DTILES; n += 2) {
+                u32 b[4];
+                ldmatrix_x4_trans(b, &vs[(16 * k16 + (lane & 7) + ((lane >> 3) & 1) * 8) * ROW + 8 * (n + (lane >> 4))]);
+                mma_m16n8k16<FP8>(o[n], pa, b[0], b[1]);
+                mma_m16n8k16<FP8>(o[n + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float total = l[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        if (!live[h]) continue;
+        if (splits == 1) {
+            bf16* dst = out + ((u64)token[h] * heads + head[h]) * HD + 2 * t;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[n][2 * h] / total, o[n][2 * h + 1] / total);
+        } else if (split_start <= row_pos[h]) {
+            u64 at = ((u64)token[h] * heads + head[h]) * splits + split;
+            float* dst = part_acc + at * HD + 2 * t;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+            if (t == 0) {
+                part_ml[2 * at] = m[h];
+                part_ml[2 * at + 1] = total;
+            }
+        }
+    }
+}
+
+#define ATTENTION_PREFILL_ENTRY(HD, NAME, FP8)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS)                                                                         \
+        attention_prefill_hd##HD##_##NAME(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,    \
+                                          const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,  \
+                                          int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,        \
+                                          float* part_acc, float* part_ml) {                                                        \
+        pdl_begin();                                                                                                                \
+        attention_prefill_impl<HD, FP8>(q, k_cache, v_cache, tiles, table_offsets, table_data, heads, kv_heads, block_size, window, \
+                                        sinks, scale_log2, split_size, out, part_acc, part_ml);                                     \
+    }
+
+ATTENTION_PREFILL_ENTRY(32, bf16, false)
+ATTENTION_PREFILL_ENTRY(64, bf16, false)
+ATTENTION_PREFILL_ENTRY(128, bf16, false)
+ATTENTION_PREFILL_ENTRY(32, fp8, true)
+ATTENTION_PREFILL_ENTRY(64, fp8, true)
+ATTENTION_PREFILL_ENTRY(128, fp8, true)

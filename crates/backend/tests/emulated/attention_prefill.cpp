@@ -1,0 +1,130 @@
+// The tensor-core prefill attention (attention_prefill.cu) against softmax(q·kᵀ/√d)·v in double
+// precision over the same stored values: prefill chunks of several sequences, some continuing
+// a context already in the cache (a chunk's first tile starts past position 0), over scattered
+// cache blocks of 16 and of 5 positions; head sizes 32, 64 and 128, GQA groups 1, 3, 4 and 8, a
+// bf16 and an FP8 cache, one and several KV splits (merged by `attention_combine`), sliding
+// windows shorter and longer than a step, and attention sinks. Every output within 1e-2 of the
+// reference (the probabilities are rounded to bf16 or f16 before P·V, the output to bf16) and none
+// left unwritten; exits non-zero otherwise.
+#include "emu.h"
+#include "kernels.cu"
+#include "random_values.h"
+
+static Rng rng{4242};
+
+struct Case {
+    int hd, heads, kv_heads, window, block_size;
+    unsigned split;  // positions a KV split; 0: one split
+    bool fp8, sinks;
+};
+
+// Sequence s had done[s] positions cached and now runs chunk[s] more: the step's tokens are the
+// chunks one after another; each sequence's blocks are scattered over `cache_blocks`.
+struct Chunks {
+    std::vector<int> done, chunk;
+    std::vector<u32> table, offsets{0}, tiles, positions;
+    int tokens = 0, max_ctx = 0;
+    Chunks(std::vector<int> done_, std::vector<int> chunk_, int block_size, int per_tile, int cache_blocks)
+        : done(std::move(done_)), chunk(std::move(chunk_)) {
+        int used = 0;
+        for (int s = 0; s < (int)done.size(); s++) {
+            const int ctx = done[s] + chunk[s], blocks = (ctx + block_size - 1) / block_size;
+            for (int b = 0; b < blocks; b++) table.push_back((u32)((used + b) * 7 % cache_blocks));
+            used += blocks;
+            offsets.push_back((u32)table.size());
+            for (int off = 0; off < chunk[s]; off += per_tile)
+                tiles.insert(tiles.end(), {(u32)s, (u32)(tokens + off), (u32)std::min(per_tile, chunk[s] - off), (u32)(done[s] + off)});
+            for (int i = 0; i < chunk[s]; i++) positions.push_back((u32)(done[s] + i));
+            tokens += chunk[s];
+            max_ctx = std::max(max_ctx, ctx);
+        }
+    }
+};
+
+template <class K>
+static double prefill_step(const Case& c, K kernel) {
+    const int hd = c.hd, group = c.heads / c.kv_heads, block_size = c.block_size, cache_blocks = 211;
+    const Chunks step({0, 100, 5, 0, 62, 191}, {70, 37, 130, 2, 9, 66}, block_size, PF_ROWS / group, cache_blocks);
+    const size_t values = (size_t)cache_blocks * c.kv_heads * block_size * hd;
+    std::vector<unsigned char> k8(values), v8(values);
+    std::vector<bf16> k16(values), v16(values);
+    std::vector<double> kf(values), vf(values);
+    for (size_t i = 0; i < values; i++) {
+        const float k = rng.next(), v = rng.next();
+        k8[i] = emu_to_e4m3(k);
+        v8[i] = emu_to_e4m3(v);
+        k16[i] = c.fp8 ? f2bf(emu_from_e4m3(k8[i])) : f2bf(k);
+        v16[i] = c.fp8 ? f2bf(emu_from_e4m3(v8[i])) : f2bf(v);
+        kf[i] = bf2f(k16[i]);
+        vf[i] = bf2f(v16[i]);
+    }
+    auto q = random_bf16(rng, (size_t)step.tokens * c.heads * hd, 2.f);
+    auto sinks = random_bf16(rng, c.heads, 3.f, 3.f);
+    const u32 split = c.split ? c.split : (u32)step.max_ctx;
+    const unsigned splits = (step.max_ctx + split - 1) / split;
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)hd);
+
+    std::vector<bf16> out((size_t)step.tokens * c.heads * hd, f2bf(NAN));
+    std::vector<float> part_acc((size_t)step.tokens * c.heads * splits * hd, NAN), part_ml((size_t)step.tokens * c.heads * splits * 2, NAN);
+    const void* k = c.fp8 ? (const void*)k8.data() : (const void*)k16.data();
+    const void* v = c.fp8 ? (const void*)v8.data() : (const void*)v16.data();
+    launch(kernel, {(unsigned)step.tiles.size() / 4, (unsigned)c.kv_heads, splits}, PF_THREADS, q.data(), k, v, (int)c.fp8, step.tiles.data(),
+           step.offsets.data(), step.table.data(), c.heads, c.kv_heads, block_size, c.window, c.sinks ? sinks.data() : (const bf16*)nullptr,
+           scale_log2, &split, out.data(), part_acc.data(), part_ml.data());
+    if (splits > 1)
+        launch(attention_combine, {(unsigned)step.tokens, (unsigned)c.heads}, hd, part_acc.data(), part_ml.data(), step.positions.data(),
+               c.heads, hd, (int)splits, &split, out.data());
+
+    double worst = 0;
+    int token = 0;
+    for (int s = 0; s < (int)step.done.size(); s++) {
+        for (int i = 0; i < step.chunk[s]; i++, token++) {
+            const int pos = step.done[s] + i, lo = c.window > 0 ? std::max(0, pos + 1 - c.window) : 0;
+            for (int h = 0; h < c.heads; h++) {
+                const int kvh = h / group;
+                auto at = [&](int p) {
+                    return (((size_t)step.table[step.offsets[s] + p / block_size] * c.kv_heads + kvh) * block_size + p % block_size) * hd;
+                };
+                std::vector<double> score;
+                double mx = c.sinks ? (double)bf2f(sinks[h]) : -HUGE_VAL;
+                for (int p = lo; p <= pos; p++) {
+                    double dot = 0;
+                    for (int d = 0; d < hd; d++) dot += (double)bf2f(q[((size_t)token * c.heads + h) * hd + d]) * kf[at(p) + d];
+                    score.push_back(dot / std::sqrt((double)hd));
+                    mx = std::max(mx, score.back());
+                }
+                double total = c.sinks ? std::exp(bf2f(sinks[h]) - mx) : 0;
+                for (double& x : score) total += x = std::exp(x - mx);
+                for (int d = 0; d < hd; d++) {
+                    double want = 0;
+                    for (int p = lo; p <= pos; p++) want += score[p - lo] / total * vf[at(p) + d];
+                    const float got = bf2f(out[((size_t)token * c.heads + h) * hd + d]);
+                    const double err = std::isnan(got) ? HUGE_VAL : std::fabs(got - want);
+                    worst = std::max(worst, err);
+                }
+            }
+        }
+    }
+    return worst;
+}
+
+int main() {
+    const Case cases[] = {
+        {128, 8, 2, 0, 16, 0, false, false},  {128, 8, 2, 0, 16, 64, true, false}, {128, 8, 1, 0, 5, 0, true, false},
+        {64, 3, 3, 0, 16, 64, false, false},  {64, 8, 1, 48, 16, 0, false, true},  {64, 8, 2, 100, 5, 64, true, true},
+        {32, 4, 1, 0, 5, 128, true, false},   {32, 8, 2, 0, 16, 0, false, true},   {128, 4, 1, 20, 16, 32, false, true},
+        {64, 9, 3, 0, 16, 96, false, false},
+    };
+    int failures = 0;
+    for (const Case& c : cases) {
+        auto kernel = c.hd == 128 ? (c.fp8 ? attention_prefill_hd128_fp8 : attention_prefill_hd128_bf16)
+                      : c.hd == 64 ? (c.fp8 ? attention_prefill_hd64_fp8 : attention_prefill_hd64_bf16)
+                                   : (c.fp8 ? attention_prefill_hd32_fp8 : attention_prefill_hd32_bf16);
+        const double worst = prefill_step(c, kernel);
+        const bool ok = worst <= 1e-2;
+        printf("head size %3d, heads %d/%d, window %3d, blocks of %2d, splits of %3u, %s cache%s: worst error %.2e%s\n", c.hd, c.heads,
+               c.kv_heads, c.window, c.block_size, c.split, c.fp8 ? "FP8 " : "bf16", c.sinks ? ", sinks" : "", worst, ok ? "" : "  FAILED");
+        failures += !ok;
+    }
+    return failures != 0;
+}
