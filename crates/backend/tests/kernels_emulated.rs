@@ -22,17 +22,22 @@ fn compiler() -> Option<&'static str> {
 }
 
 /// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3 and f16
-/// conversions, the byte permute, dynamic shared memory and asynchronous copies (done at once),
+/// conversions, the byte permute, dynamic shared memory (whose state-space addresses are offsets
+/// into the emulation's one buffer) and asynchronous copies (done at once),
 /// and the warp-wide tensor-core products and fragment loads; each one's signature, and its new
 /// body.
-const EMULATED_PTX: [(&str, &str); 14] = [
+const EMULATED_PTX: [(&str, &str); 20] = [
     ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),
     ("void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo)", "emu_e4m3x2_to_f32x2(v, hi, lo);"),
     ("u32 e4m3x2_to_f16x2(unsigned short v)", "return emu_e4m3x2_to_f16x2(v);"),
     ("u32 pack_f16x2(float lo, float hi)", "return emu_pack_f16x2(lo, hi);"),
+    ("u32 pack_bf16x2(float lo, float hi)", "return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);"),
+    ("float fast_exp2(float x)", "return exp2f(x);"),
     ("u32 byte_perm(u32 lo, u32 hi, u32 select)", "return emu_byte_perm(lo, hi, select);"),
     ("unsigned char* dynamic_shared()", "return emu_dynamic_shared;"),
+    ("u32 shared_address(const void* p)", "return (u32)((const unsigned char*)p - emu_dynamic_shared);"),
     ("void cp_async16(void* smem, const void* gmem, bool valid)", "emu_cp_async16(smem, gmem, valid);"),
+    ("void cp_async16_at(u32 smem, const void* gmem, bool valid)", "emu_cp_async16(emu_dynamic_shared + smem, gmem, valid);"),
     ("void cp_async_commit()", ""),
     ("void cp_async_wait()", ""),
     ("void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_bf16_m16n8k16(d, a, b0, b1);"),
@@ -40,6 +45,8 @@ const EMULATED_PTX: [(&str, &str); 14] = [
     ("void mma_e4m3_m16n8k32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_e4m3_m16n8k32(d, a, b0, b1);"),
     ("void ldmatrix_x4(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, false);"),
     ("void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, true);"),
+    ("void ldmatrix_x4_at(u32 (&r)[4], u32 addr)", "emu_ldmatrix_x4(r, (const bf16*)(emu_dynamic_shared + addr), false);"),
+    ("void ldmatrix_x4_trans_at(u32 (&r)[4], u32 addr)", "emu_ldmatrix_x4(r, (const bf16*)(emu_dynamic_shared + addr), true);"),
 ];
 
 /// `src` with the body of the function whose signature is `signature` replaced by `body`.

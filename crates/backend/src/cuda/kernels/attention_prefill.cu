@@ -56,7 +56,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     constexpr int CHUNKS = HD * ELEM / 16;             // 16-byte pieces of a cached row
     constexpr int ROWS_A_PASS = PF_THREADS / CHUNKS;   // rows one copy instruction a thread covers
     constexpr int CODE_STAGE = 2 * PF_KV * HD;         // bytes of one step's K and V codes
-    static_assert(KSTEPS % 2 == 0 && PF_KV % ROWS_A_PASS == 0, "the fragment and copy loops divide evenly");
+    static_assert(KSTEPS % 2 == 0, "ldmatrix loads the K fragments of two k-steps");
 
     const int split_tokens = (int)*split_size;
     const u32* tile = tiles + 4 * blockIdx.x;
@@ -73,28 +73,32 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     const u32* table = table_data + table_offsets[seq];
     const u32 steps = kv_lo < split_end ? (split_end - kv_lo + PF_KV - 1) / PF_KV : 0;
 
-    bf16* staged = (bf16*)dynamic_shared();
-    unsigned char* codes = dynamic_shared() + 2 * TILE * sizeof(bf16);
+    // Shared state-space addresses: the staged rows, and for an FP8 cache the code stages.
+    constexpr u32 ROW_BYTES = ROW * 2, TILE_BYTES = TILE * 2;
+    const u32 staged = shared_address(dynamic_shared());
+    const u32 codes = staged + 2 * TILE_BYTES;
     // Copies step `i`'s K and V rows into stage i % 2: thread x takes piece x % CHUNKS of rows
-    // x / CHUNKS, + ROWS_A_PASS, ...; positions past the split's end are zero-filled.
+    // x / CHUNKS, + ROWS_A_PASS, ...; positions past the split's end are zero-filled. A row of
+    // block b at offset o is at (table[b]·kv_heads + kvh)·block_size + o rows of the cache.
     const int piece = threadIdx.x % CHUNKS, first_row = threadIdx.x / CHUNKS;
+    const u32 cache_row_bytes = HD * ELEM, block_bytes = (u32)block_size * cache_row_bytes;
+    const u32 table_stride = (u32)kv_heads * block_bytes;
+    const unsigned char* k_src = (const unsigned char*)k_cache + (u64)kvh * block_bytes + piece * 16;
+    const unsigned char* v_src = (const unsigned char*)v_cache + (u64)kvh * block_bytes + piece * 16;
+    const u32 copy_dst = FP8 ? codes + first_row * HD + piece * 16 : staged + first_row * ROW_BYTES + piece * 16;
     auto issue = [&](u32 i) {
-        const u32 t0 = kv_lo + i * PF_KV;
-        u32 pos = t0 + first_row;
-        u32 block = pos / (u32)block_size, offset = pos % (u32)block_size;
+        u32 pos = kv_lo + i * PF_KV + first_row;
+        u32 block = pos / (u32)block_size, offset = pos - block * (u32)block_size;
+        const u32 dst = copy_dst + (i % 2) * (FP8 ? CODE_STAGE : 2 * TILE_BYTES);
 #pragma unroll
-        for (int row = first_row; row < PF_KV; row += ROWS_A_PASS) {
-            const bool valid = pos < split_end;
-            const u64 at = valid ? (((u64)table[block] * kv_heads + kvh) * block_size + offset) * HD * ELEM + piece * 16 : 0;
-            unsigned char* k_dst;
-            if constexpr (FP8) {
-                k_dst = codes + (i % 2) * CODE_STAGE + row * HD + piece * 16;
-            } else {
-                k_dst = (unsigned char*)(staged + (i % 2) * 2 * TILE + row * ROW) + piece * 16;
+        for (int p = 0; p < (PF_KV + ROWS_A_PASS - 1) / ROWS_A_PASS; p++) {
+            if (PF_KV % ROWS_A_PASS == 0 || first_row + p * ROWS_A_PASS < PF_KV) {
+                const bool valid = pos < split_end;
+                const u64 at = valid ? (u64)table[block] * table_stride + offset * cache_row_bytes : 0;
+                const u32 k_dst = dst + p * ROWS_A_PASS * (FP8 ? HD : ROW_BYTES);
+                cp_async16_at(k_dst, k_src + at, valid);
+                cp_async16_at(k_dst + (FP8 ? PF_KV * HD : TILE_BYTES), v_src + at, valid);
             }
-            unsigned char* v_dst = k_dst + (FP8 ? PF_KV * HD : TILE * sizeof(bf16));
-            cp_async16(k_dst, (const unsigned char*)k_cache + at, valid);
-            cp_async16(v_dst, (const unsigned char*)v_cache + at, valid);
             pos += ROWS_A_PASS;
             offset += ROWS_A_PASS;
             while (offset >= (u32)block_size) {
@@ -107,18 +111,11 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     if (steps > 0) issue(0);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    // This thread's two rows: g and g + 8 of the warp's sixteen.
-    int row[2] = {warp * 16 + g, warp * 16 + g + 8};
-    bool live[2];
-    u32 token[2], row_pos[2];
-    int head[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        live[h] = row[h] < rows;
-        token[h] = row0 + row[h] / group;
-        row_pos[h] = pos0 + row[h] / group;
-        head[h] = kvh * group + row[h] % group;
-    }
+    // This thread's two rows, g and g + 8 of the warp's sixteen: row r is query head
+    // kvh·group + r % group of token row0 + r / group. Only the positions stay in registers.
+    const int row[2] = {warp * 16 + g, warp * 16 + g + 8};
+    const u32 row_pos[2] = {pos0 + row[0] / group, pos0 + row[1] / group};
+    auto query = [&](int h) { return ((u64)(row0 + row[h] / group) * heads + kvh * group + row[h] % group) * HD; };
 
     u32 qf[KSTEPS][4];
 #pragma unroll
@@ -126,7 +123,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int h = i & 1, col = kk * 16 + 2 * t + (i >> 1) * 8;
-            u32 w = live[h] ? *(const u32*)(q + ((u64)token[h] * heads + head[h]) * HD + col) : 0u;
+            u32 w = row[h] < rows ? *(const u32*)(q + query(h) + col) : 0u;
             if constexpr (FP8) w = pack_f16x2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
             qf[kk][i] = w;
         }
@@ -137,7 +134,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     for (int n = 0; n < DTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     // Running maxima in log2 units; a row's sum is spread over its quad of lanes, the sink's 1 in
     // the first lane's share.
-    float m[2] = {initial_max(sinks, head[0], split), initial_max(sinks, head[1], split)};
+    float m[2] = {initial_max(sinks, kvh * group + row[0] % group, split), initial_max(sinks, kvh * group + row[1] % group, split)};
     float l[2] = {m[0] == -INFINITY || t != 0 ? 0.f : 1.f, m[1] == -INFINITY || t != 0 ? 0.f : 1.f};
     // Steps from here on need no mask when no row of the tile is before their last position, no
     // row is a window past their first and they end inside the split.
@@ -148,9 +145,10 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
         cp_async_wait<0>();
         __syncthreads();
         if (i + 1 < steps) issue(i + 1);
-        const bf16* ks;
+        u32 ks;
         if constexpr (FP8) {
-            const unsigned char* stage = codes + (i % 2) * CODE_STAGE;
+            const unsigned char* stage = dynamic_shared() + 2 * TILE_BYTES + (i % 2) * CODE_STAGE;
+            bf16* tile = (bf16*)dynamic_shared();
             for (int e = threadIdx.x; e < CODE_STAGE / 16; e += PF_THREADS) {
                 const int r = e / (HD / 16), c16 = e % (HD / 16);
                 const uint4 w = *(const uint4*)(stage + e * 16);
@@ -161,16 +159,18 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
                     h[2 * k] = e4m3x2_to_f16x2((unsigned short)(words[k] & 0xffffu));
                     h[2 * k + 1] = e4m3x2_to_f16x2((unsigned short)(words[k] >> 16));
                 }
-                uint4* dst = (uint4*)(staged + r * ROW + c16 * 16);
+                uint4* dst = (uint4*)(tile + r * ROW + c16 * 16);
                 dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
                 dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
             }
             __syncthreads();
             ks = staged;
         } else {
-            ks = staged + (i % 2) * 2 * TILE;
+            ks = staged + (i % 2) * 2 * TILE_BYTES;
         }
-        const bf16* vs = ks + TILE;
+        const u32 vs = ks + TILE_BYTES;
+        // This lane's row and column in the fragment loads below (matrix lane / 8 of four).
+        const u32 k_lane = ((lane & 7) * ROW + (lane >> 3) * 8) * 2, v_lane = (((lane & 7) + ((lane >> 3) & 1) * 8) * ROW + (lane >> 4) * 8) * 2;
 
         // S = Q·Kᵀ: 16 rows × PF_KV positions per warp, as PF_KV/8 fragments; one ldmatrix gives
         // the B fragments of two k-steps.
@@ -181,7 +181,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
 #pragma unroll
             for (int kk = 0; kk < KSTEPS; kk += 2) {
                 u32 b[4];
-                ldmatrix_x4(b, &ks[(8 * j + (lane & 7)) * ROW + kk * 16 + (lane >> 3) * 8]);
+                ldmatrix_x4_at(b, ks + k_lane + (8 * j * ROW + kk * 16) * 2);
                 mma_m16n8k16<FP8>(s[j], qf[kk], b[0], b[1]);
                 mma_m16n8k16<FP8>(s[j], qf[kk + 1], b[2], b[3]);
             }
@@ -214,13 +214,13 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float m_new = fmaxf(m[h], mx * scale_log2);
             const float base = m_new == -INFINITY ? 0.f : m_new;
-            const float corr = exp2f(m[h] - base);
+            const float corr = fast_exp2(m[h] - base);
             float sum = 0.f;
 #pragma unroll
             for (int j = 0; j < PF_KV / 8; j++) {
 #pragma unroll
                 for (int c = 0; c < 2; c++) {
-                    const float p = exp2f(fmaf(s[j][2 * h + c], scale_log2, -base));
+                    const float p = fast_exp2(fmaf(s[j][2 * h + c], scale_log2, -base));
                     s[j][2 * h + c] = p;
                     sum += p;
                 }
@@ -242,7 +242,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
 #pragma unroll
             for (int n = 0; n < DTILES; n += 2) {
                 u32 b[4];
-                ldmatrix_x4_trans(b, &vs[(16 * k16 + (lane & 7) + ((lane >> 3) & 1) * 8) * ROW + 8 * (n + (lane >> 4))]);
+                ldmatrix_x4_trans_at(b, vs + v_lane + (16 * k16 * ROW + 8 * n) * 2);
                 mma_m16n8k16<FP8>(o[n], pa, b[0], b[1]);
                 mma_m16n8k16<FP8>(o[n + 1], pa, b[2], b[3]);
             }
@@ -254,13 +254,13 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
         float total = l[h];
         total += __shfl_xor_sync(0xffffffffu, total, 1);
         total += __shfl_xor_sync(0xffffffffu, total, 2);
-        if (!live[h]) continue;
+        if (row[h] >= rows) continue;
         if (splits == 1) {
-            bf16* dst = out + ((u64)token[h] * heads + head[h]) * HD + 2 * t;
+            bf16* dst = out + query(h) + 2 * t;
 #pragma unroll
             for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[n][2 * h] / total, o[n][2 * h + 1] / total);
         } else if (split_start <= row_pos[h]) {
-            u64 at = ((u64)token[h] * heads + head[h]) * splits + split;
+            u64 at = query(h) / HD * splits + split;
             float* dst = part_acc + at * HD + 2 * t;
 #pragma unroll
             for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
@@ -273,7 +273,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
 }
 
 #define ATTENTION_PREFILL_ENTRY(HD, NAME, FP8)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(PF_THREADS)                                                                         \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS, 3)                                                                      \
         attention_prefill_hd##HD##_##NAME(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,    \
                                           const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,  \
                                           int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,        \

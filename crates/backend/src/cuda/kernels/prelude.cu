@@ -132,19 +132,22 @@ __device__ __forceinline__ u32 shared_address(const void* p) {
     return addr;
 }
 
-// Four 8×8 bf16 matrices from shared memory (lanes 8i..8i+7 give matrix i's rows).
-__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16* row) {
-    const u32 addr = shared_address(row);
+// Four 8×8 bf16 matrices from shared memory (lanes 8i..8i+7 give matrix i's rows), at a shared
+// state-space address (a base plus constant offsets, which the loads take as immediates).
+__device__ __forceinline__ void ldmatrix_x4_at(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
 // The same, transposed: r[i] holds column pairs of matrix i instead of row pairs.
-__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) {
-    const u32 addr = shared_address(row);
+__device__ __forceinline__ void ldmatrix_x4_trans_at(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
 }
+
+// The same two from generic pointers into shared memory.
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16* row) { ldmatrix_x4_at(r, shared_address(row)); }
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row) { ldmatrix_x4_trans_at(r, shared_address(row)); }
 
 // The block's dynamic shared memory (its size is the launch's).
 __device__ __forceinline__ unsigned char* dynamic_shared() {
@@ -156,17 +159,32 @@ __device__ __forceinline__ unsigned char* dynamic_shared() {
 // false writes 16 zero bytes and reads nothing. A group of them is committed, then awaited until
 // at most N of this lane's groups are still in flight; other lanes' copies are visible after
 // their wait and a __syncwarp.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(smem)), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+// The destination is a shared state-space address, or a generic pointer into shared memory.
+__device__ __forceinline__ void cp_async16_at(u32 smem, const void* gmem, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
 }
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) { cp_async16_at(shared_address(smem), gmem, valid); }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Two floats as a bf16 pair, `lo` at the lower address.
-__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+// Two floats as a bf16 pair, `lo` at the lower address, rounded as f2bf rounds (one instruction,
+// sm_80+; a NaN becomes the canonical one).
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// 2^x in one instruction (relative error about 2^-22; subnormal results flush to zero), for
+// softmax weights.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
 
 // FP8 E4M3 conversions (Hopper's cvt instructions, sm_89+; on older devices they trap), shared by
 // the FP8 products (fp8.cu) and the FP8 KV cache (elementwise.cu, attention.cu).
