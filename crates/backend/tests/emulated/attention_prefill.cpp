@@ -85,23 +85,8 @@ static double prefill_step(const Case& c, K kernel) {
                 auto at = [&](int p) {
                     return (((size_t)step.table[step.offsets[s] + p / block_size] * c.kv_heads + kvh) * block_size + p % block_size) * hd;
                 };
-                std::vector<double> score;
-                double mx = c.sinks ? (double)bf2f(sinks[h]) : -HUGE_VAL;
-                for (int p = lo; p <= pos; p++) {
-                    double dot = 0;
-                    for (int d = 0; d < hd; d++) dot += (double)bf2f(q[((size_t)token * c.heads + h) * hd + d]) * kf[at(p) + d];
-                    score.push_back(dot / std::sqrt((double)hd));
-                    mx = std::max(mx, score.back());
-                }
-                double total = c.sinks ? std::exp(bf2f(sinks[h]) - mx) : 0;
-                for (double& x : score) total += x = std::exp(x - mx);
-                for (int d = 0; d < hd; d++) {
-                    double want = 0;
-                    for (int p = lo; p <= pos; p++) want += score[p - lo] / total * vf[at(p) + d];
-                    const float got = bf2f(out[((size_t)token * c.heads + h) * hd + d]);
-                    const double err = std::isnan(got) ? HUGE_VAL : std::fabs(got - want);
-                    worst = std::max(worst, err);
-                }
+                const size_t row = ((size_t)token * c.heads + h) * hd;
+                worst = std::max(worst, attention_error(&out[row], &q[row], kf, vf, at, lo, pos, hd, c.sinks ? &sinks[h] : nullptr));
             }
         }
     }

@@ -1,8 +1,10 @@
-// Test values for the emulated checks, after kernels.cu (which defines bf16): `n` bf16 values
-// offset + scale · r, r drawn from `rng` in [-1, 1).
+// Test values and references for the emulated checks, after kernels.cu (which defines bf16):
+// random bf16 values, a decode step's paged layout, and attention in double precision.
 #pragma once
+#include <cmath>
 #include <vector>
 
+// `n` bf16 values offset + scale · r, r drawn from `rng` in [-1, 1).
 inline std::vector<bf16> random_bf16(Rng& rng, size_t n, float scale, float offset = 0) {
     std::vector<bf16> v(n);
     for (auto& x : v) x = f2bf(offset + scale * rng.next());
@@ -28,3 +30,29 @@ struct DecodeStep {
         }
     }
 };
+
+// The worst distance between a bf16 attention output `got` (hd values; NaN counts as infinitely
+// far) and softmax(q·kᵀ/√hd)·v in double precision over positions lo..pos, whose K and V rows
+// start at at(p) in `k` and `v`; a non-null `sink` logit joins the softmax's denominator.
+template <class At>
+double attention_error(const bf16* got, const bf16* q, const std::vector<double>& k, const std::vector<double>& v, At at, int lo, int pos,
+                       int hd, const bf16* sink) {
+    std::vector<double> score;
+    double mx = sink ? (double)bf2f(*sink) : -HUGE_VAL;
+    for (int p = lo; p <= pos; p++) {
+        double dot = 0;
+        for (int d = 0; d < hd; d++) dot += (double)bf2f(q[d]) * k[at(p) + d];
+        score.push_back(dot / std::sqrt((double)hd));
+        mx = std::max(mx, score.back());
+    }
+    double total = sink ? std::exp(bf2f(*sink) - mx) : 0;
+    for (double& x : score) total += x = std::exp(x - mx);
+    double worst = 0;
+    for (int d = 0; d < hd; d++) {
+        double want = 0;
+        for (int p = lo; p <= pos; p++) want += score[p - lo] / total * v[at(p) + d];
+        const float out = bf2f(got[d]);
+        worst = std::max(worst, std::isnan(out) ? HUGE_VAL : std::fabs(out - want));
+    }
+    return worst;
+}

@@ -44,31 +44,51 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
     return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
+// A block's work item: tile blockIdx.x (query tokens row0.. of sequence seq, at positions
+// pos0..) and the positions kv_lo..split_end of KV split blockIdx.z that it reads, kv_lo rounded
+// down to a multiple of `step` inside a sliding window; `empty` when the split starts past the
+// tile's last position.
+struct TileWork {
+    u32 seq, row0, nrows, pos0, split_start, split_end, kv_lo;
+    bool empty;
+};
+
+__device__ __forceinline__ TileWork tile_work(const u32* tiles, const u32* split_size, int window, u32 step) {
+    const u32* tile = tiles + 4 * blockIdx.x;
+    TileWork w;
+    w.seq = tile[0];
+    w.row0 = tile[1];
+    w.nrows = tile[2];
+    w.pos0 = tile[3];
+    const u32 ctx_end = w.pos0 + w.nrows, split_tokens = *split_size;
+    w.split_start = blockIdx.z * split_tokens;
+    w.empty = w.split_start >= ctx_end;
+    w.split_end = min(ctx_end, w.split_start + split_tokens);
+    w.kv_lo = w.split_start;
+    if (window > 0 && w.pos0 + 1 > (u32)window) w.kv_lo = max(w.kv_lo, (w.pos0 + 1 - (u32)window) / step * step);
+    return w;
+}
+
 template <int HD, int ATT_ROWS_PER_WARP>
 __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,
                                const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size, int window,
                                const bf16* sinks, float scale_log2, const u32* split_size, bf16* out, float* part_acc, float* part_ml) {
     constexpr int DPL = HD / 32;
     constexpr int CHUNKS = ATT_TILE * (HD / 8) / ATT_THREADS;
-    const int split_tokens = (int)*split_size;
     // K and V stay bf16 in shared memory, copied 16 bytes at a time; K rows are padded by 16
     // bytes so that lanes reading different rows at the same column hit different banks.
     __shared__ __align__(16) float qs[ATT_ROWS_PER_WARP * (ATT_THREADS / 32)][HD];
     __shared__ __align__(16) bf16 ks[ATT_TILE][HD + 8];
     __shared__ __align__(16) bf16 vs[ATT_TILE][HD];
 
-    const u32* tile = tiles + 4 * blockIdx.x;
-    const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+    const TileWork work = tile_work(tiles, split_size, window, ATT_TILE);
+    if (work.empty) return;
+    const u32 row0 = work.row0, nrows = work.nrows, pos0 = work.pos0, split_start = work.split_start, split_end = work.split_end;
+    const u32 kv_lo = work.kv_lo;
     const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     const int group = heads / kv_heads;
     const int rows = nrows * group;
-    const u32 ctx_end = pos0 + nrows;
-    const u32 split_start = (u32)split * split_tokens;
-    if (split_start >= ctx_end) return;
-    const u32 split_end = min(ctx_end, split_start + (u32)split_tokens);
-    u32 kv_lo = split_start;
-    if (window > 0 && pos0 + 1 > (u32)window) kv_lo = max(kv_lo, (pos0 + 1 - (u32)window) / ATT_TILE * ATT_TILE);
-    const u32* table = table_data + table_offsets[seq];
+    const u32* table = table_data + table_offsets[work.seq];
 
     // The next tile's K and V wait in registers while this tile is computed: bf16 values, or FP8
     // codes (in the first 8 bytes) that become bf16 only on their way to shared memory, so that

@@ -58,19 +58,14 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     constexpr int CODE_STAGE = 2 * PF_KV * HD;         // bytes of one step's K and V codes
     static_assert(KSTEPS % 2 == 0, "ldmatrix loads the K fragments of two k-steps");
 
-    const int split_tokens = (int)*split_size;
-    const u32* tile = tiles + 4 * blockIdx.x;
-    const u32 seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+    const TileWork work = tile_work(tiles, split_size, window, PF_KV);
+    if (work.empty) return;
+    const u32 row0 = work.row0, nrows = work.nrows, pos0 = work.pos0, split_start = work.split_start, split_end = work.split_end;
+    const u32 kv_lo = work.kv_lo, ctx_end = pos0 + nrows;
     const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     const int group = heads / kv_heads;
     const int rows = nrows * group;
-    const u32 ctx_end = pos0 + nrows;
-    const u32 split_start = (u32)split * split_tokens;
-    if (split_start >= ctx_end) return;
-    const u32 split_end = min(ctx_end, split_start + (u32)split_tokens);
-    u32 kv_lo = split_start;
-    if (window > 0 && pos0 + 1 > (u32)window) kv_lo = max(kv_lo, (pos0 + 1 - (u32)window) / PF_KV * PF_KV);
-    const u32* table = table_data + table_offsets[seq];
+    const u32* table = table_data + table_offsets[work.seq];
     const u32 steps = kv_lo < split_end ? (split_end - kv_lo + PF_KV - 1) / PF_KV : 0;
 
     // Shared state-space addresses: the staged rows, and for an FP8 cache the code stages.
