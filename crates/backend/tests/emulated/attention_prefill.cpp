@@ -45,19 +45,7 @@ template <class K>
 static double prefill_step(const Case& c, K kernel) {
     const int hd = c.hd, group = c.heads / c.kv_heads, block_size = c.block_size, cache_blocks = 211;
     const Chunks step({0, 100, 5, 0, 62, 191}, {70, 37, 130, 2, 9, 66}, block_size, PF_ROWS / group, cache_blocks);
-    const size_t values = (size_t)cache_blocks * c.kv_heads * block_size * hd;
-    std::vector<unsigned char> k8(values), v8(values);
-    std::vector<bf16> k16(values), v16(values);
-    std::vector<double> kf(values), vf(values);
-    for (size_t i = 0; i < values; i++) {
-        const float k = rng.next(), v = rng.next();
-        k8[i] = emu_to_e4m3(k);
-        v8[i] = emu_to_e4m3(v);
-        k16[i] = c.fp8 ? f2bf(emu_from_e4m3(k8[i])) : f2bf(k);
-        v16[i] = c.fp8 ? f2bf(emu_from_e4m3(v8[i])) : f2bf(v);
-        kf[i] = bf2f(k16[i]);
-        vf[i] = bf2f(v16[i]);
-    }
+    const RandomCache cache(rng, (size_t)cache_blocks * c.kv_heads * block_size * hd, c.fp8);
     auto q = random_bf16(rng, (size_t)step.tokens * c.heads * hd, 2.f);
     auto sinks = random_bf16(rng, c.heads, 3.f, 3.f);
     const u32 split = c.split ? c.split : (u32)step.max_ctx;
@@ -66,8 +54,7 @@ static double prefill_step(const Case& c, K kernel) {
 
     std::vector<bf16> out((size_t)step.tokens * c.heads * hd, f2bf(NAN));
     std::vector<float> part_acc((size_t)step.tokens * c.heads * splits * hd, NAN), part_ml((size_t)step.tokens * c.heads * splits * 2, NAN);
-    const void* k = c.fp8 ? (const void*)k8.data() : (const void*)k16.data();
-    const void* v = c.fp8 ? (const void*)v8.data() : (const void*)v16.data();
+    const void *k = cache.k_store(), *v = cache.v_store();
     launch(kernel, {(unsigned)step.tiles.size() / 4, (unsigned)c.kv_heads, splits}, PF_THREADS, q.data(), k, v, (int)c.fp8, step.tiles.data(),
            step.offsets.data(), step.table.data(), c.heads, c.kv_heads, block_size, c.window, c.sinks ? sinks.data() : (const bf16*)nullptr,
            scale_log2, &split, out.data(), part_acc.data(), part_ml.data());
@@ -86,7 +73,7 @@ static double prefill_step(const Case& c, K kernel) {
                     return (((size_t)step.table[step.offsets[s] + p / block_size] * c.kv_heads + kvh) * block_size + p % block_size) * hd;
                 };
                 const size_t row = ((size_t)token * c.heads + h) * hd;
-                worst = std::max(worst, attention_error(&out[row], &q[row], kf, vf, at, lo, pos, hd, c.sinks ? &sinks[h] : nullptr));
+                worst = std::max(worst, attention_error(&out[row], &q[row], cache.k, cache.v, at, lo, pos, hd, c.sinks ? &sinks[h] : nullptr));
             }
         }
     }

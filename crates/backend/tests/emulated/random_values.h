@@ -1,5 +1,5 @@
 // Test values and references for the emulated checks, after kernels.cu (which defines bf16):
-// random bf16 values, a decode step's paged layout, and attention in double precision.
+// random bf16 values and caches, a decode step's paged layout, and attention in double precision.
 #pragma once
 #include <cmath>
 #include <vector>
@@ -10,6 +10,28 @@ inline std::vector<bf16> random_bf16(Rng& rng, size_t n, float scale, float offs
     for (auto& x : v) x = f2bf(offset + scale * rng.next());
     return v;
 }
+
+// A paged K/V cache of `values` random values in [-1, 1), stored as E4M3 codes (`fp8`) or as
+// bf16, and the values the store holds, in double precision, for a reference.
+struct RandomCache {
+    bool fp8;
+    std::vector<unsigned char> k8, v8;
+    std::vector<bf16> k16, v16;
+    std::vector<double> k, v;
+    RandomCache(Rng& rng, size_t values, bool fp8_) : fp8(fp8_), k8(values), v8(values), k16(values), v16(values), k(values), v(values) {
+        for (size_t i = 0; i < values; i++) {
+            const float kr = rng.next(), vr = rng.next();
+            k8[i] = emu_to_e4m3(kr);
+            v8[i] = emu_to_e4m3(vr);
+            k16[i] = fp8 ? f2bf(emu_from_e4m3(k8[i])) : f2bf(kr);
+            v16[i] = fp8 ? f2bf(emu_from_e4m3(v8[i])) : f2bf(vr);
+            k[i] = bf2f(k16[i]);
+            v[i] = bf2f(v16[i]);
+        }
+    }
+    const void* k_store() const { return fp8 ? (const void*)k8.data() : (const void*)k16.data(); }
+    const void* v_store() const { return fp8 ? (const void*)v8.data() : (const void*)v16.data(); }
+};
 
 // A decode step of one token per sequence over a paged cache of `cache_blocks` blocks: sequence s
 // holds lens[s] positions in blocks scattered by `stride` (block b of the step's run is cache
