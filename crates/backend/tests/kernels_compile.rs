@@ -1,13 +1,14 @@
 //! lumen's CUDA kernels compile with NVRTC for the H200's architecture (sm_90a) with no GPU, so a
 //! kernel that no longer compiles fails here, in CI, rather than on the GPU machine; and no kernel
-//! spills registers to local memory. Skipped, with a message, where NVRTC cannot be loaded
-//! (`scripts/setup.sh` fetches it, and `scripts/test.sh` puts it on the library path).
+//! spills registers to local memory beyond the few bytes `SPILLS_ALLOWED` names. Skipped, with a
+//! message, where NVRTC cannot be loaded (`scripts/setup.sh` fetches it, and `scripts/test.sh`
+//! puts it on the library path).
 
 use lumen_backend::cuda::compile::{compile, nvrtc_version};
 use lumen_test_support::gpu::skip;
 
 #[test]
-fn every_kernel_compiles_for_sm_90a_without_spills() {
+fn every_kernel_compiles_for_sm_90a_within_its_spill_allowance() {
     let version = match nvrtc_version() {
         Ok(v) => v,
         Err(e) => return skip(&format!("{e:#}")),
@@ -18,7 +19,26 @@ fn every_kernel_compiles_for_sm_90a_without_spills() {
     for kernel in ["embed_rms_norm", "attention_prefill_hd128_bf16", "sample_tokens", "gemv_fp8", "quantize_fp8"] {
         assert!(entries.contains(&kernel), "{kernel} is missing from NVRTC's report: {entries:?}");
     }
-    let spills: Vec<&str> =
-        log.lines().filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")).collect();
+    // Each kernel's spill stores, from ptxas's report (its entry line, then its spill line).
+    let mut spills = Vec::new();
+    let mut entry = "";
+    for line in log.lines() {
+        if let Some(name) = line.split("Compiling entry function '").nth(1).and_then(|n| n.split('\'').next()) {
+            entry = name;
+        } else if let Some(bytes) =
+            line.split(" bytes spill stores").next().and_then(|l| l.rsplit(' ').next()).and_then(|b| b.parse::<u32>().ok())
+        {
+            let allowed = SPILLS_ALLOWED.iter().find(|(name, _)| *name == entry).map_or(0, |&(_, bytes)| bytes);
+            if bytes > allowed {
+                spills.push(format!("{entry}: {bytes} bytes of spill stores (allowed {allowed})"));
+            }
+        }
+    }
     assert!(spills.is_empty(), "kernels spill registers:\n{}", spills.join("\n"));
 }
+
+/// Kernels allowed a few spilled bytes, and how many: the head-size-128 prefill attention, held to
+/// 168 registers for three blocks a multiprocessor, spills 32-36 bytes; without the hold it takes
+/// 172 registers, two blocks, and ran 24% slower on an H100 (docs/cuda-performance.md, "Prefill
+/// attention rewritten").
+const SPILLS_ALLOWED: [(&str, u32); 2] = [("attention_prefill_hd128_bf16", 48), ("attention_prefill_hd128_fp8", 48)];
