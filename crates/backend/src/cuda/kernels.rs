@@ -1019,14 +1019,18 @@ mod tests {
         assert!(kernels >= 27, "found only {kernels} kernels in the sources");
     }
 
+    /// The number a kernel source file `file` gives `#define name`.
+    fn define(file: &str, name: &str) -> usize {
+        let (_, source) = SOURCES.iter().find(|(f, _)| *f == file).unwrap_or_else(|| panic!("the kernel source {file}"));
+        let line =
+            source.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("#define {name} in {file}"));
+        line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("a number in {line:?}"))
+    }
+
     /// The decode attention's shared memory is sized from the stage counts its source defines.
     #[test]
     fn decode_attention_stages_match_the_kernel_source() {
-        let (_, source) = SOURCES.iter().find(|(file, _)| *file == "attention_decode.cu").expect("the decode attention source");
-        let define = |name: &str| -> usize {
-            let line = source.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("#define {name}"));
-            line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("a number in {line:?}"))
-        };
+        let define = |name: &str| define("attention_decode.cu", name);
         assert_eq!(super::DECODE_ATTENTION_STAGES, (define("DEC_STAGES_BF16"), define("DEC_STAGES_FP8")));
         assert_eq!(super::DECODE_ATTENTION_MAX_GROUP, define("DEC_MAX_GROUP"));
         assert_eq!(define("DEC_THREADS"), 128, "four warps a block, as decode_attention_shared_bytes counts");
@@ -1037,11 +1041,7 @@ mod tests {
     /// blocks of the largest fit an SM (227 KiB on Hopper).
     #[test]
     fn prefill_attention_shared_memory_matches_the_kernel_source() {
-        let (_, source) = SOURCES.iter().find(|(file, _)| *file == "attention_prefill.cu").expect("the prefill attention source");
-        let define = |name: &str| -> usize {
-            let line = source.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("#define {name}"));
-            line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("a number in {line:?}"))
-        };
+        let define = |name: &str| define("attention_prefill.cu", name);
         assert_eq!(super::PREFILL_ATTENTION_STEP, define("PF_KV"));
         assert_eq!(super::PREFILL_ATTENTION_MAX_ROWS, define("PF_ROWS"));
         assert_eq!(super::prefill_attention_shared_bytes(128, false), 69_632);

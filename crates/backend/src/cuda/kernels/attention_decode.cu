@@ -64,16 +64,11 @@ __device__ void attention_decode_impl(const bf16* q, const void* k_cache, const 
     constexpr int STAGES = FP8 ? DEC_STAGES_FP8 : DEC_STAGES_BF16;
     static_assert(DEC_WARPS * STAGES * STAGE >= DEC_WARPS * DEC_MAX_GROUP * (2 + HD) * 4, "the merge fits the ring");
 
-    const int split_tokens = (int)*split_size;
-    const u32* tile = tiles + 4 * blockIdx.x;
-    const u32 seq = tile[0], token = tile[1], row_pos = tile[3];
+    const TileWork work = tile_work(tiles, split_size, window, DEC_STEP);
+    if (work.empty) return;
+    const u32 seq = work.seq, token = work.row0, row_pos = work.pos0, split_end = work.split_end, kv_lo = work.kv_lo;
     const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     const int group = heads / kv_heads;
-    const u32 split_start = (u32)split * split_tokens;
-    if (split_start > row_pos) return;
-    const u32 split_end = min(row_pos + 1, split_start + (u32)split_tokens);
-    u32 kv_lo = split_start;
-    if (window > 0 && row_pos + 1 > (u32)window) kv_lo = max(kv_lo, (row_pos + 1 - (u32)window) / DEC_STEP * DEC_STEP);
     const u32* table = table_data + table_offsets[seq];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
 

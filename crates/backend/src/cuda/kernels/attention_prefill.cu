@@ -39,7 +39,7 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const u32 (&a)[4], u
     }
 }
 
-// Dynamic shared memory (PREFILL_ATTENTION_SHARED in kernels.rs): a staged K or V row holds HD
+// Dynamic shared memory (prefill_attention_shared_bytes in kernels.rs): a staged K or V row holds HD
 // 16-bit values and 16 bytes of padding, so the eight rows one fragment load touches fall in
 // distinct banks. A bf16 cache: two stages of K then V; an FP8 cache: the one f16 K-then-V tile,
 // then two stages of K then V codes.
