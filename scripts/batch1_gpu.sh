@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Batch-1 decode on the GPU machine (docs/gpu.md), after `scripts/gpu_tests.sh build`, carrying
 # gpu-tests: for each of MODELS (default "qwen3-30b-a3b gpt-oss-20b moonlight-16b-a3b
-# deepseek-v3+layers=5"), `lumen bench latency` on 2 requests of 128/64 under `lumen profile -c
+# deepseek-v3+layers=5"), `lumen bench latency` (with ARGS, e.g. "--quantization fp8") on 2 requests of 128/64 under `lumen profile -c
 # cudaProfilerApi --cuda-graph-trace node` over iterations WINDOW (default 20-29), merged with the
 # engine's trace and read by `lumen analyze`; then the same run unprofiled for its TPOT. Traces,
 # logs and analyses go to $OUT (default /tmp/batch1-gpu); one line per model is printed last.
@@ -20,11 +20,11 @@ for model in $MODELS; do
   "$L" bench prepare-dataset --model "$model" --output "$OUT/$name.jsonl" token-norm-dist --num-requests 2 \
     --input-mean 128 --input-stdev 0 --output-mean 64 --output-stdev 0 >/dev/null
   LUMEN_PROFILE_START_STOP=${WINDOW:-20-29} "$L" profile -o "$OUT/$name-gpu" -c cudaProfilerApi --cuda-graph-trace node -- \
-    "$L" bench latency --device cuda --model "$model" --dataset "$OUT/$name.jsonl" --eos-id -1 --trace "$OUT/$name-engine.lumen" \
+    "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 --trace "$OUT/$name-engine.lumen" \
     >"$OUT/$name-profiled.log" 2>&1
   "$L" trace merge -o "$OUT/$name.lumen" "$OUT/$name-engine.lumen" "$OUT/$name-gpu.lumen" >>"$OUT/$name-profiled.log" 2>&1
   "$L" analyze "$OUT/$name.lumen" >"$OUT/$name-analysis.txt"
-  "$L" bench latency --device cuda --model "$model" --dataset "$OUT/$name.jsonl" --eos-id -1 >"$OUT/$name-latency.txt" 2>&1
+  "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 >"$OUT/$name-latency.txt" 2>&1
   summary+=("$(printf '%-24s %s' "$model" "$(grep -h 'time-per-output' "$OUT/$name-latency.txt" | tr -s ' ')")")
 done
 echo "== batch 1 on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"

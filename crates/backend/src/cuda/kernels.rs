@@ -860,6 +860,9 @@ impl Kernels {
         if fp8 && w.scale == 0 {
             bail!("gemv: the FP8 weight {w} has no scale");
         }
+        if fp8 && !w.ptr.is_multiple_of(16) {
+            bail!("gemv: the FP8 weight {w} must start on a 16-byte boundary (its rows are read 16 bytes at a time)");
+        }
         // The rows are bf16 either way: an FP8 weight is checked as the bf16 matrix it stands for.
         let (t, n, k) = check_product(x, Tensor { dtype: DType::Bf16, ..w }, y)?;
         let k_step = gemv_k_step(w.dtype);

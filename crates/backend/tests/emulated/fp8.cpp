@@ -3,7 +3,8 @@
 // the bf16 rows, quantizes them to those same codes itself and multiplies on the (emulated)
 // tensor cores: its products equal the double-precision product of the block's codes and the
 // weight's codes, times both scales, within the bf16 rounding of the output, for 1, 3 and 4 rows
-// of 96 (fewer k steps than warps) and 1,024 values, 48 outputs; and as a fused gate/up product
+// of 96 (fewer k steps than warps), 1,024 and 4,128 values (64-byte chunks past the first ones a
+// warp loads, and a last step of 32), 48 outputs; and as a fused gate/up product
 // its SwiGLU equals the plain product's halves through silu_mul bit for bit. Exits non-zero
 // otherwise.
 #include "emu.h"
@@ -12,7 +13,7 @@
 int main() {
     Rng rng{2024};
     int failures = 0;
-    for (int k : {96, 1024})
+    for (int k : {96, 1024, 4128})
         for (int t : {1, 3, 4}) {
             const int n = 48;
             std::vector<bf16> x(t * k);

@@ -80,7 +80,8 @@ extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n,
 #define F8G_ROWS 16
 #define F8G_THREADS 256
 #define F8G_WARPS (F8G_THREADS / 32)
-
+// Chunks of 64 bytes of k each warp keeps in flight.
+#define F8G_AHEAD 4
 
 // Sixteen weight rows from `row0` (of n) as mma.sync's A fragments for the k step at byte `at`:
 // this lane's rows g and g + 8, bytes 4c.. and 16 + 4c.. (zero past the last row).
@@ -95,45 +96,98 @@ __device__ __forceinline__ void fp8_rows_fragment(const unsigned char* __restric
     }
 }
 
+// This lane's 16 bytes at `at` + 16c of rows g and g + 8 of the sixteen from `row0` (zero past
+// the last row): one 16-byte load a row, A fragments of two k steps (fp8_chunk_product).
+struct Fp8Chunk {
+    uint4 row[2];
+};
+
+__device__ __forceinline__ Fp8Chunk fp8_rows_chunk(const unsigned char* __restrict__ w, int row0, int n, int k, int at) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    Fp8Chunk chunk;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int row = row0 + g + 8 * half;
+        chunk.row[half] = row < n ? *(const uint4*)(w + (u64)row * k + at + 16 * c) : make_uint4(0, 0, 0, 0);
+    }
+    return chunk;
+}
+
+// The products of a 64-byte chunk. A product is the same under any order of k taken alike by both
+// operands, so a chunk's bytes are dealt to the two k steps of 32 as a lane loaded them: for the
+// lane of column c, step 0's fragment positions 4c.. and 16 + 4c.. are its bytes 0..3 and 4..7,
+// step 1's its bytes 8..11 and 12..15 (16c + those in the chunk); b holds the codes of the same
+// 16 values of this lane's token.
+__device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chunk& chunk, const u32 (&b)[4]) {
+    const u32 step0[4] = {chunk.row[0].x, chunk.row[1].x, chunk.row[0].y, chunk.row[1].y};
+    const u32 step1[4] = {chunk.row[0].z, chunk.row[1].z, chunk.row[0].w, chunk.row[1].w};
+    mma_e4m3_m16n8k32(acc, step0, b[0], b[1]);
+    mma_e4m3_m16n8k32(acc, step1, b[2], b[3]);
+}
+
 // y[t, n] = x_scale · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count <=
 // GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8 of x, then cuBLASLt) done without
 // the quantization's launch, on the tensor cores so that the weights' bytes, not their decoding,
-// set its speed. Every block first finds the activations' scale as quantize_fp8_block does (the
-// power of two at or above amax / 448 over all t_count · k values). A block then takes
-// F8G_ROWS output rows as the A operand of mma.sync m16n8k32 (E4M3 in, f32 sums), read straight
-// from memory in fragment order, and the tokens as B's columns (the rest zero), their codes
-// made in registers as quantize8 makes them; its warps share out the k steps of 32 and their
-// sums meet in shared memory. With `swiglu`, w holds 2n rows (gate, then up) and the block also
-// runs the up rows n + j beside gate rows j, writing swiglu_of(gate, up) as `gemv` does. k % 32 == 0.
+// set its speed. A block takes F8G_ROWS output rows as the A operand of mma.sync m16n8k32 (E4M3
+// in, f32 sums), the tokens as B's columns (the rest zero). Its warps share out the row's chunks of
+// 64 bytes, each read by 16-byte loads (fp8_rows_chunk), F8G_AHEAD chunks in flight a warp; the
+// first of them are loaded before pdl_begin (the weights never change), so they arrive while the
+// block finds the activations' scale as quantize_fp8_block does (the power of two at or above
+// amax / 448 over all t_count · k values) and the launch before finishes. The tokens' codes are
+// made in registers as quantize8 makes them. Where k % 64 is 32, the last step of 32 is read in
+// fragment order by one warp. The warps' sums meet in shared memory. With `swiglu`, w holds 2n
+// rows (gate, then up) and the block also runs the up rows n + j beside gate rows j, writing
+// swiglu_of(gate, up) as `gemv` does. k % 32 == 0 and w 16-byte aligned.
 extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
                                                                    const float* __restrict__ w_scale, int t_count, int n, int k,
                                                                    void* __restrict__ y, int out_f32, int swiglu) {
-    // The block's weight rows never change: they start towards L2 while the launch before runs.
-    if (threadIdx.x == 0) {
-        const u32 bytes = (u32)max(0, min(F8G_ROWS, n - (int)blockIdx.x * F8G_ROWS)) * k;
-        prefetch_l2(w + (u64)blockIdx.x * F8G_ROWS * k, bytes);
-        if (swiglu) prefetch_l2(w + ((u64)n + blockIdx.x * F8G_ROWS) * k, bytes);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
+    const unsigned char* up_w = w + (u64)n * k;
+    Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];
+#pragma unroll
+    for (int u = 0; u < F8G_AHEAD; u++) {
+        const int chunk = warp + u * F8G_WARPS;
+        if (chunk < chunks) {
+            gate[u] = fp8_rows_chunk(w, row0, n, k, 64 * chunk);
+            if (swiglu) up[u] = fp8_rows_chunk(up_w, row0, n, k, 64 * chunk);
+        }
     }
     pdl_begin();
     __shared__ float scratch[32];
     __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
     const float x_scale = fp8_scale(block_max(strided_amax(x, (u64)t_count * k, threadIdx.x, blockDim.x), scratch));
     const Fp8Divisor divisor(x_scale);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int row0 = blockIdx.x * F8G_ROWS;
-    // This lane's token (g, when a real one): its four values at 4c.. and at 16 + 4c.. of a step.
-    const bf16* x_row = g < t_count ? x + (u64)g * k + 4 * c : nullptr;
+    // This lane's token (g, when a real one).
+    const bf16* x_row = g < t_count ? x + (u64)g * k : nullptr;
     float acc[2][4] = {};
-    const int steps = k / 32;
-#pragma unroll 2
-    for (int s = warp; s < steps; s += F8G_WARPS) {
-        const int at = 32 * s;
-        const u32 b0 = x_row ? quantize4(x_row + at, divisor) : 0u, b1 = x_row ? quantize4(x_row + at + 16, divisor) : 0u;
+    for (int first = warp; first < chunks; first += F8G_AHEAD * F8G_WARPS) {
+#pragma unroll
+        for (int u = 0; u < F8G_AHEAD; u++) {
+            const int chunk = first + u * F8G_WARPS;
+            if (chunk >= chunks) break;
+            const int at = 64 * chunk + 16 * c;
+            u32 b[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) b[q] = x_row ? quantize4(x_row + at + 4 * q, divisor) : 0u;
+            fp8_chunk_product(acc[0], gate[u], b);
+            if (swiglu) fp8_chunk_product(acc[1], up[u], b);
+            // This slot's next chunk, F8G_AHEAD · F8G_WARPS on.
+            const int next = chunk + F8G_AHEAD * F8G_WARPS;
+            if (next < chunks) {
+                gate[u] = fp8_rows_chunk(w, row0, n, k, 64 * next);
+                if (swiglu) up[u] = fp8_rows_chunk(up_w, row0, n, k, 64 * next);
+            }
+        }
+    }
+    if (k % 64 != 0 && warp == chunks % F8G_WARPS) {
+        const int at = 64 * chunks;
+        const u32 b0 = x_row ? quantize4(x_row + at + 4 * c, divisor) : 0u, b1 = x_row ? quantize4(x_row + at + 16 + 4 * c, divisor) : 0u;
         u32 a[4];
         fp8_rows_fragment(w, row0, n, k, at, a);
         mma_e4m3_m16n8k32(acc[0], a, b0, b1);
         if (swiglu) {
-            fp8_rows_fragment(w + (u64)n * k, row0, n, k, at, a);
+            fp8_rows_fragment(up_w, row0, n, k, at, a);
             mma_e4m3_m16n8k32(acc[1], a, b0, b1);
         }
     }
