@@ -98,6 +98,8 @@ fn main() -> anyhow::Result<()> {
                     sinks: 0,
                     split_tokens: split.ptr,
                     splits: 1,
+                    prefill_splits: 1,
+                    merged_tokens: 0,
                     batch_invariant,
                     out: out.ptr,
                     part_acc: 0,

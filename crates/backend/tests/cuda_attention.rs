@@ -6,7 +6,8 @@
 //! window, KV splits (merged by `attention_combine`), attention sinks (GPT-OSS's per-head logit in
 //! every softmax's denominator, with and without splits) and FP8 cache gives every output element
 //! within [`ABS_TOL`] of the reference; the same rows cut into CUDA-core tiles only meet the same
-//! bound.
+//! bound, and so does the mixed launch with its decode tile alone split (32 positions a split)
+//! beside unsplit prefill tiles.
 
 use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::{to_bf16, AttentionArgs, DeviceBuffer, Gpu, Kernels};
@@ -176,8 +177,10 @@ struct Device {
     kernels: Kernels,
 }
 
-/// Runs one attention launch over `p` and returns its output as floats.
-fn run(d: &Device, c: &Case, p: &Problem, prefill: bool) -> Vec<f32> {
+/// Runs one attention launch over `p` and returns its output as floats. With
+/// `decode_split_alone`, its decode tiles (tokens first in the step) take KV splits of that many
+/// positions while its prefill tiles run unsplit, as the runner launches a step of both.
+fn run(d: &Device, c: &Case, p: &Problem, prefill: bool, decode_split_alone: Option<usize>) -> Vec<f32> {
     let gpu = &d.gpu;
     let hd = c.head_dim;
     let up = |v: &[u32], what: &str| gpu.upload(v, what).unwrap();
@@ -202,10 +205,19 @@ fn run(d: &Device, c: &Case, p: &Problem, prefill: bool) -> Vec<f32> {
     let (offsets, table) = (up(&offsets, "offsets"), up(&table, "table"));
     let positions = up(&p.rows.iter().map(|&(_, pos)| pos as u32).collect::<Vec<_>>(), "positions");
     let max_ctx = p.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap();
-    let split = c.split_tokens.unwrap_or(max_ctx.next_multiple_of(32));
-    let splits = max_ctx.div_ceil(split);
-    let split_tokens = up(&[split as u32], "split");
     let t = p.rows.len();
+    let (split, splits, prefill_splits, merged_tokens) = match decode_split_alone {
+        Some(split) => {
+            let decode: Vec<&Seq> = p.seqs.iter().take_while(|s| s.len == 1).collect();
+            let decode_ctx = decode.iter().map(|s| s.first_pos + 1).max().expect("a decode token first");
+            (split, decode_ctx.div_ceil(split), 1, decode.len())
+        }
+        None => {
+            let split = c.split_tokens.unwrap_or(max_ctx.next_multiple_of(32));
+            (split, max_ctx.div_ceil(split), max_ctx.div_ceil(split), t)
+        }
+    };
+    let split_tokens = up(&[split as u32], "split");
     let out = gpu.alloc(t * c.heads * hd * 2, "out").unwrap();
     gpu.fill(out.ptr, 0xff, t * c.heads * hd * 2).unwrap();
     let part_acc = gpu.alloc(t * c.heads * splits * hd * 4, "partials").unwrap();
@@ -231,6 +243,8 @@ fn run(d: &Device, c: &Case, p: &Problem, prefill: bool) -> Vec<f32> {
         sinks: if c.sinks { sinks.ptr } else { 0 },
         split_tokens: split_tokens.ptr,
         splits,
+        prefill_splits,
+        merged_tokens,
         batch_invariant: false,
         out: out.ptr,
         part_acc: part_acc.ptr,
@@ -289,14 +303,17 @@ fn tensor_core_and_cuda_core_attention_match_the_host() {
             "head_dim {} heads {}/{} window {} split {:?} fp8 {} sinks {}",
             c.head_dim, c.heads, c.kv_heads, c.window, c.split_tokens, c.kv_fp8, c.sinks
         );
-        let (tensor_core, at) = worst_error(&run(&d, c, &p, true), &want);
-        let (cuda_core, _) = worst_error(&run(&d, c, &p, false), &want);
+        let (tensor_core, at) = worst_error(&run(&d, c, &p, true, None), &want);
+        let (cuda_core, _) = worst_error(&run(&d, c, &p, false, None), &want);
+        let (decode_split_alone, _) = worst_error(&run(&d, c, &p, true, Some(32)), &want);
         let decode_problem = Problem::decode(c);
-        let (decode, _) = worst_error(&run(&d, c, &decode_problem, false), &decode_problem.reference(c));
+        let (decode, _) = worst_error(&run(&d, c, &decode_problem, false, None), &decode_problem.reference(c));
         eprintln!(
-            "{what}: worst error tensor-core {tensor_core:.2e}, CUDA-core {cuda_core:.2e}, decode step {decode:.2e} (bound {ABS_TOL:.0e})"
+            "{what}: worst error tensor-core {tensor_core:.2e}, CUDA-core {cuda_core:.2e}, decode tile split alone \
+             {decode_split_alone:.2e}, decode step {decode:.2e} (bound {ABS_TOL:.0e})"
         );
         assert!(decode <= ABS_TOL, "{what}: decode-step error {decode:.2e}");
+        assert!(decode_split_alone <= ABS_TOL, "{what}: error {decode_split_alone:.2e} with the decode tile split alone");
         let (token, rest) = (at / (c.heads * c.head_dim), at % (c.heads * c.head_dim));
         assert!(
             tensor_core <= ABS_TOL,

@@ -754,7 +754,7 @@ impl Kernels {
         }
         if a.prefill_tiles > 0 {
             let tiles = a.tiles + 16 * a.num_tiles as u64;
-            let grid = (a.prefill_tiles as u32, row_blocks(PREFILL_ATTENTION_MAX_ROWS, MLA_BLOCK_ROWS), a.splits as u32);
+            let grid = (a.prefill_tiles as u32, row_blocks(PREFILL_ATTENTION_MAX_ROWS, MLA_BLOCK_ROWS), a.prefill_splits as u32);
             self.launch(gpu, r4, grid, MLA_THREADS, args(tiles))?;
         }
         self.combine_splits(gpu, a)
@@ -762,8 +762,12 @@ impl Kernels {
 
     /// Merges the KV splits' partial sums of an attention launch, when it had several.
     fn combine_splits(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
-        if a.splits <= 1 {
-            return Ok(());
+        // The split launches' partials share one layout: (token, head) rows of `splits` each.
+        let split_launches = [(a.num_tiles, a.splits), (a.prefill_tiles, a.prefill_splits)];
+        let mut split_counts = split_launches.iter().filter(|&&(tiles, splits)| tiles > 0 && splits > 1).map(|&(_, splits)| splits);
+        let Some(splits) = split_counts.next() else { return Ok(()) };
+        if let Some(other) = split_counts.next().filter(|&other| other != splits) {
+            bail!("attention: decode tiles in {splits} KV splits and prefill tiles in {other}; split tiles of both kinds must take the same");
         }
         let args = Args::default()
             .ptr(a.part_acc)
@@ -771,16 +775,16 @@ impl Kernels {
             .ptr(a.positions)
             .i32(a.heads as i32)
             .i32(a.head_dim as i32)
-            .i32(a.splits as i32)
+            .i32(splits as i32)
             .ptr(a.split_tokens)
             .ptr(a.out);
-        self.launch(gpu, self.attention_combine, (a.num_tokens as u32, a.heads as u32, 1), a.head_dim as u32, args)
+        self.launch(gpu, self.attention_combine, (a.merged_tokens as u32, a.heads as u32, 1), a.head_dim as u32, args)
     }
 
-    /// Paged attention over `tiles` work items (see attention.cu), `splits` KV splits each: the
-    /// first `num_tiles` on the CUDA cores, or on the tensor-core decode kernel
+    /// Paged attention over `tiles` work items (see attention.cu): the first `num_tiles` in
+    /// `splits` KV splits each, on the CUDA cores, or on the tensor-core decode kernel
     /// (attention_decode.cu) where they are one token each and it is the faster; the
-    /// `prefill_tiles` after them on the tensor-core prefill kernel.
+    /// `prefill_tiles` after them in `prefill_splits` each, on the tensor-core prefill kernel.
     pub fn attention(&self, gpu: &Gpu, a: &AttentionArgs) -> Result<()> {
         let Some(&(_, one_row, four_rows)) = self.attention.iter().find(|(hd, _, _)| *hd == a.head_dim) else {
             bail!("attention: head_dim {} is not supported on CUDA (expected 32, 64 or 128)", a.head_dim);
@@ -831,7 +835,7 @@ impl Kernels {
         }
         if a.prefill_tiles > 0 {
             let tiles = a.tiles + 16 * a.num_tiles as u64;
-            self.launch(gpu, prefill, (a.prefill_tiles as u32, a.kv_heads as u32, a.splits as u32), ATTENTION_THREADS, args(tiles))?;
+            self.launch(gpu, prefill, (a.prefill_tiles as u32, a.kv_heads as u32, a.prefill_splits as u32), ATTENTION_THREADS, args(tiles))?;
         }
         self.combine_splits(gpu, a)
     }
@@ -975,8 +979,15 @@ pub struct AttentionArgs {
     pub sinks: u64,
     /// Device address of one u32: the KV positions per split.
     pub split_tokens: u64,
-    /// Splits in the grid (blocks of splits past the context exit at once).
+    /// Splits in the grid of the first `num_tiles` tiles (blocks of splits past the context exit
+    /// at once).
     pub splits: usize,
+    /// Splits in the grid of the prefill tiles: `splits`, or one (every position) in a step whose
+    /// decode tiles alone are split.
+    pub prefill_splits: usize,
+    /// The first tokens whose split partials `attention_combine` merges: every token, or the
+    /// decode tiles' tokens (before any prefill tile's) when only those are split.
+    pub merged_tokens: usize,
     /// Batch-invariant mode: every row must get the bits it gets in any other step, so kernels
     /// whose sums run in another order for small steps are not used.
     pub batch_invariant: bool,

@@ -368,7 +368,17 @@ impl CudaRunner {
         let c = self.config_computed()?;
         let group = c.num_heads / c.num_kv_heads;
         let batch_invariant = self.config.batch_invariant;
-        let shape = StepShape { tokens: size, tiles: size, tile_rows: group, prefill_tiles: 0, rows: size, splits: grid, batch_invariant };
+        let shape = StepShape {
+            tokens: size,
+            tiles: size,
+            tile_rows: group,
+            prefill_tiles: 0,
+            rows: size,
+            splits: grid,
+            prefill_splits: grid,
+            merged_tokens: size,
+            batch_invariant,
+        };
         Ok(Staged::Graph((size, grid), shape))
     }
 
@@ -396,7 +406,16 @@ impl CudaRunner {
         let tiling = self.fill(batch, params, 0)?;
         let max_ctx = batch.seqs.iter().map(|s| s.first_pos + s.len).max().unwrap_or(1);
         let t = batch.tokens.len();
-        let (splits, split_tokens) = self.split_plan(tiling.tiles + tiling.prefill_tiles, max_ctx, t);
+        let (splits, prefill_splits, merged_tokens, split_tokens) = if decode_tiles_split_alone(&tiling) {
+            // The prefill tiles fill the GPU by themselves and run unsplit; the few decode tiles
+            // beside them split as a decode step of their own would, their partials in the rows
+            // of the step's first tokens.
+            let (splits, split_tokens) = self.split_plan(tiling.tiles, tiling.decode_max_ctx, tiling.decode_tokens_end);
+            (splits, 1, tiling.decode_tokens_end, split_tokens)
+        } else {
+            let (splits, split_tokens) = self.split_plan(tiling.tiles + tiling.prefill_tiles, max_ctx, t);
+            (splits, splits, t, split_tokens)
+        };
         self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
         Ok(Staged::Eager(StepShape {
             tokens: t,
@@ -405,6 +424,8 @@ impl CudaRunner {
             prefill_tiles: tiling.prefill_tiles,
             rows: batch.logit_rows.len(),
             splits,
+            prefill_splits,
+            merged_tokens,
             batch_invariant: self.config.batch_invariant,
         }))
     }
@@ -469,9 +490,12 @@ impl CudaRunner {
                     at += 4;
                     if prefill {
                         tiling.prefill_tiles += 1;
+                        tiling.prefill_tokens_start = tiling.prefill_tokens_start.min(s.start + off);
                     } else {
                         tiling.tiles += 1;
                         tiling.tile_rows = tiling.tile_rows.max(rows * group);
+                        tiling.decode_tokens_end = tiling.decode_tokens_end.max(s.start + off + rows);
+                        tiling.decode_max_ctx = tiling.decode_max_ctx.max(s.first_pos + off + rows);
                     }
                     off += rows;
                 }
@@ -566,11 +590,22 @@ impl CudaRunner {
 }
 
 /// How a step's attention tiles were cut (see [`StepShape`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Tiling {
     tiles: usize,
     tile_rows: usize,
     prefill_tiles: usize,
+    /// The CUDA-core tiles' last token (step index) plus one, and their longest context.
+    decode_tokens_end: usize,
+    decode_max_ctx: usize,
+    /// The prefill tiles' first token (step index); usize::MAX without any.
+    prefill_tokens_start: usize,
+}
+
+impl Default for Tiling {
+    fn default() -> Self {
+        Tiling { tiles: 0, tile_rows: 0, prefill_tiles: 0, decode_tokens_end: 0, decode_max_ctx: 0, prefill_tokens_start: usize::MAX }
+    }
 }
 
 enum Staged {
@@ -585,6 +620,14 @@ struct SplitPlanInputs {
     blocks_per_tile: usize,
     multiprocessors: usize,
     batch_invariant: bool,
+}
+
+/// Whether a step's decode tiles take KV splits of their own while its prefill tiles run unsplit:
+/// when it has both, and every decode tile's tokens come before the first prefill tile's (the
+/// scheduler puts running sequences first), so the decode tokens' split partials fit the rows of
+/// the step's first tokens. Batch-invariant steps have no prefill tiles.
+fn decode_tiles_split_alone(tiling: &Tiling) -> bool {
+    tiling.tiles > 0 && tiling.prefill_tiles > 0 && tiling.decode_tokens_end <= tiling.prefill_tokens_start
 }
 
 /// A step's KV splits: how many and of what size.
@@ -705,6 +748,30 @@ mod tests {
         let not_invariant = SplitPlanInputs { batch_invariant: false, ..p };
         let plan = plan_splits(not_invariant, 1, 2048, 2048, capacity);
         assert_eq!((plan.splits, plan.invariant_rows_short), (1, None), "only batch-invariant steps promise their bits: {plan:?}");
+    }
+
+    /// A step of 18 decode tokens beside 7,662 prefill tokens (448 prefill tiles), the decode
+    /// tokens first: planned together, the prefill tiles fill the GPU and nothing splits, leaving
+    /// the decode launch 144 blocks on 132 multiprocessors; planned alone, the decode tiles take
+    /// two splits. A short prompt after the prefill tokens keeps the step planned as one.
+    #[test]
+    fn decode_tiles_beside_prefill_tiles_split_on_their_own() {
+        let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: false };
+        let tiling = Tiling {
+            tiles: 18,
+            tile_rows: 4,
+            prefill_tiles: 448,
+            decode_tokens_end: 18,
+            decode_max_ctx: 2100,
+            prefill_tokens_start: 18,
+        };
+        assert!(decode_tiles_split_alone(&tiling));
+        assert_eq!(plan_splits(p, tiling.tiles + tiling.prefill_tiles, 2100, 7680, 7680).splits, 1);
+        assert_eq!(plan_splits(p, tiling.tiles, tiling.decode_max_ctx, tiling.decode_tokens_end, 7680).splits, 2);
+        let prompt_after = Tiling { decode_tokens_end: 7680, ..tiling };
+        assert!(!decode_tiles_split_alone(&prompt_after));
+        assert!(!decode_tiles_split_alone(&Tiling { prefill_tiles: 0, prefill_tokens_start: usize::MAX, ..tiling }));
+        assert!(!decode_tiles_split_alone(&Tiling { tiles: 0, decode_tokens_end: 0, decode_max_ctx: 0, ..tiling }));
     }
 
     #[test]

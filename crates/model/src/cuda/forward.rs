@@ -355,8 +355,13 @@ pub struct StepShape {
     pub prefill_tiles: usize,
     /// Rows of logits.
     pub rows: usize,
-    /// Attention splits in the grid.
+    /// Attention splits in the grid of the decode tiles.
     pub splits: usize,
+    /// Attention splits in the grid of the prefill tiles: `splits`, or one where the decode tiles
+    /// alone are split.
+    pub prefill_splits: usize,
+    /// The first tokens whose split partials are merged (`AttentionArgs::merged_tokens`).
+    pub merged_tokens: usize,
     /// Batch-invariant mode: kernels keep each row's bits whatever the step.
     pub batch_invariant: bool,
 }
@@ -479,6 +484,8 @@ impl Pass<'_> {
             sinks: 0,
             split_tokens: inputs.split_tokens,
             splits: shape.splits,
+            prefill_splits: shape.prefill_splits,
+            merged_tokens: shape.merged_tokens,
             batch_invariant: shape.batch_invariant,
             out: 0,
             part_acc: act.part_acc.ptr,

@@ -47,7 +47,8 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
 // A block's work item: tile blockIdx.x (query tokens row0.. of sequence seq, at positions
 // pos0..) and the positions kv_lo..split_end of KV split blockIdx.z that it reads, kv_lo rounded
 // down to a multiple of `step` inside a sliding window; `empty` when the split starts past the
-// tile's last position.
+// tile's last position. A launch of one split reads every position, whatever `*split_size` says
+// (a step's prefill tiles run unsplit beside split decode tiles).
 struct TileWork {
     u32 seq, row0, nrows, pos0, split_start, split_end, kv_lo;
     bool empty;
@@ -60,7 +61,7 @@ __device__ __forceinline__ TileWork tile_work(const u32* tiles, const u32* split
     w.row0 = tile[1];
     w.nrows = tile[2];
     w.pos0 = tile[3];
-    const u32 ctx_end = w.pos0 + w.nrows, split_tokens = *split_size;
+    const u32 ctx_end = w.pos0 + w.nrows, split_tokens = gridDim.z > 1 ? *split_size : 0xffffffffu;
     w.split_start = blockIdx.z * split_tokens;
     w.empty = w.split_start >= ctx_end;
     w.split_end = min(ctx_end, w.split_start + split_tokens);
@@ -240,8 +241,8 @@ ATTENTION_ENTRY(32, 4)
 ATTENTION_ENTRY(64, 4)
 ATTENTION_ENTRY(128, 4)
 
-// Merges the split partials of every (token, head) in split order. Grid: (tokens, heads);
-// block: head_dim threads.
+// Merges the split partials of every (token, head) in split order, for the step's first tokens
+// (those whose tiles ran split). Grid: (tokens, heads); block: head_dim threads.
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, const u32* positions, int heads, int head_dim,
                                              int splits, const u32* split_size, bf16* out) {
     pdl_begin();
