@@ -3,7 +3,8 @@
 //! SwiGLU and the down product, over enough layers that the weights do not stay in L2, once through
 //! the GEMV kernels (`gemv`, `gemv_fp8`) and once through cuBLASLt (an FP8 weight's activations
 //! quantized first, the SwiGLU its own launch), for bf16 and FP8 weights and 1 to 4 tokens. Prints
-//! the median time a layer over repeated chains (CUDA events) and the weights' bytes over it.
+//! the median time a layer over repeated chains (CUDA events) and the weights' bytes over it; then
+//! each shape's products alone, chained over the layers, by both.
 //! `gemv_speed [hidden intermediate q_dim kv_dim layers]` (default: Llama-3.1-8B, 8 layers).
 
 use lumen_backend::cuda::kernels::GEMV_MAX_TOKENS;
@@ -72,6 +73,29 @@ fn main() -> anyhow::Result<()> {
                 };
                 let ms = gpu.median_ms(3, 20, &mut chain)? / layers as f64;
                 println!("{:>6} {t:>3} {engine:>10} {:>12.1} {:>8.0}", format!("{dtype:?}"), ms * 1e3, bytes_a_layer as f64 / ms / 1e6);
+            }
+        }
+        // Each shape alone, chained over the layers: what a per-shape choice between the two sees.
+        for (i, &(name, rows, cols)) in shapes.iter().enumerate() {
+            for t in 1..=GEMV_MAX_TOKENS {
+                let mut line = format!("{:>6} {t:>3} {:>10}", format!("{dtype:?}"), name);
+                for engine in ["gemv", "cublaslt"] {
+                    let mut chain = || -> anyhow::Result<()> {
+                        for layer in &weights {
+                            let w = layer[i].1;
+                            let (input, output) = (x.tensor(DType::Bf16, t, w.cols), y.tensor(DType::Bf16, t, w.rows));
+                            if engine == "gemv" {
+                                kernels.gemv(&gpu, input, w, output)?;
+                            } else {
+                                linear.run(&gpu, &kernels, input, w, output)?;
+                            }
+                        }
+                        Ok(())
+                    };
+                    let ms = gpu.median_ms(3, 20, &mut chain)? / layers as f64;
+                    line += &format!(" {engine} {:>7.1} us {:>5.0} GB/s", ms * 1e3, (rows * cols * dtype.size()) as f64 / ms / 1e6);
+                }
+                println!("{line}");
             }
         }
     }

@@ -202,10 +202,12 @@ fn logits_match(preset: &str, quantization: Quantization, kv_fp8: bool, bound: f
     let cpu_kv = cpu.cpu_decoder().unwrap().new_kv_storage(4 * BLOCKS_PER_SEQ, BLOCK);
     let mut cpu_kv = if kv_fp8 { cpu_kv.storing_fp8() } else { cpu_kv };
     let mut r = runner_with_kv(&gpu, 4, vec![], false, kv_fp8);
-    // Sequence 0: one prefill of 37. Sequence 1: chunked 16 + 16 + 9. Sequence 2: 300 tokens
-    // (two attention splits) in chunks of 200 and 100. Then every sequence decodes.
+    // Sequence 0: one prefill of 37, then a decode token in the step of the others' next chunks
+    // (its decode tile before their prefill tiles: split on its own). Sequence 1: chunked 16 + 16
+    // + 9. Sequence 2: 300 tokens (two attention splits) in chunks of 200 and 100. Then every
+    // sequence decodes.
     let mut seqs = [Seq::new(0, prompt(37, 1, vocab)), Seq::new(1, prompt(41, 2, vocab)), Seq::new(2, prompt(300, 3, vocab))];
-    let plan: [&[usize]; 3] = [&[37, 16, 200], &[0, 16, 100], &[0, 9, 0]];
+    let plan: [&[usize]; 3] = [&[37, 16, 200], &[1, 16, 100], &[0, 9, 0]];
     for chunks in plan {
         let active: Vec<usize> = (0..3).filter(|&i| chunks[i] > 0).collect();
         let refs: Vec<&Seq> = active.iter().map(|&i| &seqs[i]).collect();

@@ -1,7 +1,7 @@
 //! Linear layers on the GPU: `out = x · wᵀ` on typed tensors, through cuBLASLt or, for the few-row
 //! shapes where it measured faster, the GEMV kernel. The choice is made per (rows, n, k) by
-//! [`Linear::tune`], which times both on the real weights; batch-invariant mode never tunes, so
-//! every row count takes the same arithmetic. For FP8 weights the bf16 activations are quantized
+//! [`Linear::tune`], which times both on the real weights, each shape's layers back to back;
+//! batch-invariant mode never tunes, so every row count takes the same arithmetic. For FP8 weights the bf16 activations are quantized
 //! to FP8 with one dynamic scale per product (vLLM's dynamic per-tensor scheme): for cuBLASLt
 //! into a buffer reserved with [`Linear::reserve_fp8_inputs`], and inside the FP8 GEMV kernel to
 //! the same codes (no launch of its own), so a product's arithmetic does not depend on the
@@ -37,28 +37,32 @@ impl Linear {
         Ok(())
     }
 
-    /// Times the GEMV kernel against cuBLASLt for each weight in `weights` and 1..=`max_rows`
-    /// (at most GEMV_MAX_TOKENS) rows, median of 5 runs each, and keeps the faster per shape.
+    /// Times the GEMV kernel against cuBLASLt for each group of same-shape weights in `groups` and
+    /// 1..=`max_rows` (at most GEMV_MAX_TOKENS) rows, and keeps the faster per shape. Each side
+    /// runs the group's products back to back, as a step runs them layer after layer (median of 5
+    /// such chains): a weight that fits in L2, timed again and again alone, would be read from
+    /// L2, and a kernel's start and end would not overlap its neighbours' as they do in a step.
     /// `x` and `y` are scratch buffers large enough for the inputs and outputs.
     pub fn tune(
         &mut self,
         gpu: &Gpu,
         kernels: &Kernels,
-        weights: &[Tensor],
+        groups: &[Vec<Tensor>],
         x: &DeviceBuffer,
         y: &DeviceBuffer,
         max_rows: usize,
     ) -> Result<()> {
-        let widest = weights.iter().map(|w| w.cols).max().unwrap_or(0);
+        let widest = groups.iter().flatten().map(|w| w.cols).max().unwrap_or(0);
         gpu.fill(x.ptr, 0x3c, (GEMV_MAX_TOKENS * widest * 2).min(x.bytes))?;
         let gemv_fits = |w: &Tensor| w.cols.is_multiple_of(gemv_k_step(w.dtype));
         for t in 1..=GEMV_MAX_TOKENS.min(max_rows) {
-            for &w in weights.iter().filter(|w| gemv_fits(w)) {
-                let (input, output) = (x.tensor(DType::Bf16, t, w.cols), y.tensor(DType::Bf16, t, w.rows));
+            for group in groups.iter().filter(|g| g.first().is_some_and(gemv_fits)) {
+                let (rows, cols) = (group[0].rows, group[0].cols);
+                let (input, output) = (x.tensor(DType::Bf16, t, cols), y.tensor(DType::Bf16, t, rows));
                 // Each side with what it runs: cuBLASLt's FP8 product after the quantization.
-                let gemm = gpu.median_ms(1, 5, || self.gemm_product(gpu, kernels, input, w, output))?;
-                let gemv = gpu.median_ms(1, 5, || kernels.gemv(gpu, input, w, output))?;
-                self.gemv_wins.insert((t, w.rows, w.cols), gemv < gemm);
+                let gemm = gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output)))?;
+                let gemv = gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| kernels.gemv(gpu, input, w, output)))?;
+                self.gemv_wins.insert((t, rows, cols), gemv < gemm);
             }
         }
         Ok(())

@@ -214,7 +214,7 @@ impl CudaRunner {
         let config = RunnerConfig { max_tokens: t, max_seqs: s, ..config };
         if !config.batch_invariant {
             let (x, y) = act.scratch();
-            linear.tune(&gpu, &w.kernels, &w.product_shapes(), x, y, config.max_seqs)?;
+            linear.tune(&gpu, &w.kernels, &w.product_weights(), x, y, config.max_seqs)?;
         }
         Ok(CudaRunner {
             model: model.clone(),

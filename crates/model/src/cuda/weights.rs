@@ -216,34 +216,32 @@ impl CudaWeights {
         }
     }
 
-    /// One weight of every product shape the forward pass runs through [`Linear`]: each layer's
-    /// projections (attention, the dense feed-forward, a MoE layer's router and shared expert)
-    /// and the head, each shape once.
-    pub fn product_shapes(&self) -> Vec<Tensor> {
-        let mut shapes: Vec<Tensor> = Vec::new();
-        let mut add = |w: &DeviceTensor| {
-            let v = w.view();
-            if !shapes.iter().any(|s| (s.rows, s.cols, s.dtype) == (v.rows, v.cols, v.dtype)) {
-                shapes.push(v);
-            }
+    /// The weights of every product the forward pass runs through [`Linear`], grouped by shape in
+    /// the order first seen: each layer's projections (attention, the dense feed-forward, a MoE
+    /// layer's router and shared expert) and the head.
+    pub fn product_weights(&self) -> Vec<Vec<Tensor>> {
+        let mut groups: Vec<Vec<Tensor>> = Vec::new();
+        let mut add = |v: Tensor| match groups.iter_mut().find(|g| (g[0].rows, g[0].cols, g[0].dtype) == (v.rows, v.cols, v.dtype)) {
+            Some(group) => group.push(v),
+            None => groups.push(vec![v]),
         };
         for l in &self.weights.layers {
             match &l.attention {
-                SelfAttention::Grouped(a) => [&a.qkv, &a.output].into_iter().for_each(&mut add),
-                SelfAttention::Latent(a) => a.q_a.iter().chain([&a.q, &a.kv_a, &a.output]).for_each(&mut add),
+                SelfAttention::Grouped(a) => [&a.qkv, &a.output].into_iter().for_each(|w| add(w.view())),
+                SelfAttention::Latent(a) => a.q_a.iter().chain([&a.q, &a.kv_a, &a.output]).for_each(|w| add(w.view())),
             }
             match &l.feed_forward {
-                FeedForward::Dense { gate_up, down } => [gate_up, down].into_iter().for_each(&mut add),
+                FeedForward::Dense { gate_up, down } => [gate_up, down].into_iter().for_each(|w| add(w.view())),
                 FeedForward::Moe(moe) => {
-                    add(&moe.router);
+                    add(moe.router.view());
                     if let Some(shared) = &moe.shared {
-                        [&shared.expert.gate_up, &shared.expert.down].into_iter().chain(&shared.gate).for_each(&mut add);
+                        [&shared.expert.gate_up, &shared.expert.down].into_iter().chain(&shared.gate).for_each(|w| add(w.view()));
                     }
                 }
             }
         }
-        shapes.push(self.head());
-        shapes
+        add(self.head());
+        groups
     }
 
     /// Fills `plan` on `gpu` from `fetch`, or, for a random-weight preset (`preset_seed`), by
