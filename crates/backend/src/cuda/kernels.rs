@@ -81,8 +81,6 @@ pub struct Kernels {
     quantize_fp8: Kernel,
     quantize_fp8_block: Kernel,
     gemv_fp8: Kernel,
-    /// Blocks of `gemv_fp8` the GPU holds at once: its grid's most.
-    gemv_fp8_resident: u32,
     sync_each_launch: bool,
     /// Launch with programmatic dependent launch (prelude.cu's `pdl_begin`): on by default from
     /// compute capability 9.0, off with `LUMEN_PDL=0`.
@@ -241,15 +239,6 @@ fn prefill_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
     bytes as u32
 }
 
-/// Blocks of `threads` threads of kernel `k` that all of the GPU's multiprocessors hold at once.
-fn resident_blocks(gpu: &Gpu, k: Kernel, threads: u32) -> Result<u32> {
-    let mut per_multiprocessor = 0;
-    unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_multiprocessor, k.function, threads as i32, k.shared as usize) }
-        .result()
-        .map_err(|e| anyhow!("kernel {}: its occupancy could not be read: {}", k.name, describe(e)))?;
-    Ok((per_multiprocessor.max(1) * gpu.info.multiprocessors.max(1)) as u32)
-}
-
 impl Kernels {
     pub fn load(gpu: &Gpu) -> Result<Self> {
         let module = load_kernels(gpu)?;
@@ -265,7 +254,6 @@ impl Kernels {
             Ok(Kernel { shared, ..k })
         };
         let decode = |name: &'static str, hd: usize, fp8: bool| get_shared(name, decode_attention_shared_bytes(hd, fp8));
-        let gemv_fp8 = get("gemv_fp8")?;
         let prefill = |name: &'static str, hd: usize, fp8: bool| get_shared(name, prefill_attention_shared_bytes(hd, fp8));
         Ok(Kernels {
             embed_rms_norm: get("embed_rms_norm")?,
@@ -308,8 +296,7 @@ impl Kernels {
             amax_bf16: get("amax_bf16")?,
             quantize_fp8: get("quantize_fp8")?,
             quantize_fp8_block: get("quantize_fp8_block")?,
-            gemv_fp8,
-            gemv_fp8_resident: resident_blocks(gpu, gemv_fp8, FP8_GEMV_THREADS)?,
+            gemv_fp8: get("gemv_fp8")?,
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
             pdl: gpu.info.compute_capability.0 >= 9 && std::env::var("LUMEN_PDL").map_or(true, |v| v != "0"),
             module,
@@ -891,8 +878,7 @@ impl Kernels {
         let args = if fp8 { args.ptr(w.scale) } else { args };
         let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32).i32(swiglu as i32);
         if fp8 {
-            let blocks = (n as u32).div_ceil(FP8_GEMV_ROWS).min(self.gemv_fp8_resident);
-            self.launch(gpu, self.gemv_fp8, (blocks, 1, 1), FP8_GEMV_THREADS, args)
+            self.launch(gpu, self.gemv_fp8, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
         } else {
             let k_split = gemv_k_split(n, k, gpu.info.multiprocessors as usize);
             let rows_per_block = (GEMV_THREADS / 32) as usize / k_split;

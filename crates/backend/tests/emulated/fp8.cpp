@@ -4,9 +4,9 @@
 // tensor cores: its products equal the double-precision product of the block's codes and the
 // weight's codes, times both scales, within the bf16 rounding of the output, for 1, 3 and 4 rows
 // of 96 (fewer k steps than warps), 1,024 and 4,128 values (64-byte chunks past the first ones a
-// warp loads, and a last step of 32), 48 outputs in three groups of rows over two blocks; and as
-// a fused gate/up product (two groups, one block) its SwiGLU equals the plain product's halves
-// through silu_mul bit for bit. Exits non-zero otherwise.
+// warp loads, and a last step of 32), 48 outputs (a non-finite one fails); and as a fused gate/up
+// product its SwiGLU equals the plain product's halves through silu_mul bit for bit. Exits
+// non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
 
@@ -33,13 +33,14 @@ int main() {
             for (int i = 0; i < t * k; i++) code_differs += codes[i] != emu_to_e4m3(bf2f(x[i]) / want_scale);
             std::vector<bf16> y(t * n, 0xffff);
             const int out_f32 = 0;
-            // Fewer blocks than groups of rows: block 0 takes groups 0 and 2.
-            launch(gemv_fp8, {2}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(), out_f32, 0);
+            launch(gemv_fp8, {(unsigned)(n + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(),
+                   out_f32, 0);
             // The same weights as a fused gate/up pair (gate rows 0..23, up rows 24..47), SwiGLU in
-            // the same launch (one block for both groups, the second partial): bit for bit the plain
-            // product's halves through silu_mul.
+            // the same launch (two blocks, the second partial): bit for bit the plain product's
+            // halves through silu_mul.
             std::vector<bf16> fused(t * n / 2, 0xffff), activated(t * n / 2, 0xffff);
-            launch(gemv_fp8, {1}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k, (void*)fused.data(), out_f32, 1);
+            launch(gemv_fp8, {(unsigned)(n / 2 + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
+                   (void*)fused.data(), out_f32, 1);
             launch(silu_mul, {1, (unsigned)t}, 256, y.data(), n / 2, activated.data());
             int swiglu_differs = 0;
             for (int i = 0; i < t * n / 2; i++) swiglu_differs += fused[i] != activated[i];

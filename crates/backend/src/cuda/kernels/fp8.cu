@@ -128,106 +128,90 @@ __device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chun
 // y[t, n] = x_scale · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count <=
 // GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8 of x, then cuBLASLt) done without
 // the quantization's launch, on the tensor cores so that the weights' bytes, not their decoding,
-// set its speed. The output rows are cut into groups of F8G_ROWS, the A operand of mma.sync
-// m16n8k32 (E4M3 in, f32 sums), the tokens B's columns (the rest zero). The grid is at most as
-// many blocks as the GPU holds at once, block b taking groups b, b + gridDim.x, ...: no second
-// wave, and one search for the activations' scale a block (the power of two at or above amax /
-// 448 over all t_count · k values, as quantize_fp8_block finds it). Its warps share out each
-// group's chunks of 64 bytes of k, read by 16-byte loads (fp8_rows_chunk), the same number for
-// every warp (empty past the row's end) so that they reach each group's end together; each warp
-// keeps F8G_AHEAD chunks in flight across groups, the first loaded before pdl_begin (the weights
-// never change), so they arrive while the block finds the scale and the launch before finishes.
-// The tokens' codes are made in registers as quantize8 makes them. Where k % 64 is 32, the
-// group's last step of 32 is read in fragment order by one warp. At a group's end the warps'
-// sums meet in shared memory (two buffers, alternate groups) and the block's first 64 threads
-// write the group's outputs while the others go on. With `swiglu`, w holds 2n rows (gate, then
-// up) and the block also runs the up rows n + j beside gate rows j, writing swiglu_of(gate, up)
-// as `gemv` does. k % 32 == 0 and w 16-byte aligned.
+// set its speed. A block takes F8G_ROWS output rows as the A operand of mma.sync m16n8k32 (E4M3
+// in, f32 sums), the tokens as B's columns (the rest zero). Its warps share out the row's chunks of
+// 64 bytes, each read by 16-byte loads (fp8_rows_chunk), F8G_AHEAD chunks in flight a warp; the
+// first of them are loaded before pdl_begin (the weights never change), so they arrive while the
+// block finds the activations' scale as quantize_fp8_block does (the power of two at or above
+// amax / 448 over all t_count · k values) and the launch before finishes. The tokens' codes are
+// made in registers as quantize8 makes them. Where k % 64 is 32, the last step of 32 is read in
+// fragment order by one warp. The warps' sums meet in shared memory. With `swiglu`, w holds 2n
+// rows (gate, then up) and the block also runs the up rows n + j beside gate rows j, writing
+// swiglu_of(gate, up) as `gemv` does. k % 32 == 0 and w 16-byte aligned.
 extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
                                                                    const float* __restrict__ w_scale, int t_count, int n, int k,
                                                                    void* __restrict__ y, int out_f32, int swiglu) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int chunks = k / 64, groups = (n + F8G_ROWS - 1) / F8G_ROWS;
-    const int per_group = (chunks + F8G_WARPS - 1) / F8G_WARPS;
-    const int block_groups = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    const int items = block_groups * per_group;
+    const int row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
     const unsigned char* up_w = w + (u64)n * k;
-    // Item m of this warp: chunk warp + (m % per_group) · F8G_WARPS of the block's group m / per_group.
-    auto group_row0 = [&](int m) { return ((int)blockIdx.x + m / per_group * (int)gridDim.x) * F8G_ROWS; };
-    auto chunk_of = [&](int m) { return warp + m % per_group * F8G_WARPS; };
     Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];
-    auto load = [&](int m, int u) {
-        const int chunk = chunk_of(m);
-        if (chunk >= chunks) return;
-        gate[u] = fp8_rows_chunk(w, group_row0(m), n, k, 64 * chunk);
-        if (swiglu) up[u] = fp8_rows_chunk(up_w, group_row0(m), n, k, 64 * chunk);
-    };
 #pragma unroll
-    for (int u = 0; u < F8G_AHEAD; u++)
-        if (u < items) load(u, u);
+    for (int u = 0; u < F8G_AHEAD; u++) {
+        const int chunk = warp + u * F8G_WARPS;
+        if (chunk < chunks) {
+            gate[u] = fp8_rows_chunk(w, row0, n, k, 64 * chunk);
+            if (swiglu) up[u] = fp8_rows_chunk(up_w, row0, n, k, 64 * chunk);
+        }
+    }
     pdl_begin();
     __shared__ float scratch[32];
-    __shared__ float partial[2][2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
+    __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
     const float x_scale = fp8_scale(block_max(strided_amax(x, (u64)t_count * k, threadIdx.x, blockDim.x), scratch));
     const Fp8Divisor divisor(x_scale);
-    const float scale = x_scale * *w_scale;
     // This lane's token (g, when a real one).
     const bf16* x_row = g < t_count ? x + (u64)g * k : nullptr;
     float acc[2][4] = {};
-    for (int first = 0; first < items; first += F8G_AHEAD) {
+    for (int first = warp; first < chunks; first += F8G_AHEAD * F8G_WARPS) {
 #pragma unroll
         for (int u = 0; u < F8G_AHEAD; u++) {
-            const int m = first + u;
-            if (m >= items) break;
-            const int chunk = chunk_of(m);
-            if (chunk < chunks) {
-                const int at = 64 * chunk + 16 * c;
-                u32 b[4];
+            const int chunk = first + u * F8G_WARPS;
+            if (chunk >= chunks) break;
+            const int at = 64 * chunk + 16 * c;
+            u32 b[4];
 #pragma unroll
-                for (int q = 0; q < 4; q++) b[q] = x_row ? quantize4(x_row + at + 4 * q, divisor) : 0u;
-                fp8_chunk_product(acc[0], gate[u], b);
-                if (swiglu) fp8_chunk_product(acc[1], up[u], b);
+            for (int q = 0; q < 4; q++) b[q] = x_row ? quantize4(x_row + at + 4 * q, divisor) : 0u;
+            fp8_chunk_product(acc[0], gate[u], b);
+            if (swiglu) fp8_chunk_product(acc[1], up[u], b);
+            // This slot's next chunk, F8G_AHEAD · F8G_WARPS on.
+            const int next = chunk + F8G_AHEAD * F8G_WARPS;
+            if (next < chunks) {
+                gate[u] = fp8_rows_chunk(w, row0, n, k, 64 * next);
+                if (swiglu) up[u] = fp8_rows_chunk(up_w, row0, n, k, 64 * next);
             }
-            // This slot's next item, F8G_AHEAD on (possibly in the next group).
-            if (m + F8G_AHEAD < items) load(m + F8G_AHEAD, u);
-            if (m % per_group != per_group - 1) continue;
-            // The group's end, reached by every warp at once.
-            const int row0 = group_row0(m), buffer = m / per_group & 1;
-            if (k % 64 != 0 && warp == chunks % F8G_WARPS) {
-                const int at = 64 * chunks;
-                const u32 b0 = x_row ? quantize4(x_row + at + 4 * c, divisor) : 0u;
-                const u32 b1 = x_row ? quantize4(x_row + at + 16 + 4 * c, divisor) : 0u;
-                u32 a[4];
-                fp8_rows_fragment(w, row0, n, k, at, a);
-                mma_e4m3_m16n8k32(acc[0], a, b0, b1);
-                if (swiglu) {
-                    fp8_rows_fragment(up_w, row0, n, k, at, a);
-                    mma_e4m3_m16n8k32(acc[1], a, b0, b1);
-                }
-            }
-            // acc holds D[g][2c], D[g][2c + 1], D[g + 8][2c], D[g + 8][2c + 1]: rows, then tokens.
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int token = 2 * c + (e & 1);
-                if (token < GEMV_MAX_T) {
-                    partial[buffer][0][warp][g + 8 * (e >> 1)][token] = acc[0][e];
-                    partial[buffer][1][warp][g + 8 * (e >> 1)][token] = acc[1][e];
-                }
-                acc[0][e] = acc[1][e] = 0.f;
-            }
-            __syncthreads();
-            if (threadIdx.x >= F8G_ROWS * GEMV_MAX_T) continue;
-            const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T;
-            if (row0 + r >= n || token >= t_count) continue;
-            float sum[2] = {0.f, 0.f};
-#pragma unroll
-            for (int v = 0; v < F8G_WARPS; v++) {
-                sum[0] += partial[buffer][0][v][r][token];
-                sum[1] += partial[buffer][1][v][r][token];
-            }
-            const float value = swiglu ? swiglu_of(sum[0] * scale, sum[1] * scale) : sum[0] * scale;
-            if (out_f32) ((float*)y)[(u64)token * n + row0 + r] = value;
-            else ((bf16*)y)[(u64)token * n + row0 + r] = f2bf(value);
         }
     }
+    if (k % 64 != 0 && warp == chunks % F8G_WARPS) {
+        const int at = 64 * chunks;
+        const u32 b0 = x_row ? quantize4(x_row + at + 4 * c, divisor) : 0u, b1 = x_row ? quantize4(x_row + at + 16 + 4 * c, divisor) : 0u;
+        u32 a[4];
+        fp8_rows_fragment(w, row0, n, k, at, a);
+        mma_e4m3_m16n8k32(acc[0], a, b0, b1);
+        if (swiglu) {
+            fp8_rows_fragment(up_w, row0, n, k, at, a);
+            mma_e4m3_m16n8k32(acc[1], a, b0, b1);
+        }
+    }
+    // acc holds D[g][2c], D[g][2c + 1], D[g + 8][2c], D[g + 8][2c + 1]: rows, then tokens.
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int token = 2 * c + (e & 1);
+        if (token < GEMV_MAX_T) {
+            partial[0][warp][g + 8 * (e >> 1)][token] = acc[0][e];
+            partial[1][warp][g + 8 * (e >> 1)][token] = acc[1][e];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x >= F8G_ROWS * GEMV_MAX_T) return;
+    const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T;
+    if (row0 + r >= n || token >= t_count) return;
+    float sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int v = 0; v < F8G_WARPS; v++) {
+        sum[0] += partial[0][v][r][token];
+        sum[1] += partial[1][v][r][token];
+    }
+    const float scale = x_scale * *w_scale;
+    const float value = swiglu ? swiglu_of(sum[0] * scale, sum[1] * scale) : sum[0] * scale;
+    if (out_f32) ((float*)y)[(u64)token * n + row0 + r] = value;
+    else ((bf16*)y)[(u64)token * n + row0 + r] = f2bf(value);
 }
