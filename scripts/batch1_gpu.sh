@@ -19,7 +19,7 @@ for model in $MODELS; do
   rm -f "$OUT/$name"-*.lumen "$OUT/$name.lumen"
   "$L" bench prepare-dataset --model "$model" --output "$OUT/$name.jsonl" token-norm-dist --num-requests 2 \
     --input-mean 128 --input-stdev 0 --output-mean 64 --output-stdev 0 >/dev/null
-  LUMEN_PROFILE_START_STOP=${WINDOW:-20-29} "$L" profile -o "$OUT/$name-gpu" -c cudaProfilerApi --cuda-graph-trace node -- \
+  LUMEN_PROFILE_START_STOP=${WINDOW:-20-29} "$L" profile -o "$OUT/$name-gpu.lumen" -c cudaProfilerApi --cuda-graph-trace node -- \
     "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 --trace "$OUT/$name-engine.lumen" \
     >"$OUT/$name-profiled.log" 2>&1
   "$L" trace merge -o "$OUT/$name.lumen" "$OUT/$name-engine.lumen" "$OUT/$name-gpu.lumen" >>"$OUT/$name-profiled.log" 2>&1

@@ -92,13 +92,20 @@ fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The trace `-o` names: the path as given when it ends in `.lumen`, else with `.lumen` added
+/// (a name's own dots, as in `llama-3.1-8b-gpu`, are kept).
+fn trace_path(output: &str) -> PathBuf {
+    if output.ends_with(".lumen") {
+        PathBuf::from(output)
+    } else {
+        PathBuf::from(format!("{output}.lumen"))
+    }
+}
+
 /// Runs the command and writes the merged trace; returns the command's exit status.
 pub fn run(args: ProfileArgs) -> Result<i32> {
     let env = parse_env(&args.env)?;
-    let mut output = PathBuf::from(&args.output);
-    if output.extension().is_none_or(|e| e != "lumen") {
-        output.set_extension("lumen");
-    }
+    let output = trace_path(&args.output);
     if output.exists() {
         bail!("{} exists; remove it or choose another -o", output.display());
     }
@@ -290,6 +297,14 @@ mod tests {
         assert_eq!(capture_windows(&metas), Some(vec![(10, 20), (30, 40)]));
         assert_eq!(gpus(&metas).as_deref(), Some("H100 (cuda:0), H100 (cuda:1)"));
         assert_eq!((capture_windows(&metas[2..]), gpus(&metas[2..])), (None, None));
+    }
+
+    #[test]
+    fn the_trace_keeps_the_dots_of_its_name_and_gets_lumen_added_once() {
+        assert_eq!(trace_path("out/llama-3.1-8b-gpu"), PathBuf::from("out/llama-3.1-8b-gpu.lumen"));
+        assert_eq!(trace_path("report"), PathBuf::from("report.lumen"));
+        assert_eq!(trace_path("run.lumen"), PathBuf::from("run.lumen"));
+        assert_eq!(trace_path("run.v2"), PathBuf::from("run.v2.lumen"));
     }
 
     #[test]
