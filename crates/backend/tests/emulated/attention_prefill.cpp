@@ -42,6 +42,29 @@ struct Chunks {
     }
 };
 
+// The worst error of the step's outputs against each token's double-precision attention over the
+// stored cache (`sinks`: each head's sink logit, or null).
+static double step_error(const Case& c, const Chunks& step, const RandomCache& cache, const std::vector<bf16>& q,
+                         const std::vector<bf16>& out, const bf16* sinks) {
+    const int hd = c.hd, group = c.heads / c.kv_heads, block_size = c.block_size;
+    double worst = 0;
+    int token = 0;
+    for (int s = 0; s < (int)step.done.size(); s++) {
+        for (int i = 0; i < step.chunk[s]; i++, token++) {
+            const int pos = step.done[s] + i, lo = c.window > 0 ? std::max(0, pos + 1 - c.window) : 0;
+            for (int h = 0; h < c.heads; h++) {
+                const int kvh = h / group;
+                auto at = [&](int p) {
+                    return (((size_t)step.table[step.offsets[s] + p / block_size] * c.kv_heads + kvh) * block_size + p % block_size) * hd;
+                };
+                const size_t row = ((size_t)token * c.heads + h) * hd;
+                worst = std::max(worst, attention_error(&out[row], &q[row], cache.k, cache.v, at, lo, pos, hd, sinks ? &sinks[h] : nullptr));
+            }
+        }
+    }
+    return worst;
+}
+
 template <class K>
 static double prefill_step(const Case& c, K kernel) {
     const int hd = c.hd, group = c.heads / c.kv_heads, block_size = c.block_size, cache_blocks = 211;
@@ -63,22 +86,7 @@ static double prefill_step(const Case& c, K kernel) {
         launch(attention_combine, {(unsigned)step.tokens, (unsigned)c.heads}, hd, part_acc.data(), part_ml.data(), step.positions.data(),
                c.heads, hd, (int)splits, &split, out.data());
 
-    double worst = 0;
-    int token = 0;
-    for (int s = 0; s < (int)step.done.size(); s++) {
-        for (int i = 0; i < step.chunk[s]; i++, token++) {
-            const int pos = step.done[s] + i, lo = c.window > 0 ? std::max(0, pos + 1 - c.window) : 0;
-            for (int h = 0; h < c.heads; h++) {
-                const int kvh = h / group;
-                auto at = [&](int p) {
-                    return (((size_t)step.table[step.offsets[s] + p / block_size] * c.kv_heads + kvh) * block_size + p % block_size) * hd;
-                };
-                const size_t row = ((size_t)token * c.heads + h) * hd;
-                worst = std::max(worst, attention_error(&out[row], &q[row], cache.k, cache.v, at, lo, pos, hd, c.sinks ? &sinks[h] : nullptr));
-            }
-        }
-    }
-    return worst;
+    return step_error(c, step, cache, q, out, c.sinks ? sinks.data() : nullptr);
 }
 
 // A step of one decode token (a sequence at position 80) before two prefill chunks, launched as
@@ -106,22 +114,7 @@ static double mixed_step(const Case& c, K prefill, D decode) {
            scale_log2, &split, out.data(), part_acc.data(), part_ml.data());
     launch(attention_combine, {1, (unsigned)c.heads}, hd, part_acc.data(), part_ml.data(), step.positions.data(), c.heads, hd,
            (int)decode_splits, &split, out.data());
-    double worst = 0;
-    int token = 0;
-    for (int s = 0; s < (int)step.done.size(); s++) {
-        for (int i = 0; i < step.chunk[s]; i++, token++) {
-            const int pos = step.done[s] + i, lo = c.window > 0 ? std::max(0, pos + 1 - c.window) : 0;
-            for (int h = 0; h < c.heads; h++) {
-                auto at = [&](int p) {
-                    return (((size_t)step.table[step.offsets[s] + p / block_size] * c.kv_heads + h / group) * block_size + p % block_size) *
-                           hd;
-                };
-                const size_t row = ((size_t)token * c.heads + h) * hd;
-                worst = std::max(worst, attention_error(&out[row], &q[row], cache.k, cache.v, at, lo, pos, hd, nullptr));
-            }
-        }
-    }
-    return worst;
+    return step_error(c, step, cache, q, out, nullptr);
 }
 
 int main() {
