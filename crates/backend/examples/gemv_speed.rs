@@ -17,8 +17,7 @@ fn layer_shapes(h: usize, f: usize, qd: usize, kd: usize) -> [(&'static str, usi
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("sizes are integers")).collect();
-    let [h, f, qd, kd, layers] =
-        if args.len() == 5 { [args[0], args[1], args[2], args[3], args[4]] } else { [4096, 14336, 4096, 1024, 8] };
+    let [h, f, qd, kd, layers] = if args.len() == 5 { [args[0], args[1], args[2], args[3], args[4]] } else { [4096, 14336, 4096, 1024, 8] };
     let gpu = Gpu::open(0)?;
     let kernels = Kernels::load(&gpu)?;
     let shapes = layer_shapes(h, f, qd, kd);

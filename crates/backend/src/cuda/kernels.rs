@@ -767,7 +767,9 @@ impl Kernels {
         let mut split_counts = split_launches.iter().filter(|&&(tiles, splits)| tiles > 0 && splits > 1).map(|&(_, splits)| splits);
         let Some(splits) = split_counts.next() else { return Ok(()) };
         if let Some(other) = split_counts.next().filter(|&other| other != splits) {
-            bail!("attention: decode tiles in {splits} KV splits and prefill tiles in {other}; split tiles of both kinds must take the same");
+            bail!(
+                "attention: decode tiles in {splits} KV splits and prefill tiles in {other}; split tiles of both kinds must take the same"
+            );
         }
         let args = Args::default()
             .ptr(a.part_acc)
@@ -835,7 +837,13 @@ impl Kernels {
         }
         if a.prefill_tiles > 0 {
             let tiles = a.tiles + 16 * a.num_tiles as u64;
-            self.launch(gpu, prefill, (a.prefill_tiles as u32, a.kv_heads as u32, a.prefill_splits as u32), ATTENTION_THREADS, args(tiles))?;
+            self.launch(
+                gpu,
+                prefill,
+                (a.prefill_tiles as u32, a.kv_heads as u32, a.prefill_splits as u32),
+                ATTENTION_THREADS,
+                args(tiles),
+            )?;
         }
         self.combine_splits(gpu, a)
     }

@@ -1,11 +1,11 @@
 //! Linear layers on the GPU: `out = x · wᵀ` on typed tensors, through cuBLASLt or, for the few-row
 //! shapes where it measured faster, the GEMV kernel. The choice is made per (rows, n, k) by
 //! [`Linear::tune`], which times both on the real weights, each shape's layers back to back;
-//! batch-invariant mode never tunes, so every row count takes the same arithmetic. For FP8 weights the bf16 activations are quantized
-//! to FP8 with one dynamic scale per product (vLLM's dynamic per-tensor scheme): for cuBLASLt
-//! into a buffer reserved with [`Linear::reserve_fp8_inputs`], and inside the FP8 GEMV kernel to
-//! the same codes (no launch of its own), so a product's arithmetic does not depend on the
-//! choice.
+//! batch-invariant mode never tunes, so every row count takes the same arithmetic. For FP8 weights
+//! the bf16 activations are quantized to FP8 with one dynamic scale per product (vLLM's dynamic
+//! per-tensor scheme): for cuBLASLt into a buffer reserved with [`Linear::reserve_fp8_inputs`], and
+//! inside the FP8 GEMV kernel to the same codes (no launch of its own), so a product's arithmetic
+//! does not depend on the choice.
 
 use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;

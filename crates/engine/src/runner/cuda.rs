@@ -757,14 +757,8 @@ mod tests {
     #[test]
     fn decode_tiles_beside_prefill_tiles_split_on_their_own() {
         let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: false };
-        let tiling = Tiling {
-            tiles: 18,
-            tile_rows: 4,
-            prefill_tiles: 448,
-            decode_tokens_end: 18,
-            decode_max_ctx: 2100,
-            prefill_tokens_start: 18,
-        };
+        let tiling =
+            Tiling { tiles: 18, tile_rows: 4, prefill_tiles: 448, decode_tokens_end: 18, decode_max_ctx: 2100, prefill_tokens_start: 18 };
         assert!(decode_tiles_split_alone(&tiling));
         assert_eq!(plan_splits(p, tiling.tiles + tiling.prefill_tiles, 2100, 7680, 7680).splits, 1);
         assert_eq!(plan_splits(p, tiling.tiles, tiling.decode_max_ctx, tiling.decode_tokens_end, 7680).splits, 2);

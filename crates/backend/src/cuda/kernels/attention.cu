@@ -47,12 +47,15 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
 // A block's work item: tile blockIdx.x (query tokens row0.. of sequence seq, at positions
 // pos0..) and the positions kv_lo..split_end of KV split blockIdx.z that it reads, kv_lo rounded
 // down to a multiple of `step` inside a sliding window; `empty` when the split starts past the
-// tile's last position. A launch of one split reads every position, whatever `*split_size` says
-// (a step's prefill tiles run unsplit beside split decode tiles).
+// tile's last position (split_length: a launch of one split reads every position).
 struct TileWork {
     u32 seq, row0, nrows, pos0, split_start, split_end, kv_lo;
     bool empty;
 };
+
+// Positions a KV split of this launch covers: `*split_size`, or every position in a launch of one
+// split (a step's prefill tiles run unsplit beside split decode tiles with the same split size).
+__device__ __forceinline__ u32 split_length(const u32* split_size) { return gridDim.z > 1 ? *split_size : 0xffffffffu; }
 
 __device__ __forceinline__ TileWork tile_work(const u32* tiles, const u32* split_size, int window, u32 step) {
     const u32* tile = tiles + 4 * blockIdx.x;
@@ -61,7 +64,7 @@ __device__ __forceinline__ TileWork tile_work(const u32* tiles, const u32* split
     w.row0 = tile[1];
     w.nrows = tile[2];
     w.pos0 = tile[3];
-    const u32 ctx_end = w.pos0 + w.nrows, split_tokens = gridDim.z > 1 ? *split_size : 0xffffffffu;
+    const u32 ctx_end = w.pos0 + w.nrows, split_tokens = split_length(split_size);
     w.split_start = blockIdx.z * split_tokens;
     w.empty = w.split_start >= ctx_end;
     w.split_end = min(ctx_end, w.split_start + split_tokens);

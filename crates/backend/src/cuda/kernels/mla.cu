@@ -177,8 +177,8 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
 // r % heads), so each latent row staged in shared memory serves that many heads at once. Score
 // q̃ · row over all `latent + rope` values times `scale_log2` (log2 units), causal; the output
 // per row is Σ p · latent (`latent` values), normalised with one split, else left as partial
-// sums and maxima for attention_combine (with head_dim = latent); one split reads every position,
-// as tile_work does.
+// sums and maxima for attention_combine (with head_dim = latent); one split reads every position
+// (split_length).
 // Grid: (tiles, ceil(most tile rows × heads / (MLA_WARPS × ROWS_PER_WARP)), splits).
 // Two variants: four rows a warp (mla_attention_r4) share each staged value among more rows;
 // one row a warp (mla_attention_r1) spreads a small step (a decode batch of a few tokens) over
@@ -198,7 +198,7 @@ __device__ void mla_attention_impl(const bf16* __restrict__ q_lat, const bf16* _
     const int rows = (int)nrows * heads, first_row = blockIdx.y * ROWS;
     if (first_row >= rows) return;
     const int split = blockIdx.z, splits = gridDim.z;
-    const u32 split_tokens = splits > 1 ? *split_size : 0xffffffffu;
+    const u32 split_tokens = split_length(split_size);
     const u32 split_start = (u32)split * split_tokens;
     // The block's last row's position bounds what any of its rows sees.
     const u32 last_pos = pos0 + (u32)(min(first_row + ROWS, rows) - 1) / heads;
@@ -348,7 +348,7 @@ extern "C" __global__ void __launch_bounds__(MLA_THREADS)
     const int r = blockIdx.y;
     if (r >= (int)nrows * heads) return;
     const int split = blockIdx.z, splits = gridDim.z;
-    const u32 split_tokens = splits > 1 ? *split_size : 0xffffffffu, split_start = (u32)split * split_tokens, row_pos = pos0 + (u32)r / heads;
+    const u32 split_tokens = split_length(split_size), split_start = (u32)split * split_tokens, row_pos = pos0 + (u32)r / heads;
     if (split_start > row_pos) return;
     const u32 kv_end = min(row_pos + 1, split_start + split_tokens);
     const u32* table = table_data + table_offsets[seq];
