@@ -229,3 +229,88 @@ __device__ __forceinline__ void e4m3x2_to_f32x2(unsigned short v, float& hi, flo
     asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(h_lo));
     asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(h_hi));
 }
+
+// Dynamic FP8 quantization of bf16 activations, one scale a tensor (fp8.cu's quantize kernels,
+// the FP8 GEMV's rows, and the producers' hand-off below).
+
+// The scale for a largest magnitude `a`: the power of two at or above a / 448 (1 when a is 0).
+// A power of two makes x / scale exact, and a slightly different amax (another device's rounding)
+// leaves the scale, and so every code, unchanged.
+__device__ __forceinline__ float fp8_scale(float a) {
+    if (!(a > 0.f)) return 1.f;
+    return __uint_as_float((__float_as_uint(__fdiv_rn(a, FP8_MAX)) + 0x007fffffu) & 0xff800000u);
+}
+
+// x / scale for a power-of-two scale, as a product by its reciprocal where that is a normal
+// float (every scale of at least 2^-126): the exact quotient rounded once, either way, without a
+// division for each value.
+struct Fp8Divisor {
+    float scale, reciprocal;
+    __device__ __forceinline__ explicit Fp8Divisor(float s) : scale(s), reciprocal(s >= 1.17549435e-38f ? 1.f / s : 0.f) {}
+    __device__ __forceinline__ float of(float v) const { return reciprocal != 0.f ? v * reciprocal : v / scale; }
+};
+
+// Four bf16 values (8 bytes, lowest first) divided by the scale, as four E4M3 codes packed low
+// to high.
+__device__ __forceinline__ u32 quantize_bf16x4(uint2 v, Fp8Divisor d) {
+    const float f0 = __uint_as_float(v.x << 16), f1 = __uint_as_float(v.x & 0xffff0000u);
+    const float f2 = __uint_as_float(v.y << 16), f3 = __uint_as_float(v.y & 0xffff0000u);
+    return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
+}
+
+// The same for four consecutive values at x (one 8-byte load).
+__device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) { return quantize_bf16x4(*(const uint2*)x, d); }
+
+// Codes of elements [8 i, 8 i + 8) of x divided by the scale.
+__device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, Fp8Divisor d) {
+    return make_uint2(quantize4(x + 8 * i, d), quantize4(x + 8 * i + 4, d));
+}
+
+// The largest magnitude of four bf16 values (8 bytes), as quantize_fp8_block's amax takes it
+// (a NaN is passed over).
+__device__ __forceinline__ float bf16x4_amax(uint2 v) {
+    return fmaxf(fmaxf(fabsf(__uint_as_float(v.x << 16)), fabsf(__uint_as_float(v.x & 0xffff0000u))),
+                 fmaxf(fabsf(__uint_as_float(v.y << 16)), fabsf(__uint_as_float(v.y & 0xffff0000u))));
+}
+
+// 8 bytes from global memory through L2 only: values other blocks of the running launch wrote
+// (never the read-only or L1 path, which may hold older bytes).
+__device__ __forceinline__ uint2 load_l2_8(const void* p) {
+    uint2 v;
+    asm volatile("ld.global.cg.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p) : "memory");
+    return v;
+}
+
+// The FP8 hand-off of a producer kernel: the launch that writes a bf16 tensor of n values
+// (n % 8 == 0) feeding an FP8 product also writes that tensor's E4M3 codes and scale, the ones
+// quantize_fp8_block would write, so the product needs no quantize launch. Every thread of every
+// block calls it after its last write of x, with the largest magnitude of the bf16 values it
+// wrote; each block adds its maximum into state[0] and counts itself into state[1], and the last
+// block to arrive reads the whole tensor back from L2 and writes the codes and the scale. `state`
+// (two u32) is zero before the launch, and the last block leaves it zero again. `codes` null: no
+// hand-off.
+__device__ void fp8_handoff(const bf16* x, u64 n, float amax, unsigned char* codes, float* scale_out, u32* state, float* scratch) {
+    if (codes == nullptr) return;
+    __shared__ bool last;
+    __shared__ float tensor_amax;
+    amax = block_max(amax, scratch);
+    if (threadIdx.x == 0) {
+        atomicMax(&state[0], __float_as_uint(amax));
+        __threadfence();
+        last = atomicAdd(&state[1], 1u) == gridDim.x * gridDim.y * gridDim.z - 1;
+        if (last) {
+            // Every other block has added its maximum and arrived: take the tensor's, and leave
+            // the state zero for the next launch.
+            tensor_amax = __uint_as_float(atomicExch(&state[0], 0u));
+            state[1] = 0;
+        }
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float scale = fp8_scale(tensor_amax);
+    const Fp8Divisor d(scale);
+    for (u64 i = threadIdx.x; i < n / 8; i += blockDim.x)
+        ((uint2*)codes)[i] = make_uint2(quantize_bf16x4(load_l2_8(x + 8 * i), d), quantize_bf16x4(load_l2_8(x + 8 * i + 4), d));
+    if (threadIdx.x == 0) *scale_out = scale;
+}
