@@ -137,6 +137,8 @@ pub struct CudaRunner {
     stepped: bool,
     /// Whether a batch-invariant step has been reported as run unsplit (once a run).
     invariance_warned: bool,
+    /// The fewest positions a KV split takes (`LUMEN_KV_SPLIT_MIN`, see [`kv_split_min`]).
+    kv_split_min: usize,
 }
 
 /// The weights and config this runner computes with: the model's, or rank `rank`'s shard of it.
@@ -236,6 +238,7 @@ impl CudaRunner {
             pending_rows: 0,
             stepped: false,
             invariance_warned: false,
+            kv_split_min: kv_split_min(std::env::var("LUMEN_KV_SPLIT_MIN").ok().as_deref())?,
         })
     }
 
@@ -388,7 +391,12 @@ impl CudaRunner {
     fn split_plan(&mut self, tiles: usize, max_ctx: usize, tokens: usize) -> (usize, usize) {
         let blocks_per_tile = self.config_computed().map_or(1, attention_blocks_per_token);
         let multiprocessors = self.gpu.info.multiprocessors as usize;
-        let plan = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: self.config.batch_invariant };
+        let plan = SplitPlanInputs {
+            blocks_per_tile,
+            multiprocessors,
+            batch_invariant: self.config.batch_invariant,
+            min_split: self.kv_split_min,
+        };
         let capacity = self.act.part_capacity;
         let planned = plan_splits(plan, tiles, max_ctx, tokens, capacity);
         if let Some(rows) = planned.invariant_rows_short.filter(|_| !self.invariance_warned) {
@@ -614,12 +622,23 @@ enum Staged {
 }
 
 /// What the split plan of a step depends on besides the step: attention blocks per tile of one
-/// token, the GPU's multiprocessors, and batch-invariant mode.
+/// token, the GPU's multiprocessors, batch-invariant mode, and the fewest positions a split takes.
 #[derive(Clone, Copy, Debug)]
 struct SplitPlanInputs {
     blocks_per_tile: usize,
     multiprocessors: usize,
     batch_invariant: bool,
+    min_split: usize,
+}
+
+/// The fewest positions a KV split of a step takes outside batch-invariant mode: `LUMEN_KV_SPLIT_MIN`
+/// (rounded up to a multiple of 32), else 32.
+fn kv_split_min(setting: Option<&str>) -> Result<usize> {
+    let Some(text) = setting else { return Ok(SPLIT_ALIGN) };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n.next_multiple_of(SPLIT_ALIGN)),
+        _ => bail!("LUMEN_KV_SPLIT_MIN={text:?}: expected a positive number of positions (the fewest a KV split of attention takes)"),
+    }
 }
 
 /// Whether a step's decode tiles take KV splits of their own while its prefill tiles run unsplit:
@@ -650,7 +669,7 @@ fn plan_splits(p: SplitPlanInputs, tiles: usize, max_ctx: usize, tokens: usize, 
     } else {
         let blocks = tiles * p.blocks_per_tile;
         let want = (2 * p.multiprocessors).div_ceil(blocks.max(1)).max(1);
-        let splits = want.min(max_ctx.div_ceil(SPLIT_ALIGN));
+        let splits = want.min(max_ctx.div_ceil(p.min_split));
         let size = max_ctx.div_ceil(splits).next_multiple_of(SPLIT_ALIGN);
         (max_ctx.div_ceil(size), size)
     };
@@ -705,7 +724,7 @@ mod tests {
         for multiprocessors in [78, 114, 132, 144] {
             let rows = split_partial_rows(4096, multiprocessors, false);
             for blocks_per_tile in [1, 2, 4, 8, 16] {
-                let p = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: false };
+                let p = SplitPlanInputs { blocks_per_tile, multiprocessors, batch_invariant: false, min_split: SPLIT_ALIGN };
                 for n in 1..=4096 {
                     for max_ctx in [1, 33, 150, 2048, 131_072] {
                         let wanted = plan_splits(p, n, max_ctx, n, usize::MAX).splits;
@@ -728,7 +747,7 @@ mod tests {
     /// 32 rows a token, beyond 64 sequences' 64 rows each; a 300-token prompt fits.
     #[test]
     fn batch_invariant_steps_that_run_unsplit_are_the_ones_reported() {
-        let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: true };
+        let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: true, min_split: SPLIT_ALIGN };
         let capacity = split_partial_rows(64, 132, true).max(2048);
         let cases = [
             (2048, 2048, Some(65_536)),
@@ -756,7 +775,7 @@ mod tests {
     /// two splits. A short prompt after the prefill tokens keeps the step planned as one.
     #[test]
     fn decode_tiles_beside_prefill_tiles_split_on_their_own() {
-        let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: false };
+        let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: false, min_split: SPLIT_ALIGN };
         let tiling =
             Tiling { tiles: 18, tile_rows: 4, prefill_tiles: 448, decode_tokens_end: 18, decode_max_ctx: 2100, prefill_tokens_start: 18 };
         assert!(decode_tiles_split_alone(&tiling));
@@ -766,6 +785,27 @@ mod tests {
         assert!(!decode_tiles_split_alone(&prompt_after));
         assert!(!decode_tiles_split_alone(&Tiling { prefill_tiles: 0, prefill_tokens_start: usize::MAX, ..tiling }));
         assert!(!decode_tiles_split_alone(&Tiling { tiles: 0, decode_tokens_end: 0, decode_max_ctx: 0, ..tiling }));
+    }
+
+    /// One decode token at 200 positions wants 33 splits (two blocks for each of 132
+    /// multiprocessors over 8 KV heads): 7 of 32 positions by default, fewer and longer with
+    /// `LUMEN_KV_SPLIT_MIN`, none once a split would hold the whole context.
+    #[test]
+    fn the_fewest_positions_a_split_takes_bounds_the_split_count() {
+        assert_eq!(kv_split_min(None).unwrap(), 32);
+        assert_eq!(kv_split_min(Some("100")).unwrap(), 128);
+        for bad in ["0", "-5", "many", ""] {
+            let e = kv_split_min(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("LUMEN_KV_SPLIT_MIN") && e.contains("positive number of positions"), "{e}");
+        }
+        let plan = |min_split| {
+            let p = SplitPlanInputs { blocks_per_tile: 8, multiprocessors: 132, batch_invariant: false, min_split };
+            let planned = plan_splits(p, 1, 200, 1, 4096);
+            (planned.splits, planned.size)
+        };
+        assert_eq!(plan(32), (7, 32));
+        assert_eq!(plan(128), (2, 128));
+        assert_eq!(plan(256), (1, 224));
     }
 
     #[test]
