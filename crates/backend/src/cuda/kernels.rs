@@ -39,33 +39,31 @@ impl Args {
 }
 
 impl Args {
-    /// The two pointers of a producer kernel's FP8 hand-off (codes, scale), null without one.
+    /// The three pointers of a producer kernel's FP8 hand-off (codes, scale, state), null without one.
     fn handoff(self, handoff: Option<Fp8Handoff>) -> Self {
-        let (codes, scale) = handoff.map_or((0, 0), |h| (h.codes.ptr, h.codes.scale));
-        self.ptr(codes).ptr(scale)
+        let (codes, scale, state) = handoff.map_or((0, 0, 0), |h| (h.codes.ptr, h.codes.scale, h.state));
+        self.ptr(codes).ptr(scale).ptr(state)
     }
 }
 
-/// Where a one-block launch that writes a bf16 tensor also writes its FP8 quantization for the
-/// FP8 product that reads it (`fp8_handoff_divisor` in prelude.cu: the codes and scale
-/// `quantize_fp8` would write, in the producer's own launch): `codes` is that product's input
-/// (E4M3, with its scale pointer). The norm kernels take one at one token, `silu_mul` at up to
-/// [`FP8_ONE_BLOCK_ELEMENTS`] values.
+/// Where a kernel that writes a bf16 tensor also writes its FP8 quantization for the FP8 product
+/// that reads it (`fp8_handoff` in prelude.cu: the codes and scale `quantize_fp8` would write, in
+/// the producer's own launch): `codes` is that product's input (E4M3, with its scale pointer), and
+/// `state` two device u32, zero between launches.
 #[derive(Clone, Copy, Debug)]
 pub struct Fp8Handoff {
     pub codes: Tensor,
+    pub state: u64,
 }
 
 impl Fp8Handoff {
-    /// An error unless the codes are a scaled FP8 tensor of the producer's `rows` × `cols`, and
-    /// the producer's launch is one block (`one_block`).
-    fn check(handoff: Option<Fp8Handoff>, producer: &str, rows: usize, cols: usize, one_block: bool) -> Result<()> {
+    /// An error unless the codes are a scaled FP8 tensor of the producer's `rows` × `cols`.
+    fn check(handoff: Option<Fp8Handoff>, producer: &str, rows: usize, cols: usize) -> Result<()> {
         match handoff {
-            Some(Fp8Handoff { codes }) if codes.dtype != DType::Fp8E4M3 || codes.scale == 0 || (codes.rows, codes.cols) != (rows, cols) => {
-                bail!("{producer}'s FP8 hand-off into {codes}: expected scaled FP8 codes of [{rows}, {cols}]")
-            }
-            Some(Fp8Handoff { codes }) if !one_block => {
-                bail!("{producer}'s FP8 hand-off into {codes}: only a launch of one block hands off, and [{rows}, {cols}] takes more")
+            Some(Fp8Handoff { codes, state })
+                if codes.dtype != DType::Fp8E4M3 || codes.scale == 0 || state == 0 || (codes.rows, codes.cols) != (rows, cols) =>
+            {
+                bail!("{producer}'s FP8 hand-off into {codes}: expected scaled FP8 codes of [{rows}, {cols}] and a state word")
             }
             _ => Ok(()),
         }
@@ -86,7 +84,6 @@ pub struct Kernels {
     add_rms_norm: Kernel,
     rope_kv_write: Kernel,
     silu_mul: Kernel,
-    silu_mul_fp8: Kernel,
     clamped_swiglu: Kernel,
     add_bias: Kernel,
     gather_rows: Kernel,
@@ -295,7 +292,6 @@ impl Kernels {
             add_rms_norm: get("add_rms_norm")?,
             rope_kv_write: get("rope_kv_write")?,
             silu_mul: get("silu_mul")?,
-            silu_mul_fp8: get("silu_mul_fp8")?,
             clamped_swiglu: get("clamped_swiglu")?,
             add_bias: get("add_bias")?,
             gather_rows: get("gather_rows")?,
@@ -406,7 +402,7 @@ impl Kernels {
         normed: u64,
         handoff: Option<Fp8Handoff>,
     ) -> Result<()> {
-        Fp8Handoff::check(handoff, "embed_rms_norm", n, hidden, n == 1)?;
+        Fp8Handoff::check(handoff, "embed_rms_norm", n, hidden)?;
         let args = Args::default()
             .ptr(tokens)
             .ptr(embed)
@@ -433,7 +429,7 @@ impl Kernels {
         normed: u64,
         handoff: Option<Fp8Handoff>,
     ) -> Result<()> {
-        Fp8Handoff::check(handoff, "add_rms_norm", n, hidden, n == 1)?;
+        Fp8Handoff::check(handoff, "add_rms_norm", n, hidden)?;
         let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed).handoff(handoff);
         self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
@@ -466,20 +462,12 @@ impl Kernels {
         self.launch(gpu, self.rope_kv_write, (n as u32, heads.div_ceil(heads_per_block) as u32, 1), ROPE_THREADS, args)
     }
 
-    /// `out[t] = silu(gate) · up` of `n` rows of `[gate (f), up (f)]` bf16 values (`f` a multiple
-    /// of 8), and with `handoff` the output's FP8 codes and scale, in one block of 1,024 threads
-    /// (`silu_mul_fp8`: at most [`FP8_ONE_BLOCK_ELEMENTS`] values).
+    /// `f` must be a multiple of 8.
     pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64, handoff: Option<Fp8Handoff>) -> Result<()> {
-        let groups = n * f / 8;
-        Fp8Handoff::check(handoff, "silu_mul", n, f, n * f <= FP8_ONE_BLOCK_ELEMENTS)?;
-        if groups >= 1 << 32 {
-            bail!("silu_mul of {n} rows of {f}: more than 2^32 groups of eight values in one launch");
-        }
-        let args = Args::default().ptr(gate_up).i32(f as i32).i32(n as i32).ptr(out);
-        match handoff {
-            Some(_) => self.launch(gpu, self.silu_mul_fp8, (1, 1, 1), 1024, args.handoff(handoff)),
-            None => self.launch(gpu, self.silu_mul, (groups.div_ceil(ROW_THREADS as usize).max(1) as u32, 1, 1), ROW_THREADS, args),
-        }
+        Fp8Handoff::check(handoff, "silu_mul", n, f)?;
+        let blocks = (f / 8).div_ceil(ROW_THREADS as usize) as u32;
+        let args = Args::default().ptr(gate_up).i32(f as i32).ptr(out).handoff(handoff);
+        self.launch(gpu, self.silu_mul, (blocks, n as u32, 1), ROW_THREADS, args)
     }
 
     /// GPT-OSS's expert activation (see moe.cu) on `n` rows of `[gate (f), up (f)]` bf16 values
@@ -1068,19 +1056,19 @@ mod tests {
     use crate::cuda::{DType, Tensor};
 
     #[test]
-    fn a_hand_off_must_be_scaled_codes_of_the_producers_shape_from_one_block() {
+    fn a_hand_off_must_be_scaled_codes_of_the_producers_shape() {
         let codes = Tensor { ptr: 64, dtype: DType::Fp8E4M3, rows: 2, cols: 4096, scale: 32 };
-        let good = Fp8Handoff { codes };
-        assert!(Fp8Handoff::check(None, "silu_mul", 2, 4096, false).is_ok());
-        assert!(Fp8Handoff::check(Some(good), "silu_mul", 2, 4096, true).is_ok());
-        for (bad, rows, one_block) in [
-            (good, 3, true),
-            (Fp8Handoff { codes: Tensor { scale: 0, ..codes } }, 2, true),
-            (Fp8Handoff { codes: Tensor { dtype: DType::Bf16, ..codes } }, 2, true),
-            (good, 2, false),
+        let good = Fp8Handoff { codes, state: 56 };
+        assert!(Fp8Handoff::check(None, "add_rms_norm", 2, 4096).is_ok());
+        assert!(Fp8Handoff::check(Some(good), "add_rms_norm", 2, 4096).is_ok());
+        for (bad, rows) in [
+            (good, 3),
+            (Fp8Handoff { codes: Tensor { scale: 0, ..codes }, ..good }, 2),
+            (Fp8Handoff { codes: Tensor { dtype: DType::Bf16, ..codes }, ..good }, 2),
+            (Fp8Handoff { state: 0, ..good }, 2),
         ] {
-            let e = Fp8Handoff::check(Some(bad), "silu_mul", rows, 4096, one_block).unwrap_err().to_string();
-            assert!(e.contains("silu_mul's FP8 hand-off") && e.contains(&format!("[{rows}, 4096]")), "{e}");
+            let e = Fp8Handoff::check(Some(bad), "add_rms_norm", rows, 4096).unwrap_err().to_string();
+            assert!(e.contains("add_rms_norm's FP8 hand-off") && e.contains(&format!("[{rows}, 4096]")), "{e}");
         }
     }
 

@@ -20,7 +20,8 @@ pub struct Linear {
     /// Per (rows, n, k) of up to GEMV_MAX_TOKENS rows: whether the GEMV kernel beat cuBLASLt.
     gemv_wins: HashMap<(usize, usize, usize), bool>,
     /// Quantized activations for FP8 products: their codes, and their scale (f32, at offset 0:
-    /// cuBLASLt refuses a scale pointer that is not 16-byte aligned) and amax (u32, at 16).
+    /// cuBLASLt refuses a scale pointer that is not 16-byte aligned), amax (u32, at 16) and a
+    /// producer hand-off's state (two u32 at 24, zero between launches).
     fp8_inputs: Option<(DeviceBuffer, DeviceBuffer)>,
 }
 
@@ -34,21 +35,22 @@ impl Linear {
     pub fn reserve_fp8_inputs(&mut self, gpu: &Gpu, elements: usize) -> Result<()> {
         let codes = gpu.alloc(elements.max(16), "FP8 activations")?;
         let scale = gpu.alloc(32, "FP8 activation scale")?;
+        gpu.fill(scale.ptr, 0, scale.bytes)?;
         self.fp8_inputs = Some((codes, scale));
         Ok(())
     }
 
     /// The FP8 hand-off a producer kernel can make of its bf16 output `x` for the product
-    /// `x · wᵀ`: where `w` is FP8 and the product runs through cuBLASLt, a producer launch of one
-    /// block (`one_block`: a norm of one token, a SwiGLU of a decode step's rows) writes the codes
-    /// and scale into the reserved buffer, and the product reads `handoff.codes` instead of `x`
-    /// (no quantize launch). None where the product quantizes for itself.
-    pub fn fp8_handoff(&self, x: Tensor, w: Tensor, one_block: bool) -> Option<Fp8Handoff> {
+    /// `x · wᵀ`: where `w` is FP8, the product runs through cuBLASLt, and `x` is small enough for
+    /// one block to quantize (a decode step's rows), the producer writes the codes and scale into
+    /// the reserved buffer and the product reads `handoff.codes` instead of `x` (no quantize
+    /// launch). None where the product quantizes for itself.
+    pub fn fp8_handoff(&self, x: Tensor, w: Tensor) -> Option<Fp8Handoff> {
         let (codes, scale) = self.fp8_inputs.as_ref()?;
         let n = x.rows * x.cols;
-        let fits = one_block && n <= FP8_ONE_BLOCK_ELEMENTS.min(codes.bytes) && n.is_multiple_of(8);
+        let fits = n <= FP8_ONE_BLOCK_ELEMENTS.min(codes.bytes) && n.is_multiple_of(8);
         (w.dtype == DType::Fp8E4M3 && x.dtype == DType::Bf16 && fits && !self.gemv_won(x, w))
-            .then(|| Fp8Handoff { codes: Tensor { scale: scale.ptr, ..codes.tensor(DType::Fp8E4M3, x.rows, x.cols) } })
+            .then(|| Fp8Handoff { codes: Tensor { scale: scale.ptr, ..codes.tensor(DType::Fp8E4M3, x.rows, x.cols) }, state: scale.at(24) })
     }
 
     /// Times the GEMV kernel against cuBLASLt for each group of same-shape weights in `groups` and
@@ -111,7 +113,7 @@ impl Linear {
             return Ok(act);
         }
         self.gemm_product(gpu, kernels, x, gate_up, scratch)?;
-        let handoff = self.fp8_handoff(act, next, true);
+        let handoff = self.fp8_handoff(act, next);
         kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, act.ptr, handoff)?;
         Ok(handoff.map_or(act, |h| h.codes))
     }

@@ -42,7 +42,7 @@ int main() {
             std::vector<bf16> fused(t * n / 2, 0xffff), activated(t * n / 2, 0xffff);
             launch(gemv_fp8, {(unsigned)(n / 2 + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
                    (void*)fused.data(), out_f32, 1);
-            launch(silu_mul, {1}, 256, y.data(), n / 2, t, activated.data());
+            launch(silu_mul, {1, (unsigned)t}, 256, y.data(), n / 2, activated.data(), nullptr, nullptr, nullptr);
             int swiglu_differs = 0;
             for (int i = 0; i < t * n / 2; i++) swiglu_differs += fused[i] != activated[i];
             double worst = 0;
@@ -59,30 +59,39 @@ int main() {
                    x_scale, want_scale, code_differs, worst, swiglu_differs, ok ? "" : "  FAILED");
             failures += !ok;
         }
-    // The producers' hand-off (fp8_handoff_divisor): a norm launch of one token and a SwiGLU
-    // launch of 1 and 3 rows in one block of 1,024 threads (several groups a thread) give
-    // quantize_fp8_block's scale and codes of their own bf16 output bit for bit.
+    // The producers' hand-off (fp8_handoff): a norm launch and a SwiGLU launch of 1 and 3 rows
+    // (one block, several blocks: the last to arrive writes the codes) give quantize_fp8_block's
+    // scale and codes of their own bf16 output bit for bit, and leave the state word zero, so the
+    // next launch (inputs a thousand times smaller here) finds its own scale.
     for (int rows : {1, 3})
         for (float magnitude : {1.f, 1e-3f}) {
             const int hidden = 1536, f = 2560;
-            std::vector<float> residual(hidden);
+            const unsigned threads = 384;
+            std::vector<float> residual(rows * hidden);
             for (auto& v : residual) v = magnitude * rng.next();
-            std::vector<bf16> delta(hidden), weight(hidden), gate_up(rows * 2 * f), normed(hidden), act(rows * f);
+            std::vector<bf16> delta(rows * hidden), weight(hidden), gate_up(rows * 2 * f), normed(rows * hidden), act(rows * f);
             for (auto& v : delta) v = f2bf(magnitude * rng.next());
             for (auto& v : weight) v = f2bf(1.f + 0.1f * rng.next());
             for (auto& v : gate_up) v = f2bf(4.f * magnitude * rng.next());
+            u32 state[2] = {0, 0};
             int differs = 0;
             std::vector<unsigned char> handed(rows * f, 0x7f), want(rows * f, 0x7f);
-            float norm_scale = 0, want_norm_scale = 0, silu_scale = 0, want_silu_scale = 0;
-            launch(add_rms_norm, {1}, 384, residual.data(), delta.data(), weight.data(), 1e-6f, hidden, normed.data(), handed.data(), &norm_scale);
-            launch(quantize_fp8_block, {1}, 1024, normed.data(), (u64)hidden, want.data(), &want_norm_scale);
-            for (int i = 0; i < hidden; i++) differs += handed[i] != want[i];
-            launch(silu_mul_fp8, {1}, 1024, gate_up.data(), f, rows, act.data(), handed.data(), &silu_scale);
+            float norm_scale = 0, want_norm_scale = 0;
+            launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), weight.data(), 1e-6f, hidden, normed.data(),
+                   handed.data(), &norm_scale, state);
+            launch(quantize_fp8_block, {1}, 1024, normed.data(), (u64)(rows * hidden), want.data(), &want_norm_scale);
+            for (int i = 0; i < rows * hidden; i++) differs += handed[i] != want[i];
+            const bool norm_state_zero = state[0] == 0 && state[1] == 0;
+            float silu_scale = 0, want_silu_scale = 0;
+            launch(silu_mul, {(unsigned)(f / 8 + 255) / 256, (unsigned)rows}, 256, gate_up.data(), f, act.data(), handed.data(), &silu_scale,
+                   state);
             launch(quantize_fp8_block, {1}, 1024, act.data(), (u64)(rows * f), want.data(), &want_silu_scale);
             for (int i = 0; i < rows * f; i++) differs += handed[i] != want[i];
-            const bool ok = differs == 0 && norm_scale == want_norm_scale && silu_scale == want_silu_scale;
-            printf("hand-off at %g: norm scale %g (quantize kernel %g), SwiGLU of %d rows scale %g (%g), %d codes differ%s\n", magnitude,
-                   norm_scale, want_norm_scale, rows, silu_scale, want_silu_scale, differs, ok ? "" : "  FAILED");
+            const bool ok = differs == 0 && norm_scale == want_norm_scale && silu_scale == want_silu_scale && norm_state_zero && state[0] == 0 &&
+                            state[1] == 0;
+            printf("hand-off of %d rows at %g: norm scale %g (quantize kernel %g), SwiGLU scale %g (%g), %d codes differ, state %s%s\n", rows,
+                   magnitude, norm_scale, want_norm_scale, silu_scale, want_silu_scale, differs,
+                   norm_state_zero && state[0] == 0 && state[1] == 0 ? "zero after each" : "left set", ok ? "" : "  FAILED");
             failures += !ok;
         }
     return failures != 0;

@@ -394,9 +394,9 @@ pub fn enqueue_forward(
     let mut moe_layer = 0;
     let pass = Pass { w, c, act, kv, inputs, shape };
     // What a block's first product reads: the norm's bf16 output, or its FP8 codes where the norm
-    // launch hands them off (Linear::fp8_handoff: one token, one block).
+    // launch hands them off (Linear::fp8_handoff).
     let normed = act.normed.tensor(DType::Bf16, t, h);
-    let handoff = |linear: &Linear, first_product: Option<Tensor>| first_product.and_then(|w| linear.fp8_handoff(normed, w, t == 1));
+    let handoff = |linear: &Linear, first_product: Option<Tensor>| first_product.and_then(|w| linear.fp8_handoff(normed, w));
     let read = |handoff: Option<Fp8Handoff>| handoff.map_or(normed, |h| h.codes);
     let mut attention_handoff = handoff(linear, qkv_weight(&first.attention));
     k.embed_rms_norm(

@@ -26,31 +26,25 @@ __device__ __forceinline__ void load_norm_weight(const bf16* __restrict__ weight
 }
 
 // Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`, with this thread's
-// groups of the weight in `w`. With `fp8_codes` (a one-block launch: one row) it also writes the
-// row's FP8 codes and scale (fp8_handoff_divisor, prelude.cu).
-__device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
-                                         bf16* __restrict__ out, float* scratch, unsigned char* fp8_codes, float* fp8_scale_out) {
+// groups of the weight in `w`; returns the largest magnitude among the bf16 values this thread
+// wrote (for an FP8 hand-off).
+__device__ __forceinline__ float norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
+                                          bf16* __restrict__ out, float* scratch) {
     float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
     int n4 = hidden / 4;
-    uint2 normed[NORM_ITEMS];
     float amax = 0.f;
 #pragma unroll
     for (int it = 0; it < NORM_ITEMS; it++) {
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) {
             float4 x = v[it];
-            normed[it] = f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
-            ((uint2*)out)[i] = normed[it];
-            amax = fmaxf(amax, bf16x4_amax(normed[it]));
+            const uint2 normed =
+                f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
+            ((uint2*)out)[i] = normed;
+            amax = fmaxf(amax, bf16x4_amax(normed));
         }
     }
-    if (fp8_codes == nullptr) return;
-    const Fp8Divisor d = fp8_handoff_divisor(amax, fp8_scale_out, scratch);
-#pragma unroll
-    for (int it = 0; it < NORM_ITEMS; it++) {
-        int i = threadIdx.x + it * blockDim.x;
-        if (i < n4) ((u32*)fp8_codes)[i] = quantize_bf16x4(normed[it], d);
-    }
+    return amax;
 }
 
 // Loads a bf16 row of `width` values into this thread's groups of four (zeros past the row) and
@@ -71,12 +65,11 @@ __device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width,
 }
 
 // residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16), and
-// with `fp8_codes` (one token, one block) its FP8 codes and scale (fp8_handoff_divisor,
-// prelude.cu). One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
+// its FP8 hand-off when `fp8_codes` is given (fp8_handoff, prelude.cu). One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
 // error of this kernel instead of a read out of bounds.
 extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
                                           float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed,
-                                          unsigned char* fp8_codes, float* fp8_scale_out) {
+                                          unsigned char* fp8_codes, float* fp8_scale_out, u32* fp8_state) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -92,13 +85,14 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) res[i] = v[it];
     }
-    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch, fp8_codes, fp8_scale_out);
+    const float amax = norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch);
+    fp8_handoff(normed, (u64)gridDim.x * hidden, amax, fp8_codes, fp8_scale_out, fp8_state, scratch);
 }
 
-// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight, and with `fp8_codes` (one
-// token, one block) its FP8 codes and scale. One block per token.
+// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight, and its FP8 hand-off when
+// `fp8_codes` is given. One block per token.
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight, float eps,
-                                        int hidden, bf16* __restrict__ normed, unsigned char* fp8_codes, float* fp8_scale_out) {
+                                        int hidden, bf16* __restrict__ normed, unsigned char* fp8_codes, float* fp8_scale_out, u32* fp8_state) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -126,7 +120,8 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
             ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
         }
     }
-    norm_row(v, ss, w, eps, hidden, normed + base, scratch, fp8_codes, fp8_scale_out);
+    const float amax = norm_row(v, ss, w, eps, hidden, normed + base, scratch);
+    fp8_handoff(normed, (u64)gridDim.x * hidden, amax, fp8_codes, fp8_scale_out, fp8_state, scratch);
 }
 
 // normed[t] = rms_norm(x[t]) * weight over rows of `width` bf16 values (MLA's q and latent
@@ -140,7 +135,7 @@ extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16*
     u64 base = (u64)blockIdx.x * width;
     float4 v[NORM_ITEMS];
     const float ss = load_row(x + base, width, v);
-    norm_row(v, ss, w, eps, width, normed + base, scratch, nullptr, nullptr);
+    norm_row(v, ss, w, eps, width, normed + base, scratch);
 }
 
 // RoPE's cosine and sine at `position` for one frequency, times `attention_factor` (YaRN's, else
@@ -283,65 +278,30 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
     store_bf16x4((bf16*)cache + at + half, b);
 }
 
-// Most groups of eight values a thread of silu_mul_fp8 (one block) holds: FP8_ONE_BLOCK_ELEMENTS
-// (kernels.rs) over 1,024 threads.
-#define SILU_HANDOFF_GROUPS 8
-
-// silu(g) * u of eight gate values and the eight up values after them (one 16-byte load each),
-// as eight bf16 values.
-__device__ __forceinline__ uint4 silu_mul8(const bf16* __restrict__ gate, const bf16* __restrict__ up) {
-    const uint4 g = *(const uint4*)gate, u = *(const uint4*)up;
-    const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
-    u32 o[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        float g0 = __uint_as_float(gw[j] << 16), g1 = __uint_as_float(gw[j] & 0xffff0000u);
-        float u0 = __uint_as_float(uw[j] << 16), u1 = __uint_as_float(uw[j] & 0xffff0000u);
-        o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-}
-
-// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i] over `rows` rows (f % 8 == 0; fewer than
-// 2^32 groups), a group of eight values a thread, groups dealt out over the whole grid.
-extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, int rows, bf16* __restrict__ out) {
-    pdl_begin();
-    const u64 groups = (u64)rows * (f / 8), stride = (u64)gridDim.x * blockDim.x;
-    const u32 row_groups = f / 8;
-    for (u64 g = (u64)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
-        const u32 t = (u32)g / row_groups, i = (u32)g % row_groups;
-        ((uint4*)out)[g] = silu_mul8(gate_up + (u64)t * 2 * f + 8 * i, gate_up + (u64)t * 2 * f + f + 8 * i);
-    }
-}
-
-// silu_mul in one block of 1,024 threads (at most SILU_HANDOFF_GROUPS groups a thread) that also
-// writes the output's FP8 codes and scale (fp8_handoff_divisor, prelude.cu) from the values each
-// thread holds.
-extern "C" __global__ void __launch_bounds__(1024)
-    silu_mul_fp8(const bf16* __restrict__ gate_up, int f, int rows, bf16* __restrict__ out, unsigned char* fp8_codes, float* fp8_scale_out) {
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0), and
+// its FP8 hand-off when `fp8_codes` is given (fp8_handoff, prelude.cu).
+// Grid: (ceil(f / (8 * blockDim.x)), tokens).
+extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf16* __restrict__ out, unsigned char* fp8_codes,
+                                    float* fp8_scale_out, u32* fp8_state) {
     pdl_begin();
     __shared__ float scratch[32];
-    const u32 row_groups = f / 8, groups = rows * row_groups;
-    uint4 held[SILU_HANDOFF_GROUPS];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    u64 t = blockIdx.y;
     float amax = 0.f;
+    if (i < f / 8) {
+        uint4 g = ((const uint4*)(gate_up + t * 2 * f))[i], u = ((const uint4*)(gate_up + t * 2 * f + f))[i];
+        const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
+        u32 o[4];
 #pragma unroll
-    for (int k = 0; k < SILU_HANDOFF_GROUPS; k++) {
-        const u32 g = threadIdx.x + k * blockDim.x;
-        if (g < groups) {
-            const u32 t = g / row_groups, i = g % row_groups;
-            held[k] = silu_mul8(gate_up + (u64)t * 2 * f + 8 * i, gate_up + (u64)t * 2 * f + f + 8 * i);
-            ((uint4*)out)[g] = held[k];
-            amax = fmaxf(amax, fmaxf(bf16x4_amax(make_uint2(held[k].x, held[k].y)), bf16x4_amax(make_uint2(held[k].z, held[k].w))));
+        for (int j = 0; j < 4; j++) {
+            float g0 = __uint_as_float(gw[j] << 16), g1 = __uint_as_float(gw[j] & 0xffff0000u);
+            float u0 = __uint_as_float(uw[j] << 16), u1 = __uint_as_float(uw[j] & 0xffff0000u);
+            o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
         }
+        ((uint4*)(out + t * f))[i] = make_uint4(o[0], o[1], o[2], o[3]);
+        amax = fmaxf(bf16x4_amax(make_uint2(o[0], o[1])), bf16x4_amax(make_uint2(o[2], o[3])));
     }
-    const Fp8Divisor d = fp8_handoff_divisor(amax, fp8_scale_out, scratch);
-#pragma unroll
-    for (int k = 0; k < SILU_HANDOFF_GROUPS; k++) {
-        const u32 g = threadIdx.x + k * blockDim.x;
-        if (g < groups)
-            ((uint2*)fp8_codes)[g] =
-                make_uint2(quantize_bf16x4(make_uint2(held[k].x, held[k].y), d), quantize_bf16x4(make_uint2(held[k].z, held[k].w), d));
-    }
+    fp8_handoff(out, (u64)gridDim.y * f, amax, fp8_codes, fp8_scale_out, fp8_state, scratch);
 }
 
 // dst[r] = src[rows[r]] for rows of `width` bf16 values (width % 8 == 0). One block per row.

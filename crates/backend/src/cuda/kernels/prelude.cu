@@ -273,16 +273,44 @@ __device__ __forceinline__ float bf16x4_amax(uint2 v) {
                  fmaxf(fabsf(__uint_as_float(v.y << 16)), fabsf(__uint_as_float(v.y & 0xffff0000u))));
 }
 
-// The FP8 hand-off of a producer launch of one block: the kernel that writes a bf16 tensor
-// feeding an FP8 product also writes that tensor's E4M3 codes and scale, the ones
-// quantize_fp8_block would write, so the product needs no quantize launch. Every thread calls
-// this after its last write, with the largest magnitude of the bf16 values it wrote and holds;
-// thread 0 writes the scale, and each thread then quantizes its own values with the divisor
-// returned. A launch of more than one block traps (the Rust side offers a hand-off only to
-// one-block launches).
-__device__ Fp8Divisor fp8_handoff_divisor(float amax, float* scale_out, float* scratch) {
-    if (gridDim.x * gridDim.y * gridDim.z != 1) __trap();
-    const float scale = fp8_scale(block_max(amax, scratch));
+// 8 bytes from global memory through L2 only: values other blocks of the running launch wrote
+// (never the read-only or L1 path, which may hold older bytes).
+__device__ __forceinline__ uint2 load_l2_8(const void* p) {
+    uint2 v;
+    asm volatile("ld.global.cg.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p) : "memory");
+    return v;
+}
+
+// The FP8 hand-off of a producer kernel: the launch that writes a bf16 tensor of n values
+// (n % 8 == 0) feeding an FP8 product also writes that tensor's E4M3 codes and scale, the ones
+// quantize_fp8_block would write, so the product needs no quantize launch. Every thread of every
+// block calls it after its last write of x, with the largest magnitude of the bf16 values it
+// wrote; each block adds its maximum into state[0] and counts itself into state[1], and the last
+// block to arrive reads the whole tensor back from L2 and writes the codes and the scale. `state`
+// (two u32) is zero before the launch, and the last block leaves it zero again. `codes` null: no
+// hand-off.
+__device__ void fp8_handoff(const bf16* x, u64 n, float amax, unsigned char* codes, float* scale_out, u32* state, float* scratch) {
+    if (codes == nullptr) return;
+    __shared__ bool last;
+    __shared__ float tensor_amax;
+    amax = block_max(amax, scratch);
+    if (threadIdx.x == 0) {
+        atomicMax(&state[0], __float_as_uint(amax));
+        __threadfence();
+        last = atomicAdd(&state[1], 1u) == gridDim.x * gridDim.y * gridDim.z - 1;
+        if (last) {
+            // Every other block has added its maximum and arrived: take the tensor's, and leave
+            // the state zero for the next launch.
+            tensor_amax = __uint_as_float(atomicExch(&state[0], 0u));
+            state[1] = 0;
+        }
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float scale = fp8_scale(tensor_amax);
+    const Fp8Divisor d(scale);
+    for (u64 i = threadIdx.x; i < n / 8; i += blockDim.x)
+        ((uint2*)codes)[i] = make_uint2(quantize_bf16x4(load_l2_8(x + 8 * i), d), quantize_bf16x4(load_l2_8(x + 8 * i + 4), d));
     if (threadIdx.x == 0) *scale_out = scale;
-    return Fp8Divisor(scale);
 }
