@@ -64,16 +64,8 @@ fn main() -> anyhow::Result<()> {
                         } else {
                             linear.run(&gpu, &kernels, input(qkv), qkv, output(qkv))?;
                             linear.run(&gpu, &kernels, input(o), o, output(o))?;
-                            let down_input = linear.run_swiglu(
-                                &gpu,
-                                &kernels,
-                                input(gate_up),
-                                gate_up,
-                                act,
-                                scratch.tensor(DType::Bf16, t, 2 * f),
-                                down,
-                            )?;
-                            linear.run(&gpu, &kernels, down_input, down, output(down))?;
+                            linear.run_swiglu(&gpu, &kernels, input(gate_up), gate_up, act, scratch.tensor(DType::Bf16, t, 2 * f))?;
+                            linear.run(&gpu, &kernels, input(down), down, output(down))?;
                         }
                     }
                     Ok(())

@@ -22,11 +22,11 @@ fn compiler() -> Option<&'static str> {
 }
 
 /// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3 and f16
-/// conversions, the byte permute, the L2-only load (a plain one), dynamic shared memory (whose state-space addresses are offsets
+/// conversions, the byte permute, dynamic shared memory (whose state-space addresses are offsets
 /// into the emulation's one buffer) and asynchronous copies (done at once),
 /// and the warp-wide tensor-core products and fragment loads; each one's signature, and its new
 /// body.
-const EMULATED_PTX: [(&str, &str); 21] = [
+const EMULATED_PTX: [(&str, &str); 20] = [
     ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),
     ("void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo)", "emu_e4m3x2_to_f32x2(v, hi, lo);"),
     ("u32 e4m3x2_to_f16x2(unsigned short v)", "return emu_e4m3x2_to_f16x2(v);"),
@@ -34,7 +34,6 @@ const EMULATED_PTX: [(&str, &str); 21] = [
     ("u32 pack_bf16x2(float lo, float hi)", "return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);"),
     ("float fast_exp2(float x)", "return exp2f(x);"),
     ("u32 byte_perm(u32 lo, u32 hi, u32 select)", "return emu_byte_perm(lo, hi, select);"),
-    ("uint2 load_l2_8(const void* p)", "return *(const uint2*)p;"),
     ("unsigned char* dynamic_shared()", "return emu_dynamic_shared;"),
     ("u32 shared_address(const void* p)", "return (u32)((const unsigned char*)p - emu_dynamic_shared);"),
     ("void cp_async16(void* smem, const void* gmem, bool valid)", "emu_cp_async16(smem, gmem, valid);"),

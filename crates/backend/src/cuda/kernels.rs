@@ -38,38 +38,6 @@ impl Args {
     }
 }
 
-impl Args {
-    /// The three pointers of a producer kernel's FP8 hand-off (codes, scale, state), null without one.
-    fn handoff(self, handoff: Option<Fp8Handoff>) -> Self {
-        let (codes, scale, state) = handoff.map_or((0, 0, 0), |h| (h.codes.ptr, h.codes.scale, h.state));
-        self.ptr(codes).ptr(scale).ptr(state)
-    }
-}
-
-/// Where a kernel that writes a bf16 tensor also writes its FP8 quantization for the FP8 product
-/// that reads it (`fp8_handoff` in prelude.cu: the codes and scale `quantize_fp8` would write, in
-/// the producer's own launch): `codes` is that product's input (E4M3, with its scale pointer), and
-/// `state` two device u32, zero between launches.
-#[derive(Clone, Copy, Debug)]
-pub struct Fp8Handoff {
-    pub codes: Tensor,
-    pub state: u64,
-}
-
-impl Fp8Handoff {
-    /// An error unless the codes are a scaled FP8 tensor of the producer's `rows` × `cols`.
-    fn check(handoff: Option<Fp8Handoff>, producer: &str, rows: usize, cols: usize) -> Result<()> {
-        match handoff {
-            Some(Fp8Handoff { codes, state })
-                if codes.dtype != DType::Fp8E4M3 || codes.scale == 0 || state == 0 || (codes.rows, codes.cols) != (rows, cols) =>
-            {
-                bail!("{producer}'s FP8 hand-off into {codes}: expected scaled FP8 codes of [{rows}, {cols}] and a state word")
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Kernel {
     name: &'static str,
@@ -400,19 +368,9 @@ impl Kernels {
         vocab: usize,
         residual: u64,
         normed: u64,
-        handoff: Option<Fp8Handoff>,
     ) -> Result<()> {
-        Fp8Handoff::check(handoff, "embed_rms_norm", n, hidden)?;
-        let args = Args::default()
-            .ptr(tokens)
-            .ptr(embed)
-            .ptr(weight)
-            .f32(eps)
-            .i32(hidden as i32)
-            .u32(vocab as u32)
-            .ptr(residual)
-            .ptr(normed)
-            .handoff(handoff);
+        let args =
+            Args::default().ptr(tokens).ptr(embed).ptr(weight).f32(eps).i32(hidden as i32).u32(vocab as u32).ptr(residual).ptr(normed);
         self.launch(gpu, self.embed_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
@@ -427,10 +385,8 @@ impl Kernels {
         eps: f32,
         hidden: usize,
         normed: u64,
-        handoff: Option<Fp8Handoff>,
     ) -> Result<()> {
-        Fp8Handoff::check(handoff, "add_rms_norm", n, hidden)?;
-        let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed).handoff(handoff);
+        let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed);
         self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
@@ -463,10 +419,9 @@ impl Kernels {
     }
 
     /// `f` must be a multiple of 8.
-    pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64, handoff: Option<Fp8Handoff>) -> Result<()> {
-        Fp8Handoff::check(handoff, "silu_mul", n, f)?;
+    pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64) -> Result<()> {
         let blocks = (f / 8).div_ceil(ROW_THREADS as usize) as u32;
-        let args = Args::default().ptr(gate_up).i32(f as i32).ptr(out).handoff(handoff);
+        let args = Args::default().ptr(gate_up).i32(f as i32).ptr(out);
         self.launch(gpu, self.silu_mul, (blocks, n as u32, 1), ROW_THREADS, args)
     }
 
@@ -1051,26 +1006,8 @@ pub struct AttentionArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{gemv_k_split, moe_max_tiles, Fp8Handoff, MOE_TILE_ROWS};
+    use super::{gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
     use crate::cuda::compile::SOURCES;
-    use crate::cuda::{DType, Tensor};
-
-    #[test]
-    fn a_hand_off_must_be_scaled_codes_of_the_producers_shape() {
-        let codes = Tensor { ptr: 64, dtype: DType::Fp8E4M3, rows: 2, cols: 4096, scale: 32 };
-        let good = Fp8Handoff { codes, state: 56 };
-        assert!(Fp8Handoff::check(None, "add_rms_norm", 2, 4096).is_ok());
-        assert!(Fp8Handoff::check(Some(good), "add_rms_norm", 2, 4096).is_ok());
-        for (bad, rows) in [
-            (good, 3),
-            (Fp8Handoff { codes: Tensor { scale: 0, ..codes }, ..good }, 2),
-            (Fp8Handoff { codes: Tensor { dtype: DType::Bf16, ..codes }, ..good }, 2),
-            (Fp8Handoff { state: 0, ..good }, 2),
-        ] {
-            let e = Fp8Handoff::check(Some(bad), "add_rms_norm", rows, 4096).unwrap_err().to_string();
-            assert!(e.contains("add_rms_norm's FP8 hand-off") && e.contains(&format!("[{rows}, 4096]")), "{e}");
-        }
-    }
 
     /// Under programmatic dependent launch a kernel is only ordered after the launch before it by
     /// its own `pdl_begin`, and the launch after it only by that one's: a kernel without it would

@@ -3,14 +3,13 @@
 //! [`Linear::tune`], which times both on the real weights, each shape's layers back to back;
 //! batch-invariant mode never tunes, so every row count takes the same arithmetic. For FP8 weights
 //! the bf16 activations are quantized to FP8 with one dynamic scale per product (vLLM's dynamic
-//! per-tensor scheme): for cuBLASLt into a buffer reserved with [`Linear::reserve_fp8_inputs`],
-//! by the kernel that wrote them where [`Linear::fp8_handoff`] offers it (a norm or SwiGLU launch
-//! of a decode step), and inside the FP8 GEMV kernel (no launch of its own) — the same codes every
-//! way, so a product's arithmetic does not depend on the choice.
+//! per-tensor scheme): for cuBLASLt into a buffer reserved with [`Linear::reserve_fp8_inputs`], and
+//! inside the FP8 GEMV kernel to the same codes (no launch of its own), so a product's arithmetic
+//! does not depend on the choice.
 
 use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;
-use super::kernels::{gemv_k_step, Fp8Handoff, Kernels, FP8_ONE_BLOCK_ELEMENTS, GEMV_MAX_TOKENS};
+use super::kernels::{gemv_k_step, Kernels, GEMV_MAX_TOKENS};
 use super::tensor::{DType, Tensor};
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -20,8 +19,7 @@ pub struct Linear {
     /// Per (rows, n, k) of up to GEMV_MAX_TOKENS rows: whether the GEMV kernel beat cuBLASLt.
     gemv_wins: HashMap<(usize, usize, usize), bool>,
     /// Quantized activations for FP8 products: their codes, and their scale (f32, at offset 0:
-    /// cuBLASLt refuses a scale pointer that is not 16-byte aligned), amax (u32, at 16) and a
-    /// producer hand-off's state (two u32 at 24, zero between launches).
+    /// cuBLASLt refuses a scale pointer that is not 16-byte aligned) and amax (u32, at 16).
     fp8_inputs: Option<(DeviceBuffer, DeviceBuffer)>,
 }
 
@@ -35,22 +33,8 @@ impl Linear {
     pub fn reserve_fp8_inputs(&mut self, gpu: &Gpu, elements: usize) -> Result<()> {
         let codes = gpu.alloc(elements.max(16), "FP8 activations")?;
         let scale = gpu.alloc(32, "FP8 activation scale")?;
-        gpu.fill(scale.ptr, 0, scale.bytes)?;
         self.fp8_inputs = Some((codes, scale));
         Ok(())
-    }
-
-    /// The FP8 hand-off a producer kernel can make of its bf16 output `x` for the product
-    /// `x · wᵀ`: where `w` is FP8, the product runs through cuBLASLt, and `x` is small enough for
-    /// one block to quantize (a decode step's rows), the producer writes the codes and scale into
-    /// the reserved buffer and the product reads `handoff.codes` instead of `x` (no quantize
-    /// launch). None where the product quantizes for itself.
-    pub fn fp8_handoff(&self, x: Tensor, w: Tensor) -> Option<Fp8Handoff> {
-        let (codes, scale) = self.fp8_inputs.as_ref()?;
-        let n = x.rows * x.cols;
-        let fits = n <= FP8_ONE_BLOCK_ELEMENTS.min(codes.bytes) && n.is_multiple_of(8);
-        (w.dtype == DType::Fp8E4M3 && x.dtype == DType::Bf16 && fits && !self.gemv_won(x, w))
-            .then(|| Fp8Handoff { codes: Tensor { scale: scale.ptr, ..codes.tensor(DType::Fp8E4M3, x.rows, x.cols) }, state: scale.at(24) })
     }
 
     /// Times the GEMV kernel against cuBLASLt for each group of same-shape weights in `groups` and
@@ -95,27 +79,13 @@ impl Linear {
 
     /// `act[t, j] = silu(g) · u` of the fused gate/up product `x · gate_upᵀ` (gate rows first):
     /// in one GEMV launch where the GEMV won this shape, else the product into `scratch`
-    /// (`[t, 2f]` bf16) and `silu_mul`. Both give the same bits. Returns what the product by
-    /// `next` (the down weight) reads: `act`, or its FP8 codes where `silu_mul` handed them off.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_swiglu(
-        &mut self,
-        gpu: &Gpu,
-        kernels: &Kernels,
-        x: Tensor,
-        gate_up: Tensor,
-        act: Tensor,
-        scratch: Tensor,
-        next: Tensor,
-    ) -> Result<Tensor> {
+    /// (`[t, 2f]` bf16) and `silu_mul`. Both give the same bits.
+    pub fn run_swiglu(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, gate_up: Tensor, act: Tensor, scratch: Tensor) -> Result<()> {
         if self.gemv_won(x, gate_up) {
-            kernels.gemv_swiglu(gpu, x, gate_up, act)?;
-            return Ok(act);
+            return kernels.gemv_swiglu(gpu, x, gate_up, act);
         }
         self.gemm_product(gpu, kernels, x, gate_up, scratch)?;
-        let handoff = self.fp8_handoff(act, next);
-        kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, act.ptr, handoff)?;
-        Ok(handoff.map_or(act, |h| h.codes))
+        kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, act.ptr)
     }
 
     /// Whether the GEMV beat cuBLASLt on `x`'s rows of `w` when tuned.

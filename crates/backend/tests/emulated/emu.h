@@ -85,16 +85,12 @@ template <class T>
 T atomicAdd(T* p, T v) {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
-inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
 inline unsigned atomicMax(unsigned* p, unsigned v) {
     unsigned old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
     while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
     }
     return old;
 }
-
-// Blocks run one after another, so every write of a finished block is visible already.
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 // The running block's barriers and each warp's shuffle slots.
 struct BlockSync {

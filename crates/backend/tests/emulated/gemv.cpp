@@ -29,7 +29,7 @@ int check_expert_activations(Rng& rng) {
         std::vector<bf16> gate_up(slots * 2 * f, 0xffff), plain(slots * f, 0xffff), fused(slots * f, 0xffff);
         launch(moe_gemv, {(unsigned)(2 * f + 7) / 8, (unsigned)slots}, 256, x.data(), top, routed.data(), weights.data(), biases.data(),
                2 * f, k, 0, 0.f, 0.f, 1, gate_up.data());
-        if (activation == 1) launch(silu_mul, {1, (unsigned)slots}, 256, gate_up.data(), f, plain.data(), nullptr, nullptr, nullptr);
+        if (activation == 1) launch(silu_mul, {1, (unsigned)slots}, 256, gate_up.data(), f, plain.data());
         else launch(clamped_swiglu, {1, (unsigned)slots}, 256, gate_up.data(), f, alpha, limit, plain.data());
         launch(moe_gemv, {(unsigned)(f + 7) / 8, (unsigned)slots}, 256, x.data(), top, routed.data(), weights.data(), biases.data(), f, k,
                activation, alpha, limit, 0, fused.data());
@@ -59,7 +59,7 @@ int main() {
             std::vector<bf16> y(t * n, 0xffff), fused(t * f, 0xffff), activated(t * f, 0xffff);
             launch(gemv, {(n + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, n, k, (void*)y.data(), 0, 0, split);
             launch(gemv, {(f + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, f, k, (void*)fused.data(), 0, 1, split);
-            launch(silu_mul, {1, (unsigned)t}, 256, y.data(), f, activated.data(), nullptr, nullptr, nullptr);
+            launch(silu_mul, {1, (unsigned)t}, 256, y.data(), f, activated.data());
             double worst = 0;
             for (int r = 0; r < t; r++)
                 for (int o = 0; o < n; o++) {

@@ -35,8 +35,8 @@ use crate::plan::{Attention, FeedForward, LatentAttention, Moe, SelfAttention};
 use anyhow::{bail, ensure, Result};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{
-    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Fp8Handoff, Gpu, Kernels, Linear, MlaShape, RopeArgs, Tensor,
-    MLA_BLOCK_ROWS, MOE_TILE_ROWS,
+    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, MLA_BLOCK_ROWS,
+    MOE_TILE_ROWS,
 };
 use lumen_trace::instrument::{span, Category};
 
@@ -393,12 +393,6 @@ pub fn enqueue_forward(
     }
     let mut moe_layer = 0;
     let pass = Pass { w, c, act, kv, inputs, shape };
-    // What a block's first product reads: the norm's bf16 output, or its FP8 codes where the norm
-    // launch hands them off (Linear::fp8_handoff).
-    let normed = act.normed.tensor(DType::Bf16, t, h);
-    let handoff = |linear: &Linear, first_product: Option<Tensor>| first_product.and_then(|w| linear.fp8_handoff(normed, w));
-    let read = |handoff: Option<Fp8Handoff>| handoff.map_or(normed, |h| h.codes);
-    let mut attention_handoff = handoff(linear, qkv_weight(&first.attention));
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
@@ -411,33 +405,19 @@ pub fn enqueue_forward(
         w.weights.embed.rows,
         act.residual.ptr,
         act.normed.ptr,
-        attention_handoff,
     )?;
     for (li, layer) in layers.iter().enumerate() {
         match &layer.attention {
-            SelfAttention::Grouped(a) => pass.grouped_attention(linear, a, li, read(attention_handoff), &all_reduce)?,
+            SelfAttention::Grouped(a) => pass.grouped_attention(linear, a, li, &all_reduce)?,
             SelfAttention::Latent(a) => {
                 ensure!(rank.is_none(), "layer {li}: latent attention does not run tensor-parallel on CUDA");
                 pass.latent_attention(linear, a, li)?;
             }
         }
-        let feed_forward_handoff = handoff(linear, gate_up_weight(&layer.feed_forward));
-        k.add_rms_norm(
-            gpu,
-            t,
-            act.residual.ptr,
-            act.delta.ptr,
-            layer.post_attention_norm.ptr(),
-            eps,
-            h,
-            act.normed.ptr,
-            feed_forward_handoff,
-        )?;
-        pass.feed_forward(linear, &layer.feed_forward, read(feed_forward_handoff), li, &mut moe_layer, &all_reduce)?;
-        let next = layers.get(li + 1);
-        let next_norm = next.map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
-        attention_handoff = handoff(linear, next.and_then(|n| qkv_weight(&n.attention)));
-        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr, attention_handoff)?;
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
+        pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, &all_reduce)?;
+        let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
     }
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);
@@ -453,25 +433,6 @@ pub fn enqueue_forward(
         gpu.copy_2d(act.logits.at(r * part * 4), vocab * 4, rank.gathered.at(r * rows * part * 4), part * 4, part * 4, rows)?;
     }
     Ok(())
-}
-
-/// The weight of an attention block's first product where its input can come as FP8 codes from
-/// the norm before it: grouped attention's fused qkv (latent attention's inputs feed several
-/// products, and keep bf16).
-fn qkv_weight(attention: &SelfAttention<DeviceTensor, DeviceTensor>) -> Option<Tensor> {
-    match attention {
-        SelfAttention::Grouped(a) => Some(a.qkv.view()),
-        SelfAttention::Latent(_) => None,
-    }
-}
-
-/// The same for a feed-forward block: the dense SwiGLU's gate/up (a MoE block's input feeds the
-/// router and the experts, and keeps bf16).
-fn gate_up_weight(feed_forward: &FeedForward<DeviceTensor, DeviceTensor>) -> Option<Tensor> {
-    match feed_forward {
-        FeedForward::Dense { gate_up, .. } => Some(gate_up.view()),
-        FeedForward::Moe(_) => None,
-    }
 }
 
 /// The routing method's index in `moe_route`.
@@ -532,14 +493,13 @@ impl Pass<'_> {
         }
     }
 
-    /// A layer's feed-forward block on `act.normed` into `act.delta`: the dense SwiGLU on `input`
-    /// (`act.normed`, or its FP8 codes; its down product summed over tensor-parallel ranks by
-    /// `all_reduce`) or the `moe_layer`-th MoE block, which advances the count.
+    /// A layer's feed-forward block on `act.normed` into `act.delta`: the dense SwiGLU (its down
+    /// product summed over tensor-parallel ranks by `all_reduce`) or the `moe_layer`-th MoE block,
+    /// which advances the count.
     fn feed_forward(
         &self,
         linear: &mut Linear,
         feed_forward: &FeedForward<DeviceTensor, DeviceTensor>,
-        input: Tensor,
         layer: usize,
         moe_layer: &mut usize,
         all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
@@ -550,9 +510,8 @@ impl Pass<'_> {
         let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
         match feed_forward {
             FeedForward::Dense { gate_up, down } => {
-                let down_input =
-                    linear.run_swiglu(gpu, k, input, gate_up.view(), bf16(&act.act, f), bf16(&act.gate_up, 2 * f), down.view())?;
-                linear.run(gpu, k, down_input, down.view(), bf16(&act.delta, h))?;
+                linear.run_swiglu(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.act, f), bf16(&act.gate_up, 2 * f))?;
+                linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
                 all_reduce(&act.delta)
             }
             FeedForward::Moe(moe) => {
@@ -563,15 +522,14 @@ impl Pass<'_> {
         }
     }
 
-    /// Layer `layer`'s grouped-query attention on `input` (`act.normed`, or its FP8 codes) into
-    /// `act.delta`: the fused qkv product, RoPE and the cache write, attention, and the output
-    /// product (with its bias, summed over tensor-parallel ranks by `all_reduce`).
+    /// Layer `layer`'s grouped-query attention on `act.normed` into `act.delta`: the fused qkv
+    /// product, RoPE and the cache write, attention, and the output product (with its bias, summed
+    /// over tensor-parallel ranks by `all_reduce`).
     fn grouped_attention(
         &self,
         linear: &mut Linear,
         a: &Attention<DeviceTensor, DeviceTensor>,
         layer: usize,
-        input: Tensor,
         all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
     ) -> Result<()> {
         let Pass { w, c, act, kv, inputs, shape } = *self;
@@ -580,7 +538,7 @@ impl Pass<'_> {
         let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
         let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
         let (k_cache, v_cache) = kv.layer(layer);
-        linear.run(gpu, k, input, a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
+        linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
         let rope = RopeArgs {
             qkv: act.qkv.ptr,
             bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
@@ -757,7 +715,7 @@ impl Pass<'_> {
                 let n = ACTIVATION_ROWS_PER_LAUNCH.min(rows_total - first);
                 let (gate_up, out) = (b.gate_up.at(first * 2 * fe * 2), b.act.at(first * fe * 2));
                 match m.activation {
-                    ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out, None)?,
+                    ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out)?,
                     ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, alpha, limit, out)?,
                 }
             }
@@ -770,8 +728,8 @@ impl Pass<'_> {
             let fs = shared.expert.down.cols;
             let x = act.normed.tensor(DType::Bf16, t, h);
             let (scratch, activated) = (gate_up.tensor(DType::Bf16, t, 2 * fs), sact.tensor(DType::Bf16, t, fs));
-            let down_input = linear.run_swiglu(gpu, k, x, shared.expert.gate_up.view(), activated, scratch, shared.expert.down.view())?;
-            linear.run(gpu, k, down_input, shared.expert.down.view(), out.tensor(DType::Bf16, t, h))?;
+            linear.run_swiglu(gpu, k, x, shared.expert.gate_up.view(), activated, scratch)?;
+            linear.run(gpu, k, sact.tensor(DType::Bf16, t, fs), shared.expert.down.view(), out.tensor(DType::Bf16, t, h))?;
             shared_out = out.ptr;
             if let Some(g) = &shared.gate {
                 linear.run(gpu, k, x, g.view(), gate.tensor(DType::F32, t, 1))?;

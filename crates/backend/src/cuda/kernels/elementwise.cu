@@ -26,25 +26,19 @@ __device__ __forceinline__ void load_norm_weight(const bf16* __restrict__ weight
 }
 
 // Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`, with this thread's
-// groups of the weight in `w`; returns the largest magnitude among the bf16 values this thread
-// wrote (for an FP8 hand-off).
-__device__ __forceinline__ float norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
-                                          bf16* __restrict__ out, float* scratch) {
+// groups of the weight in `w`.
+__device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
+                                         bf16* __restrict__ out, float* scratch) {
     float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
     int n4 = hidden / 4;
-    float amax = 0.f;
 #pragma unroll
     for (int it = 0; it < NORM_ITEMS; it++) {
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) {
             float4 x = v[it];
-            const uint2 normed =
-                f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
-            ((uint2*)out)[i] = normed;
-            amax = fmaxf(amax, bf16x4_amax(normed));
+            ((uint2*)out)[i] = f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
         }
     }
-    return amax;
 }
 
 // Loads a bf16 row of `width` values into this thread's groups of four (zeros past the row) and
@@ -64,12 +58,11 @@ __device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width,
     return ss;
 }
 
-// residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16), and
-// its FP8 hand-off when `fp8_codes` is given (fp8_handoff, prelude.cu). One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
+// residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16).
+// One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
 // error of this kernel instead of a read out of bounds.
 extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
-                                          float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed,
-                                          unsigned char* fp8_codes, float* fp8_scale_out, u32* fp8_state) {
+                                          float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -85,14 +78,12 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) res[i] = v[it];
     }
-    const float amax = norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch);
-    fp8_handoff(normed, (u64)gridDim.x * hidden, amax, fp8_codes, fp8_scale_out, fp8_state, scratch);
+    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch);
 }
 
-// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight, and its FP8 hand-off when
-// `fp8_codes` is given. One block per token.
+// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight. One block per token.
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight, float eps,
-                                        int hidden, bf16* __restrict__ normed, unsigned char* fp8_codes, float* fp8_scale_out, u32* fp8_state) {
+                                        int hidden, bf16* __restrict__ normed) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -120,8 +111,7 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
             ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
         }
     }
-    const float amax = norm_row(v, ss, w, eps, hidden, normed + base, scratch);
-    fp8_handoff(normed, (u64)gridDim.x * hidden, amax, fp8_codes, fp8_scale_out, fp8_state, scratch);
+    norm_row(v, ss, w, eps, hidden, normed + base, scratch);
 }
 
 // normed[t] = rms_norm(x[t]) * weight over rows of `width` bf16 values (MLA's q and latent
@@ -278,30 +268,23 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
     store_bf16x4((bf16*)cache + at + half, b);
 }
 
-// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0), and
-// its FP8 hand-off when `fp8_codes` is given (fp8_handoff, prelude.cu).
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0).
 // Grid: (ceil(f / (8 * blockDim.x)), tokens).
-extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf16* __restrict__ out, unsigned char* fp8_codes,
-                                    float* fp8_scale_out, u32* fp8_state) {
+extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf16* __restrict__ out) {
     pdl_begin();
-    __shared__ float scratch[32];
     int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= f / 8) return;
     u64 t = blockIdx.y;
-    float amax = 0.f;
-    if (i < f / 8) {
-        uint4 g = ((const uint4*)(gate_up + t * 2 * f))[i], u = ((const uint4*)(gate_up + t * 2 * f + f))[i];
-        const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
-        u32 o[4];
+    uint4 g = ((const uint4*)(gate_up + t * 2 * f))[i], u = ((const uint4*)(gate_up + t * 2 * f + f))[i];
+    const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
+    u32 o[4];
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float g0 = __uint_as_float(gw[j] << 16), g1 = __uint_as_float(gw[j] & 0xffff0000u);
-            float u0 = __uint_as_float(uw[j] << 16), u1 = __uint_as_float(uw[j] & 0xffff0000u);
-            o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
-        }
-        ((uint4*)(out + t * f))[i] = make_uint4(o[0], o[1], o[2], o[3]);
-        amax = fmaxf(bf16x4_amax(make_uint2(o[0], o[1])), bf16x4_amax(make_uint2(o[2], o[3])));
+    for (int j = 0; j < 4; j++) {
+        float g0 = __uint_as_float(gw[j] << 16), g1 = __uint_as_float(gw[j] & 0xffff0000u);
+        float u0 = __uint_as_float(uw[j] << 16), u1 = __uint_as_float(uw[j] & 0xffff0000u);
+        o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
     }
-    fp8_handoff(out, (u64)gridDim.y * f, amax, fp8_codes, fp8_scale_out, fp8_state, scratch);
+    ((uint4*)(out + t * f))[i] = make_uint4(o[0], o[1], o[2], o[3]);
 }
 
 // dst[r] = src[rows[r]] for rows of `width` bf16 values (width % 8 == 0). One block per row.

@@ -27,6 +27,37 @@ extern "C" __global__ void amax_bf16(const bf16* __restrict__ x, u64 n, u32* __r
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
 }
 
+// The scale for a largest magnitude `a`: the power of two at or above a / 448 (1 when a is 0).
+// A power of two makes x / scale exact, and a slightly different amax (another device's rounding)
+// leaves the scale, and so every code, unchanged.
+__device__ __forceinline__ float fp8_scale(float a) {
+    if (!(a > 0.f)) return 1.f;
+    return __uint_as_float((__float_as_uint(__fdiv_rn(a, FP8_MAX)) + 0x007fffffu) & 0xff800000u);
+}
+
+// x / scale for a power-of-two scale, as a product by its reciprocal where that is a normal
+// float (every scale of at least 2^-126): the exact quotient rounded once, either way, without a
+// division for each value.
+struct Fp8Divisor {
+    float scale, reciprocal;
+    __device__ __forceinline__ explicit Fp8Divisor(float s) : scale(s), reciprocal(s >= 1.17549435e-38f ? 1.f / s : 0.f) {}
+    __device__ __forceinline__ float of(float v) const { return reciprocal != 0.f ? v * reciprocal : v / scale; }
+};
+
+// Four consecutive bf16 values (one 8-byte load) divided by the scale, as four E4M3 codes packed
+// low to high.
+__device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) {
+    const uint2 v = *(const uint2*)x;
+    const float f0 = __uint_as_float(v.x << 16), f1 = __uint_as_float(v.x & 0xffff0000u);
+    const float f2 = __uint_as_float(v.y << 16), f3 = __uint_as_float(v.y & 0xffff0000u);
+    return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
+}
+
+// Codes of elements [8 i, 8 i + 8) of x divided by the scale.
+__device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, Fp8Divisor d) {
+    return make_uint2(quantize4(x + 8 * i, d), quantize4(x + 8 * i + 4, d));
+}
+
 // out = E4M3 codes of x / scale, scale = fp8_scale(amax), written to *scale_out.
 extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const u32* __restrict__ amax, unsigned char* __restrict__ out,
                                         float* __restrict__ scale_out) {
