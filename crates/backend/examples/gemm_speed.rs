@@ -1,6 +1,7 @@
 //! cuBLASLt speed on the decoder's shapes, on the GPU machine: for each weight shape of a model
 //! and each token count, the median time of `out[t, n] = x[t, k] · w[n, k]ᵀ` over repeated runs
-//! (CUDA events), with the achieved bandwidth and FLOP rate.
+//! (CUDA events), with the achieved bandwidth and FLOP rate: the heuristic's first algorithm
+//! (`cublaslt`), the fastest of its candidates (`cublaslt#i`, the i-th), and the GEMV kernel.
 //! `gemm_speed [hidden intermediate q_dim kv_dim vocab]` (default: Llama-3.1-8B).
 
 use lumen_backend::cuda::kernels::GEMV_MAX_TOKENS;
@@ -28,12 +29,22 @@ fn main() -> anyhow::Result<()> {
             )?;
             let out = gpu.alloc(t * n * 2, "out")?;
             let (x, w, out) = (x.tensor(DType::Bf16, t, k), w.tensor(DType::Bf16, n, k), out.tensor(DType::Bf16, t, n));
-            for engine in ["cublaslt", "gemv"] {
+            let mut candidates = Vec::new();
+            for index in 0..gemm.algorithms(t, n, k, DType::Bf16, DType::Bf16)? {
+                gemm.use_algorithm(t, n, k, DType::Bf16, DType::Bf16, index)?;
+                candidates.push(gpu.median_ms(3, 30, || gemm.matmul(&gpu, x, w, out))?);
+            }
+            let fastest = (0..candidates.len()).min_by(|&a, &b| candidates[a].total_cmp(&candidates[b])).unwrap_or(0);
+            gemm.use_algorithm(t, n, k, DType::Bf16, DType::Bf16, 0)?;
+            for engine in ["cublaslt".to_string(), format!("cublaslt#{fastest}"), "gemv".to_string()] {
                 if engine == "gemv" && t > GEMV_MAX_TOKENS {
                     continue;
                 }
-                let ms =
-                    gpu.median_ms(3, 30, || if engine == "gemv" { kernels.gemv(&gpu, x, w, out) } else { gemm.matmul(&gpu, x, w, out) })?;
+                let ms = match engine.as_str() {
+                    "gemv" => gpu.median_ms(3, 30, || kernels.gemv(&gpu, x, w, out))?,
+                    "cublaslt" => candidates[0],
+                    _ => candidates[fastest],
+                };
                 let bytes = (n * k + t * k + t * n) * 2;
                 println!(
                     "{:>20} {t:>5} {:>9.1} {:>8.0} {:>9.1}",

@@ -92,13 +92,18 @@ fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
             .collect();
         let out = d.gpu.alloc(t * n * 2, "out").unwrap();
         let y = out.tensor(DType::Bf16, t, n);
-        let mut paths = vec![("cuBLASLt", true)];
+        // Every candidate algorithm cuBLASLt offers (the tuner may keep any of them), then the GEMV.
+        let algorithms = gemm.algorithms(t, n, k, DType::Fp8E4M3, DType::Bf16).unwrap();
+        let e = gemm.use_algorithm(t, n, k, DType::Fp8E4M3, DType::Bf16, algorithms).unwrap_err().to_string();
+        assert!(e.contains(&format!("{algorithms} offered")), "{e}");
+        let mut paths: Vec<_> = (0..algorithms).map(|i| (format!("cuBLASLt algorithm {i} of {algorithms}"), Some(i))).collect();
         if t <= lumen_backend::cuda::kernels::GEMV_MAX_TOKENS {
-            paths.push(("gemv", false));
+            paths.push(("gemv".to_string(), None));
         }
-        for (path, library) in paths {
+        for (path, algorithm) in paths {
             d.gpu.fill(out.ptr, 0xff, out.bytes).unwrap();
-            if library {
+            if let Some(index) = algorithm {
+                gemm.use_algorithm(t, n, k, DType::Fp8E4M3, DType::Bf16, index).unwrap();
                 gemm.matmul(&d.gpu, x_dev, w_dev, y).unwrap();
             } else {
                 d.kernels.gemv(&d.gpu, x_bf16.tensor(DType::Bf16, t, k), w_dev, y).unwrap();

@@ -1,9 +1,10 @@
 //! Matrix products through cuBLASLt: `out[t, n] = x[t, k] · w[n, k]ᵀ` on typed tensors, with
 //! bf16 operands, or FP8 E4M3 operands with their scales passed by device pointer, f32
-//! accumulation, and bf16 or f32 output (the output tensor's type says which). The heuristic's
-//! choice is cached per shape and operand type, with a
-//! 32 MiB workspace. In batch-invariant mode only algorithms without split-K are taken, so a
-//! row's reduction order does not depend on how many rows share the product.
+//! accumulation, and bf16 or f32 output (the output tensor's type says which). Each shape and
+//! operand type keeps the heuristic's candidate algorithms (up to 8, with a 32 MiB workspace) and
+//! runs its first unless [`Gemm::use_algorithm`] picked another (the tuner times them). In
+//! batch-invariant mode only algorithms without split-K are candidates, so a row's reduction order
+//! does not depend on how many rows share the product.
 
 use super::device::{DeviceBuffer, Gpu};
 use super::tensor::{DType, Tensor};
@@ -20,7 +21,9 @@ struct Plan {
     a: sys::cublasLtMatrixLayout_t,
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
-    algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's usable algorithms, best first, and the one products run.
+    algos: Vec<sys::cublasLtMatmulAlgo_t>,
+    chosen: usize,
 }
 
 pub struct Gemm {
@@ -107,10 +110,32 @@ impl Gemm {
             let _ = lt::destroy_matmul_pref(pref);
         }
         check("heuristic", found.result())?;
-        let usable = results[..count.max(0) as usize].iter().filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
-        let chosen = if self.batch_invariant { usable.clone().find(|r| split_k(&r.algo) <= 1) } else { usable.clone().next() };
-        let algo = chosen.map(|r| r.algo).ok_or_else(|| anyhow!("cuBLASLt offers no algorithm for this shape"))?;
-        Ok(Plan { desc, a, b, d, algo })
+        let algos: Vec<_> = results[..count.max(0) as usize]
+            .iter()
+            .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && (!self.batch_invariant || split_k(&r.algo) <= 1))
+            .map(|r| r.algo)
+            .collect();
+        if algos.is_empty() {
+            bail!("cuBLASLt offers no algorithm for this shape");
+        }
+        Ok(Plan { desc, a, b, d, algos, chosen: 0 })
+    }
+
+    /// How many candidate algorithms the product of `t` rows by an `n × k` weight (`input`
+    /// operands, `out` output) has; [`Gemm::use_algorithm`] picks one by index.
+    pub fn algorithms(&mut self, t: usize, n: usize, k: usize, input: DType, out: DType) -> Result<usize> {
+        Ok(self.plan(t, n, k, input, out)?.algos.len())
+    }
+
+    /// Runs that shape's products with its `index`-th candidate algorithm from now on.
+    pub fn use_algorithm(&mut self, t: usize, n: usize, k: usize, input: DType, out: DType, index: usize) -> Result<()> {
+        self.plan(t, n, k, input, out)?;
+        let plan = self.plans.get_mut(&(t, n, k, input, out)).expect("planned just now");
+        if index >= plan.algos.len() {
+            bail!("GEMM {t}x{n}x{k}: algorithm {index} asked for, {} offered", plan.algos.len());
+        }
+        plan.chosen = index;
+        Ok(())
     }
 
     /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream; FP8 operands are multiplied
@@ -148,7 +173,7 @@ impl Gemm {
                 plan.d,
                 out as *mut c_void,
                 plan.d,
-                &plan.algo,
+                &plan.algos[plan.chosen],
                 ws as *mut c_void,
                 ws_bytes,
                 stream,

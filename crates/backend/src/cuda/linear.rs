@@ -38,7 +38,8 @@ impl Linear {
     }
 
     /// Times the GEMV kernel against cuBLASLt for each group of same-shape weights in `groups` and
-    /// 1..=`max_rows` (at most GEMV_MAX_TOKENS) rows, and keeps the faster per shape. Each side
+    /// 1..=`max_rows` (at most GEMV_MAX_TOKENS) rows, and keeps the faster per shape; cuBLASLt's
+    /// side is the fastest of its candidate algorithms, which the shape then keeps. Each side
     /// runs the group's products back to back, as a step runs them layer after layer (median of 5
     /// such chains): a weight that fits in L2, timed again and again alone, would be read from
     /// L2, and a kernel's start and end would not overlap its neighbours' as they do in a step.
@@ -60,7 +61,16 @@ impl Linear {
                 let (rows, cols) = (group[0].rows, group[0].cols);
                 let (input, output) = (x.tensor(DType::Bf16, t, cols), y.tensor(DType::Bf16, t, rows));
                 // Each side with what it runs: cuBLASLt's FP8 product after the quantization.
-                let gemm = gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output)))?;
+                let operands = if group[0].dtype == DType::Fp8E4M3 { DType::Fp8E4M3 } else { DType::Bf16 };
+                let (mut gemm, mut fastest) = (f64::INFINITY, 0);
+                for index in 0..self.gemm.algorithms(t, rows, cols, operands, DType::Bf16)? {
+                    self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, index)?;
+                    let ms = gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output)))?;
+                    if ms < gemm {
+                        (gemm, fastest) = (ms, index);
+                    }
+                }
+                self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, fastest)?;
                 let gemv = gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| kernels.gemv(gpu, input, w, output)))?;
                 self.gemv_wins.insert((t, rows, cols), gemv < gemm);
             }
