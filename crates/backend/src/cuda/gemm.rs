@@ -50,13 +50,13 @@ impl Gemm {
         Ok(Gemm { handle, workspace, plans: HashMap::new(), batch_invariant })
     }
 
-    fn plan(&mut self, t: usize, n: usize, k: usize, input: DType, out: DType) -> Result<&Plan> {
+    fn plan(&mut self, t: usize, n: usize, k: usize, input: DType, out: DType) -> Result<&mut Plan> {
         let key = (t, n, k, input, out);
         if !self.plans.contains_key(&key) {
             let plan = self.make_plan(t, n, k, input, out).map_err(|e| anyhow!("GEMM {t}x{n}x{k} ({input} in, {out} out): {e}"))?;
             self.plans.insert(key, plan);
         }
-        Ok(&self.plans[&key])
+        Ok(self.plans.get_mut(&key).expect("inserted above"))
     }
 
     fn make_plan(&self, t: usize, n: usize, k: usize, input: DType, out: DType) -> Result<Plan> {
@@ -129,8 +129,7 @@ impl Gemm {
 
     /// Runs that shape's products with its `index`-th candidate algorithm from now on.
     pub fn use_algorithm(&mut self, t: usize, n: usize, k: usize, input: DType, out: DType, index: usize) -> Result<()> {
-        self.plan(t, n, k, input, out)?;
-        let plan = self.plans.get_mut(&(t, n, k, input, out)).expect("planned just now");
+        let plan = self.plan(t, n, k, input, out)?;
         if index >= plan.algos.len() {
             bail!("GEMM {t}x{n}x{k}: algorithm {index} asked for, {} offered", plan.algos.len());
         }

@@ -11,7 +11,7 @@ use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;
 use super::kernels::{gemv_k_step, Kernels, GEMV_MAX_TOKENS};
 use super::tensor::{DType, Tensor};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 
 pub struct Linear {
@@ -62,21 +62,21 @@ impl Linear {
                 let (input, output) = (x.tensor(DType::Bf16, t, cols), y.tensor(DType::Bf16, t, rows));
                 // Each side with what it runs: cuBLASLt's FP8 product after the quantization.
                 let operands = if group[0].dtype == DType::Fp8E4M3 { DType::Fp8E4M3 } else { DType::Bf16 };
-                // A candidate cuBLASLt refuses for these operands is passed over; none running is an error.
-                let (mut gemm, mut fastest, mut refused) = (f64::INFINITY, None, None);
+                // A candidate cuBLASLt refuses for these operands is passed over (the Gemm offers at
+                // least one); none running is the first refusal's error.
+                let (mut gemm, mut fastest, mut refused) = (f64::INFINITY, 0, Ok(()));
                 for index in 0..self.gemm.algorithms(t, rows, cols, operands, DType::Bf16)? {
                     self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, index)?;
                     match gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output))) {
-                        Ok(ms) if ms < gemm => (gemm, fastest) = (ms, Some(index)),
+                        Ok(ms) if ms < gemm => (gemm, fastest) = (ms, index),
                         Ok(_) => {}
-                        Err(e) => refused = refused.or(Some(e)),
+                        Err(e) => refused = refused.and(Err(e)),
                     }
                 }
-                match (fastest, refused) {
-                    (Some(index), _) => self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, index)?,
-                    (None, Some(e)) => return Err(e.context(format!("no cuBLASLt algorithm ran the {rows}x{cols} products of {t} rows"))),
-                    (None, None) => bail!("cuBLASLt offers no algorithm for the {rows}x{cols} products of {t} rows"),
+                if gemm.is_infinite() {
+                    refused.with_context(|| format!("no cuBLASLt algorithm ran the {rows}x{cols} products of {t} rows"))?;
                 }
+                self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, fastest)?;
                 let gemv = gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| kernels.gemv(gpu, input, w, output)))?;
                 self.gemv_wins.insert((t, rows, cols), gemv < gemm);
             }
