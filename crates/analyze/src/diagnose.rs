@@ -726,11 +726,12 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
     if let Measured::Available(w) = &sol.work {
         if w.bound == Some(wanted) {
             evidence.push(format!(
-                "the engine's iterations move a median {:.0} GB/s ({}) and compute {:.1} TFLOP/s ({}) over their {}",
+                "the engine's iterations move a median {:.0} GB/s ({}) and compute {:.1} TFLOP/s ({}{}) over their {}",
                 w.dram_gb_s.median,
                 w.dram_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
                 w.tflops.median,
                 w.tensor_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
+                crate::sol::fp8_note(w),
                 w.time
             ));
             if explained_ns == 0 {

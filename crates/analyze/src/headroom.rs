@@ -174,10 +174,13 @@ fn time_model(rows: &[&IterationRow], at_cap: &[&IterationRow], peaks: Option<&P
         let weight_bytes = median(at_cap.iter().filter_map(|r| r.weight_bytes).map(|v| v as f64).collect());
         let kv = median(at_cap.iter().filter_map(|r| r.kv_bytes_read).map(|v| v as f64).collect());
         let flops = median(at_cap.iter().filter_map(|r| r.flops).collect());
+        let fp8_flops = median(at_cap.iter().map(|r| r.fp8_flops.unwrap_or(0.0)).collect()).unwrap_or(0.0);
         if let (Some(weight_bytes), Some(kv), Some(flops)) = (weight_bytes, kv, flops) {
             let now_s = median(at_cap.iter().map(|r| seconds(r)).collect())?;
             let dram_b_s = PRACTICAL_DRAM_SHARE * p.dram_gb_s * 1e9;
-            let flop_s = PRACTICAL_TENSOR_SHARE * p.tensor_tflops * 1e12;
+            // The tensor rate of this mix of work: FP8 products at the FP8 peak, the rest at BF16's.
+            let mix_tflops = if flops > 0.0 { flops / p.tensor_seconds(flops, fp8_flops) / 1e12 } else { p.tensor_tflops };
+            let flop_s = PRACTICAL_TENSOR_SHARE * mix_tflops * 1e12;
             let (kv_per_request, flops_per_request) = (kv / b, flops / b);
             let modelled = ((weight_bytes + kv) / dram_b_s).max(flops / flop_s);
             let fixed_s = (now_s - modelled).max(0.0);
@@ -349,8 +352,14 @@ mod tests {
             r.flops = Some(64.0 * 16e9);
             r.host_ms = 7.3;
         }
-        let peaks =
-            Peaks { gpu: "H200".into(), dram_gb_s: 4800.0, dram_source: "datasheet".into(), tensor_tflops: 989.0, fp32_tflops: 67.0 };
+        let peaks = Peaks {
+            gpu: "H200".into(),
+            dram_gb_s: 4800.0,
+            dram_source: "datasheet".into(),
+            tensor_tflops: 989.0,
+            fp8_tflops: Some(1979.0),
+            fp32_tflops: 67.0,
+        };
         let s = analyze(&trace, &StepWindows::default(), Some(&peaks)).get().cloned().unwrap().suggestion.unwrap();
         assert_eq!(s.max_batch_size, 1024);
         assert_eq!(s.max_num_tokens, 8192);

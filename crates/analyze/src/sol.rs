@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use lumen_trace::model::{GpuOpKind, GpuOpRow, TraceData};
+use lumen_trace::model::{GpuOpKind, GpuOpRow, IterationRow, TraceData};
 use serde::Serialize;
 
 use crate::kernels::{classify, ClassRule};
@@ -109,7 +109,18 @@ pub struct Peaks {
     pub dram_source: String,
     /// Dense BF16 tensor throughput.
     pub tensor_tflops: f64,
+    /// Dense FP8 tensor throughput, where the GPU has FP8 tensor cores.
+    pub fp8_tflops: Option<f64>,
     pub fp32_tflops: f64,
+}
+
+impl Peaks {
+    /// Seconds `flops` of tensor work take at the ceilings, `fp8_flops` of them on FP8 tensor
+    /// cores (at the BF16 peak where the GPU has none).
+    pub fn tensor_seconds(&self, flops: f64, fp8_flops: f64) -> f64 {
+        let fp8 = fp8_flops.clamp(0.0, flops);
+        (flops - fp8) / (self.tensor_tflops * 1e12) + fp8 / (self.fp8_tflops.unwrap_or(self.tensor_tflops) * 1e12)
+    }
 }
 
 /// Mean use of the units over busy counter samples.
@@ -137,7 +148,12 @@ pub struct WorkRates {
     pub tflops: Distribution,
     /// The medians as % of the peaks, when the peaks are known.
     pub dram_percent: Option<f64>,
+    /// The median over iterations of the time their FLOPs take at the tensor ceilings (FP8
+    /// products at the FP8 peak) as % of their time.
     pub tensor_percent: Option<f64>,
+    /// The median share of the FLOPs that are FP8 products (0 for a 16-bit run or a trace that
+    /// does not say).
+    pub fp8_share: f64,
     pub bound: Option<Bound>,
     /// Per iteration: (iter, GB/s, TFLOP/s), for the chart.
     pub series: Vec<(u64, f64, f64)>,
@@ -148,24 +164,26 @@ struct Datasheet {
     unless: &'static str,
     dram_gb_s: f64,
     tensor_tflops: f64,
+    fp8_tflops: Option<f64>,
     fp32_tflops: f64,
 }
 
-/// Published peaks (SXM forms unless named): HBM or GDDR bandwidth, dense BF16 tensor and FP32
-/// throughput. The first entry whose name the GPU's name contains wins.
+/// Published peaks (SXM forms unless named): HBM or GDDR bandwidth, dense BF16 and FP8 tensor
+/// (FP32 accumulation) and FP32 throughput. The first entry whose name the GPU's name contains
+/// wins.
 const DATASHEETS: &[Datasheet] = &[
-    Datasheet { name: "GH200", unless: "", dram_gb_s: 4000.0, tensor_tflops: 989.0, fp32_tflops: 67.0 },
-    Datasheet { name: "H200", unless: "", dram_gb_s: 4800.0, tensor_tflops: 989.0, fp32_tflops: 67.0 },
-    Datasheet { name: "H100 PCIe", unless: "", dram_gb_s: 2000.0, tensor_tflops: 756.0, fp32_tflops: 51.0 },
-    Datasheet { name: "H100 NVL", unless: "", dram_gb_s: 3900.0, tensor_tflops: 835.0, fp32_tflops: 60.0 },
-    Datasheet { name: "H100", unless: "", dram_gb_s: 3350.0, tensor_tflops: 989.0, fp32_tflops: 67.0 },
-    Datasheet { name: "B200", unless: "", dram_gb_s: 8000.0, tensor_tflops: 2250.0, fp32_tflops: 80.0 },
-    Datasheet { name: "A100", unless: "40GB", dram_gb_s: 2039.0, tensor_tflops: 312.0, fp32_tflops: 19.5 },
-    Datasheet { name: "A100", unless: "", dram_gb_s: 1555.0, tensor_tflops: 312.0, fp32_tflops: 19.5 },
-    Datasheet { name: "L40S", unless: "", dram_gb_s: 864.0, tensor_tflops: 362.0, fp32_tflops: 91.6 },
-    Datasheet { name: "L40", unless: "", dram_gb_s: 864.0, tensor_tflops: 181.0, fp32_tflops: 90.5 },
-    Datasheet { name: "L4", unless: "", dram_gb_s: 300.0, tensor_tflops: 121.0, fp32_tflops: 30.3 },
-    Datasheet { name: "RTX 4090", unless: "", dram_gb_s: 1008.0, tensor_tflops: 165.0, fp32_tflops: 82.6 },
+    Datasheet { name: "GH200", unless: "", dram_gb_s: 4000.0, tensor_tflops: 989.0, fp8_tflops: Some(1979.0), fp32_tflops: 67.0 },
+    Datasheet { name: "H200", unless: "", dram_gb_s: 4800.0, tensor_tflops: 989.0, fp8_tflops: Some(1979.0), fp32_tflops: 67.0 },
+    Datasheet { name: "H100 PCIe", unless: "", dram_gb_s: 2000.0, tensor_tflops: 756.0, fp8_tflops: Some(1513.0), fp32_tflops: 51.0 },
+    Datasheet { name: "H100 NVL", unless: "", dram_gb_s: 3900.0, tensor_tflops: 835.0, fp8_tflops: Some(1671.0), fp32_tflops: 60.0 },
+    Datasheet { name: "H100", unless: "", dram_gb_s: 3350.0, tensor_tflops: 989.0, fp8_tflops: Some(1979.0), fp32_tflops: 67.0 },
+    Datasheet { name: "B200", unless: "", dram_gb_s: 8000.0, tensor_tflops: 2250.0, fp8_tflops: Some(4500.0), fp32_tflops: 80.0 },
+    Datasheet { name: "A100", unless: "40GB", dram_gb_s: 2039.0, tensor_tflops: 312.0, fp8_tflops: None, fp32_tflops: 19.5 },
+    Datasheet { name: "A100", unless: "", dram_gb_s: 1555.0, tensor_tflops: 312.0, fp8_tflops: None, fp32_tflops: 19.5 },
+    Datasheet { name: "L40S", unless: "", dram_gb_s: 864.0, tensor_tflops: 362.0, fp8_tflops: Some(733.0), fp32_tflops: 91.6 },
+    Datasheet { name: "L40", unless: "", dram_gb_s: 864.0, tensor_tflops: 181.0, fp8_tflops: Some(362.0), fp32_tflops: 90.5 },
+    Datasheet { name: "L4", unless: "", dram_gb_s: 300.0, tensor_tflops: 121.0, fp8_tflops: Some(242.5), fp32_tflops: 30.3 },
+    Datasheet { name: "RTX 4090", unless: "", dram_gb_s: 1008.0, tensor_tflops: 165.0, fp8_tflops: Some(165.2), fp32_tflops: 82.6 },
 ];
 
 /// The peaks of the GPU the trace names (meta `gpu`), with a measured copy bandwidth when the
@@ -194,6 +212,7 @@ pub fn peaks(trace: &TraceData) -> Measured<Peaks> {
         dram_gb_s,
         dram_source,
         tensor_tflops: sheet.tensor_tflops,
+        fp8_tflops: sheet.fp8_tflops,
         fp32_tflops: sheet.fp32_tflops,
     })
 }
@@ -446,18 +465,17 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
         });
     }
     let device_time = rows.iter().all(|(r, _, _)| r.device_ms.is_some_and(|ms| ms > 0.0));
-    let series: Vec<(u64, f64, f64)> = rows
-        .iter()
-        .map(|(r, bytes, flops)| {
-            let ms = if device_time { r.device_ms.unwrap_or(0.0) } else { r.host_ms };
-            let seconds = (ms / 1e3).max(1e-9);
-            (r.iter, *bytes as f64 / seconds / 1e9, flops / seconds / 1e12)
-        })
-        .collect();
-    let dram_gb_s = Distribution::of(&mut series.iter().map(|s| s.1).collect::<Vec<_>>()).expect("rows are not empty");
-    let tflops = Distribution::of(&mut series.iter().map(|s| s.2).collect::<Vec<_>>()).expect("rows are not empty");
+    let seconds = |r: &IterationRow| (if device_time { r.device_ms.unwrap_or(0.0) } else { r.host_ms } / 1e3).max(1e-9);
+    let series: Vec<(u64, f64, f64)> =
+        rows.iter().map(|(r, bytes, flops)| (r.iter, *bytes as f64 / seconds(r) / 1e9, flops / seconds(r) / 1e12)).collect();
+    let median = |mut values: Vec<f64>| Distribution::of(&mut values).expect("rows are not empty");
+    let dram_gb_s = median(series.iter().map(|s| s.1).collect());
+    let tflops = median(series.iter().map(|s| s.2).collect());
+    let fp8_flops = |r: &IterationRow| r.fp8_flops.unwrap_or(0.0);
+    let fp8_share = median(rows.iter().map(|(r, _, flops)| share(fp8_flops(r), *flops)).collect()).median;
     let dram_percent = peaks.map(|p| 100.0 * share(dram_gb_s.median, p.dram_gb_s));
-    let tensor_percent = peaks.map(|p| 100.0 * share(tflops.median, p.tensor_tflops));
+    let tensor_percent = peaks
+        .map(|p| median(rows.iter().map(|(r, _, flops)| 100.0 * p.tensor_seconds(*flops, fp8_flops(r)) / seconds(r)).collect()).median);
     let bound = dram_percent.zip(tensor_percent).map(|(d, t)| Bound::judge(d, t));
     Measured::Available(WorkRates {
         iterations: rows.len(),
@@ -466,9 +484,19 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
         tflops,
         dram_percent,
         tensor_percent,
+        fp8_share,
         bound,
         series,
     })
+}
+
+/// How the compute use was judged when part of the work is FP8 products.
+pub(crate) fn fp8_note(w: &WorkRates) -> String {
+    if w.fp8_share > 0.0 {
+        format!(", {} of the FLOPs FP8 products, against the FP8 peak", text::percent(w.fp8_share))
+    } else {
+        String::new()
+    }
 }
 
 fn optional_percent(p: Option<f64>) -> String {
@@ -481,8 +509,13 @@ pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
         Measured::Available(p) => fact(
             "peaks",
             format!(
-                "{}: DRAM {:.0} GB/s ({}), tensor {:.0} TFLOP/s BF16 dense, FP32 {:.1} TFLOP/s",
-                p.gpu, p.dram_gb_s, p.dram_source, p.tensor_tflops, p.fp32_tflops
+                "{}: DRAM {:.0} GB/s ({}), tensor {:.0} TFLOP/s BF16 dense{}, FP32 {:.1} TFLOP/s",
+                p.gpu,
+                p.dram_gb_s,
+                p.dram_source,
+                p.tensor_tflops,
+                p.fp8_tflops.map_or(String::new(), |f| format!(" ({f:.0} FP8)")),
+                p.fp32_tflops
             ),
         ),
         Measured::NotAvailable(why) => missing("peaks", why),
@@ -534,13 +567,14 @@ pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
         Measured::Available(w) => fact(
             "engine work",
             format!(
-                "{} iterations over {}: DRAM median {:.0} GB/s ({}), compute median {:.1} TFLOP/s ({}){}",
+                "{} iterations over {}: DRAM median {:.0} GB/s ({}), compute median {:.1} TFLOP/s ({}{}){}",
                 w.iterations,
                 w.time,
                 w.dram_gb_s.median,
                 optional_percent(w.dram_percent),
                 w.tflops.median,
                 optional_percent(w.tensor_percent),
+                fp8_note(w),
                 w.bound.map_or(String::new(), |b| format!(": {}", b.as_str()))
             ),
         ),
@@ -668,6 +702,48 @@ mod tests {
         assert_eq!(gemm.bound, Some(Bound::Compute));
         let none = TraceData { gpu_ops: trace.gpu_ops.clone(), ..TraceData::default() };
         assert!(analyze(&none, &default_rules(), &LaunchIndex::new(&none), &StepWindows::default()).ops.get().is_none());
+    }
+
+    #[test]
+    fn fp8_products_are_judged_against_the_fp8_peak() {
+        // A prefill step of an FP8 model on an H100: 134 TFLOP in 172 ms, 780 TFLOP/s (79% of the
+        // BF16 peak), 97% of it FP8 products: at the FP8 peak those take 66 ms, the rest 4 ms.
+        let row = |iter: u64, fp8_flops: Option<f64>| lumen_trace::model::IterationRow {
+            weight_bytes: Some(8_000_000_000),
+            kv_bytes_read: Some(20_000_000_000),
+            flops: Some(134.2e12),
+            fp8_flops,
+            device_ms: Some(172.0),
+            ..iteration(iter, iter * 200_000_000, iter * 200_000_000 + 172_000_000, 172.0)
+        };
+        let rates = |fp8: Option<f64>| {
+            let trace = TraceData {
+                meta: vec![("gpu".into(), "NVIDIA H100 80GB HBM3 (cuda:0)".into())],
+                iterations: (0..5).map(|i| row(i, fp8)).collect(),
+                ..TraceData::default()
+            };
+            analyze(&trace, &default_rules(), &LaunchIndex::new(&trace), &StepWindows::default()).work.get().cloned().unwrap()
+        };
+        let fp8 = rates(Some(0.97 * 134.2e12));
+        let at_ceiling = 0.97 * 134.2e12 / 1979e12 + 0.03 * 134.2e12 / 989e12;
+        assert!((fp8.tensor_percent.unwrap() - 100.0 * at_ceiling / 0.172).abs() < 1e-6, "{:?}", fp8.tensor_percent);
+        assert!((fp8.fp8_share - 0.97).abs() < 1e-9);
+        assert_eq!(fp8.bound, Some(Bound::Latency), "41% of the FP8 ceilings is near none of them");
+        assert_eq!(fp8_note(&fp8), ", 97.0% of the FLOPs FP8 products, against the FP8 peak");
+        // A trace that does not say (or a 16-bit run): every FLOP against the BF16 peak.
+        let unsaid = rates(None);
+        assert!((unsaid.tensor_percent.unwrap() - 78.9).abs() < 0.1, "{:?}", unsaid.tensor_percent);
+        assert_eq!((unsaid.bound, unsaid.fp8_share, fp8_note(&unsaid).as_str()), (Some(Bound::Compute), 0.0, ""));
+        // A GPU without FP8 tensor cores runs them at the BF16 peak.
+        let a100 = Peaks {
+            gpu: "A100".into(),
+            dram_gb_s: 1555.0,
+            dram_source: "datasheet".into(),
+            tensor_tflops: 312.0,
+            fp8_tflops: None,
+            fp32_tflops: 19.5,
+        };
+        assert_eq!(a100.tensor_seconds(312e12, 300e12), 1.0);
     }
 
     #[test]

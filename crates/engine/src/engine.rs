@@ -431,6 +431,7 @@ impl Engine {
             weight_bytes: work.weight_bytes,
             kv_bytes_read: work.kv_bytes_read,
             flops: work.flops,
+            fp8_flops: work.fp8_flops,
             expert_load,
             expert_max_over_mean: Vec::new(),
         };

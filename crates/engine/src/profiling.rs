@@ -133,6 +133,7 @@ impl Profiler {
             weight_bytes: Some(stats.weight_bytes),
             kv_bytes_read: Some(stats.kv_bytes_read),
             flops: Some(stats.flops),
+            fp8_flops: Some(stats.fp8_flops),
         });
         self.allocations.push(AllocationRow {
             iteration: iter,

@@ -58,6 +58,9 @@ pub struct IterationWork {
     /// 2 · layer matmul weights · tokens, plus 2 · hidden · vocab per sampled row, plus
     /// 4 · layers · heads · head_dim per (new token, position it attends to).
     pub flops: f64,
+    /// The layers' products' share of `flops` when they are FP8 (on FP8 tensor cores on a GPU
+    /// that has them); zero otherwise. The head and attention stay 16-bit.
+    pub fp8_flops: f64,
 }
 
 /// The model's shape, reduced to what the counts need.
@@ -264,12 +267,13 @@ impl WorkModel {
         let head = if rows > 0 { self.vocab * self.hidden } else { 0 };
         let weight_bytes = (self.layer_matmul_params + expert_weights) * self.layer_dtype.bytes()
             + (self.norm_params + head + tokens * self.hidden) * self.dtype.bytes();
-        let flops = 2 * self.layer_matmul_params as u128 * tokens as u128
-            + expert_flops
+        let layer_flops = 2 * self.layer_matmul_params as u128 * tokens as u128 + expert_flops;
+        let flops = layer_flops
             + 2 * (self.hidden * self.vocab) as u128 * rows as u128
             + self.attention_flops_per_layer_position as u128 * attended as u128;
+        let fp8_flops = if self.layer_dtype == Dtype::Fp8 { layer_flops as f64 } else { 0.0 };
         let kv_bytes_per_layer = self.kv_bytes_per_token / self.windows.iter().map(|(n, _)| n).sum::<u64>().max(1);
-        IterationWork { weight_bytes, kv_bytes_read: context * kv_bytes_per_layer, flops: flops as f64 }
+        IterationWork { weight_bytes, kv_bytes_read: context * kv_bytes_per_layer, flops: flops as f64, fp8_flops }
     }
 }
 
@@ -371,7 +375,11 @@ mod tests {
         // still bf16; the KV cache stays bf16.
         let fp8 = bf16.clone().with_layer_dtype(Dtype::Fp8);
         assert_eq!((fp8.pass_weight_bytes(), fp8.kv_bytes_per_token(), fp8.dtype().name()), (86_016 + 33_088 * 2, 256, "fp8"));
-        assert_eq!(fp8.iteration(&[seq(9, 1, true)], &[]).weight_bytes, 86_016 + (33_088 + 64) * 2);
+        let step = fp8.iteration(&[seq(9, 1, true)], &[]);
+        assert_eq!(step.weight_bytes, 86_016 + (33_088 + 64) * 2);
+        // The FP8 share of the FLOPs is the layers' products; the head and attention are not.
+        assert_eq!(step.fp8_flops, (2 * 86_016) as f64);
+        assert_eq!((step.flops, bf16.iteration(&[seq(9, 1, true)], &[]).fp8_flops), (bf16.iteration(&[seq(9, 1, true)], &[]).flops, 0.0));
         assert_eq!(fp8.clone().with_fp8_kv_cache().kv_bytes_per_token(), 128, "an FP8 cache: one byte per element");
         assert_eq!((fp8.kv_dtype(), fp8.with_fp8_kv_cache().kv_dtype()), (Dtype::Bf16, Dtype::Fp8));
     }

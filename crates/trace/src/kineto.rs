@@ -1153,6 +1153,7 @@ impl Importer {
                 weight_bytes: None,
                 kv_bytes_read: None,
                 flops: None,
+                fp8_flops: None,
             };
             let kept = rows.entry(step.number).or_insert_with(|| row.clone());
             if row.end_ns - row.start_ns > kept.end_ns - kept.start_ns {

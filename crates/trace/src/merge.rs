@@ -271,6 +271,7 @@ mod tests {
             weight_bytes: Some(1_000_000 + iter),
             kv_bytes_read: Some(2_000 * (iter + 1)),
             flops: Some(3.5e9),
+            fp8_flops: None,
         }
     }
 

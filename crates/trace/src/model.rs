@@ -84,6 +84,10 @@ pub struct IterationRow {
     pub kv_bytes_read: Option<u64>,
     /// Floating-point operations of the forward pass: the matrix products and attention.
     pub flops: Option<f64>,
+    /// The part of `flops` that runs on FP8 tensor cores (the layers' products of an FP8 model);
+    /// `None` in traces that do not carry it (schema versions 1 to 4, imported traces).
+    #[serde(default)]
+    pub fp8_flops: Option<f64>,
 }
 
 /// Host allocations and KV-block traffic during one iteration.

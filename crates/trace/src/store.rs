@@ -12,7 +12,8 @@
 //! Older files still open: nothing wrote the `gpu_ops` and `api_calls` of version 1 files, so those
 //! read as empty, and the iterations of version 1 and 2 files read with the version-3 fields
 //! `None`. Version 4 added `expert_load`: per iteration and mixture-of-experts layer, the tokens
-//! each expert received, as a JSON array (`json_each` reads it in SQL); older files have none.
+//! each expert received, as a JSON array (`json_each` reads it in SQL); older files have none. Version 5 added `fp8_flops` to
+//! `iterations` (nullable; `None` when read from older files).
 
 use crate::model::{
     AllocationRow, ApiCallRow, CounterRow, ExpertLoadRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow,
@@ -24,10 +25,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: &str = "4";
+pub const SCHEMA_VERSION: &str = "5";
 
 /// The schema versions [`read_trace`] opens: versions 1, 2, ... up to [`SCHEMA_VERSION`], in order.
-const READABLE_VERSIONS: [&str; 4] = ["1", "2", "3", SCHEMA_VERSION];
+const READABLE_VERSIONS: [&str; 5] = ["1", "2", "3", "4", SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,7 +48,7 @@ CREATE TABLE counters(ts INTEGER NOT NULL, name INTEGER NOT NULL REFERENCES stri
 CREATE TABLE iterations(iter INTEGER PRIMARY KEY, start INTEGER NOT NULL, end INTEGER NOT NULL, ctx_reqs INTEGER NOT NULL,
                         gen_reqs INTEGER NOT NULL, ctx_tokens INTEGER NOT NULL, gen_tokens INTEGER NOT NULL, kv_used_blocks INTEGER NOT NULL,
                         kv_total_blocks INTEGER NOT NULL, kv_util REAL NOT NULL, host_ms REAL NOT NULL, device_ms REAL,
-                        queued_reqs INTEGER, weight_bytes INTEGER, kv_bytes_read INTEGER, flops REAL);
+                        queued_reqs INTEGER, weight_bytes INTEGER, kv_bytes_read INTEGER, flops REAL, fp8_flops REAL);
 CREATE TABLE requests(id INTEGER PRIMARY KEY, arrival INTEGER NOT NULL, first_token INTEGER, end INTEGER NOT NULL,
                       input_len INTEGER NOT NULL, output_len INTEGER NOT NULL);
 CREATE TABLE allocations(iteration INTEGER NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL, frees INTEGER NOT NULL,
@@ -245,7 +246,7 @@ impl TraceWriter {
             }
             let mut iteration = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    "INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )
                 .with_context(err)?;
             for i in batch.iterations {
@@ -267,7 +268,8 @@ impl TraceWriter {
                         i.queued_reqs.map(|v| v as i64),
                         i.weight_bytes.map(|v| v as i64),
                         i.kv_bytes_read.map(|v| v as i64),
-                        i.flops
+                        i.flops,
+                        i.fp8_flops
                     ])
                     .with_context(err)?;
             }
@@ -497,13 +499,20 @@ impl Stored for IterationRow {
     const TABLE: &'static str = "iterations";
     const SINCE: u32 = 1;
     const SELECT: &'static str = "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks,
-                                         host_ms, device_ms, queued_reqs, weight_bytes, kv_bytes_read, flops FROM iterations ORDER BY iter";
+                                         host_ms, device_ms, queued_reqs, weight_bytes, kv_bytes_read, flops, fp8_flops FROM iterations
+                                         ORDER BY iter";
     fn select(version: u32) -> &'static str {
-        if version >= 3 {
-            return Self::SELECT;
+        match version {
+            5.. => Self::SELECT,
+            3 | 4 => {
+                "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms,
+                        queued_reqs, weight_bytes, kv_bytes_read, flops, NULL FROM iterations ORDER BY iter"
+            }
+            _ => {
+                "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms,
+                        NULL, NULL, NULL, NULL, NULL FROM iterations ORDER BY iter"
+            }
         }
-        "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms,
-                NULL, NULL, NULL, NULL FROM iterations ORDER BY iter"
     }
     fn read(r: &Row, _: &Names) -> rusqlite::Result<Self> {
         Ok(IterationRow {
@@ -522,6 +531,7 @@ impl Stored for IterationRow {
             weight_bytes: opt_u64_at(r, 12)?,
             kv_bytes_read: opt_u64_at(r, 13)?,
             flops: r.get(14)?,
+            fp8_flops: r.get(15)?,
         })
     }
 }
@@ -901,6 +911,7 @@ mod tests {
             weight_bytes: Some(16_060_522_496),
             kv_bytes_read: Some(1 << 40),
             flops: Some(2.0546e12),
+            fp8_flops: Some(1.9e12),
         };
         // The second row has none of the work fields: they stay NULL.
         let second = IterationRow { iter: 1, start_ns: 50, end_ns: 60, host_ms: 0.01, device_ms: Some(0.008), ..Default::default() };
@@ -1060,9 +1071,9 @@ mod tests {
         let count = |table: &str| counts.iter().find(|(t, _)| t == table).map(|(_, n)| *n);
         assert_eq!((count("spans"), count("expert_load")), (Some(1), Some(0)));
 
-        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'", []).unwrap();
+        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'", []).unwrap();
         let e = format!("{:#}", read_trace(&path).unwrap_err());
-        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 5") && e.contains("versions 1 to 4"), "{e}");
+        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 6") && e.contains("versions 1 to 5"), "{e}");
         std::fs::remove_file(path).unwrap();
     }
 
@@ -1102,8 +1113,33 @@ mod tests {
             weight_bytes: None,
             kv_bytes_read: None,
             flops: None,
+            fp8_flops: None,
         };
         assert_eq!(t.iterations, [want]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn version_4_files_open_with_their_work_and_no_fp8_share() {
+        let path = temp("v4");
+        // The version-4 iterations table: today's without `fp8_flops`.
+        let start = SCHEMA.find("CREATE TABLE iterations").unwrap();
+        let end = start + SCHEMA[start..].find(";").unwrap() + 1;
+        let v4_table = SCHEMA[start..end].replace(", flops REAL, fp8_flops REAL)", ", flops REAL)");
+        assert_ne!(v4_table, &SCHEMA[start..end], "the table has the column to take out");
+        let v4 = format!(
+            "{}{v4_table}{}INSERT INTO iterations VALUES (4, 100, 900, 2, 6, 64, 6, 10, 40, 0.25, 0.8, 0.5, 3, 7000, 9000, 2.5e9);
+             INSERT INTO meta VALUES ('schema_version', '4'), ('complete', 'true');",
+            &SCHEMA[..start],
+            &SCHEMA[end..]
+        );
+        Connection::open(&path).unwrap().execute_batch(&v4).unwrap();
+        let t = read_trace(&path).unwrap();
+        let row = &t.iterations[0];
+        assert_eq!(
+            (row.queued_reqs, row.weight_bytes, row.kv_bytes_read, row.flops, row.fp8_flops),
+            (Some(3), Some(7000), Some(9000), Some(2.5e9), None)
+        );
         std::fs::remove_file(path).unwrap();
     }
 
