@@ -154,6 +154,9 @@ pub struct WorkRates {
     /// The median share of the FLOPs that are FP8 products (0 for a 16-bit run or a trace that
     /// does not say).
     pub fp8_share: f64,
+    /// An FP8 run (meta `weight_dtype`) whose rows do not say which FLOPs are FP8 (written
+    /// before schema 5): all of them are judged against the BF16 peak, an upper bound on the use.
+    pub fp8_unsaid: bool,
     pub bound: Option<Bound>,
     /// Per iteration: (iter, GB/s, TFLOP/s), for the chart.
     pub series: Vec<(u64, f64, f64)>,
@@ -485,6 +488,7 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
         dram_percent,
         tensor_percent,
         fp8_share,
+        fp8_unsaid: trace.meta("weight_dtype") == Some("fp8") && rows.iter().all(|(r, _, _)| r.fp8_flops.is_none()),
         bound,
         series,
     })
@@ -494,6 +498,8 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
 pub(crate) fn fp8_note(w: &WorkRates) -> String {
     if w.fp8_share > 0.0 {
         format!(", {} of the FLOPs FP8 products, against the FP8 peak", text::percent(w.fp8_share))
+    } else if w.fp8_unsaid {
+        ", an FP8 run whose trace does not say which FLOPs are FP8: all against the BF16 peak, an upper bound".into()
     } else {
         String::new()
     }
@@ -716,24 +722,28 @@ mod tests {
             device_ms: Some(172.0),
             ..iteration(iter, iter * 200_000_000, iter * 200_000_000 + 172_000_000, 172.0)
         };
-        let rates = |fp8: Option<f64>| {
+        let rates = |fp8: Option<f64>, weight_dtype: &str| {
             let trace = TraceData {
-                meta: vec![("gpu".into(), "NVIDIA H100 80GB HBM3 (cuda:0)".into())],
+                meta: vec![("gpu".into(), "NVIDIA H100 80GB HBM3 (cuda:0)".into()), ("weight_dtype".into(), weight_dtype.into())],
                 iterations: (0..5).map(|i| row(i, fp8)).collect(),
                 ..TraceData::default()
             };
             analyze(&trace, &default_rules(), &LaunchIndex::new(&trace), &StepWindows::default()).work.get().cloned().unwrap()
         };
-        let fp8 = rates(Some(0.97 * 134.2e12));
+        let fp8 = rates(Some(0.97 * 134.2e12), "fp8");
         let at_ceiling = 0.97 * 134.2e12 / 1979e12 + 0.03 * 134.2e12 / 989e12;
         assert!((fp8.tensor_percent.unwrap() - 100.0 * at_ceiling / 0.172).abs() < 1e-6, "{:?}", fp8.tensor_percent);
         assert!((fp8.fp8_share - 0.97).abs() < 1e-9);
         assert_eq!(fp8.bound, Some(Bound::Latency), "41% of the FP8 ceilings is near none of them");
         assert_eq!(fp8_note(&fp8), ", 97.0% of the FLOPs FP8 products, against the FP8 peak");
-        // A trace that does not say (or a 16-bit run): every FLOP against the BF16 peak.
-        let unsaid = rates(None);
+        // A 16-bit run: every FLOP against the BF16 peak.
+        let unsaid = rates(None, "bf16");
         assert!((unsaid.tensor_percent.unwrap() - 78.9).abs() < 0.1, "{:?}", unsaid.tensor_percent);
         assert_eq!((unsaid.bound, unsaid.fp8_share, fp8_note(&unsaid).as_str()), (Some(Bound::Compute), 0.0, ""));
+        // An FP8 run written before the rows carried the share: judged the same, and it says so.
+        let old_fp8 = rates(None, "fp8");
+        assert_eq!((old_fp8.tensor_percent, old_fp8.fp8_unsaid, fp8.fp8_unsaid), (unsaid.tensor_percent, true, false));
+        assert!(fp8_note(&old_fp8).contains("does not say which FLOPs are FP8"), "{}", fp8_note(&old_fp8));
         // A GPU without FP8 tensor cores runs them at the BF16 peak.
         let a100 = Peaks {
             gpu: "A100".into(),
