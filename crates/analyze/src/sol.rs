@@ -155,7 +155,7 @@ pub struct WorkRates {
     /// does not say).
     pub fp8_share: f64,
     /// An FP8 run (meta `weight_dtype`) whose rows do not say which FLOPs are FP8 (written
-    /// before schema 5): all of them are judged against the BF16 peak, an upper bound on the use.
+    /// before schema 5): all of them are judged against the FP8 peak, a lower bound on the use.
     pub fp8_unsaid: bool,
     pub bound: Option<Bound>,
     /// Per iteration: (iter, GB/s, TFLOP/s), for the chart.
@@ -474,7 +474,10 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
     let median = |mut values: Vec<f64>| Distribution::of(&mut values).expect("rows are not empty");
     let dram_gb_s = median(series.iter().map(|s| s.1).collect());
     let tflops = median(series.iter().map(|s| s.2).collect());
-    let fp8_flops = |r: &IterationRow| r.fp8_flops.unwrap_or(0.0);
+    // An FP8 run written before the rows carried the share: its products are nearly all of its
+    // FLOPs, so all of them go against the FP8 peak (a lower bound on the use).
+    let fp8_unsaid = trace.meta("weight_dtype") == Some("fp8") && rows.iter().all(|(r, _, _)| r.fp8_flops.is_none());
+    let fp8_flops = |r: &IterationRow| r.fp8_flops.unwrap_or(if fp8_unsaid { r.flops.unwrap_or(0.0) } else { 0.0 });
     let fp8_share = median(rows.iter().map(|(r, _, flops)| share(fp8_flops(r), *flops)).collect()).median;
     let dram_percent = peaks.map(|p| 100.0 * share(dram_gb_s.median, p.dram_gb_s));
     let tensor_percent = peaks
@@ -488,7 +491,7 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
         dram_percent,
         tensor_percent,
         fp8_share,
-        fp8_unsaid: trace.meta("weight_dtype") == Some("fp8") && rows.iter().all(|(r, _, _)| r.fp8_flops.is_none()),
+        fp8_unsaid,
         bound,
         series,
     })
@@ -496,10 +499,10 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
 
 /// How the compute use was judged when part of the work is FP8 products.
 pub(crate) fn fp8_note(w: &WorkRates) -> String {
-    if w.fp8_share > 0.0 {
+    if w.fp8_unsaid {
+        ", an FP8 run whose trace does not say which FLOPs are FP8: all against the FP8 peak, a lower bound".into()
+    } else if w.fp8_share > 0.0 {
         format!(", {} of the FLOPs FP8 products, against the FP8 peak", text::percent(w.fp8_share))
-    } else if w.fp8_unsaid {
-        ", an FP8 run whose trace does not say which FLOPs are FP8: all against the BF16 peak, an upper bound".into()
     } else {
         String::new()
     }
@@ -740,9 +743,12 @@ mod tests {
         let unsaid = rates(None, "bf16");
         assert!((unsaid.tensor_percent.unwrap() - 78.9).abs() < 0.1, "{:?}", unsaid.tensor_percent);
         assert_eq!((unsaid.bound, unsaid.fp8_share, fp8_note(&unsaid).as_str()), (Some(Bound::Compute), 0.0, ""));
-        // An FP8 run written before the rows carried the share: judged the same, and it says so.
+        // An FP8 run written before the rows carried the share: all its FLOPs against the FP8
+        // peak, and it says so.
         let old_fp8 = rates(None, "fp8");
-        assert_eq!((old_fp8.tensor_percent, old_fp8.fp8_unsaid, fp8.fp8_unsaid), (unsaid.tensor_percent, true, false));
+        let all_fp8 = 100.0 * 134.2e12 / 1979e12 / 0.172;
+        assert!((old_fp8.tensor_percent.unwrap() - all_fp8).abs() < 1e-6, "{:?}", old_fp8.tensor_percent);
+        assert_eq!((old_fp8.bound, old_fp8.fp8_unsaid, fp8.fp8_unsaid), (Some(Bound::Latency), true, false));
         assert!(fp8_note(&old_fp8).contains("does not say which FLOPs are FP8"), "{}", fp8_note(&old_fp8));
         // A GPU without FP8 tensor cores runs them at the BF16 peak.
         let a100 = Peaks {
