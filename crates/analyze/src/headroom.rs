@@ -10,7 +10,7 @@ use lumen_trace::model::{IterationRow, TraceData};
 use serde::Serialize;
 
 use crate::measured::Measured;
-use crate::sol::Peaks;
+use crate::sol::{self, Peaks};
 use crate::stats::Distribution;
 use crate::steps::StepWindows;
 use crate::text;
@@ -167,14 +167,14 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     Distribution::of(&mut values).map(|d| d.median)
 }
 
-fn time_model(rows: &[&IterationRow], at_cap: &[&IterationRow], peaks: Option<&Peaks>) -> Option<TimeModel> {
+fn time_model(rows: &[&IterationRow], at_cap: &[&IterationRow], peaks: Option<&Peaks>, fp8_unsaid: bool) -> Option<TimeModel> {
     let seconds = |r: &IterationRow| r.host_ms / 1e3;
     if let Some(p) = peaks {
         let b = median(at_cap.iter().map(|r| batch(r) as f64).collect())?;
         let weight_bytes = median(at_cap.iter().filter_map(|r| r.weight_bytes).map(|v| v as f64).collect());
         let kv = median(at_cap.iter().filter_map(|r| r.kv_bytes_read).map(|v| v as f64).collect());
         let flops = median(at_cap.iter().filter_map(|r| r.flops).collect());
-        let fp8_flops = median(at_cap.iter().map(|r| r.fp8_flops.unwrap_or(0.0)).collect()).unwrap_or(0.0);
+        let fp8_flops = median(at_cap.iter().map(|r| sol::fp8_flops(r, fp8_unsaid)).collect()).unwrap_or(0.0);
         if let (Some(weight_bytes), Some(kv), Some(flops)) = (weight_bytes, kv, flops) {
             let now_s = median(at_cap.iter().map(|r| seconds(r)).collect())?;
             let dram_b_s = PRACTICAL_DRAM_SHARE * p.dram_gb_s * 1e9;
@@ -212,7 +212,7 @@ fn suggest(trace: &TraceData, rows: &[&IterationRow], cap: u64, max_num_tokens: 
     let at_cap: Vec<&IterationRow> = rows.iter().copied().filter(|r| batch(r) >= cap).collect();
     let now = cap as f64;
     let candidates: Vec<u64> = (1..).map(|k| cap << k).take_while(|&b| b <= kv_fit).collect();
-    let (max_batch_size, gain, basis) = match time_model(rows, &at_cap, peaks) {
+    let (max_batch_size, gain, basis) = match time_model(rows, &at_cap, peaks, sol::fp8_unsaid(trace)) {
         Some(model) => {
             let now_s = median(at_cap.iter().map(|r| r.host_ms / 1e3).collect()).unwrap_or(model.seconds(now));
             let measured_now = now / now_s.max(1e-12);

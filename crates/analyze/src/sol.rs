@@ -474,14 +474,12 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
     let median = |mut values: Vec<f64>| Distribution::of(&mut values).expect("rows are not empty");
     let dram_gb_s = median(series.iter().map(|s| s.1).collect());
     let tflops = median(series.iter().map(|s| s.2).collect());
-    // An FP8 run written before the rows carried the share: its products are nearly all of its
-    // FLOPs, so all of them go against the FP8 peak (a lower bound on the use).
-    let fp8_unsaid = trace.meta("weight_dtype") == Some("fp8") && rows.iter().all(|(r, _, _)| r.fp8_flops.is_none());
-    let fp8_flops = |r: &IterationRow| r.fp8_flops.unwrap_or(if fp8_unsaid { r.flops.unwrap_or(0.0) } else { 0.0 });
-    let fp8_share = median(rows.iter().map(|(r, _, flops)| share(fp8_flops(r), *flops)).collect()).median;
+    let fp8_unsaid = fp8_unsaid(trace);
+    let fp8_share = median(rows.iter().map(|(r, _, flops)| share(fp8_flops(r, fp8_unsaid), *flops)).collect()).median;
     let dram_percent = peaks.map(|p| 100.0 * share(dram_gb_s.median, p.dram_gb_s));
-    let tensor_percent = peaks
-        .map(|p| median(rows.iter().map(|(r, _, flops)| 100.0 * p.tensor_seconds(*flops, fp8_flops(r)) / seconds(r)).collect()).median);
+    let tensor_percent = peaks.map(|p| {
+        median(rows.iter().map(|(r, _, flops)| 100.0 * p.tensor_seconds(*flops, fp8_flops(r, fp8_unsaid)) / seconds(r)).collect()).median
+    });
     let bound = dram_percent.zip(tensor_percent).map(|(d, t)| Bound::judge(d, t));
     Measured::Available(WorkRates {
         iterations: rows.len(),
@@ -495,6 +493,19 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
         bound,
         series,
     })
+}
+
+/// Whether `trace` is an FP8 run (meta `weight_dtype`) none of whose rows say which FLOPs are FP8
+/// (written before schema 5).
+pub(crate) fn fp8_unsaid(trace: &TraceData) -> bool {
+    trace.meta("weight_dtype") == Some("fp8") && trace.iterations.iter().all(|r| r.fp8_flops.is_none())
+}
+
+/// The FLOPs of `r` that are FP8 products: its own count, else all of them in an FP8 run whose
+/// rows predate the count (`unsaid`: its products are nearly all of its FLOPs, so the FP8 peak
+/// gives a lower bound on the use), else none.
+pub(crate) fn fp8_flops(r: &IterationRow, unsaid: bool) -> f64 {
+    r.fp8_flops.unwrap_or(if unsaid { r.flops.unwrap_or(0.0) } else { 0.0 })
 }
 
 /// How the compute use was judged when part of the work is FP8 products.
