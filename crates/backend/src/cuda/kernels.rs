@@ -177,13 +177,32 @@ impl MlaShape {
 
 /// How many warps of the bf16 `gemv` share each of `n` rows of `k` values on a GPU of
 /// `multiprocessors`: doubled from 1 (up to 8, a block's warps) while the blocks would not cover
-/// the multiprocessors and each warp keeps at least 32 groups of 8 values (one 16-byte load a
-/// lane). A weight of few rows, as a router's gate, spreads over more blocks; the split depends on
-/// the shape alone, never on the batch.
+/// the multiprocessors or a warp's share takes more than one round of loads (32 lanes ×
+/// `GEMV_UNROLL` 16-byte loads, 128 groups of 8 values), as long as each warp keeps at least 32
+/// groups (one load a lane). A weight of few rows, as a router's gate, spreads over more blocks;
+/// a long row's warps each wait for one round of loads, or as few as 8 warps allow. The split
+/// depends on the shape alone, never on the batch.
 pub fn gemv_k_split(n: usize, k: usize, multiprocessors: usize) -> usize {
-    let warps = (GEMV_THREADS / 32) as usize;
+    let (warps, groups, round) = ((GEMV_THREADS / 32) as usize, k / 8, 128);
     let mut split = 1;
-    while split < warps && n.div_ceil(warps / split) < multiprocessors && k / 8 / (2 * split) >= 32 {
+    while split < warps
+        && (n.div_ceil(warps / split) < multiprocessors || groups.div_ceil(split) > round)
+        && groups / (2 * split) >= 32
+    {
+        split *= 2;
+    }
+    split
+}
+
+/// How many warps of `moe_gemv` share each weight row of `k` values (with `activation`, the gate
+/// and up rows each have their own): doubled from 1 while a warp's share takes more than one round
+/// of loads (32 lanes × `GEMV_UNROLL` 16-byte loads, 128 groups of 8 values) and the output row's
+/// warps fit a block. At batch 1 a launch's last blocks then wait for one round of loads, not one
+/// per 1,024 values of each row in turn. Depends on the shape alone.
+pub fn moe_gemv_k_split(k: usize, activation: bool) -> usize {
+    let (warps, halves, round) = ((GEMV_THREADS / 32) as usize, if activation { 2 } else { 1 }, 128);
+    let mut split = 1;
+    while (k / 8).div_ceil(split) > round && 2 * split * halves <= warps {
         split *= 2;
     }
     split
@@ -570,7 +589,8 @@ impl Kernels {
     /// activation kernel in one launch, bit for bit. Reads everything on the device (moe_decode.cu).
     /// `routed_earlier` says `experts` was written at least two launches before this one (the
     /// down product after the gate/up one): the weight rows then start towards L2 before the
-    /// kernel waits for the launch before it.
+    /// kernel waits for the launch before it. `k_split` warps share each weight row
+    /// ([`moe_gemv_k_split`]'s choice where `None`).
     #[allow(clippy::too_many_arguments)]
     pub fn moe_gemv(
         &self,
@@ -585,17 +605,25 @@ impl Kernels {
         k: usize,
         activation: Option<ExpertActivation>,
         routed_earlier: bool,
+        k_split: Option<usize>,
         y: u64,
     ) -> Result<()> {
         anyhow::ensure!(k.is_multiple_of(8), "moe_gemv: {k} inputs, expected a multiple of 8");
-        let rows_per_block = (GEMV_THREADS / 32) as usize;
+        let halves = if activation.is_some() { 2 } else { 1 };
+        let k_split = k_split.unwrap_or_else(|| moe_gemv_k_split(k, activation.is_some()));
+        let warps = (GEMV_THREADS / 32) as usize;
+        anyhow::ensure!(
+            k_split.is_power_of_two() && k_split * halves <= warps,
+            "moe_gemv: {k_split} warps a weight row, expected 1, 2, 4 or 8 with at most {warps} warps an output row"
+        );
+        let rows_per_block = warps / (k_split * halves);
         let (code, alpha, limit) = match activation {
             None => (0, 0.0, 0.0),
             Some(ExpertActivation::SwiGlu) => (1, 0.0, 0.0),
             Some(ExpertActivation::ClampedSwiGlu { alpha, limit }) => (2, alpha, limit),
         };
         let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32);
-        let args = args.i32(code).f32(alpha).f32(limit).i32(routed_earlier as i32).ptr(y);
+        let args = args.i32(code).f32(alpha).f32(limit).i32(routed_earlier as i32).i32(k_split as i32).ptr(y);
         self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
     }
 
@@ -1006,7 +1034,7 @@ pub struct AttentionArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
+    use super::{gemv_k_split, moe_gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
     use crate::cuda::compile::SOURCES;
 
     /// Under programmatic dependent launch a kernel is only ordered after the launch before it by
@@ -1118,15 +1146,35 @@ mod tests {
     }
 
     #[test]
-    fn few_row_gemvs_split_k_over_the_warps_until_the_blocks_cover_the_gpu() {
+    fn gemvs_split_k_over_the_warps_for_few_rows_or_long_rows() {
         // qwen3-30b-a3b's router (128 × 2048) and gpt-oss-20b's (32 × 2880) on 132 multiprocessors.
         assert_eq!(gemv_k_split(128, 2048, 132), 8);
         assert_eq!(gemv_k_split(32, 2880, 132), 8);
         // 1,024 rows in 128 blocks of 8: twice the blocks at 2 warps a row.
         assert_eq!(gemv_k_split(1024, 2048, 132), 2);
-        // Enough rows already, or too short a k to share: one warp a row.
-        assert_eq!(gemv_k_split(5120, 2048, 132), 1);
+        // Enough rows and one round of loads a warp already, or too short a k to share: one warp
+        // a row.
+        assert_eq!(gemv_k_split(5120, 1024, 132), 1);
+        // Enough rows, but rows of several rounds: qwen3-30b-a3b's query (2,048 inputs) in two
+        // shares, its output projection (4,096) in four, Llama-3.1-8B's down (14,336) in eight.
+        assert_eq!(gemv_k_split(5120, 2048, 132), 2);
+        assert_eq!(gemv_k_split(2048, 4096, 132), 4);
+        assert_eq!(gemv_k_split(4096, 14336, 132), 8);
         assert_eq!(gemv_k_split(64, 576, 132), 2);
         assert_eq!(gemv_k_split(64, 256, 132), 1);
+    }
+
+    #[test]
+    fn expert_gemv_rows_split_until_a_warp_loads_its_share_in_one_round() {
+        // qwen3-30b-a3b: gate/up rows of 2,048 (256 groups) in two shares; down rows of 768 whole.
+        assert_eq!(moe_gemv_k_split(2048, true), 2);
+        assert_eq!(moe_gemv_k_split(768, false), 1);
+        // gpt-oss-20b's 2,880 (360 groups): four shares of 90, gate and up filling a block.
+        assert_eq!(moe_gemv_k_split(2880, true), 4);
+        assert_eq!(moe_gemv_k_split(2880, false), 4);
+        // A row of one round exactly stays whole; a long one stops where the block is full.
+        assert_eq!(moe_gemv_k_split(1024, true), 1);
+        assert_eq!(moe_gemv_k_split(7168, true), 4);
+        assert_eq!(moe_gemv_k_split(7168, false), 8);
     }
 }

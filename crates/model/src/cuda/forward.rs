@@ -683,9 +683,9 @@ impl Pass<'_> {
             // Every slot's products straight from the routing, in slot order.
             let _experts = span(Category::Debug, "moe experts");
             let (experts, activation) = (b.experts.ptr, Some(m.activation));
-            k.moe_gemv(gpu, act.normed.ptr, top, experts, tables.gate_up.ptr, gate_up_bias, slots, fe, h, activation, false, b.act.ptr)?;
+            k.moe_gemv(gpu, act.normed.ptr, top, experts, tables.gate_up.ptr, gate_up_bias, slots, fe, h, activation, false, None, b.act.ptr)?;
             // The routing was written two launches back: the down rows may start early.
-            k.moe_gemv(gpu, b.act.ptr, 1, experts, tables.down.ptr, down_bias, slots, h, fe, None, true, b.y.ptr)?;
+            k.moe_gemv(gpu, b.act.ptr, 1, experts, tables.down.ptr, down_bias, slots, h, fe, None, true, None, b.y.ptr)?;
             0
         } else {
             // The slots laid out by expert in whole tiles, then both products as grouped GEMMs.
