@@ -177,35 +177,31 @@ impl MlaShape {
 
 /// How many warps of the bf16 `gemv` share each of `n` rows of `k` values on a GPU of
 /// `multiprocessors`: doubled from 1 (up to 8, a block's warps) while the blocks would not cover
-/// the multiprocessors or a warp's share takes more than one round of loads (32 lanes ×
-/// `GEMV_UNROLL` 16-byte loads, 128 groups of 8 values), as long as each warp keeps at least 32
-/// groups (one load a lane). A weight of few rows, as a router's gate, spreads over more blocks;
-/// a long row's warps each wait for one round of loads, or as few as 8 warps allow. The split
-/// depends on the shape alone, never on the batch.
+/// the multiprocessors and each warp keeps at least 32 groups of 8 values (one 16-byte load a
+/// lane). A weight of few rows, as a router's gate, spreads over more blocks; the split depends on
+/// the shape alone, never on the batch.
 pub fn gemv_k_split(n: usize, k: usize, multiprocessors: usize) -> usize {
-    let (warps, groups, round) = ((GEMV_THREADS / 32) as usize, k / 8, 128);
+    let warps = (GEMV_THREADS / 32) as usize;
     let mut split = 1;
-    while split < warps
-        && (n.div_ceil(warps / split) < multiprocessors || groups.div_ceil(split) > round)
-        && groups / (2 * split) >= 32
-    {
+    while split < warps && n.div_ceil(warps / split) < multiprocessors && k / 8 / (2 * split) >= 32 {
         split *= 2;
     }
     split
 }
 
-/// How many warps of `moe_gemv` share each weight row of `k` values (with `activation`, the gate
-/// and up rows each have their own): doubled from 1 while a warp's share takes more than one round
-/// of loads (32 lanes × `GEMV_UNROLL` 16-byte loads, 128 groups of 8 values) and the output row's
-/// warps fit a block. At batch 1 a launch's last blocks then wait for one round of loads, not one
-/// per 1,024 values of each row in turn. Depends on the shape alone.
+/// How many warps of `moe_gemv` share each weight row of `k` values. With an `activation` the
+/// gate and up rows already have a warp each and one warp a row is fastest (H100, batch 1,
+/// `examples/moe_gemv_speed`: qwen3-30b-a3b's gate/up 21.1 µs a layer whole, 21.3 in two shares,
+/// 24.7 in four; gpt-oss-20b's 50.9, 56.3, 59.1). A plain product's row is shared by two warps
+/// once it takes more than two rounds of loads (32 lanes × `GEMV_UNROLL` 16-byte loads, 128
+/// groups of 8 values): gpt-oss-20b's down rows of 2,880 took 29.0 µs in two shares against 30.7
+/// whole, qwen3-30b-a3b's of 768 15.6 against 11.4. Depends on the shape alone.
 pub fn moe_gemv_k_split(k: usize, activation: bool) -> usize {
-    let (warps, halves, round) = ((GEMV_THREADS / 32) as usize, if activation { 2 } else { 1 }, 128);
-    let mut split = 1;
-    while (k / 8).div_ceil(split) > round && 2 * split * halves <= warps {
-        split *= 2;
+    if activation || k / 8 <= 2 * 128 {
+        1
+    } else {
+        2
     }
-    split
 }
 
 /// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
@@ -1146,35 +1142,27 @@ mod tests {
     }
 
     #[test]
-    fn gemvs_split_k_over_the_warps_for_few_rows_or_long_rows() {
+    fn few_row_gemvs_split_k_over_the_warps_until_the_blocks_cover_the_gpu() {
         // qwen3-30b-a3b's router (128 × 2048) and gpt-oss-20b's (32 × 2880) on 132 multiprocessors.
         assert_eq!(gemv_k_split(128, 2048, 132), 8);
         assert_eq!(gemv_k_split(32, 2880, 132), 8);
         // 1,024 rows in 128 blocks of 8: twice the blocks at 2 warps a row.
         assert_eq!(gemv_k_split(1024, 2048, 132), 2);
-        // Enough rows and one round of loads a warp already, or too short a k to share: one warp
-        // a row.
-        assert_eq!(gemv_k_split(5120, 1024, 132), 1);
-        // Enough rows, but rows of several rounds: qwen3-30b-a3b's query (2,048 inputs) in two
-        // shares, its output projection (4,096) in four, Llama-3.1-8B's down (14,336) in eight.
-        assert_eq!(gemv_k_split(5120, 2048, 132), 2);
-        assert_eq!(gemv_k_split(2048, 4096, 132), 4);
-        assert_eq!(gemv_k_split(4096, 14336, 132), 8);
+        // Enough rows already, or too short a k to share: one warp a row.
+        assert_eq!(gemv_k_split(5120, 2048, 132), 1);
         assert_eq!(gemv_k_split(64, 576, 132), 2);
         assert_eq!(gemv_k_split(64, 256, 132), 1);
     }
 
     #[test]
-    fn expert_gemv_rows_split_until_a_warp_loads_its_share_in_one_round() {
-        // qwen3-30b-a3b: gate/up rows of 2,048 (256 groups) in two shares; down rows of 768 whole.
-        assert_eq!(moe_gemv_k_split(2048, true), 2);
+    fn expert_gemv_rows_split_only_where_a_plain_row_takes_more_than_two_rounds() {
+        // Gate/up rows: one warp each, whatever k (qwen3-30b-a3b's 2,048, gpt-oss-20b's 2,880).
+        assert_eq!(moe_gemv_k_split(2048, true), 1);
+        assert_eq!(moe_gemv_k_split(2880, true), 1);
+        // Down rows: qwen3-30b-a3b's 768 and a 2,048 row of two rounds exactly stay whole;
+        // gpt-oss-20b's 2,880 (360 groups) take two warps.
         assert_eq!(moe_gemv_k_split(768, false), 1);
-        // gpt-oss-20b's 2,880 (360 groups): four shares of 90, gate and up filling a block.
-        assert_eq!(moe_gemv_k_split(2880, true), 4);
-        assert_eq!(moe_gemv_k_split(2880, false), 4);
-        // A row of one round exactly stays whole; a long one stops where the block is full.
-        assert_eq!(moe_gemv_k_split(1024, true), 1);
-        assert_eq!(moe_gemv_k_split(7168, true), 4);
-        assert_eq!(moe_gemv_k_split(7168, false), 8);
+        assert_eq!(moe_gemv_k_split(2048, false), 1);
+        assert_eq!(moe_gemv_k_split(2880, false), 2);
     }
 }

@@ -20,9 +20,10 @@
 // Each weight row read is shared by `k_split` warps (1, 2, 4 or 8), each summing a contiguous
 // share of k; with an activation the gate and up rows have warps of their own, so an output row
 // takes k_split (or 2 k_split, at most 8) warps of a block, and the row's first warp adds the
-// shares in order. A warp then waits for one or two rounds of loads instead of one per
-// GEMV_UNROLL × 256 values of each row in turn, which at batch 1 decides how long the last
-// blocks of a launch take. The sums depend on n, k and k_split only, never on the slots.
+// shares in order. A warp then waits only for the rounds of loads (GEMV_UNROLL × 256 values
+// each) of its own row or share, not for the gate row's and then the up row's, which at batch 1
+// decides how long a launch's last blocks take. The sums depend on n, k and k_split only, never
+// on the slots.
 //
 // With `routed_earlier` (the routing was written at least two launches before this one, as for
 // the down product after the gate/up one), each warp starts its share of a weight row towards L2
