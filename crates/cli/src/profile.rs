@@ -187,7 +187,8 @@ pub fn run(args: ProfileArgs) -> Result<i32> {
         ("gpu_metrics_source".into(), metrics_source),
     ];
     let gpu = gpus(&part_metas(&parts)).map(|gpu| ("gpu".to_string(), gpu));
-    let meta: Vec<(String, String)> = meta.into_iter().chain(gpu).collect();
+    let windows = capture_windows(&part_metas(&parts)).map(|w| ("capture_window_times".to_string(), window_times_text(&w)));
+    let meta: Vec<(String, String)> = meta.into_iter().chain(gpu).chain(windows).collect();
     write_trace(&parts, &output, &meta)?;
     let _ = std::fs::remove_dir_all(&parts);
     Ok(code)
@@ -218,6 +219,11 @@ fn gpus(metas: &[Vec<(String, String)>]) -> Option<String> {
     names.sort_unstable();
     names.dedup();
     (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// Capture windows as `open-close,open-close` in ns, as the collectors write them.
+fn window_times_text(windows: &[(u64, u64)]) -> String {
+    windows.iter().map(|(open, close)| format!("{open}-{close}")).collect::<Vec<_>>().join(",")
 }
 
 /// `open-close,open-close` in ns; malformed pairs are skipped.
@@ -295,6 +301,9 @@ mod tests {
             meta(&[("gpu_metrics_source", "cupti-pm-sampling")]),
         ];
         assert_eq!(capture_windows(&metas), Some(vec![(10, 20), (30, 40)]));
+        // The merged trace's meta states them in the collectors' own format.
+        assert_eq!(window_times_text(&[(10, 20), (30, 40)]), "10-20,30-40");
+        assert_eq!(parse_window_times(&window_times_text(&[(10, 20), (30, 40)])), vec![(10, 20), (30, 40)]);
         assert_eq!(gpus(&metas).as_deref(), Some("H100 (cuda:0), H100 (cuda:1)"));
         assert_eq!((capture_windows(&metas[2..]), gpus(&metas[2..])), (None, None));
     }
