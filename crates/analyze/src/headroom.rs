@@ -179,8 +179,8 @@ fn time_model(rows: &[&IterationRow], at_cap: &[&IterationRow], peaks: Option<&P
             let now_s = median(at_cap.iter().map(|r| seconds(r)).collect())?;
             let dram_b_s = PRACTICAL_DRAM_SHARE * p.dram_gb_s * 1e9;
             // The tensor rate of this mix of work: FP8 products at the FP8 peak, the rest at BF16's.
-            let mix_tflops = if flops > 0.0 { flops / p.tensor_seconds(flops, fp8_flops) / 1e12 } else { p.tensor_tflops };
-            let flop_s = PRACTICAL_TENSOR_SHARE * mix_tflops * 1e12;
+            let mix_flop_s = if flops > 0.0 { flops / p.tensor_seconds(flops, fp8_flops) } else { p.tensor_tflops * 1e12 };
+            let flop_s = PRACTICAL_TENSOR_SHARE * mix_flop_s;
             let (kv_per_request, flops_per_request) = (kv / b, flops / b);
             let modelled = ((weight_bytes + kv) / dram_b_s).max(flops / flop_s);
             let fixed_s = (now_s - modelled).max(0.0);

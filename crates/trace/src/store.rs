@@ -12,8 +12,8 @@
 //! Older files still open: nothing wrote the `gpu_ops` and `api_calls` of version 1 files, so those
 //! read as empty, and the iterations of version 1 and 2 files read with the version-3 fields
 //! `None`. Version 4 added `expert_load`: per iteration and mixture-of-experts layer, the tokens
-//! each expert received, as a JSON array (`json_each` reads it in SQL); older files have none. Version 5 added `fp8_flops` to
-//! `iterations` (nullable; `None` when read from older files).
+//! each expert received, as a JSON array (`json_each` reads it in SQL); older files have none.
+//! Version 5 added `fp8_flops` to `iterations` (nullable; `None` when read from older files).
 
 use crate::model::{
     AllocationRow, ApiCallRow, CounterRow, ExpertLoadRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow,

@@ -683,7 +683,8 @@ impl Pass<'_> {
             // Every slot's products straight from the routing, in slot order.
             let _experts = span(Category::Debug, "moe experts");
             let (experts, activation) = (b.experts.ptr, Some(m.activation));
-            k.moe_gemv(gpu, act.normed.ptr, top, experts, tables.gate_up.ptr, gate_up_bias, slots, fe, h, activation, false, None, b.act.ptr)?;
+            let (normed, gate_up) = (act.normed.ptr, tables.gate_up.ptr);
+            k.moe_gemv(gpu, normed, top, experts, gate_up, gate_up_bias, slots, fe, h, activation, false, None, b.act.ptr)?;
             // The routing was written two launches back: the down rows may start early.
             k.moe_gemv(gpu, b.act.ptr, 1, experts, tables.down.ptr, down_bias, slots, h, fe, None, true, None, b.y.ptr)?;
             0

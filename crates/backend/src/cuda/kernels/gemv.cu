@@ -62,6 +62,14 @@ __device__ __forceinline__ void gemv_row(const bf16* __restrict__ x, const uint4
         if (t < t_count) acc[t] = warp_sum(acc[t]);
 }
 
+// Share `share` of k's groups of 8 values when `k_split` warps split a row: [g0, g1), the shares
+// equal and contiguous in order, the last one shorter where k_split does not divide the groups.
+__device__ __forceinline__ void gemv_share(int k, int k_split, int share, int& g0, int& g1) {
+    const int groups = k / 8, per_share = (groups + k_split - 1) / k_split;
+    g0 = min(groups, share * per_share);
+    g1 = min(groups, g0 + per_share);
+}
+
 // With `swiglu`, w holds 2n rows (gate rows, then up rows, as the fused gate/up projection) and
 // each row's warps take gate row j and up row n + j, writing swiglu_of(gate, up): the product and
 // the SwiGLU after it in one launch, bit for bit the two launches' result.
@@ -74,8 +82,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __re
     __shared__ float shares[GEMV_THREADS / 32][2][GEMV_MAX_T];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (GEMV_THREADS / 32 / k_split) + warp / k_split, part = warp % k_split;
-    const int groups = k / 8, per_part = (groups + k_split - 1) / k_split;
-    const int g0 = min(groups, part * per_part), g1 = min(groups, g0 + per_part);
+    int g0, g1;
+    gemv_share(k, k_split, part, g0, g1);
     // The weights never change: their share starts towards L2 while the launch before still runs.
     if (row < n && lane == 0) {
         prefetch_l2(w + (u64)row * k + g0 * 8, (g1 - g0) * 16);

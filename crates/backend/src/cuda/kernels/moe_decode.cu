@@ -38,8 +38,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     const int halves = activation != MOE_ACTIVATION_NONE ? 2 : 1, per_row = k_split * halves;
     const int row = blockIdx.x * (GEMV_THREADS / 32 / per_row) + warp / per_row, part = warp % per_row;
     const int half = part / k_split, share = part % k_split;
-    const int groups = k / 8, per_share = (groups + k_split - 1) / k_split;
-    const int g0 = min(groups, share * per_share), g1 = min(groups, g0 + per_share);
+    int g0, g1;
+    gemv_share(k, k_split, share, g0, g1);
     const u64 slot = blockIdx.y, weight_row = (u64)half * n + row;
     if (routed_earlier && row < n && lane == 0) prefetch_l2((const bf16*)weights[experts[slot]] + weight_row * k + g0 * 8, (g1 - g0) * 16);
     pdl_begin();
@@ -53,9 +53,16 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
         __syncthreads();
     }
     if (row >= n || part != 0) return;
-    float gate = 0.f, up = 0.f;
-    for (int p = 0; p < k_split; p++) gate += per_row > 1 ? shares[warp + p] : acc[0];
-    for (int p = 0; p < k_split && halves == 2; p++) up += shares[warp + k_split + p];
+    // The shares in order, as gemv adds them: the gate row's (or the plain row's), then the up row's.
+    float gate = acc[0], up = 0.f;
+    if (per_row > 1) {
+        gate = shares[warp];
+        for (int p = 1; p < k_split; p++) gate += shares[warp + p];
+        if (halves == 2) {
+            up = shares[warp + k_split];
+            for (int p = 1; p < k_split; p++) up += shares[warp + k_split + p];
+        }
+    }
     const bf16* bias = biases && biases[e] ? (const bf16*)biases[e] : nullptr;
     if (bias) gate += bf2f(bias[row]);
     float out = gate;
