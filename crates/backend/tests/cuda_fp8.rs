@@ -39,7 +39,7 @@ fn quantize(d: &Device, x: &[f32], rows: usize, cols: usize) -> (Tensor, DeviceB
     let scale = d.gpu.alloc(4, "scale").unwrap();
     let amax = d.gpu.alloc(4, "amax").unwrap();
     let out = Tensor { scale: scale.ptr, ..codes.tensor(DType::Fp8E4M3, rows, cols) };
-    d.kernels.quantize_fp8(&d.gpu, input.tensor(DType::Bf16, rows, cols), out, amax.ptr).unwrap();
+    d.kernels.quantize_fp8(&d.gpu, input.tensor(DType::Bf16, rows, cols), out, amax.ptr, false).unwrap();
     (out, codes, scale, input)
 }
 
@@ -117,4 +117,40 @@ fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
             assert!(err <= 4e-3, "{path}, {t} rows: relative error {err:.2e} against the host's FP8 product");
         }
     }
+}
+
+/// `Linear::input_amax`: a SwiGLU's output amax, written by `silu_mul`, spares the FP8 down
+/// product its own pass over the activations and changes no bit of the product; the note is
+/// spent on the next product only, and only where that product reads those activations, so a
+/// product of other activations in between, and any later one, find their own amax.
+#[test]
+fn an_amax_written_by_the_producer_gives_the_products_own_bits() {
+    let Some(d) = device() else { return };
+    let mut linear = lumen_backend::cuda::Linear::new(&d.gpu, false).unwrap();
+    let (t, k, f, n) = (64, 1024, 2048, 512);
+    linear.reserve_fp8_inputs(&d.gpu, t * f).unwrap();
+    let (gate_up, _gc, _gs, _gi) = quantize(&d, &values(2 * f * k, 31), 2 * f, k);
+    let (down, _dc, _ds, _di) = quantize(&d, &values(n * f, 32), n, f);
+    let bf16_input = |v: &[f32]| d.gpu.upload(&v.iter().map(|&x| to_bf16(x)).collect::<Vec<u16>>(), "input").unwrap();
+    let (x, other) = (bf16_input(&values(t * k, 33)), bf16_input(&values(t * f, 34)));
+    let act = d.gpu.alloc(t * f * 2, "act").unwrap();
+    let scratch = d.gpu.alloc(t * 2 * f * 2, "gate/up").unwrap();
+    let out = d.gpu.alloc(t * n * 2, "out").unwrap();
+    let product = |linear: &mut lumen_backend::cuda::Linear, input: &DeviceBuffer| -> Vec<u16> {
+        d.gpu.fill(out.ptr, 0xff, out.bytes).unwrap();
+        linear.run(&d.gpu, &d.kernels, input.tensor(DType::Bf16, t, f), down, out.tensor(DType::Bf16, t, n)).unwrap();
+        let mut bits = vec![0u16; t * n];
+        d.gpu.download(&mut bits, out.ptr).unwrap();
+        bits
+    };
+    let (act_t, scratch_t) = (act.tensor(DType::Bf16, t, f), scratch.tensor(DType::Bf16, t, 2 * f));
+    linear.run_swiglu(&d.gpu, &d.kernels, x.tensor(DType::Bf16, t, k), gate_up, act_t, scratch_t).unwrap();
+    let folded = product(&mut linear, &act);
+    let own_pass = product(&mut linear, &act);
+    assert!(folded.iter().any(|&b| b != 0xffff), "the product wrote nothing");
+    assert_eq!(folded, own_pass, "the down product with silu_mul's amax against its own pass");
+    let other_alone = product(&mut linear, &other);
+    linear.run_swiglu(&d.gpu, &d.kernels, x.tensor(DType::Bf16, t, k), gate_up, act_t, scratch_t).unwrap();
+    assert_eq!(product(&mut linear, &other), other_alone, "a product of other activations took the SwiGLU's amax");
+    assert_eq!(product(&mut linear, &act), own_pass, "a later product of the SwiGLU's output");
 }

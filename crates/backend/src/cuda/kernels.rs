@@ -370,6 +370,8 @@ impl Kernels {
         Ok(())
     }
 
+    /// With `amax` (else 0), the largest magnitude of `normed` is also added to that u32 word
+    /// (f32 bits), as `amax_bf16` would find it: [`Linear::input_amax`](super::linear::Linear::input_amax).
     #[allow(clippy::too_many_arguments)]
     pub fn embed_rms_norm(
         &self,
@@ -383,12 +385,22 @@ impl Kernels {
         vocab: usize,
         residual: u64,
         normed: u64,
+        amax: u64,
     ) -> Result<()> {
-        let args =
-            Args::default().ptr(tokens).ptr(embed).ptr(weight).f32(eps).i32(hidden as i32).u32(vocab as u32).ptr(residual).ptr(normed);
+        let args = Args::default()
+            .ptr(tokens)
+            .ptr(embed)
+            .ptr(weight)
+            .f32(eps)
+            .i32(hidden as i32)
+            .u32(vocab as u32)
+            .ptr(residual)
+            .ptr(normed)
+            .ptr(amax);
         self.launch(gpu, self.embed_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
+    /// `amax` as for [`Kernels::embed_rms_norm`].
     #[allow(clippy::too_many_arguments)]
     pub fn add_rms_norm(
         &self,
@@ -400,8 +412,9 @@ impl Kernels {
         eps: f32,
         hidden: usize,
         normed: u64,
+        amax: u64,
     ) -> Result<()> {
-        let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed);
+        let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed).ptr(amax);
         self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
@@ -433,10 +446,10 @@ impl Kernels {
         self.launch(gpu, self.rope_kv_write, (n as u32, heads.div_ceil(heads_per_block) as u32, 1), ROPE_THREADS, args)
     }
 
-    /// `f` must be a multiple of 8.
-    pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64) -> Result<()> {
+    /// `f` must be a multiple of 8; `amax` as for [`Kernels::embed_rms_norm`].
+    pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64, amax: u64) -> Result<()> {
         let blocks = (f / 8).div_ceil(ROW_THREADS as usize) as u32;
-        let args = Args::default().ptr(gate_up).i32(f as i32).ptr(out);
+        let args = Args::default().ptr(gate_up).i32(f as i32).ptr(out).ptr(amax);
         self.launch(gpu, self.silu_mul, (blocks, n as u32, 1), ROW_THREADS, args)
     }
 
@@ -922,8 +935,10 @@ impl Kernels {
     /// scale: `out.scale` gets the power of two at or above amax / 448 (`lumen_backend::fp8::scale_for`),
     /// and each code is x / scale rounded to nearest even. Up to [`FP8_ONE_BLOCK_ELEMENTS`] elements
     /// (a decode step's rows) take one launch; larger tensors three, `amax` (a device u32) taking
-    /// the largest magnitude. Elements must be a multiple of 8.
-    pub fn quantize_fp8(&self, gpu: &Gpu, x: Tensor, out: Tensor, amax: u64) -> Result<()> {
+    /// the largest magnitude, or one where `amax_written`: the kernel that wrote x has put it
+    /// there ([`Linear::input_amax`](super::linear::Linear::input_amax)). Elements must be a
+    /// multiple of 8.
+    pub fn quantize_fp8(&self, gpu: &Gpu, x: Tensor, out: Tensor, amax: u64, amax_written: bool) -> Result<()> {
         let n = x.rows * x.cols;
         if x.dtype != DType::Bf16 || out.dtype != DType::Fp8E4M3 || (out.rows, out.cols) != (x.rows, x.cols) || out.scale == 0 {
             bail!("FP8 quantization of {x} into {out}: expected bf16 in and a scaled FP8 tensor of the same shape out");
@@ -935,9 +950,11 @@ impl Kernels {
             let args = Args::default().ptr(x.ptr).u64(n as u64).ptr(out.ptr).ptr(out.scale);
             return self.launch(gpu, self.quantize_fp8_block, (1, 1, 1), 1024, args);
         }
-        gpu.fill(amax, 0, 4)?;
         let blocks = (n / 8).div_ceil(ROW_THREADS as usize).clamp(1, 2048) as u32;
-        self.launch(gpu, self.amax_bf16, (blocks, 1, 1), ROW_THREADS, Args::default().ptr(x.ptr).u64(n as u64).ptr(amax))?;
+        if !amax_written {
+            gpu.fill(amax, 0, 4)?;
+            self.launch(gpu, self.amax_bf16, (blocks, 1, 1), ROW_THREADS, Args::default().ptr(x.ptr).u64(n as u64).ptr(amax))?;
+        }
         let args = Args::default().ptr(x.ptr).u64(n as u64).ptr(amax).ptr(out.ptr).ptr(out.scale);
         self.launch(gpu, self.quantize_fp8, (blocks, 1, 1), ROW_THREADS, args)
     }

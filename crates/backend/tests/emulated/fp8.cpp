@@ -5,8 +5,8 @@
 // weight's codes, times both scales, within the bf16 rounding of the output, for 1, 3 and 4 rows
 // of 96 (fewer k steps than warps), 1,024 and 4,128 values (64-byte chunks past the first ones a
 // warp loads, and a last step of 32), 48 outputs (a non-finite one fails); and as a fused gate/up
-// product its SwiGLU equals the plain product's halves through silu_mul bit for bit. Exits
-// non-zero otherwise.
+// product its SwiGLU equals the plain product's halves through silu_mul bit for bit, and the
+// amax silu_mul writes of its output equals amax_bf16's. Exits non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
 
@@ -41,7 +41,12 @@ int main() {
             std::vector<bf16> fused(t * n / 2, 0xffff), activated(t * n / 2, 0xffff);
             launch(gemv_fp8, {(unsigned)(n / 2 + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
                    (void*)fused.data(), out_f32, 1);
-            launch(silu_mul, {1, (unsigned)t}, 256, y.data(), n / 2, activated.data());
+            // silu_mul also writes its output's amax (two blocks a row, the second without a
+            // value): the word amax_bf16 finds in that output.
+            u32 act_amax = 0, pass_amax = 0;
+            launch(silu_mul, {2, (unsigned)t}, 256, y.data(), n / 2, activated.data(), &act_amax);
+            launch(amax_bf16, {3}, 256, activated.data(), (u64)(t * n / 2), &pass_amax);
+            const bool amax_differs = act_amax != pass_amax || pass_amax == 0;
             int swiglu_differs = 0;
             for (int i = 0; i < t * n / 2; i++) swiglu_differs += fused[i] != activated[i];
             double worst = 0;
@@ -53,9 +58,11 @@ int main() {
                     const double error = std::isfinite(got) ? std::fabs(got - want) / std::max(std::fabs(want), 1e-3) : INFINITY;
                     worst = std::max(worst, error);
                 }
-            const bool ok = x_scale == want_scale && code_differs == 0 && worst <= 8e-3 && swiglu_differs == 0;
-            printf("%d rows of %4d: scale %g (host %g), %d codes differ, GEMV within %.1e relative, %d fused SwiGLU values differ%s\n", t, k,
-                   x_scale, want_scale, code_differs, worst, swiglu_differs, ok ? "" : "  FAILED");
+            const bool ok = x_scale == want_scale && code_differs == 0 && worst <= 8e-3 && swiglu_differs == 0 && !amax_differs;
+            printf("%d rows of %4d: scale %g (host %g), %d codes differ, GEMV within %.1e relative, %d fused SwiGLU values differ, "
+                   "silu_mul's amax %g (amax_bf16 %g)%s\n",
+                   t, k, x_scale, want_scale, code_differs, worst, swiglu_differs, __uint_as_float(act_amax), __uint_as_float(pass_amax),
+                   ok ? "" : "  FAILED");
             failures += !ok;
         }
     return failures != 0;

@@ -393,6 +393,8 @@ pub fn enqueue_forward(
     }
     let mut moe_layer = 0;
     let pass = Pass { w, c, act, kv, inputs, shape };
+    // The norms write their output's amax for an FP8 product of it (Linear::input_amax).
+    let normed = act.normed.tensor(DType::Bf16, t, h);
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
@@ -405,6 +407,7 @@ pub fn enqueue_forward(
         w.weights.embed.rows,
         act.residual.ptr,
         act.normed.ptr,
+        linear.input_amax(gpu, normed)?,
     )?;
     for (li, layer) in layers.iter().enumerate() {
         match &layer.attention {
@@ -414,10 +417,12 @@ pub fn enqueue_forward(
                 pass.latent_attention(linear, a, li)?;
             }
         }
-        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr)?;
+        let amax = linear.input_amax(gpu, normed)?;
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr, amax)?;
         pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, &all_reduce)?;
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
-        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr)?;
+        let amax = linear.input_amax(gpu, normed)?;
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr, amax)?;
     }
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);
@@ -716,7 +721,7 @@ impl Pass<'_> {
                 let n = ACTIVATION_ROWS_PER_LAUNCH.min(rows_total - first);
                 let (gate_up, out) = (b.gate_up.at(first * 2 * fe * 2), b.act.at(first * fe * 2));
                 match m.activation {
-                    ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out)?,
+                    ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out, 0)?,
                     ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, alpha, limit, out)?,
                 }
             }

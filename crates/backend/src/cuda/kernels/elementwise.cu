@@ -26,18 +26,28 @@ __device__ __forceinline__ void load_norm_weight(const bf16* __restrict__ weight
 }
 
 // Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`, with this thread's
-// groups of the weight in `w`.
+// groups of the weight in `w`. With `amax` (else null), also adds the largest magnitude of the
+// bf16 values written to that word (record_amax): what amax_bf16 would find in them, so that an
+// FP8 product of the normed rows can skip that pass.
 __device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
-                                         bf16* __restrict__ out, float* scratch) {
+                                         bf16* __restrict__ out, float* scratch, u32* __restrict__ amax) {
     float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
     int n4 = hidden / 4;
+    float m = 0.f;
 #pragma unroll
     for (int it = 0; it < NORM_ITEMS; it++) {
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) {
             float4 x = v[it];
-            ((uint2*)out)[i] = f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
+            const uint2 packed =
+                f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
+            ((uint2*)out)[i] = packed;
+            m = fmaxf(m, bf16x4_amax(packed));
         }
+    }
+    if (amax) {
+        m = block_max(m, scratch);
+        if (threadIdx.x == 0) record_amax(amax, m);
     }
 }
 
@@ -58,11 +68,13 @@ __device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width,
     return ss;
 }
 
-// residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16).
+// residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16), and
+// with `amax` (else null) normed's largest magnitude added to that word (norm_row).
 // One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
 // error of this kernel instead of a read out of bounds.
 extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
-                                          float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed) {
+                                          float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed,
+                                          u32* __restrict__ amax) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -78,12 +90,13 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) res[i] = v[it];
     }
-    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch);
+    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch, amax);
 }
 
-// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight. One block per token.
+// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight, and with `amax` (else
+// null) normed's largest magnitude added to that word (norm_row). One block per token.
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight, float eps,
-                                        int hidden, bf16* __restrict__ normed) {
+                                        int hidden, bf16* __restrict__ normed, u32* __restrict__ amax) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -111,7 +124,7 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
             ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
         }
     }
-    norm_row(v, ss, w, eps, hidden, normed + base, scratch);
+    norm_row(v, ss, w, eps, hidden, normed + base, scratch, amax);
 }
 
 // normed[t] = rms_norm(x[t]) * weight over rows of `width` bf16 values (MLA's q and latent
@@ -125,7 +138,7 @@ extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16*
     u64 base = (u64)blockIdx.x * width;
     float4 v[NORM_ITEMS];
     const float ss = load_row(x + base, width, v);
-    norm_row(v, ss, w, eps, width, normed + base, scratch);
+    norm_row(v, ss, w, eps, width, normed + base, scratch, nullptr);
 }
 
 // RoPE's cosine and sine at `position` for one frequency, times `attention_factor` (YaRN's, else
@@ -268,23 +281,32 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
     store_bf16x4((bf16*)cache + at + half, b);
 }
 
-// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0).
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0), and
+// with `amax` (else null) out's largest magnitude added to that word, as norm_row does.
 // Grid: (ceil(f / (8 * blockDim.x)), tokens).
-extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf16* __restrict__ out) {
+extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf16* __restrict__ out, u32* __restrict__ amax) {
     pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= f / 8) return;
     u64 t = blockIdx.y;
-    uint4 g = ((const uint4*)(gate_up + t * 2 * f))[i], u = ((const uint4*)(gate_up + t * 2 * f + f))[i];
-    const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
-    u32 o[4];
+    float m = 0.f;
+    if (i < f / 8) {
+        uint4 g = ((const uint4*)(gate_up + t * 2 * f))[i], u = ((const uint4*)(gate_up + t * 2 * f + f))[i];
+        const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
+        u32 o[4];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        float g0 = __uint_as_float(gw[j] << 16), g1 = __uint_as_float(gw[j] & 0xffff0000u);
-        float u0 = __uint_as_float(uw[j] << 16), u1 = __uint_as_float(uw[j] & 0xffff0000u);
-        o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
+        for (int j = 0; j < 4; j++) {
+            float g0 = __uint_as_float(gw[j] << 16), g1 = __uint_as_float(gw[j] & 0xffff0000u);
+            float u0 = __uint_as_float(uw[j] << 16), u1 = __uint_as_float(uw[j] & 0xffff0000u);
+            o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
+        }
+        ((uint4*)(out + t * f))[i] = make_uint4(o[0], o[1], o[2], o[3]);
+        m = fmaxf(bf16x4_amax(make_uint2(o[0], o[1])), bf16x4_amax(make_uint2(o[2], o[3])));
     }
-    ((uint4*)(out + t * f))[i] = make_uint4(o[0], o[1], o[2], o[3]);
+    if (amax) {
+        __shared__ float scratch[32];
+        m = block_max(m, scratch);
+        if (threadIdx.x == 0) record_amax(amax, m);
+    }
 }
 
 // dst[r] = src[rows[r]] for rows of `width` bf16 values (width % 8 == 0). One block per row.
