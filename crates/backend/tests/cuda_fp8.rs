@@ -145,12 +145,19 @@ fn an_amax_written_by_the_producer_gives_the_products_own_bits() {
     };
     let (act_t, scratch_t) = (act.tensor(DType::Bf16, t, f), scratch.tensor(DType::Bf16, t, 2 * f));
     linear.run_swiglu(&d.gpu, &d.kernels, x.tensor(DType::Bf16, t, k), gate_up, act_t, scratch_t).unwrap();
+    let differ = |a: &[u16], b: &[u16]| a.iter().zip(b).filter(|(x, y)| x != y).count();
     let folded = product(&mut linear, &act);
     let own_pass = product(&mut linear, &act);
-    assert!(folded.iter().any(|&b| b != 0xffff), "the product wrote nothing");
-    assert_eq!(folded, own_pass, "the down product with silu_mul's amax against its own pass");
+    assert!(folded.iter().any(|&b| b != 0xffff && b != 0), "the product wrote nothing");
     let other_alone = product(&mut linear, &other);
     linear.run_swiglu(&d.gpu, &d.kernels, x.tensor(DType::Bf16, t, k), gate_up, act_t, scratch_t).unwrap();
-    assert_eq!(product(&mut linear, &other), other_alone, "a product of other activations took the SwiGLU's amax");
-    assert_eq!(product(&mut linear, &act), own_pass, "a later product of the SwiGLU's output");
+    let other_after = product(&mut linear, &other);
+    let act_later = product(&mut linear, &act);
+    for (what, got, want) in [
+        ("the down product with silu_mul's amax, against its own pass", &folded, &own_pass),
+        ("a product of other activations right after the SwiGLU", &other_after, &other_alone),
+        ("a later product of the SwiGLU's output", &act_later, &own_pass),
+    ] {
+        assert_eq!(differ(got, want), 0, "{what}: values differ, of {}", t * n);
+    }
 }
