@@ -56,7 +56,6 @@ pub struct Kernels {
     add_bias: Kernel,
     gather_rows: Kernel,
     moe_route: Kernel,
-    moe_gate_route: Kernel,
     moe_combine: Kernel,
     moe_gemv: Kernel,
     moe_align: Kernel,
@@ -280,7 +279,6 @@ impl Kernels {
             add_bias: get("add_bias")?,
             gather_rows: get("gather_rows")?,
             moe_route: get("moe_route")?,
-            moe_gate_route: get("moe_gate_route")?,
             moe_combine: get("moe_combine")?,
             moe_gemv: get("moe_gemv")?,
             moe_align: get("moe_align")?,
@@ -476,31 +474,59 @@ impl Kernels {
         self.launch(gpu, self.gather_rows, (n_rows as u32, 1, 1), ROW_THREADS, args)
     }
 
-    /// Routes `tokens` rows of f32 router logits (`[tokens, experts]`) to their experts as
-    /// [`RouteArgs`] says (moe.cu's `route_token`), a warp a token.
-    pub fn moe_route(&self, gpu: &Gpu, logits: u64, tokens: usize, route: &RouteArgs) -> Result<()> {
-        let args = route.push(Args::default().ptr(logits).i32(tokens as i32))?;
+    /// Routes `tokens` rows of f32 router logits (`[tokens, experts]`, plus the router's bf16
+    /// `router_bias` and the f32 `bias`, each when non-zero) to their `k` experts: `experts`
+    /// (u32) and `weights` (f32), `[tokens, k]` each; `method` is the routing method's index
+    /// (Default 0, Renormalize 1, RenormalizeNaive 2, Llama4 3, DeepSeekV3 4), and the weights
+    /// are scaled by `scale`. DeepSeekV3 adds the bf16 `correction` bias (when non-zero) to the
+    /// sigmoid scores that choose, and keeps the best `groups.1` of `groups.0` expert groups.
+    /// The choices of the step's real tokens (`real_tokens`, a device u32; padding rows of a
+    /// replayed graph follow them) are added to `load` (u32 per expert, zeroed by the caller).
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_route(
+        &self,
+        gpu: &Gpu,
+        logits: u64,
+        router_bias: u64,
+        bias: u64,
+        correction: u64,
+        groups: (usize, usize),
+        tokens: usize,
+        experts: usize,
+        k: usize,
+        method: u32,
+        scale: f32,
+        real_tokens: u64,
+        out_experts: u64,
+        out_weights: u64,
+        load: u64,
+    ) -> Result<()> {
+        anyhow::ensure!(k <= MOE_MAX_TOP_K, "moe_route: top {k} experts, at most {MOE_MAX_TOP_K} on CUDA");
+        anyhow::ensure!(experts <= MOE_MAX_EXPERTS, "moe_route: {experts} experts, at most {MOE_MAX_EXPERTS} on CUDA");
+        let (n_group, topk_group) = groups;
+        anyhow::ensure!(
+            (1..=MOE_MAX_GROUPS).contains(&n_group) && experts.is_multiple_of(n_group) && (1..=n_group).contains(&topk_group),
+            "moe_route: keeping {topk_group} of {n_group} expert groups over {experts} experts, expected 1 ≤ kept ≤ groups ≤ {MOE_MAX_GROUPS} \
+             and groups dividing the experts"
+        );
+        let args = Args::default()
+            .ptr(logits)
+            .ptr(router_bias)
+            .ptr(bias)
+            .ptr(correction)
+            .i32(n_group as i32)
+            .i32(topk_group as i32)
+            .i32(tokens as i32)
+            .i32(experts as i32)
+            .i32(k as i32)
+            .i32(method as i32)
+            .f32(scale)
+            .ptr(real_tokens)
+            .ptr(out_experts)
+            .ptr(out_weights)
+            .ptr(load);
         let tokens_per_block = ROW_THREADS / 32;
         self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(tokens_per_block), 1, 1), ROW_THREADS, args)
-    }
-
-    /// The router's product and the routing of a decode step's few tokens in one launch: the
-    /// f32 `logits` (`[t, experts]`) of `x` (`[t, k]` bf16, t at most [`GEMV_MAX_TOKENS`]) by the
-    /// bf16 `gate` (`[experts, k]`), as [`Kernels::gemv`] computes them, then the routing of
-    /// every token as [`Kernels::moe_route`] gives it, in the launch's last block. `done` is a
-    /// device u32 that is 0 before the launch and after it.
-    pub fn moe_gate_route(&self, gpu: &Gpu, x: Tensor, gate: Tensor, logits: u64, done: u64, route: &RouteArgs) -> Result<()> {
-        let (t, n, k) = check_product(x, gate, Tensor { dtype: DType::F32, ptr: logits, rows: x.rows, cols: gate.rows, scale: 0 })?;
-        if x.dtype != DType::Bf16 || gate.dtype != DType::Bf16 || t > GEMV_MAX_TOKENS || !k.is_multiple_of(8) || n != route.experts {
-            bail!(
-                "moe_gate_route: bf16 rows {x} (at most {GEMV_MAX_TOKENS}, k a multiple of 8) by a bf16 gate {gate} of {} experts expected",
-                route.experts
-            );
-        }
-        let k_split = gemv_k_split(n, k, gpu.info.multiprocessors as usize);
-        let rows_per_block = (GEMV_THREADS / 32) as usize / k_split;
-        let args = Args::default().ptr(x.ptr).ptr(gate.ptr).i32(t as i32).i32(k as i32).i32(k_split as i32).ptr(logits).ptr(done);
-        self.launch(gpu, self.moe_gate_route, (n.div_ceil(rows_per_block) as u32, 1, 1), GEMV_THREADS, route.push(args)?)
     }
 
     /// Lays `slots` routed slots (`experts`, u32) out expert by expert in tiles of
@@ -945,57 +971,6 @@ impl Kernels {
     pub fn sample_tokens(&self, gpu: &Gpu, logits: u64, params: u64, rows: usize, vocab: usize, out: u64) -> Result<()> {
         let args = Args::default().ptr(logits).ptr(params).i32(vocab as i32).ptr(out);
         self.launch(gpu, self.sample_tokens, (rows as u32, 1, 1), SAMPLE_THREADS, args)
-    }
-}
-
-/// How `moe_route` and `moe_gate_route` route each token: the `k` largest of its logits over
-/// `experts` (plus the router's bf16 `router_bias` and the f32 `bias`, each when non-zero), their
-/// weights by `method` (the routing method's index: Default 0, Renormalize 1, RenormalizeNaive
-/// 2, Llama4 3, DeepSeekV3 4) times `scale`, into `out_experts` (u32) and `out_weights` (f32),
-/// `[tokens, k]` each. DeepSeekV3 adds the bf16 `correction` bias (when non-zero) to the sigmoid
-/// scores that choose, and keeps the best `groups.1` of `groups.0` expert groups. The choices of
-/// the step's real tokens (`real_tokens`, a device u32; padding rows of a replayed graph follow
-/// them) are added to `load` (u32 per expert, zeroed by the caller).
-pub struct RouteArgs {
-    pub router_bias: u64,
-    pub bias: u64,
-    pub correction: u64,
-    pub groups: (usize, usize),
-    pub experts: usize,
-    pub k: usize,
-    pub method: u32,
-    pub scale: f32,
-    pub real_tokens: u64,
-    pub out_experts: u64,
-    pub out_weights: u64,
-    pub load: u64,
-}
-
-impl RouteArgs {
-    /// Checks the routing's limits and appends its arguments, in moe.cu's MOE_ROUTE_PARAMS order.
-    fn push(&self, args: Args) -> Result<Args> {
-        let (k, experts, (n_group, topk_group)) = (self.k, self.experts, self.groups);
-        anyhow::ensure!(k <= MOE_MAX_TOP_K, "moe_route: top {k} experts, at most {MOE_MAX_TOP_K} on CUDA");
-        anyhow::ensure!(experts <= MOE_MAX_EXPERTS, "moe_route: {experts} experts, at most {MOE_MAX_EXPERTS} on CUDA");
-        anyhow::ensure!(
-            (1..=MOE_MAX_GROUPS).contains(&n_group) && experts.is_multiple_of(n_group) && (1..=n_group).contains(&topk_group),
-            "moe_route: keeping {topk_group} of {n_group} expert groups over {experts} experts, expected 1 ≤ kept ≤ groups ≤ {MOE_MAX_GROUPS} \
-             and groups dividing the experts"
-        );
-        Ok(args
-            .ptr(self.router_bias)
-            .ptr(self.bias)
-            .ptr(self.correction)
-            .i32(n_group as i32)
-            .i32(topk_group as i32)
-            .i32(experts as i32)
-            .i32(k as i32)
-            .i32(self.method as i32)
-            .f32(self.scale)
-            .ptr(self.real_tokens)
-            .ptr(self.out_experts)
-            .ptr(self.out_weights)
-            .ptr(self.load))
     }
 }
 

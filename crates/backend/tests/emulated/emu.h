@@ -102,13 +102,6 @@ struct BlockSync {
 inline BlockSync* running_block;
 
 inline void __syncthreads() { running_block->block->arrive_and_wait(); }
-// Blocks run one after another and a block's threads meet at barriers, so a fence orders nothing
-// more, and every load sees memory as L2 would.
-inline void __threadfence() {}
-template <class T>
-T __ldcg(const T* p) {
-    return *p;
-}
 inline void __syncwarp(unsigned = 0xffffffffu) { running_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
 
 // Every lane of the warp publishes `v`, then reads lane source(lane)'s.

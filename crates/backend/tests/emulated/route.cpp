@@ -3,8 +3,7 @@
 // group limit and correction bias), with the router's bias and the planted Zipf skew, and an
 // exact tie among the logits, the experts must be the same, best first, the weights within 1e-5,
 // and the load must count the real tokens' choices only (the rows after them are a replayed
-// graph's padding); and moe_gate_route, the router's product and the routing in one launch, must
-// give the bits of the gemv and moe_route launches it replaces. Exits non-zero on any difference.
+// graph's padding). Exits non-zero on any difference.
 #include "emu.h"
 #include "kernels.cu"
 #include <numeric>
@@ -45,9 +44,9 @@ int main() {
         std::vector<u32> experts(tokens * c.k, 999), load(c.experts, 0), want_load(c.experts, 0);
         std::vector<float> weights(tokens * c.k, NAN);
         const float scale = c.method == 4 ? 2.5f : 1.f;
-        launch(moe_route, {(unsigned)(tokens + 7) / 8}, 256, logits.data(), tokens, c.router_bias ? router_bias.data() : nullptr,
-               c.zipf ? zipf.data() : nullptr, c.correction ? correction.data() : nullptr, c.n_group, c.topk_group, c.experts, c.k, c.method,
-               scale, &real_tokens, experts.data(), weights.data(), load.data());
+        launch(moe_route, {(unsigned)(tokens + 7) / 8}, 256, logits.data(), c.router_bias ? router_bias.data() : nullptr,
+               c.zipf ? zipf.data() : nullptr, c.correction ? correction.data() : nullptr, c.n_group, c.topk_group, tokens, c.experts, c.k,
+               c.method, scale, &real_tokens, experts.data(), weights.data(), load.data());
         int differ = 0;
         double weight_error = 0;
         for (int t = 0; t < tokens; t++) {
@@ -96,36 +95,6 @@ int main() {
         printf("%3d experts, top %d, method %d, groups %d keep %d: %d choices differ, weights within %.1e, load %s%s\n", c.experts, c.k,
                c.method, c.n_group, c.topk_group, differ, weight_error, load == want_load ? "equal" : "differs", ok ? "" : "  FAILED");
         failures += !ok;
-
-        // moe_gate_route: the router's product of a decode step's few rows and the routing in one
-        // launch must give gemv's logits and moe_route's experts, weights and load bit for bit,
-        // and leave its block count at 0, for every split of the product's rows.
-        const int t_count = 1 + (int)(&c - cases) % 4, gate_k = 264, k_split = 1 << ((int)(&c - cases) % 4);
-        u32 step_real = t_count > 1 ? t_count - 1 : 1;
-        std::vector<bf16> x(t_count * gate_k), gate(c.experts * gate_k);
-        for (bf16& v : x) v = f2bf(rng.next());
-        for (bf16& v : gate) v = f2bf(0.2f * rng.next());
-        const auto rows_per_block = [](int n, int split) { return (unsigned)((n + 8 / split - 1) / (8 / split)); };
-        std::vector<float> two_logits(t_count * c.experts, NAN), one_logits(t_count * c.experts, NAN);
-        std::vector<u32> two_experts(t_count * c.k, 999), one_experts(t_count * c.k, 999), two_load(c.experts, 0), one_load(c.experts, 0);
-        std::vector<float> two_weights(t_count * c.k, NAN), one_weights(t_count * c.k, NAN);
-        const bf16* rb = c.router_bias ? router_bias.data() : nullptr;
-        const float* zb = c.zipf ? zipf.data() : nullptr;
-        const bf16* cb = c.correction ? correction.data() : nullptr;
-        launch(gemv, {rows_per_block(c.experts, k_split)}, 256, x.data(), gate.data(), t_count, c.experts, gate_k, (void*)two_logits.data(), 1, 0,
-               k_split);
-        launch(moe_route, {1}, 256, two_logits.data(), t_count, rb, zb, cb, c.n_group, c.topk_group, c.experts, c.k, c.method, scale,
-               &step_real, two_experts.data(), two_weights.data(), two_load.data());
-        u32 done = 0;
-        launch(moe_gate_route, {rows_per_block(c.experts, k_split)}, 256, x.data(), gate.data(), t_count, gate_k, k_split, one_logits.data(),
-               &done, rb, zb, cb, c.n_group, c.topk_group, c.experts, c.k, c.method, scale, &step_real, one_experts.data(),
-               one_weights.data(), one_load.data());
-        const bool same_bits = std::memcmp(two_logits.data(), one_logits.data(), two_logits.size() * 4) == 0 &&
-                               std::memcmp(two_weights.data(), one_weights.data(), two_weights.size() * 4) == 0;
-        const bool fused_ok = same_bits && two_experts == one_experts && two_load == one_load && done == 0;
-        printf("    fused with the router's product, %d rows, %d warps a row: %s%s\n", t_count, k_split,
-               fused_ok ? "the two launches' bits" : "differs", fused_ok ? "" : "  FAILED");
-        failures += !fused_ok;
     }
     return failures != 0;
 }

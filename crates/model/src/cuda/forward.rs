@@ -18,9 +18,7 @@
 //! A mixture-of-experts layer runs its gate GEMM to f32 router logits (replaced by the perfect
 //! router's balanced ones when it is on), routes every token on the device (`moe_route`, with
 //! GPT-OSS's router bias) and counts each expert's slots there (in `moe_route`, the step's expert
-//! load, read back by [`expert_load`] once the step is done). A decode step of a few tokens does
-//! both in one launch (`moe_gate_route`: the GEMV of the gate, then the routing in its last
-//! block), except under the perfect router, whose logits replace the gate's in between. Then, for a step of at most
+//! load, read back by [`expert_load`] once the step is done). Then, for a step of at most
 //! [`MOE_DEVICE_SLOTS`] routed slots (a decode step of a few tokens), each slot's two expert
 //! products run as `moe_gemv`s that find the expert's weights through device tables. A larger
 //! step lays its slots out expert by expert in tiles on the device (`moe_align`) and runs both
@@ -35,10 +33,9 @@ use crate::moe::{ExpertActivation, RoutingMethod};
 use crate::perfect_router::{balanced_logits, BalancedKey};
 use crate::plan::{Attention, FeedForward, LatentAttention, Moe, SelfAttention};
 use anyhow::{bail, ensure, Result};
-use lumen_backend::cuda::kernels::GEMV_MAX_TOKENS;
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{
-    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, RouteArgs, MLA_BLOCK_ROWS,
+    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, MLA_BLOCK_ROWS,
     MOE_TILE_ROWS,
 };
 use lumen_trace::instrument::{span, Category};
@@ -104,8 +101,6 @@ struct MoeBuffers {
     shared: Option<(DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer)>,
     /// `[moe layers, experts]` u32: the step's slots per expert, zeroed at its start.
     load: DeviceBuffer,
-    /// A u32 `moe_gate_route`'s blocks count themselves on (0 between launches).
-    route_done: DeviceBuffer,
     moe_layers: usize,
 }
 
@@ -208,11 +203,6 @@ impl Activations {
                             )),
                         },
                         load: alloc(c.num_moe_layers().max(1) * e, 4, "expert load")?,
-                        route_done: {
-                            let done = alloc(1, 4, "routing block count")?;
-                            gpu.fill(done.ptr, 0, 4)?;
-                            done
-                        },
                         moe_layers: c.num_moe_layers(),
                     })
                 }
@@ -653,45 +643,44 @@ impl Pass<'_> {
         let b = act.moe.as_ref().expect("MoE buffers for a MoE model");
         let (h, e, top, fe) = (c.hidden_size, m.num_experts, m.top_k, m.expert_intermediate_size);
         let slots = t * top;
-        // The perfect router's logits replace the biased ones (the router's bias and the planted
-        // skew), as on the CPU; DeepSeek-V3's correction bias is left out under it too.
-        let route = RouteArgs {
-            router_bias: moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr()),
-            bias: w.gate_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |g| g.ptr),
-            correction: moe.score_correction_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr()),
-            groups: (m.groups.n_group, m.groups.topk_group),
-            experts: e,
-            k: top,
-            method: route_method(m.routing),
-            scale: m.routed_scaling_factor,
-            real_tokens,
-            out_experts: b.experts.ptr,
-            out_weights: b.weights.ptr,
-            load: b.load.at(moe_layer * e * 4),
-        };
-        let (normed, router) = (act.normed.tensor(DType::Bf16, t, h), moe.router.view());
-        // A decode step's few tokens: the router's product and the routing in one launch, unless
-        // the perfect router replaces the logits in between or the step must keep its bits
-        // whatever the batch (the GEMV sums in another order than cuBLASLt).
-        let fused = !w.perfect_router && !self.shape.batch_invariant && t <= GEMV_MAX_TOKENS && router.dtype == DType::Bf16 && h % 8 == 0;
-        if fused {
-            let _stage = span(Category::Debug, "moe gate");
-            k.moe_gate_route(gpu, normed, router, b.logits.ptr, b.route_done.ptr, &route)?;
-        } else {
-            let stage = span(Category::Debug, "moe gate");
-            linear.run(gpu, k, normed, router, b.logits.tensor(DType::F32, t, e))?;
-            if w.perfect_router {
-                if moe_layer == 0 {
-                    let key = BalancedKey { tokens: t, num_experts: e, top_k: top, method: m.routing, ep_ranks: 1, groups: m.groups };
-                    gpu.copy_to_device(b.balanced.ptr, &balanced_logits(key)?[..])?;
-                }
-                // The gate GEMM ran; its logits give way to the balanced ones.
-                gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
+        let stage = span(Category::Debug, "moe gate");
+        linear.run(gpu, k, act.normed.tensor(DType::Bf16, t, h), moe.router.view(), b.logits.tensor(DType::F32, t, e))?;
+        if w.perfect_router {
+            if moe_layer == 0 {
+                let key = BalancedKey { tokens: t, num_experts: e, top_k: top, method: m.routing, ep_ranks: 1, groups: m.groups };
+                gpu.copy_to_device(b.balanced.ptr, &balanced_logits(key)?[..])?;
             }
-            drop(stage);
-            let _stage = span(Category::Debug, "moe route");
-            k.moe_route(gpu, b.logits.ptr, t, &route)?;
+            // The gate GEMM ran; its logits give way to the balanced ones.
+            gpu.copy_2d(b.logits.ptr, t * e * 4, b.balanced.ptr, t * e * 4, t * e * 4, 1)?;
         }
+        drop(stage);
+        let stage = span(Category::Debug, "moe route");
+        // The perfect router's logits replace the biased ones (the router's bias and the planted
+        // skew), as on the CPU.
+        let zipf = w.gate_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |g| g.ptr);
+        let router_bias = moe.router_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
+        // DeepSeek-V3's correction bias is left out under the perfect router too, as on the CPU.
+        let correction = moe.score_correction_bias.as_ref().filter(|_| !w.perfect_router).map_or(0, |b| b.ptr());
+        let groups = (m.groups.n_group, m.groups.topk_group);
+        let method = route_method(m.routing);
+        k.moe_route(
+            gpu,
+            b.logits.ptr,
+            router_bias,
+            zipf,
+            correction,
+            groups,
+            t,
+            e,
+            top,
+            method,
+            m.routed_scaling_factor,
+            real_tokens,
+            b.experts.ptr,
+            b.weights.ptr,
+            b.load.at(moe_layer * e * 4),
+        )?;
+        drop(stage);
         let tables = w.expert_tables[layer].as_ref().expect("a MoE layer has its expert tables");
         let bias_table = |table: &Option<DeviceBuffer>| table.as_ref().map_or(0, |t| t.ptr);
         let (gate_up_bias, down_bias) = (bias_table(&tables.gate_up_bias), bias_table(&tables.down_bias));

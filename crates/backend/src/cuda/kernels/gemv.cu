@@ -76,10 +76,9 @@ __device__ __forceinline__ void gemv_share(int k, int k_split, int share, int& g
 // `k_split` (1, 2, 4 or 8) warps share a row, each summing a contiguous share of k, and the row's
 // first warp adds the shares in order: a weight of few rows (a router's gate) then spreads over
 // k_split times the blocks. The split is chosen from the weight's shape alone, so a row's sums
-// never depend on the batch. The body of the `gemv` kernel and of moe_gate_route's product: every
-// thread of the block returns from it.
-__device__ __forceinline__ void gemv_block(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k,
-                                           void* __restrict__ y, int out_f32, int swiglu, int k_split) {
+// never depend on the batch.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n,
+                                                                int k, void* __restrict__ y, int out_f32, int swiglu, int k_split) {
     __shared__ float shares[GEMV_THREADS / 32][2][GEMV_MAX_T];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (GEMV_THREADS / 32 / k_split) + warp / k_split, part = warp % k_split;
@@ -124,9 +123,4 @@ __device__ __forceinline__ void gemv_block(const bf16* __restrict__ x, const bf1
             else ((bf16*)y)[(u64)t * n + row] = f2bf(v);
         }
     }
-}
-
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n,
-                                                                int k, void* __restrict__ y, int out_f32, int swiglu, int k_split) {
-    gemv_block(x, w, t_count, n, k, y, out_f32, swiglu, k_split);
 }

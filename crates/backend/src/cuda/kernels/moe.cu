@@ -12,9 +12,8 @@
 
 // A token's router logit for expert e: the gate's, plus the router's own bf16 bias and the
 // planted Zipf skew where given, summed as the CPU sums them.
-// The logits are read from L2 (__ldcg): in moe_gate_route other blocks of the launch wrote them.
 __device__ __forceinline__ float routed_logit(const float* row, const bf16* router_bias, const float* bias, int e) {
-    return __ldcg(row + e) + ((router_bias ? bf2f(router_bias[e]) : 0.f) + (bias ? bias[e] : 0.f));
+    return row[e] + ((router_bias ? bf2f(router_bias[e]) : 0.f) + (bias ? bias[e] : 0.f));
 }
 
 __device__ __forceinline__ float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
@@ -34,7 +33,7 @@ __device__ __forceinline__ void warp_arg_max(int& best, float& value) {
     }
 }
 
-// One warp's routing of token t: the `k` largest router logits (plus, where given, the router's own bf16
+// One warp per token: the `k` largest router logits (plus, where given, the router's own bf16
 // bias `router_bias[e]` and the planted Zipf skew `bias[e]`, summed first), ties to the lower
 // expert, and their weights by `method`, in lumen's RoutingMethod order: 0 Default (softmax over
 // every expert), 1 Renormalize (softmax over the chosen), 2 RenormalizeNaive (softmax over every
@@ -49,14 +48,17 @@ __device__ __forceinline__ void warp_arg_max(int& best, float& value) {
 // n_group <= MOE_MAX_GROUPS.
 //
 // Each of the step's real tokens (the first `*real_tokens`; a replayed graph routes padding rows
-// after them) adds its k choices to `load` (u32 per expert): the step's expert load. `mine` is the
-// warp's MOE_MAX_EXPERTS floats of shared memory.
-__device__ __forceinline__ void route_token(const float* __restrict__ logits, const bf16* __restrict__ router_bias,
-                                            const float* __restrict__ bias, const bf16* __restrict__ correction, int n_group,
-                                            int topk_group, int t, int experts, int k, int method, float scale,
-                                            const u32* __restrict__ real_tokens, u32* __restrict__ out_experts,
-                                            float* __restrict__ out_weights, u32* __restrict__ load, float* mine) {
-    const int lane = threadIdx.x & 31;
+// after them) adds its k choices to `load` (u32 per expert): the step's expert load.
+extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
+    moe_route(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
+              const bf16* __restrict__ correction, int n_group, int topk_group, int tokens, int experts, int k, int method,
+              float scale, const u32* __restrict__ real_tokens, u32* __restrict__ out_experts, float* __restrict__ out_weights,
+              u32* __restrict__ load) {
+    pdl_begin();
+    // Each warp's corrected scores, for its group scores (DeepSeekV3 only).
+    __shared__ float corrected[MOE_ROUTE_THREADS / 32][MOE_MAX_EXPERTS];
+    const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (t >= tokens) return;
     const float* row = logits + (u64)t * experts;
     float z[MOE_PER_LANE];
     float all_max = -INFINITY;
@@ -69,6 +71,7 @@ __device__ __forceinline__ void route_token(const float* __restrict__ logits, co
     // The choice runs on s' (outside the kept groups, -inf: no candidate at all). With every group
     // kept (Moonlight's one group) the group choice changes nothing and is skipped.
     const bool choose_groups = method == 4 && topk_group < n_group;
+    float* mine = corrected[warp];
     if (method == 4) {
 #pragma unroll
         for (int i = 0; i < MOE_PER_LANE; i++) {
@@ -156,46 +159,6 @@ __device__ __forceinline__ void route_token(const float* __restrict__ logits, co
     out_experts[(u64)t * k + lane] = (u32)chosen;
     out_weights[(u64)t * k + lane] = w * scale;
     if ((u32)t < *real_tokens) atomicAdd(&load[chosen], 1u);
-}
-
-
-// The same arguments as route_token (t < tokens; see above); a warp per token.
-#define MOE_ROUTE_PARAMS                                                                                                            \
-    const bf16 *__restrict__ router_bias, const float *__restrict__ bias, const bf16 *__restrict__ correction, int n_group,         \
-        int topk_group, int experts, int k, int method, float scale, const u32 *__restrict__ real_tokens,                           \
-        u32 *__restrict__ out_experts, float *__restrict__ out_weights, u32 *__restrict__ load
-#define MOE_ROUTE_ARGS(t) \
-    router_bias, bias, correction, n_group, topk_group, t, experts, k, method, scale, real_tokens, out_experts, out_weights, load
-
-extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS) moe_route(const float* __restrict__ logits, int tokens, MOE_ROUTE_PARAMS) {
-    pdl_begin();
-    // Each warp's corrected scores, for its group scores (DeepSeekV3 only).
-    __shared__ float corrected[MOE_ROUTE_THREADS / 32][MOE_MAX_EXPERTS];
-    const int t = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5), warp = threadIdx.x >> 5;
-    if (t < tokens) route_token(logits, MOE_ROUTE_ARGS(t), corrected[warp]);
-}
-
-// The router's product and the routing of a decode step's few tokens in one launch: the f32
-// logits of x (t_count <= GEMV_MAX_T rows of k) by the router's bf16 gate (`experts` rows) as the
-// `gemv` kernel computes them (gemv_block, k_split warps a row), written to `logits`; then the
-// last block to finish routes each token as moe_route does, a warp a token. The blocks count
-// themselves on `done` (a u32, 0 before the launch); the last one puts it back to 0. This saves
-// the routing's own launch and its wait for the product, at every MoE layer of a decode step.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
-    moe_gate_route(const bf16* __restrict__ x, const bf16* __restrict__ gate, int t_count, int gate_k, int k_split,
-                   float* __restrict__ logits, u32* __restrict__ done, MOE_ROUTE_PARAMS) {
-    gemv_block(x, gate, t_count, experts, gate_k, logits, 1, 0, k_split);
-    __shared__ float corrected[GEMV_THREADS / 32][MOE_MAX_EXPERTS];
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const int warp = threadIdx.x >> 5;
-    for (int t = warp; t < t_count; t += GEMV_THREADS / 32) route_token(logits, MOE_ROUTE_ARGS(t), corrected[warp]);
-    if (threadIdx.x == 0) *done = 0;
 }
 
 // GPT-OSS's expert activation of one gate value and one up value (biases already added):
