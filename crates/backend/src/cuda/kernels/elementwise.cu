@@ -11,6 +11,12 @@ __device__ __forceinline__ float4 bf4_to_f4(uint2 w) {
                        __uint_as_float(w.y & 0xffff0000u));
 }
 
+// The largest magnitude of four bf16 values packed as two words.
+__device__ __forceinline__ float bf16x4_amax(uint2 v) {
+    const float4 f = bf4_to_f4(v);
+    return fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w)));
+}
+
 __device__ __forceinline__ uint2 f4_to_bf4(float4 v) {
     return make_uint2((u32)f2bf(v.x) | ((u32)f2bf(v.y) << 16), (u32)f2bf(v.z) | ((u32)f2bf(v.w) << 16));
 }

@@ -76,13 +76,6 @@ __device__ __forceinline__ void record_amax(u32* amax, float m) {
     if (m > __uint_as_float(*(volatile const u32*)amax)) atomicMax(amax, __float_as_uint(m));
 }
 
-// The largest magnitude of four bf16 values packed as two words.
-__device__ __forceinline__ float bf16x4_amax(uint2 v) {
-    const float a = fmaxf(fabsf(__uint_as_float(v.x << 16)), fabsf(__uint_as_float(v.x & 0xffff0000u)));
-    const float b = fmaxf(fabsf(__uint_as_float(v.y << 16)), fabsf(__uint_as_float(v.y & 0xffff0000u)));
-    return fmaxf(a, b);
-}
-
 // n consecutive bf16 values (n = 1, 2 or 4) as floats, in one access.
 template <int N>
 __device__ __forceinline__ void load_bf16_row(const bf16* p, float (&out)[N]) {
