@@ -4,7 +4,7 @@
 //! step gets (one-token tiles) and of the tensor-core prefill kernel (CUDA events), with the KV bytes read per second and the attention FLOP rate
 //! (causal work only). `attention_speed [heads kv_heads head_dim]`.
 
-use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
+use lumen_backend::cuda::kernels::{heaviest_tiles_first, ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::{AttentionArgs, Gpu, Kernels};
 
 const BLOCK: usize = 16;
@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         Shape { name: "decode 512 x ctx 256", seqs: 512, len: 1, ctx: 256 },
         Shape { name: "decode 512 x ctx 1152", seqs: 512, len: 1, ctx: 1152 },
         Shape { name: "prefill 4 x 2048", seqs: 4, len: 2048, ctx: 2048 },
+        Shape { name: "prefill 1 x 2048", seqs: 1, len: 2048, ctx: 2048 },
         Shape { name: "chunk 1 x 2048 at 6144", seqs: 1, len: 2048, ctx: 8192 },
         Shape { name: "prefill 60 x 128", seqs: 60, len: 128, ctx: 128 },
     ];
@@ -72,11 +73,14 @@ fn main() -> anyhow::Result<()> {
                 for si in 0..s.seqs {
                     for off in (0..s.len).step_by(rows_per_tile) {
                         let n = rows_per_tile.min(s.len - off);
-                        tiles.extend([si as u32, (si * s.len + off) as u32, n as u32, (s.ctx - s.len + off) as u32]);
+                        tiles.push([si as u32, (si * s.len + off) as u32, n as u32, (s.ctx - s.len + off) as u32]);
                     }
                 }
-                let num_tiles = tiles.len() / 4;
-                let tiles = gpu.upload(&tiles, "tiles")?;
+                if tensor_cores {
+                    heaviest_tiles_first(&mut tiles);
+                }
+                let num_tiles = tiles.len();
+                let tiles = gpu.upload(tiles.as_flattened(), "tiles")?;
                 let args = AttentionArgs {
                     q: q.ptr,
                     k_cache: k.ptr,

@@ -9,7 +9,7 @@
 //! bound, and so does the mixed launch with its decode tile alone split (32 positions a split)
 //! beside unsplit prefill tiles.
 
-use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
+use lumen_backend::cuda::kernels::{heaviest_tiles_first, ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::{to_bf16, AttentionArgs, DeviceBuffer, Gpu, Kernels};
 use lumen_backend::fp8::{from_e4m3, to_e4m3};
 use lumen_backend::rng::splitmix64;
@@ -142,11 +142,13 @@ impl Problem {
     }
 
     /// Tiles in the runner's format: (sequence, first row, rows, first position); the CUDA-core
-    /// ones first. With `prefill`, sequences of more than one token go to the tensor-core kernel.
+    /// ones first, then as the runner orders them, the prefill ones heaviest first. With `prefill`,
+    /// sequences of more than one token go to the tensor-core kernel.
     fn tiles(&self, c: &Case, prefill: bool) -> (Vec<u32>, usize, usize, usize) {
         let group = c.heads / c.kv_heads;
         let (mut words, mut small, mut large, mut small_rows) = (Vec::new(), 0, 0, 0);
         for want_prefill in [false, true] {
+            let mut tiles = Vec::new();
             let mut start = 0;
             for (si, s) in self.seqs.iter().enumerate() {
                 let is_prefill = prefill && s.len > 1;
@@ -155,7 +157,7 @@ impl Problem {
                     let mut off = 0;
                     while off < s.len {
                         let n = per_tile.min(s.len - off);
-                        words.extend([si as u32, (start + off) as u32, n as u32, (s.first_pos + off) as u32]);
+                        tiles.push([si as u32, (start + off) as u32, n as u32, (s.first_pos + off) as u32]);
                         if is_prefill {
                             large += 1;
                         } else {
@@ -167,6 +169,10 @@ impl Problem {
                 }
                 start += s.len;
             }
+            if want_prefill {
+                heaviest_tiles_first(&mut tiles);
+            }
+            words.extend(tiles.as_flattened());
         }
         (words, small, small_rows, large)
     }

@@ -231,6 +231,14 @@ pub const ATTENTION_MAX_ROWS: usize = 16;
 pub const PREFILL_ATTENTION_MAX_ROWS: usize = 64;
 /// Positions a tensor-core prefill attention block stages a step (`PF_KV` in attention_prefill.cu).
 const PREFILL_ATTENTION_STEP: usize = 64;
+
+/// Orders prefill attention tiles (`[sequence, first row, rows, first position]`) by the positions
+/// they read, most first (stable among equals). The prefill kernel starts its blocks in that
+/// order, so a launch of tiles of unequal length ends on its shortest instead of on a last wave of
+/// its longest, with most multiprocessors idle.
+pub fn heaviest_tiles_first(tiles: &mut [[u32; 4]]) {
+    tiles.sort_by_key(|t| std::cmp::Reverse(t[2] + t[3]));
+}
 /// Largest GQA group (query heads a KV head) the tensor-core decode attention takes
 /// (attention_decode.cu's `DEC_MAX_GROUP`); larger groups keep the CUDA-core kernel.
 pub const DECODE_ATTENTION_MAX_GROUP: usize = 8;
@@ -1110,6 +1118,20 @@ mod tests {
         assert_eq!(super::prefill_attention_shared_bytes(128, false), 69_632);
         assert_eq!(super::prefill_attention_shared_bytes(128, true), 67_584);
         assert!(3 * super::prefill_attention_shared_bytes(128, false) <= 227 * 1024);
+    }
+
+    /// Prefill tiles go longest first by the positions they read (first position + rows), ties in
+    /// their order, whatever sequence they come from.
+    #[test]
+    fn prefill_tiles_are_ordered_by_the_positions_they_read() {
+        let mut tiles =
+            [[0, 0, 16, 0], [0, 16, 16, 16], [0, 32, 5, 32], [1, 37, 16, 100], [1, 53, 16, 116], [2, 69, 16, 21], [3, 85, 16, 28]];
+        super::heaviest_tiles_first(&mut tiles);
+        let ends: Vec<u32> = tiles.iter().map(|t| t[2] + t[3]).collect();
+        assert_eq!(ends, [132, 116, 44, 37, 37, 32, 16]);
+        assert_eq!(tiles[2], [3, 85, 16, 28], "a full tile ending later goes before a short one starting later");
+        assert_eq!(tiles[3], [0, 32, 5, 32], "equal ends keep their order");
+        assert_eq!(tiles[4], [2, 69, 16, 21]);
     }
 
     /// The tiles `moe_align` lays `counts` (slots per expert) out in: each expert's own, whole.

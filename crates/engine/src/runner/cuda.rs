@@ -11,7 +11,7 @@
 //! like any launch), and holds the whole vocabulary's logits; only rank 0 samples.
 
 use anyhow::{bail, ensure, Context, Result};
-use lumen_backend::cuda::kernels::{ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
+use lumen_backend::cuda::kernels::{heaviest_tiles_first, ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
 use lumen_model::cuda::{
@@ -486,16 +486,17 @@ impl CudaRunner {
             }
             table += needed;
         }
-        // CUDA-core tiles first, then the prefill ones, so each kernel takes a contiguous run.
+        // CUDA-core tiles first, then the prefill ones (heaviest first), so each kernel takes a
+        // contiguous run.
         let mut at = l.tiles;
         for prefill in [false, true] {
             let rows_per_tile = (if prefill { PREFILL_ATTENTION_MAX_ROWS } else { ATTENTION_MAX_ROWS } / group).max(1);
+            let mut tiles = Vec::new();
             for (si, s) in batch.seqs.iter().enumerate().filter(|(_, s)| is_prefill(s.len) == prefill) {
                 let mut off = 0;
                 while off < s.len {
                     let rows = rows_per_tile.min(s.len - off);
-                    w[at..at + 4].copy_from_slice(&[si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
-                    at += 4;
+                    tiles.push([si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
                     if prefill {
                         tiling.prefill_tiles += 1;
                         tiling.prefill_tokens_start = tiling.prefill_tokens_start.min(s.start + off);
@@ -507,6 +508,13 @@ impl CudaRunner {
                     }
                     off += rows;
                 }
+            }
+            if prefill {
+                heaviest_tiles_first(&mut tiles);
+            }
+            for tile in tiles {
+                w[at..at + 4].copy_from_slice(&tile);
+                at += 4;
             }
         }
         w[l.table_offsets + n] = table as u32;

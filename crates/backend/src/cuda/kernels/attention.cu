@@ -44,7 +44,7 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 codes) {
     return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
-// A block's work item: tile blockIdx.x (query tokens row0.. of sequence seq, at positions
+// A block's work item: tile `index` (query tokens row0.. of sequence seq, at positions
 // pos0..) and the positions kv_lo..split_end of KV split blockIdx.z that it reads, kv_lo rounded
 // down to a multiple of `step` inside a sliding window; `empty` when the split starts past the
 // tile's last position (split_length: a launch of one split reads every position).
@@ -57,8 +57,8 @@ struct TileWork {
 // split (a step's prefill tiles run unsplit beside split decode tiles with the same split size).
 __device__ __forceinline__ u32 split_length(const u32* split_size) { return gridDim.z > 1 ? *split_size : 0xffffffffu; }
 
-__device__ __forceinline__ TileWork tile_work(const u32* tiles, const u32* split_size, int window, u32 step) {
-    const u32* tile = tiles + 4 * blockIdx.x;
+__device__ __forceinline__ TileWork tile_work(const u32* tiles, u32 index, const u32* split_size, int window, u32 step) {
+    const u32* tile = tiles + 4 * index;
     TileWork w;
     w.seq = tile[0];
     w.row0 = tile[1];
@@ -85,7 +85,7 @@ __device__ void attention_impl(const bf16* q, const void* k_cache, const void* v
     __shared__ __align__(16) bf16 ks[ATT_TILE][HD + 8];
     __shared__ __align__(16) bf16 vs[ATT_TILE][HD];
 
-    const TileWork work = tile_work(tiles, split_size, window, ATT_TILE);
+    const TileWork work = tile_work(tiles, blockIdx.x, split_size, window, ATT_TILE);
     if (work.empty) return;
     const u32 row0 = work.row0, nrows = work.nrows, pos0 = work.pos0, split_start = work.split_start, split_end = work.split_end;
     const u32 kv_lo = work.kv_lo;

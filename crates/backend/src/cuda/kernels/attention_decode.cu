@@ -64,7 +64,7 @@ __device__ void attention_decode_impl(const bf16* q, const void* k_cache, const 
     constexpr int STAGES = FP8 ? DEC_STAGES_FP8 : DEC_STAGES_BF16;
     static_assert(DEC_WARPS * STAGES * STAGE >= DEC_WARPS * DEC_MAX_GROUP * (2 + HD) * 4, "the merge fits the ring");
 
-    const TileWork work = tile_work(tiles, split_size, window, DEC_STEP);
+    const TileWork work = tile_work(tiles, blockIdx.x, split_size, window, DEC_STEP);
     if (work.empty) return;
     const u32 seq = work.seq, token = work.row0, row_pos = work.pos0, split_end = work.split_end, kv_lo = work.kv_lo;
     const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;

@@ -58,11 +58,15 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     constexpr int CODE_STAGE = 2 * PF_KV * HD;         // bytes of one step's K and V codes
     static_assert(KSTEPS % 2 == 0, "ldmatrix loads the K fragments of two k-steps");
 
-    const TileWork work = tile_work(tiles, split_size, window, PF_KV);
+    // The host lists the tiles heaviest first (`heaviest_tiles_first`) and blocks start in launch
+    // order, x fastest: counting the KV heads fastest instead starts every head of the heaviest
+    // tiles first, so the launch ends on the lightest ones rather than on a wave of long tiles.
+    const u32 launch_index = blockIdx.x + gridDim.x * blockIdx.y;
+    const TileWork work = tile_work(tiles, launch_index / gridDim.y, split_size, window, PF_KV);
     if (work.empty) return;
     const u32 row0 = work.row0, nrows = work.nrows, pos0 = work.pos0, split_start = work.split_start, split_end = work.split_end;
     const u32 kv_lo = work.kv_lo, ctx_end = pos0 + nrows;
-    const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    const int kvh = launch_index % gridDim.y, split = blockIdx.z, splits = gridDim.z;
     const int group = heads / kv_heads;
     const int rows = nrows * group;
     const u32* table = table_data + table_offsets[work.seq];
