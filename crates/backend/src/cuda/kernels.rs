@@ -228,7 +228,7 @@ pub const FP8_ONE_BLOCK_ELEMENTS: usize = 1 << 16;
 /// Query rows (tokens × heads of one GQA group) one attention block holds.
 pub const ATTENTION_MAX_ROWS: usize = 16;
 /// Query rows one tensor-core prefill attention block holds (`PF_ROWS` in attention_prefill.cu).
-pub const PREFILL_ATTENTION_MAX_ROWS: usize = 64;
+pub const PREFILL_ATTENTION_MAX_ROWS: usize = 128;
 /// Positions a tensor-core prefill attention block stages a step (`PF_KV` in attention_prefill.cu).
 const PREFILL_ATTENTION_STEP: usize = 64;
 
@@ -257,8 +257,9 @@ fn decode_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
 /// bytes of padding, two stages of a step's K and V rows for a bf16 cache; for an FP8 cache one
 /// such K-and-V tile (the codes widened to f16) and two stages of unpadded codes.
 fn prefill_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
-    let tile = 2 * PREFILL_ATTENTION_STEP * (head_dim * 2 + 16);
-    let bytes = if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
+    let row = head_dim * 2 + 16;
+    let tile = 2 * PREFILL_ATTENTION_STEP * row;
+    let bytes = PREFILL_ATTENTION_MAX_ROWS * row + if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
     bytes as u32
 }
 
@@ -1108,16 +1109,16 @@ mod tests {
         assert_eq!(super::decode_attention_shared_bytes(128, true), 73_728);
     }
 
-    /// The prefill attention's shared memory is sized from the step its source defines, and three
+    /// The prefill attention's shared memory is sized from the step its source defines, and two
     /// blocks of the largest fit an SM (227 KiB on Hopper).
     #[test]
     fn prefill_attention_shared_memory_matches_the_kernel_source() {
         let define = |name: &str| define("attention_prefill.cu", name);
         assert_eq!(super::PREFILL_ATTENTION_STEP, define("PF_KV"));
-        assert_eq!(super::PREFILL_ATTENTION_MAX_ROWS, define("PF_ROWS"));
-        assert_eq!(super::prefill_attention_shared_bytes(128, false), 69_632);
-        assert_eq!(super::prefill_attention_shared_bytes(128, true), 67_584);
-        assert!(3 * super::prefill_attention_shared_bytes(128, false) <= 227 * 1024);
+        assert_eq!(super::PREFILL_ATTENTION_MAX_ROWS, define("PF_THREADS") / 32 * define("PF_MT") * 16);
+        assert_eq!(super::prefill_attention_shared_bytes(128, false), 104_448);
+        assert_eq!(super::prefill_attention_shared_bytes(128, true), 102_400);
+        assert!(2 * super::prefill_attention_shared_bytes(128, false) <= 227 * 1024);
     }
 
     /// Prefill tiles go longest first by the positions they read (first position + rows), ties in

@@ -1,7 +1,8 @@
 // Prefill attention on the tensor cores (mma.sync m16n8k16, f32 sums), for tiles of many query
 // tokens: attention.cu's tile format, splits, masks, sinks and outputs. A tile's query rows are
 // its tokens × the heads of one GQA group, token-major, at most PF_ROWS of them; each of the four
-// warps owns 16 rows, their queries in registers as the A fragments of S = Q·Kᵀ.
+// warps owns PF_MT × 16 rows, so every K and V fragment it loads feeds PF_MT products. The
+// queries wait in shared memory and are loaded as A fragments a k-step at a time.
 //
 // The block walks its split PF_KV positions a step. The next step's K and V rows are copied from
 // the paged cache into shared memory with asynchronous copies while this step's products run (two
@@ -17,7 +18,8 @@
 // kernel.
 
 #define PF_THREADS 128
-#define PF_ROWS 64
+#define PF_MT 2
+#define PF_ROWS (PF_THREADS / 32 * PF_MT * 16)
 #define PF_KV 64
 
 // Two floats as a 16-bit pair, `lo` first: bf16 (round to nearest even, as f2bf) or f16.
@@ -39,10 +41,11 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const u32 (&a)[4], u
     }
 }
 
-// Dynamic shared memory (prefill_attention_shared_bytes in kernels.rs): a staged K or V row holds HD
-// 16-bit values and 16 bytes of padding, so the eight rows one fragment load touches fall in
-// distinct banks. A bf16 cache: two stages of K then V; an FP8 cache: the one f16 K-then-V tile,
-// then two stages of K then V codes.
+// Dynamic shared memory (prefill_attention_shared_bytes in kernels.rs): a staged query, K or V row
+// holds HD 16-bit values and 16 bytes of padding, so the eight rows one fragment load touches fall
+// in distinct banks. First the PF_ROWS query rows (f16 for an FP8 cache); then for a bf16 cache
+// two stages of K then V; for an FP8 cache the one f16 K-then-V tile, then two stages of K then V
+// codes.
 template <int HD, bool FP8>
 __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const void* v_cache, const u32* tiles,
                                        const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,
@@ -56,7 +59,6 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     constexpr int CHUNKS = HD * ELEM / 16;             // 16-byte pieces of a cached row
     constexpr int ROWS_A_PASS = PF_THREADS / CHUNKS;   // rows one copy instruction a thread covers
     constexpr int CODE_STAGE = 2 * PF_KV * HD;         // bytes of one step's K and V codes
-    static_assert(KSTEPS % 2 == 0, "ldmatrix loads the K fragments of two k-steps");
 
     // The host lists the tiles heaviest first (`heaviest_tiles_first`) and blocks start in launch
     // order, x fastest: counting the KV heads fastest instead starts every head of the heaviest
@@ -72,9 +74,11 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     const u32* table = table_data + table_offsets[work.seq];
     const u32 steps = kv_lo < split_end ? (split_end - kv_lo + PF_KV - 1) / PF_KV : 0;
 
-    // Shared state-space addresses: the staged rows, and for an FP8 cache the code stages.
-    constexpr u32 ROW_BYTES = ROW * 2, TILE_BYTES = TILE * 2;
-    const u32 staged = shared_address(dynamic_shared());
+    // Shared state-space addresses: the queries, the staged rows, and for an FP8 cache the code
+    // stages.
+    constexpr u32 ROW_BYTES = ROW * 2, TILE_BYTES = TILE * 2, QUERY_BYTES = PF_ROWS * ROW_BYTES;
+    const u32 queries = shared_address(dynamic_shared());
+    const u32 staged = queries + QUERY_BYTES;
     const u32 codes = staged + 2 * TILE_BYTES;
     // Copies step `i`'s K and V rows into stage i % 2: thread x takes piece x % CHUNKS of rows
     // x / CHUNKS, + ROWS_A_PASS, ...; positions past the split's end are zero-filled. A row of
@@ -109,32 +113,46 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     };
     if (steps > 0) issue(0);
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    // This thread's two rows, g and g + 8 of the warp's sixteen: row r is query head
-    // kvh·group + r % group of token row0 + r / group. Only the positions stay in registers.
-    const int row[2] = {warp * 16 + g, warp * 16 + g + 8};
-    const u32 row_pos[2] = {pos0 + row[0] / group, pos0 + row[1] / group};
-    auto query = [&](int h) { return ((u64)(row0 + row[h] / group) * heads + kvh * group + row[h] % group) * HD; };
-
-    u32 qf[KSTEPS][4];
+    // Row r of the tile is query head kvh·group + r % group of token row0 + r / group.
+    auto query_of = [&](int r) { return ((u64)(row0 + r / group) * heads + kvh * group + r % group) * HD; };
+    // The tile's queries into shared memory, 16 bytes a thread at a time (f16 for an FP8 cache);
+    // rows past the tile's are zero.
+    for (int e = threadIdx.x; e < PF_ROWS * (HD / 8); e += PF_THREADS) {
+        const int r = e / (HD / 8), c8 = e % (HD / 8);
+        uint4 w = r < rows ? *(const uint4*)(q + query_of(r) + c8 * 8) : make_uint4(0, 0, 0, 0);
+        if constexpr (FP8) {
+            u32* v = &w.x;
 #pragma unroll
-    for (int kk = 0; kk < KSTEPS; kk++) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int h = i & 1, col = kk * 16 + 2 * t + (i >> 1) * 8;
-            u32 w = row[h] < rows ? *(const u32*)(q + query(h) + col) : 0u;
-            if constexpr (FP8) w = pack_f16x2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-            qf[kk][i] = w;
+            for (int i = 0; i < 4; i++) v[i] = pack_f16x2(__uint_as_float(v[i] << 16), __uint_as_float(v[i] & 0xffff0000u));
         }
+        *(uint4*)(dynamic_shared() + r * ROW_BYTES + c8 * 16) = w;
     }
 
-    float o[DTILES][4];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // This thread's rows: g and g + 8 of each of the warp's PF_MT sixteens, as [mt][h]. Only their
+    // positions stay in registers.
+    auto row_of = [&](int mt, int h) { return (warp * PF_MT + mt) * 16 + g + 8 * h; };
+    u32 row_pos[PF_MT][2];
 #pragma unroll
-    for (int n = 0; n < DTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    for (int mt = 0; mt < PF_MT; mt++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) row_pos[mt][h] = pos0 + row_of(mt, h) / group;
+    }
+
+    float o[PF_MT][DTILES][4];
     // Running maxima in log2 units; a row's sum is spread over its quad of lanes, the sink's 1 in
     // the first lane's share.
-    float m[2] = {initial_max(sinks, kvh * group + row[0] % group, split), initial_max(sinks, kvh * group + row[1] % group, split)};
-    float l[2] = {m[0] == -INFINITY || t != 0 ? 0.f : 1.f, m[1] == -INFINITY || t != 0 ? 0.f : 1.f};
+    float m[PF_MT][2], l[PF_MT][2];
+#pragma unroll
+    for (int mt = 0; mt < PF_MT; mt++) {
+#pragma unroll
+        for (int n = 0; n < DTILES; n++) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            m[mt][h] = initial_max(sinks, kvh * group + row_of(mt, h) % group, split);
+            l[mt][h] = m[mt][h] == -INFINITY || t != 0 ? 0.f : 1.f;
+        }
+    }
     // Steps from here on need no mask when no row of the tile is before their last position, no
     // row is a window past their first and they end inside the split.
     const u32 last_row_pos = ctx_end - 1;
@@ -146,8 +164,9 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
         if (i + 1 < steps) issue(i + 1);
         u32 ks;
         if constexpr (FP8) {
-            const unsigned char* stage = dynamic_shared() + 2 * TILE_BYTES + (i % 2) * CODE_STAGE;
-            bf16* tile = (bf16*)dynamic_shared();
+            const unsigned char* stage = dynamic_shared() + QUERY_BYTES + 2 * TILE_BYTES + (i % 2) * CODE_STAGE;
+            bf16* tile = (bf16*)(dynamic_shared() + QUERY_BYTES);
+#pragma unroll 1
             for (int e = threadIdx.x; e < CODE_STAGE / 16; e += PF_THREADS) {
                 const int r = e / (HD / 16), c16 = e % (HD / 16);
                 const uint4 w = *(const uint4*)(stage + e * 16);
@@ -168,111 +187,145 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
             ks = staged + (i % 2) * 2 * TILE_BYTES;
         }
         const u32 vs = ks + TILE_BYTES;
-        // This lane's row and column in the fragment loads below (matrix lane / 8 of four).
-        const u32 k_lane = ((lane & 7) * ROW + (lane >> 3) * 8) * 2, v_lane = (((lane & 7) + ((lane >> 3) & 1) * 8) * ROW + (lane >> 4) * 8) * 2;
+        // This lane's row and column in the fragment loads below (matrix lane / 8 of four): the
+        // queries' and V's (transposed) are the four quarters of sixteen rows by sixteen columns,
+        // K's the two halves of a k-step for eight positions and the eight after them.
+        const u32 x4_lane = (((lane & 7) + ((lane >> 3) & 1) * 8) * ROW + (lane >> 4) * 8) * 2;
+        const u32 k_lane = (((lane & 7) + (lane >> 4) * 8) * ROW + ((lane >> 3) & 1) * 8) * 2;
+        const u32 q_warp = queries + warp * PF_MT * 16 * ROW_BYTES + x4_lane;
 
-        // S = Q·Kᵀ: 16 rows × PF_KV positions per warp, as PF_KV/8 fragments; one ldmatrix gives
-        // the B fragments of two k-steps.
-        float s[PF_KV / 8][4];
+        // S = Q·Kᵀ: PF_MT × 16 rows × PF_KV positions per warp, as PF_KV/8 fragments each; a
+        // k-step's query fragments are loaded once for all positions, and one ldmatrix gives the B
+        // fragments of sixteen positions for every sixteen rows.
+        float s[PF_MT][PF_KV / 8][4];
 #pragma unroll
-        for (int j = 0; j < PF_KV / 8; j++) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        for (int mt = 0; mt < PF_MT; mt++) {
 #pragma unroll
-            for (int kk = 0; kk < KSTEPS; kk += 2) {
+            for (int j = 0; j < PF_KV / 8; j++) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) {
+            u32 qa[PF_MT][4];
+#pragma unroll
+            for (int mt = 0; mt < PF_MT; mt++) ldmatrix_x4_at(qa[mt], q_warp + (mt * 16 * ROW + kk * 16) * 2);
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j += 2) {
                 u32 b[4];
                 ldmatrix_x4_at(b, ks + k_lane + (8 * j * ROW + kk * 16) * 2);
-                mma_m16n8k16<FP8>(s[j], qf[kk], b[0], b[1]);
-                mma_m16n8k16<FP8>(s[j], qf[kk + 1], b[2], b[3]);
+#pragma unroll
+                for (int mt = 0; mt < PF_MT; mt++) {
+                    mma_m16n8k16<FP8>(s[mt][j], qa[mt], b[0], b[1]);
+                    mma_m16n8k16<FP8>(s[mt][j + 1], qa[mt], b[2], b[3]);
+                }
             }
         }
 
         const bool masked = t0 + PF_KV > split_end || t0 + PF_KV - 1 > pos0 || (window > 0 && t0 + (u32)window <= last_row_pos);
-        if (masked) {
+#pragma unroll
+        for (int mt = 0; mt < PF_MT; mt++) {
+            if (masked) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+#pragma unroll
+                    for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                        for (int c = 0; c < 2; c++) {
+                            const u32 kv = t0 + 8 * j + 2 * t + c, at = row_pos[mt][h];
+                            const bool valid = kv < split_end && kv <= at && (window <= 0 || kv + (u32)window > at);
+                            if (!valid) s[mt][j][2 * h + c] = -INFINITY;
+                        }
+                    }
+                }
+            }
+
+            // The online softmax of the two rows (each spread over a quad of lanes), on raw
+            // scores: p = 2^(s·scale_log2 − m).
 #pragma unroll
             for (int h = 0; h < 2; h++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < PF_KV / 8; j++) mx = fmaxf(mx, fmaxf(s[mt][j][2 * h], s[mt][j][2 * h + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float m_new = fmaxf(m[mt][h], mx * scale_log2);
+                const float base = m_new == -INFINITY ? 0.f : m_new;
+                const float corr = fast_exp2(m[mt][h] - base);
+                float sum = 0.f;
 #pragma unroll
                 for (int j = 0; j < PF_KV / 8; j++) {
 #pragma unroll
                     for (int c = 0; c < 2; c++) {
-                        const u32 kv = t0 + 8 * j + 2 * t + c;
-                        const bool valid = kv < split_end && kv <= row_pos[h] && (window <= 0 || kv + (u32)window > row_pos[h]);
-                        if (!valid) s[j][2 * h + c] = -INFINITY;
+                        const float p = fast_exp2(fmaf(s[mt][j][2 * h + c], scale_log2, -base));
+                        s[mt][j][2 * h + c] = p;
+                        sum += p;
                     }
                 }
-            }
-        }
-
-        // The online softmax of the two rows (each spread over a quad of lanes), on raw scores:
-        // p = 2^(s·scale_log2 − m).
+                l[mt][h] = l[mt][h] * corr + sum;
+                m[mt][h] = m_new;
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < PF_KV / 8; j++) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m[h], mx * scale_log2);
-            const float base = m_new == -INFINITY ? 0.f : m_new;
-            const float corr = fast_exp2(m[h] - base);
-            float sum = 0.f;
-#pragma unroll
-            for (int j = 0; j < PF_KV / 8; j++) {
-#pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    const float p = fast_exp2(fmaf(s[j][2 * h + c], scale_log2, -base));
-                    s[j][2 * h + c] = p;
-                    sum += p;
+                for (int n = 0; n < DTILES; n++) {
+                    o[mt][n][2 * h] *= corr;
+                    o[mt][n][2 * h + 1] *= corr;
                 }
             }
-            l[h] = l[h] * corr + sum;
-            m[h] = m_new;
-#pragma unroll
-            for (int n = 0; n < DTILES; n++) {
-                o[n][2 * h] *= corr;
-                o[n][2 * h + 1] *= corr;
-            }
         }
 
-        // O += P·V: P's S fragments are already the A operand's layout; V comes transposed.
+        // O += P·V: P's S fragments are already the A operand's layout; V comes transposed, and
+        // each of its fragments feeds every sixteen rows.
 #pragma unroll
         for (int k16 = 0; k16 < PF_KV / 16; k16++) {
-            const u32 pa[4] = {pack_pair<FP8>(s[2 * k16][0], s[2 * k16][1]), pack_pair<FP8>(s[2 * k16][2], s[2 * k16][3]),
-                               pack_pair<FP8>(s[2 * k16 + 1][0], s[2 * k16 + 1][1]), pack_pair<FP8>(s[2 * k16 + 1][2], s[2 * k16 + 1][3])};
+            u32 pa[PF_MT][4];
+#pragma unroll
+            for (int mt = 0; mt < PF_MT; mt++) {
+                const float(&lo)[4] = s[mt][2 * k16];
+                const float(&hi)[4] = s[mt][2 * k16 + 1];
+                pa[mt][0] = pack_pair<FP8>(lo[0], lo[1]);
+                pa[mt][1] = pack_pair<FP8>(lo[2], lo[3]);
+                pa[mt][2] = pack_pair<FP8>(hi[0], hi[1]);
+                pa[mt][3] = pack_pair<FP8>(hi[2], hi[3]);
+            }
 #pragma unroll
             for (int n = 0; n < DTILES; n += 2) {
                 u32 b[4];
-                ldmatrix_x4_trans_at(b, vs + v_lane + (16 * k16 * ROW + 8 * n) * 2);
-                mma_m16n8k16<FP8>(o[n], pa, b[0], b[1]);
-                mma_m16n8k16<FP8>(o[n + 1], pa, b[2], b[3]);
+                ldmatrix_x4_trans_at(b, vs + x4_lane + (16 * k16 * ROW + 8 * n) * 2);
+#pragma unroll
+                for (int mt = 0; mt < PF_MT; mt++) {
+                    mma_m16n8k16<FP8>(o[mt][n], pa[mt], b[0], b[1]);
+                    mma_m16n8k16<FP8>(o[mt][n + 1], pa[mt], b[2], b[3]);
+                }
             }
         }
     }
 
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        float total = l[h];
-        total += __shfl_xor_sync(0xffffffffu, total, 1);
-        total += __shfl_xor_sync(0xffffffffu, total, 2);
-        if (row[h] >= rows) continue;
-        if (splits == 1) {
-            bf16* dst = out + query(h) + 2 * t;
+    for (int mt = 0; mt < PF_MT; mt++) {
 #pragma unroll
-            for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[n][2 * h] / total, o[n][2 * h + 1] / total);
-        } else if (split_start <= row_pos[h]) {
-            u64 at = query(h) / HD * splits + split;
-            float* dst = part_acc + at * HD + 2 * t;
+        for (int h = 0; h < 2; h++) {
+            float total = l[mt][h];
+            total += __shfl_xor_sync(0xffffffffu, total, 1);
+            total += __shfl_xor_sync(0xffffffffu, total, 2);
+            const int r = row_of(mt, h);
+            if (r >= rows) continue;
+            if (splits == 1) {
+                bf16* dst = out + query_of(r) + 2 * t;
 #pragma unroll
-            for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
-            if (t == 0) {
-                part_ml[2 * at] = m[h];
-                part_ml[2 * at + 1] = total;
+                for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[mt][n][2 * h] / total, o[mt][n][2 * h + 1] / total);
+            } else if (split_start <= row_pos[mt][h]) {
+                u64 at = query_of(r) / HD * splits + split;
+                float* dst = part_acc + at * HD + 2 * t;
+#pragma unroll
+                for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[mt][n][2 * h], o[mt][n][2 * h + 1]);
+                if (t == 0) {
+                    part_ml[2 * at] = m[mt][h];
+                    part_ml[2 * at + 1] = total;
+                }
             }
         }
     }
 }
 
 #define ATTENTION_PREFILL_ENTRY(HD, NAME, FP8)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(PF_THREADS, 3)                                                                      \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS, 2)                                                                      \
         attention_prefill_hd##HD##_##NAME(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,    \
                                           const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,  \
                                           int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,        \
