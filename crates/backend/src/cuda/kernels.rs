@@ -231,14 +231,6 @@ pub const ATTENTION_MAX_ROWS: usize = 16;
 pub const PREFILL_ATTENTION_MAX_ROWS: usize = 128;
 /// Positions a tensor-core prefill attention block stages a step (`PF_KV` in attention_prefill.cu).
 const PREFILL_ATTENTION_STEP: usize = 64;
-
-/// Orders prefill attention tiles (`[sequence, first row, rows, first position]`) by the positions
-/// they read, most first (stable among equals). The prefill kernel starts its blocks in that
-/// order, so a launch of tiles of unequal length ends on its shortest instead of on a last wave of
-/// its longest, with most multiprocessors idle.
-pub fn heaviest_tiles_first(tiles: &mut [[u32; 4]]) {
-    tiles.sort_by_key(|t| std::cmp::Reverse(t[2] + t[3]));
-}
 /// Largest GQA group (query heads a KV head) the tensor-core decode attention takes
 /// (attention_decode.cu's `DEC_MAX_GROUP`); larger groups keep the CUDA-core kernel.
 pub const DECODE_ATTENTION_MAX_GROUP: usize = 8;
@@ -254,13 +246,22 @@ fn decode_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
 }
 
 /// Dynamic shared memory of one prefill-attention block: rows of `head_dim` 16-bit values and 16
-/// bytes of padding, two stages of a step's K and V rows for a bf16 cache; for an FP8 cache one
-/// such K-and-V tile (the codes widened to f16) and two stages of unpadded codes.
+/// bytes of padding, first the block's query rows, then two stages of a step's K and V rows for a
+/// bf16 cache; for an FP8 cache one such K-and-V tile (the codes widened to f16) and two stages of
+/// unpadded codes.
 fn prefill_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
     let row = head_dim * 2 + 16;
     let tile = 2 * PREFILL_ATTENTION_STEP * row;
     let bytes = PREFILL_ATTENTION_MAX_ROWS * row + if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
     bytes as u32
+}
+
+/// Orders prefill attention tiles (`[sequence, first row, rows, first position]`) by the positions
+/// they read, most first (stable among equals). The prefill kernel starts its blocks in that
+/// order, so a launch of tiles of unequal length ends on its shortest instead of on a last wave of
+/// its longest, with most multiprocessors idle.
+pub fn heaviest_tiles_first(tiles: &mut [[u32; 4]]) {
+    tiles.sort_by_key(|t| std::cmp::Reverse(t[2] + t[3]));
 }
 
 impl Kernels {

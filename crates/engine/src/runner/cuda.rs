@@ -491,12 +491,13 @@ impl CudaRunner {
         let mut at = l.tiles;
         for prefill in [false, true] {
             let rows_per_tile = (if prefill { PREFILL_ATTENTION_MAX_ROWS } else { ATTENTION_MAX_ROWS } / group).max(1);
-            let mut tiles = Vec::new();
+            let first = at;
             for (si, s) in batch.seqs.iter().enumerate().filter(|(_, s)| is_prefill(s.len) == prefill) {
                 let mut off = 0;
                 while off < s.len {
                     let rows = rows_per_tile.min(s.len - off);
-                    tiles.push([si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
+                    w[at..at + 4].copy_from_slice(&[si as u32, (s.start + off) as u32, rows as u32, (s.first_pos + off) as u32]);
+                    at += 4;
                     if prefill {
                         tiling.prefill_tiles += 1;
                         tiling.prefill_tokens_start = tiling.prefill_tokens_start.min(s.start + off);
@@ -510,11 +511,7 @@ impl CudaRunner {
                 }
             }
             if prefill {
-                heaviest_tiles_first(&mut tiles);
-            }
-            for tile in tiles {
-                w[at..at + 4].copy_from_slice(&tile);
-                at += 4;
+                heaviest_tiles_first(w[first..at].as_chunks_mut::<4>().0);
             }
         }
         w[l.table_offsets + n] = table as u32;
