@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     let x = gpu.alloc(GEMV_MAX_TOKENS * widest * 2, "activations")?;
     let y = gpu.alloc(GEMV_MAX_TOKENS * widest * 2, "outputs")?;
     let scratch = gpu.alloc(GEMV_MAX_TOKENS * 2 * f * 2, "gate/up outputs")?;
+    let activated = gpu.alloc(GEMV_MAX_TOKENS * f * 2, "SwiGLU outputs")?;
     // bf16 1/64 everywhere; E4M3 0x30 is 0.5, its weights' scale 1/64.
     gpu.fill(x.ptr, 0x3c, x.bytes)?;
     let w_scale = gpu.upload(&[1.0f32 / 64.0], "weight scale")?;
@@ -47,7 +48,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         let bytes_a_layer: usize = shapes.iter().map(|s| s.1 * s.2 * dtype.size()).sum();
         let mut linear = Linear::new(&gpu, false)?;
-        linear.reserve_fp8_inputs(&gpu, GEMV_MAX_TOKENS * widest)?;
+        linear.reserve_fp8_inputs(&gpu, GEMV_MAX_TOKENS, widest)?;
         for t in 1..=GEMV_MAX_TOKENS {
             for engine in ["gemv", "cublaslt"] {
                 let mut chain = || -> anyhow::Result<()> {
@@ -55,7 +56,7 @@ fn main() -> anyhow::Result<()> {
                         let [qkv, o, gate_up, down] = [layer[0].1, layer[1].1, layer[2].1, layer[3].1];
                         let input = |w: Tensor| x.tensor(DType::Bf16, t, w.cols);
                         let output = |w: Tensor| y.tensor(DType::Bf16, t, w.rows);
-                        let act = y.tensor(DType::Bf16, t, f);
+                        let act = activated.tensor(DType::Bf16, t, f);
                         if engine == "gemv" {
                             kernels.gemv(&gpu, input(qkv), qkv, output(qkv))?;
                             kernels.gemv(&gpu, input(o), o, output(o))?;
@@ -64,8 +65,8 @@ fn main() -> anyhow::Result<()> {
                         } else {
                             linear.run(&gpu, &kernels, input(qkv), qkv, output(qkv))?;
                             linear.run(&gpu, &kernels, input(o), o, output(o))?;
-                            linear.run_swiglu(&gpu, &kernels, input(gate_up), gate_up, act, scratch.tensor(DType::Bf16, t, 2 * f))?;
-                            linear.run(&gpu, &kernels, input(down), down, output(down))?;
+                            let scratch = scratch.tensor(DType::Bf16, t, 2 * f);
+                            linear.run_feed_forward(&gpu, &kernels, input(gate_up), gate_up, down, act, scratch, output(down), false)?;
                         }
                     }
                     Ok(())

@@ -1,10 +1,11 @@
 //! FP8 E4M3 on the host, as the CUDA kernels compute it: codes of the OCP "FN" format (sign, 4
 //! exponent bits biased by 7, 3 mantissa bits; no infinities; 0x7f and 0xff are NaN; largest
-//! finite 448), rounding to nearest even and saturating at ±448, with one f32 scale per tensor: the
-//! power of two at or above `amax / 448`. A power of two divides exactly, and a tensor whose amax
-//! differs in the last bits (another device's rounding) keeps its scale and so every code; the
-//! price is at most one bit of headroom below 448. The CPU backend runs FP8 models through these:
-//! the reference the CUDA FP8 path is checked against.
+//! finite 448), rounding to nearest even and saturating at ±448, with one f32 scale per tensor (a
+//! weight) or per row (a product's activations, one scale a token): the power of two at or above
+//! `amax / 448`. A power of two divides exactly, and values whose amax differs in the last bits
+//! (another device's rounding) keep their scale and so every code; the price is at most one bit of
+//! headroom below 448. The CPU backend runs FP8 models through these: the reference the CUDA FP8
+//! path is checked against.
 
 /// Largest finite E4M3 value.
 pub const E4M3_MAX: f32 = 448.0;
@@ -56,6 +57,12 @@ pub fn fake_quantize(values: &mut [f32]) -> f32 {
         *v = from_e4m3(to_e4m3(*v / scale)) * scale;
     }
     scale
+}
+
+/// [`fake_quantize`] of each row of `cols` values on its own (a product's activations: one scale a
+/// token); returns the rows' scales.
+pub fn fake_quantize_rows(values: &mut [f32], cols: usize) -> Vec<f32> {
+    values.chunks_mut(cols.max(1)).map(fake_quantize).collect()
 }
 
 #[cfg(test)]
@@ -113,5 +120,20 @@ mod tests {
         let mut zeros = vec![0.0f32; 4];
         assert_eq!(fake_quantize(&mut zeros), 1.0);
         assert_eq!(zeros, [0.0; 4]);
+    }
+
+    #[test]
+    fn rows_are_quantized_each_with_its_own_scale() {
+        // A row of small values beside a row of large ones keeps its own resolution.
+        let original = vec![0.01f32, -0.02, 0.03, 0.015, 100.0, -200.0, 300.0, 50.0];
+        let mut values = original.clone();
+        let scales = fake_quantize_rows(&mut values, 4);
+        assert_eq!(scales, [scale_for(0.03), scale_for(300.0)]);
+        let (mut small, mut large, mut whole) = (original[..4].to_vec(), original[4..].to_vec(), original.clone());
+        fake_quantize(&mut small);
+        fake_quantize(&mut large);
+        assert_eq!((&values[..4], &values[4..]), (&small[..], &large[..]), "each row as if alone");
+        fake_quantize(&mut whole);
+        assert_ne!(whole[..4], values[..4], "one scale for both rows leaves the small one on subnormal steps");
     }
 }

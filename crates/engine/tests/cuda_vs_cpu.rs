@@ -386,7 +386,21 @@ fn a_sequence_gets_the_same_bits_alone_and_batched() {
     if !gpu_or_skip() {
         return;
     }
-    let gpu = Arc::new(load_model_on("smollm2-135m-untied@5", Device::Cuda).unwrap());
+    same_bits_alone_and_batched(Quantization::None);
+}
+
+/// The same with FP8 weights: one activation scale a token makes a row's codes its own.
+#[test]
+fn an_fp8_sequence_gets_the_same_bits_alone_and_batched() {
+    if !gpu_or_skip() {
+        return;
+    }
+    same_bits_alone_and_batched(Quantization::Fp8);
+}
+
+fn same_bits_alone_and_batched(quantization: Quantization) {
+    let load = LoadOptions { device: Device::Cuda, quantization };
+    let gpu = Arc::new(load_model_with("smollm2-135m-untied@5", load).unwrap());
     let vocab = gpu.config().vocab_size;
     let solo = {
         let mut r = runner(&gpu, 3, vec![], true);
@@ -399,7 +413,7 @@ fn a_sequence_gets_the_same_bits_alone_and_batched() {
             s.tokens.push(argmax(&logits));
             rows.push(logits);
         }
-        assert_varied(&s.tokens[..45], &s.tokens[45..], "sequence 0 alone");
+        assert_varied(&s.tokens[..45], &s.tokens[45..], &format!("sequence 0 alone ({quantization:?})"));
         rows
     };
     let mut r = runner(&gpu, 3, vec![], true);
@@ -412,7 +426,7 @@ fn a_sequence_gets_the_same_bits_alone_and_batched() {
         let sizes: Vec<usize> = active.iter().map(|&j| chunks[j]).collect();
         let step = step_of(&refs, &sizes);
         let logits = run_cuda(&mut r, &refs, &step);
-        assert_eq!(&logits[..vocab], &solo[i][..], "step {i}: sequence 0's logits changed when batched");
+        assert_eq!(&logits[..vocab], &solo[i][..], "step {i}: sequence 0's logits changed when batched ({quantization:?})");
         for (k, &j) in active.iter().enumerate() {
             seqs[j].cached += sizes[k];
             if seqs[j].cached == seqs[j].tokens.len() {

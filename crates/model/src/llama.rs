@@ -126,13 +126,13 @@ impl Decoder {
     }
 
     /// `out = x · wᵀ` for a layer projection: with FP8 weights, of `x` quantized to FP8 with one
-    /// scale (bf16 first, the type CUDA holds activations in).
+    /// scale a row (bf16 first, the type CUDA holds activations in).
     fn project(&self, x: &[f32], t: usize, w: &PackedMatrix, out: &mut [f32]) {
         match self.quantization {
             Quantization::None => cpu::matmul(x, t, w, out),
             Quantization::Fp8 => {
                 let mut quantized: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
-                lumen_backend::fp8::fake_quantize(&mut quantized);
+                lumen_backend::fp8::fake_quantize_rows(&mut quantized, w.k);
                 cpu::matmul(&quantized, t, w, out)
             }
         }

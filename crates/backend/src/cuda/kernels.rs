@@ -80,6 +80,9 @@ pub struct Kernels {
     amax_bf16: Kernel,
     quantize_fp8: Kernel,
     quantize_fp8_block: Kernel,
+    quantize_fp8_rows: Kernel,
+    silu_mul_fp8: Kernel,
+    scale_rows: Kernel,
     gemv_fp8: Kernel,
     sync_each_launch: bool,
     /// Launch with programmatic dependent launch (prelude.cu's `pdl_begin`): on by default from
@@ -100,6 +103,26 @@ const NORM_ITEMS: usize = 4;
 fn norm_threads(hidden: usize) -> u32 {
     (hidden / 4).div_ceil(NORM_ITEMS).next_multiple_of(32).clamp(32, 1024) as u32
 }
+/// Groups of eight values each `silu_mul_fp8` thread holds (`SILU_ITEMS` in elementwise.cu).
+const SILU_ITEMS: usize = 4;
+/// Widest SwiGLU output `silu_mul_fp8` takes: a row held by one block of 1,024 threads.
+pub const SILU_FP8_MAX_WIDTH: usize = 8 * SILU_ITEMS * 1024;
+
+/// Where a kernel that writes bf16 rows also writes their FP8 E4M3 codes (`[rows, cols]` bytes)
+/// and each row's f32 scale: a product's input, quantized by the kernel that makes it
+/// ([`Linear::input_codes`](super::linear::Linear::input_codes)). `codes` 0 is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fp8Rows {
+    pub codes: u64,
+    pub scales: u64,
+}
+
+/// The f32 scales (device address; 0 for none) an FP8 product's output rows still need: cuBLASLt
+/// multiplies by the weight's scale only, and the kernel that reads the output multiplies each
+/// row by its activations' scale as it loads it (a power of two, so the bf16 value it gets is the
+/// one a product with both scales would have written).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowScales(pub u64);
 pub const SAMPLE_THREADS: u32 = 1024;
 /// Most experts per token `moe_route` chooses (`MOE_MAX_TOP_K` in moe.cu).
 pub const MOE_MAX_TOP_K: usize = 16;
@@ -321,6 +344,9 @@ impl Kernels {
             amax_bf16: get("amax_bf16")?,
             quantize_fp8: get("quantize_fp8")?,
             quantize_fp8_block: get("quantize_fp8_block")?,
+            quantize_fp8_rows: get("quantize_fp8_rows")?,
+            silu_mul_fp8: get("silu_mul_fp8")?,
+            scale_rows: get("scale_rows")?,
             gemv_fp8: get("gemv_fp8")?,
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
             pdl: gpu.info.compute_capability.0 >= 9 && std::env::var("LUMEN_PDL").map_or(true, |v| v != "0"),
@@ -380,8 +406,8 @@ impl Kernels {
         Ok(())
     }
 
-    /// With `amax` (else 0), the largest magnitude of `normed` is also added to that u32 word
-    /// (f32 bits), as `amax_bf16` would find it: [`Linear::input_amax`](super::linear::Linear::input_amax).
+    /// With `codes`, the normed rows' FP8 codes and per-row scales are written there too, as
+    /// [`Kernels::quantize_fp8_rows`] would make them.
     #[allow(clippy::too_many_arguments)]
     pub fn embed_rms_norm(
         &self,
@@ -395,7 +421,7 @@ impl Kernels {
         vocab: usize,
         residual: u64,
         normed: u64,
-        amax: u64,
+        codes: Fp8Rows,
     ) -> Result<()> {
         let args = Args::default()
             .ptr(tokens)
@@ -406,11 +432,14 @@ impl Kernels {
             .u32(vocab as u32)
             .ptr(residual)
             .ptr(normed)
-            .ptr(amax);
+            .ptr(codes.codes)
+            .ptr(codes.scales);
         self.launch(gpu, self.embed_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
-    /// `amax` as for [`Kernels::embed_rms_norm`].
+    /// `residual += delta · delta_scale` (a row's scale: an FP8 product's output whose row scales
+    /// were left to this reader, [`RowScales`]), then the norm into `normed`; `codes` as for
+    /// [`Kernels::embed_rms_norm`].
     #[allow(clippy::too_many_arguments)]
     pub fn add_rms_norm(
         &self,
@@ -418,13 +447,23 @@ impl Kernels {
         n: usize,
         residual: u64,
         delta: u64,
+        delta_scale: RowScales,
         weight: u64,
         eps: f32,
         hidden: usize,
         normed: u64,
-        amax: u64,
+        codes: Fp8Rows,
     ) -> Result<()> {
-        let args = Args::default().ptr(residual).ptr(delta).ptr(weight).f32(eps).i32(hidden as i32).ptr(normed).ptr(amax);
+        let args = Args::default()
+            .ptr(residual)
+            .ptr(delta)
+            .ptr(delta_scale.0)
+            .ptr(weight)
+            .f32(eps)
+            .i32(hidden as i32)
+            .ptr(normed)
+            .ptr(codes.codes)
+            .ptr(codes.scales);
         self.launch(gpu, self.add_rms_norm, (n as u32, 1, 1), norm_threads(hidden), args)
     }
 
@@ -434,6 +473,7 @@ impl Kernels {
     pub fn rope_kv_write(&self, gpu: &Gpu, n: usize, a: &RopeArgs) -> Result<()> {
         let args = Args::default()
             .ptr(a.qkv)
+            .ptr(a.row_scale.0)
             .ptr(a.bias)
             .ptr(a.q_norm)
             .ptr(a.k_norm)
@@ -457,10 +497,35 @@ impl Kernels {
     }
 
     /// `f` must be a multiple of 8; `amax` as for [`Kernels::embed_rms_norm`].
-    pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, out: u64, amax: u64) -> Result<()> {
+    pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, row_scale: RowScales, out: u64) -> Result<()> {
         let blocks = (f / 8).div_ceil(ROW_THREADS as usize) as u32;
-        let args = Args::default().ptr(gate_up).i32(f as i32).ptr(out).ptr(amax);
+        let args = Args::default().ptr(gate_up).ptr(row_scale.0).i32(f as i32).ptr(out);
         self.launch(gpu, self.silu_mul, (blocks, n as u32, 1), ROW_THREADS, args)
+    }
+
+    /// `x[t] *= scales[t]` in place over bf16 rows (columns a multiple of 8): an FP8 product's
+    /// output given the row scales no reader took.
+    pub fn scale_rows(&self, gpu: &Gpu, x: Tensor, scales: RowScales) -> Result<()> {
+        if x.dtype != DType::Bf16 || !x.cols.is_multiple_of(8) || scales.0 == 0 {
+            bail!("scale_rows of {x}: bf16 rows of a multiple of 8 values and their scales expected");
+        }
+        let blocks = (x.cols / 8).div_ceil(ROW_THREADS as usize) as u32;
+        let args = Args::default().ptr(x.ptr).i32(x.cols as i32).ptr(scales.0);
+        self.launch(gpu, self.scale_rows, (blocks, x.rows as u32, 1), ROW_THREADS, args)
+    }
+
+    /// `silu_mul`'s `n` rows of `f` values as FP8 codes with one scale a row, written to `out`
+    /// (its scale pointer the rows' scales) without the bf16 rows: what [`Kernels::silu_mul`]
+    /// and then [`Kernels::quantize_fp8_rows`] give. `f` a multiple of 8, at most
+    /// [`SILU_FP8_MAX_WIDTH`].
+    pub fn silu_mul_fp8(&self, gpu: &Gpu, gate_up: u64, row_scale: RowScales, out: Tensor) -> Result<()> {
+        let f = out.cols;
+        if out.dtype != DType::Fp8E4M3 || out.scale == 0 || !f.is_multiple_of(8) || f > SILU_FP8_MAX_WIDTH {
+            bail!("silu_mul_fp8 into {out}: scaled FP8 rows of a multiple of 8 values, at most {SILU_FP8_MAX_WIDTH}, expected");
+        }
+        let threads = (f / 8).div_ceil(SILU_ITEMS).next_multiple_of(32).clamp(32, 1024) as u32;
+        let args = Args::default().ptr(gate_up).ptr(row_scale.0).i32(f as i32).ptr(out.ptr).ptr(out.scale);
+        self.launch(gpu, self.silu_mul_fp8, (out.rows as u32, 1, 1), threads, args)
     }
 
     /// GPT-OSS's expert activation (see moe.cu) on `n` rows of `[gate (f), up (f)]` bf16 values
@@ -898,7 +963,7 @@ impl Kernels {
     /// `y[t, n] = x[t, k] · w[n, k]ᵀ` for `t <= GEMV_MAX_TOKENS` bf16 rows: bf16 weights (k a
     /// multiple of 8, one warp per output), or scaled FP8 ones (k a multiple of 32, sixteen
     /// outputs a block on the tensor cores), for which the kernel quantizes the rows as
-    /// [`Kernels::quantize_fp8`] would, so it gives the FP8 GEMM path's product without that
+    /// [`Kernels::quantize_fp8_rows`] would, so it gives the FP8 GEMM path's product without that
     /// launch.
     pub fn gemv(&self, gpu: &Gpu, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
         self.gemv_launch(gpu, x, w, y, false)
@@ -942,13 +1007,11 @@ impl Kernels {
     }
 
     /// Quantizes the bf16 tensor `x` into the FP8 tensor `out` of the same shape with one dynamic
-    /// scale: `out.scale` gets the power of two at or above amax / 448 (`lumen_backend::fp8::scale_for`),
-    /// and each code is x / scale rounded to nearest even. Up to [`FP8_ONE_BLOCK_ELEMENTS`] elements
-    /// (a decode step's rows) take one launch; larger tensors three, `amax` (a device u32) taking
-    /// the largest magnitude, or one where `amax_written`: the kernel that wrote x has put it
-    /// there ([`Linear::input_amax`](super::linear::Linear::input_amax)). Elements must be a
-    /// multiple of 8.
-    pub fn quantize_fp8(&self, gpu: &Gpu, x: Tensor, out: Tensor, amax: u64, amax_written: bool) -> Result<()> {
+    /// scale (a weight at load): `out.scale` gets the power of two at or above amax / 448
+    /// (`lumen_backend::fp8::scale_for`), and each code is x / scale rounded to nearest even. Up
+    /// to [`FP8_ONE_BLOCK_ELEMENTS`] elements take one launch; larger tensors three, `amax` (a
+    /// device u32) taking the largest magnitude. Elements must be a multiple of 8.
+    pub fn quantize_fp8(&self, gpu: &Gpu, x: Tensor, out: Tensor, amax: u64) -> Result<()> {
         let n = x.rows * x.cols;
         if x.dtype != DType::Bf16 || out.dtype != DType::Fp8E4M3 || (out.rows, out.cols) != (x.rows, x.cols) || out.scale == 0 {
             bail!("FP8 quantization of {x} into {out}: expected bf16 in and a scaled FP8 tensor of the same shape out");
@@ -961,12 +1024,26 @@ impl Kernels {
             return self.launch(gpu, self.quantize_fp8_block, (1, 1, 1), 1024, args);
         }
         let blocks = (n / 8).div_ceil(ROW_THREADS as usize).clamp(1, 2048) as u32;
-        if !amax_written {
-            gpu.fill(amax, 0, 4)?;
-            self.launch(gpu, self.amax_bf16, (blocks, 1, 1), ROW_THREADS, Args::default().ptr(x.ptr).u64(n as u64).ptr(amax))?;
-        }
+        gpu.fill(amax, 0, 4)?;
+        self.launch(gpu, self.amax_bf16, (blocks, 1, 1), ROW_THREADS, Args::default().ptr(x.ptr).u64(n as u64).ptr(amax))?;
         let args = Args::default().ptr(x.ptr).u64(n as u64).ptr(amax).ptr(out.ptr).ptr(out.scale);
         self.launch(gpu, self.quantize_fp8, (blocks, 1, 1), ROW_THREADS, args)
+    }
+
+    /// Quantizes the bf16 rows `x` (a product's activations) into the FP8 tensor `out` of the
+    /// same shape with one dynamic scale a row: `out.scale` points to `rows` f32 scales, each the
+    /// power of two at or above its row's amax / 448, and each code is x / scale rounded to
+    /// nearest even (`lumen_backend::fp8::fake_quantize_rows`). One launch, a block a row;
+    /// columns must be a multiple of 8.
+    pub fn quantize_fp8_rows(&self, gpu: &Gpu, x: Tensor, out: Tensor) -> Result<()> {
+        if x.dtype != DType::Bf16 || out.dtype != DType::Fp8E4M3 || (out.rows, out.cols) != (x.rows, x.cols) || out.scale == 0 {
+            bail!("FP8 quantization of the rows {x} into {out}: expected bf16 in and a scaled FP8 tensor of the same shape out");
+        }
+        if !x.cols.is_multiple_of(8) {
+            bail!("FP8 quantization of the rows {x}: the row length is not a multiple of 8");
+        }
+        let args = Args::default().ptr(x.ptr).i32(x.cols as i32).ptr(out.ptr).ptr(out.scale);
+        self.launch(gpu, self.quantize_fp8_rows, (x.rows as u32, 1, 1), ROW_THREADS, args)
     }
 
     /// Writes `n` bf16 values of a random-weight preset to `out`: `offset + scale * r_i` (`scale *
@@ -987,6 +1064,8 @@ impl Kernels {
 /// Inputs of `rope_kv_write`; pointer fields of 0 mean "absent".
 pub struct RopeArgs {
     pub qkv: u64,
+    /// The scales qkv's rows still need ([`RowScales`]).
+    pub row_scale: RowScales,
     pub bias: u64,
     pub q_norm: u64,
     pub k_norm: u64,

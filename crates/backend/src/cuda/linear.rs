@@ -2,41 +2,70 @@
 //! shapes where it measured faster, the GEMV kernel. The choice is made per (rows, n, k) by
 //! [`Linear::tune`], which times both on the real weights, each shape's layers back to back;
 //! batch-invariant mode never tunes, so every row count takes the same arithmetic. For FP8 weights
-//! the bf16 activations are quantized to FP8 with one dynamic scale per product (vLLM's dynamic
-//! per-tensor scheme): for cuBLASLt into a buffer reserved with [`Linear::reserve_fp8_inputs`], and
+//! the bf16 activations are quantized to FP8 with one dynamic scale a row (vLLM's dynamic
+//! per-token scheme), so a token's codes do not depend on the other tokens of its step: for
+//! cuBLASLt into a buffer reserved with [`Linear::reserve_fp8_inputs`], by the kernel that wrote
+//! the activations where it can ([`Linear::input_codes`]) or else by a launch of their own, and
 //! inside the FP8 GEMV kernel to the same codes (no launch of its own), so a product's arithmetic
-//! does not depend on the choice.
+//! does not depend on the choice. cuBLASLt's FP8 products on Hopper take one scale per operand
+//! (its per-row mode needs a vector on the weight too and runs 5–15% slower), so they multiply by
+//! the weight's scale only and leave each output row's activation scale, a power of two, to the
+//! kernel that reads the output ([`RowScales`]; [`Linear::run`] applies them itself).
 
 use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;
-use super::kernels::{gemv_k_step, Kernels, FP8_ONE_BLOCK_ELEMENTS, GEMV_MAX_TOKENS};
+use super::kernels::{gemv_k_step, Fp8Rows, Kernels, RowScales, GEMV_MAX_TOKENS, SILU_FP8_MAX_WIDTH};
 use super::tensor::{DType, Tensor};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
+
+/// Room for an FP8 product's quantized input: the codes; two buffers of row scales, used in turn,
+/// so that a product's output rows keep their scales ([`RowScales`]) until the kernel that reads
+/// them has run, while the next input is quantized; and a device 1.0, the scale cuBLASLt is given
+/// for the activations (each a buffer of its own: cuBLASLt refuses a scale pointer that is not
+/// 16-byte aligned).
+struct Fp8Inputs {
+    codes: DeviceBuffer,
+    scales: [DeviceBuffer; 2],
+    next_scales: usize,
+    one: DeviceBuffer,
+}
+
+impl Fp8Inputs {
+    /// Codes of `rows × cols` in the buffer with the next row scales, if they fit.
+    fn next(&mut self, rows: usize, cols: usize) -> Option<Tensor> {
+        let scales = &self.scales[self.next_scales];
+        if rows * cols > self.codes.bytes || rows * 4 > scales.bytes {
+            return None;
+        }
+        self.next_scales ^= 1;
+        Some(Tensor { scale: scales.ptr, ..self.codes.tensor(DType::Fp8E4M3, rows, cols) })
+    }
+}
 
 pub struct Linear {
     gemm: Gemm,
     /// Per (rows, n, k) of up to GEMV_MAX_TOKENS rows: whether the GEMV kernel beat cuBLASLt.
     gemv_wins: HashMap<(usize, usize, usize), bool>,
-    /// Quantized activations for FP8 products: their codes, and their scale (f32, at offset 0:
-    /// cuBLASLt refuses a scale pointer that is not 16-byte aligned) and amax (u32, at 16).
-    fp8_inputs: Option<(DeviceBuffer, DeviceBuffer)>,
-    /// The activations (pointer, elements) whose amax the kernel that wrote them has put in the
-    /// amax word ([`Linear::input_amax`]): the next product, if it reads them, skips `amax_bf16`.
-    amax_written_for: Option<(u64, usize)>,
+    /// Quantized activations for FP8 products.
+    fp8_inputs: Option<Fp8Inputs>,
+    /// The activations (pointer, elements) whose codes the kernel that wrote them has put in the
+    /// reserved buffer ([`Linear::input_codes`]): the next product, if it reads them, takes those.
+    codes_written_for: Option<(u64, usize)>,
 }
 
 impl Linear {
     pub fn new(gpu: &Gpu, batch_invariant: bool) -> Result<Self> {
-        Ok(Linear { gemm: Gemm::new(gpu, batch_invariant)?, gemv_wins: HashMap::new(), fp8_inputs: None, amax_written_for: None })
+        Ok(Linear { gemm: Gemm::new(gpu, batch_invariant)?, gemv_wins: HashMap::new(), fp8_inputs: None, codes_written_for: None })
     }
 
-    /// Reserves room for `elements` quantized activations, the most any FP8 product of the model
-    /// takes in one step.
-    pub fn reserve_fp8_inputs(&mut self, gpu: &Gpu, elements: usize) -> Result<()> {
-        let codes = gpu.alloc(elements.max(16), "FP8 activations")?;
-        let scale = gpu.alloc(32, "FP8 activation scale")?;
-        self.fp8_inputs = Some((codes, scale));
+    /// Reserves room for the quantized activations of up to `rows` rows of `widest` values, the
+    /// most any FP8 product of the model takes in one step.
+    pub fn reserve_fp8_inputs(&mut self, gpu: &Gpu, rows: usize, widest: usize) -> Result<()> {
+        let codes = gpu.alloc((rows * widest).max(16), "FP8 activations")?;
+        let scales = [gpu.alloc((rows * 4).max(16), "FP8 activation scales")?, gpu.alloc((rows * 4).max(16), "FP8 activation scales")?];
+        let one = gpu.upload(&[1.0f32, 0.0, 0.0, 0.0], "FP8 unit scale")?;
+        self.fp8_inputs = Some(Fp8Inputs { codes, scales, next_scales: 0, one });
         Ok(())
     }
 
@@ -70,7 +99,8 @@ impl Linear {
                 let (mut gemm, mut fastest, mut refused) = (f64::INFINITY, 0, Ok(()));
                 for index in 0..self.gemm.algorithms(t, rows, cols, operands, DType::Bf16)? {
                     self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, index)?;
-                    match gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output, false))) {
+                    let mut chain = || group.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output, None).map(|_| ()));
+                    match gpu.median_ms(1, 5, &mut chain) {
                         Ok(ms) if ms < gemm => (gemm, fastest) = (ms, index),
                         Ok(_) => {}
                         Err(e) => refused = refused.and(Err(e)),
@@ -87,52 +117,99 @@ impl Linear {
         Ok(())
     }
 
-    /// Where the kernel about to write `x` should add x's largest magnitude (its `amax` argument),
-    /// so that an FP8 product of x right after it quantizes x without a pass of its own over x
-    /// (`amax_bf16`): the amax word, zeroed, when this model's FP8 products quantize an input of
-    /// x's size in two passes; else 0. Only the next product (`run` or `run_swiglu`) may take it,
-    /// and only if it reads x: any other finds its amax itself.
-    pub fn input_amax(&mut self, gpu: &Gpu, x: Tensor) -> Result<u64> {
-        self.amax_written_for = None;
-        let Some((_, scale)) = &self.fp8_inputs else { return Ok(0) };
-        let elements = x.rows * x.cols;
-        if x.dtype != DType::Bf16 || elements <= FP8_ONE_BLOCK_ELEMENTS {
-            return Ok(0);
+    /// Where the kernel about to write `x` should also write x's FP8 codes and row scales, so that
+    /// an FP8 product of x right after it needs no quantization launch: the reserved buffer when
+    /// this model's products are FP8 and x has more rows than the GEMV takes (the product then
+    /// runs through cuBLASLt); else none. Only the next product may take them, and only if it
+    /// reads x: any other quantizes its input itself.
+    pub fn input_codes(&mut self, x: Tensor) -> Fp8Rows {
+        self.codes_written_for = None;
+        let Some(inputs) = &mut self.fp8_inputs else { return Fp8Rows::default() };
+        if x.dtype != DType::Bf16 || x.rows <= GEMV_MAX_TOKENS {
+            return Fp8Rows::default();
         }
-        let amax = scale.at(16);
-        gpu.fill(amax, 0, 4)?;
-        self.amax_written_for = Some((x.ptr, elements));
-        Ok(amax)
+        let Some(codes) = inputs.next(x.rows, x.cols) else { return Fp8Rows::default() };
+        self.codes_written_for = Some((x.ptr, x.rows * x.cols));
+        Fp8Rows { codes: codes.ptr, scales: codes.scale }
     }
 
-    /// Whether the kernel that wrote `x` has put its amax in the word ([`Linear::input_amax`]);
-    /// either way the note is spent.
-    fn take_amax_written(&mut self, x: Tensor) -> bool {
-        self.amax_written_for.take() == Some((x.ptr, x.rows * x.cols))
+    /// The codes of `x` that the kernel that wrote it put in the reserved buffer
+    /// ([`Linear::input_codes`]), if it did; either way the note is spent.
+    fn take_codes_written(&mut self, x: Tensor) -> Option<Tensor> {
+        if self.codes_written_for.take() != Some((x.ptr, x.rows * x.cols)) {
+            return None;
+        }
+        let inputs = self.fp8_inputs.as_ref()?;
+        // input_codes took the other buffer of scales than the one `next` would give now.
+        let scales = &inputs.scales[inputs.next_scales ^ 1];
+        Some(Tensor { scale: scales.ptr, ..inputs.codes.tensor(DType::Fp8E4M3, x.rows, x.cols) })
     }
 
-    /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream.
+    /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream, every row scaled.
     pub fn run(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
-        let amax_written = self.take_amax_written(x);
-        if self.gemv_won(x, w) {
-            kernels.gemv(gpu, x, w, out)
-        } else {
-            self.gemm_product(gpu, kernels, x, w, out, amax_written)
+        let pending = self.run_leaving_row_scales(gpu, kernels, x, w, out)?;
+        if pending.0 != 0 {
+            kernels.scale_rows(gpu, out, pending)?;
         }
+        Ok(())
     }
 
-    /// `act[t, j] = silu(g) · u` of the fused gate/up product `x · gate_upᵀ` (gate rows first):
-    /// in one GEMV launch where the GEMV won this shape, else the product into `scratch`
-    /// (`[t, 2f]` bf16) and `silu_mul`, which also writes act's amax for the FP8 down product
-    /// after it ([`Linear::input_amax`]). Both give the same bits.
-    pub fn run_swiglu(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, gate_up: Tensor, act: Tensor, scratch: Tensor) -> Result<()> {
-        let amax_written = self.take_amax_written(x);
-        if self.gemv_won(x, gate_up) {
-            return kernels.gemv_swiglu(gpu, x, gate_up, act);
+    /// [`Linear::run`], except that an FP8 product through cuBLASLt leaves its output rows'
+    /// activation scales to the caller, who hands them to the kernel that reads `out`
+    /// ([`RowScales`]; none where the rows are final). They stay valid until the second product
+    /// after this one quantizes its input.
+    pub fn run_leaving_row_scales(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<RowScales> {
+        let codes = self.take_codes_written(x);
+        if self.gemv_won(x, w) {
+            kernels.gemv(gpu, x, w, out)?;
+            return Ok(RowScales::default());
         }
-        self.gemm_product(gpu, kernels, x, gate_up, scratch, amax_written)?;
-        let amax = self.input_amax(gpu, act)?;
-        kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, act.ptr, amax)
+        self.gemm_product(gpu, kernels, x, w, out, codes)
+    }
+
+    /// The SwiGLU feed-forward `out = act · downᵀ`, `act[t, j] = silu(g) · u` of the fused gate/up
+    /// product `x · gate_upᵀ` (gate rows first): `act` in one GEMV launch where the GEMV won that
+    /// shape, else the product into `scratch` (`[t, 2f]` bf16) and `silu_mul`, which takes the
+    /// product's row scales. Where the down product is FP8 and takes more rows than the GEMV,
+    /// `silu_mul_fp8` writes act's codes and row scales straight into the FP8 input buffer
+    /// instead, and `act` itself is not written. All give the same bits. The down product's row
+    /// scales are left to the caller as [`Linear::run_leaving_row_scales`] leaves them, or
+    /// applied here unless `leave_row_scales`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_feed_forward(
+        &mut self,
+        gpu: &Gpu,
+        kernels: &Kernels,
+        x: Tensor,
+        gate_up: Tensor,
+        down: Tensor,
+        act: Tensor,
+        scratch: Tensor,
+        out: Tensor,
+        leave_row_scales: bool,
+    ) -> Result<RowScales> {
+        let codes = self.take_codes_written(x);
+        let pending = if self.gemv_won(x, gate_up) {
+            kernels.gemv_swiglu(gpu, x, gate_up, act)?;
+            self.run_leaving_row_scales(gpu, kernels, act, down, out)?
+        } else {
+            let gate_up_scales = self.gemm_product(gpu, kernels, x, gate_up, scratch, codes)?;
+            let target = self.input_codes(act);
+            if target.codes != 0 && down.dtype == DType::Fp8E4M3 && act.cols <= SILU_FP8_MAX_WIDTH {
+                let act_codes = self.take_codes_written(act).context("the codes input_codes noted just above")?;
+                kernels.silu_mul_fp8(gpu, scratch.ptr, gate_up_scales, act_codes)?;
+                self.gemm_codes(gpu, act_codes, down, out)?
+            } else {
+                self.codes_written_for = None;
+                kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, gate_up_scales, act.ptr)?;
+                self.run_leaving_row_scales(gpu, kernels, act, down, out)?
+            }
+        };
+        if !leave_row_scales && pending.0 != 0 {
+            kernels.scale_rows(gpu, out, pending)?;
+            return Ok(RowScales::default());
+        }
+        Ok(pending)
     }
 
     /// Whether the GEMV beat cuBLASLt on `x`'s rows of `w` when tuned.
@@ -140,23 +217,46 @@ impl Linear {
         self.gemv_wins.get(&(x.rows, w.rows, w.cols)) == Some(&true)
     }
 
-    /// The product through cuBLASLt, bf16 activations quantized first for an FP8 weight
-    /// (`amax_written`: their amax is already in the word).
-    fn gemm_product(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor, amax_written: bool) -> Result<()> {
-        let x = if w.dtype == DType::Fp8E4M3 && x.dtype == DType::Bf16 { self.quantize(gpu, kernels, x, amax_written)? } else { x };
-        self.gemm.matmul(gpu, x, w, out)
+    /// The product through cuBLASLt, bf16 activations quantized first for an FP8 weight (`codes`:
+    /// their codes, already written by the kernel that wrote them); the output rows' scales still
+    /// to apply, for an FP8 weight.
+    fn gemm_product(
+        &mut self,
+        gpu: &Gpu,
+        kernels: &Kernels,
+        x: Tensor,
+        w: Tensor,
+        out: Tensor,
+        codes: Option<Tensor>,
+    ) -> Result<RowScales> {
+        if w.dtype != DType::Fp8E4M3 || x.dtype != DType::Bf16 {
+            self.gemm.matmul(gpu, x, w, out)?;
+            return Ok(RowScales::default());
+        }
+        let codes = match codes {
+            Some(codes) => codes,
+            None => self.quantize(gpu, kernels, x)?,
+        };
+        self.gemm_codes(gpu, codes, w, out)
     }
 
-    /// `x` quantized to FP8 in the reserved buffer.
-    fn quantize(&self, gpu: &Gpu, kernels: &Kernels, x: Tensor, amax_written: bool) -> Result<Tensor> {
-        let Some((codes, scale)) = &self.fp8_inputs else {
+    /// The product of quantized activations (their row scales at `codes.scale`) through cuBLASLt,
+    /// which is given a unit scale for them; returns those row scales, still to apply.
+    fn gemm_codes(&mut self, gpu: &Gpu, codes: Tensor, w: Tensor, out: Tensor) -> Result<RowScales> {
+        let one = self.fp8_inputs.as_ref().context("FP8 activations without a reserved buffer")?.one.ptr;
+        self.gemm.matmul(gpu, Tensor { scale: one, ..codes }, w, out)?;
+        Ok(RowScales(codes.scale))
+    }
+
+    /// `x` quantized to FP8, one scale a row, in the reserved buffer.
+    fn quantize(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor) -> Result<Tensor> {
+        let Some(inputs) = &mut self.fp8_inputs else {
             bail!("an FP8 product of {x} needs room for quantized activations (Linear::reserve_fp8_inputs)");
         };
-        if x.rows * x.cols > codes.bytes {
-            bail!("FP8 activations {x} exceed the {} reserved elements", codes.bytes);
-        }
-        let quantized = Tensor { scale: scale.ptr, ..codes.tensor(DType::Fp8E4M3, x.rows, x.cols) };
-        kernels.quantize_fp8(gpu, x, quantized, scale.at(16), amax_written)?;
+        let Some(quantized) = inputs.next(x.rows, x.cols) else {
+            bail!("FP8 activations {x} exceed the {} elements reserved", inputs.codes.bytes);
+        };
+        kernels.quantize_fp8_rows(gpu, x, quantized)?;
         Ok(quantized)
     }
 }

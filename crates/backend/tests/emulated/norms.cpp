@@ -3,9 +3,11 @@
 // over rows of 32 to 7,168 values in blocks of the size `norm_threads` gives (kernels.rs): every
 // thread holds at most NORM_ITEMS groups of four values. Each normed value must be
 // the f32 result rounded to bf16, or its neighbour (the kernels sum the squares in another order),
-// and the residual exactly the f32 sum; the amax word the norms are handed must end as the largest
-// magnitude of the bf16 values written (or its value before, where larger). Exits non-zero
-// otherwise.
+// and the residual exactly the f32 sum; the FP8 codes and row scales a norm writes when handed
+// somewhere to put them must be, bit for bit, what quantize_fp8_rows makes of the bf16 rows it
+// wrote, and handing them must change no bf16 value; add_rms_norm handed a delta whose rows still
+// need their scales (powers of two) and those scales must write, bit for bit, what it writes from
+// the scaled delta. Exits non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
 
@@ -41,45 +43,50 @@ int main() {
                 for (int i = 0; i < width; i++) bad += !near(out[r * width + i], in[r * width + i] * scale * bf2f(weight[i]));
             }
         };
-        // The amax word a norm adds its output's largest magnitude to: exactly that of the bf16
-        // values written, or what the word held where that was larger.
-        int amax_bad = 0;
-        auto check_amax = [&](u32 word, u32 before) {
-            float m = 0;
-            for (bf16 v : normed) m = std::max(m, std::fabs(bf2f(v)));
-            amax_bad += word != std::max(before, __float_as_uint(m));
+        // The codes and scales a norm writes beside its rows: quantize_fp8_rows's of those rows.
+        int codes_bad = 0;
+        std::vector<unsigned char> codes(rows * width), want_codes(rows * width);
+        std::vector<float> scales(rows), want_scales(rows);
+        auto check_codes = [&]() {
+            launch(quantize_fp8_rows, {(unsigned)rows}, 256, normed.data(), width, want_codes.data(), want_scales.data());
+            codes_bad += (codes != want_codes) + (scales != want_scales);
         };
-        u32 amax = 0;
         launch(embed_rms_norm, {(unsigned)rows}, threads, tokens.data(), embed.data(), weight.data(), eps, width, (u32)vocab, residual.data(),
-               normed.data(), &amax);
-        check_amax(amax, 0);
+               normed.data(), codes.data(), scales.data());
+        check_codes();
         std::vector<float> want(rows * width);
         for (int r = 0; r < rows; r++)
             for (int i = 0; i < width; i++) want[r * width + i] = bf2f(embed[tokens[r] * width + i]);
         bad += want != residual;
         check_norm(want, normed);
-        amax = 0;
-        launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), weight.data(), eps, width, normed.data(), &amax);
-        check_amax(amax, 0);
+        std::vector<float> before = residual;
+        launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), (const float*)nullptr, weight.data(), eps, width,
+               normed.data(), codes.data(), scales.data());
+        check_codes();
         for (int i = 0; i < rows * width; i++) want[i] += bf2f(delta[i]);
         bad += want != residual;
         check_norm(want, normed);
-        // A word already above the rows' largest magnitude keeps its value; without a word the
-        // kernel writes the same rows.
-        const u32 above = __float_as_uint(1e4f);
-        amax = above;
-        std::vector<float> kept = residual;
-        launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), weight.data(), eps, width, normed.data(), &amax);
-        amax_bad += amax != above;
-        std::vector<bf16> with_word = normed;
-        residual = kept;
-        launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), weight.data(), eps, width, normed.data(), (u32*)nullptr);
-        bad += with_word != normed;
+        // Without a place for codes the kernel writes the same rows; and the same again from a
+        // delta whose rows still need their scales (powers of two), handed those scales.
+        std::vector<bf16> with_codes = normed;
+        std::vector<float> after = residual;
+        residual = before;
+        launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), (const float*)nullptr, weight.data(), eps, width,
+               normed.data(), (unsigned char*)nullptr, (float*)nullptr);
+        bad += with_codes != normed;
+        const std::vector<float> row_scales = {8.f, 0.25f, 1.f};
+        std::vector<bf16> unscaled(rows * width);
+        for (int i = 0; i < rows * width; i++) unscaled[i] = f2bf(bf2f(delta[i]) / row_scales[i / width]);
+        residual = before;
+        launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), unscaled.data(), row_scales.data(), weight.data(), eps, width,
+               normed.data(), (unsigned char*)nullptr, (float*)nullptr);
+        int scaled_bad = (residual != after) + (normed != with_codes);
         launch(rms_norm_rows, {(unsigned)rows}, threads, x.data(), weight.data(), eps, width, rows_normed.data());
         for (int i = 0; i < rows * width; i++) want[i] = bf2f(x[i]);
         check_norm(want, rows_normed);
-        printf("rows of %4d: %d values off, %d amax words wrong%s\n", width, bad, amax_bad, bad || amax_bad ? "  FAILED" : "");
-        failures += bad != 0 || amax_bad != 0;
+        printf("rows of %4d: %d values off, %d code or scale sets wrong, %d outputs differ with the delta's row scales left to the norm%s\n",
+               width, bad, codes_bad, scaled_bad, bad || codes_bad || scaled_bad ? "  FAILED" : "");
+        failures += bad != 0 || codes_bad != 0 || scaled_bad != 0;
     }
     return failures != 0;
 }

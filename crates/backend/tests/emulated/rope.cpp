@@ -5,7 +5,9 @@
 // 1). Shapes: 9 query heads over 3 KV heads of 64 (heads of two kinds in one warp), 32 over 8 of
 // 128, 16 over 16 of 128 with full-width norms, 8 over 2 of 32. Every value within a bf16
 // rounding of the reference (an E4M3 step for the FP8 cache) and every slot of the cache written
-// where it should be, and nowhere else; exits non-zero otherwise.
+// where it should be, and nowhere else; and the same launch from a qkv product whose rows still
+// need their scales (powers of two), handed those scales, must write the same bits; exits non-zero
+// otherwise.
 #include "emu.h"
 #include "kernels.cu"
 #include "random_values.h"
@@ -35,12 +37,27 @@ static int check(const Case& c) {
     void* k_cache = c.fp8 ? (void*)k8.data() : (void*)k16.data();
     void* v_cache = c.fp8 ? (void*)v8.data() : (void*)v16.data();
     const unsigned per_block = ROPE_THREADS * 8 / c.hd;
-    launch(rope_kv_write, {(unsigned)tokens, (total + per_block - 1) / per_block}, ROPE_THREADS, qkv.data(),
-           c.bias ? bias.data() : (const bf16*)nullptr, c.norm ? q_norm.data() : (const bf16*)nullptr,
-           c.norm ? k_norm.data() : (const bf16*)nullptr, (int)c.full_width, eps, positions.data(), slots.data(), inv_freq.data(),
-           c.factor, c.heads, c.kv_heads, c.hd, block_size, q_out.data(), k_cache, v_cache, (int)c.fp8);
+    auto run = [&](const std::vector<bf16>& rows, const float* row_scale, bf16* q, void* k, void* v) {
+        launch(rope_kv_write, {(unsigned)tokens, (total + per_block - 1) / per_block}, ROPE_THREADS, rows.data(), row_scale,
+               c.bias ? bias.data() : (const bf16*)nullptr, c.norm ? q_norm.data() : (const bf16*)nullptr,
+               c.norm ? k_norm.data() : (const bf16*)nullptr, (int)c.full_width, eps, positions.data(), slots.data(), inv_freq.data(),
+               c.factor, c.heads, c.kv_heads, c.hd, block_size, q, k, v, (int)c.fp8);
+    };
+    run(qkv, nullptr, q_out.data(), k_cache, v_cache);
+    // The product's rows before their scales, with the scales handed over: the same bits.
+    const std::vector<float> row_scales = {4.f, 0.125f, 1.f};
+    std::vector<bf16> unscaled(qkv.size()), q_later(q_out.size(), f2bf(NAN)), k16_later(k16), v16_later(v16);
+    std::vector<unsigned char> k8_later(k8), v8_later(v8);
+    for (size_t i = 0; i < qkv.size(); i++) unscaled[i] = f2bf(bf2f(qkv[i]) / row_scales[i / width]);
+    for (auto& x : k16_later) x = f2bf(NAN);
+    for (auto& x : v16_later) x = f2bf(NAN);
+    std::fill(k8_later.begin(), k8_later.end(), 0x7f);
+    std::fill(v8_later.begin(), v8_later.end(), 0x7f);
+    run(unscaled, row_scales.data(), q_later.data(), c.fp8 ? (void*)k8_later.data() : (void*)k16_later.data(),
+        c.fp8 ? (void*)v8_later.data() : (void*)v16_later.data());
+    // (Unwritten values are the same NaN bits in both.)
+    int bad = (q_later != q_out) + (c.fp8 ? (k8_later != k8) + (v8_later != v8) : (k16_later != k16) + (v16_later != v16));
 
-    int bad = 0;
     std::vector<bool> written(cache_values, false);
     for (int t = 0; t < tokens; t++) {
         std::vector<double> x(width);

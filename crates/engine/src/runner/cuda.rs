@@ -187,7 +187,7 @@ impl CudaRunner {
         let mut linear = Linear::new(&gpu, config.batch_invariant)?;
         if w.quantization == Quantization::Fp8 {
             let widest = c.hidden_size.max(c.num_heads * c.head_dim).max(c.intermediate_size);
-            linear.reserve_fp8_inputs(&gpu, t * widest)?;
+            linear.reserve_fp8_inputs(&gpu, t, widest)?;
         }
 
         let bytes_per_token = KvCache::bytes_per_token(&c, config.kv_fp8);

@@ -35,7 +35,7 @@ use crate::plan::{Attention, FeedForward, LatentAttention, Moe, SelfAttention};
 use anyhow::{bail, ensure, Result};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{
-    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, MLA_BLOCK_ROWS,
+    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, RowScales, MLA_BLOCK_ROWS,
     MOE_TILE_ROWS,
 };
 use lumen_trace::instrument::{span, Category};
@@ -393,7 +393,7 @@ pub fn enqueue_forward(
     }
     let mut moe_layer = 0;
     let pass = Pass { w, c, act, kv, inputs, shape };
-    // The norms write their output's amax for an FP8 product of it (Linear::input_amax).
+    // The norms write their output's FP8 codes for an FP8 product of it (Linear::input_codes).
     let normed = act.normed.tensor(DType::Bf16, t, h);
     k.embed_rms_norm(
         gpu,
@@ -407,22 +407,27 @@ pub fn enqueue_forward(
         w.weights.embed.rows,
         act.residual.ptr,
         act.normed.ptr,
-        linear.input_amax(gpu, normed)?,
+        linear.input_codes(normed),
     )?;
+    // A product's output rows may leave their FP8 activation scales to the norm that adds them
+    // (RowScales), except where a sum over ranks comes first.
+    let leave_row_scales = rank.is_none();
     for (li, layer) in layers.iter().enumerate() {
-        match &layer.attention {
-            SelfAttention::Grouped(a) => pass.grouped_attention(linear, a, li, &all_reduce)?,
+        let delta_scale = match &layer.attention {
+            SelfAttention::Grouped(a) => pass.grouped_attention(linear, a, li, &all_reduce, leave_row_scales)?,
             SelfAttention::Latent(a) => {
                 ensure!(rank.is_none(), "layer {li}: latent attention does not run tensor-parallel on CUDA");
                 pass.latent_attention(linear, a, li)?;
+                RowScales::default()
             }
-        }
-        let amax = linear.input_amax(gpu, normed)?;
-        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, layer.post_attention_norm.ptr(), eps, h, act.normed.ptr, amax)?;
-        pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, &all_reduce)?;
+        };
+        let codes = linear.input_codes(normed);
+        let post_attention_norm = layer.post_attention_norm.ptr();
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, delta_scale, post_attention_norm, eps, h, act.normed.ptr, codes)?;
+        let delta_scale = pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, &all_reduce, leave_row_scales)?;
         let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
-        let amax = linear.input_amax(gpu, normed)?;
-        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, next_norm, eps, h, act.normed.ptr, amax)?;
+        let codes = linear.input_codes(normed);
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, delta_scale, next_norm, eps, h, act.normed.ptr, codes)?;
     }
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);
@@ -500,7 +505,8 @@ impl Pass<'_> {
 
     /// A layer's feed-forward block on `act.normed` into `act.delta`: the dense SwiGLU (its down
     /// product summed over tensor-parallel ranks by `all_reduce`) or the `moe_layer`-th MoE block,
-    /// which advances the count.
+    /// which advances the count. Returns delta's row scales still to apply, which the dense
+    /// block's FP8 down product leaves to the reader with `leave_row_scales`.
     fn feed_forward(
         &self,
         linear: &mut Linear,
@@ -508,21 +514,24 @@ impl Pass<'_> {
         layer: usize,
         moe_layer: &mut usize,
         all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
-    ) -> Result<()> {
+        leave_row_scales: bool,
+    ) -> Result<RowScales> {
         let Pass { w, c, act, .. } = *self;
         let (k, gpu, t) = (&w.kernels, &*w.gpu, self.shape.tokens);
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
         match feed_forward {
             FeedForward::Dense { gate_up, down } => {
-                linear.run_swiglu(gpu, k, bf16(&act.normed, h), gate_up.view(), bf16(&act.act, f), bf16(&act.gate_up, 2 * f))?;
-                linear.run(gpu, k, bf16(&act.act, f), down.view(), bf16(&act.delta, h))?;
-                all_reduce(&act.delta)
+                let (x, act_out, scratch) = (bf16(&act.normed, h), bf16(&act.act, f), bf16(&act.gate_up, 2 * f));
+                let delta = bf16(&act.delta, h);
+                let scales = linear.run_feed_forward(gpu, k, x, gate_up.view(), down.view(), act_out, scratch, delta, leave_row_scales)?;
+                all_reduce(&act.delta)?;
+                Ok(scales)
             }
             FeedForward::Moe(moe) => {
                 self.moe(linear, moe, layer, *moe_layer)?;
                 *moe_layer += 1;
-                Ok(())
+                Ok(RowScales::default())
             }
         }
     }
@@ -536,16 +545,18 @@ impl Pass<'_> {
         a: &Attention<DeviceTensor, DeviceTensor>,
         layer: usize,
         all_reduce: &dyn Fn(&DeviceBuffer) -> Result<()>,
-    ) -> Result<()> {
+        leave_row_scales: bool,
+    ) -> Result<RowScales> {
         let Pass { w, c, act, kv, inputs, shape } = *self;
         let (k, gpu) = (&w.kernels, &*w.gpu);
         let (t, h, hd) = (shape.tokens, c.hidden_size, c.head_dim);
         let (qd, kd) = (c.num_heads * hd, c.num_kv_heads * hd);
         let bf16 = |b: &DeviceBuffer, cols: usize| b.tensor(DType::Bf16, t, cols);
         let (k_cache, v_cache) = kv.layer(layer);
-        linear.run(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
+        let qkv_scale = linear.run_leaving_row_scales(gpu, k, bf16(&act.normed, h), a.qkv.view(), bf16(&act.qkv, qd + 2 * kd))?;
         let rope = RopeArgs {
             qkv: act.qkv.ptr,
+            row_scale: qkv_scale,
             bias: a.qkv_bias.as_ref().map_or(0, |b| b.ptr()),
             q_norm: a.q_norm.as_ref().map_or(0, |b| b.ptr()),
             k_norm: a.k_norm.as_ref().map_or(0, |b| b.ptr()),
@@ -576,12 +587,21 @@ impl Pass<'_> {
             ..self.attention_args()
         };
         k.attention(gpu, &attention)?;
-        linear.run(gpu, k, bf16(&act.attn, qd), a.output.view(), bf16(&act.delta, h))?;
+        let (attn, delta) = (bf16(&act.attn, qd), bf16(&act.delta, h));
         // Before the sum over ranks: a rank's plan keeps the bias on rank 0 only.
         if let Some(bias) = &a.output_bias {
+            linear.run(gpu, k, attn, a.output.view(), delta)?;
             k.add_bias(gpu, t, h, act.delta.ptr, bias.ptr())?;
+            all_reduce(&act.delta)?;
+            return Ok(RowScales::default());
         }
-        all_reduce(&act.delta)
+        let scales = if leave_row_scales {
+            linear.run_leaving_row_scales(gpu, k, attn, a.output.view(), delta)?
+        } else {
+            linear.run(gpu, k, attn, a.output.view(), delta).map(|_| RowScales::default())?
+        };
+        all_reduce(&act.delta)?;
+        Ok(scales)
     }
 
     /// Layer `layer`'s latent attention on `act.normed` into `act.delta` (see the module doc).
@@ -721,7 +741,7 @@ impl Pass<'_> {
                 let n = ACTIVATION_ROWS_PER_LAUNCH.min(rows_total - first);
                 let (gate_up, out) = (b.gate_up.at(first * 2 * fe * 2), b.act.at(first * fe * 2));
                 match m.activation {
-                    ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, out, 0)?,
+                    ExpertActivation::SwiGlu => k.silu_mul(gpu, n, fe, gate_up, RowScales::default(), out)?,
                     ExpertActivation::ClampedSwiGlu { alpha, limit } => k.clamped_swiglu(gpu, n, fe, gate_up, alpha, limit, out)?,
                 }
             }
@@ -734,8 +754,8 @@ impl Pass<'_> {
             let fs = shared.expert.down.cols;
             let x = act.normed.tensor(DType::Bf16, t, h);
             let (scratch, activated) = (gate_up.tensor(DType::Bf16, t, 2 * fs), sact.tensor(DType::Bf16, t, fs));
-            linear.run_swiglu(gpu, k, x, shared.expert.gate_up.view(), activated, scratch)?;
-            linear.run(gpu, k, sact.tensor(DType::Bf16, t, fs), shared.expert.down.view(), out.tensor(DType::Bf16, t, h))?;
+            let (gate_up_w, down_w) = (shared.expert.gate_up.view(), shared.expert.down.view());
+            linear.run_feed_forward(gpu, k, x, gate_up_w, down_w, activated, scratch, out.tensor(DType::Bf16, t, h), false)?;
             shared_out = out.ptr;
             if let Some(g) = &shared.gate {
                 linear.run(gpu, k, x, g.view(), gate.tensor(DType::F32, t, 1))?;

@@ -128,7 +128,7 @@ impl CudaFill<'_, '_> {
         let codes = self.gpu.alloc(rows * cols, &format!("{what} (FP8)"))?;
         let scale = self.gpu.alloc(4, &format!("{what} (FP8 scale)"))?;
         let quantized = DeviceTensor { buffer: codes, dtype: DType::Fp8E4M3, rows, cols, scale: Some(scale) };
-        self.kernels.quantize_fp8(self.gpu, tensor.view(), quantized.view(), self.amax.ptr, false)?;
+        self.kernels.quantize_fp8(self.gpu, tensor.view(), quantized.view(), self.amax.ptr)?;
         // The bf16 copy is freed once the quantization has read it.
         self.gpu.synchronize()?;
         self.bytes += rows * cols + 4;

@@ -32,28 +32,35 @@ __device__ __forceinline__ void load_norm_weight(const bf16* __restrict__ weight
 }
 
 // Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`, with this thread's
-// groups of the weight in `w`. With `amax` (else null), also adds the largest magnitude of the
-// bf16 values written to that word (record_amax): what amax_bf16 would find in them, so that an
-// FP8 product of the normed rows can skip that pass.
+// groups of the weight in `w`. With `codes` (else null), also writes the bf16 values' FP8 codes
+// under the row's own scale, and that scale to *code_scale: what quantize_fp8_rows would make of
+// the row, so that an FP8 product of the normed rows needs no pass of its own over them.
 __device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
-                                         bf16* __restrict__ out, float* scratch, u32* __restrict__ amax) {
+                                         bf16* __restrict__ out, float* scratch, unsigned char* __restrict__ codes,
+                                         float* __restrict__ code_scale) {
     float scale = rsqrtf(block_sum(ss, scratch) / hidden + eps);
     int n4 = hidden / 4;
+    uint2 packed[NORM_ITEMS];
     float m = 0.f;
 #pragma unroll
     for (int it = 0; it < NORM_ITEMS; it++) {
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) {
             float4 x = v[it];
-            const uint2 packed =
-                f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
-            ((uint2*)out)[i] = packed;
-            m = fmaxf(m, bf16x4_amax(packed));
+            packed[it] = f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
+            ((uint2*)out)[i] = packed[it];
+            m = fmaxf(m, bf16x4_amax(packed[it]));
         }
     }
-    if (amax) {
-        m = block_max(m, scratch);
-        if (threadIdx.x == 0) record_amax(amax, m);
+    if (codes) {
+        const float s = fp8_scale(block_max(m, scratch));
+        if (threadIdx.x == 0) *code_scale = s;
+        const Fp8Divisor divisor(s);
+#pragma unroll
+        for (int it = 0; it < NORM_ITEMS; it++) {
+            int i = threadIdx.x + it * blockDim.x;
+            if (i < n4) ((u32*)codes)[i] = quantize4_bits(packed[it], divisor);
+        }
     }
 }
 
@@ -75,12 +82,12 @@ __device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width,
 }
 
 // residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16), and
-// with `amax` (else null) normed's largest magnitude added to that word (norm_row).
+// with `codes` (else null) its FP8 codes and scales[t] (norm_row).
 // One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
 // error of this kernel instead of a read out of bounds.
 extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
                                           float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed,
-                                          u32* __restrict__ amax) {
+                                          unsigned char* __restrict__ codes, float* __restrict__ scales) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -96,13 +103,15 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) res[i] = v[it];
     }
-    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch, amax);
+    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch, codes ? codes + (u64)t * hidden : nullptr, codes ? scales + t : nullptr);
 }
 
-// residual[t] += delta[t]; normed[t] = rms_norm(residual[t]) * weight, and with `amax` (else
-// null) normed's largest magnitude added to that word (norm_row). One block per token.
-extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight, float eps,
-                                        int hidden, bf16* __restrict__ normed, u32* __restrict__ amax) {
+// residual[t] += delta[t] (times delta_scale[t] where that is not null: an FP8 product's output
+// whose row scales are left to its reader); normed[t] = rms_norm(residual[t]) * weight, and with
+// `codes` (else null) its FP8 codes and scales[t] (norm_row). One block per token.
+extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const float* __restrict__ delta_scale,
+                                        const bf16* __restrict__ weight, float eps, int hidden, bf16* __restrict__ normed,
+                                        unsigned char* __restrict__ codes, float* __restrict__ scales) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
@@ -113,13 +122,14 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
     const uint2* d = (const uint2*)(delta + base);
     float4 v[NORM_ITEMS];
     float ss = 0.f;
+    const float ds = delta_scale ? delta_scale[blockIdx.x] : 1.f;
 #pragma unroll
     for (int it = 0; it < NORM_ITEMS; it++) {
         int i = threadIdx.x + it * blockDim.x;
         v[it] = make_float4(0.f, 0.f, 0.f, 0.f);
         if (i < n4) {
             float4 r = res[i], x = bf4_to_f4(d[i]);
-            v[it] = make_float4(r.x + x.x, r.y + x.y, r.z + x.z, r.w + x.w);
+            v[it] = make_float4(r.x + x.x * ds, r.y + x.y * ds, r.z + x.z * ds, r.w + x.w * ds);
         }
     }
 #pragma unroll
@@ -130,7 +140,7 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
             ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
         }
     }
-    norm_row(v, ss, w, eps, hidden, normed + base, scratch, amax);
+    norm_row(v, ss, w, eps, hidden, normed + base, scratch, codes ? codes + base : nullptr, codes ? scales + blockIdx.x : nullptr);
 }
 
 // normed[t] = rms_norm(x[t]) * weight over rows of `width` bf16 values (MLA's q and latent
@@ -144,7 +154,7 @@ extern "C" __global__ void rms_norm_rows(const bf16* __restrict__ x, const bf16*
     u64 base = (u64)blockIdx.x * width;
     float4 v[NORM_ITEMS];
     const float ss = load_row(x + base, width, v);
-    norm_row(v, ss, w, eps, width, normed + base, scratch, nullptr);
+    norm_row(v, ss, w, eps, width, normed + base, scratch, nullptr, nullptr);
 }
 
 // RoPE's cosine and sine at `position` for one frequency, times `attention_factor` (YaRN's, else
@@ -185,7 +195,7 @@ __device__ __forceinline__ void store_bf16x4(bf16* p, const float (&v)[4]) {
 // Cache layout per layer: [block][kv_head][slot in block][head_dim], bf16, or FP8 E4M3 codes with
 // scale 1 when `kv_fp8`.
 extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
-    rope_kv_write(const bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, int norm_full_width, float eps,
+    rope_kv_write(const bf16* qkv, const float* row_scale, const bf16* bias, const bf16* q_norm, const bf16* k_norm, int norm_full_width, float eps,
                   const u32* positions, const u32* slots, const double* inv_freq, float attention_factor, int heads, int kv_heads,
                   int head_dim, int block_size, bf16* q_out, void* k_cache, void* v_cache, int kv_fp8) {
     pdl_begin();
@@ -204,6 +214,12 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
     float a[4], b[4];
     load_bf16_row<4>(row + col, a);
     load_bf16_row<4>(row + col + half, b);
+    const float rs = row_scale ? row_scale[t] : 1.f;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        a[e] *= rs;
+        b[e] *= rs;
+    }
     if (bias) {
         float ba[4], bb[4];
         load_bf16_row<4>(bias + col, ba);
@@ -230,7 +246,7 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
             const int first = kind ? heads * head_dim : 0, n = (kind ? kv_heads : heads) * head_dim;
             float part = 0.f;
             for (int i = threadIdx.x % 32; i < n; i += 32) {
-                const float v = bf2f(row[first + i]) + (bias ? bf2f(bias[first + i]) : 0.f);
+                const float v = bf2f(row[first + i]) * rs + (bias ? bf2f(bias[first + i]) : 0.f);
                 part += v * v;
             }
             part = warp_sum(part);
@@ -287,31 +303,78 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
     store_bf16x4((bf16*)cache + at + half, b);
 }
 
-// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0), and
-// with `amax` (else null) out's largest magnitude added to that word, as norm_row does.
-// Grid: (ceil(f / (8 * blockDim.x)), tokens).
-extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, int f, bf16* __restrict__ out, u32* __restrict__ amax) {
+// silu(g) * u of the eight values of a row of `[gate (f), up (f)]` at group i, each value times
+// `rs` first (the row's scale, 1 for none), rounded to bf16.
+__device__ __forceinline__ uint4 silu_mul8(const bf16* __restrict__ row, int f, int i, float rs) {
+    const uint4 g = ((const uint4*)row)[i], u = ((const uint4*)(row + f))[i];
+    const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
+    u32 o[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float g0 = __uint_as_float(gw[j] << 16) * rs, g1 = __uint_as_float(gw[j] & 0xffff0000u) * rs;
+        float u0 = __uint_as_float(uw[j] << 16) * rs, u1 = __uint_as_float(uw[j] & 0xffff0000u) * rs;
+        o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, f + i], eight values per thread (f % 8 == 0), the
+// inputs times row_scale[t] first where that is not null (an FP8 product's output whose row scales
+// are left to its reader). Grid: (ceil(f / (8 * blockDim.x)), tokens).
+extern "C" __global__ void silu_mul(const bf16* __restrict__ gate_up, const float* __restrict__ row_scale, int f, bf16* __restrict__ out) {
     pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     u64 t = blockIdx.y;
+    if (i < f / 8) ((uint4*)(out + t * f))[i] = silu_mul8(gate_up + t * 2 * f, f, i, row_scale ? row_scale[t] : 1.f);
+}
+
+// x[t] *= scales[t] over rows of `width` bf16 values (width % 8 == 0), in place: an FP8 product's
+// output given the row scales its reader did not take. Grid: (ceil(width / (8 * blockDim.x)), rows).
+extern "C" __global__ void scale_rows(bf16* __restrict__ x, int width, const float* __restrict__ scales) {
+    pdl_begin();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const u64 t = blockIdx.y;
+    if (i >= width / 8) return;
+    const float s = scales[t];
+    uint4* p = (uint4*)(x + t * width) + i;
+    const uint4 v = *p;
+    const float4 lo = bf4_to_f4(make_uint2(v.x, v.y)), hi = bf4_to_f4(make_uint2(v.z, v.w));
+    const uint2 a = f4_to_bf4(make_float4(lo.x * s, lo.y * s, lo.z * s, lo.w * s)), b = f4_to_bf4(make_float4(hi.x * s, hi.y * s, hi.z * s, hi.w * s));
+    *p = make_uint4(a.x, a.y, b.x, b.y);
+}
+
+// Groups of eight a silu_mul_fp8 thread holds: rows of up to 8 · SILU_ITEMS · 1024 values.
+#define SILU_ITEMS 4
+
+// silu_mul's values of row t (row_scale as there) as FP8 codes under the row's own scale, written
+// to codes[t] and scales[t]: what quantize_fp8_rows would make of silu_mul's output, without that
+// bf16 output. One block per row (f % 8 == 0, f <= 8 · SILU_ITEMS · blockDim.x); the values stay
+// in registers between the row's largest magnitude and the codes.
+extern "C" __global__ void silu_mul_fp8(const bf16* __restrict__ gate_up, const float* __restrict__ row_scale, int f,
+                                        unsigned char* __restrict__ codes, float* __restrict__ scales) {
+    pdl_begin();
+    __shared__ float scratch[32];
+    const u64 t = blockIdx.x;
+    const float rs = row_scale ? row_scale[t] : 1.f;
+    uint4 v[SILU_ITEMS];
     float m = 0.f;
-    if (i < f / 8) {
-        uint4 g = ((const uint4*)(gate_up + t * 2 * f))[i], u = ((const uint4*)(gate_up + t * 2 * f + f))[i];
-        const u32 gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
-        u32 o[4];
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float g0 = __uint_as_float(gw[j] << 16), g1 = __uint_as_float(gw[j] & 0xffff0000u);
-            float u0 = __uint_as_float(uw[j] << 16), u1 = __uint_as_float(uw[j] & 0xffff0000u);
-            o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
+    for (int it = 0; it < SILU_ITEMS; it++) {
+        const int i = threadIdx.x + it * blockDim.x;
+        if (i < f / 8) {
+            v[it] = silu_mul8(gate_up + t * 2 * f, f, i, rs);
+            m = fmaxf(m, fmaxf(bf16x4_amax(make_uint2(v[it].x, v[it].y)), bf16x4_amax(make_uint2(v[it].z, v[it].w))));
         }
-        ((uint4*)(out + t * f))[i] = make_uint4(o[0], o[1], o[2], o[3]);
-        m = fmaxf(bf16x4_amax(make_uint2(o[0], o[1])), bf16x4_amax(make_uint2(o[2], o[3])));
     }
-    if (amax) {
-        __shared__ float scratch[32];
-        m = block_max(m, scratch);
-        if (threadIdx.x == 0) record_amax(amax, m);
+    const float scale = fp8_scale(block_max(m, scratch));
+    if (threadIdx.x == 0) scales[t] = scale;
+    const Fp8Divisor divisor(scale);
+#pragma unroll
+    for (int it = 0; it < SILU_ITEMS; it++) {
+        const int i = threadIdx.x + it * blockDim.x;
+        if (i < f / 8)
+            ((uint2*)(codes + t * f))[i] = make_uint2(quantize4_bits(make_uint2(v[it].x, v[it].y), divisor),
+                                                      quantize4_bits(make_uint2(v[it].z, v[it].w), divisor));
     }
 }
 

@@ -1,9 +1,10 @@
-// FP8 E4M3 tensors with one f32 scale each (a value is its code times the scale): the dynamic
-// quantization of bf16 activations (the largest magnitude, then codes of x / scale with scale the
-// power of two at or above amax / 448, rounded to nearest even and saturated at ±448), and the
-// matrix-vector product of a few bf16 rows, quantized as they are read, with FP8 weights for
-// small decode steps. The
-// conversions (prelude.cu) use Hopper's (sm_89+) cvt instructions; on older devices they trap.
+// FP8 E4M3 tensors: the dynamic quantization of bf16 tensors (the largest magnitude, then codes of
+// x / scale with scale the power of two at or above amax / 448, rounded to nearest even and
+// saturated at ±448), with one f32 scale a tensor (weights at load) or one a row (a product's
+// activations: each token has its own scale, so its codes do not depend on the other tokens of
+// the step), and the matrix-vector product of a few bf16 rows, quantized as they are read, with
+// FP8 weights for small decode steps. The conversions (prelude.cu) use Hopper's (sm_89+) cvt
+// instructions; on older devices they trap.
 
 // The largest magnitude among x's groups of eight values first, first + stride, ... of n bf16
 // values (n % 8 == 0): this thread's share of a tensor's amax.
@@ -27,37 +28,6 @@ extern "C" __global__ void amax_bf16(const bf16* __restrict__ x, u64 n, u32* __r
     if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
 }
 
-// The scale for a largest magnitude `a`: the power of two at or above a / 448 (1 when a is 0).
-// A power of two makes x / scale exact, and a slightly different amax (another device's rounding)
-// leaves the scale, and so every code, unchanged.
-__device__ __forceinline__ float fp8_scale(float a) {
-    if (!(a > 0.f)) return 1.f;
-    return __uint_as_float((__float_as_uint(__fdiv_rn(a, FP8_MAX)) + 0x007fffffu) & 0xff800000u);
-}
-
-// x / scale for a power-of-two scale, as a product by its reciprocal where that is a normal
-// float (every scale of at least 2^-126): the exact quotient rounded once, either way, without a
-// division for each value.
-struct Fp8Divisor {
-    float scale, reciprocal;
-    __device__ __forceinline__ explicit Fp8Divisor(float s) : scale(s), reciprocal(s >= 1.17549435e-38f ? 1.f / s : 0.f) {}
-    __device__ __forceinline__ float of(float v) const { return reciprocal != 0.f ? v * reciprocal : v / scale; }
-};
-
-// Four consecutive bf16 values (one 8-byte load) divided by the scale, as four E4M3 codes packed
-// low to high.
-__device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) {
-    const uint2 v = *(const uint2*)x;
-    const float f0 = __uint_as_float(v.x << 16), f1 = __uint_as_float(v.x & 0xffff0000u);
-    const float f2 = __uint_as_float(v.y << 16), f3 = __uint_as_float(v.y & 0xffff0000u);
-    return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
-}
-
-// Codes of elements [8 i, 8 i + 8) of x divided by the scale.
-__device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, Fp8Divisor d) {
-    return make_uint2(quantize4(x + 8 * i, d), quantize4(x + 8 * i + 4, d));
-}
-
 // out = E4M3 codes of x / scale, scale = fp8_scale(amax), written to *scale_out.
 extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const u32* __restrict__ amax, unsigned char* __restrict__ out,
                                         float* __restrict__ scale_out) {
@@ -75,6 +45,19 @@ extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n,
     const float scale = fp8_scale(block_max(strided_amax(x, n, threadIdx.x, blockDim.x), scratch));
     if (threadIdx.x == 0) *scale_out = scale;
     for (u64 i = threadIdx.x; i < n / 8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
+}
+
+// Activations, one scale a row: out[r] = E4M3 codes of x[r] / scales[r], scales[r] the power of
+// two at or above the row's largest magnitude / 448. One block per row of `cols` values (cols % 8
+// == 0); the row is read twice, the second time from L2.
+extern "C" __global__ void quantize_fp8_rows(const bf16* __restrict__ x, int cols, unsigned char* __restrict__ out, float* __restrict__ scales) {
+    pdl_begin();
+    __shared__ float scratch[32];
+    const u64 base = (u64)blockIdx.x * cols;
+    const float scale = fp8_scale(block_max(strided_amax(x + base, cols, threadIdx.x, blockDim.x), scratch));
+    if (threadIdx.x == 0) scales[blockIdx.x] = scale;
+    const Fp8Divisor divisor(scale);
+    for (int i = threadIdx.x; i < cols / 8; i += blockDim.x) ((uint2*)(out + base))[i] = quantize8(x + base, i, divisor);
 }
 
 #define F8G_ROWS 16
@@ -125,15 +108,15 @@ __device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chun
     mma_e4m3_m16n8k32(acc, step1, b[2], b[3]);
 }
 
-// y[t, n] = x_scale · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count <=
-// GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8 of x, then cuBLASLt) done without
+// y[t, n] = x_scale[t] · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count
+// <= GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8_rows of x, then cuBLASLt) done without
 // the quantization's launch, on the tensor cores so that the weights' bytes, not their decoding,
 // set its speed. A block takes F8G_ROWS output rows as the A operand of mma.sync m16n8k32 (E4M3
 // in, f32 sums), the tokens as B's columns (the rest zero). Its warps share out the row's chunks of
 // 64 bytes, each read by 16-byte loads (fp8_rows_chunk), F8G_AHEAD chunks in flight a warp; the
 // first of them are loaded before pdl_begin (the weights never change), so they arrive while the
-// block finds the activations' scale as quantize_fp8_block does (the power of two at or above
-// amax / 448 over all t_count · k values) and the launch before finishes. The tokens' codes are
+// block finds each token's scale as quantize_fp8_rows does (the power of two at or above the
+// row's amax / 448) and the launch before finishes. The tokens' codes are
 // made in registers as quantize8 makes them. Where k % 64 is 32, the last step of 32 is read in
 // fragment order by one warp. The warps' sums meet in shared memory. With `swiglu`, w holds 2n
 // rows (gate, then up) and the block also runs the up rows n + j beside gate rows j, writing
@@ -154,10 +137,24 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
         }
     }
     pdl_begin();
-    __shared__ float scratch[32];
+    __shared__ float token_amax[F8G_WARPS][GEMV_MAX_T];
+    __shared__ float token_scale[GEMV_MAX_T];
     __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
-    const float x_scale = fp8_scale(block_max(strided_amax(x, (u64)t_count * k, threadIdx.x, blockDim.x), scratch));
-    const Fp8Divisor divisor(x_scale);
+    // Every token's scale, as quantize_fp8_rows finds it: the block's threads share each row.
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) {
+        const float m = t < t_count ? warp_max(strided_amax(x + (u64)t * k, k, threadIdx.x, blockDim.x)) : 0.f;
+        if (lane == 0) token_amax[warp][t] = m;
+    }
+    __syncthreads();
+    if (threadIdx.x < GEMV_MAX_T) {
+        float m = 0.f;
+#pragma unroll
+        for (int v = 0; v < F8G_WARPS; v++) m = fmaxf(m, token_amax[v][threadIdx.x]);
+        token_scale[threadIdx.x] = fp8_scale(m);
+    }
+    __syncthreads();
+    const Fp8Divisor divisor(token_scale[g < t_count ? g : 0]);
     // This lane's token (g, when a real one).
     const bf16* x_row = g < t_count ? x + (u64)g * k : nullptr;
     float acc[2][4] = {};
@@ -210,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
         sum[0] += partial[0][v][r][token];
         sum[1] += partial[1][v][r][token];
     }
-    const float scale = x_scale * *w_scale;
+    const float scale = token_scale[token] * *w_scale;
     const float value = swiglu ? swiglu_of(sum[0] * scale, sum[1] * scale) : sum[0] * scale;
     if (out_f32) ((float*)y)[(u64)token * n + row0 + r] = value;
     else ((bf16*)y)[(u64)token * n + row0 + r] = f2bf(value);

@@ -69,13 +69,6 @@ __device__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
-// Adds a block's largest magnitude `m` to a tensor's amax word (f32 bits, which order as unsigned
-// integers for non-negative floats): called by one thread a block, and only where m exceeds what
-// the word already holds, so that most blocks of a large tensor issue no atomic at all.
-__device__ __forceinline__ void record_amax(u32* amax, float m) {
-    if (m > __uint_as_float(*(volatile const u32*)amax)) atomicMax(amax, __float_as_uint(m));
-}
-
 // n consecutive bf16 values (n = 1, 2 or 4) as floats, in one access.
 template <int N>
 __device__ __forceinline__ void load_bf16_row(const bf16* p, float (&out)[N]) {
@@ -194,7 +187,9 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 // FP8 E4M3 conversions (Hopper's cvt instructions, sm_89+; on older devices they trap), shared by
-// the FP8 products (fp8.cu) and the FP8 KV cache (elementwise.cu, attention.cu).
+// the FP8 products (fp8.cu), the kernels that write a product's input as codes (elementwise.cu)
+// and the FP8 KV cache (elementwise.cu, attention.cu); then the quantization rule (a power-of-two
+// scale at or above amax / 448) and the codes of bf16 values under it.
 #define FP8_MAX 448.0f
 
 // Two floats to two E4M3 codes: `hi` in the upper byte, `lo` in the lower.
@@ -235,4 +230,36 @@ __device__ __forceinline__ void e4m3x2_to_f32x2(unsigned short v, float& hi, flo
     unsigned short h_lo = (unsigned short)(h2 & 0xffffu), h_hi = (unsigned short)(h2 >> 16);
     asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(h_lo));
     asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(h_hi));
+}
+
+// The scale for a largest magnitude `a`: the power of two at or above a / 448 (1 when a is 0).
+// A power of two makes x / scale exact, and a slightly different amax (another device's rounding)
+// leaves the scale, and so every code, unchanged.
+__device__ __forceinline__ float fp8_scale(float a) {
+    if (!(a > 0.f)) return 1.f;
+    return __uint_as_float((__float_as_uint(__fdiv_rn(a, FP8_MAX)) + 0x007fffffu) & 0xff800000u);
+}
+
+// x / scale for a power-of-two scale, as a product by its reciprocal where that is a normal
+// float (every scale of at least 2^-126): the exact quotient rounded once, either way, without a
+// division for each value.
+struct Fp8Divisor {
+    float scale, reciprocal;
+    __device__ __forceinline__ explicit Fp8Divisor(float s) : scale(s), reciprocal(s >= 1.17549435e-38f ? 1.f / s : 0.f) {}
+    __device__ __forceinline__ float of(float v) const { return reciprocal != 0.f ? v * reciprocal : v / scale; }
+};
+
+// Four bf16 values packed in two words divided by the scale, as four E4M3 codes packed low to high.
+__device__ __forceinline__ u32 quantize4_bits(uint2 v, Fp8Divisor d) {
+    const float f0 = __uint_as_float(v.x << 16), f1 = __uint_as_float(v.x & 0xffff0000u);
+    const float f2 = __uint_as_float(v.y << 16), f3 = __uint_as_float(v.y & 0xffff0000u);
+    return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
+}
+
+// Four consecutive bf16 values (one 8-byte load) as quantize4_bits codes them.
+__device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) { return quantize4_bits(*(const uint2*)x, d); }
+
+// Codes of elements [8 i, 8 i + 8) of x divided by the scale.
+__device__ __forceinline__ uint2 quantize8(const bf16* __restrict__ x, u64 i, Fp8Divisor d) {
+    return make_uint2(quantize4(x + 8 * i, d), quantize4(x + 8 * i + 4, d));
 }
