@@ -43,7 +43,7 @@ int check_expert_products(Rng& rng, int split) {
         if (2 * split > 8) break;
         const float alpha = 1.702f, limit = 2.f;
         std::vector<bf16> plain(slots * f, 0xffff), fused(slots * f, 0xffff);
-        if (activation == 1) launch(silu_mul, {1, (unsigned)slots}, 256, gate_up.data(), f, plain.data(), (u32*)nullptr);
+        if (activation == 1) launch(silu_mul, {1, (unsigned)slots}, 256, gate_up.data(), (const float*)nullptr, f, plain.data());
         else launch(clamped_swiglu, {1, (unsigned)slots}, 256, gate_up.data(), f, alpha, limit, plain.data());
         launch(moe_gemv, {blocks(f, 2), (unsigned)slots}, 256, x.data(), top, routed.data(), weights.data(), biases.data(), f, k,
                activation, alpha, limit, 0, split, fused.data());
@@ -73,7 +73,7 @@ int main() {
             std::vector<bf16> y(t * n, 0xffff), fused(t * f, 0xffff), activated(t * f, 0xffff);
             launch(gemv, {(n + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, n, k, (void*)y.data(), 0, 0, split);
             launch(gemv, {(f + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, f, k, (void*)fused.data(), 0, 1, split);
-            launch(silu_mul, {1, (unsigned)t}, 256, y.data(), f, activated.data(), (u32*)nullptr);
+            launch(silu_mul, {1, (unsigned)t}, 256, y.data(), (const float*)nullptr, f, activated.data());
             double worst = 0;
             for (int r = 0; r < t; r++)
                 for (int o = 0; o < n; o++) {
