@@ -126,7 +126,7 @@ fn unknown_quantization() {
 #[test]
 fn batch_invariant_mode_with_fp8_is_refused() {
     let args = ["generate", "--model", "tiny", "--prompt-ids", "1,2,3", "--quantization", "fp8"];
-    lumen_env(&args, &[("LUMEN_BATCH_INVARIANT", "1")]).fails_with(1, &["LUMEN_BATCH_INVARIANT=1", "--quantization fp8", "whole batch"]);
+    lumen_env(&args, &[("LUMEN_BATCH_INVARIANT", "1")]).fails_with(1, &["LUMEN_BATCH_INVARIANT=1", "--quantization fp8", "same bits"]);
     lumen_env(&args, &[("LUMEN_BATCH_INVARIANT", "0")]).ok();
 }
 

@@ -52,9 +52,9 @@ impl Engine {
         config.validate()?;
         if config.batch_invariant && model.quantization() == lumen_model::Quantization::Fp8 {
             anyhow::bail!(
-                "batch-invariant mode (LUMEN_BATCH_INVARIANT=1) cannot hold with --quantization fp8: each FP8 product scales its \
-                 activations by the largest value in the whole batch, so a token's result depends on the tokens beside it; \
-                 run FP8 without LUMEN_BATCH_INVARIANT, or batch-invariant without FP8"
+                "batch-invariant mode (LUMEN_BATCH_INVARIANT=1) is not offered with --quantization fp8: FP8 activations take one \
+                 scale a token, but cuBLASLt's FP8 products have not been shown to give a row the same bits whatever rows share its \
+                 step; run FP8 without LUMEN_BATCH_INVARIANT, or batch-invariant without FP8"
             );
         }
         let (runner, num_blocks) = Runner::new(&model, &config)?;
