@@ -79,7 +79,6 @@ pub struct Kernels {
     preset_fill: Kernel,
     amax_bf16: Kernel,
     quantize_fp8: Kernel,
-    quantize_fp8_block: Kernel,
     quantize_fp8_rows: Kernel,
     silu_mul_fp8: Kernel,
     scale_rows: Kernel,
@@ -343,7 +342,6 @@ impl Kernels {
             preset_fill: get("preset_fill")?,
             amax_bf16: get("amax_bf16")?,
             quantize_fp8: get("quantize_fp8")?,
-            quantize_fp8_block: get("quantize_fp8_block")?,
             quantize_fp8_rows: get("quantize_fp8_rows")?,
             silu_mul_fp8: get("silu_mul_fp8")?,
             scale_rows: get("scale_rows")?,
@@ -496,7 +494,8 @@ impl Kernels {
         self.launch(gpu, self.rope_kv_write, (n as u32, heads.div_ceil(heads_per_block) as u32, 1), ROPE_THREADS, args)
     }
 
-    /// `f` must be a multiple of 8; `amax` as for [`Kernels::embed_rms_norm`].
+    /// `f` must be a multiple of 8; `row_scale`: the scales gate_up's rows still need
+    /// ([`RowScales`]).
     pub fn silu_mul(&self, gpu: &Gpu, n: usize, f: usize, gate_up: u64, row_scale: RowScales, out: u64) -> Result<()> {
         let blocks = (f / 8).div_ceil(ROW_THREADS as usize) as u32;
         let args = Args::default().ptr(gate_up).ptr(row_scale.0).i32(f as i32).ptr(out);
@@ -512,6 +511,16 @@ impl Kernels {
         let blocks = (x.cols / 8).div_ceil(ROW_THREADS as usize) as u32;
         let args = Args::default().ptr(x.ptr).i32(x.cols as i32).ptr(scales.0);
         self.launch(gpu, self.scale_rows, (blocks, x.rows as u32, 1), ROW_THREADS, args)
+    }
+
+    /// The row scales an FP8 product left on `out`: applied here ([`Kernels::scale_rows`]) unless
+    /// `leave`, in which case they are handed back for the kernel that reads `out`.
+    pub fn settle_row_scales(&self, gpu: &Gpu, out: Tensor, pending: RowScales, leave: bool) -> Result<RowScales> {
+        if leave || pending.0 == 0 {
+            return Ok(pending);
+        }
+        self.scale_rows(gpu, out, pending)?;
+        Ok(RowScales::default())
     }
 
     /// `silu_mul`'s `n` rows of `f` values as FP8 codes with one scale a row, written to `out`
@@ -1020,8 +1029,9 @@ impl Kernels {
             bail!("FP8 quantization of {x}: the element count is not a multiple of 8");
         }
         if n <= FP8_ONE_BLOCK_ELEMENTS {
-            let args = Args::default().ptr(x.ptr).u64(n as u64).ptr(out.ptr).ptr(out.scale);
-            return self.launch(gpu, self.quantize_fp8_block, (1, 1, 1), 1024, args);
+            // One block: the whole tensor as one row of `quantize_fp8_rows`.
+            let row = |t: Tensor| Tensor { rows: 1, cols: n, ..t };
+            return self.quantize_fp8_rows(gpu, row(x), row(out));
         }
         let blocks = (n / 8).div_ceil(ROW_THREADS as usize).clamp(1, 2048) as u32;
         gpu.fill(amax, 0, 4)?;

@@ -49,14 +49,14 @@ pub struct Linear {
     gemv_wins: HashMap<(usize, usize, usize), bool>,
     /// Quantized activations for FP8 products.
     fp8_inputs: Option<Fp8Inputs>,
-    /// The activations (pointer, elements) whose codes the kernel that wrote them has put in the
-    /// reserved buffer ([`Linear::input_codes`]): the next product, if it reads them, takes those.
-    codes_written_for: Option<(u64, usize)>,
+    /// Activations whose codes the kernel that wrote them has put in the reserved buffer, and
+    /// those codes ([`Linear::input_codes`]): the next product, if it reads them, takes the codes.
+    codes_written: Option<(Tensor, Tensor)>,
 }
 
 impl Linear {
     pub fn new(gpu: &Gpu, batch_invariant: bool) -> Result<Self> {
-        Ok(Linear { gemm: Gemm::new(gpu, batch_invariant)?, gemv_wins: HashMap::new(), fp8_inputs: None, codes_written_for: None })
+        Ok(Linear { gemm: Gemm::new(gpu, batch_invariant)?, gemv_wins: HashMap::new(), fp8_inputs: None, codes_written: None })
     }
 
     /// Reserves room for the quantized activations of up to `rows` rows of `widest` values, the
@@ -118,40 +118,33 @@ impl Linear {
     }
 
     /// Where the kernel about to write `x` should also write x's FP8 codes and row scales, so that
-    /// an FP8 product of x right after it needs no quantization launch: the reserved buffer when
-    /// this model's products are FP8 and x has more rows than the GEMV takes (the product then
-    /// runs through cuBLASLt); else none. Only the next product may take them, and only if it
-    /// reads x: any other quantizes its input itself.
+    /// an FP8 product of x right after it needs no quantization launch ([`Linear::codes_for`]);
+    /// else none. Only the next product may take them, and only if it reads x: any other
+    /// quantizes its input itself.
     pub fn input_codes(&mut self, x: Tensor) -> Fp8Rows {
-        self.codes_written_for = None;
-        let Some(inputs) = &mut self.fp8_inputs else { return Fp8Rows::default() };
+        self.codes_written = self.codes_for(x).map(|codes| (x, codes));
+        self.codes_written.map_or(Fp8Rows::default(), |(_, codes)| Fp8Rows { codes: codes.ptr, scales: codes.scale })
+    }
+
+    /// Room in the reserved buffer for x's codes and row scales, when this model's products are
+    /// FP8 and x has more rows than the GEMV takes (its product then runs through cuBLASLt).
+    fn codes_for(&mut self, x: Tensor) -> Option<Tensor> {
         if x.dtype != DType::Bf16 || x.rows <= GEMV_MAX_TOKENS {
-            return Fp8Rows::default();
+            return None;
         }
-        let Some(codes) = inputs.next(x.rows, x.cols) else { return Fp8Rows::default() };
-        self.codes_written_for = Some((x.ptr, x.rows * x.cols));
-        Fp8Rows { codes: codes.ptr, scales: codes.scale }
+        self.fp8_inputs.as_mut()?.next(x.rows, x.cols)
     }
 
     /// The codes of `x` that the kernel that wrote it put in the reserved buffer
     /// ([`Linear::input_codes`]), if it did; either way the note is spent.
     fn take_codes_written(&mut self, x: Tensor) -> Option<Tensor> {
-        if self.codes_written_for.take() != Some((x.ptr, x.rows * x.cols)) {
-            return None;
-        }
-        let inputs = self.fp8_inputs.as_ref()?;
-        // input_codes took the other buffer of scales than the one `next` would give now.
-        let scales = &inputs.scales[inputs.next_scales ^ 1];
-        Some(Tensor { scale: scales.ptr, ..inputs.codes.tensor(DType::Fp8E4M3, x.rows, x.cols) })
+        self.codes_written.take().filter(|&(written, _)| written == x).map(|(_, codes)| codes)
     }
 
     /// Queues `out[t, n] = x[t, k] · w[n, k]ᵀ` on the GPU's stream, every row scaled.
     pub fn run(&mut self, gpu: &Gpu, kernels: &Kernels, x: Tensor, w: Tensor, out: Tensor) -> Result<()> {
         let pending = self.run_leaving_row_scales(gpu, kernels, x, w, out)?;
-        if pending.0 != 0 {
-            kernels.scale_rows(gpu, out, pending)?;
-        }
-        Ok(())
+        kernels.settle_row_scales(gpu, out, pending, false).map(|_| ())
     }
 
     /// [`Linear::run`], except that an FP8 product through cuBLASLt leaves its output rows'
@@ -194,22 +187,16 @@ impl Linear {
             self.run_leaving_row_scales(gpu, kernels, act, down, out)?
         } else {
             let gate_up_scales = self.gemm_product(gpu, kernels, x, gate_up, scratch, codes)?;
-            let target = self.input_codes(act);
-            if target.codes != 0 && down.dtype == DType::Fp8E4M3 && act.cols <= SILU_FP8_MAX_WIDTH {
-                let act_codes = self.take_codes_written(act).context("the codes input_codes noted just above")?;
+            let act_codes = if down.dtype == DType::Fp8E4M3 && act.cols <= SILU_FP8_MAX_WIDTH { self.codes_for(act) } else { None };
+            if let Some(act_codes) = act_codes {
                 kernels.silu_mul_fp8(gpu, scratch.ptr, gate_up_scales, act_codes)?;
                 self.gemm_codes(gpu, act_codes, down, out)?
             } else {
-                self.codes_written_for = None;
                 kernels.silu_mul(gpu, x.rows, act.cols, scratch.ptr, gate_up_scales, act.ptr)?;
                 self.run_leaving_row_scales(gpu, kernels, act, down, out)?
             }
         };
-        if !leave_row_scales && pending.0 != 0 {
-            kernels.scale_rows(gpu, out, pending)?;
-            return Ok(RowScales::default());
-        }
-        Ok(pending)
+        kernels.settle_row_scales(gpu, out, pending, leave_row_scales)
     }
 
     /// Whether the GEMV beat cuBLASLt on `x`'s rows of `w` when tuned.

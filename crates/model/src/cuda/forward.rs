@@ -587,19 +587,14 @@ impl Pass<'_> {
             ..self.attention_args()
         };
         k.attention(gpu, &attention)?;
-        let (attn, delta) = (bf16(&act.attn, qd), bf16(&act.delta, h));
+        let delta = bf16(&act.delta, h);
+        let pending = linear.run_leaving_row_scales(gpu, k, bf16(&act.attn, qd), a.output.view(), delta)?;
+        // The row scales go to the norm only where no bias is added first.
+        let scales = k.settle_row_scales(gpu, delta, pending, leave_row_scales && a.output_bias.is_none())?;
         // Before the sum over ranks: a rank's plan keeps the bias on rank 0 only.
         if let Some(bias) = &a.output_bias {
-            linear.run(gpu, k, attn, a.output.view(), delta)?;
             k.add_bias(gpu, t, h, act.delta.ptr, bias.ptr())?;
-            all_reduce(&act.delta)?;
-            return Ok(RowScales::default());
         }
-        let scales = if leave_row_scales {
-            linear.run_leaving_row_scales(gpu, k, attn, a.output.view(), delta)?
-        } else {
-            linear.run(gpu, k, attn, a.output.view(), delta).map(|_| RowScales::default())?
-        };
         all_reduce(&act.delta)?;
         Ok(scales)
     }

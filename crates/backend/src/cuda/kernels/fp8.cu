@@ -38,15 +38,6 @@ extern "C" __global__ void quantize_fp8(const bf16* __restrict__ x, u64 n, const
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += stride) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
 }
 
-// Both steps in one block, for the few rows of a decode step: the largest magnitude, then the codes.
-extern "C" __global__ void quantize_fp8_block(const bf16* __restrict__ x, u64 n, unsigned char* __restrict__ out, float* __restrict__ scale_out) {
-    pdl_begin();
-    __shared__ float scratch[32];
-    const float scale = fp8_scale(block_max(strided_amax(x, n, threadIdx.x, blockDim.x), scratch));
-    if (threadIdx.x == 0) *scale_out = scale;
-    for (u64 i = threadIdx.x; i < n / 8; i += blockDim.x) ((uint2*)out)[i] = quantize8(x, i, Fp8Divisor(scale));
-}
-
 // Activations, one scale a row: out[r] = E4M3 codes of x[r] / scales[r], scales[r] the power of
 // two at or above the row's largest magnitude / 448. One block per row of `cols` values (cols % 8
 // == 0); the row is read twice, the second time from L2.
