@@ -432,6 +432,7 @@ impl Engine {
             kv_bytes_read: work.kv_bytes_read,
             flops: work.flops,
             fp8_flops: work.fp8_flops,
+            attention_flops: work.attention_flops,
             expert_load,
             expert_max_over_mean: Vec::new(),
         };

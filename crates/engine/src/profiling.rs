@@ -134,6 +134,7 @@ impl Profiler {
             kv_bytes_read: Some(stats.kv_bytes_read),
             flops: Some(stats.flops),
             fp8_flops: Some(stats.fp8_flops),
+            attention_flops: Some(stats.attention_flops),
         });
         self.allocations.push(AllocationRow {
             iteration: iter,

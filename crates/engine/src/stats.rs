@@ -43,6 +43,8 @@ pub struct IterationStats {
     pub flops: f64,
     /// The part of `flops` in FP8 products.
     pub fp8_flops: f64,
+    /// The part of `flops` in attention over the sequences' contexts.
+    pub attention_flops: f64,
     /// Mixture-of-experts models: for each MoE layer in layer order, how many (token, expert)
     /// assignments each expert received in this step. Empty for dense models. The trace keeps
     /// it whole; the iteration log keeps each layer's max/mean ([`IterationStats::expert_balance`]).

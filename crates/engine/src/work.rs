@@ -61,6 +61,9 @@ pub struct IterationWork {
     /// The layers' products' share of `flops` when they are FP8 (on FP8 tensor cores on a GPU
     /// that has them); zero otherwise. The head and attention stay 16-bit.
     pub fp8_flops: f64,
+    /// The attention's share of `flops`: Q·Kᵀ and P·V over the positions each new token attends
+    /// to.
+    pub attention_flops: f64,
 }
 
 /// The model's shape, reduced to what the counts need.
@@ -268,12 +271,17 @@ impl WorkModel {
         let weight_bytes = (self.layer_matmul_params + expert_weights) * self.layer_dtype.bytes()
             + (self.norm_params + head + tokens * self.hidden) * self.dtype.bytes();
         let layer_flops = 2 * self.layer_matmul_params as u128 * tokens as u128 + expert_flops;
-        let flops = layer_flops
-            + 2 * (self.hidden * self.vocab) as u128 * rows as u128
-            + self.attention_flops_per_layer_position as u128 * attended as u128;
+        let attention_flops = self.attention_flops_per_layer_position as u128 * attended as u128;
+        let flops = layer_flops + 2 * (self.hidden * self.vocab) as u128 * rows as u128 + attention_flops;
         let fp8_flops = if self.layer_dtype == Dtype::Fp8 { layer_flops as f64 } else { 0.0 };
         let kv_bytes_per_layer = self.kv_bytes_per_token / self.windows.iter().map(|(n, _)| n).sum::<u64>().max(1);
-        IterationWork { weight_bytes, kv_bytes_read: context * kv_bytes_per_layer, flops: flops as f64, fp8_flops }
+        IterationWork {
+            weight_bytes,
+            kv_bytes_read: context * kv_bytes_per_layer,
+            flops: flops as f64,
+            fp8_flops,
+            attention_flops: attention_flops as f64,
+        }
     }
 }
 
@@ -360,11 +368,13 @@ mod tests {
         // Matmuls 2·86,016·6 = 1,032,192; lm_head 2·64·512·1 = 65,536; attention
         // 4·2·4·16 = 512 per attended position, (1 + 2 + 3 + 4 + 5) + 10 = 25 of them: 12,800.
         assert_eq!(work.flops, 1_110_528.0);
+        assert_eq!(work.attention_flops, 12_800.0);
 
         // Without a sampled row the output projection is not read or multiplied.
         let chunk = w.iteration(&[seq(0, 5, false)], &[]);
         assert_eq!(chunk.weight_bytes, (119_104 - 32_768 + 5 * 64) * 4);
         assert_eq!(chunk.flops, (2 * 86_016 * 5 + 512 * 15) as f64);
+        assert_eq!(chunk.attention_flops, (512 * 15) as f64);
         assert_eq!(w.iteration(&[], &[]), IterationWork::default(), "no tokens, no pass");
 
         let bf16 = WorkModel::new(&preset_config("tiny").unwrap(), Dtype::Bf16);

@@ -114,6 +114,7 @@ pub fn iteration(iter: u64, start_ns: u64, end_ns: u64, host_ms: f64) -> Iterati
         kv_bytes_read: None,
         flops: None,
         fp8_flops: None,
+        attention_flops: None,
     }
 }
 

@@ -1154,6 +1154,7 @@ impl Importer {
                 kv_bytes_read: None,
                 flops: None,
                 fp8_flops: None,
+                attention_flops: None,
             };
             let kept = rows.entry(step.number).or_insert_with(|| row.clone());
             if row.end_ns - row.start_ns > kept.end_ns - kept.start_ns {

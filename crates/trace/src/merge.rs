@@ -272,6 +272,7 @@ mod tests {
             kv_bytes_read: Some(2_000 * (iter + 1)),
             flops: Some(3.5e9),
             fp8_flops: None,
+            attention_flops: None,
         }
     }
 

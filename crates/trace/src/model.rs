@@ -88,6 +88,11 @@ pub struct IterationRow {
     /// `None` in traces that do not carry it (schema versions 1 to 4, imported traces).
     #[serde(default)]
     pub fp8_flops: Option<f64>,
+    /// The part of `flops` that is attention (Q·Kᵀ and P·V over each sequence's context), the
+    /// rest being the matrix products; `None` in traces that do not carry it (schema versions 1
+    /// to 5, imported traces).
+    #[serde(default)]
+    pub attention_flops: Option<f64>,
 }
 
 /// Host allocations and KV-block traffic during one iteration.

@@ -13,7 +13,8 @@
 //! read as empty, and the iterations of version 1 and 2 files read with the version-3 fields
 //! `None`. Version 4 added `expert_load`: per iteration and mixture-of-experts layer, the tokens
 //! each expert received, as a JSON array (`json_each` reads it in SQL); older files have none.
-//! Version 5 added `fp8_flops` to `iterations` (nullable; `None` when read from older files).
+//! Version 5 added `fp8_flops` to `iterations` (nullable; `None` when read from older files), and
+//! version 6 `attention_flops` in the same way.
 
 use crate::model::{
     AllocationRow, ApiCallRow, CounterRow, ExpertLoadRow, GpuOpKind, GpuOpRow, IterationRow, MarkRow, ProcessRow, RequestRow, SpanRow,
@@ -25,10 +26,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: &str = "5";
+pub const SCHEMA_VERSION: &str = "6";
 
 /// The schema versions [`read_trace`] opens: versions 1, 2, ... up to [`SCHEMA_VERSION`], in order.
-const READABLE_VERSIONS: [&str; 5] = ["1", "2", "3", "4", SCHEMA_VERSION];
+const READABLE_VERSIONS: [&str; 6] = ["1", "2", "3", "4", "5", SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +49,8 @@ CREATE TABLE counters(ts INTEGER NOT NULL, name INTEGER NOT NULL REFERENCES stri
 CREATE TABLE iterations(iter INTEGER PRIMARY KEY, start INTEGER NOT NULL, end INTEGER NOT NULL, ctx_reqs INTEGER NOT NULL,
                         gen_reqs INTEGER NOT NULL, ctx_tokens INTEGER NOT NULL, gen_tokens INTEGER NOT NULL, kv_used_blocks INTEGER NOT NULL,
                         kv_total_blocks INTEGER NOT NULL, kv_util REAL NOT NULL, host_ms REAL NOT NULL, device_ms REAL,
-                        queued_reqs INTEGER, weight_bytes INTEGER, kv_bytes_read INTEGER, flops REAL, fp8_flops REAL);
+                        queued_reqs INTEGER, weight_bytes INTEGER, kv_bytes_read INTEGER, flops REAL, fp8_flops REAL,
+                        attention_flops REAL);
 CREATE TABLE requests(id INTEGER PRIMARY KEY, arrival INTEGER NOT NULL, first_token INTEGER, end INTEGER NOT NULL,
                       input_len INTEGER NOT NULL, output_len INTEGER NOT NULL);
 CREATE TABLE allocations(iteration INTEGER NOT NULL, count INTEGER NOT NULL, bytes INTEGER NOT NULL, frees INTEGER NOT NULL,
@@ -246,7 +248,7 @@ impl TraceWriter {
             }
             let mut iteration = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                    "INSERT OR REPLACE INTO iterations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 )
                 .with_context(err)?;
             for i in batch.iterations {
@@ -269,7 +271,8 @@ impl TraceWriter {
                         i.weight_bytes.map(|v| v as i64),
                         i.kv_bytes_read.map(|v| v as i64),
                         i.flops,
-                        i.fp8_flops
+                        i.fp8_flops,
+                        i.attention_flops
                     ])
                     .with_context(err)?;
             }
@@ -499,18 +502,22 @@ impl Stored for IterationRow {
     const TABLE: &'static str = "iterations";
     const SINCE: u32 = 1;
     const SELECT: &'static str = "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks,
-                                         host_ms, device_ms, queued_reqs, weight_bytes, kv_bytes_read, flops, fp8_flops FROM iterations
-                                         ORDER BY iter";
+                                         host_ms, device_ms, queued_reqs, weight_bytes, kv_bytes_read, flops, fp8_flops, attention_flops
+                                         FROM iterations ORDER BY iter";
     fn select(version: u32) -> &'static str {
         match version {
-            5.. => Self::SELECT,
+            6.. => Self::SELECT,
+            5 => {
+                "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms,
+                        queued_reqs, weight_bytes, kv_bytes_read, flops, fp8_flops, NULL FROM iterations ORDER BY iter"
+            }
             3 | 4 => {
                 "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms,
-                        queued_reqs, weight_bytes, kv_bytes_read, flops, NULL FROM iterations ORDER BY iter"
+                        queued_reqs, weight_bytes, kv_bytes_read, flops, NULL, NULL FROM iterations ORDER BY iter"
             }
             _ => {
                 "SELECT iter, start, end, ctx_reqs, gen_reqs, ctx_tokens, gen_tokens, kv_used_blocks, kv_total_blocks, host_ms, device_ms,
-                        NULL, NULL, NULL, NULL, NULL FROM iterations ORDER BY iter"
+                        NULL, NULL, NULL, NULL, NULL, NULL FROM iterations ORDER BY iter"
             }
         }
     }
@@ -532,6 +539,7 @@ impl Stored for IterationRow {
             kv_bytes_read: opt_u64_at(r, 13)?,
             flops: r.get(14)?,
             fp8_flops: r.get(15)?,
+            attention_flops: r.get(16)?,
         })
     }
 }
@@ -912,6 +920,7 @@ mod tests {
             kv_bytes_read: Some(1 << 40),
             flops: Some(2.0546e12),
             fp8_flops: Some(1.9e12),
+            attention_flops: Some(1.2e10),
         };
         // The second row has none of the work fields: they stay NULL.
         let second = IterationRow { iter: 1, start_ns: 50, end_ns: 60, host_ms: 0.01, device_ms: Some(0.008), ..Default::default() };
@@ -1071,9 +1080,9 @@ mod tests {
         let count = |table: &str| counts.iter().find(|(t, _)| t == table).map(|(_, n)| *n);
         assert_eq!((count("spans"), count("expert_load")), (Some(1), Some(0)));
 
-        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'", []).unwrap();
+        Connection::open(&path).unwrap().execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'", []).unwrap();
         let e = format!("{:#}", read_trace(&path).unwrap_err());
-        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 6") && e.contains("versions 1 to 5"), "{e}");
+        assert!(e.contains(&path.display().to_string()) && e.contains("schema version 7") && e.contains("versions 1 to 6"), "{e}");
         std::fs::remove_file(path).unwrap();
     }
 
@@ -1114,32 +1123,50 @@ mod tests {
             kv_bytes_read: None,
             flops: None,
             fp8_flops: None,
+            attention_flops: None,
         };
         assert_eq!(t.iterations, [want]);
         std::fs::remove_file(path).unwrap();
     }
 
-    #[test]
-    fn version_4_files_open_with_their_work_and_no_fp8_share() {
-        let path = temp("v4");
-        // The version-4 iterations table: today's without `fp8_flops`.
+    /// Today's schema with the iterations table of an older version: `columns` is the tail of
+    /// today's column list to drop, `row` that version's iteration row, `version` its number.
+    fn older_iterations_table(path: &Path, columns: &str, row: &str, version: &str) {
         let start = SCHEMA.find("CREATE TABLE iterations").unwrap();
         let end = start + SCHEMA[start..].find(";").unwrap() + 1;
-        let v4_table = SCHEMA[start..end].replace(", flops REAL, fp8_flops REAL)", ", flops REAL)");
-        assert_ne!(v4_table, &SCHEMA[start..end], "the table has the column to take out");
-        let v4 = format!(
-            "{}{v4_table}{}INSERT INTO iterations VALUES (4, 100, 900, 2, 6, 64, 6, 10, 40, 0.25, 0.8, 0.5, 3, 7000, 9000, 2.5e9);
-             INSERT INTO meta VALUES ('schema_version', '4'), ('complete', 'true');",
+        let old_table = SCHEMA[start..end].replace(columns, ")");
+        assert_ne!(old_table, &SCHEMA[start..end], "the table has the columns to take out");
+        let old = format!(
+            "{}{old_table}{}INSERT INTO iterations VALUES ({row});
+             INSERT INTO meta VALUES ('schema_version', '{version}'), ('complete', 'true');",
             &SCHEMA[..start],
             &SCHEMA[end..]
         );
-        Connection::open(&path).unwrap().execute_batch(&v4).unwrap();
+        Connection::open(path).unwrap().execute_batch(&old).unwrap();
+    }
+
+    #[test]
+    fn version_4_files_open_with_their_work_and_no_fp8_share() {
+        let path = temp("v4");
+        let row = "4, 100, 900, 2, 6, 64, 6, 10, 40, 0.25, 0.8, 0.5, 3, 7000, 9000, 2.5e9";
+        older_iterations_table(&path, ", fp8_flops REAL,\n                        attention_flops REAL)", row, "4");
         let t = read_trace(&path).unwrap();
         let row = &t.iterations[0];
         assert_eq!(
-            (row.queued_reqs, row.weight_bytes, row.kv_bytes_read, row.flops, row.fp8_flops),
-            (Some(3), Some(7000), Some(9000), Some(2.5e9), None)
+            (row.queued_reqs, row.weight_bytes, row.kv_bytes_read, row.flops, row.fp8_flops, row.attention_flops),
+            (Some(3), Some(7000), Some(9000), Some(2.5e9), None, None)
         );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn version_5_files_open_with_their_fp8_share_and_no_attention_share() {
+        let path = temp("v5");
+        let row = "4, 100, 900, 2, 6, 64, 6, 10, 40, 0.25, 0.8, 0.5, 3, 7000, 9000, 2.5e9, 2.0e9";
+        older_iterations_table(&path, ",\n                        attention_flops REAL)", row, "5");
+        let t = read_trace(&path).unwrap();
+        let row = &t.iterations[0];
+        assert_eq!((row.flops, row.fp8_flops, row.attention_flops), (Some(2.5e9), Some(2.0e9), None));
         std::fs::remove_file(path).unwrap();
     }
 
