@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::gpu::GapClass;
 use crate::headroom::{command_with, Headroom};
 use crate::measured::Measured;
-use crate::sol::{Bound, UnitUse, SOL_BOUND_PERCENT};
+use crate::sol::{Bound, ClassWork, UnitUse, ATTENTION_WORK, SOL_BOUND_PERCENT};
 use crate::stats::share;
 use crate::steps::StepWindows;
 use crate::text::{self, Table};
@@ -80,6 +80,12 @@ pub const MOE_IMBALANCE_MAX_OVER_BALANCED: f64 = 1.5;
 /// Iterations whose devices spend at least this share of the wall time in collectives no other
 /// kernel overlaps (the median iteration) are communication bound.
 pub const COMM_EXPOSED_SHARE: f64 = 0.25;
+/// Attention or the products holding at least this share of the kernel time in the steady
+/// iterations...
+pub const SLOW_CLASS_SHARE: f64 = 0.10;
+/// ...and running their own work (the engine's FLOPs and bytes for that class) below this % of
+/// its nearest ceiling are far from their speed of light.
+pub const SLOW_CLASS_PERCENT: f64 = 30.0;
 
 /// How many offenders (kernels, gaps, calls) a finding names.
 const TOP_OFFENDERS: usize = 5;
@@ -134,6 +140,8 @@ pub const THRESHOLDS: &[Threshold] = &[
         "share of iteration",
         "exposed collective time at or above it in the median iteration is communication bound"
     ),
+    threshold!(SLOW_CLASS_SHARE, "share of kernel time", "attention or the products need this much kernel time to be a lever"),
+    threshold!(SLOW_CLASS_PERCENT, "% of peak", "attention or the products below it on their own work are far from their ceiling"),
 ];
 
 pub const BATCH_SIZE: &str = "batch size too small";
@@ -151,6 +159,7 @@ pub const PAGEABLE_MEMCPY: &str = "pageable memcpy";
 pub const ALLOCATION_CHURN: &str = "allocation churn";
 pub const MOE_IMBALANCE: &str = "MoE imbalance";
 pub const COMMUNICATION_BOUND: &str = "communication bound";
+pub const SLOW_CLASS: &str = "kernel class far from its ceiling";
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Pattern {
@@ -214,6 +223,12 @@ pub const PATTERNS: &[Pattern] = &[
         kind: Kind::SpeedOfLight,
         fires_when: "GEMM kernels hold >= SMALL_BATCH_GEMM_SHARE of busy samples, memory bound with the tensor pipe < SMALL_BATCH_TENSOR_PERCENT",
         action: "batch more rows per GEMM: each weight read then serves more tokens",
+    },
+    Pattern {
+        name: SLOW_CLASS,
+        kind: Kind::SpeedOfLight,
+        fires_when: "attention, or the products (GEMM and MoE kernels), hold >= SLOW_CLASS_SHARE of the kernel time in the steady iterations and run the engine's FLOPs and bytes for them below SLOW_CLASS_PERCENT of their nearest ceiling; the one with the most time above its speed of light is named",
+        action: "a faster kernel for that class: attention's products nearer the tensor peak (warp-group wgmma on Hopper, longer query tiles, fewer KV splits at small batches) or an FP8 KV cache; products that stream weights at a small batch gain from a larger one",
     },
     Pattern {
         name: LOW_UTILISATION,
@@ -332,6 +347,7 @@ pub(crate) fn diagnose(trace: &TraceData, a: &Analysis, steps: &StepWindows, lau
         (MEMORY_BOUND, bound(&facts, Bound::Memory)),
         (COMPUTE_BOUND, bound(&facts, Bound::Compute)),
         (SMALL_BATCH, small_batch(&facts)),
+        (SLOW_CLASS, slow_class(&facts)),
         (LOW_UTILISATION, low_utilisation(&facts)),
         (CPU_BOTTLENECK, cpu_bottleneck(&facts)),
         (LAUNCH_OVERHEAD, launch_overhead(&facts)),
@@ -784,6 +800,62 @@ fn op_rates(o: &crate::sol::OpRates) -> String {
         text::duration(o.busy_ns as f64),
         text::percent(o.coverage)
     )
+}
+
+/// The kernel class (attention or the products) with the most time above the speed of light of
+/// its own work, when it holds enough of the kernel time and runs far below its ceiling.
+fn slow_class(f: &Facts) -> Outcome {
+    let classes = match &f.a.speed_of_light.class_work {
+        Measured::Available(classes) => classes,
+        Measured::NotAvailable(why) => return Outcome::NotAvailable(why.clone()),
+    };
+    let nearest = |c: &ClassWork| c.dram_percent.zip(c.tensor_percent).map(|(d, t)| d.max(t));
+    if classes.iter().all(|c| c.light_ns.is_none()) {
+        return Outcome::NotAvailable(f.a.speed_of_light.peaks.reason().unwrap_or("no peaks for the trace's GPU").to_string());
+    }
+    let slow = classes
+        .iter()
+        .filter(|c| c.share >= SLOW_CLASS_SHARE && nearest(c).is_some_and(|p| p < SLOW_CLASS_PERCENT))
+        .filter_map(|c| Some((c, c.busy_ns.saturating_sub(c.light_ns?))))
+        .max_by_key(|&(_, above)| above);
+    let Some((class, above_ns)) = slow else {
+        return Outcome::NotFound;
+    };
+    let rates = |c: &ClassWork| {
+        format!(
+            "{} kernels: {} of the kernel time ({}), {:.1} TFLOP/s ({}) and {:.0} GB/s ({}) of their own work",
+            c.name,
+            text::percent(c.share),
+            text::duration(c.busy_ns as f64),
+            c.tflops,
+            c.tensor_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
+            c.dram_gb_s,
+            c.dram_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
+        )
+    };
+    let mut evidence = vec![
+        rates(class),
+        format!(
+            "at its nearest ceiling that work takes {}: {} of its time is above its speed of light",
+            text::duration(class.light_ns.unwrap_or(0) as f64),
+            text::percent(share(above_ns as f64, class.busy_ns as f64))
+        ),
+    ];
+    evidence.extend(classes.iter().filter(|c| c.name != class.name && c.light_ns.is_some()).map(rates));
+    let action = if class.name == ATTENTION_WORK {
+        let fp8_kv = f.trace.meta("kv_cache_dtype") == Some("fp8");
+        format!(
+            "a faster attention kernel: its products nearer the tensor peak (on Hopper, warp-group wgmma from shared memory; longer \
+             query tiles), and at small batches fewer, longer KV splits{}",
+            if fp8_kv { "" } else { "; an FP8 KV cache (--kv-cache-dtype fp8) halves the K/V it reads" }
+        )
+    } else {
+        "the products run far below the GPU's ceiling for their work: at a small batch they stream their weights for a few rows \
+         (a larger batch, --max-batch-size and --max-num-tokens, reuses each read); at a large one, the GEMM algorithm chosen for \
+         the shape"
+            .to_string()
+    };
+    Outcome::Fires(Finding::new(SLOW_CLASS, above_ns, evidence, action))
 }
 
 fn small_batch(f: &Facts) -> Outcome {

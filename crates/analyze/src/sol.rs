@@ -5,7 +5,10 @@
 //!   class (the class of the kernel running in the middle of each sample) and per CPU phase (the
 //!   phase whose launch call started that kernel);
 //! - the engine's own iteration rows: the bytes (weights and KV cache) and FLOPs each iteration
-//!   moved and computed over its time, against the device's peaks;
+//!   moved and computed over its time, against the device's peaks; and, where the rows split
+//!   the FLOPs (schema 6), per kernel class: the attention's FLOPs and K/V bytes over the
+//!   attention kernels' time, the products' over the GEMM and MoE kernels', inside those
+//!   iterations;
 //! - operators' recorded work (an imported torch.profiler trace with input shapes): each kernel
 //!   gets its launching operator's bytes and FLOPs, shared among the operator's kernels by time,
 //!   and each kernel class's rates over its kernels' time go against the device's peaks.
@@ -18,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use lumen_trace::model::{GpuOpKind, GpuOpRow, IterationRow, TraceData};
 use serde::Serialize;
 
-use crate::kernels::{classify, ClassRule};
+use crate::kernels::{classify, ClassRule, KernelClass};
 use crate::measured::Measured;
 use crate::stats::{share, Distribution};
 use crate::steps::StepWindows;
@@ -78,6 +81,9 @@ pub struct SpeedOfLight {
     pub phases: Vec<UnitUse>,
     /// From the engine's per-iteration bytes and FLOPs.
     pub work: Measured<WorkRates>,
+    /// From the engine's per-iteration bytes and FLOPs, split by kernel class: attention, the
+    /// products, and the rest.
+    pub class_work: Measured<Vec<ClassWork>>,
     /// From the operators' recorded work: all attributed kernels first, then per kernel class.
     pub ops: Measured<Vec<OpRates>>,
 }
@@ -97,6 +103,35 @@ pub struct OpRates {
     pub tflops: f64,
     pub dram_percent: Option<f64>,
     pub tensor_percent: Option<f64>,
+    pub bound: Option<Bound>,
+}
+
+/// The name of [`ClassWork`]'s row for the attention kernels.
+pub const ATTENTION_WORK: &str = "attention";
+/// The name of [`ClassWork`]'s row for the GEMM and MoE kernels.
+pub const PRODUCT_WORK: &str = "products";
+/// The name of [`ClassWork`]'s row for the kernels whose work the rows do not count (norms,
+/// element-wise, sampling, copies as kernels).
+pub const OTHER_WORK: &str = "the rest";
+
+/// One kernel class's share of the engine's work, over the time its kernels took inside the
+/// steady iterations whose rows split their FLOPs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassWork {
+    /// [`ATTENTION_WORK`], [`PRODUCT_WORK`] or [`OTHER_WORK`].
+    pub name: &'static str,
+    pub kernels: usize,
+    pub busy_ns: u64,
+    /// Of the kernel time inside those iterations.
+    pub share: f64,
+    pub dram_gb_s: f64,
+    pub tflops: f64,
+    pub dram_percent: Option<f64>,
+    /// The time the FLOPs take at their ceilings (FP8 products at the FP8 peak) over the time.
+    pub tensor_percent: Option<f64>,
+    /// How long the class's work takes at its nearest ceiling: the speed of light of its time.
+    /// None for the rest, whose work is not counted, and without peaks.
+    pub light_ns: Option<u64>,
     pub bound: Option<Bound>,
 }
 
@@ -227,8 +262,9 @@ pub(crate) fn analyze(trace: &TraceData, rules: &[ClassRule], launches: &LaunchI
         Err(why) => (Measured::NotAvailable(why), Vec::new(), Vec::new()),
     };
     let work = work_rates(trace, steps, peaks.get());
+    let class_work = class_work(trace, rules, steps, peaks.get());
     let ops = op_rates(trace, rules, launches, steps, peaks.get());
-    SpeedOfLight { peaks, devices, classes, phases, work, ops }
+    SpeedOfLight { peaks, devices, classes, phases, work, class_work, ops }
 }
 
 /// An operator span's recorded work: `{"flops":F,"bytes":B}` in its args, and whether its FLOPs
@@ -495,6 +531,94 @@ fn work_rates(trace: &TraceData, steps: &StepWindows, peaks: Option<&Peaks>) -> 
     })
 }
 
+/// The engine's work by kernel class. Each kernel belongs to the steady iteration whose window
+/// holds its start (the engine waits for each iteration's GPU work before the next begins); the
+/// attention kernels get the rows' attention FLOPs and K/V bytes, the GEMM and MoE kernels the
+/// other FLOPs (the FP8 share among them) and the weight bytes. Only iterations that ran kernels
+/// count.
+fn class_work(trace: &TraceData, rules: &[ClassRule], steps: &StepWindows, peaks: Option<&Peaks>) -> Measured<Vec<ClassWork>> {
+    let mut rows: Vec<&IterationRow> = trace
+        .iterations
+        .iter()
+        .filter(|r| !steps.in_outlier(r.start_ns) && r.ctx_tokens + r.gen_tokens > 0 && r.end_ns > r.start_ns)
+        .filter(|r| r.attention_flops.is_some() && r.flops.is_some() && r.weight_bytes.is_some() && r.kv_bytes_read.is_some())
+        .collect();
+    if rows.is_empty() {
+        return Measured::NotAvailable(if trace.iterations.iter().any(|r| r.flops.is_some()) {
+            "the iteration rows do not split their FLOPs between attention and the products (lumen writes it from schema version 6 on)"
+                .into()
+        } else {
+            "no iteration rows with the engine's bytes and FLOPs; record lumen's engine with `--trace` or LUMEN_TRACE".into()
+        });
+    }
+    rows.sort_by_key(|r| r.start_ns);
+    // (kernels, ns) for attention, the products and the rest; which rows ran kernels.
+    let mut time = [(0usize, 0u64); 3];
+    let mut ran = vec![false; rows.len()];
+    let mut classes: HashMap<&str, KernelClass> = HashMap::new();
+    for k in trace.gpu_ops.iter().filter(|op| op.kind == GpuOpKind::Kernel) {
+        let i = rows.partition_point(|r| r.start_ns <= k.start_ns);
+        if i == 0 || k.start_ns >= rows[i - 1].end_ns {
+            continue;
+        }
+        ran[i - 1] = true;
+        let slot = match *classes.entry(k.name.as_str()).or_insert_with(|| classify(rules, &k.name)) {
+            KernelClass::Attention => 0,
+            KernelClass::Gemm | KernelClass::Moe => 1,
+            _ => 2,
+        };
+        time[slot].0 += 1;
+        time[slot].1 += k.end_ns.saturating_sub(k.start_ns);
+    }
+    let all_ns: u64 = time.iter().map(|t| t.1).sum();
+    if all_ns == 0 {
+        return Measured::NotAvailable(
+            "no kernel ran inside the iterations whose rows split their FLOPs (a CPU run, or CUDA graphs traced whole: record with \
+             `lumen profile --cuda-graph-trace node`)"
+                .into(),
+        );
+    }
+    let unsaid = fp8_unsaid(trace);
+    // (FLOPs, FP8 FLOPs, bytes) of attention and of the products.
+    let (mut attention, mut products) = ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0));
+    for r in rows.iter().zip(&ran).filter(|(_, &ran)| ran).map(|(r, _)| r) {
+        let (flops, attention_flops) = (r.flops.unwrap_or(0.0), r.attention_flops.unwrap_or(0.0));
+        attention.0 += attention_flops;
+        attention.2 += r.kv_bytes_read.unwrap_or(0) as f64;
+        products.0 += (flops - attention_flops).max(0.0);
+        products.1 += fp8_flops(r, unsaid).min((flops - attention_flops).max(0.0));
+        products.2 += r.weight_bytes.unwrap_or(0) as f64;
+    }
+    let names = [ATTENTION_WORK, PRODUCT_WORK, OTHER_WORK];
+    let work = [Some(attention), Some(products), None];
+    let rows = names
+        .into_iter()
+        .zip(work)
+        .zip(time)
+        .filter(|(_, (kernels, _))| *kernels > 0)
+        .map(|((name, work), (kernels, busy_ns))| {
+            let seconds = busy_ns as f64 / 1e9;
+            let (flops, fp8, bytes) = work.unwrap_or((0.0, 0.0, 0.0));
+            let dram_percent = work.and(peaks).map(|p| 100.0 * bytes / seconds / 1e9 / p.dram_gb_s);
+            let tensor_percent = work.and(peaks).map(|p| 100.0 * p.tensor_seconds(flops, fp8) / seconds);
+            let light_ns = work.and(peaks).map(|p| (p.tensor_seconds(flops, fp8).max(bytes / (p.dram_gb_s * 1e9)) * 1e9).round() as u64);
+            ClassWork {
+                name,
+                kernels,
+                busy_ns,
+                share: share(busy_ns as f64, all_ns as f64),
+                dram_gb_s: bytes / seconds / 1e9,
+                tflops: flops / seconds / 1e12,
+                dram_percent,
+                tensor_percent,
+                light_ns,
+                bound: dram_percent.zip(tensor_percent).map(|(d, t)| Bound::judge(d, t)),
+            }
+        })
+        .collect();
+    Measured::Available(rows)
+}
+
 /// Whether `trace` is an FP8 run (meta `weight_dtype`) none of whose rows say which FLOPs are FP8
 /// (written before schema 5).
 pub(crate) fn fp8_unsaid(trace: &TraceData) -> bool {
@@ -600,6 +724,27 @@ pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
         ),
         Measured::NotAvailable(why) => missing("engine work", why),
     }]));
+    blocks.push(match &sol.class_work {
+        Measured::Available(classes) => Block::Table {
+            header: vec!["engine work by kernel class", "kernels", "kernel time", "DRAM", "compute", "at the ceiling", "nearest ceiling"],
+            left: vec![0, 6],
+            rows: classes
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.to_string(),
+                        c.kernels.to_string(),
+                        format!("{} ({})", text::duration(c.busy_ns as f64), text::percent(c.share)),
+                        format!("{} ({:.0} GB/s)", optional_percent(c.dram_percent), c.dram_gb_s),
+                        format!("{} ({:.1} TFLOP/s)", optional_percent(c.tensor_percent), c.tflops),
+                        c.light_ns.map_or("-".into(), |ns| text::duration(ns as f64)),
+                        c.bound.map_or("-", |b| b.as_str()).into(),
+                    ]
+                })
+                .collect(),
+        },
+        Measured::NotAvailable(why) => Block::Facts(vec![missing("engine work by kernel class", why)]),
+    });
     blocks
 }
 
@@ -771,6 +916,60 @@ mod tests {
             fp32_tflops: 19.5,
         };
         assert_eq!(a100.tensor_seconds(312e12, 300e12), 1.0);
+    }
+
+    #[test]
+    fn the_engine_work_goes_to_the_kernel_classes_that_ran_it() {
+        // Two prefill steps of an FP8 model on an H100, 100 µs apart: per step 2 TFLOP, 0.2 of it
+        // attention with 1 GB of K/V, 1.7 FP8 products and 0.1 the head, over 8 GB of weights.
+        // The attention kernel takes 4 ms (50 TFLOP/s), the GEMMs 2 ms, a norm 1 ms; a kernel
+        // between the steps and one in a step whose row does not split its FLOPs count nowhere.
+        let step = |iter: u64, attention_flops: Option<f64>| lumen_trace::model::IterationRow {
+            weight_bytes: Some(8_000_000_000),
+            kv_bytes_read: Some(1_000_000_000),
+            flops: Some(2.0e12),
+            fp8_flops: Some(1.7e12),
+            attention_flops,
+            ..iteration(iter, iter * 7_100_000, iter * 7_100_000 + 7_000_000, 7.0)
+        };
+        let mut gpu_ops = Vec::new();
+        for i in 0..3u64 {
+            let t = i * 7_100_000;
+            gpu_ops.push(named("attention_prefill_hd128_fp8", t, t + 4_000_000, 3 * i + 1));
+            gpu_ops.push(named("nvjet_sm90_qqtst_128x256", t + 4_000_000, t + 6_000_000, 3 * i + 2));
+            gpu_ops.push(named("add_rms_norm", t + 6_000_000, t + 7_000_000, 3 * i + 3));
+        }
+        gpu_ops.push(named("gemm_between_steps", 7_020_000, 7_080_000, 99));
+        let trace = TraceData {
+            meta: vec![("gpu".into(), "NVIDIA H100 80GB HBM3".into()), ("weight_dtype".into(), "fp8".into())],
+            iterations: vec![step(0, Some(0.2e12)), step(1, Some(0.2e12)), step(2, None)],
+            gpu_ops,
+            ..TraceData::default()
+        };
+        let sol = analyze(&trace, &default_rules(), &LaunchIndex::new(&trace), &StepWindows::default());
+        let classes = sol.class_work.get().unwrap();
+        let names: Vec<_> = classes.iter().map(|c| (c.name, c.kernels, c.busy_ns)).collect();
+        assert_eq!(names, [(ATTENTION_WORK, 2, 8_000_000), (PRODUCT_WORK, 2, 4_000_000), (OTHER_WORK, 2, 2_000_000)]);
+        let (attention, products, rest) = (&classes[0], &classes[1], &classes[2]);
+        assert!((attention.share - 8.0 / 14.0).abs() < 1e-12);
+        assert!((attention.tflops - 50.0).abs() < 1e-9 && (attention.dram_gb_s - 250.0).abs() < 1e-9);
+        assert!((attention.tensor_percent.unwrap() - 100.0 * 50.0 / 989.0).abs() < 1e-9, "attention at the BF16 peak");
+        // Its light: 0.4 TFLOP at 989 TFLOP/s (404 µs) over 2 GB at 3.35 TB/s (597 µs).
+        assert_eq!(attention.light_ns, Some((2e9 / 3350e9 * 1e9_f64).round() as u64));
+        assert_eq!(attention.bound, Some(Bound::Latency));
+        // The products: 3.6 TFLOP in 4 ms, 3.4 of it FP8.
+        let at_ceiling = 3.4e12 / 1979e12 + 0.2e12 / 989e12;
+        assert!((products.tensor_percent.unwrap() - 100.0 * at_ceiling / 4e-3).abs() < 1e-9, "{:?}", products.tensor_percent);
+        assert!((products.dram_gb_s - 4000.0).abs() < 1e-9, "16 GB of weights in 4 ms");
+        assert_eq!(products.bound, Some(Bound::Memory));
+        assert_eq!((rest.light_ns, rest.tensor_percent, rest.bound), (None, None, None), "the rest's work is not counted");
+        // A trace whose rows do not split their FLOPs, and one whose kernels ran elsewhere.
+        let old = TraceData { iterations: vec![step(0, None)], ..trace.clone() };
+        let why = analyze(&old, &default_rules(), &LaunchIndex::new(&old), &StepWindows::default()).class_work;
+        assert!(why.reason().is_some_and(|w| w.contains("schema version 6")), "{why:?}");
+        let no_kernels = TraceData { gpu_ops: vec![named("gemm_between_steps", 7_020_000, 7_080_000, 99)], ..trace };
+        let why = analyze(&no_kernels, &default_rules(), &LaunchIndex::new(&no_kernels), &StepWindows::default()).class_work;
+        assert!(why.reason().is_some_and(|w| w.contains("no kernel ran inside the iterations")), "{why:?}");
     }
 
     #[test]

@@ -438,6 +438,30 @@ const EDGES: &[Edge] = &[
         quiet: Quiet::NotFound,
     },
     Edge {
+        threshold: "SLOW_CLASS_SHARE",
+        comparison: "slow_class: c.share >= SLOW_CLASS_SHARE",
+        fires: Fires::AtOrAbove,
+        pattern: SLOW_CLASS,
+        step: ONE_IN_N,
+        trace: attention_share_of_kernel_time,
+        measure: |_, a| attention_work(a).share,
+        evidence: |m| format!("attention kernels: {} of the kernel time", percent(m)),
+        gate: Gate::None,
+        quiet: Quiet::NotFound,
+    },
+    Edge {
+        threshold: "SLOW_CLASS_PERCENT",
+        comparison: "slow_class: nearest(c) < SLOW_CLASS_PERCENT",
+        fires: Fires::Below,
+        pattern: SLOW_CLASS,
+        step: TENTH,
+        trace: attention_at_a_share_of_its_ceiling,
+        measure: |_, a| attention_work(a).tensor_percent.expect("peaks"),
+        evidence: |m| format!("TFLOP/s ({}% of peak)", tenths(m)),
+        gate: Gate::None,
+        quiet: Quiet::NotFound,
+    },
+    Edge {
         threshold: "MOE_IMBALANCE_MAX_OVER_BALANCED",
         comparison: "moe_imbalance: m.max_over_balanced < MOE_IMBALANCE_MAX_OVER_BALANCED is not found",
         fires: Fires::AtOrAbove,
@@ -994,4 +1018,49 @@ fn host_allocations(offset: i64) -> TraceData {
 fn host_allocs_per_iteration(_: &TraceData, a: &Analysis) -> f64 {
     let h = a.memory.host_allocations.get().expect("allocation rows");
     h.count as f64 / h.iterations as f64
+}
+
+/// One engine iteration of 1 ms on an H200 (datasheet peaks) whose kernels fill it: an attention
+/// kernel of `attention_ns` at `attention_percent` of the BF16 tensor peak, a GEMM of 400 µs at
+/// the peak, and an element-wise kernel (work the rows do not count) for the rest. Neither reads
+/// memory.
+fn attention_beside_products(attention_ns: u64, attention_percent: f64) -> TraceData {
+    const END: u64 = 1_000_000;
+    const GEMM_NS: u64 = 400_000;
+    let at_peak = |percent: f64, ns: u64| percent / 100.0 * (989.0 * 1e12) * (ns as f64 / 1e9);
+    let attention_flops = at_peak(attention_percent, attention_ns);
+    let row = IterationRow {
+        weight_bytes: Some(0),
+        kv_bytes_read: Some(0),
+        flops: Some(attention_flops + at_peak(100.0, GEMM_NS)),
+        attention_flops: Some(attention_flops),
+        ..iteration(0, 0, END, 1.0)
+    };
+    TraceData {
+        meta: vec![("gpu".into(), "NVIDIA H200".into())],
+        iterations: vec![row],
+        gpu_ops: vec![
+            named("attention_prefill_hd128", 0, attention_ns, 1),
+            named("gemm_kernel", attention_ns, attention_ns + GEMM_NS, 2),
+            named("vectorized_elementwise_kernel", attention_ns + GEMM_NS, END, 3),
+        ],
+        ..TraceData::default()
+    }
+}
+
+fn attention_work(a: &Analysis) -> &crate::sol::ClassWork {
+    let classes = a.speed_of_light.class_work.get().expect("the engine's work by kernel class");
+    classes.iter().find(|c| c.name == crate::sol::ATTENTION_WORK).expect("attention kernels")
+}
+
+/// Attention at a tenth of its ceiling, over `SLOW_CLASS_SHARE` of the kernel time moved by
+/// `offset` thousandths.
+fn attention_share_of_kernel_time(offset: i64) -> TraceData {
+    attention_beside_products(count_at(SLOW_CLASS_SHARE, N, offset) * 1_000, SLOW_CLASS_PERCENT / 3.0)
+}
+
+/// Attention over half the kernel time at `SLOW_CLASS_PERCENT` of its ceiling moved by `offset`
+/// tenths of a point.
+fn attention_at_a_share_of_its_ceiling(offset: i64) -> TraceData {
+    attention_beside_products(500_000, SLOW_CLASS_PERCENT + TENTH * offset as f64)
 }
