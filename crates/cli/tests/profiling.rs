@@ -203,6 +203,10 @@ fn iterations_say_what_they_read_and_computed_and_meta_the_limits() {
         assert_eq!(line["iter"], it.iter);
         assert_eq!((&line["weight_bytes"], &line["kv_bytes_read"]), (&weights.into(), &kv.into()), "iteration {}", it.iter);
         assert_eq!(line["flops"].as_f64(), Some(flops), "iteration {}", it.iter);
+        // Attention is part of the FLOPs: 512 a layer-position on `tiny`, one at least a token.
+        let attention = it.attention_flops.unwrap();
+        assert!(attention >= 512.0 * (it.ctx_tokens + it.gen_tokens) as f64 && attention < flops, "iteration {}: {it:?}", it.iter);
+        assert_eq!(line["attention_flops"].as_f64(), Some(attention), "iteration {}", it.iter);
         assert_eq!(line["num_queued_requests"], it.queued_reqs.unwrap());
         if it.ctx_reqs == 0 {
             decode.push((it.gen_reqs, kv));
