@@ -724,27 +724,37 @@ pub fn view(sol: &SpeedOfLight) -> Vec<Block> {
         ),
         Measured::NotAvailable(why) => missing("engine work", why),
     }]));
-    blocks.push(match &sol.class_work {
-        Measured::Available(classes) => Block::Table {
-            header: vec!["engine work by kernel class", "kernels", "kernel time", "DRAM", "compute", "at the ceiling", "nearest ceiling"],
-            left: vec![0, 6],
-            rows: classes
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.name.to_string(),
-                        c.kernels.to_string(),
-                        format!("{} ({})", text::duration(c.busy_ns as f64), text::percent(c.share)),
-                        format!("{} ({:.0} GB/s)", optional_percent(c.dram_percent), c.dram_gb_s),
-                        format!("{} ({:.1} TFLOP/s)", optional_percent(c.tensor_percent), c.tflops),
-                        c.light_ns.map_or("-".into(), |ns| text::duration(ns as f64)),
-                        c.bound.map_or("-", |b| b.as_str()).into(),
-                    ]
-                })
-                .collect(),
-        },
-        Measured::NotAvailable(why) => Block::Facts(vec![missing("engine work by kernel class", why)]),
-    });
+    // One fact a class: a table of these figures does not fit the terminal's width.
+    blocks.push(Block::Facts(match &sol.class_work {
+        Measured::Available(classes) => classes
+            .iter()
+            .map(|c| {
+                fact(
+                    &format!("engine work: {}", c.name),
+                    format!(
+                        "{} kernels, {} ({} of the kernel time){}",
+                        c.kernels,
+                        text::duration(c.busy_ns as f64),
+                        text::percent(c.share),
+                        match (c.light_ns, c.bound) {
+                            (Some(light), Some(bound)) => format!(
+                                ": DRAM {} ({:.0} GB/s), compute {} ({:.1} TFLOP/s), {} at the nearest ceiling: {}",
+                                optional_percent(c.dram_percent),
+                                c.dram_gb_s,
+                                optional_percent(c.tensor_percent),
+                                c.tflops,
+                                text::duration(light as f64),
+                                bound.as_str()
+                            ),
+                            _ if c.name == OTHER_WORK => ": work the iteration rows do not count".to_string(),
+                            _ => format!(": {:.0} GB/s, {:.1} TFLOP/s (no peaks for the GPU)", c.dram_gb_s, c.tflops),
+                        }
+                    ),
+                )
+            })
+            .collect(),
+        Measured::NotAvailable(why) => vec![missing("engine work by class", why)],
+    }));
     blocks
 }
 

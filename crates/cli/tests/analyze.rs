@@ -123,3 +123,41 @@ fn rows_with_impossible_times_are_left_out_with_a_warning() {
     let run = lumen(&["analyze", &path]).ok();
     assert!(run.stdout.starts_with("WARNING: the reader left out 1 GPU operations with impossible times or values"), "{}", run.stdout);
 }
+
+/// A real run's iteration rows (attention FLOPs among their FLOPs) with kernels placed in each
+/// iteration as a profile of it on an H200 would hold them: attention half of each window, the
+/// products three tenths, a norm the rest. `tiny`'s work is a few MFLOP an iteration, so both
+/// classes run far below their ceilings, and attention, with the most time above its speed of
+/// light, is named.
+#[test]
+fn the_engine_work_by_kernel_class_names_the_class_furthest_from_its_ceiling() {
+    let s = Scratch::new("analyze-class-work");
+    let mut rows = read_trace(Path::new(&recorded_run(&s))).unwrap();
+    rows.meta.push(("gpu".into(), "NVIDIA H200".into()));
+    let mut correlation = 0;
+    for it in rows.iterations.clone() {
+        let tenth = (it.end_ns - it.start_ns) / 10;
+        let kernels = [("attention_prefill_hd64", 0, 5), ("nvjet_sm90_tst_128x128", 5, 8), ("add_rms_norm", 8, 10)];
+        for (name, from, to) in kernels {
+            correlation += 1;
+            let (start, end) = (it.start_ns + from * tenth, it.start_ns + to * tenth);
+            rows.gpu_ops.push(lumen_test_support::rows::named(name, start, end, correlation));
+        }
+    }
+    let path = s.path("with-kernels.lumen");
+    lumen_test_support::rows::write_trace(&path, &rows);
+    let json = s.path("analysis.json");
+    let run = lumen(&["analyze", &path, "--json", &json]).ok();
+    assert!(run.stdout.lines().all(|l| l.chars().count() <= 100), "the report fits 100 columns:\n{}", run.stdout);
+    for want in ["kernel class far from its ceiling", "attention kernels: 50.0% of the kernel time", "engine work: attention"] {
+        assert!(run.stdout.contains(want), "{want} missing:\n{}", run.stdout);
+    }
+    let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let classes = a["speed_of_light"]["class_work"]["available"].as_array().expect("the engine's work by kernel class");
+    let names: Vec<_> = classes.iter().map(|c| (c["name"].as_str().unwrap(), c["kernels"].as_u64().unwrap())).collect();
+    let n = rows.iterations.len() as u64;
+    assert_eq!(names, [("attention", n), ("products", n), ("the rest", n)]);
+    let attention_flops: f64 = rows.iterations.iter().map(|r| r.attention_flops.unwrap()).sum();
+    let attention_s = classes[0]["busy_ns"].as_f64().unwrap() / 1e9;
+    assert!((classes[0]["tflops"].as_f64().unwrap() - attention_flops / attention_s / 1e12).abs() < 1e-12, "{}", classes[0]);
+}
