@@ -744,9 +744,9 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
             evidence.push(format!(
                 "the engine's iterations move a median {:.0} GB/s ({}) and compute {:.1} TFLOP/s ({}{}) over their {}",
                 w.dram_gb_s.median,
-                w.dram_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
+                of_peak(w.dram_percent),
                 w.tflops.median,
-                w.tensor_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
+                of_peak(w.tensor_percent),
                 crate::sol::fp8_note(w),
                 w.time
             ));
@@ -789,14 +789,18 @@ fn bound(f: &Facts, wanted: Bound) -> Outcome {
     Outcome::Fires(finding)
 }
 
+/// A use as "N% of peak", or "-" where the peak is unknown.
+fn of_peak(percent: Option<f64>) -> String {
+    percent.map_or("-".to_string(), |p| format!("{p:.1}% of peak"))
+}
+
 fn op_rates(o: &crate::sol::OpRates) -> String {
-    let percent = |p: Option<f64>| p.map_or("-".to_string(), |p| format!("{p:.1}% of peak"));
     format!(
         "{:.0} GB/s ({}) and {:.1} TFLOP/s ({}) from their operators' recorded work, over {} of kernel time ({} of it covered)",
         o.dram_gb_s,
-        percent(o.dram_percent),
+        of_peak(o.dram_percent),
         o.tflops,
-        percent(o.tensor_percent),
+        of_peak(o.tensor_percent),
         text::duration(o.busy_ns as f64),
         text::percent(o.coverage)
     )
@@ -828,9 +832,9 @@ fn slow_class(f: &Facts) -> Outcome {
             text::percent(c.share),
             text::duration(c.busy_ns as f64),
             c.tflops,
-            c.tensor_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
+            of_peak(c.tensor_percent),
             c.dram_gb_s,
-            c.dram_percent.map_or("-".into(), |p| format!("{p:.1}% of peak")),
+            of_peak(c.dram_percent),
         )
     };
     let mut evidence = vec![

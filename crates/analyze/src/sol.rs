@@ -599,15 +599,18 @@ fn class_work(trace: &TraceData, rules: &[ClassRule], steps: &StepWindows, peaks
         .map(|((name, work), (kernels, busy_ns))| {
             let seconds = busy_ns as f64 / 1e9;
             let (flops, fp8, bytes) = work.unwrap_or((0.0, 0.0, 0.0));
-            let dram_percent = work.and(peaks).map(|p| 100.0 * bytes / seconds / 1e9 / p.dram_gb_s);
-            let tensor_percent = work.and(peaks).map(|p| 100.0 * p.tensor_seconds(flops, fp8) / seconds);
-            let light_ns = work.and(peaks).map(|p| (p.tensor_seconds(flops, fp8).max(bytes / (p.dram_gb_s * 1e9)) * 1e9).round() as u64);
+            let dram_gb_s = bytes / seconds / 1e9;
+            // Seconds the work takes at the tensor ceilings and at the DRAM peak.
+            let ceilings = work.and(peaks).map(|p| (p.tensor_seconds(flops, fp8), bytes / (p.dram_gb_s * 1e9)));
+            let dram_percent = ceilings.map(|(_, dram_s)| 100.0 * dram_s / seconds);
+            let tensor_percent = ceilings.map(|(tensor_s, _)| 100.0 * tensor_s / seconds);
+            let light_ns = ceilings.map(|(tensor_s, dram_s)| (tensor_s.max(dram_s) * 1e9).round() as u64);
             ClassWork {
                 name,
                 kernels,
                 busy_ns,
                 share: share(busy_ns as f64, all_ns as f64),
-                dram_gb_s: bytes / seconds / 1e9,
+                dram_gb_s,
                 tflops: flops / seconds / 1e12,
                 dram_percent,
                 tensor_percent,
