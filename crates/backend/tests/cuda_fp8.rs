@@ -6,7 +6,7 @@
 //! of the dequantized operands to within bf16 rounding of the output; and the codes the SwiGLU
 //! writes for the down product give that product's own bits.
 
-use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, Gemm, Gpu, Kernels, Tensor};
+use lumen_backend::cuda::{to_bf16, DType, DeviceBuffer, Gemm, Gpu, Kernels, RowScales, Tensor};
 use lumen_backend::fp8::{from_e4m3, scale_for, to_e4m3};
 use std::sync::Arc;
 
@@ -112,6 +112,7 @@ fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
     let w = values(n * k, 11);
     let (w_dev, _wc, _ws, _wi) = quantize(&d, &w, n, k, false);
     let (w_codes, w_scale) = host_quantize(&w);
+    let one = d.gpu.upload(&[1.0f32, 0.0, 0.0, 0.0], "one").unwrap();
     for t in [1, 3, 4, 64] {
         let x = rows_of_values(t, k, 20 + t as u64);
         let (x_dev, _xc, _xs, x_bf16) = quantize(&d, &x, t, k, true);
@@ -126,6 +127,8 @@ fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
         let out = d.gpu.alloc(t * n * 2, "out").unwrap();
         let y = out.tensor(DType::Bf16, t, n);
         // Every candidate algorithm cuBLASLt offers (the tuner may keep any of them), then the GEMV.
+        // cuBLASLt takes one scale an operand: it gets 1.0 for the activations, whose row scales
+        // `scale_rows` applies after it, as `Linear` does.
         let algorithms = gemm.algorithms(t, n, k, DType::Fp8E4M3, DType::Bf16).unwrap();
         let e = gemm.use_algorithm(t, n, k, DType::Fp8E4M3, DType::Bf16, algorithms).unwrap_err().to_string();
         assert!(e.contains(&format!("{algorithms} offered")), "{e}");
@@ -137,7 +140,8 @@ fn fp8_products_through_gemv_and_cublaslt_match_the_host() {
             d.gpu.fill(out.ptr, 0xff, out.bytes).unwrap();
             if let Some(index) = algorithm {
                 gemm.use_algorithm(t, n, k, DType::Fp8E4M3, DType::Bf16, index).unwrap();
-                gemm.matmul(&d.gpu, x_dev, w_dev, y).unwrap();
+                gemm.matmul(&d.gpu, Tensor { scale: one.ptr, ..x_dev }, w_dev, y).unwrap();
+                d.kernels.scale_rows(&d.gpu, y, RowScales(x_dev.scale)).unwrap();
             } else {
                 d.kernels.gemv(&d.gpu, x_bf16.tensor(DType::Bf16, t, k), w_dev, y).unwrap();
             }
