@@ -83,6 +83,7 @@ pub struct Kernels {
     silu_mul_fp8: Kernel,
     scale_rows: Kernel,
     gemv_fp8: Kernel,
+    gemv_fp8_swiglu: Kernel,
     sync_each_launch: bool,
     /// Launch with programmatic dependent launch (prelude.cu's `pdl_begin`): on by default from
     /// compute capability 9.0, off with `LUMEN_PDL=0`.
@@ -233,14 +234,28 @@ const GEMV_THREADS: u32 = 256;
 const FP8_GEMV_ROWS: u32 = 16;
 const FP8_GEMV_THREADS: u32 = 256;
 
-/// The multiple of k the GEMV kernel for weights of `dtype` needs: 16-byte loads of eight bf16
-/// weights, or the FP8 tensor-core product's k steps of 32.
-pub fn gemv_k_step(dtype: DType) -> usize {
-    if dtype == DType::Fp8E4M3 {
-        32
-    } else {
-        8
-    }
+/// Bytes fp8.cu's `gemv_fp8` leaves after each token's row of codes in shared memory
+/// (F8G_CODES_PAD).
+const FP8_GEMV_CODES_PAD: usize = 64;
+/// Bytes of dynamic shared memory `gemv_fp8` may take for its tokens' codes: four rows of 16,384.
+const FP8_GEMV_CODES_BYTES: usize = GEMV_MAX_TOKENS * (16384 + FP8_GEMV_CODES_PAD);
+
+/// Shared memory `gemv_fp8` takes for `t` tokens of `k` values: their codes, a row each.
+fn fp8_gemv_codes_bytes(t: usize, k: usize) -> usize {
+    t * (k + FP8_GEMV_CODES_PAD)
+}
+
+/// Whether the GEMV kernels take `t` rows times the weight `w`: at most GEMV_MAX_TOKENS rows; k a
+/// multiple of 8 (16-byte loads of eight bf16 weights) or, for FP8, of 32 (the tensor-core
+/// product's k steps), with the tokens' codes within `gemv_fp8`'s shared memory.
+pub fn gemv_takes(t: usize, w: Tensor) -> bool {
+    let k = w.cols;
+    t <= GEMV_MAX_TOKENS
+        && if w.dtype == DType::Fp8E4M3 {
+            k.is_multiple_of(32) && fp8_gemv_codes_bytes(t, k) <= FP8_GEMV_CODES_BYTES
+        } else {
+            k.is_multiple_of(8)
+        }
 }
 pub const ATTENTION_THREADS: u32 = 128;
 /// Threads of a `rope_kv_write` block (`ROPE_THREADS` in elementwise.cu).
@@ -345,7 +360,8 @@ impl Kernels {
             quantize_fp8_rows: get("quantize_fp8_rows")?,
             silu_mul_fp8: get("silu_mul_fp8")?,
             scale_rows: get("scale_rows")?,
-            gemv_fp8: get("gemv_fp8")?,
+            gemv_fp8: get_shared("gemv_fp8", FP8_GEMV_CODES_BYTES as u32)?,
+            gemv_fp8_swiglu: get_shared("gemv_fp8_swiglu", FP8_GEMV_CODES_BYTES as u32)?,
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
             pdl: gpu.info.compute_capability.0 >= 9 && std::env::var("LUMEN_PDL").map_or(true, |v| v != "0"),
             module,
@@ -998,20 +1014,25 @@ impl Kernels {
         }
         // The rows are bf16 either way: an FP8 weight is checked as the bf16 matrix it stands for.
         let (t, n, k) = check_product(x, Tensor { dtype: DType::Bf16, ..w }, y)?;
-        let k_step = gemv_k_step(w.dtype);
-        if t > GEMV_MAX_TOKENS || !k.is_multiple_of(k_step) {
-            bail!("gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of {k_step} (got {x} · ({w})ᵀ)");
+        if !gemv_takes(t, w) {
+            bail!(
+                "gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of 8 (32 for FP8 weights, whose rows of codes take k + 64 \
+                 bytes each of at most {FP8_GEMV_CODES_BYTES}) (got {x} · ({w})ᵀ)"
+            );
         }
         let out_f32 = y.dtype == DType::F32;
         let args = Args::default().ptr(x.ptr).ptr(w.ptr);
         let args = if fp8 { args.ptr(w.scale) } else { args };
-        let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32).i32(swiglu as i32);
+        let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
         if fp8 {
-            self.launch(gpu, self.gemv_fp8, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
+            let kernel = if swiglu { self.gemv_fp8_swiglu } else { self.gemv_fp8 };
+            let kernel = Kernel { shared: fp8_gemv_codes_bytes(t, k) as u32, ..kernel };
+            self.launch(gpu, kernel, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
         } else {
             let k_split = gemv_k_split(n, k, gpu.info.multiprocessors as usize);
             let rows_per_block = (GEMV_THREADS / 32) as usize / k_split;
-            self.launch(gpu, self.gemv, (n.div_ceil(rows_per_block) as u32, 1, 1), GEMV_THREADS, args.i32(k_split as i32))
+            let args = args.i32(swiglu as i32).i32(k_split as i32);
+            self.launch(gpu, self.gemv, (n.div_ceil(rows_per_block) as u32, 1, 1), GEMV_THREADS, args)
         }
     }
 
@@ -1209,6 +1230,15 @@ mod tests {
         assert_eq!(super::prefill_attention_shared_bytes(128, false), 104_448);
         assert_eq!(super::prefill_attention_shared_bytes(128, true), 102_400);
         assert!(2 * super::prefill_attention_shared_bytes(128, false) <= 227 * 1024);
+    }
+
+    /// `gemv_fp8`'s shared memory is sized with the padding its source puts after each token's
+    /// codes, and its largest size fits beside the kernel's static shared memory on Hopper.
+    #[test]
+    fn fp8_gemv_shared_memory_matches_the_kernel_source() {
+        assert_eq!(super::FP8_GEMV_CODES_PAD, define("fp8.cu", "F8G_CODES_PAD"));
+        assert_eq!(super::fp8_gemv_codes_bytes(4, 4096), 4 * 4160);
+        assert!(super::FP8_GEMV_CODES_BYTES <= 200 * 1024);
     }
 
     /// Prefill tiles go longest first by the positions they read (first position + rows), ties in

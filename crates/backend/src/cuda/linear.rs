@@ -14,7 +14,7 @@
 
 use super::device::{DeviceBuffer, Gpu};
 use super::gemm::Gemm;
-use super::kernels::{gemv_k_step, Fp8Rows, Kernels, RowScales, GEMV_MAX_TOKENS, SILU_FP8_MAX_WIDTH};
+use super::kernels::{gemv_takes, Fp8Rows, Kernels, RowScales, GEMV_MAX_TOKENS, SILU_FP8_MAX_WIDTH};
 use super::tensor::{DType, Tensor};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -87,9 +87,8 @@ impl Linear {
     ) -> Result<()> {
         let widest = groups.iter().flatten().map(|w| w.cols).max().unwrap_or(0);
         gpu.fill(x.ptr, 0x3c, (GEMV_MAX_TOKENS * widest * 2).min(x.bytes))?;
-        let gemv_fits = |w: &Tensor| w.cols.is_multiple_of(gemv_k_step(w.dtype));
         for t in 1..=GEMV_MAX_TOKENS.min(max_rows) {
-            for group in groups.iter().filter(|g| g.first().is_some_and(gemv_fits)) {
+            for group in groups.iter().filter(|g| g.first().is_some_and(|&w| gemv_takes(t, w))) {
                 let (rows, cols) = (group[0].rows, group[0].cols);
                 let (input, output) = (x.tensor(DType::Bf16, t, cols), y.tensor(DType::Bf16, t, rows));
                 // Each side with what it runs: cuBLASLt's FP8 product after the quantization.

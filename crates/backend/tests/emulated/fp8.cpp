@@ -6,7 +6,7 @@
 // weight's scales, within the bf16 rounding of the output, for 1, 3 and 4 rows (their magnitudes
 // 2^3 apart) of 96 (fewer k steps than warps), 1,024 and 4,128 values (64-byte chunks past the
 // first ones a warp loads, and a last step of 32), 48 outputs (a non-finite one fails); as a fused
-// gate/up product its SwiGLU equals the plain product's halves through silu_mul bit for bit; and
+// gate/up product (gemv_fp8_swiglu) its SwiGLU equals the plain product's halves through silu_mul bit for bit; and
 // silu_mul_fp8 writes, bit for bit, the codes and scales that quantize_fp8_rows makes of
 // silu_mul's output, for rows of 24, 1,032 and 14,336 values (each row's largest value at its
 // end) in blocks of the size kernels.rs gives them; handed a gate/up product whose rows still need
@@ -42,13 +42,13 @@ int main() {
             std::vector<bf16> y(t * n, 0xffff);
             const int out_f32 = 0;
             launch(gemv_fp8, {(unsigned)(n + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(),
-                   out_f32, 0);
+                   out_f32);
             // The same weights as a fused gate/up pair (gate rows 0..23, up rows 24..47), SwiGLU in
             // the same launch (two blocks, the second partial): bit for bit the plain product's
             // halves through silu_mul.
             std::vector<bf16> fused(t * n / 2, 0xffff), activated(t * n / 2, 0xffff);
-            launch(gemv_fp8, {(unsigned)(n / 2 + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
-                   (void*)fused.data(), out_f32, 1);
+            launch(gemv_fp8_swiglu, {(unsigned)(n / 2 + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
+                   (void*)fused.data(), out_f32);
             launch(silu_mul, {2, (unsigned)t}, 256, y.data(), (const float*)nullptr, n / 2, activated.data());
             int swiglu_differs = 0;
             for (int i = 0; i < t * n / 2; i++) swiglu_differs += fused[i] != activated[i];

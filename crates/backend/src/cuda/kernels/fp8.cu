@@ -56,6 +56,10 @@ extern "C" __global__ void quantize_fp8_rows(const bf16* __restrict__ x, int col
 #define F8G_WARPS (F8G_THREADS / 32)
 // Chunks of 64 bytes of k each warp keeps in flight.
 #define F8G_AHEAD 4
+// Bytes between two tokens' codes in gemv_fp8's shared memory: a row of k codes and F8G_CODES_PAD
+// more, so that the lanes of two tokens reading the same chunk fall in different banks.
+#define F8G_CODES_PAD 64
+#define F8G_CODES_STRIDE(k) ((k) + F8G_CODES_PAD)
 
 // Sixteen weight rows from `row0` (of n) as mma.sync's A fragments for the k step at byte `at`:
 // this lane's rows g and g + 8, bytes 4c.. and 16 + 4c.. (zero past the last row).
@@ -107,27 +111,35 @@ __device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chun
 // 64 bytes, each read by 16-byte loads (fp8_rows_chunk), F8G_AHEAD chunks in flight a warp; the
 // first of them are loaded before pdl_begin (the weights never change), so they arrive while the
 // block finds each token's scale as quantize_fp8_rows does (the power of two at or above the
-// row's amax / 448) and the launch before finishes. The tokens' codes are
-// made in registers as quantize8 makes them. Where k % 64 is 32, the last step of 32 is read in
-// fragment order by one warp. The warps' sums meet in shared memory. With `swiglu`, w holds 2n
-// rows (gate, then up) and the block also runs the up rows n + j beside gate rows j, writing
-// swiglu_of(gate, up) as `gemv` does. k % 32 == 0 and w 16-byte aligned.
-extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
-                                                                   const float* __restrict__ w_scale, int t_count, int n, int k,
-                                                                   void* __restrict__ y, int out_f32, int swiglu) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
-    const unsigned char* up_w = w + (u64)n * k;
-    Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];
+// row's amax / 448) and the launch before finishes. The tokens' codes are then made once a block,
+// as quantize8 makes them, into dynamic shared memory (t_count rows of F8G_CODES_STRIDE(k) bytes,
+// the launch's), so that the loop over the chunks only reads them. Where k % 64 is 32, the last step of 32 is read in
+// fragment order by one warp. The warps' sums meet in shared memory. With `swiglu`
+// (gemv_fp8_swiglu), w holds 2n rows (gate, then up) and the block also runs the up rows n + j
+// beside gate rows j, writing swiglu_of(gate, up) as `gemv` does. k % 32 == 0 and w 16-byte aligned.
+// This warp's first F8G_AHEAD chunks of the block's rows (and of their up rows with `swiglu`).
+template <bool swiglu>
+__device__ __forceinline__ void gemv_fp8_first_chunks(const unsigned char* __restrict__ w, int n, int k, Fp8Chunk (&gate)[F8G_AHEAD],
+                                                      Fp8Chunk (&up)[F8G_AHEAD]) {
+    const int warp = threadIdx.x >> 5, row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
 #pragma unroll
     for (int u = 0; u < F8G_AHEAD; u++) {
         const int chunk = warp + u * F8G_WARPS;
         if (chunk < chunks) {
             gate[u] = fp8_rows_chunk(w, row0, n, k, 64 * chunk);
-            if (swiglu) up[u] = fp8_rows_chunk(up_w, row0, n, k, 64 * chunk);
+            if (swiglu) up[u] = fp8_rows_chunk(w + (u64)n * k, row0, n, k, 64 * chunk);
         }
     }
-    pdl_begin();
+}
+
+// The rest of the product, after pdl_begin, from the first chunks in flight.
+template <bool swiglu>
+__device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale,
+                                              int t_count, int n, int k, void* __restrict__ y, int out_f32, Fp8Chunk (&gate)[F8G_AHEAD],
+                                              Fp8Chunk (&up)[F8G_AHEAD]) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
+    const unsigned char* up_w = w + (u64)n * k;
     __shared__ float token_amax[F8G_WARPS][GEMV_MAX_T];
     __shared__ float token_scale[GEMV_MAX_T];
     __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
@@ -145,19 +157,23 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
         token_scale[threadIdx.x] = fp8_scale(m);
     }
     __syncthreads();
-    const Fp8Divisor divisor(token_scale[g < t_count ? g : 0]);
-    // This lane's token (g, when a real one).
-    const bf16* x_row = g < t_count ? x + (u64)g * k : nullptr;
+    unsigned char* codes = dynamic_shared();
+    const int stride = F8G_CODES_STRIDE(k);
+    for (int t = 0; t < t_count; t++) {
+        const Fp8Divisor divisor(token_scale[t]);
+        for (int i = threadIdx.x; i < k / 8; i += blockDim.x) ((uint2*)(codes + t * stride))[i] = quantize8(x + (u64)t * k, i, divisor);
+    }
+    __syncthreads();
+    // This lane's token's codes (g, when a real one).
+    const unsigned char* my_codes = g < t_count ? codes + g * stride : nullptr;
     float acc[2][4] = {};
     for (int first = warp; first < chunks; first += F8G_AHEAD * F8G_WARPS) {
 #pragma unroll
         for (int u = 0; u < F8G_AHEAD; u++) {
             const int chunk = first + u * F8G_WARPS;
             if (chunk >= chunks) break;
-            const int at = 64 * chunk + 16 * c;
-            u32 b[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++) b[q] = x_row ? quantize4(x_row + at + 4 * q, divisor) : 0u;
+            const uint4 v = my_codes ? *(const uint4*)(my_codes + 64 * chunk + 16 * c) : make_uint4(0, 0, 0, 0);
+            const u32 b[4] = {v.x, v.y, v.z, v.w};
             fp8_chunk_product(acc[0], gate[u], b);
             if (swiglu) fp8_chunk_product(acc[1], up[u], b);
             // This slot's next chunk, F8G_AHEAD · F8G_WARPS on.
@@ -170,7 +186,7 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
     }
     if (k % 64 != 0 && warp == chunks % F8G_WARPS) {
         const int at = 64 * chunks;
-        const u32 b0 = x_row ? quantize4(x_row + at + 4 * c, divisor) : 0u, b1 = x_row ? quantize4(x_row + at + 16 + 4 * c, divisor) : 0u;
+        const u32 b0 = my_codes ? *(const u32*)(my_codes + at + 4 * c) : 0u, b1 = my_codes ? *(const u32*)(my_codes + at + 16 + 4 * c) : 0u;
         u32 a[4];
         fp8_rows_fragment(w, row0, n, k, at, a);
         mma_e4m3_m16n8k32(acc[0], a, b0, b1);
@@ -185,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
         const int token = 2 * c + (e & 1);
         if (token < GEMV_MAX_T) {
             partial[0][warp][g + 8 * (e >> 1)][token] = acc[0][e];
-            partial[1][warp][g + 8 * (e >> 1)][token] = acc[1][e];
+            if (swiglu) partial[1][warp][g + 8 * (e >> 1)][token] = acc[1][e];
         }
     }
     __syncthreads();
@@ -196,10 +212,28 @@ extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* _
 #pragma unroll
     for (int v = 0; v < F8G_WARPS; v++) {
         sum[0] += partial[0][v][r][token];
-        sum[1] += partial[1][v][r][token];
+        if (swiglu) sum[1] += partial[1][v][r][token];
     }
     const float scale = token_scale[token] * *w_scale;
     const float value = swiglu ? swiglu_of(sum[0] * scale, sum[1] * scale) : sum[0] * scale;
     if (out_f32) ((float*)y)[(u64)token * n + row0 + r] = value;
     else ((bf16*)y)[(u64)token * n + row0 + r] = f2bf(value);
+}
+
+// The two kernels, apart so that the plain product holds registers for the gate rows only.
+extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
+                                                                   const float* __restrict__ w_scale, int t_count, int n, int k,
+                                                                   void* __restrict__ y, int out_f32) {
+    Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];
+    gemv_fp8_first_chunks<false>(w, n, k, gate, up);
+    pdl_begin();
+    gemv_fp8_rows<false>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);
+}
+extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8_swiglu(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
+                                                                          const float* __restrict__ w_scale, int t_count, int n, int k,
+                                                                          void* __restrict__ y, int out_f32) {
+    Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];
+    gemv_fp8_first_chunks<true>(w, n, k, gate, up);
+    pdl_begin();
+    gemv_fp8_rows<true>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);
 }
