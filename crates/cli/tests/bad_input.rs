@@ -124,13 +124,6 @@ fn unknown_quantization() {
 }
 
 #[test]
-fn batch_invariant_mode_with_fp8_is_refused() {
-    let args = ["generate", "--model", "tiny", "--prompt-ids", "1,2,3", "--quantization", "fp8"];
-    lumen_env(&args, &[("LUMEN_BATCH_INVARIANT", "1")]).fails_with(1, &["LUMEN_BATCH_INVARIANT=1", "--quantization fp8", "same bits"]);
-    lumen_env(&args, &[("LUMEN_BATCH_INVARIANT", "0")]).ok();
-}
-
-#[test]
 fn unknown_kv_cache_dtype() {
     lumen(&["generate", "--model", "tiny", "--prompt-ids", "1,2,3", "--kv-cache-dtype", "int8"])
         .fails_with(2, &["int8", "--kv-cache-dtype", "auto", "fp8"]);
