@@ -1,7 +1,7 @@
 //! Building blocks of the terminal report: headings, labelled lines, aligned tables, units. No
 //! line is wider than [`WIDTH`] columns: long values wrap at spaces, sparklines are resampled to
 //! [`SPARK_WIDTH`], and a table too wide for the terminal truncates its widest left-aligned column
-//! or wraps its last one.
+//! or wraps its last one, or else puts each row apart.
 
 use std::fmt::Write;
 
@@ -143,7 +143,8 @@ impl Table {
     }
 
     /// Writes the table within [`WIDTH`]: when it is wider, a left-aligned last column wraps
-    /// onto continuation lines; otherwise the widest left-aligned columns are truncated.
+    /// onto continuation lines; otherwise the widest left-aligned columns are truncated; and
+    /// where the columns still do not fit, each row becomes a block ([`Table::render_rows_apart`]).
     pub fn render(&self, out: &mut String) {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
@@ -159,7 +160,7 @@ impl Table {
         }
         while total(&widths) > WIDTH {
             let widest = self.left.iter().copied().filter(|&i| i < widths.len() && widths[i] > MIN_COLUMN).max_by_key(|&i| widths[i]);
-            let Some(i) = widest else { break };
+            let Some(i) = widest else { return self.render_rows_apart(out) };
             widths[i] -= 1;
         }
         let start_of_last = total(&widths) - widths[last];
@@ -189,6 +190,18 @@ impl Table {
             for line in continuation {
                 let _ = writeln!(out, "{}{line}", " ".repeat(start_of_last));
             }
+        }
+    }
+
+    /// The layout for columns that cannot share a line: a row's first cell on a line of its own,
+    /// then its other cells as `header: value`, wrapped under it.
+    fn render_rows_apart(&self, out: &mut String) {
+        for row in &self.rows {
+            let Some((first, rest)) = row.split_first() else { continue };
+            wrapped(out, "  ", 2, first);
+            let pairs: Vec<String> = self.header.iter().skip(1).zip(rest).map(|(h, v)| format!("{h}: {v};")).collect();
+            let text = pairs.join(" ");
+            wrapped(out, "      ", 6, text.strip_suffix(';').unwrap_or(&text));
         }
     }
 }
@@ -245,6 +258,24 @@ mod tests {
         let row = out.lines().nth(1).unwrap();
         assert_eq!(row.chars().count(), WIDTH, "{out}");
         assert!(row.contains('…') && row.ends_with("1.0 ms  50.0%"), "{out}");
+    }
+
+    #[test]
+    fn tables_whose_numbers_alone_are_too_wide_put_each_row_apart() {
+        let header = ["kernel", "calls", "total", "mean", "p50", "p99", "max", "bytes", "rate", "share of the GPU time"];
+        let mut t = Table::new(&header, &[0]);
+        t.row(
+            ["gemv_fp8_swiglu", "1234567", "12.345 ms", "10.0 µs", "9.9 µs", "12.1 µs", "13.0 µs", "50.3 MB", "2.34 TB/s", "18.6%"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let mut out = String::new();
+        t.render(&mut out);
+        assert!(out.lines().all(|l| l.chars().count() <= WIDTH), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "  gemv_fp8_swiglu", "{out}");
+        assert!(lines[1].starts_with("      calls: 1234567; total: 12.345 ms;"), "{out}");
+        assert!(out.contains("share of the GPU time: 18.6%") && !out.trim_end().ends_with(';'), "{out}");
     }
 
     #[test]
