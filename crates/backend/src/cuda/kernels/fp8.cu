@@ -221,19 +221,14 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
 }
 
 // The two kernels, apart so that the plain product holds registers for the gate rows only.
-extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
-                                                                   const float* __restrict__ w_scale, int t_count, int n, int k,
-                                                                   void* __restrict__ y, int out_f32) {
-    Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];
-    gemv_fp8_first_chunks<false>(w, n, k, gate, up);
-    pdl_begin();
-    gemv_fp8_rows<false>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);
-}
-extern "C" __global__ void __launch_bounds__(F8G_THREADS) gemv_fp8_swiglu(const bf16* __restrict__ x, const unsigned char* __restrict__ w,
-                                                                          const float* __restrict__ w_scale, int t_count, int n, int k,
-                                                                          void* __restrict__ y, int out_f32) {
-    Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];
-    gemv_fp8_first_chunks<true>(w, n, k, gate, up);
-    pdl_begin();
-    gemv_fp8_rows<true>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);
-}
+#define GEMV_FP8_KERNEL(name, swiglu)                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(F8G_THREADS)                                                                          \
+        name(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale, int t_count, int n, int k, \
+             void* __restrict__ y, int out_f32) {                                                                                       \
+        Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];                                                                                       \
+        gemv_fp8_first_chunks<swiglu>(w, n, k, gate, up);                                                                              \
+        pdl_begin();                                                                                                                   \
+        gemv_fp8_rows<swiglu>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);                                                     \
+    }
+GEMV_FP8_KERNEL(gemv_fp8, false)
+GEMV_FP8_KERNEL(gemv_fp8_swiglu, true)
