@@ -12,6 +12,7 @@
 //! - operators' recorded work (an imported torch.profiler trace with input shapes): each kernel
 //!   gets its launching operator's bytes and FLOPs, shared among the operator's kernels by time,
 //!   and each kernel class's rates over its kernels' time go against the device's peaks.
+//!
 //! The peaks come from a large device-to-device copy in the trace when there is one, else from a
 //! datasheet table per GPU. "SM active" is shown but judges nothing: a streaming kernel keeps it
 //! near 100% while it only waits on memory.
@@ -298,7 +299,7 @@ fn op_rates(
         return Measured::NotAvailable("no operator recorded its work (torch.profiler with record_shapes=True, imported)".into());
     }
     for list in by_thread.values_mut() {
-        list.sort_unstable_by(|a, b| (a.0, std::cmp::Reverse(a.1)).cmp(&(b.0, std::cmp::Reverse(b.1))));
+        list.sort_unstable_by_key(|a| (a.0, std::cmp::Reverse(a.1)));
     }
     // Each kernel's operator: the latest-starting work span around its launch call on its thread.
     let kernels: Vec<&lumen_trace::model::GpuOpRow> =

@@ -131,7 +131,7 @@ pub(crate) fn analyze(trace: &TraceData, pattern: Option<&Regex>) -> (Measured<S
         .copied()
         .filter(|s| {
             let extra = (s.end_ns - s.start_ns) as f64 - median_ns;
-            busy.as_ref().map_or(true, |busy| idle_in(busy, s.start_ns, s.end_ns) as f64 >= STALL_IDLE_SHARE * extra)
+            busy.as_ref().is_none_or(|busy| idle_in(busy, s.start_ns, s.end_ns) as f64 >= STALL_IDLE_SHARE * extra)
         })
         .collect();
     let one_off = steps.len() >= MIN_STEPS && (stalls.len() as f64) <= MAX_OUTLIER_SHARE * steps.len() as f64;

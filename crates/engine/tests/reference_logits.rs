@@ -76,7 +76,7 @@ fn plans(n: usize) -> Vec<(&'static str, Vec<usize>)> {
         plans.push(("prefill and decode", vec![n - 1, 1]));
         let chunk = if n > 2 * BLOCK_SIZE { BLOCK_SIZE } else { n.div_ceil(3) };
         let mut chunks = vec![chunk; n / chunk];
-        if n % chunk > 0 {
+        if !n.is_multiple_of(chunk) {
             chunks.push(n % chunk);
         }
         plans.push(("chunked prefill", chunks));

@@ -290,10 +290,10 @@ impl ModelConfig {
                 bail!("model config: {name} is 0, expected a positive size");
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!("model config: {} attention heads is not a multiple of {} KV heads", self.num_heads, self.num_kv_heads);
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("model config: head_dim {} is odd, RoPE needs an even head dimension", self.head_dim);
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {

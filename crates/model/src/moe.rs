@@ -58,7 +58,7 @@ impl GroupLimit {
     /// Checks that the groups split `num_experts` evenly and hold `top_k` experts.
     pub fn check(self, num_experts: usize, top_k: usize) -> Result<()> {
         let GroupLimit { n_group, topk_group } = self;
-        if n_group == 0 || num_experts % n_group != 0 {
+        if n_group == 0 || !num_experts.is_multiple_of(n_group) {
             bail!("n_group {n_group}: expected a number of groups that divides the {num_experts} routed experts");
         }
         if topk_group == 0 || topk_group > n_group {

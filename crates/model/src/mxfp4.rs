@@ -15,7 +15,7 @@ pub const BLOCK: usize = 32;
 /// The `[rows, cols]` values of MXFP4 `blocks` (`rows · cols / 2` bytes) and `scales`
 /// (`rows · cols / 32` bytes). An E8M0 scale byte `s` is `2^(s − 127)`; 255 is NaN and refused.
 pub fn dequantize(blocks: &[u8], scales: &[u8], rows: usize, cols: usize) -> Result<Vec<f32>> {
-    ensure!(cols % BLOCK == 0, "MXFP4 rows of {cols} values do not split into blocks of {BLOCK}");
+    ensure!(cols.is_multiple_of(BLOCK), "MXFP4 rows of {cols} values do not split into blocks of {BLOCK}");
     ensure!(
         blocks.len() == rows * cols / 2 && scales.len() == rows * cols / BLOCK,
         "MXFP4 data of {rows}×{cols} values needs {} block bytes and {} scale bytes, found {} and {}",

@@ -172,7 +172,7 @@ fn portable_tile<const M: usize, const P: usize>(x: [&[f32]; M], panels: &[f32],
             for q in 0..P {
                 let w = &panels[(q * k + kk) * PANEL..(q * k + kk + 1) * PANEL];
                 for c in 0..PANEL {
-                    acc[r][q][c] = xv * w[c] + acc[r][q][c];
+                    acc[r][q][c] += xv * w[c];
                 }
             }
         }

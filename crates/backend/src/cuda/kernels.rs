@@ -1238,7 +1238,7 @@ mod tests {
     fn fp8_gemv_shared_memory_matches_the_kernel_source() {
         assert_eq!(super::FP8_GEMV_CODES_PAD, define("fp8.cu", "F8G_CODES_PAD"));
         assert_eq!(super::fp8_gemv_codes_bytes(4, 4096), 4 * 4160);
-        assert!(super::FP8_GEMV_CODES_BYTES <= 200 * 1024);
+        const { assert!(super::FP8_GEMV_CODES_BYTES <= 200 * 1024) };
     }
 
     /// Prefill tiles go longest first by the positions they read (first position + rows), ties in
