@@ -139,7 +139,7 @@ impl Engine {
             ("kv_total_blocks", self.kv.num_blocks().to_string()),
             ("kv_bytes_per_token", self.work.kv_bytes_per_token().to_string()),
             ("weight_bytes", self.work.pass_weight_bytes().to_string()),
-            ("weight_dtype", self.work.dtype().name().to_string()),
+            ("weight_dtype", self.work.layer_dtype().name().to_string()),
             ("kv_cache_dtype", self.work.kv_dtype().name().to_string()),
             ("tensor_parallel_size", self.config.tensor_parallel_size.to_string()),
             ("model_params", self.work.model_params().to_string()),

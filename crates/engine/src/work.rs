@@ -201,7 +201,7 @@ impl WorkModel {
     }
 
     /// The type of the layers' projection matrices, the bulk of the weights.
-    pub fn dtype(&self) -> Dtype {
+    pub fn layer_dtype(&self) -> Dtype {
         self.layer_dtype
     }
 
@@ -384,7 +384,7 @@ mod tests {
         // FP8 layer projections: 86,016 weights of 1 byte, the rest (320 norms, 32,768 of lm_head)
         // still bf16; the KV cache stays bf16.
         let fp8 = bf16.clone().with_layer_dtype(Dtype::Fp8);
-        assert_eq!((fp8.pass_weight_bytes(), fp8.kv_bytes_per_token(), fp8.dtype().name()), (86_016 + 33_088 * 2, 256, "fp8"));
+        assert_eq!((fp8.pass_weight_bytes(), fp8.kv_bytes_per_token(), fp8.layer_dtype().name()), (86_016 + 33_088 * 2, 256, "fp8"));
         let step = fp8.iteration(&[seq(9, 1, true)], &[]);
         assert_eq!(step.weight_bytes, 86_016 + (33_088 + 64) * 2);
         // The FP8 share of the FLOPs is the layers' products; the head and attention are not.
