@@ -199,9 +199,8 @@ impl Table {
         for row in &self.rows {
             let Some((first, rest)) = row.split_first() else { continue };
             wrapped(out, "  ", 2, first);
-            let pairs: Vec<String> = self.header.iter().skip(1).zip(rest).map(|(h, v)| format!("{h}: {v};")).collect();
-            let text = pairs.join(" ");
-            wrapped(out, "      ", 6, text.strip_suffix(';').unwrap_or(&text));
+            let pairs: Vec<String> = self.header.iter().skip(1).zip(rest).map(|(h, v)| format!("{h}: {v}")).collect();
+            wrapped(out, "      ", 6, &pairs.join("; "));
         }
     }
 }

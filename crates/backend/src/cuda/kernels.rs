@@ -1016,8 +1016,8 @@ impl Kernels {
         let (t, n, k) = check_product(x, Tensor { dtype: DType::Bf16, ..w }, y)?;
         if !gemv_takes(t, w) {
             bail!(
-                "gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of 8 (32 for FP8 weights, whose rows of codes take k + 64 \
-                 bytes each of at most {FP8_GEMV_CODES_BYTES}) (got {x} · ({w})ᵀ)"
+                "gemv takes at most {GEMV_MAX_TOKENS} rows and k a multiple of 8 (32 for FP8 weights, whose rows of codes take k + \
+                 {FP8_GEMV_CODES_PAD} bytes each of at most {FP8_GEMV_CODES_BYTES}) (got {x} · ({w})ᵀ)"
             );
         }
         let out_f32 = y.dtype == DType::F32;

@@ -113,10 +113,12 @@ __device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chun
 // block finds each token's scale as quantize_fp8_rows does (the power of two at or above the
 // row's amax / 448) and the launch before finishes. The tokens' codes are then made once a block,
 // as quantize8 makes them, into dynamic shared memory (t_count rows of F8G_CODES_STRIDE(k) bytes,
-// the launch's), so that the loop over the chunks only reads them. Where k % 64 is 32, the last step of 32 is read in
-// fragment order by one warp. The warps' sums meet in shared memory. With `swiglu`
-// (gemv_fp8_swiglu), w holds 2n rows (gate, then up) and the block also runs the up rows n + j
-// beside gate rows j, writing swiglu_of(gate, up) as `gemv` does. k % 32 == 0 and w 16-byte aligned.
+// the launch's), so that the loop over the chunks only reads them. Where k % 64 is 32, the last
+// step of 32 is read in fragment order by one warp. The warps' sums meet in shared memory. With
+// `swiglu` (gemv_fp8_swiglu), w holds 2n rows (gate, then up) and the block also runs the up rows
+// n + j beside gate rows j, writing swiglu_of(gate, up) as `gemv` does. k % 32 == 0 and w 16-byte
+// aligned. The two kernels are at the end of this file; the two helpers below are their halves.
+
 // This warp's first F8G_AHEAD chunks of the block's rows (and of their up rows with `swiglu`).
 template <bool swiglu>
 __device__ __forceinline__ void gemv_fp8_first_chunks(const unsigned char* __restrict__ w, int n, int k, Fp8Chunk (&gate)[F8G_AHEAD],
