@@ -31,7 +31,7 @@ fn every_kernel_compiles_for_sm_90a_within_its_spill_allowance() {
             }
         }
     }
-    for kernel in ["embed_rms_norm", "attention_prefill_hd128_bf16", "sample_tokens", "gemv_fp8", "quantize_fp8"] {
+    for kernel in ["embed_rms_norm", "attention_prefill_hd128_bf16", "sample_tokens", "gemv_fp8_k4096", "quantize_fp8"] {
         assert!(entries.contains(&kernel), "{kernel} is missing from NVRTC's report: {entries:?}");
     }
     assert!(spills.is_empty(), "kernels spill registers:\n{}", spills.join("\n"));
@@ -39,7 +39,5 @@ fn every_kernel_compiles_for_sm_90a_within_its_spill_allowance() {
 
 /// Kernels allowed a few spilled bytes, and how many: the head-size-128 prefill attention with an
 /// FP8 cache, 32 query rows a warp at 255 registers (two blocks a multiprocessor), spills 28 bytes
-/// around its per-step conversion of the codes (docs/cuda-performance.md, "32 query rows a warp");
-/// the FP8 GEMV without the SwiGLU, at 64 registers, keeps 8 bytes on its stack, and was timed so
-/// (docs/cuda-performance.md, "The FP8 GEMV makes its tokens' codes once a block").
-const SPILLS_ALLOWED: [(&str, u32); 2] = [("attention_prefill_hd128_fp8", 48), ("gemv_fp8", 8)];
+/// around its per-step conversion of the codes (docs/cuda-performance.md, "32 query rows a warp").
+const SPILLS_ALLOWED: [(&str, u32); 1] = [("attention_prefill_hd128_fp8", 48)];

@@ -82,8 +82,9 @@ pub struct Kernels {
     quantize_fp8_rows: Kernel,
     silu_mul_fp8: Kernel,
     scale_rows: Kernel,
-    gemv_fp8: Kernel,
-    gemv_fp8_swiglu: Kernel,
+    /// The FP8 GEMV, without and with the SwiGLU, one kernel for each bound in FP8_GEMV_K_BOUNDS.
+    gemv_fp8: [Kernel; 3],
+    gemv_fp8_swiglu: [Kernel; 3],
     sync_each_launch: bool,
     /// Launch with programmatic dependent launch (prelude.cu's `pdl_begin`): on by default from
     /// compute capability 9.0, off with `LUMEN_PDL=0`.
@@ -240,6 +241,11 @@ const FP8_GEMV_CODES_PAD: usize = 64;
 /// Bytes of dynamic shared memory `gemv_fp8` may take for its tokens' codes: four rows of 16,384.
 const FP8_GEMV_CODES_BYTES: usize = GEMV_MAX_TOKENS * (16384 + FP8_GEMV_CODES_PAD);
 
+/// The bounds on k of fp8.cu's FP8 GEMV kernels (`gemv_fp8_k4096`, ...): a thread holds
+/// k / 2,048 uint4 loads of a token's values in registers, so each kernel is built for its bound,
+/// and a launch takes the smallest bound at or above its k.
+const FP8_GEMV_K_BOUNDS: [usize; 3] = [4096, 8192, 16384];
+
 /// Shared memory `gemv_fp8` takes for `t` tokens of `k` values: their codes, a row each.
 fn fp8_gemv_codes_bytes(t: usize, k: usize) -> usize {
     t * (k + FP8_GEMV_CODES_PAD)
@@ -360,8 +366,16 @@ impl Kernels {
             quantize_fp8_rows: get("quantize_fp8_rows")?,
             silu_mul_fp8: get("silu_mul_fp8")?,
             scale_rows: get("scale_rows")?,
-            gemv_fp8: get_shared("gemv_fp8", FP8_GEMV_CODES_BYTES as u32)?,
-            gemv_fp8_swiglu: get_shared("gemv_fp8_swiglu", FP8_GEMV_CODES_BYTES as u32)?,
+            gemv_fp8: [
+                get_shared("gemv_fp8_k4096", FP8_GEMV_CODES_BYTES as u32)?,
+                get_shared("gemv_fp8_k8192", FP8_GEMV_CODES_BYTES as u32)?,
+                get_shared("gemv_fp8_k16384", FP8_GEMV_CODES_BYTES as u32)?,
+            ],
+            gemv_fp8_swiglu: [
+                get_shared("gemv_fp8_swiglu_k4096", FP8_GEMV_CODES_BYTES as u32)?,
+                get_shared("gemv_fp8_swiglu_k8192", FP8_GEMV_CODES_BYTES as u32)?,
+                get_shared("gemv_fp8_swiglu_k16384", FP8_GEMV_CODES_BYTES as u32)?,
+            ],
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
             pdl: gpu.info.compute_capability.0 >= 9 && std::env::var("LUMEN_PDL").map_or(true, |v| v != "0"),
             module,
@@ -1025,7 +1039,9 @@ impl Kernels {
         let args = if fp8 { args.ptr(w.scale) } else { args };
         let args = args.i32(t as i32).i32(n as i32).i32(k as i32).ptr(y.ptr).i32(out_f32 as i32);
         if fp8 {
-            let kernel = if swiglu { self.gemv_fp8_swiglu } else { self.gemv_fp8 };
+            // gemv_takes bounds k by the codes' shared memory, which FP8_GEMV_K_BOUNDS's last covers.
+            let bound = FP8_GEMV_K_BOUNDS.iter().position(|&b| k <= b).unwrap_or(FP8_GEMV_K_BOUNDS.len() - 1);
+            let kernel = if swiglu { self.gemv_fp8_swiglu[bound] } else { self.gemv_fp8[bound] };
             let kernel = Kernel { shared: fp8_gemv_codes_bytes(t, k) as u32, ..kernel };
             self.launch(gpu, kernel, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
         } else {
@@ -1239,6 +1255,16 @@ mod tests {
         assert_eq!(super::FP8_GEMV_CODES_PAD, define("fp8.cu", "F8G_CODES_PAD"));
         assert_eq!(super::fp8_gemv_codes_bytes(4, 4096), 4 * 4160);
         const { assert!(super::FP8_GEMV_CODES_BYTES <= 200 * 1024) };
+        // Every k gemv_takes has a kernel: the last bound is the codes' row.
+        assert_eq!(super::FP8_GEMV_CODES_BYTES, super::GEMV_MAX_TOKENS * (super::FP8_GEMV_K_BOUNDS[2] + super::FP8_GEMV_CODES_PAD));
+        let (_, source) = SOURCES.iter().find(|(f, _)| *f == "fp8.cu").expect("fp8.cu among the kernel sources");
+        for (bound, xv) in super::FP8_GEMV_K_BOUNDS.iter().zip([2, 4, 8]) {
+            assert_eq!(bound / (8 * define("fp8.cu", "F8G_THREADS")), xv);
+            for name in ["gemv_fp8", "gemv_fp8_swiglu"] {
+                let line = format!("GEMV_FP8_KERNEL({name}_k{bound}, {}, {xv})", name.ends_with("swiglu"));
+                assert!(source.contains(&line), "fp8.cu lacks `{line}`");
+            }
+        }
     }
 
     /// Prefill tiles go longest first by the positions they read (first position + rows), ties in

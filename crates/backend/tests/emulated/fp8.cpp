@@ -4,8 +4,9 @@
 // same codes itself and multiplies on the (emulated) tensor cores: its products equal the
 // double-precision product of the row's codes and the weight's codes, times the row's and the
 // weight's scales, within the bf16 rounding of the output, for 1, 3 and 4 rows (their magnitudes
-// 2^3 apart) of 96 (fewer k steps than warps), 1,024 and 4,128 values (64-byte chunks past the
-// first ones a warp loads, and a last step of 32), 48 outputs (a non-finite one fails); as a fused
+// 2^3 apart, the largest of each at its end) of 96 (fewer k steps than warps), 1,024, 4,096,
+// 4,128, 8,224 and 16,352 values (64-byte chunks past the first ones a warp loads, and a last step
+// of 32; the kernels for k up to 4,096, 8,192 and 16,384, each at its bound), 48 outputs (a non-finite one fails); as a fused
 // gate/up product (gemv_fp8_swiglu) its SwiGLU equals the plain product's halves through silu_mul bit for bit; and
 // silu_mul_fp8 writes, bit for bit, the codes and scales that quantize_fp8_rows makes of
 // silu_mul's output, for rows of 24, 1,032 and 14,336 values (each row's largest value at its
@@ -18,11 +19,13 @@
 int main() {
     Rng rng{2024};
     int failures = 0;
-    for (int k : {96, 1024, 4128})
+    for (int k : {96, 1024, 4096, 4128, 8224, 16352})
         for (int t : {1, 3, 4}) {
             const int n = 48;
             std::vector<bf16> x(t * k);
             for (int i = 0; i < t * k; i++) x[i] = f2bf(std::ldexp(rng.next(), (i * 7) % 9 - 4 + 3 * (i / k)));
+            // Each row's largest magnitude at its end, in the last group of eight a thread holds.
+            for (int r = 0; r < t; r++) x[r * k + k - 1] = f2bf(std::ldexp(-1.f, 6 + 3 * r));
             std::vector<unsigned char> w(n * k), codes(t * k);
             for (auto& c : w) {
                 c = (unsigned char)((rng.next() + 1.f) * 127.5f);
@@ -41,6 +44,9 @@ int main() {
             }
             std::vector<bf16> y(t * n, 0xffff);
             const int out_f32 = 0;
+            // kernels.rs's choice: the kernel of the smallest bound on k at or above k.
+            const auto gemv_fp8 = k <= 4096 ? gemv_fp8_k4096 : k <= 8192 ? gemv_fp8_k8192 : gemv_fp8_k16384;
+            const auto gemv_fp8_swiglu = k <= 4096 ? gemv_fp8_swiglu_k4096 : k <= 8192 ? gemv_fp8_swiglu_k8192 : gemv_fp8_swiglu_k16384;
             launch(gemv_fp8, {(unsigned)(n + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(),
                    out_f32);
             // The same weights as a fused gate/up pair (gate rows 0..23, up rows 24..47), SwiGLU in

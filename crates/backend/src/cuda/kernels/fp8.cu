@@ -104,20 +104,65 @@ __device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chun
 }
 
 // y[t, n] = x_scale[t] · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count
-// <= GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8_rows of x, then cuBLASLt) done without
-// the quantization's launch, on the tensor cores so that the weights' bytes, not their decoding,
-// set its speed. A block takes F8G_ROWS output rows as the A operand of mma.sync m16n8k32 (E4M3
-// in, f32 sums), the tokens as B's columns (the rest zero). Its warps share out the row's chunks of
-// 64 bytes, each read by 16-byte loads (fp8_rows_chunk), F8G_AHEAD chunks in flight a warp; the
-// first of them are loaded before pdl_begin (the weights never change), so they arrive while the
-// block finds each token's scale as quantize_fp8_rows does (the power of two at or above the
-// row's amax / 448) and the launch before finishes. The tokens' codes are then made once a block,
-// as quantize8 makes them, into dynamic shared memory (t_count rows of F8G_CODES_STRIDE(k) bytes,
-// the launch's), so that the loop over the chunks only reads them. Where k % 64 is 32, the last
-// step of 32 is read in fragment order by one warp. The warps' sums meet in shared memory. With
-// `swiglu` (gemv_fp8_swiglu), w holds 2n rows (gate, then up) and the block also runs the up rows
-// n + j beside gate rows j, writing swiglu_of(gate, up) as `gemv` does. k % 32 == 0 and w 16-byte
-// aligned. The two kernels are at the end of this file; the two helpers below are their halves.
+// <= GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8_rows of x, then cuBLASLt) done
+// without the quantization's launch, on the tensor cores so that the weights' bytes, not their
+// decoding, set its speed. A block takes F8G_ROWS output rows as the A operand of mma.sync
+// m16n8k32 (E4M3 in, f32 sums), the tokens as B's columns (the rest zero). Its warps share out the
+// row's chunks of 64 bytes, each read by 16-byte loads (fp8_rows_chunk), F8G_AHEAD chunks in
+// flight a warp; the first of them are loaded before pdl_begin (the weights never change), so they
+// arrive while the launch before finishes and the block makes the tokens' codes once, into
+// dynamic shared memory (gemv_fp8_token_codes), so that the loop over the chunks only reads them.
+// Where k % 64 is 32, the last step of 32 is read in fragment order by one warp. The warps' sums
+// meet in shared memory. With `swiglu` (the gemv_fp8_swiglu kernels), w holds 2n rows (gate, then
+// up) and the block also runs the up rows n + j beside gate rows j, writing swiglu_of(gate, up) as
+// `gemv` does. k % 32 == 0 and w 16-byte aligned. The kernels are at the end of this file, one for
+// each bound on k (the registers a thread holds a token's values in); the helpers below are their
+// parts.
+
+// Each token's scale, as quantize_fp8_rows finds it (the power of two at or above the row's amax
+// / 448), into token_scale, and its codes, as quantize8 makes them, into `codes` (t_count rows of
+// F8G_CODES_STRIDE(k) bytes). A thread loads its XV groups of eight values of a token at once and
+// keeps them for the codes, so each row is read once, all its loads in flight together
+// (k <= 8 · XV · F8G_THREADS).
+template <int XV>
+__device__ __forceinline__ void gemv_fp8_token_codes(const bf16* __restrict__ x, int t_count, int k, unsigned char* __restrict__ codes,
+                                                     float* __restrict__ token_scale) {
+    __shared__ float warp_amax[GEMV_MAX_T][F8G_WARPS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, groups = k / 8;
+    for (int t = 0; t < t_count; t++) {
+        const uint4* row = (const uint4*)(x + (u64)t * k);
+        uint4 v[XV];
+#pragma unroll
+        for (int j = 0; j < XV; j++) {
+            const int i = threadIdx.x + j * F8G_THREADS;
+            v[j] = i < groups ? row[i] : make_uint4(0, 0, 0, 0);
+        }
+        float m = 0.f;
+#pragma unroll
+        for (int j = 0; j < XV; j++) {
+            float f[8];
+            unpack8(v[j], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(f[e]));
+        }
+        m = warp_max(m);
+        if (lane == 0) warp_amax[t][warp] = m;
+        __syncthreads();
+        float amax = 0.f;
+#pragma unroll
+        for (int w = 0; w < F8G_WARPS; w++) amax = fmaxf(amax, warp_amax[t][w]);
+        const float scale = fp8_scale(amax);
+        if (threadIdx.x == 0) token_scale[t] = scale;
+        const Fp8Divisor divisor(scale);
+        uint2* out = (uint2*)(codes + t * F8G_CODES_STRIDE(k));
+#pragma unroll
+        for (int j = 0; j < XV; j++) {
+            const int i = threadIdx.x + j * F8G_THREADS;
+            if (i < groups) out[i] = make_uint2(quantize4_bits(make_uint2(v[j].x, v[j].y), divisor), quantize4_bits(make_uint2(v[j].z, v[j].w), divisor));
+        }
+    }
+    __syncthreads();
+}
 
 // This warp's first F8G_AHEAD chunks of the block's rows (and of their up rows with `swiglu`).
 template <bool swiglu>
@@ -135,37 +180,18 @@ __device__ __forceinline__ void gemv_fp8_first_chunks(const unsigned char* __res
 }
 
 // The rest of the product, after pdl_begin, from the first chunks in flight.
-template <bool swiglu>
+template <bool swiglu, int XV>
 __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale,
                                               int t_count, int n, int k, void* __restrict__ y, int out_f32, Fp8Chunk (&gate)[F8G_AHEAD],
                                               Fp8Chunk (&up)[F8G_AHEAD]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
     const unsigned char* up_w = w + (u64)n * k;
-    __shared__ float token_amax[F8G_WARPS][GEMV_MAX_T];
     __shared__ float token_scale[GEMV_MAX_T];
     __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
-    // Every token's scale, as quantize_fp8_rows finds it: the block's threads share each row.
-#pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) {
-        const float m = t < t_count ? warp_max(strided_amax(x + (u64)t * k, k, threadIdx.x, blockDim.x)) : 0.f;
-        if (lane == 0) token_amax[warp][t] = m;
-    }
-    __syncthreads();
-    if (threadIdx.x < GEMV_MAX_T) {
-        float m = 0.f;
-#pragma unroll
-        for (int v = 0; v < F8G_WARPS; v++) m = fmaxf(m, token_amax[v][threadIdx.x]);
-        token_scale[threadIdx.x] = fp8_scale(m);
-    }
-    __syncthreads();
     unsigned char* codes = dynamic_shared();
     const int stride = F8G_CODES_STRIDE(k);
-    for (int t = 0; t < t_count; t++) {
-        const Fp8Divisor divisor(token_scale[t]);
-        for (int i = threadIdx.x; i < k / 8; i += blockDim.x) ((uint2*)(codes + t * stride))[i] = quantize8(x + (u64)t * k, i, divisor);
-    }
-    __syncthreads();
+    gemv_fp8_token_codes<XV>(x, t_count, k, codes, token_scale);
     // This lane's token's codes (g, when a real one).
     const unsigned char* my_codes = g < t_count ? codes + g * stride : nullptr;
     float acc[2][4] = {};
@@ -222,15 +248,20 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
     else ((bf16*)y)[(u64)token * n + row0 + r] = f2bf(value);
 }
 
-// The two kernels, apart so that the plain product holds registers for the gate rows only.
-#define GEMV_FP8_KERNEL(name, swiglu)                                                                                                  \
+// The kernels: the product without the SwiGLU apart, so that it holds registers for the gate
+// rows only; each for k up to 2,048 · XV.
+#define GEMV_FP8_KERNEL(name, swiglu, XV)                                                                                              \
     extern "C" __global__ void __launch_bounds__(F8G_THREADS)                                                                          \
         name(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale, int t_count, int n, int k, \
              void* __restrict__ y, int out_f32) {                                                                                       \
         Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];                                                                                       \
         gemv_fp8_first_chunks<swiglu>(w, n, k, gate, up);                                                                              \
         pdl_begin();                                                                                                                   \
-        gemv_fp8_rows<swiglu>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);                                                     \
+        gemv_fp8_rows<swiglu, XV>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);                                                 \
     }
-GEMV_FP8_KERNEL(gemv_fp8, false)
-GEMV_FP8_KERNEL(gemv_fp8_swiglu, true)
+GEMV_FP8_KERNEL(gemv_fp8_k4096, false, 2)
+GEMV_FP8_KERNEL(gemv_fp8_k8192, false, 4)
+GEMV_FP8_KERNEL(gemv_fp8_k16384, false, 8)
+GEMV_FP8_KERNEL(gemv_fp8_swiglu_k4096, true, 2)
+GEMV_FP8_KERNEL(gemv_fp8_swiglu_k8192, true, 4)
+GEMV_FP8_KERNEL(gemv_fp8_swiglu_k16384, true, 8)
