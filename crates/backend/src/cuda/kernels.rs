@@ -58,6 +58,8 @@ pub struct Kernels {
     moe_route: Kernel,
     moe_combine: Kernel,
     moe_gemv: Kernel,
+    /// moe_decode.cu's tensor-core expert products, without and with the activation.
+    moe_gemv_tc: (Kernel, Kernel),
     moe_align: Kernel,
     moe_grouped_gemm: Kernel,
     rms_norm_rows: Kernel,
@@ -76,6 +78,8 @@ pub struct Kernels {
     attention_combine: Kernel,
     sample_tokens: Kernel,
     gemv: Kernel,
+    /// gemv.cu's tensor-core bf16 GEMV, without and with the SwiGLU.
+    gemv_tc: (Kernel, Kernel),
     preset_fill: Kernel,
     amax_bf16: Kernel,
     quantize_fp8: Kernel,
@@ -199,6 +203,14 @@ impl MlaShape {
     }
 }
 
+/// Whether the bf16 GEMV of `n` rows runs on the tensor cores (gemv.cu's `gemv_tc`, GTC_ROWS rows a
+/// block) rather than a warp a row (`gemv`): once its blocks cover half the `multiprocessors`. A
+/// weight of fewer rows, as a router's gate, spreads better over warps a row that share its k
+/// ([`gemv_k_split`]). Depends on the shape alone, never on the batch.
+pub fn gemv_on_tensor_cores(n: usize, multiprocessors: usize) -> bool {
+    2 * n.div_ceil(GTC_ROWS as usize) >= multiprocessors
+}
+
 /// How many warps of the bf16 `gemv` share each of `n` rows of `k` values on a GPU of
 /// `multiprocessors`: doubled from 1 (up to 8, a block's warps) while the blocks would not cover
 /// the multiprocessors and each warp keeps at least 32 groups of 8 values (one 16-byte load a
@@ -211,6 +223,15 @@ pub fn gemv_k_split(n: usize, k: usize, multiprocessors: usize) -> usize {
         split *= 2;
     }
     split
+}
+
+/// Which of moe_decode.cu's kernels reads the experts' weight rows in [`Kernels::moe_gemv`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpertRows {
+    /// `moe_gemv_tc`: sixteen rows a block on the tensor cores (gemv.cu's tensor-core GEMV).
+    TensorCores,
+    /// `moe_gemv`: a warp a row, or this many warps (1, 2, 4 or 8) sharing each row's k.
+    Warps(usize),
 }
 
 /// How many warps of `moe_gemv` share each weight row of `k` values. With an `activation` the
@@ -231,9 +252,10 @@ pub fn moe_gemv_k_split(k: usize, activation: bool) -> usize {
 /// Most rows `gemv` takes (`GEMV_MAX_T` in gemv.cu), and its block size.
 pub const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_THREADS: u32 = 256;
-/// Output rows and threads of one block of the FP8 GEMV (`F8G_ROWS`, `F8G_THREADS` in fp8.cu).
-const FP8_GEMV_ROWS: u32 = 16;
-const FP8_GEMV_THREADS: u32 = 256;
+/// Output rows and threads of one block of the tensor-core GEMVs, bf16 and FP8 (`GTC_ROWS`,
+/// `GTC_THREADS` in gemv.cu).
+const GTC_ROWS: u32 = 16;
+const GTC_THREADS: u32 = 256;
 
 /// Bytes fp8.cu's `gemv_fp8` leaves after each token's row of codes in shared memory
 /// (F8G_CODES_PAD).
@@ -334,6 +356,7 @@ impl Kernels {
             moe_route: get("moe_route")?,
             moe_combine: get("moe_combine")?,
             moe_gemv: get("moe_gemv")?,
+            moe_gemv_tc: (get("moe_gemv_tc")?, get("moe_gemv_tc_act")?),
             moe_align: get("moe_align")?,
             moe_grouped_gemm: get("moe_grouped_gemm")?,
             rms_norm_rows: get("rms_norm_rows")?,
@@ -360,6 +383,7 @@ impl Kernels {
             attention_combine: get("attention_combine")?,
             sample_tokens: get("sample_tokens")?,
             gemv: get("gemv")?,
+            gemv_tc: (get("gemv_tc")?, get("gemv_tc_swiglu")?),
             preset_fill: get("preset_fill")?,
             amax_bf16: get("amax_bf16")?,
             quantize_fp8: get("quantize_fp8")?,
@@ -712,8 +736,7 @@ impl Kernels {
     /// activation kernel in one launch, bit for bit. Reads everything on the device (moe_decode.cu).
     /// `routed_earlier` says `experts` was written at least two launches before this one (the
     /// down product after the gate/up one): the weight rows then start towards L2 before the
-    /// kernel waits for the launch before it. `k_split` warps share each weight row
-    /// ([`moe_gemv_k_split`]'s choice where `None`).
+    /// kernel waits for the launch before it. `rows` says which kernel reads the weight rows.
     #[allow(clippy::too_many_arguments)]
     pub fn moe_gemv(
         &self,
@@ -728,26 +751,34 @@ impl Kernels {
         k: usize,
         activation: Option<ExpertActivation>,
         routed_earlier: bool,
-        k_split: Option<usize>,
+        rows: ExpertRows,
         y: u64,
     ) -> Result<()> {
         anyhow::ensure!(k.is_multiple_of(8), "moe_gemv: {k} inputs, expected a multiple of 8");
-        let halves = if activation.is_some() { 2 } else { 1 };
-        let k_split = k_split.unwrap_or_else(|| moe_gemv_k_split(k, activation.is_some()));
-        let warps = (GEMV_THREADS / 32) as usize;
-        anyhow::ensure!(
-            k_split.is_power_of_two() && k_split * halves <= warps,
-            "moe_gemv: {k_split} warps a weight row, expected 1, 2, 4 or 8 with at most {warps} warps an output row"
-        );
-        let rows_per_block = warps / (k_split * halves);
         let (code, alpha, limit) = match activation {
             None => (0, 0.0, 0.0),
             Some(ExpertActivation::SwiGlu) => (1, 0.0, 0.0),
             Some(ExpertActivation::ClampedSwiGlu { alpha, limit }) => (2, alpha, limit),
         };
         let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32);
-        let args = args.i32(code).f32(alpha).f32(limit).i32(routed_earlier as i32).i32(k_split as i32).ptr(y);
-        self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
+        let args = args.i32(code).f32(alpha).f32(limit).i32(routed_earlier as i32);
+        match rows {
+            ExpertRows::TensorCores => {
+                let kernel = if activation.is_some() { self.moe_gemv_tc.1 } else { self.moe_gemv_tc.0 };
+                self.launch(gpu, kernel, ((n as u32).div_ceil(GTC_ROWS), slots as u32, 1), GTC_THREADS, args.ptr(y))
+            }
+            ExpertRows::Warps(k_split) => {
+                let halves = if activation.is_some() { 2 } else { 1 };
+                let warps = (GEMV_THREADS / 32) as usize;
+                anyhow::ensure!(
+                    k_split.is_power_of_two() && k_split * halves <= warps,
+                    "moe_gemv: {k_split} warps a weight row, expected 1, 2, 4 or 8 with at most {warps} warps an output row"
+                );
+                let rows_per_block = warps / (k_split * halves);
+                let args = args.i32(k_split as i32).ptr(y);
+                self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
+            }
+        }
     }
 
     /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` (`y[t·k + j]` when `pos` is 0) over
@@ -1043,7 +1074,10 @@ impl Kernels {
             let bound = FP8_GEMV_K_BOUNDS.iter().position(|&b| k <= b).unwrap_or(FP8_GEMV_K_BOUNDS.len() - 1);
             let kernel = if swiglu { self.gemv_fp8_swiglu[bound] } else { self.gemv_fp8[bound] };
             let kernel = Kernel { shared: fp8_gemv_codes_bytes(t, k) as u32, ..kernel };
-            self.launch(gpu, kernel, ((n as u32).div_ceil(FP8_GEMV_ROWS), 1, 1), FP8_GEMV_THREADS, args)
+            self.launch(gpu, kernel, ((n as u32).div_ceil(GTC_ROWS), 1, 1), GTC_THREADS, args)
+        } else if gemv_on_tensor_cores(n, gpu.info.multiprocessors as usize) {
+            let kernel = if swiglu { self.gemv_tc.1 } else { self.gemv_tc.0 };
+            self.launch(gpu, kernel, ((n as u32).div_ceil(GTC_ROWS), 1, 1), GTC_THREADS, args)
         } else {
             let k_split = gemv_k_split(n, k, gpu.info.multiprocessors as usize);
             let rows_per_block = (GEMV_THREADS / 32) as usize / k_split;
@@ -1259,7 +1293,7 @@ mod tests {
         assert_eq!(super::FP8_GEMV_CODES_BYTES, super::GEMV_MAX_TOKENS * (super::FP8_GEMV_K_BOUNDS[2] + super::FP8_GEMV_CODES_PAD));
         let (_, source) = SOURCES.iter().find(|(f, _)| *f == "fp8.cu").expect("fp8.cu among the kernel sources");
         for (bound, xv) in super::FP8_GEMV_K_BOUNDS.iter().zip([2, 4, 8]) {
-            assert_eq!(bound / (8 * define("fp8.cu", "F8G_THREADS")), xv);
+            assert_eq!(bound / (8 * define("gemv.cu", "GTC_THREADS")), xv);
             for name in ["gemv_fp8", "gemv_fp8_swiglu"] {
                 let line = format!("GEMV_FP8_KERNEL({name}_k{bound}, {}, {xv})", name.ends_with("swiglu"));
                 assert!(source.contains(&line), "fp8.cu lacks `{line}`");

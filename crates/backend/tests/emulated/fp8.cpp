@@ -47,13 +47,13 @@ int main() {
             // kernels.rs's choice: the kernel of the smallest bound on k at or above k.
             const auto gemv_fp8 = k <= 4096 ? gemv_fp8_k4096 : k <= 8192 ? gemv_fp8_k8192 : gemv_fp8_k16384;
             const auto gemv_fp8_swiglu = k <= 4096 ? gemv_fp8_swiglu_k4096 : k <= 8192 ? gemv_fp8_swiglu_k8192 : gemv_fp8_swiglu_k16384;
-            launch(gemv_fp8, {(unsigned)(n + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(),
+            launch(gemv_fp8, {(unsigned)(n + GTC_ROWS - 1) / GTC_ROWS}, GTC_THREADS, x.data(), w.data(), &w_scale, t, n, k, (void*)y.data(),
                    out_f32);
             // The same weights as a fused gate/up pair (gate rows 0..23, up rows 24..47), SwiGLU in
             // the same launch (two blocks, the second partial): bit for bit the plain product's
             // halves through silu_mul.
             std::vector<bf16> fused(t * n / 2, 0xffff), activated(t * n / 2, 0xffff);
-            launch(gemv_fp8_swiglu, {(unsigned)(n / 2 + F8G_ROWS - 1) / F8G_ROWS}, F8G_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
+            launch(gemv_fp8_swiglu, {(unsigned)(n / 2 + GTC_ROWS - 1) / GTC_ROWS}, GTC_THREADS, x.data(), w.data(), &w_scale, t, n / 2, k,
                    (void*)fused.data(), out_f32);
             launch(silu_mul, {2, (unsigned)t}, 256, y.data(), (const float*)nullptr, n / 2, activated.data());
             int swiglu_differs = 0;

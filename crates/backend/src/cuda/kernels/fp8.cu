@@ -51,11 +51,6 @@ extern "C" __global__ void quantize_fp8_rows(const bf16* __restrict__ x, int col
     for (int i = threadIdx.x; i < cols / 8; i += blockDim.x) ((uint2*)(out + base))[i] = quantize8(x + base, i, divisor);
 }
 
-#define F8G_ROWS 16
-#define F8G_THREADS 256
-#define F8G_WARPS (F8G_THREADS / 32)
-// Chunks of 64 bytes of k each warp keeps in flight.
-#define F8G_AHEAD 4
 // Bytes between two tokens' codes in gemv_fp8's shared memory: a row of k codes and F8G_CODES_PAD
 // more, so that the lanes of two tokens reading the same chunk fall in different banks.
 #define F8G_CODES_PAD 64
@@ -74,29 +69,12 @@ __device__ __forceinline__ void fp8_rows_fragment(const unsigned char* __restric
     }
 }
 
-// This lane's 16 bytes at `at` + 16c of rows g and g + 8 of the sixteen from `row0` (zero past
-// the last row): one 16-byte load a row, A fragments of two k steps (fp8_chunk_product).
-struct Fp8Chunk {
-    uint4 row[2];
-};
-
-__device__ __forceinline__ Fp8Chunk fp8_rows_chunk(const unsigned char* __restrict__ w, int row0, int n, int k, int at) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    Fp8Chunk chunk;
-#pragma unroll
-    for (int half = 0; half < 2; half++) {
-        const int row = row0 + g + 8 * half;
-        chunk.row[half] = row < n ? *(const uint4*)(w + (u64)row * k + at + 16 * c) : make_uint4(0, 0, 0, 0);
-    }
-    return chunk;
-}
-
 // The products of a 64-byte chunk. A product is the same under any order of k taken alike by both
 // operands, so a chunk's bytes are dealt to the two k steps of 32 as a lane loaded them: for the
 // lane of column c, step 0's fragment positions 4c.. and 16 + 4c.. are its bytes 0..3 and 4..7,
 // step 1's its bytes 8..11 and 12..15 (16c + those in the chunk); b holds the codes of the same
 // 16 values of this lane's token.
-__device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chunk& chunk, const u32 (&b)[4]) {
+__device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const RowsChunk& chunk, const u32 (&b)[4]) {
     const u32 step0[4] = {chunk.row[0].x, chunk.row[1].x, chunk.row[0].y, chunk.row[1].y};
     const u32 step1[4] = {chunk.row[0].z, chunk.row[1].z, chunk.row[0].w, chunk.row[1].w};
     mma_e4m3_m16n8k32(acc, step0, b[0], b[1]);
@@ -105,36 +83,30 @@ __device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const Fp8Chun
 
 // y[t, n] = x_scale[t] · w_scale · (codes(x[t, :]) · w[n, :]) for bf16 x, E4M3 w and t < t_count
 // <= GEMV_MAX_T: the product of the FP8 GEMM path (quantize_fp8_rows of x, then cuBLASLt) done
-// without the quantization's launch, on the tensor cores so that the weights' bytes, not their
-// decoding, set its speed. A block takes F8G_ROWS output rows as the A operand of mma.sync
-// m16n8k32 (E4M3 in, f32 sums), the tokens as B's columns (the rest zero). Its warps share out the
-// row's chunks of 64 bytes, each read by 16-byte loads (fp8_rows_chunk), F8G_AHEAD chunks in
-// flight a warp; the first of them are loaded before pdl_begin (the weights never change), so they
-// arrive while the launch before finishes and the block makes the tokens' codes once, into
-// dynamic shared memory (gemv_fp8_token_codes), so that the loop over the chunks only reads them.
-// Where k % 64 is 32, the last step of 32 is read in fragment order by one warp. The warps' sums
-// meet in shared memory. With `swiglu` (the gemv_fp8_swiglu kernels), w holds 2n rows (gate, then
-// up) and the block also runs the up rows n + j beside gate rows j, writing swiglu_of(gate, up) as
-// `gemv` does. k % 32 == 0 and w 16-byte aligned. The kernels are at the end of this file, one for
-// each bound on k (the registers a thread holds a token's values in); the helpers below are their
-// parts.
+// without the quantization's launch, as gemv.cu's tensor-core GEMV (mma.sync m16n8k32, E4M3 in,
+// f32 sums), so that the weights' bytes, not their decoding, set its speed. While the first chunks
+// arrive, the block makes the tokens' codes once, into dynamic shared memory
+// (gemv_fp8_token_codes), so that the loop over the chunks only reads them. Where k % 64 is 32,
+// the last step of 32 is read in fragment order by one warp. k % 32 == 0 and w 16-byte aligned.
+// The kernels are at the end of this file, one for each bound on k (the registers a thread holds
+// a token's values in); the helpers below are their parts.
 
 // Each token's scale, as quantize_fp8_rows finds it (the power of two at or above the row's amax
 // / 448), into token_scale, and its codes, as quantize8 makes them, into `codes` (t_count rows of
 // F8G_CODES_STRIDE(k) bytes). A thread loads its XV groups of eight values of a token at once and
 // keeps them for the codes, so each row is read once, all its loads in flight together
-// (k <= 8 · XV · F8G_THREADS).
+// (k <= 8 · XV · GTC_THREADS).
 template <int XV>
 __device__ __forceinline__ void gemv_fp8_token_codes(const bf16* __restrict__ x, int t_count, int k, unsigned char* __restrict__ codes,
                                                      float* __restrict__ token_scale) {
-    __shared__ float warp_amax[GEMV_MAX_T][F8G_WARPS];
+    __shared__ float warp_amax[GEMV_MAX_T][GTC_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, groups = k / 8;
     for (int t = 0; t < t_count; t++) {
         const uint4* row = (const uint4*)(x + (u64)t * k);
         uint4 v[XV];
 #pragma unroll
         for (int j = 0; j < XV; j++) {
-            const int i = threadIdx.x + j * F8G_THREADS;
+            const int i = threadIdx.x + j * GTC_THREADS;
             v[j] = i < groups ? row[i] : make_uint4(0, 0, 0, 0);
         }
         float m = 0.f;
@@ -150,69 +122,53 @@ __device__ __forceinline__ void gemv_fp8_token_codes(const bf16* __restrict__ x,
         __syncthreads();
         float amax = 0.f;
 #pragma unroll
-        for (int w = 0; w < F8G_WARPS; w++) amax = fmaxf(amax, warp_amax[t][w]);
+        for (int w = 0; w < GTC_WARPS; w++) amax = fmaxf(amax, warp_amax[t][w]);
         const float scale = fp8_scale(amax);
         if (threadIdx.x == 0) token_scale[t] = scale;
         const Fp8Divisor divisor(scale);
         uint2* out = (uint2*)(codes + t * F8G_CODES_STRIDE(k));
 #pragma unroll
         for (int j = 0; j < XV; j++) {
-            const int i = threadIdx.x + j * F8G_THREADS;
+            const int i = threadIdx.x + j * GTC_THREADS;
             if (i < groups) out[i] = make_uint2(quantize4_bits(make_uint2(v[j].x, v[j].y), divisor), quantize4_bits(make_uint2(v[j].z, v[j].w), divisor));
         }
     }
     __syncthreads();
 }
 
-// This warp's first F8G_AHEAD chunks of the block's rows (and of their up rows with `swiglu`).
-template <bool swiglu>
-__device__ __forceinline__ void gemv_fp8_first_chunks(const unsigned char* __restrict__ w, int n, int k, Fp8Chunk (&gate)[F8G_AHEAD],
-                                                      Fp8Chunk (&up)[F8G_AHEAD]) {
-    const int warp = threadIdx.x >> 5, row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
-#pragma unroll
-    for (int u = 0; u < F8G_AHEAD; u++) {
-        const int chunk = warp + u * F8G_WARPS;
-        if (chunk < chunks) {
-            gate[u] = fp8_rows_chunk(w, row0, n, k, 64 * chunk);
-            if (swiglu) up[u] = fp8_rows_chunk(w + (u64)n * k, row0, n, k, 64 * chunk);
-        }
-    }
-}
-
 // The rest of the product, after pdl_begin, from the first chunks in flight.
 template <bool swiglu, int XV>
 __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale,
-                                              int t_count, int n, int k, void* __restrict__ y, int out_f32, Fp8Chunk (&gate)[F8G_AHEAD],
-                                              Fp8Chunk (&up)[F8G_AHEAD]) {
+                                              int t_count, int n, int k, void* __restrict__ y, int out_f32, RowsChunk (&gate)[GTC_AHEAD],
+                                              RowsChunk (&up)[GTC_AHEAD]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int row0 = blockIdx.x * F8G_ROWS, chunks = k / 64;
+    const int row0 = blockIdx.x * GTC_ROWS, chunks = k / 64;
     const unsigned char* up_w = w + (u64)n * k;
     __shared__ float token_scale[GEMV_MAX_T];
-    __shared__ float partial[2][F8G_WARPS][F8G_ROWS][GEMV_MAX_T];
     unsigned char* codes = dynamic_shared();
     const int stride = F8G_CODES_STRIDE(k);
     gemv_fp8_token_codes<XV>(x, t_count, k, codes, token_scale);
     // This lane's token's codes (g, when a real one).
     const unsigned char* my_codes = g < t_count ? codes + g * stride : nullptr;
     float acc[2][4] = {};
-    for (int first = warp; first < chunks; first += F8G_AHEAD * F8G_WARPS) {
+    for (int first = warp; first < chunks; first += GTC_AHEAD * GTC_WARPS) {
 #pragma unroll
-        for (int u = 0; u < F8G_AHEAD; u++) {
-            const int chunk = first + u * F8G_WARPS;
+        for (int u = 0; u < GTC_AHEAD; u++) {
+            const int chunk = first + u * GTC_WARPS;
             if (chunk >= chunks) break;
             const uint4 v = my_codes ? *(const uint4*)(my_codes + 64 * chunk + 16 * c) : make_uint4(0, 0, 0, 0);
             const u32 b[4] = {v.x, v.y, v.z, v.w};
             fp8_chunk_product(acc[0], gate[u], b);
             if (swiglu) fp8_chunk_product(acc[1], up[u], b);
-            // This slot's next chunk, F8G_AHEAD · F8G_WARPS on.
-            const int next = chunk + F8G_AHEAD * F8G_WARPS;
+            // This slot's next chunk, GTC_AHEAD · GTC_WARPS on.
+            const int next = chunk + GTC_AHEAD * GTC_WARPS;
             if (next < chunks) {
-                gate[u] = fp8_rows_chunk(w, row0, n, k, 64 * next);
-                if (swiglu) up[u] = fp8_rows_chunk(up_w, row0, n, k, 64 * next);
+                gate[u] = rows_chunk(w, row0, n, k, 64 * next);
+                if (swiglu) up[u] = rows_chunk(up_w, row0, n, k, 64 * next);
             }
         }
     }
-    if (k % 64 != 0 && warp == chunks % F8G_WARPS) {
+    if (k % 64 != 0 && warp == chunks % GTC_WARPS) {
         const int at = 64 * chunks;
         const u32 b0 = my_codes ? *(const u32*)(my_codes + at + 4 * c) : 0u, b1 = my_codes ? *(const u32*)(my_codes + at + 16 + 4 * c) : 0u;
         u32 a[4];
@@ -223,25 +179,10 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
             mma_e4m3_m16n8k32(acc[1], a, b0, b1);
         }
     }
-    // acc holds D[g][2c], D[g][2c + 1], D[g + 8][2c], D[g + 8][2c + 1]: rows, then tokens.
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const int token = 2 * c + (e & 1);
-        if (token < GEMV_MAX_T) {
-            partial[0][warp][g + 8 * (e >> 1)][token] = acc[0][e];
-            if (swiglu) partial[1][warp][g + 8 * (e >> 1)][token] = acc[1][e];
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x >= F8G_ROWS * GEMV_MAX_T) return;
+    float sum[2];
+    gtc_block_sums<swiglu>(acc, sum);
     const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T;
-    if (row0 + r >= n || token >= t_count) return;
-    float sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int v = 0; v < F8G_WARPS; v++) {
-        sum[0] += partial[0][v][r][token];
-        if (swiglu) sum[1] += partial[1][v][r][token];
-    }
+    if (threadIdx.x >= GTC_ROWS * GEMV_MAX_T || row0 + r >= n || token >= t_count) return;
     const float scale = token_scale[token] * *w_scale;
     const float value = swiglu ? swiglu_of(sum[0] * scale, sum[1] * scale) : sum[0] * scale;
     if (out_f32) ((float*)y)[(u64)token * n + row0 + r] = value;
@@ -251,11 +192,11 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
 // The kernels: the product without the SwiGLU apart, so that it holds registers for the gate
 // rows only; each for k up to 2,048 · XV.
 #define GEMV_FP8_KERNEL(name, swiglu, XV)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(F8G_THREADS)                                                                          \
+    extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                          \
         name(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale, int t_count, int n, int k, \
              void* __restrict__ y, int out_f32) {                                                                                       \
-        Fp8Chunk gate[F8G_AHEAD], up[F8G_AHEAD];                                                                                       \
-        gemv_fp8_first_chunks<swiglu>(w, n, k, gate, up);                                                                              \
+        RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                      \
+        gtc_first_chunks<swiglu>(w, n, k, k / 64, gate, up);                                                                           \
         pdl_begin();                                                                                                                   \
         gemv_fp8_rows<swiglu, XV>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);                                                 \
     }

@@ -124,3 +124,135 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __re
         }
     }
 }
+
+// The tensor-core GEMV, for weights of many rows (bf16 here, FP8 in fp8.cu): a block takes
+// GTC_ROWS weight rows as the A operand of mma.sync (m16n8k16 for bf16, m16n8k32 for E4M3; f32
+// sums), the tokens as B's columns (the rest zero). Its GTC_WARPS warps share out the rows'
+// chunks of 64 bytes, each lane reading 16 bytes of two rows (rows_chunk), GTC_AHEAD chunks in
+// flight a warp; the first of them are loaded before pdl_begin (the weights never change), so they
+// arrive while the launch before finishes. A product is the same under any order of k taken alike
+// by both operands, so a lane's 16 bytes of a chunk are dealt to the mma steps as it loaded them,
+// and its token's values at the same place of k go to B. The warps' sums meet in shared memory
+// (gtc_block_sums). With `swiglu`, w holds 2n rows (gate, then up) and the block also runs the up
+// rows n + j beside gate rows j, writing swiglu_of(gate, up) as `gemv` does.
+#define GTC_ROWS 16
+#define GTC_THREADS 256
+#define GTC_WARPS (GTC_THREADS / 32)
+#define GTC_AHEAD 4
+
+// This lane's 16 bytes at byte `at` + 16c of rows g and g + 8 of the sixteen from `row0` (of n
+// rows of `row_bytes`, a multiple of 16), zero past the last row or the row's end.
+struct RowsChunk {
+    uint4 row[2];
+};
+
+__device__ __forceinline__ RowsChunk rows_chunk(const unsigned char* __restrict__ w, int row0, int n, int row_bytes, int at) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    RowsChunk chunk;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int row = row0 + g + 8 * half;
+        const bool inside = row < n && at + 16 * c + 16 <= row_bytes;
+        chunk.row[half] = inside ? *(const uint4*)(w + (u64)row * row_bytes + at + 16 * c) : make_uint4(0, 0, 0, 0);
+    }
+    return chunk;
+}
+
+// This warp's first GTC_AHEAD chunks of the block's rows (and of their up rows, n rows on, with
+// `swiglu`), of `chunks` a row.
+template <bool swiglu>
+__device__ __forceinline__ void gtc_first_chunks(const unsigned char* __restrict__ w, int n, int row_bytes, int chunks,
+                                                 RowsChunk (&gate)[GTC_AHEAD], RowsChunk (&up)[GTC_AHEAD]) {
+    const int warp = threadIdx.x >> 5, row0 = blockIdx.x * GTC_ROWS;
+#pragma unroll
+    for (int u = 0; u < GTC_AHEAD; u++) {
+        const int chunk = warp + u * GTC_WARPS;
+        if (chunk < chunks) {
+            gate[u] = rows_chunk(w, row0, n, row_bytes, 64 * chunk);
+            if (swiglu) up[u] = rows_chunk(w + (u64)n * row_bytes, row0, n, row_bytes, 64 * chunk);
+        }
+    }
+}
+
+// The block's sums of row r for token t (gate and up halves), for thread r · GEMV_MAX_T + t below
+// GTC_ROWS · GEMV_MAX_T: the warps' mma sums (acc: D[g][2c], D[g][2c + 1], D[g + 8][2c],
+// D[g + 8][2c + 1], rows then tokens) added in warp order. Every thread of the block calls it.
+template <bool swiglu>
+__device__ __forceinline__ void gtc_block_sums(const float (&acc)[2][4], float (&sum)[2]) {
+    __shared__ float partial[2][GTC_WARPS][GTC_ROWS][GEMV_MAX_T];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int token = 2 * c + (e & 1);
+        if (token < GEMV_MAX_T) {
+            partial[0][warp][g + 8 * (e >> 1)][token] = acc[0][e];
+            if (swiglu) partial[1][warp][g + 8 * (e >> 1)][token] = acc[1][e];
+        }
+    }
+    __syncthreads();
+    sum[0] = sum[1] = 0.f;
+    if (threadIdx.x >= GTC_ROWS * GEMV_MAX_T) return;
+    const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T;
+#pragma unroll
+    for (int v = 0; v < GTC_WARPS; v++) {
+        sum[0] += partial[0][v][r][token];
+        if (swiglu) sum[1] += partial[1][v][r][token];
+    }
+}
+
+// A bf16 chunk's two k steps of 16: the lane's 8 values of each row and of its token (xv).
+__device__ __forceinline__ void bf16_chunk_product(float (&acc)[4], const RowsChunk& chunk, uint4 xv) {
+    const u32 step0[4] = {chunk.row[0].x, chunk.row[1].x, chunk.row[0].y, chunk.row[1].y};
+    const u32 step1[4] = {chunk.row[0].z, chunk.row[1].z, chunk.row[0].w, chunk.row[1].w};
+    mma_bf16_m16n8k16(acc, step0, xv.x, xv.y);
+    mma_bf16_m16n8k16(acc, step1, xv.z, xv.w);
+}
+
+// The bf16 rows' sums after pdl_begin, from the first chunks in flight: tokens g < t_count of x
+// (rows of k values, k % 8 == 0; a chunk is 32 of them).
+template <bool swiglu>
+__device__ __forceinline__ void gtc_bf16_rows(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k,
+                                              RowsChunk (&gate)[GTC_AHEAD], RowsChunk (&up)[GTC_AHEAD], float (&acc)[2][4]) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int row0 = blockIdx.x * GTC_ROWS, chunks = (k + 31) / 32, row_bytes = 2 * k;
+    const unsigned char* gate_w = (const unsigned char*)w;
+    const unsigned char* up_w = gate_w + (u64)n * row_bytes;
+    const bf16* my_x = g < t_count ? x + (u64)g * k : nullptr;
+    for (int first = warp; first < chunks; first += GTC_AHEAD * GTC_WARPS) {
+#pragma unroll
+        for (int u = 0; u < GTC_AHEAD; u++) {
+            const int chunk = first + u * GTC_WARPS;
+            if (chunk >= chunks) break;
+            const int at = 32 * chunk + 8 * c;
+            const uint4 xv = my_x && at + 8 <= k ? *(const uint4*)(my_x + at) : make_uint4(0, 0, 0, 0);
+            bf16_chunk_product(acc[0], gate[u], xv);
+            if (swiglu) bf16_chunk_product(acc[1], up[u], xv);
+            const int next = chunk + GTC_AHEAD * GTC_WARPS;
+            if (next < chunks) {
+                gate[u] = rows_chunk(gate_w, row0, n, row_bytes, 64 * next);
+                if (swiglu) up[u] = rows_chunk(up_w, row0, n, row_bytes, 64 * next);
+            }
+        }
+    }
+}
+
+// y[t, n] = x[t, :] · w[n, :] (or its SwiGLU, gemv_tc_swiglu) for t < t_count <= GEMV_MAX_T, on the
+// tensor cores; what `gemv` computes, summed in another order.
+#define GEMV_TC_KERNEL(name, swiglu)                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                          \
+        name(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k, void* __restrict__ y, int out_f32) {    \
+        RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                      \
+        gtc_first_chunks<swiglu>((const unsigned char*)w, n, 2 * k, (k + 31) / 32, gate, up);                                          \
+        pdl_begin();                                                                                                                   \
+        float acc[2][4] = {};                                                                                                          \
+        gtc_bf16_rows<swiglu>(x, w, t_count, n, k, gate, up, acc);                                                                     \
+        float sum[2];                                                                                                                  \
+        gtc_block_sums<swiglu>(acc, sum);                                                                                              \
+        const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T, row = blockIdx.x * GTC_ROWS + r;                    \
+        if (threadIdx.x >= GTC_ROWS * GEMV_MAX_T || row >= n || token >= t_count) return;                                              \
+        const float value = swiglu ? swiglu_of(sum[0], sum[1]) : sum[0];                                                              \
+        if (out_f32) ((float*)y)[(u64)token * n + row] = value;                                                                        \
+        else ((bf16*)y)[(u64)token * n + row] = f2bf(value);                                                                           \
+    }
+GEMV_TC_KERNEL(gemv_tc, false)
+GEMV_TC_KERNEL(gemv_tc_swiglu, true)

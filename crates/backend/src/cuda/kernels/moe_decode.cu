@@ -72,3 +72,52 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     }
     if (lane == 0) y[slot * n + row] = f2bf(out);
 }
+
+// The same products as gemv.cu's tensor-core GEMV: a block takes GTC_ROWS output rows of one slot
+// (blockIdx.y; its token's row as B's column 0), and with an activation (moe_gemv_tc_act) the up
+// rows n + j beside gate rows j, then adds the bias and applies the activation as moe_gemv does.
+// The expert is known only after pdl_begin, so the first chunks load after it; with
+// `routed_earlier`, each of the block's rows starts towards L2 before it (as moe_gemv).
+template <bool act>
+__device__ __forceinline__ void moe_gemv_tc_prefetch(const u32* __restrict__ experts, const u64* __restrict__ weights, int n, int k) {
+    const int row0 = blockIdx.x * GTC_ROWS, r = threadIdx.x % GTC_ROWS, half = threadIdx.x / GTC_ROWS;
+    if (threadIdx.x < GTC_ROWS * (act ? 2 : 1) && row0 + r < n)
+        prefetch_l2((const bf16*)weights[experts[blockIdx.y]] + ((u64)half * n + row0 + r) * k, 2 * k);
+}
+
+template <bool act>
+__device__ __forceinline__ void moe_gemv_tc_rows(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts,
+                                                 const u64* __restrict__ weights, const u64* __restrict__ biases, int n, int k, int activation,
+                                                 float alpha, float limit, bf16* __restrict__ y) {
+    const u64 slot = blockIdx.y;
+    const int row0 = blockIdx.x * GTC_ROWS;
+    const u32 e = experts[slot];
+    const bf16* w = (const bf16*)weights[e];
+    RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];
+    gtc_first_chunks<act>((const unsigned char*)w, n, 2 * k, (k + 31) / 32, gate, up);
+    float acc[2][4] = {};
+    gtc_bf16_rows<act>(x + (slot / (u64)x_div) * k, w, 1, n, k, gate, up, acc);
+    float sum[2];
+    gtc_block_sums<act>(acc, sum);
+    const int r = threadIdx.x / GEMV_MAX_T, row = row0 + r;
+    if (threadIdx.x >= GTC_ROWS * GEMV_MAX_T || threadIdx.x % GEMV_MAX_T != 0 || row >= n) return;
+    const bf16* bias = biases && biases[e] ? (const bf16*)biases[e] : nullptr;
+    float out = sum[0] + (bias ? bf2f(bias[row]) : 0.f);
+    if (act) {
+        const float up_sum = sum[1] + (bias ? bf2f(bias[n + row]) : 0.f);
+        out = activation == MOE_ACTIVATION_SWIGLU ? swiglu_of(out, up_sum) : clamped_swiglu_of(bf2f(f2bf(out)), bf2f(f2bf(up_sum)), alpha, limit);
+    }
+    y[slot * n + row] = f2bf(out);
+}
+
+#define MOE_GEMV_TC_KERNEL(name, act)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                         \
+        name(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts, const u64* __restrict__ weights,                 \
+             const u64* __restrict__ biases, int n, int k, int activation, float alpha, float limit, int routed_earlier,              \
+             bf16* __restrict__ y) {                                                                                                  \
+        if (routed_earlier) moe_gemv_tc_prefetch<act>(experts, weights, n, k);                                                       \
+        pdl_begin();                                                                                                                  \
+        moe_gemv_tc_rows<act>(x, x_div, experts, weights, biases, n, k, activation, alpha, limit, y);                                \
+    }
+MOE_GEMV_TC_KERNEL(moe_gemv_tc, false)
+MOE_GEMV_TC_KERNEL(moe_gemv_tc_act, true)
