@@ -1,14 +1,14 @@
 //! A mixture-of-experts layer's decode products as a batch-1 step runs them, on the GPU machine:
 //! per layer `moe_gemv`'s gate/up product with its activation, then its down product, for one
 //! token routed to `top_k` distinct experts, chained over enough layers of their own expert
-//! weights that nothing stays in L2. Times each product on the tensor cores (`moe_gemv_tc`, the
-//! engine's) and with every choice of warps a weight row (`moe_gemv`), then both products on the
-//! tensor cores, as the median time a layer over repeated chains (CUDA events) and the routed
-//! weights' bytes over it.
+//! weights that nothing stays in L2. Times every choice of warps a weight row (`k_split`) for
+//! each of the two products, and the launcher's own choice, as the median time a layer over
+//! repeated chains (CUDA events) and the routed weights' bytes over it.
 //! `moe_gemv_speed [hidden expert_ffn experts top_k layers gpt_oss]` (default: qwen3-30b-a3b's
 //! shape over 8 layers; `gpt_oss` 1 gives every expert biases and the clamped SwiGLU).
 
-use lumen_backend::cuda::{DeviceBuffer, ExpertRows, Gpu, Kernels};
+use lumen_backend::cuda::kernels::moe_gemv_k_split;
+use lumen_backend::cuda::{DeviceBuffer, Gpu, Kernels};
 use lumen_backend::ExpertActivation;
 
 /// One layer's expert weights and bias tables (device arrays of one pointer per expert), the
@@ -65,36 +65,36 @@ fn main() -> anyhow::Result<()> {
     let bytes = |rows: usize, cols: usize| (top * rows * cols * 2) as f64;
     let (gate_up_bytes, down_bytes) = (bytes(2 * f, h), bytes(h, f));
     let ptr = |b: &Option<DeviceBuffer>| b.as_ref().map_or(0, |b| b.ptr);
-    // The products run with the given rows; a product without them is left out.
-    let time = |gate_up_split: Option<ExpertRows>, down_split: Option<ExpertRows>| -> anyhow::Result<f64> {
+    // The products run with the given warps a weight row; a product without a split is left out.
+    let time = |gate_up_split: Option<usize>, down_split: Option<usize>| -> anyhow::Result<f64> {
         let ms = gpu.median_ms(3, 20, || {
             for l in &all {
                 let (routing, gate_up_bias, down_bias) = (l.routing.ptr, ptr(&l.gate_up_bias), ptr(&l.down_bias));
-                if let Some(rows) = gate_up_split {
-                    let (w, gated) = (l.gate_up.ptr, Some(activation));
-                    kernels.moe_gemv(&gpu, x.ptr, top, routing, w, gate_up_bias, top, f, h, gated, false, rows, act.ptr)?;
+                if gate_up_split.is_some() {
+                    let (w, split, gated) = (l.gate_up.ptr, gate_up_split, Some(activation));
+                    kernels.moe_gemv(&gpu, x.ptr, top, routing, w, gate_up_bias, top, f, h, gated, false, split, act.ptr)?;
                 }
-                if let Some(rows) = down_split {
-                    kernels.moe_gemv(&gpu, act.ptr, 1, routing, l.down.ptr, down_bias, top, h, f, None, true, rows, y.ptr)?;
+                if down_split.is_some() {
+                    kernels.moe_gemv(&gpu, act.ptr, 1, routing, l.down.ptr, down_bias, top, h, f, None, true, down_split, y.ptr)?;
                 }
             }
             Ok(())
         })?;
         Ok(ms / layers as f64)
     };
+    let chosen = (moe_gemv_k_split(h, true), moe_gemv_k_split(f, false));
     println!("{} | {layers} layers, {experts} experts of {h} × {f}, top {top}, {activation:?}; median of 20 chains", gpu.info.name);
-    println!("{:>10} {:>14} {:>12} {:>8}", "product", "rows", "us a layer", "GB/s");
-    let choices =
-        |splits: &[usize]| std::iter::once(ExpertRows::TensorCores).chain(splits.iter().map(|&s| ExpertRows::Warps(s))).collect::<Vec<_>>();
-    for rows in choices(&[1, 2, 4]) {
-        let ms = time(Some(rows), None)?;
-        println!("{:>10} {:>14} {:>12.2} {:>8.0}", "gate/up", format!("{rows:?}"), ms * 1e3, gate_up_bytes / ms / 1e6);
+    println!("the launcher's choice: gate/up {} warps a row, down {}", chosen.0, chosen.1);
+    println!("{:>10} {:>6} {:>12} {:>8}", "product", "split", "us a layer", "GB/s");
+    for split in [1, 2, 4] {
+        let ms = time(Some(split), None)?;
+        println!("{:>10} {split:>6} {:>12.2} {:>8.0}", "gate/up", ms * 1e3, gate_up_bytes / ms / 1e6);
     }
-    for rows in choices(&[1, 2, 4, 8]) {
-        let ms = time(None, Some(rows))?;
-        println!("{:>10} {:>14} {:>12.2} {:>8.0}", "down", format!("{rows:?}"), ms * 1e3, down_bytes / ms / 1e6);
+    for split in [1, 2, 4, 8] {
+        let ms = time(None, Some(split))?;
+        println!("{:>10} {split:>6} {:>12.2} {:>8.0}", "down", ms * 1e3, down_bytes / ms / 1e6);
     }
-    let ms = time(Some(ExpertRows::TensorCores), Some(ExpertRows::TensorCores))?;
-    println!("{:>10} {:>14} {:>12.2} {:>8.0}", "both", "TensorCores", ms * 1e3, (gate_up_bytes + down_bytes) / ms / 1e6);
+    let ms = time(Some(chosen.0), Some(chosen.1))?;
+    println!("{:>10} {:>6} {:>12.2} {:>8.0}", "both", "chosen", ms * 1e3, (gate_up_bytes + down_bytes) / ms / 1e6);
     Ok(())
 }

@@ -58,8 +58,6 @@ pub struct Kernels {
     moe_route: Kernel,
     moe_combine: Kernel,
     moe_gemv: Kernel,
-    /// moe_decode.cu's tensor-core expert products, without and with the activation.
-    moe_gemv_tc: (Kernel, Kernel),
     moe_align: Kernel,
     moe_grouped_gemm: Kernel,
     rms_norm_rows: Kernel,
@@ -225,15 +223,6 @@ pub fn gemv_k_split(n: usize, k: usize, multiprocessors: usize) -> usize {
     split
 }
 
-/// Which of moe_decode.cu's kernels reads the experts' weight rows in [`Kernels::moe_gemv`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ExpertRows {
-    /// `moe_gemv_tc`: sixteen rows a block on the tensor cores (gemv.cu's tensor-core GEMV).
-    TensorCores,
-    /// `moe_gemv`: a warp a row, or this many warps (1, 2, 4 or 8) sharing each row's k.
-    Warps(usize),
-}
-
 /// How many warps of `moe_gemv` share each weight row of `k` values. With an `activation` the
 /// gate and up rows already have a warp each and one warp a row is fastest (H100, batch 1,
 /// `examples/moe_gemv_speed`: qwen3-30b-a3b's gate/up 21.1 µs a layer whole, 21.3 in two shares,
@@ -356,7 +345,6 @@ impl Kernels {
             moe_route: get("moe_route")?,
             moe_combine: get("moe_combine")?,
             moe_gemv: get("moe_gemv")?,
-            moe_gemv_tc: (get("moe_gemv_tc")?, get("moe_gemv_tc_act")?),
             moe_align: get("moe_align")?,
             moe_grouped_gemm: get("moe_grouped_gemm")?,
             rms_norm_rows: get("rms_norm_rows")?,
@@ -736,7 +724,8 @@ impl Kernels {
     /// activation kernel in one launch, bit for bit. Reads everything on the device (moe_decode.cu).
     /// `routed_earlier` says `experts` was written at least two launches before this one (the
     /// down product after the gate/up one): the weight rows then start towards L2 before the
-    /// kernel waits for the launch before it. `rows` says which kernel reads the weight rows.
+    /// kernel waits for the launch before it. `k_split` warps share each weight row
+    /// ([`moe_gemv_k_split`]'s choice where `None`).
     #[allow(clippy::too_many_arguments)]
     pub fn moe_gemv(
         &self,
@@ -751,34 +740,26 @@ impl Kernels {
         k: usize,
         activation: Option<ExpertActivation>,
         routed_earlier: bool,
-        rows: ExpertRows,
+        k_split: Option<usize>,
         y: u64,
     ) -> Result<()> {
         anyhow::ensure!(k.is_multiple_of(8), "moe_gemv: {k} inputs, expected a multiple of 8");
+        let halves = if activation.is_some() { 2 } else { 1 };
+        let k_split = k_split.unwrap_or_else(|| moe_gemv_k_split(k, activation.is_some()));
+        let warps = (GEMV_THREADS / 32) as usize;
+        anyhow::ensure!(
+            k_split.is_power_of_two() && k_split * halves <= warps,
+            "moe_gemv: {k_split} warps a weight row, expected 1, 2, 4 or 8 with at most {warps} warps an output row"
+        );
+        let rows_per_block = warps / (k_split * halves);
         let (code, alpha, limit) = match activation {
             None => (0, 0.0, 0.0),
             Some(ExpertActivation::SwiGlu) => (1, 0.0, 0.0),
             Some(ExpertActivation::ClampedSwiGlu { alpha, limit }) => (2, alpha, limit),
         };
         let args = Args::default().ptr(x).i32(x_div as i32).ptr(experts).ptr(weights).ptr(biases).i32(n as i32).i32(k as i32);
-        let args = args.i32(code).f32(alpha).f32(limit).i32(routed_earlier as i32);
-        match rows {
-            ExpertRows::TensorCores => {
-                let kernel = if activation.is_some() { self.moe_gemv_tc.1 } else { self.moe_gemv_tc.0 };
-                self.launch(gpu, kernel, ((n as u32).div_ceil(GTC_ROWS), slots as u32, 1), GTC_THREADS, args.ptr(y))
-            }
-            ExpertRows::Warps(k_split) => {
-                let halves = if activation.is_some() { 2 } else { 1 };
-                let warps = (GEMV_THREADS / 32) as usize;
-                anyhow::ensure!(
-                    k_split.is_power_of_two() && k_split * halves <= warps,
-                    "moe_gemv: {k_split} warps a weight row, expected 1, 2, 4 or 8 with at most {warps} warps an output row"
-                );
-                let rows_per_block = warps / (k_split * halves);
-                let args = args.i32(k_split as i32).ptr(y);
-                self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
-            }
-        }
+        let args = args.i32(code).f32(alpha).f32(limit).i32(routed_earlier as i32).i32(k_split as i32).ptr(y);
+        self.launch(gpu, self.moe_gemv, (n.div_ceil(rows_per_block) as u32, slots as u32, 1), GEMV_THREADS, args)
     }
 
     /// `out[t] = Σ_j weights[t·k + j] · y[pos[t·k + j]]` (`y[t·k + j]` when `pos` is 0) over

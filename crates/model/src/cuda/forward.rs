@@ -35,8 +35,8 @@ use crate::plan::{Attention, FeedForward, LatentAttention, Moe, SelfAttention};
 use anyhow::{bail, ensure, Result};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{
-    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, ExpertRows, Gpu, Kernels, Linear, MlaShape, RopeArgs, RowScales,
-    MLA_BLOCK_ROWS, MOE_TILE_ROWS,
+    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, RowScales, MLA_BLOCK_ROWS,
+    MOE_TILE_ROWS,
 };
 use lumen_trace::instrument::{span, Category};
 
@@ -704,10 +704,9 @@ impl Pass<'_> {
             let _experts = span(Category::Debug, "moe experts");
             let (experts, activation) = (b.experts.ptr, Some(m.activation));
             let (normed, gate_up) = (act.normed.ptr, tables.gate_up.ptr);
-            let rows = ExpertRows::TensorCores;
-            k.moe_gemv(gpu, normed, top, experts, gate_up, gate_up_bias, slots, fe, h, activation, false, rows, b.act.ptr)?;
+            k.moe_gemv(gpu, normed, top, experts, gate_up, gate_up_bias, slots, fe, h, activation, false, None, b.act.ptr)?;
             // The routing was written two launches back: the down rows may start early.
-            k.moe_gemv(gpu, b.act.ptr, 1, experts, tables.down.ptr, down_bias, slots, h, fe, None, true, rows, b.y.ptr)?;
+            k.moe_gemv(gpu, b.act.ptr, 1, experts, tables.down.ptr, down_bias, slots, h, fe, None, true, None, b.y.ptr)?;
             0
         } else {
             // The slots laid out by expert in whole tiles, then both products as grouped GEMMs.

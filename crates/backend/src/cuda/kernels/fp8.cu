@@ -163,8 +163,8 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
             // This slot's next chunk, GTC_AHEAD · GTC_WARPS on.
             const int next = chunk + GTC_AHEAD * GTC_WARPS;
             if (next < chunks) {
-                gate[u] = rows_chunk(w, row0, n, k, 64 * next);
-                if (swiglu) up[u] = rows_chunk(up_w, row0, n, k, 64 * next);
+                gate[u] = rows_chunk<false>(w, row0, n, k, 64 * next);
+                if (swiglu) up[u] = rows_chunk<false>(up_w, row0, n, k, 64 * next);
             }
         }
     }
@@ -191,14 +191,14 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
 
 // The kernels: the product without the SwiGLU apart, so that it holds registers for the gate
 // rows only; each for k up to 2,048 · XV.
-#define GEMV_FP8_KERNEL(name, swiglu, XV)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                          \
+#define GEMV_FP8_KERNEL(name, swiglu, XV)                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                               \
         name(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale, int t_count, int n, int k, \
-             void* __restrict__ y, int out_f32) {                                                                                       \
-        RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                      \
-        gtc_first_chunks<swiglu>(w, n, k, k / 64, gate, up);                                                                           \
-        pdl_begin();                                                                                                                   \
-        gemv_fp8_rows<swiglu, XV>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);                                                 \
+             void* __restrict__ y, int out_f32) {                                                                                           \
+        RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                           \
+        gtc_first_chunks<swiglu, false>(w, n, k, k / 64, gate, up);                                                                         \
+        pdl_begin();                                                                                                                        \
+        gemv_fp8_rows<swiglu, XV>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);                                                      \
     }
 GEMV_FP8_KERNEL(gemv_fp8_k4096, false, 2)
 GEMV_FP8_KERNEL(gemv_fp8_k8192, false, 4)

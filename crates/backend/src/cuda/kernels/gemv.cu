@@ -141,26 +141,28 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __re
 #define GTC_AHEAD 4
 
 // This lane's 16 bytes at byte `at` + 16c of rows g and g + 8 of the sixteen from `row0` (of n
-// rows of `row_bytes`, a multiple of 16), zero past the last row or the row's end.
+// rows of `row_bytes`, a multiple of 16), zero past the last row and, where the chunk may be
+// `partial`, past the row's end.
 struct RowsChunk {
     uint4 row[2];
 };
 
+template <bool partial>
 __device__ __forceinline__ RowsChunk rows_chunk(const unsigned char* __restrict__ w, int row0, int n, int row_bytes, int at) {
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     RowsChunk chunk;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         const int row = row0 + g + 8 * half;
-        const bool inside = row < n && at + 16 * c + 16 <= row_bytes;
+        const bool inside = row < n && (!partial || at + 16 * c + 16 <= row_bytes);
         chunk.row[half] = inside ? *(const uint4*)(w + (u64)row * row_bytes + at + 16 * c) : make_uint4(0, 0, 0, 0);
     }
     return chunk;
 }
 
 // This warp's first GTC_AHEAD chunks of the block's rows (and of their up rows, n rows on, with
-// `swiglu`), of `chunks` a row.
-template <bool swiglu>
+// `swiglu`), of `chunks` a row, the last of them perhaps `partial`.
+template <bool swiglu, bool partial>
 __device__ __forceinline__ void gtc_first_chunks(const unsigned char* __restrict__ w, int n, int row_bytes, int chunks,
                                                  RowsChunk (&gate)[GTC_AHEAD], RowsChunk (&up)[GTC_AHEAD]) {
     const int warp = threadIdx.x >> 5, row0 = blockIdx.x * GTC_ROWS;
@@ -168,8 +170,8 @@ __device__ __forceinline__ void gtc_first_chunks(const unsigned char* __restrict
     for (int u = 0; u < GTC_AHEAD; u++) {
         const int chunk = warp + u * GTC_WARPS;
         if (chunk < chunks) {
-            gate[u] = rows_chunk(w, row0, n, row_bytes, 64 * chunk);
-            if (swiglu) up[u] = rows_chunk(w + (u64)n * row_bytes, row0, n, row_bytes, 64 * chunk);
+            gate[u] = rows_chunk<partial>(w, row0, n, row_bytes, 64 * chunk);
+            if (swiglu) up[u] = rows_chunk<partial>(w + (u64)n * row_bytes, row0, n, row_bytes, 64 * chunk);
         }
     }
 }
@@ -229,8 +231,8 @@ __device__ __forceinline__ void gtc_bf16_rows(const bf16* __restrict__ x, const 
             if (swiglu) bf16_chunk_product(acc[1], up[u], xv);
             const int next = chunk + GTC_AHEAD * GTC_WARPS;
             if (next < chunks) {
-                gate[u] = rows_chunk(gate_w, row0, n, row_bytes, 64 * next);
-                if (swiglu) up[u] = rows_chunk(up_w, row0, n, row_bytes, 64 * next);
+                gate[u] = rows_chunk<true>(gate_w, row0, n, row_bytes, 64 * next);
+                if (swiglu) up[u] = rows_chunk<true>(up_w, row0, n, row_bytes, 64 * next);
             }
         }
     }
@@ -238,21 +240,21 @@ __device__ __forceinline__ void gtc_bf16_rows(const bf16* __restrict__ x, const 
 
 // y[t, n] = x[t, :] · w[n, :] (or its SwiGLU, gemv_tc_swiglu) for t < t_count <= GEMV_MAX_T, on the
 // tensor cores; what `gemv` computes, summed in another order.
-#define GEMV_TC_KERNEL(name, swiglu)                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                          \
-        name(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k, void* __restrict__ y, int out_f32) {    \
-        RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                      \
-        gtc_first_chunks<swiglu>((const unsigned char*)w, n, 2 * k, (k + 31) / 32, gate, up);                                          \
-        pdl_begin();                                                                                                                   \
-        float acc[2][4] = {};                                                                                                          \
-        gtc_bf16_rows<swiglu>(x, w, t_count, n, k, gate, up, acc);                                                                     \
-        float sum[2];                                                                                                                  \
-        gtc_block_sums<swiglu>(acc, sum);                                                                                              \
-        const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T, row = blockIdx.x * GTC_ROWS + r;                    \
-        if (threadIdx.x >= GTC_ROWS * GEMV_MAX_T || row >= n || token >= t_count) return;                                              \
-        const float value = swiglu ? swiglu_of(sum[0], sum[1]) : sum[0];                                                              \
-        if (out_f32) ((float*)y)[(u64)token * n + row] = value;                                                                        \
-        else ((bf16*)y)[(u64)token * n + row] = f2bf(value);                                                                           \
+#define GEMV_TC_KERNEL(name, swiglu)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                        \
+        name(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k, void* __restrict__ y, int out_f32) { \
+        RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                    \
+        gtc_first_chunks<swiglu, true>((const unsigned char*)w, n, 2 * k, (k + 31) / 32, gate, up);                                  \
+        pdl_begin();                                                                                                                 \
+        float acc[2][4] = {};                                                                                                        \
+        gtc_bf16_rows<swiglu>(x, w, t_count, n, k, gate, up, acc);                                                                   \
+        float sum[2];                                                                                                                \
+        gtc_block_sums<swiglu>(acc, sum);                                                                                            \
+        const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T, row = blockIdx.x * GTC_ROWS + r;                   \
+        if (threadIdx.x >= GTC_ROWS * GEMV_MAX_T || row >= n || token >= t_count) return;                                            \
+        const float value = swiglu ? swiglu_of(sum[0], sum[1]) : sum[0];                                                             \
+        if (out_f32) ((float*)y)[(u64)token * n + row] = value;                                                                      \
+        else ((bf16*)y)[(u64)token * n + row] = f2bf(value);                                                                         \
     }
 GEMV_TC_KERNEL(gemv_tc, false)
 GEMV_TC_KERNEL(gemv_tc_swiglu, true)
