@@ -1198,7 +1198,7 @@ pub struct AttentionArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{gemv_k_split, moe_gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
+    use super::{gemv_k_split, gemv_on_tensor_cores, moe_gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
     use crate::cuda::compile::SOURCES;
 
     /// Under programmatic dependent launch a kernel is only ordered after the launch before it by
@@ -1353,6 +1353,19 @@ mod tests {
         assert_eq!(gemv_k_split(5120, 2048, 132), 1);
         assert_eq!(gemv_k_split(64, 576, 132), 2);
         assert_eq!(gemv_k_split(64, 256, 132), 1);
+    }
+
+    #[test]
+    fn many_row_bf16_gemvs_run_on_the_tensor_cores_few_row_ones_a_warp_a_row() {
+        // Llama-3.1-8B's output projection and qwen3-30b-a3b's (2,048 rows: 128 blocks of 16) on
+        // 132 multiprocessors; 1,056 rows are the first to reach 66 blocks.
+        assert!(gemv_on_tensor_cores(4096, 132));
+        assert!(gemv_on_tensor_cores(2048, 132));
+        assert!(gemv_on_tensor_cores(1056, 132));
+        // Routers' gates (qwen3-30b-a3b's 128, DeepSeek-V3's 256 rows) and 1,040 rows (65 blocks).
+        assert!(!gemv_on_tensor_cores(128, 132));
+        assert!(!gemv_on_tensor_cores(256, 132));
+        assert!(!gemv_on_tensor_cores(1040, 132));
     }
 
     #[test]
