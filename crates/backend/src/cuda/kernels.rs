@@ -76,10 +76,8 @@ pub struct Kernels {
     attention_combine: Kernel,
     sample_tokens: Kernel,
     gemv: Kernel,
-    /// gemv.cu's tensor-core bf16 GEMV, without and with the SwiGLU, and its deep form (more
-    /// chunks in flight a warp) for weights of too few rows to fill the multiprocessors.
+    /// gemv.cu's tensor-core bf16 GEMV, without and with the SwiGLU.
     gemv_tc: (Kernel, Kernel),
-    gemv_tc_deep: (Kernel, Kernel),
     preset_fill: Kernel,
     amax_bf16: Kernel,
     quantize_fp8: Kernel,
@@ -374,7 +372,6 @@ impl Kernels {
             sample_tokens: get("sample_tokens")?,
             gemv: get("gemv")?,
             gemv_tc: (get("gemv_tc")?, get("gemv_tc_swiglu")?),
-            gemv_tc_deep: (get("gemv_tc_deep")?, get("gemv_tc_deep_swiglu")?),
             preset_fill: get("preset_fill")?,
             amax_bf16: get("amax_bf16")?,
             quantize_fp8: get("quantize_fp8")?,
@@ -1060,9 +1057,7 @@ impl Kernels {
             let kernel = Kernel { shared: fp8_gemv_codes_bytes(t, k) as u32, ..kernel };
             self.launch(gpu, kernel, ((n as u32).div_ceil(GTC_ROWS), 1, 1), GTC_THREADS, args)
         } else if gemv_on_tensor_cores(n, gpu.info.multiprocessors as usize) {
-            // At most one block a multiprocessor: each warp keeps more chunks in flight.
-            let pair = if n.div_ceil(GTC_ROWS as usize) <= gpu.info.multiprocessors as usize { self.gemv_tc_deep } else { self.gemv_tc };
-            let kernel = if swiglu { pair.1 } else { pair.0 };
+            let kernel = if swiglu { self.gemv_tc.1 } else { self.gemv_tc.0 };
             self.launch(gpu, kernel, ((n as u32).div_ceil(GTC_ROWS), 1, 1), GTC_THREADS, args)
         } else {
             let k_split = gemv_k_split(n, k, gpu.info.multiprocessors as usize);

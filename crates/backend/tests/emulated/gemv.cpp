@@ -5,7 +5,7 @@
 // warps sharing each weight row, against double-precision products, and with its fused SwiGLU
 // and clamped SwiGLU against the plain product through silu_mul and clamped_swiglu, bit for bit,
 // over slots routed to experts with and without biases; and the same for the tensor-core GEMV
-// (gemv_tc, gemv_tc_deep and their SwiGLU forms), whose blocks take 16 rows, over rows of 96 and 1,000 values (a
+// (gemv_tc and gemv_tc_swiglu), whose blocks take 16 rows, over rows of 96 and 1,000 values (a
 // last chunk of 8) and 80 outputs (a partial block of the 40 gate rows). Exits non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
@@ -66,22 +66,20 @@ int main() {
     int failures = 0;
     for (int k : {96, 1000})
         for (int t : {1, 2, 4})
-            for (int split : {-1, 0, 1, 2, 4, 8}) {
-            // split 0: gemv_tc, -1: gemv_tc_deep, 16 rows a block, over 80 outputs (a partial block
-            // of the 40 gate rows).
-            const int n = split > 0 ? 48 : 80, f = n / 2;
-            const unsigned rows_per_block = split > 0 ? 8 / split : GTC_ROWS;
+            for (int split : {0, 1, 2, 4, 8}) {
+            // split 0: gemv_tc, 16 rows a block, over 80 outputs (a partial block of the 40 gate rows).
+            const int n = split ? 48 : 80, f = n / 2;
+            const unsigned rows_per_block = split ? 8 / split : GTC_ROWS;
             std::vector<bf16> x(t * k), w(n * k);
             for (auto& v : x) v = f2bf(rng.next());
             for (auto& v : w) v = f2bf(rng.next() / sqrtf((float)k));
             std::vector<bf16> y(t * n, 0xffff), fused(t * f, 0xffff), activated(t * f, 0xffff);
-            if (split > 0) {
+            if (split) {
                 launch(gemv, {(n + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, n, k, (void*)y.data(), 0, 0, split);
                 launch(gemv, {(f + rows_per_block - 1) / rows_per_block}, 256, x.data(), w.data(), t, f, k, (void*)fused.data(), 0, 1, split);
             } else {
-                launch(split ? gemv_tc_deep : gemv_tc, {(n + rows_per_block - 1) / rows_per_block}, GTC_THREADS, x.data(), w.data(), t, n, k,
-                       (void*)y.data(), 0);
-                launch(split ? gemv_tc_deep_swiglu : gemv_tc_swiglu, {(f + rows_per_block - 1) / rows_per_block}, GTC_THREADS, x.data(), w.data(), t, f, k, (void*)fused.data(),
+                launch(gemv_tc, {(n + rows_per_block - 1) / rows_per_block}, GTC_THREADS, x.data(), w.data(), t, n, k, (void*)y.data(), 0);
+                launch(gemv_tc_swiglu, {(f + rows_per_block - 1) / rows_per_block}, GTC_THREADS, x.data(), w.data(), t, f, k, (void*)fused.data(),
                        0);
             }
             launch(silu_mul, {1, (unsigned)t}, 256, y.data(), (const float*)nullptr, f, activated.data());
@@ -95,9 +93,7 @@ int main() {
             int differ = 0;
             for (int i = 0; i < t * f; i++) differ += fused[i] != activated[i];
             const bool ok = worst <= 8e-3 && differ == 0;
-            char kind[32];
-            snprintf(kind, sizeof kind, split > 0 ? "%d warps a row" : split ? "tensor cores, deep" : "tensor cores", split);
-            printf("%d rows of %4d, %s: GEMV within %.1e relative, %d fused SwiGLU values differ%s\n", t, k, kind, worst, differ,
+            printf("%d rows of %4d, %d warps a row (0: tensor cores): GEMV within %.1e relative, %d fused SwiGLU values differ%s\n", t, k, split, worst, differ,
                    ok ? "" : "  FAILED");
             failures += !ok;
         }

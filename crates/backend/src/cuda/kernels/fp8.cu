@@ -196,7 +196,7 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
         name(const bf16* __restrict__ x, const unsigned char* __restrict__ w, const float* __restrict__ w_scale, int t_count, int n, int k, \
              void* __restrict__ y, int out_f32) {                                                                                           \
         RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                           \
-        gtc_first_chunks<swiglu, false, GTC_AHEAD>(w, n, k, k / 64, gate, up);                                                                         \
+        gtc_first_chunks<swiglu, false>(w, n, k, k / 64, gate, up);                                                                         \
         pdl_begin();                                                                                                                        \
         gemv_fp8_rows<swiglu, XV>(x, w, w_scale, t_count, n, k, y, out_f32, gate, up);                                                      \
     }

@@ -128,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __re
 // The tensor-core GEMV, for weights of many rows (bf16 here, FP8 in fp8.cu): a block takes
 // GTC_ROWS weight rows as the A operand of mma.sync (m16n8k16 for bf16, m16n8k32 for E4M3; f32
 // sums), the tokens as B's columns (the rest zero). Its GTC_WARPS warps share out the rows'
-// chunks of 64 bytes, each lane reading 16 bytes of two rows (rows_chunk), AHEAD chunks in
+// chunks of 64 bytes, each lane reading 16 bytes of two rows (rows_chunk), GTC_AHEAD chunks in
 // flight a warp; the first of them are loaded before pdl_begin (the weights never change), so they
 // arrive while the launch before finishes. A product is the same under any order of k taken alike
 // by both operands, so a lane's 16 bytes of a chunk are dealt to the mma steps as it loaded them,
@@ -138,10 +138,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const bf16* __re
 #define GTC_ROWS 16
 #define GTC_THREADS 256
 #define GTC_WARPS (GTC_THREADS / 32)
-// Chunks in flight a warp: GTC_AHEAD, or GTC_AHEAD_DEEP where the blocks are too few to fill the
-// multiprocessors (one block an SM at most, so its registers cost no residency).
 #define GTC_AHEAD 4
-#define GTC_AHEAD_DEEP 8
 
 // This lane's 16 bytes at byte `at` + 16c of rows g and g + 8 of the sixteen from `row0` (of n
 // rows of `row_bytes`, a multiple of 16), zero past the last row and, where the chunk may be
@@ -163,14 +160,14 @@ __device__ __forceinline__ RowsChunk rows_chunk(const unsigned char* __restrict_
     return chunk;
 }
 
-// This warp's first AHEAD chunks of the block's rows (and of their up rows, n rows on, with
+// This warp's first GTC_AHEAD chunks of the block's rows (and of their up rows, n rows on, with
 // `swiglu`), of `chunks` a row, the last of them perhaps `partial`.
-template <bool swiglu, bool partial, int AHEAD>
+template <bool swiglu, bool partial>
 __device__ __forceinline__ void gtc_first_chunks(const unsigned char* __restrict__ w, int n, int row_bytes, int chunks,
-                                                 RowsChunk (&gate)[AHEAD], RowsChunk (&up)[AHEAD]) {
+                                                 RowsChunk (&gate)[GTC_AHEAD], RowsChunk (&up)[GTC_AHEAD]) {
     const int warp = threadIdx.x >> 5, row0 = blockIdx.x * GTC_ROWS;
 #pragma unroll
-    for (int u = 0; u < AHEAD; u++) {
+    for (int u = 0; u < GTC_AHEAD; u++) {
         const int chunk = warp + u * GTC_WARPS;
         if (chunk < chunks) {
             gate[u] = rows_chunk<partial>(w, row0, n, row_bytes, 64 * chunk);
@@ -215,24 +212,24 @@ __device__ __forceinline__ void bf16_chunk_product(float (&acc)[4], const RowsCh
 
 // The bf16 rows' sums after pdl_begin, from the first chunks in flight: tokens g < t_count of x
 // (rows of k values, k % 8 == 0; a chunk is 32 of them).
-template <bool swiglu, int AHEAD>
+template <bool swiglu>
 __device__ __forceinline__ void gtc_bf16_rows(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k,
-                                              RowsChunk (&gate)[AHEAD], RowsChunk (&up)[AHEAD], float (&acc)[2][4]) {
+                                              RowsChunk (&gate)[GTC_AHEAD], RowsChunk (&up)[GTC_AHEAD], float (&acc)[2][4]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int row0 = blockIdx.x * GTC_ROWS, chunks = (k + 31) / 32, row_bytes = 2 * k;
     const unsigned char* gate_w = (const unsigned char*)w;
     const unsigned char* up_w = gate_w + (u64)n * row_bytes;
     const bf16* my_x = g < t_count ? x + (u64)g * k : nullptr;
-    for (int first = warp; first < chunks; first += AHEAD * GTC_WARPS) {
+    for (int first = warp; first < chunks; first += GTC_AHEAD * GTC_WARPS) {
 #pragma unroll
-        for (int u = 0; u < AHEAD; u++) {
+        for (int u = 0; u < GTC_AHEAD; u++) {
             const int chunk = first + u * GTC_WARPS;
             if (chunk >= chunks) break;
             const int at = 32 * chunk + 8 * c;
             const uint4 xv = my_x && at + 8 <= k ? *(const uint4*)(my_x + at) : make_uint4(0, 0, 0, 0);
             bf16_chunk_product(acc[0], gate[u], xv);
             if (swiglu) bf16_chunk_product(acc[1], up[u], xv);
-            const int next = chunk + AHEAD * GTC_WARPS;
+            const int next = chunk + GTC_AHEAD * GTC_WARPS;
             if (next < chunks) {
                 gate[u] = rows_chunk<true>(gate_w, row0, n, row_bytes, 64 * next);
                 if (swiglu) up[u] = rows_chunk<true>(up_w, row0, n, row_bytes, 64 * next);
@@ -241,17 +238,16 @@ __device__ __forceinline__ void gtc_bf16_rows(const bf16* __restrict__ x, const 
     }
 }
 
-// y[t, n] = x[t, :] · w[n, :] (or its SwiGLU, the _swiglu kernels) for t < t_count <= GEMV_MAX_T,
-// on the tensor cores; what `gemv` computes, summed in another order. The _deep kernels keep
-// GTC_AHEAD_DEEP chunks in flight a warp.
-#define GEMV_TC_KERNEL(name, swiglu, AHEAD)                                                                                                 \
+// y[t, n] = x[t, :] · w[n, :] (or its SwiGLU, gemv_tc_swiglu) for t < t_count <= GEMV_MAX_T, on the
+// tensor cores; what `gemv` computes, summed in another order.
+#define GEMV_TC_KERNEL(name, swiglu)                                                                                                 \
     extern "C" __global__ void __launch_bounds__(GTC_THREADS)                                                                        \
         name(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k, void* __restrict__ y, int out_f32) { \
-        RowsChunk gate[AHEAD], up[AHEAD];                                                                                    \
-        gtc_first_chunks<swiglu, true, AHEAD>((const unsigned char*)w, n, 2 * k, (k + 31) / 32, gate, up);                                  \
+        RowsChunk gate[GTC_AHEAD], up[GTC_AHEAD];                                                                                    \
+        gtc_first_chunks<swiglu, true>((const unsigned char*)w, n, 2 * k, (k + 31) / 32, gate, up);                                  \
         pdl_begin();                                                                                                                 \
         float acc[2][4] = {};                                                                                                        \
-        gtc_bf16_rows<swiglu, AHEAD>(x, w, t_count, n, k, gate, up, acc);                                                                   \
+        gtc_bf16_rows<swiglu>(x, w, t_count, n, k, gate, up, acc);                                                                   \
         float sum[2];                                                                                                                \
         gtc_block_sums<swiglu>(acc, sum);                                                                                            \
         const int r = threadIdx.x / GEMV_MAX_T, token = threadIdx.x % GEMV_MAX_T, row = blockIdx.x * GTC_ROWS + r;                   \
@@ -260,7 +256,5 @@ __device__ __forceinline__ void gtc_bf16_rows(const bf16* __restrict__ x, const 
         if (out_f32) ((float*)y)[(u64)token * n + row] = value;                                                                      \
         else ((bf16*)y)[(u64)token * n + row] = f2bf(value);                                                                         \
     }
-GEMV_TC_KERNEL(gemv_tc, false, GTC_AHEAD)
-GEMV_TC_KERNEL(gemv_tc_swiglu, true, GTC_AHEAD)
-GEMV_TC_KERNEL(gemv_tc_deep, false, GTC_AHEAD_DEEP)
-GEMV_TC_KERNEL(gemv_tc_deep_swiglu, true, GTC_AHEAD_DEEP)
+GEMV_TC_KERNEL(gemv_tc, false)
+GEMV_TC_KERNEL(gemv_tc_swiglu, true)
