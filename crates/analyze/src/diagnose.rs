@@ -73,6 +73,10 @@ pub const ALLOC_CALLS_PER_STEP: f64 = 1.0;
 pub const ALLOC_CALLS_PER_SECOND: f64 = 100.0;
 /// Host allocations per iteration above this are churn.
 pub const HOST_ALLOCS_PER_ITERATION: f64 = 1000.0;
+/// Every device busy at least this share of its steady steps: the host paced none of them, so
+/// its allocations cost no throughput in this run. It shapes evidence, not a finding, so it is
+/// not in [`THRESHOLDS`].
+pub const HOST_PACES_NOTHING_BUSY: f64 = 0.95;
 /// A mixture-of-experts run whose busiest expert takes at least this many times the load a
 /// balanced spread would give it (⌈assignments / experts⌉)
 /// (weighted over layers and iterations) is imbalanced.
@@ -1305,6 +1309,14 @@ fn allocation_churn(f: &Facts) -> Outcome {
     }
     if let Some(per_iteration) = host.as_ref().ok().copied().filter(|&per| per > HOST_ALLOCS_PER_ITERATION) {
         evidence.push(format!("{per_iteration:.0} host allocations per iteration"));
+        let least_busy = steady_busy(f.a).and_then(|devices| devices.iter().map(|d| d.share).reduce(f64::min));
+        if let Some(least_busy) = least_busy.filter(|&share| explained_ns == 0 && share >= HOST_PACES_NOTHING_BUSY) {
+            evidence.push(format!(
+                "every GPU was busy at least {} of its steady steps, so the host paced none of them: these allocations \
+                 cost throughput only in runs the host paces (small steps, a slower host)",
+                text::percent(least_busy)
+            ));
+        }
     }
     if evidence.is_empty() {
         return Outcome::NotFound;
@@ -1833,6 +1845,31 @@ mod tests {
 
         trace.api_calls.retain(|c| c.name != "cudaMalloc" && c.name != "cudaFree");
         assert!(diagnosis(&trace).not_found.contains(&ALLOCATION_CHURN));
+    }
+
+    #[test]
+    fn host_allocations_on_a_busy_gpu_say_the_host_paced_nothing() {
+        let allocations = |count| lumen_trace::model::AllocationRow {
+            iteration: 0,
+            count,
+            bytes: 64 * count,
+            frees: count,
+            kv_blocks_allocated: 0,
+            kv_blocks_freed: 0,
+        };
+        // 10 steps of 1 ms kernels with 20 µs gaps: 98% busy.
+        let mut busy = sync_then_host_work(1_000_000, 0);
+        busy.api_calls.retain(|c| c.name != "cudaDeviceSynchronize");
+        busy.allocations = vec![allocations(2_000)];
+        let f = finding(&diagnosis(&busy), ALLOCATION_CHURN).cloned().expect("2,000 host allocations an iteration");
+        assert_eq!(f.evidence[0], "2000 host allocations per iteration");
+        assert!(f.evidence.get(1).is_some_and(|e| e.contains("the host paced none of them")), "{:?}", f.evidence);
+
+        // 1 ms kernels then 5 ms of host work: the host paces the GPU, and no such line.
+        let mut paced = sync_then_host_work(1_000_000, 5_000_000);
+        paced.allocations = vec![allocations(2_000)];
+        let f = finding(&diagnosis(&paced), ALLOCATION_CHURN).cloned().expect("2,000 host allocations an iteration");
+        assert_eq!(f.evidence, ["2000 host allocations per iteration"]);
     }
 
     #[test]
