@@ -373,8 +373,7 @@ extern "C" __global__ void silu_mul_fp8(const bf16* __restrict__ gate_up, const 
     for (int it = 0; it < SILU_ITEMS; it++) {
         const int i = threadIdx.x + it * blockDim.x;
         if (i < f / 8)
-            ((uint2*)(codes + t * f))[i] = make_uint2(quantize4_bits(make_uint2(v[it].x, v[it].y), divisor),
-                                                      quantize4_bits(make_uint2(v[it].z, v[it].w), divisor));
+            ((uint2*)(codes + t * f))[i] = quantize8_bits(v[it], divisor);
     }
 }
 

@@ -95,7 +95,8 @@ __device__ __forceinline__ void fp8_chunk_product(float (&acc)[4], const RowsChu
 // / 448), into token_scale, and its codes, as quantize8 makes them, into `codes` (t_count rows of
 // F8G_CODES_STRIDE(k) bytes). A thread loads its XV groups of eight values of a token at once and
 // keeps them for the codes, so each row is read once, all its loads in flight together
-// (k <= 8 · XV · GTC_THREADS).
+// (k <= 8 · XV · GTC_THREADS). Each token's warp maxima get slots of their own, so one barrier a
+// token does where block_max takes two.
 template <int XV>
 __device__ __forceinline__ void gemv_fp8_token_codes(const bf16* __restrict__ x, int t_count, int k, unsigned char* __restrict__ codes,
                                                      float* __restrict__ token_scale) {
@@ -130,7 +131,7 @@ __device__ __forceinline__ void gemv_fp8_token_codes(const bf16* __restrict__ x,
 #pragma unroll
         for (int j = 0; j < XV; j++) {
             const int i = threadIdx.x + j * GTC_THREADS;
-            if (i < groups) out[i] = make_uint2(quantize4_bits(make_uint2(v[j].x, v[j].y), divisor), quantize4_bits(make_uint2(v[j].z, v[j].w), divisor));
+            if (i < groups) out[i] = quantize8_bits(v[j], divisor);
         }
     }
     __syncthreads();
@@ -151,23 +152,12 @@ __device__ __forceinline__ void gemv_fp8_rows(const bf16* __restrict__ x, const 
     // This lane's token's codes (g, when a real one).
     const unsigned char* my_codes = g < t_count ? codes + g * stride : nullptr;
     float acc[2][4] = {};
-    for (int first = warp; first < chunks; first += GTC_AHEAD * GTC_WARPS) {
-#pragma unroll
-        for (int u = 0; u < GTC_AHEAD; u++) {
-            const int chunk = first + u * GTC_WARPS;
-            if (chunk >= chunks) break;
-            const uint4 v = my_codes ? *(const uint4*)(my_codes + 64 * chunk + 16 * c) : make_uint4(0, 0, 0, 0);
-            const u32 b[4] = {v.x, v.y, v.z, v.w};
-            fp8_chunk_product(acc[0], gate[u], b);
-            if (swiglu) fp8_chunk_product(acc[1], up[u], b);
-            // This slot's next chunk, GTC_AHEAD · GTC_WARPS on.
-            const int next = chunk + GTC_AHEAD * GTC_WARPS;
-            if (next < chunks) {
-                gate[u] = rows_chunk<false>(w, row0, n, k, 64 * next);
-                if (swiglu) up[u] = rows_chunk<false>(up_w, row0, n, k, 64 * next);
-            }
-        }
-    }
+    gtc_walk_chunks<swiglu, false>(w, n, k, chunks, gate, up, [&](int chunk, const RowsChunk& gate_rows, const RowsChunk& up_rows) {
+        const uint4 v = my_codes ? *(const uint4*)(my_codes + 64 * chunk + 16 * c) : make_uint4(0, 0, 0, 0);
+        const u32 b[4] = {v.x, v.y, v.z, v.w};
+        fp8_chunk_product(acc[0], gate_rows, b);
+        if (swiglu) fp8_chunk_product(acc[1], up_rows, b);
+    });
     if (k % 64 != 0 && warp == chunks % GTC_WARPS) {
         const int at = 64 * chunks;
         const u32 b0 = my_codes ? *(const u32*)(my_codes + at + 4 * c) : 0u, b1 = my_codes ? *(const u32*)(my_codes + at + 16 + 4 * c) : 0u;

@@ -176,6 +176,29 @@ __device__ __forceinline__ void gtc_first_chunks(const unsigned char* __restrict
     }
 }
 
+// Walks this warp's chunks of the block's rows from the first ones in flight: hands each chunk (its
+// index, the gate rows' and the up rows') to `product`, then loads the chunk GTC_AHEAD · GTC_WARPS
+// on into its slot, so that GTC_AHEAD chunks stay in flight.
+template <bool swiglu, bool partial, typename Product>
+__device__ __forceinline__ void gtc_walk_chunks(const unsigned char* __restrict__ w, int n, int row_bytes, int chunks,
+                                                RowsChunk (&gate)[GTC_AHEAD], RowsChunk (&up)[GTC_AHEAD], Product product) {
+    const int warp = threadIdx.x >> 5, row0 = blockIdx.x * GTC_ROWS;
+    const unsigned char* up_w = w + (u64)n * row_bytes;
+    for (int first = warp; first < chunks; first += GTC_AHEAD * GTC_WARPS) {
+#pragma unroll
+        for (int u = 0; u < GTC_AHEAD; u++) {
+            const int chunk = first + u * GTC_WARPS;
+            if (chunk >= chunks) break;
+            product(chunk, gate[u], up[u]);
+            const int next = chunk + GTC_AHEAD * GTC_WARPS;
+            if (next < chunks) {
+                gate[u] = rows_chunk<partial>(w, row0, n, row_bytes, 64 * next);
+                if (swiglu) up[u] = rows_chunk<partial>(up_w, row0, n, row_bytes, 64 * next);
+            }
+        }
+    }
+}
+
 // The block's sums of row r for token t (gate and up halves), for thread r · GEMV_MAX_T + t below
 // GTC_ROWS · GEMV_MAX_T: the warps' mma sums (acc: D[g][2c], D[g][2c + 1], D[g + 8][2c],
 // D[g + 8][2c + 1], rows then tokens) added in warp order. Every thread of the block calls it.
@@ -215,27 +238,15 @@ __device__ __forceinline__ void bf16_chunk_product(float (&acc)[4], const RowsCh
 template <bool swiglu>
 __device__ __forceinline__ void gtc_bf16_rows(const bf16* __restrict__ x, const bf16* __restrict__ w, int t_count, int n, int k,
                                               RowsChunk (&gate)[GTC_AHEAD], RowsChunk (&up)[GTC_AHEAD], float (&acc)[2][4]) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int row0 = blockIdx.x * GTC_ROWS, chunks = (k + 31) / 32, row_bytes = 2 * k;
-    const unsigned char* gate_w = (const unsigned char*)w;
-    const unsigned char* up_w = gate_w + (u64)n * row_bytes;
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const bf16* my_x = g < t_count ? x + (u64)g * k : nullptr;
-    for (int first = warp; first < chunks; first += GTC_AHEAD * GTC_WARPS) {
-#pragma unroll
-        for (int u = 0; u < GTC_AHEAD; u++) {
-            const int chunk = first + u * GTC_WARPS;
-            if (chunk >= chunks) break;
-            const int at = 32 * chunk + 8 * c;
-            const uint4 xv = my_x && at + 8 <= k ? *(const uint4*)(my_x + at) : make_uint4(0, 0, 0, 0);
-            bf16_chunk_product(acc[0], gate[u], xv);
-            if (swiglu) bf16_chunk_product(acc[1], up[u], xv);
-            const int next = chunk + GTC_AHEAD * GTC_WARPS;
-            if (next < chunks) {
-                gate[u] = rows_chunk<true>(gate_w, row0, n, row_bytes, 64 * next);
-                if (swiglu) up[u] = rows_chunk<true>(up_w, row0, n, row_bytes, 64 * next);
-            }
-        }
-    }
+    gtc_walk_chunks<swiglu, true>((const unsigned char*)w, n, 2 * k, (k + 31) / 32, gate, up,
+                                  [&](int chunk, const RowsChunk& gate_rows, const RowsChunk& up_rows) {
+                                      const int at = 32 * chunk + 8 * c;
+                                      const uint4 xv = my_x && at + 8 <= k ? *(const uint4*)(my_x + at) : make_uint4(0, 0, 0, 0);
+                                      bf16_chunk_product(acc[0], gate_rows, xv);
+                                      if (swiglu) bf16_chunk_product(acc[1], up_rows, xv);
+                                  });
 }
 
 // y[t, n] = x[t, :] · w[n, :] (or its SwiGLU, gemv_tc_swiglu) for t < t_count <= GEMV_MAX_T, on the

@@ -256,6 +256,11 @@ __device__ __forceinline__ u32 quantize4_bits(uint2 v, Fp8Divisor d) {
     return f32x2_to_e4m3x2(d.of(f1), d.of(f0)) | (f32x2_to_e4m3x2(d.of(f3), d.of(f2)) << 16);
 }
 
+// Eight bf16 values packed in four words (a 16-byte load) as quantize4_bits codes them, low to high.
+__device__ __forceinline__ uint2 quantize8_bits(uint4 v, Fp8Divisor d) {
+    return make_uint2(quantize4_bits(make_uint2(v.x, v.y), d), quantize4_bits(make_uint2(v.z, v.w), d));
+}
+
 // Four consecutive bf16 values (one 8-byte load) as quantize4_bits codes them.
 __device__ __forceinline__ u32 quantize4(const bf16* __restrict__ x, Fp8Divisor d) { return quantize4_bits(*(const uint2*)x, d); }
 
