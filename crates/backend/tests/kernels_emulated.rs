@@ -113,7 +113,7 @@ fn latent_attention_kernels_match_a_double_precision_reference() {
 }
 
 #[test]
-fn moe_routing_matches_the_cpu_rule_and_counts_only_real_tokens() {
+fn moe_routing_matches_the_cpu_rule_counts_only_real_tokens_and_both_route_kernels_agree() {
     run_check("route");
 }
 

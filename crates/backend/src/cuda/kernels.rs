@@ -56,6 +56,7 @@ pub struct Kernels {
     add_bias: Kernel,
     gather_rows: Kernel,
     moe_route: Kernel,
+    moe_route_ranked: Kernel,
     moe_combine: Kernel,
     moe_gemv: Kernel,
     moe_align: Kernel,
@@ -209,6 +210,14 @@ pub fn gemv_on_tensor_cores(n: usize, multiprocessors: usize) -> bool {
     2 * n.div_ceil(GTC_ROWS as usize) >= multiprocessors
 }
 
+/// Whether a step of `tokens` is routed a block a token (moe.cu's `moe_route_ranked`, every
+/// expert ranked at once) rather than a warp a token (`moe_route`, k arg-max rounds one after
+/// another): while the tokens are at most one a multiprocessor, where `moe_route`'s few warps leave
+/// the GPU waiting on their rounds. Both route bit for bit alike.
+pub fn route_ranked(tokens: usize, multiprocessors: usize) -> bool {
+    tokens <= multiprocessors
+}
+
 /// How many warps of the bf16 `gemv` share each of `n` rows of `k` values on a GPU of
 /// `multiprocessors`: doubled from 1 (up to 8, a block's warps) while the blocks would not cover
 /// the multiprocessors and each warp keeps at least 32 groups of 8 values (one 16-byte load a
@@ -343,6 +352,7 @@ impl Kernels {
             add_bias: get("add_bias")?,
             gather_rows: get("gather_rows")?,
             moe_route: get("moe_route")?,
+            moe_route_ranked: get("moe_route_ranked")?,
             moe_combine: get("moe_combine")?,
             moe_gemv: get("moe_gemv")?,
             moe_align: get("moe_align")?,
@@ -635,14 +645,12 @@ impl Kernels {
             "moe_route: keeping {topk_group} of {n_group} expert groups over {experts} experts, expected 1 ≤ kept ≤ groups ≤ {MOE_MAX_GROUPS} \
              and groups dividing the experts"
         );
-        let args = Args::default()
-            .ptr(logits)
-            .ptr(router_bias)
-            .ptr(bias)
-            .ptr(correction)
-            .i32(n_group as i32)
-            .i32(topk_group as i32)
-            .i32(tokens as i32)
+        let ranked = route_ranked(tokens, gpu.info.multiprocessors as usize);
+        let mut args = Args::default().ptr(logits).ptr(router_bias).ptr(bias).ptr(correction).i32(n_group as i32).i32(topk_group as i32);
+        if !ranked {
+            args = args.i32(tokens as i32);
+        }
+        let args = args
             .i32(experts as i32)
             .i32(k as i32)
             .i32(method as i32)
@@ -651,6 +659,9 @@ impl Kernels {
             .ptr(out_experts)
             .ptr(out_weights)
             .ptr(load);
+        if ranked {
+            return self.launch(gpu, self.moe_route_ranked, (tokens as u32, 1, 1), ROW_THREADS, args);
+        }
         let tokens_per_block = ROW_THREADS / 32;
         self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(tokens_per_block), 1, 1), ROW_THREADS, args)
     }
@@ -1198,7 +1209,7 @@ pub struct AttentionArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{gemv_k_split, gemv_on_tensor_cores, moe_gemv_k_split, moe_max_tiles, MOE_TILE_ROWS};
+    use super::{gemv_k_split, gemv_on_tensor_cores, moe_gemv_k_split, moe_max_tiles, route_ranked, MOE_TILE_ROWS};
     use crate::cuda::compile::SOURCES;
 
     /// Under programmatic dependent launch a kernel is only ordered after the launch before it by
@@ -1366,6 +1377,16 @@ mod tests {
         assert!(!gemv_on_tensor_cores(128, 132));
         assert!(!gemv_on_tensor_cores(256, 132));
         assert!(!gemv_on_tensor_cores(1040, 132));
+    }
+
+    #[test]
+    fn steps_of_at_most_a_token_a_multiprocessor_are_routed_a_block_a_token() {
+        // Batch-1 decode, and a decode batch of one token a multiprocessor on 132.
+        assert!(route_ranked(1, 132));
+        assert!(route_ranked(132, 132));
+        // One more token, and a prefill chunk: a warp a token.
+        assert!(!route_ranked(133, 132));
+        assert!(!route_ranked(8192, 132));
     }
 
     #[test]

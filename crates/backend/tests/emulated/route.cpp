@@ -1,9 +1,10 @@
-// moe_route against the CPU's routing rule (crates/model/src/moe.rs, written again here): for
-// every method (Default, Renormalize, RenormalizeNaive, Llama4, DeepSeekV3 with and without its
-// group limit and correction bias), with the router's bias and the planted Zipf skew, and an
-// exact tie among the logits, the experts must be the same, best first, the weights within 1e-5,
-// and the load must count the real tokens' choices only (the rows after them are a replayed
-// graph's padding). Exits non-zero on any difference.
+// moe_route and moe_route_ranked against the CPU's routing rule (crates/model/src/moe.rs, written
+// again here): for every method (Default, Renormalize, RenormalizeNaive, Llama4, DeepSeekV3 with
+// and without its group limit and correction bias), with the router's bias and the planted Zipf
+// skew, and exact ties among the logits and among the group scores, the experts must be the same,
+// best first, the weights within 1e-5, and the load must count the real tokens' choices only (the
+// rows after them are a replayed graph's padding). The two kernels must agree bit for bit, since
+// the launcher picks between them by the step's token count. Exits non-zero on any difference.
 #include "emu.h"
 #include "kernels.cu"
 #include <numeric>
@@ -25,7 +26,8 @@ int main() {
         {16, 4, 0, 1, 1, true, true, false},  {60, 4, 0, 1, 1, false, false, false}, {32, 4, 1, 1, 1, true, false, false},
         {128, 8, 2, 1, 1, false, true, false}, {64, 2, 3, 1, 1, false, false, false}, {16, 4, 4, 4, 2, false, false, true},
         {256, 8, 4, 8, 4, false, false, true}, {64, 6, 4, 1, 1, false, false, false}, {256, 8, 4, 8, 4, false, true, true},
-        {20, 3, 4, 20, 3, false, false, true}, {64, 6, 4, 4, 4, false, false, true},
+        {20, 3, 4, 20, 3, false, false, true}, {64, 6, 4, 4, 4, false, false, true},   {512, 16, 2, 1, 1, true, true, false},
+        {512, 16, 4, 32, 7, false, true, true},  {64, 6, 4, 8, 3, false, false, false}, {128, 8, 2, 1, 1, false, false, false},
     };
     Rng rng{777};
     int failures = 0;
@@ -35,7 +37,11 @@ int main() {
         std::vector<float> logits(tokens * c.experts), zipf(c.experts);
         std::vector<bf16> router_bias(c.experts), correction(c.experts);
         for (float& x : logits) x = 3.f * rng.next();
-        logits[5] = logits[6];
+        // Token 0's two best logits tie; token 1's row repeats its first group (its first half with one
+        // group), so that every group scores alike and each expert ties with its peers in the others.
+        logits[5] = logits[6] = 10.f;
+        const int repeat = c.n_group > 1 ? c.experts / c.n_group : c.experts / 2;
+        for (int e = repeat; e < c.experts; e++) logits[c.experts + e] = logits[c.experts + e % repeat];
         for (int e = 0; e < c.experts; e++) {
             zipf[e] = -1.2f * logf(e + 1.f);
             router_bias[e] = f2bf(0.5f * rng.next());
@@ -44,9 +50,17 @@ int main() {
         std::vector<u32> experts(tokens * c.k, 999), load(c.experts, 0), want_load(c.experts, 0);
         std::vector<float> weights(tokens * c.k, NAN);
         const float scale = c.method == 4 ? 2.5f : 1.f;
-        launch(moe_route, {(unsigned)(tokens + 7) / 8}, 256, logits.data(), c.router_bias ? router_bias.data() : nullptr,
-               c.zipf ? zipf.data() : nullptr, c.correction ? correction.data() : nullptr, c.n_group, c.topk_group, tokens, c.experts, c.k,
-               c.method, scale, &real_tokens, experts.data(), weights.data(), load.data());
+        const bf16* router_bias_given = c.router_bias ? router_bias.data() : nullptr;
+        const float* zipf_given = c.zipf ? zipf.data() : nullptr;
+        const bf16* correction_given = c.correction ? correction.data() : nullptr;
+        launch(moe_route, {(unsigned)(tokens + 7) / 8}, 256, logits.data(), router_bias_given, zipf_given, correction_given, c.n_group,
+               c.topk_group, tokens, c.experts, c.k, c.method, scale, &real_tokens, experts.data(), weights.data(), load.data());
+        std::vector<u32> ranked_experts(tokens * c.k, 999), ranked_load(c.experts, 0);
+        std::vector<float> ranked_weights(tokens * c.k, NAN);
+        launch(moe_route_ranked, {(unsigned)tokens}, 256, logits.data(), router_bias_given, zipf_given, correction_given, c.n_group,
+               c.topk_group, c.experts, c.k, c.method, scale, &real_tokens, ranked_experts.data(), ranked_weights.data(), ranked_load.data());
+        const bool alike = ranked_experts == experts && ranked_load == load &&
+                           memcmp(ranked_weights.data(), weights.data(), weights.size() * sizeof(float)) == 0;
         int differ = 0;
         double weight_error = 0;
         for (int t = 0; t < tokens; t++) {
@@ -91,9 +105,10 @@ int main() {
                 if ((u32)t < real_tokens) want_load[top[j]]++;
             }
         }
-        const bool ok = differ == 0 && weight_error < 1e-5 && load == want_load;
-        printf("%3d experts, top %d, method %d, groups %d keep %d: %d choices differ, weights within %.1e, load %s%s\n", c.experts, c.k,
-               c.method, c.n_group, c.topk_group, differ, weight_error, load == want_load ? "equal" : "differs", ok ? "" : "  FAILED");
+        const bool ok = differ == 0 && weight_error < 1e-5 && load == want_load && alike;
+        printf("%3d experts, top %2d, method %d, groups %2d keep %d: %d choices differ, weights within %.1e, load %s, ranked %s%s\n",
+               c.experts, c.k, c.method, c.n_group, c.topk_group, differ, weight_error, load == want_load ? "equal" : "differs",
+               alike ? "bit for bit alike" : "DIFFERS", ok ? "" : "  FAILED");
         failures += !ok;
     }
     return failures != 0;

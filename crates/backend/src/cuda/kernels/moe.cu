@@ -33,6 +33,55 @@ __device__ __forceinline__ void warp_arg_max(int& best, float& value) {
     }
 }
 
+// What chooses expert e under DeepSeekV3 from its routed logit z: s' = sigmoid(z) + correction[e]
+// (bf16, where given).
+__device__ __forceinline__ float corrected_score(float z, const bf16* __restrict__ correction, int e) {
+    return sigmoidf(z) + (correction ? bf2f(correction[e]) : 0.f);
+}
+
+// Group g of `size` experts scored by the sum of its two best values of s (its one when a group
+// has one expert), scanned in index order.
+__device__ __forceinline__ float group_score(const float* s, int g, int size) {
+    float first = -INFINITY, second = -INFINITY;
+    for (int e = g * size; e < (g + 1) * size; e++) {
+        float v = s[e];
+        if (v > first) {
+            second = first;
+            first = v;
+        } else if (v > second) {
+            second = v;
+        }
+    }
+    return size > 1 ? first + second : first;
+}
+
+// The last part of routing token t, run by a whole warp once lane j < k holds the j-th choice
+// (`chosen`) and the value that chose it (`value`): the weights by `method` (all_max and all_sum
+// are the softmax's over every expert, for Default and RenormalizeNaive), renormalised where the
+// method says, times `scale`, written with the experts, and the real tokens' choices added to `load`.
+__device__ __forceinline__ void write_route(const float* row, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
+                                            u64 t, int k, int method, float scale, float all_max, float all_sum, int lane, int chosen,
+                                            float value, const u32* __restrict__ real_tokens, u32* __restrict__ out_experts,
+                                            float* __restrict__ out_weights, u32* __restrict__ load) {
+    const float first_value = __shfl_sync(0xffffffffu, value, 0);
+    float weight = 0.f;
+    if (lane < k) {
+        if (method == 0 || method == 2) weight = expf(value - all_max) / all_sum;
+        else if (method == 1) weight = expf(value - first_value);
+        else if (method == 3) weight = sigmoidf(value);
+        // DeepSeekV3 weighs by the uncorrected s of the chosen.
+        else weight = sigmoidf(routed_logit(row, router_bias, bias, chosen));
+    }
+    // Summed in choice order, as one thread would.
+    float chosen_sum = 0.f;
+    for (int j = 0; j < k; j++) chosen_sum += __shfl_sync(0xffffffffu, weight, j);
+    if (lane >= k) return;
+    const float w = (method == 1 || method == 2 || method == 4) ? weight / chosen_sum : weight;
+    out_experts[t * k + lane] = (u32)chosen;
+    out_weights[t * k + lane] = w * scale;
+    if (t < *real_tokens) atomicAdd(&load[chosen], 1u);
+}
+
 // One warp per token: the `k` largest router logits (plus, where given, the router's own bf16
 // bias `router_bias[e]` and the planted Zipf skew `bias[e]`, summed first), ties to the lower
 // expert, and their weights by `method`, in lumen's RoutingMethod order: 0 Default (softmax over
@@ -77,7 +126,7 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
         for (int i = 0; i < MOE_PER_LANE; i++) {
             int e = lane + 32 * i;
             if (e < experts) {
-                z[i] = sigmoidf(z[i]) + (correction ? bf2f(correction[e]) : 0.f);
+                z[i] = corrected_score(z[i], correction, e);
                 if (choose_groups) mine[e] = z[i];
             }
         }
@@ -85,20 +134,7 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
     if (choose_groups) {
         __syncwarp();
         const int size = experts / n_group;
-        float score = -INFINITY;
-        if (lane < n_group) {
-            float first = -INFINITY, second = -INFINITY;
-            for (int e = lane * size; e < (lane + 1) * size; e++) {
-                float v = mine[e];
-                if (v > first) {
-                    second = first;
-                    first = v;
-                } else if (v > second) {
-                    second = v;
-                }
-            }
-            score = size > 1 ? first + second : first;
-        }
+        const float score = lane < n_group ? group_score(mine, lane, size) : -INFINITY;
         u32 kept = 0;
         for (int j = 0; j < topk_group; j++) {
             int best = lane < n_group && !((kept >> lane) & 1u) ? lane : MOE_NONE;
@@ -142,23 +178,67 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
             value = best_value;
         }
     }
-    const float first_value = __shfl_sync(0xffffffffu, value, 0);
-    float weight = 0.f;
-    if (lane < k) {
-        if (method == 0 || method == 2) weight = expf(value - all_max) / all_sum;
-        else if (method == 1) weight = expf(value - first_value);
-        else if (method == 3) weight = sigmoidf(value);
-        // DeepSeekV3 weighs by the uncorrected s of the chosen.
-        else weight = sigmoidf(routed_logit(row, router_bias, bias, chosen));
+    write_route(row, router_bias, bias, t, k, method, scale, all_max, all_sum, lane, chosen, value, real_tokens, out_experts, out_weights,
+                load);
+}
+
+// moe_route's routing, bit for bit, with one block per token, for steps of few tokens, where
+// moe_route's one warp a token waits on its k rounds of warp-wide arg-max one after another. Here
+// each thread ranks its experts against all the others at once: an expert's rank is how many
+// experts have a larger value, or the same value and a lower index, so the experts of rank below
+// k are the same k, in the same order, as moe_route's; the group limit ranks the groups the same
+// way. Warp 0 then takes each sum in moe_route's order and ends as moe_route ends.
+// Grid: (tokens); MOE_ROUTE_THREADS threads.
+extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
+    moe_route_ranked(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
+                     const bf16* __restrict__ correction, int n_group, int topk_group, int experts, int k, int method, float scale,
+                     const u32* __restrict__ real_tokens, u32* __restrict__ out_experts, float* __restrict__ out_weights,
+                     u32* __restrict__ load) {
+    pdl_begin();
+    // The values that choose: z, or s' (outside the kept groups, -inf).
+    __shared__ float value_of[MOE_MAX_EXPERTS];
+    __shared__ float group_scores[MOE_MAX_GROUPS];
+    __shared__ int choice[MOE_MAX_TOP_K];
+    const u64 t = blockIdx.x;
+    const float* row = logits + t * experts;
+    for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+        const float z = routed_logit(row, router_bias, bias, e);
+        value_of[e] = method == 4 ? corrected_score(z, correction, e) : z;
     }
-    // Summed in choice order, as one thread would.
-    float chosen_sum = 0.f;
-    for (int j = 0; j < k; j++) chosen_sum += __shfl_sync(0xffffffffu, weight, j);
-    if (lane >= k) return;
-    const float w = (method == 1 || method == 2 || method == 4) ? weight / chosen_sum : weight;
-    out_experts[(u64)t * k + lane] = (u32)chosen;
-    out_weights[(u64)t * k + lane] = w * scale;
-    if ((u32)t < *real_tokens) atomicAdd(&load[chosen], 1u);
+    __syncthreads();
+    if (method == 4 && topk_group < n_group) {
+        const int size = experts / n_group;
+        if (threadIdx.x < n_group) group_scores[threadIdx.x] = group_score(value_of, threadIdx.x, size);
+        __syncthreads();
+        for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+            const int g = e / size;
+            const float mine = group_scores[g];
+            int rank = 0;
+            for (int h = 0; h < n_group; h++) rank += group_scores[h] > mine || (group_scores[h] == mine && h < g);
+            if (rank >= topk_group) value_of[e] = -INFINITY;
+        }
+        __syncthreads();
+    }
+    for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+        const float mine = value_of[e];
+        int rank = 0;
+        for (int j = 0; j < experts; j++) rank += value_of[j] > mine || (value_of[j] == mine && j < e);
+        if (rank < k) choice[rank] = e;
+    }
+    __syncthreads();
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    float all_max = -INFINITY, all_sum = 0.f;
+    if (method == 0 || method == 2) {
+        for (int e = lane; e < experts; e += 32) all_max = fmaxf(all_max, value_of[e]);
+        all_max = warp_max(all_max);
+        for (int e = lane; e < experts; e += 32) all_sum += expf(value_of[e] - all_max);
+        all_sum = warp_sum(all_sum);
+    }
+    const int chosen = lane < k ? choice[lane] : 0;
+    const float value = lane < k ? value_of[chosen] : 0.f;
+    write_route(row, router_bias, bias, t, k, method, scale, all_max, all_sum, lane, chosen, value, real_tokens, out_experts, out_weights,
+                load);
 }
 
 // GPT-OSS's expert activation of one gate value and one up value (biases already added):
