@@ -18,8 +18,8 @@
 //! A mixture-of-experts layer runs its gate GEMM to f32 router logits (replaced by the perfect
 //! router's balanced ones when it is on), routes every token on the device (`moe_route`, or
 //! `moe_route_ranked` for a short step, with GPT-OSS's router bias) and counts each expert's
-//! slots there (in the routing kernel, the step's expert
-//! load, read back by [`expert_load`] once the step is done). Then, for a step of at most
+//! slots there (in the routing kernel, the step's expert load, read back by [`expert_load`] once
+//! the step is done). Then, for a step of at most
 //! [`MOE_DEVICE_SLOTS`] routed slots (a decode step of a few tokens), each slot's two expert
 //! products run as `moe_gemv`s that find the expert's weights through device tables. A larger
 //! step lays its slots out expert by expert in tiles on the device (`moe_align`) and runs both
