@@ -281,6 +281,28 @@ fn span_work(args: &str) -> Option<(f64, f64, bool)> {
     Some((arg_number(args, "flops")?, arg_number(args, "bytes")?, args.contains("\"fp32\":true")))
 }
 
+/// A span that recorded its work: its bounds, its flops and bytes, and whether its math is FP32.
+#[derive(Clone, Copy)]
+struct WorkSpan {
+    start_ns: u64,
+    end_ns: u64,
+    flops: f64,
+    bytes: f64,
+    fp32: bool,
+}
+
+/// The kernels of one class: how many, their busy time, the part of it attributed to an operator
+/// with recorded work, that work's bytes and flops, and the seconds the flops take at their ceiling.
+#[derive(Default)]
+struct ClassTotals {
+    kernels: usize,
+    busy_ns: u64,
+    attributed_ns: u64,
+    bytes: f64,
+    flops: f64,
+    at_ceiling_s: Option<f64>,
+}
+
 fn op_rates(
     trace: &TraceData,
     rules: &[ClassRule],
@@ -288,18 +310,18 @@ fn op_rates(
     steps: &StepWindows,
     peaks: Option<&Peaks>,
 ) -> Measured<Vec<OpRates>> {
-    // Per thread, the spans with work, sorted by start: (start, end, flops, bytes, FP32 math).
-    let mut by_thread: HashMap<u64, Vec<(u64, u64, f64, f64, bool)>> = HashMap::new();
+    // Per thread, the spans with work, sorted by start.
+    let mut by_thread: HashMap<u64, Vec<WorkSpan>> = HashMap::new();
     for s in &trace.spans {
         if let Some((flops, bytes, fp32)) = s.args.as_deref().and_then(span_work) {
-            by_thread.entry(s.tid).or_default().push((s.start_ns, s.end_ns, flops, bytes, fp32));
+            by_thread.entry(s.tid).or_default().push(WorkSpan { start_ns: s.start_ns, end_ns: s.end_ns, flops, bytes, fp32 });
         }
     }
     if by_thread.is_empty() {
         return Measured::NotAvailable("no operator recorded its work (torch.profiler with record_shapes=True, imported)".into());
     }
     for list in by_thread.values_mut() {
-        list.sort_unstable_by_key(|a| (a.0, std::cmp::Reverse(a.1)));
+        list.sort_unstable_by_key(|a| (a.start_ns, std::cmp::Reverse(a.end_ns)));
     }
     // Each kernel's operator: the latest-starting work span around its launch call on its thread.
     let kernels: Vec<&lumen_trace::model::GpuOpRow> =
@@ -309,8 +331,8 @@ fn op_rates(
     for k in &kernels {
         let found = launches.launch_of(k).and_then(|call| {
             let list = by_thread.get(&call.tid)?;
-            let started = list.partition_point(|w| w.0 <= call.start_ns);
-            let back = list[..started].iter().rev().take(64).position(|w| w.1 >= call.start_ns)?;
+            let started = list.partition_point(|w| w.start_ns <= call.start_ns);
+            let back = list[..started].iter().rev().take(64).position(|w| w.end_ns >= call.start_ns)?;
             Some((call.tid, started - 1 - back))
         });
         if let Some(key) = found {
@@ -318,35 +340,34 @@ fn op_rates(
         }
         operator.push(found);
     }
-    // (kernels, busy ns, attributed busy ns, bytes, flops, seconds the flops take at their
-    // ceiling) per class, and for all.
-    let mut totals: HashMap<&'static str, (usize, u64, u64, f64, f64, Option<f64>)> = HashMap::new();
+    // Per class, and for all.
+    let mut totals: HashMap<&'static str, ClassTotals> = HashMap::new();
     let mut names: HashMap<&str, &'static str> = HashMap::new();
     for (k, op) in kernels.iter().zip(&operator) {
         let ns = k.end_ns.saturating_sub(k.start_ns);
         let class = *names.entry(k.name.as_str()).or_insert_with(|| classify(rules, &k.name).as_str());
         let work = op.map(|(tid, i)| {
-            let (_, _, flops, bytes, fp32) = by_thread[&tid][i];
+            let WorkSpan { flops, bytes, fp32, .. } = by_thread[&tid][i];
             let part = share(ns as f64, op_time[&(tid, i)] as f64);
             let ceiling = peaks.map(|p| if fp32 { p.fp32_tflops } else { p.tensor_tflops } * 1e12);
             (ns, bytes * part, flops * part, ceiling.map(|c| flops * part / c))
         });
         for key in [ALL_KERNELS, class] {
             let t = totals.entry(key).or_default();
-            t.0 += 1;
-            t.1 += ns;
+            t.kernels += 1;
+            t.busy_ns += ns;
             if let Some((ns, bytes, flops, at_ceiling_s)) = work {
-                t.2 += ns;
-                t.3 += bytes;
-                t.4 += flops;
-                t.5 = at_ceiling_s.map(|s| t.5.unwrap_or(0.0) + s);
+                t.attributed_ns += ns;
+                t.bytes += bytes;
+                t.flops += flops;
+                t.at_ceiling_s = at_ceiling_s.map(|s| t.at_ceiling_s.unwrap_or(0.0) + s);
             }
         }
     }
     let mut rows: Vec<OpRates> = totals
         .into_iter()
-        .filter(|(_, t)| t.2 > 0)
-        .map(|(name, (kernels, busy_ns, attributed_ns, bytes, flops, at_ceiling_s))| {
+        .filter(|(_, t)| t.attributed_ns > 0)
+        .map(|(name, ClassTotals { kernels, busy_ns, attributed_ns, bytes, flops, at_ceiling_s })| {
             let seconds = attributed_ns as f64 / 1e9;
             let (dram_gb_s, tflops) = (bytes / seconds / 1e9, flops / seconds / 1e12);
             let dram_percent = peaks.map(|p| 100.0 * dram_gb_s / p.dram_gb_s);

@@ -234,14 +234,13 @@ struct DatasetLine {
     output_tokens: u32,
 }
 
+/// Turns a prompt's text into token ids.
+pub type Tokenize<'a> = dyn Fn(&str) -> Result<Vec<u32>> + 'a;
+
 /// Reads and validates a JSON-lines dataset. Blank lines are skipped. A line's prompt is its
 /// `input_ids`, else its `logits`, else its `prompt` text run through `tokenize` (an error when
 /// there is none). With `vocab_size`, every token id must be below it.
-pub fn read_dataset(
-    path: &Path,
-    vocab_size: Option<usize>,
-    tokenize: Option<&dyn Fn(&str) -> Result<Vec<u32>>>,
-) -> Result<Vec<DatasetEntry>> {
+pub fn read_dataset(path: &Path, vocab_size: Option<usize>, tokenize: Option<&Tokenize>) -> Result<Vec<DatasetEntry>> {
     let file = path.display();
     let text = fs::read_to_string(path).with_context(|| format!("reading dataset {file}"))?;
     let mut entries = Vec::new();

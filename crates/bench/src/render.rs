@@ -140,6 +140,9 @@ fn stats_lines(out: &mut String, tag: &str, stats: &PercentileStats, keys: &[&st
     }
 }
 
+/// A statistic's row label and how to read it off a column's percentiles.
+type StatisticRow = (&'static str, fn(&PercentileStats) -> f64);
+
 fn dataset_details(out: &mut String, report: &Report) {
     let d = &report.dataset;
     out.push('\n');
@@ -149,7 +152,7 @@ fn dataset_details(out: &mut String, report: &Report) {
     out.push_str("\n-- Percentiles statistics ---------------------------------\n\n");
     out.push_str("        Input              Output           Seq. Length\n");
     let _ = writeln!(out, "{}", "-".repeat(RULE.len()));
-    let rows: [(&str, fn(&PercentileStats) -> f64); 7] = [
+    let rows: [StatisticRow; 7] = [
         ("MIN", |s| s.minimum),
         ("MAX", |s| s.maximum),
         ("AVG", |s| s.average),

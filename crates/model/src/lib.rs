@@ -47,7 +47,9 @@ pub struct Model {
     pub chat_template: Option<ChatTemplate>,
 }
 
-/// Where the weights live and what runs the forward pass.
+/// Where the weights live and what runs the forward pass. A model holds one, so its variants'
+/// sizes cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Executor {
     /// f32 weights in host memory, run by the CPU backend.
     Cpu(Decoder),

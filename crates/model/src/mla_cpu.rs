@@ -12,6 +12,7 @@
 //! and vLLM run them; [`MlaForm`] can force either form for every sequence.
 
 use crate::config::{MlaConfig, ModelConfig};
+use crate::moe_cpu::Project;
 use crate::plan::LatentAttention;
 use lumen_backend::cpu::{self, PackedMatrix, RopeTable};
 use lumen_backend::{AttentionSeq, KvStorage};
@@ -90,7 +91,7 @@ pub fn mla_attention(
     step: &MlaStep,
     kv: &mut KvStorage,
     layer: usize,
-    project: &dyn Fn(&[f32], usize, &PackedMatrix, &mut [f32]),
+    project: &Project,
     out: &mut [f32],
 ) {
     let m = c.mla.as_ref().expect("latent attention is planned from an MLA config");

@@ -8,6 +8,9 @@ use super::kv::{AttentionSeq, KvStorage};
 use super::SharedMut;
 use rayon::prelude::*;
 
+/// Called for each cached position a query attends to, with its key and value rows.
+type PositionVisitor<'a> = dyn FnMut(usize, &[f32], &[f32]) + 'a;
+
 /// Dot product with eight lane accumulators folded in a fixed order: vectorisable, and the same
 /// result for a given pair of vectors wherever it is computed.
 #[inline]
@@ -56,16 +59,15 @@ pub fn paged_attention(
         .enumerate()
         .flat_map(|(si, s)| (0..s.len).flat_map(move |i| (0..kv.kv_heads).map(move |g| (si, s.start + i, s.first_pos + i, g))))
         .collect();
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let out_ptr = SharedMut::new(out);
     work.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(si, tok, pos, kvh)| {
-        let out_ptr = out_ptr;
         let table = seqs[si].block_table;
         let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let span = pos + 1 - first;
         let heads_of_group = kvh * group..(kvh + 1) * group;
         scores.clear();
         scores.resize(group * span, 0.0);
-        let visit = |f: &mut dyn FnMut(usize, &[f32], &[f32])| {
+        let visit = |f: &mut PositionVisitor| {
             let mut p = first;
             while p <= pos {
                 let (keys, values) = kv.block(layer, table[p / block_size]);
@@ -93,7 +95,7 @@ pub fn paged_attention(
             row.iter_mut().for_each(|s| *s /= denom);
         }
         // SAFETY: each (token, KV head) work item writes only its own group's output vectors.
-        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((tok * heads + kvh * group) * hd), group * hd) };
+        let o = unsafe { out_ptr.slice((tok * heads + kvh * group) * hd, group * hd) };
         o.fill(0.0);
         visit(&mut |i, _, v| {
             for g in 0..group {

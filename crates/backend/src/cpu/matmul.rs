@@ -89,12 +89,11 @@ pub fn matmul(x: &[f32], t: usize, w: &PackedMatrix, out: &mut [f32]) {
     let (n, k) = (w.n, w.k);
     assert_eq!(x.len(), t * k, "matmul: x has {} values, expected {t}x{k}", x.len());
     assert_eq!(out.len(), t * n, "matmul: out has {} values, expected {t}x{n}", out.len());
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    let out_ptr = SharedMut::new(out);
     let isa = isa();
     let (tile_tokens, tile_panels) = isa.tile();
     let num_panels = n.div_ceil(PANEL);
     (0..num_panels.div_ceil(PANELS_PER_TASK)).into_par_iter().for_each(|task| {
-        let out_ptr = out_ptr;
         let panels = task * PANELS_PER_TASK..((task + 1) * PANELS_PER_TASK).min(num_panels);
         let mut i = 0;
         while i < t {
@@ -107,7 +106,7 @@ pub fn matmul(x: &[f32], t: usize, w: &PackedMatrix, out: &mut [f32]) {
                 let cols = (PANEL * count).min(n - p * PANEL);
                 for (r, row) in tile.iter().enumerate().take(tokens) {
                     // SAFETY: tasks own disjoint panels, so each output element has one writer.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((i + r) * n + p * PANEL), cols) };
+                    let dst = unsafe { out_ptr.slice((i + r) * n + p * PANEL, cols) };
                     dst.copy_from_slice(&row[..cols]);
                 }
                 p += count;

@@ -36,6 +36,21 @@ pub fn ensure_fits_in_memory(bytes: u64, what: &str) -> anyhow::Result<()> {
 
 /// A raw pointer that rayon tasks may share when each writes a disjoint part of one buffer.
 #[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub *mut f32);
+pub(crate) struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    pub(crate) fn new(buffer: &mut [f32]) -> SharedMut {
+        SharedMut(buffer.as_mut_ptr())
+    }
+
+    /// The `len` values from `offset` on, as the one task that writes them.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer, and no other task touches it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
