@@ -313,7 +313,7 @@ __device__ __forceinline__ uint4 silu_mul8(const bf16* __restrict__ row, int f, 
     for (int j = 0; j < 4; j++) {
         float g0 = __uint_as_float(gw[j] << 16) * rs, g1 = __uint_as_float(gw[j] & 0xffff0000u) * rs;
         float u0 = __uint_as_float(uw[j] << 16) * rs, u1 = __uint_as_float(uw[j] & 0xffff0000u) * rs;
-        o[j] = (u32)f2bf(g0 / (1.f + __expf(-g0)) * u0) | ((u32)f2bf(g1 / (1.f + __expf(-g1)) * u1) << 16);
+        o[j] = (u32)f2bf(silu(g0) * u0) | ((u32)f2bf(silu(g1) * u1) << 16);
     }
     return make_uint4(o[0], o[1], o[2], o[3]);
 }

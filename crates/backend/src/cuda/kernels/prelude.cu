@@ -9,6 +9,11 @@ typedef unsigned long long u64;
 
 __device__ __forceinline__ float bf2f(bf16 x) { return __uint_as_float(((u32)x) << 16); }
 
+// silu(g) = g · sigmoid(g) with the fast exponential and the fast quotient (a multiply by the
+// hardware reciprocal instead of the IEEE division's refinement and range check), within two
+// ulp before the bf16 rounding each caller applies; 0 where 1 + e^-g overflows, as g / inf is.
+__device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
+
 // Round to nearest even; NaN stays NaN.
 __device__ __forceinline__ bf16 f2bf(float f) {
     u32 u = __float_as_uint(f);
