@@ -645,12 +645,14 @@ impl Kernels {
             "moe_route: keeping {topk_group} of {n_group} expert groups over {experts} experts, expected 1 ≤ kept ≤ groups ≤ {MOE_MAX_GROUPS} \
              and groups dividing the experts"
         );
-        let ranked = route_ranked(tokens, gpu.info.multiprocessors as usize);
-        let mut args = Args::default().ptr(logits).ptr(router_bias).ptr(bias).ptr(correction).i32(n_group as i32).i32(topk_group as i32);
-        if !ranked {
-            args = args.i32(tokens as i32);
-        }
-        let args = args
+        let args = Args::default()
+            .ptr(logits)
+            .ptr(router_bias)
+            .ptr(bias)
+            .ptr(correction)
+            .i32(n_group as i32)
+            .i32(topk_group as i32)
+            .i32(tokens as i32)
             .i32(experts as i32)
             .i32(k as i32)
             .i32(method as i32)
@@ -659,11 +661,12 @@ impl Kernels {
             .ptr(out_experts)
             .ptr(out_weights)
             .ptr(load);
-        if ranked {
-            return self.launch(gpu, self.moe_route_ranked, (tokens as u32, 1, 1), ROW_THREADS, args);
-        }
-        let tokens_per_block = ROW_THREADS / 32;
-        self.launch(gpu, self.moe_route, ((tokens as u32).div_ceil(tokens_per_block), 1, 1), ROW_THREADS, args)
+        let (kernel, blocks) = if route_ranked(tokens, gpu.info.multiprocessors as usize) {
+            (self.moe_route_ranked, tokens as u32)
+        } else {
+            (self.moe_route, (tokens as u32).div_ceil(ROW_THREADS / 32))
+        };
+        self.launch(gpu, kernel, (blocks, 1, 1), ROW_THREADS, args)
     }
 
     /// Lays `slots` routed slots (`experts`, u32) out expert by expert in tiles of

@@ -50,15 +50,16 @@ int main() {
         std::vector<u32> experts(tokens * c.k, 999), load(c.experts, 0), want_load(c.experts, 0);
         std::vector<float> weights(tokens * c.k, NAN);
         const float scale = c.method == 4 ? 2.5f : 1.f;
-        const bf16* router_bias_given = c.router_bias ? router_bias.data() : nullptr;
-        const float* zipf_given = c.zipf ? zipf.data() : nullptr;
-        const bf16* correction_given = c.correction ? correction.data() : nullptr;
-        launch(moe_route, {(unsigned)(tokens + 7) / 8}, 256, logits.data(), router_bias_given, zipf_given, correction_given, c.n_group,
-               c.topk_group, tokens, c.experts, c.k, c.method, scale, &real_tokens, experts.data(), weights.data(), load.data());
+        // Both kernels take the same arguments; the grid differs (a warp a token, a block a token).
+        const auto route = [&](auto kernel, unsigned blocks, std::vector<u32>& experts, std::vector<float>& weights, std::vector<u32>& load) {
+            launch(kernel, {blocks}, 256, logits.data(), c.router_bias ? router_bias.data() : nullptr, c.zipf ? zipf.data() : nullptr,
+                   c.correction ? correction.data() : nullptr, c.n_group, c.topk_group, tokens, c.experts, c.k, c.method, scale,
+                   &real_tokens, experts.data(), weights.data(), load.data());
+        };
+        route(moe_route, (tokens + 7) / 8, experts, weights, load);
         std::vector<u32> ranked_experts(tokens * c.k, 999), ranked_load(c.experts, 0);
         std::vector<float> ranked_weights(tokens * c.k, NAN);
-        launch(moe_route_ranked, {(unsigned)tokens}, 256, logits.data(), router_bias_given, zipf_given, correction_given, c.n_group,
-               c.topk_group, c.experts, c.k, c.method, scale, &real_tokens, ranked_experts.data(), ranked_weights.data(), ranked_load.data());
+        route(moe_route_ranked, tokens, ranked_experts, ranked_weights, ranked_load);
         const bool alike = ranked_experts == experts && ranked_load == load &&
                            memcmp(ranked_weights.data(), weights.data(), weights.size() * sizeof(float)) == 0;
         int differ = 0;

@@ -17,6 +17,11 @@ __device__ __forceinline__ float bf16x4_amax(uint2 v) {
     return fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w)));
 }
 
+// The largest magnitude of eight bf16 values packed as four words (a 16-byte load).
+__device__ __forceinline__ float bf16x8_amax(uint4 v) {
+    return fmaxf(bf16x4_amax(make_uint2(v.x, v.y)), bf16x4_amax(make_uint2(v.z, v.w)));
+}
+
 __device__ __forceinline__ uint2 f4_to_bf4(float4 v) {
     return make_uint2((u32)f2bf(v.x) | ((u32)f2bf(v.y) << 16), (u32)f2bf(v.z) | ((u32)f2bf(v.w) << 16));
 }
@@ -363,7 +368,7 @@ extern "C" __global__ void silu_mul_fp8(const bf16* __restrict__ gate_up, const 
         const int i = threadIdx.x + it * blockDim.x;
         if (i < f / 8) {
             v[it] = silu_mul8(gate_up + t * 2 * f, f, i, rs);
-            m = fmaxf(m, fmaxf(bf16x4_amax(make_uint2(v[it].x, v[it].y)), bf16x4_amax(make_uint2(v[it].z, v[it].w))));
+            m = fmaxf(m, bf16x8_amax(v[it]));
         }
     }
     const float scale = fp8_scale(block_max(m, scratch));

@@ -112,12 +112,7 @@ __device__ __forceinline__ void gemv_fp8_token_codes(const bf16* __restrict__ x,
         }
         float m = 0.f;
 #pragma unroll
-        for (int j = 0; j < XV; j++) {
-            float f[8];
-            unpack8(v[j], f);
-#pragma unroll
-            for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(f[e]));
-        }
+        for (int j = 0; j < XV; j++) m = fmaxf(m, bf16x8_amax(v[j]));
         m = warp_max(m);
         if (lane == 0) warp_amax[t][warp] = m;
         __syncthreads();

@@ -187,12 +187,13 @@ extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
 // each thread ranks its experts against all the others at once: an expert's rank is how many
 // experts have a larger value, or the same value and a lower index, so the experts of rank below
 // k are the same k, in the same order, as moe_route's; the group limit ranks the groups the same
-// way. Warp 0 then takes each sum in moe_route's order and ends as moe_route ends.
-// Grid: (tokens); MOE_ROUTE_THREADS threads.
+// way. Warp 0 then takes each sum in moe_route's order and ends as moe_route ends. It takes
+// moe_route's arguments, so that a launch only picks the kernel and its grid; `tokens` is the
+// grid here, (tokens) blocks of MOE_ROUTE_THREADS threads.
 extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)
     moe_route_ranked(const float* __restrict__ logits, const bf16* __restrict__ router_bias, const float* __restrict__ bias,
-                     const bf16* __restrict__ correction, int n_group, int topk_group, int experts, int k, int method, float scale,
-                     const u32* __restrict__ real_tokens, u32* __restrict__ out_experts, float* __restrict__ out_weights,
+                     const bf16* __restrict__ correction, int n_group, int topk_group, int tokens, int experts, int k, int method,
+                     float scale, const u32* __restrict__ real_tokens, u32* __restrict__ out_experts, float* __restrict__ out_weights,
                      u32* __restrict__ load) {
     pdl_begin();
     // The values that choose: z, or s' (outside the kept groups, -inf).
