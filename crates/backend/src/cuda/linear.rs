@@ -1,8 +1,7 @@
 //! Linear layers on the GPU: `out = x · wᵀ` on typed tensors, through cuBLASLt or, for the few-row
 //! shapes where it measured faster, the GEMV kernel. The choice is made per (rows, n, k) by
 //! [`Linear::tune`], which times both on the real weights, each shape's layers back to back;
-//! [`Linear::tune_full_steps`] picks cuBLASLt's fastest candidate for a full step's rows.
-//! Batch-invariant mode never tunes, so every row count takes the same arithmetic. For FP8 weights
+//! batch-invariant mode never tunes, so every row count takes the same arithmetic. For FP8 weights
 //! the bf16 activations are quantized to FP8 with one dynamic scale a row (vLLM's dynamic
 //! per-token scheme), so a token's codes do not depend on the other tokens of its step: for
 //! cuBLASLt into a buffer reserved with [`Linear::reserve_fp8_inputs`], by the kernel that wrote
