@@ -91,61 +91,29 @@ impl Linear {
             for group in groups.iter().filter(|g| g.first().is_some_and(|&w| gemv_takes(t, w))) {
                 let (rows, cols) = (group[0].rows, group[0].cols);
                 let (input, output) = (x.tensor(DType::Bf16, t, cols), y.tensor(DType::Bf16, t, rows));
-                let gemm = self.keep_fastest_algorithm(gpu, kernels, group, input, output)?;
+                // Each side with what it runs: cuBLASLt's FP8 product after the quantization.
+                let operands = if group[0].dtype == DType::Fp8E4M3 { DType::Fp8E4M3 } else { DType::Bf16 };
+                // A candidate cuBLASLt refuses for these operands is passed over (the Gemm offers at
+                // least one); none running is the first refusal's error.
+                let (mut gemm, mut fastest, mut refused) = (f64::INFINITY, 0, Ok(()));
+                for index in 0..self.gemm.algorithms(t, rows, cols, operands, DType::Bf16)? {
+                    self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, index)?;
+                    let mut chain = || group.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output, None).map(|_| ()));
+                    match gpu.median_ms(1, 5, &mut chain) {
+                        Ok(ms) if ms < gemm => (gemm, fastest) = (ms, index),
+                        Ok(_) => {}
+                        Err(e) => refused = refused.and(Err(e)),
+                    }
+                }
+                if gemm.is_infinite() {
+                    refused.with_context(|| format!("no cuBLASLt algorithm ran the {rows}x{cols} products of {t} rows"))?;
+                }
+                self.gemm.use_algorithm(t, rows, cols, operands, DType::Bf16, fastest)?;
                 let gemv = gpu.median_ms(1, 5, || group.iter().try_for_each(|&w| kernels.gemv(gpu, input, w, output)))?;
                 self.gemv_wins.insert((t, rows, cols), gemv < gemm);
             }
         }
         Ok(())
-    }
-
-    /// Times cuBLASLt's candidate algorithms on each group's products at `rows` rows, the size of
-    /// a full step (prefill chunks fill a step's token budget), and keeps the fastest per shape;
-    /// steps of other sizes above the GEMV's keep the heuristic's first. At this size a product
-    /// is bound by its arithmetic rather than by reading its weight, so the group's first weight
-    /// stands for it. `x` is a scratch buffer for the inputs (a group whose input does not fit is
-    /// left to the heuristic); the outputs go to a buffer allocated for the call, so it must run
-    /// before the KV cache takes the free memory.
-    pub fn tune_full_steps(&mut self, gpu: &Gpu, kernels: &Kernels, groups: &[Vec<Tensor>], x: &DeviceBuffer, rows: usize) -> Result<()> {
-        if rows <= GEMV_MAX_TOKENS {
-            return Ok(());
-        }
-        let fitting: Vec<Tensor> = groups.iter().filter_map(|g| g.first().copied()).filter(|w| rows * w.cols * 2 <= x.bytes).collect();
-        let Some(widest_output) = fitting.iter().map(|w| w.rows).max() else {
-            return Ok(());
-        };
-        let y = gpu.alloc(rows * widest_output * 2, "the outputs of the products timed at a full step")?;
-        gpu.fill(x.ptr, 0x3c, x.bytes)?;
-        for w in fitting {
-            let (input, output) = (x.tensor(DType::Bf16, rows, w.cols), y.tensor(DType::Bf16, rows, w.rows));
-            self.keep_fastest_algorithm(gpu, kernels, &[w], input, output)?;
-        }
-        Ok(())
-    }
-
-    /// Times each of cuBLASLt's candidate algorithms on the products of `input` by `weights`, one
-    /// after another (median of 5 such chains), keeps the fastest for that shape and returns its
-    /// time in ms. FP8 weights are timed with what they run: the quantization, then the FP8
-    /// product. A candidate cuBLASLt refuses for these operands is passed over (the Gemm offers at
-    /// least one); none running is the first refusal's error.
-    fn keep_fastest_algorithm(&mut self, gpu: &Gpu, kernels: &Kernels, weights: &[Tensor], input: Tensor, output: Tensor) -> Result<f64> {
-        let (t, rows, cols) = (input.rows, weights[0].rows, weights[0].cols);
-        let operands = if weights[0].dtype == DType::Fp8E4M3 { DType::Fp8E4M3 } else { DType::Bf16 };
-        let (mut best, mut fastest, mut refused) = (f64::INFINITY, 0, Ok(()));
-        for index in 0..self.gemm.algorithms(t, rows, cols, operands, output.dtype)? {
-            self.gemm.use_algorithm(t, rows, cols, operands, output.dtype, index)?;
-            let mut chain = || weights.iter().try_for_each(|&w| self.gemm_product(gpu, kernels, input, w, output, None).map(|_| ()));
-            match gpu.median_ms(1, 5, &mut chain) {
-                Ok(ms) if ms < best => (best, fastest) = (ms, index),
-                Ok(_) => {}
-                Err(e) => refused = refused.and(Err(e)),
-            }
-        }
-        if best.is_infinite() {
-            refused.with_context(|| format!("no cuBLASLt algorithm ran the {rows}x{cols} products of {t} rows"))?;
-        }
-        self.gemm.use_algorithm(t, rows, cols, operands, output.dtype, fastest)?;
-        Ok(best)
     }
 
     /// Where the kernel about to write `x` should also write x's FP8 codes and row scales, so that

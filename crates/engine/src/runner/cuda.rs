@@ -189,11 +189,6 @@ impl CudaRunner {
             let widest = c.hidden_size.max(c.num_heads * c.head_dim).max(c.intermediate_size);
             linear.reserve_fp8_inputs(&gpu, t, widest)?;
         }
-        if !config.batch_invariant {
-            // Before the KV cache takes the free memory: the timing allocates its outputs.
-            let (x, _) = act.scratch();
-            linear.tune_full_steps(&gpu, &w.kernels, &w.layer_product_weights(), x, config.max_tokens)?;
-        }
 
         let bytes_per_token = KvCache::bytes_per_token(&c, config.kv_fp8);
         let bytes_per_block = bytes_per_token * config.block_size;

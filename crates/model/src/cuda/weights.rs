@@ -207,14 +207,6 @@ pub fn head_dim_supported(c: &ModelConfig) -> bool {
     c.mla.is_some() || Kernels::supports_head_dim(c.head_dim)
 }
 
-/// Adds `w` to the group of weights of its shape and type, or as a new group.
-fn add_to_its_shape(groups: &mut Vec<Vec<Tensor>>, w: Tensor) {
-    match groups.iter_mut().find(|g| (g[0].rows, g[0].cols, g[0].dtype) == (w.rows, w.cols, w.dtype)) {
-        Some(group) => group.push(w),
-        None => groups.push(vec![w]),
-    }
-}
-
 impl CudaWeights {
     /// The output head: its own matrix, or the embedding when tied.
     pub fn head(&self) -> Tensor {
@@ -225,20 +217,14 @@ impl CudaWeights {
     }
 
     /// The weights of every product the forward pass runs through [`Linear`], grouped by shape in
-    /// the order first seen: each layer's projections ([`CudaWeights::layer_product_weights`])
-    /// and the head.
+    /// the order first seen: each layer's projections (attention, the dense feed-forward, a MoE
+    /// layer's router and shared expert) and the head.
     pub fn product_weights(&self) -> Vec<Vec<Tensor>> {
-        let mut groups = self.layer_product_weights();
-        add_to_its_shape(&mut groups, self.head());
-        groups
-    }
-
-    /// The layers' products through [`Linear`], which take every token of a step (the head takes
-    /// only the rows that need logits), grouped by shape in the order first seen: attention, the
-    /// dense feed-forward, a MoE layer's router and shared expert.
-    pub fn layer_product_weights(&self) -> Vec<Vec<Tensor>> {
         let mut groups: Vec<Vec<Tensor>> = Vec::new();
-        let mut add = |v: Tensor| add_to_its_shape(&mut groups, v);
+        let mut add = |v: Tensor| match groups.iter_mut().find(|g| (g[0].rows, g[0].cols, g[0].dtype) == (v.rows, v.cols, v.dtype)) {
+            Some(group) => group.push(v),
+            None => groups.push(vec![v]),
+        };
         for l in &self.weights.layers {
             match &l.attention {
                 SelfAttention::Grouped(a) => [&a.qkv, &a.output].into_iter().for_each(|w| add(w.view())),
@@ -254,6 +240,7 @@ impl CudaWeights {
                 }
             }
         }
+        add(self.head());
         groups
     }
 
