@@ -15,7 +15,7 @@ pub mod tensor;
 
 pub use device::{driver_present, DeviceBuffer, DeviceInfo, Event, Gpu, Graph, PinnedBuffer};
 pub use gemm::Gemm;
-pub use kernels::{moe_max_tiles, AttentionArgs, Kernels, MlaShape, RopeArgs, RowScales, MLA_BLOCK_ROWS, MOE_TILE_ROWS};
+pub use kernels::{moe_max_tiles, AttentionArgs, Fp8Rows, Kernels, MlaShape, RopeArgs, RowScales, MLA_BLOCK_ROWS, MOE_TILE_ROWS};
 pub use linear::Linear;
 pub use tensor::{DType, DeviceTensor, Tensor};
 

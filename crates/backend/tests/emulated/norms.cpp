@@ -7,7 +7,8 @@
 // somewhere to put them must be, bit for bit, what quantize_fp8_rows makes of the bf16 rows it
 // wrote, and handing them must change no bf16 value; add_rms_norm handed a delta whose rows still
 // need their scales (powers of two) and those scales must write, bit for bit, what it writes from
-// the scaled delta. Exits non-zero otherwise.
+// the scaled delta. Handed codes but no place for the bf16 rows, the two norms that take a residual
+// write the same codes, scales and residual. Exits non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
 
@@ -59,6 +60,16 @@ int main() {
             for (int i = 0; i < width; i++) want[r * width + i] = bf2f(embed[tokens[r] * width + i]);
         bad += want != residual;
         check_norm(want, normed);
+        // Handed no place for the bf16 rows, the embedding's norm writes the same codes, scales
+        // and residual, and no row.
+        {
+            std::vector<float> codes_only_residual(rows * width, NAN);
+            std::vector<unsigned char> only_codes(rows * width);
+            std::vector<float> only_scales(rows);
+            launch(embed_rms_norm, {(unsigned)rows}, threads, tokens.data(), embed.data(), weight.data(), eps, width, (u32)vocab,
+                   codes_only_residual.data(), (bf16*)nullptr, only_codes.data(), only_scales.data());
+            codes_bad += (only_codes != codes) + (only_scales != scales) + (codes_only_residual != residual);
+        }
         std::vector<float> before = residual;
         launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), (const float*)nullptr, weight.data(), eps, width,
                normed.data(), codes.data(), scales.data());
@@ -70,6 +81,16 @@ int main() {
         // delta whose rows still need their scales (powers of two), handed those scales.
         std::vector<bf16> with_codes = normed;
         std::vector<float> after = residual;
+        // Handed no place for the bf16 rows, the residual add writes the same residual, codes and
+        // scales, and leaves the rows' buffer as it was.
+        {
+            std::vector<float> codes_only_residual = before;
+            std::vector<unsigned char> only_codes(rows * width);
+            std::vector<float> only_scales(rows);
+            launch(add_rms_norm, {(unsigned)rows}, threads, codes_only_residual.data(), delta.data(), (const float*)nullptr, weight.data(), eps,
+                   width, (bf16*)nullptr, only_codes.data(), only_scales.data());
+            codes_bad += (only_codes != codes) + (only_scales != scales) + (codes_only_residual != after);
+        }
         residual = before;
         launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), (const float*)nullptr, weight.data(), eps, width,
                normed.data(), (unsigned char*)nullptr, (float*)nullptr);

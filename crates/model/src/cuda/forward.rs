@@ -36,8 +36,8 @@ use crate::plan::{Attention, FeedForward, LatentAttention, Moe, SelfAttention};
 use anyhow::{bail, ensure, Result};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{
-    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Gpu, Kernels, Linear, MlaShape, RopeArgs, RowScales, MLA_BLOCK_ROWS,
-    MOE_TILE_ROWS,
+    moe_max_tiles, AttentionArgs, DType, DeviceBuffer, DeviceTensor, Fp8Rows, Gpu, Kernels, Linear, MlaShape, RopeArgs, RowScales, Tensor,
+    MLA_BLOCK_ROWS, MOE_TILE_ROWS,
 };
 use lumen_trace::instrument::{span, Category};
 
@@ -343,6 +343,18 @@ impl RankCollectives {
     }
 }
 
+/// Where a norm writes its output `normed`: the bf16 rows, and their FP8 codes where an FP8 product
+/// of them comes next ([`Linear::input_codes`]). Where that product is their only reader
+/// (`product_only`: a grouped attention's fused QKV product, a dense feed-forward's gate/up) and
+/// takes the codes, the bf16 rows are not written (a null address); the others (the router and
+/// experts of a MoE layer, latent attention's two down products, the gather of the logits rows)
+/// read the bf16 rows.
+fn norm_outputs(linear: &mut Linear, normed: Tensor, product_only: bool) -> (u64, Fp8Rows) {
+    let codes = linear.input_codes(normed);
+    let rows = if product_only && codes.codes != 0 { 0 } else { normed.ptr };
+    (rows, codes)
+}
+
 /// One step's shape, as the launches see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepShape {
@@ -394,8 +406,10 @@ pub fn enqueue_forward(
     }
     let mut moe_layer = 0;
     let pass = Pass { w, c, act, kv, inputs, shape };
-    // The norms write their output's FP8 codes for an FP8 product of it (Linear::input_codes).
+    // The norms write their output's FP8 codes for an FP8 product of it (Linear::input_codes),
+    // and no bf16 rows where that product is their only reader (norm_outputs).
     let normed = act.normed.tensor(DType::Bf16, t, h);
+    let (normed_rows, codes) = norm_outputs(linear, normed, matches!(first.attention, SelfAttention::Grouped(_)));
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
@@ -407,8 +421,8 @@ pub fn enqueue_forward(
         // The embedding's own rows: the whole vocabulary, also on a tensor-parallel rank.
         w.weights.embed.rows,
         act.residual.ptr,
-        act.normed.ptr,
-        linear.input_codes(normed),
+        normed_rows,
+        codes,
     )?;
     // A product's output rows may leave their FP8 activation scales to the norm that adds them
     // (RowScales), except where a sum over ranks comes first.
@@ -422,13 +436,16 @@ pub fn enqueue_forward(
                 RowScales::default()
             }
         };
-        let codes = linear.input_codes(normed);
+        let (normed_rows, codes) = norm_outputs(linear, normed, matches!(layer.feed_forward, FeedForward::Dense { .. }));
         let post_attention_norm = layer.post_attention_norm.ptr();
-        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, delta_scale, post_attention_norm, eps, h, act.normed.ptr, codes)?;
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, delta_scale, post_attention_norm, eps, h, normed_rows, codes)?;
         let delta_scale = pass.feed_forward(linear, &layer.feed_forward, li, &mut moe_layer, &all_reduce, leave_row_scales)?;
-        let next_norm = layers.get(li + 1).map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
-        let codes = linear.input_codes(normed);
-        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, delta_scale, next_norm, eps, h, act.normed.ptr, codes)?;
+        let next = layers.get(li + 1);
+        let next_norm = next.map_or(w.weights.final_norm.ptr(), |n| n.input_norm.ptr());
+        // After the last layer the rows that need logits are gathered from the bf16 rows.
+        let grouped_next = next.is_some_and(|n| matches!(n.attention, SelfAttention::Grouped(_)));
+        let (normed_rows, codes) = norm_outputs(linear, normed, grouped_next);
+        k.add_rms_norm(gpu, t, act.residual.ptr, act.delta.ptr, delta_scale, next_norm, eps, h, normed_rows, codes)?;
     }
     k.gather_rows(gpu, act.normed.ptr, inputs.logit_rows, shape.rows, h, act.last.ptr)?;
     let last = act.last.tensor(DType::Bf16, shape.rows, h);

@@ -39,7 +39,8 @@ __device__ __forceinline__ void load_norm_weight(const bf16* __restrict__ weight
 // Writes normed = x * rsqrt(mean(x^2) + eps) * weight for the row held in `v`, with this thread's
 // groups of the weight in `w`. With `codes` (else null), also writes the bf16 values' FP8 codes
 // under the row's own scale, and that scale to *code_scale: what quantize_fp8_rows would make of
-// the row, so that an FP8 product of the normed rows needs no pass of its own over them.
+// the row, so that an FP8 product of the normed rows needs no pass of its own over them. `out` may
+// then be null, where that product is the rows' only reader: the codes alone are written.
 __device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss, const float4 (&w)[NORM_ITEMS], float eps, int hidden,
                                          bf16* __restrict__ out, float* scratch, unsigned char* __restrict__ codes,
                                          float* __restrict__ code_scale) {
@@ -53,7 +54,7 @@ __device__ __forceinline__ void norm_row(const float4 (&v)[NORM_ITEMS], float ss
         if (i < n4) {
             float4 x = v[it];
             packed[it] = f4_to_bf4(make_float4(x.x * scale * w[it].x, x.y * scale * w[it].y, x.z * scale * w[it].z, x.w * scale * w[it].w));
-            ((uint2*)out)[i] = packed[it];
+            if (out) ((uint2*)out)[i] = packed[it];
             m = fmaxf(m, bf16x4_amax(packed[it]));
         }
     }
@@ -108,12 +109,14 @@ extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const 
         int i = threadIdx.x + it * blockDim.x;
         if (i < n4) res[i] = v[it];
     }
-    norm_row(v, ss, w, eps, hidden, normed + (u64)t * hidden, scratch, codes ? codes + (u64)t * hidden : nullptr, codes ? scales + t : nullptr);
+    norm_row(v, ss, w, eps, hidden, normed ? normed + (u64)t * hidden : nullptr, scratch, codes ? codes + (u64)t * hidden : nullptr,
+             codes ? scales + t : nullptr);
 }
 
 // residual[t] += delta[t] (times delta_scale[t] where that is not null: an FP8 product's output
 // whose row scales are left to its reader); normed[t] = rms_norm(residual[t]) * weight, and with
-// `codes` (else null) its FP8 codes and scales[t] (norm_row). One block per token.
+// `codes` (else null) its FP8 codes and scales[t] (norm_row; then normed may be null). One block
+// per token.
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16* __restrict__ delta, const float* __restrict__ delta_scale,
                                         const bf16* __restrict__ weight, float eps, int hidden, bf16* __restrict__ normed,
                                         unsigned char* __restrict__ codes, float* __restrict__ scales) {
@@ -145,7 +148,7 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
             ss += v[it].x * v[it].x + v[it].y * v[it].y + v[it].z * v[it].z + v[it].w * v[it].w;
         }
     }
-    norm_row(v, ss, w, eps, hidden, normed + base, scratch, codes ? codes + base : nullptr, codes ? scales + blockIdx.x : nullptr);
+    norm_row(v, ss, w, eps, hidden, normed ? normed + base : nullptr, scratch, codes ? codes + base : nullptr, codes ? scales + blockIdx.x : nullptr);
 }
 
 // normed[t] = rms_norm(x[t]) * weight over rows of `width` bf16 values (MLA's q and latent
