@@ -294,6 +294,8 @@ pub const ATTENTION_MAX_ROWS: usize = 16;
 pub const PREFILL_ATTENTION_MAX_ROWS: usize = 128;
 /// Positions a tensor-core prefill attention block stages a step (`PF_KV` in attention_prefill.cu).
 const PREFILL_ATTENTION_STEP: usize = 64;
+/// The head size whose prefill attention runs on warp-group products (`wgmma`, sm_90a).
+const PREFILL_ATTENTION_WGMMA_HEAD_DIM: usize = 128;
 /// Largest GQA group (query heads a KV head) the tensor-core decode attention takes
 /// (attention_decode.cu's `DEC_MAX_GROUP`); larger groups keep the CUDA-core kernel.
 pub const DECODE_ATTENTION_MAX_GROUP: usize = 8;
@@ -308,15 +310,34 @@ fn decode_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
     (4 * stages * 2 * 16 * (head_dim * elem + 16)) as u32
 }
 
-/// Dynamic shared memory of one prefill-attention block: rows of `head_dim` 16-bit values and 16
-/// bytes of padding, first the block's query rows, then two stages of a step's K and V rows for a
-/// bf16 cache; for an FP8 cache one such K-and-V tile (the codes widened to f16) and two stages of
-/// unpadded codes.
+/// Dynamic shared memory of one prefill-attention block. Head sizes 32 and 64 (the mma.sync
+/// kernel): rows of `head_dim` 16-bit values and 16 bytes of padding, first the block's query
+/// rows, then two stages of a step's K and V rows for a bf16 cache; for an FP8 cache one such
+/// K-and-V tile (the codes widened to f16) and two stages of unpadded codes. Head size 128 (the
+/// warp-group kernel): unpadded swizzled rows in regions on 1,024-byte boundaries, so 1 KiB more
+/// to align them: the query rows, then two stages of K and V (bf16), or one f16 K-and-V tile and
+/// two stages of codes (FP8).
 fn prefill_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
+    if head_dim == PREFILL_ATTENTION_WGMMA_HEAD_DIM {
+        let row = head_dim * 2;
+        let tile = 2 * PREFILL_ATTENTION_STEP * row;
+        let kv = if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
+        return (1024 + PREFILL_ATTENTION_MAX_ROWS * row + kv) as u32;
+    }
     let row = head_dim * 2 + 16;
     let tile = 2 * PREFILL_ATTENTION_STEP * row;
     let bytes = PREFILL_ATTENTION_MAX_ROWS * row + if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
     bytes as u32
+}
+
+/// Threads of a prefill-attention block: two warp groups for the warp-group kernel (head size
+/// 128, `PFW_THREADS`), four warps otherwise (`PF_THREADS`).
+fn prefill_attention_threads(head_dim: usize) -> u32 {
+    if head_dim == PREFILL_ATTENTION_WGMMA_HEAD_DIM {
+        256
+    } else {
+        ATTENTION_THREADS
+    }
 }
 
 /// Orders prefill attention tiles (`[sequence, first row, rows, first position]`) by the positions
@@ -1018,7 +1039,7 @@ impl Kernels {
                 gpu,
                 prefill,
                 (a.prefill_tiles as u32, a.kv_heads as u32, a.prefill_splits as u32),
-                ATTENTION_THREADS,
+                prefill_attention_threads(a.head_dim),
                 args(tiles),
             )?;
         }
@@ -1272,8 +1293,11 @@ mod tests {
         let define = |name: &str| define("attention_prefill.cu", name);
         assert_eq!(super::PREFILL_ATTENTION_STEP, define("PF_KV"));
         assert_eq!(super::PREFILL_ATTENTION_MAX_ROWS, define("PF_THREADS") / 32 * define("PF_MT") * 16);
-        assert_eq!(super::prefill_attention_shared_bytes(128, false), 104_448);
-        assert_eq!(super::prefill_attention_shared_bytes(128, true), 102_400);
+        assert_eq!(super::prefill_attention_threads(64), define("PF_THREADS") as u32);
+        assert_eq!(super::prefill_attention_threads(128), define("PFW_THREADS") as u32);
+        assert_eq!(super::prefill_attention_shared_bytes(64, false), 55_296);
+        assert_eq!(super::prefill_attention_shared_bytes(128, false), 99_328);
+        assert_eq!(super::prefill_attention_shared_bytes(128, true), 99_328);
         assert!(2 * super::prefill_attention_shared_bytes(128, false) <= 227 * 1024);
     }
 

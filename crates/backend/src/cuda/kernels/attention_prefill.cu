@@ -324,6 +324,330 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     }
 }
 
+
+// Warp-group products (sm_90a): `wgmma` runs a 64-row product on the four warps of a warp group
+// from shared memory, read through matrix descriptors, asynchronously: a batch is fenced, issued,
+// committed and awaited. Each warp holds sixteen rows of the f32 result, in mma.sync's C layout
+// repeated every eight columns: d[n] holds columns 8n + 2c, +1 of rows g and g + 8 (g = lane / 4,
+// c = lane % 4) of the warp's sixteen.
+//
+// A descriptor for a 128-byte-swizzled operand whose 64 values of each row or column (128 bytes)
+// lie at `addr` (a shared state-space address; the swizzle pattern repeats every 1,024 bytes, so
+// a region starts on such a boundary and a k-step inside its rows adds 32 bytes): `lead` bytes
+// between two such 64-wide bands of the other dimension (used by the transposed layout), `stride`
+// bytes between groups of eight rows.
+__device__ __forceinline__ u64 wgmma_descriptor(u32 addr, u32 lead, u32 stride) {
+    return (u64)((addr & 0x3ffff) >> 4) | (u64)(lead >> 4) << 16 | (u64)(stride >> 4) << 32 | 1ull << 62;
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Ties a result register to this point of the program, so that no read of it moves above the
+// wait nor any write of it below the fence.
+__device__ __forceinline__ void wgmma_hold(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+// Shared-memory writes of this thread (plain stores, cp.async) made visible to the async proxy
+// that `wgmma` reads through; a barrier after it publishes them to the warp group.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+#define WG_D4(d, n) "+f"(d[n][0]), "+f"(d[n][1]), "+f"(d[n][2]), "+f"(d[n][3])
+
+// d (64 × 64, f32) = A · Bᵀ (+ d when `accumulate`), k = 16: A's 64 rows and B's 64 rows of
+// sixteen values each, both read from shared memory through descriptors (K-major). f16 or bf16.
+template <bool F16>
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], u64 a, u64 b, int accumulate) {
+    if constexpr (F16) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                     : WG_D4(d, 0), WG_D4(d, 1), WG_D4(d, 2), WG_D4(d, 3), WG_D4(d, 4), WG_D4(d, 5), WG_D4(d, 6), WG_D4(d, 7)
+                     : "l"(a), "l"(b), "r"(accumulate));
+    } else {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                     : WG_D4(d, 0), WG_D4(d, 1), WG_D4(d, 2), WG_D4(d, 3), WG_D4(d, 4), WG_D4(d, 5), WG_D4(d, 6), WG_D4(d, 7)
+                     : "l"(a), "l"(b), "r"(accumulate));
+    }
+}
+
+// d (64 × 128, f32) += A · B, k = 16: A from registers (mma.sync's A fragment of the warp's sixteen
+// rows), B (16 × 128) from shared memory stored row by row, 128 values a row (MN-major: the
+// descriptor's transpose bit). f16 or bf16.
+template <bool F16>
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const u32 (&a)[4], u64 b) {
+    if constexpr (F16) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+                     : WG_D4(d, 0), WG_D4(d, 1), WG_D4(d, 2), WG_D4(d, 3), WG_D4(d, 4), WG_D4(d, 5), WG_D4(d, 6), WG_D4(d, 7),
+                       WG_D4(d, 8), WG_D4(d, 9), WG_D4(d, 10), WG_D4(d, 11), WG_D4(d, 12), WG_D4(d, 13), WG_D4(d, 14), WG_D4(d, 15)
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    } else {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+                     : WG_D4(d, 0), WG_D4(d, 1), WG_D4(d, 2), WG_D4(d, 3), WG_D4(d, 4), WG_D4(d, 5), WG_D4(d, 6), WG_D4(d, 7),
+                       WG_D4(d, 8), WG_D4(d, 9), WG_D4(d, 10), WG_D4(d, 11), WG_D4(d, 12), WG_D4(d, 13), WG_D4(d, 14), WG_D4(d, 15)
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+}
+
+// Head size 128 on warp-group products: 256 threads, two warp groups of 64 query rows each (the
+// tile's PF_ROWS), sharing each step's K and V. The queries and every step's K and V rows lie in
+// shared memory 128-byte swizzled, two bands of 64 values a row (the 16-byte piece c of row r
+// of a band at c ^ (r % 8)), the layout `wgmma` reads: S = Q·Kᵀ takes both operands from there
+// (eight k-steps of m64n64k16), O += P·V takes P from the S registers (mma.sync's A fragment,
+// as the kernel above) and V's rows transposed (four k-steps of m64n128k16). Copies, masks, the
+// online softmax, sinks, splits and outputs are the kernel above's.
+#define PFW_THREADS 256
+#define PFW_BAND 128
+
+// Byte offset of the 16-byte piece `c` (0..15) of row `r` in a region of rows of 128 values,
+// stored as two bands of `band_bytes` each (the first 64 values of every row, then the last 64).
+__device__ __forceinline__ u32 swizzled(u32 r, u32 c, u32 band_bytes) {
+    return (c / 8) * band_bytes + r * PFW_BAND + (((c % 8) ^ (r % 8)) * 16);
+}
+
+template <bool FP8>
+__device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache, const void* v_cache, const u32* tiles,
+                                             const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,
+                                             int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,
+                                             float* part_acc, float* part_ml) {
+    constexpr int HD = 128;
+    constexpr int DTILES = HD / 8;
+    constexpr int ELEM = FP8 ? 1 : 2;
+    constexpr int CHUNKS = HD * ELEM / 16;
+    constexpr int ROWS_A_PASS = PFW_THREADS / CHUNKS;
+    constexpr u32 Q_BAND = PF_ROWS * PFW_BAND, Q_BYTES = 2 * Q_BAND;
+    constexpr u32 KV_BAND = PF_KV * PFW_BAND, TILE_BYTES = 2 * KV_BAND;  // a step's K (or V) rows
+    constexpr u32 CODE_STAGE = 2 * PF_KV * HD;                             // a step's K and V codes
+
+    const u32 launch_index = blockIdx.x + gridDim.x * blockIdx.y;
+    const TileWork work = tile_work(tiles, launch_index / gridDim.y, split_size, window, PF_KV);
+    if (work.empty) return;
+    const u32 row0 = work.row0, nrows = work.nrows, pos0 = work.pos0, split_start = work.split_start, split_end = work.split_end;
+    const u32 kv_lo = work.kv_lo, ctx_end = pos0 + nrows;
+    const int kvh = launch_index % gridDim.y, split = blockIdx.z, splits = gridDim.z;
+    const int group = heads / kv_heads;
+    const int rows = nrows * group;
+    const u32* table = table_data + table_offsets[work.seq];
+    const u32 steps = kv_lo < split_end ? (split_end - kv_lo + PF_KV - 1) / PF_KV : 0;
+
+    // The regions start on 1,024-byte boundaries (the swizzle's period): the queries, then for a
+    // bf16 cache two stages of K then V; for an FP8 cache the one f16 K-then-V tile the products
+    // read, then two stages of K then V codes, unswizzled.
+    const u32 dynamic = shared_address(dynamic_shared());
+    const u32 queries = (dynamic + 1023) & ~1023u;
+    unsigned char* const smem = dynamic_shared() + (queries - dynamic);
+    const u32 staged = queries + Q_BYTES;
+    const u32 codes = staged + 2 * TILE_BYTES;
+
+    // Copies step `i`'s K and V rows: thread x takes piece x % CHUNKS of rows x / CHUNKS,
+    // + ROWS_A_PASS, ...; positions past the split's end are zero-filled.
+    const int piece = threadIdx.x % CHUNKS, first_row = threadIdx.x / CHUNKS;
+    const u32 cache_row_bytes = HD * ELEM, block_bytes = (u32)block_size * cache_row_bytes;
+    const u32 table_stride = (u32)kv_heads * block_bytes;
+    const unsigned char* k_src = (const unsigned char*)k_cache + (u64)kvh * block_bytes + piece * 16;
+    const unsigned char* v_src = (const unsigned char*)v_cache + (u64)kvh * block_bytes + piece * 16;
+    // A pass moves ROWS_A_PASS rows down (a multiple of 8, so the swizzle of each piece stays).
+    const u32 copy_dst = FP8 ? codes + first_row * HD + piece * 16 : staged + swizzled(first_row, piece, KV_BAND);
+    constexpr u32 PASS_BYTES = ROWS_A_PASS * (FP8 ? HD : PFW_BAND);
+    auto issue = [&](u32 i) {
+        u32 pos = kv_lo + i * PF_KV + first_row;
+        u32 block = pos / (u32)block_size, offset = pos - block * (u32)block_size;
+        const u32 dst = copy_dst + (i % 2) * (FP8 ? CODE_STAGE : 2 * TILE_BYTES);
+#pragma unroll
+        for (int p = 0; p < PF_KV / ROWS_A_PASS; p++) {
+            const bool valid = pos < split_end;
+            const u64 at = valid ? (u64)table[block] * table_stride + offset * cache_row_bytes : 0;
+            cp_async16_at(dst + p * PASS_BYTES, k_src + at, valid);
+            cp_async16_at(dst + p * PASS_BYTES + (FP8 ? PF_KV * HD : TILE_BYTES), v_src + at, valid);
+            pos += ROWS_A_PASS;
+            offset += ROWS_A_PASS;
+            while (offset >= (u32)block_size) {
+                offset -= block_size;
+                block++;
+            }
+        }
+        cp_async_commit();
+    };
+    if (steps > 0) issue(0);
+
+    auto query_of = [&](int r) { return ((u64)(row0 + r / group) * heads + kvh * group + r % group) * HD; };
+    for (int e = threadIdx.x; e < PF_ROWS * (HD / 8); e += PFW_THREADS) {
+        const int r = e / (HD / 8), c8 = e % (HD / 8);
+        uint4 w = r < rows ? *(const uint4*)(q + query_of(r) + c8 * 8) : make_uint4(0, 0, 0, 0);
+        if constexpr (FP8) {
+            u32* v = &w.x;
+#pragma unroll
+            for (int i = 0; i < 4; i++) v[i] = pack_f16x2(__uint_as_float(v[i] << 16), __uint_as_float(v[i] & 0xffff0000u));
+        }
+        *(uint4*)(smem + swizzled(r, c8, Q_BAND)) = w;
+    }
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int warp_group = warp / 4;
+    // This thread's rows: g and g + 8 of its warp's sixteen, as [h].
+    auto row_of = [&](int h) { return warp * 16 + g + 8 * h; };
+    u32 row_pos[2];
+    float o[DTILES][4];
+    float m[2], l[2];
+#pragma unroll
+    for (int n = 0; n < DTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        row_pos[h] = pos0 + row_of(h) / group;
+        m[h] = initial_max(sinks, kvh * group + row_of(h) % group, split);
+        l[h] = m[h] == -INFINITY || t != 0 ? 0.f : 1.f;
+    }
+    const u32 last_row_pos = ctx_end - 1;
+    // The descriptors: the warp group's 64 query rows; K's rows as the product's columns
+    // (K-major, as the queries); V's rows as its k-steps (transposed: 64-value bands LEAD apart).
+    const u64 q_desc = wgmma_descriptor(queries + warp_group * 64 * PFW_BAND, 16, 8 * PFW_BAND);
+    const u64 k_desc0 = wgmma_descriptor(0, 16, 8 * PFW_BAND);
+    const u64 v_desc0 = wgmma_descriptor(0, KV_BAND, 8 * PFW_BAND);
+
+    for (u32 i = 0; i < steps; i++) {
+        const u32 t0 = kv_lo + i * PF_KV;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (i + 1 < steps) issue(i + 1);
+        u32 ks;
+        if constexpr (FP8) {
+            const unsigned char* stage = smem + (codes - queries) + (i % 2) * CODE_STAGE;
+            unsigned char* tile = smem + (staged - queries);
+#pragma unroll
+            for (int j = 0; j < CODE_STAGE / 16 / PFW_THREADS; j++) {
+                const int e = threadIdx.x + j * PFW_THREADS;
+                const int which = e / (PF_KV * HD / 16), r = (e / (HD / 16)) % PF_KV, c16 = e % (HD / 16);
+                const uint4 w = *(const uint4*)(stage + e * 16);
+                const u32 words[4] = {w.x, w.y, w.z, w.w};
+                u32 h[8];
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    h[2 * k] = e4m3x2_to_f16x2((unsigned short)(words[k] & 0xffffu));
+                    h[2 * k + 1] = e4m3x2_to_f16x2((unsigned short)(words[k] >> 16));
+                }
+                unsigned char* dst = tile + which * TILE_BYTES;
+                *(uint4*)(dst + swizzled(r, 2 * c16, KV_BAND)) = make_uint4(h[0], h[1], h[2], h[3]);
+                *(uint4*)(dst + swizzled(r, 2 * c16 + 1, KV_BAND)) = make_uint4(h[4], h[5], h[6], h[7]);
+            }
+            fence_proxy_async();
+            __syncthreads();
+            ks = staged;
+        } else {
+            ks = staged + (i % 2) * 2 * TILE_BYTES;
+        }
+        const u32 vs = ks + TILE_BYTES;
+
+        // S = Q·Kᵀ over the eight k-steps of the two bands (32 bytes a k-step inside a band).
+        float s[PF_KV / 8][4];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const u32 k_off = (kk % 4) * 32;
+            wgmma_m64n64k16_ss<FP8>(s, q_desc + (((kk / 4) * Q_BAND + k_off) >> 4),
+                                    k_desc0 + (((ks + (kk / 4) * KV_BAND + k_off) & 0x3ffff) >> 4), kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait_all();
+#pragma unroll
+        for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+            for (int c = 0; c < 4; c++) wgmma_hold(s[j][c]);
+        }
+
+        const bool masked = t0 + PF_KV > split_end || t0 + PF_KV - 1 > pos0 || (window > 0 && t0 + (u32)window <= last_row_pos);
+        if (masked) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+#pragma unroll
+                for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        const u32 kv = t0 + 8 * j + 2 * t + c, at = row_pos[h];
+                        const bool valid = kv < split_end && kv <= at && (window <= 0 || kv + (u32)window > at);
+                        if (!valid) s[j][2 * h + c] = -INFINITY;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j++) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[h], mx * scale_log2);
+            const float base = m_new == -INFINITY ? 0.f : m_new;
+            const float corr = fast_exp2(m[h] - base);
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    const float p = fast_exp2(fmaf(s[j][2 * h + c], scale_log2, -base));
+                    s[j][2 * h + c] = p;
+                    sum += p;
+                }
+            }
+            l[h] = l[h] * corr + sum;
+            m[h] = m_new;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) {
+                o[n][2 * h] *= corr;
+                o[n][2 * h + 1] *= corr;
+            }
+        }
+
+        // O += P·V, sixteen positions a k-step (two bands of V's rows, 1,024 bytes an eight).
+        u32 pa[PF_KV / 16][4];
+#pragma unroll
+        for (int k16 = 0; k16 < PF_KV / 16; k16++) {
+            pa[k16][0] = pack_pair<FP8>(s[2 * k16][0], s[2 * k16][1]);
+            pa[k16][1] = pack_pair<FP8>(s[2 * k16][2], s[2 * k16][3]);
+            pa[k16][2] = pack_pair<FP8>(s[2 * k16 + 1][0], s[2 * k16 + 1][1]);
+            pa[k16][3] = pack_pair<FP8>(s[2 * k16 + 1][2], s[2 * k16 + 1][3]);
+        }
+#pragma unroll
+        for (int n = 0; n < DTILES; n++) {
+#pragma unroll
+            for (int c = 0; c < 4; c++) wgmma_hold(o[n][c]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int k16 = 0; k16 < PF_KV / 16; k16++) {
+            wgmma_m64n128k16_rs<FP8>(o, pa[k16], v_desc0 + (((vs + k16 * 16 * PFW_BAND) & 0x3ffff) >> 4));
+        }
+        wgmma_commit();
+        wgmma_wait_all();
+#pragma unroll
+        for (int n = 0; n < DTILES; n++) {
+#pragma unroll
+            for (int c = 0; c < 4; c++) wgmma_hold(o[n][c]);
+        }
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float total = l[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        const int r = row_of(h);
+        if (r >= rows) continue;
+        if (splits == 1) {
+            bf16* dst = out + query_of(r) + 2 * t;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[n][2 * h] / total, o[n][2 * h + 1] / total);
+        } else if (split_start <= row_pos[h]) {
+            u64 at = query_of(r) / HD * splits + split;
+            float* dst = part_acc + at * HD + 2 * t;
+#pragma unroll
+            for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+            if (t == 0) {
+                part_ml[2 * at] = m[h];
+                part_ml[2 * at + 1] = total;
+            }
+        }
+    }
+}
+
 #define ATTENTION_PREFILL_ENTRY(HD, NAME, FP8)                                                                                     \
     extern "C" __global__ void __launch_bounds__(PF_THREADS, 2)                                                                      \
         attention_prefill_hd##HD##_##NAME(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,    \
@@ -337,7 +661,19 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
 
 ATTENTION_PREFILL_ENTRY(32, bf16, false)
 ATTENTION_PREFILL_ENTRY(64, bf16, false)
-ATTENTION_PREFILL_ENTRY(128, bf16, false)
 ATTENTION_PREFILL_ENTRY(32, fp8, true)
 ATTENTION_PREFILL_ENTRY(64, fp8, true)
-ATTENTION_PREFILL_ENTRY(128, fp8, true)
+
+#define ATTENTION_PREFILL_WGMMA_ENTRY(NAME, FP8)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(PFW_THREADS, 2)                                                                     \
+        attention_prefill_hd128_##NAME(const bf16* q, const void* k_cache, const void* v_cache, int kv_fp8, const u32* tiles,      \
+                                       const u32* table_offsets, const u32* table_data, int heads, int kv_heads, int block_size,     \
+                                       int window, const bf16* sinks, float scale_log2, const u32* split_size, bf16* out,           \
+                                       float* part_acc, float* part_ml) {                                                           \
+        pdl_begin();                                                                                                                \
+        attention_prefill_wgmma_impl<FP8>(q, k_cache, v_cache, tiles, table_offsets, table_data, heads, kv_heads, block_size, window, \
+                                          sinks, scale_log2, split_size, out, part_acc, part_ml);                                   \
+    }
+
+ATTENTION_PREFILL_WGMMA_ENTRY(bf16, false)
+ATTENTION_PREFILL_WGMMA_ENTRY(fp8, true)
