@@ -1,5 +1,7 @@
-// Prefill attention on the tensor cores (mma.sync m16n8k16, f32 sums), for tiles of many query
-// tokens: attention.cu's tile format, splits, masks, sinks and outputs. A tile's query rows are
+// Prefill attention on the tensor cores, for tiles of many query tokens: attention.cu's tile
+// format, splits, masks, sinks and outputs. Head sizes 32 and 64 run on mma.sync (m16n8k16, f32
+// sums), as described here; head size 128 on warp-group products (`wgmma`, sm_90a), in the kernel
+// at the end of this file, which shares this one's steps and softmax. A tile's query rows are
 // its tokens × the heads of one GQA group, token-major, at most PF_ROWS of them; each of the four
 // warps owns PF_MT × 16 rows, so every K and V fragment it loads feeds PF_MT products. The
 // queries wait in shared memory and are loaded as A fragments a k-step at a time.
@@ -38,6 +40,96 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const u32 (&a)[4], u
         mma_f16_m16n8k16(d, a, b0, b1);
     } else {
         mma_bf16_m16n8k16(d, a, b0, b1);
+    }
+}
+
+// The masks and the online softmax of one step for a warp's sixteen rows (rows g and g + 8 of
+// the S fragments, each spread over a quad of lanes; t = lane % 4), on raw scores: where
+// `masked`, positions past the split's end, after the row's position or a window behind it get
+// -inf; then p = 2^(s·scale_log2 − m) replaces each score, and the running maxima m (log2 units),
+// sums l and outputs o are rescaled to the new maxima.
+template <int DTILES>
+__device__ __forceinline__ void prefill_softmax_step(float (&s)[PF_KV / 8][4], float (&o)[DTILES][4], float (&m)[2], float (&l)[2],
+                                                     const u32 (&row_pos)[2], bool masked, u32 t0, u32 split_end, int window,
+                                                     float scale_log2, int t) {
+    if (masked) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    const u32 kv = t0 + 8 * j + 2 * t + c, at = row_pos[h];
+                    const bool valid = kv < split_end && kv <= at && (window <= 0 || kv + (u32)window > at);
+                    if (!valid) s[j][2 * h + c] = -INFINITY;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < PF_KV / 8; j++) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[h], mx * scale_log2);
+        const float base = m_new == -INFINITY ? 0.f : m_new;
+        const float corr = fast_exp2(m[h] - base);
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < PF_KV / 8; j++) {
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const float p = fast_exp2(fmaf(s[j][2 * h + c], scale_log2, -base));
+                s[j][2 * h + c] = p;
+                sum += p;
+            }
+        }
+        l[h] = l[h] * corr + sum;
+        m[h] = m_new;
+#pragma unroll
+        for (int n = 0; n < DTILES; n++) {
+            o[n][2 * h] *= corr;
+            o[n][2 * h + 1] *= corr;
+        }
+    }
+}
+
+// The probabilities of sixteen positions (S fragments 2·k16 and 2·k16 + 1) as the A fragment of
+// the product over them: the accumulator's layout is already the operand's.
+template <bool F16>
+__device__ __forceinline__ void probabilities_fragment(u32 (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    a[0] = pack_pair<F16>(lo[0], lo[1]);
+    a[1] = pack_pair<F16>(lo[2], lo[3]);
+    a[2] = pack_pair<F16>(hi[0], hi[1]);
+    a[3] = pack_pair<F16>(hi[2], hi[3]);
+}
+
+// Writes row h of a lane's pair, whose query starts at element `query` of q and out (~0 for a
+// row past the tile's): the normalised bf16 output in a launch of one split, else the split's
+// partial sums, maximum and sum for attention_combine (a split that starts after the row's
+// position has nothing to give). Every lane of the warp calls it: the sum is reduced over quads.
+template <int HD>
+__device__ __forceinline__ void prefill_write_row(const float (&o)[HD / 8][4], int h, float m, float l, u32 row_pos, u64 query, int t,
+                                                  int split, int splits, u32 split_start, bf16* out, float* part_acc, float* part_ml) {
+    float total = l;
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    if (query == ~0ull) return;
+    if (splits == 1) {
+        bf16* dst = out + query + 2 * t;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[n][2 * h] / total, o[n][2 * h + 1] / total);
+    } else if (split_start <= row_pos) {
+        const u64 at = query / HD * splits + split;
+        float* dst = part_acc + at * HD + 2 * t;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) *(float2*)(dst + 8 * n) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+        if (t == 0) {
+            part_ml[2 * at] = m;
+            part_ml[2 * at + 1] = total;
+        }
     }
 }
 
@@ -223,51 +315,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
         const bool masked = t0 + PF_KV > split_end || t0 + PF_KV - 1 > pos0 || (window > 0 && t0 + (u32)window <= last_row_pos);
 #pragma unroll
         for (int mt = 0; mt < PF_MT; mt++) {
-            if (masked) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-#pragma unroll
-                    for (int j = 0; j < PF_KV / 8; j++) {
-#pragma unroll
-                        for (int c = 0; c < 2; c++) {
-                            const u32 kv = t0 + 8 * j + 2 * t + c, at = row_pos[mt][h];
-                            const bool valid = kv < split_end && kv <= at && (window <= 0 || kv + (u32)window > at);
-                            if (!valid) s[mt][j][2 * h + c] = -INFINITY;
-                        }
-                    }
-                }
-            }
-
-            // The online softmax of the two rows (each spread over a quad of lanes), on raw
-            // scores: p = 2^(s·scale_log2 − m).
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int j = 0; j < PF_KV / 8; j++) mx = fmaxf(mx, fmaxf(s[mt][j][2 * h], s[mt][j][2 * h + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float m_new = fmaxf(m[mt][h], mx * scale_log2);
-                const float base = m_new == -INFINITY ? 0.f : m_new;
-                const float corr = fast_exp2(m[mt][h] - base);
-                float sum = 0.f;
-#pragma unroll
-                for (int j = 0; j < PF_KV / 8; j++) {
-#pragma unroll
-                    for (int c = 0; c < 2; c++) {
-                        const float p = fast_exp2(fmaf(s[mt][j][2 * h + c], scale_log2, -base));
-                        s[mt][j][2 * h + c] = p;
-                        sum += p;
-                    }
-                }
-                l[mt][h] = l[mt][h] * corr + sum;
-                m[mt][h] = m_new;
-#pragma unroll
-                for (int n = 0; n < DTILES; n++) {
-                    o[mt][n][2 * h] *= corr;
-                    o[mt][n][2 * h + 1] *= corr;
-                }
-            }
+            prefill_softmax_step<DTILES>(s[mt], o[mt], m[mt], l[mt], row_pos[mt], masked, t0, split_end, window, scale_log2, t);
         }
 
         // O += P·V: P's S fragments are already the A operand's layout; V comes transposed, and
@@ -276,14 +324,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
         for (int k16 = 0; k16 < PF_KV / 16; k16++) {
             u32 pa[PF_MT][4];
 #pragma unroll
-            for (int mt = 0; mt < PF_MT; mt++) {
-                const float(&lo)[4] = s[mt][2 * k16];
-                const float(&hi)[4] = s[mt][2 * k16 + 1];
-                pa[mt][0] = pack_pair<FP8>(lo[0], lo[1]);
-                pa[mt][1] = pack_pair<FP8>(lo[2], lo[3]);
-                pa[mt][2] = pack_pair<FP8>(hi[0], hi[1]);
-                pa[mt][3] = pack_pair<FP8>(hi[2], hi[3]);
-            }
+            for (int mt = 0; mt < PF_MT; mt++) probabilities_fragment<FP8>(pa[mt], s[mt][2 * k16], s[mt][2 * k16 + 1]);
 #pragma unroll
             for (int n = 0; n < DTILES; n += 2) {
                 u32 b[4];
@@ -301,29 +342,12 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     for (int mt = 0; mt < PF_MT; mt++) {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            float total = l[mt][h];
-            total += __shfl_xor_sync(0xffffffffu, total, 1);
-            total += __shfl_xor_sync(0xffffffffu, total, 2);
             const int r = row_of(mt, h);
-            if (r >= rows) continue;
-            if (splits == 1) {
-                bf16* dst = out + query_of(r) + 2 * t;
-#pragma unroll
-                for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[mt][n][2 * h] / total, o[mt][n][2 * h + 1] / total);
-            } else if (split_start <= row_pos[mt][h]) {
-                u64 at = query_of(r) / HD * splits + split;
-                float* dst = part_acc + at * HD + 2 * t;
-#pragma unroll
-                for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[mt][n][2 * h], o[mt][n][2 * h + 1]);
-                if (t == 0) {
-                    part_ml[2 * at] = m[mt][h];
-                    part_ml[2 * at + 1] = total;
-                }
-            }
+            prefill_write_row<HD>(o[mt], h, m[mt][h], l[mt][h], row_pos[mt][h], r < rows ? query_of(r) : ~0ull, t, split, splits, split_start,
+                                  out, part_acc, part_ml);
         }
     }
 }
-
 
 // Warp-group products (sm_90a): `wgmma` runs a 64-row product on the four warps of a warp group
 // from shared memory, read through matrix descriptors, asynchronously: a batch is fenced, issued,
@@ -553,58 +577,12 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
         }
 
         const bool masked = t0 + PF_KV > split_end || t0 + PF_KV - 1 > pos0 || (window > 0 && t0 + (u32)window <= last_row_pos);
-        if (masked) {
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-#pragma unroll
-                for (int j = 0; j < PF_KV / 8; j++) {
-#pragma unroll
-                    for (int c = 0; c < 2; c++) {
-                        const u32 kv = t0 + 8 * j + 2 * t + c, at = row_pos[h];
-                        const bool valid = kv < split_end && kv <= at && (window <= 0 || kv + (u32)window > at);
-                        if (!valid) s[j][2 * h + c] = -INFINITY;
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < PF_KV / 8; j++) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m[h], mx * scale_log2);
-            const float base = m_new == -INFINITY ? 0.f : m_new;
-            const float corr = fast_exp2(m[h] - base);
-            float sum = 0.f;
-#pragma unroll
-            for (int j = 0; j < PF_KV / 8; j++) {
-#pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    const float p = fast_exp2(fmaf(s[j][2 * h + c], scale_log2, -base));
-                    s[j][2 * h + c] = p;
-                    sum += p;
-                }
-            }
-            l[h] = l[h] * corr + sum;
-            m[h] = m_new;
-#pragma unroll
-            for (int n = 0; n < DTILES; n++) {
-                o[n][2 * h] *= corr;
-                o[n][2 * h + 1] *= corr;
-            }
-        }
+        prefill_softmax_step<DTILES>(s, o, m, l, row_pos, masked, t0, split_end, window, scale_log2, t);
 
         // O += P·V, sixteen positions a k-step (two bands of V's rows, 1,024 bytes an eight).
         u32 pa[PF_KV / 16][4];
 #pragma unroll
-        for (int k16 = 0; k16 < PF_KV / 16; k16++) {
-            pa[k16][0] = pack_pair<FP8>(s[2 * k16][0], s[2 * k16][1]);
-            pa[k16][1] = pack_pair<FP8>(s[2 * k16][2], s[2 * k16][3]);
-            pa[k16][2] = pack_pair<FP8>(s[2 * k16 + 1][0], s[2 * k16 + 1][1]);
-            pa[k16][3] = pack_pair<FP8>(s[2 * k16 + 1][2], s[2 * k16 + 1][3]);
-        }
+        for (int k16 = 0; k16 < PF_KV / 16; k16++) probabilities_fragment<FP8>(pa[k16], s[2 * k16], s[2 * k16 + 1]);
 #pragma unroll
         for (int n = 0; n < DTILES; n++) {
 #pragma unroll
@@ -626,25 +604,9 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
 
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        float total = l[h];
-        total += __shfl_xor_sync(0xffffffffu, total, 1);
-        total += __shfl_xor_sync(0xffffffffu, total, 2);
         const int r = row_of(h);
-        if (r >= rows) continue;
-        if (splits == 1) {
-            bf16* dst = out + query_of(r) + 2 * t;
-#pragma unroll
-            for (int n = 0; n < DTILES; n++) *(u32*)(dst + 8 * n) = pack_bf16x2(o[n][2 * h] / total, o[n][2 * h + 1] / total);
-        } else if (split_start <= row_pos[h]) {
-            u64 at = query_of(r) / HD * splits + split;
-            float* dst = part_acc + at * HD + 2 * t;
-#pragma unroll
-            for (int n = 0; n < DTILES; n++) *(float2*)(dst + 8 * n) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
-            if (t == 0) {
-                part_ml[2 * at] = m[h];
-                part_ml[2 * at + 1] = total;
-            }
-        }
+        prefill_write_row<HD>(o, h, m[h], l[h], row_pos[h], r < rows ? query_of(r) : ~0ull, t, split, splits, split_start, out, part_acc,
+                              part_ml);
     }
 }
 
