@@ -24,9 +24,9 @@ fn compiler() -> Option<&'static str> {
 /// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3 and f16
 /// conversions, the byte permute, dynamic shared memory (whose state-space addresses are offsets
 /// into the emulation's one buffer) and asynchronous copies (done at once),
-/// and the warp-wide tensor-core products and fragment loads; each one's signature, and its new
+/// and the warp-wide and warp-group-wide tensor-core products and fragment loads; each one's signature, and its new
 /// body.
-const EMULATED_PTX: [(&str, &str); 20] = [
+const EMULATED_PTX: [(&str, &str); 22] = [
     ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),
     ("void e4m3x2_to_f32x2(unsigned short v, float& hi, float& lo)", "emu_e4m3x2_to_f32x2(v, hi, lo);"),
     ("u32 e4m3x2_to_f16x2(unsigned short v)", "return emu_e4m3x2_to_f16x2(v);"),
@@ -47,6 +47,8 @@ const EMULATED_PTX: [(&str, &str); 20] = [
     ("void ldmatrix_x4_trans(u32 (&r)[4], const bf16* row)", "emu_ldmatrix_x4(r, row, true);"),
     ("void ldmatrix_x4_at(u32 (&r)[4], u32 addr)", "emu_ldmatrix_x4(r, (const bf16*)(emu_dynamic_shared + addr), false);"),
     ("void ldmatrix_x4_trans_at(u32 (&r)[4], u32 addr)", "emu_ldmatrix_x4(r, (const bf16*)(emu_dynamic_shared + addr), true);"),
+    ("void wgmma_m64n64k16_ss(float (&d)[8][4], u64 a, u64 b, int accumulate)", "emu_wgmma_ss<F16>(d, a, b, accumulate);"),
+    ("void wgmma_m64n128k16_rs(float (&d)[16][4], const u32 (&a)[4], u64 b)", "emu_wgmma_rs<F16>(d, a, b);"),
 ];
 
 /// `src` with the body of the function whose signature is `signature` replaced by `body`.

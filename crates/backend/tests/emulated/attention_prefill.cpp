@@ -79,7 +79,7 @@ static double prefill_step(const Case& c, K kernel) {
     std::vector<bf16> out((size_t)step.tokens * c.heads * hd, f2bf(NAN));
     std::vector<float> part_acc((size_t)step.tokens * c.heads * splits * hd, NAN), part_ml((size_t)step.tokens * c.heads * splits * 2, NAN);
     const void *k = cache.k_store(), *v = cache.v_store();
-    launch(kernel, {(unsigned)step.tiles.size() / 4, (unsigned)c.kv_heads, splits}, PF_THREADS, q.data(), k, v, (int)c.fp8, step.tiles.data(),
+    launch(kernel, {(unsigned)step.tiles.size() / 4, (unsigned)c.kv_heads, splits}, hd == 128 ? PFW_THREADS : PF_THREADS, q.data(), k, v, (int)c.fp8, step.tiles.data(),
            step.offsets.data(), step.table.data(), c.heads, c.kv_heads, block_size, c.window, c.sinks ? sinks.data() : (const bf16*)nullptr,
            scale_log2, &split, out.data(), part_acc.data(), part_ml.data());
     if (splits > 1)
@@ -109,7 +109,7 @@ static double mixed_step(const Case& c, K prefill, D decode) {
     launch(decode, {1, (unsigned)c.kv_heads, decode_splits}, ATT_THREADS, q.data(), k, v, (int)c.fp8, step.tiles.data(), step.offsets.data(),
            step.table.data(), c.heads, c.kv_heads, block_size, c.window, (const bf16*)nullptr, scale_log2, &split, out.data(),
            part_acc.data(), part_ml.data());
-    launch(prefill, {(unsigned)step.tiles.size() / 4 - 1, (unsigned)c.kv_heads, 1}, PF_THREADS, q.data(), k, v, (int)c.fp8,
+    launch(prefill, {(unsigned)step.tiles.size() / 4 - 1, (unsigned)c.kv_heads, 1}, hd == 128 ? PFW_THREADS : PF_THREADS, q.data(), k, v, (int)c.fp8,
            step.tiles.data() + 4, step.offsets.data(), step.table.data(), c.heads, c.kv_heads, block_size, c.window, (const bf16*)nullptr,
            scale_log2, &split, out.data(), part_acc.data(), part_ml.data());
     launch(attention_combine, {1, (unsigned)c.heads}, hd, part_acc.data(), part_ml.data(), step.positions.data(), c.heads, hd,

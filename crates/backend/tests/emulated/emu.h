@@ -319,3 +319,59 @@ inline void emu_cp_async16(void* smem, const void* gmem, bool valid) {
     else
         std::memset(smem, 0, 16);
 }
+
+// wgmma (m64nNk16, f32 sums in k order) on 128-byte-swizzled shared memory, as the PTX ISA
+// lays it out: a descriptor holds the start address, the lead and stride byte offsets (each over
+// 16) and the swizzle mode; byte L of the unswizzled layout lies at L ^ (((L >> 7) & 7) << 4),
+// the 16-byte pieces of each 128-byte row permuted by the row's place among eight. A K-major
+// operand's row r, value k is at start + (r / 8)·stride + (r % 8)·128 + 2k; an MN-major one's
+// k-row k, value n at start + (n / 64)·lead + (k / 8)·stride + (k % 8)·128 + 2(n % 64). Each
+// warp of a warp group holds sixteen rows of the result, d[j] as mma.sync's accumulator of
+// columns 8j..8j+7; A from registers is mma.sync's A fragment of the warp's sixteen rows.
+inline float emu_wgmma_value(unsigned long long desc, int mn, int k, bool mn_major, bool f16) {
+    const unsigned start = (unsigned)(desc & 0x3fff) << 4, lead = (unsigned)((desc >> 16) & 0x3fff) << 4,
+                   stride = (unsigned)((desc >> 32) & 0x3fff) << 4;
+    unsigned at = mn_major ? start + (mn / 64) * lead + (k / 8) * stride + (k % 8) * 128 + (mn % 64) * 2
+                           : start + (mn / 8) * stride + (mn % 8) * 128 + k * 2;
+    at ^= ((at >> 7) & 7) << 4;
+    unsigned short v;
+    std::memcpy(&v, emu_dynamic_shared + at, 2);
+    return f16 ? emu_from_f16(v) : __uint_as_float((unsigned)v << 16);
+}
+template <bool F16>
+inline void emu_wgmma_ss(float (&d)[8][4], unsigned long long a, unsigned long long b, int accumulate) {
+    const int lane = threadIdx.x % 32, rows = 16 * (threadIdx.x / 32 % 4), g = lane / 4, c = lane % 4;
+    for (int j = 0; j < 8; j++)
+        for (int e = 0; e < 4; e++) {
+            const int row = rows + g + 8 * (e / 2), col = 8 * j + 2 * c + e % 2;
+            float sum = accumulate ? d[j][e] : 0.f;
+            for (int k = 0; k < 16; k++) sum += emu_wgmma_value(a, row, k, false, F16) * emu_wgmma_value(b, col, k, false, F16);
+            d[j][e] = sum;
+        }
+}
+template <bool F16>
+inline void emu_wgmma_rs(float (&d)[16][4], const unsigned (&a)[4], unsigned long long b) {
+    unsigned all[32][4];
+    warp_gather(a, sizeof a, all);
+    auto value = [](unsigned w, int i) {
+        return F16 ? emu_from_f16((unsigned short)(i ? w >> 16 : w & 0xffffu)) : __uint_as_float(i ? w & 0xffff0000u : w << 16);
+    };
+    float A[16][16];
+    for (int l = 0; l < 32; l++) {
+        const int g = l / 4, c = l % 4;
+        for (int i = 0; i < 2; i++) {
+            A[g][2 * c + i] = value(all[l][0], i);
+            A[g + 8][2 * c + i] = value(all[l][1], i);
+            A[g][8 + 2 * c + i] = value(all[l][2], i);
+            A[g + 8][8 + 2 * c + i] = value(all[l][3], i);
+        }
+    }
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    for (int n = 0; n < 16; n++)
+        for (int e = 0; e < 4; e++) {
+            const int row = g + 8 * (e / 2), col = 8 * n + 2 * c + e % 2;
+            float sum = d[n][e];
+            for (int k = 0; k < 16; k++) sum += A[row][k] * emu_wgmma_value(b, col, k, true, F16);
+            d[n][e] = sum;
+        }
+}
