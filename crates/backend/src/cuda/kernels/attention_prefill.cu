@@ -43,6 +43,105 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const u32 (&a)[4], u
     }
 }
 
+// Sixteen E4M3 codes (16 bytes) as sixteen f16 values: the first eight in `lo`, the rest in `hi`
+// (an instruction a pair).
+__device__ __forceinline__ void e4m3x16_to_f16x16(uint4 codes, uint4& lo, uint4& hi) {
+    const u32 words[4] = {codes.x, codes.y, codes.z, codes.w};
+    u32 h[8];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        h[2 * k] = e4m3x2_to_f16x2((unsigned short)(words[k] & 0xffffu));
+        h[2 * k + 1] = e4m3x2_to_f16x2((unsigned short)(words[k] >> 16));
+    }
+    lo = make_uint4(h[0], h[1], h[2], h[3]);
+    hi = make_uint4(h[4], h[5], h[6], h[7]);
+}
+
+// What a prefill block works on: its tile (attention.cu's TileWork for this block's split), its
+// KV head, the tile's query rows (tokens × the GQA group), its sequence's block table and the
+// steps of PF_KV positions it walks. The host lists the tiles heaviest first
+// (`heaviest_tiles_first`) and blocks start in launch order, x fastest: counting the KV heads
+// fastest instead starts every head of the heaviest tiles first, so the launch ends on the
+// lightest ones rather than on a wave of long tiles.
+struct PrefillBlock {
+    TileWork work;
+    int kvh, split, splits, group, rows;
+    const u32* table;
+    u32 steps;
+};
+__device__ __forceinline__ PrefillBlock prefill_block(const u32* tiles, const u32* split_size, int window, int heads, int kv_heads,
+                                                      const u32* table_offsets, const u32* table_data) {
+    const u32 launch_index = blockIdx.x + gridDim.x * blockIdx.y;
+    PrefillBlock b;
+    b.work = tile_work(tiles, launch_index / gridDim.y, split_size, window, PF_KV);
+    b.kvh = launch_index % gridDim.y;
+    b.split = blockIdx.z;
+    b.splits = gridDim.z;
+    b.group = heads / kv_heads;
+    b.rows = b.work.nrows * b.group;
+    b.table = table_data + table_offsets[b.work.seq];
+    b.steps = b.work.kv_lo < b.work.split_end ? (b.work.split_end - b.work.kv_lo + PF_KV - 1) / PF_KV : 0;
+    return b;
+}
+
+// Where a thread's copies of a KV head's cached rows read: its 16-byte piece (of CHUNKS a row
+// of ROW_BYTES) of the rows in table entry 0 (a row of block b at offset o is at
+// (table[b]·kv_heads + kvh)·block_size + o rows of the cache), and the first of the rows it
+// copies, one every THREADS / CHUNKS.
+struct KvCopy {
+    const unsigned char *k, *v;
+    u32 table_stride, row_bytes;
+    int piece, first_row;
+};
+template <u32 ROW_BYTES, int CHUNKS>
+__device__ __forceinline__ KvCopy kv_copy(const void* k_cache, const void* v_cache, int kvh, int kv_heads, int block_size) {
+    KvCopy c;
+    c.piece = threadIdx.x % CHUNKS;
+    c.first_row = threadIdx.x / CHUNKS;
+    c.row_bytes = ROW_BYTES;
+    const u32 block_bytes = (u32)block_size * ROW_BYTES;
+    c.table_stride = (u32)kv_heads * block_bytes;
+    c.k = (const unsigned char*)k_cache + (u64)kvh * block_bytes + c.piece * 16;
+    c.v = (const unsigned char*)v_cache + (u64)kvh * block_bytes + c.piece * 16;
+    return c;
+}
+
+// A position of a sequence in the paged cache, walked forward by a copy: its block's index in the
+// sequence's table and its offset in that block.
+struct CacheCursor {
+    u32 pos, block, offset;
+    __device__ __forceinline__ CacheCursor(u32 p, int block_size) : pos(p), block(p / (u32)block_size), offset(p - block * (u32)block_size) {}
+    // Byte offset of the position's row in a cache whose table entry b starts at b·table_stride
+    // (add the KV head's), with rows of `row_bytes`.
+    __device__ __forceinline__ u64 row(const u32* table, u32 table_stride, u32 row_bytes) const {
+        return (u64)table[block] * table_stride + offset * row_bytes;
+    }
+    __device__ __forceinline__ void advance(u32 n, int block_size) {
+        pos += n;
+        offset += n;
+        while (offset >= (u32)block_size) {
+            offset -= block_size;
+            block++;
+        }
+    }
+};
+
+// The tile's queries into shared memory, 16 bytes a thread at a time (converted to f16 for an
+// FP8 cache; rows past the tile's are zero): piece c8 (eight values) of row r to `at(r, c8)`.
+template <int HD, bool FP8, int THREADS, class QueryOf, class At>
+__device__ __forceinline__ void stage_queries(const bf16* q, int rows, QueryOf query_of, At at) {
+    for (int e = threadIdx.x; e < PF_ROWS * (HD / 8); e += THREADS) {
+        const int r = e / (HD / 8), c8 = e % (HD / 8);
+        uint4 w = r < rows ? *(const uint4*)(q + query_of(r) + c8 * 8) : make_uint4(0, 0, 0, 0);
+        if constexpr (FP8) {
+            u32* v = &w.x;
+#pragma unroll
+            for (int i = 0; i < 4; i++) v[i] = pack_f16x2(__uint_as_float(v[i] << 16), __uint_as_float(v[i] & 0xffff0000u));
+        }
+        *(uint4*)at(r, c8) = w;
+    }
+}
+
 // The masks and the online softmax of one step for a warp's sixteen rows (rows g and g + 8 of
 // the S fragments, each spread over a quad of lanes; t = lane % 4), on raw scores: where
 // `masked`, positions past the split's end, after the row's position or a window behind it get
@@ -152,19 +251,11 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     constexpr int ROWS_A_PASS = PF_THREADS / CHUNKS;   // rows one copy instruction a thread covers
     constexpr int CODE_STAGE = 2 * PF_KV * HD;         // bytes of one step's K and V codes
 
-    // The host lists the tiles heaviest first (`heaviest_tiles_first`) and blocks start in launch
-    // order, x fastest: counting the KV heads fastest instead starts every head of the heaviest
-    // tiles first, so the launch ends on the lightest ones rather than on a wave of long tiles.
-    const u32 launch_index = blockIdx.x + gridDim.x * blockIdx.y;
-    const TileWork work = tile_work(tiles, launch_index / gridDim.y, split_size, window, PF_KV);
-    if (work.empty) return;
-    const u32 row0 = work.row0, nrows = work.nrows, pos0 = work.pos0, split_start = work.split_start, split_end = work.split_end;
-    const u32 kv_lo = work.kv_lo, ctx_end = pos0 + nrows;
-    const int kvh = launch_index % gridDim.y, split = blockIdx.z, splits = gridDim.z;
-    const int group = heads / kv_heads;
-    const int rows = nrows * group;
-    const u32* table = table_data + table_offsets[work.seq];
-    const u32 steps = kv_lo < split_end ? (split_end - kv_lo + PF_KV - 1) / PF_KV : 0;
+    const PrefillBlock b = prefill_block(tiles, split_size, window, heads, kv_heads, table_offsets, table_data);
+    if (b.work.empty) return;
+    const u32 row0 = b.work.row0, pos0 = b.work.pos0, split_start = b.work.split_start, split_end = b.work.split_end, kv_lo = b.work.kv_lo;
+    const int kvh = b.kvh, split = b.split, splits = b.splits, group = b.group, rows = b.rows;
+    const u32 *table = b.table, steps = b.steps, ctx_end = pos0 + b.work.nrows;
 
     // Shared state-space addresses: the queries, the staged rows, and for an FP8 cache the code
     // stages.
@@ -173,33 +264,23 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
     const u32 staged = queries + QUERY_BYTES;
     const u32 codes = staged + 2 * TILE_BYTES;
     // Copies step `i`'s K and V rows into stage i % 2: thread x takes piece x % CHUNKS of rows
-    // x / CHUNKS, + ROWS_A_PASS, ...; positions past the split's end are zero-filled. A row of
-    // block b at offset o is at (table[b]·kv_heads + kvh)·block_size + o rows of the cache.
-    const int piece = threadIdx.x % CHUNKS, first_row = threadIdx.x / CHUNKS;
-    const u32 cache_row_bytes = HD * ELEM, block_bytes = (u32)block_size * cache_row_bytes;
-    const u32 table_stride = (u32)kv_heads * block_bytes;
-    const unsigned char* k_src = (const unsigned char*)k_cache + (u64)kvh * block_bytes + piece * 16;
-    const unsigned char* v_src = (const unsigned char*)v_cache + (u64)kvh * block_bytes + piece * 16;
+    // x / CHUNKS, + ROWS_A_PASS, ...; positions past the split's end are zero-filled.
+    const KvCopy src = kv_copy<HD * ELEM, CHUNKS>(k_cache, v_cache, kvh, kv_heads, block_size);
+    const int piece = src.piece, first_row = src.first_row;
     const u32 copy_dst = FP8 ? codes + first_row * HD + piece * 16 : staged + first_row * ROW_BYTES + piece * 16;
     auto issue = [&](u32 i) {
-        u32 pos = kv_lo + i * PF_KV + first_row;
-        u32 block = pos / (u32)block_size, offset = pos - block * (u32)block_size;
+        CacheCursor at(kv_lo + i * PF_KV + first_row, block_size);
         const u32 dst = copy_dst + (i % 2) * (FP8 ? CODE_STAGE : 2 * TILE_BYTES);
 #pragma unroll
         for (int p = 0; p < (PF_KV + ROWS_A_PASS - 1) / ROWS_A_PASS; p++) {
             if (PF_KV % ROWS_A_PASS == 0 || first_row + p * ROWS_A_PASS < PF_KV) {
-                const bool valid = pos < split_end;
-                const u64 at = valid ? (u64)table[block] * table_stride + offset * cache_row_bytes : 0;
+                const bool valid = at.pos < split_end;
+                const u64 row = valid ? at.row(table, src.table_stride, src.row_bytes) : 0;
                 const u32 k_dst = dst + p * ROWS_A_PASS * (FP8 ? HD : ROW_BYTES);
-                cp_async16_at(k_dst, k_src + at, valid);
-                cp_async16_at(k_dst + (FP8 ? PF_KV * HD : TILE_BYTES), v_src + at, valid);
+                cp_async16_at(k_dst, src.k + row, valid);
+                cp_async16_at(k_dst + (FP8 ? PF_KV * HD : TILE_BYTES), src.v + row, valid);
             }
-            pos += ROWS_A_PASS;
-            offset += ROWS_A_PASS;
-            while (offset >= (u32)block_size) {
-                offset -= block_size;
-                block++;
-            }
+            at.advance(ROWS_A_PASS, block_size);
         }
         cp_async_commit();
     };
@@ -207,18 +288,7 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
 
     // Row r of the tile is query head kvh·group + r % group of token row0 + r / group.
     auto query_of = [&](int r) { return ((u64)(row0 + r / group) * heads + kvh * group + r % group) * HD; };
-    // The tile's queries into shared memory, 16 bytes a thread at a time (f16 for an FP8 cache);
-    // rows past the tile's are zero.
-    for (int e = threadIdx.x; e < PF_ROWS * (HD / 8); e += PF_THREADS) {
-        const int r = e / (HD / 8), c8 = e % (HD / 8);
-        uint4 w = r < rows ? *(const uint4*)(q + query_of(r) + c8 * 8) : make_uint4(0, 0, 0, 0);
-        if constexpr (FP8) {
-            u32* v = &w.x;
-#pragma unroll
-            for (int i = 0; i < 4; i++) v[i] = pack_f16x2(__uint_as_float(v[i] << 16), __uint_as_float(v[i] & 0xffff0000u));
-        }
-        *(uint4*)(dynamic_shared() + r * ROW_BYTES + c8 * 16) = w;
-    }
+    stage_queries<HD, FP8, PF_THREADS>(q, rows, query_of, [&](int r, int c8) { return dynamic_shared() + r * ROW_BYTES + c8 * 16; });
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     // This thread's rows: g and g + 8 of each of the warp's PF_MT sixteens, as [mt][h]. Only their
@@ -261,17 +331,11 @@ __device__ void attention_prefill_impl(const bf16* q, const void* k_cache, const
 #pragma unroll 1
             for (int e = threadIdx.x; e < CODE_STAGE / 16; e += PF_THREADS) {
                 const int r = e / (HD / 16), c16 = e % (HD / 16);
-                const uint4 w = *(const uint4*)(stage + e * 16);
-                const u32 words[4] = {w.x, w.y, w.z, w.w};
-                u32 h[8];
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    h[2 * k] = e4m3x2_to_f16x2((unsigned short)(words[k] & 0xffffu));
-                    h[2 * k + 1] = e4m3x2_to_f16x2((unsigned short)(words[k] >> 16));
-                }
+                uint4 lo, hi;
+                e4m3x16_to_f16x16(*(const uint4*)(stage + e * 16), lo, hi);
                 uint4* dst = (uint4*)(tile + r * ROW + c16 * 16);
-                dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
-                dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
+                dst[0] = lo;
+                dst[1] = hi;
             }
             __syncthreads();
             ks = staged;
@@ -440,16 +504,11 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
     constexpr u32 KV_BAND = PF_KV * PFW_BAND, TILE_BYTES = 2 * KV_BAND;  // a step's K (or V) rows
     constexpr u32 CODE_STAGE = 2 * PF_KV * HD;                             // a step's K and V codes
 
-    const u32 launch_index = blockIdx.x + gridDim.x * blockIdx.y;
-    const TileWork work = tile_work(tiles, launch_index / gridDim.y, split_size, window, PF_KV);
-    if (work.empty) return;
-    const u32 row0 = work.row0, nrows = work.nrows, pos0 = work.pos0, split_start = work.split_start, split_end = work.split_end;
-    const u32 kv_lo = work.kv_lo, ctx_end = pos0 + nrows;
-    const int kvh = launch_index % gridDim.y, split = blockIdx.z, splits = gridDim.z;
-    const int group = heads / kv_heads;
-    const int rows = nrows * group;
-    const u32* table = table_data + table_offsets[work.seq];
-    const u32 steps = kv_lo < split_end ? (split_end - kv_lo + PF_KV - 1) / PF_KV : 0;
+    const PrefillBlock b = prefill_block(tiles, split_size, window, heads, kv_heads, table_offsets, table_data);
+    if (b.work.empty) return;
+    const u32 row0 = b.work.row0, pos0 = b.work.pos0, split_start = b.work.split_start, split_end = b.work.split_end, kv_lo = b.work.kv_lo;
+    const int kvh = b.kvh, split = b.split, splits = b.splits, group = b.group, rows = b.rows;
+    const u32 *table = b.table, steps = b.steps, ctx_end = pos0 + b.work.nrows;
 
     // The regions start on 1,024-byte boundaries (the swizzle's period): the queries, then for a
     // bf16 cache two stages of K then V; for an FP8 cache the one f16 K-then-V tile the products
@@ -462,46 +521,28 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
 
     // Copies step `i`'s K and V rows: thread x takes piece x % CHUNKS of rows x / CHUNKS,
     // + ROWS_A_PASS, ...; positions past the split's end are zero-filled.
-    const int piece = threadIdx.x % CHUNKS, first_row = threadIdx.x / CHUNKS;
-    const u32 cache_row_bytes = HD * ELEM, block_bytes = (u32)block_size * cache_row_bytes;
-    const u32 table_stride = (u32)kv_heads * block_bytes;
-    const unsigned char* k_src = (const unsigned char*)k_cache + (u64)kvh * block_bytes + piece * 16;
-    const unsigned char* v_src = (const unsigned char*)v_cache + (u64)kvh * block_bytes + piece * 16;
+    const KvCopy src = kv_copy<HD * ELEM, CHUNKS>(k_cache, v_cache, kvh, kv_heads, block_size);
+    const int piece = src.piece, first_row = src.first_row;
     // A pass moves ROWS_A_PASS rows down (a multiple of 8, so the swizzle of each piece stays).
     const u32 copy_dst = FP8 ? codes + first_row * HD + piece * 16 : staged + swizzled(first_row, piece, KV_BAND);
     constexpr u32 PASS_BYTES = ROWS_A_PASS * (FP8 ? HD : PFW_BAND);
     auto issue = [&](u32 i) {
-        u32 pos = kv_lo + i * PF_KV + first_row;
-        u32 block = pos / (u32)block_size, offset = pos - block * (u32)block_size;
+        CacheCursor at(kv_lo + i * PF_KV + first_row, block_size);
         const u32 dst = copy_dst + (i % 2) * (FP8 ? CODE_STAGE : 2 * TILE_BYTES);
 #pragma unroll
         for (int p = 0; p < PF_KV / ROWS_A_PASS; p++) {
-            const bool valid = pos < split_end;
-            const u64 at = valid ? (u64)table[block] * table_stride + offset * cache_row_bytes : 0;
-            cp_async16_at(dst + p * PASS_BYTES, k_src + at, valid);
-            cp_async16_at(dst + p * PASS_BYTES + (FP8 ? PF_KV * HD : TILE_BYTES), v_src + at, valid);
-            pos += ROWS_A_PASS;
-            offset += ROWS_A_PASS;
-            while (offset >= (u32)block_size) {
-                offset -= block_size;
-                block++;
-            }
+            const bool valid = at.pos < split_end;
+            const u64 row = valid ? at.row(table, src.table_stride, src.row_bytes) : 0;
+            cp_async16_at(dst + p * PASS_BYTES, src.k + row, valid);
+            cp_async16_at(dst + p * PASS_BYTES + (FP8 ? PF_KV * HD : TILE_BYTES), src.v + row, valid);
+            at.advance(ROWS_A_PASS, block_size);
         }
         cp_async_commit();
     };
     if (steps > 0) issue(0);
 
     auto query_of = [&](int r) { return ((u64)(row0 + r / group) * heads + kvh * group + r % group) * HD; };
-    for (int e = threadIdx.x; e < PF_ROWS * (HD / 8); e += PFW_THREADS) {
-        const int r = e / (HD / 8), c8 = e % (HD / 8);
-        uint4 w = r < rows ? *(const uint4*)(q + query_of(r) + c8 * 8) : make_uint4(0, 0, 0, 0);
-        if constexpr (FP8) {
-            u32* v = &w.x;
-#pragma unroll
-            for (int i = 0; i < 4; i++) v[i] = pack_f16x2(__uint_as_float(v[i] << 16), __uint_as_float(v[i] & 0xffff0000u));
-        }
-        *(uint4*)(smem + swizzled(r, c8, Q_BAND)) = w;
-    }
+    stage_queries<HD, FP8, PFW_THREADS>(q, rows, query_of, [&](int r, int c8) { return smem + swizzled(r, c8, Q_BAND); });
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int warp_group = warp / 4;
@@ -539,17 +580,11 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
             for (int j = 0; j < CODE_STAGE / 16 / PFW_THREADS; j++) {
                 const int e = threadIdx.x + j * PFW_THREADS;
                 const int which = e / (PF_KV * HD / 16), r = (e / (HD / 16)) % PF_KV, c16 = e % (HD / 16);
-                const uint4 w = *(const uint4*)(stage + e * 16);
-                const u32 words[4] = {w.x, w.y, w.z, w.w};
-                u32 h[8];
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    h[2 * k] = e4m3x2_to_f16x2((unsigned short)(words[k] & 0xffffu));
-                    h[2 * k + 1] = e4m3x2_to_f16x2((unsigned short)(words[k] >> 16));
-                }
+                uint4 lo, hi;
+                e4m3x16_to_f16x16(*(const uint4*)(stage + e * 16), lo, hi);
                 unsigned char* dst = tile + which * TILE_BYTES;
-                *(uint4*)(dst + swizzled(r, 2 * c16, KV_BAND)) = make_uint4(h[0], h[1], h[2], h[3]);
-                *(uint4*)(dst + swizzled(r, 2 * c16 + 1, KV_BAND)) = make_uint4(h[4], h[5], h[6], h[7]);
+                *(uint4*)(dst + swizzled(r, 2 * c16, KV_BAND)) = lo;
+                *(uint4*)(dst + swizzled(r, 2 * c16 + 1, KV_BAND)) = hi;
             }
             fence_proxy_async();
             __syncthreads();
