@@ -23,8 +23,8 @@ fn compiler() -> Option<&'static str> {
 
 /// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3 and f16
 /// conversions, the byte permute, dynamic shared memory (whose state-space addresses are offsets
-/// into the emulation's one buffer) and asynchronous copies (done at once),
-/// and the warp-wide and warp-group-wide tensor-core products and fragment loads; each one's signature, and its new
+/// into the emulation's one buffer) and asynchronous copies (done at once), and the warp-wide and
+/// warp-group-wide tensor-core products and fragment loads; each one's signature, and its new
 /// body.
 const EMULATED_PTX: [(&str, &str); 22] = [
     ("u32 f32x2_to_e4m3x2(float hi, float lo)", "return emu_f32x2_to_e4m3x2(hi, lo);"),

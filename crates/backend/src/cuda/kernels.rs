@@ -318,16 +318,10 @@ fn decode_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
 /// to align them: the query rows, then two stages of K and V (bf16), or one f16 K-and-V tile and
 /// two stages of codes (FP8).
 fn prefill_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
-    if head_dim == PREFILL_ATTENTION_WGMMA_HEAD_DIM {
-        let row = head_dim * 2;
-        let tile = 2 * PREFILL_ATTENTION_STEP * row;
-        let kv = if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
-        return (1024 + PREFILL_ATTENTION_MAX_ROWS * row + kv) as u32;
-    }
-    let row = head_dim * 2 + 16;
+    let (row, align) = if head_dim == PREFILL_ATTENTION_WGMMA_HEAD_DIM { (head_dim * 2, 1024) } else { (head_dim * 2 + 16, 0) };
     let tile = 2 * PREFILL_ATTENTION_STEP * row;
-    let bytes = PREFILL_ATTENTION_MAX_ROWS * row + if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
-    bytes as u32
+    let kv = if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
+    (align + PREFILL_ATTENTION_MAX_ROWS * row + kv) as u32
 }
 
 /// Threads of a prefill-attention block: two warp groups for the warp-group kernel (head size

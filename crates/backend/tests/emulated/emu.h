@@ -154,6 +154,26 @@ inline void warp_gather(const void* mine, size_t bytes, void* all) {
 // fragments out (g = lane / 4, c = lane % 4): the test that builds the kernel sources puts these
 // in the place of their PTX.
 //
+// Lane l's A fragment of an mma.sync (or of a wgmma from registers) into A: a[0] holds
+// A[g][Vc..Vc+V-1], a[1] A[g+8][Vc..], a[2] A[g][K/2+Vc..], a[3] A[g+8][K/2+Vc..] (g = l / 4,
+// c = l % 4, K = 8V); `value(word, i)` decodes the i-th value of a register.
+template <int V, class Decode>
+inline void emu_place_a(float (&A)[16][8 * V], int l, const unsigned (&a)[4], Decode value) {
+    constexpr int K = 8 * V;
+    const int g = l / 4, c = l % 4;
+    for (int i = 0; i < V; i++) {
+        A[g][V * c + i] = value(a[0], i);
+        A[g + 8][V * c + i] = value(a[1], i);
+        A[g][K / 2 + V * c + i] = value(a[2], i);
+        A[g + 8][K / 2 + V * c + i] = value(a[3], i);
+    }
+}
+
+// A 16-bit value as f16 or bf16, and the i-th of the two in a register.
+inline float emu_from_f16(unsigned short h);
+inline float emu_b16(unsigned short v, bool f16) { return f16 ? emu_from_f16(v) : __uint_as_float((unsigned)v << 16); }
+inline float emu_b16_of(unsigned w, int i, bool f16) { return emu_b16((unsigned short)(i ? w >> 16 : w & 0xffffu), f16); }
+
 // mma.sync m16n8k(8V) on values packed V to a 32-bit register (V = 2: bf16, m16n8k16; V = 4:
 // E4M3 codes, m16n8k32), f32 sums in k order. With g = lane / 4, c = lane % 4 and K = 8V: a[0]
 // holds A[g][Vc..Vc+V-1], a[1] A[g+8][Vc..], a[2] A[g][K/2+Vc..], a[3] A[g+8][K/2+Vc..]; b0 holds
@@ -169,11 +189,8 @@ inline void emu_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned
     float A[16][K], B[K][8];
     for (int l = 0; l < 32; l++) {
         const int g = l / 4, c = l % 4;
+        emu_place_a<V>(A, l, all[l].a, value);
         for (int i = 0; i < V; i++) {
-            A[g][V * c + i] = value(all[l].a[0], i);
-            A[g + 8][V * c + i] = value(all[l].a[1], i);
-            A[g][K / 2 + V * c + i] = value(all[l].a[2], i);
-            A[g + 8][K / 2 + V * c + i] = value(all[l].a[3], i);
             B[V * c + i][g] = value(all[l].b[0], i);
             B[K / 2 + V * c + i][g] = value(all[l].b[1], i);
         }
@@ -188,12 +205,11 @@ inline void emu_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned
 }
 
 inline float emu_from_e4m3(unsigned char code);
-inline float emu_from_f16(unsigned short h);
 inline void emu_mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    emu_mma<2>(d, a, b0, b1, [](unsigned w, int i) { return __uint_as_float(i ? w & 0xffff0000u : w << 16); });
+    emu_mma<2>(d, a, b0, b1, [](unsigned w, int i) { return emu_b16_of(w, i, false); });
 }
 inline void emu_mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    emu_mma<2>(d, a, b0, b1, [](unsigned w, int i) { return emu_from_f16((unsigned short)(i ? w >> 16 : w & 0xffffu)); });
+    emu_mma<2>(d, a, b0, b1, [](unsigned w, int i) { return emu_b16_of(w, i, true); });
 }
 inline void emu_mma_e4m3_m16n8k32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     emu_mma<4>(d, a, b0, b1, [](unsigned w, int i) { return emu_from_e4m3((w >> (8 * i)) & 0xff); });
@@ -336,7 +352,7 @@ inline float emu_wgmma_value(unsigned long long desc, int mn, int k, bool mn_maj
     at ^= ((at >> 7) & 7) << 4;
     unsigned short v;
     std::memcpy(&v, emu_dynamic_shared + at, 2);
-    return f16 ? emu_from_f16(v) : __uint_as_float((unsigned)v << 16);
+    return emu_b16(v, f16);
 }
 template <bool F16>
 inline void emu_wgmma_ss(float (&d)[8][4], unsigned long long a, unsigned long long b, int accumulate) {
@@ -353,19 +369,8 @@ template <bool F16>
 inline void emu_wgmma_rs(float (&d)[16][4], const unsigned (&a)[4], unsigned long long b) {
     unsigned all[32][4];
     warp_gather(a, sizeof a, all);
-    auto value = [](unsigned w, int i) {
-        return F16 ? emu_from_f16((unsigned short)(i ? w >> 16 : w & 0xffffu)) : __uint_as_float(i ? w & 0xffff0000u : w << 16);
-    };
     float A[16][16];
-    for (int l = 0; l < 32; l++) {
-        const int g = l / 4, c = l % 4;
-        for (int i = 0; i < 2; i++) {
-            A[g][2 * c + i] = value(all[l][0], i);
-            A[g + 8][2 * c + i] = value(all[l][1], i);
-            A[g][8 + 2 * c + i] = value(all[l][2], i);
-            A[g + 8][8 + 2 * c + i] = value(all[l][3], i);
-        }
-    }
+    for (int l = 0; l < 32; l++) emu_place_a<2>(A, l, all[l], [](unsigned w, int i) { return emu_b16_of(w, i, F16); });
     const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     for (int n = 0; n < 16; n++)
         for (int e = 0; e < 4; e++) {
