@@ -2,7 +2,8 @@
 //! Llama-3.1-8B attention shape (32 query heads, 8 KV heads, head size 128, bf16 or FP8 cache,
 //! blocks of 16), the median time of one launch of the CUDA-core kernel, of the kernel a decode
 //! step gets (one-token tiles) and of the tensor-core prefill kernel (CUDA events), with the KV bytes read per second and the attention FLOP rate
-//! (causal work only). `attention_speed [heads kv_heads head_dim]`.
+//! (causal work only). `attention_speed [heads kv_heads head_dim] [--shape TEXT]`: `--shape` keeps the
+//! shapes whose name holds TEXT (one kernel under a profiler, say).
 
 use lumen_backend::cuda::kernels::{heaviest_tiles_first, ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::{AttentionArgs, Gpu, Kernels};
@@ -18,7 +19,16 @@ struct Shape {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("sizes are integers")).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let shape_filter = match args.iter().position(|a| a == "--shape") {
+        Some(i) if i + 1 < args.len() => Some(args.drain(i..i + 2).nth(1).unwrap_or_default()),
+        Some(_) => anyhow::bail!("--shape needs a text the shape names are matched against, e.g. --shape \"prefill 4\""),
+        None => None,
+    };
+    let args: Vec<usize> = args
+        .iter()
+        .map(|a| a.parse().map_err(|_| anyhow::anyhow!("expected sizes `heads kv_heads head_dim` as integers, got `{a}`")))
+        .collect::<anyhow::Result<_>>()?;
     let [heads, kv_heads, hd] = if args.len() == 3 { [args[0], args[1], args[2]] } else { [32, 8, 128] };
     let group = heads / kv_heads;
     let gpu = Gpu::open(0)?;
@@ -35,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         Shape { name: "chunk 1 x 2048 at 6144", seqs: 1, len: 2048, ctx: 8192 },
         Shape { name: "prefill 60 x 128", seqs: 60, len: 128, ctx: 128 },
     ];
-    for s in &shapes {
+    for s in shapes.iter().filter(|s| shape_filter.as_ref().is_none_or(|f| s.name.contains(f.as_str()))) {
         let blocks_per_seq = s.ctx.div_ceil(BLOCK);
         let num_blocks = s.seqs * blocks_per_seq;
         let tokens = s.seqs * s.len;

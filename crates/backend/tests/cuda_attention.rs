@@ -331,3 +331,19 @@ fn tensor_core_and_cuda_core_attention_match_the_host() {
         assert!(cuda_core <= ABS_TOL, "{what}: CUDA-core error {cuda_core:.2e}");
     }
 }
+
+/// Two blocks of every tensor-core prefill kernel fit a multiprocessor: with one, the head-size-128
+/// kernel measured 35-45% slower (docs/cuda-performance.md), so a shared-memory or register
+/// budget that drops a block is a speed regression this catches.
+#[test]
+fn two_prefill_attention_blocks_fit_a_multiprocessor() {
+    let Some(gpu) = lumen_test_support::gpu::device_or_skip(Gpu::open(0)) else { return };
+    let kernels = Kernels::load(&gpu).unwrap();
+    for head_dim in [32, 64, 128] {
+        for kv_fp8 in [false, true] {
+            let blocks = kernels.prefill_attention_blocks_per_sm(head_dim, kv_fp8).unwrap();
+            eprintln!("head size {head_dim}, FP8 cache {kv_fp8}: {blocks} prefill attention blocks a multiprocessor");
+            assert!(blocks >= 2, "head size {head_dim}, FP8 cache {kv_fp8}: {blocks} block(s) a multiprocessor, expected at least 2");
+        }
+    }
+}

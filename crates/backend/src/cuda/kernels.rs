@@ -315,12 +315,20 @@ fn decode_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
 /// rows, then two stages of a step's K and V rows for a bf16 cache; for an FP8 cache one such
 /// K-and-V tile (the codes widened to f16) and two stages of unpadded codes. Head size 128 (the
 /// warp-group kernel): unpadded swizzled rows in regions on 1,024-byte boundaries, so 1 KiB more
-/// to align them: the query rows, then two stages of K and V (bf16), or one f16 K-and-V tile and
-/// two stages of codes (FP8).
+/// to align them: the query rows, then two stages of K and V (for an FP8 cache widened to f16),
+/// then for an FP8 cache one stage of codes (each thread widens the codes it copied, so they need
+/// no second stage). Two such blocks fill a Hopper multiprocessor's 228 KiB exactly with the
+/// 1 KiB each block reserves.
 fn prefill_attention_shared_bytes(head_dim: usize, fp8: bool) -> u32 {
-    let (row, align) = if head_dim == PREFILL_ATTENTION_WGMMA_HEAD_DIM { (head_dim * 2, 1024) } else { (head_dim * 2 + 16, 0) };
+    let wgmma = head_dim == PREFILL_ATTENTION_WGMMA_HEAD_DIM;
+    let (row, align) = if wgmma { (head_dim * 2, 1024) } else { (head_dim * 2 + 16, 0) };
     let tile = 2 * PREFILL_ATTENTION_STEP * row;
-    let kv = if fp8 { tile + 2 * 2 * PREFILL_ATTENTION_STEP * head_dim } else { 2 * tile };
+    let codes = 2 * PREFILL_ATTENTION_STEP * head_dim;
+    let kv = match (fp8, wgmma) {
+        (false, _) => 2 * tile,
+        (true, false) => tile + 2 * codes,
+        (true, true) => 2 * tile + codes,
+    };
     (align + PREFILL_ATTENTION_MAX_ROWS * row + kv) as u32
 }
 
@@ -426,6 +434,18 @@ impl Kernels {
     }
 
     /// Head sizes the attention kernel is built for.
+    /// Blocks of the tensor-core prefill attention for `head_dim` (an FP8 cache or a 16-bit one)
+    /// that one multiprocessor holds at once, with the shared memory its launches give.
+    pub fn prefill_attention_blocks_per_sm(&self, head_dim: usize, kv_fp8: bool) -> Result<i32> {
+        let Some(&(_, bf16, fp8)) = self.attention_prefill.iter().find(|(hd, ..)| *hd == head_dim) else {
+            bail!("prefill attention: head_dim {head_dim} is not supported on CUDA (expected 32, 64 or 128)");
+        };
+        let k = if kv_fp8 { fp8 } else { bf16 };
+        let threads = prefill_attention_threads(head_dim) as i32;
+        unsafe { cu::occupancy::max_active_block_per_multiprocessor(k.function, threads, k.shared as usize) }
+            .map_err(|e| anyhow!("kernel {}: occupancy query failed: {}", k.name, describe(e)))
+    }
+
     pub fn supports_head_dim(head_dim: usize) -> bool {
         [32, 64, 128].contains(&head_dim)
     }
@@ -1281,7 +1301,7 @@ mod tests {
     }
 
     /// The prefill attention's shared memory is sized from the step its source defines, and two
-    /// blocks of the largest fit an SM (227 KiB on Hopper).
+    /// blocks of each kernel fit a Hopper SM (228 KiB, of which each block reserves 1 KiB).
     #[test]
     fn prefill_attention_shared_memory_matches_the_kernel_source() {
         let define = |name: &str| define("attention_prefill.cu", name);
@@ -1291,8 +1311,10 @@ mod tests {
         assert_eq!(super::prefill_attention_threads(128), define("PFW_THREADS") as u32);
         assert_eq!(super::prefill_attention_shared_bytes(64, false), 55_296);
         assert_eq!(super::prefill_attention_shared_bytes(128, false), 99_328);
-        assert_eq!(super::prefill_attention_shared_bytes(128, true), 99_328);
-        assert!(2 * super::prefill_attention_shared_bytes(128, false) <= 227 * 1024);
+        assert_eq!(super::prefill_attention_shared_bytes(128, true), 115_712);
+        for (hd, fp8) in [(32, false), (32, true), (64, false), (64, true), (128, false), (128, true)] {
+            assert!(2 * (super::prefill_attention_shared_bytes(hd, fp8) + 1024) <= 228 * 1024, "head size {hd}, fp8 {fp8}");
+        }
     }
 
     /// `gemv_fp8`'s shared memory is sized with the padding its source puts after each token's

@@ -433,6 +433,8 @@ __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_grou
 // Ties a result register to this point of the program, so that no read of it moves above the
 // wait nor any write of it below the fence.
 __device__ __forceinline__ void wgmma_hold(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+// Keeps an A-operand register of an issued product from reuse until the product is awaited.
+__device__ __forceinline__ void wgmma_hold_operand(u32& r) { asm volatile("" : "+r"(r)::"memory"); }
 // Shared-memory writes of this thread (plain stores, cp.async) made visible to the async proxy
 // that `wgmma` reads through; a barrier after it publishes them to the warp group.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -481,7 +483,8 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const u32
 // of a band at c ^ (r % 8)), the layout `wgmma` reads: S = Q·Kᵀ takes both operands from there
 // (eight k-steps of m64n64k16), O += P·V takes P from the S registers (mma.sync's A fragment,
 // as the kernel above) and V's rows transposed (four k-steps of m64n128k16). Copies, masks, the
-// online softmax, sinks, splits and outputs are the kernel above's.
+// online softmax, sinks, splits and outputs are the kernel above's, except that an FP8 cache's
+// codes widen into two f16 stages, each thread its own copies, so a step keeps one barrier.
 #define PFW_THREADS 256
 #define PFW_BAND 128
 
@@ -503,7 +506,6 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
     constexpr int ROWS_A_PASS = PFW_THREADS / CHUNKS;
     constexpr u32 Q_BAND = PF_ROWS * PFW_BAND, Q_BYTES = 2 * Q_BAND;
     constexpr u32 KV_BAND = PF_KV * PFW_BAND, TILE_BYTES = 2 * KV_BAND;  // a step's K (or V) rows
-    constexpr u32 CODE_STAGE = 2 * PF_KV * HD;                             // a step's K and V codes
 
     const PrefillBlock b = prefill_block(tiles, split_size, window, heads, kv_heads, table_offsets, table_data);
     if (b.work.empty) return;
@@ -511,14 +513,17 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
     const int kvh = b.kvh, split = b.split, splits = b.splits, group = b.group, rows = b.rows;
     const u32 *table = b.table, steps = b.steps, ctx_end = pos0 + b.work.nrows;
 
-    // The regions start on 1,024-byte boundaries (the swizzle's period): the queries, then for a
-    // bf16 cache two stages of K then V; for an FP8 cache the one f16 K-then-V tile the products
-    // read, then two stages of K then V codes, unswizzled.
+    // The regions start on 1,024-byte boundaries (the swizzle's period): the queries, then two
+    // stages of K then V rows the products read (for an FP8 cache widened to f16), then for an
+    // FP8 cache one step's K then V codes, unswizzled. Each thread widens only the codes it copied
+    // itself, so the codes need neither a second stage nor a barrier of their own: step i+1's are
+    // widened into the other stage while step i's O += P·V runs, and the one barrier a step
+    // publishes them.
     const u32 dynamic = shared_address(dynamic_shared());
     const u32 queries = (dynamic + 1023) & ~1023u;
     unsigned char* const smem = dynamic_shared() + (queries - dynamic);
     const u32 staged = queries + Q_BYTES;
-    const u32 codes = staged + 2 * TILE_BYTES;
+    const u32 codes = staged + 4 * TILE_BYTES;
 
     // Copies step `i`'s K and V rows: thread x takes piece x % CHUNKS of rows x / CHUNKS,
     // + ROWS_A_PASS, ...; positions past the split's end are zero-filled.
@@ -529,7 +534,7 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
     constexpr u32 PASS_BYTES = ROWS_A_PASS * (FP8 ? HD : PFW_BAND);
     auto issue = [&](u32 i) {
         CacheCursor at(kv_lo + i * PF_KV + first_row, block_size);
-        const u32 dst = copy_dst + (i % 2) * (FP8 ? CODE_STAGE : 2 * TILE_BYTES);
+        const u32 dst = copy_dst + (FP8 ? 0 : (i % 2) * 2 * TILE_BYTES);
 #pragma unroll
         for (int p = 0; p < PF_KV / ROWS_A_PASS; p++) {
             const bool valid = at.pos < split_end;
@@ -539,6 +544,21 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
             at.advance(ROWS_A_PASS, block_size);
         }
         cp_async_commit();
+    };
+    // Widens this thread's codes of step `i` (its pieces of the rows it copied) into stage i % 2.
+    auto widen = [&](u32 i) {
+        unsigned char* const stage = smem + (staged - queries) + (i % 2) * 2 * TILE_BYTES;
+#pragma unroll
+        for (int p = 0; p < PF_KV / ROWS_A_PASS; p++) {
+            const int r = first_row + p * ROWS_A_PASS;
+#pragma unroll
+            for (int which = 0; which < 2; which++) {
+                uint4 lo, hi;
+                e4m3x16_to_f16x16(*(const uint4*)(smem + (codes - queries) + which * PF_KV * HD + r * HD + piece * 16), lo, hi);
+                *(uint4*)(stage + which * TILE_BYTES + swizzled(r, 2 * piece, KV_BAND)) = lo;
+                *(uint4*)(stage + which * TILE_BYTES + swizzled(r, 2 * piece + 1, KV_BAND)) = hi;
+            }
+        }
     };
     if (steps > 0) issue(0);
 
@@ -567,33 +587,22 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
     const u64 k_desc0 = wgmma_descriptor(0, 16, 8 * PFW_BAND);
     const u64 v_desc0 = wgmma_descriptor(0, KV_BAND, 8 * PFW_BAND);
 
+    if constexpr (FP8) {
+        if (steps > 0) {
+            cp_async_wait<0>();
+            widen(0);
+            if (steps > 1) issue(1);
+        }
+    }
     for (u32 i = 0; i < steps; i++) {
         const u32 t0 = kv_lo + i * PF_KV;
-        cp_async_wait<0>();
+        // Step i's rows (copied, or widened by every thread) and the queries, handed to the tensor
+        // cores; every thread is past step i-1's products, so stage (i+1) % 2 is free.
+        if constexpr (!FP8) cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads();
-        if (i + 1 < steps) issue(i + 1);
-        u32 ks;
-        if constexpr (FP8) {
-            const unsigned char* stage = smem + (codes - queries) + (i % 2) * CODE_STAGE;
-            unsigned char* tile = smem + (staged - queries);
-#pragma unroll
-            for (int j = 0; j < CODE_STAGE / 16 / PFW_THREADS; j++) {
-                const int e = threadIdx.x + j * PFW_THREADS;
-                const int which = e / (PF_KV * HD / 16), r = (e / (HD / 16)) % PF_KV, c16 = e % (HD / 16);
-                uint4 lo, hi;
-                e4m3x16_to_f16x16(*(const uint4*)(stage + e * 16), lo, hi);
-                unsigned char* dst = tile + which * TILE_BYTES;
-                *(uint4*)(dst + swizzled(r, 2 * c16, KV_BAND)) = lo;
-                *(uint4*)(dst + swizzled(r, 2 * c16 + 1, KV_BAND)) = hi;
-            }
-            fence_proxy_async();
-            __syncthreads();
-            ks = staged;
-        } else {
-            ks = staged + (i % 2) * 2 * TILE_BYTES;
-        }
-        const u32 vs = ks + TILE_BYTES;
+        if (!FP8 && i + 1 < steps) issue(i + 1);
+        const u32 ks = staged + (i % 2) * 2 * TILE_BYTES, vs = ks + TILE_BYTES;
 
         // S = Q·Kᵀ over the eight k-steps of the two bands (32 bytes a k-step inside a band).
         float s[PF_KV / 8][4];
@@ -630,11 +639,23 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
             wgmma_m64n128k16_rs<FP8>(o, pa[k16], v_desc0 + (((vs + k16 * 16 * PFW_BAND) & 0x3ffff) >> 4));
         }
         wgmma_commit();
+        if constexpr (FP8) {
+            if (i + 1 < steps) {
+                cp_async_wait<0>();
+                widen(i + 1);
+                if (i + 2 < steps) issue(i + 2);
+            }
+        }
         wgmma_wait_all();
 #pragma unroll
         for (int n = 0; n < DTILES; n++) {
 #pragma unroll
             for (int c = 0; c < 4; c++) wgmma_hold(o[n][c]);
+        }
+#pragma unroll
+        for (int k16 = 0; k16 < PF_KV / 16; k16++) {
+#pragma unroll
+            for (int c = 0; c < 4; c++) wgmma_hold_operand(pa[k16][c]);
         }
     }
 
