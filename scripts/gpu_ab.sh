@@ -13,8 +13,11 @@
 #                                 --kv-cache-dtype fp8"), limits tuned, EOS ignored, the builds
 #                                 alternating b, a, b, a… REPEAT times each (default 2), and with
 #                                 LATENCY=1 `lumen bench latency` (8 requests of 128/128, FLAGS)
-#                                 the same way. Logs go to $OUT (default /tmp/gpu-ab); the card,
-#                                 each run's output tok/s or TPOT and the ratio b/a are printed last.
+#                                 the same way. ENV_A and ENV_B set variables for one side's runs
+#                                 (ENV_A=LUMEN_FP8_FAST_ACCUM=0 with both sides built from one commit
+#                                 compares a setting). Logs go to $OUT (default /tmp/gpu-ab); the
+#                                 card, each run's output tok/s or TPOT and the ratio b/a are printed
+#                                 last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=gpu-ab
@@ -54,11 +57,12 @@ run)
   read -r -a flags <<<"${FLAGS---quantization fp8 --kv-cache-dtype fp8}"
   mkdir -p "$OUT"
   card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)
-  a="a ($(cat $DIR/a/commit))" b="b ($(cat $DIR/b/commit))"
+  side_env() { if [ "$1" = a ]; then echo "${ENV_A:-}"; else echo "${ENV_B:-}"; fi; }
+  a="a ($(cat $DIR/a/commit)${ENV_A:+ $ENV_A})" b="b ($(cat $DIR/b/commit)${ENV_B:+ $ENV_B})"
   rows=()
   if [ -n "${SHAPE-prefill}" ]; then
     for side in a b; do
-      "$DIR/$side/attention_speed" --shape "${SHAPE-prefill}" >"$OUT/attention_speed_$side.txt" 2>&1 ||
+      env $(side_env $side) "$DIR/$side/attention_speed" --shape "${SHAPE-prefill}" >"$OUT/attention_speed_$side.txt" 2>&1 ||
         rows+=("attention_speed of $side failed: see $OUT/attention_speed_$side.txt")
     done
     # Each line's kernel time and TFLOP/s, side by side (the CUDA-core kernel's lines left out).
@@ -77,13 +81,13 @@ run)
   for i in $(seq 1 "$REPEAT"); do
     for side in b a; do
       log="$OUT/throughput_${side}_$i.txt"
-      "$DIR/$side/lumen" bench throughput --device cuda --model "$MODEL" --dataset "$OUT/data.jsonl" --eos-id -1 "${flags[@]}" >"$log" 2>&1 || true
+      env $(side_env $side) "$DIR/$side/lumen" bench throughput --device cuda --model "$MODEL" --dataset "$OUT/data.jsonl" --eos-id -1 "${flags[@]}" >"$log" 2>&1 || true
       tps=$(figure "$log" "Total Output Throughput")
       rows+=("throughput $side run $i: ${tps:-failed (see $log)} output tok/s")
       sum[tp_$side]=$(awk -v s="${sum[tp_$side]}" -v x="${tps:-0}" 'BEGIN { print s + x }')
       if [ "${LATENCY:-0}" = 1 ]; then
         log="$OUT/latency_${side}_$i.txt"
-        "$DIR/$side/lumen" bench latency --device cuda --model "$MODEL" --dataset "$OUT/latency.jsonl" --eos-id -1 "${flags[@]}" >"$log" 2>&1 || true
+        env $(side_env $side) "$DIR/$side/lumen" bench latency --device cuda --model "$MODEL" --dataset "$OUT/latency.jsonl" --eos-id -1 "${flags[@]}" >"$log" 2>&1 || true
         tpot=$(figure "$log" "Average time-per-output-token")
         rows+=("latency $side run $i: TPOT ${tpot:-failed (see $log)} ms")
         sum[lat_$side]=$(awk -v s="${sum[lat_$side]}" -v x="${tpot:-0}" 'BEGIN { print s + x }')
