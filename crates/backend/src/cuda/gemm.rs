@@ -1,6 +1,9 @@
 //! Matrix products through cuBLASLt: `out[t, n] = x[t, k] · w[n, k]ᵀ` on typed tensors, with
 //! bf16 operands, or FP8 E4M3 operands with their scales passed by device pointer, f32
-//! accumulation, and bf16 or f32 output (the output tensor's type says which). Each shape and
+//! accumulation, and bf16 or f32 output (the output tensor's type says which). FP8 products
+//! accumulate in the tensor cores' fast mode, as TensorRT-LLM's FP8 products do: cuBLASLt's
+//! default promotes partial sums to f32 registers every few k-steps, which costs throughput on
+//! Hopper; `LUMEN_FP8_FAST_ACCUM=0` keeps that default. Each shape and
 //! operand type keeps the heuristic's candidate algorithms (up to 8, with a 32 MiB workspace) and
 //! runs its first unless [`Gemm::use_algorithm`] picked another (the tuner times them). In
 //! batch-invariant mode only algorithms without split-K are candidates, so a row's reduction order
@@ -31,9 +34,17 @@ pub struct Gemm {
     workspace: DeviceBuffer,
     plans: HashMap<(usize, usize, usize, DType, DType), Plan>,
     batch_invariant: bool,
+    /// FP8 products accumulate in the tensor cores' fast mode (`LUMEN_FP8_FAST_ACCUM=0` turns it
+    /// off).
+    fp8_fast_accumulation: bool,
 }
 
 unsafe impl Send for Gemm {}
+
+/// Whether FP8 products accumulate in the fast mode, from `LUMEN_FP8_FAST_ACCUM` (on unless "0").
+fn fp8_fast_accumulation() -> bool {
+    std::env::var("LUMEN_FP8_FAST_ACCUM").map_or(true, |v| v != "0")
+}
 
 fn check(what: &str, r: Result<(), lt::CublasError>) -> Result<()> {
     r.map_err(|e| anyhow!("cuBLASLt {what}: {e:?}"))
@@ -47,7 +58,7 @@ impl Gemm {
         gpu.bind()?;
         let handle = lt::create_handle().map_err(|e| anyhow!("cublasLtCreate: {e:?}"))?;
         let workspace = gpu.alloc(WORKSPACE_BYTES, "the cuBLASLt workspace")?;
-        Ok(Gemm { handle, workspace, plans: HashMap::new(), batch_invariant })
+        Ok(Gemm { handle, workspace, plans: HashMap::new(), batch_invariant, fp8_fast_accumulation: fp8_fast_accumulation() })
     }
 
     fn plan(&mut self, t: usize, n: usize, k: usize, input: DType, out: DType) -> Result<&mut Plan> {
@@ -76,6 +87,18 @@ impl Gemm {
             lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(|e| anyhow!("cublasLtMatrixLayoutCreate: {e:?}"))
         };
         let operand = if input == DType::Fp8E4M3 { CUDA_R_8F_E4M3 } else { CUDA_R_16BF };
+        if input == DType::Fp8E4M3 && self.fp8_fast_accumulation {
+            // Set before the heuristic is asked, which offers the algorithms of this mode.
+            let fast: i8 = 1;
+            check("set FAST_ACCUM", unsafe {
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                    &fast as *const i8 as *const c_void,
+                    1,
+                )
+            })?;
+        }
         let a = layout(operand, k, n, k)?;
         let b = layout(operand, k, t, k)?;
         let d = layout(if out == DType::F32 { CUDA_R_32F } else { CUDA_R_16BF }, n, t, n)?;
