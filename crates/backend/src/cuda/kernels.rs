@@ -365,7 +365,18 @@ impl Kernels {
             Ok(Kernel { shared, ..k })
         };
         let decode = |name: &'static str, hd: usize, fp8: bool| get_shared(name, decode_attention_shared_bytes(hd, fp8));
-        let prefill = |name: &'static str, hd: usize, fp8: bool| get_shared(name, prefill_attention_shared_bytes(hd, fp8));
+        // Two prefill blocks a multiprocessor need the largest shared-memory carveout (an FP8
+        // cache's head-size-128 blocks fill all 228 KiB); asked for, not left to the driver.
+        let prefill = |name: &'static str, hd: usize, fp8: bool| -> Result<Kernel> {
+            let k = get_shared(name, prefill_attention_shared_bytes(hd, fp8))?;
+            let carveout = sys::CUshared_carveout::CU_SHAREDMEM_CARVEOUT_MAX_SHARED as i32;
+            unsafe {
+                sys::cuFuncSetAttribute(k.function, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, carveout)
+            }
+            .result()
+            .map_err(|e| anyhow!("kernel {name}: the shared-memory carveout refused: {}", describe(e)))?;
+            Ok(k)
+        };
         Ok(Kernels {
             embed_rms_norm: get("embed_rms_norm")?,
             add_rms_norm: get("add_rms_norm")?,
