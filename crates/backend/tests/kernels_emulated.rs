@@ -23,7 +23,8 @@ fn compiler() -> Option<&'static str> {
 
 /// The functions whose PTX the emulation replaces by its software ones (emu.h): the E4M3 and f16
 /// conversions, the byte permute, dynamic shared memory (whose state-space addresses are offsets
-/// into the emulation's one buffer) and asynchronous copies (done at once), and the warp-wide and
+/// into the emulation's one buffer) and asynchronous copies (landing when issued or when awaited,
+/// [`Copies`]), and the warp-wide and
 /// warp-group-wide tensor-core products and fragment loads; each one's signature, and its new
 /// body.
 const EMULATED_PTX: [(&str, &str); 22] = [
@@ -38,8 +39,8 @@ const EMULATED_PTX: [(&str, &str); 22] = [
     ("u32 shared_address(const void* p)", "return (u32)((const unsigned char*)p - emu_dynamic_shared);"),
     ("void cp_async16(void* smem, const void* gmem, bool valid)", "emu_cp_async16(smem, gmem, valid);"),
     ("void cp_async16_at(u32 smem, const void* gmem, bool valid)", "emu_cp_async16(emu_dynamic_shared + smem, gmem, valid);"),
-    ("void cp_async_commit()", ""),
-    ("void cp_async_wait()", ""),
+    ("void cp_async_commit()", "emu_cp_async_commit();"),
+    ("void cp_async_wait()", "emu_cp_async_wait(N);"),
     ("void mma_bf16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_bf16_m16n8k16(d, a, b0, b1);"),
     ("void mma_f16_m16n8k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_f16_m16n8k16(d, a, b0, b1);"),
     ("void mma_e4m3_m16n8k32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1)", "emu_mma_e4m3_m16n8k32(d, a, b0, b1);"),
@@ -80,8 +81,23 @@ fn write_kernels(dir: &Path) {
     std::fs::write(dir.join("kernels.cu"), all).expect("writing the kernel sources");
 }
 
+/// When the emulation lands an asynchronous copy: when it is issued, the earliest the hardware
+/// may (a copy into rows that other threads still read then spoils their values), or when its
+/// thread waits for its group, the latest (a read of rows before the wait that makes them
+/// visible then sees old bytes).
+#[derive(Clone, Copy, Debug)]
+enum Copies {
+    WhenIssued,
+    WhenAwaited,
+}
+
 /// Builds and runs the check `tests/emulated/{name}.cpp`, failing with its output when it fails.
 fn run_check(name: &str) {
+    run_check_with(name, &[Copies::WhenIssued]);
+}
+
+/// [`run_check`], once with each landing of the copies in `copies`.
+fn run_check_with(name: &str, copies: &[Copies]) {
     let Some(cxx) = compiler() else {
         eprintln!("skipped: no C++ compiler (c++, g++ or clang++) to build the emulated kernels; scripts/setup.sh installs g++");
         return;
@@ -102,11 +118,27 @@ fn run_check(name: &str) {
         .output()
         .expect("running the C++ compiler");
     assert!(build.status.success(), "{cxx} could not build the {name} check:\n{}", String::from_utf8_lossy(&build.stderr));
-    let run = Command::new(&binary).output().expect("running the check");
-    let report = String::from_utf8_lossy(&run.stdout);
-    eprintln!("{report}");
+    let runs: Vec<_> = copies
+        .iter()
+        .map(|&landing| {
+            let mut command = Command::new(&binary);
+            if let Copies::WhenAwaited = landing {
+                command.env("EMU_CP_ASYNC", "late");
+            }
+            (landing, command.output().expect("running the check"))
+        })
+        .collect();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(run.status.success(), "the emulated {name} check failed ({}):\n{report}{}", run.status, String::from_utf8_lossy(&run.stderr));
+    for (landing, run) in runs {
+        let report = String::from_utf8_lossy(&run.stdout);
+        eprintln!("asynchronous copies landing {landing:?}:\n{report}");
+        assert!(
+            run.status.success(),
+            "the emulated {name} check failed with copies landing {landing:?} ({}):\n{report}{}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
 }
 
 #[test]
@@ -141,7 +173,7 @@ fn the_grouped_expert_gemm_matches_double_precision_products() {
 
 #[test]
 fn tensor_core_prefill_attention_matches_a_double_precision_reference() {
-    run_check("attention_prefill");
+    run_check_with("attention_prefill", &[Copies::WhenIssued, Copies::WhenAwaited]);
 }
 
 #[test]
@@ -151,12 +183,12 @@ fn the_gemvs_fused_activations_match_the_product_and_the_activation_kernel() {
 
 #[test]
 fn decode_attention_reads_an_fp8_cache_as_the_bf16_cache_of_the_same_values() {
-    run_check("attention_cache");
+    run_check_with("attention_cache", &[Copies::WhenIssued, Copies::WhenAwaited]);
 }
 
 #[test]
 fn tensor_core_decode_attention_matches_a_double_precision_reference() {
-    run_check("attention_decode");
+    run_check_with("attention_decode", &[Copies::WhenIssued, Copies::WhenAwaited]);
 }
 
 #[test]

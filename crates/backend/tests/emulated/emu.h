@@ -1,11 +1,12 @@
-// lumen's kernels on the CPU: a small emulation of the CUDA execution model, enough for the scalar
-// kernels (the tensor-core and FP8 ones use PTX and are not run here). A launch runs its blocks
+// lumen's kernels on the CPU: a small emulation of the CUDA execution model. The PTX the kernels
+// use (conversions, asynchronous copies, mma.sync, ldmatrix, wgmma) is replaced by the software
+// versions below (kernels_emulated.rs's EMULATED_PTX names them). A launch runs its blocks
 // one after another and each block's threads as std::threads; `__shared__` variables are function
 // statics, shared by the running block's threads. `__syncthreads` is a barrier over the block and
 // each warp has a barrier of its own for `__syncwarp` and the shuffles, which pass values through
 // a per-warp array between two barrier phases. A thread that returns leaves both barriers, as an
-// exited thread leaves the hardware's. Inline PTX is made inert (EMU_ASM) by the test that builds
-// the kernel sources. Memory is host memory, so a kernel is handed plain pointers.
+// exited thread leaves the hardware's. Any other inline PTX is made inert (EMU_ASM) by the test
+// that builds the kernel sources. Memory is host memory, so a kernel is handed plain pointers.
 #pragma once
 #include <algorithm>
 #include <barrier>
@@ -326,14 +327,48 @@ inline unsigned emu_byte_perm(unsigned lo, unsigned hi, unsigned select) {
     return r;
 }
 
-// Dynamic shared memory: one buffer for the running block (blocks run one at a time); an
-// asynchronous copy completes when issued.
+// Dynamic shared memory: one buffer for the running block (blocks run one at a time).
+// Asynchronous copies land when they are issued, the earliest the hardware may land them, which
+// shows a copy into rows that other threads still read; with EMU_CP_ASYNC=late in the environment
+// they land when their thread waits for their group, the latest it may, which shows a read of
+// rows before the wait that makes them visible.
 alignas(16) inline unsigned char emu_dynamic_shared[1 << 18];
-inline void emu_cp_async16(void* smem, const void* gmem, bool valid) {
-    if (valid)
-        std::memcpy(smem, gmem, 16);
+struct EmuCopy {
+    void* smem;
+    const void* gmem;
+    bool valid;
+};
+inline bool emu_copies_land_late() {
+    static const bool late = [] {
+        const char* mode = std::getenv("EMU_CP_ASYNC");
+        return mode != nullptr && std::strcmp(mode, "late") == 0;
+    }();
+    return late;
+}
+inline thread_local std::vector<EmuCopy> emu_uncommitted_copies;
+inline thread_local std::vector<std::vector<EmuCopy>> emu_committed_groups;  // oldest first
+inline void emu_land(const EmuCopy& c) {
+    if (c.valid)
+        std::memcpy(c.smem, c.gmem, 16);
     else
-        std::memset(smem, 0, 16);
+        std::memset(c.smem, 0, 16);
+}
+inline void emu_cp_async16(void* smem, const void* gmem, bool valid) {
+    if (emu_copies_land_late())
+        emu_uncommitted_copies.push_back({smem, gmem, valid});
+    else
+        emu_land({smem, gmem, valid});
+}
+inline void emu_cp_async_commit() {
+    emu_committed_groups.push_back(std::move(emu_uncommitted_copies));
+    emu_uncommitted_copies.clear();
+}
+// Lands every committed group but the `pending` newest.
+inline void emu_cp_async_wait(int pending) {
+    while ((int)emu_committed_groups.size() > pending) {
+        for (const EmuCopy& c : emu_committed_groups.front()) emu_land(c);
+        emu_committed_groups.erase(emu_committed_groups.begin());
+    }
 }
 
 // wgmma (m64nNk16, f32 sums in k order) on 128-byte-swizzled shared memory, as the PTX ISA
