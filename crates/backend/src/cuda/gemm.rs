@@ -50,6 +50,14 @@ fn check(what: &str, r: Result<(), lt::CublasError>) -> Result<()> {
     r.map_err(|e| anyhow!("cuBLASLt {what}: {e:?}"))
 }
 
+/// Sets the matmul descriptor's `attribute` to `value` (its type is the attribute's, as cuBLASLt
+/// documents it).
+fn set_desc_attribute<T>(desc: sys::cublasLtMatmulDesc_t, attribute: sys::cublasLtMatmulDescAttributes_t, value: &T) -> Result<()> {
+    check(&format!("set {attribute:?}"), unsafe {
+        lt::set_matmul_desc_attribute(desc, attribute, value as *const T as *const c_void, std::mem::size_of::<T>())
+    })
+}
+
 impl Gemm {
     pub fn new(gpu: &Gpu, batch_invariant: bool) -> Result<Self> {
         if !unsafe { sys::is_culib_present() } {
@@ -74,30 +82,14 @@ impl Gemm {
         use sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F, CUDA_R_8F_E4M3};
         let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, CUDA_R_32F)
             .map_err(|e| anyhow!("cublasLtMatmulDescCreate: {e:?}"))?;
-        let transpose: i32 = 1;
-        check("set TRANSA", unsafe {
-            lt::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                &transpose as *const i32 as *const c_void,
-                4,
-            )
-        })?;
+        set_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &1i32)?;
         let layout = |ty, rows: usize, cols: usize, ld: usize| {
             lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(|e| anyhow!("cublasLtMatrixLayoutCreate: {e:?}"))
         };
         let operand = if input == DType::Fp8E4M3 { CUDA_R_8F_E4M3 } else { CUDA_R_16BF };
         if input == DType::Fp8E4M3 && self.fp8_fast_accumulation {
             // Set before the heuristic is asked, which offers the algorithms of this mode.
-            let fast: i8 = 1;
-            check("set FAST_ACCUM", unsafe {
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
-                    &fast as *const i8 as *const c_void,
-                    1,
-                )
-            })?;
+            set_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &1i8)?;
         }
         let a = layout(operand, k, n, k)?;
         let b = layout(operand, k, t, k)?;
@@ -174,9 +166,7 @@ impl Gemm {
                 (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, w.scale),
                 (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, x.scale),
             ] {
-                check("set scale pointer", unsafe {
-                    lt::set_matmul_desc_attribute(plan.desc, attribute, &scale as *const u64 as *const c_void, 8)
-                })?;
+                set_desc_attribute(plan.desc, attribute, &scale)?;
             }
         }
         let (w, x, out) = (w.ptr, x.ptr, out.ptr);
