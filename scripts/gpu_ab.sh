@@ -4,8 +4,11 @@
 #                                 no debug info, stripped) of commit REV into gpu-ab/a/ (in a git
 #                                 worktree under target/ab-worktree, with its own target folder
 #                                 target/ab, so the working tree's build stays warm) and of the
-#                                 working tree into gpu-ab/b/; the device call carries gpu-ab;
-#   scripts/gpu_ab.sh run         on the GPU machine: `attention_speed` of both builds on the shapes
+#                                 working tree into gpu-ab/b/, and packs gpu-ab into
+#                                 device/gpu-ab.tar.xz, which the device call carries (beside
+#                                 device/gpu-tests.tar.xz: both fit the call's 64 MiB);
+#   scripts/gpu_ab.sh run         on the GPU machine (unpacking device/gpu-ab.tar.xz when gpu-ab/
+#                                 is missing): `attention_speed` of both builds on the shapes
 #                                 whose name holds SHAPE (default "prefill"; SHAPE= skips it), then
 #                                 `lumen bench throughput --device cuda` on REQUESTS (default 500)
 #                                 requests of ISL/OSL (default 2048/128) of MODEL (default
@@ -42,9 +45,12 @@ build)
   build_into . "$PWD/target" "$DIR/b"
   git rev-parse --short "$rev" >"$DIR/a/commit"
   echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes)" >"$DIR/b/commit"
-  du -sh "$DIR"
+  mkdir -p device
+  tar -cf - "$DIR" | xz -T0 -6 >device/gpu-ab.tar.xz
+  du -sh "$DIR" device/gpu-ab.tar.xz
   ;;
 run)
+  [ -d "$DIR" ] || [ ! -f device/gpu-ab.tar.xz ] || tar -xJf device/gpu-ab.tar.xz
   [ -x "$DIR/a/lumen" ] && [ -x "$DIR/b/lumen" ] || { echo "gpu_ab: $DIR/a and $DIR/b need a build (scripts/gpu_ab.sh build REV, here)" >&2; exit 2; }
   export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export LUMEN_CACHE_DIR=${LUMEN_CACHE_DIR:-/tmp/lumen-cache}
