@@ -444,7 +444,6 @@ impl Kernels {
         self.sync_each_launch = on;
     }
 
-    /// Head sizes the attention kernel is built for.
     /// Blocks of the tensor-core prefill attention for `head_dim` (an FP8 cache or a 16-bit one)
     /// that one multiprocessor holds at once, with the shared memory its launches give.
     pub fn prefill_attention_blocks_per_sm(&self, head_dim: usize, kv_fp8: bool) -> Result<i32> {
@@ -457,6 +456,7 @@ impl Kernels {
             .map_err(|e| anyhow!("kernel {}: occupancy query failed: {}", k.name, describe(e)))
     }
 
+    /// Head sizes the attention kernel is built for.
     pub fn supports_head_dim(head_dim: usize) -> bool {
         [32, 64, 128].contains(&head_dim)
     }
