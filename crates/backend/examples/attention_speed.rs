@@ -21,7 +21,11 @@ struct Shape {
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let shape_filter = match args.iter().position(|a| a == "--shape") {
-        Some(i) if i + 1 < args.len() => Some(args.drain(i..i + 2).nth(1).unwrap_or_default()),
+        Some(i) if i + 1 < args.len() => {
+            let text = args.remove(i + 1);
+            args.remove(i);
+            Some(text)
+        }
         Some(_) => anyhow::bail!("--shape needs a text the shape names are matched against, e.g. --shape \"prefill 4\""),
         None => None,
     };
