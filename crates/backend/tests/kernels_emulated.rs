@@ -121,11 +121,12 @@ fn run_check_with(name: &str, copies: &[Copies]) {
     let runs: Vec<_> = copies
         .iter()
         .map(|&landing| {
-            let mut command = Command::new(&binary);
-            if let Copies::WhenAwaited = landing {
-                command.env("EMU_CP_ASYNC", "late");
-            }
-            (landing, command.output().expect("running the check"))
+            // Set either way, so that the caller's environment does not choose for a run.
+            let mode = match landing {
+                Copies::WhenIssued => "issued",
+                Copies::WhenAwaited => "late",
+            };
+            (landing, Command::new(&binary).env("EMU_CP_ASYNC", mode).output().expect("running the check"))
         })
         .collect();
     let _ = std::fs::remove_dir_all(&dir);

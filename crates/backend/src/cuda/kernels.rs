@@ -447,13 +447,18 @@ impl Kernels {
     /// Blocks of the tensor-core prefill attention for `head_dim` (an FP8 cache or a 16-bit one)
     /// that one multiprocessor holds at once, with the shared memory its launches give.
     pub fn prefill_attention_blocks_per_sm(&self, head_dim: usize, kv_fp8: bool) -> Result<i32> {
-        let Some(&(_, bf16, fp8)) = self.attention_prefill.iter().find(|(hd, ..)| *hd == head_dim) else {
+        let Some(k) = self.prefill_attention_kernel(head_dim, kv_fp8) else {
             bail!("prefill attention: head_dim {head_dim} is not supported on CUDA (expected 32, 64 or 128)");
         };
-        let k = if kv_fp8 { fp8 } else { bf16 };
         let threads = prefill_attention_threads(head_dim) as i32;
         unsafe { cu::occupancy::max_active_block_per_multiprocessor(k.function, threads, k.shared as usize) }
             .map_err(|e| anyhow!("kernel {}: occupancy query failed: {}", k.name, describe(e)))
+    }
+
+    /// The tensor-core prefill attention kernel for `head_dim` and the cache's type, if built.
+    fn prefill_attention_kernel(&self, head_dim: usize, kv_fp8: bool) -> Option<Kernel> {
+        let &(_, bf16, fp8) = self.attention_prefill.iter().find(|(hd, ..)| *hd == head_dim)?;
+        Some(if kv_fp8 { fp8 } else { bf16 })
     }
 
     /// Head sizes the attention kernel is built for.
@@ -1014,9 +1019,7 @@ impl Kernels {
         let Some(&(_, one_row, four_rows)) = self.attention.iter().find(|(hd, _, _)| *hd == a.head_dim) else {
             bail!("attention: head_dim {} is not supported on CUDA (expected 32, 64 or 128)", a.head_dim);
         };
-        let &(_, prefill_bf16, prefill_fp8) =
-            self.attention_prefill.iter().find(|(hd, ..)| *hd == a.head_dim).expect("the same head sizes");
-        let prefill = if a.kv_fp8 { prefill_fp8 } else { prefill_bf16 };
+        let prefill = self.prefill_attention_kernel(a.head_dim, a.kv_fp8).expect("the same head sizes");
         let scale_log2 = (1.0 / (a.head_dim as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
         let args = |tiles: u64| {
             Args::default()
