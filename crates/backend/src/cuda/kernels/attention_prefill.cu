@@ -545,8 +545,10 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
         }
         cp_async_commit();
     };
-    // Widens this thread's codes of step `i` (its pieces of the rows it copied) into stage i % 2.
+    // Waits for this thread's codes of step `i` (its pieces of the rows it copied), widens them
+    // into stage i % 2, then copies step i+1's codes into their place.
     auto widen = [&](u32 i) {
+        cp_async_wait<0>();
         unsigned char* const stage = smem + (staged - queries) + (i % 2) * 2 * TILE_BYTES;
 #pragma unroll
         for (int p = 0; p < PF_KV / ROWS_A_PASS; p++) {
@@ -559,6 +561,7 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
                 *(uint4*)(stage + which * TILE_BYTES + swizzled(r, 2 * piece + 1, KV_BAND)) = hi;
             }
         }
+        if (i + 1 < steps) issue(i + 1);
     };
     if (steps > 0) issue(0);
 
@@ -588,11 +591,7 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
     const u64 v_desc0 = wgmma_descriptor(0, KV_BAND, 8 * PFW_BAND);
 
     if constexpr (FP8) {
-        if (steps > 0) {
-            cp_async_wait<0>();
-            widen(0);
-            if (steps > 1) issue(1);
-        }
+        if (steps > 0) widen(0);
     }
     for (u32 i = 0; i < steps; i++) {
         const u32 t0 = kv_lo + i * PF_KV;
@@ -640,11 +639,7 @@ __device__ void attention_prefill_wgmma_impl(const bf16* q, const void* k_cache,
         }
         wgmma_commit();
         if constexpr (FP8) {
-            if (i + 1 < steps) {
-                cp_async_wait<0>();
-                widen(i + 1);
-                if (i + 2 < steps) issue(i + 2);
-            }
+            if (i + 1 < steps) widen(i + 1);
         }
         wgmma_wait_all();
 #pragma unroll
