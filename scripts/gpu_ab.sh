@@ -104,7 +104,7 @@ run)
   printf '%s\n' "${rows[@]}"
   ratio() { echo "${sum[$1]} ${sum[$2]}" | awk '$1 > 0 && $2 > 0 { printf "%.4f", $2 / $1; exit } { print "n/a" }'; }
   echo "throughput b/a (sums of the runs): $(ratio tp_a tp_b)"
-  [ "${LATENCY:-0}" = 1 ] && echo "TPOT b/a (sums of the runs): $(ratio lat_a lat_b)"
+  if [ "${LATENCY:-0}" = 1 ]; then echo "TPOT b/a (sums of the runs): $(ratio lat_a lat_b)"; fi
   ;;
 *)
   echo "usage: scripts/gpu_ab.sh build REV (here) | scripts/gpu_ab.sh run (on the GPU machine)" >&2
