@@ -196,6 +196,9 @@ fn lumen_details(out: &mut String, report: &Report) {
     if let Some(on) = s.perfect_router {
         line(out, "Perfect Router:", if on { PERFECT_ROUTER_ON } else { "off (the model's router)" });
     }
+    if let Some(mode) = &s.fp8_accumulation {
+        line(out, "FP8 GEMM Accumulation:", mode);
+    }
     out.push_str("\n-- Caller-side overhead per request (ms): the caller's latency minus the engine's\n\n");
     stats_lines(out, "Overhead", &l.caller_overhead_ms, &["minimum", "maximum", "average", "p50", "p90", "p95", "p99"]);
     if !l.expert_load.is_empty() {
@@ -297,6 +300,7 @@ mod tests {
             let at = text[from..].find(heading).unwrap_or_else(|| panic!("{heading:?} missing or out of order in\n{text}"));
             from += at + heading.len();
         }
+        assert!(!text.contains("FP8 GEMM Accumulation"), "a run without FP8 products names no accumulation:\n{text}");
         for line in [
             "Model:\t\t\ttiny-llama\n",
             "KV Cache Dtype:\t\tNone\n",
@@ -317,7 +321,10 @@ mod tests {
         let mut s = setup(false);
         s.machine = Some(crate::report::MachineDetails { name: "NVIDIA H200".into(), memory_total: 139.8, clocks_mem: None });
         s.world.kv_cache_percentage = Some(0.9);
+        s.lumen.fp8_accumulation = Some("promoted".into());
         let text = render_text(&build_report(&s, &dataset(3), &records()).unwrap());
+        let accumulation = text.lines().find_map(|l| l.strip_prefix("FP8 GEMM Accumulation:"));
+        assert_eq!(accumulation.map(str::trim), Some("promoted"), "{text}");
         assert!(!text.contains("TTFT") && !text.contains("GTPS"), "{text}");
         assert!(text.contains("NVIDIA H200, memory 139.80 GB, N/A\n"), "{text}");
         assert!(text.contains("KV Memory Percentage:   90.00%\n"), "{text}");

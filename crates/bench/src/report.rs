@@ -120,6 +120,11 @@ pub struct LumenSettings {
     /// then not the model's); `None` for dense models.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub perfect_router: Option<bool>,
+    /// FP8 weights on CUDA: how cuBLASLt's FP8 products accumulate, "fast" (the tensor cores'
+    /// own accumulator, the default) or "promoted" (partial sums promoted to f32,
+    /// `LUMEN_FP8_FAST_ACCUM=0`); `None` for other runs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fp8_accumulation: Option<String>,
 }
 
 /// `lumen`: lumen's settings and its own figures.
@@ -457,6 +462,7 @@ pub(crate) mod tests {
                 streaming,
                 eos_id: None,
                 perfect_router: None,
+                fp8_accumulation: None,
             },
         }
     }

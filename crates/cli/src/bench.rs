@@ -409,6 +409,8 @@ fn setup(args: &RunArgs, model: &Model, engine: &Engine, options: &RunOptions) -
             streaming: options.streaming,
             eos_id: options.eos_id,
             perfect_router: model.config().moe.is_some().then(|| model.perfect_router()),
+            fp8_accumulation: (gpu.is_some() && model.quantization() == Quantization::Fp8)
+                .then(|| if lumen_backend::cuda::gemm::fp8_fast_accumulation() { "fast" } else { "promoted" }.to_owned()),
         },
     }
 }

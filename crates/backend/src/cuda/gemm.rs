@@ -42,7 +42,7 @@ pub struct Gemm {
 unsafe impl Send for Gemm {}
 
 /// Whether FP8 products accumulate in the fast mode, from `LUMEN_FP8_FAST_ACCUM` (on unless "0").
-fn fp8_fast_accumulation() -> bool {
+pub fn fp8_fast_accumulation() -> bool {
     std::env::var("LUMEN_FP8_FAST_ACCUM").map_or(true, |v| v != "0")
 }
 
