@@ -199,6 +199,11 @@ fn lumen_details(out: &mut String, report: &Report) {
     if let Some(mode) = &s.fp8_accumulation {
         line(out, "FP8 GEMM Accumulation:", mode);
     }
+    if let Some(t) = l.decode_steps {
+        let busy = 100.0 * t.device_ms / t.period_ms.max(f64::MIN_POSITIVE);
+        let text = format!("device {:.3} of {:.3} start to start ({busy:.1}% busy; median of {} steps)", t.device_ms, t.period_ms, t.steps);
+        line(out, "Decode Step (ms):", &text);
+    }
     out.push_str("\n-- Caller-side overhead per request (ms): the caller's latency minus the engine's\n\n");
     stats_lines(out, "Overhead", &l.caller_overhead_ms, &["minimum", "maximum", "average", "p50", "p90", "p95", "p99"]);
     if !l.expert_load.is_empty() {
@@ -301,6 +306,7 @@ mod tests {
             from += at + heading.len();
         }
         assert!(!text.contains("FP8 GEMM Accumulation"), "a run without FP8 products names no accumulation:\n{text}");
+        assert!(!text.contains("Decode Step"), "a run without device step times has no decode step line:\n{text}");
         for line in [
             "Model:\t\t\ttiny-llama\n",
             "KV Cache Dtype:\t\tNone\n",
@@ -322,7 +328,11 @@ mod tests {
         s.machine = Some(crate::report::MachineDetails { name: "NVIDIA H200".into(), memory_total: 139.8, clocks_mem: None });
         s.world.kv_cache_percentage = Some(0.9);
         s.lumen.fp8_accumulation = Some("promoted".into());
-        let text = render_text(&build_report(&s, &dataset(3), &records()).unwrap());
+        let mut report = build_report(&s, &dataset(3), &records()).unwrap();
+        report.lumen.decode_steps = Some(crate::report::DecodeStepTiming { steps: 12, period_ms: 3.36, device_ms: 3.192 });
+        let text = render_text(&report);
+        let decode = text.lines().find_map(|l| l.strip_prefix("Decode Step (ms):"));
+        assert_eq!(decode.map(str::trim), Some("device 3.192 of 3.360 start to start (95.0% busy; median of 12 steps)"), "{text}");
         let accumulation = text.lines().find_map(|l| l.strip_prefix("FP8 GEMM Accumulation:"));
         assert_eq!(accumulation.map(str::trim), Some("promoted"), "{text}");
         assert!(!text.contains("TTFT") && !text.contains("GTPS"), "{text}");

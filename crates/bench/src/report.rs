@@ -141,6 +141,38 @@ pub struct LumenDetails {
     /// Mixture-of-experts models: each MoE layer's expert load over the run; empty for dense ones.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub expert_load: Vec<LayerBalance>,
+    /// Where the device times its steps: how much of a decode step's period it spent in the step;
+    /// `None` on the CPU or without two consecutive timed decode-only steps.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub decode_steps: Option<DecodeStepTiming>,
+}
+
+/// Decode-only steps (no prompt tokens) followed by another step: the medians of the time from
+/// such a step's start to the next step's start and of the device's time in the step (CUDA events
+/// around it). The difference is what the host adds between steps while the device waits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DecodeStepTiming {
+    pub steps: usize,
+    pub period_ms: f64,
+    pub device_ms: f64,
+}
+
+/// [`DecodeStepTiming`] over a run's `iterations`, in order.
+pub fn decode_step_timing(iterations: &[lumen_engine::IterationStats]) -> Option<DecodeStepTiming> {
+    let (mut periods, mut device): (Vec<f64>, Vec<f64>) = iterations
+        .windows(2)
+        .filter(|w| w[0].num_ctx_tokens == 0 && w[0].num_gen_tokens > 0)
+        .filter_map(|w| Some((w[1].start_ns.checked_sub(w[0].start_ns)? as f64 / 1e6, w[0].device_step_ms?)))
+        .unzip();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (!periods.is_empty()).then(|| DecodeStepTiming {
+        steps: periods.len(),
+        period_ms: median(&mut periods),
+        device_ms: median(&mut device),
+    })
 }
 
 /// One MoE layer's expert load over a run: per iteration the busiest expert's load over the mean,
@@ -373,6 +405,7 @@ pub fn build_report(setup: &Setup, dataset: &DatasetDetails, records: &[RequestR
             submission_rate_req_s: (records.len() > 1 && issue_window_ns > 0.0).then(|| (n - 1.0) / (issue_window_ns / NS_PER_S)),
             caller_overhead_ms: PercentileStats::from_values(&overhead).unwrap_or_else(|| unreachable!("records are not empty")),
             expert_load: Vec::new(),
+            decode_steps: None,
         },
     })
 }
@@ -498,6 +531,33 @@ pub(crate) mod tests {
 
     fn close(actual: f64, expected: f64) {
         assert!((actual - expected).abs() <= 1e-9 * expected.abs().max(1.0), "{actual} != {expected}");
+    }
+
+    #[test]
+    fn decode_step_timing_takes_decode_only_steps_to_the_next_start() {
+        let step = |start_ms: u64, ctx: usize, gen: usize, device_ms: Option<f64>| lumen_engine::IterationStats {
+            start_ns: start_ms * MS,
+            num_ctx_tokens: ctx,
+            num_gen_tokens: gen,
+            device_step_ms: device_ms,
+            ..Default::default()
+        };
+        let iterations = [
+            // A prefill step (left out), three decode steps 4, 3 and 5 ms apart on the device for
+            // 3.5, 2.5 and 4.5 ms, and a last one that has no next start.
+            step(0, 128, 0, Some(20.0)),
+            step(30, 0, 1, Some(3.5)),
+            step(34, 0, 1, Some(2.5)),
+            step(37, 0, 1, Some(4.5)),
+            step(42, 0, 1, Some(3.0)),
+        ];
+        let t = decode_step_timing(&iterations).unwrap();
+        assert_eq!(t.steps, 3);
+        close(t.period_ms, 4.0);
+        close(t.device_ms, 3.5);
+        let untimed: Vec<_> = iterations.iter().map(|i| lumen_engine::IterationStats { device_step_ms: None, ..i.clone() }).collect();
+        assert_eq!(decode_step_timing(&untimed), None, "the CPU times no device steps");
+        assert_eq!(decode_step_timing(&iterations[..2]), None, "no decode step followed by another");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use lumen_bench::dataset::{
 };
 use lumen_bench::render::{render_json, render_text};
 use lumen_bench::report::{
-    build_report, expert_balance, DatasetDetails, EngineDetails, LumenSettings, MachineDetails, Setup, WorldSettings,
+    build_report, decode_step_timing, expert_balance, DatasetDetails, EngineDetails, LumenSettings, MachineDetails, Setup, WorldSettings,
 };
 use lumen_bench::run::{run_benchmark, RunOptions};
 use lumen_bench::sampling::Vocab;
@@ -343,6 +343,7 @@ fn run_bench(args: RunArgs, mode: Mode) -> Result<()> {
     let setup = setup(&args, &model, &engine, &options);
     let mut report = build_report(&setup, &details, &result.records)?;
     report.lumen.expert_load = expert_balance(&result.iterations);
+    report.lumen.decode_steps = decode_step_timing(&result.iterations);
     print_report(&render_text(&report))?;
     if let Some((p, mut f)) = report_file {
         f.write_all(render_json(&report)?.as_bytes()).with_context(|| format!("cannot write report {}", p.display()))?;

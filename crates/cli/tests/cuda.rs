@@ -70,6 +70,12 @@ fn bench_throughput_on_cuda_with_graphs_profiling_and_device_time() {
         assert!(r["lumen"]["caller_overhead_ms"][p].as_f64().unwrap() >= 0.0, "caller-side overhead {p}");
     }
     assert!(iterations.iter().all(|i| i["device_step_ms"].as_f64().is_some_and(|d| d > 0.0)), "device time on every iteration");
+    // The host waits for each step before it starts the next, so a step's device time lies within
+    // its period.
+    let decode = &r["lumen"]["decode_steps"];
+    let (device, period) = (decode["device_ms"].as_f64().unwrap_or(0.0), decode["period_ms"].as_f64().unwrap_or(0.0));
+    assert!(device > 0.0 && device <= period, "decode steps: device {device} ms of {period} ms start to start");
+    assert!(run.stdout.contains("Decode Step (ms):"), "{}", run.stdout);
     let info = lumen(&["trace", "info", &trace]).ok();
     assert!(info.stdout.contains("iterations"), "{}", info.stdout);
     let t = lumen_trace::store::read_trace(std::path::Path::new(&trace)).unwrap();
