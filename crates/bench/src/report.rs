@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::DatasetEntry;
-use crate::stats::PercentileStats;
+use crate::stats::{PercentileStats, Spread};
 
 const NS_PER_MS: f64 = 1.0e6;
 const NS_PER_S: f64 = 1.0e9;
@@ -159,20 +159,13 @@ pub struct DecodeStepTiming {
 
 /// [`DecodeStepTiming`] over a run's `iterations`, in order.
 pub fn decode_step_timing(iterations: &[lumen_engine::IterationStats]) -> Option<DecodeStepTiming> {
-    let (mut periods, mut device): (Vec<f64>, Vec<f64>) = iterations
+    let (periods, device): (Vec<f64>, Vec<f64>) = iterations
         .windows(2)
         .filter(|w| w[0].num_ctx_tokens == 0 && w[0].num_gen_tokens > 0)
         .filter_map(|w| Some((w[1].start_ns.checked_sub(w[0].start_ns)? as f64 / 1e6, w[0].device_step_ms?)))
         .unzip();
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (!periods.is_empty()).then(|| DecodeStepTiming {
-        steps: periods.len(),
-        period_ms: median(&mut periods),
-        device_ms: median(&mut device),
-    })
+    let median = |v: &[f64]| Spread::of(v).percentile(50.0);
+    (!periods.is_empty()).then(|| DecodeStepTiming { steps: periods.len(), period_ms: median(&periods), device_ms: median(&device) })
 }
 
 /// One MoE layer's expert load over a run: per iteration the busiest expert's load over the mean,
