@@ -14,4 +14,9 @@ pub mod fp8;
 pub mod rng;
 
 pub use activation::ExpertActivation;
+
+/// A step's token word with this bit set is not a token: its other bits name a row of the tokens
+/// the step before drew, whose token it takes once that step has drawn it (the step was launched
+/// before the host had them; `SAMPLED_TOKEN` in elementwise.cu).
+pub const SAMPLED_TOKEN: u32 = 0x8000_0000;
 pub use cpu::kv::{AttentionSeq, KvStorage};

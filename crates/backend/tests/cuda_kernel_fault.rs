@@ -16,11 +16,11 @@ fn a_trapping_kernel_is_named_in_the_error() {
     let normed = gpu.alloc(2 * hidden * 2, "normed").unwrap();
     let good = gpu.upload(&[3u32, 63], "tokens").unwrap();
     kernels
-        .embed_rms_norm(&gpu, good.ptr, 2, embed.ptr, weight.ptr, 1e-5, hidden, vocab, residual.ptr, normed.ptr, Default::default())
+        .embed_rms_norm(&gpu, good.ptr, 0, 2, embed.ptr, weight.ptr, 1e-5, hidden, vocab, residual.ptr, normed.ptr, Default::default())
         .unwrap();
     let bad = gpu.upload(&[3u32, vocab as u32 + 5], "tokens").unwrap();
     let err = kernels
-        .embed_rms_norm(&gpu, bad.ptr, 2, embed.ptr, weight.ptr, 1e-5, hidden, vocab, residual.ptr, normed.ptr, Default::default())
+        .embed_rms_norm(&gpu, bad.ptr, 0, 2, embed.ptr, weight.ptr, 1e-5, hidden, vocab, residual.ptr, normed.ptr, Default::default())
         .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("embed_rms_norm"), "the error names the kernel: {text}");

@@ -187,6 +187,7 @@ fn lumen_details(out: &mut String, report: &Report) {
         line(out, "KV Cache as full K/V:", &format!("{expanded} tokens (latent rows hold {ratio:.1}x as many)"));
     }
     line(out, "Chunked Prefill:", if s.chunked_prefill { "on" } else { "off" });
+    line(out, "Overlap Scheduler:", if s.overlap_scheduler { "on" } else { "off" });
     line(out, "Number of warm-up requests:", &s.warmup.to_string());
     line(out, "Concurrency:", &s.concurrency.map_or_else(|| "unlimited".to_owned(), |c| c.to_string()));
     line(out, "Streaming:", if s.streaming { "on" } else { "off" });
@@ -328,6 +329,7 @@ mod tests {
         s.machine = Some(crate::report::MachineDetails { name: "NVIDIA H200".into(), memory_total: 139.8, clocks_mem: None });
         s.world.kv_cache_percentage = Some(0.9);
         s.lumen.fp8_accumulation = Some("promoted".into());
+        s.lumen.overlap_scheduler = true;
         let mut report = build_report(&s, &dataset(3), &records()).unwrap();
         report.lumen.decode_steps = Some(crate::report::DecodeStepTiming { steps: 12, period_ms: 3.36, device_ms: 3.192 });
         let text = render_text(&report);
@@ -335,6 +337,8 @@ mod tests {
         assert_eq!(decode.map(str::trim), Some("device 3.192 of 3.360 start to start (95.0% busy; median of 12 steps)"), "{text}");
         let accumulation = text.lines().find_map(|l| l.strip_prefix("FP8 GEMM Accumulation:"));
         assert_eq!(accumulation.map(str::trim), Some("promoted"), "{text}");
+        let overlap = text.lines().find_map(|l| l.strip_prefix("Overlap Scheduler:"));
+        assert_eq!(overlap.map(str::trim), Some("on"), "{text}");
         assert!(!text.contains("TTFT") && !text.contains("GTPS"), "{text}");
         assert!(text.contains("NVIDIA H200, memory 139.80 GB, N/A\n"), "{text}");
         assert!(text.contains("KV Memory Percentage:   90.00%\n"), "{text}");

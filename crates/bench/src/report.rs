@@ -110,6 +110,9 @@ pub struct LumenSettings {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub expanded_kv_cache_tokens: Option<usize>,
     pub chunked_prefill: bool,
+    /// Whether each step launched before the one before had finished (the overlap scheduler).
+    #[serde(default)]
+    pub overlap_scheduler: bool,
     pub warmup: usize,
     /// Most requests in flight; `None` is unlimited.
     pub concurrency: Option<usize>,
@@ -483,6 +486,7 @@ pub(crate) mod tests {
                 kv_block_size: 16,
                 expanded_kv_cache_tokens: None,
                 chunked_prefill: true,
+                overlap_scheduler: false,
                 warmup: 2,
                 concurrency: None,
                 streaming,

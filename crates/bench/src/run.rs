@@ -119,7 +119,8 @@ fn drive(
     let mut iterations = Vec::new();
     let mut next = 0;
     let mut done = 0;
-    while done < entries.len() {
+    // With the overlap scheduler a step may still be in flight once every request has ended.
+    while done < entries.len() || engine.has_work() {
         interrupt::check()?;
         while in_flight.len() < limit && next < entries.len() {
             let start_ns = now_ns();
@@ -127,12 +128,13 @@ fn drive(
             in_flight.push(InFlight { index: next, stream, start_ns, first_chunk_ns: None, produced: 0 });
             next += 1;
         }
-        let step = engine.step()?;
-        if let Some(w) = log.as_mut() {
-            serde_json::to_writer(&mut *w, &step.stats).context("cannot write the iteration log")?;
-            writeln!(w).context("cannot write the iteration log")?;
+        if let Some(stats) = engine.step()?.stats {
+            if let Some(w) = log.as_mut() {
+                serde_json::to_writer(&mut *w, &stats).context("cannot write the iteration log")?;
+                writeln!(w).context("cannot write the iteration log")?;
+            }
+            iterations.push(stats);
         }
-        iterations.push(step.stats);
         let mut still = Vec::with_capacity(in_flight.len());
         for mut request in in_flight.drain(..) {
             let mut finished = None;

@@ -405,6 +405,7 @@ fn setup(args: &RunArgs, model: &Model, engine: &Engine, options: &RunOptions) -
                 tokens * model.config().kv_values_per_token_per_layer() / expanded
             }),
             chunked_prefill: engine.config.chunked_prefill,
+            overlap_scheduler: engine.overlaps(),
             warmup: options.warmup,
             concurrency: options.concurrency,
             streaming: options.streaming,

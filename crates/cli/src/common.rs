@@ -125,6 +125,11 @@ pub struct EngineArgs {
     /// file's quant_config.kv_cache_quant_algo]
     #[arg(long, value_name = "auto|fp8", value_parser = PossibleValuesParser::new(["auto", "fp8"]).map(|v| v == "fp8"))]
     pub kv_cache_dtype: Option<bool>,
+    /// Launch each step before the tokens of the one before reach the host, the new step taking
+    /// them on the device (a stop on a token is seen one step later) [default: off, or the
+    /// --config file's disable_overlap_scheduler]
+    #[arg(long, value_name = "on|off", value_parser = on_off())]
+    pub overlap_scheduler: Option<bool>,
     /// Exactly these decode batch sizes get a CUDA graph, comma-separated (e.g. 1,2,4,8)
     #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub cuda_graph_batch_sizes: Option<Vec<u32>>,
@@ -207,6 +212,7 @@ impl EngineArgs {
             cuda_graph_batch_sizes: self.cuda_graph_batch_sizes.as_ref().map(|v| v.iter().map(|&b| b as usize).collect()),
             kv_cache_fp8: self.kv_cache_dtype,
             tensor_parallel_size: size(self.tensor_parallel_size),
+            overlap_scheduler: self.overlap_scheduler,
         }
     }
 

@@ -411,60 +411,71 @@ fn synthetic_prompts_hold_no_special_token_and_no_repeated_id() {
     }
 }
 
+/// A small KV budget chunks prefill and preempts, and every request still gets all its tokens,
+/// with and without the overlap scheduler.
 #[test]
 fn small_budget_chunks_prefill_and_preempts_but_finishes() {
     let s = Scratch::new("small");
     let (dataset, entries) = tiny_dataset(&s);
     assert!(entries.iter().all(|e| e.input_ids.len() > 8), "every prompt must need chunking under --max-num-tokens 8");
-    let report_path = s.path("report.json");
-    let log_path = s.path("iterations.jsonl");
-    let run = lumen(&[
-        "bench",
-        "throughput",
-        "--model",
-        "tiny",
-        "--dataset",
-        &dataset,
-        "--max-num-tokens",
-        "8",
-        "--kv-cache-tokens",
-        "64",
-        "--kv-block-size",
-        "4",
-        "--scheduler-policy",
-        "max-utilization",
-        "--report-json",
-        &report_path,
-        "--iteration-log",
-        &log_path,
-    ])
-    .ok();
-    assert_eq!(text_value(&run.stdout, "KV Cache:"), "16 blocks x 4 tokens (64 tokens)");
-    assert_eq!(text_value(&run.stdout, "Max Runtime Tokens:"), "8");
-    assert_eq!(text_value(&run.stdout, "Scheduling Policy:"), "MAX_UTILIZATION");
-    assert_eq!(text_value(&run.stdout, "Streaming:"), "off");
-    assert!(!run.stdout.contains("[TTFT]"), "no streaming metrics without --streaming");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    assert!(report["streaming_metrics"].is_null());
-    let total_in: u64 = entries.iter().map(|e| e.input_ids.len() as u64).sum();
-    let total_out: u64 = entries.iter().map(|e| e.output_tokens).sum();
-    let avg_out = num(&report, &["request_info", "avg_output_length"]);
-    assert!((avg_out * entries.len() as f64 - total_out as f64).abs() < 1e-9, "a request lost tokens");
+    for overlap in ["off", "on"] {
+        let report_path = s.path(&format!("report-{overlap}.json"));
+        let log_path = s.path(&format!("iterations-{overlap}.jsonl"));
+        let run = lumen(&[
+            "bench",
+            "throughput",
+            "--model",
+            "tiny",
+            "--dataset",
+            &dataset,
+            "--max-num-tokens",
+            "8",
+            "--kv-cache-tokens",
+            "64",
+            "--kv-block-size",
+            "4",
+            "--scheduler-policy",
+            "max-utilization",
+            "--overlap-scheduler",
+            overlap,
+            "--report-json",
+            &report_path,
+            "--iteration-log",
+            &log_path,
+        ])
+        .ok();
+        assert_eq!(text_value(&run.stdout, "Overlap Scheduler:"), overlap);
+        assert_eq!(text_value(&run.stdout, "KV Cache:"), "16 blocks x 4 tokens (64 tokens)");
+        assert_eq!(text_value(&run.stdout, "Max Runtime Tokens:"), "8");
+        assert_eq!(text_value(&run.stdout, "Scheduling Policy:"), "MAX_UTILIZATION");
+        assert_eq!(text_value(&run.stdout, "Streaming:"), "off");
+        assert!(!run.stdout.contains("[TTFT]"), "no streaming metrics without --streaming");
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+        assert!(report["streaming_metrics"].is_null());
+        assert_eq!(report["lumen"]["overlap_scheduler"], overlap == "on");
+        let total_in: u64 = entries.iter().map(|e| e.input_ids.len() as u64).sum();
+        let total_out: u64 = entries.iter().map(|e| e.output_tokens).sum();
+        let avg_out = num(&report, &["request_info", "avg_output_length"]);
+        assert!((avg_out * entries.len() as f64 - total_out as f64).abs() < 1e-9, "a request lost tokens");
 
-    let log = json_lines(&log_path);
-    check_iteration_log(&log, 8, 64, 16, 4);
-    let preempted = sum(&log, "num_preempted_requests");
-    assert!(preempted > 0, "64 KV tokens for 8 requests of ~30 tokens must preempt");
-    assert_eq!(sum(&log, "num_completed_requests"), 8);
-    // A preempted request is recomputed from scratch, so prompts are fed at least once and
-    // some tokens more than once.
-    let fed = sum(&log, "num_ctx_tokens") + sum(&log, "num_gen_tokens");
-    assert!(fed > total_in + total_out - entries.len() as u64, "preemption recomputed nothing");
-    // Each preemption adds at most one sample outside the generation steps (the recompute's
-    // final chunk): gen + requests <= output <= gen + requests + preemptions.
-    let gen = sum(&log, "num_gen_tokens");
-    let n = entries.len() as u64;
-    assert!(gen + n <= total_out && total_out <= gen + n + preempted, "gen {gen}, requests {n}, preempted {preempted}, output {total_out}");
+        let log = json_lines(&log_path);
+        check_iteration_log(&log, 8, 64, 16, 4);
+        let preempted = sum(&log, "num_preempted_requests");
+        assert!(preempted > 0, "64 KV tokens for 8 requests of ~30 tokens must preempt");
+        assert_eq!(sum(&log, "num_completed_requests"), 8);
+        // A preempted request is recomputed from scratch, so prompts are fed at least once and
+        // some tokens more than once.
+        let fed = sum(&log, "num_ctx_tokens") + sum(&log, "num_gen_tokens");
+        assert!(fed > total_in + total_out - entries.len() as u64, "preemption recomputed nothing");
+        // Each preemption adds at most one sample outside the generation steps (the recompute's
+        // final chunk): gen + requests <= output <= gen + requests + preemptions.
+        let gen = sum(&log, "num_gen_tokens");
+        let n = entries.len() as u64;
+        assert!(
+            gen + n <= total_out && total_out <= gen + n + preempted,
+            "gen {gen}, requests {n}, preempted {preempted}, output {total_out}"
+        );
+    }
 }
 
 /// `--quantization fp8` runs on the CPU (the FP8 reference) and the report names what the model

@@ -132,6 +132,12 @@ pub struct EngineConfig {
     pub chunked_prefill: bool,
     /// Ranks the model is split over by tensor parallelism (1: not split).
     pub tensor_parallel_size: usize,
+    /// Launch each step before reading the tokens of the one before, which the new step takes on
+    /// the device, so the host's work between steps overlaps the GPU's (TensorRT-LLM's overlap
+    /// scheduler). A request that stops on a token runs one step more than it needs, and its
+    /// stop is seen a step later. Steps whose requests want logprobs finish before the next one
+    /// launches; tensor-parallel GPUs run without it.
+    pub overlap_scheduler: bool,
 }
 
 /// The capacity scheduler's policy, after TensorRT-LLM's `CapacitySchedulerPolicy`.
@@ -169,6 +175,7 @@ impl Default for EngineConfig {
             scheduler_policy: SchedulerPolicy::default(),
             chunked_prefill: true,
             tensor_parallel_size: 1,
+            overlap_scheduler: false,
         }
     }
 }
@@ -302,6 +309,7 @@ pub struct EngineOverrides {
     /// Keep the KV cache in FP8.
     pub kv_cache_fp8: Option<bool>,
     pub tensor_parallel_size: Option<usize>,
+    pub overlap_scheduler: Option<bool>,
 }
 
 /// An engine config file, YAML or JSON, with the TensorRT-LLM extra_llm_api_options keys lumen
@@ -317,6 +325,8 @@ pub struct EngineConfigFile {
     pub cuda_graph_config: Option<Option<CudaGraphSection>>,
     pub quant_config: Option<QuantSection>,
     pub tensor_parallel_size: Option<usize>,
+    /// TensorRT-LLM's key: `false` turns the overlap scheduler on.
+    pub disable_overlap_scheduler: Option<bool>,
 }
 
 /// `quant_config` of an engine config file: `quant_algo` (the weights: `FP8`, or absent) and
@@ -457,6 +467,7 @@ impl EngineConfigFile {
                 None => self.quant_config.as_ref().map(QuantSection::kv_cache_fp8).transpose()?.unwrap_or(false),
             },
             tensor_parallel_size: overrides.tensor_parallel_size.or(self.tensor_parallel_size).unwrap_or(1),
+            overlap_scheduler: overrides.overlap_scheduler.or(self.disable_overlap_scheduler.map(|off| !off)).unwrap_or(false),
             ..EngineConfig::default()
         };
         config.validate()?;
@@ -619,6 +630,20 @@ cuda_graph_config:
         assert!(!from_file(&absent, &graphs(false), true).unwrap().cuda_graphs.enabled);
         let unpadded = EngineOverrides { cuda_graph_padding: Some(false), ..EngineOverrides::default() };
         assert!(!EngineConfigFile::default().apply(&unpadded, true).unwrap().cuda_graphs.enable_padding);
+    }
+
+    #[test]
+    fn disable_overlap_scheduler_false_turns_the_overlap_scheduler_on_unless_overridden() {
+        let d = Scratch::new("engine-config-overlap");
+        let on = d.write("on.yaml", "disable_overlap_scheduler: false\n");
+        let off = d.write("off.json", r#"{"disable_overlap_scheduler": true}"#);
+        let absent = d.write("absent.yaml", "max_batch_size: 8\n");
+        assert!(file_config(&on, true).overlap_scheduler);
+        assert!(!file_config(&off, true).overlap_scheduler);
+        assert!(!file_config(&absent, false).overlap_scheduler, "off by default");
+        let flag = |on: bool| EngineOverrides { overlap_scheduler: Some(on), ..EngineOverrides::default() };
+        assert!(!from_file(&on, &flag(false), true).unwrap().overlap_scheduler, "the flag wins over the file");
+        assert!(from_file(&off, &flag(true), false).unwrap().overlap_scheduler);
     }
 
     #[test]

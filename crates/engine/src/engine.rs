@@ -1,4 +1,15 @@
-//! The executor loop's iteration: admit, schedule, prepare, forward, sample, update.
+//! The executor loop's iteration: admit, schedule, prepare, launch; then, when the step has
+//! run, sample and update.
+//!
+//! Without the overlap scheduler a call of [`Engine::step`] launches a step and finishes it. With
+//! it (`EngineConfig::overlap_scheduler`), a call launches step k and then finishes step k − 1,
+//! so the host schedules and prepares step k while the device runs step k − 1. Step k's
+//! sequences then feed tokens the host has not read yet: each sequence's token list holds, from
+//! the launch that draws it, a word marked [`SAMPLED_TOKEN`] naming its logits row, which the
+//! runner resolves on the device; the word is replaced when its step finishes. A request that
+//! stops on a token (EOS, a stop id) is seen to stop one step late, and the step it ran in vain
+//! is discarded; one that reaches its length is not scheduled again. A step whose requests want
+//! logprobs finishes before the next launch, which would overwrite its logits.
 
 use crate::config::EngineConfig;
 use crate::kv_cache::KvCacheManager;
@@ -6,26 +17,92 @@ use crate::profiling::Profiler;
 use crate::request::{EventSender, FinishReason, Request, RequestEvent, RequestId, RequestLimits, RequestStream, RequestTimings};
 use crate::runner::{self, Runner};
 use crate::sampler;
-use crate::scheduler::{Scheduler, Sequence};
+use crate::scheduler::{Scheduler, SchedulerOutput, Sequence};
 use crate::stats::IterationStats;
 use crate::work::WorkModel;
 use anyhow::Result;
+use lumen_backend::SAMPLED_TOKEN;
 use lumen_model::Model;
 use lumen_trace::alloc::AllocTotals;
-use lumen_trace::instrument::{counter, mark, span, span_named, Category};
+use lumen_trace::instrument::{counter, mark, span, span_named, Category, Span};
 use lumen_trace::model::RequestRow;
 use lumen_trace::now_ns;
 use lumen_trace::window::WindowEvent;
+use std::collections::VecDeque;
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 
-/// What one iteration did.
+/// What one call of [`Engine::step`] did.
 #[derive(Debug, Clone)]
 pub struct StepOutput {
-    pub stats: IterationStats,
+    /// The iteration this call finished: the one it launched, or with the overlap scheduler the
+    /// one launched before (`None` when the call only launched).
+    pub stats: Option<IterationStats>,
+    /// Requests that ended in the iteration finished.
     pub finished: Vec<RequestId>,
-    /// Requests scheduled for the first time in this iteration.
+    /// Requests scheduled for the first time in the iteration launched.
     pub started: Vec<RequestId>,
+}
+
+/// Host time, allocations and KV blocks handed out and returned over one part of a step's host
+/// work (its launch, or its finish).
+#[derive(Debug, Clone, Copy, Default)]
+struct HostWork {
+    ns: u64,
+    allocs: AllocTotals,
+    kv_allocated: u64,
+    kv_freed: u64,
+}
+
+impl HostWork {
+    fn plus(self, other: HostWork) -> HostWork {
+        HostWork {
+            ns: self.ns + other.ns,
+            allocs: AllocTotals {
+                allocations: self.allocs.allocations + other.allocs.allocations,
+                frees: self.allocs.frees + other.allocs.frees,
+                bytes: self.allocs.bytes + other.allocs.bytes,
+            },
+            kv_allocated: self.kv_allocated + other.kv_allocated,
+            kv_freed: self.kv_freed + other.kv_freed,
+        }
+    }
+}
+
+/// The counters [`HostWork`] is measured from.
+struct HostMark {
+    ns: u64,
+    allocs: AllocTotals,
+    kv: (u64, u64),
+}
+
+impl HostMark {
+    fn now(kv: &KvCacheManager) -> Self {
+        HostMark { ns: now_ns(), allocs: AllocTotals::now(), kv: (kv.allocated_total, kv.freed_total) }
+    }
+
+    fn work(&self, kv: &KvCacheManager) -> HostWork {
+        HostWork {
+            ns: now_ns() - self.ns,
+            allocs: AllocTotals::now().since(self.allocs),
+            kv_allocated: kv.allocated_total - self.kv.0,
+            kv_freed: kv.freed_total - self.kv.1,
+        }
+    }
+}
+
+/// A step launched and not yet finished.
+struct InFlight {
+    iter: u64,
+    decision: SchedulerOutput,
+    /// Per logits row: its request, and where in that request's tokens the row's token goes.
+    rows: Vec<(RequestId, usize)>,
+    /// A row wants logprobs: the step's logits are read when it finishes.
+    wants_logits: bool,
+    /// Tokens it ran (0: it scheduled nothing and nothing ran).
+    num_tokens: usize,
+    start_ns: u64,
+    launch: HostWork,
 }
 
 pub struct Engine {
@@ -45,6 +122,11 @@ pub struct Engine {
     profile_error: Option<anyhow::Error>,
     /// Counts what each iteration reads and computes.
     work: WorkModel,
+    /// Steps launched and not finished, oldest first: none between two calls of `step` without the
+    /// overlap scheduler, at most one with it.
+    in_flight: VecDeque<InFlight>,
+    /// Whether the overlap scheduler runs (asked for, and the runner takes it).
+    overlap: bool,
 }
 
 impl Engine {
@@ -63,6 +145,13 @@ impl Engine {
         let work = WorkModel::for_model(&model);
         // The CPU keeps an FP8 cache's values in f32; only the CUDA cache is one byte per element.
         let work = if config.kv_cache_fp8 && model.cuda_weights().is_some() { work.with_fp8_kv_cache() } else { work };
+        let overlap = config.overlap_scheduler && runner.overlaps();
+        if config.overlap_scheduler && !overlap {
+            lumen_trace::status!(
+                "[lumen] warning: the overlap scheduler is off over {} tensor-parallel GPUs: each rank would need the tokens rank 0 draws",
+                config.tensor_parallel_size
+            );
+        }
         Ok(Engine {
             model,
             config,
@@ -77,6 +166,8 @@ impl Engine {
             profiler: None,
             profile_error: None,
             work,
+            in_flight: VecDeque::new(),
+            overlap,
         })
     }
 
@@ -116,7 +207,12 @@ impl Engine {
     }
 
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work() || !self.incoming.is_empty()
+        self.scheduler.has_work() || !self.incoming.is_empty() || !self.in_flight.is_empty()
+    }
+
+    /// Whether steps launch before the one before has finished (the overlap scheduler).
+    pub fn overlaps(&self) -> bool {
+        self.overlap
     }
 
     /// Records the iterations the profiler's windows name, counted from the next one, and writes
@@ -205,6 +301,7 @@ impl Engine {
             stop: request.stop,
             events,
             timings,
+            length_reached: false,
         });
         true
     }
@@ -277,6 +374,10 @@ impl Engine {
     }
 
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
+        // Tokens of steps still in flight are not the request's.
+        if let Some(drawn) = seq.tokens.iter().position(|&t| t & SAMPLED_TOKEN != 0) {
+            seq.tokens.truncate(drawn);
+        }
         mark(Category::Api, "finish", || {
             Some(format!("{{\"request\":{0},\"flow\":{0},\"output_tokens\":{1}}}", seq.id, seq.num_generated()))
         });
@@ -300,19 +401,37 @@ impl Engine {
         });
     }
 
-    /// Runs one iteration of the executor loop. An error means the device failed; the engine
-    /// cannot go on.
+    /// Runs one call of the executor loop: launches the next step, and finishes it or, with the
+    /// overlap scheduler, the one launched before it. An error means the device failed; the
+    /// engine cannot go on.
     pub fn step(&mut self) -> Result<StepOutput> {
+        let mut finished = Vec::new();
+        let mut call_span = span_named(Category::Iteration, || format!("iter {}", self.iteration));
+        // A step whose logits are read finishes before another launch overwrites them.
+        let mut stats = match self.in_flight.front() {
+            Some(s) if s.wants_logits => Some(self.finish_oldest(&mut finished)?),
+            _ => None,
+        };
+        let (launched, started) = self.launch_next(&mut call_span)?;
+        let keep = usize::from(self.overlap && launched);
+        if stats.is_none() && self.in_flight.len() > keep {
+            stats = Some(self.finish_oldest(&mut finished)?);
+        }
+        Ok(StepOutput { stats, finished, started })
+    }
+
+    /// Admits, schedules and launches the next step, naming `call_span` after it. Returns whether
+    /// it ran tokens, and the requests it scheduled for the first time. An iteration that
+    /// schedules nothing is counted (and finished at once) only when no step is in flight; else
+    /// the call only finishes that step, and its span says so.
+    fn launch_next(&mut self, call_span: &mut Span) -> Result<(bool, Vec<RequestId>)> {
         let iter = self.iteration;
         if let Some(p) = &mut self.profiler {
             if p.before_iteration(iter) == Some(WindowEvent::Open) {
                 self.runner.set_profiler(true)?;
             }
         }
-        let start = now_ns();
-        let allocs_before = AllocTotals::now();
-        let kv_before = (self.kv.allocated_total, self.kv.freed_total);
-        let mut iteration_span = span_named(Category::Iteration, || format!("iter {iter}"));
+        let mark_start = HostMark::now(&self.kv);
         {
             let _s = span(Category::Phase, "admit");
             self.scheduler.waiting.extend(self.incoming.drain(..));
@@ -321,7 +440,11 @@ impl Engine {
             let _s = span(Category::Phase, "schedule");
             self.scheduler.schedule(&self.config, &mut self.kv)
         };
-        iteration_span.rename(|| {
+        if decision.seqs.is_empty() && decision.preempted.is_empty() && !self.in_flight.is_empty() {
+            call_span.rename(|| format!("finish iter {}", iter - 1));
+            return Ok((false, Vec::new()));
+        }
+        call_span.rename(|| {
             let ctx = decision.seqs.iter().filter(|s| s.is_context).count();
             format!("iter {iter}: {ctx} ctx reqs, {} gen reqs", decision.seqs.len() - ctx)
         });
@@ -332,33 +455,56 @@ impl Engine {
         {
             let _s = span(Category::Phase, "forward");
             if !input.tokens.is_empty() {
-                self.runner.forward(&self.model, &input)?;
+                self.runner.launch(&self.model, &input)?;
             }
         }
-        let sample_span = span(Category::Phase, "sample");
-        let sampled = if input.tokens.is_empty() { Vec::new() } else { self.runner.sample(self.model.config().vocab_size, &input)? };
-        let wants_logprobs = input.sampling.iter().any(|(p, _)| p.logprobs.is_some());
-        let logits = if wants_logprobs { self.runner.last_logits()? } else { Vec::new() };
-        let vocab = self.model.config().vocab_size;
-        let mut rows = logits.chunks(vocab);
-        let mut sampled = sampled.into_iter();
-        let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
+        // Each sampling sequence's next token is the one this step draws for its row.
+        let mut rows = Vec::new();
         let mut started = Vec::new();
-        let now = now_ns();
         for s in &decision.seqs {
             let seq = self.scheduler.running_mut(s.id).expect("scheduled sequences are running");
             seq.num_computed += s.num_tokens;
             if seq.timings.first_scheduled_ns.is_none() {
-                seq.timings.first_scheduled_ns = Some(start);
+                seq.timings.first_scheduled_ns = Some(mark_start.ns);
                 started.push(s.id);
             }
-            if !s.samples {
-                continue;
+            if s.samples {
+                rows.push((s.id, seq.tokens.len()));
+                seq.tokens.push(SAMPLED_TOKEN | (rows.len() - 1) as u32);
+                seq.length_reached = seq.num_generated() >= seq.stop.max_tokens || seq.tokens.len() >= self.max_seq_len;
             }
-            let token = sampled.next().expect("one sampled token per sampling sequence");
-            let row = rows.next();
-            let logprobs = seq.sampling.logprobs.zip(row).map(|(top, row)| sampler::logprobs(row, token, top));
-            seq.tokens.push(token);
+        }
+        self.iteration += 1;
+        let ran = !input.tokens.is_empty();
+        self.in_flight.push_back(InFlight {
+            iter,
+            wants_logits: input.sampling.iter().any(|(p, _)| p.logprobs.is_some()),
+            num_tokens: input.tokens.len(),
+            decision,
+            rows,
+            start_ns: mark_start.ns,
+            launch: mark_start.work(&self.kv),
+        });
+        Ok((ran, started))
+    }
+
+    /// Finishes the oldest step in flight: reads its tokens, hands them to their requests, ends
+    /// the requests that stop, and returns the iteration's statistics.
+    fn finish_oldest(&mut self, finished: &mut Vec<RequestId>) -> Result<IterationStats> {
+        let step = self.in_flight.pop_front().expect("a step is in flight");
+        let mark_start = HostMark::now(&self.kv);
+        let sample_span = span(Category::Phase, "sample");
+        let result = if step.num_tokens > 0 { self.runner.finish()? } else { Default::default() };
+        let logits = if step.wants_logits { self.runner.last_logits()? } else { Vec::new() };
+        let vocab = self.model.config().vocab_size;
+        let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
+        let now = now_ns();
+        for (row, (&(id, at), &token)) in step.rows.iter().zip(&result.tokens).enumerate() {
+            // A request that ended after the launch (a stop seen a step late, an abort) drops
+            // what it drew.
+            let Some(seq) = self.scheduler.get_mut(id) else { continue };
+            seq.tokens[at] = token;
+            let logprobs = seq.sampling.logprobs.zip(logits.chunks(vocab).nth(row)).map(|(top, row)| sampler::logprobs(row, token, top));
             if seq.timings.first_token_ns.is_none() {
                 seq.timings.first_token_ns = Some(now);
                 mark(Category::Api, "first token", || Some(format!("{{\"request\":{0},\"flow\":{0}}}", seq.id)));
@@ -366,48 +512,48 @@ impl Engine {
             mark(Category::Api, "stream chunk", || Some(format!("{{\"request\":{},\"token\":{token}}}", seq.id)));
             let delivered = seq.events.send(RequestEvent::Token { id: token, logprobs }).is_ok();
             let eos = !seq.stop.ignore_eos && self.eos_ids.contains(&token);
+            let generated = at + 1 - seq.prompt_len;
             let reason = if !delivered {
                 Some(FinishReason::Aborted)
             } else if eos || seq.stop.stop_ids.contains(&token) {
                 Some(FinishReason::Stop)
-            } else if seq.num_generated() >= seq.stop.max_tokens || seq.tokens.len() >= self.max_seq_len {
+            } else if generated >= seq.stop.max_tokens || at + 1 >= self.max_seq_len {
                 Some(FinishReason::Length)
             } else {
                 None
             };
             if let Some(reason) = reason {
-                done.push((s.id, reason));
+                done.push((id, reason));
             }
         }
         drop(sample_span);
         let update_span = span(Category::Phase, "update");
-        let finished: Vec<RequestId> = done.iter().map(|(id, _)| *id).collect();
+        let first_finished = finished.len();
         for (id, reason) in done {
-            let seq = self.scheduler.remove(id).expect("finished sequences are running");
+            let seq = self.scheduler.remove(id).expect("a request that stops is in the scheduler");
             self.finish(seq, reason);
+            finished.push(id);
         }
         drop(update_span);
         counter("kv_used_blocks", || self.kv.num_used() as f64);
-        counter("batch_tokens", || input.tokens.len() as f64);
-        drop(iteration_span);
+        counter("batch_tokens", || step.num_tokens as f64);
 
         let end = now_ns();
-        let allocs = AllocTotals::now().since(allocs_before);
-        let expert_load = self.runner.take_expert_load()?;
-        let work = self.work.iteration(&decision.seqs, &expert_load);
-        let ctx: Vec<_> = decision.seqs.iter().filter(|s| s.is_context).collect();
-        let gen: Vec<_> = decision.seqs.iter().filter(|s| !s.is_context).collect();
+        let host = step.launch.plus(mark_start.work(&self.kv));
+        let work = self.work.iteration(&step.decision.seqs, &result.expert_load);
+        let ctx: Vec<_> = step.decision.seqs.iter().filter(|s| s.is_context).collect();
+        let gen: Vec<_> = step.decision.seqs.iter().filter(|s| !s.is_context).collect();
         let mut stats = IterationStats {
-            iter: self.iteration,
-            start_ns: start,
+            iter: step.iter,
+            start_ns: step.start_ns,
             end_ns: end,
-            iter_latency_ms: (end - start) as f64 / 1e6,
-            host_step_ms: (end - start) as f64 / 1e6,
-            device_step_ms: if input.tokens.is_empty() { None } else { self.runner.device_ms() },
+            iter_latency_ms: (end - step.start_ns) as f64 / 1e6,
+            host_step_ms: host.ns as f64 / 1e6,
+            device_step_ms: result.device_ms,
             num_queued_requests: self.scheduler.waiting.len(),
             num_active_requests: self.scheduler.running.len(),
-            num_completed_requests: finished.len(),
-            num_preempted_requests: decision.preempted.len(),
+            num_completed_requests: finished.len() - first_finished,
+            num_preempted_requests: step.decision.preempted.len(),
             num_ctx_requests: ctx.len(),
             num_ctx_tokens: ctx.iter().map(|s| s.num_tokens).sum(),
             num_gen_requests: gen.len(),
@@ -416,22 +562,22 @@ impl Engine {
             used_num_blocks: self.kv.num_used(),
             free_num_blocks: self.kv.num_free(),
             tokens_per_block: self.kv.block_size(),
-            kv_blocks_allocated: self.kv.allocated_total - kv_before.0,
-            kv_blocks_freed: self.kv.freed_total - kv_before.1,
-            host_allocations: allocs.allocations,
-            host_frees: allocs.frees,
-            host_alloc_bytes: allocs.bytes,
+            kv_blocks_allocated: host.kv_allocated,
+            kv_blocks_freed: host.kv_freed,
+            host_allocations: host.allocs.allocations,
+            host_frees: host.allocs.frees,
+            host_alloc_bytes: host.allocs.bytes,
             weight_bytes: work.weight_bytes,
             kv_bytes_read: work.kv_bytes_read,
             flops: work.flops,
             fp8_flops: work.fp8_flops,
             attention_flops: work.attention_flops,
-            expert_load,
+            expert_load: result.expert_load,
             expert_max_over_mean: Vec::new(),
         };
         stats.expert_balance();
         if let Some(p) = &mut self.profiler {
-            match p.after_iteration(iter, &stats) {
+            match p.after_iteration(step.iter, &stats) {
                 Ok(Some(WindowEvent::Close)) => self.runner.set_profiler(false)?,
                 Ok(_) => {}
                 Err(e) => {
@@ -440,7 +586,6 @@ impl Engine {
                 }
             }
         }
-        self.iteration += 1;
-        Ok(StepOutput { stats, finished, started })
+        Ok(stats)
     }
 }

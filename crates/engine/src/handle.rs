@@ -284,8 +284,8 @@ fn run(engine: &mut Engine, commands: Receiver<Command>, stats: Option<Sender<It
                     for id in out.started.iter().chain(&out.finished) {
                         state.scheduled_or_gone(*id, gauges);
                     }
-                    if let Some(s) = &stats {
-                        let _ = s.send(out.stats);
+                    if let (Some(s), Some(finished)) = (&stats, out.stats) {
+                        let _ = s.send(finished);
                     }
                     if engine.profile_windows_over() {
                         state.closed_trace = Some(engine.finish_profiling().map_err(refusal));

@@ -107,13 +107,14 @@ impl Profiler {
 
     /// Called after iteration `iter` with its statistics: records it, flushes when due, and closes
     /// a window that ends here (returning `Close`, for the caller to stop the CUDA profiler). The
-    /// engine keeps an error until profiling ends.
+    /// engine keeps an error until profiling ends. With the overlap scheduler an iteration ends
+    /// after the next one has begun, so the one before a window ends inside it, unrecorded.
     pub fn after_iteration(&mut self, iter: u64, stats: &IterationStats) -> Result<Option<WindowEvent>> {
         instrument::set_iteration(None);
         if !self.state.is_open() {
             return Ok(None);
         }
-        if self.output.is_none() {
+        if self.output.is_none() || !self.state.windows.contains(iter) {
             return Ok(self.state.after(iter));
         }
         self.recorded_iterations += 1;
@@ -246,5 +247,28 @@ mod tests {
         assert_eq!(events, [(2, Open), (3, Close), (5, Open), (5, Close)]);
         assert!(!instrument::is_recording(), "nothing is recorded without an output");
         assert_eq!(p.finish().unwrap(), None);
+    }
+
+    /// With the overlap scheduler iteration k ends after iteration k + 1 has begun: the windows
+    /// still open and close on their own iterations, and only those are recorded.
+    #[test]
+    fn iterations_that_end_after_the_next_began_record_only_the_windows() {
+        let dir = lumen_test_support::scratch::Scratch::new("profiler-overlap");
+        let path = std::path::PathBuf::from(dir.path("overlap.lumen"));
+        let windows = ProfileWindows::parse("2-3,5-5", "test").unwrap();
+        let mut p = Profiler::new(&path, Some(windows), Vec::new()).unwrap();
+        let stats = IterationStats::default();
+        let mut events = Vec::new();
+        for iter in 0..8 {
+            if let Some(e) = p.before_iteration(iter) {
+                events.push((iter, e));
+            }
+            if let Some(e) = iter.checked_sub(1).and_then(|done| p.after_iteration(done, &stats).unwrap()) {
+                events.push((iter - 1, e));
+            }
+        }
+        use WindowEvent::{Close, Open};
+        assert_eq!(events, [(2, Open), (3, Close), (5, Open), (5, Close)]);
+        assert_eq!(p.finish().unwrap().map(|(_, n)| n), Some(3), "iterations 2, 3 and 5");
     }
 }

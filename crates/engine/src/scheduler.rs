@@ -22,7 +22,9 @@ use std::collections::VecDeque;
 /// A request inside the engine.
 pub struct Sequence {
     pub id: RequestId,
-    /// Prompt followed by the generated tokens.
+    /// Prompt followed by the generated tokens. A token a launched step draws is there from the
+    /// launch, as a word marked [`lumen_backend::SAMPLED_TOKEN`] naming its logits row, until the
+    /// step finishes.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     /// Tokens whose K/V are in the cache.
@@ -32,6 +34,9 @@ pub struct Sequence {
     pub stop: StopConditions,
     pub events: EventSender,
     pub timings: RequestTimings,
+    /// Its last token, drawn by a step still in flight, is the last it may have (its max tokens,
+    /// or the engine's longest sequence): it is not scheduled again.
+    pub length_reached: bool,
 }
 
 impl Sequence {
@@ -103,6 +108,10 @@ impl Scheduler {
         let running_span = span(Category::Debug, "schedule running");
         let mut i = 0;
         while i < self.running.len() && out.seqs.len() < config.max_batch_size && budget > 0 {
+            if self.running[i].length_reached {
+                i += 1;
+                continue;
+            }
             let Some(n) = self.running[i].chunk(budget, config) else { break };
             let target = self.running[i].num_computed + n;
             if !self.grow_running(i, target, config.scheduler_policy, kv, &mut out.preempted) {
@@ -192,6 +201,11 @@ impl Scheduler {
         self.running.iter_mut().find(|s| s.id == id)
     }
 
+    /// A sequence wherever it is: running, or preempted and waiting.
+    pub fn get_mut(&mut self, id: RequestId) -> Option<&mut Sequence> {
+        self.running.iter_mut().chain(self.waiting.iter_mut()).find(|s| s.id == id)
+    }
+
     /// Removes a sequence wherever it is, returning it.
     pub fn remove(&mut self, id: RequestId) -> Option<Sequence> {
         if let Some(i) = self.running.iter().position(|s| s.id == id) {
@@ -218,6 +232,7 @@ mod tests {
             stop: StopConditions::default(),
             events: channel().0,
             timings: RequestTimings::default(),
+            length_reached: false,
         }
     }
 
@@ -319,6 +334,23 @@ mod tests {
             r.tokens.push(9);
         }
         assert_eq!(s.running.len(), 1, "request 2 waits until request 1 finishes");
+    }
+
+    /// A sequence whose last token is still being drawn and is its last is left out, and the
+    /// running sequences after it are still scheduled.
+    #[test]
+    fn a_sequence_at_its_length_is_not_scheduled_again() {
+        let mut s = Scheduler::default();
+        let mut kv = KvCacheManager::new(100, 4);
+        for id in [1, 2] {
+            let mut r = seq(id, 4);
+            r.tokens.push(lumen_backend::SAMPLED_TOKEN);
+            r.num_computed = 4;
+            s.running.push(r);
+        }
+        s.running[0].length_reached = true;
+        let out = s.schedule(&config(8, 100), &mut kv);
+        assert_eq!(out.seqs.iter().map(|x| (x.id, x.first_pos, x.is_context)).collect::<Vec<_>>(), vec![(2, 4, false)]);
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn together(model: &Arc<Model>, requests: &[Request], config: EngineConfig) -> (
     let streams: Vec<_> = requests.iter().map(|r| engine.submit(r.clone())).collect();
     let (mut chunked, mut preempted, mut mixed) = (false, false, false);
     while engine.has_work() {
-        let s = engine.step().unwrap().stats;
+        let s = engine.step().unwrap().stats.expect("without the overlap scheduler a call finishes its step");
         preempted |= s.num_preempted_requests > 0;
         mixed |= s.num_ctx_requests > 0 && s.num_gen_requests > 0;
         chunked |= s.num_ctx_tokens == config.max_num_tokens - s.num_gen_tokens && s.num_ctx_requests > 0;

@@ -71,7 +71,7 @@ fn prefill(model: Arc<Model>, len: usize, batch_invariant: bool) -> (Vec<Vec<u32
             engine.submit(Request { prompt, sampling: sampling.clone(), stop })
         })
         .collect();
-    let loads = engine.step().unwrap().stats.expert_load;
+    let loads = engine.step().unwrap().stats.expect("without the overlap scheduler a call finishes its step").expert_load;
     while engine.has_work() {
         engine.step().unwrap();
     }
@@ -109,7 +109,7 @@ fn decode(model: Arc<Model>, len: usize, steps: usize, sequences: usize) -> (Vec
     let mut loads = Vec::new();
     let mut first = true;
     while engine.has_work() {
-        let stats = engine.step().unwrap().stats;
+        let stats = engine.step().unwrap().stats.expect("without the overlap scheduler a call finishes its step");
         if !std::mem::take(&mut first) {
             loads.push(stats.expert_load);
         }

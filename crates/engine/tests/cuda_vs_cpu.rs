@@ -141,7 +141,7 @@ fn run_cuda(r: &mut CudaRunner, seqs: &[&Seq], step: &Step) -> Vec<f32> {
 fn cuda_tokens(r: &mut CudaRunner, seqs: &[&Seq], step: &Step) -> Vec<u32> {
     with_batch(seqs, step, |batch| {
         r.launch(batch, &vec![SampleParams::GREEDY; step.rows.len()]).unwrap();
-        r.finish().unwrap()
+        r.finish().unwrap().tokens
     })
 }
 

@@ -22,7 +22,7 @@ fn each_step_records_every_moe_layers_expert_load() {
     let _streams = [engine.submit(request(20, 3)), engine.submit(request(7, 3))];
     let mut steps = 0;
     while engine.has_work() {
-        let stats = engine.step().unwrap().stats;
+        let stats = engine.step().unwrap().stats.expect("without the overlap scheduler a call finishes its step");
         let tokens = stats.num_ctx_tokens + stats.num_gen_tokens;
         if tokens == 0 {
             assert!(stats.expert_load.is_empty());
@@ -43,7 +43,7 @@ fn each_step_records_every_moe_layers_expert_load() {
 fn a_dense_model_records_no_expert_load() {
     let mut engine = Engine::new(Arc::new(load_model("tiny").unwrap()), EngineConfig::default()).unwrap();
     let _stream = engine.submit(request(9, 2));
-    let stats = engine.step().unwrap().stats;
+    let stats = engine.step().unwrap().stats.expect("without the overlap scheduler a call finishes its step");
     assert!(stats.num_ctx_tokens == 9 && stats.expert_load.is_empty());
 }
 
@@ -57,7 +57,7 @@ fn the_trace_keeps_every_steps_expert_load_and_says_the_router_is_the_models() {
     let _streams = [engine.submit(request(20, 3)), engine.submit(request(7, 3))];
     let mut want = Vec::new();
     while engine.has_work() {
-        let stats = engine.step().unwrap().stats;
+        let stats = engine.step().unwrap().stats.expect("without the overlap scheduler a call finishes its step");
         for (layer, load) in stats.expert_load.iter().enumerate() {
             want.push((stats.iter, layer as u32, load.iter().map(|&t| t as u64).collect::<Vec<_>>()));
         }

@@ -1,7 +1,8 @@
 //! KV block accounting under random traffic: seeded sequences of submits, aborts (of waiting,
 //! running, finished and unknown requests) and steps run through one engine whose KV cache is
-//! small enough to force preemption. After every operation the free list and the block tables
-//! hold each block exactly once; when the work is drained every block is free.
+//! small enough to force preemption, with and without the overlap scheduler. After every
+//! operation the free list and the block tables hold each block exactly once; when the work is
+//! drained every block is free, and every request that was not aborted has all its tokens.
 
 use lumen_engine::{Engine, EngineConfig, KvBudget, Request, RequestId, SamplingParams, SchedulerPolicy, StopConditions};
 use lumen_model::load_model;
@@ -52,7 +53,7 @@ fn random_run(engine: &mut Engine, seed: u64, coverage: &mut Coverage) {
                     stop: StopConditions { max_tokens, stop_ids: Vec::new(), ignore_eos: true },
                 });
                 ids.push(stream.id);
-                streams.push(stream);
+                streams.push((stream, max_tokens));
                 check(engine, &format!("submit (operation {op})"));
             }
             4 => {
@@ -63,7 +64,7 @@ fn random_run(engine: &mut Engine, seed: u64, coverage: &mut Coverage) {
             }
             _ => {
                 let out = engine.step().unwrap();
-                coverage.preemptions += out.stats.num_preempted_requests;
+                coverage.preemptions += out.stats.map_or(0, |s| s.num_preempted_requests);
                 check(engine, &format!("step (operation {op})"));
             }
         }
@@ -73,14 +74,17 @@ fn random_run(engine: &mut Engine, seed: u64, coverage: &mut Coverage) {
         check(engine, "a draining step");
     }
     assert_eq!(engine.kv_free_blocks(), engine.kv_blocks(), "seed {seed}: blocks still held after the work drained");
-    for s in streams {
+    for (s, max_tokens) in streams {
         let (tokens, done) = s.collect();
         match done {
             lumen_engine::RequestEvent::Finished { reason: lumen_engine::FinishReason::Aborted, .. } if tokens.is_empty() => {
                 coverage.aborts_before_a_token += 1
             }
             lumen_engine::RequestEvent::Finished { reason: lumen_engine::FinishReason::Aborted, .. } => coverage.aborts_after_tokens += 1,
-            lumen_engine::RequestEvent::Finished { .. } => coverage.finished += 1,
+            lumen_engine::RequestEvent::Finished { reason: lumen_engine::FinishReason::Length, output_tokens, .. } => {
+                assert_eq!((tokens.len(), output_tokens), (max_tokens, max_tokens), "seed {seed}: a request's tokens");
+                coverage.finished += 1
+            }
             other => panic!("seed {seed}: a request ended with {other:?}"),
         }
     }
@@ -97,13 +101,17 @@ fn random_submits_aborts_and_steps_never_lose_or_double_a_block() {
         scheduler_policy: SchedulerPolicy::MaxUtilization,
         ..EngineConfig::default()
     };
-    let mut coverage = Coverage::default();
-    for seed in 0..SEEDS {
-        let mut engine = Engine::new(model.clone(), config.clone()).unwrap();
-        random_run(&mut engine, seed, &mut coverage);
+    for overlap_scheduler in [false, true] {
+        let config = EngineConfig { overlap_scheduler, ..config.clone() };
+        let mut coverage = Coverage::default();
+        for seed in 0..SEEDS {
+            let mut engine = Engine::new(model.clone(), config.clone()).unwrap();
+            assert_eq!(engine.overlaps(), overlap_scheduler);
+            random_run(&mut engine, seed, &mut coverage);
+        }
+        eprintln!("overlap scheduler {overlap_scheduler}: {coverage:?}");
+        assert!(coverage.preemptions > 0, "no run preempted a request: {coverage:?}");
+        assert!(coverage.aborts_before_a_token > 0 && coverage.aborts_after_tokens > 0, "both kinds of abort must happen: {coverage:?}");
+        assert!(coverage.finished > 0, "{coverage:?}");
     }
-    eprintln!("{coverage:?}");
-    assert!(coverage.preemptions > 0, "no run preempted a request: {coverage:?}");
-    assert!(coverage.aborts_before_a_token > 0 && coverage.aborts_after_tokens > 0, "both kinds of abort must happen: {coverage:?}");
-    assert!(coverage.finished > 0, "{coverage:?}");
 }

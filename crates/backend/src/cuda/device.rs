@@ -305,6 +305,11 @@ impl Event {
         unsafe { cu::event::record(self.event, gpu.stream) }.cuda(|| "cuEventRecord".into())
     }
 
+    /// Waits until the work queued before the event's last record has run.
+    pub fn synchronize(&self) -> Result<()> {
+        unsafe { cu::event::synchronize(self.event) }.cuda(|| "cuEventSynchronize".into())
+    }
+
     /// Milliseconds from `self` to `end`, or `None` while `end` has not completed.
     pub fn elapsed_ms(&self, end: &Event) -> Option<f64> {
         unsafe { cu::event::query(end.event) }.ok()?;

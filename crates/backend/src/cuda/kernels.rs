@@ -508,12 +508,15 @@ impl Kernels {
     }
 
     /// With `codes`, the normed rows' FP8 codes and per-row scales are written there too, as
-    /// [`Kernels::quantize_fp8_rows`] would make them.
+    /// [`Kernels::quantize_fp8_rows`] would make them. A token word with [`crate::SAMPLED_TOKEN`] set
+    /// takes the token of that row of `sampled` (the tokens the step before drew; 0 where no
+    /// token is marked).
     #[allow(clippy::too_many_arguments)]
     pub fn embed_rms_norm(
         &self,
         gpu: &Gpu,
         tokens: u64,
+        sampled: u64,
         n: usize,
         embed: u64,
         weight: u64,
@@ -526,6 +529,7 @@ impl Kernels {
     ) -> Result<()> {
         let args = Args::default()
             .ptr(tokens)
+            .ptr(sampled)
             .ptr(embed)
             .ptr(weight)
             .f32(eps)

@@ -8,7 +8,8 @@
 // wrote, and handing them must change no bf16 value; add_rms_norm handed a delta whose rows still
 // need their scales (powers of two) and those scales must write, bit for bit, what it writes from
 // the scaled delta. Handed codes but no place for the bf16 rows, the two norms that take a residual
-// write the same codes, scales and residual. Exits non-zero otherwise.
+// write the same codes, scales and residual. Token words marked SAMPLED_TOKEN must embed the
+// sampled tokens they name. Exits non-zero otherwise.
 #include "emu.h"
 #include "kernels.cu"
 
@@ -52,8 +53,8 @@ int main() {
             launch(quantize_fp8_rows, {(unsigned)rows}, 256, normed.data(), width, want_codes.data(), want_scales.data());
             codes_bad += (codes != want_codes) + (scales != want_scales);
         };
-        launch(embed_rms_norm, {(unsigned)rows}, threads, tokens.data(), embed.data(), weight.data(), eps, width, (u32)vocab, residual.data(),
-               normed.data(), codes.data(), scales.data());
+        launch(embed_rms_norm, {(unsigned)rows}, threads, tokens.data(), (const u32*)nullptr, embed.data(), weight.data(), eps, width, (u32)vocab,
+               residual.data(), normed.data(), codes.data(), scales.data());
         check_codes();
         std::vector<float> want(rows * width);
         for (int r = 0; r < rows; r++)
@@ -66,9 +67,23 @@ int main() {
             std::vector<float> codes_only_residual(rows * width, NAN);
             std::vector<unsigned char> only_codes(rows * width);
             std::vector<float> only_scales(rows);
-            launch(embed_rms_norm, {(unsigned)rows}, threads, tokens.data(), embed.data(), weight.data(), eps, width, (u32)vocab,
-                   codes_only_residual.data(), (bf16*)nullptr, only_codes.data(), only_scales.data());
+            launch(embed_rms_norm, {(unsigned)rows}, threads, tokens.data(), (const u32*)nullptr, embed.data(), weight.data(), eps, width,
+                   (u32)vocab, codes_only_residual.data(), (bf16*)nullptr, only_codes.data(), only_scales.data());
             codes_bad += (only_codes != codes) + (only_scales != scales) + (codes_only_residual != residual);
+        }
+        // Token words marked SAMPLED_TOKEN take the rows of the step before's sampled tokens they
+        // name, beside a plain one: the same rows and codes as those tokens given outright.
+        {
+            const std::vector<u32> sampled = {4, tokens[2], 9, tokens[0]};
+            const std::vector<u32> marked = {SAMPLED_TOKEN | 3u, tokens[1], SAMPLED_TOKEN | 1u};
+            std::vector<float> marked_residual(rows * width, NAN);
+            std::vector<bf16> marked_normed(rows * width);
+            std::vector<unsigned char> marked_codes(rows * width);
+            std::vector<float> marked_scales(rows);
+            launch(embed_rms_norm, {(unsigned)rows}, threads, marked.data(), sampled.data(), embed.data(), weight.data(), eps, width, (u32)vocab,
+                   marked_residual.data(), marked_normed.data(), marked_codes.data(), marked_scales.data());
+            bad += (marked_residual != residual) + (marked_normed != normed);
+            codes_bad += (marked_codes != codes) + (marked_scales != scales);
         }
         std::vector<float> before = residual;
         launch(add_rms_norm, {(unsigned)rows}, threads, residual.data(), delta.data(), (const float*)nullptr, weight.data(), eps, width,

@@ -1,26 +1,34 @@
 //! The engine's step machinery on one GPU (one rank of a parallel layout): the KV cache's
-//! blocks, one pinned staging area that carries a step's inputs in a single copy, the model's
+//! blocks, a pinned staging area that carries a step's inputs in a single copy, the model's
 //! forward pass ([`lumen_model::cuda::enqueue_forward`]) and sampling on the device, CUDA graphs
 //! for decode-only batches, and device step time from events.
 //!
 //! A step's inputs live at fixed offsets of the staging area, sized for the largest step, so a
 //! captured graph replays against new inputs after one host-to-device copy.
 //!
+//! Two steps may be in flight at once (the engine's overlap scheduler launches a step before it
+//! reads the one before's tokens), so the host side of a step comes in two turns that steps take
+//! in alternation: pinned inputs, the pinned rows its tokens and expert load come back into, and
+//! the events around it. A token word marked [`SAMPLED_TOKEN`] takes, on the device, the token
+//! the step before drew for the row it names.
+//!
 //! A runner may drive one rank of a tensor-parallel model: it then runs that rank's shard with
 //! the rank's config, joins the ranks through its [`RankCollectives`] (captured in its graphs
 //! like any launch), and holds the whole vocabulary's logits; only rank 0 samples.
 
+use super::StepResult;
 use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cuda::kernels::{heaviest_tiles_first, ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
+use lumen_backend::SAMPLED_TOKEN;
 use lumen_model::cuda::{
-    attention_blocks_per_token, enqueue_forward, expert_load, moe_graphable, Activations, CudaWeights, KvCache, RankCollectives,
-    StepInputs, StepShape,
+    attention_blocks_per_token, enqueue_forward, expert_load, expert_load_words, moe_graphable, queue_expert_load, Activations,
+    CudaWeights, KvCache, RankCollectives, StepInputs, StepShape,
 };
 use lumen_model::{Executor, ForwardBatch, Model, ModelConfig, Quantization};
 use lumen_trace::instrument::{record_span, span, Category};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// KV positions one attention split covers in batch-invariant mode (a fixed size, so a row's
@@ -80,7 +88,8 @@ impl RunnerConfig {
     }
 }
 
-/// Word offsets of the staging area's regions.
+/// Word offsets of the staging area's regions. The block tables come last: sized for every block
+/// of the cache, they are copied only as far as a step fills them.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     tokens: usize,
@@ -89,10 +98,10 @@ struct Layout {
     logit_rows: usize,
     tiles: usize,
     table_offsets: usize,
-    table_data: usize,
     params: usize,
     split_tokens: usize,
     real_tokens: usize,
+    table_data: usize,
     words: usize,
 }
 
@@ -105,13 +114,41 @@ impl Layout {
         let logit_rows = slots + max_tokens;
         let tiles = logit_rows + max_seqs;
         let table_offsets = tiles + 4 * max_tiles;
-        let table_data = table_offsets + max_seqs + 1;
-        let params = table_data + table_words;
+        let params = table_offsets + max_seqs + 1;
         let split_tokens = params + 6 * max_seqs;
         let real_tokens = split_tokens + 1;
-        let words = real_tokens + 1;
-        Layout { tokens, positions, slots, logit_rows, tiles, table_offsets, table_data, params, split_tokens, real_tokens, words }
+        let table_data = real_tokens + 1;
+        let words = table_data + table_words;
+        Layout { tokens, positions, slots, logit_rows, tiles, table_offsets, params, split_tokens, real_tokens, table_data, words }
     }
+}
+
+/// The host side of a step in flight: its pinned inputs (filled up to `staged_words`), the
+/// pinned rows its tokens and expert-load counters come back into, and the events around it.
+struct Turn {
+    staging: PinnedBuffer<u32>,
+    staged_words: usize,
+    tokens: PinnedBuffer<u32>,
+    expert_load: PinnedBuffer<u32>,
+    events: (Event, Event),
+}
+
+impl Turn {
+    fn new(gpu: &Gpu, layout: &Layout, rows: usize, expert_load_words: usize) -> Result<Self> {
+        Ok(Turn {
+            staging: PinnedBuffer::new(gpu, layout.words)?,
+            staged_words: 0,
+            tokens: PinnedBuffer::new(gpu, rows)?,
+            expert_load: PinnedBuffer::new(gpu, expert_load_words)?,
+            events: (gpu.event()?, gpu.event()?),
+        })
+    }
+}
+
+/// A step launched and not yet finished: the turn it took and its logits rows.
+struct Launched {
+    turn: usize,
+    rows: usize,
 }
 
 pub struct CudaRunner {
@@ -126,15 +163,15 @@ pub struct CudaRunner {
     act: Activations,
     sampled: DeviceBuffer,
     layout: Layout,
-    staging: PinnedBuffer<u32>,
     staging_dev: DeviceBuffer,
-    tokens_host: PinnedBuffer<u32>,
+    turns: [Turn; 2],
+    /// The turn the next step takes.
+    next_turn: usize,
+    /// Steps launched and not finished, oldest first (at most two).
+    in_flight: VecDeque<Launched>,
+    /// Logits rows of the step launched last: the rows of `sampled` a marked token may name.
+    last_rows: usize,
     graphs: HashMap<(usize, usize), Graph>,
-    events: (Event, Event),
-    last_device_ms: Option<f64>,
-    pending_rows: usize,
-    /// Whether a step ran since the expert load was last read.
-    stepped: bool,
     /// Whether a batch-invariant step has been reported as run unsplit (once a run).
     invariance_warned: bool,
     /// The fewest positions a KV split takes (`LUMEN_KV_SPLIT_MIN`, see [`kv_split_min`]).
@@ -209,10 +246,9 @@ impl CudaRunner {
         // One block more than the engine hands out takes the writes of padded rows.
         let kv = KvCache::new(&gpu, &c, num_blocks + 1, config.block_size, config.kv_fp8)?;
         let layout = Layout::new(t, s, num_blocks + s + 1);
-        let staging = PinnedBuffer::new(&gpu, layout.words)?;
         let staging_dev = gpu.alloc(layout.words * 4, "step inputs")?;
-        let tokens_host = PinnedBuffer::new(&gpu, s)?;
-        let events = (gpu.event()?, gpu.event()?);
+        let load_words = expert_load_words(&act);
+        let turns = [Turn::new(&gpu, &layout, s, load_words)?, Turn::new(&gpu, &layout, s, load_words)?];
         let config = RunnerConfig { max_tokens: t, max_seqs: s, ..config };
         if !config.batch_invariant {
             let (x, y) = act.scratch();
@@ -229,26 +265,15 @@ impl CudaRunner {
             act,
             sampled,
             layout,
-            staging,
             staging_dev,
-            tokens_host,
+            turns,
+            next_turn: 0,
+            in_flight: VecDeque::new(),
+            last_rows: 0,
             graphs: HashMap::new(),
-            events,
-            last_device_ms: None,
-            pending_rows: 0,
-            stepped: false,
             invariance_warned: false,
             kv_split_min: kv_split_min(std::env::var("LUMEN_KV_SPLIT_MIN").ok().as_deref())?,
         })
-    }
-
-    /// Each MoE layer's expert load in the step finished last, counted on the device, handed over
-    /// once (empty for a dense model).
-    pub fn take_expert_load(&mut self) -> Result<Vec<Vec<u32>>> {
-        if !std::mem::take(&mut self.stepped) {
-            return Ok(Vec::new());
-        }
-        expert_load(&self.act, &self.gpu).context("reading the step's expert load")
     }
 
     /// Whether the MoE layers route with the perfect router (whose logits come from the host).
@@ -265,11 +290,6 @@ impl CudaRunner {
         &self.gpu
     }
 
-    /// Device time of the last completed step, from events around it.
-    pub fn last_device_ms(&self) -> Option<f64> {
-        self.last_device_ms
-    }
-
     /// Number of CUDA graphs captured so far.
     pub fn graphs_captured(&self) -> usize {
         self.graphs.len()
@@ -280,17 +300,21 @@ impl CudaRunner {
     }
 
     /// Launches the step: copies its inputs, then runs the model and the sampler (through a CUDA
-    /// graph when the batch is decode-only and a captured size fits). Returns at once; `finish`
-    /// waits for the sampled tokens.
+    /// graph when the batch is decode-only and a captured size fits), then queues the copies of
+    /// its tokens and expert load. Returns at once; `finish` waits for it. One step may be in
+    /// flight already: the token words it marks [`SAMPLED_TOKEN`] take that step's tokens.
     pub fn launch(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<()> {
         ensure!(params.len() == batch.logit_rows.len(), "{} sampling rows for {} logit rows", params.len(), batch.logit_rows.len());
+        ensure!(self.in_flight.len() < 2, "two steps are in flight already; finish one before launching another");
         self.gpu.bind()?;
+        let turn = self.next_turn;
         let shape = self.stage(batch, params)?;
-        self.events.0.record(&self.gpu)?;
-        self.gpu.copy_to_device(self.staging_dev.ptr, &self.staging.as_slice()[..self.layout.words])?;
+        let t = &self.turns[turn];
+        t.events.0.record(&self.gpu)?;
+        self.gpu.copy_to_device(self.staging_dev.ptr, &t.staging.as_slice()[..t.staged_words])?;
         let (Staged::Graph(_, launched) | Staged::Eager(launched)) = shape;
         self.record_collectives(launched)?;
-        match shape {
+        let rows = match shape {
             Staged::Graph(key, shape) => {
                 if !self.graphs.contains_key(&key) {
                     let _s = span(Category::Debug, "capture cuda graph");
@@ -301,46 +325,60 @@ impl CudaRunner {
                     self.graphs.insert(key, graph?);
                 }
                 self.gpu.launch_graph(&self.graphs[&key])?;
-                self.pending_rows = batch.logit_rows.len();
+                batch.logit_rows.len()
             }
             Staged::Eager(shape) => {
                 self.enqueue(shape, true)?;
-                self.pending_rows = shape.rows;
+                shape.rows
             }
-        }
+        };
         // Eager or replayed, the step counted its expert load on the device.
-        self.stepped = true;
-        let rows = self.pending_rows;
-        self.gpu.copy_to_host(&mut self.tokens_host.as_mut_slice()[..rows], self.sampled.ptr)?;
-        self.events.1.record(&self.gpu)
+        let t = &mut self.turns[turn];
+        self.gpu.copy_to_host(&mut t.tokens.as_mut_slice()[..rows], self.sampled.ptr)?;
+        queue_expert_load(&self.act, &self.gpu, t.expert_load.as_mut_slice())?;
+        t.events.1.record(&self.gpu)?;
+        self.in_flight.push_back(Launched { turn, rows });
+        self.last_rows = rows;
+        self.next_turn = 1 - turn;
+        Ok(())
     }
 
-    /// Waits for the step launched last and returns its sampled tokens.
-    pub fn finish(&mut self) -> Result<Vec<u32>> {
-        self.gpu.synchronize().context("the forward step failed on the GPU (rerun with LUMEN_CUDA_SYNC=1 to name the kernel)")?;
-        self.last_device_ms = self.events.0.elapsed_ms(&self.events.1);
-        Ok(self.tokens_host.as_slice()[..self.pending_rows].to_vec())
+    /// Waits for the oldest step in flight and returns its sampled tokens, expert load and device
+    /// time.
+    pub fn finish(&mut self) -> Result<StepResult> {
+        let Some(step) = self.in_flight.pop_front() else { bail!("no step is in flight to finish") };
+        let t = &self.turns[step.turn];
+        t.events.1.synchronize().context("the forward step failed on the GPU (rerun with LUMEN_CUDA_SYNC=1 to name the kernel)")?;
+        Ok(StepResult {
+            tokens: t.tokens.as_slice()[..step.rows].to_vec(),
+            expert_load: expert_load(&self.act, t.expert_load.as_slice()),
+            device_ms: t.events.0.elapsed_ms(&t.events.1),
+        })
     }
 
     /// The `[rows, vocab]` f32 logits the step finished last sampled from (for checks: a graph
-    /// replay and an eager step must leave the same bits).
+    /// replay and an eager step must leave the same bits). No step may be in flight.
     pub fn last_logits(&mut self) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; self.pending_rows * self.model.config().vocab_size];
+        ensure!(self.in_flight.is_empty(), "the logits are read with no step in flight; {} are", self.in_flight.len());
+        let rows = self.last_rows;
+        let mut out = vec![0f32; rows * self.model.config().vocab_size];
         self.gpu.download(&mut out, self.act.logits.ptr).context("reading the last step's logits")?;
         Ok(out)
     }
 
-    /// Runs the batch eagerly and returns `[logit_rows, vocab]` f32 logits (for checks).
+    /// Runs the batch eagerly and returns `[logit_rows, vocab]` f32 logits (for checks). No step
+    /// may be in flight.
     pub fn logits(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
+        ensure!(self.in_flight.is_empty(), "logits are computed with no step in flight; {} are", self.in_flight.len());
         let params = vec![SampleParams::GREEDY; batch.logit_rows.len()];
         self.gpu.bind()?;
         let shape = match self.stage_eager(batch, &params)? {
             Staged::Eager(s) | Staged::Graph(_, s) => s,
         };
-        self.gpu.copy_to_device(self.staging_dev.ptr, &self.staging.as_slice()[..self.layout.words])?;
+        let t = &self.turns[self.next_turn];
+        self.gpu.copy_to_device(self.staging_dev.ptr, &t.staging.as_slice()[..t.staged_words])?;
         self.act.poison(&self.gpu)?;
         self.enqueue(shape, false)?;
-        self.stepped = true;
         let vocab = self.model.config().vocab_size;
         let mut out = vec![0f32; shape.rows * vocab];
         self.gpu.download(&mut out, self.act.logits.ptr).context("the forward step failed on the GPU")?;
@@ -367,7 +405,7 @@ impl CudaRunner {
             return self.stage_eager(batch, params);
         }
         self.fill(batch, params, size)?;
-        self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
+        self.turns[self.next_turn].staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
         let c = self.config_computed()?;
         let group = c.num_heads / c.num_kv_heads;
         let batch_invariant = self.config.batch_invariant;
@@ -424,7 +462,7 @@ impl CudaRunner {
             let (splits, split_tokens) = self.split_plan(tiling.tiles + tiling.prefill_tiles, max_ctx, t);
             (splits, splits, t, split_tokens)
         };
-        self.staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
+        self.turns[self.next_turn].staging.as_mut_slice()[self.layout.split_tokens] = split_tokens as u32;
         Ok(Staged::Eager(StepShape {
             tokens: t,
             tiles: tiling.tiles,
@@ -455,10 +493,20 @@ impl CudaRunner {
         ensure!(batch.logit_rows.len() <= max_s, "{} logit rows exceed the limit of {max_s}", batch.logit_rows.len());
         let vocab = model.config().vocab_size;
         let slots_total = (self.num_blocks + 1) * self.config.block_size;
-        let w = self.staging.as_mut_slice();
+        // Only a runner that samples holds the tokens a marked word names.
+        let sampled_rows = if self.rank.is_none() { self.last_rows } else { 0 };
+        let w = self.turns[self.next_turn].staging.as_mut_slice();
         w[l.real_tokens] = t as u32;
         for (i, ((&tok, &pos), &slot)) in batch.tokens.iter().zip(batch.positions).zip(batch.slots).enumerate() {
-            ensure!((tok as usize) < vocab, "token id {tok} at row {i} is out of range for a vocabulary of {vocab}");
+            if tok & SAMPLED_TOKEN != 0 {
+                let row = (tok & !SAMPLED_TOKEN) as usize;
+                ensure!(
+                    row < sampled_rows,
+                    "row {i} takes the token sampled for row {row} of the step before, which drew {sampled_rows} tokens on this GPU"
+                );
+            } else {
+                ensure!((tok as usize) < vocab, "token id {tok} at row {i} is out of range for a vocabulary of {vocab}");
+            }
             ensure!(slot < slots_total, "KV slot {slot} at row {i} is beyond the cache's {slots_total} slots");
             w[l.tokens + i] = tok;
             w[l.positions + i] = pos as u32;
@@ -479,7 +527,7 @@ impl CudaRunner {
                 s.block_table.len(),
                 s.first_pos + s.len
             );
-            ensure!(table + needed <= l.params - l.table_data, "block tables exceed the staging area");
+            ensure!(table + needed <= l.words - l.table_data, "block tables exceed the staging area");
             for (j, &b) in s.block_table[..needed].iter().enumerate() {
                 ensure!((b as usize) < blocks_total, "block {b} of sequence {si} is beyond the cache's {blocks_total} blocks");
                 w[l.table_data + table + j] = b;
@@ -546,7 +594,9 @@ impl CudaRunner {
         }
         if pad_to > n {
             w[l.table_data + table] = reserved;
+            table += 1;
         }
+        self.turns[self.next_turn].staged_words = l.table_data + table;
         Ok(tiling)
     }
 
@@ -592,6 +642,7 @@ impl CudaRunner {
             table_data: self.dev(l.table_data),
             split_tokens: self.dev(l.split_tokens),
             real_tokens: self.dev(l.real_tokens),
+            sampled: self.sampled.ptr,
         };
         enqueue_forward(w, c, &mut self.linear, &self.act, &self.kv, &inputs, shape, self.rank.as_ref().map(|(_, r)| r))?;
         if sample && self.rank_index().unwrap_or(0) == 0 {

@@ -9,6 +9,7 @@
 //! engine stops after a failed step in any case).
 
 use super::cuda::{CudaRunner, RunnerConfig, SampleParams};
+use super::StepResult;
 use anyhow::{anyhow, bail, Context, Result};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_model::{Executor, ForwardBatch, Model, OwnedBatch};
@@ -37,7 +38,6 @@ pub struct CudaRanks {
     answers: Receiver<(usize, Result<Answer>)>,
     threads: Vec<JoinHandle<()>>,
     num_blocks: usize,
-    last_device_ms: Option<f64>,
 }
 
 impl CudaRanks {
@@ -76,7 +76,7 @@ impl CudaRanks {
             jobs.push(tx);
             threads.push(thread);
         }
-        let mut ranks = CudaRanks { jobs, answers, threads, num_blocks: 0, last_device_ms: None };
+        let mut ranks = CudaRanks { jobs, answers, threads, num_blocks: 0 };
         let ready = ranks.collect("set up its GPU")?;
         ranks.num_blocks = ready.iter().map(|a| if let Answer::Ready(b) = a { *b } else { 0 }).min().unwrap_or(0);
         Ok(ranks)
@@ -85,10 +85,6 @@ impl CudaRanks {
     /// KV blocks the engine may hand out: the fewest any rank holds.
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
-    }
-
-    pub fn last_device_ms(&self) -> Option<f64> {
-        self.last_device_ms
     }
 
     /// Every rank's answer to the job just sent, in rank order, or the first rank's error.
@@ -122,15 +118,13 @@ impl CudaRanks {
         self.collect("launch the step").map(|_| ())
     }
 
-    /// Waits for the step on every rank; returns rank 0's sampled tokens.
-    pub fn finish(&mut self) -> Result<Vec<u32>> {
+    /// Waits for the step on every rank; returns rank 0's sampled tokens and device time (the
+    /// ranks split dense models only: no expert load).
+    pub fn finish(&mut self) -> Result<StepResult> {
         self.send_all(|| Job::Finish)?;
         let mut answers = self.collect("finish the step")?;
         match answers.swap_remove(0) {
-            Answer::Tokens(tokens, device_ms) => {
-                self.last_device_ms = device_ms;
-                Ok(tokens)
-            }
+            Answer::Tokens(tokens, device_ms) => Ok(StepResult { tokens, expert_load: Vec::new(), device_ms }),
             _ => bail!("tensor-parallel rank 0 answered the step's end without tokens"),
         }
     }
@@ -165,7 +159,7 @@ fn serve_rank(r: usize, runner: &mut CudaRunner, jobs: Receiver<Job>, answer: Se
     while let Ok(job) = jobs.recv() {
         let result = match job {
             Job::Launch(step) => step.0.with(|batch| runner.launch(batch, &step.1)).map(|_| Answer::Done),
-            Job::Finish => runner.finish().map(|tokens| Answer::Tokens(tokens, runner.last_device_ms())),
+            Job::Finish => runner.finish().map(|step| Answer::Tokens(step.tokens, step.device_ms)),
             // Only rank 0's copy is read.
             Job::Logits if r == 0 => runner.last_logits().map(Answer::Logits),
             Job::Logits => Ok(Answer::Done),

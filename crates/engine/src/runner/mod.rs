@@ -1,8 +1,14 @@
 //! The model runner: turns a scheduler decision into the model's flattened batch (tokens,
-//! positions, KV slots, per-sequence block tables, rows that need logits), runs it, and hands
-//! back one sampled token per sampling sequence, on the CPU ([`cpu`]), one GPU ([`cuda`]) or the
-//! GPUs of a tensor-parallel model ([`cuda_ranks`]). The runner owns the device-side KV storage;
-//! the engine's KV manager decides which blocks hold what.
+//! positions, KV slots, per-sequence block tables, rows that need logits), launches it, and,
+//! when the engine finishes the step, hands back one sampled token per sampling sequence with the
+//! step's expert load and device time, on the CPU ([`cpu`]), one GPU ([`cuda`]) or the GPUs of a
+//! tensor-parallel model ([`cuda_ranks`]). The runner owns the device-side KV storage; the
+//! engine's KV manager decides which blocks hold what.
+//!
+//! Steps finish in the order they were launched. The CPU runner and one GPU's take a step while
+//! the one before is still in flight (the overlap scheduler's), whose tokens the new step's
+//! token words marked [`lumen_backend::SAMPLED_TOKEN`] name; tensor-parallel ranks take one step
+//! at a time.
 
 pub mod cpu;
 pub mod cuda;
@@ -67,6 +73,17 @@ pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager
     input
 }
 
+/// What a finished step hands back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepResult {
+    /// One sampled token per logits row, in order.
+    pub tokens: Vec<u32>,
+    /// Per MoE layer, the assignments each expert received; empty for a dense model.
+    pub expert_load: Vec<Vec<u32>>,
+    /// The step's device time, where the device measures it.
+    pub device_ms: Option<f64>,
+}
+
 /// The device-side half of the engine: owns the KV storage and runs steps on the CPU or a GPU.
 /// An engine holds one, so its variants' sizes cost nothing worth a box.
 #[allow(clippy::large_enum_variant)]
@@ -114,8 +131,16 @@ impl Runner {
         }
     }
 
-    /// Starts the forward pass (on the CPU it runs to completion).
-    pub fn forward(&mut self, model: &Model, input: &ModelInput) -> Result<()> {
+    /// Whether a step may be launched while the one before is in flight, its tokens named by
+    /// marked token words: not over tensor-parallel GPUs, whose ranks would each need the tokens
+    /// only rank 0 draws.
+    pub fn overlaps(&self) -> bool {
+        !matches!(self, Runner::CudaRanks(_))
+    }
+
+    /// Launches the forward pass and the sampling of its logits rows (on the CPU both run to
+    /// completion here).
+    pub fn launch(&mut self, model: &Model, input: &ModelInput) -> Result<()> {
         let seqs: Vec<AttentionSeq> = input
             .seqs
             .iter()
@@ -142,47 +167,28 @@ impl Runner {
                 .collect()
         };
         match self {
-            Runner::Cpu(r) => r.forward(model.cpu_decoder()?, &batch),
+            Runner::Cpu(r) => r.launch(model.cpu_decoder()?, &batch, model.config().vocab_size, &input.sampling),
             Runner::Cuda(r) => r.launch(&batch, &sampling()),
             Runner::CudaRanks(r) => r.launch(&batch, &sampling()),
         }
     }
 
-    /// For each MoE layer of the last forward pass, the assignments each expert received; empty
-    /// for a dense model.
-    pub fn take_expert_load(&mut self) -> Result<Vec<Vec<u32>>> {
-        Ok(match self {
-            Runner::Cpu(r) => r.take_expert_load(),
-            Runner::Cuda(r) => r.take_expert_load()?,
-            // Tensor parallelism splits dense models only.
-            Runner::CudaRanks(_) => Vec::new(),
-        })
-    }
-
-    /// The sampled token of every logits row of `input`, in order.
-    pub fn sample(&mut self, vocab: usize, input: &ModelInput) -> Result<Vec<u32>> {
+    /// Waits for the oldest step launched and not finished, and hands back what it drew.
+    pub fn finish(&mut self) -> Result<StepResult> {
         match self {
-            Runner::Cpu(r) => Ok(r.sample(vocab, &input.sampling)),
+            Runner::Cpu(r) => r.finish(),
             Runner::Cuda(r) => r.finish(),
             Runner::CudaRanks(r) => r.finish(),
         }
     }
 
-    /// The `[rows, vocab]` f32 logits the last step sampled from, one row per sampled token.
+    /// The `[rows, vocab]` f32 logits the step finished last sampled from, one row per sampled
+    /// token; only while no later step has been launched.
     pub fn last_logits(&mut self) -> Result<Vec<f32>> {
         match self {
             Runner::Cpu(r) => Ok(r.last_logits().to_vec()),
             Runner::Cuda(r) => r.last_logits(),
             Runner::CudaRanks(r) => r.last_logits(),
-        }
-    }
-
-    /// Device time of the last step, where the device measures it.
-    pub fn device_ms(&self) -> Option<f64> {
-        match self {
-            Runner::Cpu(_) => None,
-            Runner::Cuda(r) => r.last_device_ms(),
-            Runner::CudaRanks(r) => r.last_device_ms(),
         }
     }
 

@@ -139,14 +139,27 @@ pub fn moe_graphable(c: &ModelConfig, perfect_router: bool) -> bool {
     c.moe.is_none() || !perfect_router
 }
 
-/// The expert load of the step finished last: per MoE layer, the slots each expert received.
-/// Empty for a dense model. Call after the step's work is done.
-pub fn expert_load(act: &Activations, gpu: &Gpu) -> Result<Vec<Vec<u32>>> {
-    let Some(b) = &act.moe else { return Ok(Vec::new()) };
+/// u32 words of a step's expert-load counters (every MoE layer's experts, layer after layer); 0
+/// for a dense model.
+pub fn expert_load_words(act: &Activations) -> usize {
+    act.moe.as_ref().map_or(0, |b| b.load.bytes / 4)
+}
+
+/// Queues, behind the step's work, the copy of its expert-load counters into `dst` (pinned, at
+/// least [`expert_load_words`] long); nothing for a dense model.
+pub fn queue_expert_load(act: &Activations, gpu: &Gpu, dst: &mut [u32]) -> Result<()> {
+    let Some(b) = &act.moe else { return Ok(()) };
+    let words = b.load.bytes / 4;
+    ensure!(dst.len() >= words, "{} words hold no expert load of {words}", dst.len());
+    gpu.copy_to_host(&mut dst[..words], b.load.ptr)
+}
+
+/// A step's expert load from its counters' words (see [`queue_expert_load`]): per MoE layer, the
+/// slots each expert received. Empty for a dense model.
+pub fn expert_load(act: &Activations, words: &[u32]) -> Vec<Vec<u32>> {
+    let Some(b) = &act.moe else { return Vec::new() };
     let experts = b.load.bytes / 4 / b.moe_layers.max(1);
-    let mut all = vec![0u32; b.moe_layers * experts];
-    gpu.download(&mut all, b.load.ptr)?;
-    Ok(all.chunks(experts.max(1)).map(<[u32]>::to_vec).collect())
+    words[..b.moe_layers * experts].chunks(experts.max(1)).map(<[u32]>::to_vec).collect()
 }
 
 impl Activations {
@@ -323,6 +336,9 @@ pub struct StepInputs {
     pub split_tokens: u64,
     /// The step's real token count (one u32): a replayed graph pads its batch beyond it.
     pub real_tokens: u64,
+    /// The tokens the step before drew (u32 a logits row), which the token words marked
+    /// [`lumen_backend::SAMPLED_TOKEN`] take.
+    pub sampled: u64,
 }
 
 /// What a tensor-parallel rank's pass adds: its communicator, and the buffers its head's rows of
@@ -413,6 +429,7 @@ pub fn enqueue_forward(
     k.embed_rms_norm(
         gpu,
         inputs.tokens,
+        inputs.sampled,
         t,
         w.weights.embed.ptr(),
         first.input_norm.ptr(),

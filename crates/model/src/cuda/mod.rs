@@ -7,8 +7,8 @@ pub mod forward;
 pub mod weights;
 
 pub use forward::{
-    attention_blocks_per_token, enqueue_forward, expert_load, mla_shape, moe_graphable, Activations, KvCache, RankCollectives, StepInputs,
-    StepShape, MOE_DEVICE_SLOTS,
+    attention_blocks_per_token, enqueue_forward, expert_load, expert_load_words, mla_shape, moe_graphable, queue_expert_load, Activations,
+    KvCache, RankCollectives, StepInputs, StepShape, MOE_DEVICE_SLOTS,
 };
 pub use weights::CudaWeights;
 

@@ -89,17 +89,25 @@ __device__ __forceinline__ float load_row(const bf16* __restrict__ x, int width,
 
 // residual[t] = embed[tokens[t]] (f32); normed[t] = rms_norm(residual[t]) * weight (bf16), and
 // with `codes` (else null) its FP8 codes and scales[t] (norm_row).
-// One block per token. A token id outside the vocabulary traps, so the bad input surfaces as an
-// error of this kernel instead of a read out of bounds.
-extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const bf16* __restrict__ embed, const bf16* __restrict__ weight,
-                                          float eps, int hidden, u32 vocab, float* __restrict__ residual, bf16* __restrict__ normed,
-                                          unsigned char* __restrict__ codes, float* __restrict__ scales) {
+// One block per token. A token word with SAMPLED_TOKEN set names a row of `sampled`, the tokens
+// the step before drew (still there: this step draws its own only at its end), and takes that
+// row's token: a step launched before its inputs' last tokens reached the host. A token id
+// outside the vocabulary traps, so the bad input surfaces as an error of this kernel instead of a
+// read out of bounds.
+#define SAMPLED_TOKEN 0x80000000u
+extern "C" __global__ void embed_rms_norm(const u32* __restrict__ tokens, const u32* __restrict__ sampled, const bf16* __restrict__ embed,
+                                          const bf16* __restrict__ weight, float eps, int hidden, u32 vocab, float* __restrict__ residual,
+                                          bf16* __restrict__ normed, unsigned char* __restrict__ codes, float* __restrict__ scales) {
     float4 w[NORM_ITEMS];
     load_norm_weight(weight, hidden, w);
     pdl_begin();
     __shared__ float scratch[32];
     int t = blockIdx.x, n4 = hidden / 4;
     u32 tok = tokens[t];
+    if (tok & SAMPLED_TOKEN) {
+        if (!sampled) __trap();
+        tok = sampled[tok & ~SAMPLED_TOKEN];
+    }
     if (tok >= vocab) __trap();
     float4* res = (float4*)(residual + (u64)t * hidden);
     float4 v[NORM_ITEMS];
