@@ -3,8 +3,10 @@
 # gpu-tests: for each of MODELS (default "qwen3-30b-a3b gpt-oss-20b moonlight-16b-a3b
 # deepseek-v3+layers=5"), `lumen bench latency` (with ARGS, e.g. "--quantization fp8") on 2 requests of 128/64 under `lumen profile -c
 # cudaProfilerApi --cuda-graph-trace node` over iterations WINDOW (default 20-29), merged with the
-# engine's trace and read by `lumen analyze`; then the same run unprofiled for its TPOT. Traces,
-# logs and analyses go to $OUT (default /tmp/batch1-gpu); one line per model is printed last.
+# engine's trace and read by `lumen analyze`; then the same run unprofiled for its TPOT and its
+# Decode Step line (device time against start-to-start), once without and once with
+# --overlap-scheduler on. Traces, logs and analyses go to $OUT (default /tmp/batch1-gpu); two
+# lines per model are printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -24,8 +26,11 @@ for model in $MODELS; do
     >"$OUT/$name-profiled.log" 2>&1
   "$L" trace merge -o "$OUT/$name.lumen" "$OUT/$name-engine.lumen" "$OUT/$name-gpu.lumen" >>"$OUT/$name-profiled.log" 2>&1
   "$L" analyze "$OUT/$name.lumen" >"$OUT/$name-analysis.txt"
-  "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 >"$OUT/$name-latency.txt" 2>&1
-  summary+=("$(printf '%-24s %s' "$model" "$(grep -h 'time-per-output' "$OUT/$name-latency.txt" | tr -s ' ')")")
+  for overlap in off on; do
+    "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 --overlap-scheduler $overlap \
+      >"$OUT/$name-latency-$overlap.txt" 2>&1
+    summary+=("$(printf '%-24s overlap %-3s %s' "$model" $overlap "$(grep -h 'time-per-output\|Decode Step' "$OUT/$name-latency-$overlap.txt" | tr -s ' ' | tr '\n' ' ')")")
+  done
 done
 echo "== batch 1 on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 printf '%s\n' "${summary[@]}"

@@ -15,8 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=gpu-tests
 # Test binaries, the crate each comes from, and optionally a name filter (the tests of
-# reference_logits that need no checkout files or model download).
-TESTS=(lumen-engine:cuda_vs_cpu lumen-engine:cuda_tensor_parallel lumen-engine:cuda_moe lumen-engine:reference_logits:cuda lumen-model:plan:cuda lumen-backend:cuda_sampling lumen-backend:cuda_fp8 lumen-backend:cuda_attention lumen-backend:cuda_kernel_fault lumen-backend:cuda_nccl lumen-cli:cuda lumen-cli:profile)
+# reference_logits that need no checkout files or model download, the GPU test of overlap_scheduler).
+TESTS=(lumen-engine:cuda_vs_cpu lumen-engine:cuda_tensor_parallel lumen-engine:cuda_moe lumen-engine:overlap_scheduler:on_cuda lumen-engine:reference_logits:cuda lumen-model:plan:cuda lumen-backend:cuda_sampling lumen-backend:cuda_fp8 lumen-backend:cuda_attention lumen-backend:cuda_kernel_fault lumen-backend:cuda_nccl lumen-cli:cuda lumen-cli:profile)
 
 case "${1:-}" in
 build)
