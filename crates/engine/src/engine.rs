@@ -101,7 +101,10 @@ struct InFlight {
     wants_logits: bool,
     /// Tokens it ran (0: it scheduled nothing and nothing ran).
     num_tokens: usize,
+    /// When the call that launched it began, and ended if it has: the iteration's window, as an
+    /// executor loop's pass (the overlap scheduler finishes it in the next call).
     start_ns: u64,
+    call_end_ns: Option<u64>,
     launch: HostWork,
 }
 
@@ -358,8 +361,9 @@ impl Engine {
         self.finish_profiling()
     }
 
-    /// Ends every request with an error after a failed step.
+    /// Ends every request with an error after a failed step; steps still in flight are dropped.
     pub fn fail_all(&mut self, why: &str) {
+        self.in_flight.clear();
         self.end_all(FinishReason::Rejected(format!("engine failed: {why}")));
     }
 
@@ -416,6 +420,10 @@ impl Engine {
         let keep = usize::from(self.overlap && launched);
         if stats.is_none() && self.in_flight.len() > keep {
             stats = Some(self.finish_oldest(&mut finished)?);
+        }
+        let end = now_ns();
+        for step in self.in_flight.iter_mut().filter(|s| s.call_end_ns.is_none()) {
+            step.call_end_ns = Some(end);
         }
         Ok(StepOutput { stats, finished, started })
     }
@@ -483,6 +491,7 @@ impl Engine {
             decision,
             rows,
             start_ns: mark_start.ns,
+            call_end_ns: None,
             launch: mark_start.work(&self.kv),
         });
         Ok((ran, started))
@@ -538,7 +547,7 @@ impl Engine {
         counter("kv_used_blocks", || self.kv.num_used() as f64);
         counter("batch_tokens", || step.num_tokens as f64);
 
-        let end = now_ns();
+        let finished_ns = now_ns();
         let host = step.launch.plus(mark_start.work(&self.kv));
         let work = self.work.iteration(&step.decision.seqs, &result.expert_load);
         let ctx: Vec<_> = step.decision.seqs.iter().filter(|s| s.is_context).collect();
@@ -546,8 +555,8 @@ impl Engine {
         let mut stats = IterationStats {
             iter: step.iter,
             start_ns: step.start_ns,
-            end_ns: end,
-            iter_latency_ms: (end - step.start_ns) as f64 / 1e6,
+            end_ns: step.call_end_ns.unwrap_or(finished_ns),
+            iter_latency_ms: (finished_ns - step.start_ns) as f64 / 1e6,
             host_step_ms: host.ns as f64 / 1e6,
             device_step_ms: result.device_ms,
             num_queued_requests: self.scheduler.waiting.len(),

@@ -8,7 +8,9 @@ pub struct IterationStats {
     pub iter: u64,
     pub start_ns: u64,
     pub end_ns: u64,
-    /// Wall time of the iteration, in milliseconds.
+    /// Wall time of the iteration, from its launch to its finish, in milliseconds. `start_ns`
+    /// and `end_ns` bound the executor loop's pass that launched it, which with the overlap
+    /// scheduler ends before the iteration is finished.
     pub iter_latency_ms: f64,
     /// Host time spent in the step (on the CPU backend, the whole step).
     pub host_step_ms: f64,

@@ -110,7 +110,8 @@ fn length_arrivals() -> Vec<(usize, Request)> {
 }
 
 /// Runs the length-only requests with and without the overlap scheduler under `config`: the same
-/// outcomes, and the same iterations (tokens, completions, expert load). Returns the iterations.
+/// outcomes, and the same iterations (tokens, completions, expert load), whose windows follow one
+/// another. Returns the iterations.
 fn lengths_alike(model: &Arc<Model>, config: EngineConfig) -> Vec<IterationStats> {
     let arrivals = length_arrivals();
     let (want, sync_stats) = run(model, config.clone(), &arrivals);
@@ -118,6 +119,12 @@ fn lengths_alike(model: &Arc<Model>, config: EngineConfig) -> Vec<IterationStats
     assert_eq!(got, want);
     let shape = |s: &IterationStats| (s.iter, s.num_ctx_tokens, s.num_gen_tokens, s.num_completed_requests, s.expert_load.clone());
     assert_eq!(overlap_stats.iter().map(shape).collect::<Vec<_>>(), sync_stats.iter().map(shape).collect::<Vec<_>>());
+    // An iteration's window is the loop pass that launched it, so windows follow one another,
+    // while its latency runs to its finish.
+    for stats in [&sync_stats, &overlap_stats] {
+        assert!(stats.windows(2).all(|w| w[0].end_ns <= w[1].start_ns), "iteration windows overlap");
+        assert!(stats.iter().all(|s| s.iter_latency_ms * 1e6 >= (s.end_ns - s.start_ns) as f64 - 1.0));
+    }
     overlap_stats
 }
 
