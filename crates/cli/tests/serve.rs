@@ -28,43 +28,47 @@ fn streamed(body: &str) -> (Vec<u64>, Vec<serde_json::Value>) {
     (ids, chunks)
 }
 
+/// With the overlap scheduler off and on: a stop seen a step late still ends the answer at the
+/// stop token.
 #[test]
 fn completions_stream_and_whole_give_generate_s_tokens_with_usage() {
-    let server = Server::start(&["--model", "tiny-untied"], &[]);
-    let body = r#"{"model": "tiny-untied@0", "prompt": [5, 6, 7], "max_tokens": 12, "temperature": 0, "ignore_eos": true, "return_token_ids": true"#;
-    let whole = server.post("/v1/completions", &format!("{body}}}"));
-    assert_eq!(whole.status, 200, "{}", whole.body);
-    let whole = whole.json();
-    let ids: Vec<u64> = whole["choices"][0]["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert_eq!(whole["usage"], serde_json::json!({"prompt_tokens": 3, "completion_tokens": 12, "total_tokens": 15}));
-    assert_eq!(whole["choices"][0]["finish_reason"], "length");
-    let generated = lumen(&["generate", "--model", "tiny-untied", "--prompt-ids", "5,6,7", "--max-tokens", "12", "--ignore-eos"]);
-    let expected: Vec<u64> = generated.stdout.trim().split(',').map(|t| t.parse().unwrap()).collect();
-    assert_eq!(ids, expected, "the server's tokens are generate's");
-    assert_eq!(whole["choices"][0]["text"], generated.stdout.trim());
+    for overlap in ["off", "on"] {
+        let server = Server::start(&["--model", "tiny-untied", "--overlap-scheduler", overlap], &[]);
+        let body = r#"{"model": "tiny-untied@0", "prompt": [5, 6, 7], "max_tokens": 12, "temperature": 0, "ignore_eos": true, "return_token_ids": true"#;
+        let whole = server.post("/v1/completions", &format!("{body}}}"));
+        assert_eq!(whole.status, 200, "{}", whole.body);
+        let whole = whole.json();
+        let ids: Vec<u64> = whole["choices"][0]["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(whole["usage"], serde_json::json!({"prompt_tokens": 3, "completion_tokens": 12, "total_tokens": 15}));
+        assert_eq!(whole["choices"][0]["finish_reason"], "length");
+        let generated = lumen(&["generate", "--model", "tiny-untied", "--prompt-ids", "5,6,7", "--max-tokens", "12", "--ignore-eos"]);
+        let expected: Vec<u64> = generated.stdout.trim().split(',').map(|t| t.parse().unwrap()).collect();
+        assert_eq!(ids, expected, "the server's tokens are generate's");
+        assert_eq!(whole["choices"][0]["text"], generated.stdout.trim());
 
-    let stream = server.post("/v1/completions", &format!(r#"{body}, "stream": true, "stream_options": {{"include_usage": true}}}}"#));
-    assert_eq!(stream.status, 200);
-    let (streamed_ids, chunks) = streamed(&stream.body);
-    assert_eq!(streamed_ids, expected);
-    let last = chunks.last().unwrap();
-    assert_eq!(
-        (last["choices"].as_array().map(Vec::len), last["usage"]["completion_tokens"].as_u64()),
-        (Some(0), Some(12)),
-        "usage comes last"
-    );
-    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
-    assert!(chunks.iter().all(|c| c["object"] == "text_completion" && c["id"] == chunks[0]["id"]));
+        let stream = server.post("/v1/completions", &format!(r#"{body}, "stream": true, "stream_options": {{"include_usage": true}}}}"#));
+        assert_eq!(stream.status, 200);
+        let (streamed_ids, chunks) = streamed(&stream.body);
+        assert_eq!(streamed_ids, expected);
+        let last = chunks.last().unwrap();
+        assert_eq!(
+            (last["choices"].as_array().map(Vec::len), last["usage"]["completion_tokens"].as_u64()),
+            (Some(0), Some(12)),
+            "usage comes last"
+        );
+        assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
+        assert!(chunks.iter().all(|c| c["object"] == "text_completion" && c["id"] == chunks[0]["id"]));
 
-    // A stop id ends the answer with it, and finish_reason stop.
-    let stop = server.post("/v1/completions", &format!(r#"{body}, "stop_token_ids": [{}]}}"#, expected[4])).json();
-    let first = expected.iter().position(|&t| t == expected[4]).unwrap();
-    assert_eq!(stop["choices"][0]["token_ids"].as_array().unwrap().len(), first + 1);
-    assert_eq!(stop["choices"][0]["finish_reason"], "stop");
-    // The routes beside the completions.
-    assert_eq!(server.curl("/health", &[]).status, 200);
-    assert_eq!(server.curl("/v1/models", &[]).json()["data"][0]["id"], "tiny-untied@0");
-    assert_eq!(server.curl("/version", &[]).json()["version"], env!("CARGO_PKG_VERSION"));
+        // A stop id ends the answer with it, and finish_reason stop.
+        let stop = server.post("/v1/completions", &format!(r#"{body}, "stop_token_ids": [{}]}}"#, expected[4])).json();
+        let first = expected.iter().position(|&t| t == expected[4]).unwrap();
+        assert_eq!(stop["choices"][0]["token_ids"].as_array().unwrap().len(), first + 1);
+        assert_eq!(stop["choices"][0]["finish_reason"], "stop");
+        // The routes beside the completions.
+        assert_eq!(server.curl("/health", &[]).status, 200);
+        assert_eq!(server.curl("/v1/models", &[]).json()["data"][0]["id"], "tiny-untied@0");
+        assert_eq!(server.curl("/version", &[]).json()["version"], env!("CARGO_PKG_VERSION"));
+    }
 }
 
 #[test]
