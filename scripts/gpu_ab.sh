@@ -18,7 +18,8 @@
 #                                 LATENCY=1 `lumen bench latency` (8 requests of 128/128, FLAGS)
 #                                 the same way. ENV_A and ENV_B set variables for one side's runs
 #                                 (ENV_A=LUMEN_FP8_FAST_ACCUM=0 with both sides built from one commit
-#                                 compares a setting). Logs go to $OUT (default /tmp/gpu-ab); the
+#                                 compares a setting), FLAGS_A and FLAGS_B add flags to one side's
+#                                 bench runs (FLAGS_B="--overlap-scheduler on"). Logs go to $OUT (default /tmp/gpu-ab); the
 #                                 card, each run's output tok/s or TPOT and the ratio b/a are printed
 #                                 last.
 set -euo pipefail
@@ -64,7 +65,8 @@ run)
   mkdir -p "$OUT"
   card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)
   side_env() { if [ "$1" = a ]; then echo "${ENV_A:-}"; else echo "${ENV_B:-}"; fi; }
-  a="a ($(cat $DIR/a/commit)${ENV_A:+ $ENV_A})" b="b ($(cat $DIR/b/commit)${ENV_B:+ $ENV_B})"
+  side_flags() { if [ "$1" = a ]; then echo "${FLAGS_A:-}"; else echo "${FLAGS_B:-}"; fi; }
+  a="a ($(cat $DIR/a/commit)${ENV_A:+ $ENV_A}${FLAGS_A:+ $FLAGS_A})" b="b ($(cat $DIR/b/commit)${ENV_B:+ $ENV_B}${FLAGS_B:+ $FLAGS_B})"
   rows=()
   if [ -n "${SHAPE-prefill}" ]; then
     for side in a b; do
@@ -87,13 +89,13 @@ run)
   for i in $(seq 1 "$REPEAT"); do
     for side in b a; do
       log="$OUT/throughput_${side}_$i.txt"
-      env $(side_env $side) "$DIR/$side/lumen" bench throughput --device cuda --model "$MODEL" --dataset "$OUT/data.jsonl" --eos-id -1 "${flags[@]}" >"$log" 2>&1 || true
+      env $(side_env $side) "$DIR/$side/lumen" bench throughput --device cuda --model "$MODEL" --dataset "$OUT/data.jsonl" --eos-id -1 "${flags[@]}" $(side_flags $side) >"$log" 2>&1 || true
       tps=$(figure "$log" "Total Output Throughput")
       rows+=("throughput $side run $i: ${tps:-failed (see $log)} output tok/s")
       sum[tp_$side]=$(awk -v s="${sum[tp_$side]}" -v x="${tps:-0}" 'BEGIN { print s + x }')
       if [ "${LATENCY:-0}" = 1 ]; then
         log="$OUT/latency_${side}_$i.txt"
-        env $(side_env $side) "$DIR/$side/lumen" bench latency --device cuda --model "$MODEL" --dataset "$OUT/latency.jsonl" --eos-id -1 "${flags[@]}" >"$log" 2>&1 || true
+        env $(side_env $side) "$DIR/$side/lumen" bench latency --device cuda --model "$MODEL" --dataset "$OUT/latency.jsonl" --eos-id -1 "${flags[@]}" $(side_flags $side) >"$log" 2>&1 || true
         tpot=$(figure "$log" "Average time-per-output-token")
         rows+=("latency $side run $i: TPOT ${tpot:-failed (see $log)} ms")
         sum[lat_$side]=$(awk -v s="${sum[lat_$side]}" -v x="${tpot:-0}" 'BEGIN { print s + x }')
