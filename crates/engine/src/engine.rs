@@ -449,7 +449,8 @@ impl Engine {
             self.scheduler.schedule(&self.config, &mut self.kv)
         };
         if decision.seqs.is_empty() && decision.preempted.is_empty() && !self.in_flight.is_empty() {
-            call_span.rename(|| format!("finish iter {}", iter - 1));
+            let oldest = self.in_flight.front().map_or(iter, |s| s.iter);
+            call_span.rename(|| format!("finish iter {oldest}"));
             return Ok((false, Vec::new()));
         }
         call_span.rename(|| {
