@@ -187,28 +187,20 @@ fn check_iteration_log(log: &[Value], max_tokens: u64, max_batch: u64, kv_blocks
     }
 }
 
+/// `lumen bench throughput` of the `tiny` preset on `dataset` with `extra` flags, writing the JSON
+/// report and the iteration log to the paths given; the run must succeed.
+fn throughput_on_tiny(dataset: &str, report: &str, log: &str, extra: &[&str]) -> common::Run {
+    let args = ["bench", "throughput", "--model", "tiny", "--dataset", dataset, "--report-json", report, "--iteration-log", log];
+    lumen(&[&args[..], extra].concat()).ok()
+}
+
 #[test]
 fn throughput_report_json_and_iteration_log() {
     let s = Scratch::new("throughput");
     let (dataset, entries) = tiny_dataset(&s);
     let report_path = s.path("report.json");
     let log_path = s.path("iterations.jsonl");
-    let run = lumen(&[
-        "bench",
-        "throughput",
-        "--model",
-        "tiny",
-        "--dataset",
-        &dataset,
-        "--eos-id",
-        "-1",
-        "--report-json",
-        &report_path,
-        "--iteration-log",
-        &log_path,
-        "--streaming",
-    ])
-    .ok();
+    let run = throughput_on_tiny(&dataset, &report_path, &log_path, &["--eos-id", "-1", "--streaming"]);
     let out = &run.stdout;
 
     // Section headings, in trtllm-bench's order, lumen's own last.
@@ -421,29 +413,9 @@ fn small_budget_chunks_prefill_and_preempts_but_finishes() {
     for overlap in ["off", "on"] {
         let report_path = s.path(&format!("report-{overlap}.json"));
         let log_path = s.path(&format!("iterations-{overlap}.jsonl"));
-        let run = lumen(&[
-            "bench",
-            "throughput",
-            "--model",
-            "tiny",
-            "--dataset",
-            &dataset,
-            "--max-num-tokens",
-            "8",
-            "--kv-cache-tokens",
-            "64",
-            "--kv-block-size",
-            "4",
-            "--scheduler-policy",
-            "max-utilization",
-            "--overlap-scheduler",
-            overlap,
-            "--report-json",
-            &report_path,
-            "--iteration-log",
-            &log_path,
-        ])
-        .ok();
+        let limits = ["--max-num-tokens", "8", "--kv-cache-tokens", "64", "--kv-block-size", "4"];
+        let policy = ["--scheduler-policy", "max-utilization", "--overlap-scheduler", overlap];
+        let run = throughput_on_tiny(&dataset, &report_path, &log_path, &[&limits[..], &policy[..]].concat());
         assert_eq!(text_value(&run.stdout, "Overlap Scheduler:"), overlap);
         assert_eq!(text_value(&run.stdout, "KV Cache:"), "16 blocks x 4 tokens (64 tokens)");
         assert_eq!(text_value(&run.stdout, "Max Runtime Tokens:"), "8");
