@@ -1063,9 +1063,16 @@ fn cpu_bottleneck(f: &Facts) -> Outcome {
         (None, Some(p)) => format!("phase `{}`, the longest (schedule, prepare inputs and sample are the usual ones)", p.name),
         (None, None) => "the CPU work between launches (schedule, prepare inputs and sample are the usual ones)".to_string(),
     };
+    // A lumen run that read each step's tokens back before launching the next can hide the
+    // host's work between steps behind the device's.
+    let overlap = if f.trace.meta("overlap_scheduler") == Some("off") {
+        "; launch each step before the host reads the last one's tokens (--overlap-scheduler on)"
+    } else {
+        ""
+    };
     let mut action = format!(
         "the GPU waits for the host: shorten {phase}; record waits and \
-         allocations with LUMEN_PROFILE_RECORD_WAITS=1 LUMEN_PROFILE_RECORD_ALLOC=1; replay decode from CUDA graphs (--cuda-graphs on)"
+         allocations with LUMEN_PROFILE_RECORD_WAITS=1 LUMEN_PROFILE_RECORD_ALLOC=1; replay decode from CUDA graphs (--cuda-graphs on){overlap}"
     );
     if traced_launch.is_some() {
         action = format!(
@@ -1503,6 +1510,15 @@ mod tests {
         assert!(f.evidence[1].contains("phase `sample` takes the most host time"), "{:?}", f.evidence);
         assert!(f.evidence[2].contains("host was in phase `forward` for 499.0 µs"), "{:?}", f.evidence);
         assert!(f.action.contains("shorten phase `forward`"), "{}", f.action);
+        assert!(!f.action.contains("--overlap-scheduler"), "a trace that does not say how lumen ran: {}", f.action);
+        // A lumen run that had the overlap scheduler off is told to turn it on; one that had it
+        // on is not.
+        for (setting, advised) in [("off", true), ("on", false)] {
+            let mut trace = trace.clone();
+            trace.meta.push(("overlap_scheduler".into(), setting.into()));
+            let f = finding(&diagnosis(&trace), CPU_BOTTLENECK).cloned().expect("the same wait");
+            assert_eq!(f.action.contains("(--overlap-scheduler on)"), advised, "{setting}: {}", f.action);
+        }
     }
 
     fn eager_short_kernels(graph_id: Option<u64>) -> TraceData {

@@ -26,7 +26,8 @@ fn a_tp_2_benchmark_reports_its_size_and_traces_each_rank_s_collectives() {
     let s = Scratch::new("tp-bench");
     let data = fixed_length_dataset(&s, "tiny-untied", "6", "12", "4");
     let trace = s.path("tp.lumen");
-    let config = s.write("tp.yaml", b"tensor_parallel_size: 2\n");
+    // The CPU's ranks take the overlap scheduler (marked tokens resolved before the ranks run).
+    let config = s.write("tp.yaml", b"tensor_parallel_size: 2\ndisable_overlap_scheduler: false\n");
     let run = lumen_env(
         &["bench", "throughput", "--model", "tiny-untied", "--dataset", &data, "--config", &config, "--warmup", "0"],
         &[("LUMEN_TRACE", &trace), ("LUMEN_NVTX_DEBUG", "1")],
@@ -36,6 +37,8 @@ fn a_tp_2_benchmark_reports_its_size_and_traces_each_rank_s_collectives() {
     assert!(run.stdout.contains("Per GPU Output Throughput"), "{}", run.stdout);
     let t = lumen_trace::store::read_trace(std::path::Path::new(&trace)).unwrap();
     assert_eq!(t.meta("tensor_parallel_size"), Some("2"));
+    assert_eq!(t.meta("overlap_scheduler"), Some("on"));
+    assert!(run.stdout.contains("Overlap Scheduler:                      on"), "{}", run.stdout);
     let layers = 2;
     for rank in 0..2 {
         let name = format!("tp rank {rank}");

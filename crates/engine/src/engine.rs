@@ -241,6 +241,7 @@ impl Engine {
             ("weight_dtype", self.work.layer_dtype().name().to_string()),
             ("kv_cache_dtype", self.work.kv_dtype().name().to_string()),
             ("tensor_parallel_size", self.config.tensor_parallel_size.to_string()),
+            ("overlap_scheduler", if self.overlap { "on" } else { "off" }.to_string()),
             ("model_params", self.work.model_params().to_string()),
         ];
         if self.model.config().moe.is_some() {
