@@ -471,8 +471,8 @@ impl Engine {
         // Each sampling sequence's next token is the one this step draws for its row.
         let mut rows = Vec::new();
         let mut started = Vec::new();
-        for s in &decision.seqs {
-            let seq = self.scheduler.running_mut(s.id).expect("scheduled sequences are running");
+        for (s, i) in decision.seqs.iter().zip(self.scheduler.running_indices(&decision)) {
+            let seq = &mut self.scheduler.running[i];
             seq.num_computed += s.num_tokens;
             if seq.timings.first_scheduled_ns.is_none() {
                 seq.timings.first_scheduled_ns = Some(mark_start.ns);
@@ -510,10 +510,12 @@ impl Engine {
         let vocab = self.model.config().vocab_size;
         let mut done: Vec<(RequestId, FinishReason)> = Vec::new();
         let now = now_ns();
+        let places = self.scheduler.locate();
         for (row, (&(id, at), &token)) in step.rows.iter().zip(&result.tokens).enumerate() {
             // A request that ended after the launch (a stop seen a step late, an abort) drops
             // what it drew.
-            let Some(seq) = self.scheduler.get_mut(id) else { continue };
+            let Some(&place) = places.get(&id) else { continue };
+            let seq = self.scheduler.at_mut(place);
             seq.tokens[at] = token;
             let logprobs = seq.sampling.logprobs.zip(logits.chunks(vocab).nth(row)).map(|(top, row)| sampler::logprobs(row, token, top));
             if seq.timings.first_token_ns.is_none() {
@@ -540,8 +542,9 @@ impl Engine {
         drop(sample_span);
         let update_span = span(Category::Phase, "update");
         let first_finished = finished.len();
+        let mut ending = self.scheduler.take(&done.iter().map(|(id, _)| *id).collect());
         for (id, reason) in done {
-            let seq = self.scheduler.remove(id).expect("a request that stops is in the scheduler");
+            let seq = ending.remove(&id).expect("a request that stops is in the scheduler");
             self.finish(seq, reason);
             finished.push(id);
         }

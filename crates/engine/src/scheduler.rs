@@ -17,7 +17,7 @@ use crate::config::{EngineConfig, SchedulerPolicy};
 use crate::kv_cache::KvCacheManager;
 use crate::request::{EventSender, RequestId, RequestTimings, SamplingParams, StopConditions};
 use lumen_trace::instrument::{mark, span, Category};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// A request inside the engine.
 pub struct Sequence {
@@ -89,6 +89,13 @@ impl SchedulerOutput {
     pub fn num_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.num_tokens).sum()
     }
+}
+
+/// Where a sequence sits in the scheduler's queues (see [`Scheduler::locate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Running(usize),
+    Waiting(usize),
 }
 
 #[derive(Default)]
@@ -197,13 +204,46 @@ impl Scheduler {
         }
     }
 
-    pub fn running_mut(&mut self, id: RequestId) -> Option<&mut Sequence> {
-        self.running.iter_mut().find(|s| s.id == id)
+    /// Where each sequence of `decision`, the latest decision, sits in `running`, in one pass:
+    /// the decision lists running sequences in running order and then the ones it admitted,
+    /// which it appended to `running` in the same order, and a preemption removes sequences it
+    /// did not schedule, so the decision is a subsequence of `running`.
+    pub fn running_indices(&self, decision: &SchedulerOutput) -> Vec<usize> {
+        let mut at = 0;
+        decision
+            .seqs
+            .iter()
+            .map(|s| {
+                at += self.running[at..].iter().position(|r| r.id == s.id).expect("a scheduled sequence is running, in decision order");
+                at += 1;
+                at - 1
+            })
+            .collect()
     }
 
-    /// A sequence wherever it is: running, or preempted and waiting.
-    pub fn get_mut(&mut self, id: RequestId) -> Option<&mut Sequence> {
-        self.running.iter_mut().chain(self.waiting.iter_mut()).find(|s| s.id == id)
+    /// A function from request id to sequence, running or preempted and waiting, for many
+    /// look-ups at once (one pass to build, then a hash look-up each).
+    pub fn locate(&self) -> HashMap<RequestId, Place> {
+        let running = self.running.iter().enumerate().map(|(i, s)| (s.id, Place::Running(i)));
+        running.chain(self.waiting.iter().enumerate().map(|(i, s)| (s.id, Place::Waiting(i)))).collect()
+    }
+
+    pub fn at_mut(&mut self, place: Place) -> &mut Sequence {
+        match place {
+            Place::Running(i) => &mut self.running[i],
+            Place::Waiting(i) => &mut self.waiting[i],
+        }
+    }
+
+    /// Removes the sequences `ids` names wherever they are, in one pass over each queue.
+    pub fn take(&mut self, ids: &HashSet<RequestId>) -> HashMap<RequestId, Sequence> {
+        let mut taken: HashMap<RequestId, Sequence> = self.running.extract_if(.., |s| ids.contains(&s.id)).map(|s| (s.id, s)).collect();
+        if taken.len() < ids.len() {
+            let (gone, kept): (VecDeque<Sequence>, VecDeque<Sequence>) = self.waiting.drain(..).partition(|s| ids.contains(&s.id));
+            self.waiting = kept;
+            taken.extend(gone.into_iter().map(|s| (s.id, s)));
+        }
+        taken
     }
 
     /// Removes a sequence wherever it is, returning it.
@@ -291,6 +331,38 @@ mod tests {
         assert_eq!(out.seqs.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1]);
         let back = s.waiting.front().unwrap();
         assert_eq!((back.id, back.num_computed, back.pending(), back.timings.preemptions), (2, 0, 5, 1));
+    }
+
+    /// After a decision that skips a sequence at its length and preempts the newest, each
+    /// scheduled sequence is found where it sits, the queues' look-up finds running and waiting
+    /// ones, and `take` removes from both.
+    #[test]
+    fn scheduled_sequences_are_found_in_one_pass_and_taken_from_either_queue() {
+        let mut s = Scheduler::default();
+        let mut kv = KvCacheManager::new(4, 4);
+        for id in 1..=3 {
+            s.waiting.push_back(seq(id, 4));
+        }
+        s.schedule(&max_utilization(8, 100), &mut kv);
+        for r in s.running.iter_mut() {
+            r.num_computed = 4;
+            r.tokens.push(9);
+        }
+        s.running[0].length_reached = true;
+        s.waiting.push_back(seq(4, 3));
+        let out = s.schedule(&max_utilization(8, 100), &mut kv);
+        assert_eq!((out.seqs.iter().map(|x| x.id).collect::<Vec<_>>(), out.preempted.clone()), (vec![2], vec![3]));
+        let ids: Vec<_> = s.running_indices(&out).iter().map(|&i| s.running[i].id).collect();
+        assert_eq!(ids, vec![2]);
+        let places = s.locate();
+        assert_eq!(places.len(), 4);
+        for (&id, &place) in &places {
+            assert_eq!(s.at_mut(place).id, id);
+        }
+        assert_eq!((places[&1], places[&3]), (Place::Running(0), Place::Waiting(0)));
+        let taken = s.take(&[1, 3].into_iter().collect());
+        assert_eq!(taken.keys().copied().collect::<HashSet<_>>(), [1, 3].into_iter().collect());
+        assert_eq!(s.running.iter().chain(&s.waiting).map(|r| r.id).collect::<Vec<_>>(), vec![2, 4]);
     }
 
     /// Two requests of 4 prompt tokens and up to 8 output tokens each need 3 blocks of 4 at their

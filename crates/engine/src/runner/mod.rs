@@ -33,7 +33,8 @@ pub struct SeqSpan {
     pub len: usize,
     /// Position of its first token.
     pub first_pos: usize,
-    pub block_table: Vec<u32>,
+    /// Its block table's place in [`ModelInput::block_tables`].
+    pub table: std::ops::Range<usize>,
 }
 
 /// The inputs of one forward step, owned so the batch can borrow them.
@@ -42,29 +43,35 @@ pub struct ModelInput {
     pub positions: Vec<usize>,
     pub slots: Vec<usize>,
     pub seqs: Vec<SeqSpan>,
+    /// Every sequence's block table, one after another.
+    pub block_tables: Vec<u32>,
     pub logit_rows: Vec<usize>,
     /// Per logits row: its request's sampling parameters and which output token it draws.
     pub sampling: Vec<(SamplingParams, usize)>,
 }
 
 pub fn prepare(out: &SchedulerOutput, scheduler: &Scheduler, kv: &KvCacheManager) -> ModelInput {
+    let (tokens, seqs) = (out.num_tokens(), out.seqs.len());
     let mut input = ModelInput {
-        tokens: Vec::new(),
-        positions: Vec::new(),
-        slots: Vec::new(),
-        seqs: Vec::new(),
-        logit_rows: Vec::new(),
-        sampling: Vec::new(),
+        tokens: Vec::with_capacity(tokens),
+        positions: Vec::with_capacity(tokens),
+        slots: Vec::with_capacity(tokens),
+        seqs: Vec::with_capacity(seqs),
+        block_tables: Vec::new(),
+        logit_rows: Vec::with_capacity(seqs),
+        sampling: Vec::with_capacity(seqs),
     };
-    for s in &out.seqs {
-        let seq = scheduler.running.iter().find(|r| r.id == s.id).expect("scheduled sequences are running");
+    for (s, &i) in out.seqs.iter().zip(&scheduler.running_indices(out)) {
+        let seq = &scheduler.running[i];
         let start = input.tokens.len();
         for pos in s.first_pos..s.first_pos + s.num_tokens {
             input.tokens.push(seq.tokens[pos]);
             input.positions.push(pos);
             input.slots.push(kv.slot(&seq.block_table, pos));
         }
-        input.seqs.push(SeqSpan { start, len: s.num_tokens, first_pos: s.first_pos, block_table: seq.block_table.clone() });
+        let table = input.block_tables.len()..input.block_tables.len() + seq.block_table.len();
+        input.block_tables.extend_from_slice(&seq.block_table);
+        input.seqs.push(SeqSpan { start, len: s.num_tokens, first_pos: s.first_pos, table });
         if s.samples {
             input.logit_rows.push(start + s.num_tokens - 1);
             input.sampling.push((seq.sampling.clone(), seq.num_generated()));
@@ -144,7 +151,7 @@ impl Runner {
         let seqs: Vec<AttentionSeq> = input
             .seqs
             .iter()
-            .map(|s| AttentionSeq { start: s.start, len: s.len, first_pos: s.first_pos, block_table: &s.block_table })
+            .map(|s| AttentionSeq { start: s.start, len: s.len, first_pos: s.first_pos, block_table: &input.block_tables[s.table.clone()] })
             .collect();
         let batch = ForwardBatch {
             tokens: &input.tokens,
