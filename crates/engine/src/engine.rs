@@ -410,6 +410,12 @@ impl Engine {
     /// overlap scheduler, the one launched before it. An error means the device failed; the
     /// engine cannot go on.
     pub fn step(&mut self) -> Result<StepOutput> {
+        // The window opens (and its recording starts) before the call's first span.
+        if let Some(p) = &mut self.profiler {
+            if p.before_iteration(self.iteration) == Some(WindowEvent::Open) {
+                self.runner.set_profiler(true)?;
+            }
+        }
         let mut finished = Vec::new();
         let mut call_span = span_named(Category::Iteration, || format!("iter {}", self.iteration));
         // A step whose logits are read finishes before another launch overwrites them.
@@ -422,11 +428,30 @@ impl Engine {
         if stats.is_none() && self.in_flight.len() > keep {
             stats = Some(self.finish_oldest(&mut finished)?);
         }
+        drop(call_span);
         let end = now_ns();
         for step in self.in_flight.iter_mut().filter(|s| s.call_end_ns.is_none()) {
             step.call_end_ns = Some(end);
         }
+        if let Some(s) = &stats {
+            self.after_iteration(s)?;
+        }
         Ok(StepOutput { stats, finished, started })
+    }
+
+    /// Hands a finished iteration to the profiler, which records it and may close its window.
+    fn after_iteration(&mut self, stats: &IterationStats) -> Result<()> {
+        if let Some(p) = &mut self.profiler {
+            match p.after_iteration(stats.iter, stats) {
+                Ok(Some(WindowEvent::Close)) => self.runner.set_profiler(false)?,
+                Ok(_) => {}
+                Err(e) => {
+                    self.profiler = None;
+                    self.profile_error = Some(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Admits, schedules and launches the next step, naming `call_span` after it. Returns whether
@@ -435,11 +460,6 @@ impl Engine {
     /// the call only finishes that step, and its span says so.
     fn launch_next(&mut self, call_span: &mut Span) -> Result<(bool, Vec<RequestId>)> {
         let iter = self.iteration;
-        if let Some(p) = &mut self.profiler {
-            if p.before_iteration(iter) == Some(WindowEvent::Open) {
-                self.runner.set_profiler(true)?;
-            }
-        }
         let mark_start = HostMark::now(&self.kv);
         {
             let _s = span(Category::Phase, "admit");
@@ -590,16 +610,6 @@ impl Engine {
             expert_max_over_mean: Vec::new(),
         };
         stats.expert_balance();
-        if let Some(p) = &mut self.profiler {
-            match p.after_iteration(step.iter, &stats) {
-                Ok(Some(WindowEvent::Close)) => self.runner.set_profiler(false)?,
-                Ok(_) => {}
-                Err(e) => {
-                    self.profiler = None;
-                    self.profile_error = Some(e);
-                }
-            }
-        }
         Ok(stats)
     }
 }
