@@ -2,7 +2,8 @@
 //! writes a trace holding exactly the window's iterations, with every phase inside its iteration
 //! and the iterations' token counts matching the run; the trace exports to Perfetto and Chrome
 //! JSON; `LUMEN_TRACE=*.json` writes Chrome JSON directly; bad windows stop the run at start-up;
-//! and a trace whose writer is killed mid-run still loads.
+//! a window under the overlap scheduler records its own iterations; and a trace whose writer is
+//! killed mid-run still loads.
 
 mod common;
 
@@ -218,6 +219,35 @@ fn iterations_say_what_they_read_and_computed_and_meta_the_limits() {
     assert!(pairs.len() >= 5, "{decode:?}");
     for p in pairs {
         assert_eq!(p[1].1, p[0].1 + p[0].0 * 512, "{decode:?}");
+    }
+}
+
+/// With the overlap scheduler an iteration finishes in the next loop pass: the window still
+/// records exactly its iterations, each with its own pass's span named after its batch, and the
+/// spans of the pass that finishes the last one.
+#[test]
+fn a_window_under_the_overlap_scheduler_records_its_iterations_and_the_pass_that_finishes_them() {
+    let s = Scratch::new("profile-overlap");
+    let data = dataset(&s, "tiny", "4", "20", "6");
+    let trace = s.path("overlap.lumen");
+    lumen_env(
+        &["bench", "throughput", "--model", "tiny", "--dataset", &data, "--warmup", "0", "--overlap-scheduler", "on"],
+        &[("LUMEN_PROFILE_START_STOP", "2-4"), ("LUMEN_TRACE", &trace)],
+    )
+    .ok();
+    let t = read_trace(Path::new(&trace)).unwrap();
+    assert_eq!(t.meta("overlap_scheduler"), Some("on"));
+    assert_eq!(t.iterations.iter().map(|i| i.iter).collect::<Vec<_>>(), vec![2, 3, 4]);
+    let tagged: std::collections::BTreeSet<u64> = t.spans.iter().filter_map(|s| s.iteration).collect();
+    assert_eq!(tagged.into_iter().collect::<Vec<_>>(), vec![2, 3, 4, 5], "the window's passes and the one that finishes iteration 4");
+    for it in &t.iterations {
+        let outer: Vec<_> = t.spans.iter().filter(|s| s.category == "iteration" && s.iteration == Some(it.iter)).collect();
+        assert_eq!(outer.len(), 1, "iteration {}", it.iter);
+        let want = format!("iter {}: {} ctx reqs, {} gen reqs", it.iter, it.ctx_reqs, it.gen_reqs);
+        assert_eq!(outer[0].name, want);
+        assert!(outer[0].start_ns <= it.start_ns && it.end_ns <= outer[0].end_ns, "the row's window is its pass");
+        let finish = t.spans.iter().filter(|s| s.category == "phase" && s.name == "sample" && s.iteration == Some(it.iter + 1));
+        assert_eq!(finish.count(), 1, "iteration {} is sampled in the next pass", it.iter);
     }
 }
 

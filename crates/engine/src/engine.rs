@@ -428,11 +428,11 @@ impl Engine {
         if stats.is_none() && self.in_flight.len() > keep {
             stats = Some(self.finish_oldest(&mut finished)?);
         }
-        drop(call_span);
         let end = now_ns();
         for step in self.in_flight.iter_mut().filter(|s| s.call_end_ns.is_none()) {
             step.call_end_ns = Some(end);
         }
+        drop(call_span);
         if let Some(s) = &stats {
             self.after_iteration(s)?;
         }
