@@ -5,8 +5,8 @@
 # cudaProfilerApi --cuda-graph-trace node` over iterations WINDOW (default 20-29), merged with the
 # engine's trace and read by `lumen analyze`; then the same run unprofiled for its TPOT and its
 # Decode Step line (device time against start-to-start), once without and once with
-# --overlap-scheduler on. Traces, logs and analyses go to $OUT (default /tmp/batch1-gpu); two
-# lines per model are printed last.
+# --overlap-scheduler on (PROFILE=0 skips the profiled run). Traces, logs and analyses go to $OUT
+# (default /tmp/batch1-gpu); two lines per model are printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -21,11 +21,13 @@ for model in $MODELS; do
   rm -f "$OUT/$name"-*.lumen "$OUT/$name.lumen"
   "$L" bench prepare-dataset --model "$model" --output "$OUT/$name.jsonl" token-norm-dist --num-requests 2 \
     --input-mean 128 --input-stdev 0 --output-mean 64 --output-stdev 0 >/dev/null
-  LUMEN_PROFILE_START_STOP=${WINDOW:-20-29} "$L" profile -o "$OUT/$name-gpu.lumen" -c cudaProfilerApi --cuda-graph-trace node -- \
-    "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 --trace "$OUT/$name-engine.lumen" \
-    >"$OUT/$name-profiled.log" 2>&1
-  "$L" trace merge -o "$OUT/$name.lumen" "$OUT/$name-engine.lumen" "$OUT/$name-gpu.lumen" >>"$OUT/$name-profiled.log" 2>&1
-  "$L" analyze "$OUT/$name.lumen" >"$OUT/$name-analysis.txt"
+  if [ "${PROFILE:-1}" != 0 ]; then
+    LUMEN_PROFILE_START_STOP=${WINDOW:-20-29} "$L" profile -o "$OUT/$name-gpu.lumen" -c cudaProfilerApi --cuda-graph-trace node -- \
+      "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 --trace "$OUT/$name-engine.lumen" \
+      >"$OUT/$name-profiled.log" 2>&1
+    "$L" trace merge -o "$OUT/$name.lumen" "$OUT/$name-engine.lumen" "$OUT/$name-gpu.lumen" >>"$OUT/$name-profiled.log" 2>&1
+    "$L" analyze "$OUT/$name.lumen" >"$OUT/$name-analysis.txt"
+  fi
   for overlap in off on; do
     "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 --overlap-scheduler $overlap \
       >"$OUT/$name-latency-$overlap.txt" 2>&1
