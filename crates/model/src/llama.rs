@@ -2,7 +2,7 @@
 //! prefill chunks and decode tokens. It walks the filled layer plan ([`crate::plan`]): optional
 //! Qwen2/GPT-OSS biases, Qwen3's per-head or OLMoE's full-width q/k norms, GPT-OSS's attention
 //! sinks, DeepSeek's latent attention (run by [`crate::mla_cpu`]), the feed-forward variant (dense,
-//! or a mixture of experts run by [`crate::moe_cpu`]), a tied or own head; each layer's sliding window (Mistral's on every layer, GPT-OSS's on
+//! or a mixture of experts run by `moe_cpu`), a tied or own head; each layer's sliding window (Mistral's on every layer, GPT-OSS's on
 //! alternate ones) and the RoPE table (YaRN's included) come from the config. With FP8 weights,
 //! each product's input is quantized with one dynamic scale first, as the CUDA path quantizes it.
 

@@ -117,7 +117,7 @@ impl Linear {
     }
 
     /// Where the kernel about to write `x` should also write x's FP8 codes and row scales, so that
-    /// an FP8 product of x right after it needs no quantization launch ([`Linear::codes_for`]);
+    /// an FP8 product of x right after it needs no quantization launch (`Linear::codes_for`);
     /// else none. Only the next product may take them, and only if it reads x: any other
     /// quantizes its input itself.
     pub fn input_codes(&mut self, x: Tensor) -> Fp8Rows {

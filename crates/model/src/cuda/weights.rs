@@ -216,7 +216,7 @@ impl CudaWeights {
         }
     }
 
-    /// The weights of every product the forward pass runs through [`Linear`], grouped by shape in
+    /// The weights of every product the forward pass runs through [`lumen_backend::cuda::Linear`], grouped by shape in
     /// the order first seen: each layer's projections (attention, the dense feed-forward, a MoE
     /// layer's router and shared expert) and the head.
     pub fn product_weights(&self) -> Vec<Vec<Tensor>> {
