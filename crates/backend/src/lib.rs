@@ -19,4 +19,9 @@ pub use activation::ExpertActivation;
 /// the step before drew, whose token it takes once that step has drawn it (the step was launched
 /// before the host had them; `SAMPLED_TOKEN` in elementwise.cu).
 pub const SAMPLED_TOKEN: u32 = 0x8000_0000;
+
+/// The row of the step before's tokens a token word names, or `None` for a plain token.
+pub fn sampled_row(word: u32) -> Option<usize> {
+    (word & SAMPLED_TOKEN != 0).then_some((word & !SAMPLED_TOKEN) as usize)
+}
 pub use cpu::kv::{AttentionSeq, KvStorage};

@@ -21,7 +21,7 @@ use crate::scheduler::{Scheduler, SchedulerOutput, Sequence};
 use crate::stats::IterationStats;
 use crate::work::WorkModel;
 use anyhow::Result;
-use lumen_backend::SAMPLED_TOKEN;
+use lumen_backend::{sampled_row, SAMPLED_TOKEN};
 use lumen_model::Model;
 use lumen_trace::alloc::AllocTotals;
 use lumen_trace::instrument::{counter, mark, span, span_named, Category, Span};
@@ -58,11 +58,7 @@ impl HostWork {
     fn plus(self, other: HostWork) -> HostWork {
         HostWork {
             ns: self.ns + other.ns,
-            allocs: AllocTotals {
-                allocations: self.allocs.allocations + other.allocs.allocations,
-                frees: self.allocs.frees + other.allocs.frees,
-                bytes: self.allocs.bytes + other.allocs.bytes,
-            },
+            allocs: self.allocs.plus(other.allocs),
             kv_allocated: self.kv_allocated + other.kv_allocated,
             kv_freed: self.kv_freed + other.kv_freed,
         }
@@ -380,7 +376,7 @@ impl Engine {
 
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
         // Tokens of steps still in flight are not the request's.
-        if let Some(drawn) = seq.tokens.iter().position(|&t| t & SAMPLED_TOKEN != 0) {
+        if let Some(drawn) = seq.tokens.iter().position(|&t| sampled_row(t).is_some()) {
             seq.tokens.truncate(drawn);
         }
         mark(Category::Api, "finish", || {

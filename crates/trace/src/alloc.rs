@@ -33,6 +33,11 @@ impl AllocTotals {
         }
     }
 
+    /// Both counts together (two stretches of work measured apart).
+    pub fn plus(self, other: AllocTotals) -> AllocTotals {
+        AllocTotals { allocations: self.allocations + other.allocations, frees: self.frees + other.frees, bytes: self.bytes + other.bytes }
+    }
+
     /// What happened between `earlier` and `self`.
     pub fn since(self, earlier: AllocTotals) -> AllocTotals {
         AllocTotals {

@@ -7,7 +7,7 @@ use super::StepResult;
 use crate::request::SamplingParams;
 use crate::sampler;
 use anyhow::{Context, Result};
-use lumen_backend::{KvStorage, SAMPLED_TOKEN};
+use lumen_backend::{sampled_row, KvStorage};
 use lumen_model::tensor_parallel::TensorParallel;
 use lumen_model::{Decoder, ForwardBatch};
 use std::collections::VecDeque;
@@ -81,17 +81,14 @@ impl CpuRunner {
     }
 }
 
-/// `tokens` with each word marked [`SAMPLED_TOKEN`] replaced by the token of the row of `sampled`
+/// `tokens` with each word marked [`lumen_backend::SAMPLED_TOKEN`] replaced by the token of the row of `sampled`
 /// (the step before's) it names.
 fn resolve_sampled_tokens(tokens: &[u32], sampled: &[u32]) -> Result<Vec<u32>> {
     tokens
         .iter()
         .enumerate()
         .map(|(i, &tok)| {
-            if tok & SAMPLED_TOKEN == 0 {
-                return Ok(tok);
-            }
-            let row = (tok & !SAMPLED_TOKEN) as usize;
+            let Some(row) = sampled_row(tok) else { return Ok(tok) };
             sampled.get(row).copied().with_context(|| {
                 format!("row {i} takes the token sampled for row {row} of the step before, which drew {} tokens", sampled.len())
             })
@@ -102,6 +99,7 @@ fn resolve_sampled_tokens(tokens: &[u32], sampled: &[u32]) -> Result<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lumen_backend::SAMPLED_TOKEN;
 
     #[test]
     fn marked_token_words_take_the_rows_they_name() {

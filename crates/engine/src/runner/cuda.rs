@@ -9,7 +9,7 @@
 //! Two steps may be in flight at once (the engine's overlap scheduler launches a step before it
 //! reads the one before's tokens), so the host side of a step comes in two turns that steps take
 //! in alternation: pinned inputs, the pinned rows its tokens and expert load come back into, and
-//! the events around it. A token word marked [`SAMPLED_TOKEN`] takes, on the device, the token
+//! the events around it. A token word marked [`lumen_backend::SAMPLED_TOKEN`] takes, on the device, the token
 //! the step before drew for the row it names.
 //!
 //! A runner may drive one rank of a tensor-parallel model: it then runs that rank's shard with
@@ -21,7 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 use lumen_backend::cuda::kernels::{heaviest_tiles_first, ATTENTION_MAX_ROWS, PREFILL_ATTENTION_MAX_ROWS};
 use lumen_backend::cuda::nccl::Communicator;
 use lumen_backend::cuda::{DeviceBuffer, Event, Gpu, Graph, Linear, PinnedBuffer};
-use lumen_backend::SAMPLED_TOKEN;
+use lumen_backend::sampled_row;
 use lumen_model::cuda::{
     attention_blocks_per_token, enqueue_forward, expert_load, expert_load_words, moe_graphable, queue_expert_load, Activations,
     CudaWeights, KvCache, RankCollectives, StepInputs, StepShape,
@@ -302,7 +302,7 @@ impl CudaRunner {
     /// Launches the step: copies its inputs, then runs the model and the sampler (through a CUDA
     /// graph when the batch is decode-only and a captured size fits), then queues the copies of
     /// its tokens and expert load. Returns at once; `finish` waits for it. One step may be in
-    /// flight already: the token words it marks [`SAMPLED_TOKEN`] take that step's tokens.
+    /// flight already: the token words it marks [`lumen_backend::SAMPLED_TOKEN`] take that step's tokens.
     pub fn launch(&mut self, batch: &ForwardBatch, params: &[SampleParams]) -> Result<()> {
         ensure!(params.len() == batch.logit_rows.len(), "{} sampling rows for {} logit rows", params.len(), batch.logit_rows.len());
         ensure!(self.in_flight.len() < 2, "two steps are in flight already; finish one before launching another");
@@ -498,8 +498,7 @@ impl CudaRunner {
         let w = self.turns[self.next_turn].staging.as_mut_slice();
         w[l.real_tokens] = t as u32;
         for (i, ((&tok, &pos), &slot)) in batch.tokens.iter().zip(batch.positions).zip(batch.slots).enumerate() {
-            if tok & SAMPLED_TOKEN != 0 {
-                let row = (tok & !SAMPLED_TOKEN) as usize;
+            if let Some(row) = sampled_row(tok) {
                 ensure!(
                     row < sampled_rows,
                     "row {i} takes the token sampled for row {row} of the step before, which drew {sampled_rows} tokens on this GPU"
