@@ -40,6 +40,17 @@ impl Module {
         let c = CString::new(name).expect("kernel names have no NUL");
         unsafe { cu::module::get_function(self.module, c) }.cuda(|| format!("kernel {name} is missing from the compiled module"))
     }
+
+    /// Writes `value` into the module's `__constant__ int` named `name`, before any launch reads it.
+    pub fn set_constant_i32(&self, name: &str, value: i32) -> Result<()> {
+        let c = CString::new(name).expect("constant names have no NUL");
+        let (ptr, bytes) =
+            unsafe { cu::module::get_global(self.module, c) }.cuda(|| format!("constant {name} is missing from the compiled module"))?;
+        if bytes != std::mem::size_of::<i32>() {
+            bail!("constant {name} holds {bytes} bytes, not an int's 4");
+        }
+        unsafe { cu::memcpy_htod_sync(ptr, &[value]) }.cuda(|| format!("writing constant {name}"))
+    }
 }
 
 /// The architecture NVRTC compiles for: `sm_90a` on compute capability 9.0 (Hopper's

@@ -90,7 +90,8 @@ pub struct Kernels {
     gemv_fp8_swiglu: [Kernel; 3],
     sync_each_launch: bool,
     /// Launch with programmatic dependent launch (prelude.cu's `pdl_begin`): on by default from
-    /// compute capability 9.0, off with `LUMEN_PDL=0`.
+    /// compute capability 9.0, off with `LUMEN_PDL=0`; `LUMEN_PDL_EARLY=1` lets each launch
+    /// start the next one before its own wait.
     pdl: bool,
 }
 
@@ -353,6 +354,10 @@ pub fn heaviest_tiles_first(tiles: &mut [[u32; 4]]) {
 impl Kernels {
     pub fn load(gpu: &Gpu) -> Result<Self> {
         let module = load_kernels(gpu)?;
+        let pdl = gpu.info.compute_capability.0 >= 9 && std::env::var("LUMEN_PDL").map_or(true, |v| v != "0");
+        if pdl && std::env::var("LUMEN_PDL_EARLY").is_ok_and(|v| v == "1") {
+            module.set_constant_i32("lumen_pdl_early", 1)?;
+        }
         let get = |name: &'static str| -> Result<Kernel> { Ok(Kernel { name, function: module.function(name)?, shared: 0 }) };
         // A kernel whose blocks take `shared` bytes of dynamic shared memory (above the 48 KiB a
         // launch may give without asking).
@@ -433,7 +438,7 @@ impl Kernels {
                 get_shared("gemv_fp8_swiglu_k16384", FP8_GEMV_CODES_BYTES as u32)?,
             ],
             sync_each_launch: std::env::var("LUMEN_CUDA_SYNC").is_ok_and(|v| v == "1"),
-            pdl: gpu.info.compute_capability.0 >= 9 && std::env::var("LUMEN_PDL").map_or(true, |v| v != "0"),
+            pdl,
             module,
         })
     }

@@ -25,6 +25,7 @@
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __constant__
 #define __align__(n) __attribute__((aligned(n)))
 #define EMU_ASM(...) ((void)0)
 

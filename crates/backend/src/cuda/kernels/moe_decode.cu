@@ -28,7 +28,9 @@
 // With `routed_earlier` (the routing was written at least two launches before this one, as for
 // the down product after the gate/up one), each warp starts its share of a weight row towards L2
 // before pdl_begin: the launch before has passed its own wait, so the routing is final. The rows
-// are read, and the routing read again, only after the wait; a prefetch is only a hint.
+// are read, and the routing read again, only after the wait; a prefetch is only a hint. Launches
+// that start before the one ahead has waited (`lumen_pdl_early`) cannot know the routing is
+// final, so they skip it.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     moe_gemv(const bf16* __restrict__ x, int x_div, const u32* __restrict__ experts, const u64* __restrict__ weights,
              const u64* __restrict__ biases, int n, int k, int activation, float alpha, float limit, int routed_earlier,
@@ -41,7 +43,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     int g0, g1;
     gemv_share(k, k_split, share, g0, g1);
     const u64 slot = blockIdx.y, weight_row = (u64)half * n + row;
-    if (routed_earlier && row < n && lane == 0) prefetch_l2((const bf16*)weights[experts[slot]] + weight_row * k + g0 * 8, (g1 - g0) * 16);
+    if (routed_earlier && !lumen_pdl_early && row < n && lane == 0) prefetch_l2((const bf16*)weights[experts[slot]] + weight_row * k + g0 * 8, (g1 - g0) * 16);
     pdl_begin();
     const u32 e = experts[slot];
     const bf16* w = (const bf16*)weights[e];

@@ -23,15 +23,26 @@ __device__ __forceinline__ bf16 f2bf(float f) {
 
 // Programmatic dependent launch (sm_90+). Kernels are launched so that the next launch in the
 // stream may start once every block of this one has called pdl_begin(): its blocks can then be
-// resident, and may read what never changes (weights) or what the launch before this one wrote,
-// while this kernel still runs. pdl_begin() waits until the launch before has finished and its
-// writes are visible, then lets the next one start; every kernel calls it before it touches
-// memory an earlier launch writes or a later launch reads. Without PDL (another device, or
-// LUMEN_PDL=0) both halves are no-ops.
+// resident, and may read what never changes (weights) while this kernel still runs. pdl_begin()
+// waits until the launch before has finished and its writes are visible; every kernel calls it
+// before it touches memory an earlier launch writes or a later launch reads. By default a block
+// lets the next launch start once its wait is over, so a launch's early part overlaps one launch
+// ahead and may also read what the launch two back wrote. With `lumen_pdl_early` set (at load,
+// from LUMEN_PDL_EARLY=1) a block lets the next launch start before it waits: launches then
+// start as deep ahead as the blocks waiting in them leave room on the multiprocessors, and what
+// runs before pdl_begin may read weights only. Without PDL (another device, or LUMEN_PDL=0) both
+// halves are no-ops.
+__constant__ int lumen_pdl_early;
+
 __device__ __forceinline__ void pdl_begin() {
 #if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (lumen_pdl_early) {
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+    } else {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    }
 #endif
 }
 
