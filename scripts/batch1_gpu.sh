@@ -4,9 +4,10 @@
 # deepseek-v3+layers=5"), `lumen bench latency` (with ARGS, e.g. "--quantization fp8") on 2 requests of 128/64 under `lumen profile -c
 # cudaProfilerApi --cuda-graph-trace node` over iterations WINDOW (default 20-29), merged with the
 # engine's trace and read by `lumen analyze`; then the same run unprofiled for its TPOT and its
-# Decode Step line (device time against start-to-start), once without and once with
-# --overlap-scheduler on (PROFILE=0 skips the profiled run). Traces, logs and analyses go to $OUT
-# (default /tmp/batch1-gpu); two lines per model are printed last.
+# Decode Step line (device time against start-to-start) in each of VARIANTS (default "off on"):
+# `off` and `on` set --overlap-scheduler, `early` is `off` with LUMEN_PDL_EARLY=1; the variants
+# alternate REPEAT times (default 1). PROFILE=0 skips the profiled run. Traces, logs and analyses
+# go to $OUT (default /tmp/batch1-gpu); a line per model, variant and run is printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -28,10 +29,18 @@ for model in $MODELS; do
     "$L" trace merge -o "$OUT/$name.lumen" "$OUT/$name-engine.lumen" "$OUT/$name-gpu.lumen" >>"$OUT/$name-profiled.log" 2>&1
     "$L" analyze "$OUT/$name.lumen" >"$OUT/$name-analysis.txt"
   fi
-  for overlap in off on; do
-    "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 --overlap-scheduler $overlap \
-      >"$OUT/$name-latency-$overlap.txt" 2>&1
-    summary+=("$(printf '%-24s overlap %-3s %s' "$model" $overlap "$(grep -h 'time-per-output\|Decode Step' "$OUT/$name-latency-$overlap.txt" | tr -s ' ' | tr '\n' ' ')")")
+  for run in $(seq "${REPEAT:-1}"); do
+    for variant in ${VARIANTS:-off on}; do
+      case $variant in
+      off | on) overlap=$variant early=0 ;;
+      early) overlap=off early=1 ;;
+      *) echo "batch1_gpu: VARIANTS takes off, on and early, not $variant" >&2; exit 2 ;;
+      esac
+      log="$OUT/$name-latency-$variant-$run.txt"
+      LUMEN_PDL_EARLY=$early "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 \
+        --overlap-scheduler $overlap >"$log" 2>&1
+      summary+=("$(printf '%-24s %-5s run %s %s' "$model" $variant "$run" "$(grep -h 'time-per-output\|Decode Step' "$log" | tr -s ' ' | tr '\n' ' ')")")
+    done
   done
 done
 echo "== batch 1 on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
