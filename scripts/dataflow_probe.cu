@@ -11,7 +11,8 @@
 //   4: top-8 routing (each block, producer and consumers alike) + the 8 experts' gate/up rows, SwiGLU
 //   5: down rows of the 8 experts, weighted, + residual
 // The producer runs ahead across stages and layers, bounded only by the ring; it waits on data
-// only for the expert rows, which need the routing. RoPE and Qwen3's q/k norms are left out
+// only for the expert rows, which need the routing. Built with -DNO_AHEAD, the producer waits for
+// each stage's input as the consumers do, so the same kernel shows what loading ahead buys. RoPE and Qwen3's q/k norms are left out
 // (a few operations an element of the attention stage). Weights are random bf16, distinct per
 // layer (5.5 GB in all; a layer's 8 experts are stored by slot), so nothing stays in L2.
 #include <cuda_bf16.h>
@@ -348,6 +349,12 @@ __global__ void __launch_bounds__(THREADS, 1) dataflow_step(const Layer* layers,
         for (int l = 0; l < LAYERS; l++) {
             const Layer& L = layers[l];
             for (int st = 0; st < STAGES; st++) {
+#ifdef NO_AHEAD
+                // The control: no stage's rows load before the stage's input is ready.
+                const int dep = l * STAGES + st - 1;
+                if (dep >= 0 && lane == 0) while (ld_acquire(a.done + dep) < (u32)g) {}
+                __syncwarp();
+#endif
                 if (st == 4) {
                     // The experts' rows need the routing: wait for the router's logits.
                     if (lane == 0) while (ld_acquire(a.done + l * STAGES + 3) < (u32)g) {}
