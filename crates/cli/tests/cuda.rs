@@ -110,6 +110,24 @@ fn generate_on_cuda_streams_the_same_tokens_as_the_cpu_for_a_preset() {
     assert!(ids.len() >= 3, "the chain must vary to compare anything: {}", cpu.stdout);
 }
 
+/// `LUMEN_PDL_EARLY=1` changes when launches start, never what they compute: a dense preset and a
+/// mixture-of-experts one (whose down product reads the routing) give the default run's tokens.
+#[test]
+fn launches_started_before_their_wait_give_the_same_tokens() {
+    if !gpu_present() {
+        return;
+    }
+    for model in ["smollm2-135m-untied@7", "qwen3-30b-a3b+layers=2"] {
+        let args = ["generate", "--device", "cuda", "--model", model, "--prompt-ids", "5,17,300,4000,12,9", "--max-tokens", "12"];
+        let default = lumen_env(&args, &[("LUMEN_PDL_EARLY", "0")]).ok();
+        let early = lumen_env(&args, &[("LUMEN_PDL_EARLY", "1")]).ok();
+        let ids = default.stdout.lines().next().unwrap_or_default().to_string();
+        assert_eq!(early.stdout.lines().next().unwrap_or_default(), ids, "{model}: early launches changed the tokens");
+        let distinct: std::collections::BTreeSet<&str> = ids.split(',').collect();
+        assert!(distinct.len() >= 3, "{model}: the chain must vary to compare anything: {ids}");
+    }
+}
+
 #[test]
 fn cuda_bad_input_is_refused_before_any_work() {
     if !gpu_present() {
