@@ -12,7 +12,9 @@
 //   5: down rows of the 8 experts, weighted, + residual
 // The producer runs ahead across stages and layers, bounded only by the ring; it waits on data
 // only for the expert rows, which need the routing. Built with -DNO_AHEAD, the producer waits for
-// each stage's input as the consumers do, so the same kernel shows what loading ahead buys. RoPE and Qwen3's q/k norms are left out
+// each stage's input as the consumers do, so the same kernel shows what loading ahead buys.
+// Built with -DX_REGS, the consumers hold a 2,048-value input in registers for the stages whose
+// rows are that long (QKV, router, gate/up), so shared memory carries the weights alone. RoPE and Qwen3's q/k norms are left out
 // (a few operations an element of the attention stage). Weights are random bf16, distinct per
 // layer (5.5 GB in all; a layer's 8 experts are stored by slot), so nothing stays in L2.
 #include <cuda_bf16.h>
@@ -214,6 +216,23 @@ __device__ __forceinline__ float page_row_dot(const unsigned char* row, const fl
     return warp_sum(acc);
 }
 
+// The same sums with a 2,048-value x held in registers: lane l's chunks l + 32 j, read once a
+// stage instead of once a row (-DX_REGS, for the stages whose rows are 2,048 long).
+constexpr int X_CHUNKS = H / 256;
+__device__ __forceinline__ float page_row_dot_regs(const unsigned char* row, const float (&xr)[X_CHUNKS * 8]) {
+    const int lane = threadIdx.x & 31;
+    const uint4* w = (const uint4*)row;
+    float acc = 0.f;
+#pragma unroll
+    for (int j = 0; j < X_CHUNKS; j++) {
+        float f[8];
+        unpack8(w[lane + 32 * j], f);
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc = fmaf(f[e], xr[8 * j + e], acc);
+    }
+    return warp_sum(acc);
+}
+
 __device__ __forceinline__ u64 now_ns() {
     u64 t;
     asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
@@ -381,6 +400,9 @@ __global__ void __launch_bounds__(THREADS, 1) dataflow_step(const Layer* layers,
     }
     const int cw = warp - 1, t = threadIdx.x - 32;
     u32 page = 0;
+#ifdef X_REGS
+    float xr[X_CHUNKS * 8];
+#endif
     if (b == 0 && t == 0) stamps[LAYERS * STAGES] = now_ns();
     for (int l = 0; l < LAYERS; l++) {
         const Layer& L = layers[l];
@@ -407,6 +429,17 @@ __global__ void __launch_bounds__(THREADS, 1) dataflow_step(const Layer* layers,
             const int n = segments(L, st, b, g, seg);
             int lo, hi;
             share(st == 4 ? TOPK * I : H, g, b, lo, hi);
+#ifdef X_REGS
+            const bool x_in_regs = st == 0 || st == 3 || st == 4;
+            if (x_in_regs)
+#pragma unroll
+                for (int j = 0; j < X_CHUNKS; j++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) xr[8 * j + e] = s.xs[8 * (lane + 32 * j) + e];
+#define ROW_DOT_H(row) (x_in_regs ? page_row_dot_regs(row, xr) : page_row_dot(row, s.xs, H * 2))
+#else
+#define ROW_DOT_H(row) page_row_dot(row, s.xs, H * 2)
+#endif
             for (int i = 0; i < n; i++) {
                 const int per = rows_per_page(seg[i].row_bytes);
                 for (int r = 0; r < seg[i].count; r += per, page++) {
@@ -418,16 +451,16 @@ __global__ void __launch_bounds__(THREADS, 1) dataflow_step(const Layer* layers,
                         const unsigned char* row = s.ring[slot] + k * seg[i].row_bytes;
                         const int at = r + k;
                         if (st == 0) {
-                            const float v = page_row_dot(row, s.xs, H * 2);
+                            const float v = ROW_DOT_H(row);
                             if (lane == 0) a.qkv[seg[i].tag + at] = v;
                         } else if (st == 2) {
                             const float v = page_row_dot(row, s.xs, ATT * 2);
                             if (lane == 0) a.resid[seg[i].tag + at] = __ldcg(a.resid + seg[i].tag + at) + v;
                         } else if (st == 3) {
-                            const float v = page_row_dot(row, s.xs, H * 2);
+                            const float v = ROW_DOT_H(row);
                             if (lane == 0) a.logits[seg[i].tag + at] = v;
                         } else if (st == 4) {
-                            const float v = page_row_dot(row, s.xs, H * 2);
+                            const float v = ROW_DOT_H(row);
                             const int tag = seg[i].tag, unit = (tag >= 0 ? tag : -tag - 1) + at;
                             if (lane == 0) s.gu[tag >= 0 ? 0 : 1][unit - lo] = v;
                         } else {
