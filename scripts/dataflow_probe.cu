@@ -489,8 +489,8 @@ __global__ void __launch_bounds__(THREADS, 1) dataflow_step(const Layer* layers,
             consumers_sync();
             if (t == 0) {
                 __threadfence();
-                atomicAdd(a.done + l * STAGES + st, 1u);
-                if (b == 0) stamps[l * STAGES + st] = now_ns();
+                // The last block to finish a stage stamps when the whole grid has.
+                if (atomicAdd(a.done + l * STAGES + st, 1u) == (u32)g - 1) stamps[l * STAGES + st] = now_ns();
             }
         }
     }
@@ -718,7 +718,7 @@ int main(int argc, char** argv) {
     std::vector<u64> t(LAYERS * STAGES + 1);
     CK(cudaMemcpy(t.data(), stamps, t.size() * 8, cudaMemcpyDeviceToHost));
     const double stage_mb[STAGES] = {QKV * H * 2e-6, 0, H * ATT * 2e-6, E * H * 2e-6, TOPK * 2 * I * H * 2e-6, TOPK * H * I * 2e-6};
-    printf("  block 0's stage ends, mean over layers 1-47, us (weight GB/s):");
+    printf("  stages, from the grid's end of one to its end of the next, mean over layers 1-47, us (weight GB/s):");
     for (int s = 0; s < STAGES; s++) {
         double sum = 0;
         for (int l = 1; l < LAYERS; l++) sum += (double)(t[l * STAGES + s] - (s ? t[l * STAGES + s - 1] : t[l * STAGES - 1]));

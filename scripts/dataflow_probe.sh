@@ -6,7 +6,7 @@
 # of CTX positions (default 150): qwen3-30b-a3b's 48 batch-1 decode layers as one persistent
 # kernel whose blocks stream their weight rows into shared memory ahead of the data, against the
 # same arithmetic one launch a stage. Each run prints both step times, the largest difference
-# between their results, and block 0's time per stage; logs go to $OUT (default /tmp/dataflow-probe).
+# between their results, and each stage's time (from the grid finishing one to finishing the next); logs go to $OUT (default /tmp/dataflow-probe).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dataflow-probe}
