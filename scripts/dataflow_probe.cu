@@ -39,7 +39,10 @@ constexpr int E = 128, TOPK = 8, I = 768, LAYERS = 48, MAXCTX = 1024, SPLITS = 4
 #ifndef RING
 #define RING 12
 #endif
-constexpr int PAGE = 16384, CONS_THREADS = NCONS * 32, THREADS = CONS_THREADS + 32;
+#ifndef PAGE_BYTES
+#define PAGE_BYTES 16384
+#endif
+constexpr int PAGE = PAGE_BYTES, CONS_THREADS = NCONS * 32, THREADS = CONS_THREADS + 32;
 // Page p goes to ring slot p % RING and to consumer warp p % NCONS. A warp waits for its page by
 // the parity of the slot's phase, which cannot tell phase k from k - 2; with RING a multiple of
 // NCONS the page RING before it is the same warp's, so phase k - 1 is over before the wait.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine (it needs nvcc, not lumen): builds scripts/dataflow_probe.cu for each
-# "consumer-warps ring-pages [noahead|xregs]" entry of SHAPES (comma-separated, default "6 12,12 12,8 8,
-# 6 12 xregs,6 12 noahead"; `noahead` loads no stage's rows before its input is ready, the control;
-# `xregs` holds the 2,048-value inputs in registers) and runs it at a context
+# "consumer-warps ring-pages [noahead|xregs|page8k]" entry of SHAPES (comma-separated, default
+# "6 12,12 12,8 8,6 12 xregs,6 24 page8k,6 12 noahead"; `noahead` loads no stage's rows before its
+# input is ready, the control; `xregs` holds the 2,048-value inputs in registers; `page8k` pages of
+# 8 KB instead of 16) and runs it at a context
 # of CTX positions (default 150): qwen3-30b-a3b's 48 batch-1 decode layers as one persistent
 # kernel whose blocks stream their weight rows into shared memory ahead of the data, against the
 # same arithmetic one launch a stage. Each run prints both step times, the largest difference
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dataflow-probe}
 mkdir -p "$OUT"
 status=0
-shapes=("6 12" "12 12" "8 8" "6 12 xregs" "6 12 noahead")
+shapes=("6 12" "12 12" "8 8" "6 12 xregs" "6 24 page8k" "6 12 noahead")
 [ -n "${SHAPES:-}" ] && IFS=',' read -r -a shapes <<<"$SHAPES"
 for shape in "${shapes[@]}"; do
   set -- $shape
@@ -20,7 +21,8 @@ for shape in "${shapes[@]}"; do
   "") variant=() ;;
   noahead) variant=(-DNO_AHEAD) ;;
   xregs) variant=(-DX_REGS) ;;
-  *) echo "dataflow probe: $shape: the third word is noahead or xregs" >&2; exit 2 ;;
+  page8k) variant=(-DPAGE_BYTES=8192) ;;
+  *) echo "dataflow probe: $shape: the third word is noahead, xregs or page8k" >&2; exit 2 ;;
   esac
   name=$1_$2${3:+_$3}
   bin=/tmp/dataflow_probe_$name

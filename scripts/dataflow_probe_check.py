@@ -139,7 +139,7 @@ def simulate(g, ncons, ring, pages, layers, no_ahead, rng):
 
 def check_protocol():
     rng = random.Random(1)
-    for ncons, ring, must_hold in [(6, 12, True), (12, 12, True), (8, 8, True), (4, 12, True), (8, 11, False)]:
+    for ncons, ring, must_hold in [(6, 12, True), (12, 12, True), (8, 8, True), (6, 24, True), (4, 12, True), (8, 11, False)]:
         failure = None
         for trial in range(300):
             g = rng.randint(2, 4)
