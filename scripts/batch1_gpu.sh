@@ -5,7 +5,8 @@
 # cudaProfilerApi --cuda-graph-trace node` over iterations WINDOW (default 20-29), merged with the
 # engine's trace and read by `lumen analyze`; then the same run unprofiled for its TPOT and its
 # Decode Step line (device time against start-to-start) in each of VARIANTS (default "off on"):
-# `off` and `on` set --overlap-scheduler, `early` is `off` with LUMEN_PDL_EARLY=1; the variants
+# `off` and `on` set --overlap-scheduler, `early` is `off` with LUMEN_PDL_EARLY=1, and
+# `env:NAME=VALUE` is `off` with that variable set (env:LUMEN_KV_SPLIT_MIN=128); the variants
 # alternate REPEAT times (default 1). PROFILE=0 skips the profiled run. Traces, logs and analyses
 # go to $OUT (default /tmp/batch1-gpu); a line per model, variant and run is printed last.
 set -euo pipefail
@@ -31,13 +32,15 @@ for model in $MODELS; do
   fi
   for run in $(seq "${REPEAT:-1}"); do
     for variant in ${VARIANTS:-off on}; do
+      setting=LUMEN_PDL_EARLY=0
       case $variant in
-      off | on) overlap=$variant early=0 ;;
-      early) overlap=off early=1 ;;
-      *) echo "batch1_gpu: VARIANTS takes off, on and early, not $variant" >&2; exit 2 ;;
+      off | on) overlap=$variant ;;
+      early) overlap=off setting=LUMEN_PDL_EARLY=1 ;;
+      env:?*=*) overlap=off setting=${variant#env:} ;;
+      *) echo "batch1_gpu: VARIANTS takes off, on, early and env:NAME=VALUE, not $variant" >&2; exit 2 ;;
       esac
-      log="$OUT/$name-latency-$variant-$run.txt"
-      LUMEN_PDL_EARLY=$early "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 \
+      log="$OUT/$name-latency-${variant//[^A-Za-z0-9.-]/_}-$run.txt"
+      env "$setting" "$L" bench latency --device cuda --model "$model" ${ARGS:-} --dataset "$OUT/$name.jsonl" --eos-id -1 \
         --overlap-scheduler $overlap >"$log" 2>&1
       summary+=("$(printf '%-24s %-5s run %s %s' "$model" $variant "$run" "$(grep -h 'time-per-output\|Decode Step' "$log" | tr -s ' ' | tr '\n' ' ')")")
     done
