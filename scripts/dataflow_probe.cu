@@ -83,6 +83,10 @@ __device__ __forceinline__ u32 ld_acquire(const u32* p) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
+// Spins until every one of the grid's `g` blocks has counted itself done in `*done`.
+__device__ __forceinline__ void wait_for_grid(const u32* done, int g) {
+    while (ld_acquire(done) < (u32)g) {}
+}
 __device__ __forceinline__ u32 saddr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void mbar_init(u64* b, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(saddr(b)), "r"(count) : "memory"); }
 __device__ __forceinline__ void mbar_expect(u64* b, u32 bytes) {
@@ -242,6 +246,24 @@ __device__ __forceinline__ u64 now_ns() {
     return t;
 }
 
+// A warp's rows of the attention stage, all loaded before any is used: this lane's 4 values of
+// row p = base + u * NCONS for each u < AHEAD below p1, from the cache for p < ctx, else (p == ctx)
+// the new token's f32 row.
+constexpr int AHEAD = 8;
+__device__ __forceinline__ void load_rows(const bf16* cache, const float* fresh, int base, int p1, int ctx, float (&rows)[AHEAD][4]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int u = 0; u < AHEAD; u++) {
+        const int p = base + u * NCONS;
+        if (p < p1 && p < ctx) {
+            const uint2 v = __ldg((const uint2*)(cache + (u64)p * HD) + lane);
+            rows[u][0] = bfv(v.x & 0xffff); rows[u][1] = bfv(v.x >> 16); rows[u][2] = bfv(v.y & 0xffff); rows[u][3] = bfv(v.y >> 16);
+        } else if (p == ctx) {
+            for (int j = 0; j < 4; j++) rows[u][j] = __ldcg(fresh + lane * 4 + j);
+        }
+    }
+}
+
 // Stage 1 for block b < NQ * SPLITS: head b / SPLITS over its quarter of ctx + 1 positions.
 __device__ void cons_attention(const Layer& L, const Act& a, int ctx, Smem& s) {
     const int b = blockIdx.x, head = b / SPLITS, split = b % SPLITS, g = head / (NQ / NKV);
@@ -256,19 +278,9 @@ __device__ void cons_attention(const Layer& L, const Act& a, int ctx, Smem& s) {
     const float* knew = a.qkv + ATT + g * HD;
     const float* vnew = a.qkv + ATT + NKV * HD + g * HD;
     // Each warp's positions p0 + warp, + NCONS, ...: all its keys loaded before any score.
-    constexpr int AHEAD = 8;
     for (int base = p0 + warp; base < p1; base += NCONS * AHEAD) {
         float kf[AHEAD][4];
-#pragma unroll
-        for (int u = 0; u < AHEAD; u++) {
-            const int p = base + u * NCONS;
-            if (p < p1 && p < ctx) {
-                const uint2 kv = __ldg((const uint2*)(kc + (u64)p * HD) + lane);
-                kf[u][0] = bfv(kv.x & 0xffff); kf[u][1] = bfv(kv.x >> 16); kf[u][2] = bfv(kv.y & 0xffff); kf[u][3] = bfv(kv.y >> 16);
-            } else if (p == ctx) {
-                for (int j = 0; j < 4; j++) kf[u][j] = __ldcg(knew + lane * 4 + j);
-            }
-        }
+        load_rows(kc, knew, base, p1, ctx, kf);
 #pragma unroll
         for (int u = 0; u < AHEAD; u++) {
             const int p = base + u * NCONS;
@@ -299,16 +311,7 @@ __device__ void cons_attention(const Layer& L, const Act& a, int ctx, Smem& s) {
     float o[4] = {0.f, 0.f, 0.f, 0.f};
     for (int base = p0 + warp; base < p1; base += NCONS * AHEAD) {
         float vf[AHEAD][4];
-#pragma unroll
-        for (int u = 0; u < AHEAD; u++) {
-            const int p = base + u * NCONS;
-            if (p < p1 && p < ctx) {
-                const uint2 vv = __ldg((const uint2*)(vc + (u64)p * HD) + lane);
-                vf[u][0] = bfv(vv.x & 0xffff); vf[u][1] = bfv(vv.x >> 16); vf[u][2] = bfv(vv.y & 0xffff); vf[u][3] = bfv(vv.y >> 16);
-            } else if (p == ctx) {
-                for (int j = 0; j < 4; j++) vf[u][j] = __ldcg(vnew + lane * 4 + j);
-            }
-        }
+        load_rows(vc, vnew, base, p1, ctx, vf);
 #pragma unroll
         for (int u = 0; u < AHEAD; u++) {
             const int p = base + u * NCONS;
@@ -374,12 +377,12 @@ __global__ void __launch_bounds__(THREADS, 1) dataflow_step(const Layer* layers,
 #ifdef NO_AHEAD
                 // The control: no stage's rows load before the stage's input is ready.
                 const int dep = l * STAGES + st - 1;
-                if (dep >= 0 && lane == 0) while (ld_acquire(a.done + dep) < (u32)g) {}
+                if (dep >= 0 && lane == 0) wait_for_grid(a.done + dep, g);
                 __syncwarp();
 #endif
                 if (st == 4) {
                     // The experts' rows need the routing: wait for the router's logits.
-                    if (lane == 0) while (ld_acquire(a.done + l * STAGES + 3) < (u32)g) {}
+                    if (lane == 0) wait_for_grid(a.done + l * STAGES + 3, g);
                     __syncwarp();
                     route_warp(a.logits, nullptr, nullptr);
                 }
@@ -413,7 +416,7 @@ __global__ void __launch_bounds__(THREADS, 1) dataflow_step(const Layer* layers,
             // Wait for every block to finish the stage this one reads.
             const int dep = l * STAGES + st - 1;
             if (dep >= 0) {
-                if (t == 0) while (ld_acquire(a.done + dep) < (u32)g) {}
+                if (t == 0) wait_for_grid(a.done + dep, g);
                 consumers_sync();
             }
             if (st == 0) cons_norm(a.resid, s);
